@@ -1,0 +1,5 @@
+"""Allow `python -m lockstep`."""
+
+from lockstep.cli.main import main
+
+main()

@@ -1,0 +1,57 @@
+"""Errors users see. Each carries its exit code and a sentence that says what to do.
+
+The CLI turns any `LockstepError` into one line on stderr and its exit code; anything else
+is a bug and shows a traceback only with --debug.
+"""
+
+from __future__ import annotations
+
+from lockstep.exit_codes import ExitCode
+
+
+class LockstepError(Exception):
+    """A failure the user can act on: `message` says what happened, `hint` what to do."""
+
+    exit_code: ExitCode = ExitCode.FAILED
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}: {self.hint}"
+        return self.message
+
+
+class UsageError(LockstepError):
+    exit_code = ExitCode.USAGE
+
+
+class RepositoryNotFound(LockstepError):
+    exit_code = ExitCode.NO_REPOSITORY
+
+
+class WrongPassword(LockstepError):
+    exit_code = ExitCode.WRONG_PASSWORD
+
+
+class IntegrityError(LockstepError):
+    exit_code = ExitCode.INTEGRITY
+
+
+class NotFound(LockstepError):
+    exit_code = ExitCode.NOT_FOUND
+
+
+class StorageError(LockstepError):
+    exit_code = ExitCode.STORAGE
+
+
+class SourceError(LockstepError):
+    exit_code = ExitCode.SOURCE
+
+
+class RepositoryLocked(LockstepError):
+    exit_code = ExitCode.LOCKED

@@ -1,0 +1,79 @@
+"""The contract every storage backend fulfils, and restic's file layout."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from enum import Enum
+from typing import Protocol
+
+from lockstep.errors import StorageError
+
+
+class FileType(Enum):
+    """The kinds of files in a repository, named as restic names their directories."""
+
+    CONFIG = "config"
+    KEY = "keys"
+    PACK = "data"
+    INDEX = "index"
+    SNAPSHOT = "snapshots"
+    LOCK = "locks"
+
+
+class FileMissing(StorageError):
+    """The backend has no file of that type and name."""
+
+
+def relative_path(file_type: FileType, name: str) -> str:
+    """The file's path inside the repository: packs fan out by their first two hex digits."""
+    if file_type is FileType.CONFIG:
+        return "config"
+    if file_type is FileType.PACK:
+        return f"data/{name[:2]}/{name}"
+    return f"{file_type.value}/{name}"
+
+
+def is_storage_id(name: str) -> bool:
+    """True for names restic would recognise: 64 lowercase hex characters."""
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
+class Backend(Protocol):
+    """Stores and fetches whole files; every write is atomic (all or nothing)."""
+
+    @property
+    def location(self) -> str:
+        """A human description of where the repository is, without credentials."""
+        ...
+
+    def create(self) -> None:
+        """Prepare an empty repository location; fail if a repository is already there."""
+        ...
+
+    def save(self, file_type: FileType, name: str, data: bytes) -> None:
+        """Write a whole file atomically: readers see all of it or none of it."""
+        ...
+
+    def load(self, file_type: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Read a file, or `length` bytes of it from `offset`. Raises FileMissing."""
+        ...
+
+    def size(self, file_type: FileType, name: str) -> int:
+        """The size of a file in bytes. Raises FileMissing."""
+        ...
+
+    def exists(self, file_type: FileType, name: str) -> bool:
+        """Whether the file is there."""
+        ...
+
+    def list(self, file_type: FileType) -> Iterator[tuple[str, int]]:
+        """Every (name, size) of that type; names that are not storage IDs are skipped."""
+        ...
+
+    def remove(self, file_type: FileType, name: str) -> None:
+        """Delete a file; deleting a missing file is not an error."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...

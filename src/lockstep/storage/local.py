@@ -1,0 +1,145 @@
+"""A repository on local disk, laid out and written the way restic's local backend does."""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from lockstep.errors import StorageError
+from lockstep.storage.base import FileMissing, FileType, is_storage_id, relative_path
+
+
+def _describe_os_error(error: OSError, path: Path) -> StorageError:
+    if error.errno == errno.ENOSPC:
+        return StorageError(f"no space left on the device holding {path}", "free some space and try again")
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return StorageError(f"permission denied for {path}", "check the owner and mode of the repository")
+    if error.errno == errno.EROFS:
+        return StorageError(f"{path} is on a read-only file system", "choose a writable location")
+    return StorageError(f"cannot access {path}: {error.strerror}")
+
+
+class LocalBackend:
+    """Files under one directory; writes go to a temporary file, fsync, rename, fsync dir."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().absolute()
+
+    @property
+    def location(self) -> str:
+        return f"local:{self.root}"
+
+    def _path(self, file_type: FileType, name: str) -> Path:
+        return self.root / relative_path(file_type, name)
+
+    def create(self) -> None:
+        config = self.root / "config"
+        if config.exists():
+            raise StorageError(f"a repository already exists at {self.root}", "use it, or choose another path")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for file_type in (FileType.KEY, FileType.INDEX, FileType.SNAPSHOT, FileType.LOCK):
+                (self.root / file_type.value).mkdir(exist_ok=True, mode=0o700)
+            data = self.root / "data"
+            data.mkdir(exist_ok=True, mode=0o700)
+            for prefix in range(256):
+                (data / f"{prefix:02x}").mkdir(exist_ok=True, mode=0o700)
+        except OSError as error:
+            raise _describe_os_error(error, self.root) from error
+
+    def save(self, file_type: FileType, name: str, data: bytes) -> None:
+        path = self._path(file_type, name)
+        directory = path.parent
+        temporary_name = None
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            descriptor, temporary_name = tempfile.mkstemp(prefix=f".{name[:16]}-", suffix=".tmp", dir=directory)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(descriptor, view)
+                    view = view[written:]
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+            os.chmod(temporary_name, 0o400)
+            os.replace(temporary_name, path)
+            temporary_name = None
+            self._fsync_directory(directory)
+        except OSError as error:
+            raise _describe_os_error(error, path) from error
+        finally:
+            if temporary_name is not None:
+                try:
+                    os.unlink(temporary_name)
+                except OSError:
+                    pass
+
+    @staticmethod
+    def _fsync_directory(directory: Path) -> None:
+        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    def load(self, file_type: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        path = self._path(file_type, name)
+        try:
+            with open(path, "rb") as handle:
+                if offset:
+                    handle.seek(offset)
+                return handle.read() if length is None else handle.read(length)
+        except FileNotFoundError as error:
+            raise FileMissing(f"{relative_path(file_type, name)} is missing from {self.location}") from error
+        except OSError as error:
+            raise _describe_os_error(error, path) from error
+
+    def size(self, file_type: FileType, name: str) -> int:
+        path = self._path(file_type, name)
+        try:
+            return path.stat().st_size
+        except FileNotFoundError as error:
+            raise FileMissing(f"{relative_path(file_type, name)} is missing from {self.location}") from error
+
+    def exists(self, file_type: FileType, name: str) -> bool:
+        return self._path(file_type, name).exists()
+
+    def list(self, file_type: FileType) -> Iterator[tuple[str, int]]:
+        if file_type is FileType.CONFIG:
+            return
+        base = self.root / file_type.value
+        directories = [base]
+        if file_type is FileType.PACK:
+            try:
+                directories = sorted(entry for entry in base.iterdir() if entry.is_dir())
+            except FileNotFoundError:
+                return
+        for directory in directories:
+            try:
+                entries = list(os.scandir(directory))
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                raise _describe_os_error(error, directory) from error
+            for entry in entries:
+                if is_storage_id(entry.name) and entry.is_file(follow_symlinks=False):
+                    try:
+                        yield entry.name, entry.stat(follow_symlinks=False).st_size
+                    except FileNotFoundError:
+                        continue
+
+    def remove(self, file_type: FileType, name: str) -> None:
+        path = self._path(file_type, name)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            raise _describe_os_error(error, path) from error
+
+    def close(self) -> None:
+        return None
