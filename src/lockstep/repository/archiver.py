@@ -1,0 +1,350 @@
+"""Backups: turn a byte stream or directory trees into blobs, trees and a snapshot.
+
+Chunks are hashed, compressed and sealed on worker threads (all of those release the GIL)
+while the main thread reads and cuts the next ones; results are consumed in order, so a
+file's content list and the packs come out deterministic in content, and memory stays
+bounded by the number of chunks in flight.
+"""
+
+from __future__ import annotations
+
+import getpass
+import grp
+import hashlib
+import os
+import pwd
+import socket
+import stat
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import BinaryIO
+
+from lockstep import __version__
+from lockstep.errors import SourceError, UsageError
+from lockstep.repository.blobs import BlobType
+from lockstep.repository.chunker import Chunker
+from lockstep.repository.gojson import MODE_DIR, format_time_ns, go_file_mode
+from lockstep.repository.repository import PreparedBlob, Repository
+from lockstep.repository.snapshot import Snapshot
+from lockstep.repository.tree import Node, Tree
+
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass
+class BackupSummary:
+    """What one backup did, for the report line and --json."""
+
+    snapshot_id: str = ""
+    files: int = 0
+    directories: int = 0
+    bytes_read: int = 0
+    bytes_added: int = 0
+    blobs_added: int = 0
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+
+class _ChunkPipeline:
+    """Prepares blobs on a thread pool and hands results back in submission order."""
+
+    def __init__(self, repository: Repository, workers: int = 2) -> None:
+        self.repository = repository
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lockstep-chunk")
+        self._window: deque[tuple[Future[tuple[bytes, PreparedBlob | None]], Callable[[bytes], None]]] = deque()
+        self._max_in_flight = workers * 3
+
+    def _prepare(self, data: bytes) -> tuple[bytes, PreparedBlob | None]:
+        blob_id = hashlib.sha256(data).digest()
+        return blob_id, self.repository.prepare_blob(BlobType.DATA, data, blob_id)
+
+    def submit(self, data: bytes, on_done: Callable[[bytes], None]) -> None:
+        while len(self._window) >= self._max_in_flight:
+            self._complete_oldest()
+        self._window.append((self._pool.submit(self._prepare, data), on_done))
+
+    def _complete_oldest(self) -> None:
+        future, on_done = self._window.popleft()
+        blob_id, prepared = future.result()
+        if prepared is not None:
+            self.repository.add_prepared(prepared)
+        on_done(blob_id)
+
+    def drain(self) -> None:
+        while self._window:
+            self._complete_oldest()
+
+    def close(self) -> None:
+        for future, _ in self._window:
+            future.cancel()
+        self._window.clear()
+        self._pool.shutdown(wait=True)
+
+
+@lru_cache(maxsize=1024)
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
+
+
+@lru_cache(maxsize=1024)
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return ""
+
+
+def _current_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
+
+
+class Archiver:
+    """Writes one snapshot into an open, locked repository."""
+
+    def __init__(self, repository: Repository, progress: ProgressCallback | None = None, workers: int = 2) -> None:
+        self.repository = repository
+        self.chunker = Chunker(repository.config.chunker_polynomial)
+        self.progress = progress or (lambda _: None)
+        self.summary = BackupSummary()
+        self._workers = workers
+
+    def _stream_content(self, pipeline: _ChunkPipeline, stream: BinaryIO) -> tuple[list[bytes], int]:
+        content: list[bytes] = []
+        size = 0
+        for chunk in self.chunker.chunks(stream):
+            position = len(content)
+            content.append(b"")
+
+            def place(blob_id: bytes, position: int = position) -> None:
+                content[position] = blob_id
+
+            pipeline.submit(chunk, place)
+            size += len(chunk)
+            self.summary.bytes_read += len(chunk)
+            self.progress(len(chunk))
+        return content, size
+
+    # --- stdin ----------------------------------------------------------------------------
+
+    def backup_stream(
+        self,
+        stream: BinaryIO,
+        filename: str,
+        tags: Iterable[str] = (),
+        hostname: str | None = None,
+        allow_empty: bool = False,
+        finished_cleanly: Callable[[], None] | None = None,
+    ) -> BackupSummary:
+        """Store a stream as the file /FILENAME. `finished_cleanly` may raise to refuse the result
+        (e.g. the producing command exited non-zero): then no snapshot is written."""
+        started = time.monotonic()
+        filename = filename.strip("/")
+        if not filename or any(part in ("", ".", "..") for part in filename.split("/")):
+            raise UsageError(f"invalid --stdin-filename {filename!r}", "give a plain name such as db.sql")
+        now = format_time_ns(time.time_ns())
+        pipeline = _ChunkPipeline(self.repository, self._workers)
+        try:
+            content, size = self._stream_content(pipeline, stream)
+            pipeline.drain()
+        finally:
+            pipeline.close()
+        if finished_cleanly is not None:
+            finished_cleanly()
+        if size == 0 and not allow_empty:
+            raise SourceError("the stream was empty; no snapshot was written", "check the command or file that feeds it")
+        parts = filename.split("/")
+        node = Node(
+            name=parts[-1].encode("utf-8"),
+            type="file",
+            mode=0o644,
+            mtime=now,
+            atime=now,
+            ctime=now,
+            uid=os.getuid(),
+            gid=os.getgid(),
+            size=size,
+            content=content,
+        )
+        tree_id = self.repository.save_tree(Tree([node]))
+        for directory in reversed(parts[:-1]):
+            directory_node = Node(
+                name=directory.encode("utf-8"),
+                type="dir",
+                mode=MODE_DIR | 0o755,
+                mtime=now,
+                atime=now,
+                ctime=now,
+                uid=os.getuid(),
+                gid=os.getgid(),
+                subtree=tree_id,
+            )
+            tree_id = self.repository.save_tree(Tree([directory_node]))
+        self.summary.files = 1
+        return self._finish(tree_id, ["/" + filename], tags, hostname, now, started)
+
+    # --- directory trees ------------------------------------------------------------------
+
+    def backup_paths(self, paths: Iterable[str | Path], tags: Iterable[str] = (), hostname: str | None = None) -> BackupSummary:
+        """Store files and directories under their absolute paths, as restic does."""
+        started = time.monotonic()
+        now = format_time_ns(time.time_ns())
+        absolute = sorted({os.path.abspath(os.fsencode(path)) for path in paths})
+        for path in absolute:
+            if not os.path.lexists(path):
+                raise SourceError(f"{os.fsdecode(path)} does not exist", "check the path and try again")
+        pipeline = _ChunkPipeline(self.repository, self._workers)
+        try:
+            root_tree = self._tree_for_targets(pipeline, b"/", [path for path in absolute if path != b"/"], b"/" in absolute)
+        finally:
+            pipeline.close()
+        return self._finish(root_tree, [os.fsdecode(path) for path in absolute], tags, hostname, now, started)
+
+    def _tree_for_targets(self, pipeline: _ChunkPipeline, directory: bytes, targets: list[bytes], whole: bool) -> bytes:
+        """The tree for `directory`: all of it if `whole`, else only the chains down to targets."""
+        if whole:
+            return self._save_directory(pipeline, directory)
+        children: dict[bytes, list[bytes]] = {}
+        complete: set[bytes] = set()
+        for target in targets:
+            relative = os.path.relpath(target, directory)
+            first = relative.split(b"/", 1)[0]
+            child = os.path.join(directory, first)
+            if child == target:
+                complete.add(first)
+            children.setdefault(first, []).append(target)
+        nodes = []
+        for name, child_targets in children.items():
+            child_path = os.path.join(directory, name)
+            node = self._node_for(child_path, name)
+            if node is None:
+                continue
+            if node.type == "dir":
+                node.subtree = self._tree_for_targets(pipeline, child_path, child_targets, name in complete)
+                node.size = 0
+            elif node.type == "file":
+                self._fill_content(pipeline, child_path, node)
+            nodes.append(node)
+        pipeline.drain()
+        return self.repository.save_tree(Tree(nodes))
+
+    def _save_directory(self, pipeline: _ChunkPipeline, path: bytes) -> bytes:
+        self.summary.directories += 1
+        nodes = []
+        try:
+            entries = sorted(os.scandir(path), key=lambda entry: entry.name)
+        except OSError as error:
+            self.summary.warnings.append(f"cannot read directory {os.fsdecode(path)}: {error.strerror}")
+            entries = []
+        for entry in entries:
+            child_path = os.path.join(path, entry.name)
+            node = self._node_for(child_path, entry.name)
+            if node is None:
+                continue
+            if node.type == "dir":
+                node.subtree = self._save_directory(pipeline, child_path)
+            elif node.type == "file":
+                self._fill_content(pipeline, child_path, node)
+            nodes.append(node)
+        pipeline.drain()
+        return self.repository.save_tree(Tree(nodes))
+
+    def _fill_content(self, pipeline: _ChunkPipeline, path: bytes, node: Node) -> None:
+        self.summary.files += 1
+        try:
+            with open(path, "rb") as handle:
+                content, size = self._stream_content(pipeline, handle)
+        except OSError as error:
+            self.summary.warnings.append(f"cannot read {os.fsdecode(path)}: {error.strerror}")
+            node.content = []
+            node.size = 0
+            node.error = error.strerror or "unreadable"
+            return
+        node.content = content
+        node.size = size
+
+    def _node_for(self, path: bytes, name: bytes) -> Node | None:
+        try:
+            info = os.lstat(path)
+        except OSError as error:
+            self.summary.warnings.append(f"cannot stat {os.fsdecode(path)}: {error.strerror}")
+            return None
+        mode = info.st_mode
+        if stat.S_ISREG(mode):
+            node_type = "file"
+        elif stat.S_ISDIR(mode):
+            node_type = "dir"
+        elif stat.S_ISLNK(mode):
+            node_type = "symlink"
+        elif stat.S_ISBLK(mode):
+            node_type = "dev"
+        elif stat.S_ISCHR(mode):
+            node_type = "chardev"
+        elif stat.S_ISFIFO(mode):
+            node_type = "fifo"
+        elif stat.S_ISSOCK(mode):
+            node_type = "socket"
+        else:
+            return None
+        mtime = format_time_ns(info.st_mtime_ns)
+        node = Node(
+            name=name,
+            type=node_type,
+            mode=go_file_mode(mode),
+            mtime=mtime,
+            atime=mtime,  # restic stores mtime here unless --with-atime
+            ctime=format_time_ns(info.st_ctime_ns),
+            uid=info.st_uid,
+            gid=info.st_gid,
+            user=_user_name(info.st_uid),
+            group=_group_name(info.st_gid),
+            inode=info.st_ino,
+            device_id=info.st_dev,
+        )
+        if node_type != "dir":
+            node.links = info.st_nlink
+        if node_type == "file":
+            node.size = info.st_size
+        elif node_type == "symlink":
+            target = os.readlink(path)
+            try:
+                node.linktarget = target.decode("utf-8")
+            except UnicodeDecodeError:
+                import base64
+
+                node.linktarget = target.decode("utf-8", "replace")
+                node.linktarget_raw = base64.b64encode(target).decode("ascii")
+        elif node_type in ("dev", "chardev"):
+            node.device = info.st_rdev
+        return node
+
+    # --- the end of every backup ----------------------------------------------------------
+
+    def _finish(self, tree_id: bytes, paths: list[str], tags: Iterable[str], hostname: str | None, now: str, started: float) -> BackupSummary:
+        self.repository.flush()
+        snapshot = Snapshot(
+            time=now,
+            tree=tree_id,
+            paths=paths,
+            hostname=hostname if hostname is not None else socket.gethostname(),
+            username=_current_user(),
+            uid=os.getuid(),
+            gid=os.getgid(),
+            tags=list(tags),
+            program_version=f"lockstep {__version__}",
+        )
+        self.summary.snapshot_id = self.repository.save_snapshot(snapshot)
+        self.summary.bytes_added = self.repository.bytes_added
+        self.summary.blobs_added = self.repository.blobs_added
+        self.summary.seconds = time.monotonic() - started
+        return self.summary

@@ -1,0 +1,258 @@
+"""Encode JSON, names, times and file modes the way restic (Go) does.
+
+Tree blob IDs hash the exact JSON bytes, so matching Go's encoder byte for byte lets a tree
+written by lockstep deduplicate with the same tree written by restic (restic-format.md §9).
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import unicodedata
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+# --- Go strconv.Quote for node names (§9.3) ----------------------------------------------
+
+_SHORT_ESCAPES = {7: "\\a", 8: "\\b", 12: "\\f", 10: "\\n", 13: "\\r", 9: "\\t", 11: "\\v"}
+
+
+def _is_go_printable(character: str) -> bool:
+    if character == " ":
+        return True
+    return unicodedata.category(character)[0] in "LMNPS"
+
+
+def quote_name(name: bytes) -> str:
+    """A file name as restic stores it: Go's strconv.Quote without the outer quotes."""
+    parts: list[str] = []
+    index = 0
+    length = len(name)
+    while index < length:
+        byte = name[index]
+        if byte < 0x80:
+            if byte == 0x22:
+                parts.append('\\"')
+            elif byte == 0x5C:
+                parts.append("\\\\")
+            elif byte in _SHORT_ESCAPES:
+                parts.append(_SHORT_ESCAPES[byte])
+            elif byte < 0x20 or byte == 0x7F:
+                parts.append(f"\\x{byte:02x}")
+            else:
+                parts.append(chr(byte))
+            index += 1
+            continue
+        character, width = _decode_one_utf8(name, index)
+        if character is None:
+            parts.append(f"\\x{byte:02x}")
+            index += 1
+            continue
+        index += width
+        if _is_go_printable(character):
+            parts.append(character)
+        elif ord(character) < 0x10000:
+            parts.append(f"\\u{ord(character):04x}")
+        else:
+            parts.append(f"\\U{ord(character):08x}")
+    return "".join(parts)
+
+
+def _decode_one_utf8(data: bytes, start: int) -> tuple[str | None, int]:
+    first = data[start]
+    if first >= 0xF0:
+        width = 4
+    elif first >= 0xE0:
+        width = 3
+    elif first >= 0xC0:
+        width = 2
+    else:
+        return None, 1
+    try:
+        return data[start : start + width].decode("utf-8"), width
+    except UnicodeDecodeError:
+        return None, 1
+
+
+_UNQUOTE_SIMPLE = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11, "\\": 0x5C, '"': 0x22, "'": 0x27}
+
+
+def unquote_name(quoted: str) -> bytes:
+    """Reverse quote_name: Go's strconv.Unquote of `"` + quoted + `"`, as raw bytes."""
+    if "\\" not in quoted:
+        return quoted.encode("utf-8", "surrogateescape")
+    output = bytearray()
+    index = 0
+    length = len(quoted)
+    while index < length:
+        character = quoted[index]
+        if character != "\\":
+            output += character.encode("utf-8", "surrogateescape")
+            index += 1
+            continue
+        code = quoted[index + 1]
+        if code in _UNQUOTE_SIMPLE:
+            output.append(_UNQUOTE_SIMPLE[code])
+            index += 2
+        elif code == "x":
+            output.append(int(quoted[index + 2 : index + 4], 16))
+            index += 4
+        elif code == "u":
+            output += chr(int(quoted[index + 2 : index + 6], 16)).encode("utf-8", "surrogatepass")
+            index += 6
+        elif code == "U":
+            output += chr(int(quoted[index + 2 : index + 10], 16)).encode("utf-8", "surrogatepass")
+            index += 10
+        elif code in "01234567":
+            output.append(int(quoted[index + 1 : index + 4], 8))
+            index += 4
+        else:
+            raise ValueError(f"invalid escape in node name: {quoted!r}")
+    return bytes(output)
+
+
+# --- Go encoding/json strings (§9.4) ------------------------------------------------------
+
+_GO_STRING_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+
+
+def go_string(value: str) -> str:
+    """A JSON string literal exactly as Go's encoding/json (before 1.22) writes it."""
+    parts = ['"']
+    for character in value:
+        escaped = _GO_STRING_ESCAPES.get(character)
+        if escaped is not None:
+            parts.append(escaped)
+        elif ord(character) < 0x20:
+            parts.append(f"\\u{ord(character):04x}")
+        elif 0xD800 <= ord(character) <= 0xDFFF:  # lone surrogate: Go writes U+FFFD
+            parts.append("\ufffd")
+        else:
+            parts.append(character)
+    parts.append('"')
+    return "".join(parts)
+
+
+def go_json(value: Any) -> str:
+    """Compact JSON with Go's string escaping; dict key order is kept (struct order)."""
+    if isinstance(value, str):
+        return go_string(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{go_string(key)}:{go_json(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(go_json(item) for item in value) + "]"
+    if isinstance(value, float):
+        return json.dumps(value)
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+# --- Go time.Time (§9.6) ------------------------------------------------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def format_time_ns(nanoseconds: int, utc_offset_seconds: int = 0) -> str:
+    """RFC 3339 with nanoseconds, trailing zeros dropped, as Go's time.Time marshals it."""
+    seconds, fraction = divmod(nanoseconds, 1_000_000_000)
+    moment = _EPOCH + timedelta(seconds=seconds + utc_offset_seconds)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    if fraction:
+        text += "." + f"{fraction:09d}".rstrip("0")
+    if utc_offset_seconds == 0:
+        return text + "Z"
+    sign = "+" if utc_offset_seconds > 0 else "-"
+    hours, minutes = divmod(abs(utc_offset_seconds) // 60, 60)
+    return f"{text}{sign}{hours:02d}:{minutes:02d}"
+
+
+def parse_time_ns(text: str) -> int:
+    """Parse an RFC 3339 time with up to nine fractional digits into nanoseconds since the epoch.
+
+    Python's datetime keeps only microseconds, so the fraction is parsed by hand.
+    """
+    text = text.strip()
+    if text.endswith(("Z", "z")):
+        offset_seconds = 0
+        body = text[:-1]
+    else:
+        sign_position = max(text.rfind("+"), text.rfind("-"))
+        if sign_position <= 10:
+            raise ValueError(f"time without a zone: {text!r}")
+        zone = text[sign_position:]
+        body = text[:sign_position]
+        sign = 1 if zone[0] == "+" else -1
+        hours, minutes = zone[1:].split(":")
+        offset_seconds = sign * (int(hours) * 3600 + int(minutes) * 60)
+    fraction_ns = 0
+    if "." in body:
+        body, fraction = body.split(".", 1)
+        fraction_ns = int((fraction + "000000000")[:9])
+    moment = datetime.strptime(body, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    seconds = int((moment - _EPOCH).total_seconds()) - offset_seconds
+    return seconds * 1_000_000_000 + fraction_ns
+
+
+# --- Go os.FileMode (§9.5) ----------------------------------------------------------------
+
+MODE_DIR = 1 << 31
+MODE_SYMLINK = 1 << 27
+MODE_DEVICE = 1 << 26
+MODE_NAMED_PIPE = 1 << 25
+MODE_SOCKET = 1 << 24
+MODE_SETUID = 1 << 23
+MODE_SETGID = 1 << 22
+MODE_CHAR_DEVICE = 1 << 21
+MODE_STICKY = 1 << 20
+
+
+def go_file_mode(st_mode: int) -> int:
+    """Translate a Unix st_mode into Go's os.FileMode bits."""
+    mode = st_mode & 0o777
+    if stat.S_ISDIR(st_mode):
+        mode |= MODE_DIR
+    elif stat.S_ISLNK(st_mode):
+        mode |= MODE_SYMLINK
+    elif stat.S_ISBLK(st_mode):
+        mode |= MODE_DEVICE
+    elif stat.S_ISCHR(st_mode):
+        mode |= MODE_DEVICE | MODE_CHAR_DEVICE
+    elif stat.S_ISFIFO(st_mode):
+        mode |= MODE_NAMED_PIPE
+    elif stat.S_ISSOCK(st_mode):
+        mode |= MODE_SOCKET
+    if st_mode & stat.S_ISUID:
+        mode |= MODE_SETUID
+    if st_mode & stat.S_ISGID:
+        mode |= MODE_SETGID
+    if st_mode & stat.S_ISVTX:
+        mode |= MODE_STICKY
+    return mode
+
+
+def unix_permissions(go_mode: int) -> int:
+    """The chmod() bits (permissions plus setuid/setgid/sticky) of a Go FileMode."""
+    permissions = go_mode & 0o777
+    if go_mode & MODE_SETUID:
+        permissions |= stat.S_ISUID
+    if go_mode & MODE_SETGID:
+        permissions |= stat.S_ISGID
+    if go_mode & MODE_STICKY:
+        permissions |= stat.S_ISVTX
+    return permissions

@@ -1,0 +1,128 @@
+"""Key files: the master key sealed under a key derived from a password with scrypt (§3.3).
+
+A repository can have several key files (several passwords); any one of them opens it.
+Key files are plaintext JSON and their name is the SHA-256 of those exact bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from lockstep.repository.crypto import AuthenticationFailed, Key
+from lockstep.repository.gojson import format_time_ns, go_json
+
+SALT_SIZE = 64  # restic refuses any other salt length
+
+
+@dataclass(frozen=True)
+class ScryptParameters:
+    """Work factors for scrypt; restic accepts any N (power of two), r, p that scrypt accepts."""
+
+    n: int = 1 << 15
+    r: int = 8
+    p: int = 1
+
+
+def derive_user_key(password: str, salt: bytes, parameters: ScryptParameters) -> Key:
+    """scrypt(password, salt) → 64 bytes → the user key that seals the master key."""
+    kdf = Scrypt(salt=salt, length=64, n=parameters.n, r=parameters.r, p=parameters.p)
+    return Key.from_bytes(kdf.derive(password.encode("utf-8")))
+
+
+@dataclass(frozen=True)
+class KeyFile:
+    """One parsed key file: who made it, the KDF parameters, and the sealed master key."""
+
+    created: str
+    username: str
+    hostname: str
+    parameters: ScryptParameters
+    salt: bytes
+    sealed_master_key: bytes
+
+    def to_bytes(self) -> bytes:
+        """The file's bytes, compact JSON in restic 0.14's field order."""
+        document = {
+            "created": self.created,
+            "username": self.username,
+            "hostname": self.hostname,
+            "kdf": "scrypt",
+            "N": self.parameters.n,
+            "r": self.parameters.r,
+            "p": self.parameters.p,
+            "salt": base64.b64encode(self.salt).decode("ascii"),
+            "data": base64.b64encode(self.sealed_master_key).decode("ascii"),
+        }
+        return go_json(document).encode("utf-8")
+
+    @property
+    def storage_id(self) -> str:
+        """The file name: SHA-256 of the bytes written."""
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> KeyFile:
+        """Parse a key file written by restic or lockstep."""
+        document = json.loads(data)
+        if document.get("kdf") != "scrypt":
+            raise ValueError(f"unsupported key derivation {document.get('kdf')!r}")
+        salt = base64.b64decode(document["salt"])
+        if len(salt) != SALT_SIZE:
+            raise ValueError("key file salt must be 64 bytes")
+        return cls(
+            created=str(document.get("created", "")),
+            username=str(document.get("username", "")),
+            hostname=str(document.get("hostname", "")),
+            parameters=ScryptParameters(n=int(document["N"]), r=int(document["r"]), p=int(document["p"])),
+            salt=salt,
+            sealed_master_key=base64.b64decode(document["data"]),
+        )
+
+    def open(self, password: str) -> Key:
+        """The master key, or AuthenticationFailed if the password is not this key's."""
+        user_key = derive_user_key(password, self.salt, self.parameters)
+        plaintext = user_key.open(self.sealed_master_key)
+        return Key.from_json_dict(json.loads(plaintext))
+
+    @classmethod
+    def create(cls, master_key: Key, password: str, parameters: ScryptParameters | None = None) -> KeyFile:
+        """Seal `master_key` under a new random salt and `password`."""
+        parameters = parameters or default_scrypt_parameters()
+        salt = os.urandom(SALT_SIZE)
+        user_key = derive_user_key(password, salt, parameters)
+        sealed = user_key.seal(go_json(master_key.to_json_dict()).encode("utf-8"))
+        return cls(
+            created=format_time_ns(time.time_ns()),
+            username=_current_username(),
+            hostname=socket.gethostname(),
+            parameters=parameters,
+            salt=salt,
+            sealed_master_key=sealed,
+        )
+
+
+def default_scrypt_parameters() -> ScryptParameters:
+    """N=2^15, r=8, p=1 (about 0.1 s, 32 MiB); LOCKSTEP_SCRYPT_N lowers it for tests."""
+    override = os.environ.get("LOCKSTEP_SCRYPT_N")
+    if override:
+        return ScryptParameters(n=int(override))
+    return ScryptParameters()
+
+
+def _current_username() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
+
+
+__all__ = ["AuthenticationFailed", "KeyFile", "ScryptParameters", "derive_user_key"]

@@ -1,0 +1,210 @@
+"""Repository locks, compatible with restic's (§11).
+
+Any number of shared locks (backup, restore, check without changes) may coexist; an exclusive
+lock (forget, prune) needs the repository to itself. A lock is refreshed every five minutes
+by writing a new lock file and removing the old one; a lock not refreshed for 30 minutes, or
+held by a dead process on this host, is stale. Stale locks still block until `unlock`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from lockstep.errors import IntegrityError, RepositoryLocked
+from lockstep.repository.gojson import format_time_ns, parse_time_ns
+from lockstep.storage.base import FileMissing, FileType
+
+if TYPE_CHECKING:
+    from lockstep.repository.repository import Repository
+
+STALE_AFTER_SECONDS = 30 * 60
+REFRESH_EVERY_SECONDS = 5 * 60
+RECHECK_DELAY_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """One lock file's content, with its storage ID."""
+
+    id: str
+    time: str
+    exclusive: bool
+    hostname: str
+    username: str
+    pid: int
+
+    @property
+    def age_seconds(self) -> float:
+        return max(0.0, time.time() - parse_time_ns(self.time) / 1e9)
+
+    def is_stale(self) -> bool:
+        """Older than 30 minutes, or held by a process of this host that no longer exists."""
+        if self.age_seconds > STALE_AFTER_SECONDS:
+            return True
+        if self.hostname == socket.gethostname() and self.pid > 0:
+            return not _process_exists(self.pid)
+        return False
+
+    def describe(self) -> str:
+        kind = "exclusive" if self.exclusive else "shared"
+        state = " (stale)" if self.is_stale() else ""
+        return (
+            f"{kind} lock {self.id[:8]} held by {self.username or '?'}@{self.hostname or '?'} "
+            f"PID {self.pid}, {_human_age(self.age_seconds)} old{state}"
+        )
+
+
+def _human_age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{int(seconds)} s"
+    if seconds < 7200:
+        return f"{int(seconds // 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _lock_document(exclusive: bool) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "time": format_time_ns(time.time_ns()),
+        "exclusive": exclusive,
+        "hostname": socket.gethostname(),
+    }
+    try:
+        document["username"] = getpass.getuser()
+    except (KeyError, OSError):
+        pass
+    document["pid"] = os.getpid()
+    if os.getuid():
+        document["uid"] = os.getuid()
+    if os.getgid():
+        document["gid"] = os.getgid()
+    return document
+
+
+def list_locks(repository: Repository) -> list[LockInfo]:
+    """Every readable lock in the repository; empty or vanished lock files are skipped."""
+    locks = []
+    for name, size in repository.backend.list(FileType.LOCK):
+        if size == 0:
+            continue
+        try:
+            document = repository.load_unpacked(FileType.LOCK, name)
+        except FileMissing:
+            continue
+        except IntegrityError:
+            continue
+        locks.append(
+            LockInfo(
+                id=name,
+                time=str(document.get("time", "")),
+                exclusive=bool(document.get("exclusive", False)),
+                hostname=str(document.get("hostname", "")),
+                username=str(document.get("username", "")),
+                pid=int(document.get("pid") or 0),
+            )
+        )
+    return locks
+
+
+def _conflicts(locks: list[LockInfo], exclusive: bool, own_id: str | None) -> list[LockInfo]:
+    others = [lock for lock in locks if lock.id != own_id]
+    if exclusive:
+        return others
+    return [lock for lock in others if lock.exclusive]
+
+
+class RepositoryLock:
+    """A held lock that refreshes itself in a background thread until released."""
+
+    def __init__(self, repository: Repository, exclusive: bool) -> None:
+        self.repository = repository
+        self.exclusive = exclusive
+        self.lock_id: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._mutex = threading.Lock()
+
+    def acquire(self, wait_seconds: float = 0.0) -> None:
+        """Write our lock, then look again; back off and retry until `wait_seconds` pass."""
+        deadline = time.monotonic() + wait_seconds
+        delay = 1.0
+        while True:
+            conflicts = _conflicts(list_locks(self.repository), self.exclusive, None)
+            if not conflicts:
+                self.lock_id = self.repository.save_unpacked(FileType.LOCK, _lock_document(self.exclusive))
+                time.sleep(RECHECK_DELAY_SECONDS)
+                conflicts = _conflicts(list_locks(self.repository), self.exclusive, self.lock_id)
+                if not conflicts:
+                    break
+                self.repository.backend.remove(FileType.LOCK, self.lock_id)
+                self.lock_id = None
+            if time.monotonic() + delay > deadline:
+                raise RepositoryLocked(
+                    f"the repository at {self.repository.backend.location} is locked: "
+                    + "; ".join(lock.describe() for lock in conflicts[:3]),
+                    "wait for it to finish; if the lock is stale, remove it with `lockstep repo unlock`",
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+        self._thread = threading.Thread(target=self._refresh_loop, name="lockstep-lock-refresh", daemon=True)
+        self._thread.start()
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(REFRESH_EVERY_SECONDS):
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Write a fresh lock file, then delete the old one (as restic does)."""
+        with self._mutex:
+            if self.lock_id is None:
+                return
+            old_id = self.lock_id
+            self.lock_id = self.repository.save_unpacked(FileType.LOCK, _lock_document(self.exclusive))
+            self.repository.backend.remove(FileType.LOCK, old_id)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._mutex:
+            if self.lock_id is not None:
+                self.repository.backend.remove(FileType.LOCK, self.lock_id)
+                self.lock_id = None
+
+
+@contextmanager
+def locked(repository: Repository, exclusive: bool = False, wait_seconds: float = 0.0) -> Iterator[RepositoryLock]:
+    """Hold a repository lock for the duration of a `with` block."""
+    lock = RepositoryLock(repository, exclusive)
+    lock.acquire(wait_seconds)
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def remove_locks(repository: Repository, remove_all: bool = False) -> list[LockInfo]:
+    """Delete stale locks (or every lock with remove_all); returns what was removed."""
+    removed = []
+    for lock in list_locks(repository):
+        if remove_all or lock.is_stale():
+            repository.backend.remove(FileType.LOCK, lock.id)
+            removed.append(lock)
+    return removed

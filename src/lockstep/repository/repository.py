@@ -1,0 +1,373 @@
+"""An open repository: its key, config and index, and the blob read/write paths.
+
+Writers call `prepare_blob` (hash, compress, seal: safe on many threads at once) and then
+`add_prepared` in order on one thread; `flush` writes the open packs and the index file.
+Packs always reach storage before the index that names them, and the index before any
+snapshot that needs it (§14), so a crash at any moment leaves a readable repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import zstandard
+
+from lockstep.errors import IntegrityError, NotFound, RepositoryNotFound, UsageError, WrongPassword
+from lockstep.repository.blobs import BlobLocation, BlobType, PackedBlob
+from lockstep.repository.crypto import AuthenticationFailed, Key
+from lockstep.repository.index import MAX_BLOBS_PER_INDEX_FILE, Index, index_document
+from lockstep.repository.keyfile import KeyFile, ScryptParameters
+from lockstep.repository.pack import PackWriter
+from lockstep.repository.polynomial import is_irreducible, random_polynomial
+from lockstep.repository.snapshot import Snapshot
+from lockstep.repository.tree import Tree
+from lockstep.repository.unpacked import RepositoryConfig, decode_unpacked, decompress_frame, encode_unpacked
+from lockstep.storage.base import Backend, FileMissing, FileType
+
+DEFAULT_PACK_SIZE = 16 * 1024 * 1024
+DEFAULT_COMPRESSION_LEVEL = 3
+MAX_KEYS_TRIED = 20
+
+
+@dataclass(frozen=True)
+class PreparedBlob:
+    """A blob ready to go into a pack: its ID, sealed bytes, and plaintext length if compressed."""
+
+    blob_type: BlobType
+    blob_id: bytes
+    sealed: bytes
+    uncompressed_length: int
+    plaintext_length: int
+
+
+class Repository:
+    """A repository opened with a password. Not safe for concurrent writers on many threads,
+    except `prepare_blob`, which is."""
+
+    def __init__(self, backend: Backend, key: Key, config: RepositoryConfig, key_id: str) -> None:
+        self.backend = backend
+        self.key = key
+        self.config = config
+        self.key_id = key_id
+        self.index = Index()
+        self.pack_size = DEFAULT_PACK_SIZE
+        self.compression_level = DEFAULT_COMPRESSION_LEVEL
+        self._local = threading.local()
+        self._packers = {BlobType.DATA: PackWriter(), BlobType.TREE: PackWriter()}
+        self._pending_blobs: dict[BlobType, set[bytes]] = {BlobType.DATA: set(), BlobType.TREE: set()}
+        self._unindexed_packs: list[tuple[bytes, list[PackedBlob]]] = []
+        self._index_lock = threading.Lock()
+        self._uploader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lockstep-upload")
+        self._uploads: list[Future[None]] = []
+        self.bytes_added = 0  # sealed bytes written to packs by this process
+        self.blobs_added = 0
+
+    # --- opening and creating -----------------------------------------------------------
+
+    @classmethod
+    def init(cls, backend: Backend, password: str, scrypt: ScryptParameters | None = None) -> Repository:
+        """Create a new repository: a fresh master key, its key file, and the config."""
+        if not password:
+            raise UsageError("an empty password is not allowed", "set LOCKSTEP_PASSWORD or use --password-file")
+        backend.create()
+        master_key = Key.generate()
+        config = RepositoryConfig.new(random_polynomial())
+        key_file = KeyFile.create(master_key, password, scrypt)
+        backend.save(FileType.KEY, key_file.storage_id, key_file.to_bytes())
+        backend.save(FileType.CONFIG, "config", config.seal(master_key))
+        return cls(backend, master_key, config, key_file.storage_id)
+
+    @classmethod
+    def open(cls, backend: Backend, password: str) -> Repository:
+        """Open with the first key file that `password` unlocks (restic tries at most 20)."""
+        try:
+            sealed_config = backend.load(FileType.CONFIG, "config")
+        except FileMissing as error:
+            raise RepositoryNotFound(
+                f"there is no repository at {backend.location}",
+                "check the location, or create one with `lockstep repo init`",
+            ) from error
+        key_ids = [name for name, _ in backend.list(FileType.KEY)]
+        if not key_ids:
+            raise IntegrityError(f"the repository at {backend.location} has no key files")
+        for key_id in key_ids[:MAX_KEYS_TRIED]:
+            try:
+                key_file = KeyFile.from_bytes(backend.load(FileType.KEY, key_id))
+                master_key = key_file.open(password)
+            except AuthenticationFailed:
+                continue
+            except (ValueError, KeyError) as error:
+                raise IntegrityError(f"key file {key_id[:8]} is damaged: {error}") from error
+            try:
+                config = RepositoryConfig.open(master_key, sealed_config)
+            except AuthenticationFailed as error:
+                raise IntegrityError("the repository config does not match its key", "run `lockstep repo check`") from error
+            except ValueError as error:
+                raise IntegrityError(f"the repository config is unusable: {error}") from error
+            if not is_irreducible(config.chunker_polynomial):
+                raise IntegrityError("the repository's chunker polynomial is not irreducible")
+            return cls(backend, master_key, config, key_id)
+        raise WrongPassword(
+            f"wrong password for the repository at {backend.location}",
+            "check LOCKSTEP_PASSWORD, --password-file or --password-command",
+        )
+
+    def close(self) -> None:
+        self._uploader.shutdown(wait=True)
+        self.backend.close()
+
+    # --- unpacked files -----------------------------------------------------------------
+
+    def save_unpacked(self, file_type: FileType, document: Any) -> str:
+        """Seal and store an index, snapshot or lock document; returns its storage ID."""
+        data = encode_unpacked(self.key, document, self.config.version)
+        storage_id = hashlib.sha256(data).hexdigest()
+        self.backend.save(file_type, storage_id, data)
+        return storage_id
+
+    def load_unpacked(self, file_type: FileType, storage_id: str) -> Any:
+        """Load, verify and decode an index, snapshot or lock file."""
+        data = self.backend.load(file_type, storage_id)
+        if hashlib.sha256(data).hexdigest() != storage_id:
+            raise IntegrityError(f"{file_type.value}/{storage_id[:8]} does not match its name: the file is damaged")
+        try:
+            return decode_unpacked(self.key, data, self.config.version)
+        except AuthenticationFailed as error:
+            raise IntegrityError(f"{file_type.value}/{storage_id[:8]} failed authentication: the file is damaged") from error
+        except ValueError as error:
+            raise IntegrityError(f"{file_type.value}/{storage_id[:8]} cannot be decoded: {error}") from error
+
+    # --- index --------------------------------------------------------------------------
+
+    def load_index(self) -> None:
+        """Read every index file into memory (several at once, for object storage)."""
+        names = [name for name, _ in self.backend.list(FileType.INDEX) if name not in self.index.index_file_ids]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for name, document in zip(names, pool.map(lambda n: self.load_unpacked(FileType.INDEX, n), names), strict=True):
+                self.index.merge_file(name, document)
+
+    def lookup_blob(self, blob_type: BlobType, blob_id: bytes) -> BlobLocation:
+        location = self.index.lookup(blob_type, blob_id)
+        if location is None:
+            raise IntegrityError(f"{blob_type.value} blob {blob_id.hex()[:8]} is not in the index", "run `lockstep repo check`")
+        return location
+
+    # --- reading blobs ------------------------------------------------------------------
+
+    def _decompressor(self) -> zstandard.ZstdDecompressor:
+        decompressor: zstandard.ZstdDecompressor | None = getattr(self._local, "decompressor", None)
+        if decompressor is None:
+            decompressor = zstandard.ZstdDecompressor()
+            self._local.decompressor = decompressor
+        return decompressor
+
+    def decode_blob(self, blob_type: BlobType, blob_id: bytes, location: BlobLocation, sealed: bytes | memoryview) -> bytes:
+        """Authenticate, decrypt, decompress and hash-check one blob's sealed bytes."""
+        where = f"{blob_type.value} blob {blob_id.hex()[:8]} in pack {location.pack_id.hex()[:8]}"
+        try:
+            plaintext = self.key.open(sealed)
+        except AuthenticationFailed as error:
+            raise IntegrityError(f"{where} failed authentication: the pack is damaged", "run `lockstep repo check --read-data`") from error
+        if location.uncompressed_length:
+            try:
+                plaintext = self._decompressor().decompress(plaintext, max_output_size=location.uncompressed_length)
+            except zstandard.ZstdError:
+                try:
+                    plaintext = decompress_frame(plaintext)
+                except zstandard.ZstdError as error:
+                    raise IntegrityError(f"{where} cannot be decompressed: {error}") from error
+            if len(plaintext) != location.uncompressed_length:
+                raise IntegrityError(f"{where} has {len(plaintext)} bytes, the index says {location.uncompressed_length}")
+        if hashlib.sha256(plaintext).digest() != blob_id:
+            raise IntegrityError(f"{where} does not match its ID: the data is damaged", "run `lockstep repo check --read-data`")
+        return plaintext
+
+    def load_blob(self, blob_type: BlobType, blob_id: bytes) -> bytes:
+        """One blob's plaintext, verified."""
+        location = self.lookup_blob(blob_type, blob_id)
+        try:
+            sealed = self.backend.load(FileType.PACK, location.pack_id.hex(), location.offset, location.length)
+        except FileMissing as error:
+            raise IntegrityError(f"pack {location.pack_id.hex()[:8]} is missing", "run `lockstep repo check`") from error
+        if len(sealed) != location.length:
+            raise IntegrityError(f"pack {location.pack_id.hex()[:8]} is shorter than the index says: it is truncated")
+        return self.decode_blob(blob_type, blob_id, location, sealed)
+
+    def load_tree(self, tree_id: bytes) -> Tree:
+        try:
+            return Tree.decode(self.load_blob(BlobType.TREE, tree_id))
+        except ValueError as error:
+            raise IntegrityError(f"tree {tree_id.hex()[:8]} cannot be decoded: {error}") from error
+
+    # --- writing blobs ------------------------------------------------------------------
+
+    def _compressor(self) -> zstandard.ZstdCompressor:
+        # One compressor per thread: sharing one between threads crashes the interpreter.
+        compressor: zstandard.ZstdCompressor | None = getattr(self._local, "compressor", None)
+        if compressor is None:
+            compressor = zstandard.ZstdCompressor(level=self.compression_level, write_content_size=True)
+            self._local.compressor = compressor
+        return compressor
+
+    def is_known(self, blob_type: BlobType, blob_id: bytes) -> bool:
+        """Stored already, or waiting in an open pack."""
+        return self.index.has(blob_type, blob_id) or blob_id in self._pending_blobs[blob_type]
+
+    def prepare_blob(self, blob_type: BlobType, data: bytes | memoryview, blob_id: bytes | None = None) -> PreparedBlob | None:
+        """Hash, compress and seal a blob; None if the repository has it already. Thread-safe."""
+        if blob_id is None:
+            blob_id = hashlib.sha256(data).digest()
+        if self.is_known(blob_type, blob_id):
+            return None
+        length = len(data)
+        uncompressed_length = 0
+        payload: bytes | memoryview = data
+        if self.config.version >= 2 and length > 0:
+            compressed = self._compressor().compress(data)
+            # Verify the frame before it is stored: restic's check would not notice a wrong length (§15.3).
+            restored = self._decompressor().decompress(compressed, max_output_size=length)
+            if len(restored) != length or restored != data:
+                raise IntegrityError("zstd produced a frame that does not decompress to its input; nothing was stored")
+            if len(compressed) < length:
+                payload = compressed
+                uncompressed_length = length
+        return PreparedBlob(blob_type, blob_id, self.key.seal(payload), uncompressed_length, length)
+
+    def add_prepared(self, blob: PreparedBlob) -> None:
+        """Put a prepared blob into its type's open pack; ship the pack when it is full."""
+        if self.is_known(blob.blob_type, blob.blob_id):
+            return
+        packer = self._packers[blob.blob_type]
+        packer.add(blob.blob_type, blob.blob_id, blob.sealed, blob.uncompressed_length)
+        self._pending_blobs[blob.blob_type].add(blob.blob_id)
+        self.bytes_added += len(blob.sealed)
+        self.blobs_added += 1
+        if len(packer) >= self.pack_size:
+            self._ship_pack(blob.blob_type)
+
+    def save_blob(self, blob_type: BlobType, data: bytes) -> bytes:
+        """Store one blob (if new) and return its ID."""
+        blob_id = hashlib.sha256(data).digest()
+        prepared = self.prepare_blob(blob_type, data, blob_id)
+        if prepared is not None:
+            self.add_prepared(prepared)
+        return blob_id
+
+    def save_tree(self, tree: Tree) -> bytes:
+        return self.save_blob(BlobType.TREE, tree.encode())
+
+    def _ship_pack(self, blob_type: BlobType) -> None:
+        packer = self._packers[blob_type]
+        if not packer.count:
+            return
+        data, pack_id, blobs = packer.finish(self.key)
+        self._raise_failed_uploads()
+        while len([upload for upload in self._uploads if not upload.done()]) >= 2:
+            self._uploads[0].result()
+            self._raise_failed_uploads()
+        self._uploads.append(self._uploader.submit(self._upload_pack, pack_id, blobs, data))
+
+    def _upload_pack(self, pack_id: bytes, blobs: list[PackedBlob], data: bytes) -> None:
+        self.backend.save(FileType.PACK, pack_id.hex(), data)
+        with self._index_lock:
+            # Into the index first, then out of "pending": is_known never misses the blob.
+            self.index.add_pack(pack_id, blobs)
+            for blob in blobs:
+                self._pending_blobs[blob.blob_type].discard(blob.blob_id)
+            self._unindexed_packs.append((pack_id, blobs))
+
+    def _raise_failed_uploads(self) -> None:
+        finished = [upload for upload in self._uploads if upload.done()]
+        for upload in finished:
+            upload.result()  # re-raises a failed upload's StorageError
+        self._uploads = [upload for upload in self._uploads if not upload.done()]
+
+    def flush(self) -> list[str]:
+        """Write every open pack, wait for uploads, then write the index; returns index file IDs."""
+        for blob_type in (BlobType.DATA, BlobType.TREE):
+            self._ship_pack(blob_type)
+        return self.flush_index()
+
+    def flush_index(self) -> list[str]:
+        """Wait for pending pack uploads, then record them in new index files."""
+        for upload in self._uploads:
+            upload.result()
+        self._uploads = []
+        written: list[str] = []
+        # Packs in _unindexed_packs are only added once their upload finished without error.
+        packs = self._take_uploaded_packs()
+        batch: list[tuple[bytes, list[PackedBlob]]] = []
+        count = 0
+        for pack_id, blobs in packs:
+            batch.append((pack_id, blobs))
+            count += len(blobs)
+            if count >= MAX_BLOBS_PER_INDEX_FILE:
+                written.append(self._write_index_file(batch))
+                batch, count = [], 0
+        if batch:
+            written.append(self._write_index_file(batch))
+        return written
+
+    def _take_uploaded_packs(self) -> list[tuple[bytes, list[PackedBlob]]]:
+        with self._index_lock:
+            packs = self._unindexed_packs
+            self._unindexed_packs = []
+        return packs
+
+    def _write_index_file(self, packs: list[tuple[bytes, list[PackedBlob]]]) -> str:
+        index_id = self.save_unpacked(FileType.INDEX, index_document(packs))
+        self.index.index_file_ids.add(index_id)
+        return index_id
+
+    # --- snapshots ----------------------------------------------------------------------
+
+    def save_snapshot(self, snapshot: Snapshot) -> str:
+        """Store a snapshot; everything it refers to must be flushed first."""
+        snapshot.id = self.save_unpacked(FileType.SNAPSHOT, snapshot.to_document())
+        return snapshot.id
+
+    def load_snapshot(self, snapshot_id: str) -> Snapshot:
+        return Snapshot.from_document(self.load_unpacked(FileType.SNAPSHOT, snapshot_id), snapshot_id)
+
+    def list_snapshots(self) -> list[Snapshot]:
+        """Every snapshot, oldest first."""
+        names = [name for name, _ in self.backend.list(FileType.SNAPSHOT)]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            snapshots = list(pool.map(self.load_snapshot, names))
+        return sorted(snapshots, key=lambda snapshot: (snapshot.time_ns, snapshot.id))
+
+    def find_snapshot(self, reference: str, snapshots: list[Snapshot] | None = None) -> Snapshot:
+        """Resolve `latest` or a unique prefix of a snapshot ID."""
+        snapshots = self.list_snapshots() if snapshots is None else snapshots
+        if reference == "latest":
+            if not snapshots:
+                raise NotFound(f"the repository at {self.backend.location} has no snapshots yet")
+            return snapshots[-1]
+        matches = [snapshot for snapshot in snapshots if snapshot.id.startswith(reference.lower())]
+        if not matches:
+            raise NotFound(f"no snapshot matches {reference!r}", "list them with `lockstep repo snapshots`")
+        if len(matches) > 1:
+            listed = ", ".join(snapshot.short_id for snapshot in matches[:5])
+            raise NotFound(f"{reference!r} matches {len(matches)} snapshots ({listed})", "give more characters of the ID")
+        return matches[0]
+
+    def walk(self, tree_id: bytes, prefix: bytes = b"") -> Iterator[tuple[bytes, Any]]:
+        """Depth-first (path, node) over a tree, parents before children."""
+        for node in self.load_tree(tree_id).nodes:
+            path = prefix + b"/" + node.name
+            yield path, node
+            if node.type == "dir" and node.subtree:
+                yield from self.walk(node.subtree, path)
+
+    def verify_storage(self) -> None:
+        """Cheap reachability check: raises StorageError/RepositoryNotFound if storage is unusable."""
+        if not self.backend.exists(FileType.CONFIG, "config"):
+            raise RepositoryNotFound(f"the repository at {self.backend.location} has disappeared")
+
+
+__all__ = ["PreparedBlob", "Repository"]
