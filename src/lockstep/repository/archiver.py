@@ -162,7 +162,9 @@ class Archiver:
         if finished_cleanly is not None:
             finished_cleanly()
         if size == 0 and not allow_empty:
-            raise SourceError("the stream was empty; no snapshot was written", "check the command or file that feeds it")
+            raise SourceError(
+                "the stream was empty; no snapshot was written", "check the command or file that feeds it"
+            )
         parts = filename.split("/")
         node = Node(
             name=parts[-1].encode("utf-8"),
@@ -195,7 +197,9 @@ class Archiver:
 
     # --- directory trees ------------------------------------------------------------------
 
-    def backup_paths(self, paths: Iterable[str | Path], tags: Iterable[str] = (), hostname: str | None = None) -> BackupSummary:
+    def backup_paths(
+        self, paths: Iterable[str | Path], tags: Iterable[str] = (), hostname: str | None = None
+    ) -> BackupSummary:
         """Store files and directories under their absolute paths, as restic does."""
         started = time.monotonic()
         now = format_time_ns(time.time_ns())
@@ -205,7 +209,9 @@ class Archiver:
                 raise SourceError(f"{os.fsdecode(path)} does not exist", "check the path and try again")
         pipeline = _ChunkPipeline(self.repository, self._workers)
         try:
-            root_tree = self._tree_for_targets(pipeline, b"/", [path for path in absolute if path != b"/"], b"/" in absolute)
+            root_tree = self._tree_for_targets(
+                pipeline, b"/", [path for path in absolute if path != b"/"], b"/" in absolute
+            )
         finally:
             pipeline.close()
         return self._finish(root_tree, [os.fsdecode(path) for path in absolute], tags, hostname, now, started)
@@ -330,7 +336,9 @@ class Archiver:
 
     # --- the end of every backup ----------------------------------------------------------
 
-    def _finish(self, tree_id: bytes, paths: list[str], tags: Iterable[str], hostname: str | None, now: str, started: float) -> BackupSummary:
+    def _finish(
+        self, tree_id: bytes, paths: list[str], tags: Iterable[str], hostname: str | None, now: str, started: float
+    ) -> BackupSummary:
         self.repository.flush()
         snapshot = Snapshot(
             time=now,

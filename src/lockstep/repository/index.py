@@ -38,6 +38,14 @@ class Index:
             if blob.blob_id not in blob_map:
                 blob_map[blob.blob_id] = BlobLocation(pack_id, blob.offset, blob.length, blob.uncompressed_length)
 
+    def remove_pack(self, pack_id: bytes, blobs: Iterable[PackedBlob]) -> None:
+        """Forget the blobs of a pack, where this pack is where the index has them."""
+        for blob in blobs:
+            blob_map = self._maps[blob.blob_type]
+            location = blob_map.get(blob.blob_id)
+            if location is not None and location.pack_id == pack_id:
+                del blob_map[blob.blob_id]
+
     def blobs(self, blob_type: BlobType) -> Iterator[tuple[bytes, BlobLocation]]:
         yield from self._maps[blob_type].items()
 

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -86,10 +86,8 @@ def _lock_document(exclusive: bool) -> dict[str, Any]:
         "exclusive": exclusive,
         "hostname": socket.gethostname(),
     }
-    try:
+    with suppress(KeyError, OSError):
         document["username"] = getpass.getuser()
-    except (KeyError, OSError):
-        pass
     document["pid"] = os.getpid()
     if os.getuid():
         document["uid"] = os.getuid()

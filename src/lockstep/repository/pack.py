@@ -1,6 +1,6 @@
 """Pack files: sealed blobs back to back, then a sealed header, then its length (§7).
 
-    blob_1 ‖ … ‖ blob_n ‖ seal(header) ‖ uint32_le(len(seal(header)))
+blob_1 ‖ … ‖ blob_n ‖ seal(header) ‖ uint32_le(len(seal(header)))
 """
 
 from __future__ import annotations
@@ -92,11 +92,12 @@ class PackWriter:
     """Collects sealed blobs of one type into a pack, in memory, until it is big enough."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._parts: list[bytes] = []
+        self._size = 0
         self.blobs: list[PackedBlob] = []
 
     def __len__(self) -> int:
-        return len(self._buffer)
+        return self._size
 
     @property
     def count(self) -> int:
@@ -104,20 +105,26 @@ class PackWriter:
 
     def add(self, blob_type: BlobType, blob_id: bytes, sealed: bytes, uncompressed_length: int) -> PackedBlob:
         """Append a sealed blob; uncompressed_length is 0 when it is stored raw."""
-        entry = PackedBlob(blob_type, blob_id, len(self._buffer), len(sealed), uncompressed_length)
-        self._buffer += sealed
+        entry = PackedBlob(blob_type, blob_id, self._size, len(sealed), uncompressed_length)
+        self._parts.append(sealed)
+        self._size += len(sealed)
         self.blobs.append(entry)
         return entry
+
+    def finish_discard(self) -> None:
+        """Forget everything collected so far."""
+        self._parts = []
+        self._size = 0
+        self.blobs = []
 
     def finish(self, key: Key) -> tuple[bytes, bytes, list[PackedBlob]]:
         """Seal the header and return (pack bytes, pack ID, entries); the writer is empty after."""
         if not self.blobs:
             raise ValueError("a pack needs at least one blob")
         sealed_header = key.seal(encode_header(self.blobs))
-        self._buffer += sealed_header
-        self._buffer += struct.pack("<I", len(sealed_header))
-        data = bytes(self._buffer)
+        self._parts.append(sealed_header)
+        self._parts.append(struct.pack("<I", len(sealed_header)))
+        data = b"".join(self._parts)
         blobs = self.blobs
-        self._buffer = bytearray()
-        self.blobs = []
+        self.finish_discard()
         return data, hashlib.sha256(data).digest(), blobs

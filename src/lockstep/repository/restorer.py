@@ -64,7 +64,10 @@ def find_node(repository: Repository, snapshot: Snapshot, path: str) -> Node:
     for position, part in enumerate(parts):
         node = repository.load_tree(tree_id).find(part)
         if node is None:
-            raise NotFound(f"{path} is not in snapshot {snapshot.short_id}", f"list its files with `lockstep repo ls {snapshot.short_id}`")
+            raise NotFound(
+                f"{path} is not in snapshot {snapshot.short_id}",
+                f"list its files with `lockstep repo ls {snapshot.short_id}`",
+            )
         if position < len(parts) - 1:
             if node.type != "dir" or node.subtree is None:
                 raise NotFound(f"{path} is not in snapshot {snapshot.short_id}")
@@ -87,8 +90,14 @@ def dump_file(repository: Repository, node: Node, output: BinaryIO, progress: Pr
 class Restorer:
     """Restores a snapshot (or the parts of it under `includes`) into a target directory."""
 
-    def __init__(self, repository: Repository, snapshot: Snapshot, target: Path, includes: list[str] | None = None,
-                 progress: ProgressCallback | None = None) -> None:
+    def __init__(
+        self,
+        repository: Repository,
+        snapshot: Snapshot,
+        target: Path,
+        includes: list[str] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> None:
         self.repository = repository
         self.snapshot = snapshot
         self.target = Path(target)
@@ -145,9 +154,13 @@ class Restorer:
                 with open(destination, "wb") as handle:
                     written = dump_file(self.repository, node, handle, self.progress)
             except OSError as error:
-                raise StorageError(f"cannot write {os.fsdecode(destination)}: {error.strerror}", "check free space and permissions") from error
+                raise StorageError(
+                    f"cannot write {os.fsdecode(destination)}: {error.strerror}", "check free space and permissions"
+                ) from error
             if written != node.size:
-                self.summary.warnings.append(f"{os.fsdecode(destination)}: restored {written} bytes, the snapshot says {node.size}")
+                self.summary.warnings.append(
+                    f"{os.fsdecode(destination)}: restored {written} bytes, the snapshot says {node.size}"
+                )
             self.summary.files += 1
             self.summary.bytes_written += written
         elif node.type == "symlink":

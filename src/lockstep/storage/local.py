@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import tempfile
@@ -73,10 +74,8 @@ class LocalBackend:
             raise _describe_os_error(error, path) from error
         finally:
             if temporary_name is not None:
-                try:
+                with contextlib.suppress(OSError):
                     os.unlink(temporary_name)
-                except OSError:
-                    pass
 
     @staticmethod
     def _fsync_directory(directory: Path) -> None:

@@ -1,8 +1,8 @@
 """Turn a repository location string into a backend, with the syntax restic uses.
 
-    /srv/backups/repo                      a local path
-    local:/srv/backups/repo                the same, spelled out
-    s3:http://127.0.0.1:9000/bucket/prefix S3-compatible storage (credentials from AWS_* variables)
+/srv/backups/repo                      a local path
+local:/srv/backups/repo                the same, spelled out
+s3:http://127.0.0.1:9000/bucket/prefix S3-compatible storage (credentials from AWS_* variables)
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Actions behind `lockstep repo …`."""

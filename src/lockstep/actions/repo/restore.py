@@ -1,0 +1,92 @@
+"""`lockstep repo restore` and `lockstep repo dump`."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+from typing import BinaryIO
+
+from lockstep.actions.repo.session import RepositoryAccess
+from lockstep.repository.archiver import ProgressCallback
+from lockstep.repository.gojson import parse_time_ns, unix_permissions
+from lockstep.repository.repository import Repository
+from lockstep.repository.restorer import Restorer, RestoreSummary, dump_file, find_node, read_blobs
+
+
+def restore(
+    access: RepositoryAccess,
+    reference: str,
+    target: Path,
+    includes: list[str] | None = None,
+    progress: ProgressCallback | None = None,
+) -> tuple[str, RestoreSummary]:
+    with access.session(exclusive=False) as repository:
+        snapshot = repository.find_snapshot(reference)
+        summary = Restorer(repository, snapshot, target, includes, progress).run()
+    return snapshot.id, summary
+
+
+def dump(access: RepositoryAccess, reference: str, path: str, output: BinaryIO) -> int:
+    """Write a file's content to `output`, or a directory as a tar stream (as restic does)."""
+    with access.session(exclusive=False) as repository:
+        snapshot = repository.find_snapshot(reference)
+        node = find_node(repository, snapshot, path)
+        if node.type == "file":
+            return dump_file(repository, node, output)
+        if node.type == "dir" and node.subtree is not None:
+            return _dump_tar(repository, node.subtree, output)
+        from lockstep.errors import UsageError
+
+        raise UsageError(f"{path} is a {node.type}, not a file or directory")
+
+
+class _CountingWriter:
+    def __init__(self, output: BinaryIO) -> None:
+        self.output = output
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        self.output.write(data)
+        self.count += len(data)
+        return len(data)
+
+
+class _BlobReader:
+    """A file-like reader over a file node's blobs, for tarfile."""
+
+    def __init__(self, repository: Repository, blob_ids: list[bytes]) -> None:
+        self._blobs = read_blobs(repository, blob_ids)
+        self._buffer = b""
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            try:
+                self._buffer += next(self._blobs)
+            except StopIteration:
+                break
+        if size < 0:
+            data, self._buffer = self._buffer, b""
+        else:
+            data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+
+def _dump_tar(repository: Repository, tree_id: bytes, output: BinaryIO) -> int:
+    writer = _CountingWriter(output)
+    with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as archive:  # type: ignore[call-overload]
+        for path, node in repository.walk(tree_id):
+            info = tarfile.TarInfo(path.decode("utf-8", "surrogateescape").lstrip("/"))
+            info.mode = unix_permissions(node.mode)
+            info.mtime = parse_time_ns(node.mtime) / 1e9
+            info.uid, info.gid, info.uname, info.gname = node.uid, node.gid, node.user, node.group
+            if node.type == "dir":
+                info.type = tarfile.DIRTYPE
+                archive.addfile(info)
+            elif node.type == "symlink":
+                info.type = tarfile.SYMTYPE
+                info.linkname = node.link_target_bytes.decode("utf-8", "surrogateescape")
+                archive.addfile(info)
+            elif node.type == "file":
+                info.size = node.size
+                archive.addfile(info, _BlobReader(repository, node.content or []))  # type: ignore[arg-type]
+    return writer.count

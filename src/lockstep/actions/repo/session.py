@@ -1,0 +1,79 @@
+"""Opening a repository from what the user gave: location and a password source."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from lockstep.errors import UsageError
+from lockstep.process import Command, run_capture
+from lockstep.repository.locks import locked
+from lockstep.repository.repository import Repository
+from lockstep.storage.location import open_backend
+
+
+@dataclass(frozen=True)
+class RepositoryAccess:
+    """Where the repository is and how to get its password; resolved lazily."""
+
+    location: str | None = None
+    password_file: Path | None = None
+    password_command: str | None = None
+    lock_wait_seconds: float = 0.0
+
+    def resolved_location(self) -> str:
+        location = self.location or os.environ.get("LOCKSTEP_REPOSITORY", "")
+        if not location:
+            raise UsageError(
+                "no repository given",
+                "pass --repo LOCATION or set LOCKSTEP_REPOSITORY (a path, local:PATH or s3:URL/BUCKET)",
+            )
+        return location
+
+    def password(self) -> str:
+        """From --password-file, --password-command or LOCKSTEP_PASSWORD, in that order."""
+        if self.password_file is not None:
+            try:
+                text = self.password_file.read_text(encoding="utf-8")
+            except OSError as error:
+                raise UsageError(f"cannot read the password file {self.password_file}: {error.strerror}") from error
+            password = text.rstrip("\r\n")
+        elif self.password_command is not None:
+            password = run_capture(Command.parse(self.password_command), timeout=60).rstrip("\r\n")
+        else:
+            password = os.environ.get("LOCKSTEP_PASSWORD", "")
+            file_from_environment = os.environ.get("LOCKSTEP_PASSWORD_FILE")
+            if not password and file_from_environment:
+                return RepositoryAccess(password_file=Path(file_from_environment)).password()
+        if not password:
+            raise UsageError(
+                "no repository password given",
+                "set LOCKSTEP_PASSWORD, or pass --password-file FILE or --password-command CMD",
+            )
+        return password
+
+    def open(self, load_index: bool = True) -> Repository:
+        repository = Repository.open(open_backend(self.resolved_location()), self.password())
+        if load_index:
+            repository.load_index()
+        return repository
+
+    @contextmanager
+    def session(self, exclusive: bool = False, lock: bool = True, load_index: bool = True) -> Iterator[Repository]:
+        """An open repository, locked for the duration (snapshots are read before the index)."""
+        repository = self.open(load_index=False)
+        try:
+            if lock:
+                with locked(repository, exclusive=exclusive, wait_seconds=self.lock_wait_seconds):
+                    if load_index:
+                        repository.load_index()
+                    yield repository
+            else:
+                if load_index:
+                    repository.load_index()
+                yield repository
+        finally:
+            repository.close()

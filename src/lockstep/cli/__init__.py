@@ -1,0 +1,1 @@
+"""The command line: parses arguments, calls actions, renders their results. Nothing else."""

@@ -1,0 +1,71 @@
+"""Entry point: the `lockstep` command group and the single exit path for errors."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from lockstep import __version__
+from lockstep.cli.output import error_console, print_json
+from lockstep.errors import LockstepError
+from lockstep.exit_codes import ExitCode
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="lockstep", message="%(prog)s %(version)s")
+@click.option("--json", "json_output", is_flag=True, help="Print machine-readable JSON on stdout.")
+@click.option("--debug", is_flag=True, help="Show tracebacks for unexpected errors.")
+@click.pass_context
+def cli(context: click.Context, json_output: bool, debug: bool) -> None:
+    """lockstep: deploys that are safe to undo.
+
+    Snapshots of code, databases and config in a restic-compatible repository.
+    """
+    context.ensure_object(dict)
+    context.obj["json"] = json_output
+    context.obj["debug"] = debug
+
+
+def _register() -> None:
+    from lockstep.cli.repo import repo
+
+    cli.add_command(repo)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; every failure leaves through here with a documented exit code."""
+    debug = "--debug" in (argv if argv is not None else sys.argv)
+    json_output = "--json" in (argv if argv is not None else sys.argv)
+    try:
+        cli.main(args=argv, prog_name="lockstep", standalone_mode=False)
+    except click.exceptions.Exit as exit_request:
+        sys.exit(exit_request.exit_code)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(ExitCode.USAGE)
+    except click.exceptions.Abort:
+        error_console.print("lockstep: interrupted")
+        sys.exit(ExitCode.INTERRUPTED)
+    except KeyboardInterrupt:
+        error_console.print("lockstep: interrupted")
+        sys.exit(ExitCode.INTERRUPTED)
+    except LockstepError as error:
+        if json_output:
+            print_json({"error": error.message, "hint": error.hint, "exit_code": int(error.exit_code)})
+        error_console.print(f"lockstep: error: {error}", markup=False)
+        if debug:
+            raise
+        sys.exit(error.exit_code)
+    except BrokenPipeError:
+        sys.exit(ExitCode.OK)
+    except Exception as error:  # a bug: say so plainly, show the traceback only with --debug
+        if debug:
+            raise
+        error_console.print(
+            f"lockstep: internal error: {type(error).__name__}: {error} (run with --debug for details)", markup=False
+        )
+        sys.exit(ExitCode.FAILED)

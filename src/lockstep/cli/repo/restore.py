@@ -1,0 +1,60 @@
+"""`repo restore`, `repo dump`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lockstep.actions.repo.restore import dump, restore
+from lockstep.cli.output import byte_progress, console, human_bytes, print_json
+from lockstep.cli.repo.options import access_from, repository_options, wants_json
+
+
+@click.command("restore")
+@click.argument("snapshot")
+@click.option(
+    "-t", "--target", required=True, type=click.Path(path_type=Path, file_okay=False), help="Directory to restore into."
+)
+@click.option("-i", "--include", "includes", multiple=True, help="Restore only this path (repeatable).")
+@repository_options
+def restore_command(snapshot: str, target: Path, includes: tuple[str, ...], **options: Any) -> None:
+    """Restore SNAPSHOT (an ID prefix or `latest`) into --target."""
+    json_output = wants_json(options)
+    with byte_progress("restore", None, enabled=not json_output) as progress:
+        snapshot_id, summary = restore(access_from(options), snapshot, target, list(includes), progress)
+    if json_output:
+        print_json(
+            {
+                "message_type": "summary",
+                "snapshot_id": snapshot_id,
+                "files": summary.files,
+                "directories": summary.directories,
+                "bytes_written": summary.bytes_written,
+                "warnings": summary.warnings,
+            }
+        )
+        return
+    for warning in summary.warnings:
+        console.print(f"warning: {warning}", markup=False)
+    console.print(
+        f"restored snapshot {snapshot_id[:8]} to {target}: {summary.files} files, {human_bytes(summary.bytes_written)}"
+    )
+
+
+@click.command("dump")
+@click.argument("snapshot")
+@click.argument("path")
+@repository_options
+def dump_command(snapshot: str, path: str, **options: Any) -> None:
+    """Write the file at PATH in SNAPSHOT to stdout (a directory comes out as a tar stream)."""
+    options.pop("json_output", None)
+    if sys.stdout.isatty():
+        raise click.UsageError("refusing to write binary data to a terminal; redirect stdout to a file or a pipe")
+    dump(access_from(options), snapshot, path, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
+
+
+COMMANDS = [restore_command, dump_command]

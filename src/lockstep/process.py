@@ -1,0 +1,128 @@
+"""The one place lockstep starts other programs.
+
+Commands are argv lists (never a shell), so they can be printed in a plan and asserted in
+tests; secrets travel in the environment or on stdin, never in argv.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO
+
+from lockstep.errors import SourceError, UsageError
+
+
+@dataclass(frozen=True)
+class Command:
+    """An external command as data."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str] | None = None  # added to lockstep's own environment
+    cwd: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Command:
+        """Split a command line the way a shell would, without running a shell."""
+        try:
+            argv = shlex.split(text)
+        except ValueError as error:
+            raise UsageError(f"cannot parse command {text!r}: {error}") from error
+        if not argv:
+            raise UsageError("the command is empty")
+        return cls(tuple(argv))
+
+    def display(self) -> str:
+        return shlex.join(self.argv)
+
+    def _environment(self) -> dict[str, str] | None:
+        if self.env is None:
+            return None
+        return {**os.environ, **self.env}
+
+
+def run_capture(command: Command, timeout: float = 60.0) -> str:
+    """Run to completion and return stdout; a non-zero exit raises SourceError with stderr's end."""
+    try:
+        completed = subprocess.run(
+            list(command.argv),
+            capture_output=True,
+            timeout=timeout,
+            env=command._environment(),
+            cwd=command.cwd,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except FileNotFoundError as error:
+        raise SourceError(f"command not found: {command.argv[0]}", "install it or fix the path") from error
+    except subprocess.TimeoutExpired as error:
+        raise SourceError(f"{command.argv[0]} did not finish within {timeout:.0f} s") from error
+    if completed.returncode != 0:
+        detail = completed.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
+        raise SourceError(
+            f"{command.argv[0]} exited with code {completed.returncode}" + (": " + " / ".join(detail) if detail else "")
+        )
+    return completed.stdout.decode("utf-8", "replace")
+
+
+class StreamingProcess:
+    """A command whose stdout is read as a stream; `finish()` checks how it ended."""
+
+    def __init__(self, command: Command) -> None:
+        self.command = command
+        try:
+            self._process = subprocess.Popen(
+                list(command.argv),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                env=command._environment(),
+                cwd=command.cwd,
+                bufsize=0,
+            )
+        except FileNotFoundError as error:
+            raise SourceError(f"command not found: {command.argv[0]}", "install it or fix the path") from error
+        except PermissionError as error:
+            raise SourceError(f"command is not executable: {command.argv[0]}") from error
+        assert self._process.stdout is not None
+        self.stdout: IO[bytes] = self._process.stdout
+        self._stderr_tail = b""
+        import threading
+
+        self._stderr_reader = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._stderr_reader.start()
+
+    def _drain_stderr(self) -> None:
+        assert self._process.stderr is not None
+        for line in self._process.stderr:
+            self._stderr_tail = (self._stderr_tail + line)[-4096:]
+
+    def finish(self) -> None:
+        """Wait for the command; a non-zero exit raises SourceError naming it and its last words."""
+        code = self._process.wait()
+        self._stderr_reader.join(timeout=5)
+        if code != 0:
+            lines = self._stderr_tail.decode("utf-8", "replace").strip().splitlines()[-3:]
+            reason = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            raise SourceError(
+                f"{self.command.argv[0]} {reason}; no snapshot was written"
+                + (": " + " / ".join(lines) if lines else ""),
+                "fix the command and run the backup again",
+            )
+
+    def kill(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+
+def command_from_argv(argv: Sequence[str]) -> Command:
+    if not argv:
+        raise UsageError(
+            "--stdin-from-command needs a command after --",
+            "e.g. lockstep repo backup --stdin-from-command -- pg_dump shop",
+        )
+    return Command(tuple(argv))

@@ -1,0 +1,381 @@
+"""A repository in S3-compatible object storage (AWS S3, MinIO, Ceph, ...), laid out as restic does.
+
+The location uses restic's syntax::
+
+    s3:http://127.0.0.1:9000/bucket
+    s3:https://s3.example.com/bucket/some/prefix
+
+Credentials come only from the environment: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, plus
+AWS_SESSION_TOKEN when temporary credentials are used; AWS_DEFAULT_REGION defaults to us-east-1.
+They never appear in `location` or in any error message.
+
+Every file is one object at ``PREFIX/`` + `relative_path` and is written with a single PUT, so
+writes are atomic: readers see the whole object or none of it. Addressing is path-style so that
+servers on loopback or with plain host names work. One boto3 client is created per backend; boto3
+clients are thread-safe, so `save` may be called from several threads at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, cast
+from urllib.parse import urlsplit
+
+import boto3
+import botocore.session
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, ProxyConnectionError, SSLError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from lockstep.errors import StorageError, UsageError
+from lockstep.storage.base import FileMissing, FileType, is_storage_id, relative_path
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
+    from mypy_boto3_s3.literals import BucketLocationConstraintType
+
+EXPECTED_FORM = "s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]"
+DEFAULT_REGION = "us-east-1"
+CREDENTIAL_HINT = "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN if you use one)"
+
+# Bucket names as S3 accepts them; MinIO and Ceph apply the same rules.
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_USERINFO = re.compile(r"//[^/@]*@")
+
+_MISSING_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
+_CREDENTIAL_CODES = frozenset(
+    {
+        "AccessDenied",
+        "Forbidden",
+        "403",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidToken",
+        "ExpiredToken",
+        "TokenRefreshRequired",
+        "InvalidClientTokenId",
+    }
+)
+
+
+_REGION_CODES = frozenset({"AuthorizationHeaderMalformed", "PermanentRedirect", "IllegalLocationConstraintException"})
+
+
+def _error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _error_message(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Message", ""))
+
+
+def _is_missing(error: ClientError) -> bool:
+    return _error_code(error) in _MISSING_CODES
+
+
+def _without_userinfo(location: str) -> str:
+    """The location with any ``user:password@`` removed, so it can be shown."""
+    return _USERINFO.sub("//***@", location)
+
+
+def _usage(location: str, problem: str) -> UsageError:
+    return UsageError(
+        f"invalid S3 location {_without_userinfo(location)!r}: {problem}",
+        f"use {EXPECTED_FORM}, e.g. s3:http://127.0.0.1:9000/backups",
+    )
+
+
+def parse_location(location: str) -> tuple[str, str, str]:
+    """Split ``s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]`` into (endpoint URL, bucket, prefix)."""
+    if not location.startswith("s3:"):
+        raise _usage(location, "it must start with s3:")
+    url = location[len("s3:") :]
+    if not url.startswith(("http://", "https://")):
+        raise _usage(location, "the endpoint must start with http:// or https://")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for a port that is not a number in range
+    except ValueError as error:
+        raise _usage(location, "the host or port is not valid") from error
+    if "@" in parts.netloc:
+        raise UsageError(
+            "credentials must not be part of the S3 location",
+            "remove them from the URL and set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead",
+        )
+    if not parts.hostname:
+        raise _usage(location, "the host is missing")
+    if port == 0:
+        raise _usage(location, "the port is not valid")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise _usage(location, "a query string or fragment is not allowed")
+    segments = [segment for segment in parts.path.split("/") if segment]
+    if not segments:
+        raise _usage(location, "the bucket is missing")
+    bucket, prefix_segments = segments[0], segments[1:]
+    if not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket:
+        raise _usage(
+            location,
+            f"{bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, dots and hyphens)",
+        )
+    if any(segment in (".", "..") for segment in prefix_segments):
+        raise _usage(location, "the prefix must not contain . or .. segments")
+    endpoint = f"{parts.scheme}://{parts.netloc}"
+    return endpoint, bucket, "/".join(prefix_segments)
+
+
+class S3Backend:
+    """Files as objects in one bucket, under an optional key prefix."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        bucket: str,
+        prefix: str = "",
+        *,
+        retries: int = 3,
+        connect_timeout: float = 5,
+        read_timeout: float = 60,
+    ) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        access_key = os.environ.get("AWS_ACCESS_KEY_ID", "")
+        secret_key = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+        session_token = os.environ.get("AWS_SESSION_TOKEN") or None
+        if not access_key or not secret_key:
+            raise UsageError(
+                f"no credentials for {self.location}",
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment",
+            )
+        self.region = os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+        # Kept only to scrub them from any server text we repeat in an error.
+        self._secrets = tuple(value for value in (access_key, secret_key, session_token) if value)
+        config = Config(
+            s3={"addressing_style": "path"},
+            # botocore's "max_attempts" counts retries after the first attempt, not attempts.
+            retries={"max_attempts": retries, "mode": "standard"},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_pool_connections=10,
+            # Newer botocore adds CRC checksums and aws-chunked uploads by default, which many
+            # S3-compatible servers reject; PUTs carry Content-MD5 instead (see `save`).
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        # A session of our own: the default session is shared and not thread-safe, and passing
+        # the keys explicitly means no credentials come from ~/.aws files or instance metadata.
+        # AWS_PROFILE is ignored too: a profile that exists only for other tools must not break us.
+        core_session = botocore.session.Session(session_vars={"profile": (None, None, None, None)})
+        session = boto3.session.Session(
+            botocore_session=core_session,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            aws_session_token=session_token,
+            region_name=self.region,
+        )
+        self._client: S3Client = session.client("s3", endpoint_url=self.endpoint, config=config)
+
+    @classmethod
+    def from_location(cls, location: str) -> S3Backend:
+        """Build a backend from ``s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]``; nothing is contacted."""
+        endpoint, bucket, prefix = parse_location(location)
+        return cls(endpoint, bucket, prefix)
+
+    @property
+    def location(self) -> str:
+        location = f"s3:{self.endpoint}/{self.bucket}"
+        return f"{location}/{self.prefix}" if self.prefix else location
+
+    def __repr__(self) -> str:
+        return f"S3Backend({self.location!r})"
+
+    def _key(self, file_type: FileType, name: str) -> str:
+        path = relative_path(file_type, name)
+        return f"{self.prefix}/{path}" if self.prefix else path
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _missing(self, key: str) -> FileMissing:
+        return FileMissing(f"{key} is missing from {self.location}")
+
+    def _storage_error(self, error: Exception, action: str, key: str | None = None) -> StorageError:
+        """Describe a failed request in terms the user can act on, without any credentials."""
+        target = f"{key} in {self.location}" if key else self.location
+        if isinstance(error, SSLError):
+            return StorageError(
+                f"TLS connection to S3 endpoint {self.endpoint} failed",
+                "check the certificate (AWS_CA_BUNDLE names a custom CA) or use http:// for a local server",
+            )
+        if isinstance(error, ProxyConnectionError):
+            return StorageError(
+                f"cannot reach S3 endpoint {self.endpoint} through the proxy",
+                "check HTTP_PROXY/HTTPS_PROXY/NO_PROXY",
+            )
+        if isinstance(error, BotoConnectionError):
+            return StorageError(
+                f"cannot reach S3 endpoint {self.endpoint}", "check the URL and that the server is running"
+            )
+        if isinstance(error, ClientError):
+            code = _error_code(error)
+            if code in _CREDENTIAL_CODES:
+                return StorageError(
+                    f"the S3 server refused the credentials ({code}) when trying to {action} {target}",
+                    f"{CREDENTIAL_HINT}, and that they may access bucket {self.bucket}",
+                )
+            if code == "NoSuchBucket":
+                return StorageError(
+                    f"bucket {self.bucket} does not exist at {self.endpoint}",
+                    "create the repository first, or check the bucket name",
+                )
+            if code in _REGION_CODES:
+                return StorageError(
+                    f"cannot {action} {target}: {code}: {self._scrub(_error_message(error))}",
+                    "set AWS_DEFAULT_REGION to the bucket's region",
+                )
+            detail = self._scrub(_error_message(error)) or "no details"
+            return StorageError(f"cannot {action} {target}: {code or 'error'}: {detail}")
+        if isinstance(error, BotoCoreError):
+            return StorageError(
+                f"cannot {action} {target}: {self._scrub(str(error))}",
+                "check the network connection to the S3 endpoint and try again",
+            )
+        return StorageError(f"cannot {action} {target}: {type(error).__name__}")
+
+    def _ensure_bucket(self) -> None:
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+            return
+        except ClientError as error:
+            if not _is_missing(error):
+                raise self._storage_error(error, "check bucket") from error
+        except BotoCoreError as error:
+            raise self._storage_error(error, "check bucket") from error
+        try:
+            if self.region == DEFAULT_REGION:
+                self._client.create_bucket(Bucket=self.bucket)
+            else:
+                self._client.create_bucket(
+                    Bucket=self.bucket,
+                    # Other S3-compatible servers accept regions the AWS stubs do not list.
+                    CreateBucketConfiguration={"LocationConstraint": cast("BucketLocationConstraintType", self.region)},
+                )
+        except ClientError as error:
+            code = _error_code(error)
+            if code == "BucketAlreadyOwnedByYou":
+                return
+            if code == "BucketAlreadyExists":
+                raise StorageError(
+                    f"bucket {self.bucket} already exists and belongs to someone else",
+                    "choose another bucket name",
+                ) from error
+            raise self._storage_error(error, "create bucket") from error
+        except BotoCoreError as error:
+            raise self._storage_error(error, "create bucket") from error
+
+    def create(self) -> None:
+        self._ensure_bucket()
+        if self.exists(FileType.CONFIG, "config"):
+            raise StorageError(f"a repository already exists at {self.location}", "use it, or choose another location")
+
+    def save(self, file_type: FileType, name: str, data: bytes) -> None:
+        key = self._key(file_type, name)
+        digest = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+        try:
+            self._client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType="application/octet-stream",
+                ContentMD5=digest,
+            )
+        except (ClientError, BotoCoreError) as error:
+            raise self._storage_error(error, "write", key) from error
+
+    def load(self, file_type: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError(f"offset and length must not be negative (got {offset}, {length})")
+        key = self._key(file_type, name)
+        if length == 0:
+            self.size(file_type, name)  # still raises FileMissing for a missing file
+            return b""
+        try:
+            if offset == 0 and length is None:
+                response = self._client.get_object(Bucket=self.bucket, Key=key)
+            else:
+                end = "" if length is None else str(offset + length - 1)
+                response = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{end}")
+            body = response["Body"]
+            try:
+                return body.read()
+            finally:
+                body.close()
+        except ClientError as error:
+            if _error_code(error) in ("InvalidRange", "416"):
+                return b""  # the range starts at or past the end: like reading past EOF on disk
+            if _is_missing(error):
+                raise self._missing(key) from error
+            raise self._storage_error(error, "read", key) from error
+        except BotoCoreError as error:
+            raise self._storage_error(error, "read", key) from error
+
+    def _head(self, file_type: FileType, name: str) -> int | None:
+        """The object's size, or None when it (or the bucket) does not exist."""
+        key = self._key(file_type, name)
+        try:
+            return self._client.head_object(Bucket=self.bucket, Key=key)["ContentLength"]
+        except ClientError as error:
+            if _is_missing(error):
+                return None
+            raise self._storage_error(error, "look up", key) from error
+        except BotoCoreError as error:
+            raise self._storage_error(error, "look up", key) from error
+
+    def size(self, file_type: FileType, name: str) -> int:
+        size = self._head(file_type, name)
+        if size is None:
+            raise self._missing(self._key(file_type, name))
+        return size
+
+    def exists(self, file_type: FileType, name: str) -> bool:
+        return self._head(file_type, name) is not None
+
+    def list(self, file_type: FileType) -> Iterator[tuple[str, int]]:
+        if file_type is FileType.CONFIG:
+            return
+        directory = f"{self.prefix}/{file_type.value}/" if self.prefix else f"{file_type.value}/"
+        paginator = self._client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=directory):
+                for item in page.get("Contents", []):
+                    key = item.get("Key", "")
+                    name = key.rpartition("/")[2]
+                    # Only objects where `load` will look for them: packs in data/XX/, others flat.
+                    if is_storage_id(name) and key == self._key(file_type, name):
+                        yield name, item.get("Size", 0)
+        except ClientError as error:
+            if _error_code(error) == "NoSuchBucket":
+                return
+            raise self._storage_error(error, "list", directory) from error
+        except BotoCoreError as error:
+            raise self._storage_error(error, "list", directory) from error
+
+    def remove(self, file_type: FileType, name: str) -> None:
+        key = self._key(file_type, name)
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            if _is_missing(error):
+                return
+            raise self._storage_error(error, "delete", key) from error
+        except BotoCoreError as error:
+            raise self._storage_error(error, "delete", key) from error
+
+    def close(self) -> None:
+        self._client.close()

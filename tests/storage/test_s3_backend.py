@@ -1,0 +1,494 @@
+"""The storage contract, checked once for LocalBackend and for S3Backend on a real moto server.
+
+The S3 tests talk HTTP to `python -m moto.server` in a subprocess. Without moto they are skipped,
+or fail when LOCKSTEP_REQUIRE_ALL=1 (CI sets it so that a missing dependency cannot hide them).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, NoReturn
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from lockstep.errors import LockstepError, StorageError, UsageError
+from lockstep.storage.base import Backend, FileMissing, FileType, relative_path
+from lockstep.storage.local import LocalBackend
+from lockstep.storage.location import open_backend
+from lockstep.storage.s3 import EXPECTED_FORM, S3Backend, parse_location
+from tests.s3_server import MotoUnavailable, free_port, moto_missing_reason, start_moto_server
+
+BackendFactory = Callable[[], Backend]
+NON_CONFIG_TYPES = [file_type for file_type in FileType if file_type is not FileType.CONFIG]
+
+
+def new_id() -> str:
+    return secrets.token_hex(32)
+
+
+def name_for(file_type: FileType) -> str:
+    return "config" if file_type is FileType.CONFIG else new_id()
+
+
+def unique_bucket() -> str:
+    return f"lockstep-test-{uuid.uuid4().hex[:16]}"
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip, unless LOCKSTEP_REQUIRE_ALL=1 says every test must really run."""
+    if os.environ.get("LOCKSTEP_REQUIRE_ALL") == "1":
+        pytest.fail(f"LOCKSTEP_REQUIRE_ALL=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def raw_client(endpoint: str) -> Any:
+    """A plain boto3 client to look behind the backend's back (uses the fixture's credentials)."""
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}),
+    )
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server for this module, with test credentials in the environment."""
+    reason = moto_missing_reason()
+    if reason:
+        skip_or_fail(reason)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+            patch.delenv(name, raising=False)
+        try:
+            endpoint, stop = start_moto_server()
+        except MotoUnavailable as error:
+            skip_or_fail(str(error))
+        try:
+            yield endpoint
+        finally:
+            stop()
+
+
+@pytest.fixture(params=["local", "s3"])
+def make_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BackendFactory]:
+    """Builds backends of one kind, each on a fresh, empty location (not yet created)."""
+    made: list[Backend] = []
+
+    def make() -> Backend:
+        backend: Backend
+        if request.param == "local":
+            backend = LocalBackend(tmp_path / f"repo-{len(made)}")
+        else:
+            endpoint = request.getfixturevalue("s3_endpoint")
+            backend = S3Backend.from_location(f"s3:{endpoint}/{unique_bucket()}/some/prefix")
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        backend.close()
+
+
+@pytest.fixture
+def backend(make_backend: BackendFactory) -> Backend:
+    backend = make_backend()
+    backend.create()
+    return backend
+
+
+# The contract: every test below runs against both backends.
+
+
+@pytest.mark.parametrize("file_type", list(FileType), ids=lambda file_type: file_type.name)
+def test_round_trip_for_every_file_type(backend: Backend, file_type: FileType) -> None:
+    name = name_for(file_type)
+    data = os.urandom(3000)
+    assert not backend.exists(file_type, name)
+
+    backend.save(file_type, name, data)
+
+    assert backend.exists(file_type, name)
+    assert backend.size(file_type, name) == len(data)
+    assert backend.load(file_type, name) == data
+    expected_listing = [] if file_type is FileType.CONFIG else [(name, len(data))]
+    assert list(backend.list(file_type)) == expected_listing
+
+    backend.remove(file_type, name)
+    assert not backend.exists(file_type, name)
+    assert list(backend.list(file_type)) == []
+    backend.remove(file_type, name)  # removing again is not an error
+    with pytest.raises(FileMissing):
+        backend.load(file_type, name)
+    with pytest.raises(FileMissing):
+        backend.size(file_type, name)
+
+
+def test_save_replaces_the_whole_file(backend: Backend) -> None:
+    name = new_id()
+    backend.save(FileType.INDEX, name, b"a much longer first version")
+    backend.save(FileType.INDEX, name, b"short")
+    assert backend.load(FileType.INDEX, name) == b"short"
+    assert backend.size(FileType.INDEX, name) == 5
+
+
+@pytest.mark.parametrize(
+    ("offset", "length", "expected"),
+    [
+        (0, None, slice(0, None)),
+        (10, None, slice(10, None)),
+        (10, 20, slice(10, 30)),
+        (0, 1, slice(0, 1)),
+        (1023, 1, slice(1023, 1024)),
+        (1000, 100, slice(1000, None)),  # a length past the end reads to the end
+        (1024, None, slice(0, 0)),  # at the end: nothing
+        (5000, 10, slice(0, 0)),  # past the end: nothing
+        (7, 0, slice(0, 0)),
+    ],
+)
+def test_range_reads(backend: Backend, offset: int, length: int | None, expected: slice) -> None:
+    data = bytes(range(256)) * 4
+    name = new_id()
+    backend.save(FileType.PACK, name, data)
+    assert backend.load(FileType.PACK, name, offset, length) == data[expected]
+
+
+@pytest.mark.parametrize(("offset", "length"), [(0, None), (5, None), (5, 10), (0, 0)])
+def test_reading_a_missing_file_raises_file_missing(backend: Backend, offset: int, length: int | None) -> None:
+    name = new_id()
+    with pytest.raises(FileMissing) as caught:
+        backend.load(FileType.PACK, name, offset, length)
+    assert isinstance(caught.value, StorageError)
+    assert name in str(caught.value)
+
+
+def test_empty_file(backend: Backend) -> None:
+    name = new_id()
+    backend.save(FileType.LOCK, name, b"")
+    assert backend.exists(FileType.LOCK, name)
+    assert backend.size(FileType.LOCK, name) == 0
+    assert backend.load(FileType.LOCK, name) == b""
+    assert backend.load(FileType.LOCK, name, 0, 10) == b""
+    assert list(backend.list(FileType.LOCK)) == [(name, 0)]
+
+
+def test_list_skips_foreign_names_and_other_types(backend: Backend) -> None:
+    key, index = new_id(), new_id()
+    backend.save(FileType.KEY, key, b"key")
+    backend.save(FileType.KEY, "not-a-storage-id", b"junk")
+    backend.save(FileType.KEY, key.upper(), b"upper case is not an ID")
+    backend.save(FileType.INDEX, index, b"index")
+    assert list(backend.list(FileType.KEY)) == [(key, 3)]
+    assert list(backend.list(FileType.INDEX)) == [(index, 5)]
+    assert list(backend.list(FileType.SNAPSHOT)) == []
+    assert list(backend.list(FileType.CONFIG)) == []
+
+
+def test_list_packs_across_subdirectories(backend: Backend) -> None:
+    names = {f"{prefix:02x}" + secrets.token_hex(31) for prefix in (0x00, 0x01, 0x7F, 0xFE, 0xFF)}
+    for name in names:
+        backend.save(FileType.PACK, name, name.encode())
+    assert dict(backend.list(FileType.PACK)) == {name: 64 for name in names}
+
+
+def test_list_more_than_a_thousand_files_saved_concurrently(backend: Backend) -> None:
+    """More than one S3 listing page (1000 keys), written from several threads at once."""
+    count = 1050
+    names = [new_id() for _ in range(count)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda name: backend.save(FileType.PACK, name, name[:7].encode()), names))
+
+    assert dict(backend.list(FileType.PACK)) == {name: 7 for name in names}
+    if isinstance(backend, S3Backend):
+        # Prove that one page was not enough, so the backend really paged.
+        first_page = raw_client(backend.endpoint).list_objects_v2(Bucket=backend.bucket)
+        assert first_page["IsTruncated"]
+
+
+def test_create_refuses_an_existing_repository(make_backend: BackendFactory) -> None:
+    backend = make_backend()
+    backend.create()
+    backend.create()  # nothing there yet: preparing the location again is harmless
+    backend.save(FileType.CONFIG, "config", b"config")
+    with pytest.raises(StorageError, match="already exists"):
+        backend.create()
+    assert backend.load(FileType.CONFIG, "config") == b"config"
+
+
+def test_location_names_the_place(backend: Backend) -> None:
+    assert backend.location.startswith(("local:", "s3:"))
+    assert open_backend(backend.location).location == backend.location
+
+
+# S3 only: location syntax, key layout, buckets and errors.
+
+
+@pytest.mark.parametrize(
+    ("location", "parsed"),
+    [
+        ("s3:http://127.0.0.1:9000/bucket", ("http://127.0.0.1:9000", "bucket", "")),
+        ("s3:http://127.0.0.1:9000/bucket/", ("http://127.0.0.1:9000", "bucket", "")),
+        (
+            "s3:http://127.0.0.1:9000/bucket/optional/prefix",
+            ("http://127.0.0.1:9000", "bucket", "optional/prefix"),
+        ),
+        ("s3:https://s3.example.com/my.bucket-1/p/", ("https://s3.example.com", "my.bucket-1", "p")),
+        ("s3:https://host/bucket", ("https://host", "bucket", "")),
+        ("s3:http://[::1]:9000/bucket/x", ("http://[::1]:9000", "bucket", "x")),
+    ],
+)
+def test_parse_location(location: str, parsed: tuple[str, str, str]) -> None:
+    assert parse_location(location) == parsed
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "s3:",
+        "s3:bucket",
+        "s3:s3.amazonaws.com/bucket",
+        "s3:ftp://host/bucket",
+        "s3:http://",
+        "s3:http:///bucket",
+        "s3:http://host",
+        "s3:http://host/",
+        "s3:http://host:99999/bucket",
+        "s3:http://host:port/bucket",
+        "s3:http://host:0/bucket",
+        "s3:http://host/Upper_Case",
+        "s3:http://host/ab",
+        "s3:http://host/bucket?versionId=1",
+        "s3:http://host/bucket/../elsewhere",
+    ],
+)
+def test_bad_location_syntax_is_a_usage_error(location: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        S3Backend.from_location(location)
+    assert EXPECTED_FORM in str(caught.value)
+    with pytest.raises(UsageError):
+        open_backend(location)
+
+
+def test_credentials_in_the_url_are_refused_without_repeating_them() -> None:
+    with pytest.raises(UsageError) as caught:
+        S3Backend.from_location("s3:http://AKIDEXAMPLE:hunter2-secret@127.0.0.1:9000/bucket")
+    assert "hunter2-secret" not in str(caught.value)
+    assert "AKIDEXAMPLE" not in str(caught.value)
+    assert "AWS_SECRET_ACCESS_KEY" in str(caught.value)
+
+
+@pytest.mark.parametrize("missing", ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"])
+def test_missing_credentials_are_a_usage_error(monkeypatch: pytest.MonkeyPatch, missing: str) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.delenv(missing)
+    with pytest.raises(UsageError, match="AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
+        S3Backend.from_location("s3:http://127.0.0.1:9000/bucket")
+
+
+def test_an_unrelated_aws_profile_does_not_matter(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_PROFILE", "a-profile-that-does-not-exist")
+    backend = S3Backend.from_location("s3:http://127.0.0.1:9000/bucket")
+    assert backend.location == "s3:http://127.0.0.1:9000/bucket"
+    backend.close()
+
+
+def test_open_backend_builds_an_s3_backend(s3_endpoint: str) -> None:
+    backend = open_backend(f"s3:{s3_endpoint}/bucket/some/prefix/")
+    assert isinstance(backend, S3Backend)
+    assert backend.location == f"s3:{s3_endpoint}/bucket/some/prefix"
+    backend.close()
+
+
+@pytest.mark.parametrize("prefix", ["", "some/prefix"])
+def test_objects_are_laid_out_like_restic(s3_endpoint: str, prefix: str) -> None:
+    bucket = unique_bucket()
+    location = f"s3:{s3_endpoint}/{bucket}" + (f"/{prefix}" if prefix else "")
+    backend = S3Backend.from_location(location)
+    backend.create()
+    saved = {FileType.CONFIG: "config"} | {file_type: new_id() for file_type in NON_CONFIG_TYPES}
+    for file_type, name in saved.items():
+        backend.save(file_type, name, b"x")
+
+    client = raw_client(s3_endpoint)
+    keys = {item["Key"] for item in client.list_objects_v2(Bucket=bucket)["Contents"]}
+    lead = f"{prefix}/" if prefix else ""
+    assert keys == {lead + relative_path(file_type, name) for file_type, name in saved.items()}
+    pack = saved[FileType.PACK]
+    assert f"{lead}data/{pack[:2]}/{pack}" in keys
+    head = client.head_object(Bucket=bucket, Key=f"{lead}data/{pack[:2]}/{pack}")
+    assert head["ContentType"] == "application/octet-stream"
+    backend.close()
+
+
+def test_prefixes_in_one_bucket_are_separate_repositories(s3_endpoint: str) -> None:
+    bucket = unique_bucket()
+    first = S3Backend.from_location(f"s3:{s3_endpoint}/{bucket}/first")
+    second = S3Backend.from_location(f"s3:{s3_endpoint}/{bucket}/second")
+    first.create()
+    first.save(FileType.CONFIG, "config", b"first")
+    second.create()  # the bucket exists and holds another repository: still fine
+    name = new_id()
+    first.save(FileType.SNAPSHOT, name, b"snap")
+    assert list(second.list(FileType.SNAPSHOT)) == []
+    assert not second.exists(FileType.CONFIG, "config")
+    # A prefix that merely starts like another one sees nothing of it either.
+    similar = S3Backend.from_location(f"s3:{s3_endpoint}/{bucket}/firs")
+    assert list(similar.list(FileType.SNAPSHOT)) == []
+    for backend in (first, second, similar):
+        backend.close()
+
+
+def test_create_uses_an_existing_bucket(s3_endpoint: str) -> None:
+    bucket = unique_bucket()
+    raw_client(s3_endpoint).create_bucket(Bucket=bucket)
+    backend = S3Backend.from_location(f"s3:{s3_endpoint}/{bucket}")
+    backend.create()
+    backend.save(FileType.CONFIG, "config", b"c")
+    with pytest.raises(StorageError, match="already exists"):
+        backend.create()
+    backend.close()
+
+
+def test_a_missing_bucket_looks_empty(s3_endpoint: str) -> None:
+    backend = S3Backend.from_location(f"s3:{s3_endpoint}/{unique_bucket()}/prefix")
+    name = new_id()
+    with pytest.raises(FileMissing):
+        backend.load(FileType.PACK, name)
+    with pytest.raises(FileMissing):
+        backend.load(FileType.PACK, name, 3, 4)
+    with pytest.raises(FileMissing):
+        backend.size(FileType.PACK, name)
+    assert not backend.exists(FileType.CONFIG, "config")
+    assert list(backend.list(FileType.PACK)) == []
+    backend.remove(FileType.PACK, name)
+    with pytest.raises(StorageError, match="does not exist") as caught:
+        backend.save(FileType.PACK, name, b"data")
+    assert not isinstance(caught.value, FileMissing)
+    backend.close()
+
+
+def test_an_unreachable_endpoint_fails_quickly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDUNREACHABLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "unreachable-secret-value")
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    backend = S3Backend.from_location(f"s3:{endpoint}/bucket/prefix")  # default retries
+
+    started = time.monotonic()
+    with pytest.raises(StorageError) as caught:
+        backend.exists(FileType.CONFIG, "config")
+    assert time.monotonic() - started < 15
+
+    assert str(caught.value) == (f"cannot reach S3 endpoint {endpoint}: check the URL and that the server is running")
+    impatient = S3Backend(endpoint, "bucket", "prefix", retries=0)
+    calls: list[Callable[[], object]] = [
+        impatient.create,
+        lambda: impatient.save(FileType.PACK, new_id(), b"x"),
+        lambda: impatient.load(FileType.PACK, new_id()),
+        lambda: impatient.load(FileType.PACK, new_id(), 1, 2),
+        lambda: impatient.size(FileType.PACK, new_id()),
+        lambda: list(impatient.list(FileType.PACK)),
+        lambda: impatient.remove(FileType.PACK, new_id()),
+    ]
+    for call in calls:
+        with pytest.raises(StorageError, match=f"cannot reach S3 endpoint {endpoint}") as caught:
+            call()
+        assert not isinstance(caught.value, FileMissing)
+        assert "unreachable-secret-value" not in str(caught.value)
+        assert "AKIDUNREACHABLE" not in str(caught.value)
+    backend.close()
+    impatient.close()
+
+
+def test_refused_credentials_name_the_variables_not_their_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    if moto_missing_reason():
+        skip_or_fail(str(moto_missing_reason()))
+    access_key, secret_key = "AKIDREFUSED123", "refused-secret-" + secrets.token_hex(8)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret_key)
+    endpoint, stop = start_moto_server(enforce_auth=True)
+    try:
+        backend = S3Backend.from_location(f"s3:{endpoint}/{unique_bucket()}")
+        calls: list[Callable[[], object]] = [
+            backend.create,
+            lambda: backend.save(FileType.KEY, new_id(), b"x"),
+            lambda: backend.load(FileType.KEY, new_id()),
+            lambda: backend.exists(FileType.KEY, new_id()),
+            lambda: list(backend.list(FileType.KEY)),
+        ]
+        for call in calls:
+            with pytest.raises(StorageError) as caught:
+                call()
+            message = str(caught.value)
+            assert "refused the credentials" in message
+            assert "AWS_ACCESS_KEY_ID" in message
+            assert "AWS_SECRET_ACCESS_KEY" in message
+            assert access_key not in message
+            assert secret_key not in message
+        backend.close()
+    finally:
+        stop()
+
+
+def test_the_secret_never_appears_in_errors_or_location(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret_values = {
+        "AWS_ACCESS_KEY_ID": "AKIDLEAKCHECK" + secrets.token_hex(4).upper(),
+        "AWS_SECRET_ACCESS_KEY": "leak-check-secret-" + secrets.token_hex(16),
+        "AWS_SESSION_TOKEN": "leak-check-token-" + secrets.token_hex(16),
+    }
+    for variable, value in secret_values.items():
+        monkeypatch.setenv(variable, value)
+    bucket = unique_bucket()
+    backend = S3Backend.from_location(f"s3:{s3_endpoint}/{bucket}/prefix")
+    missing_bucket = S3Backend.from_location(f"s3:{s3_endpoint}/{unique_bucket()}")
+    unreachable = S3Backend(f"http://127.0.0.1:{free_port()}", "bucket", retries=0)
+    backend.create()
+    backend.save(FileType.CONFIG, "config", b"c")
+
+    errors: list[LockstepError] = []
+    attempts: list[Callable[[], object]] = [
+        lambda: backend.load(FileType.PACK, new_id()),
+        lambda: backend.size(FileType.SNAPSHOT, new_id()),
+        backend.create,
+        lambda: missing_bucket.save(FileType.KEY, new_id(), b"x"),
+        lambda: unreachable.load(FileType.KEY, new_id()),
+        lambda: S3Backend.from_location(f"s3:http://user:{secret_values['AWS_SECRET_ACCESS_KEY']}@h/b"),
+        lambda: S3Backend.from_location("s3:not a location"),
+    ]
+    for attempt in attempts:
+        with pytest.raises(LockstepError) as caught:
+            attempt()
+        errors.append(caught.value)
+
+    shown = [str(error) for error in errors] + [repr(error) for error in errors]
+    shown += [str(error.__cause__) for error in errors if error.__cause__ is not None]
+    for candidate in (backend, missing_bucket, unreachable):
+        shown += [candidate.location, repr(candidate)]
+    for text in shown:
+        for value in secret_values.values():
+            assert value not in text
+    for candidate in (backend, missing_bucket, unreachable):
+        candidate.close()
+
+
+def test_require_all_turns_a_skip_into_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LOCKSTEP_REQUIRE_ALL", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="pip install"):
+        skip_or_fail("moto server needs moto: pip install 'moto[s3]>=5'")
+    monkeypatch.setenv("LOCKSTEP_REQUIRE_ALL", "1")
+    with pytest.raises(pytest.fail.Exception, match="LOCKSTEP_REQUIRE_ALL"):
+        skip_or_fail("moto server needs moto: pip install 'moto[s3]>=5'")
