@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from lockstep import __version__
 from lockstep.errors import SourceError, UsageError
@@ -119,7 +119,7 @@ class Archiver:
         self.summary = BackupSummary()
         self._workers = workers
 
-    def _stream_content(self, pipeline: _ChunkPipeline, stream: BinaryIO) -> tuple[list[bytes], int]:
+    def _stream_content(self, pipeline: _ChunkPipeline, stream: IO[bytes]) -> tuple[list[bytes], int]:
         content: list[bytes] = []
         size = 0
         for chunk in self.chunker.chunks(stream):
@@ -139,7 +139,7 @@ class Archiver:
 
     def backup_stream(
         self,
-        stream: BinaryIO,
+        stream: IO[bytes],
         filename: str,
         tags: Iterable[str] = (),
         hostname: str | None = None,

@@ -10,7 +10,7 @@ chunk boundaries, like restic's, differ between repositories.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import IO
 
 from pyfastcdc import FastCDC
 
@@ -35,7 +35,7 @@ class Chunker:
             seed=polynomial & ((1 << 62) - 1),
         )
 
-    def chunks(self, stream: BinaryIO) -> Iterator[bytes]:
+    def chunks(self, stream: IO[bytes]) -> Iterator[bytes]:
         """Yield the stream's chunks as independent bytes objects (the chunker reuses its buffer)."""
         for chunk in self._fastcdc.cut_stream(stream):
             yield bytes(chunk.data)

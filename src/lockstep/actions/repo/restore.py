@@ -88,5 +88,5 @@ def _dump_tar(repository: Repository, tree_id: bytes, output: BinaryIO) -> int:
                 archive.addfile(info)
             elif node.type == "file":
                 info.size = node.size
-                archive.addfile(info, _BlobReader(repository, node.content or []))  # type: ignore[arg-type]
+                archive.addfile(info, _BlobReader(repository, node.content or []))
     return writer.count

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install what the tests need on a fresh Debian machine, then run the whole test suite.
+# Real things only: restic reads what lockstep writes, moto serves S3 on loopback.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=""
+command -v restic >/dev/null || need_apt="$need_apt restic"
+command -v zstd >/dev/null || need_apt="$need_apt zstd"
+if [ -n "$need_apt" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need_apt >/dev/null
+  else
+    sudo apt-get update -qq
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need_apt >/dev/null
+  fi
+fi
+python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+ruff check src tests
+ruff format --check src tests
+mypy
+python3 -m pytest -q -p no:cacheprovider "$@"
