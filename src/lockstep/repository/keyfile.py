@@ -7,6 +7,7 @@ Key files are plaintext JSON and their name is the SHA-256 of those exact bytes.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import getpass
 import hashlib
 import json
@@ -17,8 +18,10 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from lockstep.errors import IntegrityError, NotFound, UsageError
 from lockstep.repository.crypto import AuthenticationFailed, Key
 from lockstep.repository.gojson import format_time_ns, go_json
+from lockstep.storage.base import Backend, FileType
 
 SALT_SIZE = 64  # restic refuses any other salt length
 
@@ -125,4 +128,87 @@ def _current_username() -> str:
         return ""
 
 
-__all__ = ["AuthenticationFailed", "KeyFile", "ScryptParameters", "derive_user_key"]
+# --- managing the key files of a repository (restic's `key` commands) ----------------------
+
+
+def load_key_file(backend: Backend, key_id: str) -> KeyFile:
+    """Read and parse one key file; a file that does not parse is reported as damaged."""
+    data = backend.load(FileType.KEY, key_id)
+    try:
+        return KeyFile.from_bytes(data)
+    except (ValueError, KeyError, TypeError) as error:
+        raise IntegrityError(f"key file {key_id[:8]} is damaged: {error}") from error
+
+
+def find_key_id(backend: Backend, prefix: str) -> str:
+    """The one key file whose ID starts with `prefix`; none or several is an error, never a guess."""
+    wanted = prefix.strip().lower()
+    if not wanted:
+        raise UsageError("an empty key ID matches every key", "give the key's ID (see `lockstep repo key list`)")
+    matches = sorted(name for name, _ in backend.list(FileType.KEY) if name.startswith(wanted))
+    if not matches:
+        raise NotFound(f"no key matches {prefix!r}", "list the keys with `lockstep repo key list`")
+    if len(matches) > 1:
+        listed = ", ".join(name[:8] for name in matches[:5])
+        raise NotFound(f"{prefix!r} matches {len(matches)} keys ({listed})", "give more characters of the ID")
+    return matches[0]
+
+
+def add_key_file(
+    backend: Backend,
+    master_key: Key,
+    password: str,
+    username: str | None = None,
+    hostname: str | None = None,
+    parameters: ScryptParameters | None = None,
+) -> str:
+    """Seal `master_key` under `password` in a new key file and return its ID.
+
+    The file is read back and opened before this returns (as restic does): a key file that
+    cannot be opened would be worse than none, since the caller may remove the old key next.
+    """
+    if not password:
+        raise UsageError("an empty password is not allowed", "choose a non-empty new password")
+    key_file = KeyFile.create(master_key, password, parameters)
+    if username is not None or hostname is not None:
+        key_file = dataclasses.replace(
+            key_file,
+            username=key_file.username if username is None else username,
+            hostname=key_file.hostname if hostname is None else hostname,
+        )
+    key_id = key_file.storage_id
+    backend.save(FileType.KEY, key_id, key_file.to_bytes())
+    try:
+        works = load_key_file(backend, key_id).open(password) == master_key
+    except (AuthenticationFailed, IntegrityError, ValueError, KeyError):
+        works = False
+    if not works:
+        backend.remove(FileType.KEY, key_id)
+        raise IntegrityError(
+            "the new key file did not open the repository when read back, so it was removed",
+            "nothing changed; check the storage and try again",
+        )
+    return key_id
+
+
+def remove_key_file(backend: Backend, key_id: str, current_key_id: str) -> None:
+    """Delete a key file, but never the one that opened the repository (restic refuses too)."""
+    if key_id == current_key_id:
+        raise UsageError(
+            f"refusing to remove key {key_id[:8]}: it is the key this password opened the repository with",
+            "open the repository with another key's password to remove it, "
+            "or change this key's password with `lockstep repo key passwd`",
+        )
+    backend.remove(FileType.KEY, key_id)
+
+
+__all__ = [
+    "AuthenticationFailed",
+    "KeyFile",
+    "ScryptParameters",
+    "add_key_file",
+    "derive_user_key",
+    "find_key_id",
+    "load_key_file",
+    "remove_key_file",
+]

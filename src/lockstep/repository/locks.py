@@ -9,6 +9,7 @@ held by a dead process on this host, is stale. Stale locks still block until `un
 from __future__ import annotations
 
 import getpass
+import math
 import os
 import socket
 import threading
@@ -18,7 +19,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lockstep.errors import IntegrityError, RepositoryLocked
+from lockstep.errors import IntegrityError, LockstepError, RepositoryLocked
 from lockstep.repository.gojson import format_time_ns, parse_time_ns
 from lockstep.storage.base import FileMissing, FileType
 
@@ -43,7 +44,13 @@ class LockInfo:
 
     @property
     def age_seconds(self) -> float:
-        return max(0.0, time.time() - parse_time_ns(self.time) / 1e9)
+        """Seconds since the lock was written. A time that cannot be read counts as infinitely
+        old (restic reads a missing time as Go's zero time, which is stale too)."""
+        try:
+            written_ns = parse_time_ns(self.time)
+        except ValueError:
+            return math.inf
+        return max(0.0, time.time() - written_ns / 1e9)
 
     def is_stale(self) -> bool:
         """Older than 30 minutes, or held by a process of this host that no longer exists."""
@@ -63,6 +70,8 @@ class LockInfo:
 
 
 def _human_age(seconds: float) -> str:
+    if math.isinf(seconds):
+        return "an unknown time"
     if seconds < 120:
         return f"{int(seconds)} s"
     if seconds < 7200:
@@ -153,20 +162,25 @@ class RepositoryLock:
                     break
                 self.repository.backend.remove(FileType.LOCK, self.lock_id)
                 self.lock_id = None
-            if time.monotonic() + delay > deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise RepositoryLocked(
                     f"the repository at {self.repository.backend.location} is locked: "
                     + "; ".join(lock.describe() for lock in conflicts[:3]),
                     "wait for it to finish; if the lock is stale, remove it with `lockstep repo unlock`",
                 )
-            time.sleep(delay)
+            # Never sleep past the deadline, and look once more when it comes: the whole wait counts.
+            time.sleep(min(delay, remaining))
             delay = min(delay * 2, 30.0)
         self._thread = threading.Thread(target=self._refresh_loop, name="lockstep-lock-refresh", daemon=True)
         self._thread.start()
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(REFRESH_EVERY_SECONDS):
-            self.refresh()
+            # A failed refresh is tried again next time, as restic does: the lock only goes
+            # stale after 30 minutes without one, while a dead thread would never refresh again.
+            with suppress(LockstepError, OSError):
+                self.refresh()
 
     def refresh(self) -> None:
         """Write a fresh lock file, then delete the old one (as restic does)."""
