@@ -7,9 +7,9 @@ written by lockstep deduplicate with the same tree written by restic (restic-for
 from __future__ import annotations
 
 import json
+import re
 import stat
 import unicodedata
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 # --- Go strconv.Quote for node names (§9.3) ----------------------------------------------
@@ -165,14 +165,54 @@ def go_json(value: Any) -> str:
 
 # --- Go time.Time (§9.6) ------------------------------------------------------------------
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECONDS_PER_DAY = 86_400
+
+
+def _civil_from_days(days: int) -> tuple[int, int, int]:
+    """(year, month, day) of a day count since 1970-01-01, for any year (proleptic Gregorian).
+
+    datetime only covers years 1-9999, but file times can lie outside (tmpfs, btrfs), and
+    Go writes years below 1000 with four digits."""
+    days += 719_468
+    era = days // 146_097
+    day_of_era = days - era * 146_097
+    year_of_era = (day_of_era - day_of_era // 1460 + day_of_era // 36_524 - day_of_era // 146_096) // 365
+    day_of_year = day_of_era - (365 * year_of_era + year_of_era // 4 - year_of_era // 100)
+    shifted_month = (5 * day_of_year + 2) // 153
+    day = day_of_year - (153 * shifted_month + 2) // 5 + 1
+    month = shifted_month + 3 if shifted_month < 10 else shifted_month - 9
+    return year_of_era + era * 400 + (month <= 2), month, day
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (the inverse of _civil_from_days)."""
+    year -= month <= 2
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * (month - 3 if month > 2 else month + 9) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    return era * 146_097 + day_of_era - 719_468
+
+
+def _is_leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
 
 
 def format_time_ns(nanoseconds: int, utc_offset_seconds: int = 0) -> str:
-    """RFC 3339 with nanoseconds, trailing zeros dropped, as Go's time.Time marshals it."""
+    """RFC 3339 with nanoseconds, trailing zeros dropped, as Go's time.Time marshals it.
+
+    Like restic's FixTime, a year outside 0-9999 is moved into that range (only the year
+    changes); Go cannot marshal such a time, and restic would refuse to back the file up."""
     seconds, fraction = divmod(nanoseconds, 1_000_000_000)
-    moment = _EPOCH + timedelta(seconds=seconds + utc_offset_seconds)
-    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    days, second_of_day = divmod(seconds + utc_offset_seconds, _SECONDS_PER_DAY)
+    year, month, day = _civil_from_days(days)
+    if not 0 <= year <= 9999:
+        year = min(max(year, 0), 9999)
+        if (month, day) == (2, 29) and not _is_leap(year):
+            month, day = 3, 1  # Go's AddDate normalises 29 February of a common year
+    hour, rest = divmod(second_of_day, 3600)
+    minute, second = divmod(rest, 60)
+    text = f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
     if fraction:
         text += "." + f"{fraction:09d}".rstrip("0")
     if utc_offset_seconds == 0:
@@ -182,31 +222,28 @@ def format_time_ns(nanoseconds: int, utc_offset_seconds: int = 0) -> str:
     return f"{text}{sign}{hours:02d}:{minutes:02d}"
 
 
+_RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):(\d{2}))")
+
+
 def parse_time_ns(text: str) -> int:
     """Parse an RFC 3339 time with up to nine fractional digits into nanoseconds since the epoch.
 
-    Python's datetime keeps only microseconds, so the fraction is parsed by hand.
+    Python's datetime keeps only microseconds and no year 0, so the text is parsed by hand.
     """
-    text = text.strip()
-    if text.endswith(("Z", "z")):
-        offset_seconds = 0
-        body = text[:-1]
-    else:
-        sign_position = max(text.rfind("+"), text.rfind("-"))
-        if sign_position <= 10:
-            raise ValueError(f"time without a zone: {text!r}")
-        zone = text[sign_position:]
-        body = text[:sign_position]
-        sign = 1 if zone[0] == "+" else -1
-        hours, minutes = zone[1:].split(":")
-        offset_seconds = sign * (int(hours) * 3600 + int(minutes) * 60)
-    fraction_ns = 0
-    if "." in body:
-        body, fraction = body.split(".", 1)
-        fraction_ns = int((fraction + "000000000")[:9])
-    moment = datetime.strptime(body, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
-    seconds = int((moment - _EPOCH).total_seconds()) - offset_seconds
-    return seconds * 1_000_000_000 + fraction_ns
+    match = _RFC3339.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not an RFC 3339 time with a zone: {text!r}")
+    year, month, day, hour, minute, second = (int(match.group(number)) for number in range(1, 7))
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 60):
+        raise ValueError(f"time out of range: {text!r}")
+    fraction_ns = int(((match.group(7) or "") + "000000000")[:9])
+    offset_seconds = 0
+    if match.group(9):
+        offset_seconds = int(match.group(10)) * 3600 + int(match.group(11)) * 60
+        if match.group(9) == "-":
+            offset_seconds = -offset_seconds
+    seconds = _days_from_civil(year, month, day) * _SECONDS_PER_DAY + hour * 3600 + minute * 60 + second
+    return (seconds - offset_seconds) * 1_000_000_000 + fraction_ns
 
 
 # --- Go os.FileMode (§9.5) ----------------------------------------------------------------

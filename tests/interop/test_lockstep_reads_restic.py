@@ -1,0 +1,98 @@
+"""lockstep reads what restic 0.14 wrote (on disk and on S3), then writes into it, and restic
+still checks and restores the result."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.interop import (
+    describe_tree,
+    lockstep,
+    lockstep_backup_summary,
+    mixed_data,
+    restic,
+    restic_backup_summary,
+    restored_copy,
+)
+
+pytestmark = pytest.mark.usefixtures("restic_binary")
+
+
+@pytest.fixture(params=["local", "s3"])
+def environment(request: pytest.FixtureRequest) -> dict[str, str]:
+    """A fresh repository created by `restic init`, on local disk or on the loopback S3 server."""
+    fixture = "repository_env" if request.param == "local" else "s3_env"
+    environment: dict[str, str] = dict(request.getfixturevalue(fixture))
+    restic(environment, ["init"])
+    return environment
+
+
+def test_lockstep_reads_and_extends_a_restic_repository(
+    environment: dict[str, str], awkward_tree: Path, tmp_path: Path
+) -> None:
+    """Snapshots, listing, restore and dump of restic's snapshots; then a lockstep backup that
+    restic checks and restores."""
+    # restic writes times in the local zone; a half-hour zone (-02:30 in summer) proves lockstep honours offsets.
+    tree_summary = restic_backup_summary(
+        restic(
+            environment,
+            ["backup", "--json", "--tag", "files", "--tag", "awkward", "--host", "host-one", str(awkward_tree)],
+            extra_environment={"TZ": "America/St_Johns"},
+        )
+    )
+    data = mixed_data(3 * 1024 * 1024 + 5, seed=11)
+    stdin_arguments = ["--stdin", "--stdin-filename", "dumps/nightly/db.sql", "--tag", "db", "--host", "host-two"]
+    stdin_summary = restic_backup_summary(restic(environment, ["backup", "--json", *stdin_arguments], input=data))
+
+    snapshots = json.loads(lockstep(environment, ["repo", "snapshots", "--json"]).out)
+    assert [snapshot["short_id"] for snapshot in snapshots] == [
+        tree_summary["snapshot_id"][:8],
+        stdin_summary["snapshot_id"][:8],
+    ]
+    tree_snapshot, stdin_snapshot = snapshots
+    assert (tree_snapshot["paths"], tree_snapshot["tags"], tree_snapshot["hostname"]) == (
+        [str(awkward_tree)],
+        ["files", "awkward"],
+        "host-one",
+    )
+    assert (stdin_snapshot["paths"], stdin_snapshot["tags"], stdin_snapshot["hostname"]) == (
+        ["/dumps/nightly/db.sql"],
+        ["db"],
+        "host-two",
+    )
+    tagged = json.loads(lockstep(environment, ["repo", "snapshots", "--json", "--tag", "db"]).out)
+    assert [snapshot["id"] for snapshot in tagged] == [stdin_snapshot["id"]]
+
+    expected = describe_tree(awkward_tree)
+    listing = json.loads(lockstep(environment, ["repo", "ls", "--json", tree_snapshot["id"]]).out)
+    hello = [node for node in listing["nodes"] if node["path"].endswith("/hello.txt")]
+    assert [node["mtime"] for node in hello] == ["2020-09-13T09:56:40.123456789-02:30"]
+    listed = {node["path"]: node["type"] for node in listing["nodes"]}
+    prefix = "/" + str(awkward_tree).strip("/") + "/"
+    for path, entry in expected.items():
+        assert listed[prefix + path.decode("utf-8", "backslashreplace")] == entry.kind
+    assert listed[prefix + "link"] == "symlink"
+
+    target = tmp_path / "restored-by-lockstep"
+    lockstep(environment, ["repo", "restore", tree_snapshot["id"], "--target", str(target)])
+    assert describe_tree(restored_copy(target, awkward_tree)) == expected
+    assert os.stat(restored_copy(target, awkward_tree) / "hello.txt").st_mtime_ns == 1_600_000_000_123_456_789
+
+    assert lockstep(environment, ["repo", "dump", stdin_snapshot["id"], "/dumps/nightly/db.sql"]).stdout == data
+
+    # lockstep writes into restic's repository; restic accepts and restores the result.
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "notes.txt").write_bytes(b"written by lockstep\n")
+    (extra / "big.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    extra_snapshot = lockstep_backup_summary(lockstep(environment, ["repo", "backup", "--json", str(extra)]))[
+        "snapshot_id"
+    ]
+    assert "no errors were found" in restic(environment, ["check", "--read-data"]).out
+    restic_target = tmp_path / "restored-by-restic"
+    restic(environment, ["restore", extra_snapshot, "--target", str(restic_target)])
+    assert describe_tree(restored_copy(restic_target, extra)) == describe_tree(extra)
