@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+import traceback
 
 import click
 
@@ -36,12 +39,27 @@ def _register() -> None:
 _register()
 
 
+def _interrupt_on_sigterm() -> None:
+    """Treat SIGTERM like Ctrl-C: unwind, so a backup removes its unindexed packs and its lock
+    (a killed process leaves a stale lock that blocks check and prune until `repo unlock`)."""
+
+    def interrupt(signal_number: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every failure leaves through here with a documented exit code."""
+    if argv is None:  # a real process (console script, python -m), not a call from a test
+        _interrupt_on_sigterm()
     debug = "--debug" in (argv if argv is not None else sys.argv)
     json_output = "--json" in (argv if argv is not None else sys.argv)
     try:
-        cli.main(args=argv, prog_name="lockstep", standalone_mode=False)
+        result = cli.main(args=argv, prog_name="lockstep", standalone_mode=False)
+        if isinstance(result, int) and result:
+            sys.exit(result)  # click hands back ctx.exit(code) as a return value in this mode
     except click.exceptions.Exit as exit_request:
         sys.exit(exit_request.exit_code)
     except click.ClickException as error:
@@ -56,9 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     except LockstepError as error:
         if json_output:
             print_json({"error": error.message, "hint": error.hint, "exit_code": int(error.exit_code)})
-        error_console.print(f"lockstep: error: {error}", markup=False)
-        if debug:
-            raise
+        # soft_wrap: one line whatever the terminal width, so scripts and logs get it whole.
+        error_console.print(f"lockstep: error: {error}", markup=False, soft_wrap=True)
+        if debug:  # the traceback, but still the documented exit code: scripts branch on it
+            traceback.print_exc()
         sys.exit(error.exit_code)
     except BrokenPipeError:
         sys.exit(ExitCode.OK)
@@ -66,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         error_console.print(
-            f"lockstep: internal error: {type(error).__name__}: {error} (run with --debug for details)", markup=False
+            f"lockstep: internal error: {type(error).__name__}: {error} (run with --debug for details)",
+            markup=False,
+            soft_wrap=True,
         )
         sys.exit(ExitCode.FAILED)

@@ -7,6 +7,8 @@ with the pack and blob named, it is never written out silently.
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import os
 import stat
 from collections import deque
@@ -118,14 +120,37 @@ class Restorer:
         return False, False
 
     def run(self) -> RestoreSummary:
+        self._prepare_target()
+        try:
+            self._restore_tree(self.snapshot.tree, b"", os.fsencode(self.target))
+        except OSError as error:
+            # Disk full, read-only, permissions, too many inodes: anywhere in the tree, not only
+            # while writing file content. Name the path and the remedy instead of a traceback.
+            where = os.fsdecode(error.filename) if error.filename is not None else str(self.target)
+            if error.errno == errno.ENOSPC:
+                raise StorageError(
+                    f"no space left on the device while restoring {where}", "free some space or choose another --target"
+                ) from error
+            raise StorageError(
+                f"cannot restore {where}: {error.strerror}",
+                "check free space and permissions, or choose another --target",
+            ) from error
+        return self.summary
+
+    def _prepare_target(self) -> None:
+        """Create the target directory, or say plainly why it cannot be restored into."""
+        if self.target.exists() and not self.target.is_dir():
+            raise StorageError(
+                f"the restore target {self.target} exists and is not a directory", "choose another --target"
+            )
         try:
             self.target.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise StorageError(f"cannot create the restore target {self.target}: {error.strerror}") from error
+            raise StorageError(
+                f"cannot create the restore target {self.target}: {error.strerror}", "choose another --target"
+            ) from error
         if not os.access(self.target, os.W_OK):
             raise StorageError(f"the restore target {self.target} is not writable", "choose another --target")
-        self._restore_tree(self.snapshot.tree, b"", os.fsencode(self.target))
-        return self.summary
 
     def _restore_tree(self, tree_id: bytes, snapshot_path: bytes, directory: bytes) -> None:
         for node in self.repository.load_tree(tree_id).nodes:
@@ -154,9 +179,12 @@ class Restorer:
                 with open(destination, "wb") as handle:
                     written = dump_file(self.repository, node, handle, self.progress)
             except OSError as error:
-                raise StorageError(
-                    f"cannot write {os.fsdecode(destination)}: {error.strerror}", "check free space and permissions"
-                ) from error
+                # A truncated file would look restored: remove it, and name it in the error.
+                with contextlib.suppress(OSError):
+                    os.unlink(destination)
+                if error.filename is None:
+                    error.filename = destination
+                raise
             if written != node.size:
                 self.summary.warnings.append(
                     f"{os.fsdecode(destination)}: restored {written} bytes, the snapshot says {node.size}"

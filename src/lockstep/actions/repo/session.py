@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lockstep.errors import UsageError
+from lockstep.errors import SourceError, UsageError
 from lockstep.process import Command, run_capture
 from lockstep.repository.locks import locked
 from lockstep.repository.repository import Repository
@@ -39,10 +39,17 @@ class RepositoryAccess:
             try:
                 text = self.password_file.read_text(encoding="utf-8")
             except OSError as error:
-                raise UsageError(f"cannot read the password file {self.password_file}: {error.strerror}") from error
+                raise UsageError(
+                    f"cannot read the password file {self.password_file}: {error.strerror}",
+                    "fix the path given to --password-file (or LOCKSTEP_PASSWORD_FILE)",
+                ) from error
             password = text.rstrip("\r\n")
         elif self.password_command is not None:
-            password = run_capture(Command.parse(self.password_command), timeout=60).rstrip("\r\n")
+            try:
+                password = run_capture(Command.parse(self.password_command), timeout=60).rstrip("\r\n")
+            except SourceError as error:
+                # Not a backup source: the password is configuration, so this is a usage error.
+                raise UsageError(f"--password-command failed: {error.message}", "fix the command") from error
         else:
             password = os.environ.get("LOCKSTEP_PASSWORD", "")
             file_from_environment = os.environ.get("LOCKSTEP_PASSWORD_FILE")

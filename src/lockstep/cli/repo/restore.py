@@ -15,8 +15,14 @@ from lockstep.cli.repo.options import access_from, repository_options, wants_jso
 
 @click.command("restore")
 @click.argument("snapshot")
+# Not file_okay=False: a target that is a file is a storage problem (exit 14), which the restorer reports.
 @click.option(
-    "-t", "--target", required=True, type=click.Path(path_type=Path, file_okay=False), help="Directory to restore into."
+    "-t",
+    "--target",
+    required=True,
+    metavar="DIRECTORY",
+    type=click.Path(path_type=Path),
+    help="Directory to restore into.",
 )
 @click.option("-i", "--include", "includes", multiple=True, help="Restore only this path (repeatable).")
 @repository_options
