@@ -15,6 +15,10 @@ from typing import IO
 
 from lockstep.errors import SourceError, UsageError
 
+# The repository password is lockstep's alone: a backup source such as `env` or a misbehaving
+# dump tool must not be able to copy it into a snapshot or a log.
+WITHHELD_VARIABLES = frozenset({"LOCKSTEP_PASSWORD"})
+
 
 @dataclass(frozen=True)
 class Command:
@@ -38,10 +42,10 @@ class Command:
     def display(self) -> str:
         return shlex.join(self.argv)
 
-    def _environment(self) -> dict[str, str] | None:
-        if self.env is None:
-            return None
-        return {**os.environ, **self.env}
+    def _environment(self) -> dict[str, str]:
+        """lockstep's environment without its own secrets, plus the command's additions."""
+        inherited = {name: value for name, value in os.environ.items() if name not in WITHHELD_VARIABLES}
+        return {**inherited, **(self.env or {})}
 
 
 def run_capture(command: Command, timeout: float = 60.0) -> str:

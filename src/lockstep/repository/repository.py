@@ -257,7 +257,9 @@ class Repository:
             # refuse output of any other size, so checking the declaration checks the length.
             if zstandard.frame_content_size(compressed) != length:
                 raise IntegrityError("zstd wrote a frame with the wrong content size; nothing was stored")
-            if len(compressed) < length:
+            # Trees are always compressed, as restic does in v2 (its prune repacks packs holding
+            # raw trees); data that zstd cannot shrink is stored raw, which v2 also allows.
+            if blob_type is BlobType.TREE or len(compressed) < length:
                 payload = compressed
                 uncompressed_length = length
         return PreparedBlob(blob_type, blob_id, self.key.seal(payload), uncompressed_length, length)
@@ -330,14 +332,23 @@ class Repository:
         packs = self._take_uploaded_packs()
         batch: list[tuple[bytes, list[PackedBlob]]] = []
         count = 0
-        for pack_id, blobs in packs:
-            batch.append((pack_id, blobs))
-            count += len(blobs)
-            if count >= MAX_BLOBS_PER_INDEX_FILE:
+        indexed = 0
+        try:
+            for pack_id, blobs in packs:
+                batch.append((pack_id, blobs))
+                count += len(blobs)
+                if count >= MAX_BLOBS_PER_INDEX_FILE:
+                    written.append(self._write_index_file(batch))
+                    indexed += len(batch)
+                    batch, count = [], 0
+            if batch:
                 written.append(self._write_index_file(batch))
-                batch, count = [], 0
-        if batch:
-            written.append(self._write_index_file(batch))
+        except BaseException:
+            # An index file failed (disk full): its packs are unindexed again, so that
+            # discard_unindexed_packs removes them instead of leaving them to prune.
+            with self._index_lock:
+                self._unindexed_packs[:0] = packs[indexed:]
+            raise
         return written
 
     def discard_unindexed_packs(self) -> None:

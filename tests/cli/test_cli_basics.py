@@ -1,0 +1,71 @@
+"""The command itself: version, module entry point, help, and one exit path for errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from lockstep import __version__
+from lockstep.exit_codes import ExitCode
+from tests.conftest import run_lockstep
+
+
+def test_version_from_the_module_entry_point() -> None:
+    completed = run_lockstep(["--version"])
+    assert completed.returncode == 0
+    assert completed.out.strip() == f"lockstep {__version__}"
+
+
+def test_console_script_is_installed_and_matches_the_module() -> None:
+    script = Path(sys.executable).parent / "lockstep"
+    command = [str(script)] if script.exists() else ["lockstep"]
+    completed = subprocess.run([*command, "--version"], capture_output=True, text=True, check=False)
+    assert completed.returncode == 0, completed.stderr
+    assert __version__ in completed.stdout
+
+
+def test_repo_help_lists_the_repository_verbs() -> None:
+    completed = run_lockstep(["repo", "--help"])
+    assert completed.returncode == 0
+    for verb in (
+        "init",
+        "backup",
+        "snapshots",
+        "ls",
+        "restore",
+        "dump",
+        "check",
+        "forget",
+        "prune",
+        "key",
+        "stats",
+        "unlock",
+    ):
+        assert f"  {verb}" in completed.out, f"repo {verb} missing from help"
+
+
+def test_unknown_option_is_a_usage_error_without_traceback() -> None:
+    completed = run_lockstep(["repo", "snapshots", "--no-such-option"])
+    assert completed.returncode == ExitCode.USAGE
+    assert "Traceback" not in completed.err
+
+
+def test_missing_repository_location_says_how_to_give_one(tmp_path: Path) -> None:
+    completed = run_lockstep(
+        ["repo", "snapshots"], env={"LOCKSTEP_REPOSITORY": "", "LOCKSTEP_PASSWORD": "x"}, cwd=tmp_path
+    )
+    assert completed.returncode == ExitCode.USAGE
+    assert "LOCKSTEP_REPOSITORY" in completed.err
+    assert "Traceback" not in completed.err
+
+
+def test_json_errors_are_machine_readable(tmp_path: Path) -> None:
+    completed = run_lockstep(
+        ["repo", "snapshots", "--json", "-r", str(tmp_path / "nothing-here")], env={"LOCKSTEP_PASSWORD": "x"}
+    )
+    assert completed.returncode == ExitCode.NO_REPOSITORY
+    document = json.loads(completed.out)
+    assert document["exit_code"] == ExitCode.NO_REPOSITORY
+    assert "lockstep repo init" in document["hint"]
