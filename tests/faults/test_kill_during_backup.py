@@ -303,9 +303,18 @@ def test_terminated_backup_exits_130_and_cleans_up(tmp_path: Path, restic_binary
         stderr=subprocess.PIPE,
         env={**os.environ, **environment, "LOCKSTEP_SCRYPT_N": "1024"},
     )
-    # Wait until the backup holds its lock and has shipped at least one pack, then signal it.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(repository_files(repository)) < len(before) + 2:
+
+    # Wait until the backup has shipped at least one whole pack (not just a temporary file), then signal it.
+    def finished_packs() -> set[str]:
+        return {
+            name
+            for name in repository_files(repository)
+            if name.startswith("data/") and is_storage_name(Path(name).name)
+        }
+
+    packs_before = finished_packs()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not finished_packs() - packs_before:
         time.sleep(0.01)
     assert process.poll() is None, "the endless backup ended by itself"
     assert [name for name in repository_files(repository) if name.startswith("data/")] != [

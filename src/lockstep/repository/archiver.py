@@ -35,6 +35,10 @@ from lockstep.repository.tree import Node, Tree
 
 ProgressCallback = Callable[[int], None]
 
+# One more worker than cores: while one waits (on the GIL, or on a full upload queue) the cores
+# stay busy. Measured on 2 cores: 2 workers 3.06 s, 3 workers 2.22 s for a 725 MB dump.
+DEFAULT_WORKERS = (os.cpu_count() or 2) + 1
+
 
 @dataclass
 class BackupSummary:
@@ -53,17 +57,17 @@ class BackupSummary:
 class _ChunkPipeline:
     """Prepares blobs on a thread pool and hands results back in submission order."""
 
-    def __init__(self, repository: Repository, workers: int = 2) -> None:
+    def __init__(self, repository: Repository, workers: int = DEFAULT_WORKERS) -> None:
         self.repository = repository
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lockstep-chunk")
         self._window: deque[tuple[Future[tuple[bytes, PreparedBlob | None]], Callable[[bytes], None]]] = deque()
         self._max_in_flight = workers * 3
 
-    def _prepare(self, data: bytes) -> tuple[bytes, PreparedBlob | None]:
+    def _prepare(self, data: bytes | memoryview) -> tuple[bytes, PreparedBlob | None]:
         blob_id = hashlib.sha256(data).digest()
         return blob_id, self.repository.prepare_blob(BlobType.DATA, data, blob_id)
 
-    def submit(self, data: bytes, on_done: Callable[[bytes], None]) -> None:
+    def submit(self, data: bytes | memoryview, on_done: Callable[[bytes], None]) -> None:
         while len(self._window) >= self._max_in_flight:
             self._complete_oldest()
         self._window.append((self._pool.submit(self._prepare, data), on_done))
@@ -112,7 +116,9 @@ def _current_user() -> str:
 class Archiver:
     """Writes one snapshot into an open, locked repository."""
 
-    def __init__(self, repository: Repository, progress: ProgressCallback | None = None, workers: int = 2) -> None:
+    def __init__(
+        self, repository: Repository, progress: ProgressCallback | None = None, workers: int = DEFAULT_WORKERS
+    ) -> None:
         self.repository = repository
         self.chunker = Chunker(repository.config.chunker_polynomial)
         self.progress = progress or (lambda _: None)

@@ -1,0 +1,78 @@
+"""The chunker reads large blocks and cuts inside them; block borders must not change the cuts."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+from pyfastcdc import FastCDC
+
+import lockstep.repository.chunker as chunker_module
+from lockstep.repository.chunker import Chunker
+
+POLYNOMIAL = 0x3DA3358B4DC173
+
+
+class TrickleReader(io.RawIOBase):
+    """A pipe-like stream that hands out at most `step` bytes per read."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self._data = memoryview(data)
+        self._step = step
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        count = min(len(buffer), self._step, len(self._data))
+        buffer[:count] = self._data[:count]
+        self._data = self._data[count:]
+        return count
+
+
+def reference_cuts(data: bytes) -> list[bytes]:
+    fastcdc = FastCDC(
+        chunker_module.AVERAGE_SIZE,
+        min_size=chunker_module.MINIMUM_SIZE,
+        max_size=chunker_module.MAXIMUM_SIZE,
+        seed=POLYNOMIAL & ((1 << 62) - 1),
+    )
+    return [bytes(chunk.data) for chunk in fastcdc.cut_buf(data)]
+
+
+@pytest.mark.parametrize("block_size", [3 * 1024 * 1024 + 7, 8 * 1024 * 1024, 64 * 1024 * 1024])
+def test_cuts_equal_a_whole_buffer_cut_whatever_the_block_size(
+    monkeypatch: pytest.MonkeyPatch, block_size: int
+) -> None:
+    monkeypatch.setattr(chunker_module, "BLOCK_SIZE", block_size)
+    data = os.urandom(5 << 20) + b"lockstep " * (500_000) + os.urandom(3 << 20) + b"tail"
+    chunks = [bytes(chunk) for chunk in Chunker(POLYNOMIAL).chunks(io.BytesIO(data))]
+    assert chunks == reference_cuts(data)
+    assert b"".join(chunks) == data
+
+
+def test_short_reads_from_a_pipe_still_fill_whole_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chunker_module, "BLOCK_SIZE", 2 * 1024 * 1024)
+    data = os.urandom(7 << 20)
+    chunks = [bytes(chunk) for chunk in Chunker(POLYNOMIAL).chunks(TrickleReader(data, 65536))]
+    assert chunks == reference_cuts(data)
+
+
+def test_chunks_stay_valid_after_later_chunks_are_read() -> None:
+    data = os.urandom(40 << 20)
+    chunks = list(Chunker(POLYNOMIAL).chunks(io.BytesIO(data)))
+    assert b"".join(bytes(chunk) for chunk in chunks) == data
+    assert all(chunk.readonly for chunk in chunks)
+
+
+def test_empty_and_tiny_streams() -> None:
+    assert list(Chunker(POLYNOMIAL).chunks(io.BytesIO(b""))) == []
+    assert [bytes(chunk) for chunk in Chunker(POLYNOMIAL).chunks(io.BytesIO(b"x"))] == [b"x"]
+
+
+def test_different_polynomials_cut_differently() -> None:
+    data = os.urandom(16 << 20)
+    first = [len(chunk) for chunk in Chunker(POLYNOMIAL).chunks(io.BytesIO(data))]
+    second = [len(chunk) for chunk in Chunker(0x22D5819F370319).chunks(io.BytesIO(data))]
+    assert first != second
