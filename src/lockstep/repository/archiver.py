@@ -35,6 +35,17 @@ from lockstep.repository.tree import Node, Tree
 
 ProgressCallback = Callable[[int], None]
 
+# restic's node type for each kind of file (st_mode's format bits).
+NODE_TYPE_BY_FORMAT = {
+    stat.S_IFREG: "file",
+    stat.S_IFDIR: "dir",
+    stat.S_IFLNK: "symlink",
+    stat.S_IFBLK: "dev",
+    stat.S_IFCHR: "chardev",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+}
+
 # One more worker than cores: while one waits (on the GIL, or on a full upload queue) the cores
 # stay busy. Measured on 2 cores: 2 workers 3.06 s, 3 workers 2.22 s for a 725 MB dump.
 DEFAULT_WORKERS = (os.cpu_count() or 2) + 1
@@ -292,21 +303,8 @@ class Archiver:
             self.summary.warnings.append(f"cannot stat {os.fsdecode(path)}: {error.strerror}")
             return None
         mode = info.st_mode
-        if stat.S_ISREG(mode):
-            node_type = "file"
-        elif stat.S_ISDIR(mode):
-            node_type = "dir"
-        elif stat.S_ISLNK(mode):
-            node_type = "symlink"
-        elif stat.S_ISBLK(mode):
-            node_type = "dev"
-        elif stat.S_ISCHR(mode):
-            node_type = "chardev"
-        elif stat.S_ISFIFO(mode):
-            node_type = "fifo"
-        elif stat.S_ISSOCK(mode):
-            node_type = "socket"
-        else:
+        node_type = NODE_TYPE_BY_FORMAT.get(stat.S_IFMT(mode))
+        if node_type is None:
             return None
         mtime = format_time_ns(info.st_mtime_ns)
         node = Node(

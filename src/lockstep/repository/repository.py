@@ -422,10 +422,5 @@ class Repository:
             if node.type == "dir" and node.subtree:
                 yield from self.walk(node.subtree, path)
 
-    def verify_storage(self) -> None:
-        """Cheap reachability check: raises StorageError/RepositoryNotFound if storage is unusable."""
-        if not self.backend.exists(FileType.CONFIG, "config"):
-            raise RepositoryNotFound(f"the repository at {self.backend.location} has disappeared")
-
 
 __all__ = ["PreparedBlob", "Repository"]

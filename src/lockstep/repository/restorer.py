@@ -185,6 +185,11 @@ class Restorer:
                 if error.filename is None:
                     error.filename = destination
                 raise
+            except BaseException:
+                # A damaged blob or an interruption: a half-written file must not pass for a restored one.
+                with contextlib.suppress(OSError):
+                    os.unlink(destination)
+                raise
             if written != node.size:
                 self.summary.warnings.append(
                     f"{os.fsdecode(destination)}: restored {written} bytes, the snapshot says {node.size}"
