@@ -15,6 +15,7 @@ customers and products updated at random, and 1 % more rows appended to the even
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -30,19 +31,21 @@ PG = ["-h", "127.0.0.1", "-U", "postgres"]
 PASSWORD = "benchmark password"
 
 
-def run_measured(argv: list[str], stdin_path: Path | None = None, stdout_path: Path | None = None,
-                 env: dict[str, str] | None = None) -> tuple[float, int]:
+def run_measured(
+    argv: list[str], stdin_path: Path | None = None, stdout_path: Path | None = None, env: dict[str, str] | None = None
+) -> tuple[float, int]:
     """Run a command; return (wall seconds, peak RSS in KiB of the largest process)."""
-    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
-    stdout = open(stdout_path, "wb") if stdout_path else subprocess.DEVNULL
-    started = time.perf_counter()
-    process = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
-    _, status, usage = os.wait4(process.pid, 0)
-    elapsed = time.perf_counter() - started
-    stderr = process.stderr.read().decode() if process.stderr else ""
-    for handle in (stdin, stdout):
-        if hasattr(handle, "close"):
-            handle.close()
+    with contextlib.ExitStack() as files:
+        stdin = files.enter_context(open(stdin_path, "rb")) if stdin_path else subprocess.DEVNULL
+        stdout = files.enter_context(open(stdout_path, "wb")) if stdout_path else subprocess.DEVNULL
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env={**os.environ, **(env or {})}
+        )
+        # wait4 gives this child's own peak RSS, which the shell's `time` would mix up with others'.
+        _, status, usage = os.wait4(process.pid, 0)
+        elapsed = time.perf_counter() - started
+        stderr = process.stderr.read().decode() if process.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{argv[0]} failed: {stderr[-2000:]}")
     return elapsed, usage.ru_maxrss
@@ -57,8 +60,12 @@ def ensure_dumps(scale: int, data_dir: Path) -> tuple[Path, Path]:
     data_dir.mkdir(parents=True, exist_ok=True)
     base, changed = data_dir / f"shop{scale}.sql", data_dir / f"shop{scale}-changed.sql"
     database = f"shop{scale}"
-    exists = subprocess.run(["psql", *PG, "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{database}'"],
-                            capture_output=True, text=True, check=True).stdout.strip()
+    exists = subprocess.run(
+        ["psql", *PG, "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{database}'"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     if not exists:
         print(f"building database {database} (scale {scale}) ...", file=sys.stderr)
         subprocess.run(["createdb", *PG, database], check=True)
@@ -70,13 +77,22 @@ def ensure_dumps(scale: int, data_dir: Path) -> tuple[Path, Path]:
         copy = f"{database}_changed"
         subprocess.run(["dropdb", *PG, "--if-exists", copy], check=True)
         subprocess.run(["createdb", *PG, "-T", database, copy], check=True)
-        subprocess.run(["psql", *PG, "-q", copy, "-c",
-                        "SELECT setseed(0.7);"
-                        " UPDATE orders SET status = 'refunded' WHERE random() < 0.01;"
-                        " UPDATE customers SET name = name || ' jr' WHERE random() < 0.01;"
-                        " UPDATE products SET price = price + 1 WHERE random() < 0.01;"
-                        " INSERT INTO events SELECT id + 1000000000, customer_id, kind, at + interval '1 day', payload"
-                        " FROM events WHERE random() < 0.01;"], check=True)
+        subprocess.run(
+            [
+                "psql",
+                *PG,
+                "-q",
+                copy,
+                "-c",
+                "SELECT setseed(0.7);"
+                " UPDATE orders SET status = 'refunded' WHERE random() < 0.01;"
+                " UPDATE customers SET name = name || ' jr' WHERE random() < 0.01;"
+                " UPDATE products SET price = price + 1 WHERE random() < 0.01;"
+                " INSERT INTO events SELECT id + 1000000000, customer_id, kind, at + interval '1 day', payload"
+                " FROM events WHERE random() < 0.01;",
+            ],
+            check=True,
+        )
         with open(changed, "wb") as out:
             subprocess.run(["pg_dump", *PG, copy], stdout=out, check=True)
         subprocess.run(["dropdb", *PG, copy], check=True)
@@ -98,28 +114,48 @@ def one_round(base: Path, changed: Path, work: Path) -> dict[str, float]:
     (work / "dump.zst").unlink()
 
     result["restic_s"], result["restic_rss_kib"] = run_measured(
-        ["restic", "-r", str(restic_repo), "backup", "-q", "--stdin", "--stdin-filename", "shop.sql"], base, env=env)
+        ["restic", "-r", str(restic_repo), "backup", "-q", "--stdin", "--stdin-filename", "shop.sql"], base, env=env
+    )
     result["restic_bytes"] = directory_bytes(restic_repo)
     result["lockstep_s"], result["lockstep_rss_kib"] = run_measured(
-        [*lockstep, "backup", "-r", str(lockstep_repo), "--stdin", "--stdin-filename", "shop.sql"], base, env=env)
+        [*lockstep, "backup", "-r", str(lockstep_repo), "--stdin", "--stdin-filename", "shop.sql"], base, env=env
+    )
     result["lockstep_bytes"] = directory_bytes(lockstep_repo)
 
     result["restic_second_s"], _ = run_measured(
-        ["restic", "-r", str(restic_repo), "backup", "-q", "--stdin", "--stdin-filename", "shop.sql"], changed, env=env)
+        ["restic", "-r", str(restic_repo), "backup", "-q", "--stdin", "--stdin-filename", "shop.sql"], changed, env=env
+    )
     result["restic_second_added"] = directory_bytes(restic_repo) - result["restic_bytes"]
     result["lockstep_second_s"], _ = run_measured(
-        [*lockstep, "backup", "-r", str(lockstep_repo), "--stdin", "--stdin-filename", "shop.sql"], changed, env=env)
+        [*lockstep, "backup", "-r", str(lockstep_repo), "--stdin", "--stdin-filename", "shop.sql"], changed, env=env
+    )
     result["lockstep_second_added"] = directory_bytes(lockstep_repo) - result["lockstep_bytes"]
 
-    snapshots = json.loads(subprocess.run([*lockstep, "snapshots", "-r", str(lockstep_repo), "--json"], env={**os.environ, **env},
-                                          capture_output=True, check=True).stdout)
+    snapshots = json.loads(
+        subprocess.run(
+            [*lockstep, "snapshots", "-r", str(lockstep_repo), "--json"],
+            env={**os.environ, **env},
+            capture_output=True,
+            check=True,
+        ).stdout
+    )
     first = snapshots[0]["id"]
-    restic_snapshots = json.loads(subprocess.run(["restic", "-r", str(restic_repo), "snapshots", "--json"], env={**os.environ, **env},
-                                                 capture_output=True, check=True).stdout)
+    restic_snapshots = json.loads(
+        subprocess.run(
+            ["restic", "-r", str(restic_repo), "snapshots", "--json"],
+            env={**os.environ, **env},
+            capture_output=True,
+            check=True,
+        ).stdout
+    )
     restic_first = restic_snapshots[0]["id"]
     out = work / "dumped.sql"
-    result["restic_dump_s"], _ = run_measured(["restic", "-r", str(restic_repo), "dump", restic_first, "/shop.sql"], stdout_path=out, env=env)
-    result["lockstep_dump_s"], _ = run_measured([*lockstep, "dump", "-r", str(lockstep_repo), first, "/shop.sql"], stdout_path=out, env=env)
+    result["restic_dump_s"], _ = run_measured(
+        ["restic", "-r", str(restic_repo), "dump", restic_first, "/shop.sql"], stdout_path=out, env=env
+    )
+    result["lockstep_dump_s"], _ = run_measured(
+        [*lockstep, "dump", "-r", str(lockstep_repo), first, "/shop.sql"], stdout_path=out, env=env
+    )
     if out.stat().st_size != base.stat().st_size:
         raise SystemExit("lockstep dump produced the wrong number of bytes")
     out.unlink()
@@ -141,10 +177,12 @@ def main() -> None:
         "backup wall time, lockstep / restic (target <= 0.4)": median["lockstep_s"] / median["restic_s"],
         "backup wall time, lockstep / zstd -3 -T2 (target <= 1.0)": median["lockstep_s"] / median["zstd_s"],
         "stored bytes, lockstep / restic (target <= 1.05)": median["lockstep_bytes"] / median["restic_bytes"],
-        "second backup added, lockstep / restic (target <= 1.0)": median["lockstep_second_added"] / median["restic_second_added"],
+        "second backup added, lockstep / restic (target <= 1.0)": median["lockstep_second_added"]
+        / median["restic_second_added"],
         "dump wall time, lockstep / restic (target <= 1.0)": median["lockstep_dump_s"] / median["restic_dump_s"],
     }
-    print(f"dump: {base.stat().st_size / 1e6:.0f} MB, changed: {changed.stat().st_size / 1e6:.0f} MB, rounds: {arguments.rounds}")
+    sizes = f"dump: {base.stat().st_size / 1e6:.0f} MB, changed: {changed.stat().st_size / 1e6:.0f} MB"
+    print(f"{sizes}, rounds: {arguments.rounds}")
     for key, value in median.items():
         print(f"  {key:24} {value:,.2f}")
     for label, ratio in ratios.items():

@@ -17,7 +17,7 @@ if [ -n "$need_apt" ]; then
   fi
 fi
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
-ruff check src tests
-ruff format --check src tests
+ruff check src tests bench scripts
+ruff format --check src tests bench scripts
 mypy
 python3 -m pytest -q -p no:cacheprovider "$@"
