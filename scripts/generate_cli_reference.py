@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Write docs/repository.md from the click commands themselves, so the reference cannot drift.
 
-    python scripts/generate_cli_reference.py          # rewrite the file
-    python scripts/generate_cli_reference.py --check  # exit 1 if it is out of date (the tests do this)
+python scripts/generate_cli_reference.py          # rewrite the file
+python scripts/generate_cli_reference.py --check  # exit 1 if it is out of date (the tests do this)
 """
 
 from __future__ import annotations

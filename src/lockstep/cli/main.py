@@ -31,9 +31,12 @@ def cli(context: click.Context, json_output: bool, debug: bool) -> None:
 
 
 def _register() -> None:
+    from lockstep.cli.init import COMMANDS as init_commands
     from lockstep.cli.repo import repo
 
     cli.add_command(repo)
+    for command in init_commands:
+        cli.add_command(command)
 
 
 _register()

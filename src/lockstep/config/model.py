@@ -1,0 +1,355 @@
+"""The `lockstep.toml` schema: one pydantic model that validates, and drives the sample and the docs.
+
+Defaults live here and nowhere else. Every field carries a description and an example, because
+`sample.py` writes the commented starting config from them and `scripts/generate_config_reference.py`
+writes docs/config.md from them; a test fails when either drifts from this file.
+
+Paths in the file are relative to the directory the file sits in. They are resolved while validating
+when the caller passes that directory as `context={"base_directory": Path}` (loading.py does);
+without it they are left as written.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+
+from lockstep.errors import UsageError
+
+DatabaseEngine = Literal["postgresql", "mysql", "mariadb", "sqlite"]
+DATABASE_ENGINES: tuple[DatabaseEngine, ...] = ("postgresql", "mysql", "mariadb", "sqlite")
+CodeKind = Literal["git", "release-directory"]
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+class _Section(BaseModel):
+    """Every table rejects keys it does not know: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _reject_password_in_url(url: str, fix: str) -> None:
+    """Secrets never live only in the config text, which ends up in snapshots, diffs and tickets."""
+    address = url.removeprefix("s3:")
+    if "://" in address and urlsplit(address).password is not None:
+        raise ValueError(f"the URL contains a password: remove it from the URL and {fix}")
+
+
+def _base_directory(info: ValidationInfo) -> Path | None:
+    context = info.context
+    if isinstance(context, dict):
+        base = context.get("base_directory")
+        if isinstance(base, Path):
+            return base
+    return None
+
+
+def _resolve_path(path: Path, base: Path) -> Path:
+    return path if path.is_absolute() else base / path
+
+
+class RepositoryConfig(_Section):
+    """Where snapshots are stored, and how to get the repository password."""
+
+    url: str = Field(
+        description=(
+            "Repository location: a path, local:PATH or s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]. "
+            "Relative paths are relative to the directory of lockstep.toml; "
+            "the LOCKSTEP_REPOSITORY environment variable overrides this value."
+        ),
+        examples=["local:.lockstep/repository"],
+    )
+    password_file: Path | None = Field(
+        default=None,
+        description=(
+            "File holding the repository password (relative to lockstep.toml's directory). "
+            "Without it, and without password_command, the password comes from LOCKSTEP_PASSWORD."
+        ),
+        examples=["/etc/lockstep/repository-password"],
+    )
+    password_command: str | None = Field(
+        default=None,
+        description="Command whose output is the repository password, e.g. a secret manager's CLI.",
+        examples=["pass show lockstep/shop"],
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        if not url.strip():
+            raise ValueError("the repository URL is empty: set it to a path, local:PATH or s3:URL/BUCKET")
+        _reject_password_in_url(
+            url, "give S3 credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (environment variables)"
+        )
+        if _SCHEME.match(url) and not url.startswith(("local:", "s3:")):
+            raise ValueError(
+                "unsupported repository location: use a path, local:PATH or s3:http(s)://HOST[:PORT]/BUCKET"
+            )
+        return url
+
+    @model_validator(mode="after")
+    def _check_password_sources(self) -> RepositoryConfig:
+        if self.password_file is not None and self.password_command is not None:
+            raise ValueError("both password_file and password_command are set: keep only one of them")
+        return self
+
+    def resolved(self, base: Path) -> RepositoryConfig:
+        """A copy whose local path and password file are absolute, relative ones taken from `base`."""
+        url = self.url
+        if not url.startswith("s3:"):
+            local = Path(url.removeprefix("local:"))
+            url = f"local:{_resolve_path(local, base)}"
+        password_file = None if self.password_file is None else _resolve_path(self.password_file, base)
+        return self.model_copy(update={"url": url, "password_file": password_file})
+
+
+class CodeConfig(_Section):
+    """The application code that a snapshot records next to the databases."""
+
+    kind: CodeKind | None = Field(
+        default=None,
+        description=(
+            'How the code is deployed: "git" (a git work tree; the snapshot records the commit) or '
+            '"release-directory" (a directory of files copied into the snapshot). '
+            'Default: "git" when the code path contains .git, otherwise none.'
+        ),
+        examples=["git"],
+    )
+    path: Path | None = Field(
+        default=None,
+        description="Directory of the code, relative to lockstep.toml's directory. Default: that directory.",
+        examples=["."],
+    )
+    allow_dirty: bool = Field(
+        default=False,
+        description=(
+            "For git: allow a snapshot while the work tree has uncommitted changes "
+            "(they would not be recorded, so the snapshot could not bring them back)."
+        ),
+        examples=[True],
+    )
+
+    def resolved(self, base: Path) -> CodeConfig:
+        """A copy with an absolute path and, when no kind was given, the kind detected on disk."""
+        path = base if self.path is None else _resolve_path(self.path, base)
+        kind = self.kind
+        if kind is None and (path / ".git").exists():
+            kind = "git"
+        return self.model_copy(update={"path": path, "kind": kind})
+
+
+class DatabaseConfig(_Section):
+    """One database to dump into every snapshot."""
+
+    url: str = Field(
+        description=(
+            "Connection URL without a password: postgresql://, mysql://, mariadb:// or sqlite:///PATH. "
+            "The engine is taken from the scheme."
+        ),
+        examples=["postgresql://postgres@127.0.0.1:5432/shop"],
+    )
+    password_env: str | None = Field(
+        default=None,
+        description="Name of the environment variable that holds the database password.",
+        examples=["SHOP_DATABASE_PASSWORD"],
+    )
+    password_file: Path | None = Field(
+        default=None,
+        description="File holding the database password (relative to lockstep.toml's directory).",
+        examples=["/etc/lockstep/shop-database-password"],
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        scheme, separator, _ = url.partition("://")
+        if not separator or scheme not in DATABASE_ENGINES:
+            raise ValueError(
+                "not a supported database URL: start it with postgresql://, mysql://, mariadb:// or sqlite:///PATH"
+            )
+        _reject_password_in_url(
+            url, "put it in password_env (the name of an environment variable that holds it) or password_file"
+        )
+        if scheme == "sqlite":
+            parts = urlsplit(url)
+            if parts.netloc or parts.path in ("", "/"):
+                raise ValueError("a SQLite URL names a file: write it as sqlite:///PATH (three slashes)")
+        elif not urlsplit(url).hostname:
+            raise ValueError(f"the URL has no host: write it as {scheme}://USER@HOST[:PORT]/DATABASE")
+        return url
+
+    @field_validator("password_env")
+    @classmethod
+    def _check_password_env(cls, name: str | None) -> str | None:
+        if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(
+                "password_env is the NAME of an environment variable, not the password: "
+                "set the password in that variable and put its name here"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _check_password_sources(self) -> DatabaseConfig:
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError("both password_env and password_file are set: keep only one of them")
+        return self
+
+    @property
+    def engine(self) -> DatabaseEngine:
+        """The database engine, from the URL's scheme; also the name of the module that dumps it."""
+        scheme = self.url.partition("://")[0]
+        for engine in DATABASE_ENGINES:
+            if engine == scheme:
+                return engine
+        raise AssertionError(f"unvalidated database URL scheme {scheme!r}")
+
+    def resolved(self, base: Path) -> DatabaseConfig:
+        """A copy whose password file is absolute, a relative one taken from `base`."""
+        if self.password_file is None:
+            return self
+        return self.model_copy(update={"password_file": _resolve_path(self.password_file, base)})
+
+
+class FilesConfig(_Section):
+    """Files outside the code and databases that a snapshot records."""
+
+    config: list[str] = Field(
+        default_factory=list,
+        description="Glob patterns of configuration files to record, relative to lockstep.toml's directory.",
+        examples=[["config/*.yml", "nginx/shop.conf"]],
+    )
+    secrets: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Glob patterns of secret files (keys, .env) to record, relative to lockstep.toml's directory; "
+            "they are stored encrypted like everything else and never printed."
+        ),
+        examples=[[".env", "secrets/*.key"]],
+    )
+
+    def resolved(self, base: Path) -> FilesConfig:
+        """A copy whose relative patterns are anchored at `base`."""
+
+        def anchor(pattern: str) -> str:
+            return pattern if Path(pattern).is_absolute() else str(base / pattern)
+
+        return self.model_copy(
+            update={"config": [anchor(p) for p in self.config], "secrets": [anchor(p) for p in self.secrets]}
+        )
+
+
+class RetentionConfig(_Section):
+    """How many snapshots `forget` keeps; -1 keeps every snapshot of that kind."""
+
+    keep_daily: int = Field(default=7, ge=-1, description="Daily snapshots to keep (-1: all).", examples=[14])
+    keep_weekly: int = Field(default=4, ge=-1, description="Weekly snapshots to keep (-1: all).", examples=[8])
+    keep_monthly: int = Field(
+        default=-1, ge=-1, description="Monthly snapshots to keep (-1: all, forever).", examples=[12]
+    )
+    keep_pre_deploy: int = Field(
+        default=10, ge=-1, description="Snapshots taken just before a deploy to keep (-1: all).", examples=[20]
+    )
+
+
+class ProjectConfig(_Section):
+    """A project's lockstep.toml: what a coordinated snapshot contains and where it is stored."""
+
+    repository: RepositoryConfig = Field(
+        description="Where snapshots are stored.",
+        examples=[{"url": "local:.lockstep/repository"}],
+    )
+    code: CodeConfig = Field(
+        default_factory=CodeConfig,
+        description="The application code. Without this table: the directory of lockstep.toml.",
+        examples=[{"kind": "git", "path": "."}],
+    )
+    databases: dict[str, DatabaseConfig] = Field(
+        default_factory=dict,
+        description="Databases to dump, by a name of your choice ([databases.NAME]).",
+        examples=[{"main": {"url": "postgresql://postgres@127.0.0.1:5432/shop"}}],
+    )
+    files: FilesConfig = Field(
+        default_factory=FilesConfig,
+        description="Configuration and secret files to record.",
+        examples=[{"config": ["config/*.yml"]}],
+    )
+    retention: RetentionConfig = Field(
+        default_factory=RetentionConfig,
+        description="How many snapshots to keep.",
+        examples=[{"keep_daily": 14}],
+    )
+    environments: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description=(
+            "Per-environment overrides ([environments.NAME.SECTION...]) of any table above, merged key by "
+            "key over the top-level values when lockstep runs for that environment."
+        ),
+        examples=[{"production": {"databases": {"main": {"url": "postgresql://deploy@db.internal:5432/shop"}}}}],
+    )
+
+    _source: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _context: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @field_validator("environments")
+    @classmethod
+    def _check_environment_names(cls, environments: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, overrides in environments.items():
+            if "environments" in overrides:
+                raise ValueError(f"environments.{name} contains environments: environments cannot be nested")
+        return environments
+
+    @model_validator(mode="after")
+    def _resolve_paths(self, info: ValidationInfo) -> ProjectConfig:
+        base = _base_directory(info)
+        if base is not None:
+            self.repository = self.repository.resolved(base)
+            self.code = self.code.resolved(base)
+            self.databases = {name: database.resolved(base) for name, database in self.databases.items()}
+            self.files = self.files.resolved(base)
+        return self
+
+    @classmethod
+    def from_source(cls, source: dict[str, Any], base_directory: Path | None = None) -> ProjectConfig:
+        """Validate `source` (the parsed TOML), keeping it so `resolve` can merge environments later."""
+        context: dict[str, Any] = {} if base_directory is None else {"base_directory": base_directory}
+        config = cls.model_validate(source, context=context)
+        config._source = copy.deepcopy(source)
+        config._context = context
+        return config
+
+    def resolve(self, environment: str | None) -> ProjectConfig:
+        """The configuration for `environment`: its overrides merged over the top-level tables.
+
+        None gives this configuration unchanged. The merged model has no environments of its own.
+        Raises UsageError for an unknown environment, pydantic's ValidationError when the merged
+        result is invalid (loading.py checks every environment up front, so that is a bug there).
+        """
+        if environment is None:
+            return self
+        if environment not in self.environments:
+            known = ", ".join(sorted(self.environments)) or "none are defined"
+            raise UsageError(
+                f"unknown environment {environment!r}",
+                f"the environments in the config are: {known} (add [environments.{environment}] to define it)",
+            )
+        base = {key: value for key, value in self._source.items() if key != "environments"}
+        merged = merge_tables(base, self.environments[environment])
+        return type(self).model_validate(merged, context=self._context)
+
+
+def merge_tables(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` over `base`, table by table: nested tables merge, any other value replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        current = merged.get(key)
+        if isinstance(current, dict) and isinstance(value, dict):
+            merged[key] = merge_tables(current, value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged

@@ -1,0 +1,188 @@
+"""Loading lockstep.toml from disk: finding it, resolving it, and the messages for every kind of mistake."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from lockstep.config.loading import find_config, known_keys, load_config
+from lockstep.errors import UsageError
+from lockstep.exit_codes import ExitCode
+
+MINIMAL = """\
+[repository]
+url = "local:.lockstep/repository"   # LOCKSTEP_REPOSITORY overrides it
+
+[databases.main]
+url = "postgresql://postgres@127.0.0.1:5432/shop"
+"""
+
+
+@pytest.fixture(autouse=True)
+def no_repository_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The developer's own LOCKSTEP_REPOSITORY must not leak into these tests."""
+    monkeypatch.delenv("LOCKSTEP_REPOSITORY", raising=False)
+
+
+def write_config(directory: Path, text: str) -> Path:
+    path = directory / "lockstep.toml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def load_error(path: Path, environment: str | None = None) -> UsageError:
+    with pytest.raises(UsageError) as raised:
+        load_config(path, environment)
+    assert raised.value.exit_code == ExitCode.USAGE
+    return raised.value
+
+
+def test_the_minimal_config_loads(tmp_path: Path) -> None:
+    """The smallest valid config from the issue, outside any git work tree."""
+    config = load_config(write_config(tmp_path, MINIMAL))
+    assert config.repository.url == f"local:{tmp_path.resolve() / '.lockstep/repository'}"
+    assert config.databases["main"].engine == "postgresql"
+    assert config.code.path == tmp_path.resolve()
+    assert config.code.kind is None
+
+
+def test_code_is_the_git_work_tree_the_config_sits_in(tmp_path: Path) -> None:
+    """Without [code], a directory with .git is taken as git code."""
+    (tmp_path / ".git").mkdir()
+    config = load_config(write_config(tmp_path, MINIMAL))
+    assert config.code.kind == "git"
+    assert config.code.path == tmp_path.resolve()
+
+
+def test_explicit_code_section_keeps_its_kind_and_resolves_its_path(tmp_path: Path) -> None:
+    """A release directory next to the config."""
+    text = MINIMAL + '\n[code]\nkind = "release-directory"\npath = "current"\n'
+    config = load_config(write_config(tmp_path, text))
+    assert config.code.kind == "release-directory"
+    assert config.code.path == tmp_path.resolve() / "current"
+
+
+def test_repository_variable_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LOCKSTEP_REPOSITORY wins, also over an environment's repository; relative means the current dir."""
+    text = MINIMAL + '\n[environments.production.repository]\nurl = "s3:http://127.0.0.1:9000/b"\n'
+    path = write_config(tmp_path, text)
+    monkeypatch.setenv("LOCKSTEP_REPOSITORY", "/srv/backups/shop")
+    assert load_config(path).repository.url == "local:/srv/backups/shop"
+    assert load_config(path, "production").repository.url == "local:/srv/backups/shop"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("LOCKSTEP_REPOSITORY", "local:relative/repo")
+    assert load_config(path).repository.url == f"local:{elsewhere / 'relative/repo'}"
+
+
+def test_relative_repository_path_is_relative_to_the_config_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading from another directory gives the same repository."""
+    project = tmp_path / "project"
+    project.mkdir()
+    write_config(project, MINIMAL)
+    monkeypatch.chdir(tmp_path)
+    expected = f"local:{project.resolve()}/.lockstep/repository"
+    assert load_config(Path("project/lockstep.toml")).repository.url == expected
+
+
+def test_environment_overrides_apply_on_load(tmp_path: Path) -> None:
+    """production changes the database URL; staging inherits the top-level one."""
+    text = MINIMAL + textwrap.dedent(
+        """
+        [environments.production.databases.main]
+        url = "postgresql://deploy@db.internal:5432/shop"
+
+        [environments.staging]
+        """
+    )
+    path = write_config(tmp_path, text)
+    assert load_config(path, "production").databases["main"].url == "postgresql://deploy@db.internal:5432/shop"
+    assert load_config(path, "staging").databases["main"].url == "postgresql://postgres@127.0.0.1:5432/shop"
+    error = load_error(path, "qa")
+    assert "production, staging" in str(error)
+
+
+def test_unknown_key_is_named_with_a_suggestion(tmp_path: Path) -> None:
+    """A typo names its full location and the key that was meant."""
+    path = write_config(tmp_path, MINIMAL.replace("[databases.main]\nurl", "[databases.main]\nulr"))
+    message = str(load_error(path))
+    assert 'lockstep.toml: databases.main.ulr: unknown key; did you mean "url"?' in message
+    assert "databases.main.url: missing: add url = " in message
+
+
+def test_unknown_key_in_an_environment_is_caught_for_every_environment(tmp_path: Path) -> None:
+    """A typo under [environments.production] fails even when loading without an environment."""
+    text = MINIMAL + "\n[environments.production.retention]\nkeep_dialy = 3\n"
+    message = str(load_error(write_config(tmp_path, text)))
+    assert 'environments.production.retention.keep_dialy: unknown key; did you mean "keep_daily"?' in message
+
+
+def test_password_in_a_database_url_is_refused_without_repeating_it(tmp_path: Path) -> None:
+    """The message says where to move the password, and does not contain it."""
+    secret = "s3cr3t-Pa55word"
+    text = MINIMAL.replace("postgres@127", f"postgres:{secret}@127")
+    message = str(load_error(write_config(tmp_path, text)))
+    assert "databases.main.url" in message
+    assert "password_env" in message
+    assert "password_file" in message
+    assert secret not in message
+
+
+def test_password_in_the_repository_url_is_refused(tmp_path: Path) -> None:
+    """The same rule for an S3 URL with credentials in it."""
+    secret = "AKIAsecretKEY"
+    text = MINIMAL.replace('"local:.lockstep/repository"', f'"s3:http://user:{secret}@127.0.0.1:9000/bucket"')
+    message = str(load_error(write_config(tmp_path, text)))
+    assert "repository.url: the URL contains a password" in message
+    assert "AWS_SECRET_ACCESS_KEY" in message
+    assert secret not in message
+
+
+def test_wrong_types_are_reported_per_key_without_values(tmp_path: Path) -> None:
+    """One line per problem, each with the file and the key."""
+    text = MINIMAL + '\n[retention]\nkeep_daily = "lots"\nkeep_weekly = -5\n'
+    message = str(load_error(write_config(tmp_path, text)))
+    lines = message.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{tmp_path / 'lockstep.toml'}: retention.keep_daily: ")
+    assert lines[1].startswith(f"{tmp_path / 'lockstep.toml'}: retention.keep_weekly: ")
+    assert "lots" not in message
+
+
+def test_toml_syntax_error_shows_line_and_column(tmp_path: Path) -> None:
+    """A broken file points at the line to fix."""
+    path = write_config(tmp_path, '[repository]\nurl "local:repo"\n')
+    message = str(load_error(path))
+    assert "line 2" in message
+    assert "column" in message
+    assert "invalid TOML" in message
+
+
+def test_missing_config_tells_to_run_init(tmp_path: Path) -> None:
+    """No lockstep.toml: say how to get one."""
+    with pytest.raises(UsageError) as raised:
+        find_config(tmp_path, None)
+    assert "lockstep init" in str(raised.value)
+    assert "-c" in str(raised.value)
+    with pytest.raises(UsageError):
+        find_config(tmp_path, tmp_path / "nowhere.toml")
+
+
+def test_find_config_prefers_the_explicit_path(tmp_path: Path) -> None:
+    """-c wins over ./lockstep.toml."""
+    default = write_config(tmp_path, MINIMAL)
+    explicit = tmp_path / "production.toml"
+    explicit.write_text(MINIMAL, encoding="utf-8")
+    assert find_config(tmp_path, None) == default
+    assert find_config(tmp_path, explicit) == explicit
+
+
+def test_known_keys_steps_over_table_names() -> None:
+    """The suggestion list for databases.<any name> is the database keys."""
+    assert known_keys(["databases", "anything"]) == ["url", "password_env", "password_file"]
+    assert "repository" in known_keys([])

@@ -1,0 +1,116 @@
+"""The config model on its own: defaults, database URLs, derived engines and environment merging."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from lockstep.config.model import DatabaseConfig, ProjectConfig, merge_tables
+from lockstep.errors import UsageError
+
+MINIMAL: dict[str, Any] = {
+    "repository": {"url": "local:.lockstep/repository"},
+    "databases": {"main": {"url": "postgresql://postgres@127.0.0.1:5432/shop"}},
+}
+
+
+def test_defaults_come_from_the_model() -> None:
+    """The retention defaults the issue names live in the model."""
+    config = ProjectConfig.model_validate(MINIMAL)
+    assert config.retention.keep_daily == 7
+    assert config.retention.keep_weekly == 4
+    assert config.retention.keep_monthly == -1
+    assert config.retention.keep_pre_deploy == 10
+    assert config.code.allow_dirty is False
+    assert config.files.config == []
+
+
+@pytest.mark.parametrize(
+    ("url", "engine"),
+    [
+        ("postgresql://postgres@127.0.0.1:5432/shop", "postgresql"),
+        ("mysql://root@db:3306/shop", "mysql"),
+        ("mariadb://root@db/shop", "mariadb"),
+        ("sqlite:///var/lib/shop.db", "sqlite"),
+    ],
+)
+def test_engine_is_derived_from_the_url_scheme(url: str, engine: str) -> None:
+    """The scheme names the engine (and the adapter module)."""
+    assert DatabaseConfig(url=url).engine == engine
+
+
+@pytest.mark.parametrize("url", ["oracle://db/shop", "postgresql:/shop", "sqlite://host/shop.db", "mysql:///shop"])
+def test_unsupported_or_malformed_database_urls_are_refused(url: str) -> None:
+    """Only the four engines, each in its own URL shape."""
+    with pytest.raises(ValidationError):
+        DatabaseConfig(url=url)
+
+
+def test_password_env_must_be_a_variable_name() -> None:
+    """Putting the password itself in password_env is caught."""
+    with pytest.raises(ValidationError, match="NAME of an environment variable"):
+        DatabaseConfig(url="postgresql://u@h/db", password_env="hunter 2!")
+
+
+def test_relative_paths_resolve_against_the_base_directory(tmp_path: Path) -> None:
+    """Paths in the file are relative to the file's directory, not the current one."""
+    source = {
+        **MINIMAL,
+        "repository": {"url": "backups/repo", "password_file": "secret/password"},
+        "files": {"config": ["config/*.yml", "/etc/nginx/shop.conf"]},
+    }
+    config = ProjectConfig.from_source(source, tmp_path)
+    assert config.repository.url == f"local:{tmp_path / 'backups/repo'}"
+    assert config.repository.password_file == tmp_path / "secret/password"
+    assert config.files.config == [str(tmp_path / "config/*.yml"), "/etc/nginx/shop.conf"]
+
+
+def test_s3_repository_url_is_kept_as_written(tmp_path: Path) -> None:
+    """Only local paths are resolved."""
+    source = {**MINIMAL, "repository": {"url": "s3:http://127.0.0.1:9000/bucket/prefix"}}
+    assert ProjectConfig.from_source(source, tmp_path).repository.url == "s3:http://127.0.0.1:9000/bucket/prefix"
+
+
+def test_environment_overrides_merge_key_by_key(tmp_path: Path) -> None:
+    """production replaces one key of one database; staging inherits everything."""
+    source = {
+        **MINIMAL,
+        "retention": {"keep_daily": 3},
+        "environments": {
+            "production": {
+                "databases": {"main": {"url": "postgresql://deploy@db.internal:5432/shop", "password_env": "PGPASS"}},
+                "retention": {"keep_weekly": 12},
+            },
+            "staging": {},
+        },
+    }
+    config = ProjectConfig.from_source(source, tmp_path)
+    production = config.resolve("production")
+    assert production.databases["main"].url == "postgresql://deploy@db.internal:5432/shop"
+    assert production.databases["main"].password_env == "PGPASS"
+    assert production.retention.keep_daily == 3
+    assert production.retention.keep_weekly == 12
+    assert production.repository.url == f"local:{tmp_path / '.lockstep/repository'}"
+    staging = config.resolve("staging")
+    assert staging.databases["main"].url == "postgresql://postgres@127.0.0.1:5432/shop"
+    assert staging.retention.keep_weekly == 4
+    assert config.resolve(None) is config
+
+
+def test_unknown_environment_lists_the_known_ones(tmp_path: Path) -> None:
+    """A typo in an environment name says which names exist."""
+    config = ProjectConfig.from_source({**MINIMAL, "environments": {"production": {}, "staging": {}}}, tmp_path)
+    with pytest.raises(UsageError) as raised:
+        config.resolve("prod")
+    assert "production, staging" in str(raised.value)
+
+
+def test_merge_tables_replaces_lists_and_keeps_the_base_untouched() -> None:
+    """Lists are values, not tables: an override replaces them."""
+    base = {"files": {"config": ["a"]}, "retention": {"keep_daily": 1}}
+    merged = merge_tables(base, {"files": {"config": ["b"]}})
+    assert merged == {"files": {"config": ["b"]}, "retention": {"keep_daily": 1}}
+    assert base["files"] == {"config": ["a"]}
