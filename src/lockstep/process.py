@@ -6,6 +6,7 @@ tests; secrets travel in the environment or on stdin, never in argv.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import subprocess
@@ -121,6 +122,56 @@ class StreamingProcess:
         if self._process.poll() is None:
             self._process.kill()
             self._process.wait()
+
+
+def run_with_input(command: Command, source: IO[bytes], hint: str | None = None) -> None:
+    """Run to completion feeding `source` to its stdin (a restore: `pg_restore`, `mariadb`).
+
+    stdout is discarded; a non-zero exit raises SourceError with stderr's end. If reading
+    `source` fails, the command is killed rather than shown an end of input, so it cannot take
+    a truncated dump for a whole one (what it already applied stays applied).
+    """
+    import threading
+
+    try:
+        process = subprocess.Popen(
+            list(command.argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=command._environment(),
+            cwd=command.cwd,
+        )
+    except FileNotFoundError as error:
+        raise SourceError(f"command not found: {command.argv[0]}", "install it or fix the path") from error
+    assert process.stdin is not None and process.stderr is not None
+    stderr = process.stderr
+    tail: list[bytes] = [b""]
+
+    def drain() -> None:
+        for line in stderr:
+            tail[0] = (tail[0] + line)[-4096:]
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        while block := source.read(1024 * 1024):
+            process.stdin.write(block)
+    except BrokenPipeError:
+        pass  # the command stopped reading: its exit code and stderr say why
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.close()
+    code = process.wait()
+    reader.join(timeout=5)
+    if code != 0:
+        lines = tail[0].decode("utf-8", "replace").strip().splitlines()[-3:]
+        reason = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        raise SourceError(f"{command.argv[0]} {reason}" + (": " + " / ".join(lines) if lines else ""), hint)
 
 
 def command_from_argv(argv: Sequence[str]) -> Command:

@@ -1,0 +1,177 @@
+"""What every database adapter offers, and the small value types they share.
+
+A coordinated snapshot needs five things from a database, whatever the engine: a consistent
+dump as a byte stream (so the repository can chunk and deduplicate it without a temporary
+copy), a restore from such a stream, a cheap fingerprint (`inspect`) to prove a restore
+matches its source, and a scratch database on the same server to test-restore into. Keeping
+the Protocol that small is what lets one module per engine stay readable.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol, runtime_checkable
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from lockstep.errors import UsageError
+
+# Scratch databases carry this prefix, and `drop_database` refuses any other name: an adapter
+# inside a deploy tool must never be one typo away from dropping a production database.
+SCRATCH_PREFIX = "lockstep_verify_"
+
+# The migration tables lockstep recognises, in the order it looks for them.
+MIGRATION_TABLES = ("alembic_version", "schema_migrations", "django_migrations")
+
+
+@dataclass(frozen=True)
+class DumpFormat:
+    """How an adapter's dump is stored, so a restore (or a human) knows what the bytes are."""
+
+    name: str  # e.g. "postgresql-custom": stable, recorded next to the dump
+    extension: str  # the file name suffix a user would give the dump, e.g. ".dump"
+    seekable_restore_is_faster: bool  # True when restoring from a file beats restoring from a pipe
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """One table's fingerprint: equal row counts and checksums mean equal contents."""
+
+    name: str
+    rows: int
+    checksum: str
+
+
+@dataclass(frozen=True)
+class DatabaseInfo:
+    """A database's fingerprint, compared between a source and its test-restore."""
+
+    engine: str
+    server_version: str
+    tables: list[TableInfo]
+    migration_version: str | None
+    migration_table: str | None
+
+
+class DumpStream(Protocol):
+    """A dump being produced: read `stdout` to its end, then `finish()` (which raises
+    `SourceError` when the dump failed). `kill()` abandons it."""
+
+    @property
+    def stdout(self) -> IO[bytes]: ...
+
+    def finish(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+@runtime_checkable
+class DatabaseAdapter(Protocol):
+    """One database engine. `url` names a database (`postgresql://user@host:5432/shop`); the
+    password travels separately so it never lands in a URL that gets logged."""
+
+    engine: str
+    dump_format: DumpFormat
+
+    def dump(self, url: str, password: str | None) -> DumpStream:
+        """Start a consistent dump of the database; the caller streams it and calls finish()."""
+        ...
+
+    def inspect(self, url: str, password: str | None) -> DatabaseInfo:
+        """Server version, per-table row counts and checksums, and the migration version."""
+        ...
+
+    def restore(self, url: str, password: str | None, source: IO[bytes] | Path, create: bool) -> None:
+        """Load a dump made by `dump` into the (empty) database at `url`, creating it if `create`.
+
+        `source` is a stream, or a Path to a file holding the dump when the engine can restore
+        faster from a seekable file (see `DumpFormat.seekable_restore_is_faster`).
+        """
+        ...
+
+    def create_scratch(self, url: str, password: str | None) -> str:
+        """Create an empty database on the same server as `url`; return its URL."""
+        ...
+
+    def drop_database(self, url: str, password: str | None) -> None:
+        """Drop a scratch database made by `create_scratch` (any other name is refused)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ServerLocation:
+    """The parts of a database URL the client tools need, with the password kept apart."""
+
+    scheme: str
+    host: str | None
+    port: int | None
+    user: str | None
+    url_password: str | None
+    database: str
+
+    @classmethod
+    def parse(cls, url: str) -> ServerLocation:
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError as error:
+            raise UsageError(f"the database URL has an invalid port: {redact_url(url)}") from error
+        database = unquote(parts.path.lstrip("/"))
+        if not database:
+            raise UsageError(
+                f"the database URL names no database: {redact_url(url)}", "e.g. postgresql://app@db:5432/shop"
+            )
+        return cls(
+            scheme=parts.scheme,
+            host=parts.hostname,
+            port=port,
+            user=unquote(parts.username) if parts.username else None,
+            url_password=unquote(parts.password) if parts.password is not None else None,
+            database=database,
+        )
+
+    def password(self, given: str | None) -> str | None:
+        """The password passed separately wins over one embedded in the URL."""
+        return given if given is not None else self.url_password
+
+    def display(self) -> str:
+        """The location for messages: never with a password."""
+        user = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port else ""
+        return f"{self.scheme}://{user}{self.host or ''}{port}/{self.database}"
+
+
+def redact_url(url: str) -> str:
+    """`url` with any embedded password replaced, for error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def with_database(url: str, database: str) -> str:
+    """`url` pointing at another database on the same server (user, host and options kept)."""
+    return urlunsplit(urlsplit(url)._replace(path="/" + database))
+
+
+def scratch_name() -> str:
+    """A fresh scratch database name: unguessable, so parallel verifications never collide."""
+    return SCRATCH_PREFIX + secrets.token_hex(6)
+
+
+def require_scratch(database: str, location: str) -> None:
+    """Refuse to drop anything that `create_scratch` did not name."""
+    if not Path(database).name.startswith(SCRATCH_PREFIX):
+        raise UsageError(
+            f"refusing to drop {location}: only scratch databases named {SCRATCH_PREFIX}* are dropped",
+            "drop other databases with the database's own tools",
+        )
+
+
+def redact(text: str, password: str | None) -> str:
+    """`text` without the password, for messages built from a tool's or driver's output."""
+    if password:
+        return text.replace(password, "***")
+    return text

@@ -1,0 +1,211 @@
+"""SQLite (`sqlite:///relative.db`, `sqlite:////absolute.db`, as SQLAlchemy spells them).
+
+The dump of a SQLite database is the database file itself, copied with SQLite's online backup
+API into a temporary file and streamed from there. The backup runs in one step, under one read
+transaction, so the copy is consistent while the application keeps writing (in WAL mode
+writers go on; in rollback-journal mode they wait for the copy). A plain file copy would not
+be: it can catch a page half-written, or miss what still sits in the `-wal` file.
+
+A restore writes the file next to the target and renames it into place, so a reader sees the
+old database or the new one, never half of one. Stop the application first: a process holding
+the old file open keeps using it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+import tempfile
+from pathlib import Path
+from typing import IO
+from urllib.parse import unquote
+
+from lockstep.databases.base import (
+    MIGRATION_TABLES,
+    SCRATCH_PREFIX,
+    DatabaseAdapter,
+    DatabaseInfo,
+    DumpFormat,
+    TableInfo,
+    require_scratch,
+)
+from lockstep.errors import SourceError, UsageError
+
+HEADER = b"SQLite format 3\x00"
+COMPANION_SUFFIXES = ("-wal", "-shm", "-journal")
+
+
+class FileDump:
+    """A finished backup copy, streamed from a temporary file that `finish()` removes."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self.stdout: IO[bytes] = path.open("rb")
+
+    def finish(self) -> None:
+        self.stdout.close()
+        self._path.unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        self.finish()
+
+
+class SqliteAdapter:
+    """The `sqlite://` adapter; the password is ignored (SQLite has none)."""
+
+    engine = "sqlite"
+    dump_format = DumpFormat(name="sqlite-file", extension=".sqlite3", seekable_restore_is_faster=False)
+
+    def dump(self, url: str, password: str | None) -> FileDump:
+        path = database_path(url)
+        descriptor, name = tempfile.mkstemp(prefix="lockstep-sqlite-", suffix=".sqlite3")
+        os.close(descriptor)
+        copy = Path(name)
+        try:
+            with (
+                contextlib.closing(_open_existing(path)) as source,
+                contextlib.closing(sqlite3.connect(copy)) as target,
+            ):
+                source.backup(target)  # pages=-1: the whole database in one step, one snapshot
+        except sqlite3.Error as error:
+            copy.unlink(missing_ok=True)
+            raise SourceError(f"cannot back up SQLite database {path}: {error}") from None
+        except BaseException:
+            copy.unlink(missing_ok=True)
+            raise
+        return FileDump(copy)
+
+    def inspect(self, url: str, password: str | None) -> DatabaseInfo:
+        path = database_path(url)
+        try:
+            with contextlib.closing(_open_existing(path)) as connection:
+                connection.execute("BEGIN")  # one read transaction: all tables from one moment
+                names = [
+                    str(row[0])
+                    for row in connection.execute(
+                        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+                        " ORDER BY name"
+                    )
+                ]
+                tables = [_fingerprint(connection, name) for name in names]
+                migration_table, migration_version = _migration(connection, set(names))
+                connection.rollback()
+        except sqlite3.Error as error:
+            raise SourceError(f"cannot inspect SQLite database {path}: {error}") from None
+        return DatabaseInfo(
+            engine=self.engine,
+            server_version=sqlite3.sqlite_version,
+            tables=tables,
+            migration_version=migration_version,
+            migration_table=migration_table,
+        )
+
+    def restore(self, url: str, password: str | None, source: IO[bytes] | Path, create: bool) -> None:
+        path = database_path(url)
+        if not create and not path.exists():
+            raise SourceError(f"SQLite database {path} does not exist", "restore with create to make it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".restoring", dir=path.parent)
+        staged = Path(name)
+        try:
+            with os.fdopen(descriptor, "wb") as output:
+                if isinstance(source, Path):
+                    with source.open("rb") as stream:
+                        _copy(stream, output)
+                else:
+                    _copy(source, output)
+                output.flush()
+                os.fsync(output.fileno())
+            _check_copy(staged)
+            # The old database's -wal/-shm/-journal describe the old file; next to the new one
+            # they would be replayed into it and corrupt it.
+            for suffix in COMPANION_SUFFIXES:
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            os.replace(staged, path)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+
+    def create_scratch(self, url: str, password: str | None) -> str:
+        descriptor, name = tempfile.mkstemp(prefix=SCRATCH_PREFIX, suffix=".sqlite3")
+        os.close(descriptor)  # an empty file is an empty SQLite database
+        return "sqlite:///" + name
+
+    def drop_database(self, url: str, password: str | None) -> None:
+        path = database_path(url)
+        require_scratch(path.name, str(path))
+        for suffix in ("", *COMPANION_SUFFIXES):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+# Annotated so that mypy checks the class against the Protocol.
+ADAPTER: DatabaseAdapter = SqliteAdapter()
+
+
+def database_path(url: str) -> Path:
+    """`sqlite:///app.db` is relative, `sqlite:////srv/app.db` absolute (SQLAlchemy's rule)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise UsageError(f"not a SQLite database URL: {url}", "e.g. sqlite:////srv/app/app.db (absolute path)")
+    return Path(unquote(url[len(prefix) :].split("?", 1)[0]))
+
+
+def _open_existing(path: Path) -> sqlite3.Connection:
+    """Open read-only, so a typo never creates an empty database that then gets backed up."""
+    if not path.is_file():
+        raise SourceError(f"SQLite database {path} does not exist", "check the path in the database URL")
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+
+
+def _copy(source: IO[bytes], output: IO[bytes]) -> None:
+    while block := source.read(1024 * 1024):
+        output.write(block)
+
+
+def _check_copy(path: Path) -> None:
+    """Refuse to put anything but a sound SQLite database in place of the target."""
+    with path.open("rb") as handle:
+        header = handle.read(len(HEADER))
+    if header != HEADER and path.stat().st_size:
+        raise SourceError("the dump is not a SQLite database; the target was left as it was")
+    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+        result = connection.execute("PRAGMA quick_check").fetchone()
+    if result is None or result[0] != "ok":
+        raise SourceError(f"the restored SQLite database fails its check ({result}); the target was left as it was")
+
+
+def _fingerprint(connection: sqlite3.Connection, table: str) -> TableInfo:
+    """Row count and a sha256 over the rows in rowid order (primary key order without rowid)."""
+    quoted = '"' + table.replace('"', '""') + '"'
+    try:
+        cursor = connection.execute(f"SELECT * FROM {quoted} ORDER BY rowid")
+    except sqlite3.OperationalError:  # a WITHOUT ROWID table: its primary key orders it
+        cursor = connection.execute(f"SELECT * FROM {quoted} LIMIT 0")
+        columns = len(cursor.description)
+        cursor = connection.execute(
+            f"SELECT * FROM {quoted} ORDER BY " + ", ".join(str(n) for n in range(1, columns + 1))
+        )
+    digest = hashlib.sha256()
+    rows = 0
+    for row in cursor:
+        digest.update(repr(row).encode("utf-8", "surrogatepass") + b"\n")
+        rows += 1
+    return TableInfo(name=table, rows=rows, checksum=digest.hexdigest())
+
+
+def _migration(connection: sqlite3.Connection, tables: set[str]) -> tuple[str | None, str | None]:
+    """The first migration table found and its current version."""
+    queries = {
+        "alembic_version": "SELECT group_concat(version_num, ',') FROM (SELECT version_num FROM alembic_version"
+        " ORDER BY version_num)",
+        "schema_migrations": "SELECT max(version) FROM schema_migrations",
+        "django_migrations": "SELECT app || '.' || name FROM django_migrations ORDER BY id DESC LIMIT 1",
+    }
+    for table in MIGRATION_TABLES:
+        if table in tables:
+            row = connection.execute(queries[table]).fetchone()
+            value = None if row is None or row[0] is None else str(row[0])
+            return table, value
+    return None, None

@@ -1,0 +1,269 @@
+"""The MySQL/MariaDB adapter against the real MariaDB on 127.0.0.1:3306 (root, empty password)."""
+
+from __future__ import annotations
+
+import io
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lockstep.databases import adapter_for
+from lockstep.databases.base import ServerLocation
+from lockstep.databases.mysql import MysqlAdapter
+from lockstep.errors import SourceError, UsageError
+from tests.conftest import missing, require_binary
+
+SERVER_URL = "mariadb://root@127.0.0.1:3306/mysql"
+BINARY = bytes(range(256)) * 4
+TEXT = "Grüße, 東京, emoji 😀🎉, quote ' and backslash \\"
+TEXT_LITERAL = "'" + TEXT.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def run_sql(statements: str, database: str = "", user: str = "root", password: str = "") -> list[list[str]]:
+    """Run SQL with the real client, outside the adapter under test."""
+    completed = subprocess.run(
+        [
+            *("mariadb", "--host=127.0.0.1", "--port=3306", f"--user={user}", "--batch", "--skip-column-names"),
+            *("--default-character-set=utf8mb4", *([database] if database else [])),
+        ],
+        input=statements.encode(),
+        capture_output=True,
+        env={"MYSQL_PWD": password, "PATH": "/usr/bin:/bin"},
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr.decode()
+    return [line.split("\t") for line in completed.stdout.decode().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def adapter() -> MysqlAdapter:
+    require_binary("mariadb", "apt-get install mariadb-client")
+    require_binary("mariadb-dump", "apt-get install mariadb-client")
+    probe = subprocess.run(
+        ["mariadb", "--host=127.0.0.1", "--port=3306", "--user=root", "--connect-timeout=5", "-e", "SELECT 1"],
+        capture_output=True,
+        env={"MYSQL_PWD": "", "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    if probe.returncode != 0:
+        missing(f"MariaDB is not reachable on 127.0.0.1:3306: {probe.stderr.decode().strip()}")
+    adapter = adapter_for(SERVER_URL)
+    assert isinstance(adapter, MysqlAdapter)
+    return adapter
+
+
+@pytest.fixture
+def database(adapter: MysqlAdapter) -> Iterator[str]:
+    """A fresh, uniquely named database, dropped after the test."""
+    url = adapter.create_scratch(SERVER_URL, None)
+    yield url
+    adapter.drop_database(url, None)
+
+
+@pytest.fixture
+def scratch(adapter: MysqlAdapter) -> Iterator[str]:
+    url = adapter.create_scratch(SERVER_URL, None)
+    yield url
+    adapter.drop_database(url, None)
+
+
+def name_of(url: str) -> str:
+    return ServerLocation.parse(url).database
+
+
+def dump_bytes(adapter: MysqlAdapter, url: str, password: str | None = None) -> bytes:
+    stream = adapter.dump(url, password)
+    data = stream.stdout.read()
+    stream.finish()
+    return data
+
+
+RICH_SCHEMA = f"""
+CREATE TABLE customers (id int AUTO_INCREMENT PRIMARY KEY, name varchar(200) CHARACTER SET utf8mb4 NOT NULL,
+                        photo blob) ENGINE=InnoDB;
+CREATE TABLE audit (customer_id int, note text CHARACTER SET utf8mb4) ENGINE=InnoDB;
+INSERT INTO customers (name, photo) SELECT CONCAT('customer ', seq), UNHEX(MD5(seq)) FROM seq_1_to_500;
+INSERT INTO customers (name, photo) VALUES ({TEXT_LITERAL}, 0x{BINARY.hex()});
+DELIMITER ;;
+CREATE FUNCTION double_it(value int) RETURNS int DETERMINISTIC RETURN value * 2;;
+CREATE PROCEDURE count_customers(OUT total int) BEGIN SELECT COUNT(*) INTO total FROM customers; END;;
+CREATE TRIGGER customers_audit AFTER INSERT ON customers FOR EACH ROW
+  INSERT INTO audit VALUES (NEW.id, CONCAT('inserted ', NEW.name));;
+CREATE EVENT nightly_cleanup ON SCHEDULE EVERY 1 DAY DISABLE DO DELETE FROM audit WHERE customer_id < 0;;
+DELIMITER ;
+"""
+
+
+def test_round_trip_preserves_rows_routines_triggers_events_and_bytes(
+    adapter: MysqlAdapter, database: str, scratch: str
+) -> None:
+    """dump → restore into a scratch database gives identical fingerprints and every object type."""
+    run_sql(RICH_SCHEMA, name_of(database))
+    data = dump_bytes(adapter, database)
+    assert b"CREATE DATABASE" not in data and b"USE `" not in data  # restorable under any name
+    adapter.restore(scratch, None, io.BytesIO(data), create=False)
+
+    source, restored = adapter.inspect(database, None), adapter.inspect(scratch, None)
+    assert restored.tables == source.tables
+    assert {table.name: table.rows for table in restored.tables} == {"audit": 0, "customers": 501}
+    target = name_of(scratch)
+    assert run_sql("SELECT double_it(21)", target) == [["42"]]
+    assert run_sql("CALL count_customers(@total); SELECT @total", target) == [["501"]]
+    assert run_sql("SELECT name, HEX(photo) FROM customers WHERE LENGTH(photo) = 1024", target) == [
+        [TEXT.replace("\\", "\\\\"), BINARY.hex().upper()]
+    ]
+    assert run_sql("SELECT event_name FROM information_schema.events WHERE event_schema = DATABASE()", target) == [
+        ["nightly_cleanup"]
+    ]
+    run_sql("INSERT INTO customers (name) VALUES ('after restore 😀')", target)
+    assert run_sql("SELECT note FROM audit", target) == [["inserted after restore 😀"]]
+
+
+def test_restore_creates_the_database_when_asked(adapter: MysqlAdapter, database: str, tmp_path: Path) -> None:
+    run_sql(RICH_SCHEMA, name_of(database))
+    dump_file = tmp_path / "shop.sql"
+    dump_file.write_bytes(dump_bytes(adapter, database))
+    target = SERVER_URL.rsplit("/", 1)[0] + "/lockstep_verify_created_by_restore"
+    adapter.drop_database(target, None)
+    try:
+        adapter.restore(target, None, dump_file, create=True)
+        assert adapter.inspect(target, None).tables == adapter.inspect(database, None).tables
+    finally:
+        adapter.drop_database(target, None)
+
+
+def test_restore_of_broken_sql_fails_with_source_error(adapter: MysqlAdapter, scratch: str) -> None:
+    with pytest.raises(SourceError) as raised:
+        adapter.restore(scratch, None, io.BytesIO(b"CREATE TABLE ( nonsense"), create=False)
+    assert "mariadb" in raised.value.message and "syntax" in raised.value.message
+
+
+def test_checksum_changes_when_one_value_changes(adapter: MysqlAdapter, database: str) -> None:
+    run_sql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT seq, 'v' FROM seq_1_to_50", name_of(database)
+    )
+    before = adapter.inspect(database, None).tables
+    run_sql("UPDATE t SET v = 'w' WHERE id = 37", name_of(database))
+    after = adapter.inspect(database, None).tables
+    assert [table.rows for table in after] == [table.rows for table in before] == [50]
+    assert after[0].checksum != before[0].checksum
+
+
+def test_inspect_of_a_hundred_thousand_rows_is_fast(adapter: MysqlAdapter, database: str) -> None:
+    run_sql(
+        "CREATE TABLE big (id int PRIMARY KEY, body text);"
+        "INSERT INTO big SELECT seq, REPEAT(MD5(seq), 4) FROM seq_1_to_100000",
+        name_of(database),
+    )
+    started = time.monotonic()
+    info = adapter.inspect(database, None)
+    assert info.tables[0].rows == 100_000
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(
+    ("table", "statements", "version"),
+    [
+        (
+            "alembic_version",
+            "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY);"
+            "INSERT INTO alembic_version VALUES ('4f2e9c1a7b3d')",
+            "4f2e9c1a7b3d",
+        ),
+        (
+            "schema_migrations",
+            "CREATE TABLE schema_migrations (version varchar(20) PRIMARY KEY);"
+            "INSERT INTO schema_migrations VALUES ('20240101120000'), ('20250301090000')",
+            "20250301090000",
+        ),
+        (
+            "django_migrations",
+            "CREATE TABLE django_migrations (id int AUTO_INCREMENT PRIMARY KEY, app varchar(255), name varchar(255));"
+            "INSERT INTO django_migrations (app, name) VALUES ('shop', '0001_initial'), ('shop', '0002_prices')",
+            "shop.0002_prices",
+        ),
+    ],
+)
+def test_migration_version_is_detected(
+    adapter: MysqlAdapter, database: str, table: str, statements: str, version: str
+) -> None:
+    run_sql(statements, name_of(database))
+    info = adapter.inspect(database, None)
+    assert (info.migration_table, info.migration_version) == (table, version)
+    assert info.engine == "mysql" and "MariaDB" in info.server_version
+
+
+def test_no_migration_table_means_no_version(adapter: MysqlAdapter, database: str) -> None:
+    info = adapter.inspect(database, None)
+    assert (info.tables, info.migration_table, info.migration_version) == ([], None, None)
+
+
+def test_dump_of_a_missing_database_names_it(adapter: MysqlAdapter) -> None:
+    url = SERVER_URL.rsplit("/", 1)[0] + "/no_such_database_here"
+    stream = adapter.dump(url, None)
+    stream.stdout.read()
+    with pytest.raises(SourceError) as raised:
+        stream.finish()
+    assert "no_such_database_here" in str(raised.value)
+    assert "Traceback" not in str(raised.value)
+
+
+def test_a_user_that_does_not_exist_fails_without_showing_the_password(adapter: MysqlAdapter) -> None:
+    url = "mysql://no_such_user@127.0.0.1:3306/mysql"
+    secret = "pw-4f9a1c-not-for-logs"
+    with pytest.raises(SourceError) as raised:
+        adapter.inspect(url, secret)
+    assert "Access denied" in str(raised.value) and secret not in str(raised.value)
+    stream = adapter.dump(url, secret)
+    stream.stdout.read()
+    with pytest.raises(SourceError) as failed:
+        stream.finish()
+    assert "Access denied" in str(failed.value) and secret not in str(failed.value)
+
+
+@pytest.fixture
+def password_user(database: str) -> Iterator[tuple[str, str]]:
+    """A real account with a password, allowed to use the test database only."""
+    user, password = "lockstep_t_" + secrets.token_hex(4), "pw-" + secrets.token_hex(8)
+    hosts = ("localhost", "127.0.0.1")
+    for host in hosts:
+        run_sql(
+            f"CREATE USER '{user}'@'{host}' IDENTIFIED BY '{password}';"
+            f"GRANT ALL ON `{name_of(database)}`.* TO '{user}'@'{host}'"
+        )
+    yield user, password
+    for host in hosts:
+        run_sql(f"DROP USER IF EXISTS '{user}'@'{host}'")
+
+
+def test_password_travels_in_the_environment_not_argv(
+    adapter: MysqlAdapter, database: str, password_user: tuple[str, str]
+) -> None:
+    user, password = password_user
+    run_sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2)", name_of(database))
+    url = database.replace("root@", f"{user}@")
+    stream = adapter.dump(url, password)
+    data = stream.stdout.read()
+    stream.finish()
+    assert b"INSERT INTO `t` VALUES" in data
+    assert all(password not in argument for argument in stream.command.argv)
+    assert stream.command.env is not None and stream.command.env["MYSQL_PWD"] == password
+    assert [table.rows for table in adapter.inspect(url, password).tables] == [2]
+    with pytest.raises(SourceError) as raised:
+        adapter.inspect(url, password + "-wrong")
+    assert "Access denied" in str(raised.value) and password not in str(raised.value)
+
+
+def test_drop_refuses_a_database_that_is_not_scratch(adapter: MysqlAdapter) -> None:
+    with pytest.raises(UsageError, match="refusing"):
+        adapter.drop_database(SERVER_URL, None)
+
+
+def test_dispatch_by_scheme() -> None:
+    assert isinstance(adapter_for("mysql://db/shop"), MysqlAdapter)
+    assert isinstance(adapter_for("mariadb://db/shop"), MysqlAdapter)

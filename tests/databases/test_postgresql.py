@@ -1,0 +1,252 @@
+"""The PostgreSQL adapter against the real server on 127.0.0.1:5432 (trust auth, user postgres)."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from lockstep.databases import adapter_for
+from lockstep.databases.base import ServerLocation
+from lockstep.databases.postgresql import PostgresqlAdapter
+from lockstep.errors import SourceError, UsageError
+from tests.conftest import missing, require_binary
+
+SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+BINARY = bytes(range(256)) * 4
+TEXT = "Grüße, 東京, emoji 😀, quote ' and backslash \\"
+
+
+@pytest.fixture(scope="module")
+def adapter() -> PostgresqlAdapter:
+    require_binary("pg_dump", "apt-get install postgresql-client")
+    require_binary("pg_restore", "apt-get install postgresql-client")
+    try:
+        psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5).close()
+    except psycopg.Error as error:
+        missing(f"PostgreSQL is not reachable on 127.0.0.1:5432: {error}")
+    adapter = adapter_for(SERVER_URL)
+    assert isinstance(adapter, PostgresqlAdapter)
+    return adapter
+
+
+@pytest.fixture
+def database(adapter: PostgresqlAdapter) -> Iterator[str]:
+    """A fresh, uniquely named database, dropped after the test."""
+    url = adapter.create_scratch(SERVER_URL, None)
+    yield url
+    adapter.drop_database(url, None)
+
+
+@pytest.fixture
+def scratch(adapter: PostgresqlAdapter) -> Iterator[str]:
+    url = adapter.create_scratch(SERVER_URL, None)
+    yield url
+    adapter.drop_database(url, None)
+
+
+def execute(url: str, statements: str) -> None:
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname=ServerLocation.parse(url).database) as connection:
+        connection.execute(statements)
+
+
+def query(url: str, statement: str, *parameters: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname=ServerLocation.parse(url).database) as connection:
+        return connection.execute(statement, parameters or None).fetchall()
+
+
+def dump_bytes(adapter: PostgresqlAdapter, url: str, password: str | None = None) -> bytes:
+    stream = adapter.dump(url, password)
+    data = stream.stdout.read()
+    stream.finish()
+    return data
+
+
+RICH_SCHEMA = """
+CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, photo bytea, joined timestamptz DEFAULT now());
+CREATE TABLE audit (customer_id int, note text);
+CREATE TABLE events_without_key (payload jsonb, amount numeric(12, 2));
+INSERT INTO customers (name, photo) SELECT 'customer ' || g, decode(md5(g::text), 'hex') FROM generate_series(1, 500) g;
+INSERT INTO events_without_key SELECT jsonb_build_object('n', g), g * 1.25 FROM generate_series(1, 300) g;
+CREATE SEQUENCE invoice_numbers START 1000;
+SELECT setval('invoice_numbers', 4242);
+SELECT setval('customers_id_seq', 9000);
+CREATE VIEW big_customers AS SELECT id, upper(name) AS shout FROM customers WHERE id > 490;
+CREATE FUNCTION double_it(value int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT value * 2';
+CREATE FUNCTION remember() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO audit VALUES (NEW.id, 'inserted ' || NEW.name); RETURN NEW; END $$;
+CREATE TRIGGER customers_audit AFTER INSERT ON customers FOR EACH ROW EXECUTE FUNCTION remember();
+CREATE TABLE documents (id int PRIMARY KEY, body oid);
+"""
+
+
+def fill_rich(url: str) -> None:
+    execute(url, RICH_SCHEMA)
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname=ServerLocation.parse(url).database) as connection:
+        connection.execute("INSERT INTO customers (name, photo) VALUES (%s, %s)", (TEXT, BINARY))
+        connection.execute("INSERT INTO documents VALUES (1, lo_from_bytea(0, %s))", (BINARY * 50,))
+
+
+def test_round_trip_preserves_rows_objects_sequences_and_large_objects(
+    adapter: PostgresqlAdapter, database: str, scratch: str
+) -> None:
+    """dump → restore into a scratch database gives identical fingerprints and every object type."""
+    fill_rich(database)
+    data = dump_bytes(adapter, database)
+    assert data.startswith(b"PGDMP")  # the custom format
+    adapter.restore(scratch, None, io.BytesIO(data), create=False)
+
+    source, restored = adapter.inspect(database, None), adapter.inspect(scratch, None)
+    assert restored.tables == source.tables
+    assert {table.name: table.rows for table in restored.tables} == {
+        "audit": 1,
+        "customers": 501,
+        "documents": 1,
+        "events_without_key": 300,
+    }
+    assert query(scratch, "SELECT last_value, is_called FROM invoice_numbers") == [(4242, True)]
+    assert query(scratch, "SELECT nextval('customers_id_seq')") == [(9002,)]  # 9001 went to the TEXT row
+    assert query(scratch, "SELECT count(*), min(shout) FROM big_customers") == [(11, "CUSTOMER 491")]
+    assert query(scratch, "SELECT double_it(21)") == [(42,)]
+    assert query(scratch, "SELECT name, photo FROM customers WHERE name = %s", TEXT) == [(TEXT, BINARY)]
+    assert query(scratch, "SELECT lo_get(body) FROM documents") == [(BINARY * 50,)]
+    execute(scratch, "INSERT INTO customers (name) VALUES ('after restore')")
+    assert query(scratch, "SELECT note FROM audit WHERE note LIKE '%after%'") == [("inserted after restore",)]
+
+
+def test_restore_from_a_file_in_parallel_and_creating_the_database(
+    adapter: PostgresqlAdapter, database: str, tmp_path: Path
+) -> None:
+    """A dump kept in a file restores with pg_restore --jobs into a database it creates."""
+    fill_rich(database)
+    dump_file = tmp_path / "shop.dump"
+    dump_file.write_bytes(dump_bytes(adapter, database))
+    target = SERVER_URL.rsplit("/", 1)[0] + "/lockstep_verify_created_by_restore"
+    adapter.drop_database(target, None)
+    try:
+        adapter.restore(target, None, dump_file, create=True)
+        assert adapter.inspect(target, None).tables == adapter.inspect(database, None).tables
+    finally:
+        adapter.drop_database(target, None)
+
+
+def test_restore_of_a_broken_dump_fails_with_source_error(adapter: PostgresqlAdapter, scratch: str) -> None:
+    with pytest.raises(SourceError) as raised:
+        adapter.restore(scratch, None, io.BytesIO(b"this is not a dump"), create=False)
+    assert "pg_restore" in raised.value.message
+
+
+def test_checksum_changes_when_one_value_changes(adapter: PostgresqlAdapter, database: str) -> None:
+    execute(
+        database,
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' FROM generate_series(1, 50) g",
+    )
+    before = adapter.inspect(database, None).tables
+    execute(database, "UPDATE t SET v = 'w' WHERE id = 37")
+    after = adapter.inspect(database, None).tables
+    assert [table.rows for table in after] == [table.rows for table in before] == [50]
+    assert after[0].checksum != before[0].checksum
+
+
+def test_inspect_of_a_hundred_thousand_rows_is_fast(adapter: PostgresqlAdapter, database: str) -> None:
+    execute(
+        database,
+        "CREATE TABLE big (id int PRIMARY KEY, body text);"
+        "INSERT INTO big SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 100000) g",
+    )
+    started = time.monotonic()
+    info = adapter.inspect(database, None)
+    assert info.tables[0].rows == 100_000
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(
+    ("table", "statements", "version"),
+    [
+        (
+            "alembic_version",
+            "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY);"
+            "INSERT INTO alembic_version VALUES ('4f2e9c1a7b3d')",
+            "4f2e9c1a7b3d",
+        ),
+        (
+            "schema_migrations",
+            "CREATE TABLE schema_migrations (version bigint PRIMARY KEY, dirty boolean);"
+            "INSERT INTO schema_migrations VALUES (20240101120000, false), (20250301090000, false)",
+            "20250301090000",
+        ),
+        (
+            "django_migrations",
+            "CREATE TABLE django_migrations (id serial PRIMARY KEY, app text, name text, applied timestamptz);"
+            "INSERT INTO django_migrations (app, name) VALUES ('shop', '0001_initial'), ('shop', '0002_prices')",
+            "shop.0002_prices",
+        ),
+    ],
+)
+def test_migration_version_is_detected(
+    adapter: PostgresqlAdapter, database: str, table: str, statements: str, version: str
+) -> None:
+    execute(database, statements)
+    info = adapter.inspect(database, None)
+    assert (info.migration_table, info.migration_version) == (table, version)
+    assert info.engine == "postgresql" and info.server_version.startswith("15")
+
+
+def test_no_migration_table_means_no_version(adapter: PostgresqlAdapter, database: str) -> None:
+    info = adapter.inspect(database, None)
+    assert (info.tables, info.migration_table, info.migration_version) == ([], None, None)
+
+
+def test_dump_of_a_missing_database_names_it(adapter: PostgresqlAdapter) -> None:
+    url = SERVER_URL.rsplit("/", 1)[0] + "/no_such_database_here"
+    stream = adapter.dump(url, None)
+    assert stream.stdout.read() == b""
+    with pytest.raises(SourceError) as raised:
+        stream.finish()
+    assert "no_such_database_here" in str(raised.value)
+    assert "Traceback" not in str(raised.value)
+    with pytest.raises(SourceError, match="no_such_database_here"):
+        adapter.inspect(url, None)
+
+
+def test_wrong_credentials_never_show_the_password(adapter: PostgresqlAdapter) -> None:
+    url = "postgresql://no_such_role@127.0.0.1:5432/postgres"
+    secret = "pw-4f9a1c-not-for-logs"
+    with pytest.raises(SourceError) as raised:
+        adapter.inspect(url, secret)
+    assert "no_such_role" in str(raised.value) and secret not in str(raised.value)
+    stream = adapter.dump(url, secret)
+    stream.stdout.read()
+    with pytest.raises(SourceError) as failed:
+        stream.finish()
+    assert "no_such_role" in str(failed.value) and secret not in str(failed.value)
+
+
+def test_password_travels_in_the_environment_not_argv(adapter: PostgresqlAdapter, database: str) -> None:
+    secret = "pw-71c3-secret"
+    stream = adapter.dump(database, secret)
+    stream.stdout.read()
+    stream.finish()  # trust auth accepts any password: the dump itself works
+    assert all(secret not in argument for argument in stream.command.argv)
+    assert stream.command.env is not None and stream.command.env["PGPASSWORD"] == secret
+    embedded = adapter.dump(database.replace("postgres@", f"postgres:{secret}@"), None)
+    embedded.stdout.read()
+    embedded.finish()
+    assert all(secret not in argument for argument in embedded.command.argv)
+    assert embedded.command.env is not None and embedded.command.env["PGPASSWORD"] == secret
+
+
+def test_drop_refuses_a_database_that_is_not_scratch(adapter: PostgresqlAdapter) -> None:
+    with pytest.raises(UsageError, match="refusing"):
+        adapter.drop_database(SERVER_URL, None)
+    assert query(SERVER_URL, "SELECT 1") == [(1,)]
+
+
+def test_dispatch_by_scheme() -> None:
+    assert isinstance(adapter_for("postgres://db/shop"), PostgresqlAdapter)
+    assert isinstance(adapter_for("postgresql+psycopg://db/shop"), PostgresqlAdapter)

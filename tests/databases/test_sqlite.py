@@ -1,0 +1,244 @@
+"""The SQLite adapter (Python's sqlite3: no server), and the scheme dispatcher."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lockstep.databases import adapter_for
+from lockstep.databases.mysql import MysqlAdapter
+from lockstep.databases.sqlite import SqliteAdapter, database_path
+from lockstep.errors import SourceError, UsageError
+
+BINARY = bytes(range(256)) * 4
+TEXT = 'Grüße, 東京, emoji 😀, quote \' and "double"'
+
+
+@pytest.fixture
+def adapter() -> SqliteAdapter:
+    adapter = adapter_for("sqlite:////tmp/x.db")
+    assert isinstance(adapter, SqliteAdapter)
+    return adapter
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'app.db'}"
+
+
+@pytest.fixture
+def scratch(adapter: SqliteAdapter) -> Iterator[str]:
+    url = adapter.create_scratch("sqlite:////unused.db", None)
+    yield url
+    adapter.drop_database(url, None)
+
+
+def execute(url: str, statements: str) -> None:
+    with contextlib.closing(sqlite3.connect(database_path(url))) as connection, connection:
+        connection.executescript(statements)
+
+
+def dump_bytes(adapter: SqliteAdapter, url: str) -> bytes:
+    stream = adapter.dump(url, None)
+    data = stream.stdout.read()
+    stream.finish()
+    return data
+
+
+def test_round_trip_gives_identical_fingerprints(adapter: SqliteAdapter, database: str, scratch: str) -> None:
+    execute(
+        database,
+        "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT, photo BLOB, balance REAL);"
+        "CREATE TABLE tags (name TEXT PRIMARY KEY, weight INT) WITHOUT ROWID;"
+        "CREATE VIEW rich AS SELECT name FROM customers WHERE balance > 100;"
+        "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 500)"
+        " INSERT INTO customers (name, photo, balance) SELECT 'customer ' || n, randomblob(16), n * 0.5 FROM g;"
+        "INSERT INTO tags VALUES ('b', 2), ('a', 1);",
+    )
+    with contextlib.closing(sqlite3.connect(database_path(database))) as connection, connection:
+        connection.execute("INSERT INTO customers (name, photo) VALUES (?, ?)", (TEXT, BINARY))
+    data = dump_bytes(adapter, database)
+    assert data.startswith(b"SQLite format 3\x00")
+    adapter.restore(scratch, None, io.BytesIO(data), create=False)
+
+    source, restored = adapter.inspect(database, None), adapter.inspect(scratch, None)
+    assert restored.tables == source.tables
+    assert [(table.name, table.rows) for table in restored.tables] == [("customers", 501), ("tags", 2)]
+    with contextlib.closing(sqlite3.connect(database_path(scratch))) as connection:
+        assert connection.execute("SELECT name, photo FROM customers WHERE id = 501").fetchall() == [(TEXT, BINARY)]
+        assert connection.execute("SELECT count(*) FROM rich").fetchone() == (300,)
+
+
+def test_checksum_changes_when_one_value_changes(adapter: SqliteAdapter, database: str) -> None:
+    execute(database, "CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('a'), ('b'), ('c');")
+    before = adapter.inspect(database, None).tables
+    execute(database, "UPDATE t SET v = 'x' WHERE v = 'b'")
+    after = adapter.inspect(database, None).tables
+    assert [table.rows for table in after] == [table.rows for table in before] == [3]
+    assert after[0].checksum != before[0].checksum
+
+
+def test_inspect_of_a_hundred_thousand_rows_is_fast(adapter: SqliteAdapter, database: str) -> None:
+    execute(
+        database,
+        "CREATE TABLE big (id INTEGER PRIMARY KEY, body TEXT);"
+        "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 100000)"
+        " INSERT INTO big SELECT n, hex(randomblob(32)) FROM g;",
+    )
+    started = time.monotonic()
+    assert adapter.inspect(database, None).tables[0].rows == 100_000
+    assert time.monotonic() - started < 10
+
+
+def test_backup_is_consistent_while_the_application_keeps_writing(
+    adapter: SqliteAdapter, database: str, scratch: str
+) -> None:
+    """Every transaction adds ten rows and bumps a counter: a consistent copy has rows 1..10k
+    and a counter of k, whatever moment the backup caught."""
+    execute(
+        database,
+        "PRAGMA journal_mode = WAL;"
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, body TEXT);"
+        "CREATE TABLE counter (transactions INT); INSERT INTO counter VALUES (0);"
+        "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 100000)"
+        " INSERT INTO items SELECT n, hex(randomblob(64)) FROM g;"
+        "UPDATE counter SET transactions = 10000;",
+    )
+    stop = threading.Event()
+    committed = [0]
+
+    def write() -> None:
+        with contextlib.closing(sqlite3.connect(database_path(database), timeout=30)) as connection:
+            while not stop.is_set():
+                with connection:
+                    for _ in range(10):
+                        connection.execute("INSERT INTO items (body) VALUES (hex(randomblob(64)))")
+                    connection.execute("UPDATE counter SET transactions = transactions + 1")
+                committed[0] += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        while committed[0] < 20:
+            time.sleep(0.01)
+        data = dump_bytes(adapter, database)
+        during = committed[0]
+        time.sleep(0.1)
+    finally:
+        stop.set()
+        writer.join()
+    assert committed[0] > during  # the writer kept going after the backup
+
+    adapter.restore(scratch, None, io.BytesIO(data), create=False)
+    with contextlib.closing(sqlite3.connect(database_path(scratch))) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        (transactions,) = connection.execute("SELECT transactions FROM counter").fetchone()
+        count, low, high = connection.execute("SELECT count(*), min(id), max(id) FROM items").fetchone()
+    assert transactions >= 10_020
+    assert (count, low, high) == (transactions * 10, 1, transactions * 10)
+
+
+def test_restore_replaces_the_file_and_its_stale_wal(adapter: SqliteAdapter, database: str, tmp_path: Path) -> None:
+    execute(database, "CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('new');")
+    data = dump_bytes(adapter, database)
+    target = tmp_path / "target.db"
+    execute(f"sqlite:///{target}", "CREATE TABLE old (v TEXT); INSERT INTO old VALUES ('old');")
+    Path(f"{target}-wal").write_bytes(b"stale wal of the old file")
+    adapter.restore(f"sqlite:///{target}", None, io.BytesIO(data), create=False)
+    assert not Path(f"{target}-wal").exists()
+    assert [table.name for table in adapter.inspect(f"sqlite:///{target}", None).tables] == ["t"]
+    assert [path.name for path in tmp_path.iterdir() if "restoring" in path.name] == []
+
+
+def test_restore_of_garbage_leaves_the_target_alone(adapter: SqliteAdapter, database: str) -> None:
+    execute(database, "CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('kept');")
+    before = adapter.inspect(database, None)
+    with pytest.raises(SourceError, match="not a SQLite database"):
+        adapter.restore(database, None, io.BytesIO(b"definitely not sqlite" * 100), create=False)
+    assert adapter.inspect(database, None) == before
+    assert sorted(path.name for path in database_path(database).parent.iterdir()) == ["app.db"]
+
+
+def test_restore_needs_create_for_a_missing_file(adapter: SqliteAdapter, database: str, tmp_path: Path) -> None:
+    execute(database, "CREATE TABLE t (v TEXT);")
+    data = dump_bytes(adapter, database)
+    missing_url = f"sqlite:///{tmp_path / 'sub' / 'fresh.db'}"
+    with pytest.raises(SourceError, match="does not exist"):
+        adapter.restore(missing_url, None, io.BytesIO(data), create=False)
+    adapter.restore(missing_url, None, io.BytesIO(data), create=True)
+    assert [table.name for table in adapter.inspect(missing_url, None).tables] == ["t"]
+
+
+@pytest.mark.parametrize(
+    ("table", "statements", "version"),
+    [
+        (
+            "alembic_version",
+            "CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY);"
+            "INSERT INTO alembic_version VALUES ('4f2e9c1a7b3d');",
+            "4f2e9c1a7b3d",
+        ),
+        (
+            "schema_migrations",
+            "CREATE TABLE schema_migrations (version VARCHAR PRIMARY KEY);"
+            "INSERT INTO schema_migrations VALUES ('20240101120000'), ('20250301090000');",
+            "20250301090000",
+        ),
+        (
+            "django_migrations",
+            "CREATE TABLE django_migrations (id INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT, name TEXT);"
+            "INSERT INTO django_migrations (app, name) VALUES ('shop', '0001_initial'), ('shop', '0002_prices');",
+            "shop.0002_prices",
+        ),
+    ],
+)
+def test_migration_version_is_detected(
+    adapter: SqliteAdapter, database: str, table: str, statements: str, version: str
+) -> None:
+    execute(database, statements)
+    info = adapter.inspect(database, None)
+    assert (info.migration_table, info.migration_version) == (table, version)
+    assert info.engine == "sqlite" and info.server_version == sqlite3.sqlite_version
+
+
+def test_dump_of_a_missing_file_names_it_and_creates_nothing(adapter: SqliteAdapter, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'no_such.db'}"
+    with pytest.raises(SourceError) as raised:
+        adapter.dump(url, None)
+    assert "no_such.db" in str(raised.value) and "Traceback" not in str(raised.value)
+    with pytest.raises(SourceError, match=r"no_such\.db"):
+        adapter.inspect(url, None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_scratch_files_are_dropped_and_other_files_refused(adapter: SqliteAdapter, database: str) -> None:
+    execute(database, "CREATE TABLE t (v TEXT);")
+    scratch = adapter.create_scratch(database, None)
+    assert database_path(scratch).is_file()
+    adapter.drop_database(scratch, None)
+    assert not database_path(scratch).exists()
+    with pytest.raises(UsageError, match="refusing"):
+        adapter.drop_database(database, None)
+    assert database_path(database).is_file()
+
+
+def test_urls_follow_sqlalchemy() -> None:
+    assert database_path("sqlite:////srv/app.db") == Path("/srv/app.db")
+    assert database_path("sqlite:///app.db") == Path("app.db")
+    with pytest.raises(UsageError):
+        database_path("sqlite://")
+
+
+def test_dispatch_by_scheme_and_unknown_schemes() -> None:
+    assert isinstance(adapter_for("sqlite:///app.db"), SqliteAdapter)
+    assert isinstance(adapter_for("MariaDB://db/shop"), MysqlAdapter)
+    with pytest.raises(UsageError) as raised:
+        adapter_for("oracle://scott:tiger-secret@db/shop")
+    assert "tiger-secret" not in str(raised.value) and "postgresql://" in str(raised.value)
