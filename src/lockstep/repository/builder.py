@@ -1,0 +1,208 @@
+"""Build one snapshot from several sources: byte streams, in-memory bytes, files and directories.
+
+A coordinated snapshot holds a database dump next to config files and a manifest, all under one
+snapshot ID, so restic can restore any of it. The builder lays the pieces out as a directory
+tree (`/databases/main.dump`, `/files/config/app.env`, `/manifest.json`, ...) and writes the
+snapshot only when `commit` is called; `abort` (or leaving the `with` block on an error) removes
+the packs written so far, so a failed source never leaves a snapshot or orphaned data behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from lockstep import __version__
+from lockstep.errors import SourceError, UsageError
+from lockstep.repository.archiver import DEFAULT_WORKERS, Archiver, ProgressCallback, _ChunkPipeline, _current_user
+from lockstep.repository.gojson import MODE_DIR, format_time_ns
+from lockstep.repository.repository import Repository
+from lockstep.repository.snapshot import Snapshot
+from lockstep.repository.tree import Node, Tree
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """What was stored for one source: its path in the snapshot, size and SHA-256 of the bytes."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class _Directory:
+    """A directory of the snapshot being built: child directories and finished nodes."""
+
+    directories: dict[str, _Directory] = field(default_factory=dict)
+    nodes: dict[bytes, Node] = field(default_factory=dict)
+
+
+class _HashingReader:
+    """Wraps a stream so the bytes that pass through are hashed on the way (one pass)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self.digest = hashlib.sha256()
+
+    def readinto(self, buffer: memoryview) -> int:
+        count: int = self._stream.readinto(buffer)  # type: ignore[attr-defined]
+        if count:
+            self.digest.update(buffer[:count])
+        return count
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self.digest.update(data)
+        return data
+
+
+def _split(path: str) -> list[str]:
+    parts = [part for part in path.strip("/").split("/") if part]
+    if not parts or any(part in (".", "..") for part in parts):
+        raise UsageError(f"invalid path in snapshot: {path!r}")
+    return parts
+
+
+class SnapshotBuilder:
+    """Collects sources into one snapshot; use as a context manager so failures clean up."""
+
+    def __init__(
+        self, repository: Repository, progress: ProgressCallback | None = None, workers: int = DEFAULT_WORKERS
+    ) -> None:
+        self.repository = repository
+        self._archiver = Archiver(repository, progress=progress, workers=workers)
+        self._pipeline = _ChunkPipeline(repository, workers)
+        self._root = _Directory()
+        self._time = format_time_ns(time.time_ns())
+        self._done = False
+        self.stored: list[StoredFile] = []
+
+    def __enter__(self) -> SnapshotBuilder:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if not self._done:
+            self.abort()
+
+    def _place(self, path: str, node: Node) -> None:
+        *parents, name = _split(path)
+        directory = self._root
+        for part in parents:
+            directory = directory.directories.setdefault(part, _Directory())
+        key = name.encode("utf-8")
+        if key in directory.nodes or name in directory.directories:
+            raise UsageError(f"{path} is added to the snapshot twice")
+        node.name = key
+        directory.nodes[key] = node
+
+    def _file_node(self, size: int, content: list[bytes], mode: int) -> Node:
+        return Node(
+            name=b"",
+            type="file",
+            mode=mode,
+            mtime=self._time,
+            atime=self._time,
+            ctime=self._time,
+            uid=os.getuid(),
+            gid=os.getgid(),
+            size=size,
+            content=content,
+        )
+
+    def add_stream(
+        self,
+        path: str,
+        stream: IO[bytes],
+        *,
+        finished_cleanly: Callable[[], None] | None = None,
+        allow_empty: bool = False,
+        mode: int = 0o600,
+    ) -> StoredFile:
+        """Store a stream as the file at `path`. `finished_cleanly` runs after the stream ends and
+        may raise (e.g. the dump tool exited non-zero): then nothing of it counts."""
+        reader = _HashingReader(stream)
+        content, size = self._archiver._stream_content(self._pipeline, reader)  # type: ignore[arg-type]
+        if finished_cleanly is not None:
+            finished_cleanly()
+        if size == 0 and not allow_empty:
+            raise SourceError(
+                f"{path}: the stream was empty; no snapshot was written", "check the command that feeds it"
+            )
+        self._pipeline.drain()
+        self._place(path, self._file_node(size, content, mode))
+        stored = StoredFile("/" + "/".join(_split(path)), size, reader.digest.hexdigest())
+        self.stored.append(stored)
+        return stored
+
+    def add_bytes(self, path: str, data: bytes, mode: int = 0o600) -> StoredFile:
+        """Store `data` as the file at `path` (a manifest, a commit ID, a diff)."""
+        import io
+
+        return self.add_stream(path, io.BytesIO(data), allow_empty=True, mode=mode)
+
+    def add_path(self, path: str, source: Path) -> None:
+        """Store a file or a whole directory tree from disk at `path`, with its metadata."""
+        raw_source = os.fsencode(os.path.abspath(source))
+        node = self._archiver._node_for(raw_source, _split(path)[-1].encode("utf-8"))
+        if node is None:
+            raise SourceError(f"{source} cannot be read", "check that it exists and is readable")
+        if node.type == "dir":
+            node.subtree = self._archiver._save_directory(self._pipeline, raw_source)
+        elif node.type == "file":
+            self._archiver._fill_content(self._pipeline, raw_source, node)
+        self._place(path, node)
+
+    def _save(self, directory: _Directory) -> bytes:
+        nodes = list(directory.nodes.values())
+        for name, child in directory.directories.items():
+            nodes.append(
+                Node(
+                    name=name.encode("utf-8"),
+                    type="dir",
+                    mode=MODE_DIR | 0o700,
+                    mtime=self._time,
+                    atime=self._time,
+                    ctime=self._time,
+                    uid=os.getuid(),
+                    gid=os.getgid(),
+                    subtree=self._save(child),
+                )
+            )
+        return self.repository.save_tree(Tree(nodes))
+
+    def commit(self, paths: Iterable[str], tags: Iterable[str] = (), hostname: str | None = None) -> Snapshot:
+        """Write the trees, flush packs and index, then the snapshot; returns it (with its ID)."""
+        self._pipeline.drain()
+        tree_id = self._save(self._root)
+        self.repository.flush()
+        snapshot = Snapshot(
+            time=self._time,
+            tree=tree_id,
+            paths=list(paths),
+            hostname=hostname if hostname is not None else socket.gethostname(),
+            username=_current_user(),
+            uid=os.getuid(),
+            gid=os.getgid(),
+            tags=list(tags),
+            program_version=f"lockstep {__version__}",
+        )
+        self.repository.save_snapshot(snapshot)
+        self._done = True
+        self._pipeline.close()
+        return snapshot
+
+    def abort(self) -> None:
+        """Forget everything added: remove the packs written so far; no snapshot is written."""
+        self._done = True
+        self._pipeline.close()
+        self.repository.discard_unindexed_packs()
