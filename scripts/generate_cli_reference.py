@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Write docs/repository.md from the click commands themselves, so the reference cannot drift.
+"""Write the command references from the click commands themselves, so they cannot drift.
 
-python scripts/generate_cli_reference.py          # rewrite the file
-python scripts/generate_cli_reference.py --check  # exit 1 if it is out of date (the tests do this)
+docs/repository.md documents `lockstep repo …`; docs/commands.md every other command.
+
+    python scripts/generate_cli_reference.py          # rewrite the files
+    python scripts/generate_cli_reference.py --check  # exit 1 if one is out of date (the tests do this)
 """
 
 from __future__ import annotations
@@ -14,14 +16,22 @@ import click
 
 from lockstep.cli.main import cli
 
-TARGET = Path(__file__).resolve().parent.parent / "docs" / "repository.md"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 
-INTRODUCTION = """# `lockstep repo`: command reference
+REPOSITORY_INTRODUCTION = """# `lockstep repo`: command reference
 
 Generated from the code by `python scripts/generate_cli_reference.py`; a test fails when this
 file and the commands disagree. Every command takes the repository from `--repo` or
 `LOCKSTEP_REPOSITORY` and the password from `--password-file`, `--password-command`,
 `LOCKSTEP_PASSWORD` or `LOCKSTEP_PASSWORD_FILE`. Exit codes: [exit-codes.md](exit-codes.md).
+"""
+
+COMMANDS_INTRODUCTION = """# lockstep commands
+
+Generated from the code by `python scripts/generate_cli_reference.py`; a test fails when this
+file and the commands disagree. These commands read the project's `lockstep.toml`
+([config.md](config.md)); the repository commands are in [repository.md](repository.md).
+Exit codes: [exit-codes.md](exit-codes.md).
 """
 
 
@@ -39,22 +49,31 @@ def _render(command: click.Command, path: list[str], parts: list[str]) -> None:
     parts.append("```")
 
 
-def render() -> str:
-    repo = cli.commands["repo"]
-    parts = [INTRODUCTION]
-    _render(repo, ["lockstep", "repo"], parts)
-    return "\n".join(parts) + "\n"
+def render() -> dict[Path, str]:
+    """Each reference file and the text it must have."""
+    repository_parts = [REPOSITORY_INTRODUCTION]
+    _render(cli.commands["repo"], ["lockstep", "repo"], repository_parts)
+    command_parts = [COMMANDS_INTRODUCTION]
+    for name in sorted(cli.commands):
+        if name != "repo":
+            _render(cli.commands[name], ["lockstep", name], command_parts)
+    return {
+        DOCS / "repository.md": "\n".join(repository_parts) + "\n",
+        DOCS / "commands.md": "\n".join(command_parts) + "\n",
+    }
 
 
 def main() -> int:
-    text = render()
-    if "--check" in sys.argv:
-        if not TARGET.exists() or TARGET.read_text() != text:
-            print(f"{TARGET} is out of date: run python scripts/generate_cli_reference.py", file=sys.stderr)
-            return 1
-        return 0
-    TARGET.write_text(text)
-    return 0
+    stale = []
+    for target, text in render().items():
+        if "--check" in sys.argv:
+            if not target.exists() or target.read_text() != text:
+                stale.append(target)
+        else:
+            target.write_text(text)
+    for target in stale:
+        print(f"{target} is out of date: run python scripts/generate_cli_reference.py", file=sys.stderr)
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":
