@@ -37,6 +37,10 @@ def _register() -> None:
     cli.add_command(repo)
     for command in init_commands:
         cli.add_command(command)
+    from lockstep.cli.snapshot import COMMANDS as snapshot_commands
+
+    for command in snapshot_commands:
+        cli.add_command(command)
 
 
 _register()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,7 +12,16 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 
-console = Console(highlight=False, soft_wrap=True)
+
+def _width_when_not_a_terminal() -> int | None:
+    """Tables piped to a file or a CI log would be squeezed to 80 columns; give them room."""
+    if sys.stdout.isatty():
+        return None
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() else 160
+
+
+console = Console(highlight=False, soft_wrap=True, width=_width_when_not_a_terminal())
 error_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

@@ -1,0 +1,41 @@
+"""`lockstep snapshot list`: the coordinated snapshots in the repository, with their manifests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lockstep.actions.repo.session import RepositoryAccess
+from lockstep.pipeline.manifest import Manifest
+from lockstep.pipeline.snapshot import (
+    ENVIRONMENT_TAG_PREFIX,
+    environment_name,
+    is_lockstep_snapshot,
+    load_manifest,
+)
+from lockstep.repository.repository import Repository
+from lockstep.repository.snapshot import Snapshot
+
+
+@dataclass(frozen=True)
+class ListedSnapshot:
+    snapshot: Snapshot
+    manifest: Manifest
+
+
+def lockstep_snapshots(repository: Repository, environment: str | None = None) -> list[Snapshot]:
+    """Snapshots tagged `lockstep` (oldest first), of one environment when given; others are skipped."""
+    wanted = None if environment is None else ENVIRONMENT_TAG_PREFIX + environment_name(environment)
+    return [
+        snapshot
+        for snapshot in repository.list_snapshots()
+        if is_lockstep_snapshot(snapshot) and (wanted is None or wanted in snapshot.tags)
+    ]
+
+
+def list_snapshots(access: RepositoryAccess, environment: str | None = None) -> list[ListedSnapshot]:
+    """Every coordinated snapshot with its manifest, oldest first."""
+    with access.session(lock=False) as repository:
+        return [
+            ListedSnapshot(snapshot, load_manifest(repository, snapshot))
+            for snapshot in lockstep_snapshots(repository, environment)
+        ]

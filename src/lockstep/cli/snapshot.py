@@ -1,0 +1,185 @@
+"""`lockstep snapshot create | list | show`: coordinated snapshots of code, databases and files."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from lockstep.actions.snapshot_create import create, load_project
+from lockstep.actions.snapshot_list import ListedSnapshot, list_snapshots
+from lockstep.actions.snapshot_show import show_snapshot
+from lockstep.cli.output import console, human_bytes, print_json
+from lockstep.pipeline.code import SHORT_COMMIT_LENGTH
+from lockstep.pipeline.manifest import Manifest
+from lockstep.repository.snapshot import Snapshot
+
+
+def _wants_json(json_output: bool) -> bool:
+    context = click.get_current_context(silent=True)
+    root = context.find_root().obj if context is not None else None
+    return json_output or bool(root and root.get("json"))
+
+
+def _config_option(function: Any) -> Any:
+    function = click.option(
+        "--env", "environment", metavar="NAME", help="Environment from [environments.NAME] in lockstep.toml."
+    )(function)
+    return click.option(
+        "-c",
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="The config file. Default: lockstep.toml in the current directory.",
+    )(function)
+
+
+def manifest_document(snapshot: Snapshot, manifest: Manifest) -> dict[str, Any]:
+    """The manifest as `--json` prints it: the stored manifest plus the snapshot's ID."""
+    return {"id": snapshot.id, "short_id": snapshot.short_id, **manifest.to_document()}
+
+
+@click.group("snapshot")
+def snapshot_group() -> None:
+    """Coordinated snapshots: code version, databases and config files under one ID."""
+
+
+@snapshot_group.command("create")
+@_config_option
+@click.option("-m", "--message", help="Describe the snapshot (and the commit, with --commit).")
+@click.option("--tag", "tags", multiple=True, metavar="TAG", help="Add a tag to the snapshot (repeatable).")
+@click.option("--commit", is_flag=True, help="First commit every change in the git work tree (needs -m).")
+@click.option("--allow-dirty", is_flag=True, help="Allow uncommitted changes; their diff is stored too.")
+@click.option("--json", "json_output", is_flag=True, help="Print the manifest and the snapshot ID as JSON.")
+def create_command(
+    config_path: Path | None,
+    environment: str | None,
+    message: str | None,
+    tags: tuple[str, ...],
+    commit: bool,
+    allow_dirty: bool,
+    json_output: bool,
+) -> None:
+    """Snapshot the code version, every database and the config and secret files."""
+    if commit and not message:
+        raise click.UsageError("--commit needs a commit message: pass -m MESSAGE")
+    result = create(
+        Path.cwd(),
+        config_path=config_path,
+        environment=environment,
+        message=message,
+        tags=tags,
+        commit=commit,
+        allow_dirty=allow_dirty,
+    )
+    if _wants_json(json_output):
+        print_json(manifest_document(result.snapshot, result.manifest))
+        return
+    manifest = result.manifest
+    databases = (
+        ", ".join(f"{name} ({human_bytes(database.size)})" for name, database in manifest.databases.items())
+        or "no databases"
+    )
+    code = manifest.code
+    commit_text = f", commit {code.commit[:SHORT_COMMIT_LENGTH]}" if code and code.commit else ""
+    console.print(f"snapshot {result.snapshot.short_id} saved", markup=False)
+    console.print(
+        f"{databases}; {len(manifest.files)} files; {human_bytes(manifest.stored_size)} in total"
+        f"{commit_text}; {result.seconds:.1f} s",
+        markup=False,
+    )
+
+
+def _local_time(snapshot: Snapshot) -> str:
+    return datetime.fromtimestamp(snapshot.time_ns / 1e9).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _short_commit(manifest: Manifest) -> str:
+    return manifest.code.commit[:SHORT_COMMIT_LENGTH] if manifest.code and manifest.code.commit else ""
+
+
+@snapshot_group.command("list")
+@_config_option
+@click.option("--json", "json_output", is_flag=True, help="Print JSON on stdout.")
+def list_command(config_path: Path | None, environment: str | None, json_output: bool) -> None:
+    """List the coordinated snapshots, oldest first (only those of --env when given)."""
+    project = load_project(Path.cwd(), config_path, environment)
+    listed = list_snapshots(project.access, environment)
+    if _wants_json(json_output):
+        print_json([manifest_document(item.snapshot, item.manifest) for item in listed])
+        return
+    table = Table()
+    for title in ("ID", "Time", "Commit"):
+        table.add_column(title, no_wrap=True)
+    table.add_column("Message")
+    for title in ("Kind", "Environment"):
+        table.add_column(title)
+    table.add_column("Size", justify="right", no_wrap=True)
+    for item in listed:
+        manifest = item.manifest
+        table.add_row(
+            item.snapshot.short_id,
+            _local_time(item.snapshot),
+            _short_commit(manifest),
+            manifest.message or "",
+            manifest.kind,
+            manifest.environment or "default",
+            human_bytes(manifest.stored_size),
+        )
+    console.print(table)
+    console.print(f"{len(listed)} snapshots")
+
+
+def _print_manifest(item: ListedSnapshot) -> None:
+    snapshot, manifest = item.snapshot, item.manifest
+    lines = [
+        f"snapshot     {snapshot.id}",
+        f"time         {_local_time(snapshot)}",
+        f"kind         {manifest.kind}",
+        f"environment  {manifest.environment or 'default'}",
+        f"message      {manifest.message or ''}",
+        f"author       {manifest.author}",
+        f"host         {manifest.hostname}",
+        f"tags         {', '.join(snapshot.tags)}",
+    ]
+    code = manifest.code
+    if code is None:
+        lines.append("code         not recorded")
+    elif code.commit:
+        branch = f" on {code.branch}" if code.branch else ""
+        dirty = " (with uncommitted changes, diff stored)" if code.dirty else ""
+        lines.append(f"code         git {code.commit}{branch}{dirty}")
+    else:
+        lines.append(f"code         {code.kind} at {code.path}")
+    for name, database in manifest.databases.items():
+        rows = sum(table.rows for table in database.tables)
+        migration = f", migration {database.migration_version}" if database.migration_version else ""
+        lines.append(
+            f"database     {name}: {database.engine} {database.server_version}, {human_bytes(database.size)} "
+            f"at {database.path}, {len(database.tables)} tables, {rows} rows{migration}"
+        )
+        lines.extend(f"               {table.name}: {table.rows} rows" for table in database.tables)
+    for file in manifest.files:
+        lines.append(f"file         {file.path} ({file.kind}, {human_bytes(file.size)})")
+    for line in lines:
+        console.print(line, markup=False)
+
+
+@snapshot_group.command("show")
+@click.argument("reference", metavar="ID")
+@_config_option
+@click.option("--json", "json_output", is_flag=True, help="Print the manifest as JSON.")
+def show_command(reference: str, config_path: Path | None, environment: str | None, json_output: bool) -> None:
+    """Show one snapshot: ID is a snapshot ID prefix, a git commit prefix, or `latest`."""
+    project = load_project(Path.cwd(), config_path, environment)
+    item = show_snapshot(project.access, reference)
+    if _wants_json(json_output):
+        print_json(manifest_document(item.snapshot, item.manifest))
+        return
+    _print_manifest(item)
+
+
+COMMANDS = [snapshot_group]

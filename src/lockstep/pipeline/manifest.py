@@ -1,0 +1,213 @@
+"""The manifest stored as /manifest.json in every coordinated snapshot, and its JSON form.
+
+The manifest says what a snapshot holds (code version, database dumps with table fingerprints,
+config and secret files) so `snapshot list/show` and a later restore can decide without reading
+the dumps. It never holds file contents: for secrets only path, size and SHA-256 are recorded.
+The snapshot ID is not inside: it is the hash of a file that points at the manifest, so it only
+exists once the manifest is stored.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lockstep.errors import IntegrityError
+
+FORMAT_VERSION = 1
+MANIFEST_PATH = "/manifest.json"
+FileKind = Literal["config", "secret"]
+FILE_KINDS: tuple[FileKind, ...] = ("config", "secret")
+
+
+@dataclass(frozen=True)
+class CodeRecord:
+    """The application code's version: a git commit, or a release directory stored whole."""
+
+    kind: str
+    commit: str | None = None
+    branch: str | None = None
+    author: str | None = None
+    dirty: bool = False
+    path: str | None = None  # where the snapshot holds the code (release directory) or its diff
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "commit": self.commit,
+            "branch": self.branch,
+            "author": self.author,
+            "dirty": self.dirty,
+            "path": self.path,
+        }
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> CodeRecord:
+        return cls(
+            kind=str(document["kind"]),
+            commit=document.get("commit"),
+            branch=document.get("branch"),
+            author=document.get("author"),
+            dirty=bool(document.get("dirty", False)),
+            path=document.get("path"),
+        )
+
+
+@dataclass(frozen=True)
+class TableRecord:
+    """One table's fingerprint at snapshot time."""
+
+    name: str
+    rows: int
+    checksum: str
+
+
+@dataclass(frozen=True)
+class DatabaseRecord:
+    """One database dump in the snapshot and the fingerprint a restore is checked against."""
+
+    engine: str
+    server_version: str
+    dump_format: str
+    path: str
+    size: int
+    sha256: str
+    tables: list[TableRecord]
+    migration_version: str | None
+    migration_table: str | None
+    # Counts are taken right after the dump, not inside its transaction: on a database that is
+    # being written they can differ from what the dump holds; a restore check must allow that.
+    inspected: str = "after-dump"
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "engine": self.engine,
+            "server_version": self.server_version,
+            "dump_format": self.dump_format,
+            "path": self.path,
+            "size": self.size,
+            "sha256": self.sha256,
+            "tables": [{"name": table.name, "rows": table.rows, "checksum": table.checksum} for table in self.tables],
+            "migration_version": self.migration_version,
+            "migration_table": self.migration_table,
+            "inspected": self.inspected,
+        }
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> DatabaseRecord:
+        return cls(
+            engine=str(document["engine"]),
+            server_version=str(document["server_version"]),
+            dump_format=str(document["dump_format"]),
+            path=str(document["path"]),
+            size=int(document["size"]),
+            sha256=str(document["sha256"]),
+            tables=[
+                TableRecord(name=str(table["name"]), rows=int(table["rows"]), checksum=str(table["checksum"]))
+                for table in document.get("tables", [])
+            ],
+            migration_version=document.get("migration_version"),
+            migration_table=document.get("migration_table"),
+            inspected=str(document.get("inspected", "after-dump")),
+        )
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """A config or secret file in the snapshot: never its content, only where, how big and its hash."""
+
+    path: str
+    kind: FileKind
+    size: int
+    sha256: str
+
+    def to_document(self) -> dict[str, Any]:
+        return {"path": self.path, "kind": self.kind, "size": self.size, "sha256": self.sha256}
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> FileRecord:
+        kind = document["kind"]
+        if kind not in FILE_KINDS:
+            raise ValueError(f"unknown file kind {kind!r}")
+        return cls(path=str(document["path"]), kind=kind, size=int(document["size"]), sha256=str(document["sha256"]))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a coordinated snapshot records, as stored in /manifest.json."""
+
+    message: str | None
+    author: str
+    created: str
+    environment: str | None
+    tags: list[str]
+    lockstep_version: str
+    hostname: str
+    code: CodeRecord | None
+    databases: dict[str, DatabaseRecord] = field(default_factory=dict)
+    files: list[FileRecord] = field(default_factory=list)
+    kind: str = "manual"
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def stored_size(self) -> int:
+        """Bytes of the dumps and files the snapshot holds (before deduplication and compression)."""
+        return sum(database.size for database in self.databases.values()) + sum(file.size for file in self.files)
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "kind": self.kind,
+            "message": self.message,
+            "author": self.author,
+            "created": self.created,
+            "environment": self.environment,
+            "tags": list(self.tags),
+            "lockstep_version": self.lockstep_version,
+            "hostname": self.hostname,
+            "code": None if self.code is None else self.code.to_document(),
+            "databases": {name: database.to_document() for name, database in self.databases.items()},
+            "files": [file.to_document() for file in self.files],
+        }
+
+    def to_json(self) -> bytes:
+        """The bytes stored as /manifest.json: indented, so `restic dump` output is readable."""
+        return (json.dumps(self.to_document(), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> Manifest:
+        version = document.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"manifest format version {version!r} is not supported (this lockstep reads 1)")
+        code = document.get("code")
+        return cls(
+            message=document.get("message"),
+            author=str(document.get("author", "")),
+            created=str(document["created"]),
+            environment=document.get("environment"),
+            tags=[str(tag) for tag in document.get("tags", [])],
+            lockstep_version=str(document.get("lockstep_version", "")),
+            hostname=str(document.get("hostname", "")),
+            code=None if code is None else CodeRecord.from_document(code),
+            databases={
+                str(name): DatabaseRecord.from_document(database)
+                for name, database in (document.get("databases") or {}).items()
+            },
+            files=[FileRecord.from_document(file) for file in document.get("files", [])],
+            kind=str(document.get("kind", "manual")),
+            format_version=FORMAT_VERSION,
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes, where: str = MANIFEST_PATH) -> Manifest:
+        """Parse stored manifest bytes; anything unreadable is an IntegrityError naming `where`."""
+        try:
+            document = json.loads(data)
+            if not isinstance(document, dict):
+                raise ValueError("not a JSON object")
+            return cls.from_document(document)
+        except (ValueError, KeyError, TypeError) as error:
+            raise IntegrityError(
+                f"{where} is not a valid lockstep manifest: {error}", "run `lockstep repo check` on the repository"
+            ) from None

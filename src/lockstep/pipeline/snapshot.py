@@ -1,0 +1,318 @@
+"""A coordinated snapshot: code version, database dumps and config/secret files under one ID.
+
+Order matters. The code is checked first (a dirty tree is refused before anything is written),
+then each database is dumped straight into the repository, then the files, and the manifest
+last, because it describes everything before it. Any failure leaves the builder's `with` block,
+which removes the packs written so far: there is a whole snapshot or none.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from lockstep import __version__
+from lockstep.config.model import CodeConfig, DatabaseConfig, ProjectConfig
+from lockstep.databases import adapter_for
+from lockstep.databases.base import DatabaseAdapter, DumpStream, redact_url
+from lockstep.errors import NotFound, SourceError, UsageError
+from lockstep.pipeline.code import GitState, commit_all, read_git_state, snapshot_author, uncommitted_diff
+from lockstep.pipeline.manifest import (
+    MANIFEST_PATH,
+    CodeRecord,
+    DatabaseRecord,
+    FileKind,
+    FileRecord,
+    Manifest,
+    TableRecord,
+)
+from lockstep.repository.builder import SnapshotBuilder
+from lockstep.repository.repository import Repository
+from lockstep.repository.restorer import dump_file, find_node
+from lockstep.repository.snapshot import Snapshot
+
+LOCKSTEP_TAG = "lockstep"
+DEFAULT_ENVIRONMENT = "default"
+COMMIT_TAG_PREFIX = "commit:"
+ENVIRONMENT_TAG_PREFIX = "env:"
+KIND_TAG_PREFIX = "kind:"
+
+
+@dataclass(frozen=True)
+class SnapshotRequest:
+    """What the user asked for on the command line."""
+
+    project_directory: Path
+    environment: str | None = None
+    message: str | None = None
+    tags: tuple[str, ...] = ()
+    commit: bool = False
+    allow_dirty: bool = False
+    kind: str = "manual"
+
+
+@dataclass(frozen=True)
+class PreparedCode:
+    """The code's state once checked, before anything is written to the repository."""
+
+    kind: str
+    git: GitState | None = None
+    release_directory: Path | None = None
+    work_tree: Path | None = None
+
+
+@dataclass(frozen=True)
+class CreatedSnapshot:
+    snapshot: Snapshot
+    manifest: Manifest
+    seconds: float
+
+
+@dataclass
+class _Collected:
+    databases: dict[str, DatabaseRecord] = field(default_factory=dict)
+    files: list[FileRecord] = field(default_factory=list)
+
+
+def prepare_code(code: CodeConfig, request: SnapshotRequest) -> PreparedCode | None:
+    """Check (and with --commit, commit) the code; refuse a dirty git tree unless allowed."""
+    if code.kind is None or code.path is None:
+        if request.commit:
+            raise UsageError("--commit needs git code", 'set [code] kind = "git" and its path in lockstep.toml')
+        return None
+    if code.kind == "release-directory":
+        if request.commit:
+            raise UsageError('--commit only works with [code] kind = "git"')
+        if not code.path.is_dir():
+            raise SourceError(f"the release directory {code.path} does not exist", "fix [code] path in lockstep.toml")
+        return PreparedCode(kind=code.kind, release_directory=code.path)
+    if request.commit:
+        if not request.message:
+            raise UsageError("--commit needs a commit message", "pass -m MESSAGE")
+        if read_git_state(code.path).dirty:
+            commit_all(code.path, request.message)
+    state = read_git_state(code.path)
+    if state.dirty and not (request.allow_dirty or code.allow_dirty):
+        raise UsageError(
+            f"the git work tree {code.path} has uncommitted changes",
+            "commit them (or pass --commit -m MESSAGE), or pass --allow-dirty to store the diff with the snapshot",
+        )
+    return PreparedCode(kind=code.kind, git=state, work_tree=code.path)
+
+
+def database_password(name: str, database: DatabaseConfig) -> str | None:
+    """The database password from password_env or password_file; None when neither is set."""
+    if database.password_env is not None:
+        password = os.environ.get(database.password_env)
+        if password is None:
+            raise UsageError(
+                f"databases.{name}: the environment variable {database.password_env} is not set",
+                "set it to the database password, or change password_env in lockstep.toml",
+            )
+        return password
+    if database.password_file is not None:
+        try:
+            return database.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as error:
+            raise UsageError(
+                f"databases.{name}: cannot read the password file {database.password_file}: {error.strerror}",
+                "fix password_file in lockstep.toml",
+            ) from error
+    return None
+
+
+def snapshot_tags(request: SnapshotRequest, code: PreparedCode | None) -> list[str]:
+    """Tags that let `snapshot list` filter without reading manifests."""
+    tags = [
+        LOCKSTEP_TAG,
+        KIND_TAG_PREFIX + request.kind,
+        ENVIRONMENT_TAG_PREFIX + environment_name(request.environment),
+    ]
+    if code is not None and code.git is not None:
+        tags.append(COMMIT_TAG_PREFIX + code.git.short_commit)
+    tags.extend(tag for tag in request.tags if tag not in tags)
+    return tags
+
+
+def environment_name(environment: str | None) -> str:
+    return environment or DEFAULT_ENVIRONMENT
+
+
+def create_snapshot(
+    repository: Repository,
+    config: ProjectConfig,
+    request: SnapshotRequest,
+    code: PreparedCode | None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> CreatedSnapshot:
+    """Write one coordinated snapshot into an open, locked repository; all of it or nothing."""
+    started = time.monotonic()
+    created = now().isoformat(timespec="seconds").replace("+00:00", "Z")
+    hostname = socket.gethostname()
+    collected = _Collected()
+    with SnapshotBuilder(repository) as builder:
+        code_record = _store_code(builder, code)
+        for name, database in config.databases.items():
+            collected.databases[name] = _store_database(builder, name, database)
+        base = request.project_directory
+        collected.files.extend(_store_files(builder, config.files.config, "config", base))
+        collected.files.extend(_store_files(builder, config.files.secrets, "secret", base))
+        manifest = Manifest(
+            message=request.message,
+            author=snapshot_author(code.work_tree if code is not None else None),
+            created=created,
+            environment=request.environment,
+            tags=list(request.tags),
+            lockstep_version=__version__,
+            hostname=hostname,
+            code=code_record,
+            databases=collected.databases,
+            files=collected.files,
+            kind=request.kind,
+        )
+        builder.add_bytes(MANIFEST_PATH, manifest.to_json())
+        snapshot = builder.commit(
+            paths=[f"/lockstep/{base.name or 'project'}"], tags=snapshot_tags(request, code), hostname=hostname
+        )
+    return CreatedSnapshot(snapshot=snapshot, manifest=manifest, seconds=time.monotonic() - started)
+
+
+def _store_code(builder: SnapshotBuilder, code: PreparedCode | None) -> CodeRecord | None:
+    if code is None:
+        return None
+    if code.release_directory is not None:
+        builder.add_path("/code/release", code.release_directory)
+        return CodeRecord(kind=code.kind, path="/code/release")
+    assert code.git is not None and code.work_tree is not None
+    builder.add_bytes("/code/commit", (code.git.commit + "\n").encode("ascii"))
+    diff_path = None
+    if code.git.dirty:
+        diff = uncommitted_diff(code.work_tree)
+        _store_stream(builder, "/code/uncommitted.diff", diff, allow_empty=True)
+        diff_path = "/code/uncommitted.diff"
+    return CodeRecord(
+        kind=code.kind,
+        commit=code.git.commit,
+        branch=code.git.branch,
+        author=code.git.author,
+        dirty=code.git.dirty,
+        path=diff_path,
+    )
+
+
+def _store_stream(
+    builder: SnapshotBuilder, path: str, stream: DumpStream, allow_empty: bool = False
+) -> tuple[int, str]:
+    """Stream a producer into the snapshot; a failure stops the producer and fails the snapshot."""
+    try:
+        stored = builder.add_stream(path, stream.stdout, finished_cleanly=stream.finish, allow_empty=allow_empty)
+    except BaseException:
+        stream.kill()
+        raise
+    return stored.size, stored.sha256
+
+
+def _store_database(builder: SnapshotBuilder, name: str, database: DatabaseConfig) -> DatabaseRecord:
+    adapter: DatabaseAdapter = adapter_for(database.url)
+    password = database_password(name, database)
+    path = f"/databases/{name}{adapter.dump_format.extension}"
+    try:
+        dump = adapter.dump(database.url, password)
+        size, sha256 = _store_stream(builder, path, dump)
+        info = adapter.inspect(database.url, password)
+    except SourceError as error:
+        message = f"database {name} ({redact_url(database.url)}): {error.message}"
+        if "no snapshot was written" not in message:
+            message += "; no snapshot was written"
+        raise SourceError(message, error.hint) from error
+    return DatabaseRecord(
+        engine=info.engine,
+        server_version=info.server_version,
+        dump_format=adapter.dump_format.name,
+        path=path,
+        size=size,
+        sha256=sha256,
+        tables=[TableRecord(name=table.name, rows=table.rows, checksum=table.checksum) for table in info.tables],
+        migration_version=info.migration_version,
+        migration_table=info.migration_table,
+    )
+
+
+def _matching_files(pattern: str) -> list[Path]:
+    """Regular files a pattern names; a matched directory contributes every file beneath it."""
+    found: list[Path] = []
+    for match in sorted(glob.glob(pattern, recursive=True)):
+        path = Path(match)
+        if path.is_dir():
+            found.extend(sorted(child for child in path.rglob("*") if child.is_file()))
+        elif path.is_file():
+            found.append(path)
+    return found
+
+
+def _relative_name(path: Path, base: Path) -> str:
+    try:
+        return path.resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return path.resolve().as_posix().lstrip("/")
+
+
+def _store_files(builder: SnapshotBuilder, patterns: list[str], kind: FileKind, base: Path) -> list[FileRecord]:
+    """Store files under /files/config/ or /files/secrets/; the manifest gets path, size and hash only."""
+    folder = "config" if kind == "config" else "secrets"
+    section = "files.config" if kind == "config" else "files.secrets"
+    records: list[FileRecord] = []
+    seen: set[str] = set()
+    for pattern in patterns:
+        paths = _matching_files(pattern)
+        if not paths:
+            raise SourceError(
+                f"{section}: the pattern {_relative_name(Path(pattern), base)} matches no file",
+                "create the file or fix the pattern in lockstep.toml",
+            )
+        for source in paths:
+            relative = _relative_name(source, base)
+            if relative in seen:
+                continue
+            seen.add(relative)
+            target = f"/files/{folder}/{relative}"
+            try:
+                with source.open("rb") as stream:
+                    mode = os.fstat(stream.fileno()).st_mode & 0o7777
+                    stored = builder.add_stream(target, stream, allow_empty=True, mode=mode)
+            except OSError as error:
+                raise SourceError(f"cannot read {source}: {error.strerror}", "check its permissions") from error
+            records.append(FileRecord(path=stored.path, kind=kind, size=stored.size, sha256=stored.sha256))
+    return records
+
+
+def load_manifest(repository: Repository, snapshot: Snapshot) -> Manifest:
+    """Read /manifest.json out of a snapshot."""
+    try:
+        node = find_node(repository, snapshot, MANIFEST_PATH)
+    except NotFound as error:
+        raise NotFound(
+            f"snapshot {snapshot.short_id} has no {MANIFEST_PATH}", "it was not made by `lockstep snapshot create`"
+        ) from error
+    buffer = io.BytesIO()
+    dump_file(repository, node, buffer)
+    return Manifest.from_json(buffer.getvalue(), f"{MANIFEST_PATH} of snapshot {snapshot.short_id}")
+
+
+def is_lockstep_snapshot(snapshot: Snapshot) -> bool:
+    return LOCKSTEP_TAG in snapshot.tags
+
+
+def tag_value(snapshot: Snapshot, prefix: str) -> str | None:
+    """The value of the first `prefix…` tag, e.g. the short commit of `commit:…`."""
+    for tag in snapshot.tags:
+        if tag.startswith(prefix):
+            return tag[len(prefix) :]
+    return None

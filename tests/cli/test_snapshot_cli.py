@@ -1,0 +1,400 @@
+"""`lockstep snapshot create | list | show` end to end: a real git project, real SQLite and
+PostgreSQL databases, the real CLI in a child process, and the real restic reading the result."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lockstep.databases import adapter_for
+from lockstep.databases.base import DatabaseAdapter, ServerLocation
+from tests.conftest import TEST_PASSWORD, Completed, missing, require_binary, run_lockstep, run_restic
+
+SECRET = "sk_live_DO-NOT-PRINT-4f9a2c"
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "Ada Lovelace",
+    "GIT_AUTHOR_EMAIL": "ada@example.org",
+    "GIT_COMMITTER_NAME": "Ada Lovelace",
+    "GIT_COMMITTER_EMAIL": "ada@example.org",
+}
+POSTGRESQL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def git(work_tree: Path, *arguments: str) -> str:
+    completed = subprocess.run(
+        ["git", "-C", str(work_tree), *arguments], capture_output=True, check=True, env={**os.environ, **GIT_IDENTITY}
+    )
+    return completed.stdout.decode().strip()
+
+
+class Project:
+    """A git project with a lockstep.toml, and its repository (outside the work tree)."""
+
+    def __init__(self, root: Path, repository: Path) -> None:
+        self.root = root
+        self.repository = repository
+        self.env = {"LOCKSTEP_PASSWORD": TEST_PASSWORD, "COLUMNS": "200", **GIT_IDENTITY}
+
+    def lockstep(self, *arguments: str) -> Completed:
+        return run_lockstep(list(arguments), cwd=self.root, env=self.env)
+
+    def ok(self, *arguments: str) -> Completed:
+        result = self.lockstep(*arguments)
+        assert result.returncode == 0, result.err
+        return result
+
+    def create(self, *arguments: str) -> dict[str, Any]:
+        document: dict[str, Any] = json.loads(self.ok("snapshot", "create", "--json", *arguments).out)
+        return document
+
+    def repo(self, *arguments: str) -> Completed:
+        return run_lockstep(["repo", *arguments, "-r", str(self.repository)], cwd=self.root, env=self.env)
+
+    def snapshot_ids(self) -> list[str]:
+        result = self.repo("snapshots", "--json")
+        assert result.returncode == 0, result.err
+        return [snapshot["id"] for snapshot in json.loads(result.out)]
+
+    def packs(self) -> set[str]:
+        return {path.name for path in (self.repository / "data").rglob("*") if path.is_file()}
+
+    def write_config(self, databases: dict[str, str]) -> None:
+        lines = [f'[repository]\nurl = "{self.repository}"\n']
+        for name, url in databases.items():
+            lines.append(f'[databases.{name}]\nurl = "{url}"\n')
+        lines.append('[files]\nconfig = ["config/*.yml"]\nsecrets = [".env"]\n')
+        (self.root / "lockstep.toml").write_text("\n".join(lines))
+
+
+def make_sqlite(path: Path) -> None:
+    with sqlite3.connect(path) as connection:
+        connection.executescript(
+            """
+            CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT, photo BLOB);
+            CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER, total REAL);
+            CREATE TABLE alembic_version (version_num TEXT NOT NULL);
+            INSERT INTO alembic_version VALUES ('3f2a9c');
+            """
+        )
+        connection.executemany(
+            "INSERT INTO customers (name, photo) VALUES (?, ?)", [(f"c{i}", bytes([i % 256]) * 50) for i in range(120)]
+        )
+        connection.executemany(
+            "INSERT INTO orders (customer_id, total) VALUES (?, ?)", [(i % 120, i * 1.5) for i in range(345)]
+        )
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    """A committed git project with a SQLite database, a config file and a secret, and an
+    initialised repository next to it."""
+    require_binary("git", "apt-get install git")
+    root = tmp_path / "shop"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    (root / "app.py").write_text("print('v1')\n")
+    (root / "config").mkdir()
+    (root / "config" / "app.yml").write_text("currency: EUR\n")
+    (root / ".env").write_text(f"STRIPE_KEY={SECRET}\n")
+    (root / ".gitignore").write_text("app.db\n.env\n")
+    make_sqlite(root / "app.db")
+    current = Project(root, tmp_path / "repository")
+    current.write_config({"main": "sqlite:///app.db"})
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "first")
+    current.repo("init")
+    return current
+
+
+def sqlite_fingerprint(path: Path) -> dict[str, tuple[int, str]]:
+    info = adapter_for("sqlite:///x").inspect(f"sqlite:///{path}", None)
+    return {table.name: (table.rows, table.checksum) for table in info.tables}
+
+
+def manifest_tables(manifest: dict[str, Any], database: str) -> dict[str, tuple[int, str]]:
+    return {table["name"]: (table["rows"], table["checksum"]) for table in manifest["databases"][database]["tables"]}
+
+
+def test_create_list_show_and_restore_round_trip(project: Project, tmp_path: Path) -> None:
+    """The snapshot lists, shows by ID prefix, commit prefix and latest, and its dump restores
+    to a database with the manifest's row counts and checksums."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "f.txt").write_text("plain backup\n")
+    assert project.repo("backup", str(other)).returncode == 0  # not a lockstep snapshot: list skips it
+
+    created = project.create("-m", "before the price change", "--tag", "release")
+    snapshot_id = created["id"]
+    head = git(project.root, "rev-parse", "HEAD")
+    assert created["code"]["commit"] == head
+    assert created["code"]["branch"] == "main"
+    assert created["code"]["dirty"] is False
+    assert created["message"] == "before the price change"
+    main = created["databases"]["main"]
+    assert main["engine"] == "sqlite"
+    assert main["path"] == "/databases/main.sqlite3"
+    assert main["migration_version"] == "3f2a9c"
+    assert manifest_tables(created, "main") == sqlite_fingerprint(project.root / "app.db")
+    assert manifest_tables(created, "main")["orders"][0] == 345
+
+    listed = json.loads(project.ok("snapshot", "list", "--json").out)
+    assert [item["id"] for item in listed] == [snapshot_id]
+    human = project.ok("snapshot", "list").out
+    assert snapshot_id[:8] in human and "before the price change" in human and head[:9] in human
+
+    for reference in (snapshot_id[:8], head[:7], "latest"):
+        shown = json.loads(project.ok("snapshot", "show", reference, "--json").out)
+        assert shown["id"] == snapshot_id
+        assert manifest_tables(shown, "main")["customers"][0] == 120
+    readable = project.ok("snapshot", "show", snapshot_id[:8]).out
+    assert "orders: 345 rows" in readable and head in readable
+
+    tags = json.loads(project.repo("snapshots", "--json").out)[-1]["tags"]
+    assert tags[:4] == ["lockstep", "kind:manual", "env:default", f"commit:{head[:12]}"]
+    assert "release" in tags
+
+    dumped = project.repo("dump", snapshot_id, "/databases/main.sqlite3")
+    assert dumped.returncode == 0, dumped.err
+    assert hashlib.sha256(dumped.stdout).hexdigest() == main["sha256"]
+    restored = tmp_path / "restored.sqlite3"
+    restored.write_bytes(dumped.stdout)
+    assert sqlite_fingerprint(restored) == manifest_tables(created, "main")
+
+    stored_manifest = json.loads(project.repo("dump", snapshot_id, "/manifest.json").stdout)
+    assert stored_manifest == {key: value for key, value in created.items() if key not in ("id", "short_id")}
+    assert project.repo("dump", snapshot_id, "/code/commit").stdout.decode().strip() == head
+    assert project.repo("dump", snapshot_id, "/files/config/config/app.yml").stdout == b"currency: EUR\n"
+
+
+def test_restic_lists_and_restores_the_snapshot(project: Project, tmp_path: Path, restic_binary: str) -> None:
+    created = project.create("-m", "for restic")
+    listing = run_restic(str(project.repository), ["ls", created["id"]])
+    assert listing.returncode == 0, listing.err
+    paths = listing.out.splitlines()
+    assert "/manifest.json" in paths and "/databases/main.sqlite3" in paths and "/files/secrets/.env" in paths
+    target = tmp_path / "restored"
+    restored = run_restic(str(project.repository), ["restore", created["id"], "--target", str(target)])
+    assert restored.returncode == 0, restored.err
+    manifest = json.loads((target / "manifest.json").read_text())
+    assert manifest["databases"]["main"]["tables"] == created["databases"]["main"]["tables"]
+    dump = (target / "databases" / "main.sqlite3").read_bytes()
+    assert hashlib.sha256(dump).hexdigest() == created["databases"]["main"]["sha256"]
+    assert sqlite_fingerprint(target / "databases" / "main.sqlite3") == manifest_tables(created, "main")
+    assert (target / ".env").exists() is False
+    assert (target / "files" / "secrets" / ".env").read_text() == f"STRIPE_KEY={SECRET}\n"
+    checked = run_restic(str(project.repository), ["check", "--read-data"])
+    assert checked.returncode == 0, checked.out + checked.err
+
+
+def test_dirty_tree_is_refused_unless_allowed_and_then_its_diff_is_stored(project: Project) -> None:
+    (project.root / "app.py").write_text("print('v2, not committed')\n")
+    before = project.snapshot_ids()
+    refused = project.lockstep("snapshot", "create")
+    assert refused.returncode == 2
+    assert "uncommitted changes" in refused.err and "--allow-dirty" in refused.err
+    assert project.snapshot_ids() == before
+
+    created = project.create("--allow-dirty")
+    assert created["code"]["dirty"] is True
+    assert created["code"]["path"] == "/code/uncommitted.diff"
+    diff = project.repo("dump", created["id"], "/code/uncommitted.diff")
+    assert diff.returncode == 0, diff.err
+    assert b"+print('v2, not committed')" in diff.stdout
+    assert b"-print('v1')" in diff.stdout
+
+
+def test_commit_flag_commits_the_tree_and_records_that_commit(project: Project) -> None:
+    (project.root / "app.py").write_text("print('v2')\n")
+    (project.root / "added.txt").write_text("new file\n")
+    before = git(project.root, "rev-parse", "HEAD")
+    without_message = project.lockstep("snapshot", "create", "--commit")
+    assert without_message.returncode == 2
+    assert "-m" in without_message.err
+    assert git(project.root, "rev-parse", "HEAD") == before
+
+    created = project.create("--commit", "-m", "ship v2")
+    head = git(project.root, "rev-parse", "HEAD")
+    assert head != before
+    assert git(project.root, "log", "-1", "--format=%s") == "ship v2"
+    assert git(project.root, "status", "--porcelain") == ""
+    assert created["code"]["commit"] == head and created["code"]["dirty"] is False
+
+
+def test_a_failing_database_writes_no_snapshot_and_leaves_no_packs(project: Project) -> None:
+    project.create("-m", "a good one first")
+    before_snapshots, before_packs = project.snapshot_ids(), project.packs()
+    # More than one pack (16 MiB) of new data in the good database, dumped before the failing
+    # one: packs are uploaded by then, and the failure must remove them.
+    with sqlite3.connect(project.root / "app.db") as connection:
+        connection.execute("CREATE TABLE blobs (data BLOB)")
+        connection.executemany("INSERT INTO blobs VALUES (?)", [(os.urandom(1024 * 1024),) for _ in range(20)])
+    project.write_config({"main": "sqlite:///app.db", "missing": f"sqlite:///{project.root / 'gone.db'}"})
+    failed = project.lockstep("snapshot", "create", "--allow-dirty")
+    assert failed.returncode == 15, failed.err
+    assert "missing" in failed.err and "does not exist" in failed.err
+    assert project.snapshot_ids() == before_snapshots
+    assert project.packs() == before_packs
+    assert list((project.repository / "locks").iterdir()) == []
+
+
+def test_secret_content_is_never_printed_nor_in_the_manifest(project: Project) -> None:
+    outputs = [
+        project.ok("snapshot", "create", "-m", "one"),
+        project.ok("snapshot", "create", "--json"),
+        project.ok("snapshot", "list"),
+        project.ok("snapshot", "list", "--json"),
+        project.ok("snapshot", "show", "latest"),
+        project.ok("snapshot", "show", "latest", "--json"),
+        project.ok("--debug", "snapshot", "show", "latest"),
+    ]
+    for output in outputs:
+        assert SECRET not in output.out and SECRET not in output.err
+    latest = json.loads(outputs[-2].out)
+    secret = next(file for file in latest["files"] if file["kind"] == "secret")
+    assert secret == {
+        "path": "/files/secrets/.env",
+        "kind": "secret",
+        "size": len(f"STRIPE_KEY={SECRET}\n"),
+        "sha256": hashlib.sha256(f"STRIPE_KEY={SECRET}\n".encode()).hexdigest(),
+    }
+    stored = project.repo("dump", latest["id"], "/manifest.json").stdout
+    assert SECRET.encode() not in stored
+    assert project.repo("dump", latest["id"], "/files/secrets/.env").stdout == f"STRIPE_KEY={SECRET}\n".encode()
+
+
+def test_unknown_and_ambiguous_references_exit_13(project: Project) -> None:
+    first = project.create("-m", "one")
+    second = project.create("-m", "two")
+    head = git(project.root, "rev-parse", "HEAD")
+    ambiguous = project.lockstep("snapshot", "show", head[:8])
+    assert ambiguous.returncode == 13
+    assert first["short_id"] in ambiguous.err and second["short_id"] in ambiguous.err
+    unknown = project.lockstep("snapshot", "show", "zzzz")
+    assert unknown.returncode == 13
+    assert "no lockstep snapshot matches" in unknown.err
+    by_id = json.loads(project.ok("snapshot", "show", second["id"][:10], "--json").out)
+    assert by_id["message"] == "two"
+
+
+# --- PostgreSQL --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def postgresql() -> DatabaseAdapter:
+    require_binary("pg_dump", "apt-get install postgresql-client")
+    require_binary("pg_restore", "apt-get install postgresql-client")
+    import psycopg
+
+    try:
+        psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5).close()
+    except psycopg.Error as error:
+        missing(f"PostgreSQL is not reachable on 127.0.0.1:5432: {error}")
+    return adapter_for(POSTGRESQL_SERVER)
+
+
+@pytest.fixture
+def scratch_databases(postgresql: DatabaseAdapter) -> Iterator[list[str]]:
+    """Scratch databases the test creates; every one is dropped afterwards."""
+    created: list[str] = []
+    yield created
+    for url in created:
+        postgresql.drop_database(url, None)
+
+
+def execute_postgresql(url: str, statements: str) -> None:
+    import psycopg
+
+    database = ServerLocation.parse(url).database
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname=database) as connection:
+        connection.execute(statements)
+
+
+def test_postgresql_snapshot_restores_to_the_manifest_checksums(
+    project: Project, postgresql: DatabaseAdapter, scratch_databases: list[str]
+) -> None:
+    source = postgresql.create_scratch(POSTGRESQL_SERVER, None)
+    scratch_databases.append(source)
+    execute_postgresql(
+        source,
+        """
+        CREATE TABLE customers (id serial PRIMARY KEY, name text, photo bytea);
+        INSERT INTO customers (name, photo) SELECT 'c' || g, decode(md5(g::text), 'hex') FROM generate_series(1, 250) g;
+        CREATE TABLE schema_migrations (version text PRIMARY KEY);
+        INSERT INTO schema_migrations VALUES ('20260101000000');
+        """,
+    )
+    project.write_config({"shop": source})
+    created = project.create("--allow-dirty", "-m", "postgresql")
+    shop = created["databases"]["shop"]
+    assert shop["engine"] == "postgresql" and shop["path"] == "/databases/shop.dump"
+    assert shop["dump_format"] == "postgresql-custom"
+    assert manifest_tables(created, "shop")["customers"][0] == 250
+    assert shop["migration_version"] == "20260101000000"
+
+    dumped = project.repo("dump", created["id"], "/databases/shop.dump")
+    assert dumped.returncode == 0, dumped.err
+    assert hashlib.sha256(dumped.stdout).hexdigest() == shop["sha256"]
+    target = postgresql.create_scratch(POSTGRESQL_SERVER, None)
+    scratch_databases.append(target)
+    import io
+
+    postgresql.restore(target, None, io.BytesIO(dumped.stdout), create=False)
+    restored = postgresql.inspect(target, None)
+    assert {table.name: (table.rows, table.checksum) for table in restored.tables} == manifest_tables(created, "shop")
+
+
+def test_a_missing_postgresql_database_fails_with_exit_15(project: Project, postgresql: DatabaseAdapter) -> None:
+    before_snapshots, before_packs = project.snapshot_ids(), project.packs()
+    project.write_config(
+        {"main": "sqlite:///app.db", "shop": "postgresql://postgres@127.0.0.1:5432/lockstep_no_such_database"}
+    )
+    failed = project.lockstep("snapshot", "create", "--allow-dirty")
+    assert failed.returncode == 15, failed.err
+    assert "shop" in failed.err and "no snapshot was written" in failed.err
+    assert project.snapshot_ids() == before_snapshots
+    assert project.packs() == before_packs
+
+
+def test_release_directory_code_and_environment_tags(tmp_path: Path) -> None:
+    """A release directory is stored whole under /code/release; --env names the environment in
+    the tags and the manifest, and `list --env` filters on it."""
+    root = tmp_path / "site"
+    (root / "release" / "static").mkdir(parents=True)
+    (root / "release" / "index.php").write_text("<?php echo 'v7';\n")
+    (root / "release" / "static" / "app.css").write_text("body {}\n")
+    (root / "config").mkdir()
+    (root / "config" / "app.yml").write_text("debug: false\n")
+    (root / ".env").write_text(f"KEY={SECRET}\n")
+    project = Project(root, tmp_path / "repository")
+    project.write_config({})
+    with (root / "lockstep.toml").open("a") as config:
+        config.write('\n[code]\nkind = "release-directory"\npath = "release"\n\n[environments.staging]\n')
+    assert project.repo("init").returncode == 0
+
+    staging = project.create("--env", "staging", "-m", "v7")
+    assert staging["code"] == {
+        "kind": "release-directory",
+        "commit": None,
+        "branch": None,
+        "author": None,
+        "dirty": False,
+        "path": "/code/release",
+    }
+    assert staging["environment"] == "staging" and staging["databases"] == {}
+    project.create("-m", "default environment")
+    listing = project.repo("ls", staging["id"])
+    assert "/code/release/static/app.css" in listing.out.splitlines()
+    assert project.repo("dump", staging["id"], "/code/release/index.php").stdout == b"<?php echo 'v7';\n"
+    tags = next(s["tags"] for s in json.loads(project.repo("snapshots", "--json").out) if s["id"] == staging["id"])
+    assert tags == ["lockstep", "kind:manual", "env:staging"]  # no commit to tag
+    only_staging = json.loads(project.ok("snapshot", "list", "--env", "staging", "--json").out)
+    assert [item["id"] for item in only_staging] == [staging["id"]]
+    assert len(json.loads(project.ok("snapshot", "list", "--json").out)) == 2

@@ -1,0 +1,118 @@
+"""Recording the code version against a real git work tree."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lockstep.config.model import CodeConfig
+from lockstep.errors import SourceError, UsageError
+from lockstep.pipeline.code import commit_all, read_git_state, uncommitted_diff
+from lockstep.pipeline.snapshot import SnapshotRequest, prepare_code
+from tests.conftest import require_binary
+
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "Ada Lovelace",
+    "GIT_AUTHOR_EMAIL": "ada@example.org",
+    "GIT_COMMITTER_NAME": "Ada Lovelace",
+    "GIT_COMMITTER_EMAIL": "ada@example.org",
+}
+
+
+def git(work_tree: Path, *arguments: str) -> str:
+    completed = subprocess.run(
+        ["git", "-C", str(work_tree), *arguments],
+        capture_output=True,
+        check=True,
+        env={**os.environ, **GIT_IDENTITY},
+    )
+    return completed.stdout.decode().strip()
+
+
+@pytest.fixture
+def work_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    require_binary("git", "apt-get install git")
+    for name, value in GIT_IDENTITY.items():
+        monkeypatch.setenv(name, value)
+    root = tmp_path / "app"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    (root / "app.py").write_text("print('v1')\n")
+    (root / "logo.bin").write_bytes(bytes(range(256)))
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "first")
+    return root
+
+
+def test_clean_tree_records_commit_branch_and_author(work_tree: Path) -> None:
+    state = read_git_state(work_tree)
+    assert state.commit == git(work_tree, "rev-parse", "HEAD")
+    assert len(state.commit) == 40
+    assert state.branch == "main"
+    assert state.author == "Ada Lovelace <ada@example.org>"
+    assert state.dirty is False
+    assert state.short_commit == state.commit[:12]
+
+
+def test_untracked_file_makes_the_tree_dirty(work_tree: Path) -> None:
+    (work_tree / "new.txt").write_text("new\n")
+    assert read_git_state(work_tree).dirty is True
+
+
+def test_detached_head_has_no_branch(work_tree: Path) -> None:
+    git(work_tree, "checkout", "-q", "--detach")
+    assert read_git_state(work_tree).branch is None
+
+
+def test_diff_is_binary_safe(work_tree: Path) -> None:
+    """A changed binary file is in the diff as a binary patch that `git apply` takes back."""
+    (work_tree / "logo.bin").write_bytes(bytes(reversed(range(256))) + b"\x00\xff")
+    (work_tree / "app.py").write_text("print('v2')\n")
+    stream = uncommitted_diff(work_tree)
+    diff = stream.stdout.read()
+    stream.finish()
+    assert b"GIT binary patch" in diff
+    assert b"+print('v2')" in diff
+    git(work_tree, "checkout", "-q", "--", ".")
+    patch = work_tree.parent / "change.diff"
+    patch.write_bytes(diff)
+    git(work_tree, "apply", "--binary", str(patch))
+    assert (work_tree / "logo.bin").read_bytes() == bytes(reversed(range(256))) + b"\x00\xff"
+
+
+def test_commit_all_commits_every_change(work_tree: Path) -> None:
+    (work_tree / "app.py").write_text("print('v2')\n")
+    (work_tree / "new.txt").write_text("new\n")
+    before = read_git_state(work_tree).commit
+    commit_all(work_tree, "ship v2")
+    state = read_git_state(work_tree)
+    assert state.commit != before
+    assert state.dirty is False
+    assert git(work_tree, "log", "-1", "--format=%s") == "ship v2"
+
+
+def test_prepare_code_refuses_a_dirty_tree_unless_allowed(work_tree: Path) -> None:
+    (work_tree / "app.py").write_text("print('v2')\n")
+    config = CodeConfig(kind="git", path=work_tree)
+    with pytest.raises(UsageError, match="--allow-dirty"):
+        prepare_code(config, SnapshotRequest(project_directory=work_tree))
+    allowed = prepare_code(config, SnapshotRequest(project_directory=work_tree, allow_dirty=True))
+    assert allowed is not None and allowed.git is not None and allowed.git.dirty
+    from_config = prepare_code(CodeConfig(kind="git", path=work_tree, allow_dirty=True), SnapshotRequest(work_tree))
+    assert from_config is not None and from_config.git is not None and from_config.git.dirty
+
+
+def test_prepare_code_without_code_records_nothing(tmp_path: Path) -> None:
+    assert prepare_code(CodeConfig(), SnapshotRequest(project_directory=tmp_path)) is None
+    with pytest.raises(UsageError, match="--commit"):
+        prepare_code(CodeConfig(), SnapshotRequest(project_directory=tmp_path, commit=True, message="m"))
+
+
+def test_a_repository_without_commits_is_a_source_error(tmp_path: Path) -> None:
+    require_binary("git", "apt-get install git")
+    git(tmp_path, "init", "-q")
+    with pytest.raises(SourceError, match="make a first commit"):
+        read_git_state(tmp_path)

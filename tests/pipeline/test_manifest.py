@@ -1,0 +1,109 @@
+"""The manifest survives a trip through JSON, and a damaged one is reported, not half-read."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lockstep.errors import IntegrityError
+from lockstep.pipeline.manifest import (
+    FORMAT_VERSION,
+    CodeRecord,
+    DatabaseRecord,
+    FileRecord,
+    Manifest,
+    TableRecord,
+)
+
+
+def sample_manifest() -> Manifest:
+    return Manifest(
+        message="before the price change",
+        author="Ada <ada@example.org>",
+        created="2026-01-02T03:04:05Z",
+        environment="production",
+        tags=["release"],
+        lockstep_version="0.1.0",
+        hostname="web-1",
+        code=CodeRecord(kind="git", commit="a" * 40, branch="main", author="Ada <ada@example.org>", dirty=False),
+        databases={
+            "main": DatabaseRecord(
+                engine="postgresql",
+                server_version="15.4",
+                dump_format="postgresql-custom",
+                path="/databases/main.dump",
+                size=1234,
+                sha256="b" * 64,
+                tables=[TableRecord("public.customers", 500, "c" * 32)],
+                migration_version="42",
+                migration_table="alembic_version",
+            )
+        },
+        files=[
+            FileRecord("/files/config/config/app.yml", "config", 10, "d" * 64),
+            FileRecord("/files/secrets/.env", "secret", 20, "e" * 64),
+        ],
+    )
+
+
+def test_manifest_round_trips_through_its_stored_json() -> None:
+    """What is stored as /manifest.json reads back equal, field for field."""
+    manifest = sample_manifest()
+    assert Manifest.from_json(manifest.to_json()) == manifest
+
+
+def test_manifest_document_has_the_documented_fields() -> None:
+    """Scripts read these keys: their names and the format version are API."""
+    document = json.loads(sample_manifest().to_json())
+    assert document["format_version"] == FORMAT_VERSION == 1
+    assert document["kind"] == "manual"
+    assert set(document) >= {"message", "author", "created", "environment", "tags", "lockstep_version", "hostname"}
+    assert document["code"] == {
+        "kind": "git",
+        "commit": "a" * 40,
+        "branch": "main",
+        "author": "Ada <ada@example.org>",
+        "dirty": False,
+        "path": None,
+    }
+    database = document["databases"]["main"]
+    assert database["tables"] == [{"name": "public.customers", "rows": 500, "checksum": "c" * 32}]
+    assert database["inspected"] == "after-dump"
+    assert document["files"][1] == {"path": "/files/secrets/.env", "kind": "secret", "size": 20, "sha256": "e" * 64}
+    assert "id" not in document  # the ID exists only once the snapshot is written
+
+
+def test_stored_size_sums_dumps_and_files() -> None:
+    assert sample_manifest().stored_size == 1234 + 10 + 20
+
+
+def test_manifest_without_code_reads_back_as_none() -> None:
+    manifest = Manifest(
+        message=None,
+        author="ops",
+        created="2026-01-02T03:04:05Z",
+        environment=None,
+        tags=[],
+        lockstep_version="0.1.0",
+        hostname="h",
+        code=None,
+    )
+    assert Manifest.from_json(manifest.to_json()).code is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"not json",
+        b"[1, 2]",
+        json.dumps({"format_version": 2, "created": "x"}).encode(),
+        json.dumps({"format_version": 1}).encode(),
+        json.dumps(
+            {"format_version": 1, "created": "x", "files": [{"path": "/p", "kind": "other", "size": 1, "sha256": ""}]}
+        ).encode(),
+    ],
+)
+def test_a_damaged_manifest_is_an_integrity_error(data: bytes) -> None:
+    with pytest.raises(IntegrityError, match="not a valid lockstep manifest"):
+        Manifest.from_json(data)
