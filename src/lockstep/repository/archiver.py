@@ -8,7 +8,6 @@ bounded by the number of chunks in flight.
 
 from __future__ import annotations
 
-import getpass
 import grp
 import hashlib
 import os
@@ -29,6 +28,7 @@ from lockstep.errors import SourceError, UsageError
 from lockstep.repository.blobs import BlobType
 from lockstep.repository.chunker import Chunker
 from lockstep.repository.gojson import MODE_DIR, format_time_ns, go_file_mode
+from lockstep.repository.identity import current_user
 from lockstep.repository.repository import PreparedBlob, Repository
 from lockstep.repository.snapshot import Snapshot
 from lockstep.repository.tree import Node, Tree
@@ -65,7 +65,7 @@ class BackupSummary:
     warnings: list[str] = field(default_factory=list)
 
 
-class _ChunkPipeline:
+class ChunkPipeline:
     """Prepares blobs on a thread pool and hands results back in submission order."""
 
     def __init__(self, repository: Repository, workers: int = DEFAULT_WORKERS) -> None:
@@ -117,13 +117,6 @@ def _group_name(gid: int) -> str:
         return ""
 
 
-def _current_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return ""
-
-
 class Archiver:
     """Writes one snapshot into an open, locked repository."""
 
@@ -136,7 +129,7 @@ class Archiver:
         self.summary = BackupSummary()
         self._workers = workers
 
-    def _stream_content(self, pipeline: _ChunkPipeline, stream: IO[bytes]) -> tuple[list[bytes], int]:
+    def store_stream(self, pipeline: ChunkPipeline, stream: IO[bytes]) -> tuple[list[bytes], int]:
         content: list[bytes] = []
         size = 0
         for chunk in self.chunker.chunks(stream):
@@ -170,9 +163,9 @@ class Archiver:
         if not filename or any(part in ("", ".", "..") for part in filename.split("/")):
             raise UsageError(f"invalid --stdin-filename {filename!r}", "give a plain name such as db.sql")
         now = format_time_ns(time.time_ns())
-        pipeline = _ChunkPipeline(self.repository, self._workers)
+        pipeline = ChunkPipeline(self.repository, self._workers)
         try:
-            content, size = self._stream_content(pipeline, stream)
+            content, size = self.store_stream(pipeline, stream)
             pipeline.drain()
         finally:
             pipeline.close()
@@ -224,7 +217,7 @@ class Archiver:
         for path in absolute:
             if not os.path.lexists(path):
                 raise SourceError(f"{os.fsdecode(path)} does not exist", "check the path and try again")
-        pipeline = _ChunkPipeline(self.repository, self._workers)
+        pipeline = ChunkPipeline(self.repository, self._workers)
         try:
             root_tree = self._tree_for_targets(
                 pipeline, b"/", [path for path in absolute if path != b"/"], b"/" in absolute
@@ -233,10 +226,10 @@ class Archiver:
             pipeline.close()
         return self._finish(root_tree, [os.fsdecode(path) for path in absolute], tags, hostname, now, started)
 
-    def _tree_for_targets(self, pipeline: _ChunkPipeline, directory: bytes, targets: list[bytes], whole: bool) -> bytes:
+    def _tree_for_targets(self, pipeline: ChunkPipeline, directory: bytes, targets: list[bytes], whole: bool) -> bytes:
         """The tree for `directory`: all of it if `whole`, else only the chains down to targets."""
         if whole:
-            return self._save_directory(pipeline, directory)
+            return self.save_directory(pipeline, directory)
         children: dict[bytes, list[bytes]] = {}
         complete: set[bytes] = set()
         for target in targets:
@@ -249,19 +242,19 @@ class Archiver:
         nodes = []
         for name, child_targets in children.items():
             child_path = os.path.join(directory, name)
-            node = self._node_for(child_path, name)
+            node = self.node_for_path(child_path, name)
             if node is None:
                 continue
             if node.type == "dir":
                 node.subtree = self._tree_for_targets(pipeline, child_path, child_targets, name in complete)
                 node.size = 0
             elif node.type == "file":
-                self._fill_content(pipeline, child_path, node)
+                self.fill_content(pipeline, child_path, node)
             nodes.append(node)
         pipeline.drain()
         return self.repository.save_tree(Tree(nodes))
 
-    def _save_directory(self, pipeline: _ChunkPipeline, path: bytes) -> bytes:
+    def save_directory(self, pipeline: ChunkPipeline, path: bytes) -> bytes:
         self.summary.directories += 1
         nodes = []
         try:
@@ -271,22 +264,22 @@ class Archiver:
             entries = []
         for entry in entries:
             child_path = os.path.join(path, entry.name)
-            node = self._node_for(child_path, entry.name)
+            node = self.node_for_path(child_path, entry.name)
             if node is None:
                 continue
             if node.type == "dir":
-                node.subtree = self._save_directory(pipeline, child_path)
+                node.subtree = self.save_directory(pipeline, child_path)
             elif node.type == "file":
-                self._fill_content(pipeline, child_path, node)
+                self.fill_content(pipeline, child_path, node)
             nodes.append(node)
         pipeline.drain()
         return self.repository.save_tree(Tree(nodes))
 
-    def _fill_content(self, pipeline: _ChunkPipeline, path: bytes, node: Node) -> None:
+    def fill_content(self, pipeline: ChunkPipeline, path: bytes, node: Node) -> None:
         self.summary.files += 1
         try:
             with open(path, "rb") as handle:
-                content, size = self._stream_content(pipeline, handle)
+                content, size = self.store_stream(pipeline, handle)
         except OSError as error:
             self.summary.warnings.append(f"cannot read {os.fsdecode(path)}: {error.strerror}")
             node.content = []
@@ -296,7 +289,7 @@ class Archiver:
         node.content = content
         node.size = size
 
-    def _node_for(self, path: bytes, name: bytes) -> Node | None:
+    def node_for_path(self, path: bytes, name: bytes) -> Node | None:
         try:
             info = os.lstat(path)
         except OSError as error:
@@ -349,7 +342,7 @@ class Archiver:
             tree=tree_id,
             paths=paths,
             hostname=hostname if hostname is not None else socket.gethostname(),
-            username=_current_user(),
+            username=current_user(),
             uid=os.getuid(),
             gid=os.getgid(),
             tags=list(tags),

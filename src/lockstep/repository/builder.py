@@ -21,8 +21,9 @@ from typing import IO
 
 from lockstep import __version__
 from lockstep.errors import SourceError, UsageError
-from lockstep.repository.archiver import DEFAULT_WORKERS, Archiver, ProgressCallback, _ChunkPipeline, _current_user
+from lockstep.repository.archiver import DEFAULT_WORKERS, Archiver, ChunkPipeline, ProgressCallback
 from lockstep.repository.gojson import MODE_DIR, format_time_ns
+from lockstep.repository.identity import current_user
 from lockstep.repository.repository import Repository
 from lockstep.repository.snapshot import Snapshot
 from lockstep.repository.tree import Node, Tree
@@ -79,7 +80,7 @@ class SnapshotBuilder:
     ) -> None:
         self.repository = repository
         self._archiver = Archiver(repository, progress=progress, workers=workers)
-        self._pipeline = _ChunkPipeline(repository, workers)
+        self._pipeline = ChunkPipeline(repository, workers)
         self._root = _Directory()
         self._time = format_time_ns(time.time_ns())
         self._done = False
@@ -131,7 +132,7 @@ class SnapshotBuilder:
         """Store a stream as the file at `path`. `finished_cleanly` runs after the stream ends and
         may raise (e.g. the dump tool exited non-zero): then nothing of it counts."""
         reader = _HashingReader(stream)
-        content, size = self._archiver._stream_content(self._pipeline, reader)  # type: ignore[arg-type]
+        content, size = self._archiver.store_stream(self._pipeline, reader)  # type: ignore[arg-type]
         if finished_cleanly is not None:
             finished_cleanly()
         if size == 0 and not allow_empty:
@@ -153,13 +154,13 @@ class SnapshotBuilder:
     def add_path(self, path: str, source: Path) -> None:
         """Store a file or a whole directory tree from disk at `path`, with its metadata."""
         raw_source = os.fsencode(os.path.abspath(source))
-        node = self._archiver._node_for(raw_source, _split(path)[-1].encode("utf-8"))
+        node = self._archiver.node_for_path(raw_source, _split(path)[-1].encode("utf-8"))
         if node is None:
             raise SourceError(f"{source} cannot be read", "check that it exists and is readable")
         if node.type == "dir":
-            node.subtree = self._archiver._save_directory(self._pipeline, raw_source)
+            node.subtree = self._archiver.save_directory(self._pipeline, raw_source)
         elif node.type == "file":
-            self._archiver._fill_content(self._pipeline, raw_source, node)
+            self._archiver.fill_content(self._pipeline, raw_source, node)
         self._place(path, node)
 
     def _save(self, directory: _Directory) -> bytes:
@@ -190,7 +191,7 @@ class SnapshotBuilder:
             tree=tree_id,
             paths=list(paths),
             hostname=hostname if hostname is not None else socket.gethostname(),
-            username=_current_user(),
+            username=current_user(),
             uid=os.getuid(),
             gid=os.getgid(),
             tags=list(tags),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import getpass
 import hashlib
 import json
 import os
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from lockstep.errors import IntegrityError, NotFound, UsageError
 from lockstep.repository.crypto import AuthenticationFailed, Key
 from lockstep.repository.gojson import format_time_ns, go_json
+from lockstep.repository.identity import current_user
 from lockstep.storage.base import Backend, FileType
 
 SALT_SIZE = 64  # restic refuses any other salt length
@@ -105,7 +105,7 @@ class KeyFile:
         sealed = user_key.seal(go_json(master_key.to_json_dict()).encode("utf-8"))
         return cls(
             created=format_time_ns(time.time_ns()),
-            username=_current_username(),
+            username=current_user(),
             hostname=socket.gethostname(),
             parameters=parameters,
             salt=salt,
@@ -119,13 +119,6 @@ def default_scrypt_parameters() -> ScryptParameters:
     if override:
         return ScryptParameters(n=int(override))
     return ScryptParameters()
-
-
-def _current_username() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return ""
 
 
 # --- managing the key files of a repository (restic's `key` commands) ----------------------

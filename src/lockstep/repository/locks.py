@@ -8,7 +8,6 @@ held by a dead process on this host, is stale. Stale locks still block until `un
 
 from __future__ import annotations
 
-import getpass
 import math
 import os
 import socket
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from lockstep.errors import IntegrityError, LockstepError, RepositoryLocked
 from lockstep.repository.gojson import format_time_ns, parse_time_ns
+from lockstep.repository.identity import current_user
 from lockstep.storage.base import FileMissing, FileType
 
 if TYPE_CHECKING:
@@ -95,8 +95,9 @@ def _lock_document(exclusive: bool) -> dict[str, Any]:
         "exclusive": exclusive,
         "hostname": socket.gethostname(),
     }
-    with suppress(KeyError, OSError):
-        document["username"] = getpass.getuser()
+    username = current_user()
+    if username:
+        document["username"] = username
     document["pid"] = os.getpid()
     if os.getuid():
         document["uid"] = os.getuid()
