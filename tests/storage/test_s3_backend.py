@@ -492,3 +492,43 @@ def test_require_all_turns_a_skip_into_a_failure(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("LOCKSTEP_REQUIRE_ALL", "1")
     with pytest.raises(pytest.fail.Exception, match="LOCKSTEP_REQUIRE_ALL"):
         skip_or_fail("moto server needs moto: pip install 'moto[s3]>=5'")
+
+
+def test_documents_round_trip_list_and_remove(backend: Backend) -> None:
+    """lockstep's own documents live under lockstep/, listed per directory, removable."""
+    backend.save_document("locks/production", b"first")
+    backend.save_document("locks/production", b"second")
+    backend.save_document("locks/staging", b"other")
+    backend.save_document("verifications/abc", b"record")
+    assert backend.load_document("locks/production") == b"second"
+    assert sorted(backend.list_documents("locks")) == ["locks/production", "locks/staging"]
+    assert list(backend.list_documents("nothing-here")) == []
+    backend.remove_document("locks/staging")
+    backend.remove_document("locks/staging")  # a missing document is not an error
+    assert list(backend.list_documents("locks")) == ["locks/production"]
+    with pytest.raises(FileMissing):
+        backend.load_document("locks/staging")
+
+
+def test_create_document_is_exclusive(backend: Backend) -> None:
+    """Two deployers racing for the same lock: exactly one create succeeds, the first one's data stays."""
+    assert backend.create_document("locks/production", b"first holder")
+    assert not backend.create_document("locks/production", b"second holder")
+    assert backend.load_document("locks/production") == b"first holder"
+    backend.remove_document("locks/production")
+    assert backend.create_document("locks/production", b"second holder")
+
+
+def test_create_document_race_has_one_winner(backend: Backend) -> None:
+    """Eight concurrent creators of one document: one wins, the others are told it exists."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda n: backend.create_document("locks/race", f"{n}".encode()), range(8)))
+    assert results.count(True) == 1
+    assert backend.load_document("locks/race") == str(results.index(True)).encode()
+
+
+@pytest.mark.parametrize("path", ["", "../config", "locks/../../x", "/abs", "locks//x", ".hidden", "locks/."])
+def test_document_paths_cannot_escape(backend: Backend, path: str) -> None:
+    """A document path never reaches outside lockstep/ (a lock name comes from user input)."""
+    with pytest.raises(ValueError):
+        backend.save_document(path, b"x")

@@ -33,6 +33,19 @@ def relative_path(file_type: FileType, name: str) -> str:
     return f"{file_type.value}/{name}"
 
 
+# lockstep's own documents (deploy locks, verification records) live under this directory of the
+# repository. restic ignores directories it does not know, so `restic check` and `prune` pass.
+DOCUMENTS_DIRECTORY = "lockstep"
+
+
+def check_document_path(path: str) -> str:
+    """Refuse paths that could escape the documents directory; return the path unchanged."""
+    parts = path.split("/")
+    if not path or any(part in ("", ".", "..") or part.startswith(".") for part in parts):
+        raise ValueError(f"not a valid document path: {path!r}")
+    return path
+
+
 def is_storage_id(name: str) -> bool:
     """True for names restic would recognise: 64 lowercase hex characters."""
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
@@ -72,6 +85,26 @@ class Backend(Protocol):
 
     def remove(self, file_type: FileType, name: str) -> None:
         """Delete a file; deleting a missing file is not an error."""
+        ...
+
+    def save_document(self, path: str, data: bytes) -> None:
+        """Write lockstep/PATH atomically, replacing what is there."""
+        ...
+
+    def create_document(self, path: str, data: bytes) -> bool:
+        """Write lockstep/PATH only if it does not exist yet, atomically; False when it exists."""
+        ...
+
+    def load_document(self, path: str) -> bytes:
+        """Read lockstep/PATH. Raises FileMissing."""
+        ...
+
+    def list_documents(self, directory: str) -> Iterator[str]:
+        """The paths (relative to lockstep/) of the documents directly in lockstep/DIRECTORY."""
+        ...
+
+    def remove_document(self, path: str) -> None:
+        """Delete lockstep/PATH; deleting a missing document is not an error."""
         ...
 
     def close(self) -> None:

@@ -10,7 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lockstep.errors import StorageError
-from lockstep.storage.base import FileMissing, FileType, is_storage_id, relative_path
+from lockstep.storage.base import (
+    DOCUMENTS_DIRECTORY,
+    FileMissing,
+    FileType,
+    check_document_path,
+    is_storage_id,
+    relative_path,
+)
 
 
 def _describe_os_error(error: OSError, path: Path) -> StorageError:
@@ -52,7 +59,11 @@ class LocalBackend:
             raise _describe_os_error(error, self.root) from error
 
     def save(self, file_type: FileType, name: str, data: bytes) -> None:
-        path = self._path(file_type, name)
+        self._write(self._path(file_type, name), data, replace=True)
+
+    def _write(self, path: Path, data: bytes, replace: bool) -> bool:
+        """Write via a temporary file; with replace=False, link it into place only if absent."""
+        name = path.name
         directory = path.parent
         temporary_name = None
         try:
@@ -67,9 +78,16 @@ class LocalBackend:
             finally:
                 os.close(descriptor)
             os.chmod(temporary_name, 0o400)
-            os.replace(temporary_name, path)
-            temporary_name = None
+            if replace:
+                os.replace(temporary_name, path)
+                temporary_name = None
+            else:
+                try:
+                    os.link(temporary_name, path)  # atomic, and fails if the path exists
+                except FileExistsError:
+                    return False
             self._fsync_directory(directory)
+            return True
         except OSError as error:
             raise _describe_os_error(error, path) from error
         finally:
@@ -139,6 +157,45 @@ class LocalBackend:
             return
         except OSError as error:
             raise _describe_os_error(error, path) from error
+
+    def _document_path(self, path: str) -> Path:
+        return self.root / DOCUMENTS_DIRECTORY / check_document_path(path)
+
+    def save_document(self, path: str, data: bytes) -> None:
+        self._write(self._document_path(path), data, replace=True)
+
+    def create_document(self, path: str, data: bytes) -> bool:
+        return self._write(self._document_path(path), data, replace=False)
+
+    def load_document(self, path: str) -> bytes:
+        location = self._document_path(path)
+        try:
+            return location.read_bytes()
+        except FileNotFoundError as error:
+            raise FileMissing(f"{DOCUMENTS_DIRECTORY}/{path} is missing from {self.location}") from error
+        except OSError as error:
+            raise _describe_os_error(error, location) from error
+
+    def list_documents(self, directory: str) -> Iterator[str]:
+        base = self._document_path(directory)
+        try:
+            entries = sorted(os.scandir(base), key=lambda entry: entry.name)
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            raise _describe_os_error(error, base) from error
+        for entry in entries:
+            if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
+                yield f"{directory}/{entry.name}"
+
+    def remove_document(self, path: str) -> None:
+        location = self._document_path(path)
+        try:
+            location.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            raise _describe_os_error(error, location) from error
 
     def close(self) -> None:
         return None

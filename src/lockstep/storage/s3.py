@@ -32,7 +32,14 @@ from botocore.exceptions import BotoCoreError, ClientError, ProxyConnectionError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from lockstep.errors import StorageError, UsageError
-from lockstep.storage.base import FileMissing, FileType, is_storage_id, relative_path
+from lockstep.storage.base import (
+    DOCUMENTS_DIRECTORY,
+    FileMissing,
+    FileType,
+    check_document_path,
+    is_storage_id,
+    relative_path,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -285,18 +292,32 @@ class S3Backend:
             raise StorageError(f"a repository already exists at {self.location}", "use it, or choose another location")
 
     def save(self, file_type: FileType, name: str, data: bytes) -> None:
-        key = self._key(file_type, name)
+        self._put(self._key(file_type, name), data)
+
+    def _put(self, key: str, data: bytes, only_if_absent: bool = False) -> bool:
+        """PUT an object; with only_if_absent, a conditional create (If-None-Match: *)."""
         digest = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
         try:
-            self._client.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=data,
-                ContentType="application/octet-stream",
-                ContentMD5=digest,
-            )
-        except (ClientError, BotoCoreError) as error:
+            if only_if_absent:
+                self._client.put_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=data,
+                    ContentType="application/octet-stream",
+                    ContentMD5=digest,
+                    IfNoneMatch="*",
+                )
+            else:
+                self._client.put_object(
+                    Bucket=self.bucket, Key=key, Body=data, ContentType="application/octet-stream", ContentMD5=digest
+                )
+        except ClientError as error:
+            if only_if_absent and _error_code(error) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
             raise self._storage_error(error, "write", key) from error
+        except BotoCoreError as error:
+            raise self._storage_error(error, "write", key) from error
+        return True
 
     def load(self, file_type: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
         if offset < 0 or (length is not None and length < 0):
@@ -368,6 +389,59 @@ class S3Backend:
 
     def remove(self, file_type: FileType, name: str) -> None:
         key = self._key(file_type, name)
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            if _is_missing(error):
+                return
+            raise self._storage_error(error, "delete", key) from error
+        except BotoCoreError as error:
+            raise self._storage_error(error, "delete", key) from error
+
+    def _document_key(self, path: str) -> str:
+        relative = f"{DOCUMENTS_DIRECTORY}/{check_document_path(path)}"
+        return f"{self.prefix}/{relative}" if self.prefix else relative
+
+    def save_document(self, path: str, data: bytes) -> None:
+        self._put(self._document_key(path), data)
+
+    def create_document(self, path: str, data: bytes) -> bool:
+        return self._put(self._document_key(path), data, only_if_absent=True)
+
+    def load_document(self, path: str) -> bytes:
+        key = self._document_key(path)
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=key)
+            body = response["Body"]
+            try:
+                return body.read()
+            finally:
+                body.close()
+        except ClientError as error:
+            if _is_missing(error):
+                raise self._missing(key) from error
+            raise self._storage_error(error, "read", key) from error
+        except BotoCoreError as error:
+            raise self._storage_error(error, "read", key) from error
+
+    def list_documents(self, directory: str) -> Iterator[str]:
+        prefix = self._document_key(directory) + "/"
+        paginator = self._client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+                for item in page.get("Contents", []):
+                    name = item.get("Key", "")[len(prefix) :]
+                    if name and not name.startswith("."):
+                        yield f"{directory}/{name}"
+        except ClientError as error:
+            if _error_code(error) == "NoSuchBucket":
+                return
+            raise self._storage_error(error, "list", prefix) from error
+        except BotoCoreError as error:
+            raise self._storage_error(error, "list", prefix) from error
+
+    def remove_document(self, path: str) -> None:
+        key = self._document_key(path)
         try:
             self._client.delete_object(Bucket=self.bucket, Key=key)
         except ClientError as error:
