@@ -30,17 +30,23 @@ def cli(context: click.Context, json_output: bool, debug: bool) -> None:
     context.obj["debug"] = debug
 
 
+# Modules that each export COMMANDS (a list of click commands or groups) to add to `lockstep`.
+# A module that adds a verb to an existing group (e.g. `snapshot verify`) does so when imported,
+# with the group's decorator, and exports an empty COMMANDS.
+COMMAND_MODULES: tuple[str, ...] = (
+    "lockstep.cli.repo",
+    "lockstep.cli.init",
+    "lockstep.cli.snapshot",
+)
+
+
 def _register() -> None:
-    from lockstep.cli.init import COMMANDS as init_commands
-    from lockstep.cli.repo import repo
+    import importlib
 
-    cli.add_command(repo)
-    for command in init_commands:
-        cli.add_command(command)
-    from lockstep.cli.snapshot import COMMANDS as snapshot_commands
-
-    for command in snapshot_commands:
-        cli.add_command(command)
+    for module_name in COMMAND_MODULES:
+        module = importlib.import_module(module_name)
+        for command in module.COMMANDS:
+            cli.add_command(command)
 
 
 _register()

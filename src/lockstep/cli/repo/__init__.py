@@ -19,3 +19,4 @@ for _name in _MODULES:
     _module = importlib.import_module(f"lockstep.cli.repo.{_name}")
     for _command in _module.COMMANDS:
         repo.add_command(_command)
+COMMANDS = [repo]

@@ -1,0 +1,1 @@
+"""Traffic switches: what sends users' requests to the active slot (built-in proxy, nginx, HAProxy)."""
