@@ -257,6 +257,42 @@ class RetentionConfig(_Section):
     )
 
 
+VerifyLevel = Literal["none", "structure", "data", "restore"]
+
+
+class BackupConfig(_Section):
+    """What `lockstep backup` (the cron-friendly one-shot) does around the snapshot."""
+
+    healthchecks_url: str | None = Field(
+        default=None,
+        description=(
+            "A healthchecks-style ping URL: lockstep requests URL/start when it begins, URL on success "
+            "and URL/fail on failure. Leave it out for no pings."
+        ),
+        examples=["https://hc-ping.com/your-uuid"],
+    )
+    verify_level: VerifyLevel = Field(
+        default="structure",
+        description=(
+            'How deeply to verify the new snapshot after the backup: "none", "structure" (the snapshot and '
+            'its tree are readable), "data" (every blob is read and checked) or "restore" (a test-restore '
+            "of every database into a scratch database)."
+        ),
+        examples=["restore"],
+    )
+    forget: bool = Field(
+        default=True,
+        description="Apply the retention policy after a successful backup (without pruning).",
+        examples=[False],
+    )
+    min_free_disk_mb: int = Field(
+        default=1024,
+        ge=0,
+        description="Refuse to start when the local repository's file system has less free space (MiB).",
+        examples=[4096],
+    )
+
+
 class ProjectConfig(_Section):
     """A project's lockstep.toml: what a coordinated snapshot contains and where it is stored."""
 
@@ -283,6 +319,11 @@ class ProjectConfig(_Section):
         default_factory=RetentionConfig,
         description="How many snapshots to keep.",
         examples=[{"keep_daily": 14}],
+    )
+    backup: BackupConfig = Field(
+        default_factory=BackupConfig,
+        description="What `lockstep backup` does around the snapshot.",
+        examples=[{"healthchecks_url": "https://hc-ping.com/your-uuid", "verify_level": "restore"}],
     )
     environments: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
