@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
+from lockstep.config.deploy_model import AppConfig, DeployConfig, PolicyConfig, TrafficConfig
 from lockstep.errors import UsageError
 
 DatabaseEngine = Literal["postgresql", "mysql", "mariadb", "sqlite"]
@@ -210,10 +211,18 @@ class DatabaseConfig(_Section):
         raise AssertionError(f"unvalidated database URL scheme {scheme!r}")
 
     def resolved(self, base: Path) -> DatabaseConfig:
-        """A copy whose password file is absolute, a relative one taken from `base`."""
-        if self.password_file is None:
-            return self
-        return self.model_copy(update={"password_file": _resolve_path(self.password_file, base)})
+        """A copy whose password file and SQLite path are absolute, relative ones taken from `base`.
+
+        `sqlite:///app.db` is relative and `sqlite:////srv/app.db` absolute (SQLAlchemy's rule); a
+        relative one is anchored at lockstep.toml's directory, not at wherever lockstep runs.
+        """
+        update: dict[str, Any] = {}
+        if self.password_file is not None:
+            update["password_file"] = _resolve_path(self.password_file, base)
+        prefix = "sqlite:///"
+        if self.url.startswith(prefix) and not self.url.startswith(prefix + "/"):
+            update["url"] = prefix + str(base / self.url[len(prefix) :])
+        return self.model_copy(update=update) if update else self
 
 
 class FilesConfig(_Section):
@@ -324,6 +333,31 @@ class ProjectConfig(_Section):
         default_factory=BackupConfig,
         description="What `lockstep backup` does around the snapshot.",
         examples=[{"healthchecks_url": "https://hc-ping.com/your-uuid", "verify_level": "restore"}],
+    )
+    app: AppConfig = Field(
+        default_factory=AppConfig,
+        description="The application `lockstep deploy` ships: its components, build and migrations.",
+        examples=[{"migrate": "python3 migrate.py"}],
+    )
+    traffic: TrafficConfig = Field(
+        default_factory=TrafficConfig,
+        description="The traffic switch in front of the app.",
+        examples=[{"kind": "builtin", "listen": "127.0.0.1:8080"}],
+    )
+    deploy: DeployConfig = Field(
+        default_factory=DeployConfig,
+        description="Smoke tests, the watch window and hooks of `lockstep deploy`.",
+        examples=[{"watch_seconds": 60}],
+    )
+    policy: PolicyConfig = Field(
+        default_factory=PolicyConfig,
+        description="What the environment allows (override it per environment).",
+        examples=[{"confirm": True}],
+    )
+    default_environment: str = Field(
+        default="production",
+        description="The environment deploy, rollback, status and history use when --env is not given.",
+        examples=["staging"],
     )
     environments: dict[str, dict[str, Any]] = Field(
         default_factory=dict,

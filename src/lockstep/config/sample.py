@@ -113,6 +113,12 @@ def _default_text(field: FieldInfo) -> str:
 def _model_of(annotation: Any) -> type[BaseModel] | None:
     if get_origin(annotation) is dict:
         annotation = get_args(annotation)[1]
+    elif get_origin(annotation) is list:
+        annotation = get_args(annotation)[0]
+    elif get_origin(annotation) in (Union, types.UnionType):
+        members = [member for member in get_args(annotation) if member is not type(None)]
+        if len(members) == 1:
+            annotation = members[0]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     return None
@@ -132,6 +138,7 @@ def iter_keys(model: type[BaseModel] = ProjectConfig, prefix: str = "") -> Itera
         nested = _model_of(annotation)
         example = _example(field)
         is_named_tables = get_origin(annotation) is dict
+        is_list_of_tables = get_origin(annotation) is list and nested is not None
         yield KeyReference(
             path=path,
             type_name=type_name(annotation),
@@ -143,7 +150,8 @@ def iter_keys(model: type[BaseModel] = ProjectConfig, prefix: str = "") -> Itera
             is_table=nested is not None or is_named_tables,
         )
         if nested is not None:
-            yield from iter_keys(nested, f"{path}.NAME." if is_named_tables else f"{path}.")
+            child_prefix = f"{path}.NAME." if is_named_tables else f"{path}[]." if is_list_of_tables else f"{path}."
+            yield from iter_keys(nested, child_prefix)
 
 
 def _comment(text: str, indent: str = "") -> list[str]:
@@ -176,6 +184,40 @@ def _code_note(project_directory: Path | None) -> list[str]:
     )
 
 
+def _render_table(
+    path: list[str], model: type[BaseModel], commented: bool, project_directory: Path | None = None, array: bool = False
+) -> list[str]:
+    """One table and, after its own keys, its sub-tables; tables inside examples are commented out."""
+    prefix = "# " if commented else ""
+    header = ".".join(toml_key(part) for part in path)
+    lines = [f"{prefix}[[{header}]]" if array else f"{prefix}[{header}]"]
+    if path == ["code"]:
+        lines.extend(_code_note(project_directory))
+    sub_tables: list[tuple[str, FieldInfo, type[BaseModel]]] = []
+    for key, key_field in model.model_fields.items():
+        nested = _model_of(key_field.annotation)
+        if nested is not None:
+            sub_tables.append((key, key_field, nested))
+            continue
+        key_lines = _key_lines(key, key_field)
+        if commented:
+            key_lines = [line if line.startswith("#") else f"# {line}" for line in key_lines]
+        lines.extend(key_lines)
+    for key, key_field, nested in sub_tables:
+        lines.append("")
+        lines.extend(_comment(_description(key_field)))
+        origin = get_origin(key_field.annotation)
+        if origin is dict:
+            example = _example(key_field)
+            entry = next(iter(example), "NAME") if isinstance(example, dict) else "NAME"
+            lines.extend(_render_table([*path, key, entry], nested, commented=True))
+        elif origin is list:
+            lines.extend(_render_table([*path, key], nested, commented=True, array=True))
+        else:
+            lines.extend(_render_table([*path, key], nested, commented=commented))
+    return lines
+
+
 def render_sample(project_directory: Path | None = None) -> str:
     """The starting lockstep.toml: every table and key, described; optional keys commented out.
 
@@ -187,7 +229,14 @@ def render_sample(project_directory: Path | None = None) -> str:
         "# A commented-out key shows an example value; without it lockstep uses the default shown.",
         "# The repository password comes from LOCKSTEP_PASSWORD unless password_file or password_command is set.",
     ]
-    for name, field in ProjectConfig.model_fields.items():
+    tables = {}
+    for name, field in ProjectConfig.model_fields.items():  # top-level keys must precede every [table]
+        if _model_of(field.annotation) is None and not isinstance(_example(field), dict):
+            lines.append("")
+            lines.extend(_key_lines(name, field))
+        else:
+            tables[name] = field
+    for name, field in tables.items():
         annotation = field.annotation
         nested = _model_of(annotation)
         lines.append("")
@@ -207,11 +256,7 @@ def render_sample(project_directory: Path | None = None) -> str:
                         lines.extend(_comment(_description(key_field)))
                         lines.append(f"{toml_key(key)} = {toml_value(value)}")
             continue
-        lines.append(f"[{name}]")
-        if name == "code":
-            lines.extend(_code_note(project_directory))
-        for key, key_field in nested.model_fields.items():
-            lines.extend(_key_lines(key, key_field))
+        lines.extend(_render_table([name], nested, commented=False, project_directory=project_directory))
     return "\n".join(lines) + "\n"
 
 
@@ -240,7 +285,7 @@ def render_reference() -> str:
         "`repository.password_command`). Passwords never go in URLs: a URL with a password is refused.",
     ]
     for key in iter_keys():
-        depth = key.path.count(".") - key.path.count("NAME.")
+        depth = key.path.count(".") - key.path.count("NAME.") - key.path.count("[].")
         heading = "##" if depth == 0 else "###"
         parts.extend(["", f"{heading} `{key.path}`", ""])
         parts.append(key.description)
