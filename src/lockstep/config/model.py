@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, 
 
 from lockstep.config.deploy_model import AppConfig, DeployConfig, PolicyConfig, TrafficConfig
 from lockstep.errors import UsageError
+from lockstep.notify.config import NotificationsConfig
 
 DatabaseEngine = Literal["postgresql", "mysql", "mariadb", "sqlite"]
 DATABASE_ENGINES: tuple[DatabaseEngine, ...] = ("postgresql", "mysql", "mariadb", "sqlite")
@@ -53,6 +54,17 @@ def _base_directory(info: ValidationInfo) -> Path | None:
 
 def _resolve_path(path: Path, base: Path) -> Path:
     return path if path.is_absolute() else base / path
+
+
+def _source_within(code_path: Path | None, base: Path) -> str:
+    """Where the config's directory is inside the code's work tree: the app's directory there."""
+    if code_path is None:
+        return "."
+    try:
+        relative = base.resolve().relative_to(code_path.resolve())
+    except ValueError:
+        return "."
+    return relative.as_posix() or "."
 
 
 class RepositoryConfig(_Section):
@@ -140,8 +152,12 @@ class CodeConfig(_Section):
         """A copy with an absolute path and, when no kind was given, the kind detected on disk."""
         path = base if self.path is None else _resolve_path(self.path, base)
         kind = self.kind
-        if kind is None and (path / ".git").exists():
-            kind = "git"
+        if kind is None:
+            # The work tree may start above the config (an app in a monorepo's subdirectory).
+            for candidate in (path, *path.parents):
+                if (candidate / ".git").exists():
+                    kind, path = "git", candidate
+                    break
         return self.model_copy(update={"path": path, "kind": kind})
 
 
@@ -354,6 +370,14 @@ class ProjectConfig(_Section):
         description="What the environment allows (override it per environment).",
         examples=[{"confirm": True}],
     )
+    notifications: NotificationsConfig = Field(
+        default_factory=NotificationsConfig,
+        description=(
+            "Who hears about deploys, rollbacks, snapshots and failures: Slack, webhooks, email, "
+            "healthchecks pings, GitHub Actions and a local event log."
+        ),
+        examples=[{"channels": [{"kind": "slack", "url_env": "SLACK_WEBHOOK_URL", "events": ["deploy.*"]}]}],
+    )
     default_environment: str = Field(
         default="production",
         description="The environment deploy, rollback, status and history use when --env is not given.",
@@ -385,8 +409,11 @@ class ProjectConfig(_Section):
         if base is not None:
             self.repository = self.repository.resolved(base)
             self.code = self.code.resolved(base)
+            if self.app.source is None:
+                self.app = self.app.model_copy(update={"source": _source_within(self.code.path, base)})
             self.databases = {name: database.resolved(base) for name, database in self.databases.items()}
             self.files = self.files.resolved(base)
+            self.notifications = self.notifications.resolved(base)
         return self
 
     @classmethod
