@@ -120,11 +120,11 @@ class AppConfig(_Section):
         ),
         examples=["/srv/shop/lockstep"],
     )
-    source: str = Field(
-        default=".",
+    source: str | None = Field(
+        default=None,
         description=(
             "The app's directory inside the git repository; a release is `git archive` of this "
-            "directory at the deployed commit."
+            "directory at the deployed commit. Default: the directory of lockstep.toml."
         ),
         examples=["backend"],
     )
