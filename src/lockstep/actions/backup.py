@@ -1,0 +1,179 @@
+"""`lockstep backup`: the cron-friendly one-shot around a scheduled snapshot.
+
+preflight → ping /start → snapshot (kind `scheduled`) → retention → verification → ping success.
+Any failure pings /fail with a one-line reason and raises the documented error; pings themselves
+never decide the outcome. The snapshot is written under a shared lock, retention takes an
+exclusive one afterwards, so a concurrent `snapshot create` is only ever blocked for the forget.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from lockstep.actions.repo.session import RepositoryAccess
+from lockstep.actions.snapshot_create import load_project
+from lockstep.actions.snapshot_forget import forget_snapshots
+from lockstep.actions.snapshot_verify import database_servers
+from lockstep.config.model import ProjectConfig, VerifyLevel
+from lockstep.errors import IntegrityError, LockstepError, RepositoryLocked
+from lockstep.pipeline.healthchecks_ping import HealthchecksPinger
+from lockstep.pipeline.manifest import Manifest
+from lockstep.pipeline.preflight import CheckResult, raise_for_failures, run_preflight
+from lockstep.pipeline.retention_policy import is_empty
+from lockstep.pipeline.snapshot import (
+    SnapshotRequest,
+    create_snapshot,
+    database_password,
+    environment_name,
+    prepare_code,
+)
+from lockstep.pipeline.verify import verify_snapshot
+from lockstep.repository.snapshot import Snapshot
+
+SCHEDULED_KIND = "scheduled"
+MAX_FINDINGS_SHOWN = 3
+
+Warn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    """What one backup did; `summary_line` is what cron mails and the success ping carry."""
+
+    snapshot: Snapshot
+    manifest: Manifest
+    environment: str
+    stored_bytes: int
+    added_bytes: int
+    seconds: float
+    verify_level: VerifyLevel
+    preflight: list[CheckResult]
+    forgotten: list[Snapshot] = field(default_factory=list)
+    pings_sent: list[str] = field(default_factory=list)
+
+
+def _secrets(config: ProjectConfig) -> list[str]:
+    """Every secret lockstep knows of here, to blank out of what goes to the ping URL."""
+    found = [os.environ.get("LOCKSTEP_PASSWORD", "")]
+    for name, database in config.databases.items():
+        try:
+            found.append(database_password(name, database) or "")
+        except LockstepError:
+            continue
+    return [secret for secret in found if secret]
+
+
+def run_backup(
+    start: Path,
+    config_path: Path | None = None,
+    environment: str | None = None,
+    message: str | None = None,
+    warn: Warn = lambda _: None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> BackupResult:
+    """Run the whole backup; raises the failing step's error after pinging /fail."""
+    started = time.monotonic()
+    project = load_project(start, config_path, environment)
+    config = project.config
+    pinger = HealthchecksPinger(config.backup.healthchecks_url, warn, _secrets(config))
+    try:
+        level = config.backup.verify_level
+        checks = run_preflight(config)
+        raise_for_failures(checks)
+        pinger.start()
+        request = SnapshotRequest(
+            project_directory=project.directory, environment=environment, message=message, kind=SCHEDULED_KIND
+        )
+        code = prepare_code(config.code, request)
+        with project.access.session(exclusive=False) as repository:
+            created = create_snapshot(repository, config, request, code, now)
+            added = repository.bytes_added
+        forgotten: list[Snapshot] = []
+        if config.backup.forget and not is_empty(config.retention):
+            forgotten = _forget(project.access, config, environment, now(), warn)
+        if level != "none":
+            _verify(project.access, config, created.snapshot, level)
+    except LockstepError as error:
+        pinger.fail(f"lockstep backup failed: {error.message}")
+        raise
+    except KeyboardInterrupt:
+        pinger.fail("lockstep backup was interrupted")
+        raise
+    except Exception as error:
+        pinger.fail(f"lockstep backup failed: internal error ({type(error).__name__})")
+        raise
+    result = BackupResult(
+        snapshot=created.snapshot,
+        manifest=created.manifest,
+        environment=environment_name(environment),
+        stored_bytes=created.manifest.stored_size,
+        added_bytes=added,
+        seconds=time.monotonic() - started,
+        verify_level=level,
+        preflight=checks,
+        forgotten=forgotten,
+    )
+    pinger.success(summary_line(result))
+    return replace(result, pings_sent=list(pinger.sent))
+
+
+def human_size(count: float) -> str:
+    """1.50 MiB: the unit the one-line report uses (same as the CLI's tables)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.2f} {unit}"
+        count /= 1024
+    return f"{count:.2f} TiB"
+
+
+def human_duration(seconds: float) -> str:
+    """`4.2 s`, `3 min 07 s`, `1 h 02 min`."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def summary_line(result: BackupResult) -> str:
+    """`backup ok: snapshot 1a2b3c4d, 1.20 GiB stored (12.40 MiB added), 3 min 07 s`."""
+    return (
+        f"backup ok: snapshot {result.snapshot.short_id}, {human_size(result.stored_bytes)} stored "
+        f"({human_size(result.added_bytes)} added), {human_duration(result.seconds)}"
+    )
+
+
+def _verify(access: RepositoryAccess, config: ProjectConfig, snapshot: Snapshot, level: VerifyLevel) -> None:
+    """`snapshot verify` at `level` (recorded in the repository, so `snapshot list` shows it);
+    a snapshot that fails it fails the backup with the first findings."""
+    if level == "none":
+        return
+    with access.session(exclusive=False) as repository:
+        result = verify_snapshot(repository, snapshot, level, database_servers(config))
+    if not result.ok:
+        shown = "; ".join(finding.message for finding in result.findings[:MAX_FINDINGS_SHOWN])
+        more = len(result.findings) - MAX_FINDINGS_SHOWN
+        raise IntegrityError(
+            f"the new snapshot {snapshot.short_id} failed verification ({level}): {shown}"
+            + (f" (and {more} more)" if more > 0 else ""),
+            f"run `lockstep snapshot verify {snapshot.short_id} --level {level}` for the details",
+        )
+
+
+def _forget(
+    access: RepositoryAccess, config: ProjectConfig, environment: str | None, now: datetime, warn: Warn
+) -> list[Snapshot]:
+    """Retention for this environment. Another process holding the repository (a deploy's
+    snapshot, a verify) only postpones it to the next backup: the new snapshot is safe already."""
+    try:
+        return forget_snapshots(access, config.retention, environment=environment_name(environment), now=now).removed
+    except RepositoryLocked as error:
+        warn(f"retention skipped, the next backup applies it: {error.message}")
+        return []

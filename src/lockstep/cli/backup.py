@@ -1,0 +1,69 @@
+"""`lockstep backup`: one scheduled snapshot with preflight, retention, verification and pings.
+
+Made for cron: silent except for ONE line on success (or one JSON document), warnings and
+errors on stderr, and the documented exit code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lockstep.actions.backup import BackupResult, run_backup, summary_line
+from lockstep.cli.output import console, error_console, print_json
+
+
+def _wants_json(json_output: bool) -> bool:
+    context = click.get_current_context(silent=True)
+    root = context.find_root().obj if context is not None else None
+    return json_output or bool(root and root.get("json"))
+
+
+def _warn(message: str) -> None:
+    error_console.print(f"lockstep: warning: {message}", markup=False, soft_wrap=True)
+
+
+def backup_document(result: BackupResult) -> dict[str, Any]:
+    """The JSON equivalent of the one-line report."""
+    return {
+        "ok": True,
+        "snapshot_id": result.snapshot.id,
+        "short_id": result.snapshot.short_id,
+        "environment": result.environment,
+        "kind": result.manifest.kind,
+        "stored_bytes": result.stored_bytes,
+        "added_bytes": result.added_bytes,
+        "seconds": round(result.seconds, 3),
+        "verify_level": result.verify_level,
+        "forgotten": [snapshot.id for snapshot in result.forgotten],
+        "preflight": [check.to_document() for check in result.preflight],
+        "pings_sent": result.pings_sent,
+    }
+
+
+@click.command("backup")
+@click.option("--env", "environment", metavar="NAME", help="Environment from [environments.NAME] in lockstep.toml.")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The config file. Default: lockstep.toml in the current directory.",
+)
+@click.option("-m", "--message", help="Describe the snapshot.")
+@click.option("--json", "json_output", is_flag=True, help="Print the result as one JSON document.")
+def backup_command(environment: str | None, config_path: Path | None, message: str | None, json_output: bool) -> None:
+    """Take a scheduled snapshot for cron: preflight checks, snapshot, retention, verification.
+
+    Pings [backup] healthchecks_url (/start, then success or /fail) when it is set; a ping that
+    fails only warns. Prints one line: the snapshot, its size, what it added, and the time."""
+    result = run_backup(Path.cwd(), config_path=config_path, environment=environment, message=message, warn=_warn)
+    if _wants_json(json_output):
+        print_json(backup_document(result))
+        return
+    console.print(summary_line(result), markup=False)
+
+
+COMMANDS = [backup_command]

@@ -1,0 +1,140 @@
+"""`lockstep snapshot forget`: the config's retention applied to the coordinated snapshots.
+
+Registered on the existing `snapshot` group when imported; COMMANDS is empty on purpose.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from lockstep.actions.snapshot_forget import SnapshotForgetResult, forget
+from lockstep.cli.output import console, error_console, print_json
+from lockstep.cli.repo.forget import print_prune_report, prune_document
+from lockstep.cli.snapshot import snapshot_group
+from lockstep.pipeline.retention_policy import GroupPlan, SnapshotVerdict, snapshot_kind
+from lockstep.pipeline.snapshot import COMMIT_TAG_PREFIX, tag_value
+
+
+def _wants_json(json_output: bool) -> bool:
+    context = click.get_current_context(silent=True)
+    root = context.find_root().obj if context is not None else None
+    return json_output or bool(root and root.get("json"))
+
+
+def _verdict_document(verdict: SnapshotVerdict) -> dict[str, Any]:
+    snapshot = verdict.snapshot
+    return {
+        "id": snapshot.id,
+        "short_id": snapshot.short_id,
+        "time": snapshot.time,
+        "kind": snapshot_kind(snapshot),
+        "commit": tag_value(snapshot, COMMIT_TAG_PREFIX),
+        "tags": list(snapshot.tags),
+        "keep": verdict.keep,
+        "reasons": list(verdict.reasons),
+    }
+
+
+def forget_document(result: SnapshotForgetResult) -> dict[str, Any]:
+    """The result as --json prints it: per group the kept and removed snapshots with reasons."""
+    return {
+        "dry_run": result.dry_run,
+        "groups": [
+            {
+                "environment": group.environment,
+                "paths": list(group.paths),
+                "policy": group.policy,
+                "keep": [_verdict_document(verdict) for verdict in group.verdicts if verdict.keep],
+                "remove": [_verdict_document(verdict) for verdict in group.verdicts if not verdict.keep],
+            }
+            for group in result.plan.groups
+        ],
+        "removed": [snapshot.id for snapshot in result.removed],
+        "prune": None if result.prune is None else prune_document(result.prune),
+    }
+
+
+def _local_time(time_ns: int) -> str:
+    return datetime.fromtimestamp(time_ns / 1e9).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _group_table(group: GroupPlan) -> Table:
+    table = Table(box=None, header_style="bold")
+    for column in ("ID", "Time", "Kind", "Commit", "Action", "Reasons"):
+        table.add_column(column)
+    for verdict in sorted(group.verdicts, key=lambda item: item.snapshot.time_ns):  # oldest first, as restic
+        snapshot = verdict.snapshot
+        table.add_row(
+            snapshot.short_id,
+            _local_time(snapshot.time_ns),
+            snapshot_kind(snapshot),
+            tag_value(snapshot, COMMIT_TAG_PREFIX) or "",
+            "keep" if verdict.keep else "remove",
+            ", ".join(verdict.reasons),
+        )
+    return table
+
+
+def _print_result(result: SnapshotForgetResult) -> None:
+    if not result.plan.groups:
+        console.print("no lockstep snapshots to consider")
+    for group in result.plan.groups:
+        paths = ", ".join(group.paths)
+        console.print(f"environment {group.environment}, {paths}: {group.policy}", markup=False)
+        console.print(_group_table(group))
+        console.print(f"keep {len(group.keep)}, remove {len(group.remove)}")
+        console.print()
+    if result.dry_run:
+        console.print(f"would remove {len(result.removed)} snapshots (dry run: nothing was changed)")
+    else:
+        console.print(f"removed {len(result.removed)} snapshots")
+    if result.prune is not None:
+        console.print()
+        print_prune_report(result.prune)
+
+
+def _say(message: str) -> None:
+    error_console.print(f"[dim]{message}[/dim]")
+
+
+@snapshot_group.command("forget")
+@click.option("--env", "environment", metavar="NAME", help="Only this environment's snapshots (default: all).")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The config file. Default: lockstep.toml in the current directory.",
+)
+@click.option("--dry-run", "-n", is_flag=True, help="Show what would be removed; change nothing.")
+@click.option("--prune", "run_prune", is_flag=True, help="Then free the space the removed snapshots used.")
+@click.option("--json", "json_output", is_flag=True, help="Print the plan and result as JSON.")
+def forget_command(
+    environment: str | None, config_path: Path | None, dry_run: bool, run_prune: bool, json_output: bool
+) -> None:
+    """Apply [retention] to the coordinated snapshots, per environment, with restic's rules.
+
+    keep_daily, keep_weekly and keep_monthly apply to every kind of snapshot; the pre-deploy
+    snapshots of the last keep_pre_deploy deploys are kept in addition. Snapshots of other
+    tools in the repository are never touched."""
+    as_json = _wants_json(json_output)
+    result = forget(
+        Path.cwd(),
+        config_path=config_path,
+        environment=environment,
+        dry_run=dry_run,
+        run_prune=run_prune,
+        progress=None if as_json else _say,
+    )
+    if as_json:
+        print_json(forget_document(result))
+        return
+    _print_result(result)
+
+
+COMMANDS: list[click.Command] = []

@@ -1,0 +1,169 @@
+"""Which coordinated snapshots the config's retention keeps: restic's rules plus pre-deploy snapshots.
+
+The calendar rules (keep_daily, keep_weekly, keep_monthly) are restic's `forget` semantics and
+come from `repository/retention.py`, applied to every kind of snapshot alike. On top of that the
+pre-deploy snapshots of the last `keep_pre_deploy` deploys are kept, because they are what a
+rollback restores: a week of quiet nights must not push last Tuesday's deploy out of reach.
+
+Only snapshots tagged `lockstep` are considered; another tool's snapshots in the same repository
+are never in a plan. Groups are per environment and per project path (the snapshot's path), so
+staging's hourly snapshots never crowd out production's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from lockstep.config.model import RetentionConfig
+from lockstep.pipeline.snapshot import (
+    DEFAULT_ENVIRONMENT,
+    ENVIRONMENT_TAG_PREFIX,
+    KIND_TAG_PREFIX,
+    is_lockstep_snapshot,
+    tag_value,
+)
+from lockstep.repository.retention import UNLIMITED, RetentionPolicy, apply_policy, newest_first
+from lockstep.repository.snapshot import Snapshot
+
+PRE_DEPLOY_KIND = "pre-deploy"
+# A deploy that snapshots several times tags them all `deploy:<id>`; they count as one deploy.
+DEPLOY_TAG_PREFIX = "deploy:"
+REMOVE_REASON = "no rule keeps it"
+
+
+@dataclass(frozen=True)
+class SnapshotVerdict:
+    """One snapshot's fate and why (restic's "keep" reasons; removed ones get REMOVE_REASON)."""
+
+    snapshot: Snapshot
+    keep: bool
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """The verdicts of one environment and project path, newest first."""
+
+    environment: str
+    paths: tuple[str, ...]
+    policy: str
+    verdicts: list[SnapshotVerdict]
+
+    @property
+    def keep(self) -> list[Snapshot]:
+        return [verdict.snapshot for verdict in self.verdicts if verdict.keep]
+
+    @property
+    def remove(self) -> list[Snapshot]:
+        return [verdict.snapshot for verdict in self.verdicts if not verdict.keep]
+
+
+@dataclass(frozen=True)
+class ForgetPlan:
+    """Every group's verdicts; `remove` is what forget deletes."""
+
+    groups: list[GroupPlan] = field(default_factory=list)
+
+    @property
+    def keep(self) -> list[Snapshot]:
+        return [snapshot for group in self.groups for snapshot in group.keep]
+
+    @property
+    def remove(self) -> list[Snapshot]:
+        return [snapshot for group in self.groups for snapshot in group.remove]
+
+
+def calendar_policy(retention: RetentionConfig) -> RetentionPolicy:
+    """The restic policy for the calendar part of the retention config."""
+    return RetentionPolicy(daily=retention.keep_daily, weekly=retention.keep_weekly, monthly=retention.keep_monthly)
+
+
+def is_empty(retention: RetentionConfig) -> bool:
+    """No rule at all: forgetting with it would delete everything, so callers refuse it."""
+    return calendar_policy(retention).is_empty and retention.keep_pre_deploy == 0
+
+
+def describe(retention: RetentionConfig) -> str:
+    """One line, restic's wording plus the pre-deploy rule."""
+    policy = calendar_policy(retention)
+    text = policy.describe() if not policy.is_empty else "keep"
+    if retention.keep_pre_deploy == UNLIMITED:
+        return f"{text}, plus every pre-deploy snapshot"
+    if retention.keep_pre_deploy > 0:
+        return f"{text}, plus the pre-deploy snapshots of the last {retention.keep_pre_deploy} deploys"
+    return text
+
+
+def snapshot_environment(snapshot: Snapshot) -> str:
+    return tag_value(snapshot, ENVIRONMENT_TAG_PREFIX) or DEFAULT_ENVIRONMENT
+
+
+def snapshot_kind(snapshot: Snapshot) -> str:
+    return tag_value(snapshot, KIND_TAG_PREFIX) or "manual"
+
+
+def plan_forget(
+    snapshots: Iterable[Snapshot],
+    retention: RetentionConfig,
+    now: datetime,
+    environment: str | None = None,
+    retention_by_environment: Mapping[str, RetentionConfig] | None = None,
+) -> ForgetPlan:
+    """Decide, per environment and project path, which lockstep snapshots to keep.
+
+    `environment` limits the plan to that environment's groups; `retention_by_environment`
+    overrides `retention` for the environments it names (their [environments.X.retention]).
+    Nothing is deleted here. A group the rules would empty is left whole (its snapshots are
+    kept with the reason "the rules keep none of this group"), never deleted.
+    """
+    now_ns = int(now.timestamp() * 1_000_000_000)
+    groups: dict[tuple[str, tuple[str, ...]], list[Snapshot]] = {}
+    for snapshot in snapshots:
+        if not is_lockstep_snapshot(snapshot):
+            continue
+        name = snapshot_environment(snapshot)
+        if environment is not None and name != environment:
+            continue
+        groups.setdefault((name, tuple(sorted(snapshot.paths))), []).append(snapshot)
+    plans = []
+    for (name, paths), members in sorted(groups.items()):
+        chosen = (retention_by_environment or {}).get(name, retention)
+        plans.append(GroupPlan(name, paths, describe(chosen), _plan_group(members, chosen, now_ns)))
+    return ForgetPlan(plans)
+
+
+def _plan_group(members: list[Snapshot], retention: RetentionConfig, now_ns: int) -> list[SnapshotVerdict]:
+    ordered = newest_first(members)
+    reasons: dict[str, list[str]] = {snapshot.id: [] for snapshot in ordered}
+    policy = calendar_policy(retention)
+    if not policy.is_empty:
+        for kept in apply_policy(ordered, policy, now_ns).reasons:
+            reasons[kept.snapshot.id].extend(kept.matches)
+    for snapshot in _last_pre_deploy(ordered, retention.keep_pre_deploy):
+        reasons[snapshot.id].append("pre-deploy snapshot")
+    if not any(reasons.values()):
+        return [SnapshotVerdict(snapshot, True, ("the rules keep none of this group",)) for snapshot in ordered]
+    return [
+        SnapshotVerdict(snapshot, bool(reasons[snapshot.id]), tuple(reasons[snapshot.id]) or (REMOVE_REASON,))
+        for snapshot in ordered
+    ]
+
+
+def _last_pre_deploy(ordered: list[Snapshot], count: int) -> list[Snapshot]:
+    """The pre-deploy snapshots of the newest `count` deploys (-1: all), from newest-first input."""
+    if count == 0:
+        return []
+    deploys: list[str] = []
+    kept = []
+    for snapshot in ordered:
+        if snapshot_kind(snapshot) != PRE_DEPLOY_KIND:
+            continue
+        deploy = tag_value(snapshot, DEPLOY_TAG_PREFIX) or snapshot.id
+        if deploy not in deploys:
+            if count != UNLIMITED and len(deploys) >= count:
+                continue
+            deploys.append(deploy)
+        kept.append(snapshot)
+    return kept

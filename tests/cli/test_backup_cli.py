@@ -1,0 +1,297 @@
+"""`lockstep backup` end to end: the real CLI, real SQLite and PostgreSQL databases, and a real
+HTTP server on loopback that records the healthchecks pings (start, success, fail)."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lockstep.databases import adapter_for
+from lockstep.databases.base import DatabaseAdapter
+from lockstep.exit_codes import ExitCode
+from lockstep.pipeline.verification_records import load_history
+from lockstep.repository.locks import locked
+from lockstep.repository.repository import Repository
+from lockstep.storage.local import LocalBackend
+from tests.cli.test_snapshot_cli import POSTGRESQL_SERVER, execute_postgresql
+from tests.conftest import TEST_PASSWORD, Completed, missing, require_binary, run_lockstep
+
+SUMMARY = re.compile(
+    r"^backup ok: snapshot [0-9a-f]{8}, [0-9.]+ (B|KiB|MiB|GiB) stored \([0-9.]+ (B|KiB|MiB|GiB) added\), [0-9.]+ s$"
+)
+CHECK_UUID = "5f1c0b7e-backup-check"
+DATABASE_SECRET = "db-pass-NEVER-IN-A-PING-93c1"
+
+
+@dataclass
+class Pings:
+    """What the healthchecks server received: (path, body) in order."""
+
+    url: str
+    received: list[tuple[str, str]] = field(default_factory=list)
+    status: int = 200
+
+    def paths(self) -> list[str]:
+        return [path.removeprefix(f"/{CHECK_UUID}") or "/" for path, _ in self.received]
+
+
+@pytest.fixture
+def pings() -> Iterator[Pings]:
+    """A healthchecks-style server on a free loopback port, in a thread, stopped afterwards."""
+    recorded = Pings(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length).decode("utf-8", "replace")
+            recorded.received.append((self.path, body))
+            self.send_response(recorded.status)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        do_GET = _answer
+        do_POST = _answer
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    recorded.url = f"http://127.0.0.1:{server.server_address[1]}/{CHECK_UUID}"
+    try:
+        yield recorded
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Project:
+    """A directory with lockstep.toml (no git: code is not recorded), a SQLite database and a repository."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.repository = root / "repository"
+        self.env = {"LOCKSTEP_PASSWORD": TEST_PASSWORD, "COLUMNS": "200", "SHOP_DB_PASSWORD": DATABASE_SECRET}
+
+    def write_config(self, databases: dict[str, dict[str, str]], backup: dict[str, Any], extra: str = "") -> None:
+        lines = [f'[repository]\nurl = "{self.repository}"\n']
+        for name, settings in databases.items():
+            lines.append(f"[databases.{name}]")
+            lines.extend(f'{key} = "{value}"' for key, value in settings.items())
+        lines.append("\n[backup]")
+        lines.extend(f"{key} = {json.dumps(value)}" for key, value in backup.items())
+        (self.root / "lockstep.toml").write_text("\n".join(lines) + "\n" + extra)
+
+    def lockstep(self, *arguments: str) -> Completed:
+        return run_lockstep(list(arguments), cwd=self.root, env=self.env)
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        result = run_lockstep(["repo", "snapshots", "--json", "-r", str(self.repository)], env=self.env)
+        assert result.returncode == 0, result.err
+        listed: list[dict[str, Any]] = json.loads(result.out)
+        return listed
+
+    def packs(self) -> set[str]:
+        return {path.name for path in (self.repository / "data").rglob("*") if path.is_file()}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    root = tmp_path / "shop"
+    root.mkdir()
+    with sqlite3.connect(root / "app.db") as connection:
+        connection.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, total REAL)")
+        connection.executemany("INSERT INTO orders (total) VALUES (?)", [(i * 1.25,) for i in range(500)])
+    current = Project(root)
+    initialised = run_lockstep(["repo", "init", "-r", str(current.repository)], env=current.env)
+    assert initialised.returncode == 0, initialised.err
+    return current
+
+
+def sqlite_only(project: Project) -> dict[str, dict[str, str]]:
+    return {"main": {"url": f"sqlite:///{project.root / 'app.db'}"}}
+
+
+@pytest.fixture
+def postgresql_database() -> Iterator[str]:
+    """A scratch PostgreSQL database with a table, dropped afterwards."""
+    require_binary("pg_dump", "apt-get install postgresql-client")
+    require_binary("pg_restore", "apt-get install postgresql-client")
+    import psycopg
+
+    try:
+        psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", connect_timeout=5).close()
+    except psycopg.Error as error:
+        missing(f"PostgreSQL is not reachable on 127.0.0.1:5432: {error}")
+    adapter: DatabaseAdapter = adapter_for(POSTGRESQL_SERVER)
+    url = adapter.create_scratch(POSTGRESQL_SERVER, None)
+    try:
+        execute_postgresql(
+            url,
+            "CREATE TABLE customers (id serial PRIMARY KEY, name text);"
+            "INSERT INTO customers (name) SELECT 'c' || g FROM generate_series(1, 300) g;",
+        )
+        yield url
+    finally:
+        adapter.drop_database(url, None)
+
+
+def test_backup_of_sqlite_and_postgresql_pings_start_and_success(
+    project: Project, pings: Pings, postgresql_database: str
+) -> None:
+    """One line on stdout, a `scheduled` snapshot holding both databases, and two pings."""
+    project.write_config(
+        {**sqlite_only(project), "shop": {"url": postgresql_database}},
+        {"healthchecks_url": pings.url, "min_free_disk_mb": 1},
+    )
+    result = project.lockstep("backup", "-m", "nightly")
+    assert result.returncode == 0, result.err
+    lines = result.out.strip().splitlines()
+    assert len(lines) == 1 and SUMMARY.match(lines[0]), result.out
+    assert result.err == ""
+    assert pings.paths() == ["/start", "/"]
+    assert pings.received[-1][1] == lines[0]
+
+    [snapshot] = project.snapshots()
+    assert f"snapshot {snapshot['id'][:8]}," in lines[0]
+    assert snapshot["tags"][:3] == ["lockstep", "kind:scheduled", "env:default"]
+    shown = json.loads(project.lockstep("snapshot", "show", "latest", "--json").out)
+    assert shown["kind"] == "scheduled" and shown["message"] == "nightly"
+    assert set(shown["databases"]) == {"main", "shop"}
+    assert {table["name"]: table["rows"] for table in shown["databases"]["shop"]["tables"]} == {"customers": 300}
+
+
+def test_backup_json_reports_sizes_preflight_and_retention(project: Project, pings: Pings) -> None:
+    """--json is one document; with keep_daily 1 the second backup of the day forgets the first."""
+    project.write_config(
+        sqlite_only(project),
+        {"healthchecks_url": pings.url, "min_free_disk_mb": 1, "verify_level": "data"},
+        extra="\n[retention]\nkeep_daily = 1\nkeep_weekly = 0\nkeep_monthly = 0\nkeep_pre_deploy = 0\n",
+    )
+    first = project.lockstep("backup", "--json")
+    assert first.returncode == 0, first.err
+    document = json.loads(first.out)
+    assert document["ok"] is True and document["kind"] == "scheduled" and document["verify_level"] == "data"
+    assert document["stored_bytes"] > 0 and document["added_bytes"] > 0
+    assert [check["name"] for check in document["preflight"]] == [
+        "free disk space",
+        "sqlite client tools",
+        "database main",
+    ]
+    assert document["pings_sent"] == ["/start", "/"]
+    second = json.loads(project.lockstep("backup", "--json").out)
+    assert second["forgotten"] == [document["snapshot_id"]]
+    assert second["added_bytes"] < document["added_bytes"], "an unchanged database must deduplicate"
+    assert [snapshot["id"] for snapshot in project.snapshots()] == [second["snapshot_id"]]
+
+
+def test_unreachable_database_fails_in_preflight_and_pings_fail(project: Project, pings: Pings) -> None:
+    """Exit 15 naming the database, a /fail ping without secrets, and no snapshot nor pack written."""
+    port = closed_port()
+    project.write_config(
+        {
+            **sqlite_only(project),
+            "orders": {"url": f"postgresql://shop@127.0.0.1:{port}/orders", "password_env": "SHOP_DB_PASSWORD"},
+        },
+        {"healthchecks_url": pings.url, "min_free_disk_mb": 1},
+    )
+    before = project.packs()
+    result = project.lockstep("backup")
+    assert result.returncode == ExitCode.SOURCE, result.err
+    assert "preflight" in result.err and "database orders" in result.err and f"127.0.0.1:{port}" in result.err
+    assert result.out == ""
+    assert pings.paths() == ["/fail"]
+    body = pings.received[0][1]
+    assert "orders" in body and DATABASE_SECRET not in body and TEST_PASSWORD not in body
+    assert DATABASE_SECRET not in result.err
+    assert project.snapshots() == []
+    assert project.packs() == before
+
+
+def test_too_little_disk_space_fails_with_exit_14(project: Project, pings: Pings) -> None:
+    project.write_config(sqlite_only(project), {"healthchecks_url": pings.url, "min_free_disk_mb": 1 << 40})
+    result = project.lockstep("backup")
+    assert result.returncode == ExitCode.STORAGE, result.err
+    assert "free disk space" in result.err and "min_free_disk_mb" in result.err
+    assert pings.paths() == ["/fail"]
+    assert project.snapshots() == []
+
+
+def test_a_failing_ping_only_warns(project: Project, pings: Pings) -> None:
+    """A server that answers 500 and one that refuses connections: the backup still succeeds."""
+    pings.status = 500
+    project.write_config(sqlite_only(project), {"healthchecks_url": pings.url, "min_free_disk_mb": 1})
+    result = project.lockstep("backup")
+    assert result.returncode == 0, result.err
+    assert SUMMARY.match(result.out.strip())
+    assert "warning" in result.err and "start ping" in result.err and "HTTP 500" in result.err
+    assert CHECK_UUID not in result.err, "the check's UUID is as good as a password"
+    assert pings.paths().count("/start") == 3, "a 5xx answer is retried"
+
+    project.write_config(
+        sqlite_only(project), {"healthchecks_url": f"http://127.0.0.1:{closed_port()}/x", "min_free_disk_mb": 1}
+    )
+    refused = project.lockstep("backup")
+    assert refused.returncode == 0, refused.err
+    assert "success ping" in refused.err
+    assert len(project.snapshots()) == 2
+
+
+def test_restore_level_test_restores_and_records_the_verification(project: Project, pings: Pings) -> None:
+    """verify_level "restore" test-restores the new snapshot's databases (`snapshot verify`) and
+    records the passed verification in the repository."""
+    project.write_config(
+        sqlite_only(project), {"healthchecks_url": pings.url, "min_free_disk_mb": 1, "verify_level": "restore"}
+    )
+    result = project.lockstep("backup", "--json")
+    assert result.returncode == 0, result.err
+    document = json.loads(result.out)
+    assert document["verify_level"] == "restore"
+    repository = Repository.open(LocalBackend(project.repository), TEST_PASSWORD)
+    try:
+        history = load_history(repository, document["snapshot_id"])
+    finally:
+        repository.close()
+    assert [(item.level, item.ok) for item in history] == [("restore", True)]
+    assert pings.paths() == ["/start", "/"]
+
+
+def test_retention_is_postponed_while_another_process_holds_the_repository(project: Project, pings: Pings) -> None:
+    """A shared lock held elsewhere (e.g. a verify) blocks forget's exclusive lock: the backup still
+    succeeds with a warning, and the next backup applies the retention."""
+    project.write_config(
+        sqlite_only(project),
+        {"healthchecks_url": pings.url, "min_free_disk_mb": 1, "verify_level": "none"},
+        extra="\n[retention]\nkeep_daily = 1\nkeep_weekly = 0\nkeep_monthly = 0\nkeep_pre_deploy = 0\n",
+    )
+    assert project.lockstep("backup").returncode == 0
+    repository = Repository.open(LocalBackend(project.repository), TEST_PASSWORD)
+    try:
+        with locked(repository, exclusive=False):
+            held = project.lockstep("backup")
+    finally:
+        repository.close()
+    assert held.returncode == 0, held.err
+    assert "retention skipped" in held.err and SUMMARY.match(held.out.strip())
+    assert len(project.snapshots()) == 2
+    assert project.lockstep("backup").returncode == 0
+    assert len(project.snapshots()) == 1

@@ -1,0 +1,163 @@
+"""`plan_forget` on synthetic snapshots: restic's calendar rules over every kind, pre-deploy
+snapshots of the last N deploys kept in addition, groups per environment and project path, and
+snapshots of other tools never considered."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+
+from lockstep.config.model import RetentionConfig
+from lockstep.pipeline.retention_policy import REMOVE_REASON, describe, is_empty, plan_forget
+from lockstep.repository.snapshot import Snapshot
+
+NOW = datetime(2025, 6, 30, 12, 0, tzinfo=UTC)
+_ids = itertools.count(1)
+
+
+def snapshot(
+    when: datetime, kind: str = "scheduled", environment: str = "production", extra: tuple[str, ...] = ()
+) -> Snapshot:
+    """A lockstep snapshot as pipeline/snapshot.py tags it, at a chosen time."""
+    number = next(_ids)
+    return Snapshot(
+        time=when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        tree=b"\0" * 32,
+        paths=["/lockstep/shop"],
+        tags=["lockstep", f"kind:{kind}", f"env:{environment}", *extra],
+        id=f"{number:064x}",
+    )
+
+
+def ids(snapshots: list[Snapshot]) -> set[str]:
+    return {item.id for item in snapshots}
+
+
+def only_daily(days: int, pre_deploy: int = 0) -> RetentionConfig:
+    return RetentionConfig(keep_daily=days, keep_weekly=0, keep_monthly=0, keep_pre_deploy=pre_deploy)
+
+
+def test_keep_daily_keeps_the_newest_snapshot_of_each_of_the_last_days() -> None:
+    """Three snapshots a day for ten days, keep_daily 7: the last of each of the 7 newest days."""
+    days = [[snapshot(datetime(2025, 6, day, hour, tzinfo=UTC)) for hour in (1, 9, 17)] for day in range(20, 30)]
+    plan = plan_forget([item for day in days for item in day], only_daily(7), NOW)
+    assert len(plan.groups) == 1
+    expected = {day[-1].id for day in days[-7:]}
+    assert ids(plan.keep) == expected
+    assert len(plan.remove) == 30 - 7
+    reasons = {verdict.snapshot.id: verdict.reasons for verdict in plan.groups[0].verdicts}
+    assert reasons[days[-1][-1].id] == ("daily snapshot",)
+    assert reasons[days[0][0].id] == (REMOVE_REASON,)
+
+
+def test_defaults_keep_weekly_and_every_monthly_with_restic_reasons() -> None:
+    """The defaults (7 daily, 4 weekly, all monthly) over 100 daily snapshots."""
+    start = datetime(2025, 3, 23, 3, 0, tzinfo=UTC)
+    snapshots = [snapshot(start + timedelta(days=offset)) for offset in range(100)]  # up to 2025-06-30
+    plan = plan_forget(snapshots, RetentionConfig(), NOW)
+    kept = {verdict.snapshot.time[:10]: verdict.reasons for verdict in plan.groups[0].verdicts if verdict.keep}
+    # Seven newest days.
+    for day in range(24, 31):
+        assert "daily snapshot" in kept[f"2025-06-{day:02d}"]
+    # 2025-06-30 is a Monday, alone in its ISO week; then the Sundays that end the three weeks before.
+    weekly = sorted(day for day, reasons in kept.items() if "weekly snapshot" in reasons)
+    assert weekly == ["2025-06-15", "2025-06-22", "2025-06-29", "2025-06-30"]
+    # Last day of every month, and the oldest snapshot for the unlimited monthly rule.
+    monthly = sorted(day for day, reasons in kept.items() if "monthly snapshot" in reasons)
+    assert monthly == ["2025-03-31", "2025-04-30", "2025-05-31", "2025-06-30"]
+    assert "oldest monthly snapshot" in kept["2025-03-23"]
+    assert len(plan.remove) == 100 - len(kept)
+
+
+def test_pre_deploy_snapshots_of_the_last_deploys_are_kept_in_addition() -> None:
+    """Twelve deploys on one day: the daily rule keeps one snapshot, the pre-deploy rule the last 10."""
+    deploys = [snapshot(datetime(2025, 6, 29, hour, tzinfo=UTC), kind="pre-deploy") for hour in range(1, 13)]
+    nightly = snapshot(datetime(2025, 6, 29, 23, tzinfo=UTC))
+    plan = plan_forget([*deploys, nightly], only_daily(1, pre_deploy=10), NOW)
+    assert ids(plan.keep) == {nightly.id} | ids(deploys[2:])
+    assert ids(plan.remove) == ids(deploys[:2])
+    reasons = {verdict.snapshot.id: verdict.reasons for verdict in plan.groups[0].verdicts}
+    assert reasons[deploys[-1].id] == ("pre-deploy snapshot",)
+    assert reasons[nightly.id] == ("daily snapshot",)
+
+
+def test_pre_deploy_snapshots_sharing_a_deploy_tag_count_as_one_deploy() -> None:
+    first = snapshot(datetime(2025, 6, 1, tzinfo=UTC), kind="pre-deploy", extra=("deploy:d1",))
+    second = [snapshot(datetime(2025, 6, 2, h, tzinfo=UTC), kind="pre-deploy", extra=("deploy:d2",)) for h in (1, 2)]
+    daily = snapshot(datetime(2025, 6, 29, tzinfo=UTC))
+    plan = plan_forget([first, *second, daily], only_daily(1, pre_deploy=1), NOW)
+    assert ids(plan.keep) == {daily.id} | ids(second)
+    assert ids(plan.remove) == {first.id}
+
+
+def test_unlimited_pre_deploy_keeps_every_pre_deploy_snapshot() -> None:
+    deploys = [snapshot(datetime(2025, 5, day, tzinfo=UTC), kind="pre-deploy") for day in range(1, 25)]
+    plan = plan_forget(deploys, only_daily(1, pre_deploy=-1), NOW)
+    assert plan.remove == []
+
+
+def test_other_tools_snapshots_are_never_in_the_plan() -> None:
+    """A restic snapshot in the same repository is neither kept nor removed: it is not considered."""
+    ours = [snapshot(datetime(2025, 6, day, tzinfo=UTC)) for day in (1, 2, 3)]
+    theirs = Snapshot(time="2025-01-01T00:00:00Z", tree=b"\0" * 32, paths=["/home"], tags=["nightly"], id="f" * 64)
+    untagged = Snapshot(time="2025-01-02T00:00:00Z", tree=b"\0" * 32, paths=["/lockstep/shop"], id="e" * 64)
+    plan = plan_forget([*ours, theirs, untagged], only_daily(1), NOW)
+    assert theirs.id not in ids(plan.keep) | ids(plan.remove)
+    assert untagged.id not in ids(plan.keep) | ids(plan.remove)
+    assert ids(plan.keep) == {ours[-1].id}
+
+
+def test_environments_and_project_paths_are_separate_groups() -> None:
+    production = [snapshot(datetime(2025, 6, day, tzinfo=UTC)) for day in (1, 2)]
+    staging = [snapshot(datetime(2025, 6, day, 5, tzinfo=UTC), environment="staging") for day in (1, 2)]
+    other_project = snapshot(datetime(2025, 6, 1, tzinfo=UTC))
+    other_project.paths = ["/lockstep/blog"]
+    plan = plan_forget([*production, *staging, other_project], only_daily(1), NOW)
+    groups = {(group.environment, group.paths): group for group in plan.groups}
+    assert set(groups) == {
+        ("production", ("/lockstep/shop",)),
+        ("production", ("/lockstep/blog",)),
+        ("staging", ("/lockstep/shop",)),
+    }
+    assert ids(groups["production", ("/lockstep/shop",)].keep) == {production[-1].id}
+    assert ids(groups["staging", ("/lockstep/shop",)].keep) == {staging[-1].id}
+    assert ids(groups["production", ("/lockstep/blog",)].keep) == {other_project.id}
+
+    only_staging = plan_forget([*production, *staging], only_daily(1), NOW, environment="staging")
+    assert [group.environment for group in only_staging.groups] == ["staging"]
+    assert ids(only_staging.remove) == {staging[0].id}
+
+
+def test_an_environment_can_have_its_own_retention() -> None:
+    production = [snapshot(datetime(2025, 6, day, tzinfo=UTC)) for day in range(1, 6)]
+    staging = [snapshot(datetime(2025, 6, day, tzinfo=UTC), environment="staging") for day in range(1, 6)]
+    plan = plan_forget(
+        [*production, *staging], only_daily(1), NOW, retention_by_environment={"production": only_daily(3)}
+    )
+    groups = {group.environment: group for group in plan.groups}
+    assert len(groups["production"].keep) == 3
+    assert len(groups["staging"].keep) == 1
+    assert "3 daily" in groups["production"].policy
+
+
+def test_rules_that_would_empty_a_group_keep_it_whole() -> None:
+    """Only a pre-deploy rule and no pre-deploy snapshot: nothing is deleted rather than everything."""
+    snapshots = [snapshot(datetime(2025, 6, day, tzinfo=UTC)) for day in (1, 2, 3)]
+    plan = plan_forget(snapshots, only_daily(0, pre_deploy=5), NOW)
+    assert plan.remove == []
+    assert all(verdict.reasons == ("the rules keep none of this group",) for verdict in plan.groups[0].verdicts)
+
+
+def test_a_snapshot_in_the_future_does_not_shift_the_window() -> None:
+    """Calendar buckets count snapshots, not days since `now`: a gap of weeks keeps older days."""
+    old = [snapshot(datetime(2025, 5, day, tzinfo=UTC)) for day in (1, 2, 3)]
+    plan = plan_forget(old, only_daily(2), NOW)
+    assert ids(plan.keep) == {old[1].id, old[2].id}
+
+
+def test_describe_and_empty() -> None:
+    assert describe(RetentionConfig()) == (
+        "keep 7 daily, 4 weekly, all monthly snapshots, plus the pre-deploy snapshots of the last 10 deploys"
+    )
+    assert is_empty(RetentionConfig(keep_daily=0, keep_weekly=0, keep_monthly=0, keep_pre_deploy=0))
+    assert not is_empty(only_daily(0, pre_deploy=1))
