@@ -1,0 +1,156 @@
+"""`lockstep lock status | release`: the per-environment deploy lock kept in the repository."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from lockstep.actions.lock_release import inspect_lock, release_lock
+from lockstep.actions.lock_status import EnvironmentLockStatus, lock_status
+from lockstep.actions.snapshot_create import ProjectContext, load_project
+from lockstep.cli.output import console, print_json
+from lockstep.errors import UsageError
+from lockstep.pipeline.environment_lock import EnvironmentLocked, check_environment_name, describe_holder, now_utc
+
+
+def _wants_json(json_output: bool) -> bool:
+    context = click.get_current_context(silent=True)
+    root = context.find_root().obj if context is not None else None
+    return json_output or bool(root and root.get("json"))
+
+
+def _config_option(function: Any) -> Any:
+    function = click.option(
+        "--env",
+        "environment",
+        metavar="NAME",
+        help="The environment (default: all of them for status, default_environment for release).",
+    )(function)
+    return click.option(
+        "-c",
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="The config file. Default: lockstep.toml in the current directory.",
+    )(function)
+
+
+def _project(config_path: Path | None, environment: str | None) -> ProjectContext:
+    """The project for `environment`: its [environments.NAME] overrides when it has some.
+
+    The default environment needs no table of its own; any other name must be in the config, so a
+    typo is an error rather than a reassuring "unlocked".
+    """
+    project = load_project(Path.cwd(), config_path, None)
+    if environment is None:
+        return project
+    check_environment_name(environment)
+    if environment in project.config.environments:
+        return load_project(Path.cwd(), config_path, environment)
+    if environment != project.config.default_environment:
+        known = sorted({*project.config.environments, project.config.default_environment})
+        raise UsageError(
+            f"unknown environment {environment!r}", f"the environments in the config are: {', '.join(known)}"
+        )
+    return project
+
+
+def _local_time(status: EnvironmentLockStatus, which: str) -> str:
+    holder = status.holder
+    if holder is None:
+        return ""
+    moment = holder.acquired_at if which == "acquired" else holder.heartbeat_at
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@click.group("lock")
+def lock_group() -> None:
+    """The deploy lock of each environment: one deploy or rollback at a time, for every deployer."""
+
+
+@lock_group.command("status")
+@_config_option
+@click.option("--json", "json_output", is_flag=True, help="Print JSON on stdout.")
+def status_command(config_path: Path | None, environment: str | None, json_output: bool) -> None:
+    """Show each environment's lock (configured or locked ones): holder, since when, stale or not."""
+    project = _project(config_path, environment)
+    known = {*project.config.environments, project.config.default_environment}
+    statuses = lock_status(project.access, environment, known_environments=sorted(known))
+    if _wants_json(json_output):
+        print_json([status.to_document() for status in statuses])
+        return
+    if not any(status.locked for status in statuses):
+        for status in statuses:
+            console.print(f"environment {status.environment} is unlocked", markup=False)
+        return
+    table = Table()
+    for title in ("Environment", "State", "Operation", "Deploy ID", "Holder", "Since", "Heartbeat"):
+        table.add_column(title, no_wrap=True)
+    table.add_column("Why", no_wrap=True)
+    table.add_column("Message")
+    for status in statuses:
+        holder = status.holder
+        if holder is None:
+            state = "damaged" if status.damaged else "unlocked"
+            table.add_row(status.environment, state, "", "", "", "", "", status.damaged or "", "")
+            continue
+        table.add_row(
+            status.environment,
+            "stale" if status.stale else "locked",
+            holder.operation,
+            holder.deploy_id,
+            f"{holder.user or '?'}@{holder.host or '?'} PID {holder.pid}",
+            _local_time(status, "acquired"),
+            _local_time(status, "heartbeat"),
+            status.reason,
+            holder.message or "",
+        )
+    console.print(table)
+
+
+def _release_document(status: EnvironmentLockStatus, released: bool) -> dict[str, Any]:
+    return {**status.to_document(), "released": released}
+
+
+@lock_group.command("release")
+@_config_option
+@click.option("--yes", is_flag=True, help="Release a live lock without asking (for scripts).")
+@click.option("--json", "json_output", is_flag=True, help="Print JSON on stdout.")
+def release_command(config_path: Path | None, environment: str | None, yes: bool, json_output: bool) -> None:
+    """Remove an environment's lock after showing who holds it; a live lock needs confirmation."""
+    project = _project(config_path, environment)
+    name = environment or project.config.default_environment
+    json_wanted = _wants_json(json_output)
+    status = inspect_lock(project.access, name)
+    if not status.locked:
+        if json_wanted:
+            print_json(_release_document(status, released=False))
+        else:
+            console.print(f"environment {name} is not locked", markup=False)
+        return
+    holder = status.holder
+    shown = describe_holder(holder, now_utc()) if holder is not None else f"a damaged lock ({status.damaged})"
+    if not json_wanted:
+        console.print(f"environment {name} is held by: {shown}", markup=False)
+        console.print(f"{'stale' if status.stale else 'live'}: {status.reason}", markup=False)
+    if not status.stale and not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(
+                f"the lock of environment {name} is live ({status.reason}) and standard input is not a terminal",
+                "pass --yes to release it anyway; the deploy holding it will notice and stop",
+            )
+        if not click.confirm(f"release the live lock of {name}?", default=False, err=True):
+            raise EnvironmentLocked(f"left the lock of environment {name} in place", None, holder)
+    released = release_lock(project.access, name, holder.lock_id if holder is not None else None)
+    if json_wanted:
+        print_json(_release_document(status, released=released is not None or status.damaged is not None))
+    else:
+        console.print(f"released the lock of environment {name}", markup=False)
+
+
+COMMANDS = [lock_group]

@@ -1,0 +1,158 @@
+"""`lockstep lock status | release` end to end: the real CLI, a real repository, real lock holders."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lockstep.exit_codes import ExitCode
+from lockstep.pipeline.environment_lock import EnvironmentLock
+from lockstep.repository.documents import DocumentStore
+from lockstep.repository.repository import Repository
+from lockstep.storage.local import LocalBackend
+from lockstep.storage.location import open_backend
+from tests.conftest import TEST_PASSWORD, Completed, run_lockstep
+from tests.pipeline.test_environment_lock import StartDeployer, holder_for, start_deployer  # noqa: F401
+
+
+class Project:
+    """A directory with a lockstep.toml (environments production by default, and staging) and its repository."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.repository = root / "repository"
+        Repository.init(LocalBackend(self.repository), TEST_PASSWORD).close()
+        (root / "lockstep.toml").write_text(f'[repository]\nurl = "{self.repository}"\n\n[environments.staging]\n')
+        self.env = {"LOCKSTEP_PASSWORD": TEST_PASSWORD, "COLUMNS": "250"}
+
+    def lockstep(self, *arguments: str) -> Completed:
+        # stdin is an empty pipe, never the terminal pytest may run in: "no TTY" is what is tested.
+        return run_lockstep(list(arguments), cwd=self.root, env=self.env, input=b"")
+
+    def status(self, *arguments: str) -> list[dict[str, Any]]:
+        result = self.lockstep("lock", "status", "--json", *arguments)
+        assert result.returncode == 0, result.err
+        documents: list[dict[str, Any]] = json.loads(result.out)
+        return documents
+
+    def lock_exists(self, environment: str = "production") -> bool:
+        return (self.repository / "lockstep" / "locks" / environment).exists()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return Project(tmp_path)
+
+
+def test_status_without_locks(project: Project) -> None:
+    """Nothing locked: every configured environment (the default one too) is reported unlocked."""
+    statuses = project.status()
+    assert [status["environment"] for status in statuses] == ["production", "staging"]
+    assert all(status["locked"] is False and status["holder"] is None for status in statuses)
+    assert "environment production is unlocked" in project.lockstep("lock", "status").out
+    [staging] = project.status("--env", "staging")
+    assert staging["environment"] == "staging" and staging["locked"] is False and staging["holder"] is None
+    assert "environment staging is unlocked" in project.lockstep("lock", "status", "--env", "staging").out
+
+
+def test_status_shows_the_holder(project: Project, start_deployer: StartDeployer) -> None:  # noqa: F811
+    """A held lock shows holder, operation, deploy ID, since, heartbeat, and live or stale and why."""
+    holder = start_deployer(str(project.repository), "20261122_060000_abc1234", environment="staging")
+    assert holder.line().startswith("won")
+    production, status = project.status()
+    assert production["environment"] == "production" and production["locked"] is False
+    assert status["environment"] == "staging" and status["locked"] is True and status["stale"] is False
+    assert "heartbeat" in status["reason"]
+    document = status["holder"]
+    assert document["deploy_id"] == "20261122_060000_abc1234"
+    assert document["operation"] == "deploy" and document["pid"] == holder.process.pid
+    assert document["acquired_at"] and document["heartbeat_at"] and document["message"] == "child"
+    table = project.lockstep("lock", "status").out
+    for expected in ("staging", "locked", "20261122_060000_abc1234", f"PID {holder.process.pid}", "UTC"):
+        assert expected in table
+    holder.kill()
+    [status] = project.status("--env", "staging")
+    assert status["stale"] is True and "no longer runs" in status["reason"]
+    assert "stale" in project.lockstep("lock", "status").out
+
+
+def test_release_of_a_live_lock_needs_yes_without_a_terminal(
+    project: Project,
+    start_deployer: StartDeployer,  # noqa: F811
+) -> None:
+    """Without a TTY and without --yes a live lock stays (usage error); with --yes it goes, and the
+    deploy that held it notices through its heartbeat."""
+    holder = start_deployer(str(project.repository), "live-deploy", mode="watch")
+    assert holder.line().startswith("won")
+    refused = project.lockstep("lock", "release")
+    assert refused.returncode == ExitCode.USAGE, refused.err
+    assert "live-deploy" in refused.out and "--yes" in refused.err
+    assert project.lock_exists()
+    released = project.lockstep("lock", "release", "--yes", "--json")
+    assert released.returncode == 0, released.err
+    document = json.loads(released.out)
+    assert document["released"] is True and document["holder"]["deploy_id"] == "live-deploy"
+    assert not project.lock_exists()
+    assert holder.line() == "noticed-loss"
+    assert not any(status["locked"] for status in project.status())
+
+
+def test_stale_lock_is_released_without_confirmation(
+    project: Project,
+    start_deployer: StartDeployer,  # noqa: F811
+) -> None:
+    """The lock of a killed deploy is stale: release removes it at once and says whose it was."""
+    holder = start_deployer(str(project.repository), "crashed-deploy")
+    assert holder.line().startswith("won")
+    holder.kill()
+    released = project.lockstep("lock", "release", "--env", "production")
+    assert released.returncode == 0, released.err
+    assert "crashed-deploy" in released.out and "stale" in released.out and "released" in released.out
+    assert not project.lock_exists()
+    again = project.lockstep("lock", "release", "--json")
+    assert again.returncode == 0 and json.loads(again.out)["released"] is False
+
+
+def test_release_asks_on_a_terminal_and_no_keeps_the_lock(project: Project) -> None:
+    """On a terminal a live lock needs a yes; answering no leaves it and exits LOCKED."""
+    repository = Repository.open(open_backend(str(project.repository)), TEST_PASSWORD)
+    lock = EnvironmentLock(DocumentStore(repository), "production")
+    lock.acquire(holder_for("terminal-deploy"))
+    try:
+        for answer, expected_code, still_locked in ((b"n\n", ExitCode.LOCKED, True), (b"y\n", ExitCode.OK, False)):
+            controller, terminal = pty.openpty()
+            try:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "lockstep", "lock", "release"],
+                    stdin=terminal,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    cwd=project.root,
+                    env={**os.environ, **project.env},
+                )
+                os.write(controller, answer)
+                out, err = process.communicate(timeout=120)
+            finally:
+                os.close(terminal)
+                os.close(controller)
+            assert process.returncode == expected_code, err
+            assert b"terminal-deploy" in out and b"release the live lock of production?" in err
+            assert project.lock_exists() == still_locked
+        assert lock.lost or not lock.heartbeat()
+    finally:
+        lock.release()
+        repository.close()
+
+
+def test_unknown_or_invalid_environment_is_a_usage_error(project: Project) -> None:
+    """A typo in --env is an error, not a reassuring "unlocked"."""
+    for name in ("prodution", "../x"):
+        result = project.lockstep("lock", "status", "--env", name)
+        assert result.returncode == ExitCode.USAGE, result.err
