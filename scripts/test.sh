@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 need_apt=""
 command -v restic >/dev/null || need_apt="$need_apt restic"
 command -v zstd >/dev/null || need_apt="$need_apt zstd"
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt="$need_apt nginx"
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_apt="$need_apt haproxy"
+command -v wrk >/dev/null || need_apt="$need_apt wrk"
 if [ -n "$need_apt" ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

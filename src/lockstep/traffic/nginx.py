@@ -1,0 +1,604 @@
+"""nginx as the traffic switch: lockstep writes the upstream, validates it, and reloads nginx.
+
+A reload is nginx's own zero-downtime path: the master re-reads the config, starts new workers
+with the new upstream, and tells the old workers to stop accepting and exit once their
+requests are done. So `switch_to` is: write the candidate config, `nginx -t` it, move it into
+place atomically, signal the master, and wait until the old workers have stopped accepting.
+A candidate that fails `nginx -t` never replaces the live file, so nginx keeps serving the old
+upstream.
+
+Two modes:
+
+* ``managed``: lockstep owns a whole nginx instance whose config, pid file, logs and temp
+  directories live in `state_directory` (so it runs as any user). It is started detached
+  (nginx daemonises), so it outlives the lockstep process, and later lockstep runs adopt it
+  through its pid file.
+* ``system``: the user's nginx `include`s a file lockstep writes (one `upstream` block, in the
+  `http` context). lockstep validates the user's whole config with it and runs a reload command.
+  lockstep never starts or stops that nginx.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import signal
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from lockstep.errors import LockstepError, UsageError
+from lockstep.process import Command, run_capture
+from lockstep.traffic.base import TrafficState, UpstreamCounters
+
+Mode = Literal["managed", "system"]
+
+UPSTREAM_NAME = "lockstep_active"
+CONFIG_FILE = "nginx.conf"
+PID_FILE = "nginx.pid"
+ERROR_LOG = "error.log"
+ACCESS_LOG = "access.log"
+
+# How long a reload may take before lockstep calls it failed; generous for loaded machines.
+RELOAD_TIMEOUT = 30.0
+START_TIMEOUT = 30.0
+
+_SERVER_LINE = re.compile(r"^\s*server\s+\[?([^\s\];]+?)\]?:(\d+)\b", re.MULTILINE)
+
+
+class NginxSwitch:
+    """A `TrafficSwitch` backed by a real nginx (see the module docstring for the two modes)."""
+
+    def __init__(
+        self,
+        listen: str,
+        state_directory: Path,
+        drain_timeout: float = 30.0,
+        binary: str = "nginx",
+        mode: Mode = "managed",
+        include_path: Path | None = None,
+        config_path: Path | None = None,
+        reload_command: tuple[str, ...] | None = None,
+        pid_file: Path | None = None,
+        upstream_host: str = "127.0.0.1",
+        upstream_name: str = UPSTREAM_NAME,
+        worker_processes: int = 1,
+        user: str | None = None,
+    ) -> None:
+        """
+        listen: "HOST:PORT" the public side listens on (managed: written into the config;
+            system: only reported by `state()`, the user's config owns its `listen`).
+        state_directory: where lockstep keeps this switch's files; managed mode puts nginx.conf,
+            nginx.pid, error.log, access.log and temp/ here; must be writable by lockstep.
+        drain_timeout: seconds `stop()` waits for in-flight requests before forcing nginx down.
+        binary: the nginx executable (a name on PATH or a path).
+        mode: "managed" (lockstep runs its own nginx) or "system" (the user's nginx includes
+            `include_path`).
+        include_path: system mode only (required): the file lockstep writes, holding
+            `upstream <upstream_name> { server HOST:PORT; }`; the user's config must `include` it
+            inside `http { }` and `proxy_pass http://<upstream_name>;`.
+        config_path: system mode only: the user's main nginx config, passed as `-c` to `nginx -t`
+            and to the default reload command; None uses nginx's compiled-in default.
+        reload_command: system mode only: argv run after a successful validation; default
+            `nginx [-c config_path] -s reload`.
+        pid_file: system mode only: the nginx master's pid file, used to wait until the reload has
+            taken effect and for `wait_drained`; default /run/nginx.pid. Unreadable: lockstep
+            returns as soon as the reload command succeeds and cannot observe draining.
+        upstream_host: the host the upstream ports are on.
+        upstream_name: the name of the generated `upstream` block.
+        worker_processes: managed mode only: nginx `worker_processes`.
+        user: managed mode only, when lockstep runs as root: nginx's `user` for the workers;
+            None keeps nginx's default (nobody). Workers never need the state directory.
+        """
+        if mode not in ("managed", "system"):
+            raise UsageError(f"unknown nginx traffic mode {mode!r}", 'use "managed" or "system"')
+        if mode == "system" and include_path is None:
+            raise UsageError(
+                "the nginx traffic switch in system mode needs include_path",
+                "set it to a file your nginx config includes inside http { }",
+            )
+        self.listen_host, self.listen_port = parse_listen(listen)
+        self.listen = listen
+        self.state_directory = Path(state_directory)
+        self.drain_timeout = drain_timeout
+        self.binary = binary
+        self.mode: Mode = mode
+        self.include_path = include_path
+        self.config_path = config_path
+        self.upstream_host = upstream_host
+        self.upstream_name = upstream_name
+        self.worker_processes = worker_processes
+        self.user = user
+        if mode == "managed":
+            self.pid_file = self.state_directory / PID_FILE
+        else:
+            self.pid_file = pid_file if pid_file is not None else Path("/run/nginx.pid")
+        if reload_command is not None:
+            self.reload_command: tuple[str, ...] = tuple(reload_command)
+        else:
+            self.reload_command = (binary, *self._config_arguments(), "-s", "reload")
+        self._log_offset = 0
+        self._counts: Counter[tuple[int, str]] = Counter()
+
+    # -- paths --------------------------------------------------------------------------------
+
+    @property
+    def managed_config(self) -> Path:
+        return self.state_directory / CONFIG_FILE
+
+    @property
+    def error_log(self) -> Path:
+        return self.state_directory / ERROR_LOG
+
+    @property
+    def access_log(self) -> Path:
+        return self.state_directory / ACCESS_LOG
+
+    @property
+    def _written_file(self) -> Path:
+        """The file that holds the active upstream: the whole config (managed) or the include."""
+        if self.mode == "managed":
+            return self.managed_config
+        assert self.include_path is not None
+        return self.include_path
+
+    def _config_arguments(self) -> tuple[str, ...]:
+        if self.mode == "managed":
+            return ("-p", str(self.state_directory), "-e", str(self.error_log), "-c", str(self.managed_config))
+        return ("-c", str(self.config_path)) if self.config_path is not None else ()
+
+    # -- the Protocol -------------------------------------------------------------------------
+
+    def ensure_running(self, initial_port: int) -> None:
+        """Start lockstep's nginx on `initial_port` unless it already runs (then adopt it as is).
+
+        System mode: write the include with `initial_port` if it holds no upstream yet (reloading
+        only a running nginx), and raise when the user's nginx is not running (per `pid_file`);
+        lockstep never starts it.
+        """
+        _check_port(initial_port)
+        if self.mode == "system":
+            running = self._master_pid() is not None
+            if self.active_port() is None:
+                self._switch_system(initial_port, reload=running)
+            if not running:
+                raise LockstepError(
+                    f"the system nginx is not running (no live master in {self.pid_file})",
+                    "start it (e.g. systemctl start nginx) or set pid_file to its pid file",
+                )
+            return
+        if self._master_pid() is not None:
+            return
+        self.state_directory.mkdir(parents=True, exist_ok=True)
+        _ensure_listen_free(self.listen_host, self.listen_port, "nginx")
+        candidate = self._write_candidate(self.render_managed_config(initial_port))
+        try:
+            self._validate(candidate)
+        except LockstepError:
+            candidate.unlink(missing_ok=True)
+            raise
+        os.replace(candidate, self.managed_config)
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_file.unlink()
+        try:
+            run_capture(Command((self.binary, *self._config_arguments())), timeout=START_TIMEOUT)
+        except LockstepError as error:
+            raise LockstepError(
+                f"nginx did not start on {self.listen}: {error.message}",
+                f"is the address free and the binary working? see {self.error_log}",
+            ) from error
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            master = self._master_pid()
+            if master is not None and _live_workers(master):
+                return
+            time.sleep(0.02)
+        raise LockstepError(
+            f"nginx started but no worker came up within {START_TIMEOUT:.0f} s", f"see {self.error_log}"
+        )
+
+    def switch_to(self, port: int) -> None:
+        """Write, validate and load an upstream of `port`; return once new requests go there.
+
+        Raises LockstepError (and changes nothing nginx serves) when the new config fails
+        `nginx -t` or the reload does not take effect.
+        """
+        _check_port(port)
+        if self.mode == "managed":
+            self._switch_managed(port)
+        else:
+            self._switch_system(port)
+
+    def state(self) -> TrafficState:
+        """Whether nginx runs, the active upstream port (from the written config) and counters.
+
+        Counters (managed mode only) come from lockstep's access log: requests and errors (status
+        >= 500, including nginx's own 502/504) per upstream port since the log began. in_flight
+        is always 0 (nginx does not report it per upstream without the commercial API). System
+        mode reports no counters.
+        """
+        running = self._master_pid() is not None
+        active = self.active_port()
+        upstreams: tuple[UpstreamCounters, ...] = ()
+        if self.mode == "managed":
+            upstreams = self._read_counters()
+        return TrafficState(running=running, listen=self.listen, active_port=active, upstreams=upstreams)
+
+    def wait_drained(self, port: int, timeout: float) -> bool:
+        """Wait until no old nginx worker (one from before the last reload) is still alive.
+
+        Old workers only exist while they finish requests (or close long-lived connections)
+        begun before a reload, so once they are gone nothing can be in flight to a port that is
+        no longer active. For the active port this returns True as soon as old workers are gone,
+        since nginx does not count in-flight requests per upstream.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            master = self._master_pid()
+            if master is None or not _shutting_down_workers(master):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Managed: graceful shutdown (SIGQUIT), forced after `drain_timeout`. System: nothing."""
+        if self.mode == "system":
+            return
+        master = self._master_pid()
+        if master is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(master, signal.SIGQUIT)
+        if _wait_for_exit(master, self.drain_timeout):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(master, signal.SIGTERM)
+        if not _wait_for_exit(master, 10.0):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(master, signal.SIGKILL)
+            _wait_for_exit(master, 10.0)
+
+    # -- more --------------------------------------------------------------------------------
+
+    def active_port(self) -> int | None:
+        """The upstream port in the written config (what nginx serves once loaded), or None."""
+        try:
+            text = self._written_file.read_text()
+        except FileNotFoundError:
+            return None
+        match = _SERVER_LINE.search(text.split(f"upstream {self.upstream_name}", 1)[-1])
+        return int(match.group(2)) if match else None
+
+    def render_upstream(self, port: int) -> str:
+        """The `upstream` block; it is all a system-mode include file holds."""
+        host = f"[{self.upstream_host}]" if ":" in self.upstream_host else self.upstream_host
+        return (
+            "# Written by lockstep; every switch rewrites this file. Do not edit.\n"
+            f"upstream {self.upstream_name} {{\n"
+            f"    server {host}:{port};\n"
+            "}\n"
+        )
+
+    def render_managed_config(self, port: int) -> str:
+        """The whole nginx.conf of a managed instance, every path inside the state directory."""
+        state = self.state_directory
+        temp = state / "temp"
+        listen_host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        user = f"user {self.user};\n" if self.user else ""
+        return (
+            "# Written by lockstep (managed nginx traffic switch); every switch rewrites it.\n"
+            f"{user}"
+            f"worker_processes {self.worker_processes};\n"
+            f"pid {state / PID_FILE};\n"
+            f"error_log {self.error_log} notice;\n"
+            "daemon on;\n"
+            "events {\n    worker_connections 4096;\n}\n"
+            "http {\n"
+            "    log_format lockstep '$upstream_addr $status';\n"
+            f"    access_log {self.access_log} lockstep;\n"
+            f"    client_body_temp_path {temp / 'client_body'};\n"
+            f"    proxy_temp_path {temp / 'proxy'};\n"
+            f"    fastcgi_temp_path {temp / 'fastcgi'};\n"
+            f"    uwsgi_temp_path {temp / 'uwsgi'};\n"
+            f"    scgi_temp_path {temp / 'scgi'};\n"
+            "    client_max_body_size 0;\n"
+            # Bodies stream straight through and never touch the temp directories, so workers
+            # (nobody, when lockstep runs as root) need no access to the state directory.
+            "    proxy_request_buffering off;\n"
+            "    proxy_max_temp_file_size 0;\n"
+            "    keepalive_timeout 75s;\n"
+            "    map $http_upgrade $lockstep_connection {\n        default upgrade;\n        '' close;\n    }\n"
+            + "".join("    " + line + "\n" for line in self.render_upstream(port).splitlines())
+            + "    server {\n"
+            f"        listen {listen_host}:{self.listen_port};\n"
+            "        location / {\n"
+            f"            proxy_pass http://{self.upstream_name};\n"
+            "            proxy_http_version 1.1;\n"
+            "            proxy_set_header Host $http_host;\n"
+            "            proxy_set_header Upgrade $http_upgrade;\n"
+            "            proxy_set_header Connection $lockstep_connection;\n"
+            "            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
+            "            proxy_set_header X-Forwarded-Proto $scheme;\n"
+            "            proxy_read_timeout 3600s;\n"
+            "            proxy_send_timeout 3600s;\n"
+            "        }\n"
+            "    }\n"
+            "}\n"
+        )
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _switch_managed(self, port: int) -> None:
+        master = self._master_pid()
+        if master is None:
+            raise LockstepError(
+                f"lockstep's nginx is not running (no live master in {self.pid_file})",
+                "start it first (ensure_running), e.g. by running the deploy again",
+            )
+        candidate = self._write_candidate(self.render_managed_config(port))
+        try:
+            self._validate(candidate)
+        except LockstepError:
+            candidate.unlink(missing_ok=True)
+            raise
+        os.replace(candidate, self.managed_config)
+        _fsync_directory(self.managed_config.parent)
+        self._reload_and_wait(master, lambda: os.kill(master, signal.SIGHUP))
+
+    def _switch_system(self, port: int, reload: bool = True) -> None:
+        assert self.include_path is not None
+        include = self.include_path
+        try:
+            previous: bytes | None = include.read_bytes()
+        except FileNotFoundError:
+            previous = None
+        # nginx -t must see the new include where the user's config includes it, so the new file
+        # goes live on disk first and the old one comes back if validation fails; nginx itself
+        # only reads it on the reload below.
+        candidate = self._write_candidate(self.render_upstream(port), target=include)
+        os.replace(candidate, include)
+        try:
+            self._validate(self.config_path)
+        except LockstepError:
+            if previous is None:
+                include.unlink(missing_ok=True)
+            else:
+                restore = self._write_candidate(previous.decode(), target=include)
+                os.replace(restore, include)
+            raise
+        _fsync_directory(include.parent)
+        if not reload:
+            return
+        master = self._master_pid()
+
+        def run_reload() -> None:
+            try:
+                run_capture(Command(self.reload_command), timeout=RELOAD_TIMEOUT)
+            except LockstepError as error:
+                raise LockstepError(
+                    f"the nginx reload command failed: {error.message}",
+                    f"check the reload_command setting ({Command(self.reload_command).display()})",
+                ) from error
+
+        if master is None:
+            run_reload()
+            return
+        self._reload_and_wait(master, run_reload)
+
+    def _reload_and_wait(self, master: int, reload: Callable[[], None]) -> None:
+        """Trigger a reload and wait until every worker that predates it stopped accepting."""
+        before = set(_live_workers(master))
+        reload()
+        deadline = time.monotonic() + RELOAD_TIMEOUT
+        while time.monotonic() < deadline:
+            live = set(_live_workers(master))
+            if live and not (live & before):
+                return
+            if not _process_alive(master):
+                raise LockstepError("nginx exited during the reload", f"see {self._error_log_hint()}")
+            time.sleep(0.005)
+        raise LockstepError(
+            f"nginx did not apply the new upstream within {RELOAD_TIMEOUT:.0f} s",
+            f"see {self._error_log_hint()}; the old upstream may still serve",
+        )
+
+    def _error_log_hint(self) -> str:
+        return str(self.error_log) if self.mode == "managed" else "nginx's error log"
+
+    def _validate(self, config: Path | None) -> None:
+        """`nginx -t` the given main config; a failure raises with nginx's own words."""
+        if self.mode == "managed":
+            assert config is not None
+            argv: tuple[str, ...] = (
+                self.binary,
+                "-t",
+                "-q",
+                "-p",
+                str(self.state_directory),
+                "-e",
+                str(self.error_log),
+                "-c",
+                str(config),
+            )
+        else:
+            argv = (self.binary, "-t", "-q", *(("-c", str(config)) if config is not None else ()))
+        try:
+            run_capture(Command(argv), timeout=RELOAD_TIMEOUT)
+        except LockstepError as error:
+            raise LockstepError(
+                f"the new nginx config failed validation, nothing was reloaded: {error.message}",
+                "the previous upstream keeps serving; fix the nginx config and switch again",
+            ) from error
+
+    def _write_candidate(self, text: str, target: Path | None = None) -> Path:
+        """Write `text` next to `target` (so os.replace is atomic) and fsync it."""
+        destination = target if target is not None else self.managed_config
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        candidate = destination.with_name(f".{destination.name}.{os.getpid()}.next")
+        with open(candidate, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if self.mode == "managed":
+            (self.state_directory / "temp").mkdir(exist_ok=True)
+        return candidate
+
+    def _master_pid(self) -> int | None:
+        """The live nginx master from the pid file, or None (missing, stale or not nginx)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, PermissionError, ValueError):
+            return None
+        if not _process_alive(pid) or "nginx" not in _command_line(pid):
+            return None
+        return pid
+
+    def _read_counters(self) -> tuple[UpstreamCounters, ...]:
+        """Fold new access-log lines into per-port request and error counts."""
+        try:
+            with open(self.access_log, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size < self._log_offset:  # rotated or truncated: start over
+                    self._log_offset = 0
+                    self._counts.clear()
+                handle.seek(self._log_offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return ()
+        complete = data.rfind(b"\n") + 1
+        self._log_offset += complete
+        for line in data[:complete].decode("utf-8", "replace").splitlines():
+            fields = line.rsplit(" ", 1)
+            if len(fields) != 2:
+                continue
+            addresses, status = fields
+            # "$upstream_addr" lists every upstream tried ("a:1, a:2"); the last one answered.
+            last = addresses.split(",")[-1].strip().rsplit(":", 1)
+            if len(last) != 2 or not last[1].isdigit():
+                continue
+            port = int(last[1])
+            self._counts[(port, "requests")] += 1
+            if status.isdigit() and int(status) >= 500:
+                self._counts[(port, "errors")] += 1
+        ports = sorted({port for port, _ in self._counts})
+        return tuple(
+            UpstreamCounters(
+                port=port, requests=self._counts[(port, "requests")], errors=self._counts[(port, "errors")]
+            )
+            for port in ports
+        )
+
+
+# -- helpers shared in spirit with traffic/haproxy.py ---------------------------------------
+
+
+@dataclass(frozen=True)
+class _Process:
+    pid: int
+    parent: int
+    command_line: str
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """Split "HOST:PORT" (or "[v6]:PORT", or ":PORT" meaning every address)."""
+    host, separator, port_text = listen.rpartition(":")
+    if not separator or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise UsageError(f"bad listen address {listen!r}", 'write it as "HOST:PORT", e.g. "127.0.0.1:8080"')
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port_text)
+
+
+def _check_port(port: int) -> None:
+    if not 0 < port < 65536:
+        raise UsageError(f"bad upstream port {port}", "use a TCP port between 1 and 65535")
+
+
+def _ensure_listen_free(host: str, port: int, server: str) -> None:
+    """Fail early, and clearly, when something already listens where the proxy should."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            reason = "another program already listens there" if error.errno == errno.EADDRINUSE else error.strerror
+            raise LockstepError(
+                f"{server} cannot listen on {host}:{port}: {reason}",
+                "stop that program or set another [traffic] listen address",
+            ) from error
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) is not alive for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def _command_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    except (FileNotFoundError, PermissionError, ProcessLookupError):
+        return ""
+
+
+def _children(parent: int) -> list[_Process]:
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                after_name = handle.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if after_name[0] == "Z" or int(after_name[1]) != parent:
+            continue
+        children.append(_Process(int(entry), parent, _command_line(int(entry))))
+    return children
+
+
+def _live_workers(master: int) -> list[int]:
+    """Workers that accept new connections (nginx renames old ones "...is shutting down")."""
+    return [
+        child.pid
+        for child in _children(master)
+        if "worker process" in child.command_line and "shutting down" not in child.command_line
+    ]
+
+
+def _shutting_down_workers(master: int) -> list[int]:
+    return [child.pid for child in _children(master) if "shutting down" in child.command_line]
+
+
+def _wait_for_exit(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _process_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,368 @@
+"""The HAProxy traffic switch against a real HAProxy (master-worker) on loopback: switches under
+load drop nothing, a config that fails `haproxy -c` is never loaded, a running instance is
+adopted, stop is graceful, and system mode drives a user's own HAProxy through an extra -f file."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from lockstep.errors import LockstepError
+from lockstep.traffic.base import UpstreamCounters
+from lockstep.traffic.haproxy import HaproxySwitch
+from tests.conftest import require_binary
+from tests.traffic.backend import BackendProcess, start_backend
+from tests.traffic.load import LoadGenerator
+
+SWITCHES = 10
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def get(port: int, path: str = "/", timeout: float = 30.0) -> tuple[int, str]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def process_gone(pid: int) -> bool:
+    """Exited (a zombie counts: a container's init may never reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+@pytest.fixture(scope="module")
+def haproxy_binary() -> str:
+    return require_binary("haproxy", "apt-get install haproxy")
+
+
+@pytest.fixture(scope="module")
+def backends() -> Iterator[tuple[BackendProcess, BackendProcess]]:
+    """Two real HTTP backends, "blue" and "green", shared by the tests of this file."""
+    blue = start_backend("blue")
+    try:
+        green = start_backend("green")
+        try:
+            yield blue, green
+        finally:
+            green.stop()
+    finally:
+        blue.stop()
+
+
+@pytest.fixture
+def managed(tmp_path: Path, haproxy_binary: str) -> Iterator[HaproxySwitch]:
+    """A managed switch on a free loopback port; its HAProxy is stopped afterwards whatever happens."""
+    switch = HaproxySwitch(f"127.0.0.1:{free_port()}", tmp_path / "st", binary=haproxy_binary, drain_timeout=20)
+    try:
+        yield switch
+    finally:
+        switch.stop()
+
+
+def test_ten_switches_under_load_drop_no_request(
+    managed: HaproxySwitch, backends: tuple[BackendProcess, BackendProcess]
+) -> None:
+    """Continuous GET/POST load over keep-alive and fresh connections sees zero failures through
+    ten alternating reloads, both backends serve, and each switch is in effect when it returns."""
+    blue, green = backends
+    managed.ensure_running(blue.port)
+    assert get(managed.listen_port) == (200, "blue")
+    load = LoadGenerator(f"http://{managed.listen}", threads=4).start()
+    try:
+        for number in range(SWITCHES):
+            load.wait_for_requests(load._report.requests + 40, timeout=60)
+            target = green if number % 2 == 0 else blue
+            managed.switch_to(target.port)
+            assert get(managed.listen_port) == (200, target.name)
+            assert managed.state().active_port == target.port
+        load.wait_for_requests(load._report.requests + 40, timeout=60)
+    finally:
+        report = load.stop()
+    assert report.failures == 0, report.failure_reasons
+    assert report.bodies_seen["blue"] > 0 and report.bodies_seen["green"] > 0, report.bodies_seen
+    assert managed.wait_drained(green.port, timeout=30)
+    state = managed.state()
+    assert state.running and state.active_port == blue.port
+    counters = {counter.port: counter for counter in state.upstreams}
+    assert counters[blue.port].requests > 0 and counters[blue.port].errors == 0
+    assert green.port not in counters  # the new worker only knows the active server
+
+
+def test_in_flight_request_finishes_on_old_upstream_and_drains(
+    managed: HaproxySwitch, backends: tuple[BackendProcess, BackendProcess]
+) -> None:
+    """A slow request begun before a switch is answered by the old backend; wait_drained is False
+    while the old worker still serves it and True once that worker has exited."""
+    blue, green = backends
+    managed.ensure_running(blue.port)
+    result: list[tuple[int, str]] = []
+    slow = threading.Thread(target=lambda: result.append(get(managed.listen_port, "/slow?ms=2500")))
+    slow.start()
+    try:
+        assert wait_until(lambda: any(counter.in_flight for counter in managed.state().upstreams))
+        managed.switch_to(green.port)
+        assert get(managed.listen_port) == (200, "green")
+        assert not managed.wait_drained(blue.port, timeout=0.2)
+        assert managed.wait_drained(blue.port, timeout=30)
+    finally:
+        slow.join(30)
+    assert result == [(200, "blue")]
+
+
+def test_websocket_stays_on_old_upstream_across_a_switch(
+    managed: HaproxySwitch, backends: tuple[BackendProcess, BackendProcess]
+) -> None:
+    """An open WebSocket keeps talking to the old backend after a switch (the old worker keeps it)
+    while new requests go to the new one; wait_drained reports it until it closes."""
+    blue, green = backends
+    managed.ensure_running(blue.port)
+
+    async def scenario() -> None:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"http://{managed.listen}/ws") as websocket,
+        ):
+            await websocket.send_str("before")
+            assert (await websocket.receive(timeout=30)).data == "before"
+            await asyncio.to_thread(managed.switch_to, green.port)
+            assert await asyncio.to_thread(get, managed.listen_port) == (200, "green")
+            await websocket.send_str("after")
+            assert (await websocket.receive(timeout=30)).data == "after"
+            assert not await asyncio.to_thread(managed.wait_drained, blue.port, 0.2)
+
+    asyncio.run(scenario())
+    assert managed.wait_drained(blue.port, timeout=30)
+
+
+def test_counters_count_requests_and_errors_per_port(
+    managed: HaproxySwitch, backends: tuple[BackendProcess, BackendProcess]
+) -> None:
+    """state() counts requests per upstream port, and a dead upstream's 502/503 answers as errors."""
+    blue, _ = backends
+    managed.ensure_running(blue.port)
+    for _ in range(3):
+        assert get(managed.listen_port) == (200, "blue")
+    dead = free_port()
+    managed.switch_to(dead)
+    for _ in range(2):
+        assert get(managed.listen_port)[0] in (502, 503)
+    counters: dict[int, UpstreamCounters] = {}
+
+    def counted() -> bool:
+        counters.update({counter.port: counter for counter in managed.state().upstreams})
+        return dead in counters and counters[dead].requests >= 2
+
+    assert wait_until(counted)
+    assert counters[dead].errors >= 2
+
+
+def test_config_failing_validation_is_never_loaded(
+    managed: HaproxySwitch, backends: tuple[BackendProcess, BackendProcess], haproxy_binary: str
+) -> None:
+    """A switch whose config haproxy -c rejects raises LockstepError and leaves the written config
+    and the served backend as they were."""
+    blue, green = backends
+    managed.ensure_running(blue.port)
+    before = managed.managed_config.read_text()
+    broken = HaproxySwitch(managed.listen, managed.state_directory, binary=haproxy_binary, upstream_host="two words")
+    with pytest.raises(LockstepError, match="failed validation"):
+        broken.switch_to(green.port)
+    assert managed.managed_config.read_text() == before
+    assert get(managed.listen_port) == (200, "blue")
+    assert managed.state().active_port == blue.port
+    assert not list(managed.state_directory.glob(".*.next"))
+
+
+def test_running_instance_is_adopted_with_its_upstream(
+    managed: HaproxySwitch, backends: tuple[BackendProcess, BackendProcess], haproxy_binary: str
+) -> None:
+    """A second switch on the same state directory adopts the running HAProxy: same master,
+    backend kept, not the `initial_port` it was given."""
+    blue, green = backends
+    managed.ensure_running(blue.port)
+    managed.switch_to(green.port)
+    master = managed.pid_file.read_text()
+    later = HaproxySwitch(managed.listen, managed.state_directory, binary=haproxy_binary)
+    later.ensure_running(blue.port)
+    assert managed.pid_file.read_text() == master
+    assert later.state().active_port == green.port
+    assert get(managed.listen_port) == (200, "green")
+
+
+def test_active_upstream_survives_a_restart(
+    managed: HaproxySwitch, backends: tuple[BackendProcess, BackendProcess], haproxy_binary: str
+) -> None:
+    """HAProxy restarted from the generated config serves the last switched-to backend."""
+    blue, green = backends
+    managed.ensure_running(blue.port)
+    managed.switch_to(green.port)
+    managed.stop()
+    assert not managed.state().running
+    subprocess.run(
+        [haproxy_binary, "-W", "-D", "-p", str(managed.pid_file), "-f", str(managed.managed_config)],
+        check=True,
+        timeout=30,
+    )
+    assert wait_until(lambda: managed.state().running)
+    assert wait_until(lambda: get(managed.listen_port) == (200, "green"))
+
+
+def test_stop_lets_in_flight_requests_finish(
+    managed: HaproxySwitch, backends: tuple[BackendProcess, BackendProcess]
+) -> None:
+    """stop() is graceful: a request in flight is answered, then HAProxy is gone."""
+    blue, _ = backends
+    managed.ensure_running(blue.port)
+    result: list[tuple[int, str]] = []
+    slow = threading.Thread(target=lambda: result.append(get(managed.listen_port, "/slow?ms=1500")))
+    slow.start()
+    assert wait_until(lambda: any(counter.in_flight for counter in managed.state().upstreams))
+    managed.stop()
+    slow.join(30)
+    assert result == [(200, "blue")]
+    assert not managed.state().running
+    with pytest.raises(OSError):
+        get(managed.listen_port, timeout=5)
+
+
+def test_listen_address_taken_gives_a_clear_error(tmp_path: Path, haproxy_binary: str) -> None:
+    """When another program listens on the configured address, ensure_running says so."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        switch = HaproxySwitch(f"127.0.0.1:{port}", tmp_path / "st", binary=haproxy_binary)
+        with pytest.raises(LockstepError, match="already listens") as raised:
+            switch.ensure_running(free_port())
+        assert raised.value.hint and "listen" in raised.value.hint
+        assert not switch.state().running
+
+
+def test_system_mode_writes_backend_validates_and_reloads(
+    tmp_path: Path, backends: tuple[BackendProcess, BackendProcess], haproxy_binary: str
+) -> None:
+    """A user's own HAProxy that loads lockstep's backend file with an extra -f: switch_to rewrites
+    it, validates the user's config with it, runs the reload command and sees the new worker; a
+    backend that fails validation is put back and the old backend keeps serving."""
+    blue, green = backends
+    listen_port = free_port()
+    include = tmp_path / "lockstep-backend.cfg"
+    main = tmp_path / "haproxy.cfg"
+    pid_file = tmp_path / "haproxy.pid"
+    master_socket = tmp_path / "master.sock"
+    stats_socket = tmp_path / "stats.sock"
+    main.write_text(
+        "global\n"
+        f"    stats socket {stats_socket} mode 600 level admin expose-fd listeners\n"
+        "defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"
+        f"frontend web\n    bind 127.0.0.1:{listen_port}\n    default_backend app\n"
+    )
+    switch = HaproxySwitch(
+        f"127.0.0.1:{listen_port}",
+        tmp_path / "lockstep-state",
+        binary=haproxy_binary,
+        mode="system",
+        include_path=include,
+        config_path=main,
+        master_socket=master_socket,
+        stats_socket=stats_socket,
+        backend_name="app",
+    )
+    with pytest.raises(LockstepError, match="not running"):
+        switch.ensure_running(blue.port)  # writes the include, then finds no HAProxy to reload
+    assert switch.active_port() == blue.port
+    subprocess.run(
+        [
+            haproxy_binary,
+            "-W",
+            "-D",
+            "-S",
+            str(master_socket),
+            "-p",
+            str(pid_file),
+            "-f",
+            str(main),
+            "-f",
+            str(include),
+        ],
+        check=True,
+        timeout=30,
+    )
+    master = int(pid_file.read_text().split()[0])
+    try:
+        assert wait_until(lambda: switch.state().running)
+        switch.ensure_running(green.port)  # running, include present: nothing changes
+        assert get(listen_port) == (200, "blue")
+        # what `systemctl reload haproxy` does under Debian's unit file
+        switch.reload_command = ("kill", "-USR2", str(master))
+        switch.switch_to(green.port)
+        assert f"server port_{green.port} 127.0.0.1:{green.port}" in include.read_text()
+        assert get(listen_port) == (200, "green")
+        assert switch.state().active_port == green.port
+        assert switch.wait_drained(blue.port, timeout=30)
+
+        before = include.read_text()
+        broken = HaproxySwitch(
+            switch.listen,
+            tmp_path / "lockstep-state",
+            binary=haproxy_binary,
+            mode="system",
+            include_path=include,
+            config_path=main,
+            reload_command=("false",),
+            backend_name="app",
+            upstream_host="two words",
+        )
+        with pytest.raises(LockstepError, match="failed validation"):
+            broken.switch_to(blue.port)
+        assert include.read_text() == before
+        assert get(listen_port) == (200, "green")
+
+        failing_reload = HaproxySwitch(
+            switch.listen,
+            tmp_path / "lockstep-state",
+            binary=haproxy_binary,
+            mode="system",
+            include_path=include,
+            config_path=main,
+            reload_command=("false",),
+            backend_name="app",
+        )
+        with pytest.raises(LockstepError, match="reload command failed"):
+            failing_reload.switch_to(blue.port)
+        switch.stop()  # system mode: never stops the user's HAProxy
+        assert get(listen_port) == (200, "green")
+    finally:
+        os.kill(master, signal.SIGUSR1)
+        assert wait_until(lambda: process_gone(master))
