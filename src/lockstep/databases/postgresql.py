@@ -63,11 +63,33 @@ class PostgresqlAdapter:
     engine = "postgresql"
     dump_format = DumpFormat(name="postgresql-custom", extension=".dump", seekable_restore_is_faster=True)
 
-    def dump(self, url: str, password: str | None) -> StreamingProcess:
+    def dump(self, url: str, password: str | None) -> PostgresqlDump:
+        """pg_dump inside a snapshot exported from a transaction we keep open.
+
+        The same snapshot then serves `consistent_info()`, so the manifest's row counts and
+        checksums describe exactly the rows in the dump, even while the application writes.
+        """
         location = ServerLocation.parse(url)
-        return StreamingProcess(
-            _tool_command(location, password, "pg_dump", "--format=custom", "--compress=0", location.database)
-        )
+        connection = _connect(location, password, location.database)
+        try:
+            connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            connection.read_only = True
+            snapshot = _scalar(connection, "SELECT pg_export_snapshot()")
+            process = StreamingProcess(
+                _tool_command(
+                    location,
+                    password,
+                    "pg_dump",
+                    "--format=custom",
+                    "--compress=0",
+                    f"--snapshot={snapshot}",
+                    location.database,
+                )
+            )
+        except BaseException:
+            connection.close()
+            raise
+        return PostgresqlDump(process, connection, location)
 
     def inspect(self, url: str, password: str | None) -> DatabaseInfo:
         location = ServerLocation.parse(url)
@@ -75,18 +97,7 @@ class PostgresqlAdapter:
             # One snapshot for all tables, so counts and checksums describe a single moment.
             connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             connection.read_only = True
-            version = _scalar(connection, "SHOW server_version")
-            tables: list[TableInfo] = []
-            for schema, table, key_columns in connection.execute(TABLES_QUERY).fetchall():
-                tables.append(_fingerprint(connection, schema, table, key_columns))
-            migration_table, migration_version = _migration(connection, {t.name for t in tables})
-        return DatabaseInfo(
-            engine=self.engine,
-            server_version=version,
-            tables=tables,
-            migration_version=migration_version,
-            migration_table=migration_table,
-        )
+            return _database_info(connection, location)
 
     def restore(self, url: str, password: str | None, source: IO[bytes] | Path, create: bool) -> None:
         location = ServerLocation.parse(url)
@@ -124,6 +135,51 @@ class PostgresqlAdapter:
             if exists is None:
                 statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(location.database))
                 _execute(connection, statement, location)
+
+
+class PostgresqlDump:
+    """A running pg_dump and the transaction whose snapshot it reads; both end with the dump."""
+
+    def __init__(self, process: StreamingProcess, connection: Connection, location: ServerLocation) -> None:
+        self._process = process
+        self._connection = connection
+        self._location = location
+        self.command = process.command
+        self.stdout: IO[bytes] = process.stdout
+
+    def consistent_info(self) -> DatabaseInfo:
+        """Counts and checksums from the dump's own snapshot."""
+        try:
+            return _database_info(self._connection, self._location)
+        except psycopg.Error as error:
+            raise SourceError(f"cannot inspect {self._location.display()}: {str(error).strip()}") from None
+
+    def finish(self) -> None:
+        try:
+            self._process.finish()
+        finally:
+            self._connection.close()
+
+    def kill(self) -> None:
+        try:
+            self._process.kill()
+        finally:
+            self._connection.close()
+
+
+def _database_info(connection: Connection, location: ServerLocation) -> DatabaseInfo:
+    version = _scalar(connection, "SHOW server_version")
+    tables: list[TableInfo] = []
+    for schema, table, key_columns in connection.execute(TABLES_QUERY).fetchall():
+        tables.append(_fingerprint(connection, schema, table, key_columns))
+    migration_table, migration_version = _migration(connection, {t.name for t in tables})
+    return DatabaseInfo(
+        engine="postgresql",
+        server_version=version,
+        tables=tables,
+        migration_version=migration_version,
+        migration_table=migration_table,
+    )
 
 
 # Annotated so that mypy checks the class against the Protocol.

@@ -44,6 +44,10 @@ class FileDump:
         self._path = path
         self.stdout: IO[bytes] = path.open("rb")
 
+    def consistent_info(self) -> DatabaseInfo:
+        """Counts and checksums of the copy itself: exactly what the snapshot stores."""
+        return ADAPTER.inspect(f"sqlite:///{self._path}", None)
+
     def finish(self) -> None:
         self.stdout.close()
         self._path.unlink(missing_ok=True)

@@ -223,10 +223,24 @@ def _store_database(builder: SnapshotBuilder, name: str, database: DatabaseConfi
     adapter: DatabaseAdapter = adapter_for(database.url)
     password = database_password(name, database)
     path = f"/databases/{name}{adapter.dump_format.extension}"
+    inspected = "after-dump"
     try:
         dump = adapter.dump(database.url, password)
+        info = None
+        consistent_info = getattr(dump, "consistent_info", None)
+        if consistent_info is not None:
+            # The dump's own snapshot (SQLite's backup copy, PostgreSQL's exported snapshot):
+            # the fingerprint is exactly what is stored, so a restore can be checked strictly
+            # even while the application keeps writing.
+            try:
+                info = consistent_info()
+                inspected = "dump"
+            except BaseException:
+                dump.kill()
+                raise
         size, sha256 = _store_stream(builder, path, dump)
-        info = adapter.inspect(database.url, password)
+        if info is None:
+            info = adapter.inspect(database.url, password)
     except SourceError as error:
         message = f"database {name} ({redact_url(database.url)}): {error.message}"
         if "no snapshot was written" not in message:
@@ -242,6 +256,7 @@ def _store_database(builder: SnapshotBuilder, name: str, database: DatabaseConfi
         tables=[TableRecord(name=table.name, rows=table.rows, checksum=table.checksum) for table in info.tables],
         migration_version=info.migration_version,
         migration_table=info.migration_table,
+        inspected=inspected,
     )
 
 
