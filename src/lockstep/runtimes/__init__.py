@@ -1,0 +1,1 @@
+"""Runtimes: what starts, supervises and stops the application's processes (today: local processes)."""
