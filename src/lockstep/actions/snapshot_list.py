@@ -12,6 +12,7 @@ from lockstep.pipeline.snapshot import (
     is_lockstep_snapshot,
     load_manifest,
 )
+from lockstep.pipeline.verification_records import VerificationResult, latest_results
 from lockstep.repository.repository import Repository
 from lockstep.repository.snapshot import Snapshot
 
@@ -20,6 +21,7 @@ from lockstep.repository.snapshot import Snapshot
 class ListedSnapshot:
     snapshot: Snapshot
     manifest: Manifest
+    verification: VerificationResult | None = None  # the newest `snapshot verify` result, if any
 
 
 def lockstep_snapshots(repository: Repository, environment: str | None = None) -> list[Snapshot]:
@@ -33,9 +35,11 @@ def lockstep_snapshots(repository: Repository, environment: str | None = None) -
 
 
 def list_snapshots(access: RepositoryAccess, environment: str | None = None) -> list[ListedSnapshot]:
-    """Every coordinated snapshot with its manifest, oldest first."""
+    """Every coordinated snapshot with its manifest and last verification, oldest first."""
     with access.session(lock=False) as repository:
+        snapshots = lockstep_snapshots(repository, environment)
+        verifications = latest_results(repository, [snapshot.id for snapshot in snapshots])
         return [
-            ListedSnapshot(snapshot, load_manifest(repository, snapshot))
-            for snapshot in lockstep_snapshots(repository, environment)
+            ListedSnapshot(snapshot, load_manifest(repository, snapshot), verifications.get(snapshot.id))
+            for snapshot in snapshots
         ]

@@ -15,6 +15,7 @@ from lockstep.actions.snapshot_show import show_snapshot
 from lockstep.cli.output import console, human_bytes, print_json
 from lockstep.pipeline.code import SHORT_COMMIT_LENGTH
 from lockstep.pipeline.manifest import Manifest
+from lockstep.pipeline.verification_records import describe_state
 from lockstep.repository.snapshot import Snapshot
 
 
@@ -109,7 +110,7 @@ def list_command(config_path: Path | None, environment: str | None, json_output:
     project = load_project(Path.cwd(), config_path, environment)
     listed = list_snapshots(project.access, environment)
     if _wants_json(json_output):
-        print_json([manifest_document(item.snapshot, item.manifest) for item in listed])
+        print_json([_listed_document(item) for item in listed])
         return
     table = Table()
     for title in ("ID", "Time", "Commit"):
@@ -118,6 +119,7 @@ def list_command(config_path: Path | None, environment: str | None, json_output:
     for title in ("Kind", "Environment"):
         table.add_column(title)
     table.add_column("Size", justify="right", no_wrap=True)
+    table.add_column("Verified", no_wrap=True)
     for item in listed:
         manifest = item.manifest
         table.add_row(
@@ -128,9 +130,27 @@ def list_command(config_path: Path | None, environment: str | None, json_output:
             manifest.kind,
             manifest.environment or "default",
             human_bytes(manifest.stored_size),
+            describe_state(item.verification),
         )
     console.print(table)
     console.print(f"{len(listed)} snapshots")
+
+
+def _listed_document(item: ListedSnapshot) -> dict[str, Any]:
+    """A `list --json` entry: the manifest document plus the last verification (or None)."""
+    verification = item.verification
+    return {
+        **manifest_document(item.snapshot, item.manifest),
+        "verification": None
+        if verification is None
+        else {
+            "level": verification.level,
+            "ok": verification.ok,
+            "started": verification.started,
+            "seconds": round(verification.seconds, 3),
+            "state": describe_state(verification),
+        },
+    }
 
 
 def _print_manifest(item: ListedSnapshot) -> None:

@@ -1,0 +1,53 @@
+"""`lockstep snapshot diff`: what changed in the live databases since a snapshot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lockstep.actions.snapshot_create import load_project
+from lockstep.actions.snapshot_list import lockstep_snapshots
+from lockstep.actions.snapshot_show import resolve_reference
+from lockstep.errors import UsageError
+from lockstep.pipeline.diff import DatabaseDiff, diff_database
+from lockstep.pipeline.restore import ServerAccess, database_record
+from lockstep.pipeline.snapshot import database_password, load_manifest
+from lockstep.repository.snapshot import Snapshot
+
+
+@dataclass(frozen=True)
+class SnapshotDiff:
+    snapshot: Snapshot
+    databases: list[DatabaseDiff]
+    skipped: list[str] = field(default_factory=list)  # in the snapshot, but no longer in lockstep.toml
+
+
+def diff(
+    start: Path,
+    reference: str,
+    database: str | None = None,
+    config_path: Path | None = None,
+    environment: str | None = None,
+) -> SnapshotDiff:
+    """Compare every database of the snapshot (or only `database`) with its live counterpart."""
+    project = load_project(start, config_path, environment)
+    configured = project.config.databases
+    if database is not None and database not in configured:
+        raise UsageError(f"there is no database {database!r} in lockstep.toml", "name one of its [databases.NAME]")
+    with project.access.session(exclusive=False) as repository:
+        snapshot = resolve_reference(lockstep_snapshots(repository), reference)
+        manifest = load_manifest(repository, snapshot)
+        if database is not None:
+            database_record(manifest, snapshot, database)
+            names = [database]
+        else:
+            names = list(manifest.databases)
+        diffs: list[DatabaseDiff] = []
+        skipped: list[str] = []
+        for name in names:
+            if name not in configured:
+                skipped.append(name)
+                continue
+            live = ServerAccess(configured[name].url, database_password(name, configured[name]))
+            diffs.append(diff_database(repository, snapshot, manifest, name, live))
+        return SnapshotDiff(snapshot=snapshot, databases=diffs, skipped=skipped)

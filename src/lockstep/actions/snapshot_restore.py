@@ -1,0 +1,208 @@
+"""`lockstep snapshot restore`: bring databases, code or files back from a coordinated snapshot.
+
+Restoring a live database in place is the one step here that destroys data, so it goes:
+say what the restore discards (a diff of live against the snapshot) and get a confirmation,
+then take a `pre-restore` snapshot of exactly the databases about to be replaced (as late as
+possible, so it holds the last writes), restore, and check the restored tables against the
+manifest. Any failure names the database and the pre-restore snapshot that brings it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lockstep.actions.snapshot_create import ProjectContext, load_project
+from lockstep.actions.snapshot_list import lockstep_snapshots
+from lockstep.actions.snapshot_show import resolve_reference
+from lockstep.config.model import FilesConfig
+from lockstep.databases import adapter_for
+from lockstep.errors import LockstepError, UsageError
+from lockstep.pipeline.diff import DatabaseDiff, diff_database
+from lockstep.pipeline.manifest import FileRecord, Manifest
+from lockstep.pipeline.restore import (
+    RestoredDatabase,
+    ServerAccess,
+    database_record,
+    restore_code,
+    restore_database,
+    restore_files,
+    target_state,
+)
+from lockstep.pipeline.snapshot import SnapshotRequest, create_snapshot, database_password, load_manifest
+from lockstep.repository.repository import Repository
+from lockstep.repository.snapshot import Snapshot
+
+PRE_RESTORE_KIND = "pre-restore"
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """What the user asked to restore; with no database, code or files: every database in place."""
+
+    reference: str
+    database: str | None = None
+    to_url: str | None = None
+    code_directory: Path | None = None
+    files_directory: Path | None = None
+    yes: bool = False
+
+    @property
+    def everything(self) -> bool:
+        return self.database is None and self.code_directory is None and self.files_directory is None
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    """What an in-place restore will discard, shown before asking for confirmation."""
+
+    snapshot: Snapshot
+    databases: list[str]
+    diffs: list[DatabaseDiff]
+
+
+@dataclass
+class RestoreOutcome:
+    snapshot: Snapshot
+    manifest: Manifest
+    pre_restore: Snapshot | None = None
+    databases: list[RestoredDatabase] = field(default_factory=list)
+    diffs: list[DatabaseDiff] = field(default_factory=list)
+    code: str | None = None
+    files: list[FileRecord] = field(default_factory=list)
+    hints: list[str] = field(default_factory=list)
+
+
+class RestoreCancelled(LockstepError):
+    """The user said no: nothing was changed."""
+
+
+Confirm = Callable[[RestorePlan], bool]
+
+
+def restore(
+    start: Path,
+    request: RestoreRequest,
+    confirm: Confirm,
+    config_path: Path | None = None,
+    environment: str | None = None,
+) -> RestoreOutcome:
+    """Restore what `request` names; `confirm` is asked before live databases are replaced
+    (unless request.yes). Raises RestoreCancelled when it says no."""
+    if request.to_url is not None and request.database is None:
+        raise UsageError("--to needs --database NAME", "name the database of the snapshot to restore there")
+    project = load_project(start, config_path, environment)
+    with project.access.session(exclusive=False) as repository:
+        snapshot = resolve_reference(lockstep_snapshots(repository), request.reference)
+        manifest = load_manifest(repository, snapshot)
+        outcome = RestoreOutcome(snapshot=snapshot, manifest=manifest)
+        if request.database is not None and request.to_url is not None:
+            database_record(manifest, snapshot, request.database)
+            target = ServerAccess(request.to_url, _password_for(project, request.database))
+            outcome.databases.append(
+                restore_database(repository, snapshot, manifest, request.database, target, replace=request.yes)
+            )
+        else:
+            names = _in_place_names(project, manifest, snapshot, request, outcome)
+            if names:
+                _restore_in_place(
+                    repository, project, snapshot, manifest, names, request, confirm, outcome, environment
+                )
+        if request.code_directory is not None:
+            work_tree = project.config.code.path if project.config.code.kind == "git" else None
+            outcome.code = restore_code(repository, snapshot, manifest, work_tree, request.code_directory)
+        if request.files_directory is not None:
+            outcome.files = restore_files(repository, snapshot, manifest, request.files_directory)
+        if request.everything:
+            if manifest.code is not None:
+                outcome.hints.append(f"the code can be restored with --code DIR ({_describe_code(manifest)})")
+            if manifest.files:
+                outcome.hints.append(f"{len(manifest.files)} config and secret files can be restored with --files DIR")
+        return outcome
+
+
+def _password_for(project: ProjectContext, name: str) -> str | None:
+    database = project.config.databases.get(name)
+    return None if database is None else database_password(name, database)
+
+
+def _describe_code(manifest: Manifest) -> str:
+    code = manifest.code
+    assert code is not None
+    return f"git commit {code.commit[:12]}" if code.commit else f"{code.kind} {code.path}"
+
+
+def _in_place_names(
+    project: ProjectContext, manifest: Manifest, snapshot: Snapshot, request: RestoreRequest, outcome: RestoreOutcome
+) -> list[str]:
+    configured = project.config.databases
+    if request.database is not None:
+        database_record(manifest, snapshot, request.database)
+        if request.database not in configured:
+            raise UsageError(
+                f"database {request.database} is not in lockstep.toml, so it has no live location to restore to",
+                "pass --to URL",
+            )
+        return [request.database]
+    if not request.everything:
+        return []
+    names = []
+    for name in manifest.databases:
+        if name in configured:
+            names.append(name)
+        else:
+            outcome.hints.append(f"database {name} is not in lockstep.toml: restore it with --database {name} --to URL")
+    return names
+
+
+def _restore_in_place(
+    repository: Repository,
+    project: ProjectContext,
+    snapshot: Snapshot,
+    manifest: Manifest,
+    names: list[str],
+    request: RestoreRequest,
+    confirm: Confirm,
+    outcome: RestoreOutcome,
+    environment: str | None,
+) -> None:
+    configured = project.config.databases
+    targets = {name: ServerAccess(configured[name].url, _password_for(project, name)) for name in names}
+    existing = [name for name in names if target_state(adapter_for(targets[name].url), targets[name]) != "missing"]
+    for name in existing:
+        outcome.diffs.append(diff_database(repository, snapshot, manifest, name, targets[name]))
+    if existing and not request.yes and not confirm(RestorePlan(snapshot, names, outcome.diffs)):
+        raise RestoreCancelled("the restore was cancelled; nothing was changed")
+    if existing:
+        subset = project.config.model_copy(
+            update={"databases": {name: configured[name] for name in existing}, "files": FilesConfig()}
+        )
+        pre_request = SnapshotRequest(
+            project_directory=project.directory,
+            environment=environment,
+            message=f"before restoring snapshot {snapshot.short_id}",
+            tags=(f"restore-of:{snapshot.short_id}",),
+            kind=PRE_RESTORE_KIND,
+        )
+        outcome.pre_restore = create_snapshot(repository, subset, pre_request, code=None).snapshot
+    for name in names:
+        try:
+            outcome.databases.append(
+                restore_database(repository, snapshot, manifest, name, targets[name], replace=True)
+            )
+        except LockstepError as error:
+            raise _with_way_back(error, name, outcome.pre_restore) from error
+
+
+def _with_way_back(error: LockstepError, name: str, pre_restore: Snapshot | None) -> LockstepError:
+    """The same kind of error, telling the user which snapshot holds the database as it was."""
+    if pre_restore is None:
+        return error
+    message = f"{error.message}; database {name} as it was before is in pre-restore snapshot {pre_restore.short_id}"
+    hint = f"bring it back with `lockstep snapshot restore {pre_restore.short_id} --database {name} --yes`"
+    replacement = type(error)(message, hint)
+    return replacement
+
+
+__all__ = ["PRE_RESTORE_KIND", "RestoreCancelled", "RestoreOutcome", "RestorePlan", "RestoreRequest", "restore"]

@@ -1,0 +1,87 @@
+"""`lockstep snapshot diff ID [--database NAME]`: what a data restore would discard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from lockstep.actions.snapshot_diff import diff
+from lockstep.cli.output import console, print_json
+from lockstep.cli.snapshot import _config_option, _wants_json, snapshot_group
+from lockstep.pipeline.diff import DatabaseDiff, TableDiff
+
+
+def diff_document(snapshot_id: str, databases: list[DatabaseDiff], skipped: list[str]) -> dict[str, object]:
+    return {
+        "snapshot": snapshot_id,
+        "changed": any(database.changed for database in databases),
+        "databases": [database.to_document() for database in databases],
+        "skipped": skipped,
+    }
+
+
+def _schema_text(table: TableDiff) -> str:
+    if table.status == "added":
+        return "table added"
+    if table.status == "removed":
+        return "table removed"
+    parts = []
+    for column in table.columns:
+        if column.change == "added":
+            parts.append(f"+{column.column} {column.live_type}")
+        elif column.change == "removed":
+            parts.append(f"-{column.column} {column.snapshot_type}")
+        else:
+            parts.append(f"{column.column}: {column.snapshot_type} → {column.live_type}")
+    if table.primary_key_changed:
+        parts.append("primary key changed")
+    return ", ".join(parts)
+
+
+def print_database_diff(database: DatabaseDiff, to: Console = console) -> None:
+    """One database's changes as a table; unchanged tables are left out."""
+    changed = database.changed_tables
+    header = f"database {database.name} ({database.engine}, {database.live}) since snapshot {database.snapshot_id[:8]}"
+    if not changed:
+        to.print(f"{header}: no changes", markup=False)
+        return
+    to.print(f"{header}:", markup=False)
+    table = Table()
+    table.add_column("Table", no_wrap=True)
+    for title in ("Added", "Removed", "Changed"):
+        table.add_column(title, justify="right")
+    table.add_column("Schema")
+    for item in changed:
+        table.add_row(
+            item.name,
+            str(item.rows_added),
+            str(item.rows_removed),
+            str(item.rows_changed) if item.key else "-",
+            _schema_text(item),
+        )
+    to.print(table)
+
+
+@snapshot_group.command("diff")
+@click.argument("reference", metavar="ID")
+@click.option("--database", metavar="NAME", help="Only this database (a [databases.NAME] of lockstep.toml).")
+@_config_option
+@click.option("--json", "json_output", is_flag=True, help="Print the differences as JSON.")
+def diff_command(
+    reference: str, database: str | None, config_path: Path | None, environment: str | None, json_output: bool
+) -> None:
+    """Per table, the rows added, removed and changed in the live databases since the snapshot."""
+    result = diff(Path.cwd(), reference, database=database, config_path=config_path, environment=environment)
+    if _wants_json(json_output):
+        print_json(diff_document(result.snapshot.id, result.databases, result.skipped))
+        return
+    for item in result.databases:
+        print_database_diff(item)
+    for name in result.skipped:
+        console.print(f"database {name}: not in lockstep.toml any more, not compared", markup=False)
+
+
+COMMANDS: list[click.Command] = []

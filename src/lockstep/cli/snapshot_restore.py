@@ -1,0 +1,121 @@
+"""`lockstep snapshot restore ID [--database NAME [--to URL]] [--code DIR] [--files DIR] [--yes]`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lockstep.actions.snapshot_restore import RestoreOutcome, RestorePlan, RestoreRequest, restore
+from lockstep.cli.output import console, error_console, print_json
+from lockstep.cli.snapshot import _config_option, _wants_json, snapshot_group
+from lockstep.cli.snapshot_diff import print_database_diff
+from lockstep.errors import UsageError
+
+
+def _confirm_on_terminal(json_output: bool) -> Any:
+    def confirm(plan: RestorePlan) -> bool:
+        names = ", ".join(plan.databases)
+        if not sys.stdin.isatty():
+            raise UsageError(
+                f"restoring {names} in place replaces live data, and there is no terminal to confirm it on",
+                "pass --yes to restore without asking (a pre-restore snapshot is still taken)",
+            )
+        for diff in plan.diffs:  # on stderr with --json, so stdout stays one JSON document
+            print_database_diff(diff, error_console if json_output else console)
+        discarded = [diff.name for diff in plan.diffs if diff.changed]
+        if discarded:
+            error_console.print(
+                f"restoring snapshot {plan.snapshot.short_id} discards the changes above in {', '.join(discarded)}",
+                markup=False,
+            )
+        return click.confirm(f"replace {names} with snapshot {plan.snapshot.short_id}?", default=False, err=True)
+
+    return confirm
+
+
+def outcome_document(outcome: RestoreOutcome) -> dict[str, Any]:
+    return {
+        "snapshot": outcome.snapshot.id,
+        "pre_restore_snapshot": None if outcome.pre_restore is None else outcome.pre_restore.id,
+        "databases": [
+            {"name": item.name, "target": item.target, "tables": item.tables, "rows": item.rows, "verified": True}
+            for item in outcome.databases
+        ],
+        "discarded": [diff.to_document() for diff in outcome.diffs],
+        "code": outcome.code,
+        "files": [file.path for file in outcome.files],
+        "hints": outcome.hints,
+    }
+
+
+@snapshot_group.command("restore")
+@click.argument("reference", metavar="ID")
+@click.option("--database", metavar="NAME", help="Only this database of the snapshot.")
+@click.option(
+    "--to", "to_url", metavar="URL", help="Restore --database into this database instead (created if missing)."
+)
+@click.option("--code", "code_directory", type=click.Path(path_type=Path, file_okay=False), help="Write the code here.")
+@click.option(
+    "--files",
+    "files_directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Write config and secret files here.",
+)
+@click.option("-y", "--yes", is_flag=True, help="Do not ask; replace live or non-empty target databases.")
+@_config_option
+@click.option("--json", "json_output", is_flag=True, help="Print what was restored as JSON.")
+def restore_command(
+    reference: str,
+    database: str | None,
+    to_url: str | None,
+    code_directory: Path | None,
+    files_directory: Path | None,
+    yes: bool,
+    config_path: Path | None,
+    environment: str | None,
+    json_output: bool,
+) -> None:
+    """Restore databases (in place, after a pre-restore snapshot), code or files from a snapshot.
+
+    Without --database, --code or --files every database is restored in place.
+    """
+    wants_json = _wants_json(json_output)
+    request = RestoreRequest(
+        reference=reference,
+        database=database,
+        to_url=to_url,
+        code_directory=code_directory,
+        files_directory=files_directory,
+        yes=yes,
+    )
+    outcome = restore(
+        Path.cwd(), request, _confirm_on_terminal(wants_json), config_path=config_path, environment=environment
+    )
+    if wants_json:
+        print_json(outcome_document(outcome))
+        return
+    if yes:  # not shown at a prompt: say what was discarded
+        for diff in outcome.diffs:
+            print_database_diff(diff)
+    if outcome.pre_restore is not None:
+        console.print(
+            f"pre-restore snapshot {outcome.pre_restore.short_id} saved (the databases as they were)", markup=False
+        )
+    for item in outcome.databases:
+        console.print(
+            f"database {item.name} restored into {item.target} and verified: {item.tables} tables, {item.rows} rows, "
+            f"{item.seconds:.1f} s",
+            markup=False,
+        )
+    if outcome.code is not None:
+        console.print(f"code: {outcome.code} written to {code_directory}", markup=False)
+    if files_directory is not None:
+        console.print(f"{len(outcome.files)} config and secret files written to {files_directory}", markup=False)
+    for hint in outcome.hints:
+        console.print(hint, markup=False)
+
+
+COMMANDS: list[click.Command] = []

@@ -1,0 +1,430 @@
+"""Bring parts of a coordinated snapshot back: a database, the code, the config and secret files.
+
+A database restore always ends with a check: the restored database is fingerprinted and
+compared, table by table, with the row counts and checksums the manifest recorded, so success
+means "the data is back", not "the restore tool exited 0". Restoring over a database that has
+data first empties it (its schemas for PostgreSQL; the database re-created with its character
+set for MariaDB; SQLite files are replaced atomically by the adapter); the caller decides when
+that is allowed (a pre-restore snapshot and a confirmation, or --yes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Literal
+
+from lockstep.databases import adapter_for
+from lockstep.databases.base import DatabaseAdapter, DatabaseInfo, ServerLocation, redact_url
+from lockstep.errors import IntegrityError, NotFound, SourceError, UsageError
+from lockstep.pipeline.code import git_command
+from lockstep.pipeline.manifest import DatabaseRecord, FileRecord, Manifest, TableRecord
+from lockstep.process import Command, StreamingProcess, run_capture
+from lockstep.repository.gojson import unix_permissions
+from lockstep.repository.repository import Repository
+from lockstep.repository.restorer import Restorer, dump_file, find_node, read_blobs
+from lockstep.repository.snapshot import Snapshot
+from lockstep.repository.tree import Node
+
+TargetState = Literal["missing", "empty", "non-empty"]
+GIT_TIMEOUT_SECONDS = 600.0
+# A restore in place waits this long for the application's locks before giving up.
+LOCK_TIMEOUT = "30s"
+
+
+@dataclass(frozen=True)
+class ServerAccess:
+    """A database URL and its password (kept apart, so the URL can be shown)."""
+
+    url: str
+    password: str | None = None
+
+
+@dataclass(frozen=True)
+class RestoredDatabase:
+    """A database restored and checked against its manifest."""
+
+    name: str
+    target: str  # the target URL, without a password
+    tables: int
+    rows: int
+    seconds: float
+
+
+# --- reading a stored file ---------------------------------------------------------------
+
+
+class SnapshotFileReader(io.RawIOBase):
+    """A file of a snapshot as a readable stream: blobs are fetched (a few ahead) as it is read."""
+
+    def __init__(self, repository: Repository, node: Node) -> None:
+        super().__init__()
+        self._blobs = read_blobs(repository, node.content or [])
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self._pending:
+            try:
+                self._pending = next(self._blobs)
+            except StopIteration:
+                return 0
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count
+
+
+@contextlib.contextmanager
+def dump_source(repository: Repository, node: Node, adapter: DatabaseAdapter) -> Iterator[IO[bytes] | Path]:
+    """The stored dump as the adapter restores it best: a temporary file when the engine restores
+    faster from a seekable file (pg_restore --jobs), a stream otherwise."""
+    if not adapter.dump_format.seekable_restore_is_faster:
+        with io.BufferedReader(SnapshotFileReader(repository, node), buffer_size=1024 * 1024) as stream:
+            yield stream
+        return
+    descriptor, name = tempfile.mkstemp(prefix="lockstep-restore-", suffix=adapter.dump_format.extension)
+    path = Path(name)
+    try:
+        with os.fdopen(descriptor, "wb") as output:
+            dump_file(repository, node, output)
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def scratch_server_url(engine: str, server: ServerAccess | None, name: str) -> str:
+    """Where a scratch database for `engine` can be made: SQLite anywhere, others next to `server`."""
+    if engine == "sqlite":
+        return "sqlite:///lockstep-scratch.sqlite3"
+    if server is None:
+        raise UsageError(
+            f"database {name}: there is no {engine} server to test-restore it on (it is not in lockstep.toml)",
+            f"add [databases.{name}] back to lockstep.toml, or verify with --level data",
+        )
+    if adapter_for(server.url).engine != engine:
+        raise UsageError(
+            f"database {name}: lockstep.toml names a {adapter_for(server.url).engine} server, "
+            f"the dump was made by {engine}"
+        )
+    return server.url
+
+
+def compare_with_manifest(recorded: list[TableRecord], info: DatabaseInfo) -> list[tuple[str, str]]:
+    """(table, problem) for every table whose rows or checksum differ from the manifest."""
+    problems: list[tuple[str, str]] = []
+    actual = {table.name: table for table in info.tables}
+    for table in recorded:
+        found = actual.pop(table.name, None)
+        if found is None:
+            problems.append((table.name, f"table {table.name} is in the manifest but was not restored"))
+        elif found.rows != table.rows:
+            problems.append(
+                (table.name, f"table {table.name} has {found.rows} rows restored, the manifest says {table.rows}")
+            )
+        elif found.checksum != table.checksum:
+            problems.append((table.name, f"table {table.name}: the restored rows' checksum differs from the manifest"))
+    for name in sorted(actual):
+        problems.append((name, f"table {name} was restored but is not in the manifest"))
+    return problems
+
+
+# --- databases ---------------------------------------------------------------------------
+
+
+def database_record(manifest: Manifest, snapshot: Snapshot, name: str) -> DatabaseRecord:
+    record = manifest.databases.get(name)
+    if record is None:
+        known = ", ".join(manifest.databases) or "none"
+        raise NotFound(f"snapshot {snapshot.short_id} has no database {name!r} (it has: {known})")
+    return record
+
+
+def restore_database(
+    repository: Repository,
+    snapshot: Snapshot,
+    manifest: Manifest,
+    name: str,
+    target: ServerAccess,
+    replace: bool = False,
+) -> RestoredDatabase:
+    """Restore database `name` of the snapshot into `target` and check it against the manifest.
+
+    A missing target is created. A target holding data is refused unless `replace`, which
+    empties it first. Raises SourceError when the restore fails and IntegrityError when the
+    restored data does not match the manifest; both name the database.
+    """
+    started = time.monotonic()
+    record = database_record(manifest, snapshot, name)
+    adapter = adapter_for(target.url)
+    shown = redact_url(target.url)
+    if adapter.engine != record.engine:
+        raise UsageError(f"database {name} is a {record.engine} dump; {shown} is {adapter.engine}")
+    node = find_node(repository, snapshot, record.path)
+    state = target_state(adapter, target)
+    if state == "non-empty":
+        if not replace:
+            raise UsageError(f"the target database {shown} is not empty", "pass --yes to replace what it holds")
+        empty_database(adapter, target)
+    try:
+        with dump_source(repository, node, adapter) as source:
+            adapter.restore(target.url, target.password, source, create=state == "missing")
+    except SourceError as error:
+        raise SourceError(f"database {name}: restoring into {shown} failed: {error.message}", error.hint) from error
+    info = adapter.inspect(target.url, target.password)
+    problems = compare_with_manifest(record.tables, info)
+    if problems:
+        raise IntegrityError(
+            f"database {name} ({shown}) does not match the snapshot after the restore: "
+            + "; ".join(problem for _, problem in problems[:5]),
+            "the dump or the restore is damaged: run `lockstep snapshot verify --level restore`",
+        )
+    return RestoredDatabase(
+        name=name,
+        target=shown,
+        tables=len(info.tables),
+        rows=sum(table.rows for table in info.tables),
+        seconds=time.monotonic() - started,
+    )
+
+
+def target_state(adapter: DatabaseAdapter, target: ServerAccess) -> TargetState:
+    """Whether the target database exists, and whether it holds any table, view or sequence."""
+    if adapter.engine == "sqlite":
+        from lockstep.databases.sqlite import database_path
+
+        path = database_path(target.url)
+        if not path.exists():
+            return "missing"
+        if path.stat().st_size == 0:
+            return "empty"
+        return "non-empty" if adapter.inspect(target.url, target.password).tables else _sqlite_objects(path)
+    location = ServerLocation.parse(target.url)
+    if adapter.engine == "mysql":
+        from lockstep.databases.mysql import _query, _string
+
+        database = _string(location.database)
+        exists = _query(
+            location,
+            target.password,
+            f"SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = {database}",
+        )
+        if exists[0][0] == "0":
+            return "missing"
+        objects = _query(
+            location,
+            target.password,
+            f"SELECT (SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = {database})"
+            f" + (SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema = {database})",
+        )
+        return "empty" if objects[0][0] == "0" else "non-empty"
+    if adapter.engine == "postgresql":
+        from lockstep.databases.postgresql import MAINTENANCE_DATABASE, _connect
+
+        with _connect(location, target.password, MAINTENANCE_DATABASE, autocommit=True) as connection:
+            row = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (location.database,)).fetchone()
+        if row is None:
+            return "missing"
+        with _connect(location, target.password, location.database, autocommit=True) as connection:
+            count = connection.execute(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'"
+                " AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')"
+            ).fetchone()
+        return "empty" if count is None or int(count[0]) == 0 else "non-empty"
+    raise UsageError(f"restoring {adapter.engine} databases is not supported")
+
+
+def _sqlite_objects(path: Path) -> TargetState:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+        row = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    return "empty" if row is None or row[0] == 0 else "non-empty"
+
+
+def empty_database(adapter: DatabaseAdapter, target: ServerAccess) -> None:
+    """Remove everything a dump would bring back, keeping the database itself (its owner, grants
+    and settings). SQLite needs nothing: its restore replaces the file atomically."""
+    if adapter.engine == "sqlite":
+        return
+    location = ServerLocation.parse(target.url)
+    if adapter.engine == "mysql":
+        from lockstep.databases.mysql import _administer, _identifier, _query, _string
+
+        charset = _query(
+            location,
+            target.password,
+            "SELECT default_character_set_name, default_collation_name FROM information_schema.schemata"
+            f" WHERE schema_name = {_string(location.database)}",
+        )
+        database = _identifier(location.database)
+        options = f" CHARACTER SET {charset[0][0]} COLLATE {charset[0][1]}" if charset else ""
+        _administer(location, target.password, f"DROP DATABASE {database}")
+        _administer(location, target.password, f"CREATE DATABASE {database}{options}")
+        return
+    if adapter.engine == "postgresql":
+        import psycopg
+        from psycopg import sql
+
+        from lockstep.databases.postgresql import _connect
+
+        with _connect(location, target.password, location.database) as connection:
+            try:
+                connection.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+                schemas = [
+                    str(row[0])
+                    for row in connection.execute(
+                        "SELECT nspname FROM pg_namespace WHERE nspname NOT IN ('pg_catalog', 'information_schema')"
+                        " AND nspname NOT LIKE 'pg\\_%'"
+                    ).fetchall()
+                ]
+                for schema in schemas:
+                    connection.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+                connection.execute("CREATE SCHEMA public")
+                connection.execute("SELECT lo_unlink(oid) FROM pg_largeobject_metadata")
+                connection.commit()
+            except psycopg.Error as error:
+                raise SourceError(
+                    f"cannot empty {location.display()} before the restore: {str(error).strip()}",
+                    "stop the application that uses it (it holds locks), then try again",
+                ) from None
+        return
+    raise UsageError(f"restoring {adapter.engine} databases is not supported")
+
+
+# --- code and files ----------------------------------------------------------------------
+
+
+def restore_code(
+    repository: Repository, snapshot: Snapshot, manifest: Manifest, work_tree: Path | None, target: Path
+) -> str:
+    """Write the snapshot's code into `target`; returns what was written, for the report.
+
+    git: the recorded commit as a tree (`git archive` from the project's repository), plus the
+    stored uncommitted diff applied on top; a release directory: the stored tree.
+    """
+    code = manifest.code
+    if code is None:
+        raise NotFound(f"snapshot {snapshot.short_id} records no code")
+    target.mkdir(parents=True, exist_ok=True)
+    if code.commit is None:
+        node = find_node(repository, snapshot, code.path or "/code/release")
+        if node.subtree is None:
+            raise IntegrityError(f"{code.path} in snapshot {snapshot.short_id} is not a directory")
+        subtree = Snapshot(time=snapshot.time, tree=node.subtree, paths=[str(target)], id=snapshot.id)
+        Restorer(repository, subtree, target).run()
+        return f"the release directory of snapshot {snapshot.short_id}"
+    if work_tree is None:
+        raise UsageError("the code is a git commit, but no git work tree is configured", "set [code] path")
+    try:
+        run_capture(git_command(work_tree, "cat-file", "-e", f"{code.commit}^{{commit}}"), timeout=GIT_TIMEOUT_SECONDS)
+    except SourceError as error:
+        raise NotFound(
+            f"commit {code.commit[:12]} is not in the git repository at {work_tree}",
+            "fetch it (git fetch --all) and try again",
+        ) from error
+    archive = StreamingProcess(git_command(work_tree, "archive", "--format=tar", code.commit))
+    try:
+        with tarfile.open(fileobj=archive.stdout, mode="r|") as tar:
+            tar.extractall(target, filter="data")
+    except BaseException:
+        archive.kill()
+        raise
+    archive.finish()
+    written = f"commit {code.commit[:12]}"
+    if code.dirty and code.path:
+        _apply_diff(repository, snapshot, code.path, target)
+        written += " with its uncommitted changes"
+    return written
+
+
+def _apply_diff(repository: Repository, snapshot: Snapshot, path: str, target: Path) -> None:
+    node = find_node(repository, snapshot, path)
+    if not node.size:
+        return
+    descriptor, name = tempfile.mkstemp(prefix="lockstep-", suffix=".diff")
+    try:
+        with os.fdopen(descriptor, "wb") as output:
+            dump_file(repository, node, output)
+        # The ceiling keeps git from finding a repository above `target` and applying there.
+        command = Command(
+            ("git", "apply", "--binary", "--whitespace=nowarn", name),
+            env={"GIT_CEILING_DIRECTORIES": str(target.resolve().parent)},
+            cwd=str(target),
+        )
+        try:
+            run_capture(command, timeout=GIT_TIMEOUT_SECONDS)
+        except SourceError as error:
+            raise SourceError(f"the stored uncommitted diff does not apply in {target}: {error.message}") from error
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def restore_files(repository: Repository, snapshot: Snapshot, manifest: Manifest, target: Path) -> list[FileRecord]:
+    """Write the config and secret files under `target` at their paths relative to the project
+    (secret files with mode 0600), each checked against the manifest's SHA-256."""
+    target.mkdir(parents=True, exist_ok=True)
+    root = target.resolve()
+    for record in manifest.files:
+        folder = "/files/config/" if record.kind == "config" else "/files/secrets/"
+        relative = record.path.removeprefix(folder)
+        destination = (target / relative).resolve()
+        if not destination.is_relative_to(root) or destination == root:
+            raise IntegrityError(f"{record.path} in snapshot {snapshot.short_id} would be written outside {target}")
+        node = find_node(repository, snapshot, record.path)
+        mode = 0o600 if record.kind == "secret" else (unix_permissions(node.mode) or 0o644)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.unlink(missing_ok=True)
+        descriptor = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        digest = _HashingWriter()
+        try:
+            with os.fdopen(descriptor, "wb") as output:
+                os.fchmod(output.fileno(), mode)
+                digest.output = output
+                dump_file(repository, node, digest)  # type: ignore[arg-type]
+        except BaseException:
+            destination.unlink(missing_ok=True)
+            raise
+        if digest.hexdigest() != record.sha256:
+            destination.unlink(missing_ok=True)
+            raise IntegrityError(f"{record.path} does not match the manifest's SHA-256; it was not written")
+    return list(manifest.files)
+
+
+class _HashingWriter:
+    """Passes writes through and hashes them."""
+
+    def __init__(self) -> None:
+        self.output: IO[bytes] | None = None
+        self._digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        assert self.output is not None
+        self._digest.update(data)
+        return self.output.write(data)
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
+__all__ = [
+    "RestoredDatabase",
+    "ServerAccess",
+    "compare_with_manifest",
+    "dump_source",
+    "restore_code",
+    "restore_database",
+    "restore_files",
+    "target_state",
+]

@@ -1,0 +1,363 @@
+"""`snapshot verify`: prove a coordinated snapshot can be brought back, at three depths.
+
+- structure: the snapshot, every tree, the manifest and every blob it refers to are indexed
+  and their packs exist: cheap, catches a lost pack or index file;
+- data: additionally every blob is read, authenticated and hashed, and every stored dump and
+  file is checked against the SHA-256 its manifest recorded;
+- restore: additionally every database is restored into a scratch database created for the
+  purpose (and always dropped, also on failure or Ctrl-C), its per-table row counts and
+  checksums compared with the manifest, and the engine's own integrity check run on it.
+
+Only a test-restore proves a dump restores: a dump can be byte-perfect and still fail to load.
+Findings name the database, table or file, so a failure says what is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from lockstep.databases import adapter_for
+from lockstep.databases.base import DatabaseAdapter, DatabaseInfo, ServerLocation
+from lockstep.errors import IntegrityError, LockstepError, SourceError, UsageError
+from lockstep.pipeline.manifest import DatabaseRecord, Manifest
+from lockstep.pipeline.restore import ServerAccess, compare_with_manifest, dump_source, scratch_server_url
+from lockstep.pipeline.snapshot import load_manifest
+from lockstep.pipeline.verification_records import DatabaseCheck, Finding, VerificationResult, record_result
+from lockstep.repository.blobs import BlobType
+from lockstep.repository.repository import Repository
+from lockstep.repository.restorer import read_blobs
+from lockstep.repository.snapshot import Snapshot
+from lockstep.repository.tree import Node
+from lockstep.storage.base import FileType
+
+VerifyLevel = Literal["structure", "data", "restore"]
+VERIFY_LEVELS: tuple[VerifyLevel, ...] = ("structure", "data", "restore")
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass
+class _Walk:
+    """What the structure pass learned, reused by the deeper levels."""
+
+    files: dict[str, Node] = field(default_factory=dict)  # snapshot path → file node
+    findings: list[Finding] = field(default_factory=list)
+    manifest: Manifest | None = None
+
+
+def verify_snapshot(
+    repository: Repository,
+    snapshot: Snapshot,
+    level: VerifyLevel,
+    servers: Mapping[str, ServerAccess] | None = None,
+    record: bool = True,
+    progress: ProgressCallback | None = None,
+) -> VerificationResult:
+    """Verify `snapshot` at `level` and (with `record`) keep the result in the repository.
+
+    `servers` maps a database name to where its scratch database may be created (the live
+    database's URL and password, from lockstep.toml); SQLite needs none. Damage is never raised:
+    problems are findings in the result, whose `ok` is False. What says nothing about the
+    snapshot is raised and not recorded: UsageError when a database has no server to
+    test-restore on, SourceError when its scratch database cannot be created.
+    """
+    if level not in VERIFY_LEVELS:
+        raise UsageError(f"unknown verification level {level!r}", "use structure, data or restore")
+    started_at = datetime.now(UTC)
+    started = time.monotonic()
+    walk = _check_structure(repository, snapshot)
+    findings = list(walk.findings)
+    checks: list[DatabaseCheck] = []
+    blobs_read = bytes_read = 0
+    damaged: set[str] = set()
+    if level in ("data", "restore"):
+        data_findings, blobs_read, bytes_read, damaged = _check_data(repository, walk, progress)
+        findings.extend(data_findings)
+    if level == "restore" and walk.manifest is not None:
+        # Where each scratch database goes, before any is made: a missing server is a
+        # configuration problem (exit 2), not damage to the snapshot, so it is not recorded.
+        urls = {
+            name: scratch_server_url(database.engine, (servers or {}).get(name), name)
+            for name, database in walk.manifest.databases.items()
+        }
+        for name, database in walk.manifest.databases.items():
+            if database.path in damaged or database.path not in walk.files:
+                continue  # already reported: a dump that cannot be read cannot be test-restored
+            check, database_findings = _test_restore(
+                repository, snapshot, name, database, walk.files[database.path], urls[name], (servers or {}).get(name)
+            )
+            checks.append(check)
+            findings.extend(database_findings)
+    result = VerificationResult(
+        snapshot_id=snapshot.id,
+        level=level,
+        ok=not findings,
+        started=started_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        seconds=time.monotonic() - started,
+        findings=findings,
+        databases=checks,
+        blobs_read=blobs_read,
+        bytes_read=bytes_read,
+    )
+    if record:
+        record_result(repository, result)
+    return result
+
+
+# --- structure ---------------------------------------------------------------------------
+
+
+def _check_structure(repository: Repository, snapshot: Snapshot) -> _Walk:
+    walk = _Walk()
+    needed_packs: dict[bytes, str] = {}  # pack → first path that needs it
+    _walk_tree(repository, snapshot.tree, "", walk, needed_packs)
+    stored = {name for name, _ in repository.backend.list(FileType.PACK)}
+    for pack_id, path in sorted(needed_packs.items()):
+        if pack_id.hex() not in stored:
+            walk.findings.append(Finding(path, f"{path}: pack {pack_id.hex()[:8]} is missing from the repository"))
+    try:
+        walk.manifest = load_manifest(repository, snapshot)
+    except LockstepError as error:
+        walk.findings.append(Finding("/manifest.json", f"the manifest is unreadable: {error.message}"))
+        return walk
+    for name, database in walk.manifest.databases.items():
+        _check_recorded(walk, database.path, database.size, f"database {name}")
+    for file in walk.manifest.files:
+        _check_recorded(walk, file.path, file.size, f"{file.kind} file")
+    return walk
+
+
+def _walk_tree(repository: Repository, tree_id: bytes, prefix: str, walk: _Walk, packs: dict[bytes, str]) -> None:
+    where = prefix or "/"
+    location = repository.index.lookup(BlobType.TREE, tree_id)
+    if location is None:
+        walk.findings.append(Finding(where, f"the tree of {where} ({tree_id.hex()[:8]}) is not in the index"))
+        return
+    packs.setdefault(location.pack_id, where)
+    try:
+        tree = repository.load_tree(tree_id)
+    except LockstepError as error:
+        walk.findings.append(Finding(where, f"the tree of {where} is unreadable: {error.message}"))
+        return
+    for node in tree.nodes:
+        path = f"{prefix}/{node.display_name}"
+        if node.type == "dir" and node.subtree is not None:
+            _walk_tree(repository, node.subtree, path, walk, packs)
+        elif node.type == "file":
+            walk.files[path] = node
+            missing = 0
+            for blob_id in node.content or []:
+                blob = repository.index.lookup(BlobType.DATA, blob_id)
+                if blob is None:
+                    missing += 1
+                else:
+                    packs.setdefault(blob.pack_id, path)
+            if missing:
+                walk.findings.append(
+                    Finding(path, f"{path}: {missing} of its {len(node.content or [])} data blobs are not in the index")
+                )
+
+
+def _check_recorded(walk: _Walk, path: str, size: int, what: str) -> None:
+    node = walk.files.get(path)
+    if node is None:
+        walk.findings.append(Finding(path, f"{what}: {path} is in the manifest but not in the snapshot"))
+    elif node.size != size:
+        walk.findings.append(Finding(path, f"{what}: {path} holds {node.size} bytes, the manifest says {size}"))
+
+
+# --- data --------------------------------------------------------------------------------
+
+
+def _check_data(
+    repository: Repository, walk: _Walk, progress: ProgressCallback | None
+) -> tuple[list[Finding], int, int, set[str]]:
+    """Read every file's blobs; compare the recorded files' SHA-256 with the manifest."""
+    expected: dict[str, tuple[str, str]] = {}  # path → (what, sha256)
+    if walk.manifest is not None:
+        for name, database in walk.manifest.databases.items():
+            expected[database.path] = (f"database {name}", database.sha256)
+        for file in walk.manifest.files:
+            expected[file.path] = (f"{file.kind} file", file.sha256)
+    findings: list[Finding] = []
+    damaged: set[str] = set()
+    blobs = size = 0
+    for path, node in sorted(walk.files.items()):
+        what = expected.get(path, ("file", ""))[0]
+        digest = hashlib.sha256()
+        try:
+            for data in read_blobs(repository, node.content or []):
+                digest.update(data)
+                blobs += 1
+                size += len(data)
+                if progress is not None:
+                    progress(len(data))
+        except LockstepError as error:
+            damaged.add(path)
+            findings.append(Finding(path, f"{what}: {path} cannot be read: {error.message}"))
+            continue
+        if path in expected and digest.hexdigest() != expected[path][1]:
+            damaged.add(path)
+            actual, recorded = digest.hexdigest()[:16], expected[path][1][:16]
+            findings.append(Finding(path, f"{what}: {path} has SHA-256 {actual}…, the manifest says {recorded}…"))
+    return findings, blobs, size, damaged
+
+
+# --- restore -----------------------------------------------------------------------------
+
+
+def _test_restore(
+    repository: Repository,
+    snapshot: Snapshot,
+    name: str,
+    database: DatabaseRecord,
+    node: Node,
+    url: str,
+    server: ServerAccess | None,
+) -> tuple[DatabaseCheck, list[Finding]]:
+    """Restore one dump into a scratch database, fingerprint it, check it, drop it.
+
+    A scratch database that cannot be created (server down, no CREATE privilege) raises
+    SourceError: that says nothing about the snapshot. What goes wrong after is a finding.
+    """
+    started = time.monotonic()
+    subject = f"database {name}"
+    adapter = adapter_for(url)
+    password = server.password if server is not None else None
+    findings: list[Finding] = []
+    info: DatabaseInfo | None = None
+    integrity = ""
+    try:
+        scratch = adapter.create_scratch(url, password)
+    except LockstepError as error:
+        raise SourceError(
+            f"{subject}: cannot create a scratch database to test-restore into: {error.message}",
+            "check that the server runs and lets this user create databases, or verify with --level data",
+        ) from error
+    try:
+        with dump_source(repository, node, adapter) as source:
+            adapter.restore(scratch, password, source, create=False)
+        info = adapter.inspect(scratch, password)
+        findings.extend(
+            Finding(f"{subject}, table {table}", f"{subject}: {problem}")
+            for table, problem in compare_with_manifest(database.tables, info)
+        )
+        integrity, problems = integrity_check(adapter, scratch, password, info)
+        findings.extend(Finding(subject, f"{subject}: {problem}") for problem in problems)
+    except LockstepError as error:
+        findings.append(Finding(subject, f"{subject}: the test-restore failed: {error.message}"))
+    finally:
+        with contextlib.suppress(LockstepError):
+            adapter.drop_database(scratch, password)
+    rows = sum(table.rows for table in info.tables) if info is not None else 0
+    tables = len(info.tables) if info is not None else 0
+    check = DatabaseCheck(
+        name=name,
+        engine=database.engine,
+        ok=not findings,
+        tables=tables,
+        rows=rows,
+        integrity=integrity,
+        seconds=time.monotonic() - started,
+    )
+    return check, findings
+
+
+def integrity_check(
+    adapter: DatabaseAdapter, url: str, password: str | None, info: DatabaseInfo
+) -> tuple[str, list[str]]:
+    """The engine's own consistency check on a (restored) database: (what ran, problems)."""
+    if adapter.engine == "sqlite":
+        return _sqlite_integrity(url)
+    if adapter.engine == "mysql":
+        return _mysql_integrity(url, password, [table.name for table in info.tables])
+    if adapter.engine == "postgresql":
+        return _postgresql_integrity(url, password)
+    return "none", []
+
+
+def _sqlite_integrity(url: str) -> tuple[str, list[str]]:
+    from lockstep.databases.sqlite import database_path
+
+    path = database_path(url)
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+            rows = [str(row[0]) for row in connection.execute("PRAGMA integrity_check")]
+    except sqlite3.Error as error:
+        return "PRAGMA integrity_check", [f"PRAGMA integrity_check failed: {error}"]
+    if rows == ["ok"]:
+        return "PRAGMA integrity_check: ok", []
+    return "PRAGMA integrity_check", [f"PRAGMA integrity_check: {row}" for row in rows[:10]]
+
+
+def _mysql_integrity(url: str, password: str | None, tables: list[str]) -> tuple[str, list[str]]:
+    """CHECK TABLE on every table (cheap on a freshly restored scratch copy)."""
+    from lockstep.databases.mysql import _identifier, _query
+
+    if not tables:
+        return "CHECK TABLE: no tables", []
+    location = ServerLocation.parse(url)
+    rows = _query(location, password, "CHECK TABLE " + ", ".join(_identifier(table) for table in tables))
+    problems = [
+        f"CHECK TABLE {row[0].split('.', 1)[-1]}: {row[3]}"
+        for row in rows
+        if len(row) >= 4 and (row[2].lower() == "error" or (row[2].lower() == "status" and row[3] != "OK"))
+    ]
+    return "CHECK TABLE: " + ("ok" if not problems else "failed"), problems
+
+
+def _postgresql_integrity(url: str, password: str | None) -> tuple[str, list[str]]:
+    """Every index valid, and with amcheck (when the server has it) every B-tree index checked."""
+    import psycopg
+
+    from lockstep.databases.postgresql import _connect
+
+    location = ServerLocation.parse(url)
+    problems: list[str] = []
+    with _connect(location, password, location.database, autocommit=True) as connection:
+        invalid = connection.execute(
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE NOT i.indisvalid OR NOT i.indisready"
+        ).fetchall()
+        problems.extend(f"index {row[0]} is not valid after the restore" for row in invalid)
+        try:
+            connection.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+        except psycopg.Error:
+            return "index validity: " + ("ok" if not problems else "failed"), problems
+        indexes = connection.execute(
+            "SELECT c.oid, c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " JOIN pg_am a ON a.oid = c.relam JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE a.amname = 'btree' AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+            " AND n.nspname NOT LIKE 'pg\\_toast%' AND i.indisvalid"
+        ).fetchall()
+        for oid, name in indexes:
+            try:
+                connection.execute("SELECT bt_index_check(%s::regclass, true)", (oid,))
+            except psycopg.Error as error:
+                problems.append(f"amcheck on index {name}: {str(error).strip()}")
+    return "amcheck bt_index_check: " + ("ok" if not problems else "failed"), problems
+
+
+def first_problem(result: VerificationResult) -> str:
+    """The first finding, for a one-line error."""
+    return result.findings[0].message if result.findings else "no problem found"
+
+
+def raise_for_result(result: VerificationResult) -> None:
+    """IntegrityError (exit 12) naming the first problem when the verification failed."""
+    if result.ok:
+        return
+    more = f" (and {len(result.findings) - 1} more problems)" if len(result.findings) > 1 else ""
+    raise IntegrityError(
+        f"snapshot {result.snapshot_id[:8]} failed verification ({result.level}): {first_problem(result)}{more}",
+        "run `lockstep repo check --read-data`, and do not rely on this snapshot for a restore",
+    )
+
+
+__all__ = ["VERIFY_LEVELS", "VerifyLevel", "integrity_check", "raise_for_result", "verify_snapshot"]

@@ -1,0 +1,185 @@
+"""`lockstep snapshot restore` end to end: in place with a pre-restore snapshot and a
+confirmation, --to another database, --code and --files, with the real CLI in a child process."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lockstep.repository.repository import Repository
+from lockstep.storage.local import LocalBackend
+from tests.cli.test_snapshot_cli import Project, git, sqlite_fingerprint
+from tests.cli.test_snapshot_verify_cli import make_project
+from tests.conftest import TEST_PASSWORD, Completed
+from tests.pipeline.test_verify import postgresql_database, rewrite_manifest, run_postgresql, unique_name
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    """A fresh project with a SQLite database and an initialised repository."""
+    return make_project(tmp_path)
+
+
+def damage_live_database(project: Project) -> None:
+    import sqlite3
+
+    with sqlite3.connect(project.root / "app.db") as connection:
+        connection.executescript(
+            "DELETE FROM orders WHERE id > 300; UPDATE customers SET name = 'changed' WHERE id = 1;"
+            "CREATE TABLE scratchpad (note TEXT); INSERT INTO scratchpad VALUES ('written after');"
+        )
+    connection.close()
+
+
+def run_on_terminal(project: Project, answer: bytes, *arguments: str) -> Completed:
+    """Run the CLI with stdin on a pseudo-terminal and type `answer` at the prompt."""
+    controller, terminal = os.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lockstep", *arguments],
+            stdin=terminal,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=project.root,
+            env={**os.environ, "LOCKSTEP_SCRYPT_N": "1024", **project.env},
+        )
+        os.write(controller, answer)
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    return Completed(process.returncode, stdout, stderr)
+
+
+def test_in_place_is_refused_without_yes_or_a_terminal_and_declined_at_the_prompt(project: Project) -> None:
+    """Without --yes and without a terminal: exit 2 saying to pass --yes. On a terminal,
+    answering no: exit 1. Either way the live database and the snapshot list are untouched."""
+    project.create("-m", "good")
+    damage_live_database(project)
+    live = sqlite_fingerprint(project.root / "app.db")
+    snapshots = project.snapshot_ids()
+    refused = project.lockstep("snapshot", "restore", "latest")
+    assert refused.returncode == 2
+    assert "--yes" in refused.err and "main" in refused.err
+    declined = run_on_terminal(project, b"n\n", "snapshot", "restore", "latest")
+    assert declined.returncode == 1, declined.err
+    assert "orders" in declined.out and "cancelled" in declined.err
+    assert sqlite_fingerprint(project.root / "app.db") == live
+    assert project.snapshot_ids() == snapshots
+
+
+def test_in_place_with_yes_takes_a_pre_restore_snapshot_and_verifies(project: Project, tmp_path: Path) -> None:
+    """--yes: a pre-restore snapshot (kind pre-restore) holds the live state, the database is
+    back to the snapshot's fingerprint, and the pre-restore snapshot can bring the live state back."""
+    created = project.create("-m", "good")
+    damage_live_database(project)
+    damaged = sqlite_fingerprint(project.root / "app.db")
+    document = json.loads(project.ok("snapshot", "restore", created["short_id"], "--yes", "--json").out)
+    assert sqlite_fingerprint(project.root / "app.db") == {
+        table["name"]: (table["rows"], table["checksum"]) for table in created["databases"]["main"]["tables"]
+    }
+    assert document["databases"][0]["name"] == "main" and document["databases"][0]["verified"] is True
+    discarded = {table["table"]: table for table in document["discarded"][0]["tables"]}
+    assert discarded["orders"]["rows_added"] == 0 and discarded["orders"]["rows_removed"] == 45
+    assert discarded["scratchpad"]["status"] == "added"
+    assert any("--code DIR" in hint for hint in document["hints"])
+    pre_restore = document["pre_restore_snapshot"]
+    listed = {item["id"]: item for item in json.loads(project.ok("snapshot", "list", "--json").out)}
+    assert listed[pre_restore]["kind"] == "pre-restore"
+    tags = next(
+        item["tags"] for item in json.loads(project.repo("snapshots", "--json").out) if item["id"] == pre_restore
+    )
+    assert "kind:pre-restore" in tags
+    back = project.ok("snapshot", "restore", pre_restore[:10], "--database", "main", "--yes")
+    assert "restored" in back.out and "verified" in back.out
+    assert sqlite_fingerprint(project.root / "app.db") == damaged
+
+
+def test_a_restore_that_fails_its_check_names_the_database_and_the_pre_restore_snapshot(project: Project) -> None:
+    """When the restored tables do not match the manifest: exit 12, the database named, and the
+    pre-restore snapshot ID given so the user can go back."""
+    created = project.create("-m", "good")
+    repository = Repository.open(LocalBackend(project.repository), TEST_PASSWORD)
+    try:
+        repository.load_index()
+
+        def wrong(document: dict[str, object]) -> None:
+            document["databases"]["main"]["tables"][0]["rows"] = 99  # type: ignore[index]
+
+        bad = rewrite_manifest(repository, repository.load_snapshot(created["id"]), wrong)
+    finally:
+        repository.close()
+    failed = project.lockstep("snapshot", "restore", bad.id[:12], "--yes")
+    assert failed.returncode == 12, failed.err
+    assert "database main" in failed.err and "pre-restore snapshot" in failed.err
+    pre_restore = [
+        item for item in json.loads(project.ok("snapshot", "list", "--json").out) if item["kind"] == "pre-restore"
+    ]
+    assert len(pre_restore) == 1 and pre_restore[0]["short_id"] in failed.err
+
+
+@pytest.mark.slow
+def test_restore_to_another_database_creates_it_and_refuses_a_non_empty_one(project: Project) -> None:
+    """--to a missing PostgreSQL database creates it; a second --to the now non-empty database is
+    refused without --yes and accepted with it; no pre-restore snapshot either way."""
+    with postgresql_database(
+        "CREATE TABLE items (id serial PRIMARY KEY, label text);"
+        "INSERT INTO items (label) SELECT 'item ' || g FROM generate_series(1, 120) g;"
+    ) as url:
+        project.write_config({"shop": url})
+        project.create("--allow-dirty", "-m", "postgresql")
+        target_name = unique_name()
+        target = f"postgresql://postgres@127.0.0.1:5432/{target_name}"
+        try:
+            restored = project.ok("snapshot", "restore", "latest", "--database", "shop", "--to", target)
+            assert f"restored into {target}" in restored.out
+            assert run_postgresql(target, "SELECT count(*) FROM items") == [(120,)]
+            refused = project.lockstep("snapshot", "restore", "latest", "--database", "shop", "--to", target)
+            assert refused.returncode == 2 and "not empty" in refused.err and "--yes" in refused.err
+            run_postgresql(target, "DELETE FROM items WHERE id > 100")
+            project.ok("snapshot", "restore", "latest", "--database", "shop", "--to", target, "--yes")
+            assert run_postgresql(target, "SELECT count(*) FROM items") == [(120,)]
+            kinds = [item["kind"] for item in json.loads(project.ok("snapshot", "list", "--json").out)]
+            assert kinds == ["manual"]
+        finally:
+            run_postgresql(url, f'DROP DATABASE IF EXISTS "{target_name}" WITH (FORCE)', database="postgres")
+
+
+def test_code_and_files_are_written_to_directories(project: Project, tmp_path: Path) -> None:
+    """--code writes the recorded commit's tree plus the stored uncommitted diff; --files writes
+    the config file and the secret (mode 0600); no database is touched."""
+    (project.root / "app.py").write_text("print('v2, not committed')\n")
+    created = project.create("--allow-dirty", "-m", "dirty")
+    git(project.root, "checkout", "-q", "--", "app.py")
+    (project.root / "later.txt").write_text("committed after the snapshot\n")
+    git(project.root, "add", "later.txt")
+    git(project.root, "commit", "-q", "-m", "later")
+    live = sqlite_fingerprint(project.root / "app.db")
+    code, files = tmp_path / "code", tmp_path / "files"
+    result = project.ok("snapshot", "restore", created["short_id"], "--code", str(code), "--files", str(files))
+    assert "uncommitted changes" in result.out
+    assert (code / "app.py").read_text() == "print('v2, not committed')\n"
+    assert (code / "lockstep.toml").exists() and not (code / "later.txt").exists()
+    assert not (code / ".git").exists()
+    assert (files / "config" / "app.yml").read_text() == "currency: EUR\n"
+    assert stat.S_IMODE((files / ".env").stat().st_mode) == 0o600
+    assert sqlite_fingerprint(project.root / "app.db") == live
+
+
+def test_a_missing_live_database_is_restored_without_asking(project: Project) -> None:
+    """Disaster recovery: when the live SQLite file is gone there is nothing to discard, so no
+    confirmation and no pre-restore snapshot are needed; the database comes back verified."""
+    created = project.create("-m", "good")
+    (project.root / "app.db").unlink()
+    result = project.ok("snapshot", "restore", "latest", "--database", "main")
+    assert "verified" in result.out and "pre-restore" not in result.out
+    assert sqlite_fingerprint(project.root / "app.db") == {
+        table["name"]: (table["rows"], table["checksum"]) for table in created["databases"]["main"]["tables"]
+    }
+    assert [item["kind"] for item in json.loads(project.ok("snapshot", "list", "--json").out)] == ["manual"]

@@ -1,0 +1,198 @@
+"""diff_database: rows added, removed and changed, and schema changes, on real SQLite,
+PostgreSQL and MariaDB databases compared with a real snapshot of them."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from lockstep.pipeline.diff import DatabaseDiff, diff_database
+from lockstep.pipeline.restore import ServerAccess
+from lockstep.pipeline.snapshot import load_manifest
+from tests.pipeline.test_verify import (
+    make_sqlite,
+    mariadb_database,
+    open_repository,
+    postgresql_database,
+    record_scratch_urls,
+    run_mariadb,
+    run_postgresql,
+    scratch_exists,
+    take_snapshot,
+)
+
+
+@pytest.fixture
+def scratch_urls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every scratch database an adapter creates during the test."""
+    return record_scratch_urls(monkeypatch)
+
+
+def diff_live(tmp_path: Path, name: str, url: str) -> DatabaseDiff:
+    """Snapshot is already taken; compare the live database with the latest snapshot."""
+    repository = open_repository(tmp_path / "repository")
+    try:
+        snapshot = repository.list_snapshots()[-1]
+        manifest = load_manifest(repository, snapshot)
+        return diff_database(repository, snapshot, manifest, name, ServerAccess(url))
+    finally:
+        repository.close()
+
+
+def tables_of(result: DatabaseDiff) -> dict[str, tuple[str, int, int, int]]:
+    return {
+        table.name: (table.status, table.rows_added, table.rows_removed, table.rows_changed) for table in result.tables
+    }
+
+
+def test_an_unchanged_sqlite_database_has_no_differences(tmp_path: Path) -> None:
+    """Right after the snapshot every table is unchanged."""
+    url = make_sqlite(tmp_path / "app.db")
+    take_snapshot(tmp_path / "repository", tmp_path, {"main": url})
+    result = diff_live(tmp_path, "main", url)
+    assert not result.changed
+    assert set(tables_of(result)) == {"customers", "events", "alembic_version"}
+
+
+def test_sqlite_rows_added_removed_changed_and_schema_changes(tmp_path: Path) -> None:
+    """Keyed rows are matched by primary key; the keyless table is a multiset; an added column
+    does not make every row look changed; added and dropped tables are reported with their rows."""
+    url = make_sqlite(tmp_path / "app.db")
+    take_snapshot(tmp_path / "repository", tmp_path, {"main": url})
+    with sqlite3.connect(tmp_path / "app.db") as connection:
+        connection.executescript(
+            """
+            INSERT INTO customers (name) VALUES ('new1'), ('new2');
+            DELETE FROM customers WHERE id = 5;
+            UPDATE customers SET name = 'renamed' WHERE id IN (7, 8, 9);
+            INSERT INTO events VALUES ('refund', -3.0);
+            DELETE FROM events WHERE rowid IN (1, 2);
+            ALTER TABLE customers ADD COLUMN email TEXT;
+            CREATE TABLE coupons (code TEXT PRIMARY KEY);
+            INSERT INTO coupons VALUES ('A'), ('B');
+            DROP TABLE alembic_version;
+            """
+        )
+    connection.close()
+    result = diff_live(tmp_path, "main", url)
+    assert tables_of(result) == {
+        "customers": ("changed", 2, 1, 3),
+        "events": ("changed", 1, 2, 0),
+        "coupons": ("added", 2, 0, 0),
+        "alembic_version": ("removed", 0, 1, 0),
+    }
+    customers = next(table for table in result.tables if table.name == "customers")
+    assert customers.key == ["id"]
+    assert [(column.column, column.change) for column in customers.columns] == [("email", "added")]
+    document = result.to_document()
+    assert document["rows_added"] == 5 and document["rows_removed"] == 4 and document["rows_changed"] == 3
+
+
+def test_many_changed_rows_are_all_counted(tmp_path: Path) -> None:
+    """When most buckets differ, every row is fetched and the counts stay exact."""
+    path = tmp_path / "big.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, value INTEGER)")
+        connection.executemany("INSERT INTO items VALUES (?, ?)", [(i, i) for i in range(20_000)])
+    connection.close()
+    url = f"sqlite:///{path}"
+    take_snapshot(tmp_path / "repository", tmp_path, {"main": url})
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE items SET value = value + 1 WHERE id % 2 = 0")
+        connection.execute("DELETE FROM items WHERE id >= 19000")
+    connection.close()
+    result = diff_live(tmp_path, "main", url)
+    assert tables_of(result)["items"] == ("changed", 0, 1000, 9500)
+
+
+POSTGRESQL_SHOP = """
+CREATE TABLE customers (id integer PRIMARY KEY, name text, photo bytea);
+INSERT INTO customers SELECT g, 'c' || g, decode(md5(g::text), 'hex') FROM generate_series(1, 300) g;
+CREATE TABLE notes (body text);
+INSERT INTO notes VALUES ('a'), ('a'), ('b');
+CREATE TABLE untouched (id integer PRIMARY KEY);
+INSERT INTO untouched SELECT generate_series(1, 10);
+CREATE TABLE legacy (id integer PRIMARY KEY);
+INSERT INTO legacy VALUES (1), (2), (3);
+"""
+
+POSTGRESQL_CHANGES = """
+INSERT INTO customers VALUES (1001, 'new'), (1002, 'new');
+DELETE FROM customers WHERE id = 5;
+UPDATE customers SET name = 'renamed' WHERE id IN (7, 8, 9);
+UPDATE customers SET photo = NULL WHERE id = 10;
+INSERT INTO notes VALUES ('c');
+DELETE FROM notes WHERE ctid IN (SELECT ctid FROM notes WHERE body = 'a' LIMIT 1);
+ALTER TABLE customers ADD COLUMN email text;
+ALTER TABLE untouched ALTER COLUMN id TYPE bigint;
+CREATE TABLE coupons (code text PRIMARY KEY);
+INSERT INTO coupons VALUES ('A'), ('B');
+DROP TABLE legacy;
+"""
+
+MARIADB_SHOP = """
+CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(50), photo BLOB) ENGINE=InnoDB;
+INSERT INTO customers SELECT seq, CONCAT('c', seq), UNHEX(MD5(seq)) FROM seq_1_to_300;
+CREATE TABLE notes (body TEXT);
+INSERT INTO notes VALUES ('a'), ('a'), ('b');
+CREATE TABLE untouched (id INT PRIMARY KEY);
+INSERT INTO untouched SELECT seq FROM seq_1_to_10;
+CREATE TABLE legacy (id INT PRIMARY KEY);
+INSERT INTO legacy VALUES (1), (2), (3);
+"""
+
+MARIADB_CHANGES = """
+INSERT INTO customers (id, name) VALUES (1001, 'new'), (1002, 'new');
+DELETE FROM customers WHERE id = 5;
+UPDATE customers SET name = 'renamed' WHERE id IN (7, 8, 9);
+UPDATE customers SET photo = NULL WHERE id = 10;
+INSERT INTO notes VALUES ('c');
+DELETE FROM notes WHERE body = 'a' LIMIT 1;
+ALTER TABLE customers ADD COLUMN email TEXT;
+ALTER TABLE untouched MODIFY id BIGINT;
+CREATE TABLE coupons (code VARCHAR(20) PRIMARY KEY);
+INSERT INTO coupons VALUES ('A'), ('B');
+DROP TABLE legacy;
+"""
+
+
+@pytest.mark.parametrize("engine", ["postgresql", "mariadb"])
+def test_server_databases_report_row_and_schema_changes(engine: str, tmp_path: Path, scratch_urls: list[str]) -> None:
+    """The same changes give the same report on PostgreSQL and MariaDB; the snapshot's scratch
+    copy on the server is dropped afterwards."""
+    if engine == "postgresql":
+        context, changes, run = postgresql_database(POSTGRESQL_SHOP), POSTGRESQL_CHANGES, run_postgresql
+    else:
+        context, changes, run = mariadb_database(MARIADB_SHOP), MARIADB_CHANGES, run_mariadb  # type: ignore[assignment]
+    with context as url:
+        take_snapshot(tmp_path / "repository", tmp_path, {"shop": url})
+        unchanged = diff_live(tmp_path, "shop", url)
+        assert not unchanged.changed, unchanged.to_document()
+        run(url, changes)
+        result = diff_live(tmp_path, "shop", url)
+    assert tables_of(result) == {
+        "customers": ("changed", 2, 1, 4),
+        "notes": ("changed", 1, 1, 0),
+        "untouched": ("changed", 0, 0, 0),
+        "coupons": ("added", 2, 0, 0),
+        "legacy": ("removed", 0, 3, 0),
+    }
+    by_name = {table.name: table for table in result.tables}
+    assert [(c.column, c.change) for c in by_name["customers"].columns] == [("email", "added")]
+    retyped = by_name["untouched"].columns
+    assert [(c.column, c.change) for c in retyped] == [("id", "type")]
+    assert retyped[0].snapshot_type is not None and "int" in retyped[0].snapshot_type.lower()
+    assert retyped[0].live_type is not None and "big" in retyped[0].live_type.lower()
+    assert scratch_urls and not any(scratch_exists(scratch) for scratch in scratch_urls)
+
+
+def test_bucket_count_grows_with_the_table_in_powers_of_two() -> None:
+    """Small tables get the minimum, big ones about one bucket per 16 rows, capped."""
+    from lockstep.pipeline.diff import MAX_BUCKETS, MIN_BUCKETS, bucket_count
+
+    assert bucket_count(0) == MIN_BUCKETS
+    assert bucket_count(1_000_000) == 65536
+    assert bucket_count(10**12) == MAX_BUCKETS
+    assert all(bucket_count(rows) & (bucket_count(rows) - 1) == 0 for rows in (17, 40_000, 3_000_001))

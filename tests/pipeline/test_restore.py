@@ -1,0 +1,139 @@
+"""restore_database and restore_files against real databases and a real snapshot."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from lockstep.databases import adapter_for
+from lockstep.errors import IntegrityError, UsageError
+from lockstep.pipeline.restore import ServerAccess, restore_database, restore_files, target_state
+from lockstep.pipeline.snapshot import load_manifest
+from lockstep.repository.repository import Repository
+from lockstep.repository.snapshot import Snapshot
+from tests.pipeline.test_verify import (
+    make_sqlite,
+    mariadb_database,
+    open_repository,
+    postgresql_database,
+    rewrite_manifest,
+    run_mariadb,
+    run_postgresql,
+    take_snapshot,
+    unique_name,
+)
+
+POSTGRESQL_SHOP = """
+CREATE TABLE customers (id serial PRIMARY KEY, name text, photo bytea);
+INSERT INTO customers (name, photo) SELECT 'c' || g, decode(md5(g::text), 'hex') FROM generate_series(1, 200) g;
+CREATE VIEW customer_names AS SELECT name FROM customers;
+"""
+
+MARIADB_SHOP = """
+CREATE TABLE customers (id INT PRIMARY KEY AUTO_INCREMENT, name VARCHAR(50), photo BLOB) ENGINE=InnoDB;
+INSERT INTO customers (name, photo) SELECT CONCAT('c', seq), UNHEX(MD5(seq)) FROM seq_1_to_200;
+"""
+
+
+def fingerprint(url: str) -> dict[str, tuple[int, str]]:
+    return {table.name: (table.rows, table.checksum) for table in adapter_for(url).inspect(url, None).tables}
+
+
+def latest(repository: Repository) -> Snapshot:
+    return repository.list_snapshots()[-1]
+
+
+@pytest.mark.parametrize("engine", ["postgresql", "mariadb"])
+def test_restore_in_place_replaces_changed_data_and_extra_tables(engine: str, tmp_path: Path) -> None:
+    """After writes, a new table and a dropped one, replacing in place brings back exactly the
+    snapshot: the fingerprint equals the manifest's, the new table is gone."""
+    if engine == "postgresql":
+        context, run = postgresql_database(POSTGRESQL_SHOP), run_postgresql
+        changes = "DELETE FROM customers WHERE id < 50; CREATE TABLE added (id int); DROP VIEW customer_names;"
+    else:
+        context, run = mariadb_database(MARIADB_SHOP), run_mariadb  # type: ignore[assignment]
+        changes = "DELETE FROM customers WHERE id < 50; CREATE TABLE added (id INT);"
+    with context as url:
+        take_snapshot(tmp_path / "repository", tmp_path, {"shop": url})
+        before = fingerprint(url)
+        run(url, changes)
+        assert fingerprint(url) != before
+        repository = open_repository(tmp_path / "repository")
+        try:
+            snapshot = latest(repository)
+            manifest = load_manifest(repository, snapshot)
+            with pytest.raises(UsageError, match="not empty"):
+                restore_database(repository, snapshot, manifest, "shop", ServerAccess(url), replace=False)
+            assert "added" in fingerprint(url)  # refused: untouched
+            restored = restore_database(repository, snapshot, manifest, "shop", ServerAccess(url), replace=True)
+        finally:
+            repository.close()
+        assert fingerprint(url) == before
+        assert restored.rows == 200
+        if engine == "postgresql":
+            assert run(url, "SELECT count(*) FROM customer_names") == [(200,)]
+
+
+def test_restore_into_a_missing_postgresql_database_creates_it(tmp_path: Path) -> None:
+    """--to a database that does not exist yet: created, restored, checked."""
+    with postgresql_database(POSTGRESQL_SHOP) as url:
+        take_snapshot(tmp_path / "repository", tmp_path, {"shop": url})
+        target = f"postgresql://postgres@127.0.0.1:5432/{unique_name()}"
+        adapter = adapter_for(target)
+        assert target_state(adapter, ServerAccess(target)) == "missing"
+        repository = open_repository(tmp_path / "repository")
+        try:
+            snapshot = latest(repository)
+            restore_database(repository, snapshot, load_manifest(repository, snapshot), "shop", ServerAccess(target))
+            assert fingerprint(target) == fingerprint(url)
+        finally:
+            repository.close()
+            name = target.rsplit("/", 1)[1]
+            run_postgresql(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', database="postgres")
+
+
+def test_a_restore_that_does_not_match_the_manifest_is_an_integrity_error(tmp_path: Path) -> None:
+    """The check after the restore compares with the manifest and names the database and table."""
+    url = make_sqlite(tmp_path / "app.db")
+    take_snapshot(tmp_path / "repository", tmp_path, {"main": url})
+    repository = open_repository(tmp_path / "repository")
+    try:
+
+        def wrong(document: dict[str, object]) -> None:
+            document["databases"]["main"]["tables"][0]["rows"] = 7  # type: ignore[index]
+
+        bad = rewrite_manifest(repository, latest(repository), wrong)
+        target = f"sqlite:///{tmp_path / 'copy.db'}"
+        with pytest.raises(IntegrityError, match=r"database main .* table alembic_version"):
+            restore_database(repository, bad, load_manifest(repository, bad), "main", ServerAccess(target))
+    finally:
+        repository.close()
+
+
+def test_restore_files_writes_config_and_secrets_with_mode_0600(tmp_path: Path) -> None:
+    """Files go to their project-relative paths; secrets are 0600 whatever mode they had."""
+    project = tmp_path / "project"
+    (project / "config").mkdir(parents=True)
+    (project / "config" / "app.yml").write_text("currency: EUR\n")
+    (project / ".env").write_text("KEY=secret\n")
+    (project / ".env").chmod(0o644)
+    url = make_sqlite(project / "app.db")
+    take_snapshot(tmp_path / "repository", project, {"main": url}, config=["config/*.yml"], secrets=[".env"])
+    target = tmp_path / "restored"
+    repository = open_repository(tmp_path / "repository")
+    try:
+        snapshot = latest(repository)
+        written = restore_files(repository, snapshot, load_manifest(repository, snapshot), target)
+    finally:
+        repository.close()
+    assert sorted(file.path for file in written) == ["/files/config/config/app.yml", "/files/secrets/.env"]
+    assert (target / "config" / "app.yml").read_text() == "currency: EUR\n"
+    assert (target / ".env").read_text() == "KEY=secret\n"
+    assert stat.S_IMODE(os.stat(target / ".env").st_mode) == 0o600
+    with sqlite3.connect(project / "app.db") as connection:
+        assert connection.execute("SELECT count(*) FROM customers").fetchone() == (200,)
+    connection.close()
