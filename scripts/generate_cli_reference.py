@@ -51,12 +51,16 @@ def _render(command: click.Command, path: list[str], parts: list[str]) -> None:
 
 def render() -> dict[Path, str]:
     """Each reference file and the text it must have."""
+    context = click.Context(cli, info_name="lockstep")
     repository_parts = [REPOSITORY_INTRODUCTION]
-    _render(cli.commands["repo"], ["lockstep", "repo"], repository_parts)
+    repo = cli.get_command(context, "repo")
+    assert repo is not None
+    _render(repo, ["lockstep", "repo"], repository_parts)
     command_parts = [COMMANDS_INTRODUCTION]
-    for name in sorted(cli.commands):
-        if name != "repo":
-            _render(cli.commands[name], ["lockstep", name], command_parts)
+    for name in cli.list_commands(context):
+        command = cli.get_command(context, name)
+        if name != "repo" and command is not None:
+            _render(command, ["lockstep", name], command_parts)
     return {
         DOCS / "repository.md": "\n".join(repository_parts) + "\n",
         DOCS / "commands.md": "\n".join(command_parts) + "\n",

@@ -181,3 +181,75 @@ def command_from_argv(argv: Sequence[str]) -> Command:
             "e.g. lockstep repo backup --stdin-from-command -- pg_dump shop",
         )
     return Command(tuple(argv))
+
+
+def run_to_file(command: Command, path: str | os.PathLike[str], timeout: float = 600.0) -> None:
+    """Run to completion with stdout written to `path` (e.g. `git archive`); failure raises SourceError."""
+    with open(path, "wb") as output:
+        try:
+            completed = subprocess.run(
+                list(command.argv),
+                stdout=output,
+                stderr=subprocess.PIPE,
+                timeout=timeout,
+                env=command._environment(),
+                cwd=command.cwd,
+                check=False,
+            )
+        except FileNotFoundError as error:
+            raise SourceError(f"command not found: {command.argv[0]}", "install it or fix the path") from error
+        except subprocess.TimeoutExpired as error:
+            raise SourceError(f"{command.argv[0]} did not finish within {timeout:.0f} s") from error
+    if completed.returncode != 0:
+        lines = completed.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
+        raise SourceError(f"{command.argv[0]} exited with code {completed.returncode}: " + " / ".join(lines))
+
+
+@dataclass(frozen=True)
+class CommandOutcome:
+    """How a user's command (build, migration, hook, smoke test) ended, with its combined output."""
+
+    returncode: int | None  # None: it did not start, or timed out
+    output: str  # stdout and stderr interleaved, the last 64 KiB
+    seconds: float
+    problem: str | None = None  # why it did not run or finish
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def describe_failure(self, lines: int = 10) -> str:
+        """One paragraph: what went wrong and the end of the output."""
+        if self.problem is not None:
+            reason = self.problem
+        else:
+            reason = f"exited with code {self.returncode}"
+        tail = "\n".join(self.output.strip().splitlines()[-lines:])
+        return reason + (f"; its last output:\n{tail}" if tail else "")
+
+
+def run_user_command(command: Command, timeout: float = 3600.0) -> CommandOutcome:
+    """Run a command from the user's config to completion; never raises for its failure."""
+    import time
+
+    started = time.monotonic()
+    try:
+        completed = subprocess.run(
+            list(command.argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+            env=command._environment(),
+            cwd=command.cwd,
+            check=False,
+        )
+    except FileNotFoundError:
+        return CommandOutcome(None, "", time.monotonic() - started, f"command not found: {command.argv[0]}")
+    except PermissionError:
+        return CommandOutcome(None, "", time.monotonic() - started, f"{command.argv[0]} is not executable")
+    except subprocess.TimeoutExpired as error:
+        output = (error.output or b"")[-65536:].decode("utf-8", "replace")
+        return CommandOutcome(None, output, time.monotonic() - started, f"did not finish within {timeout:.0f} s")
+    output = completed.stdout[-65536:].decode("utf-8", "replace")
+    return CommandOutcome(completed.returncode, output, time.monotonic() - started)

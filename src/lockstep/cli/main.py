@@ -14,8 +14,49 @@ from lockstep.cli.output import error_console, print_json
 from lockstep.errors import LockstepError
 from lockstep.exit_codes import ExitCode
 
+# Each command's name and the modules that define it (each exports COMMANDS, a list of click
+# commands or groups). A module that adds a verb to an existing group (`snapshot verify`) does so
+# when imported. Modules load only when their command runs: `lockstep rollback` must not pay for
+# importing every other command first.
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "agent": ("lockstep.cli.agent",),
+    "backup": ("lockstep.cli.backup",),
+    "deploy": ("lockstep.cli.deploy",),
+    "history": ("lockstep.cli.status",),
+    "init": ("lockstep.cli.init",),
+    "lock": ("lockstep.cli.lock",),
+    "repo": ("lockstep.cli.repo",),
+    "rollback": ("lockstep.cli.rollback",),
+    "snapshot": (
+        "lockstep.cli.snapshot",
+        "lockstep.cli.snapshot_verify",
+        "lockstep.cli.snapshot_diff",
+        "lockstep.cli.snapshot_restore",
+        "lockstep.cli.snapshot_forget",
+    ),
+    "status": ("lockstep.cli.status",),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported when first asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        import importlib
+
+        found: click.Command | None = None
+        for module_name in COMMAND_MODULES.get(cmd_name, ()):
+            module = importlib.import_module(module_name)
+            for command in module.COMMANDS:
+                if command.name == cmd_name:
+                    found = command
+        return found
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="lockstep", message="%(prog)s %(version)s")
 @click.option("--json", "json_output", is_flag=True, help="Print machine-readable JSON on stdout.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for unexpected errors.")
@@ -23,33 +64,12 @@ from lockstep.exit_codes import ExitCode
 def cli(context: click.Context, json_output: bool, debug: bool) -> None:
     """lockstep: deploys that are safe to undo.
 
-    Snapshots of code, databases and config in a restic-compatible repository.
+    Snapshots of code, databases and config in a restic-compatible repository; blue-green deploys
+    with health gates, automatic rollback and data rollback.
     """
     context.ensure_object(dict)
     context.obj["json"] = json_output
     context.obj["debug"] = debug
-
-
-# Modules that each export COMMANDS (a list of click commands or groups) to add to `lockstep`.
-# A module that adds a verb to an existing group (e.g. `snapshot verify`) does so when imported,
-# with the group's decorator, and exports an empty COMMANDS.
-COMMAND_MODULES: tuple[str, ...] = (
-    "lockstep.cli.repo",
-    "lockstep.cli.init",
-    "lockstep.cli.snapshot",
-)
-
-
-def _register() -> None:
-    import importlib
-
-    for module_name in COMMAND_MODULES:
-        module = importlib.import_module(module_name)
-        for command in module.COMMANDS:
-            cli.add_command(command)
-
-
-_register()
 
 
 def _interrupt_on_sigterm() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -9,6 +10,8 @@ from typing import Any, TypeVar
 import click
 
 from lockstep.actions.repo.session import RepositoryAccess
+from lockstep.actions.snapshot_create import load_project
+from lockstep.config.loading import CONFIG_FILE_NAME
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,6 +36,14 @@ def repository_options(function: F) -> F:
             "--lock-wait", type=float, default=0.0, metavar="SECONDS", help="Wait this long for a locked repository."
         ),
         click.option("--json", "json_output", is_flag=True, help="Print JSON on stdout."),
+        click.option(
+            "-c",
+            "--config",
+            "config_path",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="Take the repository from this lockstep.toml (default: ./lockstep.toml, when neither "
+            "--repo nor $LOCKSTEP_REPOSITORY is given).",
+        ),
     ]
     for decorator in reversed(decorators):
         function = decorator(function)
@@ -40,12 +51,29 @@ def repository_options(function: F) -> F:
 
 
 def access_from(options: dict[str, Any]) -> RepositoryAccess:
-    """Pop the shared options out of a command's kwargs and build the access object."""
+    """Pop the shared options out of a command's kwargs and build the access object.
+
+    Without --repo and $LOCKSTEP_REPOSITORY, the repository of lockstep.toml (-c, or the one in
+    the current directory) is used, with its password_file/password_command.
+    """
+    location = options.pop("repository")
+    password_file = options.pop("password_file")
+    password_command = options.pop("password_command")
+    lock_wait = options.pop("lock_wait")
+    config_path = options.pop("config_path", None)
+    if not location and not os.environ.get("LOCKSTEP_REPOSITORY"):
+        candidate = config_path or Path(CONFIG_FILE_NAME)
+        if config_path is not None or candidate.is_file():
+            project = load_project(Path.cwd(), candidate, None)
+            location = project.access.location
+            if password_file is None and password_command is None:
+                password_file = project.access.password_file
+                password_command = project.access.password_command
     return RepositoryAccess(
-        location=options.pop("repository"),
-        password_file=options.pop("password_file"),
-        password_command=options.pop("password_command"),
-        lock_wait_seconds=options.pop("lock_wait"),
+        location=location,
+        password_file=password_file,
+        password_command=password_command,
+        lock_wait_seconds=lock_wait,
     )
 
 

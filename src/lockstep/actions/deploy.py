@@ -1,0 +1,34 @@
+"""`lockstep deploy`: load the environment and run the deployment pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lockstep.actions.environment import load_environment
+from lockstep.pipeline.deploy import DeployRequest, Deployment
+from lockstep.pipeline.history import OperationRecord
+from lockstep.pipeline.steps import Reporter
+
+
+def deploy(
+    start: Path, config_path: Path | None, environment: str | None, request: DeployRequest, reporter: Reporter
+) -> OperationRecord:
+    """Deploy; raises DeployRolledBack (exit 3) or DeployFailed (exit 1) when it does not succeed."""
+    context = load_environment(start, config_path, environment)
+    return Deployment(context, request, reporter).run()
+
+
+def plan_deploy(start: Path, config_path: Path | None, environment: str | None, request: DeployRequest) -> list[str]:
+    """The complete plan of a deploy, changing nothing (--dry-run)."""
+    context = load_environment(start, config_path, environment)
+
+    class Silent:
+        def step_started(self, step: str, detail: str) -> None: ...
+        def step_finished(self, step: str, seconds: float, detail: str) -> None: ...
+        def step_failed(self, step: str, seconds: float, reason: str) -> None: ...
+        def info(self, message: str) -> None: ...
+        def warn(self, message: str) -> None: ...
+        def confirm(self, question: str, expected_answer: str | None = None) -> bool:
+            return False
+
+    return Deployment(context, request, Silent()).plan()

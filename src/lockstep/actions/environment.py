@@ -1,0 +1,42 @@
+"""Load the project and pick the environment a deploy-side command works on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lockstep.actions.snapshot_create import ProjectContext, load_project
+from lockstep.agent.client import AgentClient
+from lockstep.config import ProjectConfig
+from lockstep.layout import EnvironmentLayout
+
+
+@dataclass(frozen=True)
+class EnvironmentContext:
+    """A project loaded for one environment: config merged for it, its paths, its agent."""
+
+    project: ProjectContext
+    environment: str
+    layout: EnvironmentLayout
+    config_path: Path | None
+
+    @property
+    def config(self) -> ProjectConfig:
+        return self.project.config
+
+    @property
+    def directory(self) -> Path:
+        return self.project.directory
+
+    def agent(self) -> AgentClient:
+        hint = f" -c {self.config_path}" if self.config_path is not None else ""
+        return AgentClient(self.layout.agent_socket, self.environment, hint)
+
+
+def load_environment(start: Path, config_path: Path | None, environment: str | None) -> EnvironmentContext:
+    """The project for `environment`, or for the config's default_environment when None."""
+    base = load_project(start, config_path, None)
+    name = environment or base.config.default_environment
+    project = load_project(start, config_path, name) if name in base.config.environments else base
+    layout = EnvironmentLayout.for_config(project.config, project.directory, name)
+    return EnvironmentContext(project=project, environment=name, layout=layout, config_path=config_path)

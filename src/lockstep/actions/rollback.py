@@ -1,0 +1,18 @@
+"""`lockstep rollback`: load the environment and run the rollback pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lockstep.actions.environment import load_environment
+from lockstep.pipeline.history import OperationRecord
+from lockstep.pipeline.rollback import Rollback, RollbackRequest
+from lockstep.pipeline.steps import Reporter
+
+
+def rollback(
+    start: Path, config_path: Path | None, environment: str | None, request: RollbackRequest, reporter: Reporter
+) -> OperationRecord:
+    """Roll back; raises DeployRolledBack (exit 3) when it failed but the previous state serves."""
+    context = load_environment(start, config_path, environment)
+    return Rollback(context, request, reporter).run()

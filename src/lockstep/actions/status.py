@@ -1,0 +1,106 @@
+"""`lockstep status` and `lockstep history`: what serves where, and what happened before."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from lockstep.actions.environment import EnvironmentContext, load_environment
+from lockstep.agent.client import AgentUnavailable
+from lockstep.errors import LockstepError
+from lockstep.health.checks import run_check
+from lockstep.pipeline.deploy import clean_up_abandoned
+from lockstep.pipeline.environment_lock import describe_holder, judge_staleness, read_holder
+from lockstep.pipeline.history import History, OperationRecord
+from lockstep.pipeline.release_launch import plan_components
+from lockstep.pipeline.steps import Reporter
+from lockstep.repository.documents import DocumentStore
+
+
+def _lock_document(context: EnvironmentContext) -> dict[str, Any]:
+    try:
+        store = DocumentStore(context.project.access.open(load_index=False))
+        holder = read_holder(store, context.environment)
+    except LockstepError as error:
+        return {"state": "unknown", "detail": str(error)}
+    if holder is None:
+        return {"state": "unlocked"}
+    stale, reason = judge_staleness(holder, context.config.deploy.lock_stale_after)
+    return {
+        "state": "stale" if stale else "locked",
+        "detail": describe_holder(holder) + f" ({reason})",
+        "holder": holder.to_document(),
+    }
+
+
+def environment_status(
+    start: Path, config_path: Path | None, environment: str | None, reporter: Reporter
+) -> dict[str, Any]:
+    """The environment's URL, active slot, release, commit, since when, health, lock, last operation."""
+    context = load_environment(start, config_path, environment)
+    history = History(context.layout.history_database)
+    agent = context.agent()
+    document: dict[str, Any] = {
+        "environment": context.environment,
+        "url": f"http://{context.config.traffic.listen}/",
+        "lock": _lock_document(context),
+    }
+    try:
+        status = agent.status()
+    except AgentUnavailable as error:
+        document["agent"] = {"running": False, "detail": str(error)}
+        status = None
+    if status is not None:
+        for abandoned in history.abandoned():
+            clean_up_abandoned(context, abandoned, agent, history, reporter)
+        document["agent"] = {"running": True, **status["agent"]}
+        active = status.get("active_slot")
+        document["active_slot"] = active
+        document["traffic"] = status["traffic"]
+        slots = {}
+        for slot, slot_status in status["slots"].items():
+            release = slot_status["release"]
+            slots[slot] = {
+                "release": release["release_id"] if release else None,
+                "version": release["version"] if release else None,
+                "since": release["started_at"] if release else None,
+                "processes": slot_status["processes"],
+                "health": _health(context, slot, release) if release else {},
+            }
+        document["slots"] = slots
+        if active:
+            document["release"] = slots[active]["release"]
+            document["commit"] = slots[active]["version"]
+    operations = history.all()
+    document["last_operation"] = operations[-1].to_document() if operations else None
+    serving = [record for record in operations if record.outcome == "succeeded"]
+    document["serving_since"] = serving[-1].finished_at if serving else None
+    return document
+
+
+def _health(context: EnvironmentContext, slot: str, release: dict[str, Any]) -> dict[str, str]:
+    plans = plan_components(context.config, Path(release["release_directory"]), context.layout.shared, slot)
+    results = {}
+    for plan in plans:
+        if plan.health is None:
+            continue
+        result = run_check(plan.health)
+        results[plan.name] = "healthy" if result.ok else f"unhealthy: {result.reason}"
+    return results
+
+
+def operation_history(start: Path, config_path: Path | None, environment: str | None) -> list[OperationRecord]:
+    """Every deploy and rollback of the environment, oldest first."""
+    context = load_environment(start, config_path, environment)
+    return History(context.layout.history_database).all()
+
+
+def age(seconds_since_epoch: float | None) -> str:
+    if seconds_since_epoch is None:
+        return ""
+    seconds = max(0.0, time.time() - seconds_since_epoch)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit} ago"
+    return f"{seconds:.0f} s ago"

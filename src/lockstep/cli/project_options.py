@@ -1,0 +1,47 @@
+"""Options every project command shares: -c/--config and --env."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def project_options(function: Any) -> Any:
+    """Add -c/--config PATH and --env NAME (the environment; default: the config's default_environment)."""
+    function = click.option(
+        "--env",
+        "environment",
+        metavar="NAME",
+        help="Environment ([environments.NAME]); default: default_environment from lockstep.toml.",
+    )(function)
+    return click.option(
+        "-c",
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="The config file. Default: lockstep.toml in the current directory.",
+    )(function)
+
+
+def wants_json(json_output: bool) -> bool:
+    """--json on the command or on `lockstep` itself."""
+    context = click.get_current_context(silent=True)
+    root = context.find_root().obj if context is not None else None
+    return json_output or bool(root and root.get("json"))
+
+
+def parse_duration_seconds(text: str) -> float:
+    """`90`, `90s`, `5m` or `1h` as seconds; a clear usage error otherwise."""
+    value = text.strip().lower()
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    factor = units.get(value[-1:], None)
+    number = value[:-1] if factor is not None else value
+    try:
+        seconds = float(number) * (factor or 1.0)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration: write e.g. 30s, 5m or 1h") from None
+    if seconds < 0:
+        raise click.BadParameter("a duration cannot be negative")
+    return seconds

@@ -1,0 +1,70 @@
+"""`lockstep rollback`: back to the previous release (or STEPS back, or --to ID), with its data if asked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from lockstep.actions.rollback import rollback
+from lockstep.cli.output import console, print_json
+from lockstep.cli.project_options import parse_duration_seconds, project_options, wants_json
+from lockstep.cli.reporting import ConsoleReporter
+from lockstep.pipeline.rollback import RollbackRequest
+
+
+@click.command("rollback")
+@click.argument("steps", type=click.IntRange(min=1), default=1)
+@project_options
+@click.option("--to", "to", metavar="ID", help="Release to go back to: deploy ID, release ID or commit prefix.")
+@click.option("--with-data", is_flag=True, help="Also restore the databases as they were under that release.")
+@click.option("--code-only", is_flag=True, help="Only the code (the default); refused onto a newer schema.")
+@click.option("--yes", is_flag=True, help="Answer yes to the data-loss confirmation (for CI).")
+@click.option("--force", is_flag=True, help="Roll back code onto a newer schema; take a live lock.")
+@click.option("--lock-wait", metavar="DURATION", default="0", help="Wait this long for the lock (e.g. 30s, 5m).")
+@click.option("--log-format", type=click.Choice(["auto", "text", "json"]), default="auto", help="Progress format.")
+@click.option("--json", "json_output", is_flag=True, help="Print the rollback record as JSON on stdout.")
+def rollback_command(
+    steps: int,
+    config_path: Path | None,
+    environment: str | None,
+    to: str | None,
+    with_data: bool,
+    code_only: bool,
+    yes: bool,
+    force: bool,
+    lock_wait: str,
+    log_format: str,
+    json_output: bool,
+) -> None:
+    """Roll back to the previous successful release (STEPS back, or --to ID).
+
+    A warm previous slot takes the traffic back in well under a second. With --with-data the
+    databases are restored from the snapshot taken before that release was replaced, after
+    showing what it discards and asking (type the environment name in production; --yes for CI).
+    """
+    if with_data and code_only:
+        raise click.UsageError("--with-data and --code-only exclude each other")
+    request = RollbackRequest(
+        steps=steps,
+        to=to,
+        with_data=with_data,
+        code_only=code_only,
+        yes=yes,
+        force=force,
+        lock_wait=parse_duration_seconds(lock_wait),
+    )
+    json_lines = None if log_format == "auto" else log_format == "json"
+    record = rollback(Path.cwd(), config_path, environment, request, ConsoleReporter(json_lines=json_lines))
+    if wants_json(json_output):
+        print_json(record.to_document())
+        return
+    data = " with its data" if record.data_restored else ""
+    console.print(
+        f"rolled back {record.environment} to {record.release_id} ({(record.commit or '')[:12]}){data} "
+        f"in {record.duration or 0:.1f} s",
+        markup=False,
+    )
+
+
+COMMANDS = [rollback_command]

@@ -1,0 +1,101 @@
+"""`lockstep status` and `lockstep history`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from lockstep.actions.status import age, environment_status, operation_history
+from lockstep.cli.output import console, print_json
+from lockstep.cli.project_options import project_options, wants_json
+from lockstep.cli.reporting import ConsoleReporter
+
+
+def print_line(text: str) -> None:
+    console.print(text, markup=False, highlight=False)
+
+
+def _time(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    return datetime.fromtimestamp(seconds).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+@click.command("status")
+@project_options
+@click.option("--json", "json_output", is_flag=True, help="Print JSON on stdout.")
+def status_command(config_path: Path | None, environment: str | None, json_output: bool) -> None:
+    """Where the app is served, the active slot and release, health, the lock and the last operation.
+
+    An interrupted deploy (its process killed) is reported and cleaned up.
+    """
+    document = environment_status(Path.cwd(), config_path, environment, ConsoleReporter(json_lines=False))
+    if wants_json(json_output):
+        print_json(document)
+        return
+    print_line(f"environment {document['environment']}: {document['url']}")
+    agent = document["agent"]
+    if not agent["running"]:
+        print_line(f"  agent: not running ({agent['detail']})")
+    else:
+        active = document.get("active_slot")
+        slots = document.get("slots", {})
+        if not active:
+            print_line("  nothing deployed yet")
+        for slot, info in slots.items():
+            if not info["release"]:
+                continue
+            role = "active" if slot == active else "warm (instant rollback)"
+            health = ", ".join(f"{name} {state}" for name, state in info["health"].items()) or "no checks"
+            running = ", ".join(
+                f"{process['component']} pid {process['pid']}" + ("" if process["running"] else " (down)")
+                for process in info["processes"]
+            )
+            print_line(
+                f"  slot {slot} [{role}]: release {info['release']}, commit {(info['version'] or '')[:12]}, "
+                f"since {age(info['since'])}; {health}; {running}"
+            )
+        traffic = document.get("traffic", {})
+        print_line(f"  traffic: {traffic.get('kind')} on {traffic.get('listen')}, port {traffic.get('active_port')}")
+    lock = document["lock"]
+    print_line(f"  lock: {lock['state']}" + (f" — {lock['detail']}" if lock.get("detail") else ""))
+    last = document.get("last_operation")
+    if last:
+        print_line(
+            f"  last: {last['operation']} {last['id']} {last['outcome']}"
+            + (f" at {last['failed_step']}" if last.get("failed_step") else "")
+            + (f" ({last['reason']})" if last.get("reason") and last["outcome"] != "succeeded" else "")
+        )
+
+
+@click.command("history")
+@project_options
+@click.option("--json", "json_output", is_flag=True, help="Print JSON on stdout.")
+def history_command(config_path: Path | None, environment: str | None, json_output: bool) -> None:
+    """Every deploy and rollback: outcome, duration, performer, snapshot and the step that failed."""
+    records = operation_history(Path.cwd(), config_path, environment)
+    if wants_json(json_output):
+        print_json([record.to_document() for record in records])
+        return
+    table = Table()
+    for title in ("ID", "Operation", "Outcome", "Started", "Duration", "Commit", "By", "Snapshot", "Failed at"):
+        table.add_column(title, no_wrap=title != "Failed at")
+    for record in records:
+        table.add_row(
+            record.id,
+            record.operation,
+            record.outcome + (" +data" if record.data_restored else ""),
+            _time(record.started_at),
+            f"{record.duration:.1f} s" if record.duration is not None else "",
+            (record.commit or "")[:12],
+            record.performer,
+            (record.snapshot_id or "")[:8],
+            (record.failed_step or "") + (f": {record.reason}" if record.reason else ""),
+        )
+    console.print(table)
+
+
+COMMANDS = [status_command, history_command]

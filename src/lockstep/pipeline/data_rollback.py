@@ -1,0 +1,117 @@
+"""Bring databases back to a snapshot, after saying what that discards.
+
+Used by a deploy that fails after its migrations ran, and by `lockstep rollback --with-data`.
+Before a live database is replaced, a `pre-restore` snapshot of it is taken, so the restore
+itself can be undone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lockstep.config import ProjectConfig
+from lockstep.pipeline.diff import DatabaseDiff, TableDiff, diff_database
+from lockstep.pipeline.restore import RestoredDatabase, ServerAccess, restore_database
+from lockstep.pipeline.snapshot import (
+    CreatedSnapshot,
+    SnapshotRequest,
+    create_snapshot,
+    database_password,
+    load_manifest,
+)
+from lockstep.repository.repository import Repository
+from lockstep.repository.snapshot import Snapshot
+
+
+@dataclass(frozen=True)
+class DataRollbackResult:
+    pre_restore_snapshot_id: str | None
+    restored: list[RestoredDatabase]
+
+
+def live_access(config: ProjectConfig, name: str) -> ServerAccess:
+    database = config.databases[name]
+    return ServerAccess(url=database.url, password=database_password(name, database))
+
+
+def snapshot_databases(repository: Repository, snapshot: Snapshot, config: ProjectConfig) -> list[str]:
+    """The databases both in the snapshot and in the config, in the config's order."""
+    manifest = load_manifest(repository, snapshot)
+    return [name for name in config.databases if name in manifest.databases]
+
+
+def describe_discarded(repository: Repository, snapshot: Snapshot, config: ProjectConfig) -> list[DatabaseDiff]:
+    """Per database, what the live data has that a restore of `snapshot` would throw away."""
+    manifest = load_manifest(repository, snapshot)
+    return [
+        diff_database(repository, snapshot, manifest, name, live_access(config, name))
+        for name in snapshot_databases(repository, snapshot, config)
+    ]
+
+
+def summarize_discarded(diffs: list[DatabaseDiff]) -> list[str]:
+    """Lines a person reads before agreeing: one per changed table, or that nothing changed."""
+    lines = []
+    for diff in diffs:
+        changed = diff.changed_tables
+        if not changed:
+            lines.append(f"database {diff.name}: no changes since the snapshot; nothing is lost")
+            continue
+        for table in changed:
+            lines.append(f"database {diff.name}, table {table.name}: {describe_table_change(table)}")
+    return lines
+
+
+def describe_table_change(table: TableDiff) -> str:
+    """What the live table has beyond the snapshot, in words: these are the writes a restore loses."""
+    if table.status == "added":
+        return "created after the snapshot; a restore drops it"
+    if table.status == "removed":
+        return "dropped after the snapshot; a restore brings it back"
+    parts = []
+    if table.rows_added:
+        parts.append(f"{table.rows_added} rows added (lost)")
+    if table.rows_changed:
+        parts.append(f"{table.rows_changed} rows changed (changes lost)")
+    if table.rows_removed:
+        parts.append(f"{table.rows_removed} rows deleted (come back)")
+    if table.columns:
+        parts.append(f"{len(table.columns)} column changes (undone)")
+    return ", ".join(parts) or "changed"
+
+
+def restore_snapshot_data(
+    repository: Repository,
+    snapshot: Snapshot,
+    config: ProjectConfig,
+    project_directory: Path,
+    environment: str,
+    pre_restore: bool = True,
+) -> DataRollbackResult:
+    """Snapshot the live databases (kind pre-restore), then restore each from `snapshot`, verified."""
+    manifest = load_manifest(repository, snapshot)
+    names = snapshot_databases(repository, snapshot, config)
+    pre_restore_id = None
+    if pre_restore and names:
+        no_files = config.files.model_copy(update={"config": [], "secrets": []})
+        databases = {name: config.databases[name] for name in names}
+        only_databases = config.model_copy(update={"databases": databases, "files": no_files})
+        created: CreatedSnapshot = create_snapshot(
+            repository,
+            only_databases,
+            SnapshotRequest(
+                project_directory=project_directory,
+                environment=environment,
+                message=f"before restoring snapshot {snapshot.short_id}",
+                tags=(f"restores:{snapshot.short_id}",),
+                kind="pre-restore",
+            ),
+            code=None,
+        )
+        pre_restore_id = created.snapshot.id
+    restored = [
+        restore_database(repository, snapshot, manifest, name, live_access(config, name), replace=True)
+        for name in names
+    ]
+    return DataRollbackResult(pre_restore_snapshot_id=pre_restore_id, restored=restored)

@@ -1,0 +1,748 @@
+"""`lockstep deploy`: ship a git commit as a new release, blue-green, and never leave a half-done state.
+
+The steps, each logged with its duration and each leaving an undo:
+
+ 1. preflight      tools, disk, databases, git ref, required variables, agent, free ports
+ 2. lock           the environment's lock in the repository (every deployer sees it)
+ 3. release        `git archive` of the commit into releases/<deploy-id>/, shared paths linked, build
+ 4. snapshot       the pre-deploy coordinated snapshot (code of the running release + databases)
+ 5. migrate        the migration command, with the migration version before and after
+ 6. start          the new release in the idle slot, through the agent; health gate
+ 7. smoke          the configured smoke tests against the new slot
+ 8. switch         traffic to the new slot, atomically
+ 9. watch          health, crash loops and the proxy's error rate for a while
+10. retire         drain the old slot and stop its processes (web stays warm for a fast rollback)
+
+Any failure, Ctrl-C or SIGTERM unwinds the undo actions in reverse: traffic goes back, the new
+slot stops, and when migrations ran the data comes back per the environment's data_rollback policy.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lockstep.actions.environment import EnvironmentContext
+from lockstep.agent.client import AgentClient
+from lockstep.agent.state import other_slot
+from lockstep.config.deploy_model import EffectivePolicy, effective_policy
+from lockstep.databases import adapter_for
+from lockstep.errors import LockstepError, UsageError
+from lockstep.exit_codes import ExitCode
+from lockstep.health.checks import describe_check, run_check
+from lockstep.health.gate import wait_until_healthy
+from lockstep.notify.events import DEPLOY_FAILED, DEPLOY_ROLLED_BACK, DEPLOY_STARTED, DEPLOY_SUCCEEDED
+from lockstep.pipeline.code import read_git_state
+from lockstep.pipeline.data_rollback import (
+    describe_discarded,
+    live_access,
+    restore_snapshot_data,
+    summarize_discarded,
+)
+from lockstep.pipeline.environment_lock import EnvironmentLock, LockHolder
+from lockstep.pipeline.history import History, OperationRecord
+from lockstep.pipeline.notifications import notifier_for, operation_event
+from lockstep.pipeline.release_launch import ComponentPlan, app_environment, plan_components, traffic_component
+from lockstep.pipeline.releases import ResolvedRef, build_release_directory, new_deploy_id, prune_releases, resolve_ref
+from lockstep.pipeline.smoke import run_smoke_check
+from lockstep.pipeline.snapshot import PreparedCode, SnapshotRequest, create_snapshot, database_password
+from lockstep.pipeline.steps import Reporter, StepFailed, StepRunner
+from lockstep.process import Command, run_user_command
+from lockstep.repository.documents import DocumentStore
+from lockstep.repository.identity import current_user
+from lockstep.runtimes.local import port_holder, port_is_free
+
+WATCH_INTERVAL = 1.0
+
+
+class DeployRolledBack(LockstepError):
+    """The deploy failed and everything it changed was undone: the previous release serves."""
+
+    exit_code = ExitCode.ROLLED_BACK
+
+
+class DeployFailed(LockstepError):
+    """The deploy failed and could not undo everything; the message says what is left."""
+
+    exit_code = ExitCode.FAILED
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    """What the user asked `lockstep deploy` for."""
+
+    ref: str = "HEAD"
+    message: str | None = None
+    dry_run: bool = False
+    skip_migrations: bool = False
+    skip_backup: bool = False
+    force: bool = False
+    yes: bool = False
+    lock_wait: float = 0.0
+    allow_dirty: bool = False
+
+
+def performer() -> str:
+    """Who deploys: $LOCKSTEP_PERFORMER (CI sets it to the person behind the pipeline) or the user."""
+    return os.environ.get("LOCKSTEP_PERFORMER") or current_user()
+
+
+def migration_version(context: EnvironmentContext) -> str | None:
+    """The first database's recognisable migration version (alembic, Rails, Django), or None."""
+    for name, database in context.config.databases.items():
+        if not_created_yet(database.url):
+            continue
+        info = adapter_for(database.url).inspect(database.url, database_password(name, database))
+        if info.migration_version is not None:
+            return info.migration_version
+    return None
+
+
+def not_created_yet(url: str) -> bool:
+    """A SQLite file that does not exist: the first deploy's migrations create it."""
+    if not url.startswith("sqlite:"):
+        return False
+    from lockstep.databases.sqlite import database_path
+
+    return not database_path(url).exists()
+
+
+def hook_environment(record: OperationRecord) -> dict[str, str]:
+    return {
+        "LOCKSTEP_DEPLOY_ID": record.id,
+        "LOCKSTEP_VERSION": record.commit or "",
+        "LOCKSTEP_ENV": record.environment,
+        "LOCKSTEP_PERFORMER": record.performer,
+        "LOCKSTEP_OPERATION": record.operation,
+        "LOCKSTEP_RELEASE": record.release_id or "",
+        "LOCKSTEP_SNAPSHOT_ID": record.snapshot_id or "",
+        "LOCKSTEP_OUTCOME": record.outcome,
+    }
+
+
+def run_hook(context: EnvironmentContext, name: str, record: OperationRecord, reporter: Reporter) -> None:
+    """Run a configured hook; a failing pre- hook fails the step, a failing post- hook only warns."""
+    command_text = context.config.deploy.hooks.get(name)
+    if not command_text:
+        return
+    command = Command(Command.parse(command_text).argv, env=hook_environment(record), cwd=str(context.directory))
+    outcome = run_user_command(command, timeout=600)
+    if outcome.ok:
+        reporter.info(f"hook {name}: ok ({outcome.seconds:.1f} s)")
+        return
+    message = f"hook {name} failed: {outcome.describe_failure(5)}"
+    if name.startswith("pre-"):
+        raise UsageError(message, f"fix the hook or the condition it checks (deploy.hooks.{name} in lockstep.toml)")
+    reporter.warn(message)
+
+
+class Deployment:
+    """One run of `lockstep deploy` for one environment."""
+
+    def __init__(self, context: EnvironmentContext, request: DeployRequest, reporter: Reporter) -> None:
+        self.context = context
+        self.request = request
+        self.reporter = reporter
+        self.config = context.config
+        self.layout = context.layout
+        self.policy: EffectivePolicy = effective_policy(self.config.policy, context.environment)
+        self.agent: AgentClient = context.agent()
+        self.history = History(self.layout.history_database)
+        self.steps = StepRunner(reporter)
+        self.lock: EnvironmentLock | None = None
+        self.release_directory: Path | None = None
+        self.plans: list[ComponentPlan] = []
+
+    # -- the plan ------------------------------------------------------------------------------
+
+    def _code_work_tree(self) -> Path:
+        code = self.config.code
+        if code.kind != "git" or code.path is None:
+            raise UsageError(
+                "lockstep deploy ships git commits, and the code is not a git work tree",
+                'set [code] kind = "git" and path to the work tree in lockstep.toml',
+            )
+        return code.path
+
+    def plan(self) -> list[str]:
+        """Every step and command as it would run, for --dry-run; changes nothing."""
+        work_tree = self._code_work_tree()
+        resolved = resolve_ref(work_tree, self.request.ref)
+        active = self._active_slot_or_none()
+        idle = "blue" if active is None else other_slot(active)
+        release_id = new_deploy_id(resolved.commit)
+        release = self.layout.release_directory(release_id)
+        plans = plan_components(self.config, release, self.layout.shared, idle)
+        source = self.config.app.source
+        lines = [
+            f"deploy {resolved.ref} ({resolved.short_commit} {resolved.subject}) to {self.context.environment}",
+            f"1. preflight: git, free disk >= {self.config.deploy.min_free_disk_mb} MiB, "
+            f"databases reachable ({', '.join(self.config.databases) or 'none'}), agent, free ports "
+            + ", ".join(str(plan.port) for plan in plans if plan.port is not None),
+            f"2. lock environment {self.context.environment} in the repository",
+            f"3. release {release}: git archive {resolved.short_commit}"
+            + ("" if source in (None, ".", "") else f":{source}")
+            + (f"; link shared {', '.join(self.config.app.shared)}" if self.config.app.shared else "")
+            + (f"; build: {self.config.app.build}" if self.config.app.build else ""),
+            "4. pre-deploy snapshot"
+            + (
+                " (skipped: --skip-backup)" if self.request.skip_backup else f", verified at {self.policy.verify_level}"
+            ),
+            "5. migrate: "
+            + ("skipped" if self.request.skip_migrations or not self.config.app.migrate else self.config.app.migrate),
+            f"6. start in slot {idle}: "
+            + "; ".join(
+                f"{plan.name}: {' '.join(plan.argv)}" + (f" (port {plan.port})" if plan.port else "") for plan in plans
+            ),
+            "   health: "
+            + "; ".join(
+                f"{plan.name}: "
+                + (f"{describe_check(plan.health)}, {plan.passes} passes" if plan.health else "keeps running")
+                for plan in plans
+            ),
+            "7. smoke: "
+            + ("; ".join(check.model_dump_json(exclude_defaults=True) for check in self.config.deploy.smoke) or "none"),
+            f"8. switch traffic at {self.config.traffic.listen} ({self.config.traffic.kind}) to slot {idle}",
+            f"9. watch {self.config.deploy.watch_seconds:.0f} s: {self.config.deploy.watch_failures} failed checks, "
+            f"a crash loop or > {self.config.deploy.watch_error_rate:.0%} errors roll back",
+            f"10. retire slot {active or '(none)'} after draining (at most {self.config.traffic.drain_timeout:.0f} s)",
+            f"on failure: undo in reverse; data rollback policy: {self.policy.data_rollback}",
+        ]
+        for name, command in sorted(self.config.deploy.hooks.items()):
+            lines.append(f"hook {name}: {command}")
+        return lines
+
+    def _active_slot_or_none(self) -> str | None:
+        try:
+            active = self.agent.status().get("active_slot")
+        except LockstepError:
+            return None
+        return str(active) if active else None
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def run(self) -> OperationRecord:
+        """Deploy; returns the history record of a success, raises DeployRolledBack/DeployFailed."""
+        work_tree = self._code_work_tree()
+        resolved = self.steps.run("preflight", "", lambda: self._preflight(work_tree), lambda r: r.short_commit)
+        deploy_id = new_deploy_id(resolved.commit)
+        record = OperationRecord(
+            id=deploy_id,
+            operation="deploy",
+            environment=self.context.environment,
+            started_at=time.time(),
+            performer=performer(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            ref=resolved.ref,
+            commit=resolved.commit,
+            message=self.request.message or resolved.subject,
+            release_id=deploy_id,
+        )
+        self._confirm(record)
+        self.steps.run("lock", self.context.environment, lambda: self._take_lock(record), lambda _: "held")
+        notifier = notifier_for(self.context, self.reporter)
+        try:
+            self.history.save(record)
+            notifier.notify(operation_event(DEPLOY_STARTED, record, f"deploying {record.id}"))
+            run_hook(self.context, "pre-deploy", record, self.reporter)
+            self._run_steps(record, work_tree)
+            notifier.notify(operation_event(DEPLOY_SUCCEEDED, record, f"deployed {record.id}"))
+        except (StepFailed, LockstepError, KeyboardInterrupt) as error:
+            try:
+                self._fail(record, error)
+            except DeployRolledBack as failure:
+                notifier.notify(operation_event(DEPLOY_ROLLED_BACK, record, failure.message))
+                raise
+            except DeployFailed as failure:
+                notifier.notify(operation_event(DEPLOY_FAILED, record, failure.message))
+                raise
+        finally:
+            self._release_lock()
+            notifier.close()
+        return record
+
+    def _preflight(self, work_tree: Path) -> ResolvedRef:
+        from lockstep.pipeline.preflight import check_database_reachable, check_free_disk_space
+
+        problems: list[str] = []
+        if shutil.which("git") is None:
+            problems.append("git is not installed: install it (apt-get install git)")
+        resolved = resolve_ref(work_tree, self.request.ref)
+        allow_dirty = self.request.allow_dirty or self.config.code.allow_dirty
+        if self.request.ref == "HEAD" and not allow_dirty and read_git_state(work_tree).dirty:
+            problems.append(
+                f"the git work tree {work_tree} has uncommitted changes, which a deploy of HEAD would not "
+                "include: commit them, or pass --allow-dirty"
+            )
+        self.layout.create()
+        disk = check_free_disk_space(f"local:{self.layout.root}", self.config.deploy.min_free_disk_mb)
+        if not disk.ok:
+            problems.append(f"{disk.detail}: free some space, or lower deploy.min_free_disk_mb")
+        for name, database in self.config.databases.items():
+            if not_created_yet(database.url):
+                self.reporter.info(f"database {name} does not exist yet; the migrations create it")
+                continue
+            check = check_database_reachable(name, database)
+            if not check.ok:
+                problems.append(f"{check.name}: {check.detail}: {check.fix}")
+        for name in self.config.deploy.required_env:
+            if not os.environ.get(name):
+                problems.append(f"the environment variable {name} is not set: the deploy needs it")
+        status = self.agent.status()  # raises AgentUnavailable with what to do
+        active = status.get("active_slot")
+        idle = "blue" if not active else other_slot(str(active))
+        running_ports = {
+            process.get("port") for process in status["slots"][idle]["processes"] if process.get("running")
+        }
+        for plan in plan_components(self.config, self.layout.root, self.layout.shared, idle):
+            if plan.port is not None and plan.port not in running_ports and not port_is_free(plan.port):
+                holder = port_holder(plan.port)
+                problems.append(
+                    f"port {plan.port} of {plan.name} (slot {idle}) is taken"
+                    + (f" by {holder}" if holder else "")
+                    + ": stop that process or change the component's ports"
+                )
+        if problems:
+            raise UsageError("preflight failed:\n  - " + "\n  - ".join(problems))
+        return resolved
+
+    def _confirm(self, record: OperationRecord) -> None:
+        if self.policy.approval_command:
+            outcome = run_user_command(
+                Command(
+                    Command.parse(self.policy.approval_command).argv,
+                    env=hook_environment(record),
+                    cwd=str(self.context.directory),
+                ),
+                timeout=300,
+            )
+            if not outcome.ok:
+                raise UsageError(
+                    f"the approval command did not approve this deploy: {outcome.describe_failure(5)}",
+                    "get the approval it checks for, then deploy again",
+                )
+        if self.policy.confirm and not self.request.yes:
+            question = f"Deploy {record.commit and record.commit[:12]} to {self.context.environment}?"
+            expected = self.context.environment if self.context.environment == "production" else None
+            if not self.reporter.confirm(question, expected):
+                raise UsageError(
+                    f"deploying to {self.context.environment} needs confirmation",
+                    "answer the question on a terminal, or pass --yes",
+                )
+        if self.request.skip_backup and self.policy.require_snapshot:
+            raise UsageError(
+                f"--skip-backup is not allowed in {self.context.environment}: "
+                "its policy requires the pre-deploy snapshot",
+                "deploy without --skip-backup, or set policy.require_snapshot = false for this environment",
+            )
+
+    def _document_store(self) -> DocumentStore:
+        repository = self.context.project.access.open(load_index=False)
+        return DocumentStore(repository)
+
+    def _take_lock(self, record: OperationRecord) -> None:
+        lock = EnvironmentLock(
+            self._document_store(), self.context.environment, stale_after=self.config.deploy.lock_stale_after
+        )
+        holder = LockHolder.for_this_process(record.id, self.context.environment, "deploy", record.message)
+
+        def warn_stale(previous: LockHolder) -> None:
+            self.reporter.warn(
+                f"recovered a stale lock of {previous.operation} {previous.deploy_id} by {previous.user}@"
+                f"{previous.host} (pid {previous.pid})"
+            )
+
+        lock.acquire(holder, wait=self.request.lock_wait, force=self.request.force, on_stale=warn_stale)
+        self.lock = lock
+        self._clean_up_abandoned()
+
+    def _release_lock(self) -> None:
+        if self.lock is not None:
+            try:
+                self.lock.release()
+            except LockstepError as error:
+                self.reporter.warn(f"could not release the environment lock: {error}")
+            self.lock = None
+
+    def _clean_up_abandoned(self) -> None:
+        """A deploy that was killed left a "running" record: stop what it started, mark it."""
+        for abandoned in self.history.abandoned():
+            clean_up_abandoned(self.context, abandoned, self.agent, self.history, self.reporter)
+
+    def _check_lock(self) -> None:
+        if self.lock is not None:
+            self.lock.ensure_held()
+
+    def _run_steps(self, record: OperationRecord, work_tree: Path) -> None:
+        status = self.agent.status()
+        active = status.get("active_slot")
+        old_slot = str(active) if active else None
+        new_slot = "blue" if old_slot is None else other_slot(old_slot)
+        record.slot = new_slot
+        old_release = status["slots"][old_slot]["release"] if old_slot else None
+        record.previous_release_id = old_release["release_id"] if old_release else None
+        self.history.save(record)
+
+        release = self.steps.run(
+            "release", record.id, lambda: self._build_release(record, work_tree), lambda path: str(path)
+        )
+        self._check_lock()
+        if not self.request.skip_backup:
+            self.steps.run(
+                "snapshot",
+                "pre-deploy",
+                lambda: self._pre_deploy_snapshot(record, old_release),
+                lambda snapshot_id: snapshot_id[:8],
+            )
+            self.history.save(record)
+        self._check_lock()
+        if self.config.app.migrate and not self.request.skip_migrations:
+            self.steps.run("migrate", self.config.app.migrate, lambda: self._migrate(record, release), lambda r: r)
+            self.history.save(record)
+        self._check_lock()
+        self.plans = plan_components(self.config, release, self.layout.shared, new_slot)
+        self.steps.run("start", f"slot {new_slot}", lambda: self._start(record, new_slot, release), lambda r: r)
+        self._check_lock()
+        self.steps.run("smoke", "", lambda: self._smoke(release), lambda r: r)
+        run_hook(self.context, "pre-switch", record, self.reporter)
+        self._check_lock()
+        if traffic_component(self.config) is not None:
+            self.steps.run("switch", f"to slot {new_slot}", lambda: self._switch(new_slot, old_slot), lambda r: r)
+            self.steps.run(
+                "watch", f"{self.config.deploy.watch_seconds:.0f} s", lambda: self._watch(new_slot), lambda r: r
+            )
+        self._check_lock()
+        self.steps.run("retire", f"slot {old_slot or '(none)'}", lambda: self._retire(old_slot, record), lambda r: r)
+        record.outcome = "succeeded"
+        record.finished_at = time.time()
+        record.steps = [step.to_document() for step in self.steps.records]
+        self.history.save(record)
+        run_hook(self.context, "post-deploy", record, self.reporter)
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _build_release(self, record: OperationRecord, work_tree: Path) -> Path:
+        assert record.commit is not None
+        release = build_release_directory(work_tree, self.config.app, self.layout, record.id, record.commit)
+        self.release_directory = release
+        self.steps.on_undo("release", lambda: self._discard_release(release))
+        if self.config.app.build:
+            command = Command(
+                Command.parse(self.config.app.build).argv,
+                env=app_environment(self.config, release, self.layout.shared),
+                cwd=str(release),
+            )
+            outcome = run_user_command(command, timeout=3600)
+            if not outcome.ok:
+                raise UsageError(f"the build failed: {outcome.describe_failure()}")
+        return release
+
+    def _discard_release(self, release: Path) -> None:
+        """A release that never served is of no use; keep the disk for ones that did."""
+        shutil.rmtree(release, ignore_errors=True)
+
+    def _pre_deploy_snapshot(self, record: OperationRecord, old_release: dict[str, Any] | None) -> str:
+        code = None
+        if old_release is not None and Path(old_release["release_directory"]).is_dir():
+            code = PreparedCode(kind="release-directory", release_directory=Path(old_release["release_directory"]))
+        request = SnapshotRequest(
+            project_directory=self.context.directory,
+            environment=self.context.environment,
+            message=f"before deploy {record.id}",
+            tags=(f"deploy:{record.id}",) + ((f"release:{old_release['release_id']}",) if old_release else ()),
+            kind="pre-deploy",
+        )
+        existing = {name: db for name, db in self.config.databases.items() if not not_created_yet(db.url)}
+        config = self.config.model_copy(update={"databases": existing})
+        with self.context.project.access.session(exclusive=False) as repository:
+            created = create_snapshot(repository, config, request, code)
+            if self.policy.verify_level != "none":
+                from lockstep.pipeline.verify import verify_snapshot
+
+                servers = {name: live_access(self.config, name) for name in self.config.databases}
+                result = verify_snapshot(repository, created.snapshot, self.policy.verify_level, servers=servers)
+                if not result.ok:
+                    found = "; ".join(finding.message for finding in result.findings[:3])
+                    raise UsageError(
+                        f"the pre-deploy snapshot {created.snapshot.short_id} failed verification: {found}",
+                        "fix the repository (lockstep repo check) before deploying",
+                    )
+        record.snapshot_id = created.snapshot.id
+        return created.snapshot.id
+
+    def _migrate(self, record: OperationRecord, release: Path) -> str:
+        assert self.config.app.migrate is not None
+        record.migration_before = migration_version(self.context)
+        record.migrations_ran = True  # from here on the data may have changed, even if it fails
+        self.steps.on_undo("migrate", lambda: self._undo_migrations(record))
+        command = Command(
+            Command.parse(self.config.app.migrate).argv,
+            env=app_environment(self.config, release, self.layout.shared),
+            cwd=str(release),
+        )
+        outcome = run_user_command(command, timeout=3600)
+        if not outcome.ok:
+            raise UsageError(f"the migration failed: {outcome.describe_failure()}")
+        record.migration_after = migration_version(self.context)
+        return f"{record.migration_before or 'none'} -> {record.migration_after or 'none'}"
+
+    def _undo_migrations(self, record: OperationRecord) -> None:
+        """Bring the data back to the pre-deploy snapshot, as the environment's policy says."""
+        if record.snapshot_id is None:
+            self.reporter.warn("migrations ran but there is no pre-deploy snapshot (--skip-backup): the data stays")
+            return
+        if record.migration_after is not None and record.migration_after == record.migration_before:
+            # The migration command succeeded and the version did not move: nothing was migrated,
+            # and restoring would only throw away what users wrote during the deploy.
+            self.reporter.info(f"the migrations changed nothing (version {record.migration_after}): data kept")
+            return
+        policy = self.policy.data_rollback
+        with self.context.project.access.session(exclusive=False) as repository:
+            snapshot = repository.find_snapshot(record.snapshot_id)
+            diffs = describe_discarded(repository, snapshot, self.config)
+            if not any(diff.changed_tables for diff in diffs):
+                self.reporter.info(f"the data has not changed since pre-deploy snapshot {snapshot.short_id}: kept")
+                return
+            lines = summarize_discarded(diffs)
+            self.reporter.info(
+                f"restoring the data of pre-deploy snapshot {snapshot.short_id} discards:\n  " + "\n  ".join(lines)
+            )
+            if policy == "never":
+                self.reporter.warn("data_rollback = never: the migrated data stays; restore it yourself if needed")
+                return
+            if policy == "ask" and not self.reporter.confirm("Restore the databases to the pre-deploy snapshot?"):
+                self.reporter.warn(
+                    f"the data was not restored; to do it later: lockstep snapshot restore {snapshot.short_id}"
+                )
+                return
+            result = restore_snapshot_data(
+                repository, snapshot, self.config, self.context.directory, self.context.environment
+            )
+        record.data_restored = True
+        restored = ", ".join(f"{item.name} ({item.rows} rows)" for item in result.restored)
+        self.reporter.info(
+            f"data restored from {snapshot.short_id}: {restored}; the data as it was before the restore is in "
+            f"snapshot {(result.pre_restore_snapshot_id or '')[:8]}"
+        )
+
+    def _start(self, record: OperationRecord, slot: str, release: Path) -> str:
+        self.steps.on_undo("start", lambda: self.agent.stop_slot(slot))
+        self.agent.start_slot(slot, record.id, release, record.commit, [plan.launch_document() for plan in self.plans])
+        return health_gate(self.agent, slot, self.plans)
+
+    def _smoke(self, release: Path) -> str:
+        checks = self.config.deploy.smoke
+        if not checks:
+            return "none configured"
+        component = traffic_component(self.config)
+        port = next((plan.port for plan in self.plans if plan.name == component), None)
+        env = app_environment(self.config, release, self.layout.shared)
+        failures = []
+        for check in checks:
+            result = run_smoke_check(check, self.config, port, release, env)
+            self.reporter.info(f"smoke {result.name}: {'ok' if result.ok else 'FAILED'} ({result.detail})")
+            if not result.ok:
+                failures.append(f"{result.name}: {result.detail}")
+        if failures:
+            raise UsageError("smoke tests failed: " + "; ".join(failures))
+        return f"{len(checks)} passed"
+
+    def _switch(self, new_slot: str, old_slot: str | None) -> str:
+        if old_slot is not None:
+            self.steps.on_undo("switch", lambda: self._switch_back(old_slot))
+        result = self.agent.switch(new_slot)
+        return f"{float(result.get('seconds', 0)) * 1000:.0f} ms"
+
+    def _switch_back(self, slot: str) -> None:
+        self.agent.switch(slot)
+
+    def _watch(self, slot: str) -> str:
+        return watch_slot(self.agent, slot, self.plans, self.config.deploy, self.reporter)
+
+    def _retire(self, old_slot: str | None, record: OperationRecord) -> str:
+        protected = {record.id}
+        if old_slot is None:
+            prune_releases(self.layout, self.config.app.keep_releases, protected)
+            return "nothing to retire"
+        status = self.agent.status()
+        old_release = status["slots"][old_slot]["release"]
+        if old_release:
+            protected.add(old_release["release_id"])
+        drained = self.agent.wait_drained(old_slot, self.config.traffic.drain_timeout)
+        # The old slot's traffic component stays warm for a rollback in under a second; what
+        # has no port (workers) must not run two versions at once, so it stops now.
+        component = traffic_component(self.config)
+        others = [plan.name for plan in self.plans if plan.name != component]
+        if others:
+            self.agent.stop_slot(old_slot, others)
+        self.steps.forget_undo("switch")
+        removed = prune_releases(self.layout, self.config.app.keep_releases, protected)
+        return f"slot {old_slot} drained{'' if drained else ' (timed out)'}, kept warm" + (
+            f"; removed {len(removed)} old releases" if removed else ""
+        )
+
+    # -- failure -------------------------------------------------------------------------------
+
+    def _fail(self, record: OperationRecord, error: BaseException) -> None:
+        interrupted = isinstance(error, KeyboardInterrupt)
+        reason = "interrupted (Ctrl-C or SIGTERM)" if interrupted else str(error)
+        step = error.step if isinstance(error, StepFailed) else None
+        record.failed_step = step
+        record.reason = reason
+        self.reporter.warn(f"deploy failed{f' at {step}' if step else ''}: {reason}; undoing")
+        undone = self.steps.unwind()
+        record.outcome = "rolled-back" if undone else "failed"
+        record.finished_at = time.time()
+        record.steps = [item.to_document() for item in self.steps.records]
+        self.history.save(record)
+        run_hook(self.context, "deploy-failed", record, self.reporter)
+        data = " and the data restored" if record.data_restored else ""
+        if undone:
+            serving = "the previous release serves" if record.previous_release_id else "nothing was serving before"
+            raise DeployRolledBack(
+                f"deploy {record.id} failed{f' at {step}' if step else ''}: {reason}; rolled back{data}; {serving}",
+                "see `lockstep history` and the release's logs",
+            ) from None
+        raise DeployFailed(
+            f"deploy {record.id} failed{f' at {step}' if step else ''}: {reason}; and undoing it failed too",
+            "see the undo errors above; `lockstep status` shows what serves now",
+        ) from None
+
+
+def health_gate(agent: AgentClient, slot: str, plans: list[ComponentPlan]) -> str:
+    """Wait until every component of the slot passes its health check N times in a row."""
+    results = []
+    for plan in plans:
+
+        def alive(component: str = plan.name) -> bool:
+            return _component_running(agent, slot, component)
+
+        def tail(component: str = plan.name) -> str:
+            return _component_log_tail(agent, slot, component)
+
+        if plan.health is None:
+            time.sleep(min(2.0, plan.start_timeout))
+            if not alive():
+                raise UsageError(f"{plan.name} exited right after starting; its log ends:\n{tail()}")
+            results.append(f"{plan.name} running")
+            continue
+        result = wait_until_healthy(
+            plan.health,
+            passes_required=plan.passes,
+            interval=plan.interval,
+            timeout=plan.start_timeout,
+            process_alive=alive,
+            log_tail=tail,
+        )
+        if not result.ok:
+            raise UsageError(f"{plan.name} in slot {slot} is not healthy: {result.reason}")
+        results.append(f"{plan.name} healthy in {result.elapsed:.1f} s")
+    return "; ".join(results)
+
+
+def _slot_process(agent: AgentClient, slot: str, component: str) -> dict[str, Any] | None:
+    for process in agent.status()["slots"][slot]["processes"]:
+        if process["component"] == component:
+            return dict(process)
+    return None
+
+
+def _component_running(agent: AgentClient, slot: str, component: str) -> bool:
+    process = _slot_process(agent, slot, component)
+    return bool(process and process["running"] and not process["crash_looped"])
+
+
+def _component_log_tail(agent: AgentClient, slot: str, component: str) -> str:
+    from lockstep.runtimes.local import log_tail
+
+    process = _slot_process(agent, slot, component)
+    if not process or not process.get("log"):
+        return ""
+    return log_tail(Path(process["log"]), 15)
+
+
+def watch_slot(agent: AgentClient, slot: str, plans: list[ComponentPlan], deploy: Any, reporter: Reporter) -> str:
+    """Watch the new slot: consecutive failed health checks, a crash loop, or the proxy's error rate."""
+    deadline = time.monotonic() + deploy.watch_seconds
+    since = agent.status()["last_event_id"]
+    failures = {plan.name: 0 for plan in plans}
+    port = next((plan.port for plan in plans if plan.port is not None), None)
+    baseline = _upstream_counters(agent, port)
+    checks = 0
+    while time.monotonic() < deadline:
+        for event in agent.events(since):
+            since = max(since, int(event["id"]))
+            if event["name"].endswith(f"@{slot}") and event["kind"] in ("crash-loop", "exited"):
+                component = event["name"].split("@")[0]
+                if event["kind"] == "crash-loop":
+                    raise UsageError(f"{component} is crash-looping in the watch window: {event['detail']}")
+                reporter.warn(f"{component} exited in the watch window: {event['detail'].splitlines()[0]}")
+        for plan in plans:
+            if plan.health is None:
+                ok = _component_running(agent, slot, plan.name)
+                reason = "not running"
+            else:
+                result = run_check(plan.health)
+                ok, reason = result.ok, result.reason
+            failures[plan.name] = 0 if ok else failures[plan.name] + 1
+            if failures[plan.name] >= deploy.watch_failures:
+                raise UsageError(
+                    f"{plan.name} failed {failures[plan.name]} health checks in a row in the watch window: {reason}"
+                )
+        requests, errors = _upstream_counters(agent, port)
+        requests -= baseline[0]
+        errors -= baseline[1]
+        if requests >= deploy.watch_min_requests and errors / requests > deploy.watch_error_rate:
+            raise UsageError(
+                f"{errors} of {requests} requests failed in the watch window "
+                f"({errors / requests:.0%}, the limit is {deploy.watch_error_rate:.0%})"
+            )
+        checks += 1
+        time.sleep(min(WATCH_INTERVAL, max(0.0, deadline - time.monotonic())))
+    requests, errors = _upstream_counters(agent, port)
+    return f"{checks} rounds of checks passed; {requests - baseline[0]} requests, {errors - baseline[1]} errors"
+
+
+def _upstream_counters(agent: AgentClient, port: int | None) -> tuple[int, int]:
+    if port is None:
+        return 0, 0
+    for upstream in agent.status()["traffic"]["upstreams"]:
+        if upstream["port"] == port:
+            return int(upstream["requests"]), int(upstream["errors"])
+    return 0, 0
+
+
+def clean_up_abandoned(
+    context: EnvironmentContext, record: OperationRecord, agent: AgentClient, history: History, reporter: Reporter
+) -> None:
+    """Finish what a killed deploy left: its slot stops unless it has the traffic; mark it interrupted."""
+    reporter.warn(f"{record.operation} {record.id} (pid {record.pid}) was interrupted and left unfinished; cleaning up")
+    try:
+        status = agent.status()
+        slot = record.slot
+        if slot and status.get("active_slot") != slot:
+            release = status["slots"][slot]["release"]
+            if release and release.get("release_id") == record.release_id:
+                agent.stop_slot(slot)
+                reporter.info(f"stopped the interrupted release in slot {slot}")
+        elif slot:
+            reporter.warn(
+                f"the interrupted release {record.release_id} has the traffic; run `lockstep rollback` if it should not"
+            )
+    except LockstepError as error:
+        reporter.warn(f"could not clean up the interrupted release: {error}")
+    if record.migrations_ran and record.snapshot_id:
+        reporter.warn(
+            f"its migrations ran; the data before them is in snapshot {record.snapshot_id[:8]} "
+            f"(lockstep snapshot restore {record.snapshot_id[:8]})"
+        )
+    record.outcome = "interrupted"
+    record.finished_at = time.time()
+    record.reason = record.reason or "the deploy process died (killed or crashed)"
+    history.save(record)

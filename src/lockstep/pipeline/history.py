@@ -1,0 +1,133 @@
+"""Every deploy and rollback of an environment, in SQLite beside the agent's state.
+
+A record is written when the operation starts (outcome "running", with the PID), so a deploy
+that was killed leaves a trace: the next `status` or `deploy` sees a running record whose process
+is gone and marks it "interrupted" after cleaning up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+OUTCOMES = ("running", "succeeded", "failed", "rolled-back", "interrupted")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS operations (
+    id TEXT PRIMARY KEY,
+    document TEXT NOT NULL,
+    started_at REAL NOT NULL
+);
+"""
+
+
+@dataclass
+class OperationRecord:
+    """One deploy or rollback: what was asked, what happened, and where it stopped."""
+
+    id: str
+    operation: str  # "deploy" | "rollback"
+    environment: str
+    started_at: float
+    performer: str
+    host: str
+    pid: int
+    outcome: str = "running"
+    finished_at: float | None = None
+    ref: str | None = None
+    commit: str | None = None
+    message: str | None = None
+    release_id: str | None = None
+    slot: str | None = None
+    previous_release_id: str | None = None
+    snapshot_id: str | None = None
+    migration_before: str | None = None
+    migration_after: str | None = None
+    migrations_ran: bool = False
+    data_restored: bool = False
+    failed_step: str | None = None
+    reason: str | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.finished_at is None else self.finished_at - self.started_at
+
+    def to_document(self) -> dict[str, Any]:
+        return {**asdict(self), "duration": self.duration}
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> OperationRecord:
+        known = {item.name for item in fields(cls)}
+        return cls(**{key: value for key, value in document.items() if key in known})
+
+
+class History:
+    """The operations of one environment; every call opens its own connection (cheap, safe)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as connection:
+            connection.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        with closing(sqlite3.connect(self.path, timeout=30, isolation_level=None)) as connection:
+            connection.execute("PRAGMA journal_mode=WAL")
+            yield connection
+
+    def save(self, record: OperationRecord) -> None:
+        with self._connect() as connection:
+            connection.execute(
+                "INSERT OR REPLACE INTO operations VALUES (?, ?, ?)",
+                (record.id, json.dumps(record.to_document()), record.started_at),
+            )
+
+    def get(self, operation_id: str) -> OperationRecord | None:
+        with self._connect() as connection:
+            row = connection.execute("SELECT document FROM operations WHERE id = ?", (operation_id,)).fetchone()
+        return None if row is None else OperationRecord.from_document(json.loads(row[0]))
+
+    def all(self) -> list[OperationRecord]:
+        """Oldest first."""
+        with self._connect() as connection:
+            rows = connection.execute("SELECT document FROM operations ORDER BY started_at, id").fetchall()
+        return [OperationRecord.from_document(json.loads(row[0])) for row in rows]
+
+    def successful_deploys(self) -> list[OperationRecord]:
+        """Deploys and rollbacks that left a release serving, oldest first."""
+        return [record for record in self.all() if record.outcome == "succeeded" and record.release_id]
+
+    def abandoned(self) -> list[OperationRecord]:
+        """Records still "running" whose process on this host is gone (a kill -9, a crash)."""
+        import socket
+
+        host = socket.gethostname()
+        return [
+            record
+            for record in self.all()
+            if record.outcome == "running" and record.host == host and not _pid_alive(record.pid)
+        ]
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

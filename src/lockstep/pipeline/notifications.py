@@ -1,0 +1,66 @@
+"""The deploy pipeline's link to notifications: one Notifier per command, secrets known to it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from lockstep.actions.environment import EnvironmentContext
+from lockstep.errors import LockstepError
+from lockstep.notify.dispatcher import Notifier
+from lockstep.notify.events import Event
+from lockstep.pipeline.history import OperationRecord
+from lockstep.pipeline.snapshot import database_password
+from lockstep.pipeline.steps import Reporter
+from lockstep.redaction import Redactor
+
+
+def secrets_redactor(context: EnvironmentContext) -> Redactor:
+    """A redactor that knows the repository password, the database passwords and secret-named variables."""
+    redactor = Redactor.from_environment(os.environ)
+    password = os.environ.get("LOCKSTEP_PASSWORD")
+    if password:
+        redactor.add(password)
+    for name, database in context.config.databases.items():
+        try:
+            value = database_password(name, database)
+        except LockstepError:
+            continue
+        if value:
+            redactor.add(value)
+    return redactor
+
+
+def notifier_for(context: EnvironmentContext, reporter: Reporter) -> Notifier:
+    """Notifications go out in the background; their warnings go through the reporter (stderr)."""
+    return Notifier(
+        context.config.notifications,
+        context.directory,
+        context.environment,
+        redactor=secrets_redactor(context),
+        warn=reporter.warn,
+        stdout=lambda: sys.stderr,  # stdout belongs to --json
+    )
+
+
+def operation_event(kind: str, record: OperationRecord, summary: str, **details: Any) -> Event:
+    """An event about a deploy or rollback, with the record's essentials as details."""
+    return Event(
+        kind=kind,
+        environment=record.environment,
+        summary=summary,
+        details={
+            "operation": record.operation,
+            "release": record.release_id,
+            "commit": record.commit,
+            "performer": record.performer,
+            "snapshot": record.snapshot_id,
+            "outcome": record.outcome,
+            "failed_step": record.failed_step,
+            "reason": record.reason,
+            "duration": record.duration,
+            **details,
+        },
+        deploy_id=record.id,
+    )

@@ -1,0 +1,319 @@
+"""`lockstep rollback`: back to an earlier release, and to its data when asked.
+
+The target is the previous successful release (or STEPS back, or --to ID). When its slot is
+still warm, traffic simply moves back: well under a second. Otherwise the release is started in
+the idle slot from its release directory, rebuilt from git when that directory is gone.
+
+A code-only rollback to a release that expects an older migration version than the database has
+is refused: old code on a newer schema is how data gets damaged. With --with-data the databases
+are restored from the snapshot taken just before the target release was replaced, after showing
+what that discards, asking, and taking a pre-restore snapshot.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lockstep.actions.environment import EnvironmentContext
+from lockstep.agent.state import other_slot
+from lockstep.config.deploy_model import effective_policy
+from lockstep.errors import LockstepError, NotFound, UsageError
+from lockstep.notify.events import ROLLBACK_DONE
+from lockstep.pipeline.data_rollback import describe_discarded, restore_snapshot_data, summarize_discarded
+from lockstep.pipeline.deploy import (
+    DeployFailed,
+    DeployRolledBack,
+    health_gate,
+    migration_version,
+    performer,
+    run_hook,
+)
+from lockstep.pipeline.environment_lock import EnvironmentLock, LockHolder
+from lockstep.pipeline.history import History, OperationRecord
+from lockstep.pipeline.notifications import notifier_for, operation_event
+from lockstep.pipeline.release_launch import plan_components, traffic_component
+from lockstep.pipeline.releases import build_release_directory
+from lockstep.pipeline.steps import Reporter, StepFailed, StepRunner
+from lockstep.repository.documents import DocumentStore
+
+
+@dataclass(frozen=True)
+class RollbackRequest:
+    steps: int = 1
+    to: str | None = None
+    with_data: bool = False
+    code_only: bool = False
+    yes: bool = False
+    force: bool = False
+    lock_wait: float = 0.0
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class RollbackTarget:
+    """The release to go back to, and the snapshot holding the data as it was when it served."""
+
+    release: OperationRecord
+    data_snapshot_id: str | None  # pre-deploy snapshot of the deploy that replaced it
+    migration_version: str | None
+
+
+def _release_history(history: History) -> list[OperationRecord]:
+    """Successful operations that put a release in service, oldest first."""
+    return history.successful_deploys()
+
+
+def choose_target(history: History, current_release_id: str | None, request: RollbackRequest) -> RollbackTarget:
+    """The release to roll back to, per STEPS or --to, with the data snapshot that goes with it."""
+    served = _release_history(history)
+    releases: list[OperationRecord] = []
+    for record in served:  # one entry per release, the latest operation that served it
+        releases = [item for item in releases if item.release_id != record.release_id] + [record]
+    if request.to is not None:
+        matches = [
+            record
+            for record in releases
+            if (record.release_id or "").startswith(request.to)
+            or (record.commit or "").startswith(request.to)
+            or record.id.startswith(request.to)
+        ]
+        if not matches:
+            raise NotFound(f"no successful release matches {request.to!r}", "see `lockstep history` for the IDs")
+        if len({record.release_id for record in matches}) > 1:
+            raise UsageError(f"{request.to!r} matches several releases", "give more characters of the ID")
+        target = matches[-1]
+    else:
+        ordered = [record for record in served if record.operation == "deploy"]
+        distinct: list[str] = []
+        for record in ordered:
+            if record.release_id and record.release_id not in distinct:
+                distinct.append(record.release_id)
+        if current_release_id in distinct:
+            index = distinct.index(current_release_id) - request.steps
+        else:
+            index = len(distinct) - request.steps
+        if index < 0 or not distinct:
+            raise NotFound(
+                f"there is no release {request.steps} step(s) before the current one",
+                "see `lockstep history`; the first deploy cannot be rolled back",
+            )
+        target = next(record for record in reversed(releases) if record.release_id == distinct[index])
+    if target.release_id == current_release_id:
+        raise UsageError(f"release {target.release_id} is already serving", "name another release with --to")
+    # The data as it was while the target served: the pre-deploy snapshot of the deploy that replaced it.
+    later = [
+        record
+        for record in history.all()
+        if record.operation == "deploy" and record.started_at > target.started_at and record.snapshot_id
+    ]
+    snapshot_id = later[0].snapshot_id if later else None
+    version = target.migration_after if target.migrations_ran else target.migration_before
+    return RollbackTarget(release=target, data_snapshot_id=snapshot_id, migration_version=version)
+
+
+def _newer(current: str | None, target: str | None) -> bool:
+    if current is None or target is None:
+        return False
+    if current.isdigit() and target.isdigit():
+        return int(current) > int(target)
+    return current > target
+
+
+class Rollback:
+    """One run of `lockstep rollback` for one environment."""
+
+    def __init__(self, context: EnvironmentContext, request: RollbackRequest, reporter: Reporter) -> None:
+        self.context = context
+        self.request = request
+        self.reporter = reporter
+        self.config = context.config
+        self.policy = effective_policy(self.config.policy, context.environment)
+        self.agent = context.agent()
+        self.history = History(context.layout.history_database)
+        self.steps = StepRunner(reporter)
+
+    def run(self) -> OperationRecord:
+        status = self.agent.status()
+        active = status.get("active_slot")
+        if not active:
+            raise UsageError(f"nothing is deployed in {self.context.environment}", "deploy first")
+        current = status["slots"][active]["release"]
+        target = choose_target(self.history, current["release_id"] if current else None, self.request)
+        release = target.release
+        record = OperationRecord(
+            id=f"{time.strftime('%Y%m%d_%H%M%S', time.gmtime())}_rollback",
+            operation="rollback",
+            environment=self.context.environment,
+            started_at=time.time(),
+            performer=performer(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            ref=release.ref,
+            commit=release.commit,
+            message=f"rollback to {release.release_id}",
+            release_id=release.release_id,
+            previous_release_id=current["release_id"] if current else None,
+            snapshot_id=target.data_snapshot_id if self.request.with_data else None,
+        )
+        with_data = self._decide_data(target)
+        if with_data:
+            self._confirm_data_loss(target)
+        lock = EnvironmentLock(
+            DocumentStore(self.context.project.access.open(load_index=False)),
+            self.context.environment,
+            stale_after=self.config.deploy.lock_stale_after,
+        )
+        holder = LockHolder.for_this_process(record.id, self.context.environment, "rollback", record.message)
+        self.steps.run(
+            "lock",
+            self.context.environment,
+            lambda: lock.acquire(holder, wait=self.request.lock_wait, force=self.request.force),
+            lambda _: "held",
+        )
+        try:
+            self.history.save(record)
+            if with_data:
+                self.steps.run(
+                    "restore data",
+                    f"snapshot {(target.data_snapshot_id or '')[:8]}",
+                    lambda: self._restore(target, record),
+                    lambda summary: summary,
+                )
+            self.steps.run(
+                "code", f"release {release.release_id}", lambda: self._bring_back(release, status, record), lambda r: r
+            )
+            record.outcome = "succeeded"
+        except (StepFailed, LockstepError, KeyboardInterrupt) as error:
+            reason = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error)
+            record.outcome = "failed"
+            record.reason = reason
+            record.failed_step = error.step if isinstance(error, StepFailed) else None
+            undone = self.steps.unwind()
+            raise (DeployRolledBack if undone else DeployFailed)(
+                f"rollback to {release.release_id} failed: {reason}",
+                "the release that served before still serves" if undone else "see `lockstep status`",
+            ) from None
+        finally:
+            record.finished_at = time.time()
+            record.steps = [step.to_document() for step in self.steps.records]
+            self.history.save(record)
+            lock.release()
+        run_hook(self.context, "post-rollback", record, self.reporter)
+        with notifier_for(self.context, self.reporter) as notifier:
+            data = " with its data" if record.data_restored else ""
+            notifier.notify(operation_event(ROLLBACK_DONE, record, f"rolled back to {record.release_id}{data}"))
+        return record
+
+    def _decide_data(self, target: RollbackTarget) -> bool:
+        """Whether to restore data; refuse a code-only rollback onto a newer schema."""
+        if self.request.with_data:
+            if target.data_snapshot_id is None:
+                raise UsageError(
+                    f"there is no snapshot of the data as it was under {target.release.release_id}",
+                    "its successor was deployed with --skip-backup; roll back the code only (--code-only --force)",
+                )
+            return True
+        current_version = migration_version(self.context)
+        if _newer(current_version, target.migration_version) and not self.request.force:
+            raise UsageError(
+                f"release {target.release.release_id} expects migration version {target.migration_version}, but the "
+                f"database is at {current_version}: old code on a newer schema can damage data",
+                "roll back with the data (--with-data), or pass --force if the migrations are backward compatible",
+            )
+        return False
+
+    def _confirm_data_loss(self, target: RollbackTarget) -> None:
+        """Show what the restore discards and ask, before anything is locked or changed."""
+        assert target.data_snapshot_id is not None
+        with self.context.project.access.session(exclusive=False) as repository:
+            snapshot = repository.find_snapshot(target.data_snapshot_id)
+            lines = summarize_discarded(describe_discarded(repository, snapshot, self.config))
+        self.reporter.info(f"restoring the data of snapshot {snapshot.short_id} discards:\n  " + "\n  ".join(lines))
+        if self.request.yes:
+            return
+        expected = self.context.environment if self.context.environment == "production" else None
+        if not self.reporter.confirm("Restore the databases and lose those writes?", expected):
+            raise UsageError(
+                "the data restore needs confirmation; nothing was changed", "answer on a terminal, or pass --yes (CI)"
+            )
+
+    def _restore(self, target: RollbackTarget, record: OperationRecord) -> str:
+        assert target.data_snapshot_id is not None
+        with self.context.project.access.session(exclusive=False) as repository:
+            snapshot = repository.find_snapshot(target.data_snapshot_id)
+            result = restore_snapshot_data(
+                repository, snapshot, self.config, self.context.directory, self.context.environment
+            )
+        record.data_restored = True
+        restored = ", ".join(f"{item.name} ({item.rows} rows)" for item in result.restored)
+        return f"{restored}; before-restore snapshot {(result.pre_restore_snapshot_id or '')[:8]}"
+
+    def _bring_back(self, target: OperationRecord, status: dict[str, object], record: OperationRecord) -> str:
+        """Traffic to the target release: its warm slot if it runs, else start it in the idle slot."""
+        slots = status["slots"]
+        assert isinstance(slots, dict)
+        active = str(status["active_slot"])
+        idle = other_slot(active)
+        record.slot = idle
+        warm = slots[idle]
+        component = traffic_component(self.config)
+        warm_release = warm["release"]
+        release_dir = Path(self.context.layout.release_directory(target.release_id or ""))
+        is_warm = (
+            warm_release is not None
+            and warm_release.get("release_id") == target.release_id
+            and any(p["component"] == component and p["running"] for p in warm["processes"])
+        )
+        plans = plan_components(self.config, release_dir, self.context.layout.shared, idle)
+        if is_warm:
+            started = time.monotonic()
+            self.agent.switch(idle)
+            switched = time.monotonic() - started
+            missing = [plan for plan in plans if plan.name != component]
+            if missing:  # workers were stopped when the slot was retired
+                self._restart_components(idle, release_dir, [plan.name for plan in missing])
+            self._retire(active, component)
+            return f"slot {idle} was warm: traffic moved in {switched * 1000:.0f} ms"
+        rebuilt = not release_dir.is_dir()
+        if rebuilt:
+            self._rebuild(target, release_dir)
+        self.agent.start_slot(
+            idle, target.release_id or "", release_dir, target.commit, [plan.launch_document() for plan in plans]
+        )
+        health_gate(self.agent, idle, plans)
+        self.agent.switch(idle)
+        self._retire(active, component)
+        return f"started in slot {idle}" + (" (release directory rebuilt)" if rebuilt else "")
+
+    def _restart_components(self, slot: str, release_dir: Path, names: list[str]) -> None:
+        """Start the warm slot's stopped components (workers) again, next to its traffic component."""
+        plans = [plan for plan in plan_components(self.config, release_dir, self.context.layout.shared, slot)]
+        selected = [plan for plan in plans if plan.name in names]
+        self.agent.start_components(slot, [plan.launch_document() for plan in selected])
+        health_gate(self.agent, slot, selected)
+
+    def _retire(self, slot: str, component: str | None) -> None:
+        """The slot we left keeps its traffic component warm, unless the data went back under it.
+
+        After a data rollback the release we left expects a schema the database no longer has:
+        keeping it warm would offer a roll-forward that cannot work, so all of it stops.
+        """
+        self.agent.wait_drained(slot, self.config.traffic.drain_timeout)
+        if self.request.with_data:
+            self.agent.stop_slot(slot)
+            return
+        others = [name for name in self.config.app.components if name != component]
+        if others:
+            self.agent.stop_slot(slot, others)
+
+    def _rebuild(self, target: OperationRecord, release_dir: Path) -> None:
+        """The release directory is gone: build it again from its commit."""
+        code = self.config.code
+        if code.kind != "git" or code.path is None or target.commit is None:
+            raise UsageError(f"release directory {release_dir} is gone and there is no commit to rebuild it from")
+        self.reporter.info(f"release directory {release_dir.name} is gone; rebuilding it from {target.commit[:12]}")
+        build_release_directory(code.path, self.config.app, self.context.layout, target.release_id or "", target.commit)

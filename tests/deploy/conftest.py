@@ -1,0 +1,338 @@
+"""A real project to deploy: the notes example in its own git repository, a real agent, the
+built-in proxy and real processes on free loopback ports. Every test gets a fresh one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import TEST_PASSWORD, Completed, run_lockstep
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+NOTES = REPOSITORY_ROOT / "examples" / "notes"
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            probe = socket.socket()
+            probe.bind(("127.0.0.1", 0))
+            sockets.append(probe)
+        return [probe.getsockname()[1] for probe in sockets]
+    finally:
+        for probe in sockets:
+            probe.close()
+
+
+CONFIG = """
+default_environment = "test"
+
+[repository]
+url = "local:.lockstep/repository"
+
+[databases.main]
+url = "sqlite:///.lockstep/state/test/shared/notes.db"
+
+[app]
+migrate = "python3 migrate.py"
+env = {{ NOTES_DATABASE = "{{shared}}/notes.db", NOTES_WORKER_INTERVAL = "1", NOTES_CACHE_WARMUP_DELAY = "2" }}
+
+[app.components.web]
+command = "python3 app.py"
+ports = [{blue}, {green}]
+health = {{ http = "/health", body_contains = "ok", passes = 2, interval = 0.2, start_timeout = {start_timeout} }}
+
+[app.components.worker]
+command = "python3 worker.py"
+depends_on = ["web"]
+
+[traffic]
+listen = "127.0.0.1:{listen}"
+drain_timeout = 10
+
+[deploy]
+watch_seconds = {watch_seconds}
+watch_failures = 3
+{extra_deploy}
+
+[policy]
+data_rollback = "auto"
+{extra_config}
+"""
+
+
+@dataclass
+class NotesProject:
+    """The notes app as a lockstep project, with its agent running."""
+
+    directory: Path
+    env: dict[str, str]
+    listen_port: int
+    web_ports: list[int]
+    agent: subprocess.Popen[bytes] | None = None
+    agent_log: Path | None = None
+
+    def lockstep(self, *args: str, timeout: float = 300) -> Completed:
+        return run_lockstep(list(args), env=self.env, cwd=self.directory, timeout=timeout)
+
+    def popen_lockstep(self, *args: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "lockstep", *args],
+            cwd=self.directory,
+            env={**os.environ, **self.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
+    def commit(self, message: str) -> str:
+        subprocess.run(["git", "add", "-A"], cwd=self.directory, check=True)
+        subprocess.run(
+            ["git", "-c", "user.name=Test", "-c", "user.email=test@example.invalid", "commit", "-qm", message],
+            cwd=self.directory,
+            check=True,
+        )
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=self.directory, check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    def apply(self, overlay: str, message: str) -> str:
+        """Copy examples/notes/demo/OVERLAY over the work tree and commit it."""
+        shutil.copytree(NOTES / "demo" / overlay, self.directory, dirs_exist_ok=True)
+        return self.commit(message)
+
+    @property
+    def database(self) -> Path:
+        return self.directory / ".lockstep" / "state" / "test" / "shared" / "notes.db"
+
+    def request(self, method: str, path: str, body: Any = None, port: int | None = None) -> tuple[int, str]:
+        connection = http.client.HTTPConnection("127.0.0.1", port or self.listen_port, timeout=10)
+        try:
+            payload = None if body is None else json.dumps(body).encode()
+            headers = {"Content-Type": "application/json"} if payload else {}
+            connection.request(method, path, body=payload, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read().decode()
+        finally:
+            connection.close()
+
+    def version(self) -> str:
+        status, body = self.request("GET", "/version")
+        assert status == 200, body
+        return body.strip()
+
+    def add_note(self, text: str) -> None:
+        status, body = self.request("POST", "/notes", {"text": text})
+        assert status == 201, body
+
+    def notes(self) -> list[str]:
+        status, body = self.request("GET", "/api/notes")
+        assert status == 200, body
+        return [note["text"] for note in json.loads(body)]
+
+    def status(self) -> dict[str, Any]:
+        completed = self.lockstep("status", "--json")
+        assert completed.returncode == 0, completed.err
+        document: dict[str, Any] = json.loads(completed.out)
+        return document
+
+    def history(self) -> list[dict[str, Any]]:
+        completed = self.lockstep("history", "--json")
+        assert completed.returncode == 0, completed.err
+        records: list[dict[str, Any]] = json.loads(completed.out)
+        return records
+
+    def start_agent(self) -> None:
+        self.agent_log = self.directory.parent / f"agent-{time.monotonic_ns()}.log"
+        with open(self.agent_log, "wb") as log:
+            self.agent = subprocess.Popen(
+                [sys.executable, "-m", "lockstep", "agent"],
+                cwd=self.directory,
+                env={**os.environ, **self.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.lockstep("status", "--json").returncode == 0 and self.status()["agent"]["running"]:
+                return
+            if self.agent.poll() is not None:
+                raise AssertionError(f"the agent exited: {self.agent_log.read_text()}")
+            time.sleep(0.2)
+        raise AssertionError("the agent did not come up")
+
+    def database_rows(self) -> list[tuple[Any, ...]]:
+        """Every row of every table, to compare the data before and after."""
+        with contextlib.closing(sqlite3.connect(self.database)) as connection:
+            tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+            rows: list[tuple[Any, ...]] = []
+            for table in sorted(tables):
+                columns = [row[1] for row in connection.execute(f'PRAGMA table_info("{table}")')]
+                rows.append((table, tuple(columns)))
+                rows.extend((table, *row) for row in connection.execute(f'SELECT * FROM "{table}" ORDER BY 1'))
+            return rows
+
+
+def _stop_everything(project: NotesProject) -> None:
+    """Stop the app, the proxy and the agent, even when a test killed the agent."""
+    if project.agent is not None and project.agent.poll() is None:
+        project.lockstep("agent", "stop", "--apps", timeout=60)
+        try:
+            project.agent.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            project.agent.kill()
+            project.agent.wait()
+        return
+    # No agent: kill what its state says runs (process groups), and the proxy.
+    state = project.directory / ".lockstep" / "state" / "test"
+    database = state / "agent.db"
+    if database.exists():
+        with contextlib.closing(sqlite3.connect(database)) as connection:
+            for (record,) in connection.execute("SELECT record FROM processes"):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(json.loads(record)["pid"], signal.SIGKILL)
+    for pid_file in state.glob("traffic/*/*.pid"):
+        with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
+            os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+
+
+def make_project(
+    tmp_path: Path,
+    watch_seconds: float = 1.0,
+    start_timeout: float = 10.0,
+    extra_deploy: str = "",
+    extra_config: str = "",
+) -> NotesProject:
+    directory = tmp_path / "notes"
+    shutil.copytree(NOTES, directory, ignore=shutil.ignore_patterns("demo", ".lockstep", "__pycache__"))
+    listen, blue, green = free_ports(3)
+    (directory / "lockstep.toml").write_text(
+        CONFIG.format(
+            listen=listen,
+            blue=blue,
+            green=green,
+            watch_seconds=watch_seconds,
+            start_timeout=start_timeout,
+            extra_deploy=extra_deploy,
+            extra_config=extra_config,
+        )
+    )
+    subprocess.run(["git", "init", "-q"], cwd=directory, check=True)
+    env = {"LOCKSTEP_PASSWORD": TEST_PASSWORD, "LOCKSTEP_SCRYPT_N": "1024", "COLUMNS": "200"}
+    project = NotesProject(directory=directory, env=env, listen_port=listen, web_ports=[blue, green])
+    project.commit("notes 1.0.0")
+    completed = project.lockstep("repo", "init")
+    assert completed.returncode == 0, completed.err
+    return project
+
+
+@pytest.fixture
+def notes_project(tmp_path: Path) -> Iterator[NotesProject]:
+    """The notes app, committed as v1, a repository, and a running agent."""
+    project = make_project(tmp_path)
+    project.start_agent()
+    try:
+        yield project
+    finally:
+        _stop_everything(project)
+
+
+@dataclass
+class TrafficReport:
+    requests: int = 0
+    failures: list[str] = field(default_factory=list)
+    versions: Counter[str] = field(default_factory=Counter)
+    seen: list[tuple[float, str]] = field(default_factory=list)  # (time.monotonic(), version) of each GET
+
+    def first_seen_after(self, moment: float, version: str) -> float | None:
+        """When `version` was first served after `moment` (monotonic clock), or None."""
+        return next((when for when, seen in self.seen if when >= moment and seen == version), None)
+
+
+class NotesLoad:
+    """Continuous requests through the proxy: keep-alive and fresh connections, GETs and POSTs."""
+
+    def __init__(self, port: int, threads: int = 3) -> None:
+        self.port = port
+        self.threads = [threading.Thread(target=self._run, args=(number,), daemon=True) for number in range(threads)]
+        self.stopping = threading.Event()
+        self.report = TrafficReport()
+        self.lock = threading.Lock()
+
+    def __enter__(self) -> NotesLoad:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+    def _record(self, failure: str | None = None, version: str | None = None) -> None:
+        with self.lock:
+            self.report.requests += 1
+            if failure is not None:
+                self.report.failures.append(failure)
+            if version is not None:
+                self.report.versions[version] += 1
+                self.report.seen.append((time.monotonic(), version))
+
+    def _run(self, number: int) -> None:
+        keep_alive: http.client.HTTPConnection | None = None
+        count = 0
+        while not self.stopping.is_set():
+            count += 1
+            fresh = count % 3 == 0
+            if fresh or keep_alive is None:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+                if not fresh:
+                    keep_alive = connection
+            else:
+                connection = keep_alive
+            try:
+                if count % 4 == 0:
+                    body = json.dumps({"text": f"load {number}-{count}"}).encode()
+                    connection.request("POST", "/notes", body=body, headers={"Content-Type": "application/json"})
+                    expected = 201
+                    path = "POST /notes"
+                else:
+                    connection.request("GET", "/version")
+                    expected = 200
+                    path = "GET /version"
+                response = connection.getresponse()
+                data = response.read().decode()
+                if response.status != expected:
+                    self._record(failure=f"{path}: {response.status} {data[:100]}")
+                else:
+                    self._record(version=data.strip() if path == "GET /version" else None)
+                if response.getheader("Connection", "").lower() == "close" and connection is keep_alive:
+                    keep_alive.close()
+                    keep_alive = None
+            except (OSError, http.client.HTTPException) as error:
+                self._record(failure=f"{type(error).__name__}: {error}")
+                if connection is keep_alive:
+                    keep_alive = None
+                connection.close()
+            finally:
+                if fresh:
+                    connection.close()
+            time.sleep(0.005)

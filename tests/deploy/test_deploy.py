@@ -1,0 +1,335 @@
+"""`lockstep deploy` end to end: the notes app, a real agent, the built-in proxy, real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.conftest import NotesLoad, NotesProject, _stop_everything, make_project
+
+pytestmark = pytest.mark.slow
+
+
+def test_first_deploy_and_a_migration_serve_through_the_proxy(notes_project: NotesProject) -> None:
+    """v1 then v2: each deploy is recorded, v2's migration runs, the notes survive it."""
+    first = notes_project.lockstep("deploy", "-m", "first")
+    assert first.returncode == 0, first.err
+    assert notes_project.version() == "1.0.0"
+    notes_project.add_note("written under v1")
+
+    notes_project.apply("v2", "notes 2.0.0")
+    second = notes_project.lockstep("deploy", "--json")
+    assert second.returncode == 0, second.err
+    record = json.loads(second.out)
+    assert record["outcome"] == "succeeded"
+    assert record["migrations_ran"] and record["migration_before"] == "001" and record["migration_after"] == "002"
+    assert record["snapshot_id"]
+    assert notes_project.version() == "2.0.0"
+    assert notes_project.notes() == ["written under v1"]
+
+    status = notes_project.status()
+    assert status["active_slot"] == "green"
+    assert status["release"] == record["id"]
+    assert status["slots"]["blue"]["release"] is not None  # the previous web process stays warm
+    history = notes_project.history()
+    assert [item["outcome"] for item in history] == ["succeeded", "succeeded"]
+    assert all(item["steps"] for item in history)
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(notes_project: NotesProject) -> None:
+    """--dry-run names every step and command; no release, no snapshot, no history."""
+    completed = notes_project.lockstep("deploy", "--dry-run")
+    assert completed.returncode == 0, completed.err
+    for text in ("preflight", "git archive", "python3 migrate.py", "python3 app.py", "switch traffic", "watch"):
+        assert text in completed.out
+    assert notes_project.history() == []
+    releases = notes_project.directory / ".lockstep" / "state" / "test" / "releases"
+    assert not releases.exists() or not any(releases.iterdir())
+    listed = notes_project.lockstep("snapshot", "list", "--json")
+    assert json.loads(listed.out) == []
+
+
+def test_a_release_that_never_gets_healthy_never_takes_traffic(notes_project: NotesProject) -> None:
+    """v3 fails its health gate: exit 3, v2 keeps serving under load, the data is as before."""
+    assert notes_project.lockstep("deploy").returncode == 0
+    notes_project.apply("v2", "notes 2.0.0")
+    assert notes_project.lockstep("deploy").returncode == 0
+    notes_project.add_note("keep me #v2")
+    notes_project.apply("v3-broken", "notes 3.0.0")
+    with NotesLoad(notes_project.listen_port) as load:
+        time.sleep(0.5)
+        rows_before = notes_project.database_rows()
+        completed = notes_project.lockstep("deploy")
+        time.sleep(0.5)
+    assert completed.returncode == 3, completed.err
+    assert "rolled back" in completed.err and "not healthy" in completed.err
+    assert "schema version 003" in completed.err  # the reason, from the health check's body
+    assert load.report.failures == []
+    assert set(load.report.versions) == {"2.0.0"}
+    assert notes_project.version() == "2.0.0"
+    history = notes_project.history()
+    assert history[-1]["outcome"] == "rolled-back" and history[-1]["failed_step"] == "start"
+    # The load kept writing notes; everything else is exactly as before the failed deploy.
+    assert [row for row in notes_project.database_rows() if "load " not in str(row)] == [
+        row for row in rows_before if "load " not in str(row)
+    ]
+
+
+def test_a_migration_that_fails_halfway_leaves_the_database_as_it_was(notes_project: NotesProject) -> None:
+    """Migration 003 rewrites rows, 004 fails: the pre-deploy snapshot brings the data back."""
+    assert notes_project.lockstep("deploy").returncode == 0
+    notes_project.apply("v2", "notes 2.0.0")
+    assert notes_project.lockstep("deploy").returncode == 0
+    notes_project.add_note("first line\nsecond line #tag")
+    notes_project.add_note("one line")
+    rows_before = notes_project.database_rows()
+    notes_project.apply("broken-migration", "notes 3.2.0")
+    completed = notes_project.lockstep("deploy")
+    assert completed.returncode == 3, completed.err
+    assert "migration failed" in completed.err
+    assert notes_project.database_rows() == rows_before
+    assert notes_project.version() == "2.0.0"
+    record = notes_project.history()[-1]
+    assert record["failed_step"] == "migrate" and record["data_restored"]
+
+
+def test_a_failing_smoke_test_rolls_back(tmp_path: Path) -> None:
+    """A smoke check that fails keeps the new release away from the traffic."""
+    project = make_project(
+        tmp_path, extra_deploy='[[deploy.smoke]]\nhttp = "/api/notes"\nbody_contains = "no such text"\n'
+    )
+    project.start_agent()
+    try:
+        completed = project.lockstep("deploy")
+        assert completed.returncode == 3, completed.err
+        assert "smoke" in completed.err and "no such text" in completed.err
+        status = project.status()
+        assert status["active_slot"] is None
+        assert all(not slot["processes"] for slot in status["slots"].values())
+    finally:
+        _stop_everything(project)
+
+
+def test_a_crash_loop_in_the_watch_window_rolls_back(tmp_path: Path) -> None:
+    """The release passes its health gate, then crashes repeatedly: traffic goes back to v2."""
+    project = make_project(tmp_path, watch_seconds=12.0)
+    project.start_agent()
+    try:
+        assert project.lockstep("deploy").returncode == 0
+        project.apply("v2", "notes 2.0.0")
+        assert project.lockstep("deploy").returncode == 0
+        project.apply("crash-loop", "notes 3.1.0")
+        with NotesLoad(project.listen_port) as load:
+            completed = project.lockstep("deploy")
+            time.sleep(0.5)
+        assert completed.returncode == 3, completed.err
+        assert project.history()[-1]["failed_step"] == "watch"
+        assert project.version() == "2.0.0"
+        # Requests that reached the crashing release while it had the traffic may fail; afterwards none.
+        assert load.report.versions["2.0.0"] > 0
+    finally:
+        _stop_everything(project)
+
+
+def test_zero_failed_requests_through_a_deploy_and_a_rollback(notes_project: NotesProject) -> None:
+    """Continuous keep-alive and fresh-connection load, GETs and POSTs: not one request fails."""
+    assert notes_project.lockstep("deploy").returncode == 0
+    (notes_project.directory / "VERSION").write_text("1.1.0\n")
+    notes_project.commit("notes 1.1.0")
+    with NotesLoad(notes_project.listen_port) as load:
+        time.sleep(0.5)
+        deployed = notes_project.lockstep("deploy")
+        time.sleep(0.5)
+        started = time.monotonic()
+        rolled_back = notes_project.lockstep("rollback", "--json")
+        rollback_seconds = time.monotonic() - started
+        time.sleep(0.5)
+    assert deployed.returncode == 0, deployed.err
+    assert rolled_back.returncode == 0, rolled_back.err
+    assert load.report.failures == [], load.report.failures[:5]
+    assert load.report.requests > 100
+    assert set(load.report.versions) == {"1.0.0", "1.1.0"}
+    assert notes_project.version() == "1.0.0"
+    step = json.loads(rolled_back.out)["steps"][-1]
+    assert "warm" in step["detail"]
+    # How fast traffic is back is measured by bench/rollback.py, not asserted here; that it
+    # came back while the command ran is.
+    back = load.report.first_seen_after(started, "1.0.0")
+    assert back is not None and back - started < rollback_seconds
+
+
+def test_code_only_rollback_onto_a_newer_schema_is_refused_and_with_data_restores(
+    notes_project: NotesProject,
+) -> None:
+    """Back to v1 needs the data too; --with-data shows what is discarded, then restores it."""
+    assert notes_project.lockstep("deploy").returncode == 0
+    notes_project.add_note("from v1")
+    notes_project.apply("v2", "notes 2.0.0")
+    assert notes_project.lockstep("deploy").returncode == 0
+    notes_project.add_note("from v2 #lost")
+
+    refused = notes_project.lockstep("rollback")
+    assert refused.returncode == 2
+    assert "migration version 001" in refused.err and "--with-data" in refused.err
+    assert notes_project.version() == "2.0.0"
+
+    unconfirmed = notes_project.lockstep("rollback", "--with-data")
+    assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.err, unconfirmed.err
+    assert notes_project.notes() == ["from v1", "from v2 #lost"]
+
+    completed = notes_project.lockstep("rollback", "--with-data", "--yes")
+    assert completed.returncode == 0, completed.err
+    assert "table notes: 1 rows added (lost)" in completed.err
+    assert notes_project.version() == "1.0.0"
+    assert notes_project.notes() == ["from v1"]
+    listed = json.loads(notes_project.lockstep("snapshot", "list", "--json").out)
+    assert any(item["kind"] == "pre-restore" for item in listed)
+    assert notes_project.history()[-1]["data_restored"]
+
+
+def test_a_second_deploy_is_refused_while_one_runs(tmp_path: Path) -> None:
+    """The environment lock names who holds it; --lock-wait waits for it instead."""
+    project = make_project(tmp_path, watch_seconds=6.0)
+    project.start_agent()
+    try:
+        first = project.popen_lockstep("deploy", "-m", "the long one")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            lock = json.loads(project.lockstep("lock", "status", "--json").out)
+            if any(item.get("holder") for item in lock):
+                break
+            time.sleep(0.2)
+        second = project.lockstep("deploy")
+        assert second.returncode == 4, second.err
+        assert "the long one" in second.err or "deploy" in second.err
+        waiting = project.lockstep("deploy", "--lock-wait", "120s", "--allow-dirty")
+        first.wait(timeout=120)
+        assert first.returncode == 0
+        assert waiting.returncode == 0, waiting.err
+    finally:
+        _stop_everything(project)
+
+
+def test_kill_9_mid_deploy_keeps_the_old_release_serving(notes_project: NotesProject) -> None:
+    """A deploy killed while starting its release: v1 serves throughout; status cleans up; deploy works."""
+    assert notes_project.lockstep("deploy").returncode == 0
+    notes_project.apply("v2", "notes 2.0.0")
+    process = notes_project.popen_lockstep("deploy", "--log-format", "json")
+    assert process.stderr is not None
+    for line in process.stderr:
+        event = json.loads(line)
+        if event.get("event") == "step-started" and event.get("step") == "start":
+            time.sleep(0.5)
+            break
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert notes_project.version() == "1.0.0"
+
+    status = notes_project.lockstep("status")
+    assert status.returncode == 0, status.err
+    assert "interrupted" in status.err
+    document = notes_project.status()
+    assert document["active_slot"] == "blue"
+    assert not document["slots"]["green"]["processes"]  # the half-started release was stopped
+    assert notes_project.history()[-1]["outcome"] == "interrupted"
+
+    again = notes_project.lockstep("deploy")
+    assert again.returncode == 0, again.err
+    assert "stale lock" in again.err
+    assert notes_project.version() == "2.0.0"
+
+
+def test_the_agent_not_running_is_a_clear_error(tmp_path: Path) -> None:
+    """Deploying without an agent says how to start one, and changes nothing."""
+    project = make_project(tmp_path)
+    completed = project.lockstep("deploy")
+    assert completed.returncode == 1
+    assert "agent" in completed.err and "not running" in completed.err
+    assert "lockstep agent" in completed.err
+    assert project.history() == []
+
+
+def test_the_app_outlives_the_agent_and_a_new_agent_adopts_it(notes_project: NotesProject) -> None:
+    """Stopping the agent keeps serving; the next agent adopts the processes and restarts a dead one."""
+    assert notes_project.lockstep("deploy").returncode == 0
+    before = notes_project.status()["slots"]["blue"]["processes"]
+    assert notes_project.agent is not None
+    notes_project.agent.send_signal(signal.SIGTERM)
+    notes_project.agent.wait(timeout=30)
+    with NotesLoad(notes_project.listen_port) as load:
+        time.sleep(1.0)
+    assert load.report.failures == [] and load.report.requests > 10
+
+    notes_project.start_agent()
+    adopted = notes_project.status()["slots"]["blue"]["processes"]
+    assert {item["pid"] for item in adopted} == {item["pid"] for item in before}
+    web = next(item for item in adopted if item["component"] == "web")
+    os.killpg(web["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        current = next(p for p in notes_project.status()["slots"]["blue"]["processes"] if p["component"] == "web")
+        if current["pid"] != web["pid"] and current["running"]:
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError("the agent did not restart the killed web process")
+    assert notes_project.version() == "1.0.0"
+
+
+SECRET_PASSWORD = "pw-deploy-7c1e-never-shown"
+SECRET_TOKEN = "tok-deploy-51aa-never-shown"
+
+
+def test_secrets_never_leak_from_deploys_rollbacks_and_restores(tmp_path: Path) -> None:
+    """Known secrets appear in no output, no file lockstep writes and no child's command line."""
+    event_log = tmp_path / "events.jsonl"
+    project = make_project(
+        tmp_path,
+        extra_deploy='hooks = { post-deploy = "sh -c \'echo hook ran; env | grep -c LOCKSTEP_ >/dev/null\'" }',
+        extra_config=(
+            "[databases.shop]\n"
+            'url = "postgresql://postgres@127.0.0.1:5432/postgres"\n'
+            'password_env = "SHOP_DATABASE_PASSWORD"\n'
+            "[[notifications.channels]]\n"
+            'kind = "event-log"\n'
+            f'path = "{event_log}"\n'
+        ),
+    )
+    project.env.update({"SHOP_DATABASE_PASSWORD": SECRET_PASSWORD, "DEPLOY_API_TOKEN": SECRET_TOKEN})
+    project.start_agent()
+    outputs: list[str] = []
+    command_lines: list[bytes] = []
+    try:
+        for arguments in (("deploy",), ("deploy", "--json"), ("status", "--json"), ("history", "--json")):
+            completed = project.lockstep(*arguments)
+            assert completed.returncode == 0, completed.err
+            outputs += [completed.out, completed.err]
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    command_lines.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+                except OSError:
+                    continue
+        project.apply("v3-broken", "broken")
+        failed = project.lockstep("deploy", "--log-format", "json")
+        assert failed.returncode == 3
+        outputs += [failed.out, failed.err]
+        rollback = project.lockstep("rollback", "--yes")
+        outputs += [rollback.out, rollback.err]
+    finally:
+        _stop_everything(project)
+    events = [json.loads(line) for line in event_log.read_text().splitlines()]
+    assert {"deploy.started", "deploy.succeeded", "deploy.rolled_back"} <= {event["kind"] for event in events}
+    for secret in (SECRET_PASSWORD, SECRET_TOKEN, "correct horse battery staple"):
+        for text in outputs:
+            assert secret not in text
+        for line in command_lines:
+            assert secret.encode() not in line
+        for path in tmp_path.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                assert secret.encode() not in path.read_bytes(), path
