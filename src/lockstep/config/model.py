@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
+from lockstep.config.agent_model import AgentConfig, ScheduleConfig
 from lockstep.config.deploy_model import AppConfig, DeployConfig, PolicyConfig, TrafficConfig
 from lockstep.errors import UsageError
 from lockstep.notify.config import NotificationsConfig
@@ -369,6 +370,16 @@ class ProjectConfig(_Section):
         default_factory=PolicyConfig,
         description="What the environment allows (override it per environment).",
         examples=[{"confirm": True}],
+    )
+    agent: AgentConfig = Field(
+        default_factory=AgentConfig,
+        description="The agent's dashboard, metrics and recovery point objective.",
+        examples=[{"dashboard_listen": "127.0.0.1:8790"}],
+    )
+    schedules: list[ScheduleConfig] = Field(
+        default_factory=list,
+        description="Work the agent runs on a schedule ([[schedules]]); `lockstep backup` remains for cron.",
+        examples=[[{"job": "backup", "cron": "0 2 * * *"}, {"job": "verify", "cron": "0 4 * * 0"}]],
     )
     notifications: NotificationsConfig = Field(
         default_factory=NotificationsConfig,

@@ -256,6 +256,9 @@ def render_sample(project_directory: Path | None = None) -> str:
                         lines.extend(_comment(_description(key_field)))
                         lines.append(f"{toml_key(key)} = {toml_value(value)}")
             continue
+        if get_origin(annotation) is list:  # an array of tables: an example entry, commented out
+            lines.extend(_render_table([name], nested, commented=True, array=True))
+            continue
         lines.extend(_render_table([name], nested, commented=False, project_directory=project_directory))
     return "\n".join(lines) + "\n"
 
