@@ -1,78 +1,96 @@
 #!/usr/bin/env bash
-# The main job on the embedded defaults: a local repository, a SQLite database, no servers.
-# Until `lockstep deploy` lands, the demo shows coordinated snapshots: the code version, the
-# database and the config of a small project under one snapshot ID; a failed dump that never
-# becomes a snapshot; lost data brought back; and plain restic reading the same repository.
+# The main job on the embedded defaults (SQLite, a local repository, the built-in proxy, local
+# processes): deploy the example app, snapshot it, deploy a release with a migration, deploy a
+# broken release that rolls back by itself, then roll back to v1 with its data.
+#
+# It works on a copy of examples/notes in a temporary git repository, so each version is a
+# commit. Ports: 8719 (the app, through lockstep's proxy), 8721 and 8722 (the blue and green slots).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
 python3 -m pip install -q --disable-pip-version-check -e . >/dev/null
 
 work=$(mktemp -d /tmp/lockstep-demo.XXXXXX)
+app="$work/notes"
 export LOCKSTEP_PASSWORD="demo password, keep me safe"
-export LOCKSTEP_REPOSITORY="$work/repository"   # the `repo` commands read this; lockstep.toml says the same
-project="$work/notes"
-mkdir -p "$project/config" "$project/secrets"
+url="http://127.0.0.1:8719"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-
-say "A project: code in git, a SQLite database, config and a secret"
-cd "$project"
-git init -q
-printf 'print("notes app v1")\n' > app.py
-printf 'DEBUG=0\nPAGE_SIZE=50\n' > config/app.env
-printf 'SECRET_KEY=%s\n' "$(python3 -c 'import secrets; print(secrets.token_hex(16))')" > secrets/.env
-printf 'notes.db\n' > .gitignore
-python3 - notes.db <<'PY'
-import sqlite3, sys
-db = sqlite3.connect(sys.argv[1])
-db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
-db.executemany("INSERT INTO notes (body) VALUES (?)", [(f"note {i}",) for i in range(1, 1001)])
-db.commit()
-print("notes:", db.execute("SELECT count(*) FROM notes").fetchone()[0])
+commit() { git add -A && git -c user.name=Demo -c user.email=demo@example.invalid commit -qm "$1"; }
+request() {  # METHOD PATH [JSON]: one request through lockstep's proxy, the body printed
+  python3 - "$@" <<'PY'
+import json, sys, urllib.request
+method, path = sys.argv[1], sys.argv[2]
+data = sys.argv[3].encode() if len(sys.argv) > 3 else None
+req = urllib.request.Request("http://127.0.0.1:8719" + path, data=data, method=method,
+                             headers={"Content-Type": "application/json"})
+with urllib.request.urlopen(req, timeout=10) as response:
+    print(response.read().decode())
 PY
-cat > lockstep.toml <<TOML
-[repository]
-url = "local:$work/repository"
+}
+agent_pid=""
+cleanup() {
+  cd "$app" 2>/dev/null || return 0
+  if [ -n "$agent_pid" ]; then
+    lockstep agent stop --apps >/dev/null 2>&1 || kill "$agent_pid" 2>/dev/null || true
+    wait "$agent_pid" 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT
 
-[databases.notes]
-url = "sqlite:///$project/notes.db"
+say "The example app, v1, in its own git repository (lockstep.toml describes it)"
+mkdir -p "$app"
+cp -a examples/notes/. "$app/"
+rm -rf "$app/demo" "$app/.lockstep"
+cd "$app"
+git init -q
+commit "notes 1.0.0"
+git log --oneline
 
-[files]
-config = ["config/*.env"]
-secrets = ["secrets/.env"]
-TOML
-git add -A
-git -c user.name=Demo -c user.email=demo@example.invalid commit -qm "notes app v1"
-
-say "lockstep repo init, then one snapshot of code, database and config"
+say "lockstep repo init, and the agent that keeps the app running (in the background here)"
 lockstep repo init
-lockstep snapshot create -m "before the big cleanup"
+lockstep agent > "$work/agent.log" 2>&1 &
+agent_pid=$!
+for _ in $(seq 50); do lockstep status --json >/dev/null 2>&1 && break; sleep 0.2; done
+
+say "Deploy v1: preflight, lock, release, snapshot, migrate, start, health, smoke, switch, watch"
+lockstep deploy --log-format text -m "first release"
+request POST /notes '{"text": "buy milk"}'
+request POST /notes '{"text": "call the plumber"}'
+
+say "A coordinated snapshot: the code version, the database and the config under one ID"
+lockstep snapshot create -m "after the first notes"
 lockstep snapshot list
 
-say "Oops: somebody deletes most notes"
-python3 - notes.db <<'PY'
-import sqlite3, sys
-db = sqlite3.connect(sys.argv[1]); db.execute("DELETE FROM notes WHERE id > 10"); db.commit()
-print("notes left:", db.execute("SELECT count(*) FROM notes").fetchone()[0])
-PY
+say "Deploy v2, whose migration adds tags"
+cp -a "$root/examples/notes/demo/v2/." .
+commit "notes 2.0.0: tags"
+lockstep deploy --log-format text -m "tags"
+request POST /notes '{"text": "written under v2 #new"}'
+request GET /version
 
-say "Bring the database back from the snapshot (the commit prefix works as an ID)"
-commit=$(git rev-parse --short HEAD)
-lockstep snapshot show "$commit"
-snapshot=$(lockstep snapshot show "$commit" --json | python3 -c "import json, sys; print(json.load(sys.stdin)['id'])")
-lockstep repo dump "$snapshot" /databases/notes.sqlite3 > notes.db.restored
-mv notes.db.restored notes.db
-python3 -c "import sqlite3; print('notes restored:', sqlite3.connect('notes.db').execute('SELECT count(*) FROM notes').fetchone()[0])"
+say "Deploy a broken v3: its health check never passes, so lockstep rolls it back by itself"
+cp -a "$root/examples/notes/demo/v3-broken/." .
+commit "notes 3.0.0 (broken)"
+status=0
+lockstep deploy --log-format text -m "broken on purpose" || status=$?
+echo "lockstep deploy exited with $status (3: failed and rolled back; v2 still serves)"
+[ "$status" = 3 ] || { echo "unexpected exit code"; exit 1; }
+request GET /version
 
-say "A dump that fails halfway never becomes a snapshot"
-if lockstep repo backup --stdin-filename broken.sql --stdin-from-command -- sh -c 'echo "BEGIN;"; exit 3'; then
-  echo "unexpected: the failed dump was accepted"; exit 1
-fi
+say "Roll back to v1 with its data: lockstep shows which writes the restore discards"
+lockstep rollback --with-data --yes --log-format text
+request GET /version
+request GET /api/notes
 
-say "Check every byte, then let plain restic read the same repository"
+say "What happened, and what serves now"
+lockstep history
+lockstep status
+
+say "Check every byte of the repository, and let plain restic read it too"
 lockstep repo check --read-data
 if command -v restic >/dev/null; then
-  RESTIC_PASSWORD="$LOCKSTEP_PASSWORD" restic -r "$work/repository" ls latest
+  RESTIC_PASSWORD="$LOCKSTEP_PASSWORD" restic -r "$app/.lockstep/repository" snapshots
 else
   echo "(install restic to see it read lockstep's repository: apt-get install restic)"
 fi
-say "Done. Everything is under $work"
+say "Done. The project is in $app; the app stops with the agent now."
