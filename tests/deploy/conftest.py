@@ -261,6 +261,7 @@ class TrafficReport:
     failures: list[str] = field(default_factory=list)
     versions: Counter[str] = field(default_factory=Counter)
     seen: list[tuple[float, str]] = field(default_factory=list)  # (time.monotonic(), version) of each GET
+    stale_retries: int = 0  # requests retried because the server had closed an idle keep-alive connection
 
     def first_seen_after(self, moment: float, version: str) -> float | None:
         """When `version` was first served after `moment` (monotonic clock), or None."""
@@ -296,12 +297,27 @@ class NotesLoad:
                 self.report.versions[version] += 1
                 self.report.seen.append((time.monotonic(), version))
 
+    def _send(self, connection: http.client.HTTPConnection, number: int, count: int) -> tuple[str, int, str, str]:
+        if count % 4 == 0:
+            body = json.dumps({"text": f"load {number}-{count}"}).encode()
+            connection.request("POST", "/notes", body=body, headers={"Content-Type": "application/json"})
+            path, expected = "POST /notes", 201
+        else:
+            connection.request("GET", "/version")
+            path, expected = "GET /version", 200
+        response = connection.getresponse()
+        data = response.read().decode()
+        if response.status != expected:
+            return path, response.status, data, "failed"
+        return path, response.status, data, response.getheader("Connection", "").lower()
+
     def _run(self, number: int) -> None:
         keep_alive: http.client.HTTPConnection | None = None
         count = 0
         while not self.stopping.is_set():
             count += 1
             fresh = count % 3 == 0
+            reused = not fresh and keep_alive is not None
             if fresh or keep_alive is None:
                 connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
                 if not fresh:
@@ -309,22 +325,24 @@ class NotesLoad:
             else:
                 connection = keep_alive
             try:
-                if count % 4 == 0:
-                    body = json.dumps({"text": f"load {number}-{count}"}).encode()
-                    connection.request("POST", "/notes", body=body, headers={"Content-Type": "application/json"})
-                    expected = 201
-                    path = "POST /notes"
-                else:
-                    connection.request("GET", "/version")
-                    expected = 200
-                    path = "GET /version"
-                response = connection.getresponse()
-                data = response.read().decode()
-                if response.status != expected:
-                    self._record(failure=f"{path}: {response.status} {data[:100]}")
+                try:
+                    path, status, data, how = self._send(connection, number, count)
+                except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                    if not reused:
+                        raise
+                    # The server closed an idle kept-alive connection before reading the request
+                    # (nginx does on a reload): retried once on a fresh connection, as RFC 9112
+                    # section 9.3.1 and every HTTP client allow. Counted, never hidden.
+                    with self.lock:
+                        self.report.stale_retries += 1
+                    connection.close()
+                    connection = keep_alive = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+                    path, status, data, how = self._send(connection, number, count)
+                if how == "failed":
+                    self._record(failure=f"{path}: {status} {data[:100]}")
                 else:
                     self._record(version=data.strip() if path == "GET /version" else None)
-                if response.getheader("Connection", "").lower() == "close" and connection is keep_alive:
+                if how == "close" and connection is keep_alive:
                     keep_alive.close()
                     keep_alive = None
             except (OSError, http.client.HTTPException) as error:

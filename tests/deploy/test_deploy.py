@@ -152,6 +152,7 @@ def test_zero_failed_requests_through_a_deploy_and_a_rollback(notes_project: Not
     assert deployed.returncode == 0, deployed.err
     assert rolled_back.returncode == 0, rolled_back.err
     assert load.report.failures == [], load.report.failures[:5]
+    assert load.report.stale_retries == 0  # the built-in proxy never closes a connection under a client
     assert load.report.requests > 100
     assert set(load.report.versions) == {"1.0.0", "1.1.0"}
     assert notes_project.version() == "1.0.0"
@@ -290,7 +291,7 @@ def test_secrets_never_leak_from_deploys_rollbacks_and_restores(tmp_path: Path) 
     event_log = tmp_path / "events.jsonl"
     project = make_project(
         tmp_path,
-        extra_deploy='hooks = { post-deploy = "sh -c \'echo hook ran; env | grep -c LOCKSTEP_ >/dev/null\'" }',
+        extra_deploy="hooks = { post-deploy = \"sh -c 'echo hook ran; env | grep -c LOCKSTEP_ >/dev/null'\" }",
         extra_config=(
             "[databases.shop]\n"
             'url = "postgresql://postgres@127.0.0.1:5432/postgres"\n'
@@ -333,3 +334,34 @@ def test_secrets_never_leak_from_deploys_rollbacks_and_restores(tmp_path: Path) 
         for path in tmp_path.rglob("*"):
             if path.is_file() and not path.is_symlink():
                 assert secret.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("kind", ["nginx", "haproxy"])
+def test_deploys_and_rollbacks_through_nginx_and_haproxy(tmp_path: Path, kind: str) -> None:
+    """The same deploy and rollback with a real nginx or HAProxy as the switch: no failed request."""
+    from tests.conftest import require_binary
+
+    require_binary(kind, f"apt-get install {kind}")
+    project = make_project(tmp_path, extra_config="")
+    config = project.directory / "lockstep.toml"
+    config.write_text(config.read_text().replace("[traffic]\n", f'[traffic]\nkind = "{kind}"\n'))
+    project.commit("use a real proxy")
+    project.start_agent()
+    try:
+        assert project.lockstep("deploy").returncode == 0
+        (project.directory / "VERSION").write_text("1.1.0\n")
+        project.commit("notes 1.1.0")
+        with NotesLoad(project.listen_port) as load:
+            time.sleep(0.5)
+            deployed = project.lockstep("deploy")
+            time.sleep(0.5)
+            rolled_back = project.lockstep("rollback")
+            time.sleep(0.5)
+        assert deployed.returncode == 0, deployed.err
+        assert rolled_back.returncode == 0, rolled_back.err
+        assert load.report.failures == [], load.report.failures[:5]
+        assert set(load.report.versions) == {"1.0.0", "1.1.0"}
+        assert project.version() == "1.0.0"
+        assert project.status()["traffic"]["kind"] == kind
+    finally:
+        _stop_everything(project)

@@ -220,6 +220,37 @@ class TrafficConfig(_Section):
     request_timeout: float = Field(
         default=60.0, gt=0, description="Seconds the built-in proxy waits for a response.", examples=[120.0]
     )
+    mode: Literal["managed", "system"] = Field(
+        default="managed",
+        description=(
+            'nginx and HAProxy: "managed" (lockstep runs its own instance from a generated config) or '
+            '"system" (your server includes a file lockstep writes, then lockstep validates and reloads it).'
+        ),
+        examples=["system"],
+    )
+    binary: str | None = Field(
+        default=None,
+        description="nginx or HAProxy executable. Default: nginx / haproxy on PATH.",
+        examples=["/usr/sbin/nginx"],
+    )
+    include_path: str | None = Field(
+        default=None,
+        description=(
+            "System mode: the file lockstep writes (nginx: an `upstream lockstep_active` block to include in "
+            "http {}; HAProxy: a `backend lockstep_active` file loaded with an extra -f)."
+        ),
+        examples=["/etc/nginx/conf.d/lockstep-upstream.conf"],
+    )
+    config_path: str | None = Field(
+        default=None,
+        description="System mode: the server's main config, validated with the include before a reload.",
+        examples=["/etc/haproxy/haproxy.cfg"],
+    )
+    reload_command: str | None = Field(
+        default=None,
+        description="System mode: how to reload the server. Default: `nginx -s reload` / `systemctl reload haproxy`.",
+        examples=["systemctl reload nginx"],
+    )
 
     @field_validator("listen")
     @classmethod

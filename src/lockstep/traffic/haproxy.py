@@ -83,7 +83,8 @@ class HaproxySwitch:
             /etc/haproxy/haproxy.cfg.
         reload_command: system mode only: argv run after a successful validation; default
             `systemctl reload haproxy`.
-        master_socket: system mode only: the master CLI socket (`-S`) of the user's HAProxy, used to
+        master_socket: managed mode: where to put the master CLI socket (default: in state_directory);
+            system mode: the master CLI socket (`-S`) of the user's HAProxy, used to
             confirm a reload took effect and for `wait_drained`; default /run/haproxy-master.sock
             (Debian's default) when it exists. Without it lockstep cannot observe draining.
         stats_socket: system mode only: an admin/operator stats socket of the user's HAProxy for
@@ -115,8 +116,9 @@ class HaproxySwitch:
             tuple(reload_command) if reload_command is not None else ("systemctl", "reload", "haproxy")
         )
         if mode == "managed":
-            self.master_socket: Path | None = self.state_directory / MASTER_SOCKET
-            self.stats_socket: Path | None = self.state_directory / STATS_SOCKET
+            # Sockets may live elsewhere when the state directory is too deep for a socket path.
+            self.master_socket: Path | None = master_socket or self.state_directory / MASTER_SOCKET
+            self.stats_socket: Path | None = stats_socket or self.state_directory / STATS_SOCKET
             for path in (self.master_socket, self.stats_socket):
                 if len(os.fsencode(path)) > SOCKET_PATH_LIMIT:
                     raise UsageError(
