@@ -207,7 +207,9 @@ def test_a_second_deploy_is_refused_while_one_runs(tmp_path: Path) -> None:
             time.sleep(0.2)
         second = project.lockstep("deploy")
         assert second.returncode == 4, second.err
-        assert "the long one" in second.err or "deploy" in second.err
+        assert "the long one" in second.err and "--lock-wait" in second.err
+        forced = project.lockstep("deploy", "--force")
+        assert forced.returncode == 2 and "only after confirmation" in forced.err, forced.err
         waiting = project.lockstep("deploy", "--lock-wait", "120s", "--allow-dirty")
         first.wait(timeout=120)
         assert first.returncode == 0

@@ -44,7 +44,7 @@ from lockstep.pipeline.data_rollback import (
     restore_snapshot_data,
     summarize_discarded,
 )
-from lockstep.pipeline.environment_lock import EnvironmentLock, LockHolder
+from lockstep.pipeline.environment_lock import EnvironmentLock, LockHolder, describe_holder
 from lockstep.pipeline.history import History, OperationRecord
 from lockstep.pipeline.notifications import notifier_for, operation_event
 from lockstep.pipeline.release_launch import ComponentPlan, app_environment, plan_components, traffic_component
@@ -358,6 +358,15 @@ class Deployment:
                 f"{previous.host} (pid {previous.pid})"
             )
 
+        if self.request.force:
+            current = lock.current()
+            if current is not None and not lock.is_stale(current)[0] and not self.request.yes:
+                question = f"Take the lock from the live {describe_holder(current)}?"
+                if not self.reporter.confirm(question):
+                    raise UsageError(
+                        "--force takes a live lock only after confirmation",
+                        "answer on a terminal, or add --yes if you are sure the other deploy is gone",
+                    )
         lock.acquire(holder, wait=self.request.lock_wait, force=self.request.force, on_stale=warn_stale)
         self.lock = lock
         self._clean_up_abandoned()
