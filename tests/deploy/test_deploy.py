@@ -367,3 +367,22 @@ def test_deploys_and_rollbacks_through_nginx_and_haproxy(tmp_path: Path, kind: s
         assert project.status()["traffic"]["kind"] == kind
     finally:
         _stop_everything(project)
+
+
+def test_progress_is_one_json_event_per_step_with_deploy_id_and_env(notes_project: NotesProject) -> None:
+    """Without a terminal: JSON lines on stderr, each step's outcome with deploy_id, env, duration."""
+    completed = notes_project.lockstep("deploy", "--json")
+    assert completed.returncode == 0, completed.err
+    deploy_id = json.loads(completed.out)["id"]
+    events = [json.loads(line) for line in completed.err.splitlines()]
+    finished = [event for event in events if event["event"] == "step-finished"]
+    assert [event["step"] for event in finished][-4:] == ["smoke", "switch", "watch", "retire"]
+    assert all(event["env"] == "test" for event in finished)
+    assert all(event["deploy_id"] == deploy_id for event in finished if event["step"] != "preflight")
+    assert all(isinstance(event["duration"], float) for event in finished)
+    (notes_project.directory / "VERSION").write_text("1.0.1\n")
+    notes_project.commit("notes 1.0.1")
+    assert notes_project.lockstep("deploy", "--quiet").returncode == 0
+    quiet = notes_project.lockstep("rollback", "--quiet", "--log-format", "text")
+    assert quiet.returncode == 0, quiet.err
+    assert "→" not in quiet.err and "rolled back" in quiet.out

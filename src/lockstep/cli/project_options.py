@@ -36,7 +36,7 @@ def parse_duration_seconds(text: str) -> float:
     """`90`, `90s`, `5m` or `1h` as seconds; a clear usage error otherwise."""
     value = text.strip().lower()
     units = {"s": 1.0, "m": 60.0, "h": 3600.0}
-    factor = units.get(value[-1:], None)
+    factor = units.get(value[-1:])
     number = value[:-1] if factor is not None else value
     try:
         seconds = float(number) * (factor or 1.0)

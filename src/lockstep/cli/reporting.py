@@ -8,6 +8,7 @@ result (`--json`).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -16,49 +17,69 @@ import click
 from rich.markup import escape
 
 from lockstep.cli.output import error_console
+from lockstep.redaction import Redactor
 
 
 class ConsoleReporter:
-    """Steps and warnings to stderr; questions on the terminal only."""
+    """Steps and warnings to stderr; questions on the terminal only.
 
-    def __init__(self, json_lines: bool | None = None, context: dict[str, Any] | None = None) -> None:
+    Everything written passes through a redactor that knows the secrets in lockstep's
+    environment (LOCKSTEP_PASSWORD, *_PASSWORD, *_TOKEN, *_SECRET, *_KEY, URL passwords).
+    `verbosity` -1 (--quiet) shows only warnings and failures; 1 (--verbose) adds details.
+    """
+
+    def __init__(
+        self, json_lines: bool | None = None, context: dict[str, Any] | None = None, verbosity: int = 0
+    ) -> None:
         self.json_lines = (not sys.stderr.isatty()) if json_lines is None else json_lines
         self.context = context or {}
+        self.verbosity = verbosity
+        self.redactor = Redactor.from_environment(os.environ)
+        self.redactor.add(os.environ.get("LOCKSTEP_PASSWORD"))
+
+    def bind(self, **fields: Any) -> None:
+        """Fields every later event carries (deploy_id, env)."""
+        self.context.update(fields)
 
     def _event(self, kind: str, **fields: Any) -> None:
-        document = {"time": round(time.time(), 3), "event": kind, **self.context, **fields}
+        document = self.redactor.redact_document(
+            {"time": round(time.time(), 3), "event": kind, **self.context, **fields}
+        )
         sys.stderr.write(json.dumps(document) + "\n")
         sys.stderr.flush()
+
+    def _print(self, text: str, markup: bool = True) -> None:
+        error_console.print(self.redactor.redact(text), markup=markup, highlight=False)
 
     def step_started(self, step: str, detail: str) -> None:
         if self.json_lines:
             self._event("step-started", step=step, detail=detail)
-        else:
-            error_console.print(f"[bold]→ {escape(step)}[/bold] {escape(detail)}".rstrip(), highlight=False)
+        elif self.verbosity >= 0:
+            self._print(f"[bold]→ {escape(step)}[/bold] {escape(detail)}".rstrip())
 
     def step_finished(self, step: str, seconds: float, detail: str) -> None:
         if self.json_lines:
             self._event("step-finished", step=step, duration=round(seconds, 3), detail=detail)
-        else:
-            error_console.print(f"  [green]✓[/green] {escape(step)} ({seconds:.1f} s) {escape(detail)}".rstrip(), highlight=False)
+        elif self.verbosity >= 0:
+            self._print(f"  [green]✓[/green] {escape(step)} ({seconds:.1f} s) {escape(detail)}".rstrip())
 
     def step_failed(self, step: str, seconds: float, reason: str) -> None:
         if self.json_lines:
             self._event("step-failed", step=step, duration=round(seconds, 3), reason=reason)
         else:
-            error_console.print(f"  [red]✗[/red] {escape(step)} ({seconds:.1f} s) {escape(reason)}", markup=True, highlight=False)
+            self._print(f"  [red]✗[/red] {escape(step)} ({seconds:.1f} s) {escape(reason)}")
 
     def info(self, message: str) -> None:
         if self.json_lines:
             self._event("info", message=message)
-        else:
-            error_console.print(f"  {message}", markup=False, highlight=False)
+        elif self.verbosity >= 0:
+            self._print(f"  {message}", markup=False)
 
     def warn(self, message: str) -> None:
         if self.json_lines:
             self._event("warning", message=message)
         else:
-            error_console.print(f"  [yellow]![/yellow] {escape(message)}", highlight=False)
+            self._print(f"  [yellow]![/yellow] {escape(message)}")
 
     def confirm(self, question: str, expected_answer: str | None = None) -> bool:
         if not sys.stdin.isatty():

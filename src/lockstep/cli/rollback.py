@@ -22,7 +22,14 @@ from lockstep.pipeline.rollback import RollbackRequest
 @click.option("--yes", is_flag=True, help="Answer yes to the data-loss confirmation (for CI).")
 @click.option("--force", is_flag=True, help="Roll back code onto a newer schema; take a live lock.")
 @click.option("--lock-wait", metavar="DURATION", default="0", help="Wait this long for the lock (e.g. 30s, 5m).")
-@click.option("--log-format", type=click.Choice(["auto", "text", "json"]), default="auto", help="Progress format.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "text", "json"]),
+    default="auto",
+    help="Progress on stderr: text on a terminal, JSON lines otherwise (auto), or as chosen.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings, failures and the result.")
+@click.option("-v", "--verbose", is_flag=True, help="Everything, with details.")
 @click.option("--json", "json_output", is_flag=True, help="Print the rollback record as JSON on stdout.")
 def rollback_command(
     steps: int,
@@ -35,6 +42,8 @@ def rollback_command(
     force: bool,
     lock_wait: str,
     log_format: str,
+    quiet: bool,
+    verbose: bool,
     json_output: bool,
 ) -> None:
     """Roll back to the previous successful release (STEPS back, or --to ID).
@@ -55,7 +64,13 @@ def rollback_command(
         lock_wait=parse_duration_seconds(lock_wait),
     )
     json_lines = None if log_format == "auto" else log_format == "json"
-    record = rollback(Path.cwd(), config_path, environment, request, ConsoleReporter(json_lines=json_lines))
+    record = rollback(
+        Path.cwd(),
+        config_path,
+        environment,
+        request,
+        ConsoleReporter(json_lines=json_lines, verbosity=-1 if quiet else 1 if verbose else 0),
+    )
     if wants_json(json_output):
         print_json(record.to_document())
         return

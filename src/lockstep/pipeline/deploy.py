@@ -51,7 +51,7 @@ from lockstep.pipeline.release_launch import ComponentPlan, app_environment, pla
 from lockstep.pipeline.releases import ResolvedRef, build_release_directory, new_deploy_id, prune_releases, resolve_ref
 from lockstep.pipeline.smoke import run_smoke_check
 from lockstep.pipeline.snapshot import PreparedCode, SnapshotRequest, create_snapshot, database_password
-from lockstep.pipeline.steps import Reporter, StepFailed, StepRunner
+from lockstep.pipeline.steps import Reporter, StepFailed, StepRunner, bind_context
 from lockstep.process import Command, run_user_command
 from lockstep.repository.documents import DocumentStore
 from lockstep.repository.identity import current_user
@@ -157,6 +157,7 @@ class Deployment:
         self.lock: EnvironmentLock | None = None
         self.release_directory: Path | None = None
         self.plans: list[ComponentPlan] = []
+        bind_context(reporter, env=context.environment)
 
     # -- the plan ------------------------------------------------------------------------------
 
@@ -244,6 +245,7 @@ class Deployment:
             message=self.request.message or resolved.subject,
             release_id=deploy_id,
         )
+        bind_context(self.reporter, deploy_id=record.id, env=record.environment)
         self._confirm(record)
         self.steps.run("lock", self.context.environment, lambda: self._take_lock(record), lambda _: "held")
         notifier = notifier_for(self.context, self.reporter)

@@ -37,7 +37,7 @@ from lockstep.pipeline.history import History, OperationRecord
 from lockstep.pipeline.notifications import notifier_for, operation_event
 from lockstep.pipeline.release_launch import plan_components, traffic_component
 from lockstep.pipeline.releases import build_release_directory
-from lockstep.pipeline.steps import Reporter, StepFailed, StepRunner
+from lockstep.pipeline.steps import Reporter, StepFailed, StepRunner, bind_context
 from lockstep.repository.documents import DocumentStore
 
 
@@ -159,6 +159,7 @@ class Rollback:
             previous_release_id=current["release_id"] if current else None,
             snapshot_id=target.data_snapshot_id if self.request.with_data else None,
         )
+        bind_context(self.reporter, deploy_id=record.id, env=record.environment)
         with_data = self._decide_data(target)
         if with_data:
             self._confirm_data_loss(target)

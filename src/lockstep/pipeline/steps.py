@@ -34,6 +34,13 @@ class Reporter(Protocol):
         ...
 
 
+def bind_context(reporter: Reporter, **fields: object) -> None:
+    """Give a reporter that supports it fields for every later event (deploy_id, env)."""
+    bind = getattr(reporter, "bind", None)
+    if callable(bind):
+        bind(**fields)
+
+
 @dataclass
 class StepRecord:
     name: str
