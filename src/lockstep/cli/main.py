@@ -22,6 +22,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "agent": ("lockstep.cli.agent",),
     "backup": ("lockstep.cli.backup",),
     "deploy": ("lockstep.cli.deploy",),
+    "doctor": ("lockstep.cli.doctor",),
     "history": ("lockstep.cli.status",),
     "init": ("lockstep.cli.init",),
     "lock": ("lockstep.cli.lock",),

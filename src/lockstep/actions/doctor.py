@@ -1,0 +1,176 @@
+"""`lockstep doctor`: run every check of pipeline/doctor.py for one environment and collect the lines.
+
+The order follows what depends on what: the config first (nothing else can run without it), then
+the tools, the repository, the databases, disk and permissions, the agent and traffic, schedules,
+and last the snapshots (which need the repository open).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from lockstep.actions.environment import EnvironmentContext, load_environment
+from lockstep.actions.snapshot_list import lockstep_snapshots
+from lockstep.config.loading import find_config
+from lockstep.errors import LockstepError
+from lockstep.pipeline import doctor
+from lockstep.pipeline.doctor import DoctorCheck
+from lockstep.pipeline.preflight import check_required_binaries, local_repository_path
+from lockstep.pipeline.snapshot import DEFAULT_ENVIRONMENT, ENVIRONMENT_TAG_PREFIX
+from lockstep.pipeline.verification_records import latest_results
+from lockstep.repository.repository import Repository
+
+
+@dataclass(frozen=True)
+class DoctorReport:
+    """Every check's line, in the order they ran."""
+
+    environment: str | None
+    checks: list[DoctorCheck]
+
+    @property
+    def failed(self) -> bool:
+        return any(check.status == "fail" for check in self.checks)
+
+
+def run_doctor(
+    start: Path, config_path: Path | None, environment: str | None, now: datetime | None = None
+) -> DoctorReport:
+    """Check the project at `start` for `environment` (default: the config's default_environment)."""
+    try:
+        context = load_environment(start, config_path, environment)
+        shown_path = find_config(start, config_path)
+    except LockstepError as error:
+        return DoctorReport(environment, [doctor.config_problem_check(error)])
+    checks = [doctor.passed("config", f"{shown_path} is valid (environment {context.environment})")]
+    known = context.config.environments
+    if environment is not None and known and environment not in known:
+        checks.append(
+            doctor.warned(
+                "environment",
+                f"no [environments.{environment}] in the config (known: {', '.join(sorted(known))}): "
+                "the base config is used",
+                "check the --env name, or add the table",
+            )
+        )
+    checks.extend(_tool_checks(context))
+    repository_check, repository = _open_repository(context)
+    checks.append(repository_check)
+    try:
+        for name, database in context.config.databases.items():
+            checks.extend(doctor.check_database(name, database))
+        checks.extend(_disk_checks(context))
+        checks.extend(_permission_checks(context))
+        agent_check, status = doctor.check_agent(context.agent())
+        checks.append(agent_check)
+        checks.append(doctor.check_traffic(context.config.traffic.listen, status))
+        checks.append(doctor.check_proxy_config(context.config.traffic, context.layout.proxy))
+        checks.extend(doctor.check_schedules(context.config.schedules))
+        checks.extend(_snapshot_checks(context, environment, repository, now))
+    finally:
+        if repository is not None:
+            repository.close()
+    return DoctorReport(context.environment, checks)
+
+
+def _tool_checks(context: EnvironmentContext) -> list[DoctorCheck]:
+    config = context.config
+    checks = []
+    if config.code.kind == "git":
+        checks.append(doctor.check_tool("git", "the code is a git work tree", "install git (apt-get install git)"))
+    servers = {name: database for name, database in config.databases.items() if database.engine != "sqlite"}
+    checks.extend(
+        doctor.from_preflight(result, "tool " + result.name.removesuffix(" tools"))
+        for result in check_required_binaries(servers)
+    )
+    kind = config.traffic.kind
+    if kind in ("nginx", "haproxy"):
+        checks.append(
+            doctor.check_tool(
+                kind,
+                f"traffic.kind = {kind!r}",
+                f"install {kind} (apt-get install {kind})",
+                version_argument="-v" if kind == "haproxy" else None,
+            )
+        )
+    checks.append(
+        doctor.check_tool(
+            "restic",
+            "optional: reads the repository without lockstep",
+            "install restic (apt-get install restic) to be able to read snapshots without lockstep",
+            required=False,
+            version_argument="version",
+        )
+    )
+    return checks
+
+
+def _open_repository(context: EnvironmentContext) -> tuple[DoctorCheck, Repository | None]:
+    access = context.project.access
+    try:
+        location = access.resolved_location()
+    except LockstepError as error:
+        return doctor.failed("repository", error.message, error.hint), None
+    source = doctor.describe_password_source(access.password_file, access.password_command)
+
+    def open_repository() -> Repository:
+        repository = access.open(load_index=False)
+        try:
+            repository.load_index()
+        except BaseException:
+            repository.close()
+            raise
+        return repository
+
+    return doctor.check_repository(open_repository, location, source)
+
+
+def _disk_checks(context: EnvironmentContext) -> list[DoctorCheck]:
+    minimum = context.config.backup.min_free_disk_mb
+    checks = [doctor.check_free_space("disk state directory", context.layout.root, minimum)]
+    repository_path = local_repository_path(context.config.repository.url)
+    if repository_path is not None:
+        checks.append(doctor.check_free_space("disk repository", repository_path, minimum))
+    return checks
+
+
+def _permission_checks(context: EnvironmentContext) -> list[DoctorCheck]:
+    config = context.config
+    checks = [
+        doctor.check_secret_files(config.files.secrets),
+        doctor.check_repository_permissions(config.repository.url),
+    ]
+    password_files: dict[str, Path] = {}
+    repository_file = config.repository.password_file
+    # LOCKSTEP_PASSWORD wins over the file; then only a file that exists still matters.
+    if repository_file is not None and (repository_file.exists() or not os.environ.get("LOCKSTEP_PASSWORD")):
+        password_files["repository password_file"] = repository_file
+    for name, database in config.databases.items():
+        if database.password_file is not None:
+            password_files[f"databases.{name} password_file"] = database.password_file
+    checks.extend(doctor.check_password_files(password_files))
+    return checks
+
+
+def _snapshot_checks(
+    context: EnvironmentContext, asked_environment: str | None, repository: Repository | None, now: datetime | None
+) -> list[DoctorCheck]:
+    rpo = context.config.agent.rpo_hours
+    if repository is None:
+        return [doctor.warned("last good snapshot", "not checked: the repository does not open", None)]
+    # `lockstep backup` without --env tags env:default; deploys tag the environment they ran in.
+    wanted = {ENVIRONMENT_TAG_PREFIX + context.environment}
+    if asked_environment is None:
+        wanted.add(ENVIRONMENT_TAG_PREFIX + DEFAULT_ENVIRONMENT)
+    try:
+        snapshots = [snapshot for snapshot in lockstep_snapshots(repository) if wanted & set(snapshot.tags)]
+        verifications = latest_results(repository, [snapshot.id for snapshot in snapshots])
+    except LockstepError as error:
+        return [doctor.failed("last good snapshot", f"cannot list snapshots: {error.message}", error.hint)]
+    return doctor.check_snapshot_ages(snapshots, verifications, rpo, now)
+
+
+__all__ = ["DoctorReport", "run_doctor"]

@@ -1,0 +1,215 @@
+"""`lockstep doctor` end to end: the real CLI on real projects (SQLite and the real PostgreSQL), a
+real repository, a real agent, and the documented exit code (0 unless a check failed)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lockstep.pipeline.snapshot import SnapshotRequest, create_snapshot, load_manifest
+from lockstep.repository.gojson import format_time_ns
+from lockstep.repository.repository import Repository
+from lockstep.storage.base import FileType
+from lockstep.storage.local import LocalBackend
+from tests.conftest import TEST_PASSWORD, Completed, missing, require_binary, run_lockstep
+from tests.deploy.conftest import _stop_everything, make_project
+
+STATUSES = {"pass", "warn", "fail"}
+
+
+def doctor_json(completed: Completed) -> dict[str, dict[str, Any]]:
+    """The --json list, keyed by check name (every entry has exactly name, status, detail, fix)."""
+    checks = json.loads(completed.out)
+    assert isinstance(checks, list) and checks
+    for check in checks:
+        assert set(check) == {"name", "status", "detail", "fix"} and check["status"] in STATUSES
+    return {check["name"]: check for check in checks}
+
+
+@pytest.fixture
+def postgresql_database() -> Iterator[str]:
+    """A temporary PostgreSQL database with one table, dropped afterwards."""
+    require_binary("pg_dump", "apt-get install postgresql-client")
+    try:
+        import psycopg
+
+        psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", connect_timeout=5).close()
+    except Exception as error:
+        missing(f"PostgreSQL is not reachable on 127.0.0.1:5432: {error}")
+    name = f"lockstep_doctor_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    try:
+        with psycopg.connect(host="127.0.0.1", user="postgres", dbname=name, autocommit=True) as connection:
+            connection.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+        yield name
+    finally:
+        with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as connection:
+            connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_all_good_project_exits_0_and_a_stopped_agent_fails_with_start_it(
+    tmp_path: Path, postgresql_database: str
+) -> None:
+    """SQLite + PostgreSQL: with the agent down doctor exits 1 and says to start it; with it running
+    and a release deployed nothing fails, the proxy serves, and the exit code is 0 (warnings allowed)."""
+    project = make_project(
+        tmp_path,
+        extra_config=f'\n[databases.orders]\nurl = "postgresql://postgres@127.0.0.1:5432/{postgresql_database}"\n',
+    )
+    try:
+        stopped = project.lockstep("doctor", "--json")
+        assert stopped.returncode == 1, stopped.err
+        checks = doctor_json(stopped)
+        assert checks["agent"]["status"] == "fail"
+        assert checks["agent"]["fix"].startswith("start it with `lockstep agent --env test`")
+        assert checks["traffic"]["status"] == "warn"
+
+        project.start_agent()
+        deployed = project.lockstep("deploy", "-m", "first")
+        assert deployed.returncode == 0, deployed.err
+        running = project.lockstep("doctor", "--json")
+        assert running.returncode == 0, running.out + running.err
+        checks = doctor_json(running)
+        assert [name for name, check in checks.items() if check["status"] == "fail"] == []
+        for name in (
+            "config",
+            "agent",
+            "traffic",
+            "proxy config",
+            "repository",
+            "database main",
+            "database orders",
+            "database orders read access",
+            "database orders create database",
+            "database orders pg_dump version",
+            "tool git",
+            "last good snapshot",
+            "permissions repository",
+        ):
+            assert checks[name]["status"] == "pass", checks[name]
+        assert str(project.listen_port) in checks["traffic"]["detail"]
+
+        human = project.lockstep("doctor")
+        assert human.returncode == 0
+        assert "PASS  agent: running for environment 'test'" in human.out
+        assert TEST_PASSWORD not in human.out + human.err + running.out + running.err
+    finally:
+        _stop_everything(project)
+
+
+CONFIG = """
+[repository]
+url = "local:repository"
+
+[databases.main]
+url = "sqlite:///app.db"
+
+[files]
+secrets = [".env"]
+
+[agent]
+rpo_hours = 2
+"""
+
+
+@pytest.fixture
+def small_project(tmp_path: Path) -> Path:
+    """A project without code or agent: one SQLite database, a secret file at 0600, a repository."""
+    directory = tmp_path / "project"
+    directory.mkdir()
+    (directory / "lockstep.toml").write_text(CONFIG)
+    with contextlib.closing(sqlite3.connect(directory / "app.db")) as connection:
+        connection.execute("CREATE TABLE items (id INTEGER PRIMARY KEY)")
+        connection.commit()
+    secret = directory / ".env"
+    secret.write_text("API_TOKEN=tok-never-printed-77\n")
+    secret.chmod(0o600)
+    completed = run_lockstep(["repo", "init"], env={"LOCKSTEP_PASSWORD": TEST_PASSWORD}, cwd=directory)
+    assert completed.returncode == 0, completed.err
+    return directory
+
+
+def doctor(directory: Path, password: str = TEST_PASSWORD, *extra: str) -> Completed:
+    return run_lockstep(["doctor", "--json", *extra], env={"LOCKSTEP_PASSWORD": password}, cwd=directory)
+
+
+def test_wrong_password_fails_and_is_never_printed(small_project: Path) -> None:
+    """The repository check fails with the fix; exit 1; the given password appears nowhere."""
+    wrong = "wrong-password-never-printed-51"
+    completed = doctor(small_project, wrong)
+    assert completed.returncode == 1
+    checks = doctor_json(completed)
+    repository = checks["repository"]
+    assert repository["status"] == "fail" and "does not open" in repository["detail"]
+    assert "LOCKSTEP_PASSWORD" in repository["fix"]
+    assert wrong not in completed.out + completed.err
+    assert checks["last good snapshot"]["status"] == "warn"  # not checked without the repository
+    right = doctor_json(doctor(small_project))
+    assert right["repository"]["status"] == "pass"
+
+
+def test_secret_file_0644_fails_with_the_chmod_fix(small_project: Path) -> None:
+    """A secret file readable by others fails; the fix is the exact chmod; the value is never shown."""
+    secret = small_project / ".env"
+    secret.chmod(0o644)
+    completed = doctor(small_project)
+    assert completed.returncode == 1
+    check = doctor_json(completed)["permissions secret files"]
+    assert check["status"] == "fail" and check["fix"] == f"chmod 600 {secret}"
+    lines = run_lockstep(["doctor"], env={"LOCKSTEP_PASSWORD": TEST_PASSWORD}, cwd=small_project)
+    assert f"      fix: chmod 600 {secret}" in lines.out
+    assert "tok-never-printed-77" not in completed.out + lines.out + lines.err
+
+
+def test_snapshot_older_than_the_rpo_fails(small_project: Path) -> None:
+    """A snapshot dated 3 hours ago with agent.rpo_hours = 2: the last good snapshot check fails."""
+    repository = Repository.open(LocalBackend(small_project / "repository"), TEST_PASSWORD)
+    try:
+        from lockstep.config import load_config
+
+        config = load_config(small_project / "lockstep.toml")
+        when = datetime.now(UTC) - timedelta(hours=3)
+        created = create_snapshot(repository, config, SnapshotRequest(project_directory=small_project), None)
+        original = created.snapshot
+        old = type(original)(**{**vars(original), "time": format_time_ns(int(when.timestamp() * 1e9)), "id": ""})
+        repository.save_snapshot(old)
+        repository.backend.remove(FileType.SNAPSHOT, original.id)
+        repository.load_index()
+        assert load_manifest(repository, old).databases  # a real coordinated snapshot
+    finally:
+        repository.close()
+    completed = doctor(small_project)
+    assert completed.returncode == 1
+    check = doctor_json(completed)["last good snapshot"]
+    assert check["status"] == "fail" and "older than the RPO" in check["detail"] and old.id[:8] in check["detail"]
+    assert "agent.rpo_hours = 2" in check["detail"]
+    backup = run_lockstep(["backup"], env={"LOCKSTEP_PASSWORD": TEST_PASSWORD}, cwd=small_project)
+    assert backup.returncode == 0, backup.err
+    assert doctor_json(doctor(small_project))["last good snapshot"]["status"] == "pass"
+
+
+def test_invalid_config_is_one_failed_check(small_project: Path) -> None:
+    """A config that does not load stops every other check: one fail line, exit 1."""
+    (small_project / "lockstep.toml").write_text(CONFIG + "\n[repository_typo]\nurl = 'x'\n")
+    completed = doctor(small_project)
+    assert completed.returncode == 1
+    checks = doctor_json(completed)
+    assert list(checks) == ["config"] and checks["config"]["status"] == "fail"
+
+
+def test_unknown_environment_name_warns(small_project: Path) -> None:
+    """--env with a name that has no [environments.NAME] (a typo) is a warning naming the known ones."""
+    config = small_project / "lockstep.toml"
+    config.write_text(CONFIG + "\n[environments.staging.agent]\nrpo_hours = 5\n")
+    typo = doctor_json(doctor(small_project, TEST_PASSWORD, "--env", "stagin"))
+    assert typo["environment"]["status"] == "warn" and "known: staging" in typo["environment"]["detail"]
+    assert "environment" not in doctor_json(doctor(small_project, TEST_PASSWORD, "--env", "staging"))
