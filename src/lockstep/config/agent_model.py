@@ -40,8 +40,7 @@ class AgentConfig(_Section):
         default=26.0,
         gt=0,
         description=(
-            "Recovery point objective: the newest good snapshot may be at most this old before "
-            "`doctor` warns and a snapshot.rpo_exceeded event is sent."
+            "Recovery point objective: the newest good snapshot may be at most this old before `doctor` fails."
         ),
         examples=[6.0],
     )
@@ -66,7 +65,12 @@ class ScheduleConfig(_Section):
         examples=["backup"],
     )
     cron: str = Field(
-        description="When, as a five-field cron expression (minute hour day-of-month month day-of-week), local time.",
+        description=(
+            "When, as a five-field cron expression (minute hour day-of-month month day-of-week; names such as "
+            "mon-fri and jan, steps such as */15, or @hourly, @daily, @weekly, @monthly), in local time. "
+            "An occurrence missed while the agent was down runs once when it starts; a schedule with no "
+            "recorded run (new or changed) runs as soon as the agent starts."
+        ),
         examples=["0 2 * * *"],
     )
     level: Literal["structure", "data", "restore"] = Field(
@@ -74,3 +78,12 @@ class ScheduleConfig(_Section):
         description="For verify jobs: how deeply to verify.",
         examples=["data"],
     )
+
+    @field_validator("cron")
+    @classmethod
+    def _check_cron(cls, cron: str) -> str:
+        """A typo in a schedule is a config error at load time, not a job that silently never runs."""
+        from lockstep.agent.cron import CronExpression  # lazily: loading a config needs no agent code otherwise
+
+        CronExpression.parse(cron)
+        return cron
