@@ -220,10 +220,7 @@ class CommandOutcome:
 
     def describe_failure(self, lines: int = 10) -> str:
         """One paragraph: what went wrong and the end of the output."""
-        if self.problem is not None:
-            reason = self.problem
-        else:
-            reason = f"exited with code {self.returncode}"
+        reason = self.problem if self.problem is not None else f"exited with code {self.returncode}"
         tail = "\n".join(self.output.strip().splitlines()[-lines:])
         return reason + (f"; its last output:\n{tail}" if tail else "")
 

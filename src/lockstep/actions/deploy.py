@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lockstep.actions.environment import load_environment
-from lockstep.pipeline.deploy import DeployRequest, Deployment
+from lockstep.pipeline.deploy import Deployment, DeployRequest
 from lockstep.pipeline.history import OperationRecord
 from lockstep.pipeline.steps import Reporter
 

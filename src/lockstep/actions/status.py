@@ -73,8 +73,11 @@ def environment_status(
             document["release"] = slots[active]["release"]
             document["commit"] = slots[active]["version"]
     operations = history.all()
-    document["last_operation"] = operations[-1].to_document() if operations else None
-    serving = [record for record in operations if record.outcome == "succeeded"]
+    releases = [record for record in operations if not record.operation.startswith("scheduled-")]
+    document["last_operation"] = releases[-1].to_document() if releases else None
+    scheduled = [record for record in operations if record.operation.startswith("scheduled-")]
+    document["last_scheduled_job"] = scheduled[-1].to_document() if scheduled else None
+    serving = [record for record in releases if record.outcome == "succeeded" and record.release_id]
     document["serving_since"] = serving[-1].finished_at if serving else None
     return document
 

@@ -75,7 +75,7 @@ def status_command(config_path: Path | None, environment: str | None, json_outpu
 @project_options
 @click.option("--json", "json_output", is_flag=True, help="Print JSON on stdout.")
 def history_command(config_path: Path | None, environment: str | None, json_output: bool) -> None:
-    """Every deploy and rollback: outcome, duration, performer, snapshot and the step that failed."""
+    """Every deploy, rollback and scheduled job: outcome, duration, performer, snapshot, what failed."""
     records = operation_history(Path.cwd(), config_path, environment)
     if wants_json(json_output):
         print_json([record.to_document() for record in records])

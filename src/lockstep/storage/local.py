@@ -30,6 +30,17 @@ def _describe_os_error(error: OSError, path: Path) -> StorageError:
     return StorageError(f"cannot access {path}: {error.strerror}")
 
 
+def _make_private_directories(directory: Path) -> None:
+    """mkdir -p with mode 0700 on every directory it creates (mkdir's mode only sets the last)."""
+    missing = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        path.mkdir(mode=0o700, exist_ok=True)
+
+
 class LocalBackend:
     """Files under one directory; writes go to a temporary file, fsync, rename, fsync dir."""
 
@@ -67,7 +78,7 @@ class LocalBackend:
         directory = path.parent
         temporary_name = None
         try:
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _make_private_directories(directory)
             descriptor, temporary_name = tempfile.mkstemp(prefix=f".{name[:16]}-", suffix=".tmp", dir=directory)
             try:
                 view = memoryview(data)
