@@ -10,6 +10,8 @@ command -v zstd >/dev/null || need_apt="$need_apt zstd"
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt="$need_apt nginx"
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_apt="$need_apt haproxy"
 command -v wrk >/dev/null || need_apt="$need_apt wrk"
+command -v chromium >/dev/null || need_apt="$need_apt chromium"
+[ -e /usr/share/zoneinfo/Europe/Berlin ] || need_apt="$need_apt tzdata"
 if [ -n "$need_apt" ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

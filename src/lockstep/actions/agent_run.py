@@ -6,6 +6,8 @@ import threading
 from collections.abc import Callable
 
 from lockstep.actions.environment import EnvironmentContext
+from lockstep.agent.dashboard import DashboardServer, start_dashboard
+from lockstep.agent.schedules import Scheduler
 from lockstep.agent.server import AgentServer
 from lockstep.agent.service import AgentService
 
@@ -21,19 +23,27 @@ def run_agent(context: EnvironmentContext, on_ready: Callable[[str], None] | Non
     service = AgentService(context.config, context.layout)
     server = AgentServer(service, context.layout.agent_socket)
     serving = threading.Thread(target=server.serve_forever, name="agent-api", daemon=True)
+    scheduler = Scheduler(context)  # [[schedules]]: catches up a missed run on its first tick
+    dashboard: DashboardServer | None = None
     try:
         adopted = service.adopt()
         serving.start()
+        dashboard = start_dashboard(context, service)  # agent.dashboard_listen: the web dashboard and /metrics
         if on_ready is not None:
             on_ready(
                 f"agent for {context.environment!r} listening on {context.layout.agent_socket}"
                 + (f"; adopted {adopted} running processes" if adopted else "")
+                + (f"; dashboard on {dashboard.url}" if dashboard is not None else "")
             )
         while not server.stop_requested.wait(POLL_INTERVAL):
             service.poll()
+            scheduler.tick()
     except KeyboardInterrupt:
         pass
     finally:
+        if dashboard is not None:
+            dashboard.shutdown()
+        scheduler.close()
         server.shutdown()
         if server.stop_apps_requested:
             service.shutdown_everything()

@@ -1,0 +1,206 @@
+"""/metrics in the Prometheus text exposition format 0.0.4, written by hand.
+
+Counters come from the history (so they survive agent restarts), the snapshot gauges from the
+cached repository view, health from the cached checks, and proxy counters from the traffic
+switch. A sample whose source is unknown (no repository password, no snapshot yet) is left
+out rather than reported as zero, so an alert on it does not fire on missing data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from lockstep.agent.dashboard.collector import DashboardData, HealthResult, RepositoryView, SnapshotInfo
+from lockstep.pipeline.history import OUTCOMES, OperationRecord
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+DURATION_BUCKETS = (5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+SNAPSHOT_KINDS = ("scheduled", "pre-deploy")
+LabelSet = tuple[tuple[str, str], ...]
+
+
+@dataclass
+class MetricFamily:
+    name: str
+    kind: str  # counter | gauge | histogram
+    help: str
+    samples: list[tuple[str, LabelSet, float]] = field(default_factory=list)
+
+    def add(self, value: float, suffix: str = "", **labels: str) -> None:
+        self.samples.append((suffix, tuple(labels.items()), value))
+
+
+def escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def format_value(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def render(families: Iterable[MetricFamily]) -> str:
+    lines = []
+    for family in families:
+        lines.append(
+            f"# HELP {family.name} {family.help.replace(chr(92), chr(92) * 2).replace(chr(10), chr(92) + 'n')}"
+        )
+        lines.append(f"# TYPE {family.name} {family.kind}")
+        for suffix, labels, value in family.samples:
+            label_text = ",".join(f'{key}="{escape_label(item)}"' for key, item in labels)
+            lines.append(
+                f"{family.name}{suffix}{{{label_text}}} {format_value(value)}"
+                if label_text
+                else f"{family.name}{suffix} {format_value(value)}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def operation_families(records: list[OperationRecord], environment: str) -> list[MetricFamily]:
+    """Deploys and rollbacks by outcome, and the deploy duration histogram."""
+    families = []
+    for operation in ("deploy", "rollback"):
+        family = MetricFamily(
+            f"lockstep_{operation}s_total", "counter", f"{operation.capitalize()}s of this environment by outcome."
+        )
+        counts = Counter(record.outcome for record in records if record.operation == operation)
+        for outcome in OUTCOMES:
+            family.add(counts.get(outcome, 0), env=environment, outcome=outcome)
+        families.append(family)
+    durations = [
+        record.duration
+        for record in records
+        if record.operation == "deploy" and record.duration is not None and record.outcome != "running"
+    ]
+    histogram = MetricFamily(
+        "lockstep_deploy_duration_seconds", "histogram", "How long finished deploys took, from start to the last step."
+    )
+    for bound in DURATION_BUCKETS:
+        histogram.add(
+            sum(1 for seconds in durations if seconds <= bound), "_bucket", env=environment, le=format_value(bound)
+        )
+    histogram.add(len(durations), "_bucket", env=environment, le="+Inf")
+    histogram.add(sum(durations), "_sum", env=environment)
+    histogram.add(len(durations), "_count", env=environment)
+    families.append(histogram)
+    last = [record for record in records if record.finished_at is not None]
+    if last:
+        finished = MetricFamily(
+            "lockstep_last_operation_timestamp_seconds", "gauge", "When the last deploy or rollback finished."
+        )
+        finished.add(last[-1].finished_at or 0.0, env=environment)
+        families.append(finished)
+    return families
+
+
+def snapshot_families(view: RepositoryView | None, environment: str, now: float) -> list[MetricFamily]:
+    """Size and duration of the latest snapshot per kind, and the age of the last good / verified one."""
+    readable = MetricFamily(
+        "lockstep_repository_readable", "gauge", "1 when the agent's last read of the repository worked."
+    )
+    families = [readable]
+    if view is None:
+        return families
+    readable.add(0 if view.error else 1, env=environment)
+    if view.error:
+        return families
+    size = MetricFamily(
+        "lockstep_snapshot_size_bytes", "gauge", "Bytes of dumps and files in the latest snapshot of a kind."
+    )
+    duration = MetricFamily(
+        "lockstep_snapshot_duration_seconds", "gauge", "How long the latest snapshot of a kind took."
+    )
+    count = MetricFamily("lockstep_snapshots", "gauge", "Coordinated snapshots of this environment in the repository.")
+    count.add(len(view.snapshots), env=environment)
+    for kind in SNAPSHOT_KINDS:
+        latest = _latest(snapshot for snapshot in view.snapshots if snapshot.kind == kind)
+        if latest is None:
+            continue
+        size.add(latest.size, env=environment, kind=kind)
+        if latest.seconds is not None:
+            duration.add(latest.seconds, env=environment, kind=kind)
+    families += [count, size, duration]
+    good = _latest(snapshot for snapshot in view.snapshots if snapshot.good)
+    verified = _latest(
+        snapshot for snapshot in view.snapshots if snapshot.verification is not None and snapshot.verification.ok
+    )
+    for name, snapshot, text in (
+        ("lockstep_last_good_snapshot_age_seconds", good, "Age of the newest snapshot that did not fail verification."),
+        (
+            "lockstep_last_verified_snapshot_age_seconds",
+            verified,
+            "Age of the newest snapshot that passed verification.",
+        ),
+    ):
+        family = MetricFamily(name, "gauge", text)
+        if snapshot is not None:
+            family.add(max(0.0, round(now - snapshot.time, 3)), env=environment)
+        families.append(family)
+    return families
+
+
+def _latest(snapshots: Iterable[SnapshotInfo]) -> SnapshotInfo | None:
+    return max(snapshots, key=lambda snapshot: snapshot.time, default=None)
+
+
+def health_families(results: list[HealthResult] | None, environment: str) -> list[MetricFamily]:
+    state = MetricFamily("lockstep_health_check_up", "gauge", "1 when the component's health check passes, by slot.")
+    latency = MetricFamily("lockstep_health_check_seconds", "gauge", "How long the last health check took.")
+    for result in results or []:
+        state.add(1 if result.ok else 0, env=environment, slot=result.slot, component=result.component)
+        latency.add(round(result.seconds, 6), env=environment, slot=result.slot, component=result.component)
+    return [state, latency]
+
+
+def proxy_families(status: dict[str, object], environment: str) -> list[MetricFamily]:
+    """Requests and errors through the proxy, by the slot that owns each upstream port."""
+    slot_of_port: dict[int, str] = {}
+    slots = status.get("slots")
+    if isinstance(slots, dict):
+        for slot, document in slots.items():
+            for process in document.get("processes", []):
+                if process.get("port") is not None:
+                    slot_of_port[int(process["port"])] = str(slot)
+    active = MetricFamily("lockstep_active_slot", "gauge", "1 for the slot that has the traffic.")
+    for slot in ("blue", "green"):
+        active.add(1 if status.get("active_slot") == slot else 0, env=environment, slot=slot)
+    requests = MetricFamily("lockstep_proxy_requests_total", "counter", "Requests the proxy sent to a slot.")
+    errors = MetricFamily("lockstep_proxy_errors_total", "counter", "Requests to a slot that failed or got a 5xx.")
+    in_flight = MetricFamily("lockstep_proxy_in_flight_requests", "gauge", "Requests to a slot not answered yet.")
+    traffic = status.get("traffic")
+    upstreams = traffic.get("upstreams", []) if isinstance(traffic, dict) else []
+    for upstream in upstreams:
+        port = int(upstream["port"])
+        labels = {"env": environment, "slot": slot_of_port.get(port, "unknown"), "port": str(port)}
+        requests.add(float(upstream.get("requests") or 0), **labels)
+        errors.add(float(upstream.get("errors") or 0), **labels)
+        in_flight.add(float(upstream.get("in_flight") or 0), **labels)
+    return [active, requests, errors, in_flight]
+
+
+def collect(data: DashboardData) -> str:
+    """The whole /metrics page; waits a little for a repository read that is due anyway."""
+    environment = data.context.environment
+    now = time.time()
+    status = data.status()
+    families = [
+        *operation_families(data.history(), environment),
+        *snapshot_families(data.repository(wait=2.0), environment, now),
+        *health_families(data.health(wait=2.0), environment),
+        *proxy_families(status, environment),
+    ]
+    agent = status.get("agent")
+    if isinstance(agent, dict):
+        started = MetricFamily("lockstep_agent_start_time_seconds", "gauge", "When the agent started.")
+        started.add(float(agent.get("started_at") or 0.0), env=environment)
+        families.append(started)
+    return render(families)
