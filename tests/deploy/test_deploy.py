@@ -241,9 +241,17 @@ def test_kill_9_mid_deploy_keeps_the_old_release_serving(notes_project: NotesPro
     assert not document["slots"]["green"]["processes"]  # the half-started release was stopped
     assert notes_project.history()[-1]["outcome"] == "interrupted"
 
+    config = notes_project.directory / "lockstep.toml"
+    event_log = notes_project.directory.parent / "events.jsonl"
+    config.write_text(
+        config.read_text() + f'[[notifications.channels]]\nkind = "event-log"\npath = "{event_log}"\n'
+    )
+    notes_project.commit("log events")
     again = notes_project.lockstep("deploy")
     assert again.returncode == 0, again.err
     assert "stale lock" in again.err
+    kinds = [json.loads(line)["kind"] for line in event_log.read_text().splitlines()]
+    assert kinds[0] == "lock.broken" and "deploy.succeeded" in kinds
     assert notes_project.version() == "2.0.0"
 
 

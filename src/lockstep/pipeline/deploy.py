@@ -36,7 +36,13 @@ from lockstep.errors import LockstepError, UsageError
 from lockstep.exit_codes import ExitCode
 from lockstep.health.checks import describe_check, run_check
 from lockstep.health.gate import wait_until_healthy
-from lockstep.notify.events import DEPLOY_FAILED, DEPLOY_ROLLED_BACK, DEPLOY_STARTED, DEPLOY_SUCCEEDED
+from lockstep.notify.events import (
+    DEPLOY_FAILED,
+    DEPLOY_ROLLED_BACK,
+    DEPLOY_STARTED,
+    DEPLOY_SUCCEEDED,
+    LOCK_BROKEN,
+)
 from lockstep.pipeline.code import read_git_state
 from lockstep.pipeline.data_rollback import (
     describe_discarded,
@@ -157,6 +163,7 @@ class Deployment:
         self.lock: EnvironmentLock | None = None
         self.release_directory: Path | None = None
         self.plans: list[ComponentPlan] = []
+        self.broken_lock: LockHolder | None = None  # a stale or forced lock this deploy took over
         bind_context(reporter, env=context.environment)
 
     # -- the plan ------------------------------------------------------------------------------
@@ -249,6 +256,17 @@ class Deployment:
         self._confirm(record)
         self.steps.run("lock", self.context.environment, lambda: self._take_lock(record), lambda _: "held")
         notifier = notifier_for(self.context, self.reporter)
+        if self.broken_lock is not None:
+            previous = self.broken_lock
+            notifier.notify(
+                operation_event(
+                    LOCK_BROKEN,
+                    record,
+                    f"took over the lock of {previous.operation} {previous.deploy_id} "
+                    f"by {previous.user}@{previous.host}",
+                    previous_holder=previous.to_document(),
+                )
+            )
         try:
             self.history.save(record)
             notifier.notify(operation_event(DEPLOY_STARTED, record, f"deploying {record.id}"))
@@ -355,6 +373,7 @@ class Deployment:
         holder = LockHolder.for_this_process(record.id, self.context.environment, "deploy", record.message)
 
         def warn_stale(previous: LockHolder) -> None:
+            self.broken_lock = previous
             self.reporter.warn(
                 f"recovered a stale lock of {previous.operation} {previous.deploy_id} by {previous.user}@"
                 f"{previous.host} (pid {previous.pid})"
