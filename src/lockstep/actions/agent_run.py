@@ -7,11 +7,18 @@ from collections.abc import Callable
 
 from lockstep.actions.environment import EnvironmentContext
 from lockstep.agent.dashboard import DashboardServer, start_dashboard
+from lockstep.agent.rpo_watch import RpoWatch
 from lockstep.agent.schedules import Scheduler
 from lockstep.agent.server import AgentServer
 from lockstep.agent.service import AgentService
 
 POLL_INTERVAL = 0.5
+
+
+def error_line(on_ready: Callable[[str], None] | None, line: str) -> None:
+    """The agent's log is its stderr; on_ready is how the CLI prints there."""
+    if on_ready is not None:
+        on_ready(f"warning: {line}")
 
 
 def run_agent(context: EnvironmentContext, on_ready: Callable[[str], None] | None = None) -> bool:
@@ -24,6 +31,7 @@ def run_agent(context: EnvironmentContext, on_ready: Callable[[str], None] | Non
     server = AgentServer(service, context.layout.agent_socket)
     serving = threading.Thread(target=server.serve_forever, name="agent-api", daemon=True)
     scheduler = Scheduler(context)  # [[schedules]]: catches up a missed run on its first tick
+    rpo_watch = RpoWatch(context, scheduler.notifier, warn=lambda line: error_line(on_ready, line))
     dashboard: DashboardServer | None = None
     try:
         adopted = service.adopt()
@@ -38,12 +46,14 @@ def run_agent(context: EnvironmentContext, on_ready: Callable[[str], None] | Non
         while not server.stop_requested.wait(POLL_INTERVAL):
             service.poll()
             scheduler.tick()
+            rpo_watch.tick()
     except KeyboardInterrupt:
         pass
     finally:
         if dashboard is not None:
             dashboard.shutdown()
         scheduler.close()
+        rpo_watch.close()
         server.shutdown()
         if server.stop_apps_requested:
             service.shutdown_everything()
