@@ -297,7 +297,8 @@ SECRET_TOKEN = "tok-deploy-51aa-never-shown"
 
 
 def test_secrets_never_leak_from_deploys_rollbacks_and_restores(tmp_path: Path) -> None:
-    """Known secrets appear in no output, no file lockstep writes and no child's command line."""
+    """Deploys, a failed deploy, a rollback, a restore, a verification and doctor, with known
+    secrets in the environment: they appear in no output, no file written and no command line."""
     event_log = tmp_path / "events.jsonl"
     project = make_project(
         tmp_path,
@@ -332,6 +333,14 @@ def test_secrets_never_leak_from_deploys_rollbacks_and_restores(tmp_path: Path) 
         outputs += [failed.out, failed.err]
         rollback = project.lockstep("rollback", "--yes")
         outputs += [rollback.out, rollback.err]
+        for arguments in (
+            ("snapshot", "list", "--json"),
+            ("snapshot", "restore", "latest", "--database", "main", "--yes", "--json"),
+            ("snapshot", "verify", "latest", "--level", "restore"),
+            ("doctor", "--json"),
+        ):
+            completed = project.lockstep(*arguments)
+            outputs += [completed.out, completed.err]
     finally:
         _stop_everything(project)
     events = [json.loads(line) for line in event_log.read_text().splitlines()]
