@@ -90,12 +90,14 @@ class AgentService:
     def adopt(self) -> int:
         """Take over the processes a previous agent started, and make sure traffic flows again."""
         with self._lock:
-            adopted = 0
-            for record in self.state.process_records():
+            records = self.state.process_records()
+            # The records carry the supervision state too (restart times, crash loop), so a new
+            # agent neither resets a backoff nor restarts what was given up on.
+            self.supervisor = Supervisor.from_records(records)
+            for record in records:
                 process = RunningProcess.from_record(record)
-                self.supervisor.add(process)  # a dead one is restarted by the next poll
                 self._slot_of[process.spec.name] = (str(record.get("slot", "")), str(record.get("component", "")))
-                adopted += 1
+            adopted = len(records)
             active = self.state.active_slot
             port = self._traffic_port(active) if active else None
             if port is not None:
@@ -247,21 +249,18 @@ class AgentService:
     def poll(self) -> None:
         """One round of supervision: restart what died, record what happened."""
         with self._lock:
-            before = {name: self.supervisor.get(name) for name in self.supervisor.names()}
-            for event in self.supervisor.poll():
+            events = self.supervisor.poll()
+            for event in events:
                 self.state.add_event(event.kind, event.name, event.detail, at=event.at)
-            after = {name: self.supervisor.get(name) for name in self.supervisor.names()}
-            if before != after:
+            if events:  # a restart changes a PID and the supervision state: keep both on disk
                 self._persist_processes()
 
     def _persist_processes(self) -> None:
         records = []
-        for name in self.supervisor.names():
-            process = self.supervisor.get(name)
-            if process is None:
-                continue
+        for record in self.supervisor.records():
+            name = str(record["name"])
             slot, component = self._slot_of.get(name, ("", name.split("@")[0]))
-            records.append((slot, component, {**process.to_record(), "slot": slot, "component": component}))
+            records.append((slot, component, {**record, "slot": slot, "component": component}))
         self.state.save_processes(records)
 
     # -- reporting -----------------------------------------------------------------------------
