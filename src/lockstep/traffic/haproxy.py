@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import errno
 import os
 import signal
 import socket
@@ -33,6 +32,15 @@ from typing import Literal
 from lockstep.errors import LockstepError, UsageError
 from lockstep.process import Command, run_capture
 from lockstep.traffic.base import TrafficState, UpstreamCounters
+from lockstep.traffic.common import (
+    check_port,
+    command_line,
+    ensure_listen_free,
+    fsync_directory,
+    parse_listen,
+    process_alive,
+    wait_for_exit,
+)
 
 Mode = Literal["managed", "system"]
 
@@ -167,7 +175,7 @@ class HaproxySwitch:
         only a running HAProxy), and raise when the master socket shows HAProxy is not running;
         lockstep never starts the user's HAProxy.
         """
-        _check_port(initial_port)
+        check_port(initial_port)
         if self.mode == "system":
             observable = self.master_socket is not None
             running = self._show_proc() is not None
@@ -182,7 +190,7 @@ class HaproxySwitch:
         if self._master_pid() is not None:
             return
         self.state_directory.mkdir(parents=True, exist_ok=True)
-        _ensure_listen_free(self.listen_host, self.listen_port, "HAProxy")
+        ensure_listen_free(self.listen_host, self.listen_port, "HAProxy")
         candidate = _write_candidate(self.managed_config, self.render_managed_config(initial_port))
         try:
             self._validate((candidate,))
@@ -214,7 +222,7 @@ class HaproxySwitch:
         Raises LockstepError, and HAProxy keeps serving the old backend, when the new config fails
         `haproxy -c` or the reload fails.
         """
-        _check_port(port)
+        check_port(port)
         if self.mode == "managed":
             self._switch_managed(port)
         else:
@@ -266,14 +274,14 @@ class HaproxySwitch:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(master, signal.SIGUSR1)
-        if _wait_for_exit(master, self.drain_timeout):
+        if wait_for_exit(master, self.drain_timeout):
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(master, signal.SIGTERM)
-        if not _wait_for_exit(master, 10.0):
+        if not wait_for_exit(master, 10.0):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(master, signal.SIGKILL)
-            _wait_for_exit(master, 10.0)
+            wait_for_exit(master, 10.0)
 
     # -- more --------------------------------------------------------------------------------
 
@@ -349,7 +357,7 @@ class HaproxySwitch:
             raise
         before = self._show_proc()
         os.replace(candidate, self.managed_config)
-        _fsync_directory(self.managed_config.parent)
+        fsync_directory(self.managed_config.parent)
         os.kill(master, signal.SIGUSR2)
         self._wait_for_reload(before)
 
@@ -372,7 +380,7 @@ class HaproxySwitch:
             else:
                 os.replace(_write_candidate(include, previous.decode()), include)
             raise
-        _fsync_directory(include.parent)
+        fsync_directory(include.parent)
         if not reload:
             return
         before = self._show_proc() if self.master_socket is not None else None
@@ -424,7 +432,7 @@ class HaproxySwitch:
             pid = int(self.pid_file.read_text().split()[0])
         except (FileNotFoundError, PermissionError, ValueError, IndexError):
             return None
-        if not _process_alive(pid) or "haproxy" not in _command_line(pid):
+        if not process_alive(pid) or "haproxy" not in command_line(pid):
             return None
         return pid
 
@@ -519,34 +527,6 @@ def _ask(path: Path, command: str, timeout: float = 10.0) -> str:
     return b"".join(chunks).decode("utf-8", "replace")
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """Split "HOST:PORT" (or "[v6]:PORT", or ":PORT" meaning every address)."""
-    host, separator, port_text = listen.rpartition(":")
-    if not separator or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise UsageError(f"bad listen address {listen!r}", 'write it as "HOST:PORT", e.g. "127.0.0.1:8080"')
-    return host.strip("[]") or "0.0.0.0", int(port_text)
-
-
-def _check_port(port: int) -> None:
-    if not 0 < port < 65536:
-        raise UsageError(f"bad upstream port {port}", "use a TCP port between 1 and 65535")
-
-
-def _ensure_listen_free(host: str, port: int, server: str) -> None:
-    """Fail early, and clearly, when something already listens where the proxy should."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            reason = "another program already listens there" if error.errno == errno.EADDRINUSE else error.strerror
-            raise LockstepError(
-                f"{server} cannot listen on {host}:{port}: {reason}",
-                "stop that program or set another [traffic] listen address",
-            ) from error
-
-
 def _is_inside(path: Path, directory: Path) -> bool:
     return directory.is_dir() and path.resolve().is_relative_to(directory.resolve())
 
@@ -560,42 +540,3 @@ def _write_candidate(destination: Path, text: str) -> Path:
         handle.flush()
         os.fsync(handle.fileno())
     return candidate
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
-def _command_line(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return handle.read().replace(b"\0", b" ").decode("utf-8", "replace")
-    except (FileNotFoundError, PermissionError, ProcessLookupError):
-        return ""
-
-
-def _wait_for_exit(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _process_alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -21,11 +21,9 @@ Two modes:
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import signal
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -36,6 +34,15 @@ from typing import Literal
 from lockstep.errors import LockstepError, UsageError
 from lockstep.process import Command, run_capture
 from lockstep.traffic.base import TrafficState, UpstreamCounters
+from lockstep.traffic.common import (
+    check_port,
+    command_line,
+    ensure_listen_free,
+    fsync_directory,
+    parse_listen,
+    process_alive,
+    wait_for_exit,
+)
 
 Mode = Literal["managed", "system"]
 
@@ -162,7 +169,7 @@ class NginxSwitch:
         only a running nginx), and raise when the user's nginx is not running (per `pid_file`);
         lockstep never starts it.
         """
-        _check_port(initial_port)
+        check_port(initial_port)
         if self.mode == "system":
             running = self._master_pid() is not None
             if self.active_port() is None:
@@ -176,7 +183,7 @@ class NginxSwitch:
         if self._master_pid() is not None:
             return
         self.state_directory.mkdir(parents=True, exist_ok=True)
-        _ensure_listen_free(self.listen_host, self.listen_port, "nginx")
+        ensure_listen_free(self.listen_host, self.listen_port, "nginx")
         candidate = self._write_candidate(self.render_managed_config(initial_port))
         try:
             self._validate(candidate)
@@ -209,7 +216,7 @@ class NginxSwitch:
         Raises LockstepError (and changes nothing nginx serves) when the new config fails
         `nginx -t` or the reload does not take effect.
         """
-        _check_port(port)
+        check_port(port)
         if self.mode == "managed":
             self._switch_managed(port)
         else:
@@ -256,14 +263,14 @@ class NginxSwitch:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(master, signal.SIGQUIT)
-        if _wait_for_exit(master, self.drain_timeout):
+        if wait_for_exit(master, self.drain_timeout):
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(master, signal.SIGTERM)
-        if not _wait_for_exit(master, 10.0):
+        if not wait_for_exit(master, 10.0):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(master, signal.SIGKILL)
-            _wait_for_exit(master, 10.0)
+            wait_for_exit(master, 10.0)
 
     # -- more --------------------------------------------------------------------------------
 
@@ -349,7 +356,7 @@ class NginxSwitch:
             candidate.unlink(missing_ok=True)
             raise
         os.replace(candidate, self.managed_config)
-        _fsync_directory(self.managed_config.parent)
+        fsync_directory(self.managed_config.parent)
         self._reload_and_wait(master, lambda: os.kill(master, signal.SIGHUP))
 
     def _switch_system(self, port: int, reload: bool = True) -> None:
@@ -373,7 +380,7 @@ class NginxSwitch:
                 restore = self._write_candidate(previous.decode(), target=include)
                 os.replace(restore, include)
             raise
-        _fsync_directory(include.parent)
+        fsync_directory(include.parent)
         if not reload:
             return
         master = self._master_pid()
@@ -401,7 +408,7 @@ class NginxSwitch:
             live = set(_live_workers(master))
             if live and not (live & before):
                 return
-            if not _process_alive(master):
+            if not process_alive(master):
                 raise LockstepError("nginx exited during the reload", f"see {self._error_log_hint()}")
             time.sleep(0.005)
         raise LockstepError(
@@ -456,7 +463,7 @@ class NginxSwitch:
             pid = int(self.pid_file.read_text().strip())
         except (FileNotFoundError, PermissionError, ValueError):
             return None
-        if not _process_alive(pid) or "nginx" not in _command_line(pid):
+        if not process_alive(pid) or "nginx" not in command_line(pid):
             return None
         return pid
 
@@ -506,58 +513,6 @@ class _Process:
     command_line: str
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """Split "HOST:PORT" (or "[v6]:PORT", or ":PORT" meaning every address)."""
-    host, separator, port_text = listen.rpartition(":")
-    if not separator or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise UsageError(f"bad listen address {listen!r}", 'write it as "HOST:PORT", e.g. "127.0.0.1:8080"')
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port_text)
-
-
-def _check_port(port: int) -> None:
-    if not 0 < port < 65536:
-        raise UsageError(f"bad upstream port {port}", "use a TCP port between 1 and 65535")
-
-
-def _ensure_listen_free(host: str, port: int, server: str) -> None:
-    """Fail early, and clearly, when something already listens where the proxy should."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            reason = "another program already listens there" if error.errno == errno.EADDRINUSE else error.strerror
-            raise LockstepError(
-                f"{server} cannot listen on {host}:{port}: {reason}",
-                "stop that program or set another [traffic] listen address",
-            ) from error
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by its parent) is not alive for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
-def _command_line(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return handle.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
-    except (FileNotFoundError, PermissionError, ProcessLookupError):
-        return ""
-
-
 def _children(parent: int) -> list[_Process]:
     children = []
     for entry in os.listdir("/proc"):
@@ -570,7 +525,7 @@ def _children(parent: int) -> list[_Process]:
             continue
         if after_name[0] == "Z" or int(after_name[1]) != parent:
             continue
-        children.append(_Process(int(entry), parent, _command_line(int(entry))))
+        children.append(_Process(int(entry), parent, command_line(int(entry))))
     return children
 
 
@@ -585,20 +540,3 @@ def _live_workers(master: int) -> list[int]:
 
 def _shutting_down_workers(master: int) -> list[int]:
     return [child.pid for child in _children(master) if "shutting down" in child.command_line]
-
-
-def _wait_for_exit(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _process_alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

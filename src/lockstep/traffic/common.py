@@ -1,0 +1,80 @@
+"""Helpers the nginx and HAProxy switches share: listen addresses, processes, durable writes."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import time
+from pathlib import Path
+
+from lockstep.errors import LockstepError, UsageError
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """Split "HOST:PORT" (or "[v6]:PORT", or ":PORT" meaning every address)."""
+    host, separator, port_text = listen.rpartition(":")
+    if not separator or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise UsageError(f"bad listen address {listen!r}", 'write it as "HOST:PORT", e.g. "127.0.0.1:8080"')
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port_text)
+
+
+def check_port(port: int) -> None:
+    if not 0 < port < 65536:
+        raise UsageError(f"bad upstream port {port}", "use a TCP port between 1 and 65535")
+
+
+def ensure_listen_free(host: str, port: int, server: str) -> None:
+    """Fail early, and clearly, when something already listens where the proxy should."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            reason = "another program already listens there" if error.errno == errno.EADDRINUSE else error.strerror
+            raise LockstepError(
+                f"{server} cannot listen on {host}:{port}: {reason}",
+                "stop that program or set another [traffic] listen address",
+            ) from error
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) is not alive for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def command_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    except (FileNotFoundError, PermissionError, ProcessLookupError):
+        return ""
+
+
+def wait_for_exit(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while process_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
