@@ -13,12 +13,7 @@ import click
 
 from lockstep.actions.backup import BackupResult, run_backup, summary_line
 from lockstep.cli.output import console, error_console, print_json
-
-
-def _wants_json(json_output: bool) -> bool:
-    context = click.get_current_context(silent=True)
-    root = context.find_root().obj if context is not None else None
-    return json_output or bool(root and root.get("json"))
+from lockstep.cli.project_options import wants_json
 
 
 def _warn(message: str) -> None:
@@ -60,7 +55,7 @@ def backup_command(environment: str | None, config_path: Path | None, message: s
     Pings [backup] healthchecks_url (/start, then success or /fail) when it is set; a ping that
     fails only warns. Prints one line: the snapshot, its size, what it added, and the time."""
     result = run_backup(Path.cwd(), config_path=config_path, environment=environment, message=message, warn=_warn)
-    if _wants_json(json_output):
+    if wants_json(json_output):
         print_json(backup_document(result))
         return
     console.print(summary_line(result), markup=False)

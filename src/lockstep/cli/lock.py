@@ -14,14 +14,9 @@ from lockstep.actions.lock_release import inspect_lock, release_lock
 from lockstep.actions.lock_status import EnvironmentLockStatus, lock_status
 from lockstep.actions.snapshot_create import ProjectContext, load_project
 from lockstep.cli.output import console, print_json
+from lockstep.cli.project_options import wants_json
 from lockstep.errors import UsageError
 from lockstep.pipeline.environment_lock import EnvironmentLocked, check_environment_name, describe_holder, now_utc
-
-
-def _wants_json(json_output: bool) -> bool:
-    context = click.get_current_context(silent=True)
-    root = context.find_root().obj if context is not None else None
-    return json_output or bool(root and root.get("json"))
 
 
 def _config_option(function: Any) -> Any:
@@ -81,7 +76,7 @@ def status_command(config_path: Path | None, environment: str | None, json_outpu
     project = _project(config_path, environment)
     known = {*project.config.environments, project.config.default_environment}
     statuses = lock_status(project.access, environment, known_environments=sorted(known))
-    if _wants_json(json_output):
+    if wants_json(json_output):
         print_json([status.to_document() for status in statuses])
         return
     if not any(status.locked for status in statuses):
@@ -125,7 +120,7 @@ def release_command(config_path: Path | None, environment: str | None, yes: bool
     """Remove an environment's lock after showing who holds it; a live lock needs confirmation."""
     project = _project(config_path, environment)
     name = environment or project.config.default_environment
-    json_wanted = _wants_json(json_output)
+    json_wanted = wants_json(json_output)
     status = inspect_lock(project.access, name)
     if not status.locked:
         if json_wanted:

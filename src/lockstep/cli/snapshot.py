@@ -13,16 +13,11 @@ from lockstep.actions.snapshot_create import create, load_project
 from lockstep.actions.snapshot_list import ListedSnapshot, list_snapshots
 from lockstep.actions.snapshot_show import show_snapshot
 from lockstep.cli.output import console, human_bytes, print_json
+from lockstep.cli.project_options import wants_json
 from lockstep.pipeline.code import SHORT_COMMIT_LENGTH
 from lockstep.pipeline.manifest import Manifest
 from lockstep.pipeline.verification_records import describe_state
 from lockstep.repository.snapshot import Snapshot
-
-
-def _wants_json(json_output: bool) -> bool:
-    context = click.get_current_context(silent=True)
-    root = context.find_root().obj if context is not None else None
-    return json_output or bool(root and root.get("json"))
 
 
 def _config_option(function: Any) -> Any:
@@ -76,7 +71,7 @@ def create_command(
         commit=commit,
         allow_dirty=allow_dirty,
     )
-    if _wants_json(json_output):
+    if wants_json(json_output):
         print_json(manifest_document(result.snapshot, result.manifest))
         return
     manifest = result.manifest
@@ -109,7 +104,7 @@ def list_command(config_path: Path | None, environment: str | None, json_output:
     """List the coordinated snapshots, oldest first (only those of --env when given)."""
     project = load_project(Path.cwd(), config_path, environment)
     listed = list_snapshots(project.access, environment)
-    if _wants_json(json_output):
+    if wants_json(json_output):
         print_json([_listed_document(item) for item in listed])
         return
     table = Table()
@@ -196,7 +191,7 @@ def show_command(reference: str, config_path: Path | None, environment: str | No
     """Show one snapshot: ID is a snapshot ID prefix, a git commit prefix, or `latest`."""
     project = load_project(Path.cwd(), config_path, environment)
     item = show_snapshot(project.access, reference)
-    if _wants_json(json_output):
+    if wants_json(json_output):
         print_json(manifest_document(item.snapshot, item.manifest))
         return
     _print_manifest(item)

@@ -10,7 +10,8 @@ from rich.table import Table
 
 from lockstep.actions.snapshot_diff import diff
 from lockstep.cli.output import console, print_json
-from lockstep.cli.snapshot import _config_option, _wants_json, snapshot_group
+from lockstep.cli.project_options import wants_json as _wants_json
+from lockstep.cli.snapshot import _config_option, snapshot_group
 from lockstep.pipeline.diff import DatabaseDiff, TableDiff
 
 

@@ -14,16 +14,11 @@ from rich.table import Table
 
 from lockstep.actions.snapshot_forget import SnapshotForgetResult, forget
 from lockstep.cli.output import console, error_console, print_json
+from lockstep.cli.project_options import wants_json
 from lockstep.cli.repo.forget import print_prune_report, prune_document
 from lockstep.cli.snapshot import snapshot_group
 from lockstep.pipeline.retention_policy import GroupPlan, SnapshotVerdict, snapshot_kind
 from lockstep.pipeline.snapshot import COMMIT_TAG_PREFIX, tag_value
-
-
-def _wants_json(json_output: bool) -> bool:
-    context = click.get_current_context(silent=True)
-    root = context.find_root().obj if context is not None else None
-    return json_output or bool(root and root.get("json"))
 
 
 def _verdict_document(verdict: SnapshotVerdict) -> dict[str, Any]:
@@ -122,7 +117,7 @@ def forget_command(
     keep_daily, keep_weekly and keep_monthly apply to every kind of snapshot; the pre-deploy
     snapshots of the last keep_pre_deploy deploys are kept in addition. Snapshots of other
     tools in the repository are never touched."""
-    as_json = _wants_json(json_output)
+    as_json = wants_json(json_output)
     result = forget(
         Path.cwd(),
         config_path=config_path,

@@ -10,7 +10,8 @@ import click
 
 from lockstep.actions.snapshot_restore import RestoreOutcome, RestorePlan, RestoreRequest, restore
 from lockstep.cli.output import console, error_console, print_json
-from lockstep.cli.snapshot import _config_option, _wants_json, snapshot_group
+from lockstep.cli.project_options import wants_json as _wants_json
+from lockstep.cli.snapshot import _config_option, snapshot_group
 from lockstep.cli.snapshot_diff import print_database_diff
 from lockstep.errors import UsageError
 

@@ -8,7 +8,8 @@ import click
 
 from lockstep.actions.snapshot_verify import verify
 from lockstep.cli.output import byte_progress, console, human_bytes, print_json
-from lockstep.cli.snapshot import _config_option, _wants_json, snapshot_group
+from lockstep.cli.project_options import wants_json as _wants_json
+from lockstep.cli.snapshot import _config_option, snapshot_group
 from lockstep.exit_codes import ExitCode
 from lockstep.pipeline.verification_records import VerificationResult
 from lockstep.pipeline.verify import VERIFY_LEVELS, VerifyLevel, raise_for_result
