@@ -243,9 +243,7 @@ def test_kill_9_mid_deploy_keeps_the_old_release_serving(notes_project: NotesPro
 
     config = notes_project.directory / "lockstep.toml"
     event_log = notes_project.directory.parent / "events.jsonl"
-    config.write_text(
-        config.read_text() + f'[[notifications.channels]]\nkind = "event-log"\npath = "{event_log}"\n'
-    )
+    config.write_text(config.read_text() + f'[[notifications.channels]]\nkind = "event-log"\npath = "{event_log}"\n')
     notes_project.commit("log events")
     again = notes_project.lockstep("deploy")
     assert again.returncode == 0, again.err
@@ -403,3 +401,58 @@ def test_progress_is_one_json_event_per_step_with_deploy_id_and_env(notes_projec
     quiet = notes_project.lockstep("rollback", "--quiet", "--log-format", "text")
     assert quiet.returncode == 0, quiet.err
     assert "→" not in quiet.err and "rolled back" in quiet.out
+
+
+def test_a_failed_migration_on_postgresql_is_rolled_back_with_the_data(tmp_path: Path) -> None:
+    """Migrations that change a PostgreSQL database and then fail: its data comes back exactly."""
+    import uuid
+
+    import psycopg
+
+    from tests.conftest import require_binary
+
+    require_binary("pg_dump", "apt-get install postgresql-client")
+    name = f"lockstep_test_{uuid.uuid4().hex[:8]}"
+    server = "postgresql://postgres@127.0.0.1:5432"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    try:
+        with psycopg.connect(f"{server}/{name}", autocommit=True) as connection:
+            connection.execute("CREATE TABLE orders (id serial PRIMARY KEY, total numeric NOT NULL, note text)")
+            connection.execute(
+                "INSERT INTO orders (total, note) SELECT g * 1.5, 'order ' || g FROM generate_series(1, 500) g"
+            )
+        project = make_project(tmp_path, extra_config=f'[databases.shop]\nurl = "{server}/{name}"\n')
+        migrate = project.directory / "migrate_shop.sh"
+        migrate.write_text(
+            "#!/bin/sh\nset -e\npython3 migrate.py\n"
+            f"psql -q -v ON_ERROR_STOP=1 {server}/{name} -c 'UPDATE orders SET total = total * 100'\n"
+            f"psql -q -v ON_ERROR_STOP=1 {server}/{name} -c 'ALTER TABLE orders ADD COLUMN currency text'\n"
+            f"psql -q -v ON_ERROR_STOP=1 {server}/{name} -c 'ALTER TABLE orders ADD COLUMN broken no_such_type'\n"
+        )
+        migrate.chmod(0o755)
+        config = project.directory / "lockstep.toml"
+        config.write_text(config.read_text().replace('migrate = "python3 migrate.py"', 'migrate = "./migrate_shop.sh"'))
+        project.commit("a migration that fails on PostgreSQL")
+        project.start_agent()
+        try:
+
+            def orders() -> list[tuple[object, ...]]:
+                with psycopg.connect(f"{server}/{name}") as connection:
+                    columns = connection.execute(
+                        "SELECT column_name FROM information_schema.columns WHERE table_name = 'orders' ORDER BY 1"
+                    ).fetchall()
+                    return [*columns, *connection.execute("SELECT * FROM orders ORDER BY id").fetchall()]
+
+            before = orders()
+            completed = project.lockstep("deploy")
+            assert completed.returncode == 3, completed.err
+            assert "migration failed" in completed.err and "no_such_type" in completed.err
+            assert orders() == before
+            record = project.history()[-1]
+            assert record["failed_step"] == "migrate" and record["data_restored"]
+        finally:
+            _stop_everything(project)
+    finally:
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as connection:
+            connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
