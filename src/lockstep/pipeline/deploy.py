@@ -273,7 +273,7 @@ class Deployment:
             run_hook(self.context, "pre-deploy", record, self.reporter)
             self._run_steps(record, work_tree)
             notifier.notify(operation_event(DEPLOY_SUCCEEDED, record, f"deployed {record.id}"))
-        except (StepFailed, LockstepError, KeyboardInterrupt) as error:
+        except (Exception, KeyboardInterrupt) as error:  # any failure, a bug included, must unwind
             try:
                 self._fail(record, error)
             except DeployRolledBack as failure:
@@ -621,7 +621,12 @@ class Deployment:
 
     def _fail(self, record: OperationRecord, error: BaseException) -> None:
         interrupted = isinstance(error, KeyboardInterrupt)
-        reason = "interrupted (Ctrl-C or SIGTERM)" if interrupted else str(error)
+        if interrupted:
+            reason = "interrupted (Ctrl-C or SIGTERM)"
+        elif isinstance(error, LockstepError):
+            reason = str(error)
+        else:  # a bug: still unwound, and named so it can be reported
+            reason = f"internal error {type(error).__name__}: {error}"
         step = error.step if isinstance(error, StepFailed) else None
         record.failed_step = step
         record.reason = reason

@@ -21,7 +21,7 @@ from pathlib import Path
 from lockstep.actions.environment import EnvironmentContext
 from lockstep.agent.state import other_slot
 from lockstep.config.deploy_model import effective_policy
-from lockstep.errors import LockstepError, NotFound, UsageError
+from lockstep.errors import NotFound, UsageError
 from lockstep.notify.events import ROLLBACK_DONE
 from lockstep.pipeline.data_rollback import describe_discarded, restore_snapshot_data, summarize_discarded
 from lockstep.pipeline.deploy import (
@@ -188,7 +188,7 @@ class Rollback:
                 "code", f"release {release.release_id}", lambda: self._bring_back(release, status, record), lambda r: r
             )
             record.outcome = "succeeded"
-        except (StepFailed, LockstepError, KeyboardInterrupt) as error:
+        except (Exception, KeyboardInterrupt) as error:  # any failure, a bug included, must unwind
             reason = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error)
             record.outcome = "failed"
             record.reason = reason
