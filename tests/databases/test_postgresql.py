@@ -259,3 +259,36 @@ def test_the_dump_and_its_fingerprint_come_from_one_snapshot(adapter: Postgresql
     dump.finish()
     assert {table.name: table.rows for table in info.tables}["moving"] == 100
     assert b"late 1" not in data and b"row 100" in data
+
+
+def test_data_offsets_are_filled_in_once_and_the_dump_still_restores(
+    adapter: PostgresqlAdapter, database: str, scratch: str, tmp_path: Path
+) -> None:
+    """A piped dump gets the offsets pg_dump would have written to a file; -j restores it the same."""
+    from lockstep.databases.postgresql import fill_in_data_offsets
+
+    fill_rich(database)
+    dump_file = tmp_path / "piped.dump"
+    dump_file.write_bytes(dump_bytes(adapter, database))
+    assert fill_in_data_offsets(dump_file)
+    assert not fill_in_data_offsets(dump_file)  # already has them: nothing to do
+    adapter.restore(scratch, None, dump_file, create=False)
+    assert adapter.inspect(scratch, None).tables == adapter.inspect(database, None).tables
+    garbage = tmp_path / "garbage.dump"
+    garbage.write_bytes(b"not a dump")
+    assert not fill_in_data_offsets(garbage)
+    assert garbage.read_bytes() == b"not a dump"
+
+
+def test_checksums_see_changes_in_columns_without_a_hash_function(adapter: PostgresqlAdapter, database: str) -> None:
+    """json and point have no hash function: the row-text fallback still notices a changed value."""
+    execute(database, "CREATE TABLE shapes (id int PRIMARY KEY, doc json, at point)")
+    execute(database, """INSERT INTO shapes VALUES (1, '{"a": 1}', '(1,2)'), (2, '{"b": 2}', '(3,4)')""")
+
+    def checksum() -> str:
+        return next(table.checksum for table in adapter.inspect(database, None).tables if table.name == "shapes")
+
+    before = checksum()
+    assert before == checksum()
+    execute(database, """UPDATE shapes SET doc = '{"a": 2}' WHERE id = 1""")
+    assert checksum() != before

@@ -137,3 +137,18 @@ def test_restore_files_writes_config_and_secrets_with_mode_0600(tmp_path: Path) 
     with sqlite3.connect(project / "app.db") as connection:
         assert connection.execute("SELECT count(*) FROM customers").fetchone() == (200,)
     connection.close()
+
+
+def test_checksums_of_another_algorithm_are_not_compared_but_row_counts_are() -> None:
+    """A snapshot from before PostgreSQL's checksum changed (md5, 32 hex) still restores; rows still count."""
+    from lockstep.databases.base import DatabaseInfo, TableInfo
+    from lockstep.pipeline.manifest import TableRecord
+    from lockstep.pipeline.restore import compare_with_manifest
+
+    recorded = [TableRecord(name="orders", rows=10, checksum="0" * 32)]
+    same_rows = DatabaseInfo("postgresql", "15", [TableInfo("orders", 10, "1" * 16)], None, None)
+    fewer_rows = DatabaseInfo("postgresql", "15", [TableInfo("orders", 9, "1" * 16)], None, None)
+    other_sum = DatabaseInfo("postgresql", "15", [TableInfo("orders", 10, "1" * 32)], None, None)
+    assert compare_with_manifest(recorded, same_rows) == []
+    assert compare_with_manifest(recorded, fewer_rows)
+    assert compare_with_manifest(recorded, other_sum)
