@@ -456,3 +456,40 @@ def test_a_failed_migration_on_postgresql_is_rolled_back_with_the_data(tmp_path:
     finally:
         with psycopg.connect(f"{server}/postgres", autocommit=True) as connection:
             connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_rollback_of_one_component_leaves_the_others_on_their_release(notes_project: NotesProject) -> None:
+    """--component worker replaces only the worker; --component web moves only the traffic."""
+    assert notes_project.lockstep("deploy").returncode == 0
+    first = notes_project.history()[-1]["release_id"]
+    (notes_project.directory / "VERSION").write_text("1.1.0\n")
+    notes_project.commit("notes 1.1.0")
+    assert notes_project.lockstep("deploy").returncode == 0
+    second = notes_project.history()[-1]["release_id"]
+
+    def releases() -> dict[str, str]:
+        status = notes_project.status()
+        processes = status["slots"][status["active_slot"]]["processes"]
+        return {process["component"]: process["release"] for process in processes if process["running"]}
+
+    assert releases() == {"web": second, "worker": second}
+    unknown = notes_project.lockstep("rollback", "--component", "nope")
+    assert unknown.returncode == 2 and "web, worker" in unknown.err
+    with_data = notes_project.lockstep("rollback", "--component", "worker", "--with-data")
+    assert with_data.returncode == 2 and "--component" in with_data.err
+
+    worker = notes_project.lockstep("rollback", "--component", "worker", "--json")
+    assert worker.returncode == 0, worker.err
+    assert json.loads(worker.out)["component"] == "worker"
+    assert releases() == {"web": second, "worker": first}
+    assert notes_project.version() == "1.1.0"
+
+    with NotesLoad(notes_project.listen_port) as load:
+        time.sleep(0.3)
+        web = notes_project.lockstep("rollback", "--component", "web")
+        time.sleep(0.3)
+    assert web.returncode == 0, web.err
+    assert load.report.failures == []
+    assert notes_project.version() == "1.0.0"
+    history = notes_project.history()
+    assert [item.get("component") for item in history[-2:]] == ["worker", "web"]

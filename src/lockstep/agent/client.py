@@ -104,8 +104,17 @@ class AgentClient:
         )
         return result
 
-    def start_components(self, slot: str, components: list[dict[str, Any]]) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("POST", f"/v1/slots/{slot}/components", {"components": components})
+    def start_components(
+        self,
+        slot: str,
+        components: list[dict[str, Any]],
+        release_id: str | None = None,
+        release_directory: Path | None = None,
+        replace: bool = False,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"components": components, "replace": replace, "release_id": release_id}
+        body["release_directory"] = None if release_directory is None else str(release_directory)
+        result: dict[str, Any] = self.request("POST", f"/v1/slots/{slot}/components", body)
         return result
 
     def stop_slot(self, slot: str, components: list[str] | None = None) -> None:

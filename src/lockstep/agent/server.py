@@ -127,7 +127,14 @@ class AgentServer:
     def _components_route(self, slot: str) -> Handler:
         def start_components(body: dict[str, Any], query: dict[str, list[str]]) -> Any:
             launches = [ComponentLaunch.from_document(item) for item in body["components"]]
-            return self.service.start_components(slot, launches)
+            directory = body.get("release_directory")
+            return self.service.start_components(
+                slot,
+                launches,
+                release_id=body.get("release_id"),
+                release_directory=None if directory is None else Path(directory),
+                replace=bool(body.get("replace", False)),
+            )
 
         return start_components
 

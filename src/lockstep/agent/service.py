@@ -137,16 +137,35 @@ class AgentService:
             self.state.add_event("slot-started", slot, f"release {release_id} started in slot {slot}")
             return self._slot_document(slot)
 
-    def start_components(self, slot: str, launches: list[ComponentLaunch]) -> dict[str, Any]:
-        """Start more components of the release already in `slot` (e.g. its workers, on a rollback)."""
+    def start_components(
+        self,
+        slot: str,
+        launches: list[ComponentLaunch],
+        release_id: str | None = None,
+        release_directory: Path | None = None,
+        replace: bool = False,
+    ) -> dict[str, Any]:
+        """Start more components in `slot`: of its own release (its workers, on a rollback), or of
+        another release (`release_id`, `release_directory`: one component rolled back alone).
+
+        With `replace`, a running process of the same component is stopped first (a worker, which
+        has no traffic to lose).
+        """
         _check_slot(slot)
         with self._lock:
             record = self.state.slot(slot)
             if record is None:
                 raise AgentError(f"slot {slot} runs no release", "start one with a deploy")
+            if replace:
+                self._stop_slot_locked(slot, [launch.component for launch in launches])
             running = {component for owner, component in self._slot_of.values() if owner == slot}
             wanted = [launch for launch in launches if launch.component not in running]
-            self._launch(slot, record.release_id, Path(record.release_directory), wanted)
+            self._launch(
+                slot,
+                release_id or record.release_id,
+                release_directory or Path(record.release_directory),
+                wanted,
+            )
             self._persist_processes()
             return self._slot_document(slot)
 
@@ -280,6 +299,7 @@ class AgentService:
                     "running": process is not None and is_running(process),
                     "crash_looped": self.supervisor.is_crash_looped(name),
                     "log": None if process is None else str(process.spec.log_path),
+                    "release": None if process is None else process.spec.cwd.name,
                     "started_at": None if process is None else process.started_at,
                 }
             )

@@ -17,6 +17,9 @@ from lockstep.pipeline.rollback import RollbackRequest
 @click.argument("steps", type=click.IntRange(min=1), default=1)
 @project_options
 @click.option("--to", "to", metavar="ID", help="Release to go back to: deploy ID, release ID or commit prefix.")
+@click.option(
+    "--component", metavar="NAME", help="Roll back only this component (e.g. worker); the others keep their release."
+)
 @click.option("--with-data", is_flag=True, help="Also restore the databases as they were under that release.")
 @click.option("--code-only", is_flag=True, help="Only the code (the default); refused onto a newer schema.")
 @click.option("--yes", is_flag=True, help="Answer yes to the data-loss confirmation (for CI).")
@@ -36,6 +39,7 @@ def rollback_command(
     config_path: Path | None,
     environment: str | None,
     to: str | None,
+    component: str | None,
     with_data: bool,
     code_only: bool,
     yes: bool,
@@ -62,6 +66,7 @@ def rollback_command(
         yes=yes,
         force=force,
         lock_wait=parse_duration_seconds(lock_wait),
+        component=component,
     )
     json_lines = None if log_format == "auto" else log_format == "json"
     record = rollback(
@@ -75,8 +80,9 @@ def rollback_command(
         print_json(record.to_document())
         return
     data = " with its data" if record.data_restored else ""
+    what = f"{record.component} of {record.environment}" if record.component else record.environment
     console.print(
-        f"rolled back {record.environment} to {record.release_id} ({(record.commit or '')[:12]}){data} "
+        f"rolled back {what} to {record.release_id} ({(record.commit or '')[:12]}){data} "
         f"in {record.duration or 0:.1f} s",
         markup=False,
     )

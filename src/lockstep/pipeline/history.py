@@ -44,6 +44,7 @@ class OperationRecord:
     commit: str | None = None
     message: str | None = None
     release_id: str | None = None
+    component: str | None = None  # a rollback of one component only
     slot: str | None = None
     previous_release_id: str | None = None
     snapshot_id: str | None = None

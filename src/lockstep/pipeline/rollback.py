@@ -17,6 +17,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lockstep.actions.environment import EnvironmentContext
 from lockstep.agent.state import other_slot
@@ -51,6 +52,7 @@ class RollbackRequest:
     force: bool = False
     lock_wait: float = 0.0
     dry_run: bool = False
+    component: str | None = None  # roll back only this component
 
 
 @dataclass(frozen=True)
@@ -154,12 +156,14 @@ class Rollback:
             pid=os.getpid(),
             ref=release.ref,
             commit=release.commit,
-            message=f"rollback to {release.release_id}",
+            message=f"rollback {self.request.component or 'everything'} to {release.release_id}",
             release_id=release.release_id,
+            component=self.request.component,
             previous_release_id=current["release_id"] if current else None,
             snapshot_id=target.data_snapshot_id if self.request.with_data else None,
         )
         bind_context(self.reporter, deploy_id=record.id, env=record.environment)
+        self._check_component()
         with_data = self._decide_data(target)
         if with_data:
             self._confirm_data_loss(target)
@@ -184,9 +188,21 @@ class Rollback:
                     lambda: self._restore(target, record),
                     lambda summary: summary,
                 )
-            self.steps.run(
-                "code", f"release {release.release_id}", lambda: self._bring_back(release, status, record), lambda r: r
-            )
+            if self.request.component is not None:
+                component = self.request.component
+                self.steps.run(
+                    "code",
+                    f"{component} of release {release.release_id}",
+                    lambda: self._bring_back_component(component, release, status, record),
+                    lambda r: r,
+                )
+            else:
+                self.steps.run(
+                    "code",
+                    f"release {release.release_id}",
+                    lambda: self._bring_back(release, status, record),
+                    lambda r: r,
+                )
             record.outcome = "succeeded"
         except (Exception, KeyboardInterrupt) as error:  # any failure, a bug included, must unwind
             reason = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error)
@@ -208,6 +224,84 @@ class Rollback:
             data = " with its data" if record.data_restored else ""
             notifier.notify(operation_event(ROLLBACK_DONE, record, f"rolled back to {record.release_id}{data}"))
         return record
+
+    def _check_component(self) -> None:
+        component = self.request.component
+        if component is None:
+            return
+        if component not in self.config.app.components:
+            raise UsageError(
+                f"there is no component {component!r}",
+                "the components are: " + ", ".join(sorted(self.config.app.components)),
+            )
+        if self.request.with_data:
+            raise UsageError(
+                "--with-data restores the databases every component shares: it cannot go with --component",
+                "roll back everything with --with-data, or only the component's code",
+            )
+
+    def _bring_back_component(
+        self, component: str, target: OperationRecord, status: dict[str, Any], record: OperationRecord
+    ) -> str:
+        """One component back to the target release; the others keep the release they run."""
+        active = str(status["active_slot"])
+        idle = other_slot(active)
+        release_dir = self.context.layout.release_directory(target.release_id or "")
+        if not release_dir.is_dir():
+            self._rebuild(target, release_dir)
+        if component == traffic_component(self.config):
+            # Through the idle slot, like a deploy: started and checked there, then the switch.
+            record.slot = idle
+            warm = status["slots"][idle]
+            is_warm = (warm["release"] or {}).get("release_id") == target.release_id and any(
+                process["component"] == component and process["running"] for process in warm["processes"]
+            )
+            plans = plan_components(self.config, release_dir, self.context.layout.shared, idle, only=[component])
+            if not is_warm:
+                self.agent.start_slot(
+                    idle,
+                    target.release_id or "",
+                    release_dir,
+                    target.commit,
+                    [plan.launch_document() for plan in plans],
+                )
+                self.steps.on_undo("code", lambda: self.agent.stop_slot(idle))
+                health_gate(self.agent, idle, plans)
+            self.agent.switch(idle)
+            self.steps.on_undo("switch", lambda: self._switch_back(active))
+            return f"{component} now serves from release {target.release_id} in slot {idle}"
+        # A component without traffic (a worker) is replaced where it runs.
+        record.slot = active
+        current = status["slots"][active]["release"]
+        plans = plan_components(self.config, release_dir, self.context.layout.shared, active, only=[component])
+        self.agent.start_components(
+            active,
+            [plan.launch_document() for plan in plans],
+            release_id=target.release_id,
+            release_directory=release_dir,
+            replace=True,
+        )
+        if current is not None:
+            current_dir = Path(current["release_directory"])
+            current_plans = plan_components(
+                self.config, current_dir, self.context.layout.shared, active, only=[component]
+            )
+
+            def put_back() -> None:
+                self.agent.start_components(
+                    active,
+                    [plan.launch_document() for plan in current_plans],
+                    release_id=current["release_id"],
+                    release_directory=current_dir,
+                    replace=True,
+                )
+
+            self.steps.on_undo("code", put_back)
+        health_gate(self.agent, active, plans)
+        return f"{component} in slot {active} now runs release {target.release_id}"
+
+    def _switch_back(self, slot: str) -> None:
+        self.agent.switch(slot)
 
     def _decide_data(self, target: RollbackTarget) -> bool:
         """Whether to restore data; refuse a code-only rollback onto a newer schema."""
@@ -285,8 +379,10 @@ class Rollback:
         self.agent.start_slot(
             idle, target.release_id or "", release_dir, target.commit, [plan.launch_document() for plan in plans]
         )
+        self.steps.on_undo("code", lambda: self.agent.stop_slot(idle))
         health_gate(self.agent, idle, plans)
         self.agent.switch(idle)
+        self.steps.on_undo("switch", lambda: self._switch_back(active))
         self._retire(active, component)
         return f"started in slot {idle}" + (" (release directory rebuilt)" if rebuilt else "")
 
