@@ -493,3 +493,23 @@ def test_rollback_of_one_component_leaves_the_others_on_their_release(notes_proj
     assert notes_project.version() == "1.0.0"
     history = notes_project.history()
     assert [item.get("component") for item in history[-2:]] == ["worker", "web"]
+
+
+def test_a_release_whose_directory_is_gone_comes_back_from_its_code_snapshot(notes_project: NotesProject) -> None:
+    """Rolling back two releases, to one whose release directory was deleted: restored from the
+    pre-deploy snapshot that holds it, then started and switched to."""
+    import shutil
+
+    assert notes_project.lockstep("deploy").returncode == 0
+    first = notes_project.history()[-1]["release_id"]
+    for version in ("1.1.0", "1.2.0"):
+        (notes_project.directory / "VERSION").write_text(version + "\n")
+        notes_project.commit(f"notes {version}")
+        assert notes_project.lockstep("deploy").returncode == 0
+    releases = notes_project.directory / ".lockstep" / "state" / "test" / "releases"
+    shutil.rmtree(releases / first)
+    completed = notes_project.lockstep("rollback", "--to", first, "--log-format", "text")
+    assert completed.returncode == 0, completed.err
+    assert "restored it from snapshot" in completed.err
+    assert notes_project.version() == "1.0.0"
+    assert (releases / first / "app.py").exists()

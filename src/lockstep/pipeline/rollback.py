@@ -13,6 +13,7 @@ what that discards, asking, and taking a pre-restore snapshot.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from lockstep.pipeline.history import History, OperationRecord
 from lockstep.pipeline.notifications import notifier_for, operation_event
 from lockstep.pipeline.release_launch import plan_components, traffic_component
 from lockstep.pipeline.releases import build_release_directory
+from lockstep.pipeline.restore import restore_code
+from lockstep.pipeline.snapshot import load_manifest
 from lockstep.pipeline.steps import Reporter, StepFailed, StepRunner, bind_context
 from lockstep.repository.documents import DocumentStore
 
@@ -408,9 +411,40 @@ class Rollback:
             self.agent.stop_slot(slot, others)
 
     def _rebuild(self, target: OperationRecord, release_dir: Path) -> None:
-        """The release directory is gone: build it again from its commit."""
+        """The release directory is gone: bring it back from its code snapshot, or from git.
+
+        The pre-deploy snapshot of the deploy that replaced a release holds that release's
+        directory (tag release:<id>), so the code comes back even without the git repository.
+        """
+        if self._restore_release_from_snapshot(target, release_dir):
+            return
         code = self.config.code
         if code.kind != "git" or code.path is None or target.commit is None:
-            raise UsageError(f"release directory {release_dir} is gone and there is no commit to rebuild it from")
+            raise UsageError(
+                f"release directory {release_dir} is gone, no snapshot holds it "
+                "and there is no commit to rebuild it from"
+            )
         self.reporter.info(f"release directory {release_dir.name} is gone; rebuilding it from {target.commit[:12]}")
         build_release_directory(code.path, self.config.app, self.context.layout, target.release_id or "", target.commit)
+
+    def _restore_release_from_snapshot(self, target: OperationRecord, release_dir: Path) -> bool:
+        tag = f"release:{target.release_id}"
+        with self.context.project.access.session(exclusive=False) as repository:
+            holding = [snapshot for snapshot in repository.list_snapshots() if tag in snapshot.tags]
+            if not holding:
+                return False
+            snapshot = max(holding, key=lambda item: item.time_ns)
+            manifest = load_manifest(repository, snapshot)
+            if manifest.code is None or manifest.code.commit is not None:
+                return False
+            staging = release_dir.with_name(f".{release_dir.name}.restoring")
+            shutil.rmtree(staging, ignore_errors=True)
+            try:
+                restore_code(repository, snapshot, manifest, None, staging)
+                staging.rename(release_dir)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        self.reporter.info(
+            f"release directory {release_dir.name} is gone; restored it from snapshot {snapshot.short_id}"
+        )
+        return True
