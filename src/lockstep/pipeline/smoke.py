@@ -76,10 +76,11 @@ def _http(check: SmokeCheckConfig, port: int | None) -> tuple[bool, str]:
         connection = http.client.HTTPConnection(host, target_port, timeout=10)
     try:
         connection.request("GET", path, headers={"User-Agent": "lockstep-smoke-test"})
+        # Read the certificate now: once the body is read the server may close the connection.
+        certificate_days = _certificate_days(connection) if secure else None
         response = connection.getresponse()
         body = response.read(1024 * 1024).decode("utf-8", "replace")
         elapsed_ms = (time.monotonic() - started) * 1000
-        certificate_days = _certificate_days(connection) if secure else None
     except ssl.SSLCertVerificationError as error:
         return False, f"TLS certificate of {host} is not valid: {error.verify_message}"
     except (OSError, http.client.HTTPException) as error:
