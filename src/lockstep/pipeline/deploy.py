@@ -288,11 +288,18 @@ class Deployment:
         return record
 
     def _preflight(self, work_tree: Path) -> ResolvedRef:
-        from lockstep.pipeline.preflight import check_database_reachable, check_free_disk_space
+        from lockstep.pipeline.preflight import (
+            check_database_reachable,
+            check_free_disk_space,
+            check_required_binaries,
+        )
 
         problems: list[str] = []
         if shutil.which("git") is None:
             problems.append("git is not installed: install it (apt-get install git)")
+        for tools in check_required_binaries(self.config.databases):
+            if not tools.ok:
+                problems.append(f"{tools.name}: {tools.detail}: {tools.fix}")
         resolved = resolve_ref(work_tree, self.request.ref)
         allow_dirty = self.request.allow_dirty or self.config.code.allow_dirty
         if self.request.ref == "HEAD" and not allow_dirty and read_git_state(work_tree).dirty:
