@@ -513,3 +513,30 @@ def test_a_release_whose_directory_is_gone_comes_back_from_its_code_snapshot(not
     assert "restored it from snapshot" in completed.err
     assert notes_project.version() == "1.0.0"
     assert (releases / first / "app.py").exists()
+
+
+def test_production_policy_asks_requires_the_snapshot_and_the_approval(tmp_path: Path) -> None:
+    """In production: an approval command must pass, a deploy needs --yes without a terminal, and
+    --skip-backup is refused; each refusal changes nothing."""
+    project = make_project(tmp_path)
+    config = project.directory / "lockstep.toml"
+    text = config.read_text().replace('default_environment = "test"', 'default_environment = "production"')
+    text = text.replace('[policy]\ndata_rollback = "auto"\n', "")
+    approval = "[environments.production.policy]\napproval_command = \"sh -c 'echo checks pending; exit 1'\"\n"
+    config.write_text(text + approval)
+    project.commit("production")
+    project.start_agent()
+    try:
+        refused = project.lockstep("deploy", "--yes")
+        assert refused.returncode == 2, refused.err
+        assert "approval command did not approve" in refused.err and "checks pending" in refused.err
+        config.write_text(text)
+        project.commit("approved")
+        unconfirmed = project.lockstep("deploy")
+        assert unconfirmed.returncode == 2 and "needs confirmation" in unconfirmed.err and "--yes" in unconfirmed.err
+        skipping = project.lockstep("deploy", "--yes", "--skip-backup")
+        assert skipping.returncode == 2 and "--skip-backup is not allowed in production" in skipping.err
+        assert project.history() == []
+        assert project.status()["active_slot"] is None
+    finally:
+        _stop_everything(project)
