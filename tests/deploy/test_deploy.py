@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.deploy.conftest import NotesLoad, NotesProject, _stop_everything, make_project
+from tests.deploy.conftest import NOTES, NotesLoad, NotesProject, _stop_everything, make_project
 
 pytestmark = pytest.mark.slow
 
@@ -538,5 +539,24 @@ def test_production_policy_asks_requires_the_snapshot_and_the_approval(tmp_path:
         assert skipping.returncode == 2 and "--skip-backup is not allowed in production" in skipping.err
         assert project.history() == []
         assert project.status()["active_slot"] is None
+    finally:
+        _stop_everything(project)
+
+
+def test_a_first_deploy_that_fails_after_its_switch_is_undone_completely(tmp_path: Path) -> None:
+    """Nothing served before: the failed release gives the traffic up and stops; exit 3, not 1."""
+    project = make_project(tmp_path, watch_seconds=12.0)
+    for overlay in ("v2", "crash-loop"):
+        shutil.copytree(NOTES / "demo" / overlay, project.directory, dirs_exist_ok=True)
+    project.commit("notes 3.1.0 straight away")
+    project.start_agent()
+    try:
+        completed = project.lockstep("deploy")
+        assert completed.returncode == 3, completed.err
+        assert "nothing was serving before" in completed.err
+        status = project.status()
+        assert status["active_slot"] is None
+        assert all(not slot["processes"] for slot in status["slots"].values())
+        assert project.history()[-1]["failed_step"] == "watch"
     finally:
         _stop_everything(project)

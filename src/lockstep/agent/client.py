@@ -124,6 +124,9 @@ class AgentClient:
         result: dict[str, Any] = self.request("POST", "/v1/traffic/switch", {"slot": slot})
         return result
 
+    def withdraw_traffic(self, slot: str) -> None:
+        self.request("POST", "/v1/traffic/withdraw", {"slot": slot})
+
     def wait_drained(self, slot: str, timeout: float) -> bool:
         result = self.request("POST", "/v1/traffic/drain", {"slot": slot, "timeout": timeout}, timeout=timeout + 30)
         return bool(result.get("drained"))

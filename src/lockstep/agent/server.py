@@ -9,6 +9,7 @@ nothing is exposed over TCP. Routes:
   POST /v1/slots/SLOT/components       {components: [...]}: start more components in a running slot
   POST /v1/slots/SLOT/stop             {components: [...] | null}
   POST /v1/traffic/switch              {slot}
+  POST /v1/traffic/withdraw            {slot}: no slot has the traffic (undo of a first deploy)
   POST /v1/traffic/drain               {slot, timeout} -> {drained}
   POST /v1/shutdown                    {stop_apps: bool}
 """
@@ -101,6 +102,7 @@ class AgentServer:
             ("GET", "/v1/status"): lambda body, query: service.status(),
             ("GET", "/v1/events"): lambda body, query: service.events(int(query.get("since", ["0"])[0])),
             ("POST", "/v1/traffic/switch"): lambda body, query: service.switch(str(body["slot"])),
+            ("POST", "/v1/traffic/withdraw"): lambda body, query: service.withdraw_traffic(str(body["slot"])),
             ("POST", "/v1/traffic/drain"): lambda body, query: {
                 "drained": service.wait_drained(str(body["slot"]), float(body.get("timeout", 30.0)))
             },

@@ -257,6 +257,16 @@ class AgentService:
             self.state.add_event("switched", slot, f"traffic to slot {slot} (port {port}) in {elapsed * 1000:.0f} ms")
             return {"slot": slot, "port": port, "seconds": elapsed}
 
+    def withdraw_traffic(self, slot: str) -> None:
+        """Take the traffic role from `slot` without giving it to another: the undo of a first
+        deploy's switch, when no earlier release exists to switch back to. Requests then fail
+        at the proxy (as they did before that deploy) until the next deploy switches again."""
+        _check_slot(slot)
+        with self._lock:
+            if self.state.active_slot == slot:
+                self.state.set_setting("active_slot", None)
+                self.state.add_event("traffic-withdrawn", slot, f"slot {slot} no longer has the traffic")
+
     def wait_drained(self, slot: str, timeout: float) -> bool:
         port = self._traffic_port(_check_slot(slot))
         if port is None:

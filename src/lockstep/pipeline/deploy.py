@@ -593,6 +593,8 @@ class Deployment:
     def _switch(self, new_slot: str, old_slot: str | None) -> str:
         if old_slot is not None:
             self.steps.on_undo("switch", lambda: self._switch_back(old_slot))
+        else:  # the first deploy: nothing to switch back to, but the slot must give up the traffic
+            self.steps.on_undo("switch", lambda: self.agent.withdraw_traffic(new_slot))
         result = self.agent.switch(new_slot)
         return f"{float(result.get('seconds', 0)) * 1000:.0f} ms"
 
