@@ -250,3 +250,18 @@ def run_user_command(command: Command, timeout: float = 3600.0) -> CommandOutcom
         return CommandOutcome(None, output, time.monotonic() - started, f"did not finish within {timeout:.0f} s")
     output = completed.stdout[-65536:].decode("utf-8", "replace")
     return CommandOutcome(completed.returncode, output, time.monotonic() - started)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this PID runs on this host; a zombie (exited, not yet reaped) does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False

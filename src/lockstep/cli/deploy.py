@@ -9,7 +9,7 @@ import click
 from lockstep.actions.deploy import deploy, plan_deploy
 from lockstep.cli.output import console, print_json
 from lockstep.cli.project_options import parse_duration_seconds, project_options, wants_json
-from lockstep.cli.reporting import ConsoleReporter
+from lockstep.cli.reporting import progress_options, progress_reporter
 from lockstep.pipeline.deploy import DeployRequest
 
 
@@ -24,14 +24,7 @@ from lockstep.pipeline.deploy import DeployRequest
 @click.option("--yes", is_flag=True, help="Answer yes to confirmations (for CI).")
 @click.option("--lock-wait", metavar="DURATION", default="0", help="Wait this long for the lock (e.g. 30s, 5m).")
 @click.option("--allow-dirty", is_flag=True, help="Deploy HEAD although the work tree has uncommitted changes.")
-@click.option(
-    "--log-format",
-    type=click.Choice(["auto", "text", "json"]),
-    default="auto",
-    help="Progress on stderr: text on a terminal, JSON lines otherwise (auto), or as chosen.",
-)
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings, failures and the result.")
-@click.option("-v", "--verbose", is_flag=True, help="Everything, with details.")
+@progress_options
 @click.option("--json", "json_output", is_flag=True, help="Print the deploy record as JSON on stdout.")
 def deploy_command(
     ref: str,
@@ -74,8 +67,7 @@ def deploy_command(
             for line in lines:
                 console.print(line, markup=False, highlight=False)
         return
-    json_lines = None if log_format == "auto" else log_format == "json"
-    reporter = ConsoleReporter(json_lines=json_lines, verbosity=-1 if quiet else 1 if verbose else 0)
+    reporter = progress_reporter(log_format, quiet, verbose)
     record = deploy(Path.cwd(), config_path, environment, request, reporter)
     if wants_json(json_output):
         print_json(record.to_document())

@@ -88,3 +88,21 @@ class ConsoleReporter:
             answer = click.prompt(f"{question} Type {expected_answer!r} to continue", default="", show_default=False)
             return bool(answer.strip() == expected_answer)
         return click.confirm(question, default=False)
+
+
+def progress_options(function: Any) -> Any:
+    """--log-format, -q/--quiet and -v/--verbose, for the commands that report steps."""
+    function = click.option("-v", "--verbose", is_flag=True, help="Everything, with details.")(function)
+    function = click.option("-q", "--quiet", is_flag=True, help="Only warnings, failures and the result.")(function)
+    return click.option(
+        "--log-format",
+        type=click.Choice(["auto", "text", "json"]),
+        default="auto",
+        help="Progress on stderr: text on a terminal, JSON lines otherwise (auto), or as chosen.",
+    )(function)
+
+
+def progress_reporter(log_format: str, quiet: bool, verbose: bool) -> ConsoleReporter:
+    """The reporter those three options ask for."""
+    json_lines = None if log_format == "auto" else log_format == "json"
+    return ConsoleReporter(json_lines=json_lines, verbosity=-1 if quiet else 1 if verbose else 0)

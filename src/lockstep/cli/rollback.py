@@ -9,7 +9,7 @@ import click
 from lockstep.actions.rollback import rollback
 from lockstep.cli.output import console, print_json
 from lockstep.cli.project_options import parse_duration_seconds, project_options, wants_json
-from lockstep.cli.reporting import ConsoleReporter
+from lockstep.cli.reporting import progress_options, progress_reporter
 from lockstep.pipeline.rollback import RollbackRequest
 
 
@@ -25,14 +25,7 @@ from lockstep.pipeline.rollback import RollbackRequest
 @click.option("--yes", is_flag=True, help="Answer yes to the data-loss confirmation (for CI).")
 @click.option("--force", is_flag=True, help="Roll back code onto a newer schema; take a live lock.")
 @click.option("--lock-wait", metavar="DURATION", default="0", help="Wait this long for the lock (e.g. 30s, 5m).")
-@click.option(
-    "--log-format",
-    type=click.Choice(["auto", "text", "json"]),
-    default="auto",
-    help="Progress on stderr: text on a terminal, JSON lines otherwise (auto), or as chosen.",
-)
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings, failures and the result.")
-@click.option("-v", "--verbose", is_flag=True, help="Everything, with details.")
+@progress_options
 @click.option("--json", "json_output", is_flag=True, help="Print the rollback record as JSON on stdout.")
 def rollback_command(
     steps: int,
@@ -68,14 +61,7 @@ def rollback_command(
         lock_wait=parse_duration_seconds(lock_wait),
         component=component,
     )
-    json_lines = None if log_format == "auto" else log_format == "json"
-    record = rollback(
-        Path.cwd(),
-        config_path,
-        environment,
-        request,
-        ConsoleReporter(json_lines=json_lines, verbosity=-1 if quiet else 1 if verbose else 0),
-    )
+    record = rollback(Path.cwd(), config_path, environment, request, progress_reporter(log_format, quiet, verbose))
     if wants_json(json_output):
         print_json(record.to_document())
         return

@@ -8,13 +8,14 @@ is gone and marks it "interrupted" after cleaning up.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from lockstep.process import process_alive
 
 OUTCOMES = ("running", "succeeded", "failed", "rolled-back", "interrupted")
 
@@ -114,21 +115,5 @@ class History:
         return [
             record
             for record in self.all()
-            if record.outcome == "running" and record.host == host and not _pid_alive(record.pid)
+            if record.outcome == "running" and record.host == host and not process_alive(record.pid)
         ]
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purposes
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from lockstep.errors import LockstepError, UsageError
+from lockstep.process import process_alive
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -38,21 +39,6 @@ def ensure_listen_free(host: str, port: int, server: str) -> None:
                 f"{server} cannot listen on {host}:{port}: {reason}",
                 "stop that program or set another [traffic] listen address",
             ) from error
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by its parent) is not alive for our purposes.
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 def command_line(pid: int) -> str:

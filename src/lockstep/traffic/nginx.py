@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 from lockstep.errors import LockstepError, UsageError
-from lockstep.process import Command, run_capture
+from lockstep.process import Command, process_alive, run_capture
 from lockstep.traffic.base import TrafficState, UpstreamCounters
 from lockstep.traffic.common import (
     check_port,
@@ -40,7 +40,6 @@ from lockstep.traffic.common import (
     ensure_listen_free,
     fsync_directory,
     parse_listen,
-    process_alive,
     wait_for_exit,
 )
 
