@@ -6,17 +6,15 @@ on one machine never share a release directory, a slot or an agent.
 
 from __future__ import annotations
 
-import hashlib
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from lockstep.config import ProjectConfig
 from lockstep.errors import UsageError
+from lockstep.unix_sockets import DEFAULT_MARGIN, fits_in_socket_address, short_socket_location
 
 _ENVIRONMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-_SOCKET_PATH_LIMIT = 100  # sun_path holds 108 bytes on Linux; keep a margin
 
 
 @dataclass(frozen=True)
@@ -66,10 +64,9 @@ class EnvironmentLayout:
     def agent_socket(self) -> Path:
         """The agent's unix socket; in the temp directory when the state path is too long for one."""
         path = self.root / "agent.sock"
-        if len(str(path)) <= _SOCKET_PATH_LIMIT:
+        if fits_in_socket_address(path, margin=DEFAULT_MARGIN):
             return path
-        digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:16]
-        return Path(tempfile.gettempdir()) / f"lockstep-agent-{digest}.sock"
+        return short_socket_location(self.root, "agent").with_suffix(".sock")
 
     def release_directory(self, release_id: str) -> Path:
         return self.releases / release_id

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
 from lockstep.errors import LockstepError
+from lockstep.unix_sockets import UnixHTTPConnection
 
 
 class AgentUnavailable(LockstepError):
@@ -17,17 +16,6 @@ class AgentUnavailable(LockstepError):
 
 class AgentRequestFailed(LockstepError):
     """The agent refused or failed a request; its message says why."""
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._socket_path = str(path)
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self._socket_path)
 
 
 class AgentClient:
@@ -46,7 +34,7 @@ class AgentClient:
         )
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 120.0) -> Any:
-        connection = _UnixConnection(self.socket_path, timeout)
+        connection = UnixHTTPConnection(self.socket_path, timeout)
         try:
             payload = None if body is None else json.dumps(body).encode("utf-8")
             headers = {"Content-Type": "application/json"} if payload is not None else {}

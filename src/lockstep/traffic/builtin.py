@@ -27,30 +27,10 @@ from lockstep.errors import LockstepError, UsageError
 from lockstep.traffic.base import TrafficState, UpstreamCounters
 from lockstep.traffic.builtin_proxy import ADMIN_SOCKET_NAME, LOG_FILE_NAME, PID_FILE_NAME
 from lockstep.traffic.builtin_proxy.upstream_file import read_upstream_file
+from lockstep.unix_sockets import UnixHTTPConnection
 
 START_TIMEOUT = 15.0
 ADMIN_TIMEOUT = 10.0
-UNIX_SOCKET_PATH_LIMIT = 107
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._socket_path = str(path.absolute())
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        if len(self._socket_path) <= UNIX_SOCKET_PATH_LIMIT:
-            self.sock.connect(self._socket_path)
-            return
-        # Too long for sockaddr_un: reach the socket through a short /proc path to its directory.
-        directory, _, name = self._socket_path.rpartition("/")
-        descriptor = os.open(directory, os.O_PATH | os.O_DIRECTORY)
-        try:
-            self.sock.connect(f"/proc/self/fd/{descriptor}/{name}")
-        finally:
-            os.close(descriptor)
 
 
 class BuiltinProxy:
@@ -264,7 +244,7 @@ class BuiltinProxy:
             time.sleep(0.02)
 
     def _request(self, method: str, path: str, timeout: float = ADMIN_TIMEOUT) -> dict[str, Any]:
-        connection = _UnixConnection(self.socket_path, timeout)
+        connection = UnixHTTPConnection(self.socket_path, timeout)
         try:
             connection.request(method, path)
             response = connection.getresponse()

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import tempfile
 from pathlib import Path
 
 from lockstep.config.deploy_model import TrafficConfig
 from lockstep.process import Command
 from lockstep.traffic.base import TrafficSwitch
 from lockstep.traffic.builtin import BuiltinProxy
-
-SOCKET_PATH_LIMIT = 100
+from lockstep.unix_sockets import DEFAULT_MARGIN, fits_in_socket_address, short_socket_location
 
 
 def switch_for(config: TrafficConfig, state_directory: Path) -> TrafficSwitch:
@@ -37,10 +34,9 @@ def switch_for(config: TrafficConfig, state_directory: Path) -> TrafficSwitch:
     if config.reload_command:
         options["reload_command"] = Command.parse(config.reload_command).argv
     directory = state_directory / config.kind
-    if config.kind == "haproxy" and len(str(directory / "master.sock")) > SOCKET_PATH_LIMIT:
-        # Unix socket paths hold ~107 bytes; a deep state directory gets its sockets in /tmp.
-        digest = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
-        sockets = Path(tempfile.gettempdir()) / f"lockstep-haproxy-{digest}"
+    if config.kind == "haproxy" and not fits_in_socket_address(directory / "master.sock", margin=DEFAULT_MARGIN):
+        # A deep state directory gets HAProxy's sockets in the temporary directory.
+        sockets = short_socket_location(directory, "haproxy")
         sockets.mkdir(mode=0o700, exist_ok=True)
         options["master_socket"] = sockets / "master.sock"
         options["stats_socket"] = sockets / "stats.sock"

@@ -40,6 +40,7 @@ from lockstep.traffic.common import (
     parse_listen,
     wait_for_exit,
 )
+from lockstep.unix_sockets import SOCKET_PATH_LIMIT, fits_in_socket_address
 
 Mode = Literal["managed", "system"]
 
@@ -52,7 +53,6 @@ SERVER_PREFIX = "port_"
 
 RELOAD_TIMEOUT = 30.0
 START_TIMEOUT = 30.0
-SOCKET_PATH_LIMIT = 107  # sun_path is 108 bytes including the terminating NUL
 
 
 class HaproxySwitch:
@@ -127,7 +127,7 @@ class HaproxySwitch:
             self.master_socket: Path | None = master_socket or self.state_directory / MASTER_SOCKET
             self.stats_socket: Path | None = stats_socket or self.state_directory / STATS_SOCKET
             for path in (self.master_socket, self.stats_socket):
-                if len(os.fsencode(path)) > SOCKET_PATH_LIMIT:
+                if not fits_in_socket_address(path):
                     raise UsageError(
                         f"the HAProxy socket path {path} is longer than {SOCKET_PATH_LIMIT} bytes",
                         "use a shorter [traffic] state directory",
