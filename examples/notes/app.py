@@ -20,15 +20,12 @@ from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import notes
 from database import applied_migrations, connect, database_path
 
 VERSION = (Path(__file__).resolve().parent / "VERSION").read_text(encoding="utf-8").strip()
-# The newest migration this code relies on. Newer ones may be applied too: during a blue-green
-# deploy the old release keeps serving while the new one's migrations run.
-SCHEMA_VERSION = "001"
 MAX_BODY_BYTES = 64 * 1024
 STOP_TIMEOUT_SECONDS = 30.0
 
@@ -37,7 +34,7 @@ PAGE = """<!doctype html>
 <body>
 <h1>Notes</h1>
 <form method="post" action="/notes">
-  <input name="text" placeholder="A new note" required autofocus>
+{form_fields}
   <button>Add</button>
 </form>
 <ul>
@@ -46,24 +43,6 @@ PAGE = """<!doctype html>
 <p><small>notes {version}</small></p>
 </body></html>
 """
-
-
-def list_notes(database: Path) -> list[dict[str, Any]]:
-    with closing(connect(database)) as connection:
-        connection.row_factory = sqlite3.Row
-        return [dict(row) for row in connection.execute("SELECT id, text, created_at FROM notes ORDER BY id")]
-
-
-def add_note(database: Path, fields: dict[str, str]) -> dict[str, Any]:
-    with closing(connect(database)) as connection:
-        connection.row_factory = sqlite3.Row
-        cursor = connection.execute("INSERT INTO notes (text) VALUES (?)", (fields["text"],))
-        row = connection.execute("SELECT id, text, created_at FROM notes WHERE id = ?", (cursor.lastrowid,))
-        return dict(row.fetchone())
-
-
-def render_note(note: dict[str, Any]) -> str:
-    return f"<li>{html.escape(note['text'])} <small>{html.escape(note['created_at'])}</small></li>"
 
 
 def health_problem(database: Path) -> str | None:
@@ -75,9 +54,9 @@ def health_problem(database: Path) -> str | None:
             applied = applied_migrations(connection)
         except sqlite3.OperationalError:
             return f"database {database} has no schema_migrations table: run migrate.py"
-    if SCHEMA_VERSION not in applied:
+    if notes.SCHEMA_VERSION not in applied:
         newest = max(applied, default="none")
-        return f"this code needs schema version {SCHEMA_VERSION}, the database is at {newest}: run migrate.py"
+        return f"this code needs schema version {notes.SCHEMA_VERSION}, the database is at {newest}: run migrate.py"
     return None
 
 
@@ -177,11 +156,12 @@ class NotesHandler(BaseHTTPRequestHandler):
         self.respond(status, json.dumps(value) + "\n", "application/json")
 
     def index(self) -> None:
-        items = "\n".join(render_note(note) for note in list_notes(self.server.database))
-        self.respond(200, PAGE.format(items=items, version=html.escape(VERSION)), "text/html")
+        items = "\n".join(notes.render_note(note) for note in notes.list_notes(self.server.database))
+        page = PAGE.format(form_fields=notes.FORM_FIELDS, items=items, version=html.escape(VERSION))
+        self.respond(200, page, "text/html")
 
     def api_notes(self) -> None:
-        self.respond_json(200, list_notes(self.server.database))
+        self.respond_json(200, notes.list_notes(self.server.database))
 
     def create_note(self) -> None:
         """JSON in, 201 and JSON out; a form post is sent back to the page (303)."""
@@ -200,7 +180,7 @@ class NotesHandler(BaseHTTPRequestHandler):
         if not fields.get("text"):
             self.respond(400, "text is required\n")
             return
-        note = add_note(self.server.database, fields)
+        note = notes.add_note(self.server.database, fields)
         if is_json:
             self.respond_json(201, note)
         else:
@@ -233,6 +213,7 @@ def main() -> int:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(f"notes {VERSION} listening on http://127.0.0.1:{server.server_port}", flush=True)
 
+    notes.after_start(server.database, server.stopping)
     server.stopping.wait()
     server.shutdown()  # stop accepting; connections not yet accepted are refused
     server.server_close()
