@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -56,6 +58,20 @@ def wait_for_exit(pid: int, timeout: float) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def stop_gracefully(pid: int, graceful_signal: signal.Signals, drain_timeout: float) -> None:
+    """Ask a server to finish its requests and exit; after `drain_timeout`, SIGTERM, then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, graceful_signal)
+    if wait_for_exit(pid, drain_timeout):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if not wait_for_exit(pid, 10.0):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        wait_for_exit(pid, 10.0)
 
 
 def fsync_directory(directory: Path) -> None:

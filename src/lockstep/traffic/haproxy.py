@@ -20,7 +20,6 @@ Two modes, as for nginx:
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
 import signal
@@ -38,7 +37,7 @@ from lockstep.traffic.common import (
     ensure_listen_free,
     fsync_directory,
     parse_listen,
-    wait_for_exit,
+    stop_gracefully,
 )
 from lockstep.unix_sockets import SOCKET_PATH_LIMIT, fits_in_socket_address
 
@@ -271,16 +270,7 @@ class HaproxySwitch:
         master = self._master_pid()
         if master is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(master, signal.SIGUSR1)
-        if wait_for_exit(master, self.drain_timeout):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(master, signal.SIGTERM)
-        if not wait_for_exit(master, 10.0):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(master, signal.SIGKILL)
-            wait_for_exit(master, 10.0)
+        stop_gracefully(master, signal.SIGUSR1, self.drain_timeout)
 
     # -- more --------------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from lockstep.traffic.common import (
     ensure_listen_free,
     fsync_directory,
     parse_listen,
-    wait_for_exit,
+    stop_gracefully,
 )
 
 Mode = Literal["managed", "system"]
@@ -260,16 +260,7 @@ class NginxSwitch:
         master = self._master_pid()
         if master is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(master, signal.SIGQUIT)
-        if wait_for_exit(master, self.drain_timeout):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(master, signal.SIGTERM)
-        if not wait_for_exit(master, 10.0):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(master, signal.SIGKILL)
-            wait_for_exit(master, 10.0)
+        stop_gracefully(master, signal.SIGQUIT, self.drain_timeout)
 
     # -- more --------------------------------------------------------------------------------
 
