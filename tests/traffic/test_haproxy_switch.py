@@ -5,14 +5,12 @@ adopted, stop is graceful, and system mode drives a user's own HAProxy through a
 from __future__ import annotations
 
 import asyncio
-import http.client
 import os
 import signal
 import socket
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -22,62 +20,16 @@ from lockstep.errors import LockstepError
 from lockstep.traffic.base import UpstreamCounters
 from lockstep.traffic.haproxy import HaproxySwitch
 from tests.conftest import require_binary
-from tests.traffic.backend import BackendProcess, start_backend
+from tests.traffic.backend import BackendProcess
 from tests.traffic.load import LoadGenerator
+from tests.traffic.probes import free_port, get, process_gone, wait_until
 
 SWITCHES = 10
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def get(port: int, path: str = "/", timeout: float = 30.0) -> tuple[int, str]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        connection.close()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def process_gone(pid: int) -> bool:
-    """Exited (a zombie counts: a container's init may never reap it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return True
 
 
 @pytest.fixture(scope="module")
 def haproxy_binary() -> str:
     return require_binary("haproxy", "apt-get install haproxy")
-
-
-@pytest.fixture(scope="module")
-def backends() -> Iterator[tuple[BackendProcess, BackendProcess]]:
-    """Two real HTTP backends, "blue" and "green", shared by the tests of this file."""
-    blue = start_backend("blue")
-    try:
-        green = start_backend("green")
-        try:
-            yield blue, green
-        finally:
-            green.stop()
-    finally:
-        blue.stop()
 
 
 @pytest.fixture
