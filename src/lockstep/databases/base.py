@@ -41,6 +41,9 @@ class TableInfo:
     name: str
     rows: int
     checksum: str
+    # False when the table's engine has no transactional snapshot (MariaDB's MyISAM, Aria,
+    # MEMORY): its fingerprint and the dump read it at different moments, so they may differ.
+    consistent: bool = True
 
 
 @dataclass(frozen=True)

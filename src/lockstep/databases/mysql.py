@@ -10,10 +10,29 @@ binary data safe from character-set conversion; `--skip-dump-date` keeps two dum
 unchanged data byte-identical, so they deduplicate completely.
 
 The password goes to the client tools in MYSQL_PWD (the environment), never in argv.
+
+The manifest's row counts and checksums come from the rows the dump holds. Two InnoDB
+transactions started while nothing can commit see the same rows, so `dump` takes FLUSH TABLES
+WITH READ LOCK on a connection of its own, starts a consistent-snapshot transaction there,
+starts mariadb-dump, waits until the server shows the dump's own transaction, and unlocks;
+the fingerprint is then computed in our transaction while the dump streams. Writers wait only
+for that window (milliseconds: the dump's transaction starts right after it connects), never
+for the dump. Since MariaDB 10.4 the lock does not wait for running SELECTs, but it does wait
+for running writes, and writers queue behind it, so it gives up after LOCK_WAIT_SECONDS rather
+than stall the application behind a long UPDATE. Without the RELOAD privilege (for the lock) or
+PROCESS (to see the dump's transaction), or when the lock is not granted in time, the dump
+runs unsynchronised and the fingerprint is taken after it; the dump's `inspected` and
+`inspected_note` say so, for the manifest. MyISAM, Aria and MEMORY tables are in no
+transaction: their fingerprint and the dump read them at different moments, and they are
+marked (`TableInfo.consistent`) rather than pretended consistent.
 """
 
 from __future__ import annotations
 
+import re
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -29,6 +48,7 @@ from lockstep.databases.base import (
     scratch_name,
     with_database,
 )
+from lockstep.databases.mysql_session import ClientSession, StatementFailed
 from lockstep.errors import SourceError
 from lockstep.process import Command, StreamingProcess, run_capture, run_with_input
 
@@ -46,6 +66,24 @@ DUMP_OPTIONS = (
     "--default-character-set=utf8mb4",
     "--skip-dump-date",
 )
+# How long FLUSH TABLES WITH READ LOCK may wait for running writes (which, meanwhile, block
+# new ones) before the snapshot goes on without it: the application's worst stall.
+LOCK_WAIT_SECONDS = 2
+# How long the lock is held at most while waiting for mariadb-dump's transaction to appear
+# (it takes 15-40 ms on the same machine: starting the tool and connecting).
+DUMP_START_SECONDS = 3
+POLL_SECONDS = 0.002
+# Engines whose tables a consistent-snapshot transaction covers.
+SNAPSHOT_ENGINES = frozenset({"innodb"})
+# MariaDB error numbers that mean "not allowed" (ER_SPECIFIC_ACCESS_DENIED_ERROR, ER_DBACCESS_DENIED_ERROR,
+# ER_ACCESS_DENIED_ERROR) and "lock not granted in time" (ER_LOCK_WAIT_TIMEOUT).
+ACCESS_DENIED = frozenset({1227, 1044, 1045})
+LOCK_WAIT_TIMEOUT = 1205
+# In SHOW ENGINE INNODB STATUS, the connection a transaction belongs to.
+THREAD_ID = re.compile(r"(?:MariaDB|MySQL) thread id (\d+),")
+READ_VIEW = re.compile(r"Trx read view will not see trx with id (>= \d+, sees < \d+)")
+
+Rows = Callable[[str], list[list[str]]]
 
 
 class MysqlAdapter:
@@ -54,39 +92,35 @@ class MysqlAdapter:
     engine = "mysql"
     dump_format = DumpFormat(name="mysql-sql", extension=".sql", seekable_restore_is_faster=False)
 
-    def dump(self, url: str, password: str | None) -> StreamingProcess:
+    def dump(self, url: str, password: str | None) -> MysqlDump | DumpProcess:
+        """mariadb-dump, with the fingerprint from its own snapshot when the server allows it.
+
+        Returns a `MysqlDump` (which offers `consistent_info()`) or, when the snapshots cannot
+        be synchronised, a plain `DumpProcess` whose `inspected_note` says why.
+        """
         location = ServerLocation.parse(url)
-        return StreamingProcess(_tool_command(location, password, "mariadb-dump", *DUMP_OPTIONS, location.database))
+        command = _tool_command(location, password, "mariadb-dump", *DUMP_OPTIONS, location.database)
+        try:
+            session = _session(location, password, location.database)
+        except StatementFailed as error:
+            # The dump will most likely fail the same way, and say so when finished.
+            return DumpProcess(command, f"no connection for the fingerprint: {error.message}")
+        try:
+            return _synchronised_dump(session, command, location)
+        except BaseException:
+            session.close()
+            raise
 
     def inspect(self, url: str, password: str | None) -> DatabaseInfo:
         location = ServerLocation.parse(url)
-        version = _query(location, password, "SELECT VERSION()")[0][0]
-        names = [
-            row[0]
-            for row in _query(
-                location,
-                password,
-                "SELECT table_name FROM information_schema.tables"
-                " WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY table_name",
-            )
-        ]
-        tables: list[TableInfo] = []
-        if names:
-            counts = " UNION ALL ".join(f"SELECT {_string(name)}, COUNT(*) FROM {_identifier(name)}" for name in names)
-            checksums = "CHECKSUM TABLE " + ", ".join(_identifier(name) for name in names)
-            rows = {row[0]: int(row[1]) for row in _query(location, password, counts)}
-            # CHECKSUM TABLE names tables "database.table"; it computes the checksum live from
-            # the rows (the stored one of `CHECKSUM TABLE ... QUICK` is MyISAM only).
-            sums = {row[0].split(".", 1)[1]: row[1] for row in _query(location, password, checksums)}
-            tables = [TableInfo(name=name, rows=rows[name], checksum=sums[name]) for name in names]
-        migration_table, migration_version = _migration(location, password, set(names))
-        return DatabaseInfo(
-            engine=self.engine,
-            server_version=version,
-            tables=tables,
-            migration_version=migration_version,
-            migration_table=migration_table,
-        )
+        session = _session(location, password, location.database)
+        try:
+            # One transaction for all tables, so InnoDB counts and checksums describe one moment.
+            session.rows("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ", CONNECT_TIMEOUT_SECONDS)
+            session.rows("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY", CONNECT_TIMEOUT_SECONDS)
+            return _database_info(lambda statement: session.rows(statement, QUERY_TIMEOUT_SECONDS), self.engine)
+        finally:
+            session.close()
 
     def restore(self, url: str, password: str | None, source: IO[bytes] | Path, create: bool) -> None:
         location = ServerLocation.parse(url)
@@ -112,6 +146,254 @@ class MysqlAdapter:
         location = ServerLocation.parse(url)
         require_scratch(location.database, location.display())
         _administer(location, password, f"DROP DATABASE IF EXISTS {_identifier(location.database)}")
+
+
+class DumpProcess(StreamingProcess):
+    """mariadb-dump on its own: the fingerprint is taken after it (`inspected_note` says why)."""
+
+    inspected = "after-dump"
+
+    def __init__(self, command: Command, note: str | None = None) -> None:
+        super().__init__(command)
+        self.inspected_note = note
+
+    def exited(self) -> bool:
+        return self._process.poll() is not None
+
+
+class MysqlDump:
+    """A running mariadb-dump and our transaction that sees the same rows; both end with the dump.
+
+    The fingerprint is computed on a thread from the start, so a caller that streams the dump
+    first and asks `consistent_info()` afterwards waits only for the slower of the two. A caller
+    that asks first should not take long: the server drops a dump that it cannot send rows to
+    for net_write_timeout (60 s by default).
+    """
+
+    fingerprints_while_dumping = True
+
+    def __init__(self, process: DumpProcess, session: ClientSession, location: ServerLocation, lock_seconds: float):
+        self._process = process
+        self._session = session
+        self._location = location
+        self.command = process.command
+        self.stdout: IO[bytes] = process.stdout
+        self.lock_seconds = lock_seconds  # how long writers were held back
+        self._info: DatabaseInfo | None = None
+        self._error: BaseException | None = None
+        self._fingerprinting = threading.Thread(
+            target=self._compute_fingerprint, name="mariadb-fingerprint", daemon=True
+        )
+        self._fingerprinting.start()
+
+    @property
+    def inspected(self) -> str:
+        """`dump` when every table is in the dump's snapshot (known once the fingerprint is)."""
+        if self._info is not None and not all(table.consistent for table in self._info.tables):
+            return "dump-except-nontransactional"
+        return "dump"
+
+    @property
+    def inspected_note(self) -> str | None:
+        if self._info is None:
+            return None
+        outside = [table.name for table in self._info.tables if not table.consistent]
+        if not outside:
+            return None
+        return "not in the dump's snapshot (no transactional engine), read at another moment: " + ", ".join(outside)
+
+    def consistent_info(self) -> DatabaseInfo:
+        """Counts and checksums from the dump's own snapshot (waits for them if needed)."""
+        self._fingerprinting.join()
+        if self._error is not None:
+            raise self._error
+        assert self._info is not None
+        return self._info
+
+    def finish(self) -> None:
+        """Wait for mariadb-dump and the fingerprint; our transaction ends when both are done."""
+        try:
+            self._process.finish()
+        except BaseException:
+            self._session.close()
+            raise
+        finally:
+            self._fingerprinting.join()
+            self._session.close()
+
+    def kill(self) -> None:
+        try:
+            self._process.kill()
+        finally:
+            self._session.close()  # ends a running CHECKSUM TABLE's connection too
+            self._fingerprinting.join()
+
+    def _rows(self, statement: str) -> list[list[str]]:
+        return self._session.rows(statement, QUERY_TIMEOUT_SECONDS)
+
+    def _compute_fingerprint(self) -> None:
+        try:
+            self._info = _database_info(self._rows, "mysql")
+        except BaseException as error:  # handed to consistent_info(), in the caller's thread
+            self._error = error
+
+
+def _synchronised_dump(session: ClientSession, command: Command, location: ServerLocation) -> MysqlDump | DumpProcess:
+    """Start mariadb-dump so that its snapshot and our session's transaction see the same rows.
+
+    While FLUSH TABLES WITH READ LOCK is held nothing commits, so our transaction (started
+    under the lock) and the dump's (started before the lock ends) see the same committed rows.
+    """
+
+    def run(statement: str) -> list[list[str]]:
+        return session.rows(statement, CONNECT_TIMEOUT_SECONDS)
+
+    run(f"SET SESSION lock_wait_timeout = {LOCK_WAIT_SECONDS}")
+    run("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    try:
+        own, user = run("SELECT CONNECTION_ID(), SUBSTRING_INDEX(USER(), '@', 1)")[0]
+        # Without PROCESS this is refused, and the dump's transaction cannot be seen.
+        _read_views(session)
+    except StatementFailed as error:
+        return _unsynchronised(session, command, error, "the PROCESS privilege (to see the dump's transaction)")
+    locked = time.monotonic()
+    try:
+        run("FLUSH TABLES WITH READ LOCK")
+    except StatementFailed as error:
+        return _unsynchronised(session, command, error, "the RELOAD privilege (for FLUSH TABLES WITH READ LOCK)")
+    try:
+        run("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        # Connection ids only grow: the dump's will be above every id the server has now.
+        newest = int(run("SELECT COALESCE(MAX(ID), 0) FROM information_schema.PROCESSLIST")[0][0])
+        process = DumpProcess(command)
+    except BaseException:
+        session.close()  # the disconnect releases the lock
+        raise
+    try:
+        started = _wait_for_dump_transaction(session, process, int(own), newest, user)
+        run("UNLOCK TABLES")  # ends the lock, not the transaction
+    except BaseException:
+        session.close()
+        process.kill()
+        raise
+    lock_seconds = time.monotonic() - locked
+    if not started:
+        session.close()
+        process.inspected_note = (
+            f"mariadb-dump's transaction did not appear within {DUMP_START_SECONDS} s, "
+            "so the fingerprint was taken after the dump"
+        )
+        return process
+    return MysqlDump(process, session, location, lock_seconds)
+
+
+def _wait_for_dump_transaction(session: ClientSession, process: DumpProcess, own: int, newest: int, user: str) -> bool:
+    """Wait (under the lock) until a connection newer than `newest` reads from our snapshot.
+
+    That connection is mariadb-dump's: it starts its transaction right after connecting. Its
+    read view must be open and equal to ours (connection `own`): a transaction is listed a
+    moment before its read view exists. A dump that has already exited read everything under
+    the lock, which is as good. Another client connecting as the same user within these
+    milliseconds and reading could be taken for the dump; the restore check would then show a
+    difference, never hide one.
+
+    Transactions come from SHOW ENGINE INNODB STATUS, which is built when asked:
+    information_schema.INNODB_TRX is a cache that is refreshed only when nobody has read it for
+    0.1 s, so polling it never sees a new transaction.
+    """
+    newer = f"SELECT ID FROM information_schema.PROCESSLIST WHERE ID > {newest} AND USER = {_string(user)}"
+    deadline = time.monotonic() + DUMP_START_SECONDS
+    while time.monotonic() < deadline:
+        candidates = {int(row[0]) for row in session.rows(newer, CONNECT_TIMEOUT_SECONDS)}
+        if candidates:
+            views = _read_views(session)
+            if own in views and any(views.get(candidate) == views[own] for candidate in candidates):
+                return True
+        if process.exited():
+            return True
+        time.sleep(POLL_SECONDS)
+    return False
+
+
+def _read_views(session: ClientSession) -> dict[int, str]:
+    """Connection id → read view of each active InnoDB transaction that has one, right now."""
+    rows = session.rows("SHOW ENGINE INNODB STATUS", CONNECT_TIMEOUT_SECONDS)
+    # Batch mode writes the report's newlines as "\\n". Each transaction is a block
+    # "---TRANSACTION (0x7f…), ACTIVE 0 sec" naming "MariaDB thread id 142," and, once its
+    # snapshot exists, "Trx read view will not see trx with id >= 203, sees < 203".
+    status = "\n".join(field for row in rows for field in row).replace("\\n", "\n")
+    views: dict[int, str] = {}
+    for block in status.split("---TRANSACTION")[1:]:
+        header, _, rest = block.partition("\n")
+        thread, view = THREAD_ID.search(rest), READ_VIEW.search(rest)
+        if "ACTIVE" in header and thread and view:
+            views[int(thread.group(1))] = view.group(1)
+    return views
+
+
+def _unsynchronised(session: ClientSession, command: Command, error: StatementFailed, needed: str) -> DumpProcess:
+    """The dump alone, when our session may not lock or look: the manifest will say why."""
+    session.close()
+    if error.code in ACCESS_DENIED:
+        note = f"the fingerprint was taken after the dump: the database user lacks {needed}"
+    elif error.code == LOCK_WAIT_TIMEOUT:
+        note = (
+            f"the fingerprint was taken after the dump: FLUSH TABLES WITH READ LOCK waited more than "
+            f"{LOCK_WAIT_SECONDS} s for running writes"
+        )
+    else:
+        note = f"the fingerprint was taken after the dump: {error.message}"
+    return DumpProcess(command, note)
+
+
+def _session(location: ServerLocation, password: str | None, database: str) -> ClientSession:
+    command = _tool_command(location, password, "mariadb", *CLIENT_OPTIONS, *([database] if database else []))
+    session = ClientSession(command, location.display(), location.password(password))
+    try:
+        session.rows("SELECT 1", CONNECT_TIMEOUT_SECONDS * 2)  # connected, and the database exists
+    except BaseException:
+        session.close()
+        raise
+    return session
+
+
+def _database_info(rows: Rows, engine: str) -> DatabaseInfo:
+    """Server version, per-table counts and checksums, migration version, all on one connection."""
+    version = rows("SELECT VERSION()")[0][0]
+    engines = {
+        row[0]: row[1]
+        for row in rows(
+            "SELECT table_name, COALESCE(engine, '') FROM information_schema.tables"
+            " WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY table_name"
+        )
+    }
+    names = sorted(engines)
+    tables: list[TableInfo] = []
+    if names:
+        counts = " UNION ALL ".join(f"SELECT {_string(name)}, COUNT(*) FROM {_identifier(name)}" for name in names)
+        checksums = "CHECKSUM TABLE " + ", ".join(_identifier(name) for name in names)
+        counted = {row[0]: int(row[1]) for row in rows(counts)}
+        # CHECKSUM TABLE names tables "database.table"; it computes the checksum live from
+        # the rows (the stored one of `CHECKSUM TABLE ... QUICK` is MyISAM only), and inside a
+        # transaction from the transaction's snapshot.
+        sums = {row[0].split(".", 1)[1]: row[1] for row in rows(checksums)}
+        tables = [
+            TableInfo(
+                name=name,
+                rows=counted[name],
+                checksum=sums[name],
+                consistent=engines[name].lower() in SNAPSHOT_ENGINES,
+            )
+            for name in names
+        ]
+    migration_table, migration_version = _migration(rows, set(names))
+    return DatabaseInfo(
+        engine=engine,
+        server_version=version,
+        tables=tables,
+        migration_version=migration_version,
+        migration_table=migration_table,
+    )
 
 
 # Annotated so that mypy checks the class against the Protocol.
@@ -166,7 +448,7 @@ def _administer(location: ServerLocation, password: str | None, statement: str) 
     _query(location, password, statement, database="")
 
 
-def _migration(location: ServerLocation, password: str | None, tables: set[str]) -> tuple[str | None, str | None]:
+def _migration(rows: Rows, tables: set[str]) -> tuple[str | None, str | None]:
     """The first migration table found and its current version."""
     queries = {
         "alembic_version": "SELECT GROUP_CONCAT(version_num ORDER BY version_num SEPARATOR ',') FROM alembic_version",
@@ -175,8 +457,8 @@ def _migration(location: ServerLocation, password: str | None, tables: set[str])
     }
     for table in MIGRATION_TABLES:
         if table in tables:
-            rows = _query(location, password, queries[table])
-            value = rows[0][0] if rows and rows[0] else ""
+            found = rows(queries[table])
+            value = found[0][0] if found and found[0] else ""
             return table, None if value in ("", "NULL") else value
     return None, None
 
