@@ -169,6 +169,31 @@ def test_state_changing_requests_need_the_csrf_token(deployed: tuple[NotesProjec
     assert request(port, "GET", "/api/environment", headers={"Cookie": cookie}).status == 401
 
 
+def test_a_bad_rollback_target_is_refused_and_nothing_happens(deployed: tuple[NotesProject, int]) -> None:
+    """An unknown release, something shaped like an option, or a non-string: a 400 that says why."""
+    project, port = deployed
+    cookie = session_cookie(login(port))
+    csrf = str(request(port, "GET", "/api/session", headers={"Cookie": cookie}).json()["csrf"])
+    headers = {"Content-Type": "application/json", "Cookie": cookie, "X-CSRF-Token": csrf}
+    targets = request(port, "GET", "/api/rollback/targets", headers={"Cookie": cookie}).json()
+    assert targets["targets"] == [] and targets["current_release"] == project.status()["release"]
+    for to, message in (
+        ("no-such-release", "no successful release matches 'no-such-release'"),
+        ("--with-data", "not a release ID"),
+        ("a b;rm", "not a release ID"),
+        (project.status()["release"], "is already serving"),
+        (42, "must be a release ID"),
+    ):
+        body = json.dumps({"confirm": "test", "to": to}).encode()
+        reply = request(port, "POST", "/api/rollback", body, headers)
+        assert reply.status == 400, (to, reply.body)
+        assert message in str(reply.json()["error"]), reply.body
+    preview = request(port, "GET", "/api/rollback/preview?to=no-such-release", headers={"Cookie": cookie}).json()
+    assert preview["possible"] is False and "no successful release matches" in str(preview["reason"])
+    assert [record["operation"] for record in project.history()] == ["deploy"]
+    assert not list((project.directory / ".lockstep").rglob("dashboard-rollback-*.log"))
+
+
 def test_documents_show_the_environment_without_secrets(deployed: tuple[NotesProject, int]) -> None:
     """Status, timeline, snapshots and the rollback preview match `lockstep status`; no secret in any."""
     project, port = deployed

@@ -243,18 +243,37 @@ def test_login_shows_the_active_release_and_the_timeline_follows_a_deploy(
 
 @pytest.mark.slow
 def test_a_confirmed_rollback_through_the_page(browser: Chromium, dashboard_project: tuple[NotesProject, str]) -> None:
-    """The page shows what a data restore discards, needs the environment's name, then rolls back."""
+    """The page lets the user pick an earlier release than the previous one, shows what a data
+    restore to it discards, needs the environment's name, then rolls back to that release."""
     project, url = dashboard_project
     assert project.lockstep("deploy").returncode == 0
     first = project.status()["release"]
     project.add_note("from v1")
     project.apply("v2", "notes 2.0.0")
     assert project.lockstep("deploy").returncode == 0
+    second = project.status()["release"]
+    (project.directory / "CHANGES.txt").write_text("a release without a migration\n")
+    project.commit("notes 2.0.0, a second time")
+    assert project.lockstep("deploy").returncode == 0
+    third = project.status()["release"]
     project.add_note("from v2 #lost")
-    assert project.version() == "2.0.0"
+    assert project.version() == "2.0.0" and len({first, second, third}) == 3
 
     log_in(browser, url)
-    # Code only is refused up front: v1 on v2's schema would damage data.
+    # The list offers both earlier releases; without a choice the rollback goes to the previous one.
+    browser.wait_for("document.querySelectorAll('#rollback-to option').length === 3")
+    assert second in browser.text("rollback-to") and first in browser.text("rollback-to")
+    browser.click("rollback-preview-button")
+    browser.wait_for("!document.getElementById('rollback-preview').hidden")
+    assert second in browser.text("rollback-target")
+    assert browser.evaluate("document.getElementById('rollback-impossible').hidden") is True
+
+    # The first release, code only, is refused up front: v1 on v2's schema would damage data.
+    browser.evaluate(
+        f"(() => {{ const s = document.getElementById('rollback-to'); s.value = {json.dumps(first)}; "
+        "s.dispatchEvent(new Event('change')); return true; })()"
+    )
+    assert browser.evaluate("document.getElementById('rollback-preview').hidden") is True
     browser.click("rollback-preview-button")
     browser.wait_for("!document.getElementById('rollback-impossible').hidden")
     assert "migration version" in browser.text("rollback-impossible")

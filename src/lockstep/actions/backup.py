@@ -19,6 +19,15 @@ from lockstep.actions.repo.session import RepositoryAccess
 from lockstep.actions.snapshot_create import load_project
 from lockstep.actions.snapshot_forget import forget_snapshots
 from lockstep.actions.snapshot_verify import database_servers
+from lockstep.actions.step_reports import (
+    SilentReporter,
+    bind_operation,
+    report_detail,
+    report_manifest,
+    report_verification,
+    reported_step,
+    teach_secrets,
+)
 from lockstep.config.model import ProjectConfig, VerifyLevel
 from lockstep.errors import IntegrityError, LockstepError, RepositoryLocked
 from lockstep.pipeline.healthchecks_ping import HealthchecksPinger
@@ -32,6 +41,7 @@ from lockstep.pipeline.snapshot import (
     environment_name,
     prepare_code,
 )
+from lockstep.pipeline.steps import Reporter
 from lockstep.pipeline.verify import verify_snapshot
 from lockstep.repository.snapshot import Snapshot
 
@@ -73,31 +83,50 @@ def run_backup(
     config_path: Path | None = None,
     environment: str | None = None,
     message: str | None = None,
-    warn: Warn = lambda _: None,
+    warn: Warn | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    reporter: Reporter | None = None,
 ) -> BackupResult:
-    """Run the whole backup; raises the failing step's error after pinging /fail."""
+    """Run the whole backup; raises the failing step's error after pinging /fail.
+
+    Each step (preflight, snapshot, retention, verify) is reported to `reporter` with its
+    duration; warnings go to `warn`, or to the reporter when no `warn` is given."""
     started = time.monotonic()
+    reporter = reporter or SilentReporter()
+    warn = warn or reporter.warn
     project = load_project(start, config_path, environment)
     config = project.config
+    teach_secrets(reporter, project)
+    bind_operation(reporter, operation="backup", env=environment_name(environment))
     pinger = HealthchecksPinger(config.backup.healthchecks_url, warn, _secrets(config))
     try:
         level = config.backup.verify_level
-        checks = run_preflight(config)
-        raise_for_failures(checks)
+        with reported_step(reporter, "preflight", "tools, databases, disk space") as step:
+            checks = run_preflight(config)
+            raise_for_failures(checks)
+            step.detail = f"{len(checks)} checks passed"
+        for check in checks:
+            report_detail(reporter, f"{check.name}: {'ok' if check.ok else 'failed'}, {check.detail}")
         pinger.start()
         request = SnapshotRequest(
             project_directory=project.directory, environment=environment, message=message, kind=SCHEDULED_KIND
         )
-        code = prepare_code(config.code, request)
-        with project.access.session(exclusive=False) as repository:
-            created = create_snapshot(repository, config, request, code, now)
-            added = repository.bytes_added
+        with reported_step(reporter, "snapshot", ", ".join(config.databases) or "no databases") as step:
+            code = prepare_code(config.code, request)
+            with project.access.session(exclusive=False) as repository:
+                created = create_snapshot(repository, config, request, code, now)
+                added = repository.bytes_added
+            bind_operation(reporter, snapshot_id=created.snapshot.id)  # the step-finished event carries it
+            step.detail = f"snapshot {created.snapshot.short_id}, {human_size(added)} added"
+        report_manifest(reporter, created.manifest)
         forgotten: list[Snapshot] = []
         if config.backup.forget and not is_empty(config.retention):
-            forgotten = _forget(project.access, config, environment, now(), warn)
+            with reported_step(reporter, "retention", "forget by [retention]") as step:
+                forgotten = _forget(project.access, config, environment, now(), warn)
+                step.detail = f"{len(forgotten)} snapshots removed"
         if level != "none":
-            _verify(project.access, config, created.snapshot, level)
+            with reported_step(reporter, "verify", f"level {level}"):
+                _verify(project.access, config, created.snapshot, level, reporter)
     except LockstepError as error:
         pinger.fail(f"lockstep backup failed: {error.message}")
         raise
@@ -150,13 +179,16 @@ def summary_line(result: BackupResult) -> str:
     )
 
 
-def _verify(access: RepositoryAccess, config: ProjectConfig, snapshot: Snapshot, level: VerifyLevel) -> None:
+def _verify(
+    access: RepositoryAccess, config: ProjectConfig, snapshot: Snapshot, level: VerifyLevel, reporter: Reporter
+) -> None:
     """`snapshot verify` at `level` (recorded in the repository, so `snapshot list` shows it);
     a snapshot that fails it fails the backup with the first findings."""
     if level == "none":
         return
     with access.session(exclusive=False) as repository:
         result = verify_snapshot(repository, snapshot, level, database_servers(config))
+    report_verification(reporter, result)
     if not result.ok:
         shown = "; ".join(finding.message for finding in result.findings[:MAX_FINDINGS_SHOWN])
         more = len(result.findings) - MAX_FINDINGS_SHOWN

@@ -7,8 +7,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lockstep.actions.repo.session import RepositoryAccess
+from lockstep.actions.step_reports import (
+    SilentReporter,
+    bind_operation,
+    report_manifest,
+    reported_step,
+    teach_secrets,
+)
 from lockstep.config import ProjectConfig, find_config, load_config
-from lockstep.pipeline.snapshot import CreatedSnapshot, SnapshotRequest, create_snapshot, prepare_code
+from lockstep.pipeline.snapshot import (
+    CreatedSnapshot,
+    PreparedCode,
+    SnapshotRequest,
+    create_snapshot,
+    environment_name,
+    prepare_code,
+)
+from lockstep.pipeline.steps import Reporter
 
 
 @dataclass(frozen=True)
@@ -46,9 +61,16 @@ def create(
     tags: tuple[str, ...] = (),
     commit: bool = False,
     allow_dirty: bool = False,
+    reporter: Reporter | None = None,
 ) -> CreatedSnapshot:
-    """Check the code, then write the snapshot under a shared lock; raises on any failed source."""
+    """Check the code, then write the snapshot under a shared lock; raises on any failed source.
+
+    The steps (code, snapshot) go to `reporter` with their durations."""
+
+    reporter = reporter or SilentReporter()
     project = load_project(start, config_path, environment)
+    teach_secrets(reporter, project)
+    bind_operation(reporter, operation="snapshot-create", env=environment_name(environment))
     request = SnapshotRequest(
         project_directory=project.directory,
         environment=environment,
@@ -57,6 +79,22 @@ def create(
         commit=commit,
         allow_dirty=allow_dirty,
     )
-    code = prepare_code(project.config.code, request)
-    with project.access.session(exclusive=False) as repository:
-        return create_snapshot(repository, project.config, request, code)
+    with reported_step(reporter, "code", project.config.code.kind or "") as step:
+        code = prepare_code(project.config.code, request)
+        step.detail = _describe_code(code)
+    with reported_step(reporter, "snapshot", ", ".join(project.config.databases) or "no databases") as step:
+        with project.access.session(exclusive=False) as repository:
+            created = create_snapshot(repository, project.config, request, code)
+            added = repository.bytes_added
+        bind_operation(reporter, snapshot_id=created.snapshot.id)  # the step-finished event carries it
+        step.detail = f"snapshot {created.snapshot.short_id}, {added} bytes added"
+    report_manifest(reporter, created.manifest)
+    return created
+
+
+def _describe_code(code: PreparedCode | None) -> str:
+    if code is None:
+        return "not recorded"
+    if code.git is not None:
+        return f"commit {code.git.short_commit}" + (" with uncommitted changes" if code.git.dirty else "")
+    return code.kind

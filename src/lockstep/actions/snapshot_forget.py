@@ -8,10 +8,12 @@ from pathlib import Path
 
 from lockstep.actions.repo.session import RepositoryAccess
 from lockstep.actions.snapshot_create import load_project
+from lockstep.actions.step_reports import SilentReporter, report_detail, reported_step, teach_secrets
 from lockstep.config.model import ProjectConfig, RetentionConfig
 from lockstep.errors import UsageError
 from lockstep.pipeline.retention_policy import ForgetPlan, is_empty, plan_forget
 from lockstep.pipeline.snapshot import environment_name
+from lockstep.pipeline.steps import Reporter, bind_context
 from lockstep.repository.pruner import ProgressCallback, PruneOptions, PruneReport, prune
 from lockstep.repository.snapshot import Snapshot
 from lockstep.storage.base import FileType
@@ -41,10 +43,13 @@ def forget_snapshots(
     by_environment: dict[str, RetentionConfig] | None = None,
     now: datetime | None = None,
     progress: ProgressCallback | None = None,
+    reporter: Reporter | None = None,
 ) -> SnapshotForgetResult:
     """Plan first, then delete, under one exclusive lock; with `run_prune`, prune under it too.
 
-    `environment` None plans every environment's snapshots; otherwise only that one's."""
+    `environment` None plans every environment's snapshots; otherwise only that one's. The steps
+    (plan, forget, prune) go to `reporter` with their durations."""
+    reporter = reporter or SilentReporter()
     if is_empty(retention) and not any(not is_empty(chosen) for chosen in (by_environment or {}).values()):
         raise UsageError(
             "the retention keeps no snapshot: every keep_* in [retention] is 0",
@@ -52,14 +57,29 @@ def forget_snapshots(
         )
     moment = now or datetime.now(UTC)
     with access.session(exclusive=True, load_index=False) as repository:
-        plan = plan_forget(repository.list_snapshots(), retention, moment, environment, by_environment)
-        removed = plan.remove
+        with reported_step(reporter, "plan", "retention per environment") as step:
+            plan = plan_forget(repository.list_snapshots(), retention, moment, environment, by_environment)
+            removed = plan.remove
+            step.detail = f"keep {sum(len(group.keep) for group in plan.groups)}, remove {len(removed)}"
+        for group in plan.groups:
+            for verdict in group.verdicts:
+                action = "keep" if verdict.keep else "remove"
+                reasons = f" ({', '.join(verdict.reasons)})" if verdict.reasons else ""
+                report_detail(reporter, f"{group.environment}: {action} {verdict.snapshot.short_id}{reasons}")
         if not dry_run:
-            for snapshot in removed:
-                repository.backend.remove(FileType.SNAPSHOT, snapshot.id)
+            with reported_step(reporter, "forget", f"{len(removed)} snapshots") as step:
+                for snapshot in removed:
+                    repository.backend.remove(FileType.SNAPSHOT, snapshot.id)
+                step.detail = f"{len(removed)} snapshots removed"
         report = None
         if run_prune and removed:
-            report = prune(repository, PruneOptions(dry_run=dry_run), [snapshot.id for snapshot in removed], progress)
+            with reported_step(reporter, "prune", "dry run" if dry_run else "free the space"):
+                report = prune(
+                    repository,
+                    PruneOptions(dry_run=dry_run),
+                    [snapshot.id for snapshot in removed],
+                    progress or reporter.info,
+                )
     return SnapshotForgetResult(plan, removed, dry_run, report)
 
 
@@ -70,10 +90,17 @@ def forget(
     dry_run: bool = False,
     run_prune: bool = False,
     progress: ProgressCallback | None = None,
+    reporter: Reporter | None = None,
 ) -> SnapshotForgetResult:
     """Load the project and forget by its retention: one environment with `environment`, else all
     (each configured environment by its own retention, the rest by the top-level one)."""
+    reporter = reporter or SilentReporter()
     project = load_project(start, config_path, environment)
+    teach_secrets(reporter, project)
+    # env is null in the events when every environment's snapshots are considered.
+    bind_context(
+        reporter, operation="snapshot-forget", env=None if environment is None else environment_name(environment)
+    )
     config = project.config
     by_environment = None if environment is not None else retention_by_environment(config)
     return forget_snapshots(
@@ -84,4 +111,5 @@ def forget(
         run_prune=run_prune,
         by_environment=by_environment,
         progress=progress,
+        reporter=reporter,
     )

@@ -16,6 +16,7 @@ from pathlib import Path
 from lockstep.actions.snapshot_create import ProjectContext, load_project
 from lockstep.actions.snapshot_list import lockstep_snapshots
 from lockstep.actions.snapshot_show import resolve_reference
+from lockstep.actions.step_reports import SilentReporter, bind_operation, reported_step, teach_secrets
 from lockstep.config.model import FilesConfig
 from lockstep.databases import adapter_for
 from lockstep.errors import LockstepError, UsageError
@@ -30,7 +31,14 @@ from lockstep.pipeline.restore import (
     restore_files,
     target_state,
 )
-from lockstep.pipeline.snapshot import SnapshotRequest, create_snapshot, database_password, load_manifest
+from lockstep.pipeline.snapshot import (
+    SnapshotRequest,
+    create_snapshot,
+    database_password,
+    environment_name,
+    load_manifest,
+)
+from lockstep.pipeline.steps import Reporter
 from lockstep.repository.repository import Repository
 from lockstep.repository.snapshot import Snapshot
 
@@ -87,33 +95,46 @@ def restore(
     confirm: Confirm,
     config_path: Path | None = None,
     environment: str | None = None,
+    reporter: Reporter | None = None,
 ) -> RestoreOutcome:
     """Restore what `request` names; `confirm` is asked before live databases are replaced
-    (unless request.yes). Raises RestoreCancelled when it says no."""
+    (unless request.yes). Raises RestoreCancelled when it says no.
+
+    Each step (compare, pre-restore snapshot, each database, code, files) goes to `reporter`."""
     if request.to_url is not None and request.database is None:
         raise UsageError("--to needs --database NAME", "name the database of the snapshot to restore there")
+    reporter = reporter or SilentReporter()
     project = load_project(start, config_path, environment)
+    teach_secrets(reporter, project)
+    bind_operation(reporter, operation="snapshot-restore", env=environment_name(environment))
     with project.access.session(exclusive=False) as repository:
         snapshot = resolve_reference(lockstep_snapshots(repository), request.reference)
+        bind_operation(reporter, snapshot_id=snapshot.id)
         manifest = load_manifest(repository, snapshot)
         outcome = RestoreOutcome(snapshot=snapshot, manifest=manifest)
         if request.database is not None and request.to_url is not None:
             database_record(manifest, snapshot, request.database)
             target = ServerAccess(request.to_url, _password_for(project, request.database))
-            outcome.databases.append(
-                restore_database(repository, snapshot, manifest, request.database, target, replace=request.yes)
-            )
+            with reported_step(reporter, f"restore {request.database}", "into the --to database") as step:
+                restored = restore_database(
+                    repository, snapshot, manifest, request.database, target, replace=request.yes
+                )
+                step.detail = _describe_restored(restored)
+            outcome.databases.append(restored)
         else:
             names = _in_place_names(project, manifest, snapshot, request, outcome)
             if names:
                 _restore_in_place(
-                    repository, project, snapshot, manifest, names, request, confirm, outcome, environment
+                    repository, project, snapshot, manifest, names, request, confirm, outcome, environment, reporter
                 )
         if request.code_directory is not None:
             work_tree = project.config.code.path if project.config.code.kind == "git" else None
-            outcome.code = restore_code(repository, snapshot, manifest, work_tree, request.code_directory)
+            with reported_step(reporter, "code", f"into {request.code_directory}"):
+                outcome.code = restore_code(repository, snapshot, manifest, work_tree, request.code_directory)
         if request.files_directory is not None:
-            outcome.files = restore_files(repository, snapshot, manifest, request.files_directory)
+            with reported_step(reporter, "files", f"into {request.files_directory}") as step:
+                outcome.files = restore_files(repository, snapshot, manifest, request.files_directory)
+                step.detail = f"{len(outcome.files)} files"
         if request.everything:
             if manifest.code is not None:
                 outcome.hints.append(f"the code can be restored with --code DIR ({_describe_code(manifest)})")
@@ -166,12 +187,16 @@ def _restore_in_place(
     confirm: Confirm,
     outcome: RestoreOutcome,
     environment: str | None,
+    reporter: Reporter,
 ) -> None:
     configured = project.config.databases
     targets = {name: ServerAccess(configured[name].url, _password_for(project, name)) for name in names}
-    existing = [name for name in names if target_state(adapter_for(targets[name].url), targets[name]) != "missing"]
-    for name in existing:
-        outcome.diffs.append(diff_database(repository, snapshot, manifest, name, targets[name]))
+    with reported_step(reporter, "compare", "live databases against the snapshot") as step:
+        existing = [name for name in names if target_state(adapter_for(targets[name].url), targets[name]) != "missing"]
+        for name in existing:
+            outcome.diffs.append(diff_database(repository, snapshot, manifest, name, targets[name]))
+        changed = [diff.name for diff in outcome.diffs if diff.changed]
+        step.detail = f"changed since the snapshot: {', '.join(changed)}" if changed else "nothing changed"
     if existing and not request.yes and not confirm(RestorePlan(snapshot, names, outcome.diffs)):
         raise RestoreCancelled("the restore was cancelled; nothing was changed")
     if existing:
@@ -185,14 +210,21 @@ def _restore_in_place(
             tags=(f"restore-of:{snapshot.short_id}",),
             kind=PRE_RESTORE_KIND,
         )
-        outcome.pre_restore = create_snapshot(repository, subset, pre_request, code=None).snapshot
+        with reported_step(reporter, "pre-restore snapshot", ", ".join(existing)) as step:
+            outcome.pre_restore = create_snapshot(repository, subset, pre_request, code=None).snapshot
+            step.detail = f"snapshot {outcome.pre_restore.short_id}"
     for name in names:
         try:
-            outcome.databases.append(
-                restore_database(repository, snapshot, manifest, name, targets[name], replace=True)
-            )
+            with reported_step(reporter, f"restore {name}", "in place") as step:
+                restored = restore_database(repository, snapshot, manifest, name, targets[name], replace=True)
+                step.detail = _describe_restored(restored)
+            outcome.databases.append(restored)
         except LockstepError as error:
             raise _with_way_back(error, name, outcome.pre_restore) from error
+
+
+def _describe_restored(restored: RestoredDatabase) -> str:
+    return f"{restored.tables} tables, {restored.rows} rows, checked against the manifest"
 
 
 def _with_way_back(error: LockstepError, name: str, pre_restore: Snapshot | None) -> LockstepError:

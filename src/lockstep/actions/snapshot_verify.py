@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from lockstep.actions.snapshot_create import load_project
 from lockstep.actions.snapshot_list import lockstep_snapshots
 from lockstep.actions.snapshot_show import resolve_reference
+from lockstep.actions.step_reports import (
+    SilentReporter,
+    bind_operation,
+    failure_reason,
+    report_verification,
+    teach_secrets,
+)
 from lockstep.config import ProjectConfig
 from lockstep.pipeline.restore import ServerAccess
-from lockstep.pipeline.snapshot import database_password
+from lockstep.pipeline.snapshot import database_password, environment_name
+from lockstep.pipeline.steps import Reporter
 from lockstep.pipeline.verification_records import VerificationResult
 from lockstep.pipeline.verify import ProgressCallback, VerifyLevel, verify_snapshot
+
+FINDINGS_IN_REASON = 3
 
 
 def database_servers(config: ProjectConfig) -> dict[str, ServerAccess]:
@@ -29,11 +40,33 @@ def verify(
     config_path: Path | None = None,
     environment: str | None = None,
     progress: ProgressCallback | None = None,
+    reporter: Reporter | None = None,
 ) -> VerificationResult:
     """Verify the snapshot `reference` names (under a shared lock, so prune cannot remove its
-    packs meanwhile); the result is recorded in the repository and returned, ok or not."""
+    packs meanwhile); the result is recorded in the repository and returned, ok or not.
+
+    The verification and each database's test-restore go to `reporter` as step outcomes; a
+    verification that finds problems is a failed step (the result is still returned)."""
+
+    reporter = reporter or SilentReporter()
     project = load_project(start, config_path, environment)
+    teach_secrets(reporter, project)
+    bind_operation(reporter, operation="snapshot-verify", env=environment_name(environment))
     servers = database_servers(project.config)
     with project.access.session(exclusive=False) as repository:
         snapshot = resolve_reference(lockstep_snapshots(repository), reference)
-        return verify_snapshot(repository, snapshot, level, servers, progress=progress)
+        bind_operation(reporter, snapshot_id=snapshot.id)
+        reporter.step_started("verify", f"snapshot {snapshot.short_id}, level {level}")
+        started = time.monotonic()
+        try:
+            result = verify_snapshot(repository, snapshot, level, servers, progress=progress)
+        except BaseException as error:
+            reporter.step_failed("verify", time.monotonic() - started, failure_reason(error))
+            raise
+    report_verification(reporter, result)
+    if result.ok:
+        reporter.step_finished("verify", result.seconds, f"{result.bytes_read} bytes read")
+    else:
+        shown = "; ".join(f"{finding.subject}: {finding.message}" for finding in result.findings[:FINDINGS_IN_REASON])
+        reporter.step_failed("verify", result.seconds, f"{len(result.findings)} problems: {shown}")
+    return result

@@ -44,6 +44,10 @@ CREATE TABLE IF NOT EXISTS events (
     name TEXT NOT NULL,
     detail TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dashboard_sessions (
+    digest TEXT PRIMARY KEY,           -- HMAC of the cookie value under the dashboard token, never the value
+    expires REAL NOT NULL              -- seconds since the epoch
+);
 """
 
 
@@ -187,6 +191,24 @@ class AgentState:
                 "SELECT id, at, kind, name, detail FROM events WHERE id > ? ORDER BY id LIMIT ?", (since_id, limit)
             ).fetchall()
         return [AgentEvent(*row) for row in rows]
+
+    def save_dashboard_session(self, digest: str, expires: float) -> None:
+        """Remember a dashboard session (by its digest) and forget the expired ones."""
+        with self._transaction() as connection:
+            connection.execute("DELETE FROM dashboard_sessions WHERE expires <= ?", (time.time(),))
+            connection.execute("INSERT OR REPLACE INTO dashboard_sessions VALUES (?, ?)", (digest, expires))
+
+    def dashboard_session_expiry(self, digest: str) -> float | None:
+        """When the session with this digest expires; None when there is no such session."""
+        with self._lock:
+            row = self._connection.execute(
+                "SELECT expires FROM dashboard_sessions WHERE digest = ?", (digest,)
+            ).fetchone()
+        return None if row is None else float(row[0])
+
+    def delete_dashboard_session(self, digest: str) -> None:
+        with self._transaction() as connection:
+            connection.execute("DELETE FROM dashboard_sessions WHERE digest = ?", (digest,))
 
     def last_event_id(self) -> int:
         with self._lock:

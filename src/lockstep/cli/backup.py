@@ -1,7 +1,8 @@
 """`lockstep backup`: one scheduled snapshot with preflight, retention, verification and pings.
 
 Made for cron: silent except for ONE line on success (or one JSON document), warnings and
-errors on stderr, and the documented exit code.
+errors on stderr, and the documented exit code. On a terminal, or with --log-format json or
+--verbose, it reports each step (preflight, snapshot, retention, verify) like a deploy does.
 """
 
 from __future__ import annotations
@@ -12,12 +13,9 @@ from typing import Any
 import click
 
 from lockstep.actions.backup import BackupResult, run_backup, summary_line
-from lockstep.cli.output import console, error_console, print_json
+from lockstep.cli.output import console, print_json
 from lockstep.cli.project_options import wants_json
-
-
-def _warn(message: str) -> None:
-    error_console.print(f"lockstep: warning: {message}", markup=False, soft_wrap=True)
+from lockstep.cli.reporting import progress_options, progress_reporter
 
 
 def backup_document(result: BackupResult) -> dict[str, Any]:
@@ -48,13 +46,26 @@ def backup_document(result: BackupResult) -> dict[str, Any]:
     help="The config file. Default: lockstep.toml in the current directory.",
 )
 @click.option("-m", "--message", help="Describe the snapshot.")
+@progress_options
 @click.option("--json", "json_output", is_flag=True, help="Print the result as one JSON document.")
-def backup_command(environment: str | None, config_path: Path | None, message: str | None, json_output: bool) -> None:
+def backup_command(
+    environment: str | None,
+    config_path: Path | None,
+    message: str | None,
+    log_format: str,
+    quiet: bool,
+    verbose: bool,
+    json_output: bool,
+) -> None:
     """Take a scheduled snapshot for cron: preflight checks, snapshot, retention, verification.
 
     Pings [backup] healthchecks_url (/start, then success or /fail) when it is set; a ping that
-    fails only warns. Prints one line: the snapshot, its size, what it added, and the time."""
-    result = run_backup(Path.cwd(), config_path=config_path, environment=environment, message=message, warn=_warn)
+    fails only warns. Prints one line: the snapshot, its size, what it added, and the time.
+    Without a terminal (cron) the steps are not shown unless --verbose or --log-format json."""
+    reporter = progress_reporter(log_format, quiet, verbose, quiet_unless_terminal=True)
+    result = run_backup(
+        Path.cwd(), config_path=config_path, environment=environment, message=message, reporter=reporter
+    )
     if wants_json(json_output):
         print_json(backup_document(result))
         return

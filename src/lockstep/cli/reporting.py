@@ -1,8 +1,10 @@
-"""How deploys and rollbacks talk to the person (or the CI log) running them.
+"""How long-running commands (deploy, rollback, backup, snapshot create/verify/restore/forget)
+talk to the person, the CI log or cron running them.
 
 On a terminal: one line per step with its duration. Otherwise, or with --log-format json: one
 JSON object per event on stderr, so a CI system can parse the progress; stdout stays for the
-result (`--json`).
+result (`--json`). --quiet keeps only warnings and failures (in either format), --verbose adds
+details.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ class ConsoleReporter:
     """Steps and warnings to stderr; questions on the terminal only.
 
     Everything written passes through a redactor that knows the secrets in lockstep's
-    environment (LOCKSTEP_PASSWORD, *_PASSWORD, *_TOKEN, *_SECRET, *_KEY, URL passwords).
+    environment (LOCKSTEP_PASSWORD, *_PASSWORD, *_TOKEN, *_SECRET, *_KEY, URL passwords), and
+    those a command adds (`add_secret`: database password files, the repository's password file).
     `verbosity` -1 (--quiet) shows only warnings and failures; 1 (--verbose) adds details.
     """
 
@@ -36,6 +39,10 @@ class ConsoleReporter:
         self.verbosity = verbosity
         self.redactor = Redactor.from_environment(os.environ)
         self.redactor.add(os.environ.get("LOCKSTEP_PASSWORD"))
+
+    def add_secret(self, value: str | None) -> None:
+        """A secret read from somewhere the environment does not show (a password file)."""
+        self.redactor.add(value)
 
     def bind(self, **fields: Any) -> None:
         """Fields every later event carries (deploy_id, env)."""
@@ -52,15 +59,19 @@ class ConsoleReporter:
         error_console.print(self.redactor.redact(text), markup=markup, highlight=False)
 
     def step_started(self, step: str, detail: str) -> None:
+        if self.verbosity < 0:
+            return
         if self.json_lines:
             self._event("step-started", step=step, detail=detail)
-        elif self.verbosity >= 0:
+        else:
             self._print(f"[bold]→ {escape(step)}[/bold] {escape(detail)}".rstrip())
 
     def step_finished(self, step: str, seconds: float, detail: str) -> None:
+        if self.verbosity < 0:
+            return
         if self.json_lines:
             self._event("step-finished", step=step, duration=round(seconds, 3), detail=detail)
-        elif self.verbosity >= 0:
+        else:
             self._print(f"  [green]✓[/green] {escape(step)} ({seconds:.1f} s) {escape(detail)}".rstrip())
 
     def step_failed(self, step: str, seconds: float, reason: str) -> None:
@@ -70,14 +81,27 @@ class ConsoleReporter:
             self._print(f"  [red]✗[/red] {escape(step)} ({seconds:.1f} s) {escape(reason)}")
 
     def info(self, message: str) -> None:
+        if self.verbosity < 0:
+            return
         if self.json_lines:
             self._event("info", message=message)
-        elif self.verbosity >= 0:
+        else:
             self._print(f"  {message}", markup=False)
+
+    def detail(self, message: str) -> None:
+        """What only --verbose shows: per-database sizes, row counts, what retention kept."""
+        if self.verbosity < 1:
+            return
+        if self.json_lines:
+            self._event("detail", message=message)
+        else:
+            self._print(f"    [dim]{escape(message)}[/dim]")
 
     def warn(self, message: str) -> None:
         if self.json_lines:
             self._event("warning", message=message)
+        elif self.verbosity < 0:  # no step lines around it: a line that stands alone (cron mails it)
+            self._print(f"lockstep: warning: {message}", markup=False)
         else:
             self._print(f"  [yellow]![/yellow] {escape(message)}")
 
@@ -102,7 +126,18 @@ def progress_options(function: Any) -> Any:
     )(function)
 
 
-def progress_reporter(log_format: str, quiet: bool, verbose: bool) -> ConsoleReporter:
-    """The reporter those three options ask for."""
+def progress_reporter(
+    log_format: str, quiet: bool, verbose: bool, quiet_unless_terminal: bool = False
+) -> ConsoleReporter:
+    """The reporter those three options ask for.
+
+    `quiet_unless_terminal` is for `lockstep backup`, made for cron: with the automatic format
+    and no terminal it stays quiet (cron mails whatever is printed) unless --verbose asks; then
+    its warnings are plain `lockstep: warning:` lines rather than JSON."""
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose exclude each other")
     json_lines = None if log_format == "auto" else log_format == "json"
-    return ConsoleReporter(json_lines=json_lines, verbosity=-1 if quiet else 1 if verbose else 0)
+    verbosity = -1 if quiet else 1 if verbose else 0
+    if quiet_unless_terminal and log_format == "auto" and not sys.stderr.isatty() and not verbose:
+        return ConsoleReporter(json_lines=False, verbosity=-1)
+    return ConsoleReporter(json_lines=json_lines, verbosity=verbosity)

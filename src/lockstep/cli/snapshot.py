@@ -14,6 +14,7 @@ from lockstep.actions.snapshot_list import ListedSnapshot, list_snapshots
 from lockstep.actions.snapshot_show import show_snapshot
 from lockstep.cli.output import console, human_bytes, print_json
 from lockstep.cli.project_options import wants_json
+from lockstep.cli.reporting import progress_options, progress_reporter
 from lockstep.pipeline.code import SHORT_COMMIT_LENGTH
 from lockstep.pipeline.manifest import Manifest
 from lockstep.pipeline.verification_records import describe_state
@@ -49,6 +50,7 @@ def snapshot_group() -> None:
 @click.option("--tag", "tags", multiple=True, metavar="TAG", help="Add a tag to the snapshot (repeatable).")
 @click.option("--commit", is_flag=True, help="First commit every change in the git work tree (needs -m).")
 @click.option("--allow-dirty", is_flag=True, help="Allow uncommitted changes; their diff is stored too.")
+@progress_options
 @click.option("--json", "json_output", is_flag=True, help="Print the manifest and the snapshot ID as JSON.")
 def create_command(
     config_path: Path | None,
@@ -57,6 +59,9 @@ def create_command(
     tags: tuple[str, ...],
     commit: bool,
     allow_dirty: bool,
+    log_format: str,
+    quiet: bool,
+    verbose: bool,
     json_output: bool,
 ) -> None:
     """Snapshot the code version, every database and the config and secret files."""
@@ -70,6 +75,7 @@ def create_command(
         tags=tags,
         commit=commit,
         allow_dirty=allow_dirty,
+        reporter=progress_reporter(log_format, quiet, verbose),
     )
     if wants_json(json_output):
         print_json(manifest_document(result.snapshot, result.manifest))

@@ -13,9 +13,10 @@ import click
 from rich.table import Table
 
 from lockstep.actions.snapshot_forget import SnapshotForgetResult, forget
-from lockstep.cli.output import console, error_console, print_json
+from lockstep.cli.output import console, print_json
 from lockstep.cli.project_options import wants_json
 from lockstep.cli.repo.forget import print_prune_report, prune_document
+from lockstep.cli.reporting import progress_options, progress_reporter
 from lockstep.cli.snapshot import snapshot_group
 from lockstep.pipeline.retention_policy import GroupPlan, SnapshotVerdict, snapshot_kind
 from lockstep.pipeline.snapshot import COMMIT_TAG_PREFIX, tag_value
@@ -93,10 +94,6 @@ def _print_result(result: SnapshotForgetResult) -> None:
         print_prune_report(result.prune)
 
 
-def _say(message: str) -> None:
-    error_console.print(f"[dim]{message}[/dim]")
-
-
 @snapshot_group.command("forget")
 @click.option("--env", "environment", metavar="NAME", help="Only this environment's snapshots (default: all).")
 @click.option(
@@ -108,9 +105,17 @@ def _say(message: str) -> None:
 )
 @click.option("--dry-run", "-n", is_flag=True, help="Show what would be removed; change nothing.")
 @click.option("--prune", "run_prune", is_flag=True, help="Then free the space the removed snapshots used.")
+@progress_options
 @click.option("--json", "json_output", is_flag=True, help="Print the plan and result as JSON.")
 def forget_command(
-    environment: str | None, config_path: Path | None, dry_run: bool, run_prune: bool, json_output: bool
+    environment: str | None,
+    config_path: Path | None,
+    dry_run: bool,
+    run_prune: bool,
+    log_format: str,
+    quiet: bool,
+    verbose: bool,
+    json_output: bool,
 ) -> None:
     """Apply [retention] to the coordinated snapshots, per environment, with restic's rules.
 
@@ -124,7 +129,7 @@ def forget_command(
         environment=environment,
         dry_run=dry_run,
         run_prune=run_prune,
-        progress=None if as_json else _say,
+        reporter=progress_reporter(log_format, quiet, verbose),
     )
     if as_json:
         print_json(forget_document(result))

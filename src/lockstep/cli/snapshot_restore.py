@@ -11,6 +11,7 @@ import click
 from lockstep.actions.snapshot_restore import RestoreOutcome, RestorePlan, RestoreRequest, restore
 from lockstep.cli.output import console, error_console, print_json
 from lockstep.cli.project_options import wants_json as _wants_json
+from lockstep.cli.reporting import progress_options, progress_reporter
 from lockstep.cli.snapshot import _config_option, snapshot_group
 from lockstep.cli.snapshot_diff import print_database_diff
 from lockstep.errors import UsageError
@@ -67,6 +68,7 @@ def outcome_document(outcome: RestoreOutcome) -> dict[str, Any]:
 )
 @click.option("-y", "--yes", is_flag=True, help="Do not ask; replace live or non-empty target databases.")
 @_config_option
+@progress_options
 @click.option("--json", "json_output", is_flag=True, help="Print what was restored as JSON.")
 def restore_command(
     reference: str,
@@ -77,6 +79,9 @@ def restore_command(
     yes: bool,
     config_path: Path | None,
     environment: str | None,
+    log_format: str,
+    quiet: bool,
+    verbose: bool,
     json_output: bool,
 ) -> None:
     """Restore databases (in place, after a pre-restore snapshot), code or files from a snapshot.
@@ -93,7 +98,12 @@ def restore_command(
         yes=yes,
     )
     outcome = restore(
-        Path.cwd(), request, _confirm_on_terminal(wants_json), config_path=config_path, environment=environment
+        Path.cwd(),
+        request,
+        _confirm_on_terminal(wants_json),
+        config_path=config_path,
+        environment=environment,
+        reporter=progress_reporter(log_format, quiet, verbose),
     )
     if wants_json:
         print_json(outcome_document(outcome))

@@ -9,6 +9,7 @@ import click
 from lockstep.actions.snapshot_verify import verify
 from lockstep.cli.output import byte_progress, console, human_bytes, print_json
 from lockstep.cli.project_options import wants_json as _wants_json
+from lockstep.cli.reporting import progress_options, progress_reporter
 from lockstep.cli.snapshot import _config_option, snapshot_group
 from lockstep.exit_codes import ExitCode
 from lockstep.pipeline.verification_records import VerificationResult
@@ -43,15 +44,31 @@ def _print_result(result: VerificationResult) -> None:
     "restore: also test-restore every database into a scratch database.",
 )
 @_config_option
+@progress_options
 @click.option("--json", "json_output", is_flag=True, help="Print the result as JSON.")
 def verify_command(
-    reference: str, level: VerifyLevel, config_path: Path | None, environment: str | None, json_output: bool
+    reference: str,
+    level: VerifyLevel,
+    config_path: Path | None,
+    environment: str | None,
+    log_format: str,
+    quiet: bool,
+    verbose: bool,
+    json_output: bool,
 ) -> None:
     """Verify a snapshot and record the result; exit 12 when it finds a problem."""
     wants_json = _wants_json(json_output)
-    with byte_progress("verifying", None, enabled=not wants_json and level != "structure") as progress:
+    reporter = progress_reporter(log_format, quiet, verbose)
+    bar = not wants_json and not reporter.json_lines and reporter.verbosity >= 0 and level != "structure"
+    with byte_progress("verifying", None, enabled=bar) as progress:
         result = verify(
-            Path.cwd(), reference, level, config_path=config_path, environment=environment, progress=progress
+            Path.cwd(),
+            reference,
+            level,
+            config_path=config_path,
+            environment=environment,
+            progress=progress,
+            reporter=reporter,
         )
     if wants_json:
         print_json(result.to_document())

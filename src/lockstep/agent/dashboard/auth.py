@@ -4,16 +4,23 @@ The token is compared in constant time. A session is a random cookie value (Http
 SameSite=Strict) with its own CSRF token, which every state-changing request must echo in a
 header: a page on another origin can make the browser send the cookie, but cannot read the
 CSRF token to send along.
+
+Sessions are kept in the agent's SQLite state, so restarting the agent logs nobody out. What is
+stored is an HMAC of the cookie value keyed with the dashboard token, and the expiry: reading the
+state file gives no usable cookie, and changing the token makes every old session unknown. The
+CSRF token is derived the same way, so it needs no storage either.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 SESSION_COOKIE = "lockstep_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -29,12 +36,44 @@ class Session:
     expires: float
 
 
+class SessionStore(Protocol):
+    """Where sessions live between requests (and agent restarts): AgentState, or memory."""
+
+    def save_dashboard_session(self, digest: str, expires: float) -> None: ...
+
+    def dashboard_session_expiry(self, digest: str) -> float | None: ...
+
+    def delete_dashboard_session(self, digest: str) -> None: ...
+
+
+class MemorySessionStore:
+    """Sessions for the life of the process: for tests and tools without an agent state."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def save_dashboard_session(self, digest: str, expires: float) -> None:
+        with self._lock:
+            now = time.time()
+            self._sessions = {key: value for key, value in self._sessions.items() if value > now}
+            self._sessions[digest] = expires
+
+    def dashboard_session_expiry(self, digest: str) -> float | None:
+        with self._lock:
+            return self._sessions.get(digest)
+
+    def delete_dashboard_session(self, digest: str) -> None:
+        with self._lock:
+            self._sessions.pop(digest, None)
+
+
 class Gatekeeper:
     """Checks the token, keeps the sessions it opened, and throttles wrong guesses per client."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, store: SessionStore | None = None) -> None:
         self._token = token.encode("utf-8")
-        self._sessions: dict[str, Session] = {}
+        self._store: SessionStore = store if store is not None else MemorySessionStore()
         self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
@@ -62,31 +101,28 @@ class Gatekeeper:
         with self._lock:
             self._failures.setdefault(client, deque(maxlen=FAILURES_ALLOWED * 2)).append(time.monotonic())
 
+    def _keyed(self, purpose: str, identifier: str) -> str:
+        """HMAC-SHA256 of the cookie value under the token: what is stored, and the CSRF token."""
+        return hmac.new(self._token, f"{purpose}:{identifier}".encode(), hashlib.sha256).hexdigest()
+
     def open_session(self) -> Session:
-        session = Session(
-            identifier=secrets.token_urlsafe(32),
-            csrf_token=secrets.token_urlsafe(32),
-            expires=time.time() + SESSION_LIFETIME,
-        )
-        with self._lock:
-            now = time.time()
-            self._sessions = {key: value for key, value in self._sessions.items() if value.expires > now}
-            self._sessions[session.identifier] = session
+        identifier = secrets.token_urlsafe(32)
+        session = Session(identifier, self._keyed("csrf", identifier), time.time() + SESSION_LIFETIME)
+        self._store.save_dashboard_session(self._keyed("session", identifier), session.expires)
         return session
 
     def session(self, identifier: str | None) -> Session | None:
-        """The live session with this cookie value, if any (compared in constant time)."""
+        """The live session with this cookie value, if any: known under this token and not expired."""
         if not identifier:
             return None
-        with self._lock:
-            for key, session in self._sessions.items():
-                if hmac.compare_digest(key.encode("utf-8"), identifier.encode("utf-8")):
-                    return session if session.expires > time.time() else None
-        return None
+        expires = self._store.dashboard_session_expiry(self._keyed("session", identifier))
+        if expires is None or expires <= time.time():
+            return None
+        return Session(identifier, self._keyed("csrf", identifier), expires)
 
     def close_session(self, identifier: str | None) -> None:
-        with self._lock:
-            self._sessions.pop(identifier or "", None)
+        if identifier:
+            self._store.delete_dashboard_session(self._keyed("session", identifier))
 
     @staticmethod
     def csrf_matches(session: Session, offered: str | None) -> bool:

@@ -32,6 +32,7 @@ class RollbackBusy(LockstepError):
 class RollbackJob:
     identifier: str
     with_data: bool
+    target: str | None  # a release ID, or None for the previous release
     log_path: Path
     started_at: float
     process: subprocess.Popen[bytes] | None = None
@@ -54,6 +55,7 @@ class RollbackJob:
             "id": self.identifier,
             "state": self.state,
             "with_data": self.with_data,
+            "target": self.target,
             "exit_code": self.exit_code,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
@@ -61,13 +63,15 @@ class RollbackJob:
         }
 
 
-def rollback_command(context: EnvironmentContext, with_data: bool) -> list[str]:
-    """The argv of the rollback: always the environment's own config and --yes (the page asked)."""
+def rollback_command(context: EnvironmentContext, with_data: bool, target: str | None = None) -> list[str]:
+    """The argv of the rollback: always the environment's own config and --yes (the page asked);
+    `target` is a release ID already checked against the history (given as --to=ID, never an option)."""
     config_file = (
         context.config_path.resolve() if context.config_path is not None else context.directory / "lockstep.toml"
     )
     argv = [sys.executable, "-m", "lockstep", "rollback", "-c", str(config_file), "--env", context.environment]
-    return [*argv, "--yes", "--log-format", "json", *(["--with-data"] if with_data else [])]
+    argv = [*argv, "--yes", "--log-format", "json", *(["--with-data"] if with_data else [])]
+    return [*argv, f"--to={target}"] if target else argv
 
 
 class RollbackRunner:
@@ -78,17 +82,18 @@ class RollbackRunner:
         self._jobs: dict[str, RollbackJob] = {}
         self._lock = threading.Lock()
 
-    def start(self, with_data: bool) -> RollbackJob:
+    def start(self, with_data: bool, target: str | None = None) -> RollbackJob:
         with self._lock:
             if any(job.state == "running" for job in self._jobs.values()):
                 raise RollbackBusy("a rollback started from the dashboard is still running", "wait for its outcome")
             identifier = time.strftime("%Y%m%d_%H%M%S", time.gmtime()) + f"_{len(self._jobs) + 1}"
             logs = self.context.layout.logs
             logs.mkdir(parents=True, exist_ok=True)
-            job = RollbackJob(identifier, with_data, logs / f"dashboard-rollback-{identifier}.log", time.time())
+            log_path = logs / f"dashboard-rollback-{identifier}.log"
+            job = RollbackJob(identifier, with_data, target, log_path, time.time())
             with open(job.log_path, "wb") as log:
                 job.process = subprocess.Popen(
-                    rollback_command(self.context, with_data),
+                    rollback_command(self.context, with_data, target),
                     cwd=self.context.directory,
                     env=dict(os.environ),
                     stdin=subprocess.DEVNULL,

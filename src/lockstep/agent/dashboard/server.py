@@ -12,8 +12,10 @@ from the login page or an `Authorization: Bearer TOKEN` header):
   GET  /api/environment          status: active slot, release, commit, health, lock
   GET  /api/timeline             deploys, rollbacks, snapshots, verifications
   GET  /api/snapshots            the snapshot list with sizes and verification state
-  GET  /api/rollback/preview     where a rollback goes; ?with_data=1: what the restore discards
-  POST /api/rollback             {confirm: ENVIRONMENT, with_data} -> {id}; needs the CSRF header
+  GET  /api/rollback/targets     the releases a rollback can go to, newest first, and the default
+  GET  /api/rollback/preview     where a rollback goes (?to=RELEASE, else the previous release);
+                                 ?with_data=1: what the restore discards
+  POST /api/rollback             {confirm: ENVIRONMENT, with_data, to} -> {id}; needs the CSRF header
   GET  /api/rollback/ID          the rollback's state and output
 """
 
@@ -101,7 +103,7 @@ class DashboardServer:
     def __init__(self, context: EnvironmentContext, service: AgentService, token: str, listen: str) -> None:
         self.context = context
         self.data = DashboardData(context, service)
-        self.gatekeeper = Gatekeeper(token)
+        self.gatekeeper = Gatekeeper(token, service.state)
         self.rollbacks = RollbackRunner(context)
         self.redactor: Redactor = secrets_redactor(context)
         self.redactor.add(token)
@@ -273,9 +275,12 @@ def _handler_class(dashboard: DashboardServer) -> type[BaseHTTPRequestHandler]:
                 self._json(200, views.timeline_document(data))
             elif path == "/api/snapshots":
                 self._json(200, views.snapshots_document(data))
+            elif path == "/api/rollback/targets":
+                self._json(200, views.rollback_targets(data))
             elif path == "/api/rollback/preview":
                 with_data = query.get("with_data", ["0"])[0] in ("1", "true", "yes")
-                self._json(200, views.rollback_preview(data, with_data))
+                to = query.get("to", [""])[0].strip() or None
+                self._json(200, views.rollback_preview(data, with_data, to))
             elif path.startswith("/api/rollback/"):
                 job = dashboard.rollbacks.job(path.removeprefix("/api/rollback/"))
                 if job is None:
@@ -338,8 +343,17 @@ def _handler_class(dashboard: DashboardServer) -> type[BaseHTTPRequestHandler]:
             if not isinstance(request, dict) or request.get("confirm") != environment:
                 self._error(400, f"type the environment name ({environment}) to confirm the rollback")
                 return
+            to = request.get("to")
+            if to is not None and not isinstance(to, str):
+                self._error(400, "the rollback target must be a release ID (a string)")
+                return
             try:
-                job = dashboard.rollbacks.start(bool(request.get("with_data")))
+                target = views.resolve_rollback_target(data, to.strip() if to else None)
+            except LockstepError as error:
+                self._error(400, f"cannot roll back to {to!r}: {error.message}", error.hint)
+                return
+            try:
+                job = dashboard.rollbacks.start(bool(request.get("with_data")), target)
             except LockstepError as error:
                 self._error(409, error.message, error.hint)
                 return

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lockstep.agent.dashboard.collector import DashboardData, HealthResult, RepositoryView, SnapshotInfo
-from lockstep.errors import LockstepError
+from lockstep.errors import LockstepError, UsageError
 from lockstep.pipeline.data_rollback import describe_discarded, summarize_discarded
 from lockstep.pipeline.deploy import migration_version
 from lockstep.pipeline.history import OperationRecord
@@ -153,8 +153,55 @@ def timeline_document(data: DashboardData) -> dict[str, Any]:
     return {"repository": _repository_state(view), "entries": entries[:TIMELINE_LENGTH]}
 
 
-def rollback_preview(data: DashboardData, with_data: bool) -> dict[str, Any]:
-    """Where a rollback would go and, with the data, what the restore would throw away."""
+def _current_release(data: DashboardData) -> str | None:
+    status = data.status()
+    active = status.get("active_slot")
+    release = status["slots"][active]["release"] if active else None
+    return str(release["release_id"]) if release else None
+
+
+def rollback_targets(data: DashboardData) -> dict[str, Any]:
+    """Every release a rollback can go to (what `lockstep rollback --to` accepts), newest first;
+    `default` is the one a rollback without a choice goes to."""
+    current = _current_release(data)
+    latest: dict[str, OperationRecord] = {}
+    for record in data.history_store.successful_deploys():  # one entry per release: its latest operation
+        if record.release_id and record.component is None:
+            latest.pop(record.release_id, None)
+            latest[record.release_id] = record
+    try:
+        default: str | None = choose_target(data.history_store, current, RollbackRequest()).release.release_id
+    except LockstepError:
+        default = None
+    targets = [
+        {
+            "release": record.release_id,
+            "commit": record.commit,
+            "message": record.message,
+            "time": _iso(record.started_at),
+            "operation": record.operation,
+            "default": record.release_id == default,
+        }
+        for record in reversed(latest.values())
+        if record.release_id != current
+    ]
+    return {"current_release": current, "default": default, "targets": targets}
+
+
+def resolve_rollback_target(data: DashboardData, to: str | None) -> str | None:
+    """The release ID `to` names, checked as `lockstep rollback --to` would (None: the default
+    target, chosen by the rollback itself); raises a clear error for anything else."""
+    if to is None:
+        return None
+    if not to or to.startswith("-") or len(to) > 200 or not all(c.isalnum() or c in "._:-" for c in to):
+        raise UsageError("that is not a release ID", "pick a release from the list")
+    target = choose_target(data.history_store, _current_release(data), RollbackRequest(to=to))
+    return target.release.release_id
+
+
+def rollback_preview(data: DashboardData, with_data: bool, to: str | None = None) -> dict[str, Any]:
+    """Where a rollback would go (the previous release, or `to`) and, with the data, what the
+    restore would throw away."""
     status = data.status()
     active = status.get("active_slot")
     environment = data.context.environment
@@ -164,7 +211,7 @@ def rollback_preview(data: DashboardData, with_data: bool) -> dict[str, Any]:
         return preview
     current = status["slots"][active]["release"]
     try:
-        target = choose_target(data.history_store, current["release_id"] if current else None, RollbackRequest())
+        target = choose_target(data.history_store, current["release_id"] if current else None, RollbackRequest(to=to))
     except LockstepError as error:
         preview["reason"] = str(error)
         return preview

@@ -135,14 +135,38 @@
     });
   }
 
+  function renderTargets(listing) {
+    // Rebuilt only when the list changes, so a choice being made is not reset by the refresh.
+    const select = byId("rollback-to");
+    const key = JSON.stringify(listing.targets.map(function (target) { return target.release; }));
+    if (select.dataset.key === key) { return; }
+    const chosen = select.value;
+    select.dataset.key = key;
+    select.replaceChildren();
+    const previous = document.createElement("option");
+    previous.value = "";
+    previous.textContent = "the previous release" + (listing.default ? " (" + listing.default + ")" : "");
+    select.appendChild(previous);
+    listing.targets.forEach(function (target) {
+      const option = document.createElement("option");
+      option.value = target.release;
+      option.textContent = target.release + (target.commit ? " · " + target.commit.slice(0, 12) : "") +
+        " · " + when(target.time) + (target.message ? " · " + target.message : "");
+      select.appendChild(option);
+    });
+    select.value = listing.targets.some(function (target) { return target.release === chosen; }) ? chosen : "";
+  }
+
   async function refresh() {
     try {
       const results = await Promise.all([
         call("GET", "/api/environment"), call("GET", "/api/timeline"), call("GET", "/api/snapshots"),
+        call("GET", "/api/rollback/targets"),
       ]);
       renderEnvironment(results[0]);
       renderTimeline(results[1]);
       renderSnapshots(results[2]);
+      renderTargets(results[3]);
       text("refreshed", "updated " + new Date().toLocaleTimeString());
       showError("");
     } catch (error) {
@@ -158,14 +182,17 @@
 
   async function previewRollback() {
     const withData = byId("rollback-with-data").checked;
+    const to = byId("rollback-to").value;
     const button = byId("rollback-preview-button");
     button.disabled = true;
     try {
-      const preview = await call("GET", "/api/rollback/preview?with_data=" + (withData ? "1" : "0"));
+      const preview = await call("GET", "/api/rollback/preview?with_data=" + (withData ? "1" : "0") +
+        (to ? "&to=" + encodeURIComponent(to) : ""));
       const element = byId("rollback-preview");
       element.hidden = false;
       element.dataset.possible = preview.possible ? "true" : "false";
       element.dataset.withData = withData ? "true" : "false";
+      element.dataset.to = to;
       byId("rollback-target").textContent = preview.target_release
         ? "From " + preview.current_release + " back to " + preview.target_release +
           (preview.target_commit ? " (commit " + preview.target_commit.slice(0, 12) + ")" : "") +
@@ -218,11 +245,12 @@
   async function startRollback(event) {
     event.preventDefault();
     const withData = byId("rollback-preview").dataset.withData === "true";
+    const to = byId("rollback-preview").dataset.to || null;  // what the preview showed, not a later choice
     const confirmation = byId("rollback-confirm").value;
     if (confirmation !== environment) { return; }
     byId("rollback-button").disabled = true;
     try {
-      const job = await call("POST", "/api/rollback", { confirm: confirmation, with_data: withData });
+      const job = await call("POST", "/api/rollback", { confirm: confirmation, with_data: withData, to: to });
       rollbackJob = job.id;
       byId("rollback-result").hidden = false;
       byId("rollback-state").textContent = job.state;
@@ -249,6 +277,7 @@
     }
     byId("rollback-preview-button").addEventListener("click", previewRollback);
     byId("rollback-with-data").addEventListener("change", function () { byId("rollback-preview").hidden = true; });
+    byId("rollback-to").addEventListener("change", function () { byId("rollback-preview").hidden = true; });
     byId("rollback-confirm").addEventListener("input", updateConfirmButton);
     byId("rollback-form").addEventListener("submit", startRollback);
     byId("logout-button").addEventListener("click", logout);
