@@ -5,6 +5,7 @@ Helpers shared by the fault tests live here so each test file reads as the scena
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -14,12 +15,23 @@ from pathlib import Path
 from tests.conftest import Completed, missing
 
 
+def _is_step_event(line: str) -> bool:
+    """A JSON-lines progress event (commands log their steps as JSON when stderr is no terminal)."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(event, dict) and "event" in event
+
+
 def assert_clean_error(result: Completed, exit_code: int, *phrases: str) -> str:
     """The command failed with `exit_code` and exactly one `lockstep: error:` line on stderr
-    containing every phrase (case-insensitive) and no traceback; returns that line."""
+    containing every phrase (case-insensitive) and no traceback; returns that line.
+
+    Step events (JSON lines) may come before it; nothing else may."""
     assert result.returncode == exit_code, f"exit {result.returncode}, expected {exit_code}; stderr: {result.err}"
     assert "Traceback" not in result.err, result.err
-    lines = result.err.strip().splitlines()
+    lines = [line for line in result.err.strip().splitlines() if not _is_step_event(line)]
     assert len(lines) == 1, f"expected one error line, got {len(lines)}: {result.err!r}"
     line = lines[0]
     assert line.startswith("lockstep: error: "), line

@@ -21,6 +21,9 @@ from rich.markup import escape
 from lockstep.cli.output import error_console
 from lockstep.redaction import Redactor
 
+QUIET = -1  # --quiet: warnings, failed steps and the result
+SILENT = -2  # `lockstep backup` under cron: warnings and the result only (the error line names the step)
+
 
 class ConsoleReporter:
     """Steps and warnings to stderr; questions on the terminal only.
@@ -28,7 +31,8 @@ class ConsoleReporter:
     Everything written passes through a redactor that knows the secrets in lockstep's
     environment (LOCKSTEP_PASSWORD, *_PASSWORD, *_TOKEN, *_SECRET, *_KEY, URL passwords), and
     those a command adds (`add_secret`: database password files, the repository's password file).
-    `verbosity` -1 (--quiet) shows only warnings and failures; 1 (--verbose) adds details.
+    `verbosity` QUIET (-1, --quiet) shows only warnings and failures, SILENT (-2) only warnings;
+    1 (--verbose) adds details.
     """
 
     def __init__(
@@ -75,6 +79,8 @@ class ConsoleReporter:
             self._print(f"  [green]✓[/green] {escape(step)} ({seconds:.1f} s) {escape(detail)}".rstrip())
 
     def step_failed(self, step: str, seconds: float, reason: str) -> None:
+        if self.verbosity < QUIET:  # the command's own error line says the same
+            return
         if self.json_lines:
             self._event("step-failed", step=step, duration=round(seconds, 3), reason=reason)
         else:
@@ -137,7 +143,7 @@ def progress_reporter(
     if quiet and verbose:
         raise click.UsageError("--quiet and --verbose exclude each other")
     json_lines = None if log_format == "auto" else log_format == "json"
-    verbosity = -1 if quiet else 1 if verbose else 0
+    verbosity = QUIET if quiet else 1 if verbose else 0
     if quiet_unless_terminal and log_format == "auto" and not sys.stderr.isatty() and not verbose:
-        return ConsoleReporter(json_lines=False, verbosity=-1)
+        return ConsoleReporter(json_lines=False, verbosity=SILENT)
     return ConsoleReporter(json_lines=json_lines, verbosity=verbosity)
