@@ -76,3 +76,58 @@ def test_different_polynomials_cut_differently() -> None:
     first = [len(chunk) for chunk in Chunker(POLYNOMIAL).chunks(io.BytesIO(data))]
     second = [len(chunk) for chunk in Chunker(0x22D5819F370319).chunks(io.BytesIO(data))]
     assert first != second
+
+
+class HoldingConsumer:
+    """Keeps every chunk's view until the chunker asks for it back, then checks it is unchanged:
+    a block reused too early would show up as a changed chunk."""
+
+    def __init__(self) -> None:
+        self.held: list[tuple[memoryview, bytes]] = []
+        self.completed = 0
+        self.waits = 0
+
+    def submitted(self) -> int:
+        return len(self.held)
+
+    def wait_completed(self, count: int) -> None:
+        if count > self.completed:
+            self.waits += 1
+        while self.completed < count:
+            view, expected = self.held[self.completed]
+            assert bytes(view) == expected, f"chunk {self.completed} changed before it was completed"
+            self.completed += 1
+
+
+def test_reused_blocks_cut_the_same_and_never_change_a_chunk_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chunker_module, "BLOCK_SIZE", 2 * 1024 * 1024)
+    data = os.urandom(9 << 20) + b"lockstep " * 1_000_000 + os.urandom(5 << 20)
+    consumer = HoldingConsumer()
+    chunker = Chunker(POLYNOMIAL)
+    for chunk in chunker.chunks(TrickleReader(data, 1 << 20), consumer):
+        consumer.held.append((chunk, bytes(chunk)))
+    consumer.wait_completed(len(consumer.held))
+    assert [expected for _, expected in consumer.held] == reference_cuts(data)
+    assert consumer.waits > 0, "the ring was never reused"
+    # A second stream through the same chunker (the next file of a directory backup) reuses the
+    # ring too, and must wait for the first stream's chunks.
+    first_count = len(consumer.held)
+    more = os.urandom(7 << 20)
+    for chunk in chunker.chunks(io.BytesIO(more), consumer):
+        consumer.held.append((chunk, bytes(chunk)))
+    consumer.wait_completed(len(consumer.held))
+    assert b"".join(expected for _, expected in consumer.held[first_count:]) == more
+
+
+def test_small_streams_are_copied_and_leave_the_ring_free() -> None:
+    """A directory of small files must not hold a block per file (that would cap the work in
+    flight at the ring's size and make each file wait for an older one)."""
+    consumer = HoldingConsumer()
+    chunker = Chunker(POLYNOMIAL)
+    files = [os.urandom(size) for size in (0, 1, 4096, 300_000, 1024 * 1024, 0, 70_000)]
+    for data in files * 3:
+        for chunk in chunker.chunks(io.BytesIO(data), consumer):
+            consumer.held.append((chunk, bytes(chunk)))
+    assert consumer.waits == 0
+    consumer.wait_completed(len(consumer.held))
+    assert b"".join(expected for _, expected in consumer.held) == b"".join(files * 3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -18,6 +19,8 @@ import pytest
 
 from lockstep.errors import RepositoryLocked, StorageError
 from lockstep.repository import locks
+from lockstep.repository.archiver import Archiver
+from lockstep.repository.blobs import BlobType
 from lockstep.repository.gojson import format_time_ns, parse_time_ns
 from lockstep.repository.locks import RepositoryLock, list_locks, locked, remove_locks
 from lockstep.repository.repository import Repository
@@ -410,3 +413,48 @@ def test_a_lock_held_by_another_lockstep_process_blocks_until_released(
         finally:
             lock.release()
     assert lock_file_names(repository.backend) == set()
+
+
+# --- the re-check in the background (backups) ---------------------------------------------------
+
+
+def test_deferred_recheck_returns_at_once_and_lets_the_writer_commit(repository: Repository) -> None:
+    started = time.monotonic()
+    with locked(repository, defer_recheck=True) as lock:
+        assert time.monotonic() - started < locks.RECHECK_DELAY_SECONDS
+        assert lock_file_names(repository.backend) == {lock.lock_id}
+        repository.save_blob(BlobType.DATA, b"some data")
+        repository.flush()  # waits for the re-check, which finds no competitor
+        assert time.monotonic() - started >= locks.RECHECK_DELAY_SECONDS
+        assert len(list(repository.backend.list(FileType.INDEX))) == 1
+    assert lock_file_names(repository.backend) == set()
+
+
+def test_deferred_recheck_still_refuses_a_repository_locked_before(repository: Repository) -> None:
+    write_lock(repository, pid=1, hostname="elsewhere.example", exclusive=True)
+    with pytest.raises(RepositoryLocked), locked(repository, defer_recheck=True):
+        pass
+
+
+def test_exclusive_lock_found_by_the_deferred_recheck_stops_the_commit(repository: Repository) -> None:
+    """A competitor that wrote its exclusive lock just after our first look: the backup has begun
+    writing packs, but no index or snapshot may name them, and the backup action removes them."""
+    repository.pack_size = 256 * 1024
+    with pytest.raises(RepositoryLocked), locked(repository, defer_recheck=True):
+        write_lock(repository, pid=1, hostname="elsewhere.example", exclusive=True)
+        try:
+            Archiver(repository).backup_stream(io.BytesIO(os.urandom(3 << 20)), "db.sql")
+        except BaseException:
+            repository.discard_unindexed_packs()  # what the backup action does
+            raise
+    assert list(repository.backend.list(FileType.INDEX)) == []
+    assert list(repository.backend.list(FileType.SNAPSHOT)) == []
+    assert list(repository.backend.list(FileType.PACK)) == []
+    assert len(lock_file_names(repository.backend)) == 1  # only the competitor's
+
+
+def test_deferred_recheck_with_a_wait_falls_back_to_waiting_first(repository: Repository) -> None:
+    started = time.monotonic()
+    with locked(repository, wait_seconds=5, defer_recheck=True) as lock:
+        assert time.monotonic() - started >= locks.RECHECK_DELAY_SECONDS
+        assert lock_file_names(repository.backend) == {lock.lock_id}

@@ -73,6 +73,17 @@ class ChunkPipeline:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lockstep-chunk")
         self._window: deque[tuple[Future[tuple[bytes, PreparedBlob | None]], Callable[[bytes], None]]] = deque()
         self._max_in_flight = workers * 3
+        self._submitted = 0
+        self._completed = 0
+
+    def submitted(self) -> int:
+        """Chunks submitted so far (the chunker reuses a block once its chunks completed)."""
+        return self._submitted
+
+    def wait_completed(self, count: int) -> None:
+        """Complete results in order until the first `count` submitted chunks are done."""
+        while self._completed < count and self._window:
+            self._complete_oldest()
 
     def _prepare(self, data: bytes | memoryview) -> tuple[bytes, PreparedBlob | None]:
         blob_id = hashlib.sha256(data).digest()
@@ -82,9 +93,11 @@ class ChunkPipeline:
         while len(self._window) >= self._max_in_flight:
             self._complete_oldest()
         self._window.append((self._pool.submit(self._prepare, data), on_done))
+        self._submitted += 1
 
     def _complete_oldest(self) -> None:
         future, on_done = self._window.popleft()
+        self._completed += 1
         blob_id, prepared = future.result()
         if prepared is not None:
             self.repository.add_prepared(prepared)
@@ -132,7 +145,7 @@ class Archiver:
     def store_stream(self, pipeline: ChunkPipeline, stream: IO[bytes]) -> tuple[list[bytes], int]:
         content: list[bytes] = []
         size = 0
-        for chunk in self.chunker.chunks(stream):
+        for chunk in self.chunker.chunks(stream, pipeline):
             position = len(content)
             content.append(b"")
 

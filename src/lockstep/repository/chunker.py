@@ -10,7 +10,7 @@ chunk boundaries, like restic's, differ between repositories.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, Protocol
 
 from pyfastcdc import FastCDC
 
@@ -21,6 +21,25 @@ AVERAGE_SIZE = 1024 * 1024
 MINIMUM_SIZE = 256 * 1024
 MAXIMUM_SIZE = 8 * 1024 * 1024
 
+BLOCK_SIZE = 16 * 1024 * 1024
+# Blocks reused in turn when the consumer says when it is done with their chunks. Two would do
+# (the carry comes from the previous block); a third lets workers finish the older one's chunks
+# while the next is read.
+RING_SIZE = 3
+# A stream that ends within its first block and is at most this long is copied out of the ring,
+# so that a directory of small files does not hold one block per file (and wait for it).
+COPY_BELOW = 1024 * 1024
+
+
+class ChunkConsumer(Protocol):
+    """What the chunker needs to know to reuse a block: chunks handed out, chunks finished with."""
+
+    def submitted(self) -> int:
+        """How many chunks the consumer has taken so far."""
+
+    def wait_completed(self, count: int) -> None:
+        """Return once the first `count` chunks taken are no longer in use."""
+
 
 class Chunker:
     """Cuts streams into chunks with parameters fixed per repository."""
@@ -28,41 +47,83 @@ class Chunker:
     def __init__(
         self, polynomial: int, average: int | None = None, minimum: int | None = None, maximum: int | None = None
     ) -> None:
+        self._maximum = maximum or MAXIMUM_SIZE
         self._fastcdc = FastCDC(
             average or AVERAGE_SIZE,
             min_size=minimum or MINIMUM_SIZE,
-            max_size=maximum or MAXIMUM_SIZE,
+            max_size=self._maximum,
             seed=polynomial & ((1 << 62) - 1),
         )
+        self._ring: list[bytearray] = []
+        self._ring_marks: list[int] = []
+        self._ring_next = 0
+        self._ring_consumer: ChunkConsumer | None = None
 
-    def chunks(self, stream: IO[bytes]) -> Iterator[memoryview]:
-        """Yield the stream's chunks as read-only views that stay valid after the next chunk.
+    def _block(self, minimum_size: int, consumer: ChunkConsumer | None) -> tuple[bytearray, int]:
+        """A buffer of at least `minimum_size` bytes and its ring slot (-1: a fresh one).
 
-        The stream is read in large blocks straight into a fresh buffer per block (no copy per
-        chunk); the last cut of a block is not a real boundary, so it is carried into the next.
+        A fresh buffer is zero-filled on the reading thread while it holds the GIL, and costs a
+        page fault per 4 KiB; a reused one costs neither.
         """
-        carry = b""
-        while True:
-            block = bytearray(len(carry) + BLOCK_SIZE)
-            block[: len(carry)] = carry
-            filled = len(carry) + _read_into(stream, memoryview(block)[len(carry) :])
-            at_end = filled < len(block)
-            view = memoryview(block)[:filled].toreadonly()
-            if not filled:
-                return
-            pending: memoryview | None = None
-            for chunk in self._fastcdc.cut_buf(view):
-                if pending is not None:
-                    yield pending
-                pending = view[chunk.offset : chunk.offset + chunk.length]
-            if at_end:
-                if pending is not None:
-                    yield pending
-                return
-            carry = bytes(pending) if pending is not None else b""
+        if consumer is None:
+            return bytearray(minimum_size), -1
+        if consumer is not self._ring_consumer:
+            self._ring_consumer = consumer
+            self._ring_marks = [0] * len(self._ring)
+        capacity = max(minimum_size, BLOCK_SIZE + self._maximum)
+        slot = self._ring_next
+        self._ring_next = (slot + 1) % RING_SIZE
+        if slot >= len(self._ring):
+            self._ring.append(bytearray(capacity))
+            self._ring_marks.append(0)
+            return self._ring[slot], slot
+        consumer.wait_completed(self._ring_marks[slot])
+        if len(self._ring[slot]) < minimum_size:  # only if BLOCK_SIZE changed (tests)
+            self._ring[slot] = bytearray(capacity)
+        return self._ring[slot], slot
 
+    def chunks(self, stream: IO[bytes], consumer: ChunkConsumer | None = None) -> Iterator[memoryview]:
+        """Yield the stream's chunks as read-only views into large blocks (no copy per chunk).
 
-BLOCK_SIZE = 16 * 1024 * 1024
+        Without a consumer every block is a fresh buffer and the views stay valid for as long as
+        they are kept. With one, blocks are reused: a view is valid until the consumer reports
+        it completed (ChunkConsumer.wait_completed). The last cut of a block is not a real
+        boundary, so it is carried into the next block.
+        """
+        carry: memoryview | bytes = b""
+        slot = -1
+        try:
+            while True:
+                buffer, slot = self._block(len(carry) + BLOCK_SIZE, consumer)
+                carried = len(carry)
+                buffer[:carried] = carry
+                block = memoryview(buffer)[: carried + BLOCK_SIZE]
+                filled = carried + _read_into(stream, block[carried:])
+                at_end = filled < len(block)
+                view = block[:filled].toreadonly()
+                if at_end and slot >= 0 and filled <= COPY_BELOW:
+                    view = memoryview(bytes(view))
+                    self._ring_next, slot = slot, -1  # nothing points into the block: reuse it next
+                if not filled:
+                    return
+                pending: memoryview | None = None
+                for chunk in self._fastcdc.cut_buf(view):
+                    if pending is not None:
+                        yield pending
+                    pending = view[chunk.offset : chunk.offset + chunk.length]
+                if at_end:
+                    if pending is not None:
+                        yield pending
+                    return
+                carry = pending if pending is not None else b""
+                self._release(slot, consumer)
+        finally:
+            self._release(slot, consumer)
+
+    def _release(self, slot: int, consumer: ChunkConsumer | None) -> None:
+        """Remember how many chunks the consumer had taken when we left a ring block."""
+        if slot >= 0 and consumer is not None:
+            self._ring_marks[slot] = consumer.submitted()
 
 
 def _read_into(stream: IO[bytes], buffer: memoryview) -> int:

@@ -148,9 +148,27 @@ class RepositoryLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
+        self._recheck: _DeferredRecheck | None = None
 
-    def acquire(self, wait_seconds: float = 0.0) -> None:
-        """Write our lock, then look again; back off and retry until `wait_seconds` pass."""
+    def acquire(self, wait_seconds: float = 0.0, defer_recheck: bool = False) -> None:
+        """Write our lock, then look again; back off and retry until `wait_seconds` pass.
+
+        With `defer_recheck` (writers whose work stays invisible until they commit, such as a
+        backup: its packs are unreferenced until the index names them), the second look happens
+        on a background thread instead of stalling the caller for RECHECK_DELAY_SECONDS. The
+        repository then refuses to write an index or snapshot until that look has found no
+        competing lock, and a conflict found makes the writer abort (and remove its packs), as
+        it would have refused to start. Only without a wait: a conflict cannot be waited out
+        once the work has begun."""
+        if defer_recheck and wait_seconds <= 0:
+            conflicts = _conflicts(list_locks(self.repository), self.exclusive, None)
+            if conflicts:
+                raise self._locked_error(conflicts)
+            self.lock_id = self.repository.save_unpacked(FileType.LOCK, _lock_document(self.exclusive))
+            self._recheck = _DeferredRecheck(self)
+            self.repository.add_commit_guard(self._recheck.confirm)
+            self._start_refresh()
+            return
         deadline = time.monotonic() + wait_seconds
         delay = 1.0
         while True:
@@ -165,14 +183,20 @@ class RepositoryLock:
                 self.lock_id = None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise RepositoryLocked(
-                    f"the repository at {self.repository.backend.location} is locked: "
-                    + "; ".join(lock.describe() for lock in conflicts[:3]),
-                    "wait for it to finish; if the lock is stale, remove it with `lockstep repo unlock`",
-                )
+                raise self._locked_error(conflicts)
             # Never sleep past the deadline, and look once more when it comes: the whole wait counts.
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, 30.0)
+        self._start_refresh()
+
+    def _locked_error(self, conflicts: list[LockInfo]) -> RepositoryLocked:
+        return RepositoryLocked(
+            f"the repository at {self.repository.backend.location} is locked: "
+            + "; ".join(lock.describe() for lock in conflicts[:3]),
+            "wait for it to finish; if the lock is stale, remove it with `lockstep repo unlock`",
+        )
+
+    def _start_refresh(self) -> None:
         self._thread = threading.Thread(target=self._refresh_loop, name="lockstep-lock-refresh", daemon=True)
         self._thread.start()
 
@@ -194,6 +218,9 @@ class RepositoryLock:
 
     def release(self) -> None:
         self._stop.set()
+        if self._recheck is not None:
+            self.repository.remove_commit_guard(self._recheck.confirm)
+            self._recheck.cancel()
         if self._thread is not None:
             self._thread.join(timeout=5)
         with self._mutex:
@@ -202,11 +229,51 @@ class RepositoryLock:
                 self.lock_id = None
 
 
+class _DeferredRecheck:
+    """The second look for competing locks, RECHECK_DELAY_SECONDS after ours was written, on a
+    thread; `confirm` is the repository's commit guard."""
+
+    def __init__(self, lock: RepositoryLock) -> None:
+        self._lock = lock
+        self._cancelled = threading.Event()
+        self._conflicts: list[LockInfo] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="lockstep-lock-recheck", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        if self._cancelled.wait(RECHECK_DELAY_SECONDS):
+            return
+        try:
+            self._conflicts = _conflicts(list_locks(self._lock.repository), self._lock.exclusive, self._lock.lock_id)
+        except BaseException as error:  # handed to the writer by confirm()
+            self._error = error
+
+    def confirm(self, wait: bool) -> None:
+        """Raise RepositoryLocked if the second look found a competing lock. With `wait`, first
+        wait for the look (before a commit); without, only report a result already known."""
+        if wait:
+            self._thread.join()
+        elif self._thread.is_alive():
+            return
+        if self._error is not None:
+            raise self._error
+        if self._conflicts:
+            raise self._lock._locked_error(self._conflicts)
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        self._thread.join()
+
+
 @contextmanager
-def locked(repository: Repository, exclusive: bool = False, wait_seconds: float = 0.0) -> Iterator[RepositoryLock]:
-    """Hold a repository lock for the duration of a `with` block."""
+def locked(
+    repository: Repository, exclusive: bool = False, wait_seconds: float = 0.0, defer_recheck: bool = False
+) -> Iterator[RepositoryLock]:
+    """Hold a repository lock for the duration of a `with` block (see RepositoryLock.acquire
+    for `defer_recheck`)."""
     lock = RepositoryLock(repository, exclusive)
-    lock.acquire(wait_seconds)
+    lock.acquire(wait_seconds, defer_recheck=defer_recheck)
     try:
         yield lock
     finally:

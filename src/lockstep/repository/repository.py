@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +69,7 @@ class Repository:
         self._uploads: list[Future[None]] = []
         self.bytes_added = 0  # sealed bytes written to packs by this process
         self.blobs_added = 0
+        self._commit_guards: list[Callable[[bool], None]] = []
 
     # --- opening and creating -----------------------------------------------------------
 
@@ -126,10 +127,28 @@ class Repository:
         self._uploader.shutdown(wait=True)
         self.backend.close()
 
+    # --- commit guards --------------------------------------------------------------------
+
+    def add_commit_guard(self, guard: Callable[[bool], None]) -> None:
+        """Call `guard(True)` before writing any index or snapshot file, and `guard(False)` (a
+        quick look that must not block) before shipping each pack; a guard raises to stop the
+        write. A lock whose re-check for competing locks runs in the background uses this."""
+        self._commit_guards.append(guard)
+
+    def remove_commit_guard(self, guard: Callable[[bool], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._commit_guards.remove(guard)
+
+    def _check_commit_guards(self, wait: bool) -> None:
+        for guard in list(self._commit_guards):
+            guard(wait)
+
     # --- unpacked files -----------------------------------------------------------------
 
     def save_unpacked(self, file_type: FileType, document: Any) -> str:
         """Seal and store an index, snapshot or lock document; returns its storage ID."""
+        if file_type in (FileType.INDEX, FileType.SNAPSHOT):
+            self._check_commit_guards(wait=True)
         data = encode_unpacked(self.key, document, self.config.version)
         storage_id = hashlib.sha256(data).hexdigest()
         self.backend.save(file_type, storage_id, data)
@@ -291,6 +310,7 @@ class Repository:
         packer = self._packers[blob_type]
         if not packer.count:
             return
+        self._check_commit_guards(wait=False)
         full_packer = packer
         self._packers[blob_type] = PackWriter()
         self._raise_failed_uploads()

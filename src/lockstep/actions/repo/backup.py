@@ -25,7 +25,9 @@ def backup(
     sources = sum([bool(paths), stdin, bool(stdin_command)])
     if sources != 1:
         raise UsageError("give exactly one of: PATH..., --stdin, or --stdin-from-command -- CMD ARGS...")
-    with access.session(exclusive=False) as repository:
+    # The lock's re-check runs while the first packs are written: they stay unreferenced until
+    # the index is written, and the repository refuses that until the re-check passed.
+    with access.session(exclusive=False, defer_lock_recheck=True) as repository:
         archiver = Archiver(repository, progress=progress)
         try:
             if paths:

@@ -69,12 +69,20 @@ class RepositoryAccess:
         return repository
 
     @contextmanager
-    def session(self, exclusive: bool = False, lock: bool = True, load_index: bool = True) -> Iterator[Repository]:
-        """An open repository, locked for the duration (snapshots are read before the index)."""
+    def session(
+        self, exclusive: bool = False, lock: bool = True, load_index: bool = True, defer_lock_recheck: bool = False
+    ) -> Iterator[Repository]:
+        """An open repository, locked for the duration (snapshots are read before the index).
+        `defer_lock_recheck`: for writers that commit only at the end (see locks.locked)."""
         repository = self.open(load_index=False)
         try:
             if lock:
-                with locked(repository, exclusive=exclusive, wait_seconds=self.lock_wait_seconds):
+                with locked(
+                    repository,
+                    exclusive=exclusive,
+                    wait_seconds=self.lock_wait_seconds,
+                    defer_recheck=defer_lock_recheck,
+                ):
                     if load_index:
                         repository.load_index()
                     yield repository

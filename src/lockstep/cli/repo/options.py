@@ -10,8 +10,6 @@ from typing import Any, TypeVar
 import click
 
 from lockstep.actions.repo.session import RepositoryAccess
-from lockstep.actions.snapshot_create import load_project
-from lockstep.config.loading import CONFIG_FILE_NAME
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,6 +60,11 @@ def access_from(options: dict[str, Any]) -> RepositoryAccess:
     lock_wait = options.pop("lock_wait")
     config_path = options.pop("config_path", None)
     if not location and not os.environ.get("LOCKSTEP_REPOSITORY"):
+        # Imported here: the project configuration (pydantic models) costs ~0.2 s to import,
+        # which commands given --repo or $LOCKSTEP_REPOSITORY should not pay.
+        from lockstep.actions.snapshot_create import load_project
+        from lockstep.config.loading import CONFIG_FILE_NAME
+
         candidate = config_path or Path(CONFIG_FILE_NAME)
         if config_path is not None or candidate.is_file():
             project = load_project(Path.cwd(), candidate, None)
