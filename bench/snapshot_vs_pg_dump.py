@@ -28,6 +28,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -163,8 +164,12 @@ def table(median: dict[str, float], second: dict[str, float], rounds: int, comma
         verdict = "met" if ratio <= target else "not met"
         return f"| {measure} | {ours} | {theirs} | **{ratio:.2f}** | ≤ {target} | {verdict} |"
 
-    seconds = lambda key: f"{median[key]:.1f} s"  # noqa: E731
-    megabytes = lambda value: f"{value / 1e6:.1f} MB"  # noqa: E731
+    def seconds(key: str) -> str:
+        return f"{median[key]:.1f} s"
+
+    def megabytes(value: float) -> str:
+        return f"{value / 1e6:.1f} MB"
+
     lines = [
         f"Reproduce: `{command}` (medians of {rounds} rounds; the second snapshot measured once)",
         "",
@@ -202,6 +207,8 @@ def table(median: dict[str, float], second: dict[str, float], rounds: int, comma
         f"Stored: lockstep {megabytes(median['lockstep_bytes'])}, restic {megabytes(median['restic_bytes'])},"
         f" gzip {megabytes(median['gzip_bytes'])}; second snapshot took {second['second_s']:.1f} s"
         f" (first {second['first_s']:.1f} s).",
+        f"Load average (1 min) at the start and end of the run: {median.get('load_start', 0):.1f},"
+        f" {median.get('load_end', 0):.1f} on {os.cpu_count()} cores (other processes share the machine).",
     ]
     return "\n".join(lines)
 
@@ -210,20 +217,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--work-dir", type=Path, default=ROOT / "bench" / "results" / "snapshot-work")
+    # Outside this git work tree: a project inside it would snapshot lockstep's own (maybe
+    # uncommitted) code, and `snapshot create` refuses a dirty tree.
+    default_work = Path(tempfile.gettempdir()) / "lockstep-bench-snapshot-work"
+    parser.add_argument("--work-dir", type=Path, default=default_work)
     arguments = parser.parse_args()
     database = f"shop{arguments.scale}"
     ensure_database(database, arguments.scale)
+    load_start = os.getloadavg()[0]
     rounds = []
     for number in range(arguments.rounds):
         rounds.append(one_round(database, arguments.work_dir))
         print(f"round {number + 1}: " + ", ".join(f"{k} {v:,.1f}" for k, v in rounds[-1].items()), file=sys.stderr)
     median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+    median["load_start"], median["load_end"] = load_start, os.getloadavg()[0]
     second = second_snapshot(database, arguments.work_dir)
     shutil.rmtree(arguments.work_dir, ignore_errors=True)
     command = f"python bench/snapshot_vs_pg_dump.py --scale {arguments.scale} --rounds {arguments.rounds}"
     print(table(median, second, arguments.rounds, command))
-    results = arguments.work_dir.parent / "snapshot_vs_pg_dump.json"
+    results = ROOT / "bench" / "results" / "snapshot_vs_pg_dump.json"
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps({"median": median, "second": second, "rounds": rounds}, indent=2))
 

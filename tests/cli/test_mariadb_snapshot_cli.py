@@ -60,11 +60,6 @@ def test_create_while_writing_then_verify_restore_and_restore_to(project: Projec
             run_mariadb(url, f"DROP DATABASE IF EXISTS `{target_name}`", database="")
 
 
-@pytest.mark.xfail(
-    reason="pipeline/restore.py target_state() queries information_schema with the missing target "
-    "database selected (mysql._query without database=''), so MariaDB answers 'Unknown database'",
-    strict=False,
-)
 def test_restore_to_a_missing_mariadb_database_creates_it(project: Project) -> None:
     with mariadb_database("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);") as url:
         project.write_config({"shop": url})
@@ -76,3 +71,28 @@ def test_restore_to_a_missing_mariadb_database_creates_it(project: Project) -> N
             assert run_mariadb(target, "SELECT COUNT(*) FROM t") == [["2"]]
         finally:
             run_mariadb(url, f"DROP DATABASE IF EXISTS `{target_name}`", database="")
+
+
+def test_a_myisam_table_is_shown_as_outside_the_snapshot_and_verify_passes(project: Project) -> None:
+    """A MyISAM table is in no transaction's snapshot: the manifest marks it, `snapshot show`
+    says so, and a restore-level verify does not hold its counts against the dump."""
+    schema = (
+        "CREATE TABLE orders (id int PRIMARY KEY) ENGINE=InnoDB; INSERT INTO orders VALUES (1), (2);"
+        "CREATE TABLE hits (id int PRIMARY KEY) ENGINE=MyISAM; INSERT INTO hits VALUES (1);"
+    )
+    with mariadb_database(schema) as url:
+        project.write_config({"shop": url})
+        created = project.create("--allow-dirty", "-m", "mixed engines")
+        shown = json.loads(project.ok("snapshot", "show", created["id"][:12], "--json").out)
+        record = shown["manifest"]["databases"]["shop"] if "manifest" in shown else shown["databases"]["shop"]
+        tables = {table["name"]: table for table in record["tables"]}
+        assert record["inspected"] == "dump-except-nontransactional"
+        assert "hits" in record["inspected_note"]
+        assert tables["hits"]["consistent"] is False and "consistent" not in tables["orders"]
+
+        readable = project.ok("snapshot", "show", created["id"][:12]).out
+        assert "hits: 1 rows (outside the snapshot)" in readable
+        assert "counts       from the dump's own snapshot, except:" in readable
+
+        verified = json.loads(project.ok("snapshot", "verify", "latest", "--level", "restore", "--json").out)
+        assert verified["ok"] is True, verified

@@ -53,6 +53,25 @@ def test_manifest_round_trips_through_its_stored_json() -> None:
     assert Manifest.from_json(manifest.to_json()) == manifest
 
 
+def test_consistency_markers_round_trip_and_stay_out_of_ordinary_manifests() -> None:
+    """`consistent: false` and `inspected_note` are written only when they say something."""
+    manifest = sample_manifest()
+    plain = json.loads(manifest.to_json())["databases"]["main"]
+    assert "inspected_note" not in plain and "consistent" not in plain["tables"][0]
+    record = manifest.databases["main"]
+    marked = DatabaseRecord(
+        **{
+            **record.__dict__,
+            "tables": [TableRecord("shop.sessions", 3, "f" * 16, consistent=False)],
+            "inspected": "dump-except-nontransactional",
+            "inspected_note": "shop.sessions (MyISAM) is outside the dump's snapshot",
+        }
+    )
+    document = marked.to_document()
+    assert document["tables"][0]["consistent"] is False
+    assert DatabaseRecord.from_document(json.loads(json.dumps(document))) == marked
+
+
 def test_manifest_document_has_the_documented_fields() -> None:
     """Scripts read these keys: their names and the format version are API."""
     document = json.loads(sample_manifest().to_json())
@@ -107,3 +126,15 @@ def test_manifest_without_code_reads_back_as_none() -> None:
 def test_a_damaged_manifest_is_an_integrity_error(data: bytes) -> None:
     with pytest.raises(IntegrityError, match="not a valid lockstep manifest"):
         Manifest.from_json(data)
+
+
+def test_the_checksum_algorithm_is_recorded_and_optional() -> None:
+    """New manifests name how their checksums were computed; older ones, without the key, read as None."""
+    manifest = sample_manifest()
+    record = manifest.databases["main"]
+    named = DatabaseRecord(**{**record.__dict__, "checksum_algorithm": "row-hash-sum"})
+    document = named.to_document()
+    assert document["checksum_algorithm"] == "row-hash-sum"
+    assert DatabaseRecord.from_document(document) == named
+    assert "checksum_algorithm" not in record.to_document()
+    assert DatabaseRecord.from_document(record.to_document()).checksum_algorithm is None

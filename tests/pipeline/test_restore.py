@@ -152,3 +152,60 @@ def test_checksums_of_another_algorithm_are_not_compared_but_row_counts_are() ->
     assert compare_with_manifest(recorded, same_rows) == []
     assert compare_with_manifest(recorded, fewer_rows)
     assert compare_with_manifest(recorded, other_sum)
+
+
+def test_a_named_checksum_algorithm_decides_whether_checksums_are_compared() -> None:
+    """With the algorithm in the manifest, the checksums' lengths no longer matter."""
+    from lockstep.databases.base import DatabaseInfo, TableInfo
+    from lockstep.databases.postgresql import PostgresqlAdapter
+    from lockstep.pipeline.manifest import DatabaseRecord, TableRecord
+    from lockstep.pipeline.restore import checksums_comparable, compare_with_manifest
+
+    recorded = [TableRecord(name="orders", rows=10, checksum="0" * 16)]
+    other_sum = DatabaseInfo("postgresql", "15", [TableInfo("orders", 10, "1" * 16)], None, None)
+    assert compare_with_manifest(recorded, other_sum, comparable=True)
+    assert compare_with_manifest(recorded, other_sum, comparable=False) == []
+    assert compare_with_manifest(recorded, other_sum)  # not named: same length, so compared
+
+    def record(algorithm: str | None) -> DatabaseRecord:
+        return DatabaseRecord(
+            "postgresql",
+            "15",
+            "postgresql-custom",
+            "/databases/main.dump",
+            1,
+            "a" * 64,
+            recorded,
+            None,
+            None,
+            checksum_algorithm=algorithm,
+        )
+
+    adapter = PostgresqlAdapter()
+    assert checksums_comparable(record("row-hash-sum"), adapter) is True
+    assert checksums_comparable(record("md5-in-key-order"), adapter) is False
+    assert checksums_comparable(record(None), adapter) is None
+
+
+def test_counts_taken_outside_the_dump_snapshot_are_not_held_against_a_restore() -> None:
+    """A MyISAM table (not `consistent`) or an after-dump fingerprint may differ from the dump
+    when the application wrote during the snapshot; a missing table is still a problem."""
+    from lockstep.databases.base import DatabaseInfo, TableInfo
+    from lockstep.pipeline.manifest import TableRecord
+    from lockstep.pipeline.restore import compare_with_manifest
+
+    recorded = [
+        TableRecord(name="orders", rows=10, checksum="a" * 16),
+        TableRecord(name="sessions", rows=5, checksum="b" * 16, consistent=False),
+    ]
+    drifted = DatabaseInfo(
+        "mariadb", "10.11", [TableInfo("orders", 10, "a" * 16), TableInfo("sessions", 7, "c" * 16)], None, None
+    )
+    assert compare_with_manifest(recorded, drifted) == []
+    both_drifted = DatabaseInfo(
+        "mariadb", "10.11", [TableInfo("orders", 11, "d" * 16), TableInfo("sessions", 7, "c" * 16)], None, None
+    )
+    assert [table for table, _ in compare_with_manifest(recorded, both_drifted)] == ["orders"]
+    assert compare_with_manifest(recorded, both_drifted, inspected="after-dump") == []
+    missing = DatabaseInfo("mariadb", "10.11", [TableInfo("orders", 10, "a" * 16)], None, None)
+    assert [table for table, _ in compare_with_manifest(recorded, missing, inspected="after-dump")] == ["sessions"]

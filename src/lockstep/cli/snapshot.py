@@ -16,7 +16,7 @@ from lockstep.cli.output import console, human_bytes, print_json
 from lockstep.cli.project_options import wants_json
 from lockstep.cli.reporting import progress_options, progress_reporter
 from lockstep.pipeline.code import SHORT_COMMIT_LENGTH
-from lockstep.pipeline.manifest import Manifest
+from lockstep.pipeline.manifest import DatabaseRecord, Manifest
 from lockstep.pipeline.verification_records import describe_state
 from lockstep.repository.snapshot import Snapshot
 
@@ -182,11 +182,25 @@ def _print_manifest(item: ListedSnapshot) -> None:
             f"database     {name}: {database.engine} {database.server_version}, {human_bytes(database.size)} "
             f"at {database.path}, {len(database.tables)} tables, {rows} rows{migration}"
         )
-        lines.extend(f"               {table.name}: {table.rows} rows" for table in database.tables)
+        lines.append(f"               counts       {_fingerprint_origin(database)}")
+        lines.extend(
+            f"               {table.name}: {table.rows} rows" + ("" if table.consistent else " (outside the snapshot)")
+            for table in database.tables
+        )
     for file in manifest.files:
         lines.append(f"file         {file.path} ({file.kind}, {human_bytes(file.size)})")
     for line in lines:
         console.print(line, markup=False)
+
+
+def _fingerprint_origin(database: DatabaseRecord) -> str:
+    """Where the row counts and checksums a restore is checked against come from."""
+    if database.inspected == "after-dump":
+        reason = f" ({database.inspected_note})" if database.inspected_note else ""
+        return f"taken after the dump{reason}: writes during the snapshot may differ"
+    if database.inspected_note:
+        return f"from the dump's own snapshot, except: {database.inspected_note}"
+    return "from the dump's own snapshot"
 
 
 @snapshot_group.command("show")

@@ -61,6 +61,24 @@ class TableRecord:
     name: str
     rows: int
     checksum: str
+    # False for a table the dump's consistent snapshot does not cover (MariaDB's MyISAM, Aria
+    # and MEMORY tables): its counts may differ from what the dump holds.
+    consistent: bool = True
+
+    def to_document(self) -> dict[str, Any]:
+        document: dict[str, Any] = {"name": self.name, "rows": self.rows, "checksum": self.checksum}
+        if not self.consistent:
+            document["consistent"] = False
+        return document
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> TableRecord:
+        return cls(
+            name=str(document["name"]),
+            rows=int(document["rows"]),
+            checksum=str(document["checksum"]),
+            consistent=bool(document.get("consistent", True)),
+        )
 
 
 @dataclass(frozen=True)
@@ -79,23 +97,36 @@ class DatabaseRecord:
     # Counts are taken right after the dump, not inside its transaction: on a database that is
     # being written they can differ from what the dump holds; a restore check must allow that.
     inspected: str = "after-dump"
+    # How the table checksums were computed (e.g. PostgreSQL's "row-hash-sum"), so a restore
+    # compares checksums only with ones computed the same way. None in manifests written before
+    # the field existed (and for engines that do not name theirs): then the checksums' lengths
+    # tell the kinds apart.
+    checksum_algorithm: str | None = None
+    # Why the counts were taken after the dump, or which tables the dump's snapshot left out.
+    inspected_note: str | None = None
 
     def to_document(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "engine": self.engine,
             "server_version": self.server_version,
             "dump_format": self.dump_format,
             "path": self.path,
             "size": self.size,
             "sha256": self.sha256,
-            "tables": [{"name": table.name, "rows": table.rows, "checksum": table.checksum} for table in self.tables],
+            "tables": [table.to_document() for table in self.tables],
             "migration_version": self.migration_version,
             "migration_table": self.migration_table,
             "inspected": self.inspected,
         }
+        if self.checksum_algorithm is not None:
+            document["checksum_algorithm"] = self.checksum_algorithm
+        if self.inspected_note is not None:
+            document["inspected_note"] = self.inspected_note
+        return document
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> DatabaseRecord:
+        algorithm = document.get("checksum_algorithm")
         return cls(
             engine=str(document["engine"]),
             server_version=str(document["server_version"]),
@@ -103,13 +134,12 @@ class DatabaseRecord:
             path=str(document["path"]),
             size=int(document["size"]),
             sha256=str(document["sha256"]),
-            tables=[
-                TableRecord(name=str(table["name"]), rows=int(table["rows"]), checksum=str(table["checksum"]))
-                for table in document.get("tables", [])
-            ],
+            tables=[TableRecord.from_document(table) for table in document.get("tables", [])],
             migration_version=document.get("migration_version"),
             migration_table=document.get("migration_table"),
             inspected=str(document.get("inspected", "after-dump")),
+            checksum_algorithm=None if algorithm is None else str(algorithm),
+            inspected_note=None if document.get("inspected_note") is None else str(document["inspected_note"]),
         )
 
 

@@ -68,7 +68,7 @@ class SnapshotFileReader(io.RawIOBase):
     def __init__(self, repository: Repository, node: Node) -> None:
         super().__init__()
         self._blobs = read_blobs(repository, node.content or [])
-        self._pending = b""
+        self._pending = memoryview(b"")  # a view: handing out a blob piece by piece copies it once
 
     def readable(self) -> bool:
         return True
@@ -76,7 +76,7 @@ class SnapshotFileReader(io.RawIOBase):
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         while not self._pending:
             try:
-                self._pending = next(self._blobs)
+                self._pending = memoryview(next(self._blobs))
             except StopIteration:
                 return 0
         count = min(len(buffer), len(self._pending))
@@ -103,6 +103,19 @@ def dump_source(repository: Repository, node: Node, adapter: DatabaseAdapter) ->
         path.unlink(missing_ok=True)
 
 
+def restore_and_inspect(
+    adapter: DatabaseAdapter, url: str, password: str | None, source: IO[bytes] | Path, create: bool
+) -> DatabaseInfo:
+    """Restore, then fingerprint the restored database; an adapter that can fingerprint while
+    its restore finishes (PostgreSQL: during the foreign keys and triggers) does both."""
+    overlapping = getattr(adapter, "restore_and_inspect", None)
+    if overlapping is not None and not isinstance(source, Path):
+        info: DatabaseInfo = overlapping(url, password, source, create)
+        return info
+    adapter.restore(url, password, source, create)
+    return adapter.inspect(url, password)
+
+
 def scratch_server_url(engine: str, server: ServerAccess | None, name: str) -> str:
     """Where a scratch database for `engine` can be made: SQLite anywhere, others next to `server`."""
     if engine == "sqlite":
@@ -120,25 +133,47 @@ def scratch_server_url(engine: str, server: ServerAccess | None, name: str) -> s
     return server.url
 
 
+def checksums_comparable(record: DatabaseRecord, adapter: DatabaseAdapter) -> bool | None:
+    """Whether the manifest's checksums and `adapter`'s are computed the same way; None when
+    the manifest (written before it named its algorithm) or the adapter does not say."""
+    current = getattr(adapter, "checksum_algorithm", None)
+    if record.checksum_algorithm is None or current is None:
+        return None
+    return bool(record.checksum_algorithm == current)
+
+
 def _same_checksum_kind(first: str, second: str) -> bool:
-    """Whether two checksums come from the same algorithm: PostgreSQL's changed from md5 (32 hex
-    digits) to a sum of 64-bit row hashes (16). Across that change only row counts can be compared."""
+    """For manifests that do not name their checksum algorithm: PostgreSQL's changed from md5
+    (32 hex digits) to a sum of 64-bit row hashes (16). Across that change only row counts can
+    be compared."""
     return len(first) == len(second)
 
 
-def compare_with_manifest(recorded: list[TableRecord], info: DatabaseInfo) -> list[tuple[str, str]]:
-    """(table, problem) for every table whose rows or checksum differ from the manifest."""
+def compare_with_manifest(
+    recorded: list[TableRecord], info: DatabaseInfo, comparable: bool | None = None, inspected: str = "dump"
+) -> list[tuple[str, str]]:
+    """(table, problem) for every table whose rows or checksum differ from the manifest.
+
+    `comparable` says whether the checksums were computed the same way (`checksums_comparable`);
+    None leaves it to the checksums' lengths. Counts taken outside the dump's snapshot (the
+    record's `inspected` is "after-dump", or a table is not `consistent`) may differ from what
+    the dump holds when the application wrote meanwhile, so only the table's presence is checked.
+    """
     problems: list[tuple[str, str]] = []
     actual = {table.name: table for table in info.tables}
     for table in recorded:
         found = actual.pop(table.name, None)
         if found is None:
             problems.append((table.name, f"table {table.name} is in the manifest but was not restored"))
+        elif inspected == "after-dump" or not table.consistent:
+            continue
         elif found.rows != table.rows:
             problems.append(
                 (table.name, f"table {table.name} has {found.rows} rows restored, the manifest says {table.rows}")
             )
-        elif found.checksum != table.checksum and _same_checksum_kind(found.checksum, table.checksum):
+        elif found.checksum != table.checksum and (
+            comparable if comparable is not None else _same_checksum_kind(found.checksum, table.checksum)
+        ):
             problems.append((table.name, f"table {table.name}: the restored rows' checksum differs from the manifest"))
     for name in sorted(actual):
         problems.append((name, f"table {name} was restored but is not in the manifest"))
@@ -184,11 +219,10 @@ def restore_database(
         empty_database(adapter, target)
     try:
         with dump_source(repository, node, adapter) as source:
-            adapter.restore(target.url, target.password, source, create=state == "missing")
+            info = restore_and_inspect(adapter, target.url, target.password, source, create=state == "missing")
     except SourceError as error:
         raise SourceError(f"database {name}: restoring into {shown} failed: {error.message}", error.hint) from error
-    info = adapter.inspect(target.url, target.password)
-    problems = compare_with_manifest(record.tables, info)
+    problems = compare_with_manifest(record.tables, info, checksums_comparable(record, adapter), record.inspected)
     if problems:
         raise IntegrityError(
             f"database {name} ({shown}) does not match the snapshot after the restore: "
@@ -224,6 +258,7 @@ def target_state(adapter: DatabaseAdapter, target: ServerAccess) -> TargetState:
             location,
             target.password,
             f"SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = {database}",
+            database="",  # asked without selecting the target, which may not exist
         )
         if exists[0][0] == "0":
             return "missing"
@@ -232,6 +267,7 @@ def target_state(adapter: DatabaseAdapter, target: ServerAccess) -> TargetState:
             target.password,
             f"SELECT (SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = {database})"
             f" + (SELECT COUNT(*) FROM information_schema.routines WHERE routine_schema = {database})",
+            database="",
         )
         return "empty" if objects[0][0] == "0" else "non-empty"
     if adapter.engine == "postgresql":
@@ -427,8 +463,10 @@ class _HashingWriter:
 __all__ = [
     "RestoredDatabase",
     "ServerAccess",
+    "checksums_comparable",
     "compare_with_manifest",
     "dump_source",
+    "restore_and_inspect",
     "restore_code",
     "restore_database",
     "restore_files",

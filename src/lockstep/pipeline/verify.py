@@ -27,7 +27,14 @@ from lockstep.databases import adapter_for
 from lockstep.databases.base import DatabaseAdapter, DatabaseInfo, ServerLocation
 from lockstep.errors import IntegrityError, LockstepError, SourceError, UsageError
 from lockstep.pipeline.manifest import DatabaseRecord, Manifest
-from lockstep.pipeline.restore import ServerAccess, compare_with_manifest, dump_source, scratch_server_url
+from lockstep.pipeline.restore import (
+    ServerAccess,
+    checksums_comparable,
+    compare_with_manifest,
+    dump_source,
+    restore_and_inspect,
+    scratch_server_url,
+)
 from lockstep.pipeline.snapshot import load_manifest
 from lockstep.pipeline.verification_records import DatabaseCheck, Finding, VerificationResult, record_result
 from lockstep.repository.blobs import BlobType
@@ -242,11 +249,12 @@ def _test_restore(
         ) from error
     try:
         with dump_source(repository, node, adapter) as source:
-            adapter.restore(scratch, password, source, create=False)
-        info = adapter.inspect(scratch, password)
+            info = restore_and_inspect(adapter, scratch, password, source, create=False)
         findings.extend(
             Finding(f"{subject}, table {table}", f"{subject}: {problem}")
-            for table, problem in compare_with_manifest(database.tables, info)
+            for table, problem in compare_with_manifest(
+                database.tables, info, checksums_comparable(database, adapter), database.inspected
+            )
         )
         integrity, problems = integrity_check(adapter, scratch, password, info)
         findings.extend(Finding(subject, f"{subject}: {problem}") for problem in problems)

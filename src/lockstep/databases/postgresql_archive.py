@@ -1,0 +1,153 @@
+"""The head of a pg_dump custom-format archive: its header and table of contents.
+
+Read from the first bytes of a stream, so a restore can plan (which entries are schema, which
+are table data it loads itself, which are left to pg_restore) before the data arrives. Only
+what lockstep writes is understood: format versions 1.14 and 1.15, uncompressed; anything
+else is "not understood" (None), and the caller falls back to plain pg_restore.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+# pg_backup_archiver.h: enum teSection.
+SECTION_NONE = 1
+SECTION_PRE_DATA = 2
+SECTION_DATA = 3
+SECTION_POST_DATA = 4
+_SUPPORTED_VERSIONS = ((1, 14), (1, 15))
+_CUSTOM_FORMAT = 1
+
+
+class IncompleteHead(Exception):
+    """The bytes end before the table of contents does: read more and try again."""
+
+
+@dataclass(frozen=True)
+class TocEntry:
+    """One table-of-contents entry, as much of it as a restore plan needs."""
+
+    dump_id: int
+    had_data: bool  # pg_dump wrote a data block for it
+    tag: str
+    description: str  # "TABLE", "TABLE DATA", "SEQUENCE SET", "BLOBS", "INDEX", ...
+    section: int
+    definition: str
+    copy_statement: str
+    namespace: str
+    tablespace: str
+
+
+@dataclass(frozen=True)
+class ArchiveHead:
+    """The parsed header and table of contents, and where the data blocks start."""
+
+    entries: list[TocEntry]
+    end: int  # offset of the first byte after the table of contents
+
+
+def parse_head(data: bytes) -> ArchiveHead | None:
+    """The head of a custom-format archive; None if it is not one this parser understands.
+
+    Raises IncompleteHead when `data` ends inside the head.
+    """
+    reader = _Reader(data)
+    if len(data) < 5:
+        raise IncompleteHead
+    if data[:5] != b"PGDMP":
+        return None
+    reader.position = 5
+    version = (reader.byte(), reader.byte(), reader.byte())
+    reader.int_size, reader.offset_size, archive_format = reader.byte(), reader.byte(), reader.byte()
+    if version[:2] not in _SUPPORTED_VERSIONS or archive_format != _CUSTOM_FORMAT or reader.int_size > 8:
+        return None
+    compression = reader.byte() if version[:2] == (1, 15) else reader.integer()
+    if compression != 0:
+        return None
+    for _ in range(7):  # the time of the dump
+        reader.integer()
+    for _ in range(3):  # database name, server version, pg_dump version
+        reader.string()
+    entries: list[TocEntry] = []
+    for _ in range(reader.integer()):
+        dump_id = reader.integer()
+        had_data = reader.integer() != 0
+        reader.string()  # table OID
+        reader.string()  # OID
+        tag = reader.text()
+        description = reader.text()
+        section = reader.integer()
+        definition = reader.text()
+        reader.string()  # drop statement
+        copy_statement = reader.text()
+        namespace = reader.text()
+        tablespace = reader.text()
+        for _ in range(3):  # access method, owner, "false" (with OIDs)
+            reader.string()
+        while reader.string() is not None:  # dependencies, ended by a null string
+            pass
+        reader.byte()  # whether the data offset is set
+        reader.skip(reader.offset_size)
+        entries.append(
+            TocEntry(dump_id, had_data, tag, description, section, definition, copy_statement, namespace, tablespace)
+        )
+    return ArchiveHead(entries=entries, end=reader.position)
+
+
+def read_head(read: Callable[[int], bytes], first_read: int = 1 << 16) -> tuple[ArchiveHead | None, bytes]:
+    """Read a stream until its head parses: (the head or None, every byte read so far)."""
+    data = b""
+    size = first_read
+    while True:
+        more = read(size)
+        data += more
+        try:
+            return parse_head(data), data
+        except IncompleteHead:
+            if not more:
+                return None, data
+            size *= 2
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.position = 0
+        self.int_size = 4
+        self.offset_size = 8
+
+    def skip(self, count: int) -> None:
+        self.position += count
+        if self.position > len(self.data):
+            raise IncompleteHead
+
+    def byte(self) -> int:
+        if self.position >= len(self.data):
+            raise IncompleteHead
+        value = self.data[self.position]
+        self.position += 1
+        return value
+
+    def integer(self) -> int:
+        sign = self.byte()
+        end = self.position + self.int_size
+        if end > len(self.data):
+            raise IncompleteHead
+        value = int.from_bytes(self.data[self.position : end], "little")
+        self.position = end
+        return -value if sign else value
+
+    def string(self) -> bytes | None:
+        length = self.integer()
+        if length < 0:
+            return None
+        start = self.position
+        self.skip(length)
+        return self.data[start : self.position]
+
+    def text(self) -> str:
+        value = self.string()
+        # Text in the dump's encoding; surrogateescape keeps bytes that are not UTF-8, so
+        # encode("utf-8", "surrogateescape") gives back exactly what pg_dump wrote.
+        return "" if value is None else value.decode("utf-8", "surrogateescape")

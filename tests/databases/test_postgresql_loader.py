@@ -1,0 +1,275 @@
+"""The parallel loader for custom-format dumps (postgresql_loader.py), against the real server."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from lockstep.databases import postgresql_loader
+from lockstep.databases.base import ServerLocation
+from lockstep.databases.postgresql import PostgresqlAdapter
+from lockstep.databases.postgresql_archive import SECTION_POST_DATA, TocEntry, parse_head, read_head
+from lockstep.databases.postgresql_indexes import index_jobs
+from lockstep.databases.postgresql_loader import _CopyTextSplitter, plan_load
+from lockstep.errors import SourceError
+from tests.databases.test_postgresql import (
+    BINARY,
+    RICH_SCHEMA,
+    SERVER_URL,
+    TEXT,
+    adapter,  # noqa: F401 - a fixture
+    dump_bytes,
+    execute,
+    query,
+)
+
+INDEXES = (
+    "SELECT schemaname, tablename, indexname, indexdef FROM pg_indexes WHERE schemaname NOT LIKE 'pg_%' ORDER BY 3"
+)
+CONSTRAINTS = (
+    "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), conindid::regclass::text"
+    " FROM pg_constraint WHERE connamespace::regnamespace::text NOT LIKE 'pg_%' ORDER BY 2"
+)
+# Values that COPY text escapes or that look like its end marker.
+AWKWARD = ["line one\nline two", "tab\there", "back\\slash", "\\.", ".", "\\", "\r\n", "", " trailing "]
+
+
+@pytest.fixture
+def database(adapter: PostgresqlAdapter) -> Iterator[str]:  # noqa: F811
+    url = adapter.create_scratch(SERVER_URL, None)
+    yield url
+    adapter.drop_database(url, None)
+
+
+@pytest.fixture
+def scratch(adapter: PostgresqlAdapter) -> Iterator[str]:  # noqa: F811
+    url = adapter.create_scratch(SERVER_URL, None)
+    yield url
+    adapter.drop_database(url, None)
+
+
+@pytest.fixture
+def loads(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, int]]:
+    """Small pieces, so even these tables go to both connections; records what each load did."""
+    monkeypatch.setattr(postgresql_loader, "PIECE_BYTES", 4096)
+    seen: list[dict[str, int]] = []
+    original = postgresql_loader.ParallelLoader.run
+
+    def run(self: postgresql_loader.ParallelLoader, *arguments: Any) -> postgresql_loader.LoadResult:
+        result = original(self, *arguments)
+        seen.append(result.rows)
+        return result
+
+    monkeypatch.setattr(postgresql_loader.ParallelLoader, "run", run)
+    return seen
+
+
+def fill(url: str) -> None:
+    execute(url, RICH_SCHEMA.replace("CREATE TABLE documents (id int PRIMARY KEY, body oid);", ""))
+    execute(
+        url,
+        'CREATE SCHEMA "Sales Dept"; CREATE TABLE "Sales Dept"."Order lines" (id int PRIMARY KEY, "note text" text);'
+        " CREATE TABLE empty_one (id int); CREATE MATERIALIZED VIEW customer_count AS SELECT count(*) FROM customers;"
+        " COMMENT ON TABLE customers IS 'people'; CREATE INDEX ON customers (name);"
+        ' INSERT INTO "Sales Dept"."Order lines" SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 3000) g;'
+        " CREATE TABLE readings (id int, day date, PRIMARY KEY (id, day)) PARTITION BY RANGE (day);"
+        " CREATE TABLE readings_2024 PARTITION OF readings FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');"
+        " CREATE INDEX ON readings (day);"
+        " INSERT INTO readings SELECT g, date '2024-01-01' + g % 300 FROM generate_series(1, 900) g;",
+    )
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname=ServerLocation.parse(url).database) as connection:
+        connection.execute("INSERT INTO customers (name, photo) VALUES (%s, %s)", (TEXT, BINARY))
+        for number, value in enumerate(AWKWARD):
+            connection.execute('INSERT INTO "Sales Dept"."Order lines" VALUES (%s, %s)', (-number, value))
+
+
+def test_a_stream_restores_everything_through_the_parallel_loader(
+    adapter: PostgresqlAdapter,  # noqa: F811
+    database: str,
+    scratch: str,
+    loads: list[dict[str, int]],
+) -> None:
+    fill(database)
+    adapter.restore(scratch, None, io.BytesIO(dump_bytes(adapter, database)), create=False)
+
+    assert loads == [
+        {
+            "audit": 1,
+            "customers": 501,
+            "events_without_key": 300,
+            "readings_2024": 900,
+            "Sales Dept.Order lines": 3000 + len(AWKWARD),
+        }
+    ]
+    for catalog_query in (INDEXES, CONSTRAINTS):
+        assert query(scratch, catalog_query) == query(database, catalog_query)
+    source, restored = adapter.inspect(database, None), adapter.inspect(scratch, None)
+    assert restored.tables == source.tables
+    lines = query(scratch, 'SELECT "note text" FROM "Sales Dept"."Order lines" WHERE id <= 0 ORDER BY id DESC')
+    assert [line for (line,) in lines] == AWKWARD
+    assert query(scratch, "SELECT last_value, is_called FROM invoice_numbers") == [(4242, True)]
+    assert query(scratch, "SELECT nextval('customers_id_seq')") == [(9002,)]
+    assert query(scratch, "SELECT count(*), min(shout) FROM big_customers") == [(11, "CUSTOMER 491")]
+    assert query(scratch, "SELECT * FROM customer_count") == [(501,)]
+    assert query(scratch, "SELECT obj_description('customers'::regclass)") == [("people",)]
+    assert query(scratch, "SELECT count(*) FROM pg_indexes WHERE tablename = 'customers'") == [(2,)]
+    assert query(scratch, "SELECT name, photo FROM customers WHERE name = %s", TEXT) == [(TEXT, BINARY)]
+    execute(scratch, "INSERT INTO customers (name) VALUES ('after restore')")
+    assert query(scratch, "SELECT note FROM audit WHERE note LIKE '%after%'") == [("inserted after restore",)]
+
+
+def test_a_latin1_database_keeps_its_characters(
+    adapter: PostgresqlAdapter,  # noqa: F811
+    scratch: str,
+    loads: list[dict[str, int]],
+) -> None:
+    name = "lockstep_verify_latin1_source"
+    source = SERVER_URL.rsplit("/", 1)[0] + "/" + name
+    adapter.drop_database(source, None)
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    try:
+        execute(
+            source,
+            "CREATE TABLE words (word text); INSERT INTO words VALUES ('Grüße'), ('façade'), ('½');"
+            " CREATE INDEX not_greetings ON words (word) WHERE word <> 'Grüße';",
+        )
+        adapter.restore(scratch, None, io.BytesIO(dump_bytes(adapter, source)), create=False)
+        assert loads and loads[0] == {"words": 3}
+        assert sorted(query(scratch, "SELECT word FROM words")) == [("Grüße",), ("façade",), ("½",)]
+        assert query(scratch, "SELECT indexdef LIKE '%Grüße%' FROM pg_indexes WHERE indexname = 'not_greetings'") == [
+            (True,)
+        ]
+    finally:
+        adapter.drop_database(source, None)
+
+
+def test_large_objects_take_the_plain_pg_restore_way(adapter: PostgresqlAdapter, database: str) -> None:  # noqa: F811
+    execute(
+        database, "CREATE TABLE documents (id int, body oid); INSERT INTO documents VALUES (1, lo_from_bytea(0, 'x'))"
+    )
+    head = parse_head(dump_bytes(adapter, database))
+    assert head is not None
+    assert plan_load(head) is None
+
+
+def test_the_head_is_read_in_growing_pieces(adapter: PostgresqlAdapter, database: str) -> None:  # noqa: F811
+    fill(database)
+    data = dump_bytes(adapter, database)
+    head, first_bytes = read_head(io.BytesIO(data).read, first_read=7)
+    assert head is not None and data.startswith(first_bytes) and len(first_bytes) >= head.end
+    assert {entry.description for entry in head.entries} >= {"TABLE", "TABLE DATA", "SEQUENCE SET", "INDEX"}
+    assert read_head(io.BytesIO(b"not a dump at all").read) == (None, b"not a dump at all")
+
+
+def test_a_dump_cut_short_fails_and_says_so(
+    adapter: PostgresqlAdapter,  # noqa: F811
+    database: str,
+    scratch: str,
+) -> None:
+    fill(database)
+    data = dump_bytes(adapter, database)
+    with pytest.raises(SourceError):
+        adapter.restore(scratch, None, io.BytesIO(data[: len(data) * 2 // 3]), create=False)
+
+
+class _Recorder:
+    """Stands in for a COPY connection."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, bytes]] = []
+        self.backlog = 0
+
+    def execute(self, statement: bytes) -> None:
+        self.events.append(("sql", statement))
+
+    def begin(self, statement: bytes) -> None:
+        self.events.append(("begin", statement))
+
+    def rows_piece(self, data: bytes) -> None:
+        self.events.append(("data", data))
+        self.backlog += 1
+
+    def end(self) -> None:
+        self.events.append(("end", b""))
+
+
+class _Trickle(io.RawIOBase):
+    def __init__(self, data: bytes, size: int) -> None:
+        self._data = data
+        self._size = size
+
+    def read(self, size: int = -1) -> bytes:
+        piece, self._data = self._data[: self._size], self._data[self._size :]
+        return piece
+
+
+@pytest.mark.parametrize("read_size", [1, 2, 3, 5, 64, 10_000])
+def test_copy_text_is_cut_at_line_ends_whatever_the_reads(monkeypatch: pytest.MonkeyPatch, read_size: int) -> None:
+    monkeypatch.setattr(postgresql_loader, "PIECE_BYTES", 16)
+    rows = [b"1\tfirst\n", b"2\ta \\\\. b\n", b"3\t\\\\.\n", b"4\tlast line that is longer than a piece\n"]
+    output = (
+        b"--\n-- dump\n--\n\\restrict abc\n\nSET client_encoding = 'LATIN1';\n\n"
+        b"COPY public.a (id, v) FROM stdin;\n" + b"".join(rows) + b"\\.\n\n\n"
+        b"--\n-- Data for Name: b\n--\n\nCOPY public.b (id) FROM stdin;\n\\.\n\n\n\\unrestrict abc\n"
+    )
+    workers = [_Recorder(), _Recorder()]
+    _CopyTextSplitter(workers).run(_Trickle(output, read_size))  # type: ignore[arg-type]
+
+    for worker in workers:
+        kinds = [kind for kind, _ in worker.events if kind != "data"]
+        assert kinds == ["sql", "begin", "end", "begin", "end"]
+        assert worker.events[0] == ("sql", b"SET client_encoding = 'LATIN1';")
+        assert [data for kind, data in worker.events if kind == "begin"] == [
+            b"COPY public.a (id, v) FROM stdin",
+            b"COPY public.b (id) FROM stdin",
+        ]
+    pieces = [data for worker in workers for kind, data in worker.events if kind == "data"]
+    assert all(piece.endswith(b"\n") for piece in pieces)
+    assert sorted(b"".join(pieces).splitlines(keepends=True)) == sorted(rows)
+
+
+def test_copy_text_that_ends_inside_a_table_is_an_error() -> None:
+    output = b"COPY public.a (id) FROM stdin;\n1\n2\n"
+    with pytest.raises(SourceError):
+        _CopyTextSplitter([_Recorder(), _Recorder()]).run(io.BytesIO(output))  # type: ignore[list-item]
+
+
+def _entry(description: str, definition: str, tablespace: str = "") -> TocEntry:
+    return TocEntry(1, False, "t", description, SECTION_POST_DATA, definition, "", "public", tablespace)
+
+
+def test_only_simple_indexes_and_keys_are_built_by_lockstep() -> None:
+    simple = [
+        _entry("INDEX", "CREATE INDEX t_a_idx ON public.t USING btree (a, b);\n"),
+        _entry("CONSTRAINT", "ALTER TABLE ONLY public.t\n    ADD CONSTRAINT t_pkey PRIMARY KEY (id);\n"),
+        _entry("CONSTRAINT", "ALTER TABLE ONLY public.t\n    ADD CONSTRAINT t_key UNIQUE (a, b);\n"),
+    ]
+    left_to_pg_restore = [
+        _entry("INDEX", "CREATE INDEX t_a_idx ON public.t USING btree (a);\n", tablespace="fast"),
+        _entry("INDEX", "CREATE INDEX t_a_idx ON ONLY public.t USING btree (a);\n"),
+        _entry("INDEX", "CREATE INDEX i ON public.t USING btree (a);\n\nALTER TABLE public.t CLUSTER ON i;\n"),
+        _entry("CONSTRAINT", "ALTER TABLE ONLY public.t\n    ADD CONSTRAINT t_pkey PRIMARY KEY (id) DEFERRABLE;\n"),
+        _entry("CONSTRAINT", "ALTER TABLE ONLY public.t\n    ADD CONSTRAINT k UNIQUE NULLS NOT DISTINCT (a);\n"),
+        _entry("CONSTRAINT", "ALTER TABLE ONLY public.t\n    ADD CONSTRAINT k PRIMARY KEY (id) INCLUDE (a);\n"),
+        _entry("CONSTRAINT", "ALTER TABLE ONLY public.t\n    ADD CONSTRAINT c CHECK ((a > 0));\n"),
+        _entry(
+            "FK CONSTRAINT",
+            "ALTER TABLE ONLY public.t\n    ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES public.u(id);\n",
+        ),
+    ]
+    jobs = index_jobs(simple + left_to_pg_restore)
+    assert [job.build for job in jobs] == [
+        "CREATE INDEX t_a_idx ON public.t USING btree (a, b);\n",
+        "CREATE UNIQUE INDEX t_pkey ON public.t USING btree (id)",
+        "CREATE UNIQUE INDEX t_key ON public.t USING btree (a, b)",
+    ]
+    assert [job.attach for job in jobs] == [
+        None,
+        "ALTER TABLE ONLY public.t ADD CONSTRAINT t_pkey PRIMARY KEY USING INDEX t_pkey",
+        "ALTER TABLE ONLY public.t ADD CONSTRAINT t_key UNIQUE USING INDEX t_key",
+    ]
