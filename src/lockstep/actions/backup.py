@@ -113,7 +113,7 @@ def run_backup(
         )
         with reported_step(reporter, "snapshot", ", ".join(config.databases) or "no databases") as step:
             code = prepare_code(config.code, request)
-            with project.access.session(exclusive=False) as repository:
+            with project.access.session(exclusive=False, defer_lock_recheck=True) as repository:
                 created = create_snapshot(repository, config, request, code, now)
                 added = repository.bytes_added
             bind_operation(reporter, snapshot_id=created.snapshot.id)  # the step-finished event carries it

@@ -83,7 +83,7 @@ def create(
         code = prepare_code(project.config.code, request)
         step.detail = _describe_code(code)
     with reported_step(reporter, "snapshot", ", ".join(project.config.databases) or "no databases") as step:
-        with project.access.session(exclusive=False) as repository:
+        with project.access.session(exclusive=False, defer_lock_recheck=True) as repository:
             created = create_snapshot(repository, project.config, request, code)
             added = repository.bytes_added
         bind_operation(reporter, snapshot_id=created.snapshot.id)  # the step-finished event carries it
