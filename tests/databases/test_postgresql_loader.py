@@ -12,7 +12,7 @@ import pytest
 from lockstep.databases import postgresql_loader
 from lockstep.databases.base import ServerLocation
 from lockstep.databases.postgresql import PostgresqlAdapter
-from lockstep.databases.postgresql_archive import SECTION_POST_DATA, TocEntry, parse_head, read_head
+from lockstep.databases.postgresql_archive import OFFSET_SET, SECTION_POST_DATA, TocEntry, parse_head, read_head
 from lockstep.databases.postgresql_indexes import index_jobs
 from lockstep.databases.postgresql_loader import _CopyTextSplitter, plan_load
 from lockstep.errors import SourceError
@@ -240,7 +240,7 @@ def test_copy_text_that_ends_inside_a_table_is_an_error() -> None:
 
 
 def _entry(description: str, definition: str, tablespace: str = "") -> TocEntry:
-    return TocEntry(1, False, "t", description, SECTION_POST_DATA, definition, "", "public", tablespace)
+    return TocEntry(1, False, "t", description, SECTION_POST_DATA, definition, "", "public", tablespace, 0, OFFSET_SET)
 
 
 def test_only_simple_indexes_and_keys_are_built_by_lockstep() -> None:

@@ -49,7 +49,17 @@ from lockstep.databases.base import (
     scratch_name,
     with_database,
 )
-from lockstep.databases.postgresql_archive import read_head
+from lockstep.databases.postgresql_archive import (
+    BLOCK_DATA,
+    BLOCK_LARGE_OBJECTS,
+    OFFSET_NOT_SET,
+    OFFSET_SET,
+    ArchiveHead,
+    ArchiveReader,
+    IncompleteHead,
+    parse_head,
+    read_head,
+)
 from lockstep.databases.postgresql_loader import ParallelLoader, plan_load
 from lockstep.errors import SourceError
 from lockstep.process import Command, StreamingProcess, run_with_input
@@ -299,11 +309,6 @@ def _database_info(connection: Connection, location: ServerLocation) -> Database
     )
 
 
-# The custom format's constants (pg_backup_archiver.h, pg_backup_custom.c).
-_BLOCK_DATA = 1
-_BLOCK_LARGE_OBJECTS = 3
-_OFFSET_NOT_SET = 1
-_OFFSET_SET = 2
 # COPY text never holds a NUL byte, so in a table's data block five of them can only be the
 # length-0 chunk that ends it (a sign byte and a 4-byte zero).
 _END_OF_TABLE_DATA = b"\x00" * 5
@@ -320,108 +325,48 @@ def fill_in_data_offsets(path: Path) -> bool:
     """
     try:
         with open(path, "r+b") as file, mmap.mmap(file.fileno(), 0) as data:
-            reader = _ArchiveReader(data)
-            positions = reader.offset_positions()
-            if positions is None:
+            head = parse_head(data)
+            if head is None:
                 return False
-            blocks = reader.data_blocks(set(positions))
+            unset = [entry for entry in head.entries if entry.offset_flag == OFFSET_NOT_SET]
+            fields = {entry.dump_id: entry.offset_flag_position for entry in unset}
+            blocks = _data_blocks(data, head, set(fields))
             if not blocks:
                 return False
             for dump_id, start in blocks.items():
-                field = positions[dump_id]
-                data[field] = _OFFSET_SET
-                data[field + 1 : field + 1 + reader.offset_size] = start.to_bytes(reader.offset_size, "little")
+                field = fields[dump_id]
+                data[field] = OFFSET_SET
+                data[field + 1 : field + 1 + head.offset_size] = start.to_bytes(head.offset_size, "little")
             return True
-    except (OSError, ValueError, IndexError):
+    except (OSError, ValueError, IndexError, IncompleteHead):
         return False
 
 
-class _ArchiveReader:
-    """Just enough of pg_dump's custom format (versions 1.14 and 1.15, uncompressed) to find
-    where each table's data block starts."""
-
-    def __init__(self, data: mmap.mmap) -> None:
-        self.data = data
-        self.position = 0
-        self.int_size = 4
-        self.offset_size = 8
-
-    def offset_positions(self) -> dict[int, int] | None:
-        """Dump ID -> position of the offset field of each entry whose data position is unset."""
-        if self.data[:5] != b"PGDMP":
-            return None
-        self.position = 5
-        version = (self._byte(), self._byte(), self._byte())
-        self.int_size, self.offset_size, archive_format = self._byte(), self._byte(), self._byte()
-        if version[:2] not in ((1, 14), (1, 15)) or archive_format != 1:
-            return None
-        compression = self._byte() if version[:2] == (1, 15) else self._integer()
-        if compression != 0:
-            return None
-        for _ in range(7):  # the time of the dump
-            self._integer()
-        for _ in range(3):  # database name, server version, pg_dump version
-            self._string()
-        positions: dict[int, int] = {}
-        for _ in range(self._integer()):
-            dump_id = self._integer()
-            self._integer()  # had a data dumper
-            for _ in range(4):  # table OID, OID, tag, description
-                self._string()
-            self._integer()  # section
-            for _ in range(8):  # definition, drop, copy, schema, tablespace, access method, owner, "false"
-                self._string()
-            while self._string() is not None:  # dependencies, ended by a null string
-                pass
-            field = self.position
-            flag = self._byte()
-            self.position += self.offset_size
-            if flag == _OFFSET_NOT_SET:
-                positions[dump_id] = field
-        return positions
-
-    def data_blocks(self, expected: set[int]) -> dict[int, int]:
-        """Dump ID -> start of its data block, for the blocks that follow the table of contents;
-        empty unless every block is expected and they end exactly at the end of the file."""
-        blocks: dict[int, int] = {}
-        size = len(self.data)
-        while self.position < size:
-            start = self.position
-            kind, dump_id = self._byte(), self._integer()
-            if dump_id not in expected or dump_id in blocks:
+def _data_blocks(data: mmap.mmap, head: ArchiveHead, expected: set[int]) -> dict[int, int]:
+    """Dump ID -> start of its data block, for the blocks that follow the table of contents;
+    empty unless every block is expected and they end exactly at the end of the file."""
+    reader = ArchiveReader(data)
+    reader.position, reader.int_size = head.end, head.int_size
+    blocks: dict[int, int] = {}
+    size = len(data)
+    while reader.position < size:
+        start = reader.position
+        kind, dump_id = reader.byte(), reader.integer()
+        if dump_id not in expected or dump_id in blocks:
+            return {}
+        blocks[dump_id] = start
+        if kind == BLOCK_DATA:
+            end = data.find(_END_OF_TABLE_DATA, reader.position)
+            if end < 0:
                 return {}
-            blocks[dump_id] = start
-            if kind == _BLOCK_DATA:
-                end = self.data.find(_END_OF_TABLE_DATA, self.position)
-                if end < 0:
-                    return {}
-                self.position = end + len(_END_OF_TABLE_DATA)
-            elif kind == _BLOCK_LARGE_OBJECTS:
-                while self._integer() != 0:  # each large object: its OID, then chunks to a 0 length
-                    while (length := self._integer()) != 0:
-                        self.position += length
-            else:
-                return {}
-        return blocks if self.position == size else {}
-
-    def _byte(self) -> int:
-        value = self.data[self.position]
-        self.position += 1
-        return value
-
-    def _integer(self) -> int:
-        sign = self._byte()
-        end = self.position + self.int_size
-        value = int.from_bytes(self.data[self.position : end], "little")
-        self.position = end
-        return -value if sign else value
-
-    def _string(self) -> bytes | None:
-        length = self._integer()
-        if length < 0:
-            return None
-        self.position += length
-        return b""
+            reader.position = end + len(_END_OF_TABLE_DATA)
+        elif kind == BLOCK_LARGE_OBJECTS:
+            while reader.integer() != 0:  # each large object: its OID, then chunks to a 0 length
+                while (length := reader.integer()) != 0:
+                    reader.skip(length)
+        else:
+            return {}
+    return blocks if reader.position == size else {}
 
 
 # Annotated so that mypy checks the class against the Protocol.

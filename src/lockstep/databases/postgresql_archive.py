@@ -8,6 +8,7 @@ else is "not understood" (None), and the caller falls back to plain pg_restore.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +17,11 @@ SECTION_NONE = 1
 SECTION_PRE_DATA = 2
 SECTION_DATA = 3
 SECTION_POST_DATA = 4
+# pg_backup_custom.c: data offset flags and block types.
+OFFSET_NOT_SET = 1
+OFFSET_SET = 2
+BLOCK_DATA = 1
+BLOCK_LARGE_OBJECTS = 3
 _SUPPORTED_VERSIONS = ((1, 14), (1, 15))
 _CUSTOM_FORMAT = 1
 
@@ -37,6 +43,8 @@ class TocEntry:
     copy_statement: str
     namespace: str
     tablespace: str
+    offset_flag_position: int  # where the "data offset set?" byte sits (the offset follows it)
+    offset_flag: int  # OFFSET_NOT_SET when pg_dump wrote to a pipe and could not seek back
 
 
 @dataclass(frozen=True)
@@ -45,14 +53,16 @@ class ArchiveHead:
 
     entries: list[TocEntry]
     end: int  # offset of the first byte after the table of contents
+    int_size: int
+    offset_size: int
 
 
-def parse_head(data: bytes) -> ArchiveHead | None:
+def parse_head(data: bytes | mmap.mmap) -> ArchiveHead | None:
     """The head of a custom-format archive; None if it is not one this parser understands.
 
     Raises IncompleteHead when `data` ends inside the head.
     """
-    reader = _Reader(data)
+    reader = ArchiveReader(data)
     if len(data) < 5:
         raise IncompleteHead
     if data[:5] != b"PGDMP":
@@ -87,12 +97,25 @@ def parse_head(data: bytes) -> ArchiveHead | None:
             reader.string()
         while reader.string() is not None:  # dependencies, ended by a null string
             pass
-        reader.byte()  # whether the data offset is set
+        offset_flag_position = reader.position
+        offset_flag = reader.byte()
         reader.skip(reader.offset_size)
         entries.append(
-            TocEntry(dump_id, had_data, tag, description, section, definition, copy_statement, namespace, tablespace)
+            TocEntry(
+                dump_id,
+                had_data,
+                tag,
+                description,
+                section,
+                definition,
+                copy_statement,
+                namespace,
+                tablespace,
+                offset_flag_position,
+                offset_flag,
+            )
         )
-    return ArchiveHead(entries=entries, end=reader.position)
+    return ArchiveHead(entries=entries, end=reader.position, int_size=reader.int_size, offset_size=reader.offset_size)
 
 
 def read_head(read: Callable[[int], bytes], first_read: int = 1 << 16) -> tuple[ArchiveHead | None, bytes]:
@@ -110,8 +133,10 @@ def read_head(read: Callable[[int], bytes], first_read: int = 1 << 16) -> tuple[
             size *= 2
 
 
-class _Reader:
-    def __init__(self, data: bytes) -> None:
+class ArchiveReader:
+    """pg_dump's integers (a sign byte, then `int_size` little-endian bytes) and strings."""
+
+    def __init__(self, data: bytes | mmap.mmap) -> None:
         self.data = data
         self.position = 0
         self.int_size = 4
