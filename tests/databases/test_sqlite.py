@@ -242,3 +242,25 @@ def test_dispatch_by_scheme_and_unknown_schemes() -> None:
     with pytest.raises(UsageError) as raised:
         adapter_for("oracle://scott:tiger-secret@db/shop")
     assert "tiger-secret" not in str(raised.value) and "postgresql://" in str(raised.value)
+
+
+def test_a_wal_mode_database_leaves_no_companion_files_behind(
+    adapter: SqliteAdapter, database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backup copy keeps the source's WAL mode, so inspecting it (or checking the staged
+    restore) creates -wal and -shm files; neither the temporary directory nor the target's
+    directory may keep them."""
+    execute(database, "PRAGMA journal_mode = WAL; CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('x');")
+    temporary = tmp_path / "temporary"
+    temporary.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(temporary))
+    dump = adapter.dump(database, None)
+    dump.consistent_info()  # type: ignore[attr-defined]
+    data = dump.stdout.read()
+    dump.finish()
+    assert list(temporary.iterdir()) == []
+
+    target_directory = tmp_path / "restored"
+    target_directory.mkdir()
+    adapter.restore(f"sqlite:///{target_directory / 'app.db'}", None, io.BytesIO(data), create=True)
+    assert [path.name for path in target_directory.iterdir()] == ["app.db"]

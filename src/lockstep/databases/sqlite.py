@@ -37,6 +37,19 @@ HEADER = b"SQLite format 3\x00"
 COMPANION_SUFFIXES = ("-wal", "-shm", "-journal")
 
 
+def remove_companions(path: Path) -> None:
+    """Delete the -wal/-shm/-journal next to a database file (opening a WAL-mode copy, even
+    read-only, creates -wal and -shm that closing it leaves behind)."""
+    for suffix in COMPANION_SUFFIXES:
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def remove_database_file(path: Path) -> None:
+    """Delete a database file and its companions."""
+    path.unlink(missing_ok=True)
+    remove_companions(path)
+
+
 class FileDump:
     """A finished backup copy, streamed from a temporary file that `finish()` removes."""
 
@@ -50,7 +63,7 @@ class FileDump:
 
     def finish(self) -> None:
         self.stdout.close()
-        self._path.unlink(missing_ok=True)
+        remove_database_file(self._path)  # a WAL-mode copy, once inspected, has -wal and -shm
 
     def kill(self) -> None:
         self.finish()
@@ -74,10 +87,10 @@ class SqliteAdapter:
             ):
                 source.backup(target)  # pages=-1: the whole database in one step, one snapshot
         except sqlite3.Error as error:
-            copy.unlink(missing_ok=True)
+            remove_database_file(copy)
             raise SourceError(f"cannot back up SQLite database {path}: {error}") from None
         except BaseException:
-            copy.unlink(missing_ok=True)
+            remove_database_file(copy)
             raise
         return FileDump(copy)
 
@@ -123,13 +136,13 @@ class SqliteAdapter:
                 output.flush()
                 os.fsync(output.fileno())
             _check_copy(staged)
+            remove_companions(staged)  # the check's: the staged file itself is complete
             # The old database's -wal/-shm/-journal describe the old file; next to the new one
             # they would be replayed into it and corrupt it.
-            for suffix in COMPANION_SUFFIXES:
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            remove_companions(path)
             os.replace(staged, path)
         except BaseException:
-            staged.unlink(missing_ok=True)
+            remove_database_file(staged)
             raise
 
     def create_scratch(self, url: str, password: str | None) -> str:
@@ -140,8 +153,7 @@ class SqliteAdapter:
     def drop_database(self, url: str, password: str | None) -> None:
         path = database_path(url)
         require_scratch(path.name, str(path))
-        for suffix in ("", *COMPANION_SUFFIXES):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        remove_database_file(path)
 
 
 # Annotated so that mypy checks the class against the Protocol.
