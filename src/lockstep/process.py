@@ -73,6 +73,27 @@ def run_capture(command: Command, timeout: float = 60.0) -> str:
     return completed.stdout.decode("utf-8", "replace")
 
 
+def start_piped(
+    command: Command, hint: str = "install it or fix the path", buffered: bool = True
+) -> subprocess.Popen[bytes]:
+    """Start a command with stdin, stdout and stderr all pipes, for callers that talk to it
+    both ways (a `mariadb` session, pg_restore turning an archive into COPY text)."""
+    try:
+        return subprocess.Popen(
+            list(command.argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=command._environment(),
+            cwd=command.cwd,
+            bufsize=-1 if buffered else 0,
+        )
+    except FileNotFoundError as error:
+        raise SourceError(f"command not found: {command.argv[0]}", hint) from error
+    except PermissionError as error:
+        raise SourceError(f"command is not executable: {command.argv[0]}") from error
+
+
 class StreamingProcess:
     """A command whose stdout is read as a stream; `finish()` checks how it ended."""
 

@@ -14,13 +14,13 @@ import contextlib
 import queue
 import re
 import secrets
-import subprocess
 import threading
 import time
+from dataclasses import replace
 
 from lockstep.databases.base import redact
 from lockstep.errors import SourceError
-from lockstep.process import Command
+from lockstep.process import Command, start_piped
 
 # Options that make the client a statement pipe: rows as tab-separated lines, no headers,
 # output flushed after every statement, and never a silent reconnect (which would drop the
@@ -46,16 +46,7 @@ class ClientSession:
         self._marker = "lockstep-end-" + secrets.token_hex(8)
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._stderr = ""
-        try:
-            self._process = subprocess.Popen(
-                [*command.argv, *SESSION_OPTIONS],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=command._environment(),
-            )
-        except FileNotFoundError as error:
-            raise SourceError(f"command not found: {command.argv[0]}", "install it or fix the path") from error
+        self._process = start_piped(replace(command, argv=(*command.argv, *SESSION_OPTIONS)))
         threading.Thread(target=self._read_stdout, name="mariadb-session-out", daemon=True).start()
         self._stderr_reader = threading.Thread(target=self._read_stderr, name="mariadb-session-err", daemon=True)
         self._stderr_reader.start()

@@ -26,7 +26,6 @@ import contextlib
 import fcntl
 import os
 import queue
-import subprocess
 import tempfile
 import threading
 from collections.abc import Callable
@@ -40,7 +39,7 @@ import psycopg
 from lockstep.databases.postgresql_archive import SECTION_PRE_DATA, ArchiveHead, TocEntry
 from lockstep.databases.postgresql_indexes import build_indexes
 from lockstep.errors import SourceError
-from lockstep.process import Command, run_with_input
+from lockstep.process import Command, run_with_input, start_piped
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 # Rows are sent in pieces of about this size, alternately to the connections with less queued.
@@ -164,17 +163,7 @@ class ParallelLoader:
         list_file.write_text("".join(f"{dump_id};\n" for dump_id in dump_ids))
         # Without connection options pg_restore writes SQL: COPY statements and their rows.
         command = self._restore_command("--file=-", f"--use-list={list_file}")
-        try:
-            process = subprocess.Popen(
-                list(command.argv),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=command._environment(),
-                bufsize=0,
-            )
-        except FileNotFoundError as error:
-            raise SourceError("command not found: pg_restore", "install the PostgreSQL client tools") from error
+        process = start_piped(command, "install the PostgreSQL client tools", buffered=False)
         assert process.stdin is not None and process.stdout is not None and process.stderr is not None
         for pipe in (process.stdin, process.stdout):
             with contextlib.suppress(OSError, AttributeError):  # fewer, larger reads and writes
