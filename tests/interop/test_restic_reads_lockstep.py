@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,6 +117,36 @@ def test_restic_restores_a_stdin_snapshot_at_its_nested_path(local_environment: 
     restic(local_environment, ["restore", "latest", "--target", str(target)])
     assert (target / "dumps" / "nightly" / "db.sql").read_bytes() == data
     assert sorted(os.listdir(target)) == ["dumps"]
+
+
+def test_restic_reads_a_large_file_given_as_stdin(local_environment: dict[str, str], tmp_path: Path) -> None:
+    """`--stdin < FILE` of a file past chunker.MAP_AT_LEAST is mapped rather than read; restic
+    must still check it and dump it byte for byte, and the same bytes through a pipe must give
+    the same chunks (nothing new stored the second time)."""
+    from lockstep.repository.chunker import MAP_AT_LEAST
+
+    source = tmp_path / "large.sql"
+    data = mixed_data(MAP_AT_LEAST + (5 << 20), seed=11)
+    source.write_bytes(data)
+    environment = {**os.environ, "LOCKSTEP_SCRYPT_N": "1024", **local_environment}
+    with open(source, "rb") as stdin:
+        completed = subprocess.run(
+            [sys.executable, "-m", "lockstep", "repo", "backup", "--stdin", "--stdin-filename", "large.sql", "--json"],
+            stdin=stdin,
+            capture_output=True,
+            env=environment,
+            check=False,
+        )
+    assert completed.returncode == 0, completed.stderr.decode()
+    assert "no errors were found" in restic(local_environment, ["check", "--read-data"]).out
+    target = tmp_path / "restored"
+    restic(local_environment, ["restore", "latest", "--target", str(target)])
+    assert (target / "large.sql").read_bytes() == data
+    piped = lockstep_backup_summary(
+        lockstep(local_environment, ["repo", "backup", "--stdin", "--stdin-filename", "large.sql", "--json"], data)
+    )
+    # Only the new snapshot's one tree blob is new: every data chunk was cut as before.
+    assert piped["blobs_added"] == 1, "the piped copy was cut differently from the mapped one"
 
 
 # Times, and subtree IDs (the hashes of trees that hold times), are the fields allowed to differ.

@@ -131,3 +131,44 @@ def test_small_streams_are_copied_and_leave_the_ring_free() -> None:
     assert consumer.waits == 0
     consumer.wait_completed(len(consumer.held))
     assert b"".join(expected for _, expected in consumer.held) == b"".join(files * 3)
+
+
+def test_a_large_regular_file_is_mapped_and_cut_as_a_stream_would_be(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPathFactory
+) -> None:
+    monkeypatch.setattr(chunker_module, "BLOCK_SIZE", 2 * 1024 * 1024)
+    monkeypatch.setattr(chunker_module, "MAP_AT_LEAST", 4 * 1024 * 1024)
+    data = os.urandom(9 << 20) + b"lockstep " * 1_000_000 + os.urandom(5 << 20) + b"tail"
+    path = tmp_path / "dump.sql"  # type: ignore[operator]
+    path.write_bytes(b"skipped header" + data)
+    mapped_windows: list[int] = []
+    original = Chunker.mapped_chunks
+
+    def recording(self: Chunker, mapping: object, start: int, consumer: object = None) -> object:
+        mapped_windows.append(start)
+        return original(self, mapping, start, consumer)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Chunker, "mapped_chunks", recording)
+    consumer = HoldingConsumer()
+    with open(path, "rb") as stream:
+        stream.read(len(b"skipped header"))  # a stream already partly read is mapped from there
+        for chunk in Chunker(POLYNOMIAL).chunks(stream, consumer, map_large_file=True):
+            consumer.held.append((chunk, bytes(chunk)))
+    consumer.wait_completed(len(consumer.held))
+    assert mapped_windows == [len(b"skipped header")]
+    assert [expected for _, expected in consumer.held] == reference_cuts(data)
+    assert consumer.waits > 0, "no window's pages were ever released"
+
+
+def test_pipes_small_files_and_unmapped_requests_are_read(tmp_path: pytest.TempPathFactory) -> None:
+    path = tmp_path / "small.sql"  # type: ignore[operator]
+    data = os.urandom(3 << 20)
+    path.write_bytes(data)
+    with open(path, "rb") as stream:  # below MAP_AT_LEAST
+        assert chunker_module._map_rest_of_file(stream) is None
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "rb") as stream:
+        os.close(write_end)
+        assert chunker_module._map_rest_of_file(stream) is None
+    with open(path, "rb") as stream:
+        assert b"".join(bytes(chunk) for chunk in Chunker(POLYNOMIAL).chunks(stream)) == data

@@ -142,10 +142,12 @@ class Archiver:
         self.summary = BackupSummary()
         self._workers = workers
 
-    def store_stream(self, pipeline: ChunkPipeline, stream: IO[bytes]) -> tuple[list[bytes], int]:
+    def store_stream(
+        self, pipeline: ChunkPipeline, stream: IO[bytes], map_large_file: bool = False
+    ) -> tuple[list[bytes], int]:
         content: list[bytes] = []
         size = 0
-        for chunk in self.chunker.chunks(stream, pipeline):
+        for chunk in self.chunker.chunks(stream, pipeline, map_large_file=map_large_file):
             position = len(content)
             content.append(b"")
 
@@ -178,7 +180,9 @@ class Archiver:
         now = format_time_ns(time.time_ns())
         pipeline = ChunkPipeline(self.repository, self._workers)
         try:
-            content, size = self.store_stream(pipeline, stream)
+            # A file given as stdin is mapped, not read (a copy less); files in a directory
+            # backup are not, because a log rotated meanwhile would kill the process (SIGBUS).
+            content, size = self.store_stream(pipeline, stream, map_large_file=True)
             pipeline.drain()
         finally:
             pipeline.close()
