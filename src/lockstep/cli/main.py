@@ -28,13 +28,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "lock": ("lockstep.cli.lock",),
     "repo": ("lockstep.cli.repo",),
     "rollback": ("lockstep.cli.rollback",),
-    "snapshot": (
-        "lockstep.cli.snapshot",
-        "lockstep.cli.snapshot_verify",
-        "lockstep.cli.snapshot_diff",
-        "lockstep.cli.snapshot_restore",
-        "lockstep.cli.snapshot_forget",
-    ),
+    "snapshot": ("lockstep.cli.snapshot",),  # its subcommands load lazily too (cli/snapshot.py)
     "status": ("lockstep.cli.status",),
 }
 

@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 
 
 def _width_when_not_a_terminal() -> int | None:
@@ -21,8 +20,9 @@ def _width_when_not_a_terminal() -> int | None:
     return int(columns) if columns.isdigit() else 160
 
 
-console = Console(highlight=False, soft_wrap=True, width=_width_when_not_a_terminal())
-error_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# No emoji codes: a message that happens to contain ":name:" (a path, a URL) prints as written.
+console = Console(highlight=False, soft_wrap=True, emoji=False, width=_width_when_not_a_terminal())
+error_console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def print_json(document: Any) -> None:
@@ -45,6 +45,16 @@ def byte_progress(description: str, total: int | None, enabled: bool) -> Iterato
     if not enabled or not error_console.is_terminal:
         yield lambda _: None
         return
+    # Imported here: 10 ms that commands run from cron or scripts need not pay.
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
+
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

@@ -39,7 +39,29 @@ def manifest_document(snapshot: Snapshot, manifest: Manifest) -> dict[str, Any]:
     return {"id": snapshot.id, "short_id": snapshot.short_id, **manifest.to_document()}
 
 
-@click.group("snapshot")
+# Subcommands defined in modules of their own, imported only when asked for: `snapshot create`
+# (run from cron before every deploy) starts about 70 ms sooner without verify, diff and forget.
+SUBCOMMAND_MODULES = {
+    "verify": "lockstep.cli.snapshot_verify",
+    "diff": "lockstep.cli.snapshot_diff",
+    "restore": "lockstep.cli.snapshot_restore",
+    "forget": "lockstep.cli.snapshot_forget",
+}
+
+
+class _SnapshotGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *SUBCOMMAND_MODULES})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in SUBCOMMAND_MODULES:
+            import importlib
+
+            importlib.import_module(SUBCOMMAND_MODULES[cmd_name])  # registers itself on the group
+        return self.commands.get(cmd_name)
+
+
+@click.group("snapshot", cls=_SnapshotGroup)
 def snapshot_group() -> None:
     """Coordinated snapshots: code version, databases and config files under one ID."""
 
