@@ -9,6 +9,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 python3 -m pip install -q --disable-pip-version-check -e . >/dev/null
+python3 -m compileall -q src/lockstep >/dev/null  # bytecode, as a wheel install has it (see test.sh)
 
 work=$(mktemp -d /tmp/lockstep-demo.XXXXXX)
 app="$work/notes"
