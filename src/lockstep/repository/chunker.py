@@ -12,7 +12,7 @@ from __future__ import annotations
 import mmap
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import IO, Protocol
 
 from pyfastcdc import FastCDC
@@ -122,14 +122,8 @@ class Chunker:
                     self._ring_next, slot = slot, -1  # nothing points into the block: reuse it next
                 if not filled:
                     return
-                pending: memoryview | None = None
-                for chunk in self._fastcdc.cut_buf(view):
-                    if pending is not None:
-                        yield pending
-                    pending = view[chunk.offset : chunk.offset + chunk.length]
+                pending = yield from self._cut_window(view, at_end)
                 if at_end:
-                    if pending is not None:
-                        yield pending
                     return
                 carry = pending if pending is not None else b""
                 self._release(slot, consumer)
@@ -158,14 +152,8 @@ class Chunker:
                 view = whole[position:end]
                 if consumer is not None:
                     window_marks.append((position, consumer.submitted()))
-                pending: memoryview | None = None
-                for chunk in self._fastcdc.cut_buf(view):
-                    if pending is not None:
-                        yield pending
-                    pending = view[chunk.offset : chunk.offset + chunk.length]
+                pending = yield from self._cut_window(view, at_end)
                 if at_end:
-                    if pending is not None:
-                        yield pending
                     return
                 assert pending is not None  # a window longer than the largest chunk holds a cut
                 carried = len(pending)
@@ -181,6 +169,19 @@ class Chunker:
                         released = release_to
         finally:
             whole.release()
+
+    def _cut_window(self, view: memoryview, at_end: bool) -> Generator[memoryview, None, memoryview | None]:
+        """Yield the chunks cut in `view`. Its last cut is a real boundary only at the stream's
+        end; otherwise it is returned instead, to be cut again with what follows."""
+        pending: memoryview | None = None
+        for chunk in self._fastcdc.cut_buf(view):
+            if pending is not None:
+                yield pending
+            pending = view[chunk.offset : chunk.offset + chunk.length]
+        if at_end and pending is not None:
+            yield pending
+            return None
+        return pending
 
     def _release(self, slot: int, consumer: ChunkConsumer | None) -> None:
         """Remember how many chunks the consumer had taken when we left a ring block."""
