@@ -142,3 +142,33 @@ def test_key_file_round_trips_restic_bytes() -> None:
     data = key_file.to_bytes()
     assert KeyFile.from_bytes(data).to_bytes() == data
     assert KeyFile.from_bytes(data).open("pw") == master
+
+
+def test_the_key_derivation_matches_cryptographys_and_lets_other_threads_run() -> None:
+    """hashlib's scrypt gives restic's user key (the same as cryptography's Scrypt) and releases
+    the GIL, so a command can import and connect while a repository opens."""
+    import threading
+    import time
+
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    from lockstep.repository.keyfile import derive_user_key
+
+    for n, r, p in [(1 << 15, 8, 1), (1024, 8, 5), (2048, 4, 2)]:
+        key = derive_user_key("pw", b"s" * 64, ScryptParameters(n=n, r=r, p=p))
+        expected = Scrypt(salt=b"s" * 64, length=64, n=n, r=r, p=p).derive(b"pw")
+        assert key.encrypt + key.mac_k + key.mac_r == expected
+
+    slow = ScryptParameters(n=1 << 16, r=8, p=1)
+    started = time.perf_counter()
+    derive_user_key("pw", b"s" * 64, slow)
+    alone = time.perf_counter() - started
+    ticks = 0
+    thread = threading.Thread(target=derive_user_key, args=("pw", b"s" * 64, slow))
+    thread.start()
+    while thread.is_alive():
+        ticks += 1
+        sum(range(1000))
+    thread.join()
+    # With the GIL held for the whole derivation, the loop would run a few times at most.
+    assert ticks > 20 * max(1.0, alone * 10), f"only {ticks} turns of the loop while scrypt ran for {alone:.2f} s"

@@ -15,8 +15,6 @@ import socket
 import time
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-
 from lockstep.errors import IntegrityError, NotFound, UsageError
 from lockstep.repository.crypto import AuthenticationFailed, Key
 from lockstep.repository.gojson import format_time_ns, go_json
@@ -24,6 +22,7 @@ from lockstep.repository.identity import current_user
 from lockstep.storage.base import Backend, FileType
 
 SALT_SIZE = 64  # restic refuses any other salt length
+HASHLIB_MAXMEM_LIMIT = 2**31 - 1  # hashlib.scrypt's maxmem must fit a C int
 
 
 @dataclass(frozen=True)
@@ -36,9 +35,21 @@ class ScryptParameters:
 
 
 def derive_user_key(password: str, salt: bytes, parameters: ScryptParameters) -> Key:
-    """scrypt(password, salt) → 64 bytes → the user key that seals the master key."""
-    kdf = Scrypt(salt=salt, length=64, n=parameters.n, r=parameters.r, p=parameters.p)
-    return Key.from_bytes(kdf.derive(password.encode("utf-8")))
+    """scrypt(password, salt) → 64 bytes → the user key that seals the master key.
+
+    hashlib's scrypt (OpenSSL) releases the GIL for its ~0.1 s, so a command can import and
+    connect on its main thread while a repository opens (RepositoryAccess.session's
+    `meanwhile`); cryptography's Scrypt holds it.
+    """
+    n, r, p = parameters.n, parameters.r, parameters.p
+    secret = password.encode("utf-8")
+    # OpenSSL refuses to use more than `maxmem` (32 MiB by default): scrypt needs 128·r·(N+p+2).
+    maxmem = 128 * r * (n + p + 2) + 1024
+    if maxmem > HASHLIB_MAXMEM_LIMIT:  # a key file made for 2 GiB and more: cryptography has no cap
+        from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+        return Key.from_bytes(Scrypt(salt=salt, length=64, n=n, r=r, p=p).derive(secret))
+    return Key.from_bytes(hashlib.scrypt(secret, salt=salt, n=n, r=r, p=p, maxmem=maxmem, dklen=64))
 
 
 @dataclass(frozen=True)
