@@ -21,6 +21,7 @@ from lockstep.pipeline.snapshot import (
     SnapshotRequest,
     create_snapshot,
     environment_name,
+    load_database_adapters,
     prepare_code,
 )
 from lockstep.pipeline.steps import Reporter
@@ -83,7 +84,9 @@ def create(
         code = prepare_code(project.config.code, request)
         step.detail = _describe_code(code)
     with reported_step(reporter, "snapshot", ", ".join(project.config.databases) or "no databases") as step:
-        with project.access.session(exclusive=False, defer_lock_recheck=True) as repository:
+        with project.access.session(
+            exclusive=False, defer_lock_recheck=True, meanwhile=lambda: load_database_adapters(project.config)
+        ) as repository:
             created = create_snapshot(repository, project.config, request, code)
             added = repository.bytes_added
         bind_operation(reporter, snapshot_id=created.snapshot.id)  # the step-finished event carries it

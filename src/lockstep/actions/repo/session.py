@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +64,17 @@ class RepositoryAccess:
             )
         return password
 
+    def _open_while(self, meanwhile: Callable[[], None]) -> Repository:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockstep-open") as pool:
+            opening = pool.submit(self.open, False)
+            try:
+                meanwhile()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    opening.result().close()
+                raise
+            return opening.result()
+
     def open(self, load_index: bool = True) -> Repository:
         repository = Repository.open(open_backend(self.resolved_location()), self.password())
         if load_index:
@@ -70,11 +83,18 @@ class RepositoryAccess:
 
     @contextmanager
     def session(
-        self, exclusive: bool = False, lock: bool = True, load_index: bool = True, defer_lock_recheck: bool = False
+        self,
+        exclusive: bool = False,
+        lock: bool = True,
+        load_index: bool = True,
+        defer_lock_recheck: bool = False,
+        meanwhile: Callable[[], None] | None = None,
     ) -> Iterator[Repository]:
         """An open repository, locked for the duration (snapshots are read before the index).
-        `defer_lock_recheck`: for writers that commit only at the end (see locks.locked)."""
-        repository = self.open(load_index=False)
+        `defer_lock_recheck`: for writers that commit only at the end (see locks.locked).
+        `meanwhile`: work for this thread while the repository opens on another, such as
+        importing a database driver; the key derivation (~0.1 s of scrypt) releases the GIL."""
+        repository = self.open(load_index=False) if meanwhile is None else self._open_while(meanwhile)
         try:
             if lock:
                 with locked(
