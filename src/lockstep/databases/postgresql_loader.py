@@ -23,7 +23,6 @@ The plan needs every data block to be table data in COPY form; an archive with l
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import queue
 import tempfile
@@ -39,7 +38,7 @@ import psycopg
 from lockstep.databases.postgresql_archive import SECTION_PRE_DATA, ArchiveHead, TocEntry
 from lockstep.databases.postgresql_indexes import build_indexes
 from lockstep.errors import SourceError
-from lockstep.process import Command, run_with_input, start_piped
+from lockstep.process import Command, enlarge_pipe, run_with_input, start_piped
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 # Rows are sent in pieces of about this size, alternately to the connections with less queued.
@@ -166,8 +165,7 @@ class ParallelLoader:
         process = start_piped(command, "install the PostgreSQL client tools", buffered=False)
         assert process.stdin is not None and process.stdout is not None and process.stderr is not None
         for pipe in (process.stdin, process.stdout):
-            with contextlib.suppress(OSError, AttributeError):  # fewer, larger reads and writes
-                fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIECE_BYTES)
+            enlarge_pipe(pipe, PIECE_BYTES)  # fewer, larger reads and writes
         feeder = _Feeder(process.stdin, first_bytes, rest, process.kill)
         errors = _StderrTail(process.stderr)
         with ExitStack() as stack:
