@@ -7,6 +7,8 @@ set by .ci/run) it fails the test instead, so nothing passes by not running.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -79,6 +81,20 @@ def run_lockstep(
         check=False,
     )
     return Completed(completed.returncode, completed.stdout, completed.stderr)
+
+
+def restic_blob_list_sha256(repository: str, snapshot_id: str, path: str) -> str:
+    """The manifest's `blobs_sha256` of a file, recomputed with restic alone: walk the trees
+    with `restic cat`, take the file's content IDs in order and hash them."""
+    snapshot = json.loads(run_restic(repository, ["cat", "snapshot", snapshot_id]).out)
+    tree_id = snapshot["tree"]
+    *folders, name = path.strip("/").split("/")
+    for folder in folders:
+        tree = json.loads(run_restic(repository, ["cat", "blob", tree_id]).out)
+        tree_id = next(node["subtree"] for node in tree["nodes"] if node["name"] == folder)
+    tree = json.loads(run_restic(repository, ["cat", "blob", tree_id]).out)
+    content = next(node["content"] for node in tree["nodes"] if node["name"] == name)
+    return hashlib.sha256(b"".join(bytes.fromhex(blob_id) for blob_id in content)).hexdigest()
 
 
 @pytest.fixture

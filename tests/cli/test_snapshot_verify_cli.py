@@ -97,23 +97,24 @@ def test_a_flipped_bit_exits_12_naming_the_database_and_list_says_failed(project
 
 
 def test_a_dump_whose_checksum_differs_exits_12(project: Project) -> None:
-    """A manifest whose SHA-256 for the dump is wrong is found by data verification."""
+    """A manifest whose checksum for the dump (its blob list's SHA-256) is wrong fails verify."""
     created = project.create("-m", "good")
     repository = Repository.open(LocalBackend(project.repository), TEST_PASSWORD)
     try:
         repository.load_index()
         snapshot = repository.load_snapshot(created["id"])
-        assert load_manifest(repository, snapshot).databases["main"].sha256 == created["databases"]["main"]["sha256"]
+        recorded = load_manifest(repository, snapshot).databases["main"].blobs_sha256
+        assert recorded == created["databases"]["main"]["blobs_sha256"]
 
         def wrong(document: dict[str, object]) -> None:
-            document["databases"]["main"]["sha256"] = "f" * 64  # type: ignore[index]
+            document["databases"]["main"]["blobs_sha256"] = "f" * 64  # type: ignore[index]
 
         bad = rewrite_manifest(repository, snapshot, wrong)
     finally:
         repository.close()
-    failed = project.lockstep("snapshot", "verify", bad.id[:12], "--level", "data")
+    failed = project.lockstep("snapshot", "verify", bad.id[:12], "--level", "structure")
     assert failed.returncode == 12
-    assert "database main" in failed.err and "SHA-256" in failed.err
+    assert "database main" in failed.err and "blobs_sha256" in failed.err
     assert project.ok("snapshot", "verify", created["id"][:12], "--level", "data")
 
 

@@ -6,6 +6,7 @@ servers) are shared with test_diff.py and test_restore.py.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import sqlite3
@@ -321,17 +322,48 @@ def test_a_missing_pack_fails_structure(tmp_path: Path) -> None:
         repository.close()
 
 
-def test_a_dump_whose_checksum_differs_fails_data(tmp_path: Path) -> None:
-    """A manifest SHA-256 that does not match the stored dump is found at the data level."""
+def test_a_dump_whose_blob_list_differs_from_the_manifest_fails_structure(tmp_path: Path) -> None:
+    """The manifest pins each dump by the SHA-256 of its blob IDs, checked without reading data."""
     url = make_sqlite(tmp_path / "app.db")
     good = take_snapshot(tmp_path / "repository", tmp_path, {"main": url})
     repository = open_repository(tmp_path / "repository")
     try:
+        record = load_manifest(repository, good).databases["main"]
+        assert record.sha256 is None and record.blobs_sha256 is not None
 
         def wrong_checksum(document: dict[str, Any]) -> None:
-            document["databases"]["main"]["sha256"] = "0" * 64
+            document["databases"]["main"]["blobs_sha256"] = "0" * 64
 
         bad = rewrite_manifest(repository, good, wrong_checksum)
+        assert verify_snapshot(repository, good, "structure").ok
+        result = verify_snapshot(repository, bad, "structure")
+        assert not result.ok
+        assert "database main" in result.findings[0].message and "blobs_sha256" in result.findings[0].message
+    finally:
+        repository.close()
+
+
+def test_an_older_manifest_with_the_dumps_sha256_is_checked_at_the_data_level(tmp_path: Path) -> None:
+    """Manifests from before blobs_sha256 recorded the SHA-256 of the dump's bytes: still checked."""
+    url = make_sqlite(tmp_path / "app.db")
+    good = take_snapshot(tmp_path / "repository", tmp_path, {"main": url})
+    repository = open_repository(tmp_path / "repository")
+    try:
+        node = find_node(repository, good, "/databases/main.sqlite3")
+        output = io.BytesIO()
+        dump_file(repository, node, output)
+        actual = hashlib.sha256(output.getvalue()).hexdigest()
+
+        def as_before(sha256: str) -> Callable[[dict[str, Any]], None]:
+            def rewrite(document: dict[str, Any]) -> None:
+                del document["databases"]["main"]["blobs_sha256"]
+                document["databases"]["main"]["sha256"] = sha256
+
+            return rewrite
+
+        older = rewrite_manifest(repository, good, as_before(actual))
+        assert verify_snapshot(repository, older, "data").ok
+        bad = rewrite_manifest(repository, good, as_before("0" * 64))
         assert verify_snapshot(repository, bad, "structure").ok
         result = verify_snapshot(repository, bad, "data")
         assert not result.ok

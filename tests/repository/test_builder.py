@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from lockstep.errors import SourceError, UsageError
-from lockstep.repository.builder import SnapshotBuilder
+from lockstep.repository.blobs import BlobType
+from lockstep.repository.builder import SnapshotBuilder, blob_list_sha256
 from lockstep.repository.locks import locked
 from lockstep.repository.repository import Repository
+from lockstep.repository.restorer import find_node
 from lockstep.storage.base import FileType
 from lockstep.storage.local import LocalBackend
 from tests.conftest import TEST_PASSWORD, run_restic
@@ -46,6 +48,13 @@ def test_sources_land_in_one_snapshot_that_restic_restores(
 
     assert stored.size == len(dump)
     assert stored.sha256 == hashlib.sha256(dump).hexdigest()
+    # The blob list's SHA-256 pins the same bytes: each ID is the SHA-256 of one piece.
+    node = find_node(repository, snapshot, "/databases/main.dump")
+    assert node.content is not None and len(node.content) > 1
+    pieces = b"".join(repository.load_blob(BlobType.DATA, blob_id) for blob_id in node.content)
+    assert pieces == dump
+    assert stored.blobs_sha256 == hashlib.sha256(b"".join(node.content)).hexdigest()
+    assert stored.blobs_sha256 == blob_list_sha256(node.content)
     assert [item.path for item in builder.stored] == ["/databases/main.dump", "/code/commit", "/manifest.json"]
     location = str(repository.backend.location).removeprefix("local:")
     check = run_restic(location, ["check", "--read-data"])
@@ -100,3 +109,17 @@ def test_the_same_path_twice_and_unsafe_paths_are_refused(repository: Repository
 def test_an_unreadable_path_is_a_source_error(repository: Repository, tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="cannot be read"), SnapshotBuilder(repository) as builder:
         builder.add_path("files/missing", tmp_path / "does-not-exist")
+
+
+def test_a_stream_stored_without_hashing_its_bytes_still_has_its_blob_list_checksum(
+    repository: Repository,
+) -> None:
+    """Database dumps skip the second full pass over their bytes; the blob list still pins them."""
+    dump = os.urandom(2_000_000)
+    with locked(repository), SnapshotBuilder(repository) as builder:
+        hashed = builder.add_stream("a.dump", io.BytesIO(dump))
+        unhashed = builder.add_stream("b.dump", io.BytesIO(dump), hash_bytes=False)
+        builder.commit(["/test"])
+    assert unhashed.sha256 is None
+    assert hashed.sha256 == hashlib.sha256(dump).hexdigest()
+    assert unhashed.blobs_sha256 == hashed.blobs_sha256 != hashed.sha256

@@ -90,7 +90,8 @@ class DatabaseRecord:
     dump_format: str
     path: str
     size: int
-    sha256: str
+    # SHA-256 of the dump's bytes; only in manifests written before blobs_sha256 replaced it.
+    sha256: str | None
     tables: list[TableRecord]
     migration_version: str | None
     migration_table: str | None
@@ -104,6 +105,9 @@ class DatabaseRecord:
     checksum_algorithm: str | None = None
     # Why the counts were taken after the dump, or which tables the dump's snapshot left out.
     inspected_note: str | None = None
+    # SHA-256 of the dump's blob IDs in order (each the SHA-256 of one piece of the dump): pins
+    # every byte without hashing the dump a second time. None in manifests from before.
+    blobs_sha256: str | None = None
 
     def to_document(self) -> dict[str, Any]:
         document: dict[str, Any] = {
@@ -112,12 +116,15 @@ class DatabaseRecord:
             "dump_format": self.dump_format,
             "path": self.path,
             "size": self.size,
-            "sha256": self.sha256,
             "tables": [table.to_document() for table in self.tables],
             "migration_version": self.migration_version,
             "migration_table": self.migration_table,
             "inspected": self.inspected,
         }
+        if self.sha256 is not None:
+            document["sha256"] = self.sha256
+        if self.blobs_sha256 is not None:
+            document["blobs_sha256"] = self.blobs_sha256
         if self.checksum_algorithm is not None:
             document["checksum_algorithm"] = self.checksum_algorithm
         if self.inspected_note is not None:
@@ -133,13 +140,14 @@ class DatabaseRecord:
             dump_format=str(document["dump_format"]),
             path=str(document["path"]),
             size=int(document["size"]),
-            sha256=str(document["sha256"]),
+            sha256=None if document.get("sha256") is None else str(document["sha256"]),
             tables=[TableRecord.from_document(table) for table in document.get("tables", [])],
             migration_version=document.get("migration_version"),
             migration_table=document.get("migration_table"),
             inspected=str(document.get("inspected", "after-dump")),
             checksum_algorithm=None if algorithm is None else str(algorithm),
             inspected_note=None if document.get("inspected_note") is None else str(document["inspected_note"]),
+            blobs_sha256=None if document.get("blobs_sha256") is None else str(document["blobs_sha256"]),
         )
 
 

@@ -217,13 +217,18 @@ def _store_code(builder: SnapshotBuilder, code: PreparedCode | None) -> CodeReco
 def _store_stream(
     builder: SnapshotBuilder, path: str, stream: DumpStream, allow_empty: bool = False
 ) -> tuple[int, str]:
-    """Stream a producer into the snapshot; a failure stops the producer and fails the snapshot."""
+    """Stream a producer into the snapshot; a failure stops the producer and fails the snapshot.
+
+    Returns the size and the SHA-256 of the stream's blob IDs: a dump is not hashed a second
+    time as a whole (see StoredFile)."""
     try:
-        stored = builder.add_stream(path, stream.stdout, finished_cleanly=stream.finish, allow_empty=allow_empty)
+        stored = builder.add_stream(
+            path, stream.stdout, finished_cleanly=stream.finish, allow_empty=allow_empty, hash_bytes=False
+        )
     except BaseException:
         stream.kill()
         raise
-    return stored.size, stored.sha256
+    return stored.size, stored.blobs_sha256
 
 
 def _store_database(builder: SnapshotBuilder, name: str, database: DatabaseConfig) -> DatabaseRecord:
@@ -249,7 +254,7 @@ def _store_database(builder: SnapshotBuilder, name: str, database: DatabaseConfi
             except BaseException:
                 dump.kill()
                 raise
-        size, sha256 = _store_stream(builder, path, dump)
+        size, blobs_sha256 = _store_stream(builder, path, dump)
         if consistent_info is not None and info is None:
             info = consistent_info()
             inspected = str(getattr(dump, "inspected", "dump"))
@@ -267,7 +272,8 @@ def _store_database(builder: SnapshotBuilder, name: str, database: DatabaseConfi
         dump_format=adapter.dump_format.name,
         path=path,
         size=size,
-        sha256=sha256,
+        sha256=None,
+        blobs_sha256=blobs_sha256,
         tables=[
             TableRecord(name=table.name, rows=table.rows, checksum=table.checksum, consistent=table.consistent)
             for table in info.tables
@@ -324,6 +330,7 @@ def _store_files(builder: SnapshotBuilder, patterns: list[str], kind: FileKind, 
                     stored = builder.add_stream(target, stream, allow_empty=True, mode=mode)
             except OSError as error:
                 raise SourceError(f"cannot read {source}: {error.strerror}", "check its permissions") from error
+            assert stored.sha256 is not None  # add_stream hashes the bytes unless told not to
             records.append(FileRecord(path=stored.path, kind=kind, size=stored.size, sha256=stored.sha256))
     return records
 

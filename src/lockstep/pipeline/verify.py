@@ -1,9 +1,11 @@
 """`snapshot verify`: prove a coordinated snapshot can be brought back, at three depths.
 
 - structure: the snapshot, every tree, the manifest and every blob it refers to are indexed
-  and their packs exist: cheap, catches a lost pack or index file;
-- data: additionally every blob is read, authenticated and hashed, and every stored dump and
-  file is checked against the SHA-256 its manifest recorded;
+  and their packs exist, and each dump's list of blob IDs hashes to the manifest's
+  `blobs_sha256`: cheap, catches a lost pack or index file, or a dump swapped for another;
+- data: additionally every blob is read, authenticated and hashed (its ID is the SHA-256 of
+  its bytes, so with the blob list this checks every byte of a dump), and every config and
+  secret file is checked against the SHA-256 its manifest recorded;
 - restore: additionally every database is restored into a scratch database created for the
   purpose (and always dropped, also on failure or Ctrl-C), its per-table row counts and
   checksums compared with the manifest, and the engine's own integrity check run on it.
@@ -38,6 +40,7 @@ from lockstep.pipeline.restore import (
 from lockstep.pipeline.snapshot import load_manifest
 from lockstep.pipeline.verification_records import DatabaseCheck, Finding, VerificationResult, record_result
 from lockstep.repository.blobs import BlobType
+from lockstep.repository.builder import blob_list_sha256
 from lockstep.repository.repository import Repository
 from lockstep.repository.restorer import read_blobs
 from lockstep.repository.snapshot import Snapshot
@@ -134,7 +137,7 @@ def _check_structure(repository: Repository, snapshot: Snapshot) -> _Walk:
         walk.findings.append(Finding("/manifest.json", f"the manifest is unreadable: {error.message}"))
         return walk
     for name, database in walk.manifest.databases.items():
-        _check_recorded(walk, database.path, database.size, f"database {name}")
+        _check_recorded(walk, database.path, database.size, f"database {name}", database.blobs_sha256)
     for file in walk.manifest.files:
         _check_recorded(walk, file.path, file.size, f"{file.kind} file")
     return walk
@@ -171,12 +174,16 @@ def _walk_tree(repository: Repository, tree_id: bytes, prefix: str, walk: _Walk,
                 )
 
 
-def _check_recorded(walk: _Walk, path: str, size: int, what: str) -> None:
+def _check_recorded(walk: _Walk, path: str, size: int, what: str, blobs_sha256: str | None = None) -> None:
     node = walk.files.get(path)
     if node is None:
         walk.findings.append(Finding(path, f"{what}: {path} is in the manifest but not in the snapshot"))
     elif node.size != size:
         walk.findings.append(Finding(path, f"{what}: {path} holds {node.size} bytes, the manifest says {size}"))
+    elif blobs_sha256 is not None and blob_list_sha256(node.content or []) != blobs_sha256:
+        walk.findings.append(
+            Finding(path, f"{what}: the SHA-256 of {path}'s blob list differs from the manifest's blobs_sha256")
+        )
 
 
 # --- data --------------------------------------------------------------------------------
@@ -185,22 +192,27 @@ def _check_recorded(walk: _Walk, path: str, size: int, what: str) -> None:
 def _check_data(
     repository: Repository, walk: _Walk, progress: ProgressCallback | None
 ) -> tuple[list[Finding], int, int, set[str]]:
-    """Read every file's blobs; compare the recorded files' SHA-256 with the manifest."""
+    """Read every file's blobs (each checked against its ID, the SHA-256 of its bytes); compare
+    the SHA-256 of the files the manifest recorded one for (config and secret files, and dumps
+    in manifests from before blobs_sha256)."""
     expected: dict[str, tuple[str, str]] = {}  # path → (what, sha256)
     if walk.manifest is not None:
         for name, database in walk.manifest.databases.items():
-            expected[database.path] = (f"database {name}", database.sha256)
+            # A dump recorded by its blob list (checked by the structure pass) is checked here
+            # by reading every blob, each against its own SHA-256.
+            expected[database.path] = (f"database {name}", database.sha256 or "")
         for file in walk.manifest.files:
             expected[file.path] = (f"{file.kind} file", file.sha256)
     findings: list[Finding] = []
     damaged: set[str] = set()
     blobs = size = 0
     for path, node in sorted(walk.files.items()):
-        what = expected.get(path, ("file", ""))[0]
-        digest = hashlib.sha256()
+        what, recorded_sha256 = expected.get(path, ("file", ""))
+        digest = hashlib.sha256() if recorded_sha256 else None
         try:
             for data in read_blobs(repository, node.content or []):
-                digest.update(data)
+                if digest is not None:
+                    digest.update(data)
                 blobs += 1
                 size += len(data)
                 if progress is not None:
@@ -209,9 +221,9 @@ def _check_data(
             damaged.add(path)
             findings.append(Finding(path, f"{what}: {path} cannot be read: {error.message}"))
             continue
-        if path in expected and digest.hexdigest() != expected[path][1]:
+        if digest is not None and digest.hexdigest() != recorded_sha256:
             damaged.add(path)
-            actual, recorded = digest.hexdigest()[:16], expected[path][1][:16]
+            actual, recorded = digest.hexdigest()[:16], recorded_sha256[:16]
             findings.append(Finding(path, f"{what}: {path} has SHA-256 {actual}…, the manifest says {recorded}…"))
     return findings, blobs, size, damaged
 

@@ -31,11 +31,18 @@ from lockstep.repository.tree import Node, Tree
 
 @dataclass(frozen=True)
 class StoredFile:
-    """What was stored for one source: its path in the snapshot, size and SHA-256 of the bytes."""
+    """What was stored for one source: its path in the snapshot, its size, and two checksums.
+
+    `blobs_sha256` is the SHA-256 of its blob IDs in order, each the SHA-256 of a piece of the
+    content, so it pins every byte and costs nothing more; `sha256`, of the bytes themselves,
+    is a second full pass over them (None when not asked for, as for database dumps: 2.4
+    CPU-seconds per GB on a CPU without SHA instructions).
+    """
 
     path: str
     size: int
-    sha256: str
+    sha256: str | None
+    blobs_sha256: str
 
 
 @dataclass
@@ -63,6 +70,11 @@ class _HashingReader:
         data = self._stream.read(size)
         self.digest.update(data)
         return data
+
+
+def blob_list_sha256(content: list[bytes]) -> str:
+    """SHA-256 of a file's blob IDs in order: a checksum of its content that needs no reading."""
+    return hashlib.sha256(b"".join(content)).hexdigest()
 
 
 def _split(path: str) -> list[str]:
@@ -128,11 +140,14 @@ class SnapshotBuilder:
         finished_cleanly: Callable[[], None] | None = None,
         allow_empty: bool = False,
         mode: int = 0o600,
+        hash_bytes: bool = True,
     ) -> StoredFile:
         """Store a stream as the file at `path`. `finished_cleanly` runs after the stream ends and
-        may raise (e.g. the dump tool exited non-zero): then nothing of it counts."""
-        reader = _HashingReader(stream)
-        content, size = self._archiver.store_stream(self._pipeline, reader)  # type: ignore[arg-type]
+        may raise (e.g. the dump tool exited non-zero): then nothing of it counts. Without
+        `hash_bytes` the result's `sha256` is None (its `blobs_sha256` is always there)."""
+        reader = _HashingReader(stream) if hash_bytes else None
+        source: IO[bytes] = stream if reader is None else reader  # type: ignore[assignment]
+        content, size = self._archiver.store_stream(self._pipeline, source)
         if finished_cleanly is not None:
             finished_cleanly()
         if size == 0 and not allow_empty:
@@ -141,7 +156,12 @@ class SnapshotBuilder:
             )
         self._pipeline.drain()
         self._place(path, self._file_node(size, content, mode))
-        stored = StoredFile("/" + "/".join(_split(path)), size, reader.digest.hexdigest())
+        stored = StoredFile(
+            "/" + "/".join(_split(path)),
+            size,
+            None if reader is None else reader.digest.hexdigest(),
+            blob_list_sha256(content),
+        )
         self.stored.append(stored)
         return stored
 
