@@ -1,0 +1,16 @@
+"""Declares the C extension only; everything else about the package is in pyproject.toml."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "lockstep.repository._sha256_lanes",
+            ["src/lockstep/repository/_sha256_lanes.c"],
+            extra_compile_args=["-O3"],
+            # Without a C compiler lockstep still installs and hashes with hashlib (slower on
+            # CPUs without SHA instructions; see chunk_hashing.py).
+            optional=True,
+        )
+    ]
+)
