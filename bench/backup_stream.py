@@ -104,6 +104,12 @@ def ensure_dumps(scale: int, data_dir: Path) -> tuple[Path, Path]:
     return base, changed
 
 
+def hashing_mode() -> str:
+    """How lockstep hashes chunks here (vector lanes need the extension `pip install -e .` builds)."""
+    describe = "from lockstep.repository.chunk_hashing import describe; print(describe())"
+    return subprocess.run([sys.executable, "-c", describe], capture_output=True, text=True, check=True).stdout.strip()
+
+
 def one_round(base: Path, changed: Path, work: Path) -> dict[str, float]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -181,6 +187,7 @@ def main() -> None:
     # lockstep's bytecode, as an installed wheel has it: an editable install has none, and under
     # PYTHONDONTWRITEBYTECODE every measured command would compile ~60 modules first (~70 ms).
     compileall.compile_dir(str(ROOT / "src" / "lockstep"), quiet=1)
+    print("blob IDs: " + hashing_mode(), file=sys.stderr)
     base, changed = ensure_dumps(arguments.scale, arguments.data_dir)
     rounds = [one_round(base, changed, arguments.work_dir) for _ in range(arguments.rounds)]
     median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}

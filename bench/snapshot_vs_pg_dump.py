@@ -50,6 +50,14 @@ CHANGE = (
 )
 
 
+def hashing_mode() -> str:
+    """How lockstep hashes chunks here (vector lanes need the extension `pip install -e .` builds)."""
+    describe = "from lockstep.repository.chunk_hashing import describe; print(describe())"
+    return subprocess.run(
+        [sys.executable, "-c", describe], env=environment(), capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
 def environment() -> dict[str, str]:
     return {**os.environ, "LOCKSTEP_PASSWORD": PASSWORD, "RESTIC_PASSWORD": PASSWORD, "PYTHONPATH": str(ROOT / "src")}
 
@@ -226,6 +234,7 @@ def main() -> None:
     # lockstep's bytecode, as an installed wheel has it: an editable install has none, and under
     # PYTHONDONTWRITEBYTECODE every measured command would compile ~60 modules first (~70 ms).
     compileall.compile_dir(str(ROOT / "src" / "lockstep"), quiet=1)
+    print("blob IDs: " + hashing_mode(), file=sys.stderr)
     database = f"shop{arguments.scale}"
     ensure_database(database, arguments.scale)
     load_start = os.getloadavg()[0]

@@ -25,6 +25,7 @@ from typing import IO
 
 from lockstep import __version__
 from lockstep.errors import SourceError, UsageError
+from lockstep.repository import chunk_hashing
 from lockstep.repository.blobs import BlobType
 from lockstep.repository.chunker import Chunker
 from lockstep.repository.gojson import MODE_DIR, format_time_ns, go_file_mode
@@ -66,34 +67,58 @@ class BackupSummary:
 
 
 class ChunkPipeline:
-    """Prepares blobs on a thread pool and hands results back in submission order."""
+    """Prepares blobs on a thread pool and hands results back in submission order.
 
-    def __init__(self, repository: Repository, workers: int = DEFAULT_WORKERS) -> None:
+    Where the CPU lacks SHA instructions, chunks are first collected in batches and their IDs
+    computed together, side by side (chunk_hashing.py), on the submitting thread; otherwise
+    each worker hashes its own chunk.
+    """
+
+    def __init__(self, repository: Repository, workers: int = DEFAULT_WORKERS, batch: int | None = None) -> None:
         self.repository = repository
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lockstep-chunk")
         self._window: deque[tuple[Future[tuple[bytes, PreparedBlob | None]], Callable[[bytes], None]]] = deque()
-        self._max_in_flight = workers * 3
+        self._batch = chunk_hashing.BATCH if batch is None else batch
+        self._unhashed: list[tuple[bytes | memoryview, Callable[[bytes], None]]] = []
+        self._max_in_flight = max(workers * 3, self._batch + workers)
         self._submitted = 0
         self._completed = 0
 
     def submitted(self) -> int:
-        """Chunks submitted so far (the chunker reuses a block once its chunks completed)."""
+        """Chunks taken so far (the chunker reuses a block once its chunks completed)."""
         return self._submitted
 
     def wait_completed(self, count: int) -> None:
         """Complete results in order until the first `count` submitted chunks are done."""
+        if self._unhashed:
+            self._hash_batch()
         while self._completed < count and self._window:
             self._complete_oldest()
 
-    def _prepare(self, data: bytes | memoryview) -> tuple[bytes, PreparedBlob | None]:
-        blob_id = hashlib.sha256(data).digest()
+    def _prepare(self, data: bytes | memoryview, blob_id: bytes | None = None) -> tuple[bytes, PreparedBlob | None]:
+        if blob_id is None:
+            blob_id = hashlib.sha256(data).digest()
         return blob_id, self.repository.prepare_blob(BlobType.DATA, data, blob_id)
 
     def submit(self, data: bytes | memoryview, on_done: Callable[[bytes], None]) -> None:
+        self._submitted += 1
+        if self._batch > 1:
+            self._unhashed.append((data, on_done))
+            if len(self._unhashed) >= self._batch:
+                self._hash_batch()
+            return
+        self._start(data, None, on_done)
+
+    def _start(self, data: bytes | memoryview, blob_id: bytes | None, on_done: Callable[[bytes], None]) -> None:
         while len(self._window) >= self._max_in_flight:
             self._complete_oldest()
-        self._window.append((self._pool.submit(self._prepare, data), on_done))
-        self._submitted += 1
+        self._window.append((self._pool.submit(self._prepare, data, blob_id), on_done))
+
+    def _hash_batch(self) -> None:
+        batch, self._unhashed = self._unhashed, []
+        blob_ids = chunk_hashing.blob_ids([data for data, _ in batch])
+        for (data, on_done), blob_id in zip(batch, blob_ids, strict=True):
+            self._start(data, blob_id, on_done)
 
     def _complete_oldest(self) -> None:
         future, on_done = self._window.popleft()
@@ -104,10 +129,13 @@ class ChunkPipeline:
         on_done(blob_id)
 
     def drain(self) -> None:
+        if self._unhashed:
+            self._hash_batch()
         while self._window:
             self._complete_oldest()
 
     def close(self) -> None:
+        self._unhashed.clear()
         for future, _ in self._window:
             future.cancel()
         self._window.clear()

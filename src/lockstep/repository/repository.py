@@ -197,9 +197,18 @@ class Repository:
         return decompressor
 
     def decode_blob(
-        self, blob_type: BlobType, blob_id: bytes, location: BlobLocation, sealed: bytes | memoryview
+        self,
+        blob_type: BlobType,
+        blob_id: bytes,
+        location: BlobLocation,
+        sealed: bytes | memoryview,
+        check_id: bool = True,
     ) -> bytes:
-        """Authenticate, decrypt, decompress and hash-check one blob's sealed bytes."""
+        """Authenticate, decrypt, decompress and hash-check one blob's sealed bytes.
+
+        `check_id=False` leaves the hash check to the caller, who must then compare the SHA-256
+        of the result with the ID (read_blobs does so for many blobs at once, chunk_hashing.py)
+        and raise `blob_id_mismatch` when they differ."""
         where = f"{blob_type.value} blob {blob_id.hex()[:8]} in pack {location.pack_id.hex()[:8]}"
         try:
             plaintext = self.key.open(sealed)
@@ -219,14 +228,23 @@ class Repository:
                 raise IntegrityError(
                     f"{where} has {len(plaintext)} bytes, the index says {location.uncompressed_length}"
                 )
-        if hashlib.sha256(plaintext).digest() != blob_id:
-            raise IntegrityError(
-                f"{where} does not match its ID: the data is damaged", "run `lockstep repo check --read-data`"
-            )
+        if check_id and hashlib.sha256(plaintext).digest() != blob_id:
+            raise self.blob_id_mismatch(blob_type, blob_id, location)
         return plaintext
 
-    def load_blob(self, blob_type: BlobType, blob_id: bytes) -> bytes:
-        """One blob's plaintext, verified."""
+    def blob_id_mismatch(
+        self, blob_type: BlobType, blob_id: bytes, location: BlobLocation | None = None
+    ) -> IntegrityError:
+        """The error for a blob whose bytes do not hash to its ID."""
+        location = location or self.lookup_blob(blob_type, blob_id)
+        return IntegrityError(
+            f"{blob_type.value} blob {blob_id.hex()[:8]} in pack {location.pack_id.hex()[:8]} does not match its ID: "
+            "the data is damaged",
+            "run `lockstep repo check --read-data`",
+        )
+
+    def load_blob(self, blob_type: BlobType, blob_id: bytes, check_id: bool = True) -> bytes:
+        """One blob's plaintext, verified (the ID check left to the caller without `check_id`)."""
         location = self.lookup_blob(blob_type, blob_id)
         try:
             sealed = self.backend.load(FileType.PACK, location.pack_id.hex(), location.offset, location.length)
@@ -236,7 +254,7 @@ class Repository:
             ) from error
         if len(sealed) != location.length:
             raise IntegrityError(f"pack {location.pack_id.hex()[:8]} is shorter than the index says: it is truncated")
-        return self.decode_blob(blob_type, blob_id, location, sealed)
+        return self.decode_blob(blob_type, blob_id, location, sealed, check_id)
 
     def load_tree(self, tree_id: bytes) -> Tree:
         try:
