@@ -18,13 +18,14 @@ from lockstep.actions.repo.backup import backup
 from lockstep.actions.repo.session import RepositoryAccess
 from lockstep.errors import SourceError, UsageError
 from lockstep.exit_codes import ExitCode
+from lockstep.repository import archiver as archiver_module
 from lockstep.repository import repository as repository_module
 from lockstep.repository.archiver import Archiver
 from lockstep.repository.blobs import BlobType
-from lockstep.repository.repository import Repository
+from lockstep.repository.repository import PreparedBlob, Repository
 from lockstep.storage.base import FileType
 from lockstep.storage.local import LocalBackend
-from tests.conftest import TEST_PASSWORD, run_lockstep
+from tests.conftest import TEST_PASSWORD, run_lockstep, run_restic
 
 FAILING_PRODUCER = ["sh", "-c", "head -c 5000000 /dev/urandom; exit 3"]
 
@@ -177,3 +178,45 @@ def test_cli_second_backup_of_the_same_stream_adds_almost_nothing(cli_repository
     assert second["blobs_added"] == 1  # only the new tree (its node carries a new mtime)
     assert second["bytes_added"] < 4096
     assert len(repository_files(cli_repository, FileType.SNAPSHOT)) == 2
+
+
+def compressible(seed: int, size: int) -> bytes:
+    """Text that compresses like a dump: words drawn from a small vocabulary."""
+    generator = random.Random(seed)
+    words = [generator.randbytes(generator.randrange(2, 9)).hex().encode() for _ in range(3000)]
+    text = b" ".join(generator.choice(words) for _ in range(size // 8))
+    return text[:size]
+
+
+def test_new_data_in_a_repository_holding_data_is_compressed_harder(
+    repository: Repository, monkeypatch: pytest.MonkeyPatch, restic_binary: str
+) -> None:
+    """A first backup compresses at the default level; the next one's new chunks, an increment,
+    at INCREMENT_COMPRESSION_LEVEL, up to its budget; restic reads both."""
+    levels: list[int | None] = []
+    prepare_blob = Repository.prepare_blob
+
+    def recording(
+        self: Repository, blob_type: BlobType, data: bytes, blob_id: bytes, level: int | None = None
+    ) -> PreparedBlob | None:
+        if blob_type is BlobType.DATA:
+            levels.append(level)
+        return prepare_blob(self, blob_type, data, blob_id, level)
+
+    monkeypatch.setattr(Repository, "prepare_blob", recording)
+    Archiver(repository).backup_stream(io.BytesIO(compressible(1, 6_000_000)), "first.sql")
+    assert levels and set(levels) == {None}
+
+    levels.clear()
+    Archiver(repository).backup_stream(io.BytesIO(compressible(2, 6_000_000)), "second.sql")
+    assert levels and set(levels) == {repository_module.INCREMENT_COMPRESSION_LEVEL}
+
+    # A "second" backup that is all new pays the harder level on its allowance only.
+    levels.clear()
+    monkeypatch.setattr(archiver_module, "INCREMENT_ALLOWANCE", 2_000_000)
+    Archiver(repository).backup_stream(io.BytesIO(compressible(3, 12_000_000)), "third.sql")
+    assert levels[0] == repository_module.INCREMENT_COMPRESSION_LEVEL and levels[-1] is None
+
+    location = str(repository.backend.location).removeprefix("local:")
+    check = run_restic(location, ["check", "--read-data"])
+    assert check.returncode == 0, check.err

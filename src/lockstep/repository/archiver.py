@@ -14,6 +14,7 @@ import os
 import pwd
 import socket
 import stat
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -30,7 +31,7 @@ from lockstep.repository.blobs import BlobType
 from lockstep.repository.chunker import Chunker
 from lockstep.repository.gojson import MODE_DIR, format_time_ns, go_file_mode
 from lockstep.repository.identity import current_user
-from lockstep.repository.repository import PreparedBlob, Repository
+from lockstep.repository.repository import INCREMENT_COMPRESSION_LEVEL, PreparedBlob, Repository
 from lockstep.repository.snapshot import Snapshot
 from lockstep.repository.tree import Node, Tree
 
@@ -50,6 +51,9 @@ NODE_TYPE_BY_FORMAT = {
 # One more worker than cores: while one waits (on the GIL, or on a full upload queue) the cores
 # stay busy. Measured on 2 cores: 2 workers 3.06 s, 3 workers 2.22 s for a 725 MB dump.
 DEFAULT_WORKERS = (os.cpu_count() or 2) + 1
+# New data an increment compresses at INCREMENT_COMPRESSION_LEVEL: this much, plus a quarter of
+# what the backup reads (the second backup of the 725 MB shop dump adds 179 MB: all of it).
+INCREMENT_ALLOWANCE = 64 * 1024 * 1024
 
 
 @dataclass
@@ -72,10 +76,20 @@ class ChunkPipeline:
     Where the CPU lacks SHA instructions, chunks are first collected in batches and their IDs
     computed together, side by side (chunk_hashing.py), on the submitting thread; otherwise
     each worker hashes its own chunk.
+
+    In a repository that already held data when the backup began, new chunks are compressed
+    harder (INCREMENT_COMPRESSION_LEVEL): such a backup is mostly an increment, and what it adds
+    is what the repository grows by. The harder level is kept to the first INCREMENT_ALLOWANCE
+    bytes of new data plus a quarter of the data read, so a backup that is not an increment
+    after all (all new) pays for it on its first ~85 MB only.
     """
 
     def __init__(self, repository: Repository, workers: int = DEFAULT_WORKERS, batch: int | None = None) -> None:
         self.repository = repository
+        self._increment = repository.holds_data()
+        self._bytes_taken = 0
+        self._new_bytes = 0
+        self._budget_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lockstep-chunk")
         self._window: deque[tuple[Future[tuple[bytes, PreparedBlob | None]], Callable[[bytes], None]]] = deque()
         self._batch = chunk_hashing.BATCH if batch is None else batch
@@ -98,10 +112,22 @@ class ChunkPipeline:
     def _prepare(self, data: bytes | memoryview, blob_id: bytes | None = None) -> tuple[bytes, PreparedBlob | None]:
         if blob_id is None:
             blob_id = hashlib.sha256(data).digest()
-        return blob_id, self.repository.prepare_blob(BlobType.DATA, data, blob_id)
+        if self.repository.is_known(BlobType.DATA, blob_id):
+            return blob_id, None
+        return blob_id, self.repository.prepare_blob(BlobType.DATA, data, blob_id, self._level_for_new(len(data)))
+
+    def _level_for_new(self, size: int) -> int | None:
+        """INCREMENT_COMPRESSION_LEVEL while the increment's budget lasts; None: the default."""
+        if not self._increment:
+            return None
+        with self._budget_lock:
+            self._new_bytes += size
+            within = self._new_bytes <= INCREMENT_ALLOWANCE + self._bytes_taken // 4
+        return INCREMENT_COMPRESSION_LEVEL if within else None
 
     def submit(self, data: bytes | memoryview, on_done: Callable[[bytes], None]) -> None:
         self._submitted += 1
+        self._bytes_taken += len(data)
         if self._batch > 1:
             self._unhashed.append((data, on_done))
             if len(self._unhashed) >= self._batch:

@@ -25,6 +25,9 @@ class Index:
     def __len__(self) -> int:
         return sum(len(blobs) for blobs in self._maps.values())
 
+    def count(self, blob_type: BlobType) -> int:
+        return len(self._maps[blob_type])
+
     def has(self, blob_type: BlobType, blob_id: bytes) -> bool:
         return blob_id in self._maps[blob_type]
 
