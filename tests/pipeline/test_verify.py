@@ -172,6 +172,18 @@ def take_snapshot(repository_path: Path, directory: Path, databases: dict[str, s
         repository.close()
 
 
+@contextmanager
+def sqlite_snapshot(tmp_path: Path) -> Iterator[tuple[Repository, Snapshot]]:
+    """A snapshot of make_sqlite's database in a fresh repository, opened with its index."""
+    url = make_sqlite(tmp_path / "app.db")
+    snapshot = take_snapshot(tmp_path / "repository", tmp_path, {"main": url})
+    repository = open_repository(tmp_path / "repository")
+    try:
+        yield repository, snapshot
+    finally:
+        repository.close()
+
+
 def rewrite_manifest(repository: Repository, snapshot: Snapshot, change: Callable[[dict[str, Any]], None]) -> Snapshot:
     """A new snapshot holding the same dumps and files, with the manifest edited by `change`."""
     manifest = load_manifest(repository, snapshot)
@@ -247,10 +259,7 @@ def scratch_exists(url: str) -> bool:
 def test_every_level_passes_on_a_good_sqlite_snapshot_and_is_recorded(tmp_path: Path, scratch_urls: list[str]) -> None:
     """structure, data and restore all pass; each result is kept in the repository's history,
     and the scratch database of the test-restore is gone afterwards."""
-    url = make_sqlite(tmp_path / "app.db")
-    snapshot = take_snapshot(tmp_path / "repository", tmp_path, {"main": url})
-    repository = open_repository(tmp_path / "repository")
-    try:
+    with sqlite_snapshot(tmp_path) as (repository, snapshot):
         for level in ("structure", "data", "restore"):
             result = verify_snapshot(repository, snapshot, level)  # type: ignore[arg-type]
             assert result.ok, result.findings
@@ -262,36 +271,26 @@ def test_every_level_passes_on_a_good_sqlite_snapshot_and_is_recorded(tmp_path: 
         history = load_history(repository, snapshot.id)
         assert [item.level for item in history] == ["structure", "data", "restore"]
         assert latest_results(repository, [snapshot.id])[snapshot.id].level == "restore"
-    finally:
-        repository.close()
     assert len(scratch_urls) == 1
     assert not scratch_exists(scratch_urls[0])
 
 
 def test_history_keeps_the_last_ten_results(tmp_path: Path) -> None:
     """Eleven verifications leave ten results in the one document of that snapshot."""
-    url = make_sqlite(tmp_path / "app.db")
-    snapshot = take_snapshot(tmp_path / "repository", tmp_path, {"main": url})
-    repository = open_repository(tmp_path / "repository")
-    try:
+    with sqlite_snapshot(tmp_path) as (repository, snapshot):
         for _ in range(11):
             verify_snapshot(repository, snapshot, "structure")
         assert len(load_history(repository, snapshot.id)) == 10
         assert list((tmp_path / "repository" / "lockstep" / "verifications").iterdir()) == [
             tmp_path / "repository" / "lockstep" / "verifications" / snapshot.id
         ]
-    finally:
-        repository.close()
 
 
 def test_a_flipped_bit_in_a_pack_fails_data_and_restore_naming_the_database(
     tmp_path: Path, scratch_urls: list[str]
 ) -> None:
     """The damaged dump is named; structure (which reads no data) still passes."""
-    url = make_sqlite(tmp_path / "app.db")
-    snapshot = take_snapshot(tmp_path / "repository", tmp_path, {"main": url})
-    repository = open_repository(tmp_path / "repository")
-    try:
+    with sqlite_snapshot(tmp_path) as (repository, snapshot):
         flip_bit_in_dump(tmp_path / "repository", repository, snapshot, "main")
         assert verify_snapshot(repository, snapshot, "structure").ok
         for level in ("data", "restore"):
@@ -300,17 +299,12 @@ def test_a_flipped_bit_in_a_pack_fails_data_and_restore_naming_the_database(
             assert any("database main" in finding.message for finding in result.findings), result.findings
             assert any("/databases/main.sqlite3" in finding.message for finding in result.findings)
         assert latest_results(repository, [snapshot.id])[snapshot.id].ok is False
-    finally:
-        repository.close()
     assert scratch_urls == []  # a dump that cannot be read is not test-restored
 
 
 def test_a_missing_pack_fails_structure(tmp_path: Path) -> None:
     """Structure checks that every pack the snapshot needs exists."""
-    url = make_sqlite(tmp_path / "app.db")
-    snapshot = take_snapshot(tmp_path / "repository", tmp_path, {"main": url})
-    repository = open_repository(tmp_path / "repository")
-    try:
+    with sqlite_snapshot(tmp_path) as (repository, snapshot):
         node = find_node(repository, snapshot, "/databases/main.sqlite3")
         assert node.content
         pack_id = repository.lookup_blob(BlobType.DATA, node.content[0]).pack_id.hex()
@@ -318,16 +312,11 @@ def test_a_missing_pack_fails_structure(tmp_path: Path) -> None:
         result = verify_snapshot(repository, snapshot, "structure")
         assert not result.ok
         assert any(pack_id[:8] in finding.message for finding in result.findings)
-    finally:
-        repository.close()
 
 
 def test_a_dump_whose_blob_list_differs_from_the_manifest_fails_structure(tmp_path: Path) -> None:
     """The manifest pins each dump by the SHA-256 of its blob IDs, checked without reading data."""
-    url = make_sqlite(tmp_path / "app.db")
-    good = take_snapshot(tmp_path / "repository", tmp_path, {"main": url})
-    repository = open_repository(tmp_path / "repository")
-    try:
+    with sqlite_snapshot(tmp_path) as (repository, good):
         record = load_manifest(repository, good).databases["main"]
         assert record.sha256 is None and record.blobs_sha256 is not None
 
@@ -339,16 +328,11 @@ def test_a_dump_whose_blob_list_differs_from_the_manifest_fails_structure(tmp_pa
         result = verify_snapshot(repository, bad, "structure")
         assert not result.ok
         assert "database main" in result.findings[0].message and "blobs_sha256" in result.findings[0].message
-    finally:
-        repository.close()
 
 
 def test_an_older_manifest_with_the_dumps_sha256_is_checked_at_the_data_level(tmp_path: Path) -> None:
     """Manifests from before blobs_sha256 recorded the SHA-256 of the dump's bytes: still checked."""
-    url = make_sqlite(tmp_path / "app.db")
-    good = take_snapshot(tmp_path / "repository", tmp_path, {"main": url})
-    repository = open_repository(tmp_path / "repository")
-    try:
+    with sqlite_snapshot(tmp_path) as (repository, good):
         node = find_node(repository, good, "/databases/main.sqlite3")
         output = io.BytesIO()
         dump_file(repository, node, output)
@@ -368,16 +352,11 @@ def test_an_older_manifest_with_the_dumps_sha256_is_checked_at_the_data_level(tm
         result = verify_snapshot(repository, bad, "data")
         assert not result.ok
         assert "database main" in result.findings[0].message and "SHA-256" in result.findings[0].message
-    finally:
-        repository.close()
 
 
 def test_restore_level_finds_a_table_that_differs_from_the_manifest(tmp_path: Path, scratch_urls: list[str]) -> None:
     """Row counts recorded in the manifest are compared with the test-restore, naming the table."""
-    url = make_sqlite(tmp_path / "app.db")
-    good = take_snapshot(tmp_path / "repository", tmp_path, {"main": url})
-    repository = open_repository(tmp_path / "repository")
-    try:
+    with sqlite_snapshot(tmp_path) as (repository, good):
 
         def wrong_rows(document: dict[str, Any]) -> None:
             for table in document["databases"]["main"]["tables"]:
@@ -389,8 +368,6 @@ def test_restore_level_finds_a_table_that_differs_from_the_manifest(tmp_path: Pa
         result = verify_snapshot(repository, bad, "restore")
         assert not result.ok
         assert "table events" in result.findings[0].message and "49" in result.findings[0].message
-    finally:
-        repository.close()
     assert scratch_urls and not any(scratch_exists(url) for url in scratch_urls)
 
 
@@ -445,16 +422,11 @@ def test_server_databases_verify_at_restore_level_and_scratch_is_dropped(
 
 def test_manifest_round_trip_is_unchanged_by_rewrite(tmp_path: Path) -> None:
     """The rewrite helper itself keeps an unedited manifest equal (so the other tests test verify)."""
-    url = make_sqlite(tmp_path / "app.db")
-    good = take_snapshot(tmp_path / "repository", tmp_path, {"main": url})
-    repository = open_repository(tmp_path / "repository")
-    try:
+    with sqlite_snapshot(tmp_path) as (repository, good):
         copy = rewrite_manifest(repository, good, lambda document: None)
         assert load_manifest(repository, copy) == load_manifest(repository, good)
         assert isinstance(load_manifest(repository, copy), Manifest)
         assert verify_snapshot(repository, copy, "restore").ok
-    finally:
-        repository.close()
 
 
 def test_an_interrupted_test_restore_still_drops_the_scratch_database(
