@@ -40,7 +40,8 @@ def _print_result(result: VerificationResult) -> None:
     type=click.Choice(VERIFY_LEVELS),
     default="restore",
     show_default=True,
-    help="structure: everything is indexed; data: every blob read and every checksum compared; "
+    help="structure: everything is indexed and each dump's blob list matches the manifest; "
+    "data: every blob read and every checksum compared; "
     "restore: also test-restore every database into a scratch database.",
 )
 @_config_option

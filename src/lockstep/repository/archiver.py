@@ -112,7 +112,7 @@ class ChunkPipeline:
     def _prepare(self, data: bytes | memoryview, blob_id: bytes | None = None) -> tuple[bytes, PreparedBlob | None]:
         if blob_id is None:
             blob_id = hashlib.sha256(data).digest()
-        if self.repository.is_known(BlobType.DATA, blob_id):
+        if self.repository.is_known(BlobType.DATA, blob_id):  # before the budget: known chunks cost none
             return blob_id, None
         return blob_id, self.repository.prepare_blob(BlobType.DATA, data, blob_id, self._level_for_new(len(data)))
 
