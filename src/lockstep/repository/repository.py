@@ -50,8 +50,9 @@ MAX_KEYS_TRIED = 20
 
 
 def new_compressor(level: int) -> zstandard.ZstdCompressor:
-    """A compressor for `level`: the default level with its smaller match table (other levels
-    as zstd sets them, which also fits their tables to each input's size)."""
+    """A compressor for `level`: the default level with its smaller match table, set for the
+    large chunks that carry nearly all bytes (zstd still shrinks it for a small input); other
+    levels exactly as zstd sets them, parameters picked by each input's size."""
     if level != DEFAULT_COMPRESSION_LEVEL:
         return zstandard.ZstdCompressor(level=level, write_content_size=True)
     parameters = zstandard.ZstdCompressionParameters.from_level(
