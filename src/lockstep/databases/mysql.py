@@ -30,7 +30,6 @@ marked (`TableInfo.consistent`) rather than pretended consistent.
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +47,7 @@ from lockstep.databases.base import (
     scratch_name,
     with_database,
 )
+from lockstep.databases.fingerprinted_dump import FingerprintedDump
 from lockstep.databases.mysql_session import ClientSession, StatementFailed
 from lockstep.errors import SourceError
 from lockstep.process import Command, StreamingProcess, run_capture, run_with_input
@@ -161,30 +161,18 @@ class DumpProcess(StreamingProcess):
         return self._process.poll() is not None
 
 
-class MysqlDump:
+class MysqlDump(FingerprintedDump):
     """A running mariadb-dump and our transaction that sees the same rows; both end with the dump.
 
-    The fingerprint is computed on a thread from the start, so a caller that streams the dump
-    first and asks `consistent_info()` afterwards waits only for the slower of the two. A caller
-    that asks first should not take long: the server drops a dump that it cannot send rows to
-    for net_write_timeout (60 s by default).
+    A caller that asks for `consistent_info()` before reading the dump should not take long:
+    the server drops a dump that it cannot send rows to for net_write_timeout (60 s by default).
     """
 
-    fingerprints_while_dumping = True
-
     def __init__(self, process: DumpProcess, session: ClientSession, location: ServerLocation, lock_seconds: float):
-        self._process = process
         self._session = session
         self._location = location
-        self.command = process.command
-        self.stdout: IO[bytes] = process.stdout
         self.lock_seconds = lock_seconds  # how long writers were held back
-        self._info: DatabaseInfo | None = None
-        self._error: BaseException | None = None
-        self._fingerprinting = threading.Thread(
-            target=self._compute_fingerprint, name="mariadb-fingerprint", daemon=True
-        )
-        self._fingerprinting.start()
+        super().__init__(process, thread_name="mariadb-fingerprint")
 
     @property
     def inspected(self) -> str:
@@ -202,40 +190,18 @@ class MysqlDump:
             return None
         return "not in the dump's snapshot (no transactional engine), read at another moment: " + ", ".join(outside)
 
-    def consistent_info(self) -> DatabaseInfo:
-        """Counts and checksums from the dump's own snapshot (waits for them if needed)."""
+    def _fingerprint(self) -> DatabaseInfo:
+        return _database_info(self._rows, "mysql")
+
+    def _stop_fingerprint(self) -> None:
+        self._session.close()  # ends a running CHECKSUM TABLE's connection too
         self._fingerprinting.join()
-        if self._error is not None:
-            raise self._error
-        assert self._info is not None
-        return self._info
 
-    def finish(self) -> None:
-        """Wait for mariadb-dump and the fingerprint; our transaction ends when both are done."""
-        try:
-            self._process.finish()
-        except BaseException:
-            self._session.close()
-            raise
-        finally:
-            self._fingerprinting.join()
-            self._session.close()
-
-    def kill(self) -> None:
-        try:
-            self._process.kill()
-        finally:
-            self._session.close()  # ends a running CHECKSUM TABLE's connection too
-            self._fingerprinting.join()
+    def _close_session(self) -> None:
+        self._session.close()
 
     def _rows(self, statement: str) -> list[list[str]]:
         return self._session.rows(statement, QUERY_TIMEOUT_SECONDS)
-
-    def _compute_fingerprint(self) -> None:
-        try:
-            self._info = _database_info(self._rows, "mysql")
-        except BaseException as error:  # handed to consistent_info(), in the caller's thread
-            self._error = error
 
 
 def _synchronised_dump(session: ClientSession, command: Command, location: ServerLocation) -> MysqlDump | DumpProcess:

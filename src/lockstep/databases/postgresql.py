@@ -29,7 +29,6 @@ import mmap
 import os
 import shutil
 import tempfile
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -49,6 +48,7 @@ from lockstep.databases.base import (
     scratch_name,
     with_database,
 )
+from lockstep.databases.fingerprinted_dump import FingerprintedDump
 from lockstep.databases.postgresql_archive import (
     BLOCK_DATA,
     BLOCK_LARGE_OBJECTS,
@@ -231,65 +231,29 @@ class PostgresqlAdapter:
                 _execute(connection, statement, location)
 
 
-class PostgresqlDump:
-    """A running pg_dump and the transaction whose snapshot it reads; both end with the dump.
-
-    The fingerprint of that snapshot is computed on a thread from the start, so a caller that
-    streams the dump first and asks `consistent_info()` afterwards waits only for the slower
-    of the two (`fingerprints_while_dumping` tells it so).
-    """
-
-    fingerprints_while_dumping = True
+class PostgresqlDump(FingerprintedDump):
+    """A running pg_dump and the transaction whose snapshot it reads; both end with the dump."""
 
     def __init__(self, process: StreamingProcess, connection: Connection, location: ServerLocation) -> None:
-        self._process = process
         self._connection = connection
         self._location = location
-        self.command = process.command
-        self.stdout: IO[bytes] = process.stdout
-        self._info: DatabaseInfo | None = None
-        self._error: BaseException | None = None
-        self._fingerprinting = threading.Thread(target=self._compute_fingerprint, name="pg-fingerprint", daemon=True)
-        self._fingerprinting.start()
+        super().__init__(process, thread_name="pg-fingerprint")
 
-    def consistent_info(self) -> DatabaseInfo:
-        """Counts and checksums from the dump's own snapshot (waits for them if needed)."""
-        self._fingerprinting.join()
-        if isinstance(self._error, psycopg.Error):
-            raise SourceError(f"cannot inspect {self._location.display()}: {str(self._error).strip()}") from None
-        if self._error is not None:
-            raise self._error
-        assert self._info is not None
-        return self._info
+    def _fingerprint(self) -> DatabaseInfo:
+        return _database_info(self._connection, self._location)
 
-    def finish(self) -> None:
-        """Wait for pg_dump and the fingerprint; the transaction ends only when both are done."""
-        try:
-            self._process.finish()
-        except BaseException:
-            self._stop_fingerprint()
-            raise
-        finally:
-            self._fingerprinting.join()
-            self._connection.close()
-
-    def kill(self) -> None:
-        try:
-            self._process.kill()
-        finally:
-            self._stop_fingerprint()
-            self._connection.close()
-
-    def _compute_fingerprint(self) -> None:
-        try:
-            self._info = _database_info(self._connection, self._location)
-        except BaseException as error:  # handed to consistent_info(), in the caller's thread
-            self._error = error
+    def _explain(self, error: BaseException) -> BaseException:
+        if isinstance(error, psycopg.Error):
+            return SourceError(f"cannot inspect {self._location.display()}: {str(error).strip()}")
+        return error
 
     def _stop_fingerprint(self) -> None:
         if self._fingerprinting.is_alive():
             self._connection.cancel()
         self._fingerprinting.join()
+
+    def _close_session(self) -> None:
+        self._connection.close()
 
 
 def _restore_jobs() -> int:
