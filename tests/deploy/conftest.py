@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import TEST_PASSWORD, Completed, run_lockstep
+from tests.traffic.load import response_retrying_stale
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 NOTES = REPOSITORY_ROOT / "examples" / "notes"
@@ -297,19 +298,31 @@ class NotesLoad:
                 self.report.versions[version] += 1
                 self.report.seen.append((time.monotonic(), version))
 
-    def _send(self, connection: http.client.HTTPConnection, number: int, count: int) -> tuple[str, int, str, str]:
-        if count % 4 == 0:
-            body = json.dumps({"text": f"load {number}-{count}"}).encode()
-            connection.request("POST", "/notes", body=body, headers={"Content-Type": "application/json"})
-            path, expected = "POST /notes", 201
-        else:
-            connection.request("GET", "/version")
-            path, expected = "GET /version", 200
-        response = connection.getresponse()
+    def _exchange(
+        self, connection: http.client.HTTPConnection, reused: bool, number: int, count: int
+    ) -> tuple[str, int, str, str, http.client.HTTPConnection]:
+        """One request: (what, status, body, how the connection ended, the connection used)."""
+
+        def send(on: http.client.HTTPConnection) -> None:
+            if count % 4 == 0:
+                body = json.dumps({"text": f"load {number}-{count}"}).encode()
+                on.request("POST", "/notes", body=body, headers={"Content-Type": "application/json"})
+            else:
+                on.request("GET", "/version")
+
+        path, expected = ("POST /notes", 201) if count % 4 == 0 else ("GET /version", 200)
+        response, connection, retried = response_retrying_stale(connection, reused, send, self._connect)
+        if retried:
+            # nginx closes idle kept-alive connections on a reload: counted, never hidden.
+            with self.lock:
+                self.report.stale_retries += 1
         data = response.read().decode()
         if response.status != expected:
-            return path, response.status, data, "failed"
-        return path, response.status, data, response.getheader("Connection", "").lower()
+            return path, response.status, data, "failed", connection
+        return path, response.status, data, response.getheader("Connection", "").lower(), connection
+
+    def _connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
 
     def _run(self, number: int) -> None:
         keep_alive: http.client.HTTPConnection | None = None
@@ -318,26 +331,13 @@ class NotesLoad:
             count += 1
             fresh = count % 3 == 0
             reused = not fresh and keep_alive is not None
-            if fresh or keep_alive is None:
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
-                if not fresh:
-                    keep_alive = connection
-            else:
-                connection = keep_alive
+            connection = keep_alive if reused and keep_alive is not None else self._connect()
+            if not fresh:
+                keep_alive = connection
             try:
-                try:
-                    path, status, data, how = self._send(connection, number, count)
-                except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                    if not reused:
-                        raise
-                    # The server closed an idle kept-alive connection before reading the request
-                    # (nginx does on a reload): retried once on a fresh connection, as RFC 9112
-                    # section 9.3.1 and every HTTP client allow. Counted, never hidden.
-                    with self.lock:
-                        self.report.stale_retries += 1
-                    connection.close()
-                    connection = keep_alive = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
-                    path, status, data, how = self._send(connection, number, count)
+                path, status, data, how, connection = self._exchange(connection, reused, number, count)
+                if not fresh:
+                    keep_alive = connection  # a retry replaced a stale one
                 if how == "failed":
                     self._record(failure=f"{path}: {status} {data[:100]}")
                 else:

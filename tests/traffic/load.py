@@ -14,6 +14,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -31,8 +32,38 @@ class LoadReport:
     stale_retries: int = 0
 
 
-class _StaleConnection(Exception):
-    """The server closed a reused idle connection before answering; safe to retry once."""
+# What http.client raises when the server closed the connection before any response byte.
+STALE_CONNECTION_ERRORS = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+def response_retrying_stale(
+    connection: http.client.HTTPConnection,
+    reused: bool,
+    send: Callable[[http.client.HTTPConnection], None],
+    reconnect: Callable[[], http.client.HTTPConnection],
+) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection, bool]:
+    """`send` a request on `connection` and get the response's head; returns it, the connection
+    it came on, and whether it was retried.
+
+    A reused keep-alive connection that the server closed while idle (nothing of a response
+    received) is retried once on a fresh connection, as RFC 9112 section 9.3.1 and every HTTP
+    client allow; callers count those retries, never hide them. Anything after the status line
+    (a body cut short) is a failure, not a retry: the caller reads the body itself.
+    """
+    try:
+        send(connection)
+        return connection.getresponse(), connection, False
+    except STALE_CONNECTION_ERRORS:
+        if not reused:
+            raise
+    connection.close()
+    fresh = reconnect()
+    try:
+        send(fresh)
+        return fresh.getresponse(), fresh, True
+    except BaseException:
+        fresh.close()
+        raise
 
 
 class LoadGenerator:
@@ -97,18 +128,9 @@ class LoadGenerator:
             is_post = generator.random() < 0.4
             body = os.urandom(generator.choice([0, 16, 1024, 64 * 1024])) if is_post else b""
             reused = keep_alive and kept is not None
-            if not keep_alive or kept is None:
-                connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-            else:
-                connection = kept
+            connection = kept if reused and kept is not None else self._connect()
             try:
-                try:
-                    self._exchange(connection, is_post, body, reused)
-                except _StaleConnection:
-                    connection.close()
-                    self._record(stale_retry=True)
-                    connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-                    self._exchange(connection, is_post, body, reused=False)
+                connection = self._exchange(connection, is_post, body, reused)
             except Exception as error:
                 connection.close()
                 if connection is kept:
@@ -122,18 +144,23 @@ class LoadGenerator:
         if kept is not None:
             kept.close()
 
-    def _exchange(self, connection: http.client.HTTPConnection, is_post: bool, body: bytes, reused: bool) -> None:
-        """One request; records the outcome except for a stale reused connection, which it raises."""
-        try:
+    def _connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+
+    def _exchange(
+        self, connection: http.client.HTTPConnection, is_post: bool, body: bytes, reused: bool
+    ) -> http.client.HTTPConnection:
+        """One request, its outcome recorded; returns the connection it ended on."""
+
+        def send(on: http.client.HTTPConnection) -> None:
             if is_post:
-                connection.request("POST", "/echo", body=body, headers={"Content-Type": "application/octet-stream"})
+                on.request("POST", "/echo", body=body, headers={"Content-Type": "application/octet-stream"})
             else:
-                connection.request("GET", "/")
-            response = connection.getresponse()
-        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as error:
-            if reused:
-                raise _StaleConnection() from error
-            raise
+                on.request("GET", "/")
+
+        response, connection, retried = response_retrying_stale(connection, reused, send, self._connect)
+        if retried:
+            self._record(stale_retry=True)
         answer = response.read()
         if response.getheader("Connection", "").lower() == "close":
             connection.close()
@@ -145,3 +172,4 @@ class LoadGenerator:
             self._record()
         else:
             self._record(body_seen=answer.decode("utf-8", "replace"))
+        return connection
