@@ -303,14 +303,16 @@ class NotesLoad:
     ) -> tuple[str, int, str, str, http.client.HTTPConnection]:
         """One request: (what, status, body, how the connection ended, the connection used)."""
 
+        is_post = count % 4 == 0
+        path, expected = ("POST /notes", 201) if is_post else ("GET /version", 200)
+
         def send(on: http.client.HTTPConnection) -> None:
-            if count % 4 == 0:
+            if is_post:
                 body = json.dumps({"text": f"load {number}-{count}"}).encode()
                 on.request("POST", "/notes", body=body, headers={"Content-Type": "application/json"})
             else:
                 on.request("GET", "/version")
 
-        path, expected = ("POST /notes", 201) if count % 4 == 0 else ("GET /version", 200)
         response, connection, retried = response_retrying_stale(connection, reused, send, self._connect)
         if retried:
             # nginx closes idle kept-alive connections on a reload: counted, never hidden.
