@@ -1,4 +1,4 @@
-"""Declares the C extension only; everything else about the package is in pyproject.toml."""
+"""Declares the C extensions only; everything else about the package is in pyproject.toml."""
 
 from setuptools import Extension, setup
 
@@ -11,6 +11,13 @@ setup(
             # Without a C compiler lockstep still installs and hashes with hashlib (slower on
             # CPUs without SHA instructions; see chunk_hashing.py).
             optional=True,
-        )
+        ),
+        Extension(
+            "lockstep.databases._copy_frames",
+            ["src/lockstep/databases/_copy_frames.c"],
+            extra_compile_args=["-O3"],
+            # Without it restores strip pg_dump's per-row framing in Python (copy_frames.py), slower.
+            optional=True,
+        ),
     ]
 )

@@ -6,18 +6,20 @@ rows, loaded on one core while the other idled. Here a restore is four steps:
 
 1. the schema (pre-data entries), by pg_restore from the head of the archive alone: the table
    of contents, written to a small temporary file;
-2. the table data, streamed: pg_restore turns the archive into COPY text (it strips the custom
-   format's per-row framing at C speed; a Python loop over 4.6M rows took 3.7 s), and each
-   table's rows, cut at line boundaries (a row ends with a newline, embedded ones are escaped),
-   go to two `COPY ... FROM STDIN` connections, so even one big table loads on both cores;
+2. the table data, streamed: each data block's COPY text is read straight out of the archive
+   (copy_frames.py strips the custom format's per-row framing; pg_restore did this before, for
+   about a CPU-second more and two trips of the dump through pipes), and each table's rows, cut
+   at line boundaries (a row ends with a newline, embedded ones are escaped), go to two
+   `COPY ... FROM STDIN` connections, so even one big table loads on both cores;
 3. the indexes and simple primary keys and unique constraints, on two connections, largest
    table first (postgresql_indexes.py);
 4. everything else (sequence values, foreign keys, triggers, comments, grants), by
    `pg_restore --jobs` from the same table-of-contents file: none of it has a data block. No
    rows change any more, so the caller's check of the restored rows can run alongside.
 
-The plan needs every data block to be table data in COPY form; an archive with large objects
-(or anything else) gets `plan_load` None and the caller restores it with plain pg_restore.
+The plan needs every data block to be table data in COPY form, and the entry that names the
+dump's encoding; an archive with large objects (or anything else) gets `plan_load` None and
+the caller restores it with plain pg_restore.
 """
 
 from __future__ import annotations
@@ -35,27 +37,45 @@ from typing import IO, Any
 
 import psycopg
 
+from lockstep.databases.copy_frames import data_blocks
 from lockstep.databases.postgresql_archive import SECTION_PRE_DATA, ArchiveHead, TocEntry
 from lockstep.databases.postgresql_indexes import build_indexes
 from lockstep.errors import SourceError
-from lockstep.process import Command, enlarge_pipe, run_with_input, start_piped
+from lockstep.process import Command, run_with_input
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 # Rows are sent in pieces of about this size, alternately to the connections with less queued.
 PIECE_BYTES = 1 << 20
 QUEUED_PIECES = 4
 LOADER_CONNECTIONS = 2  # at least; as many as pg_restore --jobs would use on a bigger machine
-_COPY_END = b" FROM stdin;\n"
-_TERMINATOR = b"\\.\n"
+# How pg_dump ends a table's COPY text (pg_dump.c, dumpTableData_copy).
+_END_OF_DATA_LINE = b"\\.\n"
+_END_OF_DATA = _END_OF_DATA_LINE + b"\n\n"
+# What pg_restore sets first in every session (pg_backup_archiver.c, _doSetFixedOutputState),
+# with the three settings the dump names in entries of their own in between.
+_SESSION_BEFORE = (
+    "SET statement_timeout = 0;",
+    "SET lock_timeout = 0;",
+    "SET idle_in_transaction_session_timeout = 0;",
+)
+_SESSION_FROM_DUMP = ("ENCODING", "STDSTRINGS", "SEARCHPATH")
+_SESSION_AFTER = (
+    "SET check_function_bodies = false;",
+    "SET xmloption = content;",
+    "SET client_min_messages = warning;",
+    "SET row_security = off;",
+)
 
 
 @dataclass(frozen=True)
 class LoadPlan:
-    """Which entries each step restores (dump IDs, in table-of-contents order)."""
+    """Which entries each step restores (dump IDs, in table-of-contents order), and the
+    session settings every connection starts with (client_encoding, ...)."""
 
     schema: list[int]
     data: list[int]
     rest: list[int]
+    session: bytes
 
 
 def plan_load(head: ArchiveHead) -> LoadPlan | None:
@@ -63,6 +83,10 @@ def plan_load(head: ArchiveHead) -> LoadPlan | None:
     schema: list[int] = []
     data: list[int] = []
     rest: list[int] = []
+    settings = {entry.description: entry.definition.strip() for entry in head.entries if not entry.had_data}
+    if "ENCODING" not in settings:
+        return None  # pg_restore would fall back to the server's encoding; leave that to it
+    session = [*_SESSION_BEFORE, *(settings[name] for name in _SESSION_FROM_DUMP if name in settings), *_SESSION_AFTER]
     for entry in head.entries:
         if entry.had_data:
             if not _is_copy_data(entry):
@@ -72,7 +96,7 @@ def plan_load(head: ArchiveHead) -> LoadPlan | None:
             schema.append(entry.dump_id)
         else:
             rest.append(entry.dump_id)
-    return LoadPlan(schema=schema, data=data, rest=rest)
+    return LoadPlan(schema=schema, data=data, rest=rest, session="\n".join(session).encode("utf-8", "surrogateescape"))
 
 
 def _table_name(entry: TocEntry) -> str:
@@ -89,7 +113,7 @@ class LoadResult:
     or `table` in the public schema)."""
 
     rows: dict[str, int] = field(default_factory=dict)
-    session: bytes = b""  # the session settings pg_restore wrote first (client_encoding, ...)
+    session: bytes = b""  # the session settings the connections started with (client_encoding, ...)
 
 
 class ParallelLoader:
@@ -122,7 +146,7 @@ class ParallelLoader:
             contents = Path(folder) / "toc.dump"
             contents.write_bytes(first_bytes[: head.end])
             self._pg_restore(Path(folder) / "schema.list", plan.schema, contents)
-            result = self._load_data(Path(folder) / "data.list", head, plan, first_bytes, rest)
+            result = self._load_data(head, plan, first_bytes, rest)
             after_data = set(plan.rest)
             built = build_indexes(
                 [entry for entry in head.entries if entry.dump_id in after_data],
@@ -147,53 +171,43 @@ class ParallelLoader:
         with open(os.devnull, "rb") as nothing:
             run_with_input(command, nothing, self._hint)
 
-    def _load_data(
-        self, list_file: Path, head: ArchiveHead, plan: LoadPlan, first_bytes: bytes, rest: IO[bytes]
-    ) -> LoadResult:
-        result = LoadResult()
-        dump_ids = plan.data
-        if not dump_ids:
+    def _load_data(self, head: ArchiveHead, plan: LoadPlan, first_bytes: bytes, rest: IO[bytes]) -> LoadResult:
+        result = LoadResult(session=plan.session)
+        if not plan.data:
             return result
-        tables = {
-            entry.copy_statement.rstrip().removesuffix(";"): _table_name(entry)
-            for entry in head.entries
-            if entry.dump_id in set(dump_ids)
+        entries = {entry.dump_id: entry for entry in head.entries if entry.dump_id in set(plan.data)}
+        statements = {
+            dump_id: entry.copy_statement.rstrip().removesuffix(";").encode("utf-8", "surrogateescape")
+            for dump_id, entry in entries.items()
         }
-        list_file.write_text("".join(f"{dump_id};\n" for dump_id in dump_ids))
-        # Without connection options pg_restore writes SQL: COPY statements and their rows.
-        command = self._restore_command("--file=-", f"--use-list={list_file}")
-        process = start_piped(command, "install the PostgreSQL client tools", buffered=False)
-        assert process.stdin is not None and process.stdout is not None and process.stderr is not None
-        for pipe in (process.stdin, process.stdout):
-            enlarge_pipe(pipe, PIECE_BYTES)  # fewer, larger reads and writes
-        feeder = _Feeder(process.stdin, first_bytes, rest, process.kill)
-        errors = _StderrTail(process.stderr)
+        tables = {statements[dump_id]: _table_name(entry) for dump_id, entry in entries.items()}
         with ExitStack() as stack:
             count = max(LOADER_CONNECTIONS, self._jobs)
             workers = [stack.enter_context(_CopyWorker(self._connect())) for _ in range(count)]
-            try:
-                splitter = _CopyTextSplitter(workers)
-                splitter.run(process.stdout)
-                result.session = splitter.session
-                for worker in workers:
-                    worker.finish()
-                    for statement, rows in worker.rows.items():
-                        table = tables.get(statement, statement)
-                        result.rows[table] = result.rows.get(table, 0) + rows
-            except BaseException as error:
-                process.kill()
-                feeder.join()
-                process.wait()
-                if feeder.error is not None:  # the cause: reading the dump failed
-                    raise feeder.error from error
-                raise
-            feeder.join()
-            code = process.wait()
-            errors.join()
-        if feeder.error is not None:
-            raise feeder.error
-        if code != 0:
-            raise SourceError(f"pg_restore exited with code {code}: {errors.text()}", self._hint)
+            for worker in workers:
+                worker.execute(plan.session)
+            splitter = _RowSplitter(workers)
+            loaded: set[int] = set()
+            current: int | None = None
+            for dump_id, text, ended in data_blocks(first_bytes[head.end :], rest.read, head.int_size, PIECE_BYTES):
+                if current is None:
+                    if dump_id not in statements or dump_id in loaded:
+                        raise SourceError(f"the dump holds data (entry {dump_id}) its table of contents does not list")
+                    splitter.begin(statements[dump_id])
+                    current = dump_id
+                splitter.add(text)
+                if ended:
+                    splitter.end()
+                    loaded.add(dump_id)
+                    current = None
+            if missing := set(plan.data) - loaded:
+                names = sorted(_table_name(entries[dump_id]) for dump_id in missing)
+                raise SourceError(f"the dump ends before the data of {', '.join(names)}")
+            for worker in workers:
+                worker.finish()
+                for statement, rows in worker.rows.items():
+                    table = tables.get(statement, statement.decode("utf-8", "replace"))
+                    result.rows[table] = result.rows.get(table, 0) + rows
         return result
 
 
@@ -223,47 +237,6 @@ class _Alongside:
             raise self._error
 
 
-class _Feeder(threading.Thread):
-    """Writes the archive (the bytes already read, then the rest of the stream) to pg_restore."""
-
-    def __init__(self, stdin: IO[bytes], first_bytes: bytes, rest: IO[bytes], stop: Callable[[], None]) -> None:
-        super().__init__(name="pg-restore-feed", daemon=True)
-        self._stdin = stdin
-        self._stop = stop
-        self._first = first_bytes
-        self._rest = rest
-        self.error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self._stdin.write(self._first)
-            while data := self._rest.read(PIECE_BYTES):
-                self._stdin.write(data)
-            self._stdin.close()
-        except BrokenPipeError:
-            pass  # pg_restore ended early: its exit code says why
-        except BaseException as error:
-            # Killed, not shown an end of input: a truncated dump must not look like a whole one.
-            self.error = error
-            self._stop()
-
-
-class _StderrTail(threading.Thread):
-    def __init__(self, stderr: IO[bytes]) -> None:
-        super().__init__(name="pg-restore-stderr", daemon=True)
-        self._stderr = stderr
-        self._tail = b""
-        self.start()
-
-    def run(self) -> None:
-        for line in self._stderr:
-            self._tail = (self._tail + line)[-4096:]
-
-    def text(self) -> str:
-        return " ".join(self._tail.decode("utf-8", "replace").strip().splitlines()[-3:])
-
-
 class _CopyWorker:
     """One connection, fed from a queue: SQL to run, COPY statements to start, rows to send."""
 
@@ -271,7 +244,7 @@ class _CopyWorker:
         self._connection = connection
         self._queue: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=QUEUED_PIECES)
         self._error: BaseException | None = None
-        self.rows: dict[str, int] = {}
+        self.rows: dict[bytes, int] = {}  # COPY statement: rows loaded
         self._thread = threading.Thread(target=self._run, name="pg-copy", daemon=True)
 
     def __enter__(self) -> _CopyWorker:
@@ -342,12 +315,11 @@ class _CopyWorker:
                     if copy is None:
                         copy = ExitStack()
                         writer = copy.enter_context(cursor.copy(statement))
-                    writer.write(data)
+                    writer.write(memoryview(data))  # psycopg sends it in slices: views, not copies
                 elif kind == "end" and copy is not None:
                     copy.close()
                     copy = None
-                    key = statement.decode("utf-8", "replace")
-                    self.rows[key] = self.rows.get(key, 0) + max(cursor.rowcount, 0)
+                    self.rows[statement] = self.rows.get(statement, 0) + max(cursor.rowcount, 0)
                 elif kind == "stop":
                     return
             except BaseException as error:
@@ -356,81 +328,51 @@ class _CopyWorker:
                     return
 
 
-class _CopyTextSplitter:
-    """Reads pg_restore's SQL output and hands it to the workers: statements outside COPY
-    blocks to every worker (session settings such as client_encoding), each COPY block's rows
-    in pieces cut after a newline."""
+class _RowSplitter:
+    """Hands one table's COPY text to the workers in pieces of whole rows (cut after a newline:
+    a row ends with one, embedded ones are escaped), each piece to the worker with least queued.
+
+    pg_dump ends each table's text with the end-of-data line `\\.` and two empty lines, which
+    COPY over the protocol does not take; the last bytes are held back until the table ends, so
+    that the marker can be left out whichever pieces it arrived in."""
 
     def __init__(self, workers: list[_CopyWorker]) -> None:
         self._workers = workers
         self._parts: list[bytes] = []
         self._size = 0
-        self.session = b""
+        self._leftover = b""  # the start of a row whose end has not arrived, and the last bytes
 
-    def run(self, output: IO[bytes]) -> None:
-        read = output.read  # unbuffered: one read of what the pipe holds
-        outside = b""  # text outside COPY blocks not yet handled
-        leftover = b""  # inside a COPY block: the start of a row whose end has not arrived
-        inside = False
-        while True:
-            chunk = read(PIECE_BYTES)
-            if not chunk:
-                break
-            if not inside:
-                outside += chunk
-                chunk = b""
-            while True:
-                if not inside:
-                    start = 0 if outside.startswith(b"COPY ") else outside.find(b"\nCOPY ") + 1
-                    end = outside.find(_COPY_END, start) if start > 0 or outside.startswith(b"COPY ") else -1
-                    if end < 0:
-                        break
-                    self._statements(outside[:start])
-                    statement = outside[start : end + len(_COPY_END) - 2]  # without ";\n"
-                    for worker in self._workers:
-                        worker.begin(statement)
-                    chunk, outside, inside = outside[end + len(_COPY_END) :], b"", True
-                data = leftover + chunk if leftover else chunk
-                leftover = chunk = b""
-                if data.startswith(_TERMINATOR):
-                    terminator = -1
-                else:
-                    terminator = data.find(b"\n" + _TERMINATOR)
-                    if terminator < 0:
-                        cut = data.rfind(b"\n") + 1
-                        self._add(data[:cut] if cut < len(data) else data)
-                        leftover = data[cut:]
-                        break
-                self._add(data[: terminator + 1])
-                self._end()
-                outside, inside = data[terminator + 1 + len(_TERMINATOR) :], False
-        if inside:
-            raise SourceError("the dump ends inside a table's data")
-        # What follows the last table is comments; if pg_restore stopped early its exit code says so.
+    def begin(self, statement: bytes) -> None:
+        for worker in self._workers:
+            worker.begin(statement)
 
-    def _add(self, rows: bytes) -> None:
-        if rows:
-            self._parts.append(rows)
-            self._size += len(rows)
+    def add(self, text: bytes) -> None:
+        if self._leftover:
+            text, self._leftover = self._leftover + text, b""
+        cut = text.rfind(b"\n", 0, max(0, len(text) - len(_END_OF_DATA))) + 1
+        if cut < len(text):
+            self._leftover = text[cut:]
+            text = text[:cut]
+        if text:
+            self._parts.append(text)
+            self._size += len(text)
             if self._size >= PIECE_BYTES:
                 self._send()
+
+    def end(self) -> None:
+        tail = self._leftover
+        self._leftover = b""
+        marker = tail.rfind(_END_OF_DATA_LINE)
+        if marker >= 0 and (marker == 0 or tail[marker - 1 : marker] == b"\n") and not tail[marker + 3 :].strip(b"\n"):
+            tail = tail[:marker]
+        if tail:  # a last row without its newline: COPY takes it as it is
+            self._parts.append(tail)
+        self._send()
+        for worker in self._workers:
+            worker.end()
 
     def _send(self) -> None:
         if self._parts:
             piece = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
             self._parts, self._size = [], 0
             min(self._workers, key=lambda worker: worker.backlog).rows_piece(piece)
-
-    def _end(self) -> None:
-        self._send()
-        for worker in self._workers:
-            worker.end()
-
-    def _statements(self, text: bytes) -> None:
-        """Run what pg_restore wrote between COPY blocks, less comments and psql's meta-commands."""
-        lines = [line for line in text.split(b"\n") if line.strip() and not line.startswith((b"--", b"\\"))]
-        if lines:
-            statement = b"\n".join(lines)
-            self.session = self.session or statement
-            for worker in self._workers:
-                worker.execute(statement)
