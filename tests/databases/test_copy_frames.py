@@ -120,3 +120,9 @@ def test_a_damaged_frame_names_the_entry() -> None:
     damaged = bytes([BLOCK_DATA]) + _integer(42, 4) + b"\x07" + (3).to_bytes(4, "little") + b"ab\n"
     with pytest.raises(SourceError, match="entry 42 is damaged"):
         list(data_blocks(damaged, io.BytesIO(b"").read, 4, 7))
+
+
+def test_a_negative_entry_id_is_an_error() -> None:
+    block = bytes([BLOCK_DATA]) + _integer(-7, 4) + _integer(0, 4)
+    with pytest.raises(SourceError, match="negative entry ID"):
+        list(data_blocks(block, io.BytesIO(b"").read, 4, 7))

@@ -71,8 +71,10 @@ def data_blocks(
                     return
                 raise SourceError("the dump ends inside a data block's header")
             data, position = data[position:] + more, 0
-        if data[position] != BLOCK_DATA or data[position + 1] != 0:
+        if data[position] != BLOCK_DATA:
             raise SourceError(f"the dump holds a block of type {data[position]} where table data was expected")
+        if data[position + 1] != 0:
+            raise SourceError("the dump's data block has a negative entry ID: the dump is damaged")
         dump_id = int.from_bytes(data[position + 2 : position + header], "little")
         position += header
         remaining = 0
