@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from lockstep.databases import copy_frames, postgresql_loader
+from lockstep.databases import copy_frames, postgresql_indexes, postgresql_loader
 from lockstep.databases.base import ServerLocation
 from lockstep.databases.postgresql import PostgresqlAdapter
 from lockstep.databases.postgresql_archive import OFFSET_SET, SECTION_POST_DATA, TocEntry, parse_head, read_head
@@ -120,6 +120,32 @@ def test_a_stream_restores_everything_through_the_parallel_loader(
     assert query(scratch, "SELECT name, photo FROM customers WHERE name = %s", TEXT) == [(TEXT, BINARY)]
     execute(scratch, "INSERT INTO customers (name) VALUES ('after restore')")
     assert query(scratch, "SELECT note FROM audit WHERE note LIKE '%after%'") == [("inserted after restore",)]
+
+
+def test_each_tables_indexes_are_built_once_its_rows_are_in(
+    adapter: PostgresqlAdapter,  # noqa: F811
+    database: str,
+    scratch: str,
+    loads: list[dict[str, int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not all at the end: a table's indexes are queued when its COPY has committed on every
+    connection, while later tables still load."""
+    queued_early: list[str] = []
+    original = postgresql_indexes.IndexBuilder.table_loaded
+
+    def table_loaded(self: postgresql_indexes.IndexBuilder, schema: str, table: str) -> None:
+        if (schema, table) in self._waiting:
+            queued_early.append(f"{schema}.{table}")
+        original(self, schema, table)
+
+    monkeypatch.setattr(postgresql_indexes.IndexBuilder, "table_loaded", table_loaded)
+    fill(database)
+    adapter.restore(scratch, None, io.BytesIO(dump_bytes(adapter, database)), create=False)
+
+    assert queued_early == ["public.customers"]  # the other tables' indexes stay with pg_restore:
+    # "Sales Dept"."Order lines" (a name with spaces), readings (partitioned)
+    assert query(scratch, INDEXES) == query(database, INDEXES)
 
 
 def test_a_latin1_database_keeps_its_characters(

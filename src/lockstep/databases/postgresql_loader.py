@@ -39,7 +39,7 @@ import psycopg
 
 from lockstep.databases.copy_frames import data_blocks
 from lockstep.databases.postgresql_archive import SECTION_PRE_DATA, ArchiveHead, TocEntry
-from lockstep.databases.postgresql_indexes import build_indexes
+from lockstep.databases.postgresql_indexes import IndexBuilder
 from lockstep.errors import SourceError
 from lockstep.process import Command, run_with_input
 
@@ -146,14 +146,14 @@ class ParallelLoader:
             contents = Path(folder) / "toc.dump"
             contents.write_bytes(first_bytes[: head.end])
             self._pg_restore(Path(folder) / "schema.list", plan.schema, contents)
-            result = self._load_data(head, plan, first_bytes, rest)
-            after_data = set(plan.rest)
-            built = build_indexes(
-                [entry for entry in head.entries if entry.dump_id in after_data],
-                self._connect,
-                result.session,
-                self._jobs,
-            )
+            post_data = [entry for entry in head.entries if entry.dump_id in set(plan.rest)]
+            indexes = IndexBuilder(post_data, self._connect, plan.session, self._jobs)
+            try:
+                result = self._load_data(head, plan, first_bytes, rest, indexes.table_loaded)
+            except BaseException:
+                indexes.stop()
+                raise
+            built = indexes.finish()
             remaining = [dump_id for dump_id in plan.rest if dump_id not in built]
             alongside = _Alongside(alongside_last_step)
             try:
@@ -171,7 +171,16 @@ class ParallelLoader:
         with open(os.devnull, "rb") as nothing:
             run_with_input(command, nothing, self._hint)
 
-    def _load_data(self, head: ArchiveHead, plan: LoadPlan, first_bytes: bytes, rest: IO[bytes]) -> LoadResult:
+    def _load_data(
+        self,
+        head: ArchiveHead,
+        plan: LoadPlan,
+        first_bytes: bytes,
+        rest: IO[bytes],
+        table_loaded: Callable[[str, str], None],
+    ) -> LoadResult:
+        """Load the rows; `table_loaded(schema, table)` is called once a table's COPY has
+        committed on every connection."""
         result = LoadResult(session=plan.session)
         if not plan.data:
             return result
@@ -180,10 +189,21 @@ class ParallelLoader:
             dump_id: entry.copy_statement.rstrip().removesuffix(";").encode("utf-8", "surrogateescape")
             for dump_id, entry in entries.items()
         }
-        tables = {statements[dump_id]: _table_name(entry) for dump_id, entry in entries.items()}
+        entry_by_statement = {statements[dump_id]: entry for dump_id, entry in entries.items()}
+        count = max(LOADER_CONNECTIONS, self._jobs)
+        ends: dict[bytes, int] = {}
+        ends_lock = threading.Lock()
+
+        def committed(statement: bytes) -> None:
+            with ends_lock:
+                ends[statement] = ends.get(statement, 0) + 1
+                done = ends[statement] == count
+            if done:
+                entry = entry_by_statement[statement]
+                table_loaded(entry.namespace, entry.tag)
+
         with ExitStack() as stack:
-            count = max(LOADER_CONNECTIONS, self._jobs)
-            workers = [stack.enter_context(_CopyWorker(self._connect())) for _ in range(count)]
+            workers = [stack.enter_context(_CopyWorker(self._connect(), committed)) for _ in range(count)]
             for worker in workers:
                 worker.execute(plan.session)
             splitter = _RowSplitter(workers)
@@ -206,7 +226,7 @@ class ParallelLoader:
             for worker in workers:
                 worker.finish()
                 for statement, rows in worker.rows.items():
-                    table = tables.get(statement, statement.decode("utf-8", "replace"))
+                    table = _table_name(entry_by_statement[statement])
                     result.rows[table] = result.rows.get(table, 0) + rows
         return result
 
@@ -240,8 +260,9 @@ class _Alongside:
 class _CopyWorker:
     """One connection, fed from a queue: SQL to run, COPY statements to start, rows to send."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, ended: Callable[[bytes], None]) -> None:
         self._connection = connection
+        self._ended = ended  # called with the COPY statement when this worker's part is in
         self._queue: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=QUEUED_PIECES)
         self._error: BaseException | None = None
         self.rows: dict[bytes, int] = {}  # COPY statement: rows loaded
@@ -316,10 +337,12 @@ class _CopyWorker:
                         copy = ExitStack()
                         writer = copy.enter_context(cursor.copy(statement))
                     writer.write(memoryview(data))  # psycopg sends it in slices: views, not copies
-                elif kind == "end" and copy is not None:
-                    copy.close()
-                    copy = None
-                    self.rows[statement] = self.rows.get(statement, 0) + max(cursor.rowcount, 0)
+                elif kind == "end":
+                    if copy is not None:
+                        copy.close()
+                        copy = None
+                        self.rows[statement] = self.rows.get(statement, 0) + max(cursor.rowcount, 0)
+                    self._ended(statement)
                 elif kind == "stop":
                     return
             except BaseException as error:
