@@ -199,8 +199,9 @@ def test_a_dump_cut_short_fails_and_says_so(
 ) -> None:
     fill(database)
     data = dump_bytes(adapter, database)
-    with pytest.raises(SourceError):
+    with pytest.raises(SourceError, match="ends inside") as raised:
         adapter.restore(scratch, None, io.BytesIO(data[: len(data) * 2 // 3]), create=False)
+    assert raised.value.hint is not None and "partly restored" in raised.value.hint
 
 
 class _Recorder:

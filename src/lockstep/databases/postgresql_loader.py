@@ -11,8 +11,9 @@ rows, loaded on one core while the other idled. Here a restore is four steps:
    about a CPU-second more and two trips of the dump through pipes), and each table's rows, cut
    at line boundaries (a row ends with a newline, embedded ones are escaped), go to two
    `COPY ... FROM STDIN` connections, so even one big table loads on both cores;
-3. the indexes and simple primary keys and unique constraints, on two connections, largest
-   table first (postgresql_indexes.py);
+3. the indexes and simple primary keys and unique constraints, on two connections of their
+   own, each table's as soon as its rows are in, while later tables still load
+   (postgresql_indexes.py);
 4. everything else (sequence values, foreign keys, triggers, comments, grants), by
    `pg_restore --jobs` from the same table-of-contents file: none of it has a data block. No
    rows change any more, so the caller's check of the restored rows can run alongside.
@@ -113,7 +114,6 @@ class LoadResult:
     or `table` in the public schema)."""
 
     rows: dict[str, int] = field(default_factory=dict)
-    session: bytes = b""  # the session settings the connections started with (client_encoding, ...)
 
 
 class ParallelLoader:
@@ -150,10 +150,16 @@ class ParallelLoader:
             indexes = IndexBuilder(post_data, self._connect, plan.session, self._jobs)
             try:
                 result = self._load_data(head, plan, first_bytes, rest, indexes.table_loaded)
+            except SourceError as error:
+                indexes.stop()
+                raise self._hinted(error) from None
             except BaseException:
                 indexes.stop()
                 raise
-            built = indexes.finish()
+            try:
+                built = indexes.finish()
+            except SourceError as error:
+                raise self._hinted(error) from None
             remaining = [dump_id for dump_id in plan.rest if dump_id not in built]
             alongside = _Alongside(alongside_last_step)
             try:
@@ -162,6 +168,10 @@ class ParallelLoader:
                 alongside.join()
             alongside.raise_error()
         return result
+
+    def _hinted(self, error: SourceError) -> SourceError:
+        """A failure while rows or indexes went in leaves the database partly restored: say so."""
+        return error if error.hint else SourceError(error.message, self._hint)
 
     def _pg_restore(self, list_file: Path, dump_ids: list[int], archive: Path, *options: str) -> None:
         if not dump_ids:
@@ -181,7 +191,7 @@ class ParallelLoader:
     ) -> LoadResult:
         """Load the rows; `table_loaded(schema, table)` is called once a table's COPY has
         committed on every connection."""
-        result = LoadResult(session=plan.session)
+        result = LoadResult()
         if not plan.data:
             return result
         entries = {entry.dump_id: entry for entry in head.entries if entry.dump_id in set(plan.data)}
