@@ -75,7 +75,7 @@ class IndexBuilder:
     `table_loaded(schema, table)` is called (from any thread) when a table's COPY has committed on
     every connection; its indexes are then built on `connections` connections of their own while
     later tables still load, which keeps the cores busy while the COPY connections wait on WAL
-    writes. `finish()` builds what is left (tables without data), attaches the constraints to
+    writes. `finish()` builds what is left (tables without rows), attaches the constraints to
     their indexes and returns the dump IDs done; `stop()` abandons the builds after a failure."""
 
     def __init__(self, entries: list[TocEntry], connect: Callable[[], Connection], session: bytes, connections: int):
@@ -102,7 +102,7 @@ class IndexBuilder:
                 self._waiting.setdefault(plain[job.table], []).append(job)
         self._threads = [
             threading.Thread(target=self._work, name="pg-index", daemon=True)
-            for _ in range(max(1, min(connections, len(self._jobs))) if self._jobs else 0)
+            for _ in range(min(max(1, connections), len(self._jobs)))
         ]
         for thread in self._threads:
             thread.start()
