@@ -146,7 +146,8 @@ class ParallelLoader:
             contents = Path(folder) / "toc.dump"
             contents.write_bytes(first_bytes[: head.end])
             self._pg_restore(Path(folder) / "schema.list", plan.schema, contents)
-            post_data = [entry for entry in head.entries if entry.dump_id in set(plan.rest)]
+            after_data = set(plan.rest)
+            post_data = [entry for entry in head.entries if entry.dump_id in after_data]
             indexes = IndexBuilder(post_data, self._connect, plan.session, self._jobs)
             try:
                 result = self._load_data(head, plan, first_bytes, rest, indexes.table_loaded)
@@ -194,7 +195,8 @@ class ParallelLoader:
         result = LoadResult()
         if not plan.data:
             return result
-        entries = {entry.dump_id: entry for entry in head.entries if entry.dump_id in set(plan.data)}
+        data_ids = set(plan.data)
+        entries = {entry.dump_id: entry for entry in head.entries if entry.dump_id in data_ids}
         statements = {
             dump_id: entry.copy_statement.rstrip().removesuffix(";").encode("utf-8", "surrogateescape")
             for dump_id, entry in entries.items()
@@ -230,7 +232,7 @@ class ParallelLoader:
                     splitter.end()
                     loaded.add(dump_id)
                     current = None
-            if missing := set(plan.data) - loaded:
+            if missing := data_ids - loaded:
                 names = sorted(_table_name(entries[dump_id]) for dump_id in missing)
                 raise SourceError(f"the dump ends before the data of {', '.join(names)}")
             for worker in workers:
