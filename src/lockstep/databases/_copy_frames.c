@@ -4,7 +4,7 @@
  * Why: an uncompressed custom-format dump stores a table's data as a run of frames, each a
  * length (pg_dump's integer: a sign byte, then `int_size` little-endian bytes) and that many
  * bytes of COPY text, ended by a frame of length 0. pg_dump writes one frame per row, so the
- * shop database's 1 GB dump holds 4.6 million of them. A Python loop over them took 3.7 s;
+ * shop database's 1 GB dump holds 4.6 million of them. A Python loop over them takes about 5 s;
  * running pg_restore to strip them cost about 1 CPU-second plus two trips of the whole dump
  * through pipes. This loop is a memcpy per row.
  *
