@@ -292,3 +292,38 @@ def test_checksums_see_changes_in_columns_without_a_hash_function(adapter: Postg
     assert before == checksum()
     execute(database, """UPDATE shapes SET doc = '{"a": 2}' WHERE id = 1""")
     assert checksum() != before
+
+
+def test_checksums_equal_the_whole_row_hash_manifests_recorded(adapter: PostgresqlAdapter, database: str) -> None:
+    """The row hash is built from the live columns, ROW(a, b, ...), where earlier versions hashed
+    the whole-row reference: the checksums must stay the same, or every older manifest's restore
+    would fail its check. Dropped and generated columns, domains, arrays, composites, NULLs,
+    collations, a one-column table and a table without columns."""
+    execute(
+        database,
+        """
+        CREATE DOMAIN positive AS int CHECK (VALUE > 0);
+        CREATE TYPE pair AS (left_side int, right_side text);
+        CREATE TABLE mixed (
+            id bigint PRIMARY KEY, gone text, label text COLLATE "C", amount numeric(10, 3),
+            tags text[], point_pair pair, count positive, doc jsonb, at timestamptz, flag boolean,
+            raw bytea, "row_data" text, twice bigint GENERATED ALWAYS AS (id * 2) STORED
+        );
+        INSERT INTO mixed (id, gone, label, amount, tags, point_pair, count, doc, at, flag, raw, row_data)
+        SELECT g, 'x', 'label ' || g, g / 7.0, ARRAY['a', g::text], ROW(g, 'p' || g)::pair, g,
+               jsonb_build_object('g', g), '2024-01-01 00:00+00'::timestamptz + g * interval '1 hour',
+               g % 2 = 0, decode(md5(g::text), 'hex'), 'shadow'
+        FROM generate_series(1, 200) g;
+        INSERT INTO mixed (id) VALUES (1000);
+        ALTER TABLE mixed DROP COLUMN gone;
+        CREATE TABLE single (value text);
+        INSERT INTO single VALUES ('one'), (NULL), ('three');
+        CREATE TABLE nothing ();
+        INSERT INTO nothing DEFAULT VALUES;
+        """,
+    )
+    found = {table.name: table for table in adapter.inspect(database, None).tables}
+    for table in ("mixed", "single", "nothing"):
+        ((rows, total),) = query(database, f"SELECT count(*), sum(hash_record_extended(t, 0)) FROM {table} AS t")
+        assert found[table].rows == rows
+        assert found[table].checksum == f"{int(total or 0) % 2**64:016x}", table
