@@ -85,6 +85,13 @@ def drop(database: str) -> None:
     subprocess.run(["dropdb", *PG, "--if-exists", "--force", database], check=True)
 
 
+def settle() -> None:
+    """Before each timed restore: write out what the previous one left dirty (its WAL and
+    buffers), so that neither restore pays for a checkpoint the other one caused."""
+    psql("postgres", "CHECKPOINT")
+    subprocess.run(["sync"], check=True)
+
+
 def ensure_database(database: str, scale: int) -> None:
     if psql("postgres", f"SELECT 1 FROM pg_database WHERE datname = '{database}'"):
         return
@@ -133,11 +140,13 @@ def one_round(database: str, work: Path) -> dict[str, float]:
     for target in (f"{database}_gunzip", f"{database}_restored"):
         drop(target)
     subprocess.run(["createdb", *PG, f"{database}_gunzip"], check=True)
+    settle()
     result["gunzip_restore_s"] = shell(
         f"gunzip -c {work / 'shop.sql.gz'} | psql {' '.join(PG)} -q -v ON_ERROR_STOP=1 -o /dev/null {database}_gunzip",
         work,
     )
     drop(f"{database}_gunzip")
+    settle()
     result["lockstep_restore_s"] = timed(
         lockstep(
             "snapshot", "restore", "latest", "--database", "main", "--to", f"{SERVER}/{database}_restored", "--yes"
