@@ -133,6 +133,23 @@ def test_password_in_a_database_url_is_refused_without_repeating_it(tmp_path: Pa
     assert secret not in message
 
 
+def test_a_password_in_a_database_url_option_is_refused_too(tmp_path: Path) -> None:
+    secret = "s3cr3t-Pa55word"
+    text = MINIMAL.replace("5432/shop", f"5432/shop?sslmode=require&password={secret}")
+    message = str(load_error(write_config(tmp_path, text)))
+    assert "databases.main.url: the URL contains a password" in message
+    assert secret not in message
+
+
+def test_socket_urls_load_without_a_host_in_the_netloc(tmp_path: Path) -> None:
+    """libpq's ?host=DIR and MariaDB's ?socket=PATH stand in for the host; nothing at all does not."""
+    for url in ("postgresql:///shop?host=/run/postgresql", "mariadb://root@/shop?socket=/run/mysqld/mysqld.sock"):
+        config = load_config(write_config(tmp_path, MINIMAL.replace("postgresql://postgres@127.0.0.1:5432/shop", url)))
+        assert config.databases["main"].url == url
+    text = MINIMAL.replace("postgresql://postgres@127.0.0.1:5432/shop", "postgresql:///shop?sslmode=require")
+    assert "the URL has no host" in str(load_error(write_config(tmp_path, text)))
+
+
 def test_password_in_the_repository_url_is_refused(tmp_path: Path) -> None:
     """The same rule for an S3 URL with credentials in it."""
     secret = "AKIAsecretKEY"

@@ -267,3 +267,17 @@ def test_drop_refuses_a_database_that_is_not_scratch(adapter: MysqlAdapter) -> N
 def test_dispatch_by_scheme() -> None:
     assert isinstance(adapter_for("mysql://db/shop"), MysqlAdapter)
     assert isinstance(adapter_for("mariadb://db/shop"), MysqlAdapter)
+
+
+def test_socket_urls_reach_the_server_and_other_options_are_refused(adapter: MysqlAdapter, database: str) -> None:
+    """?socket=PATH, or the socket's path percent-encoded as the host; any other option is an
+    error rather than silently dropped."""
+    name = ServerLocation.parse(database).database
+    run_sql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2), (3);", name)
+    (socket,) = run_sql("SELECT @@socket")[0]
+    encoded = socket.replace("/", "%2F")
+    for url in (f"mariadb://root@localhost/{name}?socket={socket}", f"mariadb://root@{encoded}/{name}"):
+        assert [(table.name, table.rows) for table in adapter.inspect(url, None).tables] == [("t", 3)], url
+    with pytest.raises(UsageError) as refused:
+        adapter.inspect(f"{database}?ssl-mode=REQUIRED", None)
+    assert "'ssl-mode'" in refused.value.message and "socket" in (refused.value.hint or "")

@@ -13,8 +13,10 @@ import pytest
 
 from lockstep.databases import adapter_for
 from lockstep.databases.base import ServerLocation
-from lockstep.databases.postgresql import PostgresqlAdapter
+from lockstep.databases.postgresql import PostgresqlAdapter, _tool_command
+from lockstep.databases.postgresql import _connect as postgresql_connect
 from lockstep.errors import SourceError, UsageError
+from lockstep.process import run_capture
 from tests.conftest import missing, require_binary
 
 SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -327,3 +329,50 @@ def test_checksums_equal_the_whole_row_hash_manifests_recorded(adapter: Postgres
         ((rows, total),) = query(database, f"SELECT count(*), sum(hash_record_extended(t, 0)) FROM {table} AS t")
         assert found[table].rows == rows
         assert found[table].checksum == f"{int(total or 0) % 2**64:016x}", table
+
+
+def _socket_directory() -> str:
+    (directory,) = query(
+        "postgresql://postgres@127.0.0.1:5432/postgres",
+        "SELECT split_part(current_setting('unix_socket_directories'), ',', 1)",
+    )[0]
+    return str(directory).strip()
+
+
+def test_urls_naming_the_unix_socket_reach_the_server(adapter: PostgresqlAdapter, database: str) -> None:
+    """libpq's two ways to name a socket directory: percent-encoded as the host (case kept), or
+    ?host=DIR; both for psycopg's connections and for pg_dump."""
+    execute(database, "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2)")
+    directory = _socket_directory()
+    name = ServerLocation.parse(database).database
+    encoded = directory.replace("/", "%2F")
+    for url in (f"postgresql://postgres@{encoded}/{name}", f"postgresql:///{name}?host={directory}&user=postgres"):
+        assert [(table.name, table.rows) for table in adapter.inspect(url, None).tables] == [("t", 2)], url
+        assert dump_bytes(adapter, url).startswith(b"PGDMP"), url
+
+
+def test_libpq_options_in_the_url_are_applied_not_dropped(adapter: PostgresqlAdapter, database: str) -> None:
+    """psycopg's connections get the options as keywords, pg_dump and pg_restore as libpq's
+    environment variables. An sslmode that cannot be met must fail both ways: before, the option
+    was silently dropped and both connected without it."""
+    name = ServerLocation.parse(database).database
+    unmet = ServerLocation.parse(f"{database}?sslmode=verify-full&sslrootcert=/nonexistent/root.crt")
+    with pytest.raises(SourceError) as connecting:
+        adapter.inspect(f"{database}?sslmode=verify-full&sslrootcert=/nonexistent/root.crt", None)
+    assert "SSL" in connecting.value.message or "root certificate" in connecting.value.message
+    with pytest.raises(SourceError):
+        run_capture(_tool_command(unmet, None, "psql", "-Atc", "SELECT 1", name), timeout=30)
+    named = ServerLocation.parse(f"{database}?application_name=lockstep-url-test")
+    shown = run_capture(_tool_command(named, None, "psql", "-Atc", "SHOW application_name", name), timeout=30)
+    assert shown.strip() == "lockstep-url-test"
+    with postgresql_connect(named, None, name) as connection:
+        assert connection.execute("SHOW application_name").fetchone() == ("lockstep-url-test",)
+
+
+def test_unknown_and_secret_url_options_are_refused(adapter: PostgresqlAdapter, database: str) -> None:
+    with pytest.raises(UsageError) as unknown:
+        adapter.inspect(f"{database}?sslmod=require", None)
+    assert "'sslmod'" in unknown.value.message and "sslmode" in (unknown.value.hint or "")
+    with pytest.raises(UsageError) as secret:
+        adapter.inspect(f"{database}?password=hunter2-secret", None)
+    assert "password" in secret.value.message and "hunter2-secret" not in str(secret.value)

@@ -15,7 +15,7 @@ import copy
 import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
@@ -40,7 +40,10 @@ class _Section(BaseModel):
 def _reject_password_in_url(url: str, fix: str) -> None:
     """Secrets never live only in the config text, which ends up in snapshots, diffs and tickets."""
     address = url.removeprefix("s3:")
-    if "://" in address and urlsplit(address).password is not None:
+    if "://" not in address:
+        return
+    parts = urlsplit(address)
+    if parts.password is not None or any("password" in name for name, _ in parse_qsl(parts.query)):
         raise ValueError(f"the URL contains a password: remove it from the URL and {fix}")
 
 
@@ -168,7 +171,10 @@ class DatabaseConfig(_Section):
     url: str = Field(
         description=(
             "Connection URL without a password: postgresql://, mysql://, mariadb:// or sqlite:///PATH. "
-            "The engine is taken from the scheme."
+            "The engine is taken from the scheme. A unix socket: its directory as the host, percent-encoded "
+            "(postgresql://app@%2Frun%2Fpostgresql/shop), or ?host=DIR; for MariaDB/MySQL ?socket=PATH. "
+            "PostgreSQL URLs also take libpq's connection options (?sslmode=verify-full&sslrootcert=PATH, "
+            "application_name, target_session_attrs, ...); an option lockstep does not pass on is refused."
         ),
         examples=["postgresql://postgres@127.0.0.1:5432/shop"],
     )
@@ -198,7 +204,7 @@ class DatabaseConfig(_Section):
             parts = urlsplit(url)
             if parts.netloc or parts.path in ("", "/"):
                 raise ValueError("a SQLite URL names a file: write it as sqlite:///PATH (three slashes)")
-        elif not urlsplit(url).hostname:
+        elif not urlsplit(url).hostname and not {"host", "socket"} & dict(parse_qsl(urlsplit(url).query)).keys():
             raise ValueError(f"the URL has no host: write it as {scheme}://USER@HOST[:PORT]/DATABASE")
         return url
 

@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol, runtime_checkable
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from lockstep.errors import UsageError
 
@@ -104,7 +104,11 @@ class DatabaseAdapter(Protocol):
 
 @dataclass(frozen=True)
 class ServerLocation:
-    """The parts of a database URL the client tools need, with the password kept apart."""
+    """The parts of a database URL the client tools need, with the password kept apart.
+
+    `host` is percent-decoded with its case kept, so `postgresql://app@%2Frun%2Fpostgresql/shop`
+    names the socket directory /run/postgresql, as libpq reads it. `options` are the URL's
+    query parameters (`?sslmode=require`), in order; each engine's adapter says which it takes."""
 
     scheme: str
     host: str | None
@@ -112,6 +116,7 @@ class ServerLocation:
     user: str | None
     url_password: str | None
     database: str
+    options: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def parse(cls, url: str) -> ServerLocation:
@@ -127,11 +132,12 @@ class ServerLocation:
             )
         return cls(
             scheme=parts.scheme,
-            host=parts.hostname,
+            host=_host(parts.netloc),
             port=port,
             user=unquote(parts.username) if parts.username else None,
             url_password=unquote(parts.password) if parts.password is not None else None,
             database=database,
+            options=tuple(parse_qsl(parts.query, keep_blank_values=True)),
         )
 
     def password(self, given: str | None) -> str | None:
@@ -142,7 +148,19 @@ class ServerLocation:
         """The location for messages: never with a password."""
         user = f"{self.user}@" if self.user else ""
         port = f":{self.port}" if self.port else ""
-        return f"{self.scheme}://{user}{self.host or ''}{port}/{self.database}"
+        shown = [f"{name}={'***' if 'password' in name else value}" for name, value in self.options]
+        query = "?" + "&".join(shown) if shown else ""
+        return f"{self.scheme}://{user}{self.host or ''}{port}/{self.database}{query}"
+
+
+def _host(netloc: str) -> str | None:
+    """The host part of a URL's netloc, percent-decoded: `[::1]` gives ::1, `%2Ftmp` gives /tmp."""
+    address = netloc.rpartition("@")[2]
+    if address.startswith("["):
+        host = address[1 : address.find("]")] if "]" in address else address[1:]
+    else:
+        host = address.partition(":")[0]
+    return unquote(host) or None
 
 
 def redact_url(url: str) -> str:

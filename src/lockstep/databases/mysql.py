@@ -49,7 +49,7 @@ from lockstep.databases.base import (
 )
 from lockstep.databases.fingerprinted_dump import FingerprintedDump
 from lockstep.databases.mysql_session import ClientSession, StatementFailed
-from lockstep.errors import SourceError
+from lockstep.errors import SourceError, UsageError
 from lockstep.process import Command, StreamingProcess, run_capture, run_with_input
 
 CONNECT_TIMEOUT_SECONDS = 10
@@ -373,13 +373,31 @@ def _tool_command(location: ServerLocation, password: str | None, tool: str, *ar
     files or environment cannot be used for a URL that names another server.
     """
     argv = [tool]
-    if location.host:
+    socket = _socket(location)
+    if socket:
+        argv += [f"--socket={socket}", "--protocol=SOCKET"]
+    elif location.host:
         argv.append(f"--host={location.host}")
-    if location.port:
+    if location.port and not socket:
         argv.append(f"--port={location.port}")
     if location.user:
         argv.append(f"--user={location.user}")
     return Command((*argv, *arguments), env={"MYSQL_PWD": location.password(password) or ""})
+
+
+def _socket(location: ServerLocation) -> str | None:
+    """The server's unix socket: `?socket=PATH`, or a host that is a path
+    (`mysql://root@%2Frun%2Fmysqld%2Fmysqld.sock/shop`). Any other URL option is refused, not dropped."""
+    socket = location.host if location.host and location.host.startswith("/") else None
+    for name, value in location.options:
+        if name != "socket":
+            raise UsageError(
+                f"the database URL {location.display()} has the option {name!r}, which lockstep does not pass on",
+                "the one option a mysql:// or mariadb:// URL takes is ?socket=PATH; put other client"
+                " settings in an option file such as ~/.my.cnf",
+            )
+        socket = value
+    return socket
 
 
 def _query(

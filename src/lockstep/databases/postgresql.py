@@ -60,7 +60,7 @@ from lockstep.databases.postgresql_archive import (
     parse_head,
     read_head,
 )
-from lockstep.errors import SourceError
+from lockstep.errors import SourceError, UsageError
 from lockstep.process import Command, StreamingProcess, run_with_input
 
 CONNECT_TIMEOUT_SECONDS = 10
@@ -341,34 +341,72 @@ def _data_blocks(data: mmap.mmap, head: ArchiveHead, expected: set[int]) -> dict
 ADAPTER: DatabaseAdapter = PostgresqlAdapter()
 
 
+# The query parameters a postgresql:// URL may carry (`?sslmode=verify-full&sslrootcert=...`),
+# as libpq reads them: psycopg gets them as connection keywords, pg_dump and pg_restore as the
+# environment variables libpq takes them from. host, port and user override the URL's own parts
+# (`postgresql:///shop?host=/run/postgresql`). Passwords never: they come from password_env or
+# password_file, and an option lockstep does not know is refused rather than dropped.
+LIBPQ_OPTIONS = {
+    "host": "PGHOST",
+    "hostaddr": "PGHOSTADDR",
+    "port": "PGPORT",
+    "user": "PGUSER",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+    "application_name": "PGAPPNAME",
+    "options": "PGOPTIONS",
+    "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "sslcrl": "PGSSLCRL",
+    "sslcrldir": "PGSSLCRLDIR",
+    "sslsni": "PGSSLSNI",
+    "ssl_min_protocol_version": "PGSSLMINPROTOCOLVERSION",
+    "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION",
+    "channel_binding": "PGCHANNELBINDING",
+    "gssencmode": "PGGSSENCMODE",
+    "krbsrvname": "PGKRBSRVNAME",
+    "requirepeer": "PGREQUIREPEER",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+    "service": "PGSERVICE",
+}
+
+
+def libpq_options(location: ServerLocation) -> dict[str, str]:
+    """The URL's query parameters, checked: host, port and user first from the URL itself."""
+    options = {"host": location.host, "port": str(location.port or "") or None, "user": location.user}
+    checked = {name: value for name, value in options.items() if value}
+    for name, value in location.options:
+        if "password" in name:
+            raise UsageError(
+                f"the database URL {location.display()} carries {name}: passwords never go in URLs",
+                "remove it and put the password in the database's password_env or password_file",
+            )
+        if name not in LIBPQ_OPTIONS:
+            raise UsageError(
+                f"the database URL {location.display()} has the option {name!r}, which lockstep does not pass on",
+                "use one of " + ", ".join(sorted(LIBPQ_OPTIONS)) + " (or set it in a libpq service file)",
+            )
+        checked[name] = value
+    checked.setdefault("connect_timeout", str(CONNECT_TIMEOUT_SECONDS))
+    return checked
+
+
 def _tool_command(location: ServerLocation, password: str | None, tool: str, *arguments: str) -> Command:
-    """A libpq client command: connection in flags, the password only in PGPASSWORD."""
-    argv = [tool, "--no-password"]
-    if location.host:
-        argv.append(f"--host={location.host}")
-    if location.port:
-        argv.append(f"--port={location.port}")
-    if location.user:
-        argv.append(f"--username={location.user}")
-    env = {"PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT_SECONDS)}
+    """A libpq client command: the connection in libpq's variables, the password only in PGPASSWORD."""
+    env = {LIBPQ_OPTIONS[name]: value for name, value in libpq_options(location).items()}
     secret = location.password(password)
     if secret is not None:
         env["PGPASSWORD"] = secret
-    return Command((*argv, *arguments), env=env)
+    return Command((tool, "--no-password", *arguments), env=env)
 
 
 def _connect(location: ServerLocation, password: str | None, database: str, autocommit: bool = False) -> Connection:
+    options = libpq_options(location)
     secret = location.password(password)
     try:
-        return psycopg.connect(
-            host=location.host,
-            port=location.port,
-            user=location.user,
-            password=secret,
-            dbname=database,
-            connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            autocommit=autocommit,
-        )
+        conninfo = psycopg.conninfo.make_conninfo("", **options)
+        return psycopg.connect(conninfo, password=secret, dbname=database, autocommit=autocommit)
     except psycopg.Error as error:
         raise SourceError(
             f"cannot connect to {location.display()}: {redact(str(error).strip(), secret)}",
