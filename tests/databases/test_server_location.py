@@ -23,3 +23,12 @@ def test_options_are_kept_in_order_and_shown_without_passwords() -> None:
     assert location.options == (("sslmode", "require"), ("application_name", "a b"), ("sslpassword", "hush"))
     assert location.display() == "postgresql://u@h/db?sslmode=require&application_name=a b&sslpassword=***"
     assert "hush" not in location.display()
+
+
+def test_redact_url_hides_passwords_in_options_as_well() -> None:
+    from lockstep.databases.base import redact_url
+
+    assert redact_url("postgresql://u:pw1@h/db") == "postgresql://u:***@h/db"
+    redacted = redact_url("postgresql://u@h/db?sslmode=require&password=pw2&sslpassword=pw3")
+    assert redacted == "postgresql://u@h/db?sslmode=require&password=***&sslpassword=***"
+    assert redact_url("postgresql://u@h/db?sslmode=require") == "postgresql://u@h/db?sslmode=require"

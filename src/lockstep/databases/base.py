@@ -148,9 +148,13 @@ class ServerLocation:
         """The location for messages: never with a password."""
         user = f"{self.user}@" if self.user else ""
         port = f":{self.port}" if self.port else ""
-        shown = [f"{name}={'***' if 'password' in name else value}" for name, value in self.options]
-        query = "?" + "&".join(shown) if shown else ""
+        query = "?" + _shown_options(self.options) if self.options else ""
         return f"{self.scheme}://{user}{self.host or ''}{port}/{self.database}{query}"
+
+
+def _shown_options(options: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> str:
+    """URL options for messages: the value of any *password* option replaced."""
+    return "&".join(f"{name}={'***' if 'password' in name else value}" for name, value in options)
 
 
 def _host(netloc: str) -> str | None:
@@ -164,12 +168,18 @@ def _host(netloc: str) -> str | None:
 
 
 def redact_url(url: str) -> str:
-    """`url` with any embedded password replaced, for error messages."""
+    """`url` with any embedded password (`user:PASSWORD@`, `?password=`, `?sslpassword=`)
+    replaced, for error messages."""
     parts = urlsplit(url)
-    if parts.password is None:
+    options = parse_qsl(parts.query, keep_blank_values=True)
+    secret_options = any("password" in name for name, _ in options)
+    if parts.password is None and not secret_options:
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.password is not None:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1))
+    if secret_options:
+        parts = parts._replace(query=_shown_options(options))
+    return urlunsplit(parts)
 
 
 def with_database(url: str, database: str) -> str:

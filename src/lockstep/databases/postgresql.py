@@ -373,7 +373,9 @@ LIBPQ_OPTIONS = {
 
 
 def libpq_options(location: ServerLocation) -> dict[str, str]:
-    """The URL's query parameters, checked: host, port and user first from the URL itself."""
+    """The libpq parameters for `location`: host, port and user from the URL, then its query
+    parameters, checked (one of the same name overrides), and lockstep's connect timeout unless
+    the URL sets one."""
     options = {"host": location.host, "port": str(location.port or "") or None, "user": location.user}
     checked = {name: value for name, value in options.items() if value}
     for name, value in location.options:
