@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -376,3 +377,25 @@ def test_unknown_and_secret_url_options_are_refused(adapter: PostgresqlAdapter, 
     with pytest.raises(UsageError) as secret:
         adapter.inspect(f"{database}?password=hunter2-secret", None)
     assert "password" in secret.value.message and "hunter2-secret" not in str(secret.value)
+
+
+def test_a_database_name_that_looks_like_a_connection_string_round_trips(adapter: PostgresqlAdapter) -> None:
+    """pg_dump's database argument and pg_restore's --dbname take a name with '=' (or one that
+    starts with postgresql://) as a connection string; lockstep hands them a quoted dbname=."""
+    source, target = "lockstep odd=name 'q' \\b", "lockstep odd=target"
+    server = "postgresql://postgres@127.0.0.1:5432"
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as connection:
+        for name in (source, target):
+            connection.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {}").format(psycopg.sql.Identifier(name)))
+        connection.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(source)))
+    source_url, target_url = f"{server}/{quote(source)}", f"{server}/{quote(target)}"
+    try:
+        execute(source_url, "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10)")
+        dump = dump_bytes(adapter, source_url)
+        info = adapter.restore_and_inspect(target_url, None, io.BytesIO(dump), create=True)
+        assert [(table.name, table.rows) for table in info.tables] == [("t", 10)]
+    finally:
+        with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as connection:
+            for name in (source, target):
+                statement = psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                connection.execute(statement.format(psycopg.sql.Identifier(name)))

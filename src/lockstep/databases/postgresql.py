@@ -114,7 +114,7 @@ class PostgresqlAdapter:
                     "--format=custom",
                     "--compress=0",
                     f"--snapshot={snapshot}",
-                    location.database,
+                    _dbname_argument(location.database),
                 )
             )
         except BaseException:
@@ -190,7 +190,7 @@ class PostgresqlAdapter:
         command = _tool_command(location, password, "pg_restore", "--no-owner", "--exit-on-error")
         if any(argument.startswith("--file") for argument in arguments):
             return Command((*command.argv, *arguments), env=command.env)
-        return Command((*command.argv, f"--dbname={location.database}", *arguments), env=command.env)
+        return Command((*command.argv, _dbname_argument(location.database), *arguments), env=command.env)
 
     def _restore_file(self, location: ServerLocation, password: str | None, path: Path, hint: str) -> None:
         command = self._restore_command(location, password, f"--jobs={_restore_jobs()}", str(path))
@@ -392,6 +392,13 @@ def libpq_options(location: ServerLocation) -> dict[str, str]:
         checked[name] = value
     checked.setdefault("connect_timeout", str(CONNECT_TIMEOUT_SECONDS))
     return checked
+
+
+def _dbname_argument(database: str) -> str:
+    """`--dbname=` for pg_dump and pg_restore as a quoted `dbname='...'` connection string: a bare
+    name with `=` in it, or one that starts with postgresql://, would be read as one."""
+    quoted = database.replace("\\", "\\\\").replace("'", "\\'")
+    return f"--dbname=dbname='{quoted}'"
 
 
 def _tool_command(location: ServerLocation, password: str | None, tool: str, *arguments: str) -> Command:
