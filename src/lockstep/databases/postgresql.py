@@ -376,8 +376,8 @@ def libpq_options(location: ServerLocation) -> dict[str, str]:
     """The libpq parameters for `location`: host, port and user from the URL, then its query
     parameters, checked (one of the same name overrides), and lockstep's connect timeout unless
     the URL sets one."""
-    options = {"host": location.host, "port": str(location.port or "") or None, "user": location.user}
-    checked = {name: value for name, value in options.items() if value}
+    from_url = {"host": location.host, "port": str(location.port) if location.port else None, "user": location.user}
+    checked = {name: value for name, value in from_url.items() if value}
     for name, value in location.options:
         if "password" in name:
             raise UsageError(
@@ -395,10 +395,10 @@ def libpq_options(location: ServerLocation) -> dict[str, str]:
 
 
 def _dbname_argument(database: str) -> str:
-    """`--dbname=` for pg_dump and pg_restore as a quoted `dbname='...'` connection string: a bare
-    name with `=` in it, or one that starts with postgresql://, would be read as one."""
-    quoted = database.replace("\\", "\\\\").replace("'", "\\'")
-    return f"--dbname=dbname='{quoted}'"
+    """`--dbname=` for pg_dump and pg_restore as a `dbname=...` connection string (quoted where
+    libpq needs it): a bare name with `=` in it, or one that starts with postgresql://, would be
+    read as one."""
+    return "--dbname=" + psycopg.conninfo.make_conninfo("", dbname=database)
 
 
 def _tool_command(location: ServerLocation, password: str | None, tool: str, *arguments: str) -> Command:
