@@ -150,6 +150,27 @@ def test_socket_urls_load_without_a_host_in_the_netloc(tmp_path: Path) -> None:
     assert "the URL has no host" in str(load_error(write_config(tmp_path, text)))
 
 
+@pytest.mark.parametrize(
+    ("url", "option", "hint"),
+    [
+        ("mariadb://root@/shop?host=/run/mysqld", "'host'", "?socket=PATH"),
+        ("mysql://root@127.0.0.1/shop?ssl-mode=REQUIRED", "'ssl-mode'", "~/.my.cnf"),
+        ("postgresql:///shop?socket=/run/postgresql", "'socket'", "sslmode"),
+        ("postgresql://postgres@127.0.0.1/shop?sslmod=require", "'sslmod'", "libpq service file"),
+        ("sqlite:///app.db?mode=ro", "'mode'", "takes no options"),
+    ],
+)
+def test_an_option_the_engine_does_not_take_is_refused_when_the_config_loads(
+    tmp_path: Path, url: str, option: str, hint: str
+) -> None:
+    """Checked per engine when lockstep.toml loads, not first at connect time or never (SQLite
+    dropped its options, and a misspelt sslmode would connect without TLS)."""
+    text = MINIMAL.replace("postgresql://postgres@127.0.0.1:5432/shop", url)
+    message = str(load_error(write_config(tmp_path, text)))
+    assert f"databases.main.url: the database URL {url} has the option {option}" in message
+    assert hint in message
+
+
 def test_password_in_the_repository_url_is_refused(tmp_path: Path) -> None:
     """The same rule for an S3 URL with credentials in it."""
     secret = "AKIAsecretKEY"

@@ -264,3 +264,11 @@ def test_a_wal_mode_database_leaves_no_companion_files_behind(
     target_directory.mkdir()
     adapter.restore(f"sqlite:///{target_directory / 'app.db'}", None, io.BytesIO(data), create=True)
     assert [path.name for path in target_directory.iterdir()] == ["app.db"]
+
+
+def test_a_url_with_options_is_refused_rather_than_opened_without_them(tmp_path: Path) -> None:
+    """`?mode=ro` or `?timeout=` would be dropped silently: the URL names a file and nothing else."""
+    with pytest.raises(UsageError, match="has the option 'mode'") as raised:
+        database_path(f"sqlite:///{tmp_path}/app.db?mode=ro")
+    assert raised.value.hint is not None and "takes no options" in raised.value.hint
+    assert database_path(f"sqlite:///{tmp_path}/app%20one.db") == tmp_path / "app one.db"

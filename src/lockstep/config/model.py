@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, 
 
 from lockstep.config.agent_model import AgentConfig, ScheduleConfig
 from lockstep.config.deploy_model import AppConfig, DeployConfig, PolicyConfig, TrafficConfig
+from lockstep.databases.url_options import check_url_options
 from lockstep.errors import UsageError
 from lockstep.notify.config import NotificationsConfig
 
@@ -174,7 +175,8 @@ class DatabaseConfig(_Section):
             "The engine is taken from the scheme. A unix socket: its directory as the host, percent-encoded "
             "(postgresql://app@%2Frun%2Fpostgresql/shop), or ?host=DIR; for MariaDB/MySQL ?socket=PATH. "
             "PostgreSQL URLs also take libpq's connection options (?sslmode=verify-full&sslrootcert=PATH, "
-            "application_name, target_session_attrs, ...); an option lockstep does not pass on is refused."
+            "application_name, target_session_attrs, ...). SQLite URLs take none. An option the engine does "
+            "not take is refused when the config loads."
         ),
         examples=["postgresql://postgres@127.0.0.1:5432/shop"],
     )
@@ -200,11 +202,16 @@ class DatabaseConfig(_Section):
         _reject_password_in_url(
             url, "put it in password_env (the name of an environment variable that holds it) or password_file"
         )
+        parts = urlsplit(url)
+        options = dict(parse_qsl(parts.query, keep_blank_values=True))
+        try:
+            check_url_options(scheme, url, options)
+        except UsageError as error:
+            raise ValueError(str(error)) from None
         if scheme == "sqlite":
-            parts = urlsplit(url)
             if parts.netloc or parts.path in ("", "/"):
                 raise ValueError("a SQLite URL names a file: write it as sqlite:///PATH (three slashes)")
-        elif not urlsplit(url).hostname and not {"host", "socket"} & dict(parse_qsl(urlsplit(url).query)).keys():
+        elif not parts.hostname and not {"host", "socket"} & options.keys():
             raise ValueError(f"the URL has no host: write it as {scheme}://USER@HOST[:PORT]/DATABASE")
         return url
 

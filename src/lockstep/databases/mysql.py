@@ -49,7 +49,8 @@ from lockstep.databases.base import (
 )
 from lockstep.databases.fingerprinted_dump import FingerprintedDump
 from lockstep.databases.mysql_session import ClientSession, StatementFailed
-from lockstep.errors import SourceError, UsageError
+from lockstep.databases.url_options import check_url_options
+from lockstep.errors import SourceError
 from lockstep.process import Command, StreamingProcess, run_capture, run_with_input
 
 CONNECT_TIMEOUT_SECONDS = 10
@@ -389,13 +390,8 @@ def _socket(location: ServerLocation) -> str | None:
     """The server's unix socket: `?socket=PATH`, or a host that is a path
     (`mysql://root@%2Frun%2Fmysqld%2Fmysqld.sock/shop`). Any other URL option is refused, not dropped."""
     socket = location.host if location.host and location.host.startswith("/") else None
-    for name, value in location.options:
-        if name != "socket":
-            raise UsageError(
-                f"the database URL {location.display()} has the option {name!r}, which lockstep does not pass on",
-                "the one option a mysql:// or mariadb:// URL takes is ?socket=PATH; put other client"
-                " settings in an option file such as ~/.my.cnf",
-            )
+    check_url_options("mysql", location.display(), (name for name, _ in location.options))
+    for _, value in location.options:
         socket = value
     return socket
 

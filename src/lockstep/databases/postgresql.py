@@ -60,7 +60,8 @@ from lockstep.databases.postgresql_archive import (
     parse_head,
     read_head,
 )
-from lockstep.errors import SourceError, UsageError
+from lockstep.databases.url_options import LIBPQ_OPTIONS, check_url_options
+from lockstep.errors import SourceError
 from lockstep.process import Command, StreamingProcess, run_with_input
 
 CONNECT_TIMEOUT_SECONDS = 10
@@ -341,55 +342,14 @@ def _data_blocks(data: mmap.mmap, head: ArchiveHead, expected: set[int]) -> dict
 ADAPTER: DatabaseAdapter = PostgresqlAdapter()
 
 
-# The query parameters a postgresql:// URL may carry (`?sslmode=verify-full&sslrootcert=...`),
-# as libpq reads them: psycopg gets them as connection keywords, pg_dump and pg_restore as the
-# environment variables libpq takes them from. host, port and user override the URL's own parts
-# (`postgresql:///shop?host=/run/postgresql`). Passwords never: they come from password_env or
-# password_file, and an option lockstep does not know is refused rather than dropped.
-LIBPQ_OPTIONS = {
-    "host": "PGHOST",
-    "hostaddr": "PGHOSTADDR",
-    "port": "PGPORT",
-    "user": "PGUSER",
-    "connect_timeout": "PGCONNECT_TIMEOUT",
-    "application_name": "PGAPPNAME",
-    "options": "PGOPTIONS",
-    "sslmode": "PGSSLMODE",
-    "sslrootcert": "PGSSLROOTCERT",
-    "sslcert": "PGSSLCERT",
-    "sslkey": "PGSSLKEY",
-    "sslcrl": "PGSSLCRL",
-    "sslcrldir": "PGSSLCRLDIR",
-    "sslsni": "PGSSLSNI",
-    "ssl_min_protocol_version": "PGSSLMINPROTOCOLVERSION",
-    "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION",
-    "channel_binding": "PGCHANNELBINDING",
-    "gssencmode": "PGGSSENCMODE",
-    "krbsrvname": "PGKRBSRVNAME",
-    "requirepeer": "PGREQUIREPEER",
-    "target_session_attrs": "PGTARGETSESSIONATTRS",
-    "service": "PGSERVICE",
-}
-
-
 def libpq_options(location: ServerLocation) -> dict[str, str]:
     """The libpq parameters for `location`: host, port and user from the URL, then its query
     parameters, checked (one of the same name overrides), and lockstep's connect timeout unless
     the URL sets one."""
     from_url = {"host": location.host, "port": str(location.port) if location.port else None, "user": location.user}
     checked = {name: value for name, value in from_url.items() if value}
-    for name, value in location.options:
-        if "password" in name:
-            raise UsageError(
-                f"the database URL {location.display()} carries {name}: passwords never go in URLs",
-                "remove it and put the password in the database's password_env or password_file",
-            )
-        if name not in LIBPQ_OPTIONS:
-            raise UsageError(
-                f"the database URL {location.display()} has the option {name!r}, which lockstep does not pass on",
-                "use one of " + ", ".join(sorted(LIBPQ_OPTIONS)) + " (or set it in a libpq service file)",
-            )
-        checked[name] = value
+    check_url_options("postgresql", location.display(), (name for name, _ in location.options))
+    checked.update(location.options)
     checked.setdefault("connect_timeout", str(CONNECT_TIMEOUT_SECONDS))
     return checked
 

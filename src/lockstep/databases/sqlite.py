@@ -20,7 +20,7 @@ import sqlite3
 import tempfile
 from pathlib import Path
 from typing import IO
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 from lockstep.databases.base import (
     MIGRATION_TABLES,
@@ -29,8 +29,10 @@ from lockstep.databases.base import (
     DatabaseInfo,
     DumpFormat,
     TableInfo,
+    redact_url,
     require_scratch,
 )
+from lockstep.databases.url_options import check_url_options
 from lockstep.errors import SourceError, UsageError
 
 HEADER = b"SQLite format 3\x00"
@@ -165,7 +167,9 @@ def database_path(url: str) -> Path:
     prefix = "sqlite:///"
     if not url.startswith(prefix) or len(url) == len(prefix):
         raise UsageError(f"not a SQLite database URL: {url}", "e.g. sqlite:////srv/app/app.db (absolute path)")
-    return Path(unquote(url[len(prefix) :].split("?", 1)[0]))
+    path, _, query = url[len(prefix) :].partition("?")
+    check_url_options("sqlite", redact_url(url), (name for name, _ in parse_qsl(query, keep_blank_values=True)))
+    return Path(unquote(path))
 
 
 def _open_existing(path: Path) -> sqlite3.Connection:
