@@ -407,3 +407,35 @@ def test_release_directory_code_and_environment_tags(tmp_path: Path) -> None:
     only_staging = json.loads(project.ok("snapshot", "list", "--env", "staging", "--json").out)
     assert [item["id"] for item in only_staging] == [staging["id"]]
     assert len(json.loads(project.ok("snapshot", "list", "--json").out)) == 2
+
+
+def test_references_resolve_within_the_environment(project: Project) -> None:
+    """`latest` and ID prefixes pick among the environment's own snapshots (default without
+    --env): a restore writes into that environment's databases, so another environment's
+    snapshot must never be picked by accident; naming one says which --env to use."""
+    with (project.root / "lockstep.toml").open("a") as config:
+        config.write('\n[environments.staging.databases.main]\nurl = "sqlite:///staging.db"\n')
+    with sqlite3.connect(project.root / "staging.db") as connection:
+        connection.execute("CREATE TABLE staging_only (id INTEGER PRIMARY KEY)")
+    (project.root / ".gitignore").write_text("app.db\nstaging.db\n.env\n")
+    git(project.root, "commit", "-q", "-am", "staging")
+    before = sqlite_fingerprint(project.root / "app.db")
+    staging = project.create("--env", "staging", "-m", "staging data")
+
+    nothing = project.lockstep("snapshot", "restore", "latest", "--yes")
+    assert nothing.returncode == 13, nothing.err
+    assert "no lockstep snapshots of environment 'default' yet (there are of staging)" in nothing.err
+    by_prefix = project.lockstep("snapshot", "restore", staging["id"][:10], "--yes")
+    assert by_prefix.returncode == 13, by_prefix.err
+    assert "matches no snapshot of environment 'default', only of staging" in by_prefix.err
+    assert "--env staging" in by_prefix.err
+    assert project.lockstep("snapshot", "diff", "latest").returncode == 13
+    assert sqlite_fingerprint(project.root / "app.db") == before
+
+    default = project.create("-m", "default data")
+    shown = json.loads(project.ok("snapshot", "show", "latest", "--env", "staging", "--json").out)
+    assert shown["id"] == staging["id"]
+    assert json.loads(project.ok("snapshot", "show", "latest", "--json").out)["id"] == default["id"]
+    project.ok("snapshot", "restore", "latest", "--env", "staging", "--yes")
+    assert set(sqlite_fingerprint(project.root / "staging.db")) == {"staging_only"}
+    assert sqlite_fingerprint(project.root / "app.db") == before

@@ -11,7 +11,7 @@ from lockstep.actions.snapshot_show import resolve_reference
 from lockstep.errors import UsageError
 from lockstep.pipeline.diff import DatabaseDiff, diff_database
 from lockstep.pipeline.restore import ServerAccess, database_record
-from lockstep.pipeline.snapshot import database_password, load_manifest
+from lockstep.pipeline.snapshot import database_password, environment_name, load_manifest
 from lockstep.repository.snapshot import Snapshot
 
 
@@ -35,7 +35,7 @@ def diff(
     if database is not None and database not in configured:
         raise UsageError(f"there is no database {database!r} in lockstep.toml", "name one of its [databases.NAME]")
     with project.access.session(exclusive=False) as repository:
-        snapshot = resolve_reference(lockstep_snapshots(repository), reference)
+        snapshot = resolve_reference(lockstep_snapshots(repository), reference, environment_name(environment))
         manifest = load_manifest(repository, snapshot)
         if database is not None:
             database_record(manifest, snapshot, database)

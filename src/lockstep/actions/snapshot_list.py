@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from lockstep.actions.repo.session import RepositoryAccess
 from lockstep.pipeline.manifest import Manifest
+from lockstep.pipeline.retention_policy import snapshot_environment
 from lockstep.pipeline.snapshot import (
-    ENVIRONMENT_TAG_PREFIX,
     environment_name,
     is_lockstep_snapshot,
     load_manifest,
@@ -26,11 +26,11 @@ class ListedSnapshot:
 
 def lockstep_snapshots(repository: Repository, environment: str | None = None) -> list[Snapshot]:
     """Snapshots tagged `lockstep` (oldest first), of one environment when given; others are skipped."""
-    wanted = None if environment is None else ENVIRONMENT_TAG_PREFIX + environment_name(environment)
+    wanted = None if environment is None else environment_name(environment)
     return [
         snapshot
         for snapshot in repository.list_snapshots()
-        if is_lockstep_snapshot(snapshot) and (wanted is None or wanted in snapshot.tags)
+        if is_lockstep_snapshot(snapshot) and (wanted is None or snapshot_environment(snapshot) == wanted)
     ]
 
 

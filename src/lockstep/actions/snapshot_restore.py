@@ -109,7 +109,9 @@ def restore(
     teach_secrets(reporter, project)
     bind_operation(reporter, operation="snapshot-restore", env=environment_name(environment))
     with project.access.session(exclusive=False, meanwhile=lambda: _load_adapters(project, request)) as repository:
-        snapshot = resolve_reference(lockstep_snapshots(repository), request.reference)
+        # Into the environment's own databases: only its snapshots. --to names the target itself.
+        among = None if request.to_url is not None else environment_name(environment)
+        snapshot = resolve_reference(lockstep_snapshots(repository), request.reference, among)
         bind_operation(reporter, snapshot_id=snapshot.id)
         manifest = load_manifest(repository, snapshot)
         outcome = RestoreOutcome(snapshot=snapshot, manifest=manifest)

@@ -6,29 +6,39 @@ from lockstep.actions.repo.session import RepositoryAccess
 from lockstep.actions.snapshot_list import ListedSnapshot, lockstep_snapshots
 from lockstep.errors import NotFound
 from lockstep.pipeline.code import SHORT_COMMIT_LENGTH
-from lockstep.pipeline.snapshot import COMMIT_TAG_PREFIX, load_manifest, tag_value
+from lockstep.pipeline.retention_policy import snapshot_environment
+from lockstep.pipeline.snapshot import COMMIT_TAG_PREFIX, environment_name, load_manifest, tag_value
 from lockstep.repository.snapshot import Snapshot
 
 SHOWN_CANDIDATES = 10
 
 
-def resolve_reference(snapshots: list[Snapshot], reference: str) -> Snapshot:
+def resolve_reference(snapshots: list[Snapshot], reference: str, environment: str | None = None) -> Snapshot:
     """`latest`, or the one snapshot whose ID or git commit starts with `reference`.
+
+    With `environment` (a name; "default" without --env) only that environment's snapshots
+    count: a restore writes into the environment's own databases, so `latest` or a prefix must
+    never pick another environment's snapshot. When the reference matches only snapshots of
+    other environments, the error names them and the --env to use.
 
     A commit is matched on the `commit:` tag (its first 12 digits), so nothing is read to find it.
     Raises NotFound, listing the candidates, when nothing or more than one snapshot matches.
     """
+    everywhere = snapshots
+    if environment is not None:
+        snapshots = [snapshot for snapshot in snapshots if snapshot_environment(snapshot) == environment]
     if reference == "latest":
         if not snapshots:
-            raise NotFound("there are no lockstep snapshots yet", "make one with `lockstep snapshot create`")
+            raise NotFound(*_nothing_yet(everywhere, environment))
         return snapshots[-1]
     wanted = reference.strip().lower()
     if not wanted:
         raise NotFound("an empty snapshot reference matches nothing", "give a snapshot ID, a commit or latest")
-    matches = [
-        snapshot for snapshot in snapshots if snapshot.id.startswith(wanted) or _commit_matches(snapshot, wanted)
-    ]
+    matches = [snapshot for snapshot in snapshots if _matches(snapshot, wanted)]
     if not matches:
+        elsewhere = [snapshot for snapshot in everywhere if _matches(snapshot, wanted)]
+        if elsewhere:
+            raise NotFound(*_in_other_environments(reference, elsewhere, environment))
         raise NotFound(
             f"no lockstep snapshot matches {reference!r} (by snapshot ID or git commit)",
             "list them with `lockstep snapshot list`",
@@ -43,6 +53,34 @@ def resolve_reference(snapshots: list[Snapshot], reference: str) -> Snapshot:
     return matches[0]
 
 
+def _matches(snapshot: Snapshot, wanted: str) -> bool:
+    return snapshot.id.startswith(wanted) or _commit_matches(snapshot, wanted)
+
+
+def _nothing_yet(everywhere: list[Snapshot], environment: str | None) -> tuple[str, str]:
+    if environment is None or not everywhere:
+        return "there are no lockstep snapshots yet", "make one with `lockstep snapshot create`"
+    others = sorted({snapshot_environment(snapshot) for snapshot in everywhere})
+    return (
+        f"there are no lockstep snapshots of environment {environment!r} yet (there are of {', '.join(others)})",
+        f"make one with `lockstep snapshot create{_env_option(environment)}`, or pass --env to pick another",
+    )
+
+
+def _in_other_environments(reference: str, elsewhere: list[Snapshot], environment: str | None) -> tuple[str, str]:
+    names = sorted({snapshot_environment(snapshot) for snapshot in elsewhere})
+    listed = ", ".join(_describe(snapshot) for snapshot in elsewhere[:SHOWN_CANDIDATES])
+    return (
+        f"{reference!r} matches no snapshot of environment {environment!r}, only of {', '.join(names)}: {listed}",
+        f"add --env {names[0]} to use it there (a restore writes into that environment's databases), "
+        "or restore one database elsewhere with --database NAME --to URL",
+    )
+
+
+def _env_option(environment: str) -> str:
+    return "" if environment == environment_name(None) else f" --env {environment}"
+
+
 def _commit_matches(snapshot: Snapshot, wanted: str) -> bool:
     commit = tag_value(snapshot, COMMIT_TAG_PREFIX)
     if not commit:
@@ -55,8 +93,8 @@ def _describe(snapshot: Snapshot) -> str:
     return f"{snapshot.short_id} ({snapshot.time[:19]}{', commit ' + commit if commit else ''})"
 
 
-def show_snapshot(access: RepositoryAccess, reference: str) -> ListedSnapshot:
-    """The snapshot `reference` names, with its manifest."""
+def show_snapshot(access: RepositoryAccess, reference: str, environment: str | None = None) -> ListedSnapshot:
+    """The snapshot `reference` names among `environment`'s (all when None), with its manifest."""
     with access.session(lock=False) as repository:
-        snapshot = resolve_reference(lockstep_snapshots(repository), reference)
+        snapshot = resolve_reference(lockstep_snapshots(repository), reference, environment)
         return ListedSnapshot(snapshot, load_manifest(repository, snapshot))

@@ -54,7 +54,7 @@ def verify(
     bind_operation(reporter, operation="snapshot-verify", env=environment_name(environment))
     servers = database_servers(project.config)
     with project.access.session(exclusive=False) as repository:
-        snapshot = resolve_reference(lockstep_snapshots(repository), reference)
+        snapshot = resolve_reference(lockstep_snapshots(repository), reference, environment_name(environment))
         bind_operation(reporter, snapshot_id=snapshot.id)
         reporter.step_started("verify", f"snapshot {snapshot.short_id}, level {level}")
         started = time.monotonic()

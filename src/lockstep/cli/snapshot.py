@@ -17,6 +17,7 @@ from lockstep.cli.project_options import wants_json
 from lockstep.cli.reporting import progress_options, progress_reporter
 from lockstep.pipeline.code import SHORT_COMMIT_LENGTH
 from lockstep.pipeline.manifest import DatabaseRecord, Manifest
+from lockstep.pipeline.snapshot import environment_name
 from lockstep.pipeline.verification_records import describe_state
 from lockstep.repository.snapshot import Snapshot
 
@@ -232,7 +233,7 @@ def _fingerprint_origin(database: DatabaseRecord) -> str:
 def show_command(reference: str, config_path: Path | None, environment: str | None, json_output: bool) -> None:
     """Show one snapshot: ID is a snapshot ID prefix, a git commit prefix, or `latest`."""
     project = load_project(Path.cwd(), config_path, environment)
-    item = show_snapshot(project.access, reference)
+    item = show_snapshot(project.access, reference, environment_name(environment))
     if wants_json(json_output):
         print_json(manifest_document(item.snapshot, item.manifest))
         return
