@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lockstep.databases import adapter_for
-from lockstep.errors import IntegrityError, UsageError
+from lockstep.errors import IntegrityError, SourceError, UsageError
 from lockstep.pipeline.restore import ServerAccess, restore_database, restore_files, target_state
 from lockstep.pipeline.snapshot import load_manifest
 from lockstep.repository.repository import Repository
@@ -209,3 +209,72 @@ def test_counts_taken_outside_the_dump_snapshot_are_not_held_against_a_restore()
     assert compare_with_manifest(recorded, both_drifted, inspected="after-dump") == []
     missing = DatabaseInfo("mariadb", "10.11", [TableInfo("orders", 10, "a" * 16)], None, None)
     assert [table for table, _ in compare_with_manifest(recorded, missing, inspected="after-dump")] == ["sessions"]
+
+
+MARIADB_OBJECTS = """
+CREATE TABLE parents (id INT PRIMARY KEY) ENGINE=InnoDB;
+CREATE TABLE children (id INT PRIMARY KEY, parent_id INT, FOREIGN KEY (parent_id) REFERENCES parents (id));
+INSERT INTO parents VALUES (1), (2); INSERT INTO children VALUES (10, 1), (20, 2);
+CREATE VIEW child_count AS SELECT COUNT(*) AS n FROM children;
+CREATE SEQUENCE invoice_numbers;
+CREATE PROCEDURE touch() SELECT 1;
+CREATE FUNCTION answer() RETURNS INT DETERMINISTIC RETURN 42;
+CREATE EVENT nightly ON SCHEDULE EVERY 1 DAY DISABLE DO SELECT 1;
+"""
+
+
+def test_mariadb_restore_in_place_keeps_the_database_and_its_character_set(tmp_path: Path) -> None:
+    """The target is emptied object by object (foreign keys, views, sequences, routines,
+    events), not dropped and re-created: its character set and the database stay."""
+    with mariadb_database(MARIADB_OBJECTS) as url:
+        name = url.rsplit("/", 1)[1]
+        run_mariadb(url, f"ALTER DATABASE `{name}` CHARACTER SET latin1 COLLATE latin1_german1_ci")
+        take_snapshot(tmp_path / "repository", tmp_path, {"shop": url})
+        before = fingerprint(url)
+        run_mariadb(url, "DELETE FROM children; DROP PROCEDURE touch; CREATE TABLE added (id INT)")
+        repository = open_repository(tmp_path / "repository")
+        try:
+            snapshot = latest(repository)
+            manifest = load_manifest(repository, snapshot)
+            restore_database(repository, snapshot, manifest, "shop", ServerAccess(url), replace=True)
+        finally:
+            repository.close()
+        assert fingerprint(url) == before
+        assert run_mariadb(url, "SELECT n FROM child_count; SELECT answer()") == [["2"], ["42"]]
+        assert run_mariadb(url, "SELECT COUNT(*) FROM information_schema.routines WHERE routine_name = 'touch'") == [
+            ["1"]
+        ]
+        charset = f"SELECT default_collation_name FROM information_schema.schemata WHERE schema_name = '{name}'"
+        assert run_mariadb(url, charset, database="") == [["latin1_german1_ci"]]
+
+
+def test_mariadb_restore_refuses_a_target_it_could_not_fill_and_drops_nothing(tmp_path: Path) -> None:
+    """A user that may drop but not create tables: before, the database was dropped and then
+    could not be re-created. Now nothing is touched and the error says which grant is missing."""
+    with mariadb_database(MARIADB_SHOP) as url:
+        name = url.rsplit("/", 1)[1]
+        user = unique_name()
+        run_mariadb(
+            url,
+            f"CREATE USER '{user}'@'%' IDENTIFIED BY ''; CREATE USER '{user}'@'localhost' IDENTIFIED BY '';"
+            f" GRANT SELECT, INSERT, UPDATE, DELETE, DROP, ALTER, INDEX, LOCK TABLES ON `{name}`.* TO '{user}'@'%';"
+            f" GRANT SELECT, INSERT, UPDATE, DELETE, DROP, ALTER, INDEX, LOCK TABLES ON `{name}`.*"
+            f" TO '{user}'@'localhost'",
+        )
+        try:
+            take_snapshot(tmp_path / "repository", tmp_path, {"shop": url})
+            target = ServerAccess(f"mariadb://{user}@127.0.0.1:3306/{name}")
+            repository = open_repository(tmp_path / "repository")
+            try:
+                snapshot = latest(repository)
+                manifest = load_manifest(repository, snapshot)
+                with pytest.raises(
+                    SourceError, match="creating a table there failed, so nothing was dropped"
+                ) as raised:
+                    restore_database(repository, snapshot, manifest, "shop", target, replace=True)
+                assert raised.value.hint is not None and "ALL on that database" in raised.value.hint
+            finally:
+                repository.close()
+            assert run_mariadb(url, "SELECT COUNT(*) FROM customers") == [["200"]]
+        finally:
+            run_mariadb(url, f"DROP USER IF EXISTS '{user}'@'%'; DROP USER IF EXISTS '{user}'@'localhost'")

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import io
 import os
+import secrets
 import tarfile
 import tempfile
 import time
@@ -302,18 +303,7 @@ def empty_database(adapter: DatabaseAdapter, target: ServerAccess) -> None:
         return
     location = ServerLocation.parse(target.url)
     if adapter.engine == "mysql":
-        from lockstep.databases.mysql import _administer, _identifier, _query, _string
-
-        charset = _query(
-            location,
-            target.password,
-            "SELECT default_character_set_name, default_collation_name FROM information_schema.schemata"
-            f" WHERE schema_name = {_string(location.database)}",
-        )
-        database = _identifier(location.database)
-        options = f" CHARACTER SET {charset[0][0]} COLLATE {charset[0][1]}" if charset else ""
-        _administer(location, target.password, f"DROP DATABASE {database}")
-        _administer(location, target.password, f"CREATE DATABASE {database}{options}")
+        _empty_mysql_database(location, target.password)
         return
     if adapter.engine == "postgresql":
         import psycopg
@@ -343,6 +333,67 @@ def empty_database(adapter: DatabaseAdapter, target: ServerAccess) -> None:
                 ) from None
         return
     raise UsageError(f"restoring {adapter.engine} databases is not supported")
+
+
+DROP_BATCH_BYTES = 64 * 1024
+
+
+def _empty_mysql_database(location: ServerLocation, password: str | None) -> None:
+    """Drop what the database holds, object by object, and keep the database: dropping and
+    re-creating it would lose it for good when the user may drop but not create databases (a
+    `--to` target has no pre-restore snapshot), and it would drop its character set too."""
+    from lockstep.databases.mysql import _identifier, _query, _string
+
+    _check_can_create_tables(location, password)
+    database = _string(location.database)
+    found = _query(
+        location,
+        password,
+        f"SELECT 'TABLE', table_type, table_name FROM information_schema.tables WHERE table_schema = {database}"
+        f" UNION ALL SELECT 'ROUTINE', routine_type, routine_name FROM information_schema.routines"
+        f" WHERE routine_schema = {database}"
+        f" UNION ALL SELECT 'EVENT', 'EVENT', event_name FROM information_schema.events"
+        f" WHERE event_schema = {database}",
+    )
+    drops: dict[str, list[str]] = {
+        "VIEW": [],
+        "SEQUENCE": [],
+        "TABLE": [],
+        "PROCEDURE": [],
+        "FUNCTION": [],
+        "EVENT": [],
+    }
+    for kind, subtype, name in found:
+        if kind == "TABLE":
+            drops["VIEW" if subtype == "VIEW" else "SEQUENCE" if subtype == "SEQUENCE" else "TABLE"].append(name)
+        elif subtype in drops:
+            drops[subtype].append(name)
+    statements = [f"DROP {kind} IF EXISTS {_identifier(name)}" for kind, names in drops.items() for name in names]
+    # In batches: the client takes the statements as one argument, which Linux caps at 128 KiB.
+    batch: list[str] = []
+    for statement in [*statements, None]:
+        if batch and (statement is None or sum(map(len, batch)) + len(statement) > DROP_BATCH_BYTES):
+            _query(location, password, ";\n".join(["SET FOREIGN_KEY_CHECKS = 0", *batch]))
+            batch = []
+        if statement is not None:
+            batch.append(statement)
+
+
+def _check_can_create_tables(location: ServerLocation, password: str | None) -> None:
+    """Refuse before anything is dropped when the user may not create tables there: the restore
+    could not bring anything back."""
+    from lockstep.databases.mysql import _query
+
+    probe = f"lockstep_probe_{secrets.token_hex(6)}"
+    try:
+        _query(location, password, f"CREATE TABLE {probe} (id INT); DROP TABLE {probe}")
+    except SourceError as error:
+        raise SourceError(
+            f"cannot restore into {location.display()}: creating a table there failed, so nothing was"
+            f" dropped ({error.message})",
+            "grant the user ALL on that database (a restore re-creates its tables, views, routines"
+            " and events), then try again",
+        ) from None
 
 
 # --- code and files ----------------------------------------------------------------------
