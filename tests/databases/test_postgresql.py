@@ -297,6 +297,49 @@ def test_checksums_see_changes_in_columns_without_a_hash_function(adapter: Postg
     assert checksum() != before
 
 
+def test_tables_with_enums_restore_to_the_same_checksums(
+    adapter: PostgresqlAdapter, database: str, scratch: str
+) -> None:
+    """hash_record_extended hashes an enum by its label's OID, which a restore assigns anew, so
+    every table with an enum failed its restore check. Enums, and the arrays, domains,
+    composites and ranges built on them, are hashed by their text; a change is still seen."""
+    execute(
+        database,
+        """
+        CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+        CREATE DOMAIN good_mood AS mood CHECK (VALUE <> 'sad');
+        CREATE TYPE mood_pair AS (first mood, second mood);
+        CREATE TYPE mood_range AS RANGE (subtype = mood);
+        CREATE TABLE feelings (id int PRIMARY KEY, now mood, history mood[], best good_mood, pair mood_pair,
+                               span mood_range, note text);
+        INSERT INTO feelings SELECT g, 'ok', ARRAY['sad', 'happy']::mood[], 'happy', ROW('ok', 'sad')::mood_pair,
+                                    mood_range('sad', 'happy'), 'n' || g FROM generate_series(1, 50) g;
+        """,
+    )
+    # A second enum made first in the restore's order shifts every OID there.
+    execute(scratch, "CREATE TYPE unrelated AS ENUM ('x', 'y', 'z')")
+    adapter.restore(scratch, None, io.BytesIO(dump_bytes(adapter, database)), create=False)
+    source, restored = adapter.inspect(database, None), adapter.inspect(scratch, None)
+    assert restored.tables == source.tables
+    execute(database, "UPDATE feelings SET history = ARRAY['ok']::mood[] WHERE id = 7")
+    assert adapter.inspect(database, None).tables != source.tables
+
+
+def test_the_text_fallback_hashes_every_column_even_beside_one_named_row_data(
+    adapter: PostgresqlAdapter, database: str
+) -> None:
+    """`row_data::text` meant the column of that name, not the row: a change elsewhere went unseen."""
+    execute(database, "CREATE TABLE shapes (id int PRIMARY KEY, doc json, row_data text)")
+    execute(database, """INSERT INTO shapes VALUES (1, '{"a": 1}', 'same'), (2, '{"b": 2}', 'same')""")
+    before = adapter.inspect(database, None).tables
+    execute(database, """UPDATE shapes SET doc = '{"a": 2}' WHERE id = 1""")
+    assert adapter.inspect(database, None).tables != before
+    execute(database, "ALTER TABLE shapes RENAME COLUMN row_data TO label")
+    ((rows, total),) = query(database, "SELECT count(*), sum(hashtextextended(t::text, 0)) FROM shapes AS t")
+    (table,) = adapter.inspect(database, None).tables
+    assert (table.rows, table.checksum) == (rows, f"{int(total) % 2**64:016x}")  # as manifests recorded it
+
+
 def test_checksums_equal_the_whole_row_hash_manifests_recorded(adapter: PostgresqlAdapter, database: str) -> None:
     """The row hash is built from the live columns, ROW(a, b, ...), where earlier versions hashed
     the whole-row reference: the checksums must stay the same, or every older manifest's restore

@@ -70,14 +70,29 @@ MAINTENANCE_DATABASE = "postgres"
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
+# Types whose values hash by OID: enums (hash_enum hashes the label's OID, which a restore
+# assigns anew) and every type built on one: arrays, domains, composites and ranges of them.
 TABLES_QUERY = """
+WITH RECURSIVE by_oid(oid) AS (
+    SELECT oid FROM pg_type WHERE typtype = 'e'
+    UNION
+    SELECT t.oid FROM by_oid e JOIN pg_type t ON
+        (t.typcategory = 'A' AND t.typelem = e.oid)
+        OR (t.typtype = 'd' AND t.typbasetype = e.oid)
+        OR (t.typtype = 'c' AND t.typrelid IN (SELECT a.attrelid FROM pg_attribute a
+                                               WHERE a.atttypid = e.oid AND a.attnum > 0 AND NOT a.attisdropped))
+        OR (t.typtype = 'r' AND t.oid IN (SELECT r.rngtypid FROM pg_range r WHERE r.rngsubtype = e.oid))
+)
 SELECT n.nspname, c.relname,
        ARRAY(SELECT a.attname FROM pg_index i
              JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, position) ON true
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
              WHERE i.indrelid = c.oid AND i.indisprimary ORDER BY k.position),
        ARRAY(SELECT a.attname FROM pg_attribute a
-             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+       ARRAY(SELECT a.attname FROM pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+               AND a.atttypid IN (SELECT oid FROM by_oid))
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
@@ -266,8 +281,9 @@ def _restore_jobs() -> int:
 def _database_info(connection: Connection, location: ServerLocation) -> DatabaseInfo:
     version = _scalar(connection, "SHOW server_version")
     tables: list[TableInfo] = []
-    for schema, table, _key_columns, columns in connection.execute(TABLES_QUERY).fetchall():
-        tables.append(_fingerprint(connection, schema, table, [str(column) for column in columns]))
+    for schema, table, _key_columns, columns, by_oid in connection.execute(TABLES_QUERY).fetchall():
+        as_text = {str(column) for column in by_oid}
+        tables.append(_fingerprint(connection, schema, table, [str(column) for column in columns], as_text))
     migration_table, migration_version = _migration(connection, {t.name for t in tables})
     return DatabaseInfo(
         engine="postgresql",
@@ -410,24 +426,38 @@ def _scalar(connection: Connection, query: str | sql.Composed) -> str:
 # never hashes the row type), and PostgreSQL forms the whole row's datum more slowly (the shop
 # database's four tables: 1.9 CPU-s against 2.5-2.8, single-threaded).
 _ROW_HASH = sql.SQL("SELECT count(*), sum(hash_record_extended({record}, 0)) FROM {relation} AS row_data")
-_ROW_TEXT_HASH = sql.SQL("SELECT count(*), sum(hashtextextended(row_data::text, 0)) FROM {relation} AS row_data")
+_ROW_TEXT_HASH = sql.SQL("SELECT count(*), sum(hashtextextended({record}::text, 0)) FROM {relation} AS row_data")
 
 
-def _fingerprint(connection: Connection, schema: str, table: str, columns: list[str]) -> TableInfo:
-    """Row count and the sum, modulo 2^64, of a 64-bit hash of each row (see above)."""
+def _fingerprint(
+    connection: Connection, schema: str, table: str, columns: list[str], as_text: set[str] | None = None
+) -> TableInfo:
+    """Row count and the sum, modulo 2^64, of a 64-bit hash of each row (see above). Columns in
+    `as_text` (enums and types built on them) are hashed by their text, not by OIDs a restore
+    renumbers."""
     relation = sql.Identifier(schema, table)
+    # ROW(row_data.a, ...), never the bare whole-row reference: a column named row_data would win.
     record: sql.Composable = sql.SQL("row_data")
+    text: sql.Composable = sql.SQL("row_data")  # the same text as the whole row's
     if columns:
-        record = sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Identifier("row_data", column) for column in columns))
+        record = sql.SQL("ROW({})").format(
+            sql.SQL(", ").join(_column_value(column, column in (as_text or set())) for column in columns)
+        )
+        text = sql.SQL("ROW({})").format(sql.SQL(", ").join(_column_value(column, False) for column in columns))
     try:
         with connection.transaction():  # a savepoint: a missing hash function aborts only this
             row = connection.execute(_ROW_HASH.format(record=record, relation=relation)).fetchone()
     except psycopg.errors.UndefinedFunction:
-        row = connection.execute(_ROW_TEXT_HASH.format(relation=relation)).fetchone()
+        row = connection.execute(_ROW_TEXT_HASH.format(record=text, relation=relation)).fetchone()
     assert row is not None
     total = 0 if row[1] is None else int(str(row[1]))
     name = table if schema == "public" else f"{schema}.{table}"
     return TableInfo(name=name, rows=int(str(row[0])), checksum=f"{total % 2**64:016x}")
+
+
+def _column_value(column: str, as_text: bool) -> sql.Composable:
+    value = sql.Identifier("row_data", column)
+    return sql.SQL("{}::text").format(value) if as_text else value
 
 
 def _migration(connection: Connection, tables: set[str]) -> tuple[str | None, str | None]:
