@@ -353,7 +353,7 @@ def _postgresql_integrity(url: str, password: str | None) -> tuple[str, list[str
         indexes = connection.execute(
             "SELECT c.oid, c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
             " JOIN pg_am a ON a.oid = c.relam JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE a.amname = 'btree' AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+            " WHERE a.amname = 'btree' AND c.relkind = 'i' AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
             " AND n.nspname NOT LIKE 'pg\\_toast%' AND i.indisvalid"
         ).fetchall()
         for oid, name in indexes:
