@@ -16,6 +16,7 @@ from lockstep.pipeline.snapshot import load_manifest
 from lockstep.repository.repository import Repository
 from lockstep.repository.snapshot import Snapshot
 from tests.pipeline.test_verify import (
+    POSTGRESQL_SERVER,
     make_sqlite,
     mariadb_database,
     open_repository,
@@ -278,3 +279,46 @@ def test_mariadb_restore_refuses_a_target_it_could_not_fill_and_drops_nothing(tm
             assert run_mariadb(url, "SELECT COUNT(*) FROM customers") == [["200"]]
         finally:
             run_mariadb(url, f"DROP USER IF EXISTS '{user}'@'%'; DROP USER IF EXISTS '{user}'@'localhost'")
+
+
+def test_postgresql_restore_in_place_keeps_owners_and_the_public_schema_grants(tmp_path: Path) -> None:
+    """The application's role owns its database and tables; lockstep restores as postgres. The
+    role must still own and read its tables afterwards, and public keeps its owner and USAGE
+    for everyone (pg_dump leaves the defaults out, and --no-owner gave everything to postgres)."""
+    import psycopg
+
+    role = unique_name()
+    run_postgresql(POSTGRESQL_SERVER, f'CREATE ROLE "{role}" LOGIN', database="postgres")
+    try:
+        with postgresql_database() as url:
+            name = url.rsplit("/", 1)[1]
+            run_postgresql(url, f'ALTER DATABASE "{name}" OWNER TO "{role}"', database="postgres")
+
+            def as_role(statement: str) -> list[tuple[object, ...]]:
+                with psycopg.connect(host="127.0.0.1", user=role, dbname=name, autocommit=True) as connection:
+                    cursor = connection.execute(statement)  # type: ignore[arg-type]
+                    return cursor.fetchall() if cursor.description else []
+
+            as_role("CREATE TABLE notes (id int PRIMARY KEY, body text); INSERT INTO notes VALUES (1, 'kept')")
+            public_before = run_postgresql(
+                url, "SELECT nspowner::regrole::text, nspacl::text FROM pg_namespace WHERE nspname = 'public'"
+            )
+            take_snapshot(tmp_path / "repository", tmp_path, {"shop": url})
+            as_role("DELETE FROM notes")
+            repository = open_repository(tmp_path / "repository")
+            try:
+                snapshot = latest(repository)
+                manifest = load_manifest(repository, snapshot)
+                restore_database(repository, snapshot, manifest, "shop", ServerAccess(url), replace=True)
+            finally:
+                repository.close()
+            assert as_role("SELECT body FROM notes") == [("kept",)]
+            assert run_postgresql(url, "SELECT tableowner FROM pg_tables WHERE tablename = 'notes'") == [(role,)]
+            assert (
+                run_postgresql(
+                    url, "SELECT nspowner::regrole::text, nspacl::text FROM pg_namespace WHERE nspname = 'public'"
+                )
+                == public_before
+            )
+    finally:
+        run_postgresql(POSTGRESQL_SERVER, f'DROP ROLE IF EXISTS "{role}"', database="postgres")

@@ -188,33 +188,47 @@ class PostgresqlAdapter:
         # Imported here: only restores load, and `snapshot create` starts sooner without it.
         from lockstep.databases.postgresql_loader import ParallelLoader, plan_load
 
+        owners = head is not None and _can_keep_owners(location, password, {entry.owner for entry in head.entries})
         plan = None if head is None else plan_load(head)
         if head is None or plan is None:
             # Not an archive the loader understands (large objects, another version): the whole
             # dump goes to a file for pg_restore --jobs.
-            self._restore_stream_through_file(location, password, first_bytes, source, hint)
+            self._restore_stream_through_file(location, password, first_bytes, source, hint, owners)
             return
         loader = ParallelLoader(
-            lambda *arguments: self._restore_command(location, password, *arguments),
+            lambda *arguments: self._restore_command(location, password, *arguments, owners=owners),
             lambda: _connect(location, password, location.database, autocommit=True),
             hint,
             _restore_jobs(),
         )
         loader.run(head, plan, first_bytes, source, alongside_last_step)
 
-    def _restore_command(self, location: ServerLocation, password: str | None, *arguments: str) -> Command:
-        command = _tool_command(location, password, "pg_restore", "--no-owner", "--exit-on-error")
+    def _restore_command(
+        self, location: ServerLocation, password: str | None, *arguments: str, owners: bool = False
+    ) -> Command:
+        """pg_restore; `owners` keeps the dump's object owners (see _can_keep_owners)."""
+        command = _tool_command(
+            location, password, "pg_restore", *(() if owners else ("--no-owner",)), "--exit-on-error"
+        )
         if any(argument.startswith("--file") for argument in arguments):
             return Command((*command.argv, *arguments), env=command.env)
         return Command((*command.argv, _dbname_argument(location.database), *arguments), env=command.env)
 
-    def _restore_file(self, location: ServerLocation, password: str | None, path: Path, hint: str) -> None:
-        command = self._restore_command(location, password, f"--jobs={_restore_jobs()}", str(path))
+    def _restore_file(
+        self, location: ServerLocation, password: str | None, path: Path, hint: str, owners: bool = False
+    ) -> None:
+        command = self._restore_command(location, password, f"--jobs={_restore_jobs()}", str(path), owners=owners)
         with open(os.devnull, "rb") as nothing:
             run_with_input(command, nothing, hint)
 
     def _restore_stream_through_file(
-        self, location: ServerLocation, password: str | None, first_bytes: bytes, rest: IO[bytes], hint: str
+        self,
+        location: ServerLocation,
+        password: str | None,
+        first_bytes: bytes,
+        rest: IO[bytes],
+        hint: str,
+        owners: bool = False,
     ) -> None:
         descriptor, name = tempfile.mkstemp(prefix="lockstep-restore-", suffix=self.dump_format.extension)
         path = Path(name)
@@ -223,7 +237,7 @@ class PostgresqlAdapter:
                 output.write(first_bytes)
                 shutil.copyfileobj(rest, output, 1 << 20)
             fill_in_data_offsets(path)
-            self._restore_file(location, password, path, hint)
+            self._restore_file(location, password, path, hint, owners)
         finally:
             path.unlink(missing_ok=True)
 
@@ -368,6 +382,24 @@ def libpq_options(location: ServerLocation) -> dict[str, str]:
     checked.update(location.options)
     checked.setdefault("connect_timeout", str(CONNECT_TIMEOUT_SECONDS))
     return checked
+
+
+def _can_keep_owners(location: ServerLocation, password: str | None, owners: set[str]) -> bool:
+    """Whether the restore can give every object its dumped owner: each role exists on the target
+    server and the connecting user is a member of it (a superuser is of all). Otherwise
+    pg_restore runs with --no-owner and the connecting user owns everything, as a restore onto
+    another server needs. Restoring in place as a superuser with --no-owner took every table
+    from the application's role, which then could not read its own data."""
+    names = sorted(owner for owner in owners if owner)
+    if not names:
+        return False
+    with _connect(location, password, location.database, autocommit=True) as connection:
+        missing = connection.execute(
+            "SELECT o.name FROM unnest(%s::text[]) AS o(name) LEFT JOIN pg_roles r ON r.rolname = o.name"
+            " WHERE r.oid IS NULL OR NOT pg_has_role(current_user, r.oid, 'MEMBER')",
+            (names,),
+        ).fetchall()
+    return not missing
 
 
 def _dbname_argument(database: str) -> str:

@@ -45,6 +45,7 @@ class TocEntry:
     tablespace: str
     offset_flag_position: int  # where the "data offset set?" byte sits (the offset follows it)
     offset_flag: int  # OFFSET_NOT_SET when pg_dump wrote to a pipe and could not seek back
+    owner: str = ""  # the role that owned the object ("" for entries without one)
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,9 @@ def parse_head(data: bytes | mmap.mmap) -> ArchiveHead | None:
         copy_statement = reader.text()
         namespace = reader.text()
         tablespace = reader.text()
-        for _ in range(3):  # access method, owner, "false" (with OIDs)
-            reader.string()
+        reader.string()  # access method
+        owner = reader.text()
+        reader.string()  # "false" (with OIDs)
         while reader.string() is not None:  # dependencies, ended by a null string
             pass
         offset_flag_position = reader.position
@@ -113,6 +115,7 @@ def parse_head(data: bytes | mmap.mmap) -> ArchiveHead | None:
                 tablespace,
                 offset_flag_position,
                 offset_flag,
+                owner,
             )
         )
     return ArchiveHead(entries=entries, end=reader.position, int_size=reader.int_size, offset_size=reader.offset_size)

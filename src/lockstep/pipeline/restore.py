@@ -321,9 +321,15 @@ def empty_database(adapter: DatabaseAdapter, target: ServerAccess) -> None:
                         " AND nspname NOT LIKE 'pg\\_%'"
                     ).fetchall()
                 ]
+                # pg_dump leaves out the public schema's default owner and grants, so a plain
+                # CREATE SCHEMA public (owned by whoever runs the restore, no USAGE for anyone
+                # else) locked the application's role out: it is re-created as it was.
+                public = connection.execute(_PUBLIC_SCHEMA_AS_IT_IS).fetchall()
                 for schema in schemas:
                     connection.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
                 connection.execute("CREATE SCHEMA public")
+                for (statement,) in public:
+                    connection.execute(str(statement))
                 connection.execute("SELECT lo_unlink(oid) FROM pg_largeobject_metadata")
                 connection.commit()
             except psycopg.Error as error:
@@ -336,6 +342,21 @@ def empty_database(adapter: DatabaseAdapter, target: ServerAccess) -> None:
 
 
 DROP_BATCH_BYTES = 64 * 1024
+# The statements that give a new public schema the current one's owner, grants and comment.
+_PUBLIC_SCHEMA_AS_IT_IS = """
+SELECT statement FROM (
+    SELECT 1, format('ALTER SCHEMA public OWNER TO %I', pg_get_userbyid(n.nspowner))
+    FROM pg_namespace n WHERE n.nspname = 'public'
+    UNION ALL
+    SELECT 2, format('GRANT %s ON SCHEMA public TO %s%s', a.privilege_type,
+                     CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+                     CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
+    FROM pg_namespace n, aclexplode(n.nspacl) a WHERE n.nspname = 'public'
+    UNION ALL
+    SELECT 3, format('COMMENT ON SCHEMA public IS %L', obj_description(n.oid, 'pg_namespace'))
+    FROM pg_namespace n WHERE n.nspname = 'public' AND obj_description(n.oid, 'pg_namespace') IS NOT NULL
+) AS steps(position, statement) ORDER BY position
+"""
 
 
 def _empty_mysql_database(location: ServerLocation, password: str | None) -> None:
