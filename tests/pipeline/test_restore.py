@@ -322,3 +322,41 @@ def test_postgresql_restore_in_place_keeps_owners_and_the_public_schema_grants(t
             )
     finally:
         run_postgresql(POSTGRESQL_SERVER, f'DROP ROLE IF EXISTS "{role}"', database="postgres")
+
+
+def test_postgresql_target_state_counts_types_functions_and_schemas_not_extensions() -> None:
+    """A restore killed during its schema step can leave types or functions and no table; such a
+    target is not empty (pg_restore would fail on "already exists"). An extension's objects are
+    the database's setup, not data: that target still is."""
+    with postgresql_database("CREATE EXTENSION IF NOT EXISTS citext") as url:
+        adapter = adapter_for(url)
+        assert target_state(adapter, ServerAccess(url)) == "empty"
+        for leftover, undo in [
+            ("CREATE TYPE mood AS ENUM ('x')", "DROP TYPE mood"),
+            ("CREATE FUNCTION one() RETURNS int LANGUAGE sql AS 'SELECT 1'", "DROP FUNCTION one()"),
+            ("CREATE SCHEMA billing", "DROP SCHEMA billing"),
+            ("CREATE PUBLICATION everything FOR ALL TABLES", "DROP PUBLICATION everything"),
+        ]:
+            run_postgresql(url, leftover)
+            assert target_state(adapter, ServerAccess(url)) == "non-empty", leftover
+            run_postgresql(url, undo)
+
+
+def test_postgresql_restore_in_place_with_a_publication(tmp_path: Path) -> None:
+    """Publications live outside the schemas that are dropped: the restore failed on "publication
+    already exists" after emptying the database."""
+    shop = POSTGRESQL_SHOP + "CREATE PUBLICATION shop_changes FOR TABLE customers;"
+    with postgresql_database(shop) as url:
+        take_snapshot(tmp_path / "repository", tmp_path, {"shop": url})
+        run_postgresql(url, "DELETE FROM customers WHERE id < 10")
+        repository = open_repository(tmp_path / "repository")
+        try:
+            snapshot = latest(repository)
+            manifest = load_manifest(repository, snapshot)
+            restored = restore_database(repository, snapshot, manifest, "shop", ServerAccess(url), replace=True)
+        finally:
+            repository.close()
+        assert restored.rows == 200
+        assert run_postgresql(url, "SELECT pubname, tablename FROM pg_publication_tables") == [
+            ("shop_changes", "customers")
+        ]

@@ -279,11 +279,7 @@ def target_state(adapter: DatabaseAdapter, target: ServerAccess) -> TargetState:
         if row is None:
             return "missing"
         with _connect(location, target.password, location.database, autocommit=True) as connection:
-            count = connection.execute(
-                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'"
-                " AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')"
-            ).fetchone()
+            count = connection.execute(_POSTGRESQL_OBJECTS).fetchone()
         return "empty" if count is None or int(count[0]) == 0 else "non-empty"
     raise UsageError(f"restoring {adapter.engine} databases is not supported")
 
@@ -331,6 +327,9 @@ def empty_database(adapter: DatabaseAdapter, target: ServerAccess) -> None:
                 for (statement,) in public:
                     connection.execute(str(statement))
                 connection.execute("SELECT lo_unlink(oid) FROM pg_largeobject_metadata")
+                # Publications belong to the database, not a schema; the dump re-creates them.
+                for (publication,) in connection.execute("SELECT pubname FROM pg_publication").fetchall():
+                    connection.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(str(publication))))
                 connection.commit()
             except psycopg.Error as error:
                 raise SourceError(
@@ -342,6 +341,26 @@ def empty_database(adapter: DatabaseAdapter, target: ServerAccess) -> None:
 
 
 DROP_BATCH_BYTES = 64 * 1024
+# What a dump would bring back and pg_restore could not create over: relations, but also types,
+# functions, schemas besides public and publications (a restore killed during its schema step
+# leaves some of those and no table). Extensions' own objects do not count.
+_POSTGRESQL_OBJECTS = """
+WITH user_schemas AS (
+    SELECT oid, nspname FROM pg_namespace
+    WHERE nspname NOT IN ('pg_catalog', 'information_schema') AND nspname NOT LIKE 'pg\\_%'
+), extension_members AS (
+    SELECT objid FROM pg_depend WHERE deptype = 'e'
+)
+SELECT (SELECT count(*) FROM pg_class c JOIN user_schemas n ON n.oid = c.relnamespace
+        WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND c.oid NOT IN (SELECT objid FROM extension_members))
+     + (SELECT count(*) FROM pg_type t JOIN user_schemas n ON n.oid = t.typnamespace
+        WHERE t.typcategory <> 'A' AND t.oid NOT IN (SELECT objid FROM extension_members)
+          AND (t.typtype <> 'c' OR (SELECT c.relkind FROM pg_class c WHERE c.oid = t.typrelid) = 'c'))
+     + (SELECT count(*) FROM pg_proc p JOIN user_schemas n ON n.oid = p.pronamespace
+        WHERE p.oid NOT IN (SELECT objid FROM extension_members))
+     + (SELECT count(*) FROM user_schemas WHERE nspname <> 'public')
+     + (SELECT count(*) FROM pg_publication)
+"""
 # The statements that give a new public schema the current one's owner, grants and comment.
 _PUBLIC_SCHEMA_AS_IT_IS = """
 SELECT statement FROM (
