@@ -54,6 +54,10 @@ from lockstep.errors import SourceError
 from lockstep.process import Command, StreamingProcess, run_capture, run_with_input
 
 CONNECT_TIMEOUT_SECONDS = 10
+# Recorded in the manifest, so that a restore compares checksums exactly: CHECKSUM TABLE's
+# numbers have 1 to 10 digits, and a manifest without an algorithm only compares checksums of
+# the same length.
+CHECKSUM_ALGORITHM = "checksum-table"
 # CHECKSUM TABLE reads every row: minutes on a big database are normal, hours are not.
 QUERY_TIMEOUT_SECONDS = 1800
 # Options of the `mariadb` client (mariadb-dump has no --connect-timeout).
@@ -91,6 +95,7 @@ class MysqlAdapter:
     """The `mysql://` adapter, which also serves `mariadb://`."""
 
     engine = "mysql"
+    checksum_algorithm = CHECKSUM_ALGORITHM
     dump_format = DumpFormat(name="mysql-sql", extension=".sql", seekable_restore_is_faster=False)
 
     def dump(self, url: str, password: str | None) -> MysqlDump | DumpProcess:
