@@ -9,7 +9,8 @@ from lockstep.databases.base import DatabaseInfo, TableInfo
 from lockstep.databases.mysql import MysqlAdapter
 from lockstep.pipeline.restore import checksums_comparable, compare_with_manifest
 from lockstep.pipeline.snapshot import load_manifest
-from tests.pipeline.test_verify import mariadb_database, open_repository, take_snapshot
+from tests.pipeline.test_diff import diff_live, tables_of
+from tests.pipeline.test_verify import mariadb_database, open_repository, run_mariadb, take_snapshot
 
 
 def test_a_restored_checksum_with_fewer_digits_is_still_compared(tmp_path: Path) -> None:
@@ -27,3 +28,21 @@ def test_a_restored_checksum_with_fewer_digits_is_still_compared(tmp_path: Path)
     shorter = DatabaseInfo("mysql", "10.11", [TableInfo("t", table.rows, "1" * (len(table.checksum) - 1))], None, None)
     problems = compare_with_manifest(record.tables, shorter, checksums_comparable(record, MysqlAdapter()))
     assert [name for name, _ in problems] == ["t"]
+
+
+def test_diff_and_the_manifest_include_system_versioned_tables(tmp_path: Path) -> None:
+    """Rows changed in a system-versioned table since the snapshot are a difference."""
+    schema = "CREATE TABLE sv (id INT PRIMARY KEY, v INT) WITH SYSTEM VERSIONING; INSERT INTO sv VALUES (1, 1), (2, 2);"
+    with mariadb_database(schema) as url:
+        snapshot = take_snapshot(tmp_path / "repository", tmp_path, {"shop": url})
+        assert not diff_live(tmp_path, "shop", url).changed
+        run_mariadb(url, "UPDATE sv SET v = 5 WHERE id = 1; INSERT INTO sv VALUES (3, 3)")
+        result = diff_live(tmp_path, "shop", url)
+    assert tables_of(result) == {"sv": ("changed", 1, 0, 1)}
+    assert result.tables[0].key == ["id"]
+    repository = open_repository(tmp_path / "repository")
+    try:
+        tables = load_manifest(repository, snapshot).databases["shop"].tables
+    finally:
+        repository.close()
+    assert [(table.name, table.rows) for table in tables] == [("sv", 2)]

@@ -48,6 +48,7 @@ from lockstep.databases.base import (
     with_database,
 )
 from lockstep.databases.fingerprinted_dump import FingerprintedDump
+from lockstep.databases.mysql_rows import COLUMNS_QUERY, Column, identifier, row_hash_sum
 from lockstep.databases.mysql_session import ClientSession, StatementFailed
 from lockstep.databases.url_options import check_url_options
 from lockstep.errors import SourceError
@@ -78,6 +79,9 @@ LOCK_WAIT_SECONDS = 2
 # (it takes 15-40 ms on the same machine: starting the tool and connecting).
 DUMP_START_SECONDS = 3
 POLL_SECONDS = 0.002
+# information_schema.tables.table_type of the tables fingerprinted: MariaDB lists
+# system-versioned tables apart (their current rows are dumped and fingerprinted).
+TABLE_TYPES = "('BASE TABLE', 'SYSTEM VERSIONED')"
 # Engines whose tables a consistent-snapshot transaction covers.
 SNAPSHOT_ENGINES = frozenset({"innodb"})
 # MariaDB error numbers that mean "not allowed" (ER_SPECIFIC_ACCESS_DENIED_ERROR, ER_DBACCESS_DENIED_ERROR,
@@ -332,23 +336,18 @@ def _session(location: ServerLocation, password: str | None, database: str) -> C
 def _database_info(rows: Rows, engine: str) -> DatabaseInfo:
     """Server version, per-table counts and checksums, migration version, all on one connection."""
     version = rows("SELECT VERSION()")[0][0]
-    engines = {
-        row[0]: row[1]
-        for row in rows(
-            "SELECT table_name, COALESCE(engine, '') FROM information_schema.tables"
-            " WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY table_name"
-        )
-    }
+    listed = rows(
+        "SELECT table_name, COALESCE(engine, ''), table_type FROM information_schema.tables"
+        f" WHERE table_schema = DATABASE() AND table_type IN {TABLE_TYPES} ORDER BY table_name"
+    )
+    engines = {row[0]: row[1] for row in listed}
+    versioned = [row[0] for row in listed if row[2] == "SYSTEM VERSIONED"]
     names = sorted(engines)
     tables: list[TableInfo] = []
     if names:
         counts = " UNION ALL ".join(f"SELECT {_string(name)}, COUNT(*) FROM {_identifier(name)}" for name in names)
-        checksums = "CHECKSUM TABLE " + ", ".join(_identifier(name) for name in names)
         counted = {row[0]: int(row[1]) for row in rows(counts)}
-        # CHECKSUM TABLE names tables "database.table"; it computes the checksum live from
-        # the rows (the stored one of `CHECKSUM TABLE ... QUICK` is MyISAM only), and inside a
-        # transaction from the transaction's snapshot.
-        sums = {row[0].split(".", 1)[1]: row[1] for row in rows(checksums)}
+        sums = {**_checksums(rows, [name for name in names if name not in versioned]), **_row_sums(rows, versioned)}
         tables = [
             TableInfo(
                 name=name,
@@ -366,6 +365,35 @@ def _database_info(rows: Rows, engine: str) -> DatabaseInfo:
         migration_version=migration_version,
         migration_table=migration_table,
     )
+
+
+def _checksums(rows: Rows, names: list[str]) -> dict[str, str]:
+    """CHECKSUM TABLE of each table: computed live from the rows (the stored one of `CHECKSUM
+    TABLE ... QUICK` is MyISAM only), and inside a transaction from the transaction's snapshot."""
+    if not names:
+        return {}
+    # CHECKSUM TABLE names tables "database.table".
+    found = rows("CHECKSUM TABLE " + ", ".join(_identifier(name) for name in names))
+    return {row[0].split(".", 1)[1]: row[1] for row in found}
+
+
+def _row_sums(rows: Rows, names: list[str]) -> dict[str, str]:
+    """Checksums of system-versioned tables, from their current rows.
+
+    CHECKSUM TABLE includes the hidden ROW START and ROW END columns, which a restore sets to
+    the time of the restore, so it never matches the source's; the sum of the rows' hashes
+    leaves them (and the history) out.
+    """
+    if not names:
+        return {}
+    columns: dict[str, list[Column]] = {}
+    for table, column, _type, data_type, charset in rows(COLUMNS_QUERY.format(schema="DATABASE()")):
+        if table in names:
+            columns.setdefault(table, []).append(Column(column, data_type, charset))
+    sums = " UNION ALL ".join(
+        f"SELECT {_string(name)}, ({row_hash_sum(name, columns.get(name, []))})" for name in names
+    )
+    return {row[0]: row[1] for row in rows(sums)}
 
 
 # Annotated so that mypy checks the class against the Protocol.
@@ -449,7 +477,7 @@ def _migration(rows: Rows, tables: set[str]) -> tuple[str | None, str | None]:
 
 
 def _identifier(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
+    return identifier(name)
 
 
 def _string(text: str) -> str:

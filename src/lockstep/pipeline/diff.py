@@ -545,8 +545,11 @@ class _MysqlSide:
     max_listed_buckets = 4096
 
     def __init__(self, url: str, password: str | None) -> None:
+        from lockstep.databases.mysql_rows import Column
+
         self._location = ServerLocation.parse(url)
         self._password = password
+        self._columns: dict[str, dict[str, Column]] = {}  # table → column name → column, from shapes()
 
     def _run(self, statement: str) -> list[list[str]]:
         from lockstep.databases.mysql import _query
@@ -554,44 +557,48 @@ class _MysqlSide:
         return _query(self._location, self._password, statement)
 
     def shapes(self) -> dict[str, TableShape]:
-        from lockstep.databases.mysql import _string
+        """Tables and system-versioned tables (their current rows, without the period columns)."""
+        from lockstep.databases.mysql import TABLE_TYPES, _string
+        from lockstep.databases.mysql_rows import COLUMNS_QUERY, Column
 
         database = _string(self._location.database)
+        estimates = {
+            table: int(estimate)
+            for table, estimate in self._run(
+                "SELECT table_name, COALESCE(table_rows, 0) FROM information_schema.tables"
+                f" WHERE table_schema = {database} AND table_type IN {TABLE_TYPES}"
+            )
+        }
         columns: dict[str, dict[str, str]] = {}
-        estimates: dict[str, int] = {}
-        for table, column, type_name, estimate in self._run(
-            "SELECT c.table_name, c.column_name, c.column_type, COALESCE(t.table_rows, 0)"
-            " FROM information_schema.columns c JOIN information_schema.tables t"
-            " ON t.table_schema = c.table_schema AND t.table_name = c.table_name"
-            f" WHERE c.table_schema = {database} AND t.table_type = 'BASE TABLE'"
-            " ORDER BY c.table_name, c.ordinal_position"
-        ):
-            columns.setdefault(table, {})[column] = type_name
-            estimates[table] = int(estimate)
+        for table, column, type_name, data_type, charset in self._run(COLUMNS_QUERY.format(schema=database)):
+            if table in estimates:
+                columns.setdefault(table, {})[column] = type_name
+                self._columns.setdefault(table, {})[column] = Column(column, data_type, charset)
         keys: dict[str, list[str]] = {}
         for table, column in self._run(
             "SELECT table_name, column_name FROM information_schema.key_column_usage"
             f" WHERE table_schema = {database} AND constraint_name = 'PRIMARY' ORDER BY table_name, ordinal_position"
         ):
-            keys.setdefault(table, []).append(column)
+            # A system-versioned table's key includes ROW END, which is not hashed; the current
+            # rows are unique without it.
+            if column in columns.get(table, {}):
+                keys.setdefault(table, []).append(column)
         return {
             table: TableShape(table_columns, keys.get(table, []), estimates.get(table, 0))
             for table, table_columns in columns.items()
         }
 
-    @staticmethod
-    def _text(columns: list[str]) -> str:
-        from lockstep.databases.mysql import _identifier
+    def _text(self, table: str, columns: list[str]) -> str:
+        from lockstep.databases.mysql_rows import Column, row_text
 
-        if not columns:
-            return "''"
-        return "CONCAT_WS(0x1f, " + ", ".join(f"QUOTE({_identifier(column)})" for column in columns) + ")"
+        known = self._columns.get(table, {})
+        return row_text([known.get(column, Column(column)) for column in columns])
 
     def _inner(self, query: TableQuery, multiset: bool = False) -> str:
         from lockstep.databases.mysql import _identifier
 
-        row = self._text(query.columns)
-        key_text = self._text(query.key) if query.key and not multiset else row
+        row = self._text(query.table, query.columns)
+        key_text = self._text(query.table, query.key) if query.key and not multiset else row
         return (
             f"SELECT kh, rh, CAST(CONV(SUBSTR(kh, 1, 8), 16, 10) AS UNSIGNED) % {query.bucket_count} AS bucket"
             f" FROM (SELECT MD5({key_text}) AS kh, MD5({row}) AS rh FROM {_identifier(query.table)}) AS hashed_rows"

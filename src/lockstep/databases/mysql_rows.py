@@ -1,0 +1,57 @@
+"""MariaDB rows as text the server hashes: for the fingerprint of tables that CHECKSUM TABLE
+cannot describe, and for `snapshot diff`.
+
+Two databases holding the same values must give the same text, whichever server and session
+computes it, and different values must give different text. Columns are joined with a 0x1f
+separator, each QUOTE()d, so NULL (`NULL`) and the string 'NULL' (`'NULL'`) differ.
+
+A system-versioned table's ROW START and ROW END columns are left out: a restore sets them to
+the moment of the restore, so they never match the source's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# information_schema.columns.generation_expression of a system-versioned table's period columns.
+PERIOD_COLUMNS = ("ROW START", "ROW END")
+# The columns a row's text is made of, in order, for `table_schema = {schema}` (SQL text).
+COLUMNS_QUERY = (
+    "SELECT table_name, column_name, column_type, data_type, COALESCE(character_set_name, '')"
+    " FROM information_schema.columns WHERE table_schema = {schema}"
+    " AND COALESCE(generation_expression, '') NOT IN ('ROW START', 'ROW END')"
+    " ORDER BY table_name, ordinal_position"
+)
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column as its text needs it: `data_type` and `charset` from information_schema.columns."""
+
+    name: str
+    data_type: str = ""  # e.g. "varchar", "float"
+    charset: str = ""  # empty for columns that hold no text (numbers, dates, binary strings)
+
+
+def identifier(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def row_text(columns: list[Column]) -> str:
+    """SQL for one row's text over `columns` (in this order)."""
+    if not columns:
+        return "''"
+    return "CONCAT_WS(0x1f, " + ", ".join(_value_text(column) for column in columns) + ")"
+
+
+def _value_text(column: Column) -> str:
+    return f"QUOTE({identifier(column.name)})"
+
+
+def row_hash_sum(table: str, columns: list[Column]) -> str:
+    """SQL for a table's checksum: the sum of its rows' hashes (64 bits of MD5 each), so that
+    the order the rows are read in does not matter."""
+    return (
+        f"SELECT COALESCE(SUM(CAST(CONV(SUBSTR(MD5({row_text(columns)}), 1, 16), 16, 10) AS UNSIGNED)), 0)"
+        f" FROM {identifier(table)}"
+    )
