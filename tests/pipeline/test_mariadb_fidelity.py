@@ -5,12 +5,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from lockstep.databases.base import DatabaseInfo, TableInfo
 from lockstep.databases.mysql import MysqlAdapter
-from lockstep.pipeline.restore import checksums_comparable, compare_with_manifest
+from lockstep.errors import IntegrityError
+from lockstep.pipeline.restore import ServerAccess, checksums_comparable, compare_with_manifest, restore_database
 from lockstep.pipeline.snapshot import load_manifest
+from lockstep.pipeline.verify import verify_snapshot
 from tests.pipeline.test_diff import diff_live, tables_of
-from tests.pipeline.test_verify import mariadb_database, open_repository, run_mariadb, take_snapshot
+from tests.pipeline.test_verify import (
+    MARIADB_SERVER,
+    mariadb_database,
+    open_repository,
+    run_mariadb,
+    take_snapshot,
+    unique_name,
+)
 
 
 def test_a_restored_checksum_with_fewer_digits_is_still_compared(tmp_path: Path) -> None:
@@ -46,3 +57,35 @@ def test_diff_and_the_manifest_include_system_versioned_tables(tmp_path: Path) -
     finally:
         repository.close()
     assert [(table.name, table.rows) for table in tables] == [("sv", 2)]
+
+
+def test_diff_sees_a_float_change_beyond_six_digits(tmp_path: Path) -> None:
+    """QUOTE() writes a FLOAT with 6 significant digits, so 0.1 and 0.10000001 hashed alike."""
+    schema = "CREATE TABLE m (id INT PRIMARY KEY, f FLOAT, d DOUBLE); INSERT INTO m VALUES (1, 0.1, 0.1), (2, 2, 2);"
+    with mariadb_database(schema) as url:
+        take_snapshot(tmp_path / "repository", tmp_path, {"shop": url})
+        run_mariadb(url, "UPDATE m SET f = 0.10000001 WHERE id = 1; UPDATE m SET d = 2.0000000000000004 WHERE id = 2")
+        result = diff_live(tmp_path, "shop", url)
+    assert tables_of(result) == {"m": ("changed", 0, 0, 2)}
+
+
+def test_a_float_that_the_dump_rounds_is_named_as_the_likely_cause(tmp_path: Path) -> None:
+    """mariadb-dump writes 0.10000001 as 0.1: the restore check fails, and says why."""
+    schema = "CREATE TABLE m (id INT PRIMARY KEY, f FLOAT); INSERT INTO m VALUES (1, 0.10000001);"
+    with mariadb_database(schema) as url:
+        snapshot = take_snapshot(tmp_path / "repository", tmp_path, {"shop": url})
+        repository = open_repository(tmp_path / "repository")
+        target = url.rsplit("/", 1)[0] + "/" + unique_name()
+        try:
+            result = verify_snapshot(repository, snapshot, "restore", {"shop": ServerAccess(url)}, record=False)
+            assert not result.ok
+            assert "FLOAT column f" in result.findings[0].message, result.findings
+            with pytest.raises(IntegrityError) as raised:
+                restore_database(
+                    repository, snapshot, load_manifest(repository, snapshot), "shop", ServerAccess(target)
+                )
+            assert "table m" in raised.value.message and "FLOAT column f" in raised.value.message
+            assert "likely cause" in (raised.value.hint or "")
+        finally:
+            repository.close()
+            run_mariadb(MARIADB_SERVER, f"DROP DATABASE IF EXISTS `{target.rsplit('/', 1)[1]}`", database="")

@@ -146,6 +146,27 @@ class MysqlAdapter:
         else:
             run_with_input(command, source, hint)
 
+    def likely_causes(self, url: str, password: str | None, tables: list[str]) -> dict[str, str]:
+        """Why restored `tables` may differ from their source other than damage: FLOAT columns.
+
+        mariadb-dump writes FLOAT values with 6 significant digits (0.10000001 as 0.1), so
+        values with more come back rounded and the table's checksum differs.
+        """
+        location = ServerLocation.parse(url)
+        found = _query(
+            location,
+            password,
+            "SELECT table_name, GROUP_CONCAT(column_name ORDER BY ordinal_position SEPARATOR ', ')"
+            " FROM information_schema.columns WHERE table_schema = DATABASE() AND data_type = 'float'"
+            " GROUP BY table_name",
+        )
+        return {
+            table: f"FLOAT column {columns}: mariadb-dump writes FLOAT values with 6 significant digits, "
+            "so longer ones are restored rounded; DOUBLE keeps them exactly"
+            for table, columns in found
+            if table in tables
+        }
+
     def create_scratch(self, url: str, password: str | None) -> str:
         location = ServerLocation.parse(url)
         name = scratch_name()

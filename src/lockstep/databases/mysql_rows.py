@@ -3,7 +3,8 @@ cannot describe, and for `snapshot diff`.
 
 Two databases holding the same values must give the same text, whichever server and session
 computes it, and different values must give different text. Columns are joined with a 0x1f
-separator, each QUOTE()d, so NULL (`NULL`) and the string 'NULL' (`'NULL'`) differ.
+separator, each QUOTE()d, so NULL (`NULL`) and the string 'NULL' (`'NULL'`) differ; FLOAT
+and DOUBLE values are read as DOUBLE, whose text is exact.
 
 A system-versioned table's ROW START and ROW END columns are left out: a restore sets them to
 the moment of the restore, so they never match the source's.
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 
 # information_schema.columns.generation_expression of a system-versioned table's period columns.
 PERIOD_COLUMNS = ("ROW START", "ROW END")
+# Types whose values are read as DOUBLE, so their text has every digit.
+APPROXIMATE_TYPES = frozenset({"float", "double"})
 # The columns a row's text is made of, in order, for `table_schema = {schema}` (SQL text).
 COLUMNS_QUERY = (
     "SELECT table_name, column_name, column_type, data_type, COALESCE(character_set_name, '')"
@@ -45,7 +48,12 @@ def row_text(columns: list[Column]) -> str:
 
 
 def _value_text(column: Column) -> str:
-    return f"QUOTE({identifier(column.name)})"
+    value = identifier(column.name)
+    if column.data_type in APPROXIMATE_TYPES:
+        # As text a FLOAT has 6 significant digits (0.10000001 reads as 0.1); as a DOUBLE it is
+        # exact, and a DOUBLE's text has as many digits as it needs.
+        value = f"CAST({value} AS DOUBLE)"
+    return f"QUOTE({value})"
 
 
 def row_hash_sum(table: str, columns: list[Column]) -> str:

@@ -25,7 +25,7 @@ from typing import IO, Literal
 
 from lockstep.databases import adapter_for
 from lockstep.databases.base import DatabaseAdapter, DatabaseInfo, ServerLocation, redact_url
-from lockstep.errors import IntegrityError, NotFound, SourceError, UsageError
+from lockstep.errors import IntegrityError, LockstepError, NotFound, SourceError, UsageError
 from lockstep.pipeline.code import git_command
 from lockstep.pipeline.manifest import DatabaseRecord, FileRecord, Manifest, TableRecord
 from lockstep.process import Command, StreamingProcess, run_capture
@@ -39,6 +39,7 @@ TargetState = Literal["missing", "empty", "non-empty"]
 GIT_TIMEOUT_SECONDS = 600.0
 # A restore in place waits this long for the application's locks before giving up.
 LOCK_TIMEOUT = "30s"
+CHECKSUM_DIFFERS = "the restored rows' checksum differs from the manifest"
 
 
 @dataclass(frozen=True)
@@ -175,10 +176,31 @@ def compare_with_manifest(
         elif found.checksum != table.checksum and (
             comparable if comparable is not None else _same_checksum_kind(found.checksum, table.checksum)
         ):
-            problems.append((table.name, f"table {table.name}: the restored rows' checksum differs from the manifest"))
+            problems.append((table.name, f"table {table.name}: {CHECKSUM_DIFFERS}"))
     for name in sorted(actual):
         problems.append((name, f"table {name} was restored but is not in the manifest"))
     return problems
+
+
+def with_likely_causes(
+    adapter: DatabaseAdapter, target: ServerAccess, problems: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """`problems`, a differing checksum followed by its likely cause when the adapter knows one
+    that is not damage (MariaDB: FLOAT columns, which mariadb-dump writes rounded)."""
+    likely_causes = getattr(adapter, "likely_causes", None)
+    tables = sorted({table for table, problem in problems if problem.endswith(CHECKSUM_DIFFERS)})
+    if likely_causes is None or not tables:
+        return problems
+    try:
+        causes: dict[str, str] = likely_causes(target.url, target.password, tables)
+    except LockstepError:
+        return problems  # only an explanation: the problems stand without it
+    return [
+        (table, f"{problem} (likely cause: {causes[table]})" if table in causes else problem)
+        if problem.endswith(CHECKSUM_DIFFERS)
+        else (table, problem)
+        for table, problem in problems
+    ]
 
 
 # --- databases ---------------------------------------------------------------------------
@@ -225,10 +247,14 @@ def restore_database(
         raise SourceError(f"database {name}: restoring into {shown} failed: {error.message}", error.hint) from error
     problems = compare_with_manifest(record.tables, info, checksums_comparable(record, adapter), record.inspected)
     if problems:
+        explained = with_likely_causes(adapter, target, problems)
         raise IntegrityError(
             f"database {name} ({shown}) does not match the snapshot after the restore: "
-            + "; ".join(problem for _, problem in problems[:5]),
-            "the dump or the restore is damaged: run `lockstep snapshot verify --level restore`",
+            + "; ".join(problem for _, problem in explained[:5]),
+            "see the likely cause given for the table; otherwise the dump or the restore is damaged: "
+            "run `lockstep snapshot verify --level restore`"
+            if explained != problems
+            else "the dump or the restore is damaged: run `lockstep snapshot verify --level restore`",
         )
     return RestoredDatabase(
         name=name,
@@ -562,4 +588,5 @@ __all__ = [
     "restore_database",
     "restore_files",
     "target_state",
+    "with_likely_causes",
 ]

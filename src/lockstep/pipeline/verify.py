@@ -36,6 +36,7 @@ from lockstep.pipeline.restore import (
     dump_source,
     restore_and_inspect,
     scratch_server_url,
+    with_likely_causes,
 )
 from lockstep.pipeline.snapshot import load_manifest
 from lockstep.pipeline.verification_records import DatabaseCheck, Finding, VerificationResult, record_result
@@ -262,11 +263,12 @@ def _test_restore(
     try:
         with dump_source(repository, node, adapter) as source:
             info = restore_and_inspect(adapter, scratch, password, source, create=False)
+        differences = compare_with_manifest(
+            database.tables, info, checksums_comparable(database, adapter), database.inspected
+        )
         findings.extend(
             Finding(f"{subject}, table {table}", f"{subject}: {problem}")
-            for table, problem in compare_with_manifest(
-                database.tables, info, checksums_comparable(database, adapter), database.inspected
-            )
+            for table, problem in with_likely_causes(adapter, ServerAccess(scratch, password), differences)
         )
         integrity, problems = integrity_check(adapter, scratch, password, info)
         findings.extend(Finding(subject, f"{subject}: {problem}") for problem in problems)
