@@ -3,6 +3,8 @@ databases on the real MariaDB (127.0.0.1:3306), snapshots made by the real pipel
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,10 +20,26 @@ from tests.pipeline.test_verify import (
     MARIADB_SERVER,
     mariadb_database,
     open_repository,
+    require_mariadb,
     run_mariadb,
     take_snapshot,
     unique_name,
 )
+
+
+@contextmanager
+def named_database(name: str, statements: str) -> Iterator[str]:
+    """A MariaDB database of exactly this name (quoted in a URL path as needed), dropped afterwards."""
+    from urllib.parse import quote
+
+    require_mariadb()
+    quoted = "`" + name.replace("`", "``") + "`"
+    run_mariadb(MARIADB_SERVER, f"CREATE DATABASE {quoted} CHARACTER SET utf8mb4", database="")
+    try:
+        run_mariadb(MARIADB_SERVER, statements, database=name)
+        yield f"mariadb://root@127.0.0.1:3306/{quote(name, safe='')}"
+    finally:
+        run_mariadb(MARIADB_SERVER, f"DROP DATABASE IF EXISTS {quoted}", database="")
 
 
 def test_a_restored_checksum_with_fewer_digits_is_still_compared(tmp_path: Path) -> None:
@@ -89,3 +107,21 @@ def test_a_float_that_the_dump_rounds_is_named_as_the_likely_cause(tmp_path: Pat
         finally:
             repository.close()
             run_mariadb(MARIADB_SERVER, f"DROP DATABASE IF EXISTS `{target.rsplit('/', 1)[1]}`", database="")
+
+
+def test_a_database_name_with_a_dot_is_snapshotted_and_verified(tmp_path: Path) -> None:
+    """CHECKSUM TABLE and CHECK TABLE name tables "database.table": splitting that at the first
+    dot took "dotted.t" for the table and snapshot create failed with a KeyError."""
+    name = unique_name() + ".dotted"
+    with named_database(
+        name, "CREATE TABLE t (id INT PRIMARY KEY); CREATE TABLE `a.b` (id INT); INSERT INTO t VALUES (1);"
+    ) as url:
+        snapshot = take_snapshot(tmp_path / "repository", tmp_path, {"shop": url})
+        repository = open_repository(tmp_path / "repository")
+        try:
+            tables = load_manifest(repository, snapshot).databases["shop"].tables
+            assert [(table.name, table.rows) for table in tables] == [("a.b", 0), ("t", 1)]
+            result = verify_snapshot(repository, snapshot, "restore", {"shop": ServerAccess(url)}, record=False)
+        finally:
+            repository.close()
+    assert result.ok, result.findings

@@ -356,7 +356,7 @@ def _session(location: ServerLocation, password: str | None, database: str) -> C
 
 def _database_info(rows: Rows, engine: str) -> DatabaseInfo:
     """Server version, per-table counts and checksums, migration version, all on one connection."""
-    version = rows("SELECT VERSION()")[0][0]
+    version, database = rows("SELECT VERSION(), DATABASE()")[0]
     listed = rows(
         "SELECT table_name, COALESCE(engine, ''), table_type FROM information_schema.tables"
         f" WHERE table_schema = DATABASE() AND table_type IN {TABLE_TYPES} ORDER BY table_name"
@@ -368,7 +368,8 @@ def _database_info(rows: Rows, engine: str) -> DatabaseInfo:
     if names:
         counts = " UNION ALL ".join(f"SELECT {_string(name)}, COUNT(*) FROM {_identifier(name)}" for name in names)
         counted = {row[0]: int(row[1]) for row in rows(counts)}
-        sums = {**_checksums(rows, [name for name in names if name not in versioned]), **_row_sums(rows, versioned)}
+        checksummed = [name for name in names if name not in versioned]
+        sums = {**_checksums(rows, database, checksummed), **_row_sums(rows, versioned)}
         tables = [
             TableInfo(
                 name=name,
@@ -388,14 +389,13 @@ def _database_info(rows: Rows, engine: str) -> DatabaseInfo:
     )
 
 
-def _checksums(rows: Rows, names: list[str]) -> dict[str, str]:
+def _checksums(rows: Rows, database: str, names: list[str]) -> dict[str, str]:
     """CHECKSUM TABLE of each table: computed live from the rows (the stored one of `CHECKSUM
     TABLE ... QUICK` is MyISAM only), and inside a transaction from the transaction's snapshot."""
     if not names:
         return {}
-    # CHECKSUM TABLE names tables "database.table".
     found = rows("CHECKSUM TABLE " + ", ".join(_identifier(name) for name in names))
-    return {row[0].split(".", 1)[1]: row[1] for row in found}
+    return {table_name(row[0], database): row[1] for row in found}
 
 
 def _row_sums(rows: Rows, names: list[str]) -> dict[str, str]:
@@ -495,6 +495,12 @@ def _migration(rows: Rows, tables: set[str]) -> tuple[str | None, str | None]:
             value = found[0][0] if found and found[0] else ""
             return table, None if value in ("", "NULL") else value
     return None, None
+
+
+def table_name(qualified: str, database: str) -> str:
+    """The table in CHECKSUM TABLE's or CHECK TABLE's "database.table": either name may hold a
+    dot, so the database's own name is taken off rather than split at a dot."""
+    return qualified.removeprefix(database + ".")
 
 
 def _identifier(name: str) -> str:

@@ -320,14 +320,14 @@ def _sqlite_integrity(url: str) -> tuple[str, list[str]]:
 
 def _mysql_integrity(url: str, password: str | None, tables: list[str]) -> tuple[str, list[str]]:
     """CHECK TABLE on every table (cheap on a freshly restored scratch copy)."""
-    from lockstep.databases.mysql import _identifier, _query
+    from lockstep.databases.mysql import _identifier, _query, table_name
 
     if not tables:
         return "CHECK TABLE: no tables", []
     location = ServerLocation.parse(url)
     rows = _query(location, password, "CHECK TABLE " + ", ".join(_identifier(table) for table in tables))
     problems = [
-        f"CHECK TABLE {row[0].split('.', 1)[-1]}: {row[3]}"
+        f"CHECK TABLE {table_name(row[0], location.database)}: {row[3]}"
         for row in rows
         if len(row) >= 4 and (row[2].lower() == "error" or (row[2].lower() == "status" and row[3] != "OK"))
     ]
