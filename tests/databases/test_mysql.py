@@ -318,3 +318,18 @@ def test_system_versioned_tables_are_fingerprinted_by_their_current_rows(
     run_sql("UPDATE hidden_period SET v = 11 WHERE id = 1", name_of(database))
     changed = {table.name: table.checksum for table in adapter.inspect(database, None).tables}
     assert changed["hidden_period"] != {table.name: table.checksum for table in source.tables}["hidden_period"]
+
+
+def test_fields_with_a_backslash_tab_newline_or_nul_are_read_as_they_are(adapter: MysqlAdapter) -> None:
+    """Batch mode escapes them (\\\\, \\t, \\n, \\0); a carriage return it leaves alone."""
+    from lockstep.databases.mysql import _query, _session
+
+    location = ServerLocation.parse(SERVER_URL)
+    statement = "SELECT 'a\\\\tb', CONCAT('c', CHAR(9), 'd', CHAR(10), 'e', CHAR(0), 'f', CHAR(13), 'g'), ''"
+    expected = [["a\\tb", "c\td\ne\0f\rg", ""]]
+    assert _query(location, None, statement) == expected
+    session = _session(location, None, "")
+    try:
+        assert session.rows(statement, 10) == expected
+    finally:
+        session.close()

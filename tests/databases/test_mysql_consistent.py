@@ -227,19 +227,20 @@ def test_a_session_reports_the_servers_error_number_without_the_password() -> No
 
 def test_read_views_are_read_from_the_innodb_status() -> None:
     """Only active transactions whose snapshot exists count: one listed without its read view
-    yet (a moment after START TRANSACTION) or "not started" does not."""
+    yet (a moment after START TRANSACTION) or "not started" does not. (The session hands the
+    report over with its newlines, which batch mode escapes, unescaped.)"""
     status = (
-        "\\n------------\\nTRANSACTIONS\\n------------\\nTrx id counter 203\\n"
-        "LIST OF TRANSACTIONS FOR EACH SESSION:\\n"
-        "---TRANSACTION (0x7eff616e9b80), ACTIVE 0 sec\\n0 lock struct(s), heap size 1128, 0 row lock(s)\\n"
-        "MariaDB thread id 142, OS thread handle 139635293497024, query id 7619 127.0.0.1 root User sleep\\n"
-        "SELECT SLEEP(2)\\nTrx read view will not see trx with id >= 203, sees < 203\\n"
-        "---TRANSACTION (0x7eff616e8a80), not started\\n"
-        "MariaDB thread id 143, OS thread handle 1, query id 7620 127.0.0.1 root\\n"
-        "---TRANSACTION (0x7eff616e8b80), ACTIVE 0 sec\\n"
-        "MariaDB thread id 144, OS thread handle 1, query id 7621 127.0.0.1 root\\n"
-        "---TRANSACTION 421, ACTIVE 3 sec\\nMySQL thread id 150, OS thread handle 2, query id 1 localhost app\\n"
-        "Trx read view will not see trx with id >= 190, sees < 180\\n--------\\nFILE I/O\\n"
+        "\n------------\nTRANSACTIONS\n------------\nTrx id counter 203\n"
+        "LIST OF TRANSACTIONS FOR EACH SESSION:\n"
+        "---TRANSACTION (0x7eff616e9b80), ACTIVE 0 sec\n0 lock struct(s), heap size 1128, 0 row lock(s)\n"
+        "MariaDB thread id 142, OS thread handle 139635293497024, query id 7619 127.0.0.1 root User sleep\n"
+        "SELECT SLEEP(2)\nTrx read view will not see trx with id >= 203, sees < 203\n"
+        "---TRANSACTION (0x7eff616e8a80), not started\n"
+        "MariaDB thread id 143, OS thread handle 1, query id 7620 127.0.0.1 root\n"
+        "---TRANSACTION (0x7eff616e8b80), ACTIVE 0 sec\n"
+        "MariaDB thread id 144, OS thread handle 1, query id 7621 127.0.0.1 root\n"
+        "---TRANSACTION 421, ACTIVE 3 sec\nMySQL thread id 150, OS thread handle 2, query id 1 localhost app\n"
+        "Trx read view will not see trx with id >= 190, sees < 180\n--------\nFILE I/O\n"
     )
 
     class Status:

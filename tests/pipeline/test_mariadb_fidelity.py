@@ -125,3 +125,29 @@ def test_a_database_name_with_a_dot_is_snapshotted_and_verified(tmp_path: Path) 
         finally:
             repository.close()
     assert result.ok, result.findings
+
+
+ESCAPED_NAMES = (
+    "CREATE TABLE `back\\slash` (id INT PRIMARY KEY, `ta\tb` INT);"
+    "CREATE TABLE `new\nline` (`i\\d` INT PRIMARY KEY, v INT);"
+    "INSERT INTO `back\\slash` VALUES (1, 1), (2, 2); INSERT INTO `new\nline` VALUES (1, 1);"
+)
+
+
+def test_names_with_a_backslash_tab_or_newline_are_snapshotted_verified_and_diffed(tmp_path: Path) -> None:
+    """`mariadb --batch` writes them as \\\\, \\t and \\n: read as they were, a tab split a
+    name into two fields and a newline into two rows."""
+    with mariadb_database(ESCAPED_NAMES) as url:
+        snapshot = take_snapshot(tmp_path / "repository", tmp_path, {"shop": url})
+        repository = open_repository(tmp_path / "repository")
+        try:
+            tables = load_manifest(repository, snapshot).databases["shop"].tables
+            result = verify_snapshot(repository, snapshot, "restore", {"shop": ServerAccess(url)}, record=False)
+        finally:
+            repository.close()
+        assert [(table.name, table.rows) for table in tables] == [("back\\slash", 2), ("new\nline", 1)]
+        assert result.ok, result.findings
+        run_mariadb(url, "UPDATE `back\\slash` SET `ta\tb` = 5 WHERE id = 2; INSERT INTO `new\nline` VALUES (2, 2);")
+        diff = diff_live(tmp_path, "shop", url)
+    assert tables_of(diff) == {"back\\slash": ("changed", 0, 0, 1), "new\nline": ("changed", 1, 0, 0)}
+    assert {table.name: table.key for table in diff.tables} == {"back\\slash": ["id"], "new\nline": ["i\\d"]}

@@ -49,7 +49,7 @@ from lockstep.databases.base import (
 )
 from lockstep.databases.fingerprinted_dump import FingerprintedDump
 from lockstep.databases.mysql_rows import COLUMNS_QUERY, Column, identifier, row_hash_sum
-from lockstep.databases.mysql_session import ClientSession, StatementFailed
+from lockstep.databases.mysql_session import ClientSession, StatementFailed, batch_fields
 from lockstep.databases.url_options import check_url_options
 from lockstep.errors import SourceError
 from lockstep.process import Command, StreamingProcess, run_capture, run_with_input
@@ -315,10 +315,10 @@ def _wait_for_dump_transaction(session: ClientSession, process: DumpProcess, own
 def _read_views(session: ClientSession) -> dict[int, str]:
     """Connection id → read view of each active InnoDB transaction that has one, right now."""
     rows = session.rows("SHOW ENGINE INNODB STATUS", CONNECT_TIMEOUT_SECONDS)
-    # Batch mode writes the report's newlines as "\\n". Each transaction is a block
-    # "---TRANSACTION (0x7f…), ACTIVE 0 sec" naming "MariaDB thread id 142," and, once its
-    # snapshot exists, "Trx read view will not see trx with id >= 203, sees < 203".
-    status = "\n".join(field for row in rows for field in row).replace("\\n", "\n")
+    # Each transaction is a block "---TRANSACTION (0x7f…), ACTIVE 0 sec" naming "MariaDB thread
+    # id 142," and, once its snapshot exists, "Trx read view will not see trx with id >= 203,
+    # sees < 203".
+    status = "\n".join(field for row in rows for field in row)
     views: dict[int, str] = {}
     for block in status.split("---TRANSACTION")[1:]:
         header, _, rest = block.partition("\n")
@@ -474,7 +474,11 @@ def _query(
             f"MariaDB query on {location.display()} failed: {redact(error.message, secret)}",
             "check the URL, that the server runs and the credentials",
         ) from None
-    return [line.split("\t") for line in output.splitlines()]
+    # Rows end at "\n" only: a carriage return or form feed inside a field is not escaped.
+    lines = output.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [batch_fields(line) for line in lines]
 
 
 def _administer(location: ServerLocation, password: str | None, statement: str) -> None:

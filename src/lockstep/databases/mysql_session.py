@@ -27,6 +27,24 @@ from lockstep.process import Command, start_piped
 # lock or the transaction and carry on as if nothing happened).
 SESSION_OPTIONS = ("--batch", "--skip-column-names", "--unbuffered", "--skip-reconnect")
 ERROR_CODE = re.compile(r"ERROR (\d+)")
+# What batch mode writes for a backslash, tab, newline and NUL inside a field.
+ESCAPE = re.compile(r"\\([\\tn0])")
+UNESCAPED = {"\\": "\\", "t": "\t", "n": "\n", "0": "\0"}
+
+
+def batch_fields(line: str) -> list[str]:
+    r"""One line of `mariadb --batch` output as its fields.
+
+    Batch mode writes a backslash, tab, newline or NUL inside a field as \\, \t, \n or \0
+    (so that tabs and newlines only ever separate fields and rows): a table named `back\slash`
+    is listed as "back\\slash". A NULL is written as NULL, like the string 'NULL': queries whose
+    fields may be NULL say what they mean with COALESCE.
+    """
+    return [ESCAPE.sub(_unescaped, field) if "\\" in field else field for field in line.split("\t")]
+
+
+def _unescaped(match: re.Match[str]) -> str:
+    return UNESCAPED[match.group(1)]
 
 
 class StatementFailed(SourceError):
@@ -78,7 +96,7 @@ class ClientSession:
                 raise self._failure()
             if line == self._marker:
                 return rows
-            rows.append(line.split("\t"))
+            rows.append(batch_fields(line))
 
     def close(self) -> None:
         """End the client, and so the connection with its lock and transaction (never committed)."""
