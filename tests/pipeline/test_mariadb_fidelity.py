@@ -151,3 +151,24 @@ def test_names_with_a_backslash_tab_or_newline_are_snapshotted_verified_and_diff
         diff = diff_live(tmp_path, "shop", url)
     assert tables_of(diff) == {"back\\slash": ("changed", 0, 0, 1), "new\nline": ("changed", 1, 0, 0)}
     assert {table.name: table.key for table in diff.tables} == {"back\\slash": ["id"], "new\nline": ["i\\d"]}
+
+
+MIXED_CHARSETS = """
+SET NAMES utf8mb4;
+CREATE TABLE m (id INT PRIMARY KEY, western VARCHAR(20) CHARACTER SET latin1, cyrillic VARCHAR(20) CHARACTER SET cp1251,
+  wide VARCHAR(20) CHARACTER SET ucs2, sixteen ENUM('да', 'нет') CHARACTER SET utf16, modern TEXT, raw BLOB);
+INSERT INTO m VALUES (1, 'café', 'жук', 'Grüße', 'да', '😀', 0xff00), (2, 'a', 'б', 'c', 'нет', 'd', NULL);
+"""
+
+
+def test_diff_compares_a_table_that_mixes_character_sets(tmp_path: Path) -> None:
+    """CONCAT_WS cannot join latin1 and cp1251 (or ucs2 and utf16) text: diff failed with
+    "Illegal mix of collations"."""
+    with mariadb_database(MIXED_CHARSETS) as url:
+        take_snapshot(tmp_path / "repository", tmp_path, {"shop": url})
+        assert not diff_live(tmp_path, "shop", url).changed
+        run_mariadb(
+            url, "SET NAMES utf8mb4; UPDATE m SET cyrillic = 'жуки' WHERE id = 1; UPDATE m SET wide = 'ç' WHERE id = 2;"
+        )
+        result = diff_live(tmp_path, "shop", url)
+    assert tables_of(result) == {"m": ("changed", 0, 0, 2)}

@@ -4,7 +4,10 @@ cannot describe, and for `snapshot diff`.
 Two databases holding the same values must give the same text, whichever server and session
 computes it, and different values must give different text. Columns are joined with a 0x1f
 separator, each QUOTE()d, so NULL (`NULL`) and the string 'NULL' (`'NULL'`) differ; FLOAT
-and DOUBLE values are read as DOUBLE, whose text is exact.
+and DOUBLE values are read as DOUBLE, whose text is exact; text columns are converted to
+utf8mb4, which holds every character of every other character set (bytes that are not
+characters of their column's set, which a server accepts only in ascii columns and the like,
+become "?" and so are not told apart).
 
 A system-versioned table's ROW START and ROW END columns are left out: a restore sets them to
 the moment of the restore, so they never match the source's.
@@ -53,6 +56,10 @@ def _value_text(column: Column) -> str:
         # As text a FLOAT has 6 significant digits (0.10000001 reads as 0.1); as a DOUBLE it is
         # exact, and a DOUBLE's text has as many digits as it needs.
         value = f"CAST({value} AS DOUBLE)"
+    elif column.charset:
+        # Text in one character set, whatever each column's: CONCAT_WS refuses to join, say,
+        # latin1 and cp1251 columns ("Illegal mix of collations"). A no-op for utf8mb4 columns.
+        value = f"CONVERT({value} USING utf8mb4)"
     return f"QUOTE({value})"
 
 
