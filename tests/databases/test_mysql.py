@@ -333,3 +333,60 @@ def test_fields_with_a_backslash_tab_newline_or_nul_are_read_as_they_are(adapter
         assert session.rows(statement, 10) == expected
     finally:
         session.close()
+
+
+OLD_COLLATION_CODE = """
+ALTER DATABASE {database} CHARACTER SET latin1;
+CREATE TABLE t (id INT PRIMARY KEY, v INT);
+CREATE PROCEDURE p() SELECT 1;
+CREATE FUNCTION f() RETURNS INT RETURN 1;
+CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW SET NEW.v = 1;
+CREATE EVENT ev ON SCHEDULE EVERY 1 DAY DISABLE DO SELECT 1;
+ALTER DATABASE {database} CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci;
+"""
+
+
+def test_a_dump_restores_under_another_name_when_its_code_has_an_older_collation(
+    adapter: MysqlAdapter, database: str, scratch: str
+) -> None:
+    """mariadb-dump wraps code created under another default collation in ALTER DATABASE
+    statements that name the source database: restored elsewhere, they changed the source, or
+    failed once it was gone. Without the name they set the default of the database restored into."""
+    source = name_of(database)
+    run_sql(OLD_COLLATION_CODE.format(database=f"`{source}`"), source)
+    data = dump_bytes(adapter, database)
+    assert f"ALTER DATABASE `{source}` CHARACTER SET latin1".encode() in data
+    run_sql(f"DROP DATABASE `{source}`")
+    adapter.restore(scratch, None, io.BytesIO(data), create=False)
+    target = name_of(scratch)
+    collations = run_sql(
+        "SELECT routine_name, database_collation FROM information_schema.routines"
+        f" WHERE routine_schema = '{target}' ORDER BY 1"
+    )
+    assert collations == [["f", "latin1_swedish_ci"], ["p", "latin1_swedish_ci"]]
+    assert run_sql(f"SELECT database_collation FROM information_schema.triggers WHERE trigger_schema = '{target}'") == [
+        ["latin1_swedish_ci"]
+    ]
+    assert run_sql("SELECT @@collation_database", target) == [["utf8mb4_general_ci"]]
+
+
+def test_the_rewrite_finds_statements_split_across_reads() -> None:
+    """Every read size gives the same bytes, with the name removed from whole statements only."""
+    from lockstep.databases.mysql_dump_stream import without_database_names
+
+    dump = (
+        b"-- dump\nALTER DATABASE `sh``o.p` CHARACTER SET latin1 COLLATE latin1_swedish_ci ;\n"
+        b"INSERT INTO t VALUES ('\\nALTER DATABASE `x` CHARACTER SET a COLLATE b ;');\n"
+        b"DELIMITER ;;\nALTER DATABASE `shop` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci ;;\n"
+        b"ALTER DATABASE `shop` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci ; -- not all of the line\n"
+        b"ALTER DATABASE `shop` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci ;"
+    )
+    expected = (
+        b"-- dump\nALTER DATABASE CHARACTER SET latin1 COLLATE latin1_swedish_ci ;\n"
+        b"INSERT INTO t VALUES ('\\nALTER DATABASE `x` CHARACTER SET a COLLATE b ;');\n"
+        b"DELIMITER ;;\nALTER DATABASE CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci ;;\n"
+        b"ALTER DATABASE `shop` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci ; -- not all of the line\n"
+        b"ALTER DATABASE CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci ;"
+    )
+    for size in range(1, len(dump) + 2):
+        assert without_database_names(io.BytesIO(dump), chunk_bytes=size).read() == expected, size

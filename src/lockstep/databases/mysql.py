@@ -48,6 +48,7 @@ from lockstep.databases.base import (
     with_database,
 )
 from lockstep.databases.fingerprinted_dump import FingerprintedDump
+from lockstep.databases.mysql_dump_stream import without_database_names
 from lockstep.databases.mysql_rows import COLUMNS_QUERY, Column, identifier, row_hash_sum
 from lockstep.databases.mysql_session import ClientSession, StatementFailed, batch_fields
 from lockstep.databases.url_options import check_url_options
@@ -140,11 +141,12 @@ class MysqlAdapter:
         # still works, which the dump's routines and triggers need.
         command = _tool_command(location, password, "mariadb", *CLIENT_OPTIONS, "--binary-mode", location.database)
         hint = f"{location.display()} may be partly restored; drop it before trying again"
+        # The dump may name its source database (mysql_dump_stream.py); the restore must not.
         if isinstance(source, Path):
             with source.open("rb") as stream:
-                run_with_input(command, stream, hint)
+                run_with_input(command, without_database_names(stream), hint)
         else:
-            run_with_input(command, source, hint)
+            run_with_input(command, without_database_names(source), hint)
 
     def likely_causes(self, url: str, password: str | None, tables: list[str]) -> dict[str, str]:
         """Why restored `tables` may differ from their source other than damage: FLOAT columns.
