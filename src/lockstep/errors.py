@@ -53,5 +53,15 @@ class SourceError(LockstepError):
     exit_code = ExitCode.SOURCE
 
 
+class ServerLimitExceeded(SourceError):
+    """A database server refused what it was sent for a limit of its own (MariaDB's
+    max_allowed_packet): the data is fine, the server's setting is not, so a verification
+    records no failure for it. `remedy` says how to raise the limit."""
+
+    def __init__(self, message: str, remedy: str, hint: str | None = None) -> None:
+        super().__init__(message, hint or remedy)
+        self.remedy = remedy
+
+
 class RepositoryLocked(LockstepError):
     exit_code = ExitCode.LOCKED

@@ -11,9 +11,10 @@ import pytest
 
 from lockstep.databases.base import DatabaseInfo, TableInfo
 from lockstep.databases.mysql import MysqlAdapter
-from lockstep.errors import IntegrityError
+from lockstep.errors import IntegrityError, SourceError
 from lockstep.pipeline.restore import ServerAccess, checksums_comparable, compare_with_manifest, restore_database
 from lockstep.pipeline.snapshot import load_manifest
+from lockstep.pipeline.verification_records import latest_results
 from lockstep.pipeline.verify import verify_snapshot
 from tests.pipeline.test_diff import diff_live, tables_of
 from tests.pipeline.test_verify import (
@@ -172,3 +173,33 @@ def test_diff_compares_a_table_that_mixes_character_sets(tmp_path: Path) -> None
         )
         result = diff_live(tmp_path, "shop", url)
     assert tables_of(result) == {"m": ("changed", 0, 0, 2)}
+
+
+def test_a_row_beyond_the_servers_max_allowed_packet_is_named_as_the_cause(tmp_path: Path) -> None:
+    """--hex-blob doubles a 9 MB value into an 18 MB statement, over the server's 16 MiB: the
+    restore fails, and the error says which setting to raise instead of suggesting damage (and
+    verify records no failure for a snapshot that is fine)."""
+    limit = int(run_mariadb(MARIADB_SERVER, "SELECT @@global.max_allowed_packet")[0][0])
+    if limit > 16 * 1024 * 1024:
+        pytest.skip(f"the server's max_allowed_packet is {limit}, the test needs at most 16 MiB")
+    schema = (
+        "CREATE TABLE files (id INT PRIMARY KEY, body LONGBLOB); INSERT INTO files VALUES (1, REPEAT('x', 9000000));"
+    )
+    with mariadb_database(schema) as url:
+        snapshot = take_snapshot(tmp_path / "repository", tmp_path, {"shop": url})
+        repository = open_repository(tmp_path / "repository")
+        target = url.rsplit("/", 1)[0] + "/" + unique_name()
+        try:
+            with pytest.raises(SourceError) as verifying:
+                verify_snapshot(repository, snapshot, "restore", {"shop": ServerAccess(url)})
+            with pytest.raises(SourceError) as restoring:
+                restore_database(
+                    repository, snapshot, load_manifest(repository, snapshot), "shop", ServerAccess(target)
+                )
+            assert latest_results(repository, [snapshot.id]) == {}
+        finally:
+            repository.close()
+            run_mariadb(MARIADB_SERVER, f"DROP DATABASE IF EXISTS `{target.rsplit('/', 1)[1]}`", database="")
+    for raised in (verifying.value, restoring.value):
+        assert "max_allowed_packet" in raised.message and "16 MiB" in raised.message, raised.message
+        assert "SET GLOBAL max_allowed_packet" in (raised.hint or "") and "read-data" not in (raised.hint or "")

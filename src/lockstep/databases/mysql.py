@@ -52,7 +52,7 @@ from lockstep.databases.mysql_dump_stream import without_database_names
 from lockstep.databases.mysql_rows import COLUMNS_QUERY, Column, identifier, row_hash_sum
 from lockstep.databases.mysql_session import ClientSession, StatementFailed, batch_fields
 from lockstep.databases.url_options import check_url_options
-from lockstep.errors import SourceError
+from lockstep.errors import ServerLimitExceeded, SourceError
 from lockstep.process import Command, StreamingProcess, run_capture, run_with_input
 
 CONNECT_TIMEOUT_SECONDS = 10
@@ -63,7 +63,10 @@ CHECKSUM_ALGORITHM = "checksum-table"
 # CHECKSUM TABLE reads every row: minutes on a big database are normal, hours are not.
 QUERY_TIMEOUT_SECONDS = 1800
 # Options of the `mariadb` client (mariadb-dump has no --connect-timeout).
-CLIENT_OPTIONS = ("--default-character-set=utf8mb4", f"--connect-timeout={CONNECT_TIMEOUT_SECONDS}")
+# The largest statement or row the client tools send or take (their most; 16 MiB by default):
+# with --hex-blob a row's statement is twice its size. The server has its own limit.
+MAX_PACKET = "--max-allowed-packet=1G"
+CLIENT_OPTIONS = ("--default-character-set=utf8mb4", f"--connect-timeout={CONNECT_TIMEOUT_SECONDS}", MAX_PACKET)
 DUMP_OPTIONS = (
     "--single-transaction",
     "--routines",
@@ -72,7 +75,11 @@ DUMP_OPTIONS = (
     "--hex-blob",
     "--default-character-set=utf8mb4",
     "--skip-dump-date",
+    MAX_PACKET,
 )
+# What the mariadb client says when the server refuses a statement over max_allowed_packet
+# (ER_NET_PACKET_TOO_LARGE), or drops the connection on it (CR_SERVER_GONE_ERROR, CR_SERVER_LOST).
+PACKET_REFUSED = re.compile(r"ERROR (1153|2006|2013) ")
 # How long FLUSH TABLES WITH READ LOCK may wait for running writes (which, meanwhile, block
 # new ones) before the snapshot goes on without it: the application's worst stall.
 LOCK_WAIT_SECONDS = 2
@@ -141,12 +148,17 @@ class MysqlAdapter:
         # still works, which the dump's routines and triggers need.
         command = _tool_command(location, password, "mariadb", *CLIENT_OPTIONS, "--binary-mode", location.database)
         hint = f"{location.display()} may be partly restored; drop it before trying again"
-        # The dump may name its source database (mysql_dump_stream.py); the restore must not.
-        if isinstance(source, Path):
-            with source.open("rb") as stream:
-                run_with_input(command, without_database_names(stream), hint)
-        else:
-            run_with_input(command, without_database_names(source), hint)
+        try:
+            # The dump may name its source database (mysql_dump_stream.py); the restore must not.
+            if isinstance(source, Path):
+                with source.open("rb") as stream:
+                    run_with_input(command, without_database_names(stream), hint)
+            else:
+                run_with_input(command, without_database_names(source), hint)
+        except SourceError as error:
+            if PACKET_REFUSED.search(error.message):
+                raise _packet_refused(location, password, error) from error
+            raise
 
     def likely_causes(self, url: str, password: str | None, tables: list[str]) -> dict[str, str]:
         """Why restored `tables` may differ from their source other than damage: FLOAT columns.
@@ -179,6 +191,26 @@ class MysqlAdapter:
         location = ServerLocation.parse(url)
         require_scratch(location.database, location.display())
         _administer(location, password, f"DROP DATABASE IF EXISTS {_identifier(location.database)}")
+
+
+def _packet_refused(location: ServerLocation, password: str | None, error: SourceError) -> ServerLimitExceeded:
+    """The restore's error when the server refused a statement or went away: most likely a row
+    whose INSERT (twice the row's size with --hex-blob) is over the server's max_allowed_packet."""
+    try:
+        limit = f"{int(_query(location, password, 'SELECT @@global.max_allowed_packet', database='')[0][0]) >> 20} MiB"
+    except (SourceError, ValueError, IndexError):
+        limit = "unknown: the server does not answer"
+    remedy = (
+        "raise it on that server, up to 1G: SET GLOBAL max_allowed_packet = 1073741824 "
+        "(and max_allowed_packet = 1G under [mysqld] in its configuration, to keep it)"
+    )
+    return ServerLimitExceeded(
+        f"{error.message}; most likely a statement of the dump (a large row: binary values are written in hex, "
+        f"twice their size) is over the max_allowed_packet of the server at {location.display()} "
+        f"(now {limit})",
+        remedy,
+        f"{remedy}; then drop {location.display()}, which may be partly restored, and try again",
+    )
 
 
 class DumpProcess(StreamingProcess):

@@ -27,7 +27,7 @@ from typing import Literal
 
 from lockstep.databases import adapter_for
 from lockstep.databases.base import DatabaseAdapter, DatabaseInfo, ServerLocation
-from lockstep.errors import IntegrityError, LockstepError, SourceError, UsageError
+from lockstep.errors import IntegrityError, LockstepError, ServerLimitExceeded, SourceError, UsageError
 from lockstep.pipeline.manifest import DatabaseRecord, Manifest
 from lockstep.pipeline.restore import (
     ServerAccess,
@@ -76,7 +76,8 @@ def verify_snapshot(
     database's URL and password, from lockstep.toml); SQLite needs none. Damage is never raised:
     problems are findings in the result, whose `ok` is False. What says nothing about the
     snapshot is raised and not recorded: UsageError when a database has no server to
-    test-restore on, SourceError when its scratch database cannot be created.
+    test-restore on, SourceError when its scratch database cannot be created or the server
+    refuses the restore for a limit of its own (max_allowed_packet).
     """
     if level not in VERIFY_LEVELS:
         raise UsageError(f"unknown verification level {level!r}", "use structure, data or restore")
@@ -243,8 +244,9 @@ def _test_restore(
 ) -> tuple[DatabaseCheck, list[Finding]]:
     """Restore one dump into a scratch database, fingerprint it, check it, drop it.
 
-    A scratch database that cannot be created (server down, no CREATE privilege) raises
-    SourceError: that says nothing about the snapshot. What goes wrong after is a finding.
+    A scratch database that cannot be created (server down, no CREATE privilege), or a server
+    that refuses the restore for a limit of its own (ServerLimitExceeded), raises SourceError:
+    that says nothing about the snapshot. What goes wrong otherwise is a finding.
     """
     started = time.monotonic()
     subject = f"database {name}"
@@ -272,6 +274,10 @@ def _test_restore(
         )
         integrity, problems = integrity_check(adapter, scratch, password, info)
         findings.extend(Finding(subject, f"{subject}: {problem}") for problem in problems)
+    except ServerLimitExceeded as error:
+        raise SourceError(
+            f"{subject}: the test-restore failed: {error.message}", f"{error.remedy}; then verify again"
+        ) from error
     except LockstepError as error:
         findings.append(Finding(subject, f"{subject}: the test-restore failed: {error.message}"))
     finally:
