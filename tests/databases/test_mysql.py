@@ -390,3 +390,31 @@ def test_the_rewrite_finds_statements_split_across_reads() -> None:
     )
     for size in range(1, len(dump) + 2):
         assert without_database_names(io.BytesIO(dump), chunk_bytes=size).read() == expected, size
+
+
+def test_a_new_database_gets_the_default_character_set_of_the_source(
+    adapter: MysqlAdapter, database: str, scratch: str
+) -> None:
+    """Without --databases the dump carries no CREATE DATABASE: a database created for the
+    restore had the server's default, and so had the code created in it."""
+    source = name_of(database)
+    run_sql(
+        f"ALTER DATABASE `{source}` CHARACTER SET latin1 COLLATE latin1_german1_ci;"
+        "CREATE TABLE t (id INT PRIMARY KEY); CREATE PROCEDURE p() SELECT 1;",
+        source,
+    )
+    data = dump_bytes(adapter, database)
+    created = SERVER_URL.rsplit("/", 1)[0] + "/lockstep_verify_created_with_charset"
+    adapter.drop_database(created, None)
+    try:
+        adapter.restore(scratch, None, io.BytesIO(data), create=False)
+        adapter.restore(created, None, io.BytesIO(data), create=True)
+        for target in (name_of(scratch), name_of(created)):
+            assert run_sql("SELECT @@character_set_database, @@collation_database", target) == [
+                ["latin1", "latin1_german1_ci"]
+            ]
+            assert run_sql(
+                f"SELECT database_collation FROM information_schema.routines WHERE routine_schema = '{target}'"
+            ) == [["latin1_german1_ci"]]
+    finally:
+        adapter.drop_database(created, None)

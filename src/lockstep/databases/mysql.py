@@ -48,7 +48,7 @@ from lockstep.databases.base import (
     with_database,
 )
 from lockstep.databases.fingerprinted_dump import FingerprintedDump
-from lockstep.databases.mysql_dump_stream import without_database_names
+from lockstep.databases.mysql_dump_stream import database_default, with_prefix, without_database_names
 from lockstep.databases.mysql_rows import COLUMNS_QUERY, Column, identifier, row_hash_sum
 from lockstep.databases.mysql_session import ClientSession, StatementFailed, batch_fields
 from lockstep.databases.url_options import check_url_options
@@ -124,10 +124,13 @@ class MysqlAdapter:
             # The dump will most likely fail the same way, and say so when finished.
             return DumpProcess(command, f"no connection for the fingerprint: {error.message}")
         try:
-            return _synchronised_dump(session, command, location)
+            default = database_default(session.rows("SELECT @@character_set_database, @@collation_database", 10)[0])
+            dump = _synchronised_dump(session, command, location)
         except BaseException:
             session.close()
             raise
+        dump.stdout = with_prefix(default, dump.stdout)
+        return dump
 
     def inspect(self, url: str, password: str | None) -> DatabaseInfo:
         location = ServerLocation.parse(url)

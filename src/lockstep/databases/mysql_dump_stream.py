@@ -1,4 +1,11 @@
-"""The dump on its way into the `mariadb` client, made to restore under any database name.
+"""The dump between the tools: what lockstep adds to mariadb-dump's output, and changes on its
+way into the `mariadb` client, so that it restores under any database name.
+
+mariadb-dump without `--databases` leaves out the database's default character set and
+collation, so a database created for a restore (verify's scratch database, `restore --to` a
+new name) would get the server's, and so would the code (routines, triggers, events) created
+in it. The dump starts with a statement that sets them (`database_default`); restored over an
+existing database, it gives that one back the default it had at the snapshot.
 
 mariadb-dump names the dumped database in one kind of statement even without `--databases`:
 around each trigger, event and routine whose collation differs from the database's default it
@@ -21,11 +28,27 @@ from collections.abc import Iterator
 from typing import IO
 
 CHUNK_BYTES = 1024 * 1024
+NAME = re.compile(r"\w+")
 NEEDLE = b"\nALTER DATABASE `"
 # The whole line: a backquoted name (`` is a backquote in it), then what is kept.
 STATEMENT = re.compile(rb"ALTER DATABASE `(?:[^`\n]|``)*` (CHARACTER SET \w+ COLLATE \w+ ;;?)")
 # A line this long after NEEDLE is not one of those statements (names have at most 64 characters).
 LONGEST_STATEMENT = 1024
+
+
+def database_default(row: list[str]) -> bytes:
+    """The statement that gives the database restored into the source's default character set
+    and collation (`row`: @@character_set_database, @@collation_database); nothing for names
+    that are not plain words."""
+    charset, collation = row
+    if not (NAME.fullmatch(charset) and NAME.fullmatch(collation)):
+        return b""
+    return f"ALTER DATABASE CHARACTER SET {charset} COLLATE {collation};\n".encode()
+
+
+def with_prefix(prefix: bytes, stream: IO[bytes]) -> IO[bytes]:
+    """`stream` with `prefix` before it; reads go straight to `stream` once the prefix is read."""
+    return io.BufferedReader(_Prefixed(prefix, stream), buffer_size=CHUNK_BYTES) if prefix else stream
 
 
 def without_database_names(source: IO[bytes], chunk_bytes: int = CHUNK_BYTES) -> IO[bytes]:
@@ -92,4 +115,24 @@ class _ChunkReader(io.RawIOBase):
         count = min(len(buffer), len(self._pending))
         buffer[:count] = self._pending[:count]
         self._pending = self._pending[count:]
+        return count
+
+
+class _Prefixed(io.RawIOBase):
+    """Some bytes, then a raw stream (read into the caller's buffer, without a copy of ours)."""
+
+    def __init__(self, prefix: bytes, stream: IO[bytes]) -> None:
+        super().__init__()
+        self._prefix = memoryview(prefix)
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if not self._prefix:
+            return int(self._stream.readinto(buffer))  # type: ignore[attr-defined]
+        count = min(len(buffer), len(self._prefix))
+        buffer[:count] = self._prefix[:count]
+        self._prefix = self._prefix[count:]
         return count
