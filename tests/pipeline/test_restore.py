@@ -155,6 +155,23 @@ def test_checksums_of_another_algorithm_are_not_compared_but_row_counts_are() ->
     assert compare_with_manifest(recorded, other_sum)
 
 
+def test_extra_tables_count_against_a_manifest_only_when_it_names_its_algorithm() -> None:
+    """Older MariaDB manifests (no algorithm named) left system-versioned tables out: restoring
+    such a snapshot brings back a table they do not list, which is not a failed restore."""
+    from lockstep.databases.base import DatabaseInfo, TableInfo
+    from lockstep.pipeline.manifest import TableRecord
+    from lockstep.pipeline.restore import compare_with_manifest
+
+    recorded = [TableRecord(name="orders", rows=10, checksum="12345")]
+    restored = DatabaseInfo(
+        "mysql", "10.11", [TableInfo("orders", 10, "12345"), TableInfo("prices", 3, "9")], None, None
+    )
+    assert compare_with_manifest(recorded, restored) == []
+    assert compare_with_manifest(recorded, restored, comparable=True) == [
+        ("prices", "table prices was restored but is not in the manifest")
+    ]
+
+
 def test_a_named_checksum_algorithm_decides_whether_checksums_are_compared() -> None:
     """With the algorithm in the manifest, the checksums' lengths no longer matter."""
     from lockstep.databases.base import DatabaseInfo, TableInfo
