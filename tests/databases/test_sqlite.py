@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -155,6 +157,46 @@ def test_restore_replaces_the_file_and_its_stale_wal(adapter: SqliteAdapter, dat
     assert not Path(f"{target}-wal").exists()
     assert [table.name for table in adapter.inspect(f"sqlite:///{target}", None).tables] == ["t"]
     assert [path.name for path in tmp_path.iterdir() if "restoring" in path.name] == []
+
+
+def test_restore_keeps_the_mode_and_owner_of_the_file_it_replaces(
+    adapter: SqliteAdapter, database: str, tmp_path: Path
+) -> None:
+    """The application may read its database through its group, or run as another user: the
+    restored file must not come back as a 0600 file owned by whoever ran the restore."""
+    execute(database, "CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('new');")
+    data = dump_bytes(adapter, database)
+    target = tmp_path / "target.db"
+    execute(f"sqlite:///{target}", "CREATE TABLE old (v TEXT);")
+    target.chmod(0o640)
+    owner = (4321, 4322) if os.geteuid() == 0 else (os.geteuid(), os.getegid())
+    os.chown(target, *owner)
+    adapter.restore(f"sqlite:///{target}", None, io.BytesIO(data), create=False)
+    restored = target.stat()
+    assert stat.S_IMODE(restored.st_mode) == 0o640
+    assert (restored.st_uid, restored.st_gid) == owner
+    assert [table.name for table in adapter.inspect(f"sqlite:///{target}", None).tables] == ["t"]
+
+
+def test_restore_through_a_symlink_replaces_the_file_it_points_to(
+    adapter: SqliteAdapter, database: str, tmp_path: Path
+) -> None:
+    """shared/app.db -> data/app.db: the data goes into data/app.db (atomically, staged next to
+    it) and the link stays a link."""
+    execute(database, "CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('new');")
+    data = dump_bytes(adapter, database)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "shared").mkdir()
+    real = tmp_path / "data" / "app.db"
+    execute(f"sqlite:///{real}", "CREATE TABLE old (v TEXT);")
+    Path(f"{real}-journal").write_bytes(b"stale journal of the old file")
+    link = tmp_path / "shared" / "app.db"
+    link.symlink_to(real)
+    adapter.restore(f"sqlite:///{link}", None, io.BytesIO(data), create=False)
+    assert link.is_symlink() and link.resolve() == real
+    assert [table.name for table in adapter.inspect(f"sqlite:///{real}", None).tables] == ["t"]
+    assert sorted(path.name for path in (tmp_path / "data").iterdir()) == ["app.db"]
+    assert sorted(path.name for path in (tmp_path / "shared").iterdir()) == ["app.db"]
 
 
 def test_restore_of_garbage_leaves_the_target_alone(adapter: SqliteAdapter, database: str) -> None:

@@ -7,8 +7,9 @@ writers go on; in rollback-journal mode they wait for the copy). A plain file co
 be: it can catch a page half-written, or miss what still sits in the `-wal` file.
 
 A restore writes the file next to the target and renames it into place, so a reader sees the
-old database or the new one, never half of one. Stop the application first: a process holding
-the old file open keeps using it.
+old database or the new one, never half of one; the new file keeps the old one's mode and owner,
+and a symlinked database is restored into the file the link points to. Stop the application
+first: a process holding the old file open keeps using it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import hashlib
 import os
 import sqlite3
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO
@@ -125,10 +127,15 @@ class SqliteAdapter:
         path = database_path(url)
         if not create and not path.exists():
             raise SourceError(f"SQLite database {path} does not exist", "restore with create to make it")
+        # A symlinked database (e.g. shared/app.db -> /data/app.db) is restored into its target:
+        # replacing the link with a file would leave the data where the link pointed untouched.
+        # The staged file sits next to the target so that the rename stays atomic.
+        path = path.resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".restoring", dir=path.parent)
         staged = Path(name)
         try:
+            _keep_mode_and_owner(descriptor, path)
             with os.fdopen(descriptor, "wb") as output:
                 if isinstance(source, Path):
                     with source.open("rb") as stream:
@@ -177,6 +184,27 @@ def _open_existing(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise SourceError(f"SQLite database {path} does not exist", "check the path in the database URL")
     return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+
+
+def _keep_mode_and_owner(descriptor: int, path: Path) -> None:
+    """Give the staged file the mode, owner and group of the file it replaces.
+
+    mkstemp makes a 0600 file owned by whoever runs the restore (often root): renamed into
+    place as it is, the application that runs as another user, or reads through its group,
+    could no longer open its own database. A new database keeps mkstemp's 0600. When the
+    owner cannot be given away (not root), the group alone is tried, then left as it is.
+    """
+    try:
+        existing = path.stat()
+    except FileNotFoundError:
+        return
+    if (existing.st_uid, existing.st_gid) != (os.geteuid(), os.getegid()):
+        try:
+            os.fchown(descriptor, existing.st_uid, existing.st_gid)
+        except PermissionError:
+            with contextlib.suppress(PermissionError):
+                os.fchown(descriptor, -1, existing.st_gid)
+    os.fchmod(descriptor, stat.S_IMODE(existing.st_mode))  # after chown, which may clear set-id bits
 
 
 def _copy(source: IO[bytes], output: IO[bytes]) -> None:
