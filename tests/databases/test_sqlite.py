@@ -147,6 +147,37 @@ def test_backup_is_consistent_while_the_application_keeps_writing(
     assert (count, low, high) == (transactions * 10, 1, transactions * 10)
 
 
+def test_backup_gives_up_on_a_database_another_process_keeps_locked(
+    adapter: SqliteAdapter, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python's backup() retries SQLITE_BUSY forever: a writer holding `BEGIN EXCLUSIVE` hung the
+    snapshot (and SIGTERM with it). The dump fails after the lock timeout, naming the file; the
+    lock here is held longer than that, and released afterwards so that nothing hangs."""
+    execute(database, "CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('x');")
+    monkeypatch.setattr("lockstep.databases.sqlite.BACKUP_LOCK_TIMEOUT_SECONDS", 0.5)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        with contextlib.closing(sqlite3.connect(database_path(database), isolation_level=None)) as writer:
+            writer.execute("BEGIN EXCLUSIVE")
+            locked.set()
+            release.wait(timeout=8)
+            writer.execute("ROLLBACK")
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    try:
+        assert locked.wait(timeout=10)
+        started = time.monotonic()
+        with pytest.raises(SourceError, match="another process has held a lock") as raised:
+            adapter.dump(database, None)
+        assert time.monotonic() - started < 5
+        assert str(database_path(database)) in raised.value.message
+    finally:
+        release.set()
+        holder.join()
+
+
 def test_restore_replaces_the_file_and_its_stale_wal(adapter: SqliteAdapter, database: str, tmp_path: Path) -> None:
     execute(database, "CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('new');")
     data = dump_bytes(adapter, database)

@@ -4,7 +4,9 @@ The dump of a SQLite database is the database file itself, copied with SQLite's 
 API into a temporary file and streamed from there. The backup runs in one step, under one read
 transaction, so the copy is consistent while the application keeps writing (in WAL mode
 writers go on; in rollback-journal mode they wait for the copy). A plain file copy would not
-be: it can catch a page half-written, or miss what still sits in the `-wal` file.
+be: it can catch a page half-written, or miss what still sits in the `-wal` file. A write lock
+held by another process (`BEGIN EXCLUSIVE`) is waited out for BACKUP_LOCK_TIMEOUT_SECONDS, then
+the backup fails and names the file.
 
 A restore writes the file next to the target and renames it into place, so a reader sees the
 old database or the new one, never half of one; the new file keeps the old one's mode and owner,
@@ -20,6 +22,7 @@ import os
 import sqlite3
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import IO
 from urllib.parse import parse_qsl, unquote
@@ -38,6 +41,11 @@ from lockstep.databases.url_options import check_url_options
 from lockstep.errors import SourceError, UsageError
 
 HEADER = b"SQLite format 3\x00"
+# A backup waits this long for another process's write lock before it gives up.
+BACKUP_LOCK_TIMEOUT_SECONDS = 60.0
+# Each backup step waits this long in SQLite's busy handler (C code, where no signal handler
+# runs) before the progress callback gets a turn; between steps Python sleeps 0.25 s.
+BACKUP_STEP_BUSY_SECONDS = 0.2
 COMPANION_SUFFIXES = ("-wal", "-shm", "-journal")
 
 
@@ -52,6 +60,23 @@ def remove_database_file(path: Path) -> None:
     """Delete a database file and its companions."""
     path.unlink(missing_ok=True)
     remove_companions(path)
+
+
+class _LockedTooLong(Exception):
+    """Raised from the backup's progress callback to give up on a locked database."""
+
+
+class _LockWait:
+    """The backup's progress callback: Python's `Connection.backup()` retries SQLITE_BUSY forever
+    (a writer's `BEGIN EXCLUSIVE` held for hours hangs the snapshot). Being Python code run
+    between steps, it also lets signal handlers run, so SIGTERM and Ctrl-C stop a waiting backup."""
+
+    def __init__(self, deadline: float) -> None:
+        self._deadline = deadline
+
+    def __call__(self, status: int, remaining: int, total: int) -> None:
+        if status in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) and time.monotonic() > self._deadline:
+            raise _LockedTooLong
 
 
 class FileDump:
@@ -86,10 +111,18 @@ class SqliteAdapter:
         copy = Path(name)
         try:
             with (
-                contextlib.closing(_open_existing(path)) as source,
+                contextlib.closing(_open_existing(path, timeout=BACKUP_STEP_BUSY_SECONDS)) as source,
                 contextlib.closing(sqlite3.connect(copy)) as target,
             ):
-                source.backup(target)  # pages=-1: the whole database in one step, one snapshot
+                # pages=-1: the whole database in one step, one snapshot
+                source.backup(target, progress=_LockWait(time.monotonic() + BACKUP_LOCK_TIMEOUT_SECONDS))
+        except _LockedTooLong:
+            remove_database_file(copy)
+            raise SourceError(
+                f"cannot back up SQLite database {path}: another process has held a lock on it for "
+                f"{BACKUP_LOCK_TIMEOUT_SECONDS:g} s",
+                "find it (e.g. `fuser` or `lsof` on the file) and end its transaction, then try again",
+            ) from None
         except sqlite3.Error as error:
             remove_database_file(copy)
             raise SourceError(f"cannot back up SQLite database {path}: {error}") from None
@@ -179,11 +212,11 @@ def database_path(url: str) -> Path:
     return Path(unquote(path))
 
 
-def _open_existing(path: Path) -> sqlite3.Connection:
+def _open_existing(path: Path, timeout: float = 5.0) -> sqlite3.Connection:
     """Open read-only, so a typo never creates an empty database that then gets backed up."""
     if not path.is_file():
         raise SourceError(f"SQLite database {path} does not exist", "check the path in the database URL")
-    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
 
 
 def _keep_mode_and_owner(descriptor: int, path: Path) -> None:
