@@ -237,6 +237,22 @@ def test_commit_flag_commits_the_tree_and_records_that_commit(project: Project) 
     assert created["code"]["commit"] == head and created["code"]["dirty"] is False
 
 
+def test_allow_dirty_stores_untracked_files_but_not_secrets(project: Project, tmp_path: Path) -> None:
+    """The output says the snapshot holds the uncommitted changes: an untracked file is one of
+    them and comes back with --code; the secret .env (not git-ignored here) is stored under
+    /files/secrets only, never in the code's diff."""
+    (project.root / ".gitignore").write_text("app.db\n")
+    (project.root / "views.py").write_text("print('new, untracked')\n")
+    created = project.create("--allow-dirty", "-m", "dirty")
+    diff = project.repo("dump", created["id"], "/code/uncommitted.diff")
+    assert diff.returncode == 0, diff.err
+    assert b"views.py" in diff.stdout and SECRET.encode() not in diff.stdout
+    code = tmp_path / "code"
+    project.ok("snapshot", "restore", created["short_id"], "--code", str(code))
+    assert (code / "views.py").read_text() == "print('new, untracked')\n"
+    assert not (code / ".env").exists()
+
+
 def test_a_failing_database_writes_no_snapshot_and_leaves_no_packs(project: Project) -> None:
     project.create("-m", "a good one first")
     before_snapshots, before_packs = project.snapshot_ids(), project.packs()

@@ -11,7 +11,7 @@ import pytest
 from lockstep.config.model import CodeConfig
 from lockstep.errors import SourceError, UsageError
 from lockstep.pipeline.code import commit_all, read_git_state, uncommitted_diff
-from lockstep.pipeline.snapshot import SnapshotRequest, prepare_code
+from lockstep.pipeline.snapshot import SnapshotRequest, StoredApart, prepare_code
 from tests.conftest import require_binary
 
 GIT_IDENTITY = {
@@ -83,6 +83,59 @@ def test_diff_is_binary_safe(work_tree: Path) -> None:
     assert (work_tree / "logo.bin").read_bytes() == bytes(reversed(range(256))) + b"\x00\xff"
 
 
+def read_diff(work_tree: Path, left_out: tuple[Path, ...] = ()) -> bytes:
+    stream = uncommitted_diff(work_tree, left_out)
+    diff = stream.stdout.read()
+    stream.finish()
+    return diff
+
+
+def test_diff_holds_untracked_files_and_leaves_the_index_alone(work_tree: Path) -> None:
+    """`git diff HEAD` left untracked files out although the snapshot said it held the
+    uncommitted changes. They are in the diff now (ignored ones are not), the user's staged
+    changes stay staged, and the diff applies onto a clean checkout."""
+    (work_tree / ".gitignore").write_text("*.log\n")
+    (work_tree / "app.py").write_text("print('v2')\n")
+    git(work_tree, "add", "app.py")
+    (work_tree / "views").mkdir()
+    (work_tree / "views" / "new.py").write_text("print('new')\n")
+    (work_tree / "icon.bin").write_bytes(bytes(range(256)) * 2)
+    (work_tree / "debug.log").write_text("ignored\n")
+    staged_before = git(work_tree, "diff", "--cached", "--name-only")
+    status_before = git(work_tree, "status", "--porcelain")
+    diff = read_diff(work_tree)
+    assert git(work_tree, "diff", "--cached", "--name-only") == staged_before == "app.py"
+    assert git(work_tree, "status", "--porcelain") == status_before
+    assert b"views/new.py" in diff and b"icon.bin" in diff and b".gitignore" in diff
+    assert b"debug.log" not in diff
+
+    clean = work_tree.parent / "clean"
+    git(work_tree, "worktree", "add", "-q", "--detach", str(clean), "HEAD")
+    patch = work_tree.parent / "change.diff"
+    patch.write_bytes(diff)
+    git(clean, "apply", "--binary", str(patch))
+    assert (clean / "views" / "new.py").read_text() == "print('new')\n"
+    assert (clean / "icon.bin").read_bytes() == bytes(range(256)) * 2
+    assert (clean / "app.py").read_text() == "print('v2')\n"
+
+
+def test_diff_leaves_out_what_the_snapshot_stores_apart(work_tree: Path) -> None:
+    """An untracked secret, a SQLite database and a repository inside the work tree are stored
+    on their own (or are the store): none is in the diff, nor written into git's objects."""
+    (work_tree / "app.py").write_text("print('v2')\n")
+    (work_tree / ".env").write_text("STRIPE_KEY=sk_live_never_in_git\n")
+    (work_tree / "app.db").write_bytes(b"SQLite format 3\x00 pretend")
+    (work_tree / ".lockstep" / "repository").mkdir(parents=True)
+    (work_tree / ".lockstep" / "repository" / "config").write_text("encrypted\n")
+    left_out = (work_tree / ".env", work_tree / "app.db", work_tree / "app.db-wal", work_tree / ".lockstep/repository")
+    diff = read_diff(work_tree, left_out)
+    assert b"+print('v2')" in diff
+    assert b".env" not in diff and b"app.db" not in diff and b".lockstep" not in diff
+    secret_blob = git(work_tree, "hash-object", ".env")
+    missing = subprocess.run(["git", "-C", str(work_tree), "cat-file", "-e", secret_blob], capture_output=True)
+    assert missing.returncode != 0
+
+
 def test_commit_all_commits_every_change(work_tree: Path) -> None:
     (work_tree / "app.py").write_text("print('v2')\n")
     (work_tree / "new.txt").write_text("new\n")
@@ -98,17 +151,19 @@ def test_prepare_code_refuses_a_dirty_tree_unless_allowed(work_tree: Path) -> No
     (work_tree / "app.py").write_text("print('v2')\n")
     config = CodeConfig(kind="git", path=work_tree)
     with pytest.raises(UsageError, match="--allow-dirty"):
-        prepare_code(config, SnapshotRequest(project_directory=work_tree))
-    allowed = prepare_code(config, SnapshotRequest(project_directory=work_tree, allow_dirty=True))
+        prepare_code(config, SnapshotRequest(project_directory=work_tree), StoredApart())
+    allowed = prepare_code(config, SnapshotRequest(project_directory=work_tree, allow_dirty=True), StoredApart())
     assert allowed is not None and allowed.git is not None and allowed.git.dirty
-    from_config = prepare_code(CodeConfig(kind="git", path=work_tree, allow_dirty=True), SnapshotRequest(work_tree))
+    from_config = prepare_code(
+        CodeConfig(kind="git", path=work_tree, allow_dirty=True), SnapshotRequest(work_tree), StoredApart()
+    )
     assert from_config is not None and from_config.git is not None and from_config.git.dirty
 
 
 def test_prepare_code_without_code_records_nothing(tmp_path: Path) -> None:
-    assert prepare_code(CodeConfig(), SnapshotRequest(project_directory=tmp_path)) is None
+    assert prepare_code(CodeConfig(), SnapshotRequest(project_directory=tmp_path), StoredApart()) is None
     with pytest.raises(UsageError, match="--commit"):
-        prepare_code(CodeConfig(), SnapshotRequest(project_directory=tmp_path, commit=True, message="m"))
+        prepare_code(CodeConfig(), SnapshotRequest(project_directory=tmp_path, commit=True, message="m"), StoredApart())
 
 
 def test_a_repository_without_commits_is_a_source_error(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ from lockstep.pipeline.snapshot import (
     database_password,
     environment_name,
     prepare_code,
+    stored_apart,
 )
 from lockstep.pipeline.steps import Reporter
 from lockstep.pipeline.verify import verify_snapshot
@@ -112,7 +113,7 @@ def run_backup(
             project_directory=project.directory, environment=environment, message=message, kind=SCHEDULED_KIND
         )
         with reported_step(reporter, "snapshot", ", ".join(config.databases) or "no databases") as step:
-            code = prepare_code(config.code, request)
+            code = prepare_code(config.code, request, stored_apart(config))
             with project.access.session(exclusive=False, defer_lock_recheck=True) as repository:
                 created = create_snapshot(repository, config, request, code, now)
                 added = repository.bytes_added

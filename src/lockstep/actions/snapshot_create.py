@@ -23,6 +23,7 @@ from lockstep.pipeline.snapshot import (
     environment_name,
     load_database_adapters,
     prepare_code,
+    stored_apart,
 )
 from lockstep.pipeline.steps import Reporter
 
@@ -81,7 +82,7 @@ def create(
         allow_dirty=allow_dirty,
     )
     with reported_step(reporter, "code", project.config.code.kind or "") as step:
-        code = prepare_code(project.config.code, request)
+        code = prepare_code(project.config.code, request, stored_apart(project.config))
         step.detail = _describe_code(code)
     with reported_step(reporter, "snapshot", ", ".join(project.config.databases) or "no databases") as step:
         with project.access.session(

@@ -66,6 +66,35 @@ class PreparedCode:
     git: GitState | None = None
     release_directory: Path | None = None
     work_tree: Path | None = None
+    left_out: tuple[Path, ...] = ()  # kept out of the uncommitted diff: see StoredApart
+
+
+@dataclass(frozen=True)
+class StoredApart:
+    """Files a snapshot stores on their own, so never in its code's uncommitted diff: a live
+    SQLite file or the repository itself in the diff would be stored twice, or half-written."""
+
+    secrets: tuple[Path, ...] = ()
+    others: tuple[Path, ...] = ()  # SQLite database files and their companions, a local repository
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return self.secrets + self.others
+
+
+def stored_apart(config: ProjectConfig) -> StoredApart:
+    """The files [files] secrets matches, the SQLite databases and a local repository."""
+    from lockstep.databases.sqlite import COMPANION_SUFFIXES, database_path  # sqlite3 only when needed
+
+    secrets = tuple(path for pattern in config.files.secrets for path in _matching_files(pattern))
+    others: list[Path] = []
+    for database in config.databases.values():
+        if database.engine == "sqlite":
+            path = database_path(database.url)
+            others.extend([path, *(Path(f"{path}{suffix}") for suffix in COMPANION_SUFFIXES)])
+    if not config.repository.url.startswith("s3:"):
+        others.append(Path(config.repository.url.removeprefix("local:")))
+    return StoredApart(secrets=secrets, others=tuple(others))
 
 
 @dataclass(frozen=True)
@@ -81,7 +110,7 @@ class _Collected:
     files: list[FileRecord] = field(default_factory=list)
 
 
-def prepare_code(code: CodeConfig, request: SnapshotRequest) -> PreparedCode | None:
+def prepare_code(code: CodeConfig, request: SnapshotRequest, apart: StoredApart) -> PreparedCode | None:
     """Check (and with --commit, commit) the code; refuse a dirty git tree unless allowed."""
     if code.kind is None or code.path is None:
         if request.commit:
@@ -104,7 +133,7 @@ def prepare_code(code: CodeConfig, request: SnapshotRequest) -> PreparedCode | N
             f"the git work tree {code.path} has uncommitted changes",
             "commit them (or pass --commit -m MESSAGE), or pass --allow-dirty to store the diff with the snapshot",
         )
-    return PreparedCode(kind=code.kind, git=state, work_tree=code.path)
+    return PreparedCode(kind=code.kind, git=state, work_tree=code.path, left_out=apart.paths)
 
 
 def database_password(name: str, database: DatabaseConfig) -> str | None:
@@ -201,7 +230,7 @@ def _store_code(builder: SnapshotBuilder, code: PreparedCode | None) -> CodeReco
     builder.add_bytes("/code/commit", (code.git.commit + "\n").encode("ascii"))
     diff_path = None
     if code.git.dirty:
-        diff = uncommitted_diff(code.work_tree)
+        diff = uncommitted_diff(code.work_tree, code.left_out)
         _store_stream(builder, "/code/uncommitted.diff", diff, allow_empty=True)
         diff_path = "/code/uncommitted.diff"
     return CodeRecord(
