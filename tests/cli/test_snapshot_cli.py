@@ -253,6 +253,36 @@ def test_allow_dirty_stores_untracked_files_but_not_secrets(project: Project, tm
     assert not (code / ".env").exists()
 
 
+def test_commit_flag_refuses_to_commit_a_secret(project: Project) -> None:
+    """A .env listed under [files] secrets but not git-ignored went into history with `git add -A`:
+    --commit refuses (usage error naming it), commits nothing and writes no snapshot."""
+    (project.root / ".gitignore").write_text("app.db\n")
+    (project.root / "app.py").write_text("print('v2')\n")
+    before, snapshots = git(project.root, "rev-parse", "HEAD"), project.snapshot_ids()
+    refused = project.lockstep("snapshot", "create", "--commit", "-m", "ship v2")
+    assert refused.returncode == 2, refused.err
+    assert ".env" in refused.err and ".gitignore" in refused.err
+    assert git(project.root, "rev-parse", "HEAD") == before
+    assert project.snapshot_ids() == snapshots
+    assert git(project.root, "log", "--all", "--format=%H", "--", ".env") == ""
+
+
+def test_commit_flag_leaves_no_commit_when_the_snapshot_fails(project: Project) -> None:
+    """The commit used to be made before the databases were dumped: a missing database left a
+    new commit, and a clean tree, although no snapshot recorded it. HEAD, the index and the
+    work tree now stay as they were."""
+    (project.root / "app.py").write_text("print('v2')\n")
+    git(project.root, "add", "app.py")
+    (project.root / "added.txt").write_text("new file\n")
+    (project.root / "app.db").rename(project.root / "moved.db")
+    before, status = git(project.root, "rev-parse", "HEAD"), git(project.root, "status", "--porcelain")
+    failed = project.lockstep("snapshot", "create", "--commit", "-m", "ship v2")
+    assert failed.returncode != 0 and "does not exist" in failed.err
+    assert git(project.root, "rev-parse", "HEAD") == before
+    assert git(project.root, "status", "--porcelain") == status
+    assert project.snapshot_ids() == []
+
+
 def test_a_failing_database_writes_no_snapshot_and_leaves_no_packs(project: Project) -> None:
     project.create("-m", "a good one first")
     before_snapshots, before_packs = project.snapshot_ids(), project.packs()

@@ -10,7 +10,7 @@ import pytest
 
 from lockstep.config.model import CodeConfig
 from lockstep.errors import SourceError, UsageError
-from lockstep.pipeline.code import commit_all, read_git_state, uncommitted_diff
+from lockstep.pipeline.code import build_commit, publish_commit, read_git_state, uncommitted_diff
 from lockstep.pipeline.snapshot import SnapshotRequest, StoredApart, prepare_code
 from tests.conftest import require_binary
 
@@ -136,15 +136,66 @@ def test_diff_leaves_out_what_the_snapshot_stores_apart(work_tree: Path) -> None
     assert missing.returncode != 0
 
 
-def test_commit_all_commits_every_change(work_tree: Path) -> None:
+def test_build_commit_moves_nothing_until_published(work_tree: Path) -> None:
+    """--commit's commit is made off the branch (a temporary index and commit-tree): HEAD, the
+    index and the work tree stay as they were until publish_commit, which then leaves a clean
+    tree; left-out files are in neither."""
     (work_tree / "app.py").write_text("print('v2')\n")
     (work_tree / "new.txt").write_text("new\n")
+    (work_tree / ".env").write_text("SECRET=1\n")
+    (work_tree / ".gitignore").write_text(".env\n")
     before = read_git_state(work_tree).commit
-    commit_all(work_tree, "ship v2")
+    status = git(work_tree, "status", "--porcelain")
+    pending = build_commit(work_tree, "ship v2", (work_tree / ".env",))
+    assert pending is not None and pending.parent == before
+    assert read_git_state(work_tree).commit == before
+    assert git(work_tree, "status", "--porcelain") == status
+    assert git(work_tree, "ls-tree", "--name-only", pending.commit).split() == [
+        ".gitignore",
+        "app.py",
+        "logo.bin",
+        "new.txt",
+    ]
+    publish_commit(work_tree, pending)
     state = read_git_state(work_tree)
-    assert state.commit != before
-    assert state.dirty is False
+    assert state.commit == pending.commit and state.branch == "main" and state.dirty is False
     assert git(work_tree, "log", "-1", "--format=%s") == "ship v2"
+    assert git(work_tree, "rev-parse", "HEAD~1") == before
+
+
+def test_build_commit_refuses_during_a_merge(work_tree: Path) -> None:
+    """`git commit` would record the merge's second parent; a commit-tree on HEAD alone would not."""
+    git(work_tree, "checkout", "-q", "-b", "side")
+    (work_tree / "app.py").write_text("print('side')\n")
+    git(work_tree, "commit", "-q", "-am", "side")
+    git(work_tree, "checkout", "-q", "main")
+    (work_tree / "other.txt").write_text("main\n")
+    git(work_tree, "add", "other.txt")
+    git(work_tree, "commit", "-q", "-m", "main")
+    git(work_tree, "merge", "-q", "--no-commit", "side")
+    with pytest.raises(UsageError, match="MERGE_HEAD"):
+        build_commit(work_tree, "merge side")
+
+
+def test_prepare_commit_refuses_a_secret_git_would_take_in(work_tree: Path) -> None:
+    """`git add -A` committed a .env that [files] secrets lists but .gitignore does not: into
+    history, for good. --commit refuses and names it; nothing is committed."""
+    (work_tree / "app.py").write_text("print('v2')\n")
+    (work_tree / ".env").write_text("STRIPE_KEY=sk_live_never_in_git\n")
+    before = read_git_state(work_tree).commit
+    config = CodeConfig(kind="git", path=work_tree)
+    request = SnapshotRequest(project_directory=work_tree, commit=True, message="ship v2")
+    with pytest.raises(UsageError, match=r"secret files.*\.env") as raised:
+        prepare_code(config, request, StoredApart(secrets=(work_tree / ".env",)))
+    assert raised.value.hint is not None and ".gitignore" in raised.value.hint
+    assert read_git_state(work_tree).commit == before
+    assert git(work_tree, "status", "--porcelain").splitlines() == ["M app.py", "?? .env"]  # (stripped)
+
+    (work_tree / ".gitignore").write_text(".env\n")
+    prepared = prepare_code(config, request, StoredApart(secrets=(work_tree / ".env",)))
+    assert prepared is not None and prepared.git is not None and prepared.pending_commit is not None
+    assert prepared.git.commit == prepared.pending_commit.commit and prepared.git.dirty is False
+    assert read_git_state(work_tree).commit == before  # moved only once the snapshot is written
 
 
 def test_prepare_code_refuses_a_dirty_tree_unless_allowed(work_tree: Path) -> None:

@@ -5,7 +5,8 @@ is recorded and a dirty work tree is refused: its changes exist nowhere but on t
 `allow_dirty` the uncommitted diff is stored instead: every change against HEAD, untracked files
 included, staged in a temporary index so that the user's own index is never touched. Files the
 snapshot stores on their own (secrets, SQLite databases, a repository inside the work tree) are
-left out of that diff. Every git command is an argv list run through lockstep.process.
+left out of that diff and out of a --commit. Every git command is an argv list run
+through lockstep.process.
 """
 
 from __future__ import annotations
@@ -63,12 +64,14 @@ def read_git_state(work_tree: Path) -> GitState:
     return GitState(commit=commit, branch=None if branch == "HEAD" else branch, author=author, dirty=bool(status))
 
 
-def commit_all(work_tree: Path, message: str) -> None:
-    """`git add -A` then `git commit -m MESSAGE`: the work tree as it is becomes the recorded commit."""
-    if not message.strip():
-        raise UsageError("--commit needs a commit message", "pass -m MESSAGE")
-    _git(work_tree, "add", "-A")
-    _git(work_tree, "commit", "--quiet", "-m", message)
+@dataclass(frozen=True)
+class PendingCommit:
+    """A commit of the work tree that is not on its branch yet: it is moved there only once the
+    snapshot that records it is written, so a failed snapshot leaves no commit behind."""
+
+    commit: str
+    parent: str
+    author: str
 
 
 def _top_level(work_tree: Path) -> Path:
@@ -160,6 +163,89 @@ def uncommitted_diff(work_tree: Path, left_out: Sequence[Path] = ()) -> Streamin
     except BaseException:
         index.remove()
         raise
+
+
+def uncommitted_paths(work_tree: Path, paths: Sequence[Path]) -> list[str]:
+    """Which of `paths` differ from HEAD (untracked, changed or staged; not ignored): what a
+    commit of every change would take in."""
+    top = _top_level(work_tree)
+    relative = _relative_paths(top, paths)
+    if not relative:
+        return []
+    pathspecs = [f":(literal){name}" for name in relative]
+    status = _git(top, "status", "--porcelain", "-z", "--untracked-files=all", "--", *pathspecs)
+    return sorted(_porcelain_paths(status))
+
+
+def _porcelain_paths(status: str) -> set[str]:
+    """The paths of `git status --porcelain -z`: "XY path", a rename or copy followed by its source."""
+    found: set[str] = set()
+    entries = iter(status.split("\0"))
+    for entry in entries:
+        if len(entry) < 4:
+            continue
+        found.add(entry[3:])
+        if entry[0] in "RC":
+            next(entries, None)
+    return found
+
+
+def build_commit(work_tree: Path, message: str, left_out: Sequence[Path] = ()) -> PendingCommit | None:
+    """Commit every change except `left_out` without moving the branch or touching the index:
+    a temporary index, `git write-tree` and `git commit-tree` (which runs no hooks). None when
+    nothing but `left_out` has changed. `publish_commit` moves the branch later."""
+    if not message.strip():
+        raise UsageError("--commit needs a commit message", "pass -m MESSAGE")
+    top = _top_level(work_tree)
+    _refuse_unfinished_operation(top)
+    parent = _git(top, "rev-parse", "--verify", "HEAD").strip()
+    index = _TemporaryIndex(top)
+    try:
+        _stage_work_tree(index, top, _relative_paths(top, left_out))
+        tree = index.git(top, "write-tree").strip()
+    finally:
+        index.remove()
+    if tree == _git(top, "rev-parse", "--verify", "HEAD^{tree}").strip():
+        return None
+    signing = ["-S"] if _config_flag(top, "commit.gpgSign") else []
+    commit = _git(top, "commit-tree", tree, "-p", parent, *signing, "-m", message.strip()).strip()
+    author = _git(top, "log", "-1", "--format=%an <%ae>", commit).strip()
+    return PendingCommit(commit=commit, parent=parent, author=author)
+
+
+def publish_commit(work_tree: Path, pending: PendingCommit) -> None:
+    """Move HEAD's branch (or a detached HEAD) to the commit, only if it still points at the
+    commit's parent, then reset the index to it (the work tree is not touched)."""
+    subject = _git(work_tree, "log", "-1", "--format=%s", pending.commit).strip()
+    try:
+        _git(work_tree, "update-ref", "-m", f"commit (lockstep): {subject}", "HEAD", pending.commit, pending.parent)
+    except SourceError as error:
+        raise SourceError(
+            f"the snapshot records commit {pending.commit[:SHORT_COMMIT_LENGTH]}, but HEAD moved while it was "
+            f"written, so the commit was not put on it: {error.message}",
+            f"bring it in with `git cherry-pick {pending.commit[:SHORT_COMMIT_LENGTH]}`",
+        ) from error
+    _git(work_tree, "reset", "-q")
+
+
+def _refuse_unfinished_operation(top: Path) -> None:
+    """A merge, cherry-pick or revert in progress: `git commit` would record its extra parent or
+    finish it; a commit-tree with HEAD as its only parent would quietly lose that."""
+    for name in ("MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD"):
+        try:
+            _git(top, "rev-parse", "-q", "--verify", name)
+        except SourceError:
+            continue
+        raise UsageError(
+            f"a git operation is in progress in {top} ({name} exists)", "finish it with `git commit` first"
+        )
+
+
+def _config_flag(work_tree: Path, name: str) -> bool:
+    try:
+        return _git(work_tree, "config", "--type=bool", "--get", name).strip() == "true"
+    except SourceError:  # not set
+        return False
 
 
 def snapshot_author(work_tree: Path | None) -> str:

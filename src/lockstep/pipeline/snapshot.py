@@ -3,7 +3,9 @@
 Order matters. The code is checked first (a dirty tree is refused before anything is written),
 then each database is dumped straight into the repository, then the files, and the manifest
 last, because it describes everything before it. Any failure leaves the builder's `with` block,
-which removes the packs written so far: there is a whole snapshot or none.
+which removes the packs written so far: there is a whole snapshot or none. A --commit is made
+off the branch first and moved onto it only after the snapshot is written, so a failed snapshot
+leaves no commit behind either.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,7 +25,16 @@ from lockstep.config.model import CodeConfig, DatabaseConfig, ProjectConfig
 from lockstep.databases import adapter_for
 from lockstep.databases.base import DatabaseAdapter, DumpStream, redact_url
 from lockstep.errors import NotFound, SourceError, UsageError
-from lockstep.pipeline.code import GitState, commit_all, read_git_state, snapshot_author, uncommitted_diff
+from lockstep.pipeline.code import (
+    GitState,
+    PendingCommit,
+    build_commit,
+    publish_commit,
+    read_git_state,
+    snapshot_author,
+    uncommitted_diff,
+    uncommitted_paths,
+)
 from lockstep.pipeline.manifest import (
     MANIFEST_PATH,
     CodeRecord,
@@ -67,12 +78,14 @@ class PreparedCode:
     release_directory: Path | None = None
     work_tree: Path | None = None
     left_out: tuple[Path, ...] = ()  # kept out of the uncommitted diff: see StoredApart
+    pending_commit: PendingCommit | None = None  # --commit's commit, put on the branch once written
 
 
 @dataclass(frozen=True)
 class StoredApart:
-    """Files a snapshot stores on their own, so never in its code's uncommitted diff: a live
-    SQLite file or the repository itself in the diff would be stored twice, or half-written."""
+    """Files a snapshot stores on their own, so never in its code: not in a --commit, not in the
+    uncommitted diff. A secret in git history cannot be taken back; a live SQLite file or the
+    repository itself in the diff would be stored twice, or half-written."""
 
     secrets: tuple[Path, ...] = ()
     others: tuple[Path, ...] = ()  # SQLite database files and their companions, a local repository
@@ -111,7 +124,8 @@ class _Collected:
 
 
 def prepare_code(code: CodeConfig, request: SnapshotRequest, apart: StoredApart) -> PreparedCode | None:
-    """Check (and with --commit, commit) the code; refuse a dirty git tree unless allowed."""
+    """Check the code (with --commit, commit it, off the branch until the snapshot is written);
+    refuse a dirty git tree unless allowed."""
     if code.kind is None or code.path is None:
         if request.commit:
             raise UsageError("--commit needs git code", 'set [code] kind = "git" and its path in lockstep.toml')
@@ -126,14 +140,32 @@ def prepare_code(code: CodeConfig, request: SnapshotRequest, apart: StoredApart)
         if not request.message:
             raise UsageError("--commit needs a commit message", "pass -m MESSAGE")
         if read_git_state(code.path).dirty:
-            commit_all(code.path, request.message)
+            return _prepare_commit(code.path, request.message, apart)
     state = read_git_state(code.path)
     if state.dirty and not (request.allow_dirty or code.allow_dirty):
         raise UsageError(
             f"the git work tree {code.path} has uncommitted changes",
             "commit them (or pass --commit -m MESSAGE), or pass --allow-dirty to store the diff with the snapshot",
         )
-    return PreparedCode(kind=code.kind, git=state, work_tree=code.path, left_out=apart.paths)
+    return PreparedCode(kind="git", git=state, work_tree=code.path, left_out=apart.paths)
+
+
+def _prepare_commit(work_tree: Path, message: str, apart: StoredApart) -> PreparedCode:
+    """--commit: refuse to put a secret into git history (it could never be taken out), then
+    commit every other change except what the snapshot stores apart. The branch is moved by
+    create_snapshot once the snapshot is written: a failure before leaves no commit behind."""
+    secrets = uncommitted_paths(work_tree, apart.secrets)
+    if secrets:
+        raise UsageError(
+            f"--commit would commit secret files listed under [files] secrets: {', '.join(secrets)}",
+            "add them to .gitignore (and `git rm --cached` one that is tracked); the snapshot stores them encrypted",
+        )
+    state = read_git_state(work_tree)
+    pending = build_commit(work_tree, message, apart.paths)
+    if pending is None:  # only what the snapshot stores apart has changed: HEAD is the code
+        return PreparedCode(kind="git", git=replace(state, dirty=False), work_tree=work_tree, left_out=apart.paths)
+    git = GitState(commit=pending.commit, branch=state.branch, author=pending.author, dirty=False)
+    return PreparedCode(kind="git", git=git, work_tree=work_tree, left_out=apart.paths, pending_commit=pending)
 
 
 def database_password(name: str, database: DatabaseConfig) -> str | None:
@@ -217,7 +249,17 @@ def create_snapshot(
         snapshot = builder.commit(
             paths=[f"/lockstep/{base.name or 'project'}"], tags=snapshot_tags(request, code), hostname=hostname
         )
+    if code is not None and code.pending_commit is not None and code.work_tree is not None:
+        _publish_commit(code.work_tree, code.pending_commit, snapshot)
     return CreatedSnapshot(snapshot=snapshot, manifest=manifest, seconds=time.monotonic() - started)
+
+
+def _publish_commit(work_tree: Path, pending: PendingCommit, snapshot: Snapshot) -> None:
+    """--commit: the snapshot is written, so its commit goes onto the branch."""
+    try:
+        publish_commit(work_tree, pending)
+    except SourceError as error:
+        raise SourceError(f"snapshot {snapshot.short_id} was written; {error.message}", error.hint) from error
 
 
 def _store_code(builder: SnapshotBuilder, code: PreparedCode | None) -> CodeRecord | None:
