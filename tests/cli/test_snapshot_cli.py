@@ -325,6 +325,30 @@ def test_secret_content_is_never_printed_nor_in_the_manifest(project: Project) -
     assert project.repo("dump", latest["id"], "/files/secrets/.env").stdout == f"STRIPE_KEY={SECRET}\n".encode()
 
 
+def test_symlinked_config_files_are_recorded_under_their_own_names(project: Project, tmp_path: Path) -> None:
+    """config/link.yml -> /elsewhere/shared.yml was stored (and restored) as elsewhere/shared.yml,
+    and config/alias.yml -> app.yml was dropped as a duplicate of app.yml. Each is recorded under
+    its own path now, with its target's content."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "shared.yml").write_text("shared: true\n")
+    (project.root / "config" / "link.yml").symlink_to(elsewhere / "shared.yml")
+    (project.root / "config" / "alias.yml").symlink_to("app.yml")
+    git(project.root, "add", "-A")
+    git(project.root, "commit", "-q", "-m", "links")
+    created = project.create("-m", "links")
+    assert sorted(file["path"] for file in created["files"] if file["kind"] == "config") == [
+        "/files/config/config/alias.yml",
+        "/files/config/config/app.yml",
+        "/files/config/config/link.yml",
+    ]
+    files = tmp_path / "restored"
+    project.ok("snapshot", "restore", created["short_id"], "--files", str(files))
+    assert (files / "config" / "link.yml").read_text() == "shared: true\n"
+    assert (files / "config" / "alias.yml").read_text() == "currency: EUR\n"
+    assert not (files / "elsewhere").exists()
+
+
 def test_unknown_and_ambiguous_references_exit_13(project: Project) -> None:
     first = project.create("-m", "one")
     second = project.create("-m", "two")

@@ -10,6 +10,7 @@ leaves no commit behind either.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import os
@@ -370,10 +371,17 @@ def _matching_files(pattern: str) -> list[Path]:
 
 
 def _relative_name(path: Path, base: Path) -> str:
-    try:
-        return path.resolve().relative_to(base.resolve()).as_posix()
-    except ValueError:
-        return path.resolve().as_posix().lstrip("/")
+    """Where a matched file is recorded and restored: its own path relative to the project (an
+    absolute one outside it). A symlink keeps the link's name and stores the target's content;
+    resolving it would record conf.d/link.yml -> /elsewhere/shared.yml as elsewhere/shared.yml,
+    and drop it when it points to another matched file. Only the directories above it are
+    resolved, and only when the path as written is not inside the project."""
+    absolute = Path(os.path.abspath(path))
+    root = base.resolve()
+    for candidate in (absolute, absolute.parent.resolve() / absolute.name):
+        with contextlib.suppress(ValueError):
+            return candidate.relative_to(root).as_posix()
+    return absolute.as_posix().lstrip("/")
 
 
 def _store_files(builder: SnapshotBuilder, patterns: list[str], kind: FileKind, base: Path) -> list[FileRecord]:
