@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,20 @@ def test_relative_paths_resolve_against_the_base_directory(tmp_path: Path) -> No
     assert config.repository.url == f"local:{tmp_path / 'backups/repo'}"
     assert config.repository.password_file == tmp_path / "secret/password"
     assert config.files.config == [str(tmp_path / "config/*.yml"), "/etc/nginx/shop.conf"]
+
+
+def test_file_patterns_match_in_a_project_whose_path_has_glob_characters(tmp_path: Path) -> None:
+    """/tmp/proj[1]/config/*.yml was a glob over /tmp/proj1/...: the project's own files did not
+    match. The project path is escaped, the pattern written in lockstep.toml is not."""
+    base = tmp_path / "proj[1]"
+    (base / "config").mkdir(parents=True)
+    (base / "config" / "app.yml").write_text("currency: EUR\n")
+    (tmp_path / "proj1" / "config").mkdir(parents=True)
+    (tmp_path / "proj1" / "config" / "other.yml").write_text("not this project's\n")
+    source = {**MINIMAL, "files": {"config": ["config/*.yml"], "secrets": ["config/[a]pp.yml"]}}
+    files = ProjectConfig.from_source(source, base).files
+    assert glob.glob(files.config[0]) == [str(base / "config" / "app.yml")]
+    assert glob.glob(files.secrets[0]) == [str(base / "config" / "app.yml")]
 
 
 def test_s3_repository_url_is_kept_as_written(tmp_path: Path) -> None:

@@ -12,6 +12,8 @@ without it they are left as written.
 from __future__ import annotations
 
 import copy
+import glob
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -273,10 +275,11 @@ class FilesConfig(_Section):
     )
 
     def resolved(self, base: Path) -> FilesConfig:
-        """A copy whose relative patterns are anchored at `base`."""
+        """A copy whose relative patterns are anchored at `base`, its glob characters escaped: a
+        project in /srv/shop[2] must not match /srv/shop2's files, nor nothing at all."""
 
         def anchor(pattern: str) -> str:
-            return pattern if Path(pattern).is_absolute() else str(base / pattern)
+            return pattern if Path(pattern).is_absolute() else os.path.join(glob.escape(str(base)), pattern)
 
         return self.model_copy(
             update={"config": [anchor(p) for p in self.config], "secrets": [anchor(p) for p in self.secrets]}

@@ -370,6 +370,12 @@ def _matching_files(pattern: str) -> list[Path]:
     return found
 
 
+def _shown_pattern(pattern: str, base: Path) -> str:
+    """A pattern as lockstep.toml has it: relative ones were anchored at the escaped project path."""
+    anchor = os.path.join(glob.escape(str(base)), "")
+    return pattern.removeprefix(anchor) if pattern.startswith(anchor) else pattern
+
+
 def _relative_name(path: Path, base: Path) -> str:
     """Where a matched file is recorded and restored: its own path relative to the project (an
     absolute one outside it). A symlink keeps the link's name and stores the target's content;
@@ -394,7 +400,7 @@ def _store_files(builder: SnapshotBuilder, patterns: list[str], kind: FileKind, 
         paths = _matching_files(pattern)
         if not paths:
             raise SourceError(
-                f"{section}: the pattern {_relative_name(Path(pattern), base)} matches no file",
+                f"{section}: the pattern {_shown_pattern(pattern, base)} matches no file",
                 "create the file or fix the pattern in lockstep.toml",
             )
         for source in paths:
