@@ -349,6 +349,20 @@ def test_symlinked_config_files_are_recorded_under_their_own_names(project: Proj
     assert not (files / "elsewhere").exists()
 
 
+def test_reserved_tags_are_refused(project: Project) -> None:
+    """`--tag commit:deadbeef` made `snapshot show deadbeef` find this snapshot as if it recorded
+    commit deadbeef; env: and kind: would file it under another environment or kind."""
+    head = git(project.root, "rev-parse", "HEAD")
+    for tag in ("commit:deadbeef", "env:production", "kind:pre-deploy", "lockstep"):
+        refused = project.lockstep("snapshot", "create", "--tag", tag)
+        assert refused.returncode == 2, refused.err
+        assert repr(tag) in refused.err and "reserved" in refused.err
+    assert project.snapshot_ids() == []
+    created = project.create("--tag", "release-candidate", "--tag", "committed")
+    assert created["tags"] == ["release-candidate", "committed"]
+    assert git(project.root, "rev-parse", "HEAD") == head
+
+
 def test_unknown_and_ambiguous_references_exit_13(project: Project) -> None:
     first = project.create("-m", "one")
     second = project.create("-m", "two")

@@ -19,6 +19,7 @@ from lockstep.pipeline.snapshot import (
     CreatedSnapshot,
     PreparedCode,
     SnapshotRequest,
+    check_user_tags,
     create_snapshot,
     environment_name,
     load_database_adapters,
@@ -69,6 +70,7 @@ def create(
 
     The steps (code, snapshot) go to `reporter` with their durations."""
 
+    check_user_tags(tags)
     reporter = reporter or SilentReporter()
     project = load_project(start, config_path, environment)
     teach_secrets(reporter, project)

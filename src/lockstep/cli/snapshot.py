@@ -70,7 +70,13 @@ def snapshot_group() -> None:
 @snapshot_group.command("create")
 @_config_option
 @click.option("-m", "--message", help="Describe the snapshot (and the commit, with --commit).")
-@click.option("--tag", "tags", multiple=True, metavar="TAG", help="Add a tag to the snapshot (repeatable).")
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    metavar="TAG",
+    help="Add a tag to the snapshot (repeatable; not lockstep, commit:..., env:... or kind:..., which lockstep sets).",
+)
 @click.option("--commit", is_flag=True, help="First commit every change in the git work tree (needs -m).")
 @click.option("--allow-dirty", is_flag=True, help="Allow uncommitted changes; their diff is stored too.")
 @progress_options

@@ -16,7 +16,7 @@ import io
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,6 +55,7 @@ DEFAULT_ENVIRONMENT = "default"
 COMMIT_TAG_PREFIX = "commit:"
 ENVIRONMENT_TAG_PREFIX = "env:"
 KIND_TAG_PREFIX = "kind:"
+RESERVED_TAG_PREFIXES = (COMMIT_TAG_PREFIX, ENVIRONMENT_TAG_PREFIX, KIND_TAG_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,20 @@ def snapshot_tags(request: SnapshotRequest, code: PreparedCode | None) -> list[s
         tags.append(COMMIT_TAG_PREFIX + code.git.short_commit)
     tags.extend(tag for tag in request.tags if tag not in tags)
     return tags
+
+
+def check_user_tags(tags: Iterable[str]) -> None:
+    """Refuse a user's tag that lockstep sets itself: `--tag commit:deadbeef` would make
+    `snapshot show deadbeef` find a snapshot of other code, `env:`/`kind:` would put it under
+    another environment or kind for list, forget and retention."""
+    for tag in tags:
+        if tag == LOCKSTEP_TAG or tag.startswith(RESERVED_TAG_PREFIXES):
+            raise UsageError(
+                f"the tag {tag!r} is reserved: lockstep sets the tags {LOCKSTEP_TAG}, "
+                + ", ".join(f"{prefix}..." for prefix in RESERVED_TAG_PREFIXES)
+                + " itself",
+                "choose a tag without these prefixes",
+            )
 
 
 def environment_name(environment: str | None) -> str:
