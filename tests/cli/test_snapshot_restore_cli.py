@@ -172,6 +172,36 @@ def test_code_and_files_are_written_to_directories(project: Project, tmp_path: P
     assert sqlite_fingerprint(project.root / "app.db") == live
 
 
+def test_code_is_restored_only_into_a_new_or_empty_directory(project: Project, tmp_path: Path) -> None:
+    """--code into a directory with files overwrote them silently, and a file where the tree has
+    a directory crashed half-way ("internal error: NotADirectoryError"). Both are usage errors
+    now, raised before any database is touched; an empty directory is fine."""
+    created = project.create("-m", "v1")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "app.py").write_text("my own work\n")
+    (busy / "config").write_text("a file where the snapshot has a directory\n")
+    live = sqlite_fingerprint(project.root / "app.db")
+    damage_live_database(project)
+    damaged = sqlite_fingerprint(project.root / "app.db")
+    assert damaged != live
+    refused = project.lockstep("snapshot", "restore", created["short_id"], "--code", str(busy), "--yes")
+    assert refused.returncode == 2, refused.err
+    assert "not empty" in refused.err and "new or empty directory" in refused.err
+    assert (busy / "app.py").read_text() == "my own work\n"
+    assert sorted(path.name for path in busy.iterdir()) == ["app.py", "config"]
+    assert sqlite_fingerprint(project.root / "app.db") == damaged  # nothing restored in place
+
+    under_a_file = project.lockstep("snapshot", "restore", created["short_id"], "--code", str(busy / "app.py" / "code"))
+    assert under_a_file.returncode == 2, under_a_file.err
+    assert "internal error" not in under_a_file.err and "app.py" in under_a_file.err
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    project.ok("snapshot", "restore", created["short_id"], "--code", str(empty))
+    assert (empty / "app.py").read_text() == "print('v1')\n"
+
+
 def test_a_missing_live_database_is_restored_without_asking(project: Project) -> None:
     """Disaster recovery: when the live SQLite file is gone there is nothing to discard, so no
     confirmation and no pre-restore snapshot are needed; the database comes back verified."""

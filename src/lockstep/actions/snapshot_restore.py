@@ -25,6 +25,7 @@ from lockstep.pipeline.manifest import FileRecord, Manifest
 from lockstep.pipeline.restore import (
     RestoredDatabase,
     ServerAccess,
+    check_code_target,
     database_record,
     restore_code,
     restore_database,
@@ -104,6 +105,8 @@ def restore(
     Each step (compare, pre-restore snapshot, each database, code, files) goes to `reporter`."""
     if request.to_url is not None and request.database is None:
         raise UsageError("--to needs --database NAME", "name the database of the snapshot to restore there")
+    if request.code_directory is not None:
+        check_code_target(request.code_directory)  # before any database is replaced
     reporter = reporter or SilentReporter()
     project = load_project(start, config_path, environment)
     teach_secrets(reporter, project)

@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import secrets
+import shutil
 import tarfile
 import tempfile
 import time
@@ -27,7 +28,7 @@ from lockstep.databases import adapter_for
 from lockstep.databases.base import DatabaseAdapter, DatabaseInfo, ServerLocation, redact_url
 from lockstep.errors import IntegrityError, LockstepError, NotFound, SourceError, UsageError
 from lockstep.pipeline.code import git_command
-from lockstep.pipeline.manifest import DatabaseRecord, FileRecord, Manifest, TableRecord
+from lockstep.pipeline.manifest import CodeRecord, DatabaseRecord, FileRecord, Manifest, TableRecord
 from lockstep.process import Command, StreamingProcess, run_capture
 from lockstep.repository.gojson import unix_permissions
 from lockstep.repository.repository import Repository
@@ -474,15 +475,71 @@ def _check_can_create_tables(location: ServerLocation, password: str | None) -> 
 def restore_code(
     repository: Repository, snapshot: Snapshot, manifest: Manifest, work_tree: Path | None, target: Path
 ) -> str:
-    """Write the snapshot's code into `target`; returns what was written, for the report.
+    """Write the snapshot's code into `target`, a new or empty directory; returns what was
+    written, for the report.
 
     git: the recorded commit as a tree (`git archive` from the project's repository), plus the
-    stored uncommitted diff applied on top; a release directory: the stored tree.
+    stored uncommitted diff applied on top; a release directory: the stored tree. On a failure
+    what was written is removed again, so `target` is left as it was found.
     """
     code = manifest.code
     if code is None:
         raise NotFound(f"snapshot {snapshot.short_id} records no code")
-    target.mkdir(parents=True, exist_ok=True)
+    check_code_target(target)
+    created = not target.exists()
+    _make_code_directory(target)
+    try:
+        return _write_code(repository, snapshot, code, work_tree, target)
+    except BaseException:
+        _remove_written(target, created)
+        raise
+
+
+def check_code_target(target: Path) -> None:
+    """Refuse a code target that is not a new or empty directory (before anything is restored).
+
+    Extracting over existing files overwrote them without a word, and a file where the tree has
+    a directory stopped the extraction half-way with NotADirectoryError."""
+    if not target.exists():
+        if target.is_symlink():
+            raise UsageError(f"the code directory {target} is a dangling symlink", "give a new or empty directory")
+        return
+    if not target.is_dir():
+        raise UsageError(f"the code directory {target} is not a directory", "give a new or empty directory")
+    with os.scandir(target) as entries:
+        if next(entries, None) is not None:
+            raise UsageError(
+                f"the code directory {target} is not empty: restoring into it would overwrite its files",
+                "give a new or empty directory",
+            )
+
+
+def _make_code_directory(target: Path) -> None:
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as error:
+        raise UsageError(
+            f"cannot create the code directory {target}: {error.filename or target} is a file, not a directory",
+            "give a new or empty directory",
+        ) from error
+
+
+def _remove_written(target: Path, created: bool) -> None:
+    """Undo a failed code restore: `target` was new (remove it) or empty (empty it again)."""
+    if created:
+        shutil.rmtree(target, ignore_errors=True)
+        return
+    for entry in list(target.iterdir()):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _write_code(
+    repository: Repository, snapshot: Snapshot, code: CodeRecord, work_tree: Path | None, target: Path
+) -> str:
+    """The code into an existing empty `target`: the stored release tree, or the commit plus its diff."""
     if code.commit is None:
         node = find_node(repository, snapshot, code.path or "/code/release")
         if node.subtree is None:
@@ -586,6 +643,7 @@ class _HashingWriter:
 __all__ = [
     "RestoredDatabase",
     "ServerAccess",
+    "check_code_target",
     "checksums_comparable",
     "compare_with_manifest",
     "dump_source",
