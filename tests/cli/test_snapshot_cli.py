@@ -377,6 +377,22 @@ def test_unknown_and_ambiguous_references_exit_13(project: Project) -> None:
     assert by_id["message"] == "two"
 
 
+def test_a_long_commit_reference_must_match_the_whole_commit(project: Project) -> None:
+    """The commit: tag keeps 12 digits, and only they were compared: HEAD's first 12 digits
+    followed by anything named this snapshot. A longer reference is checked against the
+    manifest's full commit (show, diff, verify and restore alike)."""
+    created = project.create("-m", "one")
+    head = git(project.root, "rev-parse", "HEAD")
+    assert json.loads(project.ok("snapshot", "show", head, "--json").out)["id"] == created["id"]
+    assert json.loads(project.ok("snapshot", "show", head[:16].upper(), "--json").out)["id"] == created["id"]
+    other = head[:12] + ("0" if head[12] != "0" else "1") + head[13:]
+    for command in (["show"], ["diff"], ["verify"], ["restore", "--files", str(project.root / "unused")]):
+        wrong = project.lockstep("snapshot", command[0], other, *command[1:])
+        assert wrong.returncode == 13, (command, wrong.err)
+        assert "no lockstep snapshot matches" in wrong.err
+    assert not (project.root / "unused").exists()
+
+
 # --- PostgreSQL --------------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lockstep.actions.snapshot_create import load_project
 from lockstep.actions.snapshot_list import lockstep_snapshots
-from lockstep.actions.snapshot_show import resolve_reference
+from lockstep.actions.snapshot_show import check_commit_reference, resolve_reference
 from lockstep.errors import UsageError
 from lockstep.pipeline.diff import DatabaseDiff, diff_database
 from lockstep.pipeline.restore import ServerAccess, database_record
@@ -37,6 +37,7 @@ def diff(
     with project.access.session(exclusive=False) as repository:
         snapshot = resolve_reference(lockstep_snapshots(repository), reference, environment_name(environment))
         manifest = load_manifest(repository, snapshot)
+        check_commit_reference(repository, snapshot, reference, manifest)
         if database is not None:
             database_record(manifest, snapshot, database)
             names = [database]

@@ -6,8 +6,10 @@ from lockstep.actions.repo.session import RepositoryAccess
 from lockstep.actions.snapshot_list import ListedSnapshot, lockstep_snapshots
 from lockstep.errors import NotFound
 from lockstep.pipeline.code import SHORT_COMMIT_LENGTH
+from lockstep.pipeline.manifest import Manifest
 from lockstep.pipeline.retention_policy import snapshot_environment
 from lockstep.pipeline.snapshot import COMMIT_TAG_PREFIX, environment_name, load_manifest, tag_value
+from lockstep.repository.repository import Repository
 from lockstep.repository.snapshot import Snapshot
 
 SHOWN_CANDIDATES = 10
@@ -21,7 +23,8 @@ def resolve_reference(snapshots: list[Snapshot], reference: str, environment: st
     never pick another environment's snapshot. When the reference matches only snapshots of
     other environments, the error names them and the --env to use.
 
-    A commit is matched on the `commit:` tag (its first 12 digits), so nothing is read to find it.
+    A commit is matched on the `commit:` tag (its first 12 digits), so nothing is read to find it;
+    callers confirm a longer commit reference with `check_commit_reference`.
     Raises NotFound, listing the candidates, when nothing or more than one snapshot matches.
     """
     everywhere = snapshots
@@ -82,10 +85,31 @@ def _env_option(environment: str) -> str:
 
 
 def _commit_matches(snapshot: Snapshot, wanted: str) -> bool:
+    """The tag holds the commit's first 12 digits: a longer reference must begin with them, and
+    `check_commit_reference` compares the rest with the manifest's full commit."""
     commit = tag_value(snapshot, COMMIT_TAG_PREFIX)
     if not commit:
         return False
-    return commit.startswith(wanted[:SHORT_COMMIT_LENGTH])
+    return commit.startswith(wanted) if len(wanted) <= len(commit) else wanted.startswith(commit)
+
+
+def check_commit_reference(
+    repository: Repository, snapshot: Snapshot, reference: str, manifest: Manifest | None = None
+) -> None:
+    """Confirm a commit reference longer than the tag against the manifest's full commit, so that
+    `e3d3ae3feec5ffffffff` does not name the snapshot of commit e3d3ae3feec5 1a2b...; the
+    manifest is read only for such a reference. Raises NotFound as resolve_reference does."""
+    wanted = reference.strip().lower()
+    if len(wanted) <= SHORT_COMMIT_LENGTH or snapshot.id.startswith(wanted):
+        return
+    if manifest is None:
+        manifest = load_manifest(repository, snapshot)
+    commit = manifest.code.commit if manifest.code is not None else None
+    if commit is None or not commit.lower().startswith(wanted):
+        raise NotFound(
+            f"no lockstep snapshot matches {reference!r} (by snapshot ID or git commit)",
+            "list them with `lockstep snapshot list`",
+        )
 
 
 def _describe(snapshot: Snapshot) -> str:
@@ -97,4 +121,6 @@ def show_snapshot(access: RepositoryAccess, reference: str, environment: str | N
     """The snapshot `reference` names among `environment`'s (all when None), with its manifest."""
     with access.session(lock=False) as repository:
         snapshot = resolve_reference(lockstep_snapshots(repository), reference, environment)
-        return ListedSnapshot(snapshot, load_manifest(repository, snapshot))
+        manifest = load_manifest(repository, snapshot)
+        check_commit_reference(repository, snapshot, reference, manifest)
+        return ListedSnapshot(snapshot, manifest)

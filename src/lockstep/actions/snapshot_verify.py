@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lockstep.actions.snapshot_create import load_project
 from lockstep.actions.snapshot_list import lockstep_snapshots
-from lockstep.actions.snapshot_show import resolve_reference
+from lockstep.actions.snapshot_show import check_commit_reference, resolve_reference
 from lockstep.actions.step_reports import (
     SilentReporter,
     bind_operation,
@@ -55,6 +55,7 @@ def verify(
     servers = database_servers(project.config)
     with project.access.session(exclusive=False) as repository:
         snapshot = resolve_reference(lockstep_snapshots(repository), reference, environment_name(environment))
+        check_commit_reference(repository, snapshot, reference)
         bind_operation(reporter, snapshot_id=snapshot.id)
         reporter.step_started("verify", f"snapshot {snapshot.short_id}, level {level}")
         started = time.monotonic()
