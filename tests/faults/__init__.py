@@ -41,8 +41,18 @@ def assert_clean_error(result: Completed, exit_code: int, *phrases: str) -> str:
 
 
 def repository_files(root: Path) -> dict[str, int]:
-    """Every file under a repository directory (hidden temporaries included) with its size."""
-    return {str(path.relative_to(root)): path.stat().st_size for path in sorted(root.rglob("*")) if path.is_file()}
+    """Every file under a repository directory (hidden temporaries included) with its size.
+
+    Called while a backup still runs, too: a temporary file listed and then renamed into its pack
+    before it was measured is skipped (the next look sees the pack)."""
+    files: dict[str, int] = {}
+    for path in sorted(root.rglob("*")):
+        try:
+            if path.is_file():
+                files[str(path.relative_to(root))] = path.stat().st_size
+        except FileNotFoundError:
+            continue
+    return files
 
 
 def is_storage_name(name: str) -> bool:
