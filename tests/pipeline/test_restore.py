@@ -11,7 +11,7 @@ import pytest
 
 from lockstep.databases import adapter_for
 from lockstep.errors import IntegrityError, SourceError, UsageError
-from lockstep.pipeline.restore import ServerAccess, restore_database, restore_files, target_state
+from lockstep.pipeline.restore import RestoredDatabase, ServerAccess, restore_database, restore_files, target_state
 from lockstep.pipeline.snapshot import load_manifest
 from lockstep.repository.repository import Repository
 from lockstep.repository.snapshot import Snapshot
@@ -46,6 +46,17 @@ def fingerprint(url: str) -> dict[str, tuple[int, str]]:
 
 def latest(repository: Repository) -> Snapshot:
     return repository.list_snapshots()[-1]
+
+
+def restore_latest_in_place(repository_path: Path, url: str) -> RestoredDatabase:
+    """The newest snapshot's database "shop" restored over `url` (replace=True)."""
+    repository = open_repository(repository_path)
+    try:
+        snapshot = latest(repository)
+        manifest = load_manifest(repository, snapshot)
+        return restore_database(repository, snapshot, manifest, "shop", ServerAccess(url), replace=True)
+    finally:
+        repository.close()
 
 
 @pytest.mark.parametrize("engine", ["postgresql", "mariadb"])
@@ -250,13 +261,7 @@ def test_mariadb_restore_in_place_keeps_the_database_and_its_character_set(tmp_p
         take_snapshot(tmp_path / "repository", tmp_path, {"shop": url})
         before = fingerprint(url)
         run_mariadb(url, "DELETE FROM children; DROP PROCEDURE touch; CREATE TABLE added (id INT)")
-        repository = open_repository(tmp_path / "repository")
-        try:
-            snapshot = latest(repository)
-            manifest = load_manifest(repository, snapshot)
-            restore_database(repository, snapshot, manifest, "shop", ServerAccess(url), replace=True)
-        finally:
-            repository.close()
+        restore_latest_in_place(tmp_path / "repository", url)
         assert fingerprint(url) == before
         assert run_mariadb(url, "SELECT n FROM child_count; SELECT answer()") == [["2"], ["42"]]
         assert run_mariadb(url, "SELECT COUNT(*) FROM information_schema.routines WHERE routine_name = 'touch'") == [
@@ -322,13 +327,7 @@ def test_postgresql_restore_in_place_keeps_owners_and_the_public_schema_grants(t
             )
             take_snapshot(tmp_path / "repository", tmp_path, {"shop": url})
             as_role("DELETE FROM notes")
-            repository = open_repository(tmp_path / "repository")
-            try:
-                snapshot = latest(repository)
-                manifest = load_manifest(repository, snapshot)
-                restore_database(repository, snapshot, manifest, "shop", ServerAccess(url), replace=True)
-            finally:
-                repository.close()
+            restore_latest_in_place(tmp_path / "repository", url)
             assert as_role("SELECT body FROM notes") == [("kept",)]
             assert run_postgresql(url, "SELECT tableowner FROM pg_tables WHERE tablename = 'notes'") == [(role,)]
             assert (
@@ -366,13 +365,7 @@ def test_postgresql_restore_in_place_with_a_publication(tmp_path: Path) -> None:
     with postgresql_database(shop) as url:
         take_snapshot(tmp_path / "repository", tmp_path, {"shop": url})
         run_postgresql(url, "DELETE FROM customers WHERE id < 10")
-        repository = open_repository(tmp_path / "repository")
-        try:
-            snapshot = latest(repository)
-            manifest = load_manifest(repository, snapshot)
-            restored = restore_database(repository, snapshot, manifest, "shop", ServerAccess(url), replace=True)
-        finally:
-            repository.close()
+        restored = restore_latest_in_place(tmp_path / "repository", url)
         assert restored.rows == 200
         assert run_postgresql(url, "SELECT pubname, tablename FROM pg_publication_tables") == [
             ("shop_changes", "customers")

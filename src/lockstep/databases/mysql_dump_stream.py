@@ -27,6 +27,8 @@ import re
 from collections.abc import Iterator
 from typing import IO
 
+from lockstep.chunk_stream import ChunkStream
+
 CHUNK_BYTES = 1024 * 1024
 NAME = re.compile(r"\w+")
 NEEDLE = b"\nALTER DATABASE `"
@@ -53,7 +55,7 @@ def with_prefix(prefix: bytes, stream: IO[bytes]) -> IO[bytes]:
 
 def without_database_names(source: IO[bytes], chunk_bytes: int = CHUNK_BYTES) -> IO[bytes]:
     """`source` (a mariadb-dump dump) with its ALTER DATABASE statements naming no database."""
-    return io.BufferedReader(_ChunkReader(rewritten_chunks(source, chunk_bytes)), buffer_size=chunk_bytes)
+    return io.BufferedReader(ChunkStream(rewritten_chunks(source, chunk_bytes)), buffer_size=chunk_bytes)
 
 
 def rewritten_chunks(source: IO[bytes], chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
@@ -93,29 +95,6 @@ def _rewrite(data: bytes, final: bool) -> tuple[list[bytes], bytes]:
             pieces += [data[sent:start], b"ALTER DATABASE " + match.group(1)]
             sent = stop
         search = start
-
-
-class _ChunkReader(io.RawIOBase):
-    """Chunks as a readable raw stream."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        super().__init__()
-        self._chunks = chunks
-        self._pending = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        while not self._pending:
-            try:
-                self._pending = memoryview(next(self._chunks))
-            except StopIteration:
-                return 0
-        count = min(len(buffer), len(self._pending))
-        buffer[:count] = self._pending[:count]
-        self._pending = self._pending[count:]
-        return count
 
 
 class _Prefixed(io.RawIOBase):

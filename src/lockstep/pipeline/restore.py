@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
 
+from lockstep.chunk_stream import ChunkStream
 from lockstep.databases import adapter_for
 from lockstep.databases.base import DatabaseAdapter, DatabaseInfo, ServerLocation, redact_url
 from lockstep.errors import IntegrityError, LockstepError, NotFound, SourceError, UsageError
@@ -65,27 +66,11 @@ class RestoredDatabase:
 # --- reading a stored file ---------------------------------------------------------------
 
 
-class SnapshotFileReader(io.RawIOBase):
+class SnapshotFileReader(ChunkStream):
     """A file of a snapshot as a readable stream: blobs are fetched (a few ahead) as it is read."""
 
     def __init__(self, repository: Repository, node: Node) -> None:
-        super().__init__()
-        self._blobs = read_blobs(repository, node.content or [])
-        self._pending = memoryview(b"")  # a view: handing out a blob piece by piece copies it once
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        while not self._pending:
-            try:
-                self._pending = memoryview(next(self._blobs))
-            except StopIteration:
-                return 0
-        count = min(len(buffer), len(self._pending))
-        buffer[:count] = self._pending[:count]
-        self._pending = self._pending[count:]
-        return count
+        super().__init__(read_blobs(repository, node.content or []))
 
 
 @contextlib.contextmanager
