@@ -336,6 +336,14 @@ def test_postgresql_restore_in_place_keeps_owners_and_the_public_schema_grants(t
                 )
                 == public_before
             )
+            # The application's own role (no superuser) restoring its database: --no-owner, and
+            # what it restores is its own again; public keeps its grants here too.
+            as_role("DELETE FROM notes")
+            restore_latest_in_place(tmp_path / "repository", f"postgresql://{role}@127.0.0.1:5432/{name}")
+            assert as_role("SELECT body FROM notes") == [("kept",)]
+            assert run_postgresql(url, "SELECT tableowner FROM pg_tables WHERE tablename = 'notes'") == [(role,)]
+            public_now = "SELECT nspowner::regrole::text, nspacl::text FROM pg_namespace WHERE nspname = 'public'"
+            assert run_postgresql(url, public_now) == public_before
     finally:
         run_postgresql(POSTGRESQL_SERVER, f'DROP ROLE IF EXISTS "{role}"', database="postgres")
 

@@ -385,21 +385,23 @@ def libpq_options(location: ServerLocation) -> dict[str, str]:
 
 
 def _can_keep_owners(location: ServerLocation, password: str | None, owners: set[str]) -> bool:
-    """Whether the restore can give every object its dumped owner: each role exists on the target
-    server and the connecting user is a member of it (a superuser is of all). Otherwise
-    pg_restore runs with --no-owner and the connecting user owns everything, as a restore onto
-    another server needs. Restoring in place as a superuser with --no-owner took every table
-    from the application's role, which then could not read its own data."""
+    """Whether the restore can give every object its dumped owner: the connecting user is a
+    superuser and each owning role exists on the target server. Otherwise pg_restore runs with
+    --no-owner and the connecting user owns everything, as a restore onto another server needs
+    (a non-superuser's ALTER ... OWNER TO also needs the new owner to hold CREATE on the schema,
+    which an application's roles often do not). Restoring in place as a superuser with
+    --no-owner took every table from the application's role, which then could not read its data."""
     names = sorted(owner for owner in owners if owner)
     if not names:
         return False
     with _connect(location, password, location.database, autocommit=True) as connection:
-        missing = connection.execute(
-            "SELECT o.name FROM unnest(%s::text[]) AS o(name) LEFT JOIN pg_roles r ON r.rolname = o.name"
-            " WHERE r.oid IS NULL OR NOT pg_has_role(current_user, r.oid, 'MEMBER')",
+        row = connection.execute(
+            "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
+            " AND NOT EXISTS (SELECT FROM unnest(%s::text[]) AS o(name)"
+            " WHERE NOT EXISTS (SELECT FROM pg_roles r WHERE r.rolname = o.name))",
             (names,),
-        ).fetchall()
-    return not missing
+        ).fetchone()
+    return bool(row and row[0])
 
 
 def _dbname_argument(database: str) -> str:

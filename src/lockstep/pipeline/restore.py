@@ -444,7 +444,7 @@ def _check_can_create_tables(location: ServerLocation, password: str | None) -> 
 
     probe = f"lockstep_probe_{secrets.token_hex(6)}"
     try:
-        _query(location, password, f"CREATE TABLE {probe} (id INT); DROP TABLE {probe}")
+        _query(location, password, f"CREATE TABLE {probe} (id INT PRIMARY KEY); DROP TABLE {probe}")
     except SourceError as error:
         raise SourceError(
             f"cannot restore into {location.display()}: creating a table there failed, so nothing was"
