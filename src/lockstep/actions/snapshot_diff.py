@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lockstep.actions.snapshot_create import load_project
-from lockstep.actions.snapshot_list import lockstep_snapshots
-from lockstep.actions.snapshot_show import check_commit_reference, resolve_reference
+from lockstep.actions.snapshot_show import find_snapshot
 from lockstep.errors import UsageError
 from lockstep.pipeline.diff import DatabaseDiff, diff_database
 from lockstep.pipeline.restore import ServerAccess, database_record
@@ -35,9 +34,8 @@ def diff(
     if database is not None and database not in configured:
         raise UsageError(f"there is no database {database!r} in lockstep.toml", "name one of its [databases.NAME]")
     with project.access.session(exclusive=False) as repository:
-        snapshot = resolve_reference(lockstep_snapshots(repository), reference, environment_name(environment))
+        snapshot = find_snapshot(repository, reference, environment_name(environment))
         manifest = load_manifest(repository, snapshot)
-        check_commit_reference(repository, snapshot, reference, manifest)
         if database is not None:
             database_record(manifest, snapshot, database)
             names = [database]

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lockstep.actions.snapshot_create import ProjectContext, load_project
-from lockstep.actions.snapshot_list import lockstep_snapshots
-from lockstep.actions.snapshot_show import check_commit_reference, resolve_reference
+from lockstep.actions.snapshot_show import find_snapshot
 from lockstep.actions.step_reports import SilentReporter, bind_operation, reported_step, teach_secrets
 from lockstep.config.model import FilesConfig
 from lockstep.databases import adapter_for
@@ -114,10 +113,9 @@ def restore(
     with project.access.session(exclusive=False, meanwhile=lambda: _load_adapters(project, request)) as repository:
         # Into the environment's own databases: only its snapshots. --to names the target itself.
         among = None if request.to_url is not None else environment_name(environment)
-        snapshot = resolve_reference(lockstep_snapshots(repository), request.reference, among)
+        snapshot = find_snapshot(repository, request.reference, among)
         bind_operation(reporter, snapshot_id=snapshot.id)
         manifest = load_manifest(repository, snapshot)
-        check_commit_reference(repository, snapshot, request.reference, manifest)
         outcome = RestoreOutcome(snapshot=snapshot, manifest=manifest)
         if request.database is not None and request.to_url is not None:
             database_record(manifest, snapshot, request.database)

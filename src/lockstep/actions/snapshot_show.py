@@ -6,7 +6,6 @@ from lockstep.actions.repo.session import RepositoryAccess
 from lockstep.actions.snapshot_list import ListedSnapshot, lockstep_snapshots
 from lockstep.errors import NotFound
 from lockstep.pipeline.code import SHORT_COMMIT_LENGTH
-from lockstep.pipeline.manifest import Manifest
 from lockstep.pipeline.retention_policy import snapshot_environment
 from lockstep.pipeline.snapshot import COMMIT_TAG_PREFIX, environment_name, load_manifest, tag_value
 from lockstep.repository.repository import Repository
@@ -24,7 +23,7 @@ def resolve_reference(snapshots: list[Snapshot], reference: str, environment: st
     other environments, the error names them and the --env to use.
 
     A commit is matched on the `commit:` tag (its first 12 digits), so nothing is read to find it;
-    callers confirm a longer commit reference with `check_commit_reference`.
+    find_snapshot confirms a longer commit reference with `check_commit_reference`.
     Raises NotFound, listing the candidates, when nothing or more than one snapshot matches.
     """
     everywhere = snapshots
@@ -42,10 +41,7 @@ def resolve_reference(snapshots: list[Snapshot], reference: str, environment: st
         elsewhere = [snapshot for snapshot in everywhere if _matches(snapshot, wanted)]
         if elsewhere:
             raise NotFound(*_in_other_environments(reference, elsewhere, environment))
-        raise NotFound(
-            f"no lockstep snapshot matches {reference!r} (by snapshot ID or git commit)",
-            "list them with `lockstep snapshot list`",
-        )
+        raise _no_match(reference)
     if len(matches) > 1:
         listed = ", ".join(_describe(snapshot) for snapshot in matches[:SHOWN_CANDIDATES])
         more = f" and {len(matches) - SHOWN_CANDIDATES} more" if len(matches) > SHOWN_CANDIDATES else ""
@@ -54,6 +50,22 @@ def resolve_reference(snapshots: list[Snapshot], reference: str, environment: st
             "give more characters of the snapshot ID",
         )
     return matches[0]
+
+
+def find_snapshot(repository: Repository, reference: str, environment: str | None) -> Snapshot:
+    """The lockstep snapshot `reference` names among `environment`'s (all when None), a commit
+    reference longer than the tag confirmed against its manifest: what every command that takes
+    an ID does."""
+    snapshot = resolve_reference(lockstep_snapshots(repository), reference, environment)
+    check_commit_reference(repository, snapshot, reference)
+    return snapshot
+
+
+def _no_match(reference: str) -> NotFound:
+    return NotFound(
+        f"no lockstep snapshot matches {reference!r} (by snapshot ID or git commit)",
+        "list them with `lockstep snapshot list`",
+    )
 
 
 def _matches(snapshot: Snapshot, wanted: str) -> bool:
@@ -93,23 +105,17 @@ def _commit_matches(snapshot: Snapshot, wanted: str) -> bool:
     return commit.startswith(wanted) if len(wanted) <= len(commit) else wanted.startswith(commit)
 
 
-def check_commit_reference(
-    repository: Repository, snapshot: Snapshot, reference: str, manifest: Manifest | None = None
-) -> None:
+def check_commit_reference(repository: Repository, snapshot: Snapshot, reference: str) -> None:
     """Confirm a commit reference longer than the tag against the manifest's full commit, so that
     `e3d3ae3feec5ffffffff` does not name the snapshot of commit e3d3ae3feec5 1a2b...; the
     manifest is read only for such a reference. Raises NotFound as resolve_reference does."""
     wanted = reference.strip().lower()
     if len(wanted) <= SHORT_COMMIT_LENGTH or snapshot.id.startswith(wanted):
         return
-    if manifest is None:
-        manifest = load_manifest(repository, snapshot)
+    manifest = load_manifest(repository, snapshot)
     commit = manifest.code.commit if manifest.code is not None else None
     if commit is None or not commit.lower().startswith(wanted):
-        raise NotFound(
-            f"no lockstep snapshot matches {reference!r} (by snapshot ID or git commit)",
-            "list them with `lockstep snapshot list`",
-        )
+        raise _no_match(reference)
 
 
 def _describe(snapshot: Snapshot) -> str:
@@ -120,7 +126,5 @@ def _describe(snapshot: Snapshot) -> str:
 def show_snapshot(access: RepositoryAccess, reference: str, environment: str | None = None) -> ListedSnapshot:
     """The snapshot `reference` names among `environment`'s (all when None), with its manifest."""
     with access.session(lock=False) as repository:
-        snapshot = resolve_reference(lockstep_snapshots(repository), reference, environment)
-        manifest = load_manifest(repository, snapshot)
-        check_commit_reference(repository, snapshot, reference, manifest)
-        return ListedSnapshot(snapshot, manifest)
+        snapshot = find_snapshot(repository, reference, environment)
+        return ListedSnapshot(snapshot, load_manifest(repository, snapshot))

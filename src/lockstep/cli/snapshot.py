@@ -77,8 +77,17 @@ def snapshot_group() -> None:
     metavar="TAG",
     help="Add a tag to the snapshot (repeatable; not lockstep, commit:..., env:... or kind:..., which lockstep sets).",
 )
-@click.option("--commit", is_flag=True, help="First commit every change in the git work tree (needs -m).")
-@click.option("--allow-dirty", is_flag=True, help="Allow uncommitted changes; their diff is stored too.")
+@click.option(
+    "--commit",
+    is_flag=True,
+    help="First commit every change in the git work tree (needs -m; refuses secret files, and moves the branch"
+    " only once the snapshot is written).",
+)
+@click.option(
+    "--allow-dirty",
+    is_flag=True,
+    help="Allow uncommitted changes; their diff, untracked files included, is stored too.",
+)
 @progress_options
 @click.option("--json", "json_output", is_flag=True, help="Print the manifest and the snapshot ID as JSON.")
 def create_command(

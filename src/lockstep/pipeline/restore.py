@@ -428,13 +428,17 @@ def _empty_mysql_database(location: ServerLocation, password: str | None) -> Non
             drops[subtype].append(name)
     statements = [f"DROP {kind} IF EXISTS {_identifier(name)}" for kind, names in drops.items() for name in names]
     # In batches: the client takes the statements as one argument, which Linux caps at 128 KiB.
-    batch: list[str] = []
-    for statement in [*statements, None]:
-        if batch and (statement is None or sum(map(len, batch)) + len(statement) > DROP_BATCH_BYTES):
+    batches: list[list[str]] = [[]]
+    size = 0
+    for statement in statements:
+        if batches[-1] and size + len(statement) > DROP_BATCH_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(statement)
+        size += len(statement)
+    for batch in batches:
+        if batch:
             _query(location, password, ";\n".join(["SET FOREIGN_KEY_CHECKS = 0", *batch]))
-            batch = []
-        if statement is not None:
-            batch.append(statement)
 
 
 def _check_can_create_tables(location: ServerLocation, password: str | None) -> None:
