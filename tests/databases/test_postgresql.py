@@ -442,3 +442,83 @@ def test_a_database_name_that_looks_like_a_connection_string_round_trips(adapter
             for name in (source, target):
                 statement = psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
                 connection.execute(statement.format(psycopg.sql.Identifier(name)))
+
+
+@pytest.fixture
+def latin1_database(adapter: PostgresqlAdapter) -> Iterator[str]:
+    """A LATIN1 database with accented text, a table whose LATIN1 name is also valid UTF-8
+    ("Ã©" is the bytes C3 A9, UTF-8's "é"), indexes on it, and one name that is not UTF-8."""
+    url = adapter.create_scratch(SERVER_URL, None)
+    name = ServerLocation.parse(url).database
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as connection:
+        connection.execute(psycopg.sql.SQL("DROP DATABASE {}").format(psycopg.sql.Identifier(name)))
+        create = "CREATE DATABASE {} TEMPLATE template0 ENCODING 'LATIN1' LOCALE 'C'"
+        connection.execute(psycopg.sql.SQL(create).format(psycopg.sql.Identifier(name)))
+    execute(
+        url,
+        """
+        CREATE TABLE people (id int PRIMARY KEY, name text, city varchar(40));
+        INSERT INTO people SELECT g, 'Grüße ' || g, 'Zürich' FROM generate_series(1, 200) g;
+        CREATE INDEX people_city ON people (city);
+        CREATE TABLE "Ã©" (id int PRIMARY KEY, note text);
+        CREATE INDEX "Ã©_note" ON "Ã©" (note);
+        INSERT INTO "Ã©" SELECT g, 'café' FROM generate_series(1, 50) g;
+        CREATE TABLE "tëst" (id int PRIMARY KEY);
+        INSERT INTO "tëst" VALUES (1);
+        """,
+    )
+    yield url
+    adapter.drop_database(url, None)
+
+
+def encoding_of(url: str) -> str:
+    statement = "SELECT pg_encoding_to_char(encoding) FROM pg_database WHERE datname = %s"
+    return str(query(SERVER_URL, statement, ServerLocation.parse(url).database)[0][0])
+
+
+def test_a_latin1_database_verifies_in_a_scratch_database_made_latin1(
+    adapter: PostgresqlAdapter, latin1_database: str, scratch: str
+) -> None:
+    """verify and diff restore into a scratch database the server made UTF8: the text came back
+    converted, so every table with accents failed its checksum; a LATIN1 name whose bytes are
+    valid UTF-8 named another table and failed the restore."""
+    info = adapter.restore_and_inspect(scratch, None, io.BytesIO(dump_bytes(adapter, latin1_database)), create=False)
+    assert encoding_of(scratch) == "LATIN1"
+    assert info.tables == adapter.inspect(latin1_database, None).tables
+    assert [
+        name for (name,) in query(scratch, "SELECT indexname FROM pg_indexes WHERE tablename = 'Ã©' ORDER BY 1")
+    ] == [
+        "Ã©_note",
+        "Ã©_pkey",
+    ]
+
+
+def drop_named(*names: str) -> None:
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as connection:
+        for name in names:
+            statement = psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+            connection.execute(statement.format(psycopg.sql.Identifier(name)))
+
+
+def test_a_latin1_dump_creates_a_latin1_database_and_refuses_a_utf8_one(
+    adapter: PostgresqlAdapter, latin1_database: str
+) -> None:
+    dump = dump_bytes(adapter, latin1_database)
+    server = SERVER_URL.rsplit("/", 1)[0]
+    created, existing = "lockstep_test_latin1_created", "lockstep_test_utf8_existing"
+    drop_named(created, existing)
+    try:
+        info = adapter.restore_and_inspect(f"{server}/{created}", None, io.BytesIO(dump), create=True)
+        assert encoding_of(f"{server}/{created}") == "LATIN1"
+        assert info.tables == adapter.inspect(latin1_database, None).tables
+        # An existing database in another encoding is not lockstep's to re-create: refused, untouched.
+        with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as connection:
+            connection.execute(f"CREATE DATABASE {existing}")
+        execute(f"{server}/{existing}", "CREATE TABLE keep_me (id int); INSERT INTO keep_me VALUES (1)")
+        with pytest.raises(UsageError) as refused:
+            adapter.restore(f"{server}/{existing}", None, io.BytesIO(dump), create=True)
+        assert "UTF8" in refused.value.message and "LATIN1" in refused.value.message
+        assert "ENCODING 'LATIN1'" in (refused.value.hint or "")
+        assert query(f"{server}/{existing}", "SELECT * FROM keep_me") == [(1,)]
+    finally:
+        drop_named(created, existing)

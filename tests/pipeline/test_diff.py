@@ -12,6 +12,7 @@ from lockstep.pipeline.diff import DatabaseDiff, diff_database
 from lockstep.pipeline.restore import ServerAccess
 from lockstep.pipeline.snapshot import load_manifest
 from tests.pipeline.test_verify import (
+    POSTGRESQL_SERVER,
     make_sqlite,
     mariadb_database,
     open_repository,
@@ -196,3 +197,23 @@ def test_bucket_count_grows_with_the_table_in_powers_of_two() -> None:
     assert bucket_count(1_000_000) == 65536
     assert bucket_count(10**12) == MAX_BUCKETS
     assert all(bucket_count(rows) & (bucket_count(rows) - 1) == 0 for rows in (17, 40_000, 3_000_001))
+
+
+def test_a_latin1_postgresql_database_shows_no_false_changes(tmp_path: Path, scratch_urls: list[str]) -> None:
+    """The snapshot's scratch copy was made UTF8, so every accented row of a LATIN1 database
+    looked changed; it is now made in the dump's encoding."""
+    with postgresql_database() as url:
+        name = url.rsplit("/", 1)[1]
+        run_postgresql(POSTGRESQL_SERVER, f'DROP DATABASE "{name}"', database="postgres")
+        run_postgresql(
+            POSTGRESQL_SERVER, f"CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING 'LATIN1' LOCALE 'C'", "postgres"
+        )
+        run_postgresql(
+            url,
+            "CREATE TABLE people (id int PRIMARY KEY, name text);"
+            "INSERT INTO people SELECT g, 'Grüße ' || g FROM generate_series(1, 100) g;",
+        )
+        take_snapshot(tmp_path / "repository", tmp_path, {"main": url})
+        assert not diff_live(tmp_path, "main", url).changed
+        run_postgresql(url, "UPDATE people SET name = 'Zürich' WHERE id = 3")
+        assert tables_of(diff_live(tmp_path, "main", url)) == {"people": ("changed", 0, 0, 1)}

@@ -192,9 +192,14 @@ def scratch_name() -> str:
     return SCRATCH_PREFIX + secrets.token_hex(6)
 
 
+def is_scratch(database: str) -> bool:
+    """Whether `database` has a name `create_scratch` gives (lockstep's own, to drop)."""
+    return Path(database).name.startswith(SCRATCH_PREFIX)
+
+
 def require_scratch(database: str, location: str) -> None:
     """Refuse to drop anything that `create_scratch` did not name."""
-    if not Path(database).name.startswith(SCRATCH_PREFIX):
+    if not is_scratch(database):
         raise UsageError(
             f"refusing to drop {location}: only scratch databases named {SCRATCH_PREFIX}* are dropped",
             "drop other databases with the database's own tools",

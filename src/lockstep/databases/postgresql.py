@@ -43,6 +43,7 @@ from lockstep.databases.base import (
     DumpFormat,
     ServerLocation,
     TableInfo,
+    is_scratch,
     redact,
     require_scratch,
     scratch_name,
@@ -61,7 +62,7 @@ from lockstep.databases.postgresql_archive import (
     read_head,
 )
 from lockstep.databases.url_options import LIBPQ_OPTIONS, check_url_options
-from lockstep.errors import SourceError
+from lockstep.errors import SourceError, UsageError
 from lockstep.process import Command, StreamingProcess, run_with_input
 
 CONNECT_TIMEOUT_SECONDS = 10
@@ -176,15 +177,19 @@ class PostgresqlAdapter:
         alongside_last_step: Callable[[], None] | None,
     ) -> None:
         location = ServerLocation.parse(url)
-        if create:
-            self._create_if_missing(location, password)
         hint = f"{location.display()} may be partly restored; drop it before trying again"
         if isinstance(source, Path):
+            if create:
+                self._create_if_missing(location, password, None)
             # Rewritten in place into what pg_dump writes to a file itself: the same dump.
             fill_in_data_offsets(source)
             self._restore_file(location, password, source, hint)
             return
         head, first_bytes = read_head(source.read)
+        if create:
+            self._create_if_missing(location, password, head)
+        if head is not None:
+            self._match_encoding(location, password, head)
         # Imported here: only restores load, and `snapshot create` starts sooner without it.
         from lockstep.databases.postgresql_loader import ParallelLoader, plan_load
 
@@ -255,12 +260,34 @@ class PostgresqlAdapter:
             statement = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(location.database))
             _execute(connection, statement, location)
 
-    def _create_if_missing(self, location: ServerLocation, password: str | None) -> None:
+    def _create_if_missing(self, location: ServerLocation, password: str | None, head: ArchiveHead | None) -> None:
         with _connect(location, password, MAINTENANCE_DATABASE, autocommit=True) as connection:
-            exists = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (location.database,)).fetchone()
-            if exists is None:
-                statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(location.database))
-                _execute(connection, statement, location)
+            if _encoding_of(connection, location.database) is None:
+                _create_database(connection, location, head)
+
+    def _match_encoding(self, location: ServerLocation, password: str | None, head: ArchiveHead) -> None:
+        """Make sure the target stores text in the dump's encoding, before anything is restored.
+
+        In another encoding the server would convert every value (a LATIN1 dump into a UTF8
+        database), or refuse some, and the restore check would fail on text that is not the
+        snapshot's. A scratch database (verify, diff) is lockstep's own and still empty: it is
+        made again in the dump's encoding. Any other target is refused, untouched."""
+        with _connect(location, password, MAINTENANCE_DATABASE, autocommit=True) as connection:
+            encoding = _encoding_of(connection, location.database)
+            if encoding is None or encoding == head.server_encoding:
+                return
+            if is_scratch(location.database):
+                drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(location.database))
+                _execute(connection, drop, location)
+                _create_database(connection, location, head)
+                return
+        raise UsageError(
+            f"{location.display()} stores text as {encoding}, but the snapshot's database was "
+            f"{head.server_encoding}: the restored text would not be the snapshot's",
+            f"restore into a database that does not exist yet (lockstep creates it as {head.server_encoding}), "
+            f"or create it with CREATE DATABASE ... TEMPLATE template0 ENCODING '{head.server_encoding}' "
+            "LOCALE 'C'",
+        )
 
 
 class PostgresqlDump(FingerprintedDump):
@@ -286,6 +313,42 @@ class PostgresqlDump(FingerprintedDump):
 
     def _close_session(self) -> None:
         self._connection.close()
+
+
+def _encoding_of(connection: Connection, database: str) -> str | None:
+    """The database's encoding (`UTF8`, `LATIN1`, ...); None when it does not exist."""
+    row = connection.execute(
+        "SELECT pg_catalog.pg_encoding_to_char(encoding) FROM pg_catalog.pg_database WHERE datname = %s", (database,)
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _create_database(connection: Connection, location: ServerLocation, head: ArchiveHead | None) -> None:
+    """CREATE DATABASE, in the dump's encoding when it is not the server's default.
+
+    A database in the default encoding is made as before, from template1. Another encoding
+    needs template0 and a locale that fits it: the dumped database's own when this server has
+    it, else C, which fits every encoding (the row checksums do not depend on the locale)."""
+    name = sql.Identifier(location.database)
+    if head is None or head.server_encoding == _encoding_of(connection, "template1"):
+        _execute(connection, sql.SQL("CREATE DATABASE {}").format(name), location)
+        return
+
+    def create(locale: str) -> sql.Composed:
+        return sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {} LOCALE {}").format(
+            name, sql.Literal(head.server_encoding), sql.Literal(locale)
+        )
+
+    locale = head.database_locale()
+    if locale and locale != "C":
+        try:
+            connection.execute(create(locale))
+            return
+        except (psycopg.errors.WrongObjectType, psycopg.errors.InvalidParameterValue):
+            pass  # this server has no such locale, or it does not fit the encoding
+        except psycopg.Error as error:
+            raise SourceError(f"PostgreSQL at {location.display()} refused: {str(error).strip()}") from None
+    _execute(connection, create("C"), location)
 
 
 def _restore_jobs() -> int:

@@ -8,9 +8,14 @@ else is "not understood" (None), and the caller falls back to plain pg_restore.
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import psycopg
+from psycopg._encodings import pg2pyenc
 
 # pg_backup_archiver.h: enum teSection.
 SECTION_NONE = 1
@@ -56,6 +61,20 @@ class ArchiveHead:
     end: int  # offset of the first byte after the table of contents
     int_size: int
     offset_size: int
+    server_encoding: str = "UTF8"  # the dumped database's, as PostgreSQL names it
+    codec: str = "utf-8"  # Python's name for it: the entries' text was decoded with it
+
+    def encode(self, text: str) -> bytes:
+        """`text` from an entry, as the bytes pg_dump wrote (the dump's encoding)."""
+        return text.encode(self.codec, "surrogateescape")
+
+    def database_locale(self) -> str | None:
+        """The dumped database's locale (LC_COLLATE), from its CREATE DATABASE entry."""
+        for entry in self.entries:
+            if entry.description == "DATABASE":
+                found = re.search(r"\b(?:LOCALE|LC_COLLATE) = '((?:[^']|'')*)'", entry.definition)
+                return found[1].replace("''", "'") if found else None
+        return None
 
 
 def parse_head(data: bytes | mmap.mmap) -> ArchiveHead | None:
@@ -118,7 +137,48 @@ def parse_head(data: bytes | mmap.mmap) -> ArchiveHead | None:
                 owner,
             )
         )
-    return ArchiveHead(entries=entries, end=reader.position, int_size=reader.int_size, offset_size=reader.offset_size)
+    server_encoding = _dump_encoding(entries)
+    codec = _codec(server_encoding)
+    if codec != "utf-8":
+        entries = [_decoded_as(entry, codec) for entry in entries]
+    return ArchiveHead(entries, reader.position, reader.int_size, reader.offset_size, server_encoding, codec)
+
+
+def _dump_encoding(entries: list[TocEntry]) -> str:
+    """The ENCODING entry's (`SET client_encoding = 'LATIN1';`); UTF8 when there is none."""
+    for entry in entries:
+        if entry.description == "ENCODING" and (found := re.search(r"'([A-Za-z0-9_]+)'", entry.definition)):
+            return found[1].upper()
+    return "UTF8"
+
+
+def _codec(server_encoding: str) -> str:
+    """Python's codec for a PostgreSQL encoding. SQL_ASCII stores bytes as they came, so those
+    stay bytes (surrogateescape) as they would under UTF-8."""
+    if server_encoding in ("UTF8", "SQL_ASCII"):
+        return "utf-8"
+    try:
+        return pg2pyenc(server_encoding.encode("ascii"))
+    except psycopg.NotSupportedError:  # MULE_INTERNAL: Python has no codec for it
+        return "utf-8"
+
+
+def _decoded_as(entry: TocEntry, codec: str) -> TocEntry:
+    """`entry` with its text decoded from the dump's encoding rather than from UTF-8: a LATIN1
+    name whose bytes happen to be valid UTF-8 would otherwise name another table."""
+
+    def decoded(text: str) -> str:
+        return text.encode("utf-8", "surrogateescape").decode(codec, "surrogateescape")
+
+    return dataclasses.replace(
+        entry,
+        tag=decoded(entry.tag),
+        definition=decoded(entry.definition),
+        copy_statement=decoded(entry.copy_statement),
+        namespace=decoded(entry.namespace),
+        tablespace=decoded(entry.tablespace),
+        owner=decoded(entry.owner),
+    )
 
 
 def read_head(read: Callable[[int], bytes], first_read: int = 1 << 16) -> tuple[ArchiveHead | None, bytes]:
@@ -176,6 +236,7 @@ class ArchiveReader:
 
     def text(self) -> str:
         value = self.string()
-        # Text in the dump's encoding; surrogateescape keeps bytes that are not UTF-8, so
+        # Text in the dump's encoding, decoded as UTF-8 first (parse_head re-decodes it once the
+        # ENCODING entry is known); surrogateescape keeps bytes that are not UTF-8, so
         # encode("utf-8", "surrogateescape") gives back exactly what pg_dump wrote.
         return "" if value is None else value.decode("utf-8", "surrogateescape")

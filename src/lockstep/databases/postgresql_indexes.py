@@ -78,18 +78,26 @@ class IndexBuilder:
     writes. `finish()` builds what is left (tables without rows), attaches the constraints to
     their indexes and returns the dump IDs done; `stop()` abandons the builds after a failure."""
 
-    def __init__(self, entries: list[TocEntry], connect: Callable[[], Connection], session: bytes, connections: int):
+    def __init__(
+        self,
+        entries: list[TocEntry],
+        connect: Callable[[], Connection],
+        session: bytes,
+        connections: int,
+        codec: str = "utf-8",
+    ):
         self._connect = connect
         self._session = session
+        self._codec = codec  # the dump's encoding, which the sessions take (`session`)
         self._waiting: dict[tuple[str, str], list[IndexJob]] = {}
         self._jobs: list[IndexJob] = []
         self._pending: queue.Queue[IndexJob | None] = queue.Queue()
         self._errors: list[BaseException] = []
         self._lock = threading.Lock()
         self._running: list[Connection] = []
-        # Names that are not UTF-8 (a dump in another encoding) stay with pg_restore: they are
+        # Names with bytes the dump's encoding does not decode stay with pg_restore: they are
         # looked up here before the session takes the dump's encoding.
-        jobs = [job for job in index_jobs(entries) if _is_utf8(job.table)]
+        jobs = [job for job in index_jobs(entries) if _decodes(job.table)]
         if jobs:
             with connect() as connection:
                 # regclass::text prints names as pg_dump does (qualified unless on the search path,
@@ -125,7 +133,7 @@ class IndexBuilder:
                 _setup(connection, self._session)
                 try:
                     for attach in attachments:
-                        connection.execute(_in_dump_encoding(attach))
+                        connection.execute(attach.encode(self._codec, "surrogateescape"))
                     connection.commit()
                 except psycopg.Error as error:
                     _raise(error)
@@ -157,7 +165,7 @@ class IndexBuilder:
                 try:
                     while (job := self._pending.get()) is not None:
                         if not self._errors:  # after a failure the other builds are skipped
-                            connection.execute(_in_dump_encoding(job.build))
+                            connection.execute(job.build.encode(self._codec, "surrogateescape"))
                 finally:
                     with self._lock:
                         self._running.remove(connection)
@@ -166,17 +174,13 @@ class IndexBuilder:
                 self._errors.append(error)
 
 
-def _is_utf8(text: str) -> bool:
+def _decodes(text: str) -> bool:
+    """No byte of `text` was kept as a surrogate (see ArchiveReader.text)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _in_dump_encoding(statement: str) -> bytes:
-    """The statement's bytes as pg_dump wrote them (the session's client_encoding is the dump's)."""
-    return statement.encode("utf-8", "surrogateescape")
 
 
 def _setup(connection: Connection, session: bytes) -> None:

@@ -97,7 +97,7 @@ def plan_load(head: ArchiveHead) -> LoadPlan | None:
             schema.append(entry.dump_id)
         else:
             rest.append(entry.dump_id)
-    return LoadPlan(schema=schema, data=data, rest=rest, session="\n".join(session).encode("utf-8", "surrogateescape"))
+    return LoadPlan(schema=schema, data=data, rest=rest, session=head.encode("\n".join(session)))
 
 
 def _table_name(entry: TocEntry) -> str:
@@ -148,7 +148,7 @@ class ParallelLoader:
             self._pg_restore(Path(folder) / "schema.list", plan.schema, contents)
             after_data = set(plan.rest)
             post_data = [entry for entry in head.entries if entry.dump_id in after_data]
-            indexes = IndexBuilder(post_data, self._connect, plan.session, self._jobs)
+            indexes = IndexBuilder(post_data, self._connect, plan.session, self._jobs, head.codec)
             try:
                 result = self._load_data(head, plan, first_bytes, rest, indexes.table_loaded)
             except SourceError as error:
@@ -198,8 +198,7 @@ class ParallelLoader:
         data_ids = set(plan.data)
         entries = {entry.dump_id: entry for entry in head.entries if entry.dump_id in data_ids}
         statements = {
-            dump_id: entry.copy_statement.rstrip().removesuffix(";").encode("utf-8", "surrogateescape")
-            for dump_id, entry in entries.items()
+            dump_id: head.encode(entry.copy_statement.rstrip().removesuffix(";")) for dump_id, entry in entries.items()
         }
         entry_by_statement = {statements[dump_id]: entry for dump_id, entry in entries.items()}
         count = max(LOADER_CONNECTIONS, self._jobs)
