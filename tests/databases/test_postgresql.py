@@ -522,3 +522,30 @@ def test_a_latin1_dump_creates_a_latin1_database_and_refuses_a_utf8_one(
         assert query(f"{server}/{existing}", "SELECT * FROM keep_me") == [(1,)]
     finally:
         drop_named(created, existing)
+
+
+def test_a_public_table_with_a_dot_and_a_schemas_table_get_names_of_their_own(
+    adapter: PostgresqlAdapter, database: str, scratch: str
+) -> None:
+    """The public table "billing.invoices" and the table invoices of the schema billing were both
+    named billing.invoices in the manifest: one hid the other's rows from every check."""
+    execute(
+        database,
+        """
+        CREATE SCHEMA billing;
+        CREATE TABLE billing.invoices (id int PRIMARY KEY);
+        INSERT INTO billing.invoices SELECT generate_series(1, 10);
+        CREATE TABLE public."billing.invoices" (id int PRIMARY KEY);
+        INSERT INTO public."billing.invoices" SELECT generate_series(1, 3);
+        CREATE SCHEMA "odd""schema";
+        CREATE TABLE "odd""schema".t (id int);
+        """,
+    )
+    source = adapter.inspect(database, None)
+    assert {(table.name, table.rows) for table in source.tables} == {
+        ("billing.invoices", 10),
+        ('"billing.invoices"', 3),
+        ('"odd""schema".t', 0),
+    }
+    restored = adapter.restore_and_inspect(scratch, None, io.BytesIO(dump_bytes(adapter, database)), create=False)
+    assert restored.tables == source.tables

@@ -548,8 +548,18 @@ def _fingerprint(
         row = connection.execute(_ROW_TEXT_HASH.format(record=text, relation=relation)).fetchone()
     assert row is not None
     total = 0 if row[1] is None else int(str(row[1]))
-    name = table if schema == "public" else f"{schema}.{table}"
-    return TableInfo(name=name, rows=int(str(row[0])), checksum=f"{total % 2**64:016x}")
+    return TableInfo(name=table_name(schema, table), rows=int(str(row[0])), checksum=f"{total % 2**64:016x}")
+
+
+def table_name(schema: str, table: str) -> str:
+    """A table's name in the manifest: `table` in the public schema, else `schema.table`. A part
+    with a dot or a double quote in it is quoted as SQL quotes it, so the public table
+    "billing.invoices" and the table invoices in the schema billing get names of their own."""
+
+    def part(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"' if "." in name or '"' in name else name
+
+    return part(table) if schema == "public" else f"{part(schema)}.{part(table)}"
 
 
 def _column_value(column: str, as_text: bool) -> sql.Composable:

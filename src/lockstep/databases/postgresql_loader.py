@@ -39,6 +39,7 @@ from typing import IO, Any
 import psycopg
 
 from lockstep.databases.copy_frames import data_blocks
+from lockstep.databases.postgresql import table_name
 from lockstep.databases.postgresql_archive import SECTION_PRE_DATA, ArchiveHead, TocEntry
 from lockstep.databases.postgresql_indexes import IndexBuilder
 from lockstep.errors import SourceError
@@ -101,7 +102,7 @@ def plan_load(head: ArchiveHead) -> LoadPlan | None:
 
 
 def _table_name(entry: TocEntry) -> str:
-    return entry.tag if entry.namespace == "public" else f"{entry.namespace}.{entry.tag}"
+    return table_name(entry.namespace, entry.tag)
 
 
 def _is_copy_data(entry: TocEntry) -> bool:

@@ -455,18 +455,18 @@ class _PostgresqlSide:
             raise SourceError(f"PostgreSQL at {self._location.display()}: {str(error).strip()}") from None
 
     def shapes(self) -> dict[str, TableShape]:
-        from lockstep.databases.postgresql import TABLES_QUERY
+        from lockstep.databases.postgresql import TABLES_QUERY, table_name
 
         columns: dict[str, dict[str, str]] = {}
         estimates: dict[str, int] = {}
         for schema, relation, column, type_name, estimate in self._run(_POSTGRESQL_COLUMNS):
-            name = relation if schema == "public" else f"{schema}.{relation}"
+            name = table_name(str(schema), str(relation))
             self._relations[name] = (str(schema), str(relation))
             columns.setdefault(name, {})[str(column)] = str(type_name)
             estimates[name] = int(estimate)
         shapes: dict[str, TableShape] = {}
         for schema, relation, key, _columns, _by_oid in self._run(TABLES_QUERY):
-            name = relation if schema == "public" else f"{schema}.{relation}"
+            name = table_name(str(schema), str(relation))
             self._relations[name] = (str(schema), str(relation))
             shapes[name] = TableShape(
                 columns.get(name, {}), [str(column) for column in key or []], estimates.get(name, 0)
