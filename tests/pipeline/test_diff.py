@@ -217,3 +217,19 @@ def test_a_latin1_postgresql_database_shows_no_false_changes(tmp_path: Path, scr
         assert not diff_live(tmp_path, "main", url).changed
         run_postgresql(url, "UPDATE people SET name = 'Zürich' WHERE id = 3")
         assert tables_of(diff_live(tmp_path, "main", url)) == {"people": ("changed", 0, 0, 1)}
+
+
+def test_an_inheritance_parent_is_compared_without_its_childrens_rows(tmp_path: Path) -> None:
+    """A row added to a child table was reported twice: under the child and under its parent."""
+    with postgresql_database(
+        "CREATE TABLE measurements (id int, value int);"
+        "CREATE TABLE measurements_2026 () INHERITS (measurements);"
+        "INSERT INTO measurements VALUES (1, 1);"
+        "INSERT INTO measurements_2026 VALUES (2, 2), (3, 3);"
+    ) as url:
+        take_snapshot(tmp_path / "repository", tmp_path, {"main": url})
+        run_postgresql(url, "INSERT INTO measurements_2026 VALUES (4, 4); DELETE FROM ONLY measurements WHERE id = 1")
+        assert tables_of(diff_live(tmp_path, "main", url)) == {
+            "measurements": ("changed", 0, 1, 0),
+            "measurements_2026": ("changed", 1, 0, 0),
+        }

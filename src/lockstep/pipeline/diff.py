@@ -474,6 +474,8 @@ class _PostgresqlSide:
         return shapes
 
     def _relation(self, table: str) -> Any:
+        """The table, to be read with ONLY: an inheritance parent's rows without its children's,
+        which diff reports under the children's own names."""
         from psycopg import sql
 
         schema, relation = self._relations[table]
@@ -492,7 +494,7 @@ class _PostgresqlSide:
         key_text = self._text(query.key) if query.key and not multiset else row
         return sql.SQL(
             "SELECT kh, rh, kh & {mask} AS bucket FROM (SELECT hashtextextended({key}, 0) AS kh, "
-            "hashtextextended({row}, 0) AS rh FROM {relation}) AS hashed_rows"
+            "hashtextextended({row}, 0) AS rh FROM ONLY {relation}) AS hashed_rows"
         ).format(mask=sql.Literal(query.bucket_count - 1), key=key_text, row=row, relation=self._relation(query.table))
 
     @staticmethod
@@ -531,7 +533,7 @@ class _PostgresqlSide:
 
         if table not in self._relations:
             self.shapes()
-        rows = self._run(sql.SQL("SELECT count(*) FROM {}").format(self._relation(table)))
+        rows = self._run(sql.SQL("SELECT count(*) FROM ONLY {}").format(self._relation(table)))
         return int(rows[0][0])
 
 
