@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from lockstep.databases import adapter_for
-from lockstep.databases.base import ServerLocation
+from lockstep.databases.base import STALE_SCRATCH_SECONDS, ServerLocation
 from lockstep.databases.postgresql import PostgresqlAdapter, _tool_command
 from lockstep.databases.postgresql import _connect as postgresql_connect
 from lockstep.errors import SourceError, UsageError
@@ -549,3 +549,29 @@ def test_a_public_table_with_a_dot_and_a_schemas_table_get_names_of_their_own(
     }
     restored = adapter.restore_and_inspect(scratch, None, io.BytesIO(dump_bytes(adapter, database)), create=False)
     assert restored.tables == source.tables
+
+
+def test_a_new_scratch_database_drops_those_a_killed_verification_left(adapter: PostgresqlAdapter) -> None:
+    """A verify or diff killed with -9 left its scratch database (a whole copy of the data)
+    behind for good. Names are dated now; the next scratch database drops those over a day old,
+    unless one is still in use. Undated names (older lockstep versions) are never guessed at."""
+    day_and_more = int(time.time()) - STALE_SCRATCH_SECONDS - 60
+    stale = f"lockstep_verify_{day_and_more:08x}_0123456789ab"
+    in_use = f"lockstep_verify_{day_and_more:08x}_ba9876543210"
+    recent, undated = f"lockstep_verify_{int(time.time()):08x}_0123456789ab", "lockstep_verify_0123456789ab"
+    names = (stale, in_use, recent, undated)
+    drop_named(*names)
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as connection:
+        for name in names:
+            connection.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+    holder = psycopg.connect(host="127.0.0.1", user="postgres", dbname=in_use)
+    new = adapter.create_scratch(SERVER_URL, None)
+    try:
+        listed = "SELECT datname FROM pg_database WHERE datname LIKE 'lockstep_verify_%'"
+        left = {name for (name,) in query(SERVER_URL, listed)}
+        assert stale not in left
+        assert {in_use, recent, undated, ServerLocation.parse(new).database} <= left
+    finally:
+        holder.close()
+        adapter.drop_database(new, None)
+        drop_named(*names)

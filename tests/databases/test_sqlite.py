@@ -7,6 +7,7 @@ import io
 import os
 import sqlite3
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lockstep.databases import adapter_for
+from lockstep.databases.base import STALE_SCRATCH_SECONDS
 from lockstep.databases.mysql import MysqlAdapter
 from lockstep.databases.sqlite import SqliteAdapter, database_path
 from lockstep.errors import SourceError, UsageError
@@ -345,3 +347,24 @@ def test_a_url_with_options_is_refused_rather_than_opened_without_them(tmp_path:
         database_path(f"sqlite:///{tmp_path}/app.db?mode=ro")
     assert raised.value.hint is not None and "takes no options" in raised.value.hint
     assert database_path(f"sqlite:///{tmp_path}/app%20one.db") == tmp_path / "app one.db"
+
+
+def test_a_new_scratch_file_removes_those_a_killed_verification_left(
+    adapter: SqliteAdapter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scratch files untouched for a day were left by a killed verify or diff: the next one
+    removes them, with their journal; a recent one (a verification under way) stays."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    stale, stale_journal, recent = (
+        tmp_path / "lockstep_verify_old.sqlite3",
+        tmp_path / "lockstep_verify_old.sqlite3-journal",
+        tmp_path / "lockstep_verify_new.sqlite3",
+    )
+    for path in (stale, stale_journal, recent):
+        path.write_bytes(b"")
+    old = time.time() - STALE_SCRATCH_SECONDS - 60
+    os.utime(stale, (old, old))
+    new = adapter.create_scratch("sqlite:///unused.db", None)
+    assert database_path(new).parent == tmp_path
+    assert not stale.exists() and not stale_journal.exists() and recent.exists()
+    adapter.drop_database(new, None)

@@ -9,7 +9,10 @@ the Protocol that small is what lets one module per engine stay readable.
 
 from __future__ import annotations
 
+import re
 import secrets
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol, runtime_checkable
@@ -20,6 +23,10 @@ from lockstep.errors import UsageError
 # Scratch databases carry this prefix, and `drop_database` refuses any other name: an adapter
 # inside a deploy tool must never be one typo away from dropping a production database.
 SCRATCH_PREFIX = "lockstep_verify_"
+# A scratch database's name carries the time it was made; one this old was left by a
+# verification or diff that was killed (kill -9, OOM, a reboot) and is dropped by the next.
+STALE_SCRATCH_SECONDS = 24 * 3600
+_DATED_SCRATCH = re.compile(re.escape(SCRATCH_PREFIX) + r"([0-9a-f]{8})_[0-9a-f]{12}")
 
 # The migration tables lockstep recognises, in the order it looks for them.
 MIGRATION_TABLES = ("alembic_version", "schema_migrations", "django_migrations")
@@ -188,8 +195,16 @@ def with_database(url: str, database: str) -> str:
 
 
 def scratch_name() -> str:
-    """A fresh scratch database name: unguessable, so parallel verifications never collide."""
-    return SCRATCH_PREFIX + secrets.token_hex(6)
+    """A fresh scratch database name: dated (see stale_scratch_names) and unguessable, so
+    parallel verifications never collide."""
+    return f"{SCRATCH_PREFIX}{int(time.time()):08x}_{secrets.token_hex(6)}"
+
+
+def stale_scratch_names(names: Iterable[str], now: float | None = None) -> list[str]:
+    """The scratch names among `names` made more than STALE_SCRATCH_SECONDS ago. Names without a
+    date (made before lockstep dated them) are never taken for stale: nothing tells their age."""
+    cutoff = (time.time() if now is None else now) - STALE_SCRATCH_SECONDS
+    return [name for name in names if (dated := _DATED_SCRATCH.fullmatch(name)) and int(dated[1], 16) < cutoff]
 
 
 def is_scratch(database: str) -> bool:

@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl, unquote
 from lockstep.databases.base import (
     MIGRATION_TABLES,
     SCRATCH_PREFIX,
+    STALE_SCRATCH_SECONDS,
     DatabaseAdapter,
     DatabaseInfo,
     DumpFormat,
@@ -60,6 +61,16 @@ def remove_database_file(path: Path) -> None:
     """Delete a database file and its companions."""
     path.unlink(missing_ok=True)
     remove_companions(path)
+
+
+def _remove_stale_scratch(folder: Path) -> None:
+    """Remove the scratch files a killed verification or diff left in `folder`: those untouched
+    for STALE_SCRATCH_SECONDS (a running test-restore writes to its file)."""
+    cutoff = time.time() - STALE_SCRATCH_SECONDS
+    for path in folder.glob(f"{SCRATCH_PREFIX}*.sqlite3"):
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < cutoff:
+                remove_database_file(path)
 
 
 class _LockedTooLong(Exception):
@@ -188,6 +199,7 @@ class SqliteAdapter:
             raise
 
     def create_scratch(self, url: str, password: str | None) -> str:
+        _remove_stale_scratch(Path(tempfile.gettempdir()))
         descriptor, name = tempfile.mkstemp(prefix=SCRATCH_PREFIX, suffix=".sqlite3")
         os.close(descriptor)  # an empty file is an empty SQLite database
         return "sqlite:///" + name
