@@ -575,3 +575,30 @@ def test_a_new_scratch_database_drops_those_a_killed_verification_left(adapter: 
         holder.close()
         adapter.drop_database(new, None)
         drop_named(*names)
+
+
+def test_checksums_of_tables_hashed_as_text_do_not_depend_on_the_session_settings(
+    adapter: PostgresqlAdapter, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A table with a json column is hashed over its rows' text, and a timestamptz's text follows
+    TimeZone: a snapshot taken by cron in UTC failed its restore check run from a shell in
+    Berlin. The settings a value's text depends on are pinned now; a manifest of the legacy
+    algorithm is still checked in the session's own settings, as it was made."""
+    execute(
+        database,
+        """
+        CREATE TABLE events (id int, at timestamptz, day date, took interval, price money, ratio float8,
+                             payload json);
+        INSERT INTO events VALUES (1, '2026-11-23 10:00+00', '2026-11-23', '1 day 2 hours', 12.5, 0.1,
+                                   '{"a": 1}');
+        """,
+    )
+    monkeypatch.setenv("PGTZ", "UTC")
+    monkeypatch.setenv("PGDATESTYLE", "ISO, MDY")
+    in_utc = adapter.inspect(database, None).tables
+    legacy_in_utc = adapter.inspect_as(database, None, "row-hash-sum").tables
+    monkeypatch.setenv("PGTZ", "Europe/Berlin")
+    monkeypatch.setenv("PGDATESTYLE", "German, DMY")
+    monkeypatch.setenv("PGOPTIONS", "-c IntervalStyle=sql_standard -c extra_float_digits=0")
+    assert adapter.inspect(database, None).tables == in_utc
+    assert adapter.inspect_as(database, None, "row-hash-sum").tables != legacy_in_utc

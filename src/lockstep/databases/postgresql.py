@@ -68,7 +68,21 @@ from lockstep.errors import SourceError, UsageError
 from lockstep.process import Command, StreamingProcess, run_with_input
 
 CONNECT_TIMEOUT_SECONDS = 10
-CHECKSUM_ALGORITHM = "row-hash-sum"
+# "row-hash-sum": sums of 64-bit row hashes (see _ROW_HASH). "-2": the same, with the settings
+# that shape a value's text pinned (TEXT_SETTINGS) for the tables and columns hashed as text.
+CHECKSUM_ALGORITHM = "row-hash-sum-2"
+LEGACY_CHECKSUM_ALGORITHM = "row-hash-sum"
+# The session settings a value's text depends on, fixed while fingerprinting, so a table hashed
+# as text (json, xml, geometric columns; enums inside composites) gets the same checksum
+# whatever PGTZ, DateStyle or the role's defaults were when the snapshot or the check ran.
+TEXT_SETTINGS = (
+    ("TimeZone", "UTC"),
+    ("DateStyle", "ISO, MDY"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "1"),
+    ("bytea_output", "hex"),
+    ("lc_monetary", "C"),
+)
 MAINTENANCE_DATABASE = "postgres"
 
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -108,8 +122,10 @@ class PostgresqlAdapter:
 
     engine = "postgresql"
     # Recorded in the manifest: the table checksums are sums of 64-bit row hashes (see
-    # _ROW_HASH); the md5 over rows in key order before it had no name.
+    # _ROW_HASH); the md5 over rows in key order before it had no name. Manifests of the
+    # legacy algorithm are checked by inspecting the way they were made (inspect_as).
     checksum_algorithm = CHECKSUM_ALGORITHM
+    comparable_checksum_algorithms = (CHECKSUM_ALGORITHM, LEGACY_CHECKSUM_ALGORITHM)
     # A stream: restore() loads the table data from it in parallel (postgresql_loader.py).
     dump_format = DumpFormat(name="postgresql-custom", extension=".dump", seekable_restore_is_faster=False)
 
@@ -142,20 +158,28 @@ class PostgresqlAdapter:
         return PostgresqlDump(process, connection, location)
 
     def inspect(self, url: str, password: str | None) -> DatabaseInfo:
+        return self.inspect_as(url, password, CHECKSUM_ALGORITHM)
+
+    def inspect_as(self, url: str, password: str | None, algorithm: str | None) -> DatabaseInfo:
+        """inspect(), with checksums computed as a manifest of `algorithm` recorded them (the
+        legacy one in the session's own settings); any other algorithm gets the current one."""
         location = ServerLocation.parse(url)
         with _connect(location, password, location.database) as connection:
             # One snapshot for all tables, so counts and checksums describe a single moment.
             connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             connection.read_only = True
-            return _database_info(connection, location)
+            return _database_info(connection, location, algorithm != LEGACY_CHECKSUM_ALGORITHM)
 
     def restore(self, url: str, password: str | None, source: IO[bytes] | Path, create: bool) -> None:
         self._restore(url, password, source, create, None)
 
-    def restore_and_inspect(self, url: str, password: str | None, source: IO[bytes], create: bool) -> DatabaseInfo:
-        """restore(), then what inspect() would say, computed while the last pg_restore step
-        (foreign keys, triggers, sequence values: no rows change) still runs."""
+    def restore_and_inspect(
+        self, url: str, password: str | None, source: IO[bytes], create: bool, algorithm: str | None = None
+    ) -> DatabaseInfo:
+        """restore(), then what inspect_as(`algorithm`) would say, computed while the last
+        pg_restore step (foreign keys, triggers, sequence values: no rows change) still runs."""
         location = ServerLocation.parse(url)
+        pinned = algorithm != LEGACY_CHECKSUM_ALGORITHM
         found: list[DatabaseInfo] = []
 
         def fingerprint() -> None:
@@ -163,12 +187,12 @@ class PostgresqlAdapter:
             # for pg_restore's ALTER TABLE but never hold one up across tables.
             with _connect(location, password, location.database, autocommit=True) as connection:
                 try:
-                    found.append(_database_info(connection, location))
+                    found.append(_database_info(connection, location, pinned))
                 except psycopg.Error as error:
                     raise SourceError(f"cannot inspect {location.display()}: {str(error).strip()}") from None
 
         self._restore(url, password, source, create, fingerprint)
-        return found[0] if found else self.inspect(url, password)
+        return found[0] if found else self.inspect_as(url, password, algorithm)
 
     def _restore(
         self,
@@ -368,7 +392,11 @@ def _restore_jobs() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def _database_info(connection: Connection, location: ServerLocation) -> DatabaseInfo:
+def _database_info(connection: Connection, location: ServerLocation, pinned: bool = True) -> DatabaseInfo:
+    """The fingerprint; `pinned` fixes TEXT_SETTINGS first (False: as legacy manifests were made)."""
+    if pinned:
+        for name, value in TEXT_SETTINGS:
+            connection.execute("SELECT pg_catalog.set_config(%s, %s, false)", (name, value))
     version = _scalar(connection, "SHOW server_version")
     tables: list[TableInfo] = []
     for schema, table, _key_columns, columns, by_oid in connection.execute(TABLES_QUERY).fetchall():

@@ -92,15 +92,31 @@ def dump_source(repository: Repository, node: Node, adapter: DatabaseAdapter) ->
 
 
 def restore_and_inspect(
-    adapter: DatabaseAdapter, url: str, password: str | None, source: IO[bytes] | Path, create: bool
+    adapter: DatabaseAdapter,
+    url: str,
+    password: str | None,
+    source: IO[bytes] | Path,
+    create: bool,
+    algorithm: str | None = None,
 ) -> DatabaseInfo:
-    """Restore, then fingerprint the restored database; an adapter that can fingerprint while
-    its restore finishes (PostgreSQL: during the foreign keys and triggers) does both."""
+    """Restore, then fingerprint the restored database, with checksums computed as the
+    manifest's `algorithm` says where the adapter can (see inspect_as). An adapter that can
+    fingerprint while its restore finishes (PostgreSQL: during the foreign keys) does both."""
     overlapping = getattr(adapter, "restore_and_inspect", None)
     if overlapping is not None and not isinstance(source, Path):
-        info: DatabaseInfo = overlapping(url, password, source, create)
+        info: DatabaseInfo = overlapping(url, password, source, create, algorithm)
         return info
     adapter.restore(url, password, source, create)
+    return inspect_as(adapter, url, password, algorithm)
+
+
+def inspect_as(adapter: DatabaseAdapter, url: str, password: str | None, algorithm: str | None) -> DatabaseInfo:
+    """adapter.inspect(), computing checksums the way a manifest of `algorithm` did, for an
+    adapter that keeps an older algorithm checkable (PostgreSQL's `inspect_as`)."""
+    as_recorded = getattr(adapter, "inspect_as", None)
+    if as_recorded is not None:
+        info: DatabaseInfo = as_recorded(url, password, algorithm)
+        return info
     return adapter.inspect(url, password)
 
 
@@ -127,7 +143,7 @@ def checksums_comparable(record: DatabaseRecord, adapter: DatabaseAdapter) -> bo
     current = getattr(adapter, "checksum_algorithm", None)
     if record.checksum_algorithm is None or current is None:
         return None
-    return bool(record.checksum_algorithm == current)
+    return record.checksum_algorithm in getattr(adapter, "comparable_checksum_algorithms", (current,))
 
 
 def _same_checksum_kind(first: str, second: str) -> bool:
@@ -234,7 +250,9 @@ def restore_database(
         empty_database(adapter, target)
     try:
         with dump_source(repository, node, adapter) as source:
-            info = restore_and_inspect(adapter, target.url, target.password, source, create=state == "missing")
+            info = restore_and_inspect(
+                adapter, target.url, target.password, source, state == "missing", record.checksum_algorithm
+            )
     except SourceError as error:
         raise SourceError(f"database {name}: restoring into {shown} failed: {error.message}", error.hint) from error
     problems = compare_with_manifest(record.tables, info, checksums_comparable(record, adapter), record.inspected)

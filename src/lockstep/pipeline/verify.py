@@ -264,7 +264,7 @@ def _test_restore(
         ) from error
     try:
         with dump_source(repository, node, adapter) as source:
-            info = restore_and_inspect(adapter, scratch, password, source, create=False)
+            info = restore_and_inspect(adapter, scratch, password, source, False, database.checksum_algorithm)
         differences = compare_with_manifest(
             database.tables, info, checksums_comparable(database, adapter), database.inspected
         )
