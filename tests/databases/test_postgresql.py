@@ -501,16 +501,19 @@ def drop_named(*names: str) -> None:
 
 
 def test_a_latin1_dump_creates_a_latin1_database_and_refuses_a_utf8_one(
-    adapter: PostgresqlAdapter, latin1_database: str
+    adapter: PostgresqlAdapter, latin1_database: str, tmp_path: Path
 ) -> None:
     dump = dump_bytes(adapter, latin1_database)
     server = SERVER_URL.rsplit("/", 1)[0]
-    created, existing = "lockstep_test_latin1_created", "lockstep_test_utf8_existing"
-    drop_named(created, existing)
+    created, from_file, existing = "lockstep_test_latin1_created", "lockstep_test_latin1_file", "lockstep_test_utf8"
+    drop_named(created, from_file, existing)
     try:
         info = adapter.restore_and_inspect(f"{server}/{created}", None, io.BytesIO(dump), create=True)
         assert encoding_of(f"{server}/{created}") == "LATIN1"
         assert info.tables == adapter.inspect(latin1_database, None).tables
+        (tmp_path / "latin1.dump").write_bytes(dump)
+        adapter.restore(f"{server}/{from_file}", None, tmp_path / "latin1.dump", create=True)
+        assert encoding_of(f"{server}/{from_file}") == "LATIN1"
         # An existing database in another encoding is not lockstep's to re-create: refused, untouched.
         with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as connection:
             connection.execute(f"CREATE DATABASE {existing}")
@@ -521,7 +524,7 @@ def test_a_latin1_dump_creates_a_latin1_database_and_refuses_a_utf8_one(
         assert "ENCODING 'LATIN1'" in (refused.value.hint or "")
         assert query(f"{server}/{existing}", "SELECT * FROM keep_me") == [(1,)]
     finally:
-        drop_named(created, existing)
+        drop_named(created, from_file, existing)
 
 
 def test_a_public_table_with_a_dot_and_a_schemas_table_get_names_of_their_own(

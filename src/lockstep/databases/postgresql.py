@@ -205,8 +205,12 @@ class PostgresqlAdapter:
         location = ServerLocation.parse(url)
         hint = f"{location.display()} may be partly restored; drop it before trying again"
         if isinstance(source, Path):
+            with source.open("rb") as file:
+                head, _ = read_head(file.read)
             if create:
-                self._create_if_missing(location, password, None)
+                self._create_if_missing(location, password, head)
+            if head is not None:
+                self._match_encoding(location, password, head)
             # Rewritten in place into what pg_dump writes to a file itself: the same dump.
             fill_in_data_offsets(source)
             self._restore_file(location, password, source, hint)
