@@ -25,11 +25,12 @@ class ListedSnapshot:
 
 
 def lockstep_snapshots(repository: Repository, environment: str | None = None) -> list[Snapshot]:
-    """Snapshots tagged `lockstep` (oldest first), of one environment when given; others are skipped."""
+    """Snapshots tagged `lockstep` (oldest first), of one environment when given; others are
+    skipped, and so are unreadable snapshot files (with a warning): this is for reading only."""
     wanted = None if environment is None else environment_name(environment)
     return [
         snapshot
-        for snapshot in repository.list_snapshots()
+        for snapshot in repository.list_snapshots(skip_unreadable=True)
         if is_lockstep_snapshot(snapshot) and (wanted is None or snapshot_environment(snapshot) == wanted)
     ]
 

@@ -56,7 +56,11 @@ def find_snapshot(repository: Repository, reference: str, environment: str | Non
     """The lockstep snapshot `reference` names among `environment`'s (all when None), a commit
     reference longer than the tag confirmed against its manifest: what every command that takes
     an ID does."""
-    snapshot = resolve_reference(lockstep_snapshots(repository), reference, environment)
+    try:
+        snapshot = resolve_reference(lockstep_snapshots(repository), reference, environment)
+    except NotFound:
+        repository.check_unreadable_reference(reference)
+        raise
     check_commit_reference(repository, snapshot, reference)
     return snapshot
 

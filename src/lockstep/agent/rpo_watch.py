@@ -28,7 +28,9 @@ AgeProbe = Callable[[], float | None]
 def newest_good_snapshot_age(context: EnvironmentContext) -> float | None:
     """Hours since the newest lockstep snapshot that did not fail its last verification."""
     with context.project.access.session(lock=False, load_index=False) as repository:
-        snapshots = [snapshot for snapshot in repository.list_snapshots() if is_lockstep_snapshot(snapshot)]
+        snapshots = [
+            snapshot for snapshot in repository.list_snapshots(skip_unreadable=True) if is_lockstep_snapshot(snapshot)
+        ]
         results = latest_results(repository, [snapshot.id for snapshot in snapshots])
     good = [snapshot for snapshot in snapshots if snapshot.id not in results or results[snapshot.id].ok]
     if not good:

@@ -430,7 +430,7 @@ class Rollback:
     def _restore_release_from_snapshot(self, target: OperationRecord, release_dir: Path) -> bool:
         tag = f"release:{target.release_id}"
         with self.context.project.access.session(exclusive=False) as repository:
-            holding = [snapshot for snapshot in repository.list_snapshots() if tag in snapshot.tags]
+            holding = [snapshot for snapshot in repository.list_snapshots(skip_unreadable=True) if tag in snapshot.tags]
             if not holding:
                 return False
             snapshot = max(holding, key=lambda item: item.time_ns)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -47,6 +48,10 @@ DEFAULT_LEVEL_HASH_LOG = 15
 # 5.4). ChunkPipeline decides which chunks count as an increment.
 INCREMENT_COMPRESSION_LEVEL = 5
 MAX_KEYS_TRIED = 20
+
+
+def _warn_on_stderr(message: str) -> None:
+    print(f"lockstep: warning: {message}", file=sys.stderr, flush=True)
 
 
 def new_compressor(level: int) -> zstandard.ZstdCompressor:
@@ -94,6 +99,9 @@ class Repository:
         self.bytes_added = 0  # sealed bytes written to packs by this process
         self.blobs_added = 0
         self._commit_guards: list[Callable[[bool], None]] = []
+        # Snapshots list_snapshots(skip_unreadable=True) left out, and where warnings go.
+        self.unreadable_snapshots: dict[str, IntegrityError] = {}
+        self.warn: Callable[[str], None] = _warn_on_stderr
 
     # --- opening and creating -----------------------------------------------------------
 
@@ -458,24 +466,72 @@ class Repository:
         return snapshot.id
 
     def load_snapshot(self, snapshot_id: str) -> Snapshot:
-        return Snapshot.from_document(self.load_unpacked(FileType.SNAPSHOT, snapshot_id), snapshot_id)
+        """One snapshot; IntegrityError when its file is damaged or not a snapshot at all."""
+        document = self.load_unpacked(FileType.SNAPSHOT, snapshot_id)
+        try:
+            return Snapshot.from_document(document, snapshot_id)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise IntegrityError(
+                f"snapshots/{snapshot_id[:8]} is not a valid snapshot: {error!r}", "run `lockstep repo check`"
+            ) from error
 
-    def list_snapshots(self) -> list[Snapshot]:
-        """Every snapshot, oldest first."""
+    def list_snapshots(self, skip_unreadable: bool = False) -> list[Snapshot]:
+        """Every snapshot, oldest first.
+
+        A snapshot file that cannot be read or verified raises IntegrityError, which is what
+        anything that deletes data (forget, prune) needs: an unreadable snapshot may still need
+        its data. Readers pass `skip_unreadable`: one damaged snapshot file must not stop the
+        restore of every other snapshot (restic lists and restores the rest too). What was
+        skipped is kept in `unreadable_snapshots` and reported through `warn`. A snapshot
+        deleted while the list was read (a concurrent forget) is left out either way."""
         names = [name for name, _ in self.backend.list(FileType.SNAPSHOT)]
+
+        def load(name: str) -> Snapshot | None:
+            try:
+                return self.load_snapshot(name)
+            except FileMissing:
+                return None
+            except IntegrityError as error:
+                if not skip_unreadable:
+                    raise
+                if name not in self.unreadable_snapshots:
+                    self.unreadable_snapshots[name] = error
+                    self.warn(f"snapshot {name[:8]} is unreadable and was skipped ({error.message})")
+                return None
+
         with ThreadPoolExecutor(max_workers=8) as pool:
-            snapshots = list(pool.map(self.load_snapshot, names))
+            snapshots = [snapshot for snapshot in pool.map(load, names) if snapshot is not None]
         return sorted(snapshots, key=lambda snapshot: (snapshot.time_ns, snapshot.id))
 
+    def check_unreadable_reference(self, reference: str) -> None:
+        """Raise the damage found when `reference` (an ID prefix) names a snapshot that
+        list_snapshots skipped as unreadable, instead of a misleading "no such snapshot"."""
+        wanted = reference.strip().lower()
+        if not wanted or wanted == "latest":
+            return
+        for snapshot_id, error in self.unreadable_snapshots.items():
+            if snapshot_id.startswith(wanted):
+                raise IntegrityError(
+                    f"snapshot {snapshot_id[:8]} cannot be read: {error.message}",
+                    "run `lockstep repo check`; other snapshots can still be restored",
+                ) from error
+
     def find_snapshot(self, reference: str, snapshots: list[Snapshot] | None = None) -> Snapshot:
-        """Resolve `latest` or a unique prefix of a snapshot ID."""
-        snapshots = self.list_snapshots() if snapshots is None else snapshots
+        """Resolve `latest` or a unique prefix of a snapshot ID (unreadable snapshots skipped,
+        with a warning, when the list is read here)."""
+        snapshots = self.list_snapshots(skip_unreadable=True) if snapshots is None else snapshots
         if reference == "latest":
+            if not snapshots and self.unreadable_snapshots:
+                raise IntegrityError(
+                    f"no snapshot can be read: all {len(self.unreadable_snapshots)} snapshot files are damaged",
+                    "run `lockstep repo check`",
+                )
             if not snapshots:
                 raise NotFound(f"the repository at {self.backend.location} has no snapshots yet")
             return snapshots[-1]
         matches = [snapshot for snapshot in snapshots if snapshot.id.startswith(reference.lower())]
         if not matches:
+            self.check_unreadable_reference(reference)
             raise NotFound(f"no snapshot matches {reference!r}", "list them with `lockstep repo snapshots`")
         if len(matches) > 1:
             listed = ", ".join(snapshot.short_id for snapshot in matches[:5])

@@ -15,7 +15,7 @@ from lockstep.storage.base import FileType
 def list_snapshots(access: RepositoryAccess, tags: list[str] | None = None) -> list[Snapshot]:
     """Snapshots oldest first; with tags, those carrying every given tag (comma = any of them)."""
     with access.session(lock=False, load_index=False) as repository:
-        snapshots = repository.list_snapshots()
+        snapshots = repository.list_snapshots(skip_unreadable=True)
     return [snapshot for snapshot in snapshots if matches_tags(snapshot, tags)]
 
 
