@@ -49,8 +49,9 @@ class Command:
         return {**inherited, **(self.env or {})}
 
 
-def run_capture(command: Command, timeout: float = 60.0) -> str:
-    """Run to completion and return stdout; a non-zero exit raises SourceError with stderr's end."""
+def run_capture(command: Command, timeout: float = 60.0, errors: str = "replace") -> str:
+    """Run to completion and return stdout (bytes that are not UTF-8 handled as `errors` says);
+    a non-zero exit raises SourceError with stderr's end."""
     try:
         completed = subprocess.run(
             list(command.argv),
@@ -70,7 +71,7 @@ def run_capture(command: Command, timeout: float = 60.0) -> str:
         raise SourceError(
             f"{command.argv[0]} exited with code {completed.returncode}" + (": " + " / ".join(detail) if detail else "")
         )
-    return completed.stdout.decode("utf-8", "replace")
+    return completed.stdout.decode("utf-8", errors)
 
 
 def _popen(command: Command, stdin: int, hint: str, bufsize: int) -> subprocess.Popen[bytes]:

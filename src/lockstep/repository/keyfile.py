@@ -42,7 +42,8 @@ def derive_user_key(password: str, salt: bytes, parameters: ScryptParameters) ->
     `meanwhile`); cryptography's Scrypt holds it.
     """
     n, r, p = parameters.n, parameters.r, parameters.p
-    secret = password.encode("utf-8")
+    # Bytes that are not UTF-8 arrive as surrogate escapes (passwords.py) and go back unchanged.
+    secret = password.encode("utf-8", "surrogateescape")
     # OpenSSL refuses to use more than `maxmem` (32 MiB by default): scrypt needs 128·r·(N+p+2).
     maxmem = 128 * r * (n + p + 2) + 1024
     if maxmem > HASHLIB_MAXMEM_LIMIT:  # a key file made for 2 GiB and more: cryptography has no cap

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lockstep.actions.repo.passwords import password_from_file_bytes
 from lockstep.actions.repo.session import RepositoryAccess
 from lockstep.errors import IntegrityError, UsageError
 from lockstep.repository.gojson import parse_time_ns
@@ -44,14 +45,13 @@ class PasswordChange:
 
 
 def read_new_password(path: Path) -> str:
-    """The new password from a file: its first line's content, without the line ending."""
+    """The new password from a file, read as restic reads --new-password-file (passwords.py):
+    without a byte order mark and surrounding white space."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as error:
         raise UsageError(f"cannot read the new password file {path}: {error.strerror}") from error
-    except UnicodeDecodeError as error:
-        raise UsageError(f"the new password file {path} is not UTF-8 text") from error
-    password = text.rstrip("\r\n")
+    password = password_from_file_bytes(data)
     if not password:
         raise UsageError(f"the new password file {path} is empty", "write the new password into it")
     return password

@@ -10,7 +10,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lockstep.errors import SourceError, UsageError
+from lockstep.actions.repo.passwords import legacy_password, password_from_command_output, password_from_file_bytes
+from lockstep.errors import SourceError, UsageError, WrongPassword
 from lockstep.process import Command, run_capture
 from lockstep.repository.locks import locked
 from lockstep.repository.repository import Repository
@@ -36,33 +37,44 @@ class RepositoryAccess:
         return location
 
     def password(self) -> str:
-        """From --password-file, --password-command or LOCKSTEP_PASSWORD, in that order."""
+        """From --password-file, --password-command or LOCKSTEP_PASSWORD, in that order; a file's
+        content and a command's output are read as restic reads them (passwords.py)."""
+        return self.password_candidates()[0]
+
+    def password_candidates(self) -> list[str]:
+        """The password as restic reads it, then (when it differs) as earlier lockstep versions
+        read a file or command output, which kept surrounding spaces and tabs: opening tries both,
+        so repositories created that way still open; new keys only ever get the first."""
         if self.password_file is not None:
             try:
-                text = self.password_file.read_text(encoding="utf-8")
+                data = self.password_file.read_bytes()
             except OSError as error:
                 raise UsageError(
                     f"cannot read the password file {self.password_file}: {error.strerror}",
                     "fix the path given to --password-file (or LOCKSTEP_PASSWORD_FILE)",
                 ) from error
-            password = text.rstrip("\r\n")
+            password = password_from_file_bytes(data)
+            legacy = legacy_password(data.decode("utf-8", "surrogateescape"))
         elif self.password_command is not None:
             try:
-                password = run_capture(Command.parse(self.password_command), timeout=60).rstrip("\r\n")
+                output = run_capture(Command.parse(self.password_command), timeout=60, errors="surrogateescape")
             except SourceError as error:
                 # Not a backup source: the password is configuration, so this is a usage error.
                 raise UsageError(f"--password-command failed: {error.message}", "fix the command") from error
+            password = password_from_command_output(output)
+            legacy = legacy_password(output)
         else:
             password = os.environ.get("LOCKSTEP_PASSWORD", "")
+            legacy = password
             file_from_environment = os.environ.get("LOCKSTEP_PASSWORD_FILE")
             if not password and file_from_environment:
-                return RepositoryAccess(password_file=Path(file_from_environment)).password()
+                return RepositoryAccess(password_file=Path(file_from_environment)).password_candidates()
         if not password:
             raise UsageError(
                 "no repository password given",
                 "set LOCKSTEP_PASSWORD, or pass --password-file FILE or --password-command CMD",
             )
-        return password
+        return [password] if legacy in (password, "") else [password, legacy]
 
     def _open_while(self, meanwhile: Callable[[], None]) -> Repository:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockstep-open") as pool:
@@ -76,7 +88,17 @@ class RepositoryAccess:
             return opening.result()
 
     def open(self, load_index: bool = True) -> Repository:
-        repository = Repository.open(open_backend(self.resolved_location()), self.password())
+        backend = open_backend(self.resolved_location())
+        first, *others = self.password_candidates()
+        try:
+            repository = Repository.open(backend, first)
+        except WrongPassword:
+            for other in others:
+                with contextlib.suppress(WrongPassword):
+                    repository = Repository.open(backend, other)
+                    break
+            else:
+                raise
         if load_index:
             repository.load_index()
         return repository
