@@ -131,3 +131,29 @@ def test_restic_lock_blocks_forget_with_owner_pid_and_age(
     assert snapshot_count(repository_env) == 1  # restic's backup finished undisturbed
     forgotten = run_lockstep(["repo", "forget", "--keep-last", "1"], env=repository_env)
     assert forgotten.returncode == 0, forgotten.err
+
+
+def test_unlock_remove_all_also_removes_unreadable_lock_files(
+    repository: Repository, repository_env: dict[str, str], restic_binary: str
+) -> None:
+    """A damaged lock file (here a real restic lock with one bit flipped) and an empty one are
+    ignored when locks are checked; `unlock --remove-all` used to leave them for ever and say
+    nothing was left. restic's `unlock --remove-all` removes them, and so must lockstep's."""
+    locks_directory = Path(repository_env["LOCKSTEP_REPOSITORY"]) / "locks"
+    with restic_backup_holding_lock(Path(repository_env["LOCKSTEP_REPOSITORY"])):
+        # The helper may see restic's temporary file before the rename: wait for the lock itself.
+        deadline = time.monotonic() + 30
+        while not (names := [name for name in os.listdir(locks_directory) if len(name) == 64]):
+            assert time.monotonic() < deadline, "restic's lock never appeared"
+            time.sleep(0.05)
+        (lock_id,) = names
+        content = bytearray((locks_directory / lock_id).read_bytes())
+    content[20] ^= 0x10
+    assert not (locks_directory / lock_id).exists(), "restic did not remove its lock"
+    (locks_directory / lock_id).write_bytes(bytes(content))  # as if restic had been killed
+    (locks_directory / ("0" * 64)).write_bytes(b"")
+
+    result = run_lockstep(["repo", "unlock", "--remove-all", "--json"], env=repository_env)
+    assert result.returncode == 0, result.err
+    assert sorted(json.loads(result.out)["removed"]) == sorted([lock_id, "0" * 64])
+    assert os.listdir(locks_directory) == []

@@ -41,6 +41,7 @@ class LockInfo:
     hostname: str
     username: str
     pid: int
+    unreadable: bool = False  # damaged or empty: only `unlock --remove-all` lists these
 
     @property
     def age_seconds(self) -> float:
@@ -61,6 +62,8 @@ class LockInfo:
         return False
 
     def describe(self) -> str:
+        if self.unreadable:
+            return f"unreadable lock file {self.id[:8]}"
         kind = "exclusive" if self.exclusive else "shared"
         state = " (stale)" if self.is_stale() else ""
         return (
@@ -281,10 +284,20 @@ def locked(
 
 
 def remove_locks(repository: Repository, remove_all: bool = False) -> list[LockInfo]:
-    """Delete stale locks (or every lock with remove_all); returns what was removed."""
+    """Delete stale locks (or every lock file with remove_all, unreadable ones included, as
+    `restic unlock --remove-all` does); returns what was removed."""
     removed = []
-    for lock in list_locks(repository):
+    readable = list_locks(repository)
+    for lock in readable:
         if remove_all or lock.is_stale():
             repository.backend.remove(FileType.LOCK, lock.id)
             removed.append(lock)
+    if remove_all:
+        # A damaged or empty lock file is skipped when locks are checked, so it never blocks,
+        # but "remove every lock" must not leave it behind for ever either.
+        known = {lock.id for lock in readable}
+        for name, _ in list(repository.backend.list(FileType.LOCK)):
+            if name not in known:
+                repository.backend.remove(FileType.LOCK, name)
+                removed.append(LockInfo(name, "", False, "", "", 0, unreadable=True))
     return removed
