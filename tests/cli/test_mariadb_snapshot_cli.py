@@ -96,3 +96,27 @@ def test_a_myisam_table_is_shown_as_outside_the_snapshot_and_verify_passes(proje
 
         verified = json.loads(project.ok("snapshot", "verify", "latest", "--level", "restore", "--json").out)
         assert verified["ok"] is True, verified
+
+
+def test_create_warns_of_what_the_dump_cannot_keep_and_the_manifest_says_so(project: Project) -> None:
+    """A FLOAT column the dump rounds and a history the dump cannot hold were found out at a
+    restore, if ever; now `snapshot create` warns, naming them, and the manifest keeps the warnings."""
+    schema = (
+        "CREATE TABLE m (id INT PRIMARY KEY, f FLOAT); INSERT INTO m VALUES (1, 0.5);"
+        "CREATE TABLE ledger (id INT PRIMARY KEY, s BIGINT UNSIGNED GENERATED ALWAYS AS ROW START INVISIBLE,"
+        " e BIGINT UNSIGNED GENERATED ALWAYS AS ROW END INVISIBLE, PERIOD FOR SYSTEM_TIME (s, e))"
+        " WITH SYSTEM VERSIONING ENGINE=InnoDB;"
+    )
+    with mariadb_database(schema) as url:
+        project.write_config({"shop": url})
+        created = project.ok("snapshot", "create", "--allow-dirty", "--json")
+        history, floats = json.loads(created.out)["databases"]["shop"]["warnings"]
+        assert history.startswith("system-versioned table ledger: only the current rows are in the snapshot")
+        assert floats.startswith("FLOAT column m.f: ")
+        events = [json.loads(line) for line in created.err.splitlines()]
+        shown_warnings = [event["message"] for event in events if event["event"] == "warning"]
+        assert shown_warnings == [f"database shop: {history}", f"database shop: {floats}"]
+        again = project.ok("snapshot", "create", "--allow-dirty", "--log-format", "text", "--quiet")
+        assert f"lockstep: warning: database shop: {floats}" in " ".join(again.err.split())
+        shown = project.ok("snapshot", "show", "latest").out
+        assert "warning      database shop: FLOAT column m.f" in shown

@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -318,6 +319,108 @@ def test_system_versioned_tables_are_fingerprinted_by_their_current_rows(
     run_sql("UPDATE hidden_period SET v = 11 WHERE id = 1", name_of(database))
     changed = {table.name: table.checksum for table in adapter.inspect(database, None).tables}
     assert changed["hidden_period"] != {table.name: table.checksum for table in source.tables}["hidden_period"]
+
+
+TIME_VERSIONED = """
+CREATE TABLE hidden_period (id INT PRIMARY KEY, v INT) WITH SYSTEM VERSIONING;
+CREATE TABLE visible_period (id INT PRIMARY KEY, v INT,
+  rs TIMESTAMP(6) GENERATED ALWAYS AS ROW START, re TIMESTAMP(6) GENERATED ALWAYS AS ROW END,
+  PERIOD FOR SYSTEM_TIME (rs, re)) WITH SYSTEM VERSIONING;
+INSERT INTO hidden_period VALUES (1, 1), (2, 2), (3, 3);
+INSERT INTO visible_period (id, v) VALUES (1, 1), (2, 2);
+UPDATE hidden_period SET v = 10 WHERE id = 1;
+DELETE FROM hidden_period WHERE id = 3;
+UPDATE visible_period SET v = 20;
+"""
+HISTORY = {
+    "hidden_period": "SELECT id, v, ROW_START, ROW_END FROM hidden_period FOR SYSTEM_TIME ALL ORDER BY 1, 3",
+    "visible_period": "SELECT id, v, rs, re FROM visible_period FOR SYSTEM_TIME ALL ORDER BY 1, 3",
+}
+
+
+def dump_of(adapter: MysqlAdapter, url: str) -> tuple[bytes, Any]:
+    stream = adapter.dump(url, None)
+    data = stream.stdout.read()
+    stream.finish()
+    return data, stream
+
+
+def test_the_history_of_system_versioned_tables_is_dumped_restored_and_fingerprinted(
+    adapter: MysqlAdapter, database: str, scratch: str
+) -> None:
+    """A snapshot kept only the current rows: a restore lost every earlier version. Now the
+    dump holds the history (--dump-history), the restore writes it back with its times, and the
+    fingerprint counts and sums it, so a restore that loses or changes it is caught."""
+    source = name_of(database)
+    run_sql(TIME_VERSIONED, source)
+    data, stream = dump_of(adapter, database)
+    assert "--dump-history" in stream.command.argv and stream.warnings == ()
+    recorded = stream.consistent_info().tables
+    assert {table.name: (table.rows, table.history_rows) for table in recorded} == {
+        "hidden_period": (2, 4),
+        "visible_period": (2, 4),
+    }
+
+    adapter.restore(scratch, None, io.BytesIO(data), create=False)
+    target = name_of(scratch)
+    for query in HISTORY.values():
+        assert run_sql(query, target) == run_sql(query, source)
+    assert adapter.inspect(scratch, None).tables == recorded
+
+    run_sql("DELETE HISTORY FROM hidden_period", target)
+    changed = {table.name: table for table in adapter.inspect(scratch, None).tables}
+    assert changed["hidden_period"].history_rows == 2
+    assert changed["hidden_period"].history_checksum != recorded[0].history_checksum
+    assert changed["hidden_period"].checksum == recorded[0].checksum  # the current rows are the same
+
+
+def test_a_table_versioned_by_transaction_id_keeps_its_current_rows_and_the_dump_says_so(
+    adapter: MysqlAdapter, database: str, scratch: str
+) -> None:
+    """mariadb-dump refuses --dump-history for the whole dump when one table is versioned by
+    transaction ID: the dump holds the current rows of every versioned table, and its warning
+    names them all rather than the history going missing silently."""
+    run_sql(SYSTEM_VERSIONED, name_of(database))
+    data, stream = dump_of(adapter, database)
+    assert "--dump-history" not in stream.command.argv
+    (warning,) = stream.warnings
+    assert "by_transaction, hidden_period, visible_period" in warning and "not the history" in warning
+    assert "versioned by transaction ID (by_transaction)" in warning
+    recorded = stream.consistent_info().tables
+    assert all(table.history_checksum is None for table in recorded)
+    adapter.restore(scratch, None, io.BytesIO(data), create=False)
+    assert adapter.inspect(scratch, None).tables == recorded
+
+
+def test_a_client_without_dump_history_keeps_the_current_rows_and_says_so(
+    adapter: MysqlAdapter, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older mariadb-dump (before 10.11) has no --dump-history: the warning says why."""
+    from lockstep.databases import mysql
+
+    monkeypatch.setattr(mysql, "client_dumps_history", lambda: False)
+    run_sql(TIME_VERSIONED, name_of(database))
+    _, stream = dump_of(adapter, database)
+    assert "--dump-history" not in stream.command.argv
+    (warning,) = stream.warnings
+    assert "hidden_period, visible_period" in warning and "no --dump-history" in warning
+    assert all(table.history_checksum is None for table in stream.consistent_info().tables)
+    assert all(table.history_checksum is None for table in adapter.inspect(database, None).tables)
+
+
+def test_float_columns_that_the_dump_rounds_are_named_when_it_is_made(adapter: MysqlAdapter, database: str) -> None:
+    """mariadb-dump writes a FLOAT with 6 significant digits: the restore check found out, the
+    snapshot did not say. A FLOAT(M,D) is written with its D decimals, which restore it exactly."""
+    run_sql(
+        "CREATE TABLE prices (id INT PRIMARY KEY, net FLOAT, gross FLOAT(10,2), ratio DOUBLE, weight FLOAT);"
+        "CREATE VIEW cheap AS SELECT net FROM prices;"
+        "CREATE TABLE `odd name` (f FLOAT)",
+        name_of(database),
+    )
+    _, stream = dump_of(adapter, database)
+    (warning,) = stream.warnings
+    assert warning.startswith("FLOAT columns odd name.f, prices.net, prices.weight: ")
+    assert "DOUBLE" in warning and "DECIMAL" in warning
 
 
 def test_fields_with_a_backslash_tab_newline_or_nul_are_read_as_they_are(adapter: MysqlAdapter) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from lockstep.pipeline.restore import ServerAccess, checksums_comparable, compar
 from lockstep.pipeline.snapshot import load_manifest
 from lockstep.pipeline.verification_records import latest_results
 from lockstep.pipeline.verify import verify_snapshot
+from tests.databases.test_mysql import TIME_VERSIONED
 from tests.pipeline.test_diff import diff_live, tables_of
 from tests.pipeline.test_verify import (
     MARIADB_SERVER,
@@ -108,6 +110,38 @@ def test_a_float_that_the_dump_rounds_is_named_as_the_likely_cause(tmp_path: Pat
         finally:
             repository.close()
             run_mariadb(MARIADB_SERVER, f"DROP DATABASE IF EXISTS `{target.rsplit('/', 1)[1]}`", database="")
+
+
+def test_the_history_of_system_versioned_tables_is_in_the_snapshot_and_its_restore_check(tmp_path: Path) -> None:
+    """A snapshot kept only the current rows of a system-versioned table, and its restore check
+    could not tell. Now the manifest counts every row version, a restore-level verify restores
+    and checks them, and a restore that loses the history is a difference."""
+    with mariadb_database(TIME_VERSIONED) as url:
+        snapshot = take_snapshot(tmp_path / "repository", tmp_path, {"shop": url})
+        repository = open_repository(tmp_path / "repository")
+        try:
+            record = load_manifest(repository, snapshot).databases["shop"]
+            result = verify_snapshot(repository, snapshot, "restore", {"shop": ServerAccess(url)}, record=False)
+        finally:
+            repository.close()
+    assert record.warnings == []
+    assert {table.name: (table.rows, table.history_rows) for table in record.tables} == {
+        "hidden_period": (2, 4),
+        "visible_period": (2, 4),
+    }
+    assert result.ok, result.findings
+    comparable = checksums_comparable(record, MysqlAdapter())
+    found = [
+        TableInfo(table.name, table.rows, table.checksum, history_rows=table.history_rows or 0, history_checksum="1")
+        for table in record.tables
+    ]
+    lost = DatabaseInfo("mysql", "10.11", [replace(found[0], history_rows=2), found[1]], None, None)
+    problems = compare_with_manifest(record.tables, lost, comparable)
+    assert [name for name, _ in problems] == ["hidden_period", "visible_period"]
+    assert "2 row versions restored, the manifest says 4" in problems[0][1]
+    # A manifest from before recorded no history: nothing to hold a restored one against.
+    before = [replace(table, history_rows=None, history_checksum=None) for table in record.tables]
+    assert compare_with_manifest(before, lost, comparable) == []
 
 
 def test_a_database_name_with_a_dot_is_snapshotted_and_verified(tmp_path: Path) -> None:

@@ -119,6 +119,8 @@ def run_backup(
                 added = repository.bytes_added
             bind_operation(reporter, snapshot_id=created.snapshot.id)  # the step-finished event carries it
             step.detail = f"snapshot {created.snapshot.short_id}, {human_size(added)} added"
+        for line in created.manifest.warnings:
+            warn(line)
         report_manifest(reporter, created.manifest)
         forgotten: list[Snapshot] = []
         if config.backup.forget and not is_empty(config.retention):

@@ -11,6 +11,7 @@ from lockstep.actions.step_reports import (
     SilentReporter,
     bind_operation,
     report_manifest,
+    report_warnings,
     reported_step,
     teach_secrets,
 )
@@ -94,6 +95,7 @@ def create(
             added = repository.bytes_added
         bind_operation(reporter, snapshot_id=created.snapshot.id)  # the step-finished event carries it
         step.detail = f"snapshot {created.snapshot.short_id}, {added} bytes added"
+    report_warnings(reporter, created.manifest)
     report_manifest(reporter, created.manifest)
     return created
 

@@ -104,6 +104,13 @@ def teach_secrets(reporter: Reporter, project: ProjectContext) -> None:
             add(password_file.read_text(encoding="utf-8").rstrip("\r\n"))
 
 
+def report_warnings(reporter: Reporter, manifest: Manifest) -> None:
+    """What a new snapshot could not keep exactly (a FLOAT column, a system-versioned table's
+    history): a warning each, so that no one finds out only at a restore."""
+    for warning in manifest.warnings:
+        reporter.warn(warning)
+
+
 def report_manifest(reporter: Reporter, manifest: Manifest) -> None:
     """--verbose: what the snapshot holds, database by database.
 

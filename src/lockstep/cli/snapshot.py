@@ -222,11 +222,14 @@ def _print_manifest(item: ListedSnapshot) -> None:
         )
         lines.append(f"               counts       {_fingerprint_origin(database)}")
         lines.extend(
-            f"               {table.name}: {table.rows} rows" + ("" if table.consistent else " (outside the snapshot)")
+            f"               {table.name}: {table.rows} rows"
+            + ("" if table.history_rows is None else f", history of {table.history_rows} row versions")
+            + ("" if table.consistent else " (outside the snapshot)")
             for table in database.tables
         )
     for file in manifest.files:
         lines.append(f"file         {file.path} ({file.kind}, {human_bytes(file.size)})")
+    lines.extend(f"warning      {warning}" for warning in manifest.warnings)
     for line in lines:
         console.print(line, markup=False)
 

@@ -51,6 +51,10 @@ class TableInfo:
     # False when the table's engine has no transactional snapshot (MariaDB's MyISAM, Aria,
     # MEMORY): its fingerprint and the dump read it at different moments, so they may differ.
     consistent: bool = True
+    # A MariaDB system-versioned table whose history the dump holds: every row version (current
+    # ones included) and its checksum, period times included. None where no history is dumped.
+    history_rows: int | None = None
+    history_checksum: str | None = None
 
 
 @dataclass(frozen=True)

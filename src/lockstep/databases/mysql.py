@@ -25,13 +25,24 @@ runs unsynchronised and the fingerprint is taken after it; the dump's `inspected
 `inspected_note` say so, for the manifest. MyISAM, Aria and MEMORY tables are in no
 transaction: their fingerprint and the dump read them at different moments, and they are
 marked (`TableInfo.consistent`) rather than pretended consistent.
+
+What a dump cannot keep is said when it is made (`DumpPlan.warnings`, recorded in the
+manifest), never found out at a restore. mariadb-dump writes FLOAT values with 6 significant
+digits, so longer ones come back rounded; no option of it changes that. A system-versioned
+table's history is dumped with `--dump-history` (the MariaDB 10.11 client), which the restore
+writes back under system_versioning_insert_history (set by the dump itself; MariaDB 10.11
+servers, with secure_timestamp = NO). Where that cannot work (a table versioned by
+transaction ID makes mariadb-dump refuse --dump-history for the whole dump; an older client or
+server) only the current rows are dumped, and the warning names the tables.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -49,7 +60,7 @@ from lockstep.databases.base import (
 )
 from lockstep.databases.fingerprinted_dump import FingerprintedDump
 from lockstep.databases.mysql_dump_stream import database_default, with_prefix, without_database_names
-from lockstep.databases.mysql_rows import COLUMNS_QUERY, Column, identifier, row_hash_sum
+from lockstep.databases.mysql_rows import COLUMNS_QUERY, Column, history_hash_sum, identifier, row_hash_sum
 from lockstep.databases.mysql_session import ClientSession, StatementFailed, batch_fields
 from lockstep.databases.url_options import check_url_options
 from lockstep.errors import ServerLimitExceeded, SourceError
@@ -88,8 +99,41 @@ LOCK_WAIT_SECONDS = 2
 DUMP_START_SECONDS = 3
 POLL_SECONDS = 0.002
 # information_schema.tables.table_type of the tables fingerprinted: MariaDB lists
-# system-versioned tables apart (their current rows are dumped and fingerprinted).
+# system-versioned tables apart (their current rows, and their history when it is dumped, are
+# fingerprinted).
 TABLE_TYPES = "('BASE TABLE', 'SYSTEM VERSIONED')"
+# mariadb-dump's option (MariaDB 10.11's client) that dumps system-versioned tables with their
+# history: every row version with its period, restored under system_versioning_insert_history=1.
+DUMP_HISTORY = "--dump-history"
+# A system-versioned table's period columns, each table with its own (or, for one declared
+# just WITH SYSTEM VERSIONING, the pseudo-columns ROW_START and ROW_END) and their type:
+# bigint when the period holds transaction IDs, timestamp otherwise.
+VERSIONED_QUERY = (
+    "SELECT t.table_name,"
+    " COALESCE(MAX(IF(c.generation_expression = 'ROW START', c.column_name, NULL)), 'ROW_START'),"
+    " COALESCE(MAX(IF(c.generation_expression = 'ROW END', c.column_name, NULL)), 'ROW_END'),"
+    " COALESCE(MAX(IF(c.generation_expression = 'ROW START', c.data_type, NULL)), 'timestamp')"
+    " FROM information_schema.tables t LEFT JOIN information_schema.columns c"
+    " ON c.table_schema = t.table_schema AND c.table_name = t.table_name"
+    " AND c.generation_expression IN ('ROW START', 'ROW END')"
+    " WHERE t.table_schema = DATABASE() AND t.table_type = 'SYSTEM VERSIONED'"
+    " GROUP BY t.table_name ORDER BY t.table_name"
+)
+# FLOAT columns without a scale of their own, whose values mariadb-dump writes with 6
+# significant digits (a FLOAT(M,D) is written with its D decimals, which restore it exactly).
+# MySQL writes the shortest text that reads back exactly, so only a MariaDB server counts.
+INEXACT_FLOAT_QUERY = (
+    "SELECT c.table_name, c.column_name FROM information_schema.columns c JOIN information_schema.tables t"
+    " ON t.table_schema = c.table_schema AND t.table_name = c.table_name"
+    f" WHERE c.table_schema = DATABASE() AND t.table_type IN {TABLE_TYPES}"
+    " AND c.data_type = 'float' AND c.numeric_scale IS NULL AND VERSION() LIKE '%MariaDB%'"
+    " ORDER BY c.table_name, c.ordinal_position"
+)
+# The server settings that decide whether history rows can be written back: SHOW never fails
+# for a name the server does not have (before 10.11 there is no system_versioning_insert_history).
+HISTORY_SETTINGS_QUERY = (
+    "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('system_versioning_insert_history', 'secure_timestamp')"
+)
 # Engines whose tables a consistent-snapshot transaction covers.
 SNAPSHOT_ENGINES = frozenset({"innodb"})
 # MariaDB error numbers that mean "not allowed" (ER_SPECIFIC_ACCESS_DENIED_ERROR, ER_DBACCESS_DENIED_ERROR,
@@ -101,6 +145,30 @@ THREAD_ID = re.compile(r"(?:MariaDB|MySQL) thread id (\d+),")
 READ_VIEW = re.compile(r"Trx read view will not see trx with id (>= \d+, sees < \d+)")
 
 Rows = Callable[[str], list[list[str]]]
+
+
+@dataclass(frozen=True)
+class VersionedTable:
+    """A system-versioned table: its period's start and end columns, and whether they hold
+    transaction IDs (a table versioned by transaction ID) rather than times."""
+
+    name: str
+    start: str
+    end: str
+    by_transaction: bool
+
+
+@dataclass(frozen=True)
+class DumpPlan:
+    """How a dump is made, decided before it starts: with the history of system-versioned
+    tables or without, and what it cannot keep (one warning each, for the manifest)."""
+
+    history: bool = False
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        return (DUMP_HISTORY,) if self.history else ()
 
 
 class MysqlAdapter:
@@ -117,19 +185,22 @@ class MysqlAdapter:
         be synchronised, a plain `DumpProcess` whose `inspected_note` says why.
         """
         location = ServerLocation.parse(url)
-        command = _tool_command(location, password, "mariadb-dump", *DUMP_OPTIONS, location.database)
         try:
             session = _session(location, password, location.database)
         except StatementFailed as error:
             # The dump will most likely fail the same way, and say so when finished.
+            command = _tool_command(location, password, "mariadb-dump", *DUMP_OPTIONS, location.database)
             return DumpProcess(command, f"no connection for the fingerprint: {error.message}")
         try:
             default = database_default(session.rows("SELECT @@character_set_database, @@collation_database", 10)[0])
-            dump = _synchronised_dump(session, command, location)
+            plan = dump_plan(lambda statement: session.rows(statement, QUERY_TIMEOUT_SECONDS))
+            command = _tool_command(location, password, "mariadb-dump", *DUMP_OPTIONS, *plan.options, location.database)
+            dump = _synchronised_dump(session, command, location, plan.history)
         except BaseException:
             session.close()
             raise
         dump.stdout = with_prefix(default, dump.stdout)
+        dump.warnings = plan.warnings
         return dump
 
     def inspect(self, url: str, password: str | None) -> DatabaseInfo:
@@ -175,7 +246,7 @@ class MysqlAdapter:
             password,
             "SELECT table_name, GROUP_CONCAT(column_name ORDER BY ordinal_position SEPARATOR ', ')"
             " FROM information_schema.columns WHERE table_schema = DATABASE() AND data_type = 'float'"
-            " GROUP BY table_name",
+            " AND numeric_scale IS NULL GROUP BY table_name",
         )
         return {
             table: f"FLOAT column {columns}: mariadb-dump writes FLOAT values with 6 significant digits, "
@@ -224,6 +295,7 @@ class DumpProcess(StreamingProcess):
     def __init__(self, command: Command, note: str | None = None) -> None:
         super().__init__(command)
         self.inspected_note = note
+        self.warnings: tuple[str, ...] = ()  # what the dump cannot keep (DumpPlan)
 
     def exited(self) -> bool:
         return self._process.poll() is not None
@@ -236,10 +308,19 @@ class MysqlDump(FingerprintedDump):
     the server drops a dump that it cannot send rows to for net_write_timeout (60 s by default).
     """
 
-    def __init__(self, process: DumpProcess, session: ClientSession, location: ServerLocation, lock_seconds: float):
+    def __init__(
+        self,
+        process: DumpProcess,
+        session: ClientSession,
+        location: ServerLocation,
+        lock_seconds: float,
+        history: bool = False,
+    ):
         self._session = session
         self._location = location
+        self._history = history  # the dump holds the history of system-versioned tables
         self.lock_seconds = lock_seconds  # how long writers were held back
+        self.warnings: tuple[str, ...] = ()  # what the dump cannot keep (DumpPlan)
         super().__init__(process, thread_name="mariadb-fingerprint")
 
     @property
@@ -259,7 +340,7 @@ class MysqlDump(FingerprintedDump):
         return "not in the dump's snapshot (no transactional engine), read at another moment: " + ", ".join(outside)
 
     def _fingerprint(self) -> DatabaseInfo:
-        return _database_info(self._rows, "mysql")
+        return _database_info(self._rows, "mysql", history=self._history)
 
     def _stop_fingerprint(self) -> None:
         self._session.close()  # ends a running CHECKSUM TABLE's connection too
@@ -272,7 +353,9 @@ class MysqlDump(FingerprintedDump):
         return self._session.rows(statement, QUERY_TIMEOUT_SECONDS)
 
 
-def _synchronised_dump(session: ClientSession, command: Command, location: ServerLocation) -> MysqlDump | DumpProcess:
+def _synchronised_dump(
+    session: ClientSession, command: Command, location: ServerLocation, history: bool
+) -> MysqlDump | DumpProcess:
     """Start mariadb-dump so that its snapshot and our session's transaction see the same rows.
 
     While FLUSH TABLES WITH READ LOCK is held nothing commits, so our transaction (started
@@ -318,7 +401,7 @@ def _synchronised_dump(session: ClientSession, command: Command, location: Serve
             "so the fingerprint was taken after the dump"
         )
         return process
-    return MysqlDump(process, session, location, lock_seconds)
+    return MysqlDump(process, session, location, lock_seconds, history)
 
 
 def _wait_for_dump_transaction(session: ClientSession, process: DumpProcess, own: int, newest: int, user: str) -> bool:
@@ -391,8 +474,69 @@ def _session(location: ServerLocation, password: str | None, database: str) -> C
     return session
 
 
-def _database_info(rows: Rows, engine: str) -> DatabaseInfo:
-    """Server version, per-table counts and checksums, migration version, all on one connection."""
+def dump_plan(rows: Rows) -> DumpPlan:
+    """Whether the dump can hold the history of the database's system-versioned tables, and a
+    warning for each kind of data it cannot keep exactly."""
+    warnings: list[str] = []
+    versioned = _versioned_tables(rows)
+    blocker = _history_blocker(rows, versioned) if versioned else None
+    if blocker is not None:
+        names = ", ".join(table.name for table in versioned)
+        warnings.append(
+            f"system-versioned {'table' if len(versioned) == 1 else 'tables'} {names}: only the current rows "
+            f"are in the snapshot, not the history ({blocker}); a restore starts the history anew"
+        )
+    floats = [f"{table}.{column}" for table, column in rows(INEXACT_FLOAT_QUERY)]
+    if floats:
+        warnings.append(
+            f"FLOAT {'column' if len(floats) == 1 else 'columns'} {', '.join(floats)}: mariadb-dump writes FLOAT "
+            "values with 6 significant digits, so a restore gives longer ones back rounded (and its check "
+            "fails); make them DOUBLE, or DECIMAL for exact decimals, to keep every digit"
+        )
+    return DumpPlan(history=bool(versioned) and blocker is None, warnings=tuple(warnings))
+
+
+def _versioned_tables(rows: Rows) -> list[VersionedTable]:
+    return [
+        VersionedTable(name=name, start=start, end=end, by_transaction=data_type.lower() != "timestamp")
+        for name, start, end, data_type in rows(VERSIONED_QUERY)
+    ]
+
+
+def _history_blocker(rows: Rows, versioned: list[VersionedTable]) -> str | None:
+    """Why the history of `versioned` cannot be dumped and restored; None when it can."""
+    by_transaction = [table.name for table in versioned if table.by_transaction]
+    if by_transaction:
+        return (
+            f"mariadb-dump cannot dump the history of a table versioned by transaction ID "
+            f"({', '.join(by_transaction)}), and dumps the history of every table or of none"
+        )
+    if not client_dumps_history():
+        return "this mariadb-dump has no --dump-history, which came with the MariaDB 10.11 client"
+    settings = {name.lower(): value for name, value in rows(HISTORY_SETTINGS_QUERY)}
+    if "system_versioning_insert_history" not in settings:
+        return "the server cannot write history rows back: system_versioning_insert_history came with MariaDB 10.11"
+    secure_timestamp = settings.get("secure_timestamp", "NO")
+    if secure_timestamp.upper() != "NO":
+        return f"the server's secure_timestamp = {secure_timestamp} forbids writing history rows back"
+    return None
+
+
+@functools.cache
+def client_dumps_history() -> bool:
+    """Whether the mariadb-dump on PATH has --dump-history (asked once per process)."""
+    try:
+        return DUMP_HISTORY in run_capture(Command(("mariadb-dump", "--help")), timeout=CONNECT_TIMEOUT_SECONDS)
+    except SourceError:
+        return False
+
+
+def _database_info(rows: Rows, engine: str, history: bool | None = None) -> DatabaseInfo:
+    """Server version, per-table counts and checksums, migration version, all on one connection.
+
+    With `history` the system-versioned tables' history is fingerprinted too (the dump holds
+    it); None decides as `dump_plan` does, for a database restored from such a dump.
+    """
     version, database = rows("SELECT VERSION(), DATABASE()")[0]
     listed = rows(
         "SELECT table_name, COALESCE(engine, ''), table_type FROM information_schema.tables"
@@ -406,13 +550,19 @@ def _database_info(rows: Rows, engine: str) -> DatabaseInfo:
         counts = " UNION ALL ".join(f"SELECT {_string(name)}, COUNT(*) FROM {_identifier(name)}" for name in names)
         counted = {row[0]: int(row[1]) for row in rows(counts)}
         checksummed = [name for name in names if name not in versioned]
+        periods = [table for table in _versioned_tables(rows) if table.name in versioned] if versioned else []
+        if history is None:
+            history = bool(periods) and _history_blocker(rows, periods) is None
         sums = {**_checksums(rows, database, checksummed), **_row_sums(rows, versioned)}
+        histories = _history_sums(rows, periods) if history else {}
         tables = [
             TableInfo(
                 name=name,
                 rows=counted[name],
                 checksum=sums[name],
                 consistent=engines[name].lower() in SNAPSHOT_ENGINES,
+                history_rows=histories[name][0] if name in histories else None,
+                history_checksum=histories[name][1] if name in histories else None,
             )
             for name in names
         ]
@@ -444,14 +594,33 @@ def _row_sums(rows: Rows, names: list[str]) -> dict[str, str]:
     """
     if not names:
         return {}
-    columns: dict[str, list[Column]] = {}
-    for table, column, _type, data_type, charset in rows(COLUMNS_QUERY.format(schema="DATABASE()")):
-        if table in names:
-            columns.setdefault(table, []).append(Column(column, data_type, charset))
+    columns = _columns(rows, names)
     sums = " UNION ALL ".join(
         f"SELECT {_string(name)}, ({row_hash_sum(name, columns.get(name, []))})" for name in names
     )
     return {row[0]: row[1] for row in rows(sums)}
+
+
+def _history_sums(rows: Rows, tables: list[VersionedTable]) -> dict[str, tuple[int, str]]:
+    """Every row version of system-versioned tables whose history is dumped, counted and summed
+    with their periods' times, which a restore of the history gives back exactly."""
+    if not tables:
+        return {}
+    columns = _columns(rows, [table.name for table in tables])
+    sums: dict[str, tuple[int, str]] = {}
+    for table in tables:
+        count, checksum = rows(history_hash_sum(table.name, columns.get(table.name, []), table.start, table.end))[0]
+        sums[table.name] = (int(count), checksum)
+    return sums
+
+
+def _columns(rows: Rows, names: list[str]) -> dict[str, list[Column]]:
+    """The columns of tables `names` that their rows' text is made of (no period columns)."""
+    columns: dict[str, list[Column]] = {}
+    for table, column, _type, data_type, charset in rows(COLUMNS_QUERY.format(schema="DATABASE()")):
+        if table in names:
+            columns.setdefault(table, []).append(Column(column, data_type, charset))
+    return columns
 
 
 # Annotated so that mypy checks the class against the Protocol.

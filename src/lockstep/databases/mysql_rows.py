@@ -9,8 +9,10 @@ utf8mb4, which holds every character of every other character set (bytes that ar
 characters of their column's set, which a server accepts only in ascii columns and the like,
 become "?" and so are not told apart).
 
-A system-versioned table's ROW START and ROW END columns are left out: a restore sets them to
-the moment of the restore, so they never match the source's.
+A system-versioned table's ROW START and ROW END columns are left out of its current rows'
+text: a restore without the history sets them to the moment of the restore, so they never
+match the source's. Its history (`history_hash_sum`), restored only from a dump that holds it,
+has them, as Unix times (the same whatever the session's time zone).
 """
 
 from __future__ import annotations
@@ -66,7 +68,17 @@ def _value_text(column: Column) -> str:
 def row_hash_sum(table: str, columns: list[Column]) -> str:
     """SQL for a table's checksum: the sum of its rows' hashes (64 bits of MD5 each), so that
     the order the rows are read in does not matter."""
-    return (
-        f"SELECT COALESCE(SUM(CAST(CONV(SUBSTR(MD5({row_text(columns)}), 1, 16), 16, 10) AS UNSIGNED)), 0)"
-        f" FROM {identifier(table)}"
-    )
+    return f"SELECT {_hash_sum(row_text(columns))} FROM {identifier(table)}"
+
+
+def history_hash_sum(table: str, columns: list[Column], start: str, end: str) -> str:
+    """SQL for the count and checksum of every version of a system-versioned table's rows
+    (`FOR SYSTEM_TIME ALL`: its history and its current rows), each with its period's `start`
+    and `end` (the ROW START and ROW END columns, or the pseudo-columns ROW_START and ROW_END)."""
+    period = [f"QUOTE(UNIX_TIMESTAMP({identifier(name)}))" for name in (start, end)]
+    text = "CONCAT_WS(0x1f, " + ", ".join([*(_value_text(column) for column in columns), *period]) + ")"
+    return f"SELECT COUNT(*), {_hash_sum(text)} FROM {identifier(table)} FOR SYSTEM_TIME ALL"
+
+
+def _hash_sum(text: str) -> str:
+    return f"COALESCE(SUM(CAST(CONV(SUBSTR(MD5({text}), 1, 16), 16, 10) AS UNSIGNED)), 0)"

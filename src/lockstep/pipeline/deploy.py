@@ -499,6 +499,8 @@ class Deployment:
         config = self.config.model_copy(update={"databases": existing})
         with self.context.project.access.session(exclusive=False) as repository:
             created = create_snapshot(repository, config, request, code)
+            for warning in created.manifest.warnings:
+                self.reporter.warn(f"pre-deploy snapshot {created.snapshot.short_id}: {warning}")
             if self.policy.verify_level != "none":
                 from lockstep.pipeline.verify import verify_snapshot
 

@@ -64,11 +64,18 @@ class TableRecord:
     # False for a table the dump's consistent snapshot does not cover (MariaDB's MyISAM, Aria
     # and MEMORY tables): its counts may differ from what the dump holds.
     consistent: bool = True
+    # A MariaDB system-versioned table whose history the dump holds: its row versions (current
+    # ones included) and their checksum. None where the history is not in the snapshot.
+    history_rows: int | None = None
+    history_checksum: str | None = None
 
     def to_document(self) -> dict[str, Any]:
         document: dict[str, Any] = {"name": self.name, "rows": self.rows, "checksum": self.checksum}
         if not self.consistent:
             document["consistent"] = False
+        if self.history_checksum is not None:
+            document["history_rows"] = self.history_rows
+            document["history_checksum"] = self.history_checksum
         return document
 
     @classmethod
@@ -78,6 +85,8 @@ class TableRecord:
             rows=int(document["rows"]),
             checksum=str(document["checksum"]),
             consistent=bool(document.get("consistent", True)),
+            history_rows=None if document.get("history_rows") is None else int(document["history_rows"]),
+            history_checksum=None if document.get("history_checksum") is None else str(document["history_checksum"]),
         )
 
 
@@ -108,6 +117,9 @@ class DatabaseRecord:
     # SHA-256 of the dump's blob IDs in order (each the SHA-256 of one piece of the dump): pins
     # every byte without hashing the dump a second time. None in manifests from before.
     blobs_sha256: str | None = None
+    # What the dump could not keep exactly (MariaDB: FLOAT columns, system-versioned history),
+    # said when the snapshot was made.
+    warnings: list[str] = field(default_factory=list)
 
     def to_document(self) -> dict[str, Any]:
         document: dict[str, Any] = {
@@ -129,6 +141,8 @@ class DatabaseRecord:
             document["checksum_algorithm"] = self.checksum_algorithm
         if self.inspected_note is not None:
             document["inspected_note"] = self.inspected_note
+        if self.warnings:
+            document["warnings"] = list(self.warnings)
         return document
 
     @classmethod
@@ -148,6 +162,7 @@ class DatabaseRecord:
             checksum_algorithm=None if algorithm is None else str(algorithm),
             inspected_note=None if document.get("inspected_note") is None else str(document["inspected_note"]),
             blobs_sha256=None if document.get("blobs_sha256") is None else str(document["blobs_sha256"]),
+            warnings=[str(warning) for warning in document.get("warnings") or []],
         )
 
 
@@ -187,6 +202,14 @@ class Manifest:
     files: list[FileRecord] = field(default_factory=list)
     kind: str = "manual"
     format_version: int = FORMAT_VERSION
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the snapshot could not keep exactly, each naming its database, as recorded when
+        the snapshot was made."""
+        return [
+            f"database {name}: {warning}" for name, database in self.databases.items() for warning in database.warnings
+        ]
 
     @property
     def stored_size(self) -> int:

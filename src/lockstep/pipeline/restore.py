@@ -26,7 +26,7 @@ from typing import IO, Literal
 
 from lockstep.chunk_stream import ChunkStream
 from lockstep.databases import adapter_for
-from lockstep.databases.base import DatabaseAdapter, DatabaseInfo, ServerLocation, redact_url
+from lockstep.databases.base import DatabaseAdapter, DatabaseInfo, ServerLocation, TableInfo, redact_url
 from lockstep.errors import IntegrityError, LockstepError, NotFound, SourceError, UsageError
 from lockstep.pipeline.code import git_command
 from lockstep.pipeline.manifest import CodeRecord, DatabaseRecord, FileRecord, Manifest, TableRecord
@@ -180,6 +180,14 @@ def compare_with_manifest(
             comparable if comparable is not None else _same_checksum_kind(found.checksum, table.checksum)
         ):
             problems.append((table.name, f"table {table.name}: {CHECKSUM_DIFFERS}"))
+        elif _history_differs(table, found):
+            problems.append(
+                (
+                    table.name,
+                    f"table {table.name}: its history differs from the manifest's "
+                    f"({found.history_rows} row versions restored, the manifest says {table.history_rows})",
+                )
+            )
     if comparable is None:
         # A manifest from before checksums named their algorithm: its fingerprint left out some
         # tables the dump holds (MariaDB's system-versioned ones), so extra tables are no sign of
@@ -188,6 +196,15 @@ def compare_with_manifest(
     for name in sorted(actual):
         problems.append((name, f"table {name} was restored but is not in the manifest"))
     return problems
+
+
+def _history_differs(recorded: TableRecord, found: TableInfo) -> bool:
+    """Whether a system-versioned table's restored history differs from the one the snapshot
+    recorded. Only a snapshot whose dump holds the history records one; a restore fingerprinted
+    where the history cannot be read back (an older client) says nothing about it."""
+    if recorded.history_checksum is None or found.history_checksum is None:
+        return False
+    return (found.history_rows, found.history_checksum) != (recorded.history_rows, recorded.history_checksum)
 
 
 def with_likely_causes(

@@ -346,6 +346,7 @@ def _store_database(builder: SnapshotBuilder, name: str, database: DatabaseConfi
             info = consistent_info()
             inspected = str(getattr(dump, "inspected", "dump"))
         inspected_note = getattr(dump, "inspected_note", None)
+        warnings = [str(warning) for warning in getattr(dump, "warnings", ())]
         if info is None:
             info = adapter.inspect(database.url, password)
     except SourceError as error:
@@ -362,7 +363,14 @@ def _store_database(builder: SnapshotBuilder, name: str, database: DatabaseConfi
         sha256=None,
         blobs_sha256=blobs_sha256,
         tables=[
-            TableRecord(name=table.name, rows=table.rows, checksum=table.checksum, consistent=table.consistent)
+            TableRecord(
+                name=table.name,
+                rows=table.rows,
+                checksum=table.checksum,
+                consistent=table.consistent,
+                history_rows=table.history_rows,
+                history_checksum=table.history_checksum,
+            )
             for table in info.tables
         ],
         migration_version=info.migration_version,
@@ -370,6 +378,7 @@ def _store_database(builder: SnapshotBuilder, name: str, database: DatabaseConfi
         inspected=inspected,
         inspected_note=None if inspected_note is None else str(inspected_note),
         checksum_algorithm=getattr(adapter, "checksum_algorithm", None),
+        warnings=warnings,
     )
 
 
