@@ -72,6 +72,27 @@ def test_consistency_markers_round_trip_and_stay_out_of_ordinary_manifests() -> 
     assert DatabaseRecord.from_document(json.loads(json.dumps(document))) == marked
 
 
+def test_history_and_warnings_round_trip_and_stay_out_of_ordinary_manifests() -> None:
+    """A system-versioned table's history fingerprint and a dump's warnings are written only
+    when there are some; the manifest's `warnings` name their database."""
+    manifest = sample_manifest()
+    plain = json.loads(manifest.to_json())["databases"]["main"]
+    assert "warnings" not in plain and "history_rows" not in plain["tables"][0]
+    assert manifest.warnings == []
+    record = DatabaseRecord(
+        **{
+            **manifest.databases["main"].__dict__,
+            "tables": [TableRecord("prices", 2, "7" * 20, history_rows=5, history_checksum="9" * 20)],
+            "warnings": ["FLOAT column prices.net: rounded"],
+        }
+    )
+    document = json.loads(json.dumps(record.to_document()))
+    assert document["tables"][0]["history_rows"] == 5 and document["warnings"] == ["FLOAT column prices.net: rounded"]
+    assert DatabaseRecord.from_document(document) == record
+    with_warning = Manifest(**{**manifest.__dict__, "databases": {"shop": record}})
+    assert with_warning.warnings == ["database shop: FLOAT column prices.net: rounded"]
+
+
 def test_manifest_document_has_the_documented_fields() -> None:
     """Scripts read these keys: their names and the format version are API."""
     document = json.loads(sample_manifest().to_json())
