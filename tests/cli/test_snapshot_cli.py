@@ -351,15 +351,27 @@ def test_symlinked_config_files_are_recorded_under_their_own_names(project: Proj
 
 def test_reserved_tags_are_refused(project: Project) -> None:
     """`--tag commit:deadbeef` made `snapshot show deadbeef` find this snapshot as if it recorded
-    commit deadbeef; env: and kind: would file it under another environment or kind."""
+    commit deadbeef; env: and kind: would file it under another environment or kind. Every
+    prefix lockstep writes is reserved: `release:7` made a rollback restore release 7's directory
+    from this snapshot, `deploy:` put it among a deploy's snapshots for retention."""
     head = git(project.root, "rev-parse", "HEAD")
-    for tag in ("commit:deadbeef", "env:production", "kind:pre-deploy", "lockstep"):
+    reserved = (
+        "commit:deadbeef",
+        "env:production",
+        "kind:pre-deploy",
+        "lockstep",
+        "release:20250101-120000",
+        "deploy:d1",
+        "restore-of:1a2b3c4d",
+        "restores:1a2b3c4d",
+    )
+    for tag in reserved:
         refused = project.lockstep("snapshot", "create", "--tag", tag)
         assert refused.returncode == 2, refused.err
         assert repr(tag) in refused.err and "reserved" in refused.err
     assert project.snapshot_ids() == []
-    created = project.create("--tag", "release-candidate", "--tag", "committed")
-    assert created["tags"] == ["release-candidate", "committed"]
+    created = project.create("--tag", "release-candidate", "--tag", "committed", "--tag", "deployed")
+    assert created["tags"] == ["release-candidate", "committed", "deployed"]
     assert git(project.root, "rev-parse", "HEAD") == head
 
 

@@ -32,6 +32,7 @@ from lockstep.pipeline.restore import (
     target_state,
 )
 from lockstep.pipeline.snapshot import (
+    RESTORE_OF_TAG_PREFIX,
     SnapshotRequest,
     create_snapshot,
     database_password,
@@ -221,7 +222,7 @@ def _restore_in_place(
             project_directory=project.directory,
             environment=environment,
             message=f"before restoring snapshot {snapshot.short_id}",
-            tags=(f"restore-of:{snapshot.short_id}",),
+            tags=(RESTORE_OF_TAG_PREFIX + snapshot.short_id,),
             kind=PRE_RESTORE_KIND,
         )
         with reported_step(reporter, "pre-restore snapshot", ", ".join(existing)) as step:

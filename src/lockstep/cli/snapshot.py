@@ -17,7 +17,7 @@ from lockstep.cli.project_options import wants_json
 from lockstep.cli.reporting import progress_options, progress_reporter
 from lockstep.pipeline.code import SHORT_COMMIT_LENGTH
 from lockstep.pipeline.manifest import DatabaseRecord, Manifest
-from lockstep.pipeline.snapshot import environment_name
+from lockstep.pipeline.snapshot import RESERVED_TAG_PREFIXES, environment_name
 from lockstep.pipeline.verification_records import describe_state
 from lockstep.repository.snapshot import Snapshot
 
@@ -75,7 +75,9 @@ def snapshot_group() -> None:
     "tags",
     multiple=True,
     metavar="TAG",
-    help="Add a tag to the snapshot (repeatable; not lockstep, commit:..., env:... or kind:..., which lockstep sets).",
+    help="Add a tag to the snapshot (repeatable). Not lockstep, nor one starting with "
+    + ", ".join(RESERVED_TAG_PREFIXES)
+    + " (lockstep sets those).",
 )
 @click.option(
     "--commit",

@@ -14,6 +14,7 @@ from lockstep.config import ProjectConfig
 from lockstep.pipeline.diff import DatabaseDiff, TableDiff, diff_database
 from lockstep.pipeline.restore import RestoredDatabase, ServerAccess, restore_database
 from lockstep.pipeline.snapshot import (
+    RESTORES_TAG_PREFIX,
     CreatedSnapshot,
     SnapshotRequest,
     create_snapshot,
@@ -104,7 +105,7 @@ def restore_snapshot_data(
                 project_directory=project_directory,
                 environment=environment,
                 message=f"before restoring snapshot {snapshot.short_id}",
-                tags=(f"restores:{snapshot.short_id}",),
+                tags=(RESTORES_TAG_PREFIX + snapshot.short_id,),
                 kind="pre-restore",
             ),
             code=None,

@@ -56,7 +56,14 @@ from lockstep.pipeline.notifications import notifier_for, operation_event
 from lockstep.pipeline.release_launch import ComponentPlan, app_environment, plan_components, traffic_component
 from lockstep.pipeline.releases import ResolvedRef, build_release_directory, new_deploy_id, prune_releases, resolve_ref
 from lockstep.pipeline.smoke import run_smoke_check
-from lockstep.pipeline.snapshot import PreparedCode, SnapshotRequest, create_snapshot, database_password
+from lockstep.pipeline.snapshot import (
+    DEPLOY_TAG_PREFIX,
+    RELEASE_TAG_PREFIX,
+    PreparedCode,
+    SnapshotRequest,
+    create_snapshot,
+    database_password,
+)
 from lockstep.pipeline.steps import Reporter, StepFailed, StepRunner, bind_context
 from lockstep.process import Command, run_user_command
 from lockstep.repository.documents import DocumentStore
@@ -492,7 +499,8 @@ class Deployment:
             project_directory=self.context.directory,
             environment=self.context.environment,
             message=f"before deploy {record.id}",
-            tags=(f"deploy:{record.id}",) + ((f"release:{old_release['release_id']}",) if old_release else ()),
+            tags=(DEPLOY_TAG_PREFIX + record.id,)
+            + ((RELEASE_TAG_PREFIX + str(old_release["release_id"]),) if old_release else ()),
             kind="pre-deploy",
         )
         existing = {name: db for name, db in self.config.databases.items() if not not_created_yet(db.url)}

@@ -19,6 +19,7 @@ from datetime import datetime
 from lockstep.config.model import RetentionConfig
 from lockstep.pipeline.snapshot import (
     DEFAULT_ENVIRONMENT,
+    DEPLOY_TAG_PREFIX,
     ENVIRONMENT_TAG_PREFIX,
     KIND_TAG_PREFIX,
     is_lockstep_snapshot,
@@ -28,8 +29,8 @@ from lockstep.repository.retention import UNLIMITED, RetentionPolicy, apply_poli
 from lockstep.repository.snapshot import Snapshot
 
 PRE_DEPLOY_KIND = "pre-deploy"
-# A deploy that snapshots several times tags them all `deploy:<id>`; they count as one deploy.
-DEPLOY_TAG_PREFIX = "deploy:"
+# A deploy that snapshots several times tags them all `deploy:<id>` (DEPLOY_TAG_PREFIX); they
+# count as one deploy.
 REMOVE_REASON = "no rule keeps it"
 
 

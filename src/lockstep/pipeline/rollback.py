@@ -40,7 +40,7 @@ from lockstep.pipeline.notifications import notifier_for, operation_event
 from lockstep.pipeline.release_launch import plan_components, traffic_component
 from lockstep.pipeline.releases import build_release_directory
 from lockstep.pipeline.restore import restore_code
-from lockstep.pipeline.snapshot import load_manifest
+from lockstep.pipeline.snapshot import RELEASE_TAG_PREFIX, load_manifest
 from lockstep.pipeline.steps import Reporter, StepFailed, StepRunner, bind_context
 from lockstep.repository.documents import DocumentStore
 
@@ -428,7 +428,7 @@ class Rollback:
         build_release_directory(code.path, self.config.app, self.context.layout, target.release_id or "", target.commit)
 
     def _restore_release_from_snapshot(self, target: OperationRecord, release_dir: Path) -> bool:
-        tag = f"release:{target.release_id}"
+        tag = f"{RELEASE_TAG_PREFIX}{target.release_id}"
         with self.context.project.access.session(exclusive=False) as repository:
             holding = [snapshot for snapshot in repository.list_snapshots(skip_unreadable=True) if tag in snapshot.tags]
             if not holding:

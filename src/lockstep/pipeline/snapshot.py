@@ -55,7 +55,25 @@ DEFAULT_ENVIRONMENT = "default"
 COMMIT_TAG_PREFIX = "commit:"
 ENVIRONMENT_TAG_PREFIX = "env:"
 KIND_TAG_PREFIX = "kind:"
-RESERVED_TAG_PREFIXES = (COMMIT_TAG_PREFIX, ENVIRONMENT_TAG_PREFIX, KIND_TAG_PREFIX)
+# A deploy's snapshots: retention counts them as one deploy.
+DEPLOY_TAG_PREFIX = "deploy:"
+# The release directory a pre-deploy snapshot holds: a rollback restores it from there.
+RELEASE_TAG_PREFIX = "release:"
+# The snapshot a pre-restore snapshot was taken before restoring (`snapshot restore`, a rollback
+# --with-data).
+RESTORE_OF_TAG_PREFIX = "restore-of:"
+RESTORES_TAG_PREFIX = "restores:"
+# Every prefix of a tag lockstep writes: a user's `--tag release:7` would make a rollback take
+# that snapshot for the one holding release 7, a `deploy:` one would join a deploy's snapshots.
+RESERVED_TAG_PREFIXES = (
+    COMMIT_TAG_PREFIX,
+    ENVIRONMENT_TAG_PREFIX,
+    KIND_TAG_PREFIX,
+    DEPLOY_TAG_PREFIX,
+    RELEASE_TAG_PREFIX,
+    RESTORE_OF_TAG_PREFIX,
+    RESTORES_TAG_PREFIX,
+)
 
 
 @dataclass(frozen=True)
@@ -207,7 +225,8 @@ def snapshot_tags(request: SnapshotRequest, code: PreparedCode | None) -> list[s
 def check_user_tags(tags: Iterable[str]) -> None:
     """Refuse a user's tag that lockstep sets itself: `--tag commit:deadbeef` would make
     `snapshot show deadbeef` find a snapshot of other code, `env:`/`kind:` would put it under
-    another environment or kind for list, forget and retention."""
+    another environment or kind for list, forget and retention, `release:` would have a
+    rollback restore a release directory from it (RESERVED_TAG_PREFIXES)."""
     for tag in tags:
         if tag == LOCKSTEP_TAG or tag.startswith(RESERVED_TAG_PREFIXES):
             raise UsageError(
