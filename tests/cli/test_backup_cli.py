@@ -295,3 +295,32 @@ def test_retention_is_postponed_while_another_process_holds_the_repository(proje
     assert len(project.snapshots()) == 2
     assert project.lockstep("backup").returncode == 0
     assert len(project.snapshots()) == 1
+
+
+def test_a_dirty_work_tree_is_refused_with_a_hint_that_backup_can_follow(project: Project) -> None:
+    """The refusal named --commit and --allow-dirty, which `lockstep backup` does not take; it
+    names [code] allow_dirty, which backup reads, and with it set the backup stores the diff."""
+    from tests.cli.test_snapshot_cli import git
+
+    require_binary("git", "apt-get install git")
+    project.write_config(sqlite_only(project), {"verify_level": "none"})
+    git(project.root, "init", "-q", "-b", "main")
+    (project.root / ".gitignore").write_text("app.db\nrepository/\n")
+    (project.root / "app.py").write_text("print('v1')\n")
+    git(project.root, "add", "-A")
+    git(project.root, "commit", "-q", "-m", "first")
+    (project.root / "app.py").write_text("print('v2')\n")
+
+    refused = project.lockstep("backup")
+    assert refused.returncode == ExitCode.USAGE, refused.err
+    assert "uncommitted changes" in refused.err
+    assert "allow_dirty = true under [code]" in refused.err
+    assert "--commit" not in refused.err and "pass --allow-dirty" not in refused.err
+    assert project.snapshots() == []
+
+    with (project.root / "lockstep.toml").open("a") as config:
+        config.write("\n[code]\nallow_dirty = true\n")
+    backed_up = project.lockstep("backup", "--json")
+    assert backed_up.returncode == 0, backed_up.err
+    listed = project.lockstep("snapshot", "show", "latest", "--json")
+    assert json.loads(listed.out)["code"]["dirty"] is True

@@ -149,8 +149,10 @@ class CodeConfig(_Section):
     allow_dirty: bool = Field(
         default=False,
         description=(
-            "For git: allow a snapshot while the work tree has uncommitted changes "
-            "(they would not be recorded, so the snapshot could not bring them back)."
+            "For git: allow a snapshot while the work tree has uncommitted changes; their diff, untracked "
+            "files included, is stored with it (what `snapshot create --allow-dirty` does once, here for "
+            "every snapshot: `lockstep backup` and the agent's schedules have no flag for it). A deploy of "
+            "HEAD is allowed too, without the changes."
         ),
         examples=[True],
     )

@@ -143,9 +143,23 @@ class _Collected:
     files: list[FileRecord] = field(default_factory=list)
 
 
-def prepare_code(code: CodeConfig, request: SnapshotRequest, apart: StoredApart) -> PreparedCode | None:
+# How to snapshot a dirty work tree, for a command that has no --commit or --allow-dirty
+# (`lockstep backup`, the agent's schedules): [code] allow_dirty is what they read.
+DIRTY_TREE_CONFIG_HINT = (
+    "commit them, or set allow_dirty = true under [code] in lockstep.toml to store their diff with "
+    "every snapshot (`lockstep snapshot create --allow-dirty` does that for one snapshot)"
+)
+DIRTY_TREE_FLAGS_HINT = (
+    "commit them (or pass --commit -m MESSAGE), or pass --allow-dirty to store the diff with the snapshot"
+)
+
+
+def prepare_code(
+    code: CodeConfig, request: SnapshotRequest, apart: StoredApart, flags: bool = True
+) -> PreparedCode | None:
     """Check the code (with --commit, commit it, off the branch until the snapshot is written);
-    refuse a dirty git tree unless allowed."""
+    refuse a dirty git tree unless allowed. `flags`: whether the command takes --commit and
+    --allow-dirty, which the refusal's hint names (otherwise it names [code] allow_dirty)."""
     if code.kind is None or code.path is None:
         if request.commit:
             raise UsageError("--commit needs git code", 'set [code] kind = "git" and its path in lockstep.toml')
@@ -165,7 +179,7 @@ def prepare_code(code: CodeConfig, request: SnapshotRequest, apart: StoredApart)
     if state.dirty and not (request.allow_dirty or code.allow_dirty):
         raise UsageError(
             f"the git work tree {code.path} has uncommitted changes",
-            "commit them (or pass --commit -m MESSAGE), or pass --allow-dirty to store the diff with the snapshot",
+            DIRTY_TREE_FLAGS_HINT if flags else DIRTY_TREE_CONFIG_HINT,
         )
     return PreparedCode(kind="git", git=state, work_tree=code.path, left_out=apart.paths)
 
