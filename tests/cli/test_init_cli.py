@@ -35,6 +35,29 @@ def test_init_notes_a_git_work_tree(tmp_path: Path) -> None:
     assert "is a git work tree" in (tmp_path / "lockstep.toml").read_text(encoding="utf-8")
 
 
+def test_init_in_a_monorepo_subdirectory_names_the_work_tree_the_config_uses(tmp_path: Path) -> None:
+    """The code is the git work tree the config sits in, even from a subdirectory: the config
+    loader found it, but `init` looked for .git in the directory alone and said it was not a git
+    work tree. Now `init`, the sample's comment and the loaded config agree."""
+    (tmp_path / ".git").mkdir()
+    app = tmp_path / "apps" / "shop"
+    app.mkdir(parents=True)
+    completed = run_lockstep(["init"], cwd=app)
+    assert completed.returncode == ExitCode.OK, completed.err
+    assert f"the code is the git work tree {tmp_path}, which this directory is in" in completed.out
+    assert "not a git work tree" not in completed.out
+    comments = " ".join(line.removeprefix("# ") for line in (app / "lockstep.toml").read_text().splitlines())
+    assert f"This directory is inside the git work tree {tmp_path}, so the code is" in comments
+    assert "not a git work tree" not in comments
+    saved = os.environ.pop("LOCKSTEP_REPOSITORY", None)
+    try:
+        config = load_config(app / "lockstep.toml")
+    finally:
+        if saved is not None:
+            os.environ["LOCKSTEP_REPOSITORY"] = saved
+    assert (config.code.kind, config.code.path) == ("git", tmp_path.resolve())
+
+
 def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     """An existing file is kept, exit code 2, and the message names --force."""
     path = tmp_path / "lockstep.toml"

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lockstep.config.loading import CONFIG_FILE_NAME
+from lockstep.config.model import git_work_tree
 from lockstep.config.sample import render_sample
 from lockstep.errors import UsageError
 
@@ -13,7 +14,9 @@ from lockstep.errors import UsageError
 @dataclass(frozen=True)
 class InitProjectResult:
     path: Path
-    git_work_tree: bool
+    # The git work tree the directory is in (it, or one above it): the code a snapshot records,
+    # as the config's [code] defaults find it. None outside any work tree.
+    work_tree: Path | None
     replaced: bool
 
 
@@ -30,4 +33,4 @@ def init_project(directory: Path, force: bool = False) -> InitProjectResult:
         path.write_text(render_sample(directory), encoding="utf-8")
     except OSError as error:
         raise UsageError(f"cannot write {path}: {error.strerror}", "check the directory's permissions") from None
-    return InitProjectResult(path=path, git_work_tree=(directory / ".git").exists(), replaced=existed)
+    return InitProjectResult(path=path, work_tree=git_work_tree(directory), replaced=existed)

@@ -23,8 +23,14 @@ def init_command(context: click.Context, force: bool, json_output: bool) -> None
         print_json({"path": str(result.path)})
         return
     console.print(f"{'replaced' if result.replaced else 'wrote'} {result.path}", markup=False)
-    if result.git_work_tree:
+    if result.work_tree == result.path.parent:
         console.print("the code is this git work tree; next, set the repository and database URLs in it")
+    elif result.work_tree is not None:
+        console.print(
+            f"the code is the git work tree {result.work_tree}, which this directory is in; "
+            "next, set the repository and database URLs in it",
+            markup=False,
+        )
     else:
         console.print(
             'this directory is not a git work tree: set kind = "release-directory" or the path of the code in [code]',

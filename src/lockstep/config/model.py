@@ -129,6 +129,16 @@ class RepositoryConfig(_Section):
         return self.model_copy(update={"url": url, "password_file": password_file})
 
 
+def git_work_tree(path: Path) -> Path | None:
+    """The top of the git work tree `path` is in: the nearest of it and the directories above it
+    that holds .git (a directory, or the file of a linked work tree or submodule). An app in a
+    monorepo's subdirectory is in the monorepo's work tree. None outside any work tree."""
+    for candidate in (path, *path.parents):
+        if (candidate / ".git").exists():
+            return candidate
+    return None
+
+
 class CodeConfig(_Section):
     """The application code that a snapshot records next to the databases."""
 
@@ -137,7 +147,9 @@ class CodeConfig(_Section):
         description=(
             'How the code is deployed: "git" (a git work tree; the snapshot records the commit) or '
             '"release-directory" (a directory of files copied into the snapshot). '
-            'Default: "git" when the code path contains .git, otherwise none.'
+            'Default: "git" when the code path is in a git work tree (it or a directory above it holds '
+            ".git, as for an app in a monorepo's subdirectory), and then path is that work tree's top; "
+            "otherwise none."
         ),
         examples=["git"],
     )
@@ -163,10 +175,9 @@ class CodeConfig(_Section):
         kind = self.kind
         if kind is None:
             # The work tree may start above the config (an app in a monorepo's subdirectory).
-            for candidate in (path, *path.parents):
-                if (candidate / ".git").exists():
-                    kind, path = "git", candidate
-                    break
+            work_tree = git_work_tree(path)
+            if work_tree is not None:
+                kind, path = "git", work_tree
         return self.model_copy(update={"path": path, "kind": kind})
 
 

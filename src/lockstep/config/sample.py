@@ -17,7 +17,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from lockstep.config.model import ProjectConfig
+from lockstep.config.model import ProjectConfig, git_work_tree
 
 _COMMENT_WIDTH = 100
 _SEE_KEYS = "see its keys"
@@ -173,10 +173,16 @@ def _key_lines(name: str, field: FieldInfo) -> list[str]:
 def _code_note(project_directory: Path | None) -> list[str]:
     if project_directory is None:
         return []
-    if (project_directory / ".git").exists():
+    work_tree = git_work_tree(project_directory)
+    if work_tree == project_directory:
         return _comment(
             'This directory is a git work tree, so the code is the commit checked out here (kind = "git"): '
             "nothing below needs to change for that."
+        )
+    if work_tree is not None:
+        return _comment(
+            f"This directory is inside the git work tree {work_tree}, so the code is the commit checked out "
+            'there (kind = "git", path = that work tree): nothing below needs to change for that.'
         )
     return _comment(
         'This directory is not a git work tree: set kind = "release-directory" to record its files, or point '
