@@ -508,6 +508,7 @@ def test_release_directory_code_and_environment_tags(tmp_path: Path) -> None:
         "author": None,
         "dirty": False,
         "path": "/code/release",
+        "size": len("<?php echo 'v7';\n") + len("body {}\n"),
     }
     assert staging["environment"] == "staging" and staging["databases"] == {}
     project.create("-m", "default environment")
@@ -519,6 +520,31 @@ def test_release_directory_code_and_environment_tags(tmp_path: Path) -> None:
     only_staging = json.loads(project.ok("snapshot", "list", "--env", "staging", "--json").out)
     assert [item["id"] for item in only_staging] == [staging["id"]]
     assert len(json.loads(project.ok("snapshot", "list", "--json").out)) == 2
+
+
+def test_a_release_directory_snapshot_reports_the_size_of_its_files(tmp_path: Path) -> None:
+    """A snapshot of a release directory alone said "0 B in total" (and so did `snapshot list`):
+    only dumps and config files were counted. The manifest records the release's bytes and every
+    size shown includes them."""
+    root = tmp_path / "site"
+    (root / "release" / "static").mkdir(parents=True)
+    (root / "release" / "index.php").write_bytes(b"<?php echo 'v8';\n" * 100)
+    (root / "release" / "static" / "app.css").write_bytes(b"x" * 3000)
+    (root / "lockstep.toml").write_text(
+        f'[repository]\nurl = "{tmp_path / "repository"}"\n\n[code]\nkind = "release-directory"\npath = "release"\n'
+    )
+    project = Project(root, tmp_path / "repository")
+    assert project.repo("init").returncode == 0
+    size = 1700 + 3000
+
+    created = project.create("-m", "v8")
+    assert created["code"]["size"] == size
+    printed = project.ok("snapshot", "create", "-m", "again").out
+    assert "code (4.59 KiB); no databases; 0 files; 4.59 KiB in total" in printed, printed
+    listed = project.ok("snapshot", "list").out
+    assert "0 B" not in listed and listed.count("4.59 KiB") == 2, listed
+    shown = project.ok("snapshot", "show", "latest").out
+    assert "code         release-directory at /code/release, 4.59 KiB" in shown
 
 
 def test_references_resolve_within_the_environment(project: Project) -> None:

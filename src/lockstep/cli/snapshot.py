@@ -127,9 +127,10 @@ def create_command(
     )
     code = manifest.code
     commit_text = f", commit {code.commit[:SHORT_COMMIT_LENGTH]}" if code and code.commit else ""
+    code_text = f"code ({human_bytes(code.size)}); " if code is not None and code.size is not None else ""
     console.print(f"snapshot {result.snapshot.short_id} saved", markup=False)
     console.print(
-        f"{databases}; {len(manifest.files)} files; {human_bytes(manifest.stored_size)} in total"
+        f"{code_text}{databases}; {len(manifest.files)} files; {human_bytes(manifest.stored_size)} in total"
         f"{commit_text}; {result.seconds:.1f} s",
         markup=False,
     )
@@ -214,7 +215,8 @@ def _print_manifest(item: ListedSnapshot) -> None:
         dirty = " (with uncommitted changes, diff stored)" if code.dirty else ""
         lines.append(f"code         git {code.commit}{branch}{dirty}")
     else:
-        lines.append(f"code         {code.kind} at {code.path}")
+        size = "" if code.size is None else f", {human_bytes(code.size)}"
+        lines.append(f"code         {code.kind} at {code.path}{size}")
     for name, database in manifest.databases.items():
         rows = sum(table.rows for table in database.tables)
         migration = f", migration {database.migration_version}" if database.migration_version else ""

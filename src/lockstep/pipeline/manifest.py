@@ -31,9 +31,12 @@ class CodeRecord:
     author: str | None = None
     dirty: bool = False
     path: str | None = None  # where the snapshot holds the code (release directory) or its diff
+    # Bytes stored at `path`: the release directory's files, or the diff. None when the snapshot
+    # holds only the commit ID, and in manifests written before the field existed.
+    size: int | None = None
 
     def to_document(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "kind": self.kind,
             "commit": self.commit,
             "branch": self.branch,
@@ -41,6 +44,9 @@ class CodeRecord:
             "dirty": self.dirty,
             "path": self.path,
         }
+        if self.size is not None:
+            document["size"] = self.size
+        return document
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> CodeRecord:
@@ -51,6 +57,7 @@ class CodeRecord:
             author=document.get("author"),
             dirty=bool(document.get("dirty", False)),
             path=document.get("path"),
+            size=None if document.get("size") is None else int(document["size"]),
         )
 
 
@@ -213,8 +220,10 @@ class Manifest:
 
     @property
     def stored_size(self) -> int:
-        """Bytes of the dumps and files the snapshot holds (before deduplication and compression)."""
-        return sum(database.size for database in self.databases.values()) + sum(file.size for file in self.files)
+        """Bytes of the code (a release directory, a diff), dumps and files the snapshot holds
+        (before deduplication and compression)."""
+        code = self.code.size if self.code is not None and self.code.size is not None else 0
+        return code + sum(database.size for database in self.databases.values()) + sum(file.size for file in self.files)
 
     def to_document(self) -> dict[str, Any]:
         return {

@@ -315,14 +315,15 @@ def _store_code(builder: SnapshotBuilder, code: PreparedCode | None) -> CodeReco
     if code is None:
         return None
     if code.release_directory is not None:
-        builder.add_path("/code/release", code.release_directory)
-        return CodeRecord(kind=code.kind, path="/code/release")
+        size = builder.add_path("/code/release", code.release_directory)
+        return CodeRecord(kind=code.kind, path="/code/release", size=size)
     assert code.git is not None and code.work_tree is not None
     builder.add_bytes("/code/commit", (code.git.commit + "\n").encode("ascii"))
     diff_path = None
+    diff_size = None
     if code.git.dirty:
         diff = uncommitted_diff(code.work_tree, code.left_out)
-        _store_stream(builder, "/code/uncommitted.diff", diff, allow_empty=True)
+        diff_size, _ = _store_stream(builder, "/code/uncommitted.diff", diff, allow_empty=True)
         diff_path = "/code/uncommitted.diff"
     return CodeRecord(
         kind=code.kind,
@@ -331,6 +332,7 @@ def _store_code(builder: SnapshotBuilder, code: PreparedCode | None) -> CodeReco
         author=code.git.author,
         dirty=code.git.dirty,
         path=diff_path,
+        size=diff_size,
     )
 
 

@@ -171,8 +171,10 @@ class SnapshotBuilder:
 
         return self.add_stream(path, io.BytesIO(data), allow_empty=True, mode=mode)
 
-    def add_path(self, path: str, source: Path) -> None:
-        """Store a file or a whole directory tree from disk at `path`, with its metadata."""
+    def add_path(self, path: str, source: Path) -> int:
+        """Store a file or a whole directory tree from disk at `path`, with its metadata; returns
+        the bytes of the files stored (their sizes, before deduplication and compression)."""
+        read_before = self._archiver.summary.bytes_read
         raw_source = os.fsencode(os.path.abspath(source))
         node = self._archiver.node_for_path(raw_source, _split(path)[-1].encode("utf-8"))
         if node is None:
@@ -182,6 +184,7 @@ class SnapshotBuilder:
         elif node.type == "file":
             self._archiver.fill_content(self._pipeline, raw_source, node)
         self._place(path, node)
+        return self._archiver.summary.bytes_read - read_before
 
     def _save(self, directory: _Directory) -> bytes:
         nodes = list(directory.nodes.values())
