@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from lockstep.databases import adapter_for
-from lockstep.databases.base import ServerLocation
+from lockstep.databases.base import STALE_SCRATCH_SECONDS, ServerLocation
 from lockstep.databases.mysql import MysqlAdapter
 from lockstep.errors import SourceError, UsageError
 from tests.conftest import missing, require_binary
@@ -521,3 +521,34 @@ def test_a_new_database_gets_the_default_character_set_of_the_source(
             ) == [["latin1_german1_ci"]]
     finally:
         adapter.drop_database(created, None)
+
+
+def test_a_new_scratch_database_drops_those_a_killed_verification_left(adapter: MysqlAdapter) -> None:
+    """As on PostgreSQL: a dated scratch database over a day old is dropped by the next one,
+    unless a connection still uses it; undated names (older versions) are left alone."""
+    day_and_more = int(time.time()) - STALE_SCRATCH_SECONDS - 60
+    stale = f"lockstep_verify_{day_and_more:08x}_0123456789ab"
+    in_use = f"lockstep_verify_{day_and_more:08x}_ba9876543210"
+    recent = f"lockstep_verify_{int(time.time()):08x}_0123456789ab"
+    undated = "lockstep_verify_0123456789ab"
+    names = (stale, in_use, recent, undated)
+    run_sql("".join(f"DROP DATABASE IF EXISTS `{name}`; CREATE DATABASE `{name}`;" for name in names))
+    holder = subprocess.Popen(
+        ["mariadb", "-h", "127.0.0.1", "-u", "root", in_use, "-e", "SELECT SLEEP(30)"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not run_sql(f"SELECT 1 FROM information_schema.processlist WHERE db = '{in_use}'"):
+            assert time.monotonic() < deadline, "the holding connection never showed up"
+            time.sleep(0.1)
+        new = adapter.create_scratch(SERVER_URL, None)
+        left = {row[0] for row in run_sql("SHOW DATABASES LIKE 'lockstep\\\\_verify\\\\_%'")}
+        assert stale not in left
+        assert {in_use, recent, undated, ServerLocation.parse(new).database} <= left
+        adapter.drop_database(new, None)
+    finally:
+        holder.kill()
+        holder.wait()
+        run_sql("".join(f"DROP DATABASE IF EXISTS `{name}`;" for name in names))

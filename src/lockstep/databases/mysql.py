@@ -56,6 +56,7 @@ from lockstep.databases.base import (
     redact,
     require_scratch,
     scratch_name,
+    stale_scratch_names,
     with_database,
 )
 from lockstep.databases.fingerprinted_dump import FingerprintedDump
@@ -258,6 +259,7 @@ class MysqlAdapter:
     def create_scratch(self, url: str, password: str | None) -> str:
         location = ServerLocation.parse(url)
         name = scratch_name()
+        _drop_stale_scratch(location, password)
         _administer(location, password, f"CREATE DATABASE {_identifier(name)} CHARACTER SET utf8mb4")
         return with_database(url, name)
 
@@ -685,6 +687,23 @@ def _query(
     if lines[-1] == "":
         lines.pop()
     return [batch_fields(line) for line in lines]
+
+
+def _drop_stale_scratch(location: ServerLocation, password: str | None) -> None:
+    """Drop the scratch databases a killed verification or diff left behind (a day old, see
+    stale_scratch_names), except one a connection still uses (MariaDB's DROP DATABASE would
+    wait for its locks, then drop it from under it). Best effort: a user who may not list or
+    drop them still gets the new scratch database."""
+    listed = (
+        "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'lockstep\\_verify\\_%'"
+        " AND schema_name NOT IN (SELECT db FROM information_schema.processlist WHERE db IS NOT NULL)"
+    )
+    try:
+        names = [row[0] for row in _query(location, password, listed, database="") if row]
+        for name in stale_scratch_names(names):
+            _administer(location, password, f"DROP DATABASE IF EXISTS {_identifier(name)}")
+    except SourceError:
+        pass
 
 
 def _administer(location: ServerLocation, password: str | None, statement: str) -> None:
