@@ -280,6 +280,11 @@ def test_migration_version_is_detected(
     execute(database, statements)
     info = adapter.inspect(database, None)
     assert (info.migration_table, info.migration_version) == (table, version)
+    # summarize() reads no rows (deploys, smoke tests and the dashboard ask it), and agrees.
+    summary = adapter.summarize(database, None)
+    assert (summary.migration_table, summary.migration_version) == (table, version)
+    assert summary.tables == [found.name for found in info.tables]
+    assert (summary.engine, summary.server_version) == (info.engine, info.server_version)
     assert info.engine == "sqlite" and info.server_version == sqlite3.sqlite_version
 
 

@@ -68,6 +68,18 @@ class DatabaseInfo:
     migration_table: str | None
 
 
+@dataclass(frozen=True)
+class DatabaseSummary:
+    """A glance at a database that reads no rows: its tables and migration version, for health
+    checks, the dashboard and the versions a deploy records (inspect() hashes every row)."""
+
+    engine: str
+    server_version: str
+    tables: list[str]
+    migration_version: str | None
+    migration_table: str | None
+
+
 class DumpStream(Protocol):
     """A dump being produced: read `stdout` to its end, then `finish()` (which raises
     `SourceError` when the dump failed). `kill()` abandons it."""
@@ -94,6 +106,10 @@ class DatabaseAdapter(Protocol):
 
     def inspect(self, url: str, password: str | None) -> DatabaseInfo:
         """Server version, per-table row counts and checksums, and the migration version."""
+        ...
+
+    def summarize(self, url: str, password: str | None) -> DatabaseSummary:
+        """Server version, table names and the migration version, without reading the rows."""
         ...
 
     def restore(self, url: str, password: str | None, source: IO[bytes] | Path, create: bool) -> None:

@@ -50,6 +50,7 @@ from lockstep.databases.base import (
     MIGRATION_TABLES,
     DatabaseAdapter,
     DatabaseInfo,
+    DatabaseSummary,
     DumpFormat,
     ServerLocation,
     TableInfo,
@@ -214,6 +215,25 @@ class MysqlAdapter:
             return _database_info(lambda statement: session.rows(statement, QUERY_TIMEOUT_SECONDS), self.engine)
         finally:
             session.close()
+
+    def summarize(self, url: str, password: str | None) -> DatabaseSummary:
+        location = ServerLocation.parse(url)
+        session = _session(location, password, location.database)
+        try:
+
+            def rows(statement: str) -> list[list[str]]:
+                return session.rows(statement, QUERY_TIMEOUT_SECONDS)
+
+            version = rows("SELECT VERSION()")[0][0]
+            listed = rows(
+                "SELECT table_name FROM information_schema.tables"
+                f" WHERE table_schema = DATABASE() AND table_type IN {TABLE_TYPES} ORDER BY table_name"
+            )
+            names = sorted(row[0] for row in listed)
+            migration_table, migration_version = _migration(rows, set(names))
+        finally:
+            session.close()
+        return DatabaseSummary(self.engine, version, names, migration_version, migration_table)
 
     def restore(self, url: str, password: str | None, source: IO[bytes] | Path, create: bool) -> None:
         location = ServerLocation.parse(url)

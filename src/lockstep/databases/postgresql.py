@@ -41,6 +41,7 @@ from lockstep.databases.base import (
     MIGRATION_TABLES,
     DatabaseAdapter,
     DatabaseInfo,
+    DatabaseSummary,
     DumpFormat,
     ServerLocation,
     TableInfo,
@@ -117,6 +118,15 @@ ORDER BY n.nspname, c.relname
 """
 
 
+# The tables TABLES_QUERY fingerprints, by name only.
+_TABLE_NAMES = """
+SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+ORDER BY n.nspname, c.relname
+"""
+
+
 class PostgresqlAdapter:
     """The `postgresql://` adapter (also `postgres://`)."""
 
@@ -169,6 +179,18 @@ class PostgresqlAdapter:
             connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             connection.read_only = True
             return _database_info(connection, location, algorithm != LEGACY_CHECKSUM_ALGORITHM)
+
+    def summarize(self, url: str, password: str | None) -> DatabaseSummary:
+        location = ServerLocation.parse(url)
+        try:
+            with _connect(location, password, location.database) as connection:
+                connection.read_only = True
+                names = [table_name(schema, table) for schema, table in connection.execute(_TABLE_NAMES).fetchall()]
+                migration_table, migration_version = _migration(connection, set(names))
+                version = _scalar(connection, "SHOW server_version")
+        except psycopg.Error as error:
+            raise SourceError(f"cannot inspect {location.display()}: {str(error).strip()}") from None
+        return DatabaseSummary(self.engine, version, names, migration_version, migration_table)
 
     def restore(self, url: str, password: str | None, source: IO[bytes] | Path, create: bool) -> None:
         self._restore(url, password, source, create, None)

@@ -33,6 +33,7 @@ from lockstep.databases.base import (
     STALE_SCRATCH_SECONDS,
     DatabaseAdapter,
     DatabaseInfo,
+    DatabaseSummary,
     DumpFormat,
     TableInfo,
     redact_url,
@@ -142,18 +143,22 @@ class SqliteAdapter:
             raise
         return FileDump(copy)
 
+    def summarize(self, url: str, password: str | None) -> DatabaseSummary:
+        path = database_path(url)
+        try:
+            with contextlib.closing(_open_existing(path)) as connection:
+                names = _table_names(connection)
+                migration_table, migration_version = _migration(connection, set(names))
+        except sqlite3.Error as error:
+            raise SourceError(f"cannot inspect SQLite database {path}: {error}") from None
+        return DatabaseSummary(self.engine, sqlite3.sqlite_version, names, migration_version, migration_table)
+
     def inspect(self, url: str, password: str | None) -> DatabaseInfo:
         path = database_path(url)
         try:
             with contextlib.closing(_open_existing(path)) as connection:
                 connection.execute("BEGIN")  # one read transaction: all tables from one moment
-                names = [
-                    str(row[0])
-                    for row in connection.execute(
-                        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
-                        " ORDER BY name"
-                    )
-                ]
+                names = _table_names(connection)
                 tables = [_fingerprint(connection, name) for name in names]
                 migration_table, migration_version = _migration(connection, set(names))
                 connection.rollback()
@@ -286,6 +291,13 @@ def _fingerprint(connection: sqlite3.Connection, table: str) -> TableInfo:
         digest.update(repr(row).encode("utf-8", "surrogatepass") + b"\n")
         rows += 1
     return TableInfo(name=table, rows=rows, checksum=digest.hexdigest())
+
+
+def _table_names(connection: sqlite3.Connection) -> list[str]:
+    listed = connection.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
+    )
+    return [str(row[0]) for row in listed]
 
 
 def _migration(connection: sqlite3.Connection, tables: set[str]) -> tuple[str | None, str | None]:

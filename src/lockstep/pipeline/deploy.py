@@ -110,9 +110,9 @@ def migration_version(context: EnvironmentContext) -> str | None:
     for name, database in context.config.databases.items():
         if not_created_yet(database.url):
             continue
-        info = adapter_for(database.url).inspect(database.url, database_password(name, database))
-        if info.migration_version is not None:
-            return info.migration_version
+        summary = adapter_for(database.url).summarize(database.url, database_password(name, database))
+        if summary.migration_version is not None:
+            return summary.migration_version
     return None
 
 

@@ -302,7 +302,7 @@ def target_state(adapter: DatabaseAdapter, target: ServerAccess) -> TargetState:
             return "missing"
         if path.stat().st_size == 0:
             return "empty"
-        return "non-empty" if adapter.inspect(target.url, target.password).tables else _sqlite_objects(path)
+        return "non-empty" if adapter.summarize(target.url, target.password).tables else _sqlite_objects(path)
     location = ServerLocation.parse(target.url)
     if adapter.engine == "mysql":
         from lockstep.databases.mysql import _query, _string

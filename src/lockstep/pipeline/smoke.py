@@ -125,8 +125,8 @@ def _database(name: str, config: ProjectConfig) -> tuple[bool, str]:
         return False, f"no database named {name!r} in lockstep.toml"
     adapter = adapter_for(database.url)
     started = time.monotonic()
-    info = adapter.inspect(database.url, database_password(name, database))
-    return True, f"{len(info.tables)} tables, connected in {(time.monotonic() - started) * 1000:.0f} ms"
+    summary = adapter.summarize(database.url, database_password(name, database))
+    return True, f"{len(summary.tables)} tables, connected in {(time.monotonic() - started) * 1000:.0f} ms"
 
 
 def port_accepts(port: int, host: str = "127.0.0.1") -> bool:
