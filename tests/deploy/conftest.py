@@ -8,6 +8,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -32,12 +33,27 @@ NOTES = REPOSITORY_ROOT / "examples" / "notes"
 
 
 def free_ports(count: int) -> list[int]:
+    """Free loopback ports: the kernel's choice, or from LOCKSTEP_TEST_PORTS ("23500-23999") when a
+    shared machine gives each run its own range."""
     sockets = []
+    wanted = os.environ.get("LOCKSTEP_TEST_PORTS")
+    candidates: list[int] = [0] * count
+    if wanted:
+        low, high = (int(part) for part in wanted.split("-"))
+        candidates = random.sample(range(low, high + 1), high - low + 1)
     try:
-        for _ in range(count):
+        for port in candidates:
+            if len(sockets) == count:
+                break
             probe = socket.socket()
-            probe.bind(("127.0.0.1", 0))
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                probe.close()
+                continue
             sockets.append(probe)
+        if len(sockets) < count:
+            raise RuntimeError(f"no {count} free ports in LOCKSTEP_TEST_PORTS={wanted}")
         return [probe.getsockname()[1] for probe in sockets]
     finally:
         for probe in sockets:
