@@ -72,6 +72,25 @@ def _release_history(history: History) -> list[OperationRecord]:
     return history.successful_deploys()
 
 
+def serving_stack(served: list[OperationRecord]) -> list[str]:
+    """The releases that served, as a stack: a deploy pushes its release, a rollback pops back to
+    the release it brought back (or pushes it, when --to named one that had left the stack).
+
+    So after 1, 2, rollback (to 1), 3 the stack is [1, 3]: the release before 3 is 1, which served
+    before it, not 2, which was rolled back from. A rollback of one component leaves it alone.
+    """
+    stack: list[str] = []
+    for record in served:
+        release = record.release_id
+        if not release or record.component is not None:
+            continue
+        if record.operation == "rollback" and release in stack:
+            del stack[len(stack) - stack[::-1].index(release) :]
+        elif not stack or stack[-1] != release:
+            stack.append(release)
+    return stack
+
+
 def choose_target(history: History, current_release_id: str | None, request: RollbackRequest) -> RollbackTarget:
     """The release to roll back to, per STEPS or --to, with the data snapshot that goes with it."""
     served = _release_history(history)
@@ -92,21 +111,17 @@ def choose_target(history: History, current_release_id: str | None, request: Rol
             raise UsageError(f"{request.to!r} matches several releases", "give more characters of the ID")
         target = matches[-1]
     else:
-        ordered = [record for record in served if record.operation == "deploy"]
-        distinct: list[str] = []
-        for record in ordered:
-            if record.release_id and record.release_id not in distinct:
-                distinct.append(record.release_id)
-        if current_release_id in distinct:
-            index = distinct.index(current_release_id) - request.steps
+        stack = serving_stack(served)
+        if current_release_id in stack:
+            index = len(stack) - 1 - stack[::-1].index(current_release_id) - request.steps
         else:
-            index = len(distinct) - request.steps
-        if index < 0 or not distinct:
+            index = len(stack) - request.steps
+        if index < 0 or not stack:
             raise NotFound(
                 f"there is no release {request.steps} step(s) before the current one",
                 "see `lockstep history`; the first deploy cannot be rolled back",
             )
-        target = next(record for record in reversed(releases) if record.release_id == distinct[index])
+        target = next(record for record in reversed(releases) if record.release_id == stack[index])
     if target.release_id == current_release_id:
         raise UsageError(f"release {target.release_id} is already serving", "name another release with --to")
     # The data as it was while the target served: the pre-deploy snapshot of the deploy that replaced it.

@@ -1,0 +1,60 @@
+"""Which release `lockstep rollback` goes back to, and which snapshot its data comes from, after
+histories with rollbacks and failed deploys in them: the notes app, a real agent, real processes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.deploy.conftest import NotesProject
+
+pytestmark = pytest.mark.slow
+
+
+def bump(project: NotesProject, version: str) -> None:
+    """A release that differs only in its VERSION file."""
+    (project.directory / "VERSION").write_text(version + "\n")
+    project.commit(f"notes {version}")
+
+
+def deploy(project: NotesProject, *arguments: str, expect: int = 0) -> dict[str, object]:
+    completed = project.lockstep("deploy", "--json", *arguments)
+    assert completed.returncode == expect, completed.err
+    document: dict[str, object] = json.loads(completed.out)
+    return document
+
+
+def test_a_rollback_after_a_rollback_and_a_new_deploy_goes_to_what_served_before(
+    notes_project: NotesProject,
+) -> None:
+    """1.0.1 replaced 1.0.0 and was rolled back; 1.0.2 followed 1.0.0. Rolling 1.0.2 back must bring
+    back 1.0.0, which served before it, not 1.0.1, which the user had already rolled back from."""
+    deploy(notes_project)
+    bump(notes_project, "1.0.1")
+    deploy(notes_project)
+    rolled_back = notes_project.lockstep("rollback")
+    assert rolled_back.returncode == 0, rolled_back.err
+    assert notes_project.version() == "1.0.0"
+
+    bump(notes_project, "1.0.2")
+    deploy(notes_project)
+    assert notes_project.version() == "1.0.2"
+    again = notes_project.lockstep("rollback")
+    assert again.returncode == 0, again.err
+    assert notes_project.version() == "1.0.0"
+
+
+def test_rolling_back_twice_walks_back_through_the_releases(notes_project: NotesProject) -> None:
+    """1.0.0, 1.0.1, 1.0.2; rollback, rollback: 1.0.0 (not forward to 1.0.2); a third has nowhere to go."""
+    deploy(notes_project)
+    for version in ("1.0.1", "1.0.2"):
+        bump(notes_project, version)
+        deploy(notes_project)
+    assert notes_project.lockstep("rollback").returncode == 0
+    assert notes_project.version() == "1.0.1"
+    assert notes_project.lockstep("rollback").returncode == 0
+    assert notes_project.version() == "1.0.0"
+    nowhere = notes_project.lockstep("rollback")
+    assert nowhere.returncode == 13, nowhere.err
+    assert notes_project.version() == "1.0.0"
