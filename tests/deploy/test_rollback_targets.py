@@ -58,3 +58,34 @@ def test_rolling_back_twice_walks_back_through_the_releases(notes_project: Notes
     nowhere = notes_project.lockstep("rollback")
     assert nowhere.returncode == 13, nowhere.err
     assert notes_project.version() == "1.0.0"
+
+
+def test_data_rollback_uses_the_snapshot_of_the_deploy_that_replaced_the_release(
+    notes_project: NotesProject,
+) -> None:
+    """v2 serves; a broken v3 fails (its pre-deploy snapshot is taken, then it rolls back); users
+    keep writing under v2; v4 replaces v2. Rolling back to v2 with its data must restore the data
+    as it was when v4 replaced v2, keeping the notes written after the failed deploy."""
+    deploy(notes_project)
+    notes_project.apply("v2", "notes 2.0.0")
+    deploy(notes_project)
+    notes_project.add_note("before the broken deploy")
+    v2_files = {name: (notes_project.directory / name).read_bytes() for name in ("notes.py", "VERSION")}
+
+    notes_project.apply("v3-broken", "notes 3.0.0 (broken)")
+    failed = deploy(notes_project, expect=3)
+    assert "error" in failed
+    notes_project.add_note("after the broken deploy")
+
+    for name, content in v2_files.items():
+        (notes_project.directory / name).write_bytes(content)
+    bump(notes_project, "4.0.0")
+    v4 = deploy(notes_project)
+    notes_project.add_note("under v4 #lost")
+
+    completed = notes_project.lockstep("rollback", "--with-data", "--yes", "--json")
+    assert completed.returncode == 0, completed.err
+    record = json.loads(completed.out)
+    assert record["snapshot_id"] == v4["snapshot_id"]
+    assert notes_project.version() == "2.0.0"
+    assert notes_project.notes() == ["before the broken deploy", "after the broken deploy"]

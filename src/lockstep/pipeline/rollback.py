@@ -124,13 +124,18 @@ def choose_target(history: History, current_release_id: str | None, request: Rol
         target = next(record for record in reversed(releases) if record.release_id == stack[index])
     if target.release_id == current_release_id:
         raise UsageError(f"release {target.release_id} is already serving", "name another release with --to")
-    # The data as it was while the target served: the pre-deploy snapshot of the deploy that replaced it.
-    later = [
-        record
-        for record in history.all()
-        if record.operation == "deploy" and record.started_at > target.started_at and record.snapshot_id
-    ]
-    snapshot_id = later[0].snapshot_id if later else None
+    # The data as it was while the target served: the pre-deploy snapshot of the deploy that
+    # replaced it. Deploys that failed in between do not count: the target went on serving after
+    # them, and their snapshots miss everything written since.
+    successor = next(
+        (
+            record
+            for record in history.all()
+            if record.operation == "deploy" and record.outcome == "succeeded" and record.started_at > target.started_at
+        ),
+        None,
+    )
+    snapshot_id = successor.snapshot_id if successor is not None else None
     version = target.migration_after if target.migrations_ran else target.migration_before
     return RollbackTarget(release=target, data_snapshot_id=snapshot_id, migration_version=version)
 
