@@ -168,6 +168,11 @@ class Redactor:
                 self._values |= new
                 self._pattern = None
 
+    def known_values(self) -> list[str]:
+        """The secret values this redactor hides (with their encoded forms), to teach another one."""
+        with self._lock:
+            return sorted(self._values)
+
     @property
     def secret_count(self) -> int:
         """How many distinct values (including their encoded forms) this redactor hides."""

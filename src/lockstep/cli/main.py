@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -13,6 +14,7 @@ from lockstep import __version__
 from lockstep.cli.output import error_console, print_json
 from lockstep.errors import LockstepError
 from lockstep.exit_codes import ExitCode
+from lockstep.redaction import Redactor
 
 # Each command's name and the modules that define it (each exports COMMANDS, a list of click
 # commands or groups). A module that adds a verb to an existing group (`snapshot verify`) does so
@@ -100,10 +102,16 @@ def main(argv: list[str] | None = None) -> None:
         error_console.print("lockstep: interrupted")
         sys.exit(ExitCode.INTERRUPTED)
     except LockstepError as error:
+        # Messages quote command output and server errors: the last line of defence for secrets
+        # named in the environment (a pipeline redacts the ones it reads from files itself).
+        redactor = Redactor.from_environment(os.environ)
+        redactor.add(os.environ.get("LOCKSTEP_PASSWORD"))
+        message = redactor.redact(error.message)
+        hint = None if error.hint is None else redactor.redact(error.hint)
         if json_output:
-            print_json({"error": error.message, "hint": error.hint, "exit_code": int(error.exit_code)})
+            print_json({"error": message, "hint": hint, "exit_code": int(error.exit_code)})
         # soft_wrap: one line whatever the terminal width, so scripts and logs get it whole.
-        error_console.print(f"lockstep: error: {error}", markup=False, soft_wrap=True)
+        error_console.print(f"lockstep: error: {message}" + (f": {hint}" if hint else ""), markup=False, soft_wrap=True)
         if debug:  # the traceback, but still the documented exit code: scripts branch on it
             traceback.print_exc()
         sys.exit(error.exit_code)

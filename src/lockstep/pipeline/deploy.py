@@ -52,7 +52,7 @@ from lockstep.pipeline.data_rollback import (
 )
 from lockstep.pipeline.environment_lock import EnvironmentLock, LockHolder, describe_holder
 from lockstep.pipeline.history import History, OperationRecord
-from lockstep.pipeline.notifications import notifier_for, operation_event
+from lockstep.pipeline.notifications import notifier_for, operation_event, secrets_redactor, teach_reporter_secrets
 from lockstep.pipeline.release_launch import ComponentPlan, app_environment, plan_components, traffic_component
 from lockstep.pipeline.releases import ResolvedRef, build_release_directory, new_deploy_id, prune_releases, resolve_ref
 from lockstep.pipeline.smoke import run_smoke_check
@@ -165,7 +165,11 @@ class Deployment:
         self.layout = context.layout
         self.policy: EffectivePolicy = effective_policy(self.config.policy, context.environment)
         self.agent: AgentClient = context.agent()
-        self.history = History(self.layout.history_database)
+        # Failure reasons quote command output (a migration's last lines), which may hold the
+        # database password or a token: everything said, stored or raised passes through this.
+        self.redactor = secrets_redactor(context)
+        teach_reporter_secrets(reporter, self.redactor)
+        self.history = History(self.layout.history_database, self.redactor)
         self.steps = StepRunner(reporter)
         self.lock: EnvironmentLock | None = None
         self.release_directory: Path | None = None
@@ -646,6 +650,7 @@ class Deployment:
             reason = str(error)
         else:  # a bug: still unwound, and named so it can be reported
             reason = f"internal error {type(error).__name__}: {error}"
+        reason = self.redactor.redact(reason)
         step = error.step if isinstance(error, StepFailed) else None
         record.failed_step = step
         record.reason = reason

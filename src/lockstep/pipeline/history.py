@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lockstep.process import process_alive
+from lockstep.redaction import Redactor
 
 OUTCOMES = ("running", "succeeded", "failed", "rolled-back", "interrupted")
 
@@ -73,8 +74,9 @@ class OperationRecord:
 class History:
     """The operations of one environment; every call opens its own connection (cheap, safe)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, redactor: Redactor | None = None) -> None:
         self.path = path
+        self.redactor = redactor  # what is saved passes through it: failure reasons quote command output
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as connection:
             connection.executescript(_SCHEMA)
@@ -86,10 +88,13 @@ class History:
             yield connection
 
     def save(self, record: OperationRecord) -> None:
+        document = record.to_document()
+        if self.redactor is not None:
+            document = self.redactor.redact_document(document)
         with self._connect() as connection:
             connection.execute(
                 "INSERT OR REPLACE INTO operations VALUES (?, ?, ?)",
-                (record.id, json.dumps(record.to_document()), record.started_at),
+                (record.id, json.dumps(document), record.started_at),
             )
 
     def get(self, operation_id: str) -> OperationRecord | None:

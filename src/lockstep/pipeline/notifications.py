@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import suppress
 from typing import Any
 
 from lockstep.actions.environment import EnvironmentContext
@@ -29,7 +30,20 @@ def secrets_redactor(context: EnvironmentContext) -> Redactor:
             continue
         if value:
             redactor.add(value)
+    password_file = context.project.access.password_file
+    if password_file is not None:
+        with suppress(OSError):
+            redactor.add(password_file.read_text(encoding="utf-8").rstrip("\r\n"))
     return redactor
+
+
+def teach_reporter_secrets(reporter: Reporter, redactor: Redactor) -> None:
+    """Give a reporter that redacts (the CLI's) the secrets `redactor` knows: database passwords
+    from password_file are in no environment variable, so the reporter cannot find them itself."""
+    add = getattr(reporter, "add_secret", None)
+    if callable(add):
+        for value in redactor.known_values():
+            add(value)
 
 
 def notifier_for(context: EnvironmentContext, reporter: Reporter) -> Notifier:

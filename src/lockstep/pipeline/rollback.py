@@ -36,7 +36,7 @@ from lockstep.pipeline.deploy import (
 )
 from lockstep.pipeline.environment_lock import EnvironmentLock, LockHolder
 from lockstep.pipeline.history import History, OperationRecord
-from lockstep.pipeline.notifications import notifier_for, operation_event
+from lockstep.pipeline.notifications import notifier_for, operation_event, secrets_redactor, teach_reporter_secrets
 from lockstep.pipeline.release_launch import plan_components, traffic_component
 from lockstep.pipeline.releases import build_release_directory
 from lockstep.pipeline.restore import restore_code
@@ -158,7 +158,9 @@ class Rollback:
         self.config = context.config
         self.policy = effective_policy(self.config.policy, context.environment)
         self.agent = context.agent()
-        self.history = History(context.layout.history_database)
+        self.redactor = secrets_redactor(context)
+        teach_reporter_secrets(reporter, self.redactor)
+        self.history = History(context.layout.history_database, self.redactor)
         self.steps = StepRunner(reporter)
 
     def run(self) -> OperationRecord:
@@ -228,7 +230,7 @@ class Rollback:
                 )
             record.outcome = "succeeded"
         except (Exception, KeyboardInterrupt) as error:  # any failure, a bug included, must unwind
-            reason = "interrupted" if isinstance(error, KeyboardInterrupt) else str(error)
+            reason = "interrupted" if isinstance(error, KeyboardInterrupt) else self.redactor.redact(str(error))
             record.outcome = "failed"
             record.reason = reason
             record.failed_step = error.step if isinstance(error, StepFailed) else None
