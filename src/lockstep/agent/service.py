@@ -84,6 +84,7 @@ class AgentService:
         self._lock = threading.RLock()
         self._slot_of: dict[str, tuple[str, str]] = {}  # process name -> (slot, component)
         self.started_at = time.time()
+        self._closed = False
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -114,6 +115,7 @@ class AgentService:
         """Start every component of a release in `slot` (which must not have traffic)."""
         _check_slot(slot)
         with self._lock:
+            self._refuse_when_closed()
             if self.state.active_slot == slot:
                 raise AgentError(
                     f"slot {slot} has the traffic: a new release starts in the other slot",
@@ -153,6 +155,7 @@ class AgentService:
         """
         _check_slot(slot)
         with self._lock:
+            self._refuse_when_closed()
             record = self.state.slot(slot)
             if record is None:
                 raise AgentError(f"slot {slot} runs no release", "start one with a deploy")
@@ -356,5 +359,18 @@ class AgentService:
                 self._stop_slot_locked(slot)
             self.traffic.stop()
 
+    def _refuse_when_closed(self) -> None:
+        if self._closed:
+            raise AgentError("the agent is stopping", "try again once the next agent runs")
+
     def close(self) -> None:
-        self.state.close()
+        """Close the state once no request is changing it.
+
+        A request thread may be half-way through starting a release when the agent is told to stop
+        (SIGTERM, `agent stop`): its processes are started but not yet recorded. The lock makes
+        close() wait until they are recorded in agent.db, so the next agent adopts them instead of
+        leaving them running unknown, holding the slot's port; later requests are refused.
+        """
+        with self._lock:
+            self._closed = True
+            self.state.close()
