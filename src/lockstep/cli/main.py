@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -108,10 +109,13 @@ def main(argv: list[str] | None = None) -> None:
         redactor.add(os.environ.get("LOCKSTEP_PASSWORD"))
         message = redactor.redact(error.message)
         hint = None if error.hint is None else redactor.redact(error.hint)
-        if json_output:
-            print_json({"error": message, "hint": hint, "exit_code": int(error.exit_code)})
-        # soft_wrap: one line whatever the terminal width, so scripts and logs get it whole.
-        error_console.print(f"lockstep: error: {message}" + (f": {hint}" if hint else ""), markup=False, soft_wrap=True)
+        # A reader that went away must not turn the documented exit code into a traceback.
+        with contextlib.suppress(OSError):
+            if json_output:
+                print_json({"error": message, "hint": hint, "exit_code": int(error.exit_code)})
+            # soft_wrap: one line whatever the terminal width, so scripts and logs get it whole.
+            line = f"lockstep: error: {message}" + (f": {hint}" if hint else "")
+            error_console.print(line, markup=False, soft_wrap=True)
         if debug:  # the traceback, but still the documented exit code: scripts branch on it
             traceback.print_exc()
         sys.exit(error.exit_code)

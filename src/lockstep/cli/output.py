@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -22,7 +23,24 @@ def _width_when_not_a_terminal() -> int | None:
 
 # No emoji codes: a message that happens to contain ":name:" (a path, a URL) prints as written.
 console = Console(highlight=False, soft_wrap=True, emoji=False, width=_width_when_not_a_terminal())
-error_console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+
+class _StderrConsole(Console):
+    """stderr whose reader may go away (`2>&1 | head`, a dead CI log collector) mid-deploy.
+
+    rich's default answer to a broken pipe is to point stdout (not stderr) at /dev/null and raise
+    SystemExit(1), which no `except Exception` sees: a deploy printing a step would stop right
+    there, without undoing anything, and clobber the --json document on stdout. Here the console
+    goes quiet and raises BrokenPipeError (an OSError), which the progress reporter absorbs so the
+    deploy finishes or unwinds, and which the error line ignores.
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, "the reader of stderr has gone away")
+
+
+error_console: Console = _StderrConsole(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def print_json(document: Any) -> None:

@@ -43,6 +43,7 @@ class ConsoleReporter:
         self.verbosity = verbosity
         self.redactor = Redactor.from_environment(os.environ)
         self.redactor.add(os.environ.get("LOCKSTEP_PASSWORD"))
+        self.output_gone = False
 
     def add_secret(self, value: str | None) -> None:
         """A secret read from somewhere the environment does not show (a password file)."""
@@ -53,14 +54,30 @@ class ConsoleReporter:
         self.context.update(fields)
 
     def _event(self, kind: str, **fields: Any) -> None:
+        if self.output_gone:
+            return
         document = self.redactor.redact_document(
             {"time": round(time.time(), 3), "event": kind, **self.context, **fields}
         )
-        sys.stderr.write(json.dumps(document) + "\n")
-        sys.stderr.flush()
+        try:
+            sys.stderr.write(json.dumps(document) + "\n")
+            sys.stderr.flush()
+        except OSError:
+            self._lose_output()
 
     def _print(self, text: str, markup: bool = True) -> None:
-        error_console.print(self.redactor.redact(text), markup=markup, highlight=False)
+        if self.output_gone:
+            return
+        try:
+            error_console.print(self.redactor.redact(text), markup=markup, highlight=False)
+        except OSError:
+            self._lose_output()
+
+    def _lose_output(self) -> None:
+        """Whoever read stderr is gone (`| head`, a dead CI log collector, a closed terminal): a
+        deploy half-way through must still finish or undo its steps, so reporting goes quiet
+        instead of raising out of the step that happened to print."""
+        self.output_gone = True
 
     def step_started(self, step: str, detail: str) -> None:
         if self.verbosity < 0:
