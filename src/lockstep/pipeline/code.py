@@ -49,8 +49,9 @@ def _git(work_tree: Path, *arguments: str) -> str:
     return run_capture(git_command(work_tree, *arguments), timeout=GIT_TIMEOUT_SECONDS)
 
 
-def read_git_state(work_tree: Path) -> GitState:
-    """HEAD's commit, branch and author, and whether `git status --porcelain` lists anything."""
+def read_git_state(work_tree: Path, ignore: tuple[Path, ...] = ()) -> GitState:
+    """HEAD's commit, branch and author, and whether `git status --porcelain` lists anything
+    outside the `ignore` directories (lockstep's own state and repository, when they are inside)."""
     try:
         commit = _git(work_tree, "rev-parse", "--verify", "HEAD").strip()
     except SourceError as error:
@@ -60,7 +61,16 @@ def read_git_state(work_tree: Path) -> GitState:
         ) from error
     branch = _git(work_tree, "rev-parse", "--abbrev-ref", "HEAD").strip()
     author = _git(work_tree, "log", "-1", "--format=%an <%ae>", "HEAD").strip()
-    status = _git(work_tree, "status", "--porcelain")
+    excludes = []
+    root = work_tree.resolve()
+    for directory in ignore:
+        try:
+            relative = directory.resolve().relative_to(root)
+        except ValueError:
+            continue  # outside the work tree: git does not see it anyway
+        if relative.parts:
+            excludes.append(f":(exclude){relative.as_posix()}")
+    status = _git(work_tree, "status", "--porcelain", *(["--", ".", *excludes] if excludes else []))
     return GitState(commit=commit, branch=None if branch == "HEAD" else branch, author=author, dirty=bool(status))
 
 

@@ -313,7 +313,7 @@ class Deployment:
                 problems.append(f"{tools.name}: {tools.detail}: {tools.fix}")
         resolved = resolve_ref(work_tree, self.request.ref)
         allow_dirty = self.request.allow_dirty or self.config.code.allow_dirty
-        if self.request.ref == "HEAD" and not allow_dirty and read_git_state(work_tree).dirty:
+        if self.request.ref == "HEAD" and not allow_dirty and read_git_state(work_tree, self._own_directories()).dirty:
             problems.append(
                 f"the git work tree {work_tree} has uncommitted changes, which a deploy of HEAD would not "
                 "include: commit them, or pass --allow-dirty"
@@ -349,6 +349,19 @@ class Deployment:
         if problems:
             raise UsageError("preflight failed:\n  - " + "\n  - ".join(problems))
         return resolved
+
+    def _own_directories(self) -> tuple[Path, ...]:
+        """What lockstep itself writes, which a fresh project has not told git to ignore: the state
+        directory (the agent creates it before the first deploy) and a local repository."""
+        directories = [self.layout.root.parent]
+        try:
+            location = self.context.project.access.resolved_location()
+        except LockstepError:
+            location = ""
+        if location and not location.startswith("s3:"):
+            path = Path(location.removeprefix("local:"))
+            directories.append(path if path.is_absolute() else self.context.directory / path)
+        return tuple(directories)
 
     def _confirm(self, record: OperationRecord) -> None:
         if self.policy.approval_command:
