@@ -20,4 +20,4 @@ class ExitCode(IntEnum):
     NOT_FOUND = 13  # a snapshot, path or key that was asked for does not exist
     STORAGE = 14  # the storage (disk, S3) failed: full, unreachable, no permission
     SOURCE = 15  # the data to back up could not be read (a command failed, an empty stream)
-    INTERRUPTED = 130  # Ctrl-C or SIGTERM
+    INTERRUPTED = 130  # Ctrl-C, SIGTERM or SIGHUP

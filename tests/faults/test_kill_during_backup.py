@@ -287,10 +287,13 @@ def test_sigkill_at_random_moments_never_damages_the_repository(tmp_path: Path, 
     shutil.rmtree(repository)  # hundreds of MB: do not keep them in pytest's retained temp dirs
 
 
-@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "signal_number", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"]
+)
 def test_terminated_backup_exits_130_and_cleans_up(tmp_path: Path, restic_binary: str, signal_number: int) -> None:
-    """SIGTERM (systemd, CI cancel) and Ctrl-C unwind: exit 130, the packs written so far are
-    removed, the lock is released, and restic finds the repository exactly as before."""
+    """SIGTERM (systemd, CI cancel), Ctrl-C and SIGHUP (a dropped ssh session) unwind: exit 130,
+    the packs written so far are removed, the lock is released, and restic finds the repository
+    exactly as before."""
     repository = tmp_path / "repository"
     environment = {"LOCKSTEP_REPOSITORY": str(repository), "LOCKSTEP_PASSWORD": TEST_PASSWORD}
     assert run_lockstep(["repo", "init"], env=environment).returncode == 0

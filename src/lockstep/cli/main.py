@@ -71,14 +71,18 @@ def cli(context: click.Context, json_output: bool, debug: bool) -> None:
 
 
 def _interrupt_on_sigterm() -> None:
-    """Treat SIGTERM like Ctrl-C: unwind, so a backup removes its unindexed packs and its lock
-    (a killed process leaves a stale lock that blocks check and prune until `repo unlock`)."""
+    """Treat SIGTERM and SIGHUP like Ctrl-C: unwind, so a backup removes its unindexed packs and
+    its lock (a killed process leaves a stale lock that blocks check and prune until `repo
+    unlock`), and a deploy undoes its steps. SIGHUP is what an ssh session that drops sends: by
+    default it ended a deploy on the spot, half-way through its migrations, with nothing undone."""
 
     def interrupt(signal_number: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, interrupt)
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup's choice stands
+            signal.signal(signal.SIGHUP, interrupt)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,7 @@ The steps, each logged with its duration and each leaving an undo:
  9. watch          health, crash loops and the proxy's error rate for a while
 10. retire         drain the old slot and stop its processes (web stays warm for a fast rollback)
 
-Any failure, Ctrl-C or SIGTERM unwinds the undo actions in reverse: traffic goes back, the new
+Any failure, Ctrl-C, SIGTERM or SIGHUP unwinds the undo actions in reverse: traffic goes back, the new
 slot stops, and when migrations ran the data comes back per the environment's data_rollback policy.
 """
 
@@ -658,7 +658,7 @@ class Deployment:
     def _fail(self, record: OperationRecord, error: BaseException) -> None:
         interrupted = isinstance(error, KeyboardInterrupt)
         if interrupted:
-            reason = "interrupted (Ctrl-C or SIGTERM)"
+            reason = "interrupted (Ctrl-C, SIGTERM or SIGHUP)"
         elif isinstance(error, LockstepError):
             reason = str(error)
         else:  # a bug: still unwound, and named so it can be reported

@@ -1,5 +1,5 @@
 """Steps with undo: a deploy is a list of steps, and every step that changed something leaves the
-action that takes the change back. On a failure, Ctrl-C or SIGTERM the undo actions run in
+action that takes the change back. On a failure, Ctrl-C, SIGTERM or SIGHUP the undo actions run in
 reverse, so the environment ends where it started.
 """
 
