@@ -6,18 +6,28 @@ is a bug and shows a traceback only with --debug.
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 from lockstep.exit_codes import ExitCode
 
 
+class Documented(Protocol):
+    def to_document(self) -> dict[str, Any]: ...
+
+
 class LockstepError(Exception):
-    """A failure the user can act on: `message` says what happened, `hint` what to do."""
+    """A failure the user can act on: `message` says what happened, `hint` what to do.
+
+    `result` is what the command would have printed with --json had it succeeded (a failed
+    deploy's record): --json prints it beside the error, so a script learns the failed step."""
 
     exit_code: ExitCode = ExitCode.FAILED
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, result: Documented | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.result = result
 
     def __str__(self) -> str:
         if self.hint:

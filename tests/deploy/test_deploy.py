@@ -90,13 +90,18 @@ def test_a_migration_that_fails_halfway_leaves_the_database_as_it_was(notes_proj
     notes_project.add_note("one line")
     rows_before = notes_project.database_rows()
     notes_project.apply("broken-migration", "notes 3.2.0")
-    completed = notes_project.lockstep("deploy")
+    completed = notes_project.lockstep("deploy", "--json")
     assert completed.returncode == 3, completed.err
     assert "migration failed" in completed.err
     assert notes_project.database_rows() == rows_before
     assert notes_project.version() == "2.0.0"
     record = notes_project.history()[-1]
     assert record["failed_step"] == "migrate" and record["data_restored"]
+    # --json prints the deploy record on failure too, beside the error: a CI script sees the step.
+    printed = json.loads(completed.out)
+    assert printed["exit_code"] == 3 and "migration failed" in printed["error"]
+    assert (printed["id"], printed["outcome"], printed["failed_step"]) == (record["id"], "rolled-back", "migrate")
+    assert printed["data_restored"] is True
 
 
 def test_a_failing_smoke_test_rolls_back(tmp_path: Path) -> None:

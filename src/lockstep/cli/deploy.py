@@ -25,7 +25,12 @@ from lockstep.pipeline.deploy import DeployRequest
 @click.option("--lock-wait", metavar="DURATION", default="0", help="Wait this long for the lock (e.g. 30s, 5m).")
 @click.option("--allow-dirty", is_flag=True, help="Deploy HEAD although the work tree has uncommitted changes.")
 @progress_options
-@click.option("--json", "json_output", is_flag=True, help="Print the deploy record as JSON on stdout.")
+@click.option(
+    "--json",
+    "json_output",
+    is_flag=True,
+    help="Print the deploy record as JSON on stdout (on failure too, with error, hint and exit_code).",
+)
 def deploy_command(
     ref: str,
     config_path: Path | None,

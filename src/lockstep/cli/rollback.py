@@ -26,7 +26,12 @@ from lockstep.pipeline.rollback import RollbackRequest
 @click.option("--force", is_flag=True, help="Roll back code onto a newer schema; take a live lock.")
 @click.option("--lock-wait", metavar="DURATION", default="0", help="Wait this long for the lock (e.g. 30s, 5m).")
 @progress_options
-@click.option("--json", "json_output", is_flag=True, help="Print the rollback record as JSON on stdout.")
+@click.option(
+    "--json",
+    "json_output",
+    is_flag=True,
+    help="Print the rollback record as JSON on stdout (on failure too, with error, hint and exit_code).",
+)
 def rollback_command(
     steps: int,
     config_path: Path | None,

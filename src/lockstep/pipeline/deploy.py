@@ -680,10 +680,12 @@ class Deployment:
             raise DeployRolledBack(
                 f"deploy {record.id} failed{f' at {step}' if step else ''}: {reason}; rolled back{data}; {serving}",
                 "see `lockstep history` and the release's logs",
+                result=record,
             ) from None
         raise DeployFailed(
             f"deploy {record.id} failed{f' at {step}' if step else ''}: {reason}; and undoing it failed too",
             "see the undo errors above; `lockstep status` shows what serves now",
+            result=record,
         ) from None
 
 

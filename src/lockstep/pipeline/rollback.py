@@ -238,6 +238,7 @@ class Rollback:
             raise (DeployRolledBack if undone else DeployFailed)(
                 f"rollback to {release.release_id} failed: {reason}",
                 "the release that served before still serves" if undone else "see `lockstep status`",
+                result=record,  # complete by the time it is printed: `finally` below fills it in
             ) from None
         finally:
             record.finished_at = time.time()
