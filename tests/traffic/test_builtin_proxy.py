@@ -470,3 +470,22 @@ def test_adopting_a_proxy_on_another_address_is_a_clear_error(make_proxy: MakePr
     moved = BuiltinProxy(f"127.0.0.1:{free_port()}", first.state_directory)
     with pytest.raises(LockstepError, match=f"listens on {first.listen}"):
         moved.ensure_running(blue.port)
+
+
+def test_the_proxy_process_keeps_no_secrets_in_its_environment(
+    make_proxy: MakeProxy, blue: BackendProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The proxy outlives the deploy that starts it; its environment, readable in /proc for as
+    long as it runs, held the repository and database passwords it never needs."""
+    monkeypatch.setenv("LOCKSTEP_PASSWORD", "repository-secret-4711")
+    monkeypatch.setenv("SHOP_DATABASE_PASSWORD", "database-secret-4711")
+    monkeypatch.setenv("STRIPE_API_TOKEN", "token-secret-4711")
+    monkeypatch.setenv("LOCKSTEP_PROXY_TEST_PLAIN", "kept")
+    proxy = make_proxy()
+    proxy.ensure_running(blue.port)
+    pid = proxy.pid()
+    assert pid is not None
+    environment = Path(f"/proc/{pid}/environ").read_bytes()
+    assert b"secret-4711" not in environment
+    assert b"LOCKSTEP_PROXY_TEST_PLAIN=kept" in environment
+    assert get(int(proxy.listen.rsplit(":", 1)[1]))[0] == 200

@@ -18,12 +18,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import lockstep
 from lockstep.errors import LockstepError, UsageError
+from lockstep.redaction import is_secret_name
 from lockstep.traffic.base import TrafficState, UpstreamCounters
 from lockstep.traffic.builtin_proxy import ADMIN_SOCKET_NAME, LOG_FILE_NAME, PID_FILE_NAME
 from lockstep.traffic.builtin_proxy.upstream_file import read_upstream_file
@@ -224,7 +225,7 @@ class BuiltinProxy:
                 stdout=log_file,
                 stderr=log_file,
                 cwd="/",
-                env={**os.environ, "PYTHONPATH": python_path},
+                env={**_without_secrets(os.environ), "PYTHONPATH": python_path},
                 start_new_session=True,
                 close_fds=True,
             )
@@ -277,6 +278,13 @@ def _alive(pid: int) -> bool:
     if status.rpartition(")")[2].split()[0] == "Z":
         return False
     return b"lockstep.traffic.builtin_proxy" in command_line
+
+
+def _without_secrets(environment: Mapping[str, str]) -> dict[str, str]:
+    """The environment minus secrets (LOCKSTEP_PASSWORD, database passwords, *_TOKEN, ...): the
+    proxy outlives the deploy that starts it and needs none of them, and a long-lived process's
+    environment is readable in /proc for as long as it runs."""
+    return {name: value for name, value in environment.items() if not is_secret_name(name)}
 
 
 def _last_line(path: Path) -> str:
