@@ -97,6 +97,16 @@ class History:
                 (record.id, json.dumps(document), record.started_at),
             )
 
+    def unused_id(self, wanted: str) -> str:
+        """`wanted`, or `wanted_2`, `wanted_3`, ... if taken: a rollback takes half a second, so
+        two in one second would share a second-precision ID and the second would replace the
+        first's record (INSERT OR REPLACE)."""
+        candidate, number = wanted, 1
+        while self.get(candidate) is not None:
+            number += 1
+            candidate = f"{wanted}_{number}"
+        return candidate
+
     def get(self, operation_id: str) -> OperationRecord | None:
         with self._connect() as connection:
             row = connection.execute("SELECT document FROM operations WHERE id = ?", (operation_id,)).fetchone()

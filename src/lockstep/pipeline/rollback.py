@@ -172,7 +172,7 @@ class Rollback:
         target = choose_target(self.history, current["release_id"] if current else None, self.request)
         release = target.release
         record = OperationRecord(
-            id=f"{time.strftime('%Y%m%d_%H%M%S', time.gmtime())}_rollback",
+            id=self.history.unused_id(f"{time.strftime('%Y%m%d_%H%M%S', time.gmtime())}_rollback"),
             operation="rollback",
             environment=self.context.environment,
             started_at=time.time(),
