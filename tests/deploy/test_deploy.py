@@ -224,6 +224,27 @@ def test_a_second_deploy_is_refused_while_one_runs(tmp_path: Path) -> None:
         _stop_everything(project)
 
 
+def test_a_dropped_ssh_session_sighup_undoes_the_deploy_and_names_the_step(notes_project: NotesProject) -> None:
+    """SIGHUP (the ssh session running the deploy drops) ended it on the spot, nothing undone;
+    it unwinds now, like SIGTERM, and the history names the step it stopped."""
+    assert notes_project.lockstep("deploy").returncode == 0
+    notes_project.apply("v2", "notes 2.0.0")
+    process = notes_project.popen_lockstep("deploy", "--log-format", "json")
+    assert process.stderr is not None
+    for line in process.stderr:
+        event = json.loads(line)
+        if event.get("event") == "step-started" and event.get("step") == "start":
+            time.sleep(0.3)
+            break
+    process.send_signal(signal.SIGHUP)
+    process.stderr.read()
+    assert process.wait(timeout=120) == 3  # failed and rolled back, as for SIGTERM and Ctrl-C
+    assert notes_project.version() == "1.0.0"
+    record = notes_project.history()[-1]
+    assert (record["outcome"], record["failed_step"]) == ("rolled-back", "start"), record
+    assert not notes_project.status()["slots"]["green"]["processes"]
+
+
 def test_kill_9_mid_deploy_keeps_the_old_release_serving(notes_project: NotesProject) -> None:
     """A deploy killed while starting its release: v1 serves throughout; status cleans up; deploy works."""
     assert notes_project.lockstep("deploy").returncode == 0

@@ -664,7 +664,7 @@ class Deployment:
         else:  # a bug: still unwound, and named so it can be reported
             reason = f"internal error {type(error).__name__}: {error}"
         reason = self.redactor.redact(reason)
-        step = error.step if isinstance(error, StepFailed) else None
+        step = error.step if isinstance(error, StepFailed) else self.steps.interrupted_step()
         record.failed_step = step
         record.reason = reason
         self.reporter.warn(f"deploy failed{f' at {step}' if step else ''}: {reason}; undoing")

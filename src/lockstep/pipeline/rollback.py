@@ -233,7 +233,7 @@ class Rollback:
             reason = "interrupted" if isinstance(error, KeyboardInterrupt) else self.redactor.redact(str(error))
             record.outcome = "failed"
             record.reason = reason
-            record.failed_step = error.step if isinstance(error, StepFailed) else None
+            record.failed_step = error.step if isinstance(error, StepFailed) else self.steps.interrupted_step()
             undone = self.steps.unwind()
             raise (DeployRolledBack if undone else DeployFailed)(
                 f"rollback to {release.release_id} failed: {reason}",

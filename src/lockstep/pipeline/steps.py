@@ -70,6 +70,11 @@ class StepRunner:
     records: list[StepRecord] = field(default_factory=list)
     _undo: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
 
+    def interrupted_step(self) -> str | None:
+        """The step Ctrl-C, SIGTERM or SIGHUP stopped, if one was running."""
+        last = self.records[-1] if self.records else None
+        return last.name if last is not None and last.outcome == "failed" and last.detail == "interrupted" else None
+
     def run(self, name: str, detail: str, action: Callable[[], T], describe: Callable[[T], str] | None = None) -> T:
         """Run one step; its failure becomes StepFailed(name, reason)."""
         self.reporter.step_started(name, detail)
