@@ -263,6 +263,9 @@ def test_kill_9_mid_deploy_keeps_the_old_release_serving(notes_project: NotesPro
     status = notes_project.lockstep("status")
     assert status.returncode == 0, status.err
     assert "interrupted" in status.err
+    # The slots are shown as the clean-up left them: the interrupted release is not offered as
+    # a warm rollback target.
+    assert "slot green [warm" not in status.out, status.out
     document = notes_project.status()
     assert document["active_slot"] == "blue"
     assert not document["slots"]["green"]["processes"]  # the half-started release was stopped

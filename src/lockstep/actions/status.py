@@ -52,8 +52,11 @@ def environment_status(
         document["agent"] = {"running": False, "detail": str(error)}
         status = None
     if status is not None:
-        for abandoned in history.abandoned():
-            clean_up_abandoned(context, abandoned, agent, history, reporter)
+        abandoned = history.abandoned()
+        for record in abandoned:
+            clean_up_abandoned(context, record, agent, history, reporter)
+        if abandoned:  # the clean-up stopped the interrupted release: show the slots as they are now
+            status = agent.status()
         document["agent"] = {"running": True, **status["agent"]}
         active = status.get("active_slot")
         document["active_slot"] = active
