@@ -8,7 +8,6 @@ import signal
 import sys
 import threading
 import traceback
-from typing import Any
 
 import click
 
@@ -86,17 +85,6 @@ def _interrupt_on_sigterm() -> None:
             signal.signal(signal.SIGHUP, interrupt)
 
 
-def _redacted(value: Any, redactor: Redactor) -> Any:
-    """`value` (a JSON document) with every string redacted."""
-    if isinstance(value, str):
-        return redactor.redact(value)
-    if isinstance(value, dict):
-        return {key: _redacted(item, redactor) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_redacted(item, redactor) for item in value]
-    return value
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every failure leaves through here with a documented exit code."""
     if argv is None:  # a real process (console script, python -m), not a call from a test
@@ -128,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         # A reader that went away must not turn the documented exit code into a traceback.
         with contextlib.suppress(OSError):
             if json_output:
-                result = {} if error.result is None else _redacted(error.result.to_document(), redactor)
+                result = {} if error.result is None else redactor.redact_document(error.result.to_document())
                 print_json({**result, "error": message, "hint": hint, "exit_code": int(error.exit_code)})
             # soft_wrap: one line whatever the terminal width, so scripts and logs get it whole.
             line = f"lockstep: error: {message}" + (f": {hint}" if hint else "")

@@ -51,7 +51,7 @@ from lockstep.pipeline.data_rollback import (
     summarize_discarded,
 )
 from lockstep.pipeline.environment_lock import EnvironmentLock, LockHolder, describe_holder
-from lockstep.pipeline.history import History, OperationRecord
+from lockstep.pipeline.history import History, OperationRecord, RedactedRecord
 from lockstep.pipeline.notifications import notifier_for, operation_event, secrets_redactor, teach_reporter_secrets
 from lockstep.pipeline.release_launch import ComponentPlan, app_environment, plan_components, traffic_component
 from lockstep.pipeline.releases import ResolvedRef, build_release_directory, new_deploy_id, prune_releases, resolve_ref
@@ -680,12 +680,12 @@ class Deployment:
             raise DeployRolledBack(
                 f"deploy {record.id} failed{f' at {step}' if step else ''}: {reason}; rolled back{data}; {serving}",
                 "see `lockstep history` and the release's logs",
-                result=record,
+                result=RedactedRecord(record, self.redactor),
             ) from None
         raise DeployFailed(
             f"deploy {record.id} failed{f' at {step}' if step else ''}: {reason}; and undoing it failed too",
             "see the undo errors above; `lockstep status` shows what serves now",
-            result=record,
+            result=RedactedRecord(record, self.redactor),
         ) from None
 
 

@@ -71,6 +71,19 @@ class OperationRecord:
         return cls(**{key: value for key, value in document.items() if key in known})
 
 
+@dataclass
+class RedactedRecord:
+    """A record as a failed command's --json prints it: through the operation's redactor, which
+    knows the secrets read from files (its steps' details quote command output)."""
+
+    record: OperationRecord
+    redactor: Redactor
+
+    def to_document(self) -> dict[str, Any]:
+        document: dict[str, Any] = self.redactor.redact_document(self.record.to_document())
+        return document
+
+
 class History:
     """The operations of one environment; every call opens its own connection (cheap, safe)."""
 

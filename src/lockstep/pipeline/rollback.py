@@ -35,7 +35,7 @@ from lockstep.pipeline.deploy import (
     run_hook,
 )
 from lockstep.pipeline.environment_lock import EnvironmentLock, LockHolder
-from lockstep.pipeline.history import History, OperationRecord
+from lockstep.pipeline.history import History, OperationRecord, RedactedRecord
 from lockstep.pipeline.notifications import notifier_for, operation_event, secrets_redactor, teach_reporter_secrets
 from lockstep.pipeline.release_launch import plan_components, traffic_component
 from lockstep.pipeline.releases import build_release_directory
@@ -238,7 +238,8 @@ class Rollback:
             raise (DeployRolledBack if undone else DeployFailed)(
                 f"rollback to {release.release_id} failed: {reason}",
                 "the release that served before still serves" if undone else "see `lockstep status`",
-                result=record,  # complete by the time it is printed: `finally` below fills it in
+                # Complete by the time it is printed: `finally` below fills it in.
+                result=RedactedRecord(record, self.redactor),
             ) from None
         finally:
             record.finished_at = time.time()
