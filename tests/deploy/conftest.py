@@ -120,6 +120,18 @@ class NotesProject:
             stderr=subprocess.PIPE,
         )
 
+    def deploy_until_step(self, step: str) -> subprocess.Popen[bytes]:
+        """A deploy with JSON progress, read until `step` has started; the caller stops it
+        (a signal, a closed stderr) and waits for it."""
+        process = self.popen_lockstep("deploy", "--log-format", "json")
+        assert process.stderr is not None
+        for line in process.stderr:
+            event = json.loads(line)
+            if event.get("event") == "step-started" and event.get("step") == step:
+                return process
+        process.wait()
+        raise AssertionError(f"the deploy ended (exit {process.returncode}) before its {step} step")
+
     def commit(self, message: str) -> str:
         subprocess.run(["git", "add", "-A"], cwd=self.directory, check=True)
         subprocess.run(

@@ -3,7 +3,6 @@ it had started belong to the next agent, not to nobody. The notes app, real agen
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 
@@ -18,12 +17,8 @@ def test_an_agent_stopped_while_it_starts_a_release_leaves_no_orphan(notes_proje
     assert notes_project.lockstep("deploy").returncode == 0
     (notes_project.directory / "VERSION").write_text("1.1.0\n")
     notes_project.commit("notes 1.1.0")
-    deploy = notes_project.popen_lockstep("deploy", "--log-format", "json")
-    assert deploy.stderr is not None and notes_project.agent is not None
-    for line in deploy.stderr:
-        event = json.loads(line)
-        if event.get("event") == "step-started" and event.get("step") == "start":
-            break
+    deploy = notes_project.deploy_until_step("start")
+    assert notes_project.agent is not None
     time.sleep(0.15)  # the agent is starting the web process (each start settles for 0.3 s)
     notes_project.agent.send_signal(signal.SIGTERM)
     notes_project.agent.wait(timeout=60)

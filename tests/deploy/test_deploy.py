@@ -229,14 +229,10 @@ def test_a_dropped_ssh_session_sighup_undoes_the_deploy_and_names_the_step(notes
     it unwinds now, like SIGTERM, and the history names the step it stopped."""
     assert notes_project.lockstep("deploy").returncode == 0
     notes_project.apply("v2", "notes 2.0.0")
-    process = notes_project.popen_lockstep("deploy", "--log-format", "json")
-    assert process.stderr is not None
-    for line in process.stderr:
-        event = json.loads(line)
-        if event.get("event") == "step-started" and event.get("step") == "start":
-            time.sleep(0.3)
-            break
+    process = notes_project.deploy_until_step("start")
+    time.sleep(0.3)
     process.send_signal(signal.SIGHUP)
+    assert process.stderr is not None
     process.stderr.read()
     assert process.wait(timeout=120) == 3  # failed and rolled back, as for SIGTERM and Ctrl-C
     assert notes_project.version() == "1.0.0"
@@ -249,13 +245,8 @@ def test_kill_9_mid_deploy_keeps_the_old_release_serving(notes_project: NotesPro
     """A deploy killed while starting its release: v1 serves throughout; status cleans up; deploy works."""
     assert notes_project.lockstep("deploy").returncode == 0
     notes_project.apply("v2", "notes 2.0.0")
-    process = notes_project.popen_lockstep("deploy", "--log-format", "json")
-    assert process.stderr is not None
-    for line in process.stderr:
-        event = json.loads(line)
-        if event.get("event") == "step-started" and event.get("step") == "start":
-            time.sleep(0.5)
-            break
+    process = notes_project.deploy_until_step("start")
+    time.sleep(0.5)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert notes_project.version() == "1.0.0"

@@ -17,19 +17,10 @@ pytestmark = pytest.mark.slow
 def test_a_deploy_whose_stderr_reader_goes_away_still_finishes(notes_project: NotesProject) -> None:
     assert notes_project.lockstep("deploy").returncode == 0
     notes_project.apply("v2", "notes 2.0.0")
-    deploy = notes_project.popen_lockstep("deploy", "--log-format", "json")
+    deploy = notes_project.deploy_until_step("migrate")
     assert deploy.stderr is not None and deploy.stdout is not None
-    for line in deploy.stderr:
-        event = json.loads(line)
-        if event.get("event") == "step-started" and event.get("step") == "migrate":
-            break
     deploy.stderr.close()  # nobody reads the progress any more: each later write fails with EPIPE
-    try:
-        deploy.wait(timeout=180)
-    except subprocess.TimeoutExpired:
-        deploy.kill()
-        raise
-    deploy.stdout.close()
+    wait_for(deploy)
     assert deploy.returncode == 0
     record = notes_project.history()[-1]
     assert record["outcome"] == "succeeded", record
@@ -51,13 +42,19 @@ def test_a_failing_deploy_whose_stderr_reader_goes_away_still_undoes_and_exits_3
         if raw.decode().startswith("→ start"):
             break
     deploy.stderr.close()
+    wait_for(deploy)
+    assert deploy.returncode == 3  # failed and rolled back, as documented, even with nobody listening
+    record = notes_project.history()[-1]
+    assert record["outcome"] == "rolled-back" and record["failed_step"] == "start", record
+    assert notes_project.version() == "2.0.0"
+
+
+def wait_for(deploy: subprocess.Popen[bytes]) -> None:
+    """Let the deploy finish on its own, with nobody reading its progress."""
     try:
         deploy.wait(timeout=180)
     except subprocess.TimeoutExpired:
         deploy.kill()
         raise
+    assert deploy.stdout is not None
     deploy.stdout.close()
-    assert deploy.returncode == 3  # failed and rolled back, as documented, even with nobody listening
-    record = notes_project.history()[-1]
-    assert record["outcome"] == "rolled-back" and record["failed_step"] == "start", record
-    assert notes_project.version() == "2.0.0"

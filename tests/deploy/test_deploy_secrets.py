@@ -6,12 +6,12 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.deploy.conftest import _stop_everything, make_project
+from tests.pipeline.test_verify import postgresql_database
 
 pytestmark = pytest.mark.slow
 
@@ -20,22 +20,13 @@ ENV_TOKEN = "tok-env-8e21-never-shown"  # a secret-named variable in the deploye
 
 
 def test_a_failing_migration_that_prints_secrets_leaks_them_nowhere(tmp_path: Path) -> None:
-    import psycopg
-
-    from tests.conftest import require_binary
-
-    require_binary("pg_dump", "apt-get install postgresql-client")
-    name = f"qa_deploy_{uuid.uuid4().hex[:8]}"
-    server = "postgresql://postgres@127.0.0.1:5432"
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as connection:
-        connection.execute(f"CREATE DATABASE {name}")
-    try:
+    with postgresql_database() as url:
         password_file = tmp_path / "shop-password"
         password_file.write_text(FILE_PASSWORD + "\n")
         password_file.chmod(0o600)
         project = make_project(
             tmp_path,
-            extra_config=f'[databases.shop]\nurl = "{server}/{name}"\npassword_file = "{password_file}"\n',
+            extra_config=f'[databases.shop]\nurl = "{url}"\npassword_file = "{password_file}"\n',
         )
         project.env["DEPLOY_API_TOKEN"] = ENV_TOKEN
         project.start_agent()
@@ -62,9 +53,6 @@ def test_a_failing_migration_that_prints_secrets_leaks_them_nowhere(tmp_path: Pa
                 texts["history.db"] = "".join(row[0] for row in connection.execute("SELECT document FROM operations"))
         finally:
             _stop_everything(project)
-    finally:
-        with psycopg.connect(f"{server}/postgres", autocommit=True) as connection:
-            connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     for secret in (FILE_PASSWORD, ENV_TOKEN):
         for where, text in texts.items():
             assert secret not in text, f"{secret} in {where}"
