@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from lockstep.errors import IntegrityError, UsageError
 from lockstep.repository.blobs import BlobLocation, BlobType, PackedBlob
 from lockstep.repository.crypto import OVERHEAD
-from lockstep.repository.index import MAX_BLOBS_PER_INDEX_FILE, Index, index_document, parse_index_document
+from lockstep.repository.index import Index, parse_index_document
 from lockstep.repository.pack import HEADER_LENGTH_SIZE, header_entry_size
 from lockstep.repository.repository import Repository
 from lockstep.storage.base import FileMissing, FileType
@@ -272,7 +272,7 @@ def read_index_files(repository: Repository) -> tuple[list[str], dict[bytes, lis
     pack_blobs: dict[bytes, list[PackedBlob]] = {}
     index = Index()
     with ThreadPoolExecutor(max_workers=PARALLEL_FILES, thread_name_prefix="lockstep-prune-index") as pool:
-        documents = pool.map(lambda name: repository.load_unpacked(FileType.INDEX, name), names)
+        documents = pool.map(repository.load_index_file, names)
         for name, document in zip(names, documents, strict=True):
             for pack_id, blobs in parse_index_document(document):
                 if pack_id not in pack_blobs:  # a pack listed twice keeps its first listing
@@ -645,18 +645,7 @@ def _load_other_copy(repository: Repository, plan: PrunePlan, damaged_pack: byte
 
 def _write_index(repository: Repository, packs: Iterable[tuple[bytes, list[PackedBlob]]]) -> list[str]:
     """New index files for the surviving packs, at most 50,000 blobs each, whole packs only."""
-    written: list[str] = []
-    batch: list[tuple[bytes, list[PackedBlob]]] = []
-    count = 0
-    for pack_id, blobs in packs:
-        batch.append((pack_id, blobs))
-        count += len(blobs)
-        if count >= MAX_BLOBS_PER_INDEX_FILE:
-            written.append(repository.save_unpacked(FileType.INDEX, index_document(batch)))
-            batch, count = [], 0
-    if batch:
-        written.append(repository.save_unpacked(FileType.INDEX, index_document(batch)))
-    return written
+    return repository.write_index_files(packs)
 
 
 def _remove_files(repository: Repository, file_type: FileType, names: Iterable[str]) -> None:

@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +48,8 @@ DEFAULT_LEVEL_HASH_LOG = 15
 # 5.4). ChunkPipeline decides which chunks count as an increment.
 INCREMENT_COMPRESSION_LEVEL = 5
 MAX_KEYS_TRIED = 20
+# What to do when an index file cannot be read: the packs' headers describe every blob again.
+REPAIR_INDEX_HINT = "run `lockstep repo repair index` to rebuild the index from the packs"
 
 
 def _warn_on_stderr(message: str) -> None:
@@ -203,13 +205,55 @@ class Repository:
     # --- index --------------------------------------------------------------------------
 
     def load_index(self) -> None:
-        """Read every index file into memory (several at once, for object storage)."""
+        """Read every index file into memory (several at once, for object storage).
+
+        One damaged index file stops this, on purpose: a command that writes or deletes must
+        not act on a partial view of the repository. The error names the repair command."""
         names = [name for name, _ in self.backend.list(FileType.INDEX) if name not in self.index.index_file_ids]
         with ThreadPoolExecutor(max_workers=8) as pool:
-            for name, document in zip(
-                names, pool.map(lambda n: self.load_unpacked(FileType.INDEX, n), names), strict=True
-            ):
-                self.index.merge_file(name, document)
+            for name, document in zip(names, pool.map(self.load_index_file, names), strict=True):
+                try:
+                    self.index.merge_file(name, document)
+                except (KeyError, ValueError, TypeError, AttributeError) as error:
+                    raise IntegrityError(
+                        f"index/{name[:8]} is not a valid index file: {type(error).__name__}: {error}",
+                        REPAIR_INDEX_HINT,
+                    ) from error
+
+    def load_index_file(self, name: str) -> Any:
+        """One index file's decoded document; a damaged one raises IntegrityError whose hint
+        says how to rebuild the index."""
+        try:
+            return self.load_unpacked(FileType.INDEX, name)
+        except IntegrityError as error:
+            raise IntegrityError(error.message, REPAIR_INDEX_HINT) from error
+
+    def write_index_files(
+        self,
+        packs: Iterable[tuple[bytes, list[PackedBlob]]],
+        on_written: Callable[[int], None] | None = None,
+    ) -> list[str]:
+        """New index files for these whole packs, at most 50,000 blobs each (restic's limit);
+        returns their storage IDs. `on_written(n)` runs after the n-th file is stored. The
+        in-memory index is left to the caller."""
+        written: list[str] = []
+
+        def write(batch: list[tuple[bytes, list[PackedBlob]]]) -> None:
+            written.append(self.save_unpacked(FileType.INDEX, index_document(batch)))
+            if on_written is not None:
+                on_written(len(written))
+
+        batch: list[tuple[bytes, list[PackedBlob]]] = []
+        count = 0
+        for pack_id, blobs in packs:
+            batch.append((pack_id, blobs))
+            count += len(blobs)
+            if count >= MAX_BLOBS_PER_INDEX_FILE:
+                write(batch)
+                batch, count = [], 0
+        if batch:
+            write(batch)
+        return written
 
     def lookup_blob(self, blob_type: BlobType, blob_id: bytes) -> BlobLocation:
         location = self.index.lookup(blob_type, blob_id)
