@@ -22,6 +22,7 @@ VERB_MODULES: dict[str, str] = {
     "forget": "forget",
     "prune": "forget",
     "key": "key",
+    "repair": "repair",
 }
 
 
@@ -44,7 +45,7 @@ class LazyRepoGroup(click.Group):
 
 @click.group(cls=LazyRepoGroup)
 def repo() -> None:
-    """Work with the repository directly (init, backup, restore, check, forget, prune, keys)."""
+    """Work with the repository directly (init, backup, restore, check, forget, prune, repair, keys)."""
 
 
 COMMANDS = [repo]
