@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -40,11 +41,23 @@ def moto_missing_reason() -> str | None:
 
 
 def free_port() -> int:
-    """A loopback port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A loopback port nobody listens on right now: the OS picks it, or it comes from
+    LOCKSTEP_TEST_PORTS ("26000-26999") when a shared machine gives each run its own range
+    (as tests/deploy does)."""
+    wanted = os.environ.get("LOCKSTEP_TEST_PORTS")
+    candidates = [0]
+    if wanted:
+        low, high = (int(part) for part in wanted.split("-"))
+        candidates = random.sample(range(low, high + 1), high - low + 1)
+    for candidate in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            port: int = sock.getsockname()[1]
+            return port
+    raise RuntimeError(f"no free port in LOCKSTEP_TEST_PORTS={wanted}")
 
 
 def _moto_answers(endpoint: str) -> bool:
