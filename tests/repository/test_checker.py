@@ -392,6 +392,9 @@ def test_a_damaged_index_file_is_named_and_the_rest_still_checked(
     assert f"index {names[0][:8]} is unreadable: index/{names[0][:8]} does not match its name" in joined(report.errors)
     assert report.index_files == 1
     assert report.snapshots == 2
+    assert report.hints[0] == (
+        "1 index file cannot be read: `lockstep repo repair index` rebuilds the index from the packs"
+    )
 
 
 def test_a_damaged_snapshot_file_is_named_and_the_others_still_checked(

@@ -216,14 +216,22 @@ class Checker:
         names = sorted(name for name, _ in self.repository.backend.list(FileType.INDEX))
         with ThreadPoolExecutor(max_workers=LOAD_WORKERS, thread_name_prefix="lockstep-check") as pool:
             outcomes = list(pool.map(self._load_index_file, names))
+        unreadable = 0
         for name, outcome in zip(names, outcomes, strict=True):
             if isinstance(outcome, str):
                 self.report.errors.append(outcome)
+                unreadable += 1
                 continue
             self.report.index_files += 1
             self.repository.index.index_file_ids.add(name)
             for pack_id, blobs in outcome:
                 self._add_indexed_pack(name, pack_id, blobs)
+        if unreadable:
+            # Before `repo prune` is suggested for the packs only the damaged files listed.
+            self.report.hints.append(
+                f"{unreadable} index file{'s' if unreadable > 1 else ''} cannot be read: "
+                "`lockstep repo repair index` rebuilds the index from the packs"
+            )
         for pack_id, files in sorted(self._pack_index_files.items()):
             if len(files) > 1:
                 self.report.hints.append(
