@@ -34,8 +34,8 @@ def index_command(read_all_packs: bool, **options: Any) -> None:
     Index files that cannot be read are removed; packs that no readable index file lists (or
     whose size differs from what it says) have their header read and are indexed again. The new
     index files are written before any old one is deleted, so an interrupted repair loses nothing:
-    run it again. A pack whose header cannot be read is reported and left in place, never deleted.
-    Needs the repository to itself (exclusive lock).
+    run it again (after `lockstep repo unlock` if it was killed). A pack whose header cannot be read
+    is reported and left in place, never deleted. Needs the repository to itself (exclusive lock).
 
     Exits 0 when every pack is in the new index and 12 when some pack could not be read (its
     blobs are then missing from the index: run `lockstep repo check --read-data`).
