@@ -18,7 +18,7 @@ LISTED_PACKS = 20
 
 @click.group("repair")
 def repair_group() -> None:
-    """Repair a damaged repository (restic's `repair` commands)."""
+    """Repair a damaged repository: `index` rebuilds the index from the pack headers."""
 
 
 @repair_group.command("index")
