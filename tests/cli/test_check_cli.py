@@ -88,6 +88,22 @@ def test_a_flipped_bit_fails_read_data_and_stops_restore_and_dump(
     restored = target / str(built.source).lstrip("/") / "sub" / "big.bin"
     # Never a file that looks restored: the partly written file is removed.
     assert not restored.exists()
+    # Everything else is restored, as restic does, and the damaged path is named.
+    assert "1 path of snapshot" in restore.err and "everything else is restored" in restore.err
+    assert "sub/big.bin" in restore.err
+    expected = {
+        path.relative_to(built.source)
+        for path in built.source.rglob("*")
+        if path.is_file() and not path.is_symlink() and path.name != "big.bin"
+    }
+    assert expected and all((target / str(built.source).lstrip("/") / name).is_file() for name in expected)
+    again = run_lockstep(
+        ["repo", "restore", built.tree_snapshot, "--target", str(tmp_path / "again"), "--json"], env=built.env
+    )
+    assert again.returncode == ExitCode.INTEGRITY
+    document = json.loads(again.out)
+    assert document["exit_code"] == ExitCode.INTEGRITY and document["files"] == len(expected)
+    assert [entry.split(":")[0].endswith("/sub/big.bin") for entry in document["damaged"]] == [True]
 
     path = str(built.source / "sub" / "big.bin")
     dump = run_lockstep(["repo", "dump", built.tree_snapshot, path], env=built.env)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from lockstep.errors import NotFound, StorageError
+from lockstep.errors import IntegrityError, NotFound, StorageError
 from lockstep.repository import chunk_hashing
 from lockstep.repository.blobs import BlobType
 from lockstep.repository.gojson import parse_time_ns, unix_permissions
@@ -35,6 +35,16 @@ class RestoreSummary:
     directories: int = 0
     bytes_written: int = 0
     warnings: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)  # "path: why", what keep_going skipped
+
+    def to_document(self) -> dict[str, object]:
+        return {
+            "files": self.files,
+            "directories": self.directories,
+            "bytes_written": self.bytes_written,
+            "warnings": self.warnings,
+            "damaged": self.damaged,
+        }
 
 
 def read_blobs(repository: Repository, blob_ids: list[bytes], workers: int = 4) -> Iterator[bytes]:
@@ -128,7 +138,12 @@ class Restorer:
         target: Path,
         includes: list[str] | None = None,
         progress: ProgressCallback | None = None,
+        keep_going: bool = False,
     ) -> None:
+        """`keep_going`: a file or directory whose data is damaged is skipped and named in
+        `summary.damaged`, and everything else is restored, as restic does; otherwise the first
+        damaged blob ends the restore (a database dump is whole or useless)."""
+        self.keep_going = keep_going
         self.repository = repository
         self.snapshot = snapshot
         self.target = Path(target)
@@ -182,7 +197,14 @@ class Restorer:
             raise StorageError(f"the restore target {self.target} is not writable", "choose another --target")
 
     def _restore_tree(self, tree_id: bytes, snapshot_path: bytes, directory: bytes) -> None:
-        for node in self.repository.load_tree(tree_id).nodes:
+        try:
+            nodes = self.repository.load_tree(tree_id).nodes
+        except IntegrityError as error:
+            if not self.keep_going:
+                raise
+            self.summary.damaged.append(f"{os.fsdecode(directory)}/: {error.message}")
+            return
+        for node in nodes:
             if b"/" in node.name or node.name in (b"", b".", b".."):
                 self.summary.warnings.append(f"skipped an entry with an unsafe name: {node.display_name!r}")
                 continue
@@ -214,10 +236,13 @@ class Restorer:
                 if error.filename is None:
                     error.filename = destination
                 raise
-            except BaseException:
+            except BaseException as error:
                 # A damaged blob or an interruption: a half-written file must not pass for a restored one.
                 with contextlib.suppress(OSError):
                     os.unlink(destination)
+                if self.keep_going and isinstance(error, IntegrityError):
+                    self.summary.damaged.append(f"{os.fsdecode(destination)}: {error.message}")
+                    return
                 raise
             if written != node.size:
                 self.summary.warnings.append(

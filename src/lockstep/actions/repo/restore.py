@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from lockstep.actions.repo.session import RepositoryAccess
+from lockstep.errors import IntegrityError
 from lockstep.repository.archiver import ProgressCallback
 from lockstep.repository.gojson import parse_time_ns, unix_permissions
 from lockstep.repository.repository import Repository
@@ -22,8 +23,28 @@ def restore(
 ) -> tuple[str, RestoreSummary]:
     with access.session(exclusive=False) as repository:
         snapshot = repository.find_snapshot(reference)
-        summary = Restorer(repository, snapshot, target, includes, progress).run()
+        summary = Restorer(repository, snapshot, target, includes, progress, keep_going=True).run()
+    if summary.damaged:
+        count = len(summary.damaged)
+        raise IntegrityError(
+            f"{count} {'path' if count == 1 else 'paths'} of snapshot {snapshot.id[:8]} could not be restored "
+            f"(damaged data): {'; '.join(summary.damaged[:3])}{' ...' if count > 3 else ''}; "
+            "everything else is restored",
+            "run `lockstep repo check --read-data` to see the damage; restore those paths from another snapshot",
+            result=RestoreResult(snapshot.id, summary),
+        )
     return snapshot.id, summary
+
+
+class RestoreResult:
+    """What `repo restore --json` prints, also beside the error of a restore with damaged paths."""
+
+    def __init__(self, snapshot_id: str, summary: RestoreSummary) -> None:
+        self.snapshot_id = snapshot_id
+        self.summary = summary
+
+    def to_document(self) -> dict[str, object]:
+        return {"message_type": "summary", "snapshot_id": self.snapshot_id, **self.summary.to_document()}
 
 
 def dump(access: RepositoryAccess, reference: str, path: str, output: BinaryIO) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from lockstep.actions.repo.restore import dump, restore
+from lockstep.actions.repo.restore import RestoreResult, dump, restore
 from lockstep.cli.output import byte_progress, console, human_bytes, print_json
 from lockstep.cli.repo.options import access_from, repository_options, wants_json
 
@@ -32,16 +32,7 @@ def restore_command(snapshot: str, target: Path, includes: tuple[str, ...], **op
     with byte_progress("restore", None, enabled=not json_output) as progress:
         snapshot_id, summary = restore(access_from(options), snapshot, target, list(includes), progress)
     if json_output:
-        print_json(
-            {
-                "message_type": "summary",
-                "snapshot_id": snapshot_id,
-                "files": summary.files,
-                "directories": summary.directories,
-                "bytes_written": summary.bytes_written,
-                "warnings": summary.warnings,
-            }
-        )
+        print_json(RestoreResult(snapshot_id, summary).to_document())
         return
     for warning in summary.warnings:
         console.print(f"warning: {warning}", markup=False)
