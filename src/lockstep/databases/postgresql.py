@@ -71,7 +71,10 @@ from lockstep.process import Command, StreamingProcess, run_with_input
 CONNECT_TIMEOUT_SECONDS = 10
 # "row-hash-sum": sums of 64-bit row hashes (see _ROW_HASH). "-2": the same, with the settings
 # that shape a value's text pinned (TEXT_SETTINGS) for the tables and columns hashed as text.
-CHECKSUM_ALGORITHM = "row-hash-sum-2"
+# "-3": also the OID alias types (regclass, regtype, ...) hashed by their text, with search_path
+# pinned too (REG_TEXT_SETTINGS), since a restore gives the objects they name new OIDs.
+CHECKSUM_ALGORITHM = "row-hash-sum-3"
+PINNED_TEXT_CHECKSUM_ALGORITHM = "row-hash-sum-2"
 LEGACY_CHECKSUM_ALGORITHM = "row-hash-sum"
 # The session settings a value's text depends on, fixed while fingerprinting, so a table hashed
 # as text (json, xml, geometric columns; enums inside composites) gets the same checksum
@@ -84,15 +87,20 @@ TEXT_SETTINGS = (
     ("bytea_output", "hex"),
     ("lc_monetary", "C"),
 )
+# And since row-hash-sum-3: a regclass's text is its name qualified as search_path requires;
+# pinned to pg_catalog alone, every name but the built-in ones is schema-qualified.
+REG_TEXT_SETTINGS = (("search_path", "pg_catalog"),)
 MAINTENANCE_DATABASE = "postgres"
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 # Types whose values hash by OID: enums (hash_enum hashes the label's OID, which a restore
-# assigns anew) and every type built on one: arrays, domains, composites and ranges of them.
-TABLES_QUERY = """
+# assigns anew), since row-hash-sum-3 the OID alias types (a regclass is the table's OID, a
+# regtype the type's: new ones after a restore), and every type built on one: arrays, domains,
+# composites and ranges of them. {by_oid_base} is filled in per algorithm.
+_TABLES_QUERY_TEMPLATE = """
 WITH RECURSIVE by_oid(oid) AS (
-    SELECT oid FROM pg_type WHERE typtype = 'e'
+    SELECT oid FROM pg_type WHERE {by_oid_base}
     UNION
     SELECT t.oid FROM by_oid e JOIN pg_type t ON
         (t.typcategory = 'A' AND t.typelem = e.oid)
@@ -117,6 +125,16 @@ WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
 ORDER BY n.nspname, c.relname
 """
 
+_ENUMS = "typtype = 'e'"
+_ENUMS_AND_OID_ALIASES = (
+    "typtype = 'e' OR (typnamespace = 'pg_catalog'::regnamespace AND typname IN ('regclass', 'regcollation',"
+    " 'regconfig', 'regdictionary', 'regnamespace', 'regoper', 'regoperator', 'regproc', 'regprocedure',"
+    " 'regrole', 'regtype'))"
+)
+TABLES_QUERY = _TABLES_QUERY_TEMPLATE.replace("{by_oid_base}", _ENUMS_AND_OID_ALIASES)
+# As row-hash-sum and row-hash-sum-2 manifests were made: only enums hashed as text.
+_TABLES_QUERY_ENUMS_ONLY = _TABLES_QUERY_TEMPLATE.replace("{by_oid_base}", _ENUMS)
+
 
 # The tables TABLES_QUERY fingerprints, by name only.
 _TABLE_NAMES = """
@@ -135,7 +153,7 @@ class PostgresqlAdapter:
     # _ROW_HASH); the md5 over rows in key order before it had no name. Manifests of the
     # legacy algorithm are checked by inspecting the way they were made (inspect_as).
     checksum_algorithm = CHECKSUM_ALGORITHM
-    comparable_checksum_algorithms = (CHECKSUM_ALGORITHM, LEGACY_CHECKSUM_ALGORITHM)
+    comparable_checksum_algorithms = (CHECKSUM_ALGORITHM, PINNED_TEXT_CHECKSUM_ALGORITHM, LEGACY_CHECKSUM_ALGORITHM)
     # A stream: restore() loads the table data from it in parallel (postgresql_loader.py).
     dump_format = DumpFormat(name="postgresql-custom", extension=".dump", seekable_restore_is_faster=False)
 
@@ -172,13 +190,14 @@ class PostgresqlAdapter:
 
     def inspect_as(self, url: str, password: str | None, algorithm: str | None) -> DatabaseInfo:
         """inspect(), with checksums computed as a manifest of `algorithm` recorded them (the
-        legacy one in the session's own settings); any other algorithm gets the current one."""
+        legacy one in the session's own settings, row-hash-sum-2 with only enums hashed as
+        text); any other algorithm gets the current one."""
         location = ServerLocation.parse(url)
         with _connect(location, password, location.database) as connection:
             # One snapshot for all tables, so counts and checksums describe a single moment.
             connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             connection.read_only = True
-            return _database_info(connection, location, algorithm != LEGACY_CHECKSUM_ALGORITHM)
+            return _database_info(connection, location, algorithm)
 
     def summarize(self, url: str, password: str | None) -> DatabaseSummary:
         location = ServerLocation.parse(url)
@@ -201,7 +220,6 @@ class PostgresqlAdapter:
         """restore(), then what inspect_as(`algorithm`) would say, computed while the last
         pg_restore step (foreign keys, triggers, sequence values: no rows change) still runs."""
         location = ServerLocation.parse(url)
-        pinned = algorithm != LEGACY_CHECKSUM_ALGORITHM
         found: list[DatabaseInfo] = []
 
         def fingerprint() -> None:
@@ -209,7 +227,7 @@ class PostgresqlAdapter:
             # for pg_restore's ALTER TABLE but never hold one up across tables.
             with _connect(location, password, location.database, autocommit=True) as connection:
                 try:
-                    found.append(_database_info(connection, location, pinned))
+                    found.append(_database_info(connection, location, algorithm))
                 except psycopg.Error as error:
                     raise SourceError(f"cannot inspect {location.display()}: {str(error).strip()}") from None
 
@@ -418,14 +436,23 @@ def _restore_jobs() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def _database_info(connection: Connection, location: ServerLocation, pinned: bool = True) -> DatabaseInfo:
-    """The fingerprint; `pinned` fixes TEXT_SETTINGS first (False: as legacy manifests were made)."""
-    if pinned:
-        for name, value in TEXT_SETTINGS:
-            connection.execute("SELECT pg_catalog.set_config(%s, %s, false)", (name, value))
+def _database_info(
+    connection: Connection, location: ServerLocation, algorithm: str | None = CHECKSUM_ALGORITHM
+) -> DatabaseInfo:
+    """The fingerprint, with checksums as a manifest of `algorithm` recorded them: the legacy
+    one in the session's own settings, row-hash-sum-2 with TEXT_SETTINGS pinned and only enums
+    hashed as text, anything else (None too) the current way."""
+    settings: tuple[tuple[str, str], ...] = ()
+    tables_query = _TABLES_QUERY_ENUMS_ONLY
+    if algorithm == PINNED_TEXT_CHECKSUM_ALGORITHM:
+        settings = TEXT_SETTINGS
+    elif algorithm != LEGACY_CHECKSUM_ALGORITHM:
+        settings, tables_query = TEXT_SETTINGS + REG_TEXT_SETTINGS, TABLES_QUERY
+    for name, value in settings:
+        connection.execute("SELECT pg_catalog.set_config(%s, %s, false)", (name, value))
     version = _scalar(connection, "SHOW server_version")
     tables: list[TableInfo] = []
-    for schema, table, _key_columns, columns, by_oid in connection.execute(TABLES_QUERY).fetchall():
+    for schema, table, _key_columns, columns, by_oid in connection.execute(tables_query).fetchall():
         as_text = {str(column) for column in by_oid}
         tables.append(_fingerprint(connection, schema, table, [str(column) for column in columns], as_text))
     migration_table, migration_version = _migration(connection, {t.name for t in tables})
@@ -636,10 +663,12 @@ def _column_value(column: str, as_text: bool) -> sql.Composable:
 
 def _migration(connection: Connection, tables: set[str]) -> tuple[str | None, str | None]:
     """The first migration table found and its current version."""
+    # Qualified: the fingerprint pins search_path to pg_catalog, and `tables` names the public
+    # schema's tables without it.
     queries = {
-        "alembic_version": "SELECT string_agg(version_num, ',' ORDER BY version_num) FROM alembic_version",
-        "schema_migrations": "SELECT max(version)::text FROM schema_migrations",
-        "django_migrations": "SELECT app || '.' || name FROM django_migrations ORDER BY id DESC LIMIT 1",
+        "alembic_version": "SELECT string_agg(version_num, ',' ORDER BY version_num) FROM public.alembic_version",
+        "schema_migrations": "SELECT max(version)::text FROM public.schema_migrations",
+        "django_migrations": "SELECT app || '.' || name FROM public.django_migrations ORDER BY id DESC LIMIT 1",
     }
     for table in MIGRATION_TABLES:
         if table in tables:
