@@ -72,7 +72,8 @@ CONNECT_TIMEOUT_SECONDS = 10
 # "row-hash-sum": sums of 64-bit row hashes (see _ROW_HASH). "-2": the same, with the settings
 # that shape a value's text pinned (TEXT_SETTINGS) for the tables and columns hashed as text.
 # "-3": also the OID alias types (regclass, regtype, ...) hashed by their text, with search_path
-# pinned too (REG_TEXT_SETTINGS), since a restore gives the objects they name new OIDs.
+# pinned too (REG_TEXT_SETTINGS), since a restore gives the objects they name new OIDs; and an
+# inheritance child's columns hashed in name order, since a restore may reorder them.
 CHECKSUM_ALGORITHM = "row-hash-sum-3"
 PINNED_TEXT_CHECKSUM_ALGORITHM = "row-hash-sum-2"
 LEGACY_CHECKSUM_ALGORITHM = "row-hash-sum"
@@ -118,7 +119,8 @@ SELECT n.nspname, c.relname,
              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
        ARRAY(SELECT a.attname FROM pg_attribute a
              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-               AND a.atttypid IN (SELECT oid FROM by_oid))
+               AND a.atttypid IN (SELECT oid FROM by_oid)),
+       NOT c.relispartition AND EXISTS (SELECT FROM pg_inherits i WHERE i.inhrelid = c.oid)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
@@ -444,17 +446,25 @@ def _database_info(
     hashed as text, anything else (None too) the current way."""
     settings: tuple[tuple[str, str], ...] = ()
     tables_query = _TABLES_QUERY_ENUMS_ONLY
+    current = algorithm not in (LEGACY_CHECKSUM_ALGORITHM, PINNED_TEXT_CHECKSUM_ALGORITHM)
     if algorithm == PINNED_TEXT_CHECKSUM_ALGORITHM:
         settings = TEXT_SETTINGS
-    elif algorithm != LEGACY_CHECKSUM_ALGORITHM:
+    elif current:
         settings, tables_query = TEXT_SETTINGS + REG_TEXT_SETTINGS, TABLES_QUERY
     for name, value in settings:
         connection.execute("SELECT pg_catalog.set_config(%s, %s, false)", (name, value))
     version = _scalar(connection, "SHOW server_version")
     tables: list[TableInfo] = []
-    for schema, table, _key_columns, columns, by_oid in connection.execute(tables_query).fetchall():
+    for schema, table, _key_columns, columns, by_oid, inherits in connection.execute(tables_query).fetchall():
         as_text = {str(column) for column in by_oid}
-        tables.append(_fingerprint(connection, schema, table, [str(column) for column in columns], as_text))
+        names = [str(column) for column in columns]
+        if current and inherits:
+            # pg_dump re-creates an inheritance child with INHERITS (parent): the parent's
+            # columns first, whatever the order the child had (ALTER TABLE ... INHERIT, a
+            # column added to the parent later). Its values are hashed in column name order,
+            # which the restore keeps.
+            names.sort()
+        tables.append(_fingerprint(connection, schema, table, names, as_text))
     migration_table, migration_version = _migration(connection, {t.name for t in tables})
     return DatabaseInfo(
         engine="postgresql",

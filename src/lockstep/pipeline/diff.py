@@ -465,7 +465,7 @@ class _PostgresqlSide:
             columns.setdefault(name, {})[str(column)] = str(type_name)
             estimates[name] = int(estimate)
         shapes: dict[str, TableShape] = {}
-        for schema, relation, key, _columns, _by_oid in self._run(TABLES_QUERY):
+        for schema, relation, key, *_ in self._run(TABLES_QUERY):
             name = table_name(str(schema), str(relation))
             self._relations[name] = (str(schema), str(relation))
             shapes[name] = TableShape(
