@@ -670,3 +670,20 @@ def test_inheritance_children_whose_columns_a_restore_reorders_keep_their_checks
     before = adapter.inspect(database, None).tables
     execute(database, "UPDATE legacy_events SET note = 'older'")
     assert adapter.inspect(database, None).tables != before
+
+
+def test_a_statement_timeout_of_the_role_does_not_cancel_the_fingerprint_or_the_restore(
+    adapter: PostgresqlAdapter, database: str, scratch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Application roles often have a statement_timeout (ALTER ROLE ... SET): the fingerprint of
+    a big table was cancelled, so the snapshot failed where pg_dump itself (which sets it to 0)
+    went through, and so did the restore's check. Here the setting comes from PGOPTIONS, as it
+    would from the role."""
+    execute(database, "CREATE TABLE events AS SELECT g AS id, md5(g::text) AS body FROM generate_series(1, 100000) g")
+    expected = adapter.inspect(database, None).tables
+    monkeypatch.setenv("PGOPTIONS", "-c statement_timeout=5 -c idle_in_transaction_session_timeout=5")
+    stream = adapter.dump(database, None)
+    data = stream.stdout.read()
+    assert stream.consistent_info().tables == expected
+    stream.finish()
+    assert adapter.restore_and_inspect(scratch, None, io.BytesIO(data), create=False).tables == expected

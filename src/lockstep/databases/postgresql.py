@@ -587,17 +587,36 @@ def _tool_command(location: ServerLocation, password: str | None, tool: str, *ar
     return Command((tool, "--no-password", *arguments), env=env)
 
 
+# Set in every session lockstep opens, as pg_dump and pg_restore do in theirs: an application
+# role's statement_timeout (often seconds) cancelled the fingerprint of a big table, so the
+# snapshot failed where pg_dump itself went through, and a restore's check, CREATE DATABASE or
+# amcheck; an idle_in_transaction_session_timeout could end the session whose snapshot the
+# dump reads while it waits for pg_dump.
+_SESSION_TIMEOUTS = (
+    "SELECT pg_catalog.set_config('statement_timeout', '0', false),"
+    " pg_catalog.set_config('idle_in_transaction_session_timeout', '0', false)"
+)
+
+
 def _connect(location: ServerLocation, password: str | None, database: str, autocommit: bool = False) -> Connection:
     options = libpq_options(location)
     secret = location.password(password)
     try:
         conninfo = psycopg.conninfo.make_conninfo("", **options)
-        return psycopg.connect(conninfo, password=secret, dbname=database, autocommit=autocommit)
+        connection = psycopg.connect(conninfo, password=secret, dbname=database, autocommit=autocommit)
     except psycopg.Error as error:
         raise SourceError(
             f"cannot connect to {location.display()}: {redact(str(error).strip(), secret)}",
             "check the URL, that the server runs and the credentials",
         ) from None
+    try:
+        connection.execute(_SESSION_TIMEOUTS)
+        if not autocommit:
+            connection.commit()  # the settings stay; the caller may still choose the isolation level
+    except psycopg.Error as error:
+        connection.close()
+        raise SourceError(f"PostgreSQL at {location.display()} refused: {str(error).strip()}") from None
+    return connection
 
 
 def _execute(connection: Connection, statement: sql.Composed, location: ServerLocation) -> None:
