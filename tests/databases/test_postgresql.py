@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -498,6 +499,12 @@ def test_a_latin1_database_verifies_in_a_scratch_database_made_latin1(
     ]
 
 
+def admin(statement: str) -> None:
+    """A statement that runs outside a transaction (CREATE DATABASE, roles), as postgres."""
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as connection:
+        connection.execute(statement)  # type: ignore[arg-type]
+
+
 def drop_named(*names: str) -> None:
     with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as connection:
         for name in names:
@@ -687,3 +694,37 @@ def test_a_statement_timeout_of_the_role_does_not_cancel_the_fingerprint_or_the_
     assert stream.consistent_info().tables == expected
     stream.finish()
     assert adapter.restore_and_inspect(scratch, None, io.BytesIO(data), create=False).tables == expected
+
+
+def test_a_role_without_bypassrls_checks_every_row_of_a_table_with_forced_row_security(
+    adapter: PostgresqlAdapter, database: str
+) -> None:
+    """A restore run by a role without superuser or BYPASSRLS owns what it restores, and FORCE
+    ROW LEVEL SECURITY applies a table's policies to its owner: the check counted the rows the
+    policy let the role see (none) and reported the restore damaged. It counts every row now,
+    and the table keeps FORCE."""
+    execute(
+        database,
+        """
+        CREATE TABLE secrets (id int, owner text);
+        INSERT INTO secrets VALUES (1, 'alice'), (2, 'bob');
+        ALTER TABLE secrets ENABLE ROW LEVEL SECURITY;
+        ALTER TABLE secrets FORCE ROW LEVEL SECURITY;
+        CREATE POLICY own_rows ON secrets USING (owner = current_user);
+        """,
+    )
+    expected = adapter.inspect(database, None).tables
+    data = dump_bytes(adapter, database)
+    suffix = uuid.uuid4().hex[:8]
+    role, target = f"lockstep_test_{suffix}", f"lockstep_test_{suffix}"
+    admin(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        admin(f'CREATE DATABASE "{target}" OWNER "{role}"')
+        url = f"postgresql://{role}@127.0.0.1:5432/{target}"
+        assert adapter.restore_and_inspect(url, None, io.BytesIO(data), create=False).tables == expected
+        assert adapter.inspect(url, None).tables == expected  # the check after a restore from a file
+        forced = "SELECT relforcerowsecurity, relowner::regrole::text FROM pg_class WHERE relname = 'secrets'"
+        assert query(url, forced) == [(True, role)]
+    finally:
+        drop_named(target)
+        admin(f'DROP ROLE IF EXISTS "{role}"')

@@ -197,9 +197,13 @@ class PostgresqlAdapter:
         location = ServerLocation.parse(url)
         with _connect(location, password, location.database) as connection:
             # One snapshot for all tables, so counts and checksums describe a single moment.
+            # Not read-only: the check may lift FORCE ROW LEVEL SECURITY from a table this user
+            # owns, inside a savepoint it rolls back (_fingerprint_all_rows); nothing is kept.
             connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            connection.read_only = True
-            return _database_info(connection, location, algorithm)
+            try:
+                return _database_info(connection, location, algorithm)
+            finally:
+                connection.rollback()
 
     def summarize(self, url: str, password: str | None) -> DatabaseSummary:
         location = ServerLocation.parse(url)
@@ -451,7 +455,8 @@ def _database_info(
         settings = TEXT_SETTINGS
     elif current:
         settings, tables_query = TEXT_SETTINGS + REG_TEXT_SETTINGS, TABLES_QUERY
-    for name, value in settings:
+    # Every row or an error, never the rows a policy lets this user see (see _fingerprint_all_rows).
+    for name, value in (*settings, ("row_security", "off")):
         connection.execute("SELECT pg_catalog.set_config(%s, %s, false)", (name, value))
     version = _scalar(connection, "SHOW server_version")
     tables: list[TableInfo] = []
@@ -464,7 +469,7 @@ def _database_info(
             # column added to the parent later). Its values are hashed in column name order,
             # which the restore keeps.
             names.sort()
-        tables.append(_fingerprint(connection, schema, table, names, as_text))
+        tables.append(_fingerprint_all_rows(connection, schema, table, names, as_text))
     migration_table, migration_version = _migration(connection, {t.name for t in tables})
     return DatabaseInfo(
         engine="postgresql",
@@ -647,6 +652,46 @@ def _scalar(connection: Connection, query: str | sql.Composed) -> str:
 # database's four tables: 1.9 CPU-s against 2.5-2.8, single-threaded).
 _ROW_HASH = sql.SQL("SELECT count(*), sum(hash_record_extended({record}, 0)) FROM {relation} AS row_data")
 _ROW_TEXT_HASH = sql.SQL("SELECT count(*), sum(hashtextextended({record}::text, 0)) FROM {relation} AS row_data")
+
+
+_OWNED_WITH_FORCED_ROW_SECURITY = """
+SELECT c.relforcerowsecurity AND pg_catalog.pg_has_role(c.relowner, 'USAGE')
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = %s
+"""
+
+
+def _fingerprint_all_rows(
+    connection: Connection, schema: str, table: str, columns: list[str], as_text: set[str]
+) -> TableInfo:
+    """_fingerprint() over every row of the table, with row_security off: a table whose policies
+    apply to this user raises an error instead of being counted short.
+
+    A restore makes one such table itself: run by a role without superuser or BYPASSRLS, it
+    owns what it restores, and a table with FORCE ROW LEVEL SECURITY applies its policies to its
+    owner too. The check then counted the rows the policies let the role see (often none) and
+    reported the restore damaged. As the owner it may lift FORCE: it does so in a transaction
+    that is rolled back once the table is fingerprinted, so the table stays as restored."""
+    try:
+        return _fingerprint(connection, schema, table, columns, as_text)
+    except psycopg.errors.InsufficientPrivilege:
+        row = connection.execute(_OWNED_WITH_FORCED_ROW_SECURITY, (schema, table)).fetchone()
+        if not (row and row[0]):
+            raise
+    name = table_name(schema, table)
+    try:
+        with connection.transaction():
+            statement = sql.SQL("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY").format(sql.Identifier(schema, table))
+            connection.execute(statement)
+            found = _fingerprint(connection, schema, table, columns, as_text)
+            raise psycopg.Rollback()
+    except psycopg.Error as error:
+        raise SourceError(
+            f"cannot read every row of {name}: it has FORCE ROW LEVEL SECURITY, and lifting it for the "
+            f"check failed: {str(error).strip()}",
+            "check it as a superuser or a role with BYPASSRLS",
+        ) from None
+    return found
 
 
 def _fingerprint(
