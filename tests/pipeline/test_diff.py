@@ -233,3 +233,22 @@ def test_an_inheritance_parent_is_compared_without_its_childrens_rows(tmp_path: 
             "measurements": ("changed", 0, 1, 0),
             "measurements_2026": ("changed", 1, 0, 0),
         }
+
+
+def test_postgresql_database_settings_do_not_make_rows_look_changed(tmp_path: Path, scratch_urls: list[str]) -> None:
+    """Rows are compared by their text, and the live database's own TimeZone, IntervalStyle,
+    search_path (ALTER DATABASE ... SET) are not the scratch copy's: every row with a
+    timestamptz, an interval or a regclass looked changed. The settings are pinned now."""
+    with postgresql_database(
+        "CREATE SCHEMA app;"
+        "CREATE TABLE app.events (id int PRIMARY KEY, at timestamptz, took interval, ratio float8, about regclass);"
+        "INSERT INTO app.events SELECT g, '2026-11-23 10:00+00', '1 day 2 hours', 0.1, 'app.events'"
+        " FROM generate_series(1, 50) g;"
+    ) as url:
+        name = url.rsplit("/", 1)[1]
+        for setting in ("TimeZone = 'America/New_York'", "IntervalStyle = iso_8601", "search_path = app, public"):
+            run_postgresql(POSTGRESQL_SERVER, f'ALTER DATABASE "{name}" SET {setting}', database="postgres")
+        take_snapshot(tmp_path / "repository", tmp_path, {"main": url})
+        assert not diff_live(tmp_path, "main", url).changed
+        run_postgresql(url, "UPDATE app.events SET at = at + interval '1 second' WHERE id = 3")
+        assert tables_of(diff_live(tmp_path, "main", url)) == {"app.events": ("changed", 0, 0, 1)}

@@ -431,12 +431,17 @@ class _PostgresqlSide:
     def __init__(self, url: str, password: str | None) -> None:
         import psycopg
 
-        from lockstep.databases.postgresql import _connect
+        from lockstep.databases.postgresql import REG_TEXT_SETTINGS, TEXT_SETTINGS, _connect
 
         self._location = ServerLocation.parse(url)
         self._connection = _connect(self._location, password, self._location.database)
         self._connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         self._connection.read_only = True
+        # Rows are compared by their text, which follows TimeZone, DateStyle, search_path (a
+        # regclass), ...: the live database's own settings (ALTER DATABASE ... SET) are not the
+        # scratch database's, and every timestamptz row looked changed. Pinned as for checksums.
+        for name, value in TEXT_SETTINGS + REG_TEXT_SETTINGS:
+            self._run("SELECT pg_catalog.set_config(%s, %s, false)", (name, value))
         self._relations: dict[str, tuple[str, str]] = {}
 
     def __enter__(self) -> _PostgresqlSide:
