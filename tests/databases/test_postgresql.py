@@ -728,3 +728,21 @@ def test_a_role_without_bypassrls_checks_every_row_of_a_table_with_forced_row_se
     finally:
         drop_named(target)
         admin(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_a_database_the_restore_creates_keeps_the_dumped_databases_icu_collation(adapter: PostgresqlAdapter) -> None:
+    """A database lockstep created for `restore --to` was made from template1 (libc, C.UTF-8
+    here) whatever the dumped database's collation: an ICU database's ORDER BY name gave
+    "a, B, c" and the restored one "B, a, c". It takes the dump's locale provider and locales."""
+    suffix = uuid.uuid4().hex[:8]
+    source, target = f"lockstep_test_{suffix}_icu", f"lockstep_test_{suffix}_copy"
+    try:
+        admin(f"CREATE DATABASE \"{source}\" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en' LOCALE 'C.UTF-8'")
+        source_url, target_url = (SERVER_URL.rsplit("/", 1)[0] + "/" + name for name in (source, target))
+        execute(source_url, "CREATE TABLE names (name text); INSERT INTO names VALUES ('B'), ('a'), ('c')")
+        adapter.restore(target_url, None, io.BytesIO(dump_bytes(adapter, source_url)), create=True)
+        collation = "SELECT datlocprovider, daticulocale FROM pg_database WHERE datname = current_database()"
+        assert query(target_url, collation) == query(source_url, collation) == [("i", "en")]
+        assert query(target_url, "SELECT string_agg(name, ', ' ORDER BY name) FROM names") == [("a, B, c",)]
+    finally:
+        drop_named(source, target)

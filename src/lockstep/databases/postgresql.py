@@ -60,6 +60,7 @@ from lockstep.databases.postgresql_archive import (
     OFFSET_SET,
     ArchiveHead,
     ArchiveReader,
+    DatabaseCollation,
     IncompleteHead,
     parse_head,
     read_head,
@@ -411,14 +412,33 @@ def _encoding_of(connection: Connection, database: str) -> str | None:
 
 
 def _create_database(connection: Connection, location: ServerLocation, head: ArchiveHead | None) -> None:
-    """CREATE DATABASE, in the dump's encoding when it is not the server's default.
+    """CREATE DATABASE, in the dump's encoding and collation when they are not template1's.
 
-    A database in the default encoding is made as before, from template1. Another encoding
-    needs template0 and a locale that fits it: the dumped database's own when this server has
-    it, else C, which fits every encoding (the row checksums do not depend on the locale)."""
+    A database like template1 is made from it, as before. Otherwise template0, with the dumped
+    database's locale provider and locales when this server has them (an ICU database made from
+    a libc template1 sorted text another way: ORDER BY name gave B, a where it gave a, B), else
+    for another encoding its locale or C, which fits every encoding (the row checksums do not
+    depend on the locale)."""
     name = sql.Identifier(location.database)
-    if head is None or head.server_encoding == _encoding_of(connection, "template1"):
-        _execute(connection, sql.SQL("CREATE DATABASE {}").format(name), location)
+    plain = sql.SQL("CREATE DATABASE {}").format(name)
+    template = _template1(connection)
+    collation = None if head is None else head.database_collation()
+    same_encoding = head is None or head.server_encoding == template.get("encoding")
+    if head is None or (same_encoding and (collation is None or _has_collation(template, collation))):
+        _execute(connection, plain, location)
+        return
+    if collation is not None and collation.collate and collation.ctype:
+        statement = sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+            name, sql.Literal(head.server_encoding), sql.Literal(collation.collate), sql.Literal(collation.ctype)
+        )
+        if collation.provider == "icu" and collation.icu_locale:
+            statement = sql.SQL("{} LOCALE_PROVIDER icu ICU_LOCALE {}").format(
+                statement, sql.Literal(collation.icu_locale)
+            )
+        if _try_create(connection, statement, location):
+            return
+    if same_encoding:
+        _execute(connection, plain, location)
         return
 
     def create(locale: str) -> sql.Composed:
@@ -427,15 +447,40 @@ def _create_database(connection: Connection, location: ServerLocation, head: Arc
         )
 
     locale = head.database_locale()
-    if locale and locale != "C":
-        try:
-            connection.execute(create(locale))
-            return
-        except (psycopg.errors.WrongObjectType, psycopg.errors.InvalidParameterValue):
-            pass  # this server has no such locale, or it does not fit the encoding
-        except psycopg.Error as error:
-            raise SourceError(f"PostgreSQL at {location.display()} refused: {str(error).strip()}") from None
+    if locale and locale != "C" and _try_create(connection, create(locale), location):
+        return
     _execute(connection, create("C"), location)
+
+
+def _try_create(connection: Connection, statement: sql.Composed, location: ServerLocation) -> bool:
+    """Run a CREATE DATABASE; False when this server lacks the locale or it does not fit."""
+    try:
+        connection.execute(statement)
+        return True
+    except (psycopg.errors.WrongObjectType, psycopg.errors.InvalidParameterValue, psycopg.errors.FeatureNotSupported):
+        return False  # this server has no such locale, or it does not fit the encoding
+    except psycopg.Error as error:
+        raise SourceError(f"PostgreSQL at {location.display()} refused: {str(error).strip()}") from None
+
+
+def _template1(connection: Connection) -> dict[str, Any]:
+    """template1's encoding and locale columns (datlocprovider and daticulocale since 15)."""
+    row = connection.execute(
+        "SELECT pg_catalog.pg_encoding_to_char(d.encoding), pg_catalog.to_jsonb(d) - 'datacl'"
+        " FROM pg_catalog.pg_database d WHERE d.datname = 'template1'"
+    ).fetchone()
+    if row is None:
+        return {}
+    return {**dict(row[1]), "encoding": str(row[0])}
+
+
+def _has_collation(template: dict[str, Any], collation: DatabaseCollation) -> bool:
+    provider = {"c": "libc", "i": "icu"}.get(str(template.get("datlocprovider", "c")), "libc")
+    return (provider, template.get("datcollate"), template.get("datctype")) == (
+        collation.provider,
+        collation.collate,
+        collation.ctype,
+    ) and (provider != "icu" or template.get("daticulocale") == collation.icu_locale)
 
 
 def _restore_jobs() -> int:

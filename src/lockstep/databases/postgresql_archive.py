@@ -54,6 +54,16 @@ class TocEntry:
 
 
 @dataclass(frozen=True)
+class DatabaseCollation:
+    """How the dumped database sorts and classifies text (CREATE DATABASE's locale options)."""
+
+    provider: str  # "libc" or "icu"
+    collate: str | None
+    ctype: str | None
+    icu_locale: str | None
+
+
+@dataclass(frozen=True)
 class ArchiveHead:
     """The parsed header and table of contents, and where the data blocks start."""
 
@@ -67,6 +77,25 @@ class ArchiveHead:
     def encode(self, text: str) -> bytes:
         """`text` from an entry, as the bytes pg_dump wrote (the dump's encoding)."""
         return text.encode(self.codec, "surrogateescape")
+
+    def database_collation(self) -> DatabaseCollation | None:
+        """The dumped database's locale provider and locales, from its CREATE DATABASE entry."""
+        definition = next((entry.definition for entry in self.entries if entry.description == "DATABASE"), None)
+        if definition is None:
+            return None
+
+        def value(option: str) -> str | None:
+            found = re.search(rf"(?<![\w]){option} = '((?:[^']|'')*)'", definition)
+            return found[1].replace("''", "'") if found else None
+
+        provider = re.search(r"\bLOCALE_PROVIDER = (libc|icu)\b", definition)
+        locale = value("LOCALE")
+        return DatabaseCollation(
+            provider=provider[1] if provider else "libc",
+            collate=value("LC_COLLATE") or locale,
+            ctype=value("LC_CTYPE") or locale,
+            icu_locale=value("ICU_LOCALE"),
+        )
 
     def database_locale(self) -> str | None:
         """The dumped database's locale (LC_COLLATE), from its CREATE DATABASE entry."""
