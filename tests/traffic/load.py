@@ -11,6 +11,8 @@ from __future__ import annotations
 import http.client
 import os
 import random
+import re
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -173,3 +175,49 @@ class LoadGenerator:
         else:
             self._record(body_seen=answer.decode("utf-8", "replace"))
         return connection
+
+
+@dataclass
+class WrkReport:
+    """What wrk saw: every request a client sent and got no 2xx/3xx answer to counts, including
+    a kept-alive connection closed under a request (wrk never retries one, as no client may for
+    a POST)."""
+
+    requests: int
+    socket_errors: dict[str, int]
+    non_2xx: int
+    output: str
+
+    @property
+    def failures(self) -> int:
+        return sum(self.socket_errors.values()) + self.non_2xx
+
+
+class WrkLoad:
+    """`wrk` on kept-alive connections against `url` for `seconds`, in the background."""
+
+    def __init__(self, wrk: str, url: str, seconds: float, connections: int = 16) -> None:
+        self._process = subprocess.Popen(
+            [wrk, "-t2", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s", url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def running(self) -> bool:
+        return self._process.poll() is None
+
+    def wait(self, timeout: float = 120.0) -> WrkReport:
+        output, _ = self._process.communicate(timeout=timeout)
+        requests = re.search(r"(\d+) requests in", output)
+        errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+        non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+        assert requests is not None, output
+        return WrkReport(
+            requests=int(requests.group(1)),
+            socket_errors=dict(zip(("connect", "read", "write", "timeout"), map(int, errors.groups()), strict=True))
+            if errors
+            else {},
+            non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+            output=output,
+        )

@@ -5,11 +5,13 @@ adopted, stop is graceful, and system mode drives a user's own HAProxy through a
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
 import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from lockstep.traffic.base import UpstreamCounters
 from lockstep.traffic.haproxy import HaproxySwitch
 from tests.conftest import require_binary
 from tests.traffic.backend import BackendProcess
-from tests.traffic.load import LoadGenerator
+from tests.traffic.load import LoadGenerator, WrkLoad
 from tests.traffic.probes import free_port, get, process_gone, wait_until
 
 SWITCHES = 10
@@ -69,6 +71,50 @@ def test_ten_switches_under_load_drop_no_request(
     counters = {counter.port: counter for counter in state.upstreams}
     assert counters[blue.port].requests > 0 and counters[blue.port].errors == 0
     assert green.port not in counters  # the new worker only knows the active server
+
+
+def test_switches_under_wrk_keep_alive_load_fail_no_request(
+    managed: HaproxySwitch, backends: tuple[BackendProcess, BackendProcess]
+) -> None:
+    """wrk never retries a request on a kept-alive connection that closes under it (no client may
+    for a POST): an old worker must not close idle client connections when a reload stops it,
+    or requests sent on them at that moment get no answer."""
+    wrk = require_binary("wrk", "apt-get install wrk")
+    blue, green = backends
+    managed.ensure_running(blue.port)
+    load = WrkLoad(wrk, f"http://{managed.listen}/", seconds=6, connections=32)
+    switches = 0
+    time.sleep(0.5)
+    while load.running():
+        managed.switch_to(green.port if switches % 2 == 0 else blue.port)
+        switches += 1
+        time.sleep(0.3)
+    report = load.wait()
+    assert switches >= 6 and report.requests > 1000, report.output
+    assert report.failures == 0, report.output
+
+
+def test_an_idle_kept_alive_client_does_not_hold_up_draining(
+    managed: HaproxySwitch, backends: tuple[BackendProcess, BackendProcess]
+) -> None:
+    """The old worker keeps an idle client connection open across a reload (closing it could lose
+    a request), but with nothing in flight the old upstream counts as drained; the client's next
+    request is answered, with "Connection: close"."""
+    blue, green = backends
+    managed.ensure_running(blue.port)
+    idle = http.client.HTTPConnection("127.0.0.1", managed.listen_port, timeout=30)
+    try:
+        idle.request("GET", "/")
+        assert idle.getresponse().read() == b"blue"
+        managed.switch_to(green.port)
+        assert managed.wait_drained(blue.port, timeout=5)
+        idle.request("GET", "/")
+        response = idle.getresponse()
+        assert (response.status, response.read()) == (200, b"blue")
+        assert response.getheader("Connection", "").lower() == "close"
+    finally:
+        idle.close()
+    assert get(managed.listen_port) == (200, "green")
 
 
 def test_in_flight_request_finishes_on_old_upstream_and_drains(

@@ -24,6 +24,7 @@ import csv
 import os
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Literal
@@ -135,6 +136,7 @@ class HaproxySwitch:
             default_master = Path("/run/haproxy-master.sock")
             self.master_socket = master_socket or (default_master if default_master.exists() else None)
             self.stats_socket = stats_socket
+        self._idle_close_on_response: bool | None = None
 
     @property
     def managed_config(self) -> Path:
@@ -245,22 +247,35 @@ class HaproxySwitch:
         return TrafficState(running=running, listen=self.listen, active_port=self.active_port(), upstreams=upstreams)
 
     def wait_drained(self, port: int, timeout: float) -> bool:
-        """Wait until no HAProxy worker from before the last reload is alive, and, when `port` is
-        still active, until its server has no current session.
+        """Wait until no HAProxy worker from before the last reload has a request in flight (or a
+        tunnel, a WebSocket, open) to a backend, and, when `port` is still active, until its
+        server has no current session.
 
-        Old workers exist only while they finish requests begun before a reload, so once they are
-        gone nothing is in flight to a port that is no longer active.
+        An old worker keeps idle client connections until it answers their next request with
+        "Connection: close" (`option idle-close-on-response`), so it may outlive its last request;
+        what it still has in flight is asked through the master CLI (`@!PID show stat`).
         """
         deadline = time.monotonic() + timeout
         while True:
             processes = self._show_proc()
             old_workers = processes.old_workers if processes is not None else ()
             busy = any(counter.port == port and counter.in_flight > 0 for counter in self._read_counters())
-            if not old_workers and not busy:
+            if not busy and not any(self._old_worker_busy(pid) for pid in old_workers):
                 return True
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
+
+    def _old_worker_busy(self, pid: int) -> bool:
+        """Whether an old worker has a current session on a server of the backend; True when it
+        cannot be asked (no master socket)."""
+        if self.master_socket is None:
+            return True
+        try:
+            text = _ask(self.master_socket, f"@!{pid} show stat")
+        except OSError:
+            return True
+        return any(counter.in_flight > 0 for counter in self._parse_counters(text))
 
     def stop(self) -> None:
         """Managed: graceful stop (SIGUSR1: stop accepting, finish requests), forced after
@@ -307,6 +322,10 @@ class HaproxySwitch:
         """The whole haproxy.cfg of a managed instance."""
         hard_stop = f"    hard-stop-after {int(self.hard_stop_after * 1000)}ms\n" if self.hard_stop_after else ""
         bind_host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        # A reload's old worker closes idle client connections at once by default, and a request a
+        # client sends on one at that moment gets no answer (a POST cannot be retried). With this
+        # option it answers the next request with "Connection: close" instead (HAProxy >= 2.6).
+        idle_close = "    option idle-close-on-response\n" if self._knows_idle_close_on_response() else ""
         return (
             "# Written by lockstep (managed HAProxy traffic switch); every switch rewrites it.\n"
             "global\n"
@@ -318,6 +337,7 @@ class HaproxySwitch:
             "defaults\n"
             "    mode http\n"
             "    option http-keep-alive\n"
+            f"{idle_close}"
             "    timeout connect 5s\n"
             "    timeout client 75s\n"
             "    timeout server 3600s\n"
@@ -330,6 +350,30 @@ class HaproxySwitch:
         )
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _knows_idle_close_on_response(self) -> bool:
+        """Whether this HAProxy accepts `option idle-close-on-response` (asked once: older
+        versions refuse the keyword, and keep closing idle connections on a reload)."""
+        if self._idle_close_on_response is None:
+            self.state_directory.mkdir(parents=True, exist_ok=True)
+            probe = _write_candidate(
+                self.state_directory / "probe.cfg", "defaults\n    mode http\n    option idle-close-on-response\n"
+            )
+            try:
+                checked = subprocess.run(
+                    (self.binary, "-c", "-q", "-f", str(probe)),
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=RELOAD_TIMEOUT,
+                    check=False,
+                )
+                # 0: valid; 2: valid but nothing to listen on (this probe has no frontend); 1: errors.
+                self._idle_close_on_response = checked.returncode in (0, 2)
+            except (OSError, subprocess.TimeoutExpired):
+                self._idle_close_on_response = False
+            finally:
+                probe.unlink(missing_ok=True)
+        return self._idle_close_on_response
 
     def _switch_managed(self, port: int) -> None:
         master = self._master_pid()
@@ -450,6 +494,10 @@ class HaproxySwitch:
             text = _ask(self.stats_socket, "show stat")
         except OSError:
             return ()
+        return self._parse_counters(text)
+
+    def _parse_counters(self, text: str) -> tuple[UpstreamCounters, ...]:
+        """Per-port counters from a `show stat` CSV answer."""
         lines = text.lstrip("# ").splitlines()
         counters = []
         for row in csv.DictReader(lines):
