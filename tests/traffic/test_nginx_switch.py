@@ -207,6 +207,38 @@ def test_active_upstream_survives_a_restart(
     assert get(managed.listen_port) == (200, "green")
 
 
+def test_a_master_killed_alone_is_replaced_and_its_orphaned_workers_stopped(
+    managed: NginxSwitch, backends: tuple[BackendProcess, BackendProcess]
+) -> None:
+    """kill -9 of the master (the OOM killer's choice) leaves its workers holding the listening
+    socket: ensure_running stops them and starts a new master on the active upstream, instead
+    of refusing because "another program already listens there"."""
+    blue, green = backends
+    managed.ensure_running(blue.port)
+    managed.switch_to(green.port)
+    master = int(managed.pid_file.read_text())
+    workers = [int(entry) for entry in os.listdir("/proc") if entry.isdigit() and _parent(int(entry)) == master]
+    assert workers
+    os.kill(master, signal.SIGKILL)
+    assert wait_until(lambda: not managed.state().running)
+    assert get(managed.listen_port) == (200, "green")  # the orphans still serve, unreachable by switches
+    managed.ensure_running(green.port)
+    assert all(process_gone(pid) for pid in workers)
+    new_master = int(managed.pid_file.read_text())
+    assert new_master != master and managed.state().running
+    assert get(managed.listen_port) == (200, "green")
+    managed.switch_to(blue.port)
+    assert get(managed.listen_port) == (200, "blue")
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def test_stop_lets_in_flight_requests_finish(
     managed: NginxSwitch, backends: tuple[BackendProcess, BackendProcess]
 ) -> None:

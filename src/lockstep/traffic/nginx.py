@@ -41,6 +41,7 @@ from lockstep.traffic.common import (
     fsync_directory,
     parse_listen,
     stop_gracefully,
+    wait_for_exit,
 )
 
 Mode = Literal["managed", "system"]
@@ -182,6 +183,7 @@ class NginxSwitch:
         if self._master_pid() is not None:
             return
         self.state_directory.mkdir(parents=True, exist_ok=True)
+        self._stop_orphaned_workers()
         ensure_listen_free(self.listen_host, self.listen_port, "nginx")
         candidate = self._write_candidate(self.render_managed_config(initial_port))
         try:
@@ -447,6 +449,24 @@ class NginxSwitch:
             (self.state_directory / "temp").mkdir(exist_ok=True)
         return candidate
 
+    def _stop_orphaned_workers(self) -> None:
+        """Stop the workers a killed master left behind (kill -9, the OOM killer): they keep the
+        listening socket, so no new master could start, and serve an upstream no switch reaches.
+
+        They are this instance's because they hold its access or error log open. SIGQUIT lets
+        them finish their requests; whatever still runs after `drain_timeout` is killed.
+        """
+        ours = {str(self.access_log), str(self.error_log)}
+        orphans = [pid for pid in _nginx_processes() if ours & _open_files(pid)]
+        for pid in orphans:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGQUIT)
+        for pid in orphans:
+            if not wait_for_exit(pid, self.drain_timeout):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                wait_for_exit(pid, 10.0)
+
     def _master_pid(self) -> int | None:
         """The live nginx master from the pid file, or None (missing, stale or not nginx)."""
         try:
@@ -517,6 +537,28 @@ def _children(parent: int) -> list[_Process]:
             continue
         children.append(_Process(int(entry), parent, command_line(int(entry))))
     return children
+
+
+def _nginx_processes() -> list[int]:
+    """Every live nginx process but masters (workers, cache processes), whoever their parent."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (line := command_line(int(entry))).startswith("nginx: ") and "master" not in line:
+            found.append(int(entry))
+    return found
+
+
+def _open_files(pid: int) -> set[str]:
+    """The paths `pid` has open (what its /proc fd links point to; empty when unreadable)."""
+    try:
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return set()
+    paths = set()
+    for descriptor in descriptors:
+        with contextlib.suppress(OSError):
+            paths.add(os.readlink(f"/proc/{pid}/fd/{descriptor}"))
+    return paths
 
 
 def _live_workers(master: int) -> list[int]:
