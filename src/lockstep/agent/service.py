@@ -24,6 +24,11 @@ from lockstep.runtimes.supervisor import Supervisor
 from lockstep.traffic.base import TrafficSwitch
 from lockstep.traffic.factory import switch_for
 
+# How often the agent checks that the traffic switch runs, and the longest wait between two
+# attempts to start it again.
+PROXY_CHECK_INTERVAL = 2.0
+PROXY_BACKOFF_MAX = 30.0
+
 
 class AgentError(LockstepError):
     """A request the agent cannot carry out; the message says why and what to do."""
@@ -85,6 +90,8 @@ class AgentService:
         self._slot_of: dict[str, tuple[str, str]] = {}  # process name -> (slot, component)
         self.started_at = time.time()
         self._closed = False
+        self._next_proxy_check = 0.0
+        self._proxy_failures = 0
 
     # -- start-up ------------------------------------------------------------------------------
 
@@ -279,13 +286,58 @@ class AgentService:
     # -- supervision ---------------------------------------------------------------------------
 
     def poll(self) -> None:
-        """One round of supervision: restart what died, record what happened."""
+        """One round of supervision: restart what died, the traffic switch included, and record
+        what happened."""
         with self._lock:
             events = self.supervisor.poll()
             for event in events:
                 self.state.add_event(event.kind, event.name, event.detail, at=event.at)
             if events:  # a restart changes a PID and the supervision state: keep both on disk
                 self._persist_processes()
+            self._keep_traffic_switch_up()
+
+    def _keep_traffic_switch_up(self, now: float | None = None) -> None:
+        """Start the proxy again when it died (kill -9, the OOM killer) while a slot has the traffic:
+        nothing else would until the next deploy or agent restart, and the site is down meanwhile.
+
+        Only a proxy lockstep runs (built-in, managed nginx or HAProxy); a user's own server in
+        system mode is theirs to restart. Checked every PROXY_CHECK_INTERVAL seconds; a failed
+        start is retried with the same backoff as the app's processes, each failure an event.
+        """
+        moment = time.monotonic() if now is None else now
+        if moment < self._next_proxy_check or self._closed:
+            return
+        self._next_proxy_check = moment + PROXY_CHECK_INTERVAL
+        traffic = self.config.traffic
+        active = self.state.active_slot
+        if active is None or (traffic.kind != "builtin" and traffic.mode != "managed"):
+            return
+        if self.traffic.state().running:
+            self._proxy_failures = 0
+            return
+        port = self._traffic_port(active)
+        if port is None:
+            return
+        try:
+            self.traffic.ensure_running(port)
+        except LockstepError as error:
+            self._proxy_failures += 1
+            delay = min(PROXY_BACKOFF_MAX, PROXY_CHECK_INTERVAL * 2**self._proxy_failures)
+            self._next_proxy_check = moment + delay
+            self.state.add_event(
+                "proxy-restart-failed",
+                "traffic",
+                f"the {traffic.kind} traffic switch is not running and did not start: {error}; "
+                f"trying again in {delay:g} s",
+            )
+            return
+        self._proxy_failures = 0
+        self.state.add_event(
+            "proxy-restarted",
+            "traffic",
+            f"the {traffic.kind} traffic switch was not running: started it again, "
+            f"traffic to slot {active} (port {port})",
+        )
 
     def _persist_processes(self) -> None:
         records = []

@@ -1,0 +1,73 @@
+"""The agent keeps the traffic switch up: a proxy it runs that dies (kill -9, the OOM killer) is
+started again on the active slot, whichever kind it is, with an event saying so."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lockstep.actions.environment import load_environment
+from tests.conftest import require_binary
+from tests.deploy.conftest import NotesProject, _stop_everything, make_project
+
+
+@pytest.fixture(params=["builtin", "nginx", "haproxy"])
+def project(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NotesProject]:
+    kind = str(request.param)
+    if kind != "builtin":
+        require_binary(kind, f"apt-get install {kind}")
+    project = make_project(tmp_path)
+    config = project.directory / "lockstep.toml"
+    config.write_text(config.read_text().replace("[traffic]\n", f'[traffic]\nkind = "{kind}"\n'))
+    project.commit(f"traffic through {kind}")
+    project.start_agent()
+    try:
+        yield project
+    finally:
+        _stop_everything(project)
+
+
+def _proxy_pids(project: NotesProject) -> list[int]:
+    """The proxy's processes: the pid in its pid file and that process's children."""
+    state = project.directory / ".lockstep" / "state" / "test" / "traffic"
+    (pid_file,) = [path for path in state.glob("*/*.pid") if path.name != "upstream.pid"]
+    main = int(pid_file.read_text().split()[0])
+    children = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if entry.isdigit() and int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == main:
+                children.append(int(entry))
+    return [main, *children]
+
+
+def _answers(project: NotesProject) -> bool:
+    try:
+        return project.request("GET", "/version")[0] == 200
+    except OSError:
+        return False
+
+
+def test_a_killed_proxy_is_started_again_on_the_active_slot(project: NotesProject) -> None:
+    deployed = project.lockstep("deploy")
+    assert deployed.returncode == 0, deployed.err
+    assert _answers(project)
+    for pid in _proxy_pids(project):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while _answers(project) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _answers(project)
+    deadline = time.monotonic() + 30
+    while not _answers(project) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _answers(project), "the proxy was not started again"
+    assert project.status()["traffic"]["running"]
+    events = load_environment(project.directory, None, None).agent().events(0)
+    assert any(event["kind"] == "proxy-restarted" for event in events), events
