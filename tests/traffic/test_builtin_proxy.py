@@ -472,6 +472,40 @@ def test_adopting_a_proxy_on_another_address_is_a_clear_error(make_proxy: MakePr
         moved.ensure_running(blue.port)
 
 
+def test_an_ipv6_listen_address_is_adopted_and_switched(
+    state_directory: Path, blue: BackendProcess, green: BackendProcess
+) -> None:
+    """With `listen = "[::1]:PORT"` the proxy reported "::1:PORT", so every ensure_running after
+    the first (the agent calls it before each switch, and on adoption) refused the proxy as
+    "listening elsewhere": every deploy after the first failed."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    with socket.socket(socket.AF_INET6) as probe:
+        try:
+            probe.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback")
+        port = probe.getsockname()[1]
+    proxy = BuiltinProxy(f"[::1]:{port}", state_directory)
+    try:
+        proxy.ensure_running(blue.port)
+        assert proxy.state().listen == f"[::1]:{port}"
+        BuiltinProxy(f"[::1]:{port}", state_directory).ensure_running(green.port)
+        proxy.switch_to(green.port)
+        connection = http.client.HTTPConnection("::1", port, timeout=30)
+        try:
+            connection.request("GET", "/")
+            assert connection.getresponse().read() == b"green"
+        finally:
+            connection.close()
+    finally:
+        pid = proxy.pid()
+        proxy.stop()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_the_proxy_process_keeps_no_secrets_in_its_environment(
     make_proxy: MakeProxy, blue: BackendProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:

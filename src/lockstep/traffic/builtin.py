@@ -177,7 +177,9 @@ class BuiltinProxy:
     def _check_adopted_listen(self) -> None:
         """An adopted proxy listening elsewhere means the configuration changed under it: say so."""
         listening = self.state().listen
-        if listening != self.listen:
+        # A proxy from before IPv6 hosts were bracketed reports "::1:8080" for "[::1]:8080".
+        host, _, port = listening.rpartition(":")
+        if (host.strip("[]"), port) != (self.host, str(self.port)):
             raise LockstepError(
                 f"the built-in proxy in {self.state_directory} listens on {listening}, not on {self.listen}",
                 "stop it (`lockstep agent stop --apps`, or kill the pid in proxy.pid) so it restarts there",

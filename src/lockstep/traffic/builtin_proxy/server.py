@@ -127,7 +127,9 @@ class ProxyServer:
         log.info("listening on %s:%d, forwarding to port %d", self.host, self.port, self.active_port)
 
     def listen_address(self) -> str:
-        return f"{self.host}:{self.port}"
+        """HOST:PORT as configured: an IPv6 host in brackets ("[::1]:8080")."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     def switch_to(self, port: int) -> None:
         """Persist first, then switch: a crash in between resumes on the new upstream, never an older one."""
