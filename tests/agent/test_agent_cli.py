@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,9 +58,39 @@ def test_print_systemd_unit_runs_this_agent(project: NotesProject) -> None:
     completed = project.lockstep("agent", "print-systemd-unit")
     assert completed.returncode == 0, completed.err
     unit = completed.out
-    assert "ExecStart=" in unit and "agent --env test" in unit
+    assert "ExecStart=" in unit and " agent -c " in unit and "--env test" in unit
     assert str(project.directory / "lockstep.toml") in unit
     assert "KillMode=process" in unit and "Restart=always" in unit
+
+
+def test_the_systemd_units_command_starts_the_agent(project: NotesProject) -> None:
+    """ExecStart, run as systemd would (from WorkingDirectory), starts this environment's agent;
+    it used to put -c before `agent`, a usage error systemd would retry every 2 s, forever."""
+    unit = project.lockstep("agent", "print-systemd-unit").out
+    settings = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+    argv = shlex.split(settings["ExecStart"])
+    if argv[0].endswith("lockstep"):  # run the code under test, whichever lockstep is on PATH
+        argv = [sys.executable, "-m", "lockstep", *argv[1:]]
+    agent = subprocess.Popen(
+        argv,
+        cwd=settings["WorkingDirectory"],
+        env={**os.environ, **project.env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (project.lockstep("status", "--json").returncode == 0 and project.status()["agent"]["running"]):
+            assert agent.poll() is None, agent.communicate()[0].decode()
+            assert time.monotonic() < deadline, "the agent did not come up"
+            time.sleep(0.2)
+    finally:
+        project.lockstep("agent", "stop", "--apps")
+        try:
+            agent.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait()
 
 
 def test_agent_stop_without_an_agent_says_how_to_start_one(project: NotesProject) -> None:

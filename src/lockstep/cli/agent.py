@@ -66,7 +66,11 @@ def print_systemd_unit(context: click.Context, config_path: Path | None, environ
     )
     executable = shutil.which("lockstep") or f"{sys.executable} -m lockstep"
     config_file = config_path or parent.get("config_path") or loaded.directory / "lockstep.toml"
-    command = f"{executable} -c {shlex.quote(str(Path(config_file).resolve()))} agent --env {loaded.environment}"
+    # -c and --env belong to the agent command: `lockstep -c FILE agent` is a usage error, which
+    # systemd would restart every RestartSec, forever.
+    command = (
+        f"{executable} agent -c {shlex.quote(str(Path(config_file).resolve()))} --env {shlex.quote(loaded.environment)}"
+    )
     console.print(
         f"""[Unit]
 Description=lockstep agent for {loaded.config.app.name or loaded.directory.name} ({loaded.environment})
