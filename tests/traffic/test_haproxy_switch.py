@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import json
 import os
 import signal
 import socket
@@ -115,6 +116,37 @@ def test_an_idle_kept_alive_client_does_not_hold_up_draining(
     finally:
         idle.close()
     assert get(managed.listen_port) == (200, "green")
+
+
+def test_forwarded_headers_are_set_not_taken_from_the_client(
+    managed: HaproxySwitch, backends: tuple[BackendProcess, BackendProcess]
+) -> None:
+    """X-Forwarded-Proto and -Host are what the proxy saw, as the built-in proxy sets them: a
+    client's own "X-Forwarded-Proto: https" must not reach an app that trusts its proxy (secure
+    cookies, HTTPS redirects), nor its X-Forwarded-Host (links built from it, password resets)."""
+    blue, _ = backends
+    managed.ensure_running(blue.port)
+    connection = http.client.HTTPConnection("127.0.0.1", managed.listen_port, timeout=30)
+    try:
+        connection.request(
+            "GET",
+            "/headers",
+            headers={
+                "Host": "shop.example",
+                "X-Forwarded-Proto": "https",
+                "X-Forwarded-Host": "evil.example",
+                "X-Forwarded-For": "203.0.113.7",
+            },
+        )
+        response = connection.getresponse()
+        seen = {name.lower(): value for name, value in json.loads(response.read()).items()}
+    finally:
+        connection.close()
+    assert response.status == 200
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["x-forwarded-host"] == "shop.example"
+    assert seen["host"] == "shop.example"
+    assert seen["x-forwarded-for"].endswith("127.0.0.1")
 
 
 def test_in_flight_request_finishes_on_old_upstream_and_drains(

@@ -346,6 +346,11 @@ class HaproxySwitch:
             "frontend lockstep\n"
             f"    bind {bind_host}:{self.listen_port}\n"
             "    option forwardfor\n"
+            # Set, not passed through from the client, as nginx and the built-in proxy do: an app
+            # trusts these from its proxy (secure cookies, redirects, links).
+            "    http-request set-header X-Forwarded-Proto http\n"
+            "    http-request del-header X-Forwarded-Host\n"
+            "    http-request set-header X-Forwarded-Host %[req.hdr(host)] if { req.hdr(host) -m found }\n"
             f"    default_backend {self.backend_name}\n" + self.render_backend(port)
         )
 

@@ -325,6 +325,9 @@ class NginxSwitch:
             "            proxy_set_header Connection $lockstep_connection;\n"
             "            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
             "            proxy_set_header X-Forwarded-Proto $scheme;\n"
+            # Set, not passed through: a client's own X-Forwarded-Host would reach the app as
+            # trusted (links built from it). Empty without a Host header, so not sent then.
+            "            proxy_set_header X-Forwarded-Host $http_host;\n"
             "            proxy_read_timeout 3600s;\n"
             "            proxy_send_timeout 3600s;\n"
             "        }\n"
