@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,3 +72,47 @@ def test_a_killed_proxy_is_started_again_on_the_active_slot(project: NotesProjec
     assert project.status()["traffic"]["running"]
     events = load_environment(project.directory, None, None).agent().events(0)
     assert any(event["kind"] == "proxy-restarted" for event in events), events
+
+
+@pytest.fixture
+def builtin_project(tmp_path: Path) -> Iterator[NotesProject]:
+    project = make_project(tmp_path)
+    project.start_agent()
+    try:
+        yield project
+    finally:
+        _stop_everything(project)
+
+
+def test_a_proxy_that_cannot_start_again_is_reported_and_retried(builtin_project: NotesProject) -> None:
+    """While the listen address is taken the restart fails: an event says why, `lockstep status`
+    says the switch is not running (it used to name the active port as if all was well), and
+    the agent keeps trying until the address is free."""
+    project = builtin_project
+    deployed = project.lockstep("deploy")
+    assert deployed.returncode == 0, deployed.err
+    agent = load_environment(project.directory, None, None).agent()
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        for pid in _proxy_pids(project):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                squatter.bind(("127.0.0.1", project.listen_port))
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the killed proxy's port did not come free"
+                time.sleep(0.01)
+        squatter.listen()
+        deadline = time.monotonic() + 30
+        while not any(event["kind"] == "proxy-restart-failed" for event in agent.events(0)):
+            assert time.monotonic() < deadline, agent.events(0)
+            time.sleep(0.2)
+        status = project.lockstep("status")
+        assert "NOT RUNNING" in status.out, status.out
+    deadline = time.monotonic() + 60
+    while not _answers(project):
+        assert time.monotonic() < deadline, "the proxy was not started again once the port was free"
+        time.sleep(0.2)
+    assert "NOT RUNNING" not in project.lockstep("status").out

@@ -51,7 +51,14 @@ def status_command(config_path: Path | None, environment: str | None, json_outpu
             role = "active" if slot == active else "warm (instant rollback)"
             health = ", ".join(f"{name} {state}" for name, state in info["health"].items()) or "no checks"
             running = ", ".join(
-                f"{process['component']} pid {process['pid']}" + ("" if process["running"] else " (down)")
+                f"{process['component']} pid {process['pid']}"
+                + (
+                    ""
+                    if process["running"]
+                    else " (crash loop: not restarted)"
+                    if process.get("crash_looped")
+                    else " (down)"
+                )
                 for process in info["processes"]
             )
             print_line(
@@ -59,7 +66,10 @@ def status_command(config_path: Path | None, environment: str | None, json_outpu
                 f"since {age(info['since'])}; {health}; {running}"
             )
         traffic = document.get("traffic", {})
-        print_line(f"  traffic: {traffic.get('kind')} on {traffic.get('listen')}, port {traffic.get('active_port')}")
+        print_line(
+            f"  traffic: {traffic.get('kind')} on {traffic.get('listen')}, port {traffic.get('active_port')}"
+            + ("" if traffic.get("running", True) else " — NOT RUNNING: requests are refused")
+        )
     lock = document["lock"]
     print_line(f"  lock: {lock['state']}" + (f" — {lock['detail']}" if lock.get("detail") else ""))
     last = document.get("last_operation")
