@@ -36,6 +36,24 @@ def short_socket_location(state_directory: Path, label: str) -> Path:
     return Path(tempfile.gettempdir()) / f"lockstep-{label}-{digest}"
 
 
+def foreign_socket_owner(path: Path) -> int | None:
+    """The owner of the socket at `path` when it sits in a directory every user may write to
+    (the temporary directory) and belongs to neither this user nor root; else None.
+
+    A stand-in socket lives in the shared temporary directory, where any local user could bind
+    its predictable name first: an agent would then refuse to start ("already running") and the
+    CLI would send that user its requests, release environments (secrets) included. Callers
+    refuse such a socket. A missing path is not foreign, nor is one in a private directory
+    (whoever can create files there is trusted with the environment anyway).
+    """
+    try:
+        owner = os.lstat(path).st_uid
+        shared = bool(os.stat(path.parent).st_mode & 0o002)
+    except FileNotFoundError:
+        return None
+    return owner if shared and owner not in (os.geteuid(), 0) else None
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
     """http.client over a unix socket, whatever the length of its path."""
 

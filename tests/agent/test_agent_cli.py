@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -100,3 +102,47 @@ def test_agent_stop_without_an_agent_says_how_to_start_one(project: NotesProject
     assert "not running" in completed.err and "lockstep agent --env test" in completed.err
     status = project.lockstep("status")
     assert status.returncode == 0 and "agent: not running" in status.out
+
+
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+IMPOSTOR = """
+import socket, sys
+server = socket.socket(socket.AF_UNIX)
+server.bind(sys.argv[1])
+server.listen()
+print("listening", flush=True)
+connection, _ = server.accept()
+print("connected", flush=True)
+"""
+
+
+def test_an_agent_socket_another_user_planted_in_tmp_is_refused(tmp_path: Path) -> None:
+    """A state directory too deep for a socket path puts the agent socket in /tmp under a name
+    anyone can compute. Another user binding it first made the agent refuse to start ("already
+    running") and the CLI send that user its requests, release environments included; both now
+    refuse a socket another user owns there, without connecting."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None or not Path("/usr/bin/python3").exists():
+        pytest.skip("needs root, setpriv and /usr/bin/python3 to act as another user")
+    from lockstep.actions.environment import load_environment
+
+    project = make_project(tmp_path / ("deep-directory-" * 5))
+    socket_path = load_environment(project.directory, None, None).layout.agent_socket
+    assert socket_path.parent == Path(tempfile.gettempdir()), socket_path
+    impostor = subprocess.Popen(
+        [*AS_NOBODY, "/usr/bin/python3", "-c", IMPOSTOR, str(socket_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert impostor.stdout is not None and impostor.stdout.readline() == "listening\n"
+        status = project.lockstep("status")
+        assert "belongs to another user (uid 65534)" in status.out + status.err, status.out + status.err
+        agent = project.lockstep("agent", timeout=60)
+        assert agent.returncode != 0
+        assert "belongs to another user (uid 65534)" in agent.err, agent.err
+        assert "already running" not in agent.err
+        assert impostor.poll() is None, "the impostor was connected to"
+    finally:
+        impostor.kill()
+        impostor.wait()
+        socket_path.unlink(missing_ok=True)

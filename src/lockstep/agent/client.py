@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lockstep.errors import LockstepError
-from lockstep.unix_sockets import UnixHTTPConnection
+from lockstep.unix_sockets import UnixHTTPConnection, foreign_socket_owner
 
 
 class AgentUnavailable(LockstepError):
@@ -34,6 +34,14 @@ class AgentClient:
         )
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 120.0) -> Any:
+        owner = foreign_socket_owner(self.socket_path)
+        if owner is not None:
+            raise AgentUnavailable(
+                f"the agent socket {self.socket_path} belongs to another user (uid {owner}); "
+                "lockstep does not talk to it",
+                "an agent runs as the user who deploys; if that socket is not yours, remove it "
+                "(as root) and start the agent again",
+            )
         connection = UnixHTTPConnection(self.socket_path, timeout)
         try:
             payload = None if body is None else json.dumps(body).encode("utf-8")

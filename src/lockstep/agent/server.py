@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from lockstep.agent.service import AgentService, ComponentLaunch
 from lockstep.errors import LockstepError
+from lockstep.unix_sockets import foreign_socket_owner
 
 Handler = Callable[[dict[str, Any], dict[str, list[str]]], Any]
 
@@ -93,7 +94,13 @@ class AgentServer:
             def do_POST(self) -> None:
                 self._dispatch("POST")
 
-        self._server = _UnixHTTPServer(str(socket_path), RequestHandler)
+        # Bound with mode 0600 from the start: chmod after bind would leave a moment in which
+        # the umask's mode lets others connect.
+        previous_umask = os.umask(0o177)
+        try:
+            self._server = _UnixHTTPServer(str(socket_path), RequestHandler)
+        finally:
+            os.umask(previous_umask)
         os.chmod(socket_path, 0o600)
 
     def _routes(self) -> dict[tuple[str, str], Handler]:
@@ -164,8 +171,15 @@ class AgentServer:
 
 
 def _claim_socket_path(path: Path) -> None:
-    """Remove a socket left by a dead agent; refuse when a live agent answers on it."""
-    if not path.exists():
+    """Remove a socket left by a dead agent; refuse when a live agent answers on it, or when the
+    path belongs to another user (see `foreign_socket_owner`)."""
+    owner = foreign_socket_owner(path)
+    if owner is not None:
+        raise LockstepError(
+            f"the agent socket {path} belongs to another user (uid {owner})",
+            "another user may be impersonating the agent: remove that file (as root) and start the agent again",
+        )
+    if not path.exists() and not path.is_symlink():
         path.parent.mkdir(parents=True, exist_ok=True)
         return
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
