@@ -8,6 +8,7 @@ import asyncio
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -396,3 +397,34 @@ def test_system_mode_writes_backend_validates_and_reloads(
     finally:
         os.kill(master, signal.SIGUSR1)
         assert wait_until(lambda: process_gone(master))
+
+
+def test_a_socket_directory_another_user_made_in_tmp_is_refused(tmp_path: Path, haproxy_binary: str) -> None:
+    """A deep state directory puts HAProxy's sockets in /tmp/lockstep-haproxy-<hash>, a name any
+    user can compute: one made by someone else (who could swap the master socket for their own)
+    is refused, and the real one still works."""
+    from lockstep.config.deploy_model import TrafficConfig
+    from lockstep.traffic.factory import switch_for
+    from lockstep.unix_sockets import short_socket_location
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a directory owned by another user")
+    state = tmp_path / ("deep-directory-" * 6)
+    config = TrafficConfig(kind="haproxy", listen=f"127.0.0.1:{free_port()}", binary=haproxy_binary)
+    planted = short_socket_location(state / "haproxy", "haproxy")
+    planted.mkdir(mode=0o777)
+    try:
+        os.chown(planted, 65534, 65534)
+        with pytest.raises(LockstepError, match="not a private directory"):
+            switch_for(config, state)
+    finally:
+        planted.rmdir()
+    switch = switch_for(config, state)
+    assert isinstance(switch, HaproxySwitch) and switch.master_socket is not None
+    assert switch.master_socket.parent == planted
+    try:
+        switch.ensure_running(free_port())
+        assert switch.state().running
+    finally:
+        switch.stop()
+        shutil.rmtree(planted, ignore_errors=True)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import os
+import stat
 from pathlib import Path
 
 from lockstep.config.deploy_model import TrafficConfig
+from lockstep.errors import LockstepError
 from lockstep.process import Command
 from lockstep.traffic.base import TrafficSwitch
 from lockstep.traffic.builtin import BuiltinProxy
@@ -38,7 +41,20 @@ def switch_for(config: TrafficConfig, state_directory: Path) -> TrafficSwitch:
         # A deep state directory gets HAProxy's sockets in the temporary directory.
         sockets = short_socket_location(directory, "haproxy")
         sockets.mkdir(mode=0o700, exist_ok=True)
+        _check_private(sockets)
         options["master_socket"] = sockets / "master.sock"
         options["stats_socket"] = sockets / "stats.sock"
     switch: TrafficSwitch = switch_class(config.listen, directory, **options)
     return switch
+
+
+def _check_private(directory: Path) -> None:
+    """Refuse a socket directory in /tmp that someone else made (its name is predictable): they
+    could swap HAProxy's master socket for their own and answer lockstep's reload checks."""
+    info = os.lstat(directory)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise LockstepError(
+            f"HAProxy's socket directory {directory} is not a private directory of this user "
+            f"(owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o})",
+            "remove it (as root if need be) and run the command again, or use a shorter state directory",
+        )
