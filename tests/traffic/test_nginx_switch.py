@@ -398,3 +398,12 @@ def test_system_mode_reload_failure_is_reported(
     )
     with pytest.raises(LockstepError, match="reload command failed"):
         switch.switch_to(blue.port)
+
+
+def test_a_missing_binary_is_named_as_such(tmp_path: Path) -> None:
+    """Not "the new config failed validation ... the previous upstream keeps serving", which
+    sends the user looking at a config when the server is simply not installed."""
+    switch = NginxSwitch(f"127.0.0.1:{free_port()}", tmp_path / "state", binary=str(tmp_path / "no-such-binary"))
+    with pytest.raises(LockstepError, match="is not installed here") as raised:
+        switch.ensure_running(free_port())
+    assert raised.value.hint and "binary" in raised.value.hint

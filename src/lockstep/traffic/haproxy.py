@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -454,6 +455,12 @@ class HaproxySwitch:
         )
 
     def _validate(self, files: tuple[Path, ...]) -> None:
+        if shutil.which(self.binary) is None:
+            # Not "the config failed validation": there is nothing to validate with.
+            raise LockstepError(
+                f"HAProxy is not installed here: no executable {self.binary!r}",
+                "install it (e.g. apt-get install haproxy) or set [traffic] binary to its path",
+            )
         argv = [self.binary, "-c", "-q"]
         for path in files:
             argv += ["-f", str(path)]
