@@ -222,3 +222,20 @@ def test_a_repository_without_commits_is_a_source_error(tmp_path: Path) -> None:
     git(tmp_path, "init", "-q")
     with pytest.raises(SourceError, match="make a first commit"):
         read_git_state(tmp_path)
+
+
+def test_the_temporary_index_keeps_the_index_time_git_judges_racy_entries_by(work_tree: Path) -> None:
+    """File times come from a coarse clock, so a file rewritten (same size) in the tick its
+    index entry was written has the stat data git recorded. git then re-reads it only because
+    the entry is not older than the index file ("racy git"); the temporary index was a copy
+    stamped now, which hid such a change, and the diff came out empty (seen once in CI, under
+    load). The copy keeps the index's time."""
+    from lockstep.pipeline.code import _TemporaryIndex
+
+    index = work_tree / ".git" / "index"
+    os.utime(index, ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))
+    copy = _TemporaryIndex(work_tree)
+    try:
+        assert (Path(copy.env["GIT_INDEX_FILE"]).stat().st_mtime_ns) == index.stat().st_mtime_ns
+    finally:
+        copy.remove()

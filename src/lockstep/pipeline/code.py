@@ -109,7 +109,10 @@ class _TemporaryIndex:
         self.directory = Path(tempfile.mkdtemp(prefix="lockstep-index-"))
         path = self.directory / "index"
         with contextlib.suppress(FileNotFoundError):
-            shutil.copyfile(index, path)
+            # copy2 keeps the index's mtime: git trusts an entry's stat data only when the file
+            # was modified before the index was written ("racy git"); a copy stamped now would
+            # make a change written in the same clock tick as the index look unchanged.
+            shutil.copy2(index, path)
         self.env = {"GIT_INDEX_FILE": str(path)}
 
     def git(self, top: Path, *arguments: str, literal: bool = False) -> str:
