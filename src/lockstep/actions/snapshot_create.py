@@ -66,6 +66,7 @@ def create(
     commit: bool = False,
     allow_dirty: bool = False,
     reporter: Reporter | None = None,
+    schema_only: bool = False,
 ) -> CreatedSnapshot:
     """Check the code, then write the snapshot under a shared lock; raises on any failed source.
 
@@ -83,6 +84,7 @@ def create(
         tags=tags,
         commit=commit,
         allow_dirty=allow_dirty,
+        schema_only=schema_only,
     )
     with reported_step(reporter, "code", project.config.code.kind or "") as step:
         code = prepare_code(project.config.code, request, stored_apart(project.config))

@@ -77,7 +77,7 @@ def snapshot_group() -> None:
     metavar="TAG",
     help="Add a tag to the snapshot (repeatable). Not lockstep, nor one starting with "
     + ", ".join(RESERVED_TAG_PREFIXES)
-    + " (lockstep sets those).",
+    + " (lockstep sets those), nor schema-only.",
 )
 @click.option(
     "--commit",
@@ -90,6 +90,12 @@ def snapshot_group() -> None:
     is_flag=True,
     help="Allow uncommitted changes; their diff, untracked files included, is stored too.",
 )
+@click.option(
+    "--schema-only",
+    is_flag=True,
+    help="Dump every database's structure (tables, indexes, routines, triggers) without its rows; the code and"
+    " files as usual. Tagged schema-only and kept apart by retention: never taken for a backup of the data.",
+)
 @progress_options
 @click.option("--json", "json_output", is_flag=True, help="Print the manifest and the snapshot ID as JSON.")
 def create_command(
@@ -99,6 +105,7 @@ def create_command(
     tags: tuple[str, ...],
     commit: bool,
     allow_dirty: bool,
+    schema_only: bool,
     log_format: str,
     quiet: bool,
     verbose: bool,
@@ -115,6 +122,7 @@ def create_command(
         tags=tags,
         commit=commit,
         allow_dirty=allow_dirty,
+        schema_only=schema_only,
         reporter=progress_reporter(log_format, quiet, verbose),
     )
     if wants_json(json_output):
@@ -128,7 +136,8 @@ def create_command(
     code = manifest.code
     commit_text = f", commit {code.commit[:SHORT_COMMIT_LENGTH]}" if code and code.commit else ""
     code_text = f"code ({human_bytes(code.size)}); " if code is not None and code.size is not None else ""
-    console.print(f"snapshot {result.snapshot.short_id} saved", markup=False)
+    schema = " (schema only: no rows)" if manifest.schema_only else ""
+    console.print(f"snapshot {result.snapshot.short_id} saved{schema}", markup=False)
     console.print(
         f"{code_text}{databases}; {len(manifest.files)} files; {human_bytes(manifest.stored_size)} in total"
         f"{commit_text}; {result.seconds:.1f} s",
@@ -169,13 +178,18 @@ def list_command(config_path: Path | None, environment: str | None, json_output:
             _local_time(item.snapshot),
             _short_commit(manifest),
             manifest.message or "",
-            manifest.kind,
+            shown_kind(manifest),
             manifest.environment or "default",
             human_bytes(manifest.stored_size),
             describe_state(item.verification),
         )
     console.print(table)
     console.print(f"{len(listed)} snapshots")
+
+
+def shown_kind(manifest: Manifest) -> str:
+    """The kind as list and show print it: a schema-only snapshot says so."""
+    return f"{manifest.kind}, schema only" if manifest.schema_only else manifest.kind
 
 
 def _listed_document(item: ListedSnapshot) -> dict[str, Any]:
@@ -200,13 +214,15 @@ def _print_manifest(item: ListedSnapshot) -> None:
     lines = [
         f"snapshot     {snapshot.id}",
         f"time         {_local_time(snapshot)}",
-        f"kind         {manifest.kind}",
+        f"kind         {shown_kind(manifest)}",
         f"environment  {manifest.environment or 'default'}",
         f"message      {manifest.message or ''}",
         f"author       {manifest.author}",
         f"host         {manifest.hostname}",
         f"tags         {', '.join(snapshot.tags)}",
     ]
+    if manifest.schema_only:
+        lines.append("schema only  the databases' structure without rows: not a backup of the data")
     code = manifest.code
     if code is None:
         lines.append("code         not recorded")
@@ -224,7 +240,10 @@ def _print_manifest(item: ListedSnapshot) -> None:
             f"database     {name}: {database.engine} {database.server_version}, {human_bytes(database.size)} "
             f"at {database.path}, {len(database.tables)} tables, {rows} rows{migration}"
         )
-        lines.append(f"               counts       {_fingerprint_origin(database)}")
+        if database.schema_only:
+            lines.append("               schema only  structure without rows")
+        else:
+            lines.append(f"               counts       {_fingerprint_origin(database)}")
         lines.extend(
             f"               {table.name}: {table.rows} rows"
             + ("" if table.history_rows is None else f", history of {table.history_rows} row versions")

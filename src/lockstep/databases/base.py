@@ -100,8 +100,9 @@ class DatabaseAdapter(Protocol):
     engine: str
     dump_format: DumpFormat
 
-    def dump(self, url: str, password: str | None) -> DumpStream:
-        """Start a consistent dump of the database; the caller streams it and calls finish()."""
+    def dump(self, url: str, password: str | None, schema_only: bool = False) -> DumpStream:
+        """Start a consistent dump of the database; the caller streams it and calls finish().
+        `schema_only`: the structure (tables, indexes, routines...) without any row."""
         ...
 
     def inspect(self, url: str, password: str | None) -> DatabaseInfo:

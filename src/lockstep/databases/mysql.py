@@ -180,13 +180,20 @@ class MysqlAdapter:
     checksum_algorithm = CHECKSUM_ALGORITHM
     dump_format = DumpFormat(name="mysql-sql", extension=".sql", seekable_restore_is_faster=False)
 
-    def dump(self, url: str, password: str | None) -> MysqlDump | DumpProcess:
+    # What CHECKSUM TABLE (and the row hash sum) gives a table without rows.
+    empty_table_checksum = "0"
+
+    def dump(self, url: str, password: str | None, schema_only: bool = False) -> MysqlDump | DumpProcess:
         """mariadb-dump, with the fingerprint from its own snapshot when the server allows it.
 
         Returns a `MysqlDump` (which offers `consistent_info()`) or, when the snapshots cannot
-        be synchronised, a plain `DumpProcess` whose `inspected_note` says why.
+        be synchronised, a plain `DumpProcess` whose `inspected_note` says why. `schema_only`:
+        mariadb-dump --no-data (routines, triggers and events kept), no rows to synchronise.
         """
         location = ServerLocation.parse(url)
+        if schema_only:
+            command = _tool_command(location, password, "mariadb-dump", *DUMP_OPTIONS, "--no-data", location.database)
+            return DumpProcess(command)
         try:
             session = _session(location, password, location.database)
         except StatementFailed as error:

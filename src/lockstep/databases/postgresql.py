@@ -160,11 +160,15 @@ class PostgresqlAdapter:
     # A stream: restore() loads the table data from it in parallel (postgresql_loader.py).
     dump_format = DumpFormat(name="postgresql-custom", extension=".dump", seekable_restore_is_faster=False)
 
-    def dump(self, url: str, password: str | None) -> PostgresqlDump:
+    # What _fingerprint gives a table without rows: the manifest of a schema-only dump.
+    empty_table_checksum = f"{0:016x}"
+
+    def dump(self, url: str, password: str | None, schema_only: bool = False) -> PostgresqlDump:
         """pg_dump inside a snapshot exported from a transaction we keep open.
 
         The same snapshot then serves `consistent_info()`, so the manifest's row counts and
         checksums describe exactly the rows in the dump, even while the application writes.
+        `schema_only`: pg_dump --schema-only, an archive without TABLE DATA entries.
         """
         location = ServerLocation.parse(url)
         connection = _connect(location, password, location.database)
@@ -180,6 +184,7 @@ class PostgresqlAdapter:
                     "--format=custom",
                     "--compress=0",
                     f"--snapshot={snapshot}",
+                    *(("--schema-only",) if schema_only else ()),
                     _dbname_argument(location.database),
                 )
             )

@@ -94,6 +94,9 @@ class _LockWait:
 class FileDump:
     """A finished backup copy, streamed from a temporary file that `finish()` removes."""
 
+    # consistent_info() reads the copy itself: a schema-only copy's fingerprint needs no change.
+    fingerprints_stored_copy = True
+
     def __init__(self, path: Path) -> None:
         self._path = path
         self.stdout: IO[bytes] = path.open("rb")
@@ -116,7 +119,11 @@ class SqliteAdapter:
     engine = "sqlite"
     dump_format = DumpFormat(name="sqlite-file", extension=".sqlite3", seekable_restore_is_faster=False)
 
-    def dump(self, url: str, password: str | None) -> FileDump:
+    empty_table_checksum = hashlib.sha256().hexdigest()
+
+    def dump(self, url: str, password: str | None, schema_only: bool = False) -> FileDump:
+        """The online backup into a temporary file; with `schema_only` every table's rows are
+        then deleted from the copy (triggers set aside meanwhile) and it is vacuumed."""
         path = database_path(url)
         descriptor, name = tempfile.mkstemp(prefix="lockstep-sqlite-", suffix=".sqlite3")
         os.close(descriptor)
@@ -128,6 +135,8 @@ class SqliteAdapter:
             ):
                 # pages=-1: the whole database in one step, one snapshot
                 source.backup(target, progress=_LockWait(time.monotonic() + BACKUP_LOCK_TIMEOUT_SECONDS))
+            if schema_only:
+                _delete_rows(copy)  # the copy's connection closed: VACUUM needs it alone
         except _LockedTooLong:
             remove_database_file(copy)
             raise SourceError(
@@ -291,6 +300,38 @@ def _fingerprint(connection: sqlite3.Connection, table: str) -> TableInfo:
         digest.update(repr(row).encode("utf-8", "surrogatepass") + b"\n")
         rows += 1
     return TableInfo(name=table, rows=rows, checksum=digest.hexdigest())
+
+
+def _delete_rows(path: Path) -> None:
+    """Empty every table of the database at `path`, keeping its schema: its triggers are dropped
+    first (an ON DELETE trigger must not write rows elsewhere) and re-created after, virtual
+    tables are emptied through themselves (their shadow tables are theirs to keep), and
+    AUTOINCREMENT counters are reset. VACUUM leaves no deleted row in the file's free pages."""
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute("BEGIN")
+        triggers = connection.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND sql IS NOT NULL ORDER BY rowid"
+        ).fetchall()
+        for name, _ in triggers:
+            connection.execute('DROP TRIGGER "' + str(name).replace('"', '""') + '"')
+        listed = connection.execute(
+            "SELECT name, COALESCE(sql, '') FROM sqlite_master WHERE type = 'table'"
+            " AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
+        ).fetchall()
+        virtual = [str(name) for name, sql in listed if str(sql).upper().startswith("CREATE VIRTUAL TABLE")]
+        for name, _ in listed:
+            if any(str(name).startswith(owner + "_") for owner in virtual) and str(name) not in virtual:
+                continue
+            connection.execute('DELETE FROM "' + str(name).replace('"', '""') + '"')
+        if connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
+            connection.execute("DELETE FROM sqlite_sequence")
+        for _, sql in triggers:
+            connection.execute(str(sql))
+        connection.execute("COMMIT")
+        connection.execute("VACUUM")
+    finally:
+        connection.close()
 
 
 def _table_names(connection: sqlite3.Connection) -> list[str]:

@@ -127,6 +127,9 @@ class DatabaseRecord:
     # What the dump could not keep exactly (MariaDB: FLOAT columns, system-versioned history),
     # said when the snapshot was made.
     warnings: list[str] = field(default_factory=list)
+    # A dump of the structure without rows (`snapshot create --schema-only`): every table is
+    # recorded with 0 rows. Absent from the document when False.
+    schema_only: bool = False
 
     def to_document(self) -> dict[str, Any]:
         document: dict[str, Any] = {
@@ -150,6 +153,8 @@ class DatabaseRecord:
             document["inspected_note"] = self.inspected_note
         if self.warnings:
             document["warnings"] = list(self.warnings)
+        if self.schema_only:
+            document["schema_only"] = True
         return document
 
     @classmethod
@@ -170,6 +175,7 @@ class DatabaseRecord:
             inspected_note=None if document.get("inspected_note") is None else str(document["inspected_note"]),
             blobs_sha256=None if document.get("blobs_sha256") is None else str(document["blobs_sha256"]),
             warnings=[str(warning) for warning in document.get("warnings") or []],
+            schema_only=bool(document.get("schema_only", False)),
         )
 
 
@@ -209,6 +215,9 @@ class Manifest:
     files: list[FileRecord] = field(default_factory=list)
     kind: str = "manual"
     format_version: int = FORMAT_VERSION
+    # `snapshot create --schema-only`: the databases' structure without rows (each database
+    # record says so too). Absent from the document when False, so older manifests read unchanged.
+    schema_only: bool = False
 
     @property
     def warnings(self) -> list[str]:
@@ -226,7 +235,7 @@ class Manifest:
         return code + sum(database.size for database in self.databases.values()) + sum(file.size for file in self.files)
 
     def to_document(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "format_version": self.format_version,
             "kind": self.kind,
             "message": self.message,
@@ -240,6 +249,9 @@ class Manifest:
             "databases": {name: database.to_document() for name, database in self.databases.items()},
             "files": [file.to_document() for file in self.files],
         }
+        if self.schema_only:
+            document["schema_only"] = True
+        return document
 
     def to_json(self) -> bytes:
         """The bytes stored as /manifest.json: indented, so `restic dump` output is readable."""
@@ -267,6 +279,7 @@ class Manifest:
             files=[FileRecord.from_document(file) for file in document.get("files", [])],
             kind=str(document.get("kind", "manual")),
             format_version=FORMAT_VERSION,
+            schema_only=bool(document.get("schema_only", False)),
         )
 
     @classmethod

@@ -7,7 +7,9 @@ rollback restores: a week of quiet nights must not push last Tuesday's deploy ou
 
 Only snapshots tagged `lockstep` are considered; another tool's snapshots in the same repository
 are never in a plan. Groups are per environment and per project path (the snapshot's path), so
-staging's hourly snapshots never crowd out production's.
+staging's hourly snapshots never crowd out production's, and schema-only snapshots (`snapshot
+create --schema-only`) are a group of their own: one taken after the nightly backup never makes
+that day's full snapshot forgettable.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from lockstep.pipeline.snapshot import (
     ENVIRONMENT_TAG_PREFIX,
     KIND_TAG_PREFIX,
     is_lockstep_snapshot,
+    is_schema_only,
     tag_value,
 )
 from lockstep.repository.retention import UNLIMITED, RetentionPolicy, apply_policy, newest_first
@@ -127,9 +130,11 @@ def plan_forget(
         name = snapshot_environment(snapshot)
         if environment is not None and name != environment:
             continue
-        groups.setdefault((name, tuple(sorted(snapshot.paths))), []).append(snapshot)
+        # A schema-only snapshot (its paths end in /schema-only already) is in a group of its
+        # own even if its paths were changed: it must never take the place of a full one.
+        groups.setdefault((name, tuple(sorted(snapshot.paths)), is_schema_only(snapshot)), []).append(snapshot)
     plans = []
-    for (name, paths), members in sorted(groups.items()):
+    for (name, paths, _), members in sorted(groups.items()):
         chosen = (retention_by_environment or {}).get(name, retention)
         plans.append(GroupPlan(name, paths, describe(chosen), _plan_group(members, chosen, now_ns)))
     return ForgetPlan(plans)

@@ -63,6 +63,12 @@ RELEASE_TAG_PREFIX = "release:"
 # --with-data).
 RESTORE_OF_TAG_PREFIX = "restore-of:"
 RESTORES_TAG_PREFIX = "restores:"
+# A snapshot of the databases' structure without rows (`snapshot create --schema-only`): never
+# a backup of the data, so never taken for one (a user's tag of that name is refused too).
+SCHEMA_ONLY_TAG = "schema-only"
+# Its restic path's last part: restic's own `forget` (grouped by host and paths) and lockstep's
+# retention keep schema-only snapshots in a group of their own, apart from the full ones.
+SCHEMA_ONLY_PATH_SUFFIX = "/schema-only"
 # Every prefix of a tag lockstep writes: a user's `--tag release:7` would make a rollback take
 # that snapshot for the one holding release 7, a `deploy:` one would join a deploy's snapshots.
 RESERVED_TAG_PREFIXES = (
@@ -87,6 +93,7 @@ class SnapshotRequest:
     commit: bool = False
     allow_dirty: bool = False
     kind: str = "manual"
+    schema_only: bool = False  # the databases' structure without rows
 
 
 @dataclass(frozen=True)
@@ -230,6 +237,8 @@ def snapshot_tags(request: SnapshotRequest, code: PreparedCode | None) -> list[s
         KIND_TAG_PREFIX + request.kind,
         ENVIRONMENT_TAG_PREFIX + environment_name(request.environment),
     ]
+    if request.schema_only:
+        tags.append(SCHEMA_ONLY_TAG)
     if code is not None and code.git is not None:
         tags.append(COMMIT_TAG_PREFIX + code.git.short_commit)
     tags.extend(tag for tag in request.tags if tag not in tags)
@@ -242,9 +251,9 @@ def check_user_tags(tags: Iterable[str]) -> None:
     another environment or kind for list, forget and retention, `release:` would have a
     rollback restore a release directory from it (RESERVED_TAG_PREFIXES)."""
     for tag in tags:
-        if tag == LOCKSTEP_TAG or tag.startswith(RESERVED_TAG_PREFIXES):
+        if tag in (LOCKSTEP_TAG, SCHEMA_ONLY_TAG) or tag.startswith(RESERVED_TAG_PREFIXES):
             raise UsageError(
-                f"the tag {tag!r} is reserved: lockstep sets the tags {LOCKSTEP_TAG}, "
+                f"the tag {tag!r} is reserved: lockstep sets the tags {LOCKSTEP_TAG}, {SCHEMA_ONLY_TAG}, "
                 + ", ".join(f"{prefix}..." for prefix in RESERVED_TAG_PREFIXES)
                 + " itself",
                 "choose a tag without these prefixes",
@@ -277,7 +286,7 @@ def create_snapshot(
     with SnapshotBuilder(repository) as builder:
         code_record = _store_code(builder, code)
         for name, database in config.databases.items():
-            collected.databases[name] = _store_database(builder, name, database)
+            collected.databases[name] = _store_database(builder, name, database, request.schema_only)
         base = request.project_directory
         collected.files.extend(_store_files(builder, config.files.config, "config", base))
         collected.files.extend(_store_files(builder, config.files.secrets, "secret", base))
@@ -293,11 +302,11 @@ def create_snapshot(
             databases=collected.databases,
             files=collected.files,
             kind=request.kind,
+            schema_only=request.schema_only,
         )
         builder.add_bytes(MANIFEST_PATH, manifest.to_json())
-        snapshot = builder.commit(
-            paths=[f"/lockstep/{base.name or 'project'}"], tags=snapshot_tags(request, code), hostname=hostname
-        )
+        path = f"/lockstep/{base.name or 'project'}" + (SCHEMA_ONLY_PATH_SUFFIX if request.schema_only else "")
+        snapshot = builder.commit(paths=[path], tags=snapshot_tags(request, code), hostname=hostname)
     if code is not None and code.pending_commit is not None and code.work_tree is not None:
         _publish_commit(code.work_tree, code.pending_commit, snapshot)
     return CreatedSnapshot(snapshot=snapshot, manifest=manifest, seconds=time.monotonic() - started)
@@ -353,13 +362,15 @@ def _store_stream(
     return stored.size, stored.blobs_sha256
 
 
-def _store_database(builder: SnapshotBuilder, name: str, database: DatabaseConfig) -> DatabaseRecord:
+def _store_database(
+    builder: SnapshotBuilder, name: str, database: DatabaseConfig, schema_only: bool = False
+) -> DatabaseRecord:
     adapter: DatabaseAdapter = adapter_for(database.url)
     password = database_password(name, database)
     path = f"/databases/{name}{adapter.dump_format.extension}"
     inspected = "after-dump"
     try:
-        dump = adapter.dump(database.url, password)
+        dump = adapter.dump(database.url, password, schema_only=True) if schema_only else adapter.dump(database.url, password)
         info = None
         consistent_info = getattr(dump, "consistent_info", None)
         # A dump that fingerprints its snapshot on a thread of its own is stored first and asked
@@ -389,6 +400,19 @@ def _store_database(builder: SnapshotBuilder, name: str, database: DatabaseConfi
         if "no snapshot was written" not in message:
             message += "; no snapshot was written"
         raise SourceError(message, error.hint) from error
+    tables = [
+        TableRecord(
+            name=table.name,
+            rows=table.rows,
+            checksum=table.checksum,
+            consistent=table.consistent,
+            history_rows=table.history_rows,
+            history_checksum=table.history_checksum,
+        )
+        for table in info.tables
+    ]
+    if schema_only:
+        tables, inspected, inspected_note = _schema_only_tables(adapter, dump, tables), "dump", None
     return DatabaseRecord(
         engine=info.engine,
         server_version=info.server_version,
@@ -397,24 +421,29 @@ def _store_database(builder: SnapshotBuilder, name: str, database: DatabaseConfi
         size=size,
         sha256=None,
         blobs_sha256=blobs_sha256,
-        tables=[
-            TableRecord(
-                name=table.name,
-                rows=table.rows,
-                checksum=table.checksum,
-                consistent=table.consistent,
-                history_rows=table.history_rows,
-                history_checksum=table.history_checksum,
-            )
-            for table in info.tables
-        ],
+        tables=tables,
         migration_version=info.migration_version,
         migration_table=info.migration_table,
         inspected=inspected,
         inspected_note=None if inspected_note is None else str(inspected_note),
         checksum_algorithm=getattr(adapter, "checksum_algorithm", None),
         warnings=warnings,
+        schema_only=schema_only,
     )
+
+
+def _schema_only_tables(adapter: DatabaseAdapter, dump: object, tables: list[TableRecord]) -> list[TableRecord]:
+    """A schema-only dump's tables: each with what a restore of it holds, no rows and the
+    checksum of an empty table. SQLite's fingerprint is of the emptied copy itself already."""
+    if getattr(dump, "fingerprints_stored_copy", False):
+        return tables
+    empty = str(getattr(adapter, "empty_table_checksum"))
+    return [TableRecord(name=table.name, rows=0, checksum=empty) for table in tables]
+
+
+def is_schema_only(snapshot: Snapshot) -> bool:
+    """Whether a snapshot holds the databases' structure only (`snapshot create --schema-only`)."""
+    return SCHEMA_ONLY_TAG in snapshot.tags
 
 
 def _matching_files(pattern: str) -> list[Path]:
