@@ -35,7 +35,8 @@ INSERT INTO customers (email) SELECT 'c' || g || '@example.org' FROM generate_se
 INSERT INTO schema_migrations VALUES ('20260101000000');
 """
 MARIADB_SCHEMA = """
-CREATE TABLE orders (id int PRIMARY KEY AUTO_INCREMENT, total decimal(10,2), note varchar(40), KEY orders_total (total));
+CREATE TABLE orders (id int PRIMARY KEY AUTO_INCREMENT, total decimal(10,2), note varchar(40),
+    KEY orders_total (total));
 CREATE TABLE audit (id int PRIMARY KEY AUTO_INCREMENT, order_id int);
 INSERT INTO orders (total, note) VALUES (1.50, 'a'), (2.50, 'b'), (3.50, 'c');
 CREATE TRIGGER orders_audit AFTER INSERT ON orders FOR EACH ROW INSERT INTO audit (order_id) VALUES (NEW.id);
@@ -103,8 +104,8 @@ def three_databases(project: Project) -> Iterator[tuple[Project, str, str, list[
 def test_schema_only_snapshot_holds_no_rows_and_verifies(
     three_databases: tuple[Project, str, str, list[str], list[str]], tmp_path: Path
 ) -> None:
-    project, pg_url, my_url, pg_others, my_others = three_databases
-    created = project.create("--allow-dirty", "--schema-only", "-m", "structure")
+    current, pg_url, my_url, pg_others, my_others = three_databases
+    created = current.create("--allow-dirty", "--schema-only", "-m", "structure")
     assert created["schema_only"] is True
     for name in ("shop", "orders", "notes"):
         database = created["databases"][name]
@@ -113,13 +114,13 @@ def test_schema_only_snapshot_holds_no_rows_and_verifies(
     assert {table["name"] for table in created["databases"]["orders"]["tables"]} == {"orders", "audit"}
 
     # The stored dumps hold no rows.
-    sql = project.repo("dump", created["id"], "/databases/orders.sql").stdout
+    sql = current.repo("dump", created["id"], "/databases/orders.sql").stdout
     assert b"CREATE TABLE `orders`" in sql and b"INSERT INTO" not in sql.replace(b"INSERT INTO audit", b"")
     assert b"orders_audit" in sql and b"order_count" in sql  # triggers and routines kept
-    archive = project.repo("dump", created["id"], "/databases/shop.dump").stdout
+    archive = current.repo("dump", created["id"], "/databases/shop.dump").stdout
     assert b"c1@example.org" not in archive and b"20260101000000" not in archive and b"customers_email" in archive
     copy = tmp_path / "notes-copy.sqlite3"
-    copy.write_bytes(project.repo("dump", created["id"], "/databases/notes.sqlite3").stdout)
+    copy.write_bytes(current.repo("dump", created["id"], "/databases/notes.sqlite3").stdout)
     assert b"secret row" not in copy.read_bytes()
     with sqlite3.connect(copy) as connection:
         assert connection.execute("SELECT count(*) FROM notes").fetchone() == (0,)
@@ -127,7 +128,7 @@ def test_schema_only_snapshot_holds_no_rows_and_verifies(
         names = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
         assert {"notes", "log", "notes_body", "notes_gone"} <= names
 
-    verified = json.loads(project.ok("snapshot", "verify", created["id"], "--level", "restore", "--json").out)
+    verified = json.loads(current.ok("snapshot", "verify", created["id"], "--level", "restore", "--json").out)
     assert verified["ok"] is True, verified
 
     # Restore --to new databases: the tables with their columns and indexes, no rows.
@@ -136,8 +137,8 @@ def test_schema_only_snapshot_holds_no_rows_and_verifies(
     my_others.append(my_target_name)
     pg_target = pg_url.rsplit("/", 1)[0] + "/" + pg_target_name
     my_target = my_url.rsplit("/", 1)[0] + "/" + my_target_name
-    project.ok("snapshot", "restore", created["id"], "--database", "shop", "--to", pg_target)
-    project.ok("snapshot", "restore", created["id"], "--database", "orders", "--to", my_target)
+    current.ok("snapshot", "restore", created["id"], "--database", "shop", "--to", pg_target)
+    current.ok("snapshot", "restore", created["id"], "--database", "orders", "--to", my_target)
     assert run_postgresql(pg_target, "SELECT count(*) FROM customers") == [(0,)]
     assert run_postgresql(pg_target, "SELECT count(*) FROM schema_migrations") == [(0,)]
     columns = run_postgresql(
@@ -150,16 +151,18 @@ def test_schema_only_snapshot_holds_no_rows_and_verifies(
     assert run_mariadb(my_target, "SELECT COUNT(*) FROM audit") == [["0"]]
     keys = run_mariadb(my_target, "SHOW INDEX FROM orders")
     assert {row[2] for row in keys} == {"PRIMARY", "orders_total"}
-    assert run_mariadb(my_target, "SHOW TRIGGERS") and run_mariadb(my_target, "SHOW PROCEDURE STATUS WHERE Db = DATABASE()")
+    assert run_mariadb(my_target, "SHOW TRIGGERS") and run_mariadb(
+        my_target, "SHOW PROCEDURE STATUS WHERE Db = DATABASE()"
+    )
 
     # list and show mark it.
-    listed = json.loads(project.ok("snapshot", "list", "--json").out)
+    listed = json.loads(current.ok("snapshot", "list", "--json").out)
     assert [item["schema_only"] for item in listed] == [True]
-    assert "schema only" in project.ok("snapshot", "list").out
-    shown = json.loads(project.ok("snapshot", "show", created["id"], "--json").out)
+    assert "schema only" in current.ok("snapshot", "list").out
+    shown = json.loads(current.ok("snapshot", "show", created["id"], "--json").out)
     assert shown["schema_only"] is True
-    assert "schema only" in project.ok("snapshot", "show", created["id"]).out
-    tags = json.loads(project.repo("snapshots", "--json").out)[-1]
+    assert "schema only" in current.ok("snapshot", "show", created["id"]).out
+    tags = json.loads(current.repo("snapshots", "--json").out)[-1]
     assert "schema-only" in tags["tags"] and tags["paths"][0].endswith("/schema-only")
 
 
@@ -170,7 +173,7 @@ def test_an_ordinary_manifest_has_no_schema_only_key(project: Project) -> None: 
     assert "schema_only" not in created
     assert all("schema_only" not in database for database in created["databases"].values())
     assert "schema-only" not in json.loads(project.repo("snapshots", "--json").out)[-1]["tags"]
-    assert not created["databases"]["main"]["tables"][0]["rows"] == 0
+    assert created["databases"]["main"]["tables"][0]["rows"] != 0
 
 
 def test_the_schema_only_tag_is_reserved(project: Project) -> None:  # noqa: F811
@@ -184,7 +187,9 @@ def test_retention_keeps_the_full_snapshot_of_a_day_with_a_later_schema_only_one
 ) -> None:
     full = project.create("-m", "nightly")
     schema = project.create("--schema-only", "-m", "structure")
-    snapshots = [Snapshot.from_document(item, item["id"]) for item in json.loads(project.repo("snapshots", "--json").out)]
+    snapshots = [
+        Snapshot.from_document(item, item["id"]) for item in json.loads(project.repo("snapshots", "--json").out)
+    ]
     plan = plan_forget(snapshots, RetentionConfig(keep_daily=1, keep_weekly=0, keep_monthly=0), datetime.now(UTC))
     kept = {snapshot.id for snapshot in plan.keep}
     assert full["id"] in kept and schema["id"] in kept and not plan.remove
@@ -194,3 +199,45 @@ def test_retention_keeps_the_full_snapshot_of_a_day_with_a_later_schema_only_one
     groups = json.loads(dry.out)
     assert len(groups) == 2
     assert {item["id"] for group in groups for item in group["keep"]} >= {full["id"], schema["id"]}
+
+
+def test_restoring_a_schema_only_snapshot_in_place_says_every_row_is_discarded(project: Project) -> None:  # noqa: F811
+    full = project.create("-m", "full")
+    schema = project.create("--schema-only", "-m", "structure")
+    # `latest` is the newest snapshot with data, never a schema-only one.
+    assert json.loads(project.ok("snapshot", "show", "latest", "--json").out)["id"] == full["id"]
+
+    diffed = json.loads(project.ok("snapshot", "diff", schema["id"], "--json").out)
+    main = diffed["databases"][0] if isinstance(diffed, dict) and "databases" in diffed else diffed[0]
+    assert main["schema_only"] is True and main["rows_compared"] is False
+    assert main["changed"] is False and main["rows_removed"] == 0  # live rows are no schema change
+    human = project.ok("snapshot", "diff", schema["id"]).out
+    assert "rows are not compared" in human
+
+    restored = project.ok("snapshot", "restore", schema["id"], "--database", "main", "--yes")
+    assert "schema-only snapshot: every row of database main is discarded" in restored.out
+    assert "pre-restore snapshot" in restored.out
+    with sqlite3.connect(project.root / "app.db") as connection:
+        assert connection.execute("SELECT count(*) FROM orders").fetchone() == (0,)
+    listed = json.loads(project.ok("snapshot", "list", "--json").out)
+    assert listed[-1]["kind"] == "pre-restore"
+    assert {table["name"]: table["rows"] for table in listed[-1]["databases"]["main"]["tables"]}["orders"] == 345
+
+
+def test_a_data_rollback_refuses_a_schema_only_snapshot(
+    project: Project,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lockstep.actions.snapshot_create import load_project
+    from lockstep.errors import UsageError
+    from lockstep.pipeline.data_rollback import restore_snapshot_data
+
+    schema = project.create("--schema-only", "-m", "structure")
+    context = load_project(project.root, None, None)
+    monkeypatch.setenv("LOCKSTEP_PASSWORD", project.env["LOCKSTEP_PASSWORD"])
+    with context.access.session(exclusive=True) as repository:
+        snapshot = repository.find_snapshot(schema["id"])
+        with pytest.raises(UsageError, match="schema-only snapshot"):
+            restore_snapshot_data(repository, snapshot, context.config, project.root, "default")
+    with sqlite3.connect(project.root / "app.db") as connection:
+        assert connection.execute("SELECT count(*) FROM orders").fetchone() == (345,)

@@ -70,6 +70,8 @@ class RestorePlan:
     snapshot: Snapshot
     databases: list[str]
     diffs: list[DatabaseDiff]
+    # Live databases restored from a schema-only dump: every row they hold is discarded.
+    schema_only: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -212,7 +214,8 @@ def _restore_in_place(
             outcome.diffs.append(diff_database(repository, snapshot, manifest, name, targets[name]))
         changed = [diff.name for diff in outcome.diffs if diff.changed]
         step.detail = f"changed since the snapshot: {', '.join(changed)}" if changed else "nothing changed"
-    if existing and not request.yes and not confirm(RestorePlan(snapshot, names, outcome.diffs)):
+    schema_only = [name for name in existing if manifest.databases[name].schema_only]
+    if existing and not request.yes and not confirm(RestorePlan(snapshot, names, outcome.diffs, schema_only)):
         raise RestoreCancelled("the restore was cancelled; nothing was changed")
     if existing:
         subset = project.config.model_copy(

@@ -7,7 +7,7 @@ from lockstep.actions.snapshot_list import ListedSnapshot, lockstep_snapshots
 from lockstep.errors import NotFound
 from lockstep.pipeline.code import SHORT_COMMIT_LENGTH
 from lockstep.pipeline.retention_policy import snapshot_environment
-from lockstep.pipeline.snapshot import COMMIT_TAG_PREFIX, environment_name, load_manifest, tag_value
+from lockstep.pipeline.snapshot import COMMIT_TAG_PREFIX, environment_name, is_schema_only, load_manifest, tag_value
 from lockstep.repository.repository import Repository
 from lockstep.repository.snapshot import Snapshot
 
@@ -15,7 +15,8 @@ SHOWN_CANDIDATES = 10
 
 
 def resolve_reference(snapshots: list[Snapshot], reference: str, environment: str | None = None) -> Snapshot:
-    """`latest`, or the one snapshot whose ID or git commit starts with `reference`.
+    """`latest` (the newest that is not schema-only), or the one snapshot whose ID or git commit
+    starts with `reference`.
 
     With `environment` (a name; "default" without --env) only that environment's snapshots
     count: a restore writes into the environment's own databases, so `latest` or a prefix must
@@ -32,7 +33,15 @@ def resolve_reference(snapshots: list[Snapshot], reference: str, environment: st
     if reference == "latest":
         if not snapshots:
             raise NotFound(*_nothing_yet(everywhere, environment))
-        return snapshots[-1]
+        # The newest snapshot with data: a schema-only one (no rows) is never what `latest`
+        # restores, diffs or verifies; it is named by its ID.
+        full = [snapshot for snapshot in snapshots if not is_schema_only(snapshot)]
+        if not full:
+            raise NotFound(
+                "there are only schema-only snapshots (no rows), and `latest` names the newest snapshot with data",
+                "give the schema-only snapshot's ID (see `lockstep snapshot list`)",
+            )
+        return full[-1]
     wanted = reference.strip().lower()
     if not wanted:
         raise NotFound("an empty snapshot reference matches nothing", "give a snapshot ID, a commit or latest")

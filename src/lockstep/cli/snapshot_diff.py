@@ -46,10 +46,16 @@ def print_database_diff(database: DatabaseDiff, to: Console = console) -> None:
     """One database's changes as a table; unchanged tables are left out."""
     changed = database.changed_tables
     header = f"database {database.name} ({database.engine}, {database.live}) since snapshot {database.snapshot_id[:8]}"
+    if database.schema_only:
+        header += " (schema-only snapshot: schema changes only, rows are not compared)"
     if not changed:
         to.print(f"{header}: no changes", markup=False)
         return
     to.print(f"{header}:", markup=False)
+    if database.schema_only:
+        for item in changed:
+            to.print(f"  {item.name}: {item.status}; {_schema_text(item) or 'table ' + item.status}", markup=False)
+        return
     table = Table()
     table.add_column("Table", no_wrap=True)
     for title in ("Added", "Removed", "Changed"):

@@ -27,7 +27,9 @@ def _confirm_on_terminal(json_output: bool) -> Any:
             )
         for diff in plan.diffs:  # on stderr with --json, so stdout stays one JSON document
             print_database_diff(diff, error_console if json_output else console)
-        discarded = [diff.name for diff in plan.diffs if diff.changed]
+        for name in plan.schema_only:
+            error_console.print(f"schema-only snapshot: every row of database {name} is discarded", markup=False)
+        discarded = [diff.name for diff in plan.diffs if diff.changed and diff.name not in plan.schema_only]
         if discarded:
             error_console.print(
                 f"restoring snapshot {plan.snapshot.short_id} discards the changes above in {', '.join(discarded)}",
@@ -111,6 +113,8 @@ def restore_command(
     if yes:  # not shown at a prompt: say what was discarded
         for diff in outcome.diffs:
             print_database_diff(diff)
+            if outcome.manifest.databases[diff.name].schema_only:
+                console.print(f"schema-only snapshot: every row of database {diff.name} is discarded", markup=False)
     if outcome.pre_restore is not None:
         console.print(
             f"pre-restore snapshot {outcome.pre_restore.short_id} saved (the databases as they were)", markup=False

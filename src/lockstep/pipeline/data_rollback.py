@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lockstep.config import ProjectConfig
+from lockstep.errors import UsageError
 from lockstep.pipeline.diff import DatabaseDiff, TableDiff, diff_database
 from lockstep.pipeline.restore import RestoredDatabase, ServerAccess, restore_database
 from lockstep.pipeline.snapshot import (
@@ -37,8 +38,16 @@ def live_access(config: ProjectConfig, name: str) -> ServerAccess:
 
 
 def snapshot_databases(repository: Repository, snapshot: Snapshot, config: ProjectConfig) -> list[str]:
-    """The databases both in the snapshot and in the config, in the config's order."""
+    """The databases both in the snapshot and in the config, in the config's order. A
+    schema-only snapshot is refused: it holds no rows, so bringing data back from it would
+    empty every table."""
     manifest = load_manifest(repository, snapshot)
+    if manifest.schema_only:
+        raise UsageError(
+            f"snapshot {snapshot.short_id} is a schema-only snapshot: it holds no rows, so its data cannot be "
+            "brought back (every row of the databases would be discarded)",
+            "restore data from a full snapshot; `lockstep snapshot restore` restores a schema-only one explicitly",
+        )
     return [name for name in config.databases if name in manifest.databases]
 
 

@@ -106,6 +106,8 @@ class DatabaseDiff:
     live: str  # the live database's URL, without a password
     tables: list[TableDiff]
     seconds: float
+    # Against a schema-only snapshot: only the schema is compared, rows are not (none stored).
+    schema_only: bool = False
 
     @property
     def changed(self) -> bool:
@@ -127,6 +129,7 @@ class DatabaseDiff:
             "rows_changed": sum(table.rows_changed for table in self.tables),
             "tables": [table.to_document() for table in self.tables],
             "seconds": round(self.seconds, 3),
+            **({"schema_only": True, "rows_compared": False} if self.schema_only else {}),
         }
 
 
@@ -184,7 +187,11 @@ def diff_database(
     node = find_node(repository, snapshot, record.path)
     try:
         with _snapshot_side(repository, node, adapter.engine, live) as (live_side, snapshot_side):
-            tables = compare_sides(live_side, snapshot_side)
+            tables = (
+                compare_schemas(live_side, snapshot_side)
+                if record.schema_only
+                else compare_sides(live_side, snapshot_side)
+            )
     except SourceError as error:
         raise SourceError(
             f"database {name}: cannot compare with snapshot {snapshot.short_id}: {error.message}"
@@ -196,6 +203,7 @@ def diff_database(
         live=redact_url(live.url),
         tables=tables,
         seconds=time.monotonic() - started,
+        schema_only=record.schema_only,
     )
 
 
@@ -243,6 +251,25 @@ def compare_sides(live: _Side, snapshot: _Side) -> list[TableDiff]:
             tables.append(TableDiff(name, "removed", rows_removed=snapshot.count(name), key=snapshot_shapes[name].key))
             continue
         tables.append(_compare_table(name, live, snapshot, live_shapes[name], snapshot_shapes[name]))
+    return tables
+
+
+def compare_schemas(live: _Side, snapshot: _Side) -> list[TableDiff]:
+    """Against a schema-only snapshot (it holds no rows): tables added and removed, columns and
+    primary keys changed; no row is read or counted."""
+    live_shapes, snapshot_shapes = live.shapes(), snapshot.shapes()
+    tables: list[TableDiff] = []
+    for name in sorted(set(live_shapes) | set(snapshot_shapes)):
+        if name not in snapshot_shapes:
+            tables.append(TableDiff(name, "added", key=live_shapes[name].key))
+        elif name not in live_shapes:
+            tables.append(TableDiff(name, "removed", key=snapshot_shapes[name].key))
+        else:
+            live_shape, snapshot_shape = live_shapes[name], snapshot_shapes[name]
+            changes = _column_changes(live_shape, snapshot_shape)
+            key_changed = live_shape.key != snapshot_shape.key
+            status = "changed" if changes or key_changed else "unchanged"
+            tables.append(TableDiff(name, status, key=live_shape.key, columns=changes, primary_key_changed=key_changed))
     return tables
 
 

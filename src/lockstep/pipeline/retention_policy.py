@@ -123,7 +123,7 @@ def plan_forget(
     kept with the reason "the rules keep none of this group"), never deleted.
     """
     now_ns = int(now.timestamp() * 1_000_000_000)
-    groups: dict[tuple[str, tuple[str, ...]], list[Snapshot]] = {}
+    groups: dict[tuple[str, tuple[str, ...], bool], list[Snapshot]] = {}
     for snapshot in snapshots:
         if not is_lockstep_snapshot(snapshot):
             continue

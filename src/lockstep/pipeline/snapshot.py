@@ -370,7 +370,11 @@ def _store_database(
     path = f"/databases/{name}{adapter.dump_format.extension}"
     inspected = "after-dump"
     try:
-        dump = adapter.dump(database.url, password, schema_only=True) if schema_only else adapter.dump(database.url, password)
+        dump = (
+            adapter.dump(database.url, password, schema_only=True)
+            if schema_only
+            else adapter.dump(database.url, password)
+        )
         info = None
         consistent_info = getattr(dump, "consistent_info", None)
         # A dump that fingerprints its snapshot on a thread of its own is stored first and asked
@@ -437,8 +441,9 @@ def _schema_only_tables(adapter: DatabaseAdapter, dump: object, tables: list[Tab
     checksum of an empty table. SQLite's fingerprint is of the emptied copy itself already."""
     if getattr(dump, "fingerprints_stored_copy", False):
         return tables
-    empty = str(getattr(adapter, "empty_table_checksum"))
-    return [TableRecord(name=table.name, rows=0, checksum=empty) for table in tables]
+    empty = getattr(adapter, "empty_table_checksum", None)
+    assert empty is not None, f"the {adapter.engine} adapter names no checksum of an empty table"
+    return [TableRecord(name=table.name, rows=0, checksum=str(empty)) for table in tables]
 
 
 def is_schema_only(snapshot: Snapshot) -> bool:
