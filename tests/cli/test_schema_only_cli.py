@@ -241,3 +241,25 @@ def test_a_data_rollback_refuses_a_schema_only_snapshot(
             restore_snapshot_data(repository, snapshot, context.config, project.root, "default")
     with sqlite3.connect(project.root / "app.db") as connection:
         assert connection.execute("SELECT count(*) FROM orders").fetchone() == (345,)
+
+
+def test_a_schema_only_snapshot_does_not_count_as_a_backup_of_the_data(
+    project: Project,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The RPO watch, doctor and the metrics looked at the newest snapshot of any kind: a
+    schema-only one made the data's last backup look as recent as itself."""
+    from lockstep.actions.environment import load_environment
+    from lockstep.agent.rpo_watch import newest_good_snapshot_age
+
+    for name, value in project.env.items():
+        monkeypatch.setenv(name, value)
+    project.create("--schema-only", "-m", "structure only")
+    context = load_environment(project.root, None, None)
+    assert newest_good_snapshot_age(context) is None
+    doctor = json.loads(project.lockstep("doctor", "--json").out)
+    good = next(check for check in doctor if check["name"] == "last good snapshot")
+    assert good["status"] == "fail" and "no snapshots yet" in good["detail"]
+    project.create("-m", "full")
+    age = newest_good_snapshot_age(context)
+    assert age is not None and age < 0.1

@@ -19,7 +19,7 @@ from lockstep.errors import LockstepError
 from lockstep.pipeline import doctor
 from lockstep.pipeline.doctor import DoctorCheck
 from lockstep.pipeline.preflight import check_required_binaries, local_repository_path
-from lockstep.pipeline.snapshot import DEFAULT_ENVIRONMENT, ENVIRONMENT_TAG_PREFIX
+from lockstep.pipeline.snapshot import DEFAULT_ENVIRONMENT, ENVIRONMENT_TAG_PREFIX, is_schema_only
 from lockstep.pipeline.verification_records import latest_results
 from lockstep.repository.repository import Repository
 
@@ -166,7 +166,12 @@ def _snapshot_checks(
     if asked_environment is None:
         wanted.add(ENVIRONMENT_TAG_PREFIX + DEFAULT_ENVIRONMENT)
     try:
-        snapshots = [snapshot for snapshot in lockstep_snapshots(repository) if wanted & set(snapshot.tags)]
+        # A schema-only snapshot backs up no data: it does not count towards the RPO.
+        snapshots = [
+            snapshot
+            for snapshot in lockstep_snapshots(repository)
+            if wanted & set(snapshot.tags) and not is_schema_only(snapshot)
+        ]
         verifications = latest_results(repository, [snapshot.id for snapshot in snapshots])
     except LockstepError as error:
         return [doctor.failed("last good snapshot", f"cannot list snapshots: {error.message}", error.hint)]

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from lockstep.actions.environment import EnvironmentContext
 from lockstep.notify.dispatcher import Notifier
 from lockstep.notify.events import SNAPSHOT_RPO_EXCEEDED, Event
-from lockstep.pipeline.snapshot import is_lockstep_snapshot
+from lockstep.pipeline.snapshot import is_lockstep_snapshot, is_schema_only
 from lockstep.pipeline.verification_records import latest_results
 
 CHECK_INTERVAL_SECONDS = 600.0
@@ -29,7 +29,9 @@ def newest_good_snapshot_age(context: EnvironmentContext) -> float | None:
     """Hours since the newest lockstep snapshot that did not fail its last verification."""
     with context.project.access.session(lock=False, load_index=False) as repository:
         snapshots = [
-            snapshot for snapshot in repository.list_snapshots(skip_unreadable=True) if is_lockstep_snapshot(snapshot)
+            snapshot
+            for snapshot in repository.list_snapshots(skip_unreadable=True)
+            if is_lockstep_snapshot(snapshot) and not is_schema_only(snapshot)  # no backup of the data
         ]
         results = latest_results(repository, [snapshot.id for snapshot in snapshots])
     good = [snapshot for snapshot in snapshots if snapshot.id not in results or results[snapshot.id].ok]

@@ -49,6 +49,7 @@ class SnapshotInfo:
     databases: list[str]
     verification: VerificationResult | None
     seconds: float | None  # how long taking it took, when the history knows
+    schema_only: bool = False  # the databases' structure only: no backup of the data
 
     @property
     def short_id(self) -> str:
@@ -150,6 +151,7 @@ class DashboardData:
                             databases=sorted(manifest.databases),
                             verification=verifications.get(snapshot.id),
                             seconds=durations.get(snapshot.id),
+                            schema_only=manifest.schema_only,
                         )
                     )
                 lock = self._lock_document(DocumentStore(repository))

@@ -129,9 +129,11 @@ def snapshot_families(view: RepositoryView | None, environment: str, now: float)
         if latest.seconds is not None:
             duration.add(latest.seconds, env=environment, kind=kind)
     families += [count, size, duration]
-    good = _latest(snapshot for snapshot in view.snapshots if snapshot.good)
+    # A schema-only snapshot backs up no data: it must not make the data's backups look recent.
+    backups = [snapshot for snapshot in view.snapshots if not snapshot.schema_only]
+    good = _latest(snapshot for snapshot in backups if snapshot.good)
     verified = _latest(
-        snapshot for snapshot in view.snapshots if snapshot.verification is not None and snapshot.verification.ok
+        snapshot for snapshot in backups if snapshot.verification is not None and snapshot.verification.ok
     )
     for name, snapshot, text in (
         ("lockstep_last_good_snapshot_age_seconds", good, "Age of the newest snapshot that did not fail verification."),
