@@ -100,16 +100,25 @@ Connection = psycopg.Connection[tuple[Any, ...]]
 # assigns anew), since row-hash-sum-3 the OID alias types (a regclass is the table's OID, a
 # regtype the type's: new ones after a restore), and every type built on one: arrays, domains,
 # composites and ranges of them. {by_oid_base} is filled in per algorithm.
+#
+# The types are found by walking "built on" edges (a type, and one it is built on) from the base
+# ones. The edges are listed once, so each step is a hash join: a join condition with an OR per
+# kind of type and correlated subqueries took 0.5 s (enums) to 2.2 s (with the OID aliases) on
+# every fingerprint, on a database of four tables.
 _TABLES_QUERY_TEMPLATE = """
-WITH RECURSIVE by_oid(oid) AS (
+WITH RECURSIVE built_on(type, base) AS MATERIALIZED (
+    SELECT oid, typelem FROM pg_type WHERE typcategory = 'A' AND typelem <> 0
+    UNION ALL
+    SELECT oid, typbasetype FROM pg_type WHERE typtype = 'd'
+    UNION ALL
+    SELECT t.oid, a.atttypid FROM pg_type t JOIN pg_attribute a ON a.attrelid = t.typrelid
+    WHERE t.typtype = 'c' AND a.attnum > 0 AND NOT a.attisdropped
+    UNION ALL
+    SELECT rngtypid, rngsubtype FROM pg_range
+), by_oid(oid) AS (
     SELECT oid FROM pg_type WHERE {by_oid_base}
     UNION
-    SELECT t.oid FROM by_oid e JOIN pg_type t ON
-        (t.typcategory = 'A' AND t.typelem = e.oid)
-        OR (t.typtype = 'd' AND t.typbasetype = e.oid)
-        OR (t.typtype = 'c' AND t.typrelid IN (SELECT a.attrelid FROM pg_attribute a
-                                               WHERE a.atttypid = e.oid AND a.attnum > 0 AND NOT a.attisdropped))
-        OR (t.typtype = 'r' AND t.oid IN (SELECT r.rngtypid FROM pg_range r WHERE r.rngsubtype = e.oid))
+    SELECT built_on.type FROM by_oid JOIN built_on ON built_on.base = by_oid.oid
 )
 SELECT n.nspname, c.relname,
        ARRAY(SELECT a.attname FROM pg_index i
@@ -120,7 +129,7 @@ SELECT n.nspname, c.relname,
              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
        ARRAY(SELECT a.attname FROM pg_attribute a
              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-               AND a.atttypid IN (SELECT oid FROM by_oid)),
+               AND a.atttypid IN (SELECT oid FROM by_oid) ORDER BY a.attnum),
        NOT c.relispartition AND EXISTS (SELECT FROM pg_inherits i WHERE i.inhrelid = c.oid)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
