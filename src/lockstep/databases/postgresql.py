@@ -667,7 +667,10 @@ def _connect(location: ServerLocation, password: str | None, database: str, auto
     secret = location.password(password)
     try:
         conninfo = psycopg.conninfo.make_conninfo("", **options)
-        connection = psycopg.connect(conninfo, password=secret, dbname=database, autocommit=autocommit)
+        # Autocommit while the timeouts are turned off: in a transaction, the moment between
+        # the SET and its COMMIT was idle in transaction, which a role's short
+        # idle_in_transaction_session_timeout ended (seen in CI, under load).
+        connection = psycopg.connect(conninfo, password=secret, dbname=database, autocommit=True)
     except psycopg.Error as error:
         raise SourceError(
             f"cannot connect to {location.display()}: {redact(str(error).strip(), secret)}",
@@ -675,8 +678,7 @@ def _connect(location: ServerLocation, password: str | None, database: str, auto
         ) from None
     try:
         connection.execute(_SESSION_TIMEOUTS)
-        if not autocommit:
-            connection.commit()  # the settings stay; the caller may still choose the isolation level
+        connection.autocommit = autocommit  # the caller may still choose the isolation level
     except psycopg.Error as error:
         connection.close()
         raise SourceError(f"PostgreSQL at {location.display()} refused: {str(error).strip()}") from None
