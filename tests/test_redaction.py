@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from lockstep.redaction import Redactor, is_secret_name
+from lockstep.redaction import Redactor, is_secret_name, secret_file_values
 
 
 @pytest.mark.parametrize(
@@ -139,3 +139,13 @@ def test_long_multi_line_secret_file_is_masked() -> None:
     key = "-----BEGIN PRIVATE KEY-----\n" + "\n".join("A" * 64 + str(index) for index in range(80)) + "\n-----END"
     redactor = Redactor([key, key[:40]])
     assert redactor.redact(f"before\n{key}\nafter {key[:40]}") == "before\n***\nafter ***"
+
+
+def test_a_secret_file_hides_its_lines_and_secret_values_but_not_ordinary_ones() -> None:
+    """A hook may print one variable of a .env file or one line of a key: those are hidden; a short
+    value under an ordinary name (RAILS_ENV=production) is not, or every "production" would go."""
+    dotenv = 'RAILS_ENV=production\nexport STRIPE_KEY="sk_live_51abc"\n# comment\nDATABASE_URL_HOST=db\n'
+    key = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n"
+    redactor = Redactor([*secret_file_values(dotenv), *secret_file_values(key), *secret_file_values("tok-1234\n")])
+    text = "env production, stripe sk_live_51abc, key line MIIEvQIBADANBgkqhkiG9w0BAQEFAASC, host db, tok-1234"
+    assert redactor.redact(text) == "env production, stripe ***, key line ***, host db, ***"

@@ -16,6 +16,7 @@ Two kinds of redaction, both replacing the secret with `***`:
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from collections.abc import Iterable, Mapping
@@ -53,6 +54,11 @@ _AUTHORIZATION = re.compile(
 
 
 _ASSIGNMENT_KEYWORDS = ("secret", "token", "_key", "passw")
+
+# A line of a secret file that assigns a value: `NAME=value`, `export NAME="value"`, `name: value`.
+_FILE_ASSIGNMENT = re.compile(r"(?:export\s+)?(?P<name>[A-Za-z_][A-Za-z0-9_.-]*)\s*(?:=|:\s)\s*(?P<value>.+)")
+# Values and lines at least this long in a secret file are hidden whatever their name.
+_LONG_SECRET = 16
 
 
 def _trie_pattern(values: Iterable[str]) -> str:
@@ -214,3 +220,49 @@ class Redactor:
         if isinstance(document, list | tuple):
             return [self.redact_document(item) for item in document]
         return document
+
+
+_process_redactor: Redactor | None = None
+_process_lock = threading.Lock()
+
+
+def process_redactor() -> Redactor:
+    """The redactor everything this process prints or sends goes through.
+
+    It knows the secret-named variables of the environment and LOCKSTEP_PASSWORD (read again on
+    every call, so a variable set later is known too), and every secret a command taught it since:
+    database passwords, the secret files' values, the repository's password file (see
+    `lockstep.pipeline.notifications.teach_project_secrets`). One instance for the process, so a
+    secret learned while a deploy ran is also hidden from the error line the CLI prints at the end.
+    """
+    global _process_redactor
+    with _process_lock:
+        if _process_redactor is None:
+            _process_redactor = Redactor()
+        redactor = _process_redactor
+    redactor.add_environment(os.environ)
+    redactor.add(os.environ.get("LOCKSTEP_PASSWORD"))
+    return redactor
+
+
+def secret_file_values(text: str) -> list[str]:
+    """What to hide of a secret file (a key, a .env): the whole content, and the pieces a hook may
+    print on their own: each `NAME=value` (or `NAME: value`) whose name looks secret or whose value
+    is long, and each long line without spaces (a line of key material).
+
+    Short values under ordinary names (`RAILS_ENV=production`) are left alone: masking them would
+    turn every "production" lockstep prints into `***`.
+    """
+    values = [text.strip()]
+    for raw_line in text.splitlines():
+        line = raw_line.strip()
+        if not line or line.startswith("#") or line.startswith("-----"):  # PEM armour is not secret
+            continue
+        match = _FILE_ASSIGNMENT.match(line)
+        if match is not None:
+            value = match.group("value").strip().strip("\"'")
+            if is_secret_name(match.group("name")) or len(value) >= _LONG_SECRET:
+                values.append(value)
+        elif len(line) >= _LONG_SECRET and not any(character.isspace() for character in line):
+            values.append(line)
+    return [value for value in values if value]

@@ -374,6 +374,68 @@ def test_secrets_never_leak_from_deploys_rollbacks_and_restores(tmp_path: Path) 
                 assert secret.encode() not in path.read_bytes(), path
 
 
+def test_a_failed_migration_that_prints_secrets_shows_none_of_them(tmp_path: Path) -> None:
+    """A migration that prints every secret it can reach and fails: an environment token, a secret
+    file's values, a secret-named `env` value from lockstep.toml. The step log, the error line,
+    --json, the history, `status` and the notifications show none of them."""
+    event_log = tmp_path / "events.jsonl"
+    file_secret = "file-secret-93b1-never-shown"
+    dotenv_secret = "dotenv-secret-44f0-never-shown"
+    config_secret = "config-secret-e2d7-never-shown"
+    project = make_project(
+        tmp_path,
+        extra_config=(
+            "[files]\n"
+            'secrets = ["secrets/*"]\n'
+            "[app.components.worker.env]\n"
+            f'PAYMENT_SECRET = "{config_secret}"\n'
+            "[[notifications.channels]]\n"
+            'kind = "event-log"\n'
+            f'path = "{event_log}"\n'
+        ),
+    )
+    secrets_directory = project.directory / "secrets"
+    secrets_directory.mkdir()
+    (secrets_directory / "app.key").write_text(file_secret + "\n")
+    (secrets_directory / ".env").write_text(f"RAILS_ENV=production\nSTRIPE_KEY={dotenv_secret}\n")
+    for path in secrets_directory.iterdir():
+        path.chmod(0o600)
+    with open(project.directory / ".gitignore", "a") as ignore:
+        ignore.write("secrets/\n")
+    project.commit("keep the secrets out of git")
+    project.env["DEPLOY_API_TOKEN"] = SECRET_TOKEN
+    project.start_agent()
+    try:
+        assert project.lockstep("deploy").returncode == 0
+        (project.directory / "migrate.py").write_text(
+            "import os, sys\n"
+            "print('token', os.environ['DEPLOY_API_TOKEN'])\n"
+            f"print(open({str(secrets_directory / 'app.key')!r}).read())\n"
+            f"print(open({str(secrets_directory / '.env')!r}).read())\n"
+            f"print('config', {config_secret!r})\n"
+            "sys.exit(1)\n"
+        )
+        project.commit("a migration that talks too much")
+        failed = project.lockstep("deploy", "--json", "--log-format", "json")
+        assert failed.returncode == 3, failed.err
+        assert "the migration failed" in failed.err
+        assert json.loads(failed.out)["exit_code"] == 3
+        outputs = [failed.out, failed.err]
+        for arguments in (("history", "--json"), ("history",), ("status",), ("status", "--json")):
+            completed = project.lockstep(*arguments)
+            assert completed.returncode == 0, completed.err
+            outputs += [completed.out, completed.err]
+    finally:
+        _stop_everything(project)
+    events = [json.loads(line) for line in event_log.read_text().splitlines()]
+    assert "deploy.rolled_back" in {event["kind"] for event in events}
+    outputs.append(event_log.read_text())
+    for secret in (SECRET_TOKEN, file_secret, dotenv_secret, config_secret):
+        for text in outputs:
+            assert secret not in text
+    assert "production" in failed.err  # an ordinary value of a secret file is not masked
+
+
 @pytest.mark.parametrize("kind", ["nginx", "haproxy"])
 def test_deploys_and_rollbacks_through_nginx_and_haproxy(tmp_path: Path, kind: str) -> None:
     """The same deploy and rollback with a real nginx or HAProxy as the switch: no failed request."""

@@ -33,17 +33,18 @@ from lockstep.errors import IntegrityError, LockstepError, RepositoryLocked
 from lockstep.pipeline.healthchecks_ping import HealthchecksPinger
 from lockstep.pipeline.manifest import Manifest
 from lockstep.pipeline.preflight import CheckResult, raise_for_failures, run_preflight
+from lockstep.pipeline.project_secrets import project_secrets
 from lockstep.pipeline.retention_policy import is_empty
 from lockstep.pipeline.snapshot import (
     SnapshotRequest,
     create_snapshot,
-    database_password,
     environment_name,
     prepare_code,
     stored_apart,
 )
 from lockstep.pipeline.steps import Reporter
 from lockstep.pipeline.verify import verify_snapshot
+from lockstep.redaction import MINIMUM_SECRET_LENGTH, is_secret_name
 from lockstep.repository.snapshot import Snapshot
 
 SCHEDULED_KIND = "scheduled"
@@ -71,12 +72,9 @@ class BackupResult:
 def _secrets(config: ProjectConfig) -> list[str]:
     """Every secret lockstep knows of here, to blank out of what goes to the ping URL."""
     found = [os.environ.get("LOCKSTEP_PASSWORD", "")]
-    for name, database in config.databases.items():
-        try:
-            found.append(database_password(name, database) or "")
-        except LockstepError:
-            continue
-    return [secret for secret in found if secret]
+    found += [value for name, value in os.environ.items() if is_secret_name(name)]
+    found += project_secrets(config)
+    return [secret for secret in found if len(secret) >= MINIMUM_SECRET_LENGTH]
 
 
 def run_backup(

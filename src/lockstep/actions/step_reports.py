@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from lockstep.errors import LockstepError
 from lockstep.pipeline.manifest import Manifest
-from lockstep.pipeline.snapshot import database_password
+from lockstep.pipeline.project_secrets import project_secrets, teach_project_secrets
 from lockstep.pipeline.steps import Reporter, bind_context
 from lockstep.pipeline.verification_records import VerificationResult
 
@@ -89,15 +89,14 @@ def bind_operation(reporter: Reporter, **fields: object) -> None:
 
 def teach_secrets(reporter: Reporter, project: ProjectContext) -> None:
     """Give the reporter's redactor the secrets this project reads that are not in the environment:
-    database passwords (password_env, password_file) and the repository's password file."""
+    database passwords (password_env, password_file), the repository's password file, the secret
+    files' values and secret-named `env` values."""
+    teach_project_secrets(project.config)  # the process's redactor: the CLI's error line uses it
     add = getattr(reporter, "add_secret", None)
     if not callable(add):
         return
-    for name, database in project.config.databases.items():
-        try:
-            add(database_password(name, database))
-        except LockstepError:
-            continue
+    for value in project_secrets(project.config):
+        add(value)
     password_file = project.access.password_file
     if password_file is not None:
         with suppress(OSError):

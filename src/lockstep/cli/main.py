@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sys
 import threading
@@ -15,7 +14,7 @@ from lockstep import __version__
 from lockstep.cli.output import error_console, print_json
 from lockstep.errors import LockstepError
 from lockstep.exit_codes import ExitCode
-from lockstep.redaction import Redactor
+from lockstep.redaction import process_redactor
 
 # Each command's name and the modules that define it (each exports COMMANDS, a list of click
 # commands or groups). A module that adds a verb to an existing group (`snapshot verify`) does so
@@ -107,10 +106,9 @@ def main(argv: list[str] | None = None) -> None:
         error_console.print("lockstep: interrupted")
         sys.exit(ExitCode.INTERRUPTED)
     except LockstepError as error:
-        # Messages quote command output and server errors: the last line of defence for secrets
-        # named in the environment (a pipeline redacts the ones it reads from files itself).
-        redactor = Redactor.from_environment(os.environ)
-        redactor.add(os.environ.get("LOCKSTEP_PASSWORD"))
+        # Messages quote command output and server errors (a failed hook's or migration's): the
+        # process's redactor knows the environment's secrets and those the command read from files.
+        redactor = process_redactor()
         message = redactor.redact(error.message)
         hint = None if error.hint is None else redactor.redact(error.hint)
         # A reader that went away must not turn the documented exit code into a traceback.
@@ -130,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         error_console.print(
-            f"lockstep: internal error: {type(error).__name__}: {error} (run with --debug for details)",
+            f"lockstep: internal error: {type(error).__name__}: {process_redactor().redact(str(error))} "
+            "(run with --debug for details)",
             markup=False,
             soft_wrap=True,
         )

@@ -10,7 +10,6 @@ details.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from typing import Any
@@ -19,7 +18,7 @@ import click
 from rich.markup import escape
 
 from lockstep.cli.output import error_console
-from lockstep.redaction import Redactor
+from lockstep.redaction import process_redactor
 
 QUIET = -1  # --quiet: warnings, failed steps and the result
 SILENT = -2  # `lockstep backup` under cron: warnings and the result only (the error line names the step)
@@ -41,8 +40,7 @@ class ConsoleReporter:
         self.json_lines = (not sys.stderr.isatty()) if json_lines is None else json_lines
         self.context = context or {}
         self.verbosity = verbosity
-        self.redactor = Redactor.from_environment(os.environ)
-        self.redactor.add(os.environ.get("LOCKSTEP_PASSWORD"))
+        self.redactor = process_redactor()
         self.output_gone = False
 
     def add_secret(self, value: str | None) -> None:

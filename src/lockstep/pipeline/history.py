@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lockstep.process import process_alive
-from lockstep.redaction import Redactor
+from lockstep.redaction import Redactor, process_redactor
 
 OUTCOMES = ("running", "succeeded", "failed", "rolled-back", "interrupted")
 
@@ -101,7 +101,10 @@ class History:
             yield connection
 
     def save(self, record: OperationRecord) -> None:
-        document = record.to_document()
+        """Store `record`, redacted: a failed migration's output in the reason or a step's detail
+        must not reach `history`, `status` or the dashboard with a secret in it. The process's
+        redactor knows the secrets the command learned; `redactor` those of this operation."""
+        document = process_redactor().redact_document(record.to_document())
         if self.redactor is not None:
             document = self.redactor.redact_document(document)
         with self._connect() as connection:

@@ -2,37 +2,29 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from contextlib import suppress
 from typing import Any
 
 from lockstep.actions.environment import EnvironmentContext
-from lockstep.errors import LockstepError
 from lockstep.notify.dispatcher import Notifier
 from lockstep.notify.events import Event
 from lockstep.pipeline.history import OperationRecord
-from lockstep.pipeline.snapshot import database_password
+from lockstep.pipeline.project_secrets import teach_project_secrets
 from lockstep.pipeline.steps import Reporter
 from lockstep.redaction import Redactor
 
 
 def secrets_redactor(context: EnvironmentContext) -> Redactor:
-    """A redactor that knows the repository password, the database passwords and secret-named variables."""
-    redactor = Redactor.from_environment(os.environ)
-    password = os.environ.get("LOCKSTEP_PASSWORD")
-    if password:
-        redactor.add(password)
-    for name, database in context.config.databases.items():
-        try:
-            value = database_password(name, database)
-        except LockstepError:
-            continue
-        if value:
-            redactor.add(value)
+    """The process's redactor, taught the project's secrets: the repository password (and the
+    password file the command was given), the database passwords, the secret files' values,
+    secret-named `env` values and secret-named variables.
+
+    The process's, so the CLI's last error line hides what the deploy's notifications hid."""
+    redactor = teach_project_secrets(context.config)
     password_file = context.project.access.password_file
     if password_file is not None:
-        with suppress(OSError):
+        with suppress(OSError, UnicodeDecodeError):
             redactor.add(password_file.read_text(encoding="utf-8").rstrip("\r\n"))
     return redactor
 
