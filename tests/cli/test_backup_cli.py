@@ -256,6 +256,42 @@ def test_a_failing_ping_only_warns(project: Project, pings: Pings) -> None:
     assert len(project.snapshots()) == 2
 
 
+def test_a_ping_url_that_does_not_speak_http_only_warns(project: Project) -> None:
+    """healthchecks_url pointing at the wrong service (an SMTP greeting instead of HTTP): the ping's
+    BadStatusLine used to escape as an internal error and fail the backup with exit 1."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.2)
+    stopping = threading.Event()
+
+    def greet() -> None:
+        while not stopping.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.sendall(b"220 mail.example ESMTP ready\r\n")
+
+    thread = threading.Thread(target=greet, daemon=True)
+    thread.start()
+    try:
+        port = listener.getsockname()[1]
+        project.write_config(
+            sqlite_only(project), {"healthchecks_url": f"http://127.0.0.1:{port}/{CHECK_UUID}", "min_free_disk_mb": 1}
+        )
+        result = project.lockstep("backup")
+    finally:
+        stopping.set()
+        thread.join(timeout=5)
+        listener.close()
+    assert result.returncode == 0, result.err
+    assert SUMMARY.match(result.out.strip())
+    assert "start ping" in result.err and "success ping" in result.err and "not a valid HTTP answer" in result.err
+    assert CHECK_UUID not in result.err
+
+
 def test_restore_level_test_restores_and_records_the_verification(project: Project, pings: Pings) -> None:
     """verify_level "restore" test-restores the new snapshot's databases (`snapshot verify`) and
     records the passed verification in the repository."""

@@ -8,6 +8,7 @@ secret is blanked out of it before it leaves.
 
 from __future__ import annotations
 
+import http.client
 import time
 import urllib.error
 import urllib.request
@@ -85,6 +86,10 @@ class HealthchecksPinger:
             except (urllib.error.URLError, OSError, TimeoutError) as error:
                 reason = getattr(error, "reason", error)
                 problem = str(reason) or type(error).__name__
+            except http.client.HTTPException as error:  # not HTTP (BadStatusLine), an answer cut short
+                problem = f"not a valid HTTP answer: {type(error).__name__}"
+            except Exception as error:  # a ping never decides the backup's outcome
+                problem = f"{type(error).__name__}: {error}"
         name = suffix.lstrip("/") or "success"
         self.warn(f"the {name} ping to {_shown(self.url)} failed ({redact_secrets(problem, self.secrets)}); continuing")
         return False
