@@ -8,6 +8,7 @@ import re
 import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,6 +41,7 @@ class Pings:
     url: str
     received: list[tuple[str, str]] = field(default_factory=list)
     status: int = 200
+    tarpit_suffix: str | None = None  # pings to URL + this answer one byte every 0.2 s, for a minute
 
     def paths(self) -> list[str]:
         return [path.removeprefix(f"/{CHECK_UUID}") or "/" for path, _ in self.received]
@@ -55,6 +57,16 @@ def pings() -> Iterator[Pings]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length).decode("utf-8", "replace")
             recorded.received.append((self.path, body))
+            if recorded.tarpit_suffix is not None and self.path.endswith(recorded.tarpit_suffix):
+                self.send_response(200)
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and not stopping.is_set():
+                    self.wfile.write(b".")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+                return
             self.send_response(recorded.status)
             self.send_header("Content-Length", "2")
             self.end_headers()
@@ -66,13 +78,16 @@ def pings() -> Iterator[Pings]:
         def log_message(self, format: str, *args: Any) -> None:
             return
 
+    stopping = threading.Event()
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     recorded.url = f"http://127.0.0.1:{server.server_address[1]}/{CHECK_UUID}"
     try:
         yield recorded
     finally:
+        stopping.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
@@ -254,6 +269,21 @@ def test_a_failing_ping_only_warns(project: Project, pings: Pings) -> None:
     assert refused.returncode == 0, refused.err
     assert "success ping" in refused.err
     assert len(project.snapshots()) == 2
+
+
+def test_a_ping_url_that_answers_one_byte_at_a_time_does_not_hold_the_backup(project: Project, pings: Pings) -> None:
+    """A /start ping answered one byte every 0.2 s: no single read times out, so the backup used to
+    wait for ever (and SIGTERM only moved it on to a /fail ping that waited too). Each attempt now
+    ends at the ping's timeout: the backup finishes, warns once, and sends its success ping."""
+    pings.tarpit_suffix = "/start"
+    project.write_config(sqlite_only(project), {"healthchecks_url": pings.url, "min_free_disk_mb": 1})
+    started = time.monotonic()
+    result = run_lockstep(["backup"], cwd=project.root, env=project.env, timeout=120)
+    assert result.returncode == 0, result.err
+    assert time.monotonic() - started < 60
+    assert SUMMARY.match(result.out.strip())
+    assert "start ping" in result.err and "no complete answer within 5 s" in result.err
+    assert pings.paths()[-1] == "/"
 
 
 def test_a_ping_url_that_does_not_speak_http_only_warns(project: Project) -> None:

@@ -52,6 +52,7 @@ class RecordingServer:
 
     statuses: list[int] = field(default_factory=list)  # consumed one per request; then 200
     delay_seconds: float = 0.0
+    trickle_seconds: float = 0.0  # answer 200 one byte every 0.2 s for this long (a tarpit)
     requests: list[ReceivedRequest] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -69,12 +70,25 @@ class RecordingServer:
                 if recorder.delay_seconds:
                     time.sleep(recorder.delay_seconds)
                 try:
+                    if recorder.trickle_seconds:
+                        self._trickle(recorder.trickle_seconds)
+                        return
                     self.send_response(status)
                     self.send_header("Content-Length", "2")
                     self.end_headers()
                     self.wfile.write(b"ok")
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up waiting (the timeout tests)
+
+            def _trickle(self, seconds: float) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", "100000")
+                self.end_headers()
+                deadline = time.monotonic() + seconds
+                while time.monotonic() < deadline:
+                    self.wfile.write(b".")
+                    self.wfile.flush()
+                    time.sleep(0.2)
 
             do_GET = _handle
             do_POST = _handle

@@ -293,3 +293,22 @@ def test_notify_after_close_is_ignored(tmp_path: Path, server: RecordingServer) 
     time.sleep(0.2)
     assert server.received() == []
     assert wait_until(lambda: warnings.lines == [], timeout=0.1)
+
+
+def test_a_server_that_answers_one_byte_at_a_time_is_given_up_on_within_the_timeout(tmp_path: Path) -> None:
+    """timeout_seconds bounds the whole attempt: a tarpit that keeps sending a byte every 0.2 s
+    (so no single read ever times out) used to hold the channel for as long as it liked."""
+    tarpit = RecordingServer(trickle_seconds=60)
+    try:
+        warnings = Warnings()
+        notifier = make_notifier(
+            tmp_path, [{"kind": "webhook", "url": tarpit.url + "/h"}], {}, warnings, timeout_seconds=1, attempts=2
+        )
+        started = time.monotonic()
+        notifier.notify(sample_event("deploy.succeeded"))
+        (line,) = warnings.wait_for(1, timeout=20)
+        assert time.monotonic() - started < 10
+        assert "2 attempts" in line and "within 1 s" in line
+        notifier.close(timeout=1)
+    finally:
+        tarpit.stop()

@@ -20,6 +20,7 @@ from typing import Any
 import lockstep
 from lockstep.notify import ChannelSetup, DeliveryError
 from lockstep.notify.config import ChannelConfig
+from lockstep.notify.transport import open_within
 
 USER_AGENT = f"lockstep/{lockstep.__version__}"
 SIGNATURE_HEADER = "X-Lockstep-Signature"
@@ -37,12 +38,11 @@ def request(url: str, body: bytes, headers: Mapping[str, str], timeout: float, m
     """Send one HTTP request and return its status; raise DeliveryError unless the answer is 2xx.
 
     The reason never contains the URL: for Slack and many webhooks the URL is the credential.
+    The whole exchange takes at most `timeout` seconds (see transport).
     """
     outgoing = urllib.request.Request(url, data=body, method=method, headers={"User-Agent": USER_AGENT, **headers})
     try:
-        with urllib.request.urlopen(outgoing, timeout=timeout) as response:
-            response.read(64 * 1024)
-            status: int = response.status
+        status = open_within(outgoing, timeout)
     except urllib.error.HTTPError as error:
         permanent = 400 <= error.code < 500 and error.code not in _RETRYABLE_CLIENT_ERRORS
         raise DeliveryError(f"HTTP {error.code} {error.reason}", permanent=permanent) from None

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from lockstep import __version__
+from lockstep.notify.transport import open_within
 
 TIMEOUT_SECONDS = 5.0
 ATTEMPTS = 3
@@ -75,8 +76,7 @@ class HealthchecksPinger:
             if attempt:
                 time.sleep(RETRY_DELAY_SECONDS * attempt)
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_seconds) as response:
-                    response.read()
+                open_within(request, self.timeout_seconds)  # the whole ping, a slow answer included
                 self.sent.append(suffix or "/")
                 return True
             except urllib.error.HTTPError as error:
