@@ -52,6 +52,7 @@ class RecordingServer:
 
     statuses: list[int] = field(default_factory=list)  # consumed one per request; then 200
     delay_seconds: float = 0.0
+    location: str | None = None  # sent with 3xx statuses
     trickle_seconds: float = 0.0  # answer 200 one byte every 0.2 s for this long (a tarpit)
     requests: list[ReceivedRequest] = field(default_factory=list)
 
@@ -74,6 +75,8 @@ class RecordingServer:
                         self._trickle(recorder.trickle_seconds)
                         return
                     self.send_response(status)
+                    if recorder.location is not None and 300 <= status < 400:
+                        self.send_header("Location", recorder.location)
                     self.send_header("Content-Length", "2")
                     self.end_headers()
                     self.wfile.write(b"ok")

@@ -295,6 +295,34 @@ def test_notify_after_close_is_ignored(tmp_path: Path, server: RecordingServer) 
     assert wait_until(lambda: warnings.lines == [], timeout=0.1)
 
 
+def test_a_redirect_is_a_failure_that_says_so_and_is_not_followed(tmp_path: Path) -> None:
+    """A 302 used to be followed as a GET without the body, which the target answered 200: the event
+    was lost and reported delivered, and the signature went along. Now it is one warning naming
+    where the URL points (host only), and nothing is sent there."""
+    target = RecordingServer()
+    redirecting = RecordingServer(statuses=[302, 302], location=f"{target.url}/elsewhere/secret-path-123")
+    try:
+        warnings = Warnings()
+        channels = [
+            {"kind": "webhook", "url": redirecting.url + "/hook", "secret_env": "HOOK_KEY"},
+            {"kind": "healthchecks", "url": redirecting.url + "/ping/uuid"},
+        ]
+        notifier = make_notifier(tmp_path, channels, {"HOOK_KEY": HMAC_KEY}, warnings)
+        notifier.notify(sample_event("deploy.started"))
+        lines = warnings.wait_for(2, timeout=30)
+        notifier.close(timeout=5)
+        assert len(redirecting.received()) == 2, "a redirect is not retried"
+        assert target.received() == []
+        for line in lines:
+            assert "HTTP 302" in line
+            assert f"redirects to {target.url}" in line
+            assert "secret-path-123" not in line
+            assert "1 attempt" in line
+    finally:
+        target.stop()
+        redirecting.stop()
+
+
 def test_a_server_that_answers_one_byte_at_a_time_is_given_up_on_within_the_timeout(tmp_path: Path) -> None:
     """timeout_seconds bounds the whole attempt: a tarpit that keeps sending a byte every 0.2 s
     (so no single read ever times out) used to hold the channel for as long as it liked."""

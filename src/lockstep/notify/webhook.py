@@ -20,7 +20,7 @@ from typing import Any
 import lockstep
 from lockstep.notify import ChannelSetup, DeliveryError
 from lockstep.notify.config import ChannelConfig
-from lockstep.notify.transport import open_within
+from lockstep.notify.transport import describe_http_error, open_within
 
 USER_AGENT = f"lockstep/{lockstep.__version__}"
 SIGNATURE_HEADER = "X-Lockstep-Signature"
@@ -38,14 +38,14 @@ def request(url: str, body: bytes, headers: Mapping[str, str], timeout: float, m
     """Send one HTTP request and return its status; raise DeliveryError unless the answer is 2xx.
 
     The reason never contains the URL: for Slack and many webhooks the URL is the credential.
-    The whole exchange takes at most `timeout` seconds (see transport).
+    The whole exchange takes at most `timeout` seconds, and a redirect is a failure (see transport).
     """
     outgoing = urllib.request.Request(url, data=body, method=method, headers={"User-Agent": USER_AGENT, **headers})
     try:
         status = open_within(outgoing, timeout)
     except urllib.error.HTTPError as error:
-        permanent = 400 <= error.code < 500 and error.code not in _RETRYABLE_CLIENT_ERRORS
-        raise DeliveryError(f"HTTP {error.code} {error.reason}", permanent=permanent) from None
+        permanent = 300 <= error.code < 500 and error.code not in _RETRYABLE_CLIENT_ERRORS
+        raise DeliveryError(describe_http_error(error), permanent=permanent) from None
     except urllib.error.URLError as error:
         raise DeliveryError(f"cannot connect: {_describe(error.reason)}") from None
     except TimeoutError:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from lockstep import __version__
-from lockstep.notify.transport import open_within
+from lockstep.notify.transport import describe_http_error, open_within
 
 TIMEOUT_SECONDS = 5.0
 ATTEMPTS = 3
@@ -80,9 +80,9 @@ class HealthchecksPinger:
                 self.sent.append(suffix or "/")
                 return True
             except urllib.error.HTTPError as error:
-                problem = f"HTTP {error.code}"
+                problem = describe_http_error(error)
                 if error.code < 500 and error.code != 429:
-                    break  # the URL is wrong: retrying will not help
+                    break  # the URL is wrong (or redirects): retrying will not help
             except (urllib.error.URLError, OSError, TimeoutError) as error:
                 reason = getattr(error, "reason", error)
                 problem = str(reason) or type(error).__name__
