@@ -242,6 +242,43 @@ def test_unreachable_database_fails_in_preflight_and_pings_fail(project: Project
     assert project.packs() == before
 
 
+def test_backup_tells_the_notification_channels_and_a_dead_one_only_warns(project: Project, tmp_path: Path) -> None:
+    """Under cron, `lockstep backup` is the scheduled backup: its outcome reaches [notifications]
+    (snapshot.created, backup.failed) as the agent's scheduled runs do. It used to send nothing, so
+    a nightly backup failing was only ever seen by whoever read cron's mail. A channel that is down
+    warns on stderr and changes neither the exit code nor the one line on stdout."""
+    event_log = tmp_path / "events.jsonl"
+    channels = (
+        "\n[notifications]\ntimeout_seconds = 1\nattempts = 2\nretry_delay_seconds = 0.1\n"
+        f'[[notifications.channels]]\nkind = "event-log"\npath = "{event_log}"\n'
+        f'[[notifications.channels]]\nkind = "webhook"\nname = "ops-hook"\nurl = "http://127.0.0.1:{closed_port()}/h"\n'
+    )
+    project.write_config(sqlite_only(project), {"min_free_disk_mb": 1}, extra=channels)
+    ok = project.lockstep("backup")
+    assert ok.returncode == 0, ok.err
+    assert SUMMARY.match(ok.out.strip()) and len(ok.out.splitlines()) == 1
+    assert "ops-hook" in ok.err and "snapshot.created not sent" in ok.err
+    (created,) = [json.loads(line) for line in event_log.read_text().splitlines()]
+    assert created["kind"] == "snapshot.created" and created["severity"] == "info"
+    assert created["summary"] == ok.out.strip()
+    (snapshot,) = project.snapshots()
+    assert created["details"]["snapshot"] == snapshot["id"]
+
+    port = closed_port()
+    databases = {
+        **sqlite_only(project),
+        "orders": {"url": f"postgresql://shop@127.0.0.1:{port}/orders", "password_env": "SHOP_DB_PASSWORD"},
+    }
+    project.write_config(databases, {"min_free_disk_mb": 1}, extra=channels)
+    failed = project.lockstep("backup")
+    assert failed.returncode == ExitCode.SOURCE, failed.err
+    events = [json.loads(line) for line in event_log.read_text().splitlines()]
+    assert [event["kind"] for event in events] == ["snapshot.created", "backup.failed"]
+    assert events[1]["severity"] == "error"
+    assert "database orders" in events[1]["details"]["error"]
+    assert DATABASE_SECRET not in event_log.read_text()
+
+
 def test_too_little_disk_space_fails_with_exit_14(project: Project, pings: Pings) -> None:
     project.write_config(sqlite_only(project), {"healthchecks_url": pings.url, "min_free_disk_mb": 1 << 40})
     result = project.lockstep("backup")

@@ -9,6 +9,7 @@ exclusive one afterwards, so a concurrent `snapshot create` is only ever blocked
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -16,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lockstep.actions.repo.session import RepositoryAccess
-from lockstep.actions.snapshot_create import load_project
+from lockstep.actions.snapshot_create import ProjectContext, load_project
 from lockstep.actions.snapshot_forget import forget_snapshots
 from lockstep.actions.snapshot_verify import database_servers
 from lockstep.actions.step_reports import (
@@ -30,10 +31,12 @@ from lockstep.actions.step_reports import (
 )
 from lockstep.config.model import ProjectConfig, VerifyLevel
 from lockstep.errors import IntegrityError, LockstepError, RepositoryLocked
+from lockstep.notify.dispatcher import Notifier
+from lockstep.notify.events import BACKUP_FAILED, SNAPSHOT_CREATED, Event
 from lockstep.pipeline.healthchecks_ping import HealthchecksPinger
 from lockstep.pipeline.manifest import Manifest
 from lockstep.pipeline.preflight import CheckResult, raise_for_failures, run_preflight
-from lockstep.pipeline.project_secrets import project_secrets
+from lockstep.pipeline.project_secrets import project_secrets, teach_project_secrets
 from lockstep.pipeline.retention_policy import is_empty
 from lockstep.pipeline.snapshot import (
     SnapshotRequest,
@@ -85,11 +88,14 @@ def run_backup(
     warn: Warn | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     reporter: Reporter | None = None,
+    notify: bool = False,
 ) -> BackupResult:
     """Run the whole backup; raises the failing step's error after pinging /fail.
 
     Each step (preflight, snapshot, retention, verify) is reported to `reporter` with its
-    duration; warnings go to `warn`, or to the reporter when no `warn` is given."""
+    duration; warnings go to `warn`, or to the reporter when no `warn` is given. With `notify`
+    (the CLI; the agent's scheduler sends its own) the [notifications] channels hear
+    snapshot.created or backup.failed; a channel that fails only warns."""
     started = time.monotonic()
     reporter = reporter or SilentReporter()
     warn = warn or reporter.warn
@@ -98,6 +104,49 @@ def run_backup(
     teach_secrets(reporter, project)
     bind_operation(reporter, operation="backup", env=environment_name(environment))
     pinger = HealthchecksPinger(config.backup.healthchecks_url, warn, _secrets(config))
+    notifier = _notifier(project.directory, config, environment_name(environment), warn) if notify else None
+    try:
+        return _run(project, environment, message, warn, now, reporter, pinger, notifier, started)
+    finally:
+        if notifier is not None:
+            notifier.close()
+
+
+def _notifier(directory: Path, config: ProjectConfig, environment: str, warn: Warn) -> Notifier:
+    return Notifier(
+        config.notifications,
+        directory,
+        environment,
+        redactor=teach_project_secrets(config),
+        warn=lambda line: warn(line.removeprefix("warning: ")),
+        stdout=lambda: sys.stderr,  # stdout is the one-line report
+    )
+
+
+def _failed(notifier: Notifier | None, environment: str, reason: str) -> None:
+    if notifier is not None:
+        notifier.notify(
+            Event(
+                kind=BACKUP_FAILED,
+                environment=environment,
+                summary=f"backup failed: {reason}",
+                details={"error": reason},
+            )
+        )
+
+
+def _run(
+    project: ProjectContext,
+    environment: str | None,
+    message: str | None,
+    warn: Warn,
+    now: Callable[[], datetime],
+    reporter: Reporter,
+    pinger: HealthchecksPinger,
+    notifier: Notifier | None,
+    started: float,
+) -> BackupResult:
+    config = project.config
     try:
         level = config.backup.verify_level
         with reported_step(reporter, "preflight", "tools, databases, disk space") as step:
@@ -130,12 +179,15 @@ def run_backup(
                 _verify(project.access, config, created.snapshot, level, reporter)
     except LockstepError as error:
         pinger.fail(f"lockstep backup failed: {error.message}")
+        _failed(notifier, environment_name(environment), error.message)
         raise
     except KeyboardInterrupt:
         pinger.fail("lockstep backup was interrupted")
+        _failed(notifier, environment_name(environment), "interrupted (Ctrl-C or SIGTERM)")
         raise
     except Exception as error:
         pinger.fail(f"lockstep backup failed: internal error ({type(error).__name__})")
+        _failed(notifier, environment_name(environment), f"internal error ({type(error).__name__}: {error})")
         raise
     result = BackupResult(
         snapshot=created.snapshot,
@@ -149,6 +201,23 @@ def run_backup(
         forgotten=forgotten,
     )
     pinger.success(summary_line(result))
+    if notifier is not None:
+        notifier.notify(
+            Event(
+                kind=SNAPSHOT_CREATED,
+                environment=result.environment,
+                summary=summary_line(result),
+                details={
+                    "snapshot": result.snapshot.id,
+                    "kind": SCHEDULED_KIND,
+                    "stored_bytes": result.stored_bytes,
+                    "added_bytes": result.added_bytes,
+                    "duration": round(result.seconds, 3),
+                    "verify_level": level,
+                    "forgotten": len(forgotten),
+                },
+            )
+        )
     return replace(result, pings_sent=list(pinger.sent))
 
 

@@ -60,12 +60,13 @@ def backup_command(
 ) -> None:
     """Take a scheduled snapshot for cron: preflight checks, snapshot, retention, verification.
 
-    Pings [backup] healthchecks_url (/start, then success or /fail) when it is set; a ping that
-    fails only warns. Prints one line: the snapshot, its size, what it added, and the time.
+    Pings [backup] healthchecks_url (/start, then success or /fail) when it is set, and tells the
+    [notifications] channels snapshot.created or backup.failed; a ping or a channel that fails
+    only warns. Prints one line: the snapshot, its size, what it added, and the time.
     Without a terminal (cron) the steps are not shown unless --verbose or --log-format json."""
     reporter = progress_reporter(log_format, quiet, verbose, quiet_unless_terminal=True)
     result = run_backup(
-        Path.cwd(), config_path=config_path, environment=environment, message=message, reporter=reporter
+        Path.cwd(), config_path=config_path, environment=environment, message=message, reporter=reporter, notify=True
     )
     if wants_json(json_output):
         print_json(backup_document(result))
