@@ -183,6 +183,20 @@ def test_metrics_after_real_deploys(metrics_project: tuple[NotesProject, int]) -
     assert parsed.value("lockstep_proxy_errors_total", slot=active) == 0
 
 
+def test_a_scheduled_backup_shows_in_the_metrics(metrics_project: tuple[NotesProject, int]) -> None:
+    """`lockstep backup` without --env tags its snapshot `default`; for an environment without its
+    own [environments] table that is this environment's backup (the agent's schedules take the
+    same), but the metrics only counted pre-deploy snapshots: no kind="scheduled" size, and a
+    snapshot age that grew until the next deploy whatever the nightly backups did."""
+    project, port = metrics_project
+    assert project.lockstep("deploy").returncode == 0
+    backup = project.lockstep("backup")
+    assert backup.returncode == 0, backup.err
+    parsed = _wait_for_snapshots(port, 2)
+    assert parsed.value("lockstep_snapshots") == 2
+    assert parsed.value("lockstep_snapshot_size_bytes", kind="scheduled") > 0
+
+
 def test_metrics_without_token_and_without_the_repository_password(tmp_path: Path) -> None:
     """metrics_without_token opens /metrics only; an agent without the repository password still serves,
     reporting the repository as unreadable and why, rather than failing the scrape."""

@@ -55,3 +55,24 @@ def test_the_age_comes_from_the_repository(tmp_path: Path, monkeypatch: pytest.M
     assert project.lockstep("snapshot", "create", "-m", "now").returncode == 0
     age = newest_good_snapshot_age(context)
     assert age is not None and 0 <= age < 0.1
+
+
+def test_the_age_counts_this_environments_backups_and_not_another_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`lockstep backup` without --env (what cron and the agent's schedules run for an environment
+    without its own table) tags its snapshots `default`: they are this environment's. A staging
+    backup in the same repository is not: it used to satisfy production's RPO all the same."""
+    project = make_project(tmp_path, extra_config="[environments.staging.backup]\nverify_level = 'none'\n")
+    monkeypatch.setenv("LOCKSTEP_PASSWORD", project.env["LOCKSTEP_PASSWORD"])
+    context = load_environment(project.directory, None, None)
+    project.database.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(project.database) as connection:
+        connection.execute("CREATE TABLE t (x)")
+    staging = project.lockstep("backup", "--env", "staging")
+    assert staging.returncode == 0, staging.err
+    assert newest_good_snapshot_age(context) is None
+    scheduled = project.lockstep("backup")
+    assert scheduled.returncode == 0, scheduled.err
+    age = newest_good_snapshot_age(context)
+    assert age is not None and 0 <= age < 0.1

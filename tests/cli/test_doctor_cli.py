@@ -197,6 +197,17 @@ def test_snapshot_older_than_the_rpo_fails(small_project: Path) -> None:
     assert doctor_json(doctor(small_project))["last good snapshot"]["status"] == "pass"
 
 
+def test_doctor_env_counts_the_backups_cron_takes_without_env(small_project: Path) -> None:
+    """`lockstep backup` (cron, or the agent's schedule) tags `default` for an environment without
+    its own table; `doctor --env production` named the same environment but failed with "no
+    snapshots yet" while `doctor` alone passed."""
+    backup = run_lockstep(["backup"], env={"LOCKSTEP_PASSWORD": TEST_PASSWORD}, cwd=small_project)
+    assert backup.returncode == 0, backup.err
+    assert doctor_json(doctor(small_project))["last good snapshot"]["status"] == "pass"
+    named = doctor_json(doctor(small_project, TEST_PASSWORD, "--env", "production"))
+    assert named["last good snapshot"]["status"] == "pass", named["last good snapshot"]
+
+
 def test_invalid_config_is_one_failed_check(small_project: Path) -> None:
     """A config that does not load stops every other check: one fail line, exit 1."""
     (small_project / "lockstep.toml").write_text(CONFIG + "\n[repository_typo]\nurl = 'x'\n")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from lockstep.actions.environment import EnvironmentContext, load_environment
+from lockstep.actions.environment import EnvironmentContext, load_environment, snapshot_environments
 from lockstep.actions.snapshot_list import lockstep_snapshots
 from lockstep.config.loading import find_config
 from lockstep.errors import LockstepError
@@ -162,7 +162,7 @@ def _snapshot_checks(
     if repository is None:
         return [doctor.warned("last good snapshot", "not checked: the repository does not open", None)]
     # `lockstep backup` without --env tags env:default; deploys tag the environment they ran in.
-    wanted = {ENVIRONMENT_TAG_PREFIX + context.environment}
+    wanted = {ENVIRONMENT_TAG_PREFIX + name for name in snapshot_environments(context)}
     if asked_environment is None:
         wanted.add(ENVIRONMENT_TAG_PREFIX + DEFAULT_ENVIRONMENT)
     try:

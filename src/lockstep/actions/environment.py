@@ -40,3 +40,16 @@ def load_environment(start: Path, config_path: Path | None, environment: str | N
     project = load_project(start, config_path, name) if name in base.config.environments else base
     layout = EnvironmentLayout.for_config(project.config, project.directory, name)
     return EnvironmentContext(project=project, environment=name, layout=layout, config_path=config_path)
+
+
+def snapshot_environments(context: EnvironmentContext) -> set[str]:
+    """The environment names this environment's snapshots carry: its own (deploys, `backup --env`),
+    and `default` when it has no [environments.NAME] table, since then `lockstep backup` without
+    --env and the agent's scheduled backups snapshot exactly its databases under that name."""
+    from lockstep.pipeline.snapshot import DEFAULT_ENVIRONMENT
+
+    base = load_project(context.directory, context.config_path, None)
+    names = {context.environment}
+    if context.environment not in base.config.environments:
+        names.add(DEFAULT_ENVIRONMENT)
+    return names

@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from lockstep.actions.environment import EnvironmentContext
+from lockstep.actions.environment import EnvironmentContext, snapshot_environments
 from lockstep.notify.dispatcher import Notifier
 from lockstep.notify.events import SNAPSHOT_RPO_EXCEEDED, Event
+from lockstep.pipeline.retention_policy import snapshot_environment
 from lockstep.pipeline.snapshot import is_lockstep_snapshot, is_schema_only
 from lockstep.pipeline.verification_records import latest_results
 
@@ -26,12 +27,17 @@ AgeProbe = Callable[[], float | None]
 
 
 def newest_good_snapshot_age(context: EnvironmentContext) -> float | None:
-    """Hours since the newest lockstep snapshot that did not fail its last verification."""
+    """Hours since the newest snapshot of this environment that did not fail its last verification.
+
+    Another environment's snapshots sharing the repository say nothing about this one's data."""
+    names = snapshot_environments(context)
     with context.project.access.session(lock=False, load_index=False) as repository:
         snapshots = [
             snapshot
             for snapshot in repository.list_snapshots(skip_unreadable=True)
-            if is_lockstep_snapshot(snapshot) and not is_schema_only(snapshot)  # no backup of the data
+            if is_lockstep_snapshot(snapshot)
+            and snapshot_environment(snapshot) in names
+            and not is_schema_only(snapshot)  # no backup of the data
         ]
         results = latest_results(repository, [snapshot.id for snapshot in snapshots])
     good = [snapshot for snapshot in snapshots if snapshot.id not in results or results[snapshot.id].ok]

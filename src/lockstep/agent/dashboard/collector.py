@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lockstep.actions.environment import EnvironmentContext
+from lockstep.actions.environment import EnvironmentContext, snapshot_environments
 from lockstep.actions.snapshot_list import lockstep_snapshots
 from lockstep.agent.dashboard.cache import BackgroundValue
 from lockstep.agent.service import AgentService
@@ -26,6 +26,7 @@ from lockstep.pipeline.environment_lock import describe_holder, judge_staleness,
 from lockstep.pipeline.history import History, OperationRecord
 from lockstep.pipeline.manifest import Manifest
 from lockstep.pipeline.release_launch import ComponentPlan, plan_components
+from lockstep.pipeline.retention_policy import snapshot_environment
 from lockstep.pipeline.snapshot import load_manifest
 from lockstep.pipeline.verification_records import VerificationResult, latest_results
 from lockstep.repository.documents import DocumentStore
@@ -95,6 +96,8 @@ class DashboardData:
         self.context = context
         self.service = service
         self.history_store = History(context.layout.history_database)
+        # Scheduled backups of an environment without its own table are tagged `default`.
+        self._snapshot_environments = snapshot_environments(context)
         self._manifests: dict[str, Manifest] = {}
         self._manifests_lock = threading.Lock()
         self._repository = BackgroundValue(self._read_repository, repository_max_age, "dashboard-repository")
@@ -134,7 +137,11 @@ class DashboardData:
         access = self.context.project.access
         try:
             with access.session(lock=False) as repository:
-                snapshots = lockstep_snapshots(repository, self.context.environment)
+                snapshots = [
+                    snapshot
+                    for snapshot in lockstep_snapshots(repository)
+                    if snapshot_environment(snapshot) in self._snapshot_environments
+                ]
                 verifications = latest_results(repository, [snapshot.id for snapshot in snapshots])
                 durations = _snapshot_durations(self.history_store.all())
                 listed = []
