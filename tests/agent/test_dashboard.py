@@ -124,6 +124,24 @@ def test_a_wrong_token_is_a_401_with_a_clear_message_and_guessing_is_throttled(
     assert login(port).status == 303  # another client is not affected
 
 
+def test_guessing_the_bearer_token_is_throttled_like_the_login_form(deployed: tuple[NotesProject, int]) -> None:
+    """Wrong `Authorization: Bearer` guesses on the API and /metrics count as wrong tokens: after
+    five in a minute the client gets 429, even with the right token. They used to be unlimited,
+    which made the login form's throttle no brake at all."""
+    _, port = deployed
+    source = "127.0.0.3"  # its own client address, so the throttle does not hit the other tests
+    for path in ("/api/environment", "/metrics", "/api/timeline", "/metrics", "/api/snapshots"):
+        reply = request(port, "GET", path, headers={"Authorization": "Bearer guess"}, source=source)
+        assert reply.status == 401, path
+    for path in ("/api/environment", "/metrics"):
+        reply = request(port, "GET", path, headers={"Authorization": f"Bearer {TOKEN}"}, source=source)
+        assert reply.status == 429, path
+        assert "wait a minute" in reply.body
+    assert login(port, TOKEN, source=source).status == 429
+    other = request(port, "GET", "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert other.status == 200  # another client is not affected
+
+
 def test_login_sets_a_strict_http_only_session_cookie(deployed: tuple[NotesProject, int]) -> None:
     """The right token opens a session: HttpOnly, SameSite=Strict cookie; the page is served with a CSP."""
     _, port = deployed

@@ -5,6 +5,7 @@ from the login page or an `Authorization: Bearer TOKEN` header):
 
   GET  /                         the dashboard page (redirects to /login without a session)
   GET  /login, POST /login       ask for the token; a wrong one is a 401, repeated ones a 429
+                                 (wrong bearer tokens on the API and /metrics count the same)
   POST /logout                   end the session
   GET  /static/NAME              index.html's script and style sheet
   GET  /metrics                  Prometheus text format (no token with agent.metrics_without_token)
@@ -156,6 +157,7 @@ def _handler_class(dashboard: DashboardServer) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
         server_version = "lockstep-dashboard"
         sys_version = ""
+        throttled = False  # set by _authorized: this request was refused for too many wrong tokens
 
         def log_message(self, format: str, *args: Any) -> None:
             return None  # the agent's log is about the app, not page views
@@ -199,7 +201,29 @@ def _handler_class(dashboard: DashboardServer) -> type[BaseHTTPRequestHandler]:
             return None
 
         def _authorized(self) -> bool:
-            return self._session() is not None or gatekeeper.bearer_matches(self.headers.get("Authorization"))
+            """A live session, or a bearer token. A wrong bearer token counts as a wrong guess, as at
+            /login: otherwise the API and /metrics were a way round the brake on guessing."""
+            self.throttled = False
+            if self._session() is not None:
+                return True
+            authorization = self.headers.get("Authorization")
+            if not authorization:
+                return False
+            client = self.client_address[0]
+            if gatekeeper.throttled(client):
+                self.throttled = True
+                return False
+            if gatekeeper.bearer_matches(authorization):
+                return True
+            gatekeeper.record_failure(client)
+            return False
+
+        def _refuse(self) -> None:
+            """401 for a request without the token; 429 once its client guessed wrong too often."""
+            if self.throttled:
+                self._error(429, "too many wrong tokens", "wait a minute before trying again")
+            else:
+                self._error(401, "the dashboard token is required", "log in at /login")
 
         def _read_body(self) -> bytes | None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -236,7 +260,7 @@ def _handler_class(dashboard: DashboardServer) -> type[BaseHTTPRequestHandler]:
                 elif not path.startswith("/api/"):
                     self._error(404, f"no such page: {path}")
                 elif not self._authorized():
-                    self._error(401, "the dashboard token is required", "log in at /login")
+                    self._refuse()
                 else:
                     self._api_get(path, query)
             except Exception as error:  # the agent must survive any request
@@ -254,8 +278,10 @@ def _handler_class(dashboard: DashboardServer) -> type[BaseHTTPRequestHandler]:
         def _metrics(self) -> None:
             if not open_metrics and not self._authorized():
                 self._send(
-                    401,
-                    b"the dashboard token is required: send it as 'Authorization: Bearer TOKEN'\n",
+                    429 if self.throttled else 401,
+                    b"too many wrong tokens: wait a minute before trying again\n"
+                    if self.throttled
+                    else b"the dashboard token is required: send it as 'Authorization: Bearer TOKEN'\n",
                     "text/plain; charset=utf-8",
                     {"WWW-Authenticate": 'Bearer realm="lockstep"'},
                 )
