@@ -149,3 +149,14 @@ def test_a_secret_file_hides_its_lines_and_secret_values_but_not_ordinary_ones()
     redactor = Redactor([*secret_file_values(dotenv), *secret_file_values(key), *secret_file_values("tok-1234\n")])
     text = "env production, stripe sk_live_51abc, key line MIIEvQIBADANBgkqhkiG9w0BAQEFAASC, host db, tok-1234"
     assert redactor.redact(text) == "env production, stripe ***, key line ***, host db, ***"
+
+
+def test_a_yes_or_no_after_password_is_not_a_secret() -> None:
+    """MySQL's "Access denied ... (using password: YES)" came out as "(using password: ***":
+    the flag masked, the parenthesis eaten. Real values are still masked."""
+    redactor = Redactor()
+    denied = "ERROR 1045 (28000): Access denied for user 'app'@'db' (using password: YES)"
+    assert redactor.redact(denied) == denied
+    assert redactor.redact("(using password: NO)") == "(using password: NO)"
+    assert redactor.redact("DB_PASSWORD=s3cr3t-value end") == "DB_PASSWORD=*** end"
+    assert redactor.redact('password: "hunter22"') == 'password: "***"'

@@ -131,6 +131,8 @@ def is_secret_name(name: str) -> bool:
 
 def _mask_group(match: re.Match[str]) -> str:
     secret = match.group("secret")
+    if secret.strip("\"'").rstrip(")]}.").lower() in _NOT_SECRETS:
+        return match.group(0)  # MySQL's "(using password: YES)" names no password, and keeps its ")"
     if len(secret) >= 2 and secret[0] == secret[-1] and secret[0] in "\"'":
         return f"{match.group('keep')}{secret[0]}{MASK}{secret[0]}"
     return f"{match.group('keep')}{MASK}"
