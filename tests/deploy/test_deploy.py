@@ -55,6 +55,29 @@ def test_dry_run_prints_the_plan_and_changes_nothing(notes_project: NotesProject
     assert json.loads(listed.out) == []
 
 
+def test_the_dry_run_plan_shows_no_secret(tmp_path: Path) -> None:
+    """A hook with an Authorization header and a token from the environment: the plan, as text and
+    as --json, shows the commands with the secrets masked (it printed them as written)."""
+    bearer = "hook-bearer-5d1c-never-shown"
+    project = make_project(
+        tmp_path,
+        extra_deploy=(
+            "hooks = { post-deploy = \"curl -fsS -H 'Authorization: Bearer "
+            + bearer
+            + "' -d token="
+            + SECRET_TOKEN
+            + ' https://hooks.example/deployed" }'
+        ),
+    )
+    project.env["DEPLOY_API_TOKEN"] = SECRET_TOKEN
+    for arguments in (("deploy", "--dry-run"), ("deploy", "--dry-run", "--json")):
+        completed = project.lockstep(*arguments)
+        assert completed.returncode == 0, completed.err
+        assert "hook post-deploy: curl -fsS -H 'Authorization: ***' -d token=***" in completed.out
+        for secret in (bearer, SECRET_TOKEN):
+            assert secret not in completed.out + completed.err
+
+
 def test_a_release_that_never_gets_healthy_never_takes_traffic(notes_project: NotesProject) -> None:
     """v3 fails its health gate: exit 3, v2 keeps serving under load, the data is as before."""
     assert notes_project.lockstep("deploy").returncode == 0
