@@ -131,7 +131,10 @@ class ChannelConfig(_Section):
         default=None,
         description=(
             "webhook: name of the environment variable holding the HMAC key; with it every request carries "
-            "X-Lockstep-Signature: sha256=HEX, the HMAC-SHA256 of the body."
+            "X-Lockstep-Signature: sha256=HEX, the HMAC-SHA256 of the body. To verify, compute "
+            "hmac.new(key, raw_body, sha256).hexdigest() over the request body exactly as received (before "
+            "parsing the JSON), prefix sha256= and compare with hmac.compare_digest; X-Lockstep-Delivery is "
+            "the same on every retry of one event, so a receiver can drop duplicates. Redirects are not followed."
         ),
         examples=["LOCKSTEP_WEBHOOK_SECRET"],
     )
