@@ -15,7 +15,7 @@ import pytest
 
 from lockstep.actions.environment import load_environment
 from tests.conftest import require_binary
-from tests.deploy.conftest import NotesProject, _stop_everything, make_project
+from tests.deploy.conftest import NotesProject, _stop_everything, make_project, notes_project  # noqa: F401
 
 
 @pytest.fixture(params=["builtin", "nginx", "haproxy"])
@@ -74,21 +74,11 @@ def test_a_killed_proxy_is_started_again_on_the_active_slot(project: NotesProjec
     assert any(event["kind"] == "proxy-restarted" for event in events), events
 
 
-@pytest.fixture
-def builtin_project(tmp_path: Path) -> Iterator[NotesProject]:
-    project = make_project(tmp_path)
-    project.start_agent()
-    try:
-        yield project
-    finally:
-        _stop_everything(project)
-
-
-def test_a_proxy_that_cannot_start_again_is_reported_and_retried(builtin_project: NotesProject) -> None:
+def test_a_proxy_that_cannot_start_again_is_reported_and_retried(notes_project: NotesProject) -> None:  # noqa: F811
     """While the listen address is taken the restart fails: an event says why, `lockstep status`
     says the switch is not running (it used to name the active port as if all was well), and
     the agent keeps trying until the address is free."""
-    project = builtin_project
+    project = notes_project
     deployed = project.lockstep("deploy")
     assert deployed.returncode == 0, deployed.err
     agent = load_environment(project.directory, None, None).agent()

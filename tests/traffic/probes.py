@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import socket
 import time
 from collections.abc import Callable
@@ -40,3 +41,29 @@ def process_gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except (FileNotFoundError, ProcessLookupError):
         return True
+
+
+def assert_forwarded_headers_are_the_proxys(port: int) -> None:
+    """X-Forwarded-Proto and -Host are what the proxy on `port` saw, whatever the client sent;
+    the backend's /headers echoes what reached it."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(
+            "GET",
+            "/headers",
+            headers={
+                "Host": "shop.example",
+                "X-Forwarded-Proto": "https",
+                "X-Forwarded-Host": "evil.example",
+                "X-Forwarded-For": "203.0.113.7",
+            },
+        )
+        response = connection.getresponse()
+        seen = {name.lower(): value for name, value in json.loads(response.read()).items()}
+    finally:
+        connection.close()
+    assert response.status == 200
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["x-forwarded-host"] == "shop.example"
+    assert seen["host"] == "shop.example"
+    assert seen["x-forwarded-for"].endswith("127.0.0.1")
