@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import signal
 import socket
 import time
@@ -80,3 +81,13 @@ def fsync_directory(directory: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def require_executable(binary: str, server: str, package: str) -> None:
+    """Raise when `binary` is not an executable here: said as such, not as a config that failed
+    validation, which would send the user looking at a config."""
+    if shutil.which(binary) is None:
+        raise LockstepError(
+            f"{server} is not installed here: no executable {binary!r}",
+            f"install it (e.g. apt-get install {package}) or set [traffic] binary to its path",
+        )

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -39,6 +38,7 @@ from lockstep.traffic.common import (
     ensure_listen_free,
     fsync_directory,
     parse_listen,
+    require_executable,
     stop_gracefully,
 )
 from lockstep.unix_sockets import SOCKET_PATH_LIMIT, fits_in_socket_address
@@ -455,12 +455,7 @@ class HaproxySwitch:
         )
 
     def _validate(self, files: tuple[Path, ...]) -> None:
-        if shutil.which(self.binary) is None:
-            # Not "the config failed validation": there is nothing to validate with.
-            raise LockstepError(
-                f"HAProxy is not installed here: no executable {self.binary!r}",
-                "install it (e.g. apt-get install haproxy) or set [traffic] binary to its path",
-            )
+        require_executable(self.binary, "HAProxy", "haproxy")
         argv = [self.binary, "-c", "-q"]
         for path in files:
             argv += ["-f", str(path)]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import time
 from collections import Counter
@@ -41,6 +40,7 @@ from lockstep.traffic.common import (
     ensure_listen_free,
     fsync_directory,
     parse_listen,
+    require_executable,
     stop_gracefully,
     wait_for_exit,
 )
@@ -417,12 +417,7 @@ class NginxSwitch:
 
     def _validate(self, config: Path | None) -> None:
         """`nginx -t` the given main config; a failure raises with nginx's own words."""
-        if shutil.which(self.binary) is None:
-            # Not "the config failed validation": there is nothing to validate with.
-            raise LockstepError(
-                f"nginx is not installed here: no executable {self.binary!r}",
-                "install it (e.g. apt-get install nginx) or set [traffic] binary to its path",
-            )
+        require_executable(self.binary, "nginx", "nginx")
         if self.mode == "managed":
             assert config is not None
             argv: tuple[str, ...] = (
