@@ -679,6 +679,41 @@ def test_inheritance_children_whose_columns_a_restore_reorders_keep_their_checks
     assert adapter.inspect(database, None).tables != before
 
 
+def test_an_inheritance_parent_is_counted_without_its_childrens_rows(
+    adapter: PostgresqlAdapter, database: str, scratch: str
+) -> None:
+    """A parent's count and checksum included its children's rows, which the manifest lists
+    under the children's own names: a row added to a child changed two entries. Since
+    row-hash-sum-4 a parent is read FROM ONLY; a row-hash-sum-3 manifest is still checked as it
+    was made, children's rows included."""
+    execute(
+        database,
+        """
+        CREATE TABLE events (id int, at date);
+        CREATE TABLE clicks (target text) INHERITS (events);
+        INSERT INTO events VALUES (1, '2026-11-23');
+        INSERT INTO clicks VALUES (2, '2026-11-23', 'button'), (3, '2026-11-24', 'link');
+        """,
+    )
+    rows = {table.name: table.rows for table in adapter.inspect(database, None).tables}
+    assert rows == {"events": 1, "clicks": 2}
+    assert adapter.checksum_algorithm == "row-hash-sum-4"
+    old_rows = {table.name: table.rows for table in adapter.inspect_as(database, None, "row-hash-sum-3").tables}
+    assert old_rows == {"events": 3, "clicks": 2}
+
+    stream = adapter.dump(database, None)
+    data = stream.stdout.read()
+    assert stream.consistent_info().tables == adapter.inspect(database, None).tables
+    stream.finish()
+    restored = adapter.restore_and_inspect(scratch, None, io.BytesIO(data), create=False, algorithm="row-hash-sum-3")
+    assert restored.tables == adapter.inspect_as(database, None, "row-hash-sum-3").tables
+
+    before = {table.name: table for table in adapter.inspect(database, None).tables}
+    execute(database, "INSERT INTO clicks VALUES (4, '2026-11-25', 'menu')")
+    after = {table.name: table for table in adapter.inspect(database, None).tables}
+    assert after["events"] == before["events"] and after["clicks"] != before["clicks"]
+
+
 def test_a_statement_timeout_of_the_role_does_not_cancel_the_fingerprint_or_the_restore(
     adapter: PostgresqlAdapter, database: str, scratch: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

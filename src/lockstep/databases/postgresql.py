@@ -75,7 +75,10 @@ CONNECT_TIMEOUT_SECONDS = 10
 # "-3": also the OID alias types (regclass, regtype, ...) hashed by their text, with search_path
 # pinned too (REG_TEXT_SETTINGS), since a restore gives the objects they name new OIDs; and an
 # inheritance child's columns hashed in name order, since a restore may reorder them.
-CHECKSUM_ALGORITHM = "row-hash-sum-3"
+# "-4": an inheritance parent counted and hashed without its children's rows (FROM ONLY), which
+# the manifest lists under their own names: a parent's count was its children's too.
+CHECKSUM_ALGORITHM = "row-hash-sum-4"
+OID_ALIAS_CHECKSUM_ALGORITHM = "row-hash-sum-3"
 PINNED_TEXT_CHECKSUM_ALGORITHM = "row-hash-sum-2"
 LEGACY_CHECKSUM_ALGORITHM = "row-hash-sum"
 # The session settings a value's text depends on, fixed while fingerprinting, so a table hashed
@@ -165,7 +168,12 @@ class PostgresqlAdapter:
     # _ROW_HASH); the md5 over rows in key order before it had no name. Manifests of the
     # legacy algorithm are checked by inspecting the way they were made (inspect_as).
     checksum_algorithm = CHECKSUM_ALGORITHM
-    comparable_checksum_algorithms = (CHECKSUM_ALGORITHM, PINNED_TEXT_CHECKSUM_ALGORITHM, LEGACY_CHECKSUM_ALGORITHM)
+    comparable_checksum_algorithms = (
+        CHECKSUM_ALGORITHM,
+        OID_ALIAS_CHECKSUM_ALGORITHM,
+        PINNED_TEXT_CHECKSUM_ALGORITHM,
+        LEGACY_CHECKSUM_ALGORITHM,
+    )
     # A stream: restore() loads the table data from it in parallel (postgresql_loader.py).
     dump_format = DumpFormat(name="postgresql-custom", extension=".dump", seekable_restore_is_faster=False)
 
@@ -506,10 +514,12 @@ def _database_info(
 ) -> DatabaseInfo:
     """The fingerprint, with checksums as a manifest of `algorithm` recorded them: the legacy
     one in the session's own settings, row-hash-sum-2 with TEXT_SETTINGS pinned and only enums
-    hashed as text, anything else (None too) the current way."""
+    hashed as text, row-hash-sum-3 with an inheritance parent's rows counting its children's,
+    anything else (None too) the current way."""
     settings: tuple[tuple[str, str], ...] = ()
     tables_query = _TABLES_QUERY_ENUMS_ONLY
     current = algorithm not in (LEGACY_CHECKSUM_ALGORITHM, PINNED_TEXT_CHECKSUM_ALGORITHM)
+    only = current and algorithm != OID_ALIAS_CHECKSUM_ALGORITHM
     if algorithm == PINNED_TEXT_CHECKSUM_ALGORITHM:
         settings = TEXT_SETTINGS
     elif current:
@@ -528,7 +538,7 @@ def _database_info(
             # column added to the parent later). Its values are hashed in column name order,
             # which the restore keeps.
             names.sort()
-        tables.append(_fingerprint_all_rows(connection, schema, table, names, as_text))
+        tables.append(_fingerprint_all_rows(connection, schema, table, names, as_text, only))
     migration_table, migration_version = _migration(connection, {t.name for t in tables})
     return DatabaseInfo(
         engine="postgresql",
@@ -723,7 +733,7 @@ WHERE n.nspname = %s AND c.relname = %s
 
 
 def _fingerprint_all_rows(
-    connection: Connection, schema: str, table: str, columns: list[str], as_text: set[str]
+    connection: Connection, schema: str, table: str, columns: list[str], as_text: set[str], only: bool = False
 ) -> TableInfo:
     """_fingerprint() over every row of the table, with row_security off: a table whose policies
     apply to this user raises an error instead of being counted short.
@@ -734,7 +744,7 @@ def _fingerprint_all_rows(
     reported the restore damaged. As the owner it may lift FORCE: it does so in a transaction
     that is rolled back once the table is fingerprinted, so the table stays as restored."""
     try:
-        return _fingerprint(connection, schema, table, columns, as_text)
+        return _fingerprint(connection, schema, table, columns, as_text, only)
     except psycopg.errors.InsufficientPrivilege:
         row = connection.execute(_OWNED_WITH_FORCED_ROW_SECURITY, (schema, table)).fetchone()
         if not (row and row[0]):
@@ -744,7 +754,7 @@ def _fingerprint_all_rows(
         with connection.transaction():
             statement = sql.SQL("ALTER TABLE {} NO FORCE ROW LEVEL SECURITY").format(sql.Identifier(schema, table))
             connection.execute(statement)
-            found = _fingerprint(connection, schema, table, columns, as_text)
+            found = _fingerprint(connection, schema, table, columns, as_text, only)
             raise psycopg.Rollback()
     except psycopg.Error as error:
         raise SourceError(
@@ -756,12 +766,19 @@ def _fingerprint_all_rows(
 
 
 def _fingerprint(
-    connection: Connection, schema: str, table: str, columns: list[str], as_text: set[str] | None = None
+    connection: Connection,
+    schema: str,
+    table: str,
+    columns: list[str],
+    as_text: set[str] | None = None,
+    only: bool = False,
 ) -> TableInfo:
     """Row count and the sum, modulo 2^64, of a 64-bit hash of each row (see above). Columns in
     `as_text` (enums and types built on them) are hashed by their text, not by OIDs a restore
-    renumbers."""
-    relation = sql.Identifier(schema, table)
+    renumbers. `only`: an inheritance parent's own rows, without its children's."""
+    relation: sql.Composable = sql.Identifier(schema, table)
+    if only:
+        relation = sql.SQL("ONLY {}").format(relation)
     # ROW(row_data.a, ...), never the bare whole-row reference: a column named row_data would win.
     record: sql.Composable = sql.SQL("row_data")
     text: sql.Composable = sql.SQL("row_data")  # the same text as the whole row's
