@@ -781,3 +781,94 @@ def test_a_database_the_restore_creates_keeps_the_dumped_databases_icu_collation
         assert query(target_url, "SELECT string_agg(name, ', ' ORDER BY name) FROM names") == [("a, B, c",)]
     finally:
         drop_named(source, target)
+
+
+BEYOND_TABLES = """
+CREATE TABLE orders (id serial PRIMARY KEY, total numeric(10, 2));
+INSERT INTO orders (total) SELECT g * 1.5 FROM generate_series(1, 40) g;
+CREATE SEQUENCE invoice_numbers START 1000;
+SELECT setval('invoice_numbers', 4242);
+CREATE SEQUENCE ticket_numbers;
+SELECT setval('ticket_numbers', 77, false);
+CREATE MATERIALIZED VIEW big_orders AS SELECT id, total FROM orders WHERE total > 30;
+CREATE MATERIALIZED VIEW order_totals AS SELECT sum(total) AS total FROM orders WITH NO DATA;
+"""
+
+
+def beyond_tables(info: Any) -> tuple[Any, Any, Any]:
+    return info.sequences, info.large_objects, info.materialized_views
+
+
+def test_sequences_and_materialized_views_are_fingerprinted_as_the_dump_restores_them(
+    adapter: PostgresqlAdapter, database: str, scratch: str
+) -> None:
+    """Sequence values (is_called too) and materialized views, populated or WITH NO DATA, are in
+    the fingerprint: from the dump's own table of contents and snapshot, and after a restore
+    (the streamed one, which sets sequences and refreshes views in its last step) the same."""
+    execute(database, BEYOND_TABLES)
+    stream = adapter.dump(database, None)
+    data = stream.stdout.read()
+    dumped = stream.consistent_info()
+    stream.finish()
+    assert [(s.name, s.last_value, s.is_called) for s in dumped.sequences or []] == [
+        ("invoice_numbers", 4242, True),
+        ("orders_id_seq", 40, True),
+        ("ticket_numbers", 77, False),
+    ]
+    assert dumped.large_objects is not None and dumped.large_objects.count == 0
+    views = {view.name: (view.populated, view.rows) for view in dumped.materialized_views or []}
+    assert views == {"big_orders": (True, 20), "order_totals": (False, 0)}
+    assert beyond_tables(adapter.inspect(database, None)) == beyond_tables(dumped)
+
+    restored = adapter.restore_and_inspect(scratch, None, io.BytesIO(data), create=False)
+    assert beyond_tables(restored) == beyond_tables(dumped)
+    assert query(scratch, "SELECT relispopulated FROM pg_class WHERE relname = 'order_totals'") == [(False,)]
+
+    execute(database, "SELECT nextval('invoice_numbers'); REFRESH MATERIALIZED VIEW order_totals")
+    moved = adapter.inspect(database, None)
+    assert moved.sequences != dumped.sequences and moved.materialized_views != dumped.materialized_views
+
+
+def test_large_objects_round_trip_and_their_contents_are_fingerprinted(
+    adapter: PostgresqlAdapter, database: str, scratch: str
+) -> None:
+    """Large objects live in pg_largeobject, which no table lists: their count and a checksum
+    of their OIDs and contents are in the fingerprint, and a restore brings back the same."""
+    execute(database, "CREATE TABLE documents (id int PRIMARY KEY, body oid)")
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname=ServerLocation.parse(database).database) as c:
+        c.execute("INSERT INTO documents VALUES (1, lo_from_bytea(0, %s))", (BINARY * 50,))
+        c.execute("INSERT INTO documents VALUES (2, lo_from_bytea(0, %s))", (b"",))
+    stream = adapter.dump(database, None)
+    data = stream.stdout.read()
+    dumped = stream.consistent_info()
+    stream.finish()
+    assert dumped.large_objects is not None and dumped.large_objects.count == 2
+    assert dumped.large_objects == adapter.inspect(database, None).large_objects
+
+    restored = adapter.restore_and_inspect(scratch, None, io.BytesIO(data), create=False)
+    assert restored.large_objects == dumped.large_objects
+    assert query(scratch, "SELECT lo_get(body) FROM documents WHERE id = 1") == [(BINARY * 50,)]
+
+    execute(scratch, "SELECT lo_put(body, 10, '\\x00') FROM documents WHERE id = 1")
+    changed = adapter.inspect(scratch, None).large_objects
+    assert changed is not None and changed.count == 2 and changed.checksum != dumped.large_objects.checksum
+
+
+def test_a_schema_only_dump_records_no_sequence_values_or_large_objects(
+    adapter: PostgresqlAdapter, database: str, scratch: str
+) -> None:
+    """pg_dump --schema-only sets no sequence, holds no large object and refreshes no
+    materialized view: the fingerprint says so, and a restore of it gives exactly that."""
+    execute(database, BEYOND_TABLES + "SELECT lo_from_bytea(0, 'memo');")
+    stream = adapter.dump(database, None, schema_only=True)
+    data = stream.stdout.read()
+    dumped = stream.consistent_info()
+    stream.finish()
+    assert dumped.sequences == []
+    assert dumped.large_objects is not None and dumped.large_objects.count == 0
+    assert {view.name: view.populated for view in dumped.materialized_views or []} == {
+        "big_orders": False,
+        "order_totals": False,
+    }
+    restored = adapter.restore_and_inspect(scratch, None, io.BytesIO(data), create=False)
+    assert (restored.large_objects, restored.materialized_views) == (dumped.large_objects, dumped.materialized_views)

@@ -12,7 +12,10 @@ from lockstep.pipeline.manifest import (
     CodeRecord,
     DatabaseRecord,
     FileRecord,
+    LargeObjectsRecord,
     Manifest,
+    MaterializedViewRecord,
+    SequenceRecord,
     TableRecord,
 )
 
@@ -159,3 +162,28 @@ def test_the_checksum_algorithm_is_recorded_and_optional() -> None:
     assert DatabaseRecord.from_document(document) == named
     assert "checksum_algorithm" not in record.to_document()
     assert DatabaseRecord.from_document(record.to_document()).checksum_algorithm is None
+
+
+def test_sequences_large_objects_and_materialized_views_round_trip_under_readable_names() -> None:
+    """PostgreSQL's fields beyond tables are written under names a `restic dump` reader
+    understands, read back equal, and are absent (None: not checked) in older manifests."""
+    manifest = sample_manifest()
+    plain = json.loads(manifest.to_json())["databases"]["main"]
+    assert not {"sequences", "large_objects", "materialized_views"} & set(plain)
+    assert DatabaseRecord.from_document(plain).sequences is None
+    record = DatabaseRecord(
+        **{
+            **manifest.databases["main"].__dict__,
+            "sequences": [SequenceRecord("invoice_numbers", 4242, True)],
+            "large_objects": LargeObjectsRecord(2, "0123456789abcdef"),
+            "materialized_views": [
+                MaterializedViewRecord("big_orders", True, 10, "fedcba9876543210"),
+                MaterializedViewRecord("report", False, 0, "0" * 16),
+            ],
+        }
+    )
+    document = json.loads(json.dumps(record.to_document()))
+    assert document["sequences"] == [{"name": "invoice_numbers", "last_value": 4242, "is_called": True}]
+    assert document["large_objects"] == {"count": 2, "checksum": "0123456789abcdef"}
+    assert document["materialized_views"][1] == {"name": "report", "populated": False, "rows": 0, "checksum": "0" * 16}
+    assert DatabaseRecord.from_document(document) == record

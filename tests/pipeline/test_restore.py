@@ -6,6 +6,7 @@ import os
 import sqlite3
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -381,3 +382,35 @@ def test_postgresql_restore_in_place_with_a_publication(tmp_path: Path) -> None:
         assert run_postgresql(url, "SELECT pubname, tablename FROM pg_publication_tables") == [
             ("shop_changes", "customers")
         ]
+
+
+def test_a_restore_whose_sequence_differs_from_the_manifest_is_an_integrity_error(tmp_path: Path) -> None:
+    """`snapshot restore` checks sequence values too: a restore that left a sequence at another
+    value (here: the manifest says otherwise) fails, naming it; the right one passes."""
+    with postgresql_database(
+        POSTGRESQL_SHOP + "CREATE SEQUENCE invoice_numbers; SELECT setval('invoice_numbers', 500);"
+    ) as url:
+        take_snapshot(tmp_path / "repository", tmp_path, {"shop": url})
+        repository = open_repository(tmp_path / "repository")
+        targets = [f"postgresql://postgres@127.0.0.1:5432/{unique_name()}" for _ in range(2)]
+        try:
+            good = latest(repository)
+
+            def wrong(document: dict[str, Any]) -> None:
+                for sequence in document["databases"]["shop"]["sequences"]:
+                    if sequence["name"] == "invoice_numbers":
+                        sequence["is_called"] = False
+
+            bad = rewrite_manifest(repository, good, wrong)
+            with pytest.raises(IntegrityError, match=r"database shop .*sequence invoice_numbers has last_value 500"):
+                restore_database(repository, bad, load_manifest(repository, bad), "shop", ServerAccess(targets[0]))
+            restored = restore_database(
+                repository, good, load_manifest(repository, good), "shop", ServerAccess(targets[1])
+            )
+            assert restored.rows == 200
+            assert run_postgresql(targets[1], "SELECT last_value, is_called FROM invoice_numbers") == [(500, True)]
+        finally:
+            repository.close()
+            for target in targets:
+                name = target.rsplit("/", 1)[1]
+                run_postgresql(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', database="postgres")

@@ -469,3 +469,87 @@ def test_an_interrupted_test_restore_still_drops_the_scratch_database(
         repository.close()
     assert len(scratch_urls) == 1
     assert not scratch_exists(scratch_urls[0])
+
+
+POSTGRESQL_BEYOND_TABLES = """
+CREATE TABLE orders (id serial PRIMARY KEY, total int, scan oid);
+INSERT INTO orders (total) SELECT g FROM generate_series(1, 60) g;
+UPDATE orders SET scan = lo_from_bytea(0, convert_to('scan of order ' || id, 'UTF8')) WHERE id <= 3;
+CREATE SEQUENCE invoice_numbers START 1000;
+SELECT setval('invoice_numbers', 4242);
+CREATE MATERIALIZED VIEW big_orders AS SELECT id, total FROM orders WHERE total > 50;
+CREATE MATERIALIZED VIEW order_report AS SELECT count(*) AS orders FROM orders WITH NO DATA;
+"""
+
+
+def test_postgresql_sequences_large_objects_and_materialized_views_are_checked_at_restore_level(
+    tmp_path: Path, scratch_urls: list[str]
+) -> None:
+    """The manifest records sequence values, the large objects and materialized views, and the
+    test-restore is checked against them: a wrong value fails with a finding naming the
+    sequence, the large objects or the view. A view not refreshed since its table changed (it
+    is restored refreshed) and an older manifest without these fields still pass."""
+    with postgresql_database(POSTGRESQL_BEYOND_TABLES) as url:
+        # Stale: the restore refreshes big_orders, so it will hold 11 rows, not the 10 recorded.
+        run_postgresql(url, "INSERT INTO orders (total) VALUES (100)")
+        snapshot = take_snapshot(tmp_path / "repository", tmp_path, {"shop": url})
+        repository = open_repository(tmp_path / "repository")
+        servers = {"shop": ServerAccess(url)}
+        try:
+            record = load_manifest(repository, snapshot).databases["shop"]
+            assert record.checksum_algorithm == "row-hash-sum-4"
+            assert [(s.name, s.last_value, s.is_called) for s in record.sequences or []] == [
+                ("invoice_numbers", 4242, True),
+                ("orders_id_seq", 61, True),
+            ]
+            assert record.large_objects is not None and record.large_objects.count == 3
+            views = {view.name: (view.populated, view.rows) for view in record.materialized_views or []}
+            assert views == {"big_orders": (True, 10), "order_report": (False, 0)}
+            result = verify_snapshot(repository, snapshot, "restore", servers)
+            assert result.ok, result.findings
+
+            def edit(change: Callable[[dict[str, Any]], None]) -> list[str]:
+                bad = rewrite_manifest(repository, snapshot, lambda document: change(document["databases"]["shop"]))
+                failed = verify_snapshot(repository, bad, "restore", servers)
+                assert not failed.ok
+                return [finding.message for finding in failed.findings]
+
+            def wrong_sequence(database: dict[str, Any]) -> None:
+                database["sequences"][0]["last_value"] = 4241
+
+            assert edit(wrong_sequence) == [
+                "database shop: sequence invoice_numbers has last_value 4242, is_called true after the restore, "
+                "the manifest says last_value 4241, is_called true"
+            ]
+
+            def wrong_large_objects(database: dict[str, Any]) -> None:
+                database["large_objects"]["checksum"] = "0" * 16
+
+            assert edit(wrong_large_objects) == [
+                "database shop: the restored large objects' checksum (OIDs and contents) differs from the manifest"
+            ]
+
+            def one_more_large_object(database: dict[str, Any]) -> None:
+                database["large_objects"]["count"] = 4
+
+            assert edit(one_more_large_object) == ["database shop: 3 large objects were restored, the manifest says 4"]
+
+            def populated(database: dict[str, Any]) -> None:
+                database["materialized_views"][1].update(populated=True, rows=1)
+
+            assert edit(populated) == [
+                "database shop: materialized view order_report is not populated after the restore (no REFRESH), "
+                "the manifest says it held rows"
+            ]
+
+            def older(document: dict[str, Any]) -> None:
+                for field_name in ("sequences", "large_objects", "materialized_views"):
+                    del document["databases"]["shop"][field_name]
+                document["databases"]["shop"]["checksum_algorithm"] = "row-hash-sum-3"
+
+            old = rewrite_manifest(repository, snapshot, older)
+            assert load_manifest(repository, old).databases["shop"].sequences is None
+            assert verify_snapshot(repository, old, "restore", servers).ok
+        finally:
+            repository.close()
+    assert scratch_urls and not any(scratch_exists(scratch) for scratch in scratch_urls)

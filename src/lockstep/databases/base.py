@@ -58,6 +58,37 @@ class TableInfo:
 
 
 @dataclass(frozen=True)
+class SequenceInfo:
+    """A sequence's state as a restore sets it (PostgreSQL's setval(name, last_value, is_called)):
+    rows added anywhere since move it, and a restore that lost it would hand out used numbers."""
+
+    name: str
+    last_value: int
+    is_called: bool
+
+
+@dataclass(frozen=True)
+class LargeObjectsInfo:
+    """PostgreSQL's large objects (pg_largeobject), which no table lists: how many, and the sum
+    of a 64-bit hash of each one's OID and contents. `checksum` is None when one is too large
+    to read in one piece (over 1 GB)."""
+
+    count: int
+    checksum: str | None
+
+
+@dataclass(frozen=True)
+class MaterializedViewInfo:
+    """A materialized view: whether it holds rows (one made WITH NO DATA does not, and stays so
+    after a restore), and if so their count and checksum, as for a table."""
+
+    name: str
+    populated: bool
+    rows: int
+    checksum: str
+
+
+@dataclass(frozen=True)
 class DatabaseInfo:
     """A database's fingerprint, compared between a source and its test-restore."""
 
@@ -66,6 +97,10 @@ class DatabaseInfo:
     tables: list[TableInfo]
     migration_version: str | None
     migration_table: str | None
+    # What the engine carries besides tables (PostgreSQL); None where it was not looked at.
+    sequences: list[SequenceInfo] | None = None
+    large_objects: LargeObjectsInfo | None = None
+    materialized_views: list[MaterializedViewInfo] | None = None
 
 
 @dataclass(frozen=True)

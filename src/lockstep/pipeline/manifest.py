@@ -98,6 +98,57 @@ class TableRecord:
 
 
 @dataclass(frozen=True)
+class SequenceRecord:
+    """A sequence's value as the dump sets it (PostgreSQL: setval(name, last_value, is_called))."""
+
+    name: str
+    last_value: int
+    is_called: bool
+
+    def to_document(self) -> dict[str, Any]:
+        return {"name": self.name, "last_value": self.last_value, "is_called": self.is_called}
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> SequenceRecord:
+        return cls(str(document["name"]), int(document["last_value"]), bool(document["is_called"]))
+
+
+@dataclass(frozen=True)
+class LargeObjectsRecord:
+    """PostgreSQL's large objects: how many, and the sum of a 64-bit hash of each one's OID and
+    contents (None when one was too large to hash: over 1 GB)."""
+
+    count: int
+    checksum: str | None
+
+    def to_document(self) -> dict[str, Any]:
+        return {"count": self.count, "checksum": self.checksum}
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> LargeObjectsRecord:
+        checksum = document.get("checksum")
+        return cls(int(document["count"]), None if checksum is None else str(checksum))
+
+
+@dataclass(frozen=True)
+class MaterializedViewRecord:
+    """A materialized view at snapshot time: populated or not (WITH NO DATA), its rows and their
+    checksum as a table's (0 and the empty checksum when not populated)."""
+
+    name: str
+    populated: bool
+    rows: int
+    checksum: str
+
+    def to_document(self) -> dict[str, Any]:
+        return {"name": self.name, "populated": self.populated, "rows": self.rows, "checksum": self.checksum}
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> MaterializedViewRecord:
+        return cls(str(document["name"]), bool(document["populated"]), int(document["rows"]), str(document["checksum"]))
+
+
+@dataclass(frozen=True)
 class DatabaseRecord:
     """One database dump in the snapshot and the fingerprint a restore is checked against."""
 
@@ -130,6 +181,12 @@ class DatabaseRecord:
     # A dump of the structure without rows (`snapshot create --schema-only`): every table is
     # recorded with 0 rows. Absent from the document when False.
     schema_only: bool = False
+    # What PostgreSQL dumps besides tables, each checked after a restore: sequence values, large
+    # objects, materialized views. None (absent from the document) in manifests written before
+    # lockstep recorded them, and for other engines: then they are not checked.
+    sequences: list[SequenceRecord] | None = None
+    large_objects: LargeObjectsRecord | None = None
+    materialized_views: list[MaterializedViewRecord] | None = None
 
     def to_document(self) -> dict[str, Any]:
         document: dict[str, Any] = {
@@ -155,11 +212,22 @@ class DatabaseRecord:
             document["warnings"] = list(self.warnings)
         if self.schema_only:
             document["schema_only"] = True
+        if self.sequences is not None:
+            document["sequences"] = [sequence.to_document() for sequence in self.sequences]
+        if self.large_objects is not None:
+            document["large_objects"] = self.large_objects.to_document()
+        if self.materialized_views is not None:
+            document["materialized_views"] = [view.to_document() for view in self.materialized_views]
         return document
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> DatabaseRecord:
         algorithm = document.get("checksum_algorithm")
+        sequences, large_objects, views = (
+            document.get("sequences"),
+            document.get("large_objects"),
+            document.get("materialized_views"),
+        )
         return cls(
             engine=str(document["engine"]),
             server_version=str(document["server_version"]),
@@ -176,6 +244,9 @@ class DatabaseRecord:
             blobs_sha256=None if document.get("blobs_sha256") is None else str(document["blobs_sha256"]),
             warnings=[str(warning) for warning in document.get("warnings") or []],
             schema_only=bool(document.get("schema_only", False)),
+            sequences=None if sequences is None else [SequenceRecord.from_document(item) for item in sequences],
+            large_objects=None if large_objects is None else LargeObjectsRecord.from_document(large_objects),
+            materialized_views=None if views is None else [MaterializedViewRecord.from_document(v) for v in views],
         )
 
 

@@ -26,10 +26,28 @@ from typing import IO, Literal
 
 from lockstep.chunk_stream import ChunkStream
 from lockstep.databases import adapter_for
-from lockstep.databases.base import DatabaseAdapter, DatabaseInfo, ServerLocation, TableInfo, redact_url
+from lockstep.databases.base import (
+    DatabaseAdapter,
+    DatabaseInfo,
+    LargeObjectsInfo,
+    MaterializedViewInfo,
+    SequenceInfo,
+    ServerLocation,
+    TableInfo,
+    redact_url,
+)
 from lockstep.errors import IntegrityError, LockstepError, NotFound, SourceError, UsageError
 from lockstep.pipeline.code import git_command
-from lockstep.pipeline.manifest import CodeRecord, DatabaseRecord, FileRecord, Manifest, TableRecord
+from lockstep.pipeline.manifest import (
+    CodeRecord,
+    DatabaseRecord,
+    FileRecord,
+    LargeObjectsRecord,
+    Manifest,
+    MaterializedViewRecord,
+    SequenceRecord,
+    TableRecord,
+)
 from lockstep.process import Command, StreamingProcess, run_capture
 from lockstep.repository.gojson import unix_permissions
 from lockstep.repository.repository import Repository
@@ -42,6 +60,9 @@ GIT_TIMEOUT_SECONDS = 600.0
 # A restore in place waits this long for the application's locks before giving up.
 LOCK_TIMEOUT = "30s"
 CHECKSUM_DIFFERS = "the restored rows' checksum differs from the manifest"
+# The end of a problem with a materialized view's rows: one that holds exactly what its query
+# gives over the restored tables was only stale at snapshot time (see refreshed_views_excused).
+VIEW_ROWS_DIFFER = "rows differ from the manifest's"
 
 
 @dataclass(frozen=True)
@@ -198,6 +219,103 @@ def compare_with_manifest(
     return problems
 
 
+def compare_beyond_tables(record: DatabaseRecord, info: DatabaseInfo) -> list[tuple[str, str]]:
+    """(what, problem) for every sequence, the large objects and every materialized view that
+    differ from the manifest. A manifest written before they were recorded, or a fingerprint
+    taken outside the dump's snapshot, checks none of them."""
+    if record.inspected == "after-dump":
+        return []
+    problems: list[tuple[str, str]] = []
+    if record.sequences is not None and info.sequences is not None:
+        problems += _sequence_problems(record.sequences, info.sequences)
+    if record.large_objects is not None and info.large_objects is not None:
+        problems += _large_object_problems(record.large_objects, info.large_objects)
+    if record.materialized_views is not None and info.materialized_views is not None:
+        problems += _view_problems(record.materialized_views, info.materialized_views)
+    return problems
+
+
+def _sequence_problems(recorded: list[SequenceRecord], restored: list[SequenceInfo]) -> list[tuple[str, str]]:
+    def state(last_value: int, is_called: bool) -> str:
+        return f"last_value {last_value}, is_called {str(is_called).lower()}"
+
+    problems: list[tuple[str, str]] = []
+    found = {sequence.name: sequence for sequence in restored}
+    for sequence in recorded:
+        what = f"sequence {sequence.name}"
+        there = found.get(sequence.name)
+        if there is None:
+            problems.append((what, f"{what} is in the manifest but was not restored"))
+        elif (there.last_value, there.is_called) != (sequence.last_value, sequence.is_called):
+            problems.append(
+                (
+                    what,
+                    f"{what} has {state(there.last_value, there.is_called)} after the restore, the manifest says "
+                    f"{state(sequence.last_value, sequence.is_called)}",
+                )
+            )
+    return problems
+
+
+def _large_object_problems(recorded: LargeObjectsRecord, restored: LargeObjectsInfo) -> list[tuple[str, str]]:
+    if restored.count != recorded.count:
+        return [("large objects", f"{restored.count} large objects were restored, the manifest says {recorded.count}")]
+    if recorded.checksum is not None and restored.checksum is not None and restored.checksum != recorded.checksum:
+        return [("large objects", "the restored large objects' checksum (OIDs and contents) differs from the manifest")]
+    return []
+
+
+def _view_problems(
+    recorded: list[MaterializedViewRecord], restored: list[MaterializedViewInfo]
+) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    found = {view.name: view for view in restored}
+    for view in recorded:
+        what = f"materialized view {view.name}"
+        there = found.get(view.name)
+        if there is None:
+            problems.append((what, f"{what} is in the manifest but was not restored"))
+        elif there.populated != view.populated and view.populated:
+            problems.append(
+                (what, f"{what} is not populated after the restore (no REFRESH), the manifest says it held rows")
+            )
+        elif there.populated != view.populated:
+            problems.append(
+                (what, f"{what} holds rows after the restore, but was not populated (WITH NO DATA) in the snapshot")
+            )
+        elif (there.rows, there.checksum) != (view.rows, view.checksum):
+            problems.append(
+                (
+                    what,
+                    f"{what} has {there.rows} rows after the restore ({view.rows} in the manifest): "
+                    f"its {VIEW_ROWS_DIFFER}",
+                )
+            )
+    return problems
+
+
+def refreshed_views_excused(
+    adapter: DatabaseAdapter, target: ServerAccess, problems: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """`problems` without the materialized views that hold exactly what their query gives over
+    the restored tables. pg_dump stores a materialized view's query, not its rows, and the
+    restore refreshes it: one not refreshed since its tables last changed (a nightly REFRESH)
+    held other rows at snapshot time, and the restore is right to differ. Asked only for views
+    whose rows differ, so a fresh one costs nothing more."""
+    check = getattr(adapter, "materialized_views_as_defined", None)
+    names = [
+        what.removeprefix("materialized view ") for what, problem in problems if problem.endswith(VIEW_ROWS_DIFFER)
+    ]
+    if check is None or not names:
+        return problems
+    as_defined: set[str] = check(target.url, target.password, names)
+    return [
+        (what, problem)
+        for what, problem in problems
+        if not (problem.endswith(VIEW_ROWS_DIFFER) and what.removeprefix("materialized view ") in as_defined)
+    ]
+
+
 def _history_differs(recorded: TableRecord, found: TableInfo) -> bool:
     """Whether a system-versioned table's restored history differs from the one the snapshot
     recorded. Only a snapshot whose dump holds the history records one; a restore fingerprinted
@@ -273,6 +391,7 @@ def restore_database(
     except SourceError as error:
         raise SourceError(f"database {name}: restoring into {shown} failed: {error.message}", error.hint) from error
     problems = compare_with_manifest(record.tables, info, checksums_comparable(record, adapter), record.inspected)
+    problems += refreshed_views_excused(adapter, target, compare_beyond_tables(record, info))
     if problems:
         explained = with_likely_causes(adapter, target, problems)
         raise IntegrityError(
@@ -669,8 +788,10 @@ __all__ = [
     "ServerAccess",
     "check_code_target",
     "checksums_comparable",
+    "compare_beyond_tables",
     "compare_with_manifest",
     "dump_source",
+    "refreshed_views_excused",
     "restore_and_inspect",
     "restore_code",
     "restore_database",

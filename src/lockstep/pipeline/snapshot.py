@@ -42,7 +42,10 @@ from lockstep.pipeline.manifest import (
     DatabaseRecord,
     FileKind,
     FileRecord,
+    LargeObjectsRecord,
     Manifest,
+    MaterializedViewRecord,
+    SequenceRecord,
     TableRecord,
 )
 from lockstep.repository.builder import SnapshotBuilder
@@ -433,6 +436,18 @@ def _store_database(
         checksum_algorithm=getattr(adapter, "checksum_algorithm", None),
         warnings=warnings,
         schema_only=schema_only,
+        sequences=None
+        if info.sequences is None
+        else [SequenceRecord(sequence.name, sequence.last_value, sequence.is_called) for sequence in info.sequences],
+        large_objects=None
+        if info.large_objects is None
+        else LargeObjectsRecord(info.large_objects.count, info.large_objects.checksum),
+        materialized_views=None
+        if info.materialized_views is None
+        else [
+            MaterializedViewRecord(view.name, view.populated, view.rows, view.checksum)
+            for view in info.materialized_views
+        ],
     )
 
 

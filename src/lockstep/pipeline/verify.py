@@ -32,8 +32,10 @@ from lockstep.pipeline.manifest import DatabaseRecord, Manifest
 from lockstep.pipeline.restore import (
     ServerAccess,
     checksums_comparable,
+    compare_beyond_tables,
     compare_with_manifest,
     dump_source,
+    refreshed_views_excused,
     restore_and_inspect,
     scratch_server_url,
     with_likely_causes,
@@ -272,6 +274,10 @@ def _test_restore(
             Finding(f"{subject}, table {table}", f"{subject}: {problem}")
             for table, problem in with_likely_causes(adapter, ServerAccess(scratch, password), differences)
         )
+        beyond = refreshed_views_excused(
+            adapter, ServerAccess(scratch, password), compare_beyond_tables(database, info)
+        )
+        findings.extend(Finding(f"{subject}, {what}", f"{subject}: {problem}") for what, problem in beyond)
         integrity, problems = integrity_check(adapter, scratch, password, info)
         findings.extend(Finding(subject, f"{subject}: {problem}") for problem in problems)
     except ServerLimitExceeded as error:
