@@ -252,3 +252,64 @@ def test_postgresql_database_settings_do_not_make_rows_look_changed(tmp_path: Pa
         assert not diff_live(tmp_path, "main", url).changed
         run_postgresql(url, "UPDATE app.events SET at = at + interval '1 second' WHERE id = 3")
         assert tables_of(diff_live(tmp_path, "main", url)) == {"app.events": ("changed", 0, 0, 1)}
+
+
+def test_postgresql_sequences_that_moved_and_large_objects_show_in_the_diff(tmp_path: Path) -> None:
+    """A sequence advanced since the snapshot (rows were added somewhere, or numbers handed out)
+    and large objects added, removed or rewritten are what a data restore would lose too."""
+    with postgresql_database(
+        "CREATE TABLE invoices (id serial PRIMARY KEY, scan oid);"
+        "INSERT INTO invoices (scan) SELECT lo_from_bytea(0, convert_to('scan ' || g, 'UTF8'))"
+        " FROM generate_series(1, 3) g;"
+        "CREATE SEQUENCE ticket_numbers;"
+    ) as url:
+        take_snapshot(tmp_path / "repository", tmp_path, {"main": url})
+        unchanged = diff_live(tmp_path, "main", url)
+        assert not unchanged.changed, unchanged.to_document()
+        assert unchanged.to_document()["large_objects"] == {"added": 0, "removed": 0, "changed": 0}
+        run_postgresql(
+            url,
+            "SELECT nextval('ticket_numbers'), nextval('ticket_numbers');"
+            "SELECT lo_put(scan, 0, '\\x41') FROM invoices WHERE id = 1;"
+            "SELECT lo_unlink(scan) FROM invoices WHERE id = 2;"
+            "SELECT lo_from_bytea(0, 'new');",
+        )
+        result = diff_live(tmp_path, "main", url)
+        assert result.changed and not any(table.changed for table in result.tables)
+        document = result.to_document()
+        assert document["sequences"] == [
+            {
+                "sequence": "ticket_numbers",
+                "status": "changed",
+                "snapshot": {"last_value": 1, "is_called": False},
+                "live": {"last_value": 2, "is_called": True},
+            }
+        ]
+        assert document["large_objects"] == {"added": 1, "removed": 1, "changed": 1}
+
+
+def test_moved_sequences_and_large_objects_are_printed_even_with_no_table_changed() -> None:
+    """The text output said "no changes" when only a sequence had moved."""
+    import io
+
+    from rich.console import Console
+
+    from lockstep.cli.snapshot_diff import print_database_diff
+    from lockstep.pipeline.diff import LargeObjectsDiff, SequenceDiff
+
+    result = DatabaseDiff(
+        "main",
+        "postgresql",
+        "ab" * 32,
+        "postgresql://app@db/shop",
+        [],
+        0.1,
+        sequences=[SequenceDiff("ticket_numbers", "changed", (1, False), (2, True))],
+        large_objects=LargeObjectsDiff(added=1),
+    )
+    output = io.StringIO()
+    print_database_diff(result, Console(file=output, width=120))
+    assert output.getvalue().splitlines()[1:] == [
+        "  sequence ticket_numbers: changed, 1 (unused) → 2",
+        "  large objects: 1 added, 0 removed, 0 changed",
+    ]

@@ -48,10 +48,13 @@ def print_database_diff(database: DatabaseDiff, to: Console = console) -> None:
     header = f"database {database.name} ({database.engine}, {database.live}) since snapshot {database.snapshot_id[:8]}"
     if database.schema_only:
         header += " (schema-only snapshot: schema changes only, rows are not compared)"
-    if not changed:
+    if not database.changed:
         to.print(f"{header}: no changes", markup=False)
         return
     to.print(f"{header}:", markup=False)
+    _print_beyond_tables(database, to)
+    if not changed:
+        return
     if database.schema_only:
         for item in changed:
             to.print(f"  {item.name}: {item.status}; {_schema_text(item) or 'table ' + item.status}", markup=False)
@@ -70,6 +73,28 @@ def print_database_diff(database: DatabaseDiff, to: Console = console) -> None:
             _schema_text(item),
         )
     to.print(table)
+
+
+def _sequence_value(value: tuple[int, bool] | None) -> str:
+    if value is None:
+        return "absent"
+    return str(value[0]) if value[1] else f"{value[0]} (unused)"
+
+
+def _print_beyond_tables(database: DatabaseDiff, to: Console) -> None:
+    """The sequences that moved and the large objects changed (PostgreSQL), one line each."""
+    for sequence in database.sequences:
+        to.print(
+            f"  sequence {sequence.name}: {sequence.status}, "
+            f"{_sequence_value(sequence.snapshot)} → {_sequence_value(sequence.live)}",
+            markup=False,
+        )
+    objects = database.large_objects
+    if objects is not None and objects.any:
+        to.print(
+            f"  large objects: {objects.added} added, {objects.removed} removed, {objects.changed} changed",
+            markup=False,
+        )
 
 
 @snapshot_group.command("diff")

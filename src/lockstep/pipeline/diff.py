@@ -97,6 +97,45 @@ class TableDiff:
 
 
 @dataclass(frozen=True)
+class SequenceDiff:
+    """A sequence that moved since the snapshot (rows were added, in a table diff may not even
+    list), or one only one side has. Values are (last_value, is_called), None on the side
+    without it."""
+
+    name: str
+    status: str  # "changed", "added" (live only) or "removed" (snapshot only)
+    snapshot: tuple[int, bool] | None
+    live: tuple[int, bool] | None
+
+    def to_document(self) -> dict[str, Any]:
+        def state(value: tuple[int, bool] | None) -> dict[str, Any] | None:
+            return None if value is None else {"last_value": value[0], "is_called": value[1]}
+
+        return {
+            "sequence": self.name,
+            "status": self.status,
+            "snapshot": state(self.snapshot),
+            "live": state(self.live),
+        }
+
+
+@dataclass(frozen=True)
+class LargeObjectsDiff:
+    """PostgreSQL's large objects, by OID: added, removed and changed in the live database."""
+
+    added: int = 0
+    removed: int = 0
+    changed: int = 0
+
+    @property
+    def any(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+    def to_document(self) -> dict[str, Any]:
+        return {"added": self.added, "removed": self.removed, "changed": self.changed}
+
+
+@dataclass(frozen=True)
 class DatabaseDiff:
     """Every table of one database, live compared with a snapshot."""
 
@@ -108,10 +147,14 @@ class DatabaseDiff:
     seconds: float
     # Against a schema-only snapshot: only the schema is compared, rows are not (none stored).
     schema_only: bool = False
+    # PostgreSQL: the sequences that moved, and the large objects (None: not compared).
+    sequences: list[SequenceDiff] = field(default_factory=list)
+    large_objects: LargeObjectsDiff | None = None
 
     @property
     def changed(self) -> bool:
-        return any(table.changed for table in self.tables)
+        large_objects = self.large_objects is not None and self.large_objects.any
+        return any(table.changed for table in self.tables) or bool(self.sequences) or large_objects
 
     @property
     def changed_tables(self) -> list[TableDiff]:
@@ -128,6 +171,8 @@ class DatabaseDiff:
             "rows_removed": sum(table.rows_removed for table in self.tables),
             "rows_changed": sum(table.rows_changed for table in self.tables),
             "tables": [table.to_document() for table in self.tables],
+            "sequences": [sequence.to_document() for sequence in self.sequences],
+            **({"large_objects": self.large_objects.to_document()} if self.large_objects is not None else {}),
             "seconds": round(self.seconds, 3),
             **({"schema_only": True, "rows_compared": False} if self.schema_only else {}),
         }
@@ -185,6 +230,8 @@ def diff_database(
     if adapter.engine != record.engine:
         raise UsageError(f"database {name} is a {record.engine} dump; {redact_url(live.url)} is {adapter.engine}")
     node = find_node(repository, snapshot, record.path)
+    sequences: list[SequenceDiff] = []
+    large_objects: LargeObjectsDiff | None = None
     try:
         with _snapshot_side(repository, node, adapter.engine, live) as (live_side, snapshot_side):
             tables = (
@@ -192,6 +239,16 @@ def diff_database(
                 if record.schema_only
                 else compare_sides(live_side, snapshot_side)
             )
+            # A schema-only snapshot holds no sequence values and no large objects to compare.
+            if (
+                isinstance(live_side, _PostgresqlSide)
+                and isinstance(snapshot_side, _PostgresqlSide)
+                and not record.schema_only
+            ):
+                sequences = compare_sequences(live_side.sequences(), snapshot_side.sequences())
+                large_objects = compare_large_objects(
+                    live_side.large_object_hashes(), snapshot_side.large_object_hashes()
+                )
     except SourceError as error:
         raise SourceError(
             f"database {name}: cannot compare with snapshot {snapshot.short_id}: {error.message}"
@@ -204,6 +261,8 @@ def diff_database(
         tables=tables,
         seconds=time.monotonic() - started,
         schema_only=record.schema_only,
+        sequences=sequences,
+        large_objects=large_objects,
     )
 
 
@@ -252,6 +311,26 @@ def compare_sides(live: _Side, snapshot: _Side) -> list[TableDiff]:
             continue
         tables.append(_compare_table(name, live, snapshot, live_shapes[name], snapshot_shapes[name]))
     return tables
+
+
+def compare_sequences(live: dict[str, tuple[int, bool]], snapshot: dict[str, tuple[int, bool]]) -> list[SequenceDiff]:
+    """The sequences whose (last_value, is_called) differ, or that one side lacks; by name."""
+    found: list[SequenceDiff] = []
+    for name in sorted(set(live) | set(snapshot)):
+        now, then = live.get(name), snapshot.get(name)
+        if now != then:
+            status = "added" if then is None else "removed" if now is None else "changed"
+            found.append(SequenceDiff(name, status, then, now))
+    return found
+
+
+def compare_large_objects(live: dict[int, int], snapshot: dict[int, int]) -> LargeObjectsDiff:
+    """Large objects by OID: only live, only in the snapshot, or with other contents."""
+    return LargeObjectsDiff(
+        added=sum(1 for oid in live if oid not in snapshot),
+        removed=sum(1 for oid in snapshot if oid not in live),
+        changed=sum(1 for oid, content in live.items() if snapshot.get(oid, content) != content),
+    )
 
 
 def compare_schemas(live: _Side, snapshot: _Side) -> list[TableDiff]:
@@ -560,6 +639,27 @@ class _PostgresqlSide:
         rows = self._run(statement, None if buckets is None else (buckets,))
         return Counter({row[0]: int(row[1]) for row in rows})
 
+    def sequences(self) -> dict[str, tuple[int, bool]]:
+        """Every sequence's (last_value, is_called), in one statement."""
+        import psycopg
+
+        from lockstep.databases.postgresql import _sequences
+
+        try:
+            return {
+                sequence.name: (sequence.last_value, sequence.is_called) for sequence in _sequences(self._connection)
+            }
+        except psycopg.Error as error:
+            raise SourceError(f"PostgreSQL at {self._location.display()}: {str(error).strip()}") from None
+
+    def large_object_hashes(self) -> dict[int, int]:
+        """OID → a 64-bit hash of the large object's contents (none when there are none)."""
+        rows = self._run(
+            "SELECT m.oid::bigint, pg_catalog.hash_record_extended(ROW(pg_catalog.lo_get(m.oid)), 0)"
+            " FROM pg_catalog.pg_largeobject_metadata m"
+        )
+        return {int(row[0]): int(row[1]) for row in rows}
+
     def count(self, table: str) -> int:
         from psycopg import sql
 
@@ -667,4 +767,14 @@ class _MysqlSide:
         return int(self._run(f"SELECT COUNT(*) FROM {_identifier(table)}")[0][0])
 
 
-__all__ = ["ColumnChange", "DatabaseDiff", "TableDiff", "compare_sides", "diff_database"]
+__all__ = [
+    "ColumnChange",
+    "DatabaseDiff",
+    "LargeObjectsDiff",
+    "SequenceDiff",
+    "TableDiff",
+    "compare_large_objects",
+    "compare_sequences",
+    "compare_sides",
+    "diff_database",
+]
