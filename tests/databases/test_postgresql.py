@@ -872,3 +872,37 @@ def test_a_schema_only_dump_records_no_sequence_values_or_large_objects(
     }
     restored = adapter.restore_and_inspect(scratch, None, io.BytesIO(data), create=False)
     assert (restored.large_objects, restored.materialized_views) == (dumped.large_objects, dumped.materialized_views)
+
+
+def test_a_schema_only_dump_lists_the_tables_without_reading_a_row(adapter: PostgresqlAdapter, database: str) -> None:
+    """A schema-only snapshot fingerprinted every row only to record each table with 0 rows. The
+    proof that no row is read now: a role that may not read a table's rows (row-level security
+    applies to it, and the fingerprint turns row_security off to see every row or fail) still
+    gets its schema-only dump, with the table listed, empty."""
+    role = f"lockstep_test_{uuid.uuid4().hex[:8]}"
+    admin(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        execute(
+            database,
+            f"""
+            CREATE TABLE secrets (id int, owner text);
+            INSERT INTO secrets VALUES (1, 'alice'), (2, 'bob');
+            ALTER TABLE secrets ENABLE ROW LEVEL SECURITY;
+            CREATE POLICY own_rows ON secrets USING (owner = current_user);
+            GRANT SELECT ON secrets TO "{role}";
+            """,
+        )
+        url = f"postgresql://{role}@127.0.0.1:5432/{ServerLocation.parse(database).database}"
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            adapter.inspect(url, None)  # reading the rows is refused to this role
+        stream = adapter.dump(url, None, schema_only=True)
+        data = stream.stdout.read()
+        info = stream.consistent_info()
+        stream.finish()
+        assert b"own_rows" in data
+        assert [(table.name, table.rows, table.checksum) for table in info.tables] == [
+            ("secrets", 0, adapter.empty_table_checksum)
+        ]
+    finally:
+        execute(database, f'DROP OWNED BY "{role}"')
+        admin(f'DROP ROLE IF EXISTS "{role}"')

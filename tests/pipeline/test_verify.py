@@ -24,7 +24,7 @@ from lockstep.databases.base import DatabaseAdapter, ServerLocation
 from lockstep.databases.mysql import MysqlAdapter
 from lockstep.databases.postgresql import PostgresqlAdapter
 from lockstep.databases.sqlite import SqliteAdapter
-from lockstep.errors import UsageError
+from lockstep.errors import LockstepError, UsageError
 from lockstep.pipeline.manifest import MANIFEST_PATH, Manifest
 from lockstep.pipeline.restore import ServerAccess
 from lockstep.pipeline.snapshot import SnapshotRequest, create_snapshot, load_manifest
@@ -156,7 +156,9 @@ def open_repository(path: Path) -> Repository:
     return repository
 
 
-def take_snapshot(repository_path: Path, directory: Path, databases: dict[str, str], **files: list[str]) -> Snapshot:
+def take_snapshot(
+    repository_path: Path, directory: Path, databases: dict[str, str], schema_only: bool = False, **files: list[str]
+) -> Snapshot:
     """A coordinated snapshot of `databases` (and config/secret file patterns) made by the real pipeline."""
     source: dict[str, Any] = {"repository": {"url": str(repository_path)}, "databases": {}}
     for name, url in databases.items():
@@ -166,7 +168,7 @@ def take_snapshot(repository_path: Path, directory: Path, databases: dict[str, s
     config = ProjectConfig.from_source(source, directory).resolve(None)
     repository = open_repository(repository_path)
     try:
-        request = SnapshotRequest(project_directory=directory, message="test")
+        request = SnapshotRequest(project_directory=directory, message="test", schema_only=schema_only)
         return create_snapshot(repository, config, request, code=None).snapshot
     finally:
         repository.close()
@@ -553,3 +555,21 @@ def test_postgresql_sequences_large_objects_and_materialized_views_are_checked_a
         finally:
             repository.close()
     assert scratch_urls and not any(scratch_exists(scratch) for scratch in scratch_urls)
+
+
+def test_a_mariadb_schema_only_snapshot_lists_the_tables_without_reading_a_row(tmp_path: Path) -> None:
+    """A schema-only snapshot of MariaDB counted and checksummed every table (the whole
+    fingerprint) only to record each with 0 rows. It lists them from the catalog now: a table
+    whose rows cannot be read at all (its InnoDB tablespace discarded) no longer fails it."""
+    with mariadb_database(MARIADB_SHOP + "CREATE TABLE archive (id INT PRIMARY KEY) ENGINE=InnoDB;") as url:
+        run_mariadb(url, "ALTER TABLE archive DISCARD TABLESPACE")
+        with pytest.raises(LockstepError, match="discarded"):
+            MysqlAdapter().inspect(url, None)  # its rows cannot be read
+        snapshot = take_snapshot(tmp_path / "repository", tmp_path, {"shop": url}, schema_only=True)
+        repository = open_repository(tmp_path / "repository")
+        try:
+            record = load_manifest(repository, snapshot).databases["shop"]
+        finally:
+            repository.close()
+    assert record.schema_only
+    assert [(table.name, table.rows) for table in record.tables] == [("archive", 0), ("customers", 0), ("notes", 0)]

@@ -485,11 +485,15 @@ class PostgresqlDump(FingerprintedDump):
         self.stdout = cast(IO[bytes], self._head)
 
     def _fingerprint(self) -> DatabaseInfo:
-        info = _database_info(self._connection, self._location)
         if self._schema_only:
-            # pg_dump --schema-only leaves out large objects and the materialized views' REFRESH.
+            # No row is dumped, so none is read: the tables come from the catalog, each empty as
+            # its restore will be (hashing every row only to list the tables took as long as a
+            # full snapshot's fingerprint). pg_dump --schema-only leaves out large objects and
+            # the materialized views' REFRESH too.
+            info = _catalog_info(self._connection)
             views = _materialized_views(self._connection, rows=False)
             return replace(info, large_objects=LargeObjectsInfo(0, _EMPTY_SUM), materialized_views=views)
+        info = _database_info(self._connection, self._location)
         return replace(info, **_beyond_tables(self._connection, with_sequences=False))
 
     def consistent_info(self) -> DatabaseInfo:
@@ -565,6 +569,21 @@ def _sequences_in_head(head: ArchiveHead) -> list[SequenceInfo]:
         if entry.description == "SEQUENCE SET" and (value := _SETVAL.search(entry.definition)):
             found.append(SequenceInfo(table_name(entry.namespace, entry.tag), int(value[1]), value[2] == "true"))
     return sorted(found, key=lambda sequence: sequence.name)
+
+
+def _catalog_info(connection: Connection) -> DatabaseInfo:
+    """The tables TABLES_QUERY would fingerprint, from the catalog alone, each as a restore of a
+    schema-only dump holds it: no rows, the checksum of none. No table's rows are read (the
+    migration table's version aside)."""
+    names = [table_name(str(schema), str(table)) for schema, table in connection.execute(_TABLE_NAMES).fetchall()]
+    migration_table, migration_version = _migration(connection, set(names))
+    return DatabaseInfo(
+        engine="postgresql",
+        server_version=_scalar(connection, "SHOW server_version"),
+        tables=[TableInfo(name=name, rows=0, checksum=_EMPTY_SUM) for name in names],
+        migration_version=migration_version,
+        migration_table=migration_table,
+    )
 
 
 def _beyond_tables(connection: Connection, with_sequences: bool) -> dict[str, Any]:

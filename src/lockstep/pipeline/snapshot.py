@@ -24,7 +24,7 @@ from pathlib import Path
 from lockstep import __version__
 from lockstep.config.model import CodeConfig, DatabaseConfig, ProjectConfig
 from lockstep.databases import adapter_for
-from lockstep.databases.base import DatabaseAdapter, DumpStream, redact_url
+from lockstep.databases.base import DatabaseAdapter, DatabaseInfo, DatabaseSummary, DumpStream, TableInfo, redact_url
 from lockstep.errors import NotFound, SourceError, UsageError
 from lockstep.pipeline.code import (
     GitState,
@@ -401,7 +401,13 @@ def _store_database(
         inspected_note = getattr(dump, "inspected_note", None)
         warnings = [str(warning) for warning in getattr(dump, "warnings", ())]
         if info is None:
-            info = adapter.inspect(database.url, password)
+            # A schema-only dump holds no row: its tables are listed, not fingerprinted (a
+            # fingerprint reads every row, for counts that would all be replaced by 0).
+            info = (
+                _listed(adapter.summarize(database.url, password))
+                if schema_only
+                else adapter.inspect(database.url, password)
+            )
     except SourceError as error:
         message = f"database {name} ({redact_url(database.url)}): {error.message}"
         if "no snapshot was written" not in message:
@@ -448,6 +454,18 @@ def _store_database(
             MaterializedViewRecord(view.name, view.populated, view.rows, view.checksum)
             for view in info.materialized_views
         ],
+    )
+
+
+def _listed(summary: DatabaseSummary) -> DatabaseInfo:
+    """A database's tables as a summary lists them (no row read), each without rows: what a
+    schema-only dump's restore holds (_schema_only_tables gives them the engine's empty checksum)."""
+    return DatabaseInfo(
+        engine=summary.engine,
+        server_version=summary.server_version,
+        tables=[TableInfo(name=name, rows=0, checksum="") for name in summary.tables],
+        migration_version=summary.migration_version,
+        migration_table=summary.migration_table,
     )
 
 
