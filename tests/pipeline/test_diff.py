@@ -313,3 +313,27 @@ def test_moved_sequences_and_large_objects_are_printed_even_with_no_table_change
         "  sequence ticket_numbers: changed, 1 (unused) → 2",
         "  large objects: 1 added, 0 removed, 0 changed",
     ]
+
+
+def test_a_data_rollback_preview_names_large_objects_and_sequences_it_would_undo() -> None:
+    """Before a data rollback the preview said "nothing is lost" when only large objects had
+    been written (they are lost too) or a sequence had moved (it is set back)."""
+    from lockstep.pipeline.data_rollback import summarize_discarded
+    from lockstep.pipeline.diff import LargeObjectsDiff, SequenceDiff
+
+    quiet = DatabaseDiff("main", "postgresql", "ab" * 32, "postgresql://app@db/shop", [], 0.1)
+    assert summarize_discarded([quiet]) == ["database main: no changes since the snapshot; nothing is lost"]
+    written = DatabaseDiff(
+        "main",
+        "postgresql",
+        "ab" * 32,
+        "postgresql://app@db/shop",
+        [],
+        0.1,
+        sequences=[SequenceDiff("invoice_numbers", "changed", (4242, True), (4250, True))],
+        large_objects=LargeObjectsDiff(added=2, removed=1),
+    )
+    assert summarize_discarded([written]) == [
+        "database main, large objects: 2 added (lost), 1 deleted (come back)",
+        "database main, sequence invoice_numbers: at 4250, at 4242 in the snapshot; a restore sets it back",
+    ]

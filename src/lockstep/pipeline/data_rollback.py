@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lockstep.config import ProjectConfig
 from lockstep.errors import UsageError
-from lockstep.pipeline.diff import DatabaseDiff, TableDiff, diff_database
+from lockstep.pipeline.diff import DatabaseDiff, LargeObjectsDiff, SequenceDiff, TableDiff, diff_database
 from lockstep.pipeline.restore import RestoredDatabase, ServerAccess, restore_database
 from lockstep.pipeline.snapshot import (
     RESTORES_TAG_PREFIX,
@@ -61,16 +61,41 @@ def describe_discarded(repository: Repository, snapshot: Snapshot, config: Proje
 
 
 def summarize_discarded(diffs: list[DatabaseDiff]) -> list[str]:
-    """Lines a person reads before agreeing: one per changed table, or that nothing changed."""
+    """Lines a person reads before agreeing: one per changed table, the large objects and each
+    sequence that moved (PostgreSQL), or that nothing changed."""
     lines = []
     for diff in diffs:
-        changed = diff.changed_tables
-        if not changed:
+        if not diff.changed:
             lines.append(f"database {diff.name}: no changes since the snapshot; nothing is lost")
             continue
-        for table in changed:
+        for table in diff.changed_tables:
             lines.append(f"database {diff.name}, table {table.name}: {describe_table_change(table)}")
+        if diff.large_objects is not None and diff.large_objects.any:
+            lines.append(f"database {diff.name}, large objects: {describe_large_objects(diff.large_objects)}")
+        for sequence in diff.sequences:
+            lines.append(f"database {diff.name}, sequence {sequence.name}: {describe_sequence(sequence)}")
     return lines
+
+
+def describe_large_objects(objects: LargeObjectsDiff) -> str:
+    """The large objects written since the snapshot, as describe_table_change says rows."""
+    parts = []
+    if objects.added:
+        parts.append(f"{objects.added} added (lost)")
+    if objects.changed:
+        parts.append(f"{objects.changed} changed (changes lost)")
+    if objects.removed:
+        parts.append(f"{objects.removed} deleted (come back)")
+    return ", ".join(parts)
+
+
+def describe_sequence(sequence: SequenceDiff) -> str:
+    """A sequence that moved: a restore sets it back, so numbers handed out since come again."""
+    if sequence.live is None:
+        return "dropped after the snapshot; a restore brings it back"
+    if sequence.snapshot is None:
+        return "created after the snapshot; a restore drops it"
+    return f"at {sequence.live[0]}, at {sequence.snapshot[0]} in the snapshot; a restore sets it back"
 
 
 def describe_table_change(table: TableDiff) -> str:
