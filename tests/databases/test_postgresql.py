@@ -906,3 +906,23 @@ def test_a_schema_only_dump_lists_the_tables_without_reading_a_row(adapter: Post
     finally:
         execute(database, f'DROP OWNED BY "{role}"')
         admin(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_sequence_values_are_the_dumps_own_while_the_application_writes(
+    adapter: PostgresqlAdapter, database: str, scratch: str
+) -> None:
+    """Sequences ignore snapshots: nextval during the dump moves them for every session, the
+    dump's included. The manifest takes the values from the dump's table of contents, so they
+    are exactly what its restore sets, whatever was handed out while the snapshot ran."""
+    execute(database, "CREATE TABLE orders (id serial PRIMARY KEY); INSERT INTO orders DEFAULT VALUES;")
+    stream = adapter.dump(database, None)
+    first = stream.stdout.read(1)  # pg_dump has read the sequences: it writes its contents first
+    execute(database, "INSERT INTO orders SELECT FROM generate_series(1, 5); SELECT nextval('orders_id_seq')")
+    data = first + stream.stdout.read()
+    info = stream.consistent_info()
+    stream.finish()
+    assert [(s.name, s.last_value) for s in info.sequences or []] == [("orders_id_seq", 1)]
+    assert query(database, "SELECT last_value FROM orders_id_seq") == [(7,)]
+    restored = adapter.restore_and_inspect(scratch, None, io.BytesIO(data), create=False)
+    assert restored.sequences == info.sequences
+    assert restored.tables == info.tables
