@@ -3,12 +3,23 @@
 A switch listens on one public address and forwards every request to one upstream port, the
 active slot's. `switch_to` is atomic: requests that started before it finish on the old upstream,
 requests that start after it go to the new one, and none fails in between.
+
+`hold` and `release` pause traffic around a data rollback (as `kamal-proxy pause`/`resume` do):
+while held, no new request reaches any release, and on release the requests go to the upstream
+active at that moment. What a switch can honestly do while held differs (see HoldMode).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
+
+from lockstep.traffic.hold import HoldOwner
+
+# "queue": new requests wait and are answered once the hold ends (503 + Retry-After only past
+# the deadline). "refuse": the switch cannot keep a request waiting, so every new request gets
+# 503 with Retry-After while the hold lasts; still better than the wrong release on the wrong data.
+HoldMode = Literal["queue", "refuse"]
 
 
 @dataclass(frozen=True)
@@ -49,3 +60,15 @@ class TrafficSwitch(Protocol):
 
     def stop(self) -> None:
         """Stop the proxy (gracefully: in-flight requests finish)."""
+
+    def hold(self, owner: HoldOwner, timeout: float) -> HoldMode:
+        """Stop new requests from reaching any upstream, for `owner` and at most `timeout` seconds
+        of waiting; in-flight requests go on (the caller waits for them with `wait_drained`)."""
+
+    def release(self) -> dict[str, object] | None:
+        """End the hold: new and waiting requests go to the active upstream. What the hold did
+        (seconds, requests held and refused), or None when nothing was held."""
+
+    def check_hold(self) -> str | None:
+        """End a hold whose owner died; why it was ended, or None. Called by the agent's
+        supervision loop, so a crashed rollback does not leave the site paused."""

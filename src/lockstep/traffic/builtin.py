@@ -25,9 +25,10 @@ from typing import Any
 import lockstep
 from lockstep.errors import LockstepError, UsageError
 from lockstep.redaction import is_secret_name
-from lockstep.traffic.base import TrafficState, UpstreamCounters
+from lockstep.traffic.base import HoldMode, TrafficState, UpstreamCounters
 from lockstep.traffic.builtin_proxy import ADMIN_SOCKET_NAME, LOG_FILE_NAME, PID_FILE_NAME
 from lockstep.traffic.builtin_proxy.upstream_file import read_upstream_file
+from lockstep.traffic.hold import HoldOwner
 from lockstep.unix_sockets import UnixHTTPConnection
 
 START_TIMEOUT = 15.0
@@ -134,6 +135,27 @@ class BuiltinProxy:
                     os.kill(pid, signal.SIGKILL)
                 deadline = time.monotonic() + 10
             time.sleep(0.02)
+
+    def hold(self, owner: HoldOwner, timeout: float) -> HoldMode:
+        """New requests wait in the proxy; it ends the hold itself when `owner` dies."""
+        ticks = "" if owner.start_ticks is None else f"&start_ticks={owner.start_ticks}"
+        self._request("POST", f"/hold?timeout={float(timeout)!r}&pid={owner.pid}{ticks}")
+        return "queue"
+
+    def release(self) -> dict[str, object] | None:
+        hold: dict[str, object] | None = self._request("POST", "/release").get("hold")
+        return hold
+
+    def check_hold(self) -> str | None:
+        return None  # the proxy watches the owner itself, even with no agent running
+
+    def hold_state(self) -> dict[str, Any] | None:
+        """The proxy's current hold (owner, seconds, waiting requests...), or None."""
+        try:
+            hold: dict[str, Any] | None = self._request("GET", "/state").get("hold")
+        except LockstepError:
+            return None
+        return hold
 
     # -- helpers ------------------------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """The proxy's admin channel: a tiny HTTP API on a unix socket in the state directory.
 
 A unix socket (mode 0600 via the process umask) means only the deploying user can switch traffic;
-nothing admin is reachable over TCP. Endpoints: GET /state, POST /switch?port=N, POST /stop.
+nothing admin is reachable over TCP. Endpoints: GET /state, POST /switch?port=N, POST /stop,
+POST /hold?timeout=S&pid=N[&start_ticks=T] (new requests wait; the hold ends by itself when
+process N dies) and POST /release (they go on to the port active then).
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from lockstep.traffic.builtin_proxy.http1 import ProtocolError, parse_head, serialize
-from lockstep.traffic.builtin_proxy.server import ProxyServer
+from lockstep.traffic.builtin_proxy.server import HoldRefused, ProxyServer
+from lockstep.traffic.hold import HoldOwner
 
 log = logging.getLogger("lockstep.proxy.admin")
 
 
 def json_response(status: int, payload: object) -> bytes:
     body = json.dumps(payload).encode()
-    reason = {200: "OK", 202: "Accepted", 400: "Bad Request", 404: "Not Found"}.get(status, "Error")
+    reason = {200: "OK", 202: "Accepted", 400: "Bad Request", 404: "Not Found", 409: "Conflict"}.get(status, "Error")
     headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Connection", "close")]
     return serialize(f"HTTP/1.1 {status} {reason}", headers) + body
 
@@ -61,8 +64,30 @@ class AdminServer:
                 return json_response(400, {"error": "POST /switch needs ?port=N with 0 < N < 65536"})
             self.proxy.switch_to(int(values[0]))
             return json_response(200, self.proxy.state())
+        if method == "POST" and parts.path == "/hold":
+            return self._hold(parse_qs(parts.query))
+        if method == "POST" and parts.path == "/release":
+            summary = self.proxy.release_hold()
+            return json_response(200, {"released": summary is not None, "hold": summary})
         if method == "POST" and parts.path == "/stop":
             if self._stop_task is None:
                 self._stop_task = asyncio.get_running_loop().create_task(self.proxy.shutdown())
             return json_response(202, {"stopping": True})
         return json_response(404, {"error": f"no admin endpoint {method} {parts.path}"})
+
+    def _hold(self, query: dict[str, list[str]]) -> bytes:
+        usage = "POST /hold needs ?timeout=S (seconds > 0) and ?pid=N (the owner), optionally &start_ticks=T"
+        try:
+            timeout = float(query["timeout"][0])
+            ticks = query.get("start_ticks")
+            owner = HoldOwner.from_document(
+                {"pid": int(query["pid"][0]), "start_ticks": int(ticks[0]) if ticks else None}
+            )
+        except (KeyError, IndexError, ValueError):
+            return json_response(400, {"error": usage})
+        if not 0 < timeout < 86400:
+            return json_response(400, {"error": usage})
+        try:
+            return json_response(200, {"hold": self.proxy.start_hold(owner, timeout)})
+        except HoldRefused as error:
+            return json_response(409, {"error": str(error)})

@@ -243,7 +243,9 @@ class ClientProtocol(asyncio.Protocol):
             elif self.eof:
                 self.transport.close()
             return
-        fast = None if self.server.stopping else fast_request(bytes(self.buffer[: end + 4]), self.client_address)
+        # A held request waits in the stream code, which can await the release.
+        held = self.server.stopping or self.server.hold is not None
+        fast = None if held else fast_request(bytes(self.buffer[: end + 4]), self.client_address)
         if fast is None:
             self.hand_over()
             return

@@ -6,6 +6,11 @@ request (even on the same client keep-alive connection) goes to the new upstream
 
 Connections start on the callback fast path (fast.py); the stream code here handles everything
 else (large or chunked bodies, upgrades, HTTP/1.0, unusual headers) once a connection needs it.
+
+A hold (`start_hold`, for a data rollback) makes every request that arrives wait before it picks
+its upstream; `release_hold` lets them go to whichever port is active then. Requests in flight
+when the hold starts finish where they are. Past the hold's deadline a waiting request gets 503
+with Retry-After, and a hold whose owner process died ends by itself.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from lockstep.traffic.builtin_proxy.http1 import (
     serialize,
 )
 from lockstep.traffic.builtin_proxy.upstream_file import write_upstream_file
+from lockstep.traffic.hold import RETRY_AFTER_SECONDS, HoldOwner
 
 if TYPE_CHECKING:
     from lockstep.traffic.builtin_proxy.fast import ClientProtocol, UpstreamProtocol
@@ -43,7 +49,14 @@ log = logging.getLogger("lockstep.proxy")
 POOL_LIMIT = 512  # idle upstream connections kept per upstream
 CONNECT_TIMEOUT = 10.0
 NO_BODY_STATUSES = frozenset({204, 304})
-REASONS = {400: "Bad Request", 431: "Request Header Fields Too Large", 502: "Bad Gateway", 504: "Gateway Timeout"}
+REASONS = {
+    400: "Bad Request",
+    431: "Request Header Fields Too Large",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+HOLD_CHECK_INTERVAL = 0.2  # how often a hold's owner and deadline are checked
 
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -73,6 +86,39 @@ class ClientConnection:
         self.writer.close()
 
 
+@dataclass(eq=False)
+class Hold:
+    """New requests wait until `released` is set, or until `deadline` (event loop time) passes."""
+
+    owner: HoldOwner
+    timeout: float
+    started: float
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+    waiting: int = 0  # requests waiting now
+    held: int = 0  # requests that waited and then went on to an upstream
+    refused: int = 0  # requests answered 503 because the deadline passed
+    expired: bool = False  # the deadline passed and was logged
+
+    @property
+    def deadline(self) -> float:
+        return self.started + self.timeout
+
+    def as_json(self, now: float) -> dict[str, object]:
+        return {
+            "owner": self.owner.to_document(),
+            "timeout": self.timeout,
+            "seconds": round(now - self.started, 3),
+            "waiting": self.waiting,
+            "held": self.held,
+            "refused": self.refused,
+            "expired": self.expired or now >= self.deadline,
+        }
+
+
+class HoldRefused(Exception):
+    """A hold cannot start: another live process holds the traffic."""
+
+
 class UpstreamFailed(Exception):
     """The upstream could not produce a response head; `status` is what the client gets."""
 
@@ -88,6 +134,18 @@ def error_response(status: int, message: str, keep_alive: bool) -> bytes:
     if not keep_alive:
         headers.append(("Connection", "close"))
     return serialize(f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", headers) + body
+
+
+def hold_refusal() -> bytes:
+    """What a request gets when a hold outlasts its deadline: come back later, not a hang."""
+    body = b"lockstep proxy: the site is paused for maintenance (a data rollback); try again shortly\n"
+    headers = [
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Length", str(len(body))),
+        ("Retry-After", str(RETRY_AFTER_SECONDS)),
+        ("Connection", "close"),
+    ]
+    return serialize("HTTP/1.1 503 Service Unavailable", headers) + body
 
 
 class ProxyServer:
@@ -115,6 +173,7 @@ class ProxyServer:
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
         self.stopped = asyncio.Event()
+        self.hold: Hold | None = None
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -143,19 +202,94 @@ class ProxyServer:
         log.info("switched from port %d to port %d", previous, port)
 
     def state(self) -> dict[str, object]:
+        now = asyncio.get_running_loop().time()
         return {
             "running": True,
             "listen": self.listen_address(),
             "active_port": self.active_port,
             "upstreams": [upstream.as_json() for upstream in self.upstreams.values()],
             "pid": os.getpid(),
+            "hold": None if self.hold is None else self.hold.as_json(now),
         }
+
+    # -- holds -------------------------------------------------------------------------------------
+
+    def start_hold(self, owner: HoldOwner, timeout: float) -> dict[str, object]:
+        """Make new requests wait. The same owner asking again keeps its hold (a retried call);
+        another owner is refused while the holder lives, since two rollbacks cannot share one."""
+        loop = asyncio.get_running_loop()
+        current = self.hold
+        if current is not None:
+            if current.owner == owner:
+                return current.as_json(loop.time())
+            if current.owner.alive():
+                raise HoldRefused(f"the traffic is already held by pid {current.owner.pid}")
+            self.release_hold(f"its owner pid {current.owner.pid} is gone")
+        hold = Hold(owner, timeout, loop.time())
+        self.hold = hold
+        self.spawn(self._watch_hold(hold))
+        log.info("holding new requests for pid %d (deadline %g s)", owner.pid, timeout)
+        return hold.as_json(loop.time())
+
+    def release_hold(self, reason: str = "released") -> dict[str, object] | None:
+        """Let the waiting requests go, each to the port active now; the hold's summary, or None."""
+        hold, self.hold = self.hold, None
+        if hold is None:
+            return None
+        hold.released.set()
+        summary = hold.as_json(asyncio.get_running_loop().time())
+        log.info(
+            "hold of pid %d ended after %.3f s (%s): %d requests held, %d refused",
+            hold.owner.pid,
+            summary["seconds"],
+            reason,
+            hold.held + hold.waiting,
+            hold.refused,
+        )
+        return summary
+
+    async def wait_for_hold(self) -> bool:
+        """Wait while traffic is held; True to go on to the upstream, False to answer 503."""
+        hold = self.hold
+        if hold is None:
+            return True
+        hold.waiting += 1
+        try:
+            remaining = hold.deadline - asyncio.get_running_loop().time()
+            if remaining > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await hold.released.wait()
+        finally:
+            hold.waiting -= 1
+        if hold.released.is_set():
+            hold.held += 1
+            return True
+        hold.refused += 1
+        return False
+
+    async def _watch_hold(self, hold: Hold) -> None:
+        """End the hold when its owner dies; note (once) when its deadline passes."""
+        loop = asyncio.get_running_loop()
+        while self.hold is hold:
+            if not hold.owner.alive():
+                self.release_hold(f"its owner pid {hold.owner.pid} is gone")
+                return
+            if not hold.expired and loop.time() >= hold.deadline:
+                hold.expired = True
+                log.warning(
+                    "hold of pid %d passed its %g s deadline: requests get 503 until it is released",
+                    hold.owner.pid,
+                    hold.timeout,
+                )
+            await asyncio.sleep(HOLD_CHECK_INTERVAL)
 
     async def shutdown(self) -> None:
         """Stop accepting, let in-flight requests finish (up to the drain timeout), then close all."""
         if self.stopping:
             return
         self.stopping = True
+        self.release_hold("the proxy is stopping")
         log.info("stopping: %d client connections open", len(self.connections))
         if self._server is not None:
             self._server.close()
@@ -239,6 +373,9 @@ class ProxyServer:
             return False
         if not request.third.startswith("HTTP/1."):
             writer.write(error_response(400, "only HTTP/1.x is supported", keep_alive=False))
+            return False
+        if self.hold is not None and not await self.wait_for_hold():
+            writer.write(hold_refusal())
             return False
         port = self.active_port  # the one read that decides where this request goes
         upstream = self.upstreams[port]
