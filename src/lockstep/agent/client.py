@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lockstep.errors import LockstepError
+from lockstep.traffic.hold import HoldOwner
 from lockstep.unix_sockets import UnixHTTPConnection, foreign_socket_owner
 
 
@@ -126,6 +127,20 @@ class AgentClient:
     def wait_drained(self, slot: str, timeout: float) -> bool:
         result = self.request("POST", "/v1/traffic/drain", {"slot": slot, "timeout": timeout}, timeout=timeout + 30)
         return bool(result.get("drained"))
+
+    def hold(self, owner: HoldOwner, timeout: float, drain_timeout: float) -> dict[str, Any]:
+        """Hold new requests for `owner` (the calling process); returns once in-flight ones drained."""
+        result: dict[str, Any] = self.request(
+            "POST",
+            "/v1/traffic/hold",
+            {"owner": owner.to_document(), "timeout": timeout},
+            timeout=drain_timeout + 60,
+        )
+        return result
+
+    def release(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", "/v1/traffic/release", {})
+        return result
 
     def shutdown(self, stop_apps: bool = False) -> None:
         self.request("POST", "/v1/shutdown", {"stop_apps": stop_apps})

@@ -11,6 +11,8 @@ nothing is exposed over TCP. Routes:
   POST /v1/traffic/switch              {slot}
   POST /v1/traffic/withdraw            {slot}: no slot has the traffic (undo of a first deploy)
   POST /v1/traffic/drain               {slot, timeout} -> {drained}
+  POST /v1/traffic/hold                {owner: {pid, start_ticks}, timeout} -> {held, mode, drained}
+  POST /v1/traffic/release             -> {released, hold: {seconds, held, refused, ...}}
   POST /v1/shutdown                    {stop_apps: bool}
 """
 
@@ -30,6 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from lockstep.agent.service import AgentService, ComponentLaunch
 from lockstep.errors import LockstepError
+from lockstep.traffic.hold import HoldOwner
 from lockstep.unix_sockets import foreign_socket_owner
 
 Handler = Callable[[dict[str, Any], dict[str, list[str]]], Any]
@@ -113,6 +116,10 @@ class AgentServer:
             ("POST", "/v1/traffic/drain"): lambda body, query: {
                 "drained": service.wait_drained(str(body["slot"]), float(body.get("timeout", 30.0)))
             },
+            ("POST", "/v1/traffic/hold"): lambda body, query: service.hold(
+                HoldOwner.from_document(body.get("owner")), float(body.get("timeout", 30.0))
+            ),
+            ("POST", "/v1/traffic/release"): lambda body, query: service.release(),
             ("POST", "/v1/shutdown"): self._shutdown_route,
         }
         for slot in ("blue", "green"):

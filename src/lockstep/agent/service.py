@@ -21,8 +21,9 @@ from lockstep.errors import LockstepError, UsageError
 from lockstep.layout import EnvironmentLayout
 from lockstep.runtimes.local import ProcessSpec, RunningProcess, is_running, start_process, stop_process
 from lockstep.runtimes.supervisor import Supervisor
-from lockstep.traffic.base import TrafficSwitch
+from lockstep.traffic.base import HoldUnsupported, TrafficSwitch
 from lockstep.traffic.factory import switch_for
+from lockstep.traffic.hold import HoldOwner
 
 # How often the agent checks that the traffic switch runs, and the longest wait between two
 # attempts to start it again.
@@ -283,6 +284,43 @@ class AgentService:
             return True
         return self.traffic.wait_drained(port, timeout)
 
+    def hold(self, owner: HoldOwner, timeout: float) -> dict[str, Any]:
+        """Hold new requests for a data rollback, then wait (up to the drain timeout) until none is
+        in flight anywhere: from then on no request meets the databases being replaced."""
+        with self._lock:
+            active = self.state.active_slot
+            port = self._traffic_port(active) if active else None
+            if port is None:
+                return {"held": False, "mode": None, "drained": True, "reason": "no slot has the traffic"}
+            self.traffic.ensure_running(port)
+            try:
+                mode = self.traffic.hold(owner, timeout)
+            except HoldUnsupported as error:
+                return {"held": False, "mode": None, "drained": True, "reason": error.message}
+            self.state.add_event(
+                "traffic-held", "traffic", f"traffic held for pid {owner.pid} ({mode}, deadline {timeout:g} s)"
+            )
+        started = time.monotonic()
+        deadline = started + self.config.traffic.drain_timeout
+        drained = all(
+            self.traffic.wait_drained(upstream.port, max(0.0, deadline - time.monotonic()))
+            for upstream in self.traffic.state().upstreams
+        )
+        return {"held": True, "mode": mode, "drained": drained, "drain_seconds": time.monotonic() - started}
+
+    def release(self) -> dict[str, Any]:
+        """End a hold: waiting and new requests go to the slot that has the traffic now."""
+        with self._lock:
+            summary = self.traffic.release()
+            if summary is not None:
+                self.state.add_event(
+                    "traffic-released",
+                    "traffic",
+                    f"traffic released after {summary.get('seconds', '?')} s"
+                    + (f", to slot {self.state.active_slot}" if self.state.active_slot else ""),
+                )
+            return {"released": summary is not None, "hold": summary}
+
     # -- supervision ---------------------------------------------------------------------------
 
     def poll(self) -> None:
@@ -295,6 +333,17 @@ class AgentService:
             if events:  # a restart changes a PID and the supervision state: keep both on disk
                 self._persist_processes()
             self._keep_traffic_switch_up()
+            self._end_orphaned_hold()
+
+    def _end_orphaned_hold(self) -> None:
+        """A switch that cannot watch the hold's owner itself (nginx, HAProxy) is checked here."""
+        try:
+            reason = self.traffic.check_hold()
+        except LockstepError as error:
+            self.state.add_event("traffic-hold-check-failed", "traffic", str(error))
+            return
+        if reason is not None:
+            self.state.add_event("traffic-released", "traffic", f"traffic released: {reason}")
 
     def _keep_traffic_switch_up(self, now: float | None = None) -> None:
         """Start the proxy again when it died (kill -9, the OOM killer) while a slot has the traffic:

@@ -53,6 +53,8 @@ def rollback_command(
     A warm previous slot takes the traffic back in well under a second. With --with-data the
     databases are restored from the snapshot taken before that release was replaced, after
     showing what it discards and asking (type the environment name in production; --yes for CI).
+    Meanwhile traffic is held: new requests wait (at most [traffic] hold_timeout, then 503 with
+    Retry-After) and go to the older release once its data is back.
     """
     if with_data and code_only:
         raise click.UsageError("--with-data and --code-only exclude each other")
@@ -72,9 +74,10 @@ def rollback_command(
         return
     data = " with its data" if record.data_restored else ""
     what = f"{record.component} of {record.environment}" if record.component else record.environment
+    held = "" if record.traffic_held_seconds is None else f"; traffic held {record.traffic_held_seconds:.1f} s"
     console.print(
         f"rolled back {what} to {record.release_id} ({(record.commit or '')[:12]}){data} "
-        f"in {record.duration or 0:.1f} s",
+        f"in {record.duration or 0:.1f} s{held}",
         markup=False,
     )
 

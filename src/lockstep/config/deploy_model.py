@@ -220,6 +220,18 @@ class TrafficConfig(_Section):
     request_timeout: float = Field(
         default=60.0, gt=0, description="Seconds the built-in proxy waits for a response.", examples=[120.0]
     )
+    hold_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds a request may wait while traffic is held for a data rollback (`rollback --with-data`, "
+            "or a failed deploy restoring its data); past it, requests get 503 with Retry-After until the "
+            "hold ends. Set it above your usual restore time. nginx and HAProxy cannot hold requests: "
+            "they answer 503 with Retry-After for the whole hold."
+        ),
+        examples=[120.0],
+    )
     mode: Literal["managed", "system"] = Field(
         default="managed",
         description=(

@@ -54,6 +54,7 @@ class OperationRecord:
     migration_after: str | None = None
     migrations_ran: bool = False
     data_restored: bool = False
+    traffic_held_seconds: float | None = None  # how long requests were held for a data restore
     failed_step: str | None = None
     reason: str | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)

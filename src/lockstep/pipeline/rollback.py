@@ -7,7 +7,9 @@ the idle slot from its release directory, rebuilt from git when that directory i
 A code-only rollback to a release that expects an older migration version than the database has
 is refused: old code on a newer schema is how data gets damaged. With --with-data the databases
 are restored from the snapshot taken just before the target release was replaced, after showing
-what that discards, asking, and taking a pre-restore snapshot.
+what that discards, asking, and taking a pre-restore snapshot. Traffic is held meanwhile (see
+pipeline/traffic_hold.py): hold, stop the newer release's workers, restore the data, switch to
+the older release, release the held requests to it. Any failure releases the hold too.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from lockstep.pipeline.releases import build_release_directory
 from lockstep.pipeline.restore import restore_code
 from lockstep.pipeline.snapshot import RELEASE_TAG_PREFIX, load_manifest
 from lockstep.pipeline.steps import Reporter, StepFailed, StepRunner, bind_context
+from lockstep.pipeline.traffic_hold import TrafficHold
 from lockstep.repository.documents import DocumentStore
 
 
@@ -162,6 +165,7 @@ class Rollback:
         teach_reporter_secrets(reporter, self.redactor)
         self.history = History(context.layout.history_database, self.redactor)
         self.steps = StepRunner(reporter)
+        self.traffic_hold: TrafficHold | None = None
 
     def run(self) -> OperationRecord:
         status = self.agent.status()
@@ -207,6 +211,15 @@ class Rollback:
         try:
             self.history.save(record)
             if with_data:
+                traffic_hold = self.traffic_hold = TrafficHold(self.agent, self.config.traffic, self.reporter, record)
+                self.steps.on_undo("hold", traffic_hold.release_quietly)
+                self.steps.run("hold traffic", self.config.traffic.listen, traffic_hold.hold, lambda r: r)
+                self.steps.run(
+                    "stop workers",
+                    f"slot {active}",
+                    lambda: self._stop_workers(str(active), status),
+                    lambda r: r,
+                )
                 self.steps.run(
                     "restore data",
                     f"snapshot {(target.data_snapshot_id or '')[:8]}",
@@ -228,6 +241,8 @@ class Rollback:
                     lambda: self._bring_back(release, status, record),
                     lambda r: r,
                 )
+            if self.traffic_hold is not None and self.traffic_hold.held:  # a path that did not switch
+                self.steps.run("release traffic", "", self.traffic_hold.release, lambda r: r)
             record.outcome = "succeeded"
         except (Exception, KeyboardInterrupt) as error:  # any failure, a bug included, must unwind
             reason = "interrupted" if isinstance(error, KeyboardInterrupt) else self.redactor.redact(str(error))
@@ -330,6 +345,35 @@ class Rollback:
     def _switch_back(self, slot: str) -> None:
         self.agent.switch(slot)
 
+    def _switched(self) -> None:
+        """Traffic now goes to the older release: let the held requests go to it, at once (the old
+        slot's retirement and the workers' restart need no hold)."""
+        if self.traffic_hold is not None and self.traffic_hold.held:
+            self.reporter.info(self.traffic_hold.release())
+            self.steps.forget_undo("hold")
+
+    def _stop_workers(self, slot: str, status: dict[str, Any]) -> str:
+        """Stop the newer release's components without a port (workers) before its data goes: they
+        write to the databases too, and the held traffic does not stop them."""
+        slot_status = status["slots"][slot]
+        workers = sorted(
+            {process["component"] for process in slot_status["processes"] if process["port"] is None}
+            & set(self.config.app.components)
+        )
+        if not workers:
+            return "none running"
+        self.agent.stop_slot(slot, workers)
+        current = slot_status["release"]
+        if current is not None:
+            current_dir = Path(current["release_directory"])
+            plans = plan_components(self.config, current_dir, self.context.layout.shared, slot, only=workers)
+
+            def restart() -> None:
+                self.agent.start_components(slot, [plan.launch_document() for plan in plans])
+
+            self.steps.on_undo("stop workers", restart)
+        return "stopped " + ", ".join(workers)
+
     def _decide_data(self, target: RollbackTarget) -> bool:
         """Whether to restore data; refuse a code-only rollback onto a newer schema."""
         if self.request.with_data:
@@ -395,6 +439,7 @@ class Rollback:
             started = time.monotonic()
             self.agent.switch(idle)
             switched = time.monotonic() - started
+            self._switched()
             missing = [plan for plan in plans if plan.name != component]
             if missing:  # workers were stopped when the slot was retired
                 self._restart_components(idle, release_dir, [plan.name for plan in missing])
@@ -410,6 +455,7 @@ class Rollback:
         health_gate(self.agent, idle, plans)
         self.agent.switch(idle)
         self.steps.on_undo("switch", lambda: self._switch_back(active))
+        self._switched()
         self._retire(active, component)
         return f"started in slot {idle}" + (" (release directory rebuilt)" if rebuilt else "")
 

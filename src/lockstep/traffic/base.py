@@ -14,12 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from lockstep.errors import LockstepError
 from lockstep.traffic.hold import HoldOwner
 
 # "queue": new requests wait and are answered once the hold ends (503 + Retry-After only past
 # the deadline). "refuse": the switch cannot keep a request waiting, so every new request gets
 # 503 with Retry-After while the hold lasts; still better than the wrong release on the wrong data.
 HoldMode = Literal["queue", "refuse"]
+
+
+class HoldUnsupported(LockstepError):
+    """This switch cannot hold traffic; a data rollback goes on without a hold, and says so."""
 
 
 @dataclass(frozen=True)

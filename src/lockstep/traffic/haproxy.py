@@ -31,7 +31,7 @@ from typing import Literal
 
 from lockstep.errors import LockstepError, UsageError
 from lockstep.process import Command, process_alive, run_capture
-from lockstep.traffic.base import TrafficState, UpstreamCounters
+from lockstep.traffic.base import HoldMode, HoldUnsupported, TrafficState, UpstreamCounters
 from lockstep.traffic.common import (
     check_port,
     command_line,
@@ -41,6 +41,7 @@ from lockstep.traffic.common import (
     require_executable,
     stop_gracefully,
 )
+from lockstep.traffic.hold import HoldOwner
 from lockstep.unix_sockets import SOCKET_PATH_LIMIT, fits_in_socket_address
 
 Mode = Literal["managed", "system"]
@@ -277,6 +278,15 @@ class HaproxySwitch:
         except OSError:
             return True
         return any(counter.in_flight > 0 for counter in self._parse_counters(text))
+
+    def hold(self, owner: HoldOwner, timeout: float) -> HoldMode:
+        raise HoldUnsupported("HAProxy cannot hold traffic (yet)")
+
+    def release(self) -> dict[str, object] | None:
+        return None
+
+    def check_hold(self) -> str | None:
+        return None
 
     def stop(self) -> None:
         """Managed: graceful stop (SIGUSR1: stop accepting, finish requests), forced after

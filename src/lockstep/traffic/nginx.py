@@ -33,7 +33,7 @@ from typing import Literal
 
 from lockstep.errors import LockstepError, UsageError
 from lockstep.process import Command, process_alive, run_capture
-from lockstep.traffic.base import TrafficState, UpstreamCounters
+from lockstep.traffic.base import HoldMode, HoldUnsupported, TrafficState, UpstreamCounters
 from lockstep.traffic.common import (
     check_port,
     command_line,
@@ -44,6 +44,7 @@ from lockstep.traffic.common import (
     stop_gracefully,
     wait_for_exit,
 )
+from lockstep.traffic.hold import HoldOwner
 
 Mode = Literal["managed", "system"]
 
@@ -255,6 +256,15 @@ class NginxSwitch:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
+
+    def hold(self, owner: HoldOwner, timeout: float) -> HoldMode:
+        raise HoldUnsupported("nginx cannot hold traffic (yet)")
+
+    def release(self) -> dict[str, object] | None:
+        return None
+
+    def check_hold(self) -> str | None:
+        return None
 
     def stop(self) -> None:
         """Managed: graceful shutdown (SIGQUIT), forced after `drain_timeout`. System: nothing."""

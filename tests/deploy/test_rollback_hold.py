@@ -1,0 +1,249 @@
+"""`rollback --with-data` holds traffic while the data goes back: the notes app, a real agent, the
+built-in proxy and real processes. Requests sent during the hold are answered by the older
+release against the restored data; a hold past its deadline answers 503 + Retry-After; a killed
+rollback does not leave the site paused."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import http.client
+import json
+import signal
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from lockstep.traffic.builtin import BuiltinProxy
+from tests.deploy.conftest import NotesProject, _stop_everything, make_project
+
+pytestmark = pytest.mark.slow
+
+PROXY_STATE = Path(".lockstep/state/test/traffic/builtin")
+
+
+@dataclass
+class Exchange:
+    method: str
+    sent_at: float  # wall clock, comparable with the agent's event times
+    answered_at: float
+    status: int
+    body: str
+    retry_after: str | None
+    text: str = ""  # the note a POST wrote
+
+
+@dataclass
+class WallClockLoad:
+    """GET /version and POST /notes on fresh connections, each timed on the wall clock."""
+
+    port: int
+    threads: int = 3
+    exchanges: list[Exchange] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._workers = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(self.threads)]
+
+    def __enter__(self) -> WallClockLoad:
+        for worker in self._workers:
+            worker.start()
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self._stopping.set()
+        for worker in self._workers:
+            worker.join(timeout=90)
+
+    def _run(self, number: int) -> None:
+        count = 0
+        while not self._stopping.is_set():
+            count += 1
+            is_post = count % 3 == 0
+            text = f"held {number}-{count}"
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            sent_at = time.time()
+            try:
+                if is_post:
+                    payload = json.dumps({"text": text}).encode()
+                    connection.request("POST", "/notes", body=payload, headers={"Content-Type": "application/json"})
+                else:
+                    connection.request("GET", "/version")
+                response = connection.getresponse()
+                body = response.read().decode()
+                exchange = Exchange(
+                    "POST" if is_post else "GET",
+                    sent_at,
+                    time.time(),
+                    response.status,
+                    body.strip(),
+                    response.getheader("Retry-After"),
+                    text if is_post else "",
+                )
+                with self._lock:
+                    self.exchanges.append(exchange)
+            except (OSError, http.client.HTTPException) as error:
+                with self._lock:
+                    self.failures.append(f"{type(error).__name__}: {error}")
+            finally:
+                connection.close()
+            time.sleep(0.01)
+
+
+def agent_events(project: NotesProject, kind: str) -> list[float]:
+    """When the agent recorded events of `kind` (wall clock)."""
+    database = project.directory / ".lockstep" / "state" / "test" / "agent.db"
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        return [at for (at,) in connection.execute("SELECT at FROM events WHERE kind = ? ORDER BY id", (kind,))]
+
+
+def deploy_v1_then_v2(project: NotesProject) -> None:
+    assert project.lockstep("deploy").returncode == 0
+    project.add_note("from v1")
+    project.apply("v2", "notes 2.0.0")
+    assert project.lockstep("deploy").returncode == 0
+    project.add_note("from v2 #lost")
+    assert project.version() == "2.0.0"
+
+
+def set_hold_timeout(project: NotesProject, seconds: float) -> None:
+    config = project.directory / "lockstep.toml"
+    config.write_text(
+        config.read_text().replace("drain_timeout = 10\n", f"drain_timeout = 10\nhold_timeout = {seconds}\n")
+    )
+    project.commit(f"hold_timeout {seconds}")
+
+
+def test_requests_during_a_data_rollback_wait_and_reach_the_older_release_on_the_restored_data(
+    notes_project: NotesProject,
+) -> None:
+    deploy_v1_then_v2(notes_project)
+    with WallClockLoad(notes_project.listen_port, threads=6) as load:
+        time.sleep(1.0)
+        completed = notes_project.lockstep("rollback", "--with-data", "--yes", "--json", "--log-format", "json")
+        time.sleep(1.0)
+    assert completed.returncode == 0, completed.err
+    record = json.loads(completed.out)
+    events = [json.loads(line) for line in completed.err.splitlines()]
+    restore_started = next(
+        e["time"] for e in events if e.get("event") == "step-started" and e["step"] == "restore data"
+    )
+
+    assert load.failures == [], load.failures[:5]
+    # Nothing sent once the restore started reached the newer release: only 1.0.0 answered them,
+    # and the writes among them landed in the restored database, not in the one replaced.
+    after = [e for e in load.exchanges if e.sent_at >= restore_started]
+    assert {e.body for e in after if e.method == "GET"} == {"1.0.0"}
+    assert [e for e in after if e.status not in (200, 201)] == []
+    notes = notes_project.notes()
+    assert "from v2 #lost" not in notes and "from v1" in notes
+    written = [e.text for e in after if e.method == "POST"]
+    assert written and set(written) <= set(notes)
+
+    released_at = agent_events(notes_project, "traffic-released")[-1]
+    held_at = agent_events(notes_project, "traffic-held")[-1]
+    assert [e for e in load.exchanges if e.status not in (200, 201)] == []  # held, not refused
+    sent_during_hold = [e for e in load.exchanges if held_at <= e.sent_at <= released_at]
+    assert len(sent_during_hold) >= 2, "the load sent (almost) nothing during the hold"
+    # Those sent during the hold were answered only once it was released.
+    assert all(e.answered_at >= released_at - 0.05 for e in sent_during_hold)
+    # 2.0.0 answered only requests sent before the hold (in flight ones drained before the restore).
+    assert all(e.sent_at < held_at for e in load.exchanges if e.method == "GET" and e.body == "2.0.0")
+    steps = [step["step"] for step in record["steps"]]
+    assert steps.index("hold traffic") < steps.index("stop workers") < steps.index("restore data")
+    stopped = next(step for step in record["steps"] if step["step"] == "stop workers")
+    assert stopped["detail"] == "stopped worker"
+    assert 0 < record["traffic_held_seconds"] < 30
+    assert any(f"traffic held {record['traffic_held_seconds']:.1f} s" in json.dumps(e) for e in events)
+
+    human = notes_project.lockstep("history", "--json")
+    assert json.loads(human.out)[-1]["traffic_held_seconds"] == record["traffic_held_seconds"]
+
+
+def test_a_hold_past_its_deadline_answers_503_with_retry_after(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    set_hold_timeout(project, 0.3)
+    project.start_agent()
+    try:
+        deploy_v1_then_v2(project)
+        with WallClockLoad(project.listen_port) as load:
+            time.sleep(0.5)
+            completed = project.lockstep("rollback", "--with-data", "--yes", "--json")
+            time.sleep(0.5)
+        assert completed.returncode == 0, completed.err
+        refused = [e for e in load.exchanges if e.status == 503]
+        assert refused, "the restore outlasted a 0.3 s deadline, so some requests must have got 503"
+        assert {e.retry_after for e in refused} == {"5"}
+        assert all("paused for maintenance" in e.body for e in refused)
+        released_at = agent_events(project, "traffic-released")[-1]
+        assert [e for e in load.exchanges if e.status not in (200, 201, 503)] == []
+        assert {e.body for e in load.exchanges if e.sent_at > released_at and e.method == "GET"} == {"1.0.0"}
+        assert "got 503 with Retry-After" in completed.err
+        assert project.version() == "1.0.0"
+    finally:
+        _stop_everything(project)
+
+
+def test_a_killed_rollback_does_not_leave_the_traffic_held(tmp_path: Path) -> None:
+    """kill -9 of `lockstep rollback` while it holds: the proxy sees its owner gone and lets the
+    requests through, well before the (here 120 s) deadline."""
+    project = make_project(tmp_path)
+    set_hold_timeout(project, 120)
+    project.start_agent()
+    try:
+        deploy_v1_then_v2(project)
+        process = project.popen_lockstep("rollback", "--with-data", "--yes", "--log-format", "json")
+        assert process.stderr is not None
+        for line in process.stderr:
+            event = json.loads(line)
+            if event.get("event") == "step-finished" and event.get("step") == "hold traffic":
+                break
+        else:
+            raise AssertionError(f"the rollback ended (exit {process.wait()}) before it held the traffic")
+        process.send_signal(signal.SIGSTOP)  # frozen while holding: no release can come from it
+        proxy = BuiltinProxy(f"127.0.0.1:{project.listen_port}", project.directory / PROXY_STATE)
+        hold = proxy.hold_state()
+        assert hold is not None and hold["owner"]["pid"] == process.pid
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            held = pool.submit(project.request, "GET", "/version")
+            time.sleep(1.0)
+            assert not held.done(), "a request got through while the rollback held the traffic"
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            killed = time.monotonic()
+            status, body = held.result(timeout=10)
+        assert status == 200 and body.strip() in ("1.0.0", "2.0.0")
+        assert time.monotonic() - killed < 3.0  # the owner's death ended it, not the 120 s deadline
+        assert proxy.hold_state() is None
+        assert agent_events(project, "traffic-held")
+    finally:
+        _stop_everything(project)
+
+
+def test_an_interrupted_rollback_releases_the_hold(notes_project: NotesProject) -> None:
+    """Ctrl-C while traffic is held: the unwind releases it, and the newer release serves again."""
+    deploy_v1_then_v2(notes_project)
+    process = notes_project.popen_lockstep("rollback", "--with-data", "--yes", "--log-format", "json")
+    assert process.stderr is not None
+    for line in process.stderr:
+        event = json.loads(line)
+        if event.get("event") == "step-finished" and event.get("step") == "hold traffic":
+            process.send_signal(signal.SIGINT)
+            break
+    else:
+        raise AssertionError(f"the rollback ended (exit {process.wait()}) before it held the traffic")
+    remaining = process.stderr.read().decode()
+    assert process.wait(timeout=120) != 0, remaining
+    proxy = BuiltinProxy(f"127.0.0.1:{notes_project.listen_port}", notes_project.directory / PROXY_STATE)
+    assert proxy.hold_state() is None
+    assert '"undo hold"' in remaining
+    assert notes_project.history()[-1]["outcome"] == "failed" or notes_project.history()[-1]["outcome"] == "rolled-back"
+    started = time.monotonic()
+    assert notes_project.request("GET", "/version")[0] == 200
+    assert time.monotonic() - started < 2.0
