@@ -44,7 +44,7 @@ class WallClockLoad:
     port: int
     threads: int = 3
     exchanges: list[Exchange] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
+    failures: list[tuple[float, str]] = field(default_factory=list)  # (sent at, what happened)
 
     def __post_init__(self) -> None:
         self._stopping = threading.Event()
@@ -90,7 +90,7 @@ class WallClockLoad:
                     self.exchanges.append(exchange)
             except (OSError, http.client.HTTPException) as error:
                 with self._lock:
-                    self.failures.append(f"{type(error).__name__}: {error}")
+                    self.failures.append((sent_at, f"{type(error).__name__}: {error}"))
             finally:
                 connection.close()
             time.sleep(0.01)
@@ -130,7 +130,7 @@ def test_requests_during_a_data_rollback_wait_and_reach_the_older_release_on_the
         time.sleep(1.0)
     assert completed.returncode == 0, completed.err
     record = json.loads(completed.out)
-    events = [json.loads(line) for line in completed.err.splitlines()]
+    events = [json.loads(line) for line in completed.err.splitlines() if line.startswith("{")]
     restore_started = next(
         e["time"] for e in events if e.get("event") == "step-started" and e["step"] == "restore data"
     )
@@ -247,3 +247,37 @@ def test_an_interrupted_rollback_releases_the_hold(notes_project: NotesProject) 
     started = time.monotonic()
     assert notes_project.request("GET", "/version")[0] == 200
     assert time.monotonic() - started < 2.0
+
+
+def test_a_failed_deploy_holds_traffic_while_its_data_comes_back(notes_project: NotesProject) -> None:
+    """A migration fails half-way: the data comes back under a hold, so requests sent during the
+    restore wait, then reach the serving release (2.0.0) on the restored data."""
+    deploy_v1_then_v2(notes_project)
+    notes_project.apply("broken-migration", "notes 3.2.0")
+    with WallClockLoad(notes_project.listen_port, threads=6) as load:
+        time.sleep(1.0)
+        completed = notes_project.lockstep("deploy", "--json", "--log-format", "json")
+        time.sleep(1.0)
+    assert completed.returncode == 3, completed.err
+    record = json.loads(completed.out)
+    assert record["failed_step"] == "migrate" and record["data_restored"] is True
+    events = [json.loads(line) for line in completed.err.splitlines() if line.startswith("{")]
+    undo_started = next(e["time"] for e in events if e.get("event") == "step-started" and e["step"] == "undo migrate")
+    # Every write sent once the undo began is in the restored database: none went into the
+    # database being replaced (without a hold, those answered 201 during the restore are lost).
+    after_undo = [e for e in load.exchanges if e.sent_at >= undo_started]
+    written = [e.text for e in after_undo if e.method == "POST" and e.status == 201]
+    assert written and set(written) <= set(notes_project.notes())
+
+    held_at = agent_events(notes_project, "traffic-held")[-1]
+    released_at = agent_events(notes_project, "traffic-released")[-1]
+    assert held_at <= undo_started <= released_at
+    after = [e for e in load.exchanges if e.sent_at >= held_at]
+    assert [failure for failure in load.failures if failure[0] >= held_at] == []
+    assert [e for e in after if e.status not in (200, 201)] == []  # held, not refused
+    assert {e.body for e in after if e.method == "GET"} == {"2.0.0"}
+    sent_during_hold = [e for e in after if e.sent_at <= released_at]
+    assert len(sent_during_hold) >= 2
+    assert all(e.answered_at >= released_at - 0.05 for e in sent_during_hold)
+    assert 0 < record["traffic_held_seconds"] < 30
+    assert any("traffic held" in json.dumps(e) for e in events)

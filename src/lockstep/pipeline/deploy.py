@@ -15,6 +15,8 @@ The steps, each logged with its duration and each leaving an undo:
 
 Any failure, Ctrl-C, SIGTERM or SIGHUP unwinds the undo actions in reverse: traffic goes back, the new
 slot stops, and when migrations ran the data comes back per the environment's data_rollback policy.
+Traffic is held while the data comes back (pipeline/traffic_hold.py): from the start of the unwind
+when the policy restores without asking, else once the restore is agreed to; released at the end.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from lockstep.pipeline.snapshot import (
     database_password,
 )
 from lockstep.pipeline.steps import Reporter, StepFailed, StepRunner, bind_context
+from lockstep.pipeline.traffic_hold import TrafficHold
 from lockstep.process import Command, run_user_command
 from lockstep.repository.documents import DocumentStore
 from lockstep.repository.identity import current_user
@@ -175,6 +178,7 @@ class Deployment:
         self.release_directory: Path | None = None
         self.plans: list[ComponentPlan] = []
         self.broken_lock: LockHolder | None = None  # a stale or forced lock this deploy took over
+        self.traffic_hold: TrafficHold | None = None
         bind_context(reporter, env=context.environment)
 
     # -- the plan ------------------------------------------------------------------------------
@@ -586,6 +590,7 @@ class Deployment:
                     f"the data was not restored; to do it later: lockstep snapshot restore {snapshot.short_id}"
                 )
                 return
+            self._hold_traffic(record)
             result = restore_snapshot_data(
                 repository, snapshot, self.config, self.context.directory, self.context.environment
             )
@@ -669,7 +674,12 @@ class Deployment:
         record.failed_step = step
         record.reason = reason
         self.reporter.warn(f"deploy failed{f' at {step}' if step else ''}: {reason}; undoing")
-        undone = self.steps.unwind()
+        if self._restores_without_asking(record):
+            self._hold_traffic(record)  # before traffic goes back: the old release must not meet migrated data
+        try:
+            undone = self.steps.unwind()
+        finally:
+            self._release_traffic()
         record.outcome = "rolled-back" if undone else "failed"
         record.finished_at = time.time()
         record.steps = [item.to_document() for item in self.steps.records]
@@ -688,6 +698,36 @@ class Deployment:
             "see the undo errors above; `lockstep status` shows what serves now",
             result=RedactedRecord(record, self.redactor),
         ) from None
+
+    def _restores_without_asking(self, record: OperationRecord) -> bool:
+        """Whether the unwind is about to restore the data with nobody asked (policy auto)."""
+        moved = record.migration_after is None or record.migration_after != record.migration_before
+        return (
+            record.migrations_ran and record.snapshot_id is not None and moved and self.policy.data_rollback == "auto"
+        )
+
+    def _hold_traffic(self, record: OperationRecord) -> None:
+        """Hold traffic for the data restore; a hold that fails does not stop the undo, it is said."""
+        if traffic_component(self.config) is None or record.previous_release_id is None:
+            return  # nothing serves: nothing to hold
+        if self.traffic_hold is None:
+            self.traffic_hold = TrafficHold(self.agent, self.config.traffic, self.reporter, record)
+        try:
+            detail = self.traffic_hold.hold()
+        except LockstepError as error:
+            self.reporter.warn(f"traffic could not be held during the data restore: {error}")
+            return
+        self.reporter.info(f"traffic held for the data restore: {detail}")
+
+    def _release_traffic(self) -> None:
+        if self.traffic_hold is None or not self.traffic_hold.held:
+            return
+        try:
+            self.reporter.info(self.traffic_hold.release())
+        except LockstepError as error:
+            self.reporter.warn(
+                f"the traffic hold was not released ({error}); the proxy ends it when this command exits"
+            )
 
 
 def health_gate(agent: AgentClient, slot: str, plans: list[ComponentPlan]) -> str:
