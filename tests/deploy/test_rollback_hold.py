@@ -281,3 +281,40 @@ def test_a_failed_deploy_holds_traffic_while_its_data_comes_back(notes_project: 
     assert all(e.answered_at >= released_at - 0.05 for e in sent_during_hold)
     assert 0 < record["traffic_held_seconds"] < 30
     assert any("traffic held" in json.dumps(e) for e in events)
+
+
+@pytest.mark.parametrize("kind", ["nginx", "haproxy"])
+def test_a_data_rollback_through_nginx_and_haproxy_holds_traffic_too(tmp_path: Path, kind: str) -> None:
+    """nginx and HAProxy hold through the relay: the same guarantees as the built-in proxy."""
+    from tests.conftest import require_binary
+
+    require_binary(kind, f"apt-get install {kind}")
+    project = make_project(tmp_path)
+    config = project.directory / "lockstep.toml"
+    config.write_text(config.read_text().replace("[traffic]\n", f'[traffic]\nkind = "{kind}"\n'))
+    project.commit("use a real proxy")
+    project.start_agent()
+    try:
+        deploy_v1_then_v2(project)
+        with WallClockLoad(project.listen_port, threads=6) as load:
+            time.sleep(1.0)
+            completed = project.lockstep("rollback", "--with-data", "--yes", "--json", "--log-format", "json")
+            time.sleep(1.0)
+        assert completed.returncode == 0, completed.err
+        record = json.loads(completed.out)
+        events = [json.loads(line) for line in completed.err.splitlines() if line.startswith("{")]
+        restore_started = next(
+            e["time"] for e in events if e.get("event") == "step-started" and e["step"] == "restore data"
+        )
+        assert load.failures == [], load.failures[:5]
+        after = [e for e in load.exchanges if e.sent_at >= restore_started]
+        assert after and {e.body for e in after if e.method == "GET"} <= {"1.0.0"}
+        assert [e for e in after if e.status not in (200, 201)] == []
+        written = [e.text for e in after if e.method == "POST"]
+        assert set(written) <= set(project.notes())
+        assert 0 < record["traffic_held_seconds"] < 30
+        assert project.status()["traffic"]["kind"] == kind
+        traffic = project.directory / ".lockstep" / "state" / "test" / "traffic" / kind
+        assert not (traffic / "hold.json").exists()
+    finally:
+        _stop_everything(project)

@@ -227,8 +227,8 @@ class TrafficConfig(_Section):
         description=(
             "Seconds a request may wait while traffic is held for a data rollback (`rollback --with-data`, "
             "or a failed deploy restoring its data); past it, requests get 503 with Retry-After until the "
-            "hold ends. Set it above your usual restore time. nginx and HAProxy cannot hold requests: "
-            "they answer 503 with Retry-After for the whole hold."
+            "hold ends. Set it above your usual restore time (and, for a system nginx or HAProxy, keep "
+            "their upstream read timeout above it)."
         ),
         examples=[120.0],
     )

@@ -31,7 +31,7 @@ from typing import Literal
 
 from lockstep.errors import LockstepError, UsageError
 from lockstep.process import Command, process_alive, run_capture
-from lockstep.traffic.base import HoldMode, HoldUnsupported, TrafficState, UpstreamCounters
+from lockstep.traffic.base import HoldMode, TrafficState, UpstreamCounters
 from lockstep.traffic.common import (
     check_port,
     command_line,
@@ -42,6 +42,7 @@ from lockstep.traffic.common import (
     stop_gracefully,
 )
 from lockstep.traffic.hold import HoldOwner
+from lockstep.traffic.holding import HoldingRelay
 from lockstep.unix_sockets import SOCKET_PATH_LIMIT, fits_in_socket_address
 
 Mode = Literal["managed", "system"]
@@ -114,6 +115,7 @@ class HaproxySwitch:
         self.listen = listen
         self.state_directory = Path(state_directory)
         self.drain_timeout = drain_timeout
+        self.holding = HoldingRelay(self.state_directory, drain_timeout, self._point_at)
         self.binary = binary
         self.mode: Mode = mode
         self.include_path = include_path
@@ -225,6 +227,10 @@ class HaproxySwitch:
         `haproxy -c` or the reload fails.
         """
         check_port(port)
+        if not self.holding.switch_to(port):  # while held, the relay's upstream moves instead
+            self._point_at(port)
+
+    def _point_at(self, port: int) -> None:
         if self.mode == "managed":
             self._switch_managed(port)
         else:
@@ -246,7 +252,8 @@ class HaproxySwitch:
         else:
             running = self.stats_socket is not None and self._answers(self.stats_socket)
         upstreams = self._read_counters() if self.stats_socket is not None else ()
-        return TrafficState(running=running, listen=self.listen, active_port=self.active_port(), upstreams=upstreams)
+        active = self.holding.target_port() or self.active_port()  # held: where the relay sends it
+        return TrafficState(running=running, listen=self.listen, active_port=active, upstreams=upstreams)
 
     def wait_drained(self, port: int, timeout: float) -> bool:
         """Wait until no HAProxy worker from before the last reload has a request in flight (or a
@@ -280,17 +287,24 @@ class HaproxySwitch:
         return any(counter.in_flight > 0 for counter in self._parse_counters(text))
 
     def hold(self, owner: HoldOwner, timeout: float) -> HoldMode:
-        raise HoldUnsupported("HAProxy cannot hold traffic (yet)")
+        """HAProxy cannot park a request: its upstream becomes a relay that does (traffic/holding.py)."""
+        target = self.active_port()
+        if target is None:
+            raise LockstepError("HAProxy has no upstream to hold traffic for", "deploy first")
+        self.holding.hold(owner, timeout, self.holding.target_port() or target)
+        return "queue"
 
     def release(self) -> dict[str, object] | None:
-        return None
+        return self.holding.release()
 
     def check_hold(self) -> str | None:
-        return None
+        return self.holding.check()
 
     def stop(self) -> None:
         """Managed: graceful stop (SIGUSR1: stop accepting, finish requests), forced after
-        `drain_timeout`. System: nothing, lockstep never stops the user's HAProxy."""
+        `drain_timeout`. System: nothing, lockstep never stops the user's HAProxy (a hold's relay
+        stops)."""
+        self.holding.stop()
         if self.mode == "system":
             return
         master = self._master_pid()

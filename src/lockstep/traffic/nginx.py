@@ -33,7 +33,7 @@ from typing import Literal
 
 from lockstep.errors import LockstepError, UsageError
 from lockstep.process import Command, process_alive, run_capture
-from lockstep.traffic.base import HoldMode, HoldUnsupported, TrafficState, UpstreamCounters
+from lockstep.traffic.base import HoldMode, TrafficState, UpstreamCounters
 from lockstep.traffic.common import (
     check_port,
     command_line,
@@ -45,6 +45,7 @@ from lockstep.traffic.common import (
     wait_for_exit,
 )
 from lockstep.traffic.hold import HoldOwner
+from lockstep.traffic.holding import HoldingRelay
 
 Mode = Literal["managed", "system"]
 
@@ -116,6 +117,7 @@ class NginxSwitch:
         self.listen = listen
         self.state_directory = Path(state_directory)
         self.drain_timeout = drain_timeout
+        self.holding = HoldingRelay(self.state_directory, drain_timeout, self._point_at)
         self.binary = binary
         self.mode: Mode = mode
         self.include_path = include_path
@@ -220,6 +222,10 @@ class NginxSwitch:
         `nginx -t` or the reload does not take effect.
         """
         check_port(port)
+        if not self.holding.switch_to(port):  # while held, the relay's upstream moves instead
+            self._point_at(port)
+
+    def _point_at(self, port: int) -> None:
         if self.mode == "managed":
             self._switch_managed(port)
         else:
@@ -234,7 +240,7 @@ class NginxSwitch:
         mode reports no counters.
         """
         running = self._master_pid() is not None
-        active = self.active_port()
+        active = self.holding.target_port() or self.active_port()  # held: where the relay sends it
         upstreams: tuple[UpstreamCounters, ...] = ()
         if self.mode == "managed":
             upstreams = self._read_counters()
@@ -258,16 +264,23 @@ class NginxSwitch:
             time.sleep(0.05)
 
     def hold(self, owner: HoldOwner, timeout: float) -> HoldMode:
-        raise HoldUnsupported("nginx cannot hold traffic (yet)")
+        """nginx cannot park a request: its upstream becomes a relay that does (traffic/holding.py)."""
+        target = self.active_port()
+        if target is None:
+            raise LockstepError("nginx has no upstream to hold traffic for", "deploy first")
+        self.holding.hold(owner, timeout, self.holding.target_port() or target)
+        return "queue"
 
     def release(self) -> dict[str, object] | None:
-        return None
+        return self.holding.release()
 
     def check_hold(self) -> str | None:
-        return None
+        return self.holding.check()
 
     def stop(self) -> None:
-        """Managed: graceful shutdown (SIGQUIT), forced after `drain_timeout`. System: nothing."""
+        """Managed: graceful shutdown (SIGQUIT), forced after `drain_timeout`. System: nothing
+        (but a hold's relay stops)."""
+        self.holding.stop()
         if self.mode == "system":
             return
         master = self._master_pid()
