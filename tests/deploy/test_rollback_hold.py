@@ -210,6 +210,10 @@ def test_a_killed_rollback_does_not_leave_the_traffic_held(tmp_path: Path) -> No
         proxy = BuiltinProxy(f"127.0.0.1:{project.listen_port}", project.directory / PROXY_STATE)
         hold = proxy.hold_state()
         assert hold is not None and hold["owner"]["pid"] == process.pid
+        status = project.status()["traffic"]["hold"]
+        assert status["owner"]["pid"] == process.pid and status["expired"] is False
+        human = project.lockstep("status")
+        assert f"HELD for a data rollback (pid {process.pid})" in human.out, human.out
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
             held = pool.submit(project.request, "GET", "/version")
             time.sleep(1.0)
@@ -221,6 +225,7 @@ def test_a_killed_rollback_does_not_leave_the_traffic_held(tmp_path: Path) -> No
         assert status == 200 and body.strip() in ("1.0.0", "2.0.0")
         assert time.monotonic() - killed < 3.0  # the owner's death ended it, not the 120 s deadline
         assert proxy.hold_state() is None
+        assert project.status()["traffic"]["hold"] is None
         assert agent_events(project, "traffic-held")
     finally:
         _stop_everything(project)

@@ -75,6 +75,7 @@ def test_held_requests_wait_then_go_to_the_slot_active_at_release(
         assert proxy.hold(HoldOwner.this_process(), timeout=30.0) == "queue"
         held = [pool.submit(exchange, port, "/") for _ in range(8)]
         wait_until(lambda: (proxy.hold_state() or {}).get("waiting") == 8)
+        assert (proxy.state().hold or {}).get("waiting") == 8
         assert proxy.wait_drained(blue.port, timeout=10.0)
         assert in_flight.result()[:2] == (200, b"blue")  # drained: it finished where it started
         assert not any(future.done() for future in held)

@@ -69,6 +69,7 @@ def test_held_requests_wait_and_go_to_the_port_active_at_release(
         assert wait_until(lambda: held_count(switch) == 5)
         switch.switch_to(green.port)  # while held: where the requests go once released
         assert switch.state().active_port == green.port
+        assert (switch.state().hold or {}).get("waiting") == 5
         time.sleep(0.3)
         assert not any(future.done() for future in held)
         released_at = time.monotonic()
@@ -79,6 +80,7 @@ def test_held_requests_wait_and_go_to_the_port_active_at_release(
     assert summary is not None and float(str(summary["seconds"])) >= 0.3
     assert switch.active_port() == green.port  # pointed back at the slot itself, relay gone
     assert not (switch.state_directory / HOLD_FILE).exists()
+    assert switch.state().hold is None
     assert get(switch.listen_port) == (200, "green")
 
 

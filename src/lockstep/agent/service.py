@@ -445,6 +445,7 @@ class AgentService:
                         }
                         for counters in traffic_state.upstreams
                     ],
+                    "hold": traffic_state.hold,
                 },
                 "last_event_id": self.state.last_event_id(),
             }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
@@ -69,6 +70,7 @@ def status_command(config_path: Path | None, environment: str | None, json_outpu
         print_line(
             f"  traffic: {traffic.get('kind')} on {traffic.get('listen')}, port {traffic.get('active_port')}"
             + ("" if traffic.get("running", True) else " — NOT RUNNING: requests are refused")
+            + describe_hold(traffic.get("hold"))
         )
     lock = document["lock"]
     print_line(f"  lock: {lock['state']}" + (f" — {lock['detail']}" if lock.get("detail") else ""))
@@ -109,3 +111,16 @@ def history_command(config_path: Path | None, environment: str | None, json_outp
 
 
 COMMANDS = [status_command, history_command]
+
+
+def describe_hold(hold: dict[str, Any] | None) -> str:
+    """A held site says so: requests wait (or get 503) until the data rollback releases them."""
+    if not hold:
+        return ""
+    owner = (hold.get("owner") or {}).get("pid")
+    text = f" — HELD for a data rollback (pid {owner})"
+    if "seconds" in hold:
+        text += f" for {float(hold['seconds']):.0f} s, {hold.get('waiting', 0)} requests waiting"
+    if hold.get("expired"):
+        text += "; past its deadline: requests get 503"
+    return text

@@ -12,7 +12,7 @@ active at that moment. What a switch can honestly do while held differs (see Hol
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from lockstep.errors import LockstepError
 from lockstep.traffic.hold import HoldOwner
@@ -45,6 +45,7 @@ class TrafficState:
     listen: str  # "HOST:PORT"
     active_port: int | None
     upstreams: tuple[UpstreamCounters, ...] = field(default_factory=tuple)
+    hold: dict[str, Any] | None = None  # the hold in force: owner, seconds, waiting, deadline passed
 
 
 class TrafficSwitch(Protocol):

@@ -99,7 +99,11 @@ class BuiltinProxy:
             for entry in payload["upstreams"]
         )
         return TrafficState(
-            running=True, listen=str(payload["listen"]), active_port=int(payload["active_port"]), upstreams=upstreams
+            running=True,
+            listen=str(payload["listen"]),
+            active_port=int(payload["active_port"]),
+            upstreams=upstreams,
+            hold=payload.get("hold"),
         )
 
     def wait_drained(self, port: int, timeout: float) -> bool:

@@ -253,7 +253,9 @@ class HaproxySwitch:
             running = self.stats_socket is not None and self._answers(self.stats_socket)
         upstreams = self._read_counters() if self.stats_socket is not None else ()
         active = self.holding.target_port() or self.active_port()  # held: where the relay sends it
-        return TrafficState(running=running, listen=self.listen, active_port=active, upstreams=upstreams)
+        return TrafficState(
+            running=running, listen=self.listen, active_port=active, upstreams=upstreams, hold=self.holding.state()
+        )
 
     def wait_drained(self, port: int, timeout: float) -> bool:
         """Wait until no HAProxy worker from before the last reload has a request in flight (or a

@@ -54,6 +54,13 @@ class HoldingRelay:
         current = self.current()
         return None if current is None else int(current["target_port"])
 
+    def state(self) -> dict[str, Any] | None:
+        """The relay's hold (owner, seconds, waiting requests...), or None when nothing is held."""
+        current = self.current()
+        if current is None:
+            return None
+        return self._relay(int(current["relay_port"])).hold_state() or {"owner": current.get("owner")}
+
     def hold(self, owner: HoldOwner, timeout: float, target_port: int) -> None:
         current = self.current()
         if current is not None:

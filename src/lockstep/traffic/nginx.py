@@ -244,7 +244,9 @@ class NginxSwitch:
         upstreams: tuple[UpstreamCounters, ...] = ()
         if self.mode == "managed":
             upstreams = self._read_counters()
-        return TrafficState(running=running, listen=self.listen, active_port=active, upstreams=upstreams)
+        return TrafficState(
+            running=running, listen=self.listen, active_port=active, upstreams=upstreams, hold=self.holding.state()
+        )
 
     def wait_drained(self, port: int, timeout: float) -> bool:
         """Wait until no old nginx worker (one from before the last reload) is still alive.
