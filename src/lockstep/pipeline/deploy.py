@@ -710,6 +710,8 @@ class Deployment:
         """Hold traffic for the data restore; a hold that fails does not stop the undo, it is said."""
         if traffic_component(self.config) is None or record.previous_release_id is None:
             return  # nothing serves: nothing to hold
+        if self.traffic_hold is not None and self.traffic_hold.held:
+            return  # held since the unwind began
         if self.traffic_hold is None:
             self.traffic_hold = TrafficHold(self.agent, self.config.traffic, self.reporter, record)
         try:
