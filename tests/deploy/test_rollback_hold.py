@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from lockstep.agent.client import AgentClient, AgentRequestFailed
+from lockstep.layout import EnvironmentLayout
 from lockstep.traffic.builtin import BuiltinProxy
 from tests.deploy.conftest import NotesProject, _stop_everything, make_project
 
@@ -252,6 +254,10 @@ def test_an_interrupted_rollback_releases_the_hold(notes_project: NotesProject) 
     started = time.monotonic()
     assert notes_project.request("GET", "/version")[0] == 200
     assert time.monotonic() - started < 2.0
+    # A hold asked for without a usable owner is refused, saying why (not an agent failure).
+    layout = EnvironmentLayout(notes_project.directory / ".lockstep" / "state" / "test", "test")
+    with pytest.raises(AgentRequestFailed, match="needs an owner"):
+        AgentClient(layout.agent_socket, "test").request("POST", "/v1/traffic/hold", {"owner": {"pid": "1"}})
 
 
 def test_a_failed_deploy_holds_traffic_while_its_data_comes_back(notes_project: NotesProject) -> None:

@@ -142,3 +142,17 @@ def test_a_second_owner_cannot_take_a_live_hold(
     finally:
         proxy.release()
     assert proxy.release() is None
+
+
+def test_a_hold_owner_is_its_pid_and_start_time(owner: tuple[subprocess.Popen[bytes], HoldOwner]) -> None:
+    """A reused PID (same number, another start time) is not the owner; a zombie is not alive."""
+    process, identity = owner
+    assert identity.alive() and identity.start_ticks is not None
+    assert not HoldOwner(process.pid, identity.start_ticks + 1).alive()
+    process.kill()
+    time.sleep(0.2)  # killed, not reaped yet: a zombie
+    assert not identity.alive()
+    process.wait()
+    assert not identity.alive()
+    with pytest.raises(ValueError):
+        HoldOwner.from_document({"pid": "1"})

@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from lockstep.agent.service import AgentService, ComponentLaunch
-from lockstep.errors import LockstepError
+from lockstep.errors import LockstepError, UsageError
 from lockstep.traffic.hold import HoldOwner
 from lockstep.unix_sockets import foreign_socket_owner
 
@@ -116,9 +116,7 @@ class AgentServer:
             ("POST", "/v1/traffic/drain"): lambda body, query: {
                 "drained": service.wait_drained(str(body["slot"]), float(body.get("timeout", 30.0)))
             },
-            ("POST", "/v1/traffic/hold"): lambda body, query: service.hold(
-                HoldOwner.from_document(body.get("owner")), float(body.get("timeout", 30.0))
-            ),
+            ("POST", "/v1/traffic/hold"): self._hold_route,
             ("POST", "/v1/traffic/release"): lambda body, query: service.release(),
             ("POST", "/v1/shutdown"): self._shutdown_route,
         }
@@ -161,6 +159,16 @@ class AgentServer:
             return {"stopped": slot}
 
         return stop
+
+    def _hold_route(self, body: dict[str, Any], query: dict[str, list[str]]) -> Any:
+        try:
+            owner = HoldOwner.from_document(body.get("owner"))
+            timeout = float(body.get("timeout", 30.0))
+        except (TypeError, ValueError) as error:
+            raise UsageError(f"a traffic hold needs an owner and a timeout: {error}") from None
+        if not 0 < timeout <= 3600:
+            raise UsageError(f"a traffic hold's timeout must be between 0 and 3600 seconds, not {timeout:g}")
+        return self.service.hold(owner, timeout)
 
     def _shutdown_route(self, body: dict[str, Any], query: dict[str, list[str]]) -> Any:
         self.stop_apps_requested = bool(body.get("stop_apps"))
