@@ -23,7 +23,9 @@ REPOSITORY_INTRODUCTION = """# `lockstep repo`: command reference
 Generated from the code by `python scripts/generate_cli_reference.py`; a test fails when this
 file and the commands disagree. Every command takes the repository from `--repo` or
 `LOCKSTEP_REPOSITORY` and the password from `--password-file`, `--password-command`,
-`LOCKSTEP_PASSWORD` or `LOCKSTEP_PASSWORD_FILE`. Exit codes: [exit-codes.md](exit-codes.md).
+`LOCKSTEP_PASSWORD` or `LOCKSTEP_PASSWORD_FILE`
+(in restic's order: see the README's [password sources](../README.md#password-sources)).
+Exit codes: [exit-codes.md](exit-codes.md).
 """
 
 COMMANDS_INTRODUCTION = """# lockstep commands

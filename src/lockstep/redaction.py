@@ -169,7 +169,12 @@ class Redactor:
         if len(value) < MINIMUM_SECRET_LENGTH or value.lower() in _NOT_SECRETS:
             return
         # The forms the same secret takes inside a JSON string and a URL, so serialised payloads are covered too.
-        variants = {value, json.dumps(value, ensure_ascii=False)[1:-1], quote(value, safe="")}
+        # A password that is not UTF-8 (read from a file: its bytes travel as surrogate escapes) too.
+        variants = {
+            value,
+            json.dumps(value, ensure_ascii=False)[1:-1],
+            quote(value, safe="", errors="surrogateescape"),
+        }
         with self._lock:
             new = variants - self._values
             if new:

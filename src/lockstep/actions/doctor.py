@@ -7,7 +7,6 @@ and last the snapshots (which need the repository open).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -114,7 +113,10 @@ def _open_repository(context: EnvironmentContext) -> tuple[DoctorCheck, Reposito
         location = access.resolved_location()
     except LockstepError as error:
         return doctor.failed("repository", error.message, error.hint), None
-    source = doctor.describe_password_source(access.password_file, access.password_command)
+    try:
+        source = access.password_source().origin
+    except LockstepError as error:
+        return doctor.failed("repository", error.message, error.hint), None
 
     def open_repository() -> Repository:
         repository = access.open(load_index=False)
@@ -144,9 +146,8 @@ def _permission_checks(context: EnvironmentContext) -> list[DoctorCheck]:
         doctor.check_repository_permissions(config.repository.url),
     ]
     password_files: dict[str, Path] = {}
-    repository_file = config.repository.password_file
-    # LOCKSTEP_PASSWORD wins over the file; then only a file that exists still matters.
-    if repository_file is not None and (repository_file.exists() or not os.environ.get("LOCKSTEP_PASSWORD")):
+    repository_file = context.project.access.password_file_in_use()
+    if repository_file is not None:
         password_files["repository password_file"] = repository_file
     for name, database in config.databases.items():
         if database.password_file is not None:

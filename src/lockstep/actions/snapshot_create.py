@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,19 +41,21 @@ class ProjectContext:
 def load_project(start: Path, config_path: Path | None, environment: str | None) -> ProjectContext:
     """Find and load lockstep.toml for `environment`, and the repository access it describes.
 
-    LOCKSTEP_PASSWORD, when set, wins over the config's password_file/password_command, as
-    LOCKSTEP_REPOSITORY wins over its url (the config loader applies that one).
+    The config's password_file/password_command count unless a flag or variable names a file or
+    command (RepositoryAccess says the whole order, restic's), as LOCKSTEP_REPOSITORY wins over
+    its url (the config loader applies that one).
     """
     path = find_config(start, config_path)
     config = load_config(path, environment)
     repository = config.repository
-    password_from_environment = bool(os.environ.get("LOCKSTEP_PASSWORD"))
+    directory = path.resolve().parent
     access = RepositoryAccess(
         location=repository.url,
-        password_file=None if password_from_environment else repository.password_file,
-        password_command=None if password_from_environment else repository.password_command,
+        configured_password_file=repository.password_file,
+        configured_password_command=repository.password_command,
+        config_directory=directory,
     )
-    return ProjectContext(directory=path.resolve().parent, config=config, access=access)
+    return ProjectContext(directory=directory, config=config, access=access)
 
 
 def create(

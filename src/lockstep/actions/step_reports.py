@@ -97,7 +97,7 @@ def teach_secrets(reporter: Reporter, project: ProjectContext) -> None:
         return
     for value in project_secrets(project.config):
         add(value)
-    password_file = project.access.password_file
+    password_file = project.access.password_file_in_use()
     if password_file is not None:
         with suppress(OSError):
             add(password_file.read_text(encoding="utf-8").rstrip("\r\n"))

@@ -88,14 +88,19 @@ class RepositoryConfig(_Section):
     password_file: Path | None = Field(
         default=None,
         description=(
-            "File holding the repository password (relative to lockstep.toml's directory). "
-            "Without it, and without password_command, the password comes from LOCKSTEP_PASSWORD."
+            "File holding the repository password (relative to lockstep.toml's directory); it wins over "
+            "LOCKSTEP_PASSWORD. --password-file/--password-command and LOCKSTEP_PASSWORD_FILE/"
+            "LOCKSTEP_PASSWORD_COMMAND override it."
         ),
         examples=["/etc/lockstep/repository-password"],
     )
     password_command: str | None = Field(
         default=None,
-        description="Command whose output is the repository password, e.g. a secret manager's CLI.",
+        description=(
+            "Command whose output is the repository password, e.g. a secret manager's CLI; run without a "
+            "shell, in lockstep.toml's directory. It wins over LOCKSTEP_PASSWORD; --password-file/"
+            "--password-command and LOCKSTEP_PASSWORD_FILE/LOCKSTEP_PASSWORD_COMMAND override it."
+        ),
         examples=["pass show lockstep/shop"],
     )
 

@@ -233,7 +233,7 @@ def render_sample(project_directory: Path | None = None) -> str:
         "# lockstep.toml: what a snapshot of this project contains and where it is stored.",
         "# Written by `lockstep init` from lockstep's config model; docs/config.md describes every key.",
         "# A commented-out key shows an example value; without it lockstep uses the default shown.",
-        "# The repository password comes from LOCKSTEP_PASSWORD unless password_file or password_command is set.",
+        "# The repository password comes from password_file or password_command if set, else LOCKSTEP_PASSWORD.",
     ]
     tables = {}
     for name, field in ProjectConfig.model_fields.items():  # top-level keys must precede every [table]
@@ -290,8 +290,10 @@ def render_reference() -> str:
         'url = "postgresql://postgres@127.0.0.1:5432/shop"',
         "```",
         "",
-        "The repository password comes from `LOCKSTEP_PASSWORD` (or `repository.password_file` /",
-        "`repository.password_command`). Passwords never go in URLs: a URL with a password is refused.",
+        "The repository password comes from `repository.password_file` / `repository.password_command`",
+        "when set, else from `LOCKSTEP_PASSWORD`; `LOCKSTEP_PASSWORD_FILE` / `LOCKSTEP_PASSWORD_COMMAND`",
+        "override the config (the order is restic's: see the README). Passwords never go in URLs: a URL",
+        "with a password is refused.",
     ]
     for key in iter_keys():
         depth = key.path.count(".") - key.path.count("NAME.") - key.path.count("[].")

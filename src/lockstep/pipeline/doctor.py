@@ -133,19 +133,6 @@ def server_major_version(version_number: int) -> int:
 # -- configuration and repository ----------------------------------------------------------------
 
 
-def describe_password_source(password_file: Path | None, password_command: str | None) -> str:
-    """Where the repository password comes from, for the fix line (never the password itself)."""
-    if os.environ.get("LOCKSTEP_PASSWORD"):
-        return "LOCKSTEP_PASSWORD"
-    if password_file is not None:
-        return f"the password file {password_file}"
-    if password_command is not None:
-        return "password_command"
-    if os.environ.get("LOCKSTEP_PASSWORD_FILE"):
-        return "LOCKSTEP_PASSWORD_FILE"
-    return "LOCKSTEP_PASSWORD"
-
-
 def check_repository(
     open_repository: Callable[[], Repository], location: str, password_source: str
 ) -> tuple[DoctorCheck, Repository | None]:
@@ -162,7 +149,7 @@ def check_repository(
             failed(
                 name,
                 f"the password from {password_source} does not open the repository at {location}",
-                f"set {password_source} to the password the repository was created with",
+                f"make {password_source} give the password the repository was created with",
             ),
             None,
         )

@@ -22,7 +22,7 @@ def secrets_redactor(context: EnvironmentContext) -> Redactor:
 
     The process's, so the CLI's last error line hides what the deploy's notifications hid."""
     redactor = teach_project_secrets(context.config)
-    password_file = context.project.access.password_file
+    password_file = context.project.access.password_file_in_use()
     if password_file is not None:
         with suppress(OSError, UnicodeDecodeError):
             redactor.add(password_file.read_text(encoding="utf-8").rstrip("\r\n"))

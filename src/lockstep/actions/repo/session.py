@@ -7,25 +7,59 @@ import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from lockstep.actions.repo.passwords import legacy_password, password_from_command_output, password_from_file_bytes
 from lockstep.errors import SourceError, UsageError, WrongPassword
 from lockstep.process import Command, run_capture
+from lockstep.redaction import process_redactor
 from lockstep.repository.locks import locked
 from lockstep.repository.repository import Repository
 from lockstep.storage.location import open_backend
 
+PASSWORD_VARIABLE = "LOCKSTEP_PASSWORD"
+PASSWORD_FILE_VARIABLE = "LOCKSTEP_PASSWORD_FILE"
+PASSWORD_COMMAND_VARIABLE = "LOCKSTEP_PASSWORD_COMMAND"
+
+
+@dataclass(frozen=True)
+class PasswordSource:
+    """Where the repository password comes from: a file, a command or LOCKSTEP_PASSWORD.
+
+    `origin` names what chose it (`--password-file`, `LOCKSTEP_PASSWORD_COMMAND`,
+    `repository.password_command in lockstep.toml`) for messages; it never holds the password."""
+
+    kind: Literal["file", "command", "variable"]
+    origin: str
+    file: Path | None = None
+    command: str | None = None
+    directory: Path | None = None  # where a command from lockstep.toml runs: the config's directory
+
 
 @dataclass(frozen=True)
 class RepositoryAccess:
-    """Where the repository is and how to get its password; resolved lazily."""
+    """Where the repository is and how to get its password; resolved lazily.
+
+    The password is found as restic finds it (cmd/restic, resolvePassword): a password file
+    (`--password-file`, else $LOCKSTEP_PASSWORD_FILE) or a password command (`--password-command`,
+    else $LOCKSTEP_PASSWORD_COMMAND), the two being mutually exclusive, and only without either of
+    them $LOCKSTEP_PASSWORD. lockstep.toml's password_file/password_command count when neither a
+    flag nor a variable names a file or command (the environment overrides the config, as
+    LOCKSTEP_REPOSITORY overrides its url), and still win over $LOCKSTEP_PASSWORD."""
 
     location: str | None = None
     password_file: Path | None = None
     password_command: str | None = None
     lock_wait_seconds: float = 0.0
+    configured_password_file: Path | None = None
+    configured_password_command: str | None = None
+    config_directory: Path | None = None
+    # A password command's output, kept for the life of this object, so the command runs once per
+    # lockstep command (and once per agent, not on every dashboard refresh); dropped when it does
+    # not open the repository, so a changed password is read again.
+    _read: list[list[str]] = field(default_factory=list, init=False, compare=False, repr=False)
 
     def resolved_location(self) -> str:
         location = self.location or os.environ.get("LOCKSTEP_REPOSITORY", "")
@@ -36,45 +70,70 @@ class RepositoryAccess:
             )
         return location
 
+    def password_source(self) -> PasswordSource:
+        """Which source gives the password; a file and a command both given is a usage error, as in
+        restic ("Password file and command are mutually exclusive options")."""
+        file_origin = "--password-file" if self.password_file is not None else PASSWORD_FILE_VARIABLE
+        file_name = str(self.password_file) if self.password_file is not None else os.environ.get(file_origin, "")
+        command_origin = "--password-command" if self.password_command is not None else PASSWORD_COMMAND_VARIABLE
+        command = self.password_command if self.password_command is not None else os.environ.get(command_origin, "")
+        if file_name and command:
+            raise UsageError(
+                f"both a password file ({file_origin}) and a password command ({command_origin}) are given; "
+                "they are mutually exclusive",
+                f"keep only one of them (unset {PASSWORD_FILE_VARIABLE} or {PASSWORD_COMMAND_VARIABLE} "
+                "if the other comes from the command line)",
+            )
+        if command:
+            return PasswordSource("command", command_origin, command=command)
+        if file_name:
+            return PasswordSource("file", file_origin, file=Path(file_name))
+        if self.configured_password_command is not None:
+            return PasswordSource(
+                "command",
+                "repository.password_command in lockstep.toml",
+                command=self.configured_password_command,
+                directory=self.config_directory,
+            )
+        if self.configured_password_file is not None:
+            return PasswordSource(
+                "file", "repository.password_file in lockstep.toml", file=self.configured_password_file
+            )
+        return PasswordSource("variable", PASSWORD_VARIABLE)
+
+    def password_file_in_use(self) -> Path | None:
+        """The password file this access reads, if any (its content is a secret to redact)."""
+        try:
+            source = self.password_source()
+        except UsageError:
+            return None
+        return source.file
+
     def password(self) -> str:
-        """From --password-file, --password-command or LOCKSTEP_PASSWORD, in that order; a file's
-        content and a command's output are read as restic reads them (passwords.py)."""
+        """The password as restic reads it from the chosen source (passwords.py)."""
         return self.password_candidates()[0]
 
     def password_candidates(self) -> list[str]:
         """The password as restic reads it, then (when it differs) as earlier lockstep versions
         read a file or command output, which kept surrounding spaces and tabs: opening tries both,
-        so repositories created that way still open; new keys only ever get the first."""
-        if self.password_file is not None:
-            try:
-                data = self.password_file.read_bytes()
-            except OSError as error:
-                raise UsageError(
-                    f"cannot read the password file {self.password_file}: {error.strerror}",
-                    "fix the path given to --password-file (or LOCKSTEP_PASSWORD_FILE)",
-                ) from error
-            password = password_from_file_bytes(data)
-            legacy = legacy_password(data.decode("utf-8", "surrogateescape"))
-        elif self.password_command is not None:
-            try:
-                output = run_capture(Command.parse(self.password_command), timeout=60, errors="surrogateescape")
-            except SourceError as error:
-                # Not a backup source: the password is configuration, so this is a usage error.
-                raise UsageError(f"--password-command failed: {error.message}", "fix the command") from error
-            password = password_from_command_output(output)
-            legacy = legacy_password(output)
-        else:
-            password = os.environ.get("LOCKSTEP_PASSWORD", "")
-            legacy = password
-            file_from_environment = os.environ.get("LOCKSTEP_PASSWORD_FILE")
-            if not password and file_from_environment:
-                return RepositoryAccess(password_file=Path(file_from_environment)).password_candidates()
-        if not password:
-            raise UsageError(
-                "no repository password given",
-                "set LOCKSTEP_PASSWORD, or pass --password-file FILE or --password-command CMD",
-            )
-        return [password] if legacy in (password, "") else [password, legacy]
+        so repositories created that way still open; new keys only ever get the first.
+
+        Each value is taught to the process's redactor, so that a password from a command or a
+        file never shows in what lockstep prints, logs or sends."""
+        if self._read:
+            return self._read[0]
+        source = self.password_source()
+        candidates = _read_password(source)
+        redactor = process_redactor()
+        for candidate in candidates:
+            redactor.add(candidate)
+        if source.kind == "command":
+            self._read.append(candidates)
+        return candidates
+
+    def forget_password(self) -> None:
+        """Read the password again next time (it did not open the repository: it may have changed)."""
+        self._read.clear()
 
     def _open_while(self, meanwhile: Callable[[], None]) -> Repository:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lockstep-open") as pool:
@@ -98,6 +157,7 @@ class RepositoryAccess:
                     repository = Repository.open(backend, other)
                     break
             else:
+                self.forget_password()
                 raise
         if load_index:
             repository.load_index()
@@ -134,3 +194,47 @@ class RepositoryAccess:
                 yield repository
         finally:
             repository.close()
+
+
+def _read_password(source: PasswordSource) -> list[str]:
+    """The password (and its legacy form, when it differs) from `source`; see password_candidates."""
+    if source.kind == "file":
+        assert source.file is not None
+        try:
+            data = source.file.read_bytes()
+        except OSError as error:
+            raise UsageError(
+                f"cannot read the password file {source.file} (from {source.origin}): {error.strerror}",
+                f"fix the path given by {source.origin}",
+            ) from error
+        password = password_from_file_bytes(data)
+        legacy = legacy_password(data.decode("utf-8", "surrogateescape"))
+        empty = f"no repository password: the password file {source.file} (from {source.origin}) is empty"
+    elif source.kind == "command":
+        assert source.command is not None
+        command = Command.parse(source.command)
+        if source.directory is not None:
+            command = Command(command.argv, cwd=str(source.directory))
+        try:
+            output = run_capture(command, timeout=60, errors="surrogateescape")
+        except SourceError as error:
+            # Its standard output is never shown: it may hold (part of) the password. Not a backup
+            # source's failure but configuration, so a usage error.
+            raise UsageError(
+                f"the password command (from {source.origin}) failed: {error.message}",
+                "run the command by hand to see why, or fix it",
+            ) from error
+        password = password_from_command_output(output)
+        legacy = legacy_password(output)
+        empty = f"no repository password: the password command (from {source.origin}) printed nothing"
+    else:
+        password = os.environ.get(PASSWORD_VARIABLE, "")
+        legacy = password
+        empty = "no repository password given"
+    if not password:
+        raise UsageError(
+            empty,
+            f"set {PASSWORD_VARIABLE}, or pass --password-file FILE or --password-command CMD "
+            f"(or set {PASSWORD_FILE_VARIABLE} or {PASSWORD_COMMAND_VARIABLE})",
+        )
+    return [password] if legacy in (password, "") else [password, legacy]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,9 +28,13 @@ def repository_options(function: F) -> F:
         click.option(
             "--password-file",
             type=click.Path(path_type=Path, dir_okay=False),
-            help="Read the password from this file. Default: $LOCKSTEP_PASSWORD.",
+            help="Read the password from this file. Default: $LOCKSTEP_PASSWORD_FILE.",
         ),
-        click.option("--password-command", metavar="CMD", help="Run CMD and use its output as the password."),
+        click.option(
+            "--password-command",
+            metavar="CMD",
+            help="Run CMD (no shell) and use its output as the password. Default: $LOCKSTEP_PASSWORD_COMMAND.",
+        ),
         click.option(
             "--lock-wait", type=float, default=0.0, metavar="SECONDS", help="Wait this long for a locked repository."
         ),
@@ -52,13 +57,20 @@ def access_from(options: dict[str, Any]) -> RepositoryAccess:
     """Pop the shared options out of a command's kwargs and build the access object.
 
     Without --repo and $LOCKSTEP_REPOSITORY, the repository of lockstep.toml (-c, or the one in
-    the current directory) is used, with its password_file/password_command.
+    the current directory) is used, with its password_file/password_command (which a flag or
+    $LOCKSTEP_PASSWORD_FILE / $LOCKSTEP_PASSWORD_COMMAND overrides).
     """
     location = options.pop("repository")
     password_file = options.pop("password_file")
     password_command = options.pop("password_command")
     lock_wait = options.pop("lock_wait")
     config_path = options.pop("config_path", None)
+    access = RepositoryAccess(
+        location=location,
+        password_file=password_file,
+        password_command=password_command,
+        lock_wait_seconds=lock_wait,
+    )
     if not location and not os.environ.get("LOCKSTEP_REPOSITORY"):
         # Imported here: the project configuration (pydantic models) costs ~0.2 s to import,
         # which commands given --repo or $LOCKSTEP_REPOSITORY should not pay.
@@ -68,16 +80,13 @@ def access_from(options: dict[str, Any]) -> RepositoryAccess:
         candidate = config_path or Path(CONFIG_FILE_NAME)
         if config_path is not None or candidate.is_file():
             project = load_project(Path.cwd(), candidate, None)
-            location = project.access.location
-            if password_file is None and password_command is None:
-                password_file = project.access.password_file
-                password_command = project.access.password_command
-    return RepositoryAccess(
-        location=location,
-        password_file=password_file,
-        password_command=password_command,
-        lock_wait_seconds=lock_wait,
-    )
+            access = replace(
+                project.access,
+                password_file=password_file,
+                password_command=password_command,
+                lock_wait_seconds=lock_wait,
+            )
+    return access
 
 
 def wants_json(options: dict[str, Any]) -> bool:
