@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import math
 import re
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -195,6 +197,55 @@ def test_a_scheduled_backup_shows_in_the_metrics(metrics_project: tuple[NotesPro
     parsed = _wait_for_snapshots(port, 2)
     assert parsed.value("lockstep_snapshots") == 2
     assert parsed.value("lockstep_snapshot_size_bytes", kind="scheduled") > 0
+
+
+def test_the_last_scheduled_runs_duration_and_bytes_added_are_in_the_metrics(tmp_path: Path) -> None:
+    """The agent's scheduled backups and verifications were in the metrics only through the
+    snapshot they made (lockstep_snapshot_duration_seconds times the snapshot step alone): how long
+    the whole run took (preflight, dump, retention, verification), whether it worked and what it
+    added were not, so a nightly backup creeping towards its window went unnoticed."""
+    (port,) = free_ports(1)
+    schedules = (
+        '[[schedules]]\njob = "backup"\ncron = "0 3 * * *"\n\n[[schedules]]\njob = "verify"\ncron = "0 4 * * *"\n'
+    )
+    project = make_project(tmp_path, extra_config=f'{schedules}\n[agent]\ndashboard_listen = "127.0.0.1:{port}"\n')
+    project.env["LOCKSTEP_DASHBOARD_TOKEN"] = TOKEN
+    project.database.parent.mkdir(parents=True)  # as a first deploy leaves it: a backup needs the database
+    with contextlib.closing(sqlite3.connect(project.database)) as connection, connection:
+        connection.execute("CREATE TABLE notes (text TEXT)")
+    project.start_agent()
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            status, _, text = scrape(port)
+            assert status == 200, text
+            parsed = parse_exposition(text)
+            done = parsed.values("lockstep_schedule_last_run_success")
+            if len(done) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        backup = {"job": "backup", "schedule": "backup 0 3 * * *"}
+        records = [record for record in project.history() if record["operation"] == "scheduled-backup"]
+        assert [record["outcome"] for record in records] == ["succeeded"], records
+        assert parsed.types["lockstep_schedule_last_run_duration_seconds"] == "gauge"
+        assert parsed.value("lockstep_schedule_last_run_duration_seconds", **backup) == pytest.approx(
+            records[0]["duration"], abs=0.002
+        )
+        assert parsed.value("lockstep_schedule_last_run_success", **backup) == 1
+        assert parsed.value("lockstep_schedule_last_run_timestamp_seconds", **backup) == pytest.approx(
+            records[0]["finished_at"], abs=0.01
+        )
+        assert parsed.value("lockstep_schedule_last_success_timestamp_seconds", **backup) == pytest.approx(
+            records[0]["finished_at"], abs=0.01
+        )
+        assert parsed.value("lockstep_schedule_last_run_added_bytes", **backup) > 0
+        # The verification ran too (after the backup or before it: it may have found no snapshot).
+        verify = {"job": "verify", "schedule": "verify 0 4 * * * (restore)"}
+        assert parsed.value("lockstep_schedule_last_run_duration_seconds", **verify) >= 0
+        assert parsed.values("lockstep_schedule_last_run_success", **verify) in ([0], [1])
+        assert not parsed.values("lockstep_schedule_last_run_added_bytes", **verify)
+    finally:
+        _stop_everything(project)
 
 
 def test_metrics_without_token_and_without_the_repository_password(tmp_path: Path) -> None:

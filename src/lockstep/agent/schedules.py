@@ -245,9 +245,15 @@ class Scheduler:
         record.message = detail if outcome.ok else None
         record.failed_step = None if outcome.ok else job
         record.reason = None if outcome.ok else detail
-        record.steps = [
-            {"step": job, "outcome": "ok" if outcome.ok else "failed", "seconds": round(seconds, 3), "detail": detail}
-        ]
+        step: dict[str, Any] = {
+            "step": job,
+            "outcome": "ok" if outcome.ok else "failed",
+            "seconds": round(seconds, 3),
+            "detail": detail,
+        }
+        # The sizes a job measured (a backup's added_bytes, a prune's bytes_freed), for /metrics.
+        step.update({key: value for key, value in outcome.details.items() if isinstance(value, int)})
+        record.steps = [step]
         try:
             self.history.save(record)
         except Exception as error:

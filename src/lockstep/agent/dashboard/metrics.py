@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from lockstep.agent.dashboard.collector import DashboardData, HealthResult, RepositoryView, SnapshotInfo
+from lockstep.agent.schedules import schedule_key
 from lockstep.pipeline.history import OUTCOMES, OperationRecord
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -150,6 +151,54 @@ def snapshot_families(view: RepositoryView | None, environment: str, now: float)
     return families
 
 
+def schedule_families(
+    records: list[OperationRecord], schedules: Iterable[tuple[str, str]], environment: str
+) -> list[MetricFamily]:
+    """The last finished run of each configured schedule (`schedules`: its job and history key):
+    how long it took, whether it worked, when it ended, and for a backup the bytes it added.
+
+    From the history, so the values survive an agent restart; a schedule removed from the config
+    drops out, and one that has not finished a run yet has no samples (unknown, not zero)."""
+    duration = MetricFamily(
+        "lockstep_schedule_last_run_duration_seconds", "gauge", "How long the last finished run of a schedule took."
+    )
+    success = MetricFamily(
+        "lockstep_schedule_last_run_success", "gauge", "1 when the last finished run of a schedule succeeded, else 0."
+    )
+    finished = MetricFamily(
+        "lockstep_schedule_last_run_timestamp_seconds", "gauge", "When the last finished run of a schedule ended."
+    )
+    succeeded = MetricFamily(
+        "lockstep_schedule_last_success_timestamp_seconds", "gauge", "When the last successful run of a schedule ended."
+    )
+    added = MetricFamily(
+        "lockstep_schedule_last_run_added_bytes", "gauge", "Bytes the last successful scheduled backup added."
+    )
+    wanted = dict((key, job) for job, key in schedules)
+    last: dict[str, OperationRecord] = {}
+    last_success: dict[str, OperationRecord] = {}
+    for record in records:
+        if record.ref not in wanted or not record.operation.startswith("scheduled-"):
+            continue
+        if record.outcome not in ("succeeded", "failed") or record.finished_at is None:
+            continue  # running, skipped (no work done) or interrupted (no duration to speak of)
+        last[record.ref] = record
+        if record.outcome == "succeeded":
+            last_success[record.ref] = record
+    for key, record in last.items():
+        labels = {"env": environment, "job": wanted[key], "schedule": key}
+        duration.add(round(record.duration or 0.0, 3), **labels)
+        success.add(1 if record.outcome == "succeeded" else 0, **labels)
+        finished.add(record.finished_at or 0.0, **labels)
+    for key, record in last_success.items():
+        labels = {"env": environment, "job": wanted[key], "schedule": key}
+        succeeded.add(record.finished_at or 0.0, **labels)
+        bytes_added = next((step.get("added_bytes") for step in record.steps if "added_bytes" in step), None)
+        if isinstance(bytes_added, int):
+            added.add(bytes_added, **labels)
+    return [duration, success, finished, succeeded, added]
+
+
 def _latest(snapshots: Iterable[SnapshotInfo]) -> SnapshotInfo | None:
     return max(snapshots, key=lambda snapshot: snapshot.time, default=None)
 
@@ -194,8 +243,11 @@ def collect(data: DashboardData) -> str:
     environment = data.context.environment
     now = time.time()
     status = data.status()
+    records = data.history()
+    schedules = [(schedule.job, schedule_key(schedule)) for schedule in data.context.config.schedules]
     families = [
-        *operation_families(data.history(), environment),
+        *operation_families(records, environment),
+        *schedule_families(records, schedules, environment),
         *snapshot_families(data.repository(wait=2.0), environment, now),
         *health_families(data.health(wait=2.0), environment),
         *proxy_families(status, environment),
