@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lockstep.actions.snapshot_create import ProjectContext, load_project
-from lockstep.agent.client import AgentClient
+from lockstep.agent.client import AgentClient, agent_wait_seconds
 from lockstep.config import ProjectConfig
 from lockstep.layout import EnvironmentLayout
 
@@ -28,9 +28,13 @@ class EnvironmentContext:
     def directory(self) -> Path:
         return self.project.directory
 
-    def agent(self) -> AgentClient:
+    def agent(self, wait_for_restart: bool = False) -> AgentClient:
+        """The environment's agent. `wait_for_restart` (deploy, rollback): a request waits up to
+        LOCKSTEP_AGENT_WAIT seconds for an agent that is not answering, when an agent has run
+        here before (its database exists); `status`, `doctor` and a first deploy fail at once."""
         hint = f" -c {self.config_path}" if self.config_path is not None else ""
-        return AgentClient(self.layout.agent_socket, self.environment, hint)
+        wait = agent_wait_seconds() if wait_for_restart and self.layout.agent_database.exists() else 0.0
+        return AgentClient(self.layout.agent_socket, self.environment, hint, wait_seconds=wait)
 
 
 def load_environment(start: Path, config_path: Path | None, environment: str | None) -> EnvironmentContext:

@@ -167,7 +167,7 @@ class Deployment:
         self.config = context.config
         self.layout = context.layout
         self.policy: EffectivePolicy = effective_policy(self.config.policy, context.environment)
-        self.agent: AgentClient = context.agent()
+        self.agent: AgentClient = context.agent(wait_for_restart=True)
         # Failure reasons quote command output (a migration's last lines), which may hold the
         # database password or a token: everything said, stored or raised passes through this.
         self.redactor = secrets_redactor(context)

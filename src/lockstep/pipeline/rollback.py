@@ -160,7 +160,7 @@ class Rollback:
         self.reporter = reporter
         self.config = context.config
         self.policy = effective_policy(self.config.policy, context.environment)
-        self.agent = context.agent()
+        self.agent = context.agent(wait_for_restart=True)
         self.redactor = secrets_redactor(context)
         teach_reporter_secrets(reporter, self.redactor)
         self.history = History(context.layout.history_database, self.redactor)
