@@ -46,7 +46,31 @@ def git_command(work_tree: Path, *arguments: str) -> Command:
 
 
 def _git(work_tree: Path, *arguments: str) -> str:
-    return run_capture(git_command(work_tree, *arguments), timeout=GIT_TIMEOUT_SECONDS)
+    try:
+        return run_capture(git_command(work_tree, *arguments), timeout=GIT_TIMEOUT_SECONDS)
+    except SourceError as error:
+        raise _ownership_error(work_tree, error) or error from None
+
+
+def _ownership_error(work_tree: Path, error: SourceError) -> SourceError | None:
+    """Git's "dubious ownership" refusal, said plainly: a root crontab backing up a work tree that
+    the deploy user owns hits it, and git's own last lines (a `git config --global` command,
+    which fails where cron leaves HOME unset) did not say what was wrong.
+
+    lockstep does not pass `-c safe.directory` itself: git refuses such a tree because its
+    .git/config could make git run its owner's commands as the user running lockstep."""
+    if "safe.directory" not in error.message:
+        return None
+    try:
+        owner = f"uid {work_tree.stat().st_uid}"
+    except OSError:
+        owner = "another user"
+    return SourceError(
+        f"git refuses to read {work_tree}: it belongs to {owner}, and lockstep runs as uid {os.geteuid()} "
+        "(git's safe.directory check against dubious ownership)",
+        f"run lockstep as the owner of {work_tree} (from that user's crontab), or, if you trust that user, "
+        f"allow the directory for every user: git config --system --add safe.directory {work_tree}",
+    )
 
 
 def read_git_state(work_tree: Path, ignore: tuple[Path, ...] = ()) -> GitState:
@@ -55,6 +79,8 @@ def read_git_state(work_tree: Path, ignore: tuple[Path, ...] = ()) -> GitState:
     try:
         commit = _git(work_tree, "rev-parse", "--verify", "HEAD").strip()
     except SourceError as error:
+        if _ownership_error(work_tree, error) is not None:
+            raise
         raise SourceError(
             f"cannot read the git commit of {work_tree}: {error.message}",
             "make a first commit, or set [code] kind to match how the code is deployed",

@@ -1,0 +1,98 @@
+"""`lockstep backup` as cron runs it: no terminal, PATH=/usr/bin:/bin, HOME unset, LANG=C, another
+working directory with -c, and a real healthchecks server on loopback. What broke there (and
+not in a shell) is tested here, each with the fix's clear message."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+import lockstep
+from lockstep.exit_codes import ExitCode
+from tests.cli.test_backup_cli import SUMMARY, Pings, pings  # noqa: F401 (the fixture)
+from tests.cli.test_snapshot_cli import git
+from tests.conftest import TEST_PASSWORD, Completed, require_binary
+
+CRON_PATH = "/usr/bin:/bin"
+
+
+def run_like_cron(arguments: list[str], cwd: Path, extra: Mapping[str, str] | None = None) -> Completed:
+    """The real CLI with only what cron gives (plus where lockstep's code is): no HOME, no
+    terminal (stdin, stdout and stderr are not ttys), LANG=C."""
+    source = str(Path(lockstep.__file__).resolve().parent.parent)
+    environment = {"PATH": CRON_PATH, "LANG": "C", "PYTHONPATH": source, "LOCKSTEP_SCRYPT_N": "1024", **(extra or {})}
+    completed = subprocess.run(
+        [sys.executable, "-m", "lockstep", *arguments],
+        cwd=cwd,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    return Completed(completed.returncode, completed.stdout, completed.stderr)
+
+
+def make_project(root: Path, ping_url: str, extra: str = "") -> Path:
+    """A git work tree with lockstep.toml, a SQLite database and an initialised repository; the
+    repository password comes from a command that reads a file next to lockstep.toml."""
+    require_binary("git", "apt-get install git")
+    root.mkdir(parents=True)
+    with sqlite3.connect(root / "app.db") as connection:
+        connection.execute("CREATE TABLE notes (text TEXT)")
+        connection.execute("INSERT INTO notes VALUES ('crème brûlée')")
+    (root / "password").write_text(TEST_PASSWORD + "\n")
+    (root / "password").chmod(0o600)
+    (root / "lockstep.toml").write_text(
+        '[repository]\nurl = "repository"\npassword_command = "cat password"\n\n'
+        '[databases.main]\nurl = "sqlite:///app.db"\n\n'
+        f'[backup]\nhealthchecks_url = "{ping_url}"\nmin_free_disk_mb = 1\nverify_level = "restore"\n' + extra
+    )
+    (root / ".gitignore").write_text("app.db\nrepository/\npassword\n.lockstep/\n")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "first")
+    created = run_like_cron(["repo", "init", "-c", str(root / "lockstep.toml")], cwd=root)
+    assert created.returncode == 0, created.err
+    return root / "lockstep.toml"
+
+
+def test_a_backup_from_cron_prints_one_line_and_pings(tmp_path: Path, pings: Pings) -> None:  # noqa: F811
+    config = make_project(tmp_path / "shop", pings.url)
+    elsewhere = tmp_path / "cron-cwd"
+    elsewhere.mkdir()
+    result = run_like_cron(["backup", "-c", str(config)], cwd=elsewhere)
+    assert result.returncode == 0, result.err
+    assert SUMMARY.match(result.out.strip()), result.out
+    assert result.err == ""  # cron mails whatever is printed: a good night says one line
+    assert pings.paths() == ["/start", "/"]
+
+
+def test_a_work_tree_owned_by_another_user_is_named_with_a_fix_that_works_without_home(
+    tmp_path: Path,
+    pings: Pings,  # noqa: F811
+) -> None:
+    """root's crontab backing up the deploy user's tree: git refuses it ("dubious ownership"), and
+    lockstep showed git's last lines (`git config --global ...`, which cannot work without HOME)
+    under the hint "make a first commit". It says what is wrong and gives fixes that work."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to give the work tree to another user")
+    config = make_project(tmp_path / "shop", pings.url)
+    shutil.chown(tmp_path / "shop", user=65534, group=65534)
+    for path in (tmp_path / "shop").rglob("*"):
+        os.lchown(path, 65534, 65534)
+    result = run_like_cron(["backup", "-c", str(config)], cwd=tmp_path)
+    assert result.returncode == ExitCode.SOURCE, result.err
+    assert "git refuses to read" in result.err and "belongs to uid 65534" in result.err
+    assert "lockstep runs as uid 0" in result.err
+    assert f"git config --system --add safe.directory {tmp_path / 'shop'}" in result.err
+    assert "make a first commit" not in result.err
+    assert pings.paths() == ["/start", "/fail"]
+    assert "git refuses to read" in pings.received[-1][1]
