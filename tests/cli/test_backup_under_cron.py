@@ -96,3 +96,28 @@ def test_a_work_tree_owned_by_another_user_is_named_with_a_fix_that_works_withou
     assert "make a first commit" not in result.err
     assert pings.paths() == ["/start", "/fail"]
     assert "git refuses to read" in pings.received[-1][1]
+
+
+def test_client_tools_installed_off_crons_path_are_named_with_the_path_to_set(tmp_path: Path) -> None:
+    """pg_dump in /usr/local/bin or /usr/lib/postgresql/N/bin works in a shell and is "not found"
+    under cron; the fix said to install it. It says where it is and which PATH to set."""
+    installed = require_binary("pg_dump", "apt-get install postgresql-client")
+    project = tmp_path / "shop"
+    project.mkdir()
+    (project / "lockstep.toml").write_text(
+        '[repository]\nurl = "repository"\n\n[databases.main]\nurl = "postgresql://postgres@127.0.0.1:5432/small_x"\n'
+    )
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    result = run_like_cron(
+        ["backup", "-c", str(project / "lockstep.toml")],
+        cwd=tmp_path,
+        extra={"PATH": str(empty), "LOCKSTEP_PASSWORD": TEST_PASSWORD},
+    )
+    assert result.returncode == ExitCode.SOURCE, result.err
+    assert "pg_dump" in result.err and "not found on PATH" in result.err
+    directory = str(Path(installed).resolve().parent) if "/usr/lib/postgresql/" in installed else None
+    assert ", but installed: " in result.err
+    assert "to PATH where lockstep runs" in result.err and "apt-get" not in result.err
+    if directory is not None:
+        assert directory in result.err

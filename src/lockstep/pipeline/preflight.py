@@ -124,26 +124,70 @@ def _reach(engine: str, url: str, password: str | None) -> None:
             raise SourceError(f"cannot read it: {error}") from None
 
 
+# Where client tools are often installed that cron's PATH (/usr/bin:/bin) leaves out: a tool found
+# only here is installed, and the fix is PATH, not apt-get.
+_USUAL_TOOL_DIRECTORIES = (
+    "/usr/local/bin",
+    "/usr/local/sbin",
+    "/usr/bin",
+    "/bin",
+    "/usr/sbin",
+    "/sbin",
+    "/usr/local/pgsql/bin",
+    "/usr/local/mysql/bin",
+    "/opt/homebrew/bin",
+    "/snap/bin",
+)
+
+
+def find_off_path(binary: str) -> Path | None:
+    """`binary` in a usual install directory (newest PostgreSQL's first), when it is not on PATH."""
+    postgresql = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda path: int(path.parent.name) if path.parent.name.isdigit() else 0,
+        reverse=True,
+    )
+    for directory in [*postgresql, *map(Path, _USUAL_TOOL_DIRECTORIES)]:
+        candidate = directory / binary
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
 def check_required_binaries(databases: Mapping[str, DatabaseConfig]) -> list[CheckResult]:
-    """The dump and restore tools of every engine in use (one result per engine)."""
+    """The dump and restore tools of every engine in use (one result per engine).
+
+    A tool missing from PATH but installed elsewhere (cron runs with PATH=/usr/bin:/bin) is named
+    with where it is, and the fix is to extend PATH, not to install it again."""
     results = []
     for engine in sorted({database.engine for database in databases.values()}):
         missing = [
-            " or ".join(alternatives)
+            alternatives
             for alternatives in REQUIRED_BINARIES.get(engine, ())
             if not any(shutil.which(binary) for binary in alternatives)
         ]
         name = f"{engine} client tools"
         if missing:
-            results.append(
-                CheckResult(
-                    name, "binary", False, f"{', '.join(missing)} not found on PATH", _INSTALL_HINTS.get(engine)
+            detail = f"{', '.join(' or '.join(group) for group in missing)} not found on PATH"
+            elsewhere = [found for group in missing for found in [_first_off_path(group)] if found is not None]
+            fix = _INSTALL_HINTS.get(engine)
+            if elsewhere:
+                directories = sorted({str(path.parent) for path in elsewhere})
+                detail += f" ({os.environ.get('PATH', os.defpath)}), but installed: {', '.join(map(str, elsewhere))}"
+                suggested = ":".join(dict.fromkeys([*directories, "/usr/bin", "/bin"]))
+                fix = (
+                    f"add {':'.join(directories)} to PATH where lockstep runs (in a crontab: "
+                    f"PATH={suggested}; in a systemd unit: Environment=PATH={suggested})"
                 )
-            )
+            results.append(CheckResult(name, "binary", False, detail, fix))
         else:
             needed = [alternatives[0] for alternatives in REQUIRED_BINARIES.get(engine, ())]
             results.append(CheckResult(name, "binary", True, ", ".join(needed) or "no tools needed"))
     return results
+
+
+def _first_off_path(alternatives: tuple[str, ...]) -> Path | None:
+    return next((found for binary in alternatives if (found := find_off_path(binary)) is not None), None)
 
 
 def run_preflight(config: ProjectConfig, min_free_disk_mb: int | None = None) -> list[CheckResult]:
