@@ -6,6 +6,7 @@ on one machine never share a release directory, a slot or an agent.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ class EnvironmentLayout:
             raise UsageError(
                 f"environment name {environment!r} is not usable", "use letters, digits, - and _ (e.g. production)"
             )
-        state = Path(config.app.state_directory)
+        state = Path(os.path.expanduser(config.app.state_directory))  # `~/x`: in the home
         if not state.is_absolute():
             state = project_directory / state
         return cls(root=state / environment, environment=environment)

@@ -121,3 +121,37 @@ def test_client_tools_installed_off_crons_path_are_named_with_the_path_to_set(tm
     assert "to PATH where lockstep runs" in result.err and "apt-get" not in result.err
     if directory is not None:
         assert directory in result.err
+
+
+def test_a_tilde_in_config_paths_and_in_a_crontabs_repository_is_the_home(tmp_path: Path) -> None:
+    """`url = "~/backups/shop"` and `password_file = "~/.lockstep-password"` meant a directory
+    named `~` next to lockstep.toml ("cannot read the password file /srv/shop/~/..."), and so did
+    a crontab's `LOCKSTEP_REPOSITORY=~/backups/shop` (cron assigns it without a shell) under the
+    working directory. Both are the home directory now, as the same path on --repo always was."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".lockstep-password").write_text(TEST_PASSWORD + "\n")
+    project = tmp_path / "shop"
+    project.mkdir()
+    with sqlite3.connect(project / "app.db") as connection:
+        connection.execute("CREATE TABLE notes (text TEXT)")
+    (project / "lockstep.toml").write_text(
+        '[repository]\nurl = "~/backups/shop"\npassword_file = "~/.lockstep-password"\n\n'
+        '[databases.main]\nurl = "sqlite:///app.db"\n\n[backup]\nmin_free_disk_mb = 1\n'
+    )
+    config = str(project / "lockstep.toml")
+    initialised = run_like_cron(["repo", "init", "-c", config], cwd=tmp_path, extra={"HOME": str(home)})
+    assert initialised.returncode == 0, initialised.err
+    assert (home / "backups" / "shop" / "config").is_file()
+    assert not (project / "~").exists()
+    backed_up = run_like_cron(["backup", "-c", config], cwd=tmp_path, extra={"HOME": str(home)})
+    assert backed_up.returncode == 0, backed_up.err
+    crontab = {"HOME": str(home), "LOCKSTEP_REPOSITORY": "~/backups/other"}
+    password = ["--password-file", str(home / ".lockstep-password")]
+    other = run_like_cron(["repo", "init", *password], cwd=tmp_path, extra=crontab)
+    assert other.returncode == 0, other.err
+    assert (home / "backups" / "other" / "config").is_file()
+    overridden = run_like_cron(["backup", "-c", config], cwd=tmp_path, extra=crontab)
+    assert overridden.returncode == 0, overridden.err
+    assert list((home / "backups" / "other" / "snapshots").iterdir())
+    assert not (tmp_path / "~").exists()

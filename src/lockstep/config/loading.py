@@ -88,7 +88,8 @@ def _repository_override() -> str | None:
         return None
     if value.startswith("s3:"):
         return value
-    local = Path(value.removeprefix("local:"))
+    # A crontab's `LOCKSTEP_REPOSITORY=~/backups` is not expanded by cron (no shell reads it).
+    local = Path(os.path.expanduser(value.removeprefix("local:")))
     return f"local:{local if local.is_absolute() else Path.cwd() / local}"
 
 

@@ -60,6 +60,9 @@ def _base_directory(info: ValidationInfo) -> Path | None:
 
 
 def _resolve_path(path: Path, base: Path) -> Path:
+    """`~/x` in the user's home (from the password database when HOME is unset, as under some
+    crons), other relative paths from `base`: a `~` is never a directory name under the project."""
+    path = Path(os.path.expanduser(path))
     return path if path.is_absolute() else base / path
 
 
@@ -297,6 +300,7 @@ class FilesConfig(_Section):
         project in /srv/shop[2] must not match /srv/shop2's files, nor nothing at all."""
 
         def anchor(pattern: str) -> str:
+            pattern = os.path.expanduser(pattern)
             return pattern if Path(pattern).is_absolute() else os.path.join(glob.escape(str(base)), pattern)
 
         return self.model_copy(

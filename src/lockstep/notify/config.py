@@ -10,6 +10,7 @@ that holds them, and a validator refuses the inline form with the key to use ins
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -265,11 +266,12 @@ class ChannelConfig(_Section):
 
     def resolved(self, base: Path) -> ChannelConfig:
         """A copy whose path, password_file and ca_file are absolute, relative ones taken from `base`."""
-        update = {
-            key: value if value.is_absolute() else base / value
-            for key in ("path", "password_file", "ca_file")
-            if isinstance(value := getattr(self, key), Path)
-        }
+        update = {}
+        for key in ("path", "password_file", "ca_file"):
+            value = getattr(self, key)
+            if isinstance(value, Path):
+                value = Path(os.path.expanduser(value))  # `~/x` in the home, never under the project
+                update[key] = value if value.is_absolute() else base / value
         return self.model_copy(update=update) if update else self
 
     def display_name(self, index: int) -> str:
