@@ -155,3 +155,35 @@ def test_a_tilde_in_config_paths_and_in_a_crontabs_repository_is_the_home(tmp_pa
     assert overridden.returncode == 0, overridden.err
     assert list((home / "backups" / "other" / "snapshots").iterdir())
     assert not (tmp_path / "~").exists()
+
+
+def run_with_closed_streams(arguments: list[str], cwd: Path, redirect: str, extra: Mapping[str, str]) -> int:
+    """The real CLI started by a shell with `redirect` (`>&-`: stdout closed, not /dev/null)."""
+    source = str(Path(lockstep.__file__).resolve().parent.parent)
+    environment = {"PATH": CRON_PATH, "LANG": "C", "PYTHONPATH": source, "LOCKSTEP_SCRYPT_N": "1024", **extra}
+    script = f'exec "$0" -m lockstep "$@" </dev/null {redirect}'
+    return subprocess.run(
+        ["/bin/sh", "-c", script, sys.executable, *arguments], cwd=cwd, env=environment, timeout=300, check=False
+    ).returncode
+
+
+@pytest.mark.parametrize("redirect", [">&-", "2>&-", ">&- 2>&-"])
+def test_a_backup_with_its_output_closed_still_runs_and_pings(
+    tmp_path: Path,
+    pings: Pings,  # noqa: F811
+    redirect: str,
+) -> None:
+    """`lockstep backup >&-` (a crontab silencing a job) started Python with sys.stdout None, and
+    lockstep died with a traceback on its first output, before the backup and its pings: nothing
+    happened, and with `2>&-` nothing said so either. Closed streams are /dev/null now."""
+    config = make_project(tmp_path / "shop", pings.url)
+    code = run_with_closed_streams(["backup", "-c", str(config)], tmp_path, redirect, {})
+    assert code == 0
+    assert pings.paths() == ["/start", "/"]
+    wrong = run_with_closed_streams(
+        ["backup", "-c", str(config)], tmp_path, redirect, {"LOCKSTEP_PASSWORD_COMMAND": "echo not-the-password"}
+    )
+    assert wrong == ExitCode.WRONG_PASSWORD
+    assert pings.paths() == ["/start", "/", "/start", "/fail"]
+    checked = run_like_cron(["repo", "check", "--read-data", "-c", str(config)], cwd=tmp_path)
+    assert checked.returncode == 0, checked.err
