@@ -45,9 +45,28 @@ class Command:
         return shlex.join(self.argv)
 
     def _environment(self) -> dict[str, str]:
-        """lockstep's environment without its own secrets, plus the command's additions."""
+        """lockstep's environment without its own secrets, plus the command's additions; HOME
+        from the password database when lockstep has none (see `home_when_unset`)."""
         inherited = {name: value for name, value in os.environ.items() if name not in WITHHELD_VARIABLES}
+        if "HOME" not in inherited and (home := home_when_unset()) is not None:
+            inherited["HOME"] = home
         return {**inherited, **(self.env or {})}
+
+
+def home_when_unset() -> str | None:
+    """The user's home directory from the password database.
+
+    Some schedulers start jobs without HOME (systemd system services without User=, `env -i`
+    wrappers, some crons). lockstep itself copes, but the tools it runs read their per-user
+    settings from $HOME: `pass` its store and gpg its keys (a password command), git its
+    ~/.gitconfig, the MariaDB client ~/.my.cnf. Without HOME they fail, or silently behave
+    otherwise than in the user's shell; with the login's home they behave as there."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_dir or None
+    except (ImportError, KeyError):
+        return None
 
 
 def run_capture(command: Command, timeout: float = 60.0, errors: str = "replace") -> str:

@@ -187,3 +187,24 @@ def test_a_backup_with_its_output_closed_still_runs_and_pings(
     assert pings.paths() == ["/start", "/", "/start", "/fail"]
     checked = run_like_cron(["repo", "check", "--read-data", "-c", str(config)], cwd=tmp_path)
     assert checked.returncode == 0, checked.err
+
+
+def test_tools_get_the_users_home_when_the_scheduler_sets_none(tmp_path: Path, pings: Pings) -> None:  # noqa: F811
+    """Without HOME (a systemd service without User=, `env -i`), `pass` found no store, gpg no
+    keys and git no ~/.gitconfig: a password command that works in a shell failed at 03:00. The
+    tools lockstep runs get the home of the password database, as a login would give them."""
+    import pwd
+
+    expected = pwd.getpwuid(os.getuid()).pw_dir
+    config = make_project(tmp_path / "shop", pings.url)
+    helper = tmp_path / "shop" / "password-helper"
+    check_home = f'[ "$HOME" = "{expected}" ] || {{ echo "HOME is [$HOME]" >&2; exit 1; }}'
+    helper.write_text(f"#!/bin/sh\n{check_home}\ncat password\n")
+    helper.chmod(0o700)
+    text = config.read_text().replace('password_command = "cat password"', 'password_command = "./password-helper"')
+    config.write_text(text)
+    git(config.parent, "add", "-A")
+    git(config.parent, "commit", "-q", "-m", "a password helper")
+    result = run_like_cron(["backup", "-c", str(config)], cwd=tmp_path)
+    assert result.returncode == 0, result.err
+    assert pings.paths() == ["/start", "/"]
