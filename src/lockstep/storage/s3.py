@@ -21,6 +21,7 @@ import base64
 import hashlib
 import os
 import re
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
@@ -28,7 +29,15 @@ from urllib.parse import urlsplit
 import boto3
 import botocore.session
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, ProxyConnectionError, SSLError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    IncompleteReadError,
+    ProxyConnectionError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+    SSLError,
+)
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from lockstep.errors import StorageError, UsageError
@@ -70,6 +79,11 @@ _CREDENTIAL_CODES = frozenset(
 
 
 _REGION_CODES = frozenset({"AuthorizationHeaderMalformed", "PermanentRedirect", "IllegalLocationConstraintException"})
+
+# A response body cut off or stalled after its headers arrived. botocore retries a request that
+# fails, but not the reading of a body it has already handed over; `_get` does that itself.
+_BODY_ERRORS = (ResponseStreamingError, IncompleteReadError, ReadTimeoutError, BotoConnectionError)
+_BODY_RETRY_DELAY_SECONDS = 0.5
 
 
 def _error_code(error: ClientError) -> str:
@@ -149,6 +163,7 @@ class S3Backend:
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.bucket = bucket
+        self.retries = retries
         self.prefix = prefix.strip("/")
         access_key = os.environ.get("AWS_ACCESS_KEY_ID", "")
         secret_key = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
@@ -328,15 +343,9 @@ class S3Backend:
             return b""
         try:
             if offset == 0 and length is None:
-                response = self._client.get_object(Bucket=self.bucket, Key=key)
-            else:
-                end = "" if length is None else str(offset + length - 1)
-                response = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{end}")
-            body = response["Body"]
-            try:
-                return body.read()
-            finally:
-                body.close()
+                return self._get(key)
+            end = "" if length is None else str(offset + length - 1)
+            return self._get(key, f"bytes={offset}-{end}")
         except ClientError as error:
             if _error_code(error) in ("InvalidRange", "416"):
                 return b""  # the range starts at or past the end: like reading past EOF on disk
@@ -345,6 +354,27 @@ class S3Backend:
             raise self._storage_error(error, "read", key) from error
         except BotoCoreError as error:
             raise self._storage_error(error, "read", key) from error
+
+    def _get(self, key: str, byte_range: str | None = None) -> bytes:
+        """GET an object (or a range of it) and read the whole body. A body that breaks off or
+        stalls part-way is fetched again, up to `retries` times, as restic's backends retry a
+        failed load: one dropped connection must not end a restore or check of many gigabytes."""
+        attempt = 0
+        while True:
+            if byte_range is None:
+                response = self._client.get_object(Bucket=self.bucket, Key=key)
+            else:
+                response = self._client.get_object(Bucket=self.bucket, Key=key, Range=byte_range)
+            body = response["Body"]
+            try:
+                return body.read()
+            except _BODY_ERRORS:
+                attempt += 1
+                if attempt > self.retries:
+                    raise
+            finally:
+                body.close()
+            time.sleep(_BODY_RETRY_DELAY_SECONDS * 2 ** (attempt - 1))
 
     def _head(self, file_type: FileType, name: str) -> int | None:
         """The object's size, or None when it (or the bucket) does not exist."""
@@ -411,12 +441,7 @@ class S3Backend:
     def load_document(self, path: str) -> bytes:
         key = self._document_key(path)
         try:
-            response = self._client.get_object(Bucket=self.bucket, Key=key)
-            body = response["Body"]
-            try:
-                return body.read()
-            finally:
-                body.close()
+            return self._get(key)
         except ClientError as error:
             if _is_missing(error):
                 raise self._missing(key) from error
