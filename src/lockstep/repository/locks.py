@@ -274,13 +274,25 @@ def locked(
     repository: Repository, exclusive: bool = False, wait_seconds: float = 0.0, defer_recheck: bool = False
 ) -> Iterator[RepositoryLock]:
     """Hold a repository lock for the duration of a `with` block (see RepositoryLock.acquire
-    for `defer_recheck`)."""
+    for `defer_recheck`).
+
+    A lock that cannot be removed at the end (the storage went away) is a warning, as in
+    restic: it must not hide why the block failed, nor turn work already committed into a
+    failure. The lock left behind goes stale and `lockstep repo unlock` removes it."""
     lock = RepositoryLock(repository, exclusive)
     lock.acquire(wait_seconds, defer_recheck=defer_recheck)
     try:
         yield lock
     finally:
-        lock.release()
+        lock_id = lock.lock_id
+        try:
+            lock.release()
+        except (LockstepError, OSError) as error:
+            reason = error.message if isinstance(error, LockstepError) else str(error)
+            repository.warn(
+                f"could not remove lock {(lock_id or '?')[:8]} ({reason}); "
+                "it blocks other commands until `lockstep repo unlock` removes it"
+            )
 
 
 def remove_locks(repository: Repository, remove_all: bool = False) -> list[LockInfo]:
