@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import missing
 from tests.interop import (
     describe_tree,
     lockstep,
@@ -96,3 +97,37 @@ def test_lockstep_reads_and_extends_a_restic_repository(
     restic_target = tmp_path / "restored-by-restic"
     restic(environment, ["restore", extra_snapshot, "--target", str(restic_target)])
     assert describe_tree(restored_copy(restic_target, extra)) == describe_tree(extra)
+
+
+def test_hard_links_and_extended_attributes_come_back_as_restic_restores_them(
+    repository_env: dict[str, str], tmp_path: Path
+) -> None:
+    """restic records both and its restore brings them back; lockstep's restore wrote each hard
+    link as a separate copy (a directory of hard-linked releases grew several times over) and
+    dropped every extended attribute (file capabilities, SELinux labels, user.* metadata)."""
+    source = tmp_path / "source"
+    (source / "directory").mkdir(parents=True)
+    (source / "first").write_bytes(b"shared content\n" * 100)
+    os.link(source / "first", source / "second")
+    os.link(source / "first", source / "directory" / "third")
+    (source / "alone").write_text("one link\n")
+    try:
+        os.setxattr(source / "alone", "user.checksum", b"sha256:\x00\xff binary")
+        os.setxattr(source / "directory", "user.role", b"releases")
+    except OSError as error:
+        missing(f"the file system under {tmp_path} does not support user extended attributes: {error.strerror}")
+    restic(repository_env, ["init"])
+    restic(repository_env, ["backup", str(source)])
+
+    target = tmp_path / "restored"
+    restored = lockstep(repository_env, ["repo", "restore", "latest", "--target", str(target), "--json"])
+    summary = json.loads(restored.out)
+    copy = restored_copy(target, source)
+    inodes = {os.stat(copy / name).st_ino for name in ("first", "second", "directory/third")}
+    assert len(inodes) == 1
+    assert os.stat(copy / "first").st_nlink == 3
+    assert (copy / "directory" / "third").read_bytes() == b"shared content\n" * 100
+    assert os.stat(copy / "alone").st_nlink == 1
+    assert os.getxattr(copy / "alone", "user.checksum") == b"sha256:\x00\xff binary"
+    assert os.getxattr(copy / "directory", "user.role") == b"releases"
+    assert summary["files"] == 4 and not summary["warnings"], summary

@@ -151,6 +151,10 @@ class Restorer:
         self.progress = progress
         self.summary = RestoreSummary()
         self._is_root = os.geteuid() == 0
+        # Files with more than one link, by (device, inode) as recorded at backup: the path
+        # restored first, so the others become hard links to it, as restic restores them.
+        self._hard_links: dict[tuple[int, int], bytes] = {}
+        self._xattrs_unsupported = False
 
     def _selected(self, path: bytes) -> tuple[bool, bool]:
         """(restore this node, descend into it) for an absolute snapshot path."""
@@ -225,6 +229,8 @@ class Restorer:
     def _restore_leaf(self, node: Node, destination: bytes) -> None:
         if os.path.lexists(destination) and not os.path.isdir(destination):
             os.unlink(destination)
+        if node.type == "file" and self._link_to_restored_copy(node, destination):
+            return
         if node.type == "file":
             try:
                 with open(destination, "wb") as handle:
@@ -250,6 +256,8 @@ class Restorer:
                 )
             self.summary.files += 1
             self.summary.bytes_written += written
+            if node.links > 1 and node.inode:
+                self._hard_links.setdefault((node.device_id, node.inode), destination)
         elif node.type == "symlink":
             os.symlink(node.link_target_bytes, destination)
         elif node.type == "fifo":
@@ -265,12 +273,58 @@ class Restorer:
             return
         self._apply_metadata(destination, node)
 
+    def _link_to_restored_copy(self, node: Node, destination: bytes) -> bool:
+        """Make `destination` a hard link to the file restored earlier for the same inode;
+        False when there is none (this is the first, or the first was not restored)."""
+        if node.links <= 1 or not node.inode:
+            return False
+        first = self._hard_links.get((node.device_id, node.inode))
+        if first is None:
+            return False
+        try:
+            os.link(first, destination)
+        except OSError as error:
+            # Another file system under the target, or a link count limit: restore a copy.
+            self.summary.warnings.append(
+                f"cannot link {os.fsdecode(destination)} to {os.fsdecode(first)} ({error.strerror}); restored a copy"
+            )
+            return False
+        self.summary.files += 1
+        self._apply_metadata(destination, node)
+        return True
+
+    def _restore_extended_attributes(self, path: bytes, node: Node) -> None:
+        """Set the extended attributes restic recorded (name, base64 value); before chmod, since
+        setting one needs write permission on the file for anyone but root."""
+        for attribute in node.extended_attributes or ():
+            name = str(attribute.get("name") or "")
+            if not name or self._xattrs_unsupported:
+                continue
+            try:
+                value = base64.b64decode(attribute.get("value") or "")
+                os.setxattr(path, name, value, follow_symlinks=False)
+            except ValueError:
+                self.summary.warnings.append(f"{os.fsdecode(path)}: extended attribute {name} has an unreadable value")
+            except OSError as error:
+                if error.errno == errno.ENOTSUP and node.type != "symlink":
+                    # The target's file system has no extended attributes: say it once, not per file.
+                    self._xattrs_unsupported = True
+                    self.summary.warnings.append(
+                        f"the file system under {self.target} does not support extended attributes; "
+                        "they were not restored"
+                    )
+                else:
+                    self.summary.warnings.append(
+                        f"cannot set extended attribute {name} on {os.fsdecode(path)}: {error.strerror}"
+                    )
+
     def _apply_metadata(self, path: bytes, node: Node) -> None:
         if self._is_root:
             try:
                 os.lchown(path, node.uid, node.gid)
             except OSError as error:
                 self.summary.warnings.append(f"cannot set owner of {os.fsdecode(path)}: {error.strerror}")
+        self._restore_extended_attributes(path, node)
         if node.type != "symlink":
             os.chmod(path, unix_permissions(node.mode))
         times = (parse_time_ns(node.atime), parse_time_ns(node.mtime))
