@@ -307,6 +307,71 @@ def test_an_unrelated_aws_profile_does_not_matter(monkeypatch: pytest.MonkeyPatc
     backend.close()
 
 
+def _only_file_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, profile: str | None) -> str:
+    """No key variables; a credentials file with a `backup` profile; no instance metadata.
+    Returns the secret in the file."""
+    secret = "file-secret-" + secrets.token_hex(8)
+    credentials = tmp_path / "aws-credentials"
+    credentials.write_text(f"[backup]\naws_access_key_id = AKIDFROMFILE\naws_secret_access_key = {secret}\n")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    if profile is not None:
+        monkeypatch.setenv("AWS_PROFILE", profile)
+    return secret
+
+
+def test_credentials_come_from_the_shared_credentials_file_without_key_variables(
+    s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """restic finds the keys in ~/.aws/credentials (AWS_PROFILE picks the profile); lockstep
+    refused such a setup with "no credentials", so a restic user's cron job could not switch."""
+    _only_file_credentials(monkeypatch, tmp_path, profile="backup")
+    backend = S3Backend.from_location(f"s3:{s3_endpoint}/{unique_bucket()}/repo")
+    try:
+        backend.create()
+        name = new_id()
+        backend.save(FileType.SNAPSHOT, name, b"from the profile")
+        assert backend.load(FileType.SNAPSHOT, name) == b"from the profile"
+    finally:
+        backend.close()
+
+
+def test_refused_file_credentials_are_reported_without_the_secret(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secret = _only_file_credentials(monkeypatch, tmp_path, profile="backup")
+    try:
+        endpoint, stop = start_moto_server(enforce_auth=True)
+    except MotoUnavailable as error:
+        skip_or_fail(str(error))
+    try:
+        backend = S3Backend.from_location(f"s3:{endpoint}/{unique_bucket()}")
+        with pytest.raises(StorageError) as caught:
+            backend.load(FileType.CONFIG, "config")
+        backend.close()
+    finally:
+        stop()
+    assert "refused the credentials" in caught.value.message
+    assert secret not in str(caught.value) and "AKIDFROMFILE" not in str(caught.value)
+
+
+def test_a_profile_that_does_not_exist_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _only_file_credentials(monkeypatch, tmp_path, profile="nightly")
+    with pytest.raises(UsageError, match="'nightly'") as caught:
+        S3Backend.from_location("s3:http://127.0.0.1:9000/bucket")
+    assert "AWS_PROFILE" in str(caught.value)
+
+
+def test_no_credentials_anywhere_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _only_file_credentials(monkeypatch, tmp_path, profile=None)  # the file has no "default" profile
+    with pytest.raises(UsageError, match="no credentials") as caught:
+        S3Backend.from_location("s3:http://127.0.0.1:9000/bucket")
+    assert "AWS_ACCESS_KEY_ID" in str(caught.value) and "~/.aws/credentials" in str(caught.value)
+
+
 def test_open_backend_builds_an_s3_backend(s3_endpoint: str) -> None:
     backend = open_backend(f"s3:{s3_endpoint}/bucket/some/prefix/")
     assert isinstance(backend, S3Backend)

@@ -5,9 +5,12 @@ The location uses restic's syntax::
     s3:http://127.0.0.1:9000/bucket
     s3:https://s3.example.com/bucket/some/prefix
 
-Credentials come only from the environment: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, plus
-AWS_SESSION_TOKEN when temporary credentials are used; AWS_DEFAULT_REGION defaults to us-east-1.
-They never appear in `location` or in any error message.
+Credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, plus AWS_SESSION_TOKEN when
+temporary credentials are used. When neither key variable is set, they come from where restic
+(and the AWS tools) also look: the shared credentials and config files (~/.aws/credentials,
+AWS_SHARED_CREDENTIALS_FILE; profile AWS_PROFILE or "default"), then a container or instance
+role. AWS_DEFAULT_REGION defaults to us-east-1. Credentials never appear in `location` or in
+any error message.
 
 Every file is one object at ``PREFIX/`` + `relative_path` and is written with a single PUT, so
 writes are atomic: readers see the whole object or none of it. Addressing is path-style so that
@@ -33,6 +36,7 @@ from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     IncompleteReadError,
+    ProfileNotFound,
     ProxyConnectionError,
     ReadTimeoutError,
     ResponseStreamingError,
@@ -168,14 +172,12 @@ class S3Backend:
         access_key = os.environ.get("AWS_ACCESS_KEY_ID", "")
         secret_key = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
         session_token = os.environ.get("AWS_SESSION_TOKEN") or None
-        if not access_key or not secret_key:
+        if bool(access_key) != bool(secret_key):
             raise UsageError(
-                f"no credentials for {self.location}",
-                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment",
+                f"incomplete credentials for {self.location}",
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment (both of them)",
             )
         self.region = os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
-        # Kept only to scrub them from any server text we repeat in an error.
-        self._secrets = tuple(value for value in (access_key, secret_key, session_token) if value)
         config = Config(
             s3={"addressing_style": "path"},
             # botocore's "max_attempts" counts retries after the first attempt, not attempts.
@@ -188,18 +190,51 @@ class S3Backend:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        # A session of our own: the default session is shared and not thread-safe, and passing
-        # the keys explicitly means no credentials come from ~/.aws files or instance metadata.
-        # AWS_PROFILE is ignored too: a profile that exists only for other tools must not break us.
-        core_session = botocore.session.Session(session_vars={"profile": (None, None, None, None)})
-        session = boto3.session.Session(
-            botocore_session=core_session,
-            aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-            aws_session_token=session_token,
-            region_name=self.region,
-        )
+        # A session of our own: the default session is shared and not thread-safe.
+        if access_key:
+            # Keys passed explicitly: nothing comes from ~/.aws files or instance metadata, and
+            # AWS_PROFILE is ignored, so a profile that exists only for other tools cannot break us.
+            core_session = botocore.session.Session(session_vars={"profile": (None, None, None, None)})
+            session = boto3.session.Session(
+                botocore_session=core_session,
+                aws_access_key_id=access_key,
+                aws_secret_access_key=secret_key,
+                aws_session_token=session_token,
+                region_name=self.region,
+            )
+            found: tuple[str | None, ...] = (access_key, secret_key, session_token)
+        else:
+            core_session, found = self._session_from_aws_configuration()
+            session = boto3.session.Session(botocore_session=core_session, region_name=self.region)
+        # Kept only to scrub them from any server text we repeat in an error.
+        self._secrets = tuple(value for value in found if value)
         self._client: S3Client = session.client("s3", endpoint_url=self.endpoint, config=config)
+
+    def _session_from_aws_configuration(self) -> tuple[botocore.session.Session, tuple[str | None, ...]]:
+        """A session with the credentials restic would find without the key variables: the
+        shared credentials and config files for AWS_PROFILE (or "default"), then a container or
+        instance role. Refreshable role credentials stay refreshable."""
+        hint = (
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment, or put them in "
+            "~/.aws/credentials (AWS_PROFILE chooses the profile)"
+        )
+        core_session = botocore.session.Session()
+        try:
+            credentials = core_session.get_credentials()
+        except ProfileNotFound as error:
+            raise UsageError(
+                f"AWS_PROFILE names the profile {os.environ.get('AWS_PROFILE', '')!r}, which no AWS "
+                f"config or credentials file defines, so there are no credentials for {self.location}",
+                hint,
+            ) from error
+        except BotoCoreError as error:  # a malformed file, a failing credential_process, ...
+            raise UsageError(
+                f"cannot read the AWS credentials for {self.location}: {type(error).__name__}", hint
+            ) from error
+        if credentials is None:
+            raise UsageError(f"no credentials for {self.location}", hint)
+        frozen = credentials.get_frozen_credentials()
+        return core_session, (frozen.access_key, frozen.secret_key, frozen.token)
 
     @classmethod
     def from_location(cls, location: str) -> S3Backend:
