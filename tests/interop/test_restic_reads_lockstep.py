@@ -316,3 +316,37 @@ def test_times_outside_gos_range_are_written_as_restic_writes_them(
         "far-future": "9999-06-30T15:06:40Z",
     }
     assert "no errors were found" in restic(local_environment, ["check"]).out
+
+
+def test_extended_attributes_are_recorded_as_restic_records_them(
+    local_environment: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """restic records every extended attribute; lockstep recorded none, so a lockstep backup
+    lost them (and its trees differed from restic's for the same files)."""
+    source = tmp_path / "source"
+    (source / "directory").mkdir(parents=True)
+    (source / "text").write_text("text\n")
+    (source / "binary").write_text("binary\n")
+    (source / "plain").write_text("no attributes\n")
+    (source / "link").symlink_to("text")
+    try:
+        os.setxattr(source / "text", "user.origin", b"upload")
+        os.setxattr(source / "text", "user.checked", b"")
+        os.setxattr(source / "binary", "user.digest", bytes(range(256)))
+        os.setxattr(source / "directory", "user.role", b"releases <&>")
+    except OSError as error:
+        missing(f"the file system under {tmp_path} does not support user extended attributes: {error.strerror}")
+    monkeypatch.chdir(source.parent)
+    restic(local_environment, ["backup", "--json", "source"])
+    lockstep(local_environment, ["repo", "backup", str(source), "--json"])
+    restic_snapshot, lockstep_snapshot = restic_snapshots(local_environment)
+    restic_source_tree = subtree_id(local_environment, restic_snapshot["tree"], "source")
+    lockstep_source_tree = subtree_id(local_environment, lockstep_snapshot["tree"], source)
+    assert b"extended_attributes" in restic_tree(local_environment, restic_source_tree)
+    assert lockstep_source_tree == restic_source_tree
+
+    target = tmp_path / "restored"
+    restic(local_environment, ["restore", lockstep_snapshot["id"], "--target", str(target)])
+    copy = restored_copy(target, source)
+    assert os.getxattr(copy / "binary", "user.digest") == bytes(range(256))
+    assert os.getxattr(copy / "directory", "user.role") == b"releases <&>"

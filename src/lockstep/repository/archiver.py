@@ -8,6 +8,8 @@ bounded by the number of chunks in flight.
 
 from __future__ import annotations
 
+import base64
+import errno
 import grp
 import hashlib
 import os
@@ -394,13 +396,35 @@ class Archiver:
             try:
                 node.linktarget = target.decode("utf-8")
             except UnicodeDecodeError:
-                import base64
-
                 node.linktarget = target.decode("utf-8", "replace")
                 node.linktarget_raw = base64.b64encode(target).decode("ascii")
         elif node_type in ("dev", "chardev"):
             node.device = info.st_rdev
+        node.extended_attributes = self._extended_attributes(path)
         return node
+
+    def _extended_attributes(self, path: bytes) -> list[dict[str, str]] | None:
+        """The node's extended attributes as restic 0.14 records them: in the order the kernel
+        lists them, the value base64-encoded; none on a file system without them."""
+        try:
+            names = os.listxattr(path, follow_symlinks=False)
+        except OSError as error:
+            if error.errno not in (errno.ENOTSUP, errno.ENODATA):
+                self.summary.warnings.append(
+                    f"cannot list the extended attributes of {os.fsdecode(path)}: {error.strerror}"
+                )
+            return None
+        attributes = []
+        for name in names:
+            try:
+                value = os.getxattr(path, name, follow_symlinks=False)
+            except OSError as error:
+                self.summary.warnings.append(
+                    f"cannot read extended attribute {name} of {os.fsdecode(path)}: {error.strerror}"
+                )
+                continue
+            attributes.append({"name": name, "value": base64.b64encode(value).decode("ascii")})
+        return attributes or None
 
     # --- the end of every backup ----------------------------------------------------------
 
