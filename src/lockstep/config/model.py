@@ -47,7 +47,7 @@ def _reject_password_in_url(url: str, fix: str) -> None:
         return
     parts = urlsplit(address)
     if parts.password is not None or any("password" in name for name, _ in parse_qsl(parts.query)):
-        raise ValueError(f"the URL contains a password: remove it from the URL and {fix}")
+        raise ValueError(f"the URL contains a password; remove it from the URL and {fix}")
 
 
 def _base_directory(info: ValidationInfo) -> Path | None:
@@ -243,7 +243,7 @@ class DatabaseConfig(_Section):
     def _check_password_env(cls, name: str | None) -> str | None:
         if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise ValueError(
-                "password_env is the NAME of an environment variable, not the password: "
+                "password_env is the NAME of an environment variable, not the password itself; "
                 "set the password in that variable and put its name here"
             )
         return name

@@ -260,7 +260,7 @@ class ChannelConfig(_Section):
         if has_password and self.username is None:
             raise ValueError("a password is set but no username: set username for SMTP AUTH")
         if self.username is not None and not has_password:
-            raise ValueError("username is set without a password: add password_env or password_file")
+            raise ValueError("username is set without a password; add password_env or password_file")
         if has_password and not self.starttls:
             raise ValueError("starttls = false would send the SMTP password unencrypted: remove it or the password")
 
