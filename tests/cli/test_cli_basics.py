@@ -69,3 +69,22 @@ def test_json_errors_are_machine_readable(tmp_path: Path) -> None:
     document = json.loads(completed.out)
     assert document["exit_code"] == ExitCode.NO_REPOSITORY
     assert "lockstep repo init" in document["hint"]
+
+
+def test_usage_errors_under_json_print_a_json_error(tmp_path: Path) -> None:
+    """A script parsing --json output gets a document for a bad option or value too, not an empty
+    stdout: the error, where the usage is explained, and the documented exit code."""
+    cases = [
+        (["snapshot", "list", "--json", "--no-such-option"], "lockstep snapshot list --help"),
+        (["deploy", "--json", "--lock-wait", "soon"], "lockstep deploy --help"),
+        (["--json", "repo", "snapshots", "--no-such-option"], "lockstep repo snapshots --help"),
+        (["snapshot", "verify", "--json", "latest", "--level", "deep"], "lockstep snapshot verify --help"),
+    ]
+    for arguments, help_command in cases:
+        completed = run_lockstep(arguments, cwd=tmp_path)
+        assert completed.returncode == ExitCode.USAGE, arguments
+        document = json.loads(completed.out)
+        assert document["exit_code"] == ExitCode.USAGE
+        assert document["error"]
+        assert help_command in document["hint"]
+        assert "Usage:" in completed.err  # people still get click's usage text on stderr

@@ -98,12 +98,18 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exit_request.exit_code)
     except click.ClickException as error:
         error.show()
+        if json_output:  # a script piping --json into a parser must get a document here too
+            with contextlib.suppress(OSError):
+                print_json(
+                    {"error": error.format_message(), "hint": _usage_hint(error), "exit_code": int(ExitCode.USAGE)}
+                )
         sys.exit(ExitCode.USAGE)
-    except click.exceptions.Abort:
-        error_console.print("lockstep: interrupted")
-        sys.exit(ExitCode.INTERRUPTED)
-    except KeyboardInterrupt:
-        error_console.print("lockstep: interrupted")
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        with contextlib.suppress(OSError):
+            error_console.print("lockstep: interrupted")
+            if json_output:
+                interrupted = int(ExitCode.INTERRUPTED)
+                print_json({"error": "interrupted", "hint": "run the command again", "exit_code": interrupted})
         sys.exit(ExitCode.INTERRUPTED)
     except LockstepError as error:
         # Messages quote command output and server errors (a failed hook's or migration's): the
@@ -127,10 +133,16 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:  # a bug: say so plainly, show the traceback only with --debug
         if debug:
             raise
-        error_console.print(
-            f"lockstep: internal error: {type(error).__name__}: {process_redactor().redact(str(error))} "
-            "(run with --debug for details)",
-            markup=False,
-            soft_wrap=True,
-        )
+        message = f"internal error: {type(error).__name__}: {process_redactor().redact(str(error))}"
+        with contextlib.suppress(OSError):
+            if json_output:
+                failed = int(ExitCode.FAILED)
+                print_json({"error": message, "hint": "run with --debug for details", "exit_code": failed})
+            error_console.print(f"lockstep: {message} (run with --debug for details)", markup=False, soft_wrap=True)
         sys.exit(ExitCode.FAILED)
+
+
+def _usage_hint(error: click.ClickException) -> str | None:
+    """Where the usage of the command that refused its arguments is explained."""
+    context = getattr(error, "ctx", None)
+    return f"see `{context.command_path} --help`" if isinstance(context, click.Context) else None
