@@ -37,32 +37,40 @@ Exit codes: [exit-codes.md](exit-codes.md).
 """
 
 
-def _render(command: click.Command, path: list[str], parts: list[str]) -> None:
-    context = click.Context(command, info_name=" ".join(path), terminal_width=100, max_content_width=100)
+def _context(command: click.Command, path: list[str], parent: click.Context | None) -> click.Context:
+    # With its parent, so inherited settings show as they do at a terminal (`-h, --help`).
+    settings = {"terminal_width": 100, "max_content_width": 100, **command.context_settings}
+    return click.Context(command, parent=parent, info_name=path[-1], **settings)
+
+
+def _render(command: click.Command, path: list[str], parts: list[str], parent: click.Context) -> None:
+    context = _context(command, path, parent)
+    runs_itself = not isinstance(command, click.Group) or command.invoke_without_command
+    if runs_itself:  # `lockstep agent` runs the agent: its own options are documented too
+        parts.append(f"\n## `{' '.join(path)}`\n")
+        parts.append("```text")
+        parts.append(command.get_help(context))
+        parts.append("```")
     if isinstance(command, click.Group):
         for name in command.list_commands(context):
             sub = command.get_command(context, name)
             if sub is not None and not sub.hidden:
-                _render(sub, [*path, name], parts)
-        return
-    parts.append(f"\n## `{' '.join(path)}`\n")
-    parts.append("```text")
-    parts.append(command.get_help(context))
-    parts.append("```")
+                _render(sub, [*path, name], parts, context)
 
 
 def render() -> dict[Path, str]:
     """Each reference file and the text it must have."""
-    context = click.Context(cli, info_name="lockstep")
+    root = _context(cli, ["lockstep"], None)
     repository_parts = [REPOSITORY_INTRODUCTION]
-    repo = cli.get_command(context, "repo")
+    repo = cli.get_command(root, "repo")
     assert repo is not None
-    _render(repo, ["lockstep", "repo"], repository_parts)
-    command_parts = [COMMANDS_INTRODUCTION]
-    for name in cli.list_commands(context):
-        command = cli.get_command(context, name)
+    _render(repo, ["lockstep", "repo"], repository_parts, root)
+    # The options every command takes (--json, --debug) are lockstep's own, before the command.
+    command_parts = [COMMANDS_INTRODUCTION, "\n## `lockstep`\n", "```text", cli.get_help(root), "```"]
+    for name in cli.list_commands(root):
+        command = cli.get_command(root, name)
         if name != "repo" and command is not None:
-            _render(command, ["lockstep", name], command_parts)
+            _render(command, ["lockstep", name], command_parts, root)
     return {
         DOCS / "repository.md": "\n".join(repository_parts) + "\n",
         DOCS / "commands.md": "\n".join(command_parts) + "\n",
