@@ -577,3 +577,37 @@ def test_references_resolve_within_the_environment(project: Project) -> None:
     project.ok("snapshot", "restore", "latest", "--env", "staging", "--yes")
     assert set(sqlite_fingerprint(project.root / "staging.db")) == {"staging_only"}
     assert sqlite_fingerprint(project.root / "app.db") == before
+
+
+def test_lockstep_s_own_files_in_the_work_tree_do_not_make_it_dirty(project: Project, tmp_path: Path) -> None:
+    """As `lockstep init` sets a project up: the repository at .lockstep/repository and the state
+    directory at .lockstep/state inside the work tree, and a SQLite database there too, none of
+    them git-ignored. `snapshot create` refused the first snapshot ("uncommitted changes" were
+    lockstep's own repository), and with --allow-dirty stored the agent's logs and releases in the
+    code's diff. A real change still counts, and its diff holds only that change."""
+    (project.root / ".gitignore").write_text(".env\n")
+    git(project.root, "add", ".gitignore")
+    git(project.root, "rm", "-q", "--cached", "--ignore-unmatch", "app.db")
+    git(project.root, "commit", "-q", "-m", "app.db is not ignored")
+    (project.root / "lockstep.toml").write_text(
+        '[repository]\nurl = "local:.lockstep/repository"\n\n[databases.main]\nurl = "sqlite:///app.db"\n'
+    )
+    git(project.root, "commit", "-q", "-am", "the repository inside the work tree")
+    project.repository = project.root / ".lockstep" / "repository"
+    assert project.repo("init").returncode == 0
+    log = project.root / ".lockstep" / "state" / "production" / "logs" / "web.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("agent log line\n")
+    assert git(project.root, "status", "--porcelain")  # git does see them
+
+    created = project.create("-m", "first")
+    assert created["code"]["dirty"] is False
+
+    (project.root / "views.py").write_text("print('new')\n")
+    refused = project.lockstep("snapshot", "create")
+    assert refused.returncode == 2 and "uncommitted changes" in refused.err
+    dirty = project.create("--allow-dirty")
+    diff = project.repo("dump", dirty["id"], "/code/uncommitted.diff")
+    assert diff.returncode == 0, diff.err
+    assert b"views.py" in diff.stdout
+    assert b".lockstep" not in diff.stdout and b"app.db" not in diff.stdout

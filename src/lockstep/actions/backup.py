@@ -160,7 +160,7 @@ def _run(
             project_directory=project.directory, environment=environment, message=message, kind=SCHEDULED_KIND
         )
         with reported_step(reporter, "snapshot", ", ".join(config.databases) or "no databases") as step:
-            code = prepare_code(config.code, request, stored_apart(config), flags=False)
+            code = prepare_code(config.code, request, stored_apart(config, project.directory), flags=False)
             with project.access.session(exclusive=False, defer_lock_recheck=True) as repository:
                 created = create_snapshot(repository, config, request, code, now)
                 added = repository.bytes_added

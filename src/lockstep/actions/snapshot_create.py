@@ -88,7 +88,7 @@ def create(
         schema_only=schema_only,
     )
     with reported_step(reporter, "code", project.config.code.kind or "") as step:
-        code = prepare_code(project.config.code, request, stored_apart(project.config))
+        code = prepare_code(project.config.code, request, stored_apart(project.config, project.directory))
         step.detail = _describe_code(code)
     with reported_step(reporter, "snapshot", ", ".join(project.config.databases) or "no databases") as step:
         with project.access.session(

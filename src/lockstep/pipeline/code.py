@@ -95,7 +95,7 @@ def read_git_state(work_tree: Path, ignore: tuple[Path, ...] = ()) -> GitState:
         except ValueError:
             continue  # outside the work tree: git does not see it anyway
         if relative.parts:
-            excludes.append(f":(exclude){relative.as_posix()}")
+            excludes.append(f":(exclude,literal){relative.as_posix()}")
     status = _git(work_tree, "status", "--porcelain", *(["--", ".", *excludes] if excludes else []))
     return GitState(commit=commit, branch=None if branch == "HEAD" else branch, author=author, dirty=bool(status))
 

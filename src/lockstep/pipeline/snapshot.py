@@ -118,15 +118,18 @@ class StoredApart:
     repository itself in the diff would be stored twice, or half-written."""
 
     secrets: tuple[Path, ...] = ()
-    others: tuple[Path, ...] = ()  # SQLite database files and their companions, a local repository
+    # SQLite database files and their companions, a local repository, lockstep's state directory
+    # (releases, logs, agent.db): what lockstep writes itself is neither code nor a change to it.
+    others: tuple[Path, ...] = ()
 
     @property
     def paths(self) -> tuple[Path, ...]:
         return self.secrets + self.others
 
 
-def stored_apart(config: ProjectConfig) -> StoredApart:
-    """The files [files] secrets matches, the SQLite databases and a local repository."""
+def stored_apart(config: ProjectConfig, project_directory: Path | None = None) -> StoredApart:
+    """The files [files] secrets matches, the SQLite databases, a local repository and, given the
+    project's directory, the state directory (app.state_directory is relative to it)."""
     from lockstep.databases.sqlite import COMPANION_SUFFIXES, database_path  # sqlite3 only when needed
 
     secrets = tuple(path for pattern in config.files.secrets for path in _matching_files(pattern))
@@ -137,6 +140,9 @@ def stored_apart(config: ProjectConfig) -> StoredApart:
             others.extend([path, *(Path(f"{path}{suffix}") for suffix in COMPANION_SUFFIXES)])
     if not config.repository.url.startswith("s3:"):
         others.append(Path(config.repository.url.removeprefix("local:")))
+    if project_directory is not None:
+        state = Path(config.app.state_directory)
+        others.append(state if state.is_absolute() else project_directory / state)
     return StoredApart(secrets=secrets, others=tuple(others))
 
 
@@ -185,7 +191,9 @@ def prepare_code(
             raise UsageError("--commit needs a commit message", "pass -m MESSAGE")
         if read_git_state(code.path).dirty:
             return _prepare_commit(code.path, request.message, apart)
-    state = read_git_state(code.path)
+    # What the snapshot stores apart (secrets, SQLite files, the repository, the state directory)
+    # is not in the uncommitted diff either: it does not make the tree dirty.
+    state = read_git_state(code.path, apart.paths)
     if state.dirty and not (request.allow_dirty or code.allow_dirty):
         raise UsageError(
             f"the git work tree {code.path} has uncommitted changes",
