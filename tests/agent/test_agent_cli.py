@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_lockstep
 from tests.deploy.conftest import NotesProject, make_project
 
 
@@ -102,6 +103,21 @@ def test_agent_stop_without_an_agent_says_how_to_start_one(project: NotesProject
     assert "not running" in completed.err and "lockstep agent --env test" in completed.err
     status = project.lockstep("status")
     assert status.returncode == 0 and "agent: not running" in status.out
+
+
+def test_the_start_hint_from_another_directory_is_a_command_that_runs(project: NotesProject, tmp_path: Path) -> None:
+    """With -c from elsewhere the hint said `lockstep -c PATH agent`, which lockstep refuses
+    (-c belongs to the command, not to lockstep); both suggested commands must run as shown."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    config = str(project.directory / "lockstep.toml")
+    completed = run_lockstep(["agent", "stop", "-c", config, "--env", "test"], env=project.env, cwd=elsewhere)
+    assert completed.returncode == 1
+    start = f"lockstep agent -c {config} --env test"
+    assert f"`{start}`" in completed.err, completed.err
+    unit = run_lockstep([*shlex.split(start)[1:], "print-systemd-unit"], env=project.env, cwd=elsewhere)
+    assert unit.returncode == 0, unit.err
+    assert f"`{start} print-systemd-unit`" in completed.err, completed.err
 
 
 AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]

@@ -79,10 +79,11 @@ class AgentClient:
         self._announced = False
 
     def _unavailable(self, reason: str) -> AgentUnavailable:
+        # -c belongs to `agent` (lockstep itself takes no -c); the unit needs the same config and env.
+        command = f"lockstep agent{self._config_hint} --env {self.environment}"
         return AgentUnavailable(
             f"the lockstep agent for environment {self.environment!r} is not running ({reason})",
-            f"start it with `lockstep{self._config_hint} agent --env {self.environment}` "
-            "(or run it as a service: `lockstep agent print-systemd-unit`)",
+            f"start it with `{command}` (or run it as a service: `{command} print-systemd-unit`)",
         )
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 120.0) -> Any:
