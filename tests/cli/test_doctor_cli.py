@@ -224,3 +224,19 @@ def test_unknown_environment_name_warns(small_project: Path) -> None:
     typo = doctor_json(doctor(small_project, TEST_PASSWORD, "--env", "stagin"))
     assert typo["environment"]["status"] == "warn" and "known: staging" in typo["environment"]["detail"]
     assert "environment" not in doctor_json(doctor(small_project, TEST_PASSWORD, "--env", "staging"))
+
+
+def test_disk_checks_use_the_minimum_each_command_enforces(small_project: Path) -> None:
+    """A deploy refuses below deploy.min_free_disk_mb in the state directory, a backup below
+    backup.min_free_disk_mb where the repository is; doctor checked the state directory against
+    the backup's minimum, so it passed where the deploy then refused (and the other way round)."""
+    config = small_project / "lockstep.toml"
+    config.write_text(CONFIG + "\n[deploy]\nmin_free_disk_mb = 900000000\n\n[backup]\nmin_free_disk_mb = 1\n")
+    checks = doctor_json(doctor(small_project))
+    state, repository = checks["disk state directory"], checks["disk repository"]
+    assert state["status"] == "fail" and "(900000000 MiB required)" in state["detail"], state
+    assert "deploy.min_free_disk_mb" in state["fix"]
+    assert repository["status"] == "pass" and "(1 MiB required)" in repository["detail"], repository
+    config.write_text(CONFIG + "\n[backup]\nmin_free_disk_mb = 900000000\n")
+    repository = doctor_json(doctor(small_project))["disk repository"]
+    assert repository["status"] == "fail" and "backup.min_free_disk_mb" in repository["fix"]

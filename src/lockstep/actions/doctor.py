@@ -131,11 +131,21 @@ def _open_repository(context: EnvironmentContext) -> tuple[DoctorCheck, Reposito
 
 
 def _disk_checks(context: EnvironmentContext) -> list[DoctorCheck]:
-    minimum = context.config.backup.min_free_disk_mb
-    checks = [doctor.check_free_space("disk state directory", context.layout.root, minimum)]
-    repository_path = local_repository_path(context.config.repository.url)
+    """Each place against the minimum of the command that refuses there: a deploy writes releases
+    in the state directory (deploy.min_free_disk_mb), a backup the repository (backup.*)."""
+    config = context.config
+    checks = [
+        doctor.check_free_space(
+            "disk state directory", context.layout.root, config.deploy.min_free_disk_mb, "deploy.min_free_disk_mb"
+        )
+    ]
+    repository_path = local_repository_path(config.repository.url)
     if repository_path is not None:
-        checks.append(doctor.check_free_space("disk repository", repository_path, minimum))
+        checks.append(
+            doctor.check_free_space(
+                "disk repository", repository_path, config.backup.min_free_disk_mb, "backup.min_free_disk_mb"
+            )
+        )
     return checks
 
 

@@ -337,8 +337,9 @@ def check_mariadb_rights(name: str, url: str, password: str | None) -> list[Doct
 # -- disk and permissions ------------------------------------------------------------------------
 
 
-def check_free_space(name: str, path: Path, minimum_mb: int) -> DoctorCheck:
-    """At least `minimum_mb` MiB free where `path` is (or would be created)."""
+def check_free_space(name: str, path: Path, minimum_mb: int, setting: str) -> DoctorCheck:
+    """At least `minimum_mb` MiB free where `path` is (or would be created); `setting` is the
+    config key that sets the minimum, named in the fix."""
     existing = path.absolute()
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -349,7 +350,7 @@ def check_free_space(name: str, path: Path, minimum_mb: int) -> DoctorCheck:
     free_mb = statistics.f_bavail * statistics.f_frsize // MEBIBYTE
     detail = f"{free_mb} MiB free at {existing} ({minimum_mb} MiB required)"
     if free_mb < minimum_mb:
-        return failed(name, detail, "free some space (e.g. `lockstep snapshot forget --prune`)")
+        return failed(name, detail, f"free some space (e.g. `lockstep snapshot forget --prune`), or lower {setting}")
     return passed(name, detail)
 
 
