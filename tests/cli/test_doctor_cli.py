@@ -240,3 +240,22 @@ def test_disk_checks_use_the_minimum_each_command_enforces(small_project: Path) 
     config.write_text(CONFIG + "\n[backup]\nmin_free_disk_mb = 900000000\n")
     repository = doctor_json(doctor(small_project))["disk repository"]
     assert repository["status"] == "fail" and "backup.min_free_disk_mb" in repository["fix"]
+
+
+def test_a_backup_only_project_does_not_fail_for_want_of_an_agent(small_project: Path) -> None:
+    """README's snapshot workflow (cron runs `lockstep backup`, nothing is deployed) needs no agent:
+    doctor failed its agent check, so it exited 1 on a healthy setup and a monitor could never
+    go green. Without components, schedules or a dashboard the missing agent is a warning; with
+    any of them it still fails."""
+    backup = run_lockstep(["backup"], env={"LOCKSTEP_PASSWORD": TEST_PASSWORD}, cwd=small_project)
+    assert backup.returncode == 0, backup.err
+    completed = doctor(small_project)
+    agent = doctor_json(completed)["agent"]
+    assert agent["status"] == "warn", agent
+    assert "not running" in agent["detail"]
+    assert completed.returncode == 0, completed.out
+    config = small_project / "lockstep.toml"
+    config.write_text(CONFIG + '\n[[schedules]]\njob = "backup"\ncron = "0 2 * * *"\n')
+    completed = doctor(small_project)
+    assert doctor_json(completed)["agent"]["status"] == "fail"
+    assert completed.returncode == 1

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lockstep.actions.environment import EnvironmentContext, load_environment, snapshot_environments
 from lockstep.actions.snapshot_list import lockstep_snapshots
+from lockstep.config import ProjectConfig
 from lockstep.config.loading import find_config
 from lockstep.errors import LockstepError
 from lockstep.pipeline import doctor
@@ -64,7 +65,7 @@ def run_doctor(
         checks.extend(_disk_checks(context))
         checks.extend(_permission_checks(context))
         agent_check, status = doctor.check_agent(context.agent())
-        checks.append(agent_check)
+        checks.append(_unless_needed(agent_check, context.config))
         checks.append(doctor.check_traffic(context.config.traffic.listen, status))
         checks.append(doctor.check_proxy_config(context.config.traffic, context.layout.proxy))
         checks.extend(doctor.check_schedules(context.config.schedules))
@@ -73,6 +74,21 @@ def run_doctor(
         if repository is not None:
             repository.close()
     return DoctorReport(context.environment, checks)
+
+
+def _unless_needed(agent_check: DoctorCheck, config: ProjectConfig) -> DoctorCheck:
+    """A missing agent fails only where the config needs one: to deploy its components, run its
+    schedules or serve its dashboard. A project that only takes snapshots (cron runs `lockstep
+    backup`) would otherwise never get a clean report."""
+    needed = config.app.components or config.schedules or config.agent.dashboard_listen
+    if agent_check.status != "fail" or needed:
+        return agent_check
+    return doctor.warned(
+        agent_check.name,
+        f"{agent_check.detail}; nothing in the config needs it yet (no [app.components], [[schedules]] "
+        "or agent.dashboard_listen)",
+        agent_check.fix,
+    )
 
 
 def _tool_checks(context: EnvironmentContext) -> list[DoctorCheck]:
