@@ -522,6 +522,33 @@ def test_release_directory_code_and_environment_tags(tmp_path: Path) -> None:
     assert len(json.loads(project.ok("snapshot", "list", "--json").out)) == 2
 
 
+def test_a_release_directory_behind_a_current_symlink_is_stored_whole(tmp_path: Path) -> None:
+    """Capistrano's layout: [code] path = "current", a symlink to releases/<timestamp>. The
+    snapshot stored the symlink itself (code 0 B) and `restore --code` then failed with exit 12
+    ("not a directory"): the code was silently missing from every snapshot. The release it points
+    at is stored, and comes back as a directory."""
+    root = tmp_path / "site"
+    release = root / "releases" / "20261123070000"
+    release.mkdir(parents=True)
+    (release / "index.php").write_text("<?php echo 'v7';\n")
+    (root / "current").symlink_to(Path("releases") / "20261123070000")
+    (root / "config").mkdir()
+    (root / "config" / "app.yml").write_text("debug: false\n")
+    (root / ".env").write_text(f"KEY={SECRET}\n")
+    project = Project(root, tmp_path / "repository")
+    project.write_config({})
+    with (root / "lockstep.toml").open("a") as config:
+        config.write('\n[code]\nkind = "release-directory"\npath = "current"\n')
+    assert project.repo("init").returncode == 0
+
+    created = project.create("-m", "v7")
+    assert created["code"]["size"] == len("<?php echo 'v7';\n")
+    assert project.repo("dump", created["id"], "/code/release/index.php").stdout == b"<?php echo 'v7';\n"
+    target = tmp_path / "restored"
+    project.ok("snapshot", "restore", created["short_id"], "--code", str(target))
+    assert (target / "index.php").read_text() == "<?php echo 'v7';\n"
+
+
 def test_a_release_directory_snapshot_reports_the_size_of_its_files(tmp_path: Path) -> None:
     """A snapshot of a release directory alone said "0 B in total" (and so did `snapshot list`):
     only dumps and config files were counted. The manifest records the release's bytes and every

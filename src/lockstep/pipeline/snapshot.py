@@ -185,7 +185,9 @@ def prepare_code(
             raise UsageError('--commit only works with [code] kind = "git"')
         if not code.path.is_dir():
             raise SourceError(f"the release directory {code.path} does not exist", "fix [code] path in lockstep.toml")
-        return PreparedCode(kind=code.kind, release_directory=code.path)
+        # `current` -> releases/<timestamp> (Capistrano): store the release it points at, not the
+        # link, which would leave the snapshot without code.
+        return PreparedCode(kind=code.kind, release_directory=code.path.resolve())
     if request.commit:
         if not request.message:
             raise UsageError("--commit needs a commit message", "pass -m MESSAGE")
