@@ -55,6 +55,25 @@ def test_dry_run_prints_the_plan_and_changes_nothing(notes_project: NotesProject
     assert json.loads(listed.out) == []
 
 
+def test_dry_run_and_read_only_commands_create_no_state(tmp_path: Path) -> None:
+    """--dry-run "changes nothing", yet it (and `status`, `history`) created the environment's
+    state directory with a history.db; with a mistyped --env that left a stray environment
+    behind. Nothing is written until an operation is recorded."""
+    project = make_project(tmp_path)
+    state = project.directory / ".lockstep" / "state"
+    for arguments in (
+        ("deploy", "--dry-run"),
+        ("status",),
+        ("history", "--json"),
+        ("status", "--env", "prodution"),
+        ("history", "--env", "prodution"),
+    ):
+        completed = project.lockstep(*arguments)
+        assert completed.returncode == 0, (arguments, completed.err)
+        assert not (state / "test").exists() and not (state / "prodution").exists(), arguments
+    assert json.loads(project.lockstep("history", "--json").out) == []
+
+
 def test_the_dry_run_plan_shows_no_secret(tmp_path: Path) -> None:
     """A hook with an Authorization header and a token from the environment: the plan, as text and
     as --json, shows the commands with the secrets masked (it printed them as written)."""

@@ -91,15 +91,24 @@ class History:
     def __init__(self, path: Path, redactor: Redactor | None = None) -> None:
         self.path = path
         self.redactor = redactor  # what is saved passes through it: failure reasons quote command output
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as connection:
-            connection.executescript(_SCHEMA)
+        self._created = False
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
+        # Created by the first use, not on opening: `deploy --dry-run`, `status` and `history`
+        # read it, and must not leave an environment's state directory behind (see _read).
+        if not self._created:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         with closing(sqlite3.connect(self.path, timeout=30, isolation_level=None)) as connection:
             connection.execute("PRAGMA journal_mode=WAL")
+            if not self._created:
+                connection.executescript(_SCHEMA)
+                self._created = True
             yield connection
+
+    def _exists(self) -> bool:
+        """Whether there is anything to read: no file means no operation was recorded yet."""
+        return self._created or self.path.exists()
 
     def save(self, record: OperationRecord) -> None:
         """Store `record`, redacted: a failed migration's output in the reason or a step's detail
@@ -125,12 +134,16 @@ class History:
         return candidate
 
     def get(self, operation_id: str) -> OperationRecord | None:
+        if not self._exists():
+            return None
         with self._connect() as connection:
             row = connection.execute("SELECT document FROM operations WHERE id = ?", (operation_id,)).fetchone()
         return None if row is None else OperationRecord.from_document(json.loads(row[0]))
 
     def all(self) -> list[OperationRecord]:
         """Oldest first."""
+        if not self._exists():
+            return []
         with self._connect() as connection:
             rows = connection.execute("SELECT document FROM operations ORDER BY started_at, id").fetchall()
         return [OperationRecord.from_document(json.loads(row[0])) for row in rows]
