@@ -638,3 +638,19 @@ def test_lockstep_s_own_files_in_the_work_tree_do_not_make_it_dirty(project: Pro
     assert diff.returncode == 0, diff.err
     assert b"views.py" in diff.stdout
     assert b".lockstep" not in diff.stdout and b"app.db" not in diff.stdout
+
+
+def test_snapshot_list_on_a_narrow_terminal_keeps_ids_and_messages_whole(project: Project) -> None:
+    """At 80 columns the table did not fit: rich cut the IDs to "afba…" (what every other command
+    takes) and dropped the message, kind and environment columns. Too narrow a terminal gets one
+    block per snapshot instead, every value whole; a wide one still gets the table."""
+    created = project.create("-m", "before the migration to the new schema")
+    narrow = run_lockstep(["snapshot", "list"], cwd=project.root, env={**project.env, "COLUMNS": "80"})
+    assert narrow.returncode == 0, narrow.err
+    assert all(len(line) <= 80 for line in narrow.out.splitlines()), narrow.out
+    first = narrow.out.splitlines()[0]
+    assert first.startswith(created["short_id"] + "  ") and "manual" in first and "default" in first
+    assert "  message: before the migration to the new schema" in narrow.out
+    assert "  verified: never" in narrow.out
+    wide = project.ok("snapshot", "list").out  # COLUMNS=200
+    assert "┃ Message" in wide and created["short_id"] in wide and "message:" not in wide

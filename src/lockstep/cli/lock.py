@@ -13,7 +13,7 @@ from rich.table import Table
 from lockstep.actions.lock_release import inspect_lock, release_lock
 from lockstep.actions.lock_status import EnvironmentLockStatus, lock_status
 from lockstep.actions.snapshot_create import ProjectContext, load_project
-from lockstep.cli.output import console, print_json
+from lockstep.cli.output import console, print_json, print_table
 from lockstep.cli.project_options import wants_json
 from lockstep.errors import UsageError
 from lockstep.pipeline.environment_lock import EnvironmentLocked, check_environment_name, describe_holder, now_utc
@@ -88,24 +88,29 @@ def status_command(config_path: Path | None, environment: str | None, json_outpu
         table.add_column(title, no_wrap=True)
     table.add_column("Why", no_wrap=True)
     table.add_column("Message")
+    rows: list[list[str]] = []
     for status in statuses:
         holder = status.holder
         if holder is None:
             state = "damaged" if status.damaged else "unlocked"
-            table.add_row(status.environment, state, "", "", "", "", "", status.damaged or "", "")
+            rows.append([status.environment, state, "", "", "", "", "", status.damaged or "", ""])
             continue
-        table.add_row(
-            status.environment,
-            "stale" if status.stale else "locked",
-            holder.operation,
-            holder.deploy_id,
-            f"{holder.user or '?'}@{holder.host or '?'} PID {holder.pid}",
-            _local_time(status, "acquired"),
-            _local_time(status, "heartbeat"),
-            status.reason,
-            holder.message or "",
+        rows.append(
+            [
+                status.environment,
+                "stale" if status.stale else "locked",
+                holder.operation,
+                holder.deploy_id,
+                f"{holder.user or '?'}@{holder.host or '?'} PID {holder.pid}",
+                _local_time(status, "acquired"),
+                _local_time(status, "heartbeat"),
+                status.reason,
+                holder.message or "",
+            ]
         )
-    console.print(table)
+    for row in rows:
+        table.add_row(*row)
+    print_table(table, rows, lead=(0, 1, 2, 3))  # environment, state, operation, deploy ID
 
 
 def _release_document(status: EnvironmentLockStatus, released: bool) -> dict[str, Any]:

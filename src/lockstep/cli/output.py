@@ -6,11 +6,12 @@ import errno
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 
 
 def _width_when_not_a_terminal() -> int | None:
@@ -20,6 +21,8 @@ def _width_when_not_a_terminal() -> int | None:
     columns = os.environ.get("COLUMNS", "")
     return int(columns) if columns.isdigit() else 160
 
+
+_UNLIMITED_WIDTH = 1_000_000  # to measure the width a table needs, not what it gets
 
 # No emoji codes: a message that happens to contain ":name:" (a path, a URL) prints as written.
 console = Console(highlight=False, soft_wrap=True, emoji=False, width=_width_when_not_a_terminal())
@@ -41,6 +44,28 @@ class _StderrConsole(Console):
 
 
 error_console: Console = _StderrConsole(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+
+def print_table(table: Table, rows: Sequence[Sequence[str]], lead: Sequence[int]) -> None:
+    """`table` when the terminal is wide enough for it; otherwise each row as a block: the cells
+    at `lead` on one line, then `header: value` for each other non-empty cell.
+
+    rich fits a table that is too wide by cutting cells short with "…" and dropping columns, so
+    on an 80-column terminal `history` showed "20261123_071425_1d…" for the ID `rollback --to`
+    needs and `snapshot list` lost its messages; the blocks keep every value whole.
+    """
+    from rich.measure import Measurement
+
+    needed = Measurement.get(console, console.options.update_width(_UNLIMITED_WIDTH), table).minimum
+    if needed <= console.width:
+        console.print(table)
+        return
+    headers = [str(column.header) for column in table.columns]
+    for row in rows:
+        console.print("  ".join(row[index] for index in lead if row[index]), markup=False)
+        for index, (header, cell) in enumerate(zip(headers, row, strict=True)):
+            if index not in lead and cell:
+                console.print(f"  {header.lower()}: {cell}", markup=False)
 
 
 def print_json(document: Any) -> None:

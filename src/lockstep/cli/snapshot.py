@@ -12,7 +12,7 @@ from rich.table import Table
 from lockstep.actions.snapshot_create import create, load_project
 from lockstep.actions.snapshot_list import ListedSnapshot, list_snapshots
 from lockstep.actions.snapshot_show import show_snapshot
-from lockstep.cli.output import console, human_bytes, print_json
+from lockstep.cli.output import console, human_bytes, print_json, print_table
 from lockstep.cli.project_options import wants_json
 from lockstep.cli.reporting import progress_options, progress_reporter
 from lockstep.pipeline.code import SHORT_COMMIT_LENGTH
@@ -171,19 +171,22 @@ def list_command(config_path: Path | None, environment: str | None, json_output:
         table.add_column(title)
     table.add_column("Size", justify="right", no_wrap=True)
     table.add_column("Verified", no_wrap=True)
-    for item in listed:
-        manifest = item.manifest
-        table.add_row(
+    rows = [
+        [
             item.snapshot.short_id,
             _local_time(item.snapshot),
-            _short_commit(manifest),
-            manifest.message or "",
-            shown_kind(manifest),
-            manifest.environment or "default",
-            human_bytes(manifest.stored_size),
+            _short_commit(item.manifest),
+            item.manifest.message or "",
+            shown_kind(item.manifest),
+            item.manifest.environment or "default",
+            human_bytes(item.manifest.stored_size),
             describe_state(item.verification),
-        )
-    console.print(table)
+        ]
+        for item in listed
+    ]
+    for row in rows:
+        table.add_row(*row)
+    print_table(table, rows, lead=(0, 1, 4, 5, 6))  # ID, time, kind, environment, size
     console.print(f"{len(listed)} snapshots")
 
 

@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 
 from lockstep.actions.status import age, environment_status, operation_history
-from lockstep.cli.output import console, print_json
+from lockstep.cli.output import console, print_json, print_table
 from lockstep.cli.project_options import project_options, wants_json
 from lockstep.cli.reporting import ConsoleReporter
 
@@ -95,8 +95,8 @@ def history_command(config_path: Path | None, environment: str | None, json_outp
     table = Table()
     for title in ("ID", "Operation", "Outcome", "Started", "Duration", "Commit", "By", "Snapshot", "Failed at"):
         table.add_column(title, no_wrap=title != "Failed at")
-    for record in records:
-        table.add_row(
+    rows = [
+        [
             record.id,
             record.operation,
             record.outcome + (" +data" if record.data_restored else ""),
@@ -106,8 +106,12 @@ def history_command(config_path: Path | None, environment: str | None, json_outp
             record.performer,
             (record.snapshot_id or "")[:8],
             (record.failed_step or "") + (f": {record.reason}" if record.reason else ""),
-        )
-    console.print(table)
+        ]
+        for record in records
+    ]
+    for row in rows:
+        table.add_row(*row)
+    print_table(table, rows, lead=(0, 1, 2, 3, 4))  # ID, operation, outcome, started, duration
 
 
 COMMANDS = [status_command, history_command]
