@@ -549,6 +549,43 @@ def test_a_release_directory_behind_a_current_symlink_is_stored_whole(tmp_path: 
     assert (target / "index.php").read_text() == "<?php echo 'v7';\n"
 
 
+def test_a_release_directory_holding_the_project_leaves_lockstep_s_own_files_out(tmp_path: Path) -> None:
+    """Without git, `lockstep init` says to set kind = "release-directory", whose path defaults
+    to the project's directory, where the repository (.lockstep/repository), the state directory,
+    the SQLite database and .env also live. Each snapshot stored the repository inside itself (so
+    every snapshot was bigger than the last), the live database file beside its dump and the
+    secret as code. The code is the release's own files now, as for git."""
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "index.php").write_text("<?php echo 'v7';\n")
+    (root / "config").mkdir()
+    (root / "config" / "app.yml").write_text("debug: false\n")
+    (root / ".env").write_text(f"KEY={SECRET}\n")
+    make_sqlite(root / "app.db")
+    (root / ".lockstep" / "state" / "production" / "logs").mkdir(parents=True)
+    (root / ".lockstep" / "state" / "production" / "logs" / "web.log").write_text("log line\n")
+    project = Project(root, root / ".lockstep" / "repository")
+    project.write_config({"main": "sqlite:///app.db"})
+    with (root / "lockstep.toml").open("a") as config:
+        config.write('\n[code]\nkind = "release-directory"\n')
+    assert project.repo("init").returncode == 0
+
+    first = project.create("-m", "one")
+    second = project.create("-m", "two")
+    assert first["code"]["size"] == second["code"]["size"]
+    listed = project.repo("ls", second["id"]).out.splitlines()
+    code = [line for line in listed if line.startswith("/code/release/")]
+    assert "/code/release/index.php" in code and "/code/release/config/app.yml" in code
+    assert "/code/release/lockstep.toml" in code
+    for left_out in (".lockstep", "app.db", ".env"):
+        assert f"/code/release/{left_out}" not in code, code
+    assert "/files/secrets/.env" in listed and "/databases/main.sqlite3" in listed
+    target = tmp_path / "restored"
+    project.ok("snapshot", "restore", second["short_id"], "--code", str(target))
+    assert (target / "index.php").read_text() == "<?php echo 'v7';\n"
+    assert not (target / ".lockstep").exists() and not (target / ".env").exists()
+
+
 def test_a_release_directory_snapshot_reports_the_size_of_its_files(tmp_path: Path) -> None:
     """A snapshot of a release directory alone said "0 B in total" (and so did `snapshot list`):
     only dumps and config files were counted. The manifest records the release's bytes and every

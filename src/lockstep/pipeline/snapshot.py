@@ -107,7 +107,7 @@ class PreparedCode:
     git: GitState | None = None
     release_directory: Path | None = None
     work_tree: Path | None = None
-    left_out: tuple[Path, ...] = ()  # kept out of the uncommitted diff: see StoredApart
+    left_out: tuple[Path, ...] = ()  # kept out of the uncommitted diff or the release: see StoredApart
     pending_commit: PendingCommit | None = None  # --commit's commit, put on the branch once written
 
 
@@ -187,7 +187,7 @@ def prepare_code(
             raise SourceError(f"the release directory {code.path} does not exist", "fix [code] path in lockstep.toml")
         # `current` -> releases/<timestamp> (Capistrano): store the release it points at, not the
         # link, which would leave the snapshot without code.
-        return PreparedCode(kind=code.kind, release_directory=code.path.resolve())
+        return PreparedCode(kind=code.kind, release_directory=code.path.resolve(), left_out=apart.paths)
     if request.commit:
         if not request.message:
             raise UsageError("--commit needs a commit message", "pass -m MESSAGE")
@@ -333,11 +333,37 @@ def _publish_commit(work_tree: Path, pending: PendingCommit, snapshot: Snapshot)
         raise SourceError(f"snapshot {snapshot.short_id} was written; {error.message}", error.hint) from error
 
 
+def _add_release(builder: SnapshotBuilder, target: str, source: Path, left_out: set[Path]) -> int:
+    """Store the release directory `source` at `target` without what lies in `left_out` (the
+    repository, the state directory, SQLite files, secrets: a project directory holds them all);
+    the bytes stored. Only the directories on the way to a left-out path are walked here."""
+    if not any(source in path.parents for path in left_out):
+        return builder.add_path(target, source)
+    size = 0
+    stored = False
+    for child in sorted(source.iterdir()):
+        resolved = child.resolve() if child.is_symlink() else child
+        if child in left_out or resolved in left_out:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            size += _add_release(builder, f"{target}/{child.name}", child, left_out)
+        else:
+            size += builder.add_path(f"{target}/{child.name}", child)
+        stored = True
+    if not stored and target == "/code/release":
+        raise SourceError(
+            f"the release directory {source} holds nothing but what the snapshot stores apart",
+            "fix [code] path in lockstep.toml",
+        )
+    return size
+
+
 def _store_code(builder: SnapshotBuilder, code: PreparedCode | None) -> CodeRecord | None:
     if code is None:
         return None
     if code.release_directory is not None:
-        size = builder.add_path("/code/release", code.release_directory)
+        left_out = {path.resolve() for path in code.left_out}
+        size = _add_release(builder, "/code/release", code.release_directory, left_out)
         return CodeRecord(kind=code.kind, path="/code/release", size=size)
     assert code.git is not None and code.work_tree is not None
     builder.add_bytes("/code/commit", (code.git.commit + "\n").encode("ascii"))
