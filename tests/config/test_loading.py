@@ -224,3 +224,14 @@ def test_known_keys_steps_over_table_names() -> None:
     """The suggestion list for databases.<any name> is the database keys."""
     assert known_keys(["databases", "anything"]) == ["url", "password_env", "password_file"]
     assert "repository" in known_keys([])
+
+
+def test_an_environment_override_of_a_misspelt_entry_names_the_one_meant(tmp_path: Path) -> None:
+    """[environments.staging.databases.mian] (for main) asked for a whole new database ("add url =
+    ..."), which sends people to copy the URL instead of fixing the name."""
+    path = write_config(tmp_path, MINIMAL + '\n[environments.staging.databases.mian]\npassword_env = "STAGING_PW"\n')
+    message = load_error(path).message
+    assert "environments.staging.databases.mian.url: missing" in message
+    assert 'did you mean "main"?' in message
+    unrelated = write_config(tmp_path, MINIMAL + '\n[environments.staging.databases.reports]\npassword_env = "X"\n')
+    assert "did you mean" not in load_error(unrelated).message

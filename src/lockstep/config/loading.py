@@ -63,9 +63,8 @@ def load_config(path: Path, environment: str | None = None) -> ProjectConfig:
         try:
             config.resolve(name)
         except ValidationError as error:
-            problems.extend(
-                _describe(shown, error.errors(include_input=False, include_url=False), ("environments", name))
-            )
+            errors = error.errors(include_input=False, include_url=False)
+            problems.extend(_describe(shown, errors, ("environments", name), source))
     if problems:
         raise UsageError("\n".join(problems))
     resolved = config.resolve(environment)
@@ -108,15 +107,38 @@ def _usage_error(shown: str, errors: Sequence[ErrorDetails], prefix: tuple[str, 
     return UsageError("\n".join(_describe(shown, errors, prefix)))
 
 
-def _describe(shown: str, errors: Sequence[ErrorDetails], prefix: tuple[str, ...]) -> list[str]:
+def _describe(
+    shown: str, errors: Sequence[ErrorDetails], prefix: tuple[str, ...], base: dict[str, Any] | None = None
+) -> list[str]:
+    """One line per problem; `base` (the parsed file) is given for an environment's overrides."""
     lines: list[str] = []
     for error in errors:
         location = tuple(str(part) for part in error["loc"])
         where = ".".join((*prefix, *location)) or "(top level)"
-        line = f"{shown}: {where}: {_explain(error, location)}"
+        explanation = _explain(error, location)
+        if base is not None and error["type"] == "missing":
+            explanation += _misspelt_entry(location, base)
+        line = f"{shown}: {where}: {explanation}"
         if line not in lines:
             lines.append(line)
     return lines
+
+
+def _misspelt_entry(location: tuple[str, ...], base: dict[str, Any]) -> str:
+    """For `environments.E.databases.mian.url: missing`: the override names an entry the base
+    tables lack, most likely a typo of one they have ("main"), which only needs the keys it changes."""
+    if len(location) < 3:
+        return ""
+    table: Any = base
+    for part in location[:-2]:
+        table = table.get(part) if isinstance(table, dict) else None
+    entry = location[-2]
+    if not isinstance(table, dict) or entry in table:
+        return ""
+    matches = difflib.get_close_matches(entry, [str(name) for name in table], n=1)
+    if not matches:
+        return ""
+    return f' (or did you mean "{matches[0]}"? an override of an existing entry needs only the keys it changes)'
 
 
 def _explain(error: ErrorDetails, location: tuple[str, ...]) -> str:
