@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import require_binary
 from tests.deploy.conftest import NOTES, NotesLoad, NotesProject, _stop_everything, make_project
 
 pytestmark = pytest.mark.slow
@@ -658,7 +662,23 @@ def test_production_policy_asks_requires_the_snapshot_and_the_approval(tmp_path:
         config.write_text(text)
         project.commit("approved")
         unconfirmed = project.lockstep("deploy")
-        assert unconfirmed.returncode == 2 and "needs confirmation" in unconfirmed.err and "--yes" in unconfirmed.err
+        assert unconfirmed.returncode == 2 and "was not confirmed" in unconfirmed.err and "--yes" in unconfirmed.err
+        # At a terminal, a wrong answer ("yes" where the environment's name is asked for) was told
+        # to "answer the question on a terminal": the refusal says what the question wanted.
+        script = require_binary("script", "apt-get install util-linux")
+        answered = subprocess.run(
+            [script, "-qec", f"{shlex.quote(sys.executable)} -m lockstep deploy", "/dev/null"],
+            input=b"yes\n",
+            capture_output=True,
+            cwd=project.directory,
+            env={**os.environ, **project.env},
+            timeout=120,
+            check=False,
+        )
+        output = answered.stdout.decode(errors="replace")
+        assert answered.returncode == 2, output
+        assert "Type 'production' to continue" in output
+        assert "was not confirmed: confirm on a terminal by typing production, or pass --yes" in output
         skipping = project.lockstep("deploy", "--yes", "--skip-backup")
         assert skipping.returncode == 2 and "--skip-backup is not allowed in production" in skipping.err
         assert project.history() == []

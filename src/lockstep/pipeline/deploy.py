@@ -387,9 +387,11 @@ class Deployment:
             question = f"Deploy {record.commit and record.commit[:12]} to {self.context.environment}?"
             expected = self.context.environment if self.context.environment == "production" else None
             if not self.reporter.confirm(question, expected):
+                # Also what a wrong answer at a terminal gets: say what the question wanted.
+                answer = f" by typing {expected}" if expected else " with y"
                 raise UsageError(
-                    f"deploying to {self.context.environment} needs confirmation",
-                    "answer the question on a terminal, or pass --yes",
+                    f"deploying to {self.context.environment} was not confirmed",
+                    f"confirm on a terminal{answer}, or pass --yes",
                 )
         if self.request.skip_backup and self.policy.require_snapshot:
             raise UsageError(

@@ -403,8 +403,10 @@ class Rollback:
             return
         expected = self.context.environment if self.context.environment == "production" else None
         if not self.reporter.confirm("Restore the databases and lose those writes?", expected):
+            answer = f" by typing {expected}" if expected else " with y"
             raise UsageError(
-                "the data restore needs confirmation; nothing was changed", "answer on a terminal, or pass --yes (CI)"
+                "the data restore was not confirmed; nothing was changed",
+                f"confirm on a terminal{answer}, or pass --yes (CI)",
             )
 
     def _restore(self, target: RollbackTarget, record: OperationRecord) -> str:
