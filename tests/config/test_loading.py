@@ -235,3 +235,24 @@ def test_an_environment_override_of_a_misspelt_entry_names_the_one_meant(tmp_pat
     assert 'did you mean "main"?' in message
     unrelated = write_config(tmp_path, MINIMAL + '\n[environments.staging.databases.reports]\npassword_env = "X"\n')
     assert "did you mean" not in load_error(unrelated).message
+
+
+def test_a_home_relative_path_means_the_home_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """url = "~/backups/shop" created a directory literally named "~" inside the project (inside
+    its git work tree, too), while LOCKSTEP_REPOSITORY=~/... meant the home directory."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    project = tmp_path / "project"
+    project.mkdir()
+    text = '[repository]\nurl = "~/backups/shop"\npassword_file = "~/.lockstep-password"\n'
+    config = load_config(write_config(project, text))
+    assert config.repository.url == f"local:{home / 'backups' / 'shop'}"
+    assert config.repository.password_file == home / ".lockstep-password"
+    local = load_config(write_config(project, '[repository]\nurl = "local:~/backups/shop"\n'))
+    assert local.repository.url == f"local:{home / 'backups' / 'shop'}"
+
+
+def test_an_empty_local_repository_path_is_refused(tmp_path: Path) -> None:
+    """url = "local:" meant the project's own directory as the repository."""
+    message = load_error(write_config(tmp_path, '[repository]\nurl = "local:"\n')).message
+    assert "repository.url" in message and "empty" in message

@@ -83,7 +83,7 @@ class RepositoryConfig(_Section):
     url: str = Field(
         description=(
             "Repository location: a path, local:PATH or s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]. "
-            "Relative paths are relative to the directory of lockstep.toml; "
+            "Relative paths are relative to the directory of lockstep.toml (~/ is the home directory); "
             "the LOCKSTEP_REPOSITORY environment variable overrides this value."
         ),
         examples=["local:.lockstep/repository"],
@@ -110,7 +110,7 @@ class RepositoryConfig(_Section):
     @field_validator("url")
     @classmethod
     def _check_url(cls, url: str) -> str:
-        if not url.strip():
+        if not url.removeprefix("local:").strip():
             raise ValueError("the repository URL is empty: set it to a path, local:PATH or s3:URL/BUCKET")
         _reject_password_in_url(
             url, "give S3 credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (environment variables)"
