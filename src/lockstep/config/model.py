@@ -366,7 +366,10 @@ class ProjectConfig(_Section):
     )
     code: CodeConfig = Field(
         default_factory=CodeConfig,
-        description="The application code. Without this table: the directory of lockstep.toml.",
+        description=(
+            "The application code. Without this table: the git work tree lockstep.toml is in (the commit "
+            "checked out there), or else nothing."
+        ),
         examples=[{"kind": "git", "path": "."}],
     )
     databases: dict[str, DatabaseConfig] = Field(
