@@ -261,6 +261,14 @@ class PostgresqlAdapter:
             try:
                 info = _database_info(connection, location, algorithm)
                 return replace(info, **_beyond_tables(connection, with_sequences=True))
+            except psycopg.errors.InsufficientPrivilege as error:
+                raise SourceError(
+                    f"cannot read every row of {location.display()}: {str(error).strip()}",
+                    "check it as the tables' owner, a superuser or a role with BYPASSRLS, with SELECT on every "
+                    "table (row-level security would hide rows from this role, so its counts would be short)",
+                ) from None
+            except psycopg.Error as error:
+                raise SourceError(f"cannot inspect {location.display()}: {str(error).strip()}") from None
             finally:
                 connection.rollback()
 
