@@ -290,11 +290,7 @@ class HaproxySwitch:
 
     def hold(self, owner: HoldOwner, timeout: float) -> HoldMode:
         """HAProxy cannot park a request: its upstream becomes a relay that does (traffic/holding.py)."""
-        target = self.active_port()
-        if target is None:
-            raise LockstepError("HAProxy has no upstream to hold traffic for", "deploy first")
-        self.holding.hold(owner, timeout, self.holding.target_port() or target)
-        return "queue"
+        return self.holding.hold_upstream(owner, timeout, self.active_port(), "HAProxy")
 
     def release(self) -> dict[str, object] | None:
         return self.holding.release()

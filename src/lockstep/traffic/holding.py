@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lockstep.errors import LockstepError
+from lockstep.traffic.base import HoldMode
 from lockstep.traffic.builtin import BuiltinProxy
 from lockstep.traffic.hold import HoldOwner
 
@@ -60,6 +61,14 @@ class HoldingRelay:
         if current is None:
             return None
         return self._relay(int(current["relay_port"])).hold_state() or {"owner": current.get("owner")}
+
+    def hold_upstream(self, owner: HoldOwner, timeout: float, active_port: int | None, server: str) -> HoldMode:
+        """A switch's hold(): `server` (nginx, HAProxy) sends to `active_port`, or, held already,
+        to the relay, whose target stays where released requests go."""
+        if active_port is None:
+            raise LockstepError(f"{server} has no upstream to hold traffic for", "deploy first")
+        self.hold(owner, timeout, self.target_port() or active_port)
+        return "queue"
 
     def hold(self, owner: HoldOwner, timeout: float, target_port: int) -> None:
         current = self.current()

@@ -267,11 +267,7 @@ class NginxSwitch:
 
     def hold(self, owner: HoldOwner, timeout: float) -> HoldMode:
         """nginx cannot park a request: its upstream becomes a relay that does (traffic/holding.py)."""
-        target = self.active_port()
-        if target is None:
-            raise LockstepError("nginx has no upstream to hold traffic for", "deploy first")
-        self.holding.hold(owner, timeout, self.holding.target_port() or target)
-        return "queue"
+        return self.holding.hold_upstream(owner, timeout, self.active_port(), "nginx")
 
     def release(self) -> dict[str, object] | None:
         return self.holding.release()
