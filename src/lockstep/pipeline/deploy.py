@@ -271,6 +271,7 @@ class Deployment:
         bind_context(self.reporter, deploy_id=record.id, env=record.environment)
         self._confirm(record)
         self.steps.run("lock", self.context.environment, lambda: self._take_lock(record), lambda _: "held")
+        self.steps.on_started = lambda step, detail: self._save_progress(record, step, detail)
         notifier = notifier_for(self.context, self.reporter)
         if self.broken_lock is not None:
             previous = self.broken_lock
@@ -302,6 +303,11 @@ class Deployment:
             self._release_lock()
             notifier.close()
         return record
+
+    def _save_progress(self, record: OperationRecord, step: str, detail: str) -> None:
+        """The record with the step now starting: a deploy killed in it is reported as killed there."""
+        record.steps = self.steps.progress(step, detail)
+        self.history.save(record)
 
     def _preflight(self, work_tree: Path) -> ResolvedRef:
         from lockstep.pipeline.preflight import (
@@ -551,6 +557,9 @@ class Deployment:
         assert self.config.app.migrate is not None
         record.migration_before = migration_version(self.context)
         record.migrations_ran = True  # from here on the data may have changed, even if it fails
+        # Stored before the command runs: a deploy killed now leaves a migration that goes on
+        # (or stops half-way), and whoever cleans up must learn that the data may have moved.
+        self.history.save(record)
         self.steps.on_undo("migrate", lambda: self._undo_migrations(record))
         command = Command(
             Command.parse(self.config.app.migrate).argv,
@@ -840,28 +849,70 @@ def _upstream_counters(agent: AgentClient, port: int | None) -> tuple[int, int]:
 def clean_up_abandoned(
     context: EnvironmentContext, record: OperationRecord, agent: AgentClient, history: History, reporter: Reporter
 ) -> None:
-    """Finish what a killed deploy left: its slot stops unless it has the traffic; mark it interrupted."""
-    reporter.warn(f"{record.operation} {record.id} (pid {record.pid}) was interrupted and left unfinished; cleaning up")
+    """Finish what a killed deploy left: its slot stops unless it has the traffic; mark it interrupted.
+
+    When it has the traffic (killed in or after the switch), the release stays, but the other
+    slot's workers stop, as the deploy's retire step would have done: two releases' workers must
+    not run side by side.
+    """
+    step = _running_step(record)
+    where = f" in its {step} step" if step else ""
+    reporter.warn(
+        f"{record.operation} {record.id} (pid {record.pid}) was interrupted{where} and left unfinished; cleaning up"
+    )
     try:
         status = agent.status()
         slot = record.slot
+        release = status["slots"][slot]["release"] if slot else None
+        ours = bool(release and release.get("release_id") == record.release_id)
         if slot and status.get("active_slot") != slot:
-            release = status["slots"][slot]["release"]
-            if release and release.get("release_id") == record.release_id:
+            if ours:
                 agent.stop_slot(slot)
                 reporter.info(f"stopped the interrupted release in slot {slot}")
-        elif slot:
+        elif slot and ours:
+            _retire_other_slot(context, agent, status, other_slot(slot), reporter)
             reporter.warn(
-                f"the interrupted release {record.release_id} has the traffic; run `lockstep rollback` if it should not"
+                f"the interrupted release {record.release_id} has the traffic, without a finished watch window; "
+                "run `lockstep rollback` if it should not"
             )
     except LockstepError as error:
         reporter.warn(f"could not clean up the interrupted release: {error}")
     if record.migrations_ran and record.snapshot_id:
-        reporter.warn(
-            f"its migrations ran; the data before them is in snapshot {record.snapshot_id[:8]} "
-            f"(lockstep snapshot restore {record.snapshot_id[:8]})"
-        )
+        snapshot = record.snapshot_id[:8]
+        restore = f"the data before them is in snapshot {snapshot} (lockstep snapshot restore {snapshot})"
+        if record.migration_after is None:
+            reporter.warn(f"it was killed while its migrations ran (finished or stopped midway?); {restore}")
+        elif record.migration_after != record.migration_before:  # an unchanged version: nothing to restore
+            reporter.warn(f"its migrations ran; {restore}")
     record.outcome = "interrupted"
     record.finished_at = time.time()
-    record.reason = record.reason or "the deploy process died (killed or crashed)"
+    record.failed_step = record.failed_step or step
+    record.steps = [
+        {**item, "outcome": "failed", "detail": "killed"} if item.get("outcome") == "running" else item
+        for item in record.steps
+    ]
+    record.reason = record.reason or f"the {record.operation} process died (killed or crashed)"
     history.save(record)
+
+
+def _running_step(record: OperationRecord) -> str | None:
+    """The step a killed operation was in, from the progress it stored as each step started."""
+    running = [item.get("step") for item in record.steps if item.get("outcome") == "running"]
+    return str(running[-1]) if running else None
+
+
+def _retire_other_slot(
+    context: EnvironmentContext, agent: AgentClient, status: dict[str, Any], slot: str, reporter: Reporter
+) -> None:
+    """Stop what runs without traffic in `slot` (workers), keeping its traffic component warm."""
+    component = traffic_component(context.config)
+    running = sorted(
+        {
+            str(process["component"])
+            for process in status["slots"][slot]["processes"]
+            if process.get("running") and process["component"] != component
+        }
+    )
+    if running:
+        agent.stop_slot(slot, running)
+        reporter.info(f"stopped {', '.join(running)} in slot {slot}: the release with the traffic runs its own")

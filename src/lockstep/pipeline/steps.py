@@ -68,7 +68,15 @@ class StepRunner:
 
     reporter: Reporter
     records: list[StepRecord] = field(default_factory=list)
+    # Called with (step, detail) as each step starts: a deploy writes its history record then,
+    # so one killed with SIGKILL (no unwinding, no last words) still says where it died.
+    on_started: Callable[[str, str], None] | None = None
     _undo: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+
+    def progress(self, running: str, detail: str = "") -> list[dict[str, Any]]:
+        """The steps so far and the one now `running`, as the history stores them."""
+        running_step = {"step": running, "outcome": "running", "seconds": 0.0, "detail": detail}
+        return [record.to_document() for record in self.records] + [running_step]
 
     def interrupted_step(self) -> str | None:
         """The step Ctrl-C, SIGTERM or SIGHUP stopped, if one was running."""
@@ -80,6 +88,8 @@ class StepRunner:
         self.reporter.step_started(name, detail)
         started = time.monotonic()
         try:
+            if self.on_started is not None:
+                self.on_started(name, detail)
             result = action()
         except StepFailed:
             raise

@@ -1,0 +1,122 @@
+"""`lockstep deploy` killed with SIGKILL at the steps where it matters most: no unwinding runs,
+so what the next `status` or deploy says and does is all the operator gets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.conftest import NotesProject, _stop_everything, make_project
+
+pytestmark = pytest.mark.slow
+
+
+def _kill_at(project: NotesProject, step: str, after: float) -> None:
+    process = project.deploy_until_step(step)
+    time.sleep(after)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.stderr is not None
+    process.stderr.close()
+    assert process.stdout is not None
+    process.stdout.close()
+
+
+def _running_workers(project: NotesProject, slot: str) -> list[int]:
+    processes = project.status()["slots"][slot]["processes"]
+    return [item["pid"] for item in processes if item["component"] == "worker" and item["running"]]
+
+
+@pytest.fixture
+def slow_migration_project(tmp_path: Path) -> Iterator[NotesProject]:
+    """The notes app whose migration command takes a second before it migrates."""
+    project = make_project(tmp_path, watch_seconds=30)
+    config = project.directory / "lockstep.toml"
+    config.write_text(
+        config.read_text().replace(
+            'migrate = "python3 migrate.py"', "migrate = \"sh -c 'sleep 1.5 && python3 migrate.py'\""
+        )
+    )
+    project.commit("a slow migration")
+    project.start_agent()
+    try:
+        yield project
+    finally:
+        _stop_everything(project)
+
+
+def test_a_deploy_killed_during_its_migration_says_the_data_may_have_moved(
+    slow_migration_project: NotesProject,
+) -> None:
+    """Killed while the migration ran: the migration went on without it (the database is at 002),
+    but the history said no migration had run, and `status` said nothing of the data or of the
+    snapshot that holds it as it was before."""
+    project = slow_migration_project
+    assert project.lockstep("deploy").returncode == 0
+    project.apply("v2", "notes 2.0.0")
+    _kill_at(project, "migrate", 0.3)
+    time.sleep(2.5)  # the orphaned migration finishes
+
+    status = project.lockstep("status")
+    assert status.returncode == 0, status.err
+    record = project.history()[-1]
+    assert record["migrations_ran"], record
+    snapshot = record["snapshot_id"][:8]
+    assert f"lockstep snapshot restore {snapshot}" in status.err, status.err
+    assert "interrupted in its migrate step" in status.err, status.err
+    assert record["outcome"] == "interrupted" and record["failed_step"] == "migrate", record
+    assert "killed while its migrations ran" in status.err
+    assert record["steps"][-1] == {"step": "migrate", "outcome": "failed", "seconds": 0.0, "detail": "killed"}
+    assert [item["step"] for item in record["steps"]] == ["preflight", "lock", "release", "snapshot", "migrate"]
+    assert project.version() == "1.0.0"
+
+
+def test_a_deploy_killed_in_its_watch_window_leaves_one_release_of_workers(
+    slow_migration_project: NotesProject,
+) -> None:
+    """Killed after the switch: the new release serves, and the old slot's worker ran on beside
+    the new one for good (two releases' workers on one database); now the clean-up stops it, as
+    the retire step would have, and a rollback brings it back."""
+    project = slow_migration_project
+    assert project.lockstep("deploy").returncode == 0
+    project.apply("v2", "notes 2.0.0")
+    _kill_at(project, "watch", 0.5)
+    assert project.version() == "2.0.0"
+
+    status = project.lockstep("status")
+    assert status.returncode == 0, status.err
+    assert _running_workers(project, "blue") == []
+    assert len(_running_workers(project, "green")) == 1
+    assert "without a finished watch window" in status.err, status.err
+    assert "stopped worker in slot blue" in status.err, status.err
+    record = project.history()[-1]
+    assert (record["outcome"], record["failed_step"]) == ("interrupted", "watch"), record
+
+    rollback = project.lockstep("rollback", "--force")  # code only: 002 adds a column v1 ignores
+    assert rollback.returncode == 0, rollback.err
+    assert project.version() == "1.0.0"
+    assert len(_running_workers(project, "blue")) == 1
+    assert _running_workers(project, "green") == []
+
+
+def test_a_killed_deploy_whose_migration_changed_nothing_does_not_offer_a_restore(
+    slow_migration_project: NotesProject,
+) -> None:
+    """The migration ran but the version did not move (no new migration): the clean-up told the
+    operator to restore the pre-deploy snapshot, which would only discard what users wrote since."""
+    project = slow_migration_project
+    assert project.lockstep("deploy").returncode == 0
+    (project.directory / "VERSION").write_text("1.0.1\n")
+    project.commit("notes 1.0.1")
+    _kill_at(project, "start", 0.3)
+
+    status = project.lockstep("status")
+    assert status.returncode == 0, status.err
+    assert "snapshot restore" not in status.err, status.err
+    assert "interrupted in its start step" in status.err, status.err
+    assert project.history()[-1]["failed_step"] == "start"
