@@ -120,3 +120,43 @@ def test_a_killed_deploy_whose_migration_changed_nothing_does_not_offer_a_restor
     assert "snapshot restore" not in status.err, status.err
     assert "interrupted in its start step" in status.err, status.err
     assert project.history()[-1]["failed_step"] == "start"
+
+
+def test_the_agent_killed_in_the_watch_window_keeps_the_serving_release_and_its_data(
+    slow_migration_project: NotesProject,
+) -> None:
+    """The agent dies (kill -9) while a deploy of v2 watches it: the switch back fails, so v2 keeps
+    the traffic. The undo went on to restore 001 under it (v2 needs 002) and to delete v2's release
+    directory, from which it serves: its next restart could not start. Both now stay."""
+    project = slow_migration_project
+    assert project.lockstep("deploy").returncode == 0
+    project.add_note("written under v1")
+    project.apply("v2", "notes 2.0.0")
+    process = project.deploy_until_step("watch")
+    assert project.agent is not None
+    project.agent.kill()
+    project.agent.wait()
+    assert process.stderr is not None
+    output = process.stderr.read().decode()
+    returncode = process.wait(timeout=120)
+    assert project.version() == "2.0.0"  # the proxy outlives the agent
+    record = project.history()[-1]
+    release = project.directory / ".lockstep" / "state" / "test" / "releases" / record["release_id"]
+    assert release.is_dir(), output
+    assert not record["data_restored"], output
+    assert "the data stays as migrated" in output
+    assert returncode == 1, output  # undoing failed too
+
+    project.start_agent()
+    web = next(item for item in project.status()["slots"]["green"]["processes"] if item["component"] == "web")
+    os.killpg(web["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if project.version() == "2.0.0":
+                break
+        except (OSError, AssertionError):
+            pass
+        time.sleep(0.3)
+    assert project.version() == "2.0.0"  # restarted from its release directory
+    assert project.notes() == ["written under v1"]

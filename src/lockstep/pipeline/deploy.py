@@ -518,7 +518,14 @@ class Deployment:
         return release
 
     def _discard_release(self, release: Path) -> None:
-        """A release that never served is of no use; keep the disk for ones that did."""
+        """A release that never served is of no use; keep the disk for ones that did.
+
+        Not when stopping it or moving the traffic back failed: it may still run, with the
+        traffic, and its processes could not start again without their directory."""
+        failed = [step for step in self.steps.undo_failed() if step in ("start", "switch")]
+        if failed:
+            self.reporter.warn(f"kept {release}: it may still run (undo {' and '.join(failed)} failed)")
+            return
         shutil.rmtree(release, ignore_errors=True)
 
     def _pre_deploy_snapshot(self, record: OperationRecord, old_release: dict[str, Any] | None) -> str:
@@ -574,6 +581,14 @@ class Deployment:
 
     def _undo_migrations(self, record: OperationRecord) -> None:
         """Bring the data back to the pre-deploy snapshot, as the environment's policy says."""
+        if "switch" in self.steps.undo_failed() and record.snapshot_id is not None:
+            # The traffic did not go back (the agent died, say): the new release may still serve,
+            # and the old data under it would break it. Going back is the operator's call.
+            self.reporter.warn(
+                "the data stays as migrated: the traffic could not be moved back, so the new release may still "
+                f"serve; to go back: lockstep rollback --force, then lockstep snapshot restore {record.snapshot_id[:8]}"
+            )
+            return
         if record.snapshot_id is None:
             self.reporter.warn("migrations ran but there is no pre-deploy snapshot (--skip-backup): the data stays")
             return

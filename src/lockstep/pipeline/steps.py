@@ -111,6 +111,10 @@ class StepRunner:
         self.reporter.step_finished(name, seconds, summary)
         return result
 
+    def undo_failed(self) -> list[str]:
+        """The undo actions that failed so far (e.g. the switch back, with the agent gone)."""
+        return [record.name.removeprefix("undo ") for record in self.records if record.outcome == "undo-failed"]
+
     def on_undo(self, name: str, action: Callable[[], None]) -> None:
         """Register how to take back what the step `name` changed."""
         self._undo.append((name, action))
