@@ -3,6 +3,7 @@ so what the next `status` or deploy says and does is all the operator gets."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -25,6 +26,18 @@ def _kill_at(project: NotesProject, step: str, after: float) -> None:
     process.stderr.close()
     assert process.stdout is not None
     process.stdout.close()
+
+
+def _three_releases(project: NotesProject) -> list[str]:
+    """1.0.1, 1.0.2 and 1.0.3 deployed: 1.0.3 serves from blue, 1.0.2 is warm in green."""
+    ids = []
+    for version in ("1.0.1", "1.0.2", "1.0.3"):
+        (project.directory / "VERSION").write_text(version + "\n")
+        project.commit(f"notes {version}")
+        deployed = project.lockstep("deploy", "--json")
+        assert deployed.returncode == 0, deployed.err
+        ids.append(json.loads(deployed.out)["id"])
+    return ids
 
 
 def _running_workers(project: NotesProject, slot: str) -> list[int]:
@@ -160,3 +173,56 @@ def test_the_agent_killed_in_the_watch_window_keeps_the_serving_release_and_its_
         time.sleep(0.3)
     assert project.version() == "2.0.0"  # restarted from its release directory
     assert project.notes() == ["written under v1"]
+
+
+def test_a_rollback_killed_while_it_starts_its_release_leaves_nothing_running_beside(
+    notes_project: NotesProject,
+) -> None:
+    """kill -9 of a rollback starting an older release in the idle slot: that release and its
+    worker ran on without traffic next to the serving release's worker, shown as a warm slot, and
+    the history did not say where the rollback died. The next rollback also took the dead one's
+    lock without a word."""
+    project = notes_project
+    ids = _three_releases(project)
+    rollback = project.popen_lockstep("rollback", "--to", ids[0], "--log-format", "json")
+    assert rollback.stderr is not None
+    for line in rollback.stderr:
+        event = json.loads(line)
+        if event.get("event") == "step-started" and event.get("step") == "code":
+            break
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not _running_workers(project, "green"):
+        time.sleep(0.1)
+    os.kill(rollback.pid, signal.SIGKILL)
+    rollback.wait()
+    rollback.stderr.close()
+    assert rollback.stdout is not None
+    rollback.stdout.close()
+
+    again = project.lockstep("rollback", "--to", ids[0], "--json")
+    assert again.returncode == 0, again.err
+    assert "recovered a stale lock of rollback" in again.err, again.err
+    interrupted = project.history()[-2]
+    assert (interrupted["operation"], interrupted["outcome"]) == ("rollback", "interrupted"), interrupted
+    assert interrupted["failed_step"] == "code" and interrupted["slot"] == "green", interrupted
+    assert project.version() == "1.0.1"
+
+
+def test_a_killed_rollback_is_cleaned_up_by_status(notes_project: NotesProject) -> None:
+    """The same kill, then `lockstep status`: the half-started release stops, its worker too."""
+    project = notes_project
+    ids = _three_releases(project)
+    assert _running_workers(project, "green") == []
+    rollback = project.popen_lockstep("rollback", "--to", ids[0], "--log-format", "json")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not _running_workers(project, "green"):
+        time.sleep(0.1)
+    os.kill(rollback.pid, signal.SIGKILL)
+    rollback.communicate()
+
+    status = project.lockstep("status")
+    assert status.returncode == 0, status.err
+    assert _running_workers(project, "green") == []
+    assert "stopped the interrupted release in slot green" in status.err, status.err
+    assert len(_running_workers(project, "blue")) == 1
+    assert project.version() == "1.0.3"

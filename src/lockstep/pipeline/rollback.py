@@ -31,6 +31,7 @@ from lockstep.pipeline.data_rollback import describe_discarded, restore_snapshot
 from lockstep.pipeline.deploy import (
     DeployFailed,
     DeployRolledBack,
+    clean_up_abandoned,
     health_gate,
     migration_version,
     performer,
@@ -202,14 +203,28 @@ class Rollback:
             stale_after=self.config.deploy.lock_stale_after,
         )
         holder = LockHolder.for_this_process(record.id, self.context.environment, "rollback", record.message)
+
+        def warn_stale(previous: LockHolder) -> None:
+            self.reporter.warn(
+                f"recovered a stale lock of {previous.operation} {previous.deploy_id} by {previous.user}@"
+                f"{previous.host} (pid {previous.pid})"
+            )
+
         self.steps.run(
             "lock",
             self.context.environment,
-            lambda: lock.acquire(holder, wait=self.request.lock_wait, force=self.request.force),
+            lambda: lock.acquire(holder, wait=self.request.lock_wait, force=self.request.force, on_stale=warn_stale),
             lambda _: "held",
         )
         try:
+            # A deploy or rollback killed before this one: stop what it left, mark it interrupted.
+            abandoned = self.history.abandoned()
+            for interrupted in abandoned:
+                clean_up_abandoned(self.context, interrupted, self.agent, self.history, self.reporter)
+            if abandoned:  # the clean-up may have stopped a slot: decide on the slots as they are now
+                status = self.agent.status()
             self.history.save(record)
+            self.steps.on_started = lambda step, detail: self._save_progress(record, step, detail)
             if with_data:
                 traffic_hold = self.traffic_hold = TrafficHold(self.agent, self.config.traffic, self.reporter, record)
                 self.steps.on_undo("hold", traffic_hold.release_quietly)
@@ -267,6 +282,11 @@ class Rollback:
             notifier.notify(operation_event(ROLLBACK_DONE, record, f"rolled back to {record.release_id}{data}"))
         return record
 
+    def _save_progress(self, record: OperationRecord, step: str, detail: str) -> None:
+        """The record with the step now starting: a rollback killed in it is reported as killed there."""
+        record.steps = self.steps.progress(step, detail)
+        self.history.save(record)
+
     def _check_component(self) -> None:
         component = self.request.component
         if component is None:
@@ -294,6 +314,7 @@ class Rollback:
         if component == traffic_component(self.config):
             # Through the idle slot, like a deploy: started and checked there, then the switch.
             record.slot = idle
+            self.history.save(record)
             warm = status["slots"][idle]
             is_warm = (warm["release"] or {}).get("release_id") == target.release_id and any(
                 process["component"] == component and process["running"] for process in warm["processes"]
@@ -427,6 +448,7 @@ class Rollback:
         active = str(status["active_slot"])
         idle = other_slot(active)
         record.slot = idle
+        self.history.save(record)  # killed from here on, the clean-up knows which slot was ours
         warm = slots[idle]
         component = traffic_component(self.config)
         warm_release = warm["release"]
