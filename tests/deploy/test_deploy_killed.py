@@ -226,3 +226,32 @@ def test_a_killed_rollback_is_cleaned_up_by_status(notes_project: NotesProject) 
     assert "stopped the interrupted release in slot green" in status.err, status.err
     assert len(_running_workers(project, "blue")) == 1
     assert project.version() == "1.0.3"
+
+
+def test_the_agent_cleans_up_a_killed_deploy_without_waiting_for_the_cli(notes_project: NotesProject) -> None:
+    """Until someone ran `lockstep status` or deployed again, a deploy killed while starting its
+    release stayed "running" in the history, the dashboard and /metrics, its half-started release
+    and worker running beside the serving ones. The agent now cleans it up by itself."""
+    project = notes_project
+    assert project.lockstep("deploy").returncode == 0
+    (project.directory / "VERSION").write_text("1.0.1\n")
+    project.commit("notes 1.0.1")
+    deploy = project.popen_lockstep("deploy", "--log-format", "json")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not _running_workers(project, "green"):
+        time.sleep(0.1)
+    os.kill(deploy.pid, signal.SIGKILL)
+    deploy.communicate()
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and project.history()[-1]["outcome"] == "running":
+        time.sleep(0.3)
+    record = project.history()[-1]
+    assert record["outcome"] == "interrupted", record
+    assert record["failed_step"] == "start", record
+    status = project.lockstep("status", "--json")
+    assert "cleaning up" not in status.err, status.err  # the agent did it already
+    assert _running_workers(project, "green") == []
+    assert project.version() == "1.0.0"
+    assert project.agent_log is not None
+    assert "was interrupted in its start step" in project.agent_log.read_text()

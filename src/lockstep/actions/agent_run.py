@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable
 
 from lockstep.actions.environment import EnvironmentContext
+from lockstep.agent.abandoned_watch import AbandonedWatch
 from lockstep.agent.dashboard import DashboardServer, start_dashboard
 from lockstep.agent.rpo_watch import RpoWatch
 from lockstep.agent.schedules import Scheduler
@@ -32,6 +33,7 @@ def run_agent(context: EnvironmentContext, on_ready: Callable[[str], None] | Non
     serving = threading.Thread(target=server.serve_forever, name="agent-api", daemon=True)
     scheduler = Scheduler(context)  # [[schedules]]: catches up a missed run on its first tick
     rpo_watch = RpoWatch(context, scheduler.notifier, warn=lambda line: error_line(on_ready, line))
+    abandoned_watch = AbandonedWatch(context, service, log=lambda line: error_line(on_ready, line))
     dashboard: DashboardServer | None = None
     try:
         adopted = service.adopt()
@@ -47,6 +49,7 @@ def run_agent(context: EnvironmentContext, on_ready: Callable[[str], None] | Non
             service.poll()
             scheduler.tick()
             rpo_watch.tick()
+            abandoned_watch.tick()
     except KeyboardInterrupt:
         pass
     finally:
@@ -54,6 +57,7 @@ def run_agent(context: EnvironmentContext, on_ready: Callable[[str], None] | Non
             dashboard.shutdown()
         scheduler.close()
         rpo_watch.close()
+        abandoned_watch.close()
         server.shutdown()
         if server.stop_apps_requested:
             service.shutdown_everything()

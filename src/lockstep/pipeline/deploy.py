@@ -27,7 +27,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from lockstep.actions.environment import EnvironmentContext
 from lockstep.agent.client import AgentClient
@@ -52,7 +52,12 @@ from lockstep.pipeline.data_rollback import (
     restore_snapshot_data,
     summarize_discarded,
 )
-from lockstep.pipeline.environment_lock import EnvironmentLock, LockHolder, describe_holder
+from lockstep.pipeline.environment_lock import (
+    EnvironmentLock,
+    LockHolder,
+    current_process_space,
+    describe_holder,
+)
 from lockstep.pipeline.history import History, OperationRecord, RedactedRecord
 from lockstep.pipeline.notifications import notifier_for, operation_event, secrets_redactor, teach_reporter_secrets
 from lockstep.pipeline.release_launch import ComponentPlan, app_environment, plan_components, traffic_component
@@ -263,6 +268,7 @@ class Deployment:
             performer=performer(),
             host=socket.gethostname(),
             pid=os.getpid(),
+            process_space=current_process_space(),
             ref=resolved.ref,
             commit=resolved.commit,
             message=self.request.message or resolved.subject,
@@ -861,8 +867,16 @@ def _upstream_counters(agent: AgentClient, port: int | None) -> tuple[int, int]:
     return 0, 0
 
 
+class SlotControl(Protocol):
+    """What cleaning up needs of the agent: the CLI's client, or the agent's own service."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def stop_slot(self, slot: str, components: list[str] | None = None) -> None: ...
+
+
 def clean_up_abandoned(
-    context: EnvironmentContext, record: OperationRecord, agent: AgentClient, history: History, reporter: Reporter
+    context: EnvironmentContext, record: OperationRecord, agent: SlotControl, history: History, reporter: Reporter
 ) -> None:
     """Finish what a killed deploy left: its slot stops unless it has the traffic; mark it interrupted.
 
@@ -917,7 +931,7 @@ def _running_step(record: OperationRecord) -> str | None:
 
 
 def _retire_other_slot(
-    context: EnvironmentContext, agent: AgentClient, status: dict[str, Any], slot: str, reporter: Reporter
+    context: EnvironmentContext, agent: SlotControl, status: dict[str, Any], slot: str, reporter: Reporter
 ) -> None:
     """Stop what runs without traffic in `slot` (workers), keeping its traffic component warm."""
     component = traffic_component(context.config)

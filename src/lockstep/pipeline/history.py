@@ -58,6 +58,7 @@ class OperationRecord:
     failed_step: str | None = None
     reason: str | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)
+    process_space: str = ""  # boot and PID namespace where `pid` means something ("" unknown)
 
     @property
     def duration(self) -> float | None:
@@ -156,9 +157,16 @@ class History:
         """Records still "running" whose process on this host is gone (a kill -9, a crash)."""
         import socket
 
+        from lockstep.pipeline.environment_lock import current_process_space
+
         host = socket.gethostname()
+        space = current_process_space()
         return [
             record
             for record in self.all()
-            if record.outcome == "running" and record.host == host and not process_alive(record.pid)
+            if record.outcome == "running"
+            and record.host == host
+            # A process in another PID namespace (a container) cannot be seen from here: alive.
+            and not (record.process_space and space and record.process_space != space)
+            and not process_alive(record.pid)
         ]

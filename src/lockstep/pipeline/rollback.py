@@ -37,7 +37,7 @@ from lockstep.pipeline.deploy import (
     performer,
     run_hook,
 )
-from lockstep.pipeline.environment_lock import EnvironmentLock, LockHolder
+from lockstep.pipeline.environment_lock import EnvironmentLock, LockHolder, current_process_space
 from lockstep.pipeline.history import History, OperationRecord, RedactedRecord
 from lockstep.pipeline.notifications import notifier_for, operation_event, secrets_redactor, teach_reporter_secrets
 from lockstep.pipeline.release_launch import plan_components, traffic_component
@@ -184,6 +184,7 @@ class Rollback:
             performer=performer(),
             host=socket.gethostname(),
             pid=os.getpid(),
+            process_space=current_process_space(),
             ref=release.ref,
             commit=release.commit,
             message=f"rollback {self.request.component or 'everything'} to {release.release_id}",

@@ -229,7 +229,7 @@ def _snapshot_durations(records: list[OperationRecord]) -> dict[str, float]:
         if not record.snapshot_id:
             continue
         step = next((step for step in record.steps if step.get("step") == "snapshot"), None)
-        if step is not None and step.get("outcome") != "failed":
+        if step is not None and step.get("outcome") == "ok":  # not "failed", nor "running" (no duration yet)
             durations[record.snapshot_id] = float(step.get("seconds") or 0.0)
         elif record.operation.endswith("backup") and record.duration is not None:  # scheduled-backup
             durations[record.snapshot_id] = record.duration
