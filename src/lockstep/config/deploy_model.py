@@ -359,7 +359,9 @@ class DeployConfig(_Section):
         default_factory=dict,
         description=(
             "Commands run at pre-deploy, pre-switch, post-deploy, post-rollback and deploy-failed, with "
-            "LOCKSTEP_DEPLOY_ID, LOCKSTEP_VERSION, LOCKSTEP_ENV and LOCKSTEP_PERFORMER in their environment."
+            "LOCKSTEP_DEPLOY_ID, LOCKSTEP_VERSION, LOCKSTEP_ENV and LOCKSTEP_PERFORMER in their environment. "
+            "A failing pre-deploy hook refuses the deploy before it changes anything (exit 2); a failing "
+            "pre-switch hook fails it and rolls it back (exit 3); the others only warn. Each may take 10 minutes."
         ),
         examples=[{"post-deploy": "./notify-team.sh"}],
     )

@@ -93,6 +93,15 @@ class DeployFailed(LockstepError):
     exit_code = ExitCode.FAILED
 
 
+class DeployRefused(LockstepError):
+    """The pre-deploy hook said no: nothing was changed, as when preflight refuses."""
+
+    exit_code = ExitCode.USAGE
+
+
+PRE_DEPLOY_HOOK_STEP = "pre-deploy hook"
+
+
 @dataclass(frozen=True)
 class DeployRequest:
     """What the user asked `lockstep deploy` for."""
@@ -293,7 +302,6 @@ class Deployment:
         try:
             self.history.save(record)
             notifier.notify(operation_event(DEPLOY_STARTED, record, f"deploying {record.id}"))
-            run_hook(self.context, "pre-deploy", record, self.reporter)
             self._run_steps(record, work_tree)
             notifier.notify(operation_event(DEPLOY_SUCCEEDED, record, f"deployed {record.id}"))
         except (Exception, KeyboardInterrupt) as error:  # any failure, a bug included, must unwind
@@ -302,7 +310,7 @@ class Deployment:
             except DeployRolledBack as failure:
                 notifier.notify(operation_event(DEPLOY_ROLLED_BACK, record, failure.message))
                 raise
-            except DeployFailed as failure:
+            except (DeployFailed, DeployRefused) as failure:
                 notifier.notify(operation_event(DEPLOY_FAILED, record, failure.message))
                 raise
         finally:
@@ -468,6 +476,13 @@ class Deployment:
         old_release = status["slots"][old_slot]["release"] if old_slot else None
         record.previous_release_id = old_release["release_id"] if old_release else None
         self.history.save(record)
+        if self.config.deploy.hooks.get("pre-deploy"):
+            self.steps.run(
+                PRE_DEPLOY_HOOK_STEP,
+                self.config.deploy.hooks["pre-deploy"],
+                lambda: run_hook(self.context, "pre-deploy", record, self.reporter),
+                lambda _: "ok",
+            )
 
         release = self.steps.run(
             "release", record.id, lambda: self._build_release(record, work_tree), lambda path: str(path)
@@ -490,7 +505,13 @@ class Deployment:
         self.steps.run("start", f"slot {new_slot}", lambda: self._start(record, new_slot, release), lambda r: r)
         self._check_lock()
         self.steps.run("smoke", "", lambda: self._smoke(release), lambda r: r)
-        run_hook(self.context, "pre-switch", record, self.reporter)
+        if self.config.deploy.hooks.get("pre-switch"):
+            self.steps.run(
+                "pre-switch hook",
+                self.config.deploy.hooks["pre-switch"],
+                lambda: run_hook(self.context, "pre-switch", record, self.reporter),
+                lambda _: "ok",
+            )
         self._check_lock()
         if traffic_component(self.config) is not None:
             self.steps.run("switch", f"to slot {new_slot}", lambda: self._switch(new_slot, old_slot), lambda r: r)
@@ -706,6 +727,18 @@ class Deployment:
         record.failed_step = step
         record.reason = reason
         self.reporter.warn(f"deploy failed{f' at {step}' if step else ''}: {reason}; undoing")
+        if isinstance(error, StepFailed) and step == PRE_DEPLOY_HOOK_STEP:
+            # Nothing was changed yet: a refusal (exit 2, outcome "failed"), not a rollback.
+            record.outcome = "failed"
+            record.finished_at = time.time()
+            record.steps = [item.to_document() for item in self.steps.records]
+            self.history.save(record)
+            run_hook(self.context, "deploy-failed", record, self.reporter)
+            raise DeployRefused(
+                f"deploy {record.id} refused by its pre-deploy hook: {reason}; nothing was changed",
+                "the release that served before still serves",
+                result=RedactedRecord(record, self.redactor),
+            ) from None
         if self._restores_without_asking(record):
             self._hold_traffic(record)  # before traffic goes back: the old release must not meet migrated data
         try:

@@ -1,0 +1,73 @@
+"""Deploy hooks that fail: the pre-deploy hook is a gate, the pre-switch hook a check."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.conftest import NotesProject, _stop_everything, make_project
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def gated_project(tmp_path: Path) -> Iterator[NotesProject]:
+    """The notes app whose pre-deploy hook refuses while a `freeze` file exists, and whose
+    pre-switch hook fails while a `no-switch` file does."""
+    freeze, no_switch = tmp_path / "freeze", tmp_path / "no-switch"
+    project = make_project(
+        tmp_path,
+        extra_deploy=(
+            f"hooks = {{ pre-deploy = \"sh -c 'echo deploys are frozen; test ! -e {freeze}'\", "
+            f"pre-switch = \"sh -c 'test ! -e {no_switch}'\" }}"
+        ),
+    )
+    project.start_agent()
+    try:
+        yield project
+    finally:
+        _stop_everything(project)
+
+
+def test_a_failing_pre_deploy_hook_refuses_the_deploy_and_says_what_serves(
+    gated_project: NotesProject, tmp_path: Path
+) -> None:
+    """The hook said no before anything changed, yet the deploy exited 3 ("failed and rolled
+    back"), was recorded as rolled back at no step, and said "nothing was serving before" while
+    1.0.0 served. It is a refusal now: exit 2, outcome failed at the pre-deploy hook."""
+    project = gated_project
+    assert project.lockstep("deploy").returncode == 0
+    (tmp_path / "freeze").touch()
+    (project.directory / "VERSION").write_text("1.0.1\n")
+    project.commit("notes 1.0.1")
+    refused = project.lockstep("deploy", "--json")
+    assert refused.returncode == 2, refused.err
+    assert "nothing was serving before" not in refused.err
+    assert "refused by its pre-deploy hook" in refused.err and "deploys are frozen" in refused.err
+    record = json.loads(refused.out)
+    assert (record["outcome"], record["failed_step"]) == ("failed", "pre-deploy hook"), record
+    assert project.history()[-1]["outcome"] == "failed"
+    assert project.version() == "1.0.0"
+    assert not (project.directory / ".lockstep" / "state" / "test" / "releases" / record["id"]).exists()
+
+    (tmp_path / "freeze").unlink()
+    assert project.lockstep("deploy").returncode == 0
+    assert project.version() == "1.0.1"
+
+
+def test_a_failing_pre_switch_hook_rolls_back_and_names_its_step(gated_project: NotesProject, tmp_path: Path) -> None:
+    """The pre-switch hook failed: rolled back (exit 3) as before, and the history names the hook."""
+    project = gated_project
+    assert project.lockstep("deploy").returncode == 0
+    (tmp_path / "no-switch").touch()
+    (project.directory / "VERSION").write_text("1.0.1\n")
+    project.commit("notes 1.0.1")
+    failed = project.lockstep("deploy", "--json")
+    assert failed.returncode == 3, failed.err
+    record = json.loads(failed.out)
+    assert (record["outcome"], record["failed_step"]) == ("rolled-back", "pre-switch hook"), record
+    assert project.version() == "1.0.0"
+    assert not [item for item in project.status()["slots"]["green"]["processes"] if item["running"]]
