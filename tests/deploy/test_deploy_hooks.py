@@ -1,4 +1,4 @@
-"""Deploy hooks that fail: the pre-deploy hook is a gate, the pre-switch hook a check."""
+"""Deploy hooks that fail, and what the notification channels hear when a rollback fails."""
 
 from __future__ import annotations
 
@@ -71,3 +71,33 @@ def test_a_failing_pre_switch_hook_rolls_back_and_names_its_step(gated_project: 
     assert (record["outcome"], record["failed_step"]) == ("rolled-back", "pre-switch hook"), record
     assert project.version() == "1.0.0"
     assert not [item for item in project.status()["slots"]["green"]["processes"] if item["running"]]
+
+
+def test_a_failed_rollback_is_notified(tmp_path: Path) -> None:
+    """A rollback that failed (its release would not start) and was undone told no channel: only
+    a successful one sent rollback.done. It now sends rollback.failed, an error-level event."""
+    event_log = tmp_path / "events.jsonl"
+    project = make_project(
+        tmp_path, extra_config=f'[[notifications.channels]]\nkind = "event-log"\npath = "{event_log}"\n'
+    )
+    project.start_agent()
+    try:
+        ids = []
+        for version in ("1.0.1", "1.0.2", "1.0.3"):
+            (project.directory / "VERSION").write_text(version + "\n")
+            project.commit(f"notes {version}")
+            deployed = project.lockstep("deploy", "--json")
+            assert deployed.returncode == 0, deployed.err
+            ids.append(json.loads(deployed.out)["id"])
+        # 1.0.1's release directory is damaged: its web process exits at once.
+        release = project.directory / ".lockstep" / "state" / "test" / "releases" / ids[0]
+        (release / "app.py").write_text("raise SystemExit('damaged release')\n")
+        failed = project.lockstep("rollback", "--to", ids[0], "--json")
+        assert failed.returncode == 3, failed.err
+        assert project.version() == "1.0.3"
+    finally:
+        _stop_everything(project)
+    events = [json.loads(line) for line in event_log.read_text().splitlines()]
+    failures = [event for event in events if event["kind"] == "rollback.failed"]
+    assert len(failures) == 1, [event["kind"] for event in events]
+    assert failures[0]["severity"] == "error" and ids[0] in failures[0]["summary"], failures[0]

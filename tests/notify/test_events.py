@@ -13,13 +13,15 @@ from lockstep.notify.events import EVENT_KINDS, Event
 
 
 def test_every_issue_kind_exists() -> None:
-    """The eleven kinds the issue lists, with stable spellings (they are API for webhook receivers)."""
+    """The eleven kinds the issue lists, and rollback.failed, with stable spellings (they are API for
+    webhook receivers)."""
     assert set(EVENT_KINDS) == {
         "deploy.started",
         "deploy.succeeded",
         "deploy.failed",
         "deploy.rolled_back",
         "rollback.done",
+        "rollback.failed",
         "snapshot.created",
         "snapshot.verified",
         "snapshot.verification_failed",

@@ -107,7 +107,7 @@ class ChannelConfig(_Section):
         default_factory=lambda: ["*"],
         description=(
             "Event kinds this channel receives, as glob patterns: deploy.started, deploy.succeeded, "
-            "deploy.failed, deploy.rolled_back, rollback.done, snapshot.created, snapshot.verified, "
+            "deploy.failed, deploy.rolled_back, rollback.done, rollback.failed, snapshot.created, snapshot.verified, "
             "snapshot.verification_failed, backup.failed, lock.broken, snapshot.rpo_exceeded."
         ),
         examples=[["deploy.*", "*.failed"]],

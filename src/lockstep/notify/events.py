@@ -20,6 +20,7 @@ DEPLOY_SUCCEEDED = "deploy.succeeded"
 DEPLOY_FAILED = "deploy.failed"
 DEPLOY_ROLLED_BACK = "deploy.rolled_back"
 ROLLBACK_DONE = "rollback.done"
+ROLLBACK_FAILED = "rollback.failed"
 SNAPSHOT_CREATED = "snapshot.created"
 SNAPSHOT_VERIFIED = "snapshot.verified"
 SNAPSHOT_VERIFICATION_FAILED = "snapshot.verification_failed"
@@ -33,6 +34,7 @@ EVENT_KINDS: tuple[str, ...] = (
     DEPLOY_FAILED,
     DEPLOY_ROLLED_BACK,
     ROLLBACK_DONE,
+    ROLLBACK_FAILED,
     SNAPSHOT_CREATED,
     SNAPSHOT_VERIFIED,
     SNAPSHOT_VERIFICATION_FAILED,
@@ -43,7 +45,7 @@ EVENT_KINDS: tuple[str, ...] = (
 
 # Something went wrong and a person should look (GitHub ::error, Slack red, healthchecks /fail).
 FAILURE_KINDS: frozenset[str] = frozenset(
-    {DEPLOY_FAILED, DEPLOY_ROLLED_BACK, SNAPSHOT_VERIFICATION_FAILED, BACKUP_FAILED}
+    {DEPLOY_FAILED, DEPLOY_ROLLED_BACK, ROLLBACK_FAILED, SNAPSHOT_VERIFICATION_FAILED, BACKUP_FAILED}
 )
 # Nothing failed yet, but safety is reduced (GitHub ::warning, Slack yellow).
 WARNING_KINDS: frozenset[str] = frozenset({LOCK_BROKEN, SNAPSHOT_RPO_EXCEEDED})

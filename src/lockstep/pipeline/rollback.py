@@ -26,7 +26,7 @@ from lockstep.actions.environment import EnvironmentContext
 from lockstep.agent.state import other_slot
 from lockstep.config.deploy_model import effective_policy
 from lockstep.errors import NotFound, UsageError
-from lockstep.notify.events import ROLLBACK_DONE
+from lockstep.notify.events import ROLLBACK_DONE, ROLLBACK_FAILED
 from lockstep.pipeline.data_rollback import describe_discarded, restore_snapshot_data, summarize_discarded
 from lockstep.pipeline.deploy import (
     DeployFailed,
@@ -266,12 +266,16 @@ class Rollback:
             record.reason = reason
             record.failed_step = error.step if isinstance(error, StepFailed) else self.steps.interrupted_step()
             undone = self.steps.unwind()
-            raise (DeployRolledBack if undone else DeployFailed)(
+            failure = (DeployRolledBack if undone else DeployFailed)(
                 f"rollback to {release.release_id} failed: {reason}",
                 "the release that served before still serves" if undone else "see `lockstep status`",
                 # Complete by the time it is printed: `finally` below fills it in.
                 result=RedactedRecord(record, self.redactor),
-            ) from None
+            )
+            # A rollback that fails is when someone must look at once: tell the channels.
+            with notifier_for(self.context, self.reporter) as notifier:
+                notifier.notify(operation_event(ROLLBACK_FAILED, record, failure.message))
+            raise failure from None
         finally:
             record.finished_at = time.time()
             record.steps = [step.to_document() for step in self.steps.records]
