@@ -255,3 +255,31 @@ def test_the_agent_cleans_up_a_killed_deploy_without_waiting_for_the_cli(notes_p
     assert project.version() == "1.0.0"
     assert project.agent_log is not None
     assert "was interrupted in its start step" in project.agent_log.read_text()
+
+
+def test_a_deploy_killed_mid_snapshot_does_not_leave_its_repository_lock(notes_project: NotesProject) -> None:
+    """Killed while its pre-deploy snapshot held a repository lock: the stale lock stayed, and
+    every exclusive operation (`snapshot forget --prune`, the agent's scheduled forget) failed
+    until someone ran `lockstep repo unlock`. The clean-up removes the dead process's lock."""
+    project = notes_project
+    assert project.lockstep("deploy").returncode == 0
+    (project.directory / "VERSION").write_text("1.0.1\n")
+    project.commit("notes 1.0.1")
+    locks = project.directory / ".lockstep" / "repository" / "locks"
+    deploy = project.deploy_until_step("snapshot")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(locks.iterdir()):
+        time.sleep(0.002)
+    os.kill(deploy.pid, signal.SIGKILL)
+    deploy.communicate()
+    assert any(locks.iterdir()), "the deploy held no repository lock when it was killed"
+
+    deadline = time.monotonic() + 30  # the agent cleans up (or `status` would)
+    while time.monotonic() < deadline and project.history()[-1]["outcome"] == "running":
+        time.sleep(0.3)
+    assert project.history()[-1]["outcome"] == "interrupted"
+    assert not any(locks.iterdir())
+    assert project.agent_log is not None
+    assert "removed its stale repository lock" in project.agent_log.read_text()
+    prune = project.lockstep("snapshot", "forget", "--prune")
+    assert prune.returncode == 0, prune.err

@@ -955,6 +955,30 @@ def clean_up_abandoned(
     ]
     record.reason = record.reason or f"the {record.operation} process died (killed or crashed)"
     history.save(record)
+    _remove_repository_locks_of(context, record, reporter)
+
+
+def _remove_repository_locks_of(context: EnvironmentContext, record: OperationRecord, reporter: Reporter) -> None:
+    """The repository lock the dead process held (killed mid-snapshot): stale locks block an
+    exclusive lock until removed, so the agent's scheduled `forget` would fail until someone ran
+    `lockstep repo unlock`. Only that process's, and only when stale (it is gone from this host)."""
+    from lockstep.repository.locks import list_locks
+    from lockstep.storage.base import FileType
+
+    try:
+        repository = context.project.access.open(load_index=False)
+    except LockstepError:
+        return
+    try:
+        host = socket.gethostname()
+        for lock in list_locks(repository):
+            if lock.hostname == host and lock.pid == record.pid and lock.is_stale():
+                repository.backend.remove(FileType.LOCK, lock.id)
+                reporter.info(f"removed its stale repository lock {lock.id[:8]}")
+    except LockstepError as error:
+        reporter.warn(f"could not remove its repository lock: {error}; run `lockstep repo unlock`")
+    finally:
+        repository.close()
 
 
 def _running_step(record: OperationRecord) -> str | None:
