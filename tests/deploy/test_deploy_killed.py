@@ -40,6 +40,18 @@ def _three_releases(project: NotesProject) -> list[str]:
     return ids
 
 
+def _clean_up_said(project: NotesProject) -> str:
+    """What the clean-up of a killed operation said: the agent does it within seconds, `status`
+    when it comes first; either way `status` then runs, and both outputs are returned."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and project.history()[-1]["outcome"] == "running":
+        time.sleep(0.3)
+    status = project.lockstep("status")
+    assert status.returncode == 0, status.err
+    assert project.agent_log is not None
+    return status.err + project.agent_log.read_text()
+
+
 def _running_workers(project: NotesProject, slot: str) -> list[int]:
     processes = project.status()["slots"][slot]["processes"]
     return [item["pid"] for item in processes if item["component"] == "worker" and item["running"]]
@@ -75,15 +87,14 @@ def test_a_deploy_killed_during_its_migration_says_the_data_may_have_moved(
     _kill_at(project, "migrate", 0.3)
     time.sleep(2.5)  # the orphaned migration finishes
 
-    status = project.lockstep("status")
-    assert status.returncode == 0, status.err
+    said = _clean_up_said(project)
     record = project.history()[-1]
     assert record["migrations_ran"], record
     snapshot = record["snapshot_id"][:8]
-    assert f"lockstep snapshot restore {snapshot}" in status.err, status.err
-    assert "interrupted in its migrate step" in status.err, status.err
+    assert f"lockstep snapshot restore {snapshot}" in said, said
+    assert "interrupted in its migrate step" in said, said
     assert record["outcome"] == "interrupted" and record["failed_step"] == "migrate", record
-    assert "killed while its migrations ran" in status.err
+    assert "killed while its migrations ran" in said
     assert record["steps"][-1] == {"step": "migrate", "outcome": "failed", "seconds": 0.0, "detail": "killed"}
     assert [item["step"] for item in record["steps"]] == ["preflight", "lock", "release", "snapshot", "migrate"]
     assert project.version() == "1.0.0"
@@ -101,12 +112,11 @@ def test_a_deploy_killed_in_its_watch_window_leaves_one_release_of_workers(
     _kill_at(project, "watch", 0.5)
     assert project.version() == "2.0.0"
 
-    status = project.lockstep("status")
-    assert status.returncode == 0, status.err
+    said = _clean_up_said(project)
     assert _running_workers(project, "blue") == []
     assert len(_running_workers(project, "green")) == 1
-    assert "without a finished watch window" in status.err, status.err
-    assert "stopped worker in slot blue" in status.err, status.err
+    assert "without a finished watch window" in said, said
+    assert "stopped worker in slot blue" in said, said
     record = project.history()[-1]
     assert (record["outcome"], record["failed_step"]) == ("interrupted", "watch"), record
 
@@ -128,10 +138,9 @@ def test_a_killed_deploy_whose_migration_changed_nothing_does_not_offer_a_restor
     project.commit("notes 1.0.1")
     _kill_at(project, "start", 0.3)
 
-    status = project.lockstep("status")
-    assert status.returncode == 0, status.err
-    assert "snapshot restore" not in status.err, status.err
-    assert "interrupted in its start step" in status.err, status.err
+    said = _clean_up_said(project)
+    assert "snapshot restore" not in said, said
+    assert "interrupted in its start step" in said, said
     assert project.history()[-1]["failed_step"] == "start"
 
 
@@ -220,10 +229,9 @@ def test_a_killed_rollback_is_cleaned_up_by_status(notes_project: NotesProject) 
     os.kill(rollback.pid, signal.SIGKILL)
     rollback.communicate()
 
-    status = project.lockstep("status")
-    assert status.returncode == 0, status.err
+    said = _clean_up_said(project)
     assert _running_workers(project, "green") == []
-    assert "stopped the interrupted release in slot green" in status.err, status.err
+    assert "stopped the interrupted release in slot green" in said, said
     assert len(_running_workers(project, "blue")) == 1
     assert project.version() == "1.0.3"
 
@@ -278,8 +286,8 @@ def test_a_deploy_killed_mid_snapshot_does_not_leave_its_repository_lock(notes_p
     while time.monotonic() < deadline and project.history()[-1]["outcome"] == "running":
         time.sleep(0.3)
     assert project.history()[-1]["outcome"] == "interrupted"
-    assert not any(locks.iterdir())
     assert project.agent_log is not None
+    assert not any(locks.iterdir()), project.agent_log.read_text()
     assert "removed its stale repository lock" in project.agent_log.read_text()
     prune = project.lockstep("snapshot", "forget", "--prune")
     assert prune.returncode == 0, prune.err

@@ -954,8 +954,8 @@ def clean_up_abandoned(
         for item in record.steps
     ]
     record.reason = record.reason or f"the {record.operation} process died (killed or crashed)"
-    history.save(record)
     _remove_repository_locks_of(context, record, reporter)
+    history.save(record)  # last: "interrupted" means the clean-up is over
 
 
 def _remove_repository_locks_of(context: EnvironmentContext, record: OperationRecord, reporter: Reporter) -> None:
