@@ -73,7 +73,7 @@ from lockstep.pipeline.snapshot import (
 )
 from lockstep.pipeline.steps import Reporter, StepFailed, StepRunner, bind_context
 from lockstep.pipeline.traffic_hold import TrafficHold
-from lockstep.process import Command, run_user_command
+from lockstep.process import Command, process_alive, run_user_command
 from lockstep.repository.documents import DocumentStore
 from lockstep.repository.identity import current_user
 from lockstep.runtimes.local import port_holder, port_is_free
@@ -972,7 +972,9 @@ def _remove_repository_locks_of(context: EnvironmentContext, record: OperationRe
     try:
         host = socket.gethostname()
         for lock in list_locks(repository):
-            if lock.hostname == host and lock.pid == record.pid and lock.is_stale():
+            # Its process is gone: process_alive counts a zombie (killed, not yet reaped by its
+            # parent) as gone, where the lock's own staleness test would still see it running.
+            if lock.hostname == host and lock.pid == record.pid and not process_alive(lock.pid):
                 repository.backend.remove(FileType.LOCK, lock.id)
                 reporter.info(f"removed its stale repository lock {lock.id[:8]}")
     except LockstepError as error:
