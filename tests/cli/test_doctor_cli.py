@@ -217,13 +217,17 @@ def test_invalid_config_is_one_failed_check(small_project: Path) -> None:
     assert list(checks) == ["config"] and checks["config"]["status"] == "fail"
 
 
-def test_unknown_environment_name_warns(small_project: Path) -> None:
-    """--env with a name that has no [environments.NAME] (a typo) is a warning naming the known ones."""
+def test_unknown_environment_name_fails(small_project: Path) -> None:
+    """--env with a name that is neither under [environments] nor the default (a typo) fails the
+    config check, naming the valid ones and the closest, as every other command refuses it."""
     config = small_project / "lockstep.toml"
     config.write_text(CONFIG + "\n[environments.staging.agent]\nrpo_hours = 5\n")
-    typo = doctor_json(doctor(small_project, TEST_PASSWORD, "--env", "stagin"))
-    assert typo["environment"]["status"] == "warn" and "known: staging" in typo["environment"]["detail"]
-    assert "environment" not in doctor_json(doctor(small_project, TEST_PASSWORD, "--env", "staging"))
+    completed = doctor(small_project, TEST_PASSWORD, "--env", "stagin")
+    assert completed.returncode == 1
+    typo = doctor_json(completed)
+    assert list(typo) == ["config"] and typo["config"]["status"] == "fail"
+    assert "did you mean staging?" in typo["config"]["fix"] and "production, staging" in typo["config"]["fix"]
+    assert doctor_json(doctor(small_project, TEST_PASSWORD, "--env", "staging"))["config"]["status"] == "pass"
 
 
 def test_disk_checks_use_the_minimum_each_command_enforces(small_project: Path) -> None:

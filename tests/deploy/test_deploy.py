@@ -69,11 +69,11 @@ def test_dry_run_and_read_only_commands_create_no_state(tmp_path: Path) -> None:
         ("deploy", "--dry-run"),
         ("status",),
         ("history", "--json"),
-        ("status", "--env", "prodution"),
+        ("status", "--env", "prodution"),  # refused now (exit 2): still nothing written
         ("history", "--env", "prodution"),
     ):
         completed = project.lockstep(*arguments)
-        assert completed.returncode == 0, (arguments, completed.err)
+        assert completed.returncode == (2 if "prodution" in arguments else 0), (arguments, completed.err)
         assert not (state / "test").exists() and not (state / "prodution").exists(), arguments
     assert json.loads(project.lockstep("history", "--json").out) == []
 

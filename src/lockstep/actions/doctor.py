@@ -46,16 +46,6 @@ def run_doctor(
     except LockstepError as error:
         return DoctorReport(environment, [doctor.config_problem_check(error)])
     checks = [doctor.passed("config", f"{shown_path} is valid (environment {context.environment})")]
-    known = context.config.environments
-    if environment is not None and known and environment not in known:
-        checks.append(
-            doctor.warned(
-                "environment",
-                f"no [environments.{environment}] in the config (known: {', '.join(sorted(known))}): "
-                "the base config is used",
-                "check the --env name, or add the table",
-            )
-        )
     checks.extend(_tool_checks(context))
     repository_check, repository = _open_repository(context)
     checks.append(repository_check)

@@ -38,9 +38,12 @@ class EnvironmentContext:
 
 
 def load_environment(start: Path, config_path: Path | None, environment: str | None) -> EnvironmentContext:
-    """The project for `environment`, or for the config's default_environment when None."""
+    """The project for `environment`, or for the config's default_environment when None.
+
+    Raises UsageError for a name that is neither under [environments] nor the default."""
     base = load_project(start, config_path, None)
     name = environment or base.config.default_environment
+    base.config.check_environment(name)
     project = load_project(start, config_path, name) if name in base.config.environments else base
     layout = EnvironmentLayout.for_config(project.config, project.directory, name)
     return EnvironmentContext(project=project, environment=name, layout=layout, config_path=config_path)

@@ -45,13 +45,9 @@ def _project(config_path: Path | None, environment: str | None) -> ProjectContex
     if environment is None:
         return project
     check_environment_name(environment)
+    project.config.check_environment(environment)
     if environment in project.config.environments:
         return load_project(Path.cwd(), config_path, environment)
-    if environment != project.config.default_environment:
-        known = sorted({*project.config.environments, project.config.default_environment})
-        raise UsageError(
-            f"unknown environment {environment!r}", f"the environments in the config are: {', '.join(known)}"
-        )
     return project
 
 
@@ -74,8 +70,7 @@ def lock_group() -> None:
 def status_command(config_path: Path | None, environment: str | None, json_output: bool) -> None:
     """Show each environment's lock (configured or locked ones): holder, since when, stale or not."""
     project = _project(config_path, environment)
-    known = {*project.config.environments, project.config.default_environment}
-    statuses = lock_status(project.access, environment, known_environments=sorted(known))
+    statuses = lock_status(project.access, environment, known_environments=project.config.known_environments())
     if wants_json(json_output):
         print_json([status.to_document() for status in statuses])
         return

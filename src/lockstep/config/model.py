@@ -12,6 +12,7 @@ without it they are left as written.
 from __future__ import annotations
 
 import copy
+import difflib
 import glob
 import os
 import re
@@ -432,14 +433,19 @@ class ProjectConfig(_Section):
     )
     default_environment: str = Field(
         default="production",
-        description="The environment deploy, rollback, status and history use when --env is not given.",
+        description=(
+            "The environment deploy, rollback, status and history use when --env is not given. It needs no "
+            "[environments.NAME] table of its own: without one, the top-level tables are its config."
+        ),
         examples=["staging"],
     )
     environments: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description=(
             "Per-environment overrides ([environments.NAME.SECTION...]) of any table above, merged key by "
-            "key over the top-level values when lockstep runs for that environment."
+            "key over the top-level values when lockstep runs for that environment. Every command's --env "
+            "accepts the names defined here and default_environment; any other name is a usage error (exit "
+            "code 2) that lists the valid names, so a typo never deploys into a new, unconfigured environment."
         ),
         examples=[{"production": {"databases": {"main": {"url": "postgresql://deploy@db.internal:5432/shop"}}}}],
     )
@@ -477,21 +483,37 @@ class ProjectConfig(_Section):
         config._context = context
         return config
 
+    def known_environments(self) -> list[str]:
+        """The names --env accepts: each [environments.NAME], and default_environment even without a table."""
+        return sorted({*self.environments, self.default_environment})
+
+    def check_environment(self, environment: str) -> None:
+        """Refuse a name that is neither defined nor the default, so `--env prodution` is a usage
+        error rather than a new, unconfigured environment with non-production policy."""
+        known = self.known_environments()
+        if environment in known:
+            return
+        matches = difflib.get_close_matches(environment, known, n=1, cutoff=0.6)
+        suggestion = f"did you mean {matches[0]}? " if matches else ""
+        raise UsageError(
+            f"unknown environment {environment!r}",
+            f"{suggestion}the environments in the config are: {', '.join(known)} "
+            f"(add [environments.{environment}] to lockstep.toml to define a new one)",
+        )
+
     def resolve(self, environment: str | None) -> ProjectConfig:
         """The configuration for `environment`: its overrides merged over the top-level tables.
 
         None gives this configuration unchanged. The merged model has no environments of its own.
+        The default environment without a table of its own is the top-level configuration.
         Raises UsageError for an unknown environment, pydantic's ValidationError when the merged
         result is invalid (loading.py checks every environment up front, so that is a bug there).
         """
         if environment is None:
             return self
+        self.check_environment(environment)
         if environment not in self.environments:
-            known = ", ".join(sorted(self.environments)) or "none are defined"
-            raise UsageError(
-                f"unknown environment {environment!r}",
-                f"the environments in the config are: {known} (add [environments.{environment}] to define it)",
-            )
+            return self  # the default environment needs no table: the top-level tables are its config
         base = {key: value for key, value in self._source.items() if key != "environments"}
         merged = merge_tables(base, self.environments[environment])
         return type(self).model_validate(merged, context=self._context)
