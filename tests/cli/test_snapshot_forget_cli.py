@@ -199,7 +199,9 @@ def test_forget_prune_frees_the_space_of_removed_snapshots(project: Project, tmp
 
 def test_a_retention_that_keeps_nothing_is_refused(project: Project) -> None:
     project.create()
-    project.write_config("\n[retention]\nkeep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\nkeep_pre_deploy = 0\n")
+    project.write_config(
+        "\n[retention]\nkeep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\nkeep_pre_deploy = 0\nkeep_pre_restore = 0\n"
+    )
     result = project.lockstep("snapshot", "forget")
     assert result.returncode == ExitCode.USAGE
     assert "keeps no snapshot" in result.err

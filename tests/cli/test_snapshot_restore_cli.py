@@ -101,6 +101,26 @@ def test_in_place_with_yes_takes_a_pre_restore_snapshot_and_verifies(project: Pr
     assert sqlite_fingerprint(project.root / "app.db") == damaged
 
 
+def test_the_next_backup_the_same_day_keeps_the_pre_restore_snapshot(project: Project) -> None:
+    """The pre-restore snapshot is the only undo of a mistaken restore: the backup that follows
+    the same day applies retention (one daily snapshot kept) and used to forget it. The
+    pre-restore rule (keep_pre_restore, default 3) keeps it, and forget --dry-run says why."""
+    with (project.root / "lockstep.toml").open("a") as config:
+        config.write('\n[backup]\nmin_free_disk_mb = 1\nverify_level = "none"\n')
+    git(project.root, "commit", "-q", "-am", "backup settings")
+    project.create("-m", "good")
+    damage_live_database(project)
+    pre_restore = json.loads(project.ok("snapshot", "restore", "latest", "--yes", "--json").out)["pre_restore_snapshot"]
+    backup = json.loads(project.ok("backup", "--json").out)
+    assert pre_restore not in backup["forgotten"]
+    listed = {item["id"]: item["kind"] for item in json.loads(project.ok("snapshot", "list", "--json").out)}
+    # restic's rules keep the day's newest and, while the counts are not filled, the oldest
+    assert list(listed.values()) == ["manual", "pre-restore", "scheduled"] and pre_restore in listed
+    dry = json.loads(project.ok("snapshot", "forget", "--dry-run", "--json").out)
+    reasons = {item["id"]: item["reasons"] for group in dry["groups"] for item in group["keep"]}
+    assert reasons[pre_restore] == ["pre-restore snapshot"]
+
+
 def test_a_restore_that_fails_its_check_names_the_database_and_the_pre_restore_snapshot(project: Project) -> None:
     """When the restored tables do not match the manifest: exit 12, the database named, and the
     pre-restore snapshot ID given so the user can go back."""

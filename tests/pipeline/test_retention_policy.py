@@ -33,8 +33,10 @@ def ids(snapshots: list[Snapshot]) -> set[str]:
     return {item.id for item in snapshots}
 
 
-def only_daily(days: int, pre_deploy: int = 0) -> RetentionConfig:
-    return RetentionConfig(keep_daily=days, keep_weekly=0, keep_monthly=0, keep_pre_deploy=pre_deploy)
+def only_daily(days: int, pre_deploy: int = 0, pre_restore: int = 0) -> RetentionConfig:
+    return RetentionConfig(
+        keep_daily=days, keep_weekly=0, keep_monthly=0, keep_pre_deploy=pre_deploy, keep_pre_restore=pre_restore
+    )
 
 
 def test_keep_daily_keeps_the_newest_snapshot_of_each_of_the_last_days() -> None:
@@ -88,6 +90,20 @@ def test_pre_deploy_snapshots_sharing_a_deploy_tag_count_as_one_deploy() -> None
     plan = plan_forget([first, *second, daily], only_daily(1, pre_deploy=1), NOW)
     assert ids(plan.keep) == {daily.id} | ids(second)
     assert ids(plan.remove) == {first.id}
+
+
+def test_pre_restore_snapshots_of_the_last_restores_are_kept_in_addition() -> None:
+    """A restore, then the nightly backup the same day: the daily rule keeps only the backup, the
+    pre-restore rule keeps the pre-restore snapshots of the last 3 restores (the undo of each)."""
+    restores = [snapshot(datetime(2025, 6, 29, hour, tzinfo=UTC), kind="pre-restore") for hour in range(1, 6)]
+    nightly = snapshot(datetime(2025, 6, 29, 23, tzinfo=UTC))
+    plan = plan_forget([*restores, nightly], only_daily(1, pre_restore=3), NOW)
+    assert ids(plan.keep) == ids([nightly, *restores[-3:]])
+    reasons = {verdict.snapshot.id: verdict.reasons for group in plan.groups for verdict in group.verdicts}
+    assert reasons[restores[-1].id] == ("pre-restore snapshot",)
+    assert reasons[restores[0].id] == (REMOVE_REASON,)
+    assert ids(plan_forget([*restores, nightly], only_daily(1, pre_restore=0), NOW).keep) == {nightly.id}
+    assert ids(plan_forget([*restores, nightly], only_daily(1, pre_restore=-1), NOW).keep) == ids([nightly, *restores])
 
 
 def test_unlimited_pre_deploy_keeps_every_pre_deploy_snapshot() -> None:
@@ -158,6 +174,9 @@ def test_a_snapshot_in_the_future_does_not_shift_the_window() -> None:
 def test_describe_and_empty() -> None:
     assert describe(RetentionConfig()) == (
         "keep 7 daily, 4 weekly, all monthly snapshots, plus the pre-deploy snapshots of the last 10 deploys"
+        " and the pre-restore snapshots of the last 3 restores"
     )
-    assert is_empty(RetentionConfig(keep_daily=0, keep_weekly=0, keep_monthly=0, keep_pre_deploy=0))
+    assert is_empty(RetentionConfig(keep_daily=0, keep_weekly=0, keep_monthly=0, keep_pre_deploy=0, keep_pre_restore=0))
+    assert not is_empty(only_daily(0, pre_restore=1))
+    assert describe(only_daily(1, pre_restore=-1)).endswith(", plus every pre-restore snapshot")
     assert not is_empty(only_daily(0, pre_deploy=1))

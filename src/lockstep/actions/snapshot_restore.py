@@ -31,6 +31,7 @@ from lockstep.pipeline.restore import (
     restore_files,
     target_state,
 )
+from lockstep.pipeline.retention_policy import PRE_RESTORE_KIND
 from lockstep.pipeline.snapshot import (
     RESTORE_OF_TAG_PREFIX,
     SnapshotRequest,
@@ -43,8 +44,6 @@ from lockstep.pipeline.snapshot import (
 from lockstep.pipeline.steps import Reporter
 from lockstep.repository.repository import Repository
 from lockstep.repository.snapshot import Snapshot
-
-PRE_RESTORE_KIND = "pre-restore"
 
 
 @dataclass(frozen=True)

@@ -120,8 +120,9 @@ def forget_command(
     """Apply [retention] to the coordinated snapshots, per environment, with restic's rules.
 
     keep_daily, keep_weekly and keep_monthly apply to every kind of snapshot; the pre-deploy
-    snapshots of the last keep_pre_deploy deploys are kept in addition. Snapshots of other
-    tools in the repository are never touched."""
+    snapshots of the last keep_pre_deploy deploys and the pre-restore snapshots of the last
+    keep_pre_restore restores are kept in addition. Snapshots of other tools in the repository
+    are never touched."""
     as_json = wants_json(json_output)
     result = forget(
         Path.cwd(),

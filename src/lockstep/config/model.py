@@ -320,6 +320,16 @@ class RetentionConfig(_Section):
     keep_pre_deploy: int = Field(
         default=10, ge=-1, description="Snapshots taken just before a deploy to keep (-1: all).", examples=[20]
     )
+    keep_pre_restore: int = Field(
+        default=3,
+        ge=-1,
+        description=(
+            "The pre-restore snapshots (taken by `snapshot restore` and data rollbacks, the only undo of a "
+            "mistaken restore) of the last N restores to keep on top of the calendar rules, so the next "
+            "backup the same day does not forget them (-1: all, 0: no such rule)."
+        ),
+        examples=[5],
+    )
 
 
 VerifyLevel = Literal["none", "structure", "data", "restore"]

@@ -1,9 +1,13 @@
-"""Which coordinated snapshots the config's retention keeps: restic's rules plus pre-deploy snapshots.
+"""Which coordinated snapshots the config's retention keeps: restic's rules plus pre-deploy and
+pre-restore snapshots.
 
 The calendar rules (keep_daily, keep_weekly, keep_monthly) are restic's `forget` semantics and
 come from `repository/retention.py`, applied to every kind of snapshot alike. On top of that the
 pre-deploy snapshots of the last `keep_pre_deploy` deploys are kept, because they are what a
 rollback restores: a week of quiet nights must not push last Tuesday's deploy out of reach.
+Likewise the pre-restore snapshots of the last `keep_pre_restore` restores: each is the only undo
+of a mistaken restore, and the calendar rules alone keep just one snapshot a day, so the next
+backup that day would forget it.
 
 Only snapshots tagged `lockstep` are considered; another tool's snapshots in the same repository
 are never in a plan. Groups are per environment and per project path (the snapshot's path), so
@@ -32,6 +36,7 @@ from lockstep.repository.retention import UNLIMITED, RetentionPolicy, apply_poli
 from lockstep.repository.snapshot import Snapshot
 
 PRE_DEPLOY_KIND = "pre-deploy"
+PRE_RESTORE_KIND = "pre-restore"  # one per restore (`snapshot restore`, a data rollback)
 # A deploy that snapshots several times tags them all `deploy:<id>` (DEPLOY_TAG_PREFIX); they
 # count as one deploy.
 REMOVE_REASON = "no rule keeps it"
@@ -86,18 +91,23 @@ def calendar_policy(retention: RetentionConfig) -> RetentionPolicy:
 
 def is_empty(retention: RetentionConfig) -> bool:
     """No rule at all: forgetting with it would delete everything, so callers refuse it."""
-    return calendar_policy(retention).is_empty and retention.keep_pre_deploy == 0
+    return calendar_policy(retention).is_empty and retention.keep_pre_deploy == 0 and retention.keep_pre_restore == 0
 
 
 def describe(retention: RetentionConfig) -> str:
-    """One line, restic's wording plus the pre-deploy rule."""
+    """One line, restic's wording plus the pre-deploy and pre-restore rules."""
     policy = calendar_policy(retention)
     text = policy.describe() if not policy.is_empty else "keep"
+    extras = []
     if retention.keep_pre_deploy == UNLIMITED:
-        return f"{text}, plus every pre-deploy snapshot"
-    if retention.keep_pre_deploy > 0:
-        return f"{text}, plus the pre-deploy snapshots of the last {retention.keep_pre_deploy} deploys"
-    return text
+        extras.append("every pre-deploy snapshot")
+    elif retention.keep_pre_deploy > 0:
+        extras.append(f"the pre-deploy snapshots of the last {retention.keep_pre_deploy} deploys")
+    if retention.keep_pre_restore == UNLIMITED:
+        extras.append("every pre-restore snapshot")
+    elif retention.keep_pre_restore > 0:
+        extras.append(f"the pre-restore snapshots of the last {retention.keep_pre_restore} restores")
+    return f"{text}, plus {' and '.join(extras)}" if extras else text
 
 
 def snapshot_environment(snapshot: Snapshot) -> str:
@@ -149,6 +159,8 @@ def _plan_group(members: list[Snapshot], retention: RetentionConfig, now_ns: int
             reasons[kept.snapshot.id].extend(kept.matches)
     for snapshot in _last_pre_deploy(ordered, retention.keep_pre_deploy):
         reasons[snapshot.id].append("pre-deploy snapshot")
+    for snapshot in _last_pre_restore(ordered, retention.keep_pre_restore):
+        reasons[snapshot.id].append("pre-restore snapshot")
     if not any(reasons.values()):
         return [SnapshotVerdict(snapshot, True, ("the rules keep none of this group",)) for snapshot in ordered]
     return [
@@ -173,3 +185,11 @@ def _last_pre_deploy(ordered: list[Snapshot], count: int) -> list[Snapshot]:
             deploys.append(deploy)
         kept.append(snapshot)
     return kept
+
+
+def _last_pre_restore(ordered: list[Snapshot], count: int) -> list[Snapshot]:
+    """The pre-restore snapshots of the newest `count` restores (-1: all), from newest-first input."""
+    if count == 0:
+        return []
+    taken = [snapshot for snapshot in ordered if snapshot_kind(snapshot) == PRE_RESTORE_KIND]
+    return taken if count == UNLIMITED else taken[:count]
