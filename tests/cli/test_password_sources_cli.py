@@ -152,3 +152,27 @@ def test_the_password_file_variable_overrides_the_configs_command(
         result = run_lockstep(command, env={**environment, "LOCKSTEP_PASSWORD_FILE": ""})
         assert result.returncode != 0
         assert "repository.password_command" in result.out + result.err
+
+
+def test_the_missing_password_hint_names_only_options_the_command_has(repository: Path, tmp_path: Path) -> None:
+    """Project commands (status, snapshot create/list) have no --password-file/--password-command:
+    their hint names the variables and lockstep.toml's keys; `repo` commands keep naming the flags."""
+    project = tmp_path / "shop"
+    project.mkdir()
+    (project / "lockstep.toml").write_text(f'[repository]\nurl = "{repository}"\n')
+    environment = clean_env(repository)
+    del environment["LOCKSTEP_REPOSITORY"]
+    status = run_lockstep(["status"], env=environment, cwd=project)  # says so, and shows the rest
+    assert status.returncode == 0, status.err
+    for command in (["snapshot", "list"], ["snapshot", "create"]):
+        result = run_lockstep(command, env=environment, cwd=project)
+        assert_clean_error(result, ExitCode.USAGE, "no repository password")
+    for text in (run_lockstep(["snapshot", "list"], env=environment, cwd=project).err, status.out):
+        assert "no repository password" in text, text
+        assert "--password-file" not in text and "--password-command" not in text, text
+        for named in ("LOCKSTEP_PASSWORD,", "LOCKSTEP_PASSWORD_FILE", "LOCKSTEP_PASSWORD_COMMAND"):
+            assert named in text, text
+        assert "repository.password_file or repository.password_command in lockstep.toml" in text
+    repo = run_lockstep(["repo", "snapshots"], env=environment, cwd=project)
+    assert_clean_error(repo, ExitCode.USAGE, "no repository password")
+    assert "--password-file FILE or --password-command CMD" in repo.err

@@ -54,6 +54,7 @@ def load_project(start: Path, config_path: Path | None, environment: str | None)
         configured_password_file=repository.password_file,
         configured_password_command=repository.password_command,
         config_directory=directory,
+        password_options=False,
     )
     return ProjectContext(directory=directory, config=config, access=access)
 

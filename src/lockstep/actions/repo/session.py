@@ -56,6 +56,9 @@ class RepositoryAccess:
     configured_password_file: Path | None = None
     configured_password_command: str | None = None
     config_directory: Path | None = None
+    # Whether the command takes --password-file/--password-command (the `repo` commands); project
+    # commands do not, so their missing-password hint names the variables and lockstep.toml instead.
+    password_options: bool = True
     # A password command's output, kept for the life of this object, so the command runs once per
     # lockstep command (and once per agent, not on every dashboard refresh); dropped when it does
     # not open the repository, so a changed password is read again.
@@ -123,13 +126,24 @@ class RepositoryAccess:
         if self._read:
             return self._read[0]
         source = self.password_source()
-        candidates = _read_password(source)
+        candidates = _read_password(source, self._missing_password_hint())
         redactor = process_redactor()
         for candidate in candidates:
             redactor.add(candidate)
         if source.kind == "command":
             self._read.append(candidates)
         return candidates
+
+    def _missing_password_hint(self) -> str:
+        """What to do without a password, naming only the options this command has."""
+        variables = f"{PASSWORD_FILE_VARIABLE} or {PASSWORD_COMMAND_VARIABLE}"
+        if self.password_options:
+            flags = "--password-file FILE or --password-command CMD"
+            return f"set {PASSWORD_VARIABLE}, or pass {flags} (or set {variables})"
+        return (
+            f"set {PASSWORD_VARIABLE}, {variables}, or repository.password_file or "
+            "repository.password_command in lockstep.toml"
+        )
 
     def forget_password(self) -> None:
         """Read the password again next time (it did not open the repository: it may have changed)."""
@@ -196,8 +210,9 @@ class RepositoryAccess:
             repository.close()
 
 
-def _read_password(source: PasswordSource) -> list[str]:
-    """The password (and its legacy form, when it differs) from `source`; see password_candidates."""
+def _read_password(source: PasswordSource, missing_hint: str) -> list[str]:
+    """The password (and its legacy form, when it differs) from `source`; see password_candidates.
+    `missing_hint` is what an empty password's error tells the user to do."""
     if source.kind == "file":
         assert source.file is not None
         try:
@@ -232,9 +247,5 @@ def _read_password(source: PasswordSource) -> list[str]:
         legacy = password
         empty = "no repository password given"
     if not password:
-        raise UsageError(
-            empty,
-            f"set {PASSWORD_VARIABLE}, or pass --password-file FILE or --password-command CMD "
-            f"(or set {PASSWORD_FILE_VARIABLE} or {PASSWORD_COMMAND_VARIABLE})",
-        )
+        raise UsageError(empty, missing_hint)
     return [password] if legacy in (password, "") else [password, legacy]

@@ -85,6 +85,7 @@ def access_from(options: dict[str, Any]) -> RepositoryAccess:
                 password_file=password_file,
                 password_command=password_command,
                 lock_wait_seconds=lock_wait,
+                password_options=True,
             )
     return access
 
