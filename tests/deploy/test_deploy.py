@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -613,6 +614,12 @@ def test_rollback_of_one_component_leaves_the_others_on_their_release(notes_proj
     assert json.loads(worker.out)["component"] == "worker"
     assert releases() == {"web": second, "worker": first}
     assert notes_project.version() == "1.1.0"
+    status = notes_project.status()  # status said the worker ran the active slot's release
+    assert status["release"] == second
+    assert status["slots"][status["active_slot"]]["components"] == {"web": second, "worker": first}
+    shown = notes_project.lockstep("status").out
+    assert re.search(rf"worker pid \d+ on release {first}", shown), shown
+    assert not re.search(r"web pid \d+ on release", shown), shown
 
     with NotesLoad(notes_project.listen_port) as load:
         time.sleep(0.3)

@@ -64,8 +64,13 @@ def environment_status(
         slots = {}
         for slot, slot_status in status["slots"].items():
             release = slot_status["release"]
+            release_id = release["release_id"] if release else None
             slots[slot] = {
-                "release": release["release_id"] if release else None,
+                "release": release_id,
+                # Per component: a `rollback --component worker` runs an older release in this slot.
+                "components": {
+                    process["component"]: process.get("release") or release_id for process in slot_status["processes"]
+                },
                 "version": release["version"] if release else None,
                 "since": release["started_at"] if release else None,
                 "processes": slot_status["processes"],

@@ -53,6 +53,7 @@ def status_command(config_path: Path | None, environment: str | None, json_outpu
             health = ", ".join(f"{name} {state}" for name, state in info["health"].items()) or "no checks"
             running = ", ".join(
                 f"{process['component']} pid {process['pid']}"
+                + _other_release(process, info["release"])
                 + (
                     ""
                     if process["running"]
@@ -115,6 +116,12 @@ def history_command(config_path: Path | None, environment: str | None, json_outp
 
 
 COMMANDS = [status_command, history_command]
+
+
+def _other_release(process: dict[str, Any], slot_release: str | None) -> str:
+    """A component rolled back alone (`rollback --component`) runs another release than its slot's."""
+    release = process.get("release")
+    return f" on release {release}" if release and release != slot_release else ""
 
 
 def describe_hold(hold: dict[str, Any] | None) -> str:
