@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -64,6 +65,9 @@ def test_print_systemd_unit_runs_this_agent(project: NotesProject) -> None:
     assert "ExecStart=" in unit and " agent -c " in unit and "--env test" in unit
     assert str(project.directory / "lockstep.toml") in unit
     assert "KillMode=process" in unit and "Restart=always" in unit
+    as_json = project.lockstep("--json", "agent", "print-systemd-unit")  # it used to print the text
+    assert as_json.returncode == 0, as_json.err
+    assert json.loads(as_json.out) == {"environment": "test", "unit": unit}
 
 
 def test_the_systemd_units_command_starts_the_agent(project: NotesProject) -> None:

@@ -11,8 +11,8 @@ import click
 
 from lockstep.actions.agent_run import run_agent
 from lockstep.actions.environment import EnvironmentContext, load_environment
-from lockstep.cli.output import console, error_console
-from lockstep.cli.project_options import project_options
+from lockstep.cli.output import console, error_console, print_json
+from lockstep.cli.project_options import project_options, wants_json
 
 
 @click.group("agent", invoke_without_command=True)
@@ -59,7 +59,9 @@ def stop_command(context: click.Context, config_path: Path | None, environment: 
 @project_options
 @click.pass_context
 def print_systemd_unit(context: click.Context, config_path: Path | None, environment: str | None) -> None:
-    """Print a systemd unit that runs this agent (save it under /etc/systemd/system/)."""
+    """Print a systemd unit that runs this agent (save it under /etc/systemd/system/).
+
+    With `lockstep --json`: {"environment": ..., "unit": "..."}."""
     parent = context.obj or {}
     loaded = load_environment(
         Path.cwd(), config_path or parent.get("config_path"), environment or parent.get("environment")
@@ -71,8 +73,7 @@ def print_systemd_unit(context: click.Context, config_path: Path | None, environ
     command = (
         f"{executable} agent -c {shlex.quote(str(Path(config_file).resolve()))} --env {shlex.quote(loaded.environment)}"
     )
-    console.print(
-        f"""[Unit]
+    unit = f"""[Unit]
 Description=lockstep agent for {loaded.config.app.name or loaded.directory.name} ({loaded.environment})
 After=network-online.target
 Wants=network-online.target
@@ -89,10 +90,11 @@ RestartSec=2
 # EnvironmentFile=/etc/lockstep/{loaded.environment}.env
 
 [Install]
-WantedBy=multi-user.target""",
-        markup=False,
-        highlight=False,
-    )
+WantedBy=multi-user.target"""
+    if wants_json(False):  # `lockstep --json agent print-systemd-unit`: a JSON document, as everywhere
+        print_json({"environment": loaded.environment, "unit": unit + "\n"})
+        return
+    console.print(unit, markup=False, highlight=False)
 
 
 COMMANDS = [agent_group]
