@@ -92,6 +92,8 @@ def test_a_myisam_table_is_shown_as_outside_the_snapshot_and_verify_passes(proje
 
         readable = project.ok("snapshot", "show", created["id"][:12]).out
         assert "hits: 1 rows (outside the snapshot)" in readable
+        # The engine is `mysql` for both servers; show says which one it was (it said "mysql").
+        assert f"database     shop: MariaDB {record['server_version']}, " in readable, readable
         assert "counts       from the dump's own snapshot, except:" in readable
 
         verified = json.loads(project.ok("snapshot", "verify", "latest", "--level", "restore", "--json").out)

@@ -190,6 +190,14 @@ def list_command(config_path: Path | None, environment: str | None, json_output:
     console.print(f"{len(listed)} snapshots")
 
 
+def server_name(engine: str, server_version: str) -> str:
+    """What the server is: the manifest's engine `mysql` covers MySQL and MariaDB (one adapter,
+    one dump format), which only the server's VERSION() ("10.11.6-MariaDB-...") tells apart."""
+    if engine != "mysql":
+        return engine
+    return "MariaDB" if "mariadb" in server_version.lower() else "MySQL"
+
+
 def shown_kind(manifest: Manifest) -> str:
     """The kind as list and show print it: a schema-only snapshot says so."""
     return f"{manifest.kind}, schema only" if manifest.schema_only else manifest.kind
@@ -239,8 +247,9 @@ def _print_manifest(item: ListedSnapshot) -> None:
     for name, database in manifest.databases.items():
         rows = sum(table.rows for table in database.tables)
         migration = f", migration {database.migration_version}" if database.migration_version else ""
+        server = f"{server_name(database.engine, database.server_version)} {database.server_version}"
         lines.append(
-            f"database     {name}: {database.engine} {database.server_version}, {human_bytes(database.size)} "
+            f"database     {name}: {server}, {human_bytes(database.size)} "
             f"at {database.path}, {len(database.tables)} tables, {rows} rows{migration}"
         )
         if database.schema_only:
