@@ -299,12 +299,14 @@ def test_a_failing_ping_only_warns(project: Project, pings: Pings) -> None:
     assert CHECK_UUID not in result.err, "the check's UUID is as good as a password"
     assert pings.paths().count("/start") == 3, "a 5xx answer is retried"
 
+    closed = closed_port()
     project.write_config(
-        sqlite_only(project), {"healthchecks_url": f"http://127.0.0.1:{closed_port()}/x", "min_free_disk_mb": 1}
+        sqlite_only(project), {"healthchecks_url": f"http://127.0.0.1:{closed}/x", "min_free_disk_mb": 1}
     )
     refused = project.lockstep("backup")
     assert refused.returncode == 0, refused.err
     assert "success ping" in refused.err
+    assert f"http://127.0.0.1:{closed}" in refused.err, "the warning names the port (it said http://127.0.0.1)"
     assert len(project.snapshots()) == 2
 
 

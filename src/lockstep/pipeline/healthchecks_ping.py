@@ -35,9 +35,10 @@ def redact_secrets(text: str, secrets: Iterable[str]) -> str:
 
 
 def _shown(url: str) -> str:
-    """The ping URL's host only: its path usually holds the check's secret UUID."""
+    """The ping URL's host and port (a self-hosted server's port tells which one failed), no
+    credentials: its path usually holds the check's secret UUID."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or ''}"
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 @dataclass
