@@ -4,10 +4,11 @@ histories with rollbacks and failed deploys in them: the notes app, a real agent
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from tests.deploy.conftest import NotesProject
+from tests.deploy.conftest import NotesProject, make_project
 
 pytestmark = pytest.mark.slow
 
@@ -89,3 +90,13 @@ def test_data_rollback_uses_the_snapshot_of_the_deploy_that_replaced_the_release
     assert record["snapshot_id"] == v4["snapshot_id"]
     assert notes_project.version() == "2.0.0"
     assert notes_project.notes() == ["before the broken deploy", "after the broken deploy"]
+
+
+def test_a_rollback_with_nothing_deployed_says_so(tmp_path: Path) -> None:
+    """Never deployed, no agent: the rollback said "agent not running", a problem the user does not
+    have; it says nothing is deployed, and exits 2 (usage), without starting anything."""
+    project = make_project(tmp_path)
+    completed = project.lockstep("rollback", "--yes")
+    assert completed.returncode == 2, completed.err
+    assert "nothing is deployed in test" in completed.err and "lockstep deploy" in completed.err
+    assert "agent" not in completed.err, completed.err

@@ -169,6 +169,13 @@ class Rollback:
         self.traffic_hold: TrafficHold | None = None
 
     def run(self) -> OperationRecord:
+        if not _release_history(self.history):
+            # Before asking the agent: on a project never deployed it is not running either, and
+            # "agent not running" would send the user after the wrong problem.
+            raise UsageError(
+                f"nothing is deployed in {self.context.environment}: there is no release to roll back to",
+                "deploy first with `lockstep deploy`",
+            )
         status = self.agent.status()
         active = status.get("active_slot")
         if not active:
