@@ -14,6 +14,7 @@ from lockstep.config import ProjectConfig
 from lockstep.errors import UsageError
 from lockstep.pipeline.diff import DatabaseDiff, LargeObjectsDiff, SequenceDiff, TableDiff, diff_database
 from lockstep.pipeline.restore import RestoredDatabase, ServerAccess, restore_database
+from lockstep.pipeline.retention_policy import PRE_RESTORE_KIND
 from lockstep.pipeline.snapshot import (
     RESTORES_TAG_PREFIX,
     CreatedSnapshot,
@@ -140,7 +141,7 @@ def restore_snapshot_data(
                 environment=environment,
                 message=f"before restoring snapshot {snapshot.short_id}",
                 tags=(RESTORES_TAG_PREFIX + snapshot.short_id,),
-                kind="pre-restore",
+                kind=PRE_RESTORE_KIND,
             ),
             code=None,
         )
