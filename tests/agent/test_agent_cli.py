@@ -33,7 +33,9 @@ def test_a_second_agent_for_the_same_environment_is_refused(project: NotesProjec
         assert "already running" in second.err and "lockstep agent stop" in second.err
         assert project.status()["agent"]["running"]
     finally:
-        assert project.lockstep("agent", "stop", "--apps").returncode == 0
+        stopped = project.lockstep("--json", "agent", "stop", "--apps")  # it used to print text
+        assert stopped.returncode == 0
+        assert json.loads(stopped.out) == {"environment": "test", "stopping": True, "apps": True}
         assert project.agent is not None
         project.agent.wait(timeout=30)
 

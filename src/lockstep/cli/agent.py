@@ -46,12 +46,17 @@ def _load(context: click.Context, config_path: Path | None, environment: str | N
 @click.option("--apps", is_flag=True, help="Also stop the app's processes and the traffic switch.")
 @click.pass_context
 def stop_command(context: click.Context, config_path: Path | None, environment: str | None, apps: bool) -> None:
-    """Ask the running agent to exit (the app keeps running unless --apps)."""
+    """Ask the running agent to exit (the app keeps running unless --apps).
+
+    With `lockstep --json`: {"environment": ..., "stopping": true, "apps": ...}."""
     parent = context.obj or {}
     loaded = load_environment(
         Path.cwd(), config_path or parent.get("config_path"), environment or parent.get("environment")
     )
     loaded.agent().shutdown(stop_apps=apps)
+    if wants_json(False):  # `lockstep --json agent stop`: a JSON document, as everywhere
+        print_json({"environment": loaded.environment, "stopping": True, "apps": apps})
+        return
     console.print(f"agent for {loaded.environment!r} is stopping" + (" with the app" if apps else ""))
 
 
