@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from lockstep.actions.environment import EnvironmentContext
+from lockstep.actions.step_reports import SilentReporter
 from lockstep.agent.service import AgentService
 from lockstep.errors import LockstepError
 from lockstep.pipeline.deploy import clean_up_abandoned
@@ -22,29 +23,17 @@ CHECK_INTERVAL_SECONDS = 5.0
 OPERATIONS = ("deploy", "rollback")  # scheduled jobs are the scheduler's: they run in the agent
 
 
-class _LogReporter:
-    """Says what the clean-up does on the agent's log, one line each."""
+class _LogReporter(SilentReporter):
+    """Says what the clean-up does on the agent's log, one line each (no step progress)."""
 
     def __init__(self, log: Callable[[str], None]) -> None:
         self.log = log
-
-    def step_started(self, step: str, detail: str) -> None:
-        return None
-
-    def step_finished(self, step: str, seconds: float, detail: str) -> None:
-        return None
-
-    def step_failed(self, step: str, seconds: float, reason: str) -> None:
-        return None
 
     def info(self, message: str) -> None:
         self.log(message)
 
     def warn(self, message: str) -> None:
         self.log(message)
-
-    def confirm(self, question: str, expected_answer: str | None = None) -> bool:
-        return False
 
 
 class AbandonedWatch:

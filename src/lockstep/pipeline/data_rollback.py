@@ -78,16 +78,15 @@ def summarize_discarded(diffs: list[DatabaseDiff]) -> list[str]:
     return lines
 
 
+def _losses(noun: str, added: int, changed: int, removed: int) -> list[str]:
+    """What a restore does to what was written since the snapshot: "3 rows added (lost)"..."""
+    counted = ((added, "added (lost)"), (changed, "changed (changes lost)"), (removed, "deleted (come back)"))
+    return [f"{count} {noun}{what}" for count, what in counted if count]
+
+
 def describe_large_objects(objects: LargeObjectsDiff) -> str:
     """The large objects written since the snapshot, as describe_table_change says rows."""
-    parts = []
-    if objects.added:
-        parts.append(f"{objects.added} added (lost)")
-    if objects.changed:
-        parts.append(f"{objects.changed} changed (changes lost)")
-    if objects.removed:
-        parts.append(f"{objects.removed} deleted (come back)")
-    return ", ".join(parts)
+    return ", ".join(_losses("", objects.added, objects.changed, objects.removed))
 
 
 def describe_sequence(sequence: SequenceDiff) -> str:
@@ -105,13 +104,7 @@ def describe_table_change(table: TableDiff) -> str:
         return "created after the snapshot; a restore drops it"
     if table.status == "removed":
         return "dropped after the snapshot; a restore brings it back"
-    parts = []
-    if table.rows_added:
-        parts.append(f"{table.rows_added} rows added (lost)")
-    if table.rows_changed:
-        parts.append(f"{table.rows_changed} rows changed (changes lost)")
-    if table.rows_removed:
-        parts.append(f"{table.rows_removed} rows deleted (come back)")
+    parts = _losses("rows ", table.rows_added, table.rows_changed, table.rows_removed)
     if table.columns:
         parts.append(f"{len(table.columns)} column changes (undone)")
     return ", ".join(parts) or "changed"
