@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import fcntl
+import time
+from pathlib import Path
 
 import pytest
 
 from lockstep.errors import SourceError
-from lockstep.process import STREAM_PIPE_BYTES, Command, StreamingProcess
+from lockstep.process import STREAM_PIPE_BYTES, Command, StreamingProcess, run_user_command
 
 
 def test_the_stream_comes_through_a_large_pipe_whole() -> None:
@@ -23,3 +25,31 @@ def test_a_failing_command_is_named_with_its_last_words() -> None:
     assert process.stdout.read() == b"partial\n"
     with pytest.raises(SourceError, match=r"exited with code 4.*disk full"):
         process.finish()
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_user_command_that_times_out_is_killed_with_everything_it_started(tmp_path: Path) -> None:
+    """A hook like `sh -c 'sleep 1000; notify'` left its `sleep` running when only the shell was
+    killed at the timeout (an orphan, for as long as it liked). The whole group is killed now."""
+    pid_file = tmp_path / "sleep.pid"
+    script = f"sleep 1000 & echo $! > {pid_file}; echo started; wait"
+    outcome = run_user_command(Command(("sh", "-c", script)), timeout=1.0)
+    assert not outcome.ok and outcome.problem == "did not finish within 1 s"
+    assert "started" in outcome.output
+    sleeper = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while _running(sleeper) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(sleeper)
+
+
+def test_a_user_command_runs_to_completion_with_its_output() -> None:
+    outcome = run_user_command(Command(("sh", "-c", "echo one; echo two >&2; exit 3")), timeout=30)
+    assert (outcome.returncode, outcome.output) == (3, "one\ntwo\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -276,30 +277,51 @@ class CommandOutcome:
 
 
 def run_user_command(command: Command, timeout: float = 3600.0) -> CommandOutcome:
-    """Run a command from the user's config to completion; never raises for its failure."""
+    """Run a command from the user's config to completion; never raises for its failure.
+
+    It runs in a process group of its own, and on a timeout, Ctrl-C or any other exception the
+    whole group is killed: a hook such as `sh -c 'sleep 1000; notify'` left its `sleep` running
+    when only the shell was killed."""
     import time
 
     started = time.monotonic()
     try:
-        completed = subprocess.run(
+        process = subprocess.Popen(
             list(command.argv),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            timeout=timeout,
             env=command._environment(),
             cwd=command.cwd,
-            check=False,
+            start_new_session=True,
         )
     except FileNotFoundError:
         return CommandOutcome(None, "", time.monotonic() - started, f"command not found: {command.argv[0]}")
     except PermissionError:
         return CommandOutcome(None, "", time.monotonic() - started, f"{command.argv[0]} is not executable")
-    except subprocess.TimeoutExpired as error:
-        output = (error.output or b"")[-65536:].decode("utf-8", "replace")
+    try:
+        stdout, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(process)
+        try:
+            stdout, _ = process.communicate(timeout=5)
+        except subprocess.TimeoutExpired:  # a member left the group and keeps the pipe open
+            stdout = b""
+        output = stdout[-65536:].decode("utf-8", "replace")
         return CommandOutcome(None, output, time.monotonic() - started, f"did not finish within {timeout:.0f} s")
-    output = completed.stdout[-65536:].decode("utf-8", "replace")
-    return CommandOutcome(completed.returncode, output, time.monotonic() - started)
+    except BaseException:
+        _kill_group(process)
+        raise
+    output = stdout[-65536:].decode("utf-8", "replace")
+    return CommandOutcome(process.returncode, output, time.monotonic() - started)
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to the command's whole process group (its own session), then reap the command."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
 
 
 def process_alive(pid: int) -> bool:

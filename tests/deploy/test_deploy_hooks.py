@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,3 +102,27 @@ def test_a_failed_rollback_is_notified(tmp_path: Path) -> None:
     failures = [event for event in events if event["kind"] == "rollback.failed"]
     assert len(failures) == 1, [event["kind"] for event in events]
     assert failures[0]["severity"] == "error" and ids[0] in failures[0]["summary"], failures[0]
+
+
+def test_a_hanging_hook_is_stopped_at_hook_timeout_and_frees_the_lock(tmp_path: Path) -> None:
+    """Hooks had a fixed 10 minutes, and a hanging one held the environment's lock that long.
+    `hook_timeout` bounds it; the hook counts as failed and the next deploy can run."""
+    slow = tmp_path / "slow"
+    project = make_project(
+        tmp_path,
+        extra_deploy=f"hook_timeout = 1\nhooks = {{ pre-deploy = \"sh -c 'test ! -e {slow} || sleep 120'\" }}",
+    )
+    project.start_agent()
+    try:
+        slow.touch()
+        started = time.monotonic()
+        refused = project.lockstep("deploy")
+        assert refused.returncode == 2, refused.err
+        assert "did not finish within 1 s" in refused.err
+        assert time.monotonic() - started < 60
+        slow.unlink()
+        deployed = project.lockstep("deploy")
+        assert deployed.returncode == 0, deployed.err
+        assert project.version() == "1.0.0"
+    finally:
+        _stop_everything(project)

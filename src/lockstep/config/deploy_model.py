@@ -361,9 +361,19 @@ class DeployConfig(_Section):
             "Commands run at pre-deploy, pre-switch, post-deploy, post-rollback and deploy-failed, with "
             "LOCKSTEP_DEPLOY_ID, LOCKSTEP_VERSION, LOCKSTEP_ENV and LOCKSTEP_PERFORMER in their environment. "
             "A failing pre-deploy hook refuses the deploy before it changes anything (exit 2); a failing "
-            "pre-switch hook fails it and rolls it back (exit 3); the others only warn. Each may take 10 minutes."
+            "pre-switch hook fails it and rolls it back (exit 3); the others only warn. Each may take "
+            "hook_timeout seconds; then it and every process it started are killed, and it counts as failed."
         ),
         examples=[{"post-deploy": "./notify-team.sh"}],
+    )
+    hook_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        description=(
+            "Seconds a hook may run. A deploy or rollback holds the environment's lock while its hooks run, "
+            "so a hanging hook holds up the next deploy this long."
+        ),
+        examples=[60.0],
     )
 
     @field_validator("hooks")

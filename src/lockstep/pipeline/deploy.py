@@ -161,7 +161,7 @@ def run_hook(context: EnvironmentContext, name: str, record: OperationRecord, re
     if not command_text:
         return
     command = Command(Command.parse(command_text).argv, env=hook_environment(record), cwd=str(context.directory))
-    outcome = run_user_command(command, timeout=600)
+    outcome = run_user_command(command, timeout=context.config.deploy.hook_timeout)
     if outcome.ok:
         reporter.info(f"hook {name}: ok ({outcome.seconds:.1f} s)")
         return
