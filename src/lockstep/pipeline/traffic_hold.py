@@ -2,9 +2,10 @@
 
 Without a hold, the newer release keeps serving while its databases are replaced with older data
 (errors, and writes that land in a database about to be replaced), until traffic moves to the
-older release. With one, the traffic switch keeps new requests waiting (the built-in proxy) or
-answers them 503 with Retry-After (nginx, HAProxy), lets in-flight ones finish, and releases them
-to whichever release serves once the restore and the switch are done.
+older release. With one, the traffic switch keeps new requests waiting (the built-in proxy
+itself; nginx and HAProxy through a holding relay, traffic/holding.py), lets in-flight ones
+finish, and releases them to whichever release serves once the restore and the switch are done.
+A switch that can only refuse ("refuse" mode) answers 503 with Retry-After meanwhile.
 
 The hold names this process as its owner: if the process dies mid-restore, the proxy (or the
 agent, for nginx and HAProxy) ends the hold, so the site is never left paused.
