@@ -384,3 +384,15 @@ class NotesLoad:
                 if fresh:
                     connection.close()
             time.sleep(0.005)
+
+
+def deploy_three_releases(project: NotesProject) -> list[str]:
+    """1.0.1, 1.0.2 and 1.0.3 deployed: 1.0.3 serves from blue, 1.0.2 is warm in green."""
+    ids = []
+    for version in ("1.0.1", "1.0.2", "1.0.3"):
+        (project.directory / "VERSION").write_text(version + "\n")
+        project.commit(f"notes {version}")
+        deployed = project.lockstep("deploy", "--json")
+        assert deployed.returncode == 0, deployed.err
+        ids.append(json.loads(deployed.out)["id"])
+    return ids

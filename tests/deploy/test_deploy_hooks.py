@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.conftest import NotesProject, _stop_everything, make_project
+from tests.deploy.conftest import NotesProject, _stop_everything, deploy_three_releases, make_project
 
 pytestmark = pytest.mark.slow
 
@@ -83,13 +83,7 @@ def test_a_failed_rollback_is_notified(tmp_path: Path) -> None:
     )
     project.start_agent()
     try:
-        ids = []
-        for version in ("1.0.1", "1.0.2", "1.0.3"):
-            (project.directory / "VERSION").write_text(version + "\n")
-            project.commit(f"notes {version}")
-            deployed = project.lockstep("deploy", "--json")
-            assert deployed.returncode == 0, deployed.err
-            ids.append(json.loads(deployed.out)["id"])
+        ids = deploy_three_releases(project)
         # 1.0.1's release directory is damaged: its web process exits at once.
         release = project.directory / ".lockstep" / "state" / "test" / "releases" / ids[0]
         (release / "app.py").write_text("raise SystemExit('damaged release')\n")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.conftest import NotesProject, _stop_everything, make_project
+from tests.deploy.conftest import NotesProject, _stop_everything, deploy_three_releases, make_project
 
 pytestmark = pytest.mark.slow
 
@@ -26,18 +26,6 @@ def _kill_at(project: NotesProject, step: str, after: float) -> None:
     process.stderr.close()
     assert process.stdout is not None
     process.stdout.close()
-
-
-def _three_releases(project: NotesProject) -> list[str]:
-    """1.0.1, 1.0.2 and 1.0.3 deployed: 1.0.3 serves from blue, 1.0.2 is warm in green."""
-    ids = []
-    for version in ("1.0.1", "1.0.2", "1.0.3"):
-        (project.directory / "VERSION").write_text(version + "\n")
-        project.commit(f"notes {version}")
-        deployed = project.lockstep("deploy", "--json")
-        assert deployed.returncode == 0, deployed.err
-        ids.append(json.loads(deployed.out)["id"])
-    return ids
 
 
 def _clean_up_said(project: NotesProject) -> str:
@@ -192,7 +180,7 @@ def test_a_rollback_killed_while_it_starts_its_release_leaves_nothing_running_be
     the history did not say where the rollback died. The next rollback also took the dead one's
     lock without a word."""
     project = notes_project
-    ids = _three_releases(project)
+    ids = deploy_three_releases(project)
     rollback = project.popen_lockstep("rollback", "--to", ids[0], "--log-format", "json")
     assert rollback.stderr is not None
     for line in rollback.stderr:
@@ -220,7 +208,7 @@ def test_a_rollback_killed_while_it_starts_its_release_leaves_nothing_running_be
 def test_a_killed_rollback_is_cleaned_up_by_status(notes_project: NotesProject) -> None:
     """The same kill, then `lockstep status`: the half-started release stops, its worker too."""
     project = notes_project
-    ids = _three_releases(project)
+    ids = deploy_three_releases(project)
     assert _running_workers(project, "green") == []
     rollback = project.popen_lockstep("rollback", "--to", ids[0], "--log-format", "json")
     deadline = time.monotonic() + 60
