@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import fcntl
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from lockstep.errors import SourceError
-from lockstep.process import STREAM_PIPE_BYTES, Command, StreamingProcess, run_user_command
+from lockstep.process import (
+    STREAM_PIPE_BYTES,
+    BatchingPipeReader,
+    Command,
+    StreamingProcess,
+    run_user_command,
+)
 
 
 def test_the_stream_comes_through_a_large_pipe_whole() -> None:
@@ -18,6 +25,29 @@ def test_the_stream_comes_through_a_large_pipe_whole() -> None:
     assert fcntl.fcntl(process.stdout.fileno(), fcntl.F_GETPIPE_SZ) == STREAM_PIPE_BYTES
     assert len(process.stdout.read()) == 3_000_000
     process.finish()
+
+
+WRITE_4_KIB_PIECES = """
+import os, sys, time
+for number in range(2000):
+    os.write(1, number.to_bytes(4, "big") * 1024)
+    time.sleep(0.0002)
+"""
+
+
+def test_a_tool_writing_4_kib_at_a_time_is_read_in_large_pieces() -> None:
+    """pg_dump writes 4 KiB per write; read as it comes, each piece cost a trip through the
+    stream layers above (~250,000 per GB)."""
+    process = StreamingProcess(Command((sys.executable, "-c", WRITE_4_KIB_PIECES)))
+    buffer = memoryview(bytearray(1 << 20))
+    received = bytearray()
+    reads = 0
+    while count := process.stdout.readinto(buffer):  # type: ignore[attr-defined]
+        received += buffer[:count]
+        reads += 1
+    process.finish()
+    assert received == b"".join(number.to_bytes(4, "big") * 1024 for number in range(2000))
+    assert reads <= 8_192_000 // BatchingPipeReader.BATCH_BYTES + 2
 
 
 def test_a_failing_command_is_named_with_its_last_words() -> None:
