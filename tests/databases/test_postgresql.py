@@ -15,7 +15,7 @@ import pytest
 
 from lockstep.databases import adapter_for
 from lockstep.databases.base import STALE_SCRATCH_SECONDS, ServerLocation
-from lockstep.databases.postgresql import PostgresqlAdapter, _tool_command
+from lockstep.databases.postgresql import PostgresqlAdapter, _tool_command, client_program
 from lockstep.databases.postgresql import _connect as postgresql_connect
 from lockstep.errors import SourceError, UsageError
 from lockstep.process import run_capture
@@ -927,3 +927,21 @@ def test_sequence_values_are_the_dumps_own_while_the_application_writes(
     restored = adapter.restore_and_inspect(scratch, None, io.BytesIO(data), create=False)
     assert restored.sequences == info.sequences
     assert restored.tables == info.tables
+
+
+DEBIAN_WRAPPER = Path("/usr/share/postgresql-common/pg_wrapper")
+
+
+def test_debian_s_pg_wrapper_is_passed_over_for_the_program_it_would_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Perl wrapper costs ~30 ms before every pg_dump and pg_restore starts."""
+    found = require_binary("pg_dump", "apt-get install postgresql-client")
+    if Path(found).resolve() != DEBIAN_WRAPPER:
+        missing(f"pg_dump here is {found}, not Debian's pg_wrapper")
+    monkeypatch.delenv("PGCLUSTER", raising=False)
+    chosen = Path(client_program.__wrapped__("pg_dump"))
+    assert chosen.parent.parent.parent == Path("/usr/lib/postgresql")
+    newest = max(int(path.name) for path in Path("/usr/lib/postgresql").iterdir() if path.name.isdigit())
+    assert chosen == Path(f"/usr/lib/postgresql/{newest}/bin/pg_dump")
+    # A version chosen for the wrapper stays its choice.
+    monkeypatch.setenv("PGCLUSTER", f"{newest}/main")
+    assert client_program.__wrapped__("pg_dump") == "pg_dump"
