@@ -168,3 +168,19 @@ def test_an_agent_socket_another_user_planted_in_tmp_is_refused(tmp_path: Path) 
         impostor.kill()
         impostor.wait()
         socket_path.unlink(missing_ok=True)
+
+
+def test_status_of_a_fresh_environment_says_nothing_is_deployed_not_port_none(project: NotesProject) -> None:
+    """Before the first deploy the proxy has no upstream: status printed "port None — NOT RUNNING:
+    requests are refused", an alarm about the normal state of a new environment."""
+    project.start_agent()
+    try:
+        status = project.lockstep("status")
+        assert status.returncode == 0, status.err
+        assert "nothing deployed yet" in status.out
+        assert "None" not in status.out and "NOT RUNNING" not in status.out, status.out
+        assert "not started: the first deploy starts it" in status.out, status.out
+    finally:
+        project.lockstep("agent", "stop", "--apps")
+        assert project.agent is not None
+        project.agent.wait(timeout=30)

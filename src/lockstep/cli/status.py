@@ -67,12 +67,7 @@ def status_command(config_path: Path | None, environment: str | None, json_outpu
                 f"  slot {slot} [{role}]: release {info['release']}, commit {(info['version'] or '')[:12]}, "
                 f"since {age(info['since'])}; {health}; {running}"
             )
-        traffic = document.get("traffic", {})
-        print_line(
-            f"  traffic: {traffic.get('kind')} on {traffic.get('listen')}, port {traffic.get('active_port')}"
-            + ("" if traffic.get("running", True) else " — NOT RUNNING: requests are refused")
-            + describe_hold(traffic.get("hold"))
-        )
+        print_line(describe_traffic(document.get("traffic", {}), active))
     lock = document["lock"]
     print_line(f"  lock: {lock['state']}" + (f" — {lock['detail']}" if lock.get("detail") else ""))
     last = document.get("last_operation")
@@ -135,3 +130,23 @@ def describe_hold(hold: dict[str, Any] | None) -> str:
     if hold.get("expired"):
         text += "; past its deadline: requests get 503"
     return text
+
+
+def describe_traffic(traffic: dict[str, Any], active_slot: str | None) -> str:
+    """The traffic line: where requests go, or why none can yet (never "port None").
+
+    Before the first switch the proxy is not started and has no upstream: that is the normal
+    state of a fresh environment, not an outage, so it is not reported as one.
+    """
+    text = f"  traffic: {traffic.get('kind')} on {traffic.get('listen')}"
+    port = traffic.get("active_port")
+    running = traffic.get("running", True)
+    if port is not None:
+        text += f", port {port}"
+    if not active_slot:
+        text += " — not started: the first deploy starts it" if not running else ", no upstream yet"
+    elif not running:
+        text += " — NOT RUNNING: requests are refused"
+    elif port is None:
+        text += ", no upstream: the active slot runs no component with a port"
+    return text + describe_hold(traffic.get("hold"))

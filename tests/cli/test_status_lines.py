@@ -1,0 +1,28 @@
+"""The `lockstep status` traffic line in the states the agent reports."""
+
+from __future__ import annotations
+
+from lockstep.cli.status import describe_traffic
+
+BUILTIN = {"kind": "builtin", "listen": "127.0.0.1:8000"}
+
+
+def test_a_serving_proxy_names_its_upstream_port() -> None:
+    line = describe_traffic({**BUILTIN, "running": True, "active_port": 8001}, "blue")
+    assert line == "  traffic: builtin on 127.0.0.1:8000, port 8001"
+
+
+def test_an_active_slot_without_a_port_says_why_there_is_no_upstream() -> None:
+    """An active slot whose components have no port (workers only): "port None" said nothing."""
+    line = describe_traffic({**BUILTIN, "running": True, "active_port": None}, "blue")
+    assert "None" not in line and "no upstream" in line
+
+
+def test_a_stopped_proxy_with_an_active_slot_is_an_outage() -> None:
+    line = describe_traffic({**BUILTIN, "running": False, "active_port": None}, "green")
+    assert "None" not in line and "NOT RUNNING: requests are refused" in line
+
+
+def test_a_fresh_environment_is_not_reported_as_an_outage() -> None:
+    line = describe_traffic({**BUILTIN, "running": False, "active_port": None}, None)
+    assert line == "  traffic: builtin on 127.0.0.1:8000 — not started: the first deploy starts it"
