@@ -171,8 +171,14 @@ def test_state_changing_requests_need_the_csrf_token(deployed: tuple[NotesProjec
     assert no_csrf.status == 403 and "X-CSRF-Token" in str(no_csrf.json()["error"])
     wrong = request(port, "POST", "/api/rollback", body, {**json_type, "Cookie": cookie, "X-CSRF-Token": "x" * 43})
     assert wrong.status == 403
-    bearer_only = request(port, "POST", "/api/rollback", body, {**json_type, "Authorization": f"Bearer {TOKEN}"})
-    assert bearer_only.status == 401
+    # A bearer token only reads. The answer said "the dashboard token is required" to a request
+    # that carried the right token; it says what POST needs instead, the same for a wrong token.
+    for offered in (TOKEN, "wrong"):
+        bearer_only = request(port, "POST", "/api/rollback", body, {**json_type, "Authorization": f"Bearer {offered}"})
+        assert bearer_only.status == 401
+        error = bearer_only.json()
+        assert "a bearer token only reads" in str(error["error"]) and "token is required" not in str(error["error"])
+        assert "X-CSRF-Token" in str(error["hint"]) and "/login" in str(error["hint"])
     unconfirmed = request(
         port,
         "POST",

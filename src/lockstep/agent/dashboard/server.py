@@ -16,7 +16,8 @@ from the login page or an `Authorization: Bearer TOKEN` header):
   GET  /api/rollback/targets     the releases a rollback can go to, newest first, and the default
   GET  /api/rollback/preview     where a rollback goes (?to=RELEASE, else the previous release);
                                  ?with_data=1: what the restore discards
-  POST /api/rollback             {confirm: ENVIRONMENT, with_data, to} -> {id}; needs the CSRF header
+  POST /api/rollback             {confirm: ENVIRONMENT, with_data, to} -> {id}; needs a session and
+                                 its CSRF header (a bearer token only reads)
   GET  /api/rollback/ID          the rollback's state and output
 """
 
@@ -326,7 +327,16 @@ def _handler_class(dashboard: DashboardServer) -> type[BaseHTTPRequestHandler]:
                     self._login(body)
                     return
                 session = self._session()
-                if session is None:
+                if session is None and self.headers.get("Authorization"):
+                    # The same answer whether the token is right or wrong: it must not tell a guess
+                    # apart (bearer tokens on POST are not throttled, as they never open anything).
+                    self._error(
+                        401,
+                        f"POST {path} needs a session from the login page: a bearer token only reads "
+                        "(GET /api/..., /metrics)",
+                        f"log in at /login, then send the {CSRF_HEADER} header from GET /api/session",
+                    )
+                elif session is None:
                     self._error(401, "the dashboard token is required", "log in at /login")
                 elif not gatekeeper.csrf_matches(session, self.headers.get(CSRF_HEADER)):
                     self._error(403, f"missing or wrong {CSRF_HEADER} header", "reload the page and try again")
