@@ -17,7 +17,7 @@ import pytest
 
 from lockstep.agent.dashboard.cache import BackgroundValue
 from tests.conftest import TEST_PASSWORD
-from tests.deploy.conftest import NotesProject, _stop_everything, free_ports, make_project
+from tests.deploy.conftest import NotesProject, _stop_everything, deploy_three_releases, free_ports, make_project
 
 TOKEN = "dashboard-test-token-7d3e91b0"
 LEAKED = "hunter2-not-for-the-dashboard"
@@ -284,3 +284,42 @@ def test_a_slow_source_never_holds_a_request() -> None:
     assert value.get() == 1 and len(calls) == 1  # young: no new read
     value.invalidate()
     assert value.get(wait=5.0) == 2
+
+
+def test_a_dashboard_rollback_is_answered_after_an_agent_restart(tmp_path: Path) -> None:
+    """The agent restarts while a rollback it started runs: polling the job answered "no such
+    rollback" (404) although the rollback went on and succeeded; it answers the real outcome."""
+    (port,) = free_ports(1)
+    project = make_project(tmp_path, extra_config=f'[agent]\ndashboard_listen = "127.0.0.1:{port}"\n')
+    project.env["LOCKSTEP_DASHBOARD_TOKEN"] = TOKEN
+    project.start_agent()
+    try:
+        first, second, _third = deploy_three_releases(project)
+        cookie = session_cookie(login(port))
+        csrf = str(request(port, "GET", "/api/session", headers={"Cookie": cookie}).json()["csrf"])
+        headers = {"Content-Type": "application/json", "Cookie": cookie, "X-CSRF-Token": csrf}
+        started = request(port, "POST", "/api/rollback", json.dumps({"confirm": "test"}).encode(), headers)
+        assert started.status == 202, started.body
+        job = started.json()["id"]
+        stopped = project.lockstep("agent", "stop")  # the apps and the rollback keep running
+        assert stopped.returncode == 0, stopped.err
+        assert project.agent is not None
+        project.agent.wait(timeout=30)
+        project.start_agent()
+        cookie = session_cookie(login(port))
+        deadline = time.monotonic() + 180
+        while True:
+            reply = request(port, "GET", f"/api/rollback/{job}", headers={"Cookie": cookie})
+            assert reply.status == 200, reply.body
+            if reply.json()["state"] != "running":
+                break
+            assert time.monotonic() < deadline, reply.body
+            time.sleep(0.5)
+        document = reply.json()
+        assert document["state"] == "succeeded" and document["exit_code"] == 0, document["output"]
+        assert document["finished_at"] is not None and document["output"]
+        assert project.status()["release"] == second != first
+        assert [record["operation"] for record in project.history()][-1] == "rollback"
+        assert request(port, "GET", "/api/rollback/no-such-job", headers={"Cookie": cookie}).status == 404
+    finally:
+        _stop_everything(project)

@@ -18,7 +18,7 @@ from the login page or an `Authorization: Bearer TOKEN` header):
                                  ?with_data=1: what the restore discards
   POST /api/rollback             {confirm: ENVIRONMENT, with_data, to} -> {id}; needs a session and
                                  its CSRF header (a bearer token only reads)
-  GET  /api/rollback/ID          the rollback's state and output
+  GET  /api/rollback/ID          the rollback's state and output (also after an agent restart)
 """
 
 from __future__ import annotations
