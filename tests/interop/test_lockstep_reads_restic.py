@@ -3,8 +3,12 @@ still checks and restores the result."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import stat
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -131,3 +135,35 @@ def test_hard_links_and_extended_attributes_come_back_as_restic_restores_them(
     assert os.getxattr(copy / "alone", "user.checksum") == b"sha256:\x00\xff binary"
     assert os.getxattr(copy / "directory", "user.role") == b"releases"
     assert summary["files"] == 4 and not summary["warnings"], summary
+
+
+def special_files_tree(root: Path) -> Path:
+    """A file, a symlink, named pipes at two depths and (where mknod is allowed) /dev/null's twin."""
+    (root / "nested").mkdir(parents=True)
+    (root / "notes.txt").write_text("notes\n")
+    os.chmod(root / "notes.txt", 0o640)
+    os.symlink("notes.txt", root / "link")
+    os.mkfifo(root / "pipe")
+    os.chmod(root / "pipe", 0o620)  # not through mkfifo's mode, which the umask trims
+    os.mkfifo(root / "nested" / "deeper-pipe", 0o600)
+    with contextlib.suppress(PermissionError):  # without CAP_MKNOD the pipes still show the bug
+        os.mknod(root / "null", 0o644 | stat.S_IFCHR, os.makedev(1, 3))
+    return root
+
+
+def test_dump_keeps_named_pipes_and_devices(repository_env: dict[str, str], tmp_path: Path) -> None:
+    """A directory's tar stream dropped every named pipe and device node (restic 0.14 writes the
+    top-level ones as empty regular files and drops the deeper ones); they come out as what they
+    are, with their permissions and device numbers, as `repo restore` recreates them."""
+    source = special_files_tree(tmp_path / "source")
+    restic(repository_env, ["init"])
+    restic(repository_env, ["backup", str(source)])
+    dumped = lockstep(repository_env, ["repo", "dump", "latest", str(source)]).stdout
+    with tarfile.open(fileobj=io.BytesIO(dumped)) as archive:
+        members = {member.name.split("/source/", 1)[-1].removeprefix("source/"): member for member in archive}
+    assert members["notes.txt"].isreg() and members["link"].issym()
+    assert members["pipe"].isfifo() and members["pipe"].mode == 0o620
+    assert members["nested/deeper-pipe"].isfifo() and members["nested/deeper-pipe"].mode == 0o600
+    if (source / "null").exists():
+        assert members["null"].ischr() and (members["null"].devmajor, members["null"].devminor) == (1, 3)
+        assert members["null"].mode == 0o644

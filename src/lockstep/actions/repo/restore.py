@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tarfile
 from pathlib import Path
 from typing import BinaryIO
@@ -110,4 +111,15 @@ def _dump_tar(repository: Repository, tree_id: bytes, output: BinaryIO) -> int:
             elif node.type == "file":
                 info.size = node.size
                 archive.addfile(info, _BlobReader(repository, node.content or []))
+            elif node.type in _SPECIAL_TYPES:
+                # As `repo restore` recreates them: `tar x` makes the pipe or device again.
+                info.type = _SPECIAL_TYPES[node.type]
+                info.devmajor, info.devminor = os.major(node.device), os.minor(node.device)
+                archive.addfile(info)
+            # A socket has no tar type (and restic does not back sockets up): it is left out.
     return writer.count
+
+
+# Named pipes and devices: restic 0.14's dump writes the ones directly in the dumped directory as
+# empty regular files and drops deeper ones; lockstep dropped them all.
+_SPECIAL_TYPES = {"fifo": tarfile.FIFOTYPE, "chardev": tarfile.CHRTYPE, "dev": tarfile.BLKTYPE}
