@@ -160,10 +160,37 @@ def test_dump_keeps_named_pipes_and_devices(repository_env: dict[str, str], tmp_
     restic(repository_env, ["backup", str(source)])
     dumped = lockstep(repository_env, ["repo", "dump", "latest", str(source)]).stdout
     with tarfile.open(fileobj=io.BytesIO(dumped)) as archive:
-        members = {member.name.split("/source/", 1)[-1].removeprefix("source/"): member for member in archive}
+        members = {member.name.split("/source/", 1)[-1]: member for member in archive}
     assert members["notes.txt"].isreg() and members["link"].issym()
     assert members["pipe"].isfifo() and members["pipe"].mode == 0o620
     assert members["nested/deeper-pipe"].isfifo() and members["nested/deeper-pipe"].mode == 0o600
     if (source / "null").exists():
         assert members["null"].ischr() and (members["null"].devmajor, members["null"].devminor) == (1, 3)
         assert members["null"].mode == 0o644
+
+
+def tar_members(stream: bytes) -> dict[str, tuple[bytes, int, int, str, int]]:
+    with tarfile.open(fileobj=io.BytesIO(stream)) as archive:
+        return {
+            # restic rounds the time to the second (ustar); lockstep keeps the nanoseconds (pax)
+            member.name: (member.type, member.mode, member.size, member.linkname, round(member.mtime))
+            for member in archive
+        }
+
+
+def test_dump_names_entries_as_restic_does(repository_env: dict[str, str], tmp_path: Path) -> None:
+    """`dump SNAPSHOT /srv/app` named its entries relative to /srv/app; restic names them by their
+    path in the snapshot (srv/app/...), so the same `tar x -C /` put the files somewhere else."""
+    source = tmp_path / "source"
+    (source / "nested" / "deeper").mkdir(parents=True)
+    (source / "notes.txt").write_text("notes\n")
+    (source / "nested" / "run.sh").write_text("#!/bin/sh\n")
+    os.chmod(source / "nested" / "run.sh", 0o4755)
+    os.symlink("../notes.txt", source / "nested" / "link")
+    restic(repository_env, ["init"])
+    restic(repository_env, ["backup", str(source)])
+    for path in (str(source), str(source) + "/", str(source / "nested"), "/"):
+        ours = tar_members(lockstep(repository_env, ["repo", "dump", "latest", path]).stdout)
+        theirs = tar_members(restic(repository_env, ["dump", "latest", path]).stdout)
+        assert ours == theirs, path
+    assert str(source / "nested" / "run.sh").lstrip("/") in ours

@@ -56,7 +56,10 @@ def dump(access: RepositoryAccess, reference: str, path: str, output: BinaryIO) 
         if node.type == "file":
             return dump_file(repository, node, output)
         if node.type == "dir" and node.subtree is not None:
-            return _dump_tar(repository, node.subtree, output)
+            # Entry names are the paths in the snapshot (`/srv/app` -> srv/app/...), as restic's dump
+            # names them, so `tar x -C /` puts the files back where they were taken from.
+            parts = [part for part in os.fsencode(path).split(b"/") if part]
+            return _dump_tar(repository, node.subtree, output, b"".join(b"/" + part for part in parts))
         from lockstep.errors import UsageError
 
         raise UsageError(f"{path} is a {node.type}, not a file or directory")
@@ -93,10 +96,10 @@ class _BlobReader:
         return data
 
 
-def _dump_tar(repository: Repository, tree_id: bytes, output: BinaryIO) -> int:
+def _dump_tar(repository: Repository, tree_id: bytes, output: BinaryIO, prefix: bytes = b"") -> int:
     writer = _CountingWriter(output)
     with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as archive:  # type: ignore[call-overload]
-        for path, node in repository.walk(tree_id):
+        for path, node in repository.walk(tree_id, prefix):
             info = tarfile.TarInfo(path.decode("utf-8", "surrogateescape").lstrip("/"))
             info.mode = unix_permissions(node.mode)
             info.mtime = parse_time_ns(node.mtime) / 1e9

@@ -46,7 +46,10 @@ def restore_command(snapshot: str, target: Path, includes: tuple[str, ...], **op
 @click.argument("path")
 @repository_options
 def dump_command(snapshot: str, path: str, **options: Any) -> None:
-    """Write the file at PATH in SNAPSHOT to stdout (a directory comes out as a tar stream)."""
+    """Write the file at PATH in SNAPSHOT to stdout (a directory comes out as a tar stream).
+
+    The tar entries are named by their path in the snapshot, as restic names them.
+    """
     options.pop("json_output", None)
     if sys.stdout.isatty():
         raise click.UsageError("refusing to write binary data to a terminal; redirect stdout to a file or a pipe")
