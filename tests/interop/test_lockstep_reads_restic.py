@@ -194,3 +194,20 @@ def test_dump_names_entries_as_restic_does(repository_env: dict[str, str], tmp_p
         theirs = tar_members(restic(repository_env, ["dump", "latest", path]).stdout)
         assert ours == theirs, path
     assert str(source / "nested" / "run.sh").lstrip("/") in ours
+
+
+def test_ls_long_prints_what_restic_ls_long_prints(repository_env: dict[str, str], tmp_path: Path) -> None:
+    """`repo ls -l` printed the node type, size and raw time but no mode bits, owner or group;
+    it prints restic's lines: `-rw-r-----     0     0      6 2026-11-23 11:02:01 /path`."""
+    source = special_files_tree(tmp_path / "source")
+    (source / "tool").write_text("#!/bin/sh\n")
+    os.chmod(source / "tool", 0o4755)
+    os.chmod(source / "nested", 0o1777)
+    restic(repository_env, ["init"])
+    restic(repository_env, ["backup", str(source)])
+    environment = {**repository_env, "TZ": "America/St_Johns"}  # local time, at a half-hour offset
+    ours = lockstep(environment, ["repo", "ls", "-l", "latest"]).out.splitlines()
+    theirs = restic(repository_env, ["ls", "-l", "latest"], extra_environment={"TZ": "America/St_Johns"})
+    assert ours == [line for line in theirs.out.splitlines() if not line.startswith("snapshot ")]
+    assert any(line.startswith("prw--w----") and line.endswith("/pipe") for line in ours), ours
+    assert any(line.startswith("urwxr-xr-x") and line.endswith("/tool") for line in ours), ours

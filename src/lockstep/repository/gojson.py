@@ -293,3 +293,24 @@ def unix_permissions(go_mode: int) -> int:
     if go_mode & MODE_STICKY:
         permissions |= stat.S_ISVTX
     return permissions
+
+
+# What each node type adds to its mode in `restic ls -l` (restic's formatNode).
+TYPE_MODE_BITS = {
+    "dir": MODE_DIR,
+    "symlink": MODE_SYMLINK,
+    "dev": MODE_DEVICE,
+    "chardev": MODE_DEVICE | MODE_CHAR_DEVICE,
+    "fifo": MODE_NAMED_PIPE,
+    "socket": MODE_SOCKET,
+}
+
+
+def go_mode_string(go_mode: int) -> str:
+    """Go's FileMode.String(), as `restic ls -l` prints it: `-rw-r--r--`, `drwxr-xr-x`,
+    `Lrwxrwxrwx`, `Dcrw-r--r--`, `prw-------`, `urwxr-xr-x` (setuid)."""
+    letters = "dalTLDpSugct?"
+    text = "".join(letter for index, letter in enumerate(letters) if go_mode & (1 << (31 - index)))
+    return (text or "-") + "".join(
+        letter if go_mode & (1 << (8 - index)) else "-" for index, letter in enumerate("rwxrwxrwx")
+    )

@@ -11,11 +11,13 @@ from rich.table import Table
 from lockstep.actions.repo.browse import list_files, list_snapshots, snapshot_document
 from lockstep.cli.output import console, print_json
 from lockstep.cli.repo.options import access_from, repository_options, wants_json
+from lockstep.repository.gojson import TYPE_MODE_BITS, go_mode_string, parse_time_ns
 from lockstep.repository.restorer import link_target_text
+from lockstep.repository.tree import Node
 
 
 def _local_time(time_ns: int) -> str:
-    return datetime.fromtimestamp(time_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(time_ns // 1_000_000_000).strftime("%Y-%m-%d %H:%M:%S")  # truncated, as restic
 
 
 @click.command("snapshots")
@@ -45,7 +47,7 @@ def snapshots_command(tags: tuple[str, ...], **options: Any) -> None:
 
 @click.command("ls")
 @click.argument("snapshot")
-@click.option("-l", "--long", "long_format", is_flag=True, help="Show mode, size and time.")
+@click.option("-l", "--long", "long_format", is_flag=True, help="Show mode, uid, gid, size and time (as restic).")
 @repository_options
 def ls_command(snapshot: str, long_format: bool, **options: Any) -> None:
     """List the files in SNAPSHOT (an ID prefix or `latest`)."""
@@ -71,9 +73,17 @@ def ls_command(snapshot: str, long_format: bool, **options: Any) -> None:
         return
     for entry in entries:
         if long_format:
-            console.print(f"{entry.node.type:8} {entry.node.size:>12} {entry.node.mtime:35} {entry.path}", markup=False)
+            console.print(long_line(entry.path, entry.node), markup=False, highlight=False, soft_wrap=True)
         else:
             console.print(entry.path, markup=False)
 
 
 COMMANDS = [snapshots_command, ls_command]
+
+
+def long_line(path: str, node: Node) -> str:
+    """One `ls -l` line as restic 0.14 prints it: mode, uid, gid, size, local time, path (-> target)."""
+    mode = go_mode_string(node.mode | TYPE_MODE_BITS.get(node.type, 0))
+    target = f" -> {link_target_text(node)}" if node.type == "symlink" else ""
+    when = _local_time(parse_time_ns(node.mtime))
+    return f"{mode} {node.uid:5d} {node.gid:5d} {node.size or 0:6d} {when} {path}{target}"
