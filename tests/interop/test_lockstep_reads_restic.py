@@ -211,3 +211,19 @@ def test_ls_long_prints_what_restic_ls_long_prints(repository_env: dict[str, str
     assert ours == [line for line in theirs.out.splitlines() if not line.startswith("snapshot ")]
     assert any(line.startswith("prw--w----") and line.endswith("/pipe") for line in ours), ours
     assert any(line.startswith("urwxr-xr-x") and line.endswith("/tool") for line in ours), ours
+
+
+def test_an_escaped_s3_prefix_names_the_same_objects_as_for_restic(s3_env: dict[str, str], tmp_path: Path) -> None:
+    """restic decodes percent-escapes in the location (`my%20backups` is the prefix "my backups");
+    lockstep kept them, so the same location string opened an empty place beside restic's
+    repository, and `repo init` there made a second one."""
+    environment = {**s3_env, "LOCKSTEP_REPOSITORY": s3_env["LOCKSTEP_REPOSITORY"] + "/my%20backups/100%25"}
+    restic(environment, ["init"])
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "notes.txt").write_text("notes\n")
+    restic(environment, ["backup", str(source)])
+    snapshots = json.loads(lockstep(environment, ["repo", "snapshots", "--json"]).out)
+    assert len(snapshots) == 1
+    lockstep(environment, ["repo", "backup", str(source)])
+    assert len(json.loads(restic(environment, ["snapshots", "--json"]).out)) == 2

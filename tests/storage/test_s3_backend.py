@@ -247,6 +247,13 @@ def test_location_names_the_place(backend: Backend) -> None:
         ("s3:https://s3.example.com/my.bucket-1/p/", ("https://s3.example.com", "my.bucket-1", "p")),
         ("s3:https://host/bucket", ("https://host", "bucket", "")),
         ("s3:http://[::1]:9000/bucket/x", ("http://[::1]:9000", "bucket", "x")),
+        # Escapes are decoded as restic's Go url.Parse decodes them (they were kept literally,
+        # so the same location string named another prefix than restic's).
+        ("s3:http://host/bucket/my%20backups", ("http://host", "bucket", "my backups")),
+        ("s3:http://host/bucket/a%2Fb", ("http://host", "bucket", "a/b")),
+        ("s3:http://host/bucket/100%25/x%c3%a9", ("http://host", "bucket", "100%/xé")),
+        ("s3:http://host/bucket/plus+sign", ("http://host", "bucket", "plus+sign")),
+        ("s3:http://host/bucket%2Fprefix", ("http://host", "bucket", "prefix")),
     ],
 )
 def test_parse_location(location: str, parsed: tuple[str, str, str]) -> None:
@@ -271,6 +278,10 @@ def test_parse_location(location: str, parsed: tuple[str, str, str]) -> None:
         "s3:http://host/ab",
         "s3:http://host/bucket?versionId=1",
         "s3:http://host/bucket/../elsewhere",
+        "s3:http://host/bucket/%2E%2E/elsewhere",
+        "s3:http://host/bucket/100%",
+        "s3:http://host/bucket/%zz",
+        "s3:http://host/bucket/%ff",
     ],
 )
 def test_bad_location_syntax_is_a_usage_error(location: str) -> None:
@@ -279,6 +290,15 @@ def test_bad_location_syntax_is_a_usage_error(location: str) -> None:
     assert EXPECTED_FORM in str(caught.value)
     with pytest.raises(UsageError):
         open_backend(location)
+
+
+@pytest.mark.parametrize("prefix", ["my backups", "100%/x", "é?#", "a+b"])
+def test_an_escaped_location_parses_back_to_its_prefix(prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`location` escapes what parsing decodes: it names the same place when used again."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    backend = S3Backend("http://127.0.0.1:9000", "bucket", prefix)
+    assert parse_location(backend.location) == ("http://127.0.0.1:9000", "bucket", prefix)
 
 
 def test_credentials_in_the_url_are_refused_without_repeating_them() -> None:

@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, cast
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import boto3
 import botocore.session
@@ -65,6 +65,9 @@ CREDENTIAL_HINT = "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SE
 # Bucket names as S3 accepts them; MinIO and Ceph apply the same rules.
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _USERINFO = re.compile(r"//[^/@]*@")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# Kept as they are when a prefix is written back into a location; the rest is percent-escaped.
+_PREFIX_SAFE = "/!$&'()*+,;=:@~"
 
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
 _CREDENTIAL_CODES = frozenset(
@@ -137,7 +140,15 @@ def parse_location(location: str) -> tuple[str, str, str]:
         raise _usage(location, "the port is not valid")
     if parts.query or parts.fragment or url.endswith(("?", "#")):
         raise _usage(location, "a query string or fragment is not allowed")
-    segments = [segment for segment in parts.path.split("/") if segment]
+    # Percent-escapes are decoded before the path is split, as restic's Go url.Parse does:
+    # `.../bucket/my%20backups` is the prefix "my backups" for both tools, not "my%20backups".
+    if _BAD_ESCAPE.search(parts.path):
+        raise _usage(location, "a % in the path must start an escape of two hex digits (write %25 for %)")
+    try:
+        path = unquote(parts.path, errors="strict")
+    except UnicodeDecodeError as error:
+        raise _usage(location, "the escaped path is not UTF-8") from error
+    segments = [segment for segment in path.split("/") if segment]
     if not segments:
         raise _usage(location, "the bucket is missing")
     bucket, prefix_segments = segments[0], segments[1:]
@@ -244,8 +255,9 @@ class S3Backend:
 
     @property
     def location(self) -> str:
+        """The location string: escaped, so that it parses back to this very prefix."""
         location = f"s3:{self.endpoint}/{self.bucket}"
-        return f"{location}/{self.prefix}" if self.prefix else location
+        return f"{location}/{quote(self.prefix, safe=_PREFIX_SAFE)}" if self.prefix else location
 
     def __repr__(self) -> str:
         return f"S3Backend({self.location!r})"
