@@ -32,15 +32,37 @@ REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 NOTES = REPOSITORY_ROOT / "examples" / "notes"
 
 
+# The ports free_ports handed out in this process, oldest first. A port is only probed, not kept
+# bound, until the test's server binds it: without this a later call (make_project after a test's
+# own call for the dashboard) could pick the same port, and within a LOCKSTEP_TEST_PORTS range of a
+# few hundred ports it did now and then: the agent found its dashboard port "held" by a component.
+_HANDED_OUT: dict[int, None] = {}
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_ports(count: int) -> list[int]:
     """Free loopback ports: the kernel's choice, or from LOCKSTEP_TEST_PORTS ("23500-23999") when a
-    shared machine gives each run its own range."""
-    sockets = []
+    shared machine gives each run its own range. A port handed out before in this process comes
+    again only once the range has no other free one (then the longest-handed-out first)."""
     wanted = os.environ.get("LOCKSTEP_TEST_PORTS")
-    candidates: list[int] = [0] * count
-    if wanted:
-        low, high = (int(part) for part in wanted.split("-"))
-        candidates = random.sample(range(low, high + 1), high - low + 1)
+    with _HANDED_OUT_LOCK:
+        if wanted:
+            low, high = (int(part) for part in wanted.split("-"))
+            fresh = [port for port in random.sample(range(low, high + 1), high - low + 1) if port not in _HANDED_OUT]
+            ports = _bindable(fresh + [port for port in _HANDED_OUT if low <= port <= high], count)
+        else:
+            ports = _bindable([0] * (count + 100), count)  # the kernel may offer a port handed out already
+        if len(ports) < count:
+            raise RuntimeError(f"no {count} free ports in LOCKSTEP_TEST_PORTS={wanted}")
+        for port in ports:
+            _HANDED_OUT.pop(port, None)
+            _HANDED_OUT[port] = None
+        return ports
+
+
+def _bindable(candidates: list[int], count: int) -> list[int]:
+    """The first `count` candidates that can be bound on loopback now, all different."""
+    sockets: list[socket.socket] = []
     try:
         for port in candidates:
             if len(sockets) == count:
@@ -51,9 +73,10 @@ def free_ports(count: int) -> list[int]:
             except OSError:
                 probe.close()
                 continue
+            if port == 0 and probe.getsockname()[1] in _HANDED_OUT:
+                probe.close()
+                continue
             sockets.append(probe)
-        if len(sockets) < count:
-            raise RuntimeError(f"no {count} free ports in LOCKSTEP_TEST_PORTS={wanted}")
         return [probe.getsockname()[1] for probe in sockets]
     finally:
         for probe in sockets:
