@@ -256,3 +256,50 @@ def test_an_empty_local_repository_path_is_refused(tmp_path: Path) -> None:
     """url = "local:" meant the project's own directory as the repository."""
     message = load_error(write_config(tmp_path, '[repository]\nurl = "local:"\n')).message
     assert "repository.url" in message and "empty" in message
+
+
+def test_an_environment_switches_the_repository_password_source(tmp_path: Path) -> None:
+    """The top level reads a password file, production runs a command: merged key by key, production
+    had both, which is refused ("keep only one of them"), and TOML cannot unset the inherited one.
+    An environment's choice replaces the top-level one; the others keep the top level's."""
+    text = textwrap.dedent(
+        """
+        [repository]
+        url = "local:.lockstep/repository"
+        password_file = "staging.pass"
+
+        [databases.main]
+        url = "postgresql://postgres@127.0.0.1:5432/shop"
+        password_env = "SHOP_PASSWORD"
+
+        [environments.production.repository]
+        password_command = "pass show lockstep/production"
+
+        [environments.production.databases.main]
+        password_file = "/etc/lockstep/shop.pass"
+
+        [environments.staging]
+        """
+    )
+    path = write_config(tmp_path, text)
+    production = load_config(path, "production")
+    assert production.repository.password_command == "pass show lockstep/production"
+    assert production.repository.password_file is None
+    assert production.databases["main"].password_file == Path("/etc/lockstep/shop.pass")
+    assert production.databases["main"].password_env is None
+    staging = load_config(path, "staging")
+    assert staging.repository.password_file == tmp_path / "staging.pass"
+    assert staging.repository.password_command is None
+    assert staging.databases["main"].password_env == "SHOP_PASSWORD"
+
+
+def test_an_environment_setting_both_password_sources_is_still_refused(tmp_path: Path) -> None:
+    text = MINIMAL + textwrap.dedent(
+        """
+        [environments.production.repository]
+        password_file = "production.pass"
+        password_command = "pass show lockstep/production"
+        """
+    )
+    message = str(load_error(write_config(tmp_path, text), "production"))
+    assert "environments.production.repository" in message and "keep only one of them" in message

@@ -129,3 +129,13 @@ def test_merge_tables_replaces_lists_and_keeps_the_base_untouched() -> None:
     merged = merge_tables(base, {"files": {"config": ["b"]}})
     assert merged == {"files": {"config": ["b"]}, "retention": {"keep_daily": 1}}
     assert base["files"] == {"config": ["a"]}
+
+
+def test_merge_tables_replaces_a_health_checks_kind() -> None:
+    """A health check is http, tcp or command: an environment's kind replaces the top level's;
+    `tcp = false` chooses none and leaves it."""
+    base = {"app": {"components": {"web": {"health": {"http": "/health", "timeout": 3.0}}}}}
+    merged = merge_tables(base, {"app": {"components": {"web": {"health": {"command": "./check"}}}}})
+    assert merged["app"]["components"]["web"]["health"] == {"command": "./check", "timeout": 3.0}
+    kept = merge_tables(base, {"app": {"components": {"web": {"health": {"tcp": False}}}}})
+    assert kept["app"]["components"]["web"]["health"] == {"http": "/health", "timeout": 3.0, "tcp": False}

@@ -453,7 +453,10 @@ class ProjectConfig(_Section):
         default_factory=dict,
         description=(
             "Per-environment overrides ([environments.NAME.SECTION...]) of any table above, merged key by "
-            "key over the top-level values when lockstep runs for that environment. Every command's --env "
+            "key over the top-level values when lockstep runs for that environment; a key that has "
+            "alternatives replaces the top-level one (password_file or password_command of [repository], "
+            "password_env or password_file of a database, http, tcp or command of a health check). "
+            "Every command's --env "
             "accepts the names defined here and default_environment; any other name is a usage error (exit "
             "code 2) that lists the valid names, so a typo never deploys into a new, unconfigured environment."
         ),
@@ -529,13 +532,38 @@ class ProjectConfig(_Section):
         return type(self).model_validate(merged, context=self._context)
 
 
-def merge_tables(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """`overrides` over `base`, table by table: nested tables merge, any other value replaces."""
+# Keys of which a table holds at most one (by table path, "*" for any name). An environment that
+# sets one of them replaces the top-level choice: merged key by key, it added a second one (TOML
+# has no null to remove the inherited key), so e.g. production could not take its repository
+# password from a command while the top level read a file.
+ALTERNATIVE_KEYS: tuple[tuple[tuple[str, ...], frozenset[str]], ...] = (
+    (("repository",), frozenset({"password_file", "password_command"})),
+    (("databases", "*"), frozenset({"password_env", "password_file"})),
+    (("app", "components", "*", "health"), frozenset({"http", "tcp", "command"})),
+)
+
+
+def _alternatives(path: tuple[str, ...]) -> list[frozenset[str]]:
+    return [
+        keys
+        for pattern, keys in ALTERNATIVE_KEYS
+        if len(pattern) == len(path) and all(part in ("*", name) for part, name in zip(pattern, path, strict=True))
+    ]
+
+
+def merge_tables(base: dict[str, Any], overrides: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`overrides` over `base`, table by table: nested tables merge, any other value replaces; one
+    of a set of alternative keys (ALTERNATIVE_KEYS) replaces the base's choice among them."""
     merged = copy.deepcopy(base)
+    for keys in _alternatives(path):
+        chosen = {key for key in keys & overrides.keys() if overrides[key] is not False}  # `tcp = false` chooses none
+        if chosen:
+            for key in keys - overrides.keys():
+                merged.pop(key, None)
     for key, value in overrides.items():
         current = merged.get(key)
         if isinstance(current, dict) and isinstance(value, dict):
-            merged[key] = merge_tables(current, value)
+            merged[key] = merge_tables(current, value, (*path, key))
         else:
             merged[key] = copy.deepcopy(value)
     return merged
