@@ -10,9 +10,11 @@ import os
 import stat
 import tarfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+from lockstep.storage.s3 import parse_location
 from tests.conftest import missing
 from tests.interop import (
     describe_tree,
@@ -23,6 +25,7 @@ from tests.interop import (
     restic_backup_summary,
     restored_copy,
 )
+from tests.s3_fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.usefixtures("restic_binary")
 
@@ -227,3 +230,23 @@ def test_an_escaped_s3_prefix_names_the_same_objects_as_for_restic(s3_env: dict[
     assert len(snapshots) == 1
     lockstep(environment, ["repo", "backup", str(source)])
     assert len(json.loads(restic(environment, ["snapshots", "--json"]).out)) == 2
+
+
+def test_bucket_lookup_dns_opens_what_restic_wrote_with_it(s3_env: dict[str, str], tmp_path: Path) -> None:
+    """restic's `-o s3.bucket-lookup=dns` is lockstep's `?bucket-lookup=dns` in the location (which
+    restic ignores, so one location string serves both). Requests go through a recording forward
+    proxy, so BUCKET.localhost needs no DNS."""
+    endpoint, bucket, prefix = parse_location(s3_env["LOCKSTEP_REPOSITORY"])
+    port = urlsplit(endpoint).port
+    location = f"s3:http://localhost:{port}/{bucket}/{prefix}"
+    with FaultProxy(endpoint) as proxy:
+        environment = {**s3_env, "HTTP_PROXY": proxy.endpoint, "NO_PROXY": "", "LOCKSTEP_REPOSITORY": location}
+        restic(environment, ["-o", "s3.bucket-lookup=dns", "init"])
+        source = tmp_path / "source"
+        source.mkdir()
+        (source / "notes.txt").write_text("notes\n")
+        restic(environment, ["-o", "s3.bucket-lookup=dns", "backup", str(source)])
+        environment["LOCKSTEP_REPOSITORY"] = location + "?bucket-lookup=dns"
+        assert len(json.loads(lockstep(environment, ["repo", "snapshots", "--json"]).out)) == 1
+        assert proxy.requests and all(f"//{bucket}.localhost:{port}/" in request for request in proxy.requests)
+        assert len(json.loads(restic(environment, ["snapshots", "--json"]).out)) == 1  # the query is ignored

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import boto3
 import pytest
@@ -23,7 +24,8 @@ from lockstep.errors import LockstepError, StorageError, UsageError
 from lockstep.storage.base import Backend, FileMissing, FileType, relative_path
 from lockstep.storage.local import LocalBackend
 from lockstep.storage.location import open_backend
-from lockstep.storage.s3 import EXPECTED_FORM, S3Backend, parse_location
+from lockstep.storage.s3 import EXPECTED_FORM, S3Backend, addressing_style, parse_bucket_lookup, parse_location
+from tests.s3_fault_proxy import FaultProxy
 from tests.s3_server import MotoUnavailable, free_port, moto_missing_reason, start_moto_server
 
 BackendFactory = Callable[[], Backend]
@@ -282,6 +284,9 @@ def test_parse_location(location: str, parsed: tuple[str, str, str]) -> None:
         "s3:http://host/bucket/100%",
         "s3:http://host/bucket/%zz",
         "s3:http://host/bucket/%ff",
+        "s3:http://host/bucket?bucket-lookup=virtual",
+        "s3:http://host/bucket?bucket-lookup=dns&region=eu",
+        "s3:http://host/bucket#fragment",
     ],
 )
 def test_bad_location_syntax_is_a_usage_error(location: str) -> None:
@@ -299,6 +304,62 @@ def test_an_escaped_location_parses_back_to_its_prefix(prefix: str, monkeypatch:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
     backend = S3Backend("http://127.0.0.1:9000", "bucket", prefix)
     assert parse_location(backend.location) == ("http://127.0.0.1:9000", "bucket", prefix)
+
+
+@pytest.mark.parametrize(
+    ("location", "lookup", "style"),
+    [
+        ("s3:https://s3.amazonaws.com/bucket", "auto", "virtual"),
+        ("s3:https://s3.eu-central-1.amazonaws.com/bucket/prefix", "auto", "virtual"),
+        ("s3:https://storage.googleapis.com/bucket", "auto", "virtual"),
+        ("s3:https://s3.amazonaws.com/dotted.bucket", "auto", "path"),  # the wildcard certificate
+        ("s3:http://127.0.0.1:9000/bucket", "auto", "path"),
+        ("s3:https://minio.example.com/bucket?bucket-lookup=auto", "auto", "path"),
+        ("s3:https://minio.example.com/bucket?bucket-lookup=dns", "dns", "virtual"),
+        ("s3:https://s3.amazonaws.com/bucket/p?bucket-lookup=path", "path", "path"),
+    ],
+)
+def test_bucket_lookup_is_restics(location: str, lookup: str, style: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """restic's -o s3.bucket-lookup, as the location's query: lockstep always addressed the bucket
+    in the path, which AWS buckets that only take virtual-hosted requests refuse."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    assert parse_bucket_lookup(location) == lookup
+    endpoint, bucket, _ = parse_location(location)
+    assert addressing_style(endpoint, bucket, lookup) == style
+    backend = S3Backend.from_location(location)
+    assert parse_bucket_lookup(backend.location) == lookup and parse_location(backend.location) == parse_location(
+        location
+    )
+    backend.close()
+
+
+@pytest.mark.parametrize("lookup", ["dns", "path"])
+def test_bucket_lookup_addresses_the_bucket_as_asked(s3_endpoint: str, lookup: str) -> None:
+    """Through a forward proxy that records the requests (no DNS for BUCKET.localhost needed): dns
+    names the bucket in the host, path in the path; both reach the same bucket on the server."""
+    port = urlsplit(s3_endpoint).port
+    bucket = unique_bucket()
+    with FaultProxy(s3_endpoint) as proxy, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HTTP_PROXY", proxy.endpoint)
+        patch.delenv("NO_PROXY", raising=False)
+        patch.delenv("no_proxy", raising=False)
+        backend = S3Backend.from_location(f"s3:http://localhost:{port}/{bucket}/repo?bucket-lookup={lookup}")
+        try:
+            backend.create()
+            backend.save(FileType.CONFIG, "config", b"addressed")
+            assert backend.load(FileType.CONFIG, "config") == b"addressed"
+        finally:
+            backend.close()
+        seen = [request for request in proxy.requests if "/repo/config" in request]
+    expected = (
+        f"http://{bucket}.localhost:{port}/repo/config"
+        if lookup == "dns"
+        else f"http://localhost:{port}/{bucket}/repo/config"
+    )
+    assert seen and all(request.split(" ", 1)[1] == expected for request in seen), seen
+    stored = raw_client(s3_endpoint).get_object(Bucket=bucket, Key="repo/config")["Body"].read()
+    assert stored == b"addressed"
 
 
 def test_credentials_in_the_url_are_refused_without_repeating_them() -> None:

@@ -83,7 +83,9 @@ class RepositoryConfig(_Section):
 
     url: str = Field(
         description=(
-            "Repository location: a path, local:PATH or s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]. "
+            "Repository location: a path, local:PATH or s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]; an S3 "
+            "location takes restic's -o s3.bucket-lookup as ?bucket-lookup=auto|dns|path (auto: the bucket "
+            "in the host name for AWS and Google, in the path elsewhere). "
             "Relative paths are relative to the directory of lockstep.toml (~/ is the home directory); "
             "the LOCKSTEP_REPOSITORY environment variable overrides this value."
         ),

@@ -13,9 +13,15 @@ role. AWS_DEFAULT_REGION defaults to us-east-1. Credentials never appear in `loc
 any error message.
 
 Every file is one object at ``PREFIX/`` + `relative_path` and is written with a single PUT, so
-writes are atomic: readers see the whole object or none of it. Addressing is path-style so that
-servers on loopback or with plain host names work. One boto3 client is created per backend; boto3
-clients are thread-safe, so `save` may be called from several threads at once.
+writes are atomic: readers see the whole object or none of it. One boto3 client is created per
+backend; boto3 clients are thread-safe, so `save` may be called from several threads at once.
+
+How the bucket is addressed is restic's `-o s3.bucket-lookup`, given in the location's query
+(``s3:https://HOST/BUCKET?bucket-lookup=dns``), the one place every command, the config's
+`[repository] url` and LOCKSTEP_REPOSITORY share (database URLs take their options the same way):
+`auto` (the default, as restic's) puts the bucket in the host name (virtual-hosted style) for AWS
+and Google endpoints and in the path elsewhere, `dns` always in the host name, `path` always in
+the path. restic ignores the query, so the same location string still opens the repository there.
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, cast
-from urllib.parse import quote, unquote, urlsplit
+from typing import TYPE_CHECKING, Literal, cast
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import boto3
 import botocore.session
@@ -58,7 +64,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
     from mypy_boto3_s3.literals import BucketLocationConstraintType
 
-EXPECTED_FORM = "s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]"
+EXPECTED_FORM = "s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX][?bucket-lookup=auto|dns|path]"
+BUCKET_LOOKUPS = ("auto", "dns", "path")
 DEFAULT_REGION = "us-east-1"
 CREDENTIAL_HINT = "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN if you use one)"
 
@@ -138,8 +145,9 @@ def parse_location(location: str) -> tuple[str, str, str]:
         raise _usage(location, "the host is missing")
     if port == 0:
         raise _usage(location, "the port is not valid")
-    if parts.query or parts.fragment or url.endswith(("?", "#")):
-        raise _usage(location, "a query string or fragment is not allowed")
+    if parts.fragment or url.endswith("#"):
+        raise _usage(location, "a fragment is not allowed")
+    _location_options(location, parts.query)
     # Percent-escapes are decoded before the path is split, as restic's Go url.Parse does:
     # `.../bucket/my%20backups` is the prefix "my backups" for both tools, not "my%20backups".
     if _BAD_ESCAPE.search(parts.path):
@@ -163,6 +171,44 @@ def parse_location(location: str) -> tuple[str, str, str]:
     return endpoint, bucket, "/".join(prefix_segments)
 
 
+def _location_options(location: str, query: str) -> dict[str, str]:
+    """The location's options (its query): only bucket-lookup, with one of its values."""
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError as error:
+        raise _usage(location, "the query is not NAME=VALUE pairs") from error
+    options: dict[str, str] = {}
+    for name, value in pairs:
+        if name != "bucket-lookup":
+            raise _usage(location, f"{name!r} is not an S3 location option (the one there is: bucket-lookup)")
+        if value not in BUCKET_LOOKUPS:
+            raise _usage(location, f"bucket-lookup is {value!r}: use auto, dns or path")
+        options[name] = value
+    return options
+
+
+def parse_bucket_lookup(location: str) -> str:
+    """The location's bucket-lookup option (restic's -o s3.bucket-lookup): auto, dns or path."""
+    parse_location(location)  # the whole location is valid
+    return _location_options(location, urlsplit(location[len("s3:") :]).query).get("bucket-lookup", "auto")
+
+
+def addressing_style(endpoint: str, bucket: str, bucket_lookup: str) -> Literal["virtual", "path"]:
+    """botocore's addressing style for restic's bucket lookup: `auto` is minio-go's, virtual-hosted
+    for AWS and Google endpoints (but not for a dotted bucket over https, which the wildcard
+    certificate does not cover), path-style everywhere else."""
+    if bucket_lookup == "dns":
+        return "virtual"
+    if bucket_lookup == "path":
+        return "path"
+    parts = urlsplit(endpoint)
+    host = (parts.hostname or "").lower()
+    if parts.scheme == "https" and "." in bucket:
+        return "path"
+    aws = host == "s3.amazonaws.com" or host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
+    return "virtual" if aws or host == "storage.googleapis.com" else "path"
+
+
 class S3Backend:
     """Files as objects in one bucket, under an optional key prefix."""
 
@@ -175,9 +221,13 @@ class S3Backend:
         retries: int = 3,
         connect_timeout: float = 5,
         read_timeout: float = 60,
+        bucket_lookup: str = "auto",
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.bucket = bucket
+        if bucket_lookup not in BUCKET_LOOKUPS:
+            raise UsageError(f"bucket-lookup is {bucket_lookup!r}", "use auto, dns or path")
+        self.bucket_lookup = bucket_lookup
         self.retries = retries
         self.prefix = prefix.strip("/")
         access_key = os.environ.get("AWS_ACCESS_KEY_ID", "")
@@ -190,7 +240,7 @@ class S3Backend:
             )
         self.region = os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
         config = Config(
-            s3={"addressing_style": "path"},
+            s3={"addressing_style": addressing_style(self.endpoint, bucket, bucket_lookup)},
             # botocore's "max_attempts" counts retries after the first attempt, not attempts.
             retries={"max_attempts": retries, "mode": "standard"},
             connect_timeout=connect_timeout,
@@ -251,13 +301,15 @@ class S3Backend:
     def from_location(cls, location: str) -> S3Backend:
         """Build a backend from ``s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]``; nothing is contacted."""
         endpoint, bucket, prefix = parse_location(location)
-        return cls(endpoint, bucket, prefix)
+        return cls(endpoint, bucket, prefix, bucket_lookup=parse_bucket_lookup(location))
 
     @property
     def location(self) -> str:
         """The location string: escaped, so that it parses back to this very prefix."""
         location = f"s3:{self.endpoint}/{self.bucket}"
-        return f"{location}/{quote(self.prefix, safe=_PREFIX_SAFE)}" if self.prefix else location
+        if self.prefix:
+            location += f"/{quote(self.prefix, safe=_PREFIX_SAFE)}"
+        return location if self.bucket_lookup == "auto" else f"{location}?bucket-lookup={self.bucket_lookup}"
 
     def __repr__(self) -> str:
         return f"S3Backend({self.location!r})"
