@@ -170,7 +170,7 @@ def test_requests_during_a_data_rollback_wait_and_reach_the_older_release_on_the
 
 def test_a_hold_past_its_deadline_answers_503_with_retry_after(tmp_path: Path) -> None:
     project = make_project(tmp_path)
-    set_hold_timeout(project, 0.3)
+    set_hold_timeout(project, 0.05)  # well below the restore's ~0.3 s, so requests outlast it
     project.start_agent()
     try:
         deploy_v1_then_v2(project)
@@ -180,7 +180,7 @@ def test_a_hold_past_its_deadline_answers_503_with_retry_after(tmp_path: Path) -
             time.sleep(0.5)
         assert completed.returncode == 0, completed.err
         refused = [e for e in load.exchanges if e.status == 503]
-        assert refused, "the restore outlasted a 0.3 s deadline, so some requests must have got 503"
+        assert refused, "the restore outlasted a 0.05 s deadline, so some requests must have got 503"
         assert {e.retry_after for e in refused} == {"5"}
         assert all("paused for maintenance" in e.body for e in refused)
         released_at = agent_events(project, "traffic-released")[-1]
