@@ -156,3 +156,97 @@ def test_a_hold_owner_is_its_pid_and_start_time(owner: tuple[subprocess.Popen[by
     assert not identity.alive()
     with pytest.raises(ValueError):
         HoldOwner.from_document({"pid": "1"})
+
+
+def kill_proxy(proxy: BuiltinProxy) -> None:
+    """kill -9 of the proxy process (as the OOM killer would), waiting until it is gone."""
+    pid = proxy.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: proxy.pid() is None)
+
+
+def test_a_proxy_killed_mid_hold_resumes_the_hold_when_started_again(
+    proxy: BuiltinProxy, owner: tuple[subprocess.Popen[bytes], HoldOwner]
+) -> None:
+    """kill -9 of the proxy while a rollback holds the traffic, started again as the agent does:
+    a request sent then waits until the release, and is not answered by the upstream before."""
+    _, identity = owner
+    proxy.hold(identity, timeout=60.0)
+    kill_proxy(proxy)
+    proxy.ensure_running(proxy.persisted_port() or 0)
+    resumed = proxy.hold_state()
+    assert resumed is not None and resumed["owner"]["pid"] == identity.pid and resumed["resumed"] is True
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        held = pool.submit(exchange, proxy.port, "/")
+        wait_until(lambda: (proxy.hold_state() or {}).get("waiting") == 1)
+        time.sleep(0.5)
+        assert not held.done(), "a restarted proxy served a request while the traffic was held"
+        released_at = time.monotonic()
+        summary = proxy.release()
+        status, body, _, answered = held.result(timeout=10)
+    assert (status, body) == (200, b"blue") and answered >= released_at
+    assert summary is not None and summary["held"] + summary["waiting"] == 1
+    assert not (proxy.state_directory / "hold.json").exists()
+
+
+def test_a_restarted_proxy_keeps_the_hold_deadline(proxy: BuiltinProxy) -> None:
+    """The deadline counts from when the hold began, not from the restart: past it, 503 at once."""
+    proxy.hold(HoldOwner.this_process(), timeout=1.0)
+    kill_proxy(proxy)
+    time.sleep(1.2)
+    proxy.ensure_running(proxy.persisted_port() or 0)
+    started = time.monotonic()
+    status, _, headers, answered = exchange(proxy.port)
+    assert (status, headers.get("retry-after")) == (503, "5") and answered - started < 0.5
+    proxy.release()
+    assert exchange(proxy.port)[:2] == (200, b"blue")
+
+
+def test_a_restarted_proxy_whose_hold_owner_died_serves_at_once(
+    proxy: BuiltinProxy, owner: tuple[subprocess.Popen[bytes], HoldOwner]
+) -> None:
+    process, identity = owner
+    proxy.hold(identity, timeout=60.0)
+    kill_proxy(proxy)
+    process.kill()
+    process.wait()
+    proxy.ensure_running(proxy.persisted_port() or 0)
+    started = time.monotonic()
+    status, body, _, answered = exchange(proxy.port)
+    assert (status, body) == (200, b"blue") and answered - started < 1.0
+    assert proxy.hold_state() is None
+    assert not (proxy.state_directory / "hold.json").exists()
+
+
+def test_a_release_while_the_proxy_is_down_is_not_resumed(
+    proxy: BuiltinProxy, owner: tuple[subprocess.Popen[bytes], HoldOwner]
+) -> None:
+    """The owner releases while the proxy is dead: the proxy started after that must not hold."""
+    _, identity = owner
+    proxy.hold(identity, timeout=60.0)
+    kill_proxy(proxy)
+    summary = proxy.release()
+    assert summary is not None and summary["owner"] == identity.to_document()
+    proxy.ensure_running(proxy.persisted_port() or 0)
+    assert proxy.hold_state() is None
+    assert exchange(proxy.port)[:2] == (200, b"blue")
+
+
+def test_a_stopping_proxy_refuses_its_held_requests_and_keeps_the_hold(
+    proxy: BuiltinProxy, owner: tuple[subprocess.Popen[bytes], HoldOwner]
+) -> None:
+    """A graceful stop mid-hold: the waiting requests get 503 + Retry-After (not the upstream,
+    whose data may be half restored), and the proxy started again holds on."""
+    _, identity = owner
+    proxy.hold(identity, timeout=60.0)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        held = pool.submit(exchange, proxy.port, "/")
+        wait_until(lambda: (proxy.hold_state() or {}).get("waiting") == 1)
+        proxy.stop()
+        status, _, headers, _ = held.result(timeout=10)
+    assert (status, headers.get("retry-after")) == (503, "5")
+    proxy.ensure_running(proxy.persisted_port() or 0)
+    assert (proxy.hold_state() or {}).get("resumed") is True
+    proxy.release()
+    assert exchange(proxy.port)[:2] == (200, b"blue")

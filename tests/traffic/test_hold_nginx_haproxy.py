@@ -5,7 +5,10 @@ owner lets the requests through and `check_hold` points the server back."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import http.client
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -120,3 +123,82 @@ def test_a_dead_owner_does_not_leave_the_traffic_held(
     finally:
         owner.kill()
         owner.wait()
+
+
+def kill_with_children(pid: int) -> None:
+    """kill -9 of a process and its children (an nginx or HAProxy master and its workers)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if entry.isdigit() and int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry))
+    for victim in (pid, *children):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+    assert wait_until(lambda: all(process_gone(victim) for victim in (pid, *children)))
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.fixture
+def owner() -> Iterator[HoldOwner]:
+    """A stand-in for the rollback that holds the traffic."""
+    process = subprocess.Popen(["sleep", "300"])
+    try:
+        yield HoldOwner(process.pid, process_start_ticks(process.pid))
+    finally:
+        process.kill()
+        process.wait()
+
+
+def assert_held_until_release(switch: Switch, expected: str) -> None:
+    """A request sent now waits (the upstream does not answer it) until the release, then is answered."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        held = pool.submit(answer, switch.listen_port)
+        assert wait_until(lambda: held_count(switch) == 1)
+        time.sleep(0.5)
+        assert not held.done(), f"answered while the traffic was held: {held.result()}"
+        released_at = time.monotonic()
+        switch.release()
+        status, body, _, answered = held.result(timeout=30)
+    assert (status, body) == (200, expected) and answered >= released_at
+
+
+def test_a_relay_killed_mid_hold_is_started_again_and_holds_on(
+    switch: Switch, backends: tuple[BackendProcess, BackendProcess], owner: HoldOwner
+) -> None:
+    """kill -9 of the relay while its owner lives: `check_hold` (the agent's supervision) starts
+    it again with the hold it persisted, instead of ending the hold and pointing the server back."""
+    blue, _ = backends
+    switch.ensure_running(blue.port)
+    switch.hold(owner, timeout=60.0)
+    relay = switch.holding._relay(int((switch.holding.current() or {})["relay_port"]))
+    relay_pid = relay.pid()
+    assert relay_pid is not None
+    os.kill(relay_pid, signal.SIGKILL)
+    assert wait_until(lambda: relay.pid() is None)
+    assert switch.check_hold() is None  # not ended: its owner lives
+    assert (switch.state().hold or {}).get("resumed") is True
+    assert_held_until_release(switch, "blue")
+    assert switch.active_port() == blue.port and switch.state().hold is None
+
+
+def test_a_server_killed_mid_hold_starts_again_pointed_at_the_relay(
+    switch: Switch, backends: tuple[BackendProcess, BackendProcess], owner: HoldOwner
+) -> None:
+    """kill -9 of nginx/HAProxy while held, started again as the agent does (on the active slot's
+    port): it starts pointed at the relay, so the hold goes on."""
+    blue, _ = backends
+    switch.ensure_running(blue.port)
+    switch.hold(owner, timeout=60.0)
+    master = switch._master_pid()
+    assert master is not None
+    kill_with_children(master)
+    switch.ensure_running(blue.port)
+    assert_held_until_release(switch, "blue")
+    assert get(switch.listen_port) == (200, "blue")

@@ -68,7 +68,7 @@ class TrafficHold:
         self.held = False
         summary = result.get("hold") or {}
         measured = time.monotonic() - self._started if self._started is not None else 0.0
-        seconds = float(summary.get("seconds", measured))
+        seconds = float(summary.get("seconds") or measured)  # None when the switch could not measure it
         self.record.traffic_held_seconds = round(seconds, 3)
         if not result.get("released"):
             return f"the hold had already ended (after at most {measured:.1f} s)"

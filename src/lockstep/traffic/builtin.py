@@ -27,6 +27,7 @@ from lockstep.errors import LockstepError, UsageError
 from lockstep.redaction import is_secret_name
 from lockstep.traffic.base import HoldMode, TrafficState, UpstreamCounters
 from lockstep.traffic.builtin_proxy import ADMIN_SOCKET_NAME, LOG_FILE_NAME, PID_FILE_NAME
+from lockstep.traffic.builtin_proxy.hold_file import read_hold_file, remove_hold_file
 from lockstep.traffic.builtin_proxy.upstream_file import read_upstream_file
 from lockstep.traffic.hold import HoldOwner
 from lockstep.unix_sockets import UnixHTTPConnection
@@ -147,7 +148,21 @@ class BuiltinProxy:
         return "queue"
 
     def release(self) -> dict[str, object] | None:
-        hold: dict[str, object] | None = self._request("POST", "/release").get("hold")
+        """End the hold. A proxy that is not running holds nothing now, but would resume the hold
+        it left on disk when started again: forgetting that file is the release then."""
+        try:
+            hold: dict[str, object] | None = self._request("POST", "/release").get("hold")
+        except LockstepError:
+            if not self.state_directory.is_dir():
+                return None
+            with self._start_lock():
+                if self.pid() is not None:
+                    raise
+                persisted = read_hold_file(self.state_directory)
+                remove_hold_file(self.state_directory)
+            if persisted is None:
+                return None
+            return {**persisted.to_document(), "seconds": round(max(0.0, time.time() - persisted.started_at), 3)}
         return hold
 
     def check_hold(self) -> str | None:

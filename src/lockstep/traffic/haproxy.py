@@ -195,7 +195,9 @@ class HaproxySwitch:
             return
         self.state_directory.mkdir(parents=True, exist_ok=True)
         ensure_listen_free(self.listen_host, self.listen_port, "HAProxy")
-        candidate = _write_candidate(self.managed_config, self.render_managed_config(initial_port))
+        # Started again while traffic is held: to the relay, or the hold would end unasked.
+        upstream = self.holding.relay_port() or initial_port
+        candidate = _write_candidate(self.managed_config, self.render_managed_config(upstream))
         try:
             self._validate((candidate,))
         except LockstepError:

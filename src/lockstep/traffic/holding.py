@@ -11,6 +11,11 @@ active slot (a second reload), and the relay stops once its requests are done.
 If the owner of the hold dies, the relay itself lets the requests through (it watches the owner,
 as the built-in proxy does), so traffic flows even before the agent's next `check_hold` points
 nginx/HAProxy back and stops the relay.
+
+Restarts mid-hold keep the hold: the relay persists it as the built-in proxy does, so a relay
+that died is started again by `check_hold` (on its port, or a new one nginx/HAProxy is pointed
+at) and resumes it; nginx/HAProxy started again while held start pointed at the relay; and the
+agent restarting changes nothing, since the relay and hold.json outlive it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import contextlib
 import json
 import os
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,7 @@ from typing import Any
 from lockstep.errors import LockstepError
 from lockstep.traffic.base import HoldMode
 from lockstep.traffic.builtin import BuiltinProxy
+from lockstep.traffic.builtin_proxy.hold_file import remove_hold_file
 from lockstep.traffic.hold import HoldOwner
 
 HOLD_FILE = "hold.json"
@@ -49,6 +56,11 @@ class HoldingRelay:
         except (OSError, ValueError):
             return None
         return document if isinstance(document, dict) and "relay_port" in document else None
+
+    def relay_port(self) -> int | None:
+        """Where nginx/HAProxy must send requests while a hold is in force (the relay), or None."""
+        current = self.current()
+        return None if current is None else int(current["relay_port"])
 
     def target_port(self) -> int | None:
         """Where traffic goes once released (the active slot), while a hold is in force."""
@@ -76,12 +88,22 @@ class HoldingRelay:
             self._relay(int(current["relay_port"])).hold(owner, timeout)  # refused for another live owner
             return
         self.state_directory.mkdir(parents=True, exist_ok=True)
+        # No hold is in force, so a hold an earlier relay left on disk is stale: not to be resumed.
+        remove_hold_file(self.state_directory / RELAY_DIRECTORY)
         relay = self._relay(_free_loopback_port())
         relay.ensure_running(target_port)
         try:
             relay.switch_to(target_port)
             relay.hold(owner, timeout)
-            self._write({"relay_port": relay.port, "target_port": target_port, "owner": owner.to_document()})
+            self._write(
+                {
+                    "relay_port": relay.port,
+                    "target_port": target_port,
+                    "owner": owner.to_document(),
+                    "timeout": timeout,
+                    "started_at": time.time(),
+                }
+            )
             self.point_at(relay.port)
         except BaseException:
             self.file.unlink(missing_ok=True)
@@ -115,16 +137,42 @@ class HoldingRelay:
         return summary or {"seconds": None}
 
     def check(self) -> str | None:
-        """End a hold whose owner died or whose relay is gone; why, or None."""
+        """End a hold whose owner died, and start a relay that died again while its owner lives;
+        why a hold was ended, or None."""
         current = self.current()
         if current is None:
             return None
         owner = HoldOwner.from_document(current.get("owner"))
-        if owner.alive() and self._relay(int(current["relay_port"])).pid() is not None:
+        if not owner.alive():
+            self.release()
+            return f"its owner pid {owner.pid} is gone"
+        if self._relay(int(current["relay_port"])).pid() is not None:
             return None
-        reason = f"its owner pid {owner.pid} is gone" if not owner.alive() else "its relay is not running"
-        self.release()
-        return reason
+        try:
+            self._restart_relay(current, owner)
+        except LockstepError as error:
+            self.release()
+            return f"its relay stopped and could not be started again ({error.message})"
+        return None
+
+    def _restart_relay(self, current: dict[str, Any], owner: HoldOwner) -> None:
+        """Start the relay again: it resumes the hold it persisted (the same owner asking again
+        keeps it, deadline included). On its old port if it is still free, else on a new one
+        nginx/HAProxy is pointed at."""
+        target_port = int(current["target_port"])
+        relay = self._relay(int(current["relay_port"]))
+        try:
+            relay.ensure_running(target_port)
+        except LockstepError:
+            relay = self._relay(_free_loopback_port())
+            relay.ensure_running(target_port)
+        started_at = float(current.get("started_at", time.time()))
+        timeout = float(current.get("timeout", RELAY_REQUEST_TIMEOUT))
+        relay.switch_to(target_port)
+        relay.hold(owner, max(0.001, timeout - (time.time() - started_at)))  # kept if resumed
+        if relay.port != int(current["relay_port"]):
+            self._write({**current, "relay_port": relay.port})
+            self.point_at(relay.port)
 
     def stop(self) -> None:
         """Stop a relay left running (the switch itself stops)."""

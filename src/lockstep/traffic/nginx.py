@@ -189,7 +189,9 @@ class NginxSwitch:
         self.state_directory.mkdir(parents=True, exist_ok=True)
         self._stop_orphaned_workers()
         ensure_listen_free(self.listen_host, self.listen_port, "nginx")
-        candidate = self._write_candidate(self.render_managed_config(initial_port))
+        # Started again while traffic is held: to the relay, or the hold would end unasked.
+        upstream = self.holding.relay_port() or initial_port
+        candidate = self._write_candidate(self.render_managed_config(upstream))
         try:
             self._validate(candidate)
         except LockstepError:

@@ -8,6 +8,7 @@ directory. `lockstep.traffic.builtin` is the adapter that starts, adopts and dri
 from __future__ import annotations
 
 STATE_FILE_NAME = "upstream.json"
+HOLD_FILE_NAME = "hold.json"  # only while traffic is held
 PID_FILE_NAME = "proxy.pid"
 ADMIN_SOCKET_NAME = "admin.sock"
 LOG_FILE_NAME = "proxy.log"

@@ -10,7 +10,8 @@ else (large or chunked bodies, upgrades, HTTP/1.0, unusual headers) once a conne
 A hold (`start_hold`, for a data rollback) makes every request that arrives wait before it picks
 its upstream; `release_hold` lets them go to whichever port is active then. Requests in flight
 when the hold starts finish where they are. Past the hold's deadline a waiting request gets 503
-with Retry-After, and a hold whose owner process died ends by itself.
+with Retry-After, and a hold whose owner process died ends by itself. The hold is kept on disk
+while it lasts (hold_file.py): a proxy restarted mid-hold resumes it before it accepts anything.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lockstep.traffic.builtin_proxy.hold_file import PersistedHold, read_hold_file, remove_hold_file, write_hold_file
 from lockstep.traffic.builtin_proxy.http1 import (
     BUFFERED_BODY_LIMIT,
     FORWARDED_HEADERS,
@@ -98,6 +101,8 @@ class Hold:
     held: int = 0  # requests that waited and then went on to an upstream
     refused: int = 0  # requests answered 503 because the deadline passed
     expired: bool = False  # the deadline passed and was logged
+    resumed: bool = False  # taken over from the hold file by a restarted proxy
+    stopping: bool = False  # the proxy stops: waiting requests get 503, not the upstream
 
     @property
     def deadline(self) -> float:
@@ -112,6 +117,7 @@ class Hold:
             "held": self.held,
             "refused": self.refused,
             "expired": self.expired or now >= self.deadline,
+            "resumed": self.resumed,
         }
 
 
@@ -179,6 +185,7 @@ class ProxyServer:
     async def start(self) -> None:
         from lockstep.traffic.builtin_proxy.fast import ClientProtocol
 
+        self._resume_hold()  # before the first connection: nothing may slip past a hold
         self._server = await asyncio.get_running_loop().create_server(
             lambda: ClientProtocol(self), self.host, self.port, reuse_address=True, backlog=1024
         )
@@ -225,6 +232,8 @@ class ProxyServer:
             if current.owner.alive():
                 raise HoldRefused(f"the traffic is already held by pid {current.owner.pid}")
             self.release_hold(f"its owner pid {current.owner.pid} is gone")
+        # On disk before it takes effect: a proxy restarted from here on holds too.
+        write_hold_file(self.state_directory, PersistedHold(owner, timeout, time.time()))
         hold = Hold(owner, timeout, loop.time())
         self.hold = hold
         self.spawn(self._watch_hold(hold))
@@ -236,6 +245,7 @@ class ProxyServer:
         hold, self.hold = self.hold, None
         if hold is None:
             return None
+        remove_hold_file(self.state_directory)
         hold.released.set()
         summary = hold.as_json(asyncio.get_running_loop().time())
         log.info(
@@ -262,11 +272,46 @@ class ProxyServer:
                         await hold.released.wait()
         finally:
             hold.waiting -= 1
-        if hold.released.is_set():
+        if hold.released.is_set() and not hold.stopping:
             hold.held += 1
             return True
         hold.refused += 1
         return False
+
+    def _resume_hold(self) -> None:
+        """Take over the hold a previous proxy process left on disk, under the same rules: it
+        ends when released or when its owner is gone, and its deadline still counts from when
+        it began (past it, requests get 503 + Retry-After at once)."""
+        persisted = read_hold_file(self.state_directory)
+        if persisted is None:
+            remove_hold_file(self.state_directory)  # an unreadable leftover describes no hold
+            return
+        if not persisted.owner.alive():
+            remove_hold_file(self.state_directory)
+            log.info("not resuming the hold of pid %d: its owner is gone", persisted.owner.pid)
+            return
+        loop = asyncio.get_running_loop()
+        elapsed = max(0.0, time.time() - persisted.started_at)
+        hold = Hold(persisted.owner, persisted.timeout, loop.time() - elapsed, resumed=True)
+        self.hold = hold
+        self.spawn(self._watch_hold(hold))
+        log.info(
+            "resumed the hold of pid %d after a restart (%.3f s held so far, deadline %g s)",
+            persisted.owner.pid,
+            elapsed,
+            persisted.timeout,
+        )
+
+    def _drop_hold_for_shutdown(self) -> None:
+        """A stopping proxy answers its waiting requests 503 + Retry-After: letting them through
+        could reach a release on data being restored. The hold stays on disk, so a proxy started
+        again while its owner still runs resumes it."""
+        hold, self.hold = self.hold, None
+        if hold is None:
+            return
+        hold.stopping = True
+        hold.released.set()
+        log.info("stopping while holding for pid %d: %d waiting requests get 503", hold.owner.pid, hold.waiting)
 
     async def _watch_hold(self, hold: Hold) -> None:
         """End the hold when its owner dies; note (once) when its deadline passes."""
@@ -289,7 +334,7 @@ class ProxyServer:
         if self.stopping:
             return
         self.stopping = True
-        self.release_hold("the proxy is stopping")
+        self._drop_hold_for_shutdown()
         log.info("stopping: %d client connections open", len(self.connections))
         if self._server is not None:
             self._server.close()

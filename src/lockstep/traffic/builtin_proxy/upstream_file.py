@@ -1,4 +1,5 @@
-"""The proxy's one piece of durable state: which upstream port is active.
+"""The proxy's durable state: which upstream port is active (and, while one lasts, the hold:
+hold_file.py).
 
 Written (atomically, fsynced) before a switch takes effect, so a proxy restarted after a crash
 or a reboot resumes the upstream it last switched to, never an older one.
