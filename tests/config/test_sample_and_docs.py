@@ -85,3 +85,14 @@ def test_config_reference_matches_the_model() -> None:
         check=False,
     )
     assert completed.returncode == 0, completed.stderr
+
+
+def test_watch_max_exits_is_documented_with_its_default_and_an_example() -> None:
+    """The key that makes one crash in the watch window roll back: its default (0) and how to allow more."""
+    reference = render_reference()
+    section = reference.split("### `deploy.watch_max_exits`", 1)[1].split("\n### ", 1)[0]
+    assert "- default: `0`" in section and "watch_max_exits = 1" in section
+    assert "watch_max_exits = " in render_sample()
+    config = ProjectConfig.model_validate({"repository": {"url": "r"}, "deploy": {"watch_max_exits": 2}})
+    assert config.deploy.watch_max_exits == 2
+    assert ProjectConfig.model_validate({"repository": {"url": "r"}}).deploy.watch_max_exits == 0

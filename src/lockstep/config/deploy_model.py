@@ -328,6 +328,17 @@ class DeployConfig(_Section):
         description="Consecutive failed health checks in the watch window that roll back.",
         examples=[5],
     )
+    watch_max_exits: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Unexpected exits of the new release's processes allowed in the watch window (the agent restarts "
+            "each); one more fails the watch and rolls the deploy back. 0: any exit does, so a release that "
+            "crashes every 20 s is caught even when its health checks pass. Stops lockstep makes (a retire, "
+            "a stop) do not count."
+        ),
+        examples=[1],
+    )
     watch_error_rate: float = Field(
         default=0.05,
         ge=0,

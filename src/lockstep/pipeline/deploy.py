@@ -850,21 +850,40 @@ def _component_log_tail(agent: AgentClient, slot: str, component: str) -> str:
 
 
 def watch_slot(agent: AgentClient, slot: str, plans: list[ComponentPlan], deploy: Any, reporter: Reporter) -> str:
-    """Watch the new slot: consecutive failed health checks, a crash loop, or the proxy's error rate."""
+    """Watch the new slot: exits of its processes, a crash loop, consecutive failed health checks,
+    or the proxy's error rate.
+
+    A release that crashes every 20 s and is restarted each time serves most requests, so health
+    checks and the error rate may pass: its exits are counted instead, and more than
+    `watch_max_exits` (default 0, Argo Rollouts' failureLimit idea) fail the watch. Only the
+    agent's `exited` events count, which it records for processes that died under it; processes
+    lockstep stops (a retire, a stop) leave supervision first and record none.
+    """
     deadline = time.monotonic() + deploy.watch_seconds
     since = agent.status()["last_event_id"]
     failures = {plan.name: 0 for plan in plans}
+    exits = {plan.name: 0 for plan in plans}
     port = next((plan.port for plan in plans if plan.port is not None), None)
     baseline = _upstream_counters(agent, port)
     checks = 0
-    while time.monotonic() < deadline:
+
+    def check_exits() -> None:
+        nonlocal since
         for event in agent.events(since):
             since = max(since, int(event["id"]))
-            if event["name"].endswith(f"@{slot}") and event["kind"] in ("crash-loop", "exited"):
-                component = event["name"].split("@")[0]
-                if event["kind"] == "crash-loop":
-                    raise UsageError(f"{component} is crash-looping in the watch window: {event['detail']}")
-                reporter.warn(f"{component} exited in the watch window: {event['detail'].splitlines()[0]}")
+            if not event["name"].endswith(f"@{slot}") or event["kind"] not in ("crash-loop", "exited"):
+                continue
+            component = event["name"].split("@")[0]
+            if event["kind"] == "crash-loop":
+                raise UsageError(f"{component} is crash-looping in the watch window: {event['detail']}")
+            exits[component] = exits.get(component, 0) + 1
+            said = f"{component} exited {exits[component]} time(s) in the watch window (limit {deploy.watch_max_exits})"
+            if exits[component] > deploy.watch_max_exits:
+                raise UsageError(f"{said}: {_exit_summary(event['detail'])}")
+            reporter.warn(f"{said}: {_exit_summary(event['detail'])}")
+
+    while time.monotonic() < deadline:
+        check_exits()
         for plan in plans:
             if plan.health is None:
                 ok = _component_running(agent, slot, plan.name)
@@ -887,8 +906,21 @@ def watch_slot(agent: AgentClient, slot: str, plans: list[ComponentPlan], deploy
             )
         checks += 1
         time.sleep(min(WATCH_INTERVAL, max(0.0, deadline - time.monotonic())))
+    check_exits()  # an exit in the last round's sleep counts too
     requests, errors = _upstream_counters(agent, port)
-    return f"{checks} rounds of checks passed; {requests - baseline[0]} requests, {errors - baseline[1]} errors"
+    exited = sum(exits.values())
+    within = f"; {exited} exit(s) within the limit of {deploy.watch_max_exits}" if exited else ""
+    return f"{checks} rounds of checks passed; {requests - baseline[0]} requests, {errors - baseline[1]} errors{within}"
+
+
+def _exit_summary(detail: str) -> str:
+    """An agent `exited` event in one line: how it exited and the last line of its log (the
+    event's "restarting in N s" is stale by the time a deploy fails on it)."""
+    first, _, tail = detail.partition("; last lines of ")
+    summary = first.split("; ")[0]
+    log, _, lines = tail.partition(":\n")
+    last = next((line.strip() for line in reversed(lines.splitlines()) if line.strip()), "")
+    return f"{summary}; the last line of {log}: {last}" if last else summary
 
 
 def _upstream_counters(agent: AgentClient, port: int | None) -> tuple[int, int]:
