@@ -9,6 +9,7 @@ import concurrent.futures
 import contextlib
 import http.client
 import json
+import os
 import signal
 import sqlite3
 import threading
@@ -329,3 +330,48 @@ def test_a_data_rollback_through_nginx_and_haproxy_holds_traffic_too(tmp_path: P
         assert not (traffic / "hold.json").exists()
     finally:
         _stop_everything(project)
+
+
+def test_a_proxy_killed_during_a_data_rollback_comes_back_still_holding(notes_project: NotesProject) -> None:
+    """kill -9 of the built-in proxy while `rollback --with-data` holds the traffic: the agent
+    starts it again, and a request sent then waits until the rollback releases it, then is
+    answered by the older release on the restored data (not by the newer one meanwhile)."""
+    project = notes_project
+    deploy_v1_then_v2(project)
+    process = project.popen_lockstep("rollback", "--with-data", "--yes", "--log-format", "json")
+    assert process.stderr is not None
+    for line in process.stderr:
+        event = json.loads(line)
+        if event.get("event") == "step-finished" and event.get("step") == "hold traffic":
+            break
+    else:
+        raise AssertionError(f"the rollback ended (exit {process.wait()}) before it held the traffic")
+    process.send_signal(signal.SIGSTOP)  # frozen while holding, before the restore
+    try:
+        proxy = BuiltinProxy(f"127.0.0.1:{project.listen_port}", project.directory / PROXY_STATE)
+        killed = proxy.pid()
+        assert killed is not None
+        restarts = len(agent_events(project, "proxy-restarted"))
+        os.kill(killed, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while len(agent_events(project, "proxy-restarted")) == restarts:
+            assert time.monotonic() < deadline, "the agent did not start the proxy again"
+            time.sleep(0.1)
+        assert proxy.pid() not in (None, killed)
+        hold = proxy.hold_state()
+        assert hold is not None and hold["owner"]["pid"] == process.pid and hold["resumed"] is True
+        human = project.lockstep("status").out
+        assert f"HELD for a data rollback (pid {process.pid})" in human and "resumed by the restarted proxy" in human
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            held = pool.submit(project.request, "GET", "/version")
+            time.sleep(1.5)
+            assert not held.done(), f"the restarted proxy served during the hold: {held.result()}"
+            process.send_signal(signal.SIGCONT)
+            status, body = held.result(timeout=60)
+        assert (status, body.strip()) == (200, "1.0.0")
+    finally:
+        process.send_signal(signal.SIGCONT)
+    remaining = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 0, remaining
+    assert proxy.hold_state() is None
+    assert "from v2 #lost" not in project.notes()

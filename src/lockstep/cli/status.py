@@ -129,6 +129,8 @@ def describe_hold(hold: dict[str, Any] | None) -> str:
         text += f" for {float(hold['seconds']):.0f} s, {hold.get('waiting', 0)} requests waiting"
     if hold.get("expired"):
         text += "; past its deadline: requests get 503"
+    if hold.get("resumed"):
+        text += "; resumed by the restarted proxy"
     return text
 
 
