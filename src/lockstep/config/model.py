@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, 
 
 from lockstep.config.agent_model import AgentConfig, ScheduleConfig
 from lockstep.config.deploy_model import AppConfig, DeployConfig, PolicyConfig, TrafficConfig
+from lockstep.config.hosts_model import HostConfig, HostTarget, SshConfig, host_targets
 from lockstep.databases.url_options import check_url_options
 from lockstep.errors import UsageError
 from lockstep.notify.config import NotificationsConfig
@@ -443,6 +444,21 @@ class ProjectConfig(_Section):
         ),
         examples=[{"channels": [{"kind": "slack", "url_env": "SLACK_WEBHOOK_URL", "events": ["deploy.*"]}]}],
     )
+    hosts: list[str | HostConfig] = Field(
+        default_factory=list,
+        description=(
+            "Hosts to deploy to over SSH, all or none (usually set per environment: [environments.NAME] hosts = "
+            "[...]). Each is [user@]host[:port], or a table { address = ..., port = ..., project_dir = ... } for "
+            "what differs from [ssh]. The first host is the primary: it alone takes the pre-deploy snapshot and "
+            "runs the migrations. Empty: deploy to this machine."
+        ),
+        examples=[["deploy@web1.example.com", "web2.example.com:2222"]],
+    )
+    ssh: SshConfig = Field(
+        default_factory=SshConfig,
+        description="How to reach the hosts over SSH (host keys are always checked).",
+        examples=[{"user": "deploy", "project_dir": "/srv/shop"}],
+    )
     default_environment: str = Field(
         default="production",
         description=(
@@ -487,7 +503,17 @@ class ProjectConfig(_Section):
             self.databases = {name: database.resolved(base) for name, database in self.databases.items()}
             self.files = self.files.resolved(base)
             self.notifications = self.notifications.resolved(base)
+            self.ssh = self.ssh.resolved(base)
         return self
+
+    @model_validator(mode="after")
+    def _check_hosts(self) -> ProjectConfig:
+        host_targets(self.hosts, self.ssh)  # a host without a project_dir, or listed twice: say so now
+        return self
+
+    def host_targets(self) -> list[HostTarget]:
+        """The hosts to deploy to, resolved; empty for a single-machine environment."""
+        return host_targets(self.hosts, self.ssh)
 
     @classmethod
     def from_source(cls, source: dict[str, Any], base_directory: Path | None = None) -> ProjectConfig:
