@@ -11,6 +11,7 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt="$need_apt ngi
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_apt="$need_apt haproxy"
 command -v wrk >/dev/null || need_apt="$need_apt wrk"
 command -v chromium >/dev/null || need_apt="$need_apt chromium"
+[ -x /usr/sbin/sshd ] || need_apt="$need_apt openssh-server"  # multi-host deploys over real SSH
 [ -e /usr/share/zoneinfo/Europe/Berlin ] || need_apt="$need_apt tzdata"
 if [ -n "$need_apt" ]; then
   if [ "$(id -u)" = 0 ]; then

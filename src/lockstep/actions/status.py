@@ -40,6 +40,8 @@ def environment_status(
     """The environment's URL, active slot, release, commit, since when, health, lock, last operation."""
     context = load_environment(start, config_path, environment)
     history = History(context.layout.history_database)
+    if context.config.hosts:
+        return _hosts_status(context, history)
     agent = context.agent()
     document: dict[str, Any] = {
         "environment": context.environment,
@@ -88,6 +90,19 @@ def environment_status(
     serving = [record for record in releases if record.outcome == "succeeded" and record.release_id]
     document["serving_since"] = serving[-1].finished_at if serving else None
     return document
+
+
+def _hosts_status(context: EnvironmentContext, history: History) -> dict[str, Any]:
+    """A multi-host environment: each host's own status over SSH, the lock, the last deploy here."""
+    from lockstep.pipeline.multi_host import host_statuses
+
+    operations = history.all()
+    return {
+        "environment": context.environment,
+        "lock": _lock_document(context),
+        "hosts": host_statuses(context),
+        "last_operation": operations[-1].to_document() if operations else None,
+    }
 
 
 def _health(context: EnvironmentContext, slot: str, release: dict[str, Any]) -> dict[str, str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from lockstep.actions.deploy import deploy, plan_deploy
+from lockstep.actions.deploy import deploy, plan_deploy, preflight_host
 from lockstep.cli.output import console, print_json
 from lockstep.cli.project_options import parse_duration_seconds, project_options, wants_json
 from lockstep.cli.reporting import progress_options, progress_reporter
@@ -24,6 +24,11 @@ from lockstep.pipeline.deploy import DeployRequest
 @click.option("--yes", is_flag=True, help="Answer yes to confirmations (for CI).")
 @click.option("--lock-wait", metavar="DURATION", default="0", help="Wait this long for the lock (e.g. 30s, 5m).")
 @click.option("--allow-dirty", is_flag=True, help="Deploy HEAD although the work tree has uncommitted changes.")
+# A host's part of a multi-host deploy, as the orchestrator runs it over SSH (pipeline/multi_host.py):
+# not for people, so not in --help.
+@click.option("--coordinated", metavar="DEPLOY_ID", hidden=True)
+@click.option("--secondary", is_flag=True, hidden=True)
+@click.option("--preflight-only", is_flag=True, hidden=True)
 @progress_options
 @click.option(
     "--json",
@@ -43,6 +48,9 @@ def deploy_command(
     yes: bool,
     lock_wait: str,
     allow_dirty: bool,
+    coordinated: str | None,
+    secondary: bool,
+    preflight_only: bool,
     log_format: str,
     quiet: bool,
     verbose: bool,
@@ -52,6 +60,8 @@ def deploy_command(
 
     Exit codes: 0 deployed; 3 failed and rolled back (the previous release serves); 1 failed and
     could not undo everything; 2 refused (preflight, policy, confirmation); 4 locked.
+
+    When the environment lists `hosts`, deploys to every host over SSH, all or none (docs/hosts.md).
     """
     request = DeployRequest(
         ref=ref,
@@ -63,7 +73,14 @@ def deploy_command(
         yes=yes,
         lock_wait=parse_duration_seconds(lock_wait),
         allow_dirty=allow_dirty,
+        coordinated=coordinated,
+        secondary=secondary,
     )
+    if preflight_only:
+        print_json(
+            preflight_host(Path.cwd(), config_path, environment, request, progress_reporter(log_format, quiet, verbose))
+        )
+        return
     if dry_run:
         lines = plan_deploy(Path.cwd(), config_path, environment, request)
         if wants_json(json_output):
@@ -77,6 +94,9 @@ def deploy_command(
     if wants_json(json_output):
         print_json(record.to_document())
         return
+    if record.hosts:
+        for host in record.hosts:
+            console.print(f"{host['name']}: {host['outcome']} {host.get('detail') or ''}".rstrip(), markup=False)
     console.print(
         f"deployed {record.id} ({(record.commit or '')[:12]}) to {record.environment} in slot {record.slot} "
         f"in {record.duration or 0:.1f} s",

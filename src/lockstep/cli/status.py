@@ -37,6 +37,9 @@ def status_command(config_path: Path | None, environment: str | None, json_outpu
     if wants_json(json_output):
         print_json(document)
         return
+    if "hosts" in document:
+        _print_hosts(document)
+        return
     print_line(f"environment {document['environment']}: {document['url']}")
     agent = document["agent"]
     if not agent["running"]:
@@ -75,6 +78,33 @@ def status_command(config_path: Path | None, environment: str | None, json_outpu
         print_line(
             f"  last: {last['operation']} {last['id']} {last['outcome']}"
             + (f" at {last['failed_step']}" if last.get("failed_step") else "")
+            + (f" ({last['reason']})" if last.get("reason") and last["outcome"] != "succeeded" else "")
+        )
+
+
+def _print_hosts(document: dict[str, Any]) -> None:
+    """One line per host of a multi-host environment: what it serves, or why it did not answer."""
+    print_line(f"environment {document['environment']}: {len(document['hosts'])} hosts")
+    for host in document["hosts"]:
+        if host.get("error"):
+            print_line(f"  {host['name']}: {host['error']}")
+        elif not host.get("agent", {}).get("running"):
+            print_line(f"  {host['name']}: agent not running ({host['agent'].get('detail')})")
+        elif not host.get("active_slot"):
+            print_line(f"  {host['name']}: nothing deployed yet")
+        else:
+            slot = host["slots"][host["active_slot"]]
+            health = ", ".join(f"{name} {state}" for name, state in slot["health"].items()) or "no checks"
+            print_line(
+                f"  {host['name']}: slot {host['active_slot']}, release {host['release']}, "
+                f"commit {(host['commit'] or '')[:12]}; {health}"
+            )
+    lock = document["lock"]
+    print_line(f"  lock: {lock['state']}" + (f" — {lock['detail']}" if lock.get("detail") else ""))
+    last = document.get("last_operation")
+    if last:
+        print_line(
+            f"  last: {last['operation']} {last['id']} {last['outcome']}"
             + (f" ({last['reason']})" if last.get("reason") and last["outcome"] != "succeeded" else "")
         )
 

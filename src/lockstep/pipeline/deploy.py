@@ -17,6 +17,11 @@ Any failure, Ctrl-C, SIGTERM or SIGHUP unwinds the undo actions in reverse: traf
 slot stops, and when migrations ran the data comes back per the environment's data_rollback policy.
 Traffic is held while the data comes back (pipeline/traffic_hold.py): from the start of the unwind
 when the policy restores without asking, else once the restore is agreed to; released at the end.
+
+An environment with `hosts` is deployed by pipeline/multi_host.py, which runs this pipeline on each
+host over SSH as a *coordinated* deploy (DeployRequest.coordinated): it joins the orchestrator's lock
+instead of taking one, and waits at two barriers, before switch and before retire
+(pipeline/coordination.py), so that every host switches or none does.
 """
 
 from __future__ import annotations
@@ -115,6 +120,11 @@ class DeployRequest:
     yes: bool = False
     lock_wait: float = 0.0
     allow_dirty: bool = False
+    # A host's part of a multi-host deploy: the orchestrator's deploy ID, used as this deploy's ID
+    # and as the holder of the environment lock this deploy joins. None: an ordinary deploy.
+    coordinated: str | None = None
+    # A secondary host: the primary took the pre-deploy snapshot and ran the migrations.
+    secondary: bool = False
 
 
 def performer() -> str:
@@ -189,6 +199,7 @@ class Deployment:
         self.history = History(self.layout.history_database, self.redactor)
         self.steps = StepRunner(reporter)
         self.lock: EnvironmentLock | None = None
+        self.joined_lock: EnvironmentLock | None = None  # the orchestrator's, in a coordinated deploy
         self.release_directory: Path | None = None
         self.plans: list[ComponentPlan] = []
         self.broken_lock: LockHolder | None = None  # a stale or forced lock this deploy took over
@@ -268,7 +279,7 @@ class Deployment:
         """Deploy; returns the history record of a success, raises DeployRolledBack/DeployFailed."""
         work_tree = self._code_work_tree()
         resolved = self.steps.run("preflight", "", lambda: self._preflight(work_tree), lambda r: r.short_commit)
-        deploy_id = new_deploy_id(resolved.commit)
+        deploy_id = self.request.coordinated or new_deploy_id(resolved.commit)
         record = OperationRecord(
             id=deploy_id,
             operation="deploy",
@@ -284,8 +295,11 @@ class Deployment:
             release_id=deploy_id,
         )
         bind_context(self.reporter, deploy_id=record.id, env=record.environment)
-        self._confirm(record)
-        self.steps.run("lock", self.context.environment, lambda: self._take_lock(record), lambda _: "held")
+        if self.request.coordinated:  # the orchestrator asked for approval and confirmation, once for all hosts
+            self.steps.run("lock", self.context.environment, lambda: self._join_lock(), lambda _: "joined")
+        else:
+            self._confirm(record)
+            self.steps.run("lock", self.context.environment, lambda: self._take_lock(record), lambda _: "held")
         self.steps.on_started = lambda step, detail: self._save_progress(record, step, detail)
         notifier = notifier_for(self.context, self.reporter)
         if self.broken_lock is not None:
@@ -450,6 +464,44 @@ class Deployment:
         self.lock = lock
         self._clean_up_abandoned()
 
+    def _join_lock(self) -> None:
+        """A coordinated deploy runs under the orchestrator's lock: check it is there, and keep checking."""
+        from lockstep.pipeline.coordination import check_joined_lock
+
+        assert self.request.coordinated is not None
+        lock = EnvironmentLock(
+            self._document_store(), self.context.environment, stale_after=self.config.deploy.lock_stale_after
+        )
+        check_joined_lock(lock, self.request.coordinated)
+        self.joined_lock = lock
+        self._clean_up_abandoned()
+
+    def preflight_only(self) -> dict[str, Any]:
+        """What the orchestrator checks of a host before it takes the lock: the preflight passes,
+        and the repository is the one the orchestrator uses (compared by repository ID)."""
+        from lockstep import __version__
+
+        resolved = self._preflight(self._code_work_tree())
+        repository = self.context.project.access.open(load_index=False)
+        try:
+            repository_id = repository.config.id
+        finally:
+            repository.close()
+        return {"commit": resolved.commit, "repository_id": repository_id, "version": __version__}
+
+    def _barrier(self, name: str) -> None:
+        """In a coordinated deploy: wait here until every host is here too (pipeline/coordination.py)."""
+        if self.request.coordinated is None:
+            return
+        self.steps.run(f"{name} barrier", "waiting for every host", lambda: self._wait_at(name), lambda _: "go")
+
+    def _wait_at(self, name: str) -> None:
+        from lockstep.pipeline.coordination import wait_at_barrier
+
+        assert self.request.coordinated is not None
+        wait_at_barrier(name, self.request.coordinated)
+        self._check_lock()
+
     def _release_lock(self) -> None:
         if self.lock is not None:
             try:
@@ -466,6 +518,10 @@ class Deployment:
     def _check_lock(self) -> None:
         if self.lock is not None:
             self.lock.ensure_held()
+        if self.joined_lock is not None and self.request.coordinated is not None:
+            from lockstep.pipeline.coordination import check_joined_lock
+
+            check_joined_lock(self.joined_lock, self.request.coordinated)
 
     def _run_steps(self, record: OperationRecord, work_tree: Path) -> None:
         status = self.agent.status()
@@ -488,7 +544,7 @@ class Deployment:
             "release", record.id, lambda: self._build_release(record, work_tree), lambda path: str(path)
         )
         self._check_lock()
-        if not self.request.skip_backup:
+        if not (self.request.skip_backup or self.request.secondary):
             self.steps.run(
                 "snapshot",
                 "pre-deploy",
@@ -497,7 +553,7 @@ class Deployment:
             )
             self.history.save(record)
         self._check_lock()
-        if self.config.app.migrate and not self.request.skip_migrations:
+        if self.config.app.migrate and not (self.request.skip_migrations or self.request.secondary):
             self.steps.run("migrate", self.config.app.migrate, lambda: self._migrate(record, release), lambda r: r)
             self.history.save(record)
         self._check_lock()
@@ -512,12 +568,14 @@ class Deployment:
                 lambda: run_hook(self.context, "pre-switch", record, self.reporter),
                 lambda _: "ok",
             )
+        self._barrier("switch")
         self._check_lock()
         if traffic_component(self.config) is not None:
             self.steps.run("switch", f"to slot {new_slot}", lambda: self._switch(new_slot, old_slot), lambda r: r)
             self.steps.run(
                 "watch", f"{self.config.deploy.watch_seconds:.0f} s", lambda: self._watch(new_slot), lambda r: r
             )
+        self._barrier("retire")
         self._check_lock()
         self.steps.run("retire", f"slot {old_slot or '(none)'}", lambda: self._retire(old_slot, record), lambda r: r)
         record.outcome = "succeeded"

@@ -59,6 +59,8 @@ class OperationRecord:
     reason: str | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)
     process_space: str = ""  # boot and PID namespace where `pid` means something ("" unknown)
+    # A multi-host deploy's hosts, as its orchestrator recorded them: name, role, outcome, why.
+    hosts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def duration(self) -> float | None:

@@ -1,0 +1,697 @@
+"""`lockstep deploy` to an environment with `hosts`: every host switches, or none does.
+
+Small teams fan out over plain SSH (Kamal, Capistrano, pyinfra); what they lack is the guarantee
+that a hook or health check failing on one host does not leave the others switched, serving a
+different version (ansistrano #333). The orchestrator, the machine running `lockstep deploy`:
+
+ 1. preflight   resolve REF here; reach every host over SSH (host keys checked); the same lockstep
+                version; give each host the commit (a `git bundle` over SFTP, fetched into its
+                checkout, so hosts need no access to the git remote); run the host's own preflight,
+                which also reports its repository ID: every host must use this machine's repository
+ 2. lock        the environment's lock in the (shared) repository, once, for every host
+ 3. primary     the first host runs `lockstep deploy COMMIT --coordinated ID` up to its switch
+                barrier: it alone takes the pre-deploy snapshot and runs the migrations
+ 4. hosts       the other hosts (`--secondary`: no snapshot, no migrations) run up to theirs, in parallel
+ 5. switch      every host is at its switch barrier: "go" to all; each switches and watches
+ 6. retire      every host is at its retire barrier: "go" to all; each retires its old slot
+
+Any host failing, at any point, sends "abort" to every other host, and each unwinds on its own
+(traffic back, new slot stopped; the primary restores the data per policy, as on one machine). A
+host whose SSH connection drops (or an orchestrator killed outright) reads end-of-input at its
+next barrier, which is an abort too: no host passes a barrier without a "go" that only comes
+when every host got there. See pipeline/coordination.py for the host's side.
+
+Secrets never cross SSH: each host reads the repository password from its own configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from lockstep import __version__
+from lockstep.actions.environment import EnvironmentContext
+from lockstep.config.deploy_model import effective_policy
+from lockstep.config.hosts_model import HostTarget
+from lockstep.errors import LockstepError, UsageError
+from lockstep.exit_codes import ExitCode
+from lockstep.notify.events import DEPLOY_FAILED, DEPLOY_ROLLED_BACK, DEPLOY_STARTED, DEPLOY_SUCCEEDED
+from lockstep.pipeline.coordination import ABORT, GO, RETIRE_BARRIER, SWITCH_BARRIER, parse_barrier
+from lockstep.pipeline.deploy import (
+    DeployFailed,
+    DeployRefused,
+    DeployRequest,
+    DeployRolledBack,
+    hook_environment,
+    performer,
+)
+from lockstep.pipeline.environment_lock import (
+    EnvironmentLock,
+    LockHolder,
+    current_process_space,
+    describe_holder,
+)
+from lockstep.pipeline.history import History, OperationRecord, RedactedRecord
+from lockstep.pipeline.notifications import notifier_for, operation_event, secrets_redactor, teach_reporter_secrets
+from lockstep.pipeline.releases import ResolvedRef, new_deploy_id, resolve_ref
+from lockstep.pipeline.steps import Reporter, StepRunner, bind_context
+from lockstep.process import Command, run_user_command
+from lockstep.remote import ssh
+
+T = TypeVar("T")
+
+# How long an aborted host may take to unwind (a data restore included) before we stop waiting.
+UNWIND_WAIT_SECONDS = 3600.0
+INCOMING_REF = "refs/lockstep/deploy"
+DEPLOYED_REF = "refs/lockstep/deployed"
+# A host's exit codes that mean it changed nothing (refused in preflight, or the lock was not ours).
+_REFUSED = {int(ExitCode.USAGE), int(ExitCode.LOCKED)}
+
+
+@dataclass
+class HostRun:
+    """One host's part of the deploy, as the orchestrator sees it."""
+
+    target: HostTarget
+    primary: bool
+    connection: Any = None
+    process: Any = None
+    outcome: str = "not started"
+    exit_code: int | None = None
+    result: dict[str, Any] | None = None
+    lost: str | None = None  # why the connection dropped
+    culprit: bool = False  # it failed on its own (the others were aborted because of it)
+    events: asyncio.Queue[tuple[str, str]] = field(default_factory=asyncio.Queue)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.exit_code is None and self.lost is None
+
+    def failure(self) -> str:
+        """What went wrong on this host, in one line."""
+        if self.lost is not None:
+            return f"the SSH connection was lost ({self.lost}); the host undoes its deploy at its next barrier"
+        result = self.result or {}
+        step = result.get("failed_step")
+        reason = result.get("error") or result.get("reason") or f"exit code {self.exit_code}"
+        return f"failed{f' at {step}' if step else ''}: {reason}"
+
+    def summary(self) -> dict[str, Any]:
+        result = self.result or {}
+        return {
+            "name": self.name,
+            "role": "primary" if self.primary else "secondary",
+            "outcome": self.outcome,
+            "exit_code": self.exit_code,
+            "slot": result.get("slot"),
+            "previous_release_id": result.get("previous_release_id"),
+            "snapshot_id": result.get("snapshot_id"),
+            "data_restored": result.get("data_restored", False),
+            "failed_step": result.get("failed_step"),
+            "detail": self.failure() if self.culprit or self.lost is not None else None,
+        }
+
+
+class MultiHostDeployment:
+    """One `lockstep deploy` to every host of an environment, all or none."""
+
+    def __init__(self, context: EnvironmentContext, request: DeployRequest, reporter: Reporter) -> None:
+        self.context = context
+        self.request = request
+        self.reporter = reporter
+        self.config = context.config
+        self.ssh = context.config.ssh
+        self.policy = effective_policy(self.config.policy, context.environment)
+        self.redactor = secrets_redactor(context)
+        teach_reporter_secrets(reporter, self.redactor)
+        self.history = History(context.layout.history_database, self.redactor)
+        self.steps = StepRunner(reporter)
+        self.lock: EnvironmentLock | None = None
+        self.loop = asyncio.new_event_loop()
+        self.runs = [HostRun(target, primary=index == 0) for index, target in enumerate(self.config.host_targets())]
+        bind_context(reporter, env=context.environment)
+
+    def _wait(self, work: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(work)
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def run(self) -> OperationRecord:
+        """Deploy to every host; the record of a success, else DeployRolledBack/DeployFailed/DeployRefused."""
+        try:
+            return self._run()
+        finally:
+            self._close()
+
+    def _run(self) -> OperationRecord:
+        work_tree = self.config.code.path
+        if self.config.code.kind != "git" or work_tree is None:
+            raise UsageError(
+                "lockstep deploy ships git commits, and the code is not a git work tree",
+                'set [code] kind = "git" and path to the work tree in lockstep.toml',
+            )
+        resolved = self.steps.run(
+            "preflight",
+            ", ".join(run.name for run in self.runs),
+            lambda: self._preflight(work_tree),
+            lambda r: f"{r.short_commit} on {len(self.runs)} hosts",
+        )
+        record = OperationRecord(
+            id=new_deploy_id(resolved.commit),
+            operation="deploy",
+            environment=self.context.environment,
+            started_at=time.time(),
+            performer=performer(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            process_space=current_process_space(),
+            ref=resolved.ref,
+            commit=resolved.commit,
+            message=self.request.message or resolved.subject,
+            release_id=None,
+            hosts=[run.summary() for run in self.runs],
+        )
+        bind_context(self.reporter, deploy_id=record.id, env=record.environment)
+        self._confirm(record)
+        self.steps.run("lock", self.context.environment, lambda: self._take_lock(record), lambda _: "held")
+        self.steps.on_started = lambda step, detail: self._save_progress(record, step, detail)
+        notifier = notifier_for(self.context, self.reporter)
+        try:
+            self.history.save(record)
+            notifier.notify(operation_event(DEPLOY_STARTED, record, f"deploying {record.id} to {len(self.runs)} hosts"))
+            self._run_hosts(record)
+            record.release_id = record.id
+            record.outcome = "succeeded"
+            record.finished_at = time.time()
+            self._save_final(record)
+            notifier.notify(operation_event(DEPLOY_SUCCEEDED, record, f"deployed {record.id} to every host"))
+        except (Exception, KeyboardInterrupt) as error:  # any failure: every host must unwind
+            failure = self._fail(record, error)
+            notifier.notify(
+                operation_event(
+                    DEPLOY_ROLLED_BACK if isinstance(failure, DeployRolledBack) else DEPLOY_FAILED,
+                    record,
+                    failure.message,
+                )
+            )
+            raise failure from None
+        finally:
+            self._release_lock()
+            notifier.close()
+        return record
+
+    def _run_hosts(self, record: OperationRecord) -> None:
+        primary, others = self.runs[0], self.runs[1:]
+        self.steps.run(
+            "primary",
+            f"{primary.name}: snapshot, migrations, start, smoke",
+            lambda: self._wait(self._advance([primary], record, "start", SWITCH_BARRIER)),
+            lambda _: "at the switch barrier",
+        )
+        if others:
+            self.steps.run(
+                "hosts",
+                ", ".join(run.name for run in others),
+                lambda: self._wait(self._advance(others, record, "start", SWITCH_BARRIER)),
+                lambda _: "every host at the switch barrier",
+            )
+        self.steps.run(
+            "switch",
+            "every host",
+            lambda: self._wait(self._advance(self.runs, record, GO, RETIRE_BARRIER)),
+            lambda _: "every host switched and watched",
+        )
+        self.steps.run(
+            "retire",
+            "every host",
+            lambda: self._wait(self._advance(self.runs, record, GO, None)),
+            lambda _: "every host succeeded",
+        )
+
+    async def _advance(self, runs: list[HostRun], record: OperationRecord, how: str, until: str | None) -> None:
+        """Start (`how` "start") or release (`how` "go") `runs`, and wait until each reaches
+        the barrier `until` (None: until it exits with success). Raises naming the hosts that did not."""
+        if how == "start":
+            await asyncio.gather(*(self._start_host(run, record) for run in runs))
+        else:
+            for run in runs:
+                self._send(run, GO)
+        await asyncio.gather(*(self._await_barrier(run, until) for run in runs))
+        failed = [run for run in runs if run.outcome == "failed"]
+        if failed:
+            raise UsageError("; ".join(f"{run.name}: {run.failure()}" for run in failed))
+
+    async def _await_barrier(self, run: HostRun, until: str | None) -> None:
+        kind, value = await run.events.get()
+        if kind == "barrier" and value == until:
+            run.outcome = f"at the {until} barrier"
+            return
+        if kind == "exit" and until is None and run.exit_code == 0:
+            run.outcome = "succeeded"
+            return
+        run.outcome = "failed"
+        run.culprit = True
+
+    async def _start_host(self, run: HostRun, record: OperationRecord) -> None:
+        arguments = [
+            "deploy",
+            record.commit or "",
+            "--env",
+            self.context.environment,
+            "--json",
+            "--log-format",
+            "json",
+            "--yes",
+            "--coordinated",
+            record.id,
+        ]
+        if record.message:
+            arguments += ["--message", record.message]
+        if not run.primary:
+            arguments.append("--secondary")
+        if self.request.skip_backup:
+            arguments.append("--skip-backup")
+        if self.request.skip_migrations:
+            arguments.append("--skip-migrations")
+        command = ssh.shell_command(run.target, self.ssh, arguments)
+        try:
+            run.process = await run.connection.create_process(command, encoding="utf-8")
+        except Exception as error:
+            run.lost = ssh.describe_error(error)
+            run.outcome = "failed"
+            run.culprit = True
+            await run.events.put(("exit", ""))
+            return
+        run.outcome = "running"
+        run.tasks = [
+            self.loop.create_task(self._read_stdout(run)),
+            self.loop.create_task(self._relay_progress(run)),
+        ]
+
+    async def _read_stdout(self, run: HostRun) -> None:
+        """Barrier lines become events; the deploy's --json document is the host's result."""
+        try:
+            async for line in run.process.stdout:
+                barrier = parse_barrier(line)
+                if barrier is not None:
+                    await run.events.put(("barrier", barrier))
+                elif line.strip().startswith("{"):
+                    try:
+                        run.result = json.loads(line)
+                    except ValueError:
+                        self.reporter.warn(f"{run.name}: {line.strip()}")
+            completed = await run.process.wait(check=False)
+            run.exit_code = completed.exit_status
+            if run.exit_code is None:
+                run.lost = "the session ended without an exit status"
+        except Exception as error:  # asyncssh.Error, OSError: the connection dropped
+            run.lost = ssh.describe_error(error) or type(error).__name__
+        await run.events.put(("exit", ""))
+
+    async def _relay_progress(self, run: HostRun) -> None:
+        """The host's JSON progress on stderr, told as ours with the host's name."""
+        try:
+            async for line in run.process.stderr:
+                self._relay(run, line.strip())
+        except Exception:  # the stdout reader tells what happened to the connection
+            return
+
+    def _relay(self, run: HostRun, line: str) -> None:
+        if not line:
+            return
+        try:
+            event = json.loads(line)
+        except ValueError:
+            self.reporter.warn(f"{run.name}: {line}")
+            return
+        if not isinstance(event, dict):
+            return
+        kind = event.get("event")
+        if kind == "step-finished":
+            self.reporter.info(f"{run.name}: {event.get('step')} ok ({event.get('duration')} s) {event.get('detail')}")
+        elif kind == "step-failed":
+            self.reporter.warn(f"{run.name}: {event.get('step')} failed: {event.get('reason')}")
+        elif kind == "warning":
+            self.reporter.warn(f"{run.name}: {event.get('message')}")
+
+    def _send(self, run: HostRun, word: str) -> None:
+        if not run.running:
+            return
+        try:
+            run.process.stdin.write(word + "\n")
+            if word == ABORT:
+                run.process.stdin.write_eof()
+        except Exception as error:  # the connection dropped: the host aborts at its barrier anyway
+            run.lost = run.lost or ssh.describe_error(error)
+
+    # -- preflight -----------------------------------------------------------------------------
+
+    def _preflight(self, work_tree: Path) -> ResolvedRef:
+        resolved = resolve_ref(work_tree, self.request.ref)
+        repository = self.context.project.access.open(load_index=False)
+        try:
+            repository_id = repository.config.id
+        finally:
+            repository.close()
+        with tempfile.TemporaryDirectory(prefix="lockstep-bundle-") as directory:
+            bundle = Path(directory) / "deploy.bundle"
+            self._bundle(work_tree, resolved.commit, bundle)
+            problems = self._wait(self._check_hosts(resolved, bundle, repository_id))
+        if problems:
+            raise UsageError("preflight failed:\n  - " + "\n  - ".join(problems))
+        return resolved
+
+    def _bundle(self, work_tree: Path, commit: str, bundle: Path) -> None:
+        """The commit and its history as one file: `git bundle` needs a ref, so a temporary one."""
+        git = ["git", "-C", str(work_tree)]
+        try:
+            subprocess.run([*git, "update-ref", INCOMING_REF, commit], check=True, capture_output=True)
+            subprocess.run([*git, "bundle", "create", str(bundle), INCOMING_REF], check=True, capture_output=True)
+        except subprocess.CalledProcessError as error:
+            raise UsageError(
+                f"could not bundle commit {commit[:12]}: {error.stderr.decode(errors='replace')}"
+            ) from None
+        finally:
+            subprocess.run([*git, "update-ref", "-d", INCOMING_REF], check=False, capture_output=True)
+
+    async def _check_hosts(self, resolved: ResolvedRef, bundle: Path, repository_id: str) -> list[str]:
+        checked = await asyncio.gather(
+            *(self._check_host(run, resolved, bundle, repository_id) for run in self.runs), return_exceptions=True
+        )
+        problems = []
+        for run, outcome in zip(self.runs, checked, strict=True):
+            if isinstance(outcome, LockstepError):
+                problems.append(outcome.message + (f": {outcome.hint}" if outcome.hint else ""))
+            elif isinstance(outcome, BaseException):
+                problems.append(f"host {run.name}: {type(outcome).__name__}: {outcome}")
+        return problems
+
+    async def _check_host(self, run: HostRun, resolved: ResolvedRef, bundle: Path, repository_id: str) -> None:
+        run.connection = await ssh.connect(run.target, self.ssh)
+        version = await ssh.run(run.connection, ssh.shell_command(run.target, self.ssh, ["--version"]), timeout=60)
+        if version.exit_status != 0:
+            raise UsageError(
+                f"host {run.name}: `{self.ssh.command} --version` in {run.target.project_dir} failed: "
+                f"{(version.stderr or version.stdout).strip()[-300:]}",
+                "install lockstep there, or set ssh.command to how it runs",
+            )
+        remote_version = version.stdout.strip().split()[-1] if version.stdout.strip() else "?"
+        if remote_version != __version__:
+            raise UsageError(
+                f"host {run.name} runs lockstep {remote_version}, this machine {__version__}",
+                "run the same lockstep version on every host and here",
+            )
+        await self._ship_commit(run, resolved.commit, bundle)
+        checked = await ssh.run(
+            run.connection,
+            ssh.shell_command(
+                run.target,
+                self.ssh,
+                [
+                    "deploy",
+                    resolved.commit,
+                    "--env",
+                    self.context.environment,
+                    "--preflight-only",
+                    "--json",
+                    "--log-format",
+                    "json",
+                ],
+            ),
+        )
+        if checked.exit_status != 0:
+            raise UsageError(f"host {run.name}: {_error_of(checked)}")
+        try:
+            document = json.loads(checked.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise UsageError(f"host {run.name}: its preflight said {checked.stdout.strip()[-300:]!r}") from None
+        if document.get("repository_id") != repository_id:
+            raise UsageError(
+                f"host {run.name} uses a different repository ({str(document.get('repository_id'))[:8]}) than this "
+                f"machine ({repository_id[:8]})",
+                "the environment lock and the pre-deploy snapshot live there: point every host's [repository] at "
+                "the same S3 bucket or shared path",
+            )
+
+    async def _ship_commit(self, run: HostRun, commit: str, bundle: Path) -> None:
+        """Give the host the commit unless it has it: the bundle over SFTP, fetched into its checkout."""
+        git = f"git -C {shlex.quote(run.target.project_dir)}"
+        has = await ssh.run(run.connection, f"{git} cat-file -e {commit}^{{commit}}", timeout=60)
+        if has.exit_status == 0:
+            return
+        incoming = f"{run.target.project_dir.rstrip('/')}/.lockstep/incoming"
+        remote_bundle = f"{incoming}/{commit[:12]}-{os.getpid()}.bundle"
+        made = await ssh.run(run.connection, f"mkdir -p {shlex.quote(incoming)}", timeout=60)
+        if made.exit_status != 0:
+            raise UsageError(f"host {run.name}: cannot create {incoming}: {_error_of(made)}")
+        await ssh.upload(run.connection, bundle, remote_bundle)
+        quoted = shlex.quote(remote_bundle)
+        fetched = await ssh.run(
+            run.connection,
+            f"{git} fetch -q {quoted} +{INCOMING_REF}:{DEPLOYED_REF}; status=$?; rm -f {quoted}; exit $status",
+        )
+        if fetched.exit_status != 0:
+            raise UsageError(
+                f"host {run.name}: could not fetch the commit into {run.target.project_dir}: {_error_of(fetched)}",
+                "project_dir must be a git checkout of the project",
+            )
+
+    # -- confirmation and lock -----------------------------------------------------------------
+
+    def _confirm(self, record: OperationRecord) -> None:
+        """Asked once here, for every host: the hosts run with --yes."""
+        if self.policy.approval_command:
+            outcome = run_user_command(
+                Command(
+                    Command.parse(self.policy.approval_command).argv,
+                    env=hook_environment(record),
+                    cwd=str(self.context.directory),
+                ),
+                timeout=300,
+            )
+            if not outcome.ok:
+                raise UsageError(
+                    f"the approval command did not approve this deploy: {outcome.describe_failure(5)}",
+                    "get the approval it checks for, then deploy again",
+                )
+        if self.policy.confirm and not self.request.yes:
+            question = f"Deploy {(record.commit or '')[:12]} to {self.context.environment} ({len(self.runs)} hosts)?"
+            expected = self.context.environment if self.context.environment == "production" else None
+            if not self.reporter.confirm(question, expected):
+                raise UsageError(
+                    f"deploying to {self.context.environment} was not confirmed",
+                    "confirm on a terminal, or pass --yes",
+                )
+        if self.request.skip_backup and self.policy.require_snapshot:
+            raise UsageError(
+                f"--skip-backup is not allowed in {self.context.environment}: "
+                "its policy requires the pre-deploy snapshot",
+                "deploy without --skip-backup, or set policy.require_snapshot = false for this environment",
+            )
+
+    def _take_lock(self, record: OperationRecord) -> None:
+        repository = self.context.project.access.open(load_index=False)
+        from lockstep.repository.documents import DocumentStore
+
+        lock = EnvironmentLock(
+            DocumentStore(repository), self.context.environment, stale_after=self.config.deploy.lock_stale_after
+        )
+        holder = LockHolder.for_this_process(record.id, self.context.environment, "deploy", record.message)
+
+        def warn_stale(previous: LockHolder) -> None:
+            self.reporter.warn(f"recovered a stale lock: {describe_holder(previous)}")
+
+        lock.acquire(holder, wait=self.request.lock_wait, force=self.request.force, on_stale=warn_stale)
+        self.lock = lock
+        for abandoned in self.history.abandoned():  # an orchestrator killed outright
+            abandoned.outcome = "interrupted"
+            abandoned.finished_at = time.time()
+            abandoned.reason = abandoned.reason or (
+                "the orchestrator died; each host undid its deploy at its next barrier, unless all had passed "
+                "the retire barrier: see `lockstep status` on each host"
+            )
+            self.history.save(abandoned)
+            self.reporter.warn(f"deploy {abandoned.id} was interrupted (its orchestrator died); marked so")
+
+    def _release_lock(self) -> None:
+        if self.lock is not None:
+            try:
+                self.lock.release()
+            except LockstepError as error:
+                self.reporter.warn(f"could not release the environment lock: {error}")
+            self.lock = None
+
+    # -- records and failure -------------------------------------------------------------------
+
+    def _save_progress(self, record: OperationRecord, step: str, detail: str) -> None:
+        record.steps = self.steps.progress(step, detail)
+        record.hosts = [run.summary() for run in self.runs]
+        self.history.save(record)
+
+    def _save_final(self, record: OperationRecord) -> None:
+        record.steps = [item.to_document() for item in self.steps.records]
+        record.hosts = [run.summary() for run in self.runs]
+        self.history.save(record)
+
+    def _fail(self, record: OperationRecord, error: BaseException) -> LockstepError:
+        """Abort every host still deploying, wait for them to unwind, and say what each did."""
+        for run in self.runs:
+            self._send(run, ABORT)
+        try:
+            self._wait(self._wait_for_unwinds())
+        except KeyboardInterrupt:
+            self.reporter.warn("stopped waiting for the hosts to unwind; each finishes on its own")
+        failed = [run for run in self.runs if run.culprit]
+        for run in self.runs:
+            if run.outcome != "not started":
+                run.outcome = self._outcome_of_exit(run)
+        if isinstance(error, KeyboardInterrupt):
+            reason = "interrupted (Ctrl-C, SIGTERM or SIGHUP)"
+        elif failed:
+            reason = "; ".join(f"{run.name}: {run.failure()}" for run in failed)
+        else:
+            reason = (
+                str(error) if isinstance(error, LockstepError) else f"internal error {type(error).__name__}: {error}"
+            )
+        reason = self.redactor.redact(reason)
+        record.failed_step = getattr(error, "step", None) or self.steps.interrupted_step()
+        record.reason = reason
+        uncertain = [run for run in self.runs if run.lost is not None or run.exit_code == int(ExitCode.FAILED)]
+        changed = [run for run in self.runs if run.outcome not in ("not started", "refused")]
+        record.outcome = "failed" if uncertain or not changed else "rolled-back"
+        record.finished_at = time.time()
+        self._save_final(record)
+        result = RedactedRecord(record, self.redactor)
+        if uncertain:
+            return DeployFailed(
+                f"deploy {record.id} failed: {reason}; not every host confirmed its undo: "
+                + ", ".join(f"{run.name} ({run.outcome})" for run in uncertain),
+                "run `lockstep status` on those hosts; `lockstep history` here has each host's outcome",
+                result=result,
+            )
+        if not changed:
+            return DeployRefused(
+                f"deploy {record.id} refused: {reason}; no host was changed",
+                "the release that served before still serves on every host",
+                result=result,
+            )
+        return DeployRolledBack(
+            f"deploy {record.id} failed: {reason}; every host rolled back, none switched to the new release",
+            "see `lockstep history` here and on the hosts",
+            result=result,
+        )
+
+    def _outcome_of_exit(self, run: HostRun) -> str:
+        if run.lost is not None:
+            return "lost"
+        if run.exit_code == 0:
+            return "succeeded"
+        if run.exit_code == int(ExitCode.ROLLED_BACK):
+            return "rolled back"
+        if run.exit_code in _REFUSED:
+            return "refused"
+        return "failed"
+
+    async def _wait_for_unwinds(self) -> None:
+        async def finish(run: HostRun) -> None:
+            while run.running:
+                kind, _ = await run.events.get()
+                if kind == "exit":
+                    return
+
+        await asyncio.wait_for(asyncio.gather(*(finish(run) for run in self.runs)), UNWIND_WAIT_SECONDS)
+
+    def _close(self) -> None:
+        for run in self.runs:
+            if run.connection is not None:
+                run.connection.close()
+        try:
+            self.loop.run_until_complete(asyncio.sleep(0))
+        finally:
+            self.loop.close()
+
+
+def _error_of(result: ssh.RemoteResult) -> str:
+    """The error a remote lockstep printed (its --json error, else its last stderr line)."""
+    for line in reversed(result.stdout.strip().splitlines()):
+        try:
+            document = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(document, dict) and document.get("error"):
+            hint = document.get("hint")
+            return str(document["error"]) + (f": {hint}" if hint else "")
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return line[-500:]
+        if isinstance(event, dict) and event.get("event") == "step-failed":
+            return str(event.get("reason"))[-500:]
+    return f"exit status {result.exit_status}"
+
+
+def host_statuses(context: EnvironmentContext) -> list[dict[str, Any]]:
+    """`lockstep status --json` of every host, in config order: its document, or why not."""
+    targets = context.config.host_targets()
+
+    async def one(target: HostTarget) -> dict[str, Any]:
+        try:
+            connection = await ssh.connect(target, context.config.ssh)
+        except LockstepError as error:
+            return {"name": target.name, "reachable": False, "error": error.message}
+        try:
+            command = ssh.shell_command(target, context.config.ssh, ["status", "--env", context.environment, "--json"])
+            result = await ssh.run(connection, command, timeout=120)
+        except LockstepError as error:
+            return {"name": target.name, "reachable": False, "error": error.message}
+        finally:
+            connection.close()
+        try:
+            document = json.loads(result.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            document = None
+        if result.exit_status != 0 or not isinstance(document, dict):
+            return {"name": target.name, "reachable": True, "error": _error_of(result)}
+        return {"name": target.name, "reachable": True, **document}
+
+    async def every() -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(one(target) for target in targets)))
+
+    return asyncio.run(every())
+
+
+def plan_lines(context: EnvironmentContext, request: DeployRequest) -> list[str]:
+    """`deploy --dry-run` for a multi-host environment: the hosts and the steps, nothing contacted."""
+    targets = context.config.host_targets()
+    listed = ", ".join(f"{target.name} ({target.project_dir})" for target in targets)
+    primary = targets[0].name
+    return [
+        f"deploy {request.ref} to {context.environment} on {len(targets)} hosts over SSH, all or none: {listed}",
+        "1. preflight: resolve the ref here; reach every host (host keys checked against "
+        f"{ssh.known_hosts_path(context.config.ssh)}); same lockstep version; send the commit (git bundle); "
+        "each host's own preflight and the same repository",
+        f"2. lock environment {context.environment} in the repository, once for every host",
+        f"3. primary {primary}: release, pre-deploy snapshot, migrations, start, smoke, up to its switch barrier",
+        "4. the other hosts in parallel: release, start, smoke (no snapshot, no migrations), up to their switch "
+        "barrier",
+        "5. switch: every host at its switch barrier -> go: each switches and watches, up to its retire barrier",
+        "6. retire: every host at its retire barrier -> go: each retires its old slot",
+        "on failure on any host, or a lost connection: every other host is told to abort and unwinds",
+    ]

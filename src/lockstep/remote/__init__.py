@@ -1,0 +1,1 @@
+"""Reaching other machines: SSH to the hosts of a multi-host environment."""

@@ -1,0 +1,347 @@
+"""Multi-host deploys over real SSH: two "hosts" are two sshd servers on loopback, each with its
+own checkout, lockstep.toml, agent, proxy and app processes; one repository path shared by all,
+as an S3 bucket would be. The orchestrator is a third checkout, the one commits are made in: the
+hosts never see its git history except through the bundle it sends."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TEST_PASSWORD
+from tests.deploy.conftest import NOTES, NotesProject, _stop_everything, free_ports
+from tests.deploy.sshd import SshServer, client_key, require_sshd, start_sshd
+
+HOST_CONFIG = """
+default_environment = "test"
+
+[repository]
+url = "local:{repository}"
+password_file = "{password_file}"
+
+[databases.main]
+url = "sqlite:///{database}"
+
+[app]
+migrate = "python3 migrate.py"
+env = {{ NOTES_DATABASE = "{database}", NOTES_WORKER_INTERVAL = "1", NOTES_CACHE_WARMUP_DELAY = "0" }}
+
+[app.components.web]
+command = "python3 app.py"
+ports = [{blue}, {green}]
+health = {{ http = "/health", body_contains = "ok", passes = 2, interval = 0.2, start_timeout = 10 }}
+
+[app.components.worker]
+command = "python3 worker.py"
+depends_on = ["web"]
+
+[traffic]
+listen = "127.0.0.1:{listen}"
+drain_timeout = 5
+
+[deploy]
+watch_seconds = {watch_seconds}
+watch_failures = 3
+{smoke}
+
+[policy]
+data_rollback = "auto"
+"""
+
+ORCHESTRATOR_CONFIG = """
+default_environment = "test"
+hosts = [
+{hosts}
+]
+
+[repository]
+url = "local:{repository}"
+password_file = "{password_file}"
+
+[ssh]
+user = "{user}"
+identity_file = "{identity}"
+known_hosts = "{known_hosts}"
+connect_timeout = 10
+command = "{python} -m lockstep"
+"""
+
+
+@dataclass
+class Fleet:
+    orchestrator: Path
+    hosts: list[NotesProject]
+    servers: list[SshServer]
+    known_hosts: Path
+    env: dict[str, str]
+
+    def git(self, *args: str) -> str:
+        return subprocess.run(
+            ["git", "-c", "user.name=Test", "-c", "user.email=test@example.invalid", *args],
+            cwd=self.orchestrator,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+
+    def commit_version(self, version: str, extra: dict[str, str] | None = None) -> str:
+        (self.orchestrator / "VERSION").write_text(version + "\n")
+        for name, text in (extra or {}).items():
+            (self.orchestrator / name).write_text(text)
+        self.git("add", "-A")
+        self.git("commit", "-qm", f"notes {version}")
+        return self.git("rev-parse", "HEAD")
+
+    def lockstep(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "lockstep", *args],
+            cwd=self.orchestrator,
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def history(self) -> list[dict[str, object]]:
+        completed = self.lockstep("history", "--json")
+        assert completed.returncode == 0, completed.stderr
+        records: list[dict[str, object]] = json.loads(completed.stdout)
+        return records
+
+
+def _make_fleet(tmp_path: Path, smoke_on_second: str = "", watch_seconds: float = 1.0) -> Fleet:
+    require_sshd()
+    repository = tmp_path / "repository"
+    password_file = tmp_path / "password"
+    password_file.write_text(TEST_PASSWORD + "\n")
+    password_file.chmod(0o600)
+    database = tmp_path / "shared-db" / "notes.db"
+    database.parent.mkdir()
+    orchestrator = tmp_path / "orchestrator"
+    shutil.copytree(NOTES, orchestrator, ignore=shutil.ignore_patterns("demo", ".lockstep", "__pycache__"))
+    env = {"LOCKSTEP_SCRYPT_N": "1024", "COLUMNS": "200"}
+    key = client_key(tmp_path)
+    ports = free_ports(2 + 3 * 2)
+    servers = [start_sshd(tmp_path / f"sshd-{index}", ports[index], key) for index in range(2)]
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text("".join(server.known_hosts_line() for server in servers))
+    subprocess.run(["git", "init", "-q"], cwd=orchestrator, check=True)
+    fleet = Fleet(orchestrator=orchestrator, hosts=[], servers=servers, known_hosts=known_hosts, env=env)
+    (orchestrator / "lockstep.toml").write_text(
+        ORCHESTRATOR_CONFIG.format(
+            hosts="\n".join(
+                f'  {{ address = "127.0.0.1:{server.port}", project_dir = "{tmp_path / f"host-{index}"}" }},'
+                for index, server in enumerate(servers)
+            ),
+            repository=repository,
+            password_file=password_file,
+            user=getpass.getuser(),
+            identity=key,
+            known_hosts=known_hosts,
+            python=sys.executable,
+        )
+    )
+    fleet.commit_version("1.0.0")
+    initialized = fleet.lockstep("repo", "init")
+    assert initialized.returncode == 0, initialized.stderr
+    for index in range(2):
+        directory = tmp_path / f"host-{index}"
+        subprocess.run(["git", "clone", "-q", str(orchestrator), str(directory)], check=True)
+        listen, blue, green = ports[2 + 3 * index : 5 + 3 * index]
+        (directory / "lockstep.toml").write_text(
+            HOST_CONFIG.format(
+                repository=repository,
+                password_file=password_file,
+                database=database,
+                blue=blue,
+                green=green,
+                listen=listen,
+                watch_seconds=watch_seconds,
+                smoke=smoke_on_second if index == 1 else "",
+            )
+        )
+        host = NotesProject(directory=directory, env=dict(env), listen_port=listen, web_ports=[blue, green])
+        fleet.hosts.append(host)
+    return fleet
+
+
+FleetFactory = Callable[..., Fleet]
+
+
+@pytest.fixture
+def fleet_factory(tmp_path: Path) -> Iterator[FleetFactory]:
+    """Makes the fleet (smoke_on_second, watch_seconds), its agents running; stops it all after."""
+    made: list[Fleet] = []
+
+    def make(smoke_on_second: str = "", watch_seconds: float = 1.0) -> Fleet:
+        fleet = _make_fleet(tmp_path, smoke_on_second, watch_seconds)
+        made.append(fleet)
+        for host in fleet.hosts:
+            host.start_agent()
+        return fleet
+
+    try:
+        yield make
+    finally:
+        for fleet in made:
+            for host in fleet.hosts:
+                _stop_everything(host)
+            for server in fleet.servers:
+                server.stop()
+
+
+def _deploy_ok(fleet: Fleet) -> dict[str, object]:
+    deployed = fleet.lockstep("deploy", "--json")
+    assert deployed.returncode == 0, deployed.stderr + deployed.stdout
+    document: dict[str, object] = json.loads(deployed.stdout)
+    return document
+
+
+def test_a_deploy_reaches_every_host_and_both_serve_it(fleet_factory: FleetFactory) -> None:
+    fleet = fleet_factory()
+    first = _deploy_ok(fleet)
+    assert [host.version() for host in fleet.hosts] == ["1.0.0", "1.0.0"]
+    commit = fleet.commit_version("1.0.1")  # only the orchestrator has it: it goes over as a bundle
+    second = _deploy_ok(fleet)
+    assert second["commit"] == commit and second["id"] != first["id"]
+    assert [host.version() for host in fleet.hosts] == ["1.0.1", "1.0.1"]
+    hosts = second["hosts"]
+    assert isinstance(hosts, list)
+    assert [(host["role"], host["outcome"]) for host in hosts] == [("primary", "succeeded"), ("secondary", "succeeded")]
+    # The primary alone took the pre-deploy snapshot and ran the migrations.
+    primary, secondary = (host.history()[-1] for host in fleet.hosts)
+    assert primary["id"] == secondary["id"] == second["id"]
+    assert primary["snapshot_id"] and primary["migrations_ran"]
+    assert not secondary["snapshot_id"] and not secondary["migrations_ran"]
+    assert fleet.history()[-1]["outcome"] == "succeeded"
+    # `lockstep status` here asks every host over SSH.
+    status = fleet.lockstep("status", "--json")
+    assert status.returncode == 0, status.stderr
+    hosts_status = json.loads(status.stdout)["hosts"]
+    assert [(host["release"], host["commit"]) for host in hosts_status] == [(second["id"], commit)] * 2
+    text = fleet.lockstep("status").stdout
+    assert text.count(f"release {second['id']}") == 2, text
+
+
+def test_a_release_failing_smoke_on_one_host_switches_neither(fleet_factory: FleetFactory) -> None:
+    fleet = fleet_factory(smoke_on_second='smoke = [{ command = "test ! -e BREAKS_SECOND_HOST" }]')
+    _deploy_ok(fleet)
+    fleet.commit_version("1.0.1", {"BREAKS_SECOND_HOST": "yes\n"})
+    failed = fleet.lockstep("deploy", "--json")
+    assert failed.returncode == 3, failed.stderr + failed.stdout
+    document = json.loads(failed.stdout)
+    second = fleet.hosts[1]
+    assert f"127.0.0.1:{fleet.servers[1].port}" in document["error"] and "smoke" in document["error"]
+    # Neither host switched: both serve the old release, over HTTP.
+    assert [host.version() for host in fleet.hosts] == ["1.0.0", "1.0.0"]
+    outcomes = {host["name"]: host["outcome"] for host in document["hosts"]}
+    assert outcomes == {
+        f"127.0.0.1:{fleet.servers[0].port}": "rolled back",
+        f"127.0.0.1:{fleet.servers[1].port}": "rolled back",
+    }
+    record = fleet.history()[-1]
+    assert record["outcome"] == "rolled-back"
+    assert "smoke" in str(record["reason"]) and f"127.0.0.1:{fleet.servers[1].port}" in str(record["reason"])
+    primary_record = fleet.hosts[0].history()[-1]
+    assert primary_record["outcome"] == "rolled-back" and primary_record["failed_step"] == "switch barrier"
+    assert second.history()[-1]["failed_step"] == "smoke"
+
+
+def _deploy_until_both_switched(fleet: Fleet, *options: str) -> subprocess.Popen[str]:
+    """A deploy of a new commit, read until both hosts said they switched (in their watch window)."""
+    fleet.commit_version("1.0.1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lockstep", "deploy", "--log-format", "json", *options],
+        cwd=fleet.orchestrator,
+        env={**os.environ, **fleet.env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    switched: set[str] = set()
+    for line in process.stderr:
+        event = json.loads(line)
+        message = str(event.get("message", ""))
+        if event.get("event") == "info" and ": switch ok" in message:
+            switched.add(message.split(": switch ok")[0])
+            if len(switched) == 2:
+                break
+    else:
+        process.wait()
+        raise AssertionError(f"the deploy ended (exit {process.returncode}) before both hosts switched")
+    assert [host.version() for host in fleet.hosts] == ["1.0.1", "1.0.1"]
+    return process
+
+
+def _finished_records(fleet: Fleet) -> list[dict[str, object]]:
+    """Each host's record of the last deploy, once each host finished it (unwinding on its own)."""
+    deadline = time.monotonic() + 90
+    while True:
+        records = [host.history()[-1] for host in fleet.hosts]
+        if all(record["outcome"] != "running" for record in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.5)
+
+
+def test_an_orchestrator_killed_mid_deploy_leaves_no_host_switched(fleet_factory: FleetFactory) -> None:
+    """SIGKILL: no abort is ever sent; each host reads the end of its SSH session at its retire
+    barrier, and undoes its deploy on its own."""
+    fleet = fleet_factory(watch_seconds=4.0)
+    _deploy_ok(fleet)
+    process = _deploy_until_both_switched(fleet)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    records = _finished_records(fleet)
+    assert [record["outcome"] for record in records] == ["rolled-back", "rolled-back"], records
+    assert all(record["failed_step"] == "retire barrier" for record in records)
+    assert [host.version() for host in fleet.hosts] == ["1.0.0", "1.0.0"]
+
+
+def test_one_host_s_dropped_connection_unwinds_every_host(fleet_factory: FleetFactory) -> None:
+    """The second host's SSH session dies (its sshd connection process killed): the orchestrator
+    aborts the first; the second, cut off, undoes its own deploy at its retire barrier."""
+    fleet = fleet_factory(watch_seconds=4.0)
+    _deploy_ok(fleet)
+    process = _deploy_until_both_switched(fleet, "--json")
+    sessions = subprocess.run(
+        ["pgrep", "-P", str(fleet.servers[1].process.pid)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert sessions, "no SSH session to the second host"
+    for pid in sessions:
+        os.kill(int(pid), signal.SIGKILL)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1, stderr  # the second host could not confirm its undo
+    document = json.loads(stdout)
+    second = f"127.0.0.1:{fleet.servers[1].port}"
+    assert second in document["error"] and "SSH connection was lost" in document["error"]
+    assert [host["outcome"] for host in document["hosts"]] == ["rolled back", "lost"]
+    records = _finished_records(fleet)
+    assert [record["outcome"] for record in records] == ["rolled-back", "rolled-back"], records
+    assert [host.version() for host in fleet.hosts] == ["1.0.0", "1.0.0"]
+
+
+def test_an_unknown_host_key_is_refused(fleet_factory: FleetFactory) -> None:
+    fleet = fleet_factory()
+    fleet.known_hosts.write_text(fleet.servers[0].known_hosts_line())  # the second host's key is not there
+    refused = fleet.lockstep("deploy", "--json")
+    assert refused.returncode == 2, refused.stderr
+    error = json.loads(refused.stdout)["error"]
+    assert f"host 127.0.0.1:{fleet.servers[1].port}" in error and "host key is not trusted" in error
+    assert "refusing to connect" in error
+    assert all(host.history() == [] for host in fleet.hosts)  # nothing started anywhere
+    planned = fleet.lockstep("deploy", "--dry-run")  # contacts nobody
+    assert planned.returncode == 0, planned.stderr
+    assert "on 2 hosts over SSH, all or none" in planned.stdout
