@@ -345,3 +345,24 @@ def test_an_unknown_host_key_is_refused(fleet_factory: FleetFactory) -> None:
     planned = fleet.lockstep("deploy", "--dry-run")  # contacts nobody
     assert planned.returncode == 0, planned.stderr
     assert "on 2 hosts over SSH, all or none" in planned.stdout
+
+
+def test_a_rollback_goes_back_on_every_host_or_is_refused(fleet_factory: FleetFactory) -> None:
+    fleet = fleet_factory()
+    first = _deploy_ok(fleet)
+    fleet.commit_version("1.0.1")
+    _deploy_ok(fleet)
+    rolled = fleet.lockstep("rollback", "--json")
+    assert rolled.returncode == 0, rolled.stderr + rolled.stdout
+    document = json.loads(rolled.stdout)
+    assert document["release_id"] == first["id"]
+    assert [host["outcome"] for host in document["hosts"]] == ["succeeded", "succeeded"]
+    assert [host.version() for host in fleet.hosts] == ["1.0.0", "1.0.0"]
+    assert [host.history()[-1]["id"] for host in fleet.hosts] == [document["id"]] * 2
+    # One host moved on its own: the fleet is not rolled back as one until it agrees again.
+    moved = fleet.hosts[0].lockstep("deploy", "refs/lockstep/deployed", "--json")  # 1.0.1, as sent
+    assert moved.returncode == 0, moved.err
+    refused = fleet.lockstep("rollback", "--json")
+    assert refused.returncode == 2, refused.stderr
+    assert "the hosts serve different releases" in json.loads(refused.stdout)["error"]
+    assert [host.version() for host in fleet.hosts] == ["1.0.1", "1.0.0"]

@@ -15,4 +15,8 @@ def rollback(
 ) -> OperationRecord:
     """Roll back; raises DeployRolledBack (exit 3) when it failed but the previous state serves."""
     context = load_environment(start, config_path, environment)
+    if context.config.hosts and request.coordinated is None:
+        from lockstep.pipeline.multi_host_rollback import MultiHostRollback
+
+        return MultiHostRollback(context, request, reporter).run()
     return Rollback(context, request, reporter).run()

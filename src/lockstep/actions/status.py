@@ -35,12 +35,15 @@ def _lock_document(context: EnvironmentContext) -> dict[str, Any]:
 
 
 def environment_status(
-    start: Path, config_path: Path | None, environment: str | None, reporter: Reporter
+    start: Path, config_path: Path | None, environment: str | None, reporter: Reporter, local: bool = False
 ) -> dict[str, Any]:
-    """The environment's URL, active slot, release, commit, since when, health, lock, last operation."""
+    """The environment's URL, active slot, release, commit, since when, health, lock, last operation.
+
+    With `hosts` in the environment, each host's own status over SSH, unless `local`: what a host
+    answers (its checkout may hold the same lockstep.toml, hosts and all)."""
     context = load_environment(start, config_path, environment)
     history = History(context.layout.history_database)
-    if context.config.hosts:
+    if context.config.hosts and not local:
         return _hosts_status(context, history)
     agent = context.agent()
     document: dict[str, Any] = {

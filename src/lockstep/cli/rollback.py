@@ -25,6 +25,8 @@ from lockstep.pipeline.rollback import RollbackRequest
 @click.option("--yes", is_flag=True, help="Answer yes to the data-loss confirmation (for CI).")
 @click.option("--force", is_flag=True, help="Roll back code onto a newer schema; take a live lock.")
 @click.option("--lock-wait", metavar="DURATION", default="0", help="Wait this long for the lock (e.g. 30s, 5m).")
+# A host's part of a rollback of several hosts, as the orchestrator runs it over SSH: not for people.
+@click.option("--coordinated", metavar="ID", hidden=True)
 @progress_options
 @click.option(
     "--json",
@@ -43,6 +45,7 @@ def rollback_command(
     yes: bool,
     force: bool,
     lock_wait: str,
+    coordinated: str | None,
     log_format: str,
     quiet: bool,
     verbose: bool,
@@ -55,6 +58,8 @@ def rollback_command(
     showing what it discards and asking (type the environment name in production; --yes for CI).
     Meanwhile traffic is held: new requests wait (at most [traffic] hold_timeout, then 503 with
     Retry-After) and go to the older release once its data is back.
+
+    When the environment lists `hosts`, rolls back every host over SSH, all or none (code only).
     """
     if with_data and code_only:
         raise click.UsageError("--with-data and --code-only exclude each other")
@@ -67,6 +72,7 @@ def rollback_command(
         force=force,
         lock_wait=parse_duration_seconds(lock_wait),
         component=component,
+        coordinated=coordinated,
     )
     record = rollback(Path.cwd(), config_path, environment, request, progress_reporter(log_format, quiet, verbose))
     if wants_json(json_output):

@@ -28,12 +28,15 @@ def _time(seconds: float | None) -> str:
 @click.command("status")
 @project_options
 @click.option("--json", "json_output", is_flag=True, help="Print JSON on stdout.")
-def status_command(config_path: Path | None, environment: str | None, json_output: bool) -> None:
+@click.option("--local", is_flag=True, help="This machine only, even when the environment lists hosts.")
+def status_command(config_path: Path | None, environment: str | None, json_output: bool, local: bool) -> None:
     """Where the app is served, the active slot and release, health, the lock and the last operation.
 
-    An interrupted deploy (its process killed) is reported and cleaned up.
+    An interrupted deploy (its process killed) is reported and cleaned up. When the environment
+    lists `hosts`, asks each of them over SSH and prints a line per host.
     """
-    document = environment_status(Path.cwd(), config_path, environment, ConsoleReporter(json_lines=False))
+    reporter = ConsoleReporter(json_lines=False)
+    document = environment_status(Path.cwd(), config_path, environment, reporter, local=local)
     if wants_json(json_output):
         print_json(document)
         return

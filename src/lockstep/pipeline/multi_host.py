@@ -34,7 +34,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -127,12 +127,16 @@ class HostRun:
         }
 
 
-class MultiHostDeployment:
-    """One `lockstep deploy` to every host of an environment, all or none."""
+class HostFanOut:
+    """What a deploy and a rollback to every host share: the SSH sessions, the barriers, the lock,
+    the abort of every host when one fails, and the record of what each host did."""
 
-    def __init__(self, context: EnvironmentContext, request: DeployRequest, reporter: Reporter) -> None:
+    operation = "deploy"
+
+    def __init__(self, context: EnvironmentContext, reporter: Reporter, lock_wait: float, force: bool) -> None:
         self.context = context
-        self.request = request
+        self.lock_wait = lock_wait
+        self.force = force
         self.reporter = reporter
         self.config = context.config
         self.ssh = context.config.ssh
@@ -149,7 +153,261 @@ class MultiHostDeployment:
     def _wait(self, work: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(work)
 
-    # -- the run -------------------------------------------------------------------------------
+    def _remote_arguments(self, run: HostRun, record: OperationRecord) -> list[str]:
+        """The lockstep command line a host runs for its part."""
+        raise NotImplementedError
+
+    async def _connect_and_check_version(self, run: HostRun) -> None:
+        run.connection = await ssh.connect(run.target, self.ssh)
+        version = await ssh.run(run.connection, ssh.shell_command(run.target, self.ssh, ["--version"]), timeout=60)
+        if version.exit_status != 0:
+            raise UsageError(
+                f"host {run.name}: `{self.ssh.command} --version` in {run.target.project_dir} failed: "
+                f"{(version.stderr or version.stdout).strip()[-300:]}",
+                "install lockstep there, or set ssh.command to how it runs",
+            )
+        remote_version = version.stdout.strip().split()[-1] if version.stdout.strip() else "?"
+        if remote_version != __version__:
+            raise UsageError(
+                f"host {run.name} runs lockstep {remote_version}, this machine {__version__}",
+                "run the same lockstep version on every host and here",
+            )
+
+    async def _check_every_host(self, check: Callable[[HostRun], Awaitable[None]]) -> None:
+        """Run `check(run)` on every host at once; refuse (exit 2) with one line per host that failed."""
+        checked = await asyncio.gather(*(check(run) for run in self.runs), return_exceptions=True)
+        problems = []
+        for run, outcome in zip(self.runs, checked, strict=True):
+            if isinstance(outcome, LockstepError):
+                problems.append(outcome.message + (f": {outcome.hint}" if outcome.hint else ""))
+            elif isinstance(outcome, BaseException):
+                problems.append(f"host {run.name}: {type(outcome).__name__}: {outcome}")
+        if problems:
+            raise UsageError("preflight failed:\n  - " + "\n  - ".join(problems))
+
+    async def _advance(self, runs: list[HostRun], record: OperationRecord, how: str, until: str | None) -> None:
+        """Start (`how` "start") or release (`how` "go") `runs`, and wait until each reaches
+        the barrier `until` (None: until it exits with success). Raises naming the hosts that did not."""
+        if how == "start":
+            await asyncio.gather(*(self._start_host(run, record) for run in runs))
+        else:
+            for run in runs:
+                self._send(run, GO)
+        await asyncio.gather(*(self._await_barrier(run, until) for run in runs))
+        failed = [run for run in runs if run.outcome == "failed"]
+        if failed:
+            raise UsageError("; ".join(f"{run.name}: {run.failure()}" for run in failed))
+
+    async def _await_barrier(self, run: HostRun, until: str | None) -> None:
+        kind, value = await run.events.get()
+        if kind == "barrier" and value == until:
+            run.outcome = f"at the {until} barrier"
+            return
+        if kind == "exit" and until is None and run.exit_code == 0:
+            run.outcome = "succeeded"
+            return
+        run.outcome = "failed"
+        run.culprit = True
+
+    async def _start_host(self, run: HostRun, record: OperationRecord) -> None:
+        command = ssh.shell_command(run.target, self.ssh, self._remote_arguments(run, record))
+        try:
+            run.process = await run.connection.create_process(command, encoding="utf-8")
+        except Exception as error:
+            run.lost = ssh.describe_error(error)
+            run.outcome = "failed"
+            run.culprit = True
+            await run.events.put(("exit", ""))
+            return
+        run.outcome = "running"
+        run.tasks = [
+            self.loop.create_task(self._read_stdout(run)),
+            self.loop.create_task(self._relay_progress(run)),
+        ]
+
+    async def _read_stdout(self, run: HostRun) -> None:
+        """Barrier lines become events; the deploy's --json document is the host's result."""
+        try:
+            async for line in run.process.stdout:
+                barrier = parse_barrier(line)
+                if barrier is not None:
+                    await run.events.put(("barrier", barrier))
+                elif line.strip().startswith("{"):
+                    try:
+                        run.result = json.loads(line)
+                    except ValueError:
+                        self.reporter.warn(f"{run.name}: {line.strip()}")
+            completed = await run.process.wait(check=False)
+            run.exit_code = completed.exit_status
+            if run.exit_code is None:
+                run.lost = "the session ended without an exit status"
+        except Exception as error:  # asyncssh.Error, OSError: the connection dropped
+            run.lost = ssh.describe_error(error) or type(error).__name__
+        await run.events.put(("exit", ""))
+
+    async def _relay_progress(self, run: HostRun) -> None:
+        """The host's JSON progress on stderr, told as ours with the host's name."""
+        try:
+            async for line in run.process.stderr:
+                self._relay(run, line.strip())
+        except Exception:  # the stdout reader tells what happened to the connection
+            return
+
+    def _relay(self, run: HostRun, line: str) -> None:
+        if not line:
+            return
+        try:
+            event = json.loads(line)
+        except ValueError:
+            self.reporter.warn(f"{run.name}: {line}")
+            return
+        if not isinstance(event, dict):
+            return
+        kind = event.get("event")
+        if kind == "step-finished":
+            self.reporter.info(f"{run.name}: {event.get('step')} ok ({event.get('duration')} s) {event.get('detail')}")
+        elif kind == "step-failed":
+            self.reporter.warn(f"{run.name}: {event.get('step')} failed: {event.get('reason')}")
+        elif kind == "warning":
+            self.reporter.warn(f"{run.name}: {event.get('message')}")
+
+    def _send(self, run: HostRun, word: str) -> None:
+        if not run.running:
+            return
+        try:
+            run.process.stdin.write(word + "\n")
+            if word == ABORT:
+                run.process.stdin.write_eof()
+        except Exception as error:  # the connection dropped: the host aborts at its barrier anyway
+            run.lost = run.lost or ssh.describe_error(error)
+
+    def _take_lock(self, record: OperationRecord) -> None:
+        repository = self.context.project.access.open(load_index=False)
+        from lockstep.repository.documents import DocumentStore
+
+        lock = EnvironmentLock(
+            DocumentStore(repository), self.context.environment, stale_after=self.config.deploy.lock_stale_after
+        )
+        holder = LockHolder.for_this_process(record.id, self.context.environment, self.operation, record.message)
+
+        def warn_stale(previous: LockHolder) -> None:
+            self.reporter.warn(f"recovered a stale lock: {describe_holder(previous)}")
+
+        lock.acquire(holder, wait=self.lock_wait, force=self.force, on_stale=warn_stale)
+        self.lock = lock
+        for abandoned in self.history.abandoned():  # an orchestrator killed outright
+            abandoned.outcome = "interrupted"
+            abandoned.finished_at = time.time()
+            abandoned.reason = abandoned.reason or (
+                "the orchestrator died; each host undid its deploy at its next barrier, unless all had passed "
+                "the retire barrier: see `lockstep status` on each host"
+            )
+            self.history.save(abandoned)
+            self.reporter.warn(f"deploy {abandoned.id} was interrupted (its orchestrator died); marked so")
+
+    def _release_lock(self) -> None:
+        if self.lock is not None:
+            try:
+                self.lock.release()
+            except LockstepError as error:
+                self.reporter.warn(f"could not release the environment lock: {error}")
+            self.lock = None
+
+    def _save_progress(self, record: OperationRecord, step: str, detail: str) -> None:
+        record.steps = self.steps.progress(step, detail)
+        record.hosts = [run.summary() for run in self.runs]
+        self.history.save(record)
+
+    def _save_final(self, record: OperationRecord) -> None:
+        record.steps = [item.to_document() for item in self.steps.records]
+        record.hosts = [run.summary() for run in self.runs]
+        self.history.save(record)
+
+    def _fail(self, record: OperationRecord, error: BaseException) -> LockstepError:
+        """Abort every host still deploying, wait for them to unwind, and say what each did."""
+        for run in self.runs:
+            self._send(run, ABORT)
+        try:
+            self._wait(self._wait_for_unwinds())
+        except KeyboardInterrupt:
+            self.reporter.warn("stopped waiting for the hosts to unwind; each finishes on its own")
+        failed = [run for run in self.runs if run.culprit]
+        for run in self.runs:
+            if run.outcome != "not started":
+                run.outcome = self._outcome_of_exit(run)
+        if isinstance(error, KeyboardInterrupt):
+            reason = "interrupted (Ctrl-C, SIGTERM or SIGHUP)"
+        elif failed:
+            reason = "; ".join(f"{run.name}: {run.failure()}" for run in failed)
+        else:
+            reason = (
+                str(error) if isinstance(error, LockstepError) else f"internal error {type(error).__name__}: {error}"
+            )
+        reason = self.redactor.redact(reason)
+        record.failed_step = getattr(error, "step", None) or self.steps.interrupted_step()
+        record.reason = reason
+        uncertain = [run for run in self.runs if run.lost is not None or run.exit_code == int(ExitCode.FAILED)]
+        changed = [run for run in self.runs if run.outcome not in ("not started", "refused")]
+        # A failed rollback is "failed" as on one machine; a failed deploy that every host undid, "rolled-back".
+        record.outcome = "failed" if uncertain or not changed or self.operation != "deploy" else "rolled-back"
+        record.finished_at = time.time()
+        self._save_final(record)
+        result = RedactedRecord(record, self.redactor)
+        if uncertain:
+            return DeployFailed(
+                f"{self.operation} {record.id} failed: {reason}; not every host confirmed its undo: "
+                + ", ".join(f"{run.name} ({run.outcome})" for run in uncertain),
+                "run `lockstep status` on those hosts; `lockstep history` here has each host's outcome",
+                result=result,
+            )
+        if not changed:
+            return DeployRefused(
+                f"{self.operation} {record.id} refused: {reason}; no host was changed",
+                "the release that served before still serves on every host",
+                result=result,
+            )
+        return DeployRolledBack(
+            f"{self.operation} {record.id} failed: {reason}; every host undid its part, none switched",
+            "see `lockstep history` here and on the hosts",
+            result=result,
+        )
+
+    def _outcome_of_exit(self, run: HostRun) -> str:
+        if run.lost is not None:
+            return "lost"
+        if run.exit_code == 0:
+            return "succeeded"
+        if run.exit_code == int(ExitCode.ROLLED_BACK):
+            return "rolled back"
+        if run.exit_code in _REFUSED:
+            return "refused"
+        return "failed"
+
+    async def _wait_for_unwinds(self) -> None:
+        async def finish(run: HostRun) -> None:
+            while run.running:
+                kind, _ = await run.events.get()
+                if kind == "exit":
+                    return
+
+        await asyncio.wait_for(asyncio.gather(*(finish(run) for run in self.runs)), UNWIND_WAIT_SECONDS)
+
+    def _close(self) -> None:
+        for run in self.runs:
+            if run.connection is not None:
+                run.connection.close()
+        try:
+            self.loop.run_until_complete(asyncio.sleep(0))
+        finally:
+            self.loop.close()
+
+
+class MultiHostDeployment(HostFanOut):
+    """One `lockstep deploy` to every host of an environment, all or none."""
+
+    def __init__(self, context: EnvironmentContext, request: DeployRequest, reporter: Reporter) -> None:
+        super().__init__(context, reporter, request.lock_wait, request.force)
+        self.request = request
 
     def run(self) -> OperationRecord:
         """Deploy to every host; the record of a success, else DeployRolledBack/DeployFailed/DeployRefused."""
@@ -243,31 +501,7 @@ class MultiHostDeployment:
             lambda _: "every host succeeded",
         )
 
-    async def _advance(self, runs: list[HostRun], record: OperationRecord, how: str, until: str | None) -> None:
-        """Start (`how` "start") or release (`how` "go") `runs`, and wait until each reaches
-        the barrier `until` (None: until it exits with success). Raises naming the hosts that did not."""
-        if how == "start":
-            await asyncio.gather(*(self._start_host(run, record) for run in runs))
-        else:
-            for run in runs:
-                self._send(run, GO)
-        await asyncio.gather(*(self._await_barrier(run, until) for run in runs))
-        failed = [run for run in runs if run.outcome == "failed"]
-        if failed:
-            raise UsageError("; ".join(f"{run.name}: {run.failure()}" for run in failed))
-
-    async def _await_barrier(self, run: HostRun, until: str | None) -> None:
-        kind, value = await run.events.get()
-        if kind == "barrier" and value == until:
-            run.outcome = f"at the {until} barrier"
-            return
-        if kind == "exit" and until is None and run.exit_code == 0:
-            run.outcome = "succeeded"
-            return
-        run.outcome = "failed"
-        run.culprit = True
-
-    async def _start_host(self, run: HostRun, record: OperationRecord) -> None:
+    def _remote_arguments(self, run: HostRun, record: OperationRecord) -> list[str]:
         arguments = [
             "deploy",
             record.commit or "",
@@ -288,78 +522,7 @@ class MultiHostDeployment:
             arguments.append("--skip-backup")
         if self.request.skip_migrations:
             arguments.append("--skip-migrations")
-        command = ssh.shell_command(run.target, self.ssh, arguments)
-        try:
-            run.process = await run.connection.create_process(command, encoding="utf-8")
-        except Exception as error:
-            run.lost = ssh.describe_error(error)
-            run.outcome = "failed"
-            run.culprit = True
-            await run.events.put(("exit", ""))
-            return
-        run.outcome = "running"
-        run.tasks = [
-            self.loop.create_task(self._read_stdout(run)),
-            self.loop.create_task(self._relay_progress(run)),
-        ]
-
-    async def _read_stdout(self, run: HostRun) -> None:
-        """Barrier lines become events; the deploy's --json document is the host's result."""
-        try:
-            async for line in run.process.stdout:
-                barrier = parse_barrier(line)
-                if barrier is not None:
-                    await run.events.put(("barrier", barrier))
-                elif line.strip().startswith("{"):
-                    try:
-                        run.result = json.loads(line)
-                    except ValueError:
-                        self.reporter.warn(f"{run.name}: {line.strip()}")
-            completed = await run.process.wait(check=False)
-            run.exit_code = completed.exit_status
-            if run.exit_code is None:
-                run.lost = "the session ended without an exit status"
-        except Exception as error:  # asyncssh.Error, OSError: the connection dropped
-            run.lost = ssh.describe_error(error) or type(error).__name__
-        await run.events.put(("exit", ""))
-
-    async def _relay_progress(self, run: HostRun) -> None:
-        """The host's JSON progress on stderr, told as ours with the host's name."""
-        try:
-            async for line in run.process.stderr:
-                self._relay(run, line.strip())
-        except Exception:  # the stdout reader tells what happened to the connection
-            return
-
-    def _relay(self, run: HostRun, line: str) -> None:
-        if not line:
-            return
-        try:
-            event = json.loads(line)
-        except ValueError:
-            self.reporter.warn(f"{run.name}: {line}")
-            return
-        if not isinstance(event, dict):
-            return
-        kind = event.get("event")
-        if kind == "step-finished":
-            self.reporter.info(f"{run.name}: {event.get('step')} ok ({event.get('duration')} s) {event.get('detail')}")
-        elif kind == "step-failed":
-            self.reporter.warn(f"{run.name}: {event.get('step')} failed: {event.get('reason')}")
-        elif kind == "warning":
-            self.reporter.warn(f"{run.name}: {event.get('message')}")
-
-    def _send(self, run: HostRun, word: str) -> None:
-        if not run.running:
-            return
-        try:
-            run.process.stdin.write(word + "\n")
-            if word == ABORT:
-                run.process.stdin.write_eof()
-        except Exception as error:  # the connection dropped: the host aborts at its barrier anyway
-            run.lost = run.lost or ssh.describe_error(error)
-
-    # -- preflight -----------------------------------------------------------------------------
+        return arguments
 
     def _preflight(self, work_tree: Path) -> ResolvedRef:
         resolved = resolve_ref(work_tree, self.request.ref)
@@ -371,9 +534,7 @@ class MultiHostDeployment:
         with tempfile.TemporaryDirectory(prefix="lockstep-bundle-") as directory:
             bundle = Path(directory) / "deploy.bundle"
             self._bundle(work_tree, resolved.commit, bundle)
-            problems = self._wait(self._check_hosts(resolved, bundle, repository_id))
-        if problems:
-            raise UsageError("preflight failed:\n  - " + "\n  - ".join(problems))
+            self._wait(self._check_every_host(lambda run: self._check_host(run, resolved, bundle, repository_id)))
         return resolved
 
     def _bundle(self, work_tree: Path, commit: str, bundle: Path) -> None:
@@ -389,33 +550,8 @@ class MultiHostDeployment:
         finally:
             subprocess.run([*git, "update-ref", "-d", INCOMING_REF], check=False, capture_output=True)
 
-    async def _check_hosts(self, resolved: ResolvedRef, bundle: Path, repository_id: str) -> list[str]:
-        checked = await asyncio.gather(
-            *(self._check_host(run, resolved, bundle, repository_id) for run in self.runs), return_exceptions=True
-        )
-        problems = []
-        for run, outcome in zip(self.runs, checked, strict=True):
-            if isinstance(outcome, LockstepError):
-                problems.append(outcome.message + (f": {outcome.hint}" if outcome.hint else ""))
-            elif isinstance(outcome, BaseException):
-                problems.append(f"host {run.name}: {type(outcome).__name__}: {outcome}")
-        return problems
-
     async def _check_host(self, run: HostRun, resolved: ResolvedRef, bundle: Path, repository_id: str) -> None:
-        run.connection = await ssh.connect(run.target, self.ssh)
-        version = await ssh.run(run.connection, ssh.shell_command(run.target, self.ssh, ["--version"]), timeout=60)
-        if version.exit_status != 0:
-            raise UsageError(
-                f"host {run.name}: `{self.ssh.command} --version` in {run.target.project_dir} failed: "
-                f"{(version.stderr or version.stdout).strip()[-300:]}",
-                "install lockstep there, or set ssh.command to how it runs",
-            )
-        remote_version = version.stdout.strip().split()[-1] if version.stdout.strip() else "?"
-        if remote_version != __version__:
-            raise UsageError(
-                f"host {run.name} runs lockstep {remote_version}, this machine {__version__}",
-                "run the same lockstep version on every host and here",
-            )
+        await self._connect_and_check_version(run)
         await self._ship_commit(run, resolved.commit, bundle)
         checked = await ssh.run(
             run.connection,
@@ -435,7 +571,7 @@ class MultiHostDeployment:
             ),
         )
         if checked.exit_status != 0:
-            raise UsageError(f"host {run.name}: {_error_of(checked)}")
+            raise UsageError(f"host {run.name}: {error_of(checked)}")
         try:
             document = json.loads(checked.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
@@ -458,7 +594,7 @@ class MultiHostDeployment:
         remote_bundle = f"{incoming}/{commit[:12]}-{os.getpid()}.bundle"
         made = await ssh.run(run.connection, f"mkdir -p {shlex.quote(incoming)}", timeout=60)
         if made.exit_status != 0:
-            raise UsageError(f"host {run.name}: cannot create {incoming}: {_error_of(made)}")
+            raise UsageError(f"host {run.name}: cannot create {incoming}: {error_of(made)}")
         await ssh.upload(run.connection, bundle, remote_bundle)
         quoted = shlex.quote(remote_bundle)
         fetched = await ssh.run(
@@ -467,11 +603,9 @@ class MultiHostDeployment:
         )
         if fetched.exit_status != 0:
             raise UsageError(
-                f"host {run.name}: could not fetch the commit into {run.target.project_dir}: {_error_of(fetched)}",
+                f"host {run.name}: could not fetch the commit into {run.target.project_dir}: {error_of(fetched)}",
                 "project_dir must be a git checkout of the project",
             )
-
-    # -- confirmation and lock -----------------------------------------------------------------
 
     def _confirm(self, record: OperationRecord) -> None:
         """Asked once here, for every host: the hosts run with --yes."""
@@ -504,129 +638,8 @@ class MultiHostDeployment:
                 "deploy without --skip-backup, or set policy.require_snapshot = false for this environment",
             )
 
-    def _take_lock(self, record: OperationRecord) -> None:
-        repository = self.context.project.access.open(load_index=False)
-        from lockstep.repository.documents import DocumentStore
 
-        lock = EnvironmentLock(
-            DocumentStore(repository), self.context.environment, stale_after=self.config.deploy.lock_stale_after
-        )
-        holder = LockHolder.for_this_process(record.id, self.context.environment, "deploy", record.message)
-
-        def warn_stale(previous: LockHolder) -> None:
-            self.reporter.warn(f"recovered a stale lock: {describe_holder(previous)}")
-
-        lock.acquire(holder, wait=self.request.lock_wait, force=self.request.force, on_stale=warn_stale)
-        self.lock = lock
-        for abandoned in self.history.abandoned():  # an orchestrator killed outright
-            abandoned.outcome = "interrupted"
-            abandoned.finished_at = time.time()
-            abandoned.reason = abandoned.reason or (
-                "the orchestrator died; each host undid its deploy at its next barrier, unless all had passed "
-                "the retire barrier: see `lockstep status` on each host"
-            )
-            self.history.save(abandoned)
-            self.reporter.warn(f"deploy {abandoned.id} was interrupted (its orchestrator died); marked so")
-
-    def _release_lock(self) -> None:
-        if self.lock is not None:
-            try:
-                self.lock.release()
-            except LockstepError as error:
-                self.reporter.warn(f"could not release the environment lock: {error}")
-            self.lock = None
-
-    # -- records and failure -------------------------------------------------------------------
-
-    def _save_progress(self, record: OperationRecord, step: str, detail: str) -> None:
-        record.steps = self.steps.progress(step, detail)
-        record.hosts = [run.summary() for run in self.runs]
-        self.history.save(record)
-
-    def _save_final(self, record: OperationRecord) -> None:
-        record.steps = [item.to_document() for item in self.steps.records]
-        record.hosts = [run.summary() for run in self.runs]
-        self.history.save(record)
-
-    def _fail(self, record: OperationRecord, error: BaseException) -> LockstepError:
-        """Abort every host still deploying, wait for them to unwind, and say what each did."""
-        for run in self.runs:
-            self._send(run, ABORT)
-        try:
-            self._wait(self._wait_for_unwinds())
-        except KeyboardInterrupt:
-            self.reporter.warn("stopped waiting for the hosts to unwind; each finishes on its own")
-        failed = [run for run in self.runs if run.culprit]
-        for run in self.runs:
-            if run.outcome != "not started":
-                run.outcome = self._outcome_of_exit(run)
-        if isinstance(error, KeyboardInterrupt):
-            reason = "interrupted (Ctrl-C, SIGTERM or SIGHUP)"
-        elif failed:
-            reason = "; ".join(f"{run.name}: {run.failure()}" for run in failed)
-        else:
-            reason = (
-                str(error) if isinstance(error, LockstepError) else f"internal error {type(error).__name__}: {error}"
-            )
-        reason = self.redactor.redact(reason)
-        record.failed_step = getattr(error, "step", None) or self.steps.interrupted_step()
-        record.reason = reason
-        uncertain = [run for run in self.runs if run.lost is not None or run.exit_code == int(ExitCode.FAILED)]
-        changed = [run for run in self.runs if run.outcome not in ("not started", "refused")]
-        record.outcome = "failed" if uncertain or not changed else "rolled-back"
-        record.finished_at = time.time()
-        self._save_final(record)
-        result = RedactedRecord(record, self.redactor)
-        if uncertain:
-            return DeployFailed(
-                f"deploy {record.id} failed: {reason}; not every host confirmed its undo: "
-                + ", ".join(f"{run.name} ({run.outcome})" for run in uncertain),
-                "run `lockstep status` on those hosts; `lockstep history` here has each host's outcome",
-                result=result,
-            )
-        if not changed:
-            return DeployRefused(
-                f"deploy {record.id} refused: {reason}; no host was changed",
-                "the release that served before still serves on every host",
-                result=result,
-            )
-        return DeployRolledBack(
-            f"deploy {record.id} failed: {reason}; every host rolled back, none switched to the new release",
-            "see `lockstep history` here and on the hosts",
-            result=result,
-        )
-
-    def _outcome_of_exit(self, run: HostRun) -> str:
-        if run.lost is not None:
-            return "lost"
-        if run.exit_code == 0:
-            return "succeeded"
-        if run.exit_code == int(ExitCode.ROLLED_BACK):
-            return "rolled back"
-        if run.exit_code in _REFUSED:
-            return "refused"
-        return "failed"
-
-    async def _wait_for_unwinds(self) -> None:
-        async def finish(run: HostRun) -> None:
-            while run.running:
-                kind, _ = await run.events.get()
-                if kind == "exit":
-                    return
-
-        await asyncio.wait_for(asyncio.gather(*(finish(run) for run in self.runs)), UNWIND_WAIT_SECONDS)
-
-    def _close(self) -> None:
-        for run in self.runs:
-            if run.connection is not None:
-                run.connection.close()
-        try:
-            self.loop.run_until_complete(asyncio.sleep(0))
-        finally:
-            self.loop.close()
-
-
-def _error_of(result: ssh.RemoteResult) -> str:
+def error_of(result: ssh.RemoteResult) -> str:
     """The error a remote lockstep printed (its --json error, else its last stderr line)."""
     for line in reversed(result.stdout.strip().splitlines()):
         try:
@@ -657,7 +670,8 @@ def host_statuses(context: EnvironmentContext) -> list[dict[str, Any]]:
         except LockstepError as error:
             return {"name": target.name, "reachable": False, "error": error.message}
         try:
-            command = ssh.shell_command(target, context.config.ssh, ["status", "--env", context.environment, "--json"])
+            arguments = ["status", "--env", context.environment, "--json", "--local"]
+            command = ssh.shell_command(target, context.config.ssh, arguments)
             result = await ssh.run(connection, command, timeout=120)
         except LockstepError as error:
             return {"name": target.name, "reachable": False, "error": error.message}
@@ -668,7 +682,7 @@ def host_statuses(context: EnvironmentContext) -> list[dict[str, Any]]:
         except (ValueError, IndexError):
             document = None
         if result.exit_status != 0 or not isinstance(document, dict):
-            return {"name": target.name, "reachable": True, "error": _error_of(result)}
+            return {"name": target.name, "reachable": True, "error": error_of(result)}
         return {"name": target.name, "reachable": True, **document}
 
     async def every() -> list[dict[str, Any]]:

@@ -60,6 +60,9 @@ class RollbackRequest:
     lock_wait: float = 0.0
     dry_run: bool = False
     component: str | None = None  # roll back only this component
+    # A host's part of a rollback of several hosts (pipeline/multi_host_rollback.py): the
+    # orchestrator's operation ID, whose lock this rollback joins; it waits at barriers.
+    coordinated: str | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,7 @@ class Rollback:
         self.history = History(context.layout.history_database, self.redactor)
         self.steps = StepRunner(reporter)
         self.traffic_hold: TrafficHold | None = None
+        self.joined_lock: EnvironmentLock | None = None
 
     def run(self) -> OperationRecord:
         if not _release_history(self.history):
@@ -184,7 +188,8 @@ class Rollback:
         target = choose_target(self.history, current["release_id"] if current else None, self.request)
         release = target.release
         record = OperationRecord(
-            id=self.history.unused_id(f"{time.strftime('%Y%m%d_%H%M%S', time.gmtime())}_rollback"),
+            id=self.request.coordinated
+            or self.history.unused_id(f"{time.strftime('%Y%m%d_%H%M%S', time.gmtime())}_rollback"),
             operation="rollback",
             environment=self.context.environment,
             started_at=time.time(),
@@ -218,12 +223,17 @@ class Rollback:
                 f"{previous.host} (pid {previous.pid})"
             )
 
-        self.steps.run(
-            "lock",
-            self.context.environment,
-            lambda: lock.acquire(holder, wait=self.request.lock_wait, force=self.request.force, on_stale=warn_stale),
-            lambda _: "held",
-        )
+        if self.request.coordinated is not None:  # the orchestrator holds the lock for every host
+            self.steps.run("lock", self.context.environment, lambda: self._join_lock(lock), lambda _: "joined")
+        else:
+            self.steps.run(
+                "lock",
+                self.context.environment,
+                lambda: lock.acquire(
+                    holder, wait=self.request.lock_wait, force=self.request.force, on_stale=warn_stale
+                ),
+                lambda _: "held",
+            )
         try:
             # A deploy or rollback killed before this one: stop what it left, mark it interrupted.
             abandoned = self.history.abandoned()
@@ -249,6 +259,7 @@ class Rollback:
                     lambda: self._restore(target, record),
                     lambda summary: summary,
                 )
+            self._barrier("switch", lock)
             if self.request.component is not None:
                 component = self.request.component
                 self.steps.run(
@@ -287,12 +298,34 @@ class Rollback:
             record.finished_at = time.time()
             record.steps = [step.to_document() for step in self.steps.records]
             self.history.save(record)
-            lock.release()
+            if self.request.coordinated is None:
+                lock.release()
         run_hook(self.context, "post-rollback", record, self.reporter)
         with notifier_for(self.context, self.reporter) as notifier:
             data = " with its data" if record.data_restored else ""
             notifier.notify(operation_event(ROLLBACK_DONE, record, f"rolled back to {record.release_id}{data}"))
         return record
+
+    def _join_lock(self, lock: EnvironmentLock) -> None:
+        from lockstep.pipeline.coordination import check_joined_lock
+
+        assert self.request.coordinated is not None
+        check_joined_lock(lock, self.request.coordinated)
+        self.joined_lock = lock
+
+    def _barrier(self, name: str, lock: EnvironmentLock) -> None:
+        """In a coordinated rollback: wait until every host is here (pipeline/coordination.py);
+        anything but "go" raises, so the steps so far unwind."""
+        if self.request.coordinated is None:
+            return
+        from lockstep.pipeline.coordination import check_joined_lock, wait_at_barrier
+
+        def wait() -> None:
+            assert self.request.coordinated is not None
+            wait_at_barrier(name, self.request.coordinated)
+            check_joined_lock(lock, self.request.coordinated)
+
+        self.steps.run(f"{name} barrier", "waiting for every host", wait, lambda _: "go")
 
     def _save_progress(self, record: OperationRecord, step: str, detail: str) -> None:
         """The record with the step now starting: a rollback killed in it is reported as killed there."""
@@ -476,6 +509,9 @@ class Rollback:
             self.agent.switch(idle)
             switched = time.monotonic() - started
             self._switched()
+            if self.joined_lock is not None:  # the other hosts may fail: until they all switched, undoable
+                self.steps.on_undo("switch", lambda: self._switch_back(active))
+                self._wait_at_retire_barrier()
             missing = [plan for plan in plans if plan.name != component]
             if missing:  # workers were stopped when the slot was retired
                 self._restart_components(idle, release_dir, [plan.name for plan in missing])
@@ -492,8 +528,19 @@ class Rollback:
         self.agent.switch(idle)
         self.steps.on_undo("switch", lambda: self._switch_back(active))
         self._switched()
+        self._wait_at_retire_barrier()
         self._retire(active, component)
         return f"started in slot {idle}" + (" (release directory rebuilt)" if rebuilt else "")
+
+    def _wait_at_retire_barrier(self) -> None:
+        """In a coordinated rollback, switched: every host must have switched before any retires."""
+        if self.joined_lock is None or self.request.coordinated is None:
+            return
+        from lockstep.pipeline.coordination import check_joined_lock, wait_at_barrier
+
+        self.reporter.info("switched; waiting for every host at the retire barrier")
+        wait_at_barrier("retire", self.request.coordinated)
+        check_joined_lock(self.joined_lock, self.request.coordinated)
 
     def _restart_components(self, slot: str, release_dir: Path, names: list[str]) -> None:
         """Start the warm slot's stopped components (workers) again, next to its traffic component."""

@@ -1,0 +1,149 @@
+"""`lockstep rollback` in an environment with `hosts`: every host goes back, or none does.
+
+The orchestrator (pipeline/multi_host.py has the shared machinery) checks every host over SSH
+(host key, lockstep version) and that every host serves the same release, picks the target
+from its own history of multi-host deploys (hosts record their part under the same IDs), takes
+the environment lock once, and runs `lockstep rollback --to TARGET --coordinated ID` on every
+host at once. Each host waits at a barrier before it switches and again once it has switched,
+before retiring the slot it left: a host failing (or its connection dropping) before every host
+switched makes every other host switch back.
+
+Code only for now: --with-data restores shared databases, which one host must do while the
+others wait with their traffic held, and --component is rarely wanted across a fleet; both
+are refused with what to do instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+from lockstep.actions.environment import EnvironmentContext
+from lockstep.errors import UsageError
+from lockstep.notify.events import ROLLBACK_DONE, ROLLBACK_FAILED
+from lockstep.pipeline.coordination import GO, RETIRE_BARRIER, SWITCH_BARRIER
+from lockstep.pipeline.deploy import performer
+from lockstep.pipeline.environment_lock import current_process_space
+from lockstep.pipeline.history import OperationRecord
+from lockstep.pipeline.multi_host import HostFanOut, HostRun, error_of
+from lockstep.pipeline.notifications import notifier_for, operation_event
+from lockstep.pipeline.rollback import RollbackRequest, RollbackTarget, choose_target
+from lockstep.pipeline.steps import Reporter, bind_context
+from lockstep.remote import ssh
+
+
+class MultiHostRollback(HostFanOut):
+    """One `lockstep rollback` of every host of an environment, all or none."""
+
+    operation = "rollback"
+
+    def __init__(self, context: EnvironmentContext, request: RollbackRequest, reporter: Reporter) -> None:
+        super().__init__(context, reporter, request.lock_wait, request.force)
+        self.request = request
+        self.target_release: str | None = None
+
+    def run(self) -> OperationRecord:
+        try:
+            return self._run()
+        finally:
+            self._close()
+
+    def _run(self) -> OperationRecord:
+        if self.request.with_data or self.request.component is not None:
+            raise UsageError(
+                "a rollback of several hosts is code only for now (no --with-data, no --component)",
+                "roll the code back on every host with `lockstep rollback`, then restore the data on one host "
+                "(lockstep snapshot restore); or run the rollback you need on each host",
+            )
+        target = self.steps.run(
+            "preflight",
+            ", ".join(run.name for run in self.runs),
+            self._preflight,
+            lambda chosen: f"to {chosen.release.release_id} on {len(self.runs)} hosts",
+        )
+        release = target.release
+        self.target_release = release.release_id
+        record = OperationRecord(
+            id=self.history.unused_id(f"{time.strftime('%Y%m%d_%H%M%S', time.gmtime())}_rollback"),
+            operation="rollback",
+            environment=self.context.environment,
+            started_at=time.time(),
+            performer=performer(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            process_space=current_process_space(),
+            ref=release.ref,
+            commit=release.commit,
+            message=f"rollback every host to {release.release_id}",
+            release_id=release.release_id,
+            hosts=[run.summary() for run in self.runs],
+        )
+        bind_context(self.reporter, deploy_id=record.id, env=record.environment)
+        self.steps.run("lock", self.context.environment, lambda: self._take_lock(record), lambda _: "held")
+        self.steps.on_started = lambda step, detail: self._save_progress(record, step, detail)
+        notifier = notifier_for(self.context, self.reporter)
+        try:
+            self.history.save(record)
+            self.steps.run(
+                "hosts",
+                "every host: checks, up to the switch barrier",
+                lambda: self._wait(self._advance(self.runs, record, "start", SWITCH_BARRIER)),
+                lambda _: "every host at the switch barrier",
+            )
+            self.steps.run(
+                "switch",
+                "every host",
+                lambda: self._wait(self._advance(self.runs, record, GO, RETIRE_BARRIER)),
+                lambda _: "every host switched",
+            )
+            self.steps.run(
+                "retire",
+                "every host",
+                lambda: self._wait(self._advance(self.runs, record, GO, None)),
+                lambda _: "every host succeeded",
+            )
+            record.outcome = "succeeded"
+            record.finished_at = time.time()
+            self._save_final(record)
+            notifier.notify(operation_event(ROLLBACK_DONE, record, f"rolled every host back to {record.release_id}"))
+        except (Exception, KeyboardInterrupt) as error:
+            failure = self._fail(record, error)
+            notifier.notify(operation_event(ROLLBACK_FAILED, record, failure.message))
+            raise failure from None
+        finally:
+            self._release_lock()
+            notifier.close()
+        return record
+
+    def _remote_arguments(self, run: HostRun, record: OperationRecord) -> list[str]:
+        arguments = ["rollback", "--to", self.target_release or "", "--env", self.context.environment]
+        arguments += ["--json", "--log-format", "json", "--yes", "--coordinated", record.id]
+        return arguments + (["--force"] if self.force else [])
+
+    def _preflight(self) -> RollbackTarget:
+        """Every host reachable and serving the same release; the target from this machine's history."""
+        serving: dict[str, str | None] = {}
+
+        async def check(run: HostRun) -> None:
+            await self._connect_and_check_version(run)
+            arguments = ["status", "--env", self.context.environment, "--json", "--local"]
+            command = ssh.shell_command(run.target, self.ssh, arguments)
+            result = await ssh.run(run.connection, command, timeout=120)
+            if result.exit_status != 0:
+                raise UsageError(f"host {run.name}: {error_of(result)}")
+            document = json.loads(result.stdout.strip().splitlines()[-1])
+            if not document.get("agent", {}).get("running"):
+                raise UsageError(f"host {run.name}: its agent is not running", "start it there (lockstep agent)")
+            serving[run.name] = document.get("release")
+
+        self._wait(self._check_every_host(check))
+        releases = set(serving.values())
+        if len(releases) != 1:
+            listed = ", ".join(f"{name} serves {release or 'nothing'}" for name, release in serving.items())
+            raise UsageError(
+                f"the hosts serve different releases ({listed})",
+                "bring them together first: `lockstep deploy` or `lockstep rollback --to ID` on each host",
+            )
+        return choose_target(self.history, releases.pop(), self.request)
