@@ -366,3 +366,12 @@ def test_a_rollback_goes_back_on_every_host_or_is_refused(fleet_factory: FleetFa
     assert refused.returncode == 2, refused.stderr
     assert "the hosts serve different releases" in json.loads(refused.stdout)["error"]
     assert [host.version() for host in fleet.hosts] == ["1.0.1", "1.0.0"]
+
+
+def test_a_coordinated_deploy_runs_only_under_its_orchestrator_s_lock(notes_project: NotesProject) -> None:
+    """A host told to join a deploy whose lock is not in its repository changes nothing."""
+    refused = notes_project.lockstep("deploy", "HEAD", "--coordinated", "20261123_000000_abc", "--yes", "--json")
+    assert refused.returncode == 4, refused.err
+    error = json.loads(refused.out)["error"]
+    assert "is not the coordinating deploy 20261123_000000_abc's: it is free" in error
+    assert notes_project.status()["agent"]["running"] and not notes_project.status().get("active_slot")

@@ -16,6 +16,9 @@ from typing import Any
 from lockstep.config.hosts_model import HostTarget, SshConfig
 from lockstep.errors import LockstepError, UsageError
 
+KEEPALIVE_SECONDS = 15
+KEEPALIVE_MISSES = 4
+
 
 class HostUnreachable(LockstepError):
     """A host did not answer, refused the login, or the connection dropped."""
@@ -57,6 +60,10 @@ async def connect(target: HostTarget, ssh: SshConfig) -> Any:
         "connect_timeout": ssh.connect_timeout,
         "login_timeout": ssh.connect_timeout,
         "config": [],  # what lockstep.toml says, not whatever ~/.ssh/config adds
+        # A host that vanishes without closing the connection (a partition) must count as lost
+        # within a minute: until then the others wait at their barriers for its word.
+        "keepalive_interval": KEEPALIVE_SECONDS,
+        "keepalive_count_max": KEEPALIVE_MISSES,
     }
     if target.user:
         options["username"] = target.user
