@@ -7,6 +7,7 @@ itself can be undone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,8 +118,13 @@ def restore_snapshot_data(
     project_directory: Path,
     environment: str,
     pre_restore: bool = True,
+    on_pre_restore: Callable[[str], None] | None = None,
 ) -> DataRollbackResult:
-    """Snapshot the live databases (kind pre-restore), then restore each from `snapshot`, verified."""
+    """Snapshot the live databases (kind pre-restore), then restore each from `snapshot`, verified.
+
+    `on_pre_restore` gets the pre-restore snapshot's ID before the first database is replaced:
+    a caller that must be able to put the data back learns how even if a restore fails half-way.
+    """
     manifest = load_manifest(repository, snapshot)
     names = snapshot_databases(repository, snapshot, config)
     pre_restore_id = None
@@ -139,6 +145,8 @@ def restore_snapshot_data(
             code=None,
         )
         pre_restore_id = created.snapshot.id
+        if on_pre_restore is not None:
+            on_pre_restore(pre_restore_id)
     restored = [
         restore_database(repository, snapshot, manifest, name, live_access(config, name), replace=True)
         for name in names

@@ -54,6 +54,8 @@ class OperationRecord:
     migration_after: str | None = None
     migrations_ran: bool = False
     data_restored: bool = False
+    # A data rollback's snapshot of the databases just before it restored them: how to undo it.
+    pre_restore_snapshot_id: str | None = None
     traffic_held_seconds: float | None = None  # how long requests were held for a data restore
     failed_step: str | None = None
     reason: str | None = None

@@ -9,7 +9,10 @@ is refused: old code on a newer schema is how data gets damaged. With --with-dat
 are restored from the snapshot taken just before the target release was replaced, after showing
 what that discards, asking, and taking a pre-restore snapshot. Traffic is held meanwhile (see
 pipeline/traffic_hold.py): hold, stop the newer release's workers, restore the data, switch to
-the older release, release the held requests to it. Any failure releases the hold too.
+the older release, release the held requests to it. A failure before the switch puts the data
+back as it was just before the rollback, still under the hold, so the release that served
+before serves on its own data again; once the older release serves on its data, the rollback
+is past undoing (see Rollback._restore and Rollback._switched).
 """
 
 from __future__ import annotations
@@ -171,6 +174,10 @@ class Rollback:
         self.steps = StepRunner(reporter)
         self.traffic_hold: TrafficHold | None = None
         self.joined_lock: EnvironmentLock | None = None
+        # With --with-data: the pre-restore snapshot the unwind put the data back from, and
+        # whether the older release serves on its restored data (past undoing).
+        self.data_put_back_from: str | None = None
+        self.serves_restored_data = False
 
     def run(self) -> OperationRecord:
         if not _release_history(self.history):
@@ -284,12 +291,23 @@ class Rollback:
             record.reason = reason
             record.failed_step = error.step if isinstance(error, StepFailed) else self.steps.interrupted_step()
             undone = self.steps.unwind()
-            failure = (DeployRolledBack if undone else DeployFailed)(
-                f"rollback to {release.release_id} failed: {reason}",
-                "the release that served before still serves" if undone else "see `lockstep status`",
-                # Complete by the time it is printed: `finally` below fills it in.
-                result=RedactedRecord(record, self.redactor),
-            )
+            reason += self._data_after_unwind(record)
+            record.reason = reason
+            failure: DeployFailed | DeployRolledBack
+            if self.serves_restored_data:
+                failure = DeployFailed(
+                    f"rollback to {release.release_id}: it serves on its restored data, but then the rollback "
+                    f"failed: {reason}",
+                    "the slot it left may still run: see `lockstep status`",
+                    result=RedactedRecord(record, self.redactor),
+                )
+            else:
+                failure = (DeployRolledBack if undone else DeployFailed)(
+                    f"rollback to {release.release_id} failed: {reason}",
+                    "the release that served before still serves" if undone else "see `lockstep status`",
+                    # Complete by the time it is printed: `finally` below fills it in.
+                    result=RedactedRecord(record, self.redactor),
+                )
             # A rollback that fails is when someone must look at once: tell the channels.
             with notifier_for(self.context, self.reporter) as notifier:
                 notifier.notify(operation_event(ROLLBACK_FAILED, record, failure.message))
@@ -326,6 +344,23 @@ class Rollback:
             check_joined_lock(lock, self.request.coordinated)
 
         self.steps.run(f"{name} barrier", "waiting for every host", wait, lambda _: "go")
+
+    def _data_after_unwind(self, record: OperationRecord) -> str:
+        """What the unwind did with the data, to end the failure's reason (history and message)."""
+        if self.data_put_back_from is not None:
+            return (
+                f"; the data was put back as it was before the rollback (from pre-restore snapshot "
+                f"{self.data_put_back_from[:8]}), so release {record.previous_release_id} serves on its own data"
+            )
+        pre_restore = record.pre_restore_snapshot_id
+        if pre_restore is not None and "restore data" in self.steps.undo_failed():
+            return (
+                f"; PUTTING THE DATA BACK FAILED: the databases hold the data restored for release "
+                f"{record.release_id} (snapshot {(record.snapshot_id or '')[:8]}), or part of it, while release "
+                f"{record.previous_release_id} serves, and its workers stay stopped; put its data back by hand: "
+                f"lockstep snapshot restore {pre_restore[:8]} (the databases as they were just before the rollback)"
+            )
+        return ""
 
     def _save_progress(self, record: OperationRecord, step: str, detail: str) -> None:
         """The record with the step now starting: a rollback killed in it is reported as killed there."""
@@ -417,6 +452,12 @@ class Rollback:
         if self.traffic_hold is not None and self.traffic_hold.held:
             self.reporter.info(self.traffic_hold.release())
             self.steps.forget_undo("hold")
+            # The older release now answers on the restored data, and what it writes lands there:
+            # neither the data nor the newer release can come back without losing those writes,
+            # so the rollback is past undoing (a later failure leaves the older release serving).
+            for step in ("switch", "code", "stop workers", "restore data"):
+                self.steps.forget_undo(step)
+            self.serves_restored_data = True
 
     def _stop_workers(self, slot: str, status: dict[str, Any]) -> str:
         """Stop the newer release's components without a port (workers) before its data goes: they
@@ -435,6 +476,11 @@ class Rollback:
             plans = plan_components(self.config, current_dir, self.context.layout.shared, slot, only=workers)
 
             def restart() -> None:
+                if "restore data" in self.steps.undo_failed():
+                    raise UsageError(
+                        f"{', '.join(workers)} of the newer release stay stopped: its data could not be put "
+                        "back, and they would write to the older release's data"
+                    )
                 self.agent.start_components(slot, [plan.launch_document() for plan in plans])
 
             self.steps.on_undo("stop workers", restart)
@@ -476,15 +522,59 @@ class Rollback:
             )
 
     def _restore(self, target: RollbackTarget, record: OperationRecord) -> str:
+        """Restore the target's data, with an undo that puts back the data as it was just before.
+
+        Without that undo, a failure after the restore (the older release fails its health gate
+        cold, Ctrl-C) stopped the older slot and restarted the newer release's workers: the newer
+        release then served on the older data, maybe an older schema. The undo restores the
+        pre-restore snapshot, and it loses nothing: the traffic is held and the newer release's
+        workers are stopped (the steps before this one) before that snapshot is taken, so nothing
+        writes between it and the put-back. Held requests wait (or get 503), never reaching a
+        release; the older release gets none before the switch, where the undo is dropped (see
+        _switched); its slot is stopped by the code undo, which runs before this one. Only what
+        the older release's workers wrote while it started is discarded with the data: that
+        release never served. The assumptions: the traffic component writes only when asked, and
+        no request was still in flight when the hold's drain ended (its detail says so if one was).
+
+        The undo is registered as soon as the pre-restore snapshot exists, so a restore that
+        fails half-way (one of several databases restored) is put back too.
+        """
         assert target.data_snapshot_id is not None
+
+        def undo_from(pre_restore_id: str) -> None:
+            record.pre_restore_snapshot_id = pre_restore_id
+            self.history.save(record)  # a rollback killed from here on says where the data was
+            self.steps.on_undo("restore data", lambda: self._put_data_back(pre_restore_id, record))
+
         with self.context.project.access.session(exclusive=False) as repository:
             snapshot = repository.find_snapshot(target.data_snapshot_id)
             result = restore_snapshot_data(
-                repository, snapshot, self.config, self.context.directory, self.context.environment
+                repository,
+                snapshot,
+                self.config,
+                self.context.directory,
+                self.context.environment,
+                on_pre_restore=undo_from,
             )
         record.data_restored = True
         restored = ", ".join(f"{item.name} ({item.rows} rows)" for item in result.restored)
         return f"{restored}; before-restore snapshot {(result.pre_restore_snapshot_id or '')[:8]}"
+
+    def _put_data_back(self, pre_restore_id: str, record: OperationRecord) -> None:
+        """The undo of "restore data": the databases as they were just before the rollback, while
+        the traffic is still held (its undo is the last), so the release that served before serves
+        on its own data again."""
+        with self.context.project.access.session(exclusive=False) as repository:
+            snapshot = repository.find_snapshot(pre_restore_id)
+            restored = restore_snapshot_data(
+                repository, snapshot, self.config, self.context.directory, self.context.environment, pre_restore=False
+            )
+        record.data_restored = False
+        self.data_put_back_from = pre_restore_id
+        names = ", ".join(item.name for item in restored.restored)
+        self.reporter.info(
+            f"the data is back as it was before the rollback ({names}, from snapshot {snapshot.short_id})"
+        )
 
     def _bring_back(self, target: OperationRecord, status: dict[str, object], record: OperationRecord) -> str:
         """Traffic to the target release: its warm slot if it runs, else start it in the idle slot."""

@@ -1,0 +1,69 @@
+"""A `rollback --with-data` that fails after its data restore puts the data back: the notes app,
+a real agent, the built-in proxy and real processes.
+
+Before, the unwind stopped the older release and restarted the newer one's workers, and the
+newer release went on serving on the older release's data (here: without the rows written
+under it, on a schema without its column)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lockstep.agent.client import AgentClient
+from lockstep.exit_codes import ExitCode
+from lockstep.layout import EnvironmentLayout
+from tests.deploy.conftest import NotesProject
+
+pytestmark = pytest.mark.slow
+
+
+def _layout(project: NotesProject) -> EnvironmentLayout:
+    return EnvironmentLayout(project.directory / ".lockstep" / "state" / "test", "test")
+
+
+def _agent(project: NotesProject) -> AgentClient:
+    return AgentClient(_layout(project).agent_socket, "test")
+
+
+def _running(project: NotesProject, slot: str, component: str) -> bool:
+    processes = project.status()["slots"][slot]["processes"]
+    return any(item["component"] == component and item["running"] for item in processes)
+
+
+def test_a_data_rollback_whose_older_release_fails_cold_puts_the_data_back(notes_project: NotesProject) -> None:
+    project = notes_project
+    assert project.lockstep("deploy").returncode == 0
+    project.add_note("from v1")
+    project.apply("v2", "notes 2.0.0")  # migration 002 adds a column
+    assert project.lockstep("deploy").returncode == 0
+    project.add_note("from v2, must survive the failed rollback")
+    rows_before = project.database_rows()
+    # 1.0.0 is cold (its warm web stopped) and fails its health gate when it starts again.
+    blue = project.status()["slots"]["blue"]
+    assert blue["release"] is not None and project.version() == "2.0.0"
+    _agent(project).stop_slot("blue")
+    # It runs but never listens: a release whose dependency went away, say.
+    broken = "import time\ntime.sleep(3600)\n"
+    (_layout(project).release_directory(blue["release"]) / "app.py").write_text(broken)
+
+    completed = project.lockstep("rollback", "--with-data", "--yes")
+
+    assert completed.returncode == ExitCode.ROLLED_BACK, completed.err
+    # The release that served before serves again, on its own data: the row written under it,
+    # over HTTP through the proxy, and the database exactly as it was.
+    assert project.version() == "2.0.0"
+    notes = project.notes()
+    assert "from v2, must survive the failed rollback" in notes and "from v1" in notes
+    assert project.database_rows() == rows_before
+    said = " ".join(completed.err.split())
+    assert "rollback to" in said and "failed" in said, said
+    assert "web in slot blue is not healthy" in said, said
+    assert "the data was put back as it was before the rollback" in said, said
+    assert _running(project, "green", "worker") and not _running(project, "blue", "web")
+    record = project.history()[-1]
+    assert record["operation"] == "rollback" and record["outcome"] == "failed", record
+    assert "the data was put back" in record["reason"], record
+    assert record["data_restored"] is False and record["pre_restore_snapshot_id"], record
+    assert record["pre_restore_snapshot_id"][:8] in record["reason"]
+    undone = [step["step"] for step in record["steps"] if step["outcome"] == "undone"]
+    assert undone == ["undo code", "undo restore data", "undo stop workers", "undo hold"], record["steps"]
