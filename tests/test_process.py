@@ -1,4 +1,4 @@
-"""process.StreamingProcess: a dump tool's output read as a stream."""
+"""process: a dump tool's output read as a stream; users' commands and their process groups."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ from lockstep.process import (
     STREAM_PIPE_BYTES,
     BatchingPipeReader,
     Command,
+    CommandGroup,
     StreamingProcess,
+    command_group_members,
     run_user_command,
+    stop_command_group,
 )
 
 
@@ -83,3 +86,33 @@ def test_a_user_command_that_times_out_is_killed_with_everything_it_started(tmp_
 def test_a_user_command_runs_to_completion_with_its_output() -> None:
     outcome = run_user_command(Command(("sh", "-c", "echo one; echo two >&2; exit 3")), timeout=30)
     assert (outcome.returncode, outcome.output) == (3, "one\ntwo\n")
+
+
+def test_a_user_command_reports_its_process_group_and_it_can_be_stopped_from_elsewhere(tmp_path: Path) -> None:
+    """What the clean-up of a killed deploy does to the migration it orphaned: the group named by
+    PID and start time is stopped whole (SIGTERM first), a reused PID is left alone."""
+    import threading
+
+    groups: list[CommandGroup] = []
+    marker = tmp_path / "finished"
+    script = f"sleep 30 & wait; touch {marker}"
+    runner = threading.Thread(
+        target=run_user_command, args=(Command(("sh", "-c", script)), 60.0, groups.append), daemon=True
+    )
+    runner.start()
+    deadline = time.monotonic() + 10
+    while (not groups or len(command_group_members(groups[0])) < 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    group = groups[0]
+    assert group.start_ticks is not None and len(command_group_members(group)) == 2  # sh and its sleep
+    assert CommandGroup.from_document(group.to_document()) == group
+    # The same PID with another start time is another process: not ours to stop.
+    reused = CommandGroup(group.pid, group.start_ticks + 1)
+    assert command_group_members(reused) == [] and stop_command_group(reused) is False
+    assert len(command_group_members(group)) == 2
+
+    assert stop_command_group(group, grace=5.0) is True
+    assert command_group_members(group) == []
+    runner.join(timeout=10)
+    assert not marker.exists()
+    assert stop_command_group(group) is False  # ended: nothing to stop

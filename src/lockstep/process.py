@@ -13,7 +13,7 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -317,14 +317,94 @@ class CommandOutcome:
         return reason + (f"; its last output:\n{tail}" if tail else "")
 
 
-def run_user_command(command: Command, timeout: float = 3600.0) -> CommandOutcome:
+@dataclass(frozen=True)
+class CommandGroup:
+    """A user's command running in a process group of its own: the leader's PID, which is the
+    group's ID, and its start time in clock ticks after boot (/proc/PID/stat), so a PID reused
+    by an unrelated process is never taken for it. A deploy stores it while the command runs:
+    if the deploy is killed (SIGKILL, no unwinding), whoever cleans up can stop the orphan."""
+
+    pid: int
+    start_ticks: int | None
+
+    def to_document(self) -> dict[str, int | None]:
+        return {"pid": self.pid, "start_ticks": self.start_ticks}
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, object]) -> CommandGroup:
+        pid, ticks = document.get("pid"), document.get("start_ticks")
+        if not isinstance(pid, int) or pid <= 1:
+            raise ValueError(f"not a process group: {document!r}")
+        return cls(pid, ticks if isinstance(ticks, int) else None)
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, process group, start ticks) of a process from /proc, None when it is not there."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            # The command name (field 2) is in parentheses and may itself hold spaces and ")".
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[2]), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot."""
+    stat = _proc_stat(pid)
+    return None if stat is None else stat[2]
+
+
+def command_group_members(group: CommandGroup) -> list[int]:
+    """The live (not zombie) processes of `group`; [] once it has ended.
+
+    The leader alive with another start time means its PID was reused, and so the group is
+    gone: Linux does not hand out a PID while a process group of that ID has members."""
+    leader = _proc_stat(group.pid)
+    alive = leader is not None and leader[0] not in ("Z", "X", "x")
+    if alive and leader is not None and group.start_ticks is not None and leader[2] != group.start_ticks:
+        return []
+    members = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat is not None and stat[1] == group.pid and stat[0] not in ("Z", "X", "x"):
+                members.append(int(entry.name))
+    return members
+
+
+def stop_command_group(group: CommandGroup, grace: float = 5.0) -> bool:
+    """Stop what still runs of `group`: SIGTERM, then SIGKILL after `grace` seconds. True when
+    something was still running (and is now stopped), False when the command had ended."""
+    if not command_group_members(group):
+        return False
+    for signal_number, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group.pid, signal_number)
+        deadline = time.monotonic() + wait
+        while command_group_members(group):
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        else:
+            return True
+    if command_group_members(group):
+        raise SourceError(
+            f"process group {group.pid} still runs after SIGKILL",
+            f"look at it with `ps -g {group.pid}` and stop it by hand",
+        )
+    return True
+
+
+def run_user_command(
+    command: Command, timeout: float = 3600.0, on_started: Callable[[CommandGroup], None] | None = None
+) -> CommandOutcome:
     """Run a command from the user's config to completion; never raises for its failure.
 
     It runs in a process group of its own, and on a timeout, Ctrl-C or any other exception the
     whole group is killed: a hook such as `sh -c 'sleep 1000; notify'` left its `sleep` running
-    when only the shell was killed."""
-    import time
-
+    when only the shell was killed. `on_started` learns the group as soon as it exists (a deploy
+    records it, so the clean-up of a killed deploy can stop the command it orphaned)."""
     started = time.monotonic()
     try:
         process = subprocess.Popen(
@@ -341,6 +421,8 @@ def run_user_command(command: Command, timeout: float = 3600.0) -> CommandOutcom
     except PermissionError:
         return CommandOutcome(None, "", time.monotonic() - started, f"{command.argv[0]} is not executable")
     try:
+        if on_started is not None:
+            on_started(CommandGroup(process.pid, process_start_ticks(process.pid)))
         stdout, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_group(process)

@@ -284,3 +284,54 @@ def test_a_deploy_killed_mid_snapshot_does_not_leave_its_repository_lock(notes_p
     assert "removed its stale repository lock" in project.agent_log.read_text()
     prune = project.lockstep("snapshot", "forget", "--prune")
     assert prune.returncode == 0, prune.err
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line contains `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command_line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in command_line and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def test_the_clean_up_of_a_deploy_killed_during_its_migration_stops_the_migration(
+    notes_project: NotesProject,
+) -> None:
+    """kill -9 of a deploy while its migration runs: the migration (in a process group of its own)
+    went on, orphaned, after the clean-up had declared the deploy dead, and changed the data under
+    the release that served. The clean-up (here the agent's) now stops it first, and says so."""
+    project = notes_project
+    assert project.lockstep("deploy").returncode == 0
+    marker = project.directory.parent / "migration-finished.marker"
+    config = project.directory / "lockstep.toml"
+    config.write_text(
+        config.read_text().replace('migrate = "python3 migrate.py"', f"migrate = \"sh -c 'sleep 8 && touch {marker}'\"")
+    )
+    project.commit("a migration that takes 8 s, then leaves a marker")
+    _kill_at(project, "migrate", 0.5)
+    killed_at = time.monotonic()
+    migration = _processes_mentioning(str(marker))
+    assert migration, "the migration was not running when the deploy was killed"
+
+    said = _clean_up_said(project)
+    assert time.monotonic() - killed_at < 8, "the clean-up came after the migration would have finished"
+    assert _processes_mentioning(str(marker)) == [], said
+    time.sleep(max(0.0, killed_at + 10 - time.monotonic()))  # past when the migration would have ended
+    assert not marker.exists(), "the orphaned migration ran on after the clean-up"
+    record = project.history()[-1]
+    assert (record["outcome"], record["failed_step"]) == ("interrupted", "migrate"), record
+    running = record["running_command"]
+    assert running["step"] == "migrate" and running["pid"] in migration, record
+    assert running["ended"] == "was still running: the clean-up stopped it before it finished", record
+    assert "its migrate command was still running: the clean-up stopped it before it finished" in record["reason"]
+    assert "its migrate command (process group" in said and "was still running: stopped it" in said, said
+    assert "the migration command was stopped before it finished" in said, said
+    assert project.version() == "1.0.0"

@@ -30,6 +30,7 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -78,7 +79,14 @@ from lockstep.pipeline.snapshot import (
 )
 from lockstep.pipeline.steps import Reporter, StepFailed, StepRunner, bind_context
 from lockstep.pipeline.traffic_hold import TrafficHold
-from lockstep.process import Command, process_alive, run_user_command
+from lockstep.process import (
+    Command,
+    CommandGroup,
+    CommandOutcome,
+    process_alive,
+    run_user_command,
+    stop_command_group,
+)
 from lockstep.repository.documents import DocumentStore
 from lockstep.repository.identity import current_user
 from lockstep.runtimes.local import port_holder, port_is_free
@@ -165,13 +173,19 @@ def hook_environment(record: OperationRecord) -> dict[str, str]:
     }
 
 
-def run_hook(context: EnvironmentContext, name: str, record: OperationRecord, reporter: Reporter) -> None:
+def run_hook(
+    context: EnvironmentContext,
+    name: str,
+    record: OperationRecord,
+    reporter: Reporter,
+    on_started: Callable[[CommandGroup], None] | None = None,
+) -> None:
     """Run a configured hook; a failing pre- hook fails the step, a failing post- hook only warns."""
     command_text = context.config.deploy.hooks.get(name)
     if not command_text:
         return
     command = Command(Command.parse(command_text).argv, env=hook_environment(record), cwd=str(context.directory))
-    outcome = run_user_command(command, timeout=context.config.deploy.hook_timeout)
+    outcome = run_user_command(command, timeout=context.config.deploy.hook_timeout, on_started=on_started)
     if outcome.ok:
         reporter.info(f"hook {name}: ok ({outcome.seconds:.1f} s)")
         return
@@ -536,7 +550,7 @@ class Deployment:
             self.steps.run(
                 PRE_DEPLOY_HOOK_STEP,
                 self.config.deploy.hooks["pre-deploy"],
-                lambda: run_hook(self.context, "pre-deploy", record, self.reporter),
+                lambda: self._run_tracked_hook("pre-deploy", PRE_DEPLOY_HOOK_STEP, record),
                 lambda _: "ok",
             )
 
@@ -565,7 +579,7 @@ class Deployment:
             self.steps.run(
                 "pre-switch hook",
                 self.config.deploy.hooks["pre-switch"],
-                lambda: run_hook(self.context, "pre-switch", record, self.reporter),
+                lambda: self._run_tracked_hook("pre-switch", "pre-switch hook", record),
                 lambda _: "ok",
             )
         self._barrier("switch")
@@ -597,10 +611,40 @@ class Deployment:
                 env=app_environment(self.config, release, self.layout.shared),
                 cwd=str(release),
             )
-            outcome = run_user_command(command, timeout=3600)
+            outcome = self._run_tracked(record, "release", command, 3600)
             if not outcome.ok:
                 raise UsageError(f"the build failed: {outcome.describe_failure()}")
         return release
+
+    def _track_command(self, record: OperationRecord, step: str) -> Callable[[CommandGroup], None]:
+        """Store the user's command's process group in the record as soon as it starts: killed
+        with SIGKILL, this deploy cannot stop it, and the command (a migration) would go on
+        changing the data under the release that serves; the clean-up stops it (see
+        clean_up_abandoned)."""
+
+        def started(group: CommandGroup) -> None:
+            record.running_command = {"step": step, **group.to_document()}
+            self.history.save(record)
+
+        return started
+
+    def _forget_command(self, record: OperationRecord) -> None:
+        if record.running_command is not None:
+            record.running_command = None
+            self.history.save(record)
+
+    def _run_tracked(self, record: OperationRecord, step: str, command: Command, timeout: float) -> CommandOutcome:
+        """run_user_command, with the command's process group in the record while it runs."""
+        try:
+            return run_user_command(command, timeout=timeout, on_started=self._track_command(record, step))
+        finally:
+            self._forget_command(record)
+
+    def _run_tracked_hook(self, name: str, step: str, record: OperationRecord) -> None:
+        try:
+            run_hook(self.context, name, record, self.reporter, on_started=self._track_command(record, step))
+        finally:
+            self._forget_command(record)
 
     def _discard_release(self, release: Path) -> None:
         """A release that never served is of no use; keep the disk for ones that did.
@@ -658,7 +702,7 @@ class Deployment:
             env=app_environment(self.config, release, self.layout.shared),
             cwd=str(release),
         )
-        outcome = run_user_command(command, timeout=3600)
+        outcome = self._run_tracked(record, "migrate", command, 3600)
         if not outcome.ok:
             raise UsageError(f"the migration failed: {outcome.describe_failure()}")
         record.migration_after = migration_version(self.context)
@@ -1012,6 +1056,9 @@ def clean_up_abandoned(
     reporter.warn(
         f"{record.operation} {record.id} (pid {record.pid}) was interrupted{where} and left unfinished; cleaning up"
     )
+    # First of all: a migration it ran goes on without it, and would change the schema under
+    # the release that serves after this clean-up has declared the deploy dead.
+    command = _stop_orphaned_command(record, reporter)
     try:
         status = agent.status()
         slot = record.slot
@@ -1033,7 +1080,12 @@ def clean_up_abandoned(
         snapshot = record.snapshot_id[:8]
         restore = f"the data before them is in snapshot {snapshot} (lockstep snapshot restore {snapshot})"
         if record.migration_after is None:
-            reporter.warn(f"it was killed while its migrations ran (finished or stopped midway?); {restore}")
+            ended = (record.running_command or {}).get("ended") if command == "migrate" else None
+            how = {
+                STOPPED: "the migration command was stopped before it finished: the migrations may have stopped midway",
+                FINISHED: "the migration command had ended by then (finished, or failed)",
+            }.get(str(ended), "finished or stopped midway?")
+            reporter.warn(f"it was killed while its migrations ran ({how}); {restore}")
         elif record.migration_after != record.migration_before:  # an unchanged version: nothing to restore
             reporter.warn(f"its migrations ran; {restore}")
     record.outcome = "interrupted"
@@ -1044,8 +1096,37 @@ def clean_up_abandoned(
         for item in record.steps
     ]
     record.reason = record.reason or f"the {record.operation} process died (killed or crashed)"
+    if command is not None and record.running_command is not None:
+        record.reason += f"; its {command} command {record.running_command['ended']}"
     _remove_repository_locks_of(context, record, reporter)
     history.save(record)  # last: "interrupted" means the clean-up is over
+
+
+STOPPED = "was still running: the clean-up stopped it before it finished"
+FINISHED = "had ended before the clean-up"
+
+
+def _stop_orphaned_command(record: OperationRecord, reporter: Reporter) -> str | None:
+    """Stop the user's command (a migration) the killed operation left running, by its process
+    group (SIGTERM, then SIGKILL); notes in the record whether it was still running. Returns the
+    step it ran for, None when none ran."""
+    running = record.running_command
+    if not running or "ended" in running:
+        return None
+    step = str(running.get("step", "its"))
+    try:
+        group = CommandGroup.from_document(running)
+        stopped = stop_command_group(group)
+    except (ValueError, OSError, LockstepError) as error:
+        reporter.warn(f"could not stop its {step} command ({running}): {error}; stop it by hand")
+        record.running_command = {**running, "ended": f"may still run: stopping it failed ({error})"}
+        return step
+    record.running_command = {**running, "ended": STOPPED if stopped else FINISHED}
+    if stopped:
+        reporter.warn(f"its {step} command (process group {group.pid}) was still running: stopped it")
+    else:
+        reporter.info(f"its {step} command (process group {group.pid}) had ended before the clean-up")
+    return step
 
 
 def _remove_repository_locks_of(context: EnvironmentContext, record: OperationRecord, reporter: Reporter) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from lockstep.process import process_start_ticks as process_start_ticks  # re-exported: the proxies use it
+
 # Seconds a client is told to wait (Retry-After) when a hold answers 503 instead of holding on.
 RETRY_AFTER_SECONDS = 5
 
@@ -53,12 +55,3 @@ class HoldOwner:
             raise ValueError("a hold owner is {pid: N, start_ticks: N | null} with N > 0")
         ticks = document.get("start_ticks")
         return cls(int(document["pid"]), int(ticks) if isinstance(ticks, int) else None)
-
-
-def process_start_ticks(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return int(handle.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
