@@ -7,6 +7,9 @@ under it, on a schema without its column)."""
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
 from lockstep.agent.client import AgentClient
@@ -67,3 +70,37 @@ def test_a_data_rollback_whose_older_release_fails_cold_puts_the_data_back(notes
     assert record["pre_restore_snapshot_id"][:8] in record["reason"]
     undone = [step["step"] for step in record["steps"] if step["outcome"] == "undone"]
     assert undone == ["undo code", "undo restore data", "undo stop workers", "undo hold"], record["steps"]
+
+
+def test_a_data_rollback_killed_before_its_switch_says_how_to_put_the_data_back(notes_project: NotesProject) -> None:
+    """kill -9 between the data restore and the switch: no unwind runs, the hold ends with the
+    process, and the newer release serves on the older data. The clean-up cannot restore under
+    live traffic, but it says so and names the pre-restore snapshot (the history too)."""
+    project = notes_project
+    assert project.lockstep("deploy").returncode == 0
+    project.apply("v2", "notes 2.0.0")
+    assert project.lockstep("deploy").returncode == 0
+    blue = project.status()["slots"]["blue"]
+    _agent(project).stop_slot("blue")
+    (_layout(project).release_directory(blue["release"]) / "app.py").write_text("import time\ntime.sleep(3600)\n")
+    rollback = project.popen_lockstep("rollback", "--with-data", "--yes", "--log-format", "json")
+    assert rollback.stderr is not None
+    for line in rollback.stderr:
+        event = json.loads(line)
+        if event.get("event") == "step-started" and event.get("step") == "code":
+            break
+    else:
+        raise AssertionError(f"the rollback ended (exit {rollback.wait()}) before its code step")
+    rollback.kill()
+    rollback.communicate()
+
+    deadline = time.monotonic() + 30  # the agent cleans up
+    while time.monotonic() < deadline and project.history()[-1]["outcome"] == "running":
+        time.sleep(0.3)
+    record = project.history()[-1]
+    assert (record["operation"], record["outcome"]) == ("rollback", "interrupted"), record
+    pre_restore = record["pre_restore_snapshot_id"][:8]
+    assert f"lockstep snapshot restore {pre_restore}" in record["reason"], record
+    assert "never got the traffic" in record["reason"], record
+    assert project.agent_log is not None
+    assert f"lockstep snapshot restore {pre_restore}" in project.agent_log.read_text()

@@ -1059,11 +1059,13 @@ def clean_up_abandoned(
     # First of all: a migration it ran goes on without it, and would change the schema under
     # the release that serves after this clean-up has declared the deploy dead.
     command = _stop_orphaned_command(record, reporter)
+    serving: bool | None = None  # whether its release has the traffic (None: the agent did not say)
     try:
         status = agent.status()
         slot = record.slot
         release = status["slots"][slot]["release"] if slot else None
         ours = bool(release and release.get("release_id") == record.release_id)
+        serving = bool(slot and ours and status.get("active_slot") == slot)
         if slot and status.get("active_slot") != slot:
             if ours:
                 agent.stop_slot(slot)
@@ -1088,6 +1090,9 @@ def clean_up_abandoned(
             reporter.warn(f"it was killed while its migrations ran ({how}); {restore}")
         elif record.migration_after != record.migration_before:  # an unchanged version: nothing to restore
             reporter.warn(f"its migrations ran; {restore}")
+    data_left = _data_rollback_left_behind(record, serving)
+    if data_left is not None:
+        reporter.warn(data_left)
     record.outcome = "interrupted"
     record.finished_at = time.time()
     record.failed_step = record.failed_step or step
@@ -1098,8 +1103,27 @@ def clean_up_abandoned(
     record.reason = record.reason or f"the {record.operation} process died (killed or crashed)"
     if command is not None and record.running_command is not None:
         record.reason += f"; its {command} command {record.running_command['ended']}"
+    if data_left is not None:
+        record.reason += f"; {data_left}"
     _remove_repository_locks_of(context, record, reporter)
     history.save(record)  # last: "interrupted" means the clean-up is over
+
+
+def _data_rollback_left_behind(record: OperationRecord, serving: bool | None) -> str | None:
+    """What to say of a `rollback --with-data` killed between its data restore and the switch:
+    its unwind would have put the data back, but SIGKILL runs none, and the hold ended with the
+    process, so the newer release serves on the older data. Not restored here: requests flow
+    again, and a restore under them is the operator's call."""
+    if record.operation != "rollback" or record.pre_restore_snapshot_id is None or serving:
+        return None
+    pre_restore = record.pre_restore_snapshot_id[:8]
+    unless = " (unless it has the traffic: the agent could not say)" if serving is None else ""
+    return (
+        f"it had restored (or begun to restore) the databases for release {record.release_id}, which never got the "
+        f"traffic{unless}: release {record.previous_release_id} serves on that data, which may not fit its schema, "
+        f"and its workers were stopped; put its data back with `lockstep snapshot restore {pre_restore}` (the "
+        "databases just before the rollback), or roll back again with --with-data"
+    )
 
 
 STOPPED = "was still running: the clean-up stopped it before it finished"
