@@ -120,3 +120,43 @@ def test_a_hanging_hook_is_stopped_at_hook_timeout_and_frees_the_lock(tmp_path: 
         assert project.version() == "1.0.0"
     finally:
         _stop_everything(project)
+
+
+def test_a_deploy_interrupted_in_its_post_deploy_hook_stays_deployed(tmp_path: Path) -> None:
+    """SIGTERM (or Ctrl-C) while the post-deploy hook ran, after the deploy had succeeded and its
+    old slot was retired: the unwind still had the start and migrate undos, so it stopped the slot
+    that had the traffic, restored the pre-deploy data (losing what was written since the
+    snapshot) and deleted the serving release's directory. A finished deploy is past undoing."""
+    import os
+    import signal
+
+    armed, started = tmp_path / "armed", tmp_path / "hook-started"
+    hook = f"sh -c 'test -e {armed} || exit 0; touch {started}; sleep 60'"
+    project = make_project(tmp_path, extra_deploy=f'hooks = {{ post-deploy = "{hook}" }}')
+    project.start_agent()
+    try:
+        assert project.lockstep("deploy").returncode == 0
+        armed.touch()
+        project.add_note("written under v1")
+        project.apply("v2", "notes 2.0.0")  # migration 002
+        deploy = project.popen_lockstep("deploy", "--json")
+        deadline = time.monotonic() + 120
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert started.exists(), "the post-deploy hook did not start"
+        project.add_note("written after the deploy succeeded")
+        os.kill(deploy.pid, signal.SIGTERM)
+        _, err = deploy.communicate(timeout=120)
+        said = err.decode()
+        assert project.version() == "2.0.0", said
+        notes = project.notes()
+        assert "written after the deploy succeeded" in notes and "written under v1" in notes
+        record = project.history()[-1]
+        assert record["outcome"] == "succeeded", record
+        assert "undo" not in " ".join(step["step"] for step in record["steps"]), record["steps"]
+        releases = project.directory / ".lockstep" / "state" / "test" / "releases"
+        assert (releases / record["release_id"]).is_dir()
+        assert "it stays deployed" in said, said
+        assert deploy.returncode == 0, said
+    finally:
+        _stop_everything(project)

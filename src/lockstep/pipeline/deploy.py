@@ -333,6 +333,14 @@ class Deployment:
             self._run_steps(record, work_tree)
             notifier.notify(operation_event(DEPLOY_SUCCEEDED, record, f"deployed {record.id}"))
         except (Exception, KeyboardInterrupt) as error:  # any failure, a bug included, must unwind
+            if record.outcome == "succeeded":  # interrupted once finished (its post-deploy hook)
+                cause = "Ctrl-C, SIGTERM or SIGHUP" if isinstance(error, KeyboardInterrupt) else str(error)
+                self.reporter.warn(
+                    f"interrupted after deploy {record.id} had succeeded ({self.redactor.redact(cause)}): "
+                    "it stays deployed; nothing is undone"
+                )
+                notifier.notify(operation_event(DEPLOY_SUCCEEDED, record, f"deployed {record.id}"))
+                return record
             try:
                 self._fail(record, error)
             except DeployRolledBack as failure:
@@ -592,6 +600,9 @@ class Deployment:
         self._barrier("retire")
         self._check_lock()
         self.steps.run("retire", f"slot {old_slot or '(none)'}", lambda: self._retire(old_slot, record), lambda r: r)
+        # Done: the new release serves and the old slot is retired. Undoing now would stop the
+        # slot with the traffic and restore the pre-deploy data under it, losing every write since.
+        self.steps.settle()
         record.outcome = "succeeded"
         record.finished_at = time.time()
         record.steps = [step.to_document() for step in self.steps.records]

@@ -123,6 +123,11 @@ class StepRunner:
         """A later step made an undo unnecessary (e.g. the old slot was retired on purpose)."""
         self._undo = [(step, action) for step, action in self._undo if step != name]
 
+    def settle(self) -> None:
+        """The operation is done and past undoing: forget every undo, so a late interruption (a
+        SIGTERM during a post- hook) cannot take a finished deploy apart."""
+        self._undo = []
+
     def unwind(self) -> bool:
         """Run every undo action, newest first, even when one fails; True when all succeeded."""
         all_ok = True
