@@ -104,3 +104,40 @@ def test_a_data_rollback_killed_before_its_switch_says_how_to_put_the_data_back(
     assert "never got the traffic" in record["reason"], record
     assert project.agent_log is not None
     assert f"lockstep snapshot restore {pre_restore}" in project.agent_log.read_text()
+
+
+def test_when_putting_the_data_back_fails_too_the_rollback_says_exactly_what_is_left(
+    notes_project: NotesProject,
+) -> None:
+    """The pre-restore snapshot is gone when the unwind needs it: the failure says so loudly, with
+    the snapshot to restore by hand, and the newer release's workers stay stopped (they would
+    write to the older release's data)."""
+    project = notes_project
+    assert project.lockstep("deploy").returncode == 0
+    project.apply("v2", "notes 2.0.0")
+    assert project.lockstep("deploy").returncode == 0
+    blue = project.status()["slots"]["blue"]
+    _agent(project).stop_slot("blue")
+    (_layout(project).release_directory(blue["release"]) / "app.py").write_text("import time\ntime.sleep(3600)\n")
+    rollback = project.popen_lockstep("rollback", "--with-data", "--yes", "--log-format", "json")
+    assert rollback.stderr is not None
+    for line in rollback.stderr:
+        event = json.loads(line)
+        if event.get("event") == "step-started" and event.get("step") == "code":
+            break
+    else:
+        raise AssertionError(f"the rollback ended (exit {rollback.wait()}) before its code step")
+    pre_restore = project.history()[-1]["pre_restore_snapshot_id"]
+    (project.directory / ".lockstep" / "repository" / "snapshots" / pre_restore).unlink()
+    said = " ".join(rollback.stderr.read().decode().split())
+    assert rollback.wait(timeout=120) == ExitCode.FAILED, said
+
+    assert "PUTTING THE DATA BACK FAILED" in said, said
+    assert f"lockstep snapshot restore {pre_restore[:8]}" in said, said
+    assert "of the newer release stay stopped" in said, said
+    record = project.history()[-1]
+    assert "PUTTING THE DATA BACK FAILED" in record["reason"] and record["data_restored"] is True, record
+    failed = [step["step"] for step in record["steps"] if step["outcome"] == "undo-failed"]
+    assert failed == ["undo restore data", "undo stop workers"], record["steps"]
+    assert not _running(project, "green", "worker")
+    assert project.request("GET", "/version")[0] == 200  # the hold was released all the same
