@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -39,6 +40,18 @@ def require_binary(name: str, install_hint: str) -> str:
         missing(f"{name} is not installed ({install_hint})")
     assert path is not None
     return path
+
+
+@pytest.fixture
+def hangup_not_ignored() -> Iterator[None]:
+    """SIGHUP at its default for the processes this test starts. Under `nohup` (a CI run started
+    that way) they inherit it ignored, and lockstep rightly leaves nohup's choice alone, so a test
+    of what SIGHUP does would see nothing happen."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 @pytest.fixture(autouse=True)

@@ -271,6 +271,7 @@ def test_a_second_deploy_is_refused_while_one_runs(tmp_path: Path) -> None:
         _stop_everything(project)
 
 
+@pytest.mark.usefixtures("hangup_not_ignored")
 def test_a_dropped_ssh_session_sighup_undoes_the_deploy_and_names_the_step(notes_project: NotesProject) -> None:
     """SIGHUP (the ssh session running the deploy drops) ended it on the spot, nothing undone;
     it unwinds now, like SIGTERM, and the history names the step it stopped."""

@@ -290,6 +290,7 @@ def test_sigkill_at_random_moments_never_damages_the_repository(tmp_path: Path, 
 @pytest.mark.parametrize(
     "signal_number", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"]
 )
+@pytest.mark.usefixtures("hangup_not_ignored")
 def test_terminated_backup_exits_130_and_cleans_up(tmp_path: Path, restic_binary: str, signal_number: int) -> None:
     """SIGTERM (systemd, CI cancel), Ctrl-C and SIGHUP (a dropped ssh session) unwind: exit 130,
     the packs written so far are removed, the lock is released, and restic finds the repository
