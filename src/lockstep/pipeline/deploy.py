@@ -195,6 +195,45 @@ def run_hook(
     reporter.warn(message)
 
 
+def apply_deploy_policy(
+    context: EnvironmentContext,
+    policy: EffectivePolicy,
+    request: DeployRequest,
+    record: OperationRecord,
+    reporter: Reporter,
+    question: str,
+) -> None:
+    """The environment's policy, before anything changes: its approval command, the confirmation
+    (`question`; production wants its name typed), and whether --skip-backup is allowed. A
+    multi-host deploy applies it once, here, for every host."""
+    if policy.approval_command:
+        outcome = run_user_command(
+            Command(
+                Command.parse(policy.approval_command).argv, env=hook_environment(record), cwd=str(context.directory)
+            ),
+            timeout=300,
+        )
+        if not outcome.ok:
+            raise UsageError(
+                f"the approval command did not approve this deploy: {outcome.describe_failure(5)}",
+                "get the approval it checks for, then deploy again",
+            )
+    if policy.confirm and not request.yes:
+        expected = context.environment if context.environment == "production" else None
+        if not reporter.confirm(question, expected):
+            # Also what a wrong answer at a terminal gets: say what the question wanted.
+            answer = f" by typing {expected}" if expected else " with y"
+            raise UsageError(
+                f"deploying to {context.environment} was not confirmed",
+                f"confirm on a terminal{answer}, or pass --yes",
+            )
+    if request.skip_backup and policy.require_snapshot:
+        raise UsageError(
+            f"--skip-backup is not allowed in {context.environment}: its policy requires the pre-deploy snapshot",
+            "deploy without --skip-backup, or set policy.require_snapshot = false for this environment",
+        )
+
+
 class Deployment:
     """One run of `lockstep deploy` for one environment."""
 
@@ -425,36 +464,8 @@ class Deployment:
         return tuple(directories)
 
     def _confirm(self, record: OperationRecord) -> None:
-        if self.policy.approval_command:
-            outcome = run_user_command(
-                Command(
-                    Command.parse(self.policy.approval_command).argv,
-                    env=hook_environment(record),
-                    cwd=str(self.context.directory),
-                ),
-                timeout=300,
-            )
-            if not outcome.ok:
-                raise UsageError(
-                    f"the approval command did not approve this deploy: {outcome.describe_failure(5)}",
-                    "get the approval it checks for, then deploy again",
-                )
-        if self.policy.confirm and not self.request.yes:
-            question = f"Deploy {record.commit and record.commit[:12]} to {self.context.environment}?"
-            expected = self.context.environment if self.context.environment == "production" else None
-            if not self.reporter.confirm(question, expected):
-                # Also what a wrong answer at a terminal gets: say what the question wanted.
-                answer = f" by typing {expected}" if expected else " with y"
-                raise UsageError(
-                    f"deploying to {self.context.environment} was not confirmed",
-                    f"confirm on a terminal{answer}, or pass --yes",
-                )
-        if self.request.skip_backup and self.policy.require_snapshot:
-            raise UsageError(
-                f"--skip-backup is not allowed in {self.context.environment}: "
-                "its policy requires the pre-deploy snapshot",
-                "deploy without --skip-backup, or set policy.require_snapshot = false for this environment",
-            )
+        question = f"Deploy {record.commit and record.commit[:12]} to {self.context.environment}?"
+        apply_deploy_policy(self.context, self.policy, self.request, record, self.reporter, question)
 
     def _document_store(self) -> DocumentStore:
         repository = self.context.project.access.open(load_index=False)

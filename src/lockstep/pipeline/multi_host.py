@@ -52,7 +52,7 @@ from lockstep.pipeline.deploy import (
     DeployRefused,
     DeployRequest,
     DeployRolledBack,
-    hook_environment,
+    apply_deploy_policy,
     performer,
 )
 from lockstep.pipeline.environment_lock import (
@@ -65,7 +65,6 @@ from lockstep.pipeline.history import History, OperationRecord, RedactedRecord
 from lockstep.pipeline.notifications import notifier_for, operation_event, secrets_redactor, teach_reporter_secrets
 from lockstep.pipeline.releases import ResolvedRef, new_deploy_id, resolve_ref
 from lockstep.pipeline.steps import Reporter, StepRunner, bind_context
-from lockstep.process import Command, run_user_command
 from lockstep.remote import ssh
 
 T = TypeVar("T")
@@ -609,34 +608,8 @@ class MultiHostDeployment(HostFanOut):
 
     def _confirm(self, record: OperationRecord) -> None:
         """Asked once here, for every host: the hosts run with --yes."""
-        if self.policy.approval_command:
-            outcome = run_user_command(
-                Command(
-                    Command.parse(self.policy.approval_command).argv,
-                    env=hook_environment(record),
-                    cwd=str(self.context.directory),
-                ),
-                timeout=300,
-            )
-            if not outcome.ok:
-                raise UsageError(
-                    f"the approval command did not approve this deploy: {outcome.describe_failure(5)}",
-                    "get the approval it checks for, then deploy again",
-                )
-        if self.policy.confirm and not self.request.yes:
-            question = f"Deploy {(record.commit or '')[:12]} to {self.context.environment} ({len(self.runs)} hosts)?"
-            expected = self.context.environment if self.context.environment == "production" else None
-            if not self.reporter.confirm(question, expected):
-                raise UsageError(
-                    f"deploying to {self.context.environment} was not confirmed",
-                    "confirm on a terminal, or pass --yes",
-                )
-        if self.request.skip_backup and self.policy.require_snapshot:
-            raise UsageError(
-                f"--skip-backup is not allowed in {self.context.environment}: "
-                "its policy requires the pre-deploy snapshot",
-                "deploy without --skip-backup, or set policy.require_snapshot = false for this environment",
-            )
+        question = f"Deploy {(record.commit or '')[:12]} to {self.context.environment} ({len(self.runs)} hosts)?"
+        apply_deploy_policy(self.context, self.policy, self.request, record, self.reporter, question)
 
 
 def error_of(result: ssh.RemoteResult) -> str:
