@@ -61,7 +61,6 @@ from lockstep.pipeline.data_rollback import (
 from lockstep.pipeline.environment_lock import (
     EnvironmentLock,
     LockHolder,
-    current_process_space,
     describe_holder,
 )
 from lockstep.pipeline.history import History, OperationRecord, RedactedRecord
@@ -88,7 +87,6 @@ from lockstep.process import (
     stop_command_group,
 )
 from lockstep.repository.documents import DocumentStore
-from lockstep.repository.identity import current_user
 from lockstep.runtimes.local import port_holder, port_is_free
 
 WATCH_INTERVAL = 1.0
@@ -133,11 +131,6 @@ class DeployRequest:
     coordinated: str | None = None
     # A secondary host: the primary took the pre-deploy snapshot and ran the migrations.
     secondary: bool = False
-
-
-def performer() -> str:
-    """Who deploys: $LOCKSTEP_PERFORMER (CI sets it to the person behind the pipeline) or the user."""
-    return os.environ.get("LOCKSTEP_PERFORMER") or current_user()
 
 
 def migration_version(context: EnvironmentContext) -> str | None:
@@ -333,15 +326,10 @@ class Deployment:
         work_tree = self._code_work_tree()
         resolved = self.steps.run("preflight", "", lambda: self._preflight(work_tree), lambda r: r.short_commit)
         deploy_id = self.request.coordinated or new_deploy_id(resolved.commit)
-        record = OperationRecord(
-            id=deploy_id,
-            operation="deploy",
-            environment=self.context.environment,
-            started_at=time.time(),
-            performer=performer(),
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            process_space=current_process_space(),
+        record = OperationRecord.started_now(
+            deploy_id,
+            "deploy",
+            self.context.environment,
             ref=resolved.ref,
             commit=resolved.commit,
             message=self.request.message or resolved.subject,

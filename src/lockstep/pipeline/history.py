@@ -8,15 +8,20 @@ is gone and marks it "interrupted" after cleaning up.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from lockstep.pipeline.environment_lock import current_process_space
 from lockstep.process import process_alive
 from lockstep.redaction import Redactor, process_redactor
+from lockstep.repository.identity import current_user
 
 OUTCOMES = ("running", "succeeded", "failed", "rolled-back", "interrupted")
 
@@ -27,6 +32,11 @@ CREATE TABLE IF NOT EXISTS operations (
     started_at REAL NOT NULL
 );
 """
+
+
+def performer() -> str:
+    """Who deploys: $LOCKSTEP_PERFORMER (CI sets it to the person behind the pipeline) or the user."""
+    return os.environ.get("LOCKSTEP_PERFORMER") or current_user()
 
 
 @dataclass
@@ -66,6 +76,22 @@ class OperationRecord:
     process_space: str = ""  # boot and PID namespace where `pid` means something ("" unknown)
     # A multi-host deploy's hosts, as its orchestrator recorded them: name, role, outcome, why.
     hosts: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def started_now(cls, id: str, operation: str, environment: str, **fields: Any) -> OperationRecord:
+        """The record of an operation this process starts now: who runs it, on which host, as
+        which process (what a clean-up checks before it declares the operation dead)."""
+        return cls(
+            id=id,
+            operation=operation,
+            environment=environment,
+            started_at=time.time(),
+            performer=performer(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            process_space=current_process_space(),
+            **fields,
+        )
 
     @property
     def duration(self) -> float | None:

@@ -30,7 +30,6 @@ import asyncio
 import json
 import os
 import shlex
-import socket
 import subprocess
 import tempfile
 import time
@@ -53,12 +52,10 @@ from lockstep.pipeline.deploy import (
     DeployRequest,
     DeployRolledBack,
     apply_deploy_policy,
-    performer,
 )
 from lockstep.pipeline.environment_lock import (
     EnvironmentLock,
     LockHolder,
-    current_process_space,
     describe_holder,
 )
 from lockstep.pipeline.history import History, OperationRecord, RedactedRecord
@@ -428,15 +425,10 @@ class MultiHostDeployment(HostFanOut):
             lambda: self._preflight(work_tree),
             lambda r: f"{r.short_commit} on {len(self.runs)} hosts",
         )
-        record = OperationRecord(
-            id=new_deploy_id(resolved.commit),
-            operation="deploy",
-            environment=self.context.environment,
-            started_at=time.time(),
-            performer=performer(),
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            process_space=current_process_space(),
+        record = OperationRecord.started_now(
+            new_deploy_id(resolved.commit),
+            "deploy",
+            self.context.environment,
             ref=resolved.ref,
             commit=resolved.commit,
             message=self.request.message or resolved.subject,

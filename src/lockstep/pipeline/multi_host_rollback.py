@@ -16,16 +16,12 @@ are refused with what to do instead.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 
 from lockstep.actions.environment import EnvironmentContext
 from lockstep.errors import UsageError
 from lockstep.notify.events import ROLLBACK_DONE, ROLLBACK_FAILED
 from lockstep.pipeline.coordination import GO, RETIRE_BARRIER, SWITCH_BARRIER
-from lockstep.pipeline.deploy import performer
-from lockstep.pipeline.environment_lock import current_process_space
 from lockstep.pipeline.history import OperationRecord
 from lockstep.pipeline.multi_host import HostFanOut, HostRun, error_of
 from lockstep.pipeline.notifications import notifier_for, operation_event
@@ -65,15 +61,10 @@ class MultiHostRollback(HostFanOut):
         )
         release = target.release
         self.target_release = release.release_id
-        record = OperationRecord(
-            id=self.history.unused_id(f"{time.strftime('%Y%m%d_%H%M%S', time.gmtime())}_rollback"),
-            operation="rollback",
-            environment=self.context.environment,
-            started_at=time.time(),
-            performer=performer(),
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            process_space=current_process_space(),
+        record = OperationRecord.started_now(
+            self.history.unused_id(f"{time.strftime('%Y%m%d_%H%M%S', time.gmtime())}_rollback"),
+            "rollback",
+            self.context.environment,
             ref=release.ref,
             commit=release.commit,
             message=f"rollback every host to {release.release_id}",

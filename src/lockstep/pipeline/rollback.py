@@ -17,9 +17,7 @@ is past undoing (see Rollback._restore and Rollback._switched).
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +35,9 @@ from lockstep.pipeline.deploy import (
     clean_up_abandoned,
     health_gate,
     migration_version,
-    performer,
     run_hook,
 )
-from lockstep.pipeline.environment_lock import EnvironmentLock, LockHolder, current_process_space
+from lockstep.pipeline.environment_lock import EnvironmentLock, LockHolder
 from lockstep.pipeline.history import History, OperationRecord, RedactedRecord
 from lockstep.pipeline.notifications import notifier_for, operation_event, secrets_redactor, teach_reporter_secrets
 from lockstep.pipeline.release_launch import plan_components, traffic_component
@@ -194,16 +191,11 @@ class Rollback:
         current = status["slots"][active]["release"]
         target = choose_target(self.history, current["release_id"] if current else None, self.request)
         release = target.release
-        record = OperationRecord(
-            id=self.request.coordinated
+        record = OperationRecord.started_now(
+            self.request.coordinated
             or self.history.unused_id(f"{time.strftime('%Y%m%d_%H%M%S', time.gmtime())}_rollback"),
-            operation="rollback",
-            environment=self.context.environment,
-            started_at=time.time(),
-            performer=performer(),
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            process_space=current_process_space(),
+            "rollback",
+            self.context.environment,
             ref=release.ref,
             commit=release.commit,
             message=f"rollback {self.request.component or 'everything'} to {release.release_id}",
