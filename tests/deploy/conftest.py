@@ -146,14 +146,19 @@ class NotesProject:
     def deploy_until_step(self, step: str) -> subprocess.Popen[bytes]:
         """A deploy with JSON progress, read until `step` has started; the caller stops it
         (a signal, a closed stderr) and waits for it."""
-        process = self.popen_lockstep("deploy", "--log-format", "json")
+        return self.run_until_step(step, "deploy")
+
+    def run_until_step(self, step: str, *arguments: str, event: str = "step-started") -> subprocess.Popen[bytes]:
+        """`lockstep ARGUMENTS` with JSON progress, read until `step` has started (or, with
+        event="step-finished", finished); the caller stops it or reads on, and waits for it."""
+        process = self.popen_lockstep(*arguments, "--log-format", "json")
         assert process.stderr is not None
         for line in process.stderr:
-            event = json.loads(line)
-            if event.get("event") == "step-started" and event.get("step") == step:
+            said = json.loads(line)
+            if said.get("event") == event and said.get("step") == step:
                 return process
         process.wait()
-        raise AssertionError(f"the deploy ended (exit {process.returncode}) before its {step} step")
+        raise AssertionError(f"lockstep {arguments[0]} ended (exit {process.returncode}) before {event} {step}")
 
     def commit(self, message: str) -> str:
         subprocess.run(["git", "add", "-A"], cwd=self.directory, check=True)

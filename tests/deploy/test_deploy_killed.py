@@ -3,7 +3,6 @@ so what the next `status` or deploy says and does is all the operator gets."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -181,12 +180,8 @@ def test_a_rollback_killed_while_it_starts_its_release_leaves_nothing_running_be
     lock without a word."""
     project = notes_project
     ids = deploy_three_releases(project)
-    rollback = project.popen_lockstep("rollback", "--to", ids[0], "--log-format", "json")
+    rollback = project.run_until_step("code", "rollback", "--to", ids[0])
     assert rollback.stderr is not None
-    for line in rollback.stderr:
-        event = json.loads(line)
-        if event.get("event") == "step-started" and event.get("step") == "code":
-            break
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not _running_workers(project, "green"):
         time.sleep(0.1)

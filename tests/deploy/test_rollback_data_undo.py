@@ -7,7 +7,7 @@ under it, on a schema without its column)."""
 
 from __future__ import annotations
 
-import json
+import subprocess
 import time
 
 import pytest
@@ -31,6 +31,20 @@ def _agent(project: NotesProject) -> AgentClient:
 def _running(project: NotesProject, slot: str, component: str) -> bool:
     processes = project.status()["slots"][slot]["processes"]
     return any(item["component"] == component and item["running"] for item in processes)
+
+
+def _data_rollback_stuck_starting_a_cold_broken_release(project: NotesProject) -> subprocess.Popen[bytes]:
+    """1.0.0 and 2.0.0 deployed, 1.0.0's warm slot stopped and its app made to never listen; a
+    `rollback --with-data`, read until its code step (after the data restore) has started."""
+    assert project.lockstep("deploy").returncode == 0
+    project.apply("v2", "notes 2.0.0")
+    assert project.lockstep("deploy").returncode == 0
+    blue = project.status()["slots"]["blue"]
+    _agent(project).stop_slot("blue")
+    (_layout(project).release_directory(blue["release"]) / "app.py").write_text("import time\ntime.sleep(3600)\n")
+    rollback = project.run_until_step("code", "rollback", "--with-data", "--yes")
+    assert rollback.stderr is not None
+    return rollback
 
 
 def test_a_data_rollback_whose_older_release_fails_cold_puts_the_data_back(notes_project: NotesProject) -> None:
@@ -77,20 +91,7 @@ def test_a_data_rollback_killed_before_its_switch_says_how_to_put_the_data_back(
     process, and the newer release serves on the older data. The clean-up cannot restore under
     live traffic, but it says so and names the pre-restore snapshot (the history too)."""
     project = notes_project
-    assert project.lockstep("deploy").returncode == 0
-    project.apply("v2", "notes 2.0.0")
-    assert project.lockstep("deploy").returncode == 0
-    blue = project.status()["slots"]["blue"]
-    _agent(project).stop_slot("blue")
-    (_layout(project).release_directory(blue["release"]) / "app.py").write_text("import time\ntime.sleep(3600)\n")
-    rollback = project.popen_lockstep("rollback", "--with-data", "--yes", "--log-format", "json")
-    assert rollback.stderr is not None
-    for line in rollback.stderr:
-        event = json.loads(line)
-        if event.get("event") == "step-started" and event.get("step") == "code":
-            break
-    else:
-        raise AssertionError(f"the rollback ended (exit {rollback.wait()}) before its code step")
+    rollback = _data_rollback_stuck_starting_a_cold_broken_release(project)
     rollback.kill()
     rollback.communicate()
 
@@ -113,20 +114,7 @@ def test_when_putting_the_data_back_fails_too_the_rollback_says_exactly_what_is_
     the snapshot to restore by hand, and the newer release's workers stay stopped (they would
     write to the older release's data)."""
     project = notes_project
-    assert project.lockstep("deploy").returncode == 0
-    project.apply("v2", "notes 2.0.0")
-    assert project.lockstep("deploy").returncode == 0
-    blue = project.status()["slots"]["blue"]
-    _agent(project).stop_slot("blue")
-    (_layout(project).release_directory(blue["release"]) / "app.py").write_text("import time\ntime.sleep(3600)\n")
-    rollback = project.popen_lockstep("rollback", "--with-data", "--yes", "--log-format", "json")
-    assert rollback.stderr is not None
-    for line in rollback.stderr:
-        event = json.loads(line)
-        if event.get("event") == "step-started" and event.get("step") == "code":
-            break
-    else:
-        raise AssertionError(f"the rollback ended (exit {rollback.wait()}) before its code step")
+    rollback = _data_rollback_stuck_starting_a_cold_broken_release(project)
     pre_restore = project.history()[-1]["pre_restore_snapshot_id"]
     (project.directory / ".lockstep" / "repository" / "snapshots" / pre_restore).unlink()
     said = " ".join(rollback.stderr.read().decode().split())

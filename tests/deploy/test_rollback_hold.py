@@ -201,14 +201,8 @@ def test_a_killed_rollback_does_not_leave_the_traffic_held(tmp_path: Path) -> No
     project.start_agent()
     try:
         deploy_v1_then_v2(project)
-        process = project.popen_lockstep("rollback", "--with-data", "--yes", "--log-format", "json")
+        process = project.run_until_step("hold traffic", "rollback", "--with-data", "--yes", event="step-finished")
         assert process.stderr is not None
-        for line in process.stderr:
-            event = json.loads(line)
-            if event.get("event") == "step-finished" and event.get("step") == "hold traffic":
-                break
-        else:
-            raise AssertionError(f"the rollback ended (exit {process.wait()}) before it held the traffic")
         process.send_signal(signal.SIGSTOP)  # frozen while holding: no release can come from it
         proxy = BuiltinProxy(f"127.0.0.1:{project.listen_port}", project.directory / PROXY_STATE)
         hold = proxy.hold_state()
@@ -338,14 +332,8 @@ def test_a_proxy_killed_during_a_data_rollback_comes_back_still_holding(notes_pr
     answered by the older release on the restored data (not by the newer one meanwhile)."""
     project = notes_project
     deploy_v1_then_v2(project)
-    process = project.popen_lockstep("rollback", "--with-data", "--yes", "--log-format", "json")
+    process = project.run_until_step("hold traffic", "rollback", "--with-data", "--yes", event="step-finished")
     assert process.stderr is not None
-    for line in process.stderr:
-        event = json.loads(line)
-        if event.get("event") == "step-finished" and event.get("step") == "hold traffic":
-            break
-    else:
-        raise AssertionError(f"the rollback ended (exit {process.wait()}) before it held the traffic")
     process.send_signal(signal.SIGSTOP)  # frozen while holding, before the restore
     try:
         proxy = BuiltinProxy(f"127.0.0.1:{project.listen_port}", project.directory / PROXY_STATE)
