@@ -146,6 +146,17 @@ class HostFanOut:
         self.runs = [HostRun(target, primary=index == 0) for index, target in enumerate(self.config.host_targets())]
         bind_context(reporter, env=context.environment)
 
+    def run(self) -> OperationRecord:
+        """Run on every host; the record of a success, else the operation's failure. The SSH
+        sessions and the event loop are closed however it ends."""
+        try:
+            return self._run()
+        finally:
+            self._close()
+
+    def _run(self) -> OperationRecord:
+        raise NotImplementedError
+
     def _wait(self, work: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(work)
 
@@ -405,14 +416,8 @@ class MultiHostDeployment(HostFanOut):
         super().__init__(context, reporter, request.lock_wait, request.force)
         self.request = request
 
-    def run(self) -> OperationRecord:
-        """Deploy to every host; the record of a success, else DeployRolledBack/DeployFailed/DeployRefused."""
-        try:
-            return self._run()
-        finally:
-            self._close()
-
     def _run(self) -> OperationRecord:
+        """Deploy to every host; the record of a success, else DeployRolledBack/DeployFailed/DeployRefused."""
         work_tree = self.config.code.path
         if self.config.code.kind != "git" or work_tree is None:
             raise UsageError(

@@ -40,12 +40,6 @@ class MultiHostRollback(HostFanOut):
         self.request = request
         self.target_release: str | None = None
 
-    def run(self) -> OperationRecord:
-        try:
-            return self._run()
-        finally:
-            self._close()
-
     def _run(self) -> OperationRecord:
         if self.request.with_data or self.request.component is not None:
             raise UsageError(
