@@ -373,3 +373,69 @@ def test_a_new_scratch_file_removes_those_a_killed_verification_left(
     assert database_path(new).parent == tmp_path
     assert not stale.exists() and not stale_journal.exists() and recent.exists()
     adapter.drop_database(new, None)
+
+
+def test_restore_reaches_a_connection_the_application_keeps_open(
+    adapter: SqliteAdapter, database: str, tmp_path: Path
+) -> None:
+    """An application that keeps its database open (a connection pool, a warm slot) must read
+    and write the restored data: a file renamed into place left it on the replaced file, where
+    every write it made after the restore was lost, and its closing deleted the new file's -wal."""
+    execute(database, "PRAGMA journal_mode=WAL; CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('snapshot');")
+    data = dump_bytes(adapter, database)
+    target = tmp_path / "live.db"
+    execute(f"sqlite:///{target}", "PRAGMA journal_mode=WAL; CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('live');")
+    with contextlib.closing(sqlite3.connect(target)) as application:
+        assert application.execute("SELECT v FROM t").fetchall() == [("live",)]
+        adapter.restore(f"sqlite:///{target}", None, io.BytesIO(data), create=False)
+        assert application.execute("SELECT v FROM t").fetchall() == [("snapshot",)]
+        with application:
+            application.execute("INSERT INTO t VALUES ('written after the restore')")
+    with contextlib.closing(sqlite3.connect(target)) as reader:
+        assert reader.execute("SELECT v FROM t ORDER BY rowid").fetchall() == [
+            ("snapshot",),
+            ("written after the restore",),
+        ]
+    assert [path.name for path in tmp_path.iterdir() if "restoring" in path.name] == []
+
+
+def test_restore_into_a_wal_database_of_another_page_size_replaces_the_file(
+    adapter: SqliteAdapter, tmp_path: Path
+) -> None:
+    """SQLite cannot copy pages of another size into a WAL database: the checked copy is renamed
+    into place instead, and no -wal or -shm of it is left next to the target."""
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    execute(
+        source, "PRAGMA page_size=8192; PRAGMA journal_mode=WAL; CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('s');"
+    )
+    data = dump_bytes(adapter, source)
+    (tmp_path / "live").mkdir()
+    target = tmp_path / "live" / "app.db"
+    execute(f"sqlite:///{target}", "PRAGMA journal_mode=WAL; CREATE TABLE old (v TEXT);")
+    adapter.restore(f"sqlite:///{target}", None, io.BytesIO(data), create=False)
+    with contextlib.closing(sqlite3.connect(target)) as connection:
+        assert connection.execute("SELECT v FROM t").fetchall() == [("s",)]
+        assert connection.execute("PRAGMA page_size").fetchone() == (8192,)
+    assert sorted(path.name for path in (tmp_path / "live").iterdir()) == ["app.db"]
+
+
+def test_restore_gives_up_on_a_database_another_process_keeps_locked(
+    adapter: SqliteAdapter, database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer in the middle of a transaction is waited for, then the restore fails and leaves
+    the database as it was: swapping the file under it would lose what it commits next."""
+    monkeypatch.setattr("lockstep.databases.sqlite.BACKUP_LOCK_TIMEOUT_SECONDS", 0.5)
+    execute(database, "CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('snapshot');")
+    data = dump_bytes(adapter, database)
+    target = tmp_path / "locked.db"
+    execute(f"sqlite:///{target}", "CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('live');")
+    with contextlib.closing(sqlite3.connect(target, isolation_level=None)) as writer:
+        writer.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(SourceError, match="held a lock") as raised:
+            adapter.restore(f"sqlite:///{target}", None, io.BytesIO(data), create=False)
+        assert str(target) in raised.value.message
+        writer.execute("INSERT INTO t VALUES ('committed after')")
+        writer.execute("COMMIT")
+    with contextlib.closing(sqlite3.connect(target)) as reader:
+        assert reader.execute("SELECT v FROM t ORDER BY rowid").fetchall() == [("live",), ("committed after",)]
+    assert [path.name for path in tmp_path.iterdir() if "restoring" in path.name] == []

@@ -8,10 +8,14 @@ be: it can catch a page half-written, or miss what still sits in the `-wal` file
 held by another process (`BEGIN EXCLUSIVE`) is waited out for BACKUP_LOCK_TIMEOUT_SECONDS, then
 the backup fails and names the file.
 
-A restore writes the file next to the target and renames it into place, so a reader sees the
-old database or the new one, never half of one; the new file keeps the old one's mode and owner,
-and a symlinked database is restored into the file the link points to. Stop the application
-first: a process holding the old file open keeps using it.
+A restore first writes the dump to a file next to the target and checks it. An existing
+database is then overwritten through the backup API, page by page in one write transaction:
+a connection the application keeps open (a pool, a warm slot) sees the old database or the new
+one, never half of one, and its next writes go into the restored data. Renaming the file into
+place would leave such a connection on the replaced file, writing where nobody reads again.
+Where SQLite cannot copy into the target (it is no database, or a WAL database with another
+page size) and for a new database, the checked file is renamed into place, keeping the old
+file's mode and owner; a symlinked database is restored into the file the link points to.
 """
 
 from __future__ import annotations
@@ -204,6 +208,9 @@ class SqliteAdapter:
                 os.fsync(output.fileno())
             _check_copy(staged)
             remove_companions(staged)  # the check's: the staged file itself is complete
+            if path.exists() and _copy_into_live_database(staged, path):
+                remove_database_file(staged)
+                return
             # The old database's -wal/-shm/-journal describe the old file; next to the new one
             # they would be replayed into it and corrupt it.
             remove_companions(path)
@@ -264,6 +271,65 @@ def _keep_mode_and_owner(descriptor: int, path: Path) -> None:
             with contextlib.suppress(PermissionError):
                 os.fchown(descriptor, -1, existing.st_gid)
     os.fchmod(descriptor, stat.S_IMODE(existing.st_mode))  # after chown, which may clear set-id bits
+
+
+# Errors that mean SQLite cannot write this file page by page, where renaming a checked copy
+# into place still restores it: not a database, damaged, read-only, or a WAL database whose page
+# size differs (SQLITE_READONLY). Any other error (a lock, a full disk) fails the restore.
+_RENAME_INSTEAD = {sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN}
+_LOCK_ERRORS = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+_LOCK_RETRY_SECONDS = 0.25
+
+
+def _copy_into_live_database(staged: Path, path: Path) -> bool:
+    """Overwrite the database at `path` with `staged` through the backup API, in one write
+    transaction, so that the connections open on it see the restored data. False, with `path`
+    untouched, when SQLite cannot copy into it (see _RENAME_INSTEAD): the caller renames `staged`
+    into place instead. A lock another process holds longer than BACKUP_LOCK_TIMEOUT_SECONDS
+    fails the restore: renaming the file under a writer would lose what it commits next."""
+    wait = _LockWait(time.monotonic() + BACKUP_LOCK_TIMEOUT_SECONDS)
+    try:
+        with (
+            contextlib.closing(sqlite3.connect(f"{staged.resolve().as_uri()}?mode=ro", uri=True)) as source,
+            contextlib.closing(sqlite3.connect(path, timeout=BACKUP_STEP_BUSY_SECONDS)) as target,
+        ):
+            _read_schema(target, wait)
+            source.backup(target, progress=wait)
+            # A WAL database now holds every page in its -wal: put them into the file itself (a
+            # reader still in a transaction makes this a no-op; SQLite checkpoints later then).
+            with contextlib.suppress(sqlite3.Error):
+                target.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        return True
+    except _LockedTooLong:
+        raise SourceError(
+            f"cannot restore SQLite database {path}: another process has held a lock on it for "
+            f"{BACKUP_LOCK_TIMEOUT_SECONDS:g} s; it was left as it was",
+            "find it (e.g. `fuser` or `lsof` on the file) and end its transaction, then try again",
+        ) from None
+    except sqlite3.Error as error:
+        if _primary_code(error) in _RENAME_INSTEAD:
+            return False
+        raise SourceError(f"cannot restore SQLite database {path}: {error}; it was left as it was") from None
+    finally:
+        remove_companions(staged)  # a WAL-mode copy, opened even read-only, gets a -wal and -shm
+
+
+def _read_schema(connection: sqlite3.Connection, wait: _LockWait) -> None:
+    """Read the schema (which fails for a file that is no database), waiting out a lock in short
+    steps as the backup does, so that signals are handled meanwhile."""
+    while True:
+        try:
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return
+        except sqlite3.Error as error:
+            if _primary_code(error) not in _LOCK_ERRORS:
+                raise
+            wait(sqlite3.SQLITE_BUSY, 0, 0)
+            time.sleep(_LOCK_RETRY_SECONDS)
+
+
+def _primary_code(error: sqlite3.Error) -> int:
+    return int(getattr(error, "sqlite_errorcode", 0) or 0) & 0xFF
 
 
 def _copy(source: IO[bytes], output: IO[bytes]) -> None:

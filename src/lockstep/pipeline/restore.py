@@ -466,7 +466,7 @@ def _sqlite_objects(path: Path) -> TargetState:
 
 def empty_database(adapter: DatabaseAdapter, target: ServerAccess) -> None:
     """Remove everything a dump would bring back, keeping the database itself (its owner, grants
-    and settings). SQLite needs nothing: its restore replaces the file atomically."""
+    and settings). SQLite needs nothing: its restore replaces the content in one transaction."""
     if adapter.engine == "sqlite":
         return
     location = ServerLocation.parse(target.url)
