@@ -233,3 +233,53 @@ def test_a_missing_live_database_is_restored_without_asking(project: Project) ->
         table["name"]: (table["rows"], table["checksum"]) for table in created["databases"]["main"]["tables"]
     }
     assert [item["kind"] for item in json.loads(project.ok("snapshot", "list", "--json").out)] == ["manual"]
+
+
+def test_to_a_configured_database_is_an_in_place_restore(project: Project) -> None:
+    """--to the URL of a database in lockstep.toml (spelt another way) replaces live data: it
+    must not skip the pre-restore snapshot, the report of what is discarded and the
+    confirmation, or the rows written since are gone with no way back."""
+    from tests.cli.test_snapshot_cli import make_sqlite
+
+    make_sqlite(project.root / "other.db")
+    project.write_config({"main": "sqlite:///app.db", "other": "sqlite:///other.db"})
+    git(project.root, "commit", "-q", "-am", "two databases")
+    created = project.create("-m", "good")
+    damage_live_database(project)
+    damaged = sqlite_fingerprint(project.root / "app.db")
+    same_file = f"sqlite:///{project.root}/./app.db"
+    refused = project.lockstep("snapshot", "restore", "latest", "--database", "main", "--to", same_file)
+    assert refused.returncode == 2 and "--yes" in refused.err, refused.err
+    assert sqlite_fingerprint(project.root / "app.db") == damaged
+    document = json.loads(
+        project.ok("snapshot", "restore", "latest", "--database", "main", "--to", same_file, "--yes", "--json").out
+    )
+    assert document["pre_restore_snapshot"] is not None
+    assert document["discarded"] and document["discarded"][0]["changed"] is True
+    assert sqlite_fingerprint(project.root / "app.db") == {
+        table["name"]: (table["rows"], table["checksum"]) for table in created["databases"]["main"]["tables"]
+    }
+    # Into another configured database: that one's rows are what the pre-restore snapshot keeps.
+    import sqlite3
+
+    with sqlite3.connect(project.root / "other.db") as connection:
+        connection.execute("INSERT INTO orders (customer_id, total) VALUES (1, 99.5)")
+    connection.close()
+    other = sqlite_fingerprint(project.root / "other.db")
+    into_other = json.loads(
+        project.ok(
+            "snapshot",
+            "restore",
+            created["short_id"],
+            "--database",
+            "main",
+            "--to",
+            "sqlite:///other.db",
+            "--yes",
+            "--json",
+        ).out
+    )
+    pre_restore = into_other["pre_restore_snapshot"]
+    assert pre_restore is not None and pre_restore != document["pre_restore_snapshot"]
+    project.ok("snapshot", "restore", pre_restore[:10], "--database", "other", "--yes")
+    assert sqlite_fingerprint(project.root / "other.db") == other

@@ -18,6 +18,7 @@ from lockstep.actions.snapshot_show import find_snapshot
 from lockstep.actions.step_reports import SilentReporter, bind_operation, reported_step, teach_secrets
 from lockstep.config.model import FilesConfig
 from lockstep.databases import adapter_for
+from lockstep.databases.identity import same_database
 from lockstep.errors import LockstepError, UsageError
 from lockstep.pipeline.diff import DatabaseDiff, diff_database
 from lockstep.pipeline.manifest import FileRecord, Manifest
@@ -119,7 +120,23 @@ def restore(
         bind_operation(reporter, snapshot_id=snapshot.id)
         manifest = load_manifest(repository, snapshot)
         outcome = RestoreOutcome(snapshot=snapshot, manifest=manifest)
-        if request.database is not None and request.to_url is not None:
+        live = _configured_database_at(project, request.to_url)
+        if request.database is not None and live is not None:
+            # --to one of the project's own databases: an in-place restore, with its safeguards.
+            database_record(manifest, snapshot, request.database)
+            _restore_in_place(
+                repository,
+                project,
+                snapshot,
+                manifest,
+                {request.database: live},
+                request,
+                confirm,
+                outcome,
+                environment,
+                reporter,
+            )
+        elif request.database is not None and request.to_url is not None:
             database_record(manifest, snapshot, request.database)
             target = ServerAccess(request.to_url, _password_for(project, request.database))
             with reported_step(reporter, f"restore {request.database}", "into the --to database") as step:
@@ -131,8 +148,18 @@ def restore(
         else:
             names = _in_place_names(project, manifest, snapshot, request, outcome)
             if names:
+                live_names = {name: name for name in names}
                 _restore_in_place(
-                    repository, project, snapshot, manifest, names, request, confirm, outcome, environment, reporter
+                    repository,
+                    project,
+                    snapshot,
+                    manifest,
+                    live_names,
+                    request,
+                    confirm,
+                    outcome,
+                    environment,
+                    reporter,
                 )
         if request.code_directory is not None:
             work_tree = project.config.code.path if project.config.code.kind == "git" else None
@@ -157,6 +184,14 @@ def _load_adapters(project: ProjectContext, request: RestoreRequest) -> None:
         adapter_for(request.to_url)
     else:
         load_database_adapters(project.config)
+
+
+def _configured_database_at(project: ProjectContext, url: str | None) -> str | None:
+    """The name of the project's database that `url` names, however it is spelt; None for
+    another database (or no --to)."""
+    if url is None:
+        return None
+    return next((name for name, database in project.config.databases.items() if same_database(database.url, url)), None)
 
 
 def _password_for(project: ProjectContext, name: str) -> str | None:
@@ -198,15 +233,20 @@ def _restore_in_place(
     project: ProjectContext,
     snapshot: Snapshot,
     manifest: Manifest,
-    names: list[str],
+    live_names: dict[str, str],
     request: RestoreRequest,
     confirm: Confirm,
     outcome: RestoreOutcome,
     environment: str | None,
     reporter: Reporter,
 ) -> None:
+    """Restore each of the snapshot's databases in `live_names` into the configured database
+    that maps to it (the same name, except for --to one of them)."""
     configured = project.config.databases
-    targets = {name: ServerAccess(configured[name].url, _password_for(project, name)) for name in names}
+    names = list(live_names)
+    targets = {
+        name: ServerAccess(configured[live].url, _password_for(project, live)) for name, live in live_names.items()
+    }
     with reported_step(reporter, "compare", "live databases against the snapshot") as step:
         existing = [name for name in names if target_state(adapter_for(targets[name].url), targets[name]) != "missing"]
         for name in existing:
@@ -214,11 +254,15 @@ def _restore_in_place(
         changed = [diff.name for diff in outcome.diffs if diff.changed]
         step.detail = f"changed since the snapshot: {', '.join(changed)}" if changed else "nothing changed"
     schema_only = [name for name in existing if manifest.databases[name].schema_only]
-    if existing and not request.yes and not confirm(RestorePlan(snapshot, names, outcome.diffs, schema_only)):
+    shown = [name if live == name else f"{live} (from {name})" for name, live in live_names.items()]
+    if existing and not request.yes and not confirm(RestorePlan(snapshot, shown, outcome.diffs, schema_only)):
         raise RestoreCancelled("the restore was cancelled; nothing was changed")
     if existing:
         subset = project.config.model_copy(
-            update={"databases": {name: configured[name] for name in existing}, "files": FilesConfig()}
+            update={
+                "databases": {live_names[name]: configured[live_names[name]] for name in existing},
+                "files": FilesConfig(),
+            }
         )
         pre_request = SnapshotRequest(
             project_directory=project.directory,
@@ -227,7 +271,7 @@ def _restore_in_place(
             tags=(RESTORE_OF_TAG_PREFIX + snapshot.short_id,),
             kind=PRE_RESTORE_KIND,
         )
-        with reported_step(reporter, "pre-restore snapshot", ", ".join(existing)) as step:
+        with reported_step(reporter, "pre-restore snapshot", ", ".join(live_names[name] for name in existing)) as step:
             outcome.pre_restore = create_snapshot(repository, subset, pre_request, code=None).snapshot
             step.detail = f"snapshot {outcome.pre_restore.short_id}"
     for name in names:
@@ -237,7 +281,7 @@ def _restore_in_place(
                 step.detail = _describe_restored(restored)
             outcome.databases.append(restored)
         except LockstepError as error:
-            raise _with_way_back(error, name, outcome.pre_restore) from error
+            raise _with_way_back(error, live_names[name], outcome.pre_restore) from error
 
 
 def _describe_restored(restored: RestoredDatabase) -> str:
