@@ -308,6 +308,13 @@ def test_a_failing_ping_only_warns(project: Project, pings: Pings) -> None:
     assert "success ping" in refused.err
     assert f"http://127.0.0.1:{closed}" in refused.err, "the warning names the port (it said http://127.0.0.1)"
     assert len(project.snapshots()) == 2
+    # --json: a script reads the warnings from the document (they said [] while stderr had two)
+    as_json = project.lockstep("backup", "--json")
+    assert as_json.returncode == 0, as_json.err
+    document = json.loads(as_json.out)
+    assert document["pings_sent"] == []
+    assert [line.split(" ping ")[0] for line in document["warnings"]] == ["the start", "the success"]
+    assert all(f"http://127.0.0.1:{closed}" in line for line in document["warnings"])
 
 
 def test_a_ping_url_that_answers_one_byte_at_a_time_does_not_hold_the_backup(project: Project, pings: Pings) -> None:

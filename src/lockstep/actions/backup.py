@@ -70,6 +70,9 @@ class BackupResult:
     preflight: list[CheckResult]
     forgotten: list[Snapshot] = field(default_factory=list)
     pings_sent: list[str] = field(default_factory=list)
+    # Every warning the backup gave (the manifest's, failed pings and channels, retention put off),
+    # for --json, whose reader does not see stderr.
+    warnings: list[str] = field(default_factory=list)
 
 
 def _secrets(config: ProjectConfig) -> list[str]:
@@ -98,15 +101,22 @@ def run_backup(
     snapshot.created or backup.failed; a channel that fails only warns."""
     started = time.monotonic()
     reporter = reporter or SilentReporter()
-    warn = warn or reporter.warn
+    given_warn = warn or reporter.warn
+    warnings: list[str] = []
+
+    def keep_and_warn(line: str) -> None:
+        warnings.append(line)
+        given_warn(line)
+
     project = load_project(start, config_path, environment)
     config = project.config
     teach_secrets(reporter, project)
     bind_operation(reporter, operation="backup", env=environment_name(environment))
-    pinger = HealthchecksPinger(config.backup.healthchecks_url, warn, _secrets(config))
-    notifier = _notifier(project.directory, config, environment_name(environment), warn) if notify else None
+    pinger = HealthchecksPinger(config.backup.healthchecks_url, keep_and_warn, _secrets(config))
+    notifier = _notifier(project.directory, config, environment_name(environment), keep_and_warn) if notify else None
     try:
-        return _run(project, environment, message, warn, now, reporter, pinger, notifier, started)
+        result = _run(project, environment, message, keep_and_warn, now, reporter, pinger, notifier, started)
+        return replace(result, warnings=list(warnings))
     finally:
         if notifier is not None:
             notifier.close()

@@ -33,7 +33,7 @@ def backup_document(result: BackupResult) -> dict[str, Any]:
         "forgotten": [snapshot.id for snapshot in result.forgotten],
         "preflight": [check.to_document() for check in result.preflight],
         "pings_sent": result.pings_sent,
-        "warnings": result.manifest.warnings,
+        "warnings": result.warnings,
     }
 
 
