@@ -256,6 +256,17 @@ def test_location_names_the_place(backend: Backend) -> None:
         ("s3:http://host/bucket/100%25/x%c3%a9", ("http://host", "bucket", "100%/xé")),
         ("s3:http://host/bucket/plus+sign", ("http://host", "bucket", "plus+sign")),
         ("s3:http://host/bucket%2Fprefix", ("http://host", "bucket", "prefix")),
+        # Without a scheme, as restic documents for AWS: https, the first segment is the host.
+        ("s3:s3.amazonaws.com/bucket", ("https://s3.amazonaws.com", "bucket", "")),
+        (
+            "s3:s3.eu-central-1.amazonaws.com/bucket/prefix/",
+            ("https://s3.eu-central-1.amazonaws.com", "bucket", "prefix"),
+        ),
+        ("s3:minio.internal:9000/bucket/a/b", ("https://minio.internal:9000", "bucket", "a/b")),
+        ("s3:[::1]:9000/bucket", ("https://[::1]:9000", "bucket", "")),
+        ("s3:eu-central-1/foobar/prefix/directory", ("https://eu-central-1", "foobar", "prefix/directory")),
+        # restic's url.Parse runs only for s3:http..., so escapes in a bare location are literal.
+        ("s3:host.example/bucket/my%20backups", ("https://host.example", "bucket", "my%20backups")),
     ],
 )
 def test_parse_location(location: str, parsed: tuple[str, str, str]) -> None:
@@ -267,7 +278,18 @@ def test_parse_location(location: str, parsed: tuple[str, str, str]) -> None:
     [
         "s3:",
         "s3:bucket",
-        "s3:s3.amazonaws.com/bucket",
+        "s3:/bucket",
+        "s3:host",
+        "s3:host/",
+        "s3:host:99999/bucket",
+        "s3:host:0/bucket",
+        "s3:host/Upper_Case",
+        "s3:host/bucket/../elsewhere",
+        "s3:host/bucket?bucket-lookup=dns",  # restic would read the query as part of the bucket
+        "s3:host/bucket/prefix?bucket-lookup=dns",
+        "s3:host/bucket#fragment",
+        "s3://s3.amazonaws.com/bucket",  # the AWS CLI's s3://BUCKET reads otherwise
+        "s3:httpbin.example/bucket",  # restic parses s3:http... as a URL
         "s3:ftp://host/bucket",
         "s3:http://",
         "s3:http:///bucket",
@@ -362,12 +384,37 @@ def test_bucket_lookup_addresses_the_bucket_as_asked(s3_endpoint: str, lookup: s
     assert stored == b"addressed"
 
 
-def test_credentials_in_the_url_are_refused_without_repeating_them() -> None:
+@pytest.mark.parametrize(
+    "location",
+    [
+        "s3:http://AKIDEXAMPLE:hunter2-secret@127.0.0.1:9000/bucket",
+        "s3:AKIDEXAMPLE:hunter2-secret@s3.amazonaws.com/bucket",
+        # Refused for another reason first: the message still shows no credentials.
+        "s3:AKIDEXAMPLE:hunter2-secret@s3.amazonaws.com/bucket?bucket-lookup=dns",
+        "s3://AKIDEXAMPLE:hunter2-secret@s3.amazonaws.com/bucket",
+    ],
+)
+def test_credentials_in_the_url_are_refused_without_repeating_them(location: str) -> None:
     with pytest.raises(UsageError) as caught:
-        S3Backend.from_location("s3:http://AKIDEXAMPLE:hunter2-secret@127.0.0.1:9000/bucket")
+        S3Backend.from_location(location)
     assert "hunter2-secret" not in str(caught.value)
     assert "AKIDEXAMPLE" not in str(caught.value)
-    assert "AWS_SECRET_ACCESS_KEY" in str(caught.value)
+    assert "AWS_SECRET_ACCESS_KEY" in str(caught.value) or EXPECTED_FORM in str(caught.value)
+
+
+def test_a_location_without_a_scheme_opens_over_https(monkeypatch: pytest.MonkeyPatch) -> None:
+    """restic's documented AWS form, s3:HOST/BUCKET, is https; its location string, written back
+    in the URL form, names the same place (an escape in a bare location stays literal)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    backend = S3Backend.from_location("s3:s3.eu-central-1.amazonaws.com/bucket/my%20repo")
+    try:
+        assert backend.endpoint == "https://s3.eu-central-1.amazonaws.com"
+        assert (backend.bucket, backend.prefix) == ("bucket", "my%20repo")
+        assert parse_location(backend.location) == parse_location(open_backend(backend.location).location)
+        assert parse_location(backend.location)[2] == "my%20repo"
+    finally:
+        backend.close()
 
 
 @pytest.mark.parametrize("missing", ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"])

@@ -84,8 +84,9 @@ class RepositoryConfig(_Section):
 
     url: str = Field(
         description=(
-            "Repository location: a path, local:PATH or s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]; an S3 "
-            "location takes restic's -o s3.bucket-lookup as ?bucket-lookup=auto|dns|path (auto: the bucket "
+            "Repository location: a path, local:PATH, s3:HOST[:PORT]/BUCKET[/PREFIX] (https, as restic "
+            "writes AWS locations) or s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]; the second form takes "
+            "restic's -o s3.bucket-lookup as ?bucket-lookup=auto|dns|path (auto: the bucket "
             "in the host name for AWS and Google, in the path elsewhere). "
             "Relative paths are relative to the directory of lockstep.toml (~/ is the home directory); "
             "the LOCKSTEP_REPOSITORY environment variable overrides this value."
@@ -115,7 +116,9 @@ class RepositoryConfig(_Section):
     @classmethod
     def _check_url(cls, url: str) -> str:
         if not url.removeprefix("local:").strip():
-            raise ValueError("the repository URL is empty: set it to a path, local:PATH or s3:URL/BUCKET")
+            raise ValueError(
+                "the repository URL is empty: set it to a path, local:PATH, s3:HOST/BUCKET or s3:URL/BUCKET"
+            )
         _reject_password_in_url(
             url, "give S3 credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (environment variables)"
         )

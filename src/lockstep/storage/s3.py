@@ -1,7 +1,9 @@
 """A repository in S3-compatible object storage (AWS S3, MinIO, Ceph, ...), laid out as restic does.
 
-The location uses restic's syntax::
+The location uses restic's syntax, with or without a scheme (https when there is none)::
 
+    s3:s3.amazonaws.com/bucket
+    s3:s3.eu-central-1.amazonaws.com/bucket/some/prefix
     s3:http://127.0.0.1:9000/bucket
     s3:https://s3.example.com/bucket/some/prefix
 
@@ -17,7 +19,8 @@ writes are atomic: readers see the whole object or none of it. One boto3 client 
 backend; boto3 clients are thread-safe, so `save` may be called from several threads at once.
 
 How the bucket is addressed is restic's `-o s3.bucket-lookup`, given in the location's query
-(``s3:https://HOST/BUCKET?bucket-lookup=dns``), the one place every command, the config's
+(``s3:https://HOST/BUCKET?bucket-lookup=dns``; only the URL form takes a query, since restic reads
+everything after ``s3:HOST/`` as bucket and prefix), the one place every command, the config's
 `[repository] url` and LOCKSTEP_REPOSITORY share (database URLs take their options the same way):
 `auto` (the default, as restic's) puts the bucket in the host name (virtual-hosted style) for AWS
 and Google endpoints and in the path elsewhere, `dns` always in the host name, `path` always in
@@ -64,7 +67,9 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
     from mypy_boto3_s3.literals import BucketLocationConstraintType
 
-EXPECTED_FORM = "s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX][?bucket-lookup=auto|dns|path]"
+EXPECTED_FORM = (
+    "s3:HOST[:PORT]/BUCKET[/PREFIX] (https) or s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX][?bucket-lookup=auto|dns|path]"
+)
 BUCKET_LOOKUPS = ("auto", "dns", "path")
 DEFAULT_REGION = "us-east-1"
 CREDENTIAL_HINT = "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN if you use one)"
@@ -72,6 +77,9 @@ CREDENTIAL_HINT = "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SE
 # Bucket names as S3 accepts them; MinIO and Ceph apply the same rules.
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _USERINFO = re.compile(r"//[^/@]*@")
+# HOST[:PORT] of a location without a scheme: a name, an IPv4 address or a bracketed IPv6 one.
+_BARE_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::[0-9]+)?")
+_BARE_USERINFO = re.compile(r"^s3:(?!//)[^/@]*@")  # s3:USER:PASSWORD@HOST/..., without a scheme
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Kept as they are when a prefix is written back into a location; the rest is percent-escaped.
 _PREFIX_SAFE = "/!$&'()*+,;=:@~"
@@ -114,23 +122,70 @@ def _is_missing(error: ClientError) -> bool:
 
 def _without_userinfo(location: str) -> str:
     """The location with any ``user:password@`` removed, so it can be shown."""
-    return _USERINFO.sub("//***@", location)
+    return _BARE_USERINFO.sub("s3:***@", _USERINFO.sub("//***@", location))
 
 
 def _usage(location: str, problem: str) -> UsageError:
     return UsageError(
         f"invalid S3 location {_without_userinfo(location)!r}: {problem}",
-        f"use {EXPECTED_FORM}, e.g. s3:http://127.0.0.1:9000/backups",
+        f"use {EXPECTED_FORM}, e.g. s3:s3.amazonaws.com/backups or s3:http://127.0.0.1:9000/backups",
     )
 
 
 def parse_location(location: str) -> tuple[str, str, str]:
-    """Split ``s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]`` into (endpoint URL, bucket, prefix)."""
+    """Split an S3 location into (endpoint URL, bucket, prefix), as restic's ParseConfig does.
+
+    Two forms, told apart as restic tells them (by a leading ``http``): ``s3:http(s)://HOST[:PORT]/
+    BUCKET[/PREFIX][?OPTIONS]`` is a URL, its path percent-decoded; ``s3:HOST[:PORT]/BUCKET[/PREFIX]``
+    is https, its first segment the host and the next the bucket, taken literally (restic decodes
+    nothing there, so neither does lockstep)."""
+    return _split_location(location)[:3]
+
+
+def _split_location(location: str) -> tuple[str, str, str, str]:
+    """(endpoint URL, bucket, prefix, query) of a valid location; a UsageError for anything else."""
     if not location.startswith("s3:"):
         raise _usage(location, "it must start with s3:")
-    url = location[len("s3:") :]
-    if not url.startswith(("http://", "https://")):
-        raise _usage(location, "the endpoint must start with http:// or https://")
+    rest = location[len("s3:") :]
+    if rest.startswith("//"):
+        # restic reads s3://HOST/BUCKET, but the AWS CLI's s3://BUCKET/PATH means something else:
+        # taking the bucket for a host would look for the repository on the wrong server.
+        raise _usage(
+            location,
+            "s3:// is ambiguous (the AWS CLI writes s3://BUCKET, restic once read s3://HOST/BUCKET); "
+            "name the host: s3:HOST/BUCKET or s3:https://HOST/BUCKET",
+        )
+    if rest.startswith(("http://", "https://")):
+        url, literal_path = rest, False
+    elif rest.startswith("http"):
+        # restic parses anything after s3:http as a URL, so a host named http... cannot be
+        # written without its scheme for restic either.
+        raise _usage(location, "the endpoint must start with http:// or https:// (or be a bare host: s3:HOST/BUCKET)")
+    else:
+        host, _, path = rest.partition("/")
+        if not host:
+            raise _usage(location, "the host is missing")
+        if "@" in host:
+            raise UsageError(
+                "credentials must not be part of the S3 location",
+                "remove them from the location and set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead",
+            )
+        if not _BARE_HOST.fullmatch(host):
+            raise _usage(location, f"{host!r} is not a HOST[:PORT] (the first segment is the host, as for restic)")
+        if path.startswith("/"):
+            # restic's bucket is what lies between the first two slashes: here, nothing.
+            raise _usage(location, "the bucket is missing (one / between host and bucket)")
+        if "?" in rest:
+            # restic takes everything after the host literally: `?bucket-lookup=dns` would be part
+            # of its bucket or prefix, so the same string would name another place for restic.
+            raise _usage(
+                location,
+                "options (?...) need the URL form, s3:https://HOST/BUCKET?OPTIONS "
+                "(restic would read them as part of the bucket or prefix)",
+            )
+        if "#" in rest:
+            raise _usage(location, "a fragment is not allowed")
+        url, literal_path = f"https://{host}/{path}", True
     try:
         parts = urlsplit(url)
         port = parts.port  # raises ValueError for a port that is not a number in range
@@ -148,14 +203,17 @@ def parse_location(location: str) -> tuple[str, str, str]:
     if parts.fragment or url.endswith("#"):
         raise _usage(location, "a fragment is not allowed")
     _location_options(location, parts.query)
-    # Percent-escapes are decoded before the path is split, as restic's Go url.Parse does:
-    # `.../bucket/my%20backups` is the prefix "my backups" for both tools, not "my%20backups".
-    if _BAD_ESCAPE.search(parts.path):
-        raise _usage(location, "a % in the path must start an escape of two hex digits (write %25 for %)")
-    try:
-        path = unquote(parts.path, errors="strict")
-    except UnicodeDecodeError as error:
-        raise _usage(location, "the escaped path is not UTF-8") from error
+    if literal_path:
+        path = parts.path
+    else:
+        # Percent-escapes are decoded before the path is split, as restic's Go url.Parse does:
+        # `.../bucket/my%20backups` is the prefix "my backups" for both tools, not "my%20backups".
+        if _BAD_ESCAPE.search(parts.path):
+            raise _usage(location, "a % in the path must start an escape of two hex digits (write %25 for %)")
+        try:
+            path = unquote(parts.path, errors="strict")
+        except UnicodeDecodeError as error:
+            raise _usage(location, "the escaped path is not UTF-8") from error
     segments = [segment for segment in path.split("/") if segment]
     if not segments:
         raise _usage(location, "the bucket is missing")
@@ -168,7 +226,7 @@ def parse_location(location: str) -> tuple[str, str, str]:
     if any(segment in (".", "..") for segment in prefix_segments):
         raise _usage(location, "the prefix must not contain . or .. segments")
     endpoint = f"{parts.scheme}://{parts.netloc}"
-    return endpoint, bucket, "/".join(prefix_segments)
+    return endpoint, bucket, "/".join(prefix_segments), parts.query
 
 
 def _location_options(location: str, query: str) -> dict[str, str]:
@@ -189,8 +247,8 @@ def _location_options(location: str, query: str) -> dict[str, str]:
 
 def parse_bucket_lookup(location: str) -> str:
     """The location's bucket-lookup option (restic's -o s3.bucket-lookup): auto, dns or path."""
-    parse_location(location)  # the whole location is valid
-    return _location_options(location, urlsplit(location[len("s3:") :]).query).get("bucket-lookup", "auto")
+    query = _split_location(location)[3]  # the whole location is valid
+    return _location_options(location, query).get("bucket-lookup", "auto")
 
 
 def addressing_style(endpoint: str, bucket: str, bucket_lookup: str) -> Literal["virtual", "path"]:
@@ -299,7 +357,7 @@ class S3Backend:
 
     @classmethod
     def from_location(cls, location: str) -> S3Backend:
-        """Build a backend from ``s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]``; nothing is contacted."""
+        """Build a backend from ``s3:[http(s)://]HOST[:PORT]/BUCKET[/PREFIX]``; nothing is contacted."""
         endpoint, bucket, prefix = parse_location(location)
         return cls(endpoint, bucket, prefix, bucket_lookup=parse_bucket_lookup(location))
 

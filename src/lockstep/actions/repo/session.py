@@ -69,7 +69,7 @@ class RepositoryAccess:
         if not location:
             raise UsageError(
                 "no repository given",
-                "pass --repo LOCATION or set LOCKSTEP_REPOSITORY (a path, local:PATH or s3:URL/BUCKET)",
+                "pass --repo LOCATION or set LOCKSTEP_REPOSITORY (a path, local:PATH, s3:HOST/BUCKET or s3:URL/BUCKET)",
             )
         return location
 

@@ -23,7 +23,10 @@ def repository_options(function: F) -> F:
             "--repo",
             "repository",
             metavar="LOCATION",
-            help="Repository: PATH, local:PATH or s3:URL/BUCKET[/PREFIX]. Default: $LOCKSTEP_REPOSITORY.",
+            help=(
+                "Repository: PATH, local:PATH, s3:HOST/BUCKET[/PREFIX] or s3:URL/BUCKET[/PREFIX]. "
+                "Default: $LOCKSTEP_REPOSITORY."
+            ),
         ),
         click.option(
             "--password-file",
