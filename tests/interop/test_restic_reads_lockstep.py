@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 
 from tests.conftest import missing
@@ -350,3 +351,35 @@ def test_extended_attributes_are_recorded_as_restic_records_them(
     copy = restored_copy(target, source)
     assert os.getxattr(copy / "binary", "user.digest") == bytes(range(256))
     assert os.getxattr(copy / "directory", "user.role") == b"releases <&>"
+
+
+def test_restic_opens_a_repository_written_with_a_region_and_storage_class(
+    s3_env: dict[str, str], s3_endpoint: str, tmp_path: Path
+) -> None:
+    """The options are restic's -o s3.region / -o s3.storage-class in the location's query, which
+    restic ignores: restic opens and checks the repository with the same location string, given
+    the same options its own way, and its storage class is the one lockstep wrote."""
+    location = s3_env["LOCKSTEP_REPOSITORY"]
+    environment = {**s3_env, "LOCKSTEP_REPOSITORY": location + "?region=eu-west-1&storage-class=STANDARD_IA"}
+    lockstep(environment, ["repo", "init"])
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "notes.txt").write_text("notes\n")
+    lockstep(environment, ["repo", "backup", str(source)])
+
+    options = ["-o", "s3.region=eu-west-1", "-o", "s3.storage-class=STANDARD_IA"]
+    assert "no errors were found" in restic(environment, [*options, "check", "--read-data"]).out
+    restic(environment, [*options, "backup", str(source)])
+    assert len(json.loads(lockstep(environment, ["repo", "snapshots", "--json"]).out)) == 2
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
+    )
+    bucket = location.rsplit("/", 2)[1]
+    assert client.get_bucket_location(Bucket=bucket)["LocationConstraint"] == "eu-west-1"
+    contents = client.list_objects_v2(Bucket=bucket, Prefix="repo/data/")["Contents"]
+    assert contents and {item["StorageClass"] for item in contents} == {"STANDARD_IA"}

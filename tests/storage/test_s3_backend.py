@@ -21,10 +21,18 @@ import pytest
 from botocore.config import Config
 
 from lockstep.errors import LockstepError, StorageError, UsageError
+from lockstep.storage.base import DOCUMENTS_DIRECTORY as DOCUMENTS
 from lockstep.storage.base import Backend, FileMissing, FileType, relative_path
 from lockstep.storage.local import LocalBackend
 from lockstep.storage.location import open_backend
-from lockstep.storage.s3 import EXPECTED_FORM, S3Backend, addressing_style, parse_bucket_lookup, parse_location
+from lockstep.storage.s3 import (
+    EXPECTED_FORM,
+    S3Backend,
+    addressing_style,
+    parse_bucket_lookup,
+    parse_location,
+    parse_location_options,
+)
 from tests.s3_fault_proxy import FaultProxy
 from tests.s3_server import MotoUnavailable, free_port, moto_missing_reason, start_moto_server
 
@@ -307,7 +315,11 @@ def test_parse_location(location: str, parsed: tuple[str, str, str]) -> None:
         "s3:http://host/bucket/%zz",
         "s3:http://host/bucket/%ff",
         "s3:http://host/bucket?bucket-lookup=virtual",
-        "s3:http://host/bucket?bucket-lookup=dns&region=eu",
+        "s3:http://host/bucket?bucket-lookup=dns&color=blue",
+        "s3:http://host/bucket?region=",
+        "s3:http://host/bucket?region=eu%20west",
+        "s3:http://host/bucket?region=eu-west-1&region=us-east-1",
+        "s3:http://host/bucket?storage-class=STANDARD%2FIA",
         "s3:http://host/bucket#fragment",
     ],
 )
@@ -725,3 +737,60 @@ def test_document_paths_cannot_escape(backend: Backend, path: str) -> None:
     """A document path never reaches outside lockstep/ (a lock name comes from user input)."""
     with pytest.raises(ValueError):
         backend.save_document(path, b"x")
+
+
+def test_region_and_storage_class_are_location_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    """restic's -o s3.region and -o s3.storage-class, in the query beside bucket-lookup; the
+    location written back carries them, so it opens the same backend again."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    location = "s3:https://s3.eu-west-1.amazonaws.com/bucket/p?storage-class=STANDARD_IA&region=eu-west-1"
+    assert parse_location_options(location) == {"storage-class": "STANDARD_IA", "region": "eu-west-1"}
+    backend = S3Backend.from_location(location)
+    try:
+        assert (backend.region, backend.storage_class) == ("eu-west-1", "STANDARD_IA")
+        again = S3Backend.from_location(backend.location)
+        assert (again.region, again.storage_class, again.location) == ("eu-west-1", "STANDARD_IA", backend.location)
+        again.close()
+    finally:
+        backend.close()
+    plain = S3Backend.from_location("s3:https://s3.amazonaws.com/bucket")
+    assert (plain.region, plain.storage_class) == ("us-east-1", None)  # AWS_DEFAULT_REGION when not given
+    assert plain.location == "s3:https://s3.amazonaws.com/bucket"
+    plain.close()
+
+
+@pytest.mark.parametrize("storage_class", ["GLACIER", "DEEP_ARCHIVE", "glacier"])
+def test_archive_storage_classes_are_refused(storage_class: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Objects in them must be restored for hours before a rollback could read them."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    with pytest.raises(UsageError, match="restored"):
+        S3Backend.from_location(f"s3:http://host/bucket?storage-class={storage_class}")
+
+
+def test_region_and_storage_class_reach_the_server(s3_endpoint: str) -> None:
+    """On the S3 server: the bucket `create` makes is in the location's region (not in
+    AWS_DEFAULT_REGION's), and every repository file carries the storage class, as restic PUTs
+    them; lockstep's own documents keep the bucket's default class."""
+    bucket = unique_bucket()
+    backend = S3Backend.from_location(f"s3:{s3_endpoint}/{bucket}/repo?region=eu-west-1&storage-class=STANDARD_IA")
+    try:
+        backend.create()
+        names = {file_type: name_for(file_type) for file_type in FileType}
+        for file_type, name in names.items():
+            backend.save(file_type, name, b"payload")
+        backend.save_document("records/one.json", b"{}")
+        assert backend.load(FileType.PACK, names[FileType.PACK]) == b"payload"
+    finally:
+        backend.close()
+    client = raw_client(s3_endpoint)
+    assert client.get_bucket_location(Bucket=bucket)["LocationConstraint"] == "eu-west-1"
+    classes = {item["Key"]: item["StorageClass"] for item in client.list_objects_v2(Bucket=bucket)["Contents"]}
+    repository_keys = {f"repo/{relative_path(file_type, name)}" for file_type, name in names.items()}
+    assert {key for key, storage_class in classes.items() if storage_class == "STANDARD_IA"} == repository_keys
+    assert [key for key in classes if key not in repository_keys] == [f"repo/{DOCUMENTS}/records/one.json"]
+    for key in repository_keys:
+        assert client.head_object(Bucket=bucket, Key=key)["StorageClass"] == "STANDARD_IA"
+    assert "StorageClass" not in client.head_object(Bucket=bucket, Key=f"repo/{DOCUMENTS}/records/one.json")

@@ -86,7 +86,8 @@ class RepositoryConfig(_Section):
         description=(
             "Repository location: a path, local:PATH, s3:HOST[:PORT]/BUCKET[/PREFIX] (https, as restic "
             "writes AWS locations) or s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]; the second form takes "
-            "restic's -o s3.bucket-lookup as ?bucket-lookup=auto|dns|path (auto: the bucket "
+            "restic's -o s3.bucket-lookup, -o s3.region and -o s3.storage-class as its query, e.g. "
+            "?bucket-lookup=dns&region=eu-west-1&storage-class=STANDARD_IA (bucket-lookup auto: the bucket "
             "in the host name for AWS and Google, in the path elsewhere). "
             "Relative paths are relative to the directory of lockstep.toml (~/ is the home directory); "
             "the LOCKSTEP_REPOSITORY environment variable overrides this value."

@@ -36,7 +36,7 @@ import re
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Literal, cast
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import boto3
 import botocore.session
@@ -65,12 +65,19 @@ from lockstep.storage.base import (
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
-    from mypy_boto3_s3.literals import BucketLocationConstraintType
+    from mypy_boto3_s3.literals import BucketLocationConstraintType, StorageClassType
 
 EXPECTED_FORM = (
-    "s3:HOST[:PORT]/BUCKET[/PREFIX] (https) or s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX][?bucket-lookup=auto|dns|path]"
+    "s3:HOST[:PORT]/BUCKET[/PREFIX] (https) or s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX][?OPTIONS], "
+    "OPTIONS being bucket-lookup=auto|dns|path, region=REGION, storage-class=CLASS joined by &"
 )
 BUCKET_LOOKUPS = ("auto", "dns", "path")
+LOCATION_OPTIONS = ("bucket-lookup", "region", "storage-class")
+# Storage classes whose objects must be restored (hours) before they can be read. restic keeps
+# only data packs there; lockstep cannot tell data packs from tree packs when it writes one, and a
+# rollback that waits hours for its snapshot is no rollback, so it refuses them.
+ARCHIVE_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+_OPTION_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 DEFAULT_REGION = "us-east-1"
 CREDENTIAL_HINT = "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN if you use one)"
 
@@ -230,25 +237,48 @@ def _split_location(location: str) -> tuple[str, str, str, str]:
 
 
 def _location_options(location: str, query: str) -> dict[str, str]:
-    """The location's options (its query): only bucket-lookup, with one of its values."""
+    """The location's options (its query), restic's `-o s3.NAME=VALUE` of the same names:
+    bucket-lookup (auto, dns or path), region and storage-class, each at most once."""
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError as error:
         raise _usage(location, "the query is not NAME=VALUE pairs") from error
     options: dict[str, str] = {}
     for name, value in pairs:
-        if name != "bucket-lookup":
-            raise _usage(location, f"{name!r} is not an S3 location option (the one there is: bucket-lookup)")
-        if value not in BUCKET_LOOKUPS:
+        if name not in LOCATION_OPTIONS:
+            raise _usage(location, f"{name!r} is not an S3 location option (they are: {', '.join(LOCATION_OPTIONS)})")
+        if name in options:
+            raise _usage(location, f"{name} is given twice")
+        if name == "bucket-lookup" and value not in BUCKET_LOOKUPS:
             raise _usage(location, f"bucket-lookup is {value!r}: use auto, dns or path")
+        if name != "bucket-lookup" and not _OPTION_VALUE.fullmatch(value):
+            raise _usage(
+                location, f"{name} is {value!r}: use letters, digits, _, . and - (e.g. eu-central-1, STANDARD_IA)"
+            )
+        if name == "storage-class":
+            _check_storage_class(value)
         options[name] = value
     return options
 
 
+def _check_storage_class(storage_class: str) -> None:
+    if storage_class.upper() in ARCHIVE_STORAGE_CLASSES:
+        raise UsageError(
+            f"storage class {storage_class} keeps objects offline until they are restored, which takes hours",
+            "use STANDARD_IA, ONEZONE_IA, INTELLIGENT_TIERING or GLACIER_IR (instant retrieval), or move old "
+            "data packs to an archive class with a lifecycle rule of the bucket",
+        )
+
+
+def parse_location_options(location: str) -> dict[str, str]:
+    """The location's options by name (bucket-lookup, region, storage-class), those it gives."""
+    query = _split_location(location)[3]  # the whole location is valid
+    return _location_options(location, query)
+
+
 def parse_bucket_lookup(location: str) -> str:
     """The location's bucket-lookup option (restic's -o s3.bucket-lookup): auto, dns or path."""
-    query = _split_location(location)[3]  # the whole location is valid
-    return _location_options(location, query).get("bucket-lookup", "auto")
+    return parse_location_options(location).get("bucket-lookup", "auto")
 
 
 def addressing_style(endpoint: str, bucket: str, bucket_lookup: str) -> Literal["virtual", "path"]:
@@ -280,12 +310,19 @@ class S3Backend:
         connect_timeout: float = 5,
         read_timeout: float = 60,
         bucket_lookup: str = "auto",
+        region: str | None = None,
+        storage_class: str | None = None,
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.bucket = bucket
         if bucket_lookup not in BUCKET_LOOKUPS:
             raise UsageError(f"bucket-lookup is {bucket_lookup!r}", "use auto, dns or path")
         self.bucket_lookup = bucket_lookup
+        if storage_class is not None:
+            _check_storage_class(storage_class)
+        # restic's -o s3.storage-class: every repository file is PUT in it (see `save`).
+        self.storage_class = storage_class
+        self._region_option = region
         self.retries = retries
         self.prefix = prefix.strip("/")
         access_key = os.environ.get("AWS_ACCESS_KEY_ID", "")
@@ -296,7 +333,9 @@ class S3Backend:
                 f"incomplete credentials for {self.location}",
                 "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment (both of them)",
             )
-        self.region = os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+        # As restic: the location's region, else AWS_DEFAULT_REGION, else us-east-1. It signs
+        # every request and is where `create` makes a missing bucket.
+        self.region = region or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
         config = Config(
             s3={"addressing_style": addressing_style(self.endpoint, bucket, bucket_lookup)},
             # botocore's "max_attempts" counts retries after the first attempt, not attempts.
@@ -359,7 +398,15 @@ class S3Backend:
     def from_location(cls, location: str) -> S3Backend:
         """Build a backend from ``s3:[http(s)://]HOST[:PORT]/BUCKET[/PREFIX]``; nothing is contacted."""
         endpoint, bucket, prefix = parse_location(location)
-        return cls(endpoint, bucket, prefix, bucket_lookup=parse_bucket_lookup(location))
+        options = parse_location_options(location)
+        return cls(
+            endpoint,
+            bucket,
+            prefix,
+            bucket_lookup=options.get("bucket-lookup", "auto"),
+            region=options.get("region"),
+            storage_class=options.get("storage-class"),
+        )
 
     @property
     def location(self) -> str:
@@ -367,7 +414,16 @@ class S3Backend:
         location = f"s3:{self.endpoint}/{self.bucket}"
         if self.prefix:
             location += f"/{quote(self.prefix, safe=_PREFIX_SAFE)}"
-        return location if self.bucket_lookup == "auto" else f"{location}?bucket-lookup={self.bucket_lookup}"
+        options = [
+            (name, value)
+            for name, value in (
+                ("bucket-lookup", None if self.bucket_lookup == "auto" else self.bucket_lookup),
+                ("region", self._region_option),
+                ("storage-class", self.storage_class),
+            )
+            if value is not None
+        ]
+        return f"{location}?{urlencode(options)}" if options else location
 
     def __repr__(self) -> str:
         return f"S3Backend({self.location!r})"
@@ -464,9 +520,12 @@ class S3Backend:
             raise StorageError(f"a repository already exists at {self.location}", "use it, or choose another location")
 
     def save(self, file_type: FileType, name: str, data: bytes) -> None:
-        self._put(self._key(file_type, name), data)
+        # restic PUTs every file in the storage class (archive classes, refused here, only data
+        # packs). lockstep's own documents (records, history) stay in the bucket's default: they
+        # are small and rewritten, which infrequent-access classes bill by 128 KiB and 30 days.
+        self._put(self._key(file_type, name), data, storage_class=self.storage_class)
 
-    def _put(self, key: str, data: bytes, only_if_absent: bool = False) -> bool:
+    def _put(self, key: str, data: bytes, only_if_absent: bool = False, storage_class: str | None = None) -> bool:
         """PUT an object; with only_if_absent, a conditional create (If-None-Match: *)."""
         digest = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
         try:
@@ -478,6 +537,16 @@ class S3Backend:
                     ContentType="application/octet-stream",
                     ContentMD5=digest,
                     IfNoneMatch="*",
+                )
+            elif storage_class is not None:
+                self._client.put_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=data,
+                    ContentType="application/octet-stream",
+                    ContentMD5=digest,
+                    # Any server's class name (Ceph's are configurable), not only AWS's.
+                    StorageClass=cast("StorageClassType", storage_class),
                 )
             else:
                 self._client.put_object(
