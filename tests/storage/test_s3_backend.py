@@ -794,3 +794,30 @@ def test_region_and_storage_class_reach_the_server(s3_endpoint: str) -> None:
     for key in repository_keys:
         assert client.head_object(Bucket=bucket, Key=key)["StorageClass"] == "STANDARD_IA"
     assert "StorageClass" not in client.head_object(Bucket=bucket, Key=f"repo/{DOCUMENTS}/records/one.json")
+
+
+@pytest.mark.parametrize(
+    ("location", "region"),
+    [
+        ("s3:s3.eu-central-1.amazonaws.com/bucket", "eu-central-1"),
+        ("s3:https://s3-us-west-2.amazonaws.com/bucket", "us-west-2"),
+        ("s3:s3.dualstack.ap-southeast-2.amazonaws.com/bucket", "ap-southeast-2"),
+        ("s3:s3.cn-north-1.amazonaws.com.cn/bucket", "cn-north-1"),
+        ("s3:s3-fips.us-gov-west-1.amazonaws.com/bucket", "us-gov-west-1"),
+        ("s3:s3.amazonaws.com/bucket", "us-east-1"),
+        ("s3:minio.eu-west-1.example.com/bucket", "us-east-1"),
+    ],
+)
+def test_an_aws_endpoint_names_the_region(location: str, region: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """restic's AWS example, s3:s3.REGION.amazonaws.com/BUCKET, needs no region besides: minio-go
+    takes it from the host when neither -o s3.region nor AWS_DEFAULT_REGION gives one."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    backend = S3Backend.from_location(location)
+    assert backend.region == region
+    backend.close()
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "sa-east-1")  # the environment wins, as in restic
+    backend = S3Backend.from_location(location)
+    assert backend.region == "sa-east-1"
+    backend.close()

@@ -11,8 +11,8 @@ Credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, plus AWS_SESS
 temporary credentials are used. When neither key variable is set, they come from where restic
 (and the AWS tools) also look: the shared credentials and config files (~/.aws/credentials,
 AWS_SHARED_CREDENTIALS_FILE; profile AWS_PROFILE or "default"), then a container or instance
-role. AWS_DEFAULT_REGION defaults to us-east-1. Credentials never appear in `location` or in
-any error message.
+role. The region is the location's, else AWS_DEFAULT_REGION, else an AWS endpoint's, else
+us-east-1. Credentials never appear in `location` or in any error message.
 
 Every file is one object at ``PREFIX/`` + `relative_path` and is written with a single PUT, so
 writes are atomic: readers see the whole object or none of it. One boto3 client is created per
@@ -24,7 +24,11 @@ everything after ``s3:HOST/`` as bucket and prefix), the one place every command
 `[repository] url` and LOCKSTEP_REPOSITORY share (database URLs take their options the same way):
 `auto` (the default, as restic's) puts the bucket in the host name (virtual-hosted style) for AWS
 and Google endpoints and in the path elsewhere, `dns` always in the host name, `path` always in
-the path. restic ignores the query, so the same location string still opens the repository there.
+the path. restic's `-o s3.region` and `-o s3.storage-class` are the options `region` (it wins over
+AWS_DEFAULT_REGION, which wins over the region a regional AWS endpoint names; it signs every
+request and places a bucket `create` makes) and `storage-class` (every repository file is PUT in
+it, as restic does; archive classes are refused). restic ignores the query, so the same location
+string still opens the repository there.
 """
 
 from __future__ import annotations
@@ -77,6 +81,11 @@ LOCATION_OPTIONS = ("bucket-lookup", "region", "storage-class")
 # only data packs there; lockstep cannot tell data packs from tree packs when it writes one, and a
 # rollback that waits hours for its snapshot is no rollback, so it refuses them.
 ARCHIVE_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+# An AWS endpoint that names its region (s3.eu-central-1.amazonaws.com, s3-us-west-2...,
+# s3.dualstack.REGION..., s3-fips.REGION..., s3.cn-north-1.amazonaws.com.cn), as minio-go reads it.
+_AWS_REGIONAL_HOST = re.compile(
+    r"s3[.-](?:fips[.-])?(?:dualstack\.)?([a-z]{2}(?:-[a-z]+)+-[0-9]+)\.amazonaws\.com(?:\.cn)?"
+)
 _OPTION_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 DEFAULT_REGION = "us-east-1"
 CREDENTIAL_HINT = "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN if you use one)"
@@ -281,6 +290,12 @@ def parse_bucket_lookup(location: str) -> str:
     return parse_location_options(location).get("bucket-lookup", "auto")
 
 
+def region_of_endpoint(endpoint: str) -> str | None:
+    """The region an AWS endpoint's host names (``s3.eu-central-1.amazonaws.com``), else None."""
+    match = _AWS_REGIONAL_HOST.fullmatch((urlsplit(endpoint).hostname or "").lower())
+    return match.group(1) if match else None
+
+
 def addressing_style(endpoint: str, bucket: str, bucket_lookup: str) -> Literal["virtual", "path"]:
     """botocore's addressing style for restic's bucket lookup: `auto` is minio-go's, virtual-hosted
     for AWS and Google endpoints (but not for a dotted bucket over https, which the wildcard
@@ -333,9 +348,12 @@ class S3Backend:
                 f"incomplete credentials for {self.location}",
                 "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment (both of them)",
             )
-        # As restic: the location's region, else AWS_DEFAULT_REGION, else us-east-1. It signs
-        # every request and is where `create` makes a missing bucket.
-        self.region = region or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+        # As restic: the location's region, else AWS_DEFAULT_REGION, else the one an AWS
+        # endpoint's host names (minio-go's), else us-east-1. It signs every request and is where
+        # `create` makes a missing bucket.
+        self.region = (
+            region or os.environ.get("AWS_DEFAULT_REGION") or region_of_endpoint(self.endpoint) or DEFAULT_REGION
+        )
         config = Config(
             s3={"addressing_style": addressing_style(self.endpoint, bucket, bucket_lookup)},
             # botocore's "max_attempts" counts retries after the first attempt, not attempts.
