@@ -10,10 +10,15 @@ half-way), and so does its record: `dashboard-rollback-ID.json` beside the log s
 asked and which process runs it, and a shell around the rollback writes its exit status to
 `dashboard-rollback-ID.exit` whether or not an agent is there to see it end. A client polling
 after an agent restart gets the real outcome instead of "no such rollback".
+
+Finished jobs' files are kept for the 20 newest finished jobs, none older than 30 days (pruned when
+the agent starts and whenever the dashboard starts a rollback): the history keeps every rollback's
+record for good, the log is only for the page to show. A running job's files are never removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -31,6 +36,10 @@ from lockstep.traffic.hold import process_start_ticks
 
 OUTPUT_SHOWN = 20_000
 LOG_PREFIX = "dashboard-rollback-"
+KEEP_FINISHED_JOBS = 20
+KEEP_FINISHED_SECONDS = 30 * 24 * 3600
+# Every file a job leaves beside its log (the .tmp ones when a write was cut short).
+JOB_FILE_SUFFIXES = (".json", ".log", ".exit", ".json.tmp", ".exit.tmp")
 
 # Runs the rollback ("$@") and records its exit status atomically in $1: the agent that started
 # it may be gone (restarted) when it ends.
@@ -88,6 +97,13 @@ class RollbackJob:
         except (OSError, ValueError):
             return
         self.exit_code, self.finished_at = code, finished
+
+    def remove_files(self) -> None:
+        """Delete the job's record first (so a half-removed job is never listed), then the rest."""
+        for suffix in JOB_FILE_SUFFIXES:
+            # One that cannot be removed is left for the next pruning: it must not stop the agent.
+            with contextlib.suppress(OSError):
+                self.log_path.with_suffix(suffix).unlink(missing_ok=True)
 
     def save_record(self) -> None:
         document = {
@@ -163,6 +179,7 @@ class RollbackRunner:
             job = RollbackJob.from_record(record_path)
             if job is not None:
                 self._jobs[job.identifier] = job
+        self._prune(time.time())
 
     def start(self, with_data: bool, target: str | None = None) -> RollbackJob:
         with self._lock:
@@ -194,7 +211,30 @@ class RollbackRunner:
             job.watcher = threading.Thread(target=self._watch, args=(job,), name="dashboard-rollback", daemon=True)
             job.watcher.start()
             self._jobs[identifier] = job
+            self._prune(time.time())
             return job
+
+    def _prune(self, now: float) -> None:
+        """Remove finished jobs beyond the newest KEEP_FINISHED_JOBS or older than
+        KEEP_FINISHED_SECONDS, and files of no job (an unreadable record, a log whose record was
+        never written) that old: a dashboard used for years must not fill logs/ with them."""
+        cutoff = now - KEEP_FINISHED_SECONDS
+        finished = sorted(
+            (job for job in self._jobs.values() if job.state != "running"),
+            key=lambda job: job.started_at,
+            reverse=True,
+        )
+        for index, job in enumerate(finished):
+            if index >= KEEP_FINISHED_JOBS or (job.finished_at or job.started_at) < cutoff:
+                job.remove_files()
+                del self._jobs[job.identifier]
+        for path in self.context.layout.logs.glob(f"{LOG_PREFIX}*"):
+            identifier = path.name[len(LOG_PREFIX) :].split(".", 1)[0]
+            if identifier in self._jobs:
+                continue
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
 
     def _watch(self, job: RollbackJob) -> None:
         assert job.process is not None
