@@ -8,6 +8,8 @@ import io
 import json
 import os
 import stat
+import struct
+import subprocess
 import tarfile
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -197,6 +199,81 @@ def test_dump_names_entries_as_restic_does(repository_env: dict[str, str], tmp_p
         theirs = tar_members(restic(repository_env, ["dump", "latest", path]).stdout)
         assert ours == theirs, path
     assert str(source / "nested" / "run.sh").lstrip("/") in ours
+
+
+def linux_acl(*entries: tuple[int, int, int]) -> bytes:
+    """A system.posix_acl_access value: version 2, then (tag, permissions, id) entries."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *entry) for entry in entries)
+
+
+def ustar_mtime(stream: bytes, member: tarfile.TarInfo) -> int:
+    """The seconds in the member's own ustar header (what a reader that ignores PAX sees)."""
+    header = stream[member.offset_data - 512 : member.offset_data]
+    return int(header[136:148].strip(b"\0 ") or b"0", 8)
+
+
+def test_dump_writes_restics_pax_records_and_keeps_nanoseconds(repository_env: dict[str, str], tmp_path: Path) -> None:
+    """A directory's tar stream left out the extended attributes and ACLs restic's dump writes
+    (SCHILY.xattr.*, SCHILY.acl.*), and a non-UTF-8 value or name added a hdrcharset record GNU
+    tar warns about. Now every record restic writes is there, the ustar mtime is restic's rounded
+    second, a whole-second mtime adds nothing, and a fraction is kept to the nanosecond."""
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "notes.txt").write_text("notes\n")
+    (source / "shared.txt").write_text("shared\n")
+    (source / "whole.txt").write_text("whole\n")
+    (source / "late.txt").write_text("late\n")
+    os.mkdir(os.fsencode(source) + b"/caf\xe9")
+    try:
+        os.setxattr(source / "notes.txt", "user.comment", b"a note")
+        os.setxattr(source / "notes.txt", "user.binary", b"\xff\x00\x01")
+        acl = linux_acl(
+            (0x01, 6, 0xFFFFFFFF), (0x02, 4, 1000), (0x04, 4, 0xFFFFFFFF), (0x10, 4, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF)
+        )
+        os.setxattr(source / "shared.txt", "system.posix_acl_access", acl)
+    except OSError as error:
+        missing(f"the file system of {tmp_path} takes no extended attributes or ACLs: {error}")
+    os.utime(source / "notes.txt", ns=(0, 1_600_000_000_123_456_789))
+    os.utime(source / "whole.txt", ns=(0, 1_600_000_000_000_000_000))
+    os.utime(source / "late.txt", ns=(0, 1_600_000_000_700_000_000))  # rounds up, as Go rounds
+    restic(repository_env, ["init"])
+    restic(repository_env, ["backup", str(source)])
+
+    ours_stream = lockstep(repository_env, ["repo", "dump", "latest", str(source)]).stdout
+    theirs_stream = restic(repository_env, ["dump", "latest", str(source)]).stdout
+    with tarfile.open(fileobj=io.BytesIO(ours_stream)) as ours_archive:
+        ours = {member.name: member for member in ours_archive}
+    with tarfile.open(fileobj=io.BytesIO(theirs_stream)) as theirs_archive:
+        theirs = {member.name: member for member in theirs_archive}
+    assert ours.keys() == theirs.keys()
+    for name, member in ours.items():
+        records = {key: value for key, value in member.pax_headers.items() if key != "mtime"}
+        assert records == theirs[name].pax_headers, name
+        assert ustar_mtime(ours_stream, member) == ustar_mtime(theirs_stream, theirs[name]), name
+    by_file = {name.rsplit("/", 1)[-1]: member for name, member in ours.items()}
+    assert by_file["notes.txt"].pax_headers["SCHILY.xattr.user.comment"] == "a note"
+    assert by_file["shared.txt"].pax_headers["SCHILY.acl.access"] == (
+        "user::rw-\nuser:1000:r--\ngroup::r--\nmask::r--\nother::---\n"
+    )
+    assert by_file["notes.txt"].pax_headers["mtime"] == "1600000000.123456789"
+    assert "mtime" not in by_file["whole.txt"].pax_headers
+    assert ustar_mtime(ours_stream, by_file["late.txt"]) == 1_600_000_001
+
+    # GNU tar takes it all back without a warning: the attributes, the ACL, the nanoseconds.
+    target = tmp_path / "extracted"
+    target.mkdir()
+    extracted = subprocess.run(
+        ["tar", "--xattrs", "--xattrs-include=*", "--acls", "-xf", "-", "-C", str(target)],
+        input=ours_stream,
+        capture_output=True,
+        check=False,
+    )
+    assert extracted.returncode == 0 and extracted.stderr == b"", extracted.stderr
+    copy = restored_copy(target, source)
+    assert os.getxattr(copy / "notes.txt", "user.binary") == b"\xff\x00\x01"
+    assert os.getxattr(copy / "shared.txt", "system.posix_acl_access") == acl
+    assert os.stat(copy / "notes.txt").st_mtime_ns == 1_600_000_000_123_456_789
+    assert os.path.isdir(os.fsencode(copy) + b"/caf\xe9")
 
 
 def test_ls_long_prints_what_restic_ls_long_prints(repository_env: dict[str, str], tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from lockstep.repository.archiver import ProgressCallback
 from lockstep.repository.gojson import parse_time_ns, unix_permissions
 from lockstep.repository.repository import Repository
 from lockstep.repository.restorer import Restorer, RestoreSummary, dump_file, find_node, read_blobs
+from lockstep.repository.tar_headers import RawPaxTarInfo, tar_mtime, xattr_records
 
 
 def restore(
@@ -100,10 +101,14 @@ def _dump_tar(repository: Repository, tree_id: bytes, output: BinaryIO, prefix: 
     writer = _CountingWriter(output)
     with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as archive:  # type: ignore[call-overload]
         for path, node in repository.walk(tree_id, prefix):
-            info = tarfile.TarInfo(path.decode("utf-8", "surrogateescape").lstrip("/"))
+            info = RawPaxTarInfo(path.decode("utf-8", "surrogateescape").lstrip("/"))
             info.mode = unix_permissions(node.mode)
-            info.mtime = parse_time_ns(node.mtime) / 1e9
+            info.mtime, exact_mtime = tar_mtime(parse_time_ns(node.mtime))
             info.uid, info.gid, info.uname, info.gname = node.uid, node.gid, node.user, node.group
+            # restic's PAX records (xattrs, ACLs), and the mtime to the nanosecond (see tar_headers).
+            info.pax_headers = xattr_records(node.extended_attributes)
+            if exact_mtime is not None:
+                info.pax_headers["mtime"] = exact_mtime
             if node.type == "dir":
                 info.type = tarfile.DIRTYPE
                 archive.addfile(info)
