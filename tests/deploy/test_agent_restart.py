@@ -96,13 +96,13 @@ def test_a_deploy_waits_only_as_long_as_lockstep_agent_wait_and_says_so_on_a_ter
         os.close(primary)
     elapsed = time.monotonic() - started
     text = shown.decode("utf-8", "replace")
-    assert completed.returncode == ExitCode.FAILED, text  # preflight: no agent
+    assert completed.returncode == ExitCode.USAGE, text  # preflight: no agent, nothing changed
     assert "waiting up to 2 s for the agent" in text
     assert "not running" in text and "waited 2 s" in text
     assert 2 <= elapsed < 60
     # Without a terminal (cron, CI) the wait is silent; 0 does not wait.
     quiet = run_lockstep(["deploy"], env={**notes_project.env, "LOCKSTEP_AGENT_WAIT": "1"}, cwd=notes_project.directory)
-    assert quiet.returncode == ExitCode.FAILED and "waiting" not in quiet.err and "waited 1 s" in quiet.err
+    assert quiet.returncode == ExitCode.USAGE and "waiting" not in quiet.err and "waited 1 s" in quiet.err
     bad = run_lockstep(["deploy"], env={**notes_project.env, "LOCKSTEP_AGENT_WAIT": "x"}, cwd=notes_project.directory)
     assert bad.returncode == ExitCode.USAGE and "LOCKSTEP_AGENT_WAIT" in bad.err
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lockstep.actions.environment import EnvironmentContext
-from lockstep.agent.client import AgentClient
+from lockstep.agent.client import AgentClient, AgentUnavailable
 from lockstep.agent.state import other_slot
 from lockstep.config.deploy_model import EffectivePolicy, effective_policy
 from lockstep.databases import adapter_for
@@ -88,6 +88,7 @@ from lockstep.process import (
 )
 from lockstep.repository.documents import DocumentStore
 from lockstep.runtimes.local import port_holder, port_is_free
+from lockstep.traffic.common import parse_listen
 
 WATCH_INTERVAL = 1.0
 
@@ -420,7 +421,21 @@ class Deployment:
         for name in self.config.deploy.required_env:
             if not os.environ.get(name):
                 problems.append(f"the environment variable {name} is not set: the deploy needs it")
-        status = self.agent.status()  # raises AgentUnavailable with what to do
+        try:
+            status = self.agent.status()
+        except AgentUnavailable as error:  # nothing was changed: refused (exit 2) like any preflight problem
+            problems.append(str(error))
+        else:
+            problems.extend(self._taken_ports(status))
+        if problems:
+            raise UsageError("preflight failed:\n  - " + "\n  - ".join(problems))
+        return resolved
+
+    def _taken_ports(self, status: dict[str, Any]) -> list[str]:
+        """The idle slot's ports, and the traffic listen address while the built-in proxy does not
+        run yet, that another program holds: found here, before the snapshot and the migrations,
+        rather than when the start or the switch fails and has to be undone."""
+        problems: list[str] = []
         active = status.get("active_slot")
         idle = "blue" if not active else other_slot(str(active))
         running_ports = {
@@ -434,9 +449,18 @@ class Deployment:
                     + (f" by {holder}" if holder else "")
                     + ": stop that process or change the component's ports"
                 )
-        if problems:
-            raise UsageError("preflight failed:\n  - " + "\n  - ".join(problems))
-        return resolved
+        traffic = self.config.traffic
+        proxy_running = bool((status.get("traffic") or {}).get("running"))
+        if traffic.kind == "builtin" and not proxy_running and traffic_component(self.config) is not None:
+            host, port = parse_listen(traffic.listen)
+            if not port_is_free(port, host):
+                holder = port_holder(port)
+                problems.append(
+                    f"the traffic listen address {traffic.listen} is taken"
+                    + (f" by {holder}" if holder else "")
+                    + ": stop that process or set another [traffic] listen"
+                )
+        return problems
 
     def _own_directories(self) -> tuple[Path, ...]:
         """What lockstep itself writes, which a fresh project has not told git to ignore: the state
