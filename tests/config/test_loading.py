@@ -122,6 +122,28 @@ def test_unknown_key_in_an_environment_is_caught_for_every_environment(tmp_path:
     assert 'environments.production.retention.keep_dialy: unknown key; did you mean "keep_daily"?' in message
 
 
+def test_unknown_key_in_an_array_of_tables_gets_a_suggestion(tmp_path: Path) -> None:
+    """[[deploy.smoke]] and [[schedules]] entries are matched against their own keys too; a typo
+    there was only told "remove it"."""
+    text = MINIMAL + '\n[[deploy.smoke]]\nhtp = "/health"\n\n[[schedules]]\njob = "backup"\ncorn = "0 2 * * *"\n'
+    message = str(load_error(write_config(tmp_path, text)))
+    assert 'deploy.smoke.0.htp: unknown key; did you mean "http"?' in message
+    assert 'schedules.0.corn: unknown key; did you mean "cron"?' in message
+
+
+def test_a_top_level_key_written_after_a_table_says_where_it_belongs(tmp_path: Path) -> None:
+    """TOML puts `default_environment = ...` written below [repository] into that table; the
+    message says so instead of listing [repository]'s keys, here and in an environment."""
+    text = MINIMAL.replace('shop"\n', 'shop"\ndefault_environment = "staging"\n')
+    message = str(load_error(write_config(tmp_path, text)))
+    assert 'databases.main.default_environment: unknown key here: "default_environment" belongs at the top' in message
+    assert "move it there" in message
+    text = MINIMAL + '\n[environments.staging]\n[environments.staging.app]\nkeep_releases = 3\nhosts = ["web1"]\n'
+    message = str(load_error(write_config(tmp_path, text)))
+    expected = 'environments.staging.app.hosts: unknown key here: "hosts" belongs directly under [environments.staging]'
+    assert expected in message
+
+
 def test_password_in_a_database_url_is_refused_without_repeating_it(tmp_path: Path) -> None:
     """The message says where to move the password, and does not contain it."""
     secret = "s3cr3t-Pa55word"

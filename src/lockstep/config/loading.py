@@ -115,7 +115,7 @@ def _describe(
     for error in errors:
         location = tuple(str(part) for part in error["loc"])
         where = ".".join((*prefix, *location)) or "(top level)"
-        explanation = _explain(error, location)
+        explanation = _explain(error, location, prefix)
         if base is not None and error["type"] == "missing":
             explanation += _misspelt_entry(location, base)
         line = f"{shown}: {where}: {explanation}"
@@ -141,12 +141,14 @@ def _misspelt_entry(location: tuple[str, ...], base: dict[str, Any]) -> str:
     return f' (or did you mean "{matches[0]}"? an override of an existing entry needs only the keys it changes)'
 
 
-def _explain(error: ErrorDetails, location: tuple[str, ...]) -> str:
+def _explain(error: ErrorDetails, location: tuple[str, ...], prefix: tuple[str, ...] = ()) -> str:
     """What is wrong and how to fix it, from pydantic's error, without the rejected value."""
     kind = error["type"]
     if kind == "extra_forbidden":
         known = known_keys(location[:-1])
         matches = difflib.get_close_matches(location[-1], known, n=1)
+        if len(location) > 1 and location[-1] in _top_level_keys():
+            return _misplaced(location[-1], prefix)
         if matches:
             return f'unknown key; did you mean "{matches[0]}"?'
         return f"unknown key: the keys allowed here are {', '.join(known)}" if known else "unknown key: remove it"
@@ -156,6 +158,34 @@ def _explain(error: ErrorDetails, location: tuple[str, ...]) -> str:
         context = error.get("ctx") or {}
         return str(context.get("error", error["msg"]))
     return f"{error['msg'].lower()}: see docs/config.md for what this key takes"
+
+
+def _misplaced(key: str, prefix: tuple[str, ...]) -> str:
+    """A top-level key written after a [table] header, which TOML puts in that table."""
+    if prefix:  # an environment's override: its own top level is [environments.NAME]
+        table = ".".join(prefix)
+        where = f"directly under [{table}], above its first [{table}.TABLE]"
+    else:
+        where = "at the top of the file, above the first [table]"
+    return (
+        f'unknown key here: "{key}" belongs {where} (in TOML every key after a [table] header '
+        "is part of that table): move it there"
+    )
+
+
+def _top_level_keys() -> list[str]:
+    """The plain keys (no table, no [[array of tables]]) of lockstep.toml's top level: those a key
+    written after a [table] header was meant for, when it is not that table's own."""
+    keys = []
+    for name, field in ProjectConfig.model_fields.items():
+        annotation = _unwrap_optional(field.annotation)
+        is_table = _model_at((name,)) is not None or get_origin(annotation) is dict
+        is_array_of_tables = get_origin(annotation) is list and any(
+            isinstance(member, type) and issubclass(member, BaseModel) for member in get_args(annotation)
+        )
+        if not is_table and not is_array_of_tables:
+            keys.append(name)
+    return keys
 
 
 def known_keys(location: Sequence[str]) -> list[str]:
@@ -176,6 +206,8 @@ def _model_at(location: Sequence[str]) -> type[BaseModel] | None:
             annotation = field.annotation
         elif get_origin(annotation) is dict:
             annotation = get_args(annotation)[1]
+        elif get_origin(annotation) is list and part.isdigit():  # [[deploy.smoke]], [[schedules]]: an entry
+            annotation = get_args(annotation)[0]
         else:
             return None
     annotation = _unwrap_optional(annotation)
