@@ -643,6 +643,31 @@ def test_references_resolve_within_the_environment(project: Project) -> None:
     assert sqlite_fingerprint(project.root / "app.db") == before
 
 
+def test_references_without_env_see_the_default_environment_s_deploy_snapshots(project: Project) -> None:
+    """A deploy's snapshots carry its environment's name (production, the default), `snapshot
+    create` without --env "default"; without an [environments.production] table both are of the
+    same databases. `snapshot show latest` (and diff, verify, restore) said "no lockstep snapshots of
+    environment 'default' yet (there are of production)" right after a newcomer's first deploy.
+    Another environment's snapshots stay out of reach without --env."""
+    with (project.root / "lockstep.toml").open("a") as config:
+        config.write('\n[environments.staging.databases.main]\nurl = "sqlite:///staging.db"\n')
+    with sqlite3.connect(project.root / "staging.db") as connection:
+        connection.execute("CREATE TABLE staging_only (id INTEGER PRIMARY KEY)")
+    (project.root / ".gitignore").write_text("app.db\nstaging.db\n.env\n")
+    git(project.root, "commit", "-q", "-am", "staging")
+    production = project.create("--env", "production", "-m", "as a deploy to production takes it")
+    project.create("--env", "staging", "-m", "staging data")
+
+    shown = json.loads(project.ok("snapshot", "show", "latest", "--json").out)
+    assert shown["id"] == production["id"]
+    assert json.loads(project.ok("snapshot", "show", production["id"][:10], "--json").out)["id"] == production["id"]
+    assert project.lockstep("snapshot", "diff", "latest").returncode == 0
+    default = project.create("-m", "default data")
+    assert (
+        json.loads(project.ok("snapshot", "show", "latest", "--env", "production", "--json").out)["id"] == default["id"]
+    )
+
+
 def test_lockstep_s_own_files_in_the_work_tree_do_not_make_it_dirty(project: Project, tmp_path: Path) -> None:
     """As `lockstep init` sets a project up: the repository at .lockstep/repository and the state
     directory at .lockstep/state inside the work tree, and a SQLite database there too, none of

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lockstep.actions.snapshot_create import load_project
-from lockstep.actions.snapshot_show import find_snapshot
+from lockstep.actions.snapshot_show import find_snapshot, reference_environments
 from lockstep.errors import UsageError
 from lockstep.pipeline.diff import DatabaseDiff, diff_database
 from lockstep.pipeline.restore import ServerAccess, database_record
-from lockstep.pipeline.snapshot import database_password, environment_name, load_manifest
+from lockstep.pipeline.snapshot import database_password, load_manifest
 from lockstep.repository.snapshot import Snapshot
 
 
@@ -34,7 +34,7 @@ def diff(
     if database is not None and database not in configured:
         raise UsageError(f"there is no database {database!r} in lockstep.toml", "name one of its [databases.NAME]")
     with project.access.session(exclusive=False) as repository:
-        snapshot = find_snapshot(repository, reference, environment_name(environment))
+        snapshot = find_snapshot(repository, reference, reference_environments(start, config_path, environment))
         manifest = load_manifest(repository, snapshot)
         if database is not None:
             database_record(manifest, snapshot, database)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lockstep.actions.snapshot_create import ProjectContext, load_project
-from lockstep.actions.snapshot_show import find_snapshot
+from lockstep.actions.snapshot_show import find_snapshot, reference_environments
 from lockstep.actions.step_reports import SilentReporter, bind_operation, reported_step, teach_secrets
 from lockstep.config.model import FilesConfig
 from lockstep.databases import adapter_for
@@ -115,7 +115,7 @@ def restore(
     bind_operation(reporter, operation="snapshot-restore", env=environment_name(environment))
     with project.access.session(exclusive=False, meanwhile=lambda: _load_adapters(project, request)) as repository:
         # Into the environment's own databases: only its snapshots. --to names the target itself.
-        among = None if request.to_url is not None else environment_name(environment)
+        among = None if request.to_url is not None else reference_environments(start, config_path, environment)
         snapshot = find_snapshot(repository, request.reference, among)
         bind_operation(reporter, snapshot_id=snapshot.id)
         manifest = load_manifest(repository, snapshot)

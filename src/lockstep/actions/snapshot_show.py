@@ -2,34 +2,66 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from lockstep.actions.repo.session import RepositoryAccess
 from lockstep.actions.snapshot_list import ListedSnapshot, lockstep_snapshots
+from lockstep.config.loading import find_config, load_config
 from lockstep.errors import NotFound
 from lockstep.pipeline.code import SHORT_COMMIT_LENGTH
 from lockstep.pipeline.retention_policy import snapshot_environment
-from lockstep.pipeline.snapshot import COMMIT_TAG_PREFIX, environment_name, is_schema_only, load_manifest, tag_value
+from lockstep.pipeline.snapshot import (
+    COMMIT_TAG_PREFIX,
+    DEFAULT_ENVIRONMENT,
+    environment_name,
+    is_schema_only,
+    load_manifest,
+    tag_value,
+)
 from lockstep.repository.repository import Repository
 from lockstep.repository.snapshot import Snapshot
 
 SHOWN_CANDIDATES = 10
 
 
-def resolve_reference(snapshots: list[Snapshot], reference: str, environment: str | None = None) -> Snapshot:
+def reference_environments(start: Path, config_path: Path | None, environment: str | None) -> tuple[str, ...]:
+    """The environments whose snapshots hold the data of the databases `--env environment` (or no
+    --env) names, the first as the commands call it ("default" without --env).
+
+    Without --env the snapshot commands use the top-level tables, and so does an environment
+    without an [environments.NAME] table (default_environment usually): then the snapshots its
+    deploys take (tagged with its name) and `snapshot create`'s without --env (tagged default) are
+    of the same databases, and `latest` must see both, as doctor and the agent do
+    (snapshot_environments)."""
+    base = load_config(find_config(start, config_path), None)  # the resolved config has no environments
+    name = environment or base.default_environment
+    names = [environment_name(environment)]
+    if name not in base.environments:
+        names += [other for other in (DEFAULT_ENVIRONMENT, name) if other not in names]
+    return tuple(names)
+
+
+def resolve_reference(
+    snapshots: list[Snapshot], reference: str, environment: str | tuple[str, ...] | None = None
+) -> Snapshot:
     """`latest` (the newest that is not schema-only), or the one snapshot whose ID or git commit
     starts with `reference`.
 
-    With `environment` (a name; "default" without --env) only that environment's snapshots
-    count: a restore writes into the environment's own databases, so `latest` or a prefix must
-    never pick another environment's snapshot. When the reference matches only snapshots of
-    other environments, the error names them and the --env to use.
+    With `environment` (a name, "default" without --env, or the names reference_environments
+    gives, the first as the user calls it) only those environments' snapshots count: a restore
+    writes into the environment's own databases, so `latest` or a prefix must never pick another
+    environment's snapshot. When the reference matches only snapshots of other environments, the
+    error names them and the --env to use.
 
     A commit is matched on the `commit:` tag (its first 12 digits), so nothing is read to find it;
     find_snapshot confirms a longer commit reference with `check_commit_reference`.
     Raises NotFound, listing the candidates, when nothing or more than one snapshot matches.
     """
     everywhere = snapshots
-    if environment is not None:
-        snapshots = [snapshot for snapshot in snapshots if snapshot_environment(snapshot) == environment]
+    names = (environment,) if isinstance(environment, str) else environment
+    environment = None if names is None else names[0]
+    if names is not None:
+        snapshots = [snapshot for snapshot in snapshots if snapshot_environment(snapshot) in names]
     if reference == "latest":
         if not snapshots:
             raise NotFound(*_nothing_yet(everywhere, environment))
@@ -61,7 +93,7 @@ def resolve_reference(snapshots: list[Snapshot], reference: str, environment: st
     return matches[0]
 
 
-def find_snapshot(repository: Repository, reference: str, environment: str | None) -> Snapshot:
+def find_snapshot(repository: Repository, reference: str, environment: str | tuple[str, ...] | None) -> Snapshot:
     """The lockstep snapshot `reference` names among `environment`'s (all when None), a commit
     reference longer than the tag confirmed against its manifest: what every command that takes
     an ID does."""
@@ -136,7 +168,9 @@ def _describe(snapshot: Snapshot) -> str:
     return f"{snapshot.short_id} ({snapshot.time[:19]}{', commit ' + commit if commit else ''})"
 
 
-def show_snapshot(access: RepositoryAccess, reference: str, environment: str | None = None) -> ListedSnapshot:
+def show_snapshot(
+    access: RepositoryAccess, reference: str, environment: str | tuple[str, ...] | None = None
+) -> ListedSnapshot:
     """The snapshot `reference` names among `environment`'s (all when None), with its manifest."""
     with access.session(lock=False) as repository:
         snapshot = find_snapshot(repository, reference, environment)

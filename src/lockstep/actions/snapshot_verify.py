@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from lockstep.actions.snapshot_create import load_project
-from lockstep.actions.snapshot_show import find_snapshot
+from lockstep.actions.snapshot_show import find_snapshot, reference_environments
 from lockstep.actions.step_reports import (
     SilentReporter,
     bind_operation,
@@ -53,7 +53,7 @@ def verify(
     bind_operation(reporter, operation="snapshot-verify", env=environment_name(environment))
     servers = database_servers(project.config)
     with project.access.session(exclusive=False) as repository:
-        snapshot = find_snapshot(repository, reference, environment_name(environment))
+        snapshot = find_snapshot(repository, reference, reference_environments(start, config_path, environment))
         bind_operation(reporter, snapshot_id=snapshot.id)
         reporter.step_started("verify", f"snapshot {snapshot.short_id}, level {level}")
         started = time.monotonic()

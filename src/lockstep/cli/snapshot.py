@@ -11,13 +11,13 @@ from rich.table import Table
 
 from lockstep.actions.snapshot_create import create, load_project
 from lockstep.actions.snapshot_list import ListedSnapshot, list_snapshots
-from lockstep.actions.snapshot_show import show_snapshot
+from lockstep.actions.snapshot_show import reference_environments, show_snapshot
 from lockstep.cli.output import console, human_bytes, print_json, print_table
 from lockstep.cli.project_options import wants_json
 from lockstep.cli.reporting import progress_options, progress_reporter
 from lockstep.pipeline.code import SHORT_COMMIT_LENGTH
 from lockstep.pipeline.manifest import DatabaseRecord, Manifest
-from lockstep.pipeline.snapshot import RESERVED_TAG_PREFIXES, environment_name
+from lockstep.pipeline.snapshot import RESERVED_TAG_PREFIXES
 from lockstep.pipeline.verification_records import describe_state
 from lockstep.repository.snapshot import Snapshot
 
@@ -286,7 +286,7 @@ def _fingerprint_origin(database: DatabaseRecord) -> str:
 def show_command(reference: str, config_path: Path | None, environment: str | None, json_output: bool) -> None:
     """Show one snapshot: ID is a snapshot ID prefix, a git commit prefix, or `latest`."""
     project = load_project(Path.cwd(), config_path, environment)
-    item = show_snapshot(project.access, reference, environment_name(environment))
+    item = show_snapshot(project.access, reference, reference_environments(Path.cwd(), config_path, environment))
     if wants_json(json_output):
         print_json(manifest_document(item.snapshot, item.manifest))
         return
