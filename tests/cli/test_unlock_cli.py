@@ -117,6 +117,18 @@ def test_lock_wait_gives_up_with_exit_4(repository: Repository, repository_env: 
         assert blocked.returncode == ExitCode.LOCKED, blocked.err
 
 
+def test_lock_wait_takes_a_duration_as_deploy_s_does(repository: Repository, repository_env: dict[str, str]) -> None:
+    """`deploy --lock-wait 5m` and the lock error's "wait with --lock-wait DURATION" taught a
+    duration; the repo commands refused one ("'5m' is not a valid float")."""
+    with locked(repository, exclusive=True):
+        started = time.monotonic()
+        blocked = run_lockstep(["repo", "backup", "--stdin", "--lock-wait", "1s"], env=repository_env, input=b"x")
+        assert time.monotonic() - started >= 1
+        assert blocked.returncode == ExitCode.LOCKED, blocked.err
+    bad = run_lockstep(["repo", "snapshots", "--lock-wait", "soon"], env=repository_env)
+    assert bad.returncode == ExitCode.USAGE and "not a duration" in bad.err
+
+
 def test_restic_lock_blocks_forget_with_owner_pid_and_age(
     repository: Repository, repository_env: dict[str, str], restic_binary: str
 ) -> None:

@@ -45,3 +45,17 @@ def parse_duration_seconds(text: str) -> float:
     if seconds < 0:
         raise click.BadParameter("a duration cannot be negative")
     return seconds
+
+
+class Duration(click.ParamType[float]):
+    """A duration option (`--lock-wait`): `90`, `90s`, `5m` or `1h`, as seconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_duration_seconds(str(value))
+        except click.BadParameter as error:
+            self.fail(error.message, param, ctx)

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from lockstep.actions.repo.session import RepositoryAccess
+from lockstep.cli.project_options import Duration
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,7 +40,11 @@ def repository_options(function: F) -> F:
             help="Run CMD (no shell) and use its output as the password. Default: $LOCKSTEP_PASSWORD_COMMAND.",
         ),
         click.option(
-            "--lock-wait", type=float, default=0.0, metavar="SECONDS", help="Wait this long for a locked repository."
+            "--lock-wait",
+            type=Duration(),
+            default=0.0,
+            metavar="DURATION",
+            help="Wait this long for a locked repository (e.g. 30s, 5m; a bare number is seconds).",
         ),
         click.option("--json", "json_output", is_flag=True, help="Print JSON on stdout."),
         click.option(
