@@ -5,16 +5,21 @@ hosts never see its git history except through the bundle it sends."""
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import http.client
 import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -375,3 +380,123 @@ def test_a_coordinated_deploy_runs_only_under_its_orchestrator_s_lock(notes_proj
     error = json.loads(refused.out)["error"]
     assert "is not the coordinating deploy 20261123_000000_abc's: it is free" in error
     assert notes_project.status()["agent"]["running"] and not notes_project.status().get("active_slot")
+
+
+@dataclass
+class Post:
+    text: str
+    sent_at: float  # wall clock, comparable with the agents' event times and snapshot times
+    answered_at: float
+    status: int
+
+
+class NoteWriter:
+    """POST /notes to one host every `interval` seconds, each in a thread and on a connection of its
+    own, without waiting for the earlier ones: held requests do not stop new ones being sent."""
+
+    def __init__(self, port: int, interval: float = 0.1) -> None:
+        self.port = port
+        self.interval = interval
+        self.posts: list[Post] = []
+        self.failures: list[str] = []
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._sender = threading.Thread(target=self._send_all, daemon=True)
+
+    def __enter__(self) -> NoteWriter:
+        self._sender.start()
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self._stopping.set()
+        self._sender.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=150)
+
+    def _send_all(self) -> None:
+        count = 0
+        while not self._stopping.wait(self.interval):
+            count += 1
+            thread = threading.Thread(target=self._post, args=(f"secondary {count}",), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _post(self, text: str) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        sent_at = time.time()
+        try:
+            payload = json.dumps({"text": text}).encode()
+            connection.request("POST", "/notes", body=payload, headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            with self._lock:
+                self.posts.append(Post(text, sent_at, time.time(), response.status))
+        except (OSError, http.client.HTTPException) as error:
+            with self._lock:
+                self.failures.append(f"{type(error).__name__}: {error}")
+        finally:
+            connection.close()
+
+
+def _agent_events(host: NotesProject, kind: str) -> list[float]:
+    database = host.directory / ".lockstep" / "state" / "test" / "agent.db"
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        return [at for (at,) in connection.execute("SELECT at FROM events WHERE kind = ? ORDER BY id", (kind,))]
+
+
+def _snapshot_times(host: NotesProject, kind: str) -> list[float]:
+    listed = host.lockstep("snapshot", "list", "--json")
+    assert listed.returncode == 0, listed.err
+    return [
+        datetime.fromisoformat(item["created"].replace("Z", "+00:00")).timestamp()
+        for item in json.loads(listed.out)
+        if item["kind"] == kind
+    ]
+
+
+def _add_ballast(database: Path, megabytes: int) -> None:
+    """A table of random bytes, so that snapshotting and restoring the database take a while."""
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        connection.execute("CREATE TABLE ballast (chunk BLOB)")
+        connection.executemany("INSERT INTO ballast VALUES (randomblob(65536))", [()] * (megabytes * 16))
+        connection.commit()
+
+
+def test_no_host_serves_while_the_primary_restores_the_data(fleet_factory: FleetFactory) -> None:
+    """The second host fails its smoke test after the primary migrated: the primary restores the
+    data, and meanwhile the second host, whose old release never stopped serving, holds its
+    traffic. Writes sent to it during the restore wait and land in the restored database; none is
+    acknowledged and then thrown away by the restore (without the hold, those are lost)."""
+    fleet = fleet_factory(smoke_on_second='smoke = [{ command = "test ! -e BREAKS_SECOND_HOST" }]')
+    for host in fleet.hosts:  # the restore runs for seconds: the held requests must not time out
+        config = host.directory / "lockstep.toml"
+        config.write_text(config.read_text().replace("drain_timeout = 5\n", "drain_timeout = 5\nhold_timeout = 120\n"))
+    _deploy_ok(fleet)
+    database = fleet.orchestrator.parent / "shared-db" / "notes.db"
+    _add_ballast(database, 48)
+    shutil.copytree(NOTES / "demo" / "v2", fleet.orchestrator, dirs_exist_ok=True)  # migration 002
+    fleet.commit_version("2.0.0", {"BREAKS_SECOND_HOST": "yes\n"})
+    primary, second = fleet.hosts
+    with NoteWriter(second.listen_port) as writer:
+        failed = fleet.lockstep("deploy", "--json")
+    assert failed.returncode == 3, failed.stderr + failed.stdout
+    document = json.loads(failed.stdout)
+    assert [host["outcome"] for host in document["hosts"]] == ["rolled back", "rolled back"], document
+    assert document["hosts"][0]["data_restored"] is True
+    assert [host.version() for host in fleet.hosts] == ["1.0.0", "1.0.0"]
+
+    restore_started = _snapshot_times(primary, "pre-restore")[-1]
+    restore_ended = _agent_events(primary, "traffic-released")[-1]
+    assert writer.failures == [] and {post.status for post in writer.posts} == {201}
+    notes = set(primary.notes())
+    acknowledged_since = [post for post in writer.posts if post.answered_at >= restore_started]
+    assert acknowledged_since, "no write to the second host was acknowledged after the restore began"
+    lost = [post.text for post in acknowledged_since if post.text not in notes]
+    assert lost == [], f"{len(lost)} acknowledged writes were lost by the restore"
+    sent_during = [post for post in writer.posts if restore_started <= post.sent_at <= restore_ended]
+    assert sent_during, "the writer sent nothing to the second host during the restore"
+    assert all(post.answered_at >= restore_ended for post in sent_during)
+    held, released = _agent_events(second, "traffic-held")[-1], _agent_events(second, "traffic-released")[-1]
+    assert held < restore_started and restore_ended <= released  # the second host held all along
+    assert second.history()[-1]["outcome"] == "rolled-back"

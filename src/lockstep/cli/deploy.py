@@ -28,6 +28,7 @@ from lockstep.pipeline.deploy import DeployRequest
 # not for people, so not in --help.
 @click.option("--coordinated", metavar="DEPLOY_ID", hidden=True)
 @click.option("--secondary", is_flag=True, hidden=True)
+@click.option("--hold-on-unwind", is_flag=True, hidden=True)
 @click.option("--preflight-only", is_flag=True, hidden=True)
 @progress_options
 @click.option(
@@ -50,6 +51,7 @@ def deploy_command(
     allow_dirty: bool,
     coordinated: str | None,
     secondary: bool,
+    hold_on_unwind: bool,
     preflight_only: bool,
     log_format: str,
     quiet: bool,
@@ -75,6 +77,7 @@ def deploy_command(
         allow_dirty=allow_dirty,
         coordinated=coordinated,
         secondary=secondary,
+        hold_on_unwind=hold_on_unwind,
     )
     if preflight_only:
         print_json(

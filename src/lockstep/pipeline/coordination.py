@@ -11,13 +11,32 @@ orchestrator died: nobody passes a barrier without a "go" that only comes when e
 It does not take the environment lock: the orchestrator holds it for the whole deploy, and the
 host checks the lock in the (shared) repository is the orchestrator's, before it starts and
 before each step that changes something.
+
+A data restore is the one step of an unwind the hosts must do together: the primary restores the
+shared databases, and no host may serve meanwhile (the old releases would write into a database
+about to be replaced, or read one half restored). So when the primary's unwind would restore the
+data (it says so at its switch barrier, `"restores_data": true`), the orchestrator starts the
+other hosts with --hold-on-unwind, and an unwind runs two more barriers:
+
+ - "held", on each other host: it holds its traffic (requests wait, traffic/holding.py), undoes
+   its part, then announces `{"lockstep_barrier": "held", "held": true|false, "reason": ...}` and
+   keeps holding until the orchestrator's "go" (the primary's restore is over). Any other answer,
+   or end of input, ends the hold too, with a warning: nobody is left to say when the restore is
+   over, and a hold cannot outlive its owner anyway.
+ - "restore", on the primary: holding its own traffic, it waits before restoring. "go" (every
+   host holds) restores; anything else ("keep": a host could not hold; end of input: the
+   orchestrator is gone) keeps the migrated data, loudly, with the snapshot to restore by hand.
+
+Both lines say `"unwinding": true`, which is how the orchestrator tells them from a barrier of
+the way forward. A host that failed on its own may get the orchestrator's "abort" while it waits there: the
+deploy's end, which it knows already, so it reads on (see wait_for_word).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 from lockstep.errors import LockstepError, UsageError
 from lockstep.pipeline.environment_lock import EnvironmentLock, EnvironmentLockLost, describe_holder
@@ -27,34 +46,95 @@ GO = "go"
 ABORT = "abort"
 SWITCH_BARRIER = "switch"
 RETIRE_BARRIER = "retire"
+# The unwind's data step (above): the primary before its restore, the others holding their traffic.
+RESTORE_BARRIER = "restore"
+HELD_BARRIER = "held"
+KEEP = "keep"  # the primary's answer at the restore barrier when some host does not hold
 
 
 class OrchestratorSaidAbort(UsageError):
     """The orchestrator (or its silence) told this host to undo its deploy."""
 
 
-def barrier_line(name: str, deploy_id: str) -> str:
-    return json.dumps({BARRIER_KEY: name, "deploy_id": deploy_id})
+def barrier_line(name: str, deploy_id: str, said: dict[str, Any] | None = None) -> str:
+    return json.dumps({BARRIER_KEY: name, "deploy_id": deploy_id, **(said or {})})
 
 
-def parse_barrier(line: str) -> str | None:
-    """The barrier a host's stdout line announces, or None for any other line."""
+def parse_barrier_document(line: str) -> dict[str, Any] | None:
+    """The barrier line's document (its name under BARRIER_KEY, and what the host said with
+    it), or None for any other line."""
     if BARRIER_KEY not in line:
         return None
     try:
         document = json.loads(line)
     except ValueError:
         return None
-    name = document.get(BARRIER_KEY) if isinstance(document, dict) else None
-    return str(name) if name else None
+    if not isinstance(document, dict) or not document.get(BARRIER_KEY):
+        return None
+    return document
 
 
-def wait_at_barrier(name: str, deploy_id: str, output: TextIO | None = None, answers: TextIO | None = None) -> None:
-    """Announce the barrier and wait for the orchestrator's word; anything but "go" raises."""
+def parse_barrier(line: str) -> str | None:
+    """The barrier a host's stdout line announces, or None for any other line."""
+    document = parse_barrier_document(line)
+    return None if document is None else str(document[BARRIER_KEY])
+
+
+def announce(name: str, deploy_id: str, said: dict[str, Any] | None = None, output: TextIO | None = None) -> str | None:
+    """Print the barrier line; None, or why it could not be printed (the connection is gone)."""
+    output = sys.stdout if output is None else output
+    try:
+        output.write(barrier_line(name, deploy_id, said) + "\n")
+        output.flush()
+    except (OSError, ValueError) as error:
+        return str(error) or type(error).__name__
+    return None
+
+
+def read_word(answers: TextIO | None = None, skip_abort: bool = False) -> str | None:
+    """The orchestrator's next word, None at end of input or on a read error. `skip_abort`: in
+    an unwind's data step, where "abort" is the deploy's end the host knows already (it failed
+    on its own, and the orchestrator's abort crossed its barrier line), so it is read past."""
+    answers = sys.stdin if answers is None else answers
+    while True:
+        try:
+            answer = answers.readline()
+        except (OSError, ValueError):
+            return None
+        if not answer:
+            return None
+        word = answer.strip()
+        if not (skip_abort and word == ABORT):
+            return word
+
+
+def wait_for_word(
+    name: str,
+    deploy_id: str,
+    said: dict[str, Any] | None = None,
+    output: TextIO | None = None,
+    answers: TextIO | None = None,
+) -> str | None:
+    """Announce an unwind's barrier (held, restore) and return the orchestrator's word, None
+    when it is gone. Never raises: the caller is unwinding, and decides what silence means."""
+    if announce(name, deploy_id, said, output) is not None:
+        return None
+    return read_word(answers, skip_abort=True)
+
+
+def wait_at_barrier(
+    name: str,
+    deploy_id: str,
+    output: TextIO | None = None,
+    answers: TextIO | None = None,
+    said: dict[str, Any] | None = None,
+) -> None:
+    """Announce the barrier (with what the host `said`) and wait for the orchestrator's word;
+    anything but "go" raises."""
     output = sys.stdout if output is None else output
     answers = sys.stdin if answers is None else answers
     try:
-        output.write(barrier_line(name, deploy_id) + "\n")
+        output.write(barrier_line(name, deploy_id, said) + "\n")
         output.flush()
         answer = answers.readline()
     except (OSError, ValueError) as error:  # the connection is gone: nobody will say go

@@ -132,6 +132,9 @@ class DeployRequest:
     coordinated: str | None = None
     # A secondary host: the primary took the pre-deploy snapshot and ran the migrations.
     secondary: bool = False
+    # A secondary whose unwind holds its traffic until the primary's data restore is over
+    # (pipeline/coordination.py, the "held" barrier): the primary said its unwind restores.
+    hold_on_unwind: bool = False
 
 
 def migration_version(context: EnvironmentContext) -> str | None:
@@ -534,17 +537,20 @@ class Deployment:
             repository.close()
         return {"commit": resolved.commit, "repository_id": repository_id, "version": __version__}
 
-    def _barrier(self, name: str) -> None:
+    def _barrier(self, name: str, record: OperationRecord) -> None:
         """In a coordinated deploy: wait here until every host is here too (pipeline/coordination.py)."""
         if self.request.coordinated is None:
             return
-        self.steps.run(f"{name} barrier", "waiting for every host", lambda: self._wait_at(name), lambda _: "go")
+        self.steps.run(f"{name} barrier", "waiting for every host", lambda: self._wait_at(name, record), lambda _: "go")
 
-    def _wait_at(self, name: str) -> None:
+    def _wait_at(self, name: str, record: OperationRecord) -> None:
         from lockstep.pipeline.coordination import wait_at_barrier
 
         assert self.request.coordinated is not None
-        wait_at_barrier(name, self.request.coordinated)
+        # The primary tells whether its unwind would restore the data: then the other hosts
+        # must hold their traffic while it does (the orchestrator starts them so).
+        said = None if self.request.secondary else {"restores_data": self._restores_without_asking(record)}
+        wait_at_barrier(name, self.request.coordinated, said=said)
         self._check_lock()
 
     def _release_lock(self) -> None:
@@ -613,14 +619,14 @@ class Deployment:
                 lambda: self._run_tracked_hook("pre-switch", "pre-switch hook", record),
                 lambda _: "ok",
             )
-        self._barrier("switch")
+        self._barrier("switch", record)
         self._check_lock()
         if traffic_component(self.config) is not None:
             self.steps.run("switch", f"to slot {new_slot}", lambda: self._switch(new_slot, old_slot), lambda r: r)
             self.steps.run(
                 "watch", f"{self.config.deploy.watch_seconds:.0f} s", lambda: self._watch(new_slot), lambda r: r
             )
-        self._barrier("retire")
+        self._barrier("retire", record)
         self._check_lock()
         self.steps.run("retire", f"slot {old_slot or '(none)'}", lambda: self._retire(old_slot, record), lambda r: r)
         # Done: the new release serves and the old slot is retired. Undoing now would stop the
@@ -779,7 +785,9 @@ class Deployment:
                     f"the data was not restored; to do it later: lockstep snapshot restore {snapshot.short_id}"
                 )
                 return
-            self._hold_traffic(record)
+            not_held = self._hold_traffic(record)
+            if self.request.coordinated is not None and not self._every_host_holds(snapshot.short_id, not_held):
+                return
             result = restore_snapshot_data(
                 repository, snapshot, self.config, self.context.directory, self.context.environment
             )
@@ -875,11 +883,16 @@ class Deployment:
                 "the release that served before still serves",
                 result=RedactedRecord(record, self.redactor),
             ) from None
-        if self._restores_without_asking(record):
-            self._hold_traffic(record)  # before traffic goes back: the old release must not meet migrated data
+        not_held: str | None = None
+        if self._restores_without_asking(record) or self.request.hold_on_unwind:
+            # Before traffic goes back: the old release must not meet migrated data, nor (on
+            # the other hosts of a multi-host deploy) write while the primary restores it.
+            not_held = self._hold_traffic(record)
         try:
             undone = self.steps.unwind()
         finally:
+            if self.request.hold_on_unwind:
+                self._hold_until_restored(not_held)
             self._release_traffic()
         record.outcome = "rolled-back" if undone else "failed"
         record.finished_at = time.time()
@@ -907,20 +920,65 @@ class Deployment:
             record.migrations_ran and record.snapshot_id is not None and moved and self.policy.data_rollback == "auto"
         )
 
-    def _hold_traffic(self, record: OperationRecord) -> None:
-        """Hold traffic for the data restore; a hold that fails does not stop the undo, it is said."""
+    def _hold_traffic(self, record: OperationRecord) -> str | None:
+        """Hold traffic for the data restore; a hold that fails does not stop the undo, it is said.
+        None when held (or nothing serves, so nothing needs holding), else why not."""
         if traffic_component(self.config) is None or record.previous_release_id is None:
-            return  # nothing serves: nothing to hold
+            return None  # nothing serves: nothing to hold
         if self.traffic_hold is not None and self.traffic_hold.held:
-            return  # held since the unwind began
+            return None  # held since the unwind began
         if self.traffic_hold is None:
             self.traffic_hold = TrafficHold(self.agent, self.config.traffic, self.reporter, record)
         try:
             detail = self.traffic_hold.hold()
         except LockstepError as error:
             self.reporter.warn(f"traffic could not be held during the data restore: {error}")
-            return
+            return str(error)
+        if not self.traffic_hold.held:
+            return detail
         self.reporter.info(f"traffic held for the data restore: {detail}")
+        return None
+
+    def _every_host_holds(self, snapshot: str, not_held: str | None) -> bool:
+        """A multi-host deploy's primary, about to restore: only while every host holds its traffic
+        (pipeline/coordination.py, the restore barrier). Else the data stays as migrated: the
+        other hosts' old releases serve on it, and a restore under them would lose their writes."""
+        from lockstep.pipeline.coordination import GO, RESTORE_BARRIER, wait_for_word
+
+        assert self.request.coordinated is not None
+        if not_held is not None:
+            why = f"this host's traffic could not be held ({not_held})"
+        else:
+            word = wait_for_word(RESTORE_BARRIER, self.request.coordinated, {"unwinding": True})
+            if word == GO:
+                return True
+            why = (
+                "the orchestrator was lost before every host confirmed it holds its traffic"
+                if word is None
+                else "not every host could hold its traffic (the orchestrator's output names it)"
+            )
+        self.reporter.warn(
+            f"THE DATA WAS NOT RESTORED: {why}, and restoring while another host serves would lose its writes; "
+            f"the databases stay as migrated, under the previous release. To restore them once no host "
+            f"serves: lockstep snapshot restore {snapshot}"
+        )
+        return False
+
+    def _hold_until_restored(self, not_held: str | None) -> None:
+        """A secondary's unwind, undone: tell the orchestrator whether its traffic is held, and
+        keep holding until it says the primary's data restore is over (the held barrier)."""
+        from lockstep.pipeline.coordination import GO, HELD_BARRIER, wait_for_word
+
+        assert self.request.coordinated is not None
+        said = {"unwinding": True, "held": not_held is None, "reason": not_held}
+        word = wait_for_word(HELD_BARRIER, self.request.coordinated, said)
+        if word is None:
+            self.reporter.warn(
+                "lost the orchestrator while holding the traffic for the primary's data restore: releasing "
+                "it now; that restore may still run"
+            )
+        elif word != GO:
+            self.reporter.warn(f"the orchestrator said {word} while the traffic was held for the data restore")
 
     def _release_traffic(self) -> None:
         if self.traffic_hold is None or not self.traffic_hold.held:

@@ -45,7 +45,17 @@ from lockstep.config.hosts_model import HostTarget
 from lockstep.errors import LockstepError, UsageError
 from lockstep.exit_codes import ExitCode
 from lockstep.notify.events import DEPLOY_FAILED, DEPLOY_ROLLED_BACK, DEPLOY_STARTED, DEPLOY_SUCCEEDED
-from lockstep.pipeline.coordination import ABORT, GO, RETIRE_BARRIER, SWITCH_BARRIER, parse_barrier
+from lockstep.pipeline.coordination import (
+    ABORT,
+    BARRIER_KEY,
+    GO,
+    HELD_BARRIER,
+    KEEP,
+    RESTORE_BARRIER,
+    RETIRE_BARRIER,
+    SWITCH_BARRIER,
+    parse_barrier_document,
+)
 from lockstep.pipeline.deploy import (
     DeployFailed,
     DeployRefused,
@@ -87,6 +97,9 @@ class HostRun:
     result: dict[str, Any] | None = None
     lost: str | None = None  # why the connection dropped
     culprit: bool = False  # it failed on its own (the others were aborted because of it)
+    waiting_at: str | None = None  # the barrier it announced and has had no word at yet
+    said: dict[str, Any] = field(default_factory=dict)  # that barrier's line
+    restores_data: bool = False  # the primary said its unwind would restore the data
     events: asyncio.Queue[tuple[str, str]] = field(default_factory=asyncio.Queue)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -144,6 +157,7 @@ class HostFanOut:
         self.lock: EnvironmentLock | None = None
         self.loop = asyncio.new_event_loop()
         self.runs = [HostRun(target, primary=index == 0) for index, target in enumerate(self.config.host_targets())]
+        self.data_kept: str | None = None  # why an unwind's data restore did not run, when it did not
         bind_context(reporter, env=context.environment)
 
     def run(self) -> OperationRecord:
@@ -236,9 +250,11 @@ class HostFanOut:
         """Barrier lines become events; the deploy's --json document is the host's result."""
         try:
             async for line in run.process.stdout:
-                barrier = parse_barrier(line)
-                if barrier is not None:
-                    await run.events.put(("barrier", barrier))
+                said = parse_barrier_document(line)
+                if said is not None:
+                    run.waiting_at, run.said = str(said[BARRIER_KEY]), said
+                    run.restores_data = run.restores_data or bool(said.get("restores_data"))
+                    await run.events.put(("barrier", run.waiting_at))
                 elif line.strip().startswith("{"):
                     try:
                         run.result = json.loads(line)
@@ -279,14 +295,71 @@ class HostFanOut:
             self.reporter.warn(f"{run.name}: {event.get('message')}")
 
     def _send(self, run: HostRun, word: str) -> None:
+        """One word to the host. An abort leaves its input open: an unwind may have a data step
+        still to agree on (pipeline/coordination.py); _end_input closes it after."""
+        if not run.running:
+            return
+        run.waiting_at = None
+        try:
+            run.process.stdin.write(word + "\n")
+        except Exception as error:  # the connection dropped: the host aborts at its barrier anyway
+            run.lost = run.lost or ssh.describe_error(error)
+
+    def _end_input(self, run: HostRun) -> None:
+        """End of input: whatever the host waits for now, nobody will say it (it unwinds)."""
         if not run.running:
             return
         try:
-            run.process.stdin.write(word + "\n")
-            if word == ABORT:
-                run.process.stdin.write_eof()
-        except Exception as error:  # the connection dropped: the host aborts at its barrier anyway
+            run.process.stdin.write_eof()
+        except Exception as error:
             run.lost = run.lost or ssh.describe_error(error)
+
+    def _unwinding(self, run: HostRun) -> bool:
+        """Whether the host waits at a barrier of its unwind's data step (held, restore)."""
+        return run.waiting_at is not None and bool(run.said.get("unwinding"))
+
+    async def _reach(self, run: HostRun, barrier: str) -> bool:
+        """Wait until the host announces `barrier` in its unwind (True) or ends (False)."""
+        while True:
+            if run.waiting_at == barrier and self._unwinding(run):
+                return True
+            if not run.running:
+                return False
+            await run.events.get()
+
+    async def _until_exit(self, run: HostRun) -> None:
+        while run.running:
+            await run.events.get()
+
+    async def _coordinate_restore(self) -> None:
+        """The unwind's data step (pipeline/coordination.py): the primary restores the data only
+        while every other host that started holds its traffic, and the holds end once it is done.
+        A host that does not hold keeps the migrated data where it is: restoring under a host that
+        serves loses what it writes meanwhile, and a restore can be done later; those writes cannot."""
+        primary, others = self.runs[0], [run for run in self.runs[1:] if run.process is not None]
+        if await self._reach(primary, RESTORE_BARRIER):
+            not_holding = []
+            for run in others:
+                if not await self._reach(run, HELD_BARRIER):
+                    not_holding.append(f"{run.name} ({run.failure() if run.lost else 'it ended without holding'})")
+                elif not run.said.get("held"):
+                    not_holding.append(f"{run.name} (its traffic could not be held: {run.said.get('reason')})")
+            if not_holding:
+                self.data_kept = (
+                    "THE DATA WAS NOT RESTORED: not every host held its traffic for the primary's restore: "
+                    + ", ".join(not_holding)
+                    + "; the databases stay as migrated (see the primary's output for the snapshot to restore "
+                    "once no host serves)"
+                )
+                self.reporter.warn(self.data_kept)
+                self._send(primary, KEEP)
+            else:
+                self.reporter.info(f"{primary.name}: every host holds its traffic; restoring the data")
+                self._send(primary, GO)
+            await self._until_exit(primary)
+        for run in others:
+            if await self._reach(run, HELD_BARRIER):
+                self._send(run, GO)  # the restore is over (or never ran): release
 
     def _take_lock(self, record: OperationRecord) -> None:
         repository = self.context.project.access.open(load_index=False)
@@ -331,10 +404,19 @@ class HostFanOut:
         self.history.save(record)
 
     def _fail(self, record: OperationRecord, error: BaseException) -> LockstepError:
-        """Abort every host still deploying, wait for them to unwind, and say what each did."""
+        """Abort every host still deploying, agree on the data step of their unwinds, wait for
+        them to unwind, and say what each did."""
         for run in self.runs:
-            self._send(run, ABORT)
+            if not self._unwinding(run):  # one that failed on its own knows already
+                self._send(run, ABORT)
         try:
+            try:
+                self._wait(asyncio.wait_for(self._coordinate_restore(), UNWIND_WAIT_SECONDS))
+            except TimeoutError:
+                self.reporter.warn("stopped waiting for the primary's data restore; releasing the held traffic")
+            finally:
+                for run in self.runs:
+                    self._end_input(run)
             self._wait(self._wait_for_unwinds())
         except KeyboardInterrupt:
             self.reporter.warn("stopped waiting for the hosts to unwind; each finishes on its own")
@@ -350,6 +432,8 @@ class HostFanOut:
             reason = (
                 str(error) if isinstance(error, LockstepError) else f"internal error {type(error).__name__}: {error}"
             )
+        if self.data_kept is not None:
+            reason += f"; {self.data_kept}"
         reason = self.redactor.redact(reason)
         record.failed_step = getattr(error, "step", None) or self.steps.interrupted_step()
         record.reason = reason
@@ -514,6 +598,8 @@ class MultiHostDeployment(HostFanOut):
             arguments += ["--message", record.message]
         if not run.primary:
             arguments.append("--secondary")
+            if self.runs[0].restores_data:  # its unwind restores the data: this host must hold meanwhile
+                arguments.append("--hold-on-unwind")
         if self.request.skip_backup:
             arguments.append("--skip-backup")
         if self.request.skip_migrations:
