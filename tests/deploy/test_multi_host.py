@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from lockstep.agent.client import AgentClient
+from lockstep.layout import EnvironmentLayout
 from tests.conftest import TEST_PASSWORD
 from tests.deploy.conftest import NOTES, NotesProject, _stop_everything, free_ports
 from tests.deploy.sshd import SshServer, client_key, require_sshd, start_sshd
@@ -500,3 +502,63 @@ def test_no_host_serves_while_the_primary_restores_the_data(fleet_factory: Fleet
     held, released = _agent_events(second, "traffic-held")[-1], _agent_events(second, "traffic-released")[-1]
     assert held < restore_started and restore_ended <= released  # the second host held all along
     assert second.history()[-1]["outcome"] == "rolled-back"
+
+
+def _shared_rows(fleet: Fleet) -> list[tuple[object, ...]]:
+    """Every row of every table of the database the hosts share, with each table's columns."""
+    database = fleet.orchestrator.parent / "shared-db" / "notes.db"
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        rows: list[tuple[object, ...]] = []
+        for table in sorted(tables):
+            rows.append((table, tuple(row[1] for row in connection.execute(f'PRAGMA table_info("{table}")'))))
+            rows.extend((table, *row) for row in connection.execute(f'SELECT * FROM "{table}" ORDER BY 1'))
+        return rows
+
+
+def test_a_rollback_with_data_brings_back_code_and_data_on_every_host_or_on_none(fleet_factory: FleetFactory) -> None:
+    fleet = fleet_factory()
+    primary, second = fleet.hosts
+    first = _deploy_ok(fleet)
+    primary.add_note("from v1")
+    rows_v1 = _shared_rows(fleet)
+    shutil.copytree(NOTES / "demo" / "v2", fleet.orchestrator, dirs_exist_ok=True)  # migration 002: a column
+    fleet.commit_version("2.0.0")
+    _deploy_ok(fleet)
+    second.add_note("from v2, lost by the rollback with data")
+    rows_v2 = _shared_rows(fleet)
+
+    # The second host's 1.0.0 is cold and never listens: it fails after the primary restored the
+    # data, before any host switched. Every host stays on 2.0.0, on its data, put back.
+    layout = EnvironmentLayout(second.directory / ".lockstep" / "state" / "test", "test")
+    agent = AgentClient(layout.agent_socket, "test")
+    idle = next(slot for slot, state in second.status()["slots"].items() if slot != second.status()["active_slot"])
+    app = layout.release_directory(first["id"]) / "app.py"
+    working = app.read_text()
+    agent.stop_slot(idle)
+    app.write_text("import time\ntime.sleep(3600)\n")
+    failed = fleet.lockstep("rollback", "--with-data", "--yes", "--json")
+    assert failed.returncode == 3, failed.stderr + failed.stdout
+    document = json.loads(failed.stdout)
+    assert "is not healthy" in document["error"], document
+    assert [host.version() for host in fleet.hosts] == ["2.0.0", "2.0.0"]
+    assert _shared_rows(fleet) == rows_v2
+    primary_record = primary.history()[-1]
+    assert primary_record["pre_restore_snapshot_id"] and "the data was put back" in primary_record["reason"]
+    assert second.history()[-1]["failed_step"] == "code"
+
+    # Once the release can start, the rollback brings back 1.0.0 and its data on every host.
+    app.write_text(working)
+    rolled = fleet.lockstep("rollback", "--with-data", "--yes", "--json")
+    assert rolled.returncode == 0, rolled.stderr + rolled.stdout
+    assert "discards" in rolled.stderr and "notes" in rolled.stderr  # the primary's snapshot diff, shown
+    document = json.loads(rolled.stdout)
+    assert document["release_id"] == first["id"]
+    assert [(host["outcome"], host["data_restored"]) for host in document["hosts"]] == [
+        ("succeeded", True),
+        ("succeeded", False),
+    ]
+    assert [host.version() for host in fleet.hosts] == ["1.0.0", "1.0.0"]
+    assert _shared_rows(fleet) == rows_v1
+    assert "from v2, lost by the rollback with data" not in second.notes()
+    assert all(host.history()[-1]["traffic_held_seconds"] for host in fleet.hosts)

@@ -27,6 +27,7 @@ from lockstep.pipeline.rollback import RollbackRequest
 @click.option("--lock-wait", metavar="DURATION", default="0", help="Wait this long for the lock (e.g. 30s, 5m).")
 # A host's part of a rollback of several hosts, as the orchestrator runs it over SSH: not for people.
 @click.option("--coordinated", metavar="ID", hidden=True)
+@click.option("--secondary", is_flag=True, hidden=True)
 @progress_options
 @click.option(
     "--json",
@@ -46,6 +47,7 @@ def rollback_command(
     force: bool,
     lock_wait: str,
     coordinated: str | None,
+    secondary: bool,
     log_format: str,
     quiet: bool,
     verbose: bool,
@@ -59,7 +61,7 @@ def rollback_command(
     Meanwhile traffic is held: new requests wait (at most [traffic] hold_timeout, then 503 with
     Retry-After) and go to the older release once its data is back.
 
-    When the environment lists `hosts`, rolls back every host over SSH, all or none (code only).
+    When the environment lists `hosts`, rolls back every host over SSH, all or none.
     """
     if with_data and code_only:
         raise click.UsageError("--with-data and --code-only exclude each other")
@@ -73,6 +75,7 @@ def rollback_command(
         lock_wait=parse_duration_seconds(lock_wait),
         component=component,
         coordinated=coordinated,
+        secondary=secondary,
     )
     record = rollback(Path.cwd(), config_path, environment, request, progress_reporter(log_format, quiet, verbose))
     if wants_json(json_output):

@@ -19,7 +19,9 @@ Any host failing, at any point, sends "abort" to every other host, and each unwi
 (traffic back, new slot stopped; the primary restores the data per policy, as on one machine). A
 host whose SSH connection drops (or an orchestrator killed outright) reads end-of-input at its
 next barrier, which is an abort too: no host passes a barrier without a "go" that only comes
-when every host got there. See pipeline/coordination.py for the host's side.
+when every host got there. When the primary's unwind restores the data, the other hosts hold
+their traffic until it is done, and a host that cannot hold keeps the restore from starting
+(the unwind's data step, _coordinate_restore). See pipeline/coordination.py for the host's side.
 
 Secrets never cross SSH: each host reads the repository password from its own configuration.
 """
@@ -534,6 +536,8 @@ class MultiHostDeployment(HostFanOut):
             notifier.notify(operation_event(DEPLOY_STARTED, record, f"deploying {record.id} to {len(self.runs)} hosts"))
             self._run_hosts(record)
             record.release_id = record.id
+            # The primary's pre-deploy snapshot: what `rollback --with-data` restores from (choose_target).
+            record.snapshot_id = (self.runs[0].result or {}).get("snapshot_id")
             record.outcome = "succeeded"
             record.finished_at = time.time()
             self._save_final(record)

@@ -8,20 +8,27 @@ host at once. Each host waits at a barrier before it switches and again once it 
 before retiring the slot it left: a host failing (or its connection dropping) before every host
 switched makes every other host switch back.
 
-Code only for now: --with-data restores shared databases, which one host must do while the
-others wait with their traffic held, and --component is rarely wanted across a fleet; both
-are refused with what to do instead.
+With --with-data, after showing what the restore discards (the primary's `snapshot diff`) and
+asking: every host holds its traffic and stops its workers; the primary alone, once every other
+host waits at its switch barrier holding, is told "go" at its restore barrier and restores the
+shared databases from the pre-deploy snapshot of the deploy that replaced the target; then every
+host switches, and the holds end only once every host switched (the retire barrier). A failure
+before that puts everything back: the others switch back and keep holding at their held barrier
+while the primary puts the data back from its pre-restore snapshot (pipeline/coordination.py).
+
+--component is refused: one component of a fleet is rarely wanted, and never with the data.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
 from lockstep.actions.environment import EnvironmentContext
 from lockstep.errors import UsageError
 from lockstep.notify.events import ROLLBACK_DONE, ROLLBACK_FAILED
-from lockstep.pipeline.coordination import GO, RETIRE_BARRIER, SWITCH_BARRIER
+from lockstep.pipeline.coordination import GO, RESTORE_BARRIER, RETIRE_BARRIER, SWITCH_BARRIER
 from lockstep.pipeline.history import OperationRecord
 from lockstep.pipeline.multi_host import HostFanOut, HostRun, error_of
 from lockstep.pipeline.notifications import notifier_for, operation_event
@@ -41,11 +48,10 @@ class MultiHostRollback(HostFanOut):
         self.target_release: str | None = None
 
     def _run(self) -> OperationRecord:
-        if self.request.with_data or self.request.component is not None:
+        if self.request.component is not None:
             raise UsageError(
-                "a rollback of several hosts is code only for now (no --with-data, no --component)",
-                "roll the code back on every host with `lockstep rollback`, then restore the data on one host "
-                "(lockstep snapshot restore); or run the rollback you need on each host",
+                "a rollback of several hosts rolls back every component (no --component)",
+                "roll the component back on each host with `lockstep rollback --component` there",
             )
         target = self.steps.run(
             "preflight",
@@ -55,14 +61,18 @@ class MultiHostRollback(HostFanOut):
         )
         release = target.release
         self.target_release = release.release_id
+        if self.request.with_data:
+            self._confirm_data_loss(target)
         record = OperationRecord.started_now(
             self.history.unused_id(f"{time.strftime('%Y%m%d_%H%M%S', time.gmtime())}_rollback"),
             "rollback",
             self.context.environment,
             ref=release.ref,
             commit=release.commit,
-            message=f"rollback every host to {release.release_id}",
+            message=f"rollback every host to {release.release_id}"
+            + (" with its data" if self.request.with_data else ""),
             release_id=release.release_id,
+            snapshot_id=target.data_snapshot_id if self.request.with_data else None,
             hosts=[run.summary() for run in self.runs],
         )
         bind_context(self.reporter, deploy_id=record.id, env=record.environment)
@@ -71,12 +81,15 @@ class MultiHostRollback(HostFanOut):
         notifier = notifier_for(self.context, self.reporter)
         try:
             self.history.save(record)
-            self.steps.run(
-                "hosts",
-                "every host: checks, up to the switch barrier",
-                lambda: self._wait(self._advance(self.runs, record, "start", SWITCH_BARRIER)),
-                lambda _: "every host at the switch barrier",
-            )
+            if self.request.with_data:
+                self._hold_and_restore(record)
+            else:
+                self.steps.run(
+                    "hosts",
+                    "every host: checks, up to the switch barrier",
+                    lambda: self._wait(self._advance(self.runs, record, "start", SWITCH_BARRIER)),
+                    lambda _: "every host at the switch barrier",
+                )
             self.steps.run(
                 "switch",
                 "every host",
@@ -102,10 +115,71 @@ class MultiHostRollback(HostFanOut):
             notifier.close()
         return record
 
+    def _hold_and_restore(self, record: OperationRecord) -> None:
+        """Every host holds its traffic and stops its workers; then, and only then, the primary
+        restores the data; every host then waits at its switch barrier."""
+        primary, others = self.runs[0], self.runs[1:]
+
+        async def start_all() -> None:
+            started = await asyncio.gather(
+                self._advance([primary], record, "start", RESTORE_BARRIER),
+                self._advance(others, record, "start", SWITCH_BARRIER),
+                return_exceptions=True,  # both finish before a failure unwinds: no reader left behind
+            )
+            for outcome in started:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+
+        self.steps.run(
+            "hold",
+            "every host: hold traffic, stop workers",
+            lambda: self._wait(start_all()),
+            lambda _: "every host holds its traffic",
+        )
+        self.steps.run(
+            "restore data",
+            f"{primary.name}: snapshot {(record.snapshot_id or '')[:8]}",
+            lambda: self._wait(self._advance([primary], record, GO, SWITCH_BARRIER)),
+            lambda _: "restored; every host at the switch barrier",
+        )
+
     def _remote_arguments(self, run: HostRun, record: OperationRecord) -> list[str]:
         arguments = ["rollback", "--to", self.target_release or "", "--env", self.context.environment]
         arguments += ["--json", "--log-format", "json", "--yes", "--coordinated", record.id]
+        if self.request.with_data:
+            arguments += ["--with-data"] if run.primary else ["--with-data", "--secondary"]
         return arguments + (["--force"] if self.force else [])
+
+    def _confirm_data_loss(self, target: RollbackTarget) -> None:
+        """What the restore discards, as the primary sees it (`snapshot diff` there), and the
+        question, before anything is locked or changed: the hosts run with --yes."""
+        snapshot = target.data_snapshot_id
+        if snapshot is None:
+            raise UsageError(
+                f"there is no snapshot of the data as it was under {target.release.release_id}",
+                "its successor was deployed with --skip-backup (or by a lockstep that did not record it here); "
+                "roll back the code only",
+            )
+        primary = self.runs[0]
+
+        async def diff() -> ssh.RemoteResult:
+            arguments = ["snapshot", "diff", snapshot, "--env", self.context.environment]
+            return await ssh.run(primary.connection, ssh.shell_command(primary.target, self.ssh, arguments))
+
+        result = self._wait(diff())
+        if result.exit_status != 0:
+            raise UsageError(f"host {primary.name}: `lockstep snapshot diff {snapshot[:8]}` failed: {error_of(result)}")
+        shown = "\n  ".join(line for line in result.stdout.splitlines() if line.strip())
+        self.reporter.info(f"restoring the data of snapshot {snapshot[:8]} on {primary.name} discards:\n  {shown}")
+        if self.request.yes:
+            return
+        expected = self.context.environment if self.context.environment == "production" else None
+        if not self.reporter.confirm("Restore the databases and lose those writes?", expected):
+            answer = f" by typing {expected}" if expected else " with y"
+            raise UsageError(
+                "the data restore was not confirmed; nothing was changed",
+                f"confirm on a terminal{answer}, or pass --yes (CI)",
+            )
 
     def _preflight(self) -> RollbackTarget:
         """Every host reachable and serving the same release; the target from this machine's history."""

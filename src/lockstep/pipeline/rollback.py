@@ -63,6 +63,9 @@ class RollbackRequest:
     # A host's part of a rollback of several hosts (pipeline/multi_host_rollback.py): the
     # orchestrator's operation ID, whose lock this rollback joins; it waits at barriers.
     coordinated: str | None = None
+    # With --with-data, a host other than the primary: it holds its traffic and stops its workers
+    # while the primary restores the shared databases, then switches with every host.
+    secondary: bool = False
 
 
 @dataclass(frozen=True)
@@ -202,12 +205,12 @@ class Rollback:
             release_id=release.release_id,
             component=self.request.component,
             previous_release_id=current["release_id"] if current else None,
-            snapshot_id=target.data_snapshot_id if self.request.with_data else None,
+            snapshot_id=target.data_snapshot_id if self.request.with_data and not self.request.secondary else None,
         )
         bind_context(self.reporter, deploy_id=record.id, env=record.environment)
         self._check_component()
         with_data = self._decide_data(target)
-        if with_data:
+        if with_data and not self.request.secondary:  # a secondary's orchestrator asked, once for all
             self._confirm_data_loss(target)
         lock = EnvironmentLock(
             DocumentStore(self.context.project.access.open(load_index=False)),
@@ -245,19 +248,23 @@ class Rollback:
             if with_data:
                 traffic_hold = self.traffic_hold = TrafficHold(self.agent, self.config.traffic, self.reporter, record)
                 self.steps.on_undo("hold", traffic_hold.release_quietly)
-                self.steps.run("hold traffic", self.config.traffic.listen, traffic_hold.hold, lambda r: r)
+                self.steps.run("hold traffic", self.config.traffic.listen, self._hold, lambda r: r)
                 self.steps.run(
                     "stop workers",
                     f"slot {active}",
                     lambda: self._stop_workers(str(active), status),
                     lambda r: r,
                 )
-                self.steps.run(
-                    "restore data",
-                    f"snapshot {(target.data_snapshot_id or '')[:8]}",
-                    lambda: self._restore(target, record),
-                    lambda summary: summary,
-                )
+                if self.request.secondary:
+                    self.steps.on_undo("hold for the primary", self._hold_until_data_put_back)
+                else:
+                    self._barrier("restore", lock)  # every host holds its traffic: now the data can go
+                    self.steps.run(
+                        "restore data",
+                        f"snapshot {(target.data_snapshot_id or '')[:8]}",
+                        lambda: self._restore(target, record),
+                        lambda summary: summary,
+                    )
             self._barrier("switch", lock)
             if self.request.component is not None:
                 component = self.request.component
@@ -440,16 +447,51 @@ class Rollback:
 
     def _switched(self) -> None:
         """Traffic now goes to the older release: let the held requests go to it, at once (the old
-        slot's retirement and the workers' restart need no hold)."""
+        slot's retirement and the workers' restart need no hold). In a rollback of several hosts,
+        only once every host switched (_wait_at_retire_barrier): until then another host's failure
+        must be able to put the data back, which it can only while no host serves on it."""
+        if self.joined_lock is not None:
+            return
+        self._release_past_undoing()
+
+    def _release_past_undoing(self) -> None:
         if self.traffic_hold is not None and self.traffic_hold.held:
             self.reporter.info(self.traffic_hold.release())
             self.steps.forget_undo("hold")
             # The older release now answers on the restored data, and what it writes lands there:
             # neither the data nor the newer release can come back without losing those writes,
             # so the rollback is past undoing (a later failure leaves the older release serving).
-            for step in ("switch", "code", "stop workers", "restore data"):
+            for step in ("switch", "code", "stop workers", "hold for the primary", "restore data"):
                 self.steps.forget_undo(step)
             self.serves_restored_data = True
+
+    def _hold(self) -> str:
+        """Hold the traffic for the data restore. In a rollback of several hosts, a host that cannot
+        hold stops it before the primary restores anything: its release would serve (and write)
+        on data being replaced."""
+        assert self.traffic_hold is not None
+        detail = self.traffic_hold.hold()
+        if self.request.coordinated is not None and not self.traffic_hold.held:
+            raise UsageError(
+                f"this host's traffic could not be held ({detail}): a data rollback of several hosts restores the "
+                "data only while every host holds its traffic",
+                "see `lockstep status` on this host (its agent and traffic switch), or roll back the code only",
+            )
+        return detail
+
+    def _hold_until_data_put_back(self) -> None:
+        """A secondary's undo of its hold-and-stop, before its workers restart and its traffic goes:
+        the primary may be putting the data back, so keep holding until the orchestrator says it
+        is done (pipeline/coordination.py, the held barrier)."""
+        from lockstep.pipeline.coordination import GO, HELD_BARRIER, wait_for_word
+
+        assert self.request.coordinated is not None
+        said = {"unwinding": True, "held": bool(self.traffic_hold and self.traffic_hold.held)}
+        word = wait_for_word(HELD_BARRIER, self.request.coordinated, said)
+        if word != GO:
+            self.reporter.warn(
+                "lost the orchestrator while holding the traffic for the primary's data put-back: releasing it now"
+            )
 
     def _stop_workers(self, slot: str, status: dict[str, Any]) -> str:
         """Stop the newer release's components without a port (workers) before its data goes: they
@@ -481,6 +523,8 @@ class Rollback:
     def _decide_data(self, target: RollbackTarget) -> bool:
         """Whether to restore data; refuse a code-only rollback onto a newer schema."""
         if self.request.with_data:
+            if self.request.secondary:  # the primary restores the shared databases
+                return True
             if target.data_snapshot_id is None:
                 raise UsageError(
                     f"there is no snapshot of the data as it was under {target.release.release_id}",
@@ -623,6 +667,7 @@ class Rollback:
         self.reporter.info("switched; waiting for every host at the retire barrier")
         wait_at_barrier("retire", self.request.coordinated)
         check_joined_lock(self.joined_lock, self.request.coordinated)
+        self._release_past_undoing()  # every host switched: the held requests go to the older release
 
     def _restart_components(self, slot: str, release_dir: Path, names: list[str]) -> None:
         """Start the warm slot's stopped components (workers) again, next to its traffic component."""
