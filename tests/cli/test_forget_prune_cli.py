@@ -345,7 +345,12 @@ def test_kill_9_during_forget_prune_never_breaks_the_repository(
 
     generator = random.Random()
     killed_while_running = 0
-    for attempt in range(ATTEMPTS):
+    attempt = 0
+    # ATTEMPTS runs, and more (up to twice as many) until ATTEMPTS // 2 kills landed mid-run: the
+    # timing run may have been slowed by other work on the machine, so a run that ends before its
+    # kill shrinks the window to what it took (a kill after the end proves nothing).
+    while attempt < ATTEMPTS or (killed_while_running < ATTEMPTS // 2 and attempt < 2 * ATTEMPTS):
+        attempt += 1
         path = tmp_path / f"attempt-{attempt}"
         shutil.copytree(pristine, path)
         env = {**repository_env, "LOCKSTEP_REPOSITORY": str(path)}
@@ -356,6 +361,8 @@ def test_kill_9_during_forget_prune_never_breaks_the_repository(
             time.sleep(0.005)
         if process.poll() is None:
             killed_while_running += 1
+        else:
+            working_seconds = max(RECHECK_DELAY_SECONDS, min(working_seconds, time.monotonic() - locked_at))
         process.kill()
         process.wait(timeout=30)
         unlocked = run_lockstep(["repo", "unlock"], env=env)
@@ -369,5 +376,5 @@ def test_kill_9_during_forget_prune_never_breaks_the_repository(
         restic_check(path, read_data=False)
         shutil.rmtree(path)
     assert killed_while_running >= ATTEMPTS // 2, (
-        f"only {killed_while_running} of {ATTEMPTS} kills landed in {working_seconds:.2f} s of work"
+        f"only {killed_while_running} of {attempt} kills landed in {working_seconds:.2f} s of work"
     )
