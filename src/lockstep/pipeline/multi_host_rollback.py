@@ -32,7 +32,7 @@ from lockstep.pipeline.coordination import GO, RESTORE_BARRIER, RETIRE_BARRIER, 
 from lockstep.pipeline.history import OperationRecord
 from lockstep.pipeline.multi_host import HostFanOut, HostRun, error_of
 from lockstep.pipeline.notifications import notifier_for, operation_event
-from lockstep.pipeline.rollback import RollbackRequest, RollbackTarget, choose_target
+from lockstep.pipeline.rollback import RollbackRequest, RollbackTarget, choose_target, confirm_data_restore
 from lockstep.pipeline.steps import Reporter, bind_context
 from lockstep.remote import ssh
 
@@ -171,15 +171,7 @@ class MultiHostRollback(HostFanOut):
             raise UsageError(f"host {primary.name}: `lockstep snapshot diff {snapshot[:8]}` failed: {error_of(result)}")
         shown = "\n  ".join(line for line in result.stdout.splitlines() if line.strip())
         self.reporter.info(f"restoring the data of snapshot {snapshot[:8]} on {primary.name} discards:\n  {shown}")
-        if self.request.yes:
-            return
-        expected = self.context.environment if self.context.environment == "production" else None
-        if not self.reporter.confirm("Restore the databases and lose those writes?", expected):
-            answer = f" by typing {expected}" if expected else " with y"
-            raise UsageError(
-                "the data restore was not confirmed; nothing was changed",
-                f"confirm on a terminal{answer}, or pass --yes (CI)",
-            )
+        confirm_data_restore(self.reporter, self.context.environment, yes=self.request.yes)
 
     def _preflight(self) -> RollbackTarget:
         """Every host reachable and serving the same release; the target from this machine's history."""

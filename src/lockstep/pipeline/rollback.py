@@ -547,15 +547,7 @@ class Rollback:
             snapshot = repository.find_snapshot(target.data_snapshot_id)
             lines = summarize_discarded(describe_discarded(repository, snapshot, self.config))
         self.reporter.info(f"restoring the data of snapshot {snapshot.short_id} discards:\n  " + "\n  ".join(lines))
-        if self.request.yes:
-            return
-        expected = self.context.environment if self.context.environment == "production" else None
-        if not self.reporter.confirm("Restore the databases and lose those writes?", expected):
-            answer = f" by typing {expected}" if expected else " with y"
-            raise UsageError(
-                "the data restore was not confirmed; nothing was changed",
-                f"confirm on a terminal{answer}, or pass --yes (CI)",
-            )
+        confirm_data_restore(self.reporter, self.context.environment, yes=self.request.yes)
 
     def _restore(self, target: RollbackTarget, record: OperationRecord) -> str:
         """Restore the target's data, with an undo that puts back the data as it was just before.
@@ -728,3 +720,17 @@ class Rollback:
             f"release directory {release_dir.name} is gone; restored it from snapshot {snapshot.short_id}"
         )
         return True
+
+
+def confirm_data_restore(reporter: Reporter, environment: str, *, yes: bool) -> None:
+    """Ask before a data restore that discards writes (the caller has shown which); production
+    wants its name typed. Refused, nothing has changed yet."""
+    if yes:
+        return
+    expected = environment if environment == "production" else None
+    if not reporter.confirm("Restore the databases and lose those writes?", expected):
+        answer = f" by typing {expected}" if expected else " with y"
+        raise UsageError(
+            "the data restore was not confirmed; nothing was changed",
+            f"confirm on a terminal{answer}, or pass --yes (CI)",
+        )

@@ -70,6 +70,7 @@ from lockstep.storage.base import (
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
     from mypy_boto3_s3.literals import BucketLocationConstraintType, StorageClassType
+    from mypy_boto3_s3.type_defs import PutObjectRequestTypeDef
 
 EXPECTED_FORM = (
     "s3:HOST[:PORT]/BUCKET[/PREFIX] (https) or s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX][?OPTIONS], "
@@ -546,30 +547,20 @@ class S3Backend:
     def _put(self, key: str, data: bytes, only_if_absent: bool = False, storage_class: str | None = None) -> bool:
         """PUT an object; with only_if_absent, a conditional create (If-None-Match: *)."""
         digest = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+        request: PutObjectRequestTypeDef = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Body": data,
+            "ContentType": "application/octet-stream",
+            "ContentMD5": digest,
+        }
+        if only_if_absent:
+            request["IfNoneMatch"] = "*"
+        elif storage_class is not None:
+            # Any server's class name (Ceph's are configurable), not only AWS's.
+            request["StorageClass"] = cast("StorageClassType", storage_class)
         try:
-            if only_if_absent:
-                self._client.put_object(
-                    Bucket=self.bucket,
-                    Key=key,
-                    Body=data,
-                    ContentType="application/octet-stream",
-                    ContentMD5=digest,
-                    IfNoneMatch="*",
-                )
-            elif storage_class is not None:
-                self._client.put_object(
-                    Bucket=self.bucket,
-                    Key=key,
-                    Body=data,
-                    ContentType="application/octet-stream",
-                    ContentMD5=digest,
-                    # Any server's class name (Ceph's are configurable), not only AWS's.
-                    StorageClass=cast("StorageClassType", storage_class),
-                )
-            else:
-                self._client.put_object(
-                    Bucket=self.bucket, Key=key, Body=data, ContentType="application/octet-stream", ContentMD5=digest
-                )
+            self._client.put_object(**request)
         except ClientError as error:
             if only_if_absent and _error_code(error) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                 return False
