@@ -324,10 +324,11 @@ def test_kill_9_mid_deploy_keeps_the_old_release_serving(notes_project: NotesPro
 
 
 def test_the_agent_not_running_is_a_clear_error(tmp_path: Path) -> None:
-    """Deploying without an agent says how to start one, and changes nothing."""
+    """Deploying without an agent says how to start one, and changes nothing: a preflight
+    refusal (exit 2)."""
     project = make_project(tmp_path)
     completed = project.lockstep("deploy")
-    assert completed.returncode == 1
+    assert completed.returncode == 2
     assert "agent" in completed.err and "not running" in completed.err
     assert "lockstep agent" in completed.err
     assert project.history() == []
