@@ -611,16 +611,21 @@ def test_a_release_directory_snapshot_reports_the_size_of_its_files(tmp_path: Pa
     assert "code         release-directory at /code/release, 4.59 KiB" in shown
 
 
-def test_references_resolve_within_the_environment(project: Project) -> None:
-    """`latest` and ID prefixes pick among the environment's own snapshots (default without
-    --env): a restore writes into that environment's databases, so another environment's
-    snapshot must never be picked by accident; naming one says which --env to use."""
+def add_staging_environment(project: Project) -> None:
+    """A `staging` environment with a database of its own (staging.db, one table), committed."""
     with (project.root / "lockstep.toml").open("a") as config:
         config.write('\n[environments.staging.databases.main]\nurl = "sqlite:///staging.db"\n')
     with sqlite3.connect(project.root / "staging.db") as connection:
         connection.execute("CREATE TABLE staging_only (id INTEGER PRIMARY KEY)")
     (project.root / ".gitignore").write_text("app.db\nstaging.db\n.env\n")
     git(project.root, "commit", "-q", "-am", "staging")
+
+
+def test_references_resolve_within_the_environment(project: Project) -> None:
+    """`latest` and ID prefixes pick among the environment's own snapshots (default without
+    --env): a restore writes into that environment's databases, so another environment's
+    snapshot must never be picked by accident; naming one says which --env to use."""
+    add_staging_environment(project)
     before = sqlite_fingerprint(project.root / "app.db")
     staging = project.create("--env", "staging", "-m", "staging data")
 
@@ -649,12 +654,7 @@ def test_references_without_env_see_the_default_environment_s_deploy_snapshots(p
     same databases. `snapshot show latest` (and diff, verify, restore) said "no lockstep snapshots of
     environment 'default' yet (there are of production)" right after a newcomer's first deploy.
     Another environment's snapshots stay out of reach without --env."""
-    with (project.root / "lockstep.toml").open("a") as config:
-        config.write('\n[environments.staging.databases.main]\nurl = "sqlite:///staging.db"\n')
-    with sqlite3.connect(project.root / "staging.db") as connection:
-        connection.execute("CREATE TABLE staging_only (id INTEGER PRIMARY KEY)")
-    (project.root / ".gitignore").write_text("app.db\nstaging.db\n.env\n")
-    git(project.root, "commit", "-q", "-am", "staging")
+    add_staging_environment(project)
     production = project.create("--env", "production", "-m", "as a deploy to production takes it")
     project.create("--env", "staging", "-m", "staging data")
 
