@@ -27,25 +27,13 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Literal
 
 from lockstep.errors import LockstepError, UsageError
-from lockstep.process import Command, process_alive, run_capture
-from lockstep.traffic.base import HoldMode, TrafficState, UpstreamCounters
-from lockstep.traffic.common import (
-    check_port,
-    command_line,
-    ensure_listen_free,
-    fsync_directory,
-    parse_listen,
-    require_executable,
-    stop_gracefully,
-)
-from lockstep.traffic.hold import HoldOwner
-from lockstep.traffic.holding import HoldingRelay
+from lockstep.process import Command, run_capture
+from lockstep.traffic.base import TrafficState, UpstreamCounters
+from lockstep.traffic.common import check_port, ensure_listen_free, fsync_directory, require_executable
+from lockstep.traffic.reloaded_proxy import Mode, ReloadedProxySwitch, write_candidate
 from lockstep.unix_sockets import SOCKET_PATH_LIMIT, fits_in_socket_address
-
-Mode = Literal["managed", "system"]
 
 BACKEND_NAME = "lockstep_active"
 CONFIG_FILE = "haproxy.cfg"
@@ -58,8 +46,14 @@ RELOAD_TIMEOUT = 30.0
 START_TIMEOUT = 30.0
 
 
-class HaproxySwitch:
+class HaproxySwitch(ReloadedProxySwitch):
     """A `TrafficSwitch` backed by a real HAProxy (see the module docstring for the two modes)."""
+
+    server_name = "HAProxy"
+    process_name = "haproxy"
+    config_file = CONFIG_FILE
+    include_advice = "set it to a file your HAProxy loads with an extra -f"
+    graceful_stop_signal = signal.SIGUSR1  # stop accepting, finish requests
 
     def __init__(
         self,
@@ -104,23 +98,9 @@ class HaproxySwitch:
         hard_stop_after: managed mode only: HAProxy's `hard-stop-after`, in seconds: how long an old
             worker may keep long-lived connections (WebSockets) after a reload; None waits forever.
         """
-        if mode not in ("managed", "system"):
-            raise UsageError(f"unknown haproxy traffic mode {mode!r}", 'use "managed" or "system"')
-        if mode == "system" and include_path is None:
-            raise UsageError(
-                "the haproxy traffic switch in system mode needs include_path",
-                "set it to a file your HAProxy loads with an extra -f",
-            )
-        self.listen_host, self.listen_port = parse_listen(listen)
-        self.listen = listen
-        self.state_directory = Path(state_directory)
-        self.drain_timeout = drain_timeout
-        self.holding = HoldingRelay(self.state_directory, drain_timeout, self._point_at)
-        self.binary = binary
-        self.mode: Mode = mode
-        self.include_path = include_path
+        super().__init__(listen, state_directory, drain_timeout, binary, mode, include_path, upstream_host)
         self.config_path = config_path if config_path is not None else Path("/etc/haproxy/haproxy.cfg")
-        self.upstream_host = upstream_host
+        self.pid_file = self.state_directory / PID_FILE
         self.backend_name = backend_name
         self.hard_stop_after = hard_stop_after
         self.reload_command = (
@@ -141,21 +121,6 @@ class HaproxySwitch:
             self.master_socket = master_socket or (default_master if default_master.exists() else None)
             self.stats_socket = stats_socket
         self._idle_close_on_response: bool | None = None
-
-    @property
-    def managed_config(self) -> Path:
-        return self.state_directory / CONFIG_FILE
-
-    @property
-    def pid_file(self) -> Path:
-        return self.state_directory / PID_FILE
-
-    @property
-    def _written_file(self) -> Path:
-        if self.mode == "managed":
-            return self.managed_config
-        assert self.include_path is not None
-        return self.include_path
 
     def _start_argv(self) -> tuple[str, ...]:
         return (
@@ -197,12 +162,7 @@ class HaproxySwitch:
         ensure_listen_free(self.listen_host, self.listen_port, "HAProxy")
         # Started again while traffic is held: to the relay, or the hold would end unasked.
         upstream = self.holding.relay_port() or initial_port
-        candidate = _write_candidate(self.managed_config, self.render_managed_config(upstream))
-        try:
-            self._validate((candidate,))
-        except LockstepError:
-            candidate.unlink(missing_ok=True)
-            raise
+        candidate = self._validated_candidate(self.render_managed_config(upstream))
         os.replace(candidate, self.managed_config)
         for stale in (self.pid_file, self.master_socket, self.stats_socket):
             if stale is not None:
@@ -221,22 +181,6 @@ class HaproxySwitch:
                 return
             time.sleep(0.02)
         raise LockstepError(f"HAProxy started but no worker came up within {START_TIMEOUT:.0f} s")
-
-    def switch_to(self, port: int) -> None:
-        """Write, validate and load a backend of `port`; return once the new worker serves.
-
-        Raises LockstepError, and HAProxy keeps serving the old backend, when the new config fails
-        `haproxy -c` or the reload fails.
-        """
-        check_port(port)
-        if not self.holding.switch_to(port):  # while held, the relay's upstream moves instead
-            self._point_at(port)
-
-    def _point_at(self, port: int) -> None:
-        if self.mode == "managed":
-            self._switch_managed(port)
-        else:
-            self._switch_system(port)
 
     def state(self) -> TrafficState:
         """Whether HAProxy runs, the active port (from the written config) and per-port counters.
@@ -290,36 +234,10 @@ class HaproxySwitch:
             return True
         return any(counter.in_flight > 0 for counter in self._parse_counters(text))
 
-    def hold(self, owner: HoldOwner, timeout: float) -> HoldMode:
-        """HAProxy cannot park a request: its upstream becomes a relay that does (traffic/holding.py)."""
-        return self.holding.hold_upstream(owner, timeout, self.active_port(), "HAProxy")
-
-    def release(self) -> dict[str, object] | None:
-        return self.holding.release()
-
-    def check_hold(self) -> str | None:
-        return self.holding.check()
-
-    def stop(self) -> None:
-        """Managed: graceful stop (SIGUSR1: stop accepting, finish requests), forced after
-        `drain_timeout`. System: nothing, lockstep never stops the user's HAProxy (a hold's relay
-        stops)."""
-        self.holding.stop()
-        if self.mode == "system":
-            return
-        master = self._master_pid()
-        if master is None:
-            return
-        stop_gracefully(master, signal.SIGUSR1, self.drain_timeout)
-
     # -- more --------------------------------------------------------------------------------
 
-    def active_port(self) -> int | None:
-        """The upstream port in the written config (what HAProxy serves once loaded), or None."""
-        try:
-            text = self._written_file.read_text()
-        except FileNotFoundError:
-            return None
+    def _port_in(self, text: str) -> int | None:
+        """The port of the `server` line in the generated backend section."""
         in_backend = False
         for line in text.splitlines():
             words = line.split()
@@ -386,7 +304,7 @@ class HaproxySwitch:
         versions refuse the keyword, and keep closing idle connections on a reload)."""
         if self._idle_close_on_response is None:
             self.state_directory.mkdir(parents=True, exist_ok=True)
-            probe = _write_candidate(
+            probe = write_candidate(
                 self.state_directory / "probe.cfg", "defaults\n    mode http\n    option idle-close-on-response\n"
             )
             try:
@@ -412,12 +330,7 @@ class HaproxySwitch:
                 f"lockstep's HAProxy is not running (no live master in {self.pid_file})",
                 "start it first (ensure_running), e.g. by running the deploy again",
             )
-        candidate = _write_candidate(self.managed_config, self.render_managed_config(port))
-        try:
-            self._validate((candidate,))
-        except LockstepError:
-            candidate.unlink(missing_ok=True)
-            raise
+        candidate = self._validated_candidate(self.render_managed_config(port))
         before = self._show_proc()
         os.replace(candidate, self.managed_config)
         fsync_directory(self.managed_config.parent)
@@ -427,23 +340,8 @@ class HaproxySwitch:
     def _switch_system(self, port: int, reload: bool = True) -> None:
         assert self.include_path is not None
         include = self.include_path
-        try:
-            previous: bytes | None = include.read_bytes()
-        except FileNotFoundError:
-            previous = None
-        # haproxy -c must see the new backend in the file it loads, so the new file goes in place
-        # first and the old one comes back if validation fails; HAProxy only reads it on reload.
-        os.replace(_write_candidate(include, self.render_backend(port)), include)
         files = (self.config_path,) if _is_inside(include, self.config_path) else (self.config_path, include)
-        try:
-            self._validate(files)
-        except LockstepError:
-            if previous is None:
-                include.unlink(missing_ok=True)
-            else:
-                os.replace(_write_candidate(include, previous.decode()), include)
-            raise
-        fsync_directory(include.parent)
+        self._replace_include(self.render_backend(port), lambda: self._validate(files))
         if not reload:
             return
         before = self._show_proc() if self.master_socket is not None else None
@@ -478,6 +376,9 @@ class HaproxySwitch:
             "check HAProxy's log; the old backend may still serve",
         )
 
+    def _validate_managed(self, candidate: Path) -> None:
+        self._validate((candidate,))
+
     def _validate(self, files: tuple[Path, ...]) -> None:
         require_executable(self.binary, "HAProxy", "haproxy")
         argv = [self.binary, "-c", "-q"]
@@ -490,15 +391,6 @@ class HaproxySwitch:
                 f"the new HAProxy config failed validation, nothing was reloaded: {error.message}",
                 "the previous backend keeps serving; fix the HAProxy config and switch again",
             ) from error
-
-    def _master_pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().split()[0])
-        except (FileNotFoundError, PermissionError, ValueError, IndexError):
-            return None
-        if not process_alive(pid) or "haproxy" not in command_line(pid):
-            return None
-        return pid
 
     def _show_proc(self) -> _Processes | None:
         """The master's `show proc`, or None when the master CLI does not answer."""
@@ -597,14 +489,3 @@ def _ask(path: Path, command: str, timeout: float = 10.0) -> str:
 
 def _is_inside(path: Path, directory: Path) -> bool:
     return directory.is_dir() and path.resolve().is_relative_to(directory.resolve())
-
-
-def _write_candidate(destination: Path, text: str) -> Path:
-    """Write `text` next to `destination` (so os.replace is atomic) and fsync it."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    candidate = destination.with_name(f".{destination.name}.{os.getpid()}.next")
-    with open(candidate, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    return candidate

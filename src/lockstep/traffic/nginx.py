@@ -29,25 +29,19 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from lockstep.errors import LockstepError, UsageError
+from lockstep.errors import LockstepError
 from lockstep.process import Command, process_alive, run_capture
-from lockstep.traffic.base import HoldMode, TrafficState, UpstreamCounters
+from lockstep.traffic.base import TrafficState, UpstreamCounters
 from lockstep.traffic.common import (
     check_port,
     command_line,
     ensure_listen_free,
     fsync_directory,
-    parse_listen,
     require_executable,
-    stop_gracefully,
     wait_for_exit,
 )
-from lockstep.traffic.hold import HoldOwner
-from lockstep.traffic.holding import HoldingRelay
-
-Mode = Literal["managed", "system"]
+from lockstep.traffic.reloaded_proxy import Mode, ReloadedProxySwitch
 
 UPSTREAM_NAME = "lockstep_active"
 CONFIG_FILE = "nginx.conf"
@@ -62,8 +56,14 @@ START_TIMEOUT = 30.0
 _SERVER_LINE = re.compile(r"^\s*server\s+\[?([^\s\];]+?)\]?:(\d+)\b", re.MULTILINE)
 
 
-class NginxSwitch:
+class NginxSwitch(ReloadedProxySwitch):
     """A `TrafficSwitch` backed by a real nginx (see the module docstring for the two modes)."""
+
+    server_name = "nginx"
+    process_name = "nginx"
+    config_file = CONFIG_FILE
+    include_advice = "set it to a file your nginx config includes inside http { }"
+    graceful_stop_signal = signal.SIGQUIT  # graceful shutdown: finish requests, then exit
 
     def __init__(
         self,
@@ -106,23 +106,8 @@ class NginxSwitch:
         user: managed mode only, when lockstep runs as root: nginx's `user` for the workers;
             None keeps nginx's default (nobody). Workers never need the state directory.
         """
-        if mode not in ("managed", "system"):
-            raise UsageError(f"unknown nginx traffic mode {mode!r}", 'use "managed" or "system"')
-        if mode == "system" and include_path is None:
-            raise UsageError(
-                "the nginx traffic switch in system mode needs include_path",
-                "set it to a file your nginx config includes inside http { }",
-            )
-        self.listen_host, self.listen_port = parse_listen(listen)
-        self.listen = listen
-        self.state_directory = Path(state_directory)
-        self.drain_timeout = drain_timeout
-        self.holding = HoldingRelay(self.state_directory, drain_timeout, self._point_at)
-        self.binary = binary
-        self.mode: Mode = mode
-        self.include_path = include_path
+        super().__init__(listen, state_directory, drain_timeout, binary, mode, include_path, upstream_host)
         self.config_path = config_path
-        self.upstream_host = upstream_host
         self.upstream_name = upstream_name
         self.worker_processes = worker_processes
         self.user = user
@@ -140,24 +125,12 @@ class NginxSwitch:
     # -- paths --------------------------------------------------------------------------------
 
     @property
-    def managed_config(self) -> Path:
-        return self.state_directory / CONFIG_FILE
-
-    @property
     def error_log(self) -> Path:
         return self.state_directory / ERROR_LOG
 
     @property
     def access_log(self) -> Path:
         return self.state_directory / ACCESS_LOG
-
-    @property
-    def _written_file(self) -> Path:
-        """The file that holds the active upstream: the whole config (managed) or the include."""
-        if self.mode == "managed":
-            return self.managed_config
-        assert self.include_path is not None
-        return self.include_path
 
     def _config_arguments(self) -> tuple[str, ...]:
         if self.mode == "managed":
@@ -191,12 +164,7 @@ class NginxSwitch:
         ensure_listen_free(self.listen_host, self.listen_port, "nginx")
         # Started again while traffic is held: to the relay, or the hold would end unasked.
         upstream = self.holding.relay_port() or initial_port
-        candidate = self._write_candidate(self.render_managed_config(upstream))
-        try:
-            self._validate(candidate)
-        except LockstepError:
-            candidate.unlink(missing_ok=True)
-            raise
+        candidate = self._validated_candidate(self.render_managed_config(upstream))
         os.replace(candidate, self.managed_config)
         with contextlib.suppress(FileNotFoundError):
             self.pid_file.unlink()
@@ -216,22 +184,6 @@ class NginxSwitch:
         raise LockstepError(
             f"nginx started but no worker came up within {START_TIMEOUT:.0f} s", f"see {self.error_log}"
         )
-
-    def switch_to(self, port: int) -> None:
-        """Write, validate and load an upstream of `port`; return once new requests go there.
-
-        Raises LockstepError (and changes nothing nginx serves) when the new config fails
-        `nginx -t` or the reload does not take effect.
-        """
-        check_port(port)
-        if not self.holding.switch_to(port):  # while held, the relay's upstream moves instead
-            self._point_at(port)
-
-    def _point_at(self, port: int) -> None:
-        if self.mode == "managed":
-            self._switch_managed(port)
-        else:
-            self._switch_system(port)
 
     def state(self) -> TrafficState:
         """Whether nginx runs, the active upstream port (from the written config) and counters.
@@ -267,35 +219,10 @@ class NginxSwitch:
                 return False
             time.sleep(0.05)
 
-    def hold(self, owner: HoldOwner, timeout: float) -> HoldMode:
-        """nginx cannot park a request: its upstream becomes a relay that does (traffic/holding.py)."""
-        return self.holding.hold_upstream(owner, timeout, self.active_port(), "nginx")
-
-    def release(self) -> dict[str, object] | None:
-        return self.holding.release()
-
-    def check_hold(self) -> str | None:
-        return self.holding.check()
-
-    def stop(self) -> None:
-        """Managed: graceful shutdown (SIGQUIT), forced after `drain_timeout`. System: nothing
-        (but a hold's relay stops)."""
-        self.holding.stop()
-        if self.mode == "system":
-            return
-        master = self._master_pid()
-        if master is None:
-            return
-        stop_gracefully(master, signal.SIGQUIT, self.drain_timeout)
-
     # -- more --------------------------------------------------------------------------------
 
-    def active_port(self) -> int | None:
-        """The upstream port in the written config (what nginx serves once loaded), or None."""
-        try:
-            text = self._written_file.read_text()
-        except FileNotFoundError:
-            return None
+    def _port_in(self, text: str) -> int | None:
+        """The port of the `server` line in the generated upstream block."""
         match = _SERVER_LINE.search(text.split(f"upstream {self.upstream_name}", 1)[-1])
         return int(match.group(2)) if match else None
 
@@ -368,38 +295,13 @@ class NginxSwitch:
                 f"lockstep's nginx is not running (no live master in {self.pid_file})",
                 "start it first (ensure_running), e.g. by running the deploy again",
             )
-        candidate = self._write_candidate(self.render_managed_config(port))
-        try:
-            self._validate(candidate)
-        except LockstepError:
-            candidate.unlink(missing_ok=True)
-            raise
+        candidate = self._validated_candidate(self.render_managed_config(port))
         os.replace(candidate, self.managed_config)
         fsync_directory(self.managed_config.parent)
         self._reload_and_wait(master, lambda: os.kill(master, signal.SIGHUP))
 
     def _switch_system(self, port: int, reload: bool = True) -> None:
-        assert self.include_path is not None
-        include = self.include_path
-        try:
-            previous: bytes | None = include.read_bytes()
-        except FileNotFoundError:
-            previous = None
-        # nginx -t must see the new include where the user's config includes it, so the new file
-        # goes live on disk first and the old one comes back if validation fails; nginx itself
-        # only reads it on the reload below.
-        candidate = self._write_candidate(self.render_upstream(port), target=include)
-        os.replace(candidate, include)
-        try:
-            self._validate(self.config_path)
-        except LockstepError:
-            if previous is None:
-                include.unlink(missing_ok=True)
-            else:
-                restore = self._write_candidate(previous.decode(), target=include)
-                os.replace(restore, include)
-            raise
-        fsync_directory(include.parent)
+        self._replace_include(self.render_upstream(port), lambda: self._validate(self.config_path))
         if not reload:
             return
         master = self._master_pid()
@@ -464,18 +366,9 @@ class NginxSwitch:
                 "the previous upstream keeps serving; fix the nginx config and switch again",
             ) from error
 
-    def _write_candidate(self, text: str, target: Path | None = None) -> Path:
-        """Write `text` next to `target` (so os.replace is atomic) and fsync it."""
-        destination = target if target is not None else self.managed_config
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        candidate = destination.with_name(f".{destination.name}.{os.getpid()}.next")
-        with open(candidate, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if self.mode == "managed":
-            (self.state_directory / "temp").mkdir(exist_ok=True)
-        return candidate
+    def _validate_managed(self, candidate: Path) -> None:
+        (self.state_directory / "temp").mkdir(parents=True, exist_ok=True)  # the config's temp paths
+        self._validate(candidate)
 
     def _stop_orphaned_workers(self) -> None:
         """Stop the workers a killed master left behind (kill -9, the OOM killer): they keep the
@@ -494,16 +387,6 @@ class NginxSwitch:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 wait_for_exit(pid, 10.0)
-
-    def _master_pid(self) -> int | None:
-        """The live nginx master from the pid file, or None (missing, stale or not nginx)."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, PermissionError, ValueError):
-            return None
-        if not process_alive(pid) or "nginx" not in command_line(pid):
-            return None
-        return pid
 
     def _read_counters(self) -> tuple[UpstreamCounters, ...]:
         """Fold new access-log lines into per-port request and error counts."""
