@@ -177,9 +177,7 @@ def test_dump_keeps_named_pipes_and_devices(repository_env: dict[str, str], tmp_
 def tar_members(stream: bytes) -> dict[str, tuple[bytes, int, int, str, int]]:
     with tarfile.open(fileobj=io.BytesIO(stream)) as archive:
         return {
-            # restic rounds the time to the second (ustar); lockstep keeps the nanoseconds (pax)
-            member.name: (member.type, member.mode, member.size, member.linkname, round(member.mtime))
-            for member in archive
+            member.name: (member.type, member.mode, member.size, member.linkname, member.mtime) for member in archive
         }
 
 
@@ -212,11 +210,11 @@ def ustar_mtime(stream: bytes, member: tarfile.TarInfo) -> int:
     return int(header[136:148].strip(b"\0 ") or b"0", 8)
 
 
-def test_dump_writes_restics_pax_records_and_keeps_nanoseconds(repository_env: dict[str, str], tmp_path: Path) -> None:
+def test_dump_writes_restics_pax_records(repository_env: dict[str, str], tmp_path: Path) -> None:
     """A directory's tar stream left out the extended attributes and ACLs restic's dump writes
     (SCHILY.xattr.*, SCHILY.acl.*), and a non-UTF-8 value or name added a hdrcharset record GNU
-    tar warns about. Now every record restic writes is there, the ustar mtime is restic's rounded
-    second, a whole-second mtime adds nothing, and a fraction is kept to the nanosecond."""
+    tar warns about. Now the stream is restic's, byte for byte: every record restic writes, and
+    the time rounded to the second as restic's (Go's) writer rounds it, with no PAX mtime."""
     source = tmp_path / "source"
     source.mkdir()
     (source / "notes.txt").write_text("notes\n")
@@ -241,25 +239,18 @@ def test_dump_writes_restics_pax_records_and_keeps_nanoseconds(repository_env: d
 
     ours_stream = lockstep(repository_env, ["repo", "dump", "latest", str(source)]).stdout
     theirs_stream = restic(repository_env, ["dump", "latest", str(source)]).stdout
+    assert ours_stream == theirs_stream
     with tarfile.open(fileobj=io.BytesIO(ours_stream)) as ours_archive:
         ours = {member.name: member for member in ours_archive}
-    with tarfile.open(fileobj=io.BytesIO(theirs_stream)) as theirs_archive:
-        theirs = {member.name: member for member in theirs_archive}
-    assert ours.keys() == theirs.keys()
-    for name, member in ours.items():
-        records = {key: value for key, value in member.pax_headers.items() if key != "mtime"}
-        assert records == theirs[name].pax_headers, name
-        assert ustar_mtime(ours_stream, member) == ustar_mtime(theirs_stream, theirs[name]), name
     by_file = {name.rsplit("/", 1)[-1]: member for name, member in ours.items()}
     assert by_file["notes.txt"].pax_headers["SCHILY.xattr.user.comment"] == "a note"
     assert by_file["shared.txt"].pax_headers["SCHILY.acl.access"] == (
         "user::rw-\nuser:1000:r--\ngroup::r--\nmask::r--\nother::---\n"
     )
-    assert by_file["notes.txt"].pax_headers["mtime"] == "1600000000.123456789"
-    assert "mtime" not in by_file["whole.txt"].pax_headers
+    assert "mtime" not in by_file["notes.txt"].pax_headers
     assert ustar_mtime(ours_stream, by_file["late.txt"]) == 1_600_000_001
 
-    # GNU tar takes it all back without a warning: the attributes, the ACL, the nanoseconds.
+    # GNU tar takes it all back without a warning: the attributes, the ACL, the rounded second.
     target = tmp_path / "extracted"
     target.mkdir()
     extracted = subprocess.run(
@@ -272,8 +263,63 @@ def test_dump_writes_restics_pax_records_and_keeps_nanoseconds(repository_env: d
     copy = restored_copy(target, source)
     assert os.getxattr(copy / "notes.txt", "user.binary") == b"\xff\x00\x01"
     assert os.getxattr(copy / "shared.txt", "system.posix_acl_access") == acl
-    assert os.stat(copy / "notes.txt").st_mtime_ns == 1_600_000_000_123_456_789
+    assert os.stat(copy / "notes.txt").st_mtime_ns == 1_600_000_000_000_000_000
     assert os.path.isdir(os.fsencode(copy) + b"/caf\xe9")
+
+
+def parity_tree(root: Path) -> Path:
+    """Every header form Go's tar writer picks between: plain ustar, a long path split into
+    prefix and name, PAX for a path too long to split, for a non-ASCII or non-UTF-8 name, a long
+    link target, an ID too big for octal, a time before 1970 or after 2242, and for xattrs."""
+    deep = root / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    (deep / "split-into-prefix.txt").write_text("prefix\n")
+    (deep / ("f" * 120)).write_text("too long to split\n")
+    (root / "empty").mkdir()
+    (root / "zero.bin").write_bytes(b"")
+    (root / "block.bin").write_bytes(mixed_data(4096 * 3 + 17, seed=5))
+    (root / "caf\u00e9.txt").write_text("non-ascii\n")
+    with open(os.fsencode(root) + b"/raw\xff.txt", "wb") as handle:
+        handle.write(b"not utf-8\n")
+    os.symlink("notes.txt", root / "link")
+    os.symlink("t" * 150, root / "long-link")
+    (root / "tool").write_text("#!/bin/sh\n")
+    os.chmod(root / "tool", 0o4755)
+    (root / "big-owner.txt").write_text("owner\n")
+    with contextlib.suppress(PermissionError):
+        os.chown(root / "big-owner.txt", 3_000_000, 3_000_001)
+    with contextlib.suppress(OSError):
+        os.setxattr(root / "zero.bin", "user.comment", b"a note")
+    times = {
+        "block.bin": 1_600_000_000_123_456_789,
+        "zero.bin": 1_600_000_000_500_000_000,  # a half second: Go rounds it up
+        "tool": 1_600_000_000_000_000_000,
+        "caf\u00e9.txt": -1_500_000_000,  # before 1970: PAX, and rounded to the later second
+        "big-owner.txt": 9_000_000_000_250_000_000,  # after 2242: too big for the octal field
+    }
+    for name, mtime_ns in times.items():
+        os.utime(root / name, ns=(0, mtime_ns))
+    os.utime(root / "link", ns=(0, 1_700_000_000_900_000_000), follow_symlinks=False)
+    return root
+
+
+def test_dump_writes_restics_bytes(repository_env: dict[str, str], tmp_path: Path) -> None:
+    """`repo dump` of a directory went through Python's tarfile: the same entries as restic's
+    dump, other bytes (PAX headers named ././@PaxHeader, no ustar prefix, empty device fields, a
+    sub-second time as a PAX record, the end padded to 10 KiB). It writes Go's bytes now: the
+    stream is restic's, byte for byte, for the whole snapshot and a directory in it."""
+    source = parity_tree(tmp_path / "source")
+    restic(repository_env, ["init"])
+    restic(repository_env, ["backup", str(source)])
+    for path in (str(source), str(source / ("d" * 60)), "/"):
+        ours = lockstep(repository_env, ["repo", "dump", "latest", path]).stdout
+        theirs = restic(repository_env, ["dump", "latest", path]).stdout
+        assert len(ours) == len(theirs), path
+        assert ours == theirs, path
+    with tarfile.open(fileobj=io.BytesIO(ours)) as archive:
+        kinds = {member.name.rsplit("/", 1)[-1]: member for member in archive}
+    assert kinds["f" * 120].size == len("too long to split\n")
+    assert kinds["caf\u00e9.txt"].mtime == -1
 
 
 def test_ls_long_prints_what_restic_ls_long_prints(repository_env: dict[str, str], tmp_path: Path) -> None:

@@ -1,12 +1,10 @@
 """What a node's tar header carries beyond name, type, mode and owner, as restic's dump writes it.
 
 restic's dump (Go's archive/tar, format left to the writer) puts the modification time in the
-ustar field, rounded to the nearest second, and writes no access or change time. It adds PAX
-records for a node's extended attributes (``SCHILY.xattr.NAME``, the raw value) and its Linux
-POSIX ACLs (``SCHILY.acl.access`` / ``SCHILY.acl.default``, in the long text form GNU tar reads).
-lockstep writes the same, and in one place more: a modification time with a fraction of a second
-also goes into a PAX ``mtime`` record, to the nanosecond, so `tar x` restores it as exactly as
-`repo restore` does (a reader that ignores PAX sees restic's rounded second).
+ustar field, rounded to the nearest second, and writes no access or change time: a fraction of a
+second is lost, in restic's stream and so in lockstep's. It adds PAX records for a node's extended
+attributes (``SCHILY.xattr.NAME``, the raw value) and its Linux POSIX ACLs (``SCHILY.acl.access`` /
+``SCHILY.acl.default``, in the long text form GNU tar reads). go_tar writes the bytes.
 """
 
 from __future__ import annotations
@@ -14,11 +12,12 @@ from __future__ import annotations
 import base64
 import binascii
 import struct
-import tarfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 NANOSECONDS = 1_000_000_000
+# Go's zero time.Time (0001-01-01T00:00:00Z), a node's time when it has none: tar writes 0 for it.
+GO_ZERO_TIME_NS = -62_135_596_800 * NANOSECONDS
 
 # Linux's ACL xattr: a little-endian version (2), then (tag u16, permissions u16, id u32) entries.
 _ACL_VERSION = 2
@@ -28,17 +27,11 @@ _ACL_TAGS_WITH_ID = frozenset({0x02, 0x08})
 _ACL_RECORDS = {"system.posix_acl_access": "SCHILY.acl.access", "system.posix_acl_default": "SCHILY.acl.default"}
 
 
-def tar_mtime(mtime_ns: int) -> tuple[int, str | None]:
-    """The ustar header's seconds (Go's time.Round: to the nearest second, a half one up to the
-    later time) and the exact PAX mtime record, None when the time is a whole second (restic's
-    header then, byte for byte)."""
+def tar_mtime(mtime_ns: int) -> int:
+    """The ustar header's seconds: Go's time.Round, to the nearest second, a half one up to the
+    later time (also before 1970), as restic's writer rounds every time it writes."""
     seconds, fraction = divmod(mtime_ns, NANOSECONDS)  # fraction >= 0, also before 1970
-    if fraction == 0:
-        return seconds, None
-    rounded = seconds + 1 if fraction >= NANOSECONDS // 2 else seconds
-    sign = "-" if mtime_ns < 0 else ""
-    whole, part = divmod(abs(mtime_ns), NANOSECONDS)
-    return rounded, f"{sign}{whole}.{part:09d}".rstrip("0")
+    return seconds + 1 if fraction >= NANOSECONDS // 2 else seconds
 
 
 def linux_acl_text(value: bytes) -> str | None:
@@ -60,35 +53,9 @@ def linux_acl_text(value: bytes) -> str | None:
     return "".join(lines)
 
 
-class RawPaxTarInfo(tarfile.TarInfo):
-    """A TarInfo whose PAX records carry bytes that are not UTF-8 (a name, an xattr value) raw, as
-    Go's archive/tar and so restic write them. tarfile would announce them with a
-    ``hdrcharset=BINARY`` record, which GNU tar warns about on every such entry ("Ignoring unknown
-    extended header keyword"); tarfile reads raw values back without it (UTF-8, else its
-    surrogate escapes)."""
-
-    @classmethod
-    def _create_pax_generic_header(
-        cls, pax_headers: dict[str, str], type: bytes, encoding: str
-    ) -> bytes:  # tarfile's own signature
-        records = b""
-        for keyword, value in pax_headers.items():
-            raw = value.encode("utf-8", "surrogateescape")
-            line = keyword.encode("utf-8") + b"=" + raw + b"\n"
-            # A record is "LENGTH KEYWORD=VALUE\n", LENGTH counting its own digits and the space.
-            length = len(line) + 1
-            length += len(str(length + len(str(length))))
-            records += str(length).encode("ascii") + b" " + line
-        info = {"name": "././@PaxHeader", "type": type, "size": len(records), "magic": tarfile.POSIX_MAGIC}
-        header: bytes = cls._create_header(info, tarfile.USTAR_FORMAT, "ascii", "replace")  # type: ignore[attr-defined]
-        payload: bytes = cls._create_payload(records)  # type: ignore[attr-defined]
-        return header + payload
-
-
 def xattr_records(attributes: Iterable[Mapping[str, Any]] | None) -> dict[str, str]:
     """PAX records for a node's extended attributes (name, base64 value, as restic stores them).
-    Values are raw bytes, carried in the str as surrogate escapes: tarfile then writes them
-    unchanged (with hdrcharset=BINARY when they are not UTF-8)."""
+    Values are raw bytes, carried in the str as surrogate escapes."""
     records: dict[str, str] = {}
     for attribute in attributes or ():
         name = str(attribute.get("name") or "")

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
-import tarfile
 from pathlib import Path
 from typing import BinaryIO
 
 from lockstep.actions.repo.session import RepositoryAccess
 from lockstep.errors import IntegrityError
+from lockstep.repository import go_tar
 from lockstep.repository.archiver import ProgressCallback
+from lockstep.repository.go_tar import GoTarHeader, GoTarWriter
 from lockstep.repository.gojson import parse_time_ns, unix_permissions
 from lockstep.repository.repository import Repository
 from lockstep.repository.restorer import Restorer, RestoreSummary, dump_file, find_node, read_blobs
-from lockstep.repository.tar_headers import RawPaxTarInfo, tar_mtime, xattr_records
+from lockstep.repository.tar_headers import GO_ZERO_TIME_NS, tar_mtime, xattr_records
+from lockstep.repository.tree import Node
 
 
 def restore(
@@ -66,68 +68,58 @@ def dump(access: RepositoryAccess, reference: str, path: str, output: BinaryIO) 
         raise UsageError(f"{path} is a {node.type}, not a file or directory")
 
 
-class _CountingWriter:
-    def __init__(self, output: BinaryIO) -> None:
-        self.output = output
-        self.count = 0
-
-    def write(self, data: bytes) -> int:
-        self.output.write(data)
-        self.count += len(data)
-        return len(data)
-
-
-class _BlobReader:
-    """A file-like reader over a file node's blobs, for tarfile."""
-
-    def __init__(self, repository: Repository, blob_ids: list[bytes]) -> None:
-        self._blobs = read_blobs(repository, blob_ids)
-        self._buffer = b""
-
-    def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self._buffer) < size:
-            try:
-                self._buffer += next(self._blobs)
-            except StopIteration:
-                break
-        if size < 0:
-            data, self._buffer = self._buffer, b""
-        else:
-            data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return data
-
-
 def _dump_tar(repository: Repository, tree_id: bytes, output: BinaryIO, prefix: bytes = b"") -> int:
-    writer = _CountingWriter(output)
-    with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as archive:  # type: ignore[call-overload]
-        for path, node in repository.walk(tree_id, prefix):
-            info = RawPaxTarInfo(path.decode("utf-8", "surrogateescape").lstrip("/"))
-            info.mode = unix_permissions(node.mode)
-            info.mtime, exact_mtime = tar_mtime(parse_time_ns(node.mtime))
-            info.uid, info.gid, info.uname, info.gname = node.uid, node.gid, node.user, node.group
-            # restic's PAX records (xattrs, ACLs), and the mtime to the nanosecond (see tar_headers).
-            info.pax_headers = xattr_records(node.extended_attributes)
-            if exact_mtime is not None:
-                info.pax_headers["mtime"] = exact_mtime
-            if node.type == "dir":
-                info.type = tarfile.DIRTYPE
-                archive.addfile(info)
-            elif node.type == "symlink":
-                info.type = tarfile.SYMTYPE
-                info.linkname = node.link_target_bytes.decode("utf-8", "surrogateescape")
-                archive.addfile(info)
-            elif node.type == "file":
-                info.size = node.size
-                archive.addfile(info, _BlobReader(repository, node.content or []))
-            elif node.type in _SPECIAL_TYPES:
-                # As `repo restore` recreates them: `tar x` makes the pipe or device again.
-                info.type = _SPECIAL_TYPES[node.type]
-                info.devmajor, info.devminor = os.major(node.device), os.minor(node.device)
-                archive.addfile(info)
-            # A socket has no tar type (and restic does not back sockets up): it is left out.
-    return writer.count
+    """The tree as restic's dump writes it, byte for byte (Go's archive/tar, see go_tar)."""
+    writer = GoTarWriter(output)
+    for path, node in repository.walk(tree_id, prefix):
+        header = _tar_header(path.lstrip(b"/"), node)
+        if node.type == "dir":
+            header.name += b"/"
+            header.typeflag = go_tar.DIRECTORY
+            writer.add(header)
+        elif node.type == "symlink":
+            header.typeflag, header.linkname = go_tar.SYMLINK, node.link_target_bytes
+            writer.add(header)
+        elif node.type == "file":
+            header.typeflag, header.size = go_tar.REGULAR, node.size
+            written = writer.add_file(header, read_blobs(repository, node.content or []))
+            if written != node.size:
+                raise IntegrityError(
+                    f"{path.decode('utf-8', 'backslashreplace')} has {written} bytes, its node says {node.size}; "
+                    "the tar stream written so far is cut off there",
+                    "run `lockstep repo check --read-data` to see the damage",
+                )
+        elif node.type in _SPECIAL_TYPES:
+            # As `repo restore` recreates them: `tar x` makes the pipe or device again.
+            header.typeflag = _SPECIAL_TYPES[node.type]
+            header.devmajor, header.devminor = os.major(node.device), os.minor(node.device)
+            writer.add(header)
+        # A socket has no tar type (and restic does not back sockets up): it is left out.
+    writer.close()
+    return writer.written
+
+
+def _tar_header(name: bytes, node: Node) -> GoTarHeader:
+    """What restic's dumpNodeTar puts in every header: owner, permission bits, the time rounded
+    to the second as Go's WriteHeader rounds it, and the xattrs and ACLs as PAX records."""
+    mtime_ns = parse_time_ns(node.mtime)
+    records = xattr_records(node.extended_attributes)
+    return GoTarHeader(
+        name=name,
+        typeflag=go_tar.REGULAR,
+        mode=unix_permissions(node.mode),
+        uid=node.uid,
+        gid=node.gid,
+        uname=node.user.encode("utf-8", "surrogateescape"),
+        gname=node.group.encode("utf-8", "surrogateescape"),
+        mtime=0 if mtime_ns == GO_ZERO_TIME_NS else tar_mtime(mtime_ns),
+        pax_records={
+            key.encode("utf-8", "surrogateescape"): value.encode("utf-8", "surrogateescape")
+            for key, value in records.items()
+        },
+    )
 
 
 # Named pipes and devices: restic 0.14's dump writes the ones directly in the dumped directory as
 # empty regular files and drops deeper ones; lockstep dropped them all.
-_SPECIAL_TYPES = {"fifo": tarfile.FIFOTYPE, "chardev": tarfile.CHRTYPE, "dev": tarfile.BLKTYPE}
+_SPECIAL_TYPES = {"fifo": go_tar.FIFO, "chardev": go_tar.CHARACTER_DEVICE, "dev": go_tar.BLOCK_DEVICE}

@@ -48,11 +48,11 @@ def restore_command(snapshot: str, target: Path, includes: tuple[str, ...], **op
 def dump_command(snapshot: str, path: str, **options: Any) -> None:
     """Write the file at PATH in SNAPSHOT to stdout (a directory comes out as a tar stream).
 
-    The tar entries are named by their path in the snapshot, as restic names them, and carry
-    restic's headers: owner, mode, the modification time rounded to the second, extended
-    attributes and ACLs as PAX records (`tar --xattrs --acls -x` restores them). Unlike restic's,
-    a time with a fraction of a second is kept to the nanosecond in a PAX record, and named pipes
-    and devices come out as what they are. Neither writes access or change times.
+    The tar stream is the one `restic dump` writes, byte for byte: entries named by their path in
+    the snapshot, owner, mode, the modification time rounded to the second, extended attributes
+    and ACLs as PAX records (`tar --xattrs --acls -x` restores them), no access or change times.
+    One difference: named pipes and devices come out as what they are (restic 0.14 writes the
+    top-level ones as empty files and leaves deeper ones out).
     """
     options.pop("json_output", None)
     if sys.stdout.isatty():
