@@ -331,6 +331,35 @@ def test_bad_location_syntax_is_a_usage_error(location: str) -> None:
         open_backend(location)
 
 
+@pytest.mark.parametrize(
+    ("location", "path_style"),
+    [
+        ("s3:backups.s3.eu-west-1.amazonaws.com/prefix", "s3:s3.eu-west-1.amazonaws.com/backups/prefix"),
+        (
+            "s3:https://backups.s3.eu-west-1.amazonaws.com/prefix",
+            "s3:https://s3.eu-west-1.amazonaws.com/backups/prefix",
+        ),
+        ("s3:my.backups.s3.amazonaws.com", "s3:s3.amazonaws.com/my.backups"),
+        ("s3:backups.s3-us-west-2.amazonaws.com:443/a/b", "s3:s3-us-west-2.amazonaws.com:443/backups/a/b"),
+        (
+            "s3:https://backups.s3.dualstack.us-east-1.amazonaws.com/p/?region=us-east-1",
+            "s3:https://s3.dualstack.us-east-1.amazonaws.com/backups/p?region=us-east-1",
+        ),
+        ("s3:backups.s3.cn-north-1.amazonaws.com.cn/p", "s3:s3.cn-north-1.amazonaws.com.cn/backups/p"),
+        ("s3:http://backups.storage.googleapis.com/p", "s3:http://storage.googleapis.com/backups/p"),
+    ],
+)
+def test_a_bucket_in_the_host_name_is_refused_with_the_path_style_form(location: str, path_style: str) -> None:
+    """BUCKET.s3.REGION.amazonaws.com/PREFIX (the AWS console's virtual-hosted address) was read
+    as endpoint BUCKET.s3..., bucket PREFIX, as restic reads it before failing in minio-go; it is
+    refused, the error naming the form to write, which parses to that bucket and prefix."""
+    with pytest.raises(UsageError) as caught:
+        parse_location(location)
+    assert "virtual-hosted" in str(caught.value) and path_style in str(caught.value)
+    bucket = "my.backups" if "my.backups" in location else "backups"
+    assert parse_location(path_style)[1] == bucket
+
+
 @pytest.mark.parametrize("prefix", ["my backups", "100%/x", "é?#", "a+b"])
 def test_an_escaped_location_parses_back_to_its_prefix(prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """`location` escapes what parsing decodes: it names the same place when used again."""

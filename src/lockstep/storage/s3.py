@@ -7,6 +7,10 @@ The location uses restic's syntax, with or without a scheme (https when there is
     s3:http://127.0.0.1:9000/bucket
     s3:https://s3.example.com/bucket/some/prefix
 
+The bucket is the first path segment (path style), never part of the host: an AWS or Google
+address with the bucket in the host name (``s3:BUCKET.s3.REGION.amazonaws.com/PREFIX``, as the AWS
+console shows it) is refused with the path-style form to write, since restic cannot read it either.
+
 Credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, plus AWS_SESSION_TOKEN when
 temporary credentials are used. When neither key variable is set, they come from where restic
 (and the AWS tools) also look: the shared credentials and config files (~/.aws/credentials,
@@ -86,6 +90,11 @@ ARCHIVE_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 # s3.dualstack.REGION..., s3-fips.REGION..., s3.cn-north-1.amazonaws.com.cn), as minio-go reads it.
 _AWS_REGIONAL_HOST = re.compile(
     r"s3[.-](?:fips[.-])?(?:dualstack\.)?([a-z]{2}(?:-[a-z]+)+-[0-9]+)\.amazonaws\.com(?:\.cn)?"
+)
+# A bucket in an AWS or Google host name (virtual-hosted style): BUCKET.s3.REGION.amazonaws.com,
+# BUCKET.s3.amazonaws.com, BUCKET.s3-REGION.amazonaws.com, BUCKET.storage.googleapis.com.
+_VIRTUAL_HOSTED = re.compile(
+    r"(?P<bucket>.+)\.(?P<endpoint>s3(?:[.-][a-z0-9-]+)*\.amazonaws\.com(?:\.cn)?|storage\.googleapis\.com)"
 )
 _OPTION_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 DEFAULT_REGION = "us-east-1"
@@ -215,6 +224,7 @@ def _split_location(location: str) -> tuple[str, str, str, str]:
         )
     if not parts.hostname:
         raise _usage(location, "the host is missing")
+    _refuse_virtual_hosted(location, parts.hostname, literal_path)
     if port == 0:
         raise _usage(location, "the port is not valid")
     if parts.fragment or url.endswith("#"):
@@ -244,6 +254,33 @@ def _split_location(location: str) -> tuple[str, str, str, str]:
         raise _usage(location, "the prefix must not contain . or .. segments")
     endpoint = f"{parts.scheme}://{parts.netloc}"
     return endpoint, bucket, "/".join(prefix_segments), parts.query
+
+
+def _refuse_virtual_hosted(location: str, hostname: str, bare: bool) -> None:
+    """A bucket in the host name (BUCKET.s3.REGION.amazonaws.com/PREFIX, as the AWS console
+    shows it) would be read as the host, and PREFIX's first segment as the bucket: restic reads
+    it so too and then fails in minio-go ("Amazon S3 endpoint should be 's3.amazonaws.com'"), its
+    manual saying to write the path-style form. Refused here with that form spelled out."""
+    match = _VIRTUAL_HOSTED.fullmatch(hostname.lower())
+    if match is None:
+        return
+    bucket, endpoint = match.group("bucket"), match.group("endpoint")
+    rest = location[len("s3:") :]
+    if bare:
+        host, _, path = rest.partition("/")
+        port = host[len(hostname) :]
+        form = f"s3:{endpoint}{port}/{bucket}{'/' + path if path else ''}"
+    else:
+        parts = urlsplit(rest)
+        port = f":{parts.port}" if parts.port else ""
+        query = f"?{parts.query}" if parts.query else ""
+        form = f"s3:{parts.scheme}://{endpoint}{port}/{bucket}{parts.path.rstrip('/')}{query}"
+    raise UsageError(
+        f"S3 location {_without_userinfo(location)!r} names bucket {bucket!r} in the host name "
+        "(virtual-hosted style), which neither lockstep nor restic reads: the host must be the endpoint "
+        "and the bucket the first path segment",
+        f"write it path-style: {_without_userinfo(form)}",
+    )
 
 
 def _location_options(location: str, query: str) -> dict[str, str]:
