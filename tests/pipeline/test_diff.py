@@ -189,6 +189,27 @@ def test_server_databases_report_row_and_schema_changes(engine: str, tmp_path: P
     assert scratch_urls and not any(scratch_exists(scratch) for scratch in scratch_urls)
 
 
+def test_a_mariadb_charset_conversion_is_a_schema_change(tmp_path: Path) -> None:
+    """`ALTER TABLE ... CONVERT TO CHARACTER SET` gave "no changes": rows are hashed as utf8mb4
+    text, the same in any character set, and the column type (varchar(50)) stays. Each text
+    column now shows as retyped, its character set and collation in the type."""
+    shop = """
+    CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(50), note TEXT, age INT)
+        CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci;
+    INSERT INTO customers VALUES (1, 'ann', 'caf\u00e9', 30), (2, 'bob', NULL, 40);
+    """
+    with mariadb_database(shop) as url:
+        take_snapshot(tmp_path / "repository", tmp_path, {"shop": url})
+        assert not diff_live(tmp_path, "shop", url).changed
+        run_mariadb(url, "ALTER TABLE customers CONVERT TO CHARACTER SET latin1 COLLATE latin1_swedish_ci;")
+        result = diff_live(tmp_path, "shop", url)
+    assert tables_of(result) == {"customers": ("changed", 0, 0, 0)}
+    columns = {change.column: change for change in result.tables[0].columns}
+    assert sorted(columns) == ["name", "note"] and all(change.change == "type" for change in columns.values())
+    assert columns["name"].snapshot_type == "varchar(50) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
+    assert columns["name"].live_type == "varchar(50) CHARACTER SET latin1 COLLATE latin1_swedish_ci"
+
+
 def test_bucket_count_grows_with_the_table_in_powers_of_two() -> None:
     """Small tables get the minimum, big ones about one bucket per 16 rows, capped."""
     from lockstep.pipeline.diff import MAX_BUCKETS, MIN_BUCKETS, bucket_count

@@ -646,7 +646,7 @@ def _history_sums(rows: Rows, tables: list[VersionedTable]) -> dict[str, tuple[i
 def _columns(rows: Rows, names: list[str]) -> dict[str, list[Column]]:
     """The columns of tables `names` that their rows' text is made of (no period columns)."""
     columns: dict[str, list[Column]] = {}
-    for table, column, _type, data_type, charset in rows(COLUMNS_QUERY.format(schema="DATABASE()")):
+    for table, column, _type, data_type, charset, _collation in rows(COLUMNS_QUERY.format(schema="DATABASE()")):
         if table in names:
             columns.setdefault(table, []).append(Column(column, data_type, charset))
     return columns

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 PERIOD_COLUMNS = ("ROW START", "ROW END")
 # Types whose values are read as DOUBLE, so their text has every digit.
 APPROXIMATE_TYPES = frozenset({"float", "double"})
-# The columns a row's text is made of, in order, for `table_schema = {schema}` (SQL text).
+# The columns a row's text is made of, in order, for `table_schema = {schema}` (SQL text), with
+# each text column's collation: converted to utf8mb4 the text is the same in any character set.
 COLUMNS_QUERY = (
-    "SELECT table_name, column_name, column_type, data_type, COALESCE(character_set_name, '')"
+    "SELECT table_name, column_name, column_type, data_type, COALESCE(character_set_name, ''),"
+    " COALESCE(collation_name, '')"
     " FROM information_schema.columns WHERE table_schema = {schema}"
     " AND COALESCE(generation_expression, '') NOT IN ('ROW START', 'ROW END')"
     " ORDER BY table_name, ordinal_position"
@@ -39,6 +41,14 @@ class Column:
     name: str
     data_type: str = ""  # e.g. "varchar", "float"
     charset: str = ""  # empty for columns that hold no text (numbers, dates, binary strings)
+
+
+def column_type_with_charset(column_type: str, charset: str, collation: str) -> str:
+    """A column's type as `snapshot diff` compares and shows it: `varchar(50) CHARACTER SET
+    latin1 COLLATE latin1_swedish_ci` for text, the bare type otherwise."""
+    if not charset:
+        return column_type
+    return f"{column_type} CHARACTER SET {charset}" + (f" COLLATE {collation}" if collation else "")
 
 
 def identifier(name: str) -> str:

@@ -693,7 +693,7 @@ class _MysqlSide:
     def shapes(self) -> dict[str, TableShape]:
         """Tables and system-versioned tables (their current rows, without the period columns)."""
         from lockstep.databases.mysql import TABLE_TYPES, _string
-        from lockstep.databases.mysql_rows import COLUMNS_QUERY, Column
+        from lockstep.databases.mysql_rows import COLUMNS_QUERY, Column, column_type_with_charset
 
         database = _string(self._location.database)
         estimates = {
@@ -704,9 +704,11 @@ class _MysqlSide:
             )
         }
         columns: dict[str, dict[str, str]] = {}
-        for table, column, type_name, data_type, charset in self._run(COLUMNS_QUERY.format(schema=database)):
+        for table, column, type_name, data_type, charset, collation in self._run(COLUMNS_QUERY.format(schema=database)):
             if table in estimates:
-                columns.setdefault(table, {})[column] = type_name
+                # Rows are hashed as utf8mb4 text, the same before and after `ALTER TABLE ...
+                # CONVERT TO CHARACTER SET`: the column's type says what changed.
+                columns.setdefault(table, {})[column] = column_type_with_charset(type_name, charset, collation)
                 self._columns.setdefault(table, {})[column] = Column(column, data_type, charset)
         keys: dict[str, list[str]] = {}
         for table, column in self._run(
