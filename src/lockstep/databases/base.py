@@ -70,8 +70,8 @@ class SequenceInfo:
 @dataclass(frozen=True)
 class LargeObjectsInfo:
     """PostgreSQL's large objects (pg_largeobject), which no table lists: how many, and the sum
-    of a 64-bit hash of each one's OID and contents. `checksum` is None when one is too large
-    to read in one piece (over 1 GB)."""
+    of a 64-bit hash of each one's OID and contents (one over 1 GB read in pieces, see
+    postgresql_large_objects). `checksum` is None only in what older manifests recorded."""
 
     count: int
     checksum: str | None

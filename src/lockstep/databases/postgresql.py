@@ -72,6 +72,7 @@ from lockstep.databases.postgresql_archive import (
     parse_head,
     read_head,
 )
+from lockstep.databases.postgresql_large_objects import large_objects_info
 from lockstep.databases.url_options import LIBPQ_OPTIONS, check_url_options
 from lockstep.errors import SourceError, UsageError
 from lockstep.process import Command, StreamingProcess, run_with_input
@@ -173,13 +174,6 @@ WHERE c.relkind = 'S' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
 ORDER BY n.nspname, c.relname
 """
 
-# Every large object's OID and contents, hashed as a table's rows are: one query, over an empty
-# catalog when there are none. lo_get reads with the user's own rights on each, as pg_dump does.
-_LARGE_OBJECTS = (
-    "SELECT count(*), sum(pg_catalog.hash_record_extended(ROW(m.oid, pg_catalog.lo_get(m.oid)), 0))"
-    " FROM pg_catalog.pg_largeobject_metadata m"
-)
-_COUNT_LARGE_OBJECTS = "SELECT count(*) FROM pg_catalog.pg_largeobject_metadata"
 _VIEW_DEFINITION = (
     "SELECT pg_catalog.pg_get_viewdef(pg_catalog.format('%%I.%%I', %s::text, %s::text)::pg_catalog.regclass)"
 )
@@ -601,7 +595,7 @@ def _beyond_tables(connection: Connection, with_sequences: bool) -> dict[str, An
     for name, value in TEXT_SETTINGS + REG_TEXT_SETTINGS:
         connection.execute("SELECT pg_catalog.set_config(%s, %s, false)", (name, value))
     found: dict[str, Any] = {
-        "large_objects": _large_objects(connection),
+        "large_objects": large_objects_info(connection),
         "materialized_views": _materialized_views(connection),
     }
     if with_sequences:
@@ -627,19 +621,6 @@ def _sequences(connection: Connection) -> list[SequenceInfo]:
 
 
 _EMPTY_SUM = f"{0:016x}"
-
-
-def _large_objects(connection: Connection) -> LargeObjectsInfo:
-    """How many large objects, and the sum of a hash of each one's OID and contents. One over
-    1 GB cannot be read in one piece: then only the count is recorded."""
-    try:
-        with connection.transaction():
-            row = connection.execute(_LARGE_OBJECTS).fetchone()
-    except psycopg.errors.ProgramLimitExceeded:
-        return LargeObjectsInfo(int(_scalar(connection, _COUNT_LARGE_OBJECTS) or 0), None)
-    assert row is not None
-    total = 0 if row[1] is None else int(str(row[1]))
-    return LargeObjectsInfo(int(str(row[0])), f"{total % 2**64:016x}")
 
 
 def _materialized_views(connection: Connection, rows: bool = True) -> list[MaterializedViewInfo]:

@@ -653,12 +653,16 @@ class _PostgresqlSide:
             raise SourceError(f"PostgreSQL at {self._location.display()}: {str(error).strip()}") from None
 
     def large_object_hashes(self) -> dict[int, int]:
-        """OID → a 64-bit hash of the large object's contents (none when there are none)."""
-        rows = self._run(
-            "SELECT m.oid::bigint, pg_catalog.hash_record_extended(ROW(pg_catalog.lo_get(m.oid)), 0)"
-            " FROM pg_catalog.pg_largeobject_metadata m"
-        )
-        return {int(row[0]): int(row[1]) for row in rows}
+        """OID → a 64-bit hash of the large object's OID and contents (none when there are none);
+        one over 1 GB is read in pieces."""
+        import psycopg
+
+        from lockstep.databases.postgresql_large_objects import large_object_hashes
+
+        try:
+            return large_object_hashes(self._connection)
+        except psycopg.Error as error:
+            raise SourceError(f"PostgreSQL at {self._location.display()}: {str(error).strip()}") from None
 
     def count(self, table: str) -> int:
         from psycopg import sql

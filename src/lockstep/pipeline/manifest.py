@@ -116,7 +116,8 @@ class SequenceRecord:
 @dataclass(frozen=True)
 class LargeObjectsRecord:
     """PostgreSQL's large objects: how many, and the sum of a 64-bit hash of each one's OID and
-    contents (None when one was too large to hash: over 1 GB)."""
+    contents (None in manifests written when lockstep could not hash one over 1 GB; then
+    only the count is checked)."""
 
     count: int
     checksum: str | None
