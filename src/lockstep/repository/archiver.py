@@ -72,6 +72,25 @@ class BackupSummary:
     warnings: list[str] = field(default_factory=list)
 
 
+class HashingReader:
+    """Wraps a stream so the bytes that pass through are hashed on the way (one pass)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self.digest = hashlib.sha256()
+
+    def readinto(self, buffer: memoryview) -> int:
+        count: int = self._stream.readinto(buffer)  # type: ignore[attr-defined]
+        if count:
+            self.digest.update(buffer[:count])
+        return count
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self.digest.update(data)
+        return data
+
+
 class ChunkPipeline:
     """Prepares blobs on a thread pool and hands results back in submission order.
 
@@ -197,6 +216,13 @@ class Archiver:
         self.progress = progress or (lambda _: None)
         self.summary = BackupSummary()
         self._workers = workers
+        # Set by a caller that describes what it stored (SnapshotBuilder.describe_paths): every
+        # tree saved, so the stored nodes can be listed before the snapshot is written, and the
+        # SHA-256 of each file of several chunks, hashed on the way in, beside its content (whose
+        # blob IDs are filled in as the pipeline completes). Every file is hashed, since how many
+        # chunks it makes is known only once read; one of one chunk has its ID as its SHA-256.
+        self.kept_trees: dict[bytes, Tree] | None = None
+        self.hashed_files: list[tuple[list[bytes], str]] | None = None
 
     def store_stream(
         self, pipeline: ChunkPipeline, stream: IO[bytes], map_large_file: bool = False
@@ -346,13 +372,21 @@ class Archiver:
                 self.fill_content(pipeline, child_path, node)
             nodes.append(node)
         pipeline.drain()
-        return self.repository.save_tree(Tree(nodes))
+        tree = Tree(nodes)
+        tree_id = self.repository.save_tree(tree)
+        if self.kept_trees is not None:
+            self.kept_trees[tree_id] = tree
+        return tree_id
 
     def fill_content(self, pipeline: ChunkPipeline, path: bytes, node: Node) -> None:
         self.summary.files += 1
+        reader: HashingReader | None = None
         try:
             with open(path, "rb") as handle:
-                content, size = self.store_stream(pipeline, handle)
+                if self.hashed_files is not None:
+                    reader = HashingReader(handle)
+                source: IO[bytes] = handle if reader is None else reader  # type: ignore[assignment]
+                content, size = self.store_stream(pipeline, source)
         except OSError as error:
             self.summary.warnings.append(f"cannot read {os.fsdecode(path)}: {error.strerror}")
             node.content = []
@@ -361,6 +395,8 @@ class Archiver:
             return
         node.content = content
         node.size = size
+        if reader is not None and self.hashed_files is not None and len(content) > 1:
+            self.hashed_files.append((content, reader.digest.hexdigest()))
 
     def node_for_path(self, path: bytes, name: bytes) -> Node | None:
         try:

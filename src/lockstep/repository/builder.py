@@ -13,7 +13,7 @@ import hashlib
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -21,7 +21,7 @@ from typing import IO
 
 from lockstep import __version__
 from lockstep.errors import SourceError, UsageError
-from lockstep.repository.archiver import DEFAULT_WORKERS, Archiver, ChunkPipeline, ProgressCallback
+from lockstep.repository.archiver import DEFAULT_WORKERS, Archiver, ChunkPipeline, HashingReader, ProgressCallback
 from lockstep.repository.gojson import MODE_DIR, format_time_ns
 from lockstep.repository.identity import current_user
 from lockstep.repository.repository import Repository
@@ -51,25 +51,6 @@ class _Directory:
 
     directories: dict[str, _Directory] = field(default_factory=dict)
     nodes: dict[bytes, Node] = field(default_factory=dict)
-
-
-class _HashingReader:
-    """Wraps a stream so the bytes that pass through are hashed on the way (one pass)."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self._stream = stream
-        self.digest = hashlib.sha256()
-
-    def readinto(self, buffer: memoryview) -> int:
-        count: int = self._stream.readinto(buffer)  # type: ignore[attr-defined]
-        if count:
-            self.digest.update(buffer[:count])
-        return count
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._stream.read(size)
-        self.digest.update(data)
-        return data
 
 
 def blob_list_sha256(content: list[bytes]) -> str:
@@ -145,7 +126,7 @@ class SnapshotBuilder:
         """Store a stream as the file at `path`. `finished_cleanly` runs after the stream ends and
         may raise (e.g. the dump tool exited non-zero): then nothing of it counts. Without
         `hash_bytes` the result's `sha256` is None (its `blobs_sha256` is always there)."""
-        reader = _HashingReader(stream) if hash_bytes else None
+        reader = HashingReader(stream) if hash_bytes else None
         source: IO[bytes] = stream if reader is None else reader  # type: ignore[assignment]
         content, size = self._archiver.store_stream(self._pipeline, source)
         if finished_cleanly is not None:
@@ -186,22 +167,72 @@ class SnapshotBuilder:
         self._place(path, node)
         return self._archiver.summary.bytes_read - read_before
 
+    def describe_paths(self) -> None:
+        """From now on keep what `add_path` stores in memory, for `stored_below`: its trees, and
+        the SHA-256 of each file's bytes (hashed as they stream in, no second read)."""
+        if self._archiver.kept_trees is None:
+            self._archiver.kept_trees = {}
+            self._archiver.hashed_files = []
+
+    def stored_below(self, path: str) -> Iterator[tuple[bytes, Node]]:
+        """Every node stored below `path` so far, with its path relative to `path`, read from
+        memory (the snapshot is not written yet): what was added with `add_path` after
+        `describe_paths`, and the directories the builder made on the way to it."""
+        self._pipeline.drain()
+        *parents, name = _split(path)
+        directory = self._root
+        for part in parents:
+            directory = directory.directories[part]
+        if name in directory.directories:
+            yield from self._walk_directory(directory.directories[name], b"")
+            return
+        node = directory.nodes[name.encode("utf-8")]
+        if node.subtree is not None:
+            yield from self._walk_tree(node.subtree, b"")
+
+    def _walk_directory(self, directory: _Directory, prefix: bytes) -> Iterator[tuple[bytes, Node]]:
+        for key, node in directory.nodes.items():
+            yield prefix + key, node
+            if node.type == "dir" and node.subtree is not None:
+                yield from self._walk_tree(node.subtree, prefix + key + b"/")
+        for name, child in directory.directories.items():
+            key = name.encode("utf-8")
+            yield prefix + key, self._directory_node(name, None)
+            yield from self._walk_directory(child, prefix + key + b"/")
+
+    def _walk_tree(self, tree_id: bytes, prefix: bytes) -> Iterator[tuple[bytes, Node]]:
+        kept = self._archiver.kept_trees
+        if kept is None or tree_id not in kept:
+            raise UsageError("stored_below needs describe_paths before the paths are added")
+        for node in kept[tree_id].nodes:
+            yield prefix + node.name, node
+            if node.type == "dir" and node.subtree is not None:
+                yield from self._walk_tree(node.subtree, prefix + node.name + b"/")
+
+    def hashed_file_sha256(self) -> dict[bytes, str]:
+        """The SHA-256 of each file of several chunks added since `describe_paths`, by its blob
+        IDs joined (a file of one chunk has its SHA-256 as its blob ID)."""
+        self._pipeline.drain()
+        return {b"".join(content): digest for content, digest in self._archiver.hashed_files or []}
+
+    def _directory_node(self, name: str, subtree: bytes | None) -> Node:
+        """A directory the builder makes on the way to what was added (e.g. /databases)."""
+        return Node(
+            name=name.encode("utf-8"),
+            type="dir",
+            mode=MODE_DIR | 0o700,
+            mtime=self._time,
+            atime=self._time,
+            ctime=self._time,
+            uid=os.getuid(),
+            gid=os.getgid(),
+            subtree=subtree,
+        )
+
     def _save(self, directory: _Directory) -> bytes:
         nodes = list(directory.nodes.values())
         for name, child in directory.directories.items():
-            nodes.append(
-                Node(
-                    name=name.encode("utf-8"),
-                    type="dir",
-                    mode=MODE_DIR | 0o700,
-                    mtime=self._time,
-                    atime=self._time,
-                    ctime=self._time,
-                    uid=os.getuid(),
-                    gid=os.getgid(),
-                    subtree=self._save(child),
-                )
-            )
+            nodes.append(self._directory_node(name, self._save(child)))
         return self.repository.save_tree(Tree(nodes))
 
     def commit(self, paths: Iterable[str], tags: Iterable[str] = (), hostname: str | None = None) -> Snapshot:
