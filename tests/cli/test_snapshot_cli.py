@@ -501,6 +501,18 @@ def test_release_directory_code_and_environment_tags(tmp_path: Path) -> None:
     assert project.repo("init").returncode == 0
 
     staging = project.create("--env", "staging", "-m", "v7")
+    release = root / "release"
+
+    def mode(path: Path) -> str:
+        return f"{path.stat().st_mode & 0o7777:04o}"
+
+    index_sha256 = hashlib.sha256(b"<?php echo 'v7';\n").hexdigest()
+    css_sha256 = hashlib.sha256(b"body {}\n").hexdigest()
+    listing = (
+        f"index.php\tfile\t{mode(release / 'index.php')}\t17\t{index_sha256}\t\n"
+        f"static\tdir\t{mode(release / 'static')}\t\t\t\n"
+        f"static/app.css\tfile\t{mode(release / 'static' / 'app.css')}\t8\t{css_sha256}\t\n"
+    ).encode()
     assert staging["code"] == {
         "kind": "release-directory",
         "commit": None,
@@ -509,7 +521,10 @@ def test_release_directory_code_and_environment_tags(tmp_path: Path) -> None:
         "dirty": False,
         "path": "/code/release",
         "size": len("<?php echo 'v7';\n") + len("body {}\n"),
+        "tree_sha256": hashlib.sha256(listing).hexdigest(),
+        "listing": "/code/release.listing",
     }
+    assert project.repo("dump", staging["id"], "/code/release.listing").stdout == listing
     assert staging["environment"] == "staging" and staging["databases"] == {}
     project.create("-m", "default environment")
     listing = project.repo("ls", staging["id"])
@@ -547,6 +562,31 @@ def test_a_release_directory_behind_a_current_symlink_is_stored_whole(tmp_path: 
     target = tmp_path / "restored"
     project.ok("snapshot", "restore", created["short_id"], "--code", str(target))
     assert (target / "index.php").read_text() == "<?php echo 'v7';\n"
+
+
+def test_snapshot_show_names_the_release_current_pointed_to(tmp_path: Path) -> None:
+    """With [code] path = "current" -> releases/<timestamp>, the manifest did not say which
+    release was stored: after the next deploy moved `current`, nothing told them apart."""
+    root = tmp_path / "site"
+    for name in ("20261123070000", "20261124070000"):
+        (root / "releases" / name).mkdir(parents=True)
+        (root / "releases" / name / "index.php").write_text(f"<?php echo '{name}';\n")
+    (root / "current").symlink_to(Path("releases") / "20261123070000")
+    project = Project(root, tmp_path / "repository")
+    (root / "lockstep.toml").write_text(
+        f'[repository]\nurl = "{project.repository}"\n\n[code]\nkind = "release-directory"\npath = "current"\n'
+    )
+    assert project.repo("init").returncode == 0
+
+    first = project.create("-m", "first")
+    (root / "current").unlink()
+    (root / "current").symlink_to(Path("releases") / "20261124070000")
+    second = project.create("-m", "second")
+    assert first["code"]["release"] == "20261123070000" and second["code"]["release"] == "20261124070000"
+    shown = project.ok("snapshot", "show", first["short_id"]).out
+    assert "code         release-directory at /code/release, 29 B, release 20261123070000" in shown, shown
+    document = json.loads(project.ok("snapshot", "show", second["short_id"], "--json").out)
+    assert document["code"]["release"] == "20261124070000"
 
 
 def test_a_release_directory_holding_the_project_leaves_lockstep_s_own_files_out(tmp_path: Path) -> None:

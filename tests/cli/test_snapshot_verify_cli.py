@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lockstep.pipeline.snapshot import load_manifest
+from lockstep.pipeline.verify import UNCHECKED_RELEASE_NOTE
 from lockstep.repository.repository import Repository
 from lockstep.storage.local import LocalBackend
 from tests.cli.test_snapshot_cli import Project, git, make_sqlite
 from tests.conftest import TEST_PASSWORD, require_binary
+from tests.pipeline.test_code_checksum import make_release, rebuild
 from tests.pipeline.test_verify import flip_bit_in_dump, postgresql_database, rewrite_manifest
 
 
@@ -137,3 +140,63 @@ def test_an_unknown_snapshot_exits_13(project: Project) -> None:
     project.create("-m", "one")
     missing = project.lockstep("snapshot", "verify", "zzzz")
     assert missing.returncode == 13 and "no lockstep snapshot matches" in missing.err
+
+
+def release_project(tmp_path: Path) -> tuple[Project, Path]:
+    """A project whose code is `current`, a symlink to a release directory; the release's path."""
+    root = tmp_path / "site"
+    current = make_release(root)
+    project = Project(root, tmp_path / "repository")
+    (root / "lockstep.toml").write_text(
+        f'[repository]\nurl = "{project.repository}"\n\n[code]\nkind = "release-directory"\npath = "current"\n'
+    )
+    assert project.repo("init").returncode == 0
+    return project, current.resolve()
+
+
+def test_a_release_tree_unlike_its_manifest_exits_12_naming_the_file(tmp_path: Path) -> None:
+    """A release tree that is not the one its manifest describes passed `verify --level data` and
+    `restore --code`: every blob matched its own ID, and nothing else was compared."""
+    project, release = release_project(tmp_path)
+    created = project.create("-m", "v7")
+    (release / "index.php").write_text("<?php echo 'tampered';\n")
+    repository = Repository.open(LocalBackend(project.repository), TEST_PASSWORD)
+    try:
+        repository.load_index()
+        swapped = rebuild(repository, repository.load_snapshot(created["id"]), release=release)
+    finally:
+        repository.close()
+    assert project.ok("snapshot", "verify", swapped.id[:12], "--level", "structure")
+    for level in ("data", "restore"):
+        failed = project.lockstep("snapshot", "verify", swapped.id[:12], "--level", level)
+        assert failed.returncode == 12, failed.err
+        assert "index.php: its content differs" in failed.err and "tree_sha256" in failed.err
+    as_json = project.lockstep("snapshot", "verify", swapped.id[:12], "--level", "data", "--json")
+    assert as_json.returncode == 12 and json.loads(as_json.out)["findings"][0]["subject"] == "code"
+    restored = project.lockstep("snapshot", "restore", swapped.id[:12], "--code", str(tmp_path / "restored"))
+    assert restored.returncode == 12 and "index.php: its content differs" in restored.err
+    assert not (tmp_path / "restored").exists()
+    good = project.ok("snapshot", "restore", created["short_id"], "--code", str(tmp_path / "good"))
+    assert "checked against its tree_sha256" in good.out
+    assert "note:" not in project.ok("snapshot", "verify", created["short_id"], "--level", "data").out
+
+
+def test_an_older_release_manifest_passes_and_says_the_code_was_not_checked(tmp_path: Path) -> None:
+    project, release = release_project(tmp_path)
+    created = project.create("-m", "v7")
+
+    def as_before(document: dict[str, Any]) -> None:
+        for key in ("tree_sha256", "listing", "release"):
+            del document["code"][key]
+
+    repository = Repository.open(LocalBackend(project.repository), TEST_PASSWORD)
+    try:
+        repository.load_index()
+        older = rebuild(repository, repository.load_snapshot(created["id"]), as_before, release=release)
+    finally:
+        repository.close()
+    result = project.ok("snapshot", "verify", older.id[:12], "--level", "data")
+    assert "data verification ok" in result.out
+    assert f"  note: {UNCHECKED_RELEASE_NOTE}" in result.out
+    document = json.loads(project.ok("snapshot", "verify", older.id[:12], "--level", "data", "--json").out)
+    assert document["ok"] is True and document["notes"] == [UNCHECKED_RELEASE_NOTE]

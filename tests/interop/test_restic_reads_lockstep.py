@@ -18,7 +18,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.conftest import missing
+from tests.conftest import missing, run_lockstep
 from tests.interop import (
     describe_tree,
     listed_path,
@@ -383,3 +383,35 @@ def test_restic_opens_a_repository_written_with_a_region_and_storage_class(
     assert client.get_bucket_location(Bucket=bucket)["LocationConstraint"] == "eu-west-1"
     contents = client.list_objects_v2(Bucket=bucket, Prefix="repo/data/")["Contents"]
     assert contents and {item["StorageClass"] for item in contents} == {"STANDARD_IA"}
+
+
+def test_restic_restores_a_release_directory_that_matches_its_tree_sha256(
+    local_environment: dict[str, str], awkward_tree: Path, tmp_path: Path
+) -> None:
+    """A release directory's checksum can be recomputed from restic's restore alone: the listing
+    of the restored tree (raw names, newlines and tabs in names, symlinks, a sticky directory,
+    modes) hashes to the manifest's tree_sha256, and equals the listing stored beside it."""
+    import hashlib
+
+    from lockstep.pipeline.code_listing import entries_on_disk, listing_bytes
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "lockstep.toml").write_text(
+        f'[repository]\nurl = "{local_environment["LOCKSTEP_REPOSITORY"]}"\n\n'
+        f'[code]\nkind = "release-directory"\npath = "{awkward_tree}"\n'
+    )
+    created = run_lockstep(["snapshot", "create", "--json"], cwd=project, env=local_environment)
+    assert created.returncode == 0, created.err
+    code = json.loads(created.out)["code"]
+    target = tmp_path / "restored"
+    restic(local_environment, ["restore", json.loads(created.out)["id"], "--target", str(target)])
+    listing = listing_bytes(entries_on_disk(target / "code" / "release"))
+    assert (target / "code" / "release.listing").read_bytes() == listing
+    assert hashlib.sha256(listing).hexdigest() == code["tree_sha256"]
+    assert b"new%0Aline\tfile\t" in listing and b"bytes-\xff\xfe\tfile\t" in listing
+    assert b"sticky\tdir\t1777\t\t\t\n" in listing
+    own = run_lockstep(
+        ["snapshot", "restore", "latest", "--code", str(tmp_path / "own")], cwd=project, env=local_environment
+    )
+    assert own.returncode == 0 and "checked against its tree_sha256" in own.out, own.err

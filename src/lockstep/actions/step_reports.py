@@ -140,3 +140,5 @@ def report_verification(reporter: Reporter, result: VerificationResult) -> None:
             reporter.step_failed(step, database.seconds, database.integrity or "the test-restore failed")
     for finding in result.findings:
         report_detail(reporter, f"problem: {finding.subject}: {finding.message}")
+    for note in result.notes:
+        report_detail(reporter, f"note: {note}")

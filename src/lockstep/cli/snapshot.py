@@ -243,7 +243,8 @@ def _print_manifest(item: ListedSnapshot) -> None:
         lines.append(f"code         git {code.commit}{branch}{dirty}")
     else:
         size = "" if code.size is None else f", {human_bytes(code.size)}"
-        lines.append(f"code         {code.kind} at {code.path}{size}")
+        release = "" if code.release is None else f", release {code.release}"
+        lines.append(f"code         {code.kind} at {code.path}{size}{release}")
     for name, database in manifest.databases.items():
         rows = sum(table.rows for table in database.tables)
         migration = f", migration {database.migration_version}" if database.migration_version else ""

@@ -31,6 +31,8 @@ def _print_result(result: VerificationResult) -> None:
         )
     for finding in result.findings:
         console.print(f"  problem: {finding.message}", markup=False)
+    for note in result.notes:
+        console.print(f"  note: {note}", markup=False)
 
 
 @snapshot_group.command("verify")

@@ -23,7 +23,10 @@ FILE_KINDS: tuple[FileKind, ...] = ("config", "secret")
 
 @dataclass(frozen=True)
 class CodeRecord:
-    """The application code's version: a git commit, or a release directory stored whole."""
+    """The application code's version: a git commit, or a release directory stored whole.
+
+    The checksum fields are None in manifests written before they existed (then a verification
+    says the code was not checked), and absent from the document when None."""
 
     kind: str
     commit: str | None = None
@@ -34,6 +37,15 @@ class CodeRecord:
     # Bytes stored at `path`: the release directory's files, or the diff. None when the snapshot
     # holds only the commit ID, and in manifests written before the field existed.
     size: int | None = None
+    # The uncommitted diff (`--allow-dirty`): SHA-256 of its bytes as stored at `path`.
+    sha256: str | None = None
+    # A release directory: SHA-256 of the canonical listing of its tree (pipeline/code_listing.py,
+    # docs/manifest.md), and where the snapshot holds that listing.
+    tree_sha256: str | None = None
+    listing: str | None = None
+    # The release a `current` symlink pointed to when the snapshot was made: the name of the
+    # directory the configured path resolved to (e.g. releases/20240501120000 gives its name).
+    release: str | None = None
 
     def to_document(self) -> dict[str, Any]:
         document: dict[str, Any] = {
@@ -44,12 +56,21 @@ class CodeRecord:
             "dirty": self.dirty,
             "path": self.path,
         }
-        if self.size is not None:
-            document["size"] = self.size
+        optional = {
+            "size": self.size,
+            "sha256": self.sha256,
+            "tree_sha256": self.tree_sha256,
+            "listing": self.listing,
+            "release": self.release,
+        }
+        document.update({key: value for key, value in optional.items() if value is not None})
         return document
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> CodeRecord:
+        def text(key: str) -> str | None:
+            return None if document.get(key) is None else str(document[key])
+
         return cls(
             kind=str(document["kind"]),
             commit=document.get("commit"),
@@ -58,6 +79,10 @@ class CodeRecord:
             dirty=bool(document.get("dirty", False)),
             path=document.get("path"),
             size=None if document.get("size") is None else int(document["size"]),
+            sha256=text("sha256"),
+            tree_sha256=text("tree_sha256"),
+            listing=text("listing"),
+            release=text("release"),
         )
 
 

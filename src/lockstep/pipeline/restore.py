@@ -38,6 +38,7 @@ from lockstep.databases.base import (
 )
 from lockstep.errors import IntegrityError, LockstepError, NotFound, SourceError, UsageError
 from lockstep.pipeline.code import git_command
+from lockstep.pipeline.code_listing import entries_on_disk, listing_bytes, listing_sha256, mismatch_problem
 from lockstep.pipeline.manifest import (
     CodeRecord,
     DatabaseRecord,
@@ -689,7 +690,11 @@ def _write_code(
             raise IntegrityError(f"{code.path} in snapshot {snapshot.short_id} is not a directory")
         subtree = Snapshot(time=snapshot.time, tree=node.subtree, paths=[str(target)], id=snapshot.id)
         Restorer(repository, subtree, target).run()
-        return f"the release directory of snapshot {snapshot.short_id}"
+        written = f"the release directory of snapshot {snapshot.short_id}"
+        if code.tree_sha256 is None:
+            return f"{written} (not checked: its manifest records no tree_sha256)"
+        _check_restored_release(repository, snapshot, code, target)
+        return f"{written} (checked against its tree_sha256)"
     if work_tree is None:
         raise UsageError("the code is a git commit, but no git work tree is configured", "set [code] path")
     try:
@@ -709,19 +714,57 @@ def _write_code(
     archive.finish()
     written = f"commit {code.commit[:12]}"
     if code.dirty and code.path:
-        _apply_diff(repository, snapshot, code.path, target)
+        _apply_diff(repository, snapshot, code, target)
         written += " with its uncommitted changes"
+        if code.sha256 is None:
+            written += " (the diff not checked: its manifest records no SHA-256)"
     return written
 
 
-def _apply_diff(repository: Repository, snapshot: Snapshot, path: str, target: Path) -> None:
-    node = find_node(repository, snapshot, path)
+def _check_restored_release(repository: Repository, snapshot: Snapshot, code: CodeRecord, target: Path) -> None:
+    """The restored tree, read back from disk, against the manifest's tree_sha256; a mismatch
+    names the entries that differ from the listing stored beside the tree."""
+    assert code.tree_sha256 is not None
+    try:
+        listing = listing_bytes(entries_on_disk(target))
+    except OSError as error:
+        raise IntegrityError(
+            f"the restored release directory cannot be read back to check it: {error.filename}: {error.strerror}",
+            "restore it into a directory this user can read",
+        ) from error
+    if listing_sha256(listing) == code.tree_sha256:
+        return
+    stored_listing = None
+    if code.listing is not None:
+        with contextlib.suppress(LockstepError):
+            buffer = io.BytesIO()
+            dump_file(repository, find_node(repository, snapshot, code.listing), buffer)
+            stored_listing = buffer.getvalue()
+    where = f"the release directory restored into {target}"
+    problem = mismatch_problem(where, code.tree_sha256, stored_listing, listing)
+    raise IntegrityError(
+        f"snapshot {snapshot.short_id}: {problem}; it was removed again",
+        "run `lockstep snapshot verify --level data` on the snapshot and `lockstep repo check --read-data`",
+    )
+
+
+def _apply_diff(repository: Repository, snapshot: Snapshot, code: CodeRecord, target: Path) -> None:
+    assert code.path is not None
+    node = find_node(repository, snapshot, code.path)
     if not node.size:
         return
     descriptor, name = tempfile.mkstemp(prefix="lockstep-", suffix=".diff")
     try:
+        digest = _HashingWriter()
         with os.fdopen(descriptor, "wb") as output:
-            dump_file(repository, node, output)
+            digest.output = output
+            dump_file(repository, node, digest)  # type: ignore[arg-type]
+        if code.sha256 is not None and digest.hexdigest() != code.sha256:
+            raise IntegrityError(
+                f"the uncommitted diff {code.path} in snapshot {snapshot.short_id} has SHA-256 "
+                f"{digest.hexdigest()[:16]}…, the manifest says {code.sha256[:16]}…; it was not applied",
+                "run `lockstep snapshot verify --level data` on the snapshot and `lockstep repo check --read-data`",
+            )
         # The ceiling keeps git from finding a repository above `target` and applying there.
         command = Command(
             ("git", "apply", "--binary", "--whitespace=nowarn", name),

@@ -36,6 +36,7 @@ from lockstep.pipeline.code import (
     uncommitted_diff,
     uncommitted_paths,
 )
+from lockstep.pipeline.code_listing import LISTING_SUFFIX, listing_sha256, stored_listing
 from lockstep.pipeline.manifest import (
     MANIFEST_PATH,
     CodeRecord,
@@ -48,7 +49,7 @@ from lockstep.pipeline.manifest import (
     SequenceRecord,
     TableRecord,
 )
-from lockstep.repository.builder import SnapshotBuilder
+from lockstep.repository.builder import SnapshotBuilder, StoredFile
 from lockstep.repository.repository import Repository
 from lockstep.repository.restorer import dump_file, find_node
 from lockstep.repository.snapshot import Snapshot
@@ -72,6 +73,9 @@ SCHEMA_ONLY_TAG = "schema-only"
 # Its restic path's last part: restic's own `forget` (grouped by host and paths) and lockstep's
 # retention keep schema-only snapshots in a group of their own, apart from the full ones.
 SCHEMA_ONLY_PATH_SUFFIX = "/schema-only"
+# Where a snapshot holds the code: a release directory (and its listing), or a commit's diff.
+RELEASE_PATH = "/code/release"
+DIFF_PATH = "/code/uncommitted.diff"
 # Every prefix of a tag lockstep writes: a user's `--tag release:7` would make a rollback take
 # that snapshot for the one holding release 7, a `deploy:` one would join a deploy's snapshots.
 RESERVED_TAG_PREFIXES = (
@@ -109,6 +113,8 @@ class PreparedCode:
     work_tree: Path | None = None
     left_out: tuple[Path, ...] = ()  # kept out of the uncommitted diff or the release: see StoredApart
     pending_commit: PendingCommit | None = None  # --commit's commit, put on the branch once written
+    # The release a `current -> releases/X` symlink pointed to (X), recorded in the manifest.
+    release: str | None = None
 
 
 @dataclass(frozen=True)
@@ -186,8 +192,10 @@ def prepare_code(
         if not code.path.is_dir():
             raise SourceError(f"the release directory {code.path} does not exist", "fix [code] path in lockstep.toml")
         # `current` -> releases/<timestamp> (Capistrano): store the release it points at, not the
-        # link, which would leave the snapshot without code.
-        return PreparedCode(kind=code.kind, release_directory=code.path.resolve(), left_out=apart.paths)
+        # link, which would leave the snapshot without code, and record which release that was.
+        resolved = code.path.resolve()
+        release = resolved.name if code.path.is_symlink() else None
+        return PreparedCode(kind=code.kind, release_directory=resolved, left_out=apart.paths, release=release)
     if request.commit:
         if not request.message:
             raise UsageError("--commit needs a commit message", "pass -m MESSAGE")
@@ -350,7 +358,7 @@ def _add_release(builder: SnapshotBuilder, target: str, source: Path, left_out: 
         else:
             size += builder.add_path(f"{target}/{child.name}", child)
         stored = True
-    if not stored and target == "/code/release":
+    if not stored and target == RELEASE_PATH:
         raise SourceError(
             f"the release directory {source} holds nothing but what the snapshot stores apart",
             "fix [code] path in lockstep.toml",
@@ -363,16 +371,29 @@ def _store_code(builder: SnapshotBuilder, code: PreparedCode | None) -> CodeReco
         return None
     if code.release_directory is not None:
         left_out = {path.resolve() for path in code.left_out}
-        size = _add_release(builder, "/code/release", code.release_directory, left_out)
-        return CodeRecord(kind=code.kind, path="/code/release", size=size)
+        builder.describe_paths()
+        size = _add_release(builder, RELEASE_PATH, code.release_directory, left_out)
+        listing = stored_listing(builder, RELEASE_PATH)
+        builder.add_bytes(RELEASE_PATH + LISTING_SUFFIX, listing, mode=0o644)
+        return CodeRecord(
+            kind=code.kind,
+            path=RELEASE_PATH,
+            size=size,
+            tree_sha256=listing_sha256(listing),
+            listing=RELEASE_PATH + LISTING_SUFFIX,
+            release=code.release,
+        )
     assert code.git is not None and code.work_tree is not None
     builder.add_bytes("/code/commit", (code.git.commit + "\n").encode("ascii"))
-    diff_path = None
-    diff_size = None
+    diff_path: str | None = None
+    diff_size: int | None = None
+    diff_sha256: str | None = None
     if code.git.dirty:
         diff = uncommitted_diff(code.work_tree, code.left_out)
-        diff_size, _ = _store_stream(builder, "/code/uncommitted.diff", diff, allow_empty=True)
-        diff_path = "/code/uncommitted.diff"
+        # Hashed as it streams in: a diff is code-sized, and restoring one checks it before
+        # `git apply` takes it.
+        stored = _store_stream(builder, DIFF_PATH, diff, allow_empty=True, hash_bytes=True)
+        diff_path, diff_size, diff_sha256 = DIFF_PATH, stored.size, stored.sha256
     return CodeRecord(
         kind=code.kind,
         commit=code.git.commit,
@@ -381,24 +402,24 @@ def _store_code(builder: SnapshotBuilder, code: PreparedCode | None) -> CodeReco
         dirty=code.git.dirty,
         path=diff_path,
         size=diff_size,
+        sha256=diff_sha256,
     )
 
 
 def _store_stream(
-    builder: SnapshotBuilder, path: str, stream: DumpStream, allow_empty: bool = False
-) -> tuple[int, str]:
+    builder: SnapshotBuilder, path: str, stream: DumpStream, allow_empty: bool = False, hash_bytes: bool = False
+) -> StoredFile:
     """Stream a producer into the snapshot; a failure stops the producer and fails the snapshot.
 
-    Returns the size and the SHA-256 of the stream's blob IDs: a dump is not hashed a second
-    time as a whole (see StoredFile)."""
+    A dump is not hashed a second time as a whole (`hash_bytes`): the SHA-256 of its blob IDs
+    pins it (see StoredFile)."""
     try:
-        stored = builder.add_stream(
-            path, stream.stdout, finished_cleanly=stream.finish, allow_empty=allow_empty, hash_bytes=False
+        return builder.add_stream(
+            path, stream.stdout, finished_cleanly=stream.finish, allow_empty=allow_empty, hash_bytes=hash_bytes
         )
     except BaseException:
         stream.kill()
         raise
-    return stored.size, stored.blobs_sha256
 
 
 def _store_database(
@@ -430,7 +451,8 @@ def _store_database(
             except BaseException:
                 dump.kill()
                 raise
-        size, blobs_sha256 = _store_stream(builder, path, dump)
+        stored = _store_stream(builder, path, dump)
+        size, blobs_sha256 = stored.size, stored.blobs_sha256
         if consistent_info is not None and info is None:
             info = consistent_info()
             inspected = str(getattr(dump, "inspected", "dump"))

@@ -85,6 +85,9 @@ class VerificationResult:
     databases: list[DatabaseCheck] = field(default_factory=list)
     blobs_read: int = 0
     bytes_read: int = 0
+    # What was not checked, and why (a manifest written before lockstep recorded a checksum):
+    # not a problem, but a verification must not pass for more than it checked.
+    notes: list[str] = field(default_factory=list)
 
     def to_document(self) -> dict[str, Any]:
         return {
@@ -97,6 +100,7 @@ class VerificationResult:
             "databases": [database.to_document() for database in self.databases],
             "blobs_read": self.blobs_read,
             "bytes_read": self.bytes_read,
+            "notes": list(self.notes),
         }
 
     @classmethod
@@ -111,6 +115,7 @@ class VerificationResult:
             databases=[DatabaseCheck.from_document(item) for item in document.get("databases") or []],
             blobs_read=int(document.get("blobs_read", 0)),
             bytes_read=int(document.get("bytes_read", 0)),
+            notes=[str(note) for note in document.get("notes") or []],
         )
 
 

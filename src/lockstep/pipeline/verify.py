@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal
 
 from lockstep.databases import adapter_for
 from lockstep.databases.base import DatabaseAdapter, DatabaseInfo, ServerLocation
 from lockstep.errors import IntegrityError, LockstepError, ServerLimitExceeded, SourceError, UsageError
+from lockstep.pipeline.code_listing import listing_bytes, listing_sha256, mismatch_problem, tree_entries
 from lockstep.pipeline.manifest import DatabaseRecord, Manifest
 from lockstep.pipeline.restore import (
     ServerAccess,
@@ -45,7 +47,7 @@ from lockstep.pipeline.verification_records import DatabaseCheck, Finding, Verif
 from lockstep.repository.blobs import BlobType
 from lockstep.repository.builder import blob_list_sha256
 from lockstep.repository.repository import Repository
-from lockstep.repository.restorer import read_blobs
+from lockstep.repository.restorer import dump_file, find_node, read_blobs
 from lockstep.repository.snapshot import Snapshot
 from lockstep.repository.tree import Node
 from lockstep.storage.base import FileType
@@ -90,9 +92,13 @@ def verify_snapshot(
     checks: list[DatabaseCheck] = []
     blobs_read = bytes_read = 0
     damaged: set[str] = set()
+    notes: list[str] = []
     if level in ("data", "restore"):
-        data_findings, blobs_read, bytes_read, damaged = _check_data(repository, walk, progress)
+        digests: dict[bytes, str] = {}
+        data_findings, blobs_read, bytes_read, damaged = _check_data(repository, walk, progress, digests)
         findings.extend(data_findings)
+        code_findings, notes = _check_code(repository, snapshot, walk, digests, damaged)
+        findings.extend(code_findings)
     if level == "restore" and walk.manifest is not None:
         # Where each scratch database goes, before any is made: a missing server is a
         # configuration problem (exit 2), not damage to the snapshot, so it is not recorded.
@@ -118,6 +124,7 @@ def verify_snapshot(
         databases=checks,
         blobs_read=blobs_read,
         bytes_read=bytes_read,
+        notes=notes,
     )
     if record:
         record_result(repository, result)
@@ -144,6 +151,11 @@ def _check_structure(repository: Repository, snapshot: Snapshot) -> _Walk:
         _check_recorded(walk, database.path, database.size, f"database {name}", database.blobs_sha256)
     for file in walk.manifest.files:
         _check_recorded(walk, file.path, file.size, f"{file.kind} file")
+    code = walk.manifest.code
+    if code is not None and code.commit is not None and code.path is not None and code.size is not None:
+        _check_recorded(walk, code.path, code.size, "code")
+    if code is not None and code.listing is not None and code.listing not in walk.files:
+        walk.findings.append(Finding("code", f"code: {code.listing} is in the manifest but not in the snapshot"))
     return walk
 
 
@@ -194,12 +206,15 @@ def _check_recorded(walk: _Walk, path: str, size: int, what: str, blobs_sha256: 
 
 
 def _check_data(
-    repository: Repository, walk: _Walk, progress: ProgressCallback | None
+    repository: Repository, walk: _Walk, progress: ProgressCallback | None, digests: dict[bytes, str]
 ) -> tuple[list[Finding], int, int, set[str]]:
     """Read every file's blobs (each checked against its ID, the SHA-256 of its bytes); compare
-    the SHA-256 of the files the manifest recorded one for (config and secret files, and dumps
-    in manifests from before blobs_sha256)."""
+    the SHA-256 of the files the manifest recorded one for (config and secret files, the
+    uncommitted diff, and dumps in manifests from before blobs_sha256). The SHA-256 of each file
+    of several blobs in a release directory goes into `digests`, by its blob IDs joined, for its
+    listing (_check_code): one read serves both."""
     expected: dict[str, tuple[str, str]] = {}  # path → (what, sha256)
+    release_prefix = None
     if walk.manifest is not None:
         for name, database in walk.manifest.databases.items():
             # A dump recorded by its blob list (checked by the structure pass) is checked here
@@ -207,12 +222,19 @@ def _check_data(
             expected[database.path] = (f"database {name}", database.sha256 or "")
         for file in walk.manifest.files:
             expected[file.path] = (f"{file.kind} file", file.sha256)
+        code = walk.manifest.code
+        if code is not None and code.path is not None:
+            if code.commit is not None and code.sha256 is not None:
+                expected[code.path] = ("code", code.sha256)
+            elif code.commit is None and code.tree_sha256 is not None:
+                release_prefix = code.path.rstrip("/") + "/"
     findings: list[Finding] = []
     damaged: set[str] = set()
     blobs = size = 0
     for path, node in sorted(walk.files.items()):
         what, recorded_sha256 = expected.get(path, ("file", ""))
-        digest = hashlib.sha256() if recorded_sha256 else None
+        in_release = release_prefix is not None and path.startswith(release_prefix) and len(node.content or []) > 1
+        digest = hashlib.sha256() if recorded_sha256 or in_release else None
         try:
             for data in read_blobs(repository, node.content or []):
                 if digest is not None:
@@ -225,11 +247,71 @@ def _check_data(
             damaged.add(path)
             findings.append(Finding(path, f"{what}: {path} cannot be read: {error.message}"))
             continue
-        if digest is not None and digest.hexdigest() != recorded_sha256:
+        if digest is not None and in_release:
+            digests[b"".join(node.content or [])] = digest.hexdigest()
+        if digest is not None and recorded_sha256 and digest.hexdigest() != recorded_sha256:
             damaged.add(path)
             actual, recorded = digest.hexdigest()[:16], recorded_sha256[:16]
             findings.append(Finding(path, f"{what}: {path} has SHA-256 {actual}…, the manifest says {recorded}…"))
     return findings, blobs, size, damaged
+
+
+# --- code --------------------------------------------------------------------------------
+
+UNCHECKED_DIFF_NOTE = (
+    "code: the manifest records no SHA-256 of the uncommitted diff (it was written before lockstep recorded "
+    "one), so the diff was checked blob by blob only"
+)
+UNCHECKED_RELEASE_NOTE = (
+    "code: the manifest records no tree_sha256 of the release directory (it was written before lockstep "
+    "recorded one), so its files were checked blob by blob only"
+)
+
+
+def _check_code(
+    repository: Repository, snapshot: Snapshot, walk: _Walk, digests: dict[bytes, str], damaged: set[str]
+) -> tuple[list[Finding], list[str]]:
+    """(findings, notes) for the code: a release directory's listing, made from the stored tree
+    with the SHA-256s the data pass computed, against the manifest's tree_sha256. The diff was
+    compared by the data pass. A manifest without the checksum is a note, not a finding."""
+    code = walk.manifest.code if walk.manifest is not None else None
+    if code is None or code.path is None:
+        return [], []
+    if code.commit is not None:
+        notes = [UNCHECKED_DIFF_NOTE] if code.sha256 is None else []
+        return [], notes
+    if code.tree_sha256 is None:
+        return [], [UNCHECKED_RELEASE_NOTE]
+    prefix = code.path.rstrip("/") + "/"
+    if any(path.startswith(prefix) for path in damaged):
+        return [], []  # already reported: a file that cannot be read has no checksum
+    try:
+        node = find_node(repository, snapshot, code.path)
+        if node.subtree is None:
+            return [Finding("code", f"code: {code.path} in the snapshot is not a directory")], []
+        entries = []
+        for entry, stored in tree_entries(repository, node.subtree):
+            if entry.type == "file" and entry.sha256 is None:
+                entry = replace(entry, sha256=digests.get(b"".join(stored.content or []), ""))
+            entries.append(entry)
+    except LockstepError as error:
+        return [Finding("code", f"code: {code.path} cannot be read: {error.message}")], []
+    listing = listing_bytes(entries)
+    if listing_sha256(listing) == code.tree_sha256:
+        return [], []
+    stored_listing = _stored_listing(repository, walk, code.listing, damaged)
+    return [Finding("code", "code: " + mismatch_problem(code.path, code.tree_sha256, stored_listing, listing))], []
+
+
+def _stored_listing(repository: Repository, walk: _Walk, path: str | None, damaged: set[str]) -> bytes | None:
+    if path is None or path not in walk.files or path in damaged:
+        return None
+    buffer = io.BytesIO()
+    try:
+        dump_file(repository, walk.files[path], buffer)
+    except LockstepError:
+        return None
+    return buffer.getvalue()
 
 
 # --- restore -----------------------------------------------------------------------------
