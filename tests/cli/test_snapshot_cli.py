@@ -589,6 +589,71 @@ def test_snapshot_show_names_the_release_current_pointed_to(tmp_path: Path) -> N
     assert document["code"]["release"] == "20261124070000"
 
 
+def test_commit_flag_in_a_repository_without_commits_makes_the_first_commit(tmp_path: Path) -> None:
+    """`git init`, then `snapshot create --commit -m ...`: it exited 15 (SOURCE) because HEAD
+    could not be read, and without --commit the error (exit 15) did not mention --commit."""
+    require_binary("git", "apt-get install git")
+    root = tmp_path / "app"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    (root / "app.py").write_text("print('v1')\n")
+    (root / ".env").write_text(f"STRIPE_KEY={SECRET}\n")
+    (root / ".gitignore").write_text(".env\n")
+    project = Project(root, tmp_path / "repository")
+    (root / "lockstep.toml").write_text(
+        f'[repository]\nurl = "{project.repository}"\n\n[code]\nkind = "git"\npath = "."\n\n'
+        '[files]\nsecrets = [".env"]\n'
+    )
+    assert project.repo("init").returncode == 0
+
+    refused = project.lockstep("snapshot", "create", "-m", "no commit yet")
+    assert refused.returncode == 2, refused.err
+    assert "has no commits yet" in refused.err and "make a first commit" in refused.err
+    assert "--commit -m MESSAGE" in refused.err
+    assert project.snapshot_ids() == []
+
+    created = project.create("--commit", "-m", "first")
+    head = git(root, "rev-parse", "HEAD")
+    assert created["code"]["commit"] == head and created["code"]["branch"] == "main"
+    assert git(root, "rev-list", "--count", "HEAD") == "1" and git(root, "log", "-1", "--format=%s") == "first"
+    assert git(root, "ls-tree", "--name-only", "HEAD").split() == [".gitignore", "app.py", "lockstep.toml"]
+    assert git(root, "status", "--porcelain") == ""
+    assert project.ok("snapshot", "create", "-m", "again").returncode == 0
+
+
+def test_commit_flag_with_nothing_to_commit_in_a_new_repository_is_refused(tmp_path: Path) -> None:
+    require_binary("git", "apt-get install git")
+    root = tmp_path / "app"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    project = Project(root, tmp_path / "repository")
+    (root / "lockstep.toml").write_text(
+        f'[repository]\nurl = "{project.repository}"\n\n[code]\nkind = "git"\npath = "."\n'
+    )
+    (root / ".gitignore").write_text("*\n")  # nothing git would take
+    assert project.repo("init").returncode == 0
+    refused = project.lockstep("snapshot", "create", "--commit", "-m", "first")
+    assert refused.returncode == 2, refused.err
+    assert "nothing to commit" in refused.err
+    assert git(root, "rev-list", "--all") == ""
+
+
+def test_a_code_path_that_is_no_git_work_tree_is_still_a_source_error(tmp_path: Path) -> None:
+    require_binary("git", "apt-get install git")
+    root = tmp_path / "app"
+    root.mkdir()
+    (root / "app.py").write_text("print('v1')\n")
+    project = Project(root, tmp_path / "repository")
+    (root / "lockstep.toml").write_text(
+        f'[repository]\nurl = "{project.repository}"\n\n[code]\nkind = "git"\npath = "."\n'
+    )
+    assert project.repo("init").returncode == 0
+    for arguments in ((), ("--commit", "-m", "first")):
+        failed = project.lockstep("snapshot", "create", *arguments)
+        assert failed.returncode == 15, failed.err
+        assert "not a git repository" in failed.err
+
+
 def test_a_release_directory_holding_the_project_leaves_lockstep_s_own_files_out(tmp_path: Path) -> None:
     """Without git, `lockstep init` says to set kind = "release-directory", whose path defaults
     to the project's directory, where the repository (.lockstep/repository), the state directory,

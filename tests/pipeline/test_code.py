@@ -217,11 +217,39 @@ def test_prepare_code_without_code_records_nothing(tmp_path: Path) -> None:
         prepare_code(CodeConfig(), SnapshotRequest(project_directory=tmp_path, commit=True, message="m"), StoredApart())
 
 
-def test_a_repository_without_commits_is_a_source_error(tmp_path: Path) -> None:
+def test_a_repository_without_commits_is_a_usage_error_that_says_to_commit(tmp_path: Path) -> None:
+    """Nothing is wrong with the source (exit 15 said so): a first commit is missing (exit 2)."""
     require_binary("git", "apt-get install git")
     git(tmp_path, "init", "-q")
-    with pytest.raises(SourceError, match="make a first commit"):
+    with pytest.raises(UsageError, match="has no commits yet") as raised:
         read_git_state(tmp_path)
+    assert raised.value.hint is not None and "make a first commit" in raised.value.hint
+    assert raised.value.exit_code == 2
+
+
+def test_a_directory_outside_git_is_still_a_source_error(tmp_path: Path) -> None:
+    require_binary("git", "apt-get install git")
+    with pytest.raises(SourceError, match="not a git repository"):
+        read_git_state(tmp_path)
+
+
+def test_build_commit_in_a_new_repository_makes_a_root_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No HEAD to take as parent or to reset left-out files to: the commit has no parent, leaves
+    out what the snapshot stores apart, and moves the unborn branch only once published."""
+    require_binary("git", "apt-get install git")
+    for name, value in GIT_IDENTITY.items():
+        monkeypatch.setenv(name, value)
+    git(tmp_path, "init", "-q", "-b", "main")
+    (tmp_path / "app.py").write_text("print('v1')\n")
+    (tmp_path / "app.db").write_bytes(b"sqlite")
+    git(tmp_path, "add", "app.db")  # staged by the user, but stored apart by the snapshot
+    pending = build_commit(tmp_path, "first", [tmp_path / "app.db"])
+    assert pending is not None and pending.parent is None
+    assert git(tmp_path, "ls-tree", "--name-only", pending.commit).split() == ["app.py"]
+    assert git(tmp_path, "rev-list", "--all") == ""  # not on the branch yet
+    publish_commit(tmp_path, pending)
+    assert git(tmp_path, "rev-parse", "main") == pending.commit
+    assert git(tmp_path, "rev-list", "--parents", "-n", "1", "HEAD") == pending.commit
 
 
 def test_the_temporary_index_keeps_the_index_time_git_judges_racy_entries_by(work_tree: Path) -> None:

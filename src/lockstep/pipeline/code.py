@@ -73,18 +73,61 @@ def _ownership_error(work_tree: Path, error: SourceError) -> SourceError | None:
     )
 
 
-def read_git_state(work_tree: Path, ignore: tuple[Path, ...] = ()) -> GitState:
-    """HEAD's commit, branch and author, and whether `git status --porcelain` lists anything
-    outside the `ignore` directories (lockstep's own state and repository, when they are inside)."""
+class NoCommitsYet(UsageError):
+    """A git work tree whose branch has no commit yet (`git init` and nothing committed): there
+    is no version to record, so a snapshot is refused until a first commit exists."""
+
+
+def head_commit(work_tree: Path) -> str | None:
+    """HEAD's commit; None in a repository whose branch has no commit yet. A directory that is
+    not a git work tree (or that git refuses to read) is a SourceError."""
     try:
-        commit = _git(work_tree, "rev-parse", "--verify", "HEAD").strip()
+        return _git(work_tree, "rev-parse", "--verify", "HEAD").strip()
     except SourceError as error:
         if _ownership_error(work_tree, error) is not None:
             raise
+        if unborn_branch(work_tree) is not None:
+            return None
         raise SourceError(
             f"cannot read the git commit of {work_tree}: {error.message}",
             "make a first commit, or set [code] kind to match how the code is deployed",
         ) from error
+
+
+def unborn_branch(work_tree: Path) -> str | None:
+    """The branch HEAD names while it has no commit yet; None when it has one, HEAD is
+    detached, or this is no git work tree."""
+    try:
+        branch = _git(work_tree, "symbolic-ref", "-q", "--short", "HEAD").strip()
+    except SourceError:
+        return None  # HEAD is detached, or this is no git work tree
+    try:
+        _git(work_tree, "rev-parse", "-q", "--verify", "HEAD")
+    except SourceError:
+        return branch
+    return None
+
+
+def current_branch(work_tree: Path) -> str | None:
+    """The branch HEAD names (with or without commits); None when HEAD is detached."""
+    try:
+        return _git(work_tree, "symbolic-ref", "-q", "--short", "HEAD").strip() or None
+    except SourceError:
+        return None
+
+
+def read_git_state(work_tree: Path, ignore: tuple[Path, ...] = ()) -> GitState:
+    """HEAD's commit, branch and author, and whether `git status --porcelain` lists anything
+    outside the `ignore` directories (lockstep's own state and repository, when they are inside).
+    A branch without commits is NoCommitsYet (exit 2): nothing is wrong with the source, a
+    first commit is missing."""
+    commit = head_commit(work_tree)
+    if commit is None:
+        raise NoCommitsYet(
+            f"the git work tree {work_tree} has no commits yet, so there is no version of the code to record",
+            "make a first commit (git add -A && git commit -m MESSAGE), or set [code] kind to match how the "
+            "code is deployed",
+        )
     branch = _git(work_tree, "rev-parse", "--abbrev-ref", "HEAD").strip()
     author = _git(work_tree, "log", "-1", "--format=%an <%ae>", "HEAD").strip()
     excludes = []
@@ -106,7 +149,7 @@ class PendingCommit:
     snapshot that records it is written, so a failed snapshot leaves no commit behind."""
 
     commit: str
-    parent: str
+    parent: str | None  # None for the first commit of a repository
     author: str
 
 
@@ -149,7 +192,7 @@ class _TemporaryIndex:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _stage_work_tree(index: _TemporaryIndex, top: Path, left_out: list[str]) -> None:
+def _stage_work_tree(index: _TemporaryIndex, top: Path, left_out: list[str], born: bool = True) -> None:
     """Stage every change, untracked (not ignored) files included, except `left_out`, which
     keep HEAD's version.
 
@@ -157,7 +200,8 @@ def _stage_work_tree(index: _TemporaryIndex, top: Path, left_out: list[str]) -> 
     (git reports it as an ignored path it was asked to add). So tracked files are updated with
     `add -u` (which never looks at ignored files), and the untracked ones are listed by
     `ls-files` and added by name. Left-out content is never read into git's object store; the
-    reset drops whatever the user had staged for it."""
+    reset drops whatever the user had staged for it (in a repository without commits yet, not
+    `born`, there is no HEAD to reset to, so it is removed from the index instead)."""
     excluded = [f":(exclude,literal){name}" for name in left_out]
     index.git(top, "add", "-u", "--", ".", *excluded)
     untracked = index.git(top, "ls-files", "-z", "--others", "--exclude-standard", "--", ".", *excluded)
@@ -165,8 +209,10 @@ def _stage_work_tree(index: _TemporaryIndex, top: Path, left_out: list[str]) -> 
         names = index.directory / "untracked"
         names.write_bytes(os.fsencode(untracked))
         index.git(top, "add", f"--pathspec-from-file={names}", "--pathspec-file-nul", literal=True)
-    if left_out:
+    if left_out and born:
         index.git(top, "reset", "-q", "HEAD", "--", *left_out, literal=True)
+    elif left_out:  # no HEAD to reset to: nothing of theirs may be staged at all
+        index.git(top, "rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", *left_out, literal=True)
 
 
 class _DiffStream(StreamingProcess):
@@ -237,17 +283,25 @@ def build_commit(work_tree: Path, message: str, left_out: Sequence[Path] = ()) -
         raise UsageError("--commit needs a commit message", "pass -m MESSAGE")
     top = _top_level(work_tree)
     _refuse_unfinished_operation(top)
-    parent = _git(top, "rev-parse", "--verify", "HEAD").strip()
+    parent = head_commit(top)  # None: the first commit of a new repository
     index = _TemporaryIndex(top)
     try:
-        _stage_work_tree(index, top, _relative_paths(top, left_out))
+        _stage_work_tree(index, top, _relative_paths(top, left_out), born=parent is not None)
         tree = index.git(top, "write-tree").strip()
     finally:
         index.remove()
-    if tree == _git(top, "rev-parse", "--verify", "HEAD^{tree}").strip():
+    if parent is None:
+        if tree == _git(top, "hash-object", "-t", "tree", "/dev/null").strip():
+            raise UsageError(
+                f"--commit has nothing to commit: {top} has no commits and no files besides what the snapshot "
+                "stores apart (secrets, databases, lockstep's own files)",
+                "add the code's files (and `git add` them), then try again",
+            )
+    elif tree == _git(top, "rev-parse", "--verify", "HEAD^{tree}").strip():
         return None
     signing = ["-S"] if _config_flag(top, "commit.gpgSign") else []
-    commit = _git(top, "commit-tree", tree, "-p", parent, *signing, "-m", message.strip()).strip()
+    parents = [] if parent is None else ["-p", parent]
+    commit = _git(top, "commit-tree", tree, *parents, *signing, "-m", message.strip()).strip()
     author = _git(top, "log", "-1", "--format=%an <%ae>", commit).strip()
     return PendingCommit(commit=commit, parent=parent, author=author)
 
@@ -257,7 +311,9 @@ def publish_commit(work_tree: Path, pending: PendingCommit) -> None:
     commit's parent, then reset the index to it (the work tree is not touched)."""
     subject = _git(work_tree, "log", "-1", "--format=%s", pending.commit).strip()
     try:
-        _git(work_tree, "update-ref", "-m", f"commit (lockstep): {subject}", "HEAD", pending.commit, pending.parent)
+        # An empty old value: the branch must still have no commit (the first commit of a repository).
+        old_value = pending.parent or ""
+        _git(work_tree, "update-ref", "-m", f"commit (lockstep): {subject}", "HEAD", pending.commit, old_value)
     except SourceError as error:
         raise SourceError(
             f"the snapshot records commit {pending.commit[:SHORT_COMMIT_LENGTH]}, but HEAD moved while it was "

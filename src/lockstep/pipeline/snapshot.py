@@ -28,8 +28,11 @@ from lockstep.databases.base import DatabaseAdapter, DatabaseInfo, DatabaseSumma
 from lockstep.errors import NotFound, SourceError, UsageError
 from lockstep.pipeline.code import (
     GitState,
+    NoCommitsYet,
     PendingCommit,
     build_commit,
+    current_branch,
+    head_commit,
     publish_commit,
     read_git_state,
     snapshot_author,
@@ -199,11 +202,19 @@ def prepare_code(
     if request.commit:
         if not request.message:
             raise UsageError("--commit needs a commit message", "pass -m MESSAGE")
-        if read_git_state(code.path).dirty:
+        # A new repository without commits: --commit makes the first one.
+        if head_commit(code.path) is None or read_git_state(code.path).dirty:
             return _prepare_commit(code.path, request.message, apart)
     # What the snapshot stores apart (secrets, SQLite files, the repository, the state directory)
     # is not in the uncommitted diff either: it does not make the tree dirty.
-    state = read_git_state(code.path, apart.paths)
+    try:
+        state = read_git_state(code.path, apart.paths)
+    except NoCommitsYet as error:
+        if not flags:
+            raise
+        raise NoCommitsYet(
+            error.message, "make a first commit (git add -A && git commit -m MESSAGE), or pass --commit -m MESSAGE"
+        ) from None
     if state.dirty and not (request.allow_dirty or code.allow_dirty):
         raise UsageError(
             f"the git work tree {code.path} has uncommitted changes",
@@ -222,11 +233,11 @@ def _prepare_commit(work_tree: Path, message: str, apart: StoredApart) -> Prepar
             f"--commit would commit secret files listed under [files] secrets: {', '.join(secrets)}",
             "add them to .gitignore (and `git rm --cached` one that is tracked); the snapshot stores them encrypted",
         )
-    state = read_git_state(work_tree)
     pending = build_commit(work_tree, message, apart.paths)
     if pending is None:  # only what the snapshot stores apart has changed: HEAD is the code
+        state = read_git_state(work_tree)
         return PreparedCode(kind="git", git=replace(state, dirty=False), work_tree=work_tree, left_out=apart.paths)
-    git = GitState(commit=pending.commit, branch=state.branch, author=pending.author, dirty=False)
+    git = GitState(commit=pending.commit, branch=current_branch(work_tree), author=pending.author, dirty=False)
     return PreparedCode(kind="git", git=git, work_tree=work_tree, left_out=apart.paths, pending_commit=pending)
 
 
