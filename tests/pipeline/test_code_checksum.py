@@ -26,8 +26,7 @@ from lockstep.repository.chunker import MAXIMUM_SIZE
 from lockstep.repository.repository import Repository
 from lockstep.repository.restorer import dump_file, find_node
 from lockstep.repository.snapshot import Snapshot
-from tests.conftest import require_binary
-from tests.pipeline.test_code import GIT_IDENTITY, git
+from tests.pipeline.test_code import work_tree as committed_tree  # noqa: F401  (dirty_tree's fixture)
 from tests.pipeline.test_verify import open_repository
 
 BIG_SIZE = MAXIMUM_SIZE + 1024 * 1024  # more than one chunk, whatever the content
@@ -226,19 +225,12 @@ def test_an_older_release_manifest_is_not_checked_and_says_so(tmp_path: Path) ->
 
 
 @pytest.fixture
-def dirty_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    require_binary("git", "apt-get install git")
-    for name, value in GIT_IDENTITY.items():
-        monkeypatch.setenv(name, value)
-    root = tmp_path / "app"
-    root.mkdir()
-    git(root, "init", "-q", "-b", "main")
-    (root / "app.py").write_text("print('v1')\n")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "first")
-    (root / "app.py").write_text("print('v2, not committed')\n")
-    (root / "new.txt").write_text("untracked\n")
-    return root
+def dirty_tree(request: pytest.FixtureRequest) -> Path:
+    """test_code's committed work tree, with a change and an untracked file."""
+    work_tree: Path = request.getfixturevalue("committed_tree")
+    (work_tree / "app.py").write_text("print('v2, not committed')\n")
+    (work_tree / "new.txt").write_text("untracked\n")
+    return work_tree
 
 
 def test_the_uncommitted_diff_is_recorded_with_its_sha256_and_checked(dirty_tree: Path, tmp_path: Path) -> None:
