@@ -375,6 +375,21 @@ def test_reserved_tags_are_refused(project: Project) -> None:
     assert git(project.root, "rev-parse", "HEAD") == head
 
 
+def test_comma_separated_tags_are_separate_tags_as_in_restic(project: Project) -> None:
+    """`--tag a,b` was stored as the one tag "a,b", so `restic snapshots --tag a` missed the
+    snapshot; restic's own `backup --tag a,b` writes two tags. A reserved tag hidden in a list
+    is still refused."""
+    refused = project.lockstep("snapshot", "create", "--tag", "weekly,env:production")
+    assert refused.returncode == 2, refused.err
+    assert "'env:production'" in refused.err and "reserved" in refused.err
+    created = project.create("--tag", "weekly, audit", "--tag", "eu")
+    assert created["tags"][-3:] == ["weekly", "audit", "eu"]
+    (stored,) = json.loads(run_restic(str(project.repository), ["snapshots", "--json", "--tag", "audit,weekly"]).out)
+    assert stored["id"] == created["id"]
+    assert stored["tags"][-3:] == ["weekly", "audit", "eu"]
+    assert "weekly, audit" not in stored["tags"]
+
+
 def test_unknown_and_ambiguous_references_exit_13(project: Project) -> None:
     first = project.create("-m", "one")
     second = project.create("-m", "two")

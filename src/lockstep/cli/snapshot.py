@@ -20,6 +20,7 @@ from lockstep.pipeline.manifest import DatabaseRecord, Manifest
 from lockstep.pipeline.snapshot import RESERVED_TAG_PREFIXES
 from lockstep.pipeline.verification_records import describe_state
 from lockstep.repository.snapshot import Snapshot
+from lockstep.repository.tag_lists import flatten_tag_lists
 
 
 def _config_option(function: Any) -> Any:
@@ -74,10 +75,9 @@ def snapshot_group() -> None:
     "--tag",
     "tags",
     multiple=True,
-    metavar="TAG",
-    help="Add a tag to the snapshot (repeatable). Not lockstep, nor one starting with "
-    + ", ".join(RESERVED_TAG_PREFIXES)
-    + " (lockstep sets those), nor schema-only.",
+    metavar="TAGS",
+    help="Add tags to the snapshot: a,b adds two, as restic's --tag does (repeatable). Not lockstep, nor one"
+    " starting with " + ", ".join(RESERVED_TAG_PREFIXES) + " (lockstep sets those), nor schema-only.",
 )
 @click.option(
     "--commit",
@@ -119,7 +119,7 @@ def create_command(
         config_path=config_path,
         environment=environment,
         message=message,
-        tags=tags,
+        tags=flatten_tag_lists(tags),
         commit=commit,
         allow_dirty=allow_dirty,
         schema_only=schema_only,

@@ -31,6 +31,7 @@ from datetime import UTC, date, datetime, timedelta
 from lockstep.errors import UsageError
 from lockstep.repository.gojson import parse_time_ns
 from lockstep.repository.snapshot import Snapshot
+from lockstep.repository.tag_lists import has_tags, parse_tag_list
 
 UNLIMITED = -1
 NANOSECONDS_PER_SECOND = 1_000_000_000
@@ -81,11 +82,6 @@ class Duration:
 
 
 # --- the policy -----------------------------------------------------------------------------
-
-
-def parse_tag_list(text: str) -> tuple[str, ...]:
-    """`a, b` → ("a", "b"): every tag of the list must be present (restic's TagList)."""
-    return tuple(tag.strip() for tag in text.split(","))
 
 
 def format_tag_list(tags: Sequence[str]) -> str:
@@ -290,16 +286,6 @@ class PolicyResult:
     keep: list[Snapshot]
     remove: list[Snapshot]
     reasons: list[KeepReason]
-
-
-def has_tags(snapshot: Snapshot, tags: Sequence[str]) -> bool:
-    """restic's HasTags: every tag is present; an empty tag matches a snapshot without tags."""
-    for tag in tags:
-        if tag == "" and not snapshot.tags:
-            return True
-        if tag not in snapshot.tags:
-            return False
-    return True
 
 
 def newest_first(snapshots: Iterable[Snapshot]) -> list[Snapshot]:

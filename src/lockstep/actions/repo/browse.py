@@ -8,22 +8,16 @@ from typing import Any
 from lockstep.actions.repo.session import RepositoryAccess
 from lockstep.repository.blobs import BlobType
 from lockstep.repository.snapshot import Snapshot
+from lockstep.repository.tag_lists import matches_tag_options
 from lockstep.repository.tree import Node
 from lockstep.storage.base import FileType
 
 
 def list_snapshots(access: RepositoryAccess, tags: list[str] | None = None) -> list[Snapshot]:
-    """Snapshots oldest first; with tags, those carrying every given tag (comma = any of them)."""
+    """Snapshots oldest first; with tags, restic's filter: `a,b` = both, repeated options = either."""
     with access.session(lock=False, load_index=False) as repository:
         snapshots = repository.list_snapshots(skip_unreadable=True)
-    return [snapshot for snapshot in snapshots if matches_tags(snapshot, tags)]
-
-
-def matches_tags(snapshot: Snapshot, tags: list[str] | None) -> bool:
-    """restic's --tag: each option is OR-ed; within one option, comma-separated tags are AND-ed."""
-    if not tags:
-        return True
-    return any(all(tag in snapshot.tags for tag in option.split(",") if tag) for option in tags)
+    return [snapshot for snapshot in snapshots if matches_tag_options(snapshot, tags or ())]
 
 
 def snapshot_document(snapshot: Snapshot) -> dict[str, Any]:

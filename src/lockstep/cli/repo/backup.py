@@ -9,6 +9,7 @@ import click
 from lockstep.actions.repo.backup import backup
 from lockstep.cli.output import byte_progress, console, human_bytes, print_json
 from lockstep.cli.repo.options import access_from, repository_options, wants_json
+from lockstep.repository.tag_lists import flatten_tag_lists
 
 
 @click.command("backup", context_settings={"ignore_unknown_options": False})
@@ -22,7 +23,13 @@ from lockstep.cli.repo.options import access_from, repository_options, wants_jso
     is_flag=True,
     help="Back up the output of the command given after --; fail if it exits non-zero.",
 )
-@click.option("--tag", "tags", multiple=True, help="Tag the snapshot (repeatable).")
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    metavar="TAGS",
+    help="Tag the snapshot: a,b adds two tags, as in restic (repeatable).",
+)
 @click.option("--host", help="Hostname to record (default: this machine's).")
 @repository_options
 def backup_command(
@@ -55,7 +62,7 @@ def backup_command(
             stdin=stdin,
             stdin_filename=stdin_filename,
             stdin_command=command,
-            tags=tags,
+            tags=flatten_tag_lists(tags),
             hostname=host,
             progress=progress,
         )
