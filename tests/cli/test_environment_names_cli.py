@@ -54,10 +54,15 @@ COMMANDS = [
     ("backup", "--env", TYPO),
     ("snapshot", "create", "--env", TYPO),
     ("snapshot", "list", "--env", TYPO),
+    ("snapshot", "show", "latest", "--env", TYPO),
+    ("snapshot", "verify", "latest", "--env", TYPO),
+    ("snapshot", "diff", "latest", "--env", TYPO),
+    ("snapshot", "restore", "latest", "--files", "restored", "--env", TYPO),
+    ("snapshot", "forget", "--dry-run", "--env", TYPO),
 ]
 
 
-@pytest.mark.parametrize("arguments", COMMANDS, ids=lambda arguments: " ".join(arguments[:2]))
+@pytest.mark.parametrize("arguments", COMMANDS, ids=lambda arguments: " ".join(arguments[:3]))
 def test_a_misspelt_environment_is_a_usage_error_everywhere(project: Project, arguments: tuple[str, ...]) -> None:
     """Same exit code and message in every command, naming the valid names and the closest one."""
     result = project.lockstep(*arguments)
@@ -90,3 +95,38 @@ def test_doctor_reports_a_misspelt_environment(project: Project) -> None:
     (check,) = json.loads(result.out)
     assert check["name"] == "config" and check["status"] == "fail"
     assert "did you mean production?" in check["fix"]
+
+
+@pytest.mark.parametrize("arguments", COMMANDS, ids=lambda arguments: " ".join(arguments[:3]))
+def test_the_default_label_is_refused_with_the_name_to_use(project: Project, arguments: tuple[str, ...]) -> None:
+    """`snapshot list` shows "default" for what ran without --env; `--env default` is still not an
+    environment here (default_environment is production), and the refusal says which name is."""
+    result = project.lockstep(*["default" if argument == TYPO else argument for argument in arguments])
+    assert result.returncode == ExitCode.USAGE, (result.out, result.err)
+    assert "unknown environment 'default'" in result.err, result.err
+    assert "did you mean production?" in result.err and "--env production" in result.err, result.err
+    assert not (project.root / ".lockstep" / "default").exists(), "no state may be created for it"
+
+
+def test_the_default_environment_sees_the_snapshots_taken_without_env(project: Project) -> None:
+    """production has no table, so `snapshot create` without --env (tagged env:default) snapshots
+    its databases: `snapshot list --env production` showed nothing although `snapshot show latest
+    --env production` found that snapshot; forget --env production left it out. staging has a
+    table of its own and sees none of them."""
+    require_binary("sqlite3", "apt-get install sqlite3")
+    created = project.lockstep("--json", "snapshot", "create", "-m", "without --env")
+    assert created.returncode == 0, created.err
+    snapshot_id = json.loads(created.out)["id"]
+
+    listed = project.lockstep("--json", "snapshot", "list", "--env", "production")
+    assert listed.returncode == 0, listed.err
+    assert [snapshot["id"] for snapshot in json.loads(listed.out)] == [snapshot_id]
+    shown = project.lockstep("--json", "snapshot", "show", "latest", "--env", "production")
+    assert json.loads(shown.out)["id"] == snapshot_id
+    planned = project.lockstep("--json", "snapshot", "forget", "--dry-run", "--env", "production")
+    assert planned.returncode == 0, planned.err
+    assert snapshot_id in planned.out
+
+    staging = project.lockstep("--json", "snapshot", "list", "--env", "staging")
+    assert staging.returncode == 0 and json.loads(staging.out) == []
+    assert snapshot_id not in project.lockstep("--json", "snapshot", "forget", "--dry-run", "--env", "staging").out

@@ -139,7 +139,7 @@ def test_environments_and_project_paths_are_separate_groups() -> None:
     assert ids(groups["staging", ("/lockstep/shop",)].keep) == {staging[-1].id}
     assert ids(groups["production", ("/lockstep/blog",)].keep) == {other_project.id}
 
-    only_staging = plan_forget([*production, *staging], only_daily(1), NOW, environment="staging")
+    only_staging = plan_forget([*production, *staging], only_daily(1), NOW, environments=("staging",))
     assert [group.environment for group in only_staging.groups] == ["staging"]
     assert ids(only_staging.remove) == {staging[0].id}
 

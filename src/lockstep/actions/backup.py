@@ -285,7 +285,8 @@ def _forget(
     """Retention for this environment. Another process holding the repository (a deploy's
     snapshot, a verify) only postpones it to the next backup: the new snapshot is safe already."""
     try:
-        return forget_snapshots(access, config.retention, environment=environment_name(environment), now=now).removed
+        environments = (environment_name(environment),)
+        return forget_snapshots(access, config.retention, environments=environments, now=now).removed
     except RepositoryLocked as error:
         warn(f"retention skipped, the next backup applies it: {error.message}")
         return []

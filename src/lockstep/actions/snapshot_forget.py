@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lockstep.actions.repo.session import RepositoryAccess
 from lockstep.actions.snapshot_create import load_project
+from lockstep.actions.snapshot_show import reference_environments
 from lockstep.actions.step_reports import SilentReporter, report_detail, reported_step, teach_secrets
 from lockstep.config.model import ProjectConfig, RetentionConfig
 from lockstep.errors import UsageError
@@ -37,7 +38,7 @@ def retention_by_environment(config: ProjectConfig) -> dict[str, RetentionConfig
 def forget_snapshots(
     access: RepositoryAccess,
     retention: RetentionConfig,
-    environment: str | None = None,
+    environments: tuple[str, ...] | None = None,
     dry_run: bool = False,
     run_prune: bool = False,
     by_environment: dict[str, RetentionConfig] | None = None,
@@ -47,7 +48,7 @@ def forget_snapshots(
 ) -> SnapshotForgetResult:
     """Plan first, then delete, under one exclusive lock; with `run_prune`, prune under it too.
 
-    `environment` None plans every environment's snapshots; otherwise only that one's. The steps
+    `environments` None plans every environment's snapshots; otherwise only theirs. The steps
     (plan, forget, prune) go to `reporter` with their durations."""
     reporter = reporter or SilentReporter()
     if is_empty(retention) and not any(not is_empty(chosen) for chosen in (by_environment or {}).values()):
@@ -58,7 +59,7 @@ def forget_snapshots(
     moment = now or datetime.now(UTC)
     with access.session(exclusive=True, load_index=False) as repository:
         with reported_step(reporter, "plan", "retention per environment") as step:
-            plan = plan_forget(repository.list_snapshots(), retention, moment, environment, by_environment)
+            plan = plan_forget(repository.list_snapshots(), retention, moment, environments, by_environment)
             removed = plan.remove
             step.detail = f"keep {sum(len(group.keep) for group in plan.groups)}, remove {len(removed)}"
         for group in plan.groups:
@@ -93,7 +94,9 @@ def forget(
     reporter: Reporter | None = None,
 ) -> SnapshotForgetResult:
     """Load the project and forget by its retention: one environment with `environment`, else all
-    (each configured environment by its own retention, the rest by the top-level one)."""
+    (each configured environment by its own retention, the rest by the top-level one). The
+    snapshots taken without --env count as the default environment's when it has no table of
+    its own (reference_environments), as the agent's scheduled retention counts them."""
     reporter = reporter or SilentReporter()
     project = load_project(start, config_path, environment)
     teach_secrets(reporter, project)
@@ -106,7 +109,7 @@ def forget(
     return forget_snapshots(
         project.access,
         config.retention,
-        environment=None if environment is None else environment_name(environment),
+        environments=None if environment is None else reference_environments(start, config_path, environment),
         dry_run=dry_run,
         run_prune=run_prune,
         by_environment=by_environment,

@@ -7,11 +7,7 @@ from dataclasses import dataclass
 from lockstep.actions.repo.session import RepositoryAccess
 from lockstep.pipeline.manifest import Manifest
 from lockstep.pipeline.retention_policy import snapshot_environment
-from lockstep.pipeline.snapshot import (
-    environment_name,
-    is_lockstep_snapshot,
-    load_manifest,
-)
+from lockstep.pipeline.snapshot import is_lockstep_snapshot, load_manifest
 from lockstep.pipeline.verification_records import VerificationResult, latest_results
 from lockstep.repository.repository import Repository
 from lockstep.repository.snapshot import Snapshot
@@ -24,21 +20,21 @@ class ListedSnapshot:
     verification: VerificationResult | None = None  # the newest `snapshot verify` result, if any
 
 
-def lockstep_snapshots(repository: Repository, environment: str | None = None) -> list[Snapshot]:
-    """Snapshots tagged `lockstep` (oldest first), of one environment when given; others are
+def lockstep_snapshots(repository: Repository, environments: tuple[str, ...] | None = None) -> list[Snapshot]:
+    """Snapshots tagged `lockstep` (oldest first), of these environments when given; others are
     skipped, and so are unreadable snapshot files (with a warning): this is for reading only."""
-    wanted = None if environment is None else environment_name(environment)
     return [
         snapshot
         for snapshot in repository.list_snapshots(skip_unreadable=True)
-        if is_lockstep_snapshot(snapshot) and (wanted is None or snapshot_environment(snapshot) == wanted)
+        if is_lockstep_snapshot(snapshot) and (environments is None or snapshot_environment(snapshot) in environments)
     ]
 
 
-def list_snapshots(access: RepositoryAccess, environment: str | None = None) -> list[ListedSnapshot]:
-    """Every coordinated snapshot with its manifest and last verification, oldest first."""
+def list_snapshots(access: RepositoryAccess, environments: tuple[str, ...] | None = None) -> list[ListedSnapshot]:
+    """Every coordinated snapshot with its manifest and last verification, oldest first; with
+    `environments` (reference_environments: what `--env` covers), only theirs."""
     with access.session(lock=False) as repository:
-        snapshots = lockstep_snapshots(repository, environment)
+        snapshots = lockstep_snapshots(repository, environments)
         verifications = latest_results(repository, [snapshot.id for snapshot in snapshots])
         return [
             ListedSnapshot(snapshot, load_manifest(repository, snapshot), verifications.get(snapshot.id))

@@ -376,7 +376,7 @@ def _real_runners(context: EnvironmentContext, warn: Warn) -> dict[str, JobRunne
         removed = 0
         freed = 0
         for name in sorted({context.environment, environment_name(snapshot_environment)}):
-            result = forget_snapshots(project.access, project.config.retention, environment=name, run_prune=True)
+            result = forget_snapshots(project.access, project.config.retention, environments=(name,), run_prune=True)
             removed += len(result.removed)
             freed += result.prune.bytes_freed if result.prune is not None else 0
         return JobOutcome(

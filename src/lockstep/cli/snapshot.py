@@ -157,9 +157,13 @@ def _short_commit(manifest: Manifest) -> str:
 @_config_option
 @click.option("--json", "json_output", is_flag=True, help="Print JSON on stdout.")
 def list_command(config_path: Path | None, environment: str | None, json_output: bool) -> None:
-    """List the coordinated snapshots, oldest first (only those of --env when given)."""
+    """List the coordinated snapshots, oldest first (only those of --env when given).
+
+    The snapshots taken without --env (listed as default) count as the default environment's
+    when it has no [environments.NAME] table: the same databases, as show, restore and doctor see them."""
     project = load_project(Path.cwd(), config_path, environment)
-    listed = list_snapshots(project.access, environment)
+    among = None if environment is None else reference_environments(Path.cwd(), config_path, environment)
+    listed = list_snapshots(project.access, among)
     if wants_json(json_output):
         print_json([_listed_document(item) for item in listed])
         return

@@ -33,6 +33,11 @@ DatabaseEngine = Literal["postgresql", "mysql", "mariadb", "sqlite"]
 DATABASE_ENGINES: tuple[DatabaseEngine, ...] = ("postgresql", "mysql", "mariadb", "sqlite")
 CodeKind = Literal["git", "release-directory"]
 
+# The environment name lockstep writes on what runs without --env (`snapshot create`, `backup`:
+# the tag env:default) and shows in `snapshot list`. It is not a name --env accepts unless the
+# config defines it: the default environment is default_environment (production by default).
+DEFAULT_ENVIRONMENT = "default"
+
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
@@ -540,10 +545,23 @@ class ProjectConfig(_Section):
             return
         matches = difflib.get_close_matches(environment, known, n=1, cutoff=0.6)
         suggestion = f"did you mean {matches[0]}? " if matches else ""
+        if environment == DEFAULT_ENVIRONMENT:
+            suggestion = self._default_label_hint()
         raise UsageError(
             f"unknown environment {environment!r}",
             f"{suggestion}the environments in the config are: {', '.join(known)} "
             f"(add [environments.{environment}] to lockstep.toml to define a new one)",
+        )
+
+    def _default_label_hint(self) -> str:
+        """`--env default`, typed after `snapshot list` showed "default": that label names what ran
+        without --env, which belongs to default_environment when it has no table of its own."""
+        name = self.default_environment
+        if name in self.environments:
+            return f"{DEFAULT_ENVIRONMENT} labels the snapshots taken without --env: leave --env out for them; "
+        return (
+            f"did you mean {name}? {DEFAULT_ENVIRONMENT} labels the snapshots taken without --env, which are "
+            f"{name}'s (it has no [environments.{name}] table): use --env {name} or leave --env out; "
         )
 
     def resolve(self, environment: str | None) -> ProjectConfig:

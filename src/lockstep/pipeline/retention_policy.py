@@ -122,13 +122,13 @@ def plan_forget(
     snapshots: Iterable[Snapshot],
     retention: RetentionConfig,
     now: datetime,
-    environment: str | None = None,
+    environments: tuple[str, ...] | None = None,
     retention_by_environment: Mapping[str, RetentionConfig] | None = None,
 ) -> ForgetPlan:
     """Decide, per environment and project path, which lockstep snapshots to keep.
 
-    `environment` limits the plan to that environment's groups; `retention_by_environment`
-    overrides `retention` for the environments it names (their [environments.X.retention]).
+    `environments` limits the plan to those environments' groups (each planned on its own);
+    `retention_by_environment` overrides `retention` for the environments it names (their [environments.X.retention]).
     Nothing is deleted here. A group the rules would empty is left whole (its snapshots are
     kept with the reason "the rules keep none of this group"), never deleted.
     """
@@ -138,7 +138,7 @@ def plan_forget(
         if not is_lockstep_snapshot(snapshot):
             continue
         name = snapshot_environment(snapshot)
-        if environment is not None and name != environment:
+        if environments is not None and name not in environments:
             continue
         # A schema-only snapshot (its paths end in /schema-only already) is in a group of its
         # own even if its paths were changed: it must never take the place of a full one.

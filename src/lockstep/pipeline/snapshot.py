@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lockstep import __version__
+from lockstep.config.model import DEFAULT_ENVIRONMENT as DEFAULT_ENVIRONMENT  # re-exported
 from lockstep.config.model import CodeConfig, DatabaseConfig, ProjectConfig
 from lockstep.databases import adapter_for
 from lockstep.databases.base import DatabaseAdapter, DatabaseInfo, DatabaseSummary, DumpStream, TableInfo, redact_url
@@ -58,7 +59,6 @@ from lockstep.repository.restorer import dump_file, find_node
 from lockstep.repository.snapshot import Snapshot
 
 LOCKSTEP_TAG = "lockstep"
-DEFAULT_ENVIRONMENT = "default"
 COMMIT_TAG_PREFIX = "commit:"
 ENVIRONMENT_TAG_PREFIX = "env:"
 KIND_TAG_PREFIX = "kind:"
