@@ -151,6 +151,69 @@ def test_release_asks_on_a_terminal_and_no_keeps_the_lock(project: Project) -> N
         repository.close()
 
 
+def test_a_kept_lock_says_why_under_json_too(project: Project) -> None:
+    """Answering no exits LOCKED; the human output named the holder and what to do, while --json
+    printed `"hint": null`. The hint now names the holder and the command that releases it."""
+    repository = Repository.open(open_backend(str(project.repository)), TEST_PASSWORD)
+    lock = EnvironmentLock(DocumentStore(repository), "production")
+    lock.acquire(holder_for("json-terminal-deploy"))
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lockstep", "--json", "lock", "release"],
+            stdin=terminal,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=project.root,
+            env={**os.environ, **project.env},
+        )
+        os.write(controller, b"n\n")
+        out, err = process.communicate(timeout=120)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+        lock.release()
+        repository.close()
+    assert process.returncode == ExitCode.LOCKED, err
+    document = json.loads(out)
+    assert document["exit_code"] == ExitCode.LOCKED
+    assert document["error"] == "left the lock of environment production in place"
+    hint = document["hint"]
+    assert hint is not None and "json-terminal-deploy" in hint and f"PID {os.getpid()}" in hint
+    assert "lockstep lock release --env production --yes" in hint
+    assert hint in err.decode(), "the human error line carries the same hint"
+
+
+LONG_MESSAGE = (
+    "hotfix for the checkout totals: rounding of VAT on discounted bundles, see "
+    "https://tracker.example.com/browse/SHOP-4711 and the incident notes of the night shift"
+)
+
+
+@pytest.mark.parametrize("columns", ["80", "120", "160", "180", "250"])
+def test_status_shows_the_whole_message_at_any_width(project: Project, columns: str) -> None:
+    """At widths where the table measured as fitting (rich counts a no_wrap cell by its longest
+    word), the Message column was squeezed to three characters and every line cut to "ho…"."""
+    repository = Repository.open(open_backend(str(project.repository)), TEST_PASSWORD)
+    lock = EnvironmentLock(DocumentStore(repository), "production")
+    lock.acquire(holder_for("long-message-deploy", message=LONG_MESSAGE))
+    try:
+        result = run_lockstep(["lock", "status"], cwd=project.root, env={**project.env, "COLUMNS": columns}, input=b"")
+    finally:
+        lock.release()
+        repository.close()
+    assert result.returncode == 0, result.err
+    assert "…" not in result.out and "long-message-deploy" in result.out, result.out
+    lines = result.out.splitlines()
+    assert all(len(line) <= int(columns) for line in lines if "│" in line), result.out
+    message_cells = [line.split("│")[-2].strip() for line in lines if line.startswith("│")]
+    if message_cells:  # the table: the message wrapped in its column, words whole
+        shown = " ".join(cell for cell in message_cells if cell)
+    else:  # too narrow for the table: `header: value` lines
+        shown = next(line.split("message: ", 1)[1] for line in lines if line.lstrip().startswith("message: "))
+    assert shown == LONG_MESSAGE, result.out
+
+
 def test_unknown_or_invalid_environment_is_a_usage_error(project: Project) -> None:
     """A typo in --env is an error, not a reassuring "unlocked"."""
     for name in ("prodution", "../x"):

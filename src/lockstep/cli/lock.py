@@ -18,6 +18,9 @@ from lockstep.cli.project_options import wants_json
 from lockstep.errors import UsageError
 from lockstep.pipeline.environment_lock import EnvironmentLocked, check_environment_name, describe_holder, now_utc
 
+# Narrower than this, the lock shows as blocks of `header: value` lines (print_table).
+MESSAGE_MIN_WIDTH = 24
+
 
 def _config_option(function: Any) -> Any:
     function = click.option(
@@ -82,7 +85,7 @@ def status_command(config_path: Path | None, environment: str | None, json_outpu
     for title in ("Environment", "State", "Operation", "Deploy ID", "Holder", "Since", "Heartbeat"):
         table.add_column(title, no_wrap=True)
     table.add_column("Why", no_wrap=True)
-    table.add_column("Message")
+    table.add_column("Message", overflow="fold", min_width=MESSAGE_MIN_WIDTH)  # wrapped whole, never cut
     rows: list[list[str]] = []
     for status in statuses:
         holder = status.holder
@@ -140,7 +143,13 @@ def release_command(config_path: Path | None, environment: str | None, yes: bool
                 "pass --yes to release it anyway; the deploy holding it will notice and stop",
             )
         if not click.confirm(f"release the live lock of {name}?", default=False, err=True):
-            raise EnvironmentLocked(f"left the lock of environment {name} in place", None, holder)
+            # The hint repeats who holds it: with --json the lines above are not printed.
+            raise EnvironmentLocked(
+                f"left the lock of environment {name} in place",
+                f"it is held by {shown} ({status.reason}); release it once that is done, "
+                f"or with `lockstep lock release --env {name} --yes`",
+                holder,
+            )
     released = release_lock(project.access, name, holder.lock_id if holder is not None else None)
     if json_wanted:
         print_json(_release_document(status, released=released is not None or status.damaged is not None))

@@ -56,7 +56,15 @@ def print_table(table: Table, rows: Sequence[Sequence[str]], lead: Sequence[int]
     """
     from rich.measure import Measurement
 
-    needed = Measurement.get(console, console.options.update_width(_UNLIMITED_WIDTH), table).minimum
+    unlimited = console.options.update_width(_UNLIMITED_WIDTH)
+    # rich measures a no_wrap cell by its longest word, so a table wider than the terminal
+    # measured as fitting and its wrapping column was squeezed to "ho…": a no_wrap column's
+    # minimum is its widest cell, whole.
+    for column in table.columns:
+        if column.no_wrap and column.min_width is None:
+            cells = (column.header, *column.cells)
+            column.min_width = max(Measurement.get(console, unlimited, cell).maximum for cell in cells)
+    needed = Measurement.get(console, unlimited, table).minimum
     if needed <= console.width:
         console.print(table)
         return
