@@ -13,7 +13,7 @@ class ExitCode(IntEnum):
     FAILED = 1  # the command ran and failed (a generic error)
     USAGE = 2  # bad arguments or configuration: fix the command line
     ROLLED_BACK = 3  # a deploy failed and was rolled back: the old release serves
-    LOCKED = 4  # the repository or environment is locked by someone else
+    LOCKED = 4  # the repository or environment is locked by someone else (or its agent already runs)
     NO_REPOSITORY = 10  # no repository at that location: run `lockstep repo init`
     WRONG_PASSWORD = 11  # no key in the repository opens with this password
     INTEGRITY = 12  # data in the repository is damaged: a check or a read found it

@@ -13,6 +13,7 @@ import hashlib
 import http.client
 import os
 import socket
+import struct
 import tempfile
 from pathlib import Path
 
@@ -52,6 +53,20 @@ def foreign_socket_owner(path: Path) -> int | None:
     except FileNotFoundError:
         return None
     return owner if shared and owner not in (os.geteuid(), 0) else None
+
+
+def peer_pid(connection: socket.socket) -> int | None:
+    """The PID of the process that listens at the other end of a connected unix socket (the
+    kernel's SO_PEERCRED, recorded when it called listen), or None where the platform has none."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    try:
+        credentials = connection.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid: int = struct.unpack("3i", credentials)[0]
+    return pid or None
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):

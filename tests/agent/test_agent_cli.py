@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from lockstep.exit_codes import ExitCode
 from tests.conftest import run_lockstep
 from tests.deploy.conftest import NotesProject, make_project
 
@@ -25,12 +26,21 @@ def project(tmp_path: Path) -> NotesProject:
 
 
 def test_a_second_agent_for_the_same_environment_is_refused(project: NotesProject) -> None:
-    """Two agents would fight over the same processes: the second says one runs, and exits."""
+    """Two agents would fight over the same processes: the second says one runs, and exits 4
+    (LOCKED: the environment is held by someone else), naming the running agent's PID and the
+    command that stops it. It exited 1, like a failure of the agent itself."""
     project.start_agent()
     try:
+        assert project.agent is not None
         second = project.lockstep("agent", timeout=60)
-        assert second.returncode == 1
-        assert "already running" in second.err and "lockstep agent stop" in second.err
+        assert second.returncode == ExitCode.LOCKED, second.err
+        assert "already running" in second.err and f"PID {project.agent.pid}" in second.err
+        assert "lockstep agent --env test stop" in second.err and f"kill {project.agent.pid}" in second.err
+        as_json = project.lockstep("--json", "agent", timeout=60)
+        assert as_json.returncode == ExitCode.LOCKED
+        document = json.loads(as_json.out)
+        assert document["exit_code"] == ExitCode.LOCKED and f"PID {project.agent.pid}" in document["error"]
+        assert "lockstep agent --env test stop" in document["hint"]
         assert project.status()["agent"]["running"]
     finally:
         stopped = project.lockstep("--json", "agent", "stop", "--apps")  # it used to print text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import threading
 from collections.abc import Callable
 
@@ -22,6 +23,12 @@ def error_line(on_ready: Callable[[str], None] | None, line: str) -> None:
         on_ready(f"warning: {line}")
 
 
+def stop_command(context: EnvironmentContext) -> str:
+    """The command that stops this environment's agent, as a refused second agent suggests it."""
+    config = f" -c {shlex.quote(str(context.config_path))}" if context.config_path is not None else ""
+    return f"lockstep agent{config} --env {shlex.quote(context.environment)} stop"
+
+
 def run_agent(context: EnvironmentContext, on_ready: Callable[[str], None] | None = None) -> bool:
     """Adopt what runs, serve the API and supervise until shutdown or Ctrl-C/SIGTERM.
 
@@ -29,7 +36,7 @@ def run_agent(context: EnvironmentContext, on_ready: Callable[[str], None] | Non
     Stopping the agent otherwise leaves the processes and the proxy running, to be adopted again.
     """
     service = AgentService(context.config, context.layout)
-    server = AgentServer(service, context.layout.agent_socket)
+    server = AgentServer(service, context.layout.agent_socket, stop_command(context))
     serving = threading.Thread(target=server.serve_forever, name="agent-api", daemon=True)
     scheduler = Scheduler(context)  # [[schedules]]: catches up a missed run on its first tick
     rpo_watch = RpoWatch(context, scheduler.notifier, warn=lambda line: error_line(on_ready, line))

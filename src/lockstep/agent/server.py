@@ -32,14 +32,18 @@ from urllib.parse import parse_qs, urlsplit
 
 from lockstep.agent.service import AgentService, ComponentLaunch
 from lockstep.errors import LockstepError, UsageError
+from lockstep.exit_codes import ExitCode
 from lockstep.traffic.hold import HoldOwner
-from lockstep.unix_sockets import foreign_socket_owner
+from lockstep.unix_sockets import foreign_socket_owner, peer_pid
 
 Handler = Callable[[dict[str, Any], dict[str, list[str]]], Any]
 
 
 class AgentAlreadyRunning(LockstepError):
-    """Another agent answers on this environment's socket."""
+    """Another agent answers on this environment's socket: the environment is held by someone
+    else, as with a lock (exit code LOCKED), and waiting or stopping that agent frees it."""
+
+    exit_code = ExitCode.LOCKED
 
 
 class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -50,12 +54,12 @@ class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
 class AgentServer:
     """Serves an AgentService on a unix socket until `shutdown()`."""
 
-    def __init__(self, service: AgentService, socket_path: Path) -> None:
+    def __init__(self, service: AgentService, socket_path: Path, stop_command: str = "lockstep agent stop") -> None:
         self.service = service
         self.socket_path = socket_path
         self.stop_requested = threading.Event()
         self.stop_apps_requested = False
-        _claim_socket_path(socket_path)
+        _claim_socket_path(socket_path, stop_command)
         routes = self._routes()
 
         class RequestHandler(BaseHTTPRequestHandler):
@@ -185,7 +189,7 @@ class AgentServer:
             self.socket_path.unlink()
 
 
-def _claim_socket_path(path: Path) -> None:
+def _claim_socket_path(path: Path, stop_command: str) -> None:
     """Remove a socket left by a dead agent; refuse when a live agent answers on it, or when the
     path belongs to another user (see `foreign_socket_owner`)."""
     owner = foreign_socket_owner(path)
@@ -201,12 +205,15 @@ def _claim_socket_path(path: Path) -> None:
     try:
         probe.settimeout(2.0)
         probe.connect(str(path))
+        running = peer_pid(probe)  # the agent that answered is the process listening there
     except OSError:
         path.unlink(missing_ok=True)  # nobody listens: a crashed agent's leftover
         return
     finally:
         probe.close()
+    who = f"PID {running}" if running is not None else "PID unknown"
+    stop_it = f"`{stop_command}`" + (f" (or `kill {running}`)" if running is not None else "")
     raise AgentAlreadyRunning(
-        f"an agent is already running for this environment (socket {path})",
-        "use it, or stop it first with `lockstep agent stop`",
+        f"an agent is already running for this environment ({who}, socket {path})",
+        f"use it, or stop it first with {stop_it}",
     )
