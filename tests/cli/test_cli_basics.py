@@ -88,3 +88,26 @@ def test_usage_errors_under_json_print_a_json_error(tmp_path: Path) -> None:
         assert document["error"]
         assert help_command in document["hint"]
         assert "Usage:" in completed.err  # people still get click's usage text on stderr
+
+
+def _help_exit_codes(command: str) -> dict[int, str]:
+    """The `Exit codes: 0 ...; 3 ...` paragraph of a command's --help, code by code."""
+    import re
+
+    completed = run_lockstep([command, "--help"])
+    assert completed.returncode == 0, completed.err
+    paragraphs = [" ".join(block.split()) for block in completed.out.split("\n\n")]
+    paragraph = next(text for text in paragraphs if text.startswith("Exit codes:"))
+    entries = paragraph.removeprefix("Exit codes:").split(";")
+    return {int(match[1]): match[2] for match in (re.match(r"\s*(\d+) (.+)", entry) for entry in entries) if match}
+
+
+def test_deploy_and_rollback_help_list_the_same_kinds_of_exit_codes() -> None:
+    """`deploy --help` listed its exit codes and `rollback --help` none, though scripts branch on
+    both alike: 3 when the failure was undone, 1 when it was not."""
+    deploy = _help_exit_codes("deploy")
+    rollback = _help_exit_codes("rollback")
+    assert set(deploy) <= {int(code) for code in ExitCode} and set(rollback) <= {int(code) for code in ExitCode}
+    shared = {ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE, ExitCode.ROLLED_BACK, ExitCode.LOCKED}
+    assert shared <= set(deploy) and shared <= set(rollback)
+    assert "undone" in rollback[ExitCode.ROLLED_BACK] and "--to" in rollback[ExitCode.NOT_FOUND]

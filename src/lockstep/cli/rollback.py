@@ -61,6 +61,10 @@ def rollback_command(
     Meanwhile traffic is held: new requests wait (at most [traffic] hold_timeout, then 503 with
     Retry-After) and go to the older release once its data is back.
 
+    Exit codes: 0 rolled back; 3 failed and undone (the release that served before still serves);
+    1 failed and could not undo everything; 2 refused (nothing to roll back to, a newer schema,
+    confirmation); 4 locked; 13 no release matches --to.
+
     When the environment lists `hosts`, rolls back every host over SSH, all or none.
     """
     if with_data and code_only:
