@@ -160,3 +160,19 @@ def test_a_yes_or_no_after_password_is_not_a_secret() -> None:
     assert redactor.redact("(using password: NO)") == "(using password: NO)"
     assert redactor.redact("DB_PASSWORD=s3cr3t-value end") == "DB_PASSWORD=*** end"
     assert redactor.redact('password: "hunter22"') == 'password: "***"'
+
+
+def test_the_ping_urls_password_is_a_project_secret_as_written_and_as_sent() -> None:
+    """[backup] healthchecks_url's password goes out decoded in a basic-auth header: the redactor
+    must know that form too, which the URL-shape rule (it sees only `user:WRITTEN@`) cannot."""
+    from lockstep.config.model import ProjectConfig
+    from lockstep.pipeline.project_secrets import teach_project_secrets
+
+    config = ProjectConfig.from_source(
+        {
+            "repository": {"url": "/tmp/unused"},
+            "backup": {"healthchecks_url": "https://hc-user:pa%40ss-w0rd@hc.example/ping/5f1c0b7e"},
+        }
+    )
+    redactor = teach_project_secrets(config, Redactor())
+    assert redactor.redact("sent pa@ss-w0rd, written pa%40ss-w0rd") == "sent ***, written ***"

@@ -3,6 +3,7 @@ HTTP server on loopback that records the healthchecks pings (start, success, fai
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import socket
@@ -42,6 +43,8 @@ class Pings:
     received: list[tuple[str, str]] = field(default_factory=list)
     status: int = 200
     tarpit_suffix: str | None = None  # pings to URL + this answer one byte every 0.2 s, for a minute
+    required_authorization: str | None = None  # answer 401 to a ping without this Authorization header
+    authorizations: list[str | None] = field(default_factory=list)
 
     def paths(self) -> list[str]:
         return [path.removeprefix(f"/{CHECK_UUID}") or "/" for path, _ in self.received]
@@ -56,6 +59,13 @@ def pings() -> Iterator[Pings]:
         def _answer(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length).decode("utf-8", "replace")
+            recorded.authorizations.append(self.headers.get("Authorization"))
+            if recorded.required_authorization not in (None, self.headers.get("Authorization")):
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="pings"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             recorded.received.append((self.path, body))
             if recorded.tarpit_suffix is not None and self.path.endswith(recorded.tarpit_suffix):
                 self.send_response(200)
@@ -436,3 +446,40 @@ def test_a_dirty_work_tree_is_refused_with_a_hint_that_backup_can_follow(project
     assert backed_up.returncode == 0, backed_up.err
     listed = project.lockstep("snapshot", "show", "latest", "--json")
     assert json.loads(listed.out)["code"]["dirty"] is True
+
+
+PING_USER = "hc-user"
+PING_PASSWORD = "hc-Pa55%word@home"  # "%" and "@" written percent-encoded in the URL, as curl reads them
+PING_PASSWORD_WRITTEN = "hc-Pa55%25word%40home"
+
+
+def test_a_ping_url_with_credentials_pings_with_basic_auth_and_never_shows_them(project: Project, pings: Pings) -> None:
+    """`https://user:password@host/uuid`: urllib took `user:password@host` for the host name and
+    every ping failed ("Name or service not known"). The credentials now go as basic auth, as curl
+    sends them, and neither form of the password shows in the output, the logs or --json."""
+    pings.required_authorization = "Basic " + base64.b64encode(f"{PING_USER}:{PING_PASSWORD}".encode()).decode()
+    with_credentials = pings.url.replace("http://", f"http://{PING_USER}:{PING_PASSWORD_WRITTEN}@")
+    project.write_config(sqlite_only(project), {"healthchecks_url": with_credentials, "min_free_disk_mb": 1})
+    result = project.lockstep("backup", "--json", "--verbose", "--log-format", "json")
+    assert result.returncode == 0, result.err
+    document = json.loads(result.out)
+    assert document["pings_sent"] == ["/start", "/"] and document["warnings"] == []
+    assert pings.paths() == ["/start", "/"]
+    assert pings.authorizations == [pings.required_authorization] * 2
+    for shown in (result.out, result.err):
+        assert PING_PASSWORD not in shown and PING_PASSWORD_WRITTEN not in shown
+
+    wrong = with_credentials.replace(PING_PASSWORD_WRITTEN, "wrong-Pa55word")
+    project.write_config(sqlite_only(project), {"healthchecks_url": wrong, "min_free_disk_mb": 1})
+    refused = project.lockstep("backup", "--json", "--verbose", "--log-format", "json")
+    assert refused.returncode == 0, refused.err  # a ping never decides the backup
+    warnings = json.loads(refused.out)["warnings"]
+    assert len(warnings) == 2 and all("HTTP 401" in line for line in warnings), warnings
+    assert all(f"http://127.0.0.1:{pings.url.split(':')[2].split('/')[0]} " in line for line in warnings), warnings
+    for shown in (refused.out, refused.err):
+        assert "wrong-Pa55word" not in shown and PING_USER not in shown and CHECK_UUID not in shown
+
+    project.write_config(sqlite_only(project), {"healthchecks_url": wrong, "min_free_disk_mb": 1 << 40})
+    failed = project.lockstep("--json", "backup")  # an error (no disk space): the /fail ping and --json
+    assert failed.returncode == ExitCode.STORAGE, failed.err
+    assert "wrong-Pa55word" not in failed.out + failed.err and json.loads(failed.out)["exit_code"] == ExitCode.STORAGE

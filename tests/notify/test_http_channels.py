@@ -340,3 +340,27 @@ def test_a_server_that_answers_one_byte_at_a_time_is_given_up_on_within_the_time
         notifier.close(timeout=1)
     finally:
         tarpit.stop()
+
+
+def test_a_ping_url_with_credentials_sends_basic_auth(tmp_path: Path, server: RecordingServer) -> None:
+    """url_env may hold `http://user:password@host/...` (curl pings it so): urllib took the
+    credentials for the host name and the channel failed. They go as basic auth now, the request
+    line carries none, and a refused ping's warning shows no part of them."""
+    import base64
+
+    password = "ping-Pa55:w0rd@home"  # ":" and "@" percent-encoded in the URL, decoded when sent
+    with_credentials = server.url.replace("http://", "http://hc-user:ping-Pa55%3Aw0rd%40home@") + "/ping/abc-123"
+    warnings = Warnings()
+    notifier = make_notifier(
+        tmp_path, [{"kind": "healthchecks", "url_env": "PING_URL"}], {"PING_URL": with_credentials}, warnings
+    )
+    server.statuses = [200, 401]
+    notifier.notify(sample_event("deploy.started"))
+    notifier.notify(sample_event("deploy.succeeded"))
+    notifier.close()
+    first, second = server.wait_for(2)
+    expected = "Basic " + base64.b64encode(f"hc-user:{password}".encode()).decode()
+    assert (first.path, first.headers["authorization"]) == ("/ping/abc-123/start", expected)
+    assert second.headers["authorization"] == expected
+    assert len(warnings.lines) == 1 and "HTTP 401" in warnings.lines[0], warnings.lines
+    assert "Pa55" not in warnings.lines[0] and "hc-user" not in warnings.lines[0]

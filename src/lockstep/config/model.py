@@ -354,7 +354,9 @@ class BackupConfig(_Section):
         default=None,
         description=(
             "A healthchecks-style ping URL: lockstep requests URL/start when it begins, URL on success "
-            "and URL/fail on failure. Leave it out for no pings."
+            "and URL/fail on failure. Leave it out for no pings. Credentials in it "
+            "(https://user:password@host/..., percent-encoded as curl reads them) are sent as HTTP basic "
+            "auth and never shown."
         ),
         examples=["https://hc-ping.com/your-uuid"],
     )

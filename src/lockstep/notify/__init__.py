@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 from urllib.parse import urlsplit
 
+from lockstep.notify.transport import url_password_texts
 from lockstep.redaction import Redactor
 
 # Shorter pieces of a secret URL ("/hook", "/ping") are names, not tokens; masking them would mangle text.
@@ -76,4 +77,6 @@ class ChannelSetup:
             for piece in (path, parts.path.rstrip("/").rsplit("/", 1)[-1]):
                 if len(piece) >= _MINIMUM_URL_PIECE:
                     self.redactor.add(piece)
+            for password in url_password_texts(url):  # sent as basic auth (transport)
+                self.redactor.add(password)
         return url

@@ -13,12 +13,14 @@ says where the URL points, so the operator can configure that URL instead.
 
 from __future__ import annotations
 
+import base64
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from email.message import Message
 from typing import IO
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 MAX_ANSWER_BYTES = 64 * 1024
 
@@ -31,6 +33,41 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 
 
 _OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+def url_credentials(url: str) -> tuple[str, str] | None:
+    """The user and password of `https://user:password@host/...`, percent-decoded as curl
+    decodes them (`p%40ss` is `p@ss`); None without an `@` in the authority."""
+    netloc = urlsplit(url).netloc
+    if "@" not in netloc:
+        return None
+    user, _, password = netloc.rpartition("@")[0].partition(":")
+    return unquote(user), unquote(password)
+
+
+def url_password_texts(url: str | None) -> list[str]:
+    """The password of a URL as written (`p%40ss`) and as sent (`p@ss`), for the redactor."""
+    credentials = url_credentials(url or "")
+    if credentials is None or not credentials[1]:
+        return []
+    written = urlsplit(url or "").netloc.rpartition("@")[0].partition(":")[2]
+    return sorted({written, credentials[1]})
+
+
+def outgoing_request(url: str, data: bytes | None, method: str, headers: Mapping[str, str]) -> urllib.request.Request:
+    """A request for `url`; credentials in it go as HTTP basic auth, as curl sends them.
+
+    urllib takes `user:password@host` for the host name (the ping failed: "Name or service not
+    known"), so the credentials leave the URL and become an Authorization header. No redirect is
+    followed (`open_within`), so they only ever reach the host they were written for."""
+    credentials = url_credentials(url)
+    if credentials is None:
+        return urllib.request.Request(url, data=data, method=method, headers=dict(headers))
+    parts = urlsplit(url)
+    bare = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    token = base64.b64encode(":".join(credentials).encode("utf-8")).decode("ascii")
+    with_authorization = {**headers, "Authorization": f"Basic {token}"}
+    return urllib.request.Request(bare, data=data, method=method, headers=with_authorization)
 
 
 def open_within(request: urllib.request.Request, timeout: float) -> int:

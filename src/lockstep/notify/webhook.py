@@ -20,7 +20,7 @@ from typing import Any
 import lockstep
 from lockstep.notify import ChannelSetup, DeliveryError
 from lockstep.notify.config import ChannelConfig
-from lockstep.notify.transport import describe_http_error, open_within
+from lockstep.notify.transport import describe_http_error, open_within, outgoing_request
 
 USER_AGENT = f"lockstep/{lockstep.__version__}"
 SIGNATURE_HEADER = "X-Lockstep-Signature"
@@ -40,7 +40,7 @@ def request(url: str, body: bytes, headers: Mapping[str, str], timeout: float, m
     The reason never contains the URL: for Slack and many webhooks the URL is the credential.
     The whole exchange takes at most `timeout` seconds, and a redirect is a failure (see transport).
     """
-    outgoing = urllib.request.Request(url, data=body, method=method, headers={"User-Agent": USER_AGENT, **headers})
+    outgoing = outgoing_request(url, body, method, {"User-Agent": USER_AGENT, **headers})
     try:
         status = open_within(outgoing, timeout)
     except urllib.error.HTTPError as error:

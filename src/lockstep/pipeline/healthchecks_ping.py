@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from lockstep import __version__
-from lockstep.notify.transport import describe_http_error, open_within
+from lockstep.notify.transport import describe_http_error, open_within, outgoing_request
 
 TIMEOUT_SECONDS = 5.0
 ATTEMPTS = 3
@@ -66,11 +66,11 @@ class HealthchecksPinger:
         if not self.url:
             return True
         data = redact_secrets(body, self.secrets)[:MAX_BODY_CHARACTERS].encode("utf-8")
-        request = urllib.request.Request(
+        request = outgoing_request(
             self.url.rstrip("/") + suffix,
-            data=data,
-            method="POST",
-            headers={"User-Agent": f"lockstep/{__version__}", "Content-Type": "text/plain; charset=utf-8"},
+            data,
+            "POST",
+            {"User-Agent": f"lockstep/{__version__}", "Content-Type": "text/plain; charset=utf-8"},
         )
         problem = ""
         for attempt in range(self.attempts):

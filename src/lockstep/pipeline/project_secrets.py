@@ -2,10 +2,10 @@
 
 The environment's secret-named variables are known to the redactor by their names; what is only
 known through lockstep.toml is collected here: database passwords (password_env, password_file),
-the repository's password file, the values of the files `[files] secrets` names (a hook or a
-migration may print a line of a .env file), and values in `[app] env` and the components' `env`
-whose names look secret (`STRIPE_SECRET = "..."`), which the app's commands see in their
-environment and may echo.
+the repository's password file, the password in [backup] healthchecks_url, the values of the
+files `[files] secrets` names (a hook or a migration may print a line of a .env file), and values
+in `[app] env` and the components' `env` whose names look secret (`STRIPE_SECRET = "..."`),
+which the app's commands see in their environment and may echo.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from contextlib import suppress
 
 from lockstep.config.model import ProjectConfig
 from lockstep.errors import LockstepError
+from lockstep.notify.transport import url_password_texts
 from lockstep.redaction import Redactor, is_secret_name, process_redactor, secret_file_values
 
 # A secret file larger than this is not read for its values (a keystore, a bundle of certificates).
@@ -36,6 +37,7 @@ def project_secrets(config: ProjectConfig) -> list[str]:
         with suppress(OSError, UnicodeDecodeError):
             if path.stat().st_size <= MAX_SECRET_FILE_BYTES:
                 found.extend(secret_file_values(path.read_text(encoding="utf-8")))
+    found += url_password_texts(config.backup.healthchecks_url)  # sent as basic auth
     for environment in [config.app.env, *(component.env for component in config.app.components.values())]:
         found.extend(value for key, value in environment.items() if is_secret_name(key))
     return [value for value in found if value]
