@@ -340,6 +340,37 @@ def test_one_host_s_dropped_connection_unwinds_every_host(fleet_factory: FleetFa
     assert [host.version() for host in fleet.hosts] == ["1.0.0", "1.0.0"]
 
 
+def test_a_host_failing_after_the_retire_go_keeps_the_release_every_host_serves(fleet_factory: FleetFactory) -> None:
+    """Past the retire "go" the first host retires its old slot: the second host, whose last lock
+    check fails (its path to the shared repository vanished), must not undo its part alone,
+    which would leave the hosts on different releases. It keeps the new release, and the
+    orchestrator says the deploy serves everywhere but did not finish on it (exit 1)."""
+    fleet = fleet_factory(watch_seconds=4.0)
+    second = fleet.hosts[1]
+    repository = fleet.orchestrator.parent / "repository"
+    link = fleet.orchestrator.parent / "repository-of-second-host"
+    link.symlink_to(repository)
+    config = second.directory / "lockstep.toml"
+    config.write_text(config.read_text().replace(f"local:{repository}", f"local:{link}"))
+    first = _deploy_ok(fleet)
+    process = _deploy_until_both_switched(fleet, "--json")
+    link.unlink()  # in the watch window: the second host's lock check after the retire go fails
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1, stderr
+    document = json.loads(stdout)
+    name = f"127.0.0.1:{fleet.servers[1].port}"
+    assert "serves on every host, but did not finish everywhere" in document["error"], document["error"]
+    assert f"{name} serves it, but its retire did not finish" in document["error"]
+    assert [host["outcome"] for host in document["hosts"]] == ["succeeded", "kept, retire unfinished"]
+    assert [host.version() for host in fleet.hosts] == ["1.0.1", "1.0.1"]
+    record = fleet.history()[-1]
+    assert (record["outcome"], record["failed_step"], record["release_id"]) == ("succeeded", "retire", record["id"])
+    assert record["id"] != first["id"]
+    kept = second.history()[-1]
+    assert kept["id"] == record["id"] and kept["outcome"] == "succeeded"
+    assert kept["failed_step"] == "retire barrier" and "nothing was undone" in str(kept["reason"])
+
+
 def test_an_unknown_host_key_is_refused(fleet_factory: FleetFactory) -> None:
     fleet = fleet_factory()
     fleet.known_hosts.write_text(fleet.servers[0].known_hosts_line())  # the second host's key is not there

@@ -254,6 +254,8 @@ class Deployment:
         self.plans: list[ComponentPlan] = []
         self.broken_lock: LockHolder | None = None  # a stale or forced lock this deploy took over
         self.traffic_hold: TrafficHold | None = None
+        # A coordinated deploy told "go" at its retire barrier: every host keeps the new release now.
+        self.past_retire_go = False
         bind_context(reporter, env=context.environment)
 
     # -- the plan ------------------------------------------------------------------------------
@@ -372,6 +374,10 @@ class Deployment:
                 )
                 notifier.notify(operation_event(DEPLOY_SUCCEEDED, record, f"deployed {record.id}"))
                 return record
+            if self.past_retire_go:
+                kept = self._keep_release(record, error)
+                notifier.notify(operation_event(DEPLOY_FAILED, record, kept.message))
+                raise kept from None
             try:
                 self._fail(record, error)
             except DeployRolledBack as failure:
@@ -551,6 +557,7 @@ class Deployment:
         # must hold their traffic while it does (the orchestrator starts them so).
         said = None if self.request.secondary else {"restores_data": self._restores_without_asking(record)}
         wait_at_barrier(name, self.request.coordinated, said=said)
+        self.past_retire_go = name == "retire"
         self._check_lock()
 
     def _release_lock(self) -> None:
@@ -858,16 +865,42 @@ class Deployment:
 
     # -- failure -------------------------------------------------------------------------------
 
-    def _fail(self, record: OperationRecord, error: BaseException) -> None:
-        interrupted = isinstance(error, KeyboardInterrupt)
-        if interrupted:
+    def _describe_failure(self, error: BaseException) -> tuple[str | None, str]:
+        """The step that failed and why, redacted."""
+        if isinstance(error, KeyboardInterrupt):
             reason = "interrupted (Ctrl-C, SIGTERM or SIGHUP)"
         elif isinstance(error, LockstepError):
             reason = str(error)
         else:  # a bug: still unwound, and named so it can be reported
             reason = f"internal error {type(error).__name__}: {error}"
-        reason = self.redactor.redact(reason)
         step = error.step if isinstance(error, StepFailed) else self.steps.interrupted_step()
+        return step, self.redactor.redact(reason)
+
+    def _keep_release(self, record: OperationRecord, error: BaseException) -> DeployFailed:
+        """A coordinated deploy failing after its retire barrier's "go": nothing is undone.
+
+        Every host passed its watch window and was told to keep the new release; the others may
+        have retired their old slot already, and the primary's unwind would restore the data
+        under their new release. Undoing here alone would leave the hosts on different releases,
+        so this host keeps serving the new release too, and says what is left unfinished.
+        """
+        step, reason = self._describe_failure(error)
+        self.steps.settle()
+        record.outcome = "succeeded"  # its release serves, here as on every host: rollbacks count it
+        record.failed_step = step
+        record.reason = f"{reason}; nothing was undone: every host was told to keep release {record.id}"
+        record.finished_at = time.time()
+        record.steps = [item.to_document() for item in self.steps.records]
+        self.history.save(record)
+        return DeployFailed(
+            f"deploy {record.id} failed at {step or 'its end'} after every host was told to keep it: {reason}; "
+            f"nothing was undone: release {record.id} serves here",
+            "its old slot may not be retired (workers of both releases may run): see `lockstep status` here",
+            result=RedactedRecord(record, self.redactor),
+        )
+
+    def _fail(self, record: OperationRecord, error: BaseException) -> None:
+        step, reason = self._describe_failure(error)
         record.failed_step = step
         record.reason = reason
         self.reporter.warn(f"deploy failed{f' at {step}' if step else ''}: {reason}; undoing")

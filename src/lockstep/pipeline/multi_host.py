@@ -13,9 +13,10 @@ different version (ansistrano #333). The orchestrator, the machine running `lock
                 barrier: it alone takes the pre-deploy snapshot and runs the migrations
  4. hosts       the other hosts (`--secondary`: no snapshot, no migrations) run up to theirs, in parallel
  5. switch      every host is at its switch barrier: "go" to all; each switches and watches
- 6. retire      every host is at its retire barrier: "go" to all; each retires its old slot
+ 6. retire      every host is at its retire barrier: "go" to all; each retires its old slot. From
+                here on every host keeps the new release, even one that fails (multi_host_retire.py)
 
-Any host failing, at any point, sends "abort" to every other host, and each unwinds on its own
+Any host failing before that, at any point, sends "abort" to every other host, and each unwinds on its own
 (traffic back, new slot stopped; the primary restores the data per policy, as on one machine). A
 host whose SSH connection drops (or an orchestrator killed outright) reads end-of-input at its
 next barrier, which is an abort too: no host passes a barrier without a "go" that only comes
@@ -71,6 +72,7 @@ from lockstep.pipeline.environment_lock import (
     describe_holder,
 )
 from lockstep.pipeline.history import History, OperationRecord, RedactedRecord
+from lockstep.pipeline.multi_host_retire import KEPT, RetireReport, retire_outcome
 from lockstep.pipeline.notifications import notifier_for, operation_event, secrets_redactor, teach_reporter_secrets
 from lockstep.pipeline.releases import ResolvedRef, new_deploy_id, resolve_ref
 from lockstep.pipeline.steps import Reporter, StepRunner, bind_context
@@ -531,6 +533,7 @@ class MultiHostDeployment(HostFanOut):
         self.steps.run("lock", self.context.environment, lambda: self._take_lock(record), lambda _: "held")
         self.steps.on_started = lambda step, detail: self._save_progress(record, step, detail)
         notifier = notifier_for(self.context, self.reporter)
+        unfinished: DeployFailed | None = None
         try:
             self.history.save(record)
             notifier.notify(operation_event(DEPLOY_STARTED, record, f"deploying {record.id} to {len(self.runs)} hosts"))
@@ -539,9 +542,13 @@ class MultiHostDeployment(HostFanOut):
             # The primary's pre-deploy snapshot: what `rollback --with-data` restores from (choose_target).
             record.snapshot_id = (self.runs[0].result or {}).get("snapshot_id")
             record.outcome = "succeeded"
+            unfinished = self._report_retire(record)
             record.finished_at = time.time()
             self._save_final(record)
-            notifier.notify(operation_event(DEPLOY_SUCCEEDED, record, f"deployed {record.id} to every host"))
+            if unfinished is None:
+                notifier.notify(operation_event(DEPLOY_SUCCEEDED, record, f"deployed {record.id} to every host"))
+            else:
+                notifier.notify(operation_event(DEPLOY_FAILED, record, unfinished.message))
         except (Exception, KeyboardInterrupt) as error:  # any failure: every host must unwind
             failure = self._fail(record, error)
             notifier.notify(
@@ -555,6 +562,8 @@ class MultiHostDeployment(HostFanOut):
         finally:
             self._release_lock()
             notifier.close()
+        if unfinished is not None:
+            raise unfinished
         return record
 
     def _run_hosts(self, record: OperationRecord) -> None:
@@ -581,9 +590,36 @@ class MultiHostDeployment(HostFanOut):
         self.steps.run(
             "retire",
             "every host",
-            lambda: self._wait(self._advance(self.runs, record, GO, None)),
-            lambda _: "every host succeeded",
+            lambda: self._wait(self._retire_every_host()),
+            lambda left: "every host succeeded" if not left else f"every host keeps the release; unfinished: {left}",
         )
+
+    async def _retire_every_host(self) -> str:
+        """Past this "go" every host keeps the new release, even one whose retire step fails
+        (multi_host_retire.py): wait for every host to end; the hosts left unfinished."""
+        for run in self.runs:
+            self._send(run, GO)
+        await asyncio.gather(*(self._until_exit(run) for run in self.runs))
+        for run in self.runs:
+            run.outcome = retire_outcome(run, self._outcome_of_exit(run))
+            run.culprit = run.outcome != "succeeded"
+        return ", ".join(f"{run.name} ({run.outcome})" for run in self.runs if run.culprit)
+
+    def _report_retire(self, record: OperationRecord) -> DeployFailed | None:
+        """None when every host finished its retire step; else the record says what each host
+        serves (asked anew over SSH for a host that did not confirm), and the failure to raise."""
+        unfinished = [run for run in self.runs if run.culprit]
+        if not unfinished:
+            return None
+        unconfirmed = [run for run in unfinished if run.outcome != KEPT]
+        statuses = {status["name"]: status for status in host_statuses(self.context)} if unconfirmed else {}
+        report = RetireReport(record.id, self.context.environment)
+        for run in unfinished:
+            report.add(run, statuses.get(run.name))
+        record.outcome = "succeeded" if report.every_host_serves else "failed"
+        record.failed_step = "retire"
+        record.reason = self.redactor.redact(report.reason())
+        return report.failure(RedactedRecord(record, self.redactor))
 
     def _remote_arguments(self, run: HostRun, record: OperationRecord) -> list[str]:
         arguments = [

@@ -1,0 +1,62 @@
+"""What the orchestrator says of the hosts after the retire "go" (pipeline/multi_host_retire.py):
+the fleet serves the new release everywhere only when each host said so; a host that did not
+confirm is described by what it serves when asked again. The real sessions are in
+tests/deploy/test_multi_host.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lockstep.config.hosts_model import HostTarget
+from lockstep.pipeline.multi_host import HostRun
+from lockstep.pipeline.multi_host_retire import KEPT, RetireReport, retire_outcome
+
+DEPLOY = "20261123_000000_abc"
+
+
+def _run(name: str, exit_code: int | None, result: dict[str, Any] | None = None, lost: str | None = None) -> HostRun:
+    run = HostRun(HostTarget(name, "127.0.0.1", 22, None, "/srv/app"), primary=False)
+    run.exit_code, run.result, run.lost, run.culprit = exit_code, result, lost, True
+    return run
+
+
+def test_a_host_that_kept_the_release_after_a_failed_retire_is_told_apart() -> None:
+    kept = _run("web2", 1, {"outcome": "succeeded", "failed_step": "retire", "error": "drain failed"})
+    assert retire_outcome(kept, "failed") == KEPT
+    assert retire_outcome(_run("web3", 1, {"outcome": "failed"}), "failed") == "failed"
+    kept.outcome = KEPT
+    report = RetireReport(DEPLOY, "production")
+    report.add(kept, None)
+    assert report.every_host_serves
+    failure = report.failure()
+    assert failure.message.startswith(f"deploy {DEPLOY} serves on every host, but did not finish everywhere")
+    assert "web2 serves it, but its retire did not finish (failed at retire: drain failed)" in failure.message
+    assert "lockstep rollback --env production" in (failure.hint or "")
+
+
+def test_a_lost_host_serving_the_old_release_is_said_loudly() -> None:
+    lost = _run("web2", None, lost="connection reset")
+    lost.outcome = "lost"
+    report = RetireReport(DEPLOY, "production")
+    report.add(
+        lost,
+        {"name": "web2", "release": "20261122_000000_old", "last_operation": {"id": DEPLOY, "outcome": "rolled-back"}},
+    )
+    assert not report.every_host_serves
+    message = report.failure().message
+    assert "THE HOSTS MAY SERVE DIFFERENT RELEASES" in message
+    assert "web2 did not confirm (the SSH connection was lost (connection reset)" in message
+    assert "it serves release 20261122_000000_old, NOT this one (its part of this deploy: rolled-back)" in message
+
+
+def test_a_lost_host_that_finished_forward_counts_as_serving() -> None:
+    lost = _run("web2", None, lost="connection reset")
+    lost.outcome = "lost"
+    report = RetireReport(DEPLOY, "production")
+    report.add(lost, {"name": "web2", "release": DEPLOY, "last_operation": {"id": DEPLOY, "outcome": "succeeded"}})
+    assert report.every_host_serves
+    assert "asked again, it serves this release (its part of this deploy: succeeded)" in report.reason()
+    unreachable = RetireReport(DEPLOY, "production")
+    unreachable.add(lost, {"name": "web2", "reachable": False, "error": "connection refused"})
+    assert not unreachable.every_host_serves
+    assert "asked again, it did not answer: connection refused" in unreachable.reason()
