@@ -516,7 +516,7 @@ def test_no_host_serves_while_the_primary_restores_the_data(fleet_factory: Fleet
     assert failed.returncode == 3, failed.stderr + failed.stdout
     document = json.loads(failed.stdout)
     assert [host["outcome"] for host in document["hosts"]] == ["rolled back", "rolled back"], document
-    assert document["hosts"][0]["data_restored"] is True
+    assert document["hosts"][0]["data_restored"] is True and document["data_restored"] is True
     assert [host.version() for host in fleet.hosts] == ["1.0.0", "1.0.0"]
 
     restore_started = _snapshot_times(primary, "pre-restore")[-1]
@@ -577,6 +577,11 @@ def test_a_rollback_with_data_brings_back_code_and_data_on_every_host_or_on_none
     primary_record = primary.history()[-1]
     assert primary_record["pre_restore_snapshot_id"] and "the data was put back" in primary_record["reason"]
     assert second.history()[-1]["failed_step"] == "code"
+    # The orchestrator's record says what the primary's does: restored, then put back.
+    assert (document["data_restored"], document["pre_restore_snapshot_id"]) == (
+        False,
+        primary_record["pre_restore_snapshot_id"],
+    )
 
     # Once the release can start, the rollback brings back 1.0.0 and its data on every host.
     app.write_text(working)
@@ -584,7 +589,9 @@ def test_a_rollback_with_data_brings_back_code_and_data_on_every_host_or_on_none
     assert rolled.returncode == 0, rolled.stderr + rolled.stdout
     assert "discards" in rolled.stderr and "notes" in rolled.stderr  # the primary's snapshot diff, shown
     document = json.loads(rolled.stdout)
-    assert document["release_id"] == first["id"]
+    assert document["release_id"] == first["id"] and document["data_restored"] is True
+    assert fleet.history()[-1]["data_restored"] is True
+    assert "succeeded +data" in fleet.lockstep("history").stdout  # as for a one-machine rollback
     assert [(host["outcome"], host["data_restored"]) for host in document["hosts"]] == [
         ("succeeded", True),
         ("succeeded", False),

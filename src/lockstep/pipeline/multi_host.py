@@ -405,6 +405,11 @@ class HostFanOut:
     def _save_final(self, record: OperationRecord) -> None:
         record.steps = [item.to_document() for item in self.steps.records]
         record.hosts = [run.summary() for run in self.runs]
+        # The primary alone restores the shared data: its record says whether it did (and left
+        # restored: an undone restore says False), as a one-machine record does for `history`.
+        primary = self.runs[0].result or {}
+        record.data_restored = bool(primary.get("data_restored"))
+        record.pre_restore_snapshot_id = primary.get("pre_restore_snapshot_id") or record.pre_restore_snapshot_id
         self.history.save(record)
 
     def _fail(self, record: OperationRecord, error: BaseException) -> LockstepError:
