@@ -26,6 +26,7 @@ import pytest
 
 from lockstep.agent.client import AgentClient
 from lockstep.layout import EnvironmentLayout
+from lockstep.traffic.hold import HoldOwner
 from tests.conftest import TEST_PASSWORD
 from tests.deploy.conftest import NOTES, NotesProject, _stop_everything, free_ports
 from tests.deploy.sshd import SshServer, client_key, require_sshd, start_sshd
@@ -533,6 +534,46 @@ def test_no_host_serves_while_the_primary_restores_the_data(fleet_factory: Fleet
     held, released = _agent_events(second, "traffic-held")[-1], _agent_events(second, "traffic-released")[-1]
     assert held < restore_started and restore_ended <= released  # the second host held all along
     assert second.history()[-1]["outcome"] == "rolled-back"
+
+
+def test_a_host_that_cannot_hold_its_traffic_keeps_the_data_as_migrated(fleet_factory: FleetFactory) -> None:
+    """The second host fails its smoke test after the primary migrated, and its traffic cannot be
+    held: another process holds it already, so its switch refuses a second hold. The primary must
+    not restore the data while that host's old release serves (its writes would be thrown away):
+    it keeps the migrated data and says so loudly, with the snapshot to restore by hand."""
+    fleet = fleet_factory(smoke_on_second='smoke = [{ command = "test ! -e BREAKS_SECOND_HOST" }]')
+    _deploy_ok(fleet)
+    shutil.copytree(NOTES / "demo" / "v2", fleet.orchestrator, dirs_exist_ok=True)  # migration 002: a column
+    fleet.commit_version("2.0.0", {"BREAKS_SECOND_HOST": "yes\n"})
+    primary, second = fleet.hosts
+    layout = EnvironmentLayout(second.directory / ".lockstep" / "state" / "test", "test")
+    agent = AgentClient(layout.agent_socket, "test")
+    assert agent.hold(HoldOwner.this_process(), 300, 5)["held"]
+    try:
+        failed = fleet.lockstep("deploy", "--json")
+    finally:
+        agent.release()
+    assert failed.returncode == 3, failed.stderr + failed.stdout
+    document = json.loads(failed.stdout)
+    name = f"127.0.0.1:{fleet.servers[1].port}"
+    assert "THE DATA WAS NOT RESTORED: not every host held its traffic" in document["error"], document["error"]
+    assert f"{name} (its traffic could not be held: " in document["error"]
+    assert "the traffic is already held by pid" in document["error"]
+    assert [(host["outcome"], host["data_restored"]) for host in document["hosts"]] == [
+        ("rolled back", False),
+        ("rolled back", False),
+    ]
+    assert document["data_restored"] is False
+    # The primary said why, and how to restore once no host serves: its pre-deploy snapshot.
+    snapshot = primary.history()[-1]["snapshot_id"]
+    assert isinstance(snapshot, str) and snapshot
+    assert "THE DATA WAS NOT RESTORED" in failed.stderr
+    assert f"lockstep snapshot restore {snapshot[:8]}" in failed.stderr
+    # The old release serves on every host, on the migrated data (migration 002's column stays).
+    assert [host.version() for host in fleet.hosts] == ["1.0.0", "1.0.0"]
+    columns = [str(row[1]) for row in _shared_rows(fleet) if row[0] == "notes" and isinstance(row[1], tuple)]
+    assert columns and "tags" in columns[0], columns
+    assert [host.history()[-1]["data_restored"] for host in fleet.hosts] == [False, False]
 
 
 def _shared_rows(fleet: Fleet) -> list[tuple[object, ...]]:
