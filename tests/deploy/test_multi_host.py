@@ -384,6 +384,13 @@ def test_an_unknown_host_key_is_refused(fleet_factory: FleetFactory) -> None:
     planned = fleet.lockstep("deploy", "--dry-run")  # contacts nobody
     assert planned.returncode == 0, planned.stderr
     assert "on 2 hosts over SSH, all or none" in planned.stdout
+    # It tells that every host holds its traffic while the primary restores the data on an unwind.
+    plan = json.loads(fleet.lockstep("deploy", "--dry-run", "--json").stdout)["plan"]
+    holds = [line for line in plan if line.startswith("data on unwind:")]
+    assert len(holds) == 1 and "EVERY HOST HOLDS ITS TRAFFIC" in holds[0] and "hold_timeout" in holds[0], plan
+    assert "THE DATA WAS NOT RESTORED" in holds[0]
+    skipping = fleet.lockstep("deploy", "--dry-run", "--skip-migrations").stdout
+    assert "data on unwind: no restore (--skip-migrations), so no host holds its traffic" in skipping
 
 
 def test_a_rollback_goes_back_on_every_host_or_is_refused(fleet_factory: FleetFactory) -> None:

@@ -807,6 +807,23 @@ def plan_lines(context: EnvironmentContext, request: DeployRequest) -> list[str]
         "4. the other hosts in parallel: release, start, smoke (no snapshot, no migrations), up to their switch "
         "barrier",
         "5. switch: every host at its switch barrier -> go: each switches and watches, up to its retire barrier",
-        "6. retire: every host at its retire barrier -> go: each retires its old slot",
-        "on failure on any host, or a lost connection: every other host is told to abort and unwinds",
+        "6. retire: every host at its retire barrier -> go: each retires its old slot; from this go on every host "
+        "keeps the new release (a host failing then is reported, not undone)",
+        "on failure on any host before that, or a lost connection: every other host is told to abort and unwinds "
+        "(traffic back, new slot stopped)",
+        _unwind_data_line(request),
     ]
+
+
+def _unwind_data_line(request: DeployRequest) -> str:
+    """What the plan says of the unwind's data step: the traffic holds on every host."""
+    if request.skip_migrations or request.skip_backup:
+        skipped = "--skip-migrations" if request.skip_migrations else "--skip-backup"
+        return f"data on unwind: no restore ({skipped}), so no host holds its traffic"
+    return (
+        'data on unwind: if the primary\'s migrations changed the data and its data_rollback is "auto", EVERY HOST '
+        "HOLDS ITS TRAFFIC (new requests wait, in-flight ones finish, up to its [traffic] hold_timeout) while the "
+        "primary restores the data from its pre-deploy snapshot, then releases it to the old release; a host that "
+        "cannot hold stops the restore: THE DATA WAS NOT RESTORED, the primary keeps the migrated data and names the "
+        "snapshot to restore by hand"
+    )
