@@ -372,6 +372,28 @@ def test_a_host_failing_after_the_retire_go_keeps_the_release_every_host_serves(
     assert kept["failed_step"] == "retire barrier" and "nothing was undone" in str(kept["reason"])
 
 
+def test_an_orchestrator_interrupted_after_the_retire_go_undoes_nothing(fleet_factory: FleetFactory) -> None:
+    """Ctrl-C once the hosts heard the retire "go": they finish forward on their own, so the
+    orchestrator must not report that every host undid its part. It waits for them, and the
+    deploy stands, as a one-machine deploy interrupted once finished does."""
+    fleet = fleet_factory(watch_seconds=2.0)
+    _deploy_ok(fleet)
+    process = _deploy_until_both_switched(fleet, "--json")
+    assert process.stderr is not None
+    for line in process.stderr:
+        if ": retire barrier ok" in str(json.loads(line).get("message", "")):
+            process.send_signal(signal.SIGINT)  # a host heard the go: the orchestrator sent it to every host
+            break
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert "nothing is undone; waiting for the hosts to finish" in stderr
+    document = json.loads(stdout)
+    assert [host["outcome"] for host in document["hosts"]] == ["succeeded", "succeeded"]
+    assert [host.version() for host in fleet.hosts] == ["1.0.1", "1.0.1"]
+    assert fleet.history()[-1]["outcome"] == "succeeded"
+    assert [record["outcome"] for record in _finished_records(fleet)] == ["succeeded", "succeeded"]
+
+
 def test_an_unknown_host_key_is_refused(fleet_factory: FleetFactory) -> None:
     fleet = fleet_factory()
     fleet.known_hosts.write_text(fleet.servers[0].known_hosts_line())  # the second host's key is not there

@@ -47,6 +47,7 @@ from lockstep.config.deploy_model import effective_policy
 from lockstep.config.hosts_model import HostTarget
 from lockstep.errors import LockstepError, UsageError
 from lockstep.exit_codes import ExitCode
+from lockstep.notify.dispatcher import Notifier
 from lockstep.notify.events import DEPLOY_FAILED, DEPLOY_ROLLED_BACK, DEPLOY_STARTED, DEPLOY_SUCCEEDED
 from lockstep.pipeline.coordination import (
     ABORT,
@@ -160,6 +161,7 @@ class HostFanOut:
         self.steps = StepRunner(reporter)
         self.lock: EnvironmentLock | None = None
         self.loop = asyncio.new_event_loop()
+        self.waits: list[asyncio.Task[Any]] = []  # what _wait ran: an interrupt leaves it pending
         self.runs = [HostRun(target, primary=index == 0) for index, target in enumerate(self.config.host_targets())]
         self.data_kept: str | None = None  # why an unwind's data restore did not run, when it did not
         bind_context(reporter, env=context.environment)
@@ -176,7 +178,9 @@ class HostFanOut:
         raise NotImplementedError
 
     def _wait(self, work: Coroutine[Any, Any, T]) -> T:
-        return self.loop.run_until_complete(work)
+        task = self.loop.create_task(work)
+        self.waits.append(task)
+        return self.loop.run_until_complete(task)
 
     def _remote_arguments(self, run: HostRun, record: OperationRecord) -> list[str]:
         """The lockstep command line a host runs for its part."""
@@ -318,6 +322,26 @@ class HostFanOut:
         except Exception as error:
             run.lost = run.lost or ssh.describe_error(error)
 
+    def _recover_from_interrupt(self) -> None:
+        """After Ctrl-C (or any error) out of the event loop, before waiting on it again: the
+        waits it cut short are still pending and would take the hosts' events from the waits to
+        come (each event is read once), so they are cancelled (only ours: asyncssh runs tasks
+        of its own in this loop); and a Ctrl-C raised inside a
+        host's reader ends that reader, without which the host's end is never seen, so it starts
+        again where the stream is."""
+        for task in self.waits:  # cancelling one cancels what it waits for (gather, wait_for)
+            task.cancel()
+        self.waits = []
+        for run in self.runs:
+            if not run.running or len(run.tasks) != 2:
+                continue
+            reader, relay = run.tasks
+            if reader.done():
+                reader = self.loop.create_task(self._read_stdout(run))
+            if relay.done():
+                relay = self.loop.create_task(self._relay_progress(run))
+            run.tasks = [reader, relay]
+
     def _unwinding(self, run: HostRun) -> bool:
         """Whether the host waits at a barrier of its unwind's data step (held, restore)."""
         return run.waiting_at is not None and bool(run.said.get("unwinding"))
@@ -415,6 +439,7 @@ class HostFanOut:
     def _fail(self, record: OperationRecord, error: BaseException) -> LockstepError:
         """Abort every host still deploying, agree on the data step of their unwinds, wait for
         them to unwind, and say what each did."""
+        self._recover_from_interrupt()
         for run in self.runs:
             if not self._unwinding(run):  # one that failed on its own knows already
                 self._send(run, ABORT)
@@ -508,6 +533,7 @@ class MultiHostDeployment(HostFanOut):
     def __init__(self, context: EnvironmentContext, request: DeployRequest, reporter: Reporter) -> None:
         super().__init__(context, reporter, request.lock_wait, request.force)
         self.request = request
+        self.retire_go_sent = False  # from then on every host keeps the release (multi_host_retire.py)
 
     def _run(self) -> OperationRecord:
         """Deploy to every host; the record of a success, else DeployRolledBack/DeployFailed/DeployRefused."""
@@ -543,18 +569,11 @@ class MultiHostDeployment(HostFanOut):
             self.history.save(record)
             notifier.notify(operation_event(DEPLOY_STARTED, record, f"deploying {record.id} to {len(self.runs)} hosts"))
             self._run_hosts(record)
-            record.release_id = record.id
-            # The primary's pre-deploy snapshot: what `rollback --with-data` restores from (choose_target).
-            record.snapshot_id = (self.runs[0].result or {}).get("snapshot_id")
-            record.outcome = "succeeded"
-            unfinished = self._report_retire(record)
-            record.finished_at = time.time()
-            self._save_final(record)
-            if unfinished is None:
-                notifier.notify(operation_event(DEPLOY_SUCCEEDED, record, f"deployed {record.id} to every host"))
-            else:
-                notifier.notify(operation_event(DEPLOY_FAILED, record, unfinished.message))
-        except (Exception, KeyboardInterrupt) as error:  # any failure: every host must unwind
+            unfinished = self._finish(record, notifier)
+        except (Exception, KeyboardInterrupt) as error:  # any failure before the retire go: every host unwinds
+            if self.retire_go_sent:  # past it, every host keeps the release: nothing to abort
+                unfinished = self._after_retire_go(record, error, notifier)
+                return self._succeeded_or(unfinished, record)
             failure = self._fail(record, error)
             notifier.notify(
                 operation_event(
@@ -567,9 +586,54 @@ class MultiHostDeployment(HostFanOut):
         finally:
             self._release_lock()
             notifier.close()
+        return self._succeeded_or(unfinished, record)
+
+    @staticmethod
+    def _succeeded_or(unfinished: DeployFailed | None, record: OperationRecord) -> OperationRecord:
         if unfinished is not None:
-            raise unfinished
+            raise unfinished from None
         return record
+
+    def _finish(self, record: OperationRecord, notifier: Notifier) -> DeployFailed | None:
+        """Every host has ended past the retire "go": the record says what each serves; the
+        failure to raise when not every host finished (multi_host_retire.py)."""
+        record.release_id = record.id
+        # The primary's pre-deploy snapshot: what `rollback --with-data` restores from (choose_target).
+        record.snapshot_id = (self.runs[0].result or {}).get("snapshot_id")
+        record.outcome = "succeeded"
+        unfinished = self._report_retire(record)
+        record.finished_at = time.time()
+        self._save_final(record)
+        if unfinished is None:
+            notifier.notify(operation_event(DEPLOY_SUCCEEDED, record, f"deployed {record.id} to every host"))
+        else:
+            notifier.notify(operation_event(DEPLOY_FAILED, record, unfinished.message))
+        return unfinished
+
+    def _after_retire_go(
+        self, record: OperationRecord, error: BaseException, notifier: Notifier
+    ) -> DeployFailed | None:
+        """This machine failed (Ctrl-C, SIGTERM, a bug) after telling every host to keep the
+        release: aborting would reach no host, and undoing would be wrong (multi_host_retire.py).
+        Wait for the hosts to end, and report as for any end past the retire "go"."""
+        cause = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
+        self.reporter.warn(
+            f"{self.redactor.redact(cause)} after every host was told to keep release {record.id}: nothing is "
+            "undone; waiting for the hosts to finish"
+        )
+        self._recover_from_interrupt()
+        try:
+            self._wait(self._wait_for_unwinds())
+        except (Exception, KeyboardInterrupt):
+            self.reporter.warn("stopped waiting for the hosts; each finishes on its own")
+        for run in self.runs:
+            if run.outcome != "not started":
+                self._settle_retire_outcome(run)
+        return self._finish(record, notifier)
+
+    def _settle_retire_outcome(self, run: HostRun) -> None:
+        run.outcome = "still running" if run.running else retire_outcome(run, self._outcome_of_exit(run))
+        run.culprit = run.outcome != "succeeded"
 
     def _run_hosts(self, record: OperationRecord) -> None:
         primary, others = self.runs[0], self.runs[1:]
@@ -602,12 +666,12 @@ class MultiHostDeployment(HostFanOut):
     async def _retire_every_host(self) -> str:
         """Past this "go" every host keeps the new release, even one whose retire step fails
         (multi_host_retire.py): wait for every host to end; the hosts left unfinished."""
+        self.retire_go_sent = True
         for run in self.runs:
             self._send(run, GO)
         await asyncio.gather(*(self._until_exit(run) for run in self.runs))
         for run in self.runs:
-            run.outcome = retire_outcome(run, self._outcome_of_exit(run))
-            run.culprit = run.outcome != "succeeded"
+            self._settle_retire_outcome(run)
         return ", ".join(f"{run.name} ({run.outcome})" for run in self.runs if run.culprit)
 
     def _report_retire(self, record: OperationRecord) -> DeployFailed | None:
