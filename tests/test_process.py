@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -17,6 +20,7 @@ from lockstep.process import (
     CommandGroup,
     StreamingProcess,
     command_group_members,
+    groups_marked_with,
     run_user_command,
     stop_command_group,
 )
@@ -116,3 +120,42 @@ def test_a_user_command_reports_its_process_group_and_it_can_be_stopped_from_els
     runner.join(timeout=10)
     assert not marker.exists()
     assert stop_command_group(group) is False  # ended: nothing to stop
+
+
+def test_a_user_command_is_found_by_the_mark_in_its_environment(tmp_path: Path) -> None:
+    """A deploy killed after its command started but before it saved the command's process group
+    left only the mark it gave the command: the groups of every process carrying it are found,
+    children in a session of their own included, and never the searcher's own group."""
+    import subprocess
+    import uuid
+
+    mark = uuid.uuid4().hex
+    script = "setsid sleep 30 & sleep 30"
+    environment = {**os.environ, "LOCKSTEP_COMMAND_MARK": mark}
+    command = subprocess.Popen(["sh", "-c", script], env=environment, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(groups_marked_with("LOCKSTEP_COMMAND_MARK", mark)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        groups = groups_marked_with("LOCKSTEP_COMMAND_MARK", mark)
+        assert command.pid in [group.pid for group in groups] and len(groups) == 2, groups
+        assert groups_marked_with("LOCKSTEP_COMMAND_MARK", uuid.uuid4().hex) == []
+        for group in groups:
+            assert stop_command_group(group) is True
+        assert groups_marked_with("LOCKSTEP_COMMAND_MARK", mark) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(command.pid, signal.SIGKILL)
+        command.wait()
+
+    # A process of the searcher's own group with the mark (a `lockstep status` a hook ran): left alone.
+    same_group = subprocess.Popen(["sleep", "30"], env=environment)
+    try:
+        environ = Path(f"/proc/{same_group.pid}/environ")
+        deadline = time.monotonic() + 10
+        while mark.encode() not in environ.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.02)  # until it runs sleep, with the mark
+        assert groups_marked_with("LOCKSTEP_COMMAND_MARK", mark) == []
+    finally:
+        same_group.kill()
+        same_group.wait()

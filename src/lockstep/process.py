@@ -373,6 +373,32 @@ def command_group_members(group: CommandGroup) -> list[int]:
     return members
 
 
+def groups_marked_with(variable: str, value: str) -> list[CommandGroup]:
+    """The process groups of live processes whose environment holds `variable=value`.
+
+    A deploy gives each user's command a mark of its own in its environment and records the
+    mark before the command starts, while its process group can only be recorded once it has
+    started: killed in between, the deploy leaves a command nobody knows the group of, and the
+    mark finds it (and its children, which inherit it). Our own group is never among them: a
+    `lockstep status` run by a hook carries the mark, and must not stop itself."""
+    needle = f"{variable}={value}".encode()
+    own_group = os.getpgrp()
+    groups: dict[int, CommandGroup] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as handle:
+                marked = needle in handle.read().split(b"\0")
+        except OSError:  # gone, or another user's
+            continue
+        stat = _proc_stat(int(entry.name)) if marked else None
+        if stat is None or stat[0] in ("Z", "X", "x") or stat[1] in (own_group, *groups):
+            continue
+        groups[stat[1]] = CommandGroup(stat[1], process_start_ticks(stat[1]))
+    return list(groups.values())
+
+
 def stop_command_group(group: CommandGroup, grace: float = 5.0) -> bool:
     """Stop what still runs of `group`: SIGTERM, then SIGKILL after `grace` seconds. True when
     something was still running (and is now stopped), False when the command had ended."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_lockstep
 from tests.deploy.conftest import NotesProject, _stop_everything, deploy_three_releases, make_project
 
 pytestmark = pytest.mark.slow
@@ -329,4 +330,35 @@ def test_the_clean_up_of_a_deploy_killed_during_its_migration_stops_the_migratio
     assert "its migrate command was still running: the clean-up stopped it before it finished" in record["reason"]
     assert "its migrate command (process group" in said and "was still running: stopped it" in said, said
     assert "the migration command was stopped before it finished" in said, said
+    assert project.version() == "1.0.0"
+
+
+def test_a_deploy_killed_as_its_migration_starts_has_the_migration_stopped(notes_project: NotesProject) -> None:
+    """kill -9 after the migration started but before its process group was in the history (the
+    point LOCKSTEP_TEST_KILL_AT names, lockstep/fault_injection.py): the clean-up knew of no
+    command, and the migration ran on, orphaned, changing the data under the serving release. A
+    mark saved before the start, in the migration's environment, now finds it."""
+    project = notes_project
+    assert project.lockstep("deploy").returncode == 0
+    marker = project.directory.parent / "migration-finished.marker"
+    config = project.directory / "lockstep.toml"
+    slow = f"migrate = \"sh -c 'sleep 30 && touch {marker}'\""
+    config.write_text(config.read_text().replace('migrate = "python3 migrate.py"', slow))
+    project.commit("a migration that takes 30 s, then leaves a marker")
+    killed = run_lockstep(
+        ["deploy"], env={**project.env, "LOCKSTEP_TEST_KILL_AT": "command-started migrate"}, cwd=project.directory
+    )
+    killed_at = time.monotonic()
+    assert killed.returncode == -signal.SIGKILL, killed.err
+    assert _processes_mentioning(str(marker)), "the migration was not running when the deploy was killed"
+    assert "pid" not in project.history()[-1]["running_command"], "killed after its process group was saved"
+
+    said = _clean_up_said(project)
+    assert time.monotonic() - killed_at < 30, "the clean-up came after the migration would have finished"
+    assert _processes_mentioning(str(marker)) == [], said
+    assert not marker.exists(), "the orphaned migration ran on after the clean-up"
+    record = project.history()[-1]
+    assert (record["outcome"], record["failed_step"]) == ("interrupted", "migrate"), record
+    assert record["running_command"]["ended"] == "was still running: the clean-up stopped it before it finished"
+    assert "its migrate command (process group" in said and "was still running: stopped it" in said, said
     assert project.version() == "1.0.0"

@@ -1,9 +1,10 @@
 """`kill -9` in the middle of `lockstep repo repair index` loses nothing: run it again.
 
-The repair SIGKILLs itself at a named step (LOCKSTEP_TEST_KILL_AT, see repository/repair.py), so
-the test hits the exact moments that matter: right after the first new index file is stored
-(old files all still there, the damaged one included), and right after the first old one, the
-damaged one, is deleted (the repository is usable again, packs listed twice)."""
+The repair SIGKILLs itself at a named step (LOCKSTEP_TEST_KILL_AT, lockstep/fault_injection.py;
+the steps are in repository/repair.py), so the test hits the exact moments that matter: right
+after the first new index file is stored (old files all still there, the damaged one included),
+and right after the first old one, the damaged one, is deleted (the repository is usable again,
+packs listed twice)."""
 
 from __future__ import annotations
 

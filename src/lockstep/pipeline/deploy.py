@@ -27,11 +27,12 @@ instead of taking one, and waits at two barriers, before switch and before retir
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,6 +43,7 @@ from lockstep.config.deploy_model import EffectivePolicy, effective_policy
 from lockstep.databases import adapter_for
 from lockstep.errors import LockstepError, UsageError
 from lockstep.exit_codes import ExitCode
+from lockstep.fault_injection import kill_point
 from lockstep.health.checks import describe_check, run_check
 from lockstep.health.gate import wait_until_healthy
 from lockstep.notify.events import (
@@ -82,6 +84,7 @@ from lockstep.process import (
     Command,
     CommandGroup,
     CommandOutcome,
+    groups_marked_with,
     process_alive,
     run_user_command,
     stop_command_group,
@@ -91,6 +94,9 @@ from lockstep.runtimes.local import port_holder, port_is_free
 from lockstep.traffic.common import parse_listen
 
 WATCH_INTERVAL = 1.0
+# In the environment of each user's command a deploy runs (build, migration, hook, smoke test):
+# a random mark of that command, saved in the history before it starts (Deployment._run_tracked).
+COMMAND_MARK_VARIABLE = "LOCKSTEP_COMMAND_MARK"
 
 
 class DeployRolledBack(LockstepError):
@@ -175,14 +181,15 @@ def run_hook(
     name: str,
     record: OperationRecord,
     reporter: Reporter,
-    on_started: Callable[[CommandGroup], None] | None = None,
+    run: Callable[[Command, float], CommandOutcome] = run_user_command,
 ) -> None:
-    """Run a configured hook; a failing pre- hook fails the step, a failing post- hook only warns."""
+    """Run a configured hook; a failing pre- hook fails the step, a failing post- hook only warns.
+    A deploy passes `run` to record the hook's process group while it runs."""
     command_text = context.config.deploy.hooks.get(name)
     if not command_text:
         return
     command = Command(Command.parse(command_text).argv, env=hook_environment(record), cwd=str(context.directory))
-    outcome = run_user_command(command, timeout=context.config.deploy.hook_timeout, on_started=on_started)
+    outcome = run(command, context.config.deploy.hook_timeout)
     if outcome.ok:
         reporter.info(f"hook {name}: ok ({outcome.seconds:.1f} s)")
         return
@@ -663,35 +670,41 @@ class Deployment:
                 raise UsageError(f"the build failed: {outcome.describe_failure()}")
         return release
 
-    def _track_command(self, record: OperationRecord, step: str) -> Callable[[CommandGroup], None]:
-        """Store the user's command's process group in the record as soon as it starts: killed
-        with SIGKILL, this deploy cannot stop it, and the command (a migration) would go on
-        changing the data under the release that serves; the clean-up stops it (see
-        clean_up_abandoned)."""
+    def _run_tracked(self, record: OperationRecord, step: str, command: Command, timeout: float) -> CommandOutcome:
+        """run_user_command, with the command in the record while it runs: killed with SIGKILL,
+        this deploy cannot stop it, and the command (a migration) would go on changing the data
+        under the release that serves; the clean-up stops it (see clean_up_abandoned).
+
+        The record names the command by a random mark, saved before it starts and given to it in
+        its environment, then by its process group once it runs: a deploy killed between the
+        start and the second save leaves a command whose group nobody knows, but the mark still
+        finds it (and every child it started). Not called a token: the history redacts those."""
+        mark = secrets.token_hex(8)
+        record.running_command = {"step": step, "mark": mark}
+        self.history.save(record)
+        marked = replace(command, env={**(command.env or {}), COMMAND_MARK_VARIABLE: mark})
 
         def started(group: CommandGroup) -> None:
-            record.running_command = {"step": step, **group.to_document()}
+            kill_point(f"command-started {step}")  # tests: a kill -9 before the group is saved
+            record.running_command = {"step": step, "mark": mark, **group.to_document()}
             self.history.save(record)
 
-        return started
+        try:
+            return run_user_command(marked, timeout=timeout, on_started=started)
+        finally:
+            self._forget_command(record)
+
+    def _tracked_runner(self, record: OperationRecord, step: str) -> Callable[[Command, float], CommandOutcome]:
+        """How a hook or a smoke test of `step` runs its command: tracked, as _run_tracked."""
+        return lambda command, timeout: self._run_tracked(record, step, command, timeout)
 
     def _forget_command(self, record: OperationRecord) -> None:
         if record.running_command is not None:
             record.running_command = None
             self.history.save(record)
 
-    def _run_tracked(self, record: OperationRecord, step: str, command: Command, timeout: float) -> CommandOutcome:
-        """run_user_command, with the command's process group in the record while it runs."""
-        try:
-            return run_user_command(command, timeout=timeout, on_started=self._track_command(record, step))
-        finally:
-            self._forget_command(record)
-
     def _run_tracked_hook(self, name: str, step: str, record: OperationRecord) -> None:
-        try:
-            run_hook(self.context, name, record, self.reporter, on_started=self._track_command(record, step))
-        finally:
-            self._forget_command(record)
+        run_hook(self.context, name, record, self.reporter, run=self._tracked_runner(record, step))
 
     def _discard_release(self, release: Path) -> None:
         """A release that never served is of no use; keep the disk for ones that did.
@@ -1258,23 +1271,35 @@ FINISHED = "had ended before the clean-up"
 def _stop_orphaned_command(record: OperationRecord, reporter: Reporter) -> str | None:
     """Stop the user's command (a migration) the killed operation left running, by its process
     group (SIGTERM, then SIGKILL); notes in the record whether it was still running. Returns the
-    step it ran for, None when none ran."""
+    step it ran for, None when none ran.
+
+    The groups are the recorded one, and those of the processes that carry the command's mark
+    (COMMAND_MARK_VARIABLE): killed after the command started but before it recorded its
+    group, the operation left only the mark."""
     running = record.running_command
     if not running or "ended" in running:
         return None
     step = str(running.get("step", "its"))
     try:
-        group = CommandGroup.from_document(running)
-        stopped = stop_command_group(group)
+        groups = [CommandGroup.from_document(running)] if "pid" in running else []
+        mark = running.get("mark")
+        if isinstance(mark, str):
+            known = {group.pid for group in groups}
+            groups += [group for group in groups_marked_with(COMMAND_MARK_VARIABLE, mark) if group.pid not in known]
+        stopped = [group.pid for group in groups if stop_command_group(group)]
     except (ValueError, OSError, LockstepError) as error:
         reporter.warn(f"could not stop its {step} command ({running}): {error}; stop it by hand")
         record.running_command = {**running, "ended": f"may still run: stopping it failed ({error})"}
         return step
     record.running_command = {**running, "ended": STOPPED if stopped else FINISHED}
     if stopped:
-        reporter.warn(f"its {step} command (process group {group.pid}) was still running: stopped it")
+        which = ", ".join(str(pid) for pid in stopped)
+        reporter.warn(f"its {step} command (process group {which}) was still running: stopped it")
+    elif groups:
+        which = ", ".join(str(group.pid) for group in groups)
+        reporter.info(f"its {step} command (process group {which}) had ended before the clean-up")
     else:
-        reporter.info(f"its {step} command (process group {group.pid}) had ended before the clean-up")
+        reporter.info(f"its {step} command had ended (or not started) before the clean-up")
     return step
 
 

@@ -66,8 +66,9 @@ class OperationRecord:
     data_restored: bool = False
     # A data rollback's snapshot of the databases just before it restored them: how to undo it.
     pre_restore_snapshot_id: str | None = None
-    # The user's command (migration, build, hook) running now, in a process group of its own:
-    # {"step", "pid", "start_ticks"}. A killed deploy's clean-up stops it and adds "ended".
+    # The user's command (migration, build, hook, smoke test) running now, in a process group of
+    # its own: {"step", "mark"} from before it starts (the mark is in its environment), then with
+    # "pid" and "start_ticks". A killed deploy's clean-up stops it and adds "ended".
     running_command: dict[str, Any] | None = None
     traffic_held_seconds: float | None = None  # how long requests were held for a data restore
     failed_step: str | None = None

@@ -22,14 +22,13 @@ exclusive lock.
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from lockstep.errors import IntegrityError
+from lockstep.fault_injection import kill_point
 from lockstep.repository.blobs import PackedBlob
 from lockstep.repository.crypto import AuthenticationFailed
 from lockstep.repository.index import Index, parse_index_document
@@ -48,10 +47,8 @@ ProgressCallback = Callable[[str], None]
 
 # Pack headers are small ranged reads: many at once hide object-storage latency.
 HEADER_WORKERS = 8
-# Fault-injection for the tests (tests/faults): when this variable names a step, the process
-# SIGKILLs itself there, as `kill -9` would. Steps: `wrote-index-N` after the N-th new index
-# file, `deleted-index-N` after the N-th old one is deleted.
-KILL_AT_VARIABLE = "LOCKSTEP_TEST_KILL_AT"
+# Fault-injection points for the tests (tests/faults, lockstep/fault_injection.py): `wrote-index-N`
+# after the N-th new index file, `deleted-index-N` after the N-th old one is deleted.
 
 
 @dataclass
@@ -92,11 +89,6 @@ class RepairIndexReport:
             "index_files_written": self.index_files_written,
             "index_files_deleted": self.index_files_deleted,
         }
-
-
-def _reached(step: str) -> None:
-    if os.environ.get(KILL_AT_VARIABLE) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _short(name: str) -> str:
@@ -215,7 +207,7 @@ def repair_index(
     report.packs = len(packs)
     report.blobs_indexed = sum(len(blobs) for _, blobs in packs)
     say(f"writing the new index ({report.blobs_indexed} blobs in {report.packs} packs)")
-    written = repository.write_index_files(packs, on_written=lambda count: _reached(f"wrote-index-{count}"))
+    written = repository.write_index_files(packs, on_written=lambda count: kill_point(f"wrote-index-{count}"))
     report.index_files_written = written
 
     # Damaged files first: until they are gone, every other command refuses to load the index.
@@ -226,7 +218,7 @@ def repair_index(
     for name in obsolete:
         repository.backend.remove(FileType.INDEX, name)
         report.index_files_deleted += 1
-        _reached(f"deleted-index-{report.index_files_deleted}")
+        kill_point(f"deleted-index-{report.index_files_deleted}")
 
     index = Index()
     for pack_id, blobs in packs:
