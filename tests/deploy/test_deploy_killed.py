@@ -362,3 +362,36 @@ def test_a_deploy_killed_as_its_migration_starts_has_the_migration_stopped(notes
     assert record["running_command"]["ended"] == "was still running: the clean-up stopped it before it finished"
     assert "its migrate command (process group" in said and "was still running: stopped it" in said, said
     assert project.version() == "1.0.0"
+
+
+def test_a_deploy_killed_during_a_smoke_command_has_it_stopped(notes_project: NotesProject) -> None:
+    """kill -9 of a deploy while a smoke test's command runs: smoke commands were not recorded at
+    all, so the command (in a session of its own) ran on for good, unknown to the clean-up. It is
+    recorded as hooks and migrations are, and the clean-up stops it."""
+    project = notes_project
+    assert project.lockstep("deploy").returncode == 0
+    marker = project.directory.parent / "smoke-finished.marker"
+    config = project.directory / "lockstep.toml"
+    smoke = f"smoke = [{{ command = \"sh -c 'sleep 30 && touch {marker}'\" }}]"
+    config.write_text(config.read_text().replace("[deploy]\n", f"[deploy]\n{smoke}\n"))
+    (project.directory / "VERSION").write_text("1.0.1\n")
+    project.commit("notes 1.0.1, with a smoke test that takes 30 s")
+    deploy = project.deploy_until_step("smoke")
+    deadline = time.monotonic() + 20
+    while not _processes_mentioning(str(marker)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_mentioning(str(marker)), "the smoke command did not start"
+    os.kill(deploy.pid, signal.SIGKILL)
+    deploy.communicate()
+    killed_at = time.monotonic()
+
+    said = _clean_up_said(project)
+    assert time.monotonic() - killed_at < 30, "the clean-up came after the smoke command would have finished"
+    assert _processes_mentioning(str(marker)) == [], said
+    assert not marker.exists(), "the orphaned smoke command ran on after the clean-up"
+    record = project.history()[-1]
+    assert (record["outcome"], record["failed_step"]) == ("interrupted", "smoke"), record
+    assert record["running_command"]["ended"] == "was still running: the clean-up stopped it before it finished"
+    assert "its smoke command (process group" in said and "was still running: stopped it" in said, said
+    assert _running_workers(project, "green") == []
+    assert project.version() == "1.0.0"

@@ -625,7 +625,7 @@ class Deployment:
         self.plans = plan_components(self.config, release, self.layout.shared, new_slot)
         self.steps.run("start", f"slot {new_slot}", lambda: self._start(record, new_slot, release), lambda r: r)
         self._check_lock()
-        self.steps.run("smoke", "", lambda: self._smoke(release), lambda r: r)
+        self.steps.run("smoke", "", lambda: self._smoke(record, release), lambda r: r)
         if self.config.deploy.hooks.get("pre-switch"):
             self.steps.run(
                 "pre-switch hook",
@@ -823,7 +823,7 @@ class Deployment:
         self.agent.start_slot(slot, record.id, release, record.commit, [plan.launch_document() for plan in self.plans])
         return health_gate(self.agent, slot, self.plans)
 
-    def _smoke(self, release: Path) -> str:
+    def _smoke(self, record: OperationRecord, release: Path) -> str:
         checks = self.config.deploy.smoke
         if not checks:
             return "none configured"
@@ -832,7 +832,7 @@ class Deployment:
         env = app_environment(self.config, release, self.layout.shared)
         failures = []
         for check in checks:
-            result = run_smoke_check(check, self.config, port, release, env)
+            result = run_smoke_check(check, self.config, port, release, env, self._tracked_runner(record, "smoke"))
             self.reporter.info(f"smoke {result.name}: {'ok' if result.ok else 'FAILED'} ({result.detail})")
             if not result.ok:
                 failures.append(f"{result.name}: {result.detail}")

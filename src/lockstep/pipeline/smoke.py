@@ -11,6 +11,7 @@ import http.client
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from lockstep.config.deploy_model import SmokeCheckConfig
 from lockstep.databases import adapter_for
 from lockstep.errors import LockstepError
 from lockstep.pipeline.snapshot import database_password
-from lockstep.process import Command, run_user_command
+from lockstep.process import Command, CommandOutcome, run_user_command
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,16 @@ def describe(check: SmokeCheckConfig) -> str:
 
 
 def run_smoke_check(
-    check: SmokeCheckConfig, config: ProjectConfig, port: int | None, release: Path, env: dict[str, str]
+    check: SmokeCheckConfig,
+    config: ProjectConfig,
+    port: int | None,
+    release: Path,
+    env: dict[str, str],
+    run: Callable[[Command, float], CommandOutcome] = run_user_command,
 ) -> SmokeResult:
-    """Run one smoke check against the release listening on `port` (in `release`)."""
+    """Run one smoke check against the release listening on `port` (in `release`). A deploy
+    passes `run` to record a command check's process group while it runs: killed then, it
+    leaves the command to the clean-up."""
     name = describe(check)
     try:
         if check.http is not None:
@@ -50,7 +58,7 @@ def run_smoke_check(
         if check.database is not None:
             return SmokeResult(name, *_database(check.database, config))
         assert check.command is not None
-        outcome = run_user_command(Command(tuple(Command.parse(check.command).argv), env=env, cwd=str(release)), 300)
+        outcome = run(Command(tuple(Command.parse(check.command).argv), env=env, cwd=str(release)), 300)
         return SmokeResult(name, outcome.ok, "exit 0" if outcome.ok else outcome.describe_failure(5))
     except LockstepError as error:
         return SmokeResult(name, False, str(error))
