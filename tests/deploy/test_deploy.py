@@ -168,9 +168,18 @@ def test_a_failing_smoke_test_rolls_back(tmp_path: Path) -> None:
         _stop_everything(project)
 
 
+def _crashing_late(project: NotesProject) -> NotesProject:
+    """The crash-loop release crashes 6 s after it starts instead of 2: after the switch, even on a
+    slow machine (a crash before it fails the pre-switch check instead, test_deploy_watch.py)."""
+    config = project.directory / "lockstep.toml"
+    config.write_text(config.read_text().replace('NOTES_CACHE_WARMUP_DELAY = "2"', 'NOTES_CACHE_WARMUP_DELAY = "6"'))
+    project.commit("the search cache warms up after 6 s")
+    return project
+
+
 def test_a_crash_loop_in_the_watch_window_rolls_back(tmp_path: Path) -> None:
     """The release passes its health gate, then crashes repeatedly: traffic goes back to v2."""
-    project = make_project(tmp_path, watch_seconds=12.0)
+    project = _crashing_late(make_project(tmp_path, watch_seconds=12.0))
     project.start_agent()
     try:
         assert project.lockstep("deploy").returncode == 0
@@ -524,7 +533,7 @@ def test_progress_is_one_json_event_per_step_with_deploy_id_and_env(notes_projec
     deploy_id = json.loads(completed.out)["id"]
     events = [json.loads(line) for line in completed.err.splitlines()]
     finished = [event for event in events if event["event"] == "step-finished"]
-    assert [event["step"] for event in finished][-4:] == ["smoke", "switch", "watch", "retire"]
+    assert [event["step"] for event in finished][-5:] == ["smoke", "pre-switch check", "switch", "watch", "retire"]
     assert all(event["env"] == "test" for event in finished)
     assert all(event["deploy_id"] == deploy_id for event in finished if event["step"] != "preflight")
     assert all(isinstance(event["duration"], float) for event in finished)
@@ -699,7 +708,7 @@ def test_production_policy_asks_requires_the_snapshot_and_the_approval(tmp_path:
 
 def test_a_first_deploy_that_fails_after_its_switch_is_undone_completely(tmp_path: Path) -> None:
     """Nothing served before: the failed release gives the traffic up and stops; exit 3, not 1."""
-    project = make_project(tmp_path, watch_seconds=12.0)
+    project = _crashing_late(make_project(tmp_path, watch_seconds=12.0))
     for overlay in ("v2", "crash-loop"):
         shutil.copytree(NOTES / "demo" / overlay, project.directory, dirs_exist_ok=True)
     project.commit("notes 3.1.0 straight away")

@@ -332,10 +332,11 @@ class DeployConfig(_Section):
         default=0,
         ge=0,
         description=(
-            "Unexpected exits of the new release's processes allowed in the watch window (the agent restarts "
-            "each); one more fails the watch and rolls the deploy back. 0: any exit does, so a release that "
-            "crashes every 20 s is caught even when its health checks pass. Stops lockstep makes (a retire, "
-            "a stop) do not count."
+            "Unexpected exits of the new release's processes allowed from its health gate to the end of the "
+            "watch window (the agent restarts each); one more fails the deploy and rolls it back, before the "
+            "switch when it comes first (the pre-switch check, which also wants every process running). 0: "
+            "any exit does, so a release that crashes every 20 s is caught even when its health checks pass. "
+            "Stops lockstep makes (a retire, a stop) do not count."
         ),
         examples=[1],
     )

@@ -9,7 +9,8 @@ The steps, each logged with its duration and each leaving an undo:
  5. migrate        the migration command, with the migration version before and after
  6. start          the new release in the idle slot, through the agent; health gate
  7. smoke          the configured smoke tests against the new slot
- 8. switch         traffic to the new slot, atomically
+ 8. switch         traffic to the new slot, atomically; first the pre-switch check: the new
+                   release still runs, with no more exits since its health gate than the watch allows
  9. watch          health, crash loops and the proxy's error rate for a while
 10. retire         drain the old slot and stop its processes (web stays warm for a fast rollback)
 
@@ -69,6 +70,7 @@ from lockstep.pipeline.history import History, OperationRecord, RedactedRecord
 from lockstep.pipeline.notifications import notifier_for, operation_event, secrets_redactor, teach_reporter_secrets
 from lockstep.pipeline.release_launch import ComponentPlan, app_environment, plan_components, traffic_component
 from lockstep.pipeline.releases import ResolvedRef, build_release_directory, new_deploy_id, prune_releases, resolve_ref
+from lockstep.pipeline.slot_exits import PRE_SWITCH_CHECK_STEP, SlotExits, check_before_switch
 from lockstep.pipeline.smoke import run_smoke_check
 from lockstep.pipeline.snapshot import (
     DEPLOY_TAG_PREFIX,
@@ -263,6 +265,7 @@ class Deployment:
         self.traffic_hold: TrafficHold | None = None
         # A coordinated deploy told "go" at its retire barrier: every host keeps the new release now.
         self.past_retire_go = False
+        self.exits: SlotExits | None = None  # the new release's, from its health gate on
         bind_context(reporter, env=context.environment)
 
     # -- the plan ------------------------------------------------------------------------------
@@ -314,7 +317,8 @@ class Deployment:
             ),
             "7. smoke: "
             + ("; ".join(check.model_dump_json(exclude_defaults=True) for check in self.config.deploy.smoke) or "none"),
-            f"8. switch traffic at {self.config.traffic.listen} ({self.config.traffic.kind}) to slot {idle}",
+            f"8. switch traffic at {self.config.traffic.listen} ({self.config.traffic.kind}) to slot {idle}, "
+            f"once it still runs with at most {self.config.deploy.watch_max_exits} exits since its health gate",
             f"9. watch {self.config.deploy.watch_seconds:.0f} s: {self.config.deploy.watch_failures} failed checks, "
             f"a crash loop or > {self.config.deploy.watch_error_rate:.0%} errors roll back",
             f"10. retire slot {active or '(none)'} after draining (at most {self.config.traffic.drain_timeout:.0f} s)",
@@ -633,6 +637,11 @@ class Deployment:
                 lambda: self._run_tracked_hook("pre-switch", "pre-switch hook", record),
                 lambda _: "ok",
             )
+        if traffic_component(self.config) is not None:
+            # Before the barrier: past it, every host of a multi-host deploy switches.
+            self.steps.run(
+                PRE_SWITCH_CHECK_STEP, f"slot {new_slot}", lambda: self._check_before_switch(new_slot), lambda r: r
+            )
         self._barrier("switch", record)
         self._check_lock()
         if traffic_component(self.config) is not None:
@@ -821,7 +830,15 @@ class Deployment:
     def _start(self, record: OperationRecord, slot: str, release: Path) -> str:
         self.steps.on_undo("start", lambda: self.agent.stop_slot(slot))
         self.agent.start_slot(slot, record.id, release, record.commit, [plan.launch_document() for plan in self.plans])
-        return health_gate(self.agent, slot, self.plans)
+        gate = health_gate(self.agent, slot, self.plans)
+        # Exits from here on count: before the switch (_check_before_switch), and in the watch.
+        self.exits = SlotExits(self.agent, slot, self.config.deploy.watch_max_exits)
+        return gate
+
+    def _check_before_switch(self, slot: str) -> str:
+        assert self.exits is not None
+        components = [plan.name for plan in self.plans]
+        return check_before_switch(self.agent, slot, components, self.exits, self.reporter)
 
     def _smoke(self, record: OperationRecord, release: Path) -> str:
         checks = self.config.deploy.smoke
@@ -852,7 +869,7 @@ class Deployment:
         self.agent.switch(slot)
 
     def _watch(self, slot: str) -> str:
-        return watch_slot(self.agent, slot, self.plans, self.config.deploy, self.reporter)
+        return watch_slot(self.agent, slot, self.plans, self.config.deploy, self.reporter, self.exits)
 
     def _retire(self, old_slot: str | None, record: OperationRecord) -> str:
         protected = {record.id}
@@ -1089,41 +1106,30 @@ def _component_log_tail(agent: AgentClient, slot: str, component: str) -> str:
     return log_tail(Path(process["log"]), 15)
 
 
-def watch_slot(agent: AgentClient, slot: str, plans: list[ComponentPlan], deploy: Any, reporter: Reporter) -> str:
+def watch_slot(
+    agent: AgentClient,
+    slot: str,
+    plans: list[ComponentPlan],
+    deploy: Any,
+    reporter: Reporter,
+    exits: SlotExits | None = None,
+) -> str:
     """Watch the new slot: exits of its processes, a crash loop, consecutive failed health checks,
     or the proxy's error rate.
 
     A release that crashes every 20 s and is restarted each time serves most requests, so health
-    checks and the error rate may pass: its exits are counted instead, and more than
-    `watch_max_exits` (default 0, Argo Rollouts' failureLimit idea) fail the watch. Only the
-    agent's `exited` events count, which it records for processes that died under it; processes
-    lockstep stops (a retire, a stop) leave supervision first and record none.
+    checks and the error rate may pass: its exits are counted instead (`exits`, counting since its
+    health gate: pipeline/slot_exits.py), and more than `watch_max_exits` (default 0, Argo
+    Rollouts' failureLimit idea) fail the watch.
     """
     deadline = time.monotonic() + deploy.watch_seconds
-    since = agent.status()["last_event_id"]
+    exits = exits if exits is not None else SlotExits(agent, slot, deploy.watch_max_exits)
     failures = {plan.name: 0 for plan in plans}
-    exits = {plan.name: 0 for plan in plans}
     port = next((plan.port for plan in plans if plan.port is not None), None)
     baseline = _upstream_counters(agent, port)
     checks = 0
-
-    def check_exits() -> None:
-        nonlocal since
-        for event in agent.events(since):
-            since = max(since, int(event["id"]))
-            if not event["name"].endswith(f"@{slot}") or event["kind"] not in ("crash-loop", "exited"):
-                continue
-            component = event["name"].split("@")[0]
-            if event["kind"] == "crash-loop":
-                raise UsageError(f"{component} is crash-looping in the watch window: {event['detail']}")
-            exits[component] = exits.get(component, 0) + 1
-            said = f"{component} exited {exits[component]} time(s) in the watch window (limit {deploy.watch_max_exits})"
-            if exits[component] > deploy.watch_max_exits:
-                raise UsageError(f"{said}: {_exit_summary(event['detail'])}")
-            reporter.warn(f"{said}: {_exit_summary(event['detail'])}")
-
     while time.monotonic() < deadline:
-        check_exits()
+        exits.check(reporter, "in the watch window")
         for plan in plans:
             if plan.health is None:
                 ok = _component_running(agent, slot, plan.name)
@@ -1146,21 +1152,10 @@ def watch_slot(agent: AgentClient, slot: str, plans: list[ComponentPlan], deploy
             )
         checks += 1
         time.sleep(min(WATCH_INTERVAL, max(0.0, deadline - time.monotonic())))
-    check_exits()  # an exit in the last round's sleep counts too
+    exits.check(reporter, "in the watch window")  # an exit in the last round's sleep counts too
     requests, errors = _upstream_counters(agent, port)
-    exited = sum(exits.values())
-    within = f"; {exited} exit(s) within the limit of {deploy.watch_max_exits}" if exited else ""
+    within = f"; {exits.total} exit(s) within the limit of {exits.limit}" if exits.total else ""
     return f"{checks} rounds of checks passed; {requests - baseline[0]} requests, {errors - baseline[1]} errors{within}"
-
-
-def _exit_summary(detail: str) -> str:
-    """An agent `exited` event in one line: how it exited and the last line of its log (the
-    event's "restarting in N s" is stale by the time a deploy fails on it)."""
-    first, _, tail = detail.partition("; last lines of ")
-    summary = first.split("; ")[0]
-    log, _, lines = tail.partition(":\n")
-    last = next((line.strip() for line in reversed(lines.splitlines()) if line.strip()), "")
-    return f"{summary}; the last line of {log}: {last}" if last else summary
 
 
 def _upstream_counters(agent: AgentClient, port: int | None) -> tuple[int, int]:
