@@ -333,6 +333,19 @@ def test_the_clean_up_of_a_deploy_killed_during_its_migration_stops_the_migratio
     assert project.version() == "1.0.0"
 
 
+def _assert_the_clean_up_stopped(project: NotesProject, step: str, marker: Path, killed_at: float) -> None:
+    """The clean-up of a deploy killed in `step` stopped its command (`sh -c 'sleep 30 && touch
+    MARKER'`) before it finished, said so, and marked the deploy interrupted there."""
+    said = _clean_up_said(project)
+    assert time.monotonic() - killed_at < 30, f"the clean-up came after the {step} command would have finished"
+    assert _processes_mentioning(str(marker)) == [], said
+    assert not marker.exists(), f"the orphaned {step} command ran on after the clean-up"
+    record = project.history()[-1]
+    assert (record["outcome"], record["failed_step"]) == ("interrupted", step), record
+    assert record["running_command"]["ended"] == "was still running: the clean-up stopped it before it finished"
+    assert f"its {step} command (process group" in said and "was still running: stopped it" in said, said
+
+
 def test_a_deploy_killed_as_its_migration_starts_has_the_migration_stopped(notes_project: NotesProject) -> None:
     """kill -9 after the migration started but before its process group was in the history (the
     point LOCKSTEP_TEST_KILL_AT names, lockstep/fault_injection.py): the clean-up knew of no
@@ -353,14 +366,7 @@ def test_a_deploy_killed_as_its_migration_starts_has_the_migration_stopped(notes
     assert _processes_mentioning(str(marker)), "the migration was not running when the deploy was killed"
     assert "pid" not in project.history()[-1]["running_command"], "killed after its process group was saved"
 
-    said = _clean_up_said(project)
-    assert time.monotonic() - killed_at < 30, "the clean-up came after the migration would have finished"
-    assert _processes_mentioning(str(marker)) == [], said
-    assert not marker.exists(), "the orphaned migration ran on after the clean-up"
-    record = project.history()[-1]
-    assert (record["outcome"], record["failed_step"]) == ("interrupted", "migrate"), record
-    assert record["running_command"]["ended"] == "was still running: the clean-up stopped it before it finished"
-    assert "its migrate command (process group" in said and "was still running: stopped it" in said, said
+    _assert_the_clean_up_stopped(project, "migrate", marker, killed_at)
     assert project.version() == "1.0.0"
 
 
@@ -385,13 +391,6 @@ def test_a_deploy_killed_during_a_smoke_command_has_it_stopped(notes_project: No
     deploy.communicate()
     killed_at = time.monotonic()
 
-    said = _clean_up_said(project)
-    assert time.monotonic() - killed_at < 30, "the clean-up came after the smoke command would have finished"
-    assert _processes_mentioning(str(marker)) == [], said
-    assert not marker.exists(), "the orphaned smoke command ran on after the clean-up"
-    record = project.history()[-1]
-    assert (record["outcome"], record["failed_step"]) == ("interrupted", "smoke"), record
-    assert record["running_command"]["ended"] == "was still running: the clean-up stopped it before it finished"
-    assert "its smoke command (process group" in said and "was still running: stopped it" in said, said
+    _assert_the_clean_up_stopped(project, "smoke", marker, killed_at)
     assert _running_workers(project, "green") == []
     assert project.version() == "1.0.0"
