@@ -308,19 +308,20 @@ def test_the_clean_up_of_a_deploy_killed_during_its_migration_stops_the_migratio
     assert project.lockstep("deploy").returncode == 0
     marker = project.directory.parent / "migration-finished.marker"
     config = project.directory / "lockstep.toml"
-    config.write_text(
-        config.read_text().replace('migrate = "python3 migrate.py"', f"migrate = \"sh -c 'sleep 8 && touch {marker}'\"")
-    )
-    project.commit("a migration that takes 8 s, then leaves a marker")
+    # 20 s: the agent's clean-up runs every 5 s and must come first even on a loaded machine (with
+    # 8 s it came too late once at a load average of 7).
+    slow_migration = f"migrate = \"sh -c 'sleep 20 && touch {marker}'\""
+    config.write_text(config.read_text().replace('migrate = "python3 migrate.py"', slow_migration))
+    project.commit("a migration that takes 20 s, then leaves a marker")
     _kill_at(project, "migrate", 0.5)
     killed_at = time.monotonic()
     migration = _processes_mentioning(str(marker))
     assert migration, "the migration was not running when the deploy was killed"
 
     said = _clean_up_said(project)
-    assert time.monotonic() - killed_at < 8, "the clean-up came after the migration would have finished"
+    assert time.monotonic() - killed_at < 20, "the clean-up came after the migration would have finished"
     assert _processes_mentioning(str(marker)) == [], said
-    time.sleep(max(0.0, killed_at + 10 - time.monotonic()))  # past when the migration would have ended
+    time.sleep(max(0.0, killed_at + 22 - time.monotonic()))  # past when the migration would have ended
     assert not marker.exists(), "the orphaned migration ran on after the clean-up"
     record = project.history()[-1]
     assert (record["outcome"], record["failed_step"]) == ("interrupted", "migrate"), record
