@@ -654,6 +654,8 @@ def test_a_release_whose_directory_is_gone_comes_back_from_its_code_snapshot(not
         (notes_project.directory / "VERSION").write_text(version + "\n")
         notes_project.commit(f"notes {version}")
         assert notes_project.lockstep("deploy").returncode == 0
+    before_second = notes_project.lockstep("snapshot", "show", notes_project.history()[1]["snapshot_id"], "--json")
+    assert json.loads(before_second.out)["code"]["release"] == first, before_second.out
     releases = notes_project.directory / ".lockstep" / "state" / "test" / "releases"
     shutil.rmtree(releases / first)
     completed = notes_project.lockstep("rollback", "--to", first, "--log-format", "text")

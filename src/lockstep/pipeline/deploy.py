@@ -729,7 +729,9 @@ class Deployment:
     def _pre_deploy_snapshot(self, record: OperationRecord, old_release: dict[str, Any] | None) -> str:
         code = None
         if old_release is not None and Path(old_release["release_directory"]).is_dir():
-            code = PreparedCode(kind="release-directory", release_directory=Path(old_release["release_directory"]))
+            directory = Path(old_release["release_directory"])
+            # The manifest names the release, as a snapshot of `current -> releases/X` does.
+            code = PreparedCode(kind="release-directory", release_directory=directory, release=directory.name)
         request = SnapshotRequest(
             project_directory=self.context.directory,
             environment=self.context.environment,
