@@ -306,13 +306,9 @@ def test_the_clean_up_of_a_deploy_killed_during_its_migration_stops_the_migratio
     the release that served. The clean-up (here the agent's) now stops it first, and says so."""
     project = notes_project
     assert project.lockstep("deploy").returncode == 0
-    marker = project.directory.parent / "migration-finished.marker"
-    config = project.directory / "lockstep.toml"
     # 20 s: the agent's clean-up runs every 5 s and must come first even on a loaded machine (with
     # 8 s it came too late once at a load average of 7).
-    slow_migration = f"migrate = \"sh -c 'sleep 20 && touch {marker}'\""
-    config.write_text(config.read_text().replace('migrate = "python3 migrate.py"', slow_migration))
-    project.commit("a migration that takes 20 s, then leaves a marker")
+    marker = _give_a_slow_migration(project, 20)
     _kill_at(project, "migrate", 0.5)
     killed_at = time.monotonic()
     migration = _processes_mentioning(str(marker))
@@ -327,6 +323,17 @@ def test_the_clean_up_of_a_deploy_killed_during_its_migration_stops_the_migratio
     assert "its migrate command was still running: the clean-up stopped it before it finished" in record["reason"]
     assert "the migration command was stopped before it finished" in said, said
     assert project.version() == "1.0.0"
+
+
+def _give_a_slow_migration(project: NotesProject, seconds: int) -> Path:
+    """Commit a migration that sleeps `seconds`, then leaves a marker file; the marker's path (it
+    exists only if the migration ran to its end)."""
+    marker = project.directory.parent / "migration-finished.marker"
+    config = project.directory / "lockstep.toml"
+    slow = f"migrate = \"sh -c 'sleep {seconds} && touch {marker}'\""
+    config.write_text(config.read_text().replace('migrate = "python3 migrate.py"', slow))
+    project.commit(f"a migration that takes {seconds} s, then leaves a marker")
+    return marker
 
 
 def _assert_the_clean_up_stopped(
@@ -353,11 +360,7 @@ def test_a_deploy_killed_as_its_migration_starts_has_the_migration_stopped(notes
     mark saved before the start, in the migration's environment, now finds it."""
     project = notes_project
     assert project.lockstep("deploy").returncode == 0
-    marker = project.directory.parent / "migration-finished.marker"
-    config = project.directory / "lockstep.toml"
-    slow = f"migrate = \"sh -c 'sleep 30 && touch {marker}'\""
-    config.write_text(config.read_text().replace('migrate = "python3 migrate.py"', slow))
-    project.commit("a migration that takes 30 s, then leaves a marker")
+    marker = _give_a_slow_migration(project, 30)
     killed = run_lockstep(
         ["deploy"], env={**project.env, "LOCKSTEP_TEST_KILL_AT": "command-started migrate"}, cwd=project.directory
     )
