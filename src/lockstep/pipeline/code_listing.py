@@ -45,7 +45,6 @@ from lockstep.repository.tree import Node
 
 LISTING_SUFFIX = ".listing"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-READ_SIZE = 1024 * 1024
 # Bytes written as %XX in paths and targets: the separators, the escape itself, control bytes.
 _ESCAPED = frozenset([*range(0x20), 0x7F, ord("%")])
 _TYPE_BY_FORMAT = {
@@ -174,11 +173,8 @@ def entries_on_disk(root: Path) -> Iterator[ListedEntry]:
 
 
 def _file_sha256(path: bytes) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while block := handle.read(READ_SIZE):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def listing_differences(expected: bytes, actual: bytes, limit: int = 5) -> list[str]:
