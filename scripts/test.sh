@@ -30,4 +30,7 @@ python3 -m compileall -q src/lockstep
 ruff check src tests bench scripts
 ruff format --check src tests bench scripts
 mypy
-python3 -m pytest -q -p no:cacheprovider "$@"
+# Two workers (pytest-xdist), a test file at a time each: most of the suite's time is deploys
+# waiting on real processes, so the second core would otherwise sit idle. LOCKSTEP_TEST_WORKERS=0
+# runs everything in one process.
+python3 -m pytest -q -p no:cacheprovider -n "${LOCKSTEP_TEST_WORKERS:-2}" --dist loadfile --durations=30 "$@"

@@ -23,6 +23,20 @@ import pytest
 TEST_PASSWORD = "correct horse battery staple"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (scripts/test.sh runs two workers) give each worker its own block of
+    loopback ports for the tests' servers, below the kernel's ephemeral range: two workers then
+    never hand out the same port, and no worker's outgoing connection can take a port a test has
+    picked but not yet bound. A range set by the caller (LOCKSTEP_TEST_PORTS) is split the same way."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return
+    index, count = int(worker[2:]), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    low, high = (int(part) for part in os.environ.get("LOCKSTEP_TEST_PORTS", "10000-21999").split("-"))
+    size = (high - low + 1) // count
+    os.environ["LOCKSTEP_TEST_PORTS"] = f"{low + index * size}-{low + (index + 1) * size - 1}"
+
+
 def require_all() -> bool:
     return os.environ.get("LOCKSTEP_REQUIRE_ALL") == "1"
 
