@@ -210,6 +210,71 @@ def test_a_mariadb_charset_conversion_is_a_schema_change(tmp_path: Path) -> None
     assert columns["name"].live_type == "varchar(50) CHARACTER SET latin1 COLLATE latin1_swedish_ci"
 
 
+@pytest.mark.parametrize(
+    "conversion",
+    ["ALTER TABLE ledger CONVERT TO CHARACTER SET latin1", "ALTER TABLE ledger DEFAULT CHARSET = latin1"],
+)
+def test_a_mariadb_table_without_text_columns_converted_is_a_schema_change(tmp_path: Path, conversion: str) -> None:
+    """A table with no text column converted to another character set gave "no changes": no
+    column's type carries a character set to differ. Its default collation (which new text
+    columns get) is compared too, and shown."""
+    import io
+
+    from rich.console import Console
+
+    from lockstep.cli.snapshot_diff import print_database_diff
+
+    shop = """
+    CREATE TABLE ledger (id INT PRIMARY KEY, amount DECIMAL(10, 2), booked DATE)
+        CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci;
+    INSERT INTO ledger VALUES (1, 9.5, '2026-01-02');
+    """
+    with mariadb_database(shop) as url:
+        take_snapshot(tmp_path / "repository", tmp_path, {"shop": url})
+        assert not diff_live(tmp_path, "shop", url).changed
+        run_mariadb(url, conversion + ";")
+        result = diff_live(tmp_path, "shop", url)
+    assert tables_of(result) == {"ledger": ("changed", 0, 0, 0)}
+    assert result.tables[0].columns == []
+    assert result.tables[0].default_collation == ("utf8mb4_general_ci", "latin1_swedish_ci")
+    assert result.to_document()["tables"][0]["default_collation"] == {
+        "snapshot": "utf8mb4_general_ci",
+        "live": "latin1_swedish_ci",
+    }
+    output = io.StringIO()
+    print_database_diff(result, Console(file=output, width=200))
+    assert "default collation: utf8mb4_general_ci → latin1_swedish_ci" in output.getvalue()
+    from lockstep.pipeline.data_rollback import describe_table_change
+
+    assert (
+        describe_table_change(result.tables[0])
+        == "default collation latin1_swedish_ci (set back to utf8mb4_general_ci)"
+    )
+
+
+def test_a_default_collation_one_side_does_not_know_is_not_a_change() -> None:
+    """Only collations known on both sides are compared: a shape without one (another engine,
+    or a reader that did not ask) must not make an unchanged table look changed."""
+    from lockstep.pipeline.diff import TableShape, compare_schemas
+
+    class Shapes:
+        max_listed_buckets = 0
+
+        def __init__(self, collation: str) -> None:
+            self.collation = collation
+
+        def shapes(self) -> dict[str, TableShape]:
+            return {"ledger": TableShape({"id": "int(11)"}, ["id"], 1, self.collation)}
+
+    def status(live: str, snapshot: str) -> str:
+        return compare_schemas(Shapes(live), Shapes(snapshot))[0].status  # type: ignore[arg-type]
+
+    assert status("latin1_swedish_ci", "") == "unchanged"
+    assert status("", "utf8mb4_general_ci") == "unchanged"
+    assert status("latin1_swedish_ci", "latin1_swedish_ci") == "unchanged"
+    assert status("latin1_swedish_ci", "utf8mb4_general_ci") == "changed"
+
+
 def test_bucket_count_grows_with_the_table_in_powers_of_two() -> None:
     """Small tables get the minimum, big ones about one bucket per 16 rows, capped."""
     from lockstep.pipeline.diff import MAX_BUCKETS, MIN_BUCKETS, bucket_count

@@ -39,6 +39,8 @@ def _schema_text(table: TableDiff) -> str:
             parts.append(f"{column.column}: {column.snapshot_type} → {column.live_type}")
     if table.primary_key_changed:
         parts.append("primary key changed")
+    if table.default_collation:
+        parts.append(f"default collation: {table.default_collation[0]} → {table.default_collation[1]}")
     return ", ".join(parts)
 
 

@@ -108,6 +108,8 @@ def describe_table_change(table: TableDiff) -> str:
     parts = _losses("rows ", table.rows_added, table.rows_changed, table.rows_removed)
     if table.columns:
         parts.append(f"{len(table.columns)} column changes (undone)")
+    if table.default_collation:
+        parts.append(f"default collation {table.default_collation[1]} (set back to {table.default_collation[0]})")
     return ", ".join(parts) or "changed"
 
 

@@ -78,6 +78,9 @@ class TableDiff:
     key: list[str] = field(default_factory=list)  # the primary key compared on; empty: rows as a multiset
     columns: list[ColumnChange] = field(default_factory=list)
     primary_key_changed: bool = False
+    # MariaDB: the table's default collation, (snapshot, live), when it changed. A table without
+    # text columns converted to another character set changes nothing else a diff can see.
+    default_collation: tuple[str, str] | None = None
 
     @property
     def changed(self) -> bool:
@@ -93,6 +96,11 @@ class TableDiff:
             "key": list(self.key),
             "columns": [column.to_document() for column in self.columns],
             "primary_key_changed": self.primary_key_changed,
+            "default_collation": (
+                None
+                if self.default_collation is None
+                else {"snapshot": self.default_collation[0], "live": self.default_collation[1]}
+            ),
         }
 
 
@@ -185,6 +193,9 @@ class TableShape:
     columns: dict[str, str]
     key: list[str]
     estimated_rows: int = 0
+    # MariaDB: the table's default collation (its character set's name starts it), which new
+    # text columns get. Empty where the engine has none or it was not read: never a change.
+    default_collation: str = ""
 
 
 @dataclass(frozen=True)
@@ -347,8 +358,18 @@ def compare_schemas(live: _Side, snapshot: _Side) -> list[TableDiff]:
             live_shape, snapshot_shape = live_shapes[name], snapshot_shapes[name]
             changes = _column_changes(live_shape, snapshot_shape)
             key_changed = live_shape.key != snapshot_shape.key
-            status = "changed" if changes or key_changed else "unchanged"
-            tables.append(TableDiff(name, status, key=live_shape.key, columns=changes, primary_key_changed=key_changed))
+            collation = _default_collation_change(live_shape, snapshot_shape)
+            status = "changed" if changes or key_changed or collation else "unchanged"
+            tables.append(
+                TableDiff(
+                    name,
+                    status,
+                    key=live_shape.key,
+                    columns=changes,
+                    primary_key_changed=key_changed,
+                    default_collation=collation,
+                )
+            )
     return tables
 
 
@@ -363,6 +384,14 @@ def _column_changes(live: TableShape, snapshot: TableShape) -> list[ColumnChange
         if c in snapshot.columns and snapshot.columns[c] != t
     ]
     return changes
+
+
+def _default_collation_change(live: TableShape, snapshot: TableShape) -> tuple[str, str] | None:
+    """(snapshot, live) default collations when both are known and differ; None otherwise, so
+    that a side which does not say (another engine, an older reader) is never a change."""
+    if live.default_collation and snapshot.default_collation and live.default_collation != snapshot.default_collation:
+        return snapshot.default_collation, live.default_collation
+    return None
 
 
 def bucket_count(estimated_rows: int) -> int:
@@ -386,6 +415,7 @@ def _compare_table(
     key = live_shape.key if live_shape.key == snapshot_shape.key and set(live_shape.key) <= set(columns) else []
     changes = _column_changes(live_shape, snapshot_shape)
     key_changed = live_shape.key != snapshot_shape.key
+    collation = _default_collation_change(live_shape, snapshot_shape)
     query = TableQuery(name, key, columns, bucket_count(max(live_shape.estimated_rows, snapshot_shape.estimated_rows)))
     live_buckets, snapshot_buckets = _on_both(lambda side: side.bucket_sums(query), live, snapshot)
     differing = sorted(
@@ -406,7 +436,7 @@ def _compare_table(
             live_counts, snapshot_counts = _on_both(lambda side: side.row_hash_counts(query, wanted), live, snapshot)
             added = sum((live_counts - snapshot_counts).values())
             removed = sum((snapshot_counts - live_counts).values())
-    status = "changed" if (added or removed or changed or changes or key_changed) else "unchanged"
+    status = "changed" if (added or removed or changed or changes or key_changed or collation) else "unchanged"
     return TableDiff(
         name,
         status,
@@ -416,6 +446,7 @@ def _compare_table(
         key=key,
         columns=changes,
         primary_key_changed=key_changed,
+        default_collation=collation,
     )
 
 
@@ -700,13 +731,13 @@ class _MysqlSide:
         from lockstep.databases.mysql_rows import COLUMNS_QUERY, Column, column_type_with_charset
 
         database = _string(self._location.database)
-        estimates = {
-            table: int(estimate)
-            for table, estimate in self._run(
-                "SELECT table_name, COALESCE(table_rows, 0) FROM information_schema.tables"
-                f" WHERE table_schema = {database} AND table_type IN {TABLE_TYPES}"
-            )
-        }
+        estimates: dict[str, int] = {}
+        collations: dict[str, str] = {}
+        for table, estimate, collation in self._run(
+            "SELECT table_name, COALESCE(table_rows, 0), COALESCE(table_collation, '') FROM information_schema.tables"
+            f" WHERE table_schema = {database} AND table_type IN {TABLE_TYPES}"
+        ):
+            estimates[table], collations[table] = int(estimate), collation
         columns: dict[str, dict[str, str]] = {}
         for table, column, type_name, data_type, charset, collation in self._run(COLUMNS_QUERY.format(schema=database)):
             if table in estimates:
@@ -724,7 +755,7 @@ class _MysqlSide:
             if column in columns.get(table, {}):
                 keys.setdefault(table, []).append(column)
         return {
-            table: TableShape(table_columns, keys.get(table, []), estimates.get(table, 0))
+            table: TableShape(table_columns, keys.get(table, []), estimates.get(table, 0), collations.get(table, ""))
             for table, table_columns in columns.items()
         }
 
