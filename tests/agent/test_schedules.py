@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -620,3 +621,97 @@ def test_a_real_agent_takes_the_scheduled_backup_at_start_and_records_it(schedul
     project.start_agent()
     time.sleep(2)  # a few ticks of the new agent
     assert len([record for record in project.history() if record["operation"] == "scheduled-backup"]) == 1
+
+
+def test_scheduled_retention_is_one_pass_with_the_per_environment_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scheduled forget of environment "test" (no [environments.test] table) covers two names:
+    its deploys' snapshots (env:test) and `snapshot create`'s (env:default). It ran one forget per
+    name, each taking the exclusive lock, listing the snapshots and pruning. Now one pass: the same
+    snapshots are kept as by the forget of each name alone, under one lock and one listing."""
+    import shutil
+
+    from lockstep.actions.snapshot_create import load_project
+    from lockstep.actions.snapshot_forget import forget_snapshots
+    from lockstep.repository.repository import Repository
+    from lockstep.repository.snapshot import Snapshot
+    from lockstep.storage.base import FileType
+    from lockstep.storage.local import LocalBackend
+    from tests.conftest import TEST_PASSWORD
+
+    monkeypatch.setenv("LOCKSTEP_PASSWORD", TEST_PASSWORD)
+    monkeypatch.setenv("LOCKSTEP_SCRYPT_N", "1024")
+    retention = "\n[retention]\nkeep_daily = 2\nkeep_weekly = 0\nkeep_monthly = 0\nkeep_pre_deploy = 1\n"
+    context = write_project(tmp_path / "project", schedule_block("forget", "0 5 * * *") + retention)
+    database = tmp_path / "project" / "app.db"
+    with contextlib.closing(sqlite3.connect(database)) as connection, connection:
+        connection.execute("CREATE TABLE notes (text TEXT)")
+    assert run_lockstep(["repo", "init"], cwd=context.directory).returncode == 0
+
+    def create(note: str) -> str:
+        with contextlib.closing(sqlite3.connect(database)) as connection, connection:
+            connection.execute("INSERT INTO notes VALUES (?)", (note * 5000,))
+        created = run_lockstep(["snapshot", "create", "--json"], cwd=context.directory)
+        assert created.returncode == 0, created.err
+        return str(json.loads(created.out)["id"])
+
+    templates = {"test": create("a"), "default": create("b")}
+    location = context.directory / "repository"
+    repository = Repository.open(LocalBackend(location), TEST_PASSWORD)
+    try:
+        for environment, template in templates.items():
+            for day, kind in enumerate(["scheduled", "pre-deploy", "pre-deploy", "scheduled", "manual"], start=1):
+                copy = Snapshot.from_document(repository.load_snapshot(template).to_document())
+                copy.time = f"2025-03-0{day}T10:00:00Z"
+                copy.tags = ["lockstep", f"kind:{kind}", f"env:{environment}"]
+                repository.save_snapshot(copy)
+            repository.backend.remove(FileType.SNAPSHOT, template)
+    finally:
+        repository.close()
+
+    # What the forget of each name alone leaves, on a copy of the same repository.
+    copied = tmp_path / "copy"
+    shutil.copytree(context.directory, copied)
+    project = load_project(copied, None, None)
+    for name in ("default", "test"):
+        forget_snapshots(project.access, project.config.retention, environments=(name,), run_prune=True)
+    expected = Repository.open(LocalBackend(copied / "repository"), TEST_PASSWORD)
+    try:
+        left_per_environment = {snapshot.id for snapshot in expected.list_snapshots()}
+    finally:
+        expected.close()
+
+    calls: Counter[tuple[str, FileType]] = Counter()
+    original_save, original_list = LocalBackend.save, LocalBackend.list
+
+    def counted_save(self: LocalBackend, file_type: FileType, name: str, data: bytes) -> None:
+        if Path(self.root).resolve() == location.resolve():
+            calls["save", file_type] += 1
+        original_save(self, file_type, name, data)
+
+    def counted_list(self: LocalBackend, file_type: FileType) -> Iterator[tuple[str, int]]:
+        if Path(self.root).resolve() == location.resolve():
+            calls["list", file_type] += 1
+        return original_list(self, file_type)
+
+    monkeypatch.setattr(LocalBackend, "save", counted_save)
+    monkeypatch.setattr(LocalBackend, "list", counted_list)
+    scheduler = Scheduler(context, now=Clock("2026-03-10 12:00:00"), warn=lambda _: None)
+    try:
+        scheduler.tick()
+        wait_idle(scheduler)
+    finally:
+        scheduler.close()
+    monkeypatch.undo()
+    [record] = scheduled_records(context)
+    assert record.outcome == "succeeded", record.reason
+    assert record.message is not None and record.message.startswith("forgot 4 snapshot(s), pruned ")
+    actual = Repository.open(LocalBackend(location), TEST_PASSWORD)
+    try:
+        left = {snapshot.id for snapshot in actual.list_snapshots()}
+    finally:
+        actual.close()
+    assert len(left) == 6 and left == left_per_environment
+    assert calls["save", FileType.LOCK] == 1, calls
+    assert calls["list", FileType.SNAPSHOT] == 2, calls  # the plan's, and prune's

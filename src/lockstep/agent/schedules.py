@@ -373,12 +373,13 @@ def _real_runners(context: EnvironmentContext, warn: Warn) -> dict[str, JobRunne
     def forget(schedule: ScheduleConfig) -> JobOutcome:
         snapshot_environment = _snapshot_environment(context)
         project = load_project(context.directory, context.config_path, snapshot_environment)
-        removed = 0
-        freed = 0
-        for name in sorted({context.environment, environment_name(snapshot_environment)}):
-            result = forget_snapshots(project.access, project.config.retention, environments=(name,), run_prune=True)
-            removed += len(result.removed)
-            freed += result.prune.bytes_freed if result.prune is not None else 0
+        # One pass over both names this environment's snapshots carry: one exclusive lock, one
+        # listing, one prune. The plan groups by environment, so each name's snapshots are kept
+        # or removed exactly as a forget of that name alone would decide.
+        names = tuple(sorted({context.environment, environment_name(snapshot_environment)}))
+        result = forget_snapshots(project.access, project.config.retention, environments=names, run_prune=True)
+        removed = len(result.removed)
+        freed = result.prune.bytes_freed if result.prune is not None else 0
         return JobOutcome(
             True,
             f"forgot {removed} snapshot(s), pruned {human_size(freed)}",
