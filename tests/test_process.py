@@ -5,9 +5,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
+import socket
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -159,3 +163,122 @@ def test_a_user_command_is_found_by_the_mark_in_its_environment(tmp_path: Path) 
     finally:
         same_group.kill()
         same_group.wait()
+
+
+# -- process_alive: the one "is it still there?" test -------------------------------------------
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+
+
+@contextlib.contextmanager
+def _zombie() -> Iterator[int]:
+    """A child that has exited and that nobody has collected yet."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 10
+        while _state(child.pid) != "Z":
+            assert time.monotonic() < deadline, "the child never became a zombie"
+            time.sleep(0.01)
+        yield child.pid
+    finally:
+        child.wait()
+
+
+def test_a_running_process_is_alive_and_a_collected_one_is_not() -> None:
+    from lockstep.process import process_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert process_alive(os.getpid()) and process_alive(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert not process_alive(child.pid)
+
+
+def test_a_zombie_is_not_alive() -> None:
+    """It runs nothing and never releases a lock; the repository and environment locks' own tests
+    (kill(pid, 0) alone) counted it alive, so its locks never went stale."""
+    from lockstep.process import process_alive
+
+    with _zombie() as pid:
+        assert not process_alive(pid)
+
+
+def test_a_pid_of_zero_or_below_is_never_alive() -> None:
+    """kill(0, 0) reaches our own process group and kill(-1, 0) every process: both succeed,
+    and a lock or record with PID 0 counted as held by a live process."""
+    from lockstep.process import process_alive
+
+    assert not process_alive(0)
+    assert not process_alive(-1)
+    assert not process_alive(-os.getpgrp())
+
+
+def test_a_process_whose_main_thread_exited_is_alive_while_its_threads_run(tmp_path: Path) -> None:
+    """Its PID shows state "Z" once the main thread has ended, yet the other threads still run."""
+    from lockstep.process import process_alive
+
+    script = tmp_path / "leader.py"
+    script.write_text(
+        "import ctypes, os, threading, time\n"
+        "threading.Thread(target=lambda: (time.sleep(30), os._exit(0))).start()\n"
+        "ctypes.CDLL(None).pthread_exit(None)\n"
+    )
+    child = subprocess.Popen([sys.executable, str(script)])
+    try:
+        deadline = time.monotonic() + 10
+        while _state(child.pid) != "Z":
+            assert time.monotonic() < deadline, "the main thread never exited"
+            time.sleep(0.01)
+        assert process_alive(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert not process_alive(child.pid)
+
+
+AS_NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+CHECK_TWO_PIDS = (
+    "import sys; from lockstep.process import process_alive;"
+    " print(process_alive(int(sys.argv[1])), process_alive(int(sys.argv[2])))"
+)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_another_users_process_is_alive_to_a_user_who_may_not_signal_it() -> None:
+    """As nobody, a root process answers kill(pid, 0) with EPERM: it exists. A root zombie is
+    still not alive (EPERM answered before /proc was asked)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with _zombie() as zombie:
+            checked = subprocess.run(
+                [*AS_NOBODY, sys.executable, "-c", CHECK_TWO_PIDS, str(child.pid), str(zombie)],
+                env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+    finally:
+        child.kill()
+        child.wait()
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.split() == ["True", "False"]
+
+
+def test_a_repository_lock_and_an_environment_lock_held_by_a_zombie_are_stale() -> None:
+    from datetime import UTC, datetime
+
+    from lockstep.pipeline.environment_lock import LockHolder, judge_staleness
+    from lockstep.repository.gojson import format_time_ns
+    from lockstep.repository.locks import LockInfo
+
+    with _zombie() as pid:
+        lock = LockInfo("ab" * 32, format_time_ns(time.time_ns()), True, socket.gethostname(), "root", pid)
+        assert lock.is_stale()
+        now = datetime.now(UTC)
+        holder = LockHolder("d1", "production", "root", socket.gethostname(), pid, None, now, now, "deploy")
+        stale, reason = judge_staleness(holder, stale_after=3600, now=now)
+        assert stale and reason == f"process {pid} no longer runs on {socket.gethostname()}"

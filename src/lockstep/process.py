@@ -473,16 +473,50 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=5)
 
 
+# /proc states of a process that has ended: zombie, dead ("x" in older kernels).
+DEAD_STATES = frozenset({"Z", "X", "x"})
+
+
 def process_alive(pid: int) -> bool:
-    """Whether a process with this PID runs on this host; a zombie (exited, not yet reaped) does not."""
+    """Whether a process with this PID runs on this host: the one test every "is it still
+    there?" question uses (lock holders, history records, proxies and their pid files).
+
+    - pid <= 0 names no single process (kill(0) reaches our own group, kill(-1) every process
+      we may signal), so it is never alive: a lock or record with such a PID is not kept alive.
+    - EPERM from kill(pid, 0) means the process exists but belongs to another user: alive.
+    - A zombie (exited, waiting for its parent to collect it) or a dead task runs nothing and
+      will never release what it holds: not alive. A process whose main thread exited while
+      others still run shows the same state "Z" on its PID, so it counts as alive by its
+      threads.
+    - Without /proc to tell (not mounted), the signal check decides.
+    """
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        signalable = False
+    else:
+        signalable = True
     try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
+        with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as handle:
+            fields = dict(line.split(":", 1) for line in handle if ":" in line)
+    except FileNotFoundError:
+        # Gone since the signal check, unless /proc hides it (hidepid: another user's process)
+        # or is not there at all.
+        return not signalable or not os.path.isdir("/proc/self")
+    except OSError:
+        return True
+    state = fields.get("State", "").split()
+    if state and state[0] in DEAD_STATES:
+        return _int_field(fields.get("Threads", "")) > 1
+    return True
+
+
+def _int_field(text: str) -> int:
+    try:
+        return int(text.split()[0])
+    except (IndexError, ValueError):
+        return 0

@@ -1314,8 +1314,8 @@ def _remove_repository_locks_of(context: EnvironmentContext, record: OperationRe
     try:
         host = socket.gethostname()
         for lock in list_locks(repository):
-            # Its process is gone: process_alive counts a zombie (killed, not yet reaped by its
-            # parent) as gone, where the lock's own staleness test would still see it running.
+            # Its process is gone (a zombie, killed and not yet reaped by its parent, counts as
+            # gone): its lock goes now, not when the next command finds it stale.
             if lock.hostname == host and lock.pid == record.pid and not process_alive(lock.pid):
                 repository.backend.remove(FileType.LOCK, lock.id)
                 reporter.info(f"removed its stale repository lock {lock.id[:8]}")

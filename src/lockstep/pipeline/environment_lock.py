@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import Any
 
 from lockstep.errors import IntegrityError, LockstepError, RepositoryLocked, UsageError
+from lockstep.process import process_alive
 from lockstep.repository.documents import DocumentStore
 from lockstep.repository.identity import current_user
 
@@ -187,17 +188,6 @@ def describe_holder(holder: LockHolder, now: datetime | None = None) -> str:
     return text
 
 
-def process_is_running(pid: int) -> bool:
-    """True when a process with this PID exists on this host (even one we may not signal)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def current_process_space() -> str:
     """This kernel boot and PID namespace ("" where /proc cannot tell): where our PIDs mean something."""
     try:
@@ -219,7 +209,7 @@ def _shares_our_processes(holder: LockHolder) -> bool:
 def judge_staleness(holder: LockHolder, stale_after: float, now: datetime | None = None) -> tuple[bool, str]:
     """Whether the holder is gone, and why (or why it counts as alive)."""
     now = now or now_utc()
-    if _shares_our_processes(holder) and not process_is_running(holder.pid):
+    if _shares_our_processes(holder) and not process_alive(holder.pid):
         return True, f"process {holder.pid} no longer runs on {holder.host}"
     silence = (now - holder.heartbeat_at).total_seconds()
     if silence > stale_after:

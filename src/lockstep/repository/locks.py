@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lockstep.errors import IntegrityError, LockstepError, RepositoryLocked
+from lockstep.process import process_alive
 from lockstep.repository.gojson import format_time_ns, parse_time_ns
 from lockstep.repository.identity import current_user
 from lockstep.storage.base import FileMissing, FileType
@@ -54,11 +55,12 @@ class LockInfo:
         return max(0.0, time.time() - written_ns / 1e9)
 
     def is_stale(self) -> bool:
-        """Older than 30 minutes, or held by a process of this host that no longer exists."""
+        """Older than 30 minutes, or held by a process of this host that no longer runs (a
+        zombie included: restic's kill(pid, 0) alone would see it, but it never releases)."""
         if self.age_seconds > STALE_AFTER_SECONDS:
             return True
         if self.hostname == socket.gethostname() and self.pid > 0:
-            return not _process_exists(self.pid)
+            return not process_alive(self.pid)
         return False
 
     def describe(self) -> str:
@@ -80,16 +82,6 @@ def _human_age(seconds: float) -> str:
     if seconds < 7200:
         return f"{int(seconds // 60)} min"
     return f"{seconds / 3600:.1f} h"
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _lock_document(exclusive: bool) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import Any
 
 import lockstep
 from lockstep.errors import LockstepError, UsageError
+from lockstep.process import process_alive
 from lockstep.redaction import is_secret_name
 from lockstep.traffic.base import HoldMode, TrafficState, UpstreamCounters
 from lockstep.traffic.builtin_proxy import ADMIN_SOCKET_NAME, LOG_FILE_NAME, PID_FILE_NAME
@@ -306,20 +307,14 @@ class BuiltinProxy:
 
 
 def _alive(pid: int) -> bool:
-    """Whether `pid` is a live built-in proxy (a stale pid file may name a reused pid)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    """Whether `pid` is a live built-in proxy: alive, and (a stale pid file may name a reused
+    pid) running the proxy's module, where /proc can tell."""
+    if not process_alive(pid):
         return False
-    except PermissionError:
-        return True
     try:
-        status = Path(f"/proc/{pid}/stat").read_text()
         command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return True  # no /proc: trust the signal check
-    if status.rpartition(")")[2].split()[0] == "Z":
-        return False
     return b"lockstep.traffic.builtin_proxy" in command_line
 
 
