@@ -9,6 +9,10 @@ import hashlib
 import io
 import json
 import os
+import shutil
+import stat
+import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +20,7 @@ from typing import Any
 import pytest
 
 from lockstep.config.model import CodeConfig, ProjectConfig
-from lockstep.errors import IntegrityError
+from lockstep.errors import IntegrityError, LockstepError
 from lockstep.pipeline.manifest import MANIFEST_PATH, Manifest
 from lockstep.pipeline.restore import restore_code
 from lockstep.pipeline.snapshot import SnapshotRequest, StoredApart, create_snapshot, load_manifest, prepare_code
@@ -278,3 +282,79 @@ def test_an_older_diff_manifest_is_not_checked_and_says_so(dirty_tree: Path, tmp
         assert "the diff not checked" in written
     finally:
         repository.close()
+
+
+NOBODY = 65534
+
+
+def restore_code_as_nobody(repository_path: Path, snapshot_id: str, target: Path) -> str:
+    """restore_code in a forked child that has become user nobody (no capabilities: no mknod),
+    with the modules this process already imported (nobody cannot read root's Python)."""
+    reading, writing = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        outcome = "child crashed"
+        try:
+            os.close(reading)
+            os.setgroups([])
+            os.setresgid(NOBODY, NOBODY, NOBODY)
+            os.setresuid(NOBODY, NOBODY, NOBODY)
+            repository = open_repository(repository_path)
+            snapshot = repository.load_snapshot(snapshot_id)
+            try:
+                outcome = restore_code(repository, snapshot, load_manifest(repository, snapshot), None, target)
+            except LockstepError as error:
+                outcome = f"failed ({error.exit_code}): {error.message}"
+        except BaseException as error:
+            outcome = f"child crashed: {error!r}"
+        finally:
+            os.write(writing, outcome.encode())
+            os._exit(0)
+    os.close(writing)
+    with os.fdopen(reading, "rb") as pipe:
+        text = pipe.read().decode()
+    os.waitpid(child, 0)
+    return text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make device nodes and to become another user")
+def test_a_release_with_device_nodes_restored_by_another_user_passes_its_check_naming_them() -> None:
+    """Only root can create a device node: restored by another user the release lacks it (the
+    restore skips it, as restic does), and the check against tree_sha256 failed with exit 12 on
+    every such release. The devices' entries now come from the stored tree and the report names
+    them; the rest of the tree is still checked (a changed file still fails)."""
+    root = Path(tempfile.mkdtemp(prefix="lockstep-devices-", dir="/tmp"))
+    try:
+        root.chmod(0o755)
+        current = make_release(root / "site")
+        release = current.resolve()
+        os.mknod(release / "static" / "null", stat.S_IFCHR | 0o644, os.makedev(1, 3))
+        os.mknod(release / "disk", stat.S_IFBLK | 0o600, os.makedev(7, 0))
+        os.mkfifo(release / "pipe")
+        snapshot = snapshot_code(root / "repository", root / "site", CodeConfig(kind="release-directory", path=current))
+        (release / "index.php").write_text("<?php echo 'tampered';\n")
+        repository = open_repository(root / "repository")
+        try:
+            # verify reads the stored tree, where the devices are: nothing to skip there.
+            assert verify_snapshot(repository, snapshot, "data", record=False).ok
+            swapped = rebuild(repository, snapshot, release=release)
+        finally:
+            repository.close()
+        subprocess.run(["chmod", "-R", "a+rX", str(root / "repository")], check=True)
+        os.chown(root, NOBODY, NOBODY)
+
+        written = restore_code_as_nobody(root / "repository", snapshot.id, root / "restored")
+        assert written == (
+            f"the release directory of snapshot {snapshot.short_id} (checked against its tree_sha256; device nodes"
+            " not restored, since only root can create them, and so not checked: disk, static/null)"
+        )
+        assert (root / "restored" / "index.php").read_text() == "<?php echo 'v7';\n"
+        assert stat.S_ISFIFO((root / "restored" / "pipe").lstat().st_mode)
+        assert not (root / "restored" / "disk").exists() and not (root / "restored" / "static" / "null").exists()
+
+        failed = restore_code_as_nobody(root / "repository", swapped.id, root / "tampered")
+        assert failed.startswith("failed (12): ") and "index.php: its content differs" in failed, failed
+        assert "null" not in failed and "disk" not in failed, failed
+        assert not (root / "tampered").exists()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -47,6 +47,8 @@ LISTING_SUFFIX = ".listing"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 # Bytes written as %XX in paths and targets: the separators, the escape itself, control bytes.
 _ESCAPED = frozenset([*range(0x20), 0x7F, ord("%")])
+# Node types only root can create: a restore by another user skips them (restore.py).
+DEVICE_TYPES = frozenset({"dev", "chardev"})
 _TYPE_BY_FORMAT = {
     stat.S_IFDIR: "dir",
     stat.S_IFREG: "file",

@@ -38,7 +38,15 @@ from lockstep.databases.base import (
 )
 from lockstep.errors import IntegrityError, LockstepError, NotFound, SourceError, UsageError
 from lockstep.pipeline.code import git_command
-from lockstep.pipeline.code_listing import entries_on_disk, listing_bytes, listing_sha256, mismatch_problem
+from lockstep.pipeline.code_listing import (
+    DEVICE_TYPES,
+    ListedEntry,
+    entries_on_disk,
+    listing_bytes,
+    listing_sha256,
+    mismatch_problem,
+    tree_entries,
+)
 from lockstep.pipeline.manifest import (
     CodeRecord,
     DatabaseRecord,
@@ -693,7 +701,9 @@ def _write_code(
         written = f"the release directory of snapshot {snapshot.short_id}"
         if code.tree_sha256 is None:
             return f"{written} (not checked: its manifest records no tree_sha256)"
-        _check_restored_release(repository, snapshot, code, target)
+        skipped = _check_restored_release(repository, snapshot, code, node.subtree, target)
+        if skipped:
+            return f"{written} (checked against its tree_sha256; {_skipped_devices_note(skipped)})"
         return f"{written} (checked against its tree_sha256)"
     if work_tree is None:
         raise UsageError("the code is a git commit, but no git work tree is configured", "set [code] path")
@@ -721,19 +731,38 @@ def _write_code(
     return written
 
 
-def _check_restored_release(repository: Repository, snapshot: Snapshot, code: CodeRecord, target: Path) -> None:
+def _check_restored_release(
+    repository: Repository, snapshot: Snapshot, code: CodeRecord, tree: bytes, target: Path
+) -> list[bytes]:
     """The restored tree, read back from disk, against the manifest's tree_sha256; a mismatch
-    names the entries that differ from the listing stored beside the tree."""
+    names the entries that differ from the listing stored beside the tree.
+
+    Only root can create device nodes: restored by another user (as restic does) they are
+    skipped with a warning, and the check would fail on every release that holds one. Then
+    their entries are taken from the stored tree (`tree`), everything else from disk; the
+    paths of those devices are returned, for the report to name."""
     assert code.tree_sha256 is not None
     try:
-        listing = listing_bytes(entries_on_disk(target))
+        entries = list(entries_on_disk(target))
     except OSError as error:
         raise IntegrityError(
             f"the restored release directory cannot be read back to check it: {error.filename}: {error.strerror}",
             "restore it into a directory this user can read",
         ) from error
+    listing = listing_bytes(entries)
     if listing_sha256(listing) == code.tree_sha256:
-        return
+        return []
+    skipped: list[ListedEntry] = []
+    if os.geteuid() != 0:
+        on_disk = {entry.path for entry in entries}
+        skipped = [
+            entry
+            for entry, _ in tree_entries(repository, tree)
+            if entry.type in DEVICE_TYPES and entry.path not in on_disk
+        ]
+        listing = listing_bytes([*entries, *skipped])
+        if skipped and listing_sha256(listing) == code.tree_sha256:
+            return [entry.path for entry in skipped]
     stored_listing = None
     if code.listing is not None:
         with contextlib.suppress(LockstepError):
@@ -746,6 +775,12 @@ def _check_restored_release(repository: Repository, snapshot: Snapshot, code: Co
         f"snapshot {snapshot.short_id}: {problem}; it was removed again",
         "run `lockstep snapshot verify --level data` on the snapshot and `lockstep repo check --read-data`",
     )
+
+
+def _skipped_devices_note(paths: list[bytes], shown: int = 5) -> str:
+    names = ", ".join(path.decode("utf-8", "backslashreplace") for path in paths[:shown])
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return f"device nodes not restored, since only root can create them, and so not checked: {names}{more}"
 
 
 def _apply_diff(repository: Repository, snapshot: Snapshot, code: CodeRecord, target: Path) -> None:
