@@ -47,8 +47,9 @@ def _running_workers(project: NotesProject, slot: str) -> list[int]:
 
 @pytest.fixture
 def slow_migration_project(tmp_path: Path) -> Iterator[NotesProject]:
-    """The notes app whose migration command takes a second before it migrates."""
-    project = make_project(tmp_path, watch_seconds=30)
+    """The notes app whose migration command takes a second before it migrates. Its watch window is
+    a second, so that the first deploy of each test is quick; `_watch_long` lengthens it."""
+    project = make_project(tmp_path)
     config = project.directory / "lockstep.toml"
     config.write_text(
         config.read_text().replace(
@@ -61,6 +62,14 @@ def slow_migration_project(tmp_path: Path) -> Iterator[NotesProject]:
         yield project
     finally:
         _stop_everything(project)
+
+
+def _watch_long(project: NotesProject) -> None:
+    """A 30 s watch window from the next deploy on (the next commit takes it), long enough to kill
+    the deploy or the agent inside it."""
+    config = project.directory / "lockstep.toml"
+    config.write_text(config.read_text().replace("watch_seconds = 1.0\n", "watch_seconds = 30\n"))
+    assert "watch_seconds = 30\n" in config.read_text()
 
 
 def test_a_deploy_killed_during_its_migration_says_the_data_may_have_moved(
@@ -96,6 +105,7 @@ def test_a_deploy_killed_in_its_watch_window_leaves_one_release_of_workers(
     the retire step would have, and a rollback brings it back."""
     project = slow_migration_project
     assert project.lockstep("deploy").returncode == 0
+    _watch_long(project)
     project.apply("v2", "notes 2.0.0")
     _kill_at(project, "watch", 0.5)
     assert project.version() == "2.0.0"
@@ -141,6 +151,7 @@ def test_the_agent_killed_in_the_watch_window_keeps_the_serving_release_and_its_
     project = slow_migration_project
     assert project.lockstep("deploy").returncode == 0
     project.add_note("written under v1")
+    _watch_long(project)
     project.apply("v2", "notes 2.0.0")
     process = project.deploy_until_step("watch")
     assert project.agent is not None
