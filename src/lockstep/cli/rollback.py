@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from lockstep.actions.rollback import rollback
+from lockstep.actions.rollback import plan, rollback
 from lockstep.cli.output import console, print_json
 from lockstep.cli.project_options import parse_duration_seconds, project_options, wants_json
 from lockstep.cli.reporting import progress_options, progress_reporter
@@ -23,6 +23,12 @@ from lockstep.pipeline.rollback import RollbackRequest
 @click.option("--with-data", is_flag=True, help="Also restore the databases as they were under that release.")
 @click.option("--code-only", is_flag=True, help="Only the code (the default); refused onto a newer schema.")
 @click.option("--yes", is_flag=True, help="Answer yes to the data-loss confirmation (for CI).")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the plan (target, warm or cold slot, steps, with --with-data what the restore discards); "
+    "change nothing.",
+)
 @click.option("--force", is_flag=True, help="Roll back code onto a newer schema; take a live lock.")
 @click.option("--lock-wait", metavar="DURATION", default="0", help="Wait this long for the lock (e.g. 30s, 5m).")
 # A host's part of a rollback of several hosts, as the orchestrator runs it over SSH: not for people.
@@ -33,7 +39,8 @@ from lockstep.pipeline.rollback import RollbackRequest
     "--json",
     "json_output",
     is_flag=True,
-    help="Print the rollback record as JSON on stdout (on failure too, with error, hint and exit_code).",
+    help="Print the rollback record (with --dry-run the plan) as JSON on stdout (on failure too, with error, "
+    "hint and exit_code).",
 )
 def rollback_command(
     steps: int,
@@ -44,6 +51,7 @@ def rollback_command(
     with_data: bool,
     code_only: bool,
     yes: bool,
+    dry_run: bool,
     force: bool,
     lock_wait: str,
     coordinated: str | None,
@@ -65,7 +73,12 @@ def rollback_command(
     1 failed and could not undo everything; 2 refused (nothing to roll back to, a newer schema,
     confirmation); 4 locked; 13 no release matches --to.
 
-    When the environment lists `hosts`, rolls back every host over SSH, all or none.
+    --dry-run says which release it would go back to (and from), whether that slot is warm
+    (instant switch) or must be started, each step, and with --with-data which snapshot it would
+    restore and what that discards. It takes no lock and touches no process, traffic or data, and
+    refuses with the exit code the rollback would end with.
+
+    When the environment lists `hosts`, rolls back every host over SSH, all or none (no --dry-run).
     """
     if with_data and code_only:
         raise click.UsageError("--with-data and --code-only exclude each other")
@@ -80,7 +93,16 @@ def rollback_command(
         component=component,
         coordinated=coordinated,
         secondary=secondary,
+        dry_run=dry_run,
     )
+    if dry_run:
+        planned = plan(Path.cwd(), config_path, environment, request)
+        if wants_json(json_output):
+            print_json(planned.document)
+        else:
+            for line in planned.lines:
+                console.print(line, markup=False, highlight=False)
+        return
     record = rollback(Path.cwd(), config_path, environment, request, progress_reporter(log_format, quiet, verbose))
     if wants_json(json_output):
         print_json(record.to_document())

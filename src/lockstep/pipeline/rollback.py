@@ -150,6 +150,17 @@ def choose_target(history: History, current_release_id: str | None, request: Rol
     return RollbackTarget(release=target, data_snapshot_id=snapshot_id, migration_version=version)
 
 
+def warm_in(slot: dict[str, Any], release_id: str | None, component: str | None) -> bool:
+    """Whether `slot` (the agent's status of it) runs `release_id`'s traffic component: then the
+    rollback only moves the traffic there."""
+    release = slot["release"] or {}
+    return (
+        release_id is not None
+        and release.get("release_id") == release_id
+        and any(process["component"] == component and process["running"] for process in slot["processes"])
+    )
+
+
 def _newer(current: str | None, target: str | None) -> bool:
     if current is None or target is None:
         return False
@@ -179,7 +190,10 @@ class Rollback:
         self.data_put_back_from: str | None = None
         self.serves_restored_data = False
 
-    def run(self) -> OperationRecord:
+    def choose(self) -> tuple[dict[str, Any], str, RollbackTarget]:
+        """The agent's status, the active slot and the target, or the refusal a rollback would
+        end with (no release to go back to, --to matching nothing). Changes nothing, so the dry
+        run (pipeline/rollback_plan.py) refuses exactly where the rollback would."""
         if not _release_history(self.history):
             # Before asking the agent: on a project never deployed it is not running either, and
             # "agent not running" would send the user after the wrong problem.
@@ -193,6 +207,17 @@ class Rollback:
             raise UsageError(f"nothing is deployed in {self.context.environment}", "deploy first")
         current = status["slots"][active]["release"]
         target = choose_target(self.history, current["release_id"] if current else None, self.request)
+        return status, str(active), target
+
+    def check_request(self, target: RollbackTarget) -> bool:
+        """The refusals of the request itself (--component, a newer schema, no data snapshot);
+        returns whether the data is restored too."""
+        self._check_component()
+        return self._decide_data(target)
+
+    def run(self) -> OperationRecord:
+        status, active, target = self.choose()
+        current = status["slots"][active]["release"]
         release = target.release
         record = OperationRecord.started_now(
             self.request.coordinated
@@ -208,8 +233,7 @@ class Rollback:
             snapshot_id=target.data_snapshot_id if self.request.with_data and not self.request.secondary else None,
         )
         bind_context(self.reporter, deploy_id=record.id, env=record.environment)
-        self._check_component()
-        with_data = self._decide_data(target)
+        with_data = self.check_request(target)
         if with_data and not self.request.secondary:  # a secondary's orchestrator asked, once for all
             self._confirm_data_loss(target)
         lock = EnvironmentLock(
@@ -394,10 +418,7 @@ class Rollback:
             # Through the idle slot, like a deploy: started and checked there, then the switch.
             record.slot = idle
             self.history.save(record)
-            warm = status["slots"][idle]
-            is_warm = (warm["release"] or {}).get("release_id") == target.release_id and any(
-                process["component"] == component and process["running"] for process in warm["processes"]
-            )
+            is_warm = warm_in(status["slots"][idle], target.release_id, component)
             plans = plan_components(self.config, release_dir, self.context.layout.shared, idle, only=[component])
             if not is_warm:
                 self.agent.start_slot(
@@ -612,15 +633,9 @@ class Rollback:
         idle = other_slot(active)
         record.slot = idle
         self.history.save(record)  # killed from here on, the clean-up knows which slot was ours
-        warm = slots[idle]
         component = traffic_component(self.config)
-        warm_release = warm["release"]
         release_dir = Path(self.context.layout.release_directory(target.release_id or ""))
-        is_warm = (
-            warm_release is not None
-            and warm_release.get("release_id") == target.release_id
-            and any(p["component"] == component and p["running"] for p in warm["processes"])
-        )
+        is_warm = warm_in(slots[idle], target.release_id, component)
         plans = plan_components(self.config, release_dir, self.context.layout.shared, idle)
         if is_warm:
             started = time.monotonic()
