@@ -62,11 +62,15 @@ def test_a_dry_run_after_two_deploys_prints_the_plan_and_changes_nothing(notes_p
         f"rollback test from release {second['release_id']} (slot green) to release {first['release_id']} "
     ), planned.out
     assert "1. lock environment test in the repository (free now)" in lines
-    assert any(
-        line.startswith("2. switch traffic at ") and "to slot blue: WARM (web of release" in line for line in lines
+    assert (
+        "2. pre-switch check: web still runs in slot blue, with at most 0 exits since the rollback found it warm"
+        in (lines)
     ), planned.out
-    assert any(line.startswith("3. start the stopped worker of release") for line in lines), planned.out
-    assert any(line.startswith("4. retire slot green after draining") for line in lines), planned.out
+    assert any(
+        line.startswith("3. switch traffic at ") and "to slot blue: WARM (web of release" in line for line in lines
+    ), planned.out
+    assert any(line.startswith("4. start the stopped worker of release") for line in lines), planned.out
+    assert any(line.startswith("5. retire slot green after draining") for line in lines), planned.out
     document = json.loads(notes_project.lockstep("rollback", "--dry-run", "--json").out)
     assert document["from"] == {"release_id": second["release_id"], "slot": "green", "commit": second["commit"]}
     assert document["to"]["release_id"] == first["release_id"]
@@ -118,6 +122,7 @@ def test_a_dry_run_says_a_cold_slot_must_be_started(notes_project: NotesProject)
     steps = document["steps"]
     assert any(step.startswith("slot green is COLD") for step in steps), steps
     assert any(step.startswith(f"start release {ids[0]} in slot green: web: ") for step in steps), steps
+    assert "pre-switch check: web, worker still run, with at most 0 exits since the health gate" in steps, steps
     assert observed(notes_project) == before
 
 

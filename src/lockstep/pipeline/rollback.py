@@ -43,10 +43,14 @@ from lockstep.pipeline.notifications import notifier_for, operation_event, secre
 from lockstep.pipeline.release_launch import plan_components, traffic_component
 from lockstep.pipeline.releases import build_release_directory
 from lockstep.pipeline.restore import restore_code
+from lockstep.pipeline.slot_exits import PRE_SWITCH_CHECK_STEP, SlotExits, check_before_switch
 from lockstep.pipeline.snapshot import RELEASE_TAG_PREFIX, load_manifest
 from lockstep.pipeline.steps import Reporter, StepFailed, StepRunner, bind_context
 from lockstep.pipeline.traffic_hold import TrafficHold
 from lockstep.repository.documents import DocumentStore
+
+# How the pre-switch check names the time a warm slot's process exited in.
+WARM_WINDOW = "since this rollback found its slot warm"
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,9 @@ class Rollback:
         # whether the older release serves on its restored data (past undoing).
         self.data_put_back_from: str | None = None
         self.serves_restored_data = False
+        # The agent's last event when this rollback read the slots: a warm slot judged by that
+        # status must not have exited since (the pre-switch check, _check_before_switch).
+        self.decided_at_event: int | None = None
 
     def choose(self) -> tuple[dict[str, Any], str, RollbackTarget]:
         """The agent's status, the active slot and the target, or the refusal a rollback would
@@ -202,6 +209,7 @@ class Rollback:
                 "deploy first with `lockstep deploy`",
             )
         status = self.agent.status()
+        self.decided_at_event = int(status["last_event_id"])
         active = status.get("active_slot")
         if not active:
             raise UsageError(f"nothing is deployed in {self.context.environment}", "deploy first")
@@ -429,7 +437,11 @@ class Rollback:
                     [plan.launch_document() for plan in plans],
                 )
                 self.steps.on_undo("code", lambda: self.agent.stop_slot(idle))
+                gated_from = self._last_event()
                 health_gate(self.agent, idle, plans)
+                self._check_before_switch(idle, [component], gated_from)
+            else:
+                self._check_before_switch(idle, [component], self.decided_at_event, WARM_WINDOW)
             self.agent.switch(idle)
             self.steps.on_undo("switch", lambda: self._switch_back(active))
             return f"{component} now serves from release {target.release_id} in slot {idle}"
@@ -638,6 +650,8 @@ class Rollback:
         is_warm = warm_in(slots[idle], target.release_id, component)
         plans = plan_components(self.config, release_dir, self.context.layout.shared, idle)
         if is_warm:
+            assert component is not None  # warm_in finds no traffic component otherwise
+            self._check_before_switch(idle, [component], self.decided_at_event, WARM_WINDOW)
             started = time.monotonic()
             self.agent.switch(idle)
             switched = time.monotonic() - started
@@ -657,13 +671,35 @@ class Rollback:
             idle, target.release_id or "", release_dir, target.commit, [plan.launch_document() for plan in plans]
         )
         self.steps.on_undo("code", lambda: self.agent.stop_slot(idle))
+        gated_from = self._last_event()
         health_gate(self.agent, idle, plans)
+        self._check_before_switch(idle, [plan.name for plan in plans], gated_from)
         self.agent.switch(idle)
         self.steps.on_undo("switch", lambda: self._switch_back(active))
         self._switched()
         self._wait_at_retire_barrier()
         self._retire(active, component)
         return f"started in slot {idle}" + (" (release directory rebuilt)" if rebuilt else "")
+
+    def _last_event(self) -> int:
+        return int(self.agent.status()["last_event_id"])
+
+    def _check_before_switch(
+        self, slot: str, components: list[str], since: int | None, window: str = "after passing its health gate"
+    ) -> None:
+        """Right before the traffic moves to `slot`, as a deploy checks (pipeline/slot_exits.py):
+        every component still runs, with no more exits than the watch allows since `since`. For
+        a started slot that is the start of its health gate, which checks one component after
+        the other: one that exits once its own gate passed, while the next one's runs, counts.
+        For a warm slot it is when this rollback read the slots and judged it warm. Fails the
+        rollback before the switch, so it is undone."""
+        exits = SlotExits(self.agent, slot, self.config.deploy.watch_max_exits, since=since)
+        self.steps.run(
+            PRE_SWITCH_CHECK_STEP,
+            f"slot {slot}",
+            lambda: check_before_switch(self.agent, slot, components, exits, self.reporter, window),
+            lambda detail: detail,
+        )
 
     def _wait_at_retire_barrier(self) -> None:
         """In a coordinated rollback, switched: every host must have switched before any retires."""

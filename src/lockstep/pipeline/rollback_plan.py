@@ -224,6 +224,8 @@ class _Planner:
     def _warm_lines(self, with_data: bool) -> list[str]:
         traffic = self.traffic or ""
         lines = [
+            f"pre-switch check: {traffic} still runs in slot {self.idle}, with at most "
+            f"{self.config.deploy.watch_max_exits} exits since the rollback found it warm",
             f"switch traffic at {self.config.traffic.listen} to slot {self.idle}: WARM ({traffic} of release "
             f"{self.release_id} runs there), an instant switch",
         ]
@@ -244,6 +246,10 @@ class _Planner:
         lines = self._directory_line()
         lines.append(f"slot {self.idle} is COLD (release {self.release_id} does not run there): it must be started")
         lines += self._start_lines(self.idle, plans)
+        lines.append(
+            f"pre-switch check: {', '.join(plan.name for plan in plans)} still run, with at most "
+            f"{self.config.deploy.watch_max_exits} exits since the health gate"
+        )
         if self.traffic is not None:
             lines.append(f"switch traffic at {self.config.traffic.listen} to slot {self.idle}")
         if self.request.component is None:

@@ -62,12 +62,17 @@ class SlotExits:
 
 
 def check_before_switch(
-    agent: EventSource, slot: str, components: list[str], exits: SlotExits, reporter: Reporter
+    agent: EventSource,
+    slot: str,
+    components: list[str],
+    exits: SlotExits,
+    reporter: Reporter,
+    window: str = "after passing its health gate",
 ) -> str:
     """Right before traffic moves to `slot`: every component runs (not crash-looped), and no
-    more exits since the health gate than the watch allows. Raises UsageError naming the one
-    that does not, so the deploy is rolled back before the switch."""
-    exits.check(reporter, "after passing its health gate")
+    more exits since the health gate (or what `window` says) than the watch allows. Raises
+    UsageError naming the one that does not, so the deploy is rolled back before the switch."""
+    exits.check(reporter, window)
     processes = {str(process["component"]): process for process in agent.status()["slots"][slot]["processes"]}
     for component in components:
         process = processes.get(component)
@@ -75,7 +80,7 @@ def check_before_switch(
             state = "crash-looped" if process is not None and process["crash_looped"] else "not running"
             log = process.get("log") if process is not None else None
             raise UsageError(
-                f"{component} in slot {slot} is {state} after passing its health gate: traffic was not switched to it",
+                f"{component} in slot {slot} is {state} {window}: traffic was not switched to it",
                 f"its log says why: {log}" if log else "`lockstep status` shows its processes",
             )
     exited = f"; {exits.total} exit(s) within the limit of {exits.limit}" if exits.total else ""
