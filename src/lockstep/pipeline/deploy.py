@@ -317,8 +317,12 @@ class Deployment:
             ),
             "7. smoke: "
             + ("; ".join(check.model_dump_json(exclude_defaults=True) for check in self.config.deploy.smoke) or "none"),
-            f"8. switch traffic at {self.config.traffic.listen} ({self.config.traffic.kind}) to slot {idle}, "
-            f"once it still runs with at most {self.config.deploy.watch_max_exits} exits since its health gate",
+            (
+                f"8. switch traffic at {self.config.traffic.listen} ({self.config.traffic.kind}) to slot {idle}, once "
+                if traffic_component(self.config) is not None
+                else "8. no traffic to switch (no component has ports); before the retire, check that "
+            )
+            + f"it still runs with at most {self.config.deploy.watch_max_exits} exits since its health gate",
             f"9. watch {self.config.deploy.watch_seconds:.0f} s: {self.config.deploy.watch_failures} failed checks, "
             f"a crash loop or > {self.config.deploy.watch_error_rate:.0%} errors roll back",
             f"10. retire slot {active or '(none)'} after draining (at most {self.config.traffic.drain_timeout:.0f} s)",
@@ -637,8 +641,10 @@ class Deployment:
                 lambda: self._run_tracked_hook("pre-switch", "pre-switch hook", record),
                 lambda _: "ok",
             )
-        if traffic_component(self.config) is not None:
-            # Before the barrier: past it, every host of a multi-host deploy switches.
+        if self.plans:
+            # Before the barrier: past it, every host of a multi-host deploy switches. Without a
+            # traffic component nothing switches, but the retire stops the old release's workers:
+            # a new worker that died must fail the deploy before that, not be reported deployed.
             self.steps.run(
                 PRE_SWITCH_CHECK_STEP, f"slot {new_slot}", lambda: self._check_before_switch(new_slot), lambda r: r
             )
