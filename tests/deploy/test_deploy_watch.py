@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy.conftest import NotesProject, _stop_everything, make_project
+from tests.deploy.test_rollback_pre_switch import EXITS_ONCE_WHEN_ASKED
 
 pytestmark = pytest.mark.slow
 
@@ -133,3 +134,23 @@ def test_a_release_that_exits_between_its_health_gate_and_the_switch_gets_no_tra
         assert [item for item in project.status()["slots"]["green"]["processes"] if item["running"]] == []
     finally:
         _stop_everything(project)
+
+
+def test_a_web_that_exits_while_the_workers_gate_runs_gets_no_traffic(notes_project: NotesProject) -> None:
+    """The health gate checks web, then the worker (2 s). The new web exits once after its own gate
+    passed, while the worker's runs; the agent restarts it. Exits counted only from the end of the
+    whole gate, so the deploy switched to it and succeeded; they count from its start now."""
+    assert notes_project.lockstep("deploy").returncode == 0
+    with (notes_project.directory / "notes.py").open("a") as notes:
+        notes.write(EXITS_ONCE_WHEN_ASKED)
+    (notes_project.directory / "VERSION").write_text("1.0.1\n")
+    notes_project.commit("notes 1.0.1: exits once when asked")
+    marker = notes_project.database.parent / "exit-once"
+    marker.write_text("")
+    completed = notes_project.lockstep("deploy")
+    assert not marker.exists()  # the new web did exit
+    assert completed.returncode == 3, completed.err
+    record = notes_project.history()[-1]
+    assert (record["outcome"], record["failed_step"]) == ("rolled-back", "pre-switch check"), record
+    assert "web exited 1 time(s) after passing its health gate (limit 0): exited with code 1" in record["reason"]
+    assert notes_project.version() == "1.0.0"

@@ -838,9 +838,12 @@ class Deployment:
     def _start(self, record: OperationRecord, slot: str, release: Path) -> str:
         self.steps.on_undo("start", lambda: self.agent.stop_slot(slot))
         self.agent.start_slot(slot, record.id, release, record.commit, [plan.launch_document() for plan in self.plans])
+        # Exits from the start of the health gate on count: before the switch (_check_before_switch),
+        # and in the watch. Not from its end: it checks one component after the other, and one that
+        # exits once its own gate passed, while the next one's runs, went unseen.
+        since = int(self.agent.status()["last_event_id"])
         gate = health_gate(self.agent, slot, self.plans)
-        # Exits from here on count: before the switch (_check_before_switch), and in the watch.
-        self.exits = SlotExits(self.agent, slot, self.config.deploy.watch_max_exits)
+        self.exits = SlotExits(self.agent, slot, self.config.deploy.watch_max_exits, since=since)
         return gate
 
     def _check_before_switch(self, slot: str) -> str:
