@@ -158,3 +158,19 @@ def test_a_dry_run_of_several_hosts_is_refused(tmp_path: Path) -> None:
     refused = project.lockstep("rollback", "--dry-run")
     assert refused.returncode == 2, refused.err
     assert "rollback --dry-run does not plan a rollback of several hosts" in refused.err
+
+
+def test_a_dry_run_of_one_component_plans_that_component_only(notes_project: NotesProject) -> None:
+    """--component worker is replaced where it runs (no traffic moves); --component web goes
+    through the warm slot, and nothing is retired."""
+    deploy(notes_project)
+    bump(notes_project, "1.0.1")
+    deploy(notes_project)
+    before = observed(notes_project)
+    worker = json.loads(notes_project.lockstep("rollback", "--component", "worker", "--dry-run", "--json").out)
+    assert (worker["component"], worker["to"]["slot"], worker["to"]["warm"]) == ("worker", "green", False)
+    assert worker["steps"][1].startswith("replace worker in slot green (no traffic moves)"), worker["steps"]
+    web = json.loads(notes_project.lockstep("rollback", "--component", "web", "--dry-run", "--json").out)
+    assert (web["to"]["slot"], web["to"]["warm"]) == ("blue", True)
+    assert [step.split(":")[0].split(" ")[0] for step in web["steps"]] == ["lock", "pre-switch", "switch"], web
+    assert observed(notes_project) == before

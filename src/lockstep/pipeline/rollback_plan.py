@@ -59,6 +59,9 @@ def plan_rollback(context: EnvironmentContext, request: RollbackRequest) -> Roll
 
 
 class _Planner:
+    """The steps of Rollback.run and its _bring_back (or _bring_back_component), in words: kept
+    next to them so that a change there shows here (tests/deploy/test_rollback_dry_run.py)."""
+
     def __init__(
         self,
         context: EnvironmentContext,
