@@ -436,6 +436,36 @@ def test_a_rollback_goes_back_on_every_host_or_is_refused(fleet_factory: FleetFa
     assert [host.version() for host in fleet.hosts] == ["1.0.1", "1.0.0"]
 
 
+def test_a_rollback_host_failing_after_the_retire_go_keeps_the_release_every_host_serves(
+    fleet_factory: FleetFactory,
+) -> None:
+    """The second host switches back to the warm 1.0.0 with the first, is told "go" at its retire
+    barrier, and then cannot restart 1.0.0's worker. Undoing its part alone would put it back on
+    1.0.1 while the first serves 1.0.0: it keeps 1.0.0 like the first, and the orchestrator says
+    the rollback serves everywhere but did not finish on it (exit 1), as for a deploy."""
+    fleet = fleet_factory()
+    first = _deploy_ok(fleet)
+    fleet.commit_version("1.0.1")
+    _deploy_ok(fleet)
+    second = fleet.hosts[1]
+    layout = EnvironmentLayout(second.directory / ".lockstep" / "state" / "test", "test")
+    (layout.release_directory(first["id"]) / "worker.py").write_text("raise SystemExit('no worker today')\n")
+    rolled = fleet.lockstep("rollback", "--json")
+    assert rolled.returncode == 1, rolled.stderr + rolled.stdout
+    document = json.loads(rolled.stdout)
+    name = f"127.0.0.1:{fleet.servers[1].port}"
+    assert "serves on every host, but did not finish everywhere" in document["error"], document["error"]
+    assert f"{name} serves it, but its retire did not finish" in document["error"]
+    assert [host["outcome"] for host in document["hosts"]] == ["succeeded", "kept, retire unfinished"]
+    assert [host.version() for host in fleet.hosts] == ["1.0.0", "1.0.0"]
+    record = fleet.history()[-1]
+    assert (record["operation"], record["outcome"], record["failed_step"]) == ("rollback", "succeeded", "retire")
+    assert record["release_id"] == first["id"]
+    kept = second.history()[-1]
+    assert kept["id"] == record["id"] and kept["outcome"] == "succeeded" and kept["failed_step"] == "code"
+    assert "nothing was undone" in str(kept["reason"])
+
+
 def test_a_coordinated_deploy_runs_only_under_its_orchestrator_s_lock(notes_project: NotesProject) -> None:
     """A host told to join a deploy whose lock is not in its repository changes nothing."""
     refused = notes_project.lockstep("deploy", "HEAD", "--coordinated", "20261123_000000_abc", "--yes", "--json")

@@ -60,3 +60,26 @@ def test_a_lost_host_that_finished_forward_counts_as_serving() -> None:
     unreachable.add(lost, {"name": "web2", "reachable": False, "error": "connection refused"})
     assert not unreachable.every_host_serves
     assert "asked again, it did not answer: connection refused" in unreachable.reason()
+
+
+def test_a_rollback_s_report_names_its_release_and_how_to_bring_the_hosts_together() -> None:
+    rollback, release = "20261123_000000_rollback", "20261120_000000_target"
+    kept = _run("web2", 1, {"outcome": "succeeded", "failed_step": "code", "error": "worker exited"})
+    kept.outcome = KEPT
+    report = RetireReport(rollback, "production", "rollback", release)
+    report.add(kept, None)
+    failure = report.failure()
+    assert failure.message.startswith(f"rollback {rollback}: release {release} serves on every host")
+    assert "lockstep deploy --env production" in (failure.hint or "")
+    lost = _run("web3", None, lost="connection reset")
+    lost.outcome = "lost"
+    status = {"release": "20261122_000000_newer", "last_operation": {"id": rollback, "outcome": "rolled-back"}}
+    report.add(lost, status)
+    failure = report.failure()
+    assert "THE HOSTS MAY SERVE DIFFERENT RELEASES" in failure.message
+    assert "NOT this one (its part of this rollback: rolled-back)" in failure.message
+    assert f"lockstep rollback --to {release}" in (failure.hint or "")
+    # A host that finished the rollback forward serves its target release, not the rollback's ID.
+    finished = RetireReport(rollback, "production", "rollback", release)
+    finished.add(lost, {"release": release, "last_operation": {"id": rollback, "outcome": "succeeded"}})
+    assert finished.every_host_serves

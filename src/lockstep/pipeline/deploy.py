@@ -925,19 +925,15 @@ class Deployment:
         under their new release. Undoing here alone would leave the hosts on different releases,
         so this host keeps serving the new release too, and says what is left unfinished.
         """
-        step, reason = self._describe_failure(error)
-        self.steps.settle()
-        record.outcome = "succeeded"  # its release serves, here as on every host: rollbacks count it
-        record.failed_step = step
-        record.reason = f"{reason}; nothing was undone: every host was told to keep release {record.id}"
-        record.finished_at = time.time()
-        record.steps = [item.to_document() for item in self.steps.records]
-        self.history.save(record)
-        return DeployFailed(
-            f"deploy {record.id} failed at {step or 'its end'} after every host was told to keep it: {reason}; "
-            f"nothing was undone: release {record.id} serves here",
-            "its old slot may not be retired (workers of both releases may run): see `lockstep status` here",
-            result=RedactedRecord(record, self.redactor),
+        from lockstep.pipeline.multi_host_retire import keep_release
+
+        return keep_release(
+            record,
+            self.steps,
+            self._describe_failure(error),
+            self.history,
+            self.redactor,
+            "its old slot may not be retired (workers of both releases may run)",
         )
 
     def _fail(self, record: OperationRecord, error: BaseException) -> None:

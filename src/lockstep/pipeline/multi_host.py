@@ -146,6 +146,8 @@ class HostFanOut:
     the abort of every host when one fails, and the record of what each host did."""
 
     operation = "deploy"
+    done_event = DEPLOY_SUCCEEDED
+    failed_event = DEPLOY_FAILED  # also when it stands on every host but did not finish everywhere
 
     def __init__(self, context: EnvironmentContext, reporter: Reporter, lock_wait: float, force: bool) -> None:
         self.context = context
@@ -164,6 +166,7 @@ class HostFanOut:
         self.waits: list[asyncio.Task[Any]] = []  # what _wait ran: an interrupt leaves it pending
         self.runs = [HostRun(target, primary=index == 0) for index, target in enumerate(self.config.host_targets())]
         self.data_kept: str | None = None  # why an unwind's data restore did not run, when it did not
+        self.retire_go_sent = False  # from then on every host keeps the release (multi_host_retire.py)
         bind_context(reporter, env=context.environment)
 
     def run(self) -> OperationRecord:
@@ -185,6 +188,17 @@ class HostFanOut:
     def _remote_arguments(self, run: HostRun, record: OperationRecord) -> list[str]:
         """The lockstep command line a host runs for its part."""
         raise NotImplementedError
+
+    def _record_success(self, record: OperationRecord) -> None:
+        """What the record says once every host ended past the retire "go" (before the report)."""
+        record.outcome = "succeeded"
+
+    def _done_message(self, record: OperationRecord) -> str:
+        raise NotImplementedError
+
+    def _failure_event(self, failure: LockstepError) -> str:
+        """The notification of a failure before the retire "go" (every host unwound, or tried)."""
+        return self.failed_event
 
     async def _connect_and_check_version(self, run: HostRun) -> None:
         run.connection = await ssh.connect(run.target, self.ssh)
@@ -517,6 +531,98 @@ class HostFanOut:
 
         await asyncio.wait_for(asyncio.gather(*(finish(run) for run in self.runs)), UNWIND_WAIT_SECONDS)
 
+    def _run_to_the_end(
+        self, record: OperationRecord, notifier: Notifier, run_hosts: Callable[[], None]
+    ) -> OperationRecord:
+        """Run the hosts through the retire step; the record of a success, else the failure.
+        A failure before the retire "go" aborts every host, which unwinds (_fail); past it every
+        host keeps the release, and the end is reported as it is (multi_host_retire.py)."""
+        try:
+            run_hosts()
+            unfinished = self._finish(record, notifier)
+        except (Exception, KeyboardInterrupt) as error:
+            if not self.retire_go_sent:
+                failure = self._fail(record, error)
+                notifier.notify(operation_event(self._failure_event(failure), record, failure.message))
+                raise failure from None
+            unfinished = self._after_retire_go(record, error, notifier)
+        if unfinished is not None:
+            raise unfinished from None
+        return record
+
+    def _retire_step(self) -> None:
+        self.steps.run(
+            "retire",
+            "every host",
+            lambda: self._wait(self._retire_every_host()),
+            lambda left: "every host succeeded" if not left else f"every host keeps the release; unfinished: {left}",
+        )
+
+    async def _retire_every_host(self) -> str:
+        """Past this "go" every host keeps the release, even one whose retire step fails
+        (multi_host_retire.py): wait for every host to end; the hosts left unfinished."""
+        self.retire_go_sent = True
+        for run in self.runs:
+            self._send(run, GO)
+        await asyncio.gather(*(self._until_exit(run) for run in self.runs))
+        for run in self.runs:
+            self._settle_retire_outcome(run)
+        return ", ".join(f"{run.name} ({run.outcome})" for run in self.runs if run.culprit)
+
+    def _finish(self, record: OperationRecord, notifier: Notifier) -> DeployFailed | None:
+        """Every host has ended past the retire "go": the record says what each serves; the
+        failure to raise when not every host finished (multi_host_retire.py)."""
+        self._record_success(record)
+        unfinished = self._report_retire(record)
+        record.finished_at = time.time()
+        self._save_final(record)
+        if unfinished is None:
+            notifier.notify(operation_event(self.done_event, record, self._done_message(record)))
+        else:
+            notifier.notify(operation_event(self.failed_event, record, unfinished.message))
+        return unfinished
+
+    def _after_retire_go(
+        self, record: OperationRecord, error: BaseException, notifier: Notifier
+    ) -> DeployFailed | None:
+        """This machine failed (Ctrl-C, SIGTERM, a bug) after telling every host to keep the
+        release: aborting would reach no host, and undoing would be wrong (multi_host_retire.py).
+        Wait for the hosts to end, and report as for any end past the retire "go"."""
+        cause = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
+        self.reporter.warn(
+            f"{self.redactor.redact(cause)} after every host was told to keep release "
+            f"{record.release_id or record.id}: nothing is undone; waiting for the hosts to finish"
+        )
+        self._recover_from_interrupt()
+        try:
+            self._wait(self._wait_for_unwinds())
+        except (Exception, KeyboardInterrupt):
+            self.reporter.warn("stopped waiting for the hosts; each finishes on its own")
+        for run in self.runs:
+            if run.outcome != "not started":
+                self._settle_retire_outcome(run)
+        return self._finish(record, notifier)
+
+    def _settle_retire_outcome(self, run: HostRun) -> None:
+        run.outcome = "still running" if run.running else retire_outcome(run, self._outcome_of_exit(run))
+        run.culprit = run.outcome != "succeeded"
+
+    def _report_retire(self, record: OperationRecord) -> DeployFailed | None:
+        """None when every host finished its retire step; else the record says what each host
+        serves (asked anew over SSH for a host that did not confirm), and the failure to raise."""
+        unfinished = [run for run in self.runs if run.culprit]
+        if not unfinished:
+            return None
+        unconfirmed = [run for run in unfinished if run.outcome != KEPT]
+        statuses = {status["name"]: status for status in host_statuses(self.context)} if unconfirmed else {}
+        report = RetireReport(record.id, self.context.environment, self.operation, record.release_id)
+        for run in unfinished:
+            report.add(run, statuses.get(run.name))
+        record.outcome = "succeeded" if report.every_host_serves else "failed"
+        record.failed_step = "retire"
+        record.reason = self.redactor.redact(report.reason())
+        return report.failure(RedactedRecord(record, self.redactor))
+
     def _close(self) -> None:
         for run in self.runs:
             if run.connection is not None:
@@ -533,7 +639,6 @@ class MultiHostDeployment(HostFanOut):
     def __init__(self, context: EnvironmentContext, request: DeployRequest, reporter: Reporter) -> None:
         super().__init__(context, reporter, request.lock_wait, request.force)
         self.request = request
-        self.retire_go_sent = False  # from then on every host keeps the release (multi_host_retire.py)
 
     def _run(self) -> OperationRecord:
         """Deploy to every host; the record of a success, else DeployRolledBack/DeployFailed/DeployRefused."""
@@ -564,76 +669,29 @@ class MultiHostDeployment(HostFanOut):
         self.steps.run("lock", self.context.environment, lambda: self._take_lock(record), lambda _: "held")
         self.steps.on_started = lambda step, detail: self._save_progress(record, step, detail)
         notifier = notifier_for(self.context, self.reporter)
-        unfinished: DeployFailed | None = None
-        try:
+
+        def run_hosts() -> None:
             self.history.save(record)
             notifier.notify(operation_event(DEPLOY_STARTED, record, f"deploying {record.id} to {len(self.runs)} hosts"))
             self._run_hosts(record)
-            unfinished = self._finish(record, notifier)
-        except (Exception, KeyboardInterrupt) as error:  # any failure before the retire go: every host unwinds
-            if self.retire_go_sent:  # past it, every host keeps the release: nothing to abort
-                unfinished = self._after_retire_go(record, error, notifier)
-                return self._succeeded_or(unfinished, record)
-            failure = self._fail(record, error)
-            notifier.notify(
-                operation_event(
-                    DEPLOY_ROLLED_BACK if isinstance(failure, DeployRolledBack) else DEPLOY_FAILED,
-                    record,
-                    failure.message,
-                )
-            )
-            raise failure from None
+
+        try:
+            return self._run_to_the_end(record, notifier, run_hosts)
         finally:
             self._release_lock()
             notifier.close()
-        return self._succeeded_or(unfinished, record)
 
-    @staticmethod
-    def _succeeded_or(unfinished: DeployFailed | None, record: OperationRecord) -> OperationRecord:
-        if unfinished is not None:
-            raise unfinished from None
-        return record
-
-    def _finish(self, record: OperationRecord, notifier: Notifier) -> DeployFailed | None:
-        """Every host has ended past the retire "go": the record says what each serves; the
-        failure to raise when not every host finished (multi_host_retire.py)."""
+    def _record_success(self, record: OperationRecord) -> None:
         record.release_id = record.id
         # The primary's pre-deploy snapshot: what `rollback --with-data` restores from (choose_target).
         record.snapshot_id = (self.runs[0].result or {}).get("snapshot_id")
         record.outcome = "succeeded"
-        unfinished = self._report_retire(record)
-        record.finished_at = time.time()
-        self._save_final(record)
-        if unfinished is None:
-            notifier.notify(operation_event(DEPLOY_SUCCEEDED, record, f"deployed {record.id} to every host"))
-        else:
-            notifier.notify(operation_event(DEPLOY_FAILED, record, unfinished.message))
-        return unfinished
 
-    def _after_retire_go(
-        self, record: OperationRecord, error: BaseException, notifier: Notifier
-    ) -> DeployFailed | None:
-        """This machine failed (Ctrl-C, SIGTERM, a bug) after telling every host to keep the
-        release: aborting would reach no host, and undoing would be wrong (multi_host_retire.py).
-        Wait for the hosts to end, and report as for any end past the retire "go"."""
-        cause = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
-        self.reporter.warn(
-            f"{self.redactor.redact(cause)} after every host was told to keep release {record.id}: nothing is "
-            "undone; waiting for the hosts to finish"
-        )
-        self._recover_from_interrupt()
-        try:
-            self._wait(self._wait_for_unwinds())
-        except (Exception, KeyboardInterrupt):
-            self.reporter.warn("stopped waiting for the hosts; each finishes on its own")
-        for run in self.runs:
-            if run.outcome != "not started":
-                self._settle_retire_outcome(run)
-        return self._finish(record, notifier)
+    def _done_message(self, record: OperationRecord) -> str:
+        return f"deployed {record.id} to every host"
 
-    def _settle_retire_outcome(self, run: HostRun) -> None:
-        run.outcome = "still running" if run.running else retire_outcome(run, self._outcome_of_exit(run))
-        run.culprit = run.outcome != "succeeded"
+    def _failure_event(self, failure: LockstepError) -> str:
+        return DEPLOY_ROLLED_BACK if isinstance(failure, DeployRolledBack) else DEPLOY_FAILED
 
     def _run_hosts(self, record: OperationRecord) -> None:
         primary, others = self.runs[0], self.runs[1:]
@@ -656,39 +714,7 @@ class MultiHostDeployment(HostFanOut):
             lambda: self._wait(self._advance(self.runs, record, GO, RETIRE_BARRIER)),
             lambda _: "every host switched and watched",
         )
-        self.steps.run(
-            "retire",
-            "every host",
-            lambda: self._wait(self._retire_every_host()),
-            lambda left: "every host succeeded" if not left else f"every host keeps the release; unfinished: {left}",
-        )
-
-    async def _retire_every_host(self) -> str:
-        """Past this "go" every host keeps the new release, even one whose retire step fails
-        (multi_host_retire.py): wait for every host to end; the hosts left unfinished."""
-        self.retire_go_sent = True
-        for run in self.runs:
-            self._send(run, GO)
-        await asyncio.gather(*(self._until_exit(run) for run in self.runs))
-        for run in self.runs:
-            self._settle_retire_outcome(run)
-        return ", ".join(f"{run.name} ({run.outcome})" for run in self.runs if run.culprit)
-
-    def _report_retire(self, record: OperationRecord) -> DeployFailed | None:
-        """None when every host finished its retire step; else the record says what each host
-        serves (asked anew over SSH for a host that did not confirm), and the failure to raise."""
-        unfinished = [run for run in self.runs if run.culprit]
-        if not unfinished:
-            return None
-        unconfirmed = [run for run in unfinished if run.outcome != KEPT]
-        statuses = {status["name"]: status for status in host_statuses(self.context)} if unconfirmed else {}
-        report = RetireReport(record.id, self.context.environment)
-        for run in unfinished:
-            report.add(run, statuses.get(run.name))
-        record.outcome = "succeeded" if report.every_host_serves else "failed"
-        record.failed_step = "retire"
-        record.reason = self.redactor.redact(report.reason())
-        return report.failure(RedactedRecord(record, self.redactor))
+        self._retire_step()
 
     def _remote_arguments(self, run: HostRun, record: OperationRecord) -> list[str]:
         arguments = [

@@ -6,7 +6,8 @@ from its own history of multi-host deploys (hosts record their part under the sa
 the environment lock once, and runs `lockstep rollback --to TARGET --coordinated ID` on every
 host at once. Each host waits at a barrier before it switches and again once it has switched,
 before retiring the slot it left: a host failing (or its connection dropping) before every host
-switched makes every other host switch back.
+switched makes every other host switch back. Past the retire "go" every host keeps the release it
+switched to, as in a deploy, even one that fails then (multi_host_retire.py).
 
 With --with-data, after showing what the restore discards (the primary's `snapshot diff`) and
 asking: every host holds its traffic and stops its workers; the primary alone, once every other
@@ -31,7 +32,7 @@ from lockstep.notify.events import ROLLBACK_DONE, ROLLBACK_FAILED
 from lockstep.pipeline.coordination import GO, RESTORE_BARRIER, RETIRE_BARRIER, SWITCH_BARRIER
 from lockstep.pipeline.history import OperationRecord
 from lockstep.pipeline.multi_host import HostFanOut, HostRun, error_of
-from lockstep.pipeline.notifications import notifier_for, operation_event
+from lockstep.pipeline.notifications import notifier_for
 from lockstep.pipeline.rollback import RollbackRequest, RollbackTarget, choose_target, confirm_data_restore
 from lockstep.pipeline.steps import Reporter, bind_context
 from lockstep.remote import ssh
@@ -41,6 +42,8 @@ class MultiHostRollback(HostFanOut):
     """One `lockstep rollback` of every host of an environment, all or none."""
 
     operation = "rollback"
+    done_event = ROLLBACK_DONE
+    failed_event = ROLLBACK_FAILED
 
     def __init__(self, context: EnvironmentContext, request: RollbackRequest, reporter: Reporter) -> None:
         super().__init__(context, reporter, request.lock_wait, request.force)
@@ -80,40 +83,32 @@ class MultiHostRollback(HostFanOut):
         self.steps.on_started = lambda step, detail: self._save_progress(record, step, detail)
         notifier = notifier_for(self.context, self.reporter)
         try:
-            self.history.save(record)
-            if self.request.with_data:
-                self._hold_and_restore(record)
-            else:
-                self.steps.run(
-                    "hosts",
-                    "every host: checks, up to the switch barrier",
-                    lambda: self._wait(self._advance(self.runs, record, "start", SWITCH_BARRIER)),
-                    lambda _: "every host at the switch barrier",
-                )
-            self.steps.run(
-                "switch",
-                "every host",
-                lambda: self._wait(self._advance(self.runs, record, GO, RETIRE_BARRIER)),
-                lambda _: "every host switched",
-            )
-            self.steps.run(
-                "retire",
-                "every host",
-                lambda: self._wait(self._advance(self.runs, record, GO, None)),
-                lambda _: "every host succeeded",
-            )
-            record.outcome = "succeeded"
-            record.finished_at = time.time()
-            self._save_final(record)
-            notifier.notify(operation_event(ROLLBACK_DONE, record, f"rolled every host back to {record.release_id}"))
-        except (Exception, KeyboardInterrupt) as error:
-            failure = self._fail(record, error)
-            notifier.notify(operation_event(ROLLBACK_FAILED, record, failure.message))
-            raise failure from None
+            return self._run_to_the_end(record, notifier, lambda: self._run_hosts(record))
         finally:
             self._release_lock()
             notifier.close()
-        return record
+
+    def _run_hosts(self, record: OperationRecord) -> None:
+        self.history.save(record)
+        if self.request.with_data:
+            self._hold_and_restore(record)
+        else:
+            self.steps.run(
+                "hosts",
+                "every host: checks, up to the switch barrier",
+                lambda: self._wait(self._advance(self.runs, record, "start", SWITCH_BARRIER)),
+                lambda _: "every host at the switch barrier",
+            )
+        self.steps.run(
+            "switch",
+            "every host",
+            lambda: self._wait(self._advance(self.runs, record, GO, RETIRE_BARRIER)),
+            lambda _: "every host switched",
+        )
+        self._retire_step()
+
+    def _done_message(self, record: OperationRecord) -> str:
+        return f"rolled every host back to {record.release_id}"
 
     def _hold_and_restore(self, record: OperationRecord) -> None:
         """Every host holds its traffic and stops its workers; then, and only then, the primary

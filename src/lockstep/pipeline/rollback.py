@@ -196,6 +196,8 @@ class Rollback:
         # The agent's last event when this rollback read the slots: a warm slot judged by that
         # status must not have exited since (the pre-switch check, _check_before_switch).
         self.decided_at_event: int | None = None
+        # A coordinated rollback told "go" at its retire barrier: every host keeps the release now.
+        self.past_retire_go = False
 
     def choose(self) -> tuple[dict[str, Any], str, RollbackTarget]:
         """The agent's status, the active slot and the target, or the refusal a rollback would
@@ -318,9 +320,15 @@ class Rollback:
             record.outcome = "succeeded"
         except (Exception, KeyboardInterrupt) as error:  # any failure, a bug included, must unwind
             reason = "interrupted" if isinstance(error, KeyboardInterrupt) else self.redactor.redact(str(error))
+            failed_step = error.step if isinstance(error, StepFailed) else self.steps.interrupted_step()
+            if self.past_retire_go:  # every host was told to keep the release: nothing is undone
+                kept = self._keep_release(record, (failed_step, reason))
+                with notifier_for(self.context, self.reporter) as notifier:
+                    notifier.notify(operation_event(ROLLBACK_FAILED, record, kept.message))
+                raise kept from None
             record.outcome = "failed"
             record.reason = reason
-            record.failed_step = error.step if isinstance(error, StepFailed) else self.steps.interrupted_step()
+            record.failed_step = failed_step
             undone = self.steps.unwind()
             reason += self._data_after_unwind(record)
             record.reason = reason
@@ -709,8 +717,28 @@ class Rollback:
 
         self.reporter.info("switched; waiting for every host at the retire barrier")
         wait_at_barrier("retire", self.request.coordinated)
+        self.past_retire_go = True  # from here on this host keeps the release, as every host does
         check_joined_lock(self.joined_lock, self.request.coordinated)
         self._release_past_undoing()  # every host switched: the held requests go to the older release
+
+    def _keep_release(self, record: OperationRecord, failure: tuple[str | None, str]) -> DeployFailed:
+        """A coordinated rollback failing after its retire barrier's "go" (restarting the warm
+        slot's workers, retiring the slot it left, its last lock check): every host switched and
+        was told to keep the release, so undoing here alone would leave the hosts on different
+        releases (pipeline/multi_host_retire.py). Nothing is undone; held traffic goes to it."""
+        from lockstep.pipeline.multi_host_retire import keep_release
+
+        if self.traffic_hold is not None:
+            self.traffic_hold.release_quietly()
+        return keep_release(
+            record,
+            self.steps,
+            failure,
+            self.history,
+            self.redactor,
+            "the slot it left may not be retired, or this release's workers not restarted (workers of both "
+            "releases may run, or neither's)",
+        )
 
     def _restart_components(self, slot: str, release_dir: Path, names: list[str]) -> None:
         """Start the warm slot's stopped components (workers) again, next to its traffic component."""
