@@ -370,6 +370,28 @@ def test_a_host_failing_after_the_retire_go_keeps_the_release_every_host_serves(
     kept = second.history()[-1]
     assert kept["id"] == record["id"] and kept["outcome"] == "succeeded"
     assert kept["failed_step"] == "retire barrier" and "nothing was undone" in str(kept["reason"])
+    _retire_finished_by_the_agent(second)
+
+
+def _retire_finished_by_the_agent(host: NotesProject) -> None:
+    """The host kept its last operation's release without finishing its retire: its agent stops
+    the workers of the slot it left within seconds, keeps its web warm, and says so in the record."""
+    kept = host.history()[-1]
+    left = "green" if kept["slot"] == "blue" else "blue"
+    agent = AgentClient(EnvironmentLayout(host.directory / ".lockstep" / "state" / "test", "test").agent_socket, "test")
+
+    def running() -> set[str]:
+        processes = agent.status()["slots"][left]["processes"]
+        return {str(process["component"]) for process in processes if process["running"]}
+
+    deadline = time.monotonic() + 30
+    while (host.history()[-1]["retire_left"] or "worker" in running()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert running() == {"web"}
+    finished = host.history()[-1]
+    assert finished["retire_left"] is None, finished
+    assert f"its retire was finished afterwards (stopped worker in slot {left})" in str(finished["reason"])
+    assert host.status()["active_slot"] == kept["slot"]  # `status` there finds nothing more to do
 
 
 def test_an_orchestrator_interrupted_after_the_retire_go_undoes_nothing(fleet_factory: FleetFactory) -> None:
@@ -464,6 +486,8 @@ def test_a_rollback_host_failing_after_the_retire_go_keeps_the_release_every_hos
     kept = second.history()[-1]
     assert kept["id"] == record["id"] and kept["outcome"] == "succeeded" and kept["failed_step"] == "code"
     assert "nothing was undone" in str(kept["reason"])
+    assert "agent finishes its retire within seconds" in document["hint"]
+    _retire_finished_by_the_agent(second)
 
 
 def test_a_coordinated_deploy_runs_only_under_its_orchestrator_s_lock(notes_project: NotesProject) -> None:

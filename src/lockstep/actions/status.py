@@ -15,6 +15,7 @@ from lockstep.pipeline.environment_lock import describe_holder, judge_staleness,
 from lockstep.pipeline.history import History, OperationRecord
 from lockstep.pipeline.release_launch import plan_components
 from lockstep.pipeline.steps import Reporter
+from lockstep.pipeline.unfinished_retire import finish_unfinished_retires
 from lockstep.repository.documents import DocumentStore
 
 
@@ -60,7 +61,8 @@ def environment_status(
         abandoned = history.abandoned()
         for record in abandoned:
             clean_up_abandoned(context, record, agent, history, reporter)
-        if abandoned:  # the clean-up stopped the interrupted release: show the slots as they are now
+        finished = finish_unfinished_retires(context, agent, history, reporter)
+        if abandoned or finished:  # the clean-up stopped processes: show the slots as they are now
             status = agent.status()
         document["agent"] = {"running": True, **status["agent"]}
         active = status.get("active_slot")

@@ -3,7 +3,9 @@
 A killed deploy leaves its history record "running" and may leave a half-started release (and
 its worker) beside the serving one. The CLI cleans that up on the next `status`, deploy or
 rollback; until someone runs one, the dashboard and /metrics showed the dead deploy as running.
-So the agent looks every few seconds, in the background, and cleans up the same way.
+So the agent looks every few seconds, in the background, and cleans up the same way. It also
+finishes the retire a multi-host deploy or rollback left unfinished here past its retire "go"
+(pipeline/unfinished_retire.py): the slot it left must not go on running its workers.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from lockstep.agent.service import AgentService
 from lockstep.errors import LockstepError
 from lockstep.pipeline.deploy import clean_up_abandoned
 from lockstep.pipeline.history import History
+from lockstep.pipeline.unfinished_retire import finish_unfinished_retires
 
 CHECK_INTERVAL_SECONDS = 5.0
 OPERATIONS = ("deploy", "rollback")  # scheduled jobs are the scheduler's: they run in the agent
@@ -64,13 +67,15 @@ class AbandonedWatch:
         self._thread.start()
 
     def check(self) -> int:
-        """Clean up every dead deploy or rollback of this host; returns how many."""
+        """Clean up every dead deploy or rollback of this host, and finish the retires left
+        unfinished; returns how many."""
         cleaned = 0
         try:
             for record in self.history.abandoned():
                 if record.operation in OPERATIONS:
                     clean_up_abandoned(self.context, record, self.service, self.history, self.reporter)
                     cleaned += 1
+            cleaned += finish_unfinished_retires(self.context, self.service, self.history, self.reporter)
         except (LockstepError, OSError) as error:  # a busy history database: next time
             self.reporter.warn(f"could not check for interrupted deploys: {error}")
         return cleaned

@@ -926,13 +926,15 @@ class Deployment:
         so this host keeps serving the new release too, and says what is left unfinished.
         """
         from lockstep.pipeline.multi_host_retire import keep_release
+        from lockstep.pipeline.unfinished_retire import retire_left
 
+        old_slot = other_slot(record.slot) if record.slot else None
         return keep_release(
             record,
             self.steps,
             self._describe_failure(error),
-            self.history,
-            self.redactor,
+            (self.history, self.redactor),
+            retire_left(old_slot, record.previous_release_id),
             "its old slot may not be retired (workers of both releases may run)",
         )
 
@@ -1211,7 +1213,7 @@ def clean_up_abandoned(
                 agent.stop_slot(slot)
                 reporter.info(f"stopped the interrupted release in slot {slot}")
         elif slot and ours:
-            _retire_other_slot(context, agent, status, other_slot(slot), reporter)
+            retire_other_slot(context, agent, status, other_slot(slot), reporter)
             reporter.warn(
                 f"the interrupted release {record.release_id} has the traffic, without a finished watch window; "
                 "run `lockstep rollback` if it should not"
@@ -1336,10 +1338,11 @@ def _running_step(record: OperationRecord) -> str | None:
     return str(running[-1]) if running else None
 
 
-def _retire_other_slot(
+def retire_other_slot(
     context: EnvironmentContext, agent: SlotControl, status: dict[str, Any], slot: str, reporter: Reporter
-) -> None:
-    """Stop what runs without traffic in `slot` (workers), keeping its traffic component warm."""
+) -> list[str]:
+    """Stop what runs without traffic in `slot` (workers), keeping its traffic component warm;
+    the components stopped."""
     component = traffic_component(context.config)
     running = sorted(
         {
@@ -1351,3 +1354,4 @@ def _retire_other_slot(
     if running:
         agent.stop_slot(slot, running)
         reporter.info(f"stopped {', '.join(running)} in slot {slot}: the release with the traffic runs its own")
+    return running

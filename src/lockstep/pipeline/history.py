@@ -73,6 +73,9 @@ class OperationRecord:
     traffic_held_seconds: float | None = None  # how long requests were held for a data restore
     failed_step: str | None = None
     reason: str | None = None
+    # A multi-host operation this host kept past its retire "go" without finishing its retire:
+    # {"slot", "release_id", "whole_slot"} of the slot it left (pipeline/unfinished_retire.py).
+    retire_left: dict[str, Any] | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)
     process_space: str = ""  # boot and PID namespace where `pid` means something ("" unknown)
     # A multi-host deploy's hosts, as its orchestrator recorded them: name, role, outcome, why.

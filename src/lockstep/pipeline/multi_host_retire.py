@@ -37,26 +37,34 @@ def keep_release(
     record: OperationRecord,
     steps: StepRunner,
     failure: tuple[str | None, str],
-    history: History,
-    redactor: Redactor,
+    saved_in: tuple[History, Redactor],
+    retire_left: dict[str, Any] | None,
     unfinished: str,
 ) -> DeployFailed:
     """A host's part failing past its retire barrier's "go": nothing is undone, the host keeps
     the release every host was told to keep, its record says so, and the failure to raise (exit
-    1). `failure` is the failed step and why (redacted); `unfinished` what may be left to do."""
+    1). `failure` is the failed step and why (redacted); `retire_left` the slot it left, for the
+    agent to finish its retire (pipeline/unfinished_retire.py); `unfinished` what may be left."""
     step, reason = failure
+    history, redactor = saved_in
     release = record.release_id or record.id
     steps.settle()
     record.outcome = "succeeded"  # its release serves, here as on every host: rollbacks count it
     record.failed_step = step
     record.reason = f"{reason}; nothing was undone: every host was told to keep release {release}"
+    record.retire_left = retire_left
     record.finished_at = time.time()
     record.steps = [item.to_document() for item in steps.records]
     history.save(record)
+    finishing = (
+        "; this host's agent finishes its retire within seconds (stops the workers of the slot it left)"
+        if retire_left
+        else ""
+    )
     return DeployFailed(
         f"{record.operation} {record.id} failed at {step or 'its end'} after every host was told to keep release "
         f"{release}: {reason}; nothing was undone: release {release} serves here",
-        f"{unfinished}: see `lockstep status` here",
+        f"{unfinished}{finishing}: see `lockstep status` here",
         result=RedactedRecord(record, redactor),
     )
 
@@ -107,7 +115,8 @@ class RetireReport:
             return DeployFailed(
                 f"{subject} serves on every host, but did not finish everywhere: {self.reason()}; "
                 "nothing was undone: past the retire barrier every host keeps the release it switched to",
-                "see `lockstep status` on those hosts (the old slot's workers may still run there); " + undo,
+                "each host's agent finishes its retire within seconds (stops the workers of the slot it left), as "
+                "`lockstep status` there does; " + undo,
                 result=result,
             )
         again = (

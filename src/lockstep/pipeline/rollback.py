@@ -727,15 +727,17 @@ class Rollback:
         was told to keep the release, so undoing here alone would leave the hosts on different
         releases (pipeline/multi_host_retire.py). Nothing is undone; held traffic goes to it."""
         from lockstep.pipeline.multi_host_retire import keep_release
+        from lockstep.pipeline.unfinished_retire import retire_left
 
         if self.traffic_hold is not None:
             self.traffic_hold.release_quietly()
+        left = other_slot(record.slot) if record.slot else None
         return keep_release(
             record,
             self.steps,
             failure,
-            self.history,
-            self.redactor,
+            (self.history, self.redactor),
+            retire_left(left, record.previous_release_id, whole_slot=self.request.with_data),
             "the slot it left may not be retired, or this release's workers not restarted (workers of both "
             "releases may run, or neither's)",
         )
