@@ -3,8 +3,10 @@ confirmation, --to another database, --code and --files, with the real CLI in a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -283,3 +285,38 @@ def test_to_a_configured_database_is_an_in_place_restore(project: Project) -> No
     assert pre_restore is not None and pre_restore != document["pre_restore_snapshot"]
     project.ok("snapshot", "restore", pre_restore[:10], "--database", "other", "--yes")
     assert sqlite_fingerprint(project.root / "other.db") == other
+
+
+def test_code_restore_reports_what_it_could_not_restore_once_per_problem(tmp_path: Path) -> None:
+    """The restorer's warnings were thrown away: sockets left in a release (a PHP-FPM socket, a
+    dev server's) were skipped without a word, and so would an owner or an extended attribute
+    the restoring user cannot set. Now each distinct problem is one `warning:` line (the same
+    problem on many files said once, with the first path), and a `warnings` list in --json."""
+    root = tmp_path / "site"
+    release = root / "releases" / "20261123070000"
+    (release / "run").mkdir(parents=True)
+    (release / "index.php").write_text("<?php echo 'v7';\n")
+    (root / "current").symlink_to(Path("releases") / "20261123070000")
+    sockets = []
+    for name in ("php-fpm.sock", "worker.sock", "vite.sock"):
+        sockets.append(socket.socket(socket.AF_UNIX))
+        with contextlib.chdir(release / "run"):  # a relative name: tmp_path can be too long for one
+            sockets[-1].bind(name)
+    for listening in sockets:
+        listening.close()
+    project = Project(root, tmp_path / "repository")
+    (root / "lockstep.toml").write_text(
+        f'[repository]\nurl = "{project.repository}"\n\n[code]\nkind = "release-directory"\npath = "current"\n'
+    )
+    assert project.repo("init").returncode == 0
+    created = project.create("-m", "v7")
+
+    human = project.ok("snapshot", "restore", created["short_id"], "--code", str(tmp_path / "restored"))
+    first = tmp_path / "restored" / "run" / "php-fpm.sock"
+    assert f"warning: skipped socket on 3 files (first: {first})" in human.out.splitlines(), human.out
+    assert (tmp_path / "restored" / "index.php").read_text() == "<?php echo 'v7';\n"
+
+    as_json = project.ok("snapshot", "restore", created["short_id"], "--code", str(tmp_path / "again"), "--json")
+    document = json.loads(as_json.out)
+    assert document["warnings"] == [f"skipped socket on 3 files (first: {tmp_path / 'again' / 'run' / 'php-fpm.sock'})"]
+    assert "checked against its tree_sha256" in document["code"]

@@ -82,6 +82,8 @@ class RestoreOutcome:
     databases: list[RestoredDatabase] = field(default_factory=list)
     diffs: list[DatabaseDiff] = field(default_factory=list)
     code: str | None = None
+    # What the code restore could not restore as stored (an owner, an extended attribute), one line per problem.
+    warnings: list[str] = field(default_factory=list)
     files: list[FileRecord] = field(default_factory=list)
     hints: list[str] = field(default_factory=list)
 
@@ -164,7 +166,9 @@ def restore(
         if request.code_directory is not None:
             work_tree = project.config.code.path if project.config.code.kind == "git" else None
             with reported_step(reporter, "code", f"into {request.code_directory}"):
-                outcome.code = restore_code(repository, snapshot, manifest, work_tree, request.code_directory)
+                restored_code = restore_code(repository, snapshot, manifest, work_tree, request.code_directory)
+                outcome.code = restored_code.description
+                outcome.warnings.extend(restored_code.warnings)
         if request.files_directory is not None:
             with reported_step(reporter, "files", f"into {request.files_directory}") as step:
                 outcome.files = restore_files(repository, snapshot, manifest, request.files_directory)

@@ -50,6 +50,7 @@ def outcome_document(outcome: RestoreOutcome) -> dict[str, Any]:
         ],
         "discarded": [diff.to_document() for diff in outcome.diffs],
         "code": outcome.code,
+        "warnings": outcome.warnings,
         "files": [file.path for file in outcome.files],
         "hints": outcome.hints,
     }
@@ -127,6 +128,8 @@ def restore_command(
         )
     if outcome.code is not None:
         console.print(f"code: {outcome.code} written to {code_directory}", markup=False)
+    for warning in outcome.warnings:
+        console.print(f"warning: {warning}", markup=False)
     if files_directory is not None:
         console.print(f"{len(outcome.files)} config and secret files written to {files_directory}", markup=False)
     for hint in outcome.hints:

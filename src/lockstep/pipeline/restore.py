@@ -20,7 +20,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
@@ -60,6 +60,7 @@ from lockstep.pipeline.manifest import (
 from lockstep.process import Command, StreamingProcess, run_capture
 from lockstep.repository.gojson import unix_permissions
 from lockstep.repository.repository import Repository
+from lockstep.repository.restore_warnings import ONLY_ROOT_CREATES_DEVICES, summarise_warnings
 from lockstep.repository.restorer import Restorer, dump_file, find_node, read_blobs
 from lockstep.repository.snapshot import Snapshot
 from lockstep.repository.tree import Node
@@ -624,11 +625,21 @@ def _check_can_create_tables(location: ServerLocation, password: str | None) -> 
 # --- code and files ----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RestoredCode:
+    """What a code restore wrote (for the report) and what it could not restore as stored: one
+    line per distinct problem (no owner, no extended attribute, a skipped socket), so the user
+    restoring learns what differs from the snapshot."""
+
+    description: str
+    warnings: list[str] = field(default_factory=list)
+
+
 def restore_code(
     repository: Repository, snapshot: Snapshot, manifest: Manifest, work_tree: Path | None, target: Path
-) -> str:
+) -> RestoredCode:
     """Write the snapshot's code into `target`, a new or empty directory; returns what was
-    written, for the report.
+    written and the restore's warnings, for the report.
 
     git: the recorded commit as a tree (`git archive` from the project's repository), plus the
     stored uncommitted diff applied on top; a release directory: the stored tree. On a failure
@@ -690,21 +701,38 @@ def _remove_written(target: Path, created: bool) -> None:
 
 def _write_code(
     repository: Repository, snapshot: Snapshot, code: CodeRecord, work_tree: Path | None, target: Path
-) -> str:
+) -> RestoredCode:
     """The code into an existing empty `target`: the stored release tree, or the commit plus its diff."""
     if code.commit is None:
-        node = find_node(repository, snapshot, code.path or "/code/release")
-        if node.subtree is None:
-            raise IntegrityError(f"{code.path} in snapshot {snapshot.short_id} is not a directory")
-        subtree = Snapshot(time=snapshot.time, tree=node.subtree, paths=[str(target)], id=snapshot.id)
-        Restorer(repository, subtree, target).run()
-        written = f"the release directory of snapshot {snapshot.short_id}"
-        if code.tree_sha256 is None:
-            return f"{written} (not checked: its manifest records no tree_sha256)"
-        skipped = _check_restored_release(repository, snapshot, code, node.subtree, target)
-        if skipped:
-            return f"{written} (checked against its tree_sha256; {_skipped_devices_note(skipped)})"
-        return f"{written} (checked against its tree_sha256)"
+        return _write_release(repository, snapshot, code, target)
+    return RestoredCode(_write_commit(repository, snapshot, code, work_tree, target))
+
+
+def _write_release(repository: Repository, snapshot: Snapshot, code: CodeRecord, target: Path) -> RestoredCode:
+    node = find_node(repository, snapshot, code.path or "/code/release")
+    if node.subtree is None:
+        raise IntegrityError(f"{code.path} in snapshot {snapshot.short_id} is not a directory")
+    subtree = Snapshot(time=snapshot.time, tree=node.subtree, paths=[str(target)], id=snapshot.id)
+    warnings = Restorer(repository, subtree, target).run().warnings
+    written = f"the release directory of snapshot {snapshot.short_id}"
+    if code.tree_sha256 is None:
+        return RestoredCode(
+            f"{written} (not checked: its manifest records no tree_sha256)", summarise_warnings(warnings)
+        )
+    skipped = _check_restored_release(repository, snapshot, code, node.subtree, target)
+    if skipped:
+        # The description names the skipped devices already, with what that means for the check.
+        others = [warning for warning in warnings if warning.problem != ONLY_ROOT_CREATES_DEVICES]
+        note = _skipped_devices_note(skipped)
+        return RestoredCode(f"{written} (checked against its tree_sha256; {note})", summarise_warnings(others))
+    return RestoredCode(f"{written} (checked against its tree_sha256)", summarise_warnings(warnings))
+
+
+def _write_commit(
+    repository: Repository, snapshot: Snapshot, code: CodeRecord, work_tree: Path | None, target: Path
+) -> str:
+    """The recorded commit (`git archive`) plus the stored uncommitted diff."""
+    assert code.commit is not None
     if work_tree is None:
         raise UsageError("the code is a git commit, but no git work tree is configured", "set [code] path")
     try:
@@ -862,6 +890,7 @@ class _HashingWriter:
 
 
 __all__ = [
+    "RestoredCode",
     "RestoredDatabase",
     "ServerAccess",
     "check_code_target",

@@ -793,13 +793,15 @@ class Rollback:
             staging = release_dir.with_name(f".{release_dir.name}.restoring")
             shutil.rmtree(staging, ignore_errors=True)
             try:
-                restore_code(repository, snapshot, manifest, None, staging)
+                restored = restore_code(repository, snapshot, manifest, None, staging)
                 staging.rename(release_dir)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         self.reporter.info(
             f"release directory {release_dir.name} is gone; restored it from snapshot {snapshot.short_id}"
         )
+        for warning in restored.warnings:
+            self.reporter.warn(f"release directory {release_dir.name}: {warning}")
         return True
 
 

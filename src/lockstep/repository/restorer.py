@@ -23,6 +23,7 @@ from lockstep.repository import chunk_hashing
 from lockstep.repository.blobs import BlobType
 from lockstep.repository.gojson import parse_time_ns, unix_permissions
 from lockstep.repository.repository import Repository
+from lockstep.repository.restore_warnings import ONLY_ROOT_CREATES_DEVICES, RestoreWarning
 from lockstep.repository.snapshot import Snapshot
 from lockstep.repository.tree import Node
 
@@ -34,7 +35,7 @@ class RestoreSummary:
     files: int = 0
     directories: int = 0
     bytes_written: int = 0
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[RestoreWarning] = field(default_factory=list)
     damaged: list[str] = field(default_factory=list)  # "path: why", what keep_going skipped
 
     def to_document(self) -> dict[str, object]:
@@ -42,7 +43,7 @@ class RestoreSummary:
             "files": self.files,
             "directories": self.directories,
             "bytes_written": self.bytes_written,
-            "warnings": self.warnings,
+            "warnings": [str(warning) for warning in self.warnings],
             "damaged": self.damaged,
         }
 
@@ -210,7 +211,11 @@ class Restorer:
             return
         for node in nodes:
             if b"/" in node.name or node.name in (b"", b".", b".."):
-                self.summary.warnings.append(f"skipped an entry with an unsafe name: {node.display_name!r}")
+                self._warn(
+                    "skipped an entry with an unsafe name",
+                    f"skipped an entry with an unsafe name: {node.display_name!r}",
+                    repr(node.display_name),
+                )
                 continue
             path = snapshot_path + b"/" + node.name
             restore, descend = self._selected(path)
@@ -251,8 +256,10 @@ class Restorer:
                     return
                 raise
             if written != node.size:
-                self.summary.warnings.append(
-                    f"{os.fsdecode(destination)}: restored {written} bytes, the snapshot says {node.size}"
+                self._warn(
+                    "restored a size other than the snapshot records",
+                    f"{os.fsdecode(destination)}: restored {written} bytes, the snapshot says {node.size}",
+                    os.fsdecode(destination),
                 )
             self.summary.files += 1
             self.summary.bytes_written += written
@@ -264,12 +271,18 @@ class Restorer:
             os.mkfifo(destination)
         elif node.type in ("dev", "chardev"):
             if not self._is_root:
-                self.summary.warnings.append(f"skipped device {os.fsdecode(destination)}: only root can create devices")
+                self._warn(
+                    ONLY_ROOT_CREATES_DEVICES,
+                    f"skipped device {os.fsdecode(destination)}: only root can create devices",
+                    os.fsdecode(destination),
+                )
                 return
             kind = stat.S_IFBLK if node.type == "dev" else stat.S_IFCHR
             os.mknod(destination, kind | 0o600, node.device)
         else:
-            self.summary.warnings.append(f"skipped {node.type} {os.fsdecode(destination)}")
+            self._warn(
+                f"skipped {node.type}", f"skipped {node.type} {os.fsdecode(destination)}", os.fsdecode(destination)
+            )
             return
         self._apply_metadata(destination, node)
 
@@ -285,8 +298,10 @@ class Restorer:
             os.link(first, destination)
         except OSError as error:
             # Another file system under the target, or a link count limit: restore a copy.
-            self.summary.warnings.append(
-                f"cannot link {os.fsdecode(destination)} to {os.fsdecode(first)} ({error.strerror}); restored a copy"
+            self._warn(
+                f"cannot hard-link, restored a copy instead ({error.strerror})",
+                f"cannot link {os.fsdecode(destination)} to {os.fsdecode(first)} ({error.strerror}); restored a copy",
+                os.fsdecode(destination),
             )
             return False
         self.summary.files += 1
@@ -304,26 +319,40 @@ class Restorer:
                 value = base64.b64decode(attribute.get("value") or "")
                 os.setxattr(path, name, value, follow_symlinks=False)
             except ValueError:
-                self.summary.warnings.append(f"{os.fsdecode(path)}: extended attribute {name} has an unreadable value")
+                self._warn(
+                    f"extended attribute {name} has an unreadable value",
+                    f"{os.fsdecode(path)}: extended attribute {name} has an unreadable value",
+                    os.fsdecode(path),
+                )
             except OSError as error:
                 if error.errno == errno.ENOTSUP and node.type != "symlink":
                     # The target's file system has no extended attributes: say it once, not per file.
                     self._xattrs_unsupported = True
-                    self.summary.warnings.append(
+                    unsupported = (
                         f"the file system under {self.target} does not support extended attributes; "
                         "they were not restored"
                     )
+                    self._warn(unsupported, unsupported)
                 else:
-                    self.summary.warnings.append(
-                        f"cannot set extended attribute {name} on {os.fsdecode(path)}: {error.strerror}"
+                    self._warn(
+                        f"cannot set extended attribute {name} ({error.strerror})",
+                        f"cannot set extended attribute {name} on {os.fsdecode(path)}: {error.strerror}",
+                        os.fsdecode(path),
                     )
+
+    def _warn(self, problem: str, text: str, path: str | None = None) -> None:
+        self.summary.warnings.append(RestoreWarning(problem, text, path))
 
     def _apply_metadata(self, path: bytes, node: Node) -> None:
         if self._is_root:
             try:
                 os.lchown(path, node.uid, node.gid)
             except OSError as error:
-                self.summary.warnings.append(f"cannot set owner of {os.fsdecode(path)}: {error.strerror}")
+                self._warn(
+                    f"cannot set owner ({error.strerror})",
+                    f"cannot set owner of {os.fsdecode(path)}: {error.strerror}",
+                    os.fsdecode(path),
+                )
         self._restore_extended_attributes(path, node)
         if node.type != "symlink":
             os.chmod(path, unix_permissions(node.mode))

@@ -11,6 +11,7 @@ import click
 from lockstep.actions.repo.restore import RestoreResult, dump, restore
 from lockstep.cli.output import byte_progress, console, human_bytes, print_json
 from lockstep.cli.repo.options import access_from, repository_options, wants_json
+from lockstep.repository.restore_warnings import summarise_warnings
 
 
 @click.command("restore")
@@ -34,7 +35,7 @@ def restore_command(snapshot: str, target: Path, includes: tuple[str, ...], **op
     if json_output:
         print_json(RestoreResult(snapshot_id, summary).to_document())
         return
-    for warning in summary.warnings:
+    for warning in summarise_warnings(summary.warnings):
         console.print(f"warning: {warning}", markup=False)
     console.print(
         f"restored snapshot {snapshot_id[:8]} to {target}: {summary.files} files, {human_bytes(summary.bytes_written)}"
