@@ -43,6 +43,17 @@ class RepositoryNotFound(LockstepError):
     exit_code = ExitCode.NO_REPOSITORY
 
 
+class RepositoryExists(LockstepError):
+    """`repo init` where a repository already is: nothing failed (exit 1, as restic's init), the
+    location is simply taken; it is left as it was."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(
+            f"a repository already exists at {location} (left untouched)",
+            "use it (it opens with the password it was created with), or choose another location for a new repository",
+        )
+
+
 class WrongPassword(LockstepError):
     exit_code = ExitCode.WRONG_PASSWORD
 

@@ -14,7 +14,7 @@ from lockstep.exit_codes import ExitCode
 from lockstep.repository.repository import Repository
 from lockstep.storage.local import LocalBackend
 from lockstep.storage.s3 import parse_location
-from tests.conftest import TEST_PASSWORD, run_lockstep
+from tests.conftest import TEST_PASSWORD, require_binary, run_lockstep, run_restic
 from tests.faults import assert_clean_error, repository_files, tmpfs
 from tests.s3_server import free_port
 
@@ -84,9 +84,16 @@ def test_a_directory_that_is_not_a_repository_exits_10_and_is_left_alone(tmp_pat
 
 
 def test_init_where_a_repository_exists_is_refused_and_the_repository_still_opens(repository: Path) -> None:
+    """Refused with exit 1, as `restic init` refuses ("config file already exists", exit 1): it
+    exited 14 (storage failed: full, unreachable, no permission), sending people after a storage
+    fault that was not there. The error says what to do instead."""
     for password in (TEST_PASSWORD, "a different password"):
         result = run_lockstep(["repo", "init"], env=env_for(repository, password))
-        assert_clean_error(result, ExitCode.STORAGE, "already exists")
+        assert_clean_error(result, ExitCode.FAILED, "already exists", "choose another location")
+    as_json = run_lockstep(["repo", "init", "--json"], env=env_for(repository))
+    assert as_json.returncode == ExitCode.FAILED and "already exists" in as_json.out + as_json.err
+    require_binary("restic", "apt-get install restic")
+    assert run_restic(str(repository), ["init"]).returncode == ExitCode.FAILED
     snapshots = run_lockstep(["repo", "snapshots", "--json"], env=env_for(repository))
     assert snapshots.returncode == 0, snapshots.err
     assert snapshots.out.count('"short_id"') == 1

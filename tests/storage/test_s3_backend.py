@@ -20,7 +20,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from lockstep.errors import LockstepError, StorageError, UsageError
+from lockstep.errors import LockstepError, RepositoryExists, StorageError, UsageError
 from lockstep.storage.base import DOCUMENTS_DIRECTORY as DOCUMENTS
 from lockstep.storage.base import Backend, FileMissing, FileType, relative_path
 from lockstep.storage.local import LocalBackend
@@ -232,7 +232,7 @@ def test_create_refuses_an_existing_repository(make_backend: BackendFactory) -> 
     backend.create()
     backend.create()  # nothing there yet: preparing the location again is harmless
     backend.save(FileType.CONFIG, "config", b"config")
-    with pytest.raises(StorageError, match="already exists"):
+    with pytest.raises(RepositoryExists, match="already exists"):
         backend.create()
     assert backend.load(FileType.CONFIG, "config") == b"config"
 
@@ -593,7 +593,7 @@ def test_create_uses_an_existing_bucket(s3_endpoint: str) -> None:
     backend = S3Backend.from_location(f"s3:{s3_endpoint}/{bucket}")
     backend.create()
     backend.save(FileType.CONFIG, "config", b"c")
-    with pytest.raises(StorageError, match="already exists"):
+    with pytest.raises(RepositoryExists, match="already exists"):
         backend.create()
     backend.close()
 

@@ -60,7 +60,7 @@ class Backend(Protocol):
         ...
 
     def create(self) -> None:
-        """Prepare an empty repository location; fail if a repository is already there."""
+        """Prepare an empty repository location; raise RepositoryExists if a repository is already there."""
         ...
 
     def save(self, file_type: FileType, name: str, data: bytes) -> None:

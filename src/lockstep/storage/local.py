@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from lockstep.errors import StorageError
+from lockstep.errors import RepositoryExists, StorageError
 from lockstep.storage.base import (
     DOCUMENTS_DIRECTORY,
     FileMissing,
@@ -57,7 +57,7 @@ class LocalBackend:
     def create(self) -> None:
         config = self.root / "config"
         if config.exists():
-            raise StorageError(f"a repository already exists at {self.root}", "use it, or choose another path")
+            raise RepositoryExists(str(self.root))
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             for file_type in (FileType.KEY, FileType.INDEX, FileType.SNAPSHOT, FileType.LOCK):

@@ -61,7 +61,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from lockstep.errors import StorageError, UsageError
+from lockstep.errors import RepositoryExists, StorageError, UsageError
 from lockstep.storage.base import (
     DOCUMENTS_DIRECTORY,
     FileMissing,
@@ -573,7 +573,7 @@ class S3Backend:
     def create(self) -> None:
         self._ensure_bucket()
         if self.exists(FileType.CONFIG, "config"):
-            raise StorageError(f"a repository already exists at {self.location}", "use it, or choose another location")
+            raise RepositoryExists(self.location)
 
     def save(self, file_type: FileType, name: str, data: bytes) -> None:
         # restic PUTs every file in the storage class (archive classes, refused here, only data

@@ -16,7 +16,11 @@ from lockstep.cli.repo.options import access_from, repository_options, wants_jso
 @click.command("init")
 @repository_options
 def init_command(**options: Any) -> None:
-    """Create a new repository (restic format v2, zstd, encrypted)."""
+    """Create a new repository (restic format v2, zstd, encrypted).
+
+    Where a repository already exists nothing is changed and the exit code is 1 (as restic's):
+    use that repository, or choose another location.
+    """
     json_output = wants_json(options)
     result = init_repository(access_from(options))
     if json_output:
