@@ -25,6 +25,7 @@ from lockstep.process import (
     StreamingProcess,
     command_group_members,
     groups_marked_with,
+    process_alive,
     run_user_command,
     stop_command_group,
 )
@@ -68,14 +69,6 @@ def test_a_failing_command_is_named_with_its_last_words() -> None:
         process.finish()
 
 
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_a_user_command_that_times_out_is_killed_with_everything_it_started(tmp_path: Path) -> None:
     """A hook like `sh -c 'sleep 1000; notify'` left its `sleep` running when only the shell was
     killed at the timeout (an orphan, for as long as it liked). The whole group is killed now."""
@@ -86,9 +79,9 @@ def test_a_user_command_that_times_out_is_killed_with_everything_it_started(tmp_
     assert "started" in outcome.output
     sleeper = int(pid_file.read_text())
     deadline = time.monotonic() + 5
-    while _running(sleeper) and time.monotonic() < deadline:
+    while process_alive(sleeper) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _running(sleeper)
+    assert not process_alive(sleeper)
 
 
 def test_a_user_command_runs_to_completion_with_its_output() -> None:
@@ -187,8 +180,6 @@ def _zombie() -> Iterator[int]:
 
 
 def test_a_running_process_is_alive_and_a_collected_one_is_not() -> None:
-    from lockstep.process import process_alive
-
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         assert process_alive(os.getpid()) and process_alive(child.pid)
@@ -201,7 +192,6 @@ def test_a_running_process_is_alive_and_a_collected_one_is_not() -> None:
 def test_a_zombie_is_not_alive() -> None:
     """It runs nothing and never releases a lock; the repository and environment locks' own tests
     (kill(pid, 0) alone) counted it alive, so its locks never went stale."""
-    from lockstep.process import process_alive
 
     with _zombie() as pid:
         assert not process_alive(pid)
@@ -210,7 +200,6 @@ def test_a_zombie_is_not_alive() -> None:
 def test_a_pid_of_zero_or_below_is_never_alive() -> None:
     """kill(0, 0) reaches our own process group and kill(-1, 0) every process: both succeed,
     and a lock or record with PID 0 counted as held by a live process."""
-    from lockstep.process import process_alive
 
     assert not process_alive(0)
     assert not process_alive(-1)
@@ -219,7 +208,6 @@ def test_a_pid_of_zero_or_below_is_never_alive() -> None:
 
 def test_a_process_whose_main_thread_exited_is_alive_while_its_threads_run(tmp_path: Path) -> None:
     """Its PID shows state "Z" once the main thread has ended, yet the other threads still run."""
-    from lockstep.process import process_alive
 
     script = tmp_path / "leader.py"
     script.write_text(

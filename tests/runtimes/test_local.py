@@ -17,6 +17,7 @@ import pytest
 
 from lockstep.errors import LockstepError
 from lockstep.exit_codes import ExitCode
+from lockstep.process import process_alive
 from lockstep.runtimes.local import (
     ProcessSpec,
     RunningProcess,
@@ -78,15 +79,6 @@ def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "
         time.sleep(0.02)
 
 
-def pid_alive(pid: int) -> bool:
-    """Alive and not a zombie (an orphaned zombie waits for init, which is not our concern)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return text.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
 @pytest.fixture
 def started() -> Iterator[list[RunningProcess]]:
     """Collects processes a test starts and stops whatever is still running afterwards."""
@@ -137,7 +129,7 @@ def test_start_serves_on_port_and_stop_is_graceful(tmp_path: Path, started: list
     assert time.monotonic() - begun < spec.stop_timeout
     assert not is_running(process)
     assert exit_code(process) is None  # reaped and forgotten
-    assert not pid_alive(process.pid)
+    assert not process_alive(process.pid)
     assert "got SIGTERM, shutting down" in log_tail(spec.log_path)
     assert port_is_free(port)
 
@@ -153,7 +145,7 @@ def test_stop_kills_a_process_that_ignores_sigterm(tmp_path: Path, started: list
     elapsed = time.monotonic() - begun
     assert 1.0 <= elapsed < 8.0
     assert not is_running(process)
-    assert not Path(f"/proc/{process.pid}").exists() or not pid_alive(process.pid)
+    assert not Path(f"/proc/{process.pid}").exists() or not process_alive(process.pid)
 
 
 def test_stop_ends_the_whole_process_group(tmp_path: Path, started: list[RunningProcess]) -> None:
@@ -170,9 +162,9 @@ def test_stop_ends_the_whole_process_group(tmp_path: Path, started: list[Running
     started.append(process)
     wait_for(lambda: (tmp_path / "worker.pid").exists() and (tmp_path / "worker.pid").read_text() != "")
     worker = int((tmp_path / "worker.pid").read_text())
-    assert pid_alive(worker)
+    assert process_alive(worker)
     stop_process(process)
-    wait_for(lambda: not pid_alive(worker), timeout=10, what="the worker to die")
+    wait_for(lambda: not process_alive(worker), timeout=10, what="the worker to die")
 
 
 def test_port_placeholder_env_and_withheld_password(
@@ -299,7 +291,7 @@ def test_another_python_process_stops_our_child(tmp_path: Path, started: list[Ru
     assert not is_running(process)
     assert exit_code(process) == 0  # its SIGTERM handler exits 0
     stop_process(process)
-    assert not Path(f"/proc/{process.pid}").exists() or not pid_alive(process.pid)
+    assert not Path(f"/proc/{process.pid}").exists() or not process_alive(process.pid)
 
 
 def test_a_reused_pid_is_not_mistaken_for_the_process(tmp_path: Path, started: list[RunningProcess]) -> None:
@@ -427,7 +419,7 @@ def test_exit_while_settling_reports_code_and_log_and_leaves_nothing_running(tmp
     assert "earlier, healthy run" not in message, "only this run's output explains this failure"
     assert isinstance(caught.value, LockstepError)
     worker = int((tmp_path / "worker.pid").read_text())
-    wait_for(lambda: not pid_alive(worker), timeout=10, what="the worker to be killed")
+    wait_for(lambda: not process_alive(worker), timeout=10, what="the worker to be killed")
 
 
 def test_silent_exit_while_settling_says_it_wrote_nothing(tmp_path: Path) -> None:
@@ -463,3 +455,37 @@ def test_port_is_free_ignores_time_wait_but_not_listeners() -> None:
     client.close()
     listener.close()
     assert port_is_free(port)
+
+
+MAIN_THREAD_EXITS = """
+import ctypes, threading, time
+def serve():
+    print("the worker thread runs on", flush=True)
+    while True:
+        time.sleep(0.1)
+threading.Thread(target=serve).start()
+time.sleep(0.2)
+ctypes.CDLL(None).pthread_exit(None)
+"""
+
+
+def test_an_adopted_process_whose_main_thread_exited_still_runs(tmp_path: Path) -> None:
+    """Its PID shows state "Z" once the main thread has ended while the other threads serve on:
+    an adopted process (the agent restarted) was taken for dead, so the supervisor would restart
+    it beside the one still running. Liveness is process_alive's now, which counts the threads;
+    the start time still tells a reused PID apart."""
+    spec = make_spec(tmp_path, MAIN_THREAD_EXITS)
+    child = subprocess.Popen(spec.argv, cwd=spec.cwd, start_new_session=True)
+    try:
+        start_ticks = int(Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[19])
+        adopted = RunningProcess(spec, child.pid, start_ticks, time.time())
+        wait_for(
+            lambda: Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z",
+            what="the main thread to exit",
+        )
+        assert is_running(adopted)
+        assert not is_running(RunningProcess(spec, child.pid, start_ticks + 1, time.time()))
+    finally:
+        child.kill()
+        child.wait()
+    assert not is_running(adopted)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from lockstep.process import process_alive
 from lockstep.runtimes.local import (
     ProcessSpec,
     RunningProcess,
@@ -61,14 +62,6 @@ def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
-
-
-def pid_alive(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's zombie waits for init to collect it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
 
 
 def make_spec(tmp_path: Path, source: str, name: str = "worker@blue") -> ProcessSpec:
@@ -233,7 +226,7 @@ def test_workers_left_by_a_crashed_master_are_killed_before_the_restart(
     worker = int((tmp_path / "worker.pid").read_text())
     events = supervisor.poll(now=0.0)
     assert kinds(events) == ["exited"] and "exited with code 9" in events[0].detail
-    assert not pid_alive(worker), "poll() must kill the worker the master left behind"
+    assert not process_alive(worker), "poll() must kill the worker the master left behind"
     events = supervisor.poll(now=1.0)
     assert kinds(events) == ["restarted"], events
     wait_for(lambda: "second run listening" in log_tail(spec.log_path), what="the second run to listen")

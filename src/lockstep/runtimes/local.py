@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from lockstep.errors import LockstepError
-from lockstep.process import WITHHELD_VARIABLES
+from lockstep.process import WITHHELD_VARIABLES, process_alive
 
 PORT_PLACEHOLDER = "{port}"
 _POLL_INTERVAL = 0.02
@@ -158,8 +158,11 @@ def _own_child(process: RunningProcess) -> subprocess.Popen[bytes] | None:
 
 
 def _is_alive(pid: int, start_ticks: int) -> bool:
+    """This very process runs: its PID with the start time it was recorded with (not a reused
+    PID), alive as process_alive means it (a zombie is not; a process whose main thread ended
+    while its other threads run is)."""
     stat = _read_stat(pid)
-    return stat is not None and stat.start_ticks == start_ticks and stat.state not in ("Z", "X", "x")
+    return stat is not None and stat.start_ticks == start_ticks and process_alive(pid)
 
 
 def _ended_child_status(child: subprocess.Popen[bytes]) -> int | None:
