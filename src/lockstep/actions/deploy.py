@@ -8,7 +8,7 @@ from typing import Any
 from lockstep.actions.environment import load_environment
 from lockstep.pipeline.deploy import Deployment, DeployRequest
 from lockstep.pipeline.history import OperationRecord
-from lockstep.pipeline.steps import Reporter
+from lockstep.pipeline.steps import Reporter, SilentReporter
 
 
 def deploy(
@@ -39,13 +39,4 @@ def plan_deploy(start: Path, config_path: Path | None, environment: str | None, 
 
         return plan_lines(context, request)
 
-    class Silent:
-        def step_started(self, step: str, detail: str) -> None: ...
-        def step_finished(self, step: str, seconds: float, detail: str) -> None: ...
-        def step_failed(self, step: str, seconds: float, reason: str) -> None: ...
-        def info(self, message: str) -> None: ...
-        def warn(self, message: str) -> None: ...
-        def confirm(self, question: str, expected_answer: str | None = None) -> bool:
-            return False
-
-    return Deployment(context, request, Silent()).plan()
+    return Deployment(context, request, SilentReporter()).plan()

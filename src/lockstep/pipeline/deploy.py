@@ -45,7 +45,7 @@ from lockstep.databases import adapter_for
 from lockstep.errors import LockstepError, UsageError
 from lockstep.exit_codes import ExitCode
 from lockstep.fault_injection import kill_point
-from lockstep.health.checks import describe_check, run_check
+from lockstep.health.checks import run_check
 from lockstep.health.gate import wait_until_healthy
 from lockstep.notify.events import (
     DEPLOY_FAILED,
@@ -68,7 +68,14 @@ from lockstep.pipeline.environment_lock import (
 )
 from lockstep.pipeline.history import History, OperationRecord, RedactedRecord
 from lockstep.pipeline.notifications import notifier_for, operation_event, secrets_redactor, teach_reporter_secrets
-from lockstep.pipeline.release_launch import ComponentPlan, app_environment, plan_components, traffic_component
+from lockstep.pipeline.release_launch import (
+    ComponentPlan,
+    app_environment,
+    describe_commands,
+    describe_health_gate,
+    plan_components,
+    traffic_component,
+)
 from lockstep.pipeline.releases import ResolvedRef, build_release_directory, new_deploy_id, prune_releases, resolve_ref
 from lockstep.pipeline.slot_exits import PRE_SWITCH_CHECK_STEP, SlotExits, check_before_switch
 from lockstep.pipeline.smoke import run_smoke_check
@@ -305,16 +312,8 @@ class Deployment:
             ),
             "5. migrate: "
             + ("skipped" if self.request.skip_migrations or not self.config.app.migrate else self.config.app.migrate),
-            f"6. start in slot {idle}: "
-            + "; ".join(
-                f"{plan.name}: {' '.join(plan.argv)}" + (f" (port {plan.port})" if plan.port else "") for plan in plans
-            ),
-            "   health: "
-            + "; ".join(
-                f"{plan.name}: "
-                + (f"{describe_check(plan.health)}, {plan.passes} passes" if plan.health else "keeps running")
-                for plan in plans
-            ),
+            f"6. start in slot {idle}: {describe_commands(plans)}",
+            f"   health: {describe_health_gate(plans)}",
             "7. smoke: "
             + ("; ".join(check.model_dump_json(exclude_defaults=True) for check in self.config.deploy.smoke) or "none"),
             (

@@ -11,7 +11,7 @@ from typing import Any
 from lockstep.config import ProjectConfig
 from lockstep.config.deploy_model import ComponentConfig, order_components
 from lockstep.errors import UsageError
-from lockstep.health.checks import CommandCheck, HealthCheck, HttpCheck, TcpCheck
+from lockstep.health.checks import CommandCheck, HealthCheck, HttpCheck, TcpCheck, describe_check
 from lockstep.pipeline.releases import substitute
 from lockstep.process import Command
 
@@ -40,6 +40,21 @@ class ComponentPlan:
             "port": self.port,
             "stop_timeout": self.stop_timeout,
         }
+
+
+def describe_commands(plans: list[ComponentPlan]) -> str:
+    """What a slot start runs, for plans (deploy and rollback dry runs): each component's command."""
+    return "; ".join(
+        f"{plan.name}: {' '.join(plan.argv)}" + (f" (port {plan.port})" if plan.port else "") for plan in plans
+    )
+
+
+def describe_health_gate(plans: list[ComponentPlan]) -> str:
+    """What each component must pass before it may take traffic, for plans."""
+    return "; ".join(
+        f"{plan.name}: " + (f"{describe_check(plan.health)}, {plan.passes} passes" if plan.health else "keeps running")
+        for plan in plans
+    )
 
 
 def traffic_component(config: ProjectConfig) -> str | None:

@@ -15,12 +15,18 @@ from typing import Any
 
 from lockstep.actions.environment import EnvironmentContext
 from lockstep.agent.state import other_slot
-from lockstep.health.checks import describe_check
 from lockstep.pipeline.data_rollback import describe_discarded, summarize_discarded
 from lockstep.pipeline.environment_lock import EnvironmentLock, describe_holder
 from lockstep.pipeline.notifications import secrets_redactor
-from lockstep.pipeline.release_launch import ComponentPlan, plan_components, traffic_component
+from lockstep.pipeline.release_launch import (
+    ComponentPlan,
+    describe_commands,
+    describe_health_gate,
+    plan_components,
+    traffic_component,
+)
 from lockstep.pipeline.rollback import Rollback, RollbackRequest, RollbackTarget, warm_in
+from lockstep.pipeline.steps import SilentReporter
 from lockstep.repository.documents import DocumentStore
 
 
@@ -32,21 +38,9 @@ class RollbackPlan:
     document: dict[str, Any]
 
 
-class _Silent:
-    """The rollback's decisions say nothing on their own; the plan says it all."""
-
-    def step_started(self, step: str, detail: str) -> None: ...
-    def step_finished(self, step: str, seconds: float, detail: str) -> None: ...
-    def step_failed(self, step: str, seconds: float, reason: str) -> None: ...
-    def info(self, message: str) -> None: ...
-    def warn(self, message: str) -> None: ...
-    def confirm(self, question: str, expected_answer: str | None = None) -> bool:
-        return False
-
-
 def plan_rollback(context: EnvironmentContext, request: RollbackRequest) -> RollbackPlan:
     """Every step the rollback would take, or the refusal it would end with."""
-    rollback = Rollback(context, request, _Silent())
+    rollback = Rollback(context, request, SilentReporter())  # the plan says it all
     status, active, target = rollback.choose()
     with_data = rollback.check_request(target)
     planner = _Planner(context, request, status, active, target)
@@ -204,16 +198,8 @@ class _Planner:
 
     def _start_lines(self, slot: str, plans: list[ComponentPlan]) -> list[str]:
         return [
-            f"start release {self.release_id} in slot {slot}: "
-            + "; ".join(
-                f"{plan.name}: {' '.join(plan.argv)}" + (f" (port {plan.port})" if plan.port else "") for plan in plans
-            ),
-            "health gate: "
-            + "; ".join(
-                f"{plan.name}: "
-                + (f"{describe_check(plan.health)}, {plan.passes} passes" if plan.health else "keeps running")
-                for plan in plans
-            ),
+            f"start release {self.release_id} in slot {slot}: {describe_commands(plans)}",
+            f"health gate: {describe_health_gate(plans)}",
         ]
 
     def _retire_line(self, with_data: bool) -> str:

@@ -34,6 +34,23 @@ class Reporter(Protocol):
         ...
 
 
+class SilentReporter:
+    """A reporter that says nothing and answers no: for dry runs, whose plan says it all."""
+
+    def step_started(self, step: str, detail: str) -> None: ...
+
+    def step_finished(self, step: str, seconds: float, detail: str) -> None: ...
+
+    def step_failed(self, step: str, seconds: float, reason: str) -> None: ...
+
+    def info(self, message: str) -> None: ...
+
+    def warn(self, message: str) -> None: ...
+
+    def confirm(self, question: str, expected_answer: str | None = None) -> bool:
+        return False
+
+
 def bind_context(reporter: Reporter, **fields: object) -> None:
     """Give a reporter that supports it fields for every later event (deploy_id, env)."""
     bind = getattr(reporter, "bind", None)
