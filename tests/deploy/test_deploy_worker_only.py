@@ -1,16 +1,22 @@
-"""A deploy of an app without a traffic component (workers only) runs the pre-switch check too:
-nothing switches, but the retire stops the old release's workers, so a new worker that died after
-its health gate must fail the deploy first. It skipped the check and reported such a release
-deployed (exit 0), its worker dying and restarted over and over. A real agent and real processes."""
+"""An app without a traffic component (workers only) deploys blue-green like a web app, minus the
+traffic: the new release starts in the other slot beside the old one, passes its health gate and
+the pre-switch check, becomes the active slot (no proxy involved), then the old slot's workers stop.
+
+Before, the agent only made a slot with a port active: every deploy started in blue, stopping the
+old release's workers first, so a failed deploy left nothing running while it said "rolled back",
+and `lockstep rollback` found nothing deployed. A real agent and real processes."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.deploy.conftest import _stop_everything, free_ports, make_project
+from tests.deploy.conftest import NotesProject, _stop_everything, free_ports, make_project
 
 pytestmark = pytest.mark.slow
 
@@ -60,9 +66,110 @@ def test_a_worker_only_release_whose_worker_died_after_its_gate_is_not_deployed(
         assert (
             "worker exited 1 time(s) after passing its health gate (limit 0): exited with code 1" in (record["reason"])
         ), record["reason"]
-        # Nothing was said deployed. (Without a traffic component the agent never has an active
-        # slot, so every deploy starts in blue, stopping the old workers first: there is no old
-        # release left to serve on, whatever the exit code says. Not this test's business.)
-        assert [item for item in project.status()["slots"]["blue"]["processes"] if item["running"]] == []
+        # Nothing was said deployed: the new release is gone, the first one's worker runs on.
+        status = project.status()
+        assert status["active_slot"] == "blue", status
+        assert _running(status, "green") == [], status
+        assert [item["release"] for item in _running(status, "blue")] == [project.history()[0]["release_id"]]
     finally:
         _stop_everything(project)
+
+
+def _running(status: dict[str, Any], slot: str) -> list[dict[str, Any]]:
+    return [item for item in status["slots"][slot]["processes"] if item["running"]]
+
+
+def _start_worker_only(project: NotesProject) -> None:
+    (listen,) = free_ports(1)
+    (project.directory / "lockstep.toml").write_text(WORKER_ONLY.format(listen=listen))
+    (project.directory / "worker.sh").write_text(STAYS)
+    project.commit("workers only")
+    project.start_agent()
+
+
+def _deploy_twice(project: NotesProject) -> tuple[str, str, dict[str, str]]:
+    """Two worker-only releases deployed; returns their release ids, oldest first, and the second
+    deploy's steps."""
+    first = project.lockstep("deploy", "--json")
+    assert first.returncode == 0, first.err
+    (project.directory / "worker.sh").write_text("# second\n" + STAYS)
+    project.commit("the second release")
+    second = project.lockstep("deploy", "--json")
+    assert second.returncode == 0, second.err
+    steps = {step["step"]: step["detail"] for step in json.loads(second.out)["steps"]}
+    releases = [record["release_id"] for record in project.history() if record["outcome"] == "succeeded"]
+    return releases[0], releases[1], steps
+
+
+def _running_anywhere(status: dict[str, Any]) -> list[dict[str, Any]]:
+    return _running(status, "blue") + _running(status, "green")
+
+
+def test_a_failed_worker_only_deploy_leaves_the_previous_release_running(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    _start_worker_only(project)
+    try:
+        first_release, second_release, steps = _deploy_twice(project)
+        (worker,) = _running_anywhere(project.status())
+        assert worker["release"] == second_release, worker
+        # A new agent adopts the active slot of workers only as it is (no proxy to start for it).
+        assert project.agent is not None
+        project.agent.send_signal(signal.SIGTERM)
+        project.agent.wait(timeout=60)
+        project.start_agent()
+        assert _running_anywhere(project.status()) == [worker]
+
+        (project.directory / "worker.sh").write_text(DIES_AFTER_ITS_GATE)
+        project.commit("a worker that dies")
+        third = project.lockstep("deploy", "--json")
+        assert third.returncode == 3, third.err
+        record = project.history()[-1]
+        assert (record["outcome"], record["failed_step"]) == ("rolled-back", "pre-switch check"), record
+
+        # "rolled back" is true: the second release's worker is the very process that ran before.
+        after = project.status()
+        assert _running_anywhere(after) == [worker], after
+        # Blue-green: the second release started beside the first, in green, became the active
+        # slot, then blue stopped; the third started in blue and was stopped there.
+        assert after["active_slot"] == "green", after
+        assert _running(after, "green") == [worker], after
+        assert steps["switch"] == "slot green active, no traffic to move", steps
+        assert first_release != second_release
+    finally:
+        _stop_everything(project)
+
+
+def test_rollback_of_a_worker_only_app_brings_back_the_previous_release(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    _start_worker_only(project)
+    try:
+        first_release, second_release, _ = _deploy_twice(project)
+        (second_worker,) = _running_anywhere(project.status())
+        planned = project.lockstep("rollback", "--dry-run", "--json")
+        assert planned.returncode == 0, planned.err
+        assert (
+            "slot blue becomes the active one (workers only: no traffic to switch)" in json.loads(planned.out)["steps"]
+        )
+
+        rolled_back = project.lockstep("rollback", "--json")
+        assert rolled_back.returncode == 0, rolled_back.err + rolled_back.out
+
+        status = project.status()
+        assert status["active_slot"] == "blue", status
+        (worker,) = _running(status, "blue")
+        assert worker["release"] == first_release, worker
+        # The newer release's worker stopped: two versions of a worker do not run on.
+        assert _running(status, "green") == [], status
+        assert not _pid_runs(int(second_worker["pid"]))
+        assert project.history()[-1]["outcome"] == "succeeded"
+        assert second_release != first_release
+    finally:
+        _stop_everything(project)
+
+
+def _pid_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"

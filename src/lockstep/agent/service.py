@@ -250,11 +250,33 @@ class AgentService:
                 return int(launch["port"])
         return None
 
+    def _runs_workers_only(self, slot: str) -> bool:
+        """Whether `slot` runs a release none of whose components has a port: an app of workers
+        only, as the deploy that started it planned it (its launch documents, not this agent's
+        config, which may be older than the deploy's)."""
+        record = self.state.slot(slot)
+        return (
+            record is not None
+            and bool(record.components)
+            and all(launch.get("port") is None for launch in record.components)
+        )
+
     def switch(self, slot: str) -> dict[str, Any]:
-        """Send traffic to `slot`'s release, atomically."""
+        """Send traffic to `slot`'s release, atomically.
+
+        A release of workers only has no traffic to move, but still becomes the active slot: so
+        the next deploy starts beside it in the other slot and the old workers run until the new
+        ones pass their checks, and a failed deploy or a rollback switches back to them. The
+        proxy is left alone."""
         _check_slot(slot)
         with self._lock:
             port = self._traffic_port(slot)
+            if port is None and self._runs_workers_only(slot):
+                started = time.monotonic()
+                self.state.set_setting("active_slot", slot)
+                elapsed = time.monotonic() - started
+                self.state.add_event("switched", slot, f"slot {slot} is active (workers only: no traffic to move)")
+                return {"slot": slot, "port": None, "seconds": elapsed}
             if port is None:
                 raise AgentError(
                     f"slot {slot} runs no component with a port, so it cannot take traffic",

@@ -319,7 +319,7 @@ class Deployment:
             (
                 f"8. switch traffic at {self.config.traffic.listen} ({self.config.traffic.kind}) to slot {idle}, once "
                 if traffic_component(self.config) is not None
-                else "8. no traffic to switch (no component has ports); before the retire, check that "
+                else f"8. no traffic to switch (no component has ports): slot {idle} becomes the active one, once "
             )
             + f"it still runs with at most {self.config.deploy.watch_max_exits} exits since its health gate",
             f"9. watch {self.config.deploy.watch_seconds:.0f} s: {self.config.deploy.watch_failures} failed checks, "
@@ -654,6 +654,12 @@ class Deployment:
             self.steps.run(
                 "watch", f"{self.config.deploy.watch_seconds:.0f} s", lambda: self._watch(new_slot), lambda r: r
             )
+        elif self.plans:
+            # Workers only: no traffic moves, but the new slot becomes the active one, so that the
+            # next deploy starts beside it and an undo or a rollback switches back to the old one.
+            self.steps.run(
+                "switch", f"to slot {new_slot} (workers only)", lambda: self._switch(new_slot, old_slot), lambda r: r
+            )
         self._barrier("retire", record)
         self._check_lock()
         self.steps.run("retire", f"slot {old_slot or '(none)'}", lambda: self._retire(old_slot, record), lambda r: r)
@@ -873,6 +879,8 @@ class Deployment:
         else:  # the first deploy: nothing to switch back to, but the slot must give up the traffic
             self.steps.on_undo("switch", lambda: self.agent.withdraw_traffic(new_slot))
         result = self.agent.switch(new_slot)
+        if result.get("port") is None:
+            return f"slot {new_slot} active, no traffic to move"
         return f"{float(result.get('seconds', 0)) * 1000:.0f} ms"
 
     def _switch_back(self, slot: str) -> None:
@@ -895,13 +903,18 @@ class Deployment:
         # has no port (workers) must not run two versions at once, so it stops now.
         component = traffic_component(self.config)
         others = [plan.name for plan in self.plans if plan.name != component]
-        if others:
+        if component is None:  # workers only: nothing stays warm, so the whole slot goes
+            self.agent.stop_slot(old_slot)
+        elif others:
             self.agent.stop_slot(old_slot, others)
         self.steps.forget_undo("switch")
         removed = prune_releases(self.layout, self.config.app.keep_releases, protected)
-        return f"slot {old_slot} drained{'' if drained else ' (timed out)'}, kept warm" + (
-            f"; removed {len(removed)} old releases" if removed else ""
+        retired = (
+            f"slot {old_slot} drained{'' if drained else ' (timed out)'}, kept warm"
+            if component is not None
+            else f"slot {old_slot} stopped (workers only: nothing kept warm)"
         )
+        return retired + (f"; removed {len(removed)} old releases" if removed else "")
 
     # -- failure -------------------------------------------------------------------------------
 

@@ -750,13 +750,14 @@ class Rollback:
         health_gate(self.agent, slot, selected)
 
     def _retire(self, slot: str, component: str | None) -> None:
-        """The slot we left keeps its traffic component warm, unless the data went back under it.
+        """The slot we left keeps its traffic component warm, unless the data went back under it
+        or the app has none (workers only): then all of it stops.
 
         After a data rollback the release we left expects a schema the database no longer has:
         keeping it warm would offer a roll-forward that cannot work, so all of it stops.
         """
         self.agent.wait_drained(slot, self.config.traffic.drain_timeout)
-        if self.request.with_data:
+        if self.request.with_data or component is None:  # workers only: nothing to keep warm either
             self.agent.stop_slot(slot)
             return
         others = [name for name in self.config.app.components if name != component]

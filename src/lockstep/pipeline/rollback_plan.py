@@ -241,6 +241,8 @@ class _Planner:
         )
         if self.traffic is not None:
             lines.append(f"switch traffic at {self.config.traffic.listen} to slot {self.idle}")
+        else:
+            lines.append(f"slot {self.idle} becomes the active one (workers only: no traffic to switch)")
         if self.request.component is None:
             lines.append(self._retire_line(with_data))
         return lines
