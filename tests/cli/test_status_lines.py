@@ -26,3 +26,11 @@ def test_a_stopped_proxy_with_an_active_slot_is_an_outage() -> None:
 def test_a_fresh_environment_is_not_reported_as_an_outage() -> None:
     line = describe_traffic({**BUILTIN, "running": False, "active_port": None}, None)
     assert line == "  traffic: builtin on 127.0.0.1:8000 — not started: the first deploy starts it"
+
+
+def test_an_active_slot_of_workers_only_is_not_an_outage() -> None:
+    """A worker-only app has an active slot (it deploys blue-green) but never starts the proxy."""
+    line = describe_traffic({**BUILTIN, "running": False, "active_port": None}, "green", workers_only=True)
+    assert line == (
+        "  traffic: builtin on 127.0.0.1:8000 — not used: the active slot runs workers only (no component has a port)"
+    )

@@ -73,7 +73,9 @@ def status_command(config_path: Path | None, environment: str | None, json_outpu
                 f"  slot {slot} [{role}]: release {info['release']}, commit {(info['version'] or '')[:12]}, "
                 f"since {age(info['since'])}; {health}; {running}"
             )
-        print_line(describe_traffic(document.get("traffic", {}), active))
+        active_processes = slots[active]["processes"] if active and active in slots else []
+        workers_only = bool(active_processes) and all(process.get("port") is None for process in active_processes)
+        print_line(describe_traffic(document.get("traffic", {}), active, workers_only))
     lock = document["lock"]
     print_line(f"  lock: {lock['state']}" + (f" — {lock['detail']}" if lock.get("detail") else ""))
     last = document.get("last_operation")
@@ -167,18 +169,21 @@ def describe_hold(hold: dict[str, Any] | None) -> str:
     return text
 
 
-def describe_traffic(traffic: dict[str, Any], active_slot: str | None) -> str:
+def describe_traffic(traffic: dict[str, Any], active_slot: str | None, workers_only: bool = False) -> str:
     """The traffic line: where requests go, or why none can yet (never "port None").
 
     Before the first switch the proxy is not started and has no upstream: that is the normal
-    state of a fresh environment, not an outage, so it is not reported as one.
+    state of a fresh environment, not an outage, so it is not reported as one. Nor is it when
+    the active slot runs workers only (`workers_only`): there is no traffic to serve.
     """
     text = f"  traffic: {traffic.get('kind')} on {traffic.get('listen')}"
     port = traffic.get("active_port")
     running = traffic.get("running", True)
     if port is not None:
         text += f", port {port}"
-    if not active_slot:
+    if active_slot and workers_only and port is None:
+        text += " — not used: the active slot runs workers only (no component has a port)"
+    elif not active_slot:
         text += " — not started: the first deploy starts it" if not running else ", no upstream yet"
     elif not running:
         text += " — NOT RUNNING: requests are refused"
