@@ -173,3 +173,19 @@ def _pid_runs(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_the_dry_run_of_a_worker_only_deploy_promises_no_watch(tmp_path: Path) -> None:
+    """The plan listed "9. watch 1 s: ... errors roll back" for an app with no traffic to watch,
+    though its deploy ends with the switch of the active slot; and "after draining" a slot whose
+    every process stops."""
+    project = make_project(tmp_path)
+    (listen,) = free_ports(1)
+    (project.directory / "lockstep.toml").write_text(WORKER_ONLY.format(listen=listen))
+    (project.directory / "worker.sh").write_text(STAYS)
+    project.commit("workers only")
+    planned = project.lockstep("deploy", "--dry-run")
+    assert planned.returncode == 0, planned.err
+    assert "9. no watch window (no traffic component)" in planned.out, planned.out
+    assert "9. watch" not in planned.out and "after draining" not in planned.out, planned.out
+    assert "stop all of it (workers only: nothing kept warm)" in planned.out, planned.out

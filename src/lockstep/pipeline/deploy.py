@@ -322,15 +322,27 @@ class Deployment:
                 else f"8. no traffic to switch (no component has ports): slot {idle} becomes the active one, once "
             )
             + f"it still runs with at most {self.config.deploy.watch_max_exits} exits since its health gate",
-            f"9. watch {self.config.deploy.watch_seconds:.0f} s: {self.config.deploy.watch_failures} failed checks, "
-            f"a crash loop or > {self.config.deploy.watch_error_rate:.0%} errors roll back",
-            f"10. retire slot {active or '(none)'} after draining (at most {self.config.traffic.drain_timeout:.0f} s)",
+            *self._watch_and_retire_lines(active),
             f"on failure: undo in reverse; data rollback policy: {self.policy.data_rollback}",
         ]
         for name, command in sorted(self.config.deploy.hooks.items()):
             lines.append(f"hook {name}: {command}")
         redactor = secrets_redactor(self.context)  # a smoke test's Authorization header, a token in a hook
         return [redactor.redact(line) for line in lines]
+
+    def _watch_and_retire_lines(self, active: str | None) -> list[str]:
+        """Steps 9 and 10 of the plan. An app of workers only has no traffic to watch: its deploy
+        ends with the switch of the active slot, and nothing of the old slot stays warm."""
+        if traffic_component(self.config) is None:
+            return [
+                "9. no watch window (no traffic component): the pre-switch check is the last check",
+                f"10. retire slot {active or '(none)'}: stop all of it (workers only: nothing kept warm)",
+            ]
+        return [
+            f"9. watch {self.config.deploy.watch_seconds:.0f} s: {self.config.deploy.watch_failures} failed checks, "
+            f"a crash loop or > {self.config.deploy.watch_error_rate:.0%} errors roll back",
+            f"10. retire slot {active or '(none)'} after draining (at most {self.config.traffic.drain_timeout:.0f} s)",
+        ]
 
     def _active_slot_or_none(self) -> str | None:
         try:
