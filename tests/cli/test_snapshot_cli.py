@@ -706,6 +706,45 @@ def test_a_release_directory_holding_the_project_leaves_lockstep_s_own_files_out
     assert not (target / ".lockstep").exists() and not (target / ".env").exists()
 
 
+def test_directories_holding_left_out_files_keep_their_own_modes_and_times(tmp_path: Path, restic_binary: str) -> None:
+    """The release directory and a directory below it each hold something the snapshot stores
+    apart (the repository, a secret), so their entries are stored one by one. Both came back
+    mode 0700 with the snapshot's time: a release restored by lockstep or by restic was closed to
+    the web server's user. They keep their own mode and modification time now, as the
+    directories stored whole always did."""
+    root = tmp_path / "site"
+    (root / "config").mkdir(parents=True)
+    (root / "index.php").write_text("<?php echo 'v9';\n")
+    (root / "config" / "app.yml").write_text("debug: false\n")
+    (root / "config" / ".env").write_text(f"KEY={SECRET}\n")
+    project = Project(root, root / ".lockstep" / "repository")
+    (root / "lockstep.toml").write_text(
+        f'[repository]\nurl = "{project.repository}"\n\n[code]\nkind = "release-directory"\n\n'
+        '[files]\nsecrets = ["config/.env"]\n'
+    )
+    assert project.repo("init").returncode == 0
+    expected = {root: (0o755, 1_600_000_000), root / "config": (0o750, 1_650_000_000)}
+    for directory, (mode, mtime) in expected.items():
+        directory.chmod(mode)
+        os.utime(directory, (mtime, mtime))
+    snapshot = project.create("-m", "modes")
+
+    by_lockstep = tmp_path / "by-lockstep"
+    project.ok("snapshot", "restore", snapshot["short_id"], "--code", str(by_lockstep))
+    by_restic = tmp_path / "by-restic"
+    restored_by_restic = run_restic(str(project.repository), ["restore", snapshot["id"], "--target", str(by_restic)])
+    assert restored_by_restic.returncode == 0, restored_by_restic.err
+    # `--code DIR` fills the directory it is given, as `restic restore SNAPSHOT:/code/release`
+    # would: only what lies below the release's own directory is compared there.
+    for restored, directories in ((by_lockstep, [root / "config"]), (by_restic / "code" / "release", [*expected])):
+        assert not (restored / "config" / ".env").exists() and not (restored / ".lockstep").exists()
+        assert (restored / "config" / "app.yml").read_text() == "debug: false\n"
+        for directory in directories:
+            mode, mtime = expected[directory]
+            info = (restored / directory.relative_to(root)).stat()
+            assert (oct(info.st_mode & 0o7777), int(info.st_mtime)) == (oct(mode), mtime), (restored, directory)
+
+
 def test_a_release_directory_snapshot_reports_the_size_of_its_files(tmp_path: Path) -> None:
     """A snapshot of a release directory alone said "0 B in total" (and so did `snapshot list`):
     only dumps and config files were counted. The manifest records the release's bytes and every

@@ -355,7 +355,8 @@ def _publish_commit(work_tree: Path, pending: PendingCommit, snapshot: Snapshot)
 def _add_release(builder: SnapshotBuilder, target: str, source: Path, left_out: set[Path]) -> int:
     """Store the release directory `source` at `target` without what lies in `left_out` (the
     repository, the state directory, SQLite files, secrets: a project directory holds them all);
-    the bytes stored. Only the directories on the way to a left-out path are walked here."""
+    the bytes stored. Only the directories on the way to a left-out path are walked here; one
+    that holds nothing else is left out too."""
     if not any(source in path.parents for path in left_out):
         return builder.add_path(target, source)
     size = 0
@@ -369,7 +370,9 @@ def _add_release(builder: SnapshotBuilder, target: str, source: Path, left_out: 
         else:
             size += builder.add_path(f"{target}/{child.name}", child)
         stored = True
-    if not stored and target == RELEASE_PATH:
+    if stored:  # its own mode, owner and times, as add_path keeps them; one left empty is left out
+        builder.add_directory(target, source)
+    elif target == RELEASE_PATH:
         raise SourceError(
             f"the release directory {source} holds nothing but what the snapshot stores apart",
             "fix [code] path in lockstep.toml",

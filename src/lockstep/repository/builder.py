@@ -9,6 +9,7 @@ the packs written so far, so a failed source never leaves a snapshot or orphaned
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import socket
@@ -47,10 +48,12 @@ class StoredFile:
 
 @dataclass
 class _Directory:
-    """A directory of the snapshot being built: child directories and finished nodes."""
+    """A directory of the snapshot being built: child directories and finished nodes, and the
+    metadata of the directory on disk it stands for, if any (`add_directory`)."""
 
     directories: dict[str, _Directory] = field(default_factory=dict)
     nodes: dict[bytes, Node] = field(default_factory=dict)
+    metadata: Node | None = None
 
 
 def blob_list_sha256(content: list[bytes]) -> str:
@@ -167,6 +170,22 @@ class SnapshotBuilder:
         self._place(path, node)
         return self._archiver.summary.bytes_read - read_before
 
+    def add_directory(self, path: str, source: Path) -> None:
+        """Give the directory at `path`, whose entries are added one by one (a tree stored without
+        some of its entries), the metadata of `source` on disk: its mode, owner and times, as
+        `add_path` would. Without it the builder's own 0700 directory stood in for it, and a
+        release restored from the snapshot came back unreadable to the web server's user."""
+        node = self._archiver.node_for_path(os.fsencode(os.path.abspath(source)), _split(path)[-1].encode("utf-8"))
+        if node is None or node.type != "dir":
+            raise SourceError(f"{source} cannot be read as a directory", "check that it exists and is readable")
+        *parents, name = _split(path)
+        directory = self._root
+        for part in parents:
+            directory = directory.directories.setdefault(part, _Directory())
+        if name.encode("utf-8") in directory.nodes:
+            raise UsageError(f"{path} is added to the snapshot twice")
+        directory.directories.setdefault(name, _Directory()).metadata = node
+
     def describe_paths(self) -> None:
         """From now on keep what `add_path` stores in memory, for `stored_below`: its trees, and
         the SHA-256 of each file's bytes (hashed as they stream in, no second read)."""
@@ -197,7 +216,7 @@ class SnapshotBuilder:
                 yield from self._walk_tree(node.subtree, prefix + key + b"/")
         for name, child in directory.directories.items():
             key = name.encode("utf-8")
-            yield prefix + key, self._directory_node(name, None)
+            yield prefix + key, self._directory_node(name, child, None)
             yield from self._walk_directory(child, prefix + key + b"/")
 
     def _walk_tree(self, tree_id: bytes, prefix: bytes) -> Iterator[tuple[bytes, Node]]:
@@ -215,8 +234,11 @@ class SnapshotBuilder:
         self._pipeline.drain()
         return {b"".join(content): digest for content, digest in self._archiver.hashed_files or []}
 
-    def _directory_node(self, name: str, subtree: bytes | None) -> Node:
-        """A directory the builder makes on the way to what was added (e.g. /databases)."""
+    def _directory_node(self, name: str, directory: _Directory, subtree: bytes | None) -> Node:
+        """A directory on the way to what was added: the one on disk it stands for (`add_directory`),
+        or one the builder makes (e.g. /databases), private to the snapshot's owner."""
+        if directory.metadata is not None:
+            return dataclasses.replace(directory.metadata, subtree=subtree)
         return Node(
             name=name.encode("utf-8"),
             type="dir",
@@ -232,7 +254,7 @@ class SnapshotBuilder:
     def _save(self, directory: _Directory) -> bytes:
         nodes = list(directory.nodes.values())
         for name, child in directory.directories.items():
-            nodes.append(self._directory_node(name, self._save(child)))
+            nodes.append(self._directory_node(name, child, self._save(child)))
         return self.repository.save_tree(Tree(nodes))
 
     def commit(self, paths: Iterable[str], tags: Iterable[str] = (), hostname: str | None = None) -> Snapshot:
