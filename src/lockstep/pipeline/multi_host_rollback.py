@@ -30,10 +30,16 @@ from lockstep.actions.environment import EnvironmentContext
 from lockstep.errors import UsageError
 from lockstep.notify.events import ROLLBACK_DONE, ROLLBACK_FAILED
 from lockstep.pipeline.coordination import GO, RESTORE_BARRIER, RETIRE_BARRIER, SWITCH_BARRIER
-from lockstep.pipeline.history import OperationRecord
+from lockstep.pipeline.history import History, OperationRecord
 from lockstep.pipeline.multi_host import HostFanOut, HostRun, error_of
 from lockstep.pipeline.notifications import notifier_for
-from lockstep.pipeline.rollback import RollbackRequest, RollbackTarget, choose_target, confirm_data_restore
+from lockstep.pipeline.rollback import (
+    RollbackRequest,
+    RollbackTarget,
+    choose_target,
+    confirm_data_restore,
+    serving_stack,
+)
 from lockstep.pipeline.steps import Reporter, bind_context
 from lockstep.remote import ssh
 
@@ -51,18 +57,17 @@ class MultiHostRollback(HostFanOut):
         self.target_release: str | None = None
 
     def _run(self) -> OperationRecord:
-        if self.request.component is not None:
-            raise UsageError(
-                "a rollback of several hosts rolls back every component (no --component)",
-                "roll the component back on each host with `lockstep rollback --component` there",
-            )
-        target = self.steps.run(
+        check_fleet_request(self.request)
+        serving = self.steps.run(
             "preflight",
             ", ".join(run.name for run in self.runs),
             self._preflight,
-            lambda chosen: f"to {chosen.release.release_id} on {len(self.runs)} hosts",
+            lambda release_id: f"every host serves {release_id or 'nothing'}",
         )
+        # Outside the step: a refusal keeps its hint, as the dry run's does.
+        target = choose_fleet_target(self.history, serving, self.request)
         release = target.release
+        self.reporter.info(f"rolling back every host from {serving} to {release.release_id}")
         self.target_release = release.release_id
         if self.request.with_data:
             self._confirm_data_loss(target)
@@ -149,12 +154,7 @@ class MultiHostRollback(HostFanOut):
         """What the restore discards, as the primary sees it (`snapshot diff` there), and the
         question, before anything is locked or changed: the hosts run with --yes."""
         snapshot = target.data_snapshot_id
-        if snapshot is None:
-            raise UsageError(
-                f"there is no snapshot of the data as it was under {target.release.release_id}",
-                "its successor was deployed with --skip-backup (or by a lockstep that did not record it here); "
-                "roll back the code only",
-            )
+        assert snapshot is not None  # choose_fleet_target refused otherwise
         primary = self.runs[0]
 
         async def diff() -> ssh.RemoteResult:
@@ -168,8 +168,8 @@ class MultiHostRollback(HostFanOut):
         self.reporter.info(f"restoring the data of snapshot {snapshot[:8]} on {primary.name} discards:\n  {shown}")
         confirm_data_restore(self.reporter, self.context.environment, yes=self.request.yes)
 
-    def _preflight(self) -> RollbackTarget:
-        """Every host reachable and serving the same release; the target from this machine's history."""
+    def _preflight(self) -> str | None:
+        """Every host reachable, its agent running, and every host serving the same release: that release."""
         serving: dict[str, str | None] = {}
 
         async def check(run: HostRun) -> None:
@@ -192,4 +192,40 @@ class MultiHostRollback(HostFanOut):
                 f"the hosts serve different releases ({listed})",
                 "bring them together first: `lockstep deploy` or `lockstep rollback --to ID` on each host",
             )
-        return choose_target(self.history, releases.pop(), self.request)
+        return releases.pop()
+
+
+def check_fleet_request(request: RollbackRequest) -> None:
+    """The refusals of the request itself, before any host is contacted."""
+    if request.component is not None:
+        raise UsageError(
+            "a rollback of several hosts rolls back every component (no --component)",
+            "roll the component back on each host with `lockstep rollback --component` there",
+        )
+
+
+def choose_fleet_target(history: History, serving: str | None, request: RollbackRequest) -> RollbackTarget:
+    """The release every host goes back to, from this machine's history of multi-host operations
+    (the hosts record their part under the same IDs), or the refusal the rollback ends with.
+
+    One decision for the rollback (`serving`: what every host reported in its preflight) and its
+    dry run (`serving`: what this history says, pipeline/multi_host_rollback_plan.py), so the plan
+    names the target the rollback goes to and refuses where it would, with the same exit code."""
+    target = choose_target(history, serving, request)
+    if request.with_data and target.data_snapshot_id is None:
+        raise UsageError(
+            f"there is no snapshot of the data as it was under {target.release.release_id}",
+            "its successor was deployed with --skip-backup (or by a lockstep that did not record it here); "
+            "roll back the code only",
+        )
+    return target
+
+
+def recorded_serving(history: History) -> OperationRecord | None:
+    """The operation whose release every host serves, as this machine's history tells it (the
+    top of the serving stack): what a rollback that contacts no host takes as the current one."""
+    served = history.successful_deploys()
+    stack = serving_stack(served)
+    if not stack:
+        return None
+    return next(record for record in reversed(served) if record.release_id == stack[-1])

@@ -52,6 +52,25 @@ def plan_rollback(context: EnvironmentContext, request: RollbackRequest) -> Roll
     return RollbackPlan(lines=lines, document={**document, "steps": steps, "plan": lines})
 
 
+def lock_state(context: EnvironmentContext, request: RollbackRequest) -> str:
+    """Whether the environment's lock is free now, in parentheses, and what the rollback does if not."""
+    repository = context.project.access.open(load_index=False)
+    try:
+        lock = EnvironmentLock(
+            DocumentStore(repository), context.environment, stale_after=context.config.deploy.lock_stale_after
+        )
+        holder = lock.current()
+        if holder is None:
+            return "(free now)"
+        stale, why = lock.is_stale(holder)
+    finally:
+        repository.close()
+    if stale:
+        return f"(held by a stale {describe_holder(holder)}: {why}; the rollback takes it over)"
+    waits = f"waits up to {request.lock_wait:.0f} s for it, then " if request.lock_wait else ""
+    return f"(HELD NOW by {describe_holder(holder)}: the rollback {waits}exits 4 unless --force)"
+
+
 class _Planner:
     """The steps of Rollback.run and its _bring_back (or _bring_back_component), in words: kept
     next to them so that a change there shows here (tests/deploy/test_rollback_dry_run.py)."""
@@ -135,20 +154,7 @@ class _Planner:
         return warm_in(self.status["slots"][self.idle], self.release.release_id, self.traffic)
 
     def _lock_line(self) -> str:
-        lock = EnvironmentLock(
-            DocumentStore(self.context.project.access.open(load_index=False)),
-            self.context.environment,
-            stale_after=self.config.deploy.lock_stale_after,
-        )
-        holder = lock.current()
-        line = f"lock environment {self.context.environment} in the repository"
-        if holder is None:
-            return line + " (free now)"
-        stale, why = lock.is_stale(holder)
-        if stale:
-            return line + f" (held by a stale {describe_holder(holder)}: {why}; the rollback takes it over)"
-        waits = f"waits up to {self.request.lock_wait:.0f} s for it, then " if self.request.lock_wait else ""
-        return line + f" (HELD NOW by {describe_holder(holder)}: the rollback {waits}exits 4 unless --force)"
+        return f"lock environment {self.context.environment} in the repository {lock_state(self.context, self.request)}"
 
     def _data(self) -> tuple[dict[str, Any], list[str]]:
         snapshot_id = self.target.data_snapshot_id
