@@ -441,11 +441,15 @@ def test_a_rollback_goes_back_on_every_host_or_is_refused(fleet_factory: FleetFa
     fleet = fleet_factory()
     first = _deploy_ok(fleet)
     fleet.commit_version("1.0.1")
-    _deploy_ok(fleet)
+    second = _deploy_ok(fleet)
+    planned = fleet.lockstep("rollback", "--dry-run", "--json")  # from this history, no host contacted
+    assert planned.returncode == 0, planned.stderr + planned.stdout
+    plan = json.loads(planned.stdout)
+    assert (plan["from"]["release_id"], plan["to"]["release_id"]) == (second["id"], first["id"])
     rolled = fleet.lockstep("rollback", "--json")
     assert rolled.returncode == 0, rolled.stderr + rolled.stdout
     document = json.loads(rolled.stdout)
-    assert document["release_id"] == first["id"]
+    assert document["release_id"] == first["id"]  # where the plan said
     assert [host["outcome"] for host in document["hosts"]] == ["succeeded", "succeeded"]
     assert [host.version() for host in fleet.hosts] == ["1.0.0", "1.0.0"]
     assert [host.history()[-1]["id"] for host in fleet.hosts] == [document["id"]] * 2

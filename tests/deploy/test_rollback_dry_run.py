@@ -5,7 +5,6 @@ app, a real agent, the built-in proxy and real processes."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -142,22 +141,6 @@ def test_a_dry_run_refuses_where_the_rollback_would(notes_project: NotesProject)
     assert both("--to", "nothing-like-this") == (13, 13)
     assert both("--code-only") == (2, 2)  # 1.0.0 expects an older schema
     assert notes_project.version().startswith("2.")
-
-
-def test_a_dry_run_of_several_hosts_is_refused(tmp_path: Path) -> None:
-    from tests.deploy.conftest import make_project
-
-    project = make_project(tmp_path)
-    config = project.directory / "lockstep.toml"
-    config.write_text(
-        config.read_text().replace(
-            'default_environment = "test"',
-            'default_environment = "test"\nhosts = [{ address = "127.0.0.1:1", project_dir = "/nowhere" }]',
-        )
-    )
-    refused = project.lockstep("rollback", "--dry-run")
-    assert refused.returncode == 2, refused.err
-    assert "rollback --dry-run does not plan a rollback of several hosts" in refused.err
 
 
 def test_a_dry_run_of_one_component_plans_that_component_only(notes_project: NotesProject) -> None:

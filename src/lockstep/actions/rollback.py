@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from lockstep.actions.environment import load_environment
-from lockstep.errors import UsageError
 from lockstep.pipeline.history import OperationRecord
 from lockstep.pipeline.rollback import Rollback, RollbackRequest
 from lockstep.pipeline.rollback_plan import RollbackPlan, plan_rollback
@@ -27,12 +26,11 @@ def rollback(
 def plan(start: Path, config_path: Path | None, environment: str | None, request: RollbackRequest) -> RollbackPlan:
     """The rollback's plan, changing nothing (--dry-run); refused where the rollback would be.
 
-    Not for an environment with `hosts`: its plan is every host's, which only each host can
-    say (its slots, its warm release), and asking them over SSH is a rollback's preflight."""
+    With `hosts`, the plan of the rollback of every host, from this machine's history: no host
+    is contacted (pipeline/multi_host_rollback_plan.py)."""
     context = load_environment(start, config_path, environment)
     if context.config.hosts and request.coordinated is None:
-        raise UsageError(
-            f"rollback --dry-run does not plan a rollback of several hosts ({context.environment} lists hosts)",
-            "see `lockstep history` and each host's `lockstep status` for what a rollback goes back to",
-        )
+        from lockstep.pipeline.multi_host_rollback_plan import plan_fleet_rollback
+
+        return plan_fleet_rollback(context, request)
     return plan_rollback(context, request)

@@ -78,7 +78,10 @@ def rollback_command(
     restore and what that discards. It takes no lock and touches no process, traffic or data, and
     refuses with the exit code the rollback would end with.
 
-    When the environment lists `hosts`, rolls back every host over SSH, all or none (no --dry-run).
+    When the environment lists `hosts`, rolls back every host over SSH, all or none. There
+    --dry-run contacts no host: it names the target and the release it leaves as this machine's
+    history has them, the hosts (the primary marked), the steps, and with --with-data the
+    snapshot the primary restores (the rollback shows the primary's `snapshot diff` first).
     """
     if with_data and code_only:
         raise click.UsageError("--with-data and --code-only exclude each other")
