@@ -22,7 +22,17 @@ from lockstep.errors import SourceError, UsageError
 # The repository password is lockstep's alone: a backup source such as `env` or a misbehaving
 # dump tool must not be able to copy it into a snapshot or a log, nor run the command (or read the
 # file) that gives it.
-WITHHELD_VARIABLES = frozenset({"LOCKSTEP_PASSWORD", "LOCKSTEP_PASSWORD_FILE", "LOCKSTEP_PASSWORD_COMMAND"})
+WITHHELD_VARIABLES = frozenset(
+    {
+        "LOCKSTEP_PASSWORD",
+        "LOCKSTEP_PASSWORD_FILE",
+        "LOCKSTEP_PASSWORD_COMMAND",
+        # `repo copy`'s source repository (restic's RESTIC_FROM_* set).
+        "LOCKSTEP_FROM_PASSWORD",
+        "LOCKSTEP_FROM_PASSWORD_FILE",
+        "LOCKSTEP_FROM_PASSWORD_COMMAND",
+    }
+)
 
 
 @dataclass(frozen=True)

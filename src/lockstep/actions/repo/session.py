@@ -12,16 +12,46 @@ from pathlib import Path
 from typing import Literal
 
 from lockstep.actions.repo.passwords import legacy_password, password_from_command_output, password_from_file_bytes
-from lockstep.errors import SourceError, UsageError, WrongPassword
+from lockstep.errors import RepositoryNotFound, SourceError, UsageError, WrongPassword
 from lockstep.process import Command, run_capture
 from lockstep.redaction import process_redactor
 from lockstep.repository.locks import locked
 from lockstep.repository.repository import Repository
+from lockstep.storage.base import Backend
 from lockstep.storage.location import open_backend
 
 PASSWORD_VARIABLE = "LOCKSTEP_PASSWORD"
 PASSWORD_FILE_VARIABLE = "LOCKSTEP_PASSWORD_FILE"
 PASSWORD_COMMAND_VARIABLE = "LOCKSTEP_PASSWORD_COMMAND"
+
+
+@dataclass(frozen=True)
+class AccessNames:
+    """The flags and variables one repository's location and password come from, and what
+    messages call it: `repo copy` opens a second repository, the source, through restic's
+    `--from-*` set, and its errors must say which of the two failed."""
+
+    role: str = "repository"
+    repo_flag: str = "--repo"
+    repository_variable: str = "LOCKSTEP_REPOSITORY"
+    password_variable: str = PASSWORD_VARIABLE
+    password_file_flag: str = "--password-file"
+    password_file_variable: str = PASSWORD_FILE_VARIABLE
+    password_command_flag: str = "--password-command"
+    password_command_variable: str = PASSWORD_COMMAND_VARIABLE
+
+
+DESTINATION_NAMES = AccessNames()
+SOURCE_NAMES = AccessNames(
+    role="source repository",
+    repo_flag="--from-repo",
+    repository_variable="LOCKSTEP_FROM_REPOSITORY",
+    password_variable="LOCKSTEP_FROM_PASSWORD",
+    password_file_flag="--from-password-file",
+    password_file_variable="LOCKSTEP_FROM_PASSWORD_FILE",
+    password_command_flag="--from-password-command",
+    password_command_variable="LOCKSTEP_FROM_PASSWORD_COMMAND",
+)
 
 
 @dataclass(frozen=True)
@@ -59,32 +89,38 @@ class RepositoryAccess:
     # Whether the command takes --password-file/--password-command (the `repo` commands); project
     # commands do not, so their missing-password hint names the variables and lockstep.toml instead.
     password_options: bool = True
+    names: AccessNames = DESTINATION_NAMES
     # A password command's output, kept for the life of this object, so the command runs once per
     # lockstep command (and once per agent, not on every dashboard refresh); dropped when it does
     # not open the repository, so a changed password is read again.
     _read: list[list[str]] = field(default_factory=list, init=False, compare=False, repr=False)
 
     def resolved_location(self) -> str:
-        location = self.location or os.environ.get("LOCKSTEP_REPOSITORY", "")
+        names = self.names
+        location = self.location or os.environ.get(names.repository_variable, "")
         if not location:
             raise UsageError(
-                "no repository given",
-                "pass --repo LOCATION or set LOCKSTEP_REPOSITORY (a path, local:PATH, s3:HOST/BUCKET or s3:URL/BUCKET)",
+                f"no {names.role} given",
+                f"pass {names.repo_flag} LOCATION or set {names.repository_variable} "
+                "(a path, local:PATH, s3:HOST/BUCKET or s3:URL/BUCKET)",
             )
         return location
 
     def password_source(self) -> PasswordSource:
         """Which source gives the password; a file and a command both given is a usage error, as in
         restic ("Password file and command are mutually exclusive options")."""
-        file_origin = "--password-file" if self.password_file is not None else PASSWORD_FILE_VARIABLE
+        names = self.names
+        file_origin = names.password_file_flag if self.password_file is not None else names.password_file_variable
         file_name = str(self.password_file) if self.password_file is not None else os.environ.get(file_origin, "")
-        command_origin = "--password-command" if self.password_command is not None else PASSWORD_COMMAND_VARIABLE
+        command_origin = (
+            names.password_command_flag if self.password_command is not None else names.password_command_variable
+        )
         command = self.password_command if self.password_command is not None else os.environ.get(command_origin, "")
         if file_name and command:
             raise UsageError(
                 f"both a password file ({file_origin}) and a password command ({command_origin}) are given; "
                 "they are mutually exclusive",
-                f"keep only one of them (unset {PASSWORD_FILE_VARIABLE} or {PASSWORD_COMMAND_VARIABLE} "
+                f"keep only one of them (unset {names.password_file_variable} or {names.password_command_variable} "
                 "if the other comes from the command line)",
             )
         if command:
@@ -102,7 +138,7 @@ class RepositoryAccess:
             return PasswordSource(
                 "file", "repository.password_file in lockstep.toml", file=self.configured_password_file
             )
-        return PasswordSource("variable", PASSWORD_VARIABLE)
+        return PasswordSource("variable", names.password_variable)
 
     def password_file_in_use(self) -> Path | None:
         """The password file this access reads, if any (its content is a secret to redact)."""
@@ -126,7 +162,7 @@ class RepositoryAccess:
         if self._read:
             return self._read[0]
         source = self.password_source()
-        candidates = _read_password(source, self._missing_password_hint())
+        candidates = _read_password(source, self._missing_password_hint(), self.names.role)
         redactor = process_redactor()
         for candidate in candidates:
             redactor.add(candidate)
@@ -136,12 +172,13 @@ class RepositoryAccess:
 
     def _missing_password_hint(self) -> str:
         """What to do without a password, naming only the options this command has."""
-        variables = f"{PASSWORD_FILE_VARIABLE} or {PASSWORD_COMMAND_VARIABLE}"
+        names = self.names
+        variables = f"{names.password_file_variable} or {names.password_command_variable}"
         if self.password_options:
-            flags = "--password-file FILE or --password-command CMD"
-            return f"set {PASSWORD_VARIABLE}, or pass {flags} (or set {variables})"
+            flags = f"{names.password_file_flag} FILE or {names.password_command_flag} CMD"
+            return f"set {names.password_variable}, or pass {flags} (or set {variables})"
         return (
-            f"set {PASSWORD_VARIABLE}, {variables}, or repository.password_file or "
+            f"set {names.password_variable}, {variables}, or repository.password_file or "
             "repository.password_command in lockstep.toml"
         )
 
@@ -161,14 +198,15 @@ class RepositoryAccess:
             return opening.result()
 
     def open(self, load_index: bool = True) -> Repository:
-        backend = open_backend(self.resolved_location())
+        location = self.resolved_location()
+        backend = open_backend(location)
         first, *others = self.password_candidates()
         try:
-            repository = Repository.open(backend, first)
+            repository = self._open_with(backend, first)
         except WrongPassword:
             for other in others:
                 with contextlib.suppress(WrongPassword):
-                    repository = Repository.open(backend, other)
+                    repository = self._open_with(backend, other)
                     break
             else:
                 self.forget_password()
@@ -176,6 +214,25 @@ class RepositoryAccess:
         if load_index:
             repository.load_index()
         return repository
+
+    def _open_with(self, backend: Backend, password: str) -> Repository:
+        """Repository.open, its errors naming this repository's role and --from-* options when it
+        is not the one the plain options name (the source of `repo copy`)."""
+        names = self.names
+        if names == DESTINATION_NAMES:
+            return Repository.open(backend, password)
+        try:
+            return Repository.open(backend, password)
+        except WrongPassword as error:
+            raise WrongPassword(
+                f"wrong password for the {names.role} at {backend.location}",
+                f"check {names.password_variable}, {names.password_file_flag} or {names.password_command_flag}",
+            ) from error
+        except RepositoryNotFound as error:
+            raise RepositoryNotFound(
+                f"there is no {names.role} at {backend.location}",
+                f"check {names.repo_flag} or {names.repository_variable}",
+            ) from error
 
     @contextmanager
     def session(
@@ -210,9 +267,10 @@ class RepositoryAccess:
             repository.close()
 
 
-def _read_password(source: PasswordSource, missing_hint: str) -> list[str]:
+def _read_password(source: PasswordSource, missing_hint: str, role: str = "repository") -> list[str]:
     """The password (and its legacy form, when it differs) from `source`; see password_candidates.
-    `missing_hint` is what an empty password's error tells the user to do."""
+    `missing_hint` is what an empty password's error tells the user to do; `role` names the
+    repository in it ("source repository" for the source of `repo copy`)."""
     if source.kind == "file":
         assert source.file is not None
         try:
@@ -224,7 +282,7 @@ def _read_password(source: PasswordSource, missing_hint: str) -> list[str]:
             ) from error
         password = password_from_file_bytes(data)
         legacy = legacy_password(data.decode("utf-8", "surrogateescape"))
-        empty = f"no repository password: the password file {source.file} (from {source.origin}) is empty"
+        empty = f"no {role} password: the password file {source.file} (from {source.origin}) is empty"
     elif source.kind == "command":
         assert source.command is not None
         command = Command.parse(source.command)
@@ -241,11 +299,11 @@ def _read_password(source: PasswordSource, missing_hint: str) -> list[str]:
             ) from error
         password = password_from_command_output(output)
         legacy = legacy_password(output)
-        empty = f"no repository password: the password command (from {source.origin}) printed nothing"
+        empty = f"no {role} password: the password command (from {source.origin}) printed nothing"
     else:
-        password = os.environ.get(PASSWORD_VARIABLE, "")
+        password = os.environ.get(source.origin, "")
         legacy = password
-        empty = "no repository password given"
+        empty = f"no {role} password given"
     if not password:
         raise UsageError(empty, missing_hint)
     return [password] if legacy in (password, "") else [password, legacy]
