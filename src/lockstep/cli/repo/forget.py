@@ -14,7 +14,13 @@ from lockstep.actions.repo.browse import snapshot_document
 from lockstep.actions.repo.forget import ForgetGroup, ForgetRequest, ForgetResult, forget
 from lockstep.actions.repo.prune import prune_repository
 from lockstep.cli.output import console, error_console, human_bytes, print_json
-from lockstep.cli.repo.options import access_from, repository_options, wants_json
+from lockstep.cli.repo.options import (
+    access_from,
+    repository_options,
+    snapshot_filter_from,
+    snapshot_filter_options,
+    wants_json,
+)
 from lockstep.errors import UsageError
 from lockstep.repository.pruner import DEFAULT_MAX_UNUSED, PruneOptions, PruneReport, UnusedLimit, parse_size
 from lockstep.repository.retention import (
@@ -23,7 +29,6 @@ from lockstep.repository.retention import (
     GroupBy,
     GroupKey,
     RetentionPolicy,
-    SnapshotFilter,
     parse_tag_list,
 )
 from lockstep.repository.snapshot import Snapshot
@@ -129,15 +134,7 @@ def _window_option(name: str, period: str) -> Callable[[F], F]:
     metavar="TAGS",
     help="Keep snapshots with all these tags (a,b); repeatable.",
 )
-@click.option("--host", "hosts", multiple=True, help="Only consider snapshots from this host; repeatable.")
-@click.option(
-    "--tag",
-    "tags",
-    multiple=True,
-    metavar="TAGS",
-    help="Only consider snapshots with all these tags (a,b); repeat = either.",
-)
-@click.option("--path", "paths", multiple=True, help="Only consider snapshots that include this path; repeatable.")
+@snapshot_filter_options
 @click.option(
     "--group-by",
     "-g",
@@ -176,11 +173,7 @@ def forget_command(**options: Any) -> None:
     )
     request = ForgetRequest(
         policy=policy,
-        snapshot_filter=SnapshotFilter(
-            hosts=tuple(options["hosts"]),
-            tag_lists=tuple(parse_tag_list(text) for text in options["tags"]),
-            paths=tuple(options["paths"]),
-        ),
+        snapshot_filter=snapshot_filter_from(options),
         group_by=GroupBy.parse(options["group_by"]),
         snapshot_ids=tuple(options["snapshot_ids"]),
         dry_run=options["dry_run"],

@@ -6,12 +6,15 @@ import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from lockstep.actions.repo.session import RepositoryAccess
 from lockstep.cli.project_options import Duration
+
+if TYPE_CHECKING:
+    from lockstep.repository.retention import SnapshotFilter
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,6 +62,38 @@ def repository_options(function: F) -> F:
     for decorator in reversed(decorators):
         function = decorator(function)
     return function
+
+
+def snapshot_filter_options(function: F) -> F:
+    """--host, --tag and --path: which snapshots a command considers (forget, copy), as in restic."""
+    decorators = [
+        click.option("--host", "hosts", multiple=True, help="Only consider snapshots from this host; repeatable."),
+        click.option(
+            "--tag",
+            "tags",
+            multiple=True,
+            metavar="TAGS",
+            help="Only consider snapshots with all these tags (a,b); repeat = either.",
+        ),
+        click.option(
+            "--path", "paths", multiple=True, help="Only consider snapshots that include this path; repeatable."
+        ),
+    ]
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
+def snapshot_filter_from(options: dict[str, Any]) -> SnapshotFilter:
+    """Pop the --host/--tag/--path values out of a command's kwargs."""
+    # Imported here: retention costs ~40 ms to import, which `repo backup` must not pay.
+    from lockstep.repository.retention import SnapshotFilter, parse_tag_list
+
+    return SnapshotFilter(
+        hosts=tuple(options.pop("hosts")),
+        tag_lists=tuple(parse_tag_list(text) for text in options.pop("tags")),
+        paths=tuple(options.pop("paths")),
+    )
 
 
 def access_from(options: dict[str, Any]) -> RepositoryAccess:
