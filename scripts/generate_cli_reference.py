@@ -26,7 +26,39 @@ file and the commands disagree. Every command takes the repository from `--repo`
 `LOCKSTEP_PASSWORD` or `LOCKSTEP_PASSWORD_FILE`
 (in restic's order: see the README's [password sources](../README.md#password-sources)).
 Exit codes: [exit-codes.md](exit-codes.md).
-"""
+
+## Keeping an off-site copy
+
+A repository on the same machine (or in the same building) as what it backs up goes when that
+machine goes. Keep a second copy elsewhere (3-2-1: three copies, two media, one off site) with
+`lockstep repo copy`, restic's `copy`: the destination is the usual `-r/--repo` (with its
+`--password-file`/`--password-command`/`LOCKSTEP_PASSWORD`), the source is `--from-repo` (with
+`--from-password-file`, `--from-password-command` or `LOCKSTEP_FROM_PASSWORD`; restic's
+`--from-*` names). The two repositories have their own passwords and keys: each blob the
+destination lacks is read and verified from the source, encrypted again with the destination's
+key, and only then is the snapshot saved there, recording the source snapshot's ID as
+`original`. A snapshot copied before is skipped, so the copy can run after every backup:
+
+```sh
+# once: the off-site repository, with a password of its own
+export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=...
+lockstep repo init -r s3:s3.eu-central-1.amazonaws.com/shop-offsite --password-file /etc/lockstep/offsite.pw
+```
+
+```text
+# crontab: the project's backup (into /var/backups/shop, its lockstep.toml's repository) at
+# 03:15, then what is new goes off site
+AWS_ACCESS_KEY_ID=...
+AWS_SECRET_ACCESS_KEY=...
+15 3 * * * cd /srv/shop && lockstep backup && lockstep repo copy -r s3:s3.eu-central-1.amazonaws.com/shop-offsite --password-file /etc/lockstep/offsite.pw --from-repo /var/backups/shop --from-password-file /etc/lockstep/local.pw
+```
+
+`restic copy` and `restic -r s3:... snapshots` work on the same repositories. Interrupted (even
+by `kill -9`), a copy leaves the destination consistent: snapshots are copied one at a time and
+each is saved only after its data and index are stored; packs of an unfinished one are
+removed by the next `repo prune` of the destination. Copies do not chunk files again: data backed up directly
+into the destination (a different chunker polynomial) does not deduplicate with copied data.
+"""  # noqa: E501 (a crontab line cannot be wrapped)
 
 COMMANDS_INTRODUCTION = """# lockstep commands
 

@@ -278,3 +278,68 @@ def test_stdin_command_does_not_inherit_the_repository_password(repository_env: 
     assert dumped.returncode == 0, dumped.err
     assert b"PATH=" in dumped.stdout  # the command did run with an environment
     assert repository_env["LOCKSTEP_PASSWORD"].encode() not in dumped.stdout
+
+
+FROM_PASSWORD = "lockstep-source-probe-" + secrets.token_hex(12)
+
+
+@pytest.mark.parametrize("password_source", ["environment", "file", "command"])
+def test_copy_source_password_never_leaks(tmp_path: Path, password_source: str) -> None:
+    """`repo copy` reads a second password, the source repository's (--from-password-file,
+    --from-password-command, $LOCKSTEP_FROM_PASSWORD): it stays out of output, --json, --debug,
+    errors, argv (the password command itself lists every process while lockstep runs), files
+    and the destination's plaintext, like the destination's own."""
+    require_binary("ps", "apt-get install procps")
+    secret_dir = tmp_path / "secret"
+    secret_dir.mkdir()
+    password_file = secret_dir / "from-password"
+    password_file.write_text(FROM_PASSWORD + "\n")
+    source_repository, destination_repository = tmp_path / "source-repository", tmp_path / "destination"
+    base_env = {
+        **private_environment(tmp_path),
+        "LOCKSTEP_PASSWORD_FILE": "",
+        "LOCKSTEP_FROM_PASSWORD_FILE": "",
+        "LOCKSTEP_FROM_PASSWORD": "",
+    }
+    source = make_source(tmp_path)
+    setup = Session({**base_env, "LOCKSTEP_REPOSITORY": str(source_repository), "LOCKSTEP_PASSWORD": FROM_PASSWORD}, [])
+    assert setup.run(["repo", "init"]).returncode == 0
+    assert setup.run(["repo", "backup", str(source)]).returncode == 0
+    destination_env = {**base_env, "LOCKSTEP_REPOSITORY": str(destination_repository), "LOCKSTEP_PASSWORD": PASSWORD}
+    assert Session(destination_env, []).run(["repo", "init"]).returncode == 0
+
+    process_list = tmp_path / "processes-during-copy.txt"
+    arguments: list[str] = ["--from-repo", str(source_repository)]
+    environment = dict(destination_env)
+    if password_source == "environment":
+        environment["LOCKSTEP_FROM_PASSWORD"] = FROM_PASSWORD
+    elif password_source == "file":
+        arguments += ["--from-password-file", str(password_file)]
+    else:
+        arguments += ["--from-password-command", f"sh -c 'ps -eo args > {process_list}; cat {password_file}'"]
+    session = Session(environment, [])
+    copied = session.run(["repo", "copy", "--json", *arguments])
+    assert copied.returncode == 0, copied.err
+    assert len(json.loads(copied.out)["copied"]) == 1
+    assert session.run(["--debug", "repo", "copy", *arguments]).returncode == 0
+    assert session.run(["repo", "copy", *arguments, "feedface"]).returncode == 13
+    wrong = {"LOCKSTEP_FROM_PASSWORD": WRONG_PASSWORD, "LOCKSTEP_FROM_PASSWORD_FILE": ""}
+    assert session.wrong(["repo", "copy", "--from-repo", str(source_repository)], wrong).returncode == 11
+    assert session.wrong(["--json", "repo", "copy", "--from-repo", str(source_repository)], wrong).returncode == 11
+
+    named_secrets = {
+        "source password": FROM_PASSWORD,
+        "destination password": PASSWORD,
+        "wrong password": WRONG_PASSWORD,
+    }
+    session.assert_outputs_clean(named_secrets)
+    setup.assert_outputs_clean({"destination password": PASSWORD, "wrong password": WRONG_PASSWORD})
+    if password_source == "command":
+        listed = process_list.read_bytes()
+        assert b"repo copy" in listed, "the probe did not see lockstep"
+    scanned = 0
+    for path in files_under(tmp_path, skip=[source, secret_dir]):
+        assert_clean(f"file {path.relative_to(tmp_path)}", path.read_bytes(), named_secrets)
+        scanned += 1
+    assert scanned > 10
+    assert_repository_plaintext_clean(str(destination_repository), named_secrets, {})

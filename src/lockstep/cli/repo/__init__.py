@@ -23,6 +23,7 @@ VERB_MODULES: dict[str, str] = {
     "prune": "forget",
     "key": "key",
     "repair": "repair",
+    "copy": "copy",
 }
 
 
@@ -45,7 +46,7 @@ class LazyRepoGroup(click.Group):
 
 @click.group(cls=LazyRepoGroup)
 def repo() -> None:
-    """Work with the repository directly (init, backup, restore, check, forget, prune, repair, keys)."""
+    """Work with the repository directly (init, backup, restore, check, forget, prune, repair, copy, keys)."""
 
 
 COMMANDS = [repo]

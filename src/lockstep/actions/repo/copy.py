@@ -1,0 +1,110 @@
+"""`lockstep repo copy`: snapshots from a source repository into the destination (restic's copy)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from lockstep.actions.repo.session import RepositoryAccess
+from lockstep.errors import NotFound
+from lockstep.repository.copier import Copier, CopyReport, SkippedSnapshot, find_copy, index_by_original
+from lockstep.repository.locks import locked
+from lockstep.repository.repository import Repository
+from lockstep.repository.retention import SnapshotFilter
+from lockstep.repository.snapshot import Snapshot
+
+ProgressCallback = Callable[[int], None]
+StepCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CopyRequest:
+    """Which snapshots to copy: the IDs (or `latest`) given, else all; narrowed by the filter."""
+
+    references: Sequence[str] = ()
+    snapshot_filter: SnapshotFilter = field(default_factory=SnapshotFilter)
+
+
+def copy_snapshots(
+    destination_access: RepositoryAccess,
+    source_access: RepositoryAccess,
+    request: CopyRequest,
+    progress: ProgressCallback | None = None,
+    step: StepCallback | None = None,
+) -> CopyReport:
+    """Copy each selected source snapshot that has no similar snapshot in the destination.
+
+    The source is opened first, so that a wrong source password or a missing source leaves the
+    destination untouched (not even locked). Source: a shared lock, as restic's copy takes;
+    destination: a non-exclusive one, like a backup's, so prune cannot remove what a copied
+    snapshot is about to refer to."""
+    say = step or (lambda _: None)
+    source = source_access.open(load_index=False)
+    try:
+        with (
+            locked(source, exclusive=False, wait_seconds=source_access.lock_wait_seconds),
+            destination_access.session(exclusive=False, load_index=False) as destination,
+        ):
+            return _copy(source, destination, request, progress, say)
+    finally:
+        source.close()
+
+
+def _copy(
+    source: Repository,
+    destination: Repository,
+    request: CopyRequest,
+    progress: ProgressCallback | None,
+    say: StepCallback,
+) -> CopyReport:
+    selected = select_snapshots(source, request)
+    existing = index_by_original(
+        # A damaged snapshot file is skipped with a warning: at worst its snapshot is copied again.
+        [
+            snapshot
+            for snapshot in destination.list_snapshots(skip_unreadable=True)
+            if request.snapshot_filter.matches(snapshot)
+        ]
+    )
+    report = CopyReport()
+    wanted: list[Snapshot] = []
+    for snapshot in selected:
+        copy = find_copy(snapshot, existing)
+        if copy is None:
+            wanted.append(snapshot)
+        else:
+            report.skipped.append(SkippedSnapshot(snapshot.id, copy.id))
+            say(f"snapshot {snapshot.short_id} was already copied to {copy.short_id}: skipped")
+    if not wanted:
+        return report
+    say("loading the indexes")
+    source.load_index()
+    destination.load_index()
+    copier = Copier(source, destination, progress)
+    for snapshot in wanted:
+        say(f"copying snapshot {snapshot.short_id} of {', '.join(snapshot.paths)} at {snapshot.time}")
+        copied = copier.copy_snapshot(snapshot)
+        report.copied.append(copied)
+        say(f"snapshot {snapshot.short_id} saved as {copied.destination_id[:8]}")
+    return report
+
+
+def select_snapshots(source: Repository, request: CopyRequest) -> list[Snapshot]:
+    """restic's FindFilteredSnapshots: with IDs, those snapshots (`latest` being the newest that
+    passes the filter), else every snapshot that passes it; oldest first, each once."""
+    snapshots = source.list_snapshots(skip_unreadable=True)
+    matching = [snapshot for snapshot in snapshots if request.snapshot_filter.matches(snapshot)]
+    if not request.references:
+        return matching
+    chosen: dict[str, Snapshot] = {}
+    for reference in request.references:
+        pool = matching if reference == "latest" else snapshots
+        try:
+            found = source.find_snapshot(reference, pool)
+        except NotFound as error:
+            raise NotFound(
+                f"in the source repository at {source.backend.location}: {error.message}",
+                "list its snapshots with `lockstep repo snapshots -r SOURCE`",
+            ) from error
+        chosen.setdefault(found.id, found)
+    return sorted(chosen.values(), key=lambda snapshot: (snapshot.time_ns, snapshot.id))
