@@ -60,7 +60,7 @@ def test_one_exit_in_the_watch_window_rolls_back_by_default(tmp_path: Path) -> N
         code, err, reason = deploy_v1_then_the_release_that_exits_once(project)
         assert code == 3, err
         # In the watch, or (on a slow machine, the switch late) after the health gate, before it.
-        window = "in the watch window" if "in the watch window" in reason else "after passing its health gate"
+        window = "in the watch window" if "in the watch window" in reason else "since its health gate began"
         assert f"web exited 1 time(s) {window} (limit 0): exited with code 1; the last line of " in reason
         assert reason.endswith("web.log: notes: exiting once, on purpose"), reason
         assert f"web exited 1 time(s) {window} (limit 0)" in err
@@ -77,7 +77,7 @@ def test_watch_max_exits_allows_that_many(tmp_path: Path) -> None:
     try:
         code, err, _ = deploy_v1_then_the_release_that_exits_once(project)
         assert code == 0, err
-        window = "in the watch window" if "in the watch window" in err else "after passing its health gate"
+        window = "in the watch window" if "in the watch window" in err else "since its health gate began"
         assert f"web exited 1 time(s) {window} (limit 1): exited with code 1" in err
         watch = next(step for step in project.history()[-1]["steps"] if step["step"] == "watch")
         assert "1 exit(s) within the limit of 1" in watch["detail"]
@@ -128,7 +128,7 @@ def test_a_release_that_exits_between_its_health_gate_and_the_switch_gets_no_tra
         assert deploy.returncode == 3, rest.decode()
         record = project.history()[-1]
         assert (record["outcome"], record["failed_step"]) == ("rolled-back", "pre-switch check"), record
-        assert "web exited 1 time(s) after passing its health gate (limit 0): killed by signal" in record["reason"]
+        assert "web exited 1 time(s) since its health gate began (limit 0): killed by signal" in record["reason"]
         assert "switch" not in [step["step"] for step in record["steps"]], record["steps"]
         assert project.version() == "1.0.0"
         assert [item for item in project.status()["slots"]["green"]["processes"] if item["running"]] == []
@@ -152,5 +152,5 @@ def test_a_web_that_exits_while_the_workers_gate_runs_gets_no_traffic(notes_proj
     assert completed.returncode == 3, completed.err
     record = notes_project.history()[-1]
     assert (record["outcome"], record["failed_step"]) == ("rolled-back", "pre-switch check"), record
-    assert "web exited 1 time(s) after passing its health gate (limit 0): exited with code 1" in record["reason"]
+    assert "web exited 1 time(s) since its health gate began (limit 0): exited with code 1" in record["reason"]
     assert notes_project.version() == "1.0.0"

@@ -64,7 +64,7 @@ def test_a_worker_only_release_whose_worker_died_after_its_gate_is_not_deployed(
         record = project.history()[-1]
         assert (record["outcome"], record["failed_step"]) == ("rolled-back", "pre-switch check"), record
         assert (
-            "worker exited 1 time(s) after passing its health gate (limit 0): exited with code 1" in (record["reason"])
+            "worker exited 1 time(s) since its health gate began (limit 0): exited with code 1" in (record["reason"])
         ), record["reason"]
         # Nothing was said deployed: the new release is gone, the first one's worker runs on.
         status = project.status()

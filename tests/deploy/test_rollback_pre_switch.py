@@ -110,6 +110,6 @@ def test_a_started_release_that_exits_after_its_health_gate_gets_no_traffic(note
     assert rollback.returncode == 3, rollback.err
     record = notes_project.history()[-1]
     assert (record["outcome"], record["failed_step"]) == ("failed", "pre-switch check"), record
-    assert "web exited 1 time(s) after passing its health gate (limit 0): exited with code 1" in record["reason"]
+    assert "web exited 1 time(s) since its health gate began (limit 0): exited with code 1" in record["reason"]
     assert notes_project.version() == "1.0.3"
     assert [item for item in notes_project.status()["slots"]["green"]["processes"] if item["running"]] == []

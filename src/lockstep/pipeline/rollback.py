@@ -43,7 +43,7 @@ from lockstep.pipeline.notifications import notifier_for, operation_event, secre
 from lockstep.pipeline.release_launch import plan_components, traffic_component
 from lockstep.pipeline.releases import build_release_directory
 from lockstep.pipeline.restore import restore_code
-from lockstep.pipeline.slot_exits import PRE_SWITCH_CHECK_STEP, SlotExits, check_before_switch
+from lockstep.pipeline.slot_exits import GATE_WINDOW, PRE_SWITCH_CHECK_STEP, SlotExits, check_before_switch
 from lockstep.pipeline.snapshot import RELEASE_TAG_PREFIX, load_manifest
 from lockstep.pipeline.steps import Reporter, StepFailed, StepRunner, bind_context
 from lockstep.pipeline.traffic_hold import TrafficHold
@@ -693,7 +693,7 @@ class Rollback:
         return int(self.agent.status()["last_event_id"])
 
     def _check_before_switch(
-        self, slot: str, components: list[str], since: int | None, window: str = "after passing its health gate"
+        self, slot: str, components: list[str], since: int | None, window: str = GATE_WINDOW
     ) -> None:
         """Right before the traffic moves to `slot`, as a deploy checks (pipeline/slot_exits.py):
         every component still runs, with no more exits than the watch allows since `since`. For

@@ -16,6 +16,9 @@ from lockstep.pipeline.steps import Reporter
 
 # The step that checks, right before the switch, that the new release still runs.
 PRE_SWITCH_CHECK_STEP = "pre-switch check"
+# When the exits counted before the switch happened. Not "after passing its health gate": the
+# gate checks one component after the other, so one may exit before its own gate passed.
+GATE_WINDOW = "since its health gate began"
 
 
 class EventSource(Protocol):
@@ -67,7 +70,7 @@ def check_before_switch(
     components: list[str],
     exits: SlotExits,
     reporter: Reporter,
-    window: str = "after passing its health gate",
+    window: str = GATE_WINDOW,
 ) -> str:
     """Right before traffic moves to `slot`: every component runs (not crash-looped), and no
     more exits since the health gate (or what `window` says) than the watch allows. Raises
@@ -80,7 +83,7 @@ def check_before_switch(
             state = "crash-looped" if process is not None and process["crash_looped"] else "not running"
             log = process.get("log") if process is not None else None
             raise UsageError(
-                f"{component} in slot {slot} is {state} {window}: traffic was not switched to it",
+                f"{component} in slot {slot} is {state} at the {PRE_SWITCH_CHECK_STEP}: the slot was not switched to",
                 f"its log says why: {log}" if log else "`lockstep status` shows its processes",
             )
     exited = f"; {exits.total} exit(s) within the limit of {exits.limit}" if exits.total else ""
