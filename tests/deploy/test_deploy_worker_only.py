@@ -175,10 +175,9 @@ def _pid_runs(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
-def test_the_dry_run_of_a_worker_only_deploy_promises_no_watch(tmp_path: Path) -> None:
-    """The plan listed "9. watch 1 s: ... errors roll back" for an app with no traffic to watch,
-    though its deploy ends with the switch of the active slot; and "after draining" a slot whose
-    every process stops."""
+def test_the_dry_run_of_a_worker_only_deploy_promises_no_error_rate_or_drain(tmp_path: Path) -> None:
+    """The plan promises the watch a workers-only deploy runs, without an error rate (no requests
+    reach a worker); and no "after draining" for a slot whose every process stops."""
     project = make_project(tmp_path)
     (listen,) = free_ports(1)
     (project.directory / "lockstep.toml").write_text(WORKER_ONLY.format(listen=listen))
@@ -186,6 +185,102 @@ def test_the_dry_run_of_a_worker_only_deploy_promises_no_watch(tmp_path: Path) -
     project.commit("workers only")
     planned = project.lockstep("deploy", "--dry-run")
     assert planned.returncode == 0, planned.err
-    assert "9. no watch window (no traffic component)" in planned.out, planned.out
-    assert "9. watch" not in planned.out and "after draining" not in planned.out, planned.out
+    assert (
+        "9. watch 1 s: 3 failed checks, more than 0 exits or a crash loop roll back (workers only: no error rate)"
+        in planned.out
+    ), planned.out
+    assert "errors roll back" not in planned.out and "after draining" not in planned.out, planned.out
     assert "stop all of it (workers only: nothing kept warm)" in planned.out, planned.out
+
+
+# A workers-only app with a watch window long enough for a worker to die in it, and no pre-switch
+# hook: the health gate (2 s for a component without a check) and the pre-switch check pass first.
+WATCHED = """
+default_environment = "test"
+
+[repository]
+url = "local:.lockstep/repository"
+
+[app.components.worker]
+command = "sh worker.sh"
+{health}
+[traffic]
+listen = "127.0.0.1:{listen}"
+drain_timeout = 5
+
+[deploy]
+watch_seconds = 9
+watch_failures = 2
+"""
+
+# Passes its gate (2 s) and the pre-switch check, then dies in the watch window.
+DIES_IN_THE_WATCH = "sleep 5\nexit 1\n"
+
+
+def _watched_project(tmp_path: Path, health: str = "") -> NotesProject:
+    project = make_project(tmp_path)
+    (listen,) = free_ports(1)
+    (project.directory / "lockstep.toml").write_text(WATCHED.format(listen=listen, health=health))
+    (project.directory / "worker.sh").write_text(STAYS)
+    project.commit("workers only, watched")
+    project.start_agent()
+    return project
+
+
+def _deploy_failing_in_the_watch(project: NotesProject, worker: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The first release deployed and watched, then one whose `worker` script fails the watch;
+    returns the running worker of the first release and the failed deploy's record."""
+    first = project.lockstep("deploy", "--json")
+    assert first.returncode == 0, first.err
+    steps = {step["step"]: step["detail"] for step in json.loads(first.out)["steps"]}
+    # Watched too, without requests to count: no proxy serves a worker.
+    assert steps["watch"].endswith("rounds of checks passed (workers only: no requests to count)"), steps
+    (old_worker,) = _running_anywhere(project.status())
+
+    (project.directory / "worker.sh").write_text(worker)
+    project.commit("a worker that fails in the watch window")
+    second = project.lockstep("deploy", "--json")
+    assert second.returncode == 3, second.err  # rolled back, as a web app's failed watch
+    record = project.history()[-1]
+    assert (record["outcome"], record["failed_step"]) == ("rolled-back", "watch"), record
+    steps_run = [step["step"] for step in record["steps"]]
+    assert steps_run.index("pre-switch check") < steps_run.index("switch") < steps_run.index("watch"), steps_run
+    assert "retire" not in steps_run or record["steps"][steps_run.index("retire")]["outcome"] != "ok", record
+    return old_worker, record
+
+
+def _assert_the_first_release_runs_on(project: NotesProject, old_worker: dict[str, Any]) -> None:
+    """The old slot is the active one again, its worker the very process that ran before, and
+    nothing of the new release runs."""
+    status = project.status()
+    assert status["active_slot"] == "blue", status
+    assert _running_anywhere(status) == [old_worker], status
+    assert _pid_runs(int(old_worker["pid"]))
+    assert status["last_operation"]["outcome"] == "rolled-back", status["last_operation"]
+    said = project.lockstep("status")
+    assert said.returncode == 0, said.err
+    assert "rolled-back at watch" in said.out, said.out
+
+
+def test_a_worker_that_dies_in_the_watch_window_rolls_back_to_the_old_workers(tmp_path: Path) -> None:
+    """Without a watch, a worker that died seconds after the switch was reported deployed, and
+    the retire had already stopped the old release's workers."""
+    project = _watched_project(tmp_path)
+    try:
+        old_worker, record = _deploy_failing_in_the_watch(project, DIES_IN_THE_WATCH)
+        assert "worker exited 1 time(s) in the watch window (limit 0): exited with code 1" in record["reason"], record
+        _assert_the_first_release_runs_on(project, old_worker)
+    finally:
+        _stop_everything(project)
+
+
+def test_a_worker_whose_health_check_fails_in_the_watch_window_rolls_back(tmp_path: Path) -> None:
+    """A worker's command health check runs in the watch too: this one runs on, but turns sick."""
+    health = 'health = { command = "test ! -e sick", interval = 0.2, passes = 1, start_timeout = 10 }\n'
+    project = _watched_project(tmp_path, health)
+    try:
+        old_worker, record = _deploy_failing_in_the_watch(project, "sleep 5\ntouch sick\n" + STAYS)
+        assert "worker failed 2 health checks in a row in the watch window" in record["reason"], record
+        _assert_the_first_release_runs_on(project, old_worker)
+    finally:
+        _stop_everything(project)

@@ -320,7 +320,13 @@ class DeployConfig(_Section):
         examples=[[{"http": "/", "body_contains": "Notes", "max_ms": 1000}]],
     )
     watch_seconds: float = Field(
-        default=30.0, ge=0, description="After the switch, how long to watch before calling it done.", examples=[120.0]
+        default=30.0,
+        ge=0,
+        description=(
+            "After the switch, how long to watch before calling it done; an app of workers only is watched "
+            "too (exits, crash loops, health checks; it has no requests for an error rate)."
+        ),
+        examples=[120.0],
     )
     watch_failures: int = Field(
         default=3,

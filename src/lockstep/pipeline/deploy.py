@@ -331,11 +331,13 @@ class Deployment:
         return [redactor.redact(line) for line in lines]
 
     def _watch_and_retire_lines(self, active: str | None) -> list[str]:
-        """Steps 9 and 10 of the plan. An app of workers only has no traffic to watch: its deploy
-        ends with the switch of the active slot, and nothing of the old slot stays warm."""
+        """Steps 9 and 10 of the plan. An app of workers only is watched too, but has no requests
+        whose error rate could roll back, and nothing of the old slot stays warm."""
         if traffic_component(self.config) is None:
             return [
-                "9. no watch window (no traffic component): the pre-switch check is the last check",
+                f"9. watch {self.config.deploy.watch_seconds:.0f} s: {self.config.deploy.watch_failures} failed "
+                f"checks, more than {self.config.deploy.watch_max_exits} exits or a crash loop roll back "
+                "(workers only: no error rate)",
                 f"10. retire slot {active or '(none)'}: stop all of it (workers only: nothing kept warm)",
             ]
         return [
@@ -661,16 +663,17 @@ class Deployment:
             )
         self._barrier("switch", record)
         self._check_lock()
-        if traffic_component(self.config) is not None:
-            self.steps.run("switch", f"to slot {new_slot}", lambda: self._switch(new_slot, old_slot), lambda r: r)
-            self.steps.run(
-                "watch", f"{self.config.deploy.watch_seconds:.0f} s", lambda: self._watch(new_slot), lambda r: r
-            )
-        elif self.plans:
+        if self.plans:
             # Workers only: no traffic moves, but the new slot becomes the active one, so that the
             # next deploy starts beside it and an undo or a rollback switches back to the old one.
+            workers_only = "" if traffic_component(self.config) is not None else " (workers only)"
             self.steps.run(
-                "switch", f"to slot {new_slot} (workers only)", lambda: self._switch(new_slot, old_slot), lambda r: r
+                "switch", f"to slot {new_slot}{workers_only}", lambda: self._switch(new_slot, old_slot), lambda r: r
+            )
+            # Workers are watched too, before the retire barrier and the retire that stops the old
+            # release's workers: one that dies 10 s after the switch rolls back to them.
+            self.steps.run(
+                "watch", f"{self.config.deploy.watch_seconds:.0f} s", lambda: self._watch(new_slot), lambda r: r
             )
         self._barrier("retire", record)
         self._check_lock()
@@ -1148,7 +1151,7 @@ def watch_slot(
     exits: SlotExits | None = None,
 ) -> str:
     """Watch the new slot: exits of its processes, a crash loop, consecutive failed health checks,
-    or the proxy's error rate.
+    or the proxy's error rate (none for an app of workers only: no port, no requests).
 
     A release that crashes every 20 s and is restarted each time serves most requests, so health
     checks and the error rate may pass: its exits are counted instead (`exits`, counting since its
@@ -1188,6 +1191,8 @@ def watch_slot(
     exits.check(reporter, "in the watch window")  # an exit in the last round's sleep counts too
     requests, errors = _upstream_counters(agent, port)
     within = f"; {exits.total} exit(s) within the limit of {exits.limit}" if exits.total else ""
+    if port is None:  # workers only: no proxy counts their requests
+        return f"{checks} rounds of checks passed (workers only: no requests to count){within}"
     return f"{checks} rounds of checks passed; {requests - baseline[0]} requests, {errors - baseline[1]} errors{within}"
 
 
