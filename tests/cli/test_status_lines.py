@@ -34,3 +34,12 @@ def test_an_active_slot_of_workers_only_is_not_an_outage() -> None:
     assert line == (
         "  traffic: builtin on 127.0.0.1:8000 — not used: the active slot runs workers only (no component has a port)"
     )
+
+
+def test_a_fresh_environment_of_workers_only_gets_no_proxy_from_its_first_deploy() -> None:
+    """It said "the first deploy starts it" of a proxy no deploy of an app without ports starts."""
+    line = describe_traffic({**BUILTIN, "running": False, "active_port": None}, None, workers_only=True)
+    assert line == (
+        "  traffic: builtin on 127.0.0.1:8000 — not used: no component has a port (workers only), "
+        "so no deploy starts it"
+    )

@@ -284,3 +284,31 @@ def test_a_worker_whose_health_check_fails_in_the_watch_window_rolls_back(tmp_pa
         _assert_the_first_release_runs_on(project, old_worker)
     finally:
         _stop_everything(project)
+
+
+def test_a_first_worker_only_deploy_that_fails_its_watch_leaves_nothing_active(tmp_path: Path) -> None:
+    """No earlier release to switch back to: the undo of the switch withdraws the active slot,
+    and `status` says again what it says of an app never deployed (no proxy to start)."""
+    project = make_project(tmp_path)
+    (listen,) = free_ports(1)
+    (project.directory / "lockstep.toml").write_text(WATCHED.format(listen=listen, health=""))
+    (project.directory / "worker.sh").write_text(DIES_IN_THE_WATCH)
+    project.commit("a first worker that dies in the watch window")
+    project.start_agent()
+    try:
+        fresh = project.lockstep("status")
+        assert fresh.returncode == 0, fresh.err
+        assert "no component has a port (workers only), so no deploy starts it" in fresh.out, fresh.out
+        assert "the first deploy starts it" not in fresh.out, fresh.out
+
+        deployed = project.lockstep("deploy", "--json")
+        assert deployed.returncode == 3, deployed.err
+        record = project.history()[-1]
+        assert (record["outcome"], record["failed_step"]) == ("rolled-back", "watch"), record
+        status = project.status()
+        assert status["active_slot"] is None, status
+        assert _running_anywhere(status) == [], status
+        after = project.lockstep("status")
+        assert "nothing deployed yet" in after.out and "no deploy starts it" in after.out, after.out
+    finally:
+        _stop_everything(project)

@@ -51,6 +51,8 @@ def environment_status(
         "environment": context.environment,
         "url": f"http://{context.config.traffic.listen}/",
         "lock": _lock_document(context),
+        # No component has a port: the proxy never gets traffic, deployed or not (cli/status.py).
+        "workers_only": not any(component.ports for component in context.config.app.components.values()),
     }
     try:
         status = agent.status()

@@ -74,7 +74,12 @@ def status_command(config_path: Path | None, environment: str | None, json_outpu
                 f"since {age(info['since'])}; {health}; {running}"
             )
         active_processes = slots[active]["processes"] if active and active in slots else []
-        workers_only = bool(active_processes) and all(process.get("port") is None for process in active_processes)
+        # The release as deployed tells; before any, the config does.
+        workers_only = (
+            all(process.get("port") is None for process in active_processes)
+            if active_processes
+            else bool(document.get("workers_only"))
+        )
         print_line(describe_traffic(document.get("traffic", {}), active, workers_only))
     lock = document["lock"]
     print_line(f"  lock: {lock['state']}" + (f" — {lock['detail']}" if lock.get("detail") else ""))
@@ -174,7 +179,8 @@ def describe_traffic(traffic: dict[str, Any], active_slot: str | None, workers_o
 
     Before the first switch the proxy is not started and has no upstream: that is the normal
     state of a fresh environment, not an outage, so it is not reported as one. Nor is it when
-    the active slot runs workers only (`workers_only`): there is no traffic to serve.
+    the active slot runs workers only (`workers_only`): there is no traffic to serve. Nor does
+    the first deploy of an app of workers only start it: it has no traffic to send.
     """
     text = f"  traffic: {traffic.get('kind')} on {traffic.get('listen')}"
     port = traffic.get("active_port")
@@ -183,6 +189,8 @@ def describe_traffic(traffic: dict[str, Any], active_slot: str | None, workers_o
         text += f", port {port}"
     if active_slot and workers_only and port is None:
         text += " — not used: the active slot runs workers only (no component has a port)"
+    elif not active_slot and workers_only and not running:
+        text += " — not used: no component has a port (workers only), so no deploy starts it"
     elif not active_slot:
         text += " — not started: the first deploy starts it" if not running else ", no upstream yet"
     elif not running:
