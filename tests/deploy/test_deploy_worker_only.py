@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -310,5 +311,40 @@ def test_a_first_worker_only_deploy_that_fails_its_watch_leaves_nothing_active(t
         assert _running_anywhere(status) == [], status
         after = project.lockstep("status")
         assert "nothing deployed yet" in after.out and "no deploy starts it" in after.out, after.out
+    finally:
+        _stop_everything(project)
+
+
+def test_a_worker_only_deploy_killed_in_its_watch_keeps_one_release_of_workers(tmp_path: Path) -> None:
+    """Killed in the watch, after the switch: the clean-up stops the old slot's workers, as the
+    retire would have, and says the new slot is the active one, not that it "has the traffic"."""
+    project = _watched_project(tmp_path)
+    try:
+        assert project.lockstep("deploy").returncode == 0
+        (project.directory / "worker.sh").write_text("# second\n" + STAYS)
+        project.commit("the second release")
+        deploy = project.deploy_until_step("watch")
+        time.sleep(0.5)
+        os.kill(deploy.pid, signal.SIGKILL)
+        deploy.wait()
+        assert deploy.stderr is not None and deploy.stdout is not None
+        deploy.stderr.close()
+        deploy.stdout.close()
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and project.history()[-1]["outcome"] == "running":
+            time.sleep(0.3)
+        status = project.lockstep("status")
+        assert status.returncode == 0, status.err
+        assert project.agent_log is not None
+        said = status.err + project.agent_log.read_text()
+        assert "is the active one (workers only), without a finished watch window" in said, said
+        assert "has the traffic" not in said, said
+        assert "stopped worker in slot blue: the active release (workers only) runs its own" in said, said
+        record = project.history()[-1]
+        assert (record["outcome"], record["failed_step"]) == ("interrupted", "watch"), record
+        after = project.status()
+        assert after["active_slot"] == "green", after
+        assert _running(after, "blue") == [] and len(_running(after, "green")) == 1, after
     finally:
         _stop_everything(project)

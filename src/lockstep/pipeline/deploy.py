@@ -1243,8 +1243,9 @@ def clean_up_abandoned(
                 reporter.info(f"stopped the interrupted release in slot {slot}")
         elif slot and ours:
             retire_other_slot(context, agent, status, other_slot(slot), reporter)
+            holds = "has the traffic" if _has_traffic(context) else "is the active one (workers only)"
             reporter.warn(
-                f"the interrupted release {record.release_id} has the traffic, without a finished watch window; "
+                f"the interrupted release {record.release_id} {holds}, without a finished watch window; "
                 "run `lockstep rollback` if it should not"
             )
     except LockstepError as error:
@@ -1367,6 +1368,11 @@ def _running_step(record: OperationRecord) -> str | None:
     return str(running[-1]) if running else None
 
 
+def _has_traffic(context: EnvironmentContext) -> bool:
+    """Whether the app has a component that takes traffic (not an app of workers only)."""
+    return any(component.ports for component in context.config.app.components.values())
+
+
 def retire_other_slot(
     context: EnvironmentContext, agent: SlotControl, status: dict[str, Any], slot: str, reporter: Reporter
 ) -> list[str]:
@@ -1382,5 +1388,6 @@ def retire_other_slot(
     )
     if running:
         agent.stop_slot(slot, running)
-        reporter.info(f"stopped {', '.join(running)} in slot {slot}: the release with the traffic runs its own")
+        serving = "the release with the traffic" if component is not None else "the active release (workers only)"
+        reporter.info(f"stopped {', '.join(running)} in slot {slot}: {serving} runs its own")
     return running
