@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lockstep.actions.repo.session import RepositoryAccess
-from lockstep.actions.snapshot_create import ProjectContext, load_project
+from lockstep.actions.snapshot_create import ProjectContext, chosen_environment, load_project
 from lockstep.actions.snapshot_forget import forget_snapshots
 from lockstep.actions.snapshot_verify import database_servers
 from lockstep.actions.step_reports import (
@@ -39,6 +39,7 @@ from lockstep.pipeline.preflight import CheckResult, raise_for_failures, run_pre
 from lockstep.pipeline.project_secrets import project_secrets, teach_project_secrets
 from lockstep.pipeline.retention_policy import is_empty
 from lockstep.pipeline.snapshot import (
+    DEFAULT_ENVIRONMENT,
     SnapshotRequest,
     create_snapshot,
     environment_name,
@@ -108,6 +109,7 @@ def run_backup(
         warnings.append(line)
         given_warn(line)
 
+    environment = chosen_environment(start, config_path, environment)
     project = load_project(start, config_path, environment)
     config = project.config
     teach_secrets(reporter, project)
@@ -252,9 +254,12 @@ def human_duration(seconds: float) -> str:
 
 
 def summary_line(result: BackupResult) -> str:
-    """`backup ok: snapshot 1a2b3c4d, 1.20 GiB stored (12.40 MiB added), 3 min 07 s`."""
+    """`backup ok: snapshot 1a2b3c4d, 1.20 GiB stored (12.40 MiB added), 3 min 07 s`, with "of
+    environment NAME" after the ID unless it ran with the top-level config (label `default`):
+    cron mail must say which environment's databases a `lockstep backup` without --env saved."""
+    shown = "" if result.environment == DEFAULT_ENVIRONMENT else f" of environment {result.environment}"
     return (
-        f"backup ok: snapshot {result.snapshot.short_id}, {human_size(result.stored_bytes)} stored "
+        f"backup ok: snapshot {result.snapshot.short_id}{shown}, {human_size(result.stored_bytes)} stored "
         f"({human_size(result.added_bytes)} added), {human_duration(result.seconds)}"
     )
 

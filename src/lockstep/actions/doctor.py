@@ -19,7 +19,7 @@ from lockstep.errors import LockstepError
 from lockstep.pipeline import doctor
 from lockstep.pipeline.doctor import DoctorCheck
 from lockstep.pipeline.preflight import check_required_binaries, local_repository_path
-from lockstep.pipeline.snapshot import DEFAULT_ENVIRONMENT, ENVIRONMENT_TAG_PREFIX, is_schema_only
+from lockstep.pipeline.snapshot import ENVIRONMENT_TAG_PREFIX, is_schema_only
 from lockstep.pipeline.verification_records import latest_results
 from lockstep.repository.repository import Repository
 
@@ -59,7 +59,7 @@ def run_doctor(
         checks.append(doctor.check_traffic(context.config.traffic.listen, status))
         checks.append(doctor.check_proxy_config(context.config.traffic, context.layout.proxy))
         checks.extend(doctor.check_schedules(context.config.schedules))
-        checks.extend(_snapshot_checks(context, environment, repository, now))
+        checks.extend(_snapshot_checks(context, repository, now))
     finally:
         if repository is not None:
             repository.close()
@@ -173,15 +173,14 @@ def _permission_checks(context: EnvironmentContext) -> list[DoctorCheck]:
 
 
 def _snapshot_checks(
-    context: EnvironmentContext, asked_environment: str | None, repository: Repository | None, now: datetime | None
+    context: EnvironmentContext, repository: Repository | None, now: datetime | None
 ) -> list[DoctorCheck]:
     rpo = context.config.agent.rpo_hours
     if repository is None:
         return [doctor.warned("last good snapshot", "not checked: the repository does not open", None)]
-    # `lockstep backup` without --env tags env:default; deploys tag the environment they ran in.
+    # Deploys and `backup --env` tag the environment they ran in; `lockstep backup` without --env
+    # tags env:default only when default_environment has no table of its own (snapshot_environments).
     wanted = {ENVIRONMENT_TAG_PREFIX + name for name in snapshot_environments(context)}
-    if asked_environment is None:
-        wanted.add(ENVIRONMENT_TAG_PREFIX + DEFAULT_ENVIRONMENT)
     try:
         # A schema-only snapshot backs up no data: it does not count towards the RPO.
         snapshots = [

@@ -59,6 +59,17 @@ def load_project(start: Path, config_path: Path | None, environment: str | None)
     return ProjectContext(directory=directory, config=config, access=access)
 
 
+def chosen_environment(start: Path, config_path: Path | None, environment: str | None) -> str | None:
+    """The `--env` a snapshot-side command works with: `environment` when given; without it,
+    default_environment when that has an [environments.NAME] table of its own, so that no --env
+    means the environment deploy uses (its databases, its label). Otherwise None: the top-level
+    config is default_environment's, and its snapshots keep the label `default` they always had."""
+    if environment is not None:
+        return environment
+    base = load_config(find_config(start, config_path), None)
+    return base.default_environment if base.default_environment in base.environments else None
+
+
 def create(
     start: Path,
     config_path: Path | None = None,
@@ -76,6 +87,7 @@ def create(
 
     check_user_tags(tags)
     reporter = reporter or SilentReporter()
+    environment = chosen_environment(start, config_path, environment)
     project = load_project(start, config_path, environment)
     teach_secrets(reporter, project)
     bind_operation(reporter, operation="snapshot-create", env=environment_name(environment))

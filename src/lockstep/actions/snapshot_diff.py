@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lockstep.actions.snapshot_create import load_project
+from lockstep.actions.snapshot_create import chosen_environment, load_project
 from lockstep.actions.snapshot_show import find_snapshot, reference_environments
 from lockstep.errors import UsageError
 from lockstep.pipeline.diff import DatabaseDiff, diff_database
@@ -29,6 +29,7 @@ def diff(
     environment: str | None = None,
 ) -> SnapshotDiff:
     """Compare every database of the snapshot (or only `database`) with its live counterpart."""
+    environment = chosen_environment(start, config_path, environment)
     project = load_project(start, config_path, environment)
     configured = project.config.databases
     if database is not None and database not in configured:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lockstep.actions.repo.session import RepositoryAccess
-from lockstep.actions.snapshot_create import load_project
+from lockstep.actions.snapshot_create import chosen_environment, load_project
 from lockstep.actions.snapshot_show import reference_environments
 from lockstep.actions.step_reports import SilentReporter, report_detail, reported_step, teach_secrets
 from lockstep.config.model import ProjectConfig, RetentionConfig
@@ -96,9 +96,15 @@ def forget(
     """Load the project and forget by its retention: one environment with `environment`, else all
     (each configured environment by its own retention, the rest by the top-level one). The
     snapshots taken without --env count as the default environment's when it has no table of
-    its own (reference_environments), as the agent's scheduled retention counts them."""
+    its own (reference_environments), as the agent's scheduled retention counts them. Without
+    --env the repository is the one `lockstep backup` without --env writes to (chosen_environment);
+    the retentions still come from the whole config."""
     reporter = reporter or SilentReporter()
     project = load_project(start, config_path, environment)
+    if environment is None:
+        access = load_project(start, config_path, chosen_environment(start, config_path, None)).access
+    else:
+        access = project.access
     teach_secrets(reporter, project)
     # env is null in the events when every environment's snapshots are considered.
     bind_context(
@@ -107,7 +113,7 @@ def forget(
     config = project.config
     by_environment = None if environment is not None else retention_by_environment(config)
     return forget_snapshots(
-        project.access,
+        access,
         config.retention,
         environments=None if environment is None else reference_environments(start, config_path, environment),
         dry_run=dry_run,

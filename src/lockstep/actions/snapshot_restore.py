@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lockstep.actions.snapshot_create import ProjectContext, load_project
+from lockstep.actions.snapshot_create import ProjectContext, chosen_environment, load_project
 from lockstep.actions.snapshot_show import find_snapshot, reference_environments
 from lockstep.actions.step_reports import SilentReporter, bind_operation, reported_step, teach_secrets
 from lockstep.config.model import FilesConfig
@@ -112,6 +112,7 @@ def restore(
     if request.code_directory is not None:
         check_code_target(request.code_directory)  # before any database is replaced
     reporter = reporter or SilentReporter()
+    environment = chosen_environment(start, config_path, environment)
     project = load_project(start, config_path, environment)
     teach_secrets(reporter, project)
     bind_operation(reporter, operation="snapshot-restore", env=environment_name(environment))

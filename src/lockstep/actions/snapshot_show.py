@@ -26,14 +26,17 @@ SHOWN_CANDIDATES = 10
 
 def reference_environments(start: Path, config_path: Path | None, environment: str | None) -> tuple[str, ...]:
     """The environments whose snapshots hold the data of the databases `--env environment` (or no
-    --env) names, the first as the commands call it ("default" without --env).
+    --env) names, the first as the commands call it ("default" for the top-level config).
 
-    Without --env the snapshot commands use the top-level tables, and so does an environment
-    without an [environments.NAME] table (default_environment usually): then the snapshots its
-    deploys take (tagged with its name) and `snapshot create`'s without --env (tagged default) are
-    of the same databases, and `latest` must see both, as doctor and the agent do
-    (snapshot_environments)."""
+    Without --env the snapshot commands use default_environment (chosen_environment): its table
+    when it has one, else the top-level tables, and so does any environment without an
+    [environments.NAME] table: then the snapshots its deploys take (tagged with its name) and
+    those taken with the top-level config (tagged default) are of the same databases, and `latest`
+    must see both, as doctor and the agent do (snapshot_environments). Where default_environment
+    has a table, the older `default` snapshots are the top-level config's, not its own."""
     base = load_config(find_config(start, config_path), None)  # the resolved config has no environments
+    if environment is None and base.default_environment in base.environments:
+        environment = base.default_environment
     name = environment or base.default_environment
     names = [environment_name(environment)]
     if name not in base.environments:
@@ -130,10 +133,18 @@ def _nothing_yet(everywhere: list[Snapshot], environment: str | None) -> tuple[s
 def _in_other_environments(reference: str, elsewhere: list[Snapshot], environment: str | None) -> tuple[str, str]:
     names = sorted({snapshot_environment(snapshot) for snapshot in elsewhere})
     listed = ", ".join(_describe(snapshot) for snapshot in elsewhere[:SHOWN_CANDIDATES])
+    # `default` is no --env name: it labels the top-level config's snapshots, default_environment's
+    # only when that has no table of its own (then leaving --env out finds them).
+    named = [name for name in names if name != DEFAULT_ENVIRONMENT]
+    use = (
+        f"add --env {named[0]} to use it there (a restore writes into that environment's databases), or "
+        if named
+        else "default labels snapshots of the top-level tables, default_environment's when it has no "
+        "[environments.NAME] table (then leave --env out); else "
+    )
     return (
         f"{reference!r} matches no snapshot of environment {environment!r}, only of {', '.join(names)}: {listed}",
-        f"add --env {names[0]} to use it there (a restore writes into that environment's databases), "
-        "or restore one database elsewhere with --database NAME --to URL",
+        f"{use}restore one database elsewhere with --database NAME --to URL",
     )
 
 

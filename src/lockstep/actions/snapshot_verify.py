@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from lockstep.actions.snapshot_create import load_project
+from lockstep.actions.snapshot_create import chosen_environment, load_project
 from lockstep.actions.snapshot_show import find_snapshot, reference_environments
 from lockstep.actions.step_reports import (
     SilentReporter,
@@ -48,6 +48,7 @@ def verify(
     verification that finds problems is a failed step (the result is still returned)."""
 
     reporter = reporter or SilentReporter()
+    environment = chosen_environment(start, config_path, environment)
     project = load_project(start, config_path, environment)
     teach_secrets(reporter, project)
     bind_operation(reporter, operation="snapshot-verify", env=environment_name(environment))

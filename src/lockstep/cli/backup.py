@@ -38,7 +38,12 @@ def backup_document(result: BackupResult) -> dict[str, Any]:
 
 
 @click.command("backup")
-@click.option("--env", "environment", metavar="NAME", help="Environment from [environments.NAME] in lockstep.toml.")
+@click.option(
+    "--env",
+    "environment",
+    metavar="NAME",
+    help="Environment ([environments.NAME]); default: default_environment from lockstep.toml.",
+)
 @click.option(
     "-c",
     "--config",

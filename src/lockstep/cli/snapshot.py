@@ -9,7 +9,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from lockstep.actions.snapshot_create import create, load_project
+from lockstep.actions.snapshot_create import chosen_environment, create, load_project
 from lockstep.actions.snapshot_list import ListedSnapshot, list_snapshots
 from lockstep.actions.snapshot_show import reference_environments, show_snapshot
 from lockstep.cli.output import console, human_bytes, print_json, print_table
@@ -137,7 +137,10 @@ def create_command(
     commit_text = f", commit {code.commit[:SHORT_COMMIT_LENGTH]}" if code and code.commit else ""
     code_text = f"code ({human_bytes(code.size)}); " if code is not None and code.size is not None else ""
     schema = " (schema only: no rows)" if manifest.schema_only else ""
-    console.print(f"snapshot {result.snapshot.short_id} saved{schema}", markup=False)
+    # Named unless it is the top-level config's (label default): without --env it may be
+    # default_environment's own, and the reader must see whose databases were saved.
+    of = f" of environment {manifest.environment}" if manifest.environment is not None else ""
+    console.print(f"snapshot {result.snapshot.short_id}{of} saved{schema}", markup=False)
     console.print(
         f"{code_text}{databases}; {len(manifest.files)} files; {human_bytes(manifest.stored_size)} in total"
         f"{commit_text}; {result.seconds:.1f} s",
@@ -157,11 +160,12 @@ def _short_commit(manifest: Manifest) -> str:
 @_config_option
 @click.option("--json", "json_output", is_flag=True, help="Print JSON on stdout.")
 def list_command(config_path: Path | None, environment: str | None, json_output: bool) -> None:
-    """List the coordinated snapshots, oldest first (only those of --env when given).
+    """List the coordinated snapshots, oldest first: all of default_environment's repository, or only those of --env.
 
-    The snapshots taken without --env (listed as default) count as the default environment's
-    when it has no [environments.NAME] table: the same databases, as show, restore and doctor see them."""
-    project = load_project(Path.cwd(), config_path, environment)
+    The snapshots listed as default (taken with the top-level config) count as the default
+    environment's when it has no [environments.NAME] table: the same databases, as show, restore
+    and doctor see them."""
+    project = load_project(Path.cwd(), config_path, chosen_environment(Path.cwd(), config_path, environment))
     among = None if environment is None else reference_environments(Path.cwd(), config_path, environment)
     listed = list_snapshots(project.access, among)
     if wants_json(json_output):
@@ -290,6 +294,7 @@ def _fingerprint_origin(database: DatabaseRecord) -> str:
 @click.option("--json", "json_output", is_flag=True, help="Print the manifest as JSON.")
 def show_command(reference: str, config_path: Path | None, environment: str | None, json_output: bool) -> None:
     """Show one snapshot: ID is a snapshot ID prefix, a git commit prefix, or `latest`."""
+    environment = chosen_environment(Path.cwd(), config_path, environment)
     project = load_project(Path.cwd(), config_path, environment)
     item = show_snapshot(project.access, reference, reference_environments(Path.cwd(), config_path, environment))
     if wants_json(json_output):

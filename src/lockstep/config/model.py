@@ -33,9 +33,11 @@ DatabaseEngine = Literal["postgresql", "mysql", "mariadb", "sqlite"]
 DATABASE_ENGINES: tuple[DatabaseEngine, ...] = ("postgresql", "mysql", "mariadb", "sqlite")
 CodeKind = Literal["git", "release-directory"]
 
-# The environment name lockstep writes on what runs without --env (`snapshot create`, `backup`:
-# the tag env:default) and shows in `snapshot list`. It is not a name --env accepts unless the
-# config defines it: the default environment is default_environment (production by default).
+# The environment name lockstep writes on what runs with the top-level config (the tag env:default,
+# shown in `snapshot list`): `snapshot create` and `backup` without --env when default_environment
+# has no [environments.NAME] table (the top-level tables are then its config). With a table, no
+# --env means that environment, its overrides and its name; older env:default snapshots keep the
+# label. It is not a name --env accepts unless the config defines it.
 DEFAULT_ENVIRONMENT = "default"
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
@@ -473,8 +475,11 @@ class ProjectConfig(_Section):
     default_environment: str = Field(
         default="production",
         description=(
-            "The environment deploy, rollback, status and history use when --env is not given. It needs no "
-            "[environments.NAME] table of its own: without one, the top-level tables are its config."
+            "The environment every command uses when --env is not given: deploy, rollback, status, history, "
+            "doctor, lock, backup, the snapshot commands and the repo commands' repository. It needs no "
+            "[environments.NAME] table of its own: without one, the top-level tables are its config, and "
+            "the snapshots taken without --env are labelled default; with one, they use its overrides and "
+            "are labelled with its name."
         ),
         examples=["staging"],
     )
@@ -557,10 +562,15 @@ class ProjectConfig(_Section):
 
     def _default_label_hint(self) -> str:
         """`--env default`, typed after `snapshot list` showed "default": that label names what ran
-        without --env, which belongs to default_environment when it has no table of its own."""
+        with the top-level config, which is default_environment's when it has no table of its own.
+        With one, no environment uses the top-level config (no --env means default_environment)."""
         name = self.default_environment
         if name in self.environments:
-            return f"{DEFAULT_ENVIRONMENT} labels the snapshots taken without --env: leave --env out for them; "
+            return (
+                f"{DEFAULT_ENVIRONMENT} labels snapshots of the top-level tables, which no environment uses here "
+                f"(without --env lockstep uses [environments.{name}]): restore one of their databases elsewhere "
+                "with `snapshot restore ID --database NAME --to URL`; "
+            )
         return (
             f"did you mean {name}? {DEFAULT_ENVIRONMENT} labels the snapshots taken without --env, which are "
             f"{name}'s (it has no [environments.{name}] table): use --env {name} or leave --env out; "
