@@ -189,3 +189,5 @@ def test_without_env_the_repository_is_the_default_environments_too(project: Pro
     planned = project.lockstep("--json", "snapshot", "forget", "--dry-run")
     assert planned.returncode == 0 and backup["snapshot_id"] in planned.out, planned.err
     assert not any((project.repository / "snapshots").iterdir()), "written to the top-level repository"
+    listed = project.json("repo", "snapshots")  # the repo commands take the same repository from the config
+    assert [snapshot["id"] for snapshot in listed] == [backup["snapshot_id"]]

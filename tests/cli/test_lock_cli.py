@@ -219,3 +219,23 @@ def test_unknown_or_invalid_environment_is_a_usage_error(project: Project) -> No
     for name in ("prodution", "../x"):
         result = project.lockstep("lock", "status", "--env", name)
         assert result.returncode == ExitCode.USAGE, result.err
+
+
+def test_without_env_the_lock_is_looked_up_where_the_default_environment_deploys(
+    project: Project,
+    start_deployer: StartDeployer,  # noqa: F811
+) -> None:
+    """production (default_environment) keeps its repository, and so its deploy lock, apart: `lock
+    status` and `lock release` without --env looked in the top-level repository and said unlocked."""
+    production_repository = project.root / "production-repository"
+    Repository.init(LocalBackend(production_repository), TEST_PASSWORD).close()
+    with (project.root / "lockstep.toml").open("a") as config:
+        config.write(f'\n[environments.production.repository]\nurl = "{production_repository}"\n')
+    holder = start_deployer(str(production_repository), "crashed-deploy")
+    assert holder.line().startswith("won")
+    holder.kill()
+    production, _staging = project.status()
+    assert production["environment"] == "production" and production["locked"] is True, production
+    released = project.lockstep("lock", "release")
+    assert released.returncode == 0 and "crashed-deploy" in released.out, (released.out, released.err)
+    assert not (production_repository / "lockstep" / "locks" / "production").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from rich.table import Table
 
 from lockstep.actions.lock_release import inspect_lock, release_lock
 from lockstep.actions.lock_status import EnvironmentLockStatus, lock_status
-from lockstep.actions.snapshot_create import ProjectContext, load_project
+from lockstep.actions.snapshot_create import ProjectContext, chosen_environment, load_project
 from lockstep.cli.output import console, print_json, print_table
 from lockstep.cli.project_options import wants_json
 from lockstep.errors import UsageError
@@ -42,11 +43,15 @@ def _project(config_path: Path | None, environment: str | None) -> ProjectContex
     """The project for `environment`: its [environments.NAME] overrides when it has some.
 
     The default environment needs no table of its own; any other name must be in the config, so a
-    typo is an error rather than a reassuring "unlocked".
+    typo is an error rather than a reassuring "unlocked". Without --env, the whole config (every
+    environment's name) with the repository of default_environment, where its deploys lock.
     """
     project = load_project(Path.cwd(), config_path, None)
     if environment is None:
-        return project
+        chosen = chosen_environment(Path.cwd(), config_path, None)
+        if chosen is None:
+            return project
+        return replace(project, access=load_project(Path.cwd(), config_path, chosen).access)
     check_environment_name(environment)
     project.config.check_environment(environment)
     if environment in project.config.environments:

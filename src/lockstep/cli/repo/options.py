@@ -55,8 +55,8 @@ def repository_options(function: F) -> F:
             "--config",
             "config_path",
             type=click.Path(path_type=Path, dir_okay=False),
-            help="Take the repository from this lockstep.toml (default: ./lockstep.toml, when neither "
-            "--repo nor $LOCKSTEP_REPOSITORY is given).",
+            help="Take the repository from this lockstep.toml, default_environment's (default: ./lockstep.toml,"
+            " when neither --repo nor $LOCKSTEP_REPOSITORY is given).",
         ),
     ]
     for decorator in reversed(decorators):
@@ -100,8 +100,9 @@ def access_from(options: dict[str, Any]) -> RepositoryAccess:
     """Pop the shared options out of a command's kwargs and build the access object.
 
     Without --repo and $LOCKSTEP_REPOSITORY, the repository of lockstep.toml (-c, or the one in
-    the current directory) is used, with its password_file/password_command (which a flag or
-    $LOCKSTEP_PASSWORD_FILE / $LOCKSTEP_PASSWORD_COMMAND overrides).
+    the current directory) is used: default_environment's, as for every command without --env,
+    with its password_file/password_command (which a flag or $LOCKSTEP_PASSWORD_FILE /
+    $LOCKSTEP_PASSWORD_COMMAND overrides).
     """
     location = options.pop("repository")
     password_file = options.pop("password_file")
@@ -117,12 +118,13 @@ def access_from(options: dict[str, Any]) -> RepositoryAccess:
     if not location and not os.environ.get("LOCKSTEP_REPOSITORY"):
         # Imported here: the project configuration (pydantic models) costs ~0.2 s to import,
         # which commands given --repo or $LOCKSTEP_REPOSITORY should not pay.
-        from lockstep.actions.snapshot_create import load_project
+        from lockstep.actions.snapshot_create import chosen_environment, load_project
         from lockstep.config.loading import CONFIG_FILE_NAME
 
         candidate = config_path or Path(CONFIG_FILE_NAME)
         if config_path is not None or candidate.is_file():
-            project = load_project(Path.cwd(), candidate, None)
+            # default_environment's repository, where `lockstep backup` without --env writes.
+            project = load_project(Path.cwd(), candidate, chosen_environment(Path.cwd(), candidate, None))
             access = replace(
                 project.access,
                 password_file=password_file,
