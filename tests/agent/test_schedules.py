@@ -542,6 +542,36 @@ def test_the_real_jobs_back_up_verify_and_forget(real_project: EnvironmentContex
     assert [event["kind"] for event in events(context.directory)] == ["snapshot.created", "snapshot.verified"]
 
 
+def test_a_scheduled_backup_of_an_environment_with_a_table_uses_and_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's backup of "test" (default_environment, with an [environments.test] table that
+    points main at another database) saves that database under env:test, and its record's line
+    names the environment, as `lockstep backup` without --env now does."""
+    monkeypatch.setenv("LOCKSTEP_PASSWORD", TEST_PASSWORD)
+    monkeypatch.setenv("LOCKSTEP_SCRYPT_N", "1024")
+    tables = '\n[backup]\nverify_level = "none"\n\n[environments.test.databases.main]\nurl = "sqlite:///test.db"\n'
+    context = write_project(tmp_path, schedule_block("backup", "0 2 * * *") + tables)
+    for name, rows in (("app.db", 1), ("test.db", 3)):
+        with contextlib.closing(sqlite3.connect(tmp_path / name)) as connection, connection:
+            connection.execute("CREATE TABLE notes (text TEXT)")
+            connection.executemany("INSERT INTO notes VALUES ('row')", [()] * rows)
+    assert run_lockstep(["repo", "init"], cwd=tmp_path).returncode == 0
+    scheduler = Scheduler(context, now=Clock("2026-03-10 12:00:00"), warn=lambda _: None)
+    try:
+        scheduler.tick()
+        wait_idle(scheduler)
+    finally:
+        scheduler.close()
+    [record] = scheduled_records(context)
+    assert record.outcome == "succeeded", record.reason
+    assert record.message is not None and record.message.startswith("backup ok: snapshot "), record.message
+    assert " of environment test, " in record.message, record.message
+    listed = run_lockstep(["snapshot", "list", "--json"], cwd=tmp_path)
+    [snapshot] = json.loads(listed.out)
+    assert snapshot["environment"] == "test" and snapshot["databases"]["main"]["tables"][0]["rows"] == 3
+
+
 def test_without_the_password_the_backup_fails_with_a_clear_record(
     real_project: EnvironmentContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
