@@ -95,8 +95,8 @@ def forget(
 ) -> SnapshotForgetResult:
     """Load the project and forget by its retention: one environment with `environment`, else all
     (each configured environment by its own retention, the rest by the top-level one). The
-    snapshots taken without --env count as the default environment's when it has no table of
-    its own (reference_environments), as the agent's scheduled retention counts them. Without
+    snapshots labelled default (the top-level config's) count as the default environment's when
+    it has no table of its own (reference_environments), as the agent's scheduled retention counts them. Without
     --env the repository is the one `lockstep backup` without --env writes to (chosen_environment);
     the retentions still come from the whole config."""
     reporter = reporter or SilentReporter()
