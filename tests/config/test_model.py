@@ -139,3 +139,54 @@ def test_merge_tables_replaces_a_health_checks_kind() -> None:
     assert merged["app"]["components"]["web"]["health"] == {"command": "./check", "timeout": 3.0}
     kept = merge_tables(base, {"app": {"components": {"web": {"health": {"tcp": False}}}}})
     assert kept["app"]["components"]["web"]["health"] == {"http": "/health", "timeout": 3.0, "tcp": False}
+
+
+def _with_copies(copies: dict[str, Any]) -> dict[str, Any]:
+    return {**MINIMAL, "repository": {**MINIMAL["repository"], "copies": copies}}
+
+
+def test_repository_copies_resolve_like_the_repository(tmp_path: Path) -> None:
+    """[repository.copies.NAME]: local paths and password files from the config's directory, S3 as written."""
+    config = ProjectConfig.from_source(
+        _with_copies(
+            {
+                "usb": {"url": "../usb", "password_file": "secrets/usb-password"},
+                "offsite": {"url": "s3:https://s3.eu-central-1.amazonaws.com/acme/shop", "password_env": "OFFSITE_PW"},
+            }
+        ),
+        tmp_path,
+    )
+    usb, offsite = config.repository.copies["usb"], config.repository.copies["offsite"]
+    assert usb.url == f"local:{tmp_path / '../usb'}"
+    assert usb.password_file == tmp_path / "secrets/usb-password"
+    assert offsite.url == "s3:https://s3.eu-central-1.amazonaws.com/acme/shop"
+    assert offsite.password_env == "OFFSITE_PW"
+
+
+@pytest.mark.parametrize(
+    ("copies", "message"),
+    [
+        ({"usb": {"url": "/mnt/usb"}}, "no password source for this copy"),
+        ({"usb": {"url": "/mnt/usb", "password_env": "A", "password_file": "f"}}, "keep only one of them"),
+        ({"usb": {"url": "/mnt/usb", "password_env": "hunter2 hunter2"}}, "NAME of an environment variable"),
+        ({"usb": {"url": "s3:https://key:secret@s3.example.com/b", "password_env": "A"}}, "contains a password"),
+        ({"usb": {"url": "sftp:host:/srv", "password_env": "A"}}, "unsupported repository location"),
+        ({"my copy": {"url": "/mnt/usb", "password_env": "A"}}, "copy name 'my copy' is not allowed"),
+        ({"self": {"url": "local:.lockstep/repository", "password_env": "A"}}, "the repository's own url"),
+        ({"usb": {"url": "/mnt/usb", "password_env": "A", "pasword_file": "f"}}, "pasword_file"),
+    ],
+)
+def test_invalid_repository_copies_are_refused(copies: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        ProjectConfig.from_source(_with_copies(copies))
+    assert message in str(raised.value)
+
+
+def test_an_environment_replaces_a_copys_password_source(tmp_path: Path) -> None:
+    """password_file, password_command and password_env of a copy are alternatives: an
+    environment that sets one drops the top level's."""
+    source = _with_copies({"usb": {"url": "/mnt/usb", "password_file": "usb-password"}})
+    source["environments"] = {"production": {"repository": {"copies": {"usb": {"password_env": "USB_PW"}}}}}
+    production = ProjectConfig.from_source(source, tmp_path).resolve("production")
+    assert production.repository.copies["usb"].password_env == "USB_PW"
+    assert production.repository.copies["usb"].password_file is None

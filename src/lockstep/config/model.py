@@ -86,6 +86,102 @@ def _source_within(code_path: Path | None, base: Path) -> str:
     return relative.as_posix() or "."
 
 
+_COPY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def _check_variable_name(name: str | None) -> str | None:
+    """password_env names a variable; a value that cannot be one is most likely the password."""
+    if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(
+            "password_env is the NAME of an environment variable, not the password itself; "
+            "set the password in that variable and put its name here"
+        )
+    return name
+
+
+def _check_repository_url(url: str) -> str:
+    """A repository location lockstep can open, with no password in it."""
+    if not url.removeprefix("local:").strip():
+        raise ValueError("the repository URL is empty: set it to a path, local:PATH, s3:HOST/BUCKET or s3:URL/BUCKET")
+    _reject_password_in_url(
+        url, "give S3 credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (environment variables)"
+    )
+    if _SCHEME.match(url) and not url.startswith(("local:", "s3:")):
+        raise ValueError("unsupported repository location: use a path, local:PATH or s3:http(s)://HOST[:PORT]/BUCKET")
+    return url
+
+
+def _resolve_url(url: str, base: Path) -> str:
+    """A local repository's path made absolute (from `base`); S3 locations as written."""
+    if url.startswith("s3:"):
+        return url
+    return f"local:{_resolve_path(Path(url.removeprefix('local:')), base)}"
+
+
+class RepositoryCopyConfig(_Section):
+    """Another repository each backup's snapshots are copied to ([repository.copies.NAME]).
+
+    Its password source is required and its own: a copy usually lives elsewhere (another
+    provider, another person's keys), and the main repository's LOCKSTEP_PASSWORD* variables
+    must not silently open it."""
+
+    url: str = Field(
+        description=(
+            "The copy's location, in the forms of repository.url (relative paths from lockstep.toml's "
+            "directory). LOCKSTEP_REPOSITORY does not change it."
+        ),
+        examples=["s3:https://s3.eu-central-1.amazonaws.com/acme-backups/shop"],
+    )
+    password_file: Path | None = Field(
+        default=None,
+        description=(
+            "File holding the copy's password (relative to lockstep.toml's directory). Each copy needs exactly "
+            "one of password_file, password_command and password_env: the repository's password and the "
+            "LOCKSTEP_PASSWORD* variables never apply to a copy."
+        ),
+        examples=["/etc/lockstep/offsite-password"],
+    )
+    password_command: str | None = Field(
+        default=None,
+        description="Command whose output is the copy's password; run without a shell, in lockstep.toml's directory.",
+        examples=["pass show lockstep/offsite"],
+    )
+    password_env: str | None = Field(
+        default=None,
+        description="Name of the environment variable that holds the copy's password.",
+        examples=["LOCKSTEP_OFFSITE_PASSWORD"],
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        return _check_repository_url(url)
+
+    @field_validator("password_env")
+    @classmethod
+    def _check_password_env(cls, name: str | None) -> str | None:
+        return _check_variable_name(name)
+
+    @model_validator(mode="after")
+    def _check_password_source(self) -> RepositoryCopyConfig:
+        given = [key for key in COPY_PASSWORD_KEYS if getattr(self, key) is not None]
+        if not given:
+            raise ValueError(
+                "no password source for this copy: set password_file, password_command or password_env "
+                "(a copy never uses the main repository's password)"
+            )
+        if len(given) > 1:
+            raise ValueError(f"both {given[0]} and {given[1]} are set: keep only one of them")
+        return self
+
+    def resolved(self, base: Path) -> RepositoryCopyConfig:
+        password_file = None if self.password_file is None else _resolve_path(self.password_file, base)
+        return self.model_copy(update={"url": _resolve_url(self.url, base), "password_file": password_file})
+
+
+COPY_PASSWORD_KEYS = ("password_file", "password_command", "password_env")
+
+
 class RepositoryConfig(_Section):
     """Where snapshots are stored, and how to get the repository password."""
 
@@ -120,36 +216,62 @@ class RepositoryConfig(_Section):
         examples=["pass show lockstep/shop"],
     )
 
+    copies: dict[str, RepositoryCopyConfig] = Field(
+        default_factory=dict,
+        description=(
+            "Other repositories that every `lockstep backup` (and the agent's scheduled backups) copies "
+            "snapshots to, by a name of your choice ([repository.copies.NAME]), for the 3-2-1 rule: after the "
+            "snapshot, retention and verification, each copy in turn gets every snapshot of the repository it "
+            "lacks (as `lockstep repo copy` does; so one a failed backup could not send follows with the "
+            "next), then [retention] is applied to it as to the repository. Each must exist already "
+            "(`lockstep repo init -r URL`, with the copy's password): a copy that is missing, does not open "
+            "with its password or cannot be reached fails the backup (exit code 10, 11 or 14, the message "
+            "naming the copy), while the new snapshot stays in the repository."
+        ),
+        examples=[
+            {
+                "offsite": {
+                    "url": "s3:https://s3.eu-central-1.amazonaws.com/acme-backups/shop",
+                    "password_file": "/etc/lockstep/offsite-password",
+                }
+            }
+        ],
+    )
+
     @field_validator("url")
     @classmethod
     def _check_url(cls, url: str) -> str:
-        if not url.removeprefix("local:").strip():
-            raise ValueError(
-                "the repository URL is empty: set it to a path, local:PATH, s3:HOST/BUCKET or s3:URL/BUCKET"
-            )
-        _reject_password_in_url(
-            url, "give S3 credentials in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (environment variables)"
-        )
-        if _SCHEME.match(url) and not url.startswith(("local:", "s3:")):
-            raise ValueError(
-                "unsupported repository location: use a path, local:PATH or s3:http(s)://HOST[:PORT]/BUCKET"
-            )
-        return url
+        return _check_repository_url(url)
+
+    @field_validator("copies")
+    @classmethod
+    def _check_copy_names(cls, copies: dict[str, RepositoryCopyConfig]) -> dict[str, RepositoryCopyConfig]:
+        for name in copies:
+            if not _COPY_NAME.match(name):
+                raise ValueError(
+                    f"copy name {name!r} is not allowed: use letters, digits, - and _ "
+                    "(it names the copy in messages and the one-line report)"
+                )
+        return copies
 
     @model_validator(mode="after")
     def _check_password_sources(self) -> RepositoryConfig:
         if self.password_file is not None and self.password_command is not None:
             raise ValueError("both password_file and password_command are set: keep only one of them")
+        for name, copy_config in self.copies.items():
+            if copy_config.url == self.url:
+                raise ValueError(
+                    f"copies.{name} has the repository's own url {self.url!r}: a copy must be another repository"
+                )
         return self
 
     def resolved(self, base: Path) -> RepositoryConfig:
-        """A copy whose local path and password file are absolute, relative ones taken from `base`."""
-        url = self.url
-        if not url.startswith("s3:"):
-            local = Path(url.removeprefix("local:"))
-            url = f"local:{_resolve_path(local, base)}"
+        """A copy whose local paths and password files are absolute, relative ones taken from `base`."""
         password_file = None if self.password_file is None else _resolve_path(self.password_file, base)
-        return self.model_copy(update={"url": url, "password_file": password_file})
+        copies = {name: copy_config.resolved(base) for name, copy_config in self.copies.items()}
+        return self.model_copy(
+            update={"url": _resolve_url(self.url, base), "password_file": password_file, "copies": copies}
+        )
 
 
 def git_work_tree(path: Path) -> Path | None:
@@ -256,12 +378,7 @@ class DatabaseConfig(_Section):
     @field_validator("password_env")
     @classmethod
     def _check_password_env(cls, name: str | None) -> str | None:
-        if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise ValueError(
-                "password_env is the NAME of an environment variable, not the password itself; "
-                "set the password in that variable and put its name here"
-            )
-        return name
+        return _check_variable_name(name)
 
     @model_validator(mode="after")
     def _check_password_sources(self) -> DatabaseConfig:
@@ -600,6 +717,7 @@ class ProjectConfig(_Section):
 # password from a command while the top level read a file.
 ALTERNATIVE_KEYS: tuple[tuple[tuple[str, ...], frozenset[str]], ...] = (
     (("repository",), frozenset({"password_file", "password_command"})),
+    (("repository", "copies", "*"), frozenset(COPY_PASSWORD_KEYS)),
     (("databases", "*"), frozenset({"password_env", "password_file"})),
     (("app", "components", "*", "health"), frozenset({"http", "tcp", "command"})),
 )
