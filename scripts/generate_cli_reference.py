@@ -53,6 +53,31 @@ AWS_SECRET_ACCESS_KEY=...
 15 3 * * * cd /srv/shop && lockstep backup && lockstep repo copy -r s3:s3.eu-central-1.amazonaws.com/shop-offsite --password-file /etc/lockstep/offsite.pw --from-repo /var/backups/shop --from-password-file /etc/lockstep/local.pw
 ```
 
+Or let every backup do it: list the copy in lockstep.toml, and `lockstep backup` (and the agent's
+scheduled backups) copies there after the snapshot, its retention and verification, the way
+borgmatic backs up to each repository it lists:
+
+```toml
+[repository.copies.offsite]
+url = "s3:https://s3.eu-central-1.amazonaws.com/shop-offsite"
+password_file = "/etc/lockstep/offsite.pw"   # or password_command, or password_env = "VARIABLE"
+```
+
+Each copy needs its own password source (the repository's password and `LOCKSTEP_PASSWORD*`
+never apply to it) and must exist already: lockstep does not create a repository behind your
+back, so a missing one fails the backup saying to run `lockstep repo init -r URL`. A backup
+sends each copy every snapshot of the repository it lacks, not only the new one: restic's rule
+for similar snapshots finds the ones already there from the snapshot lists alone, so this costs
+little, and a copy that was unreachable at one backup catches up at the next. Then `[retention]`
+is applied to the copy as to the repository (`forget`, for the backup's environment; prune each
+repository as you prune the main one), as borgmatic prunes every repository: the copy keeps what
+the repository keeps. A copy that is missing, does not open with its password or cannot be
+reached fails the backup (exit code 10, 11 or 14, the one line naming the copy, never its
+password; healthchecks get /fail) after the new snapshot is written and verified in the
+repository, where it stays; copies listed after the failed one are tried at the next backup.
+The one-line report ends `copied to offsite`, `--json` lists each copy's new snapshots, and
+`lockstep doctor` checks that each copy opens with its password.
+
 `restic copy` and `restic -r s3:... snapshots` work on the same repositories. Interrupted (even
 by `kill -9`), a copy leaves the destination consistent: snapshots are copied one at a time and
 each is saved only after its data and index are stored; packs of an unfinished one are

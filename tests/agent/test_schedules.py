@@ -591,6 +591,48 @@ def test_without_the_password_the_backup_fails_with_a_clear_record(
     assert [event["kind"] for event in events(context.directory)] == ["backup.failed"]
 
 
+def test_a_scheduled_backup_goes_to_the_repository_copies_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's backup job is `lockstep backup`'s path: [repository.copies] get the snapshot,
+    and a copy that does not open fails the run with the copy named."""
+    monkeypatch.setenv("LOCKSTEP_PASSWORD", TEST_PASSWORD)
+    monkeypatch.setenv("LOCKSTEP_SCRYPT_N", "1024")
+    monkeypatch.setenv("USB_COPY_PASSWORD", "usb-copy-password-for-the-agent")
+    copy_table = '\n[repository.copies.usb]\nurl = "usb"\npassword_env = "USB_COPY_PASSWORD"\n'
+    context = write_project(tmp_path, schedule_block("backup", "0 2 * * *") + copy_table)
+    with contextlib.closing(sqlite3.connect(tmp_path / "app.db")) as connection, connection:
+        connection.execute("CREATE TABLE notes (text TEXT)")
+    for location, password in (("repository", TEST_PASSWORD), ("usb", "usb-copy-password-for-the-agent")):
+        completed = run_lockstep(["repo", "init", "-r", location], cwd=tmp_path, env={"LOCKSTEP_PASSWORD": password})
+        assert completed.returncode == 0, completed.err
+
+    def run_once(clock: Clock) -> None:
+        scheduler = Scheduler(context, now=clock, warn=lambda _: None)
+        try:
+            scheduler.tick()
+            wait_idle(scheduler)
+        finally:
+            scheduler.close()
+
+    run_once(Clock("2026-03-10 12:00:00"))
+    [record] = scheduled_records(context)
+    assert record.outcome == "succeeded", record.reason
+    assert record.message is not None and ", copied to usb, " in record.message
+    listed = run_lockstep(
+        ["repo", "snapshots", "--json", "-r", "usb"],
+        cwd=tmp_path,
+        env={"LOCKSTEP_PASSWORD": "usb-copy-password-for-the-agent"},
+    )
+    assert listed.returncode == 0, listed.err
+    assert [item["original"] for item in json.loads(listed.out)] == [record.snapshot_id]
+
+    monkeypatch.setenv("USB_COPY_PASSWORD", "not-the-usb-copy-password")
+    run_once(Clock("2026-03-11 12:00:00"))
+    failed = scheduled_records(context)[-1]
+    assert failed.outcome == "failed" and failed.reason is not None
+    assert "copy usb: its password does not open the repository" in failed.reason, failed.reason
+    assert "not-the-usb-copy-password" not in failed.reason
+
+
 def test_verify_with_no_snapshot_yet_fails_clearly(real_project: EnvironmentContext) -> None:
     """A verify before any backup is a failed run that says to take a backup first."""
     context = real_project

@@ -153,13 +153,13 @@ def assert_argv_probe_clean(session: Session, named_secrets: dict[str, str]) -> 
 
 
 def assert_repository_plaintext_clean(
-    location: str, named_secrets: dict[str, str], environment: dict[str, str]
+    location: str, named_secrets: dict[str, str], environment: dict[str, str], password: str = PASSWORD
 ) -> None:
     """Decrypt every index, snapshot, lock and blob, and scan the plaintext."""
     with pytest.MonkeyPatch.context() as patch:
         for variable, value in environment.items():
             patch.setenv(variable, value)
-        repository = Repository.open(open_backend(location), PASSWORD)
+        repository = Repository.open(open_backend(location), password)
         try:
             repository.load_index()
             for file_type in (FileType.INDEX, FileType.SNAPSHOT, FileType.LOCK):
@@ -343,3 +343,87 @@ def test_copy_source_password_never_leaks(tmp_path: Path, password_source: str) 
         scanned += 1
     assert scanned > 10
     assert_repository_plaintext_clean(str(destination_repository), named_secrets, {})
+
+
+COPY_PASSWORD = "lockstep-copy-probe-" + secrets.token_hex(12)
+
+
+@pytest.mark.parametrize("password_source", ["password_file", "password_env", "password_command"])
+def test_repository_copy_password_never_leaks(tmp_path: Path, password_source: str) -> None:
+    """A copy's password ([repository.copies.NAME]) stays out of `lockstep backup`'s output,
+    --json and --debug, of its failure with a wrong copy password (which names the copy), of
+    `doctor`, of argv (the password command lists every process while lockstep runs), files and
+    the copy's plaintext."""
+    require_binary("ps", "apt-get install procps")
+    secret_dir = tmp_path / "secret"
+    secret_dir.mkdir()
+    copy_password_file = secret_dir / "copy-password"
+    copy_password_file.write_text(COPY_PASSWORD + "\n")
+    copy_password_file.chmod(0o600)
+    wrong_file = secret_dir / "wrong"
+    wrong_file.write_text(WRONG_PASSWORD + "\n")
+    process_list = tmp_path / "processes-during-backup.txt"
+    project, repository, copy_repository = tmp_path / "project", tmp_path / "repository", tmp_path / "copy"
+    project.mkdir()
+    (project / "settings.ini").write_text("debug = false\n")
+    base_env = {
+        **private_environment(tmp_path),
+        "LOCKSTEP_PASSWORD": PASSWORD,
+        "LOCKSTEP_PASSWORD_FILE": "",
+        "COPY_SECRET_VALUE_VAR": "",
+    }
+    setup = Session({**base_env, "LOCKSTEP_PASSWORD": COPY_PASSWORD}, [])
+    assert setup.run(["repo", "init", "-r", str(copy_repository)], password=False).returncode == 0
+    assert Session(base_env, []).run(["repo", "init", "-r", str(repository)], password=False).returncode == 0
+    sources = {
+        "password_file": (f'password_file = "{copy_password_file}"', f'password_file = "{wrong_file}"', {}),
+        "password_env": (
+            'password_env = "COPY_SECRET_VALUE_VAR"',
+            'password_env = "COPY_SECRET_VALUE_VAR"',
+            {"COPY_SECRET_VALUE_VAR": COPY_PASSWORD},
+        ),
+        "password_command": (
+            f"password_command = \"sh -c 'ps -eo args > {process_list}; cat {copy_password_file}'\"",
+            f'password_command = "cat {wrong_file}"',
+            {},
+        ),
+    }
+    right, wrong, extra_env = sources[password_source]
+
+    def write_config(password_line: str) -> None:
+        (project / "lockstep.toml").write_text(
+            f'[repository]\nurl = "{repository}"\n\n[repository.copies.vault]\nurl = "{copy_repository}"\n'
+            f'{password_line}\n\n[files]\nconfig = ["settings.ini"]\n'
+        )
+
+    session = Session({**base_env, **extra_env}, [])
+
+    def lockstep(*arguments: str, env: dict[str, str] | None = None) -> Completed:
+        result = run_lockstep(list(arguments), cwd=project, env={**session.base_env, **(env or {})})
+        session.results.append((" ".join(arguments), result))
+        return result
+
+    write_config(right)
+    assert lockstep("backup").returncode == 0, session.results[-1][1].err
+    assert lockstep("--json", "backup").returncode == 0, session.results[-1][1].err
+    assert lockstep("--debug", "backup").returncode == 0, session.results[-1][1].err
+    assert lockstep("doctor").returncode in (0, 1)
+    if password_source == "password_env":
+        failed = lockstep("backup", env={"COPY_SECRET_VALUE_VAR": WRONG_PASSWORD})
+    else:
+        write_config(wrong)
+        failed = lockstep("backup")
+    assert failed.returncode == 11 and "copy vault" in failed.err, failed.err
+    assert lockstep("--json", "backup", env={"COPY_SECRET_VALUE_VAR": WRONG_PASSWORD}).returncode == 11
+
+    named_secrets = {"copy password": COPY_PASSWORD, "repository password": PASSWORD, "wrong password": WRONG_PASSWORD}
+    session.assert_outputs_clean(named_secrets)
+    if password_source == "password_command":
+        assert b"backup" in process_list.read_bytes(), "the probe did not see lockstep"
+        assert_clean("the process list", process_list.read_bytes(), named_secrets)
+    scanned = 0
+    for path in files_under(tmp_path, skip=[secret_dir]):
+        assert_clean(f"file {path.relative_to(tmp_path)}", path.read_bytes(), named_secrets)
+        scanned += 1
+    assert scanned > 10 and list(copy_repository.glob("snapshots/*"))
+    assert_repository_plaintext_clean(str(copy_repository), named_secrets, {}, password=COPY_PASSWORD)

@@ -1,9 +1,12 @@
 """`lockstep backup`: the cron-friendly one-shot around a scheduled snapshot.
 
-preflight → ping /start → snapshot (kind `scheduled`) → retention → verification → ping success.
+preflight → ping /start → snapshot (kind `scheduled`) → retention → verification → each of
+[repository.copies] (copy, then its retention) → ping success.
 Any failure pings /fail with a one-line reason and raises the documented error; pings themselves
-never decide the outcome. The snapshot is written under a shared lock, retention takes an
-exclusive one afterwards, so a concurrent `snapshot create` is only ever blocked for the forget.
+never decide the outcome. A copy that fails fails the backup, but the snapshot in the repository
+stays: it was written and verified before any copy began. The snapshot is written under a shared
+lock, retention takes an exclusive one afterwards, so a concurrent `snapshot create` is only ever
+blocked for the forget.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lockstep.actions.repo.session import RepositoryAccess
+from lockstep.actions.repository_copies import CopyOutcome, copy_access, copy_error, copy_to
 from lockstep.actions.snapshot_create import ProjectContext, chosen_environment, load_project
 from lockstep.actions.snapshot_forget import forget_snapshots
 from lockstep.actions.snapshot_verify import database_servers
@@ -71,6 +75,7 @@ class BackupResult:
     preflight: list[CheckResult]
     forgotten: list[Snapshot] = field(default_factory=list)
     pings_sent: list[str] = field(default_factory=list)
+    copies: list[CopyOutcome] = field(default_factory=list)  # [repository.copies], in config order
     # Every warning the backup gave (the manifest's, failed pings and channels, retention put off),
     # for --json, whose reader does not see stderr.
     warnings: list[str] = field(default_factory=list)
@@ -189,6 +194,7 @@ def _run(
         if level != "none":
             with reported_step(reporter, "verify", f"level {level}"):
                 _verify(project.access, config, created.snapshot, level, reporter)
+        copies = _copy_everywhere(project, environment, now, warn, reporter)
     except LockstepError as error:
         pinger.fail(f"lockstep backup failed: {error.message}")
         _failed(notifier, environment_name(environment), error.message)
@@ -211,6 +217,7 @@ def _run(
         verify_level=level,
         preflight=checks,
         forgotten=forgotten,
+        copies=copies,
     )
     pinger.success(summary_line(result))
     if notifier is not None:
@@ -254,13 +261,15 @@ def human_duration(seconds: float) -> str:
 
 
 def summary_line(result: BackupResult) -> str:
-    """`backup ok: snapshot 1a2b3c4d, 1.20 GiB stored (12.40 MiB added), 3 min 07 s`, with "of
-    environment NAME" after the ID unless it ran with the top-level config (label `default`):
-    cron mail must say which environment's databases a `lockstep backup` without --env saved."""
+    """`backup ok: snapshot 1a2b3c4d, 1.20 GiB stored (12.40 MiB added), copied to offsite, 3 min 07 s`,
+    with "of environment NAME" after the ID unless it ran with the top-level config (label
+    `default`): cron mail must say which environment's databases a `lockstep backup` without --env
+    saved."""
     shown = "" if result.environment == DEFAULT_ENVIRONMENT else f" of environment {result.environment}"
+    copied = f"copied to {', '.join(outcome.name for outcome in result.copies)}, " if result.copies else ""
     return (
         f"backup ok: snapshot {result.snapshot.short_id}{shown}, {human_size(result.stored_bytes)} stored "
-        f"({human_size(result.added_bytes)} added), {human_duration(result.seconds)}"
+        f"({human_size(result.added_bytes)} added), {copied}{human_duration(result.seconds)}"
     )
 
 
@@ -295,3 +304,31 @@ def _forget(
     except RepositoryLocked as error:
         warn(f"retention skipped, the next backup applies it: {error.message}")
         return []
+
+
+def _copy_everywhere(
+    project: ProjectContext, environment: str | None, now: Callable[[], datetime], warn: Warn, reporter: Reporter
+) -> list[CopyOutcome]:
+    """Each [repository.copies] entry in turn: the snapshots it lacks, then [retention] as on the
+    repository (borgmatic prunes every repository it backs up to). The first copy that fails
+    stops the backup; the ones after it are tried again at the next backup, which also sends
+    what this one could not."""
+    config = project.config
+    outcomes: list[CopyOutcome] = []
+    for name, copy_config in config.repository.copies.items():
+        access = copy_access(name, copy_config, project.directory, project.access.lock_wait_seconds)
+        with reported_step(reporter, f"copy {name}", copy_config.url) as step:
+            outcome = copy_to(name, access, project.access)
+            step.detail = (
+                f"{len(outcome.report.copied)} snapshots copied, {len(outcome.report.skipped)} already there, "
+                f"{human_size(outcome.report.bytes_added)} added"
+            )
+        if config.backup.forget and not is_empty(config.retention):
+            with reported_step(reporter, f"retention {name}", "forget by [retention]") as step:
+                try:
+                    removed = _forget(access, config, environment, now(), warn)
+                except LockstepError as error:
+                    raise copy_error(name, outcome.location, error) from error
+                step.detail = f"{len(removed)} snapshots removed"
+        outcomes.append(outcome)
+    return outcomes

@@ -12,6 +12,8 @@ from datetime import datetime
 from pathlib import Path
 
 from lockstep.actions.environment import EnvironmentContext, load_environment, snapshot_environments
+from lockstep.actions.repo.session import RepositoryAccess
+from lockstep.actions.repository_copies import copy_access
 from lockstep.actions.snapshot_list import lockstep_snapshots
 from lockstep.config import ProjectConfig
 from lockstep.config.loading import find_config
@@ -49,6 +51,7 @@ def run_doctor(
     checks.extend(_tool_checks(context))
     repository_check, repository = _open_repository(context)
     checks.append(repository_check)
+    checks.extend(_copy_checks(context))
     try:
         for name, database in context.config.databases.items():
             checks.extend(doctor.check_database(name, database))
@@ -136,6 +139,29 @@ def _open_repository(context: EnvironmentContext) -> tuple[DoctorCheck, Reposito
     return doctor.check_repository(open_repository, location, source)
 
 
+def _copy_checks(context: EnvironmentContext) -> list[DoctorCheck]:
+    """Each [repository.copies] entry opens with its own password, as `lockstep backup` will need."""
+    checks = []
+    for name, copy_config in context.config.repository.copies.items():
+        access = copy_access(name, copy_config, context.project.directory)
+        source = access.password_source().origin
+
+        def open_copy(access: RepositoryAccess = access) -> Repository:
+            return access.open(load_index=False)
+
+        check, repository = doctor.check_repository(
+            open_copy,
+            copy_config.url,
+            source,
+            name=f"repository copy {name}",
+            url_setting=f"repository.copies.{name}.url",
+        )
+        if repository is not None:
+            repository.close()
+        checks.append(check)
+    return checks
+
+
 def _disk_checks(context: EnvironmentContext) -> list[DoctorCheck]:
     """Each place against the minimum of the command that refuses there: a deploy writes releases
     in the state directory (deploy.min_free_disk_mb), a backup the repository (backup.*)."""
@@ -165,6 +191,9 @@ def _permission_checks(context: EnvironmentContext) -> list[DoctorCheck]:
     repository_file = context.project.access.password_file_in_use()
     if repository_file is not None:
         password_files["repository password_file"] = repository_file
+    for name, copy_config in config.repository.copies.items():
+        if copy_config.password_file is not None:
+            password_files[f"repository.copies.{name} password_file"] = copy_config.password_file
     for name, database in config.databases.items():
         if database.password_file is not None:
             password_files[f"databases.{name} password_file"] = database.password_file

@@ -31,6 +31,16 @@ def backup_document(result: BackupResult) -> dict[str, Any]:
         "seconds": round(result.seconds, 3),
         "verify_level": result.verify_level,
         "forgotten": [snapshot.id for snapshot in result.forgotten],
+        "copies": [
+            {
+                "name": outcome.name,
+                "url": outcome.location,
+                "copied": [item.destination_id for item in outcome.report.copied],
+                "already_there": len(outcome.report.skipped),
+                "bytes_added": outcome.report.bytes_added,
+            }
+            for outcome in result.copies
+        ],
         "preflight": [check.to_document() for check in result.preflight],
         "pings_sent": result.pings_sent,
         "warnings": result.warnings,
@@ -63,11 +73,13 @@ def backup_command(
     verbose: bool,
     json_output: bool,
 ) -> None:
-    """Take a scheduled snapshot for cron: preflight checks, snapshot, retention, verification.
+    """Take a scheduled snapshot for cron: preflight checks, snapshot, retention, verification,
+    then copies to each [repository.copies] repository (and their retention).
 
     Pings [backup] healthchecks_url (/start, then success or /fail) when it is set, and tells the
     [notifications] channels snapshot.created or backup.failed; a ping or a channel that fails
-    only warns. Prints one line: the snapshot, its size, what it added, and the time.
+    only warns. A copy that fails fails the backup; the new snapshot stays in the repository.
+    Prints one line: the snapshot, its size, what it added, the copies, and the time.
     Without a terminal (cron) the steps are not shown unless --verbose or --log-format json."""
     reporter = progress_reporter(log_format, quiet, verbose, quiet_unless_terminal=True)
     result = run_backup(

@@ -134,14 +134,19 @@ def server_major_version(version_number: int) -> int:
 
 
 def check_repository(
-    open_repository: Callable[[], Repository], location: str, password_source: str
+    open_repository: Callable[[], Repository],
+    location: str,
+    password_source: str,
+    name: str = "repository",
+    url_setting: str = "repository.url",
 ) -> tuple[DoctorCheck, Repository | None]:
     """Open the repository (the password is right when its key opens); the open repository on success.
 
     `open_repository` opens it (e.g. RepositoryAccess.open), so that this module needs no
-    knowledge of password sources.
+    knowledge of password sources. `name` and `url_setting` tell a copy of [repository.copies]
+    from the repository itself.
     """
-    name = "repository"
+    init = f"`lockstep repo init -r {location}`" if name != "repository" else "`lockstep repo init`"
     try:
         repository = open_repository()
     except WrongPassword:
@@ -154,7 +159,7 @@ def check_repository(
             None,
         )
     except RepositoryNotFound as error:
-        return failed(name, error.message, "create it with `lockstep repo init`, or fix repository.url"), None
+        return failed(name, error.message, f"create it with {init}, or fix {url_setting}"), None
     except LockstepError as error:
         return failed(name, f"cannot open the repository at {location}: {error.message}", error.hint), None
     return passed(name, f"{location} opens with the password from {password_source}"), repository

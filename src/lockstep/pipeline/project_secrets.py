@@ -2,14 +2,16 @@
 
 The environment's secret-named variables are known to the redactor by their names; what is only
 known through lockstep.toml is collected here: database passwords (password_env, password_file),
-the repository's password file, the password in [backup] healthchecks_url, the values of the
-files `[files] secrets` names (a hook or a migration may print a line of a .env file), and values
-in `[app] env` and the components' `env` whose names look secret (`STRIPE_SECRET = "..."`),
-which the app's commands see in their environment and may echo.
+the repository's password file, the passwords of [repository.copies] (password_file, password_env),
+the password in [backup] healthchecks_url, the values of the files `[files] secrets` names (a hook
+or a migration may print a line of a .env file), and values in `[app] env` and the components'
+`env` whose names look secret (`STRIPE_SECRET = "..."`), which the app's commands see in their
+environment and may echo.
 """
 
 from __future__ import annotations
 
+import os
 from contextlib import suppress
 
 from lockstep.config.model import ProjectConfig
@@ -29,10 +31,15 @@ def project_secrets(config: ProjectConfig) -> list[str]:
     for name, database in config.databases.items():
         with suppress(LockstepError):
             found.append(database_password(name, database) or "")
-    password_file = config.repository.password_file
-    if password_file is not None:
-        with suppress(OSError, UnicodeDecodeError):
-            found.append(password_file.read_text(encoding="utf-8").rstrip("\r\n"))
+    password_files = [config.repository.password_file]
+    for copy_config in config.repository.copies.values():
+        password_files.append(copy_config.password_file)
+        if copy_config.password_env is not None:
+            found.append(os.environ.get(copy_config.password_env, ""))
+    for password_file in password_files:
+        if password_file is not None:
+            with suppress(OSError, UnicodeDecodeError):
+                found.append(password_file.read_text(encoding="utf-8").rstrip("\r\n"))
     for path in stored_apart(config).secrets:
         with suppress(OSError, UnicodeDecodeError):
             if path.stat().st_size <= MAX_SECRET_FILE_BYTES:

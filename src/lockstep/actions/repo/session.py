@@ -90,6 +90,9 @@ class RepositoryAccess:
     # commands do not, so their missing-password hint names the variables and lockstep.toml instead.
     password_options: bool = True
     names: AccessNames = DESTINATION_NAMES
+    # The one password source to use, ignoring every flag and variable: a copy in
+    # [repository.copies] names its own, and LOCKSTEP_PASSWORD* belong to the main repository.
+    only_password_source: PasswordSource | None = None
     # A password command's output, kept for the life of this object, so the command runs once per
     # lockstep command (and once per agent, not on every dashboard refresh); dropped when it does
     # not open the repository, so a changed password is read again.
@@ -109,6 +112,8 @@ class RepositoryAccess:
     def password_source(self) -> PasswordSource:
         """Which source gives the password; a file and a command both given is a usage error, as in
         restic ("Password file and command are mutually exclusive options")."""
+        if self.only_password_source is not None:
+            return self.only_password_source
         names = self.names
         file_origin = names.password_file_flag if self.password_file is not None else names.password_file_variable
         file_name = str(self.password_file) if self.password_file is not None else os.environ.get(file_origin, "")
@@ -172,6 +177,11 @@ class RepositoryAccess:
 
     def _missing_password_hint(self) -> str:
         """What to do without a password, naming only the options this command has."""
+        if self.only_password_source is not None:
+            source = self.only_password_source
+            if source.kind == "variable":
+                return f"set the environment variable {source.origin}"
+            return f"fix {source.origin}"
         names = self.names
         variables = f"{names.password_file_variable} or {names.password_command_variable}"
         if self.password_options:
