@@ -108,7 +108,8 @@ def test_every_backup_goes_to_a_local_and_an_s3_copy(tmp_path: Path, s3_env: dic
     assert project.init(str(project.usb), USB_PASSWORD).returncode == 0
     assert project.init(project.offsite_url(), OFFSITE_PASSWORD).returncode == 0
     # Every snapshot kept (the default retention keeps one a day), to count them.
-    project.write_config(project.usb_copy() + project.offsite_copy(), extra="\n[backup]\nforget = false\n")
+    events = '\n[[notifications.channels]]\nkind = "event-log"\npath = "events.jsonl"\n'
+    project.write_config(project.usb_copy() + project.offsite_copy(), extra="\n[backup]\nforget = false\n" + events)
 
     first = project.backup()
     assert [copy["name"] for copy in first["copies"]] == ["usb", "offsite"]
@@ -132,6 +133,8 @@ def test_every_backup_goes_to_a_local_and_an_s3_copy(tmp_path: Path, s3_env: dic
     third = project.backup()
     for copy in third["copies"]:
         assert len(copy["copied"]) == 1 and copy["already_there"] == 2, copy
+    last_event = json.loads((tmp_path / "events.jsonl").read_text().splitlines()[-1])
+    assert last_event["kind"] == "snapshot.created" and last_event["details"]["copied_to"] == ["usb", "offsite"]
 
 
 def test_a_failed_copy_is_caught_up_and_retention_applies_to_the_copy(tmp_path: Path) -> None:

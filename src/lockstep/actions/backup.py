@@ -234,6 +234,7 @@ def _run(
                     "duration": round(result.seconds, 3),
                     "verify_level": level,
                     "forgotten": len(forgotten),
+                    "copied_to": [outcome.name for outcome in result.copies],
                 },
             )
         )
