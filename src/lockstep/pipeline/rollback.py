@@ -9,10 +9,11 @@ is refused: old code on a newer schema is how data gets damaged. With --with-dat
 are restored from the snapshot taken just before the target release was replaced, after showing
 what that discards, asking, and taking a pre-restore snapshot. Traffic is held meanwhile (see
 pipeline/traffic_hold.py): hold, stop the newer release's workers, restore the data, switch to
-the older release, release the held requests to it. A failure before the switch puts the data
-back as it was just before the rollback, still under the hold, so the release that served
-before serves on its own data again; once the older release serves on its data, the rollback
-is past undoing (see Rollback._restore and Rollback._switched).
+the older release, release the held requests to it. An app of workers only has no traffic to
+hold: its workers are stopped, the data restored, then the older release's workers start. A
+failure before the switch puts the data back as it was just before the rollback, still under
+the hold, so the release that served before serves on its own data again; once the older
+release serves on its data, the rollback is past undoing (see Rollback._restore and Rollback._switched).
 """
 
 from __future__ import annotations
@@ -280,9 +281,12 @@ class Rollback:
             self.history.save(record)
             self.steps.on_started = lambda step, detail: self._save_progress(record, step, detail)
             if with_data:
-                traffic_hold = self.traffic_hold = TrafficHold(self.agent, self.config.traffic, self.reporter, record)
-                self.steps.on_undo("hold", traffic_hold.release_quietly)
-                self.steps.run("hold traffic", self.config.traffic.listen, self._hold, lambda r: r)
+                # An app of workers only has no traffic to hold: stopping its workers is what
+                # keeps the data still while it is restored (the agent would answer "not held").
+                if traffic_component(self.config) is not None:
+                    hold = self.traffic_hold = TrafficHold(self.agent, self.config.traffic, self.reporter, record)
+                    self.steps.on_undo("hold", hold.release_quietly)
+                    self.steps.run("hold traffic", self.config.traffic.listen, self._hold, lambda r: r)
                 self.steps.run(
                     "stop workers",
                     f"slot {active}",
@@ -536,7 +540,8 @@ class Rollback:
 
     def _stop_workers(self, slot: str, status: dict[str, Any]) -> str:
         """Stop the newer release's components without a port (workers) before its data goes: they
-        write to the databases too, and the held traffic does not stop them."""
+        write to the databases too, and the held traffic does not stop them. In an app of workers
+        only this is all that keeps the databases still during the restore."""
         slot_status = status["slots"][slot]
         workers = sorted(
             {process["component"] for process in slot_status["processes"] if process["port"] is None}

@@ -169,9 +169,17 @@ class _Planner:
             else "asks first" + (" (type the environment name)" if self.context.environment == "production" else " (y)")
         )
         workers = self._workers_running()
+        # Rollback.run holds traffic only when there is some: workers only, it stops them alone.
+        hold = (
+            [
+                f"hold traffic at {self.config.traffic.listen}: new requests wait (at most "
+                f"{self.config.traffic.hold_timeout:.0f} s, then 503) until the older release serves"
+            ]
+            if self.traffic is not None
+            else []
+        )
         lines = [
-            f"hold traffic at {self.config.traffic.listen}: new requests wait (at most "
-            f"{self.config.traffic.hold_timeout:.0f} s, then 503) until the older release serves",
+            *hold,
             f"stop workers of slot {self.active}: " + (", ".join(workers) if workers else "none running"),
             f"restore data from snapshot {snapshot.short_id} (taken before the target was replaced), after a "
             f"pre-restore snapshot to undo it; {confirm}; it discards:\n     " + "\n     ".join(discarded),
@@ -210,6 +218,8 @@ class _Planner:
 
     def _retire_line(self, with_data: bool) -> str:
         drain = f"retire slot {self.active} after draining (at most {self.config.traffic.drain_timeout:.0f} s): "
+        if self.traffic is None:  # no requests to drain (Rollback._retire's wait returns at once)
+            drain = f"retire slot {self.active}: "
         if with_data:
             return drain + "stop all of it (its release expects the data the restore replaces)"
         others = [name for name in self.config.app.components if name != self.traffic]
@@ -265,7 +275,12 @@ class _Planner:
 
     def _failure_line(self, with_data: bool) -> str:
         line = "on failure: undo in reverse (exit 3): the release that serves now serves on"
-        if with_data:
+        if with_data and self.traffic is None:
+            line += (
+                "; the data goes back from the pre-restore snapshot while no worker runs (the older release's "
+                "are stopped first, the newer release's started again after it)"
+            )
+        elif with_data:
             line += (
                 "; the data goes back from the pre-restore snapshot while the traffic is still held, "
                 "unless the older release already served on the restored data"
