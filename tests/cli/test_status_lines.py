@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lockstep.cli.status import describe_traffic
+from lockstep.cli.status import describe_environment, describe_traffic
 
 BUILTIN = {"kind": "builtin", "listen": "127.0.0.1:8000"}
 
@@ -43,3 +43,15 @@ def test_a_fresh_environment_of_workers_only_gets_no_proxy_from_its_first_deploy
         "  traffic: builtin on 127.0.0.1:8000 — not used: no component has a port (workers only), "
         "so no deploy starts it"
     )
+
+
+def test_the_first_line_names_the_url_of_an_app_with_a_port() -> None:
+    line = describe_environment({"environment": "test", "url": "http://127.0.0.1:8000/", "workers_only": False})
+    assert line == "environment test: http://127.0.0.1:8000/"
+
+
+def test_the_first_line_of_an_app_of_workers_only_offers_no_url() -> None:
+    """It printed the proxy's address, where nothing ever answers for an app without ports."""
+    line = describe_environment({"environment": "test", "url": None, "workers_only": True})
+    assert line == "environment test: workers only, no URL (no component has a port)"
+    assert "http" not in line

@@ -348,3 +348,32 @@ def test_a_worker_only_deploy_killed_in_its_watch_keeps_one_release_of_workers(t
         assert _running(after, "blue") == [] and len(_running(after, "green")) == 1, after
     finally:
         _stop_everything(project)
+
+
+def test_status_of_a_worker_only_app_offers_no_url(tmp_path: Path) -> None:
+    """`lockstep status` began with the proxy's http://…/ address, where nothing answers for an
+    app without ports; --json says the same with a null url."""
+    project = make_project(tmp_path)
+    _start_worker_only(project)
+    try:
+        before = project.lockstep("status")
+        assert before.returncode == 0, before.err
+        assert before.out.splitlines()[0] == "environment test: workers only, no URL (no component has a port)"
+        assert project.lockstep("deploy").returncode == 0
+        deployed = project.lockstep("status")
+        assert deployed.returncode == 0, deployed.err
+        assert deployed.out.splitlines()[0] == "environment test: workers only, no URL (no component has a port)"
+        assert "http://" not in deployed.out, deployed.out
+        document = project.status()
+        assert (document["url"], document["workers_only"]) == (None, True), document
+    finally:
+        _stop_everything(project)
+
+
+def test_status_of_an_app_with_a_port_names_its_url(notes_project: NotesProject) -> None:
+    listen = notes_project.listen_port
+    completed = notes_project.lockstep("status")
+    assert completed.returncode == 0, completed.err
+    assert completed.out.splitlines()[0] == f"environment test: http://127.0.0.1:{listen}/"
+    document = notes_project.status()
+    assert (document["url"], document["workers_only"]) == (f"http://127.0.0.1:{listen}/", False), document

@@ -40,6 +40,9 @@ def environment_status(
 ) -> dict[str, Any]:
     """The environment's URL, active slot, release, commit, since when, health, lock, last operation.
 
+    An app of workers only (no component with a port configured, none running in the active
+    slot) has no URL: `url` is None and `workers_only` true.
+
     With `hosts` in the environment, each host's own status over SSH, unless `local`: what a host
     answers (its checkout may hold the same lockstep.toml, hosts and all)."""
     context = load_environment(start, config_path, environment)
@@ -89,6 +92,11 @@ def environment_status(
         if active:
             document["release"] = slots[active]["release"]
             document["commit"] = slots[active]["version"]
+            # The release as deployed tells (the config may have lost its ports since).
+            has_port = any(process.get("port") is not None for process in slots[active]["processes"])
+            document["workers_only"] = document["workers_only"] and not has_port
+    if document["workers_only"]:
+        document["url"] = None  # nothing answers at the proxy's address: no URL to offer
     operations = history.all()
     releases = [record for record in operations if not record.operation.startswith("scheduled-")]
     document["last_operation"] = releases[-1].to_document() if releases else None

@@ -43,7 +43,7 @@ def status_command(config_path: Path | None, environment: str | None, json_outpu
     if "hosts" in document:
         _print_hosts(document)
         return
-    print_line(f"environment {document['environment']}: {document['url']}")
+    print_line(describe_environment(document))
     agent = document["agent"]
     if not agent["running"]:
         print_line(f"  agent: not running ({agent['detail']})")
@@ -157,6 +157,13 @@ def _other_release(process: dict[str, Any], slot_release: str | None) -> str:
     """A component rolled back alone (`rollback --component`) runs another release than its slot's."""
     release = process.get("release")
     return f" on release {release}" if release and release != slot_release else ""
+
+
+def describe_environment(document: dict[str, Any]) -> str:
+    """The first line: the environment and where it answers; an app of workers only answers
+    nowhere, and printing the proxy's address sent people to a URL nothing listens on."""
+    where = document.get("url") or "workers only, no URL (no component has a port)"
+    return f"environment {document['environment']}: {where}"
 
 
 def describe_hold(hold: dict[str, Any] | None) -> str:
