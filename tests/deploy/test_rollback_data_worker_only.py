@@ -223,3 +223,45 @@ def test_the_dry_run_of_a_data_rollback_of_workers_only_holds_no_traffic(project
     human = project.lockstep("rollback", "--dry-run", "--with-data", "--yes")
     assert human.returncode == 0, human.err
     assert "traffic is still held" not in human.out and "while no worker runs" in human.out, human.out
+
+
+def test_a_data_rollback_of_workers_only_whose_restore_fails_leaves_the_newer_release_on_its_data(
+    project: NotesProject,
+) -> None:
+    """Another process holds a write transaction on the database (a forgotten `sqlite3` shell, say)
+    longer than the restore waits for it (60 s): the restore fails without having replaced the
+    data. Once it ends, the unwind puts back the pre-restore snapshot and restarts the newer
+    release's worker, which writes on the data it had."""
+    _write(project, "INSERT INTO notes (text) VALUES (?)", "written under 2.0.0, must survive")
+    holder = sqlite3.connect(project.database, timeout=10, isolation_level=None)
+    try:
+        rollback = project.run_until_step("stop workers", "rollback", "--with-data", "--yes", event="step-finished")
+        notes_before = _notes(project)  # the worker is stopped: nothing writes from here on
+        jobs_before = _jobs(project, "2.0.0")
+        holder.execute("BEGIN IMMEDIATE")
+        assert rollback.stderr is not None
+        for line in rollback.stderr:
+            event = json.loads(line)
+            if event.get("event") == "step-failed" and event.get("step") == "restore data":
+                break
+        else:
+            raise AssertionError(f"the restore did not fail (exit {rollback.wait()})")
+    finally:
+        holder.close()  # ends the transaction: the put-back gets the lock
+    assert rollback.stderr is not None
+    said = " ".join(rollback.stderr.read().decode().split())
+    assert rollback.wait(timeout=180) == ExitCode.ROLLED_BACK, said
+
+    assert "the data is back as it was before the rollback" in said, said
+    status = project.status()
+    assert status["active_slot"] == "green", status
+    (worker,) = _running(status, "green")
+    assert worker["release"] == project.history()[1]["release_id"], worker
+    assert _running(status, "blue") == [], status
+    assert _notes(project) == notes_before
+    _wait_for_jobs(project, "2.0.0")
+    assert _jobs(project, "2.0.0") > jobs_before
+    record = project.history()[-1]
+    assert (record["outcome"], record["failed_step"]) == ("failed", "restore data"), record
+    undone = [step["step"] for step in record["steps"] if step["outcome"] == "undone"]
+    assert undone == ["undo restore data", "undo stop workers"], json.dumps(record["steps"], indent=1)
