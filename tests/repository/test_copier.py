@@ -1,11 +1,22 @@
-"""restic's rule for "this snapshot was copied already" (cmd_copy.go, similarSnapshots)."""
+"""restic's rule for "this snapshot was copied already" (cmd_copy.go, similarSnapshots), and how a
+copy reads the source's packs."""
 
 from __future__ import annotations
 
+import io
+import random
 from dataclasses import replace
+from pathlib import Path
 
-from lockstep.repository.copier import find_copy, index_by_original, similar_snapshots
+from lockstep.repository.archiver import Archiver
+from lockstep.repository.blobs import BlobLocation, BlobType
+from lockstep.repository.copier import CopiedSnapshot, Copier, find_copy, index_by_original, similar_snapshots
+from lockstep.repository.pack_runs import plan_runs
+from lockstep.repository.repository import Repository
 from lockstep.repository.snapshot import Snapshot
+from lockstep.storage.base import FileType
+from lockstep.storage.local import LocalBackend
+from tests.conftest import TEST_PASSWORD
 
 BASE = Snapshot(
     time="2026-11-24T01:02:03.123456789+01:00",
@@ -54,3 +65,66 @@ def test_a_copy_is_found_by_the_original_it_records_or_by_its_own_id() -> None:
     # The destination holding the very snapshot (same ID) counts as well.
     assert find_copy(BASE, index_by_original([BASE])) is BASE
     assert find_copy(BASE, index_by_original([replace(copy, hostname="other")])) is None
+
+
+class CountingBackend(LocalBackend):
+    """A real local backend that counts the ranged reads of packs."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.pack_reads = 0
+
+    def load(self, file_type: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        if file_type is FileType.PACK:
+            self.pack_reads += 1
+        return super().load(file_type, name, offset, length)
+
+
+def test_a_copy_reads_the_data_blobs_of_a_pack_with_one_request(tmp_path: Path) -> None:
+    """restic's copy reads a pack's wanted blobs together; one GET per blob is slow on S3."""
+    backend = CountingBackend(tmp_path / "source")
+    source = Repository.init(backend, TEST_PASSWORD)
+    data = random.Random(7).randbytes(12_000_000)
+    summary = Archiver(source).backup_stream(io.BytesIO(data), "db.sql")
+    destination = Repository.init(LocalBackend(tmp_path / "destination"), TEST_PASSWORD)
+    source.load_index()
+    data_blobs = dict(source.index.blobs(BlobType.DATA))
+    data_packs = {location.pack_id for location in data_blobs.values()}
+    assert len(data_blobs) >= 6 > len(data_packs)
+    backend.pack_reads = 0
+
+    copied = Copier(source, destination).copy_snapshot(source.load_snapshot(summary.snapshot_id))
+
+    assert backend.pack_reads == len(data_packs) + 1  # and one for the single tree
+    assert copied.blobs_added == len(data_blobs) + 1
+    restored = b"".join(destination.load_blob(BlobType.DATA, blob_id) for blob_id in _content(destination, copied))
+    assert restored == data
+    source.close()
+    destination.close()
+
+
+def _content(repository: Repository, copied: CopiedSnapshot) -> list[bytes]:
+    root = repository.load_tree(repository.load_snapshot(copied.destination_id).tree)
+    (node,) = root.nodes
+    return list(node.content or ())
+
+
+def _located(pack: int, offset: int, length: int) -> tuple[BlobType, bytes, BlobLocation]:
+    return BlobType.DATA, bytes([pack, offset % 256]) * 16, BlobLocation(bytes([pack]) * 32, offset, length, 0)
+
+
+def test_runs_are_split_by_pack_by_gaps_and_by_size() -> None:
+    blobs = [
+        _located(2, 0, 100),
+        _located(1, 500, 100),  # a gap of 300 from the blob before it: read through
+        _located(1, 100, 100),
+        _located(1, 5000, 100),  # a gap over max_gap: a new run
+        _located(1, 5100, 900),  # would make the run 1000 bytes long: a new run
+    ]
+    runs = plan_runs(blobs, max_gap=300, max_bytes=999)
+    assert [(run.pack_id[0], run.start, run.end) for run in runs] == [
+        (1, 100, 600),
+        (1, 5000, 5100),
+        (1, 5100, 6000),
+        (2, 0, 100),
+    ]

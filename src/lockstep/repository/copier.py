@@ -8,6 +8,9 @@ destination already holds, from any earlier backup or copy, is not sent again.
 One snapshot at a time: its blobs, then the destination's packs and index, then the snapshot
 file. An interrupted copy leaves at worst packs no index names (prune removes them), never a
 snapshot that refers to something missing.
+
+Data blobs are read as restic's copy reads them: the snapshot's missing blobs sorted by pack and
+offset, each run of neighbours in one ranged read (pack_runs.py), not one request per blob.
 """
 
 from __future__ import annotations
@@ -17,18 +20,20 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 from lockstep.errors import IntegrityError
-from lockstep.repository.blobs import BlobType
+from lockstep.repository.blobs import BlobLocation, BlobType
+from lockstep.repository.pack_runs import PackRun, plan_runs, read_run
 from lockstep.repository.repository import Repository
 from lockstep.repository.snapshot import Snapshot
 from lockstep.repository.tag_lists import has_tags
 from lockstep.repository.tree import Tree
 
 ProgressCallback = Callable[[int], None]
-# Blobs read and re-sealed at once: chunks are at most 8 MiB (1 MiB on average), so this bounds
-# the memory in flight to a few dozen MiB while reads from object storage overlap.
-BLOBS_IN_FLIGHT = 8
+# Reads (a tree, or a run of data blobs of at most pack_runs.MAX_RUN_BYTES) re-sealed at once:
+# enough for reads from object storage to overlap, few enough to bound the memory in flight.
+READS_IN_FLIGHT = 4
 
 
 def similar_snapshots(a: Snapshot, b: Snapshot) -> bool:
@@ -136,29 +141,44 @@ class Copier:
         )
 
     def _copy_tree(self, root: bytes) -> None:
-        with ThreadPoolExecutor(max_workers=BLOBS_IN_FLIGHT, thread_name_prefix="lockstep-copy") as pool:
+        """Trees as they are walked (they must be read to be walked), then the data blobs the
+        destination lacks, run by run."""
+        missing_data: list[bytes] = []
+        with ThreadPoolExecutor(max_workers=READS_IN_FLIGHT, thread_name_prefix="lockstep-copy") as pool:
             in_flight: deque[Future[None]] = deque()
-            for blob_type, blob_id, plaintext in self._missing_blobs(root):
-                in_flight.append(pool.submit(self._store, blob_type, blob_id, plaintext))
-                if len(in_flight) >= BLOBS_IN_FLIGHT:
+
+            def submit(work: Callable[[], None]) -> None:
+                in_flight.append(pool.submit(work))
+                if len(in_flight) >= READS_IN_FLIGHT:
                     in_flight.popleft().result()
+
+            for tree_id, raw in self._missing_trees(root, missing_data):
+                submit(partial(self._store, BlobType.TREE, tree_id, raw))
+            for run in plan_runs(self._locate(missing_data)):
+                submit(partial(self._store_run, run))
             while in_flight:
                 in_flight.popleft().result()
 
-    def _store(self, blob_type: BlobType, blob_id: bytes, plaintext: bytes | None) -> None:
-        """On a worker: read and verify a data blob from the source (a tree comes already read),
-        and seal it for the destination. Packs take one blob at a time, hence the lock."""
-        if plaintext is None:
-            plaintext = self.source.load_blob(blob_type, blob_id)
+    def _locate(self, blob_ids: list[bytes]) -> Iterator[tuple[BlobType, bytes, BlobLocation]]:
+        for blob_id in blob_ids:
+            yield BlobType.DATA, blob_id, self.source.lookup_blob(BlobType.DATA, blob_id)
+
+    def _store_run(self, run: PackRun) -> None:
+        """On a worker: read a run of data blobs with one request, verify and re-seal each."""
+        for blob_type, blob_id, plaintext in read_run(self.source, run):
+            self._store(blob_type, blob_id, plaintext)
+
+    def _store(self, blob_type: BlobType, blob_id: bytes, plaintext: bytes) -> None:
+        """Seal a verified blob for the destination. Packs take one blob at a time, hence the lock."""
         prepared = self.destination.prepare_blob(blob_type, plaintext, blob_id)
         if prepared is not None:
             with self._add_lock:
                 self.destination.add_prepared(prepared)
         self.progress(len(plaintext))
 
-    def _missing_blobs(self, root: bytes) -> Iterator[tuple[BlobType, bytes, bytes | None]]:
-        """Every tree and data blob under `root` (trees not walked before in this run) that the
-        destination lacks, each once; trees with their plaintext, read here to be walked."""
+    def _missing_trees(self, root: bytes, missing_data: list[bytes]) -> Iterator[tuple[bytes, bytes]]:
+        """Every tree under `root` (not walked before in this run) that the destination lacks,
+        with its plaintext; the data blobs the destination lacks go to `missing_data`, each once."""
         pending = [root]
         queued: set[bytes] = set()
         while pending:
@@ -173,11 +193,11 @@ class Copier:
                 raise IntegrityError(f"tree {tree_id.hex()[:8]} cannot be decoded: {error}") from error
             if not self.destination.is_known(BlobType.TREE, tree_id):
                 # The bytes as stored, not a re-encoding: the ID is their hash.
-                yield BlobType.TREE, tree_id, raw
+                yield tree_id, raw
             for node in tree.nodes:
                 for blob_id in node.content or ():
                     if blob_id not in queued and not self.destination.is_known(BlobType.DATA, blob_id):
                         queued.add(blob_id)
-                        yield BlobType.DATA, blob_id, None
+                        missing_data.append(blob_id)
                 if node.type == "dir" and node.subtree:
                     pending.append(node.subtree)
