@@ -81,8 +81,17 @@ The one-line report ends `copied to offsite`, `--json` lists each copy's new sna
 `restic copy` and `restic -r s3:... snapshots` work on the same repositories. Interrupted (even
 by `kill -9`), a copy leaves the destination consistent: snapshots are copied one at a time and
 each is saved only after its data and index are stored; packs of an unfinished one are
-removed by the next `repo prune` of the destination. Copies do not chunk files again: data backed up directly
-into the destination (a different chunker polynomial) does not deduplicate with copied data.
+removed by the next `repo prune` of the destination. Copies do not chunk files again, so data
+backed up directly into the destination deduplicates with copied data only where both
+repositories cut the same chunks, that is share the chunker polynomial: create the destination
+with the source's (restic's `init --copy-chunker-params`, with the `--from-*` options of `repo copy`):
+
+```sh
+lockstep repo init -r /mnt/usb/shop --from-repo /var/backups/shop --from-password-file /etc/lockstep/local.pw --copy-chunker-params
+```
+
+A copy reads the source's blobs as restic's does, grouped by pack: neighbouring blobs of a pack
+come in one ranged read, so on S3 one request per pack rather than one per blob.
 """  # noqa: E501 (a crontab line cannot be wrapped)
 
 COMMANDS_INTRODUCTION = """# lockstep commands

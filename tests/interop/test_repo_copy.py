@@ -297,3 +297,51 @@ def test_a_copy_killed_midway_leaves_the_destination_consistent(
     result = copy(destination, source)
     assert [item["source"] for item in result["copied"]] == [source_id]
     assert "no errors were found" in restic_in(destination, ["check", "--read-data"]).out
+
+
+def test_init_with_the_source_chunker_params_makes_backups_deduplicate_with_copies(
+    source: dict[str, str], tmp_path: Path
+) -> None:
+    """restic's `init --from-repo SRC --copy-chunker-params`: the same polynomial cuts the same
+    data into the same chunks, so a backup straight into the copy destination adds no data."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dump.sql").write_bytes(mixed_data(6 * 1024 * 1024, seed=5))
+    (data / "other.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    backup(source, data)
+    destination = repository(tmp_path / "destination-repository", DESTINATION_PASSWORD)
+    source_password = {"LOCKSTEP_FROM_PASSWORD": SOURCE_PASSWORD}
+    init = ["repo", "init", "--from-repo", source["LOCKSTEP_REPOSITORY"], "--copy-chunker-params"]
+    lockstep_in({**destination, **source_password}, init)
+
+    source_config = json.loads(restic_in(source, ["cat", "config"]).out)
+    destination_config = json.loads(restic_in(destination, ["cat", "config"]).out)
+    assert destination_config["chunker_polynomial"] == source_config["chunker_polynomial"]
+    assert destination_config["id"] != source_config["id"]
+    copied = copy(destination, source)
+    assert copied["bytes_added"] > 9 * 1024 * 1024 // 2
+    (data / "new.txt").write_bytes(os.urandom(20_000))
+    again = json.loads(lockstep_in(destination, ["repo", "backup", "--json", str(data)]).out)
+    # The new 20 kB file and the trees above it: nothing of the 9 MB copied over.
+    assert again["bytes_added"] < 60_000, again
+    assert "no errors were found" in restic_in(destination, ["check", "--read-data"]).out
+
+
+def test_init_from_repo_needs_copy_chunker_params_and_a_source(source: dict[str, str], tmp_path: Path) -> None:
+    """As restic: the --from-* options only serve --copy-chunker-params, which needs them; a
+    wrong source password creates nothing."""
+    location = tmp_path / "destination-repository"
+    destination = repository(location, DESTINATION_PASSWORD)
+    without_flag = run_lockstep(["repo", "init", "--from-repo", source["LOCKSTEP_REPOSITORY"]], env=destination)
+    assert without_flag.returncode == 2, without_flag.err
+    assert "--copy-chunker-params" in without_flag.err
+    without_source = run_lockstep(["repo", "init", "--copy-chunker-params"], env=destination)
+    assert without_source.returncode == 2, without_source.err
+    assert "--from-repo" in without_source.err
+    wrong = run_lockstep(
+        ["repo", "init", "--from-repo", source["LOCKSTEP_REPOSITORY"], "--copy-chunker-params"],
+        env={**destination, "LOCKSTEP_FROM_PASSWORD": "not-the-source-password"},
+    )
+    assert wrong.returncode != 0
+    assert "source" in wrong.err
+    assert not location.exists()

@@ -108,13 +108,23 @@ class Repository:
     # --- opening and creating -----------------------------------------------------------
 
     @classmethod
-    def init(cls, backend: Backend, password: str, scrypt: ScryptParameters | None = None) -> Repository:
-        """Create a new repository: a fresh master key, its key file, and the config."""
+    def init(
+        cls,
+        backend: Backend,
+        password: str,
+        scrypt: ScryptParameters | None = None,
+        chunker_polynomial: int | None = None,
+    ) -> Repository:
+        """Create a new repository: a fresh master key, its key file, and the config. The chunker
+        polynomial is random unless given (another repository's, so that the same data cuts into
+        the same chunks in both and copies between them deduplicate)."""
         if not password:
             raise UsageError("an empty password is not allowed", "set LOCKSTEP_PASSWORD or use --password-file")
         backend.create()
         master_key = Key.generate()
-        config = RepositoryConfig.new(random_polynomial())
+        if chunker_polynomial is not None and not is_irreducible(chunker_polynomial):
+            raise IntegrityError("the chunker polynomial to copy is not irreducible: the source's config is damaged")
+        config = RepositoryConfig.new(random_polynomial() if chunker_polynomial is None else chunker_polynomial)
         key_file = KeyFile.create(master_key, password, scrypt)
         backend.save(FileType.KEY, key_file.storage_id, key_file.to_bytes())
         backend.save(FileType.CONFIG, "config", config.seal(master_key))

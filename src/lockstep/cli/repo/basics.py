@@ -10,19 +10,46 @@ from lockstep.actions.repo.browse import repository_stats
 from lockstep.actions.repo.init import init_repository
 from lockstep.actions.repo.unlock import unlock
 from lockstep.cli.output import console, human_bytes, print_json
-from lockstep.cli.repo.options import access_from, repository_options, wants_json
+from lockstep.cli.repo.options import (
+    access_from,
+    repository_options,
+    source_access_from,
+    source_repository_options,
+    wants_json,
+)
+from lockstep.errors import UsageError
 
 
 @click.command("init")
+@click.option(
+    "--copy-chunker-params",
+    is_flag=True,
+    help="Take the chunker parameters of the --from-repo repository, so that backups here "
+    "deduplicate with snapshots `repo copy` brings from there.",
+)
+@source_repository_options
 @repository_options
-def init_command(**options: Any) -> None:
+def init_command(copy_chunker_params: bool, **options: Any) -> None:
     """Create a new repository (restic format v2, zstd, encrypted).
 
     Where a repository already exists nothing is changed and the exit code is 1 (as restic's):
     use that repository, or choose another location.
+
+    \b
+    For a copy destination that is also backed up to directly (restic's init --copy-chunker-params):
+      lockstep repo init -r /mnt/usb/repo --from-repo /srv/backups --copy-chunker-params
     """
     json_output = wants_json(options)
-    result = init_repository(access_from(options))
+    source = source_access_from(options, options["lock_wait"])
+    if copy_chunker_params:
+        # The source is required; its location may come from $LOCKSTEP_FROM_REPOSITORY.
+        source.resolved_location()
+    elif source.location or source.password_file or source.password_command:
+        raise UsageError(
+            "--from-repo and its password options only serve --copy-chunker-params",
+            "add --copy-chunker-params to take the source's chunker parameters, or drop the --from-* options",
+        )
+    result = init_repository(access_from(options), source if copy_chunker_params else None)
     if json_output:
         print_json(
             {

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
 
 from lockstep.actions.repo.copy import CopyRequest, copy_snapshots
-from lockstep.actions.repo.session import SOURCE_NAMES, RepositoryAccess
 from lockstep.cli.output import byte_progress, console, error_console, human_bytes, print_json
 from lockstep.cli.repo.options import (
     access_from,
     repository_options,
     snapshot_filter_from,
     snapshot_filter_options,
+    source_access_from,
+    source_repository_options,
     wants_json,
 )
 from lockstep.repository.copier import CopyReport
@@ -22,23 +22,7 @@ from lockstep.repository.copier import CopyReport
 
 @click.command("copy")
 @click.argument("snapshot_ids", nargs=-1, metavar="[SNAPSHOT]...")
-@click.option(
-    "--from-repo",
-    "from_repository",
-    metavar="LOCATION",
-    help="Source repository to copy snapshots from (same forms as --repo). Default: $LOCKSTEP_FROM_REPOSITORY.",
-)
-@click.option(
-    "--from-password-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Read the source repository's password from this file. Default: $LOCKSTEP_FROM_PASSWORD_FILE.",
-)
-@click.option(
-    "--from-password-command",
-    metavar="CMD",
-    help="Run CMD (no shell) for the source repository's password. Default: $LOCKSTEP_FROM_PASSWORD_COMMAND "
-    "(without either: $LOCKSTEP_FROM_PASSWORD).",
-)
+@source_repository_options
 @snapshot_filter_options
 @repository_options
 def copy_command(snapshot_ids: tuple[str, ...], **options: Any) -> None:
@@ -56,13 +40,7 @@ def copy_command(snapshot_ids: tuple[str, ...], **options: Any) -> None:
       lockstep repo copy -r /mnt/usb/repo --from-repo /srv/backups --from-password-file ~/.src-pw latest
     """
     json_output = wants_json(options)
-    source = RepositoryAccess(
-        location=options.pop("from_repository"),
-        password_file=options.pop("from_password_file"),
-        password_command=options.pop("from_password_command"),
-        lock_wait_seconds=options["lock_wait"],
-        names=SOURCE_NAMES,
-    )
+    source = source_access_from(options, options["lock_wait"])
     request = CopyRequest(references=snapshot_ids, snapshot_filter=snapshot_filter_from(options))
     destination = access_from(options)
     with byte_progress("copy", None, enabled=not json_output) as progress:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from lockstep.actions.repo.session import RepositoryAccess
+from lockstep.actions.repo.session import SOURCE_NAMES, RepositoryAccess
 from lockstep.cli.project_options import Duration
 
 if TYPE_CHECKING:
@@ -62,6 +62,44 @@ def repository_options(function: F) -> F:
     for decorator in reversed(decorators):
         function = decorator(function)
     return function
+
+
+def source_repository_options(function: F) -> F:
+    """--from-repo and its password options: the source of `repo copy` and of
+    `repo init --copy-chunker-params`, named as restic names them."""
+    options = [
+        click.option(
+            "--from-repo",
+            "from_repository",
+            metavar="LOCATION",
+            help="Source repository (same forms as --repo). Default: $LOCKSTEP_FROM_REPOSITORY.",
+        ),
+        click.option(
+            "--from-password-file",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="Read the source repository's password from this file. Default: $LOCKSTEP_FROM_PASSWORD_FILE.",
+        ),
+        click.option(
+            "--from-password-command",
+            metavar="CMD",
+            help="Run CMD (no shell) for the source repository's password. Default: "
+            "$LOCKSTEP_FROM_PASSWORD_COMMAND (without either: $LOCKSTEP_FROM_PASSWORD).",
+        ),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def source_access_from(options: dict[str, Any], lock_wait_seconds: float) -> RepositoryAccess:
+    """Pop the --from-* options out of a command's kwargs: the source repository's access."""
+    return RepositoryAccess(
+        location=options.pop("from_repository"),
+        password_file=options.pop("from_password_file"),
+        password_command=options.pop("from_password_command"),
+        lock_wait_seconds=lock_wait_seconds,
+        names=SOURCE_NAMES,
+    )
 
 
 def snapshot_filter_options(function: F) -> F:
