@@ -81,7 +81,8 @@ The one-line report ends `copied to offsite`, `--json` lists each copy's new sna
 `restic copy` and `restic -r s3:... snapshots` work on the same repositories. Interrupted (even
 by `kill -9`), a copy leaves the destination consistent: snapshots are copied one at a time and
 each is saved only after its data and index are stored; packs of an unfinished one are
-removed by the next `repo prune` of the destination. Copies do not chunk files again, so data
+removed by the next `repo prune` of the destination, as is the temporary file of a pack cut
+off mid-write, once an hour old (restic leaves those). Copies do not chunk files again, so data
 backed up directly into the destination deduplicates with copied data only where both
 repositories cut the same chunks, that is share the chunker polynomial: create the destination
 with the source's (restic's `init --copy-chunker-params`, with the `--from-*` options of `repo copy`):

@@ -345,3 +345,48 @@ def test_init_from_repo_needs_copy_chunker_params_and_a_source(source: dict[str,
     assert wrong.returncode != 0
     assert "source" in wrong.err
     assert not location.exists()
+
+
+def test_prune_removes_the_temporary_pack_file_a_killed_copy_left(
+    source: dict[str, str], destination: dict[str, str], tmp_path: Path
+) -> None:
+    """kill -9 between writing a pack's temporary file and renaming it leaves the file in data/,
+    which no list shows and restic never removes. Prune (under its exclusive lock, so no writer
+    runs) removes such files once they are an hour old; fresh ones, and any in locks/ (where a
+    process writes its lock before it knows it may), stay."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "part.bin").write_bytes(os.urandom(6 * 1024 * 1024))
+    backup(source, data)
+    location = Path(destination["LOCKSTEP_REPOSITORY"])
+    killed = run_lockstep(
+        ["repo", "copy", "--from-repo", source["LOCKSTEP_REPOSITORY"]],
+        env={
+            **destination,
+            "LOCKSTEP_FROM_PASSWORD": SOURCE_PASSWORD,
+            "LOCKSTEP_TEST_KILL_AT": "local-write-before-rename:data",
+        },
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.err
+    (left,) = [path for path in (location / "data").rglob("*.tmp")]
+    restic_in(destination, ["unlock"])
+    old = time.time() - 2 * 3600
+    restic_left = left.parent / f"{'ab' * 32}-tmp-123456"  # what a killed restic leaves
+    restic_left.write_bytes(b"partial")
+    in_locks = location / "locks" / ".0123456789abcdef-x.tmp"
+    in_locks.write_bytes(b"partial")
+    fresh = location / "index" / ".fedcba9876543210-y.tmp"
+    fresh.write_bytes(b"partial")
+    for path in (restic_left, in_locks):
+        os.utime(path, (old, old))
+
+    young = json.loads(lockstep_in(destination, ["repo", "prune", "--json"]).out)
+    assert young["temporary_files_removed"] == 1 and left.exists() and not restic_left.exists()
+    os.utime(left, (old, old))
+    aged = json.loads(lockstep_in(destination, ["repo", "prune", "--json"]).out)
+    assert aged["temporary_files_removed"] == 1 and not left.exists()
+    assert in_locks.exists() and fresh.exists()
+    in_locks.unlink()
+    fresh.unlink()
+    copy(destination, source)
+    assert "no errors were found" in restic_in(destination, ["check", "--read-data"]).out

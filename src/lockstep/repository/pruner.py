@@ -44,6 +44,9 @@ TREE_BATCH = 256  # trees loaded concurrently while walking; bounds the trees he
 PARALLEL_FILES = 8  # concurrent deletes and index loads (object storage is latency-bound)
 SMALL_PACK_DIVISOR = 25  # restic repacks packs under 1/25 of the pack size, ten or more at a time
 MIN_SMALL_PACKS = 10
+# Temporary files older than this are of writes that never finished: a pack is written in
+# seconds, and a live writer's lock is refreshed every 5 minutes (stale after 30).
+STALE_TEMPORARY_SECONDS = 3600
 
 BlobHandle = tuple[BlobType, bytes]
 ProgressCallback = Callable[[str], None]
@@ -226,6 +229,7 @@ class PruneReport:
     bytes_before: int  # all pack bytes before
     bytes_freed: int  # measured after a real run; planned for a dry run
     bytes_remaining: int
+    temporary_files_removed: int = 0  # left by writes cut off by kill -9 (see execute_prune)
 
 
 # --- finding what is used -------------------------------------------------------------------
@@ -525,6 +529,12 @@ def execute_prune(repository: Repository, plan: PrunePlan, progress: ProgressCal
             bytes_remaining=bytes_before - plan.stats.prune_bytes,
         )
 
+    # The exclusive lock means no backup or copy is writing; the age is a margin for a writer
+    # whose lock was removed as stale while it still ran.
+    temporary_files_removed = repository.backend.remove_stale_temporary_files(STALE_TEMPORARY_SECONDS)
+    if temporary_files_removed:
+        say(f"deleted {temporary_files_removed} temporary files of writes that never finished")
+
     if plan.unreferenced_packs:
         say(f"deleting {len(plan.unreferenced_packs)} unreferenced packs")
         _remove_files(repository, FileType.PACK, [pack_id.hex() for pack_id in plan.unreferenced_packs])
@@ -562,6 +572,7 @@ def execute_prune(repository: Repository, plan: PrunePlan, progress: ProgressCal
         bytes_before=bytes_before,
         bytes_freed=bytes_before - bytes_remaining,
         bytes_remaining=bytes_remaining,
+        temporary_files_removed=temporary_files_removed,
     )
 
 

@@ -87,6 +87,12 @@ class Backend(Protocol):
         """Delete a file; deleting a missing file is not an error."""
         ...
 
+    def remove_stale_temporary_files(self, older_than_seconds: float) -> int:
+        """Delete the temporary files of writes that never finished (a process killed while it
+        wrote a pack, index or snapshot), if older than `older_than_seconds`; how many went.
+        Only under an exclusive lock: then no writer that honours locks can be running."""
+        ...
+
     def save_document(self, path: str, data: bytes) -> None:
         """Write lockstep/PATH atomically, replacing what is there."""
         ...

@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from lockstep.errors import RepositoryExists, StorageError
+from lockstep.fault_injection import kill_point
 from lockstep.storage.base import (
     DOCUMENTS_DIRECTORY,
     FileMissing,
@@ -39,6 +42,14 @@ def _make_private_directories(directory: Path) -> None:
         current = current.parent
     for path in reversed(missing):
         path.mkdir(mode=0o700, exist_ok=True)
+
+
+_RESTIC_TEMPORARY = re.compile(r"[0-9a-f]{64}-tmp-[0-9]+")
+
+
+def is_temporary_name(name: str) -> bool:
+    """A file name of an unfinished write: lockstep's `.NAME-XXXXXXXX.tmp` or restic's `ID-tmp-DIGITS`."""
+    return (name.startswith(".") and name.endswith(".tmp")) or _RESTIC_TEMPORARY.fullmatch(name) is not None
 
 
 class LocalBackend:
@@ -88,6 +99,8 @@ class LocalBackend:
                 os.fsync(descriptor)
             finally:
                 os.close(descriptor)
+            # The window a kill -9 leaves a temporary file in (remove_stale_temporary_files).
+            kill_point(f"local-write-before-rename:{path.relative_to(self.root).parts[0]}")
             os.chmod(temporary_name, 0o400)
             if replace:
                 os.replace(temporary_name, path)
@@ -168,6 +181,38 @@ class LocalBackend:
             return
         except OSError as error:
             raise _describe_os_error(error, path) from error
+
+    def remove_stale_temporary_files(self, older_than_seconds: float) -> int:
+        """Temporary files of writes cut off by kill -9 or a crash: lockstep's (`.NAME-*.tmp`,
+        see _write) and restic's (`ID-tmp-DIGITS`), in the directories of packs, indexes and
+        snapshots. Not in locks/ (a process writes its lock file before it knows whether the
+        repository is locked), keys/ or lockstep/ (written without a repository lock)."""
+        limit = time.time() - older_than_seconds
+        directories = [self.root / FileType.INDEX.value, self.root / FileType.SNAPSHOT.value]
+        data = self.root / FileType.PACK.value
+        with contextlib.suppress(FileNotFoundError):
+            directories += sorted(entry for entry in data.iterdir() if entry.is_dir())
+        removed = 0
+        for directory in directories:
+            try:
+                entries = list(os.scandir(directory))
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                raise _describe_os_error(error, directory) from error
+            for entry in entries:
+                if not is_temporary_name(entry.name) or not entry.is_file(follow_symlinks=False):
+                    continue
+                try:
+                    if entry.stat(follow_symlinks=False).st_mtime >= limit:
+                        continue
+                    os.unlink(entry.path)
+                except FileNotFoundError:
+                    continue
+                except OSError as error:
+                    raise _describe_os_error(error, Path(entry.path)) from error
+                removed += 1
+        return removed
 
     def _document_path(self, path: str) -> Path:
         return self.root / DOCUMENTS_DIRECTORY / check_document_path(path)

@@ -704,6 +704,10 @@ class S3Backend:
         relative = f"{DOCUMENTS_DIRECTORY}/{check_document_path(path)}"
         return f"{self.prefix}/{relative}" if self.prefix else relative
 
+    def remove_stale_temporary_files(self, older_than_seconds: float) -> int:
+        """None to remove: a PUT is atomic and leaves no object behind when it is cut off."""
+        return 0
+
     def save_document(self, path: str, data: bytes) -> None:
         self._put(self._document_key(path), data)
 

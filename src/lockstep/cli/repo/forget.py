@@ -337,6 +337,8 @@ def print_prune_report(report: PruneReport) -> None:
         f"deleted {report.packs_deleted} packs, repacked {report.packs_repacked} into {report.packs_written} new; "
         f"freed {human_bytes(report.bytes_freed)}, {human_bytes(report.bytes_remaining)} remain"
     )
+    if report.temporary_files_removed:
+        console.print(f"deleted {report.temporary_files_removed} temporary files left by interrupted writes")
 
 
 COMMANDS = [forget_command, prune_command]
