@@ -8,6 +8,9 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
+from lockstep.repository import copier as copier_module
 from lockstep.repository.archiver import Archiver
 from lockstep.repository.blobs import BlobLocation, BlobType
 from lockstep.repository.copier import CopiedSnapshot, Copier, find_copy, index_by_original, similar_snapshots
@@ -99,6 +102,40 @@ def test_a_copy_reads_the_data_blobs_of_a_pack_with_one_request(tmp_path: Path) 
     assert copied.blobs_added == len(data_blobs) + 1
     restored = b"".join(destination.load_blob(BlobType.DATA, blob_id) for blob_id in _content(destination, copied))
     assert restored == data
+    source.close()
+    destination.close()
+
+
+def test_a_copy_of_many_files_plans_its_reads_in_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs are planned every BLOBS_PER_PLAN missing blobs during the walk, not once at its end."""
+    monkeypatch.setattr(copier_module, "BLOBS_PER_PLAN", 3)
+    monkeypatch.setattr(copier_module, "TREE_BATCH", 2)
+    tree = tmp_path / "tree"
+    contents: dict[str, bytes] = {}
+    for number in range(12):
+        directory = tree / f"d{number % 4}" / f"e{number % 3}"
+        directory.mkdir(parents=True, exist_ok=True)
+        contents[f"d{number % 4}/e{number % 3}/f{number}"] = random.Random(number).randbytes(20_000 + number)
+        (directory / f"f{number}").write_bytes(contents[f"d{number % 4}/e{number % 3}/f{number}"])
+    source = Repository.init(LocalBackend(tmp_path / "source"), TEST_PASSWORD)
+    summary = Archiver(source).backup_paths([str(tree)])
+    destination = Repository.init(LocalBackend(tmp_path / "destination"), TEST_PASSWORD)
+    source.load_index()
+
+    copied = Copier(source, destination).copy_snapshot(source.load_snapshot(summary.snapshot_id))
+
+    assert copied.blobs_added == len(list(source.index.blobs(BlobType.DATA))) + len(
+        list(source.index.blobs(BlobType.TREE))
+    )
+    found = {
+        path.decode()[len(str(tree)) + 1 :]: node
+        for path, node in destination.walk(destination.load_snapshot(copied.destination_id).tree)
+        if node.type == "file"
+    }
+    assert {
+        name: b"".join(destination.load_blob(BlobType.DATA, blob) for blob in found[name].content or ())
+        for name in found
+    } == contents
     source.close()
     destination.close()
 

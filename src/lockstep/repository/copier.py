@@ -34,6 +34,11 @@ ProgressCallback = Callable[[int], None]
 # Reads (a tree, or a run of data blobs of at most pack_runs.MAX_RUN_BYTES) re-sealed at once:
 # enough for reads from object storage to overlap, few enough to bound the memory in flight.
 READS_IN_FLIGHT = 4
+# Trees read at once while walking (each is small), and the batch the walk reads together.
+TREE_READERS = 8
+TREE_BATCH = 256
+# Missing data blobs gathered before their runs are planned: a few MiB of IDs and locations.
+BLOBS_PER_PLAN = 20_000
 
 
 def similar_snapshots(a: Snapshot, b: Snapshot) -> bool:
@@ -142,7 +147,8 @@ class Copier:
 
     def _copy_tree(self, root: bytes) -> None:
         """Trees as they are walked (they must be read to be walked), then the data blobs the
-        destination lacks, run by run."""
+        destination lacks, run by run: planned every BLOBS_PER_PLAN blobs, which bounds the list
+        held and lets copying start while a large snapshot is still being walked."""
         missing_data: list[bytes] = []
         with ThreadPoolExecutor(max_workers=READS_IN_FLIGHT, thread_name_prefix="lockstep-copy") as pool:
             in_flight: deque[Future[None]] = deque()
@@ -152,10 +158,16 @@ class Copier:
                 if len(in_flight) >= READS_IN_FLIGHT:
                     in_flight.popleft().result()
 
+            def copy_data() -> None:
+                for run in plan_runs(self._locate(missing_data)):
+                    submit(partial(self._store_run, run))
+                missing_data.clear()
+
             for tree_id, raw in self._missing_trees(root, missing_data):
                 submit(partial(self._store, BlobType.TREE, tree_id, raw))
-            for run in plan_runs(self._locate(missing_data)):
-                submit(partial(self._store_run, run))
+                if len(missing_data) >= BLOBS_PER_PLAN:
+                    copy_data()
+            copy_data()
             while in_flight:
                 in_flight.popleft().result()
 
@@ -178,26 +190,34 @@ class Copier:
 
     def _missing_trees(self, root: bytes, missing_data: list[bytes]) -> Iterator[tuple[bytes, bytes]]:
         """Every tree under `root` (not walked before in this run) that the destination lacks,
-        with its plaintext; the data blobs the destination lacks go to `missing_data`, each once."""
+        with its plaintext; the data blobs the destination lacks go to `missing_data`, each once.
+        Trees are read TREE_BATCH at a time on threads (as prune's walk): on object storage a
+        walk one tree after another waits out one round trip per directory."""
         pending = [root]
         queued: set[bytes] = set()
-        while pending:
-            tree_id = pending.pop()
-            if tree_id in self._visited_trees:
-                continue
-            self._visited_trees.add(tree_id)
-            raw = self.source.load_blob(BlobType.TREE, tree_id)
-            try:
-                tree = Tree.decode(raw)
-            except ValueError as error:
-                raise IntegrityError(f"tree {tree_id.hex()[:8]} cannot be decoded: {error}") from error
-            if not self.destination.is_known(BlobType.TREE, tree_id):
-                # The bytes as stored, not a re-encoding: the ID is their hash.
-                yield tree_id, raw
-            for node in tree.nodes:
-                for blob_id in node.content or ():
-                    if blob_id not in queued and not self.destination.is_known(BlobType.DATA, blob_id):
-                        queued.add(blob_id)
-                        missing_data.append(blob_id)
-                if node.type == "dir" and node.subtree:
-                    pending.append(node.subtree)
+        with ThreadPoolExecutor(max_workers=TREE_READERS, thread_name_prefix="lockstep-copy-walk") as pool:
+            while pending:
+                batch: list[bytes] = []
+                while pending and len(batch) < TREE_BATCH:
+                    tree_id = pending.pop()
+                    if tree_id not in self._visited_trees:
+                        self._visited_trees.add(tree_id)
+                        batch.append(tree_id)
+                for tree_id, raw in zip(batch, pool.map(self._load_tree_bytes, batch), strict=True):
+                    try:
+                        tree = Tree.decode(raw)
+                    except ValueError as error:
+                        raise IntegrityError(f"tree {tree_id.hex()[:8]} cannot be decoded: {error}") from error
+                    for node in tree.nodes:
+                        for blob_id in node.content or ():
+                            if blob_id not in queued and not self.destination.is_known(BlobType.DATA, blob_id):
+                                queued.add(blob_id)
+                                missing_data.append(blob_id)
+                        if node.type == "dir" and node.subtree and node.subtree not in self._visited_trees:
+                            pending.append(node.subtree)
+                    if not self.destination.is_known(BlobType.TREE, tree_id):
+                        # The bytes as stored, not a re-encoding: the ID is their hash.
+                        yield tree_id, raw
+
+    def _load_tree_bytes(self, tree_id: bytes) -> bytes:
+        return self.source.load_blob(BlobType.TREE, tree_id)
