@@ -64,17 +64,27 @@ def plan_runs(
     return runs
 
 
+def load_run(repository: Repository, run: PackRun) -> memoryview:
+    """The bytes of `run`'s pack from its start to its end, with one ranged read.
+    Raises FileMissing: the caller knows what a missing pack means at that point."""
+    start = run.start
+    return memoryview(repository.backend.load(FileType.PACK, run.pack_id.hex(), start, run.end - start))
+
+
+def sealed_blob(run: PackRun, data: memoryview, location: BlobLocation) -> memoryview:
+    """One blob's sealed bytes out of what load_run read; IntegrityError when the pack ended early."""
+    offset = location.offset - run.start
+    sealed = data[offset : offset + location.length]
+    if len(sealed) != location.length:
+        raise IntegrityError(f"pack {run.pack_id.hex()[:8]} is shorter than the index says: it is truncated")
+    return sealed
+
+
 def read_run(repository: Repository, run: PackRun) -> Iterator[tuple[BlobType, bytes, bytes]]:
     """Each blob of `run` as (type, ID, verified plaintext), from one ranged read of its pack."""
-    start = run.start
-    name = run.pack_id.hex()
     try:
-        data = repository.backend.load(FileType.PACK, name, start, run.end - start)
+        data = load_run(repository, run)
     except FileMissing as error:
-        raise IntegrityError(f"pack {name[:8]} is missing", "run `lockstep repo check`") from error
-    view = memoryview(data)
+        raise IntegrityError(f"pack {run.pack_id.hex()[:8]} is missing", "run `lockstep repo check`") from error
     for blob_type, blob_id, location in run.blobs:
-        sealed = view[location.offset - start : location.offset - start + location.length]
-        if len(sealed) != location.length:
-            raise IntegrityError(f"pack {name[:8]} is shorter than the index says: it is truncated")
-        yield blob_type, blob_id, repository.decode_blob(blob_type, blob_id, location, sealed)
+        yield blob_type, blob_id, repository.decode_blob(blob_type, blob_id, location, sealed_blob(run, data, location))

@@ -36,6 +36,7 @@ from lockstep.repository.blobs import BlobLocation, BlobType, PackedBlob
 from lockstep.repository.crypto import OVERHEAD
 from lockstep.repository.index import Index, parse_index_document
 from lockstep.repository.pack import HEADER_LENGTH_SIZE, header_entry_size
+from lockstep.repository.pack_runs import PackRun, load_run, sealed_blob
 from lockstep.repository.repository import Repository
 from lockstep.storage.base import FileMissing, FileType
 
@@ -609,23 +610,23 @@ def _copy_needed_blobs(repository: Repository, plan: PrunePlan, pack_id: bytes, 
     )
     if not blobs:
         return
-    start = blobs[0].offset
-    end = max(blob.offset + blob.length for blob in blobs)
+    run = PackRun(
+        pack_id,
+        [
+            (blob.blob_type, blob.blob_id, BlobLocation(pack_id, blob.offset, blob.length, blob.uncompressed_length))
+            for blob in blobs
+        ],
+    )
     try:
-        data = repository.backend.load(FileType.PACK, pack_id.hex(), start, end - start)
+        data = load_run(repository, run)
     except FileMissing as error:
         raise IntegrityError(f"pack {pack_id.hex()[:8]} disappeared during prune; nothing was deleted") from error
-    view = memoryview(data)
-    for blob in blobs:
+    for blob, (_, _, location) in zip(blobs, run.blobs, strict=True):
         handle = (blob.blob_type, blob.blob_id)
         if handle not in wanted:
             continue  # copied already from another pack holding the same blob
-        location = BlobLocation(pack_id, blob.offset, blob.length, blob.uncompressed_length)
-        sealed = view[blob.offset - start : blob.offset - start + blob.length]
         try:
-            if len(sealed) != blob.length:
-                raise IntegrityError(f"pack {pack_id.hex()[:8]} is shorter than the index says")
-            plaintext = repository.decode_blob(blob.blob_type, blob.blob_id, location, sealed)
+            plaintext = repository.decode_blob(blob.blob_type, blob.blob_id, location, sealed_blob(run, data, location))
         except IntegrityError:
             plaintext = _load_other_copy(repository, plan, pack_id, blob)
         prepared = repository.prepare_blob(blob.blob_type, plaintext, blob.blob_id)
