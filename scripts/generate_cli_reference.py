@@ -75,6 +75,9 @@ the repository keeps. A copy that is missing, does not open with its password or
 reached fails the backup (exit code 10, 11 or 14, the one line naming the copy, never its
 password; healthchecks get /fail) after the new snapshot is written and verified in the
 repository, where it stays; copies listed after the failed one are tried at the next backup.
+A copy locked by another process (a `repo prune` there) only puts that copy off: the backup
+warns `copy offsite skipped, the next backup catches it up: ...` (in `--json`'s `warnings`),
+exits 0 and pings success, as retention does on a locked repository.
 The one-line report ends `copied to offsite`, `--json` lists each copy's new snapshots, and
 `lockstep doctor` checks that each copy opens with its password.
 

@@ -204,3 +204,35 @@ def test_doctor_checks_each_copy(tmp_path: Path) -> None:
     (offsite,) = [line for line in lines if line.startswith("FAIL  repository copy offsite: ")]
     assert unreachable in offsite
     assert OFFSITE_PASSWORD not in result.out and USB_PASSWORD not in result.out
+
+
+def test_a_copy_locked_by_another_process_is_put_off_to_the_next_backup(tmp_path: Path, pings: Pings) -> None:  # noqa: F811
+    """An exclusive lock on the copy (a prune there) does not fail the backup: a warning names the
+    copy and the lock, the success ping goes out, and the next backup sends what it missed."""
+    from lockstep.repository.locks import locked
+    from lockstep.repository.repository import Repository
+    from lockstep.storage.local import LocalBackend
+
+    project = Project(tmp_path)
+    assert project.init(str(project.usb), USB_PASSWORD).returncode == 0
+    project.write_config(project.usb_copy(), extra=f'\n[backup]\nhealthchecks_url = "{pings.url}"\n')
+    copy = Repository.open(LocalBackend(project.usb), USB_PASSWORD)
+    try:
+        with locked(copy, exclusive=True):
+            held = project.lockstep("backup", "--json")
+    finally:
+        copy.close()
+    assert held.returncode == 0, held.err
+    document = json.loads(held.out)
+    assert document["copies"] == []
+    (warning,) = [line for line in document["warnings"] if line.startswith("copy usb skipped")]
+    assert "the next backup catches it up" in warning and "exclusive lock" in warning, warning
+    assert "copy usb skipped" in held.err
+    assert pings.paths() == ["/start", "/"]
+    assert "copied to" not in pings.received[-1][1]
+    assert project.restic_snapshots(str(project.usb), USB_PASSWORD) == []
+
+    project.add_order("two")
+    caught_up = project.backup()
+    assert len(caught_up["copies"][0]["copied"]) == 2 and not caught_up["warnings"]
+    assert len(project.restic_snapshots(str(project.usb), USB_PASSWORD)) == 2

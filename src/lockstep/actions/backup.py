@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from lockstep.actions.repo.copy import DestinationLocked
 from lockstep.actions.repo.session import RepositoryAccess
 from lockstep.actions.repository_copies import CopyOutcome, copy_access, copy_error, copy_to
 from lockstep.actions.snapshot_create import ProjectContext, chosen_environment, load_project
@@ -313,13 +314,20 @@ def _copy_everywhere(
     """Each [repository.copies] entry in turn: the snapshots it lacks, then [retention] as on the
     repository (borgmatic prunes every repository it backs up to). The first copy that fails
     stops the backup; the ones after it are tried again at the next backup, which also sends
-    what this one could not."""
+    what this one could not. A copy locked by another process (a prune there) is only put off,
+    with a warning, as retention is on a locked repository: the next backup catches it up."""
     config = project.config
     outcomes: list[CopyOutcome] = []
     for name, copy_config in config.repository.copies.items():
         access = copy_access(name, copy_config, project.directory, project.access.lock_wait_seconds)
         with reported_step(reporter, f"copy {name}", copy_config.url) as step:
-            outcome = copy_to(name, access, project.access)
+            try:
+                outcome = copy_to(name, access, project.access)
+            except DestinationLocked as error:
+                reason = error.__cause__.message if isinstance(error.__cause__, LockstepError) else error.message
+                warn(f"copy {name} skipped, the next backup catches it up: {reason}")
+                step.detail = "skipped: locked by another process"
+                continue
             step.detail = (
                 f"{len(outcome.report.copied)} snapshots copied, {len(outcome.report.skipped)} already there, "
                 f"{human_size(outcome.report.bytes_added)} added"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from lockstep.actions.repo.session import RepositoryAccess
-from lockstep.errors import NotFound
+from lockstep.errors import NotFound, RepositoryLocked
 from lockstep.repository.copier import Copier, CopyReport, SkippedSnapshot, find_copy, index_by_original
 from lockstep.repository.locks import locked
 from lockstep.repository.repository import Repository
@@ -15,6 +16,12 @@ from lockstep.repository.snapshot import Snapshot
 
 ProgressCallback = Callable[[int], None]
 StepCallback = Callable[[str], None]
+
+
+class DestinationLocked(RepositoryLocked):
+    """The destination is locked by another process (a prune there): the same exit code as any
+    lock, but told apart from a locked source, since `lockstep backup` only puts off a copy
+    whose destination is busy (the next backup sends what it lacks)."""
 
 
 @dataclass(frozen=True)
@@ -41,10 +48,12 @@ def copy_snapshots(
     say = step or (lambda _: None)
     source = source_access.open(load_index=False)
     try:
-        with (
-            locked(source, exclusive=False, wait_seconds=source_access.lock_wait_seconds),
-            destination_access.session(exclusive=False, load_index=False) as destination,
-        ):
+        with ExitStack() as held:
+            held.enter_context(locked(source, exclusive=False, wait_seconds=source_access.lock_wait_seconds))
+            try:
+                destination = held.enter_context(destination_access.session(exclusive=False, load_index=False))
+            except RepositoryLocked as error:
+                raise DestinationLocked(error.message, error.hint) from error
             return _copy(source, destination, request, progress, say)
     finally:
         source.close()
