@@ -85,7 +85,10 @@ The one-line report ends `copied to offsite`, `--json` lists each copy's new sna
 by `kill -9`), a copy leaves the destination consistent: snapshots are copied one at a time and
 each is saved only after its data and index are stored; packs of an unfinished one are
 removed by the next `repo prune` of the destination, as is the temporary file of a pack cut
-off mid-write, once an hour old (restic leaves those). Copies do not chunk files again, so data
+off mid-write, once an hour old (restic leaves those). On S3 the like is an unfinished multipart
+upload, billed until aborted: `repo prune` aborts those under the repository's prefix initiated
+more than an hour ago and counts them in `--json`'s `temporary_files_removed` (a server without
+the API, or a policy that denies listing them, leaves them to a lifecycle rule). Copies do not chunk files again, so data
 backed up directly into the destination deduplicates with copied data only where both
 repositories cut the same chunks, that is share the chunker polynomial: create the destination
 with the source's (restic's `init --copy-chunker-params`, with the `--from-*` options of `repo copy`):

@@ -598,6 +598,42 @@ def test_create_uses_an_existing_bucket(s3_endpoint: str) -> None:
     backend.close()
 
 
+def start_upload(client: Any, bucket: str, key: str) -> tuple[str, float]:
+    """A multipart upload with one part, left unfinished as a kill leaves it: (its ID, when the
+    server says it was initiated)."""
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"p" * 1024)
+    (listed,) = [
+        item for item in client.list_multipart_uploads(Bucket=bucket)["Uploads"] if item["UploadId"] == upload_id
+    ]
+    return upload_id, float(listed["Initiated"].timestamp())
+
+
+def open_uploads(client: Any, bucket: str) -> set[str]:
+    return {item["UploadId"] for item in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])}
+
+
+def test_prune_aborts_multipart_uploads_a_kill_left_once_an_hour_old(s3_endpoint: str) -> None:
+    """Unfinished multipart uploads under the prefix are aborted once initiated an hour before;
+    a younger one (a writer that may still run) and those of the repository beside it stay."""
+    bucket = unique_bucket()
+    backend = S3Backend.from_location(f"s3:{s3_endpoint}/{bucket}/repo")
+    backend.create()
+    client = raw_client(s3_endpoint)
+    ours, initiated = start_upload(client, bucket, f"repo/data/ab/{new_id()}")
+    beside, _ = start_upload(client, bucket, f"repo2/data/ab/{new_id()}")
+    # The server sets the initiation time, so the clock moves instead of the upload aging.
+    assert backend.abort_stale_multipart_uploads(3600, now=initiated + 60) == 0
+    assert open_uploads(client, bucket) == {ours, beside}
+    assert backend.abort_stale_multipart_uploads(3600, now=initiated + 3601) == 1
+    assert open_uploads(client, bucket) == {beside}
+    # What prune calls: with no age limit, any upload under the prefix goes.
+    start_upload(client, bucket, f"repo/index/{new_id()}")
+    assert backend.remove_stale_temporary_files(0) == 1
+    assert open_uploads(client, bucket) == {beside}
+    backend.close()
+
+
 def test_a_missing_bucket_looks_empty(s3_endpoint: str) -> None:
     backend = S3Backend.from_location(f"s3:{s3_endpoint}/{unique_bucket()}/prefix")
     name = new_id()

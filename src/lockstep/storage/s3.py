@@ -705,8 +705,46 @@ class S3Backend:
         return f"{self.prefix}/{relative}" if self.prefix else relative
 
     def remove_stale_temporary_files(self, older_than_seconds: float) -> int:
-        """None to remove: a PUT is atomic and leaves no object behind when it is cut off."""
-        return 0
+        """A PUT is atomic and leaves no object behind when it is cut off, but a multipart upload
+        (restic's client sends large packs in parts) cut off by a kill stays, its parts billed,
+        until aborted or a lifecycle rule expires it: abort those (see abort_stale_multipart_uploads)."""
+        return self.abort_stale_multipart_uploads(older_than_seconds)
+
+    def abort_stale_multipart_uploads(self, older_than_seconds: float, now: float | None = None) -> int:
+        """Abort the unfinished multipart uploads under the prefix initiated more than
+        `older_than_seconds` before `now` (the current time; a parameter only so that tests can
+        age an upload, the server setting its initiation time); how many were aborted. A server
+        without the API (NotImplemented) or a policy that denies listing them (AccessDenied:
+        prune needs no such permission otherwise) leaves them, and prune goes on."""
+        limit = (time.time() if now is None else now) - older_than_seconds
+        listing: dict[str, str] = {"Bucket": self.bucket}
+        if self.prefix:
+            listing["Prefix"] = f"{self.prefix}/"  # not the repository at PREFIX2 beside it
+        stale: list[tuple[str, str]] = []
+        try:
+            for page in self._client.get_paginator("list_multipart_uploads").paginate(**listing):  # type: ignore[arg-type]
+                for upload in page.get("Uploads", []):
+                    initiated = upload.get("Initiated")
+                    if "Key" in upload and "UploadId" in upload and initiated and initiated.timestamp() <= limit:
+                        stale.append((upload["Key"], upload["UploadId"]))
+        except ClientError as error:
+            if _error_code(error) in ("NoSuchBucket", "NotImplemented", "AccessDenied"):
+                return 0
+            raise self._storage_error(error, "list the multipart uploads in", None) from error
+        except BotoCoreError as error:
+            raise self._storage_error(error, "list the multipart uploads in", None) from error
+        aborted = 0
+        for key, upload_id in stale:
+            try:
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except ClientError as error:
+                if _error_code(error) == "NoSuchUpload":
+                    continue  # finished or aborted meanwhile
+                raise self._storage_error(error, "abort the multipart upload of", key) from error
+            except BotoCoreError as error:
+                raise self._storage_error(error, "abort the multipart upload of", key) from error
+            aborted += 1
+        return aborted
 
     def save_document(self, path: str, data: bytes) -> None:
         self._put(self._document_key(path), data)
