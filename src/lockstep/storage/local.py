@@ -8,7 +8,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from lockstep.errors import RepositoryExists, StorageError
@@ -152,26 +152,23 @@ class LocalBackend:
     def list(self, file_type: FileType) -> Iterator[tuple[str, int]]:
         if file_type is FileType.CONFIG:
             return
-        base = self.root / file_type.value
-        directories = [base]
-        if file_type is FileType.PACK:
-            try:
-                directories = sorted(entry for entry in base.iterdir() if entry.is_dir())
-            except FileNotFoundError:
-                return
-        for directory in directories:
-            try:
-                entries = list(os.scandir(directory))
-            except FileNotFoundError:
-                continue
-            except OSError as error:
-                raise _describe_os_error(error, directory) from error
-            for entry in entries:
+        for directory in self._directories(file_type):
+            for entry in _entries(directory):
                 if is_storage_id(entry.name) and entry.is_file(follow_symlinks=False):
                     try:
                         yield entry.name, entry.stat(follow_symlinks=False).st_size
                     except FileNotFoundError:
                         continue
+
+    def _directories(self, file_type: FileType) -> Sequence[Path]:
+        """Where files of `file_type` live: its directory, or for packs the 256 below data/."""
+        base = self.root / file_type.value
+        if file_type is not FileType.PACK:
+            return [base]
+        try:
+            return sorted(entry for entry in base.iterdir() if entry.is_dir())
+        except FileNotFoundError:
+            return []
 
     def remove(self, file_type: FileType, name: str) -> None:
         path = self._path(file_type, name)
@@ -188,19 +185,14 @@ class LocalBackend:
         snapshots. Not in locks/ (a process writes its lock file before it knows whether the
         repository is locked), keys/ or lockstep/ (written without a repository lock)."""
         limit = time.time() - older_than_seconds
-        directories = [self.root / FileType.INDEX.value, self.root / FileType.SNAPSHOT.value]
-        data = self.root / FileType.PACK.value
-        with contextlib.suppress(FileNotFoundError):
-            directories += sorted(entry for entry in data.iterdir() if entry.is_dir())
+        directories = [
+            *self._directories(FileType.INDEX),
+            *self._directories(FileType.SNAPSHOT),
+            *self._directories(FileType.PACK),
+        ]
         removed = 0
         for directory in directories:
-            try:
-                entries = list(os.scandir(directory))
-            except FileNotFoundError:
-                continue
-            except OSError as error:
-                raise _describe_os_error(error, directory) from error
-            for entry in entries:
+            for entry in _entries(directory):
                 if not is_temporary_name(entry.name) or not entry.is_file(follow_symlinks=False):
                     continue
                 try:
@@ -255,3 +247,13 @@ class LocalBackend:
 
     def close(self) -> None:
         return None
+
+
+def _entries(directory: Path) -> list[os.DirEntry[str]]:
+    """The entries of `directory`; none when it does not exist (yet, or any more)."""
+    try:
+        return list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+    except OSError as error:
+        raise _describe_os_error(error, directory) from error
