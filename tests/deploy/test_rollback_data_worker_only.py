@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -17,7 +18,9 @@ from typing import Any
 
 import pytest
 
+from lockstep.agent.client import AGENT_WAIT_VARIABLE
 from lockstep.exit_codes import ExitCode
+from lockstep.fault_injection import KILL_AT_VARIABLE
 from lockstep.layout import EnvironmentLayout
 from tests.deploy.conftest import NotesProject, _stop_everything, free_ports, make_project
 
@@ -265,3 +268,44 @@ def test_a_data_rollback_of_workers_only_whose_restore_fails_leaves_the_newer_re
     assert (record["outcome"], record["failed_step"]) == ("failed", "restore data"), record
     undone = [step["step"] for step in record["steps"] if step["outcome"] == "undone"]
     assert undone == ["undo restore data", "undo stop workers"], json.dumps(record["steps"], indent=1)
+
+
+def test_a_data_rollback_of_workers_only_failing_after_its_switch_keeps_the_older_release_and_its_data(
+    project: NotesProject,
+) -> None:
+    """The agent dies (kill -9) as the rollback starts to retire the newer slot, after the older
+    one became the active slot: the older release's worker already writes on the restored data,
+    so putting the pre-restore data back (as the unwind did) lost those writes and left that
+    worker on the newer release's data. Past its switch the rollback keeps both and says so."""
+    assert project.lockstep("agent", "stop").returncode == 0  # the app keeps running
+    assert project.agent is not None
+    project.agent.wait(timeout=30)
+    project.env[KILL_AT_VARIABLE] = "drain green"  # the agent dies in the retire of slot green
+    project.env[AGENT_WAIT_VARIABLE] = "0"  # and the rollback does not wait for it to come back
+    project.start_agent()
+    _wait_for_jobs(project, "2.0.0")
+
+    completed = project.lockstep("rollback", "--with-data", "--yes")
+
+    assert project.agent.wait(timeout=30) == -signal.SIGKILL, completed.err
+    said = " ".join(completed.err.split())
+    assert completed.returncode == ExitCode.FAILED, said
+    assert "it serves on its restored data, but then the rollback failed" in said, said
+    assert "put back" not in said, said
+    # The restored data stays, and the older release's worker goes on writing on it.
+    notes = _notes(project)
+    assert BEFORE_ROW in notes and MIGRATION_ROW not in notes, notes
+    assert _query(project, "SELECT max(version) FROM schema_migrations") == [("002",)]
+    _wait_for_jobs(project, "1.0.0")
+    assert _jobs(project, "2.0.0") == 0
+    record = project.history()[-1]
+    assert (record["outcome"], record["data_restored"]) == ("failed", True), record
+    assert not [step for step in record["steps"] if step["step"].startswith("undo ")], record["steps"]
+
+    del project.env[KILL_AT_VARIABLE]
+    project.start_agent()
+    status = project.status()
+    assert status["active_slot"] == "blue", status
+    (worker,) = _running(status, "blue")
+    assert worker["release"] == project.history()[0]["release_id"], worker
+    assert _running(status, "green") == [], status

@@ -18,6 +18,7 @@ from typing import Any
 from lockstep.agent.state import SLOTS, AgentState, SlotRecord
 from lockstep.config import ProjectConfig
 from lockstep.errors import LockstepError, UsageError
+from lockstep.fault_injection import kill_point
 from lockstep.layout import EnvironmentLayout
 from lockstep.runtimes.local import ProcessSpec, RunningProcess, is_running, start_process, stop_process
 from lockstep.runtimes.supervisor import Supervisor
@@ -301,6 +302,8 @@ class AgentService:
                 self.state.add_event("traffic-withdrawn", slot, f"slot {slot} no longer has the traffic")
 
     def wait_drained(self, slot: str, timeout: float) -> bool:
+        # Tests: the agent dies as a deploy or rollback starts to retire `slot`, after its switch.
+        kill_point(f"drain {slot}")
         port = self._traffic_port(_check_slot(slot))
         if port is None:
             return True

@@ -13,8 +13,8 @@ the older release, release the held requests to it. An app of workers only has n
 hold: its workers are stopped, the data restored, then the older release's workers start. A
 failure before the switch puts the data back as it was just before the rollback, still under
 the hold, so the release that served before serves on its own data again; once the older
-release serves on its data, the rollback is past undoing (see Rollback._restore and Rollback._switched).
-"""
+release serves on its data (workers only: once its slot is the active one), the rollback is past
+undoing (see Rollback._restore and Rollback._switched)."""
 
 from __future__ import annotations
 
@@ -491,8 +491,9 @@ class Rollback:
         self.agent.switch(slot)
 
     def _switched(self) -> None:
-        """Traffic now goes to the older release: let the held requests go to it, at once (the old
-        slot's retirement and the workers' restart need no hold). In a rollback of several hosts,
+        """Traffic now goes to the older release (workers only: its slot is the active one): let
+        the held requests go to it, at once (the old slot's retirement and the workers' restart
+        need no hold), and from here on keep it and its restored data, whatever fails. In a rollback of several hosts,
         only once every host switched (_wait_at_retire_barrier): until then another host's failure
         must be able to put the data back, which it can only while no host serves on it."""
         if self.joined_lock is not None:
@@ -503,12 +504,20 @@ class Rollback:
         if self.traffic_hold is not None and self.traffic_hold.held:
             self.reporter.info(self.traffic_hold.release())
             self.steps.forget_undo("hold")
-            # The older release now answers on the restored data, and what it writes lands there:
-            # neither the data nor the newer release can come back without losing those writes,
-            # so the rollback is past undoing (a later failure leaves the older release serving).
-            for step in ("switch", "code", "stop workers", "hold for the primary", "restore data"):
-                self.steps.forget_undo(step)
-            self.serves_restored_data = True
+        elif not self._restores_workers_only():
+            return  # no data restored, or nothing held: the switch stays undoable
+        # The older release now answers on the restored data, and what it writes lands there (an
+        # app of workers only: its workers write from their start, the switch makes them the
+        # active release): neither the data nor the newer release can come back without losing
+        # those writes, so the rollback is past undoing (a later failure leaves the older release).
+        for step in ("switch", "code", "stop workers", "hold for the primary", "restore data"):
+            self.steps.forget_undo(step)
+        self.serves_restored_data = True
+
+    def _restores_workers_only(self) -> bool:
+        """A data rollback of an app of workers only: no traffic to hold, so its point of no return
+        is its switch (the older slot becomes the active one), not the release of a hold."""
+        return self.request.with_data and self.traffic_hold is None and traffic_component(self.config) is None
 
     def _hold(self) -> str:
         """Hold the traffic for the data restore. In a rollback of several hosts, a host that cannot
