@@ -251,3 +251,39 @@ def test_a_dry_run_of_several_hosts_refuses_where_the_rollback_would(orchestrato
     assert f"there is no snapshot of the data as it was under {first.id}" in no_snapshot.err
     assert _plan(orchestrator)["to"]["release_id"] == first.id  # the code alone goes back
     assert orchestrator.connections() == 0
+
+
+def test_a_dry_run_of_several_hosts_of_workers_only_holds_no_traffic(orchestrator: Orchestrator) -> None:
+    """The app is workers only (no component with a port): each host's rollback --with-data stops
+    its workers and holds no traffic, so the plan promised a hold that would not happen. An
+    orchestrator's lockstep.toml without components says nothing of the app: the hold stays."""
+    now = time.time()
+    first = orchestrator.deployed(FIRST_COMMIT, now - 100, snapshot_id="4" * 64)
+    orchestrator.deployed(SECOND_COMMIT, now - 50, snapshot_id=SNAPSHOT)
+    config = orchestrator.directory / "lockstep.toml"
+    config.write_text(config.read_text() + '\n[app.components.worker]\ncommand = "python3 jobs.py"\n')
+
+    with_data = orchestrator.lockstep("rollback", "--dry-run", "--with-data", "--yes")
+
+    assert with_data.returncode == 0, with_data.err + with_data.out
+    for held in ("hold:", "holds its traffic", "the holds end", "holding"):
+        assert held not in with_data.out, with_data.out
+    lines = with_data.out.splitlines()
+    assert any(
+        line.startswith(
+            f"4. stop workers: every host runs `lockstep rollback --to {first.id} --with-data --coordinated"
+        )
+        and "stops its workers (workers only: no traffic to hold)" in line
+        for line in lines
+    ), with_data.out
+    assert "once every other host stopped its workers, the primary" in with_data.out, with_data.out
+    assert "makes that slot the active one (workers only: no traffic to switch)" in with_data.out, with_data.out
+    assert any(line.startswith("7. retire: every host at its retire barrier -> go: each retires") for line in lines)
+    assert "the others keep their workers stopped while the primary puts the data back" in lines[-1], lines[-1]
+    assert len(_plan(orchestrator, "--with-data", "--yes")["steps"]) == 7
+
+    # A component with a port: the hold is back.
+    config.write_text(config.read_text() + "ports = [9101, 9102]\n")
+    web = orchestrator.lockstep("rollback", "--dry-run", "--with-data", "--yes")
+    assert web.returncode == 0, web.err + web.out
+    assert "holds its traffic" in web.out and "the holds end" in web.out, web.out

@@ -7,7 +7,9 @@ What the hosts serve, their slots and their databases belong to the hosts: askin
 rollback's preflight, over SSH, which a dry run does not do (as `deploy --dry-run`). So the
 release it goes back from is the one this history says every host serves, and with --with-data
 the plan names the snapshot the primary restores; what that discards is the primary's `snapshot
-diff`, which the rollback shows before asking. It reads the history and the environment lock's
+diff`, which the rollback shows before asking. An app of workers only (this machine's
+lockstep.toml lists components, none with a port) has no traffic to hold: each host stops its
+workers, as on one machine (pipeline/rollback_plan.py). It reads the history and the environment lock's
 holder; it takes no lock and writes nothing.
 """
 
@@ -17,6 +19,7 @@ from typing import Any
 
 from lockstep.actions.environment import EnvironmentContext
 from lockstep.config.hosts_model import HostTarget
+from lockstep.config.model import ProjectConfig
 from lockstep.pipeline.history import History
 from lockstep.pipeline.multi_host_rollback import check_fleet_request, choose_fleet_target, recorded_serving
 from lockstep.pipeline.notifications import secrets_redactor
@@ -43,7 +46,7 @@ def plan_fleet_rollback(context: EnvironmentContext, request: RollbackRequest) -
         f"{release.operation} {release.id})",
         "hosts: " + ", ".join(_describe_host(target, index == 0) for index, target in enumerate(targets)),
         *(f"{number}. {step}" for number, step in enumerate(steps, start=1)),
-        _failure_line(request, current),
+        _failure_line(request, current, workers_only(context.config)),
     ]
     lines = [redactor.redact(line) for line in lines]
     document: dict[str, Any] = {
@@ -63,6 +66,14 @@ def plan_fleet_rollback(context: EnvironmentContext, request: RollbackRequest) -
         "plan": lines,
     }
     return RollbackPlan(lines=lines, document=document)
+
+
+def workers_only(config: ProjectConfig) -> bool:
+    """Whether the app is known to be of workers only: each host's rollback then holds no traffic.
+    This machine's lockstep.toml may not describe the app at all (each host has its own): one
+    without components says nothing, and the plan keeps the hold a host with traffic takes."""
+    components = config.app.components
+    return bool(components) and not any(component.ports for component in components.values())
 
 
 def _describe_host(target: HostTarget, primary: bool) -> str:
@@ -107,7 +118,16 @@ def _steps(
         "its own checks, as `lockstep rollback --dry-run` there shows (its warm or cold slot; a code-only "
         "rollback onto a newer schema is refused unless --force)"
     )
-    if request.with_data:
+    workers = workers_only(context.config)
+    if request.with_data and workers:  # Rollback.run holds traffic only when there is some
+        steps += [
+            f"stop workers: every host runs {coordinated} at once: {own}; stops its workers (workers only: no "
+            "traffic to hold); the primary up to its restore barrier, every other host up to its switch barrier",
+            f"restore data: once every other host stopped its workers, the primary {primary} restores the shared "
+            f"databases from snapshot {snapshot} (taken before release {release_id} was replaced), after a "
+            "pre-restore snapshot to undo it; then up to its switch barrier",
+        ]
+    elif request.with_data:
         steps += [
             f"hold: every host runs {coordinated} at once: {own}; holds its traffic (new requests "
             "wait, at most its [traffic] hold_timeout, then 503) and stops its workers; the primary up to its "
@@ -118,24 +138,28 @@ def _steps(
         ]
     else:
         steps.append(f"hosts: every host runs {coordinated} at once: {own}; up to its switch barrier")
+    switch = (
+        f"each starts release {release_id}'s workers in its idle slot (health-gated) and makes that slot the "
+        "active one (workers only: no traffic to switch)"
+        if workers
+        else f"each switches to release {release_id} (its warm slot, or started and health-gated)"
+    )
     steps += [
-        f"switch: every host at its switch barrier -> go: each switches to release {release_id} (its warm slot, or "
-        "started and health-gated), up to its retire barrier",
+        f"switch: every host at its switch barrier -> go: {switch}, up to its retire barrier",
         "retire: every host at its retire barrier -> go: "
-        + ("the holds end, " if request.with_data else "")
+        + ("the holds end, " if request.with_data and not workers else "")
         + f"each retires the slot it left; from this go on every host keeps release {release_id} (a host failing "
         "then is reported, not undone)",
     ]
     return steps
 
 
-def _failure_line(request: RollbackRequest, current: str | None) -> str:
+def _failure_line(request: RollbackRequest, current: str | None, workers: bool) -> str:
     line = (
         "on failure on any host before the retire go, or a lost connection: every host switches back (exit 3), "
         f"release {current or '(none)'} keeps serving on every host"
     )
     if request.with_data:
-        line += (
-            "; the others keep holding their traffic while the primary puts the data back from its pre-restore snapshot"
-        )
+        keep = "keep their workers stopped" if workers else "keep holding their traffic"
+        line += f"; the others {keep} while the primary puts the data back from its pre-restore snapshot"
     return line
