@@ -228,6 +228,7 @@ def test_documents_show_the_environment_without_secrets(deployed: tuple[NotesPro
     document = environment.json()
     assert document["release"] == status["release"] and document["active_slot"] == status["active_slot"]
     assert document["commit"] == status["commit"]
+    assert (document["url"], document["workers_only"]) == (status["url"], False) and status["url"].startswith("http")
     slots = document["slots"]
     assert isinstance(slots, dict)
     deadline = time.monotonic() + 30
@@ -321,5 +322,52 @@ def test_a_dashboard_rollback_is_answered_after_an_agent_restart(tmp_path: Path)
         assert project.status()["release"] == second != first
         assert [record["operation"] for record in project.history()][-1] == "rollback"
         assert request(port, "GET", "/api/rollback/no-such-job", headers={"Cookie": cookie}).status == 404
+    finally:
+        _stop_everything(project)
+
+
+WORKERS_ONLY = """
+default_environment = "test"
+
+[repository]
+url = "local:.lockstep/repository"
+
+[app.components.worker]
+command = "sh worker.sh"
+
+[traffic]
+listen = "127.0.0.1:{listen}"
+
+[deploy]
+watch_seconds = 1
+
+[agent]
+dashboard_listen = "127.0.0.1:{dashboard}"
+"""
+
+
+def test_the_dashboard_offers_no_url_for_an_app_of_workers_only(tmp_path: Path) -> None:
+    """No component has a port: nothing answers at the proxy's address. `lockstep status` says so
+    (`url` null, `workers_only`); the dashboard showed http://LISTEN/ as the app's URL."""
+    listen, dashboard = free_ports(2)
+    project = make_project(tmp_path)
+    (project.directory / "lockstep.toml").write_text(WORKERS_ONLY.format(listen=listen, dashboard=dashboard))
+    (project.directory / "worker.sh").write_text("exec sleep 100000\n")
+    project.commit("workers only")
+    project.env["LOCKSTEP_DASHBOARD_TOKEN"] = TOKEN
+    project.start_agent()
+    try:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        before = request(dashboard, "GET", "/api/environment", headers=headers).json()
+        assert (before["url"], before["workers_only"]) == (None, True), before  # not deployed yet
+        deployed = project.lockstep("deploy")
+        assert deployed.returncode == 0, deployed.err
+
+        status = project.status()
+        document = request(dashboard, "GET", "/api/environment", headers=headers).json()
+        assert document["active_slot"] == status["active_slot"] == "blue", document
+        assert (document["url"], document["workers_only"]) == (status["url"], status["workers_only"]) == (None, True)
+        script = request(dashboard, "GET", "/static/app.js").body
+        assert '"workers only, no URL (no component has a port)"' in script  # what the page shows then
     finally:
         _stop_everything(project)

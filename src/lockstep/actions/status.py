@@ -13,7 +13,7 @@ from lockstep.health.checks import run_check
 from lockstep.pipeline.deploy import clean_up_abandoned
 from lockstep.pipeline.environment_lock import describe_holder, judge_staleness, read_holder
 from lockstep.pipeline.history import History, OperationRecord
-from lockstep.pipeline.release_launch import plan_components
+from lockstep.pipeline.release_launch import plan_components, runs_workers_only
 from lockstep.pipeline.steps import Reporter
 from lockstep.pipeline.unfinished_retire import finish_unfinished_retires
 from lockstep.repository.documents import DocumentStore
@@ -55,7 +55,7 @@ def environment_status(
         "url": f"http://{context.config.traffic.listen}/",
         "lock": _lock_document(context),
         # No component has a port: the proxy never gets traffic, deployed or not (cli/status.py).
-        "workers_only": not any(component.ports for component in context.config.app.components.values()),
+        "workers_only": runs_workers_only(context.config, None),
     }
     try:
         status = agent.status()
@@ -92,9 +92,7 @@ def environment_status(
         if active:
             document["release"] = slots[active]["release"]
             document["commit"] = slots[active]["version"]
-            # The release as deployed tells (the config may have lost its ports since).
-            has_port = any(process.get("port") is not None for process in slots[active]["processes"])
-            document["workers_only"] = document["workers_only"] and not has_port
+            document["workers_only"] = runs_workers_only(context.config, slots[active]["processes"])
     if document["workers_only"]:
         document["url"] = None  # nothing answers at the proxy's address: no URL to offer
     operations = history.all()

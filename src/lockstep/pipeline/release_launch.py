@@ -78,6 +78,15 @@ def traffic_component(config: ProjectConfig) -> str | None:
     return with_ports[0] if with_ports else None
 
 
+def runs_workers_only(config: ProjectConfig, active_processes: list[dict[str, Any]] | None) -> bool:
+    """Whether nothing answers at the proxy's address: no component has a port configured, and
+    none with a port runs in the active slot (the release as deployed tells: the config may have
+    lost its ports since). Then `lockstep status` and the dashboard offer no URL."""
+    if any(component.ports for component in config.app.components.values()):
+        return False
+    return not any(process.get("port") is not None for process in active_processes or [])
+
+
 def app_environment(config: ProjectConfig, release: Path, shared: Path) -> dict[str, str]:
     """app.env with {release} and {shared} filled in (for build, migrations and hooks)."""
     return {name: substitute(value, release, shared) for name, value in config.app.env.items()}

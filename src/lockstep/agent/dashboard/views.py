@@ -15,6 +15,7 @@ from lockstep.errors import LockstepError, UsageError
 from lockstep.pipeline.data_rollback import describe_discarded, summarize_discarded
 from lockstep.pipeline.deploy import migration_version
 from lockstep.pipeline.history import OperationRecord
+from lockstep.pipeline.release_launch import runs_workers_only
 from lockstep.pipeline.rollback import RollbackRequest, choose_target
 from lockstep.pipeline.verification_records import describe_state
 
@@ -38,7 +39,9 @@ def _health_document(results: list[HealthResult] | None, slot: str) -> dict[str,
 
 
 def environment_document(data: DashboardData) -> dict[str, Any]:
-    """Active slot, release, commit, since when, health and lock: what `lockstep status` shows."""
+    """Active slot, release, commit, since when, health and lock: what `lockstep status` shows.
+    An app of workers only has no URL (`url` None, `workers_only` true), as in `lockstep status`:
+    nothing answers at the proxy's address."""
     status = data.status()
     health = data.health()
     view = data.repository()
@@ -58,9 +61,11 @@ def environment_document(data: DashboardData) -> dict[str, Any]:
         }
     records = data.history()
     last = records[-1] if records else None
+    workers_only = runs_workers_only(data.context.config, status["slots"][active]["processes"] if active else None)
     return {
         "environment": data.context.environment,
-        "url": f"http://{data.context.config.traffic.listen}/",
+        "url": None if workers_only else f"http://{data.context.config.traffic.listen}/",
+        "workers_only": workers_only,
         "active_slot": active,
         "release": slots[active]["release"] if active else None,
         "commit": slots[active]["commit"] if active else None,

@@ -77,7 +77,7 @@
     const repository = status.repository;
     text("repository-state", repository.state + (repository.detail ? ": " + repository.detail : "") +
       (repository.read_at ? " (read " + when(repository.read_at) + ")" : ""));
-    text("environment-url", status.url);
+    text("environment-url", status.workers_only ? "workers only, no URL (no component has a port)" : status.url);
     const rows = byId("slot-rows");
     rows.replaceChildren();
     Object.keys(status.slots).forEach(function (slot) {
