@@ -493,9 +493,10 @@ class Rollback:
     def _switched(self) -> None:
         """Traffic now goes to the older release (workers only: its slot is the active one): let
         the held requests go to it, at once (the old slot's retirement and the workers' restart
-        need no hold), and from here on keep it and its restored data, whatever fails. In a rollback of several hosts,
-        only once every host switched (_wait_at_retire_barrier): until then another host's failure
-        must be able to put the data back, which it can only while no host serves on it."""
+        need no hold), and past undoing keep it and its restored data, whatever fails next. In a
+        rollback of several hosts, only once every host switched (_wait_at_retire_barrier): until
+        then another host's failure must be able to put the data back, which it can only while no
+        host serves on it."""
         if self.joined_lock is not None:
             return
         self._release_past_undoing()
