@@ -111,3 +111,23 @@ def test_deploy_and_rollback_help_list_the_same_kinds_of_exit_codes() -> None:
     shared = {ExitCode.OK, ExitCode.FAILED, ExitCode.USAGE, ExitCode.ROLLED_BACK, ExitCode.LOCKED}
     assert shared <= set(deploy) and shared <= set(rollback)
     assert "undone" in rollback[ExitCode.ROLLED_BACK] and "--to" in rollback[ExitCode.NOT_FOUND]
+
+
+def _env_help(command: list[str]) -> str:
+    """The --env paragraph of a command's --help, on one line."""
+    completed = run_lockstep([*command, "--help"])
+    assert completed.returncode == 0, completed.err
+    words = " ".join(completed.out.split())
+    start = words.index("--env NAME")
+    return words[start : words.index(" -", start + len("--env NAME"))]
+
+
+def test_every_snapshot_command_says_what_leaving_env_out_does() -> None:
+    """Without --env list and forget cover every environment's snapshots, the others work on
+    default_environment: --help said neither ("Environment from [environments.NAME]")."""
+    for verb in ("create", "show", "verify", "diff", "restore"):
+        assert "default: default_environment from lockstep.toml" in _env_help(["snapshot", verb]), verb
+    for verb in ("list", "forget"):
+        assert "default: every environment's snapshots in default_environment's repository" in _env_help(
+            ["snapshot", verb]
+        ), verb

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,18 +23,36 @@ from lockstep.pipeline.verification_records import describe_state
 from lockstep.repository.snapshot import Snapshot
 from lockstep.repository.tag_lists import flatten_tag_lists
 
+# What --env picks for the commands that open one snapshot (show and verify; diff and restore
+# name the live databases too).
+ONE_SNAPSHOT_ENV_HELP = (
+    "Environment ([environments.NAME]) whose snapshot ID names, in its repository;"
+    " default: default_environment from lockstep.toml."
+)
+# `snapshot list` without --env lists every environment's snapshots (forget says so with its retention).
+ALL_SNAPSHOTS_ENV_HELP = (
+    "Only this environment's snapshots, in its repository;"
+    " default: every environment's snapshots in default_environment's repository."
+)
 
-def _config_option(function: Any) -> Any:
-    function = click.option(
-        "--env", "environment", metavar="NAME", help="Environment from [environments.NAME] in lockstep.toml."
-    )(function)
-    return click.option(
-        "-c",
-        "--config",
-        "config_path",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="The config file. Default: lockstep.toml in the current directory.",
-    )(function)
+
+def _config_options(env_help: str) -> Callable[[Any], Any]:
+    """-c/--config and --env; each command says in `env_help` what leaving --env out does for it."""
+
+    def decorate(function: Any) -> Any:
+        function = click.option("--env", "environment", metavar="NAME", help=env_help)(function)
+        return click.option(
+            "-c",
+            "--config",
+            "config_path",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="The config file. Default: lockstep.toml in the current directory.",
+        )(function)
+
+    return decorate
+
+
+_config_option = _config_options(ONE_SNAPSHOT_ENV_HELP)
 
 
 def manifest_document(snapshot: Snapshot, manifest: Manifest) -> dict[str, Any]:
@@ -69,7 +88,10 @@ def snapshot_group() -> None:
 
 
 @snapshot_group.command("create")
-@_config_option
+@_config_options(
+    "Environment ([environments.NAME]) whose databases and files to snapshot, into its repository;"
+    " default: default_environment from lockstep.toml."
+)
 @click.option("-m", "--message", help="Describe the snapshot (and the commit, with --commit).")
 @click.option(
     "--tag",
@@ -157,7 +179,7 @@ def _short_commit(manifest: Manifest) -> str:
 
 
 @snapshot_group.command("list")
-@_config_option
+@_config_options(ALL_SNAPSHOTS_ENV_HELP)
 @click.option("--json", "json_output", is_flag=True, help="Print JSON on stdout.")
 def list_command(config_path: Path | None, environment: str | None, json_output: bool) -> None:
     """List the coordinated snapshots, oldest first: all of default_environment's repository, or only those of --env.

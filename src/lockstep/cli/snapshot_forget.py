@@ -95,7 +95,13 @@ def _print_result(result: SnapshotForgetResult) -> None:
 
 
 @snapshot_group.command("forget")
-@click.option("--env", "environment", metavar="NAME", help="Only this environment's snapshots (default: all).")
+@click.option(
+    "--env",
+    "environment",
+    metavar="NAME",
+    help="Only this environment's snapshots, in its repository, by its retention; default: every environment's"
+    " snapshots in default_environment's repository, each by its environment's retention.",
+)
 @click.option(
     "-c",
     "--config",
