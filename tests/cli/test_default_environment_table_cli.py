@@ -191,3 +191,27 @@ def test_without_env_the_repository_is_the_default_environments_too(project: Pro
     assert not any((project.repository / "snapshots").iterdir()), "written to the top-level repository"
     listed = project.json("repo", "snapshots")  # the repo commands take the same repository from the config
     assert [snapshot["id"] for snapshot in listed] == [backup["snapshot_id"]]
+
+
+def test_no_snapshot_yet_hint_names_env_only_for_another_environment(project: Project) -> None:
+    """The hint said `snapshot create --env production` for default_environment, where leaving
+    --env out does the same, and no --env for another environment in an empty repository."""
+    staging = f'\n[environments.staging.databases.main]\nurl = "sqlite:///{project.development}"\n'
+    with (project.root / "lockstep.toml").open("a") as config:
+        config.write(staging)
+    empty = project.lockstep("snapshot", "verify", "latest", "--env", "staging")
+    assert "make one with `lockstep snapshot create --env staging`" in " ".join(empty.err.split()), empty.err
+
+    project.write_config(production_table=False)
+    project.json("snapshot", "create", "-m", "top-level, production had no table")
+    project.write_config(production_table=True)
+    with (project.root / "lockstep.toml").open("a") as config:
+        config.write(staging)
+    for arguments in ((), ("--env", "production")):
+        refused = project.lockstep("snapshot", "show", "latest", *arguments)
+        assert refused.returncode != 0 and "no lockstep snapshots of environment 'production'" in refused.err
+        hint = " ".join(refused.err.split())
+        assert "make one with `lockstep snapshot create`," in hint and "--env production`" not in hint, hint
+    other = project.lockstep("snapshot", "verify", "latest", "--env", "staging")
+    assert "no lockstep snapshots of environment 'staging'" in other.err, other.err
+    assert "make one with `lockstep snapshot create --env staging`" in " ".join(other.err.split()), other.err

@@ -35,7 +35,8 @@ def diff(
     if database is not None and database not in configured:
         raise UsageError(f"there is no database {database!r} in lockstep.toml", "name one of its [databases.NAME]")
     with project.access.session(exclusive=False) as repository:
-        snapshot = find_snapshot(repository, reference, reference_environments(start, config_path, environment))
+        among = reference_environments(start, config_path, environment)
+        snapshot = find_snapshot(repository, reference, among, project.config.default_environment)
         manifest = load_manifest(repository, snapshot)
         if database is not None:
             database_record(manifest, snapshot, database)

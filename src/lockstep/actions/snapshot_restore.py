@@ -119,7 +119,7 @@ def restore(
     with project.access.session(exclusive=False, meanwhile=lambda: _load_adapters(project, request)) as repository:
         # Into the environment's own databases: only its snapshots. --to names the target itself.
         among = None if request.to_url is not None else reference_environments(start, config_path, environment)
-        snapshot = find_snapshot(repository, request.reference, among)
+        snapshot = find_snapshot(repository, request.reference, among, project.config.default_environment)
         bind_operation(reporter, snapshot_id=snapshot.id)
         manifest = load_manifest(repository, snapshot)
         outcome = RestoreOutcome(snapshot=snapshot, manifest=manifest)

@@ -45,7 +45,10 @@ def reference_environments(start: Path, config_path: Path | None, environment: s
 
 
 def resolve_reference(
-    snapshots: list[Snapshot], reference: str, environment: str | tuple[str, ...] | None = None
+    snapshots: list[Snapshot],
+    reference: str,
+    environment: str | tuple[str, ...] | None = None,
+    default_environment: str | None = None,
 ) -> Snapshot:
     """`latest` (the newest that is not schema-only), or the one snapshot whose ID or git commit
     starts with `reference`.
@@ -54,7 +57,8 @@ def resolve_reference(
     gives, the first as the user calls it) only those environments' snapshots count: a restore
     writes into the environment's own databases, so `latest` or a prefix must never pick another
     environment's snapshot. When the reference matches only snapshots of other environments, the
-    error names them and the --env to use.
+    error names them and the --env to use; when there is none yet, the hint says how to take one,
+    without --env for `default_environment` (no --env works on it).
 
     A commit is matched on the `commit:` tag (its first 12 digits), so nothing is read to find it;
     find_snapshot confirms a longer commit reference with `check_commit_reference`.
@@ -67,7 +71,7 @@ def resolve_reference(
         snapshots = [snapshot for snapshot in snapshots if snapshot_environment(snapshot) in names]
     if reference == "latest":
         if not snapshots:
-            raise NotFound(*_nothing_yet(everywhere, environment))
+            raise NotFound(*_nothing_yet(everywhere, environment, default_environment))
         # The newest snapshot with data: a schema-only one (no rows) is never what `latest`
         # restores, diffs or verifies; it is named by its ID.
         full = [snapshot for snapshot in snapshots if not is_schema_only(snapshot)]
@@ -96,12 +100,17 @@ def resolve_reference(
     return matches[0]
 
 
-def find_snapshot(repository: Repository, reference: str, environment: str | tuple[str, ...] | None) -> Snapshot:
+def find_snapshot(
+    repository: Repository,
+    reference: str,
+    environment: str | tuple[str, ...] | None,
+    default_environment: str | None = None,
+) -> Snapshot:
     """The lockstep snapshot `reference` names among `environment`'s (all when None), a commit
     reference longer than the tag confirmed against its manifest: what every command that takes
-    an ID does."""
+    an ID does. `default_environment` (the config's) words the hint when there is none yet."""
     try:
-        snapshot = resolve_reference(lockstep_snapshots(repository), reference, environment)
+        snapshot = resolve_reference(lockstep_snapshots(repository), reference, environment, default_environment)
     except NotFound:
         repository.check_unreadable_reference(reference)
         raise
@@ -120,13 +129,17 @@ def _matches(snapshot: Snapshot, wanted: str) -> bool:
     return snapshot.id.startswith(wanted) or _commit_matches(snapshot, wanted)
 
 
-def _nothing_yet(everywhere: list[Snapshot], environment: str | None) -> tuple[str, str]:
+def _nothing_yet(
+    everywhere: list[Snapshot], environment: str | None, default_environment: str | None
+) -> tuple[str, str]:
+    # No --env takes default_environment's snapshot, so the hint names --env only for another.
+    option = "" if environment in (None, environment_name(None), default_environment) else f" --env {environment}"
     if environment is None or not everywhere:
-        return "there are no lockstep snapshots yet", "make one with `lockstep snapshot create`"
+        return "there are no lockstep snapshots yet", f"make one with `lockstep snapshot create{option}`"
     others = sorted({snapshot_environment(snapshot) for snapshot in everywhere})
     return (
         f"there are no lockstep snapshots of environment {environment!r} yet (there are of {', '.join(others)})",
-        f"make one with `lockstep snapshot create{_env_option(environment)}`, or pass --env to pick another",
+        f"make one with `lockstep snapshot create{option}`, or pass --env to pick another",
     )
 
 
@@ -146,10 +159,6 @@ def _in_other_environments(reference: str, elsewhere: list[Snapshot], environmen
         f"{reference!r} matches no snapshot of environment {environment!r}, only of {', '.join(names)}: {listed}",
         f"{use}restore one database elsewhere with --database NAME --to URL",
     )
-
-
-def _env_option(environment: str) -> str:
-    return "" if environment == environment_name(None) else f" --env {environment}"
 
 
 def _commit_matches(snapshot: Snapshot, wanted: str) -> bool:
@@ -180,9 +189,12 @@ def _describe(snapshot: Snapshot) -> str:
 
 
 def show_snapshot(
-    access: RepositoryAccess, reference: str, environment: str | tuple[str, ...] | None = None
+    access: RepositoryAccess,
+    reference: str,
+    environment: str | tuple[str, ...] | None = None,
+    default_environment: str | None = None,
 ) -> ListedSnapshot:
     """The snapshot `reference` names among `environment`'s (all when None), with its manifest."""
     with access.session(lock=False) as repository:
-        snapshot = find_snapshot(repository, reference, environment)
+        snapshot = find_snapshot(repository, reference, environment, default_environment)
         return ListedSnapshot(snapshot, load_manifest(repository, snapshot))

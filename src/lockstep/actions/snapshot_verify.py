@@ -54,7 +54,8 @@ def verify(
     bind_operation(reporter, operation="snapshot-verify", env=environment_name(environment))
     servers = database_servers(project.config)
     with project.access.session(exclusive=False) as repository:
-        snapshot = find_snapshot(repository, reference, reference_environments(start, config_path, environment))
+        among = reference_environments(start, config_path, environment)
+        snapshot = find_snapshot(repository, reference, among, project.config.default_environment)
         bind_operation(reporter, snapshot_id=snapshot.id)
         reporter.step_started("verify", f"snapshot {snapshot.short_id}, level {level}")
         started = time.monotonic()

@@ -318,7 +318,8 @@ def show_command(reference: str, config_path: Path | None, environment: str | No
     """Show one snapshot: ID is a snapshot ID prefix, a git commit prefix, or `latest`."""
     environment = chosen_environment(Path.cwd(), config_path, environment)
     project = load_project(Path.cwd(), config_path, environment)
-    item = show_snapshot(project.access, reference, reference_environments(Path.cwd(), config_path, environment))
+    among = reference_environments(Path.cwd(), config_path, environment)
+    item = show_snapshot(project.access, reference, among, project.config.default_environment)
     if wants_json(json_output):
         print_json(manifest_document(item.snapshot, item.manifest))
         return
