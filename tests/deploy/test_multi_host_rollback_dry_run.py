@@ -281,9 +281,15 @@ def test_a_dry_run_of_several_hosts_of_workers_only_holds_no_traffic(orchestrato
     assert any(line.startswith("7. retire: every host at its retire barrier -> go: each retires") for line in lines)
     assert "the others keep their workers stopped while the primary puts the data back" in lines[-1], lines[-1]
     assert len(_plan(orchestrator, "--with-data", "--yes")["steps"]) == 7
+    # Retire stops a slot's workers: no slot is warm, with or without data.
+    code_only = orchestrator.lockstep("rollback", "--dry-run")
+    assert code_only.returncode == 0, code_only.err + code_only.out
+    for plan in (with_data.out, code_only.out):
+        assert "warm or cold" not in plan and "(a cold start: a slot of workers only is never kept warm;" in plan, plan
 
     # A component with a port: the hold is back.
     config.write_text(config.read_text() + "ports = [9101, 9102]\n")
     web = orchestrator.lockstep("rollback", "--dry-run", "--with-data", "--yes")
     assert web.returncode == 0, web.err + web.out
     assert "holds its traffic" in web.out and "the holds end" in web.out, web.out
+    assert "(its warm or cold slot;" in web.out, web.out

@@ -114,11 +114,13 @@ def _steps(
         steps.append(f"mark {', '.join(abandoned)} interrupted (its orchestrator died; each host undid its part)")
     data = " --with-data" if request.with_data else ""
     coordinated = f"`lockstep rollback --to {release_id}{data} --coordinated ID`"
+    workers = workers_only(context.config)
+    # A slot of workers only is never warm: retire stops its workers, so each host starts them.
+    slot = "a cold start: a slot of workers only is never kept warm" if workers else "its warm or cold slot"
     own = (
-        "its own checks, as `lockstep rollback --dry-run` there shows (its warm or cold slot; a code-only "
+        f"its own checks, as `lockstep rollback --dry-run` there shows ({slot}; a code-only "
         "rollback onto a newer schema is refused unless --force)"
     )
-    workers = workers_only(context.config)
     if request.with_data and workers:  # Rollback.run holds traffic only when there is some
         steps += [
             f"stop workers: every host runs {coordinated} at once: {own}; stops its workers (workers only: no "
