@@ -236,3 +236,44 @@ def test_a_copy_locked_by_another_process_is_put_off_to_the_next_backup(tmp_path
     caught_up = project.backup()
     assert len(caught_up["copies"][0]["copied"]) == 2 and not caught_up["warnings"]
     assert len(project.restic_snapshots(str(project.usb), USB_PASSWORD)) == 2
+
+
+def test_a_primary_that_fails_during_the_copy_step_is_named_not_the_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """copy_to reworded every error as the copy's: the primary locked exclusively (a prune there
+    between the snapshot and the copy) read `copy usb (USB): the repository at PRIMARY is locked`,
+    and a primary gone read `copy usb: there is no repository at USB`, with a hint to init the copy."""
+    from lockstep.actions.repository_copies import copy_access, copy_to
+    from lockstep.actions.snapshot_create import load_project
+    from lockstep.errors import RepositoryLocked, RepositoryNotFound
+    from lockstep.repository.locks import locked
+    from lockstep.repository.repository import Repository
+    from lockstep.storage.local import LocalBackend
+
+    project = Project(tmp_path)
+    assert project.init(str(project.usb), USB_PASSWORD).returncode == 0
+    project.write_config(project.usb_copy())
+    monkeypatch.setenv("LOCKSTEP_PASSWORD", MAIN_PASSWORD)
+    context = load_project(tmp_path, None, None)
+    usb = copy_access("usb", context.config.repository.copies["usb"], tmp_path)
+
+    primary = Repository.open(LocalBackend(project.repository), MAIN_PASSWORD)
+    try:
+        with locked(primary, exclusive=True), pytest.raises(RepositoryLocked) as held:
+            copy_to("usb", usb, context.access)
+    finally:
+        primary.close()
+    assert held.value.message.startswith("copy usb: could not open the primary repository, its source: "), held.value
+    assert f"{project.repository} is locked: exclusive lock" in held.value.message, held.value
+    assert str(project.usb) not in held.value.message, held.value
+
+    gone = tmp_path / "gone"
+    project.repository.rename(gone)
+    with pytest.raises(RepositoryNotFound) as missing:
+        copy_to("usb", usb, context.access)
+    assert missing.value.message.startswith(
+        "copy usb: could not open the primary repository, its source: there is no repository at "
+    ), missing.value
+    assert missing.value.message.endswith(str(project.repository)), missing.value
+    assert "repo init -r" not in (missing.value.hint or ""), missing.value

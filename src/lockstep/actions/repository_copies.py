@@ -7,10 +7,11 @@ every repository. The primary snapshot is written first and stays whatever a cop
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from lockstep.actions.repo.copy import CopyRequest, copy_snapshots
+from lockstep.actions.repo.copy import CopyRequest, copy_from, opened_source
 from lockstep.actions.repo.session import AccessNames, PasswordSource, RepositoryAccess
 from lockstep.config.model import RepositoryCopyConfig
 from lockstep.errors import LockstepError, RepositoryNotFound, WrongPassword
@@ -54,13 +55,30 @@ class CopyOutcome:
 
 def copy_to(name: str, destination: RepositoryAccess, source: RepositoryAccess) -> CopyOutcome:
     """Copy every snapshot of `source` that the copy `name` lacks (the new one, and any an earlier
-    failed copy missed); errors say which copy failed and how to fix it, never its password."""
+    failed copy missed); errors say which copy failed and how to fix it, never its password. The
+    primary (`source`) is opened and locked apart: its errors (locked exclusively by a prune,
+    gone) are the primary's, not the copy's."""
     location = destination.resolved_location()
-    try:
-        report = copy_snapshots(destination, source, CopyRequest())
-    except LockstepError as error:
-        raise copy_error(name, location, error) from error
+    with ExitStack() as held:
+        try:
+            primary = held.enter_context(opened_source(source))
+        except LockstepError as error:
+            raise primary_error(name, error) from error
+        try:
+            report = copy_from(primary, destination, CopyRequest())
+        except LockstepError as error:
+            raise copy_error(name, location, error) from error
     return CopyOutcome(name, location, report)
+
+
+def primary_error(name: str, error: LockstepError) -> LockstepError:
+    """`error` of the primary repository (keeping its class, hence its exit code) as what stopped
+    copy `name`: its message already names the primary's location, and its hint still applies."""
+    wrapped = type(error).__new__(type(error))
+    LockstepError.__init__(
+        wrapped, f"copy {name}: could not open the primary repository, its source: {error.message}", error.hint
+    )
+    return wrapped
 
 
 def copy_error(name: str, location: str, error: LockstepError) -> LockstepError:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from lockstep.actions.repo.session import RepositoryAccess
@@ -42,21 +42,39 @@ def copy_snapshots(
     """Copy each selected source snapshot that has no similar snapshot in the destination.
 
     The source is opened first, so that a wrong source password or a missing source leaves the
-    destination untouched (not even locked). Source: a shared lock, as restic's copy takes;
-    destination: a non-exclusive one, like a backup's, so prune cannot remove what a copied
-    snapshot is about to refer to."""
-    say = step or (lambda _: None)
+    destination untouched (not even locked)."""
+    with opened_source(source_access) as source:
+        return copy_from(source, destination_access, request, progress, step)
+
+
+@contextmanager
+def opened_source(source_access: RepositoryAccess) -> Iterator[Repository]:
+    """The source, open under a shared lock, as restic's copy takes: apart from copy_from so that
+    a caller can tell the source's errors (missing, locked) from the destination's."""
     source = source_access.open(load_index=False)
     try:
-        with ExitStack() as held:
-            held.enter_context(locked(source, exclusive=False, wait_seconds=source_access.lock_wait_seconds))
-            try:
-                destination = held.enter_context(destination_access.session(exclusive=False, load_index=False))
-            except RepositoryLocked as error:
-                raise DestinationLocked(error.message, error.hint) from error
-            return _copy(source, destination, request, progress, say)
+        with locked(source, exclusive=False, wait_seconds=source_access.lock_wait_seconds):
+            yield source
     finally:
         source.close()
+
+
+def copy_from(
+    source: Repository,
+    destination_access: RepositoryAccess,
+    request: CopyRequest,
+    progress: ProgressCallback | None = None,
+    step: StepCallback | None = None,
+) -> CopyReport:
+    """copy_snapshots from an opened source. The destination takes a non-exclusive lock, like a
+    backup's, so prune cannot remove what a copied snapshot is about to refer to."""
+    say = step or (lambda _: None)
+    with ExitStack() as held:
+        try:
+            destination = held.enter_context(destination_access.session(exclusive=False, load_index=False))
+        except RepositoryLocked as error:
+            raise DestinationLocked(error.message, error.hint) from error
+        return _copy(source, destination, request, progress, say)
 
 
 def _copy(
