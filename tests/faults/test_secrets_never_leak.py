@@ -383,7 +383,7 @@ def test_repository_copy_password_never_leaks(tmp_path: Path, password_source: s
             {"COPY_SECRET_VALUE_VAR": COPY_PASSWORD},
         ),
         "password_command": (
-            f"password_command = \"sh -c 'ps -eo args > {process_list}; cat {copy_password_file}'\"",
+            f"password_command = \"sh -c 'ps -eo args >> {process_list}; cat {copy_password_file}'\"",
             f'password_command = "cat {wrong_file}"',
             {},
         ),
@@ -419,7 +419,8 @@ def test_repository_copy_password_never_leaks(tmp_path: Path, password_source: s
     named_secrets = {"copy password": COPY_PASSWORD, "repository password": PASSWORD, "wrong password": WRONG_PASSWORD}
     session.assert_outputs_clean(named_secrets)
     if password_source == "password_command":
-        assert b"backup" in process_list.read_bytes(), "the probe did not see lockstep"
+        # Every run of the command appends its listing: `doctor` runs it too, after the backups.
+        assert b"lockstep backup" in process_list.read_bytes(), "the probe did not see lockstep backup"
         assert_clean("the process list", process_list.read_bytes(), named_secrets)
     scanned = 0
     for path in files_under(tmp_path, skip=[secret_dir]):
