@@ -14,14 +14,19 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lockstep.agent.client import AgentClient, AgentRequestFailed
+from lockstep.fault_injection import WAIT_AT_VARIABLE, WAIT_FOR_VARIABLE
 from lockstep.layout import EnvironmentLayout
 from lockstep.traffic.builtin import BuiltinProxy
+from lockstep.traffic.builtin_proxy.hold_file import read_hold_file
+from tests.conftest import Completed, run_lockstep
 from tests.deploy.conftest import NotesProject, _stop_everything, make_project
 
 pytestmark = pytest.mark.slow
@@ -52,6 +57,7 @@ class WallClockLoad:
     def __post_init__(self) -> None:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
+        self._unanswered: dict[int, float] = {}  # thread number -> when its request was sent
         self._workers = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(self.threads)]
 
     def __enter__(self) -> WallClockLoad:
@@ -64,6 +70,22 @@ class WallClockLoad:
         for worker in self._workers:
             worker.join(timeout=90)
 
+    def unanswered_since(self, moment: float) -> int:
+        """Requests sent at or after `moment` (wall clock) still waiting for their answer."""
+        with self._lock:
+            return sum(1 for sent_at in self._unanswered.values() if sent_at >= moment)
+
+    def wait_for(self, wanted: Callable[[list[Exchange]], bool], what: str, timeout: float = 60) -> None:
+        """Keep the load going until the exchanges so far show `wanted`, not for a time that
+        assumes a fast machine."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if wanted(list(self.exchanges)):
+                    return
+            assert time.monotonic() < deadline, f"the load never saw {what}"
+            time.sleep(0.05)
+
     def _run(self, number: int) -> None:
         count = 0
         while not self._stopping.is_set():
@@ -72,6 +94,8 @@ class WallClockLoad:
             text = f"held {number}-{count}"
             connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
             sent_at = time.time()
+            with self._lock:
+                self._unanswered[number] = sent_at
             try:
                 if is_post:
                     payload = json.dumps({"text": text}).encode()
@@ -96,6 +120,8 @@ class WallClockLoad:
                     self.failures.append((sent_at, f"{type(error).__name__}: {error}"))
             finally:
                 connection.close()
+                with self._lock:
+                    del self._unanswered[number]
             time.sleep(0.01)
 
 
@@ -104,6 +130,57 @@ def agent_events(project: NotesProject, kind: str) -> list[float]:
     database = project.directory / ".lockstep" / "state" / "test" / "agent.db"
     with contextlib.closing(sqlite3.connect(database)) as connection:
         return [at for (at,) in connection.execute("SELECT at FROM events WHERE kind = ? ORDER BY id", (kind,))]
+
+
+@dataclass
+class CuedRestore:
+    """`lockstep ARGS` run in the background, its data restore waiting at its fault-injection point
+    (lockstep/fault_injection.py) until `go_ahead_once` lets it go. A hold otherwise lasts as long as
+    the restore, which on an idle machine is a fraction of a second and on a loaded one may see
+    no request arrive at all; so the test, not the machine's speed, decides what the hold sees."""
+
+    project: NotesProject
+    arguments: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        self.go = self.project.directory.parent / f"restore-go-{time.monotonic_ns()}"
+        env = {**self.project.env, WAIT_AT_VARIABLE: "restore data", WAIT_FOR_VARIABLE: str(self.go)}
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._running = self._pool.submit(run_lockstep, list(self.arguments), env=env, cwd=self.project.directory)
+        self.hold_started_at: float | None = None  # wall clock, as the proxy recorded it (its hold file)
+
+    def go_ahead_once(self, ready: Callable[[dict[str, Any]], bool], what: str) -> None:
+        """Once the proxy holds and its hold state (waiting, refused...) is `ready`, let the restore go."""
+        proxy = BuiltinProxy(f"127.0.0.1:{self.project.listen_port}", self.project.directory / PROXY_STATE)
+        deadline = time.monotonic() + 120
+        while True:
+            if self._running.done():
+                completed = self._running.result()
+                raise AssertionError(f"lockstep ended (exit {completed.returncode}) before {what}: {completed.err}")
+            assert time.monotonic() < deadline, f"no {what} after 120 s: {proxy.hold_state()}"
+            hold = proxy.hold_state()
+            persisted = read_hold_file(self.project.directory / PROXY_STATE)
+            if hold is not None and persisted is not None and ready(hold):
+                self.hold_started_at = persisted.started_at
+                break
+            time.sleep(0.05)
+        self.go.touch()
+
+    def result(self) -> Completed:
+        completed = self._running.result(timeout=300)
+        self._pool.shutdown()
+        return completed
+
+
+def held_requests_are_waiting(project: NotesProject, load: WallClockLoad) -> Callable[[dict[str, Any]], bool]:
+    """Every load thread's request waits at the proxy, two or more of them sent after the agent
+    recorded the hold: requests sent during the hold, waiting through the whole restore."""
+
+    def ready(hold: dict[str, Any]) -> bool:
+        held = agent_events(project, "traffic-held")
+        return bool(held) and hold["waiting"] == load.threads and load.unanswered_since(held[-1]) >= 2
+
+    return ready
 
 
 def deploy_v1_then_v2(project: NotesProject) -> None:
@@ -129,14 +206,19 @@ def test_requests_during_a_data_rollback_wait_and_reach_the_older_release_on_the
     deploy_v1_then_v2(notes_project)
     with WallClockLoad(notes_project.listen_port, threads=6) as load:
         time.sleep(1.0)
-        completed = notes_project.lockstep("rollback", "--with-data", "--yes", "--json", "--log-format", "json")
-        time.sleep(1.0)
-    assert completed.returncode == 0, completed.err
+        rollback = CuedRestore(notes_project, ("rollback", "--with-data", "--yes", "--json", "--log-format", "json"))
+        rollback.go_ahead_once(held_requests_are_waiting(notes_project, load), "requests waiting in the hold")
+        completed = rollback.result()
+        assert completed.returncode == 0, completed.err
+        events = [json.loads(line) for line in completed.err.splitlines() if line.startswith("{")]
+        restore_started = next(
+            e["time"] for e in events if e.get("event") == "step-started" and e["step"] == "restore data"
+        )
+        load.wait_for(
+            lambda exchanges: any(e.method == "POST" and e.sent_at >= restore_started for e in exchanges),
+            "a write sent once the restore began answered",
+        )
     record = json.loads(completed.out)
-    events = [json.loads(line) for line in completed.err.splitlines() if line.startswith("{")]
-    restore_started = next(
-        e["time"] for e in events if e.get("event") == "step-started" and e["step"] == "restore data"
-    )
 
     assert load.failures == [], load.failures[:5]
     # Nothing sent once the restore started reached the newer release: only 1.0.0 answered them,
@@ -149,13 +231,15 @@ def test_requests_during_a_data_rollback_wait_and_reach_the_older_release_on_the
     written = [e.text for e in after if e.method == "POST"]
     assert written and set(written) <= set(notes)
 
-    released_at = agent_events(notes_project, "traffic-released")[-1]
     held_at = agent_events(notes_project, "traffic-held")[-1]
     assert [e for e in load.exchanges if e.status not in (200, 201)] == []  # held, not refused
+    # The hold as the proxy measured it: begun per its hold file, ended that many seconds later.
+    assert rollback.hold_started_at is not None
+    released_at = rollback.hold_started_at + record["traffic_held_seconds"]
     sent_during_hold = [e for e in load.exchanges if held_at <= e.sent_at <= released_at]
     assert len(sent_during_hold) >= 2, "the load sent (almost) nothing during the hold"
     # Those sent during the hold were answered only once it was released.
-    assert all(e.answered_at >= released_at - 0.05 for e in sent_during_hold)
+    assert all(e.answered_at >= released_at - 0.01 for e in sent_during_hold)
     # 2.0.0 answered only requests sent before the hold (in flight ones drained before the restore).
     assert all(e.sent_at < held_at for e in load.exchanges if e.method == "GET" and e.body == "2.0.0")
     steps = [step["step"] for step in record["steps"]]
@@ -171,20 +255,25 @@ def test_requests_during_a_data_rollback_wait_and_reach_the_older_release_on_the
 
 def test_a_hold_past_its_deadline_answers_503_with_retry_after(tmp_path: Path) -> None:
     project = make_project(tmp_path)
-    set_hold_timeout(project, 0.05)  # well below the restore's ~0.3 s, so requests outlast it
+    set_hold_timeout(project, 0.05)  # the restore waits until a request has outlasted it
     project.start_agent()
     try:
         deploy_v1_then_v2(project)
         with WallClockLoad(project.listen_port) as load:
             time.sleep(0.5)
-            completed = project.lockstep("rollback", "--with-data", "--yes", "--json")
-            time.sleep(0.5)
-        assert completed.returncode == 0, completed.err
+            rollback = CuedRestore(project, ("rollback", "--with-data", "--yes", "--json"))
+            rollback.go_ahead_once(lambda hold: hold["refused"] >= 1, "request refused past the deadline")
+            completed = rollback.result()
+            assert completed.returncode == 0, completed.err
+            released_at = agent_events(project, "traffic-released")[-1]
+            load.wait_for(
+                lambda exchanges: any(e.method == "GET" and e.sent_at > released_at for e in exchanges),
+                "a read sent after the release answered",
+            )
         refused = [e for e in load.exchanges if e.status == 503]
         assert refused, "the restore outlasted a 0.05 s deadline, so some requests must have got 503"
         assert {e.retry_after for e in refused} == {"5"}
         assert all("paused for maintenance" in e.body for e in refused)
-        released_at = agent_events(project, "traffic-released")[-1]
         assert [e for e in load.exchanges if e.status not in (200, 201, 503)] == []
         assert {e.body for e in load.exchanges if e.sent_at > released_at and e.method == "GET"} == {"1.0.0"}
         assert "got 503 with Retry-After" in completed.err
@@ -262,13 +351,22 @@ def test_a_failed_deploy_holds_traffic_while_its_data_comes_back(notes_project: 
     notes_project.apply("broken-migration", "notes 3.2.0")
     with WallClockLoad(notes_project.listen_port, threads=6) as load:
         time.sleep(1.0)
-        completed = notes_project.lockstep("deploy", "--json", "--log-format", "json")
-        time.sleep(1.0)
-    assert completed.returncode == 3, completed.err
+        deploy = CuedRestore(notes_project, ("deploy", "--json", "--log-format", "json"))
+        deploy.go_ahead_once(held_requests_are_waiting(notes_project, load), "requests waiting in the hold")
+        completed = deploy.result()
+        assert completed.returncode == 3, completed.err
+        events = [json.loads(line) for line in completed.err.splitlines() if line.startswith("{")]
+        undo_started = next(
+            e["time"] for e in events if e.get("event") == "step-started" and e["step"] == "undo migrate"
+        )
+        load.wait_for(
+            lambda exchanges: any(
+                e.method == "POST" and e.status == 201 and e.sent_at >= undo_started for e in exchanges
+            ),
+            "a write sent once the undo began answered",
+        )
     record = json.loads(completed.out)
     assert record["failed_step"] == "migrate" and record["data_restored"] is True
-    events = [json.loads(line) for line in completed.err.splitlines() if line.startswith("{")]
-    undo_started = next(e["time"] for e in events if e.get("event") == "step-started" and e["step"] == "undo migrate")
     # Every write sent once the undo began is in the restored database: none went into the
     # database being replaced (without a hold, those answered 201 during the restore are lost).
     after_undo = [e for e in load.exchanges if e.sent_at >= undo_started]
@@ -276,15 +374,17 @@ def test_a_failed_deploy_holds_traffic_while_its_data_comes_back(notes_project: 
     assert written and set(written) <= set(notes_project.notes())
 
     held_at = agent_events(notes_project, "traffic-held")[-1]
-    released_at = agent_events(notes_project, "traffic-released")[-1]
-    assert held_at <= undo_started <= released_at
+    assert held_at <= undo_started <= agent_events(notes_project, "traffic-released")[-1]
     after = [e for e in load.exchanges if e.sent_at >= held_at]
     assert [failure for failure in load.failures if failure[0] >= held_at] == []
     assert [e for e in after if e.status not in (200, 201)] == []  # held, not refused
     assert {e.body for e in after if e.method == "GET"} == {"2.0.0"}
+    # The hold as the proxy measured it: begun per its hold file, ended that many seconds later.
+    assert deploy.hold_started_at is not None
+    released_at = deploy.hold_started_at + record["traffic_held_seconds"]
     sent_during_hold = [e for e in after if e.sent_at <= released_at]
     assert len(sent_during_hold) >= 2
-    assert all(e.answered_at >= released_at - 0.05 for e in sent_during_hold)
+    assert all(e.answered_at >= released_at - 0.01 for e in sent_during_hold)
     assert 0 < record["traffic_held_seconds"] < 30
     assert any("traffic held" in json.dumps(e) for e in events)
 
@@ -305,13 +405,16 @@ def test_a_data_rollback_through_nginx_and_haproxy_holds_traffic_too(tmp_path: P
         with WallClockLoad(project.listen_port, threads=6) as load:
             time.sleep(1.0)
             completed = project.lockstep("rollback", "--with-data", "--yes", "--json", "--log-format", "json")
-            time.sleep(1.0)
-        assert completed.returncode == 0, completed.err
+            assert completed.returncode == 0, completed.err
+            events = [json.loads(line) for line in completed.err.splitlines() if line.startswith("{")]
+            restore_started = next(
+                e["time"] for e in events if e.get("event") == "step-started" and e["step"] == "restore data"
+            )
+            load.wait_for(
+                lambda exchanges: any(e.sent_at >= restore_started for e in exchanges),
+                "a request sent once the restore began answered",
+            )
         record = json.loads(completed.out)
-        events = [json.loads(line) for line in completed.err.splitlines() if line.startswith("{")]
-        restore_started = next(
-            e["time"] for e in events if e.get("event") == "step-started" and e["step"] == "restore data"
-        )
         assert load.failures == [], load.failures[:5]
         after = [e for e in load.exchanges if e.sent_at >= restore_started]
         assert after and {e.body for e in after if e.method == "GET"} <= {"1.0.0"}

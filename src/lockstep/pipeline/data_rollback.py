@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lockstep.config import ProjectConfig
 from lockstep.errors import UsageError
+from lockstep.fault_injection import wait_point
 from lockstep.pipeline.diff import DatabaseDiff, LargeObjectsDiff, SequenceDiff, TableDiff, diff_database
 from lockstep.pipeline.restore import RestoredDatabase, ServerAccess, restore_database
 from lockstep.pipeline.retention_policy import PRE_RESTORE_KIND
@@ -127,6 +128,7 @@ def restore_snapshot_data(
     `on_pre_restore` gets the pre-restore snapshot's ID before the first database is replaced:
     a caller that must be able to put the data back learns how even if a restore fails half-way.
     """
+    wait_point("restore data")  # tests: requests arrive during a hold, however loaded the machine
     manifest = load_manifest(repository, snapshot)
     names = snapshot_databases(repository, snapshot, config)
     pre_restore_id = None
