@@ -67,13 +67,24 @@ class WallClockLoad:
 
     def __exit__(self, *exception: object) -> None:
         self._stopping.set()
-        for worker in self._workers:
+        for worker in list(self._workers):
             worker.join(timeout=90)
 
-    def unanswered_since(self, moment: float) -> int:
-        """Requests sent at or after `moment` (wall clock) still waiting for their answer."""
+    def add_senders(self, count: int) -> None:
+        """More threads, sending from now on: requests surely sent after a moment already past."""
         with self._lock:
-            return sum(1 for sent_at in self._unanswered.values() if sent_at >= moment)
+            added = [
+                threading.Thread(target=self._run, args=(n,), daemon=True)
+                for n in range(len(self._workers), len(self._workers) + count)
+            ]
+            self._workers.extend(added)
+        for worker in added:
+            worker.start()
+
+    def unanswered(self, since: float) -> tuple[int, int]:
+        """Requests still waiting for their answer: all of them, and those sent at or after `since`."""
+        with self._lock:
+            return len(self._unanswered), sum(1 for sent_at in self._unanswered.values() if sent_at >= since)
 
     def wait_for(self, wanted: Callable[[list[Exchange]], bool], what: str, timeout: float = 60) -> None:
         """Keep the load going until the exchanges so far show `wanted`, not for a time that
@@ -153,18 +164,20 @@ class CuedRestore:
         """Once the proxy holds and its hold state (waiting, refused...) is `ready`, let the restore go."""
         proxy = BuiltinProxy(f"127.0.0.1:{self.project.listen_port}", self.project.directory / PROXY_STATE)
         deadline = time.monotonic() + 120
-        while True:
-            if self._running.done():
-                completed = self._running.result()
-                raise AssertionError(f"lockstep ended (exit {completed.returncode}) before {what}: {completed.err}")
-            assert time.monotonic() < deadline, f"no {what} after 120 s: {proxy.hold_state()}"
-            hold = proxy.hold_state()
-            persisted = read_hold_file(self.project.directory / PROXY_STATE)
-            if hold is not None and persisted is not None and ready(hold):
-                self.hold_started_at = persisted.started_at
-                break
-            time.sleep(0.05)
-        self.go.touch()
+        try:
+            while True:
+                if self._running.done():
+                    completed = self._running.result()
+                    raise AssertionError(f"lockstep ended (exit {completed.returncode}) before {what}: {completed.err}")
+                assert time.monotonic() < deadline, f"no {what} after 120 s: {proxy.hold_state()}"
+                hold = proxy.hold_state()
+                persisted = read_hold_file(self.project.directory / PROXY_STATE)
+                if hold is not None and persisted is not None and ready(hold):
+                    self.hold_started_at = persisted.started_at
+                    return
+                time.sleep(0.05)
+        finally:
+            self.go.touch()  # failed or not: the command must not wait for a go-ahead that never comes
 
     def result(self) -> Completed:
         completed = self._running.result(timeout=300)
@@ -173,12 +186,24 @@ class CuedRestore:
 
 
 def held_requests_are_waiting(project: NotesProject, load: WallClockLoad) -> Callable[[dict[str, Any]], bool]:
-    """Every load thread's request waits at the proxy, two or more of them sent after the agent
-    recorded the hold: requests sent during the hold, waiting through the whole restore."""
+    """Every unanswered request of the load waits at the proxy, two or more of them sent after the
+    agent recorded the hold: requests sent during the hold, waiting through the whole restore.
+    Two senders join once the hold is seen: on a loaded machine every thread of the load may be
+    stuck with a request sent just before the hold, then none would be sent inside it."""
+    joined = False
 
     def ready(hold: dict[str, Any]) -> bool:
+        nonlocal joined
         held = agent_events(project, "traffic-held")
-        return bool(held) and hold["waiting"] == load.threads and load.unanswered_since(held[-1]) >= 2
+        if not held:
+            return False
+        if not joined:
+            load.add_senders(2)
+            joined = True
+        # Read after the proxy's count, which only grows during the hold: equal means every
+        # request the load still waits for is one the proxy holds.
+        waiting, sent_inside = load.unanswered(since=held[-1])
+        return waiting == hold["waiting"] and sent_inside >= 2
 
     return ready
 
