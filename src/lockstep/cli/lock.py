@@ -15,7 +15,7 @@ from lockstep.actions.lock_release import inspect_lock, release_lock
 from lockstep.actions.lock_status import EnvironmentLockStatus, lock_status
 from lockstep.actions.snapshot_create import ProjectContext, chosen_environment, load_project
 from lockstep.cli.output import console, print_json, print_table
-from lockstep.cli.project_options import wants_json
+from lockstep.cli.project_options import config_and_env_options, wants_json
 from lockstep.errors import UsageError
 from lockstep.pipeline.environment_lock import EnvironmentLocked, check_environment_name, describe_holder, now_utc
 
@@ -23,20 +23,9 @@ from lockstep.pipeline.environment_lock import EnvironmentLocked, check_environm
 MESSAGE_MIN_WIDTH = 24
 
 
-def _config_option(function: Any) -> Any:
-    function = click.option(
-        "--env",
-        "environment",
-        metavar="NAME",
-        help="The environment (default: all of them for status, default_environment for release).",
-    )(function)
-    return click.option(
-        "-c",
-        "--config",
-        "config_path",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="The config file. Default: lockstep.toml in the current directory.",
-    )(function)
+_config_option = config_and_env_options(
+    "The environment (default: all of them for status, default_environment for release)."
+)
 
 
 def _project(config_path: Path | None, environment: str | None) -> ProjectContext:

@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 
-def project_options(function: Any) -> Any:
-    """Add -c/--config PATH and --env NAME (the environment; default: the config's default_environment)."""
-    function = click.option(
-        "--env",
-        "environment",
-        metavar="NAME",
-        help="Environment ([environments.NAME]); default: default_environment from lockstep.toml.",
-    )(function)
-    return click.option(
-        "-c",
-        "--config",
-        "config_path",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="The config file. Default: lockstep.toml in the current directory.",
-    )(function)
+def config_and_env_options(env_help: str) -> Callable[[Any], Any]:
+    """-c/--config PATH and --env NAME, with `env_help` saying what leaving --env out does for
+    the command (most: default_environment; `snapshot list` and `forget`: every environment)."""
+
+    def decorate(function: Any) -> Any:
+        function = click.option("--env", "environment", metavar="NAME", help=env_help)(function)
+        return click.option(
+            "-c",
+            "--config",
+            "config_path",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="The config file. Default: lockstep.toml in the current directory.",
+        )(function)
+
+    return decorate
+
+
+# Add -c/--config PATH and --env NAME (the environment; default: the config's default_environment).
+project_options = config_and_env_options(
+    "Environment ([environments.NAME]); default: default_environment from lockstep.toml."
+)
 
 
 def wants_json(json_output: bool) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from lockstep.actions.snapshot_create import chosen_environment, create, load_pr
 from lockstep.actions.snapshot_list import ListedSnapshot, list_snapshots
 from lockstep.actions.snapshot_show import reference_environments, show_snapshot
 from lockstep.cli.output import console, human_bytes, print_json, print_table
-from lockstep.cli.project_options import wants_json
+from lockstep.cli.project_options import config_and_env_options, wants_json
 from lockstep.cli.reporting import progress_options, progress_reporter
 from lockstep.pipeline.code import SHORT_COMMIT_LENGTH
 from lockstep.pipeline.manifest import DatabaseRecord, Manifest
@@ -36,23 +35,7 @@ ALL_SNAPSHOTS_ENV_HELP = (
 )
 
 
-def _config_options(env_help: str) -> Callable[[Any], Any]:
-    """-c/--config and --env; each command says in `env_help` what leaving --env out does for it."""
-
-    def decorate(function: Any) -> Any:
-        function = click.option("--env", "environment", metavar="NAME", help=env_help)(function)
-        return click.option(
-            "-c",
-            "--config",
-            "config_path",
-            type=click.Path(path_type=Path, dir_okay=False),
-            help="The config file. Default: lockstep.toml in the current directory.",
-        )(function)
-
-    return decorate
-
-
-_config_option = _config_options(ONE_SNAPSHOT_ENV_HELP)
+_config_option = config_and_env_options(ONE_SNAPSHOT_ENV_HELP)
 
 
 def manifest_document(snapshot: Snapshot, manifest: Manifest) -> dict[str, Any]:
@@ -88,7 +71,7 @@ def snapshot_group() -> None:
 
 
 @snapshot_group.command("create")
-@_config_options(
+@config_and_env_options(
     "Environment ([environments.NAME]) whose databases and files to snapshot, into its repository;"
     " default: default_environment from lockstep.toml."
 )
@@ -179,7 +162,7 @@ def _short_commit(manifest: Manifest) -> str:
 
 
 @snapshot_group.command("list")
-@_config_options(ALL_SNAPSHOTS_ENV_HELP)
+@config_and_env_options(ALL_SNAPSHOTS_ENV_HELP)
 @click.option("--json", "json_output", is_flag=True, help="Print JSON on stdout.")
 def list_command(config_path: Path | None, environment: str | None, json_output: bool) -> None:
     """List the coordinated snapshots, oldest first: all of default_environment's repository, or only those of --env.

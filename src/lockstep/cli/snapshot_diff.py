@@ -10,8 +10,9 @@ from rich.table import Table
 
 from lockstep.actions.snapshot_diff import diff
 from lockstep.cli.output import console, print_json
+from lockstep.cli.project_options import config_and_env_options
 from lockstep.cli.project_options import wants_json as _wants_json
-from lockstep.cli.snapshot import _config_options, snapshot_group
+from lockstep.cli.snapshot import snapshot_group
 from lockstep.pipeline.diff import DatabaseDiff, TableDiff
 
 
@@ -102,7 +103,7 @@ def _print_beyond_tables(database: DatabaseDiff, to: Console) -> None:
 @snapshot_group.command("diff")
 @click.argument("reference", metavar="ID")
 @click.option("--database", metavar="NAME", help="Only this database (a [databases.NAME] of lockstep.toml).")
-@_config_options(
+@config_and_env_options(
     "Environment ([environments.NAME]) whose snapshot ID names, compared with its live databases;"
     " default: default_environment from lockstep.toml."
 )

@@ -10,9 +10,10 @@ import click
 
 from lockstep.actions.snapshot_restore import RestoreOutcome, RestorePlan, RestoreRequest, restore
 from lockstep.cli.output import console, error_console, print_json
+from lockstep.cli.project_options import config_and_env_options
 from lockstep.cli.project_options import wants_json as _wants_json
 from lockstep.cli.reporting import progress_options, progress_reporter
-from lockstep.cli.snapshot import _config_options, snapshot_group
+from lockstep.cli.snapshot import snapshot_group
 from lockstep.cli.snapshot_diff import print_database_diff
 from lockstep.errors import UsageError
 
@@ -70,7 +71,7 @@ def outcome_document(outcome: RestoreOutcome) -> dict[str, Any]:
     help="Write config and secret files here.",
 )
 @click.option("-y", "--yes", is_flag=True, help="Do not ask; replace live or non-empty target databases.")
-@_config_options(
+@config_and_env_options(
     "Environment ([environments.NAME]) whose snapshot ID names, restored into its databases;"
     " default: default_environment from lockstep.toml."
 )
