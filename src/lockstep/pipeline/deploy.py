@@ -664,8 +664,9 @@ class Deployment:
         self._barrier("switch", record)
         self._check_lock()
         if self.plans:
-            # Workers only: no traffic moves, but the new slot becomes the active one, so that the
-            # next deploy starts beside it and an undo or a rollback switches back to the old one.
+            # The new slot becomes the active one and takes the traffic. An app of workers only has
+            # no traffic to move, but the switch still matters: the next deploy starts beside the
+            # active slot, and an undo or a rollback switches back to the old one.
             workers_only = "" if traffic_component(self.config) is not None else " (workers only)"
             self.steps.run(
                 "switch", f"to slot {new_slot}{workers_only}", lambda: self._switch(new_slot, old_slot), lambda r: r
