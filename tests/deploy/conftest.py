@@ -424,3 +424,15 @@ def deploy_three_releases(project: NotesProject) -> list[str]:
         assert deployed.returncode == 0, deployed.err
         ids.append(json.loads(deployed.out)["id"])
     return ids
+
+
+def clean_up_said(project: NotesProject) -> str:
+    """What the clean-up of a killed operation said: the agent does it within seconds, `status`
+    when it comes first; either way `status` then runs, and both outputs are returned."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and project.history()[-1]["outcome"] == "running":
+        time.sleep(0.3)
+    status = project.lockstep("status")
+    assert status.returncode == 0, status.err
+    assert project.agent_log is not None
+    return status.err + project.agent_log.read_text()

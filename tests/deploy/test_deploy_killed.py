@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_lockstep
-from tests.deploy.conftest import NotesProject, _stop_everything, deploy_three_releases, make_project
+from tests.deploy.conftest import NotesProject, _stop_everything, clean_up_said, deploy_three_releases, make_project
 
 pytestmark = pytest.mark.slow
 
@@ -26,18 +26,6 @@ def _kill_at(project: NotesProject, step: str, after: float) -> None:
     process.stderr.close()
     assert process.stdout is not None
     process.stdout.close()
-
-
-def _clean_up_said(project: NotesProject) -> str:
-    """What the clean-up of a killed operation said: the agent does it within seconds, `status`
-    when it comes first; either way `status` then runs, and both outputs are returned."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and project.history()[-1]["outcome"] == "running":
-        time.sleep(0.3)
-    status = project.lockstep("status")
-    assert status.returncode == 0, status.err
-    assert project.agent_log is not None
-    return status.err + project.agent_log.read_text()
 
 
 def _running_workers(project: NotesProject, slot: str) -> list[int]:
@@ -84,7 +72,7 @@ def test_a_deploy_killed_during_its_migration_says_the_data_may_have_moved(
     _kill_at(project, "migrate", 0.3)
     time.sleep(2.5)  # the orphaned migration finishes
 
-    said = _clean_up_said(project)
+    said = clean_up_said(project)
     record = project.history()[-1]
     assert record["migrations_ran"], record
     snapshot = record["snapshot_id"][:8]
@@ -110,7 +98,7 @@ def test_a_deploy_killed_in_its_watch_window_leaves_one_release_of_workers(
     _kill_at(project, "watch", 0.5)
     assert project.version() == "2.0.0"
 
-    said = _clean_up_said(project)
+    said = clean_up_said(project)
     assert _running_workers(project, "blue") == []
     assert len(_running_workers(project, "green")) == 1
     assert "without a finished watch window" in said, said
@@ -136,7 +124,7 @@ def test_a_killed_deploy_whose_migration_changed_nothing_does_not_offer_a_restor
     project.commit("notes 1.0.1")
     _kill_at(project, "start", 0.3)
 
-    said = _clean_up_said(project)
+    said = clean_up_said(project)
     assert "snapshot restore" not in said, said
     assert "interrupted in its start step" in said, said
     assert project.history()[-1]["failed_step"] == "start"
@@ -224,7 +212,7 @@ def test_a_killed_rollback_is_cleaned_up_by_status(notes_project: NotesProject) 
     os.kill(rollback.pid, signal.SIGKILL)
     rollback.communicate()
 
-    said = _clean_up_said(project)
+    said = clean_up_said(project)
     assert _running_workers(project, "green") == []
     assert "stopped the interrupted release in slot green" in said, said
     assert len(_running_workers(project, "blue")) == 1
@@ -352,7 +340,7 @@ def _assert_the_clean_up_stopped(
 ) -> str:
     """The clean-up of a deploy killed in `step` stopped its command (`sh -c 'sleep SECONDS && touch
     MARKER'`) before it finished, said so, and marked the deploy interrupted there; what it said."""
-    said = _clean_up_said(project)
+    said = clean_up_said(project)
     elapsed = time.monotonic() - killed_at
     assert elapsed < command_seconds, f"the clean-up came after the {step} command would have finished"
     assert _processes_mentioning(str(marker)) == [], said
