@@ -77,7 +77,11 @@ password; healthchecks get /fail) after the new snapshot is written and verified
 repository, where it stays; copies listed after the failed one are tried at the next backup.
 A copy locked by another process (a `repo prune` there) only puts that copy off: the backup
 warns `copy offsite skipped, the next backup catches it up: ...` (in `--json`'s `warnings`),
-exits 0 and pings success, as retention does on a locked repository.
+exits 0 and pings success, as retention does on a locked repository. So does the repository
+itself, the copies' source, when another process locked it exclusively after the snapshot: every
+copy is put off (`... the primary repository, its source, is busy: ...`). A pack of the
+repository missing or damaged while a copy reads it fails the backup with exit code 12, worded as
+the repository's fault, not the copy's (`copy offsite: could not read the primary repository`).
 The one-line report ends `copied to offsite`, `--json` lists each copy's new snapshots, and
 `lockstep doctor` checks that each copy opens with its password.
 

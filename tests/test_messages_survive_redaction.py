@@ -24,15 +24,18 @@ def _literal_text(node: ast.expr) -> str | None:
 
 
 def _raised_messages() -> list[tuple[str, str]]:
-    """(where, text) of every string literal passed to an exception raised in src/lockstep."""
+    """(where, text) of every string literal passed to an exception raised in src/lockstep, and of
+    each message with its hint joined as the CLI prints them (`MESSAGE: HINT`): a message ending in
+    "token" or "password" turns the hint's first word into `***`."""
     messages = []
     for path in sorted(SOURCE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
-                for argument in node.exc.args:
-                    text = _literal_text(argument)
-                    if text is not None:
-                        messages.append((f"{path.relative_to(SOURCE)}:{node.lineno}", text))
+                where = f"{path.relative_to(SOURCE)}:{node.lineno}"
+                texts = [_literal_text(argument) for argument in node.exc.args]
+                messages.extend((where, text) for text in texts if text is not None)
+                if len(texts) >= 2 and texts[0] is not None:
+                    messages.append((where, f"{texts[0]}: {texts[1] or 'X'}"))
     return messages
 
 

@@ -186,10 +186,18 @@ class BatchingPipeReader(io.RawIOBase):
 
 
 class StreamingProcess:
-    """A command whose stdout is read as a stream; `finish()` checks how it ended."""
+    """A command whose stdout is read as a stream; `finish()` checks how it ended.
 
-    def __init__(self, command: Command) -> None:
+    `failure_hint` is what its failure tells the user to do: for a command the user wrote
+    (`repo backup --stdin-from-command`), fix it; a database adapter's dump tool says what to check
+    of the database instead, since the user wrote no command."""
+
+    failure_hint = "fix the command and run the backup again"
+
+    def __init__(self, command: Command, failure_hint: str | None = None) -> None:
         self.command = command
+        if failure_hint is not None:
+            self.failure_hint = failure_hint
         self._process = _popen(command, subprocess.DEVNULL, "install it or fix the path", 0)
         assert self._process.stdout is not None
         # A dump tool and its reader wake each other 16 times less than through 64 KiB (about
@@ -217,7 +225,7 @@ class StreamingProcess:
             raise SourceError(
                 f"{self.command.argv[0]} {reason}; no snapshot was written"
                 + (": " + " / ".join(lines) if lines else ""),
-                "fix the command and run the backup again",
+                self.failure_hint,
             )
 
     def kill(self) -> None:

@@ -283,7 +283,7 @@ def test_a_confirmed_rollback_through_the_page(browser: Chromium, dashboard_proj
     browser.click("rollback-preview-button")
     browser.wait_for("!document.getElementById('rollback-discarded-block').hidden")
     discarded = browser.text("rollback-discarded")
-    assert "table notes: 1 rows added (lost)" in discarded, discarded
+    assert "table notes: 1 row added (lost)" in discarded, discarded
     assert first in browser.text("rollback-target")
     browser.type_into("rollback-confirm", "tes")
     assert browser.evaluate("document.getElementById('rollback-button').disabled") is True

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from lockstep.agent.dashboard.metrics import MetricFamily, render
+from lockstep.agent.dashboard.collector import RepositoryView, SnapshotInfo
+from lockstep.agent.dashboard.metrics import MetricFamily, render, snapshot_families
 from tests.conftest import TEST_PASSWORD
 from tests.deploy.conftest import NotesProject, _stop_everything, free_ports, make_project
 
@@ -282,3 +283,26 @@ def test_metrics_without_token_and_without_the_repository_password(tmp_path: Pat
         assert "LOCKSTEP_PASSWORD" in document["repository"]["detail"]
     finally:
         _stop_everything(project)
+
+
+def test_a_pre_restore_snapshot_of_one_database_does_not_reset_the_last_good_age() -> None:
+    """The age of the last good snapshot counts only snapshots holding every configured
+    database: a pre-restore snapshot of one of two made it look a minute old."""
+    now = time.time()
+
+    def taken(minutes_ago: float, kind: str, databases: list[str]) -> SnapshotInfo:
+        return SnapshotInfo(
+            id=f"{kind}-{minutes_ago}",
+            time=now - minutes_ago * 60,
+            kind=kind,
+            message=None,
+            size=1,
+            commit=None,
+            databases=databases,
+            verification=None,
+            seconds=None,
+        )
+
+    view = RepositoryView(snapshots=[taken(180, "scheduled", ["audit", "main"]), taken(1, "pre-restore", ["main"])])
+    text = render(snapshot_families(view, "production", now, ["main", "audit"]))
+    assert parse_exposition(text).value("lockstep_last_good_snapshot_age_seconds") == 180 * 60

@@ -76,3 +76,28 @@ def test_the_age_counts_this_environments_backups_and_not_another_ones(
     assert scheduled.returncode == 0, scheduled.err
     age = newest_good_snapshot_age(context)
     assert age is not None and 0 <= age < 0.1
+
+
+def test_a_pre_restore_snapshot_of_one_database_is_not_a_backup_of_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Restoring one of two databases leaves a fresh pre-restore snapshot of that one only; the
+    watch took it for a backup of the environment, so an old full backup raised no alert."""
+    audit = tmp_path / "audit.db"
+    with sqlite3.connect(audit) as connection:
+        connection.execute("CREATE TABLE events (x)")
+    project = make_project(tmp_path, extra_config=f'[databases.audit]\nurl = "sqlite:///{audit}"\n')
+    monkeypatch.setenv("LOCKSTEP_PASSWORD", project.env["LOCKSTEP_PASSWORD"])
+    context = load_environment(project.directory, None, None)
+    project.database.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(project.database) as connection:
+        connection.execute("CREATE TABLE t (x)")
+    assert project.lockstep("snapshot", "create", "-m", "both").returncode == 0
+    full = newest_good_snapshot_age(context)
+    assert full is not None and 0 <= full < 0.1
+    restored = project.lockstep("snapshot", "restore", "latest", "--database", "audit", "--yes")
+    assert restored.returncode == 0, restored.err
+    assert newest_good_snapshot_age(context) is not None  # the full snapshot
+    config = project.directory / "lockstep.toml"
+    config.write_text(config.read_text().replace("[databases.audit]", "[databases.audit2]"))
+    assert newest_good_snapshot_age(load_environment(project.directory, None, None)) is None  # none holds audit2

@@ -747,7 +747,9 @@ def test_scheduled_retention_is_one_pass_with_the_per_environment_result(
     shutil.copytree(context.directory, copied)
     project = load_project(copied, None, None)
     for name in ("default", "test"):
-        forget_snapshots(project.access, project.config.retention, environments=(name,), run_prune=True)
+        forget_snapshots(
+            project.access, project.config.retention, context.project.name, environments=(name,), run_prune=True
+        )
     expected = Repository.open(LocalBackend(copied / "repository"), TEST_PASSWORD)
     try:
         left_per_environment = {snapshot.id for snapshot in expected.list_snapshots()}

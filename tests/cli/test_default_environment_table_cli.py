@@ -118,11 +118,11 @@ def test_older_default_snapshots_keep_their_label_and_are_not_production(project
     are still listed, but a restore without --env (production) never picks them."""
     project.write_config(production_table=False)
     old = project.json("snapshot", "create", "-m", "top-level, production had no table")
-    assert old["environment"] is None and saved_rows(old) == DEVELOPMENT_ROWS
+    assert old["environment"] == "default" and saved_rows(old) == DEVELOPMENT_ROWS
     project.write_config(production_table=True)
 
     everything = project.json("snapshot", "list")
-    assert [snapshot["environment"] for snapshot in everything] == [None]
+    assert [snapshot["environment"] for snapshot in everything] == ["default"]
     assert project.json("snapshot", "list", "--env", "production") == []
     refused = project.lockstep("snapshot", "restore", "latest", "--database", "main", "--yes")
     assert refused.returncode != 0 and "no lockstep snapshots of environment 'production'" in refused.err

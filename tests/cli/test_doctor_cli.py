@@ -17,6 +17,7 @@ import pytest
 from lockstep.pipeline.snapshot import SnapshotRequest, create_snapshot, load_manifest
 from lockstep.repository.gojson import format_time_ns
 from lockstep.repository.repository import Repository
+from lockstep.repository.snapshot import Snapshot
 from lockstep.storage.base import FileType
 from lockstep.storage.local import LocalBackend
 from tests.conftest import TEST_PASSWORD, Completed, missing, require_binary, run_lockstep
@@ -76,6 +77,11 @@ def test_all_good_project_exits_0_and_a_stopped_agent_fails_with_start_it(
         project.start_agent()
         deployed = project.lockstep("deploy", "-m", "first")
         assert deployed.returncode == 0, deployed.err
+        # The pre-deploy snapshot could not hold main (the app creates it on its first start):
+        # no snapshot holds every database until the next backup.
+        first = doctor_json(project.lockstep("doctor", "--json"))["last good snapshot"]
+        assert first["status"] == "fail" and "holds only orders" in first["detail"], first
+        assert project.lockstep("backup").returncode == 0
         running = project.lockstep("doctor", "--json")
         assert running.returncode == 0, running.out + running.err
         checks = doctor_json(running)
@@ -170,15 +176,15 @@ def test_secret_file_0644_fails_with_the_chmod_fix(small_project: Path) -> None:
     assert "tok-never-printed-77" not in completed.out + lines.out + lines.err
 
 
-def test_snapshot_older_than_the_rpo_fails(small_project: Path) -> None:
-    """A snapshot dated 3 hours ago with agent.rpo_hours = 2: the last good snapshot check fails."""
-    repository = Repository.open(LocalBackend(small_project / "repository"), TEST_PASSWORD)
+def snapshot_hours_ago(directory: Path, hours: float) -> Snapshot:
+    """A real coordinated snapshot of the project dated `hours` ago."""
+    repository = Repository.open(LocalBackend(directory / "repository"), TEST_PASSWORD)
     try:
         from lockstep.config import load_config
 
-        config = load_config(small_project / "lockstep.toml")
-        when = datetime.now(UTC) - timedelta(hours=3)
-        created = create_snapshot(repository, config, SnapshotRequest(project_directory=small_project), None)
+        config = load_config(directory / "lockstep.toml")
+        when = datetime.now(UTC) - timedelta(hours=hours)
+        created = create_snapshot(repository, config, SnapshotRequest(project_directory=directory), None)
         original = created.snapshot
         old = type(original)(**{**vars(original), "time": format_time_ns(int(when.timestamp() * 1e9)), "id": ""})
         repository.save_snapshot(old)
@@ -187,12 +193,41 @@ def test_snapshot_older_than_the_rpo_fails(small_project: Path) -> None:
         assert load_manifest(repository, old).databases  # a real coordinated snapshot
     finally:
         repository.close()
+    return old
+
+
+def test_snapshot_older_than_the_rpo_fails(small_project: Path) -> None:
+    """A snapshot dated 3 hours ago with agent.rpo_hours = 2: the last good snapshot check fails."""
+    old = snapshot_hours_ago(small_project, 3)
     completed = doctor(small_project)
     assert completed.returncode == 1
     check = doctor_json(completed)["last good snapshot"]
     assert check["status"] == "fail" and "older than the RPO" in check["detail"] and old.id[:8] in check["detail"]
     assert "agent.rpo_hours = 2" in check["detail"]
     backup = run_lockstep(["backup"], env={"LOCKSTEP_PASSWORD": TEST_PASSWORD}, cwd=small_project)
+    assert backup.returncode == 0, backup.err
+    assert doctor_json(doctor(small_project))["last good snapshot"]["status"] == "pass"
+
+
+def test_a_pre_restore_snapshot_of_one_database_is_no_recovery_point(small_project: Path) -> None:
+    """Restoring one of two databases takes a pre-restore snapshot of that one only; doctor
+    counted it as a good snapshot of the whole project and passed, although the newest snapshot
+    holding both was older than the RPO. Now it fails and says what the newer one holds."""
+    with (small_project / "lockstep.toml").open("a") as config:
+        config.write('\n[databases.audit]\nurl = "sqlite:///audit.db"\n')
+    with contextlib.closing(sqlite3.connect(small_project / "audit.db")) as connection:
+        connection.execute("CREATE TABLE events (id INTEGER PRIMARY KEY)")
+        connection.commit()
+    old = snapshot_hours_ago(small_project, 3)
+    environment = {"LOCKSTEP_PASSWORD": TEST_PASSWORD}
+    arguments = ["--json", "snapshot", "restore", old.id[:10], "--database", "main", "--yes"]
+    restored = run_lockstep(arguments, env=environment, cwd=small_project)
+    assert restored.returncode == 0, restored.err
+    pre_restore = json.loads(restored.out)["pre_restore_snapshot"]
+    check = doctor_json(doctor(small_project))["last good snapshot"]
+    assert check["status"] == "fail" and old.id[:8] in check["detail"] and "older than the RPO" in check["detail"]
+    assert f"newer {pre_restore[:8]} holds only main" in check["detail"], check
+    backup = run_lockstep(["backup"], env=environment, cwd=small_project)
     assert backup.returncode == 0, backup.err
     assert doctor_json(doctor(small_project))["last good snapshot"]["status"] == "pass"
 

@@ -153,7 +153,7 @@ def test_forget_by_id_and_dry_run(repository_env: dict[str, str], tmp_path: Path
     second = backup(repository_env, source)
     dry = run_lockstep(["repo", "forget", first[:8], "--dry-run"], env=repository_env)
     assert dry.returncode == 0, dry.err
-    assert "would remove 1 snapshots" in dry.out
+    assert "would remove 1 snapshot " in dry.out
     assert snapshot_ids(repository_env) == {first, second}
     done = run_lockstep(["repo", "forget", first[:8]], env=repository_env)
     assert done.returncode == 0, done.err

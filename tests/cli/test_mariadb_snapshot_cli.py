@@ -91,7 +91,7 @@ def test_a_myisam_table_is_shown_as_outside_the_snapshot_and_verify_passes(proje
         assert tables["hits"]["consistent"] is False and "consistent" not in tables["orders"]
 
         readable = project.ok("snapshot", "show", created["id"][:12]).out
-        assert "hits: 1 rows (outside the snapshot)" in readable
+        assert "hits: 1 row (outside the snapshot)" in readable
         # The engine is `mysql` for both servers; show says which one it was (it said "mysql").
         assert f"database     shop: MariaDB {record['server_version']}, " in readable, readable
         assert "counts       from the dump's own snapshot, except:" in readable
@@ -122,3 +122,18 @@ def test_create_warns_of_what_the_dump_cannot_keep_and_the_manifest_says_so(proj
         assert f"lockstep: warning: database shop: {floats}" in " ".join(again.err.split())
         shown = project.ok("snapshot", "show", "latest").out
         assert "warning      database shop: FLOAT column m.f" in shown
+
+
+def test_a_dump_that_cannot_reach_its_database_says_what_to_check(project: Project) -> None:
+    """mariadb-dump failing (no such database, a wrong password) ended with the hint of a
+    user's own backup command, "fix the command and run the backup again", where the user wrote
+    no command: it now names what to check, as PostgreSQL's connection errors do."""
+    with mariadb_database("CREATE TABLE t (id int PRIMARY KEY);") as url:
+        missing = url.rsplit("/", 1)[0] + "/" + unique_name()
+        project.write_config({"shop": missing})
+        failed = project.lockstep("snapshot", "create", "--allow-dirty", "-m", "no such database")
+        assert failed.returncode == 15, failed.err
+        line = failed.err.strip().splitlines()[-1]
+        assert "mariadb-dump exited" in line and "no snapshot was written" in line, line
+        assert line.endswith("check the URL, that the server runs and the credentials (`lockstep doctor` checks them)")
+        assert "fix the command" not in line, line

@@ -190,7 +190,9 @@ def test_retention_keeps_the_full_snapshot_of_a_day_with_a_later_schema_only_one
     snapshots = [
         Snapshot.from_document(item, item["id"]) for item in json.loads(project.repo("snapshots", "--json").out)
     ]
-    plan = plan_forget(snapshots, RetentionConfig(keep_daily=1, keep_weekly=0, keep_monthly=0), datetime.now(UTC))
+    plan = plan_forget(
+        snapshots, RetentionConfig(keep_daily=1, keep_weekly=0, keep_monthly=0), datetime.now(UTC), project="shop"
+    )
     kept = {snapshot.id for snapshot in plan.keep}
     assert full["id"] in kept and schema["id"] in kept and not plan.remove
     # restic's own forget groups them apart too (by host and paths).

@@ -177,7 +177,9 @@ def test_create_list_show_and_restore_round_trip(project: Project, tmp_path: Pat
     assert sqlite_fingerprint(restored) == manifest_tables(created, "main")
 
     stored_manifest = json.loads(project.repo("dump", snapshot_id, "/manifest.json").stdout)
-    assert stored_manifest == {key: value for key, value in created.items() if key not in ("id", "short_id")}
+    # --json says "default" for a snapshot without --env; the stored manifest keeps null.
+    printed = {key: value for key, value in created.items() if key not in ("id", "short_id")}
+    assert stored_manifest == {**printed, "environment": None} and created["environment"] == "default"
     assert project.repo("dump", snapshot_id, "/code/commit").stdout.decode().strip() == head
     assert project.repo("dump", snapshot_id, "/files/config/config/app.yml").stdout == b"currency: EUR\n"
 
@@ -418,6 +420,25 @@ def test_a_long_commit_reference_must_match_the_whole_commit(project: Project) -
         assert wrong.returncode == 13, (command, wrong.err)
         assert "no lockstep snapshot matches" in wrong.err
     assert not (project.root / "unused").exists()
+
+
+def test_a_relative_sqlite_to_url_is_shown_as_the_file_it_wrote(project: Project) -> None:
+    """`--to sqlite:///tmp/copy.db` is tmp/copy.db below where lockstep runs (SQLAlchemy's rule), and
+    the restore said "restored into sqlite:///tmp/copy.db", which reads as /tmp/copy.db: the copy
+    looked lost. The output and --json now name the absolute file."""
+    project.create("-m", "one")
+    (project.root / "copies").mkdir()
+    written = project.root / "copies" / "copy.db"
+    text = project.ok("snapshot", "restore", "latest", "--database", "main", "--to", "sqlite:///copies/copy.db")
+    assert f"restored into sqlite:///{written} and verified" in text.out, text.out
+    assert sqlite_fingerprint(written) == sqlite_fingerprint(project.root / "app.db")
+    document = json.loads(
+        project.ok(
+            "snapshot", "restore", "latest", "--json", "--database", "main", "--to", "sqlite:///copies/copy2.db"
+        ).out
+    )
+    assert document["databases"][0]["target"] == f"sqlite:///{project.root / 'copies' / 'copy2.db'}"
+    assert (project.root / "copies" / "copy2.db").is_file()
 
 
 # --- PostgreSQL --------------------------------------------------------------------------
@@ -875,3 +896,18 @@ def test_snapshot_list_on_a_narrow_terminal_keeps_ids_and_messages_whole(project
     assert "  verified: never" in narrow.out
     wide = project.ok("snapshot", "list").out  # COLUMNS=200
     assert "┃ Message" in wide and created["short_id"] in wide and "message:" not in wide
+
+
+def test_a_snapshot_without_env_is_of_environment_default_in_every_json_output(project: Project) -> None:
+    """`snapshot list --json` and `show --json` said `"environment": null` for a snapshot taken
+    without --env, where their text and `backup --json` / `forget --json` say "default"."""
+    created = project.create("-m", "without --env")
+    backup = json.loads(project.ok("--json", "backup").out)
+    assert created["environment"] == "default" and backup["environment"] == "default"
+    listed = json.loads(project.ok("snapshot", "list", "--json").out)
+    assert [item["environment"] for item in listed] == ["default", "default"]
+    shown = json.loads(project.ok("snapshot", "show", created["short_id"], "--json").out)
+    assert shown["environment"] == "default"
+    assert "environment  default" in project.ok("snapshot", "show", created["short_id"]).out
+    forget = json.loads(project.ok("snapshot", "forget", "--dry-run", "--json").out)
+    assert {group["environment"] for group in forget["groups"]} == {"default"}

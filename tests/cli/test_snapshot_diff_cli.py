@@ -51,6 +51,42 @@ def test_diff_reports_rows_and_schema_changes_per_table(project: Project) -> Non
     assert tables["alembic_version"]["status"] == "unchanged"
 
 
+def test_a_configured_database_the_snapshot_lacks_is_named_not_left_out(project: Project) -> None:
+    """A database added to lockstep.toml after the snapshot, or any database but the one a
+    pre-restore snapshot replaced, has nothing to compare with: diff said nothing about it, so
+    its absence read as "unchanged". It is named in the text and under not_in_snapshot."""
+    created = project.create("-m", "before the second database")
+    with sqlite3.connect(project.root / "extra.db") as connection:
+        connection.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    connection.close()
+    project.write_config({"main": "sqlite:///app.db", "extra": "sqlite:///extra.db"})
+    human = project.ok("snapshot", "diff", "latest").out
+    assert f"database extra: not in snapshot {created['short_id']}, not compared" in human, human
+    document = json.loads(project.ok("snapshot", "diff", "latest", "--json").out)
+    assert document["not_in_snapshot"] == ["extra"] and document["skipped"] == []
+    assert [database["database"] for database in document["databases"]] == ["main"]
+    only_main = json.loads(project.ok("snapshot", "diff", "latest", "--database", "main", "--json").out)
+    assert only_main["not_in_snapshot"] == []
+
+
+def test_a_database_the_snapshot_lacks_gets_a_hint_to_name_one_that_holds_it(project: Project) -> None:
+    """Right after a restore of one database, `latest` is its pre-restore snapshot, which holds
+    only that one: `restore latest --database other` said only "has no database 'other'"."""
+    with sqlite3.connect(project.root / "extra.db") as connection:
+        connection.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    connection.close()
+    project.write_config({"main": "sqlite:///app.db", "extra": "sqlite:///extra.db"})
+    (project.root / ".gitignore").write_text("app.db\nextra.db\n.env\n")
+    project.create("--allow-dirty", "-m", "both")
+    project.ok("snapshot", "restore", "latest", "--database", "extra", "--yes")
+    for command in (["restore", "latest", "--database", "main", "--yes"], ["diff", "latest", "--database", "main"]):
+        result = project.lockstep("snapshot", *command)
+        assert result.returncode == 13, result.err
+        line = result.err.strip().splitlines()[-1]
+        assert "has no database 'main' (it has: extra)" in line, line
+        assert "give the ID of a snapshot that holds it (`lockstep snapshot list`)" in line, line
+
+
 def test_an_unknown_database_is_a_usage_error(project: Project) -> None:
     """--database must name a database of lockstep.toml."""
     project.create("-m", "one")

@@ -182,7 +182,7 @@ def test_forget_prune_frees_the_space_of_removed_snapshots(project: Project, tmp
     size_before = project.data_bytes()
 
     dry = project.ok("snapshot", "forget", "--dry-run", "--prune")
-    assert "would remove 1 snapshots" in dry.out and "dry run" in dry.out
+    assert "would remove 1 snapshot " in dry.out and "dry run" in dry.out
     assert project.snapshot_ids() == {old, new} and project.data_bytes() == size_before
 
     done = json.loads(project.ok("snapshot", "forget", "--prune", "--json").out)

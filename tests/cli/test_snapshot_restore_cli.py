@@ -320,3 +320,67 @@ def test_code_restore_reports_what_it_could_not_restore_once_per_problem(tmp_pat
     document = json.loads(as_json.out)
     assert document["warnings"] == [f"skipped socket on 3 files (first: {tmp_path / 'again' / 'run' / 'php-fpm.sock'})"]
     assert "checked against its tree_sha256" in document["code"]
+
+
+def test_files_that_would_be_overwritten_are_confirmed_and_saved_first(project: Project) -> None:
+    """`--files DIR` over live config and secret files overwrote them without asking and kept
+    no copy, while a database restore asks and takes a pre-restore snapshot. Now the files with
+    other content are named (never their content), the restore is refused without --yes or a
+    terminal and cancelled by a "no", and with --yes their current versions go into a
+    pre-restore snapshot that puts them back."""
+    created = project.create("-m", "good")
+    (project.root / "config" / "app.yml").write_text("currency: USD\n")
+    (project.root / ".env").write_text("STRIPE_KEY=sk_live_rotated\n")
+    snapshots = project.snapshot_ids()
+
+    refused = project.lockstep("snapshot", "restore", created["short_id"], "--files", ".")
+    assert refused.returncode == 2, refused.err
+    assert "--yes" in refused.err and "2 files" in refused.err
+    declined = run_on_terminal(project, b"n\n", "snapshot", "restore", created["short_id"], "--files", ".")
+    assert declined.returncode == 1, declined.err
+    assert "config/app.yml" in declined.err and ".env" in declined.err and "cancelled" in declined.err
+    for completed in (refused, declined):
+        assert "sk_live_rotated" not in completed.out + completed.err and "USD" not in completed.out + completed.err
+    assert (project.root / ".env").read_text() == "STRIPE_KEY=sk_live_rotated\n"
+    assert project.snapshot_ids() == snapshots
+
+    document = json.loads(project.ok("snapshot", "restore", created["short_id"], "--files", ".", "--yes", "--json").out)
+    assert sorted(document["overwritten_files"]) == [".env", "config/app.yml"]
+    assert "sk_live_rotated" not in json.dumps(document)
+    assert (project.root / ".env").read_text() == "STRIPE_KEY=sk_test_restore\n"
+    assert (project.root / "config" / "app.yml").read_text() == "currency: EUR\n"
+    pre_restore = document["pre_restore_snapshot"]
+    listed = {item["id"]: item for item in json.loads(project.ok("snapshot", "list", "--json").out)}
+    assert listed[pre_restore]["kind"] == "pre-restore"
+
+    back = project.ok("snapshot", "restore", pre_restore[:10], "--files", ".", "--yes")
+    assert "overwritten in .: " in back.out and "2 config and secret files written" in back.out
+    assert (project.root / ".env").read_text() == "STRIPE_KEY=sk_live_rotated\n"
+    assert stat.S_IMODE((project.root / ".env").stat().st_mode) == 0o600
+    assert (project.root / "config" / "app.yml").read_text() == "currency: USD\n"
+
+
+def test_unchanged_files_and_a_database_share_one_confirmation_and_pre_restore_snapshot(project: Project) -> None:
+    """Files with the snapshot's content are not asked about; a database and a changed file
+    restored together are confirmed once and saved in one pre-restore snapshot."""
+    created = project.create("-m", "good")
+    unchanged = project.ok("snapshot", "restore", created["short_id"], "--files", ".")
+    assert "pre-restore" not in unchanged.out
+    assert "1 config and secret file" not in unchanged.out and "2 config and secret files written" in unchanged.out
+    damage_live_database(project)
+    (project.root / "config" / "app.yml").write_text("currency: USD\n")
+    asked = run_on_terminal(
+        project, b"n\n", "snapshot", "restore", created["short_id"], "--database", "main", "--files", "."
+    )
+    assert asked.returncode == 1, asked.err
+    assert asked.err.count("replace main in place and 1 file in .") == 1, asked.err
+    document = json.loads(
+        project.ok(
+            "snapshot", "restore", created["short_id"], "--database", "main", "--files", ".", "--yes", "--json"
+        ).out
+    )
+    assert document["overwritten_files"] == ["config/app.yml"]
+    assert [item["kind"] for item in json.loads(project.ok("snapshot", "list", "--json").out)].count("pre-restore") == 1
+    shown = json.loads(project.ok("snapshot", "show", document["pre_restore_snapshot"][:10], "--json").out)
+    assert list(shown["databases"]) == ["main"]
+    assert [item["path"] for item in shown["files"]] == ["/files/config/config/app.yml"]

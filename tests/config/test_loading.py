@@ -10,6 +10,7 @@ import pytest
 from lockstep.config.loading import find_config, known_keys, load_config
 from lockstep.errors import UsageError
 from lockstep.exit_codes import ExitCode
+from lockstep.redaction import Redactor
 
 MINIMAL = """\
 [repository]
@@ -113,6 +114,20 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path: Path) -> None:
     message = str(load_error(path))
     assert 'lockstep.toml: databases.main.ulr: unknown key; did you mean "url"?' in message
     assert "databases.main.url: missing: add url = " in message
+
+
+def test_a_secret_named_key_is_explained_in_words_the_redactor_leaves_alone(tmp_path: Path) -> None:
+    """Every error line goes through the redactor, which reads "password: unknown" as an
+    assignment: `password = "..."` under [databases.main] (a newcomer's first guess) printed
+    "databases.main.password: *** key". The line says where the password goes instead."""
+    secret_keys = 'password = "hunter2-not-shown"\napi_key = "x"\n'
+    text = MINIMAL + secret_keys + '[repository.copies.offsite]\nurl = "/b"\ntoken = 1\n'
+    message = Redactor().redact(str(load_error(write_config(tmp_path, text))))
+    assert "***" not in message, message
+    assert "hunter2" not in message
+    for key in ("databases.main.password", "databases.main.api_key", "repository.copies.offsite.token"):
+        assert f"lockstep.toml: {key} (unknown key: lockstep.toml holds no secrets;" in message, message
+    assert "password_env" in message and "password_file" in message
 
 
 def test_unknown_key_in_an_environment_is_caught_for_every_environment(tmp_path: Path) -> None:

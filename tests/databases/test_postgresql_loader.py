@@ -9,13 +9,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from lockstep.databases import copy_frames, postgresql_indexes, postgresql_loader
+from lockstep.databases import copy_binary, copy_frames, postgresql_indexes, postgresql_loader
 from lockstep.databases.base import ServerLocation
 from lockstep.databases.postgresql import PostgresqlAdapter
 from lockstep.databases.postgresql_archive import OFFSET_SET, SECTION_POST_DATA, TocEntry, parse_head, read_head
 from lockstep.databases.postgresql_indexes import index_jobs
 from lockstep.databases.postgresql_loader import _RowSplitter, plan_load
 from lockstep.errors import SourceError
+from tests.conftest import missing
 from tests.databases.test_postgresql import (
     BINARY,
     RICH_SCHEMA,
@@ -266,6 +267,46 @@ def test_a_dump_restores_with_frames_stripped_in_python_too(
 ) -> None:
     """Installs without a C compiler have no _copy_frames module."""
     monkeypatch.setattr(copy_frames, "unframe", copy_frames.unframe_in_python)
+    fill(database)
+    adapter.restore(scratch, None, io.BytesIO(dump_bytes(adapter, database)), create=False)
+    assert loads and loads[0]["Sales Dept.Order lines"] == 3000 + len(AWKWARD)
+    assert adapter.inspect(scratch, None).tables == adapter.inspect(database, None).tables
+
+
+def test_tables_of_known_types_load_as_binary_rows_and_the_rest_as_text(
+    adapter: PostgresqlAdapter,  # noqa: F811
+    database: str,
+    scratch: str,
+    loads: list[dict[str, int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    converted: list[bytes] = []
+    rows = copy_binary.rows
+
+    def counting_rows(text: bytes, kinds: bytes, statement: bytes) -> bytes:
+        converted.append(statement)
+        return rows(text, kinds, statement)
+
+    monkeypatch.setattr(copy_binary, "rows", counting_rows)
+    fill(database)
+    adapter.restore(scratch, None, io.BytesIO(dump_bytes(adapter, database)), create=False)
+    assert adapter.inspect(scratch, None).tables == adapter.inspect(database, None).tables
+    assert b'COPY "Sales Dept"."Order lines" (id, "note text") FROM stdin' in converted
+    assert not any(b"customers" in statement for statement in converted)  # bytea: not a known type
+
+
+def test_a_dump_restores_as_text_without_the_binary_converter(
+    adapter: PostgresqlAdapter,  # noqa: F811
+    database: str,
+    scratch: str,
+    loads: list[dict[str, int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Installs without a C compiler have no _copy_binary module."""
+    if copy_binary.convert is None:
+        missing("the _copy_binary extension is not built (a C compiler at install time)")
+    monkeypatch.setattr(copy_binary, "convert", None)
+    monkeypatch.setattr(copy_binary, "rows", None)  # never called
     fill(database)
     adapter.restore(scratch, None, io.BytesIO(dump_bytes(adapter, database)), create=False)
     assert loads and loads[0]["Sales Dept.Order lines"] == 3000 + len(AWKWARD)

@@ -52,17 +52,20 @@ def client_key(directory: Path) -> Path:
     return key
 
 
-def start_sshd(directory: Path, port: int, authorized_key: Path) -> SshServer:
-    """sshd -D on 127.0.0.1:port; session processes get this process's PYTHONPATH."""
+def start_sshd(
+    directory: Path, port: int, authorized_key: Path, environment: dict[str, str] | None = None
+) -> SshServer:
+    """sshd -D on 127.0.0.1:port; session processes get this process's PYTHONPATH, and
+    `environment` (a fault injection point for this host alone, say)."""
     directory.mkdir(parents=True, exist_ok=True)
     Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege separation directory
     host_key = directory / "ssh_host_ed25519_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
     authorized = directory / "authorized_keys"
     authorized.write_text(authorized_key.with_suffix(".pub").read_text())
-    environment = ["LOCKSTEP_SCRYPT_N=1024"]
+    variables = ["LOCKSTEP_SCRYPT_N=1024", *(f'{name}="{value}"' for name, value in (environment or {}).items())]
     if os.environ.get("PYTHONPATH"):
-        environment.append(f"PYTHONPATH={os.environ['PYTHONPATH']}")
+        variables.append(f"PYTHONPATH={os.environ['PYTHONPATH']}")
     config = directory / "sshd_config"
     config.write_text(
         "\n".join(
@@ -79,7 +82,7 @@ def start_sshd(directory: Path, port: int, authorized_key: Path) -> SshServer:
                 "UsePAM no",
                 "StrictModes no",
                 "Subsystem sftp internal-sftp",
-                f"SetEnv {' '.join(environment)}",
+                f"SetEnv {' '.join(variables)}",
                 "",
             ]
         )

@@ -247,7 +247,7 @@ def test_code_only_rollback_onto_a_newer_schema_is_refused_and_with_data_restore
 
     completed = notes_project.lockstep("rollback", "--with-data", "--yes")
     assert completed.returncode == 0, completed.err
-    assert "table notes: 1 rows added (lost)" in completed.err
+    assert "table notes: 1 row added (lost)" in completed.err
     assert notes_project.version() == "1.0.0"
     assert notes_project.notes() == ["from v1"]
     listed = json.loads(notes_project.lockstep("snapshot", "list", "--json").out)

@@ -25,11 +25,22 @@ from pathlib import Path
 import pytest
 
 from lockstep.agent.client import AgentClient
+from lockstep.fault_injection import KILL_AT_VARIABLE, WAIT_AT_VARIABLE, WAIT_FOR_VARIABLE, WAITING_SUFFIX
 from lockstep.layout import EnvironmentLayout
 from lockstep.traffic.hold import HoldOwner
 from tests.conftest import TEST_PASSWORD
 from tests.deploy.conftest import NOTES, NotesProject, _stop_everything, free_ports
 from tests.deploy.sshd import SshServer, client_key, require_sshd, start_sshd
+from tests.deploy.writing_workers import (
+    CREATE_JOBS,
+    JOBS,
+    SEED,
+    jobs_component,
+    lost_writes,
+    wait_for_file,
+    wait_for_writes,
+    writes_between,
+)
 
 HOST_CONFIG = """
 default_environment = "test"
@@ -129,7 +140,13 @@ class Fleet:
         return records
 
 
-def _make_fleet(tmp_path: Path, smoke_on_second: str = "", watch_seconds: float = 1.0) -> Fleet:
+def _make_fleet(
+    tmp_path: Path,
+    smoke_on_second: str = "",
+    watch_seconds: float = 1.0,
+    session_environment: dict[int, dict[str, str]] | None = None,
+) -> Fleet:
+    """The fleet; `session_environment` adds variables to the SSH sessions of the host of that index."""
     require_sshd()
     repository = tmp_path / "repository"
     password_file = tmp_path / "password"
@@ -142,7 +159,10 @@ def _make_fleet(tmp_path: Path, smoke_on_second: str = "", watch_seconds: float 
     env = {"LOCKSTEP_SCRYPT_N": "1024", "COLUMNS": "200"}
     key = client_key(tmp_path)
     ports = free_ports(2 + 3 * 2)
-    servers = [start_sshd(tmp_path / f"sshd-{index}", ports[index], key) for index in range(2)]
+    servers = [
+        start_sshd(tmp_path / f"sshd-{index}", ports[index], key, (session_environment or {}).get(index))
+        for index in range(2)
+    ]
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text("".join(server.known_hosts_line() for server in servers))
     subprocess.run(["git", "init", "-q"], cwd=orchestrator, check=True)
@@ -190,11 +210,16 @@ FleetFactory = Callable[..., Fleet]
 
 @pytest.fixture
 def fleet_factory(tmp_path: Path) -> Iterator[FleetFactory]:
-    """Makes the fleet (smoke_on_second, watch_seconds), its agents running; stops it all after."""
+    """Makes the fleet (smoke_on_second, watch_seconds, session_environment), its agents running;
+    stops it all after."""
     made: list[Fleet] = []
 
-    def make(smoke_on_second: str = "", watch_seconds: float = 1.0) -> Fleet:
-        fleet = _make_fleet(tmp_path, smoke_on_second, watch_seconds)
+    def make(
+        smoke_on_second: str = "",
+        watch_seconds: float = 1.0,
+        session_environment: dict[int, dict[str, str]] | None = None,
+    ) -> Fleet:
+        fleet = _make_fleet(tmp_path, smoke_on_second, watch_seconds, session_environment)
         made.append(fleet)
         for host in fleet.hosts:
             host.start_agent()
@@ -428,13 +453,15 @@ def test_an_unknown_host_key_is_refused(fleet_factory: FleetFactory) -> None:
     planned = fleet.lockstep("deploy", "--dry-run")  # contacts nobody
     assert planned.returncode == 0, planned.stderr
     assert "on 2 hosts over SSH, all or none" in planned.stdout
-    # It tells that every host holds its traffic while the primary restores the data on an unwind.
+    # It tells that every host holds its traffic and stops its workers while the primary restores the data.
     plan = json.loads(fleet.lockstep("deploy", "--dry-run", "--json").stdout)["plan"]
     holds = [line for line in plan if line.startswith("data on unwind:")]
     assert len(holds) == 1 and "EVERY HOST HOLDS ITS TRAFFIC" in holds[0] and "hold_timeout" in holds[0], plan
+    assert "AND STOPS THE OLD RELEASE'S WORKERS" in holds[0] and "starts those workers again" in holds[0]
+    assert "a host that cannot hold or stop its workers stops the restore" in holds[0]
     assert "THE DATA WAS NOT RESTORED" in holds[0]
     skipping = fleet.lockstep("deploy", "--dry-run", "--skip-migrations").stdout
-    assert "data on unwind: no restore (--skip-migrations), so no host holds its traffic" in skipping
+    assert "data on unwind: no restore (--skip-migrations), so no host holds its traffic or stops" in skipping
 
 
 def test_a_rollback_goes_back_on_every_host_or_is_refused(fleet_factory: FleetFactory) -> None:
@@ -663,6 +690,126 @@ def test_a_host_that_cannot_hold_its_traffic_keeps_the_data_as_migrated(fleet_fa
     assert [host.history()[-1]["data_restored"] for host in fleet.hosts] == [False, False]
 
 
+def _writing_workers_fleet(fleet_factory: FleetFactory, wait_at: str) -> tuple[Fleet, list[Path], Path]:
+    """Two hosts whose release 1.0.0 runs a worker writing to the shared database (each its own
+    log), then a commit 2.0.0 whose migration writes and whose smoke test fails on the second host;
+    the hosts' lockstep wait at `wait_at` for the go-ahead file returned."""
+    fleet = fleet_factory(smoke_on_second='smoke = [{ command = "test ! -e BREAKS_SECOND_HOST" }]')
+    logs = [fleet.orchestrator.parent / f"jobs-{index}.log" for index in range(2)]
+    for index, host in enumerate(fleet.hosts):
+        config = host.directory / "lockstep.toml"
+        jobs = jobs_component(f"host-{index}", logs[index])
+        config.write_text(config.read_text().replace("[traffic]", jobs + "\n[traffic]"))
+    fleet.commit_version("1.0.0", {"jobs.py": JOBS, "migrations/002_create_jobs.sql": CREATE_JOBS})
+    _deploy_ok(fleet)
+    for index, log in enumerate(logs):
+        wait_for_writes(log, f"host-{index}", "1.0.0", after=0)
+    go = fleet.orchestrator.parent / "go-ahead"
+    orchestrator_config = fleet.orchestrator / "lockstep.toml"
+    orchestrator_config.write_text(
+        orchestrator_config.read_text().replace(
+            f'command = "{sys.executable} -m lockstep"',
+            f"command = \"env {WAIT_AT_VARIABLE}='{wait_at}' {WAIT_FOR_VARIABLE}={go} LOCKSTEP_AGENT_WAIT=0 "
+            f'{sys.executable} -m lockstep"',
+        )
+    )
+    fleet.commit_version("2.0.0", {"BREAKS_SECOND_HOST": "yes\n", "migrations/003_seed.sql": SEED})
+    return fleet, logs, go
+
+
+def _start_failing_deploy(fleet: Fleet) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "lockstep", "deploy", "--json", "--log-format", "json"],
+        cwd=fleet.orchestrator,
+        env={**os.environ, **fleet.env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_no_host_s_workers_write_while_the_primary_restores_the_data(fleet_factory: FleetFactory) -> None:
+    """The second host fails its smoke test after the primary migrated: the primary restores the
+    data. The old release's workers, which ran on both hosts all through the deploy and take no
+    requests (a traffic hold does not stop them), write a row every 0.05 s: they must be stopped on
+    every host before the restore, and started again after it. The primary waits inside its
+    restore (a fault-injection wait point) while the test looks at what they write."""
+    fleet, logs, go = _writing_workers_fleet(fleet_factory, "restore data")
+    process = _start_failing_deploy(fleet)
+    try:
+        wait_for_file(go.with_name(go.name + WAITING_SUFFIX), process)  # the primary, in its restore
+        window_start = time.time()
+        time.sleep(2)  # 40 writes' worth on each host
+        window_end = time.time()
+        go.touch()
+        out, err = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    for index, log in enumerate(logs):
+        written = writes_between(log, "1.0.0", window_start, window_end)
+        assert written == [], f"host-{index}: {len(written)} writes of the old workers during the data restore"
+    assert process.returncode == 3, err + out
+    document = json.loads(out)
+    assert [(host["outcome"], host["data_restored"]) for host in document["hosts"]] == [
+        ("rolled back", True),
+        ("rolled back", False),
+    ], document
+    assert "every host holds its traffic and has stopped its workers; restoring the data" in err, err
+    database = fleet.orchestrator.parent / "shared-db" / "notes.db"
+    ended = time.time()
+    for index, (host, log) in enumerate(zip(fleet.hosts, logs, strict=True)):
+        wait_for_writes(log, f"host-{index}", "1.0.0", after=ended)  # they run again, on the restored data
+        assert lost_writes(log, "1.0.0", window_start, database) == [], f"host-{index}"
+        slot = host.status()["slots"]["blue"]
+        assert {item["component"] for item in slot["processes"] if item["running"]} == {"web", "worker", "jobs"}
+    assert [host.version() for host in fleet.hosts] == ["1.0.0", "1.0.0"]
+
+
+def test_a_host_whose_workers_cannot_be_stopped_keeps_the_data_as_migrated(fleet_factory: FleetFactory) -> None:
+    """The second host fails its smoke test after the primary migrated, and its agent dies just
+    before it stops its workers for the primary's restore: those workers (no longer supervised)
+    may write on. As for a host that cannot hold its traffic, the primary does not restore: it
+    keeps the migrated data, says so loudly, and starts its own workers again."""
+    fleet, logs, go = _writing_workers_fleet(fleet_factory, "stop workers")
+    primary, second = fleet.hosts
+    name = f"127.0.0.1:{fleet.servers[1].port}"
+    process = _start_failing_deploy(fleet)
+    assert process.stderr is not None
+    said: list[str] = []
+    try:
+        for line in process.stderr:  # the second host unwound its part: it is at its wait point
+            said.append(line)
+            if f"{name}: undo release ok" in line:
+                break
+        assert second.agent is not None
+        second.agent.kill()
+        second.agent.wait()
+        go.touch()
+        out, err = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    err = "".join(said) + err
+    assert process.returncode == 3, err + out
+    document = json.loads(out)
+    assert "THE DATA WAS NOT RESTORED: not every host held its traffic and stopped its workers" in document["error"]
+    assert f"{name} (ITS WORKERS MAY STILL RUN: stopping them failed: " in document["error"], document["error"]
+    assert [host["data_restored"] for host in document["hosts"]] == [False, False]
+    assert "THE WORKERS OF THE PREVIOUS RELEASE MAY STILL RUN" in err
+    snapshot = primary.history()[-1]["snapshot_id"]
+    assert isinstance(snapshot, str) and f"lockstep snapshot restore {snapshot[:8]}" in err
+    database = fleet.orchestrator.parent / "shared-db" / "notes.db"
+    with contextlib.closing(sqlite3.connect(database)) as connection:  # migration 003's row stays
+        seeded = connection.execute("SELECT count(*) FROM notes WHERE text = 'written by migration 003'").fetchone()
+    assert seeded == (1,)
+    # The primary stopped its own workers for a restore that did not come, and started them again.
+    wait_for_writes(logs[0], "host-0", "1.0.0", after=time.time())
+    assert primary.version() == "1.0.0"
+
+
 def _shared_rows(fleet: Fleet) -> list[tuple[object, ...]]:
     """Every row of every table of the database the hosts share, with each table's columns."""
     database = fleet.orchestrator.parent / "shared-db" / "notes.db"
@@ -728,3 +875,152 @@ def test_a_rollback_with_data_brings_back_code_and_data_on_every_host_or_on_none
     assert _shared_rows(fleet) == rows_v1
     assert "from v2, lost by the rollback with data" not in second.notes()
     assert all(host.history()[-1]["traffic_held_seconds"] for host in fleet.hosts)
+
+
+def test_a_data_rollback_host_failing_after_the_retire_go_keeps_the_restored_data(
+    fleet_factory: FleetFactory,
+) -> None:
+    """A rollback --with-data whose second host, told "go" at its retire barrier, cannot restart
+    1.0.0's worker: past the point of no return, on the data the primary restored. Nothing is
+    undone anywhere (putting the data back would lose what 1.0.0 wrote on every host since, and
+    leave this host's 2.0.0 on the older data): the restored data stays, every host serves 1.0.0,
+    the held traffic is let go, and the orchestrator says what is left (exit 1)."""
+    fleet = fleet_factory()
+    primary, second = fleet.hosts
+    first = _deploy_ok(fleet)
+    primary.add_note("from v1")
+    rows_v1 = _shared_rows(fleet)
+    shutil.copytree(NOTES / "demo" / "v2", fleet.orchestrator, dirs_exist_ok=True)  # migration 002: a column
+    fleet.commit_version("2.0.0")
+    _deploy_ok(fleet)
+    second.add_note("from v2, lost by the rollback with data")
+    layout = EnvironmentLayout(second.directory / ".lockstep" / "state" / "test", "test")
+    (layout.release_directory(first["id"]) / "worker.py").write_text("raise SystemExit('no worker today')\n")
+
+    rolled = fleet.lockstep("rollback", "--with-data", "--yes", "--json")
+
+    assert rolled.returncode == 1, rolled.stderr + rolled.stdout
+    document = json.loads(rolled.stdout)
+    name = f"127.0.0.1:{fleet.servers[1].port}"
+    assert "serves on every host, but did not finish everywhere" in document["error"], document["error"]
+    assert f"{name} serves it, but its retire did not finish" in document["error"], document["error"]
+    assert "PUT BACK" not in document["error"] and "put back" not in document["error"], document["error"]
+    assert [(host["outcome"], host["data_restored"]) for host in document["hosts"]] == [
+        ("succeeded", True),
+        ("kept, retire unfinished", False),
+    ], document
+    assert document["data_restored"] is True
+    # Every host serves 1.0.0 (the second host's hold was let go: it answers at once), on the
+    # data of the snapshot: what 2.0.0 wrote is gone, and no put-back brought it back.
+    assert [host.version() for host in fleet.hosts] == ["1.0.0", "1.0.0"]
+    assert _shared_rows(fleet) == rows_v1
+    record = fleet.history()[-1]
+    assert (record["operation"], record["outcome"], record["failed_step"]) == ("rollback", "succeeded", "retire")
+    assert record["data_restored"] is True and record["release_id"] == first["id"], record
+    primary_record = primary.history()[-1]
+    assert (primary_record["outcome"], primary_record["data_restored"]) == ("succeeded", True), primary_record
+    kept = second.history()[-1]
+    assert (kept["id"], kept["outcome"], kept["failed_step"]) == (record["id"], "succeeded", "code"), kept
+    assert "nothing was undone" in str(kept["reason"]), kept
+    # Its agent finishes the retire within seconds: the whole slot it left stops (2.0.0 expects
+    # the newer schema, nothing of it stays warm); 1.0.0's worker that did not start stays for
+    # the user to fix, its web serves.
+    deadline = time.monotonic() + 30
+    while second.history()[-1]["retire_left"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    finished = second.history()[-1]
+    assert finished["retire_left"] is None and "its retire was finished afterwards (stopped slot" in str(
+        finished["reason"]
+    ), finished
+    slots = second.status()["slots"]
+    running = {slot: {item["component"] for item in slots[slot]["processes"] if item["running"]} for slot in slots}
+    assert running == {kept["slot"]: {"web"}, "green" if kept["slot"] == "blue" else "blue": set()}, running
+
+
+@pytest.mark.parametrize("killed_host", [1, 0], ids=["second", "primary"])
+def test_a_data_rollback_host_killed_after_the_retire_go_serves_the_release_with_the_others(
+    fleet_factory: FleetFactory, killed_host: int
+) -> None:
+    """A host's `lockstep rollback --with-data` (the second's, then the primary's) is killed
+    (kill -9) right after it heard the retire "go": past the point of no return, switched to 1.0.0
+    on the restored data. Asked again, it serves 1.0.0 (its part cleaned up: interrupted, the
+    release with the traffic kept): every host serves the release, so the orchestrator must not
+    say THE HOSTS MAY SERVE DIFFERENT RELEASES (it did), and its record is the rollback that
+    stands, with its restored data, even when the primary that restored it is the one killed
+    (it said not restored). The slot it left stops whole, as its retire would have done (its web
+    stayed warm)."""
+    fleet = fleet_factory(session_environment={killed_host: {KILL_AT_VARIABLE: "rollback past the retire go"}})
+    primary, second = fleet.hosts
+    first = _deploy_ok(fleet)
+    primary.add_note("from v1")
+    rows_v1 = _shared_rows(fleet)
+    shutil.copytree(NOTES / "demo" / "v2", fleet.orchestrator, dirs_exist_ok=True)  # migration 002: a column
+    fleet.commit_version("2.0.0")
+    _deploy_ok(fleet)
+    second.add_note("from v2, lost by the rollback with data")
+
+    rolled = fleet.lockstep("rollback", "--with-data", "--yes", "--json")
+
+    assert rolled.returncode == 1, rolled.stderr + rolled.stdout
+    document = json.loads(rolled.stdout)
+    name = f"127.0.0.1:{fleet.servers[killed_host].port}"
+    error = document["error"]
+    assert "MAY SERVE DIFFERENT RELEASES" not in error, error
+    assert "serves on every host, but did not finish everywhere" in error, error
+    assert f"{name} did not confirm" in error and "it serves this release (its part of this rollback: interrupted)" in (
+        error
+    ), error
+    # The primary's part, killed or not, says it restored the data: the restore stands.
+    assert document["data_restored"] is True and document["hosts"][0]["data_restored"] is True, document
+    assert [host.version() for host in fleet.hosts] == ["1.0.0", "1.0.0"]
+    assert _shared_rows(fleet) == rows_v1
+    record = fleet.history()[-1]
+    assert (record["operation"], record["outcome"], record["failed_step"]) == ("rollback", "succeeded", "retire")
+    assert record["data_restored"] is True and record["release_id"] == first["id"], record
+    assert "succeeded +data" in fleet.lockstep("history").stdout
+    host = fleet.hosts[killed_host]
+    killed = host.history()[-1]
+    assert killed["outcome"] == "interrupted", killed
+    # The whole slot it left stops, as the rollback's retire would have stopped it: 2.0.0 expects
+    # the newer schema (its web stayed warm, answering errors, and a rollback to it would have
+    # switched to it at once).
+    left = "green" if killed["slot"] == "blue" else "blue"
+
+    def running_left() -> list[str]:
+        return [item["component"] for item in host.status()["slots"][left]["processes"] if item["running"]]
+
+    deadline = time.monotonic() + 30
+    while running_left() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert running_left() == []
+    assert host.history()[-1]["retire_left"] is None, host.history()[-1]
+
+
+def test_a_host_killed_with_its_workers_stopped_for_the_restore_gets_them_back(fleet_factory: FleetFactory) -> None:
+    """The second host's lockstep is killed (kill -9) while it keeps its old workers stopped for
+    the primary's data restore: no `finally` started them again, and they stayed stopped until
+    the next deploy, said nowhere. Its agent's clean-up of the killed deploy starts them again."""
+    fleet, logs, go = _writing_workers_fleet(fleet_factory, "restore data")
+    second = fleet.hosts[1]
+    process = _start_failing_deploy(fleet)
+    try:
+        wait_for_file(go.with_name(go.name + WAITING_SUFFIX), process)  # every host stopped its workers
+        record = second.history()[-1]
+        assert record["outcome"] == "running", record
+        os.kill(int(str(record["pid"])), signal.SIGKILL)
+        killed = time.time()
+        go.touch()
+        process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    wait_for_writes(logs[1], "host-1", "1.0.0", after=killed, timeout=30)  # its agent started them again
+    assert second.agent_log is not None
+    deadline = time.monotonic() + 20  # the log line follows the start
+    while "started them again" not in second.agent_log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    said = second.agent_log.read_text()
+    assert "it had stopped the workers jobs, worker of slot blue" in said and "started them again" in said, said
+    slot = second.status()["slots"]["blue"]
+    assert {item["component"] for item in slot["processes"] if item["running"]} == {"web", "worker", "jobs"}

@@ -14,6 +14,7 @@ import pytest
 
 from lockstep.agent.client import AgentClient
 from lockstep.exit_codes import ExitCode
+from lockstep.fault_injection import KILL_AT_VARIABLE
 from lockstep.layout import EnvironmentLayout
 from tests.deploy.conftest import NotesProject
 
@@ -129,3 +130,31 @@ def test_when_putting_the_data_back_fails_too_the_rollback_says_exactly_what_is_
     assert failed == ["undo restore data", "undo stop workers"], record["steps"]
     assert not _running(project, "green", "worker")
     assert project.request("GET", "/version")[0] == 200  # the hold was released all the same
+
+
+def test_a_data_rollback_killed_after_its_switch_stops_the_whole_slot_it_left(notes_project: NotesProject) -> None:
+    """kill -9 right after the switch to 1.0.0, on its restored data, before the retire: the
+    clean-up keeps 1.0.0 (past undoing), and must stop all of 2.0.0's slot, as the retire would
+    have. It stopped only its workers: 2.0.0's web stayed warm on data whose schema it does not
+    fit (answering errors), a slot a rollback to 2.0.0 would have switched to at once."""
+    project = notes_project
+    assert project.lockstep("deploy").returncode == 0
+    project.add_note("from v1")
+    project.apply("v2", "notes 2.0.0")  # migration 002 adds a column
+    assert project.lockstep("deploy").returncode == 0
+    project.add_note("from v2, lost by the rollback with data")
+    project.env[KILL_AT_VARIABLE] = "rollback switched"
+
+    completed = project.lockstep("rollback", "--with-data", "--yes")
+
+    assert completed.returncode == -9, completed.err
+    del project.env[KILL_AT_VARIABLE]
+    deadline = time.monotonic() + 30  # the agent cleans up and finishes the retire
+    while time.monotonic() < deadline and (_running(project, "green", "web") or project.history()[-1]["retire_left"]):
+        time.sleep(0.3)
+    assert not _running(project, "green", "web") and not _running(project, "green", "worker")
+    record = project.history()[-1]
+    assert (record["operation"], record["outcome"], record["retire_left"]) == ("rollback", "interrupted", None)
+    assert project.version() == "1.0.0"
+    notes = project.notes()
+    assert "from v1" in notes and "from v2, lost by the rollback with data" not in notes, notes

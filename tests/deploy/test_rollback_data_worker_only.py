@@ -154,7 +154,7 @@ def test_a_data_rollback_of_workers_only_stops_the_newer_workers_restores_and_st
     events = [json.loads(line) for line in completed.err.splitlines() if line.startswith("{")]
     said = " ".join(str(event.get("message", "")) for event in events)
     # What the restore discards was shown: the migration's row and the jobs written since.
-    assert "database main, table notes: 1 rows added (lost)" in said, said
+    assert "database main, table notes: 1 row added (lost)" in said, said
     assert "database main, table jobs:" in said, said
     # No warning about a hold that cannot be: there is no traffic to hold.
     assert not [event for event in events if event.get("event") == "warning"], events
@@ -292,6 +292,7 @@ def test_a_data_rollback_of_workers_only_failing_after_its_switch_keeps_the_olde
     assert completed.returncode == ExitCode.FAILED, said
     assert "it serves on its restored data, but then the rollback failed" in said, said
     assert "put back" not in said, said
+    assert "the agent stops slot green it left, all of it, within seconds" in said, said
     # The restored data stays, and the older release's worker goes on writing on it.
     notes = _notes(project)
     assert BEFORE_ROW in notes and MIGRATION_ROW not in notes, notes

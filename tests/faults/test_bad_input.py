@@ -124,6 +124,27 @@ def test_password_command_that_prints_nothing_exits_2(repository: Path) -> None:
     assert_clean_error(result, ExitCode.USAGE, "no repository password")
 
 
+def test_an_empty_password_source_is_named_whole_and_the_hint_fixes_that_source(
+    repository: Path, tmp_path: Path
+) -> None:
+    """The error used to read "no repository password: *** password file ... is empty": the
+    redactor took "password: the" for an assignment and masked "the". Its hint said to set
+    LOCKSTEP_PASSWORD, which a password file or command in use keeps from being read."""
+    empty_file = tmp_path / "empty-password"
+    empty_file.write_text(" \n")
+    file_variable = {**env_for(repository, None), "LOCKSTEP_PASSWORD_FILE": str(empty_file)}
+    command_variable = {**env_for(repository, None), "LOCKSTEP_PASSWORD_COMMAND": "true"}
+    for environment, phrases in (
+        (file_variable, ("the password file", str(empty_file), "is empty", f"write the password into {empty_file}")),
+        (command_variable, ("the password command", "printed nothing", "make the command print the password")),
+    ):
+        for command in (["repo", "snapshots"], ["--json", "repo", "snapshots"]):
+            result = run_lockstep(command, env=environment)
+            line = assert_clean_error(result, ExitCode.USAGE, "no repository password", *phrases)
+            assert "***" not in line and "***" not in result.out, (line, result.out)
+            assert "set LOCKSTEP_PASSWORD" not in line, line
+
+
 def test_unknown_scheme_in_repo_exits_2(tmp_path: Path) -> None:
     for location in ("ftp://example.invalid/backups", "sftp:user@host:/srv/repo"):
         result = run_lockstep(["repo", "snapshots", "--repo", location], env={"LOCKSTEP_PASSWORD": TEST_PASSWORD})

@@ -5,9 +5,11 @@ server (moto), each with its own password, checked afterwards by the real restic
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import socket
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -261,7 +263,7 @@ def test_a_primary_that_fails_during_the_copy_step_is_named_not_the_copy(
     primary = Repository.open(LocalBackend(project.repository), MAIN_PASSWORD)
     try:
         with locked(primary, exclusive=True), pytest.raises(RepositoryLocked) as held:
-            copy_to("usb", usb, context.access)
+            copy_to("usb", usb, context.access, context.name)
     finally:
         primary.close()
     assert held.value.message.startswith("copy usb: could not open the primary repository, its source: "), held.value
@@ -271,9 +273,130 @@ def test_a_primary_that_fails_during_the_copy_step_is_named_not_the_copy(
     gone = tmp_path / "gone"
     project.repository.rename(gone)
     with pytest.raises(RepositoryNotFound) as missing:
-        copy_to("usb", usb, context.access)
+        copy_to("usb", usb, context.access, context.name)
     assert missing.value.message.startswith(
         "copy usb: could not open the primary repository, its source: there is no repository at "
     ), missing.value
     assert missing.value.message.endswith(str(project.repository)), missing.value
     assert "repo init -r" not in (missing.value.hint or ""), missing.value
+
+
+def test_a_damaged_primary_pack_is_named_as_the_primary_not_the_copy(tmp_path: Path) -> None:
+    """A data pack of the primary missing, then damaged, when the backup copies the snapshot that
+    needs it: exit 12 (damaged data), and the error says the primary repository (the copy's
+    source), which pack and snapshot, and to check the primary. It once read `copy usb (USB):
+    pack … is missing: run lockstep repo check`, as if the copy were damaged."""
+    from lockstep.repository.blobs import BlobType
+    from lockstep.repository.repository import Repository
+    from lockstep.storage.local import LocalBackend
+
+    project = Project(tmp_path)
+    project.write_config("", extra="\n[backup]\nforget = false\n")
+    first = project.backup()
+    primary = Repository.open(LocalBackend(project.repository), MAIN_PASSWORD)
+    try:
+        primary.load_index()
+        (pack_id,) = {location.pack_id.hex() for _, location in primary.index.blobs(BlobType.DATA)}
+    finally:
+        primary.close()
+    pack = project.repository / "data" / pack_id[:2] / pack_id
+    intact = pack.read_bytes()
+    assert project.init(str(project.usb), USB_PASSWORD).returncode == 0
+    project.write_config(project.usb_copy(), extra="\n[backup]\nforget = false\n")
+
+    pack.unlink()
+    project.add_order("two")
+    missing = project.lockstep("backup")
+    damaged_bytes = bytearray(intact)
+    damaged_bytes[len(intact) // 2] ^= 0xFF
+    pack.write_bytes(bytes(damaged_bytes))
+    project.add_order("three")
+    damaged = project.lockstep("backup")
+
+    for result, what in ((missing, "is missing"), (damaged, "failed authentication")):
+        assert result.returncode == ExitCode.INTEGRITY, result.err
+        (line,) = result.err.strip().splitlines()
+        assert line.startswith(
+            "lockstep: error: copy usb: could not read the primary repository, its source, "
+            f"at local:{project.repository} (while copying snapshot {first['snapshot_id'][:8]}): "
+        ), line
+        assert f"pack {pack_id[:8]}" in line and what in line, line
+        assert "the primary repository is damaged, not the copy" in line and "lockstep repo check --read-data" in line
+        assert str(project.usb) not in line, line
+    assert len(project.restic_snapshots(str(project.repository), MAIN_PASSWORD)) == 3
+    assert project.restic_snapshots(str(project.usb), USB_PASSWORD) == []
+    assert "no errors were found" in project.restic(str(project.usb), USB_PASSWORD, ["check", "--read-data"]).out
+
+
+def test_a_primary_locked_after_the_snapshot_puts_the_copies_off_to_the_next_backup(
+    tmp_path: Path,
+    pings: Pings,  # noqa: F811
+) -> None:
+    """A prune of the primary that takes its exclusive lock between the snapshot and the copies
+    (the backup waits at its fault-injection point until the test holds that lock) does not fail
+    the backup, whose snapshot is safe: each copy is put off with a warning that names the
+    primary, as a busy copy is, the success ping goes out, and the next backup catches up. It
+    failed the whole backup with exit 4."""
+    from lockstep.fault_injection import WAIT_AT_VARIABLE, WAIT_FOR_VARIABLE
+    from lockstep.repository.locks import locked
+    from lockstep.repository.repository import Repository
+    from lockstep.storage.local import LocalBackend
+
+    project = Project(tmp_path)
+    offsite = tmp_path / "offsite-repository"
+    assert project.init(str(project.usb), USB_PASSWORD).returncode == 0
+    assert project.init(str(offsite), OFFSITE_PASSWORD).returncode == 0
+    # No retention and no verification: nothing else locks the primary after the snapshot.
+    project.write_config(
+        project.usb_copy() + project.offsite_copy(str(offsite)),
+        extra=f'\n[backup]\nforget = false\nverify_level = "none"\nhealthchecks_url = "{pings.url}"\n',
+    )
+    go = tmp_path / "go-ahead"
+    environment = {**project.env, WAIT_AT_VARIABLE: "backup copies", WAIT_FOR_VARIABLE: str(go)}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        running = pool.submit(run_lockstep, ["backup", "--json"], env=environment, cwd=tmp_path)
+        try:
+            deadline = time.monotonic() + 120
+            while not list((project.repository / "snapshots").iterdir()):
+                assert not running.done(), running.result().err
+                assert time.monotonic() < deadline, "no snapshot after 120 s"
+                time.sleep(0.05)
+            primary = Repository.open(LocalBackend(project.repository), MAIN_PASSWORD)
+            try:
+                # Waits for the backup's own shared lock to go; the backup then waits for `go`.
+                with locked(primary, exclusive=True, wait_seconds=60):
+                    go.touch()
+                    held = running.result(timeout=300)
+            finally:
+                primary.close()
+        finally:
+            go.touch()  # the backup must not wait for a go-ahead that never comes
+
+    assert held.returncode == 0, held.err
+    document = json.loads(held.out)
+    assert document["copies"] == []
+    skipped = [line for line in document["warnings"] if "skipped, the next backup catches it up" in line]
+    assert [line.split(" skipped")[0] for line in skipped] == ["copy usb", "copy offsite"], document["warnings"]
+    for line in skipped:
+        assert "the primary repository, its source, is busy" in line and "exclusive lock" in line, line
+        assert str(project.repository) in line and str(project.usb) not in line, line
+    assert pings.paths() == ["/start", "/"]
+    assert len(project.restic_snapshots(str(project.repository), MAIN_PASSWORD)) == 1
+    assert project.restic_snapshots(str(project.usb), USB_PASSWORD) == []
+
+    project.add_order("two")
+    caught_up = project.backup()
+    assert [len(copy["copied"]) for copy in caught_up["copies"]] == [2, 2] and not caught_up["warnings"]
+    assert len(project.restic_snapshots(str(offsite), OFFSITE_PASSWORD)) == 2
+
+
+def test_a_copy_without_its_password_is_named_in_plain_words(tmp_path: Path) -> None:
+    """The copy's password variable unset: the error read "no repository copy offsite password
+    given"; it names the copy after the password now."""
+    project = Project(tmp_path)
+    del project.env["OFFSITE_REPOSITORY_PASSWORD"]
+    project.write_config(project.offsite_copy(str(project.usb)))
+    result = project.lockstep("backup")
+    assert result.returncode == ExitCode.USAGE, result.err
+    assert "no password given for the repository copy offsite" in result.err, result.err
+    assert "OFFSITE_REPOSITORY_PASSWORD" in result.err and "copy offsite password" not in result.err

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from lockstep.fault_injection import WAIT_AT_VARIABLE, WAIT_FOR_VARIABLE, WAITING_SUFFIX
 from tests.conftest import Completed, run_lockstep, run_restic
 from tests.interop import describe_tree, mixed_data, restored_copy
 
@@ -266,11 +267,14 @@ def test_a_copy_killed_midway_leaves_the_destination_consistent(
         (data / f"part-{number}.bin").write_bytes(os.urandom(12 * 1024 * 1024))
     source_id = backup(source, data)
     destination_location = Path(destination["LOCKSTEP_REPOSITORY"])
+    go_ahead = tmp_path / "never"  # the copy waits before its last pack and its snapshot until killed
     environment = {
         **os.environ,
         **destination,
         "LOCKSTEP_FROM_PASSWORD": SOURCE_PASSWORD,
         "LOCKSTEP_SCRYPT_N": "1024",
+        WAIT_AT_VARIABLE: "copy flush",
+        WAIT_FOR_VARIABLE: str(go_ahead),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "lockstep", "repo", "copy", "--from-repo", source["LOCKSTEP_REPOSITORY"]],
@@ -279,10 +283,11 @@ def test_a_copy_killed_midway_leaves_the_destination_consistent(
         stderr=subprocess.DEVNULL,
     )
     try:
+        waiting = go_ahead.with_name(go_ahead.name + WAITING_SUFFIX)
         deadline = time.monotonic() + 60
-        while not pack_files(destination_location) and time.monotonic() < deadline and process.poll() is None:
+        while not (waiting.exists() and pack_files(destination_location)) and time.monotonic() < deadline:
+            assert process.poll() is None, "the copy ended before its wait point"
             time.sleep(0.01)
-        assert process.poll() is None, "the copy finished before it could be interrupted"
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait()
@@ -395,3 +400,76 @@ def test_prune_removes_the_temporary_pack_file_a_killed_copy_left(
     fresh.unlink()
     copy(destination, source)
     assert "no errors were found" in restic_in(destination, ["check", "--read-data"]).out
+
+
+def test_a_damaged_source_is_named_as_the_source_and_a_failing_destination_as_the_destination(
+    source: dict[str, str], destination: dict[str, str], tmp_path: Path
+) -> None:
+    """A pack of the source missing, then damaged, mid-copy: exit 12 (damaged data; 14 when the
+    source's storage fails), and the error
+    says the source, which pack and which snapshot, and to check the source; it once read
+    `pack … is missing: run lockstep repo check`, which checks the destination. The destination
+    keeps what was copied before and nothing of the failed snapshot. A destination that cannot be
+    written still fails as itself (exit 14), not as the source."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dump.sql").write_bytes(mixed_data(2 * 1024 * 1024, seed=5))
+    first = backup(source, data)
+    source_location = Path(source["LOCKSTEP_REPOSITORY"])
+    packs_before = pack_files(source_location)
+    (data / "new.bin").write_bytes(os.urandom(200_000))
+    backup(source, data)
+    # The second snapshot's own packs: its data pack (the random file) is the larger one.
+    new_packs = sorted(
+        pack_files(source_location) - packs_before, key=lambda name: _pack_path(source_location, name).stat().st_size
+    )
+    data_pack = _pack_path(source_location, new_packs[-1])
+    copy(destination, source, [first])
+    destination_location = Path(destination["LOCKSTEP_REPOSITORY"])
+    destination_packs = pack_files(destination_location)
+    environment = {**destination, "LOCKSTEP_FROM_PASSWORD": SOURCE_PASSWORD}
+    arguments = ["repo", "copy", "--from-repo", str(source_location)]
+    intact = data_pack.read_bytes()
+
+    data_pack.unlink()
+    missing = run_lockstep(arguments, env=environment)
+    damaged_bytes = bytearray(intact)
+    damaged_bytes[len(intact) // 3] ^= 0xFF
+    data_pack.write_bytes(bytes(damaged_bytes))
+    damaged = run_lockstep(arguments, env=environment)
+
+    for result, what in ((missing, "is missing"), (damaged, "failed authentication")):
+        assert result.returncode == 12, result.err
+        line = result.err.strip().splitlines()[-1]
+        assert line.startswith(f"lockstep: error: could not read the source repository at local:{source_location}"), (
+            line
+        )
+        assert f"pack {data_pack.name[:8]}" in line and what in line, line
+        assert "while copying snapshot" in line, line
+        assert f"`lockstep repo check --read-data -r local:{source_location}`" in line, line
+        assert pack_files(destination_location) == destination_packs
+    assert len(json.loads(restic_in(destination, ["snapshots", "--json"]).out)) == 1
+    assert "no errors were found" in restic_in(destination, ["check", "--read-data"]).out
+
+    # The source's storage failing (the pack cannot be read at all): exit 14, still the source's.
+    data_pack.unlink()
+    data_pack.mkdir()
+    unreadable = run_lockstep(arguments, env=environment)
+    assert unreadable.returncode == 14, unreadable.err
+    line = unreadable.err.strip().splitlines()[-1]
+    assert line.startswith(f"lockstep: error: could not read the source repository at local:{source_location}"), line
+    assert f"cannot access {data_pack}: Is a directory" in line and "copy again" in line, line
+    assert pack_files(destination_location) == destination_packs
+
+    data_pack.rmdir()
+    data_pack.write_bytes(intact)
+    (destination_location / "data").rename(destination_location / "data-moved")
+    (destination_location / "data").write_text("not a directory\n")
+    unwritable = run_lockstep(arguments, env=environment)
+    assert unwritable.returncode == 14, unwritable.err
+    assert "source repository" not in unwritable.err, unwritable.err
+    assert str(destination_location / "data") in unwritable.err, unwritable.err
+
+
+def _pack_path(location: Path, name: str) -> Path:
+    return location / "data" / name[:2] / name

@@ -16,7 +16,7 @@ from lockstep.errors import IntegrityError, SourceError
 from lockstep.pipeline.restore import ServerAccess, checksums_comparable, compare_with_manifest, restore_database
 from lockstep.pipeline.snapshot import load_manifest
 from lockstep.pipeline.verification_records import latest_results
-from lockstep.pipeline.verify import verify_snapshot
+from lockstep.pipeline.verify import raise_for_result, verify_snapshot
 from tests.databases.test_mysql import TIME_VERSIONED
 from tests.pipeline.test_diff import diff_live, tables_of
 from tests.pipeline.test_verify import (
@@ -101,6 +101,9 @@ def test_a_float_that_the_dump_rounds_is_named_as_the_likely_cause(tmp_path: Pat
             result = verify_snapshot(repository, snapshot, "restore", {"shop": ServerAccess(url)}, record=False)
             assert not result.ok
             assert "FLOAT column f" in result.findings[0].message, result.findings
+            with pytest.raises(IntegrityError) as verified:  # the hint sent users to look for damage first
+                raise_for_result(result)
+            assert (verified.value.hint or "").startswith("see the likely cause given for the table; if it is not")
             with pytest.raises(IntegrityError) as raised:
                 restore_database(
                     repository, snapshot, load_manifest(repository, snapshot), "shop", ServerAccess(target)

@@ -160,3 +160,23 @@ def test_a_barrier_on_the_way_forward_is_not_the_data_step() -> None:
     _run_data_step(fan_out)
     assert primary.heard == [] and second.heard == ["go"]
     assert not fan_out._unwinding(runs[0]) or runs[0].exit_code == 3
+
+
+def test_a_rollback_s_primary_puts_the_data_back_once_every_host_undid_even_one_not_holding() -> None:
+    """A rollback's unwind: the primary waits at its restore barrier until every other host has
+    undone its part (its older release stopped), then puts the data back whatever they said: the
+    newer release serves again on every host that undid its part, and not on the older data."""
+    primary, second = ScriptedHost(_restores_then_exits), ScriptedHost()
+    fan_out, _, reporter = _fan_out([primary, second])
+    fan_out.restore_needs_every_hold = False  # as MultiHostRollback
+    primary.say("restore", unwinding=True)
+
+    def second_undid() -> None:
+        assert primary.heard == []  # not before the second host undid its part
+        second.say("held", unwinding=True, held=False, reason="the agent did not answer")
+
+    fan_out.loop.call_later(0.3, second_undid)
+    _run_data_step(fan_out)
+    assert primary.heard == ["go"] and second.heard == ["go"]
+    assert fan_out.data_kept is None
+    assert any("web1 puts the data back, though not every host confirmed" in line for line in reporter.lines)

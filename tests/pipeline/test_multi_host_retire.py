@@ -83,3 +83,35 @@ def test_a_rollback_s_report_names_its_release_and_how_to_bring_the_hosts_togeth
     finished = RetireReport(rollback, "production", "rollback", release)
     finished.add(lost, {"release": release, "last_operation": {"id": rollback, "outcome": "succeeded"}})
     assert finished.every_host_serves
+
+
+def test_a_host_killed_after_the_go_that_serves_the_release_counts_as_serving() -> None:
+    """Its part was killed past the "go" and cleaned up ("interrupted"): the clean-up keeps the
+    release with the traffic, so the hosts do not serve different releases."""
+    lost = _run("web2", -1)
+    lost.outcome = "failed"
+    report = RetireReport(DEPLOY, "production")
+    report.add(lost, {"release": DEPLOY, "last_operation": {"id": DEPLOY, "outcome": "interrupted"}})
+    assert report.every_host_serves
+    assert "asked again, it serves this release (its part of this deploy: interrupted)" in report.reason()
+    assert "serves on every host, but did not finish everywhere" in report.failure().message
+    running = RetireReport(DEPLOY, "production")  # still running: it may yet undo its part
+    running.add(lost, {"release": DEPLOY, "last_operation": {"id": DEPLOY, "outcome": "running"}})
+    assert not running.every_host_serves
+
+
+def test_a_host_that_kept_the_release_but_whose_agent_is_down_is_said_so() -> None:
+    """Its agent would finish the retire within seconds, says the hint: not one that does not run."""
+    kept = _run("web2", 1, {"outcome": "succeeded", "failed_step": "code", "error": "agent is not running"})
+    kept.outcome = KEPT
+    report = RetireReport(DEPLOY, "production")
+    report.add(kept, {"name": "web2", "agent": {"running": False, "detail": "nothing listens on its socket"}})
+    assert report.every_host_serves
+    failure = report.failure()
+    assert "web2 serves it, but its retire did not finish (failed at code: agent is not running); ITS AGENT IS NOT" in (
+        failure.message
+    )
+    assert (failure.hint or "").startswith("start the agent on web2 (`lockstep agent --env production` there")
+    running = RetireReport(DEPLOY, "production")
+    running.add(kept, {"name": "web2", "agent": {"running": True}})
+    assert "AGENT" not in running.failure().message and "start the agent" not in (running.failure().hint or "")

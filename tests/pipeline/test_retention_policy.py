@@ -42,7 +42,7 @@ def only_daily(days: int, pre_deploy: int = 0, pre_restore: int = 0) -> Retentio
 def test_keep_daily_keeps_the_newest_snapshot_of_each_of_the_last_days() -> None:
     """Three snapshots a day for ten days, keep_daily 7: the last of each of the 7 newest days."""
     days = [[snapshot(datetime(2025, 6, day, hour, tzinfo=UTC)) for hour in (1, 9, 17)] for day in range(20, 30)]
-    plan = plan_forget([item for day in days for item in day], only_daily(7), NOW)
+    plan = plan_forget([item for day in days for item in day], only_daily(7), NOW, project="shop")
     assert len(plan.groups) == 1
     expected = {day[-1].id for day in days[-7:]}
     assert ids(plan.keep) == expected
@@ -56,7 +56,7 @@ def test_defaults_keep_weekly_and_every_monthly_with_restic_reasons() -> None:
     """The defaults (7 daily, 4 weekly, all monthly) over 100 daily snapshots."""
     start = datetime(2025, 3, 23, 3, 0, tzinfo=UTC)
     snapshots = [snapshot(start + timedelta(days=offset)) for offset in range(100)]  # up to 2025-06-30
-    plan = plan_forget(snapshots, RetentionConfig(), NOW)
+    plan = plan_forget(snapshots, RetentionConfig(), NOW, project="shop")
     kept = {verdict.snapshot.time[:10]: verdict.reasons for verdict in plan.groups[0].verdicts if verdict.keep}
     # Seven newest days.
     for day in range(24, 31):
@@ -75,7 +75,7 @@ def test_pre_deploy_snapshots_of_the_last_deploys_are_kept_in_addition() -> None
     """Twelve deploys on one day: the daily rule keeps one snapshot, the pre-deploy rule the last 10."""
     deploys = [snapshot(datetime(2025, 6, 29, hour, tzinfo=UTC), kind="pre-deploy") for hour in range(1, 13)]
     nightly = snapshot(datetime(2025, 6, 29, 23, tzinfo=UTC))
-    plan = plan_forget([*deploys, nightly], only_daily(1, pre_deploy=10), NOW)
+    plan = plan_forget([*deploys, nightly], only_daily(1, pre_deploy=10), NOW, project="shop")
     assert ids(plan.keep) == {nightly.id} | ids(deploys[2:])
     assert ids(plan.remove) == ids(deploys[:2])
     reasons = {verdict.snapshot.id: verdict.reasons for verdict in plan.groups[0].verdicts}
@@ -87,7 +87,7 @@ def test_pre_deploy_snapshots_sharing_a_deploy_tag_count_as_one_deploy() -> None
     first = snapshot(datetime(2025, 6, 1, tzinfo=UTC), kind="pre-deploy", extra=("deploy:d1",))
     second = [snapshot(datetime(2025, 6, 2, h, tzinfo=UTC), kind="pre-deploy", extra=("deploy:d2",)) for h in (1, 2)]
     daily = snapshot(datetime(2025, 6, 29, tzinfo=UTC))
-    plan = plan_forget([first, *second, daily], only_daily(1, pre_deploy=1), NOW)
+    plan = plan_forget([first, *second, daily], only_daily(1, pre_deploy=1), NOW, project="shop")
     assert ids(plan.keep) == {daily.id} | ids(second)
     assert ids(plan.remove) == {first.id}
 
@@ -97,18 +97,22 @@ def test_pre_restore_snapshots_of_the_last_restores_are_kept_in_addition() -> No
     pre-restore rule keeps the pre-restore snapshots of the last 3 restores (the undo of each)."""
     restores = [snapshot(datetime(2025, 6, 29, hour, tzinfo=UTC), kind="pre-restore") for hour in range(1, 6)]
     nightly = snapshot(datetime(2025, 6, 29, 23, tzinfo=UTC))
-    plan = plan_forget([*restores, nightly], only_daily(1, pre_restore=3), NOW)
+    plan = plan_forget([*restores, nightly], only_daily(1, pre_restore=3), NOW, project="shop")
     assert ids(plan.keep) == ids([nightly, *restores[-3:]])
     reasons = {verdict.snapshot.id: verdict.reasons for group in plan.groups for verdict in group.verdicts}
     assert reasons[restores[-1].id] == ("pre-restore snapshot",)
     assert reasons[restores[0].id] == (REMOVE_REASON,)
-    assert ids(plan_forget([*restores, nightly], only_daily(1, pre_restore=0), NOW).keep) == {nightly.id}
-    assert ids(plan_forget([*restores, nightly], only_daily(1, pre_restore=-1), NOW).keep) == ids([nightly, *restores])
+    assert ids(plan_forget([*restores, nightly], only_daily(1, pre_restore=0), NOW, project="shop").keep) == {
+        nightly.id
+    }
+    assert ids(plan_forget([*restores, nightly], only_daily(1, pre_restore=-1), NOW, project="shop").keep) == ids(
+        [nightly, *restores]
+    )
 
 
 def test_unlimited_pre_deploy_keeps_every_pre_deploy_snapshot() -> None:
     deploys = [snapshot(datetime(2025, 5, day, tzinfo=UTC), kind="pre-deploy") for day in range(1, 25)]
-    plan = plan_forget(deploys, only_daily(1, pre_deploy=-1), NOW)
+    plan = plan_forget(deploys, only_daily(1, pre_deploy=-1), NOW, project="shop")
     assert plan.remove == []
 
 
@@ -117,29 +121,36 @@ def test_other_tools_snapshots_are_never_in_the_plan() -> None:
     ours = [snapshot(datetime(2025, 6, day, tzinfo=UTC)) for day in (1, 2, 3)]
     theirs = Snapshot(time="2025-01-01T00:00:00Z", tree=b"\0" * 32, paths=["/home"], tags=["nightly"], id="f" * 64)
     untagged = Snapshot(time="2025-01-02T00:00:00Z", tree=b"\0" * 32, paths=["/lockstep/shop"], id="e" * 64)
-    plan = plan_forget([*ours, theirs, untagged], only_daily(1), NOW)
+    plan = plan_forget([*ours, theirs, untagged], only_daily(1), NOW, project="shop")
     assert theirs.id not in ids(plan.keep) | ids(plan.remove)
     assert untagged.id not in ids(plan.keep) | ids(plan.remove)
     assert ids(plan.keep) == {ours[-1].id}
 
 
 def test_environments_and_project_paths_are_separate_groups() -> None:
+    """Groups are per environment and path (as restic groups by paths); the schema-only path of
+    the project is a group of its own, and another project's snapshots are in no group at all:
+    a project sharing the repository never forgets them by this project's retention."""
     production = [snapshot(datetime(2025, 6, day, tzinfo=UTC)) for day in (1, 2)]
     staging = [snapshot(datetime(2025, 6, day, 5, tzinfo=UTC), environment="staging") for day in (1, 2)]
-    other_project = snapshot(datetime(2025, 6, 1, tzinfo=UTC))
-    other_project.paths = ["/lockstep/blog"]
-    plan = plan_forget([*production, *staging, other_project], only_daily(1), NOW)
+    structure = snapshot(datetime(2025, 6, 1, 6, tzinfo=UTC), extra=("schema-only",))
+    structure.paths = ["/lockstep/shop/schema-only"]
+    other_project = [snapshot(datetime(2025, 6, day, tzinfo=UTC)) for day in (1, 2, 3)]
+    for item in other_project:
+        item.paths = ["/lockstep/blog"]
+    plan = plan_forget([*production, *staging, structure, *other_project], only_daily(1), NOW, project="shop")
     groups = {(group.environment, group.paths): group for group in plan.groups}
     assert set(groups) == {
         ("production", ("/lockstep/shop",)),
-        ("production", ("/lockstep/blog",)),
+        ("production", ("/lockstep/shop/schema-only",)),
         ("staging", ("/lockstep/shop",)),
     }
     assert ids(groups["production", ("/lockstep/shop",)].keep) == {production[-1].id}
+    assert ids(groups["production", ("/lockstep/shop/schema-only",)].keep) == {structure.id}
     assert ids(groups["staging", ("/lockstep/shop",)].keep) == {staging[-1].id}
-    assert ids(groups["production", ("/lockstep/blog",)].keep) == {other_project.id}
+    assert not ids(other_project) & (ids(plan.keep) | ids(plan.remove))
 
-    only_staging = plan_forget([*production, *staging], only_daily(1), NOW, environments=("staging",))
+    only_staging = plan_forget([*production, *staging], only_daily(1), NOW, environments=("staging",), project="shop")
     assert [group.environment for group in only_staging.groups] == ["staging"]
     assert ids(only_staging.remove) == {staging[0].id}
 
@@ -148,7 +159,11 @@ def test_an_environment_can_have_its_own_retention() -> None:
     production = [snapshot(datetime(2025, 6, day, tzinfo=UTC)) for day in range(1, 6)]
     staging = [snapshot(datetime(2025, 6, day, tzinfo=UTC), environment="staging") for day in range(1, 6)]
     plan = plan_forget(
-        [*production, *staging], only_daily(1), NOW, retention_by_environment={"production": only_daily(3)}
+        [*production, *staging],
+        only_daily(1),
+        NOW,
+        retention_by_environment={"production": only_daily(3)},
+        project="shop",
     )
     groups = {group.environment: group for group in plan.groups}
     assert len(groups["production"].keep) == 3
@@ -159,7 +174,7 @@ def test_an_environment_can_have_its_own_retention() -> None:
 def test_rules_that_would_empty_a_group_keep_it_whole() -> None:
     """Only a pre-deploy rule and no pre-deploy snapshot: nothing is deleted rather than everything."""
     snapshots = [snapshot(datetime(2025, 6, day, tzinfo=UTC)) for day in (1, 2, 3)]
-    plan = plan_forget(snapshots, only_daily(0, pre_deploy=5), NOW)
+    plan = plan_forget(snapshots, only_daily(0, pre_deploy=5), NOW, project="shop")
     assert plan.remove == []
     assert all(verdict.reasons == ("the rules keep none of this group",) for verdict in plan.groups[0].verdicts)
 
@@ -167,7 +182,7 @@ def test_rules_that_would_empty_a_group_keep_it_whole() -> None:
 def test_a_snapshot_in_the_future_does_not_shift_the_window() -> None:
     """Calendar buckets count snapshots, not days since `now`: a gap of weeks keeps older days."""
     old = [snapshot(datetime(2025, 5, day, tzinfo=UTC)) for day in (1, 2, 3)]
-    plan = plan_forget(old, only_daily(2), NOW)
+    plan = plan_forget(old, only_daily(2), NOW, project="shop")
     assert ids(plan.keep) == {old[1].id, old[2].id}
 
 

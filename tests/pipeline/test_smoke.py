@@ -114,7 +114,7 @@ def test_database_and_command_checks(tmp_path: Path) -> None:
         {"repository": {"url": "/tmp/unused"}, "databases": {"main": {"url": f"sqlite:///{database}"}}}
     )
     ok = run_smoke_check(SmokeCheckConfig(database="main"), config, None, tmp_path, {})
-    assert ok.ok and "1 tables" in ok.detail
+    assert ok.ok and "1 table," in ok.detail
     missing = run_smoke_check(SmokeCheckConfig(database="other"), config, None, tmp_path, {})
     assert not missing.ok and "no database named 'other'" in missing.detail
     failing = run_smoke_check(SmokeCheckConfig(command="sh -c 'echo broken >&2; exit 4'"), config, None, tmp_path, {})

@@ -24,12 +24,12 @@ from lockstep.databases.base import DatabaseAdapter, ServerLocation
 from lockstep.databases.mysql import MysqlAdapter
 from lockstep.databases.postgresql import PostgresqlAdapter
 from lockstep.databases.sqlite import SqliteAdapter
-from lockstep.errors import LockstepError, UsageError
+from lockstep.errors import IntegrityError, LockstepError, UsageError
 from lockstep.pipeline.manifest import MANIFEST_PATH, Manifest
 from lockstep.pipeline.restore import ServerAccess
 from lockstep.pipeline.snapshot import SnapshotRequest, create_snapshot, load_manifest
-from lockstep.pipeline.verification_records import latest_results, load_history
-from lockstep.pipeline.verify import verify_snapshot
+from lockstep.pipeline.verification_records import Finding, VerificationResult, latest_results, load_history
+from lockstep.pipeline.verify import raise_for_result, verify_snapshot
 from lockstep.repository.blobs import BlobType
 from lockstep.repository.builder import SnapshotBuilder
 from lockstep.repository.repository import Repository
@@ -573,3 +573,21 @@ def test_a_mariadb_schema_only_snapshot_lists_the_tables_without_reading_a_row(t
             repository.close()
     assert record.schema_only
     assert [(table.name, table.rows) for table in record.tables] == [("archive", 0), ("customers", 0), ("notes", 0)]
+
+
+def test_a_failed_verification_with_a_known_cause_points_at_it_before_damage() -> None:
+    """A FLOAT column that mariadb-dump rounds fails the restore check with its likely cause
+    given, and the error's hint still said to run `repo check --read-data`, as for damage."""
+    explained = "database maria: table f: the restored rows' checksum differs (likely cause: FLOAT column x: ...)"
+    damaged = "database main: /databases/main.dump cannot be read: the pack is damaged"
+    for findings, expected in (
+        ([explained], "see the likely cause given for the table; if it is not that, run `lockstep repo check"),
+        ([explained, damaged], "run `lockstep repo check --read-data`"),
+        ([damaged], "run `lockstep repo check --read-data`"),
+    ):
+        result = VerificationResult(
+            "ab" * 32, "restore", False, "2026-01-01T00:00:00Z", 1.0, [Finding("x", text) for text in findings]
+        )
+        with pytest.raises(IntegrityError) as raised:
+            raise_for_result(result)
+        assert (raised.value.hint or "").startswith(expected), raised.value.hint

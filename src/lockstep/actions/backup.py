@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lockstep.actions.repo.copy import DestinationLocked
+from lockstep.actions.repo.copy import DestinationLocked, SourceLocked
 from lockstep.actions.repo.session import RepositoryAccess
 from lockstep.actions.repository_copies import CopyOutcome, copy_access, copy_error, copy_to
 from lockstep.actions.snapshot_create import ProjectContext, chosen_environment, load_project
@@ -36,6 +36,7 @@ from lockstep.actions.step_reports import (
 )
 from lockstep.config.model import ProjectConfig, VerifyLevel
 from lockstep.errors import IntegrityError, LockstepError, RepositoryLocked
+from lockstep.fault_injection import wait_point
 from lockstep.notify.dispatcher import Notifier
 from lockstep.notify.events import BACKUP_FAILED, SNAPSHOT_CREATED, Event
 from lockstep.pipeline.healthchecks_ping import HealthchecksPinger
@@ -55,6 +56,7 @@ from lockstep.pipeline.steps import Reporter
 from lockstep.pipeline.verify import verify_snapshot
 from lockstep.redaction import MINIMUM_SECRET_LENGTH, is_secret_name
 from lockstep.repository.snapshot import Snapshot
+from lockstep.wording import counted
 
 SCHEDULED_KIND = "scheduled"
 MAX_FINDINGS_SHOWN = 3
@@ -170,7 +172,7 @@ def _run(
         with reported_step(reporter, "preflight", "tools, databases, disk space") as step:
             checks = run_preflight(config)
             raise_for_failures(checks)
-            step.detail = f"{len(checks)} checks passed"
+            step.detail = f"{counted(len(checks), 'check')} passed"
         for check in checks:
             report_detail(reporter, f"{check.name}: {'ok' if check.ok else 'failed'}, {check.detail}")
         pinger.start()
@@ -190,8 +192,8 @@ def _run(
         forgotten: list[Snapshot] = []
         if config.backup.forget and not is_empty(config.retention):
             with reported_step(reporter, "retention", "forget by [retention]") as step:
-                forgotten = _forget(project.access, config, environment, now(), warn)
-                step.detail = f"{len(forgotten)} snapshots removed"
+                forgotten = _forget(project.access, project, environment, now(), warn)
+                step.detail = f"{counted(len(forgotten), 'snapshot')} removed"
         if level != "none":
             with reported_step(reporter, "verify", f"level {level}"):
                 _verify(project.access, config, created.snapshot, level, reporter)
@@ -296,13 +298,15 @@ def _verify(
 
 
 def _forget(
-    access: RepositoryAccess, config: ProjectConfig, environment: str | None, now: datetime, warn: Warn
+    access: RepositoryAccess, project: ProjectContext, environment: str | None, now: datetime, warn: Warn
 ) -> list[Snapshot]:
     """Retention for this environment. Another process holding the repository (a deploy's
     snapshot, a verify) only postpones it to the next backup: the new snapshot is safe already."""
     try:
         environments = (environment_name(environment),)
-        return forget_snapshots(access, config.retention, environments=environments, now=now).removed
+        return forget_snapshots(
+            access, project.config.retention, project.name, environments=environments, now=now
+        ).removed
     except RepositoryLocked as error:
         warn(f"retention skipped, the next backup applies it: {error.message}")
         return []
@@ -315,29 +319,43 @@ def _copy_everywhere(
     repository (borgmatic prunes every repository it backs up to). The first copy that fails
     stops the backup; the ones after it are tried again at the next backup, which also sends
     what this one could not. A copy locked by another process (a prune there) is only put off,
-    with a warning, as retention is on a locked repository: the next backup catches it up."""
+    with a warning, as retention is on a locked repository: the next backup catches it up. So
+    is every copy when the repository itself, their source, was locked exclusively since the
+    snapshot (a prune started in between): the snapshot is safe, and the next backup sends it."""
     config = project.config
     outcomes: list[CopyOutcome] = []
+    wait_point("backup copies")  # tests: another process locks the repository after the snapshot
+    primary_locked: str | None = None
     for name, copy_config in config.repository.copies.items():
+        if primary_locked is not None:
+            warn(f"copy {name} skipped, the next backup catches it up: {primary_locked}")
+            continue
         access = copy_access(name, copy_config, project.directory, project.access.lock_wait_seconds)
         with reported_step(reporter, f"copy {name}", copy_config.url) as step:
             try:
-                outcome = copy_to(name, access, project.access)
+                outcome = copy_to(name, access, project.access, project.name)
             except DestinationLocked as error:
                 reason = error.__cause__.message if isinstance(error.__cause__, LockstepError) else error.message
                 warn(f"copy {name} skipped, the next backup catches it up: {reason}")
                 step.detail = "skipped: locked by another process"
                 continue
+            except SourceLocked as error:
+                reason = error.__cause__.message if isinstance(error.__cause__, LockstepError) else error.message
+                primary_locked = f"the primary repository, its source, is busy: {reason}"
+                warn(f"copy {name} skipped, the next backup catches it up: {primary_locked}")
+                step.detail = "skipped: the primary repository is locked by another process"
+                continue
             step.detail = (
-                f"{len(outcome.report.copied)} snapshots copied, {len(outcome.report.skipped)} already there, "
+                f"{counted(len(outcome.report.copied), 'snapshot')} copied, "
+                f"{len(outcome.report.skipped)} already there, "
                 f"{human_size(outcome.report.bytes_added)} added"
             )
         if config.backup.forget and not is_empty(config.retention):
             with reported_step(reporter, f"retention {name}", "forget by [retention]") as step:
                 try:
-                    removed = _forget(access, config, environment, now(), warn)
+                    removed = _forget(access, project, environment, now(), warn)
                 except LockstepError as error:
                     raise copy_error(name, outcome.location, error) from error
-                step.detail = f"{len(removed)} snapshots removed"
+                step.detail = f"{counted(len(removed), 'snapshot')} removed"
         outcomes.append(outcome)
     return outcomes

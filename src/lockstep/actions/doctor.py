@@ -21,9 +21,10 @@ from lockstep.errors import LockstepError
 from lockstep.pipeline import doctor
 from lockstep.pipeline.doctor import DoctorCheck
 from lockstep.pipeline.preflight import check_required_binaries, local_repository_path
-from lockstep.pipeline.snapshot import ENVIRONMENT_TAG_PREFIX, is_schema_only
+from lockstep.pipeline.snapshot import ENVIRONMENT_TAG_PREFIX, is_schema_only, load_manifest
 from lockstep.pipeline.verification_records import latest_results
 from lockstep.repository.repository import Repository
+from lockstep.repository.snapshot import Snapshot
 
 
 @dataclass(frozen=True)
@@ -214,13 +215,23 @@ def _snapshot_checks(
         # A schema-only snapshot backs up no data: it does not count towards the RPO.
         snapshots = [
             snapshot
-            for snapshot in lockstep_snapshots(repository)
+            for snapshot in lockstep_snapshots(repository, context.project.name)
             if wanted & set(snapshot.tags) and not is_schema_only(snapshot)
         ]
         verifications = latest_results(repository, [snapshot.id for snapshot in snapshots])
     except LockstepError as error:
         return [doctor.failed("last good snapshot", f"cannot list snapshots: {error.message}", error.hint)]
-    return doctor.check_snapshot_ages(snapshots, verifications, rpo, now)
+
+    def databases_of(snapshot: Snapshot) -> list[str]:
+        # Only the newest few are read: back to the newest that holds every configured database.
+        return list(load_manifest(repository, snapshot).databases)
+
+    try:
+        return doctor.check_snapshot_ages(
+            snapshots, verifications, rpo, now, list(context.config.databases), databases_of
+        )
+    except LockstepError as error:
+        return [doctor.failed("last good snapshot", f"cannot read a snapshot's manifest: {error.message}", error.hint)]
 
 
 __all__ = ["DoctorReport", "run_doctor"]

@@ -11,11 +11,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from lockstep.actions.repo.copy import CopyRequest, copy_from, opened_source
+from lockstep.actions.repo.copy import CopyRequest, copy_from, opened_source, reworded
 from lockstep.actions.repo.session import AccessNames, PasswordSource, RepositoryAccess
 from lockstep.config.model import RepositoryCopyConfig
-from lockstep.errors import LockstepError, RepositoryNotFound, WrongPassword
-from lockstep.repository.copier import CopyReport
+from lockstep.errors import IntegrityError, LockstepError, RepositoryNotFound, WrongPassword
+from lockstep.pipeline.snapshot import is_of_project
+from lockstep.repository.copier import CopyReport, SourceReadFailed
 
 
 def copy_access(
@@ -53,11 +54,13 @@ class CopyOutcome:
     report: CopyReport
 
 
-def copy_to(name: str, destination: RepositoryAccess, source: RepositoryAccess) -> CopyOutcome:
-    """Copy every snapshot of `source` that the copy `name` lacks (the new one, and any an earlier
-    failed copy missed); errors say which copy failed and how to fix it, never its password. The
-    primary (`source`) is opened and locked apart: its errors (locked exclusively by a prune,
-    gone) are the primary's, not the copy's."""
+def copy_to(name: str, destination: RepositoryAccess, source: RepositoryAccess, project: str) -> CopyOutcome:
+    """Copy every snapshot of `project` in `source` that the copy `name` lacks (the new one, and
+    any an earlier failed copy missed): another project sharing the repository copies its own,
+    and this project's retention on the copy never sees them. Errors say which copy failed and
+    how to fix it, never its password. The primary (`source`) is opened and locked apart, and its
+    reads fail as SourceReadFailed: its errors (locked exclusively by a prune, gone, a pack missing
+    or damaged) are the primary's, not the copy's."""
     location = destination.resolved_location()
     with ExitStack() as held:
         try:
@@ -65,7 +68,11 @@ def copy_to(name: str, destination: RepositoryAccess, source: RepositoryAccess) 
         except LockstepError as error:
             raise primary_error(name, error) from error
         try:
-            report = copy_from(primary, destination, CopyRequest())
+            report = copy_from(
+                primary, destination, CopyRequest(only=lambda snapshot: is_of_project(snapshot, project))
+            )
+        except SourceReadFailed as failure:
+            raise primary_read_error(name, failure) from failure.error
         except LockstepError as error:
             raise copy_error(name, location, error) from error
     return CopyOutcome(name, location, report)
@@ -74,11 +81,25 @@ def copy_to(name: str, destination: RepositoryAccess, source: RepositoryAccess) 
 def primary_error(name: str, error: LockstepError) -> LockstepError:
     """`error` of the primary repository (keeping its class, hence its exit code) as what stopped
     copy `name`: its message already names the primary's location, and its hint still applies."""
-    wrapped = type(error).__new__(type(error))
-    LockstepError.__init__(
-        wrapped, f"copy {name}: could not open the primary repository, its source: {error.message}", error.hint
-    )
-    return wrapped
+    message = f"copy {name}: could not open the primary repository, its source: {error.message}"
+    return reworded(error, message, error.hint)
+
+
+def primary_read_error(name: str, failure: SourceReadFailed) -> LockstepError:
+    """A read of the primary that failed while copying to `name` (keeping the read error's class,
+    hence its exit code): the primary is damaged or its storage failed, and the copy is not at
+    fault, so the hint checks the primary; the next backup sends the copy what it lacks."""
+    error = failure.error
+    snapshot = f" (while copying snapshot {failure.snapshot})" if failure.snapshot else ""
+    message = f"copy {name}: could not read the primary repository, its source, at {failure.location}{snapshot}: "
+    if isinstance(error, IntegrityError):
+        hint = (
+            "the primary repository is damaged, not the copy: check it with `lockstep repo check --read-data` "
+            "(where lockstep.toml is)"
+        )
+    else:
+        hint = error.hint or "check the primary repository's storage; the next backup copies what this one did not"
+    return reworded(error, message + error.message, hint)
 
 
 def copy_error(name: str, location: str, error: LockstepError) -> LockstepError:

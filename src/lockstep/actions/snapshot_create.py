@@ -24,6 +24,7 @@ from lockstep.pipeline.snapshot import (
     environment_name,
     load_database_adapters,
     prepare_code,
+    project_name,
     stored_apart,
 )
 from lockstep.pipeline.steps import Reporter
@@ -36,6 +37,11 @@ class ProjectContext:
     directory: Path
     config: ProjectConfig
     access: RepositoryAccess
+
+    @property
+    def name(self) -> str:
+        """The project's name in the repository: only snapshots under it are this project's."""
+        return project_name(self.config, self.directory)
 
 
 def load_project(start: Path, config_path: Path | None, environment: str | None) -> ProjectContext:

@@ -19,6 +19,10 @@ class SnapshotDiff:
     snapshot: Snapshot
     databases: list[DatabaseDiff]
     skipped: list[str] = field(default_factory=list)  # in the snapshot, but no longer in lockstep.toml
+    # In lockstep.toml but not in the snapshot (added since, or a pre-restore snapshot, which holds
+    # only the databases its restore replaced): nothing to compare them with, which must be said,
+    # or their absence from the output reads as "unchanged".
+    not_in_snapshot: list[str] = field(default_factory=list)
 
 
 def diff(
@@ -36,13 +40,15 @@ def diff(
         raise UsageError(f"there is no database {database!r} in lockstep.toml", "name one of its [databases.NAME]")
     with project.access.session(exclusive=False) as repository:
         among = reference_environments(start, config_path, environment)
-        snapshot = find_snapshot(repository, reference, among, project.config.default_environment)
+        snapshot = find_snapshot(repository, reference, among, project.config.default_environment, project=project.name)
         manifest = load_manifest(repository, snapshot)
+        not_in_snapshot: list[str] = []
         if database is not None:
             database_record(manifest, snapshot, database)
             names = [database]
         else:
             names = list(manifest.databases)
+            not_in_snapshot = [name for name in configured if name not in manifest.databases]
         diffs: list[DatabaseDiff] = []
         skipped: list[str] = []
         for name in names:
@@ -51,4 +57,4 @@ def diff(
                 continue
             live = ServerAccess(configured[name].url, database_password(name, configured[name]))
             diffs.append(diff_database(repository, snapshot, manifest, name, live))
-        return SnapshotDiff(snapshot=snapshot, databases=diffs, skipped=skipped)
+        return SnapshotDiff(snapshot=snapshot, databases=diffs, skipped=skipped, not_in_snapshot=not_in_snapshot)

@@ -18,6 +18,7 @@ from lockstep.pipeline.steps import Reporter, bind_context
 from lockstep.repository.pruner import ProgressCallback, PruneOptions, PruneReport, prune
 from lockstep.repository.snapshot import Snapshot
 from lockstep.storage.base import FileType
+from lockstep.wording import counted
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ def retention_by_environment(config: ProjectConfig) -> dict[str, RetentionConfig
 def forget_snapshots(
     access: RepositoryAccess,
     retention: RetentionConfig,
+    project: str,
     environments: tuple[str, ...] | None = None,
     dry_run: bool = False,
     run_prune: bool = False,
@@ -48,6 +50,7 @@ def forget_snapshots(
 ) -> SnapshotForgetResult:
     """Plan first, then delete, under one exclusive lock; with `run_prune`, prune under it too.
 
+    Only `project`'s snapshots are planned (never another project's sharing the repository).
     `environments` None plans every environment's snapshots; otherwise only theirs. The steps
     (plan, forget, prune) go to `reporter` with their durations."""
     reporter = reporter or SilentReporter()
@@ -59,7 +62,9 @@ def forget_snapshots(
     moment = now or datetime.now(UTC)
     with access.session(exclusive=True, load_index=False) as repository:
         with reported_step(reporter, "plan", "retention per environment") as step:
-            plan = plan_forget(repository.list_snapshots(), retention, moment, environments, by_environment)
+            plan = plan_forget(
+                repository.list_snapshots(), retention, moment, environments, by_environment, project=project
+            )
             removed = plan.remove
             step.detail = f"keep {sum(len(group.keep) for group in plan.groups)}, remove {len(removed)}"
         for group in plan.groups:
@@ -68,10 +73,10 @@ def forget_snapshots(
                 reasons = f" ({', '.join(verdict.reasons)})" if verdict.reasons else ""
                 report_detail(reporter, f"{group.environment}: {action} {verdict.snapshot.short_id}{reasons}")
         if not dry_run:
-            with reported_step(reporter, "forget", f"{len(removed)} snapshots") as step:
+            with reported_step(reporter, "forget", counted(len(removed), "snapshot")) as step:
                 for snapshot in removed:
                     repository.backend.remove(FileType.SNAPSHOT, snapshot.id)
-                step.detail = f"{len(removed)} snapshots removed"
+                step.detail = f"{counted(len(removed), 'snapshot')} removed"
         report = None
         if run_prune and removed:
             with reported_step(reporter, "prune", "dry run" if dry_run else "free the space"):
@@ -115,6 +120,7 @@ def forget(
     return forget_snapshots(
         access,
         config.retention,
+        project.name,
         environments=None if environment is None else reference_environments(start, config_path, environment),
         dry_run=dry_run,
         run_prune=run_prune,

@@ -5,12 +5,16 @@ say what the restore discards (a diff of live against the snapshot) and get a co
 then take a `pre-restore` snapshot of exactly the databases about to be replaced (as late as
 possible, so it holds the last writes), restore, and check the restored tables against the
 manifest. Any failure names the database and the pre-restore snapshot that brings it back.
+Files under --files DIR are treated the same way: those the restore would overwrite with other
+content are named (never shown: they may be secrets), confirmed, and saved in the same
+pre-restore snapshot, relative to DIR.
 """
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lockstep.actions.snapshot_create import ProjectContext, chosen_environment, load_project
@@ -19,14 +23,17 @@ from lockstep.actions.step_reports import SilentReporter, bind_operation, report
 from lockstep.config.model import FilesConfig
 from lockstep.databases import adapter_for
 from lockstep.databases.identity import same_database
+from lockstep.databases.sqlite import anchored_url
 from lockstep.errors import LockstepError, UsageError
 from lockstep.pipeline.diff import DatabaseDiff, diff_database
 from lockstep.pipeline.manifest import FileRecord, Manifest
 from lockstep.pipeline.restore import (
+    OverwrittenFile,
     RestoredDatabase,
     ServerAccess,
     check_code_target,
     database_record,
+    overwritten_files,
     restore_code,
     restore_database,
     restore_files,
@@ -45,6 +52,7 @@ from lockstep.pipeline.snapshot import (
 from lockstep.pipeline.steps import Reporter
 from lockstep.repository.repository import Repository
 from lockstep.repository.snapshot import Snapshot
+from lockstep.wording import counted
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,9 @@ class RestorePlan:
     diffs: list[DatabaseDiff]
     # Live databases restored from a schema-only dump: every row they hold is discarded.
     schema_only: list[str] = field(default_factory=list)
+    # Files under --files DIR the restore overwrites with other content: names only (secrets).
+    files: list[str] = field(default_factory=list)
+    files_directory: Path | None = None
 
 
 @dataclass
@@ -85,6 +96,8 @@ class RestoreOutcome:
     # What the code restore could not restore as stored (an owner, an extended attribute), one line per problem.
     warnings: list[str] = field(default_factory=list)
     files: list[FileRecord] = field(default_factory=list)
+    # Names under --files DIR that had other content, saved in the pre-restore snapshot first.
+    overwritten_files: list[str] = field(default_factory=list)
     hints: list[str] = field(default_factory=list)
 
 
@@ -109,6 +122,8 @@ def restore(
     Each step (compare, pre-restore snapshot, each database, code, files) goes to `reporter`."""
     if request.to_url is not None and request.database is None:
         raise UsageError("--to needs --database NAME", "name the database of the snapshot to restore there")
+    if request.to_url is not None:  # a relative SQLite path is taken from where lockstep runs, and shown whole
+        request = replace(request, to_url=anchored_url(request.to_url, start))
     if request.code_directory is not None:
         check_code_target(request.code_directory)  # before any database is replaced
     reporter = reporter or SilentReporter()
@@ -119,28 +134,41 @@ def restore(
     with project.access.session(exclusive=False, meanwhile=lambda: _load_adapters(project, request)) as repository:
         # Into the environment's own databases: only its snapshots. --to names the target itself.
         among = None if request.to_url is not None else reference_environments(start, config_path, environment)
-        snapshot = find_snapshot(repository, request.reference, among, project.config.default_environment)
+        snapshot = find_snapshot(
+            repository, request.reference, among, project.config.default_environment, project=project.name
+        )
         bind_operation(reporter, snapshot_id=snapshot.id)
         manifest = load_manifest(repository, snapshot)
         outcome = RestoreOutcome(snapshot=snapshot, manifest=manifest)
         live = _configured_database_at(project, request.to_url)
+        to_other = False
         if request.database is not None and live is not None:
             # --to one of the project's own databases: an in-place restore, with its safeguards.
             database_record(manifest, snapshot, request.database)
-            _restore_in_place(
+            live_names = {request.database: live}
+        elif request.database is not None and request.to_url is not None:
+            database_record(manifest, snapshot, request.database)
+            live_names, to_other = {}, True
+        else:
+            live_names = {name: name for name in _in_place_names(project, manifest, snapshot, request, outcome)}
+        targets = _in_place_targets(project, live_names)
+        existing = _compare_live(repository, snapshot, manifest, targets, outcome, reporter)
+        overwritten = _compare_files(manifest, snapshot, request.files_directory, reporter)
+        outcome.overwritten_files = [item.relative for item in overwritten]
+        _confirm(snapshot, manifest, live_names, existing, overwritten, request, confirm, outcome)
+        if existing or overwritten:
+            outcome.pre_restore = _pre_restore_snapshot(
                 repository,
                 project,
                 snapshot,
-                manifest,
-                {request.database: live},
-                request,
-                confirm,
-                outcome,
+                {live_names[name] for name in existing},
+                overwritten,
+                request.files_directory,
                 environment,
                 reporter,
             )
-        elif request.database is not None and request.to_url is not None:
-            database_record(manifest, snapshot, request.database)
+        if to_other:
+            assert request.database is not None and request.to_url is not None
             target = ServerAccess(request.to_url, _password_for(project, request.database))
             with reported_step(reporter, f"restore {request.database}", "into the --to database") as step:
                 restored = restore_database(
@@ -148,22 +176,14 @@ def restore(
                 )
                 step.detail = _describe_restored(restored)
             outcome.databases.append(restored)
-        else:
-            names = _in_place_names(project, manifest, snapshot, request, outcome)
-            if names:
-                live_names = {name: name for name in names}
-                _restore_in_place(
-                    repository,
-                    project,
-                    snapshot,
-                    manifest,
-                    live_names,
-                    request,
-                    confirm,
-                    outcome,
-                    environment,
-                    reporter,
-                )
+        for name, target in targets.items():
+            try:
+                with reported_step(reporter, f"restore {name}", "in place") as step:
+                    restored = restore_database(repository, snapshot, manifest, name, target, replace=True)
+                    step.detail = _describe_restored(restored)
+                outcome.databases.append(restored)
+            except LockstepError as error:
+                raise _with_way_back(error, live_names[name], outcome.pre_restore) from error
         if request.code_directory is not None:
             work_tree = project.config.code.path if project.config.code.kind == "git" else None
             with reported_step(reporter, "code", f"into {request.code_directory}"):
@@ -172,13 +192,18 @@ def restore(
                 outcome.warnings.extend(restored_code.warnings)
         if request.files_directory is not None:
             with reported_step(reporter, "files", f"into {request.files_directory}") as step:
-                outcome.files = restore_files(repository, snapshot, manifest, request.files_directory)
-                step.detail = f"{len(outcome.files)} files"
+                try:
+                    outcome.files = restore_files(repository, snapshot, manifest, request.files_directory)
+                except LockstepError as error:
+                    raise _files_way_back(error, request.files_directory, outcome.pre_restore) from error
+                step.detail = counted(len(outcome.files), "file")
         if request.everything:
             if manifest.code is not None:
                 outcome.hints.append(f"the code can be restored with --code DIR ({_describe_code(manifest)})")
             if manifest.files:
-                outcome.hints.append(f"{len(manifest.files)} config and secret files can be restored with --files DIR")
+                outcome.hints.append(
+                    f"{counted(len(manifest.files), 'config and secret file')} can be restored with --files DIR"
+                )
         return outcome
 
 
@@ -233,64 +258,113 @@ def _in_place_names(
     return names
 
 
-def _restore_in_place(
+def _in_place_targets(project: ProjectContext, live_names: dict[str, str]) -> dict[str, ServerAccess]:
+    """Each of the snapshot's databases in `live_names` with the configured database that maps
+    to it (the same name, except for --to one of them)."""
+    configured = project.config.databases
+    return {name: ServerAccess(configured[live].url, _password_for(project, live)) for name, live in live_names.items()}
+
+
+def _compare_live(
     repository: Repository,
-    project: ProjectContext,
     snapshot: Snapshot,
     manifest: Manifest,
-    live_names: dict[str, str],
-    request: RestoreRequest,
-    confirm: Confirm,
+    targets: dict[str, ServerAccess],
     outcome: RestoreOutcome,
-    environment: str | None,
     reporter: Reporter,
-) -> None:
-    """Restore each of the snapshot's databases in `live_names` into the configured database
-    that maps to it (the same name, except for --to one of them)."""
-    configured = project.config.databases
-    names = list(live_names)
-    targets = {
-        name: ServerAccess(configured[live].url, _password_for(project, live)) for name, live in live_names.items()
-    }
+) -> list[str]:
+    """The databases about to be replaced that exist, each diffed against the snapshot into `outcome`."""
+    if not targets:
+        return []
     with reported_step(reporter, "compare", "live databases against the snapshot") as step:
-        existing = [name for name in names if target_state(adapter_for(targets[name].url), targets[name]) != "missing"]
+        existing = [
+            name for name, target in targets.items() if target_state(adapter_for(target.url), target) != "missing"
+        ]
         for name in existing:
             outcome.diffs.append(diff_database(repository, snapshot, manifest, name, targets[name]))
         changed = [diff.name for diff in outcome.diffs if diff.changed]
         step.detail = f"changed since the snapshot: {', '.join(changed)}" if changed else "nothing changed"
+    return existing
+
+
+def _compare_files(
+    manifest: Manifest, snapshot: Snapshot, directory: Path | None, reporter: Reporter
+) -> list[OverwrittenFile]:
+    """The files under --files DIR the restore would replace with other content."""
+    if directory is None or not manifest.files:
+        return []
+    with reported_step(reporter, "compare files", f"in {directory} against the snapshot") as step:
+        overwritten = overwritten_files(manifest, snapshot, directory)
+        step.detail = f"{counted(len(overwritten), 'file')} to overwrite" if overwritten else "nothing to overwrite"
+    return overwritten
+
+
+def _confirm(
+    snapshot: Snapshot,
+    manifest: Manifest,
+    live_names: dict[str, str],
+    existing: list[str],
+    overwritten: list[OverwrittenFile],
+    request: RestoreRequest,
+    confirm: Confirm,
+    outcome: RestoreOutcome,
+) -> None:
+    """Ask before anything live is replaced: existing databases and files with other content."""
+    if request.yes or not (existing or overwritten):
+        return
     schema_only = [name for name in existing if manifest.databases[name].schema_only]
     shown = [name if live == name else f"{live} (from {name})" for name, live in live_names.items()]
-    if existing and not request.yes and not confirm(RestorePlan(snapshot, shown, outcome.diffs, schema_only)):
+    plan = RestorePlan(
+        snapshot,
+        shown if existing else [],
+        outcome.diffs,
+        schema_only,
+        files=[item.relative for item in overwritten],
+        files_directory=request.files_directory,
+    )
+    if not confirm(plan):
         raise RestoreCancelled("the restore was cancelled; nothing was changed")
-    if existing:
-        subset = project.config.model_copy(
-            update={
-                "databases": {live_names[name]: configured[live_names[name]] for name in existing},
-                "files": FilesConfig(),
-            }
-        )
-        pre_request = SnapshotRequest(
-            project_directory=project.directory,
-            environment=environment,
-            message=f"before restoring snapshot {snapshot.short_id}",
-            tags=(RESTORE_OF_TAG_PREFIX + snapshot.short_id,),
-            kind=PRE_RESTORE_KIND,
-        )
-        with reported_step(reporter, "pre-restore snapshot", ", ".join(live_names[name] for name in existing)) as step:
-            outcome.pre_restore = create_snapshot(repository, subset, pre_request, code=None).snapshot
-            step.detail = f"snapshot {outcome.pre_restore.short_id}"
-    for name in names:
-        try:
-            with reported_step(reporter, f"restore {name}", "in place") as step:
-                restored = restore_database(repository, snapshot, manifest, name, targets[name], replace=True)
-                step.detail = _describe_restored(restored)
-            outcome.databases.append(restored)
-        except LockstepError as error:
-            raise _with_way_back(error, live_names[name], outcome.pre_restore) from error
+
+
+def _pre_restore_snapshot(
+    repository: Repository,
+    project: ProjectContext,
+    snapshot: Snapshot,
+    databases: set[str],
+    overwritten: list[OverwrittenFile],
+    files_directory: Path | None,
+    environment: str | None,
+    reporter: Reporter,
+) -> Snapshot:
+    """A snapshot of exactly what the restore replaces (taken as late as possible, so it holds
+    the last writes): the live databases, and the files under --files DIR stored relative to
+    DIR, so `snapshot restore PRE --files DIR` puts them back."""
+    configured = project.config.databases
+    files = FilesConfig(
+        config=[glob.escape(str(item.path)) for item in overwritten if item.record.kind == "config"],
+        secrets=[glob.escape(str(item.path)) for item in overwritten if item.record.kind != "config"],
+    )
+    kept = {name: database for name, database in configured.items() if name in databases}
+    subset = project.config.model_copy(update={"databases": kept, "files": files})
+    pre_request = SnapshotRequest(
+        project_directory=project.directory,
+        environment=environment,
+        message=f"before restoring snapshot {snapshot.short_id}",
+        tags=(RESTORE_OF_TAG_PREFIX + snapshot.short_id,),
+        kind=PRE_RESTORE_KIND,
+        files_directory=None if files_directory is None else files_directory.resolve(),
+    )
+    saved = [name for name in configured if name in databases]
+    if overwritten:
+        saved.append(counted(len(overwritten), "file"))
+    with reported_step(reporter, "pre-restore snapshot", ", ".join(saved)) as step:
+        pre_restore = create_snapshot(repository, subset, pre_request, code=None).snapshot
+        step.detail = f"snapshot {pre_restore.short_id}"
+    return pre_restore
 
 
 def _describe_restored(restored: RestoredDatabase) -> str:
-    return f"{restored.tables} tables, {restored.rows} rows, checked against the manifest"
+    return f"{counted(restored.tables, 'table')}, {counted(restored.rows, 'row')}, checked against the manifest"
 
 
 def _with_way_back(error: LockstepError, name: str, pre_restore: Snapshot | None) -> LockstepError:
@@ -301,6 +375,17 @@ def _with_way_back(error: LockstepError, name: str, pre_restore: Snapshot | None
     hint = f"bring it back with `lockstep snapshot restore {pre_restore.short_id} --database {name} --yes`"
     replacement = type(error)(message, hint)
     return replacement
+
+
+def _files_way_back(error: LockstepError, directory: Path, pre_restore: Snapshot | None) -> LockstepError:
+    """The same kind of error, telling the user which snapshot holds the overwritten files."""
+    if pre_restore is None:
+        return error
+    message = (
+        f"{error.message}; the files it overwrote in {directory} are in pre-restore snapshot {pre_restore.short_id}"
+    )
+    hint = f"bring them back with `lockstep snapshot restore {pre_restore.short_id} --files {directory} --yes`"
+    return type(error)(message, hint)
 
 
 __all__ = ["PRE_RESTORE_KIND", "RestoreCancelled", "RestoreOutcome", "RestorePlan", "RestoreRequest", "restore"]

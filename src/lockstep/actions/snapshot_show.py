@@ -16,6 +16,7 @@ from lockstep.pipeline.snapshot import (
     environment_name,
     is_schema_only,
     load_manifest,
+    snapshot_project,
     tag_value,
 )
 from lockstep.repository.repository import Repository
@@ -49,6 +50,8 @@ def resolve_reference(
     reference: str,
     environment: str | tuple[str, ...] | None = None,
     default_environment: str | None = None,
+    *,
+    project: str | None,
 ) -> Snapshot:
     """`latest` (the newest that is not schema-only), or the one snapshot whose ID or git commit
     starts with `reference`.
@@ -63,7 +66,16 @@ def resolve_reference(
     A commit is matched on the `commit:` tag (its first 12 digits), so nothing is read to find it;
     find_snapshot confirms a longer commit reference with `check_commit_reference`.
     Raises NotFound, listing the candidates, when nothing or more than one snapshot matches.
+
+    With `project` (the config's project name) only that project's snapshots count, before
+    anything else: projects sharing a repository must never restore, diff or verify each other's
+    snapshots by `latest` or a prefix. An ID or commit of another project's snapshot is refused
+    with an error that says whose it is and how to reach it.
     """
+    foreign: list[Snapshot] = []
+    if project is not None:
+        foreign = [snapshot for snapshot in snapshots if snapshot_project(snapshot) != project]
+        snapshots = [snapshot for snapshot in snapshots if snapshot_project(snapshot) == project]
     everywhere = snapshots
     names = (environment,) if isinstance(environment, str) else environment
     environment = None if names is None else names[0]
@@ -71,7 +83,7 @@ def resolve_reference(
         snapshots = [snapshot for snapshot in snapshots if snapshot_environment(snapshot) in names]
     if reference == "latest":
         if not snapshots:
-            raise NotFound(*_nothing_yet(everywhere, environment, default_environment))
+            raise NotFound(*_nothing_yet(everywhere, environment, default_environment, project, foreign))
         # The newest snapshot with data: a schema-only one (no rows) is never what `latest`
         # restores, diffs or verifies; it is named by its ID.
         full = [snapshot for snapshot in snapshots if not is_schema_only(snapshot)]
@@ -89,15 +101,31 @@ def resolve_reference(
         elsewhere = [snapshot for snapshot in everywhere if _matches(snapshot, wanted)]
         if elsewhere:
             raise NotFound(*_in_other_environments(reference, elsewhere, environment))
+        theirs = [snapshot for snapshot in foreign if _matches(snapshot, wanted)]
+        if theirs and project is not None:
+            raise NotFound(*_in_other_projects(reference, theirs, project))
         raise _no_match(reference)
     if len(matches) > 1:
         listed = ", ".join(_describe(snapshot) for snapshot in matches[:SHOWN_CANDIDATES])
         more = f" and {len(matches) - SHOWN_CANDIDATES} more" if len(matches) > SHOWN_CANDIDATES else ""
         raise NotFound(
-            f"{reference!r} matches {len(matches)} snapshots: {listed}{more}",
-            "give more characters of the snapshot ID",
+            f"{reference!r} matches {len(matches)} snapshots: {listed}{more}", _ambiguity_hint(matches, wanted)
         )
     return matches[0]
+
+
+def _ambiguity_hint(matches: list[Snapshot], wanted: str) -> str:
+    """What names one of `matches`: more digits of an ID prefix, but never of a commit every match
+    shares (each backup of an unchanged deploy records the same commit): then only the snapshot ID."""
+    commits = {tag_value(snapshot, COMMIT_TAG_PREFIX) for snapshot in matches if _commit_matches(snapshot, wanted)}
+    if not commits:
+        return "give more characters of the snapshot ID"
+    if len(commits) == 1 and not any(snapshot.id.startswith(wanted) for snapshot in matches):
+        return (
+            f"they are all snapshots of commit {commits.pop()}: give the snapshot ID of the one you mean "
+            "(the first column of `lockstep snapshot list`)"
+        )
+    return "give more characters of the snapshot ID or of the commit, or the snapshot ID of the one you mean"
 
 
 def find_snapshot(
@@ -105,12 +133,16 @@ def find_snapshot(
     reference: str,
     environment: str | tuple[str, ...] | None,
     default_environment: str | None = None,
+    *,
+    project: str,
 ) -> Snapshot:
-    """The lockstep snapshot `reference` names among `environment`'s (all when None), a commit
-    reference longer than the tag confirmed against its manifest: what every command that takes
-    an ID does. `default_environment` (the config's) words the hint when there is none yet."""
+    """The lockstep snapshot of `project` `reference` names among `environment`'s (all when
+    None), a commit reference longer than the tag confirmed against its manifest: what every
+    command that takes an ID does. `default_environment` (the config's) words the hint when there
+    is none yet."""
     try:
-        snapshot = resolve_reference(lockstep_snapshots(repository), reference, environment, default_environment)
+        snapshots = lockstep_snapshots(repository, None)
+        snapshot = resolve_reference(snapshots, reference, environment, default_environment, project=project)
     except NotFound:
         repository.check_unreadable_reference(reference)
         raise
@@ -130,10 +162,21 @@ def _matches(snapshot: Snapshot, wanted: str) -> bool:
 
 
 def _nothing_yet(
-    everywhere: list[Snapshot], environment: str | None, default_environment: str | None
+    everywhere: list[Snapshot],
+    environment: str | None,
+    default_environment: str | None,
+    project: str | None = None,
+    foreign: list[Snapshot] | None = None,
 ) -> tuple[str, str]:
     # No --env takes default_environment's snapshot, so the hint names --env only for another.
     option = "" if environment in (None, environment_name(None), default_environment) else f" --env {environment}"
+    if not everywhere and foreign and project is not None:
+        return (
+            f"there are no lockstep snapshots of project {project!r} yet (the repository holds other "
+            f"projects' snapshots: {_project_names(foreign)})",
+            f"make one with `lockstep snapshot create{option}`; to use another project's snapshots, "
+            "run the command with -c and that project's lockstep.toml",
+        )
     if environment is None or not everywhere:
         return "there are no lockstep snapshots yet", f"make one with `lockstep snapshot create{option}`"
     others = sorted({snapshot_environment(snapshot) for snapshot in everywhere})
@@ -158,6 +201,26 @@ def _in_other_environments(reference: str, elsewhere: list[Snapshot], environmen
     return (
         f"{reference!r} matches no snapshot of environment {environment!r}, only of {', '.join(names)}: {listed}",
         f"{use}restore one database elsewhere with --database NAME --to URL",
+    )
+
+
+def _project_names(snapshots: list[Snapshot]) -> str:
+    return ", ".join(sorted({repr(snapshot_project(snapshot) or "none") for snapshot in snapshots}))
+
+
+def _in_other_projects(reference: str, theirs: list[Snapshot], project: str) -> tuple[str, str]:
+    """A reference that names only other projects' snapshots: say whose, and how to get at them
+    without ever restoring them into this project's databases by mistake."""
+    listed = ", ".join(
+        f"{_describe(snapshot)} of project {snapshot_project(snapshot) or 'none'!r}"
+        for snapshot in theirs[:SHOWN_CANDIDATES]
+    )
+    return (
+        f"{reference!r} names no snapshot of project {project!r}: it belongs to another project sharing "
+        f"the repository: {listed}",
+        "run the command with -c and that project's lockstep.toml, or extract the files with "
+        f"`lockstep repo restore {theirs[0].short_id} --target DIR` (projects share a repository "
+        "by their `project` name in lockstep.toml)",
     )
 
 
@@ -193,8 +256,10 @@ def show_snapshot(
     reference: str,
     environment: str | tuple[str, ...] | None = None,
     default_environment: str | None = None,
+    *,
+    project: str,
 ) -> ListedSnapshot:
-    """The snapshot `reference` names among `environment`'s (all when None), with its manifest."""
+    """The snapshot of `project` `reference` names among `environment`'s (all when None), with its manifest."""
     with access.session(lock=False) as repository:
-        snapshot = find_snapshot(repository, reference, environment, default_environment)
+        snapshot = find_snapshot(repository, reference, environment, default_environment, project=project)
         return ListedSnapshot(snapshot, load_manifest(repository, snapshot))

@@ -20,6 +20,7 @@ from lockstep.pipeline.snapshot import database_password, environment_name
 from lockstep.pipeline.steps import Reporter
 from lockstep.pipeline.verification_records import VerificationResult
 from lockstep.pipeline.verify import ProgressCallback, VerifyLevel, verify_snapshot
+from lockstep.wording import counted
 
 FINDINGS_IN_REASON = 3
 
@@ -55,7 +56,7 @@ def verify(
     servers = database_servers(project.config)
     with project.access.session(exclusive=False) as repository:
         among = reference_environments(start, config_path, environment)
-        snapshot = find_snapshot(repository, reference, among, project.config.default_environment)
+        snapshot = find_snapshot(repository, reference, among, project.config.default_environment, project=project.name)
         bind_operation(reporter, snapshot_id=snapshot.id)
         reporter.step_started("verify", f"snapshot {snapshot.short_id}, level {level}")
         started = time.monotonic()
@@ -69,5 +70,5 @@ def verify(
         reporter.step_finished("verify", result.seconds, f"{result.bytes_read} bytes read")
     else:
         shown = "; ".join(f"{finding.subject}: {finding.message}" for finding in result.findings[:FINDINGS_IN_REASON])
-        reporter.step_failed("verify", result.seconds, f"{len(result.findings)} problems: {shown}")
+        reporter.step_failed("verify", result.seconds, f"{counted(len(result.findings), 'problem')}: {shown}")
     return result

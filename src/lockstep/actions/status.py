@@ -86,6 +86,7 @@ def environment_status(
                 "version": release["version"] if release else None,
                 "since": release["started_at"] if release else None,
                 "processes": slot_status["processes"],
+                "stopped": _stopped_components(slot_status) if slot == active else [],
                 "health": _health(context, slot, release) if release else {},
             }
         document["slots"] = slots
@@ -116,6 +117,16 @@ def _hosts_status(context: EnvironmentContext, history: History) -> dict[str, An
         "hosts": host_statuses(context),
         "last_operation": operations[-1].to_document() if operations else None,
     }
+
+
+def _stopped_components(slot_status: dict[str, Any]) -> list[str]:
+    """The components of the active release that the agent does not run at all (not even crashed
+    and given up on): stopped, as a data restore stops its workers (pipeline/worker_pause.py).
+    Its process list alone showed the rest running, and nothing of what was missing."""
+    release = slot_status.get("release") or {}
+    launched = [str(launch.get("component")) for launch in release.get("components") or []]
+    running = {process["component"] for process in slot_status.get("processes") or []}
+    return sorted(set(launched) - running)
 
 
 def _health(context: EnvironmentContext, slot: str, release: dict[str, Any]) -> dict[str, str]:

@@ -18,6 +18,7 @@ from lockstep.pipeline.manifest import Manifest
 from lockstep.pipeline.project_secrets import project_secrets, teach_project_secrets
 from lockstep.pipeline.steps import Reporter, bind_context
 from lockstep.pipeline.verification_records import VerificationResult
+from lockstep.wording import counted
 
 if TYPE_CHECKING:  # snapshot_create reports through this module
     from lockstep.actions.snapshot_create import ProjectContext
@@ -120,7 +121,7 @@ def report_manifest(reporter: Reporter, manifest: Manifest) -> None:
         report_detail(
             reporter,
             f"database {name}: {database.engine} {database.server_version}, {database.size} bytes, "
-            f"{len(database.tables)} tables, {rows} rows",
+            f"{counted(len(database.tables), 'table')}, {counted(rows, 'row')}",
         )
     for file in manifest.files:
         report_detail(reporter, f"file {file.path} ({file.kind}, {file.size} bytes)")
@@ -132,7 +133,7 @@ def report_verification(reporter: Reporter, result: VerificationResult) -> None:
     for database in result.databases:
         step = f"test-restore {database.name}"
         if database.ok:
-            detail = f"{database.tables} tables, {database.rows} rows" + (
+            detail = f"{counted(database.tables, 'table')}, {counted(database.rows, 'row')}" + (
                 f", {database.integrity}" if database.integrity else ""
             )
             reporter.step_finished(step, database.seconds, detail)

@@ -1,9 +1,9 @@
 """The agent's watch on the recovery point objective: is the newest good snapshot recent enough?
 
 Every `interval` seconds (in the background, so the agent loop never waits on the repository)
-it finds the newest lockstep snapshot whose last verification did not fail, and when that is
-older than `agent.rpo_hours` it sends one `snapshot.rpo_exceeded` event, then again at most
-once per RPO period while the condition lasts.
+it finds the newest lockstep snapshot whose last verification did not fail and that holds every
+configured database, and when that is older than `agent.rpo_hours` it sends one
+`snapshot.rpo_exceeded` event, then again at most once per RPO period while the condition lasts.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from lockstep.actions.environment import EnvironmentContext, snapshot_environmen
 from lockstep.notify.dispatcher import Notifier
 from lockstep.notify.events import SNAPSHOT_RPO_EXCEEDED, Event
 from lockstep.pipeline.retention_policy import snapshot_environment
-from lockstep.pipeline.snapshot import is_lockstep_snapshot, is_schema_only
+from lockstep.pipeline.snapshot import is_of_project, is_schema_only, load_manifest
 from lockstep.pipeline.verification_records import latest_results
 
 CHECK_INTERVAL_SECONDS = 600.0
@@ -27,24 +27,30 @@ AgeProbe = Callable[[], float | None]
 
 
 def newest_good_snapshot_age(context: EnvironmentContext) -> float | None:
-    """Hours since the newest snapshot of this environment that did not fail its last verification.
+    """Hours since the newest snapshot of this environment that did not fail its last verification
+    and holds every configured database (a pre-restore snapshot of one database is no backup of
+    the others, so manifests are read, newest first, until one does).
 
-    Another environment's snapshots sharing the repository say nothing about this one's data."""
+    Another environment's or another project's snapshots sharing the repository say nothing
+    about this one's data."""
     names = snapshot_environments(context)
+    configured = set(context.config.databases)
     with context.project.access.session(lock=False, load_index=False) as repository:
         snapshots = [
             snapshot
             for snapshot in repository.list_snapshots(skip_unreadable=True)
-            if is_lockstep_snapshot(snapshot)
+            if is_of_project(snapshot, context.project.name)
             and snapshot_environment(snapshot) in names
             and not is_schema_only(snapshot)  # no backup of the data
         ]
         results = latest_results(repository, [snapshot.id for snapshot in snapshots])
-    good = [snapshot for snapshot in snapshots if snapshot.id not in results or results[snapshot.id].ok]
-    if not good:
-        return None
-    newest = max(snapshot.time_ns for snapshot in good)
-    return (time.time() * 1e9 - newest) / 3.6e12
+        good = [snapshot for snapshot in snapshots if snapshot.id not in results or results[snapshot.id].ok]
+        if good and configured:
+            repository.load_index()  # only to read manifests
+        for snapshot in sorted(good, key=lambda item: item.time_ns, reverse=True):
+            if not configured or configured <= set(load_manifest(repository, snapshot).databases):
+                return (time.time() * 1e9 - snapshot.time_ns) / 3.6e12
+    return None
 
 
 class RpoWatch:

@@ -351,7 +351,9 @@ def _real_runners(context: EnvironmentContext, warn: Warn) -> dict[str, JobRunne
         project = load_project(context.directory, context.config_path, snapshot_environment)
         wanted = _environment_tags(context, snapshot_environment)
         with project.access.session(exclusive=False) as repository:
-            candidates = [snapshot for snapshot in lockstep_snapshots(repository) if wanted & set(snapshot.tags)]
+            candidates = [
+                snapshot for snapshot in lockstep_snapshots(repository, project.name) if wanted & set(snapshot.tags)
+            ]
             if not candidates:
                 raise NotFound(
                     f"environment {context.environment} has no snapshot to verify yet",
@@ -377,7 +379,9 @@ def _real_runners(context: EnvironmentContext, warn: Warn) -> dict[str, JobRunne
         # listing, one prune. The plan groups by environment, so each name's snapshots are kept
         # or removed exactly as a forget of that name alone would decide.
         names = tuple(sorted({context.environment, environment_name(snapshot_environment)}))
-        result = forget_snapshots(project.access, project.config.retention, environments=names, run_prune=True)
+        result = forget_snapshots(
+            project.access, project.config.retention, project.name, environments=names, run_prune=True
+        )
         removed = len(result.removed)
         freed = result.prune.bytes_freed if result.prune is not None else 0
         return JobOutcome(

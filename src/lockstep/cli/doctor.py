@@ -14,6 +14,7 @@ from lockstep.cli.output import console, print_json
 from lockstep.cli.project_options import project_options, wants_json
 from lockstep.exit_codes import ExitCode
 from lockstep.pipeline.doctor import DoctorCheck
+from lockstep.wording import counted
 
 _STYLES = {"pass": "green", "warn": "yellow", "fail": "bold red"}
 
@@ -66,7 +67,9 @@ def doctor_command(config_path: Path | None, environment: str | None, json_outpu
         _print_lines(report.checks)
     if not wants_json(json_output):
         counts = {status: sum(check.status == status for check in report.checks) for status in ("fail", "warn", "pass")}
-        console.print(f"{counts['fail']} failed, {counts['warn']} warnings, {counts['pass']} passed", markup=False)
+        console.print(
+            f"{counts['fail']} failed, {counted(counts['warn'], 'warning')}, {counts['pass']} passed", markup=False
+        )
     if report.failed:
         # Not click's Exit: with standalone_mode=False click returns its code instead of exiting.
         sys.exit(ExitCode.FAILED)

@@ -10,17 +10,18 @@ import click
 from rich.table import Table
 
 from lockstep.actions.snapshot_create import chosen_environment, create, load_project
-from lockstep.actions.snapshot_list import ListedSnapshot, list_snapshots
+from lockstep.actions.snapshot_list import ListedSnapshot, list_snapshots, other_projects
 from lockstep.actions.snapshot_show import reference_environments, show_snapshot
 from lockstep.cli.output import console, human_bytes, print_json, print_table
 from lockstep.cli.project_options import config_and_env_options, wants_json
 from lockstep.cli.reporting import progress_options, progress_reporter
 from lockstep.pipeline.code import SHORT_COMMIT_LENGTH
 from lockstep.pipeline.manifest import DatabaseRecord, Manifest
-from lockstep.pipeline.snapshot import RESERVED_TAG_PREFIXES
+from lockstep.pipeline.snapshot import RESERVED_TAG_PREFIXES, environment_name
 from lockstep.pipeline.verification_records import describe_state
 from lockstep.repository.snapshot import Snapshot
 from lockstep.repository.tag_lists import flatten_tag_lists
+from lockstep.wording import counted
 
 # What --env picks for the commands that open one snapshot (show and verify; diff and restore
 # name the live databases too).
@@ -39,8 +40,12 @@ _config_option = config_and_env_options(ONE_SNAPSHOT_ENV_HELP)
 
 
 def manifest_document(snapshot: Snapshot, manifest: Manifest) -> dict[str, Any]:
-    """The manifest as `--json` prints it: the stored manifest plus the snapshot's ID."""
-    return {"id": snapshot.id, "short_id": snapshot.short_id, **manifest.to_document()}
+    """The manifest as `--json` prints it: the stored manifest plus the snapshot's ID. A snapshot
+    taken without an environment says "default", as the text output, `backup --json` and
+    `snapshot forget --json` do (the stored manifest keeps null)."""
+    document = {"id": snapshot.id, "short_id": snapshot.short_id, **manifest.to_document()}
+    document["environment"] = environment_name(manifest.environment)
+    return document
 
 
 # Subcommands defined in modules of their own, imported only when asked for: `snapshot create`
@@ -147,7 +152,7 @@ def create_command(
     of = f" of environment {manifest.environment}" if manifest.environment is not None else ""
     console.print(f"snapshot {result.snapshot.short_id}{of} saved{schema}", markup=False)
     console.print(
-        f"{code_text}{databases}; {len(manifest.files)} files; {human_bytes(manifest.stored_size)} in total"
+        f"{code_text}{databases}; {counted(len(manifest.files), 'file')}; {human_bytes(manifest.stored_size)} in total"
         f"{commit_text}; {result.seconds:.1f} s",
         markup=False,
     )
@@ -165,14 +170,16 @@ def _short_commit(manifest: Manifest) -> str:
 @config_and_env_options(ALL_SNAPSHOTS_ENV_HELP)
 @click.option("--json", "json_output", is_flag=True, help="Print JSON on stdout.")
 def list_command(config_path: Path | None, environment: str | None, json_output: bool) -> None:
-    """List the coordinated snapshots, oldest first: all of default_environment's repository, or only those of --env.
+    """List this project's snapshots, oldest first: all in default_environment's repository, or only --env's.
 
-    The snapshots listed as default (taken with the top-level config) count as the default
+    Only the snapshots of this project (`project` in lockstep.toml, default: its directory's
+    name) are listed; `lockstep repo snapshots` lists every snapshot in the repository. The
+    snapshots listed as default (taken with the top-level config) count as the default
     environment's when it has no [environments.NAME] table: the same databases, as show, restore
     and doctor see them."""
     project = load_project(Path.cwd(), config_path, chosen_environment(Path.cwd(), config_path, environment))
     among = None if environment is None else reference_environments(Path.cwd(), config_path, environment)
-    listed = list_snapshots(project.access, among)
+    listed = list_snapshots(project.access, project.name, among)
     if wants_json(json_output):
         print_json([_listed_document(item) for item in listed])
         return
@@ -191,7 +198,7 @@ def list_command(config_path: Path | None, environment: str | None, json_output:
             _short_commit(item.manifest),
             item.manifest.message or "",
             shown_kind(item.manifest),
-            item.manifest.environment or "default",
+            environment_name(item.manifest.environment),
             human_bytes(item.manifest.stored_size),
             describe_state(item.verification),
         ]
@@ -200,7 +207,13 @@ def list_command(config_path: Path | None, environment: str | None, json_output:
     for row in rows:
         table.add_row(*row)
     print_table(table, rows, lead=(0, 1, 4, 5, 6))  # ID, time, kind, environment, size
-    console.print(f"{len(listed)} snapshots")
+    console.print(counted(len(listed), "snapshot"))
+    if not listed and (others := other_projects(project.access, project.name)):
+        shown = ", ".join(repr(name) for name in others)
+        console.print(
+            f"no snapshot of project {project.name!r}; the repository holds snapshots of other projects: {shown} "
+            "(`project` in lockstep.toml names this one; -c another project's lockstep.toml lists its snapshots)"
+        )
 
 
 def server_name(engine: str, server_version: str) -> str:
@@ -239,7 +252,7 @@ def _print_manifest(item: ListedSnapshot) -> None:
         f"snapshot     {snapshot.id}",
         f"time         {_local_time(snapshot)}",
         f"kind         {shown_kind(manifest)}",
-        f"environment  {manifest.environment or 'default'}",
+        f"environment  {environment_name(manifest.environment)}",
         f"message      {manifest.message or ''}",
         f"author       {manifest.author}",
         f"host         {manifest.hostname}",
@@ -264,14 +277,14 @@ def _print_manifest(item: ListedSnapshot) -> None:
         server = f"{server_name(database.engine, database.server_version)} {database.server_version}"
         lines.append(
             f"database     {name}: {server}, {human_bytes(database.size)} "
-            f"at {database.path}, {len(database.tables)} tables, {rows} rows{migration}"
+            f"at {database.path}, {counted(len(database.tables), 'table')}, {counted(rows, 'row')}{migration}"
         )
         if database.schema_only:
             lines.append("               schema only  structure without rows")
         else:
             lines.append(f"               counts       {_fingerprint_origin(database)}")
         lines.extend(
-            f"               {table.name}: {table.rows} rows"
+            f"               {table.name}: {counted(table.rows, 'row')}"
             + ("" if table.history_rows is None else f", history of {table.history_rows} row versions")
             + ("" if table.consistent else " (outside the snapshot)")
             for table in database.tables
@@ -302,7 +315,7 @@ def show_command(reference: str, config_path: Path | None, environment: str | No
     environment = chosen_environment(Path.cwd(), config_path, environment)
     project = load_project(Path.cwd(), config_path, environment)
     among = reference_environments(Path.cwd(), config_path, environment)
-    item = show_snapshot(project.access, reference, among, project.config.default_environment)
+    item = show_snapshot(project.access, reference, among, project.config.default_environment, project=project.name)
     if wants_json(json_output):
         print_json(manifest_document(item.snapshot, item.manifest))
         return

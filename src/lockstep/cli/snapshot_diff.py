@@ -16,12 +16,15 @@ from lockstep.cli.snapshot import snapshot_group
 from lockstep.pipeline.diff import DatabaseDiff, TableDiff
 
 
-def diff_document(snapshot_id: str, databases: list[DatabaseDiff], skipped: list[str]) -> dict[str, object]:
+def diff_document(
+    snapshot_id: str, databases: list[DatabaseDiff], skipped: list[str], not_in_snapshot: list[str] | None = None
+) -> dict[str, object]:
     return {
         "snapshot": snapshot_id,
         "changed": any(database.changed for database in databases),
         "databases": [database.to_document() for database in databases],
         "skipped": skipped,
+        "not_in_snapshot": not_in_snapshot or [],
     }
 
 
@@ -114,12 +117,18 @@ def diff_command(
     """Per table, the rows added, removed and changed in the live databases since the snapshot."""
     result = diff(Path.cwd(), reference, database=database, config_path=config_path, environment=environment)
     if _wants_json(json_output):
-        print_json(diff_document(result.snapshot.id, result.databases, result.skipped))
+        print_json(diff_document(result.snapshot.id, result.databases, result.skipped, result.not_in_snapshot))
         return
     for item in result.databases:
         print_database_diff(item)
     for name in result.skipped:
         console.print(f"database {name}: not in lockstep.toml any more, not compared", markup=False)
+    for name in result.not_in_snapshot:
+        console.print(
+            f"database {name}: not in snapshot {result.snapshot.short_id}, not compared"
+            " (give a snapshot that holds it: `lockstep snapshot list`)",
+            markup=False,
+        )
 
 
 COMMANDS: list[click.Command] = []

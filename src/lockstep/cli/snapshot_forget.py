@@ -20,6 +20,7 @@ from lockstep.cli.reporting import progress_options, progress_reporter
 from lockstep.cli.snapshot import snapshot_group
 from lockstep.pipeline.retention_policy import GroupPlan, SnapshotVerdict, snapshot_kind
 from lockstep.pipeline.snapshot import COMMIT_TAG_PREFIX, tag_value
+from lockstep.wording import counted
 
 
 def _verdict_document(verdict: SnapshotVerdict) -> dict[str, Any]:
@@ -86,9 +87,9 @@ def _print_result(result: SnapshotForgetResult) -> None:
         console.print(f"keep {len(group.keep)}, remove {len(group.remove)}")
         console.print()
     if result.dry_run:
-        console.print(f"would remove {len(result.removed)} snapshots (dry run: nothing was changed)")
+        console.print(f"would remove {counted(len(result.removed), 'snapshot')} (dry run: nothing was changed)")
     else:
-        console.print(f"removed {len(result.removed)} snapshots")
+        console.print(f"removed {counted(len(result.removed), 'snapshot')}")
     if result.prune is not None:
         console.print()
         print_prune_report(result.prune)

@@ -16,14 +16,15 @@ from lockstep.cli.reporting import progress_options, progress_reporter
 from lockstep.cli.snapshot import snapshot_group
 from lockstep.cli.snapshot_diff import print_database_diff
 from lockstep.errors import UsageError
+from lockstep.wording import counted
 
 
 def _confirm_on_terminal(json_output: bool) -> Any:
     def confirm(plan: RestorePlan) -> bool:
-        names = ", ".join(plan.databases)
+        replaced = _replaced(plan)
         if not sys.stdin.isatty():
             raise UsageError(
-                f"restoring {names} in place replaces live data, and there is no terminal to confirm it on",
+                f"restoring {replaced} replaces live data, and there is no terminal to confirm it on",
                 "pass --yes to restore without asking (a pre-restore snapshot is still taken)",
             )
         for diff in plan.diffs:  # on stderr with --json, so stdout stays one JSON document
@@ -36,9 +37,27 @@ def _confirm_on_terminal(json_output: bool) -> Any:
                 f"restoring snapshot {plan.snapshot.short_id} discards the changes above in {', '.join(discarded)}",
                 markup=False,
             )
-        return click.confirm(f"replace {names} with snapshot {plan.snapshot.short_id}?", default=False, err=True)
+        if plan.files:  # names only: they may be secrets
+            error_console.print(
+                f"restoring snapshot {plan.snapshot.short_id} overwrites {_files_phrase(plan)} "
+                f"with other content: {', '.join(plan.files)}",
+                markup=False,
+            )
+        return click.confirm(f"replace {replaced} with snapshot {plan.snapshot.short_id}?", default=False, err=True)
 
     return confirm
+
+
+def _files_phrase(plan: RestorePlan) -> str:
+    return f"{counted(len(plan.files), 'file')} in {plan.files_directory}"
+
+
+def _replaced(plan: RestorePlan) -> str:
+    """What a confirmation names: the databases in place and the files overwritten."""
+    parts = [f"{', '.join(plan.databases)} in place"] if plan.databases else []
+    if plan.files:
+        parts.append(_files_phrase(plan))
+    return " and ".join(parts)
 
 
 def outcome_document(outcome: RestoreOutcome) -> dict[str, Any]:
@@ -53,6 +72,7 @@ def outcome_document(outcome: RestoreOutcome) -> dict[str, Any]:
         "code": outcome.code,
         "warnings": outcome.warnings,
         "files": [file.path for file in outcome.files],
+        "overwritten_files": outcome.overwritten_files,
         "hints": outcome.hints,
     }
 
@@ -68,9 +88,11 @@ def outcome_document(outcome: RestoreOutcome) -> dict[str, Any]:
     "--files",
     "files_directory",
     type=click.Path(path_type=Path, file_okay=False),
-    help="Write config and secret files here.",
+    help="Write config and secret files here; existing ones with other content are confirmed and saved first.",
 )
-@click.option("-y", "--yes", is_flag=True, help="Do not ask; replace live or non-empty target databases.")
+@click.option(
+    "-y", "--yes", is_flag=True, help="Do not ask; replace live or non-empty target databases and existing files."
+)
 @config_and_env_options(
     "Environment ([environments.NAME]) whose snapshot ID names, restored into its databases;"
     " default: default_environment from lockstep.toml."
@@ -93,7 +115,9 @@ def restore_command(
 ) -> None:
     """Restore databases (in place, after a pre-restore snapshot), code or files from a snapshot.
 
-    Without --database, --code or --files every database is restored in place.
+    Without --database, --code or --files every database is restored in place. Live databases
+    and files under --files DIR with other content are listed and confirmed (or --yes), then
+    saved in a pre-restore snapshot.
     """
     wants_json = _wants_json(json_output)
     request = RestoreRequest(
@@ -121,13 +145,14 @@ def restore_command(
             if outcome.manifest.databases[diff.name].schema_only:
                 console.print(f"schema-only snapshot: every row of database {diff.name} is discarded", markup=False)
     if outcome.pre_restore is not None:
-        console.print(
-            f"pre-restore snapshot {outcome.pre_restore.short_id} saved (the databases as they were)", markup=False
+        saved = " and ".join(
+            (["the databases"] if outcome.diffs else []) + (["the files"] if outcome.overwritten_files else [])
         )
+        console.print(f"pre-restore snapshot {outcome.pre_restore.short_id} saved ({saved} as they were)", markup=False)
     for item in outcome.databases:
         console.print(
-            f"database {item.name} restored into {item.target} and verified: {item.tables} tables, {item.rows} rows, "
-            f"{item.seconds:.1f} s",
+            f"database {item.name} restored into {item.target} and verified: {counted(item.tables, 'table')}, "
+            f"{counted(item.rows, 'row')}, {item.seconds:.1f} s",
             markup=False,
         )
     if outcome.code is not None:
@@ -135,7 +160,10 @@ def restore_command(
     for warning in outcome.warnings:
         console.print(f"warning: {warning}", markup=False)
     if files_directory is not None:
-        console.print(f"{len(outcome.files)} config and secret files written to {files_directory}", markup=False)
+        if outcome.overwritten_files:
+            console.print(f"overwritten in {files_directory}: {', '.join(outcome.overwritten_files)}", markup=False)
+        written = counted(len(outcome.files), "config and secret file")
+        console.print(f"{written} written to {files_directory}", markup=False)
     for hint in outcome.hints:
         console.print(hint, markup=False)
 

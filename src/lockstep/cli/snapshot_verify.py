@@ -14,6 +14,7 @@ from lockstep.cli.snapshot import _config_option, snapshot_group
 from lockstep.exit_codes import ExitCode
 from lockstep.pipeline.verification_records import VerificationResult
 from lockstep.pipeline.verify import VERIFY_LEVELS, VerifyLevel, raise_for_result
+from lockstep.wording import counted
 
 
 def _print_result(result: VerificationResult) -> None:
@@ -25,8 +26,8 @@ def _print_result(result: VerificationResult) -> None:
     )
     for database in result.databases:
         console.print(
-            f"  database {database.name} ({database.engine}): test-restored, {database.tables} tables, "
-            f"{database.rows} rows{', ' + database.integrity if database.integrity else ''}",
+            f"  database {database.name} ({database.engine}): test-restored, {counted(database.tables, 'table')}, "
+            f"{counted(database.rows, 'row')}{', ' + database.integrity if database.integrity else ''}",
             markup=False,
         )
     for finding in result.findings:

@@ -13,6 +13,7 @@ from lockstep.actions.status import age, environment_status, operation_history
 from lockstep.cli.output import console, print_json, print_table
 from lockstep.cli.project_options import project_options, wants_json
 from lockstep.cli.reporting import ConsoleReporter
+from lockstep.wording import counted
 
 
 def print_line(text: str) -> None:
@@ -73,6 +74,8 @@ def status_command(config_path: Path | None, environment: str | None, json_outpu
                 f"  slot {slot} [{role}]: release {info['release']}, commit {(info['version'] or '')[:12]}, "
                 f"since {age(info['since'])}; {health}; {running}"
             )
+            if info.get("stopped"):
+                print_line(describe_stopped(slot, info["stopped"]))
         active_processes = slots[active]["processes"] if active and active in slots else []
         # The release as deployed tells; before any, the config does.
         workers_only = (
@@ -94,7 +97,7 @@ def status_command(config_path: Path | None, environment: str | None, json_outpu
 
 def _print_hosts(document: dict[str, Any]) -> None:
     """One line per host of a multi-host environment: what it serves, or why it did not answer."""
-    print_line(f"environment {document['environment']}: {len(document['hosts'])} hosts")
+    print_line(f"environment {document['environment']}: {counted(len(document['hosts']), 'host')}")
     for host in document["hosts"]:
         if host.get("error"):
             print_line(f"  {host['name']}: {host['error']}")
@@ -157,6 +160,15 @@ def _other_release(process: dict[str, Any], slot_release: str | None) -> str:
     """A component rolled back alone (`rollback --component`) runs another release than its slot's."""
     release = process.get("release")
     return f" on release {release}" if release and release != slot_release else ""
+
+
+def describe_stopped(slot: str, components: list[str]) -> str:
+    """Components of the active release the agent does not run: stopped (a data restore stops the
+    workers, and a killed deploy or rollback may not have started them again), not healthy."""
+    return (
+        f"  STOPPED in slot {slot}: {', '.join(components)} — its release runs without them; the last operation "
+        "below says why; `lockstep deploy` starts a release with all its components"
+    )
 
 
 def describe_environment(document: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ from pydantic_core import ErrorDetails
 from lockstep.config.model import ProjectConfig
 from lockstep.config.sample import toml_value
 from lockstep.errors import UsageError
+from lockstep.redaction import Redactor, is_secret_name
 
 CONFIG_FILE_NAME = "lockstep.toml"
 REPOSITORY_VARIABLE = "LOCKSTEP_REPOSITORY"
@@ -119,6 +120,11 @@ def _describe(
         if base is not None and error["type"] == "missing":
             explanation += _misspelt_entry(location, base)
         line = f"{shown}: {where}: {explanation}"
+        if Redactor().redact(line) != line:
+            # A key named like a secret (password, api_key) followed by ": " reads as an assignment
+            # to the redactor every error goes through, which would print "password: *** key". The
+            # line holds no value (see above), so the explanation goes where it looks assigned to nothing.
+            line = f"{shown}: {where} ({explanation})"
         if line not in lines:
             lines.append(line)
     return lines
@@ -149,6 +155,11 @@ def _explain(error: ErrorDetails, location: tuple[str, ...], prefix: tuple[str, 
         matches = difflib.get_close_matches(location[-1], known, n=1)
         if len(location) > 1 and location[-1] in _top_level_keys():
             return _misplaced(location[-1], prefix)
+        if is_secret_name(location[-1]) and "password_env" in known:
+            return (
+                "unknown key: lockstep.toml holds no secrets; name the environment variable that holds the password "
+                "with password_env, or its file with password_file"
+            )
         if matches:
             return f'unknown key; did you mean "{matches[0]}"?'
         return f"unknown key: the keys allowed here are {', '.join(known)}" if known else "unknown key: remove it"

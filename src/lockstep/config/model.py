@@ -39,6 +39,10 @@ CodeKind = Literal["git", "release-directory"]
 # --env means that environment, its overrides and its name; older env:default snapshots keep the
 # label. It is not a name --env accepts unless the config defines it.
 DEFAULT_ENVIRONMENT = "default"
+# A project's name (its snapshots' /lockstep/NAME path) when lockstep.toml sets none and its
+# directory has no name (the root directory).
+DEFAULT_PROJECT = "project"
+PROJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
@@ -504,6 +508,21 @@ class BackupConfig(_Section):
 class ProjectConfig(_Section):
     """A project's lockstep.toml: what a coordinated snapshot contains and where it is stored."""
 
+    project: str | None = Field(
+        default=None,
+        description=(
+            "The project's name in the repository: its snapshots are stored under the path /lockstep/NAME, "
+            "and every snapshot command (list, show, diff, verify, restore, forget, backup's retention, "
+            "`latest`, ID and commit prefixes), deploy, rollback and the agent see only the snapshots of "
+            "this name, so projects sharing a repository never restore or forget each other's snapshots. "
+            "Default: the name of the directory lockstep.toml is in, as snapshots have always been stored. "
+            "Set it before two projects in directories of the same name share a repository, or to keep "
+            "finding the snapshots after moving the project to a directory of another name. Letters, "
+            "digits, '.', '_' and '-'; top level only (one name in every environment). `lockstep repo ...` "
+            "commands still see every snapshot."
+        ),
+        examples=["shop"],
+    )
     repository: RepositoryConfig = Field(
         description="Where snapshots are stored.",
         examples=[{"url": "local:.lockstep/repository"}],
@@ -617,18 +636,37 @@ class ProjectConfig(_Section):
     _source: dict[str, Any] = PrivateAttr(default_factory=dict)
     _context: dict[str, Any] = PrivateAttr(default_factory=dict)
 
+    @field_validator("project")
+    @classmethod
+    def _check_project(cls, project: str | None) -> str | None:
+        if project is not None and not PROJECT_NAME.fullmatch(project):
+            raise ValueError(
+                f"project {project!r} is not a valid name: use letters, digits, '.', '_' and '-', "
+                "starting with a letter or digit (it is a path component in the repository)"
+            )
+        return project
+
     @field_validator("environments")
     @classmethod
     def _check_environment_names(cls, environments: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for name, overrides in environments.items():
             if "environments" in overrides:
                 raise ValueError(f"environments.{name} contains environments: environments cannot be nested")
+            if "project" in overrides:
+                # Commands without --env (list, forget) use the top-level name: an environment's
+                # own would hide its snapshots from them, and from its retention.
+                raise ValueError(
+                    f"environments.{name} sets project: a project has one name in every environment, "
+                    "set it at the top level"
+                )
         return environments
 
     @model_validator(mode="after")
     def _resolve_paths(self, info: ValidationInfo) -> ProjectConfig:
         base = _base_directory(info)
         if base is not None:
+            if self.project is None:  # the name snapshots were always stored under
+                self.project = base.name or DEFAULT_PROJECT
             self.repository = self.repository.resolved(base)
             self.code = self.code.resolved(base)
             if self.app.source is None:

@@ -22,6 +22,9 @@ from lockstep.errors import UsageError
 
 # Scratch databases carry this prefix, and `drop_database` refuses any other name: an adapter
 # inside a deploy tool must never be one typo away from dropping a production database.
+# A dump tool that fails (mariadb-dump, pg_dump) most often could not log in or find the database.
+DUMP_FAILURE_HINT = "check the URL, that the server runs and the credentials (`lockstep doctor` checks them)"
+
 SCRATCH_PREFIX = "lockstep_verify_"
 # A scratch database's name carries the time it was made; one this old was left by a
 # verification or diff that was killed (kill -9, OOM, a reboot) and is dropped by the next.

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import IO
 
 from lockstep.databases.base import (
+    DUMP_FAILURE_HINT,
     MIGRATION_TABLES,
     DatabaseAdapter,
     DatabaseInfo,
@@ -320,6 +321,7 @@ class DumpProcess(StreamingProcess):
     """mariadb-dump on its own: the fingerprint is taken after it (`inspected_note` says why)."""
 
     inspected = "after-dump"
+    failure_hint = DUMP_FAILURE_HINT
 
     def __init__(self, command: Command, note: str | None = None) -> None:
         super().__init__(command)

@@ -42,6 +42,7 @@ import psycopg
 from psycopg import sql
 
 from lockstep.databases.base import (
+    DUMP_FAILURE_HINT,
     MIGRATION_TABLES,
     DatabaseAdapter,
     DatabaseInfo,
@@ -233,7 +234,8 @@ class PostgresqlAdapter:
                     f"--snapshot={snapshot}",
                     *(("--schema-only",) if schema_only else ()),
                     _dbname_argument(location.database),
-                )
+                ),
+                DUMP_FAILURE_HINT,
             )
         except BaseException:
             connection.close()

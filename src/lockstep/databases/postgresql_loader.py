@@ -10,7 +10,9 @@ rows, loaded on one core while the other idled. Here a restore is four steps:
    (copy_frames.py strips the custom format's per-row framing; pg_restore did this before, for
    about a CPU-second more and two trips of the dump through pipes), and each table's rows, cut
    at line boundaries (a row ends with a newline, embedded ones are escaped), go to two
-   `COPY ... FROM STDIN` connections, so even one big table loads on both cores;
+   `COPY ... FROM STDIN` connections, so even one big table loads on both cores; a table whose
+   column types copy_binary.py knows goes as binary COPY rows, which the server reads in about
+   half the time it takes to parse the text;
 3. the indexes and simple primary keys and unique constraints, on two connections of their
    own, each table's as soon as its rows are in, while later tables still load
    (postgresql_indexes.py);
@@ -38,6 +40,7 @@ from typing import IO, Any
 
 import psycopg
 
+from lockstep.databases import copy_binary
 from lockstep.databases.copy_frames import data_blocks
 from lockstep.databases.postgresql import table_name
 from lockstep.databases.postgresql_archive import SECTION_PRE_DATA, ArchiveHead, TocEntry
@@ -330,6 +333,7 @@ class _CopyWorker:
 
     def _run(self) -> None:
         statement = b""
+        binary: tuple[bytes, bytes] | None = None  # the binary COPY statement, the column kinds
         copy: ExitStack | None = None
         writer: Any = None
         cursor = self._connection.cursor()
@@ -344,13 +348,21 @@ class _CopyWorker:
                     cursor.execute(data)
                 elif kind == "begin":
                     statement = data
+                    binary = copy_binary.binary_statement(cursor, statement)
                 elif kind == "data":
                     if copy is None:
                         copy = ExitStack()
-                        writer = copy.enter_context(cursor.copy(statement))
-                    writer.write(memoryview(data))  # psycopg sends it in slices: views, not copies
+                        writer = copy.enter_context(cursor.copy(binary[0] if binary else statement))
+                        if binary:
+                            writer.write(copy_binary.HEADER)
+                    if binary:
+                        writer.write(copy_binary.rows(data, binary[1], statement))
+                    else:
+                        writer.write(memoryview(data))  # psycopg sends it in slices: views, not copies
                 elif kind == "end":
                     if copy is not None:
+                        if binary:
+                            writer.write(copy_binary.TRAILER)
                         copy.close()
                         copy = None
                         self.rows[statement] = self.rows.get(statement, 0) + max(cursor.rowcount, 0)

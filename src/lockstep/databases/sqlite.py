@@ -235,6 +235,16 @@ class SqliteAdapter:
 ADAPTER: DatabaseAdapter = SqliteAdapter()
 
 
+def anchored_url(url: str, base: Path) -> str:
+    """`url` with a relative SQLite path (`sqlite:///copy.db`) made absolute from `base`; any other
+    URL as it is. What lockstep shows and records then says where the file is: `sqlite:///tmp/x.db`
+    is tmp/x.db below `base`, not /tmp/x.db, which surprises whoever reads it as a file URL."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and len(url) > len(prefix) and not url.startswith(prefix + "/"):
+        return prefix + str(base / url[len(prefix) :])
+    return url
+
+
 def database_path(url: str) -> Path:
     """`sqlite:///app.db` is relative, `sqlite:////srv/app.db` absolute (SQLAlchemy's rule)."""
     prefix = "sqlite:///"

@@ -13,19 +13,23 @@ host checks the lock in the (shared) repository is the orchestrator's, before it
 before each step that changes something.
 
 A data restore is the one step of an unwind the hosts must do together: the primary restores the
-shared databases, and no host may serve meanwhile (the old releases would write into a database
-about to be replaced, or read one half restored). So when the primary's unwind would restore the
-data (it says so at its switch barrier, `"restores_data": true`), the orchestrator starts the
-other hosts with --hold-on-unwind, and an unwind runs two more barriers:
+shared databases, and no host may write to them meanwhile (the old releases would write into a
+database about to be replaced, or read one half restored): not its web processes, nor its
+workers, which take no requests and so go on under a traffic hold. So when the primary's unwind
+would restore the data (it says so at its switch barrier, `"restores_data": true`), the
+orchestrator starts the other hosts with --hold-on-unwind, and an unwind runs two more barriers:
 
  - "held", on each other host: it holds its traffic (requests wait, traffic/holding.py), undoes
-   its part, then announces `{"lockstep_barrier": "held", "held": true|false, "reason": ...}` and
-   keeps holding until the orchestrator's "go" (the primary's restore is over). Any other answer,
-   or end of input, ends the hold too, with a warning: nobody is left to say when the restore is
-   over, and a hold cannot outlive its owner anyway.
- - "restore", on the primary: holding its own traffic, it waits before restoring. "go" (every
-   host holds) restores; anything else ("keep": a host could not hold; end of input: the
-   orchestrator is gone) keeps the migrated data, loudly, with the snapshot to restore by hand.
+   its part, stops the old release's workers (pipeline/worker_pause.py), then announces
+   `{"lockstep_barrier": "held", "held": true|false, "reason": ..., "workers_stopped":
+   true|false, "workers_reason": ...}` and keeps holding until the orchestrator's "go" (the
+   primary's restore is over), when it starts those workers again. Any other answer, or end of
+   input, ends the hold (and starts the workers) too, with a warning: nobody is left to say when
+   the restore is over, and a hold cannot outlive its owner anyway.
+ - "restore", on the primary: holding its own traffic, its own workers stopped, it waits before
+   restoring. "go" (every host holds and stopped its workers) restores; anything else ("keep": a
+   host could not hold, or its workers may still run; end of input: the orchestrator is gone)
+   keeps the migrated data, loudly, with the snapshot to restore by hand.
 
 Both lines say `"unwinding": true`, which is how the orchestrator tells them from a barrier of
 the way forward. A host that failed on its own may get the orchestrator's "abort" while it waits there: the

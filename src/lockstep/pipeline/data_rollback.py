@@ -27,6 +27,7 @@ from lockstep.pipeline.snapshot import (
 )
 from lockstep.repository.repository import Repository
 from lockstep.repository.snapshot import Snapshot
+from lockstep.wording import counted
 
 
 @dataclass(frozen=True)
@@ -80,15 +81,15 @@ def summarize_discarded(diffs: list[DatabaseDiff]) -> list[str]:
     return lines
 
 
-def _losses(noun: str, added: int, changed: int, removed: int) -> list[str]:
+def _losses(noun: str | None, added: int, changed: int, removed: int) -> list[str]:
     """What a restore does to what was written since the snapshot: "3 rows added (lost)"..."""
-    counted = ((added, "added (lost)"), (changed, "changed (changes lost)"), (removed, "deleted (come back)"))
-    return [f"{count} {noun}{what}" for count, what in counted if count]
+    losses = ((added, "added (lost)"), (changed, "changed (changes lost)"), (removed, "deleted (come back)"))
+    return [f"{counted(number, noun) if noun else number} {what}" for number, what in losses if number]
 
 
 def describe_large_objects(objects: LargeObjectsDiff) -> str:
     """The large objects written since the snapshot, as describe_table_change says rows."""
-    return ", ".join(_losses("", objects.added, objects.changed, objects.removed))
+    return ", ".join(_losses(None, objects.added, objects.changed, objects.removed))
 
 
 def describe_sequence(sequence: SequenceDiff) -> str:
@@ -106,9 +107,9 @@ def describe_table_change(table: TableDiff) -> str:
         return "created after the snapshot; a restore drops it"
     if table.status == "removed":
         return "dropped after the snapshot; a restore brings it back"
-    parts = _losses("rows ", table.rows_added, table.rows_changed, table.rows_removed)
+    parts = _losses("row", table.rows_added, table.rows_changed, table.rows_removed)
     if table.columns:
-        parts.append(f"{len(table.columns)} column changes (undone)")
+        parts.append(f"{counted(len(table.columns), 'column change')} (undone)")
     if table.default_collation:
         parts.append(f"default collation {table.default_collation[1]} (set back to {table.default_collation[0]})")
     return ", ".join(parts) or "changed"

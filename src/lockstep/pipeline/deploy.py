@@ -89,6 +89,7 @@ from lockstep.pipeline.snapshot import (
 )
 from lockstep.pipeline.steps import Reporter, StepFailed, StepRunner, bind_context
 from lockstep.pipeline.traffic_hold import TrafficHold
+from lockstep.pipeline.worker_pause import WorkerPause, resume_paused_workers
 from lockstep.process import (
     Command,
     CommandGroup,
@@ -101,6 +102,7 @@ from lockstep.process import (
 from lockstep.repository.documents import DocumentStore
 from lockstep.runtimes.local import port_holder, port_is_free
 from lockstep.traffic.common import parse_listen
+from lockstep.wording import counted
 
 WATCH_INTERVAL = 1.0
 # In the environment of each user's command a deploy runs (build, migration, hook, smoke test):
@@ -270,6 +272,8 @@ class Deployment:
         self.plans: list[ComponentPlan] = []
         self.broken_lock: LockHolder | None = None  # a stale or forced lock this deploy took over
         self.traffic_hold: TrafficHold | None = None
+        # The serving release's workers, stopped while an unwind restores the data (worker_pause.py).
+        self.worker_pause = WorkerPause(self.agent, self.config, self.layout.shared, reporter)
         # A coordinated deploy told "go" at its retire barrier: every host keeps the new release now.
         self.past_retire_go = False
         self.exits: SlotExits | None = None  # the new release's, from its health gate on
@@ -844,13 +848,19 @@ class Deployment:
                 )
                 return
             not_held = self._hold_traffic(record)
-            if self.request.coordinated is not None and not self._every_host_holds(snapshot.short_id, not_held):
-                return
-            result = restore_snapshot_data(
-                repository, snapshot, self.config, self.context.directory, self.context.environment
-            )
+            not_stopped = self._stop_workers(record)
+            try:
+                if self.request.coordinated is not None and not self._every_host_holds(
+                    snapshot.short_id, not_held, not_stopped
+                ):
+                    return
+                result = restore_snapshot_data(
+                    repository, snapshot, self.config, self.context.directory, self.context.environment
+                )
+            finally:  # restored or not, as the traffic is released to the old release after it
+                self.worker_pause.restart()
         record.data_restored = True
-        restored = ", ".join(f"{item.name} ({item.rows} rows)" for item in result.restored)
+        restored = ", ".join(f"{item.name} ({counted(item.rows, 'row')})" for item in result.restored)
         self.reporter.info(
             f"data restored from {snapshot.short_id}: {restored}; the data as it was before the restore is in "
             f"snapshot {(result.pre_restore_snapshot_id or '')[:8]}"
@@ -992,7 +1002,7 @@ class Deployment:
             undone = self.steps.unwind()
         finally:
             if self.request.hold_on_unwind:
-                self._hold_until_restored(not_held)
+                self._hold_until_restored(record, not_held)
             self._release_traffic()
         record.outcome = "rolled-back" if undone else "failed"
         record.finished_at = time.time()
@@ -1039,15 +1049,37 @@ class Deployment:
         self.reporter.info(f"traffic held for the data restore: {detail}")
         return None
 
-    def _every_host_holds(self, snapshot: str, not_held: str | None) -> bool:
+    def _stop_workers(self, record: OperationRecord) -> str | None:
+        """Stop the workers of the release that serves again after the unwind, for the data
+        restore (worker_pause.py); None when none runs, else why some may. A single machine
+        restores anyway, loudly, as when its traffic cannot be held; a multi-host deploy does not."""
+        if record.slot is None or record.previous_release_id is None:
+            return None  # nothing served before: no workers of an older release
+        not_stopped = self.worker_pause.stop(other_slot(record.slot), lambda paused: self._remember(record, paused))
+        if not_stopped is not None:
+            self.reporter.warn(
+                f"THE WORKERS OF THE PREVIOUS RELEASE MAY STILL RUN: {not_stopped}"
+                + ("" if self.request.coordinated is not None else "; what they write during the data restore is lost")
+            )
+        return not_stopped
+
+    def _remember(self, record: OperationRecord, paused: dict[str, Any] | None) -> None:
+        """The record says which workers are stopped, for the clean-up if this process is killed."""
+        record.paused_workers = paused
+        self.history.save(record)
+
+    def _every_host_holds(self, snapshot: str, not_held: str | None, not_stopped: str | None = None) -> bool:
         """A multi-host deploy's primary, about to restore: only while every host holds its traffic
-        (pipeline/coordination.py, the restore barrier). Else the data stays as migrated: the
-        other hosts' old releases serve on it, and a restore under them would lose their writes."""
+        and has stopped its workers (pipeline/coordination.py, the restore barrier). Else the data
+        stays as migrated: the other hosts' old releases serve on it, and a restore under them
+        would lose their writes."""
         from lockstep.pipeline.coordination import GO, RESTORE_BARRIER, wait_for_word
 
         assert self.request.coordinated is not None
         if not_held is not None:
             why = f"this host's traffic could not be held ({not_held})"
+        elif not_stopped is not None:
+            why = f"this host's workers could not be stopped ({not_stopped})"
         else:
             word = wait_for_word(RESTORE_BARRIER, self.request.coordinated, {"unwinding": True})
             if word == GO:
@@ -1055,30 +1087,41 @@ class Deployment:
             why = (
                 "the orchestrator was lost before every host confirmed it holds its traffic"
                 if word is None
-                else "not every host could hold its traffic (the orchestrator's output names it)"
+                else "not every host could hold its traffic and stop its workers (the orchestrator's output names it)"
             )
         self.reporter.warn(
-            f"THE DATA WAS NOT RESTORED: {why}, and restoring while another host serves would lose its writes; "
-            f"the databases stay as migrated, under the previous release. To restore them once no host "
-            f"serves: lockstep snapshot restore {snapshot}"
+            f"THE DATA WAS NOT RESTORED: {why}, and restoring while a host serves or runs its workers would lose "
+            f"their writes; the databases stay as migrated, under the previous release. To restore them once no "
+            f"host serves: lockstep snapshot restore {snapshot}"
         )
         return False
 
-    def _hold_until_restored(self, not_held: str | None) -> None:
-        """A secondary's unwind, undone: tell the orchestrator whether its traffic is held, and
-        keep holding until it says the primary's data restore is over (the held barrier)."""
+    def _hold_until_restored(self, record: OperationRecord, not_held: str | None) -> None:
+        """A secondary's unwind, undone: stop the workers of the release that serves again, tell
+        the orchestrator whether its traffic is held and its workers stopped, and keep them so
+        until it says the primary's data restore is over (the held barrier); then start them again."""
         from lockstep.pipeline.coordination import GO, HELD_BARRIER, wait_for_word
 
         assert self.request.coordinated is not None
-        said = {"unwinding": True, "held": not_held is None, "reason": not_held}
-        word = wait_for_word(HELD_BARRIER, self.request.coordinated, said)
-        if word is None:
-            self.reporter.warn(
-                "lost the orchestrator while holding the traffic for the primary's data restore: releasing "
-                "it now; that restore may still run"
-            )
-        elif word != GO:
-            self.reporter.warn(f"the orchestrator said {word} while the traffic was held for the data restore")
+        not_stopped = self._stop_workers(record)
+        said = {
+            "unwinding": True,
+            "held": not_held is None,
+            "reason": not_held,
+            "workers_stopped": not_stopped is None,
+            "workers_reason": not_stopped,
+        }
+        try:
+            word = wait_for_word(HELD_BARRIER, self.request.coordinated, said)
+            if word is None:
+                self.reporter.warn(
+                    "lost the orchestrator while holding the traffic and the workers for the primary's data restore: "
+                    "releasing them now; that restore may still run"
+                )
+            elif word != GO:
+                self.reporter.warn(f"the orchestrator said {word} while the traffic was held for the data restore")
+        finally:
+            self.worker_pause.restart()
 
     def _release_traffic(self) -> None:
         if self.traffic_hold is None or not self.traffic_hold.held:
@@ -1193,8 +1236,9 @@ def watch_slot(
     requests, errors = _upstream_counters(agent, port)
     within = f"; {exits.total} exit(s) within the limit of {exits.limit}" if exits.total else ""
     if port is None:  # workers only: no proxy counts their requests
-        return f"{checks} rounds of checks passed (workers only: no requests to count){within}"
-    return f"{checks} rounds of checks passed; {requests - baseline[0]} requests, {errors - baseline[1]} errors{within}"
+        return f"{counted(checks, 'round')} of checks passed (workers only: no requests to count){within}"
+    served = f"{counted(requests - baseline[0], 'request')}, {counted(errors - baseline[1], 'error')}"
+    return f"{counted(checks, 'round')} of checks passed; {served}{within}"
 
 
 def _upstream_counters(agent: AgentClient, port: int | None) -> tuple[int, int]:
@@ -1266,6 +1310,7 @@ def clean_up_abandoned(
     data_left = _data_rollback_left_behind(record, serving)
     if data_left is not None:
         reporter.warn(data_left)
+    workers_left = resume_paused_workers(record, agent, reporter)
     record.outcome = "interrupted"
     record.finished_at = time.time()
     record.failed_step = record.failed_step or step
@@ -1278,6 +1323,8 @@ def clean_up_abandoned(
         record.reason += f"; its {command} command {record.running_command['ended']}"
     if data_left is not None:
         record.reason += f"; {data_left}"
+    if workers_left is not None:
+        record.reason += f"; {workers_left}"
     _remove_repository_locks_of(context, record, reporter)
     history.save(record)  # last: "interrupted" means the clean-up is over
 

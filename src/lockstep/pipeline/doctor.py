@@ -20,7 +20,7 @@ import shutil
 import socket
 import sqlite3
 import stat
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -591,16 +591,46 @@ def check_snapshot_ages(
     verifications: Mapping[str, VerificationResult],
     rpo_hours: float,
     now: datetime | None = None,
+    configured: Collection[str] = (),
+    databases_of: Callable[[Snapshot], Collection[str]] | None = None,
 ) -> list[DoctorCheck]:
     """The newest good snapshot within the RPO (fail otherwise) and the newest verified one.
 
-    "Good" is every snapshot whose latest verification did not fail. The verified snapshot is
-    held to the same RPO, but only warns: verification with test-restores usually runs less
-    often (weekly) than backups, and a fail there would make doctor fail every day of the week.
+    "Good" is every snapshot whose latest verification did not fail and that holds every
+    `configured` database (`databases_of` says which a snapshot holds; None: all of them): a
+    pre-restore snapshot holds only the databases its restore replaced, so it is no recovery
+    point for the whole project. The verified snapshot is held to the same RPO, but only warns:
+    verification with test-restores usually runs less often (weekly) than backups, and a fail
+    there would make doctor fail every day of the week.
     """
     moment = now or datetime.now(UTC)
     limit = f"agent.rpo_hours = {rpo_hours:g}"
     backup_fix = "take one now with `lockstep backup`, and schedule backups ([[schedules]] or cron)"
+    held: dict[str, list[str]] = {}
+
+    def missing(snapshot: Snapshot) -> list[str]:
+        if databases_of is None:
+            return []
+        if snapshot.id not in held:
+            names = set(databases_of(snapshot))
+            held[snapshot.id] = [name for name in configured if name not in names]
+        return held[snapshot.id]
+
+    def newest_complete(candidates: list[Snapshot]) -> tuple[Snapshot | None, Snapshot | None]:
+        """The newest candidate holding every configured database, and a newer partial one."""
+        partial = None
+        for snapshot in reversed(candidates):
+            if not missing(snapshot):
+                return snapshot, partial
+            partial = partial or snapshot
+        return None, partial
+
+    def covered(snapshot: Snapshot) -> str:
+        names = [name for name in configured if name not in missing(snapshot)]
+        return ", ".join(names) if names else "no database"
+
+    def partial_note(snapshot: Snapshot | None) -> str:
+        return "" if snapshot is None else f"; newer {snapshot.short_id} holds only {covered(snapshot)}"
 
     def hours_since(snapshot: Snapshot) -> float:
         return (moment.timestamp() * 1e9 - snapshot.time_ns) / 3.6e12
@@ -609,25 +639,33 @@ def check_snapshot_ages(
     good = [item for item in ordered if item.id not in verifications or verifications[item.id].ok]
     verified = [item for item in ordered if item.id in verifications and verifications[item.id].ok]
     results: list[DoctorCheck] = []
-    if not good:
-        detail = "no snapshots yet" if not ordered else "every snapshot failed its last verification"
+    complete, partial = newest_complete(good)
+    if complete is None:
+        if not good:
+            detail = "no snapshots yet" if not ordered else "every snapshot failed its last verification"
+        else:
+            assert partial is not None  # good is not empty, and none of it complete
+            detail = (
+                f"no snapshot holds every configured database ({', '.join(configured)}); "
+                f"the newest, {partial.short_id}, holds only {covered(partial)}"
+            )
         results.append(failed("last good snapshot", detail, backup_fix))
     else:
-        newest = good[-1]
-        age = hours_since(newest)
-        detail = f"{newest.short_id}, {_age_text(age)} old ({limit})"
+        age = hours_since(complete)
+        detail = f"{complete.short_id}, {_age_text(age)} old ({limit})"
         if age > rpo_hours:
-            results.append(failed("last good snapshot", detail + ": older than the RPO", backup_fix))
+            detail += ": older than the RPO"
+            results.append(failed("last good snapshot", detail + partial_note(partial), backup_fix))
         else:
-            results.append(passed("last good snapshot", detail))
+            results.append(passed("last good snapshot", detail + partial_note(partial)))
     verify_fix = 'run `lockstep snapshot verify --level restore`, and schedule it ([[schedules]] job = "verify")'
-    if not verified:
+    newest_verified, _ = newest_complete(verified)
+    if newest_verified is None:
         results.append(warned("last verified snapshot", "no snapshot has been verified", verify_fix))
     else:
-        newest = verified[-1]
-        age = hours_since(newest)
-        level = verifications[newest.id].level
-        detail = f"{newest.short_id} ({level}), {_age_text(age)} old ({limit})"
+        age = hours_since(newest_verified)
+        level = verifications[newest_verified.id].level
+        detail = f"{newest_verified.short_id} ({level}), {_age_text(age)} old ({limit})"
         if age > rpo_hours:
             results.append(warned("last verified snapshot", detail + ": older than the RPO", verify_fix))
         else:

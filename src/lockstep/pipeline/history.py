@@ -76,6 +76,10 @@ class OperationRecord:
     # A multi-host operation this host kept past its retire "go" without finishing its retire:
     # {"slot", "release_id", "whole_slot"} of the slot it left (pipeline/unfinished_retire.py).
     retire_left: dict[str, Any] | None = None
+    # The serving release's workers this operation stopped for a data restore and has not started
+    # again: {"slot", "release_id", "components"} (pipeline/worker_pause.py). A killed operation
+    # leaves it set, and its clean-up starts them again (or says why it does not).
+    paused_workers: dict[str, Any] | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)
     process_space: str = ""  # boot and PID namespace where `pid` means something ("" unknown)
     # A multi-host deploy's hosts, as its orchestrator recorded them: name, role, outcome, why.

@@ -20,9 +20,10 @@ Any host failing before that, at any point, sends "abort" to every other host, a
 (traffic back, new slot stopped; the primary restores the data per policy, as on one machine). A
 host whose SSH connection drops (or an orchestrator killed outright) reads end-of-input at its
 next barrier, which is an abort too: no host passes a barrier without a "go" that only comes
-when every host got there. When the primary's unwind restores the data, the other hosts hold
-their traffic until it is done, and a host that cannot hold keeps the restore from starting
-(the unwind's data step, _coordinate_restore). See pipeline/coordination.py for the host's side.
+when every host got there. When the primary's unwind restores the data, every host holds its
+traffic and stops its old release's workers until it is done, and a host that cannot hold or
+stop them keeps the restore from starting (the unwind's data step, _coordinate_restore). See
+pipeline/coordination.py for the host's side.
 
 Secrets never cross SSH: each host reads the repository password from its own configuration.
 """
@@ -73,11 +74,12 @@ from lockstep.pipeline.environment_lock import (
     describe_holder,
 )
 from lockstep.pipeline.history import History, OperationRecord, RedactedRecord
-from lockstep.pipeline.multi_host_retire import KEPT, RetireReport, retire_outcome
+from lockstep.pipeline.multi_host_retire import RetireReport, retire_outcome
 from lockstep.pipeline.notifications import notifier_for, operation_event, secrets_redactor, teach_reporter_secrets
 from lockstep.pipeline.releases import ResolvedRef, new_deploy_id, resolve_ref
 from lockstep.pipeline.steps import Reporter, StepRunner, bind_context
 from lockstep.remote import ssh
+from lockstep.wording import counted
 
 T = TypeVar("T")
 
@@ -100,6 +102,9 @@ class HostRun:
     outcome: str = "not started"
     exit_code: int | None = None
     result: dict[str, Any] | None = None
+    # Its record of this operation, from its status asked again after the retire "go", when it
+    # ended without a result (killed, its connection lost): what it did, the data restore included.
+    record_asked_again: dict[str, Any] | None = None
     lost: str | None = None  # why the connection dropped
     culprit: bool = False  # it failed on its own (the others were aborted because of it)
     waiting_at: str | None = None  # the barrier it announced and has had no word at yet
@@ -126,7 +131,7 @@ class HostRun:
         return f"failed{f' at {step}' if step else ''}: {reason}"
 
     def summary(self) -> dict[str, Any]:
-        result = self.result or {}
+        result = self.result or self.record_asked_again or {}
         return {
             "name": self.name,
             "role": "primary" if self.primary else "secondary",
@@ -148,6 +153,9 @@ class HostFanOut:
     operation = "deploy"
     done_event = DEPLOY_SUCCEEDED
     failed_event = DEPLOY_FAILED  # also when it stands on every host but did not finish everywhere
+    # A deploy's unwind restores the data only while every host holds (else it keeps the migrated
+    # data); a rollback's puts it back in any case (MultiHostRollback).
+    restore_needs_every_hold = True
 
     def __init__(self, context: EnvironmentContext, reporter: Reporter, lock_wait: float, force: bool) -> None:
         self.context = context
@@ -375,20 +383,28 @@ class HostFanOut:
 
     async def _coordinate_restore(self) -> None:
         """The unwind's data step (pipeline/coordination.py): the primary restores the data only
-        while every other host that started holds its traffic, and the holds end once it is done.
-        A host that does not hold keeps the migrated data where it is: restoring under a host that
-        serves loses what it writes meanwhile, and a restore can be done later; those writes cannot."""
+        while every other host that started holds its traffic and has stopped its workers, and the
+        holds end (the workers start again) once it is done. A host that does not hold, or whose
+        workers may still run, keeps the migrated data where it is: restoring under a host that
+        writes loses what it writes meanwhile, and a restore can be done later; those writes cannot."""
         primary, others = self.runs[0], [run for run in self.runs[1:] if run.process is not None]
         if await self._reach(primary, RESTORE_BARRIER):
             not_holding = []
             for run in others:
                 if not await self._reach(run, HELD_BARRIER):
                     not_holding.append(f"{run.name} ({run.failure() if run.lost else 'it ended without holding'})")
-                elif not run.said.get("held"):
-                    not_holding.append(f"{run.name} (its traffic could not be held: {run.said.get('reason')})")
-            if not_holding:
+                else:
+                    not_holding.extend(self._not_quiet(run))
+            if not_holding and not self.restore_needs_every_hold:
+                self.reporter.warn(
+                    f"{primary.name} puts the data back, though not every host confirmed it undid its part and holds: "
+                    + ", ".join(not_holding)
+                )
+                self._send(primary, GO)
+            elif not_holding:
                 self.data_kept = (
-                    "THE DATA WAS NOT RESTORED: not every host held its traffic for the primary's restore: "
+                    "THE DATA WAS NOT RESTORED: not every host held its traffic and stopped its workers for the "
+                    "primary's restore: "
                     + ", ".join(not_holding)
                     + "; the databases stay as migrated (see the primary's output for the snapshot to restore "
                     "once no host serves)"
@@ -396,12 +412,24 @@ class HostFanOut:
                 self.reporter.warn(self.data_kept)
                 self._send(primary, KEEP)
             else:
-                self.reporter.info(f"{primary.name}: every host holds its traffic; restoring the data")
+                self.reporter.info(
+                    f"{primary.name}: every host holds its traffic and has stopped its workers; restoring the data"
+                )
                 self._send(primary, GO)
             await self._until_exit(primary)
         for run in others:
             if await self._reach(run, HELD_BARRIER):
                 self._send(run, GO)  # the restore is over (or never ran): release
+
+    def _not_quiet(self, run: HostRun) -> list[str]:
+        """What the host at its held barrier said keeps it writing during a restore: its traffic
+        not held, its workers not stopped (a rollback's host stopped them before: it says nothing)."""
+        problems = []
+        if not run.said.get("held"):
+            problems.append(f"{run.name} (its traffic could not be held: {run.said.get('reason')})")
+        if run.said.get("workers_stopped") is False:
+            problems.append(f"{run.name} (ITS WORKERS MAY STILL RUN: {run.said.get('workers_reason')})")
+        return problems
 
     def _take_lock(self, record: OperationRecord) -> None:
         repository = self.context.project.access.open(load_index=False)
@@ -445,7 +473,7 @@ class HostFanOut:
         record.hosts = [run.summary() for run in self.runs]
         # The primary alone restores the shared data: its record says whether it did (and left
         # restored: an undone restore says False), as a one-machine record does for `history`.
-        primary = self.runs[0].result or {}
+        primary = self.runs[0].result or self.runs[0].record_asked_again or {}
         record.data_restored = bool(primary.get("data_restored"))
         record.pre_restore_snapshot_id = primary.get("pre_restore_snapshot_id") or record.pre_restore_snapshot_id
         self.history.save(record)
@@ -613,11 +641,16 @@ class HostFanOut:
         unfinished = [run for run in self.runs if run.culprit]
         if not unfinished:
             return None
-        unconfirmed = [run for run in unfinished if run.outcome != KEPT]
-        statuses = {status["name"]: status for status in host_statuses(self.context)} if unconfirmed else {}
+        # Asked again: what a host that did not confirm serves; whether the agent of one that kept
+        # the release runs, to finish its retire.
+        statuses = {status["name"]: status for status in host_statuses(self.context)}
         report = RetireReport(record.id, self.context.environment, self.operation, record.release_id)
         for run in unfinished:
-            report.add(run, statuses.get(run.name))
+            status = statuses.get(run.name)
+            report.add(run, status)
+            last = (status or {}).get("last_operation") or {}
+            if run.result is None and last.get("id") == record.id:
+                run.record_asked_again = last
         record.outcome = "succeeded" if report.every_host_serves else "failed"
         record.failed_step = "retire"
         record.reason = self.redactor.redact(report.reason())
@@ -652,7 +685,7 @@ class MultiHostDeployment(HostFanOut):
             "preflight",
             ", ".join(run.name for run in self.runs),
             lambda: self._preflight(work_tree),
-            lambda r: f"{r.short_commit} on {len(self.runs)} hosts",
+            lambda r: f"{r.short_commit} on {counted(len(self.runs), 'host')}",
         )
         record = OperationRecord.started_now(
             new_deploy_id(resolved.commit),
@@ -672,7 +705,9 @@ class MultiHostDeployment(HostFanOut):
 
         def run_hosts() -> None:
             self.history.save(record)
-            notifier.notify(operation_event(DEPLOY_STARTED, record, f"deploying {record.id} to {len(self.runs)} hosts"))
+            notifier.notify(
+                operation_event(DEPLOY_STARTED, record, f"deploying {record.id} to {counted(len(self.runs), 'host')}")
+            )
             self._run_hosts(record)
 
         try:
@@ -826,7 +861,9 @@ class MultiHostDeployment(HostFanOut):
 
     def _confirm(self, record: OperationRecord) -> None:
         """Asked once here, for every host: the hosts run with --yes."""
-        question = f"Deploy {(record.commit or '')[:12]} to {self.context.environment} ({len(self.runs)} hosts)?"
+        question = (
+            f"Deploy {(record.commit or '')[:12]} to {self.context.environment} ({counted(len(self.runs), 'host')})?"
+        )
         apply_deploy_policy(self.context, self.policy, self.request, record, self.reporter, question)
 
 
@@ -888,7 +925,8 @@ def plan_lines(context: EnvironmentContext, request: DeployRequest) -> list[str]
     listed = ", ".join(f"{target.name} ({target.project_dir})" for target in targets)
     primary = targets[0].name
     return [
-        f"deploy {request.ref} to {context.environment} on {len(targets)} hosts over SSH, all or none: {listed}",
+        f"deploy {request.ref} to {context.environment} on {counted(len(targets), 'host')} over SSH, all or none: "
+        f"{listed}",
         "1. preflight: resolve the ref here; reach every host (host keys checked against "
         f"{ssh.known_hosts_path(context.config.ssh)}); same lockstep version; send the commit (git bundle); "
         "each host's own preflight and the same repository",
@@ -906,14 +944,15 @@ def plan_lines(context: EnvironmentContext, request: DeployRequest) -> list[str]
 
 
 def _unwind_data_line(request: DeployRequest) -> str:
-    """What the plan says of the unwind's data step: the traffic holds on every host."""
+    """What the plan says of the unwind's data step: the traffic holds and the workers stop on every host."""
     if request.skip_migrations or request.skip_backup:
         skipped = "--skip-migrations" if request.skip_migrations else "--skip-backup"
-        return f"data on unwind: no restore ({skipped}), so no host holds its traffic"
+        return f"data on unwind: no restore ({skipped}), so no host holds its traffic or stops its workers"
     return (
         'data on unwind: if the primary\'s migrations changed the data and its data_rollback is "auto", EVERY HOST '
-        "HOLDS ITS TRAFFIC (new requests wait, in-flight ones finish, up to its [traffic] hold_timeout) while the "
-        "primary restores the data from its pre-deploy snapshot, then releases it to the old release; a host that "
-        "cannot hold stops the restore: THE DATA WAS NOT RESTORED, the primary keeps the migrated data and names the "
-        "snapshot to restore by hand"
+        "HOLDS ITS TRAFFIC (new requests wait, in-flight ones finish, up to its [traffic] hold_timeout) AND STOPS "
+        "THE OLD RELEASE'S WORKERS (components without ports) while the primary restores the data from its "
+        "pre-deploy snapshot, then releases the traffic to the old release and starts those workers again; a host "
+        "that cannot hold or stop its workers stops the restore: THE DATA WAS NOT RESTORED, the primary keeps the "
+        "migrated data and names the snapshot to restore by hand"
     )

@@ -86,6 +86,7 @@ class RetireReport:
     release_id: str | None = None  # the release every host was told to keep; a deploy's is its ID
     lines: list[str] = field(default_factory=list)
     every_host_serves: bool = True  # every host serves the release, as far as it said
+    agents_down: list[str] = field(default_factory=list)  # hosts whose agent, asked again, did not run
 
     def __post_init__(self) -> None:
         self.release_id = self.release_id or self.operation_id
@@ -93,7 +94,12 @@ class RetireReport:
     def add(self, run: HostRun, status: dict[str, Any] | None) -> None:
         """One host that did not succeed; `status` its `lockstep status` now, when it was asked."""
         if run.outcome == KEPT:
-            self.lines.append(f"{run.name} serves it, but its retire did not finish ({run.failure()})")
+            line = f"{run.name} serves it, but its retire did not finish ({run.failure()})"
+            if status is not None and (status.get("agent") or {}).get("running") is False:
+                # Its agent would finish the retire: say that nothing will until it runs again.
+                self.agents_down.append(run.name)
+                line += "; ITS AGENT IS NOT RUNNING, so nothing finishes its retire until it runs again"
+            self.lines.append(line)
             return
         self.every_host_serves = self.every_host_serves and self._serves(status)
         self.lines.append(f"{run.name} did not confirm ({run.failure()}); {self._describe_status(status)}")
@@ -112,11 +118,17 @@ class RetireReport:
                 if deploy
                 else f"`lockstep deploy --env {self.environment}` takes every host forward if it should not stay"
             )
+            start = (
+                f"start the agent on {', '.join(self.agents_down)} (`lockstep agent --env {self.environment}` there, "
+                "or its service): it finishes the retire there; "
+                if self.agents_down
+                else ""
+            )
             return DeployFailed(
                 f"{subject} serves on every host, but did not finish everywhere: {self.reason()}; "
                 "nothing was undone: past the retire barrier every host keeps the release it switched to",
-                "each host's agent finishes its retire within seconds (stops the workers of the slot it left), as "
-                "`lockstep status` there does; " + undo,
+                f"{start}each host's agent finishes its retire within seconds (stops the workers of the slot it "
+                "left), as `lockstep status` there does; " + undo,
                 result=result,
             )
         again = (
@@ -132,11 +144,16 @@ class RetireReport:
         )
 
     def _serves(self, status: dict[str, Any] | None) -> bool:
-        """Whether the host's status says its part is over and the release serves there."""
+        """Whether the host's status says its part is over and the release serves there.
+
+        A part that is still running may yet undo itself (a host that lost its connection before
+        the "go" unwinds at its barrier): not over. One that was killed is "interrupted" once
+        the clean-up ran (the status that answered runs it): that clean-up keeps the release
+        when it has the traffic, so an interrupted part whose release serves is over too."""
         if status is None or status.get("error") or status.get("release") != self.release_id:
             return False
         last = status.get("last_operation") or {}
-        return last.get("id") != self.operation_id or last.get("outcome") == "succeeded"
+        return last.get("id") != self.operation_id or last.get("outcome") in ("succeeded", "interrupted")
 
     def _describe_status(self, status: dict[str, Any] | None) -> str:
         if status is None:

@@ -50,6 +50,9 @@ class MultiHostRollback(HostFanOut):
     operation = "rollback"
     done_event = ROLLBACK_DONE
     failed_event = ROLLBACK_FAILED
+    # The primary's put-back waits for every other host to undo its part (its older release
+    # stopped), then goes on: the newer release serves again, and not on the older data.
+    restore_needs_every_hold = False
 
     def __init__(self, context: EnvironmentContext, request: RollbackRequest, reporter: Reporter) -> None:
         super().__init__(context, reporter, request.lock_wait, request.force)

@@ -26,6 +26,7 @@ from lockstep.pipeline.notifications import secrets_redactor
 from lockstep.pipeline.rollback import RollbackRequest, RollbackTarget
 from lockstep.pipeline.rollback_plan import RollbackPlan, lock_state
 from lockstep.remote import ssh
+from lockstep.wording import counted
 
 
 def plan_fleet_rollback(context: EnvironmentContext, request: RollbackRequest) -> RollbackPlan:
@@ -40,7 +41,7 @@ def plan_fleet_rollback(context: EnvironmentContext, request: RollbackRequest) -
     current = serving.release_id if serving is not None else None
     release = target.release
     lines = [
-        f"rollback {context.environment} on {len(targets)} hosts over SSH, all or none, from release "
+        f"rollback {context.environment} on {counted(len(targets), 'host')} over SSH, all or none, from release "
         f"{current or '(none)'} (as this machine's history says every host serves it: the rollback first "
         f"checks that they do) to release {release.release_id} ({(release.commit or '')[:12]}, "
         f"{release.operation} {release.id})",

@@ -64,6 +64,7 @@ from lockstep.repository.restore_warnings import ONLY_ROOT_CREATES_DEVICES, summ
 from lockstep.repository.restorer import Restorer, dump_file, find_node, read_blobs
 from lockstep.repository.snapshot import Snapshot
 from lockstep.repository.tree import Node
+from lockstep.wording import counted
 
 TargetState = Literal["missing", "empty", "non-empty"]
 GIT_TIMEOUT_SECONDS = 600.0
@@ -205,7 +206,10 @@ def compare_with_manifest(
             continue
         elif found.rows != table.rows:
             problems.append(
-                (table.name, f"table {table.name} has {found.rows} rows restored, the manifest says {table.rows}")
+                (
+                    table.name,
+                    f"table {table.name} has {counted(found.rows, 'row')} restored, the manifest says {table.rows}",
+                )
             )
         elif found.checksum != table.checksum and (
             comparable if comparable is not None else _same_checksum_kind(found.checksum, table.checksum)
@@ -297,7 +301,7 @@ def _view_problems(
             problems.append(
                 (
                     what,
-                    f"{what} has {there.rows} rows after the restore ({view.rows} in the manifest): "
+                    f"{what} has {counted(there.rows, 'row')} after the restore ({view.rows} in the manifest): "
                     f"its {VIEW_ROWS_DIFFER}",
                 )
             )
@@ -335,6 +339,9 @@ def _history_differs(recorded: TableRecord, found: TableInfo) -> bool:
     return (found.history_rows, found.history_checksum) != (recorded.history_rows, recorded.history_checksum)
 
 
+LIKELY_CAUSE = "likely cause:"
+
+
 def with_likely_causes(
     adapter: DatabaseAdapter, target: ServerAccess, problems: list[tuple[str, str]]
 ) -> list[tuple[str, str]]:
@@ -349,7 +356,7 @@ def with_likely_causes(
     except LockstepError:
         return problems  # only an explanation: the problems stand without it
     return [
-        (table, f"{problem} (likely cause: {causes[table]})" if table in causes else problem)
+        (table, f"{problem} ({LIKELY_CAUSE} {causes[table]})" if table in causes else problem)
         if problem.endswith(CHECKSUM_DIFFERS)
         else (table, problem)
         for table, problem in problems
@@ -363,7 +370,12 @@ def database_record(manifest: Manifest, snapshot: Snapshot, name: str) -> Databa
     record = manifest.databases.get(name)
     if record is None:
         known = ", ".join(manifest.databases) or "none"
-        raise NotFound(f"snapshot {snapshot.short_id} has no database {name!r} (it has: {known})")
+        # `latest` right after a restore of one database is its pre-restore snapshot, of that one only.
+        raise NotFound(
+            f"snapshot {snapshot.short_id} has no database {name!r} (it has: {known})",
+            "give the ID of a snapshot that holds it (`lockstep snapshot list`); a pre-restore snapshot "
+            "holds only the databases its restore replaced",
+        )
     return record
 
 
@@ -842,17 +854,63 @@ def _apply_diff(repository: Repository, snapshot: Snapshot, code: CodeRecord, ta
         Path(name).unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class OverwrittenFile:
+    """A file under the --files directory that the restore replaces with other content."""
+
+    record: FileRecord
+    relative: str  # its name under the directory, the only thing ever shown
+    path: Path  # where it is now, under the resolved directory
+
+
+def overwritten_files(manifest: Manifest, snapshot: Snapshot, target: Path) -> list[OverwrittenFile]:
+    """The snapshot's files that already exist under `target` with other content: a restore
+    would discard them, so they are shown (by name) and saved before it writes."""
+    if not target.is_dir():
+        return []
+    root = target.resolve()
+    found: list[OverwrittenFile] = []
+    for record in manifest.files:
+        relative = _file_relative(record)
+        destination = _file_destination(record, target, root, snapshot)
+        if not destination.is_file():
+            continue
+        if _file_sha256(destination) != record.sha256:
+            found.append(OverwrittenFile(record, relative, root / relative))
+    return found
+
+
+def _file_relative(record: FileRecord) -> str:
+    folder = "/files/config/" if record.kind == "config" else "/files/secrets/"
+    return record.path.removeprefix(folder)
+
+
+def _file_destination(record: FileRecord, target: Path, root: Path, snapshot: Snapshot) -> Path:
+    destination = (target / _file_relative(record)).resolve()
+    if not destination.is_relative_to(root) or destination == root:
+        raise IntegrityError(f"{record.path} in snapshot {snapshot.short_id} would be written outside {target}")
+    return destination
+
+
+def _file_sha256(path: Path) -> str | None:
+    """The file's SHA-256; None when it cannot be read (then it counts as different)."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
 def restore_files(repository: Repository, snapshot: Snapshot, manifest: Manifest, target: Path) -> list[FileRecord]:
     """Write the config and secret files under `target` at their paths relative to the project
     (secret files with mode 0600), each checked against the manifest's SHA-256."""
     target.mkdir(parents=True, exist_ok=True)
     root = target.resolve()
     for record in manifest.files:
-        folder = "/files/config/" if record.kind == "config" else "/files/secrets/"
-        relative = record.path.removeprefix(folder)
-        destination = (target / relative).resolve()
-        if not destination.is_relative_to(root) or destination == root:
-            raise IntegrityError(f"{record.path} in snapshot {snapshot.short_id} would be written outside {target}")
+        destination = _file_destination(record, target, root, snapshot)
         node = find_node(repository, snapshot, record.path)
         mode = 0o600 if record.kind == "secret" else (unix_permissions(node.mode) or 0o644)
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -890,6 +948,7 @@ class _HashingWriter:
 
 
 __all__ = [
+    "OverwrittenFile",
     "RestoredCode",
     "RestoredDatabase",
     "ServerAccess",
@@ -898,6 +957,7 @@ __all__ = [
     "compare_beyond_tables",
     "compare_with_manifest",
     "dump_source",
+    "overwritten_files",
     "refreshed_views_excused",
     "restore_and_inspect",
     "restore_code",

@@ -9,8 +9,10 @@ Likewise the pre-restore snapshots of the last `keep_pre_restore` restores: each
 of a mistaken restore, and the calendar rules alone keep just one snapshot a day, so the next
 backup that day would forget it.
 
-Only snapshots tagged `lockstep` are considered; another tool's snapshots in the same repository
-are never in a plan. Groups are per environment and per project path (the snapshot's path), so
+Only snapshots tagged `lockstep` of the project (its path, /lockstep/NAME) are considered;
+another tool's or another project's snapshots in the same repository are never in a plan, so a
+project sharing a repository never forgets another's snapshots by its own retention. Groups are
+per environment and per project path (the snapshot's path, as restic groups by paths), so
 staging's hourly snapshots never crowd out production's, and schema-only snapshots (`snapshot
 create --schema-only`) are a group of their own: one taken after the nightly backup never makes
 that day's full snapshot forgettable.
@@ -28,7 +30,7 @@ from lockstep.pipeline.snapshot import (
     DEPLOY_TAG_PREFIX,
     ENVIRONMENT_TAG_PREFIX,
     KIND_TAG_PREFIX,
-    is_lockstep_snapshot,
+    is_of_project,
     is_schema_only,
     tag_value,
 )
@@ -124,8 +126,10 @@ def plan_forget(
     now: datetime,
     environments: tuple[str, ...] | None = None,
     retention_by_environment: Mapping[str, RetentionConfig] | None = None,
+    *,
+    project: str,
 ) -> ForgetPlan:
-    """Decide, per environment and project path, which lockstep snapshots to keep.
+    """Decide, per environment and project path, which lockstep snapshots of `project` to keep.
 
     `environments` limits the plan to those environments' groups (each planned on its own);
     `retention_by_environment` overrides `retention` for the environments it names (their [environments.X.retention]).
@@ -135,7 +139,7 @@ def plan_forget(
     now_ns = int(now.timestamp() * 1_000_000_000)
     groups: dict[tuple[str, tuple[str, ...], bool], list[Snapshot]] = {}
     for snapshot in snapshots:
-        if not is_lockstep_snapshot(snapshot):
+        if not is_of_project(snapshot, project):
             continue
         name = snapshot_environment(snapshot)
         if environments is not None and name not in environments:

@@ -28,6 +28,7 @@ from lockstep.actions.environment import EnvironmentContext
 from lockstep.agent.state import other_slot
 from lockstep.config.deploy_model import effective_policy
 from lockstep.errors import NotFound, UsageError
+from lockstep.fault_injection import kill_point
 from lockstep.notify.events import ROLLBACK_DONE, ROLLBACK_FAILED
 from lockstep.pipeline.data_rollback import describe_discarded, restore_snapshot_data, summarize_discarded
 from lockstep.pipeline.deploy import (
@@ -45,10 +46,11 @@ from lockstep.pipeline.release_launch import plan_components, traffic_component
 from lockstep.pipeline.releases import build_release_directory
 from lockstep.pipeline.restore import restore_code
 from lockstep.pipeline.slot_exits import GATE_WINDOW, PRE_SWITCH_CHECK_STEP, SlotExits, check_before_switch
-from lockstep.pipeline.snapshot import RELEASE_TAG_PREFIX, load_manifest
+from lockstep.pipeline.snapshot import RELEASE_TAG_PREFIX, is_of_project, load_manifest
 from lockstep.pipeline.steps import Reporter, StepFailed, StepRunner, bind_context
 from lockstep.pipeline.traffic_hold import TrafficHold
 from lockstep.repository.documents import DocumentStore
+from lockstep.wording import counted
 
 # How the pre-switch check names the time a warm slot's process exited in.
 WARM_WINDOW = "since this rollback found its slot warm"
@@ -194,6 +196,7 @@ class Rollback:
         # whether the older release serves on its restored data (past undoing).
         self.data_put_back_from: str | None = None
         self.serves_restored_data = False
+        self.paused_in: OperationRecord | None = None  # the record that says its workers are stopped
         # The agent's last event when this rollback read the slots: a warm slot judged by that
         # status must not have exited since (the pre-switch check, _check_before_switch).
         self.decided_at_event: int | None = None
@@ -290,7 +293,7 @@ class Rollback:
                 self.steps.run(
                     "stop workers",
                     f"slot {active}",
-                    lambda: self._stop_workers(str(active), status),
+                    lambda: self._stop_workers(str(active), status, record),
                     lambda r: r,
                 )
                 if self.request.secondary:
@@ -341,7 +344,12 @@ class Rollback:
                 failure = DeployFailed(
                     f"rollback to {release.release_id}: it serves on its restored data, but then the rollback "
                     f"failed: {reason}",
-                    "the slot it left may still run: see `lockstep status`",
+                    (
+                        f"the agent stops slot {record.retire_left['slot']} it left, all of it, within seconds (its "
+                        "release expects the data the restore replaced), as `lockstep status` does once the agent runs"
+                        if record.retire_left
+                        else "the slot it left may still run: see `lockstep status`"
+                    ),
                     result=RedactedRecord(record, self.redactor),
                 )
             else:
@@ -514,6 +522,12 @@ class Rollback:
         for step in ("switch", "code", "stop workers", "hold for the primary", "restore data"):
             self.steps.forget_undo(step)
         self.serves_restored_data = True
+        self._forget_paused_workers()  # the newer release's workers are not to run again
+
+    def _forget_paused_workers(self) -> None:
+        if self.paused_in is not None and self.paused_in.paused_workers is not None:
+            self.paused_in.paused_workers = None
+            self.history.save(self.paused_in)
 
     def _restores_workers_only(self) -> bool:
         """A data rollback of an app of workers only: no traffic to hold, so its point of no return
@@ -534,6 +548,24 @@ class Rollback:
             )
         return detail
 
+    def _wait_until_every_host_undid(self) -> None:
+        """The primary of a rollback of several hosts, about to put the data back: the other
+        hosts' older release may run on the restored data (started cold, its workers write from
+        their start), and what it writes after the put-back would stay in the data the newer
+        release goes on with. So wait, at the restore barrier of the unwind (pipeline/
+        coordination.py), until the orchestrator says every other host has undone its part and
+        holds at its held barrier. Whatever it says, put the data back: the newer release serves
+        again on every host that undid its part, and must not do so on the older data."""
+        if self.request.coordinated is None or self.request.secondary:
+            return
+        from lockstep.pipeline.coordination import GO, RESTORE_BARRIER, wait_for_word
+
+        if wait_for_word(RESTORE_BARRIER, self.request.coordinated, {"unwinding": True}) != GO:
+            self.reporter.warn(
+                "not every other host confirmed it stopped the older release before the data is put back: what "
+                "it wrote since may stay in the data (the orchestrator's output names the host)"
+            )
+
     def _hold_until_data_put_back(self) -> None:
         """A secondary's undo of its hold-and-stop, before its workers restart and its traffic goes:
         the primary may be putting the data back, so keep holding until the orchestrator says it
@@ -541,17 +573,21 @@ class Rollback:
         from lockstep.pipeline.coordination import GO, HELD_BARRIER, wait_for_word
 
         assert self.request.coordinated is not None
-        said = {"unwinding": True, "held": bool(self.traffic_hold and self.traffic_hold.held)}
+        # Held: its traffic, or an app of workers only (nothing to hold; its workers are stopped).
+        held = self.traffic_hold.held if self.traffic_hold is not None else traffic_component(self.config) is None
+        said = {"unwinding": True, "held": held}
         word = wait_for_word(HELD_BARRIER, self.request.coordinated, said)
         if word != GO:
             self.reporter.warn(
                 "lost the orchestrator while holding the traffic for the primary's data put-back: releasing it now"
             )
 
-    def _stop_workers(self, slot: str, status: dict[str, Any]) -> str:
+    def _stop_workers(self, slot: str, status: dict[str, Any], record: OperationRecord) -> str:
         """Stop the newer release's components without a port (workers) before its data goes: they
         write to the databases too, and the held traffic does not stop them. In an app of workers
-        only this is all that keeps the databases still during the restore."""
+        only this is all that keeps the databases still during the restore. The record says they
+        are stopped (`paused_workers`) until they run again or the older release serves: a
+        rollback killed in between leaves them to its clean-up (pipeline/worker_pause.py)."""
         slot_status = status["slots"][slot]
         workers = sorted(
             {process["component"] for process in slot_status["processes"] if process["port"] is None}
@@ -559,8 +595,15 @@ class Rollback:
         )
         if not workers:
             return "none running"
-        self.agent.stop_slot(slot, workers)
         current = slot_status["release"]
+        if current is not None:
+            record.paused_workers = {"slot": slot, "release_id": current["release_id"], "components": workers}
+            if self.request.secondary:  # the primary restores: whether it began, this host cannot tell
+                record.paused_workers["restored_elsewhere"] = True
+            self.history.save(record)
+            self.paused_in = record
+        self.agent.stop_slot(slot, workers)
+        kill_point("workers stopped")  # tests: killed before the restore or the switch
         if current is not None:
             current_dir = Path(current["release_directory"])
             plans = plan_components(self.config, current_dir, self.context.layout.shared, slot, only=workers)
@@ -572,6 +615,7 @@ class Rollback:
                         "back, and they would write to the older release's data"
                     )
                 self.agent.start_components(slot, [plan.launch_document() for plan in plans])
+                self._forget_paused_workers()
 
             self.steps.on_undo("stop workers", restart)
         return "stopped " + ", ".join(workers)
@@ -628,6 +672,7 @@ class Rollback:
         def undo_from(pre_restore_id: str) -> None:
             record.pre_restore_snapshot_id = pre_restore_id
             self.history.save(record)  # a rollback killed from here on says where the data was
+            kill_point("pre-restore snapshot saved")  # tests: killed as the first database is replaced
             self.steps.on_undo("restore data", lambda: self._put_data_back(pre_restore_id, record))
 
         with self.context.project.access.session(exclusive=False) as repository:
@@ -641,13 +686,14 @@ class Rollback:
                 on_pre_restore=undo_from,
             )
         record.data_restored = True
-        restored = ", ".join(f"{item.name} ({item.rows} rows)" for item in result.restored)
+        restored = ", ".join(f"{item.name} ({counted(item.rows, 'row')})" for item in result.restored)
         return f"{restored}; before-restore snapshot {(result.pre_restore_snapshot_id or '')[:8]}"
 
     def _put_data_back(self, pre_restore_id: str, record: OperationRecord) -> None:
         """The undo of "restore data": the databases as they were just before the rollback, while
         the traffic is still held (its undo is the last), so the release that served before serves
         on its own data again."""
+        self._wait_until_every_host_undid()
         with self.context.project.access.session(exclusive=False) as repository:
             snapshot = repository.find_snapshot(pre_restore_id)
             restored = restore_snapshot_data(
@@ -681,11 +727,14 @@ class Rollback:
             self._switched()
             if self.joined_lock is not None:  # the other hosts may fail: until they all switched, undoable
                 self.steps.on_undo("switch", lambda: self._switch_back(active))
-                self._wait_at_retire_barrier()
+                self._wait_at_retire_barrier(record, active)
+            self._mark_retire_left(record, active)
+            kill_point("rollback switched")  # tests: killed between its switch and its retire
             missing = [plan for plan in plans if plan.name != component]
             if missing:  # workers were stopped when the slot was retired
                 self._restart_components(idle, release_dir, [plan.name for plan in missing])
             self._retire(active, component)
+            record.retire_left = None
             return f"slot {idle} was warm: traffic moved in {switched * 1000:.0f} ms"
         rebuilt = not release_dir.is_dir()
         if rebuilt:
@@ -700,8 +749,11 @@ class Rollback:
         self.agent.switch(idle)
         self.steps.on_undo("switch", lambda: self._switch_back(active))
         self._switched()
-        self._wait_at_retire_barrier()
+        self._wait_at_retire_barrier(record, active)
+        self._mark_retire_left(record, active)
+        kill_point("rollback switched")  # tests: killed between its switch and its retire
         self._retire(active, component)
+        record.retire_left = None
         return f"started in slot {idle}" + (" (release directory rebuilt)" if rebuilt else "")
 
     def _last_event(self) -> int:
@@ -724,7 +776,7 @@ class Rollback:
             lambda detail: detail,
         )
 
-    def _wait_at_retire_barrier(self) -> None:
+    def _wait_at_retire_barrier(self, record: OperationRecord, left: str) -> None:
         """In a coordinated rollback, switched: every host must have switched before any retires."""
         if self.joined_lock is None or self.request.coordinated is None:
             return
@@ -733,8 +785,26 @@ class Rollback:
         self.reporter.info("switched; waiting for every host at the retire barrier")
         wait_at_barrier("retire", self.request.coordinated)
         self.past_retire_go = True  # from here on this host keeps the release, as every host does
+        self._mark_retire_left(record, left)
+        kill_point("rollback past the retire go")  # tests: a host's rollback killed past the point of no return
         check_joined_lock(self.joined_lock, self.request.coordinated)
         self._release_past_undoing()  # every host switched: the held requests go to the older release
+
+    def _mark_retire_left(self, record: OperationRecord, left: str) -> None:
+        """Past undoing with the data restored, until the slot left is retired: marked in the record
+        (pipeline/unfinished_retire.py), whole. Killed (kill -9) from here on, the clean-up keeps
+        the release with the traffic and stops only the workers of the slot left, keeping its
+        traffic component warm: that of the newer release, which expects the data the restore
+        replaced (it then answers errors, and a rollback to it would switch to it instantly). The
+        mark makes the agent stop all of it."""
+        from lockstep.pipeline.unfinished_retire import retire_left
+
+        # Past undoing: told "go" at the retire barrier, or on one machine switched (_switched).
+        past_undoing = self.past_retire_go or (self.joined_lock is None and self.serves_restored_data)
+        if not self.request.with_data or not past_undoing or record.retire_left is not None:
+            return
+        record.retire_left = retire_left(left, record.previous_release_id, whole_slot=True)
+        self.history.save(record)
 
     def _keep_release(self, record: OperationRecord, failure: tuple[str | None, str]) -> DeployFailed:
         """A coordinated rollback failing after its retire barrier's "go" (restarting the warm
@@ -799,7 +869,12 @@ class Rollback:
     def _restore_release_from_snapshot(self, target: OperationRecord, release_dir: Path) -> bool:
         tag = f"{RELEASE_TAG_PREFIX}{target.release_id}"
         with self.context.project.access.session(exclusive=False) as repository:
-            holding = [snapshot for snapshot in repository.list_snapshots(skip_unreadable=True) if tag in snapshot.tags]
+            # Only this project's: another project sharing the repository may have a release of that ID.
+            holding = [
+                snapshot
+                for snapshot in repository.list_snapshots(skip_unreadable=True)
+                if tag in snapshot.tags and is_of_project(snapshot, self.context.project.name)
+            ]
             if not holding:
                 return False
             snapshot = max(holding, key=lambda item: item.time_ns)

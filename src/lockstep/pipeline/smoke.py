@@ -23,6 +23,7 @@ from lockstep.databases import adapter_for
 from lockstep.errors import LockstepError
 from lockstep.pipeline.snapshot import database_password
 from lockstep.process import Command, CommandOutcome, run_user_command
+from lockstep.wording import counted
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def _database(name: str, config: ProjectConfig) -> tuple[bool, str]:
     adapter = adapter_for(database.url)
     started = time.monotonic()
     summary = adapter.summarize(database.url, database_password(name, database))
-    return True, f"{len(summary.tables)} tables, connected in {(time.monotonic() - started) * 1000:.0f} ms"
+    return True, f"{counted(len(summary.tables), 'table')}, connected in {(time.monotonic() - started) * 1000:.0f} ms"
 
 
 def port_accepts(port: int, host: str = "127.0.0.1") -> bool:

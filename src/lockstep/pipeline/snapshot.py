@@ -23,7 +23,7 @@ from pathlib import Path
 
 from lockstep import __version__
 from lockstep.config.model import DEFAULT_ENVIRONMENT as DEFAULT_ENVIRONMENT  # re-exported
-from lockstep.config.model import CodeConfig, DatabaseConfig, ProjectConfig
+from lockstep.config.model import DEFAULT_PROJECT, CodeConfig, DatabaseConfig, ProjectConfig
 from lockstep.databases import adapter_for
 from lockstep.databases.base import DatabaseAdapter, DatabaseInfo, DatabaseSummary, DumpStream, TableInfo, redact_url
 from lockstep.errors import NotFound, SourceError, UsageError
@@ -76,6 +76,8 @@ SCHEMA_ONLY_TAG = "schema-only"
 # Its restic path's last part: restic's own `forget` (grouped by host and paths) and lockstep's
 # retention keep schema-only snapshots in a group of their own, apart from the full ones.
 SCHEMA_ONLY_PATH_SUFFIX = "/schema-only"
+# A snapshot's restic path names its project: /lockstep/NAME (NAME: the config's `project`).
+PROJECT_PATH_PREFIX = "/lockstep/"
 # Where a snapshot holds the code: a release directory (and its listing), or a commit's diff.
 RELEASE_PATH = "/code/release"
 DIFF_PATH = "/code/uncommitted.diff"
@@ -104,6 +106,9 @@ class SnapshotRequest:
     allow_dirty: bool = False
     kind: str = "manual"
     schema_only: bool = False  # the databases' structure without rows
+    # What [files] names are stored relative to; default project_directory. A pre-restore
+    # snapshot saves files under `snapshot restore --files DIR` relative to DIR.
+    files_directory: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -320,8 +325,9 @@ def create_snapshot(
         for name, database in config.databases.items():
             collected.databases[name] = _store_database(builder, name, database, request.schema_only)
         base = request.project_directory
-        collected.files.extend(_store_files(builder, config.files.config, "config", base))
-        collected.files.extend(_store_files(builder, config.files.secrets, "secret", base))
+        files_base = request.files_directory or base
+        collected.files.extend(_store_files(builder, config.files.config, "config", files_base))
+        collected.files.extend(_store_files(builder, config.files.secrets, "secret", files_base))
         manifest = Manifest(
             message=request.message,
             author=snapshot_author(code.work_tree if code is not None else None),
@@ -337,7 +343,7 @@ def create_snapshot(
             schema_only=request.schema_only,
         )
         builder.add_bytes(MANIFEST_PATH, manifest.to_json())
-        path = f"/lockstep/{base.name or 'project'}" + (SCHEMA_ONLY_PATH_SUFFIX if request.schema_only else "")
+        path = project_path(project_name(config, base), request.schema_only)
         snapshot = builder.commit(paths=[path], tags=snapshot_tags(request, code), hostname=hostname)
     if code is not None and code.pending_commit is not None and code.work_tree is not None:
         _publish_commit(code.work_tree, code.pending_commit, snapshot)
@@ -633,6 +639,35 @@ def load_manifest(repository: Repository, snapshot: Snapshot) -> Manifest:
 
 def is_lockstep_snapshot(snapshot: Snapshot) -> bool:
     return LOCKSTEP_TAG in snapshot.tags
+
+
+def project_name(config: ProjectConfig, directory: Path) -> str:
+    """The project's name in the repository: the config's `project`, else the name of the
+    directory lockstep.toml is in (what every snapshot was stored under before the key existed)."""
+    return config.project or directory.name or DEFAULT_PROJECT
+
+
+def project_path(project: str, schema_only: bool = False) -> str:
+    """The restic path a snapshot of `project` is stored under; a schema-only one's ends in
+    /schema-only, so that restic's `forget` (grouped by host and paths) keeps it apart."""
+    return PROJECT_PATH_PREFIX + project + (SCHEMA_ONLY_PATH_SUFFIX if schema_only else "")
+
+
+def snapshot_project(snapshot: Snapshot) -> str | None:
+    """The project a lockstep snapshot belongs to, read from its one path (project_path); None
+    for a snapshot of another shape (another tool's, or paths changed by hand)."""
+    if len(snapshot.paths) != 1 or not snapshot.paths[0].startswith(PROJECT_PATH_PREFIX):
+        return None
+    name = snapshot.paths[0].removeprefix(PROJECT_PATH_PREFIX)
+    if name.endswith(SCHEMA_ONLY_PATH_SUFFIX):
+        name = name.removesuffix(SCHEMA_ONLY_PATH_SUFFIX)
+    return name or None
+
+
+def is_of_project(snapshot: Snapshot, project: str) -> bool:
+    """Whether `snapshot` is a lockstep snapshot of `project`: projects sharing a repository must
+    never list, restore or forget each other's snapshots."""
+    return is_lockstep_snapshot(snapshot) and snapshot_project(snapshot) == project
 
 
 def tag_value(snapshot: Snapshot, prefix: str) -> str | None:

@@ -32,6 +32,7 @@ from lockstep.errors import IntegrityError, LockstepError, ServerLimitExceeded, 
 from lockstep.pipeline.code_listing import listing_bytes, listing_sha256, mismatch_problem, tree_entries
 from lockstep.pipeline.manifest import DatabaseRecord, Manifest
 from lockstep.pipeline.restore import (
+    LIKELY_CAUSE,
     ServerAccess,
     checksums_comparable,
     compare_beyond_tables,
@@ -470,9 +471,13 @@ def raise_for_result(result: VerificationResult) -> None:
     if result.ok:
         return
     more = f" (and {len(result.findings) - 1} more problems)" if len(result.findings) > 1 else ""
+    damage = "run `lockstep repo check --read-data`, and do not rely on this snapshot for a restore"
+    # A cause that is no damage (MariaDB's FLOAT columns, dumped rounded: with_likely_causes) is
+    # what to fix; sending the user to check the repository first would hunt for damage there is not.
+    explained = bool(result.findings) and all(LIKELY_CAUSE in finding.message for finding in result.findings)
     raise IntegrityError(
         f"snapshot {result.snapshot_id[:8]} failed verification ({result.level}): {first_problem(result)}{more}",
-        "run `lockstep repo check --read-data`, and do not rely on this snapshot for a restore",
+        f"see the likely cause given for the table; if it is not that, {damage}" if explained else damage,
     )
 
 

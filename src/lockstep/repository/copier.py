@@ -11,6 +11,10 @@ snapshot that refers to something missing.
 
 Data blobs are read as restic's copy reads them: the snapshot's missing blobs sorted by pack and
 offset, each run of neighbours in one ranged read (pack_runs.py), not one request per blob.
+
+A failure to read the source (a pack missing or damaged there, its storage down) is raised as
+SourceReadFailed, apart from the destination's errors: the user must check the source, not the
+copy, and the callers word it for their own source (`repo copy`'s --from-repo, a backup's primary).
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-from lockstep.errors import IntegrityError
+from lockstep.errors import IntegrityError, LockstepError
+from lockstep.fault_injection import wait_point
 from lockstep.repository.blobs import BlobLocation, BlobType
 from lockstep.repository.pack_runs import PackRun, plan_runs, read_run
 from lockstep.repository.repository import Repository
@@ -39,6 +45,36 @@ TREE_READERS = 8
 TREE_BATCH = 256
 # Missing data blobs gathered before their runs are planned: a few MiB of IDs and locations.
 BLOBS_PER_PLAN = 20_000
+
+
+class SourceReadFailed(LockstepError):
+    """Reading the source repository failed: `error` is what the read raised, and its exit code
+    (INTEGRITY for a missing or damaged pack, STORAGE for storage that failed) is this one's.
+    `snapshot` is the short ID of the snapshot being copied, when one was."""
+
+    def __init__(self, error: LockstepError, location: str, snapshot: str | None = None) -> None:
+        where = f"the source repository at {location}"
+        while_copying = f" (while copying snapshot {snapshot})" if snapshot else ""
+        super().__init__(f"could not read {where}{while_copying}: {error.message}", error.hint)
+        self.exit_code = error.exit_code
+        self.error = error
+        self.location = location
+        self.snapshot = snapshot
+
+    def copying(self, snapshot: str) -> SourceReadFailed:
+        """The same failure, naming the snapshot that was being copied."""
+        return SourceReadFailed(self.error, self.location, snapshot)
+
+
+@contextmanager
+def reading_source(source: Repository) -> Iterator[None]:
+    """Raise what reading `source` raises as SourceReadFailed, so callers can tell it apart."""
+    try:
+        yield
+    except SourceReadFailed:
+        raise
+    except LockstepError as error:
+        raise SourceReadFailed(error, source.backend.location) from error
 
 
 def similar_snapshots(a: Snapshot, b: Snapshot) -> bool:
@@ -132,7 +168,11 @@ class Copier:
         blobs_before, bytes_before = self.destination.blobs_added, self.destination.bytes_added
         try:
             self._copy_tree(snapshot.tree)
+            wait_point("copy flush")  # tests: packs written, the snapshot not yet saved
             self.destination.flush()
+        except SourceReadFailed as error:
+            self.destination.discard_unindexed_packs()
+            raise error.copying(snapshot.short_id) from error.error
         except BaseException:
             self.destination.discard_unindexed_packs()
             raise
@@ -173,12 +213,20 @@ class Copier:
 
     def _locate(self, blob_ids: list[bytes]) -> Iterator[tuple[BlobType, bytes, BlobLocation]]:
         for blob_id in blob_ids:
-            yield BlobType.DATA, blob_id, self.source.lookup_blob(BlobType.DATA, blob_id)
+            with reading_source(self.source):
+                location = self.source.lookup_blob(BlobType.DATA, blob_id)
+            yield BlobType.DATA, blob_id, location
 
     def _store_run(self, run: PackRun) -> None:
-        """On a worker: read a run of data blobs with one request, verify and re-seal each."""
-        for blob_type, blob_id, plaintext in read_run(self.source, run):
-            self._store(blob_type, blob_id, plaintext)
+        """On a worker: read a run of data blobs with one request, verify and re-seal each. Only
+        the reads are the source's: a failure to store is the destination's."""
+        blobs = read_run(self.source, run)
+        while True:
+            with reading_source(self.source):
+                blob = next(blobs, None)
+            if blob is None:
+                return
+            self._store(*blob)
 
     def _store(self, blob_type: BlobType, blob_id: bytes, plaintext: bytes) -> None:
         """Seal a verified blob for the destination. Packs take one blob at a time, hence the lock."""
@@ -204,10 +252,7 @@ class Copier:
                         self._visited_trees.add(tree_id)
                         batch.append(tree_id)
                 for tree_id, raw in zip(batch, pool.map(self._load_tree_bytes, batch), strict=True):
-                    try:
-                        tree = Tree.decode(raw)
-                    except ValueError as error:
-                        raise IntegrityError(f"tree {tree_id.hex()[:8]} cannot be decoded: {error}") from error
+                    tree = self._decode_tree(tree_id, raw)
                     for node in tree.nodes:
                         for blob_id in node.content or ():
                             if blob_id not in queued and not self.destination.is_known(BlobType.DATA, blob_id):
@@ -220,4 +265,13 @@ class Copier:
                         yield tree_id, raw
 
     def _load_tree_bytes(self, tree_id: bytes) -> bytes:
-        return self.source.load_blob(BlobType.TREE, tree_id)
+        with reading_source(self.source):
+            return self.source.load_blob(BlobType.TREE, tree_id)
+
+    def _decode_tree(self, tree_id: bytes, raw: bytes) -> Tree:
+        """A tree of the source that does not decode is damage in the source."""
+        with reading_source(self.source):
+            try:
+                return Tree.decode(raw)
+            except ValueError as error:
+                raise IntegrityError(f"tree {tree_id.hex()[:8]} cannot be decoded: {error}") from error

@@ -39,6 +39,7 @@ from lockstep.repository.pack import HEADER_LENGTH_SIZE, header_entry_size
 from lockstep.repository.pack_runs import PackRun, load_run, sealed_blob
 from lockstep.repository.repository import Repository
 from lockstep.storage.base import FileMissing, FileType
+from lockstep.wording import counted
 
 DEFAULT_MAX_UNUSED = "5%"
 TREE_BATCH = 256  # trees loaded concurrently while walking; bounds the trees held at once
@@ -309,7 +310,7 @@ def plan_prune(
     for snapshot in snapshots:
         if not snapshot.tree:
             raise IntegrityError(f"snapshot {snapshot.short_id} has no tree", "run `lockstep repo check`")
-    say(f"finding data still used by {len(snapshots)} snapshots")
+    say(f"finding data still used by {counted(len(snapshots), 'snapshot')}")
     used = find_used_blobs(repository, [snapshot.tree for snapshot in snapshots])
     stats = PruneStats(snapshots=len(snapshots))
     keep_blobs, usage = _judge_packs(pack_blobs, used, stats)
@@ -542,7 +543,7 @@ def execute_prune(repository: Repository, plan: PrunePlan, progress: ProgressCal
 
     new_index_files: list[str] = []
     if plan.repack_packs:
-        say(f"repacking {len(plan.repack_packs)} packs")
+        say(f"repacking {counted(len(plan.repack_packs), 'pack')}")
         new_index_files = _repack_packs(repository, plan)
 
     old_index_files: list[str] = []

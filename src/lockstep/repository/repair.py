@@ -42,6 +42,7 @@ from lockstep.repository.pack import (
 )
 from lockstep.repository.repository import Repository
 from lockstep.storage.base import FileMissing, FileType
+from lockstep.wording import counted
 
 ProgressCallback = Callable[[str], None]
 
@@ -184,7 +185,7 @@ def repair_index(
         del indexed[pack_id]
 
     if to_read:
-        say(f"reading the headers of {len(to_read)} packs")
+        say(f"reading the headers of {counted(len(to_read), 'pack')}")
 
     def read(name: str) -> list[PackedBlob] | str:
         try:
@@ -206,7 +207,7 @@ def repair_index(
     packs = sorted(indexed.items())
     report.packs = len(packs)
     report.blobs_indexed = sum(len(blobs) for _, blobs in packs)
-    say(f"writing the new index ({report.blobs_indexed} blobs in {report.packs} packs)")
+    say(f"writing the new index ({counted(report.blobs_indexed, 'blob')} in {counted(report.packs, 'pack')})")
     written = repository.write_index_files(packs, on_written=lambda count: kill_point(f"wrote-index-{count}"))
     report.index_files_written = written
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lockstep.wording import counted
+
 # The restorer's problem for a device node restored by anyone but root (restic skips them too).
 ONLY_ROOT_CREATES_DEVICES = "skipped device (only root can create devices)"
 
@@ -37,7 +39,7 @@ def summarise_warnings(warnings: list[RestoreWarning]) -> list[str]:
         if len(hits) == 1 or hits[0].path is None:
             lines.extend(dict.fromkeys(hit.text for hit in hits))
         else:
-            lines.append(f"{problem} on {len(hits)} files (first: {hits[0].path})")
+            lines.append(f"{problem} on {counted(len(hits), 'file')} (first: {hits[0].path})")
     return lines
 
 

@@ -7,8 +7,16 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from lockstep.actions.repo.session import RepositoryAccess
-from lockstep.errors import NotFound, RepositoryLocked
-from lockstep.repository.copier import Copier, CopyReport, SkippedSnapshot, find_copy, index_by_original
+from lockstep.errors import IntegrityError, LockstepError, NotFound, RepositoryLocked
+from lockstep.repository.copier import (
+    Copier,
+    CopyReport,
+    SkippedSnapshot,
+    SourceReadFailed,
+    find_copy,
+    index_by_original,
+    reading_source,
+)
 from lockstep.repository.locks import locked
 from lockstep.repository.repository import Repository
 from lockstep.repository.retention import SnapshotFilter
@@ -24,12 +32,23 @@ class DestinationLocked(RepositoryLocked):
     whose destination is busy (the next backup sends what it lacks)."""
 
 
+class SourceLocked(RepositoryLocked):
+    """The source is locked exclusively by another process (a prune there): the same exit code as
+    any lock, but told apart, since `lockstep backup`, whose snapshot is already safe when its
+    primary (the copies' source) turns out busy, puts its copies off as for a busy destination."""
+
+
 @dataclass(frozen=True)
 class CopyRequest:
-    """Which snapshots to copy: the IDs (or `latest`) given, else all; narrowed by the filter."""
+    """Which snapshots to copy: the IDs (or `latest`) given, else all; narrowed by the filter
+    and, for a backup's copies, by `only` (the project's own snapshots; None for `repo copy`)."""
 
     references: Sequence[str] = ()
     snapshot_filter: SnapshotFilter = field(default_factory=SnapshotFilter)
+    only: Callable[[Snapshot], bool] | None = None
+
+    def matches(self, snapshot: Snapshot) -> bool:
+        return self.snapshot_filter.matches(snapshot) and (self.only is None or self.only(snapshot))
 
 
 def copy_snapshots(
@@ -42,9 +61,34 @@ def copy_snapshots(
     """Copy each selected source snapshot that has no similar snapshot in the destination.
 
     The source is opened first, so that a wrong source password or a missing source leaves the
-    destination untouched (not even locked)."""
+    destination untouched (not even locked). A read of the source that fails (a pack missing or
+    damaged there) is the source's error, with its exit code, not the destination's."""
     with opened_source(source_access) as source:
-        return copy_from(source, destination_access, request, progress, step)
+        try:
+            return copy_from(source, destination_access, request, progress, step)
+        except SourceReadFailed as error:
+            raise source_read_error(error) from error.error
+
+
+def source_read_error(failure: SourceReadFailed) -> LockstepError:
+    """`repo copy`'s wording of a failed read of its source: the class (hence the exit code) of
+    what the read raised, a message naming the source, and a hint that checks the source."""
+    error = failure.error
+    if isinstance(error, IntegrityError):
+        hint = (
+            f"the source is damaged, not the destination: check it with "
+            f"`lockstep repo check --read-data -r {failure.location}`"
+        )
+    else:
+        hint = f"{error.hint}; then run the copy again" if error.hint else "fix the source's storage and copy again"
+    return reworded(error, failure.message, hint)
+
+
+def reworded(error: LockstepError, message: str, hint: str | None) -> LockstepError:
+    """An error of `error`'s class (hence its exit code) with another message and hint."""
+    wrapped = type(error).__new__(type(error))
+    LockstepError.__init__(wrapped, message, hint)
+    return wrapped
 
 
 @contextmanager
@@ -53,7 +97,11 @@ def opened_source(source_access: RepositoryAccess) -> Iterator[Repository]:
     a caller can tell the source's errors (missing, locked) from the destination's."""
     source = source_access.open(load_index=False)
     try:
-        with locked(source, exclusive=False, wait_seconds=source_access.lock_wait_seconds):
+        with ExitStack() as held:
+            try:
+                held.enter_context(locked(source, exclusive=False, wait_seconds=source_access.lock_wait_seconds))
+            except RepositoryLocked as error:
+                raise SourceLocked(error.message, error.hint) from error
             yield source
     finally:
         source.close()
@@ -87,11 +135,7 @@ def _copy(
     selected = select_snapshots(source, request)
     existing = index_by_original(
         # A damaged snapshot file is skipped with a warning: at worst its snapshot is copied again.
-        [
-            snapshot
-            for snapshot in destination.list_snapshots(skip_unreadable=True)
-            if request.snapshot_filter.matches(snapshot)
-        ]
+        [snapshot for snapshot in destination.list_snapshots(skip_unreadable=True) if request.matches(snapshot)]
     )
     report = CopyReport()
     wanted: list[Snapshot] = []
@@ -105,7 +149,8 @@ def _copy(
     if not wanted:
         return report
     say("loading the indexes")
-    source.load_index()
+    with reading_source(source):
+        source.load_index()
     destination.load_index()
     copier = Copier(source, destination, progress)
     for snapshot in wanted:
@@ -119,8 +164,9 @@ def _copy(
 def select_snapshots(source: Repository, request: CopyRequest) -> list[Snapshot]:
     """restic's FindFilteredSnapshots: with IDs, those snapshots (`latest` being the newest that
     passes the filter), else every snapshot that passes it; oldest first, each once."""
-    snapshots = source.list_snapshots(skip_unreadable=True)
-    matching = [snapshot for snapshot in snapshots if request.snapshot_filter.matches(snapshot)]
+    with reading_source(source):
+        snapshots = source.list_snapshots(skip_unreadable=True)
+    matching = [snapshot for snapshot in snapshots if request.matches(snapshot)]
     if not request.references:
         return matching
     chosen: dict[str, Snapshot] = {}

@@ -277,9 +277,18 @@ class RepositoryAccess:
             repository.close()
 
 
+def _no_password(role: str, given: str = "") -> str:
+    """`no repository password given`, or for another role `no password given for the source
+    repository` or `... for the repository copy offsite` (not `no repository copy offsite password`)."""
+    if role == "repository":
+        return f"no repository password{given}"
+    return f"no password{given} for the {role}"
+
+
 def _read_password(source: PasswordSource, missing_hint: str, role: str = "repository") -> list[str]:
     """The password (and its legacy form, when it differs) from `source`; see password_candidates.
-    `missing_hint` is what an empty password's error tells the user to do; `role` names the
+    `missing_hint` is what the error tells the user to do when no password is given at all (an
+    empty file or command output gets a hint of its own: the variable would not be read); `role` names the
     repository in it ("source repository" for the source of `repo copy`)."""
     if source.kind == "file":
         assert source.file is not None
@@ -292,7 +301,9 @@ def _read_password(source: PasswordSource, missing_hint: str, role: str = "repos
             ) from error
         password = password_from_file_bytes(data)
         legacy = legacy_password(data.decode("utf-8", "surrogateescape"))
-        empty = f"no {role} password: the password file {source.file} (from {source.origin}) is empty"
+        # Never "password: ..." in a message: the redactor masks what follows such an assignment.
+        empty = f"{_no_password(role)} (the password file {source.file}, from {source.origin}, is empty)"
+        missing_hint = f"write the password into {source.file}, or fix {source.origin}"
     elif source.kind == "command":
         assert source.command is not None
         command = Command.parse(source.command)
@@ -309,11 +320,12 @@ def _read_password(source: PasswordSource, missing_hint: str, role: str = "repos
             ) from error
         password = password_from_command_output(output)
         legacy = legacy_password(output)
-        empty = f"no {role} password: the password command (from {source.origin}) printed nothing"
+        empty = f"{_no_password(role)} (the password command, from {source.origin}, printed nothing)"
+        missing_hint = f"make the command print the password (run it by hand to see), or fix {source.origin}"
     else:
         password = os.environ.get(source.origin, "")
         legacy = password
-        empty = f"no {role} password given"
+        empty = _no_password(role, " given")
     if not password:
         raise UsageError(empty, missing_hint)
     return [password] if legacy in (password, "") else [password, legacy]

@@ -139,7 +139,7 @@ class DashboardData:
             with access.session(lock=False) as repository:
                 snapshots = [
                     snapshot
-                    for snapshot in lockstep_snapshots(repository)
+                    for snapshot in lockstep_snapshots(repository, self.context.project.name)
                     if snapshot_environment(snapshot) in self._snapshot_environments
                 ]
                 verifications = latest_results(repository, [snapshot.id for snapshot in snapshots])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from lockstep.agent.dashboard.collector import DashboardData, HealthResult, RepositoryView, SnapshotInfo
@@ -103,8 +103,12 @@ def operation_families(records: list[OperationRecord], environment: str) -> list
     return families
 
 
-def snapshot_families(view: RepositoryView | None, environment: str, now: float) -> list[MetricFamily]:
-    """Size and duration of the latest snapshot per kind, and the age of the last good / verified one."""
+def snapshot_families(
+    view: RepositoryView | None, environment: str, now: float, databases: Collection[str] = ()
+) -> list[MetricFamily]:
+    """Size and duration of the latest snapshot per kind, and the age of the last good / verified
+    one among those holding every configured database (`databases`): a pre-restore snapshot of
+    one database is no backup of the others."""
     readable = MetricFamily(
         "lockstep_repository_readable", "gauge", "1 when the agent's last read of the repository worked."
     )
@@ -131,17 +135,25 @@ def snapshot_families(view: RepositoryView | None, environment: str, now: float)
             duration.add(latest.seconds, env=environment, kind=kind)
     families += [count, size, duration]
     # A schema-only snapshot backs up no data: it must not make the data's backups look recent.
-    backups = [snapshot for snapshot in view.snapshots if not snapshot.schema_only]
+    backups = [
+        snapshot
+        for snapshot in view.snapshots
+        if not snapshot.schema_only and set(databases) <= set(snapshot.databases)
+    ]
     good = _latest(snapshot for snapshot in backups if snapshot.good)
     verified = _latest(
         snapshot for snapshot in backups if snapshot.verification is not None and snapshot.verification.ok
     )
     for name, snapshot, text in (
-        ("lockstep_last_good_snapshot_age_seconds", good, "Age of the newest snapshot that did not fail verification."),
+        (
+            "lockstep_last_good_snapshot_age_seconds",
+            good,
+            "Age of the newest snapshot of every database that did not fail verification.",
+        ),
         (
             "lockstep_last_verified_snapshot_age_seconds",
             verified,
-            "Age of the newest snapshot that passed verification.",
+            "Age of the newest snapshot of every database that passed verification.",
         ),
     ):
         family = MetricFamily(name, "gauge", text)
@@ -248,7 +260,7 @@ def collect(data: DashboardData) -> str:
     families = [
         *operation_families(records, environment),
         *schedule_families(records, schedules, environment),
-        *snapshot_families(data.repository(wait=2.0), environment, now),
+        *snapshot_families(data.repository(wait=2.0), environment, now, list(data.context.config.databases)),
         *health_families(data.health(wait=2.0), environment),
         *proxy_families(status, environment),
     ]

@@ -78,7 +78,7 @@ def dashboard_token(context: EnvironmentContext) -> str:
     token = os.environ.get(variable, "").strip()
     if not token:
         raise DashboardTokenMissing(
-            f"agent.dashboard_listen is set but {variable} is empty: the dashboard needs a token",
+            f"agent.dashboard_listen is set but {variable} is empty: without a token the dashboard does not start",
             f"set {variable} in the agent's environment to a long random value (e.g. `openssl rand -hex 32`), "
             "or remove dashboard_listen from [agent]",
         )

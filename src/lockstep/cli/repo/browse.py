@@ -14,6 +14,7 @@ from lockstep.cli.repo.options import access_from, repository_options, wants_jso
 from lockstep.repository.gojson import TYPE_MODE_BITS, go_mode_string, parse_time_ns
 from lockstep.repository.restorer import link_target_text
 from lockstep.repository.tree import Node
+from lockstep.wording import counted
 
 
 def _local_time(time_ns: int) -> str:
@@ -42,7 +43,7 @@ def snapshots_command(tags: tuple[str, ...], **options: Any) -> None:
             "\n".join(snapshot.paths),
         )
     console.print(table)
-    console.print(f"{len(snapshots)} snapshots")
+    console.print(counted(len(snapshots), "snapshot"))
 
 
 @click.command("ls")

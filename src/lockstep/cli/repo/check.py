@@ -11,6 +11,7 @@ from lockstep.actions.repo.check import run_check
 from lockstep.cli.output import byte_progress, console, error_console, human_bytes, print_json
 from lockstep.cli.repo.options import access_from, repository_options, wants_json
 from lockstep.exit_codes import ExitCode
+from lockstep.wording import counted
 
 
 @click.command("check")
@@ -47,11 +48,13 @@ def check_command(read_data: bool, subset: str | None, **options: Any) -> None:
         for error in report.errors:
             error_console.print(f"error: {error}", markup=False, soft_wrap=True)
         summary = (
-            f"checked {report.snapshots} snapshots, {report.trees} trees, {report.packs} packs "
-            f"in {report.index_files} index files"
+            f"checked {counted(report.snapshots, 'snapshot')}, {counted(report.trees, 'tree')}, "
+            f"{counted(report.packs, 'pack')} "
+            f"in {counted(report.index_files, 'index file')}"
         )
         if reading:
-            summary += f"; read {report.packs_read} packs ({human_bytes(report.bytes_read)}, {report.blobs_read} blobs)"
+            read = counted(report.packs_read, "pack")
+            summary += f"; read {read} ({human_bytes(report.bytes_read)}, {counted(report.blobs_read, 'blob')})"
         console.print(summary, markup=False, soft_wrap=True)
         if report.ok:
             console.print("no errors were found", soft_wrap=True)

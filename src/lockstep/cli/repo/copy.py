@@ -18,6 +18,7 @@ from lockstep.cli.repo.options import (
     wants_json,
 )
 from lockstep.repository.copier import CopyReport
+from lockstep.wording import counted
 
 
 @click.command("copy")
@@ -49,8 +50,8 @@ def copy_command(snapshot_ids: tuple[str, ...], **options: Any) -> None:
         print_json(copy_document(report))
         return
     console.print(
-        f"{len(report.copied)} snapshots copied, {len(report.skipped)} already there; "
-        f"{report.blobs_added} blobs ({human_bytes(report.bytes_added)}) added"
+        f"{counted(len(report.copied), 'snapshot')} copied, {len(report.skipped)} already there; "
+        f"{counted(report.blobs_added, 'blob')} ({human_bytes(report.bytes_added)}) added"
     )
 
 

@@ -32,6 +32,7 @@ from lockstep.repository.retention import (
     parse_tag_list,
 )
 from lockstep.repository.snapshot import Snapshot
+from lockstep.wording import counted
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -266,17 +267,17 @@ def _print_forget(result: ForgetResult) -> None:
         if result.policy and group.key != GroupKey(None, None, None):
             console.print(f"snapshots for {group.key.describe()}:", markup=False)
         if group.keep:
-            console.print(f"keep {len(group.keep)} snapshots:")
+            console.print(f"keep {counted(len(group.keep), 'snapshot')}:")
             reasons = {reason.snapshot.id: reason.matches for reason in group.reasons}
             console.print(_snapshot_table(group.keep, reasons))
         if group.remove:
-            console.print(f"remove {len(group.remove)} snapshots:")
+            console.print(f"remove {counted(len(group.remove), 'snapshot')}:")
             console.print(_snapshot_table(group.remove, None))
         console.print()
     if result.dry_run:
-        console.print(f"would remove {len(result.removed)} snapshots (dry run: nothing was changed)")
+        console.print(f"would remove {counted(len(result.removed), 'snapshot')} (dry run: nothing was changed)")
     else:
-        console.print(f"removed {len(result.removed)} snapshots")
+        console.print(f"removed {counted(len(result.removed), 'snapshot')}")
 
 
 def prune_document(report: PruneReport) -> dict[str, Any]:
@@ -329,12 +330,13 @@ def print_prune_report(report: PruneReport) -> None:
         console.print(line, markup=False)
     if report.dry_run:
         console.print(
-            f"dry run: would delete {report.packs_deleted} packs and repack {report.packs_repacked}, "
+            f"dry run: would delete {counted(report.packs_deleted, 'pack')} and repack {report.packs_repacked}, "
             f"freeing about {human_bytes(report.bytes_freed)}; nothing was changed"
         )
         return
     console.print(
-        f"deleted {report.packs_deleted} packs, repacked {report.packs_repacked} into {report.packs_written} new; "
+        f"deleted {counted(report.packs_deleted, 'pack')}, "
+        f"repacked {report.packs_repacked} into {report.packs_written} new; "
         f"freed {human_bytes(report.bytes_freed)}, {human_bytes(report.bytes_remaining)} remain"
     )
     if report.temporary_files_removed:

@@ -12,6 +12,7 @@ from lockstep.actions.repo.restore import RestoreResult, dump, restore
 from lockstep.cli.output import byte_progress, console, human_bytes, print_json
 from lockstep.cli.repo.options import access_from, repository_options, wants_json
 from lockstep.repository.restore_warnings import summarise_warnings
+from lockstep.wording import counted
 
 
 @click.command("restore")
@@ -38,7 +39,8 @@ def restore_command(snapshot: str, target: Path, includes: tuple[str, ...], **op
     for warning in summarise_warnings(summary.warnings):
         console.print(f"warning: {warning}", markup=False)
     console.print(
-        f"restored snapshot {snapshot_id[:8]} to {target}: {summary.files} files, {human_bytes(summary.bytes_written)}"
+        f"restored snapshot {snapshot_id[:8]} to {target}: {counted(summary.files, 'file')}, "
+        f"{human_bytes(summary.bytes_written)}"
     )
 
 

@@ -1,0 +1,183 @@
+"""Stop the serving release's workers while a deploy's unwind restores the data, then start them again.
+
+A traffic hold keeps requests off the databases during the restore, but workers (components
+without a port: queues, mailers, schedulers) take no requests, so the hold does not stop them.
+They would go on writing into a database that is being replaced: those writes are thrown away
+by the restore, or land half-way through it. So the release that serves again after the unwind
+has its workers stopped before the restore and started again once it is over, on the restored
+data. In a multi-host deploy every host does this (pipeline/coordination.py, the held barrier):
+the databases are shared, so any host's workers write into them.
+
+The operation's record says which workers are stopped (`paused_workers`) until they run again:
+a deploy killed (kill -9) in between runs no `finally`, and the clean-up of the killed deploy
+(`resume_paused_workers`) starts them again; without it they stayed stopped until the next
+deploy or rollback, and nothing said so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from lockstep.agent.client import AgentClient
+from lockstep.config import ProjectConfig
+from lockstep.errors import LockstepError
+from lockstep.fault_injection import kill_point, wait_point
+from lockstep.pipeline.history import OperationRecord
+from lockstep.pipeline.release_launch import ComponentPlan, plan_components
+from lockstep.pipeline.steps import Reporter
+
+# Told what is stopped ({"slot", "release_id", "components"}) before the stop, None once restarted.
+Remember = Callable[[dict[str, Any] | None], None]
+
+
+class WorkerPause:
+    """One slot's workers, stopped for a data restore and started again after it."""
+
+    def __init__(self, agent: AgentClient, config: ProjectConfig, shared: Path, reporter: Reporter) -> None:
+        self.agent = agent
+        self.config = config
+        self.shared = shared
+        self.reporter = reporter
+        self.slot: str | None = None
+        self.stopped: list[str] = []
+        self._plans: list[ComponentPlan] = []
+        self._remember: Remember = lambda paused: None
+
+    def stop(self, slot: str, remember: Remember | None = None) -> str | None:
+        """Stop the workers of `slot`; None when none runs any more, else why they may still run.
+        `remember` writes down what is stopped before the stop, in the operation's record."""
+        if self.stopped:
+            return None
+        wait_point("stop workers")  # tests: the agent goes away just before
+        try:
+            slot_status = self.agent.status()["slots"][slot]
+            workers = _workers(slot_status, self.config)
+            release = slot_status.get("release")
+            if not workers or release is None:
+                return None
+            plans = plan_components(self.config, Path(release["release_directory"]), self.shared, slot, only=workers)
+            self.slot, self.stopped, self._plans = slot, workers, plans  # before: a stop half done is restarted
+            if remember is not None:
+                self._remember = remember
+            self._remember({"slot": slot, "release_id": release["release_id"], "components": workers})
+            self.agent.stop_slot(slot, workers)
+            kill_point("workers stopped")  # tests: killed before they run again
+            left = _workers(self.agent.status()["slots"][slot], self.config)
+        except LockstepError as error:
+            return f"stopping them failed: {error}"
+        if left:
+            return f"{', '.join(left)} still run after the stop"
+        self.reporter.info(f"stopped the workers of slot {slot} for the data restore: {', '.join(workers)}")
+        return None
+
+    def restart(self) -> None:
+        """Start the stopped workers again (the data restore is over, or will not happen); a
+        failure is said loudly, not raised: the unwind goes on, and the slot runs without them."""
+        if not self.stopped or self.slot is None:
+            return
+        workers = ", ".join(self.stopped)
+        try:
+            self.agent.start_components(self.slot, [plan.launch_document() for plan in self._plans])
+        except LockstepError as error:
+            self.reporter.warn(
+                f"THE WORKERS {workers} OF SLOT {self.slot} DID NOT START AGAIN after the data restore: {error}; "
+                "its release runs without them (see `lockstep status`)"
+            )
+            return
+        self.reporter.info(f"started the workers of slot {self.slot} again: {workers}")
+        self.stopped = []
+        self._remember(None)
+
+
+class ComponentStarter(Protocol):
+    """What a clean-up needs of the agent to start workers again: the CLI's client, or the
+    agent's own service (which takes launches, not documents: see `_start`)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+
+def resume_paused_workers(record: OperationRecord, agent: ComponentStarter, reporter: Reporter) -> str | None:
+    """The clean-up of a killed deploy or rollback: start again the workers it had stopped for a
+    data restore (`record.paused_workers`), when their release still is the active one. Returns
+    what the record's reason should add when they stay stopped (said loudly here too), else None."""
+    paused = record.paused_workers
+    if not paused:
+        return None
+    slot, release_id = str(paused["slot"]), str(paused["release_id"])
+    components = [str(name) for name in paused["components"]]
+    named = ", ".join(components)
+    why = _why_not_resumed(record)
+    try:
+        status = agent.status()
+        slot_status = status["slots"][slot]
+        release = slot_status.get("release") or {}
+        running = {process["component"] for process in slot_status.get("processes") or []}
+        if status.get("active_slot") != slot or release.get("release_id") != release_id:
+            record.paused_workers = None  # the other slot serves: these workers are not to run
+            reporter.info(f"the workers {named} it had stopped in slot {slot} stay stopped: that slot does not serve")
+            return None
+        if why is None:
+            launches = [
+                launch
+                for launch in release.get("components") or []
+                if launch.get("component") in components and launch.get("component") not in running
+            ]
+            if launches:
+                _start(agent, slot, launches)
+            record.paused_workers = None
+            reporter.warn(
+                f"it had stopped the workers {named} of slot {slot} (release {release_id}) for a data restore: "
+                "started them again"
+            )
+            return None
+    except (LockstepError, KeyError) as error:
+        why = f"starting them again failed: {error}"
+    said = (
+        f"THE WORKERS {named} OF SLOT {slot} (release {release_id}) ARE STOPPED: the {record.operation} stopped "
+        f"them for a data restore and was killed before it started them again, and they were not started: {why}"
+    )
+    reporter.warn(said)
+    return said
+
+
+def _why_not_resumed(record: OperationRecord) -> str | None:
+    """Why the stopped workers must stay stopped, else None. A deploy's unwind stopped the
+    release that serves again: its workers go back to the data it serves on. A rollback
+    --with-data stopped the newer (active) release's: once it began to replace the databases
+    with the older release's data (its pre-restore snapshot is recorded just before), they would
+    write into data that is not theirs; on a host of a multi-host rollback the primary restores,
+    and this host cannot tell whether it began."""
+    if record.operation != "rollback":
+        return None
+    if (record.paused_workers or {}).get("restored_elsewhere"):
+        return (
+            "another host (the primary) restores the older release's data in this rollback, and may have begun; "
+            "finish the rollback with `lockstep rollback --with-data` where it was run"
+        )
+    if record.pre_restore_snapshot_id is None:
+        return None
+    pre_restore = record.pre_restore_snapshot_id[:8]
+    return (
+        "the rollback had begun to replace the databases with the older release's data, and they would write "
+        "into it; finish the rollback with `lockstep rollback --with-data`, or put the data back with "
+        f"`lockstep snapshot restore {pre_restore}` and start them with `lockstep deploy`"
+    )
+
+
+def _start(agent: ComponentStarter, slot: str, launches: list[dict[str, Any]]) -> None:
+    from lockstep.agent.service import AgentService, ComponentLaunch
+
+    if isinstance(agent, AgentService):
+        agent.start_components(slot, [ComponentLaunch.from_document(launch) for launch in launches])
+    else:
+        assert isinstance(agent, AgentClient)
+        agent.start_components(slot, launches)
+
+
+def _workers(slot_status: dict[str, Any], config: ProjectConfig) -> list[str]:
+    """The components of the slot without a port (workers), as the agent knows them."""
+    processes = slot_status.get("processes") or []
+    workers = {process["component"] for process in processes if process["port"] is None}
+    return sorted(workers & set(config.app.components))

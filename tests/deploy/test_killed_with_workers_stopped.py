@@ -1,0 +1,168 @@
+"""A deploy or rollback killed (kill -9) while it has the serving release's workers stopped for
+a data restore (pipeline/worker_pause.py): no `finally` runs, so the workers stayed stopped, and
+the clean-up of the killed operation neither started them nor said so; `status` showed the
+release as running. Real agent, real workers writing to SQLite, a real SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lockstep.fault_injection import KILL_AT_VARIABLE, WAIT_AT_VARIABLE, WAIT_FOR_VARIABLE, WAITING_SUFFIX
+from tests.deploy.conftest import NotesProject, _stop_everything, clean_up_said, free_ports, make_project
+from tests.deploy.test_deploy_unwind_workers import WORKERS_ONLY
+from tests.deploy.writing_workers import CREATE_JOBS, JOBS, SEED, jobs_component, wait_for_file, wait_for_writes
+
+pytestmark = pytest.mark.slow
+
+
+def _workers_only_two_releases(tmp_path: Path, log: Path) -> tuple[NotesProject, str]:
+    """An app of workers only, 1.0.0 then 2.0.0 deployed (with a migration): the active slot."""
+    project = make_project(tmp_path)
+    (listen,) = free_ports(1)
+    config = WORKERS_ONLY.format(jobs=jobs_component("solo", log), listen=listen)
+    (project.directory / "lockstep.toml").write_text(config.replace("BREAKS_SMOKE", "NEVER_THERE"))
+    project.start_agent()
+    try:
+        _first_release(project, log)
+        (project.directory / "VERSION").write_text("2.0.0\n")
+        (project.directory / "migrations" / "003_seed.sql").write_text(SEED)
+        project.commit("notes 2.0.0")
+        second = project.lockstep("deploy")
+        assert second.returncode == 0, second.err
+        wait_for_writes(log, "solo", "2.0.0", after=0)
+        return project, str(project.status()["active_slot"])
+    except BaseException:
+        _stop_everything(project)
+        raise
+
+
+def _kill_rollback_at(project: NotesProject, where: str) -> None:
+    """`rollback --with-data`, SIGKILLed at the kill point `where`, or at the wait point there."""
+    go = project.directory.parent / "restore-go"
+    wait = where == "restore data"
+    points = {WAIT_AT_VARIABLE: where, WAIT_FOR_VARIABLE: str(go)} if wait else {KILL_AT_VARIABLE: where}
+    rollback = subprocess.Popen(
+        [sys.executable, "-m", "lockstep", "rollback", "--with-data", "--yes"],
+        cwd=project.directory,
+        env={**os.environ, **project.env, **points},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        if wait:
+            wait_for_file(go.with_name(go.name + WAITING_SUFFIX), rollback)
+            os.kill(rollback.pid, signal.SIGKILL)
+        assert rollback.wait(timeout=300) == -signal.SIGKILL
+    finally:
+        if rollback.poll() is None:
+            rollback.kill()
+            rollback.wait()
+
+
+def _first_release(project: NotesProject, log: Path) -> None:
+    (project.directory / "jobs.py").write_text(JOBS)
+    (project.directory / "migrations" / "002_create_jobs.sql").write_text(CREATE_JOBS)
+    project.commit("notes 1.0.0: a worker that writes")
+    first = project.lockstep("deploy")
+    assert first.returncode == 0, first.err
+    wait_for_writes(log, "solo", "1.0.0", after=0)
+
+
+def _running(project: NotesProject, slot: str) -> set[str]:
+    return {item["component"] for item in project.status()["slots"][slot]["processes"] if item["running"]}
+
+
+def test_a_deploy_killed_in_its_data_restore_gets_the_old_workers_started_again(tmp_path: Path) -> None:
+    """Killed inside the unwind's restore, the old release's workers stopped: the clean-up starts
+    them again (the old release serves, and its workers belong with it) and says so."""
+    log = tmp_path / "jobs.log"
+    project = make_project(
+        tmp_path,
+        extra_deploy='smoke = [{ command = "test ! -e BREAKS_SMOKE" }]',
+        extra_config=jobs_component("solo", log),
+    )
+    project.start_agent()
+    try:
+        _first_release(project, log)
+        (project.directory / "VERSION").write_text("2.0.0\n")
+        (project.directory / "migrations" / "003_seed.sql").write_text(SEED)
+        (project.directory / "BREAKS_SMOKE").write_text("yes\n")
+        project.commit("notes 2.0.0: a migration that writes, and a smoke test that fails")
+        go = project.directory.parent / "restore-go"
+        deploy = subprocess.Popen(
+            [sys.executable, "-m", "lockstep", "deploy"],
+            cwd=project.directory,
+            env={**os.environ, **project.env, WAIT_AT_VARIABLE: "restore data", WAIT_FOR_VARIABLE: str(go)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for_file(go.with_name(go.name + WAITING_SUFFIX), deploy)  # the old workers are stopped now
+            assert "jobs" not in _running(project, "blue")
+            os.kill(deploy.pid, signal.SIGKILL)
+        finally:
+            if deploy.poll() is None:
+                deploy.kill()
+            deploy.wait()
+        killed = time.time()
+
+        said = clean_up_said(project)
+        wait_for_writes(log, "solo", "1.0.0", after=killed, timeout=30)  # they write again
+        assert "it had stopped the workers jobs, worker of slot blue" in said and "started them again" in said, said
+        status = project.status()
+        assert status["active_slot"] == "blue"
+        assert _running(project, "blue") == {"web", "worker", "jobs"}
+        assert status["slots"]["blue"]["stopped"] == []
+        record = project.history()[-1]
+        assert record["outcome"] == "interrupted" and record["paused_workers"] is None, record
+    finally:
+        _stop_everything(project)
+
+
+@pytest.mark.parametrize("where", ["workers stopped", "restore data"])
+def test_a_rollback_with_data_killed_after_it_stopped_the_workers_starts_them_again(tmp_path: Path, where: str) -> None:
+    """An app of workers only, `rollback --with-data` killed after it stopped the newer release's
+    workers, before any database was replaced (just after the stop; or inside the restore, before
+    its pre-restore snapshot): the newer release stays the active one, and without its workers
+    nothing of it ran. The clean-up starts them again."""
+    log = tmp_path / "jobs.log"
+    project, active = _workers_only_two_releases(tmp_path, log)
+    try:
+        _kill_rollback_at(project, where)
+        killed = time.time()  # its newer workers stopped (`status` would already clean up: not asked here)
+
+        said = clean_up_said(project)
+        assert f"it had stopped the workers jobs of slot {active}" in said and "started them again" in said, said
+        wait_for_writes(log, "solo", "2.0.0", after=killed, timeout=30)
+        assert project.status()["active_slot"] == active
+        assert _running(project, active) == {"jobs"}
+    finally:
+        _stop_everything(project)
+
+
+def test_a_rollback_with_data_killed_in_its_restore_says_the_workers_stay_stopped(tmp_path: Path) -> None:
+    """Killed as it began to replace the databases with the older release's data: its workers
+    would write into data that is not theirs, so they are not started; the clean-up and `status`
+    say loudly that they are stopped, and what to run."""
+    log = tmp_path / "jobs.log"
+    project, active = _workers_only_two_releases(tmp_path, log)
+    try:
+        _kill_rollback_at(project, "pre-restore snapshot saved")
+
+        said = clean_up_said(project)
+        assert f"THE WORKERS jobs OF SLOT {active}" in said and "ARE STOPPED" in said, said
+        assert "lockstep rollback --with-data" in said, said
+        status = project.lockstep("status")
+        assert f"STOPPED in slot {active}: jobs" in status.out, status.out
+        assert project.status()["slots"][active]["stopped"] == ["jobs"]
+        record = project.history()[-1]
+        assert "ARE STOPPED" in record["reason"], record
+    finally:
+        _stop_everything(project)
