@@ -1265,8 +1265,22 @@ def clean_up_abandoned(
 
     When it has the traffic (killed in or after the switch), the release stays, but the other
     slot's workers stop, as the deploy's retire step would have done: two releases' workers must
-    not run side by side.
+    not run side by side. The agent's watch, `lockstep status` and the next deploy may all find
+    the same record: under the history's clean-up lock, only one that still finds it abandoned
+    cleans it up.
     """
+    with history.clean_up_lock() as held:
+        if not held:
+            return  # another clean-up kept it this long: it does this one
+        current = history.get(record.id)
+        if current is None or current.outcome != "running":
+            return  # cleaned up by another in the meantime
+        _clean_up_dead(context, current, agent, history, reporter)
+
+
+def _clean_up_dead(
+    context: EnvironmentContext, record: OperationRecord, agent: SlotControl, history: History, reporter: Reporter
+) -> None:
     step = _running_step(record)
     where = f" in its {step} step" if step else ""
     reporter.warn(

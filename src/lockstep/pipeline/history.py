@@ -24,6 +24,8 @@ from lockstep.redaction import Redactor, process_redactor
 from lockstep.repository.identity import current_user
 
 OUTCOMES = ("running", "succeeded", "failed", "rolled-back", "interrupted")
+# How long a clean-up waits for another one to finish (stopping a slot takes seconds).
+CLEAN_UP_LOCK_WAIT = 60.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS operations (
@@ -193,6 +195,33 @@ class History:
     def successful_deploys(self) -> list[OperationRecord]:
         """Deploys and rollbacks that left a release serving, oldest first."""
         return [record for record in self.all() if record.outcome == "succeeded" and record.release_id]
+
+    @contextmanager
+    def clean_up_lock(self, wait: float = CLEAN_UP_LOCK_WAIT) -> Iterator[bool]:
+        """Held while a dead operation's record is cleaned up or its unfinished retire finished.
+        The agent's watch, `lockstep status` and the next deploy all do both, and two at once
+        would each act on the record as they read it: the second, finding the slot already
+        stopped, would save the record again without the first's note. Whoever holds it reads
+        the records afresh. Yields False when another holder kept it `wait` seconds (it does
+        the work); released when the holder's process dies."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".clean-up.lock"), "a+b") as handle:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        yield False
+                        return
+                    time.sleep(0.05)
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def abandoned(self) -> list[OperationRecord]:
         """Records still "running" whose process on this host is gone (a kill -9, a crash)."""

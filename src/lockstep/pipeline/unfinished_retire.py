@@ -8,7 +8,8 @@ left (OperationRecord.retire_left), and the agent's watch for dead operations
 operation's process has ended and no other runs here, while the record's release still has the
 traffic and the slot it left still holds the release it left, they stop what the retire step
 would have stopped. Running it again changes nothing; the mark goes once done, or once a later
-operation changed the slots.
+operation changed the slots. Both hold the history's clean-up lock while they do (two at once
+would each act on the records as they read them).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from lockstep.actions.environment import EnvironmentContext
 from lockstep.errors import LockstepError
+from lockstep.fault_injection import wait_point
 from lockstep.pipeline.deploy import SlotControl, retire_other_slot
 from lockstep.pipeline.history import History, OperationRecord
 from lockstep.pipeline.steps import Reporter
@@ -36,7 +38,16 @@ def finish_unfinished_retires(
     context: EnvironmentContext, agent: SlotControl, history: History, reporter: Reporter
 ) -> int:
     """Finish every retire left unfinished here; how many were finished or found moot."""
+    with history.clean_up_lock() as held:
+        if not held:
+            return 0  # another clean-up kept it this long: it finishes them
+        return _finish_each(context, agent, history, reporter)
+
+
+def _finish_each(context: EnvironmentContext, agent: SlotControl, history: History, reporter: Reporter) -> int:
     records = history.all()
+    if any(record.retire_left for record in records):
+        wait_point("retires read")  # tests: a second clean-up arriving now must not act on its own reading
     if any(record.outcome == "running" for record in records):
         return 0  # an operation is under way: the slots are its own until it ends
     finished = 0
