@@ -7,13 +7,14 @@ import os
 import pty
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lockstep.exit_codes import ExitCode
-from lockstep.pipeline.environment_lock import EnvironmentLock
+from lockstep.pipeline.environment_lock import EnvironmentLock, EnvironmentLocked
 from lockstep.repository.documents import DocumentStore
 from lockstep.repository.repository import Repository
 from lockstep.storage.local import LocalBackend
@@ -239,3 +240,48 @@ def test_without_env_the_lock_is_looked_up_where_the_default_environment_deploys
     released = project.lockstep("lock", "release")
     assert released.returncode == 0 and "crashed-deploy" in released.out, (released.out, released.err)
     assert not (production_repository / "lockstep" / "locks" / "production").exists()
+
+
+def test_a_lock_taken_by_hand_holds_deploys_off_until_released(project: Project) -> None:
+    """`lock acquire -m` (Kamal's): no process and no heartbeat, never stale however long it is
+    held; a deploy's lock is refused naming its message; release needs no --yes and frees it."""
+    (project.root / "lockstep.toml").write_text(
+        f'[repository]\nurl = "{project.repository}"\n\n[deploy]\nlock_stale_after = 1\n\n[environments.staging]\n'
+    )
+    taken = project.lockstep("lock", "acquire", "-m", "database maintenance until 14:00", "--json")
+    assert taken.returncode == 0, taken.err
+    holder = json.loads(taken.out)["holder"]
+    assert holder["operation"] == "manual" and holder["pid"] == 0
+    assert holder["message"] == "database maintenance until 14:00"
+    time.sleep(2)  # twice lock_stale_after without a heartbeat: a deploy's lock would be stale
+    [status] = project.status("--env", "production")
+    assert status["locked"] is True and status["stale"] is False and "by hand" in status["reason"]
+    table = project.lockstep("lock", "status").out
+    assert "manual" in table and "database maintenance until 14:00" in table and "PID" not in table
+
+    repository = Repository.open(open_backend(str(project.repository)), TEST_PASSWORD)
+    try:
+        deploy_lock = EnvironmentLock(DocumentStore(repository), "production", stale_after=1)
+        with pytest.raises(EnvironmentLocked) as refused:
+            deploy_lock.acquire(holder_for("would-be-deploy"))
+        assert "database maintenance until 14:00" in refused.value.message
+        assert "lockstep lock release --env production" in str(refused.value.hint)
+        again = project.lockstep("lock", "acquire", "-m", "someone else")
+        assert again.returncode == ExitCode.LOCKED and "database maintenance until 14:00" in again.err
+
+        released = project.lockstep("lock", "release", "--json")  # no terminal, no --yes
+        assert released.returncode == 0, released.err
+        assert json.loads(released.out)["released"] is True and not project.lock_exists()
+        deploy_lock.acquire(holder_for("the-deploy"))
+        deploy_lock.release()
+    finally:
+        repository.close()
+
+
+def test_a_lock_taken_by_hand_needs_a_one_line_message(project: Project) -> None:
+    for message in ("", "   ", "two\nlines", "x" * 501):
+        refused = project.lockstep("lock", "acquire", "-m", message)
+        assert refused.returncode == ExitCode.USAGE, (message, refused.err)
+        assert not project.lock_exists()
+    missing = project.lockstep("lock", "acquire")
+    assert missing.returncode == ExitCode.USAGE and "--message" in missing.err

@@ -1,4 +1,4 @@
-"""`lockstep lock status | release`: the per-environment deploy lock kept in the repository."""
+"""`lockstep lock status | acquire | release`: the per-environment deploy lock kept in the repository."""
 
 from __future__ import annotations
 
@@ -11,20 +11,27 @@ from typing import Any
 import click
 from rich.table import Table
 
+from lockstep.actions.lock_acquire import acquire_lock
 from lockstep.actions.lock_release import inspect_lock, release_lock
 from lockstep.actions.lock_status import EnvironmentLockStatus, lock_status
 from lockstep.actions.snapshot_create import ProjectContext, chosen_environment, load_project
-from lockstep.cli.output import console, print_json, print_table
-from lockstep.cli.project_options import config_and_env_options, wants_json
+from lockstep.cli.output import console, error_console, print_json, print_table
+from lockstep.cli.project_options import config_and_env_options, parse_duration_seconds, wants_json
 from lockstep.errors import UsageError
-from lockstep.pipeline.environment_lock import EnvironmentLocked, check_environment_name, describe_holder, now_utc
+from lockstep.pipeline.environment_lock import (
+    EnvironmentLocked,
+    LockHolder,
+    check_environment_name,
+    describe_holder,
+    now_utc,
+)
 
 # Narrower than this, the lock shows as blocks of `header: value` lines (print_table).
 MESSAGE_MIN_WIDTH = 24
 
 
 _config_option = config_and_env_options(
-    "The environment (default: all of them for status, default_environment for release)."
+    "The environment (default: all of them for status, default_environment for acquire and release)."
 )
 
 
@@ -93,9 +100,9 @@ def status_command(config_path: Path | None, environment: str | None, json_outpu
                 "stale" if status.stale else "locked",
                 holder.operation,
                 holder.deploy_id,
-                f"{holder.user or '?'}@{holder.host or '?'} PID {holder.pid}",
+                f"{holder.user or '?'}@{holder.host or '?'}" + ("" if holder.by_hand_held else f" PID {holder.pid}"),
                 _local_time(status, "acquired"),
-                _local_time(status, "heartbeat"),
+                "" if holder.by_hand_held else _local_time(status, "heartbeat"),
                 status.reason,
                 holder.message or "",
             ]
@@ -103,6 +110,43 @@ def status_command(config_path: Path | None, environment: str | None, json_outpu
     for row in rows:
         table.add_row(*row)
     print_table(table, rows, lead=(0, 1, 2, 3))  # environment, state, operation, deploy ID
+
+
+@lock_group.command("acquire")
+@_config_option
+@click.option("-m", "--message", required=True, help="Why: shown to every deploy and rollback it holds off.")
+@click.option(
+    "--lock-wait", metavar="DURATION", default="0", help="Wait this long for a running deploy (e.g. 30s, 5m)."
+)
+@click.option("--json", "json_output", is_flag=True, help="Print JSON on stdout.")
+def acquire_command(
+    config_path: Path | None, environment: str | None, message: str, lock_wait: str, json_output: bool
+) -> None:
+    """Lock an environment by hand: deploys and rollbacks wait or refuse, showing MESSAGE, until
+    `lockstep lock release`. For maintenance, or work outside lockstep; never stale."""
+    project = _project(config_path, environment)
+    name = environment or project.config.default_environment
+    json_wanted = wants_json(json_output)
+
+    def warn_stale(previous: LockHolder) -> None:
+        if not json_wanted:
+            error_console.print(f"warning: took over the stale lock of {describe_holder(previous)}", markup=False)
+
+    holder = acquire_lock(
+        project.access,
+        name,
+        message,
+        wait=parse_duration_seconds(lock_wait),
+        stale_after=project.config.deploy.lock_stale_after,
+        on_stale=warn_stale,
+    )
+    if json_wanted:
+        print_json({"environment": name, "locked": True, "holder": holder.to_document()})
+        return
+    console.print(
+        f"locked environment {name}: deploys and rollbacks wait or refuse until `lockstep lock release --env {name}`",
+        markup=False,
+    )
 
 
 def _release_document(status: EnvironmentLockStatus, released: bool) -> dict[str, Any]:
@@ -130,7 +174,8 @@ def release_command(config_path: Path | None, environment: str | None, yes: bool
     if not json_wanted:
         console.print(f"environment {name} is held by: {shown}", markup=False)
         console.print(f"{'stale' if status.stale else 'live'}: {status.reason}", markup=False)
-    if not status.stale and not yes:
+    # A lock taken by hand has no process to disturb: releasing it is how its work ends.
+    if not status.stale and not yes and not (holder is not None and holder.by_hand_held):
         if not sys.stdin.isatty():
             raise UsageError(
                 f"the lock of environment {name} is live ({status.reason}) and standard input is not a terminal",

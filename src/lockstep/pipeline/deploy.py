@@ -539,7 +539,8 @@ class Deployment:
 
         if self.request.force:
             current = lock.current()
-            if current is not None and not lock.is_stale(current)[0] and not self.request.yes:
+            live = current is not None and not current.by_hand_held and not lock.is_stale(current)[0]
+            if current is not None and live and not self.request.yes:
                 question = f"Take the lock from the live {describe_holder(current)}?"
                 if not self.reporter.confirm(question):
                     raise UsageError(

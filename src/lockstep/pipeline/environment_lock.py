@@ -13,6 +13,11 @@ Replacing a stale (or, with force, a live) lock is a takeover: the deployer firs
 document for that lock ID (atomic, so one claimant wins), checks the lock is still the one it
 judged, removes it and creates its own. Others who judged the same stale lock lose the claim, or
 find a different lock once they get it, and never remove a lock they did not look at.
+
+A lock taken by hand (`lockstep lock acquire -m MESSAGE`, Kamal's `lock acquire`: a maintenance
+window, a migration run outside lockstep) has no process and no heartbeat, and is never stale:
+it holds every deploy and rollback off until `lockstep lock release` (`--force` does not take
+it: the release shows who took it and why). Versions before it judge it stale after `stale_after`.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ DEFAULT_HEARTBEAT_INTERVAL_SECONDS = 15.0
 CLAIM_EXPIRES_AFTER_SECONDS = 60.0
 _FIRST_POLL_DELAY_SECONDS = 0.1
 _LONGEST_POLL_DELAY_SECONDS = 5.0
+# The operation of a lock taken by hand (`lockstep lock acquire`): never stale.
+MANUAL_OPERATION = "manual"
 _ENVIRONMENT_NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 
@@ -125,6 +132,28 @@ class LockHolder:
             operation=operation,
         )
 
+    @classmethod
+    def by_hand(cls, environment: str, message: str) -> LockHolder:
+        """A holder for `lockstep lock acquire`: this user and host, no process (PID 0: the command
+        ends, the lock stays), and an ID that says when it was taken."""
+        now = now_utc()
+        return cls(
+            deploy_id=f"manual-{now.strftime('%Y%m%d_%H%M%S')}",
+            environment=environment,
+            user=current_user(),
+            host=socket.gethostname(),
+            pid=0,
+            message=message,
+            acquired_at=now,
+            heartbeat_at=now,
+            operation=MANUAL_OPERATION,
+        )
+
+    @property
+    def by_hand_held(self) -> bool:
+        """Whether it was taken by `lockstep lock acquire` (no process, never stale)."""
+        return self.operation == MANUAL_OPERATION
+
     def to_document(self) -> dict[str, Any]:
         return {
             "deploy_id": self.deploy_id,
@@ -178,6 +207,9 @@ def describe_holder(holder: LockHolder, now: datetime | None = None) -> str:
     now = now or now_utc()
     since = holder.acquired_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     held_for = human_duration((now - holder.acquired_at).total_seconds())
+    if holder.by_hand_held:
+        text = f"a lock taken by hand by {holder.user or '?'}@{holder.host or '?'}, since {since} ({held_for} ago)"
+        return text + (f", message: {holder.message!r}" if holder.message else "")
     silent_for = human_duration((now - holder.heartbeat_at).total_seconds())
     text = (
         f"{holder.operation} {holder.deploy_id} by {holder.user or '?'}@{holder.host or '?'} PID {holder.pid}, "
@@ -209,6 +241,8 @@ def _shares_our_processes(holder: LockHolder) -> bool:
 def judge_staleness(holder: LockHolder, stale_after: float, now: datetime | None = None) -> tuple[bool, str]:
     """Whether the holder is gone, and why (or why it counts as alive)."""
     now = now or now_utc()
+    if holder.by_hand_held:
+        return False, "taken by hand: held until `lockstep lock release`"
     if _shares_our_processes(holder) and not process_alive(holder.pid):
         return True, f"process {holder.pid} no longer runs on {holder.host}"
     silence = (now - holder.heartbeat_at).total_seconds()
@@ -355,7 +389,8 @@ class EnvironmentLock:
 
         A stale lock is taken over (then `on_stale(previous holder)` is called); with `force`, the
         live lock found at the first look is taken over too. Raises EnvironmentLocked naming the
-        holder when the wait runs out. Starts the heartbeat; returns self for `with`.
+        holder when the wait runs out. Starts the heartbeat (none for a lock taken by hand, which
+        outlives its process); returns self for `with`.
         """
         if self.holder is not None:
             raise LockstepError(f"this process already holds the lock of environment {self.environment}")
@@ -374,8 +409,9 @@ class EnvironmentLock:
             if current is None:
                 continue  # released between our create and our look: try again at once
             stale, _reason = self.is_stale(current)
-            if force and forced_lock_id is None and not stale:
-                forced_lock_id = current.lock_id  # force takes the lock seen now, not later ones
+            # Force takes the lock seen now, not later ones; never one taken by hand (`lock release` does).
+            if force and forced_lock_id is None and not stale and not current.by_hand_held:
+                forced_lock_id = current.lock_id
             if stale or current.lock_id == forced_lock_id:
                 if self._take_over(current, wanted, forced=not stale):
                     if stale and on_stale is not None:
@@ -389,11 +425,19 @@ class EnvironmentLock:
                 raise self._locked_error(current, wait)
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, _LONGEST_POLL_DELAY_SECONDS)
-        self._start_heartbeat()
+        if not holder.by_hand_held:
+            self._start_heartbeat()
         return self
 
     def _locked_error(self, holder: LockHolder, wait: float) -> EnvironmentLocked:
         waited = f" (waited {wait:g} s)" if wait > 0 else ""
+        if holder.by_hand_held:
+            return EnvironmentLocked(
+                f"environment {self.environment} is locked{waited}: {describe_holder(holder)}",
+                "it stays locked until whoever took it runs `lockstep lock release "
+                f"--env {self.environment}` (see `lockstep lock status`); --force does not take it",
+                holder,
+            )
         return EnvironmentLocked(
             f"environment {self.environment} is locked{waited}: {describe_holder(holder)}",
             "wait for it to finish, or wait for it with --lock-wait DURATION; if that process is gone, "
