@@ -144,7 +144,12 @@ def test_forget_applies_the_retention_per_environment_and_spares_other_tools(pro
         made["C"]: ["pre-deploy snapshot"],
     }
     assert {item["id"] for item in production["remove"]} == {made["A"], made["B"], made["E"]}
-    assert all(item["reasons"] == ["no rule keeps it"] for item in production["remove"])
+    removed = {item["id"]: item["reasons"] for item in production["remove"]}
+    assert removed == {
+        made["A"]: ["no rule keeps it"],
+        made["B"]: ["not of the last deploy"],
+        made["E"]: ["no rule keeps it"],
+    }
     assert project.snapshot_ids() == before
 
     human = project.ok("snapshot", "forget", "--env", "production", "--dry-run").out
@@ -160,6 +165,48 @@ def test_forget_applies_the_retention_per_environment_and_spares_other_tools(pro
     assert {item["environment"] for item in everything["groups"]} == {"production", "staging"}
     assert everything["removed"] == []
     assert project.snapshot_ids() & foreign == foreign, "another tool's snapshot was touched"
+
+
+def test_a_restore_after_the_days_backup_keeps_the_backup_as_the_daily(project: Project) -> None:
+    """The default retention. A real `lockstep backup`, a deploy's snapshot and a real `snapshot
+    restore --yes` (which takes a pre-restore snapshot of the one database) on one day, after a
+    backup the day before. restic keeps a day's newest snapshot, so the pre-restore snapshot used
+    to be the day's daily, weekly and monthly and the whole-app backup was forgotten; now the
+    backup is kept by the calendar rules and the other two by their own rules, each saying why."""
+    project.write_config('\n[backup]\nmin_free_disk_mb = 1\nverify_level = "none"\n')
+    scheduled = json.loads(project.ok("backup", "--env", "production", "--json").out)["snapshot_id"]
+    with sqlite3.connect(project.root / "app.db") as connection:
+        connection.execute("DELETE FROM orders WHERE id > 100")
+    connection.close()
+    restored = json.loads(
+        project.ok("snapshot", "restore", scheduled[:10], "--env", "production", "--yes", "--json").out
+    )
+    pre_restore = restored["pre_restore_snapshot"]
+    with project.open() as repository:
+        assert "kind:pre-restore" in repository.load_snapshot(pre_restore).tags
+    # Fixed times, so the day's order is certain whenever the test runs.
+    day_before = clone(project, scheduled, "2025-03-04T02:00:00Z", "scheduled", "production")
+    scheduled = redate(project, scheduled, "2025-03-05T02:00:00Z")
+    deploy = clone(project, scheduled, "2025-03-05T12:00:00Z", "pre-deploy", "production")
+    pre_restore = redate(project, pre_restore, "2025-03-05T15:00:00Z")
+
+    dry = json.loads(project.ok("snapshot", "forget", "--env", "production", "--dry-run", "--json").out)
+    production = group(dry, "production")
+    assert production["remove"] == []
+    kept = {item["id"]: (item["kind"], item["reasons"]) for item in production["keep"]}
+    assert kept == {
+        scheduled: ("scheduled", ["daily snapshot", "weekly snapshot", "monthly snapshot"]),
+        pre_restore: ("pre-restore", ["pre-restore snapshot"]),
+        deploy: ("pre-deploy", ["pre-deploy snapshot"]),
+        day_before: ("scheduled", ["daily snapshot", "oldest weekly snapshot", "oldest monthly snapshot"]),
+    }
+    assert "(manual and scheduled)" in production["policy"]
+
+    human = project.ok("snapshot", "forget", "--env", "production", "--dry-run").out
+    scheduled_line = next(line for line in human.splitlines() if scheduled[:8] in line)
+    assert "keep" in scheduled_line and "daily snapshot" in scheduled_line
+    assert json.loads(project.ok("snapshot", "forget", "--env", "production", "--json").out)["removed"] == []
+    assert {scheduled, pre_restore, deploy, day_before} <= project.snapshot_ids()
 
 
 def test_forget_prune_frees_the_space_of_removed_snapshots(project: Project, tmp_path: Path) -> None:

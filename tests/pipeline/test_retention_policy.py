@@ -1,6 +1,7 @@
-"""`plan_forget` on synthetic snapshots: restic's calendar rules over every kind, pre-deploy
-snapshots of the last N deploys kept in addition, groups per environment and project path, and
-snapshots of other tools never considered."""
+"""`plan_forget` on synthetic snapshots: restic's calendar rules over the manual and scheduled
+snapshots only, pre-deploy snapshots of the last N deploys and pre-restore snapshots of the last
+N restores kept by their own rules, groups per environment and project path, and snapshots of
+other tools never considered."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import itertools
 from datetime import UTC, datetime, timedelta
 
 from lockstep.config.model import RetentionConfig
-from lockstep.pipeline.retention_policy import REMOVE_REASON, describe, is_empty, plan_forget
+from lockstep.pipeline.retention_policy import REMOVE_REASON, ForgetPlan, describe, is_empty, plan_forget
 from lockstep.repository.snapshot import Snapshot
 
 NOW = datetime(2025, 6, 30, 12, 0, tzinfo=UTC)
@@ -81,6 +82,55 @@ def test_pre_deploy_snapshots_of_the_last_deploys_are_kept_in_addition() -> None
     reasons = {verdict.snapshot.id: verdict.reasons for verdict in plan.groups[0].verdicts}
     assert reasons[deploys[-1].id] == ("pre-deploy snapshot",)
     assert reasons[nightly.id] == ("daily snapshot",)
+    assert reasons[deploys[0].id] == ("not of the last 10 deploys",)
+
+
+def reasons_by_id(plan: ForgetPlan) -> dict[str, tuple[str, ...]]:
+    return {verdict.snapshot.id: verdict.reasons for group in plan.groups for verdict in group.verdicts}
+
+
+def test_a_pre_restore_snapshot_after_the_days_backup_does_not_take_its_daily_slot() -> None:
+    """The default retention, a scheduled backup, then a restore the same day: restic keeps the
+    newest snapshot of a day, and the pre-restore snapshot (one database, before a restore) used
+    to be the day's daily, weekly and monthly while the whole-app backup was forgotten. The
+    calendar rules count regular snapshots only; the pre-restore one has its own rule."""
+    yesterday = snapshot(datetime(2025, 6, 28, 2, tzinfo=UTC))
+    nightly = snapshot(datetime(2025, 6, 29, 2, tzinfo=UTC))
+    before_restore = snapshot(datetime(2025, 6, 29, 15, tzinfo=UTC), kind="pre-restore")
+    plan = plan_forget([yesterday, nightly, before_restore], RetentionConfig(), NOW, project="shop")
+    assert plan.remove == []
+    reasons = reasons_by_id(plan)
+    assert reasons[nightly.id] == ("daily snapshot", "weekly snapshot", "monthly snapshot")
+    assert reasons[before_restore.id] == ("pre-restore snapshot",)
+    assert reasons[yesterday.id] == ("daily snapshot", "oldest weekly snapshot", "oldest monthly snapshot")
+
+
+def test_a_pre_deploy_snapshot_after_the_days_backup_does_not_take_its_daily_slot() -> None:
+    """keep_daily 1: the day's manual snapshot stays the daily, the later deploy's snapshot is
+    kept by the pre-deploy rule; with keep_pre_deploy 0 it goes, and says why."""
+    manual = snapshot(datetime(2025, 6, 29, 9, tzinfo=UTC), kind="manual")
+    deploy = snapshot(datetime(2025, 6, 29, 14, tzinfo=UTC), kind="pre-deploy", extra=("deploy:d1",))
+    plan = plan_forget([manual, deploy], only_daily(1, pre_deploy=10), NOW, project="shop")
+    assert plan.remove == []
+    assert reasons_by_id(plan) == {manual.id: ("daily snapshot",), deploy.id: ("pre-deploy snapshot",)}
+    without = plan_forget([manual, deploy], only_daily(1, pre_deploy=0), NOW, project="shop")
+    assert ids(without.remove) == {deploy.id}
+    assert reasons_by_id(without)[deploy.id] == ("keep_pre_deploy is 0",)
+
+
+def test_the_calendar_rules_count_only_days_with_a_regular_snapshot() -> None:
+    """keep_daily 2 over a scheduled backup, a day of deploys only, and another backup: the two
+    dailies are the two backups (restic's buckets count days that have a snapshot), never a
+    pre-deploy or pre-restore snapshot standing in for a day without a backup."""
+    first = snapshot(datetime(2025, 6, 27, 2, tzinfo=UTC))
+    deploy = snapshot(datetime(2025, 6, 28, 12, tzinfo=UTC), kind="pre-deploy")
+    restore = snapshot(datetime(2025, 6, 28, 13, tzinfo=UTC), kind="pre-restore")
+    last = snapshot(datetime(2025, 6, 29, 2, tzinfo=UTC))
+    plan = plan_forget([first, deploy, restore, last], only_daily(2), NOW, project="shop")
+    reasons = reasons_by_id(plan)
+    assert reasons[first.id] == ("daily snapshot",) and reasons[last.id] == ("daily snapshot",)
+    assert reasons[deploy.id] == ("keep_pre_deploy is 0",)
+    assert reasons[restore.id] == ("keep_pre_restore is 0",)
 
 
 def test_pre_deploy_snapshots_sharing_a_deploy_tag_count_as_one_deploy() -> None:
@@ -101,7 +151,7 @@ def test_pre_restore_snapshots_of_the_last_restores_are_kept_in_addition() -> No
     assert ids(plan.keep) == ids([nightly, *restores[-3:]])
     reasons = {verdict.snapshot.id: verdict.reasons for group in plan.groups for verdict in group.verdicts}
     assert reasons[restores[-1].id] == ("pre-restore snapshot",)
-    assert reasons[restores[0].id] == (REMOVE_REASON,)
+    assert reasons[restores[0].id] == ("not of the last 3 restores",)
     assert ids(plan_forget([*restores, nightly], only_daily(1, pre_restore=0), NOW, project="shop").keep) == {
         nightly.id
     }
@@ -188,9 +238,10 @@ def test_a_snapshot_in_the_future_does_not_shift_the_window() -> None:
 
 def test_describe_and_empty() -> None:
     assert describe(RetentionConfig()) == (
-        "keep 7 daily, 4 weekly, all monthly snapshots, plus the pre-deploy snapshots of the last 10 deploys"
-        " and the pre-restore snapshots of the last 3 restores"
+        "keep 7 daily, 4 weekly, all monthly snapshots (manual and scheduled), plus the pre-deploy snapshots"
+        " of the last 10 deploys and the pre-restore snapshots of the last 3 restores"
     )
+    assert describe(only_daily(0, pre_deploy=5)) == "keep only the pre-deploy snapshots of the last 5 deploys"
     assert is_empty(RetentionConfig(keep_daily=0, keep_weekly=0, keep_monthly=0, keep_pre_deploy=0, keep_pre_restore=0))
     assert not is_empty(only_daily(0, pre_restore=1))
     assert describe(only_daily(1, pre_restore=-1)).endswith(", plus every pre-restore snapshot")

@@ -1,13 +1,17 @@
-"""Which coordinated snapshots the config's retention keeps: restic's rules plus pre-deploy and
-pre-restore snapshots.
+"""Which coordinated snapshots the config's retention keeps: restic's calendar rules for the
+regular snapshots, and a rule of their own for pre-deploy and pre-restore snapshots.
 
 The calendar rules (keep_daily, keep_weekly, keep_monthly) are restic's `forget` semantics and
-come from `repository/retention.py`, applied to every kind of snapshot alike. On top of that the
-pre-deploy snapshots of the last `keep_pre_deploy` deploys are kept, because they are what a
-rollback restores: a week of quiet nights must not push last Tuesday's deploy out of reach.
-Likewise the pre-restore snapshots of the last `keep_pre_restore` restores: each is the only undo
-of a mistaken restore, and the calendar rules alone keep just one snapshot a day, so the next
-backup that day would forget it.
+come from `repository/retention.py`, applied to the regular snapshots only: manual and scheduled
+ones (any kind but the two below). A snapshot taken for a special purpose never takes a day's,
+week's or month's slot: restic keeps the newest snapshot of each day, so a pre-restore snapshot
+(one database, taken before a restore) after the nightly backup would otherwise be the day's
+daily and the whole-app backup would be forgotten. Instead:
+
+* the pre-deploy snapshots of the last `keep_pre_deploy` deploys are kept, because they are what
+  a rollback restores: a week of quiet nights must not push last Tuesday's deploy out of reach;
+* the pre-restore snapshots of the last `keep_pre_restore` restores are kept: each is the only
+  undo of a mistaken restore.
 
 Only snapshots tagged `lockstep` of the project (its path, /lockstep/NAME) are considered;
 another tool's or another project's snapshots in the same repository are never in a plan, so a
@@ -39,6 +43,8 @@ from lockstep.repository.snapshot import Snapshot
 
 PRE_DEPLOY_KIND = "pre-deploy"
 PRE_RESTORE_KIND = "pre-restore"  # one per restore (`snapshot restore`, a data rollback)
+# Kinds kept by a rule of their own and never by the calendar rules; every other kind is regular.
+SPECIAL_KINDS = (PRE_DEPLOY_KIND, PRE_RESTORE_KIND)
 # A deploy that snapshots several times tags them all `deploy:<id>` (DEPLOY_TAG_PREFIX); they
 # count as one deploy.
 REMOVE_REASON = "no rule keeps it"
@@ -97,19 +103,27 @@ def is_empty(retention: RetentionConfig) -> bool:
 
 
 def describe(retention: RetentionConfig) -> str:
-    """One line, restic's wording plus the pre-deploy and pre-restore rules."""
+    """One line: restic's wording for the calendar rules, which count the manual and scheduled
+    snapshots only, plus the pre-deploy and pre-restore rules."""
     policy = calendar_policy(retention)
-    text = policy.describe() if not policy.is_empty else "keep"
     extras = []
     if retention.keep_pre_deploy == UNLIMITED:
         extras.append("every pre-deploy snapshot")
     elif retention.keep_pre_deploy > 0:
-        extras.append(f"the pre-deploy snapshots of the last {retention.keep_pre_deploy} deploys")
+        extras.append(f"the pre-deploy snapshots of {_the_last(retention.keep_pre_deploy, 'deploy')}")
     if retention.keep_pre_restore == UNLIMITED:
         extras.append("every pre-restore snapshot")
     elif retention.keep_pre_restore > 0:
-        extras.append(f"the pre-restore snapshots of the last {retention.keep_pre_restore} restores")
+        extras.append(f"the pre-restore snapshots of {_the_last(retention.keep_pre_restore, 'restore')}")
+    if policy.is_empty:
+        return f"keep only {' and '.join(extras)}" if extras else "keep"
+    text = f"{policy.describe()} (manual and scheduled)"
     return f"{text}, plus {' and '.join(extras)}" if extras else text
+
+
+def _the_last(count: int, noun: str) -> str:
+    """`the last 10 deploys`, `the last deploy`."""
+    return f"the last {noun}" if count == 1 else f"the last {count} {noun}s"
 
 
 def snapshot_environment(snapshot: Snapshot) -> str:
@@ -118,6 +132,11 @@ def snapshot_environment(snapshot: Snapshot) -> str:
 
 def snapshot_kind(snapshot: Snapshot) -> str:
     return tag_value(snapshot, KIND_TAG_PREFIX) or "manual"
+
+
+def is_regular(snapshot: Snapshot) -> bool:
+    """Counted by the calendar rules: a manual or scheduled snapshot (any kind but SPECIAL_KINDS)."""
+    return snapshot_kind(snapshot) not in SPECIAL_KINDS
 
 
 def plan_forget(
@@ -159,7 +178,10 @@ def _plan_group(members: list[Snapshot], retention: RetentionConfig, now_ns: int
     reasons: dict[str, list[str]] = {snapshot.id: [] for snapshot in ordered}
     policy = calendar_policy(retention)
     if not policy.is_empty:
-        for kept in apply_policy(ordered, policy, now_ns).reasons:
+        # restic's rules over the regular snapshots only: a pre-deploy or pre-restore snapshot
+        # taken after the day's backup must not become the day's daily in its place.
+        regular = [snapshot for snapshot in ordered if is_regular(snapshot)]
+        for kept in apply_policy(regular, policy, now_ns).reasons:
             reasons[kept.snapshot.id].extend(kept.matches)
     for snapshot in _last_pre_deploy(ordered, retention.keep_pre_deploy):
         reasons[snapshot.id].append("pre-deploy snapshot")
@@ -168,9 +190,24 @@ def _plan_group(members: list[Snapshot], retention: RetentionConfig, now_ns: int
     if not any(reasons.values()):
         return [SnapshotVerdict(snapshot, True, ("the rules keep none of this group",)) for snapshot in ordered]
     return [
-        SnapshotVerdict(snapshot, bool(reasons[snapshot.id]), tuple(reasons[snapshot.id]) or (REMOVE_REASON,))
+        SnapshotVerdict(
+            snapshot, bool(reasons[snapshot.id]), tuple(reasons[snapshot.id]) or (_removal(snapshot, retention),)
+        )
         for snapshot in ordered
     ]
+
+
+def _removal(snapshot: Snapshot, retention: RetentionConfig) -> str:
+    """Why a snapshot no rule keeps goes: a special one is past its own rule, which is the only
+    one that could keep it (the calendar rules never count it)."""
+    kind = snapshot_kind(snapshot)
+    if kind == PRE_DEPLOY_KIND:
+        count = retention.keep_pre_deploy
+        return "keep_pre_deploy is 0" if count == 0 else f"not of {_the_last(count, 'deploy')}"
+    if kind == PRE_RESTORE_KIND:
+        count = retention.keep_pre_restore
+        return "keep_pre_restore is 0" if count == 0 else f"not of {_the_last(count, 'restore')}"
+    return REMOVE_REASON
 
 
 def _last_pre_deploy(ordered: list[Snapshot], count: int) -> list[Snapshot]:
