@@ -106,7 +106,7 @@ def test_in_place_with_yes_takes_a_pre_restore_snapshot_and_verifies(project: Pr
 def test_the_next_backup_the_same_day_keeps_the_pre_restore_snapshot(project: Project) -> None:
     """The pre-restore snapshot is the only undo of a mistaken restore: the backup that follows
     the same day applies retention (one daily snapshot kept) and used to forget it. The
-    pre-restore rule (keep_pre_restore, default 3) keeps it, and forget --dry-run says why."""
+    pre-restore rule (keep_pre_restore, default 10) keeps it, and forget --dry-run says why."""
     with (project.root / "lockstep.toml").open("a") as config:
         config.write('\n[backup]\nmin_free_disk_mb = 1\nverify_level = "none"\n')
     git(project.root, "commit", "-q", "-am", "backup settings")

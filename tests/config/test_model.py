@@ -25,6 +25,7 @@ def test_defaults_come_from_the_model() -> None:
     assert config.retention.keep_weekly == 4
     assert config.retention.keep_monthly == -1
     assert config.retention.keep_pre_deploy == 10
+    assert config.retention.keep_pre_restore == 10
     assert config.code.allow_dirty is False
     assert config.files.config == []
 

@@ -239,7 +239,7 @@ def test_a_snapshot_in_the_future_does_not_shift_the_window() -> None:
 def test_describe_and_empty() -> None:
     assert describe(RetentionConfig()) == (
         "keep 7 daily, 4 weekly, all monthly snapshots (manual and scheduled), plus the pre-deploy snapshots"
-        " of the last 10 deploys and the pre-restore snapshots of the last 3 restores"
+        " of the last 10 deploys and the pre-restore snapshots of the last 10 restores"
     )
     assert describe(only_daily(0, pre_deploy=5)) == "keep only the pre-deploy snapshots of the last 5 deploys"
     assert is_empty(RetentionConfig(keep_daily=0, keep_weekly=0, keep_monthly=0, keep_pre_deploy=0, keep_pre_restore=0))

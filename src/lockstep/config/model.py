@@ -445,23 +445,57 @@ class FilesConfig(_Section):
 
 
 class RetentionConfig(_Section):
-    """How many snapshots `forget` keeps; -1 keeps every snapshot of that kind."""
+    """How many snapshots `forget` keeps; -1 keeps every snapshot of that kind.
 
-    keep_daily: int = Field(default=7, ge=-1, description="Daily snapshots to keep (-1: all).", examples=[14])
-    keep_weekly: int = Field(default=4, ge=-1, description="Weekly snapshots to keep (-1: all).", examples=[8])
-    keep_monthly: int = Field(
-        default=-1, ge=-1, description="Monthly snapshots to keep (-1: all, forever).", examples=[12]
-    )
-    keep_pre_deploy: int = Field(
-        default=10, ge=-1, description="Snapshots taken just before a deploy to keep (-1: all).", examples=[20]
-    )
-    keep_pre_restore: int = Field(
-        default=3,
+    The calendar rules count the regular (manual and scheduled) snapshots only; pre-deploy and
+    pre-restore snapshots are kept by a rule of their own, so one taken after the day's backup
+    never takes that backup's place as the day's daily."""
+
+    keep_daily: int = Field(
+        default=7,
         ge=-1,
         description=(
-            "The pre-restore snapshots (taken by `snapshot restore` and data rollbacks, the only undo of a "
-            "mistaken restore) of the last N restores to keep on top of the calendar rules, so the next "
-            "backup the same day does not forget them (-1: all, 0: no such rule)."
+            "Days to keep the newest manual or scheduled snapshot of, the last N days that have one "
+            "(restic's --keep-daily; -1: every day)."
+        ),
+        examples=[14],
+    )
+    keep_weekly: int = Field(
+        default=4,
+        ge=-1,
+        description=(
+            "Weeks (Monday to Sunday) to keep the newest manual or scheduled snapshot of (restic's "
+            "--keep-weekly; -1: every week)."
+        ),
+        examples=[8],
+    )
+    keep_monthly: int = Field(
+        default=-1,
+        ge=-1,
+        description=(
+            "Months to keep the newest manual or scheduled snapshot of (restic's --keep-monthly; "
+            "-1: every month, forever)."
+        ),
+        examples=[12],
+    )
+    keep_pre_deploy: int = Field(
+        default=10,
+        ge=-1,
+        description=(
+            "The pre-deploy snapshots (taken by `deploy` before it changes anything, what `rollback "
+            "--with-data` restores) of the last N deploys to keep. This is the only rule that keeps them: "
+            "the calendar rules never count them (-1: all, 0: none)."
+        ),
+        examples=[20],
+    )
+    keep_pre_restore: int = Field(
+        default=10,
+        ge=-1,
+        description=(
+            "The pre-restore snapshots (taken by `snapshot restore` and data rollbacks before they "
+            "overwrite a live database: the only undo of a mistaken restore) of the last N restores "
+            "to keep. This is the only rule that keeps them: the calendar rules never count them, so "
+            "one taken after the day's backup never makes that backup forgotten (-1: all, 0: none)."
         ),
         examples=[5],
     )
@@ -547,8 +581,20 @@ class ProjectConfig(_Section):
     )
     retention: RetentionConfig = Field(
         default_factory=RetentionConfig,
-        description="How many snapshots to keep.",
-        examples=[{"keep_daily": 14}],
+        description=(
+            "Which snapshots `snapshot forget`, `backup` and the agent's forget keep, per environment. "
+            "keep_daily, keep_weekly and keep_monthly are restic's calendar rules (the newest snapshot "
+            "of each of the last N days, weeks, months that have one; the oldest kept when a rule "
+            "is not filled) over the regular snapshots: manual (`snapshot create`) and scheduled "
+            "(`backup`, the agent). Snapshots taken for a purpose have a rule of their own instead: "
+            "pre-deploy ones keep_pre_deploy, pre-restore ones keep_pre_restore. The rules add up: "
+            "a snapshot is kept when any rule keeps it, and `snapshot forget --dry-run` lists why. "
+            "The example keeps two weeks of dailies, every pre-deploy snapshot of the last 20 deploys "
+            "and the pre-restore snapshots of the last 5 restores. With restic itself the calendar "
+            "part is `restic forget --tag env:production,kind:scheduled --tag "
+            "env:production,kind:manual --keep-daily 14 ...`."
+        ),
+        examples=[{"keep_daily": 14, "keep_pre_deploy": 20, "keep_pre_restore": 5}],
     )
     backup: BackupConfig = Field(
         default_factory=BackupConfig,
