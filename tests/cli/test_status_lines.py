@@ -55,3 +55,10 @@ def test_the_first_line_of_an_app_of_workers_only_offers_no_url() -> None:
     line = describe_environment({"environment": "test", "url": None, "workers_only": True})
     assert line == "environment test: workers only, no URL (no component has a port)"
     assert "http" not in line
+
+
+def test_the_first_line_of_a_project_without_an_app_says_so() -> None:
+    """A config with no [app.components] (snapshots and backups only) was called "workers only"."""
+    document = {"environment": "production", "url": None, "workers_only": True, "app_configured": False}
+    line = describe_environment(document)
+    assert line == "environment production: no app to deploy ([app.components] is empty): snapshots and backups only"

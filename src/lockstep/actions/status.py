@@ -56,6 +56,8 @@ def environment_status(
         "lock": _lock_document(context),
         # No component has a port: the proxy never gets traffic, deployed or not (cli/status.py).
         "workers_only": runs_workers_only(context.config, None),
+        # No [app.components] at all: a project that only takes snapshots and backups.
+        "app_configured": bool(context.config.app.components),
     }
     try:
         status = agent.status()

@@ -175,6 +175,9 @@ def describe_environment(document: dict[str, Any]) -> str:
     """The first line: the environment and where it answers; an app of workers only answers
     nowhere, and printing the proxy's address sent people to a URL nothing listens on."""
     where = document.get("url") or "workers only, no URL (no component has a port)"
+    if not document.get("url") and document.get("app_configured") is False:
+        # "workers only" of a config with no app at all sent a newcomer looking for workers.
+        where = "no app to deploy ([app.components] is empty): snapshots and backups only"
     return f"environment {document['environment']}: {where}"
 
 
