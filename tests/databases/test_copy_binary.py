@@ -8,17 +8,23 @@ tables' rows compared as text, where a wrong scale of a numeric or a microsecond
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
-from lockstep.databases import copy_binary
+from lockstep.databases import copy_binary, postgresql_loader
 from lockstep.databases.base import ServerLocation
 from lockstep.databases.postgresql import PostgresqlAdapter
 from lockstep.errors import SourceError
 from tests.conftest import missing
-from tests.databases.test_postgresql import SERVER_URL, adapter  # noqa: F401 - a fixture
+from tests.databases.test_postgresql import (
+    SERVER_URL,
+    adapter,  # noqa: F401 - a fixture
+    dump_bytes,
+    execute,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -184,8 +190,8 @@ def test_binary_rows_load_exactly_what_the_text_loads(
             copy.write(copy_binary.HEADER)
             # In two pieces cut at a row's end, as the loader sends them.
             cut = text.index(b"\n", len(text) // 2) + 1
-            copy.write(copy_binary.rows(text[:cut], kinds, statement))
-            copy.write(copy_binary.rows(text[cut:], kinds, statement))
+            copy.write(copy_binary.rows(text[:cut], kinds, statement)[0])
+            copy.write(copy_binary.rows(text[cut:], kinds, statement)[0])
             copy.write(copy_binary.TRAILER)
         assert cursor.rowcount == len(_rows())
 
@@ -201,6 +207,37 @@ def test_a_value_the_converter_cannot_read_names_the_row_and_column_not_the_valu
     message = str(raised.value)
     assert '"My Schema".events' in message and "row 2, column 2" in message and "timestamptz" in message
     assert "secret" not in message
+    # A piece of a table whose earlier pieces held 40 rows, and one whose earlier rows were not counted.
+    with pytest.raises(SourceError, match="row 42, column 2"):
+        copy_binary.rows(text, b"lT", statement, lambda: 40)
+    with pytest.raises(SourceError, match="row 2 of one piece of them, column 2"):
+        copy_binary.rows(text, b"lT", statement, lambda: None)
+
+
+def test_a_damaged_row_past_the_first_piece_is_numbered_within_its_table(
+    adapter: PostgresqlAdapter,  # noqa: F811
+) -> None:
+    """The loader sends a table in 1 MiB pieces to two connections; the row number is the
+    table's, not the piece's."""
+    source, target = adapter.create_scratch(SERVER_URL, None), adapter.create_scratch(SERVER_URL, None)
+    try:
+        execute(
+            source,
+            "CREATE TABLE notes (id int, body text);"
+            " INSERT INTO notes SELECT g, 'secret-' || md5(g::text) FROM generate_series(1, 80000) g;",
+        )
+        dump = dump_bytes(adapter, source)
+        assert len(dump) > 3 * postgresql_loader.PIECE_BYTES
+        damaged = dump.replace(b"\x0070000\tsecret-", b"\x007000x\tsecret-")  # a frame per row
+        assert damaged.count(b"7000x") == 1
+        with pytest.raises(SourceError) as raised:
+            adapter.restore(target, None, io.BytesIO(damaged), create=False)
+        message = str(raised.value)
+        assert "public.notes" in message and "row 70000, column 1: " in message and "integer" in message
+        assert "secret" not in message and "7000x" not in message
+    finally:
+        adapter.drop_database(target, None)
+        adapter.drop_database(source, None)
 
 
 @pytest.mark.parametrize(
@@ -274,9 +311,9 @@ def test_a_domain_column_goes_as_its_base_type_and_keeps_its_check(
         planned = copy_binary.binary_statement(cursor, statement)
         assert planned is not None and planned[1] == b"it"
         with cursor.copy(planned[0]) as copy:
-            copy.write(copy_binary.HEADER + copy_binary.rows(b"1\tone\n2\t\\N\n", planned[1], statement))
+            copy.write(copy_binary.HEADER + copy_binary.rows(b"1\tone\n2\t\\N\n", planned[1], statement)[0])
             copy.write(copy_binary.TRAILER)
         with pytest.raises(psycopg.errors.CheckViolation), cursor.copy(planned[0]) as copy:
-            copy.write(copy_binary.HEADER + copy_binary.rows(b"-1\tnegative\n", planned[1], statement))
+            copy.write(copy_binary.HEADER + copy_binary.rows(b"-1\tnegative\n", planned[1], statement)[0])
             copy.write(copy_binary.TRAILER)
     assert database.execute("SELECT id, label FROM counted ORDER BY id").fetchall() == [(1, "one"), (2, None)]

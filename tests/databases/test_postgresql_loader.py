@@ -218,7 +218,7 @@ class _Recorder:
     def begin(self, statement: bytes) -> None:
         self.events.append(("begin", statement))
 
-    def rows_piece(self, data: bytes) -> None:
+    def rows_piece(self, data: bytes, piece: object) -> None:
         self.events.append(("data", data))
         self.backlog += 1
 
@@ -283,9 +283,9 @@ def test_tables_of_known_types_load_as_binary_rows_and_the_rest_as_text(
     converted: list[bytes] = []
     rows = copy_binary.rows
 
-    def counting_rows(text: bytes, kinds: bytes, statement: bytes) -> bytes:
+    def counting_rows(text: bytes, kinds: bytes, statement: bytes, *before: Any) -> tuple[bytes, int]:
         converted.append(statement)
-        return rows(text, kinds, statement)
+        return rows(text, kinds, statement, *before)
 
     monkeypatch.setattr(copy_binary, "rows", counting_rows)
     fill(database)

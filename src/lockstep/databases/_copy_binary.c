@@ -15,6 +15,8 @@
  *     convert(text, kinds) -> (binary rows, row count)
  * `kinds` holds one byte per column (the KIND_* letters below). The output is the rows only:
  * the caller writes the format's header before the first and its trailer after the last.
+ * A row it cannot read raises ValueError(row number within `text`, counted from 1, reason): the
+ * caller, which sends a table in pieces, knows which row of the table that is.
  * The GIL is released while converting.
  */
 
@@ -584,7 +586,8 @@ static int convert_rows(const unsigned char *text, size_t length, const char *ki
 
 PyDoc_STRVAR(convert_doc, "convert(text, kinds) -> (binary rows, row count)\n\n"
                           "Whole rows of COPY text in PostgreSQL's binary COPY format (without the\n"
-                          "header and trailer). ValueError names the row and column it cannot read.");
+                          "header and trailer). A row it cannot read raises ValueError(row number\n"
+                          "within text, reason naming the column but never the value).");
 
 static PyObject *convert(PyObject *module, PyObject *args) {
     Py_buffer text, kinds;
@@ -612,7 +615,11 @@ static PyObject *convert(PyObject *module, PyObject *args) {
         if (output.failed) {
             return PyErr_NoMemory();
         }
-        PyErr_Format(PyExc_ValueError, "row %zd, %s", rows + 1, error.message);
+        PyObject *arguments = Py_BuildValue("(ns)", rows + 1, error.message);
+        if (arguments != NULL) {
+            PyErr_SetObject(PyExc_ValueError, arguments);
+            Py_DECREF(arguments);
+        }
         return NULL;
     }
     PyObject *result = PyBytes_FromStringAndSize((const char *)output.data, (Py_ssize_t)output.size);

@@ -11,6 +11,7 @@ compares it with the manifest.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -75,16 +76,25 @@ def binary_statement(cursor: Cursor, copy_statement: bytes) -> tuple[bytes, byte
     return copy_statement + b" WITH (FORMAT binary)", b"".join(kind for kind in kinds if kind is not None)
 
 
-def rows(text: bytes, kinds: bytes, copy_statement: bytes) -> bytes:
-    """`text`'s whole rows in binary form; a row the converter cannot read raises SourceError
-    naming the table, the row and the column (never the value)."""
+def rows(
+    text: bytes, kinds: bytes, copy_statement: bytes, rows_before: Callable[[], int | None] = lambda: 0
+) -> tuple[bytes, int]:
+    """`text`'s whole rows in binary form, and how many there are. A row the converter cannot
+    read raises SourceError naming the table, the row and the column (never the value); the row
+    is numbered within the table when `rows_before()` says how many of its rows came before
+    `text` (it is only asked then), else within `text`."""
     assert convert is not None
     try:
-        return convert(text, kinds)[0]
+        return convert(text, kinds)
     except ValueError as error:
         parts = _copy_parts(copy_statement)
         table = parts[0].decode(errors="replace") if parts else "a table"
-        raise SourceError(f"the dump's rows of {table} cannot be read: {error}") from None
+        if len(error.args) != 2:
+            raise SourceError(f"the dump's rows of {table} cannot be read: {error}") from None
+        row, reason = error.args
+        before = rows_before()
+        where = f"row {before + row}" if before is not None else f"row {row} of one piece of them"
+        raise SourceError(f"the dump's rows of {table} cannot be read: {where}, {reason}") from None
 
 
 def _copy_parts(statement: bytes) -> tuple[bytes, bytes] | None:
