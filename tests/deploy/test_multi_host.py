@@ -967,9 +967,11 @@ def test_a_data_rollback_host_killed_after_the_retire_go_serves_the_release_with
     error = document["error"]
     assert "MAY SERVE DIFFERENT RELEASES" not in error, error
     assert "serves on every host, but did not finish everywhere" in error, error
-    assert f"{name} did not confirm" in error and "it serves this release (its part of this rollback: interrupted)" in (
-        error
-    ), error
+    # Killed in its code step (it waited at the retire barrier inside it), which the orchestrator
+    # said as "exit code -1" at the pre-switch check, a step inside the code step that had ended.
+    died = "its lockstep process was killed by SIGKILL during its code step"
+    assert f"{name} did not confirm ({died})" in error, error
+    assert "it serves this release (its part of this rollback: interrupted)" in error, error
     # The primary's part, killed or not, says it restored the data: the restore stands.
     assert document["data_restored"] is True and document["hosts"][0]["data_restored"] is True, document
     assert [host.version() for host in fleet.hosts] == ["1.0.0", "1.0.0"]
@@ -977,10 +979,14 @@ def test_a_data_rollback_host_killed_after_the_retire_go_serves_the_release_with
     record = fleet.history()[-1]
     assert (record["operation"], record["outcome"], record["failed_step"]) == ("rollback", "succeeded", "retire")
     assert record["data_restored"] is True and record["release_id"] == first["id"], record
+    assert f"{name} did not confirm ({died})" in record["reason"], record
+    for said in (document, record):
+        host_said = said["hosts"][killed_host]
+        assert (host_said["exit_signal"], host_said["failed_step"], host_said["detail"]) == ("SIGKILL", "code", died)
     assert "succeeded +data" in fleet.lockstep("history").stdout
     host = fleet.hosts[killed_host]
     killed = host.history()[-1]
-    assert killed["outcome"] == "interrupted", killed
+    assert killed["outcome"] == "interrupted" and killed["failed_step"] == "code", killed
     # The whole slot it left stops, as the rollback's retire would have stopped it: 2.0.0 expects
     # the newer schema (its web stayed warm, answering errors, and a rollback to it would have
     # switched to it at once).
@@ -1010,11 +1016,18 @@ def test_a_host_killed_with_its_workers_stopped_for_the_restore_gets_them_back(f
         os.kill(int(str(record["pid"])), signal.SIGKILL)
         killed = time.time()
         go.touch()
-        process.communicate(timeout=300)
+        out, _ = process.communicate(timeout=300)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+    # The orchestrator says where it was killed, after what failed (it said "exit code -1").
+    document = json.loads(out)
+    died = "then its lockstep process was killed by SIGKILL while it waited at its held barrier"
+    said = document["hosts"][1]
+    assert (said["exit_signal"], said["failed_step"]) == ("SIGKILL", "smoke"), said
+    assert said["detail"].startswith("failed at smoke: smoke tests failed") and said["detail"].endswith(died), said
+    assert died in document["error"] and fleet.history()[-1]["hosts"][1] == said, document
     wait_for_writes(logs[1], "host-1", "1.0.0", after=killed, timeout=30)  # its agent started them again
     assert second.agent_log is not None
     deadline = time.monotonic() + 20  # the log line follows the start

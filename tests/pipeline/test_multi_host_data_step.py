@@ -58,7 +58,7 @@ class ScriptedHost:
             self.answer(self, word)
 
     async def wait(self, check: bool = False) -> SimpleNamespace:
-        return SimpleNamespace(exit_status=self.exit_status)
+        return SimpleNamespace(exit_status=self.exit_status, exit_signal=None)  # as asyncssh
 
 
 def _fan_out(hosts: list[ScriptedHost]) -> tuple[HostFanOut, list[HostRun], Collector]:

@@ -76,3 +76,16 @@ def test_forget_undo_drops_an_undo_that_no_longer_applies() -> None:
     runner.forget_undo("switch")
     runner.unwind()
     assert undone == ["start"]
+
+
+def test_a_step_inside_another_ending_leaves_the_outer_one_as_the_running_step() -> None:
+    """A rollback's pre-switch check runs inside its code step: once the check ended, a record
+    saved then (a process killed then says where it was) names the code step as running, not
+    the check."""
+    runner = StepRunner(Collector())
+    saved: list[list[dict[str, object]]] = []
+    runner.on_started = lambda step, detail: saved.append(runner.progress(step, detail))
+    runner.run("code", "release 1", lambda: runner.run("pre-switch check", "slot blue", lambda: None))
+    running = [[item["step"] for item in steps if item["outcome"] == "running"] for steps in saved]
+    assert running == [["code"], ["pre-switch check"], ["code"]]
+    assert [item["step"] for item in saved[-1]] == ["pre-switch check", "code"]

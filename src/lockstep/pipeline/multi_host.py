@@ -75,6 +75,7 @@ from lockstep.pipeline.environment_lock import (
 )
 from lockstep.pipeline.history import History, OperationRecord, RedactedRecord
 from lockstep.pipeline.multi_host_retire import RetireReport, retire_outcome
+from lockstep.pipeline.multi_host_steps import RunningSteps, died_by_signal
 from lockstep.pipeline.notifications import notifier_for, operation_event, secrets_redactor, teach_reporter_secrets
 from lockstep.pipeline.releases import ResolvedRef, new_deploy_id, resolve_ref
 from lockstep.pipeline.steps import Reporter, StepRunner, bind_context
@@ -100,7 +101,9 @@ class HostRun:
     connection: Any = None
     process: Any = None
     outcome: str = "not started"
-    exit_code: int | None = None
+    exit_code: int | None = None  # -1 when a signal ended it (asyncssh)
+    exit_signal: str | None = None  # "SIGKILL": what ended its lockstep, which then said nothing
+    steps: RunningSteps = field(default_factory=RunningSteps)  # as its step events say
     result: dict[str, Any] | None = None
     # Its record of this operation, from its status asked again after the retire "go", when it
     # ended without a result (killed, its connection lost): what it did, the data restore included.
@@ -125,10 +128,25 @@ class HostRun:
         """What went wrong on this host, in one line."""
         if self.lost is not None:
             return f"the SSH connection was lost ({self.lost}); the host undoes its deploy at its next barrier"
+        if self.exit_signal is not None:
+            return died_by_signal(self.exit_signal, self.steps, self.waiting_at)
         result = self.result or {}
         step = result.get("failed_step")
-        reason = result.get("error") or result.get("reason") or f"exit code {self.exit_code}"
+        reason = result.get("error") or result.get("reason")
+        if reason is None and self.steps.first_failed is not None:  # it has not ended (unwinding)
+            step, reason = self.steps.first_failed
+        reason = reason or f"exit code {self.exit_code}"
         return f"failed{f' at {step}' if step else ''}: {reason}"
+
+    def failed_step(self) -> str | None:
+        """The step it failed at, as it said; killed, the first step its events said failed, else
+        the one it was in."""
+        if self.exit_signal is not None:
+            if self.steps.first_failed is not None:
+                return self.steps.first_failed[0]
+            if self.steps.current is not None:
+                return self.steps.current
+        return (self.result or self.record_asked_again or {}).get("failed_step")
 
     def summary(self) -> dict[str, Any]:
         result = self.result or self.record_asked_again or {}
@@ -137,11 +155,12 @@ class HostRun:
             "role": "primary" if self.primary else "secondary",
             "outcome": self.outcome,
             "exit_code": self.exit_code,
+            "exit_signal": self.exit_signal,
             "slot": result.get("slot"),
             "previous_release_id": result.get("previous_release_id"),
             "snapshot_id": result.get("snapshot_id"),
             "data_restored": result.get("data_restored", False),
-            "failed_step": result.get("failed_step"),
+            "failed_step": self.failed_step(),
             "detail": self.failure() if self.culprit or self.lost is not None else None,
         }
 
@@ -291,12 +310,21 @@ class HostFanOut:
                     except ValueError:
                         self.reporter.warn(f"{run.name}: {line.strip()}")
             completed = await run.process.wait(check=False)
+            run.exit_signal = ssh.signal_name(completed.exit_signal)
             run.exit_code = completed.exit_status
             if run.exit_code is None:
                 run.lost = "the session ended without an exit status"
         except Exception as error:  # asyncssh.Error, OSError: the connection dropped
             run.lost = ssh.describe_error(error) or type(error).__name__
+        await self._stderr_read(run)
         await run.events.put(("exit", ""))
+
+    @staticmethod
+    async def _stderr_read(run: HostRun) -> None:
+        """Its last step events in before its end is told: they say where a killed host was."""
+        relay = run.tasks[1] if len(run.tasks) == 2 and run.exit_signal is not None else None
+        if relay is not None and relay is not asyncio.current_task():
+            await asyncio.wait([relay], timeout=5)
 
     async def _relay_progress(self, run: HostRun) -> None:
         """The host's JSON progress on stderr, told as ours with the host's name."""
@@ -316,6 +344,7 @@ class HostFanOut:
             return
         if not isinstance(event, dict):
             return
+        run.steps.seen(event)
         kind = event.get("event")
         if kind == "step-finished":
             self.reporter.info(f"{run.name}: {event.get('step')} ok ({event.get('duration')} s) {event.get('detail')}")
@@ -885,6 +914,8 @@ def error_of(result: ssh.RemoteResult) -> str:
             return line[-500:]
         if isinstance(event, dict) and event.get("event") == "step-failed":
             return str(event.get("reason"))[-500:]
+    if result.exit_signal is not None:
+        return f"its lockstep process {ssh.ended_by(result.exit_signal)}"
     return f"exit status {result.exit_status}"
 
 

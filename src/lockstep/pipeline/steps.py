@@ -89,6 +89,7 @@ class StepRunner:
     # so one killed with SIGKILL (no unwinding, no last words) still says where it died.
     on_started: Callable[[str, str], None] | None = None
     _undo: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+    _running: list[tuple[str, str]] = field(default_factory=list)  # (step, detail), innermost last
 
     def progress(self, running: str, detail: str = "") -> list[dict[str, Any]]:
         """The steps so far and the one now `running`, as the history stores them."""
@@ -102,6 +103,18 @@ class StepRunner:
 
     def run(self, name: str, detail: str, action: Callable[[], T], describe: Callable[[T], str] | None = None) -> T:
         """Run one step; its failure becomes StepFailed(name, reason)."""
+        self._running.append((name, detail))
+        try:
+            result = self._run(name, detail, action, describe)
+        finally:
+            self._running.pop()
+        if self._running and self.on_started is not None:
+            # A step run inside another ended: the outer one runs on, and a record killed now
+            # must say so, not that the inner one still runs (its progress named the inner one).
+            self.on_started(*self._running[-1])
+        return result
+
+    def _run(self, name: str, detail: str, action: Callable[[], T], describe: Callable[[T], str] | None) -> T:
         self.reporter.step_started(name, detail)
         started = time.monotonic()
         try:

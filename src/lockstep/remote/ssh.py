@@ -26,9 +26,23 @@ class HostUnreachable(LockstepError):
 
 @dataclass(frozen=True)
 class RemoteResult:
-    exit_status: int | None
+    exit_status: int | None  # -1 when a signal ended it
     stdout: str
     stderr: str
+    exit_signal: str | None = None  # "SIGKILL"
+
+
+def signal_name(exit_signal: Any) -> str | None:
+    """asyncssh's exit_signal (name without SIG, core dumped, message, language) as "SIGKILL"."""
+    if not exit_signal:
+        return None
+    name = str(exit_signal[0] if isinstance(exit_signal, (tuple, list)) else exit_signal)
+    return name if name.startswith("SIG") else f"SIG{name}"
+
+
+def ended_by(signal: str) -> str:
+    """How a remote process ended by `signal` ended: "was killed by SIGKILL", "died of SIGSEGV"."""
+    return "was killed by SIGKILL" if signal == "SIGKILL" else f"died of {signal}"
 
 
 def known_hosts_path(ssh: SshConfig) -> Path:
@@ -103,7 +117,9 @@ async def run(connection: Any, command: str, timeout: float | None = 600) -> Rem
         completed = await connection.run(command, check=False, timeout=timeout)
     except (OSError, asyncssh.Error) as error:
         raise HostUnreachable(f"the connection dropped while running {command!r}: {describe_error(error)}") from None
-    return RemoteResult(completed.exit_status, _text(completed.stdout), _text(completed.stderr))
+    return RemoteResult(
+        completed.exit_status, _text(completed.stdout), _text(completed.stderr), signal_name(completed.exit_signal)
+    )
 
 
 def _text(value: Any) -> str:
