@@ -268,6 +268,91 @@ def test_a_deploy_reaches_every_host_and_both_serve_it(fleet_factory: FleetFacto
     assert text.count(f"release {second['id']}") == 2, text
 
 
+def _deploy_saying(fleet: Fleet) -> list[str]:
+    """A deploy that succeeds; the info lines of its progress (JSON lines on stderr)."""
+    deployed = fleet.lockstep("deploy", "--json", "--log-format", "json")
+    assert deployed.returncode == 0, deployed.stderr + deployed.stdout
+    events = [json.loads(line) for line in deployed.stderr.splitlines() if line.startswith("{")]
+    return [str(event["message"]) for event in events if event.get("event") == "info"]
+
+
+def _sent(said: list[str], fleet: Fleet, index: int) -> str:
+    """What the deploy's progress says it sent to that host."""
+    prefix = f"host 127.0.0.1:{fleet.servers[index].port}: sent commit "
+    lines = [line for line in said if line.startswith(prefix)]
+    assert len(lines) == 1, said
+    return lines[0][len(prefix) :]
+
+
+def test_a_host_with_an_earlier_commit_is_sent_only_what_is_new(fleet_factory: FleetFactory) -> None:
+    fleet = fleet_factory()
+    checked_out = fleet.git("rev-parse", "HEAD")  # each host's checkout has it (its HEAD)
+    first = fleet.commit_version("1.0.1")
+    said = _deploy_saying(fleet)
+    for index in range(2):
+        assert _sent(said, fleet, index).startswith(f"{first[:12]} ("), said
+        assert _sent(said, fleet, index).endswith(f", only what is new since {checked_out[:12]})"), said
+    assert [host.version() for host in fleet.hosts] == ["1.0.1", "1.0.1"]
+    # Next time, since what the last deploy fetched (refs/lockstep/deployed; HEAD is older still).
+    second = fleet.commit_version("1.0.2", {"CHANGES": "1.0.2: a new file\n"})
+    said = _deploy_saying(fleet)
+    for index in range(2):
+        assert _sent(said, fleet, index).startswith(f"{second[:12]} ("), said
+        assert _sent(said, fleet, index).endswith(f", only what is new since {first[:12]})"), said
+    assert [host.version() for host in fleet.hosts] == ["1.0.2", "1.0.2"]
+    for host in fleet.hosts:
+        assert (host.directory / ".lockstep" / "incoming").is_dir()
+        assert not list((host.directory / ".lockstep" / "incoming").iterdir())  # no bundle left behind
+
+
+def _host_git(host: NotesProject, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=Host", "-c", "user.email=host@example.invalid", "-C", str(host.directory), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def test_a_host_without_a_usable_earlier_commit_gets_the_whole_history(fleet_factory: FleetFactory) -> None:
+    fleet = fleet_factory()
+    first, second = fleet.hosts
+    # The first host's checkout went its own way, and its deployed ref points there: commits this
+    # machine does not have, so nothing to send only what is new since.
+    _host_git(first, "commit", "--allow-empty", "-qm", "made on the host")
+    _host_git(first, "update-ref", "refs/lockstep/deployed", "HEAD")
+    # The second host is a shallow clone (`--depth 1`) of 1.0.1, and the deploy brings the merge of
+    # a branch forked before it: what is new since 1.0.1 needs the fork point, which it lacks.
+    fork = fleet.git("rev-parse", "HEAD")
+    fleet.git("checkout", "-qb", "feature")
+    (fleet.orchestrator / "FEATURE").write_text("a feature\n")
+    fleet.git("add", "-A")
+    fleet.git("commit", "-qm", "a feature")
+    fleet.git("checkout", "-q", "-")
+    shallow_at = fleet.commit_version("1.0.1")
+    clone = second.directory.parent / "shallow-clone"
+    subprocess.run(
+        ["git", "clone", "-q", "--depth", "1", "--no-checkout", f"file://{fleet.orchestrator}", str(clone)], check=True
+    )
+    shutil.rmtree(second.directory / ".git")
+    (clone / ".git").rename(second.directory / ".git")
+    _host_git(second, "reset", "-q")
+    assert _host_git(second, "rev-parse", "HEAD") == shallow_at
+    assert subprocess.run(["git", "-C", str(second.directory), "cat-file", "-e", fork]).returncode != 0
+    fleet.git("merge", "-q", "--no-ff", "feature", "-m", "merge the feature")
+    shipped = fleet.commit_version("1.0.2")
+    said = _deploy_saying(fleet)
+    assert [host.version() for host in fleet.hosts] == ["1.0.2", "1.0.2"]
+    assert _sent(said, fleet, 0).startswith(f"{shipped[:12]} (the whole history, "), said
+    assert _sent(said, fleet, 0).endswith(")") and "only what is new" not in _sent(said, fleet, 0), said
+    fallback = _sent(said, fleet, 1)
+    assert fallback.startswith(f"{shipped[:12]} (the whole history, "), said
+    assert f"only what is new since {shallow_at[:12]} did not fetch" in fallback, said
+    assert "prerequisite" in fallback, said  # git's own reason
+    for host in fleet.hosts:
+        assert _host_git(host, "rev-parse", "refs/lockstep/deployed") == shipped
+
+
 def test_a_release_failing_smoke_on_one_host_switches_neither(fleet_factory: FleetFactory) -> None:
     fleet = fleet_factory(smoke_on_second='smoke = [{ command = "test ! -e BREAKS_SECOND_HOST" }]')
     _deploy_ok(fleet)

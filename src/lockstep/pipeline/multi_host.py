@@ -34,7 +34,6 @@ import asyncio
 import json
 import os
 import shlex
-import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -50,6 +49,7 @@ from lockstep.errors import LockstepError, UsageError
 from lockstep.exit_codes import ExitCode
 from lockstep.notify.dispatcher import Notifier
 from lockstep.notify.events import DEPLOY_FAILED, DEPLOY_ROLLED_BACK, DEPLOY_STARTED, DEPLOY_SUCCEEDED
+from lockstep.pipeline.code import SHORT_COMMIT_LENGTH
 from lockstep.pipeline.coordination import (
     ABORT,
     BARRIER_KEY,
@@ -74,6 +74,7 @@ from lockstep.pipeline.environment_lock import (
     describe_holder,
 )
 from lockstep.pipeline.history import History, OperationRecord, RedactedRecord
+from lockstep.pipeline.multi_host_bundles import INCOMING_REF, Bundle, CommitBundles, byte_size, object_names
 from lockstep.pipeline.multi_host_retire import RetireReport, retire_outcome
 from lockstep.pipeline.multi_host_steps import RunningSteps, died_by_signal
 from lockstep.pipeline.notifications import notifier_for, operation_event, secrets_redactor, teach_reporter_secrets
@@ -86,7 +87,6 @@ T = TypeVar("T")
 
 # How long an aborted host may take to unwind (a data restore included) before we stop waiting.
 UNWIND_WAIT_SECONDS = 3600.0
-INCOMING_REF = "refs/lockstep/deploy"
 DEPLOYED_REF = "refs/lockstep/deployed"
 # A host's exit codes that mean it changed nothing (refused in preflight, or the lock was not ours).
 _REFUSED = {int(ExitCode.USAGE), int(ExitCode.LOCKED)}
@@ -813,27 +813,15 @@ class MultiHostDeployment(HostFanOut):
         finally:
             repository.close()
         with tempfile.TemporaryDirectory(prefix="lockstep-bundle-") as directory:
-            bundle = Path(directory) / "deploy.bundle"
-            self._bundle(work_tree, resolved.commit, bundle)
-            self._wait(self._check_every_host(lambda run: self._check_host(run, resolved, bundle, repository_id)))
+            bundles = CommitBundles(work_tree, resolved.commit, Path(directory))
+            self._wait(self._check_every_host(lambda run: self._check_host(run, resolved, bundles, repository_id)))
         return resolved
 
-    def _bundle(self, work_tree: Path, commit: str, bundle: Path) -> None:
-        """The commit and its history as one file: `git bundle` needs a ref, so a temporary one."""
-        git = ["git", "-C", str(work_tree)]
-        try:
-            subprocess.run([*git, "update-ref", INCOMING_REF, commit], check=True, capture_output=True)
-            subprocess.run([*git, "bundle", "create", str(bundle), INCOMING_REF], check=True, capture_output=True)
-        except subprocess.CalledProcessError as error:
-            raise UsageError(
-                f"could not bundle commit {commit[:12]}: {error.stderr.decode(errors='replace')}"
-            ) from None
-        finally:
-            subprocess.run([*git, "update-ref", "-d", INCOMING_REF], check=False, capture_output=True)
-
-    async def _check_host(self, run: HostRun, resolved: ResolvedRef, bundle: Path, repository_id: str) -> None:
+    async def _check_host(
+        self, run: HostRun, resolved: ResolvedRef, bundles: CommitBundles, repository_id: str
+    ) -> None:
         await self._connect_and_check_version(run)
-        await self._ship_commit(run, resolved.commit, bundle)
+        await self._ship_commit(run, bundles)
         checked = await ssh.run(
             run.connection,
             ssh.shell_command(
@@ -865,28 +853,62 @@ class MultiHostDeployment(HostFanOut):
                 "the same S3 bucket or shared path",
             )
 
-    async def _ship_commit(self, run: HostRun, commit: str, bundle: Path) -> None:
-        """Give the host the commit unless it has it: the bundle over SFTP, fetched into its checkout."""
+    async def _ship_commit(self, run: HostRun, bundles: CommitBundles) -> None:
+        """Give the host the commit unless it has it: a bundle over SFTP, fetched into its checkout.
+        Only what is new since a commit the host has, when it has one this machine knows; the
+        whole history otherwise, and when that fails for any reason (the old way, which always worked)."""
+        commit, short = bundles.commit, bundles.commit[:SHORT_COMMIT_LENGTH]
         git = f"git -C {shlex.quote(run.target.project_dir)}"
-        has = await ssh.run(run.connection, f"{git} cat-file -e {commit}^{{commit}}", timeout=60)
+        has = await ssh.run(run.connection, f"{git} cat-file -e {shlex.quote(commit + '^{commit}')}", timeout=60)
         if has.exit_status == 0:
+            self.reporter.info(f"host {run.name}: has commit {short} already, nothing sent")
             return
         incoming = f"{run.target.project_dir.rstrip('/')}/.lockstep/incoming"
-        remote_bundle = f"{incoming}/{commit[:12]}-{os.getpid()}.bundle"
         made = await ssh.run(run.connection, f"mkdir -p {shlex.quote(incoming)}", timeout=60)
         if made.exit_status != 0:
             raise UsageError(f"host {run.name}: cannot create {incoming}: {error_of(made)}")
-        await ssh.upload(run.connection, bundle, remote_bundle)
-        quoted = shlex.quote(remote_bundle)
-        fetched = await ssh.run(
-            run.connection,
-            f"{git} fetch -q {quoted} +{INCOMING_REF}:{DEPLOYED_REF}; status=$?; rm -f {quoted}; exit $status",
-        )
+        remote_bundle = f"{incoming}/{commit[:12]}-{os.getpid()}.bundle"
+        not_new_only = ""
+        try:
+            bundle = await bundles.since(await self._host_commits(run, git))
+            if bundle is not None:
+                fetched = await self._send_bundle(run, git, bundle, remote_bundle)
+                if fetched.exit_status == 0:
+                    self.reporter.info(
+                        f"host {run.name}: sent commit {short} ({byte_size(bundle.size)}, only what is new since "
+                        f"{bundle.since()})"
+                    )
+                    return
+                not_new_only = f"; only what is new since {bundle.since()} did not fetch: {git_error(fetched)}"
+        except LockstepError as error:
+            not_new_only = f"; sending only what is new failed: {error.message}"
+        bundle = await bundles.whole_history()
+        fetched = await self._send_bundle(run, git, bundle, remote_bundle)
         if fetched.exit_status != 0:
             raise UsageError(
                 f"host {run.name}: could not fetch the commit into {run.target.project_dir}: {error_of(fetched)}",
                 "project_dir must be a git checkout of the project",
             )
+        self.reporter.info(
+            f"host {run.name}: sent commit {short} (the whole history, {byte_size(bundle.size)}{not_new_only})"
+        )
+
+    async def _host_commits(self, run: HostRun, git: str) -> list[str]:
+        """The commits the host's earlier deploys fetched (DEPLOYED_REF) and its checkout's HEAD, those it has."""
+        refs = [shlex.quote(f"{ref}^{{commit}}") for ref in (DEPLOYED_REF, "HEAD")]
+        asked = await ssh.run(
+            run.connection, "; ".join(f"{git} rev-parse --verify -q {ref}" for ref in refs) + "; exit 0", timeout=60
+        )
+        return object_names(asked.stdout)
+
+    async def _send_bundle(self, run: HostRun, git: str, bundle: Bundle, remote_bundle: str) -> ssh.RemoteResult:
+        """Upload the bundle and fetch its commit into the host's DEPLOYED_REF; the fetch's result."""
+        await ssh.upload(run.connection, bundle.path, remote_bundle)
+        quoted = shlex.quote(remote_bundle)
+        return await ssh.run(
+            run.connection,
+            f"{git} fetch -q {quoted} +{INCOMING_REF}:{DEPLOYED_REF}; status=$?; rm -f {quoted}; exit $status",
+        )
 
     def _confirm(self, record: OperationRecord) -> None:
         """Asked once here, for every host: the hosts run with --yes."""
@@ -917,6 +939,13 @@ def error_of(result: ssh.RemoteResult) -> str:
     if result.exit_signal is not None:
         return f"its lockstep process {ssh.ended_by(result.exit_signal)}"
     return f"exit status {result.exit_status}"
+
+
+def git_error(result: ssh.RemoteResult) -> str:
+    """A failed git command's complaint in one line (git spreads it over several: the last alone
+    may be just a commit name)."""
+    said = " ".join(line.strip() for line in result.stderr.splitlines() if line.strip())
+    return said[-300:] or f"exit status {result.exit_status}"
 
 
 def host_statuses(context: EnvironmentContext) -> list[dict[str, Any]]:
