@@ -6,7 +6,8 @@ different version (ansistrano #333). The orchestrator, the machine running `lock
 
  1. preflight   resolve REF here; reach every host over SSH (host keys checked); the same lockstep
                 version; give each host the commit (a `git bundle` over SFTP, fetched into its
-                checkout, so hosts need no access to the git remote); run the host's own preflight,
+                checkout, so hosts need no access to the git remote; only what is new since a commit
+                it has, multi_host_bundles.py); run the host's own preflight,
                 which also reports its repository ID: every host must use this machine's repository
  2. lock        the environment's lock in the (shared) repository, once, for every host
  3. primary     the first host runs `lockstep deploy COMMIT --coordinated ID` up to its switch
@@ -988,8 +989,8 @@ def plan_lines(context: EnvironmentContext, request: DeployRequest) -> list[str]
         f"deploy {request.ref} to {context.environment} on {counted(len(targets), 'host')} over SSH, all or none: "
         f"{listed}",
         "1. preflight: resolve the ref here; reach every host (host keys checked against "
-        f"{ssh.known_hosts_path(context.config.ssh)}); same lockstep version; send the commit (git bundle); "
-        "each host's own preflight and the same repository",
+        f"{ssh.known_hosts_path(context.config.ssh)}); same lockstep version; send the commit (git bundle, only "
+        "what is new since a commit the host has); each host's own preflight and the same repository",
         f"2. lock environment {context.environment} in the repository, once for every host",
         f"3. primary {primary}: release, pre-deploy snapshot, migrations, start, smoke, up to its switch barrier",
         "4. the other hosts in parallel: release, start, smoke (no snapshot, no migrations), up to their switch "
