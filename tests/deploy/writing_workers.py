@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # One row in `jobs` every 0.05 s, named "HOST RELEASE PID SEQUENCE"; logged after its commit.
+# It exits at once, as it starts, while the file $JOBS_REFUSE names exists.
 JOBS = """
 import os, signal, sqlite3, sys, threading, time
 from contextlib import closing
@@ -20,6 +21,8 @@ from database import connect, database_path
 
 RELEASE = (Path(__file__).resolve().parent / "VERSION").read_text().strip()
 HOST = os.environ["JOBS_HOST"]
+if os.environ.get("JOBS_REFUSE") and Path(os.environ["JOBS_REFUSE"]).exists():
+    sys.exit("jobs: refusing to start (the test's JOBS_REFUSE file exists)")
 stopping = threading.Event()
 signal.signal(signal.SIGTERM, lambda number, frame: stopping.set())
 sequence = 0
@@ -41,9 +44,11 @@ CREATE_JOBS = "CREATE TABLE jobs (id INTEGER PRIMARY KEY, name TEXT NOT NULL, re
 SEED = "INSERT INTO notes (text) VALUES ('written by migration 003');\n"
 
 
-def jobs_component(host: str, log: Path) -> str:
-    """The lockstep.toml table that runs the worker, as `host`, logging to `log`."""
-    return f'[app.components.jobs]\ncommand = "python3 jobs.py"\nenv = {{ JOBS_HOST = "{host}", JOBS_LOG = "{log}" }}\n'
+def jobs_component(host: str, log: Path, refuse: Path | None = None) -> str:
+    """The lockstep.toml table that runs the worker, as `host`, logging to `log`; while `refuse`
+    exists, the worker exits as it starts (the agent's start of it fails)."""
+    env = f'JOBS_HOST = "{host}", JOBS_LOG = "{log}"' + (f', JOBS_REFUSE = "{refuse}"' if refuse else "")
+    return f'[app.components.jobs]\ncommand = "python3 jobs.py"\nenv = {{ {env} }}\n'
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from lockstep.health.checks import run_check
 from lockstep.pipeline.deploy import clean_up_abandoned
 from lockstep.pipeline.environment_lock import describe_holder, judge_staleness, read_holder
 from lockstep.pipeline.history import History, OperationRecord
+from lockstep.pipeline.paused_workers_retry import paused_workers_document, retry_paused_workers
 from lockstep.pipeline.release_launch import plan_components, runs_workers_only
 from lockstep.pipeline.steps import Reporter
 from lockstep.pipeline.unfinished_retire import finish_unfinished_retires
@@ -69,7 +70,8 @@ def environment_status(
         for record in abandoned:
             clean_up_abandoned(context, record, agent, history, reporter)
         finished = finish_unfinished_retires(context, agent, history, reporter)
-        if abandoned or finished:  # the clean-up stopped processes: show the slots as they are now
+        finished += retry_paused_workers(context, agent, history, reporter)
+        if abandoned or finished:  # the clean-up stopped (or started) processes: show the slots as they are now
             status = agent.status()
         document["agent"] = {"running": True, **status["agent"]}
         active = status.get("active_slot")
@@ -99,6 +101,8 @@ def environment_status(
     if document["workers_only"]:
         document["url"] = None  # nothing answers at the proxy's address: no URL to offer
     operations = history.all()
+    # Workers a data restore stopped that did not start again: why, and when the agent tries again.
+    document["paused_workers"] = paused_workers_document(operations)
     releases = [record for record in operations if not record.operation.startswith("scheduled-")]
     document["last_operation"] = releases[-1].to_document() if releases else None
     scheduled = [record for record in operations if record.operation.startswith("scheduled-")]

@@ -5,7 +5,9 @@ its worker) beside the serving one. The CLI cleans that up on the next `status`,
 rollback; until someone runs one, the dashboard and /metrics showed the dead deploy as running.
 So the agent looks every few seconds, in the background, and cleans up the same way. It also
 finishes the retire a multi-host deploy or rollback left unfinished here past its retire "go"
-(pipeline/unfinished_retire.py): the slot it left must not go on running its workers.
+(pipeline/unfinished_retire.py): the slot it left must not go on running its workers. And it
+starts again the workers a data restore stopped and nobody could start again
+(pipeline/paused_workers_retry.py), backing off when they fail to start.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from lockstep.agent.service import AgentService
 from lockstep.errors import LockstepError
 from lockstep.pipeline.deploy import clean_up_abandoned
 from lockstep.pipeline.history import History
+from lockstep.pipeline.paused_workers_retry import retry_paused_workers
 from lockstep.pipeline.unfinished_retire import finish_unfinished_retires
 
 CHECK_INTERVAL_SECONDS = 5.0
@@ -67,8 +70,8 @@ class AbandonedWatch:
         self._thread.start()
 
     def check(self) -> int:
-        """Clean up every dead deploy or rollback of this host, and finish the retires left
-        unfinished; returns how many."""
+        """Clean up every dead deploy or rollback of this host, finish the retires left
+        unfinished and start the workers left stopped; returns how many records it changed."""
         cleaned = 0
         try:
             for record in self.history.abandoned():
@@ -76,6 +79,7 @@ class AbandonedWatch:
                     clean_up_abandoned(self.context, record, self.service, self.history, self.reporter)
                     cleaned += 1
             cleaned += finish_unfinished_retires(self.context, self.service, self.history, self.reporter)
+            cleaned += retry_paused_workers(self.context, self.service, self.history, self.reporter)
         except (LockstepError, OSError) as error:  # a busy history database: next time
             self.reporter.warn(f"could not check for interrupted deploys: {error}")
         return cleaned

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,7 @@ def status_command(config_path: Path | None, environment: str | None, json_outpu
                 f"since {age(info['since'])}; {health}; {running}"
             )
             if info.get("stopped"):
-                print_line(describe_stopped(slot, info["stopped"]))
+                print_line(describe_stopped(slot, info["stopped"], document.get("paused_workers") or []))
         active_processes = slots[active]["processes"] if active and active in slots else []
         # The release as deployed tells; before any, the config does.
         workers_only = (
@@ -162,12 +163,30 @@ def _other_release(process: dict[str, Any], slot_release: str | None) -> str:
     return f" on release {release}" if release and release != slot_release else ""
 
 
-def describe_stopped(slot: str, components: list[str]) -> str:
+def describe_stopped(slot: str, components: list[str], paused: list[dict[str, Any]] | None = None) -> str:
     """Components of the active release the agent does not run: stopped (a data restore stops the
-    workers, and a killed deploy or rollback may not have started them again), not healthy."""
+    workers, and a killed deploy or rollback may not have started them again), not healthy. When
+    an operation's record says it stopped them (`paused`), why they are still stopped, and whether
+    and when the agent tries again (pipeline/paused_workers_retry.py)."""
+    line = f"  STOPPED in slot {slot}: {', '.join(components)} — its release runs without them; "
+    mark = next((item for item in paused or [] if item.get("slot") == slot), None)
+    if mark is None or mark.get("kept_stopped"):
+        return line + "the last operation below says why; `lockstep deploy` starts a release with all its components"
+    stopped_by = f"{mark['operation']} {mark['id']} stopped them for a data restore"
+    if mark.get("waiting_for"):
+        return (
+            line + f"{stopped_by}; they stay stopped while the coordinated deploy goes on ({mark['waiting_for']}): "
+            "another host may be restoring the data; the agent starts them once it ends"
+        )
+    if not mark.get("restart_failed"):
+        return line + f"{stopped_by}; the agent starts them again"
+    retry_at = mark.get("retry_at")
+    when = "within seconds" if not retry_at else f"in {max(0.0, float(retry_at) - time.time()):.0f} s"
+    tries = f", {counted(int(mark['attempts']), 'retry', 'retries')} failed" if mark.get("attempts") else ""
     return (
-        f"  STOPPED in slot {slot}: {', '.join(components)} — its release runs without them; the last operation "
-        "below says why; `lockstep deploy` starts a release with all its components"
+        line + f"{stopped_by} and starting them again failed ({mark['restart_failed']}{tries}); the agent tries "
+        f"again {when} (after a failed try it waits {mark['retry_every']}); `lockstep deploy` starts a release with "
+        "all its components"
     )
 
 

@@ -40,10 +40,19 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from lockstep.errors import LockstepError, UsageError
-from lockstep.pipeline.environment_lock import EnvironmentLock, EnvironmentLockLost, describe_holder
+from lockstep.pipeline.environment_lock import (
+    EnvironmentLock,
+    EnvironmentLockLost,
+    describe_holder,
+    judge_staleness,
+    read_holder,
+)
+
+if TYPE_CHECKING:
+    from lockstep.actions.environment import EnvironmentContext
 
 BARRIER_KEY = "lockstep_barrier"
 GO = "go"
@@ -166,3 +175,22 @@ def check_joined_lock(lock: EnvironmentLock, deploy_id: str) -> None:
             f"the lock of environment {lock.environment} is not the coordinating deploy {deploy_id}'s: {held}",
             "a coordinated deploy runs only under its orchestrator's lock; is this host using the same repository?",
         )
+
+
+def orchestrator_still_holds(context: EnvironmentContext, deploy_id: str) -> str | None:
+    """Whether the coordinated deploy `deploy_id` goes on without this host: its orchestrator
+    still holds the environment's lock (a host never takes it, it joins it), so another host may
+    be restoring the shared data. Its holder's description, or why the lock could not be read
+    (then it may go on too); None once the lock is gone, another's, or stale (the orchestrator
+    died: nobody restores any more)."""
+    from lockstep.repository.documents import DocumentStore
+
+    try:
+        store = DocumentStore(context.project.access.open(load_index=False))
+        holder = read_holder(store, context.environment)
+    except LockstepError as error:
+        return f"its lock could not be read: {error}"
+    if holder is None or holder.deploy_id != deploy_id:
+        return None
+    stale, _ = judge_staleness(holder, context.config.deploy.lock_stale_after)
+    return None if stale else f"its lock is held by {describe_holder(holder)}"

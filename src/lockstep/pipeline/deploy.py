@@ -1056,7 +1056,9 @@ class Deployment:
         restores anyway, loudly, as when its traffic cannot be held; a multi-host deploy does not."""
         if record.slot is None or record.previous_release_id is None:
             return None  # nothing served before: no workers of an older release
-        not_stopped = self.worker_pause.stop(other_slot(record.slot), lambda paused: self._remember(record, paused))
+        not_stopped = self.worker_pause.stop(
+            other_slot(record.slot), lambda paused: self._remember(record, paused), self.request.coordinated
+        )
         if not_stopped is not None:
             self.reporter.warn(
                 f"THE WORKERS OF THE PREVIOUS RELEASE MAY STILL RUN: {not_stopped}"
@@ -1325,7 +1327,7 @@ def _clean_up_dead(
     data_left = _data_rollback_left_behind(record, serving)
     if data_left is not None:
         reporter.warn(data_left)
-    workers_left = resume_paused_workers(record, agent, reporter)
+    workers_left = resume_paused_workers(record, agent, reporter, _coordinated_deploy_under_way(context, record))
     record.outcome = "interrupted"
     record.finished_at = time.time()
     record.failed_step = record.failed_step or step
@@ -1342,6 +1344,15 @@ def _clean_up_dead(
         record.reason += f"; {workers_left}"
     _remove_repository_locks_of(context, record, reporter)
     history.save(record)  # last: "interrupted" means the clean-up is over
+
+
+def _coordinated_deploy_under_way(context: EnvironmentContext, record: OperationRecord) -> str | None:
+    """A host of a multi-host deploy killed with its workers stopped for the primary's data
+    restore: whether that deploy goes on (its orchestrator's lock), so they must wait for its end."""
+    from lockstep.pipeline.coordination import orchestrator_still_holds
+
+    coordinated = (record.paused_workers or {}).get("coordinated")
+    return orchestrator_still_holds(context, str(coordinated)) if coordinated else None
 
 
 def _data_rollback_left_behind(record: OperationRecord, serving: bool | None) -> str | None:

@@ -129,6 +129,13 @@ class RedactedRecord:
         return document
 
 
+def still_ending(record: OperationRecord) -> bool:
+    """Whether the operation's own process still runs here: it saves its record once more as it
+    ends, so a clean-up acting on a finished record waits until it is gone (else that last save
+    would undo what the clean-up wrote)."""
+    return record.host == socket.gethostname() and process_alive(record.pid)
+
+
 class History:
     """The operations of one environment; every call opens its own connection (cheap, safe)."""
 

@@ -529,6 +529,12 @@ class Rollback:
             self.paused_in.paused_workers = None
             self.history.save(self.paused_in)
 
+    def _keep_workers_stopped(self, why: str) -> None:
+        """The record says the stopped workers must stay so: the agent's retry leaves them."""
+        if self.paused_in is not None and self.paused_in.paused_workers is not None:
+            self.paused_in.paused_workers["kept_stopped"] = why
+            self.history.save(self.paused_in)
+
     def _restores_workers_only(self) -> bool:
         """A data rollback of an app of workers only: no traffic to hold, so its point of no return
         is its switch (the older slot becomes the active one), not the release of a hold."""
@@ -600,6 +606,8 @@ class Rollback:
             record.paused_workers = {"slot": slot, "release_id": current["release_id"], "components": workers}
             if self.request.secondary:  # the primary restores: whether it began, this host cannot tell
                 record.paused_workers["restored_elsewhere"] = True
+            if self.request.coordinated is not None:  # the retry waits for the orchestrator's lock to go
+                record.paused_workers["coordinated"] = self.request.coordinated
             self.history.save(record)
             self.paused_in = record
         self.agent.stop_slot(slot, workers)
@@ -610,10 +618,12 @@ class Rollback:
 
             def restart() -> None:
                 if "restore data" in self.steps.undo_failed():
-                    raise UsageError(
+                    kept = (
                         f"{', '.join(workers)} of the newer release stay stopped: its data could not be put "
                         "back, and they would write to the older release's data"
                     )
+                    self._keep_workers_stopped(kept)
+                    raise UsageError(kept)
                 self.agent.start_components(slot, [plan.launch_document() for plan in plans])
                 self._forget_paused_workers()
 

@@ -14,16 +14,14 @@ would each act on the records as they read them).
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from lockstep.actions.environment import EnvironmentContext
 from lockstep.errors import LockstepError
 from lockstep.fault_injection import wait_point
 from lockstep.pipeline.deploy import SlotControl, retire_other_slot
-from lockstep.pipeline.history import History, OperationRecord
+from lockstep.pipeline.history import History, OperationRecord, still_ending
 from lockstep.pipeline.steps import Reporter
-from lockstep.process import process_alive
 
 
 def retire_left(slot: str | None, release_id: str | None, whole_slot: bool = False) -> dict[str, Any] | None:
@@ -52,7 +50,7 @@ def _finish_each(context: EnvironmentContext, agent: SlotControl, history: Histo
         return 0  # an operation is under way: the slots are its own until it ends
     finished = 0
     for record in records:
-        if not record.retire_left or _still_ending(record):
+        if not record.retire_left or still_ending(record):
             continue
         try:
             done = _finish(context, agent, record, record.retire_left, reporter)
@@ -90,12 +88,6 @@ def _finish(
     agent.stop_slot(slot)
     reporter.info(f"stopped slot {slot}: its release expects the data the rollback replaced")
     return f"stopped slot {slot}"
-
-
-def _still_ending(record: OperationRecord) -> bool:
-    """Whether the operation's own process still runs here (it saves its record once more as it
-    ends): its retire is finished once it is gone, so that last save cannot undo the mark's end."""
-    return record.host == socket.gethostname() and process_alive(record.pid)
 
 
 def _release_in(slots: dict[str, Any], slot: str | None) -> str | None:

@@ -11,11 +11,17 @@ the databases are shared, so any host's workers write into them.
 The operation's record says which workers are stopped (`paused_workers`) until they run again:
 a deploy killed (kill -9) in between runs no `finally`, and the clean-up of the killed deploy
 (`resume_paused_workers`) starts them again; without it they stayed stopped until the next
-deploy or rollback, and nothing said so.
+deploy or rollback, and nothing said so. When they cannot be started again (the agent refuses,
+a worker exits as it starts, the agent is briefly unreachable), the mark stays, with why
+(`restart_failed`), and the agent's watch and `lockstep status` try again
+(pipeline/paused_workers_retry.py). In a multi-host deploy the mark names the coordinated
+deploy (`coordinated`): a host killed in its unwind keeps its workers stopped while the
+orchestrator still holds the environment's lock, as the primary may still be restoring the data.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,11 +49,13 @@ class WorkerPause:
         self.slot: str | None = None
         self.stopped: list[str] = []
         self._plans: list[ComponentPlan] = []
+        self._paused: dict[str, Any] = {}
         self._remember: Remember = lambda paused: None
 
-    def stop(self, slot: str, remember: Remember | None = None) -> str | None:
+    def stop(self, slot: str, remember: Remember | None = None, coordinated: str | None = None) -> str | None:
         """Stop the workers of `slot`; None when none runs any more, else why they may still run.
-        `remember` writes down what is stopped before the stop, in the operation's record."""
+        `remember` writes down what is stopped before the stop, in the operation's record;
+        `coordinated` is the multi-host deploy this host takes part in, if any."""
         if self.stopped:
             return None
         wait_point("stop workers")  # tests: the agent goes away just before
@@ -61,7 +69,10 @@ class WorkerPause:
             self.slot, self.stopped, self._plans = slot, workers, plans  # before: a stop half done is restarted
             if remember is not None:
                 self._remember = remember
-            self._remember({"slot": slot, "release_id": release["release_id"], "components": workers})
+            self._paused = {"slot": slot, "release_id": release["release_id"], "components": workers}
+            if coordinated is not None:
+                self._paused["coordinated"] = coordinated
+            self._remember(self._paused)
             self.agent.stop_slot(slot, workers)
             kill_point("workers stopped")  # tests: killed before they run again
             left = _workers(self.agent.status()["slots"][slot], self.config)
@@ -83,8 +94,9 @@ class WorkerPause:
         except LockstepError as error:
             self.reporter.warn(
                 f"THE WORKERS {workers} OF SLOT {self.slot} DID NOT START AGAIN after the data restore: {error}; "
-                "its release runs without them (see `lockstep status`)"
+                "its release runs without them until the agent starts them (it tries again; see `lockstep status`)"
             )
+            self._remember(restart_failed(self._paused, str(error)))
             return
         self.reporter.info(f"started the workers of slot {self.slot} again: {workers}")
         self.stopped = []
@@ -93,15 +105,20 @@ class WorkerPause:
 
 class ComponentStarter(Protocol):
     """What a clean-up needs of the agent to start workers again: the CLI's client, or the
-    agent's own service (which takes launches, not documents: see `_start`)."""
+    agent's own service (which takes launches, not documents: see `start_launches`)."""
 
     def status(self) -> dict[str, Any]: ...
 
 
-def resume_paused_workers(record: OperationRecord, agent: ComponentStarter, reporter: Reporter) -> str | None:
+def resume_paused_workers(
+    record: OperationRecord, agent: ComponentStarter, reporter: Reporter, under_way: str | None = None
+) -> str | None:
     """The clean-up of a killed deploy or rollback: start again the workers it had stopped for a
     data restore (`record.paused_workers`), when their release still is the active one. Returns
-    what the record's reason should add when they stay stopped (said loudly here too), else None."""
+    what the record's reason should add when they stay stopped (said loudly here too), else None.
+    `under_way`: the coordinated deploy this host took part in goes on (its orchestrator still
+    holds the lock): the workers wait for its end (the primary may be restoring the data), and
+    the agent's retry starts them then (pipeline/paused_workers_retry.py)."""
     paused = record.paused_workers
     if not paused:
         return None
@@ -118,6 +135,15 @@ def resume_paused_workers(record: OperationRecord, agent: ComponentStarter, repo
             record.paused_workers = None  # the other slot serves: these workers are not to run
             reporter.info(f"the workers {named} it had stopped in slot {slot} stay stopped: that slot does not serve")
             return None
+        if why is None and under_way is not None:
+            paused["waiting_for"] = under_way
+            said = (
+                f"the workers {named} of slot {slot} (release {release_id}) stay stopped while the coordinated deploy "
+                f"it was part of goes on ({under_way}): another host may be restoring the data; the agent starts "
+                "them once its lock is released"
+            )
+            reporter.warn(said)
+            return said
         if why is None:
             launches = [
                 launch
@@ -125,7 +151,7 @@ def resume_paused_workers(record: OperationRecord, agent: ComponentStarter, repo
                 if launch.get("component") in components and launch.get("component") not in running
             ]
             if launches:
-                _start(agent, slot, launches)
+                start_launches(agent, slot, launches)
             record.paused_workers = None
             reporter.warn(
                 f"it had stopped the workers {named} of slot {slot} (release {release_id}) for a data restore: "
@@ -133,13 +159,29 @@ def resume_paused_workers(record: OperationRecord, agent: ComponentStarter, repo
             )
             return None
     except (LockstepError, KeyError) as error:
-        why = f"starting them again failed: {error}"
+        why = f"starting them again failed: {error}; the agent tries again"
+        record.paused_workers = restart_failed(paused, str(error))
     said = (
         f"THE WORKERS {named} OF SLOT {slot} (release {release_id}) ARE STOPPED: the {record.operation} stopped "
         f"them for a data restore and was killed before it started them again, and they were not started: {why}"
     )
     reporter.warn(said)
     return said
+
+
+def restart_failed(paused: dict[str, Any], error: str) -> dict[str, Any]:
+    """The mark of stopped workers whose start failed: the retry tries again at once, then backs off."""
+    return {**paused, "restart_failed": error, "failed_at": time.time()}
+
+
+def why_kept_stopped(record: OperationRecord) -> str | None:
+    """Why the workers a finished operation stopped must stay stopped (no retry), else None: the
+    operation said so in the mark (a rollback that could not put the data back), or it was killed
+    where they would write into data that is not theirs (below)."""
+    kept = (record.paused_workers or {}).get("kept_stopped")
+    if kept:
+        return str(kept)
+    return _why_not_resumed(record) if record.outcome == "interrupted" else None
 
 
 def _why_not_resumed(record: OperationRecord) -> str | None:
@@ -166,7 +208,8 @@ def _why_not_resumed(record: OperationRecord) -> str | None:
     )
 
 
-def _start(agent: ComponentStarter, slot: str, launches: list[dict[str, Any]]) -> None:
+def start_launches(agent: ComponentStarter, slot: str, launches: list[dict[str, Any]]) -> None:
+    """Start the release's own `launches` (as the agent's status lists them) in `slot`."""
     from lockstep.agent.service import AgentService, ComponentLaunch
 
     if isinstance(agent, AgentService):
