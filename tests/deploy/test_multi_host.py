@@ -1115,10 +1115,56 @@ def test_a_host_killed_with_its_workers_stopped_for_the_restore_gets_them_back(f
     assert died in document["error"] and fleet.history()[-1]["hosts"][1] == said, document
     wait_for_writes(logs[1], "host-1", "1.0.0", after=killed, timeout=30)  # its agent started them again
     assert second.agent_log is not None
+    # Its clean-up, or (when the orchestrator still held the lock then) the retry once it was gone.
+    started = ("for a data restore: started them again", "started again the workers jobs, worker of slot blue")
     deadline = time.monotonic() + 20  # the log line follows the start
-    while "started them again" not in second.agent_log.read_text() and time.monotonic() < deadline:
+    while not any(line in second.agent_log.read_text() for line in started) and time.monotonic() < deadline:
         time.sleep(0.2)
     said = second.agent_log.read_text()
-    assert "it had stopped the workers jobs, worker of slot blue" in said and "started them again" in said, said
+    assert any(line in said for line in started), said
+    slot = second.status()["slots"]["blue"]
+    assert {item["component"] for item in slot["processes"] if item["running"]} == {"web", "worker", "jobs"}
+
+
+def test_a_host_killed_in_its_unwind_keeps_its_workers_stopped_until_the_primary_restored(
+    fleet_factory: FleetFactory,
+) -> None:
+    """The second host's lockstep is killed (kill -9) while it keeps its old workers stopped and
+    the primary is inside its data restore: its agent's clean-up started them within seconds, and
+    they wrote into data being replaced. Now they wait while the orchestrator still holds the
+    environment's lock for that deploy (the clean-up and `status` say so), and start once it is
+    released."""
+    fleet, logs, go = _writing_workers_fleet(fleet_factory, "restore data")
+    second = fleet.hosts[1]
+    process = _start_failing_deploy(fleet)
+    try:
+        wait_for_file(go.with_name(go.name + WAITING_SUFFIX), process)  # the primary, in its restore
+        record = second.history()[-1]
+        assert record["outcome"] == "running", record
+        os.kill(int(str(record["pid"])), signal.SIGKILL)
+        killed = time.time()
+        deadline = time.monotonic() + 30
+        while second.history()[-1]["outcome"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.3)
+        time.sleep(6)  # the agent's watch looks every 5 s: it would have started them by now
+        assert writes_between(logs[1], "1.0.0", killed, time.time()) == [], "its workers write during the restore"
+        record = second.history()[-1]
+        assert record["outcome"] == "interrupted", record
+        assert "stay stopped while the coordinated deploy it was part of goes on" in str(record["reason"]), record
+        status = second.lockstep("status")  # it tries too, and holds them as well
+        assert "STOPPED in slot blue: jobs, worker" in status.out, status.out
+        assert "they stay stopped while the coordinated deploy goes on" in status.out, status.out
+        assert writes_between(logs[1], "1.0.0", killed, time.time()) == [], "its workers write during the restore"
+        go.touch()
+        process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    ended = time.time()
+    wait_for_writes(logs[1], "host-1", "1.0.0", after=ended, timeout=30)  # the lock is gone: its agent starts them
+    record = second.history()[-1]
+    assert record["paused_workers"] is None, record
+    assert "its workers jobs, worker were started again afterwards" in str(record["reason"]), record
     slot = second.status()["slots"]["blue"]
     assert {item["component"] for item in slot["processes"] if item["running"]} == {"web", "worker", "jobs"}
