@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lockstep.cli.status import describe_environment, describe_traffic
+from lockstep.cli.status import describe_environment, describe_stopped, describe_traffic
 
 BUILTIN = {"kind": "builtin", "listen": "127.0.0.1:8000"}
 
@@ -62,3 +62,35 @@ def test_the_first_line_of_a_project_without_an_app_says_so() -> None:
     document = {"environment": "production", "url": None, "workers_only": True, "app_configured": False}
     line = describe_environment(document)
     assert line == "environment production: no app to deploy ([app.components] is empty): snapshots and backups only"
+
+
+def _paused(**mark: object) -> dict[str, object]:
+    return {
+        "operation": "deploy",
+        "id": "20261124-0800-abc",
+        "slot": "blue",
+        "release_id": "r1",
+        "components": ["jobs"],
+        "kept_stopped": None,
+        "retry_every": "30 s, doubling up to 600 s",
+        **mark,
+    }
+
+
+def test_workers_whose_restart_failed_say_why_and_that_the_agent_retries() -> None:
+    """They were only "STOPPED ... the last operation below says why", which did not say that
+    the agent tries again, nor when (pipeline/paused_workers_retry.py)."""
+    line = describe_stopped("blue", ["jobs"], [_paused(restart_failed="jobs: exited at start", attempts=2)])
+    assert "deploy 20261124-0800-abc stopped them for a data restore" in line
+    assert "starting them again failed (jobs: exited at start, 2 retries failed)" in line
+    assert "the agent tries again within seconds" in line and "30 s, doubling up to 600 s" in line
+
+
+def test_workers_held_for_a_coordinated_deploy_say_what_they_wait_for() -> None:
+    line = describe_stopped("blue", ["jobs"], [_paused(waiting_for="its lock is held by deploy x")])
+    assert "stay stopped while the coordinated deploy goes on (its lock is held by deploy x)" in line
+
+
+def test_workers_kept_stopped_on_purpose_point_at_the_last_operation() -> None:
+    line = describe_stopped("blue", ["jobs"], [_paused(kept_stopped="the data could not be put back")])
+    assert "the last operation below says why" in line and "tries again" not in line
