@@ -27,7 +27,7 @@ from typing import Any
 from lockstep.actions.environment import EnvironmentContext
 from lockstep.agent.state import other_slot
 from lockstep.config.deploy_model import effective_policy
-from lockstep.errors import NotFound, UsageError
+from lockstep.errors import LockstepError, NotFound, UsageError
 from lockstep.fault_injection import kill_point
 from lockstep.notify.events import ROLLBACK_DONE, ROLLBACK_FAILED
 from lockstep.pipeline.data_rollback import describe_discarded, restore_snapshot_data, summarize_discarded
@@ -49,6 +49,7 @@ from lockstep.pipeline.slot_exits import GATE_WINDOW, PRE_SWITCH_CHECK_STEP, Slo
 from lockstep.pipeline.snapshot import RELEASE_TAG_PREFIX, is_of_project, load_manifest
 from lockstep.pipeline.steps import Reporter, StepFailed, StepRunner, bind_context
 from lockstep.pipeline.traffic_hold import TrafficHold
+from lockstep.pipeline.worker_pause import restart_failed
 from lockstep.repository.documents import DocumentStore
 from lockstep.wording import counted
 
@@ -529,6 +530,13 @@ class Rollback:
             self.paused_in.paused_workers = None
             self.history.save(self.paused_in)
 
+    def _note_restart_failed(self, error: str) -> None:
+        """The record says the stopped workers did not start again, and why: the agent's retry
+        (pipeline/paused_workers_retry.py) and `status` go by it."""
+        if self.paused_in is not None and self.paused_in.paused_workers is not None:
+            self.paused_in.paused_workers = restart_failed(self.paused_in.paused_workers, error)
+            self.history.save(self.paused_in)
+
     def _keep_workers_stopped(self, why: str) -> None:
         """The record says the stopped workers must stay so: the agent's retry leaves them."""
         if self.paused_in is not None and self.paused_in.paused_workers is not None:
@@ -624,7 +632,11 @@ class Rollback:
                     )
                     self._keep_workers_stopped(kept)
                     raise UsageError(kept)
-                self.agent.start_components(slot, [plan.launch_document() for plan in plans])
+                try:
+                    self.agent.start_components(slot, [plan.launch_document() for plan in plans])
+                except LockstepError as error:
+                    self._note_restart_failed(str(error))  # the agent's watch tries again
+                    raise
                 self._forget_paused_workers()
 
             self.steps.on_undo("stop workers", restart)
