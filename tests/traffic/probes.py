@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A free loopback port from this worker's LOCKSTEP_TEST_PORTS block, below the ephemeral
+    range: a port the kernel picked there could become an outgoing connection's local port while
+    a killed nginx or HAProxy is started again on it (CI saw "another program already listens")."""
+    from tests.deploy.conftest import free_ports
+
+    return free_ports(1)[0]
 
 
 def get(port: int, path: str = "/", timeout: float = 30.0) -> tuple[int, str]:

@@ -23,15 +23,13 @@ import pytest
 
 from lockstep.errors import LockstepError
 from lockstep.traffic.builtin import BuiltinProxy
+from tests.traffic import probes
 from tests.traffic.backend import BackendProcess, start_backend
 from tests.traffic.load import LoadGenerator
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    return probes.free_port()  # from this worker's port block, never the kernel's ephemeral range
 
 
 def get(port: int, path: str = "/", headers: dict[str, str] | None = None) -> tuple[int, bytes]:
