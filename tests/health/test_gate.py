@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 import textwrap
 import threading
@@ -50,9 +49,11 @@ def server() -> Iterator[str]:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A free loopback port from this worker's LOCKSTEP_TEST_PORTS block, never the kernel's
+    ephemeral range, where an outgoing connection could take it before the server binds it."""
+    from tests.deploy.conftest import free_ports
+
+    return free_ports(1)[0]
 
 
 def spec_for(tmp_path: Path, source: str, port: int | None = None) -> ProcessSpec:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime
 import http.server
 import ipaddress
-import socket
 import ssl
 import threading
 import time
@@ -21,11 +20,11 @@ from lockstep.notify.events import Event
 
 
 def free_port() -> int:
-    """A port that was free a moment ago (bind port 0, read it, release it)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A free loopback port from this worker's LOCKSTEP_TEST_PORTS block, never the kernel's
+    ephemeral range, where an outgoing connection could take it before the server binds it."""
+    from tests.deploy.conftest import free_ports
+
+    return free_ports(1)[0]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.02) -> bool:

@@ -66,9 +66,11 @@ while True:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A free loopback port from this worker's LOCKSTEP_TEST_PORTS block, never the kernel's
+    ephemeral range, where an outgoing connection could take it before the server binds it."""
+    from tests.deploy.conftest import free_ports
+
+    return free_ports(1)[0]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sys
 import textwrap
 import time
@@ -214,9 +213,9 @@ def test_workers_left_by_a_crashed_master_are_killed_before_the_restart(
     while True:
         time.sleep(0.1)
     """
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    from tests.deploy.conftest import free_ports
+
+    port = free_ports(1)[0]  # the worker's block, not the ephemeral range
     spec = ProcessSpec(**{**vars(make_spec(tmp_path, source)), "port": port})
     supervisor = Supervisor(settle_seconds=0.2)
     supervisors.append(supervisor)
