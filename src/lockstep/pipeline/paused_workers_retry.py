@@ -27,7 +27,12 @@ from lockstep.errors import LockstepError
 from lockstep.pipeline.coordination import orchestrator_still_holds
 from lockstep.pipeline.history import History, OperationRecord, still_ending
 from lockstep.pipeline.steps import Reporter
-from lockstep.pipeline.worker_pause import ComponentStarter, start_launches, why_kept_stopped
+from lockstep.pipeline.worker_pause import (
+    ComponentStarter,
+    launches_not_running,
+    start_launches,
+    why_kept_stopped,
+)
 
 RETRY_FIRST_DELAY_SECONDS = 30.0
 RETRY_LONGEST_DELAY_SECONDS = 600.0
@@ -93,11 +98,7 @@ def _retry(
             paused["waiting_for"] = under_way  # `status` says what they wait for
             return True
         running = {process["component"] for process in slot_status.get("processes") or []}
-        launches = [
-            launch
-            for launch in release.get("components") or []
-            if launch.get("component") in components and launch.get("component") not in running
-        ]
+        launches = launches_not_running(release, components, running)
         if launches:
             start_launches(agent, slot, launches)
     except (LockstepError, KeyError) as error:

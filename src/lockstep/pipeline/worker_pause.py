@@ -145,11 +145,7 @@ def resume_paused_workers(
             reporter.warn(said)
             return said
         if why is None:
-            launches = [
-                launch
-                for launch in release.get("components") or []
-                if launch.get("component") in components and launch.get("component") not in running
-            ]
+            launches = launches_not_running(release, components, running)
             if launches:
                 start_launches(agent, slot, launches)
             record.paused_workers = None
@@ -206,6 +202,15 @@ def _why_not_resumed(record: OperationRecord) -> str | None:
         "into it; finish the rollback with `lockstep rollback --with-data`, or put the data back with "
         f"`lockstep snapshot restore {pre_restore}` and start them with `lockstep deploy`"
     )
+
+
+def launches_not_running(release: dict[str, Any], components: list[str], running: set[str]) -> list[dict[str, Any]]:
+    """The release's own launches (as the agent's status lists them) of `components` not running."""
+    return [
+        launch
+        for launch in release.get("components") or []
+        if launch.get("component") in components and launch.get("component") not in running
+    ]
 
 
 def start_launches(agent: ComponentStarter, slot: str, launches: list[dict[str, Any]]) -> None:
