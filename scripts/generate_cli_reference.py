@@ -111,6 +111,26 @@ Generated from the code by `python scripts/generate_cli_reference.py`; a test fa
 file and the commands disagree. These commands read the project's `lockstep.toml`
 ([config.md](config.md)); the repository commands are in [repository.md](repository.md).
 Exit codes: [exit-codes.md](exit-codes.md).
+
+## Deploy locks
+
+A deploy or rollback holds its environment's lock, kept in the repository so that deployers on
+other machines see it, under the project's name and the environment's
+(`lockstep/projects/PROJECT/locks/ENVIRONMENT`): projects sharing a repository (`project` in
+[config.md](config.md#project)) each have their own `production`, and neither waits for the
+other's deploy, nor does `--force` on one take the other's lock. `lockstep status`, `lockstep
+lock status|acquire|release` and the hosts of a multi-host deploy ([hosts.md](hosts.md)) look at
+the same lock.
+
+lockstep before per-project locks kept one lock per environment name for every project
+(`lockstep/locks/ENVIRONMENT`, the "old key"). Such a lock, left by an older lockstep still
+deploying from the repository, may be any project's: while it is live, a deploy of every
+project's environment of that name waits for it (exit 4 once `--lock-wait` runs out), and
+`--force` does not take it. A stale one (its process gone, or no heartbeat for
+`deploy.lock_stale_after`) is passed over. `lockstep lock status` lists it as `ENVIRONMENT (old
+key)`, and `lockstep lock release --env ENVIRONMENT` removes it when the project's own lock is
+free. An older lockstep does not see the new locks, so upgrade every machine that deploys from
+the repository before two of them deploy at once.
 """
 
 

@@ -20,7 +20,7 @@ from lockstep.repository.repository import Repository
 from lockstep.storage.local import LocalBackend
 from lockstep.storage.location import open_backend
 from tests.conftest import TEST_PASSWORD, Completed, run_lockstep
-from tests.pipeline.test_environment_lock import StartDeployer, holder_for, start_deployer  # noqa: F401
+from tests.pipeline.test_environment_lock import PROJECT, StartDeployer, holder_for, start_deployer  # noqa: F401
 
 
 class Project:
@@ -30,7 +30,9 @@ class Project:
         self.root = root
         self.repository = root / "repository"
         Repository.init(LocalBackend(self.repository), TEST_PASSWORD).close()
-        (root / "lockstep.toml").write_text(f'[repository]\nurl = "{self.repository}"\n\n[environments.staging]\n')
+        (root / "lockstep.toml").write_text(
+            f'project = "{PROJECT}"\n\n[repository]\nurl = "{self.repository}"\n\n[environments.staging]\n'
+        )
         self.env = {"LOCKSTEP_PASSWORD": TEST_PASSWORD, "COLUMNS": "250"}
 
     def lockstep(self, *arguments: str) -> Completed:
@@ -44,7 +46,7 @@ class Project:
         return documents
 
     def lock_exists(self, environment: str = "production") -> bool:
-        return (self.repository / "lockstep" / "locks" / environment).exists()
+        return (self.repository / "lockstep" / "projects" / PROJECT / "locks" / environment).exists()
 
 
 @pytest.fixture
@@ -124,7 +126,7 @@ def test_stale_lock_is_released_without_confirmation(
 def test_release_asks_on_a_terminal_and_no_keeps_the_lock(project: Project) -> None:
     """On a terminal a live lock needs a yes; answering no leaves it and exits LOCKED."""
     repository = Repository.open(open_backend(str(project.repository)), TEST_PASSWORD)
-    lock = EnvironmentLock(DocumentStore(repository), "production")
+    lock = EnvironmentLock(DocumentStore(repository), PROJECT, "production")
     lock.acquire(holder_for("terminal-deploy"))
     try:
         for answer, expected_code, still_locked in ((b"n\n", ExitCode.LOCKED, True), (b"y\n", ExitCode.OK, False)):
@@ -156,7 +158,7 @@ def test_a_kept_lock_says_why_under_json_too(project: Project) -> None:
     """Answering no exits LOCKED; the human output named the holder and what to do, while --json
     printed `"hint": null`. The hint now names the holder and the command that releases it."""
     repository = Repository.open(open_backend(str(project.repository)), TEST_PASSWORD)
-    lock = EnvironmentLock(DocumentStore(repository), "production")
+    lock = EnvironmentLock(DocumentStore(repository), PROJECT, "production")
     lock.acquire(holder_for("json-terminal-deploy"))
     controller, terminal = pty.openpty()
     try:
@@ -196,7 +198,7 @@ def test_status_shows_the_whole_message_at_any_width(project: Project, columns: 
     """At widths where the table measured as fitting (rich counts a no_wrap cell by its longest
     word), the Message column was squeezed to three characters and every line cut to "ho…"."""
     repository = Repository.open(open_backend(str(project.repository)), TEST_PASSWORD)
-    lock = EnvironmentLock(DocumentStore(repository), "production")
+    lock = EnvironmentLock(DocumentStore(repository), PROJECT, "production")
     lock.acquire(holder_for("long-message-deploy", message=LONG_MESSAGE))
     try:
         result = run_lockstep(["lock", "status"], cwd=project.root, env={**project.env, "COLUMNS": columns}, input=b"")
@@ -239,14 +241,15 @@ def test_without_env_the_lock_is_looked_up_where_the_default_environment_deploys
     assert production["environment"] == "production" and production["locked"] is True, production
     released = project.lockstep("lock", "release")
     assert released.returncode == 0 and "crashed-deploy" in released.out, (released.out, released.err)
-    assert not (production_repository / "lockstep" / "locks" / "production").exists()
+    assert not (production_repository / "lockstep" / "projects" / PROJECT / "locks" / "production").exists()
 
 
 def test_a_lock_taken_by_hand_holds_deploys_off_until_released(project: Project) -> None:
     """`lock acquire -m` (Kamal's): no process and no heartbeat, never stale however long it is
     held; a deploy's lock is refused naming its message; release needs no --yes and frees it."""
     (project.root / "lockstep.toml").write_text(
-        f'[repository]\nurl = "{project.repository}"\n\n[deploy]\nlock_stale_after = 1\n\n[environments.staging]\n'
+        f'project = "{PROJECT}"\n\n[repository]\nurl = "{project.repository}"\n\n[deploy]\nlock_stale_after = 1\n\n'
+        "[environments.staging]\n"
     )
     taken = project.lockstep("lock", "acquire", "-m", "database maintenance until 14:00", "--json")
     assert taken.returncode == 0, taken.err
@@ -261,7 +264,7 @@ def test_a_lock_taken_by_hand_holds_deploys_off_until_released(project: Project)
 
     repository = Repository.open(open_backend(str(project.repository)), TEST_PASSWORD)
     try:
-        deploy_lock = EnvironmentLock(DocumentStore(repository), "production", stale_after=1)
+        deploy_lock = EnvironmentLock(DocumentStore(repository), PROJECT, "production", stale_after=1)
         with pytest.raises(EnvironmentLocked) as refused:
             deploy_lock.acquire(holder_for("would-be-deploy"))
         assert "database maintenance until 14:00" in refused.value.message

@@ -43,6 +43,8 @@ from tests.deploy.writing_workers import (
 )
 
 HOST_CONFIG = """
+# One name for the project in every checkout (orchestrator, host-0, host-1): its lock and snapshots.
+project = "notes"
 default_environment = "test"
 
 [repository]
@@ -79,6 +81,8 @@ data_rollback = "auto"
 """
 
 ORCHESTRATOR_CONFIG = """
+# One name for the project in every checkout (orchestrator, host-0, host-1): its lock and snapshots.
+project = "notes"
 default_environment = "test"
 hosts = [
 {hosts}

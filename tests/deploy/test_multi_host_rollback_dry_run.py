@@ -204,7 +204,7 @@ def test_a_dry_run_of_several_hosts_plans_from_the_orchestrator_s_history(orches
 
     # The environment lock held by someone else: said, and not taken over.
     repository = Repository.open(open_backend(str(orchestrator.repository)), TEST_PASSWORD)
-    lock = EnvironmentLock(DocumentStore(repository), "test")
+    lock = EnvironmentLock(DocumentStore(repository), "orchestrator", "test")
     lock.acquire(LockHolder.for_this_process("holding-for-the-test", "test", operation="deploy"))
     try:
         held = orchestrator.lockstep("rollback", "--dry-run")

@@ -31,6 +31,8 @@ from tests.deploy.test_multi_host import Fleet, _make_fleet
 pytestmark = pytest.mark.slow
 
 WORKERS_CONFIG = """
+# One name for the project in every checkout (orchestrator, host-0, host-1): its lock and snapshots.
+project = "notes"
 default_environment = "test"
 
 [repository]

@@ -67,7 +67,7 @@ def test_a_warm_slot_whose_web_exited_since_the_rollback_found_it_warm_gets_no_t
     assert notes_project.lockstep("deploy").returncode == 0
     deploy(notes_project, "1.0.1")
     repository = Repository.open(open_backend(str(notes_project.directory / ".lockstep" / "repository")), TEST_PASSWORD)
-    lock = EnvironmentLock(DocumentStore(repository), "test")
+    lock = EnvironmentLock(DocumentStore(repository), "notes", "test")
     lock.acquire(LockHolder.for_this_process("holding-for-the-test", "test", operation="deploy"))
     try:
         rollback = notes_project.run_until_step("lock", "rollback", "--lock-wait", "120s")

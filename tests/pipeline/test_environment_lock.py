@@ -27,13 +27,18 @@ from lockstep.pipeline.environment_lock import (
     LockHolder,
     break_lock,
     current_process_space,
+    list_locked_environments,
     now_utc,
+    read_holder,
+    read_old_key_holder,
 )
 from lockstep.repository.documents import DocumentStore
 from lockstep.repository.repository import Repository
 from lockstep.storage.local import LocalBackend
 from lockstep.storage.location import open_backend
 from tests.conftest import TEST_PASSWORD
+
+PROJECT = "shop"  # the project whose locks these are (the deployer script's too)
 
 # A deployer in its own process. argv: location, environment, deploy ID, mode, start file ("-" for
 # none), wait seconds, stale_after seconds. It prints "won {...}" or "lost <message>" on one line.
@@ -49,7 +54,7 @@ from lockstep.storage.location import open_backend
 location, environment, deploy_id, mode, start_file = sys.argv[1:6]
 wait, stale_after = float(sys.argv[6]), float(sys.argv[7])
 repository = Repository.open(open_backend(location), os.environ["LOCKSTEP_TEST_PASSWORD"])
-lock = EnvironmentLock(DocumentStore(repository), environment, stale_after=stale_after, heartbeat_interval=0.2)
+lock = EnvironmentLock(DocumentStore(repository), "shop", environment, stale_after=stale_after, heartbeat_interval=0.2)
 print("ready", flush=True)
 while start_file != "-" and not os.path.exists(start_file):
     time.sleep(0.002)
@@ -202,7 +207,7 @@ def race(
 
 def test_acquire_then_release_leaves_no_lock(store: DocumentStore, location: str) -> None:
     """The holder is readable by others while held (encrypted on disk), and gone after release."""
-    lock = EnvironmentLock(store, "production")
+    lock = EnvironmentLock(store, PROJECT, "production")
     lock.acquire(holder_for("20261122_050000_abc1234", message="ship the distinctive-message"))
     try:
         current = lock.current()
@@ -211,19 +216,19 @@ def test_acquire_then_release_leaves_no_lock(store: DocumentStore, location: str
         assert current.pid == os.getpid() and current.host == socket.gethostname()
         assert current.lock_id and current.lock_id == lock.holder.lock_id  # type: ignore[union-attr]
         assert current.process_space and current.process_space == current_process_space()
-        raw = (Path(location) / "lockstep" / "locks" / "production").read_bytes()
+        raw = (Path(location) / "lockstep" / "projects" / PROJECT / "locks" / "production").read_bytes()
         assert b"distinctive-message" not in raw
         assert lock.is_stale(current) == (False, lock.is_stale(current)[1])
     finally:
         lock.release()
     assert lock.current() is None
     lock.release()  # idempotent
-    assert not (Path(location) / "lockstep" / "locks" / "production").exists()
+    assert not (Path(location) / "lockstep" / "projects" / PROJECT / "locks" / "production").exists()
 
 
 def test_context_manager_releases_on_error(store: DocumentStore) -> None:
     """`with lock.acquire(...)` gives the lock back even when the body fails."""
-    lock = EnvironmentLock(store, "staging")
+    lock = EnvironmentLock(store, PROJECT, "staging")
     with pytest.raises(RuntimeError), lock.acquire(holder_for("d1", "staging")):
         raise RuntimeError("deploy step failed")
     assert lock.current() is None
@@ -231,10 +236,10 @@ def test_context_manager_releases_on_error(store: DocumentStore) -> None:
 
 def test_second_deploy_is_refused_with_who_and_since(store: DocumentStore) -> None:
     """The refusal names the deploy, user, host, PID, start time, message, and says what to do."""
-    first = EnvironmentLock(store, "production")
+    first = EnvironmentLock(store, PROJECT, "production")
     first.acquire(holder_for("20261122_050000_abc1234", message="release 2.0"))
     try:
-        second = EnvironmentLock(store, "production")
+        second = EnvironmentLock(store, PROJECT, "production")
         with pytest.raises(EnvironmentLocked) as refused:
             second.acquire(holder_for("20261122_050500_def5678"))
         error = refused.value
@@ -249,7 +254,7 @@ def test_second_deploy_is_refused_with_who_and_since(store: DocumentStore) -> No
         with pytest.raises(EnvironmentLocked, match=r"waited 0\.5 s"):
             second.acquire(holder_for("20261122_050500_def5678"), wait=0.5)
         assert 0.45 <= time.monotonic() - started < 10
-        other_environment = EnvironmentLock(store, "staging")
+        other_environment = EnvironmentLock(store, PROJECT, "staging")
         other_environment.acquire(holder_for("s1", "staging"))  # environments are independent
         other_environment.release()
     finally:
@@ -260,8 +265,85 @@ def test_environment_names_are_validated(store: DocumentStore) -> None:
     """Names become repository paths: only letters, digits, '-' and '_' are accepted."""
     for bad in ("", "../locks", "a/b", "prod.1", ".hidden", "spa ce"):
         with pytest.raises(UsageError):
-            EnvironmentLock(store, bad)
-    EnvironmentLock(store, "Prod-2_eu")
+            EnvironmentLock(store, PROJECT, bad)
+    EnvironmentLock(store, PROJECT, "Prod-2_eu")
+
+
+def test_projects_sharing_a_repository_have_locks_of_their_own(store: DocumentStore) -> None:
+    """Two projects' `production` are two locks: one held does not block the other, and --force
+    on one never takes the other's."""
+    shop = EnvironmentLock(store, "shop", "production")
+    shop.acquire(holder_for("shop-deploy"))
+    try:
+        blog = EnvironmentLock(store, "blog", "production")
+        blog.acquire(holder_for("blog-deploy"), force=True)
+        try:
+            assert shop.heartbeat() and not shop.lost  # force took nothing of shop's
+            held = [read_holder(store, project, "production") for project in ("shop", "blog")]
+            assert [(holder.deploy_id, holder.project) for holder in held if holder] == [
+                ("shop-deploy", "shop"),
+                ("blog-deploy", "blog"),
+            ]
+            assert list_locked_environments(store, "blog") == ["production"]
+            assert break_lock(store, "blog", "production") is not None
+            assert shop.heartbeat()
+        finally:
+            blog.release()
+    finally:
+        shop.release()
+    for bad in ("", ".hidden", "../shop", "a/b"):
+        with pytest.raises(UsageError):
+            EnvironmentLock(store, bad, "production")
+
+
+def _old_lockstep_lock(store: DocumentStore, deploy_id: str, pid: int | None = None, age: float = 0.0) -> None:
+    """The lock an older lockstep takes: at locks/ENVIRONMENT, its document without a project."""
+    moment = now_utc() - timedelta(seconds=age)
+    holder = replace(holder_for(deploy_id), lock_id="old-lock-id", acquired_at=moment, heartbeat_at=moment)
+    document = holder.to_document()
+    del document["project"]
+    if pid is not None:
+        document["pid"] = pid
+    assert store.create("locks/production", document)
+
+
+def test_a_live_lock_of_an_older_lockstep_is_waited_for_and_never_forced(store: DocumentStore) -> None:
+    """Under the old key a lock may be any project's: every project's deploy of that environment
+    name waits for it while it lives, --force included, and gives its own lock back meanwhile."""
+    _old_lockstep_lock(store, "old-deploy")  # this very process: alive
+    for force in (False, True):
+        lock = EnvironmentLock(store, PROJECT, "production")
+        with pytest.raises(EnvironmentLocked) as refused:
+            lock.acquire(holder_for("new-deploy"), wait=0.3, force=force)
+        assert "by an older lockstep" in refused.value.message and "old-deploy" in refused.value.message
+        assert refused.value.hint is not None and "--force does not take it" in refused.value.hint
+        assert "lockstep lock release --env production" in refused.value.hint
+        assert lock.current() is None and lock.holder is None  # its own lock given back
+    assert read_old_key_holder(store, "production") is not None  # left alone
+    assert list_locked_environments(store, PROJECT) == ["production"]
+    # Once the older deploy is over, the lock is taken at once.
+    store.remove("locks/production")
+    lock = EnvironmentLock(store, PROJECT, "production")
+    with lock.acquire(holder_for("new-deploy")):
+        assert lock.current() is not None
+
+
+def test_a_stale_lock_of_an_older_lockstep_is_passed_over_not_removed(store: DocumentStore) -> None:
+    """A dead older deploy's lock does not block (as a stale lock would not), and is left for
+    `lockstep lock release`: an older lockstep may be taking it over at that moment."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    _old_lockstep_lock(store, "old-dead-deploy", pid=int(dead.stdout))
+    lock = EnvironmentLock(store, PROJECT, "production")
+    with lock.acquire(holder_for("new-deploy")):
+        current = lock.current()
+        assert current is not None and current.deploy_id == "new-deploy"
+    old = read_old_key_holder(store, "production")
+    assert old is not None and old.deploy_id == "old-dead-deploy"
+    silent = EnvironmentLock(store, PROJECT, "production", stale_after=5)
+    store.remove("locks/production")
+    _old_lockstep_lock(store, "old-silent-deploy", age=30)  # alive here, but silent for 30 s
+    with silent.acquire(holder_for("new-deploy")):
+        pass
 
 
 def test_waits_until_another_process_releases(
@@ -271,7 +353,7 @@ def test_waits_until_another_process_releases(
     holder = start_deployer(location, "first")
     assert holder.line().startswith("won")
     threading.Timer(1.0, holder.finish).start()
-    lock = EnvironmentLock(store, "production")
+    lock = EnvironmentLock(store, PROJECT, "production")
     started = time.monotonic()
     lock.acquire(holder_for("second"), wait=60)
     try:
@@ -288,7 +370,7 @@ def test_lock_of_a_killed_process_is_recovered_with_a_warning(
     """kill -9 leaves the lock behind; the next deployer on this host sees the PID is dead and takes it."""
     victim = start_deployer(location, "killed-deploy")
     assert victim.line().startswith("won")
-    lock = EnvironmentLock(store, "production")
+    lock = EnvironmentLock(store, PROJECT, "production")
     with pytest.raises(EnvironmentLocked):
         lock.acquire(holder_for("next"))  # alive: refused
     victim_pid = victim.process.pid
@@ -312,7 +394,7 @@ def test_dead_pid_counts_only_in_our_own_process_space(store: DocumentStore) -> 
     finished = subprocess.Popen([sys.executable, "-c", "pass"])
     finished.wait(timeout=60)
     gone = replace(holder_for("container-deploy"), pid=finished.pid)
-    lock = EnvironmentLock(store, "production")
+    lock = EnvironmentLock(store, PROJECT, "production")
     assert lock.is_stale(replace(gone, process_space="another-boot/4026531836"))[0] is False
     assert lock.is_stale(replace(gone, process_space=current_process_space()))[0] is True
     assert lock.is_stale(replace(gone, process_space=""))[0] is True  # written without one: host name decides
@@ -324,14 +406,15 @@ def test_silent_holder_on_another_host_goes_stale_after_stale_after(store: Docum
     elsewhere = replace(
         holder_for("remote-deploy"), host="another-host.example", pid=1, acquired_at=long_ago, heartbeat_at=long_ago
     )
-    assert store.create("locks/production", {**elsewhere.to_document(), "lock_id": "remote-lock-id"})
-    patient = EnvironmentLock(store, "production", stale_after=120)
+    remote = {**elsewhere.to_document(), "lock_id": "remote-lock-id"}
+    assert store.create(f"projects/{PROJECT}/locks/production", remote)
+    patient = EnvironmentLock(store, PROJECT, "production", stale_after=120)
     with pytest.raises(EnvironmentLocked, match="remote-deploy"):
         patient.acquire(holder_for("mine"))
     current = patient.current()
     assert current is not None
     assert patient.is_stale(current)[0] is False
-    impatient = EnvironmentLock(store, "production", stale_after=5)
+    impatient = EnvironmentLock(store, PROJECT, "production", stale_after=5)
     stale, reason = impatient.is_stale(current)
     assert stale and "no heartbeat for 30 s" in reason
     warned: list[LockHolder] = []
@@ -349,7 +432,7 @@ def test_heartbeat_keeps_a_live_lock_fresh_and_a_frozen_one_goes_stale(
     though its PID exists, is taken over, and the holder notices the loss when it wakes."""
     holder = start_deployer(location, "frozen-deploy", mode="watch")
     assert holder.line().startswith("won")
-    lock = EnvironmentLock(store, "production", stale_after=3.0)
+    lock = EnvironmentLock(store, PROJECT, "production", stale_after=3.0)
     first_look = lock.current()
     assert first_look is not None
     wait_until(
@@ -378,9 +461,9 @@ def test_heartbeat_keeps_a_live_lock_fresh_and_a_frozen_one_goes_stale(
 def test_force_takes_a_live_lock_and_the_holder_finds_out(store: DocumentStore) -> None:
     """force takes a live lock; the old holder's heartbeat sees it, `lost` turns true, and its
     release leaves the new holder's lock alone."""
-    victim = EnvironmentLock(store, "production", heartbeat_interval=0.05)
+    victim = EnvironmentLock(store, PROJECT, "production", heartbeat_interval=0.05)
     victim.acquire(holder_for("victim"))
-    forcer = EnvironmentLock(store, "production")
+    forcer = EnvironmentLock(store, PROJECT, "production")
     try:
         forcer.acquire(holder_for("forcer"), force=True)
         wait_until(lambda: victim.lost, what="the heartbeat to notice the lost lock")
@@ -399,14 +482,14 @@ def test_force_takes_a_live_lock_and_the_holder_finds_out(store: DocumentStore) 
 
 def test_break_lock_refuses_a_lock_other_than_the_one_shown(store: DocumentStore) -> None:
     """Release after confirmation removes only the lock the user saw, never one taken meanwhile."""
-    lock = EnvironmentLock(store, "production")
+    lock = EnvironmentLock(store, PROJECT, "production")
     lock.acquire(holder_for("current"))
     with pytest.raises(EnvironmentLocked, match="changed meanwhile"):
-        break_lock(store, "production", expected_lock_id="some-older-lock")
-    removed = break_lock(store, "production", expected_lock_id=lock.holder.lock_id)  # type: ignore[union-attr]
+        break_lock(store, PROJECT, "production", expected_lock_id="some-older-lock")
+    removed = break_lock(store, PROJECT, "production", expected_lock_id=lock.holder.lock_id)  # type: ignore[union-attr]
     assert removed is not None and removed.deploy_id == "current"
     assert not lock.heartbeat() and lock.lost
-    assert break_lock(store, "production") is None
+    assert break_lock(store, PROJECT, "production") is None
     lock.release()
 
 
@@ -433,11 +516,11 @@ def test_only_one_of_several_processes_recovers_a_stale_lock(
         deployers, outcomes = race(start_deployer, location, tmp_path, 6)
         winners = [index for index, outcome in enumerate(outcomes) if outcome.startswith("won")]
         assert len(winners) == 1, outcomes
-        current = EnvironmentLock(store, "production").current()
+        current = EnvironmentLock(store, PROJECT, "production").current()
         assert current is not None and current.deploy_id == f"racer-{winners[0]}"
         for deployer in deployers:
             deployer.kill()  # the winner dies too: next round recovers from it
-        assert list(store.list("lock-takeovers/production")) == []
+        assert list(store.list(f"projects/{PROJECT}/lock-takeovers/production")) == []
 
 
 def test_s3_acquire_refuse_race_and_release(
@@ -453,7 +536,7 @@ def test_s3_acquire_refuse_race_and_release(
         deployers, outcomes = race(start_deployer, s3_location, tmp_path, 4, env=s3_env)
         winners = [index for index, outcome in enumerate(outcomes) if outcome.startswith("won")]
         assert len(winners) == 1, outcomes
-        lock = EnvironmentLock(store, "production")
+        lock = EnvironmentLock(store, PROJECT, "production")
         with pytest.raises(EnvironmentLocked, match=f"racer-{winners[0]}"):
             lock.acquire(holder_for("mine"))
         dead = f"racer-{winners[0]}"

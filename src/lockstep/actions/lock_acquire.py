@@ -26,6 +26,7 @@ MESSAGE_MAX_CHARACTERS = 500
 
 def acquire_lock(
     access: RepositoryAccess,
+    project: str,
     environment: str,
     message: str,
     *,
@@ -33,7 +34,7 @@ def acquire_lock(
     stale_after: float = DEFAULT_STALE_AFTER_SECONDS,
     on_stale: Callable[[LockHolder], None] | None = None,
 ) -> LockHolder:
-    """Take the environment's lock by hand with `message`; the holder written. Raises
+    """Take the project's lock of the environment by hand with `message`; the holder written. Raises
     EnvironmentLocked (naming the holder) when another holds it past `wait` seconds."""
     check_environment_name(environment)
     message = message.strip()
@@ -48,7 +49,7 @@ def acquire_lock(
             "say why in a sentence; details belong in your team's channel",
         )
     with access.session(lock=False, load_index=False) as repository:
-        lock = EnvironmentLock(DocumentStore(repository), environment, stale_after=stale_after)
+        lock = EnvironmentLock(DocumentStore(repository), project, environment, stale_after=stale_after)
         lock.acquire(LockHolder.by_hand(environment, message), wait=wait, on_stale=on_stale)
         assert lock.holder is not None
         return lock.holder

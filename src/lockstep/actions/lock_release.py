@@ -13,17 +13,26 @@ from lockstep.repository.documents import DocumentStore
 
 
 def inspect_lock(
-    access: RepositoryAccess, environment: str, stale_after: float = DEFAULT_STALE_AFTER_SECONDS
+    access: RepositoryAccess, project: str, environment: str, stale_after: float = DEFAULT_STALE_AFTER_SECONDS
 ) -> EnvironmentLockStatus:
-    """The environment's lock as it is now (holder, stale or not and why)."""
+    """The project's lock of the environment as it is now (holder, stale or not and why); when
+    that one is free, the lock an older lockstep left under the old key, if any (`old_key`)."""
     with access.session(lock=False, load_index=False) as repository:
-        return environment_lock_status(DocumentStore(repository), environment, stale_after)
+        store = DocumentStore(repository)
+        status = environment_lock_status(store, project, environment, stale_after)
+        if status.locked:
+            return status
+        old_key = environment_lock_status(store, None, environment, stale_after)
+        return old_key if old_key.locked else status
 
 
-def release_lock(access: RepositoryAccess, environment: str, expected_lock_id: str | None) -> LockHolder | None:
-    """Remove the lock if it is still `expected_lock_id` (None: whatever is there, damaged included).
+def release_lock(
+    access: RepositoryAccess, project: str | None, environment: str, expected_lock_id: str | None
+) -> LockHolder | None:
+    """Remove the project's lock (None: the one under the old key) if it is still
+    `expected_lock_id` (None: whatever is there, damaged included).
 
     Returns the holder removed. Raises EnvironmentLocked when another lock replaced the one shown.
     """
     with access.session(lock=False, load_index=False) as repository:
-        return break_lock(DocumentStore(repository), environment, expected_lock_id=expected_lock_id)
+        return break_lock(DocumentStore(repository), project, environment, expected_lock_id=expected_lock_id)

@@ -11,7 +11,7 @@ from lockstep.agent.client import AgentUnavailable
 from lockstep.errors import LockstepError
 from lockstep.health.checks import run_check
 from lockstep.pipeline.deploy import clean_up_abandoned
-from lockstep.pipeline.environment_lock import describe_holder, judge_staleness, read_holder
+from lockstep.pipeline.environment_lock import describe_holder, judge_staleness, read_blocking_holder
 from lockstep.pipeline.history import History, OperationRecord
 from lockstep.pipeline.paused_workers_retry import paused_workers_document, retry_paused_workers
 from lockstep.pipeline.release_launch import plan_components, runs_workers_only
@@ -23,7 +23,7 @@ from lockstep.repository.documents import DocumentStore
 def _lock_document(context: EnvironmentContext) -> dict[str, Any]:
     try:
         store = DocumentStore(context.project.access.open(load_index=False))
-        holder = read_holder(store, context.environment)
+        holder = read_blocking_holder(store, context.project.name, context.environment)
     except LockstepError as error:
         return {"state": "unknown", "detail": str(error)}
     if holder is None:

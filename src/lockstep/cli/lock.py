@@ -1,4 +1,4 @@
-"""`lockstep lock status | acquire | release`: the per-environment deploy lock kept in the repository."""
+"""`lockstep lock status | acquire | release`: the project's per-environment deploy lock, in the repository."""
 
 from __future__ import annotations
 
@@ -65,16 +65,21 @@ def _local_time(status: EnvironmentLockStatus, which: str) -> str:
 
 @click.group("lock")
 def lock_group() -> None:
-    """The deploy lock of each environment: one deploy or rollback at a time, for every deployer."""
+    """The deploy lock of each environment of this project: one deploy or rollback at a time, for every deployer."""
 
 
 @lock_group.command("status")
 @_config_option
 @click.option("--json", "json_output", is_flag=True, help="Print JSON on stdout.")
 def status_command(config_path: Path | None, environment: str | None, json_output: bool) -> None:
-    """Show each environment's lock (configured or locked ones): holder, since when, stale or not."""
+    """Show each environment's lock (configured or locked ones): holder, since when, stale or not.
+
+    A lock an older lockstep left under the key every project shared shows as `ENVIRONMENT (old key)`.
+    """
     project = _project(config_path, environment)
-    statuses = lock_status(project.access, environment, known_environments=project.config.known_environments())
+    statuses = lock_status(
+        project.access, project.name, environment, known_environments=project.config.known_environments()
+    )
     if wants_json(json_output):
         print_json([status.to_document() for status in statuses])
         return
@@ -90,13 +95,15 @@ def status_command(config_path: Path | None, environment: str | None, json_outpu
     rows: list[list[str]] = []
     for status in statuses:
         holder = status.holder
+        # A lock an older lockstep left: every project's environment of this name waits for it.
+        shown_environment = f"{status.environment} (old key)" if status.old_key else status.environment
         if holder is None:
             state = "damaged" if status.damaged else "unlocked"
-            rows.append([status.environment, state, "", "", "", "", "", status.damaged or "", ""])
+            rows.append([shown_environment, state, "", "", "", "", "", status.damaged or "", ""])
             continue
         rows.append(
             [
-                status.environment,
+                shown_environment,
                 "stale" if status.stale else "locked",
                 holder.operation,
                 holder.deploy_id,
@@ -134,6 +141,7 @@ def acquire_command(
 
     holder = acquire_lock(
         project.access,
+        project.name,
         name,
         message,
         wait=parse_duration_seconds(lock_wait),
@@ -158,11 +166,14 @@ def _release_document(status: EnvironmentLockStatus, released: bool) -> dict[str
 @click.option("--yes", is_flag=True, help="Release a live lock without asking (for scripts).")
 @click.option("--json", "json_output", is_flag=True, help="Print JSON on stdout.")
 def release_command(config_path: Path | None, environment: str | None, yes: bool, json_output: bool) -> None:
-    """Remove an environment's lock after showing who holds it; a live lock needs confirmation."""
+    """Remove an environment's lock after showing who holds it; a live lock needs confirmation.
+
+    When this project's lock is free, it removes a lock an older lockstep left under the old key.
+    """
     project = _project(config_path, environment)
     name = environment or project.config.default_environment
     json_wanted = wants_json(json_output)
-    status = inspect_lock(project.access, name)
+    status = inspect_lock(project.access, project.name, name)
     if not status.locked:
         if json_wanted:
             print_json(_release_document(status, released=False))
@@ -172,7 +183,8 @@ def release_command(config_path: Path | None, environment: str | None, yes: bool
     holder = status.holder
     shown = describe_holder(holder, now_utc()) if holder is not None else f"a damaged lock ({status.damaged})"
     if not json_wanted:
-        console.print(f"environment {name} is held by: {shown}", markup=False)
+        under = " under the old key (every project's, taken by an older lockstep)" if status.old_key else ""
+        console.print(f"environment {name} is held{under} by: {shown}", markup=False)
         console.print(f"{'stale' if status.stale else 'live'}: {status.reason}", markup=False)
     # A lock taken by hand has no process to disturb: releasing it is how its work ends.
     if not status.stale and not yes and not (holder is not None and holder.by_hand_held):
@@ -189,7 +201,9 @@ def release_command(config_path: Path | None, environment: str | None, yes: bool
                 f"or with `lockstep lock release --env {name} --yes`",
                 holder,
             )
-    released = release_lock(project.access, name, holder.lock_id if holder is not None else None)
+    released = release_lock(
+        project.access, None if status.old_key else project.name, name, holder.lock_id if holder is not None else None
+    )
     if json_wanted:
         print_json(_release_document(status, released=released is not None or status.damaged is not None))
     else:

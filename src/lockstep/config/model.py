@@ -553,7 +553,8 @@ class ProjectConfig(_Section):
             "Set it before two projects in directories of the same name share a repository, or to keep "
             "finding the snapshots after moving the project to a directory of another name. Letters, "
             "digits, '.', '_' and '-'; top level only (one name in every environment). `lockstep repo ...` "
-            "commands still see every snapshot."
+            "commands still see every snapshot. The deploy lock of each environment is the project's too, so "
+            "two projects' `production` deploy at the same time (commands.md, Deploy locks)."
         ),
         examples=["shop"],
     )

@@ -10,7 +10,7 @@ orchestrator died: nobody passes a barrier without a "go" that only comes when e
 
 It does not take the environment lock: the orchestrator holds it for the whole deploy, and the
 host checks the lock in the (shared) repository is the orchestrator's, before it starts and
-before each step that changes something.
+before each step that changes something. The lock is the project's (pipeline/environment_lock.py).
 
 A data restore is the one step of an unwind the hosts must do together: the primary restores the
 shared databases, and no host may write to them meanwhile (the old releases would write into a
@@ -173,7 +173,8 @@ def check_joined_lock(lock: EnvironmentLock, deploy_id: str) -> None:
         held = f"it is held by {describe_holder(holder)}" if holder is not None else "it is free"
         raise EnvironmentLockLost(
             f"the lock of environment {lock.environment} is not the coordinating deploy {deploy_id}'s: {held}",
-            "a coordinated deploy runs only under its orchestrator's lock; is this host using the same repository?",
+            "a coordinated deploy runs only under its orchestrator's lock; is this host using the same repository "
+            f"and the same project name (here {lock.project!r}: `project` in lockstep.toml)?",
         )
 
 
@@ -187,7 +188,7 @@ def orchestrator_still_holds(context: EnvironmentContext, deploy_id: str) -> str
 
     try:
         store = DocumentStore(context.project.access.open(load_index=False))
-        holder = read_holder(store, context.environment)
+        holder = read_holder(store, context.project.name, context.environment)
     except LockstepError as error:
         return f"its lock could not be read: {error}"
     if holder is None or holder.deploy_id != deploy_id:

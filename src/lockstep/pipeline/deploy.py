@@ -44,7 +44,7 @@ from lockstep.config.deploy_model import EffectivePolicy, effective_policy
 from lockstep.databases import adapter_for
 from lockstep.errors import LockstepError, UsageError
 from lockstep.exit_codes import ExitCode
-from lockstep.fault_injection import kill_point
+from lockstep.fault_injection import kill_point, wait_point
 from lockstep.health.checks import run_check
 from lockstep.health.gate import wait_until_healthy
 from lockstep.notify.events import (
@@ -526,7 +526,10 @@ class Deployment:
 
     def _take_lock(self, record: OperationRecord) -> None:
         lock = EnvironmentLock(
-            self._document_store(), self.context.environment, stale_after=self.config.deploy.lock_stale_after
+            self._document_store(),
+            self.context.project.name,
+            self.context.environment,
+            stale_after=self.config.deploy.lock_stale_after,
         )
         holder = LockHolder.for_this_process(record.id, self.context.environment, "deploy", record.message)
 
@@ -549,6 +552,7 @@ class Deployment:
                     )
         lock.acquire(holder, wait=self.request.lock_wait, force=self.request.force, on_stale=warn_stale)
         self.lock = lock
+        wait_point("environment locked")  # tests: another deploy arrives while this one holds the lock
         self._clean_up_abandoned()
 
     def _join_lock(self) -> None:
@@ -557,7 +561,10 @@ class Deployment:
 
         assert self.request.coordinated is not None
         lock = EnvironmentLock(
-            self._document_store(), self.context.environment, stale_after=self.config.deploy.lock_stale_after
+            self._document_store(),
+            self.context.project.name,
+            self.context.environment,
+            stale_after=self.config.deploy.lock_stale_after,
         )
         check_joined_lock(lock, self.request.coordinated)
         self.joined_lock = lock

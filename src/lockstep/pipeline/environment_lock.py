@@ -1,7 +1,8 @@
 """The environment lock: one deploy or rollback per environment at a time, for every deployer.
 
-The lock is a document in the repository (`lockstep/locks/<environment>`), so deployers on
-different machines see each other. Taking a free lock is one atomic create-if-absent. The lock
+The lock is a document in the repository (`lockstep/projects/<project>/locks/<environment>`), so
+deployers on different machines see each other, and projects sharing a repository (each with its
+own `production`) do not lock each other out. Taking a free lock is one atomic create-if-absent. The lock
 document itself is never rewritten: the holder's heartbeat goes to a separate document keyed by
 the lock's ID, so a late heartbeat can never overwrite the lock of whoever took over.
 
@@ -18,6 +19,14 @@ A lock taken by hand (`lockstep lock acquire -m MESSAGE`, Kamal's `lock acquire`
 window, a migration run outside lockstep) has no process and no heartbeat, and is never stale:
 it holds every deploy and rollback off until `lockstep lock release` (`--force` does not take
 it: the release shows who took it and why). Versions before it judge it stale after `stale_after`.
+
+Lockstep before per-project locks kept the lock at `lockstep/locks/<environment>` (the "old key"),
+without a project. Such a lock may be any project's, so while it is live a deploy of every project's
+environment of that name waits for it, as it would have: `acquire` looks at it once its own lock is
+taken, and gives its own back. It is never taken over (not even with force, since it may be another
+project's): a stale one is passed over, and `lockstep lock release` removes one. The other way round
+cannot work: an older lockstep does not know the new key, so every deployer of a repository must
+run a lockstep with per-project locks (multi-host deploys check the versions are the same).
 """
 
 from __future__ import annotations
@@ -54,6 +63,11 @@ _LONGEST_POLL_DELAY_SECONDS = 5.0
 # The operation of a lock taken by hand (`lockstep lock acquire`): never stale.
 MANUAL_OPERATION = "manual"
 _ENVIRONMENT_NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
+# A project's locks live under here (PROJECT_NAME in config/model.py: a path component).
+PROJECTS_DIRECTORY = "projects"
+_PROJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+# The scope of the old key, `locks/<environment>`: no project (see the module's docstring).
+OLD_KEY_SCOPE = ""
 
 
 class EnvironmentLocked(RepositoryLocked):
@@ -76,6 +90,21 @@ def check_environment_name(environment: str) -> str:
             "use letters, digits, '-' and '_' only (at most 100 characters)",
         )
     return environment
+
+
+def check_project_name(project: str) -> str:
+    """The name unchanged if it can be a path component of the lock's key (as config's `project`)."""
+    if not _PROJECT_NAME.fullmatch(project):
+        raise UsageError(
+            f"not a valid project name: {project!r}",
+            "use letters, digits, '.', '_' and '-', starting with a letter or digit",
+        )
+    return project
+
+
+def lock_scope(project: str) -> str:
+    """Where a project's lock documents live: the prefix of their paths in the repository."""
+    return f"{PROJECTS_DIRECTORY}/{check_project_name(project)}/"
 
 
 def now_utc() -> datetime:
@@ -113,6 +142,8 @@ class LockHolder:
     operation: str
     lock_id: str = field(default="")
     process_space: str = field(default="")
+    # The project whose lock this is, set by acquire; "" for a lock under the old key.
+    project: str = field(default="")
 
     @classmethod
     def for_this_process(
@@ -167,6 +198,7 @@ class LockHolder:
             "operation": self.operation,
             "lock_id": self.lock_id,
             "process_space": self.process_space,
+            "project": self.project,
         }
 
     @classmethod
@@ -188,6 +220,7 @@ class LockHolder:
             operation=str(document.get("operation") or "deploy"),
             lock_id=str(document.get("lock_id") or ""),
             process_space=str(document.get("process_space") or ""),
+            project=str(document.get("project") or ""),
         )
 
 
@@ -207,9 +240,11 @@ def describe_holder(holder: LockHolder, now: datetime | None = None) -> str:
     now = now or now_utc()
     since = holder.acquired_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     held_for = human_duration((now - holder.acquired_at).total_seconds())
+    # A lock under the old key is every project's (pipeline docstring): say so, whoever took it.
+    old_key = "" if holder.project else " (a lock of an older lockstep, under the key every project shared)"
     if holder.by_hand_held:
         text = f"a lock taken by hand by {holder.user or '?'}@{holder.host or '?'}, since {since} ({held_for} ago)"
-        return text + (f", message: {holder.message!r}" if holder.message else "")
+        return text + (f", message: {holder.message!r}" if holder.message else "") + old_key
     silent_for = human_duration((now - holder.heartbeat_at).total_seconds())
     text = (
         f"{holder.operation} {holder.deploy_id} by {holder.user or '?'}@{holder.host or '?'} PID {holder.pid}, "
@@ -217,7 +252,7 @@ def describe_holder(holder: LockHolder, now: datetime | None = None) -> str:
     )
     if holder.message:
         text += f", message: {holder.message!r}"
-    return text
+    return text + old_key
 
 
 def current_process_space() -> str:
@@ -251,29 +286,45 @@ def judge_staleness(holder: LockHolder, stale_after: float, now: datetime | None
     return False, f"heartbeat {human_duration(silence)} ago"
 
 
-def _lock_path(environment: str) -> str:
-    return f"{LOCKS_DIRECTORY}/{environment}"
+def _lock_path(scope: str, environment: str) -> str:
+    return f"{scope}{LOCKS_DIRECTORY}/{environment}"
 
 
-def _heartbeat_directory(environment: str) -> str:
-    return f"{HEARTBEATS_DIRECTORY}/{environment}"
+def _heartbeat_directory(scope: str, environment: str) -> str:
+    return f"{scope}{HEARTBEATS_DIRECTORY}/{environment}"
 
 
-def _heartbeat_path(environment: str, lock_id: str) -> str:
-    return f"{_heartbeat_directory(environment)}/{lock_id}"
+def _heartbeat_path(scope: str, environment: str, lock_id: str) -> str:
+    return f"{_heartbeat_directory(scope, environment)}/{lock_id}"
 
 
-def _takeover_directory(environment: str) -> str:
-    return f"{TAKEOVERS_DIRECTORY}/{environment}"
+def _takeover_directory(scope: str, environment: str) -> str:
+    return f"{scope}{TAKEOVERS_DIRECTORY}/{environment}"
 
 
-def read_holder(store: DocumentStore, environment: str) -> LockHolder | None:
-    """The environment's lock holder with its latest heartbeat, or None when unlocked.
+def read_holder(store: DocumentStore, project: str, environment: str) -> LockHolder | None:
+    """The project's environment's lock holder with its latest heartbeat, or None when unlocked.
 
     Raises IntegrityError when the lock document cannot be read (`lockstep lock release` removes it).
     """
     check_environment_name(environment)
-    path = _lock_path(environment)
+    return _read_holder(store, lock_scope(project), environment)
+
+
+def read_old_key_holder(store: DocumentStore, environment: str) -> LockHolder | None:
+    """The holder of the environment's lock under the old key (an older lockstep's), or None."""
+    check_environment_name(environment)
+    return _read_holder(store, OLD_KEY_SCOPE, environment)
+
+
+def read_blocking_holder(store: DocumentStore, project: str, environment: str) -> LockHolder | None:
+    """Who keeps a deploy of the project's environment waiting: its own lock's holder, else the
+    holder of a lock under the old key (what `lockstep status` shows)."""
+    return read_holder(store, project, environment) or read_old_key_holder(store, environment)
+
+
+def _read_holder(store: DocumentStore, scope: str, environment: str) -> LockHolder | None:
+    path = _lock_path(scope, environment)
     document = store.load(path)
     if document is None:
         return None
@@ -284,9 +335,11 @@ def read_holder(store: DocumentStore, environment: str) -> LockHolder | None:
             f"the lock of environment {environment} (lockstep/{path}) is damaged ({error})",
             f"remove it with `lockstep lock release --env {environment}`",
         ) from error
+    if scope == OLD_KEY_SCOPE:
+        holder = replace(holder, project="")  # whatever it says, the old key is every project's
     if holder.lock_id:
         with suppress(IntegrityError):
-            heartbeat = store.load(_heartbeat_path(environment, holder.lock_id))
+            heartbeat = store.load(_heartbeat_path(scope, environment, holder.lock_id))
             if heartbeat is not None and heartbeat.get("lock_id") == holder.lock_id:
                 with suppress(ValueError):
                     beat = _parse_time(heartbeat.get("heartbeat_at"), "heartbeat_at")
@@ -295,9 +348,11 @@ def read_holder(store: DocumentStore, environment: str) -> LockHolder | None:
     return holder
 
 
-def list_locked_environments(store: DocumentStore) -> list[str]:
-    """Names of the environments that have a lock document, sorted."""
-    names = [path.rsplit("/", 1)[-1] for path in store.list(LOCKS_DIRECTORY)]
+def list_locked_environments(store: DocumentStore, project: str) -> list[str]:
+    """Names of the project's environments that have a lock document, under its key or the old
+    one, sorted."""
+    directories = (f"{lock_scope(project)}{LOCKS_DIRECTORY}", f"{OLD_KEY_SCOPE}{LOCKS_DIRECTORY}")
+    names = {path.rsplit("/", 1)[-1] for directory in directories for path in store.list(directory)}
     return sorted(name for name in names if _ENVIRONMENT_NAME.fullmatch(name))
 
 
@@ -307,15 +362,19 @@ def _remove_directory(store: DocumentStore, directory: str, keep: str | None = N
             store.remove(path)
 
 
-def break_lock(store: DocumentStore, environment: str, *, expected_lock_id: str | None = None) -> LockHolder | None:
-    """Remove the environment's lock whoever holds it; returns the holder removed (None if unlocked).
+def break_lock(
+    store: DocumentStore, project: str | None, environment: str, *, expected_lock_id: str | None = None
+) -> LockHolder | None:
+    """Remove the project's environment's lock whoever holds it (`project` None: the lock under
+    the old key); returns the holder removed (None if unlocked).
 
     With `expected_lock_id`, remove it only if it is still that lock (what the user confirmed);
     otherwise raise EnvironmentLocked describing the new holder. A damaged lock is removed too.
     """
     check_environment_name(environment)
+    scope = OLD_KEY_SCOPE if project is None else lock_scope(project)
     try:
-        holder = read_holder(store, environment)
+        holder = _read_holder(store, scope, environment)
     except IntegrityError:
         holder = None
         if expected_lock_id is not None:
@@ -328,16 +387,16 @@ def break_lock(store: DocumentStore, environment: str, *, expected_lock_id: str 
             "look again with `lockstep lock status` and run the release again if you still want to",
             holder,
         )
-    store.remove(_lock_path(environment))
-    _remove_directory(store, _heartbeat_directory(environment))
-    _remove_directory(store, _takeover_directory(environment))
+    store.remove(_lock_path(scope, environment))
+    _remove_directory(store, _heartbeat_directory(scope, environment))
+    _remove_directory(store, _takeover_directory(scope, environment))
     return holder
 
 
 class EnvironmentLock:
-    """Take, keep alive and give back one environment's lock.
+    """Take, keep alive and give back one project's environment's lock.
 
-    lock = EnvironmentLock(store, "production")
+    lock = EnvironmentLock(store, "shop", "production")
     with lock.acquire(holder, wait=60, on_stale=warn):
         ...  # check lock.lost (or call lock.ensure_held()) between steps
     """
@@ -345,13 +404,16 @@ class EnvironmentLock:
     def __init__(
         self,
         store: DocumentStore,
+        project: str,
         environment: str,
         *,
         stale_after: float = DEFAULT_STALE_AFTER_SECONDS,
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
     ) -> None:
         self.store = store
+        self.project = check_project_name(project)
         self.environment = check_environment_name(environment)
+        self._scope = lock_scope(project)
         self.stale_after = stale_after
         self.heartbeat_interval = heartbeat_interval
         self.holder: LockHolder | None = None
@@ -362,7 +424,7 @@ class EnvironmentLock:
 
     @property
     def path(self) -> str:
-        return _lock_path(self.environment)
+        return _lock_path(self._scope, self.environment)
 
     @property
     def lost(self) -> bool:
@@ -371,7 +433,7 @@ class EnvironmentLock:
 
     def current(self) -> LockHolder | None:
         """Who holds the lock now (with the latest heartbeat), or None."""
-        return read_holder(self.store, self.environment)
+        return _read_holder(self.store, self._scope, self.environment)
 
     def is_stale(self, holder: LockHolder, now: datetime | None = None) -> tuple[bool, str]:
         """Whether `holder` is gone (dead PID on this host, or silent for stale_after), and why."""
@@ -396,41 +458,72 @@ class EnvironmentLock:
             raise LockstepError(f"this process already holds the lock of environment {self.environment}")
         if holder.environment != self.environment:
             raise ValueError(f"holder is for environment {holder.environment}, lock for {self.environment}")
-        wanted = replace(holder, lock_id=_new_lock_id())
+        wanted = replace(holder, lock_id=_new_lock_id(), project=self.project)
         if holder.pid == os.getpid() and holder.host == socket.gethostname():
             wanted = replace(wanted, process_space=current_process_space())
         deadline = time.monotonic() + wait
         delay = _FIRST_POLL_DELAY_SECONDS
         forced_lock_id: str | None = None
+        recovered: LockHolder | None = None
         while True:
-            if self._create(wanted):
-                break
-            current = self.current()
-            if current is None:
-                continue  # released between our create and our look: try again at once
-            stale, _reason = self.is_stale(current)
-            # Force takes the lock seen now, not later ones; never one taken by hand (`lock release` does).
-            if force and forced_lock_id is None and not stale and not current.by_hand_held:
-                forced_lock_id = current.lock_id
-            if stale or current.lock_id == forced_lock_id:
-                if self._take_over(current, wanted, forced=not stale):
-                    if stale and on_stale is not None:
-                        on_stale(current)
-                    break
+            won = self._create(wanted)
+            current: LockHolder | None = None
+            if not won:
                 current = self.current()
                 if current is None:
-                    continue
+                    continue  # released between our create and our look: try again at once
+                stale, _reason = self.is_stale(current)
+                # Force takes the lock seen now, not later ones; never one taken by hand (`lock release` does).
+                if force and forced_lock_id is None and not stale and not current.by_hand_held:
+                    forced_lock_id = current.lock_id
+                if stale or current.lock_id == forced_lock_id:
+                    if self._take_over(current, wanted, forced=not stale):
+                        won = True
+                        recovered = current if stale else recovered
+                    else:
+                        current = self.current()
+                        if current is None:
+                            continue
+            if won:
+                current = self._live_old_key_holder()
+                if current is None:
+                    break
+                self.release()  # an older lockstep's deploy of this environment name runs: wait for it
+                wanted = replace(wanted, lock_id=_new_lock_id())  # a forcer may have judged the one given back
+            assert current is not None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise self._locked_error(current, wait)
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, _LONGEST_POLL_DELAY_SECONDS)
+        if recovered is not None and on_stale is not None:
+            on_stale(recovered)
         if not holder.by_hand_held:
             self._start_heartbeat()
         return self
 
+    def _live_old_key_holder(self) -> LockHolder | None:
+        """The live holder of a lock under the old key (module docstring), or None: a stale or
+        damaged one is passed over, never removed (an older lockstep may be taking it over)."""
+        try:
+            holder = read_old_key_holder(self.store, self.environment)
+        except IntegrityError:
+            return None
+        if holder is None or self.is_stale(holder)[0]:
+            return None
+        return holder
+
     def _locked_error(self, holder: LockHolder, wait: float) -> EnvironmentLocked:
         waited = f" (waited {wait:g} s)" if wait > 0 else ""
+        if not holder.project:  # an older lockstep's, whatever it was for
+            return EnvironmentLocked(
+                f"environment {self.environment} is locked{waited} by an older lockstep: {describe_holder(holder)}",
+                "it may be another project's deploy of an environment of this name (that lockstep did not tell "
+                "projects apart), so --force does not take it: wait for it (--lock-wait DURATION), or if that "
+                f"process is gone remove it with `lockstep lock release --env {self.environment}`; then upgrade "
+                "lockstep on every machine deploying from this repository",
+                holder,
+            )
         if holder.by_hand_held:
             return EnvironmentLocked(
                 f"environment {self.environment} is locked{waited}: {describe_holder(holder)}",
@@ -454,12 +547,12 @@ class EnvironmentLock:
         self._lost.clear()
         # Heartbeats of earlier holders are garbage now (ours does not exist yet).
         with suppress(LockstepError, OSError):
-            _remove_directory(self.store, _heartbeat_directory(self.environment))
+            _remove_directory(self.store, _heartbeat_directory(self._scope, self.environment))
         return True
 
     def _claim(self, lock_id: str) -> str | None:
         """Create the takeover claim for `lock_id`; None when a live claim of someone else exists."""
-        directory = _takeover_directory(self.environment)
+        directory = _takeover_directory(self._scope, self.environment)
         generation = 0
         while True:
             path = f"{directory}/{lock_id}-{generation}"
@@ -492,12 +585,12 @@ class EnvironmentLock:
             if not forced and not self.is_stale(latest)[0]:
                 return False  # it sent a heartbeat since we looked: alive after all
             self.store.remove(self.path)
-            self.store.remove(_heartbeat_path(self.environment, judged.lock_id))
+            self.store.remove(_heartbeat_path(self._scope, self.environment, judged.lock_id))
             return self._create(wanted)
         finally:
-            prefix = f"{_takeover_directory(self.environment)}/{judged.lock_id}-"
+            prefix = f"{_takeover_directory(self._scope, self.environment)}/{judged.lock_id}-"
             with suppress(LockstepError, OSError):
-                for path in list(self.store.list(_takeover_directory(self.environment))):
+                for path in list(self.store.list(_takeover_directory(self._scope, self.environment))):
                     if path.startswith(prefix):
                         self.store.remove(path)
 
@@ -530,7 +623,7 @@ class EnvironmentLock:
                 return False
             now = now_utc()
             self.store.save(
-                _heartbeat_path(self.environment, holder.lock_id),
+                _heartbeat_path(self._scope, self.environment, holder.lock_id),
                 {"lock_id": holder.lock_id, "heartbeat_at": now.isoformat()},
             )
             self.holder = replace(holder, heartbeat_at=now)
@@ -567,7 +660,7 @@ class EnvironmentLock:
                 self.store.remove(self.path)
             else:
                 self._lost.set()
-            self.store.remove(_heartbeat_path(self.environment, holder.lock_id))
+            self.store.remove(_heartbeat_path(self._scope, self.environment, holder.lock_id))
 
     def __enter__(self) -> EnvironmentLock:
         return self

@@ -466,7 +466,10 @@ class HostFanOut:
         from lockstep.repository.documents import DocumentStore
 
         lock = EnvironmentLock(
-            DocumentStore(repository), self.context.environment, stale_after=self.config.deploy.lock_stale_after
+            DocumentStore(repository),
+            self.context.project.name,
+            self.context.environment,
+            stale_after=self.config.deploy.lock_stale_after,
         )
         holder = LockHolder.for_this_process(record.id, self.context.environment, self.operation, record.message)
 

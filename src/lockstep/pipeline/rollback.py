@@ -253,6 +253,7 @@ class Rollback:
             self._confirm_data_loss(target)
         lock = EnvironmentLock(
             DocumentStore(self.context.project.access.open(load_index=False)),
+            self.context.project.name,
             self.context.environment,
             stale_after=self.config.deploy.lock_stale_after,
         )

@@ -16,7 +16,7 @@ from typing import Any
 from lockstep.actions.environment import EnvironmentContext
 from lockstep.agent.state import other_slot
 from lockstep.pipeline.data_rollback import describe_discarded, summarize_discarded
-from lockstep.pipeline.environment_lock import EnvironmentLock, describe_holder
+from lockstep.pipeline.environment_lock import EnvironmentLock, describe_holder, read_old_key_holder
 from lockstep.pipeline.notifications import secrets_redactor
 from lockstep.pipeline.release_launch import (
     ComponentPlan,
@@ -56,10 +56,11 @@ def lock_state(context: EnvironmentContext, request: RollbackRequest) -> str:
     """Whether the environment's lock is free now, in parentheses, and what the rollback does if not."""
     repository = context.project.access.open(load_index=False)
     try:
+        store = DocumentStore(repository)
         lock = EnvironmentLock(
-            DocumentStore(repository), context.environment, stale_after=context.config.deploy.lock_stale_after
+            store, context.project.name, context.environment, stale_after=context.config.deploy.lock_stale_after
         )
-        holder = lock.current()
+        holder = lock.current() or read_old_key_holder(store, context.environment)
         if holder is None:
             return "(free now)"
         stale, why = lock.is_stale(holder)

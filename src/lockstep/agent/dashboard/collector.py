@@ -22,7 +22,7 @@ from lockstep.agent.dashboard.cache import BackgroundValue
 from lockstep.agent.service import AgentService
 from lockstep.errors import LockstepError
 from lockstep.health.checks import run_check
-from lockstep.pipeline.environment_lock import describe_holder, judge_staleness, read_holder
+from lockstep.pipeline.environment_lock import describe_holder, judge_staleness, read_blocking_holder
 from lockstep.pipeline.history import History, OperationRecord
 from lockstep.pipeline.manifest import Manifest
 from lockstep.pipeline.release_launch import ComponentPlan, plan_components
@@ -182,7 +182,7 @@ class DashboardData:
 
     def _lock_document(self, store: DocumentStore) -> dict[str, Any]:
         try:
-            holder = read_holder(store, self.context.environment)
+            holder = read_blocking_holder(store, self.context.project.name, self.context.environment)
         except LockstepError as error:
             return {"state": "unknown", "detail": str(error)}
         if holder is None:
