@@ -553,6 +553,47 @@ def test_an_unknown_host_key_is_refused(fleet_factory: FleetFactory) -> None:
     assert "data on unwind: no restore (--skip-migrations), so no host holds its traffic or stops" in skipping
 
 
+def _name_project(host: NotesProject, line: str) -> None:
+    """Put `line` (a `project = ...` line, or "" for none) in place of the host's `project` line."""
+    config = host.directory / "lockstep.toml"
+    kept = [kept for kept in config.read_text().splitlines(keepends=True) if not kept.startswith("project = ")]
+    config.write_text(line + "".join(kept))
+
+
+def test_a_host_with_another_project_name_is_refused_before_anything_changes(fleet_factory: FleetFactory) -> None:
+    """The hosts find the orchestrator's lock (and the primary's snapshots) by the project's name.
+    A host whose name differs, here its directory's (host-1) for want of a `project` key, is
+    refused in the preflight of a deploy and of a rollback, naming both names and the fix."""
+    fleet = fleet_factory()
+    second = fleet.hosts[1]
+    _name_project(second, "")
+    refused = fleet.lockstep("deploy", "--json")
+    assert refused.returncode == 2, refused.stderr + refused.stdout
+    error = json.loads(refused.stdout)["error"]
+    assert f"host 127.0.0.1:{fleet.servers[1].port} uses project name 'host-1', this machine 'notes'" in error
+    assert 'set the same `project = "notes"` at the top of lockstep.toml on every host and here' in error
+    assert f"127.0.0.1:{fleet.servers[0].port}" not in error  # the first host agrees
+    # Nothing changed anywhere: no operation on a host, nothing served, no snapshot, the lock free.
+    assert all(host.history() == [] for host in fleet.hosts)
+    assert not any(host.status().get("active_slot") for host in fleet.hosts)
+    snapshots = fleet.lockstep("repo", "snapshots", "--json")
+    assert snapshots.returncode == 0 and json.loads(snapshots.stdout) == [], snapshots.stderr
+    locks = fleet.lockstep("lock", "status", "--json")
+    assert locks.returncode == 0 and not any(lock["locked"] for lock in json.loads(locks.stdout)), locks.stdout
+    # A rollback asks the same of every host before it takes the lock.
+    _name_project(second, 'project = "notes"\n')
+    _deploy_ok(fleet)
+    fleet.commit_version("1.0.1")
+    second_deploy = _deploy_ok(fleet)
+    _name_project(second, 'project = "shop"\n')
+    refused = fleet.lockstep("rollback", "--json")
+    assert refused.returncode == 2, refused.stderr + refused.stdout
+    error = json.loads(refused.stdout)["error"]
+    assert f"host 127.0.0.1:{fleet.servers[1].port} uses project name 'shop', this machine 'notes'" in error
+    assert [host.version() for host in fleet.hosts] == ["1.0.1", "1.0.1"]
+    assert [host.history()[-1]["id"] for host in fleet.hosts] == [second_deploy["id"]] * 2
+
+
 def test_a_rollback_goes_back_on_every_host_or_is_refused(fleet_factory: FleetFactory) -> None:
     fleet = fleet_factory()
     first = _deploy_ok(fleet)

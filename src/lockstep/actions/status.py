@@ -53,6 +53,7 @@ def environment_status(
     agent = context.agent()
     document: dict[str, Any] = {
         "environment": context.environment,
+        "project": context.project.name,  # a multi-host rollback checks the hosts' is the orchestrator's
         "url": f"http://{context.config.traffic.listen}/",
         "lock": _lock_document(context),
         # No component has a port: the proxy never gets traffic, deployed or not (cli/status.py).
@@ -119,6 +120,7 @@ def _hosts_status(context: EnvironmentContext, history: History) -> dict[str, An
     operations = history.all()
     return {
         "environment": context.environment,
+        "project": context.project.name,
         "lock": _lock_document(context),
         "hosts": host_statuses(context),
         "last_operation": operations[-1].to_document() if operations else None,

@@ -554,7 +554,8 @@ class ProjectConfig(_Section):
             "finding the snapshots after moving the project to a directory of another name. Letters, "
             "digits, '.', '_' and '-'; top level only (one name in every environment). `lockstep repo ...` "
             "commands still see every snapshot. The deploy lock of each environment is the project's too, so "
-            "two projects' `production` deploy at the same time (commands.md, Deploy locks)."
+            "two projects' `production` deploy at the same time (commands.md, Deploy locks); the hosts of a "
+            "multi-host environment must have the deploying machine's name (the preflight checks)."
         ),
         examples=["shop"],
     )

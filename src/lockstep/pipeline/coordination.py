@@ -10,7 +10,8 @@ orchestrator died: nobody passes a barrier without a "go" that only comes when e
 
 It does not take the environment lock: the orchestrator holds it for the whole deploy, and the
 host checks the lock in the (shared) repository is the orchestrator's, before it starts and
-before each step that changes something. The lock is the project's (pipeline/environment_lock.py).
+before each step that changes something. The lock is the project's (pipeline/environment_lock.py),
+so the orchestrator's preflight makes sure every host has its project name.
 
 A data restore is the one step of an unwind the hosts must do together: the primary restores the
 shared databases, and no host may write to them meanwhile (the old releases would write into a

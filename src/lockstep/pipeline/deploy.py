@@ -572,7 +572,8 @@ class Deployment:
 
     def preflight_only(self) -> dict[str, Any]:
         """What the orchestrator checks of a host before it takes the lock: the preflight passes,
-        and the repository is the one the orchestrator uses (compared by repository ID)."""
+        and the repository is the one the orchestrator uses (compared by repository ID), under
+        the same project name (its snapshots and its lock are found by it)."""
         from lockstep import __version__
 
         resolved = self._preflight(self._code_work_tree())
@@ -581,7 +582,12 @@ class Deployment:
             repository_id = repository.config.id
         finally:
             repository.close()
-        return {"commit": resolved.commit, "repository_id": repository_id, "version": __version__}
+        return {
+            "commit": resolved.commit,
+            "repository_id": repository_id,
+            "project": self.context.project.name,
+            "version": __version__,
+        }
 
     def _barrier(self, name: str, record: OperationRecord) -> None:
         """In a coordinated deploy: wait here until every host is here too (pipeline/coordination.py)."""

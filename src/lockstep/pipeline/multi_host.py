@@ -7,8 +7,9 @@ different version (ansistrano #333). The orchestrator, the machine running `lock
  1. preflight   resolve REF here; reach every host over SSH (host keys checked); the same lockstep
                 version; give each host the commit (a `git bundle` over SFTP, fetched into its
                 checkout, so hosts need no access to the git remote; only what is new since a commit
-                it has, multi_host_bundles.py); run the host's own preflight,
-                which also reports its repository ID: every host must use this machine's repository
+                it has, multi_host_bundles.py); run the host's own preflight, which also reports its
+                repository ID and project name: every host must use this machine's repository, under
+                its project name (the lock and snapshots are the project's)
  2. lock        the environment's lock in the (shared) repository, once, for every host
  3. primary     the first host runs `lockstep deploy COMMIT --coordinated ID` up to its switch
                 barrier: it alone takes the pre-deploy snapshot and runs the migrations
@@ -856,6 +857,7 @@ class MultiHostDeployment(HostFanOut):
                 "the environment lock and the pre-deploy snapshot live there: point every host's [repository] at "
                 "the same S3 bucket or shared path",
             )
+        check_same_project(run.name, document.get("project"), self.context.project.name)
 
     async def _ship_commit(self, run: HostRun, bundles: CommitBundles) -> None:
         """Give the host the commit unless it has it: a bundle over SFTP, fetched into its checkout.
@@ -983,6 +985,20 @@ def host_statuses(context: EnvironmentContext) -> list[dict[str, Any]]:
     return asyncio.run(every())
 
 
+def check_same_project(host: str, theirs: Any, ours: str) -> None:
+    """Refuse (exit 2) a host whose project name differs from this machine's: the environment's
+    lock and the snapshots are found by it, so the host would find the orchestrator's lock free
+    and the primary's pre-deploy snapshot would be another project's to this machine."""
+    if theirs == ours:
+        return
+    raise UsageError(
+        f"host {host} uses project name {theirs!r}, this machine {ours!r}: the environment lock and the snapshots "
+        "are kept per project, so they would not match",
+        f'set the same `project = "{ours}"` at the top of lockstep.toml on every host and here '
+        "(by default it is the name of the directory lockstep.toml is in)",
+    )
+
+
 def plan_lines(context: EnvironmentContext, request: DeployRequest) -> list[str]:
     """`deploy --dry-run` for a multi-host environment: the hosts and the steps, nothing contacted."""
     targets = context.config.host_targets()
@@ -993,7 +1009,7 @@ def plan_lines(context: EnvironmentContext, request: DeployRequest) -> list[str]
         f"{listed}",
         "1. preflight: resolve the ref here; reach every host (host keys checked against "
         f"{ssh.known_hosts_path(context.config.ssh)}); same lockstep version; send the commit (git bundle, only "
-        "what is new since a commit the host has); each host's own preflight and the same repository",
+        "what is new since a commit the host has); each host's own preflight, the same repository and project name",
         f"2. lock environment {context.environment} in the repository, once for every host",
         f"3. primary {primary}: release, pre-deploy snapshot, migrations, start, smoke, up to its switch barrier",
         "4. the other hosts in parallel: release, start, smoke (no snapshot, no migrations), up to their switch "

@@ -31,7 +31,7 @@ from lockstep.errors import UsageError
 from lockstep.notify.events import ROLLBACK_DONE, ROLLBACK_FAILED
 from lockstep.pipeline.coordination import GO, RESTORE_BARRIER, RETIRE_BARRIER, SWITCH_BARRIER
 from lockstep.pipeline.history import History, OperationRecord
-from lockstep.pipeline.multi_host import HostFanOut, HostRun, error_of
+from lockstep.pipeline.multi_host import HostFanOut, HostRun, check_same_project, error_of
 from lockstep.pipeline.notifications import notifier_for
 from lockstep.pipeline.rollback import (
     RollbackRequest,
@@ -183,6 +183,7 @@ class MultiHostRollback(HostFanOut):
             if result.exit_status != 0:
                 raise UsageError(f"host {run.name}: {error_of(result)}")
             document = json.loads(result.stdout.strip().splitlines()[-1])
+            check_same_project(run.name, document.get("project"), self.context.project.name)
             if not document.get("agent", {}).get("running"):
                 raise UsageError(f"host {run.name}: its agent is not running", "start it there (lockstep agent)")
             serving[run.name] = document.get("release")
