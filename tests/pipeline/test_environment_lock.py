@@ -28,6 +28,7 @@ from lockstep.pipeline.environment_lock import (
     break_lock,
     current_process_space,
     list_locked_environments,
+    lock_scope,
     now_utc,
     read_holder,
     read_old_key_holder,
@@ -291,9 +292,28 @@ def test_projects_sharing_a_repository_have_locks_of_their_own(store: DocumentSt
             blog.release()
     finally:
         shop.release()
-    for bad in ("", ".hidden", "../shop", "a/b"):
-        with pytest.raises(UsageError):
-            EnvironmentLock(store, bad, "production")
+    with pytest.raises(UsageError):
+        EnvironmentLock(store, "", "production")
+
+
+def test_a_project_named_after_any_directory_has_a_lock_of_its_own(store: DocumentStore) -> None:
+    """The default project name is the config directory's, which may be anything ("My App",
+    "café", ".."): each gets a key of its own inside projects/, and none is refused (a deploy
+    refused "not a valid project name" for a directory with a space in its name)."""
+    names = ("My App", "café", "..", ".hidden", "../shop", "a/b", "shop")
+    assert len({lock_scope(name) for name in names}) == len(names)
+    assert all(lock_scope(name).startswith("projects/") and lock_scope(name).count("/") == 2 for name in names)
+    locks = [EnvironmentLock(store, name, "production") for name in names]
+    try:
+        for number, lock in enumerate(locks):
+            lock.acquire(holder_for(f"deploy-{number}"))
+        for number, name in enumerate(names):
+            holder = read_holder(store, name, "production")
+            assert holder is not None and holder.deploy_id == f"deploy-{number}" and holder.project == name
+    finally:
+        for lock in locks:
+            lock.release()
+    assert all(read_holder(store, name, "production") is None for name in names)
 
 
 def _old_lockstep_lock(store: DocumentStore, deploy_id: str, pid: int | None = None, age: float = 0.0) -> None:

@@ -92,19 +92,28 @@ def check_environment_name(environment: str) -> str:
     return environment
 
 
-def check_project_name(project: str) -> str:
-    """The name unchanged if it can be a path component of the lock's key (as config's `project`)."""
-    if not _PROJECT_NAME.fullmatch(project):
-        raise UsageError(
-            f"not a valid project name: {project!r}",
-            "use letters, digits, '.', '_' and '-', starting with a letter or digit",
-        )
-    return project
+def project_key(project: str) -> str:
+    """The project's name as one path component of its lock's key. A name set in the config is
+    letters, digits, '.', '_' and '-' and stays as it is; the default, the config directory's
+    name, may be anything ("My App", "café"): what else it holds is percent-encoded (UTF-8), so
+    every project gets a key of its own and none reaches outside `projects/`."""
+    if _PROJECT_NAME.fullmatch(project) and project not in (".", ".."):
+        return project
+    if not project:
+        raise UsageError("a project needs a name for its deploy lock", "set project = \"NAME\" in lockstep.toml")
+    return "".join(
+        character if character.isascii() and (character.isalnum() or character in "_-") else _encoded(character)
+        for character in project
+    )
+
+
+def _encoded(character: str) -> str:
+    return "".join(f"%{byte:02X}" for byte in character.encode("utf-8", errors="surrogatepass"))
 
 
 def lock_scope(project: str) -> str:
     """Where a project's lock documents live: the prefix of their paths in the repository."""
-    return f"{PROJECTS_DIRECTORY}/{check_project_name(project)}/"
+    return f"{PROJECTS_DIRECTORY}/{project_key(project)}/"
 
 
 def now_utc() -> datetime:
@@ -411,7 +420,7 @@ class EnvironmentLock:
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
     ) -> None:
         self.store = store
-        self.project = check_project_name(project)
+        self.project = project
         self.environment = check_environment_name(environment)
         self._scope = lock_scope(project)
         self.stale_after = stale_after
