@@ -432,6 +432,38 @@ def test_an_orchestrator_killed_mid_deploy_leaves_no_host_switched(fleet_factory
     assert [host.version() for host in fleet.hosts] == ["1.0.0", "1.0.0"]
 
 
+def _host_deploy_pid(directory: Path) -> int:
+    """The PID of the host's part of a coordinated deploy (its `lockstep deploy --coordinated`)."""
+    listed = subprocess.run(["pgrep", "-f", "lockstep deploy .*--coordinated"], capture_output=True, text=True)
+    for pid in listed.stdout.split():
+        with contextlib.suppress(OSError):
+            if Path(os.readlink(f"/proc/{pid}/cwd")) == directory:
+                return int(pid)
+    raise AssertionError(f"no coordinated deploy runs in {directory}")
+
+
+def test_a_host_killed_after_its_switch_before_the_go_switches_back_with_the_others(
+    fleet_factory: FleetFactory,
+) -> None:
+    """kill -9 of the second host's lockstep in its watch window, both hosts switched: the
+    orchestrator has the first undo its part. The second's agent cleaned up by keeping the new
+    release (it had the traffic), so the hosts served different releases; it switches back."""
+    fleet = fleet_factory(watch_seconds=6.0)
+    _deploy_ok(fleet)
+    process = _deploy_until_both_switched(fleet, "--json")
+    os.kill(_host_deploy_pid(fleet.hosts[1].directory), signal.SIGKILL)
+    stdout, stderr = process.communicate(timeout=180)
+    assert process.returncode == 3, stderr
+    assert "killed by SIGKILL" in json.loads(stdout)["error"]
+    deadline = time.monotonic() + 60
+    while fleet.hosts[1].history()[-1]["outcome"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.5)  # its agent's watch cleans up the dead deploy within seconds
+    assert [host.version() for host in fleet.hosts] == ["1.0.0", "1.0.0"]
+    killed = fleet.hosts[1].history()[-1]
+    assert killed["outcome"] == "interrupted" and "switched back to release" in str(killed["reason"]), killed
+    assert fleet.hosts[1].status()["release"] == fleet.hosts[0].status()["release"]
+
+
 def test_one_host_s_dropped_connection_unwinds_every_host(fleet_factory: FleetFactory) -> None:
     """The second host's SSH session dies (its sshd connection process killed): the orchestrator
     aborts the first; the second, cut off, undoes its own deploy at its retire barrier."""

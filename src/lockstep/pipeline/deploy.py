@@ -372,6 +372,7 @@ class Deployment:
             commit=resolved.commit,
             message=self.request.message or resolved.subject,
             release_id=deploy_id,
+            coordinated=self.request.coordinated,
         )
         bind_context(self.reporter, deploy_id=record.id, env=record.environment)
         if self.request.coordinated:  # the orchestrator asked for approval and confirmation, once for all hosts
@@ -604,6 +605,9 @@ class Deployment:
         said = None if self.request.secondary else {"restores_data": self._restores_without_asking(record)}
         wait_at_barrier(name, self.request.coordinated, said=said)
         self.past_retire_go = name == "retire"
+        if self.past_retire_go:  # killed from here on, its clean-up keeps the release (clean_up_abandoned)
+            record.retire_go = True
+            self.history.save(record)
         self._check_lock()
 
     def _release_lock(self) -> None:
@@ -1273,6 +1277,8 @@ class SlotControl(Protocol):
 
     def stop_slot(self, slot: str, components: list[str] | None = None) -> None: ...
 
+    def switch(self, slot: str) -> dict[str, Any]: ...
+
 
 def clean_up_abandoned(
     context: EnvironmentContext, record: OperationRecord, agent: SlotControl, history: History, reporter: Reporter
@@ -1281,9 +1287,10 @@ def clean_up_abandoned(
 
     When it has the traffic (killed in or after the switch), the release stays, but the other
     slot's workers stop, as the deploy's retire step would have done: two releases' workers must
-    not run side by side. The agent's watch, `lockstep status` and the next deploy may all find
-    the same record: under the history's clean-up lock, only one that still finds it abandoned
-    cleans it up.
+    not run side by side. Unless it was a host's part of a multi-host operation killed before its
+    retire "go": the other hosts undo theirs, so it switches back too. The agent's watch,
+    `lockstep status` and the next deploy may all find the same record: under the history's
+    clean-up lock, only one that still finds it abandoned cleans it up.
     """
     with history.clean_up_lock() as held:
         if not held:
@@ -1306,6 +1313,7 @@ def _clean_up_dead(
     # the release that serves after this clean-up has declared the deploy dead.
     command = _stop_orphaned_command(record, reporter)
     serving: bool | None = None  # whether its release has the traffic (None: the agent did not say)
+    switched_back: str | None = None  # a host's part of a multi-host operation, undone (below)
     try:
         status = agent.status()
         slot = record.slot
@@ -1316,6 +1324,9 @@ def _clean_up_dead(
             if ours:
                 agent.stop_slot(slot)
                 reporter.info(f"stopped the interrupted release in slot {slot}")
+        elif slot and ours and record.coordinated and not record.retire_go:
+            switched_back = _undo_coordinated_switch(agent, status, record, slot, reporter)
+            serving = switched_back is None
         elif slot and ours:
             retire_other_slot(context, agent, status, other_slot(slot), reporter)
             holds = "has the traffic" if _has_traffic(context) else "is the active one (workers only)"
@@ -1351,6 +1362,8 @@ def _clean_up_dead(
     record.reason = record.reason or f"the {record.operation} process died (killed or crashed)"
     if command is not None and record.running_command is not None:
         record.reason += f"; its {command} command {record.running_command['ended']}"
+    if switched_back is not None:
+        record.reason += f"; {switched_back}"
     if data_left is not None:
         record.reason += f"; {data_left}"
     if workers_left is not None:
@@ -1366,6 +1379,32 @@ def _coordinated_deploy_under_way(context: EnvironmentContext, record: Operation
 
     coordinated = (record.paused_workers or {}).get("coordinated")
     return orchestrator_still_holds(context, str(coordinated)) if coordinated else None
+
+
+def _undo_coordinated_switch(
+    agent: SlotControl, status: dict[str, Any], record: OperationRecord, slot: str, reporter: Reporter
+) -> str | None:
+    """A host's part of a multi-host deploy or rollback killed after its switch, before its retire
+    "go": the orchestrator has every other host undo its part, so this one must switch back too,
+    or the hosts serve different releases (all or none). The slot it left still runs (nothing is
+    retired before that "go"). What it did, for the record; None when it could not switch back."""
+    left = other_slot(slot)
+    previous = status["slots"][left]["release"]
+    if not previous or previous.get("release_id") != record.previous_release_id:
+        reporter.warn(
+            f"the interrupted {record.operation} {record.id} has the traffic on this host, and slot {left} no "
+            f"longer holds release {record.previous_release_id} to switch back to: every other host undid its "
+            "part, so check `lockstep status` on each host and deploy or roll back to bring them together"
+        )
+        return None
+    agent.switch(left)
+    agent.stop_slot(slot)
+    said = (
+        f"switched back to release {record.previous_release_id} in slot {left} and stopped slot {slot}, as "
+        f"every host of {record.coordinated} undoes its part (this one was killed before its retire go)"
+    )
+    reporter.warn(said)
+    return said
 
 
 def _data_rollback_left_behind(record: OperationRecord, serving: bool | None) -> str | None:

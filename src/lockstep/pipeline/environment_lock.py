@@ -100,7 +100,7 @@ def project_key(project: str) -> str:
     if _PROJECT_NAME.fullmatch(project) and project not in (".", ".."):
         return project
     if not project:
-        raise UsageError("a project needs a name for its deploy lock", "set project = \"NAME\" in lockstep.toml")
+        raise UsageError("a project needs a name for its deploy lock", 'set project = "NAME" in lockstep.toml')
     return "".join(
         character if character.isascii() and (character.isalnum() or character in "_-") else _encoded(character)
         for character in project

@@ -86,6 +86,11 @@ class OperationRecord:
     process_space: str = ""  # boot and PID namespace where `pid` means something ("" unknown)
     # A multi-host deploy's hosts, as its orchestrator recorded them: name, role, outcome, why.
     hosts: list[dict[str, Any]] = field(default_factory=list)
+    # This host's part of a multi-host operation: the orchestrator's ID (None on one machine), and
+    # whether it was told "go" at its retire barrier. Killed before that "go", its clean-up undoes
+    # the switch as the other hosts do; after it, it keeps the release every host keeps.
+    coordinated: str | None = None
+    retire_go: bool = False
 
     @classmethod
     def started_now(cls, id: str, operation: str, environment: str, **fields: Any) -> OperationRecord:

@@ -246,6 +246,7 @@ class Rollback:
             component=self.request.component,
             previous_release_id=current["release_id"] if current else None,
             snapshot_id=target.data_snapshot_id if self.request.with_data and not self.request.secondary else None,
+            coordinated=self.request.coordinated,
         )
         bind_context(self.reporter, deploy_id=record.id, env=record.environment)
         with_data = self.check_request(target)
@@ -808,6 +809,8 @@ class Rollback:
         self.reporter.info("switched; waiting for every host at the retire barrier")
         wait_at_barrier("retire", self.request.coordinated)
         self.past_retire_go = True  # from here on this host keeps the release, as every host does
+        record.retire_go = True  # and so does its clean-up if it is killed (clean_up_abandoned)
+        self.history.save(record)
         self._mark_retire_left(record, left)
         kill_point("rollback past the retire go")  # tests: a host's rollback killed past the point of no return
         check_joined_lock(self.joined_lock, self.request.coordinated)
