@@ -19,9 +19,8 @@ import pytest
 from lockstep.fault_injection import WAIT_AT_VARIABLE, WAIT_FOR_VARIABLE, WAITING_SUFFIX
 from tests.deploy.conftest import _stop_everything, free_ports, make_project
 from tests.deploy.writing_workers import (
-    CREATE_JOBS,
-    JOBS,
-    SEED,
+    commit_a_release_that_fails_smoke,
+    deploy_a_writing_release,
     jobs_component,
     lost_writes,
     wait_for_file,
@@ -88,17 +87,9 @@ def test_an_app_of_workers_only_restores_with_its_old_workers_stopped(tmp_path: 
 
 
 def _check_the_unwind(project: Any, log: Path, components: set[str]) -> None:
-    (project.directory / "jobs.py").write_text(JOBS)
-    (project.directory / "migrations" / "002_create_jobs.sql").write_text(CREATE_JOBS)
-    project.commit("notes 1.0.0: a worker that writes")
-    first = project.lockstep("deploy")
-    assert first.returncode == 0, first.err
-    wait_for_writes(log, "solo", "1.0.0", after=0)
+    deploy_a_writing_release(project, log)
 
-    (project.directory / "VERSION").write_text("2.0.0\n")
-    (project.directory / "migrations" / "003_seed.sql").write_text(SEED)
-    (project.directory / "BREAKS_SMOKE").write_text("yes\n")
-    project.commit("notes 2.0.0: a migration that writes, and a smoke test that fails")
+    commit_a_release_that_fails_smoke(project)
     go = project.directory.parent / "restore-go"
     process = subprocess.Popen(
         [sys.executable, "-m", "lockstep", "deploy", "--json"],

@@ -17,7 +17,14 @@ import pytest
 from lockstep.fault_injection import KILL_AT_VARIABLE, WAIT_AT_VARIABLE, WAIT_FOR_VARIABLE, WAITING_SUFFIX
 from tests.deploy.conftest import NotesProject, _stop_everything, clean_up_said, free_ports, make_project
 from tests.deploy.test_deploy_unwind_workers import WORKERS_ONLY
-from tests.deploy.writing_workers import CREATE_JOBS, JOBS, SEED, jobs_component, wait_for_file, wait_for_writes
+from tests.deploy.writing_workers import (
+    SEED,
+    commit_a_release_that_fails_smoke,
+    deploy_a_writing_release,
+    jobs_component,
+    wait_for_file,
+    wait_for_writes,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +37,7 @@ def _workers_only_two_releases(tmp_path: Path, log: Path) -> tuple[NotesProject,
     (project.directory / "lockstep.toml").write_text(config.replace("BREAKS_SMOKE", "NEVER_THERE"))
     project.start_agent()
     try:
-        _first_release(project, log)
+        deploy_a_writing_release(project, log)
         (project.directory / "VERSION").write_text("2.0.0\n")
         (project.directory / "migrations" / "003_seed.sql").write_text(SEED)
         project.commit("notes 2.0.0")
@@ -66,15 +73,6 @@ def _kill_rollback_at(project: NotesProject, where: str) -> None:
             rollback.wait()
 
 
-def _first_release(project: NotesProject, log: Path) -> None:
-    (project.directory / "jobs.py").write_text(JOBS)
-    (project.directory / "migrations" / "002_create_jobs.sql").write_text(CREATE_JOBS)
-    project.commit("notes 1.0.0: a worker that writes")
-    first = project.lockstep("deploy")
-    assert first.returncode == 0, first.err
-    wait_for_writes(log, "solo", "1.0.0", after=0)
-
-
 def _running(project: NotesProject, slot: str) -> set[str]:
     return {item["component"] for item in project.status()["slots"][slot]["processes"] if item["running"]}
 
@@ -90,11 +88,8 @@ def test_a_deploy_killed_in_its_data_restore_gets_the_old_workers_started_again(
     )
     project.start_agent()
     try:
-        _first_release(project, log)
-        (project.directory / "VERSION").write_text("2.0.0\n")
-        (project.directory / "migrations" / "003_seed.sql").write_text(SEED)
-        (project.directory / "BREAKS_SMOKE").write_text("yes\n")
-        project.commit("notes 2.0.0: a migration that writes, and a smoke test that fails")
+        deploy_a_writing_release(project, log)
+        commit_a_release_that_fails_smoke(project)
         go = project.directory.parent / "restore-go"
         deploy = subprocess.Popen(
             [sys.executable, "-m", "lockstep", "deploy"],

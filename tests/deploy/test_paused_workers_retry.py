@@ -18,7 +18,13 @@ import pytest
 from lockstep.fault_injection import WAIT_AT_VARIABLE, WAIT_FOR_VARIABLE, WAITING_SUFFIX
 from lockstep.pipeline.paused_workers_retry import RETRY_FIRST_DELAY_SECONDS
 from tests.deploy.conftest import _stop_everything, make_project
-from tests.deploy.writing_workers import CREATE_JOBS, JOBS, SEED, jobs_component, wait_for_file, wait_for_writes
+from tests.deploy.writing_workers import (
+    commit_a_release_that_fails_smoke,
+    deploy_a_writing_release,
+    jobs_component,
+    wait_for_file,
+    wait_for_writes,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -33,17 +39,9 @@ def test_workers_that_did_not_start_after_the_restore_are_started_by_the_agent(t
     )
     project.start_agent()
     try:
-        (project.directory / "jobs.py").write_text(JOBS)
-        (project.directory / "migrations" / "002_create_jobs.sql").write_text(CREATE_JOBS)
-        project.commit("notes 1.0.0: a worker that writes")
-        first = project.lockstep("deploy")
-        assert first.returncode == 0, first.err
-        wait_for_writes(log, "solo", "1.0.0", after=0)
+        deploy_a_writing_release(project, log)
 
-        (project.directory / "VERSION").write_text("2.0.0\n")
-        (project.directory / "migrations" / "003_seed.sql").write_text(SEED)
-        (project.directory / "BREAKS_SMOKE").write_text("yes\n")
-        project.commit("notes 2.0.0: a migration that writes, and a smoke test that fails")
+        commit_a_release_that_fails_smoke(project)
         go = project.directory.parent / "restore-go"
         deploy = subprocess.Popen(
             [sys.executable, "-m", "lockstep", "deploy"],

@@ -10,6 +10,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # One row in `jobs` every 0.05 s, named "HOST RELEASE PID SEQUENCE"; logged after its commit.
 # It exits at once, as it starts, while the file $JOBS_REFUSE names exists.
@@ -103,3 +104,22 @@ def wait_for_file(path: Path, process: subprocess.Popen[str], timeout: float = 1
         if time.monotonic() > deadline:
             raise AssertionError(f"nothing got to {path.name} within {timeout:.0f} s")
         time.sleep(0.05)
+
+
+def deploy_a_writing_release(project: Any, log: Path) -> None:
+    """Release 1.0.0 with the jobs worker (host "solo") deployed, and seen writing."""
+    (project.directory / "jobs.py").write_text(JOBS)
+    (project.directory / "migrations" / "002_create_jobs.sql").write_text(CREATE_JOBS)
+    project.commit("notes 1.0.0: a worker that writes")
+    first = project.lockstep("deploy")
+    assert first.returncode == 0, first.err
+    wait_for_writes(log, "solo", "1.0.0", after=0)
+
+
+def commit_a_release_that_fails_smoke(project: Any) -> None:
+    """Release 2.0.0: a migration that writes, and a smoke test that fails (its deploy unwinds,
+    restoring the data: where the serving release's workers are stopped)."""
+    (project.directory / "VERSION").write_text("2.0.0\n")
+    (project.directory / "migrations" / "003_seed.sql").write_text(SEED)
+    (project.directory / "BREAKS_SMOKE").write_text("yes\n")
+    project.commit("notes 2.0.0: a migration that writes, and a smoke test that fails")
