@@ -37,6 +37,7 @@ from tests.deploy.writing_workers import (
     SEED,
     jobs_component,
     lost_writes,
+    record_once_unpaused,
     wait_for_file,
     wait_for_writes,
     writes_between,
@@ -1240,7 +1241,7 @@ def test_a_host_killed_in_its_unwind_keeps_its_workers_stopped_until_the_primary
             process.wait()
     ended = time.time()
     wait_for_writes(logs[1], "host-1", "1.0.0", after=ended, timeout=30)  # the lock is gone: its agent starts them
-    record = second.history()[-1]
+    record = record_once_unpaused(second)
     assert record["paused_workers"] is None, record
     assert "its workers jobs, worker were started again afterwards" in str(record["reason"]), record
     slot = second.status()["slots"]["blue"]

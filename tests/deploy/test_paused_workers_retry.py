@@ -22,6 +22,7 @@ from tests.deploy.writing_workers import (
     commit_a_release_that_fails_smoke,
     deploy_a_writing_release,
     jobs_component,
+    record_once_unpaused,
     wait_for_file,
     wait_for_writes,
 )
@@ -82,7 +83,7 @@ def test_workers_that_did_not_start_after_the_restore_are_started_by_the_agent(t
 
         refuse.unlink()  # the worker can start again: the next try starts them
         wait_for_writes(log, "solo", "1.0.0", after=ended, timeout=RETRY_FIRST_DELAY_SECONDS + 30)
-        record = project.history()[-1]
+        record = record_once_unpaused(project)
         assert record["outcome"] == "rolled-back" and record["paused_workers"] is None, record
         assert "its workers jobs, worker were started again afterwards" in record["reason"], record
         assert project.agent_log is not None

@@ -123,3 +123,15 @@ def commit_a_release_that_fails_smoke(project: Any) -> None:
     (project.directory / "migrations" / "003_seed.sql").write_text(SEED)
     (project.directory / "BREAKS_SMOKE").write_text("yes\n")
     project.commit("notes 2.0.0: a migration that writes, and a smoke test that fails")
+
+
+def record_once_unpaused(project: Any, timeout: float = 30) -> dict[str, Any]:
+    """The last record once its `paused_workers` mark is gone (or at the deadline). Whoever starts
+    the workers again saves the record after their start settled, while they already write, so
+    the first write alone does not mean the record says so yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        record: dict[str, Any] = project.history()[-1]
+        if record["paused_workers"] is None or time.monotonic() > deadline:
+            return record
+        time.sleep(0.3)
