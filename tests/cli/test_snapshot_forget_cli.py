@@ -209,6 +209,44 @@ def test_a_restore_after_the_days_backup_keeps_the_backup_as_the_daily(project: 
     assert {scheduled, pre_restore, deploy, day_before} <= project.snapshot_ids()
 
 
+def test_a_project_that_only_deploys_keeps_a_pre_deploy_snapshot_per_month(project: Project) -> None:
+    """Deploys in January and February and no backup, then a backup and a deploy in March:
+    keep_monthly (all) keeps January's and February's newest pre-deploy snapshots as those months'
+    monthlies, March's backup as its monthly (not the later deploy's snapshot), and the last
+    day, which has only a deploy, keeps that deploy's snapshot as its daily; --dry-run --json
+    says why for each."""
+    project.write_config("\n[retention]\nkeep_daily = 1\nkeep_weekly = 0\nkeep_monthly = -1\nkeep_pre_deploy = 1\n")
+    template = project.create("--env", "production")
+    at = {
+        "J1": ("2025-01-10T10:00:00Z", "pre-deploy"),
+        "J2": ("2025-01-20T10:00:00Z", "pre-deploy"),
+        "F1": ("2025-02-05T10:00:00Z", "pre-deploy"),
+        "F2": ("2025-02-25T10:00:00Z", "pre-deploy"),
+        "M1": ("2025-03-04T02:00:00Z", "scheduled"),
+        "M2": ("2025-03-05T10:00:00Z", "pre-deploy"),
+    }
+    made = {name: clone(project, template, time, kind, "production") for name, (time, kind) in at.items()}
+    with project.open() as repository:
+        repository.backend.remove(FileType.SNAPSHOT, template)
+
+    dry = json.loads(project.ok("snapshot", "forget", "--env", "production", "--dry-run", "--json").out)
+    production = group(dry, "production")
+    kept = {item["id"]: item["reasons"] for item in production["keep"]}
+    assert kept == {
+        made["J2"]: ["monthly snapshot (no regular snapshot that month)"],
+        made["F2"]: ["monthly snapshot (no regular snapshot that month)"],
+        made["M1"]: ["monthly snapshot"],
+        made["M2"]: ["daily snapshot (no regular snapshot that day)", "pre-deploy snapshot"],
+    }
+    removed = {item["id"]: item["reasons"] for item in production["remove"]}
+    assert removed == {made["J1"]: ["not of the last deploy"], made["F1"]: ["not of the last deploy"]}
+    assert project.snapshot_ids() == set(made.values())
+
+    human = project.ok("snapshot", "forget", "--env", "production", "--dry-run").out
+    january_line = next(line for line in human.splitlines() if made["J2"][:8] in line)
+    assert "keep" in january_line and "no regular snapshot that month" in january_line
+
+
 def test_forget_prune_frees_the_space_of_removed_snapshots(project: Project, tmp_path: Path) -> None:
     """Two snapshots with different data on different days, keep_daily 1: --dry-run --prune
     changes nothing, --prune removes the older one and its unique data; restic agrees."""

@@ -1,7 +1,8 @@
 """`plan_forget` on synthetic snapshots: restic's calendar rules over the manual and scheduled
-snapshots only, pre-deploy snapshots of the last N deploys and pre-restore snapshots of the last
-N restores kept by their own rules, groups per environment and project path, and snapshots of
-other tools never considered."""
+snapshots, a period without one filled by its newest pre-deploy or pre-restore snapshot,
+pre-deploy snapshots of the last N deploys and pre-restore snapshots of the last N restores kept
+by their own rules, groups per environment and project path, and snapshots of other tools never
+considered."""
 
 from __future__ import annotations
 
@@ -118,19 +119,83 @@ def test_a_pre_deploy_snapshot_after_the_days_backup_does_not_take_its_daily_slo
     assert reasons_by_id(without)[deploy.id] == ("keep_pre_deploy is 0",)
 
 
-def test_the_calendar_rules_count_only_days_with_a_regular_snapshot() -> None:
-    """keep_daily 2 over a scheduled backup, a day of deploys only, and another backup: the two
-    dailies are the two backups (restic's buckets count days that have a snapshot), never a
-    pre-deploy or pre-restore snapshot standing in for a day without a backup."""
+def test_a_day_with_only_a_pre_restore_snapshot_fills_the_daily_slot() -> None:
+    """keep_daily 2 over a backup, a day with only a restore, and another backup: the restore's
+    day has no regular snapshot, so its pre-restore snapshot is that day's daily (keep_pre_restore
+    0: nothing else keeps it) and, counted as one of the 2 days, pushes the older backup out."""
     first = snapshot(datetime(2025, 6, 27, 2, tzinfo=UTC))
+    restore = snapshot(datetime(2025, 6, 28, 13, tzinfo=UTC), kind="pre-restore")
+    last = snapshot(datetime(2025, 6, 29, 2, tzinfo=UTC))
+    plan = plan_forget([first, restore, last], only_daily(2), NOW, project="shop")
+    reasons = reasons_by_id(plan)
+    assert reasons[last.id] == ("daily snapshot",)
+    assert reasons[restore.id] == ("daily snapshot (no regular snapshot that day)",)
+    assert reasons[first.id] == (REMOVE_REASON,)
+
+
+def test_a_day_without_a_backup_is_filled_by_its_newest_special_snapshot() -> None:
+    """A day of a deploy then a restore: the newer (the pre-restore snapshot) is the day's daily,
+    the pre-deploy one is past its own rule."""
     deploy = snapshot(datetime(2025, 6, 28, 12, tzinfo=UTC), kind="pre-deploy")
     restore = snapshot(datetime(2025, 6, 28, 13, tzinfo=UTC), kind="pre-restore")
     last = snapshot(datetime(2025, 6, 29, 2, tzinfo=UTC))
-    plan = plan_forget([first, deploy, restore, last], only_daily(2), NOW, project="shop")
-    reasons = reasons_by_id(plan)
-    assert reasons[first.id] == ("daily snapshot",) and reasons[last.id] == ("daily snapshot",)
+    reasons = reasons_by_id(plan_forget([deploy, restore, last], only_daily(2), NOW, project="shop"))
+    assert reasons[last.id] == ("daily snapshot",)
+    assert reasons[restore.id] == ("daily snapshot (no regular snapshot that day)",)
     assert reasons[deploy.id] == ("keep_pre_deploy is 0",)
-    assert reasons[restore.id] == ("keep_pre_restore is 0",)
+
+
+def only_monthly(months: int, pre_deploy: int = 0) -> RetentionConfig:
+    return RetentionConfig(keep_daily=0, keep_weekly=0, keep_monthly=months, keep_pre_deploy=pre_deploy)
+
+
+def test_a_project_that_only_deploys_keeps_a_pre_deploy_snapshot_per_month() -> None:
+    """No backup at all, deploys every few days from January to June: keep_monthly keeps the
+    newest pre-deploy snapshot of each month (the last 10 deploys alone would be three weeks),
+    each saying it fills a month without a regular snapshot; keep_pre_deploy still adds its own."""
+    deploys = [
+        snapshot(datetime(2025, month, day, 10, tzinfo=UTC), kind="pre-deploy", extra=(f"deploy:{month}-{day}",))
+        for month in range(1, 7)
+        for day in (3, 11, 19, 27)
+    ]
+    newest_of_month = {item.time[:7]: item for item in deploys}  # the last one of each month wins
+    assert len(newest_of_month) == 6
+    plan = plan_forget(deploys, only_monthly(-1, pre_deploy=2), NOW, project="shop")
+    reasons = reasons_by_id(plan)
+    assert ids(plan.keep) == ids(list(newest_of_month.values())) | ids(deploys[-2:])
+    for month, kept in newest_of_month.items():
+        expected = ["monthly snapshot (no regular snapshot that month)"]
+        if month == "2025-06":
+            expected.append("pre-deploy snapshot")
+        assert list(reasons[kept.id]) == expected, month
+    assert reasons[deploys[-2].id] == ("pre-deploy snapshot",)
+    assert reasons[deploys[0].id] == ("not of the last 2 deploys",)
+
+    # A filled month counts as one of keep_monthly's months: 3 keeps April, May and June.
+    three = plan_forget(deploys, only_monthly(3, pre_deploy=0), NOW, project="shop")
+    assert ids(three.keep) == ids([newest_of_month[f"2025-0{month}"] for month in (4, 5, 6)])
+
+
+def test_a_month_with_a_backup_keeps_the_backup_not_a_later_pre_deploy_snapshot() -> None:
+    """June has a backup and, after it, deploys; May has deploys only. June's monthly is the
+    backup (a later pre-deploy snapshot never pushes it out), May's its newest pre-deploy
+    snapshot; June's deploys are kept only by keep_pre_deploy."""
+    may = [snapshot(datetime(2025, 5, day, tzinfo=UTC), kind="pre-deploy") for day in (10, 20)]
+    backup = snapshot(datetime(2025, 6, 5, 2, tzinfo=UTC))
+    june = [snapshot(datetime(2025, 6, day, tzinfo=UTC), kind="pre-deploy") for day in (12, 25)]
+    everything = [*may, backup, *june]
+    without = plan_forget(everything, only_monthly(-1, pre_deploy=0), NOW, project="shop")
+    reasons = reasons_by_id(without)
+    assert ids(without.keep) == {backup.id, may[1].id}
+    assert reasons[backup.id] == ("monthly snapshot",)
+    assert reasons[may[1].id] == ("monthly snapshot (no regular snapshot that month)",)
+    assert reasons[june[1].id] == ("keep_pre_deploy is 0",)
+
+    with_deploys = plan_forget(everything, only_monthly(-1, pre_deploy=1), NOW, project="shop")
+    reasons = reasons_by_id(with_deploys)
+    assert ids(with_deploys.keep) == {backup.id, may[1].id, june[1].id}
+    assert reasons[june[1].id] == ("pre-deploy snapshot",)
+    assert reasons[june[0].id] == ("not of the last deploy",)
 
 
 def test_pre_deploy_snapshots_sharing_a_deploy_tag_count_as_one_deploy() -> None:

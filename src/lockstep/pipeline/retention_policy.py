@@ -2,11 +2,14 @@
 regular snapshots, and a rule of their own for pre-deploy and pre-restore snapshots.
 
 The calendar rules (keep_daily, keep_weekly, keep_monthly) are restic's `forget` semantics and
-come from `repository/retention.py`, applied to the regular snapshots only: manual and scheduled
-ones (any kind but the two below). A snapshot taken for a special purpose never takes a day's,
-week's or month's slot: restic keeps the newest snapshot of each day, so a pre-restore snapshot
-(one database, taken before a restore) after the nightly backup would otherwise be the day's
-daily and the whole-app backup would be forgotten. Instead:
+come from `repository/retention.py`, applied to the regular snapshots: manual and scheduled
+ones (any kind but the two below). A snapshot taken for a special purpose never takes the slot
+of a day, week or month that has a regular snapshot: restic keeps the newest snapshot of each
+day, so a pre-restore snapshot (one database, taken before a restore) after the nightly backup
+would otherwise be the day's daily and the whole-app backup would be forgotten. A period with
+no regular snapshot at all is filled by its newest special snapshot instead, counted like any
+other period of the rule: a project that only deploys keeps a pre-deploy snapshot per month
+(keep_monthly) as it would keep its backups. On top of that:
 
 * the pre-deploy snapshots of the last `keep_pre_deploy` deploys are kept, because they are what
   a rollback restores: a week of quiet nights must not push last Tuesday's deploy out of reach;
@@ -25,7 +28,7 @@ that day's full snapshot forgettable.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from lockstep.config.model import RetentionConfig
@@ -38,7 +41,14 @@ from lockstep.pipeline.snapshot import (
     is_schema_only,
     tag_value,
 )
-from lockstep.repository.retention import UNLIMITED, RetentionPolicy, apply_policy, newest_first
+from lockstep.repository.retention import (
+    UNLIMITED,
+    RetentionPolicy,
+    WallClock,
+    apply_policy,
+    calendar_bucket,
+    newest_first,
+)
 from lockstep.repository.snapshot import Snapshot
 
 PRE_DEPLOY_KIND = "pre-deploy"
@@ -48,6 +58,8 @@ SPECIAL_KINDS = (PRE_DEPLOY_KIND, PRE_RESTORE_KIND)
 # A deploy that snapshots several times tags them all `deploy:<id>` (DEPLOY_TAG_PREFIX); they
 # count as one deploy.
 REMOVE_REASON = "no rule keeps it"
+# The calendar rules of [retention], in restic's order of reasons, with the period each counts.
+_CALENDAR_PERIODS = (("daily", "day"), ("weekly", "week"), ("monthly", "month"))
 
 
 @dataclass(frozen=True)
@@ -104,7 +116,8 @@ def is_empty(retention: RetentionConfig) -> bool:
 
 def describe(retention: RetentionConfig) -> str:
     """One line: restic's wording for the calendar rules, which count the manual and scheduled
-    snapshots only, plus the pre-deploy and pre-restore rules."""
+    snapshots (a period without one is filled by a special snapshot, which its reasons say),
+    plus the pre-deploy and pre-restore rules."""
     policy = calendar_policy(retention)
     extras = []
     if retention.keep_pre_deploy == UNLIMITED:
@@ -176,13 +189,8 @@ def plan_forget(
 def _plan_group(members: list[Snapshot], retention: RetentionConfig, now_ns: int) -> list[SnapshotVerdict]:
     ordered = newest_first(members)
     reasons: dict[str, list[str]] = {snapshot.id: [] for snapshot in ordered}
-    policy = calendar_policy(retention)
-    if not policy.is_empty:
-        # restic's rules over the regular snapshots only: a pre-deploy or pre-restore snapshot
-        # taken after the day's backup must not become the day's daily in its place.
-        regular = [snapshot for snapshot in ordered if is_regular(snapshot)]
-        for kept in apply_policy(regular, policy, now_ns).reasons:
-            reasons[kept.snapshot.id].extend(kept.matches)
+    for snapshot, matches in _calendar_reasons(ordered, retention, now_ns):
+        reasons[snapshot.id].extend(matches)
     for snapshot in _last_pre_deploy(ordered, retention.keep_pre_deploy):
         reasons[snapshot.id].append("pre-deploy snapshot")
     for snapshot in _last_pre_restore(ordered, retention.keep_pre_restore):
@@ -197,9 +205,50 @@ def _plan_group(members: list[Snapshot], retention: RetentionConfig, now_ns: int
     ]
 
 
+def _calendar_reasons(
+    ordered: list[Snapshot], retention: RetentionConfig, now_ns: int
+) -> list[tuple[Snapshot, tuple[str, ...]]]:
+    """What the calendar rules keep, each rule in turn (daily, weekly, monthly: the order of
+    restic's reasons) over its own view of the group: every regular snapshot, plus the newest
+    special snapshot of each of its periods that has no regular one. restic's counting over that
+    view is unchanged: a period that has a regular snapshot keeps it whatever special snapshots
+    came later, and a filled period counts as one of the rule's N. The rules are independent in
+    restic's ApplyPolicy, so one rule at a time keeps exactly what one pass with all of them
+    would over the regular snapshots alone."""
+    regular = [snapshot for snapshot in ordered if is_regular(snapshot)]
+    special = [snapshot for snapshot in ordered if not is_regular(snapshot)]
+    policy = calendar_policy(retention)
+    found: list[tuple[Snapshot, tuple[str, ...]]] = []
+    for rule, period in _CALENDAR_PERIODS:
+        count = getattr(policy, rule)
+        if count == 0:
+            continue
+        view = regular + _fillers(regular, special, rule)
+        for kept in apply_policy(view, replace(RetentionPolicy(), **{rule: count}), now_ns).reasons:
+            matches = kept.matches
+            if not is_regular(kept.snapshot):
+                # Alone in its period in the view, so never an "oldest ..." of a shared period.
+                matches = tuple(f"{match} (no regular snapshot that {period})" for match in matches)
+            found.append((kept.snapshot, matches))
+    return found
+
+
+def _fillers(regular: list[Snapshot], special: list[Snapshot], rule: str) -> list[Snapshot]:
+    """The newest special snapshot of each `rule` period (day, week, month) without a regular
+    snapshot, from newest-first input."""
+    taken = {calendar_bucket(rule, WallClock.of(snapshot.time)) for snapshot in regular}
+    chosen = []
+    for snapshot in special:
+        bucket = calendar_bucket(rule, WallClock.of(snapshot.time))
+        if bucket not in taken:
+            taken.add(bucket)
+            chosen.append(snapshot)
+    return chosen
+
+
 def _removal(snapshot: Snapshot, retention: RetentionConfig) -> str:
-    """Why a snapshot no rule keeps goes: a special one is past its own rule, which is the only
-    one that could keep it (the calendar rules never count it)."""
+    """Why a snapshot no rule keeps goes: a special one is past its own rule (the calendar rules
+    keep one only for a period without a regular snapshot, and then only the period's newest)."""
     kind = snapshot_kind(snapshot)
     if kind == PRE_DEPLOY_KIND:
         count = retention.keep_pre_deploy

@@ -253,6 +253,23 @@ def _every_snapshot(_: WallClock, position: int) -> int:
     return position
 
 
+# The calendar period of each bucketed count rule, by its name (`last` has none: every snapshot
+# is its own bucket).
+_CALENDAR_BUCKETERS: dict[str, Bucketer] = {
+    "hourly": _hour_bucket,
+    "daily": _day_bucket,
+    "weekly": _week_bucket,
+    "monthly": _month_bucket,
+    "yearly": _year_bucket,
+}
+
+
+def calendar_bucket(rule: str, clock: WallClock) -> int:
+    """The calendar period (hour, day, ISO week, month, year) a snapshot at `clock` is in for the
+    count rule `rule` ("hourly" … "yearly"), as apply_policy buckets it: equal numbers, same period."""
+    return _CALENDAR_BUCKETERS[rule](clock, 0)
+
+
 @dataclass
 class _CountRule:
     name: str
@@ -473,6 +490,7 @@ __all__ = [
     "SnapshotFilter",
     "WallClock",
     "apply_policy",
+    "calendar_bucket",
     "group_snapshots",
     "has_tags",
     "newest_first",
