@@ -126,10 +126,12 @@ def forget_command(
 ) -> None:
     """Apply [retention] to the coordinated snapshots, per environment, with restic's rules.
 
-    keep_daily, keep_weekly and keep_monthly count the manual and scheduled snapshots only; the
-    pre-deploy snapshots of the last keep_pre_deploy deploys and the pre-restore snapshots of the
-    last keep_pre_restore restores are kept by those rules alone, so neither takes the place of
-    the day's backup. Each snapshot is listed with the rules that keep it (or why it goes).
+    keep_daily, keep_weekly and keep_monthly count the manual and scheduled snapshots, so a
+    pre-deploy or pre-restore snapshot never takes the place of the day's backup; a day, week or
+    month with no manual or scheduled snapshot keeps its newest pre-deploy or pre-restore one
+    instead ("monthly snapshot (no regular snapshot that month)"). The pre-deploy snapshots of
+    the last keep_pre_deploy deploys and the pre-restore snapshots of the last keep_pre_restore
+    restores are kept too. Each snapshot is listed with the rules that keep it (or why it goes).
     Snapshots of other tools in the repository are never touched."""
     as_json = wants_json(json_output)
     result = forget(

@@ -447,16 +447,18 @@ class FilesConfig(_Section):
 class RetentionConfig(_Section):
     """How many snapshots `forget` keeps; -1 keeps every snapshot of that kind.
 
-    The calendar rules count the regular (manual and scheduled) snapshots only; pre-deploy and
-    pre-restore snapshots are kept by a rule of their own, so one taken after the day's backup
-    never takes that backup's place as the day's daily."""
+    The calendar rules count the regular (manual and scheduled) snapshots; a day, week or month
+    with none is filled by its newest pre-deploy or pre-restore snapshot. Those are also kept by
+    a rule of their own, and one taken after the day's backup never takes that backup's place as
+    the day's daily."""
 
     keep_daily: int = Field(
         default=7,
         ge=-1,
         description=(
-            "Days to keep the newest manual or scheduled snapshot of, the last N days that have one "
-            "(restic's --keep-daily; -1: every day)."
+            "Days to keep the newest manual or scheduled snapshot of, the last N days that have a "
+            "snapshot (restic's --keep-daily; -1: every day). A day without a manual or scheduled one "
+            "keeps its newest pre-deploy or pre-restore snapshot instead, and counts as one of the N."
         ),
         examples=[14],
     )
@@ -465,7 +467,8 @@ class RetentionConfig(_Section):
         ge=-1,
         description=(
             "Weeks (Monday to Sunday) to keep the newest manual or scheduled snapshot of (restic's "
-            "--keep-weekly; -1: every week)."
+            "--keep-weekly; -1: every week). A week without a manual or scheduled one keeps its newest "
+            "pre-deploy or pre-restore snapshot instead, and counts as one of the N."
         ),
         examples=[8],
     )
@@ -474,7 +477,9 @@ class RetentionConfig(_Section):
         ge=-1,
         description=(
             "Months to keep the newest manual or scheduled snapshot of (restic's --keep-monthly; "
-            "-1: every month, forever)."
+            "-1: every month, forever). A month without a manual or scheduled one keeps its newest "
+            "pre-deploy or pre-restore snapshot instead, and counts as one of the N: a project that "
+            "only deploys keeps one snapshot a month."
         ),
         examples=[12],
     )
@@ -483,8 +488,9 @@ class RetentionConfig(_Section):
         ge=-1,
         description=(
             "The pre-deploy snapshots (taken by `deploy` before it changes anything, what `rollback "
-            "--with-data` restores) of the last N deploys to keep. This is the only rule that keeps them: "
-            "the calendar rules never count them (-1: all, 0: none)."
+            "--with-data` restores) of the last N deploys to keep (-1: all, 0: none). The calendar "
+            "rules keep one only as the newest snapshot of a day, week or month that has no manual or "
+            "scheduled snapshot."
         ),
         examples=[20],
     )
@@ -494,8 +500,9 @@ class RetentionConfig(_Section):
         description=(
             "The pre-restore snapshots (taken by `snapshot restore` and data rollbacks before they "
             "overwrite a live database: the only undo of a mistaken restore) of the last N restores "
-            "to keep. This is the only rule that keeps them: the calendar rules never count them, so "
-            "one taken after the day's backup never makes that backup forgotten (-1: all, 0: none)."
+            "to keep (-1: all, 0: none). The calendar rules keep one only as the newest snapshot of a "
+            "day, week or month that has no manual or scheduled snapshot, so one taken after the day's "
+            "backup never makes that backup forgotten."
         ),
         examples=[5],
     )
@@ -588,12 +595,15 @@ class ProjectConfig(_Section):
             "keep_daily, keep_weekly and keep_monthly are restic's calendar rules (the newest snapshot "
             "of each of the last N days, weeks, months that have one; the oldest kept when a rule "
             "is not filled) over the regular snapshots: manual (`snapshot create`) and scheduled "
-            "(`backup`, the agent). Snapshots taken for a purpose have a rule of their own instead: "
+            "(`backup`, the agent). A day, week or month with no regular snapshot is filled by its "
+            "newest pre-deploy or pre-restore snapshot, counted as one of the N (a project that only "
+            "deploys keeps one a month); one with a regular snapshot keeps that one, whatever was "
+            "taken after it. Snapshots taken for a purpose also have a rule of their own: "
             "pre-deploy ones keep_pre_deploy, pre-restore ones keep_pre_restore. The rules add up: "
             "a snapshot is kept when any rule keeps it, and `snapshot forget --dry-run` lists why. "
             "The example keeps two weeks of dailies, every pre-deploy snapshot of the last 20 deploys "
-            "and the pre-restore snapshots of the last 5 restores. With restic itself the calendar "
-            "part is `restic forget --tag env:production,kind:scheduled --tag "
+            "and the pre-restore snapshots of the last 5 restores. With restic itself (which does not "
+            "fill periods) the calendar part is `restic forget --tag env:production,kind:scheduled --tag "
             "env:production,kind:manual --keep-daily 14 ...`."
         ),
         examples=[{"keep_daily": 14, "keep_pre_deploy": 20, "keep_pre_restore": 5}],
