@@ -232,8 +232,16 @@ def test_a_dry_run_of_several_hosts_refuses_where_the_rollback_would(orchestrato
     now = time.time()
     nothing = orchestrator.lockstep("rollback", "--dry-run")
     assert nothing.returncode == 13, nothing.err  # no release at all, let alone one before the current
+    assert "nothing is deployed in test, so there is no release to roll back to" in nothing.err, nothing.err
+    # The rollback itself refuses alike, before contacting any host (it failed the hosts' preflight, exit 2).
+    never = orchestrator.lockstep("rollback", "--yes")
+    assert never.returncode == 13, never.err
+    assert "nothing is deployed in test, so there is no release to roll back to" in never.err, never.err
+    assert orchestrator.connections() == 0
     first = orchestrator.deployed(FIRST_COMMIT, now - 100, snapshot_id=None)
-    assert orchestrator.lockstep("rollback", "--dry-run").returncode == 13  # the first deploy: nothing before it
+    first_only = orchestrator.lockstep("rollback", "--dry-run")
+    assert first_only.returncode == 13, first_only.err  # the first deploy: nothing before it
+    assert f"release {first.id} is the first release deployed in test, so there is no release" in first_only.err
     orchestrator.deployed(SECOND_COMMIT, now - 50, snapshot_id=None)  # deployed with --skip-backup
 
     # Refused before any host is contacted, by the rollback too: the same exit code.

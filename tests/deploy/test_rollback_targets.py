@@ -94,9 +94,28 @@ def test_data_rollback_uses_the_snapshot_of_the_deploy_that_replaced_the_release
 
 def test_a_rollback_with_nothing_deployed_says_so(tmp_path: Path) -> None:
     """Never deployed, no agent: the rollback said "agent not running", a problem the user does not
-    have; it says nothing is deployed, and exits 2 (usage), without starting anything."""
+    have; it says nothing is deployed, without starting anything, and exits 13 (NOT_FOUND), as
+    after the first deploy: there is no earlier release either way (it exited 2 here). Its dry run
+    refuses alike."""
     project = make_project(tmp_path)
-    completed = project.lockstep("rollback", "--yes")
-    assert completed.returncode == 2, completed.err
-    assert "nothing is deployed in test" in completed.err and "lockstep deploy" in completed.err
-    assert "agent" not in completed.err, completed.err
+    for arguments in (["--yes"], ["--dry-run"], ["--to", "abc123"]):
+        completed = project.lockstep("rollback", *arguments)
+        assert completed.returncode == 13, (arguments, completed.err)
+        assert "nothing is deployed in test, so there is no release to roll back to" in completed.err, completed.err
+        assert "deploy first with `lockstep deploy`" in completed.err, completed.err
+        assert "agent" not in completed.err, completed.err
+
+
+def test_a_rollback_after_the_first_deploy_exits_as_with_nothing_deployed(notes_project: NotesProject) -> None:
+    """One deploy: nothing before it, exit 13 as where nothing is deployed, for the rollback and its
+    dry run, with a message in the same words that says what to do."""
+    deploy(notes_project)
+    for arguments in (["--yes"], ["--dry-run"]):
+        completed = notes_project.lockstep("rollback", *arguments)
+        assert completed.returncode == 13, (arguments, completed.err)
+        assert "is the first release deployed in test, so there is no release to roll back to" in completed.err
+        assert "`lockstep deploy`" in completed.err, completed.err
+    too_far = notes_project.lockstep("rollback", "--dry-run", "2")
+    assert too_far.returncode == 13, too_far.err
+    assert "is the first release deployed in test" in too_far.err, too_far.err
+    assert notes_project.version() == "1.0.0"

@@ -70,8 +70,9 @@ def rollback_command(
     Retry-After) and go to the older release once its data is back.
 
     Exit codes: 0 rolled back; 3 failed and undone (the release that served before still serves);
-    1 failed and could not undo everything; 2 refused (nothing to roll back to, a newer schema,
-    confirmation); 4 locked; 13 no release matches --to.
+    1 failed and could not undo everything; 2 refused (a newer schema, confirmation, the release
+    already serving); 4 locked; 13 nothing to roll back to (nothing deployed, only the first
+    deploy, fewer releases than STEPS) or no release matches --to.
 
     --dry-run says which release it would go back to (and from), whether that slot is warm
     (instant switch) or must be started, each step, and with --with-data which snapshot it would

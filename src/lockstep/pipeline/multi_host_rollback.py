@@ -38,6 +38,7 @@ from lockstep.pipeline.rollback import (
     RollbackTarget,
     choose_target,
     confirm_data_restore,
+    refuse_if_never_deployed,
     serving_stack,
 )
 from lockstep.pipeline.steps import Reporter, bind_context
@@ -61,6 +62,7 @@ class MultiHostRollback(HostFanOut):
 
     def _run(self) -> OperationRecord:
         check_fleet_request(self.request)
+        refuse_if_never_deployed(self.history, self.context.environment)  # before any host is contacted
         serving = self.steps.run(
             "preflight",
             ", ".join(run.name for run in self.runs),

@@ -23,7 +23,7 @@ from lockstep.config.model import ProjectConfig
 from lockstep.pipeline.history import History
 from lockstep.pipeline.multi_host_rollback import check_fleet_request, choose_fleet_target, recorded_serving
 from lockstep.pipeline.notifications import secrets_redactor
-from lockstep.pipeline.rollback import RollbackRequest, RollbackTarget
+from lockstep.pipeline.rollback import RollbackRequest, RollbackTarget, refuse_if_never_deployed
 from lockstep.pipeline.rollback_plan import RollbackPlan, lock_state
 from lockstep.remote import ssh
 from lockstep.wording import counted
@@ -34,6 +34,7 @@ def plan_fleet_rollback(context: EnvironmentContext, request: RollbackRequest) -
     check_fleet_request(request)
     redactor = secrets_redactor(context)
     history = History(context.layout.history_database, redactor)
+    refuse_if_never_deployed(history, context.environment)
     serving = recorded_serving(history)
     target = choose_fleet_target(history, serving.release_id if serving is not None else None, request)
     targets = context.config.host_targets()

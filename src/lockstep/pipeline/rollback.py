@@ -109,6 +109,44 @@ def serving_stack(served: list[OperationRecord]) -> list[str]:
     return stack
 
 
+def nothing_deployed(environment: str | None) -> NotFound:
+    """The refusal of a rollback where no release ever served: exit 13, as where only one did
+    (there is no earlier release either way), whatever the request (STEPS, --to, --dry-run, one
+    host or several)."""
+    where = f" in {environment}" if environment else ""
+    return NotFound(
+        f"nothing is deployed{where}, so there is no release to roll back to",
+        "deploy first with `lockstep deploy`",
+    )
+
+
+def refuse_if_never_deployed(history: History, environment: str) -> None:
+    """Before anything else is asked (the agent, the hosts): a project never deployed has no
+    agent running either, and "agent not running" would send the user after the wrong problem."""
+    if not _release_history(history):
+        raise nothing_deployed(environment)
+
+
+def _nothing_before(stack: list[str], current: str | None, steps: int, served: list[OperationRecord]) -> NotFound:
+    """The refusal of a rollback STEPS back from `current` where fewer releases served before it."""
+    if not stack:
+        return nothing_deployed(served[-1].environment if served else None)
+    environment = served[-1].environment
+    earlier = len(stack) - 1 - stack[::-1].index(current) if current in stack else len(stack)
+    if earlier == 0:
+        return NotFound(
+            f"release {current} is the first release deployed in {environment}, so there is no release to roll back to",
+            "the first deploy cannot be rolled back; deploy the release you want with `lockstep deploy` "
+            "(`lockstep history` lists what was deployed)",
+        )
+    before = f"before release {current} " if current in stack else ""
+    return NotFound(
+        f"only {counted(earlier, 'release')} served {before}in {environment}, "
+        f"so there is no release {steps} steps back to roll back to",
+        f"roll back at most {counted(earlier, 'step')}, or name the release with --to (`lockstep history` lists them)",
+    )
+
+
 def choose_target(history: History, current_release_id: str | None, request: RollbackRequest) -> RollbackTarget:
     """The release to roll back to, per STEPS or --to, with the data snapshot that goes with it."""
     served = _release_history(history)
@@ -135,10 +173,7 @@ def choose_target(history: History, current_release_id: str | None, request: Rol
         else:
             index = len(stack) - request.steps
         if index < 0 or not stack:
-            raise NotFound(
-                f"there is no release {request.steps} step(s) before the current one",
-                "see `lockstep history`; the first deploy cannot be rolled back",
-            )
+            raise _nothing_before(stack, current_release_id, request.steps, served)
         target = next(record for record in reversed(releases) if record.release_id == stack[index])
     if target.release_id == current_release_id:
         raise UsageError(f"release {target.release_id} is already serving", "name another release with --to")
@@ -208,18 +243,12 @@ class Rollback:
         """The agent's status, the active slot and the target, or the refusal a rollback would
         end with (no release to go back to, --to matching nothing). Changes nothing, so the dry
         run (pipeline/rollback_plan.py) refuses exactly where the rollback would."""
-        if not _release_history(self.history):
-            # Before asking the agent: on a project never deployed it is not running either, and
-            # "agent not running" would send the user after the wrong problem.
-            raise UsageError(
-                f"nothing is deployed in {self.context.environment}: there is no release to roll back to",
-                "deploy first with `lockstep deploy`",
-            )
+        refuse_if_never_deployed(self.history, self.context.environment)
         status = self.agent.status()
         self.decided_at_event = int(status["last_event_id"])
         active = status.get("active_slot")
         if not active:
-            raise UsageError(f"nothing is deployed in {self.context.environment}", "deploy first")
+            raise nothing_deployed(self.context.environment)
         current = status["slots"][active]["release"]
         target = choose_target(self.history, current["release_id"] if current else None, self.request)
         return status, str(active), target
