@@ -255,6 +255,39 @@ def test_latest_in_an_empty_repository_exits_13(tmp_path: Path) -> None:
     assert_clean_error(result, ExitCode.NOT_FOUND, "no snapshots")
 
 
+def test_restore_include_that_matches_nothing_exits_13_and_restores_nothing(repository: Path, tmp_path: Path) -> None:
+    """restic restores nothing and exits 0 for an --include that matches nothing: a typo passed for
+    a restore. lockstep names the includes that match nothing and the snapshot, and restores
+    nothing (not even the target), also when another include matches."""
+    source = os.fsdecode(repository.parent / "source")
+    target = tmp_path / "out"
+    for includes, named in (
+        ([f"{source}/hello.tx"], [f"{source}/hello.tx"]),
+        ([f"{source}/hello.txt", f"{source}/nope/data.bin", f"{source}/sub"], [f"{source}/nope/data.bin"]),
+        (["source/hello.txt"], ["source/hello.txt"]),  # relative: paths are as `repo ls` prints them
+        ([f"{source}/hello.txt/inner"], [f"{source}/hello.txt/inner"]),  # below a file
+    ):
+        arguments = ["repo", "restore", "latest", "-t", str(target)]
+        for include in includes:
+            arguments += ["--include", include]
+        result = run_lockstep(arguments, env=env_for(repository))
+        line = assert_clean_error(result, ExitCode.NOT_FOUND, "matches nothing in snapshot", "nothing was restored")
+        assert all(path in line for path in named), line
+        assert f"{source}/hello.txt," not in line and f"{source}/sub," not in line, line  # the ones that match
+        assert "lockstep repo ls" in line, line
+        assert not target.exists(), "a restore whose include matched nothing wrote its target"
+
+    # What matches still restores: a file, a directory (with a trailing slash), the whole tree.
+    for include, restored in (
+        (f"{source}/hello.txt", "hello.txt"),
+        (f"{source}/sub/", "sub/data.bin"),
+        ("/", "hello.txt"),
+    ):
+        result = run_lockstep(["repo", "restore", "latest", "-t", str(target), "-i", include], env=env_for(repository))
+        assert result.returncode == 0, result.err
+        assert (target / source.lstrip("/") / restored).is_file(), include
+
+
 # --- restore targets ----------------------------------------------------------------------------
 
 

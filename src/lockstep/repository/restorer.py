@@ -169,6 +169,7 @@ class Restorer:
         return False, False
 
     def run(self) -> RestoreSummary:
+        self._check_includes()
         self._prepare_target()
         try:
             self._restore_tree(self.snapshot.tree, b"", os.fsencode(self.target))
@@ -185,6 +186,39 @@ class Restorer:
                 "check free space and permissions, or choose another --target",
             ) from error
         return self.summary
+
+    def _check_includes(self) -> None:
+        """Every include names a path of the snapshot, or nothing is restored (not even the
+        target created): restic restores nothing and exits 0 for an include that matches nothing,
+        and a typo would pass for a restore. One include matching while another does not also
+        restores nothing, naming only the ones that match nothing."""
+        missing = [include for include in self.includes if not self._in_snapshot(include)]
+        if not missing:
+            return
+        named = ", ".join(os.fsdecode(include) for include in missing)
+        short_id = self.snapshot.short_id
+        raise NotFound(
+            f"--include {named} {'matches' if len(missing) == 1 else 'match'} nothing in snapshot {short_id}; "
+            "nothing was restored",
+            f"give each path from / as `lockstep repo ls {short_id}` prints it",
+        )
+
+    def _in_snapshot(self, include: bytes) -> bool:
+        """Whether `include` is a path of the snapshot as _selected matches it: absolute, each
+        part a name in the tree (no empty part, `.` or `..`)."""
+        if include == b"/":
+            return True
+        if not include.startswith(b"/"):
+            return False
+        tree_id: bytes | None = self.snapshot.tree
+        for part in include[1:].split(b"/"):
+            if tree_id is None or part in (b"", b".", b".."):
+                return False
+            node = self.repository.load_tree(tree_id).find(part)
+            if node is None:
+                return False
+            tree_id = node.subtree if node.type == "dir" else None
+        return True
 
     def _prepare_target(self) -> None:
         """Create the target directory, or say plainly why it cannot be restored into."""

@@ -26,7 +26,15 @@ from lockstep.wording import counted
     type=click.Path(path_type=Path),
     help="Directory to restore into.",
 )
-@click.option("-i", "--include", "includes", multiple=True, help="Restore only this path (repeatable).")
+@click.option(
+    "-i",
+    "--include",
+    "includes",
+    multiple=True,
+    metavar="PATH",
+    help="Restore only this path, from / as `repo ls` prints it (repeatable). A path not in the snapshot "
+    "restores nothing and exits 13, naming it.",
+)
 @repository_options
 def restore_command(snapshot: str, target: Path, includes: tuple[str, ...], **options: Any) -> None:
     """Restore SNAPSHOT (an ID prefix or `latest`) into --target."""
