@@ -3,11 +3,13 @@ PostgreSQL databases, the real CLI in a child process, and the real restic readi
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,10 @@ import pytest
 
 from lockstep.databases import adapter_for
 from lockstep.databases.base import DatabaseAdapter, ServerLocation
+from lockstep.exit_codes import ExitCode
+from lockstep.fault_injection import WAIT_AT_VARIABLE, WAIT_FOR_VARIABLE, WAITING_SUFFIX
+from lockstep.repository.repository import Repository
+from lockstep.storage.local import LocalBackend
 from tests.conftest import (
     TEST_PASSWORD,
     Completed,
@@ -442,6 +448,40 @@ def test_a_relative_sqlite_to_url_is_shown_as_the_file_it_wrote(project: Project
 
 
 # --- PostgreSQL --------------------------------------------------------------------------
+
+
+def test_a_restore_writes_nothing_when_its_lock_recheck_finds_a_competitor(project: Project, tmp_path: Path) -> None:
+    """The restore's second look for competing locks runs in the background while it finds the
+    snapshot (0.2 s less before the restore begins). A prune's exclusive lock written just before
+    that look (the restore waits there for the test) still stops the restore before it writes
+    anything: exit 4 naming the competitor, and no target database."""
+    from tests.repository.test_locks import write_lock
+
+    project.create("-m", "one")
+    (project.root / "copies").mkdir()
+    go = tmp_path / "go-ahead"
+    environment = {**project.env, WAIT_AT_VARIABLE: "lock recheck", WAIT_FOR_VARIABLE: str(go)}
+    arguments = ["snapshot", "restore", "latest", "--database", "main", "--to", "sqlite:///copies/copy.db"]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        running = pool.submit(run_lockstep, arguments, cwd=project.root, env=environment)
+        try:
+            arrived = go.with_name(go.name + WAITING_SUFFIX)
+            deadline = time.monotonic() + 120
+            while not arrived.exists():
+                assert not running.done(), running.result().err
+                assert time.monotonic() < deadline, "the restore never reached its lock re-check"
+                time.sleep(0.02)
+            repository = Repository.open(LocalBackend(project.repository), TEST_PASSWORD)
+            try:
+                write_lock(repository, pid=1, hostname="elsewhere.example", exclusive=True)
+            finally:
+                repository.close()
+        finally:
+            go.touch()  # the restore must not wait for a go-ahead that never comes
+        result = running.result(timeout=120)
+    assert result.returncode == ExitCode.LOCKED, result.err
+    assert "is locked" in result.err and "elsewhere.example" in result.err, result.err
+    assert not (project.root / "copies" / "copy.db").exists()
 
 
 @pytest.fixture

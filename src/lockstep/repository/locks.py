@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lockstep.errors import IntegrityError, LockstepError, RepositoryLocked
+from lockstep.fault_injection import wait_point
 from lockstep.process import process_alive
 from lockstep.repository.gojson import format_time_ns, parse_time_ns
 from lockstep.repository.identity import current_user
@@ -239,6 +240,7 @@ class _DeferredRecheck:
     def _run(self) -> None:
         if self._cancelled.wait(RECHECK_DELAY_SECONDS):
             return
+        wait_point("lock recheck")  # tests: a competitor locks the repository just before this look
         try:
             self._conflicts = _conflicts(list_locks(self._lock.repository), self._lock.exclusive, self._lock.lock_id)
         except BaseException as error:  # handed to the writer by confirm()

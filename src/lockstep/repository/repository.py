@@ -183,6 +183,12 @@ class Repository:
         with contextlib.suppress(ValueError):
             self._commit_guards.remove(guard)
 
+    def confirm_lock(self) -> None:
+        """Wait for the commit guards (a lock's re-check in the background) before work outside
+        the repository that must not begin under a competing lock: a restore, which reads the
+        snapshot meanwhile, writes into a database or a directory only after this."""
+        self._check_commit_guards(wait=True)
+
     def _check_commit_guards(self, wait: bool) -> None:
         for guard in list(self._commit_guards):
             guard(wait)
