@@ -16,7 +16,7 @@ import pytest
 
 from lockstep.repository.repository import Repository
 from lockstep.storage.local import LocalBackend
-from tests.cli.test_snapshot_cli import Project, git, sqlite_fingerprint
+from tests.cli.test_snapshot_cli import Project, git, make_sqlite, sqlite_fingerprint
 from tests.cli.test_snapshot_verify_cli import make_project
 from tests.conftest import TEST_PASSWORD, Completed
 from tests.pipeline.test_verify import postgresql_database, rewrite_manifest, run_postgresql, unique_name
@@ -384,3 +384,40 @@ def test_unchanged_files_and_a_database_share_one_confirmation_and_pre_restore_s
     shown = json.loads(project.ok("snapshot", "show", document["pre_restore_snapshot"][:10], "--json").out)
     assert list(shown["databases"]) == ["main"]
     assert [item["path"] for item in shown["files"]] == ["/files/config/config/app.yml"]
+
+
+def test_code_or_files_a_snapshot_lacks_are_refused_before_anything_is_restored(tmp_path: Path) -> None:
+    """A snapshot of a project without git or [files]: `--code DIR` exited 13 only after the
+    database named with it had been restored, and `--files DIR` reported "0 files" as a
+    success. Both exit 13 now, saying so, before anything is written."""
+    root = tmp_path / "plain"
+    root.mkdir()
+    make_sqlite(root / "app.db")
+    repository = tmp_path / "repository"
+    (root / "lockstep.toml").write_text(
+        f'[repository]\nurl = "{repository}"\n\n[databases.main]\nurl = "sqlite:///app.db"\n'
+    )
+    project = Project(root, repository)
+    assert project.repo("init").returncode == 0
+    created = project.create("-m", "one")
+    assert created["code"] is None and created["files"] == []
+
+    code = project.lockstep(
+        "snapshot",
+        "restore",
+        "latest",
+        "--database",
+        "main",
+        "--to",
+        "sqlite:///copy.db",
+        "--code",
+        str(tmp_path / "c"),
+    )
+    assert code.returncode == 13, code.err
+    assert "records no code; nothing was restored" in code.err, code.err
+    assert not (root / "copy.db").exists() and not (tmp_path / "c").exists()
+
+    files = project.lockstep("snapshot", "restore", "latest", "--files", str(tmp_path / "f"))
+    assert files.returncode == 13, files.err
+    assert "records no config or secret files; nothing was restored" in files.err, files.err
+    assert not (tmp_path / "f").exists()

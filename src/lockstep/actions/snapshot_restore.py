@@ -24,7 +24,7 @@ from lockstep.config.model import FilesConfig
 from lockstep.databases import adapter_for
 from lockstep.databases.identity import same_database
 from lockstep.databases.sqlite import anchored_url
-from lockstep.errors import LockstepError, UsageError
+from lockstep.errors import LockstepError, NotFound, UsageError
 from lockstep.pipeline.diff import DatabaseDiff, diff_database
 from lockstep.pipeline.manifest import FileRecord, Manifest
 from lockstep.pipeline.restore import (
@@ -143,6 +143,7 @@ def restore(
         )
         bind_operation(reporter, snapshot_id=snapshot.id)
         manifest = load_manifest(repository, snapshot)
+        _refuse_parts_not_recorded(snapshot, manifest, request)
         outcome = RestoreOutcome(snapshot=snapshot, manifest=manifest)
         live = _configured_database_at(project, request.to_url)
         to_other = False
@@ -210,6 +211,22 @@ def restore(
                     f"{counted(len(manifest.files), 'config and secret file')} can be restored with --files DIR"
                 )
         return outcome
+
+
+def _refuse_parts_not_recorded(snapshot: Snapshot, manifest: Manifest, request: RestoreRequest) -> None:
+    """`--code` or `--files` of a snapshot that recorded none: exit 13 before anything is
+    restored (the code's refusal came after the databases had been restored, and `--files`
+    reported "0 files" as a success)."""
+    if request.code_directory is not None and manifest.code is None:
+        raise NotFound(
+            f"snapshot {snapshot.short_id} records no code; nothing was restored",
+            "leave out --code (`lockstep snapshot show ID` lists what a snapshot holds)",
+        )
+    if request.files_directory is not None and not manifest.files:
+        raise NotFound(
+            f"snapshot {snapshot.short_id} records no config or secret files; nothing was restored",
+            "leave out --files (`lockstep snapshot show ID` lists what a snapshot holds)",
+        )
 
 
 def _load_adapters(project: ProjectContext, request: RestoreRequest) -> None:
