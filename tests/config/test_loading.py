@@ -229,6 +229,29 @@ def test_wrong_types_are_reported_per_key_without_values(tmp_path: Path) -> None
     assert "lots" not in message
 
 
+def test_a_keep_within_that_is_not_a_restic_duration_names_the_key_and_the_syntax(tmp_path: Path) -> None:
+    """keep_within = "3 days" would keep nothing if read loosely: the load fails on the key (in
+    an environment's override too) with restic's duration syntax and an example."""
+    path = write_config(tmp_path, MINIMAL + '\n[retention]\nkeep_within = "3 days"\n')
+    assert str(load_error(path)) == (
+        f"{path}: retention.keep_within: '3 days' is not a restic duration: write numbers each followed by a unit,"
+        ' y (years), m (months), d (days) or h (hours), e.g. "1y5m7d2h" or "14d"'
+    )
+    path = write_config(tmp_path, MINIMAL + '\n[environments.production.retention]\nkeep_within_daily = "1w"\n')
+    message = str(load_error(path))
+    assert f"{path}: environments.production.retention.keep_within_daily: '1w' is not a restic duration" in message
+    good = MINIMAL + '\n[retention]\nkeep_within = "1y5m7d2h"\nkeep_tags = ["release", "db,weekly"]\n'
+    retention = load_config(write_config(tmp_path, good)).retention
+    assert retention.keep_within == "1y5m7d2h"
+    assert retention.keep_tags == ["release", "db,weekly"]
+
+
+def test_a_keep_tags_entry_with_an_empty_tag_is_refused(tmp_path: Path) -> None:
+    text = MINIMAL + '\n[retention]\nkeep_tags = ["release", "db,"]\n'
+    message = str(load_error(write_config(tmp_path, text)))
+    assert "retention.keep_tags: 'db,' has an empty tag" in message
+
+
 def test_toml_syntax_error_shows_line_and_column(tmp_path: Path) -> None:
     """A broken file points at the line to fix."""
     path = write_config(tmp_path, '[repository]\nurl "local:repo"\n')

@@ -1,5 +1,6 @@
-"""`plan_forget` on synthetic snapshots: restic's calendar rules over the manual and scheduled
-snapshots, a period without one filled by its newest pre-deploy or pre-restore snapshot,
+"""`plan_forget` on synthetic snapshots: restic's rules over the manual and scheduled snapshots
+(keep_tags over every snapshot), a calendar period without one filled by its newest pre-deploy or
+pre-restore snapshot,
 pre-deploy snapshots of the last N deploys and pre-restore snapshots of the last N restores kept
 by their own rules, groups per environment and project path, and snapshots of other tools never
 considered."""
@@ -9,8 +10,11 @@ from __future__ import annotations
 import itertools
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from lockstep.config.model import RetentionConfig
 from lockstep.pipeline.retention_policy import REMOVE_REASON, ForgetPlan, describe, is_empty, plan_forget
+from lockstep.repository.retention import Duration, RetentionPolicy, apply_policy
 from lockstep.repository.snapshot import Snapshot
 
 NOW = datetime(2025, 6, 30, 12, 0, tzinfo=UTC)
@@ -311,3 +315,175 @@ def test_describe_and_empty() -> None:
     assert not is_empty(only_daily(0, pre_restore=1))
     assert describe(only_daily(1, pre_restore=-1)).endswith(", plus every pre-restore snapshot")
     assert not is_empty(only_daily(0, pre_deploy=1))
+
+
+def only(**rules: object) -> RetentionConfig:
+    """Every rule off but `rules` (keep_daily=..., keep_tags=[...], ...)."""
+    off: dict[str, object] = {
+        "keep_daily": 0,
+        "keep_weekly": 0,
+        "keep_monthly": 0,
+        "keep_pre_deploy": 0,
+        "keep_pre_restore": 0,
+    }
+    return RetentionConfig.model_validate({**off, **rules})
+
+
+def test_keep_last_keeps_the_newest_regular_snapshots_only() -> None:
+    """restic's --keep-last 3 over five backups of one day and a later deploy: the three newest
+    backups ("last snapshot"); the pre-deploy snapshot is not one of the 3 and, with
+    keep_pre_deploy 0, goes."""
+    backups = [snapshot(datetime(2025, 6, 29, hour, tzinfo=UTC)) for hour in (1, 5, 9, 13, 17)]
+    deploy = snapshot(datetime(2025, 6, 29, 20, tzinfo=UTC), kind="pre-deploy")
+    plan = plan_forget([*backups, deploy], only(keep_last=3), NOW, project="shop")
+    reasons = reasons_by_id(plan)
+    assert ids(plan.keep) == ids(backups[-3:])
+    assert all(reasons[item.id] == ("last snapshot",) for item in backups[-3:])
+    assert reasons[backups[0].id] == (REMOVE_REASON,)
+    assert reasons[deploy.id] == ("keep_pre_deploy is 0",)
+    every = plan_forget([*backups, deploy], only(keep_last=-1), NOW, project="shop")
+    assert ids(every.keep) == ids(backups)
+
+
+def test_keep_hourly_fills_an_hour_without_a_backup_with_its_newest_special_snapshot() -> None:
+    """Backups at 10:00 and 12:00, a deploy then a restore at 11:xx, a deploy after the 12:00
+    backup: keep_hourly 3 keeps both backups and the restore as 11:00's hourly; the 12:00 backup
+    stays its hour's hourly whatever came after it."""
+    ten = snapshot(datetime(2025, 6, 29, 10, 0, tzinfo=UTC))
+    deploy = snapshot(datetime(2025, 6, 29, 11, 10, tzinfo=UTC), kind="pre-deploy")
+    restore = snapshot(datetime(2025, 6, 29, 11, 40, tzinfo=UTC), kind="pre-restore")
+    twelve = snapshot(datetime(2025, 6, 29, 12, 0, tzinfo=UTC))
+    later = snapshot(datetime(2025, 6, 29, 12, 30, tzinfo=UTC), kind="pre-deploy")
+    nine = snapshot(datetime(2025, 6, 29, 9, 0, tzinfo=UTC))
+    plan = plan_forget([nine, ten, deploy, restore, twelve, later], only(keep_hourly=3), NOW, project="shop")
+    reasons = reasons_by_id(plan)
+    assert ids(plan.keep) == {ten.id, restore.id, twelve.id}
+    assert reasons[twelve.id] == ("hourly snapshot",)
+    assert reasons[restore.id] == ("hourly snapshot (no regular snapshot that hour)",)
+    assert reasons[ten.id] == ("hourly snapshot",)
+    assert reasons[nine.id] == (REMOVE_REASON,)
+    assert reasons[later.id] == ("keep_pre_deploy is 0",)
+
+
+def test_keep_yearly_keeps_a_snapshot_a_year_and_fills_a_year_of_deploys_only() -> None:
+    """2022 and 2024 have backups, 2023 only deploys: keep_yearly -1 keeps the newest backup of
+    2022 and 2024 (not 2024's later deploy) and 2023's newest pre-deploy snapshot."""
+    y2022 = [snapshot(datetime(2022, month, 1, tzinfo=UTC)) for month in (3, 9)]
+    y2023 = [snapshot(datetime(2023, month, 1, tzinfo=UTC), kind="pre-deploy") for month in (2, 8)]
+    y2024 = snapshot(datetime(2024, 5, 1, tzinfo=UTC))
+    deploy_2024 = snapshot(datetime(2024, 11, 1, tzinfo=UTC), kind="pre-deploy")
+    everything = [*y2022, *y2023, y2024, deploy_2024]
+    reasons = reasons_by_id(plan_forget(everything, only(keep_yearly=-1), NOW, project="shop"))
+    assert reasons[y2024.id] == ("yearly snapshot",)
+    assert reasons[y2023[1].id] == ("yearly snapshot (no regular snapshot that year)",)
+    assert reasons[y2022[1].id] == ("yearly snapshot",)
+    # The unlimited rule keeps the oldest snapshot too, as restic does.
+    assert reasons[y2022[0].id] == ("oldest yearly snapshot",)
+    assert reasons[y2023[0].id] == ("keep_pre_deploy is 0",)
+    assert reasons[deploy_2024.id] == ("keep_pre_deploy is 0",)
+    two = plan_forget(everything, only(keep_yearly=2), NOW, project="shop")
+    assert ids(two.keep) == {y2024.id, y2023[1].id}
+
+
+def test_keep_within_keeps_the_regular_snapshots_near_the_newest_regular_one() -> None:
+    """Daily backups up to 10 June, then only a deploy on 20 June, planned on 30 June: keep_within
+    3d counts back from the newest backup (not from now, nor from the deploy), so 8, 9 and 10
+    June stay ("within 3d"); the deploy is not kept by it."""
+    backups = [snapshot(datetime(2025, 6, day, 2, tzinfo=UTC)) for day in range(1, 11)]
+    deploy = snapshot(datetime(2025, 6, 20, 2, tzinfo=UTC), kind="pre-deploy")
+    plan = plan_forget([*backups, deploy], only(keep_within="3d"), NOW, project="shop")
+    reasons = reasons_by_id(plan)
+    assert ids(plan.keep) == ids(backups[-3:])
+    assert all(reasons[item.id] == ("within 3d",) for item in backups[-3:])
+    assert reasons[backups[-4].id] == (REMOVE_REASON,)
+    assert reasons[deploy.id] == ("keep_pre_deploy is 0",)
+    longer = plan_forget([*backups, deploy], only(keep_within="1m"), NOW, project="shop")
+    assert ids(longer.keep) == ids(backups)
+
+
+@pytest.mark.parametrize(
+    ("key", "duration", "unit"),
+    [
+        ("keep_within_hourly", "1d", "hourly"),
+        ("keep_within_daily", "5d", "daily"),
+        ("keep_within_weekly", "1m", "weekly"),
+        ("keep_within_monthly", "4m", "monthly"),
+        ("keep_within_yearly", "2y", "yearly"),
+    ],
+)
+def test_keep_within_unit_keeps_one_regular_snapshot_per_period_inside_the_window(
+    key: str, duration: str, unit: str
+) -> None:
+    """restic's --keep-within-<unit>: the newest backup of each period within the duration of
+    the newest backup; special snapshots, even newer ones, neither count nor are kept by it."""
+    start = datetime(2022, 1, 1, 1, tzinfo=UTC)
+    backups = [snapshot(start + timedelta(hours=offset)) for offset in range(0, 3 * 365 * 24, 7)]
+    deploys = [
+        snapshot(start + timedelta(hours=offset), kind="pre-deploy") for offset in range(3, 3 * 365 * 24 + 500, 50)
+    ]
+    plan = plan_forget([*backups, *deploys], only(**{key: duration}), NOW, project="shop")
+    rule = RetentionPolicy(**{key.removeprefix("keep_"): Duration.parse(duration)})
+    expected = apply_policy(backups, rule, int(NOW.timestamp()) * 1_000_000_000)
+    assert ids(plan.keep) == ids(expected.keep)
+    assert 1 < len(plan.keep) < len(backups) / 5
+    assert ids(plan.keep) & ids(deploys) == set()
+    newest = backups[-1]
+    assert reasons_by_id(plan)[newest.id] == (f"{unit} within {duration}",)
+    window = {
+        "hourly": timedelta(days=1),
+        "daily": timedelta(days=5),
+        "weekly": timedelta(days=31),
+        "monthly": timedelta(days=4 * 31),
+        "yearly": timedelta(days=2 * 366),
+    }[unit]
+    assert all(item.time_ns > newest.time_ns - int(window.total_seconds()) * 1_000_000_000 for item in plan.keep)
+
+
+def test_keep_tags_keeps_any_snapshot_with_the_tags_whatever_its_kind() -> None:
+    """keep_tags ["release", "db,weekly"]: a backup tagged release, a pre-deploy snapshot tagged
+    release (kept although keep_pre_deploy is 0) and a backup with both db and weekly are kept
+    ("has tags [...]", restic's words, before the other reasons); one with only db goes."""
+    release = snapshot(datetime(2025, 6, 1, tzinfo=UTC), extra=("release",))
+    deploy = snapshot(datetime(2025, 6, 2, tzinfo=UTC), kind="pre-deploy", extra=("release",))
+    both = snapshot(datetime(2025, 6, 3, tzinfo=UTC), extra=("db", "weekly"))
+    db_only = snapshot(datetime(2025, 6, 4, tzinfo=UTC), extra=("db",))
+    newest = snapshot(datetime(2025, 6, 5, tzinfo=UTC), extra=("release",))
+    retention = only(keep_daily=1, keep_tags=["release", "db,weekly"])
+    plan = plan_forget([release, deploy, both, db_only, newest], retention, NOW, project="shop")
+    reasons = reasons_by_id(plan)
+    assert ids(plan.keep) == {release.id, deploy.id, both.id, newest.id}
+    assert reasons[release.id] == ("has tags [release]",)
+    assert reasons[deploy.id] == ("has tags [release]",)
+    assert reasons[both.id] == ("has tags [db, weekly]",)
+    assert reasons[newest.id] == ("has tags [release]", "daily snapshot")
+    assert reasons[db_only.id] == (REMOVE_REASON,)
+
+
+def test_describe_names_the_new_rules_in_restics_words() -> None:
+    retention = RetentionConfig(
+        keep_last=3,
+        keep_hourly=24,
+        keep_yearly=-1,
+        keep_within="1y",
+        keep_within_daily="30d",
+        keep_tags=["release", "db,weekly"],
+        keep_pre_deploy=0,
+        keep_pre_restore=2,
+    )
+    assert describe(retention) == (
+        "keep 3 latest, 24 hourly, 7 daily, 4 weekly, all monthly, all yearly snapshots, daily snapshots within"
+        " 30d and all snapshots within 1y of the newest (manual and scheduled), plus all snapshots with tags"
+        " [[release] [db, weekly]] and the pre-restore snapshots of the last 2 restores"
+    )
+    assert describe(only(keep_tags=["release"])) == "keep only all snapshots with tags [[release]]"
+    assert describe(only(keep_within="2d")) == "keep all snapshots within 2d of the newest (manual and scheduled)"
+    for rules in (
+        {"keep_last": 1},
+        {"keep_hourly": 1},
+        {"keep_yearly": 1},
+        {"keep_within": "1d"},
+        {"keep_within_weekly": "1m"},
+        {"keep_tags": ["release"]},
+    ):
+        assert not is_empty(only(**rules)), rules
+    assert is_empty(only(keep_within="0d", keep_tags=[]))

@@ -444,14 +444,49 @@ class FilesConfig(_Section):
         )
 
 
+def check_restic_duration(text: str) -> None:
+    """Check a keep_within* value: restic's duration (`1y5m7d2h`: years, months, days, hours)."""
+    from lockstep.repository.retention import Duration  # lazily: loading a config needs no repository code
+
+    try:
+        Duration.parse(text)
+    except UsageError:
+        raise ValueError(
+            f"{text!r} is not a restic duration: write numbers each followed by a unit, y (years), "
+            'm (months), d (days) or h (hours), e.g. "1y5m7d2h" or "14d"'
+        ) from None
+
+
 class RetentionConfig(_Section):
-    """How many snapshots `forget` keeps; -1 keeps every snapshot of that kind.
+    """How many snapshots `forget` keeps, with restic's `forget` rules; -1 keeps every snapshot of
+    that kind. A snapshot is kept when any rule keeps it.
 
-    The calendar rules count the regular (manual and scheduled) snapshots; a day, week or month
-    with none is filled by its newest pre-deploy or pre-restore snapshot. Those are also kept by
-    a rule of their own, and one taken after the day's backup never takes that backup's place as
-    the day's daily."""
+    The calendar rules (hourly to yearly) count the regular (manual and scheduled) snapshots; an
+    hour, day, week, month or year with none is filled by its newest pre-deploy or pre-restore
+    snapshot. Those are also kept by a rule of their own, and one taken after the day's backup
+    never takes that backup's place as the day's daily. keep_last and the keep_within rules count
+    the regular snapshots only; keep_tags keeps any snapshot with the tags."""
 
+    keep_last: int = Field(
+        default=0,
+        ge=-1,
+        description=(
+            "The N newest manual or scheduled snapshots to keep (restic's --keep-last; -1: all of them, "
+            "0: off). Pre-deploy and pre-restore snapshots are not counted: their own rules keep them."
+        ),
+        examples=[5],
+    )
+    keep_hourly: int = Field(
+        default=0,
+        ge=-1,
+        description=(
+            "Hours to keep the newest manual or scheduled snapshot of, the last N hours that have a "
+            "snapshot (restic's --keep-hourly; -1: every hour, 0: off). An hour without a manual or "
+            "scheduled one keeps its newest pre-deploy or pre-restore snapshot instead, and counts as "
+            "one of the N."
+        ),
+        examples=[24],
+    )
     keep_daily: int = Field(
         default=7,
         ge=-1,
@@ -483,14 +518,89 @@ class RetentionConfig(_Section):
         ),
         examples=[12],
     )
+    keep_yearly: int = Field(
+        default=0,
+        ge=-1,
+        description=(
+            "Years to keep the newest manual or scheduled snapshot of (restic's --keep-yearly; -1: "
+            "every year, 0: off). A year without a manual or scheduled one keeps its newest pre-deploy "
+            "or pre-restore snapshot instead, and counts as one of the N."
+        ),
+        examples=[3],
+    )
+    keep_within: str | None = Field(
+        default=None,
+        description=(
+            "Keep every manual or scheduled snapshot taken within this duration of the newest one "
+            "(restic's --keep-within): years, months, days and hours as restic writes them, e.g. "
+            '"1y5m7d2h" or "14d". Measured from the newest manual or scheduled snapshot, not from now, '
+            "so snapshots stop expiring when backups stop. Pre-deploy and pre-restore snapshots are not "
+            "kept by it. Default: off."
+        ),
+        examples=["14d"],
+    )
+    keep_within_hourly: str | None = Field(
+        default=None,
+        description=(
+            "Keep the newest manual or scheduled snapshot of every hour within this duration of the "
+            "newest one (restic's --keep-within-hourly; restic's duration, e.g. \"2d\"). Pre-deploy and "
+            "pre-restore snapshots are not kept by it. Default: off."
+        ),
+        examples=["2d"],
+    )
+    keep_within_daily: str | None = Field(
+        default=None,
+        description=(
+            "Keep the newest manual or scheduled snapshot of every day within this duration of the "
+            "newest one (restic's --keep-within-daily; restic's duration, e.g. \"1m\"). Pre-deploy and "
+            "pre-restore snapshots are not kept by it. Default: off."
+        ),
+        examples=["1m"],
+    )
+    keep_within_weekly: str | None = Field(
+        default=None,
+        description=(
+            "Keep the newest manual or scheduled snapshot of every week within this duration of the "
+            "newest one (restic's --keep-within-weekly; restic's duration, e.g. \"6m\"). Pre-deploy and "
+            "pre-restore snapshots are not kept by it. Default: off."
+        ),
+        examples=["6m"],
+    )
+    keep_within_monthly: str | None = Field(
+        default=None,
+        description=(
+            "Keep the newest manual or scheduled snapshot of every month within this duration of the "
+            "newest one (restic's --keep-within-monthly; restic's duration, e.g. \"2y\"). Pre-deploy "
+            "and pre-restore snapshots are not kept by it. Default: off."
+        ),
+        examples=["2y"],
+    )
+    keep_within_yearly: str | None = Field(
+        default=None,
+        description=(
+            "Keep the newest manual or scheduled snapshot of every year within this duration of the "
+            "newest one (restic's --keep-within-yearly; restic's duration, e.g. \"10y\"). Pre-deploy "
+            "and pre-restore snapshots are not kept by it. Default: off."
+        ),
+        examples=["10y"],
+    )
+    keep_tags: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Snapshots with any of these tags (`snapshot create --tag`) are always kept, whatever their "
+            'kind (restic\'s --keep-tag, once per entry): an entry "a,b" keeps the snapshots that have '
+            "both a and b."
+        ),
+        examples=[["release", "before-migration"]],
+    )
     keep_pre_deploy: int = Field(
         default=10,
         ge=-1,
         description=(
             "The pre-deploy snapshots (taken by `deploy` before it changes anything, what `rollback "
             "--with-data` restores) of the last N deploys to keep (-1: all, 0: none). The calendar "
-            "rules keep one only as the newest snapshot of a day, week or month that has no manual or "
-            "scheduled snapshot."
+            "rules keep one only as the newest snapshot of an hour, day, week, month or year that has no "
+            "manual or scheduled snapshot; keep_tags keeps one with its tags."
         ),
         examples=[20],
     )
@@ -500,12 +610,38 @@ class RetentionConfig(_Section):
         description=(
             "The pre-restore snapshots (taken by `snapshot restore` and data rollbacks before they "
             "overwrite a live database: the only undo of a mistaken restore) of the last N restores "
-            "to keep (-1: all, 0: none). The calendar rules keep one only as the newest snapshot of a "
-            "day, week or month that has no manual or scheduled snapshot, so one taken after the day's "
-            "backup never makes that backup forgotten."
+            "to keep (-1: all, 0: none). The calendar rules keep one only as the newest snapshot of an "
+            "hour, day, week, month or year that has no manual or scheduled snapshot, so one taken after "
+            "the day's backup never makes that backup forgotten."
         ),
         examples=[5],
     )
+
+    @field_validator(
+        "keep_within",
+        "keep_within_hourly",
+        "keep_within_daily",
+        "keep_within_weekly",
+        "keep_within_monthly",
+        "keep_within_yearly",
+    )
+    @classmethod
+    def _check_duration(cls, text: str | None) -> str | None:
+        """restic's duration syntax, checked at load time: "3 days" must not silently keep nothing."""
+        if text is not None:
+            check_restic_duration(text)
+        return text
+
+    @field_validator("keep_tags")
+    @classmethod
+    def _check_tags(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            if any(not tag.strip() for tag in entry.split(",")):
+                raise ValueError(
+                    f"{entry!r} has an empty tag, which keeps no lockstep snapshot: write each entry as a "
+                    'tag, or tags separated by commas that must all be present, e.g. ["release", "db,weekly"]'
+                )
+        return entries
 
 
 VerifyLevel = Literal["none", "structure", "data", "restore"]
@@ -591,22 +727,34 @@ class ProjectConfig(_Section):
     retention: RetentionConfig = Field(
         default_factory=RetentionConfig,
         description=(
-            "Which snapshots `snapshot forget`, `backup` and the agent's forget keep, per environment. "
-            "keep_daily, keep_weekly and keep_monthly are restic's calendar rules (the newest snapshot "
-            "of each of the last N days, weeks, months that have one; the oldest kept when a rule "
-            "is not filled) over the regular snapshots: manual (`snapshot create`) and scheduled "
-            "(`backup`, the agent). A day, week or month with no regular snapshot is filled by its "
-            "newest pre-deploy or pre-restore snapshot, counted as one of the N (a project that only "
-            "deploys keeps one a month); one with a regular snapshot keeps that one, whatever was "
-            "taken after it. Snapshots taken for a purpose also have a rule of their own: "
+            "Which snapshots `snapshot forget`, `backup` and the agent's forget keep, per environment, "
+            "with restic's `forget` rules under restic's names. keep_hourly, keep_daily, keep_weekly, "
+            "keep_monthly and keep_yearly are restic's calendar rules (the newest snapshot of each of the "
+            "last N hours, days, weeks, months, years that have one; the oldest kept when a rule is not "
+            "filled) over the regular snapshots: manual (`snapshot create`) and scheduled (`backup`, the "
+            "agent). A period with no regular snapshot is filled by its newest pre-deploy or pre-restore "
+            "snapshot, counted as one of the N (a project that only deploys keeps one a month); one with "
+            "a regular snapshot keeps that one, whatever was taken after it. keep_last, keep_within and "
+            "keep_within_hourly ... keep_within_yearly count the regular snapshots only; keep_tags keeps "
+            "any snapshot with its tags. Snapshots taken for a purpose also have a rule of their own: "
             "pre-deploy ones keep_pre_deploy, pre-restore ones keep_pre_restore. The rules add up: "
             "a snapshot is kept when any rule keeps it, and `snapshot forget --dry-run` lists why. "
-            "The example keeps two weeks of dailies, every pre-deploy snapshot of the last 20 deploys "
-            "and the pre-restore snapshots of the last 5 restores. With restic itself (which does not "
-            "fill periods) the calendar part is `restic forget --tag env:production,kind:scheduled --tag "
-            "env:production,kind:manual --keep-daily 14 ...`."
+            "The example keeps the last 3 regular snapshots, two weeks of dailies, one a year forever, any "
+            "snapshot tagged release, every pre-deploy snapshot of the last 20 deploys and the pre-restore "
+            "snapshots of the last 5 restores. With restic itself (which does not fill periods) the "
+            "regular part is `restic forget --tag env:production,kind:scheduled --tag "
+            "env:production,kind:manual --keep-last 3 --keep-daily 14 ...`."
         ),
-        examples=[{"keep_daily": 14, "keep_pre_deploy": 20, "keep_pre_restore": 5}],
+        examples=[
+            {
+                "keep_last": 3,
+                "keep_daily": 14,
+                "keep_yearly": -1,
+                "keep_tags": ["release"],
+                "keep_pre_deploy": 20,
+                "keep_pre_restore": 5,
+            }
+        ],
     )
     backup: BackupConfig = Field(
         default_factory=BackupConfig,

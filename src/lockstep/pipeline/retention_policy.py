@@ -1,15 +1,19 @@
-"""Which coordinated snapshots the config's retention keeps: restic's calendar rules for the
+"""Which coordinated snapshots the config's retention keeps: restic's `forget` rules for the
 regular snapshots, and a rule of their own for pre-deploy and pre-restore snapshots.
 
-The calendar rules (keep_daily, keep_weekly, keep_monthly) are restic's `forget` semantics and
-come from `repository/retention.py`, applied to the regular snapshots: manual and scheduled
-ones (any kind but the two below). A snapshot taken for a special purpose never takes the slot
-of a day, week or month that has a regular snapshot: restic keeps the newest snapshot of each
-day, so a pre-restore snapshot (one database, taken before a restore) after the nightly backup
-would otherwise be the day's daily and the whole-app backup would be forgotten. A period with
-no regular snapshot at all is filled by its newest special snapshot instead, counted like any
-other period of the rule: a project that only deploys keeps a pre-deploy snapshot per month
-(keep_monthly) as it would keep its backups. On top of that:
+The rules of [retention] named after restic's flags are restic's `forget` semantics and come
+from `repository/retention.py`, applied to the regular snapshots: manual and scheduled ones (any
+kind but the two below). A snapshot taken for a special purpose never takes the slot of an
+hour, day, week, month or year that has a regular snapshot: restic keeps the newest snapshot of
+each day, so a pre-restore snapshot (one database, taken before a restore) after the nightly
+backup would otherwise be the day's daily and the whole-app backup would be forgotten. For the
+calendar rules (keep_hourly ... keep_yearly), a period with no regular snapshot at all is filled
+by its newest special snapshot instead, counted like any other period of the rule: a project
+that only deploys keeps a pre-deploy snapshot per month (keep_monthly) as it would keep its
+backups. keep_last, keep_within and the keep_within_<unit> rules count the regular snapshots
+only (keep_within from the newest regular one), as restic would over a group of them alone;
+keep_tags (restic's --keep-tag) keeps any snapshot with the tags, whatever its kind. On top of
+that:
 
 * the pre-deploy snapshots of the last `keep_pre_deploy` deploys are kept, because they are what
   a rollback restores: a week of quiet nights must not push last Tuesday's deploy out of reach;
@@ -43,6 +47,7 @@ from lockstep.pipeline.snapshot import (
 )
 from lockstep.repository.retention import (
     UNLIMITED,
+    Duration,
     RetentionPolicy,
     WallClock,
     apply_policy,
@@ -50,6 +55,7 @@ from lockstep.repository.retention import (
     newest_first,
 )
 from lockstep.repository.snapshot import Snapshot
+from lockstep.repository.tag_lists import parse_tag_list
 
 PRE_DEPLOY_KIND = "pre-deploy"
 PRE_RESTORE_KIND = "pre-restore"  # one per restore (`snapshot restore`, a data rollback)
@@ -59,7 +65,9 @@ SPECIAL_KINDS = (PRE_DEPLOY_KIND, PRE_RESTORE_KIND)
 # count as one deploy.
 REMOVE_REASON = "no rule keeps it"
 # The calendar rules of [retention], in restic's order of reasons, with the period each counts.
-_CALENDAR_PERIODS = (("daily", "day"), ("weekly", "week"), ("monthly", "month"))
+_CALENDAR_PERIODS = (("hourly", "hour"), ("daily", "day"), ("weekly", "week"), ("monthly", "month"), ("yearly", "year"))
+# restic's --keep-within-<unit> rules, in its order of reasons.
+_WINDOW_RULES = ("within_hourly", "within_daily", "within_weekly", "within_monthly", "within_yearly")
 
 
 @dataclass(frozen=True)
@@ -104,22 +112,43 @@ class ForgetPlan:
         return [snapshot for group in self.groups for snapshot in group.remove]
 
 
-def calendar_policy(retention: RetentionConfig) -> RetentionPolicy:
-    """The restic policy for the calendar part of the retention config."""
-    return RetentionPolicy(daily=retention.keep_daily, weekly=retention.keep_weekly, monthly=retention.keep_monthly)
+def _duration(text: str | None) -> Duration:
+    return Duration() if text is None else Duration.parse(text)
+
+
+def restic_policy(retention: RetentionConfig) -> RetentionPolicy:
+    """The restic rules of the retention config, as `lockstep repo forget`'s flags would give them."""
+    return RetentionPolicy(
+        last=retention.keep_last,
+        hourly=retention.keep_hourly,
+        daily=retention.keep_daily,
+        weekly=retention.keep_weekly,
+        monthly=retention.keep_monthly,
+        yearly=retention.keep_yearly,
+        within=_duration(retention.keep_within),
+        within_hourly=_duration(retention.keep_within_hourly),
+        within_daily=_duration(retention.keep_within_daily),
+        within_weekly=_duration(retention.keep_within_weekly),
+        within_monthly=_duration(retention.keep_within_monthly),
+        within_yearly=_duration(retention.keep_within_yearly),
+        keep_tags=tuple(parse_tag_list(entry) for entry in retention.keep_tags),
+    )
 
 
 def is_empty(retention: RetentionConfig) -> bool:
     """No rule at all: forgetting with it would delete everything, so callers refuse it."""
-    return calendar_policy(retention).is_empty and retention.keep_pre_deploy == 0 and retention.keep_pre_restore == 0
+    return restic_policy(retention).is_empty and retention.keep_pre_deploy == 0 and retention.keep_pre_restore == 0
 
 
 def describe(retention: RetentionConfig) -> str:
-    """One line: restic's wording for the calendar rules, which count the manual and scheduled
-    snapshots (a period without one is filled by a special snapshot, which its reasons say),
-    plus the pre-deploy and pre-restore rules."""
-    policy = calendar_policy(retention)
+    """One line: restic's wording for the rules that count the manual and scheduled snapshots (a
+    period without one is filled by a special snapshot, which its reasons say), plus keep_tags
+    (any snapshot) and the pre-deploy and pre-restore rules."""
+    policy = restic_policy(retention)
+    regular = replace(policy, keep_tags=())
     extras = []
+    if policy.keep_tags:
+        extras.append(RetentionPolicy(keep_tags=policy.keep_tags).describe().removeprefix("keep "))
     if retention.keep_pre_deploy == UNLIMITED:
         extras.append("every pre-deploy snapshot")
     elif retention.keep_pre_deploy > 0:
@@ -128,10 +157,15 @@ def describe(retention: RetentionConfig) -> str:
         extras.append("every pre-restore snapshot")
     elif retention.keep_pre_restore > 0:
         extras.append(f"the pre-restore snapshots of {_the_last(retention.keep_pre_restore, 'restore')}")
-    if policy.is_empty:
-        return f"keep only {' and '.join(extras)}" if extras else "keep"
-    text = f"{policy.describe()} (manual and scheduled)"
-    return f"{text}, plus {' and '.join(extras)}" if extras else text
+    if regular.is_empty:
+        return f"keep only {_and(extras)}" if extras else "keep"
+    text = f"{regular.describe()} (manual and scheduled)"
+    return f"{text}, plus {_and(extras)}" if extras else text
+
+
+def _and(items: list[str]) -> str:
+    """`a`, `a and b`, `a, b and c`."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def _the_last(count: int, noun: str) -> str:
@@ -189,7 +223,7 @@ def plan_forget(
 def _plan_group(members: list[Snapshot], retention: RetentionConfig, now_ns: int) -> list[SnapshotVerdict]:
     ordered = newest_first(members)
     reasons: dict[str, list[str]] = {snapshot.id: [] for snapshot in ordered}
-    for snapshot, matches in _calendar_reasons(ordered, retention, now_ns):
+    for snapshot, matches in _restic_reasons(ordered, restic_policy(retention), now_ns):
         reasons[snapshot.id].extend(matches)
     for snapshot in _last_pre_deploy(ordered, retention.keep_pre_deploy):
         reasons[snapshot.id].append("pre-deploy snapshot")
@@ -205,19 +239,39 @@ def _plan_group(members: list[Snapshot], retention: RetentionConfig, now_ns: int
     ]
 
 
-def _calendar_reasons(
-    ordered: list[Snapshot], retention: RetentionConfig, now_ns: int
+def _restic_reasons(
+    ordered: list[Snapshot], policy: RetentionPolicy, now_ns: int
 ) -> list[tuple[Snapshot, tuple[str, ...]]]:
-    """What the calendar rules keep, each rule in turn (daily, weekly, monthly: the order of
-    restic's reasons) over its own view of the group: every regular snapshot, plus the newest
-    special snapshot of each of its periods that has no regular one. restic's counting over that
-    view is unchanged: a period that has a regular snapshot keeps it whatever special snapshots
-    came later, and a filled period counts as one of the rule's N. The rules are independent in
-    restic's ApplyPolicy, so one rule at a time keeps exactly what one pass with all of them
-    would over the regular snapshots alone."""
+    """What restic's rules keep, one rule (or kind of rule) at a time in the order of restic's
+    reasons: keep_tags over every snapshot of the group; keep_within and keep_last over the
+    regular snapshots (the window from the newest of them); each calendar rule over its own view
+    (_calendar_reasons); the keep_within_<unit> rules over the regular snapshots. The rules are
+    independent in restic's ApplyPolicy, so one at a time keeps exactly what one pass would."""
     regular = [snapshot for snapshot in ordered if is_regular(snapshot)]
-    special = [snapshot for snapshot in ordered if not is_regular(snapshot)]
-    policy = calendar_policy(retention)
+    found: list[tuple[Snapshot, tuple[str, ...]]] = []
+
+    def run(view: list[Snapshot], rules: RetentionPolicy) -> None:
+        if not rules.is_empty:
+            found.extend((kept.snapshot, kept.matches) for kept in apply_policy(view, rules, now_ns).reasons)
+
+    run(ordered, RetentionPolicy(keep_tags=policy.keep_tags))
+    run(regular, RetentionPolicy(within=policy.within))
+    run(regular, RetentionPolicy(last=policy.last))
+    found.extend(_calendar_reasons(regular, [item for item in ordered if not is_regular(item)], policy, now_ns))
+    run(regular, RetentionPolicy(**{rule: getattr(policy, rule) for rule in _WINDOW_RULES}))
+    return found
+
+
+def _calendar_reasons(
+    regular: list[Snapshot], special: list[Snapshot], policy: RetentionPolicy, now_ns: int
+) -> list[tuple[Snapshot, tuple[str, ...]]]:
+    """What the calendar rules keep, each rule in turn (hourly, daily, weekly, monthly, yearly:
+    the order of restic's reasons) over its own view of the group: every regular snapshot, plus
+    the newest special snapshot of each of its periods that has no regular one. restic's counting
+    over that view is unchanged: a period that has a regular snapshot keeps it whatever special
+    snapshots came later, and a filled period counts as one of the rule's N. The rules are
+    independent in restic's ApplyPolicy, so one rule at a time keeps exactly what one pass with
+    all of them would over the regular snapshots alone."""
     found: list[tuple[Snapshot, tuple[str, ...]]] = []
     for rule, period in _CALENDAR_PERIODS:
         count = getattr(policy, rule)
@@ -234,7 +288,7 @@ def _calendar_reasons(
 
 
 def _fillers(regular: list[Snapshot], special: list[Snapshot], rule: str) -> list[Snapshot]:
-    """The newest special snapshot of each `rule` period (day, week, month) without a regular
+    """The newest special snapshot of each `rule` period (hour ... year) without a regular
     snapshot, from newest-first input."""
     taken = {calendar_bucket(rule, WallClock.of(snapshot.time)) for snapshot in regular}
     chosen = []
