@@ -247,6 +247,60 @@ def test_a_project_that_only_deploys_keeps_a_pre_deploy_snapshot_per_month(proje
     assert "keep" in january_line and "no regular snapshot that month" in january_line
 
 
+def test_keep_last_and_keep_tags_with_restics_reasons(project: Project) -> None:
+    """keep_last 2 and keep_tags ["release"], every other rule off, on a real repository: the two
+    newest scheduled snapshots ("last snapshot", a later deploy not counted), a manual snapshot
+    made with `snapshot create --tag release` and a pre-deploy snapshot tagged release ("has tags
+    [release]", whatever its kind) are kept; the rest goes, and the real forget removes exactly it."""
+    project.write_config(
+        "\n[retention]\nkeep_last = 2\nkeep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\n"
+        'keep_pre_deploy = 0\nkeep_pre_restore = 0\nkeep_tags = ["release"]\n'
+    )
+    tagged = project.create("--env", "production", "--tag", "release")
+    with project.open() as repository:
+        assert "release" in repository.load_snapshot(tagged).tags
+    release = redate(project, tagged, "2025-01-15T10:00:00Z")
+    at = {
+        "S1": ("2025-03-01T02:00:00Z", "scheduled"),
+        "S2": ("2025-03-02T02:00:00Z", "scheduled"),
+        "S3": ("2025-03-03T02:00:00Z", "scheduled"),
+        "S4": ("2025-03-04T02:00:00Z", "scheduled"),
+        "P1": ("2025-03-04T12:00:00Z", "pre-deploy"),
+        "P2": ("2025-03-05T12:00:00Z", "pre-deploy"),
+    }
+    made = {name: clone(project, release, time, kind, "production") for name, (time, kind) in at.items()}
+    made["P1"] = redate(project, made["P1"], at["P1"][0], ["lockstep", "kind:pre-deploy", "env:production", "release"])
+
+    dry = json.loads(project.ok("snapshot", "forget", "--env", "production", "--dry-run", "--json").out)
+    production = group(dry, "production")
+    assert production["policy"] == (
+        "keep 2 latest snapshots (manual and scheduled), plus all snapshots with tags [[release]]"
+    )
+    kept = {item["id"]: (item["kind"], item["reasons"]) for item in production["keep"]}
+    assert kept == {
+        made["S4"]: ("scheduled", ["last snapshot"]),
+        made["S3"]: ("scheduled", ["last snapshot"]),
+        made["P1"]: ("pre-deploy", ["has tags [release]"]),
+        release: ("manual", ["has tags [release]"]),
+    }
+    removed = {item["id"]: item["reasons"] for item in production["remove"]}
+    assert removed == {
+        made["S1"]: ["no rule keeps it"],
+        made["S2"]: ["no rule keeps it"],
+        made["P2"]: ["keep_pre_deploy is 0"],
+    }
+    before = project.snapshot_ids()
+    assert before == {release, *made.values()}
+
+    human = project.ok("snapshot", "forget", "--env", "production", "--dry-run").out
+    release_line = next(line for line in human.splitlines() if release[:8] in line)
+    assert "keep" in release_line and "has tags [release]" in release_line
+
+    done = json.loads(project.ok("snapshot", "forget", "--env", "production", "--json").out)
+    assert set(done["removed"]) == {made["S1"], made["S2"], made["P2"]}
+    assert project.snapshot_ids() == {release, made["S3"], made["S4"], made["P1"]}
+
+
 def test_forget_prune_frees_the_space_of_removed_snapshots(project: Project, tmp_path: Path) -> None:
     """Two snapshots with different data on different days, keep_daily 1: --dry-run --prune
     changes nothing, --prune removes the older one and its unique data; restic agrees."""

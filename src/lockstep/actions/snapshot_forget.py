@@ -56,8 +56,9 @@ def forget_snapshots(
     reporter = reporter or SilentReporter()
     if is_empty(retention) and not any(not is_empty(chosen) for chosen in (by_environment or {}).values()):
         raise UsageError(
-            "the retention keeps no snapshot: every keep_* in [retention] is 0",
-            "set keep_daily, keep_weekly, keep_monthly, keep_pre_deploy or keep_pre_restore in lockstep.toml",
+            "the retention keeps no snapshot: every keep_* in [retention] is 0 or unset",
+            "set keep_daily, keep_weekly, keep_monthly, keep_last, keep_within, keep_pre_deploy or another"
+            " keep_* rule in lockstep.toml",
         )
     moment = now or datetime.now(UTC)
     with access.session(exclusive=True, load_index=False) as repository:

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from lockstep.actions.snapshot_forget import SnapshotForgetResult, forget
 from lockstep.cli.output import console, print_json
@@ -72,7 +73,7 @@ def _group_table(group: GroupPlan) -> Table:
             snapshot_kind(snapshot),
             tag_value(snapshot, COMMIT_TAG_PREFIX) or "",
             "keep" if verdict.keep else "remove",
-            ", ".join(verdict.reasons),
+            Text(", ".join(verdict.reasons)),  # not markup: "has tags [release]" must show its tags
         )
     return table
 
@@ -126,13 +127,15 @@ def forget_command(
 ) -> None:
     """Apply [retention] to the coordinated snapshots, per environment, with restic's rules.
 
-    keep_daily, keep_weekly and keep_monthly count the manual and scheduled snapshots, so a
-    pre-deploy or pre-restore snapshot never takes the place of the day's backup; a day, week or
-    month with no manual or scheduled snapshot keeps its newest pre-deploy or pre-restore one
-    instead ("monthly snapshot (no regular snapshot that month)"). The pre-deploy snapshots of
-    the last keep_pre_deploy deploys and the pre-restore snapshots of the last keep_pre_restore
-    restores are kept too. Each snapshot is listed with the rules that keep it (or why it goes).
-    Snapshots of other tools in the repository are never touched."""
+    keep_hourly, keep_daily, keep_weekly, keep_monthly and keep_yearly count the manual and
+    scheduled snapshots, so a pre-deploy or pre-restore snapshot never takes the place of the
+    day's backup; a period with no manual or scheduled snapshot keeps its newest pre-deploy or
+    pre-restore one instead ("monthly snapshot (no regular snapshot that month)"). keep_last,
+    keep_within and keep_within_<unit> count the manual and scheduled snapshots only; keep_tags
+    keeps any snapshot with its tags ("has tags [release]"). The pre-deploy snapshots of the last
+    keep_pre_deploy deploys and the pre-restore snapshots of the last keep_pre_restore restores
+    are kept too. Each snapshot is listed with the rules that keep it, in restic's words (or why
+    it goes). Snapshots of other tools in the repository are never touched."""
     as_json = wants_json(json_output)
     result = forget(
         Path.cwd(),
