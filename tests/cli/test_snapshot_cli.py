@@ -951,3 +951,14 @@ def test_a_snapshot_without_env_is_of_environment_default_in_every_json_output(p
     assert "environment  default" in project.ok("snapshot", "show", created["short_id"]).out
     forget = json.loads(project.ok("snapshot", "forget", "--dry-run", "--json").out)
     assert {group["environment"] for group in forget["groups"]} == {"default"}
+
+
+def test_brackets_in_a_message_print_as_written(project: Project) -> None:
+    """rich read "[...]" in a snapshot message as markup: "[/]" made `snapshot list` fail with an
+    internal error (MarkupError), and "[bold]" vanished from the table."""
+    message = "fix [/] and [bold]x[/bold] [WIP]"
+    project.create("-m", message)
+    listed = project.ok("snapshot", "list")
+    assert message in listed.out, listed.out
+    shown = project.ok("snapshot", "show", "latest")
+    assert message in shown.out, shown.out

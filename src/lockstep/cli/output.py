@@ -24,8 +24,10 @@ def _width_when_not_a_terminal() -> int | None:
 
 _UNLIMITED_WIDTH = 1_000_000  # to measure the width a table needs, not what it gets
 
-# No emoji codes: a message that happens to contain ":name:" (a path, a URL) prints as written.
-console = Console(highlight=False, soft_wrap=True, emoji=False, width=_width_when_not_a_terminal())
+# No emoji codes and no markup: a message that happens to contain ":name:" (a path, a URL) or
+# "[...]" (a snapshot message "[WIP] fix", a tag list, a path) prints as written; "[/]" in one
+# made `snapshot list` fail with rich's MarkupError. Styled lines pass markup=True themselves.
+console = Console(highlight=False, soft_wrap=True, emoji=False, markup=False, width=_width_when_not_a_terminal())
 
 
 class _StderrConsole(Console):
@@ -43,7 +45,7 @@ class _StderrConsole(Console):
         raise BrokenPipeError(errno.EPIPE, "the reader of stderr has gone away")
 
 
-error_console: Console = _StderrConsole(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+error_console: Console = _StderrConsole(stderr=True, highlight=False, soft_wrap=True, emoji=False, markup=False)
 
 
 def print_table(table: Table, rows: Sequence[Sequence[str]], lead: Sequence[int]) -> None:

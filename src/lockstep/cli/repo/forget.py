@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from lockstep.actions.repo.browse import snapshot_document
@@ -218,7 +219,7 @@ def prune_command(dry_run: bool, max_unused: str, max_repack_size: str | None, *
 
 
 def _say(message: str) -> None:
-    error_console.print(f"[dim]{message}[/dim]")
+    error_console.print(f"[dim]{escape(message)}[/dim]", markup=True)
 
 
 def _local_time(snapshot: Snapshot) -> str:

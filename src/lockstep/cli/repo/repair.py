@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from lockstep.actions.repo.repair import RepairIndexReport, repair_repository_index
 from lockstep.cli.output import console, error_console, print_json
@@ -59,7 +60,7 @@ def index_command(read_all_packs: bool, **options: Any) -> None:
 
 
 def _say(message: str) -> None:
-    error_console.print(f"[dim]{message}[/dim]", markup=True, soft_wrap=True)
+    error_console.print(f"[dim]{escape(message)}[/dim]", markup=True, soft_wrap=True)
 
 
 def _listed(names: list[str], line: str) -> None:
