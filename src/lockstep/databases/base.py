@@ -169,6 +169,28 @@ class DatabaseAdapter(Protocol):
 
 
 @dataclass(frozen=True)
+class RestoredTables:
+    """What a restore of some tables left out: one sentence each (a foreign key to a table not
+    restored, named with that table)."""
+
+    left_out: list[str]
+
+
+@runtime_checkable
+class TableRestoring(Protocol):
+    """An adapter that can restore some tables of a dump (`snapshot restore --table`)."""
+
+    def restore_tables(
+        self, url: str, password: str | None, source: IO[bytes] | Path, create: bool, tables: list[str]
+    ) -> RestoredTables:
+        """Load the tables `tables` (the manifest's names) of a dump made by `dump` into the
+        missing or empty database at `url`, creating it if `create`: each table's definition,
+        rows, indexes and own constraints (and the sequences of its serial or identity columns);
+        what refers to a table not restored (a foreign key) is left out and named."""
+        ...
+
+
+@dataclass(frozen=True)
 class ServerLocation:
     """The parts of a database URL the client tools need, with the password kept apart.
 

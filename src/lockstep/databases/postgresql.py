@@ -50,6 +50,7 @@ from lockstep.databases.base import (
     DumpFormat,
     LargeObjectsInfo,
     MaterializedViewInfo,
+    RestoredTables,
     SequenceInfo,
     ServerLocation,
     TableInfo,
@@ -387,6 +388,53 @@ class PostgresqlAdapter:
             _restore_jobs(),
         )
         loader.run(head, plan, first_bytes, source, alongside_last_step)
+
+    def restore_tables(
+        self, url: str, password: str | None, source: IO[bytes] | Path, create: bool, tables: list[str]
+    ) -> RestoredTables:
+        """The tables `tables` of the dump, with what belongs to them (postgresql_tables.py), by
+        `pg_restore --use-list` from a file: a few tables are not worth the parallel loader,
+        which reads every data block of the stream."""
+        from lockstep.databases.postgresql_tables import select_tables
+
+        location = ServerLocation.parse(url)
+        hint = f"{location.display()} may be partly restored; drop it before trying again"
+        with contextlib.ExitStack() as cleanup:
+            if isinstance(source, Path):
+                path = source
+            else:
+                descriptor, name = tempfile.mkstemp(prefix="lockstep-restore-", suffix=self.dump_format.extension)
+                path = Path(name)
+                cleanup.callback(path.unlink, missing_ok=True)
+                with os.fdopen(descriptor, "wb") as output:
+                    shutil.copyfileobj(source, output, 1 << 20)
+            with path.open("rb") as file:
+                head, _ = read_head(file.read)
+            if head is None:
+                raise SourceError(
+                    "the dump is not a custom-format archive whose table of contents lockstep reads,"
+                    " so its tables cannot be restored one by one",
+                    "restore the whole database with --to URL and copy the table from there",
+                )
+            if create:
+                self._create_if_missing(location, password, head)
+            self._match_encoding(location, password, head)
+            selection = select_tables(head, tables)
+            fill_in_data_offsets(path)
+            wanted = set(selection.dump_ids)
+            owners = _can_keep_owners(
+                location, password, {entry.owner for entry in head.entries if entry.dump_id in wanted}
+            )
+            list_file = (
+                Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="lockstep-restore-"))) / "tables.list"
+            )
+            list_file.write_text("".join(f"{dump_id};\n" for dump_id in selection.dump_ids))
+            command = self._restore_command(
+                location, password, f"--jobs={_restore_jobs()}", f"--use-list={list_file}", str(path), owners=owners
+            )
+            with open(os.devnull, "rb") as nothing:
+                run_with_input(command, nothing, hint)
+        return RestoredTables(left_out=selection.left_out)
 
     def _restore_command(
         self, location: ServerLocation, password: str | None, *arguments: str, owners: bool = False

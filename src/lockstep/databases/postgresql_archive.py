@@ -51,6 +51,7 @@ class TocEntry:
     offset_flag_position: int  # where the "data offset set?" byte sits (the offset follows it)
     offset_flag: int  # OFFSET_NOT_SET when pg_dump wrote to a pipe and could not seek back
     owner: str = ""  # the role that owned the object ("" for entries without one)
+    dependencies: tuple[int, ...] = ()  # the dump IDs of the entries it depends on
 
 
 @dataclass(frozen=True)
@@ -145,8 +146,10 @@ def parse_head(data: bytes | mmap.mmap) -> ArchiveHead | None:
         reader.string()  # access method
         owner = reader.text()
         reader.string()  # "false" (with OIDs)
-        while reader.string() is not None:  # dependencies, ended by a null string
-            pass
+        dependencies: list[int] = []
+        while (dependency := reader.string()) is not None:  # dependencies, ended by a null string
+            if dependency.isdigit():
+                dependencies.append(int(dependency))
         offset_flag_position = reader.position
         offset_flag = reader.byte()
         reader.skip(reader.offset_size)
@@ -164,6 +167,7 @@ def parse_head(data: bytes | mmap.mmap) -> ArchiveHead | None:
                 offset_flag_position,
                 offset_flag,
                 owner,
+                tuple(dependencies),
             )
         )
     server_encoding = _dump_encoding(entries)
