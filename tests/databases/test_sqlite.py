@@ -439,3 +439,27 @@ def test_restore_gives_up_on_a_database_another_process_keeps_locked(
     with contextlib.closing(sqlite3.connect(target)) as reader:
         assert reader.execute("SELECT v FROM t ORDER BY rowid").fetchall() == [("live",), ("committed after",)]
     assert [path.name for path in tmp_path.iterdir() if "restoring" in path.name] == []
+
+
+def test_foreign_keys_to_tables_not_kept_are_cut_out_of_a_create_table_statement() -> None:
+    """sqlite_tables.without_foreign_keys: a column's REFERENCES clause (with its constraint
+    name and actions) and a table-level FOREIGN KEY item go when their table is not kept; a key
+    to a kept table stays; the statement still creates the table."""
+    from lockstep.databases.sqlite_tables import without_foreign_keys
+
+    statement = (
+        'CREATE TABLE "lines" (id INTEGER PRIMARY KEY, order_id INT NOT NULL CONSTRAINT to_order REFERENCES'
+        " [orders] (id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED CHECK (order_id > 0),"
+        " shop_id INT REFERENCES Shops, note TEXT DEFAULT 'a, (b)',"
+        ' FOREIGN KEY (order_id, shop_id) REFERENCES "pairs" (a, b) ON UPDATE SET NULL, UNIQUE (note))'
+    )
+    cut, referenced = without_foreign_keys(statement, {"lines", "shops"})
+    assert referenced == ["orders", "pairs"]
+    assert cut == (
+        'CREATE TABLE "lines" (id INTEGER PRIMARY KEY, order_id INT NOT NULL '
+        " CHECK (order_id > 0), shop_id INT REFERENCES Shops, note TEXT DEFAULT 'a, (b)', UNIQUE (note))"
+    )
+    import sqlite3
+
+    sqlite3.connect(":memory:").execute(cut)
+    assert without_foreign_keys(statement, {"orders", "shops", "pairs"}) == (statement, [])

@@ -39,6 +39,7 @@ from lockstep.databases.base import (
     DatabaseInfo,
     DatabaseSummary,
     DumpFormat,
+    RestoredTables,
     TableInfo,
     redact_url,
     require_scratch,
@@ -218,6 +219,54 @@ class SqliteAdapter:
         except BaseException:
             remove_database_file(staged)
             raise
+
+    def restore_tables(
+        self, url: str, password: str | None, source: IO[bytes] | Path, create: bool, tables: list[str]
+    ) -> RestoredTables:
+        """The tables `tables` of the dump into a new database file (sqlite_tables.py), written
+        next to the target and renamed into place once complete."""
+        from lockstep.databases.sqlite_tables import copy_tables
+
+        path = database_path(url)
+        if not create and not path.exists():
+            raise SourceError(f"SQLite database {path} does not exist", "restore with create to make it")
+        path = path.resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, name = tempfile.mkstemp(prefix="lockstep-restore-", suffix=self.dump_format.extension)
+        dump = Path(name)
+        descriptor_staged, staged_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".restoring", dir=path.parent)
+        staged = Path(staged_name)
+        try:
+            with os.fdopen(descriptor, "wb") as output:
+                if isinstance(source, Path):
+                    with source.open("rb") as stream:
+                        _copy(stream, output)
+                else:
+                    _copy(source, output)
+            _check_copy(dump)
+            _keep_mode_and_owner(descriptor_staged, path)
+            os.close(descriptor_staged)
+            connection = sqlite3.connect(staged.resolve().as_uri(), uri=True, isolation_level=None)
+            try:
+                connection.execute("ATTACH DATABASE ? AS source", (f"{dump.resolve().as_uri()}?mode=ro",))
+                connection.execute("BEGIN")
+                left_out = copy_tables(connection, tables)
+                connection.execute("COMMIT")
+                connection.execute("DETACH DATABASE source")
+            except sqlite3.Error as error:
+                raise SourceError(f"cannot copy tables into SQLite database {path}: {error}") from None
+            finally:
+                connection.close()
+            _check_copy(staged)
+            remove_companions(staged)
+            remove_companions(path)
+            os.replace(staged, path)
+        except BaseException:
+            remove_database_file(staged)
+            raise
+        finally:
+            remove_database_file(dump)
+        return RestoredTables(left_out=left_out)
 
     def create_scratch(self, url: str, password: str | None) -> str:
         _remove_stale_scratch(Path(tempfile.gettempdir()))
