@@ -37,6 +37,7 @@ from lockstep.pipeline.restore import (
     restore_code,
     restore_database,
     restore_files,
+    restore_tables,
     target_state,
 )
 from lockstep.pipeline.retention_policy import PRE_RESTORE_KIND
@@ -65,6 +66,8 @@ class RestoreRequest:
     code_directory: Path | None = None
     files_directory: Path | None = None
     yes: bool = False
+    # Only these tables of --database, into the --to database (never in place).
+    tables: tuple[str, ...] = ()
 
     @property
     def everything(self) -> bool:
@@ -120,6 +123,11 @@ def restore(
     (unless request.yes). Raises RestoreCancelled when it says no.
 
     Each step (compare, pre-restore snapshot, each database, code, files) goes to `reporter`."""
+    if request.tables and request.to_url is None:
+        raise UsageError(
+            "--table restores tables into another database, never in place: give --to URL",
+            "pass --database NAME --table TABLE --to URL with a new or empty database, then copy the rows you need",
+        )
     if request.to_url is not None and request.database is None:
         raise UsageError("--to needs --database NAME", "name the database of the snapshot to restore there")
     if request.to_url is not None:  # a relative SQLite path is taken from where lockstep runs, and shown whole
@@ -146,6 +154,11 @@ def restore(
         _refuse_parts_not_recorded(snapshot, manifest, request)
         outcome = RestoreOutcome(snapshot=snapshot, manifest=manifest)
         live = _configured_database_at(project, request.to_url)
+        if request.tables and live is not None:
+            raise UsageError(
+                f"--to names database {live} of lockstep.toml: --table never restores into a live database",
+                "give --to a new or empty database, then copy the rows you need from there",
+            )
         to_other = False
         if request.database is not None and live is not None:
             # --to one of the project's own databases: an in-place restore, with its safeguards.
@@ -177,9 +190,14 @@ def restore(
             assert request.database is not None and request.to_url is not None
             target = ServerAccess(request.to_url, _password_for(project, request.database))
             with reported_step(reporter, f"restore {request.database}", "into the --to database") as step:
-                restored = restore_database(
-                    repository, snapshot, manifest, request.database, target, replace=request.yes
-                )
+                if request.tables:
+                    restored = restore_tables(
+                        repository, snapshot, manifest, request.database, target, list(request.tables)
+                    )
+                else:
+                    restored = restore_database(
+                        repository, snapshot, manifest, request.database, target, replace=request.yes
+                    )
                 step.detail = _describe_restored(restored)
             outcome.databases.append(restored)
         for name, target in targets.items():

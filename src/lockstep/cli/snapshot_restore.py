@@ -1,4 +1,4 @@
-"""`lockstep snapshot restore ID [--database NAME [--to URL]] [--code DIR] [--files DIR] [--yes]`."""
+"""`lockstep snapshot restore ID [--database NAME [--table NAME]... [--to URL]] [--code DIR] [--files DIR] [--yes]`."""
 
 from __future__ import annotations
 
@@ -65,7 +65,15 @@ def outcome_document(outcome: RestoreOutcome) -> dict[str, Any]:
         "snapshot": outcome.snapshot.id,
         "pre_restore_snapshot": None if outcome.pre_restore is None else outcome.pre_restore.id,
         "databases": [
-            {"name": item.name, "target": item.target, "tables": item.tables, "rows": item.rows, "verified": True}
+            {
+                "name": item.name,
+                "target": item.target,
+                "tables": item.tables,
+                "rows": item.rows,
+                "verified": True,
+                "only_tables": item.only_tables,
+                "left_out": item.left_out,
+            }
             for item in outcome.databases
         ],
         "discarded": [diff.to_document() for diff in outcome.diffs],
@@ -82,6 +90,14 @@ def outcome_document(outcome: RestoreOutcome) -> dict[str, Any]:
 @click.option("--database", metavar="NAME", help="Only this database of the snapshot.")
 @click.option(
     "--to", "to_url", metavar="URL", help="Restore --database into this database instead (created if missing)."
+)
+@click.option(
+    "--table",
+    "tables",
+    metavar="NAME",
+    multiple=True,
+    help="Only this table of --database (repeatable; `schema.table` for PostgreSQL), into a missing or empty"
+    " --to database, never in place. Foreign keys to tables not restored are left out.",
 )
 @click.option("--code", "code_directory", type=click.Path(path_type=Path, file_okay=False), help="Write the code here.")
 @click.option(
@@ -103,6 +119,7 @@ def restore_command(
     reference: str,
     database: str | None,
     to_url: str | None,
+    tables: tuple[str, ...],
     code_directory: Path | None,
     files_directory: Path | None,
     yes: bool,
@@ -117,7 +134,8 @@ def restore_command(
 
     Without --database, --code or --files every database is restored in place. Live databases
     and files under --files DIR with other content are listed and confirmed (or --yes), then
-    saved in a pre-restore snapshot.
+    saved in a pre-restore snapshot. With --table, only those tables of --database are
+    restored, into the --to database (missing or empty), and checked against the manifest.
     """
     wants_json = _wants_json(json_output)
     request = RestoreRequest(
@@ -127,6 +145,7 @@ def restore_command(
         code_directory=code_directory,
         files_directory=files_directory,
         yes=yes,
+        tables=tables,
     )
     outcome = restore(
         Path.cwd(),
@@ -150,11 +169,16 @@ def restore_command(
         )
         console.print(f"pre-restore snapshot {outcome.pre_restore.short_id} saved ({saved} as they were)", markup=False)
     for item in outcome.databases:
+        what = f"database {item.name}"
+        if item.only_tables is not None:
+            what = f"{counted(len(item.only_tables), 'table')} of database {item.name} ({', '.join(item.only_tables)})"
         console.print(
-            f"database {item.name} restored into {item.target} and verified: {counted(item.tables, 'table')}, "
+            f"{what} restored into {item.target} and verified: {counted(item.tables, 'table')}, "
             f"{counted(item.rows, 'row')}, {item.seconds:.1f} s",
             markup=False,
         )
+        for left_out in item.left_out:
+            console.print(f"left out: {left_out}", markup=False)
     if outcome.code is not None:
         console.print(f"code: {outcome.code} written to {code_directory}", markup=False)
     for warning in outcome.warnings:

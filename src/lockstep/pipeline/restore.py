@@ -11,6 +11,7 @@ that is allowed (a pre-restore snapshot and a confirmation, or --yes).
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import io
 import os
@@ -34,6 +35,7 @@ from lockstep.databases.base import (
     SequenceInfo,
     ServerLocation,
     TableInfo,
+    TableRestoring,
     redact_url,
 )
 from lockstep.errors import IntegrityError, LockstepError, NotFound, SourceError, UsageError
@@ -93,6 +95,10 @@ class RestoredDatabase:
     tables: int
     rows: int
     seconds: float
+    # For a restore of some tables (--table): their names, and what was left out (foreign keys
+    # to tables not restored), one sentence each.
+    only_tables: list[str] | None = None
+    left_out: list[str] = field(default_factory=list)
 
 
 # --- reading a stored file ---------------------------------------------------------------
@@ -431,6 +437,162 @@ def restore_database(
         rows=sum(table.rows for table in info.tables),
         seconds=time.monotonic() - started,
     )
+
+
+def restore_tables(
+    repository: Repository,
+    snapshot: Snapshot,
+    manifest: Manifest,
+    name: str,
+    target: ServerAccess,
+    tables: list[str],
+) -> RestoredDatabase:
+    """Restore the tables `tables` (as the user named them) of database `name` into `target`, a
+    missing or empty database, and check them against the manifest as restore_database checks a
+    whole database. Each table comes with its rows, indexes and own constraints; a foreign key
+    to a table not restored is left out and named in the result."""
+    started = time.monotonic()
+    record = database_record(manifest, snapshot, name)
+    adapter = adapter_for(target.url)
+    shown = redact_url(target.url)
+    if adapter.engine != record.engine:
+        raise UsageError(f"database {name} is a {record.engine} dump; {shown} is {adapter.engine}")
+    if not isinstance(adapter, TableRestoring):
+        raise UsageError(
+            f"--table is not supported for {_ENGINE_NAMES.get(adapter.engine, adapter.engine)} yet",
+            f"restore the whole database with --database {name} --to URL and copy the table from there",
+        )
+    chosen = resolve_tables(record, snapshot, name, tables)
+    node = find_node(repository, snapshot, record.path)
+    state = target_state(adapter, target)
+    if state == "non-empty":
+        raise UsageError(
+            f"the target database {shown} is not empty: --table restores only into a missing or empty database",
+            "give --to a database that does not exist yet (lockstep creates it)",
+        )
+    try:
+        with dump_source(repository, node, adapter) as source:
+            restored = adapter.restore_tables(target.url, target.password, source, state == "missing", chosen)
+    except SourceError as error:
+        raise SourceError(f"database {name}: restoring into {shown} failed: {error.message}", error.hint) from error
+    info = inspect_as(adapter, target.url, target.password, record.checksum_algorithm)
+    wanted = set(chosen)
+    recorded = [table for table in record.tables if table.name in wanted]
+    problems = compare_with_manifest(recorded, info, checksums_comparable(record, adapter), record.inspected)
+    if record.sequences is not None and info.sequences is not None and record.inspected != "after-dump":
+        # Only the sequences that came with the tables (those of their serial and identity columns).
+        there = {sequence.name for sequence in info.sequences}
+        problems += _sequence_problems([seq for seq in record.sequences if seq.name in there], info.sequences)
+    if problems:
+        explained = with_likely_causes(adapter, target, problems)
+        raise IntegrityError(
+            f"database {name} ({shown}): the restored tables do not match the snapshot: "
+            + "; ".join(problem for _, problem in explained[:5]),
+            "the dump or the restore is damaged: run `lockstep snapshot verify --level restore`",
+        )
+    found = [table for table in info.tables if table.name in wanted]
+    return RestoredDatabase(
+        name=name,
+        target=shown,
+        tables=len(found),
+        rows=sum(table.rows for table in found),
+        seconds=time.monotonic() - started,
+        only_tables=chosen,
+        left_out=restored.left_out,
+    )
+
+
+_ENGINE_NAMES = {"mysql": "MySQL/MariaDB", "postgresql": "PostgreSQL", "sqlite": "SQLite"}
+# Up to this many tables, a table the snapshot lacks is answered with all of them.
+_TABLES_LISTED = 20
+
+
+def resolve_tables(record: DatabaseRecord, snapshot: Snapshot, database: str, asked: list[str]) -> list[str]:
+    """The manifest's names of the tables the user asked for, in the order asked, each once.
+
+    PostgreSQL names are `table` in the public schema and `schema.table` elsewhere (quoted where
+    a part holds a dot); `public.orders` is `orders`, and a bare `orders` is the table of that
+    name in whichever schema holds one, refused when several do. A table the snapshot lacks is
+    NotFound, naming the tables it has (or the closest ones)."""
+    recorded = [table.name for table in record.tables]
+    chosen: list[str] = []
+    for given in asked:
+        name = _resolve_table(recorded, record.engine, snapshot, database, given)
+        if name not in chosen:
+            chosen.append(name)
+    return chosen
+
+
+def _resolve_table(recorded: list[str], engine: str, snapshot: Snapshot, database: str, given: str) -> str:
+    parts = _name_parts(given)
+    if engine != "postgresql" or parts is None:
+        if given in recorded:
+            return given
+    else:
+        from lockstep.databases.postgresql import table_name
+
+        if len(parts) == 2 and table_name(*parts) in recorded:
+            return table_name(*parts)
+        if len(parts) == 1:
+            candidates = [name for name in recorded if (found := _name_parts(name)) and found[-1] == parts[0]]
+            if len(candidates) == 1:
+                return candidates[0]
+            if candidates:
+                raise UsageError(
+                    f"database {database}: table {given!r} is in several schemas: "
+                    + ", ".join(_shown_table(name) for name in candidates),
+                    "name one with its schema, e.g. --table " + _shown_table(candidates[0]),
+                )
+    if len(recorded) <= _TABLES_LISTED:
+        has = f"it has: {', '.join(recorded) or 'no table'}"
+    else:
+        closest = difflib.get_close_matches(given, recorded, n=5, cutoff=0.5)
+        has = f"the closest it has: {', '.join(closest)}" if closest else f"it has {len(recorded)} tables"
+    raise NotFound(
+        f"snapshot {snapshot.short_id}: database {database} has no table {given!r} ({has})",
+        f"see them with `lockstep snapshot show {snapshot.short_id}`",
+    )
+
+
+def _shown_table(name: str) -> str:
+    """A PostgreSQL manifest name with its schema: `orders` is `public.orders`."""
+    parts = _name_parts(name)
+    return f"public.{name}" if parts is not None and len(parts) == 1 else name
+
+
+def _name_parts(name: str) -> tuple[str, ...] | None:
+    """`schema.table` or `table` split as SQL reads it (double quotes around a part with a dot,
+    "" for a quote inside); None when it is not such a name."""
+    parts: list[str] = []
+    position = 0
+    while True:
+        if name.startswith('"', position):
+            end = position + 1
+            text = ""
+            while True:
+                quote = name.find('"', end)
+                if quote < 0:
+                    return None
+                text += name[end:quote]
+                if name.startswith('""', quote):
+                    text += '"'
+                    end = quote + 2
+                    continue
+                position = quote + 1
+                break
+            parts.append(text)
+        else:
+            dot = name.find(".", position)
+            part = name[position:] if dot < 0 else name[position:dot]
+            if not part or '"' in part:
+                return None
+            parts.append(part)
+            position = len(name) if dot < 0 else dot
+        if position == len(name):
+            return tuple(parts) if len(parts) <= 2 else None
+        if name[position] != ".":
+            return None
+        position += 1
 
 
 def target_state(adapter: DatabaseAdapter, target: ServerAccess) -> TargetState:
@@ -963,6 +1125,7 @@ __all__ = [
     "restore_code",
     "restore_database",
     "restore_files",
+    "restore_tables",
     "target_state",
     "with_likely_causes",
 ]

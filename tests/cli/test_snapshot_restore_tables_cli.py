@@ -1,0 +1,301 @@
+"""`lockstep snapshot restore ID --database NAME --table T --to URL`: some tables of a snapshot
+into a new database, checked against the manifest, with the real CLI in a child process and the
+real PostgreSQL server on 127.0.0.1:5432 (and real SQLite files)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cli.test_snapshot_cli import Project, sqlite_fingerprint
+from tests.cli.test_snapshot_verify_cli import make_project
+from tests.pipeline.test_verify import mariadb_database, require_postgresql, run_postgresql
+
+SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+SHOP = """
+CREATE SCHEMA archive;
+CREATE TYPE tier AS ENUM ('gold', 'silver');
+CREATE TABLE customers (
+    id serial PRIMARY KEY, name text NOT NULL UNIQUE, tier tier DEFAULT 'silver', CHECK (length(name) > 0)
+);
+CREATE TABLE orders (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    customer_id int NOT NULL REFERENCES customers (id),
+    total numeric NOT NULL CHECK (total > 0),
+    note text
+);
+CREATE INDEX orders_note ON orders (note);
+COMMENT ON TABLE orders IS 'what was sold';
+CREATE TABLE products (sku text PRIMARY KEY, price numeric);
+CREATE TABLE archive.old_orders (id int PRIMARY KEY, total numeric);
+INSERT INTO customers (name, tier) SELECT 'customer ' || g, 'gold' FROM generate_series(1, 40) g;
+INSERT INTO orders (customer_id, total, note) SELECT 1 + g % 40, g, 'order ' || g FROM generate_series(1, 300) g;
+INSERT INTO products SELECT 'sku-' || g, g FROM generate_series(1, 25) g;
+INSERT INTO archive.old_orders SELECT g, g * 2 FROM generate_series(1, 10) g;
+"""
+
+
+def tables_name() -> str:
+    return f"tables_{uuid.uuid4().hex[:10]}"
+
+
+def drop(name: str) -> None:
+    run_postgresql(SERVER, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', database="postgres")
+
+
+@contextmanager
+def shop_database() -> Iterator[str]:
+    require_postgresql()
+    name = tables_name()
+    run_postgresql(SERVER, f'CREATE DATABASE "{name}"', database="postgres")
+    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    try:
+        run_postgresql(url, SHOP)
+        yield url
+    finally:
+        drop(name)
+
+
+@contextmanager
+def target_database() -> Iterator[str]:
+    """The URL of a database that does not exist yet, dropped afterwards."""
+    name = tables_name()
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        drop(name)
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Iterator[tuple[Project, str]]:
+    """A project whose database `shop` is the PostgreSQL database above, with one snapshot."""
+    project = make_project(tmp_path)
+    with shop_database() as url:
+        project.write_config({"shop": url})
+        project.create("--allow-dirty", "-m", "shop")
+        yield project, url
+
+
+def relations(url: str) -> set[str]:
+    rows = run_postgresql(
+        url,
+        "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+    )
+    return {str(row[0]) for row in rows}
+
+
+def rows(url: str, table: str) -> list[tuple[Any, ...]]:
+    return run_postgresql(url, f"SELECT * FROM {table} ORDER BY 1")
+
+
+def constraints(url: str, table: str) -> dict[str, str]:
+    found = run_postgresql(url, f"SELECT conname, contype FROM pg_constraint WHERE conrelid = '{table}'::regclass")
+    return {str(name): str(kind) for name, kind in found}
+
+
+def test_one_table_comes_back_alone_with_its_indexes_and_constraints_and_the_foreign_key_is_named(
+    shop: tuple[Project, str],
+) -> None:
+    """--table orders: only public.orders in the new database, its rows the snapshot's, its
+    primary key, check, identity sequence, index and comment restored; its foreign key to
+    customers (not restored) left out and named in the output and in --json."""
+    project, url = shop
+    with target_database() as target:
+        result = project.ok(
+            "snapshot", "restore", "latest", "--database", "shop", "--table", "orders", "--to", target, "--json"
+        )
+        document = json.loads(result.out)["databases"][0]
+        assert document["only_tables"] == ["orders"] and document["tables"] == 1 and document["rows"] == 300
+        assert document["left_out"] == [
+            "foreign key orders_customer_id_fkey of orders (references customers, not restored)"
+        ]
+        assert relations(target) == {"public.orders"}
+        assert rows(target, "orders") == rows(url, "orders")
+        assert constraints(target, "orders") == {"orders_pkey": "p", "orders_total_check": "c"}
+        assert run_postgresql(target, "SELECT indexname FROM pg_indexes WHERE tablename = 'orders' ORDER BY 1") == [
+            ("orders_note",),
+            ("orders_pkey",),
+        ]
+        assert run_postgresql(target, "SELECT obj_description('orders'::regclass)") == [("what was sold",)]
+        # The identity sequence carries on from the snapshot's value.
+        run_postgresql(target, "INSERT INTO orders (customer_id, total) VALUES (1, 1)")
+        assert run_postgresql(target, "SELECT max(id) FROM orders") == [(301,)]
+
+
+def test_two_tables_come_back_with_the_foreign_key_between_them(shop: tuple[Project, str]) -> None:
+    """--table orders --table public.customers: both tables, their rows, the foreign key kept
+    (both ends restored), the serial column's default and sequence, the enum type customers
+    needs; nothing left out; the text output names the tables."""
+    project, url = shop
+    with target_database() as target:
+        result = project.ok(
+            "snapshot",
+            "restore",
+            "latest",
+            "--database",
+            "shop",
+            "--table",
+            "orders",
+            "--table",
+            "public.customers",
+            "--to",
+            target,
+        )
+        assert "2 tables of database shop (orders, customers) restored" in result.out
+        assert "left out" not in result.out
+        assert relations(target) == {"public.orders", "public.customers"}
+        assert rows(target, "customers") == rows(url, "customers")
+        assert rows(target, "orders") == rows(url, "orders")
+        assert constraints(target, "orders")["orders_customer_id_fkey"] == "f"
+        assert set(constraints(target, "customers")) == {"customers_pkey", "customers_name_key", "customers_name_check"}
+        assert run_postgresql(target, "INSERT INTO customers (name) VALUES ('new') RETURNING id") == [(41,)]
+
+
+def test_a_table_of_another_schema_comes_back_with_its_schema(shop: tuple[Project, str]) -> None:
+    """--table archive.old_orders: the schema archive is created and holds the table's rows,
+    and nothing else is restored."""
+    project, url = shop
+    with target_database() as target:
+        project.ok(
+            "snapshot", "restore", "latest", "--database", "shop", "--table", "archive.old_orders", "--to", target
+        )
+        assert relations(target) == {"archive.old_orders"}
+        assert rows(target, "archive.old_orders") == rows(url, "archive.old_orders")
+
+
+def test_a_table_the_snapshot_lacks_is_exit_13_naming_its_tables(shop: tuple[Project, str]) -> None:
+    project, _ = shop
+    with target_database() as target:
+        failed = project.lockstep(
+            "snapshot", "restore", "latest", "--database", "shop", "--table", "order", "--to", target
+        )
+        assert failed.returncode == 13, failed.err
+        assert "no table 'order'" in failed.err
+        assert "customers" in failed.err and "archive.old_orders" in failed.err
+        assert run_postgresql(SERVER, f"SELECT 1 FROM pg_database WHERE datname = {_literal(target)}") == []
+
+
+def test_table_without_to_or_into_a_live_or_non_empty_database_is_refused(shop: tuple[Project, str]) -> None:
+    """--table without --to: exit 2, saying to use --to; --to the project's own database (in
+    place): exit 2; --to a database that holds tables: exit 2, nothing changed."""
+    project, url = shop
+    without_to = project.lockstep("snapshot", "restore", "latest", "--database", "shop", "--table", "orders", "--yes")
+    assert without_to.returncode == 2 and "--to" in without_to.err
+    in_place = project.lockstep(
+        "snapshot", "restore", "latest", "--database", "shop", "--table", "orders", "--to", url, "--yes"
+    )
+    assert in_place.returncode == 2 and "live" in in_place.err
+    assert rows(url, "products")[:1] == [("sku-1", 1)]
+    with target_database() as target:
+        run_postgresql(SERVER, f'CREATE DATABASE "{_name(target)}"', database="postgres")
+        run_postgresql(target, "CREATE TABLE keep (id int); INSERT INTO keep VALUES (7)")
+        non_empty = project.lockstep(
+            "snapshot", "restore", "latest", "--database", "shop", "--table", "orders", "--to", target, "--yes"
+        )
+        assert non_empty.returncode == 2 and "not empty" in non_empty.err
+        assert relations(target) == {"public.keep"}
+
+
+def test_a_bare_name_in_two_schemas_lists_the_candidates_and_a_bare_unique_one_is_found(tmp_path: Path) -> None:
+    """`items` in public and in sales: --table items is refused (exit 2) naming both; the bare
+    `notes`, only in sales, is sales.notes."""
+    project = make_project(tmp_path)
+    require_postgresql()
+    name = tables_name()
+    run_postgresql(SERVER, f'CREATE DATABASE "{name}"', database="postgres")
+    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    try:
+        run_postgresql(
+            url,
+            "CREATE SCHEMA sales; CREATE TABLE items (id int); CREATE TABLE sales.items (id int);"
+            "CREATE TABLE sales.notes (id int); INSERT INTO sales.notes VALUES (1), (2);",
+        )
+        project.write_config({"shop": url})
+        project.create("--allow-dirty", "-m", "shop")
+        with target_database() as target:
+            failed = project.lockstep(
+                "snapshot", "restore", "latest", "--database", "shop", "--table", "items", "--to", target
+            )
+            assert failed.returncode == 2, failed.err
+            assert "public.items" in failed.err and "sales.items" in failed.err
+            project.ok("snapshot", "restore", "latest", "--database", "shop", "--table", "notes", "--to", target)
+            assert relations(target) == {"sales.notes"} and rows(target, "sales.notes") == [(1,), (2,)]
+    finally:
+        drop(name)
+
+
+def test_sqlite_tables_are_copied_into_a_new_file(tmp_path: Path) -> None:
+    """SQLite: --table orders --to a new file: only orders, with its rows and indexes; a table
+    the snapshot lacks is exit 13."""
+    project = make_project(tmp_path)
+    with closing(sqlite3.connect(project.root / "app.db")) as connection:
+        connection.executescript(
+            "CREATE TABLE lines (id INTEGER PRIMARY KEY, order_id INTEGER NOT NULL REFERENCES orders (id),"
+            " product TEXT NOT NULL CHECK (product <> ''), UNIQUE (order_id, product));"
+            "CREATE INDEX lines_product ON lines (product);"
+            "INSERT INTO lines (order_id, product) SELECT id, 'thing' FROM orders;"
+        )
+        connection.commit()
+    created = project.create("--allow-dirty", "-m", "lines")
+    recorded = {table["name"]: (table["rows"], table["checksum"]) for table in created["databases"]["main"]["tables"]}
+    target = tmp_path / "copy.db"
+    result = project.ok(
+        "snapshot", "restore", "latest", "--database", "main", "--table", "lines", "--to", f"sqlite:///{target}"
+    )
+    assert "left out: foreign key" in result.out and "orders" in result.out
+    assert sqlite_fingerprint(target) == {"lines": recorded["lines"]}
+    with closing(sqlite3.connect(target)) as connection:
+        indexes = {str(row[0]) for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "lines_product" in indexes and any(name.startswith("sqlite_autoindex_lines") for name in indexes)
+        assert connection.execute("PRAGMA foreign_key_list(lines)").fetchall() == []
+        schema = str(connection.execute("SELECT sql FROM sqlite_master WHERE name = 'lines'").fetchone()[0])
+        assert "CHECK (product <> '')" in schema and "NOT NULL" in schema
+    both = tmp_path / "both.db"
+    project.ok(
+        "snapshot", "restore", "latest", "--database", "main", "--table", "lines", "--table", "orders",
+        "--to", f"sqlite:///{both}",
+    )  # fmt: skip
+    assert sqlite_fingerprint(both) == {"lines": recorded["lines"], "orders": recorded["orders"]}
+    with closing(sqlite3.connect(both)) as connection:
+        assert len(connection.execute("PRAGMA foreign_key_list(lines)").fetchall()) == 1
+    missing = project.lockstep(
+        "snapshot",
+        "restore",
+        "latest",
+        "--database",
+        "main",
+        "--table",
+        "nope",
+        "--to",
+        f"sqlite:///{tmp_path / 'x.db'}",
+    )
+    assert missing.returncode == 13 and "orders" in missing.err
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_mariadb_tables_are_refused_as_not_supported_yet(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    with mariadb_database("CREATE TABLE items (id INT PRIMARY KEY); INSERT INTO items VALUES (1);") as url:
+        project.write_config({"shop": url})
+        project.create("--allow-dirty", "-m", "mariadb")
+        target = url.rsplit("/", 1)[0] + "/" + tables_name()
+        refused = project.lockstep(
+            "snapshot", "restore", "latest", "--database", "shop", "--table", "items", "--to", target
+        )
+        assert refused.returncode == 2 and "not supported for MySQL/MariaDB yet" in refused.err
+
+
+def _name(url: str) -> str:
+    return url.rsplit("/", 1)[1]
+
+
+def _literal(url: str) -> str:
+    return "'" + _name(url) + "'"
