@@ -414,3 +414,33 @@ def test_a_restore_whose_sequence_differs_from_the_manifest_is_an_integrity_erro
             for target in targets:
                 name = target.rsplit("/", 1)[1]
                 run_postgresql(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', database="postgres")
+
+
+def test_table_names_resolve_as_postgresql_names_them_and_a_missing_one_names_the_closest() -> None:
+    """resolve_tables: `public.orders` is the manifest's `orders`; a bare name is found in any
+    schema when unique and refused (UsageError, both named) when not; a quoted name with a dot
+    is one name; a name the snapshot lacks is NotFound naming every table, or, among many, the
+    closest ones."""
+    from lockstep.errors import NotFound
+    from lockstep.pipeline.manifest import DatabaseRecord, TableRecord
+    from lockstep.pipeline.restore import resolve_tables
+
+    def record(names: list[str], engine: str = "postgresql") -> DatabaseRecord:
+        tables = [TableRecord(name=name, rows=1, checksum="0") for name in names]
+        return DatabaseRecord(engine, "15", "postgresql-custom", "/databases/shop.dump", 1, None, tables, None, None)
+
+    snapshot = Snapshot(time="2026-11-24T00:00:00Z", tree=b"", paths=[], id=b"\x01" * 32)
+    shop = record(["orders", "customers", "archive.old_orders", 'sales."q.1"', "sales.items", "items"])
+    assert resolve_tables(shop, snapshot, "shop", ["public.orders", "orders", "old_orders", "archive.old_orders"]) == [
+        "orders",
+        "archive.old_orders",
+    ]
+    assert resolve_tables(shop, snapshot, "shop", ['"q.1"', 'sales."q.1"']) == ['sales."q.1"']
+    with pytest.raises(UsageError, match=r"public\.items, sales\.items"):
+        resolve_tables(shop, snapshot, "shop", ["items"])
+    with pytest.raises(NotFound, match=r"has no table 'order' \(it has: orders, customers"):
+        resolve_tables(shop, snapshot, "shop", ["order"])
+    many = record([f"table_{number}" for number in range(30)] + ["invoices"])
+    with pytest.raises(NotFound, match=r"the closest it has: invoices\)"):
+        resolve_tables(many, snapshot, "shop", ["invoice"])
+    assert resolve_tables(record(["a.b"], engine="sqlite"), snapshot, "main", ["a.b"]) == ["a.b"]

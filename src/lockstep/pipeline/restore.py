@@ -538,10 +538,10 @@ def _resolve_table(recorded: list[str], engine: str, snapshot: Snapshot, databas
             if len(candidates) == 1:
                 return candidates[0]
             if candidates:
+                shown = sorted(_shown_table(name) for name in candidates)
                 raise UsageError(
-                    f"database {database}: table {given!r} is in several schemas: "
-                    + ", ".join(_shown_table(name) for name in candidates),
-                    "name one with its schema, e.g. --table " + _shown_table(candidates[0]),
+                    f"database {database}: table {given!r} is in several schemas: {', '.join(shown)}",
+                    f"name one with its schema, e.g. --table {shown[0]}",
                 )
     if len(recorded) <= _TABLES_LISTED:
         has = f"it has: {', '.join(recorded) or 'no table'}"
