@@ -39,6 +39,7 @@ server) only the current rows are dumped, and the warning names the tables.
 from __future__ import annotations
 
 import functools
+import io
 import re
 import time
 from collections.abc import Callable
@@ -46,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from lockstep.chunk_stream import ChunkStream
 from lockstep.databases.base import (
     DUMP_FAILURE_HINT,
     MIGRATION_TABLES,
@@ -53,6 +55,7 @@ from lockstep.databases.base import (
     DatabaseInfo,
     DatabaseSummary,
     DumpFormat,
+    RestoredTables,
     ServerLocation,
     TableInfo,
     redact,
@@ -65,6 +68,7 @@ from lockstep.databases.fingerprinted_dump import FingerprintedDump
 from lockstep.databases.mysql_dump_stream import database_default, with_prefix, without_database_names
 from lockstep.databases.mysql_rows import COLUMNS_QUERY, Column, history_hash_sum, identifier, row_hash_sum
 from lockstep.databases.mysql_session import ClientSession, StatementFailed, batch_fields
+from lockstep.databases.mysql_tables import Selection, tables_of_dump
 from lockstep.databases.url_options import check_url_options
 from lockstep.errors import ServerLimitExceeded, SourceError
 from lockstep.process import Command, StreamingProcess, run_capture, run_with_input
@@ -244,6 +248,30 @@ class MysqlAdapter:
         return DatabaseSummary(self.engine, version, names, migration_version, migration_table)
 
     def restore(self, url: str, password: str | None, source: IO[bytes] | Path, create: bool) -> None:
+        self._restore(url, password, source, create, lambda stream: stream)
+
+    def restore_tables(
+        self, url: str, password: str | None, source: IO[bytes] | Path, create: bool, tables: list[str]
+    ) -> RestoredTables:
+        """The dump cut to the tables `tables` (mysql_tables.py: the header, their structure and
+        data sections with their triggers, the footer), fed to the `mariadb` client as a whole
+        restore is; foreign keys to tables not restored are cut out of their CREATE TABLE."""
+        selection = Selection(set(tables))
+
+        def cut(stream: IO[bytes]) -> IO[bytes]:
+            return io.BufferedReader(ChunkStream(tables_of_dump(stream, selection)), buffer_size=1024 * 1024)
+
+        self._restore(url, password, source, create, cut)
+        return RestoredTables(left_out=selection.left_out)
+
+    def _restore(
+        self,
+        url: str,
+        password: str | None,
+        source: IO[bytes] | Path,
+        create: bool,
+        cut: Callable[[IO[bytes]], IO[bytes]],
+    ) -> None:
         location = ServerLocation.parse(url)
         if create:
             _administer(location, password, f"CREATE DATABASE IF NOT EXISTS {_identifier(location.database)}")
@@ -255,9 +283,9 @@ class MysqlAdapter:
             # The dump may name its source database (mysql_dump_stream.py); the restore must not.
             if isinstance(source, Path):
                 with source.open("rb") as stream:
-                    run_with_input(command, without_database_names(stream), hint)
+                    run_with_input(command, without_database_names(cut(stream)), hint)
             else:
-                run_with_input(command, without_database_names(source), hint)
+                run_with_input(command, without_database_names(cut(source)), hint)
         except SourceError as error:
             if PACKET_REFUSED.search(error.message):
                 raise _packet_refused(location, password, error) from error
