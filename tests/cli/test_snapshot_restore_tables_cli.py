@@ -1,11 +1,13 @@
 """`lockstep snapshot restore ID --database NAME --table T --to URL`: some tables of a snapshot
 into a new database, checked against the manifest, with the real CLI in a child process and the
-real PostgreSQL server on 127.0.0.1:5432 (and real SQLite files)."""
+real PostgreSQL server on 127.0.0.1:5432, the real MariaDB on 127.0.0.1:3306 (databases named
+mytables_...) and real SQLite files."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -16,7 +18,13 @@ import pytest
 
 from tests.cli.test_snapshot_cli import Project, sqlite_fingerprint
 from tests.cli.test_snapshot_verify_cli import make_project
-from tests.pipeline.test_verify import mariadb_database, require_postgresql, run_postgresql
+from tests.pipeline.test_verify import (
+    MARIADB_SERVER,
+    require_mariadb,
+    require_postgresql,
+    run_mariadb,
+    run_postgresql,
+)
 
 SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 SHOP = """
@@ -281,16 +289,189 @@ def test_sqlite_tables_are_copied_into_a_new_file(tmp_path: Path) -> None:
     assert not (tmp_path / "x.db").exists()
 
 
-def test_mariadb_tables_are_refused_as_not_supported_yet(tmp_path: Path) -> None:
+MARIADB_SHOP = """
+CREATE TABLE customers (id INT PRIMARY KEY, name VARCHAR(200) NOT NULL, UNIQUE KEY customers_name (name));
+CREATE TABLE orders (
+    id INT AUTO_INCREMENT PRIMARY KEY,
+    customer_id INT NOT NULL,
+    total DECIMAL(10, 2) NOT NULL CHECK (total > 0),
+    note TEXT,
+    KEY orders_note (note(20)),
+    CONSTRAINT orders_customer FOREIGN KEY (customer_id) REFERENCES customers (id) ON DELETE CASCADE
+);
+CREATE TABLE products (sku VARCHAR(20) PRIMARY KEY, price DECIMAL(10, 2));
+CREATE TRIGGER orders_note BEFORE INSERT ON orders FOR EACH ROW SET NEW.note = COALESCE(NEW.note, 'none');
+CREATE TRIGGER products_sku BEFORE INSERT ON products FOR EACH ROW SET NEW.sku = UPPER(NEW.sku);
+CREATE VIEW big_orders AS SELECT * FROM orders WHERE total > 100;
+CREATE PROCEDURE order_count() SELECT COUNT(*) FROM orders;
+CREATE EVENT tidy ON SCHEDULE EVERY 1 DAY DO DELETE FROM products WHERE price IS NULL;
+INSERT INTO customers VALUES (1, 'ann'), (2, 'bob'), (3, 'cy');
+INSERT INTO orders (customer_id, total, note) VALUES (1, 10, 'first'), (2, 200, NULL), (3, 30.5, 'third');
+INSERT INTO products VALUES ('A-1', 5), ('B-2', NULL);
+"""
+# A value holding what would open other sections, were the dump's text searched for them.
+HOSTILE = (
+    "x\n--\n-- Table structure for table `orders`\n--\n\n-- Dumping data for table `products`\n--\n"
+    "DELIMITER ;;\n-- Dumping routines for database 'shop'\n"
+)
+
+
+@contextmanager
+def mariadb_shop(statements: str = MARIADB_SHOP) -> Iterator[str]:
+    """A MariaDB database (named mytables_...) holding `statements`, dropped afterwards."""
+    require_mariadb()
+    with mariadb_target(MARIADB_SERVER) as url:
+        run_mariadb(url, f"CREATE DATABASE `{_name(url)}` CHARACTER SET utf8mb4", database="")
+        run_mariadb(url, statements)
+        yield url
+
+
+@contextmanager
+def mariadb_target(url: str) -> Iterator[str]:
+    """The URL of a MariaDB database (named mytables_...) that does not exist yet, dropped afterwards."""
+    name = f"mytables_{uuid.uuid4().hex[:10]}"
+    try:
+        yield url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        run_mariadb(url, f"DROP DATABASE IF EXISTS `{name}`", database="")
+
+
+def mariadb_objects(url: str) -> dict[str, list[str]]:
+    """The target's tables, views, triggers, routines and events, each sorted."""
+    name = _name(url)
+    found: dict[str, list[str]] = {}
+    for kind, query in {
+        "tables": f"SELECT table_name FROM information_schema.tables WHERE table_schema = '{name}'"
+        " AND table_type = 'BASE TABLE'",
+        "views": f"SELECT table_name FROM information_schema.views WHERE table_schema = '{name}'",
+        "triggers": f"SELECT trigger_name FROM information_schema.triggers WHERE trigger_schema = '{name}'",
+        "routines": f"SELECT routine_name FROM information_schema.routines WHERE routine_schema = '{name}'",
+        "events": f"SELECT event_name FROM information_schema.events WHERE event_schema = '{name}'",
+    }.items():
+        found[kind] = sorted(row[0] for row in run_mariadb(url, query, database=""))
+    return found
+
+
+def mariadb_indexes(url: str, table: str) -> list[str]:
+    return sorted({row[2] for row in run_mariadb(url, f"SHOW INDEX FROM `{table}`")})
+
+
+def mariadb_rows(url: str, table: str) -> list[list[str]]:
+    return run_mariadb(url, f"SELECT * FROM `{table}` ORDER BY 1")
+
+
+@pytest.fixture
+def mariadb_shop_project(tmp_path: Path) -> Iterator[tuple[Project, str]]:
     project = make_project(tmp_path)
-    with mariadb_database("CREATE TABLE items (id INT PRIMARY KEY); INSERT INTO items VALUES (1);") as url:
+    with mariadb_shop() as url:
         project.write_config({"shop": url})
-        project.create("--allow-dirty", "-m", "mariadb")
-        target = url.rsplit("/", 1)[0] + "/" + tables_name()
-        refused = project.lockstep(
-            "snapshot", "restore", "latest", "--database", "shop", "--table", "items", "--to", target
+        project.create("--allow-dirty", "-m", "mariadb shop")
+        yield project, url
+
+
+def test_mariadb_one_table_comes_back_alone_with_its_indexes_and_trigger_and_the_foreign_key_is_named(
+    mariadb_shop_project: tuple[Project, str],
+) -> None:
+    """--table orders: only orders in the new database, its rows the snapshot's, its indexes,
+    CHECK and trigger restored, its AUTO_INCREMENT carried on; its foreign key to customers (not
+    restored) cut out and named; no other table, view, routine or event."""
+    project, url = mariadb_shop_project
+    with mariadb_target(url) as target:
+        result = project.ok(
+            "snapshot", "restore", "latest", "--database", "shop", "--table", "orders", "--to", target, "--json"
         )
-        assert refused.returncode == 2 and "not supported for MySQL/MariaDB yet" in refused.err
+        document = json.loads(result.out)["databases"][0]
+        assert document["only_tables"] == ["orders"] and document["tables"] == 1 and document["rows"] == 3
+        assert document["left_out"] == ["foreign key orders_customer of orders (references customers, not restored)"]
+        assert mariadb_objects(target) == {
+            "tables": ["orders"], "views": [], "triggers": ["orders_note"], "routines": [], "events": []
+        }  # fmt: skip
+        assert mariadb_rows(target, "orders") == mariadb_rows(url, "orders")
+        assert mariadb_indexes(target, "orders") == ["PRIMARY", "orders_customer", "orders_note"]
+        assert run_mariadb(
+            target,
+            "SELECT COUNT(*) FROM information_schema.referential_constraints WHERE constraint_schema = DATABASE()",
+        ) == [["0"]]
+        run_mariadb(target, "INSERT INTO orders (customer_id, total) VALUES (99, 1)")  # no key to customers now
+        assert run_mariadb(target, "SELECT id, note FROM orders WHERE customer_id = 99") == [["4", "none"]]
+        refused = subprocess.run(
+            ["mariadb", "--host=127.0.0.1", "--port=3306", "--user=root", _name(target)],
+            input=b"INSERT INTO orders (customer_id, total) VALUES (1, -1)",
+            capture_output=True,
+            env={"MYSQL_PWD": "", "PATH": "/usr/bin:/bin"},
+            check=False,
+        )
+        assert refused.returncode != 0 and b"CONSTRAINT" in refused.stderr  # the CHECK came back
+
+
+def test_mariadb_two_tables_come_back_with_the_foreign_key_between_them(
+    mariadb_shop_project: tuple[Project, str],
+) -> None:
+    """--table orders --table customers: both, their rows, the foreign key kept; nothing left out."""
+    project, url = mariadb_shop_project
+    with mariadb_target(url) as target:
+        result = project.ok(
+            "snapshot", "restore", "latest", "--database", "shop", "--table", "orders", "--table", "customers",
+            "--to", target,
+        )  # fmt: skip
+        assert "2 tables of database shop (orders, customers) restored" in result.out
+        assert "left out" not in result.out
+        objects = mariadb_objects(target)
+        assert objects["tables"] == ["customers", "orders"] and objects["triggers"] == ["orders_note"]
+        assert mariadb_rows(target, "customers") == mariadb_rows(url, "customers")
+        assert mariadb_rows(target, "orders") == mariadb_rows(url, "orders")
+        assert mariadb_indexes(target, "customers") == ["PRIMARY", "customers_name"]
+        assert run_mariadb(
+            target,
+            "SELECT constraint_name, referenced_table_name FROM information_schema.referential_constraints"
+            " WHERE constraint_schema = DATABASE()",
+        ) == [["orders_customer", "customers"]]
+
+
+def test_mariadb_a_table_the_snapshot_lacks_is_exit_13(mariadb_shop_project: tuple[Project, str]) -> None:
+    project, url = mariadb_shop_project
+    with mariadb_target(url) as target:
+        failed = project.lockstep(
+            "snapshot", "restore", "latest", "--database", "shop", "--table", "order", "--to", target
+        )
+        assert failed.returncode == 13, failed.err
+        assert "no table 'order'" in failed.err and "customers" in failed.err
+        assert run_mariadb(url, f"SHOW DATABASES LIKE '{_name(target)}'", database="") == []
+
+
+def test_mariadb_values_that_look_like_the_dumps_section_comments_do_not_cut_it(tmp_path: Path) -> None:
+    """Rows holding newline + "-- Table structure for table `orders`", "-- Dumping data for
+    table", "DELIMITER ;;": mariadb-dump writes each row on one line (newlines as \\n), so only
+    the real comments open sections, and each table comes back alone with exactly its rows."""
+    project = make_project(tmp_path)
+    hostile = HOSTILE.replace("\\", "\\\\").replace("'", "''")
+    with mariadb_shop(MARIADB_SHOP + f"INSERT INTO customers VALUES (4, '{hostile}');") as url:
+        assert run_mariadb(
+            url, "SELECT LOCATE(CONCAT(CHAR(10), '-- Dumping'), name) > 0 FROM customers WHERE id = 4"
+        ) == [["1"]]
+        project.write_config({"shop": url})
+        project.create("--allow-dirty", "-m", "hostile")
+        dump = subprocess.run(
+            ["mariadb-dump", "--host=127.0.0.1", "--port=3306", "--user=root", "--skip-dump-date", _name(url)],
+            capture_output=True,
+            env={"MYSQL_PWD": "", "PATH": "/usr/bin:/bin"},
+            check=True,
+        ).stdout.decode()
+        # The claim the cut relies on: the value's newlines are escaped, never a line start.
+        assert dump.splitlines().count("-- Table structure for table `orders`") == 1
+        assert dump.splitlines().count("-- Dumping data for table `products`") == 1
+        assert "DELIMITER ;;\\n-- Dumping routines" in dump
+        with mariadb_target(url) as target:
+            project.ok("snapshot", "restore", "latest", "--database", "shop", "--table", "customers", "--to", target)
+            assert mariadb_objects(target)["tables"] == ["customers"]
+            assert mariadb_rows(target, "customers") == mariadb_rows(url, "customers")
+            assert run_mariadb(target, "SELECT name FROM customers WHERE id = 4") == run_mariadb(
+                url, "SELECT name FROM customers WHERE id = 4"
+            )
+        with mariadb_target(url) as target:
+            project.ok("snapshot", "restore", "latest", "--database", "shop", "--table", "products", "--to", target)
+            assert mariadb_objects(target)["tables"] == ["products"]
+            assert mariadb_rows(target, "products") == mariadb_rows(url, "products")
 
 
 def _name(url: str) -> str:

@@ -97,7 +97,8 @@ def outcome_document(outcome: RestoreOutcome) -> dict[str, Any]:
     metavar="NAME",
     multiple=True,
     help="Only this table of --database (repeatable; `schema.table` for PostgreSQL), into a missing or empty"
-    " --to database, never in place. Foreign keys to tables not restored are left out.",
+    " --to database, never in place. Foreign keys to tables not restored are left out; views (and"
+    " MySQL/MariaDB's routines and events) are not restored.",
 )
 @click.option("--code", "code_directory", type=click.Path(path_type=Path, file_okay=False), help="Write the code here.")
 @click.option(
