@@ -392,42 +392,73 @@ class PostgresqlAdapter:
     def restore_tables(
         self, url: str, password: str | None, source: IO[bytes] | Path, create: bool, tables: list[str]
     ) -> RestoredTables:
-        """The tables `tables` of the dump, with what belongs to them (postgresql_tables.py), by
-        `pg_restore --use-list` from a file: a few tables are not worth the parallel loader,
-        which reads every data block of the stream."""
-        from lockstep.databases.postgresql_tables import select_tables
+        """The tables `tables` of the dump, with what belongs to them (postgresql_tables.py).
 
+        A stream goes through the parallel loader restricted to those entries: the other
+        tables' data blocks are read past, so no copy of the dump is written (restoring one
+        small table of a 100 GB dump wrote all 100 GB to a temporary file). A dump the loader
+        cannot plan (large objects, another version) still goes to a file for
+        `pg_restore --use-list`, as does a dump that already is a file."""
         location = ServerLocation.parse(url)
         hint = f"{location.display()} may be partly restored; drop it before trying again"
-        with contextlib.ExitStack() as cleanup:
-            if isinstance(source, Path):
-                path = source
-            else:
-                descriptor, name = tempfile.mkstemp(prefix="lockstep-restore-", suffix=self.dump_format.extension)
-                path = Path(name)
-                cleanup.callback(path.unlink, missing_ok=True)
+        if isinstance(source, Path):
+            return self._restore_tables_from_file(location, password, source, create, tables, hint)
+        # Imported here: only restores load, and `snapshot create` starts sooner without it.
+        from lockstep.databases.postgresql_loader import ParallelLoader, plan_load, restrict
+        from lockstep.databases.postgresql_tables import select_tables
+
+        head, first_bytes = read_head(source.read)
+        if head is None:
+            raise _not_readable_for_tables()
+        plan = plan_load(head)
+        if plan is None:
+            descriptor, name = tempfile.mkstemp(prefix="lockstep-restore-", suffix=self.dump_format.extension)
+            path = Path(name)
+            try:
                 with os.fdopen(descriptor, "wb") as output:
+                    output.write(first_bytes)
                     shutil.copyfileobj(source, output, 1 << 20)
-            with path.open("rb") as file:
-                head, _ = read_head(file.read)
-            if head is None:
-                raise SourceError(
-                    "the dump is not a custom-format archive whose table of contents lockstep reads,"
-                    " so its tables cannot be restored one by one",
-                    "restore the whole database with --to URL and copy the table from there",
-                )
-            if create:
-                self._create_if_missing(location, password, head)
-            self._match_encoding(location, password, head)
-            selection = select_tables(head, tables)
-            fill_in_data_offsets(path)
-            wanted = set(selection.dump_ids)
-            owners = _can_keep_owners(
-                location, password, {entry.owner for entry in head.entries if entry.dump_id in wanted}
-            )
-            list_file = (
-                Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="lockstep-restore-"))) / "tables.list"
-            )
+                return self._restore_tables_from_file(location, password, path, create, tables, hint)
+            finally:
+                path.unlink(missing_ok=True)
+        if create:
+            self._create_if_missing(location, password, head)
+        self._match_encoding(location, password, head)
+        selection = select_tables(head, tables)
+        wanted = set(selection.dump_ids)
+        owners = _can_keep_owners(
+            location, password, {entry.owner for entry in head.entries if entry.dump_id in wanted}
+        )
+        loader = ParallelLoader(
+            lambda *arguments: self._restore_command(location, password, *arguments, owners=owners),
+            lambda: _connect(location, password, location.database, autocommit=True),
+            hint,
+            _restore_jobs(),
+        )
+        loader.run(head, restrict(plan, selection.dump_ids), first_bytes, source)
+        return RestoredTables(left_out=selection.left_out)
+
+    def _restore_tables_from_file(
+        self, location: ServerLocation, password: str | None, path: Path, create: bool, tables: list[str], hint: str
+    ) -> RestoredTables:
+        """restore_tables from a dump file, by `pg_restore --use-list`."""
+        from lockstep.databases.postgresql_tables import select_tables
+
+        with path.open("rb") as file:
+            head, _ = read_head(file.read)
+        if head is None:
+            raise _not_readable_for_tables()
+        if create:
+            self._create_if_missing(location, password, head)
+        self._match_encoding(location, password, head)
+        selection = select_tables(head, tables)
+        fill_in_data_offsets(path)
+        wanted = set(selection.dump_ids)
+        owners = _can_keep_owners(
+            location, password, {entry.owner for entry in head.entries if entry.dump_id in wanted}
+        )
+        with tempfile.TemporaryDirectory(prefix="lockstep-restore-") as folder:
+            list_file = Path(folder) / "tables.list"
             list_file.write_text("".join(f"{dump_id};\n" for dump_id in selection.dump_ids))
             command = self._restore_command(
                 location, password, f"--jobs={_restore_jobs()}", f"--use-list={list_file}", str(path), owners=owners
@@ -774,6 +805,14 @@ def _has_collation(template: dict[str, Any], collation: DatabaseCollation) -> bo
         collation.collate,
         collation.ctype,
     ) and (provider != "icu" or template.get("daticulocale") == collation.icu_locale)
+
+
+def _not_readable_for_tables() -> SourceError:
+    return SourceError(
+        "the dump is not a custom-format archive whose table of contents lockstep reads,"
+        " so its tables cannot be restored one by one",
+        "restore the whole database with --to URL and copy the table from there",
+    )
 
 
 def _restore_jobs() -> int:

@@ -23,6 +23,10 @@ rows, loaded on one core while the other idled. Here a restore is four steps:
 The plan needs every data block to be table data in COPY form, and the entry that names the
 dump's encoding; an archive with large objects (or anything else) gets `plan_load` None and
 the caller restores it with plain pg_restore.
+
+A plan restricted to some entries (`restrict`, for `--table`) runs the same four steps on them
+alone: the data blocks of the other tables are read past, nothing kept, so restoring a small
+table of a big dump needs no copy of the dump on disk.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import os
 import queue
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,12 +83,14 @@ _SESSION_AFTER = (
 @dataclass(frozen=True)
 class LoadPlan:
     """Which entries each step restores (dump IDs, in table-of-contents order), and the
-    session settings every connection starts with (client_encoding, ...)."""
+    session settings every connection starts with (client_encoding, ...). `skipped` are the
+    data blocks the archive holds that are read past, not loaded (see `restrict`)."""
 
     schema: list[int]
     data: list[int]
     rest: list[int]
     session: bytes
+    skipped: frozenset[int] = frozenset()
 
 
 def plan_load(head: ArchiveHead) -> LoadPlan | None:
@@ -106,6 +112,19 @@ def plan_load(head: ArchiveHead) -> LoadPlan | None:
         else:
             rest.append(entry.dump_id)
     return LoadPlan(schema=schema, data=data, rest=rest, session=head.encode("\n".join(session)))
+
+
+def restrict(plan: LoadPlan, dump_ids: Iterable[int]) -> LoadPlan:
+    """The plan restoring only the entries `dump_ids`: each step keeps its own of them, and the
+    other data blocks are read past."""
+    wanted = set(dump_ids)
+    return LoadPlan(
+        schema=[dump_id for dump_id in plan.schema if dump_id in wanted],
+        data=[dump_id for dump_id in plan.data if dump_id in wanted],
+        rest=[dump_id for dump_id in plan.rest if dump_id in wanted],
+        session=plan.session,
+        skipped=plan.skipped | {dump_id for dump_id in plan.data if dump_id not in wanted},
+    )
 
 
 def _table_name(entry: TocEntry) -> str:
@@ -228,15 +247,20 @@ class ParallelLoader:
             splitter = _RowSplitter(workers)
             loaded: set[int] = set()
             current: int | None = None
+            skipping = False  # the current block is one of plan.skipped: read past, not kept
             for dump_id, text, ended in data_blocks(first_bytes[head.end :], rest.read, head.int_size, PIECE_BYTES):
                 if current is None:
-                    if dump_id not in statements or dump_id in loaded:
+                    skipping = dump_id in plan.skipped
+                    if (dump_id not in statements and not skipping) or dump_id in loaded:
                         raise SourceError(f"the dump holds data (entry {dump_id}) its table of contents does not list")
-                    splitter.begin(statements[dump_id])
+                    if not skipping:
+                        splitter.begin(statements[dump_id])
                     current = dump_id
-                splitter.add(text)
+                if not skipping:
+                    splitter.add(text)
                 if ended:
-                    splitter.end()
+                    if not skipping:
+                        splitter.end()
                     loaded.add(dump_id)
                     current = None
             if missing := data_ids - loaded:
