@@ -40,13 +40,14 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 from lockstep import __version__
 from lockstep.actions.environment import EnvironmentContext
 from lockstep.config.deploy_model import effective_policy
-from lockstep.config.hosts_model import HostTarget
+from lockstep.config.hosts_model import HostTarget, SshConfig
 from lockstep.errors import LockstepError, UsageError
 from lockstep.exit_codes import ExitCode
 from lockstep.notify.dispatcher import Notifier
@@ -79,6 +80,15 @@ from lockstep.pipeline.history import History, OperationRecord, RedactedRecord
 from lockstep.pipeline.multi_host_bundles import INCOMING_REF, Bundle, CommitBundles, byte_size, object_names
 from lockstep.pipeline.multi_host_retire import RetireReport, retire_outcome
 from lockstep.pipeline.multi_host_steps import RunningSteps, died_by_signal
+from lockstep.pipeline.multi_host_undo import (
+    UNCONFIRMED,
+    UndoCheck,
+    confirm_host,
+    confirmed_lines,
+    switching_to,
+    unconfirmed_line,
+    undo_uncertain,
+)
 from lockstep.pipeline.notifications import notifier_for, operation_event, secrets_redactor, teach_reporter_secrets
 from lockstep.pipeline.releases import ResolvedRef, new_deploy_id, resolve_ref
 from lockstep.pipeline.steps import Reporter, StepRunner, bind_context
@@ -111,6 +121,9 @@ class HostRun:
     # ended without a result (killed, its connection lost): what it did, the data restore included.
     record_asked_again: dict[str, Any] | None = None
     lost: str | None = None  # why the connection dropped
+    # Its lockstep died (killed, its connection lost) before the retire "go": what its clean-up,
+    # run from here once the others had undone their part, found (multi_host_undo.py).
+    undo: UndoCheck | None = None
     culprit: bool = False  # it failed on its own (the others were aborted because of it)
     waiting_at: str | None = None  # the barrier it announced and has had no word at yet
     said: dict[str, Any] = field(default_factory=dict)  # that barrier's line
@@ -164,6 +177,7 @@ class HostRun:
             "data_restored": result.get("data_restored", False),
             "failed_step": self.failed_step(),
             "detail": self.failure() if self.culprit or self.lost is not None else None,
+            "undo": self.undo.to_document() if self.undo is not None else None,
         }
 
 
@@ -528,6 +542,7 @@ class HostFanOut:
                 for run in self.runs:
                     self._end_input(run)
             self._wait(self._wait_for_unwinds())
+            self._confirm_undos(record)
         except KeyboardInterrupt:
             self.reporter.warn("stopped waiting for the hosts to unwind; each finishes on its own")
         failed = [run for run in self.runs if run.culprit]
@@ -547,7 +562,7 @@ class HostFanOut:
         reason = self.redactor.redact(reason)
         record.failed_step = getattr(error, "step", None) or self.steps.interrupted_step()
         record.reason = reason
-        uncertain = [run for run in self.runs if run.lost is not None or run.exit_code == int(ExitCode.FAILED)]
+        uncertain = [run for run in self.runs if undo_uncertain(run)]
         changed = [run for run in self.runs if run.outcome not in ("not started", "refused")]
         # A failed rollback is "failed" as on one machine; a failed deploy that every host undid, "rolled-back".
         record.outcome = "failed" if uncertain or not changed or self.operation != "deploy" else "rolled-back"
@@ -557,7 +572,7 @@ class HostFanOut:
         if uncertain:
             return DeployFailed(
                 f"{self.operation} {record.id} failed: {reason}; not every host confirmed its undo: "
-                + ", ".join(f"{run.name} ({run.outcome})" for run in uncertain),
+                + "; ".join(unconfirmed_line(run, self.context.environment, switching_to(record)) for run in uncertain),
                 "run `lockstep status` on those hosts; `lockstep history` here has each host's outcome",
                 result=result,
             )
@@ -567,11 +582,40 @@ class HostFanOut:
                 "the release that served before still serves on every host",
                 result=result,
             )
+        confirmed = "".join(f"; {line}" for line in confirmed_lines(self.runs))
         return DeployRolledBack(
-            f"{self.operation} {record.id} failed: {reason}; every host undid its part, none switched",
+            f"{self.operation} {record.id} failed: {reason}; every host undid its part, none switched{confirmed}",
             "see `lockstep history` here and on the hosts",
             result=result,
         )
+
+    def _confirm_undos(self, record: OperationRecord) -> None:
+        """Each host whose lockstep died (killed, its connection lost) is asked, once the others
+        have undone their part, whether its part is undone: `lockstep status` there runs the
+        clean-up of what died (multi_host_undo.py). Until it says so, nobody may say it is."""
+        dead = [run for run in self.runs if run.process is not None and (run.lost or run.exit_signal)]
+        if not dead:
+            return
+        self.reporter.info(
+            f"running `lockstep status` on {', '.join(run.name for run in dead)}, whose lockstep died: it undoes "
+            "the dead part there"
+        )
+
+        async def every() -> None:
+            environment = self.context.environment
+            asked = [confirm_host(run, partial(ask_status, run.target, self.ssh, environment), record) for run in dead]
+            await asyncio.gather(*asked)
+
+        try:
+            self._wait(every())
+        finally:
+            for run in dead:
+                run.undo = run.undo or UndoCheck(UNCONFIRMED, "not asked to the end (interrupted)")
+                said = f"{run.name}: {run.undo.detail}"
+                if run.undo.confirmed:
+                    self.reporter.info(said)
+                else:
+                    self.reporter.warn(said)
 
     def _outcome_of_exit(self, run: HostRun) -> str:
         if run.lost is not None:
@@ -958,31 +1002,36 @@ def host_statuses(context: EnvironmentContext) -> list[dict[str, Any]]:
     """`lockstep status --json` of every host, in config order: its document, or why not."""
     targets = context.config.host_targets()
 
-    async def one(target: HostTarget) -> dict[str, Any]:
-        try:
-            connection = await ssh.connect(target, context.config.ssh)
-        except LockstepError as error:
-            return {"name": target.name, "reachable": False, "error": error.message}
-        try:
-            arguments = ["status", "--env", context.environment, "--json", "--local"]
-            command = ssh.shell_command(target, context.config.ssh, arguments)
-            result = await ssh.run(connection, command, timeout=120)
-        except LockstepError as error:
-            return {"name": target.name, "reachable": False, "error": error.message}
-        finally:
-            connection.close()
-        try:
-            document = json.loads(result.stdout.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            document = None
-        if result.exit_status != 0 or not isinstance(document, dict):
-            return {"name": target.name, "reachable": True, "error": error_of(result)}
-        return {"name": target.name, "reachable": True, **document}
-
     async def every() -> list[dict[str, Any]]:
-        return list(await asyncio.gather(*(one(target) for target in targets)))
+        return list(
+            await asyncio.gather(*(ask_status(target, context.config.ssh, context.environment) for target in targets))
+        )
 
     return asyncio.run(every())
+
+
+async def ask_status(target: HostTarget, ssh_config: SshConfig, environment: str) -> dict[str, Any]:
+    """`lockstep status --json --local` on the host, over a connection of its own: its document,
+    or why not (`reachable`, `error`). It cleans up what died there (clean_up_abandoned)."""
+    try:
+        connection = await ssh.connect(target, ssh_config)
+    except LockstepError as error:
+        return {"name": target.name, "reachable": False, "error": error.message}
+    try:
+        arguments = ["status", "--env", environment, "--json", "--local"]
+        command = ssh.shell_command(target, ssh_config, arguments)
+        result = await ssh.run(connection, command, timeout=120)
+    except LockstepError as error:
+        return {"name": target.name, "reachable": False, "error": error.message}
+    finally:
+        connection.close()
+    try:
+        document = json.loads(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        document = None
+    if result.exit_status != 0 or not isinstance(document, dict):
+        return {"name": target.name, "reachable": True, "error": error_of(result)}
+    return {"name": target.name, "reachable": True, **document}
 
 
 def check_same_project(host: str, theirs: Any, ours: str) -> None:
