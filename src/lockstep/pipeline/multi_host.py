@@ -570,9 +570,11 @@ class HostFanOut:
         self._save_final(record)
         result = RedactedRecord(record, self.redactor)
         if uncertain:
+            release = switching_to(record)
+            unconfirmed = "; ".join(unconfirmed_line(run, self.context.environment, release) for run in uncertain)
             return DeployFailed(
                 f"{self.operation} {record.id} failed: {reason}; not every host confirmed its undo: "
-                + "; ".join(unconfirmed_line(run, self.context.environment, switching_to(record)) for run in uncertain),
+                + self.redactor.redact(unconfirmed),
                 "run `lockstep status` on those hosts; `lockstep history` here has each host's outcome",
                 result=result,
             )
@@ -582,7 +584,7 @@ class HostFanOut:
                 "the release that served before still serves on every host",
                 result=result,
             )
-        confirmed = "".join(f"; {line}" for line in confirmed_lines(self.runs))
+        confirmed = self.redactor.redact("".join(f"; {line}" for line in confirmed_lines(self.runs)))
         return DeployRolledBack(
             f"{self.operation} {record.id} failed: {reason}; every host undid its part, none switched{confirmed}",
             "see `lockstep history` here and on the hosts",
@@ -606,11 +608,14 @@ class HostFanOut:
             asked = [confirm_host(run, partial(ask_status, run.target, self.ssh, environment), record) for run in dead]
             await asyncio.gather(*asked)
 
+        not_asked = "not asked to the end (interrupted)"
         try:
             self._wait(every())
+        except Exception as error:  # not a reason to leave the failure unsaid: the host is not confirmed
+            not_asked = f"could not ask it: {type(error).__name__}: {error}"
         finally:
             for run in dead:
-                run.undo = run.undo or UndoCheck(UNCONFIRMED, "not asked to the end (interrupted)")
+                run.undo = run.undo or UndoCheck(UNCONFIRMED, self.redactor.redact(not_asked))
                 said = f"{run.name}: {run.undo.detail}"
                 if run.undo.confirmed:
                     self.reporter.info(said)
