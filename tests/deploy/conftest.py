@@ -130,6 +130,7 @@ class NotesProject:
     web_ports: list[int]
     agent: subprocess.Popen[bytes] | None = None
     agent_log: Path | None = None
+    agent_env: dict[str, str] = field(default_factory=dict)  # the agent's alone (fault injection)
 
     def lockstep(self, *args: str, timeout: float = 300) -> Completed:
         return run_lockstep(list(args), env=self.env, cwd=self.directory, timeout=timeout)
@@ -223,7 +224,7 @@ class NotesProject:
             self.agent = subprocess.Popen(
                 [sys.executable, "-m", "lockstep", "agent"],
                 cwd=self.directory,
-                env={**os.environ, **self.env},
+                env={**os.environ, **self.env, **self.agent_env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )

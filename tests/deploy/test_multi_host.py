@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -215,18 +216,20 @@ FleetFactory = Callable[..., Fleet]
 
 @pytest.fixture
 def fleet_factory(tmp_path: Path) -> Iterator[FleetFactory]:
-    """Makes the fleet (smoke_on_second, watch_seconds, session_environment), its agents running;
-    stops it all after."""
+    """Makes the fleet (smoke_on_second, watch_seconds, session_environment, agent_environment:
+    variables of the agent of the host of that index), its agents running; stops it all after."""
     made: list[Fleet] = []
 
     def make(
         smoke_on_second: str = "",
         watch_seconds: float = 1.0,
         session_environment: dict[int, dict[str, str]] | None = None,
+        agent_environment: dict[int, dict[str, str]] | None = None,
     ) -> Fleet:
         fleet = _make_fleet(tmp_path, smoke_on_second, watch_seconds, session_environment)
         made.append(fleet)
-        for host in fleet.hosts:
+        for index, host in enumerate(fleet.hosts):
+            host.agent_env = (agent_environment or {}).get(index, {})
             host.start_agent()
         return fleet
 
@@ -443,26 +446,119 @@ def _host_deploy_pid(directory: Path) -> int:
     raise AssertionError(f"no coordinated deploy runs in {directory}")
 
 
+def _parked_clean_up(go_ahead: Path) -> dict[str, str]:
+    """The agent's variables that park its watch for dead operations until `go_ahead` exists: the
+    clean-up of a killed host's part is left to whoever else runs it (the orchestrator)."""
+    return {WAIT_AT_VARIABLE: "abandoned watch", WAIT_FOR_VARIABLE: str(go_ahead)}
+
+
+def _undone_by_the_orchestrator(fleet: Fleet, document: dict[str, Any], go_ahead: Path, release: object) -> None:
+    """The second host's lockstep was killed before its retire go, its agent's watch parked: the
+    orchestrator ran its clean-up (`lockstep status` there) before saying every host undid its part,
+    and said so; the host serves `release` again as the first does, its record done when the
+    orchestrator ended (nobody else cleaned it up)."""
+    assert go_ahead.with_name(go_ahead.name + WAITING_SUFFIX).is_file()  # the watch is parked
+    name = f"127.0.0.1:{fleet.servers[1].port}"
+    error = str(document["error"])
+    assert "killed by SIGKILL" in error and "every host undid its part" in error, error
+    assert f"{name}'s clean-up, run from here, confirmed its undo" in error, error
+    assert f"it serves release {release} (its clean-up switched it back)" in error, error
+    undo = document["hosts"][1]["undo"]
+    assert (undo["state"], undo["release"]) == ("undone", release), undo
+    assert document["hosts"][0]["undo"] is None  # it undid its part itself, and said so
+    killed = fleet.hosts[1].history()[-1]
+    assert killed["id"] == document["id"], killed
+    assert killed["outcome"] == "interrupted" and "switched back to release" in str(killed["reason"]), killed
+    versions = [host.version() for host in fleet.hosts]
+    assert versions[0] == versions[1], versions
+    assert fleet.hosts[1].status()["release"] == fleet.hosts[0].status()["release"] == release
+
+
 def test_a_host_killed_after_its_switch_before_the_go_switches_back_with_the_others(
-    fleet_factory: FleetFactory,
+    fleet_factory: FleetFactory, tmp_path: Path
 ) -> None:
     """kill -9 of the second host's lockstep in its watch window, both hosts switched: the
     orchestrator has the first undo its part. The second's agent cleaned up by keeping the new
-    release (it had the traffic), so the hosts served different releases; it switches back."""
-    fleet = fleet_factory(watch_seconds=6.0)
-    _deploy_ok(fleet)
-    process = _deploy_until_both_switched(fleet, "--json")
-    os.kill(_host_deploy_pid(fleet.hosts[1].directory), signal.SIGKILL)
-    stdout, stderr = process.communicate(timeout=180)
-    assert process.returncode == 3, stderr
-    assert "killed by SIGKILL" in json.loads(stdout)["error"]
+    release (it had the traffic), so the hosts served different releases; it switches back. And
+    the orchestrator said every host undid its part before the second's clean-up ran (its agent's,
+    seconds later; with the agent down, none): it runs that clean-up itself (its agent's watch
+    parked here), and says so only once it confirmed it."""
+    go_ahead = tmp_path / "agent-clean-up-go"
+    fleet = fleet_factory(watch_seconds=6.0, agent_environment={1: _parked_clean_up(go_ahead)})
+    try:
+        first = _deploy_ok(fleet)
+        process = _deploy_until_both_switched(fleet, "--json")
+        os.kill(_host_deploy_pid(fleet.hosts[1].directory), signal.SIGKILL)
+        stdout, stderr = process.communicate(timeout=180)
+        assert process.returncode == 3, stderr
+        _undone_by_the_orchestrator(fleet, json.loads(stdout), go_ahead, first["id"])
+        assert [host.version() for host in fleet.hosts] == ["1.0.0", "1.0.0"]
+    finally:
+        go_ahead.touch()
+
+
+def test_a_rollback_host_killed_after_its_switch_before_the_go_switches_back_with_the_others(
+    fleet_factory: FleetFactory, tmp_path: Path
+) -> None:
+    """The same for a rollback: the second host's `lockstep rollback` kills itself once switched
+    to 1.0.0, before its retire go; the first switches back to 1.0.1, and the orchestrator's
+    clean-up on the second (its agent's watch parked) switches it back too."""
+    go_ahead = tmp_path / "agent-clean-up-go"
+    fleet = fleet_factory(
+        session_environment={1: {KILL_AT_VARIABLE: "rollback before the retire go"}},
+        agent_environment={1: _parked_clean_up(go_ahead)},
+    )
+    try:
+        _deploy_ok(fleet)
+        fleet.commit_version("1.0.1")
+        second = _deploy_ok(fleet)
+        rolled = fleet.lockstep("rollback", "--json")
+        assert rolled.returncode == 3, rolled.stderr + rolled.stdout
+        document = json.loads(rolled.stdout)
+        assert document["operation"] == "rollback" and document["outcome"] == "failed"
+        _undone_by_the_orchestrator(fleet, document, go_ahead, second["id"])
+        assert [host.version() for host in fleet.hosts] == ["1.0.1", "1.0.1"]
+    finally:
+        go_ahead.touch()
+
+
+def test_a_killed_host_whose_agent_is_down_may_still_serve_the_new_release(
+    fleet_factory: FleetFactory, tmp_path: Path
+) -> None:
+    """The second host's lockstep and then its agent killed in its watch window: nothing there can
+    undo its part (the clean-up needs the agent), so the orchestrator must not say every host
+    undid its part: it says that host may still serve the new release and what to run there
+    (exit 1). Once its agent runs again, its clean-up switches it back."""
+    go_ahead = tmp_path / "agent-clean-up-go"
+    fleet = fleet_factory(watch_seconds=6.0, agent_environment={1: _parked_clean_up(go_ahead)})
+    second = fleet.hosts[1]
+    try:
+        first = _deploy_ok(fleet)
+        process = _deploy_until_both_switched(fleet, "--json")
+        os.kill(_host_deploy_pid(second.directory), signal.SIGKILL)
+        assert second.agent is not None
+        second.agent.kill()
+        second.agent.wait(timeout=30)
+        stdout, stderr = process.communicate(timeout=240)
+        assert process.returncode == 1, stderr
+        document = json.loads(stdout)
+        name = f"127.0.0.1:{fleet.servers[1].port}"
+        error = str(document["error"])
+        assert "not every host confirmed its undo" in error and "every host undid its part" not in error, error
+        assert f"{name}: its agent is not running" in error, error
+        assert f"HOST {name} MAY STILL SERVE release {document['id']}: run `lockstep status --env test` there" in error
+        assert document["hosts"][1]["undo"]["state"] == "unconfirmed", document["hosts"]
+        assert fleet.history()[-1]["outcome"] == "failed"
+    finally:
+        go_ahead.touch()
+    second.agent_env = {}
+    second.start_agent()  # its watch cleans up the dead deploy within seconds
     deadline = time.monotonic() + 60
-    while fleet.hosts[1].history()[-1]["outcome"] == "running" and time.monotonic() < deadline:
-        time.sleep(0.5)  # its agent's watch cleans up the dead deploy within seconds
+    while second.history()[-1]["outcome"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "switched back to release" in str(second.history()[-1]["reason"])
     assert [host.version() for host in fleet.hosts] == ["1.0.0", "1.0.0"]
-    killed = fleet.hosts[1].history()[-1]
-    assert killed["outcome"] == "interrupted" and "switched back to release" in str(killed["reason"]), killed
-    assert fleet.hosts[1].status()["release"] == fleet.hosts[0].status()["release"]
+    assert second.status()["release"] == first["id"]
 
 
 def test_one_host_s_dropped_connection_unwinds_every_host(fleet_factory: FleetFactory) -> None:
@@ -478,11 +574,14 @@ def test_one_host_s_dropped_connection_unwinds_every_host(fleet_factory: FleetFa
     for pid in sessions:
         os.kill(int(pid), signal.SIGKILL)
     stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 1, stderr  # the second host could not confirm its undo
+    # Cut off, it could not say it undid its part: asked again over a new connection, it did.
+    assert process.returncode == 3, stderr
     document = json.loads(stdout)
     second = f"127.0.0.1:{fleet.servers[1].port}"
     assert second in document["error"] and "SSH connection was lost" in document["error"]
+    assert f"{second}'s clean-up, run from here, confirmed its undo" in document["error"]
     assert [host["outcome"] for host in document["hosts"]] == ["rolled back", "lost"]
+    assert document["hosts"][1]["undo"]["state"] == "undone"
     records = _finished_records(fleet)
     assert [record["outcome"] for record in records] == ["rolled-back", "rolled-back"], records
     assert [host.version() for host in fleet.hosts] == ["1.0.0", "1.0.0"]

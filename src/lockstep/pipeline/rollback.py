@@ -836,6 +836,7 @@ class Rollback:
         from lockstep.pipeline.coordination import check_joined_lock, wait_at_barrier
 
         self.reporter.info("switched; waiting for every host at the retire barrier")
+        kill_point("rollback before the retire go")  # tests: a host killed between its switch and the go
         wait_at_barrier("retire", self.request.coordinated)
         self.past_retire_go = True  # from here on this host keeps the release, as every host does
         record.retire_go = True  # and so does its clean-up if it is killed (clean_up_abandoned)
