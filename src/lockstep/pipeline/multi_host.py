@@ -25,7 +25,9 @@ next barrier, which is an abort too: no host passes a barrier without a "go" tha
 when every host got there. When the primary's unwind restores the data, every host holds its
 traffic and stops its old release's workers until it is done, and a host that cannot hold or
 stop them keeps the restore from starting (the unwind's data step, _coordinate_restore). See
-pipeline/coordination.py for the host's side.
+pipeline/coordination.py for the host's side. A host whose lockstep died (killed, its session
+lost) is asked afterwards, by a `lockstep status` run there that cleans up what died, whether its
+part is undone: every host undid its part only when each said so (multi_host_undo.py).
 
 Secrets never cross SSH: each host reads the repository password from its own configuration.
 """
