@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 # One row in `jobs` every 0.05 s, named "HOST RELEASE PID SEQUENCE"; logged after its commit.
-# It exits at once, as it starts, while the file $JOBS_REFUSE names exists.
+# It exits at once, as it starts, while the file $JOBS_REFUSE names exists. While the file
+# $JOBS_CRASHES names holds a number above 0, it takes one off, and exits a second after its start
+# (past the agent's start check), noting the time of its exit in $JOBS_CRASHES.times.
 JOBS = """
 import os, signal, sqlite3, sys, threading, time
 from contextlib import closing
@@ -24,6 +26,13 @@ RELEASE = (Path(__file__).resolve().parent / "VERSION").read_text().strip()
 HOST = os.environ["JOBS_HOST"]
 if os.environ.get("JOBS_REFUSE") and Path(os.environ["JOBS_REFUSE"]).exists():
     sys.exit("jobs: refusing to start (the test's JOBS_REFUSE file exists)")
+CRASHES = Path(os.environ.get("JOBS_CRASHES") or "/nonexistent")
+if CRASHES.exists() and int(CRASHES.read_text() or 0) > 0:
+    CRASHES.write_text(str(int(CRASHES.read_text()) - 1))
+    time.sleep(1)
+    with open(f"{CRASHES}.times", "a") as times:
+        times.write(f"{time.time()}\\n")
+    sys.exit("jobs: exits a second after its start (the test's JOBS_CRASHES file)")
 stopping = threading.Event()
 signal.signal(signal.SIGTERM, lambda number, frame: stopping.set())
 sequence = 0
@@ -45,10 +54,12 @@ CREATE_JOBS = "CREATE TABLE jobs (id INTEGER PRIMARY KEY, name TEXT NOT NULL, re
 SEED = "INSERT INTO notes (text) VALUES ('written by migration 003');\n"
 
 
-def jobs_component(host: str, log: Path, refuse: Path | None = None) -> str:
+def jobs_component(host: str, log: Path, refuse: Path | None = None, crashes: Path | None = None) -> str:
     """The lockstep.toml table that runs the worker, as `host`, logging to `log`; while `refuse`
-    exists, the worker exits as it starts (the agent's start of it fails)."""
+    exists, the worker exits as it starts (the agent's start of it fails); while `crashes` holds
+    a number above 0, it exits a second after its start (see JOBS)."""
     env = f'JOBS_HOST = "{host}", JOBS_LOG = "{log}"' + (f', JOBS_REFUSE = "{refuse}"' if refuse else "")
+    env += f', JOBS_CRASHES = "{crashes}"' if crashes else ""
     return f'[app.components.jobs]\ncommand = "python3 jobs.py"\nenv = {{ {env} }}\n'
 
 

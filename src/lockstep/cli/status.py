@@ -75,8 +75,12 @@ def status_command(config_path: Path | None, environment: str | None, json_outpu
                 f"  slot {slot} [{role}]: release {info['release']}, commit {(info['version'] or '')[:12]}, "
                 f"since {age(info['since'])}; {health}; {running}"
             )
+            paused = document.get("paused_workers") or []
             if info.get("stopped"):
-                print_line(describe_stopped(slot, info["stopped"], document.get("paused_workers") or []))
+                print_line(describe_stopped(slot, info["stopped"], paused))
+            elif slot == active and (mark := _restart_failed_in(slot, paused)) is not None:
+                # Started, but not staying up: the agent restarts them, and the retry goes on.
+                print_line(describe_stopped(slot, list(mark["components"]), paused, "NOT STAYING UP"))
         active_processes = slots[active]["processes"] if active and active in slots else []
         # The release as deployed tells; before any, the config does.
         workers_only = (
@@ -163,12 +167,21 @@ def _other_release(process: dict[str, Any], slot_release: str | None) -> str:
     return f" on release {release}" if release and release != slot_release else ""
 
 
-def describe_stopped(slot: str, components: list[str], paused: list[dict[str, Any]] | None = None) -> str:
+def _restart_failed_in(slot: str, paused: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The mark of workers of `slot` whose restart failed, and are not kept stopped on purpose."""
+    failed = [item for item in paused if item.get("slot") == slot and item.get("restart_failed")]
+    return next((item for item in failed if not item.get("kept_stopped")), None)
+
+
+def describe_stopped(
+    slot: str, components: list[str], paused: list[dict[str, Any]] | None = None, state: str = "STOPPED"
+) -> str:
     """Components of the active release the agent does not run: stopped (a data restore stops the
-    workers, and a killed deploy or rollback may not have started them again), not healthy. When
-    an operation's record says it stopped them (`paused`), why they are still stopped, and whether
-    and when the agent tries again (pipeline/paused_workers_retry.py)."""
-    line = f"  STOPPED in slot {slot}: {', '.join(components)} — its release runs without them; "
+    workers, and a killed deploy or rollback may not have started them again), not healthy; or
+    (`state`) started again but not staying up. When an operation's record says it stopped them
+    (`paused`), why they are still stopped, and whether and when the agent tries again
+    (pipeline/paused_workers_retry.py)."""
+    line = f"  {state} in slot {slot}: {', '.join(components)} — its release runs without them; "
     mark = next((item for item in paused or [] if item.get("slot") == slot), None)
     if mark is None or mark.get("kept_stopped"):
         return line + "the last operation below says why; `lockstep deploy` starts a release with all its components"
@@ -182,6 +195,8 @@ def describe_stopped(slot: str, components: list[str], paused: list[dict[str, An
         return line + f"{stopped_by}; the agent starts them again"
     retry_at = mark.get("retry_at")
     when = "within seconds" if not retry_at else f"in {max(0.0, float(retry_at) - time.time()):.0f} s"
+    if mark.get("settle_until"):
+        when = f"now: it started them, and counts them as running once they stayed up {mark['settle_seconds']}"
     tries = f", {counted(int(mark['attempts']), 'retry', 'retries')} failed" if mark.get("attempts") else ""
     return (
         line + f"{stopped_by} and starting them again failed ({mark['restart_failed']}{tries}); the agent tries "

@@ -6,10 +6,14 @@ unreachable), the operation says so and goes on, and its record keeps `paused_wo
 tried again, and the release ran without its workers until the next deploy. So the agent's watch
 (agent/abandoned_watch.py, every few seconds) and `lockstep status` try again, as they finish
 unfinished retires: once the operation's process has ended and no other runs here, while the
-release the workers belong to is still the active one. After a failed try the next one waits
+release the workers belong to is still the active one. A try starts those that are not up (a
+worker the agent restarts over and over, or gave up on, is started afresh), and the next passes
+watch them for RESTART_SETTLE_SECONDS (pipeline/worker_pause.py): one that exits in that time
+fails the try, as one that does not start. After a failed try the next one waits
 (RETRY_FIRST_DELAY_SECONDS, doubling up to RETRY_LONGEST_DELAY_SECONDS): a worker that exits as
-it starts is not started every few seconds. The mark goes once they run (or once a later
-operation changed the slots), and the record's reason says so.
+it starts is not started every few seconds. The mark goes once they stayed up, and the record's
+reason says so; it goes at once, whatever the back-off, once a later operation changed the
+slots (their release no longer serves: they are not to run).
 
 The same retry starts the workers a killed operation's clean-up held stopped while the
 coordinated (multi-host) deploy it was part of went on: another host may be restoring the shared
@@ -28,9 +32,13 @@ from lockstep.pipeline.coordination import orchestrator_still_holds
 from lockstep.pipeline.history import History, OperationRecord, still_ending
 from lockstep.pipeline.steps import Reporter
 from lockstep.pipeline.worker_pause import (
-    ComponentStarter,
+    RESTART_SETTLE_SECONDS,
+    StartWatcher,
+    components_up,
+    last_event_id,
     launches_not_running,
     start_launches,
+    why_down,
     why_kept_stopped,
 )
 
@@ -43,9 +51,7 @@ def retry_delay(attempts: int) -> float:
     return float(min(RETRY_LONGEST_DELAY_SECONDS, RETRY_FIRST_DELAY_SECONDS * 2 ** max(0, attempts - 1)))
 
 
-def retry_paused_workers(
-    context: EnvironmentContext, agent: ComponentStarter, history: History, reporter: Reporter
-) -> int:
+def retry_paused_workers(context: EnvironmentContext, agent: StartWatcher, history: History, reporter: Reporter) -> int:
     """Try to start again the workers the finished operations left stopped; how many records changed."""
     with history.clean_up_lock() as held:
         if not held:
@@ -57,9 +63,9 @@ def retry_paused_workers(
         now = time.time()
         for record in records:
             paused = record.paused_workers
-            if not paused or float(paused.get("retry_at") or 0) > now or still_ending(record):
+            if not paused or still_ending(record):
                 continue
-            if _retry(context, agent, record, paused, reporter):
+            if _retry(context, agent, record, paused, reporter, now):
                 history.save(record)
                 changed += 1
         return changed
@@ -67,12 +73,14 @@ def retry_paused_workers(
 
 def _retry(
     context: EnvironmentContext,
-    agent: ComponentStarter,
+    agent: StartWatcher,
     record: OperationRecord,
     paused: dict[str, Any],
     reporter: Reporter,
+    now: float,
 ) -> bool:
-    """One try for one record; whether its record changed."""
+    """One pass for one record: a try (start what is not up), or a look at the last try's workers
+    while they settle; whether its record changed."""
     slot, release_id = str(paused["slot"]), str(paused["release_id"])
     components = [str(name) for name in paused["components"]]
     named = ", ".join(components)
@@ -97,15 +105,33 @@ def _retry(
                 return False
             paused["waiting_for"] = under_way  # `status` says what they wait for
             return True
-        running = {process["component"] for process in slot_status.get("processes") or []}
-        launches = launches_not_running(release, components, running)
-        if launches:
-            start_launches(agent, slot, launches)
+        settle_until = paused.get("settle_until")
+        if settle_until is None:
+            if float(paused.get("retry_at") or 0) > now:
+                return False  # backing off after a failed try
+            since = last_event_id(agent)
+            launches = launches_not_running(release, components, components_up(slot_status))
+            if launches:
+                start_launches(agent, slot, launches, replace=True)
+            # Not done yet: done once they stayed up (the next passes look).
+            record.paused_workers = {
+                **paused,
+                "settle_since": since,
+                "settle_until": now + RESTART_SETTLE_SECONDS,
+                "started": bool(launches) or bool(paused.get("started")),
+            }
+            return True
+        down = why_down(agent, slot, components, int(paused["settle_since"]))
+        if down is None and float(settle_until) > now:
+            return False
+        if down is not None:
+            raise LockstepError(down)
     except (LockstepError, KeyError) as error:
         attempts = int(paused.get("attempts") or 0) + 1
         delay = retry_delay(attempts)
+        settled = {key: value for key, value in paused.items() if key not in ("settle_since", "settle_until")}
         record.paused_workers = {
-            **paused,
+            **settled,
             "restart_failed": str(error),
             "attempts": attempts,
             "retry_at": time.time() + delay,
@@ -116,13 +142,13 @@ def _retry(
         )
         return True
     record.paused_workers = None
-    if not launches:  # something else started them (a later deploy's unwind): nothing to say but that
+    if not paused.get("started"):  # something else started them (a later deploy's unwind): nothing to say but that
         _note(record, f"its workers {named} run again")
         return True
     _note(record, f"its workers {named} were started again afterwards")
     reporter.warn(
         f"started again the workers {named} of slot {slot} (release {release_id}) that {record.operation} "
-        f"{record.id} stopped for a data restore"
+        f"{record.id} stopped for a data restore: they stayed up {RESTART_SETTLE_SECONDS:g} s"
     )
     return True
 
@@ -140,6 +166,7 @@ def paused_workers_document(records: list[OperationRecord]) -> list[dict[str, An
             **(record.paused_workers or {}),
             "kept_stopped": why_kept_stopped(record),
             "retry_every": f"{RETRY_FIRST_DELAY_SECONDS:.0f} s, doubling up to {RETRY_LONGEST_DELAY_SECONDS:.0f} s",
+            "settle_seconds": f"{RESTART_SETTLE_SECONDS:g} s",
         }
         for record in records
         if record.paused_workers and record.outcome != "running"

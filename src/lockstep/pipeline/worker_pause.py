@@ -17,6 +17,13 @@ a worker exits as it starts, the agent is briefly unreachable), the mark stays, 
 (pipeline/paused_workers_retry.py). In a multi-host deploy the mark names the coordinated
 deploy (`coordinated`): a host killed in its unwind keeps its workers stopped while the
 orchestrator still holds the environment's lock, as the primary may still be restoring the data.
+
+A start counts once the workers stayed up RESTART_SETTLE_SECONDS: the agent's own start check
+(0.3 s) passes a worker that exits a second later (its database still locked), and such a
+restart was taken for done, its mark cleared, and the agent's crash-loop handling was all that
+was left. Staying up is judged as a deploy's watch judges it (pipeline/slot_exits.py): no
+`exited` or `crash-loop` event of the agent since the start, and running, not crash-looped, at
+the end.
 """
 
 from __future__ import annotations
@@ -32,7 +39,11 @@ from lockstep.errors import LockstepError
 from lockstep.fault_injection import kill_point, wait_point
 from lockstep.pipeline.history import OperationRecord
 from lockstep.pipeline.release_launch import ComponentPlan, plan_components
+from lockstep.pipeline.slot_exits import exit_summary
 from lockstep.pipeline.steps import Reporter
+
+# How long restarted workers must stay up before their restart counts (see the module's doc).
+RESTART_SETTLE_SECONDS = 5.0
 
 # Told what is stopped ({"slot", "release_id", "components"}) before the stop, None once restarted.
 Remember = Callable[[dict[str, Any] | None], None]
@@ -90,15 +101,27 @@ class WorkerPause:
             return
         workers = ", ".join(self.stopped)
         try:
+            since = last_event_id(self.agent)
             self.agent.start_components(self.slot, [plan.launch_document() for plan in self._plans])
-        except LockstepError as error:
+            down = wait_until_up(self.agent, self.slot, self.stopped, since)
+        except (LockstepError, KeyError) as error:
             self.reporter.warn(
                 f"THE WORKERS {workers} OF SLOT {self.slot} DID NOT START AGAIN after the data restore: {error}; "
                 "its release runs without them until the agent starts them (it tries again; see `lockstep status`)"
             )
             self._remember(restart_failed(self._paused, str(error)))
             return
-        self.reporter.info(f"started the workers of slot {self.slot} again: {workers}")
+        if down is not None:
+            self.reporter.warn(
+                f"THE WORKERS {workers} OF SLOT {self.slot} DID NOT STAY UP after the data restore: {down}; "
+                "its release runs without them until they do (the agent restarts them, and tries again with a "
+                "back-off; see `lockstep status`)"
+            )
+            self._remember(restart_failed(self._paused, down))
+            return
+        self.reporter.info(
+            f"started the workers of slot {self.slot} again: {workers} (up {RESTART_SETTLE_SECONDS:g} s)"
+        )
         self.stopped = []
         self._remember(None)
 
@@ -108,6 +131,54 @@ class ComponentStarter(Protocol):
     agent's own service (which takes launches, not documents: see `start_launches`)."""
 
     def status(self) -> dict[str, Any]: ...
+
+
+class StartWatcher(ComponentStarter, Protocol):
+    """What telling whether started workers stayed up needs of the agent: its events too."""
+
+    def events(self, since_id: int) -> list[dict[str, Any]]: ...
+
+
+def last_event_id(agent: ComponentStarter) -> int:
+    """The agent's newest event: what `why_down` counts exits from."""
+    return int(agent.status()["last_event_id"])
+
+
+def why_down(agent: StartWatcher, slot: str, components: list[str], since: int) -> str | None:
+    """Why the started `components` of `slot` are not up, else None: one exited (or was given up
+    on) since the agent's event `since`, or is not running now, or is crash-looped."""
+    for event in agent.events(since):
+        component, _, owner = str(event["name"]).partition("@")
+        if owner == slot and component in components and event["kind"] in ("exited", "crash-loop"):
+            return f"{component} exited after it was started: {exit_summary(str(event['detail']))}"
+    processes = {str(process["component"]): process for process in agent.status()["slots"][slot]["processes"]}
+    for component in components:
+        process = processes.get(component)
+        if process is None or not process["running"] or process["crash_looped"]:
+            state = "crash-looped" if process is not None and process["crash_looped"] else "not running"
+            return f"{component} is {state} after it was started"
+    return None
+
+
+def wait_until_up(
+    agent: StartWatcher, slot: str, components: list[str], since: int, seconds: float = RESTART_SETTLE_SECONDS
+) -> str | None:
+    """`why_down` once the started workers had `seconds` to stay up, or as soon as one is down."""
+    deadline = time.monotonic() + seconds
+    while True:
+        down = why_down(agent, slot, components, since)
+        if down is not None or time.monotonic() >= deadline:
+            return down
+        time.sleep(0.2)
+
+
+def components_up(slot_status: dict[str, Any]) -> set[str]:
+    """The slot's components the agent runs (not down, not given up on)."""
+    return {
+        str(process["component"])
+        for process in slot_status.get("processes") or []
+        if process["running"] and not process["crash_looped"]
+    }
 
 
 def resume_paused_workers(
@@ -213,15 +284,16 @@ def launches_not_running(release: dict[str, Any], components: list[str], running
     ]
 
 
-def start_launches(agent: ComponentStarter, slot: str, launches: list[dict[str, Any]]) -> None:
-    """Start the release's own `launches` (as the agent's status lists them) in `slot`."""
+def start_launches(agent: ComponentStarter, slot: str, launches: list[dict[str, Any]], replace: bool = False) -> None:
+    """Start the release's own `launches` (as the agent's status lists them) in `slot`; with
+    `replace`, a process of the same component (down, or given up on) is stopped first."""
     from lockstep.agent.service import AgentService, ComponentLaunch
 
     if isinstance(agent, AgentService):
-        agent.start_components(slot, [ComponentLaunch.from_document(launch) for launch in launches])
+        agent.start_components(slot, [ComponentLaunch.from_document(launch) for launch in launches], replace=replace)
     else:
         assert isinstance(agent, AgentClient)
-        agent.start_components(slot, launches)
+        agent.start_components(slot, launches, replace=replace)
 
 
 def _workers(slot_status: dict[str, Any], config: ProjectConfig) -> list[str]:
