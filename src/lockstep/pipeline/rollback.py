@@ -49,7 +49,7 @@ from lockstep.pipeline.slot_exits import GATE_WINDOW, PRE_SWITCH_CHECK_STEP, Slo
 from lockstep.pipeline.snapshot import RELEASE_TAG_PREFIX, is_of_project, load_manifest
 from lockstep.pipeline.steps import Reporter, StepFailed, StepRunner, bind_context
 from lockstep.pipeline.traffic_hold import TrafficHold
-from lockstep.pipeline.worker_pause import restart_failed
+from lockstep.pipeline.worker_pause import last_event_id, restart_failed, wait_until_up
 from lockstep.repository.documents import DocumentStore
 from lockstep.wording import counted
 
@@ -664,10 +664,15 @@ class Rollback:
                     self._keep_workers_stopped(kept)
                     raise UsageError(kept)
                 try:
+                    since = last_event_id(self.agent)
                     self.agent.start_components(slot, [plan.launch_document() for plan in plans])
+                    down = wait_until_up(self.agent, slot, workers, since)
                 except LockstepError as error:
                     self._note_restart_failed(str(error))  # the agent's watch tries again
                     raise
+                if down is not None:  # started, but exited: the agent restarts them, its watch tries again
+                    self._note_restart_failed(down)
+                    raise UsageError(f"{', '.join(workers)} did not stay up after their start: {down}")
                 self._forget_paused_workers()
 
             self.steps.on_undo("stop workers", restart)
