@@ -421,3 +421,42 @@ def test_a_data_rollback_of_workers_only_failing_on_the_primary_puts_back_the_da
     assert MIGRATION_ROW in workers.notes()
     assert workers.query("SELECT max(version) FROM schema_migrations") == [("003",)]
     assert {host: workers.jobs("1.0.0", host) for host in HOSTS} == older_jobs
+
+
+def test_a_host_whose_newer_workers_do_not_start_again_after_a_failed_data_rollback_says_so(
+    make_workers_fleet: FleetMaker,
+) -> None:
+    """A live rollback --with-data that unwinds (the primary's older worker dies in its health
+    gate, as above) and on the second host the newer release's worker, stopped for the restore,
+    does not start again (it exits at once). The orchestrator's report names that host's stopped
+    workers and says its agent tries again; that host's `status --json` has `paused_workers`."""
+    workers = make_workers_fleet()
+    first, second = _deploy_two_releases(workers)
+    primary, other = workers.hosts
+    older = EnvironmentLayout(primary.directory / ".lockstep" / "state" / "test", "test")
+    (older.release_directory(first["id"]) / "jobs.py").write_text("import time\ntime.sleep(1)\nraise SystemExit(1)\n")
+    newer = EnvironmentLayout(other.directory / ".lockstep" / "state" / "test", "test")
+    (newer.release_directory(second["id"]) / "jobs.py").write_text("raise SystemExit('jobs: refuses to start')\n")
+
+    rolled = workers.fleet.lockstep("rollback", "--with-data", "--yes", "--json")
+
+    assert rolled.returncode == 1, rolled.stderr + rolled.stdout
+    document = json.loads(rolled.stdout)
+    name = workers.names()[1]
+    assert f"{name}: ITS WORKERS worker OF SLOT green ARE STOPPED: they did not start again" in document["error"]
+    assert "its agent tries again" in document["error"], document["error"]
+    summary = {host["name"]: host for host in document["hosts"]}
+    assert summary[name]["paused_workers"]["components"] == ["worker"], summary
+    assert summary[workers.names()[0]]["paused_workers"] is None, summary
+    # That host says so too, and its agent tries again (and fails: the worker still refuses).
+    (paused,) = other.status()["paused_workers"]
+    assert (paused["slot"], paused["release_id"], paused["components"]) == ("green", second["id"], ["worker"])
+    assert "jobs: refuses to start" in paused["restart_failed"], paused
+    assert paused["kept_stopped"] is None, paused
+    deadline = time.monotonic() + 30
+    while not (mark := other.history()[-1]["paused_workers"]).get("attempts"):
+        assert time.monotonic() < deadline, mark
+        time.sleep(0.3)
+    # The primary's newer worker runs again, on the data as it was before the rollback.
+    assert [item["release"] for item in _running(primary.status(), "green")] == [second["id"]]
+    assert workers.fleet.history()[-1]["outcome"] == "failed"

@@ -165,6 +165,27 @@ class HostRun:
                 return self.steps.current
         return (self.result or self.record_asked_again or {}).get("failed_step")
 
+    def paused_workers(self) -> dict[str, Any] | None:
+        """The workers its data restore stopped that did not start again (its record's mark)."""
+        mark = (self.result or self.record_asked_again or {}).get("paused_workers")
+        return dict(mark) if isinstance(mark, dict) and mark.get("restart_failed") else None
+
+    def workers_left_stopped(self) -> str | None:
+        """What the orchestrator's report says of them: they are stopped, and its agent retries
+        (pipeline/paused_workers_retry.py), unless the host keeps them stopped on purpose."""
+        mark = self.paused_workers()
+        if mark is None:
+            return None
+        named = ", ".join(str(name) for name in mark.get("components") or [])
+        stopped = f"{self.name}: ITS WORKERS {named} OF SLOT {mark.get('slot')} ARE STOPPED"
+        if mark.get("kept_stopped"):
+            return f"{stopped}, on purpose: {mark['kept_stopped']}"
+        why = str(mark["restart_failed"]).splitlines()[0]
+        return (
+            f"{stopped}: they did not start again after the data restore ({why}); its agent tries again, "
+            "backing off (`lockstep status` there)"
+        )
+
     def summary(self) -> dict[str, Any]:
         result = self.result or self.record_asked_again or {}
         return {
@@ -180,6 +201,7 @@ class HostRun:
             "failed_step": self.failed_step(),
             "detail": self.failure() if self.culprit or self.lost is not None else None,
             "undo": self.undo.to_document() if self.undo is not None else None,
+            "paused_workers": self.paused_workers(),
         }
 
 
@@ -561,6 +583,9 @@ class HostFanOut:
             )
         if self.data_kept is not None:
             reason += f"; {self.data_kept}"
+        for run in self.runs:  # a host whose workers, stopped for the data restore, did not start again
+            if (stopped := run.workers_left_stopped()) is not None:
+                reason += f"; {stopped}"
         reason = self.redactor.redact(reason)
         record.failed_step = getattr(error, "step", None) or self.steps.interrupted_step()
         record.reason = reason
