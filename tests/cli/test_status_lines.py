@@ -94,3 +94,14 @@ def test_workers_held_for_a_coordinated_deploy_say_what_they_wait_for() -> None:
 def test_workers_kept_stopped_on_purpose_point_at_the_last_operation() -> None:
     line = describe_stopped("blue", ["jobs"], [_paused(kept_stopped="the data could not be put back")])
     assert "the last operation below says why" in line and "tries again" not in line
+
+
+def test_workers_that_do_not_stay_up_say_so_and_when_the_agent_judges_them() -> None:
+    """A worker that exits a second after its restart is not "STOPPED" (the agent has it), yet
+    not up: the line says so, why, and that the agent counts it as running once it stays up."""
+    mark = _paused(restart_failed="jobs exited after it was started: exited with code 1", attempts=1)
+    line = describe_stopped("blue", ["jobs"], [mark], "NOT STAYING UP")
+    assert line.startswith("  NOT STAYING UP in slot blue: jobs — its release runs without them; "), line
+    assert "starting them again failed (jobs exited after it was started: exited with code 1, 1 retry failed)" in line
+    settling = describe_stopped("blue", ["jobs"], [{**mark, "settle_until": 1.0, "settle_seconds": "5 s"}])
+    assert "the agent tries again now: it started them, and counts them as running once they stayed up 5 s" in settling
