@@ -38,6 +38,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
+from lockstep.databases.create_table_sql import (
+    Token,
+    column_list_items,
+    cut,
+    is_table_foreign_key,
+    item_with_its_comma,
+    tokenize,
+)
 from lockstep.errors import SourceError
 
 # The most read as one piece: a row of a large blob is a line of gigabytes, and only the start
@@ -209,31 +217,13 @@ def _backquoted(text: str) -> str | None:
     return inner.replace("``", "`")
 
 
-@dataclass(frozen=True)
-class _Token:
-    text: str
-    start: int
-    end: int
-
-    @property
-    def word(self) -> str:
-        return self.text.upper()
-
-    @property
-    def name(self) -> str:
-        if self.text[:1] == "`" and len(self.text) > 1:
-            return self.text[1:-1].replace("``", "`")
-        return self.text
-
-
-def _tokens(sql: str) -> list[_Token]:
-    found = []
-    for match in _TOKEN.finditer(sql):
-        text = match.group()
-        if text.isspace() or text.startswith(("--", "#")) or (text.startswith("/*") and not text.startswith("/*!")):
-            continue
-        found.append(_Token(text, match.start(), match.end()))
-    return found
+def _tokens(sql: str) -> list[Token]:
+    """MySQL's tokens without its comments; a /*!NNNNN ... */ comment is code MySQL runs, and stays."""
+    return [
+        token
+        for token in tokenize(sql, _TOKEN, ("--", "#"))
+        if not (token.text.startswith("/*") and not token.text.startswith("/*!"))
+    ]
 
 
 def _without_foreign_keys(statement: bytes, table: str, selection: Selection) -> bytes:
@@ -246,29 +236,15 @@ def without_foreign_keys(sql: str, table: str, kept: set[str]) -> tuple[str, lis
     """`sql` (CREATE TABLE `table` as SHOW CREATE TABLE writes it) without its foreign keys to
     tables of the same database not in `kept`, and one sentence for each key cut out."""
     tokens = _tokens(sql)
-    opening = next((index for index, token in enumerate(tokens) if token.text == "("), None)
+    opening, items = column_list_items(tokens)
     if opening is None:
         return sql, []
-    items: list[tuple[int, int]] = []
-    depth, start = 0, opening + 1
-    for index in range(opening + 1, len(tokens)):
-        text = tokens[index].text
-        if text == "(":
-            depth += 1
-        elif text == ")" and depth > 0:
-            depth -= 1
-        elif text in (",", ")") and depth == 0:
-            items.append((start, index - 1))
-            start = index + 1
-            if text == ")":
-                break
     cuts: list[tuple[int, int]] = []
     left_out: list[str] = []
     for number, (first, last) in enumerate(items):
-        words = [token.word for token in tokens[first : last + 1]]
-        named = len(words) > 2 and words[0] == "CONSTRAINT" and words[2] == "FOREIGN"
-        if not (named or words[:1] == ["FOREIGN"]):
+        if not is_table_foreign_key(tokens, first, last):
             continue
+        named = tokens[first].word == "CONSTRAINT"
         references = next((index for index in range(first, last) if tokens[index].word == "REFERENCES"), None)
         if references is None or references + 1 > last:
             continue
@@ -279,9 +255,5 @@ def without_foreign_keys(sql: str, table: str, kept: set[str]) -> tuple[str, lis
             continue
         constraint = f" {tokens[first + 1].name}" if named else ""
         left_out.append(f"foreign key{constraint} of {table} (references {target}, not restored)")
-        # The item and the comma before it (columns come first, so an item with a key never is).
-        previous_end = tokens[items[number - 1][1]].end if number else tokens[opening].end
-        cuts.append((previous_end, tokens[last].end))
-    for start_at, end_at in sorted(cuts, reverse=True):
-        sql = sql[:start_at] + sql[end_at:]
-    return sql, left_out
+        cuts.append(item_with_its_comma(tokens, opening, items, number))
+    return cut(sql, cuts), left_out

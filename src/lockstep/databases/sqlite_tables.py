@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from dataclasses import dataclass
+
+from lockstep.databases.create_table_sql import (
+    Token,
+    column_list_items,
+    cut,
+    is_table_foreign_key,
+    item_with_its_comma,
+    tokenize,
+)
 
 # SQLite's tokens, enough to find the clauses of a CREATE TABLE statement: quoted strings and
 # names, comments, words, and single characters.
@@ -23,35 +31,8 @@ _TOKEN = re.compile(
 _ACTIONS = {"SET", "NULL", "DEFAULT", "CASCADE", "RESTRICT", "NO", "ACTION"}
 
 
-@dataclass(frozen=True)
-class _Token:
-    text: str
-    start: int
-    end: int
-
-    @property
-    def word(self) -> str:
-        return self.text.upper()
-
-    @property
-    def name(self) -> str:
-        """The token as an identifier, without its quotes."""
-        text = self.text
-        if text[:1] in '"`' and len(text) > 1:
-            return text[1:-1].replace(text[0] * 2, text[0])
-        if text[:1] == "[":
-            return text[1:-1]
-        return text
-
-
-def _tokens(sql: str) -> list[_Token]:
-    found = []
-    for match in _TOKEN.finditer(sql):
-        text = match.group()
-        if text.isspace() or text.startswith("--") or text.startswith("/*"):
-            continue
-        found.append(_Token(text, match.start(), match.end()))
-    return found
+def _tokens(sql: str) -> list[Token]:
+    return tokenize(sql, _TOKEN, ("--", "/*"))
 
 
 def without_foreign_keys(sql: str, kept: set[str]) -> tuple[str, list[str]]:
@@ -59,36 +40,17 @@ def without_foreign_keys(sql: str, kept: set[str]) -> tuple[str, list[str]]:
     compared without case, as SQLite does), and the tables those keys referenced."""
     tokens = _tokens(sql)
     kept_lower = {name.lower() for name in kept}
-    opening = next((index for index, token in enumerate(tokens) if token.text == "("), None)
+    opening, items = column_list_items(tokens)
     if opening is None:
         return sql, []  # CREATE TABLE ... AS SELECT: no constraints at all
-    # The items of the column list: (first token index, last token index), split at commas
-    # outside parentheses.
-    items: list[tuple[int, int]] = []
-    depth, start = 0, opening + 1
-    for index in range(opening + 1, len(tokens)):
-        text = tokens[index].text
-        if text == "(":
-            depth += 1
-        elif text == ")" and depth > 0:
-            depth -= 1
-        elif (text == "," and depth == 0) or (text == ")" and depth == 0):
-            items.append((start, index - 1))
-            start = index + 1
-            if text == ")":
-                break
     cuts: list[tuple[int, int]] = []  # character spans to remove
     referenced: list[str] = []
     for number, (first, last) in enumerate(items):
-        words = [token.word for token in tokens[first : last + 1]]
-        table_key = words[:1] == ["FOREIGN"] or (len(words) > 2 and words[0] == "CONSTRAINT" and words[2] == "FOREIGN")
-        if table_key:
+        if is_table_foreign_key(tokens, first, last):
             target = _referenced(tokens, first, last)
             if target is not None and target.lower() not in kept_lower:
                 referenced.append(target)
-                # The item and the comma before it (an item is never first: columns come first).
-                previous_end = tokens[items[number - 1][1]].end if number else tokens[opening].end
-                cuts.append((previous_end, tokens[last].end))
+                cuts.append(item_with_its_comma(tokens, opening, items, number))
             continue
         index = first
         while index <= last:
@@ -104,19 +66,17 @@ def without_foreign_keys(sql: str, kept: set[str]) -> tuple[str, list[str]]:
                 index = end + 1
             else:
                 index += 1
-    for start_at, end_at in sorted(cuts, reverse=True):
-        sql = sql[:start_at] + sql[end_at:]
-    return sql, referenced
+    return cut(sql, cuts), referenced
 
 
-def _referenced(tokens: list[_Token], first: int, last: int) -> str | None:
+def _referenced(tokens: list[Token], first: int, last: int) -> str | None:
     for index in range(first, last):
         if tokens[index].word == "REFERENCES":
             return tokens[index + 1].name
     return None
 
 
-def _clause_end(tokens: list[_Token], references: int, last: int) -> int:
+def _clause_end(tokens: list[Token], references: int, last: int) -> int:
     """The last token of the foreign-key clause that starts at REFERENCES."""
     index = references + 1  # the table
     if index + 1 <= last and tokens[index + 1].text == "(":
