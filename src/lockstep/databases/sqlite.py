@@ -200,11 +200,7 @@ class SqliteAdapter:
         try:
             _keep_mode_and_owner(descriptor, path)
             with os.fdopen(descriptor, "wb") as output:
-                if isinstance(source, Path):
-                    with source.open("rb") as stream:
-                        _copy(stream, output)
-                else:
-                    _copy(source, output)
+                _copy_source(source, output)
                 output.flush()
                 os.fsync(output.fileno())
             _check_copy(staged)
@@ -238,11 +234,7 @@ class SqliteAdapter:
         staged = Path(staged_name)
         try:
             with os.fdopen(descriptor, "wb") as output:
-                if isinstance(source, Path):
-                    with source.open("rb") as stream:
-                        _copy(stream, output)
-                else:
-                    _copy(source, output)
+                _copy_source(source, output)
             _check_copy(dump)
             _keep_mode_and_owner(descriptor_staged, path)
             os.close(descriptor_staged)
@@ -389,6 +381,15 @@ def _read_schema(connection: sqlite3.Connection, wait: _LockWait) -> None:
 
 def _primary_code(error: sqlite3.Error) -> int:
     return int(getattr(error, "sqlite_errorcode", 0) or 0) & 0xFF
+
+
+def _copy_source(source: IO[bytes] | Path, output: IO[bytes]) -> None:
+    """_copy from a stream, or from a dump that is already a file."""
+    if isinstance(source, Path):
+        with source.open("rb") as stream:
+            _copy(stream, output)
+    else:
+        _copy(source, output)
 
 
 def _copy(source: IO[bytes], output: IO[bytes]) -> None:
