@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lockstep.notify.config import NotificationsConfig
+from lockstep.notify.dispatcher import Notifier
 from lockstep.notify.events import Event
 
 
@@ -194,3 +196,19 @@ class Warnings:
         assert wait_until(lambda: len(self.lines) >= count, timeout), f"expected {count} warnings, got {self.lines}"
         with self._lock:
             return list(self.lines)
+
+
+def make_notifier(
+    directory: Path,
+    channels: list[dict[str, Any]],
+    environ: dict[str, str],
+    warnings: Warnings,
+    project: str | None = None,
+    environment: str = "production",
+    **settings: Any,
+) -> Notifier:
+    """A Notifier for `channels` with short retry delays, warning into `warnings`."""
+    config = NotificationsConfig.model_validate(
+        {"channels": channels, "timeout_seconds": 5, "retry_delay_seconds": 0.05, **settings}
+    )
+    return Notifier(config, directory, environment, warn=warnings, environ=environ, project=project)

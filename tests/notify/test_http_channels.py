@@ -8,13 +8,10 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from lockstep.notify.config import NotificationsConfig
-from lockstep.notify.dispatcher import Notifier
-from tests.notify import RecordingServer, Warnings, free_port, sample_event, wait_until
+from tests.notify import RecordingServer, Warnings, free_port, make_notifier, sample_event, wait_until
 
 SLACK_URL_SECRET = "T0001/B0002/slacktokenXYZ987"
 HMAC_KEY = "hmac-key-that-must-stay-hidden"
@@ -29,19 +26,6 @@ def server() -> Iterator[RecordingServer]:
         yield recording
     finally:
         recording.stop()
-
-
-def make_notifier(
-    tmp_path: Path,
-    channels: list[dict[str, Any]],
-    environ: dict[str, str],
-    warnings: Warnings,
-    **settings: Any,
-) -> Notifier:
-    config = NotificationsConfig.model_validate(
-        {"channels": channels, "timeout_seconds": 5, "retry_delay_seconds": 0.05, **settings}
-    )
-    return Notifier(config, tmp_path, "production", warn=warnings, environ=environ)
 
 
 def test_slack_receives_text_and_blocks(tmp_path: Path, server: RecordingServer) -> None:

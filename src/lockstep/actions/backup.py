@@ -140,6 +140,7 @@ def _notifier(directory: Path, config: ProjectConfig, environment: str, warn: Wa
         redactor=teach_project_secrets(config),
         warn=lambda line: warn(line.removeprefix("warning: ")),
         stdout=lambda: sys.stderr,  # stdout is the one-line report
+        project=config.project,
     )
 
 

@@ -125,6 +125,7 @@ class Scheduler:
             context.environment,
             redactor=self.redactor,
             warn=lambda line: warn(line.removeprefix("warning: ")),
+            project=context.config.project,
         )
         self.runners: Mapping[str, JobRunner] = runners or _real_runners(context, warn)
         self.schedules = [

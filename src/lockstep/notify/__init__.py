@@ -52,6 +52,12 @@ class ChannelSetup:
     environ: Mapping[str, str]
     redactor: Redactor
     stdout: Callable[[], TextIO]
+    project: str | None = None
+
+    @property
+    def project_name(self) -> str:
+        """The project's name (lockstep.toml's `project`), else its directory's, as snapshots are named."""
+        return self.project or self.base_directory.name or "project"
 
     def resolve(self, path: Path) -> Path:
         """`path` relative to the directory of lockstep.toml, unless it is absolute already."""

@@ -129,7 +129,8 @@ class Notifier:
     `base_directory` anchors relative paths (event-log path, password_file, ca_file); `environment`
     fills in events that name none. Channels read their secrets from `environ` when the Notifier is
     built and register them with `redactor` (by default one that knows the secret-named variables
-    of `environ`). Warnings go to `warn`, one line each, default stderr.
+    of `environ`). Warnings go to `warn`, one line each, default stderr. `project` names the
+    project in what channels send (PagerDuty's incident key); default: `base_directory`'s name.
     """
 
     def __init__(
@@ -142,6 +143,7 @@ class Notifier:
         warn: Callable[[str], None] | None = None,
         environ: Mapping[str, str] | None = None,
         stdout: Callable[[], TextIO] | None = None,
+        project: str | None = None,
     ) -> None:
         self.config = config
         self.environment = environment
@@ -156,6 +158,7 @@ class Notifier:
             environ=environ,
             redactor=self.redactor,
             stdout=stdout if stdout is not None else (lambda: sys.stdout),
+            project=project,
         )
         self._workers: list[_Worker] = []
         for index, channel_config in enumerate(config.channels):

@@ -47,6 +47,7 @@ def notifier_for(context: EnvironmentContext, reporter: Reporter) -> Notifier:
         redactor=secrets_redactor(context),
         warn=reporter.warn,
         stdout=lambda: sys.stderr,  # stdout belongs to --json
+        project=context.config.project,
     )
 
 
