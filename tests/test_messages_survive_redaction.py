@@ -69,3 +69,17 @@ def test_config_errors_about_passwords_keep_their_advice(tmp_path: Path) -> None
     completed = run_lockstep(["snapshot", "list"], cwd=tmp_path, env={"LOCKSTEP_PASSWORD": "x"})
     assert completed.returncode == ExitCode.USAGE, completed.err
     assert "add password_env or password_file" in completed.err
+
+
+def test_a_pagerduty_channel_without_its_routing_key_says_how_to_give_it(tmp_path: Path) -> None:
+    """Through the real CLI: the error names the channel, secret_env and the line to write, whole
+    (a message about a "key" must not lose its advice to the redactor), and exits 2 before any work."""
+    (tmp_path / "lockstep.toml").write_text(
+        '[repository]\nurl = "repository"\n\n[[notifications.channels]]\nkind = "pagerduty"\n', encoding="utf-8"
+    )
+    completed = run_lockstep(["snapshot", "list"], cwd=tmp_path, env={"LOCKSTEP_PASSWORD": "x"})
+    assert completed.returncode == ExitCode.USAGE, completed.err
+    assert "notifications.channels.0" in completed.err
+    assert "a pagerduty channel needs secret_env" in completed.err
+    assert 'write secret_env = "PAGERDUTY_ROUTING_KEY"' in completed.err
+    assert "***" not in completed.err

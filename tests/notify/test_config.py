@@ -43,6 +43,8 @@ def test_one_channel_of_every_kind_loads() -> None:
                 {"kind": "healthchecks", "url": "https://hc-ping.com/0f6e1c4a"},
                 {"kind": "github-actions"},
                 {"kind": "event-log", "path": ".lockstep/events.jsonl"},
+                {"kind": "ntfy", "url": "https://ntfy.sh/shop-alerts-3f9c", "secret_env": "NTFY_TOKEN"},
+                {"kind": "pagerduty", "secret_env": "PAGERDUTY_ROUTING_KEY"},
             ]
         }
     )
@@ -56,10 +58,10 @@ def test_one_channel_of_every_kind_loads() -> None:
 
 
 def test_unknown_kind_is_refused_naming_the_key() -> None:
-    """kind = "pagerduty" fails at channels.0.kind and lists the kinds that exist."""
-    text = error_text({"channels": [{"kind": "pagerduty"}]})
+    """kind = "opsgenie" fails at channels.0.kind and lists the kinds that exist."""
+    text = error_text({"channels": [{"kind": "opsgenie"}]})
     assert "channels.0.kind" in text
-    assert "slack" in text and "event-log" in text
+    assert "slack" in text and "event-log" in text and "pagerduty" in text
 
 
 @pytest.mark.parametrize(
@@ -71,6 +73,9 @@ def test_unknown_kind_is_refused_naming_the_key() -> None:
         ({"kind": "webhook", "url": "https://h.example.com", "hmac_key": "s3cr3t-value"}, "hmac_key", "secret_env"),
         ({"kind": "email", "host": "smtp.example.com", "password": "hunter22"}, "password", "password_env"),
         ({"kind": "webhook", "url": "https://h.example.com", "token": "abc123456"}, "token", "url_env"),
+        ({"kind": "pagerduty", "routing_key": "R0uting0Key0of0the0integration99"}, "routing_key", "secret_env"),
+        ({"kind": "pagerduty", "integration_key": "R0uting0Key0of0the0integration99"}, "integration_key", "secret_env"),
+        ({"kind": "ntfy", "url": "https://ntfy.sh/t", "access_token": "tk_abcdef0123"}, "access_token", "secret_env"),
     ],
 )
 def test_inline_secret_is_refused_with_the_key_to_use(channel: dict[str, Any], key: str, instead: str) -> None:
@@ -124,6 +129,10 @@ def test_unknown_key_is_refused() -> None:
         ({"kind": "webhook"}, "exactly one of url and url_env"),
         ({"kind": "healthchecks", "url": "https://hc-ping.com/x", "url_env": "HC_URL"}, "exactly one of url"),
         ({"kind": "event-log"}, "needs path"),
+        ({"kind": "ntfy"}, "exactly one of url and url_env"),
+        ({"kind": "ntfy", "url": "https://ntfy.sh/"}, "url names no ntfy topic: append the topic"),
+        ({"kind": "ntfy", "url": "https://ntfy.sh/t", "host": "x"}, "host: not a setting of a ntfy channel"),
+        ({"kind": "pagerduty", "secret_env": "PD_KEY", "url_env": "PD_URL"}, "url_env: not a setting of a pagerduty"),
         ({"kind": "email", "host": "smtp.example.com"}, "needs sender, recipients"),
         (
             {"kind": "email", "host": "h", "sender": "a@b", "recipients": ["c@d"], "password_env": "P"},
@@ -188,3 +197,21 @@ def test_resolved_anchors_relative_paths(tmp_path: Path) -> None:
     assert config.channels[0].path == tmp_path / "logs/events.jsonl"
     assert config.channels[1].password_file == tmp_path / "secrets/smtp"
     assert config.channels[1].ca_file == Path("/etc/ssl/ca.pem")
+
+
+def test_pagerduty_without_secret_env_names_the_key_and_the_fix() -> None:
+    """The routing key is the one thing a pagerduty channel cannot do without: the error names
+    secret_env, says what the variable must hold and shows the line to write."""
+    text = error_text({"channels": [{"kind": "pagerduty", "url": "https://events.eu.pagerduty.com/v2/enqueue"}]})
+    assert "channels.0" in text
+    assert "a pagerduty channel needs secret_env" in text
+    assert "routing key (the Integration Key of the service's Events API v2 integration)" in text
+    assert 'secret_env = "PAGERDUTY_ROUTING_KEY"' in text
+
+
+def test_pagerduty_secret_env_must_name_a_variable_not_hold_the_key() -> None:
+    """Pasting the routing key itself into secret_env is refused, so the key stays out of the file's
+    meaning too (it is still in the file: the message says to move it)."""
+    text = error_text({"channels": [{"kind": "pagerduty", "secret_env": "R0uting-Key.of/the+integration"}]})
+    assert "channels.0.secret_env" in text
+    assert "NAME of an environment variable" in text

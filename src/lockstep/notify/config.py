@@ -20,8 +20,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from lockstep.notify.events import EVENT_KINDS
 
-ChannelKind = Literal["slack", "webhook", "email", "healthchecks", "github-actions", "event-log"]
-CHANNEL_KINDS: tuple[ChannelKind, ...] = ("slack", "webhook", "email", "healthchecks", "github-actions", "event-log")
+ChannelKind = Literal["slack", "webhook", "email", "healthchecks", "github-actions", "event-log", "ntfy", "pagerduty"]
+CHANNEL_KINDS: tuple[ChannelKind, ...] = (
+    "slack",
+    "webhook",
+    "email",
+    "healthchecks",
+    "github-actions",
+    "event-log",
+    "ntfy",
+    "pagerduty",
+)
 
 _ENVIRONMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SECRET_QUERY_NAMES = re.compile(
@@ -38,6 +47,8 @@ _SETTINGS: dict[str, frozenset[str]] = {
     "healthchecks": frozenset({"url", "url_env"}),
     "github-actions": frozenset(),
     "event-log": frozenset({"path"}),
+    "ntfy": frozenset({"url", "url_env", "secret_env"}),
+    "pagerduty": frozenset({"url", "secret_env"}),
 }
 _COMMON = frozenset({"kind", "name", "events"})
 
@@ -51,6 +62,9 @@ _INLINE_SECRETS: dict[str, str] = {
     "signing_secret": "secret_env (the name of an environment variable that holds it)",
     "token": "url_env or secret_env (the name of an environment variable that holds it)",
     "webhook_url": "url_env (the name of an environment variable that holds the URL)",
+    "access_token": "secret_env (the name of an environment variable that holds it)",
+    "routing_key": "secret_env (the name of an environment variable that holds it)",
+    "integration_key": "secret_env (the name of an environment variable that holds it)",
 }
 
 
@@ -93,8 +107,9 @@ class ChannelConfig(_Section):
         description=(
             'Where the notification goes: "slack" (incoming webhook), "webhook" (JSON POST, optionally '
             'HMAC-signed), "email" (SMTP with STARTTLS), "healthchecks" (ping URLs: /start, success, /fail), '
-            '"github-actions" (annotations and the step summary when GITHUB_ACTIONS=true) or '
-            '"event-log" (a local JSON-lines file).'
+            '"github-actions" (annotations and the step summary when GITHUB_ACTIONS=true), '
+            '"event-log" (a local JSON-lines file), "ntfy" (a push notification to an ntfy topic) or '
+            '"pagerduty" (PagerDuty Events API v2: failures open an incident, the next success resolves it).'
         ),
         examples=["slack"],
     )
@@ -115,15 +130,18 @@ class ChannelConfig(_Section):
     url: str | None = Field(
         default=None,
         description=(
-            "webhook, healthchecks: the URL to POST to or ping. It must not contain credentials; "
-            "a URL that does belongs in an environment variable named by url_env."
+            "webhook, healthchecks, ntfy: the URL to POST to or ping (for ntfy the topic URL, "
+            "https://ntfy.sh/TOPIC or a topic on your own server). pagerduty: the Events API v2 endpoint, "
+            "default https://events.pagerduty.com/v2/enqueue (https://events.eu.pagerduty.com/v2/enqueue for "
+            "an EU account). It must not contain credentials; a URL that does belongs in an environment "
+            "variable named by url_env."
         ),
         examples=["https://hc-ping.com/your-uuid"],
     )
     url_env: str | None = Field(
         default=None,
         description=(
-            "slack (required), webhook, healthchecks: name of the environment variable holding the URL "
+            "slack (required), webhook, healthchecks, ntfy: name of the environment variable holding the URL "
             "(a Slack incoming-webhook URL contains its token, so it never goes in this file)."
         ),
         examples=["SLACK_WEBHOOK_URL"],
@@ -135,7 +153,10 @@ class ChannelConfig(_Section):
             "X-Lockstep-Signature: sha256=HEX, the HMAC-SHA256 of the body. To verify, compute "
             "hmac.new(key, raw_body, sha256).hexdigest() over the request body exactly as received (before "
             "parsing the JSON), prefix sha256= and compare with hmac.compare_digest; X-Lockstep-Delivery is "
-            "the same on every retry of one event, so a receiver can drop duplicates. Redirects are not followed."
+            "the same on every retry of one event, so a receiver can drop duplicates. Redirects are not followed. "
+            "ntfy: name of the environment variable holding an access token (tk_...) for a protected topic, sent "
+            "as Authorization: Bearer. pagerduty (required): name of the environment variable holding the "
+            "routing key, the Integration Key of the service's Events API v2 integration."
         ),
         examples=["LOCKSTEP_WEBHOOK_SECRET"],
     )
@@ -240,8 +261,16 @@ class ChannelConfig(_Section):
             raise ValueError(f"{', '.join(foreign)}: not a setting of a {self.kind} channel (it takes {usable})")
         if self.kind == "slack" and self.url_env is None:
             raise ValueError("a slack channel needs url_env: the name of the variable holding the webhook URL")
-        if self.kind in ("webhook", "healthchecks") and (self.url is None) == (self.url_env is None):
+        if self.kind in ("webhook", "healthchecks", "ntfy") and (self.url is None) == (self.url_env is None):
             raise ValueError(f"a {self.kind} channel needs exactly one of url and url_env")
+        if self.kind == "ntfy" and self.url is not None and not urlsplit(self.url).path.strip("/"):
+            raise ValueError("url names no ntfy topic: append the topic, e.g. https://ntfy.sh/TOPIC")
+        if self.kind == "pagerduty" and self.secret_env is None:
+            raise ValueError(
+                "a pagerduty channel needs secret_env: the NAME of the environment variable holding the "
+                "routing key (the Integration Key of the service's Events API v2 integration); set the key in "
+                'that variable and write secret_env = "PAGERDUTY_ROUTING_KEY" (the key never goes in this file)'
+            )
         if self.kind == "email":
             self._check_email()
         if self.kind == "event-log" and self.path is None:

@@ -34,6 +34,8 @@ MODULES: dict[str, str] = {
     "healthchecks": "healthchecks",
     "github-actions": "github_actions",
     "event-log": "event_log",
+    "ntfy": "ntfy",
+    "pagerduty": "pagerduty",
 }
 
 _STOP = object()
