@@ -17,6 +17,8 @@ SLACK_URL_SECRET = "T0001/B0002/slacktokenXYZ987"
 HMAC_KEY = "hmac-key-that-must-stay-hidden"
 DATABASE_PASSWORD = "pg-password-hunter2"
 API_TOKEN = "tok_live_5566778899"
+NTFY_TOKEN = "tk_ntfy0access0token0never0shown"
+ROUTING_KEY = "R0uting0Key0of0the0integration99"
 
 
 @pytest.fixture
@@ -136,18 +138,24 @@ def test_event_filter_sends_only_matching_kinds(tmp_path: Path, server: Recordin
 
 
 def test_secrets_in_event_details_never_reach_any_server(tmp_path: Path, server: RecordingServer) -> None:
-    """Known secrets and secret-shaped text in an event are redacted in every payload the servers receive."""
+    """Known secrets and secret-shaped text in an event are redacted in every payload the servers
+    receive; the ntfy token and the PagerDuty routing key travel only where they belong (the
+    Authorization header, the routing_key field), never in the text taken from the event."""
     warnings = Warnings()
     environ = {
         "SLACK_WEBHOOK_URL": f"{server.url}/slack/{SLACK_URL_SECRET}",
         "LOCKSTEP_WEBHOOK_SECRET": HMAC_KEY,
         "SHOP_DATABASE_PASSWORD": DATABASE_PASSWORD,
         "GITHUB_TOKEN": API_TOKEN,
+        "NTFY_ACCESS": NTFY_TOKEN,  # names that do not look secret: only secret_env makes them known
+        "PD_INTEGRATION": ROUTING_KEY,
     }
     channels = [
         {"kind": "slack", "url_env": "SLACK_WEBHOOK_URL"},
         {"kind": "webhook", "url": server.url + "/hook", "secret_env": "LOCKSTEP_WEBHOOK_SECRET"},
         {"kind": "healthchecks", "url": server.url + "/ping/uuid"},
+        {"kind": "ntfy", "url": server.url + "/ntfy-topic", "secret_env": "NTFY_ACCESS"},
+        {"kind": "pagerduty", "url": server.url + "/v2/enqueue", "secret_env": "PD_INTEGRATION"},
     ]
     notifier = make_notifier(tmp_path, channels, environ, warnings)
     event = sample_event(
@@ -156,6 +164,7 @@ def test_secrets_in_event_details_never_reach_any_server(tmp_path: Path, server:
         hook_output=f"curl -H 'Authorization: Bearer {API_TOKEN}' https://api\nSLACK={SLACK_URL_SECRET}",
         signing_key=HMAC_KEY,
         nested={"items": [f"LOCKSTEP_PASSWORD=repo-pass-{DATABASE_PASSWORD}", f"secret is {HMAC_KEY}"]},
+        publish_output=f"ntfy publish --token {NTFY_TOKEN}; pd-send -k {ROUTING_KEY}",
     )
     event = type(event)(
         kind=event.kind,
@@ -167,12 +176,18 @@ def test_secrets_in_event_details_never_reach_any_server(tmp_path: Path, server:
     )
     notifier.notify(event)
     notifier.close()
-    requests = server.wait_for(3)
+    requests = server.wait_for(5)
+    by_path = {request.path: request for request in requests}
+    ntfy_request = by_path["/ntfy-topic"]
+    assert ntfy_request.headers.pop("authorization") == f"Bearer {NTFY_TOKEN}"
+    pagerduty_event = json.loads(by_path["/v2/enqueue"].body)
+    assert pagerduty_event.pop("routing_key") == ROUTING_KEY
     for request in requests:
-        payload = request.body.decode("utf-8") + json.dumps(request.headers)
-        for secret in (DATABASE_PASSWORD, API_TOKEN, HMAC_KEY, SLACK_URL_SECRET, "repo-pass"):
+        body = json.dumps(pagerduty_event) if request.path == "/v2/enqueue" else request.body.decode("utf-8")
+        payload = body + json.dumps(request.headers)
+        for secret in (DATABASE_PASSWORD, API_TOKEN, HMAC_KEY, SLACK_URL_SECRET, "repo-pass", NTFY_TOKEN, ROUTING_KEY):
             assert secret not in payload, f"{secret!r} reached {request.path}"
-    assert "***" in requests[0].body.decode()
+        assert "***" in body, request.path
     assert warnings.lines == []
 
 
