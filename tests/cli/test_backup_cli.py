@@ -289,6 +289,63 @@ def test_backup_tells_the_notification_channels_and_a_dead_one_only_warns(projec
     assert DATABASE_SECRET not in event_log.read_text()
 
 
+ROUTING_KEY = "R0uting0Key0of0the0integration99"
+NTFY_TOKEN = "tk_ntfy0access0token0never0shown"
+
+
+def test_backup_resolves_and_triggers_pagerduty_and_rings_ntfy_showing_neither_secret(
+    project: Project, tmp_path: Path
+) -> None:
+    """`lockstep backup --json` under cron with a PagerDuty and an ntfy channel: a snapshot resolves
+    the project's backup alert and publishes to the topic, a failed backup triggers the alert with
+    the error. An ntfy server that refuses the token warns on stderr and changes neither the exit
+    code nor the JSON. The routing key and the token appear in no output, only where they belong."""
+    from tests.notify import RecordingServer
+
+    ntfy = RecordingServer(statuses=[403])  # the first publish is refused
+    pagerduty = RecordingServer()
+    try:
+        channels = (
+            "\n[notifications]\nattempts = 1\n"
+            f'[[notifications.channels]]\nkind = "ntfy"\nname = "phone"\nurl = "{ntfy.url}/shop-alerts"\n'
+            'secret_env = "NTFY_ACCESS"\n'
+            f'[[notifications.channels]]\nkind = "pagerduty"\nurl = "{pagerduty.url}/v2/enqueue"\n'
+            'secret_env = "PD_INTEGRATION"\n'
+        )
+        project.env.update({"NTFY_ACCESS": NTFY_TOKEN, "PD_INTEGRATION": ROUTING_KEY})
+        project.write_config(sqlite_only(project), {"min_free_disk_mb": 1}, extra=channels)
+        ok = project.lockstep("backup", "--json")
+        assert ok.returncode == 0, ok.err
+        assert json.loads(ok.out)["ok"] is True
+        assert "phone" in ok.err and "HTTP 403" in ok.err and "snapshot.created not sent" in ok.err
+
+        port = closed_port()
+        databases = {
+            **sqlite_only(project),
+            "orders": {"url": f"postgresql://shop@127.0.0.1:{port}/orders", "password_env": "SHOP_DB_PASSWORD"},
+        }
+        project.write_config(databases, {"min_free_disk_mb": 1}, extra=channels)
+        failed = project.lockstep("backup", "--json")
+        assert failed.returncode == ExitCode.SOURCE, failed.err
+
+        published = ntfy.wait_for(2)
+        assert [request.headers["authorization"] for request in published] == [f"Bearer {NTFY_TOKEN}"] * 2
+        assert [request.headers["priority"] for request in published] == ["default", "high"]
+        events = [json.loads(request.body) for request in pagerduty.wait_for(2)]
+        key = "lockstep/shop/default/backup"
+        assert [(event["event_action"], event["dedup_key"]) for event in events] == [("resolve", key), ("trigger", key)]
+        assert all(event.pop("routing_key") == ROUTING_KEY for event in events)
+        assert "database orders" in events[1]["payload"]["custom_details"]["error"]
+        texts = [ok.out, ok.err, failed.out, failed.err, *(json.dumps(event) for event in events)]
+        texts += [request.body.decode() for request in published]
+        for text in texts:
+            for secret in (ROUTING_KEY, NTFY_TOKEN, DATABASE_SECRET):
+                assert secret not in text
+    finally:
+        ntfy.stop()
+        pagerduty.stop()
+
+
 def test_too_little_disk_space_fails_with_exit_14(project: Project, pings: Pings) -> None:
     project.write_config(sqlite_only(project), {"healthchecks_url": pings.url, "min_free_disk_mb": 1 << 40})
     result = project.lockstep("backup")
