@@ -463,3 +463,33 @@ def test_foreign_keys_to_tables_not_kept_are_cut_out_of_a_create_table_statement
 
     sqlite3.connect(":memory:").execute(cut)
     assert without_foreign_keys(statement, {"orders", "shops", "pairs"}) == (statement, [])
+
+
+def test_a_table_restore_keeps_rowids_through_any_name_sqlite_gives_them(tmp_path: Path) -> None:
+    """restore_tables: rowids after deletes stay as they were in a table without INTEGER
+    PRIMARY KEY, reached as _rowid_ when a column is named rowid; a WITHOUT ROWID table is
+    copied by its key; a table whose columns hide all three names is renumbered, and says so."""
+    source = tmp_path / "source.db"
+    with contextlib.closing(sqlite3.connect(source)) as connection:
+        connection.executescript(
+            "CREATE TABLE plain (v TEXT); CREATE TABLE named (rowid TEXT, v TEXT);"
+            "CREATE TABLE hidden (rowid TEXT, _rowid_ TEXT, oid TEXT);"
+            "CREATE TABLE keyed (k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID;"
+            "INSERT INTO plain VALUES ('a'), ('b'), ('c'); DELETE FROM plain WHERE v = 'a';"
+            "INSERT INTO named VALUES ('x', 'a'), ('y', 'b'), ('z', 'c'); DELETE FROM named WHERE v = 'a';"
+            "INSERT INTO hidden VALUES ('1', '2', '3'), ('4', '5', '6'); DELETE FROM hidden WHERE oid = '3';"
+            "INSERT INTO keyed VALUES ('b', '2'), ('a', '1');"
+        )
+        connection.commit()
+    target = tmp_path / "target.db"
+    restored = SqliteAdapter().restore_tables(
+        f"sqlite:///{target}", None, source, create=True, tables=["plain", "named", "hidden", "keyed"]
+    )
+    assert restored.left_out == [
+        "rowids of hidden (its columns rowid, _rowid_ and oid hide them; its rows were renumbered)"
+    ]
+    with contextlib.closing(sqlite3.connect(target)) as connection:
+        assert connection.execute("SELECT _rowid_, v FROM plain").fetchall() == [(2, "b"), (3, "c")]
+        assert connection.execute("SELECT _rowid_, rowid, v FROM named").fetchall() == [(2, "y", "b"), (3, "z", "c")]
+        assert connection.execute("SELECT * FROM hidden").fetchall() == [("4", "5", "6")]
+        assert connection.execute("SELECT * FROM keyed").fetchall() == [("a", "1"), ("b", "2")]

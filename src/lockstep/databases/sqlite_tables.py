@@ -2,10 +2,18 @@
 
 Each table is created from the statement SQLite keeps for it (so its column types, defaults,
 NOT NULL, CHECK, PRIMARY KEY and UNIQUE constraints are the snapshot's), its rows copied in
-rowid order, its indexes created, and its AUTOINCREMENT counter carried over. A foreign key
-to a table not copied is cut out of the statement (`REFERENCES other (id) ON DELETE ...`, or
-a whole `FOREIGN KEY (...) REFERENCES other ...` clause), and named, so the copy never claims
-a relation it cannot hold. Triggers and views are not copied: they may name other tables.
+rowid order with their rowids (a table without INTEGER PRIMARY KEY keeps them too: applications
+and FTS external-content tables refer to rows by rowid), its indexes created, and its
+AUTOINCREMENT counter carried over. A foreign key to a table not copied is cut out of the
+statement (`REFERENCES other (id) ON DELETE ...`, or a whole `FOREIGN KEY (...) REFERENCES
+other ...` clause), and named, so the copy never claims a relation it cannot hold.
+
+The triggers on a copied table are created once every table is copied (so none fires on the
+copied rows). A trigger whose body uses a table or column that was not copied is left out and
+named: SQLite would accept it, then fail every INSERT, UPDATE or DELETE that fires it, and every
+ALTER TABLE ... RENAME in the database. Each is checked by compiling (EXPLAIN, which runs
+nothing) the statements that fire it. Views are not copied: they may name other tables, and a
+view is a query to re-create from the application's schema, not data.
 """
 
 from __future__ import annotations
@@ -110,9 +118,13 @@ def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+# The names SQLite gives a rowid table's rowid; a column of that name hides it.
+_ROWID_NAMES = ("rowid", "_rowid_", "oid")
+
+
 def copy_tables(connection: sqlite3.Connection, tables: list[str]) -> list[str]:
     """Copy `tables` from the attached database `source` into `main` (one transaction, which
-    the caller commits); returns what was left out, one sentence each."""
+    the caller commits), then their triggers; returns what was left out, one sentence each."""
     left_out: list[str] = []
     kept = set(tables)
     has_sequence = (
@@ -133,19 +145,10 @@ def copy_tables(connection: sqlite3.Connection, tables: list[str]) -> list[str]:
                 shown = next(str(key[2]) for key in keys if str(key[2]).lower() == target)
                 left_out.append(f"foreign key ({columns}) of {table} (references {shown}, not restored)")
         connection.execute(statement)
-        copied = [
-            _quoted(str(column[1]))
-            for column in connection.execute(f"PRAGMA source.table_xinfo({_quoted(table)})").fetchall()
-            if column[6] == 0  # not a generated column
-        ]
-        listed = ", ".join(copied)
-        copy = f"INSERT INTO main.{_quoted(table)} ({listed}) SELECT {listed} FROM source.{_quoted(table)}"
-        try:
-            connection.execute(copy + " ORDER BY rowid")
-        except sqlite3.OperationalError:  # WITHOUT ROWID: its primary key orders it anyway
-            connection.execute(copy)
+        left_out += _copy_rows(connection, table)
         for (index_sql,) in connection.execute(
-            "SELECT sql FROM source.sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL",
+            "SELECT sql FROM source.sqlite_master WHERE type = 'index' AND tbl_name = ? COLLATE NOCASE"
+            " AND sql IS NOT NULL ORDER BY rowid",
             (table,),
         ).fetchall():
             connection.execute(str(index_sql))
@@ -154,4 +157,72 @@ def copy_tables(connection: sqlite3.Connection, tables: list[str]) -> list[str]:
             if counter is not None:
                 connection.execute("DELETE FROM main.sqlite_sequence WHERE name = ?", (table,))
                 connection.execute("INSERT INTO main.sqlite_sequence (name, seq) VALUES (?, ?)", (table, counter[0]))
+    for table in tables:
+        left_out += _create_triggers(connection, table)
+    return left_out
+
+
+def _copy_rows(connection: sqlite3.Connection, table: str) -> list[str]:
+    """Copy the rows of `table` in rowid order with their rowids (primary key order and no
+    rowid for a WITHOUT ROWID table); what could not be kept, one sentence."""
+    columns = connection.execute(f"PRAGMA source.table_xinfo({_quoted(table)})").fetchall()
+    names = [str(column[1]) for column in columns if column[6] == 0]  # not generated
+    listed = ", ".join(_quoted(name) for name in names)
+    taken = {str(column[1]).lower() for column in columns}
+    rowid = next((name for name in _ROWID_NAMES if name not in taken), None)
+    source = f"source.{_quoted(table)}"
+    if rowid is not None and _has_rowid(connection, source, rowid):
+        connection.execute(
+            f"INSERT INTO main.{_quoted(table)} ({rowid}, {listed}) SELECT {rowid}, {listed} FROM {source}"
+            f" ORDER BY {rowid}"
+        )
+        return []
+    connection.execute(f"INSERT INTO main.{_quoted(table)} ({listed}) SELECT {listed} FROM {source}")
+    if rowid is None:
+        return [f"rowids of {table} (its columns rowid, _rowid_ and oid hide them; its rows were renumbered)"]
+    return []
+
+
+def _has_rowid(connection: sqlite3.Connection, source: str, rowid: str) -> bool:
+    """Whether the table has a rowid (not WITHOUT ROWID, nor a virtual table without one)."""
+    try:
+        connection.execute(f"SELECT {rowid} FROM {source} LIMIT 0")
+    except sqlite3.OperationalError:
+        return False
+    return True
+
+
+def _create_triggers(connection: sqlite3.Connection, table: str) -> list[str]:
+    """Create the triggers on `table` whose bodies compile in the copy; the others are left out,
+    one sentence each (see the module's description)."""
+    left_out: list[str] = []
+    triggers = connection.execute(
+        "SELECT name, sql FROM source.sqlite_master WHERE type = 'trigger' AND tbl_name = ? COLLATE NOCASE"
+        " AND sql IS NOT NULL ORDER BY rowid",
+        (table,),
+    ).fetchall()
+    if not triggers:
+        return left_out
+    columns = [
+        _quoted(str(column[1]))
+        for column in connection.execute(f"PRAGMA main.table_xinfo({_quoted(table)})").fetchall()
+        if column[6] == 0
+    ]
+    firing = [
+        f"EXPLAIN INSERT INTO main.{_quoted(table)} DEFAULT VALUES",
+        f"EXPLAIN DELETE FROM main.{_quoted(table)}",
+        f"EXPLAIN UPDATE main.{_quoted(table)} SET " + ", ".join(f"{name} = {name}" for name in columns),
+    ]
+    for number, (name, sql) in enumerate(triggers):
+        connection.execute("SAVEPOINT trigger_copy")
+        try:
+            connection.execute(str(sql))
+            for statement in firing:
+                # Each trigger's own text: Python's statement cache would run the EXPLAIN compiled
+                # before this trigger existed, which SQLite does not compile again.
+                connection.execute(f"{statement} /* trigger {number} */").fetchall()
+        except sqlite3.Error as error:
+            connection.execute("ROLLBACK TO trigger_copy")
+            left_out.append(f"trigger {name} of {table} (not restored: {error})")
+        connection.execute("RELEASE trigger_copy")
     return left_out
