@@ -21,6 +21,16 @@ class ChunkStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def close(self) -> None:
+        """Close the stream and, when it is a generator, the chunks: a reader that stops before
+        the end (a table restore that has what it needs) lets go of what they hold now, such as
+        the threads that read a snapshot's blobs ahead, not whenever the stream is collected."""
+        if not self.closed:
+            ending = getattr(self._chunks, "close", None)
+            if ending is not None:
+                ending()
+        super().close()
+
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         while not self._pending:
             try:

@@ -452,6 +452,36 @@ def test_mariadb_one_table_comes_back_alone_with_its_indexes_and_trigger_and_the
         assert refused.returncode != 0 and b"CONSTRAINT" in refused.stderr  # the CHECK came back
 
 
+
+def test_mariadb_the_tables_own_auto_increment_and_all_its_triggers_come_back(tmp_path: Path) -> None:
+    """orders' AUTO_INCREMENT is 50 after its last rows were deleted: the restored table goes on
+    from 50, not from max(id) + 1; both of its triggers come back in their order (FOLLOWS), also
+    from a schema-only snapshot (where mariadb-dump writes them right after the CREATE TABLE);
+    products' trigger does not."""
+    project = make_project(tmp_path)
+    statements = MARIADB_SHOP + (
+        "DELETE FROM orders WHERE id = 3; ALTER TABLE orders AUTO_INCREMENT = 50;"
+        "CREATE TRIGGER orders_total BEFORE INSERT ON orders FOR EACH ROW FOLLOWS orders_note"
+        " SET NEW.note = CONCAT(NEW.note, ' #', NEW.total);"
+    )
+    with mariadb_shop(statements) as url:
+        project.write_config({"shop": url})
+        project.create("--allow-dirty", "-m", "full")
+        project.create("--allow-dirty", "--schema-only", "-m", "schema only")
+        full, schema_only = project.snapshot_ids()[-2:]
+        for snapshot in (full, schema_only):
+            with mariadb_target(url) as target:
+                project.ok("snapshot", "restore", snapshot, "--database", "shop", "--table", "orders", "--to", target)
+                assert mariadb_objects(target)["triggers"] == ["orders_note", "orders_total"]
+                assert run_mariadb(
+                    target,
+                    "SELECT auto_increment FROM information_schema.tables"
+                    " WHERE table_schema = DATABASE() AND table_name = 'orders'",
+                ) == [["50"]]
+                run_mariadb(target, "INSERT INTO orders (customer_id, total) VALUES (1, 7)")
+                assert run_mariadb(target, "SELECT id, note FROM orders WHERE total = 7") == [["50", "none #7.00"]]
+
+
 def test_mariadb_two_tables_come_back_with_the_foreign_key_between_them(
     mariadb_shop_project: tuple[Project, str],
 ) -> None:

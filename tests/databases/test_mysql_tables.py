@@ -83,17 +83,27 @@ DUMP = (
 def test_the_cut_keeps_header_chosen_sections_with_their_triggers_and_footer(piece_bytes: int) -> None:
     """A trigger body holding a section's comment block does not open a section; a value
     written as one line with \\n does not either; long lines read in pieces come through whole;
-    a footer-shaped line inside a section left out is not taken for the footer."""
+    a footer-shaped line inside a section left out is not taken for the footer. The cut stops
+    at the first section after the chosen ones, with the footer the header's SETs call for."""
     chosen = Selection({"a"})
     cut = b"".join(tables_of_dump(io.BytesIO(DUMP.encode()), chosen, piece_bytes=piece_bytes)).decode()
-    assert cut.startswith(HEADER) and cut.endswith("\n" + FOOTER)
+    assert cut.startswith(HEADER) and cut.endswith("DELIMITER ;\n\n/*!40101 SET SQL_MODE=@OLD_SQL_MODE */;\n")
     assert "TRIGGER a_t" in cut and "long " * 40 in cut and "`b`\\n--');" in cut
     assert "INSERT INTO `b`" not in cut and "CREATE TABLE `b`" not in cut and "PROCEDURE" not in cut
     assert cut.count("SET SQL_MODE=@OLD_SQL_MODE") == 1
     other = Selection({"b"})
     cut_b = b"".join(tables_of_dump(io.BytesIO(DUMP.encode()), other, piece_bytes=piece_bytes)).decode()
     assert "CREATE TABLE `b`" in cut_b and "INSERT INTO `b`" in cut_b and "`a`" not in cut_b
-    assert "TRIGGER a_t" not in cut_b and cut_b.endswith(FOOTER)
+    assert "TRIGGER a_t" not in cut_b and cut_b.endswith("(7);\n" + "\n".join(["/*!40101 SET SQL_MODE=@OLD_SQL_MODE */;\n"] * 2))
+    assert "PROCEDURE" not in cut_b
+
+
+def test_a_dump_without_sections_after_the_chosen_ones_keeps_its_own_footer() -> None:
+    """When no section follows the chosen tables' (here the dump ends after b), the dump's own
+    footer is kept, and the header's SETs are not set back twice."""
+    dump = DUMP[: DUMP.index("\n--\n-- Dumping routines")] + "\n" + FOOTER
+    cut = b"".join(tables_of_dump(io.BytesIO(dump.encode()), Selection({"b"}))).decode()
+    assert cut.endswith(FOOTER) and cut.count("SET SQL_MODE=@OLD_SQL_MODE") == 2  # b's data holds one
 
 
 def test_a_table_the_dump_lacks_fails_before_the_end_of_the_dump() -> None:
@@ -167,3 +177,41 @@ def test_the_sandbox_line_is_no_statement_so_a_section_right_after_it_opens() ->
     )
     cut = b"".join(tables_of_dump(io.BytesIO(dump.encode()), Selection({"a"}))).decode()
     assert cut == dump
+
+
+@pytest.mark.parametrize("tool", ["mariadb-dump", "mysqldump"])
+def test_the_cut_stops_reading_the_dump_after_the_chosen_tables(
+    adapter: MysqlAdapter,  # noqa: F811
+    source: str,
+    tool: str,
+) -> None:
+    """Real dumps (by mariadb-dump, and by mysqldump, here a link to it): --table a reads the
+    dump only up to b's section, and the cut, footer and all, restores a with its trigger; the
+    footer sets back every variable the header saved, as the dump's own does."""
+    run_sql(
+        "CREATE TABLE a (id INT AUTO_INCREMENT PRIMARY KEY, note TEXT);"
+        "CREATE TABLE b (id INT PRIMARY KEY, filler TEXT);"
+        "CREATE TRIGGER a_t BEFORE INSERT ON a FOR EACH ROW SET NEW.note = COALESCE(NEW.note, 'none');"
+        "INSERT INTO a (note) VALUES ('one'); ALTER TABLE a AUTO_INCREMENT = 9;"
+        "INSERT INTO b SELECT seq, REPEAT('x', 1000) FROM seq_1_to_2000;",
+        database=source,
+    )
+    dump = subprocess.run(
+        [tool, "--host=127.0.0.1", "--port=3306", "--user=root", "--triggers", "--routines", "--events", source],
+        capture_output=True,
+        env={"MYSQL_PWD": "", "PATH": "/usr/bin:/bin"},
+        check=True,
+    ).stdout
+    stream = io.BytesIO(dump)
+    cut = b"".join(tables_of_dump(stream, Selection({"a"})))
+    assert stream.tell() < dump.index(b"INSERT INTO `b`") < len(dump)
+    own_footer = [line for line in dump.splitlines() if b"=@OLD_" in line and b"SET @OLD_" not in line]
+    assert sorted(cut.splitlines()[-len(own_footer) :]) == sorted(own_footer)
+    target = f"mytables_{uuid.uuid4().hex[:10]}"
+    url = SERVER_URL.rsplit("/", 1)[0] + "/" + target
+    try:
+        adapter.restore_tables(url, None, io.BytesIO(dump), True, ["a"])
+        run_sql("INSERT INTO a (note) VALUES (NULL)", database=target)
+        assert run_sql("SELECT id, note FROM a ORDER BY id", database=target) == [["1", "one"], ["9", "none"]]
+    finally:
+        run_sql(f"DROP DATABASE IF EXISTS `{target}`")

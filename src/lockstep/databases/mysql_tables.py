@@ -16,6 +16,14 @@ session back (`/*!40101 SET SQL_MODE=@OLD_SQL_MODE */;` ...). What is kept: the 
 structure and data sections of the chosen tables (with their triggers), and the footer; views,
 routines, events and every other table's sections are left out.
 
+mariadb-dump writes each table's sections in one run (structure, data, then its triggers; with
+--no-data the triggers follow the structure), one table after another, and views, events and
+routines after all tables. So once every chosen table's structure was read, the first section
+that is not kept ends what the restore needs: the rest of the dump is not read (on a dump whose
+chosen tables come first, the gain is the reading, decrypting and scanning of all the others).
+The footer, then still unread, is written from the header instead: each header statement that
+saves a session variable (`SET @OLD_SQL_MODE=@@SQL_MODE, ...`) gets the one that sets it back.
+
 The sections are found by the dump's structure, not by searching its text. A comment block
 opens a section only between two statements, outside a DELIMITER ;; block (where trigger,
 event and routine bodies are, which may hold any line) and outside a statement running over
@@ -65,6 +73,8 @@ FOOTER = re.compile(
     rb"(?:/\*!\d+ SET [^\n]*=\s*@OLD_\w+[^\n]*\*/ ?;|SET @@SESSION\.SQL_LOG_BIN\s*=\s*@MYSQLDUMP_TEMP_LOG_BIN;"
     rb"|-- Dump completed[^\n]*)?\r?\n?"
 )
+# A header statement that saves a session variable, for the footer that sets it back.
+SAVED = re.compile(rb"/\*!(\d+) SET @OLD_(\w+)\s*=\s*@@(\w+)")
 # MySQL's tokens, enough to find the items of a CREATE TABLE statement: strings (backslash
 # escapes, doubled quotes), quoted names, comments, words, single characters.
 _TOKEN = re.compile(
@@ -95,6 +105,8 @@ def tables_of_dump(source: IO[bytes], selection: Selection, piece_bytes: int = P
     block: list[bytes] = []  # a comment block that may open a section
     footer: list[bytes] = []  # footer-shaped lines at the end of a section not kept
     create: list[bytes] | None = None  # a chosen table's CREATE TABLE statement, being read
+    in_header = True  # before the first section
+    set_back: list[bytes] = []  # the footer's statements, from the header's
 
     def out(piece: bytes) -> Iterator[bytes]:
         nonlocal footer
@@ -139,6 +151,10 @@ def tables_of_dump(source: IO[bytes], selection: Selection, piece_bytes: int = P
                 block.append(piece)
                 title = "\n".join(line.rstrip(b"\r\n")[3:].decode("utf-8", "surrogateescape") for line in block[1:-1])
                 keep, section_table = _section(title, selection)
+                in_header = False
+                if not keep and selection.tables <= selection.found:
+                    yield b"".join(reversed(set_back))  # nothing chosen follows: see the module's description
+                    return
                 footer = []  # what looked like the footer was not the dump's end
                 yield from out(b"".join(block))
                 block = []
@@ -166,6 +182,11 @@ def tables_of_dump(source: IO[bytes], selection: Selection, piece_bytes: int = P
         if bare == b"--" and line_start:
             block = [piece]
             continue
+        if in_header:
+            set_back += [
+                b"/*!%s SET %s=@OLD_%s */;\n" % (version, variable, name)
+                for version, name, variable in SAVED.findall(bare)
+            ]
         if not bare or bare.startswith(b"--") or bare.startswith(SANDBOX):
             yield from out(piece)
             continue

@@ -67,11 +67,15 @@ def read_blobs(repository: Repository, blob_ids: list[bytes], workers: int = 4) 
             window.append(pool.submit(repository.load_blob, BlobType.DATA, blob_id))
             if len(window) >= workers * 2:
                 break
-        for blob_id in pending:
-            yield window.popleft().result()
-            window.append(pool.submit(repository.load_blob, BlobType.DATA, blob_id))
-        while window:
-            yield window.popleft().result()
+        try:
+            for blob_id in pending:
+                yield window.popleft().result()
+                window.append(pool.submit(repository.load_blob, BlobType.DATA, blob_id))
+            while window:
+                yield window.popleft().result()
+        except GeneratorExit:  # the reader stopped early: the blobs not started are not wanted
+            pool.shutdown(cancel_futures=True)
+            raise
 
 
 def _read_blobs_in_batches(repository: Repository, blob_ids: list[bytes], workers: int, batch: int) -> Iterator[bytes]:
@@ -86,14 +90,18 @@ def _read_blobs_in_batches(repository: Repository, blob_ids: list[bytes], worker
                     break
 
         read_ahead()
-        while window:
-            group = [window.popleft() for _ in range(min(batch, len(window)))]
-            read_ahead()
-            plaintexts = [future.result() for _, future in group]
-            for (blob_id, _), digest in zip(group, chunk_hashing.blob_ids(plaintexts), strict=True):
-                if digest != blob_id:
-                    raise repository.blob_id_mismatch(BlobType.DATA, blob_id)
-            yield from plaintexts
+        try:
+            while window:
+                group = [window.popleft() for _ in range(min(batch, len(window)))]
+                read_ahead()
+                plaintexts = [future.result() for _, future in group]
+                for (blob_id, _), digest in zip(group, chunk_hashing.blob_ids(plaintexts), strict=True):
+                    if digest != blob_id:
+                        raise repository.blob_id_mismatch(BlobType.DATA, blob_id)
+                yield from plaintexts
+        except GeneratorExit:  # the reader stopped early: the blobs not started are not wanted
+            pool.shutdown(cancel_futures=True)
+            raise
 
 
 def find_node(repository: Repository, snapshot: Snapshot, path: str) -> Node:
