@@ -452,7 +452,6 @@ def test_mariadb_one_table_comes_back_alone_with_its_indexes_and_trigger_and_the
         assert refused.returncode != 0 and b"CONSTRAINT" in refused.stderr  # the CHECK came back
 
 
-
 def test_mariadb_the_tables_own_auto_increment_and_all_its_triggers_come_back(tmp_path: Path) -> None:
     """orders' AUTO_INCREMENT is 50 after its last rows were deleted: the restored table goes on
     from 50, not from max(id) + 1; both of its triggers come back in their order (FOLLOWS), also
