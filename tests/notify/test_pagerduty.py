@@ -142,6 +142,25 @@ def test_the_dedup_key_separates_projects_and_environments(tmp_path: Path, serve
     ]
 
 
+def test_a_failures_only_filter_still_resolves_the_alerts_it_opened(tmp_path: Path, server: RecordingServer) -> None:
+    """events = ["*.failed"] picks which alerts the channel opens; the success that closes one must
+    still reach PagerDuty, or every alert would stay open until resolved by hand. Successes whose
+    alerts the filter cannot open (a verification, with only backup failures chosen) stay out."""
+    warnings = Warnings()
+    channel = {**pagerduty(server), "events": ["backup.failed"]}
+    notifier = make_notifier(tmp_path, [channel], {"PAGERDUTY_ROUTING_KEY": ROUTING_KEY}, warnings, project="shop")
+    for kind in ("backup.failed", "snapshot.verified", "deploy.succeeded", "snapshot.created"):
+        notifier.notify(sample_event(kind))
+    notifier.close()
+
+    actions = [
+        (body["event_action"], body["dedup_key"]) for body in map(json.loads, (r.body for r in server.wait_for(2)))
+    ]
+    assert actions == [("trigger", "lockstep/shop/production/backup"), ("resolve", "lockstep/shop/production/backup")]
+    assert len(server.received()) == 2
+    assert warnings.lines == []
+
+
 def test_server_errors_are_retried_and_a_bad_request_warns_without_the_key(tmp_path: Path) -> None:
     """Two 500s then 202: the same trigger arrives three times and nobody is warned. A 400 (PagerDuty
     refused the event) is not retried: one warning that says so and shows no routing key."""

@@ -123,7 +123,8 @@ class ChannelConfig(_Section):
         description=(
             "Event kinds this channel receives, as glob patterns: deploy.started, deploy.succeeded, "
             "deploy.failed, deploy.rolled_back, rollback.done, rollback.failed, snapshot.created, snapshot.verified, "
-            "snapshot.verification_failed, backup.failed, lock.broken, snapshot.rpo_exceeded."
+            "snapshot.verification_failed, backup.failed, lock.broken, snapshot.rpo_exceeded. A pagerduty "
+            "channel also hears the successes that resolve the alerts its filter lets it open."
         ),
         examples=[["deploy.*", "*.failed"]],
     )

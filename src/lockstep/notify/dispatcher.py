@@ -184,11 +184,7 @@ class Notifier:
             if self._closed:
                 return
             event = event.with_environment(self.environment)
-            matching = [
-                worker
-                for worker in self._workers
-                if any(fnmatch.fnmatchcase(event.kind, pattern) for pattern in worker.config.events)
-            ]
+            matching = [worker for worker in self._workers if _wants(worker.config, event.kind)]
             if not matching:
                 return
             document = self.redactor.redact_document(event.to_document())
@@ -227,3 +223,15 @@ class Notifier:
                 self._warn_to(line)
         except Exception:  # a failing warning sink (closed stderr) must not surface either
             pass
+
+
+def _wants(config: ChannelConfig, kind: str) -> bool:
+    """Whether a channel hears events of `kind`: its filter, and for PagerDuty the successes that
+    resolve the alerts its filter lets it open."""
+    if any(fnmatch.fnmatchcase(kind, pattern) for pattern in config.events):
+        return True
+    if config.kind != "pagerduty":
+        return False
+    from lockstep.notify.pagerduty import resolves_an_opened_alert  # channels load lazily, as in _channel
+
+    return resolves_an_opened_alert(kind, config.events)

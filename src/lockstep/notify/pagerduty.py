@@ -11,6 +11,7 @@ secret_env names and only ever travels in the request body.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import socket
 from collections.abc import Mapping
@@ -54,6 +55,22 @@ RESOLVES: dict[str, str] = {
     SNAPSHOT_CREATED: "backup",
     SNAPSHOT_VERIFIED: "verify",
 }
+
+
+def resolves_an_opened_alert(kind: str, patterns: list[str]) -> bool:
+    """Whether `kind` resolves an alert that a channel with these event patterns can open.
+
+    A filter such as `["*.failed"]` picks which alerts a channel opens; the successes that close
+    them must still reach it, or each alert would stay open until someone resolved it by hand."""
+    job = RESOLVES.get(kind)
+    if job is None:
+        return False
+    return any(
+        fnmatch.fnmatchcase(trigger, pattern)
+        for trigger, (its_job, _) in TRIGGERS.items()
+        if its_job == job
+        for pattern in patterns
+    )
 
 
 def dedup_key(project: str, environment: object, job: str) -> str:
