@@ -420,7 +420,7 @@ def test_table_names_resolve_as_postgresql_names_them_and_a_missing_one_names_th
     """resolve_tables: `public.orders` is the manifest's `orders`; a bare name is found in any
     schema when unique and refused (UsageError, both named) when not; a quoted name with a dot
     is one name; a name the snapshot lacks is NotFound naming every table, or, among many, the
-    closest ones."""
+    closest ones, unless `unrecorded` (PostgreSQL) leaves it to the dump."""
     from lockstep.errors import NotFound
     from lockstep.pipeline.manifest import DatabaseRecord, TableRecord
     from lockstep.pipeline.restore import resolve_tables
@@ -444,3 +444,10 @@ def test_table_names_resolve_as_postgresql_names_them_and_a_missing_one_names_th
     with pytest.raises(NotFound, match=r"the closest it has: invoices\)"):
         resolve_tables(many, snapshot, "shop", ["invoice"])
     assert resolve_tables(record(["a.b"], engine="sqlite"), snapshot, "main", ["a.b"]) == ["a.b"]
+    # A partitioned table is not in the manifest (its partitions are): with `unrecorded`, a name
+    # the manifest lacks is passed on as the manifest would write it, for the dump to settle.
+    assert resolve_tables(
+        shop, snapshot, "shop", ["public.measurements", "archive.events", '"a.b"', "orders"], unrecorded=True
+    ) == ["measurements", "archive.events", '"a.b"', "orders"]
+    with pytest.raises(UsageError, match=r"public\.items, sales\.items"):
+        resolve_tables(shop, snapshot, "shop", ["items"], unrecorded=True)

@@ -13,7 +13,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
@@ -170,10 +170,20 @@ class DatabaseAdapter(Protocol):
 
 @dataclass(frozen=True)
 class RestoredTables:
-    """What a restore of some tables left out: one sentence each (a foreign key to a table not
-    restored, named with that table)."""
+    """What a restore of some tables left out, one sentence each (a foreign key to a table not
+    restored, named with that table), and the partitions that came with a partitioned table
+    (the manifest's names: it records those, not the partitioned table)."""
 
     left_out: list[str]
+    partitions: list[str] = field(default_factory=list)
+
+
+class TableNotInDump(LookupError):
+    """A table asked for that the dump does not hold (`name`, as the manifest would name it)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
 
 
 @runtime_checkable
@@ -186,7 +196,8 @@ class TableRestoring(Protocol):
         """Load the tables `tables` (the manifest's names) of a dump made by `dump` into the
         missing or empty database at `url`, creating it if `create`: each table's definition,
         rows, indexes and own constraints (and the sequences of its serial or identity columns);
-        what refers to a table not restored (a foreign key) is left out and named."""
+        what refers to a table not restored (a foreign key) is left out and named. A name the
+        dump lacks raises TableNotInDump before anything is created."""
         ...
 
 

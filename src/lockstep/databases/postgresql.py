@@ -405,11 +405,12 @@ class PostgresqlAdapter:
             return self._restore_tables_from_file(location, password, source, create, tables, hint)
         # Imported here: only restores load, and `snapshot create` starts sooner without it.
         from lockstep.databases.postgresql_loader import ParallelLoader, plan_load, restrict
-        from lockstep.databases.postgresql_tables import select_tables
+        from lockstep.databases.postgresql_tables import check_tables, select_tables
 
         head, first_bytes = read_head(source.read)
         if head is None:
             raise _not_readable_for_tables()
+        check_tables(head, tables)
         plan = plan_load(head)
         if plan is None:
             descriptor, name = tempfile.mkstemp(prefix="lockstep-restore-", suffix=self.dump_format.extension)
@@ -424,7 +425,7 @@ class PostgresqlAdapter:
         if create:
             self._create_if_missing(location, password, head)
         self._match_encoding(location, password, head)
-        selection = select_tables(head, tables)
+        selection = select_tables(head, tables, _absent_roles(location, password, head))
         wanted = set(selection.dump_ids)
         owners = _can_keep_owners(
             location, password, {entry.owner for entry in head.entries if entry.dump_id in wanted}
@@ -436,22 +437,23 @@ class PostgresqlAdapter:
             _restore_jobs(),
         )
         loader.run(head, restrict(plan, selection.dump_ids), first_bytes, source)
-        return RestoredTables(left_out=selection.left_out)
+        return RestoredTables(left_out=selection.left_out, partitions=selection.partitions)
 
     def _restore_tables_from_file(
         self, location: ServerLocation, password: str | None, path: Path, create: bool, tables: list[str], hint: str
     ) -> RestoredTables:
         """restore_tables from a dump file, by `pg_restore --use-list`."""
-        from lockstep.databases.postgresql_tables import select_tables
+        from lockstep.databases.postgresql_tables import check_tables, select_tables
 
         with path.open("rb") as file:
             head, _ = read_head(file.read)
         if head is None:
             raise _not_readable_for_tables()
+        check_tables(head, tables)
         if create:
             self._create_if_missing(location, password, head)
         self._match_encoding(location, password, head)
-        selection = select_tables(head, tables)
+        selection = select_tables(head, tables, _absent_roles(location, password, head))
         fill_in_data_offsets(path)
         wanted = set(selection.dump_ids)
         owners = _can_keep_owners(
@@ -465,7 +467,7 @@ class PostgresqlAdapter:
             )
             with open(os.devnull, "rb") as nothing:
                 run_with_input(command, nothing, hint)
-        return RestoredTables(left_out=selection.left_out)
+        return RestoredTables(left_out=selection.left_out, partitions=selection.partitions)
 
     def _restore_command(
         self, location: ServerLocation, password: str | None, *arguments: str, owners: bool = False
@@ -953,6 +955,24 @@ def _can_keep_owners(location: ServerLocation, password: str | None, owners: set
             (names,),
         ).fetchone()
     return bool(row and row[0])
+
+
+def _absent_roles(location: ServerLocation, password: str | None, head: ArchiveHead) -> frozenset[str]:
+    """The roles the archive's grants name that the target server lacks: pg_restore would fail
+    on each such grant (and stop, with --exit-on-error), so a restore of some tables leaves them
+    out and names them instead."""
+    from lockstep.databases.postgresql_tables import acl_roles
+
+    names = sorted({role for entry in head.entries if entry.description == "ACL" for role in acl_roles(entry)})
+    if not names:
+        return frozenset()
+    with _connect(location, password, location.database, autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT name FROM unnest(%s::text[]) AS o(name)"
+            " WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = name)",
+            (names,),
+        ).fetchall()
+    return frozenset(str(row[0]) for row in rows)
 
 
 def _dbname_argument(database: str) -> str:

@@ -1,21 +1,27 @@
 """Which entries of a custom-format archive restore some of its tables, and nothing else.
 
 A table's entries are found through the dependencies pg_dump records in the table of contents,
-not by their names: its TABLE entry, then, repeatedly, every entry of the kinds that belong to a
-table (its rows, indexes, constraints, column defaults, the sequences of its serial and identity
-columns and their values, comments) whose dependencies are all chosen. What a table's definition
-needs in order to be created (its schema, the types, domains, functions, collations and
-extensions it depends on) comes along. An entry that belongs to a chosen table but depends on
-something not chosen (a foreign key to a table not restored, a default calling a function of a
-table left out) is left out, and named, so the caller can say so.
+not by their names: its TABLE entry (a partitioned table's partitions with it, at every level),
+then, repeatedly, every entry of the kinds that belong to a table (its rows, indexes,
+constraints, column defaults, the sequences of its serial and identity columns and their
+values, triggers, rules, extended statistics, row-level security and policies, grants,
+comments, the partitions' ATTACH) that depends on something chosen and whose other
+dependencies are chosen too. What a definition needs in order to be created (its schema, the
+types, domains, functions, collations and extensions it depends on: a trigger's function) comes
+along. An entry that belongs to a chosen table but depends on something not chosen (a foreign
+key to a table not restored, a policy reading one), or grants to a role the target server
+lacks, is left out, and named, so the caller can say so.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
+from lockstep.databases.base import TableNotInDump
 from lockstep.databases.postgresql import table_name
 from lockstep.databases.postgresql_archive import ArchiveHead, TocEntry
+from lockstep.errors import NotFound
 
 # The kinds of entry that belong to a table: restored with it when all their dependencies are.
 _BELONGING = frozenset(
@@ -30,19 +36,33 @@ _BELONGING = frozenset(
         "SEQUENCE OWNED BY",
         "SEQUENCE SET",
         "COMMENT",
+        "ACL",
+        "TRIGGER",
+        "ROW SECURITY",
+        "POLICY",
+        "TABLE ATTACH",
+        "INDEX ATTACH",
+        "RULE",
+        "STATISTICS",
     }
 )
 # What a chosen object's definition may need to exist first: brought along with it.
 _PREREQUISITES = frozenset({"SCHEMA", "EXTENSION", "TYPE", "DOMAIN", "FUNCTION", "COLLATION", "SEQUENCE"})
+# A role an ACL entry's statements name (pg_dump's buildACLCommands: one grantee a statement,
+# quoted by fmtId where needed; PUBLIC is a keyword, not a role).
+_ACL_ROLE = re.compile(
+    r'(?:\bTO|\bFROM|\bSESSION AUTHORIZATION) ("(?:[^"]|"")*"|[^\s;"]+)(?: WITH GRANT OPTION)?;$', re.M
+)
 
 
 @dataclass(frozen=True)
 class TableSelection:
-    """The dump IDs to restore (in table-of-contents order), and what was left out, one
-    sentence each (e.g. `foreign key orders_customer_id_fkey of orders (references customers,
-    not restored)`)."""
+    """The dump IDs to restore (in table-of-contents order), the partitions that come with the
+    chosen tables (manifest names), and what was left out, one sentence each (e.g. `foreign key
+    orders_customer_id_fkey of orders (references customers, not restored)`)."""
 
     dump_ids: list[int]
+    partitions: list[str] = field(default_factory=list)
     left_out: list[str] = field(default_factory=list)
 
 
@@ -51,51 +71,141 @@ def archive_tables(head: ArchiveHead) -> dict[str, TocEntry]:
     return {table_name(entry.namespace, entry.tag): entry for entry in head.entries if entry.description == "TABLE"}
 
 
-def select_tables(head: ArchiveHead, names: list[str]) -> TableSelection:
-    """The entries that restore the tables `names` (manifest names, all in the archive)."""
+def acl_roles(entry: TocEntry) -> set[str]:
+    """The roles an ACL entry grants to, revokes from or grants as."""
+    roles = {
+        found if not found.startswith('"') else found[1:-1].replace('""', '"')
+        for found in _ACL_ROLE.findall(entry.definition)
+    }
+    return roles - {"PUBLIC"}
+
+
+def check_tables(head: ArchiveHead, names: list[str]) -> None:
+    """Refuse a table the archive lacks (TableNotInDump: the manifest does not record a
+    partitioned table, so only the archive knows it), and, with NotFound (exit 13), a table whose
+    definition needs a table not asked for: a partition without the table it is a partition of
+    (its keys and its sequence belong to that table, which restores it with them), a table that
+    inherits from another or has a column of another's row type."""
+    by_id = {entry.dump_id: entry for entry in head.entries}
+    parents = _partition_parents(head, by_id)
+    tables = archive_tables(head)
+    if unknown := [name for name in names if name not in tables]:
+        raise TableNotInDump(unknown[0])
+    chosen = {tables[name].dump_id for name in names}
+    restored = chosen | set(_partitions(head, chosen, parents))
+    for name in names:
+        table = tables[name]
+        if table.dump_id in parents and parents[table.dump_id] not in restored:
+            top = table.dump_id
+            while top in parents:
+                top = parents[top]
+            partitioned = table_name(by_id[top].namespace, by_id[top].tag)
+            raise NotFound(
+                f"table {name} is a partition of {partitioned}: it cannot be restored without it",
+                f"restore --table {partitioned}: its partitions, {name} among them, come with it",
+            )
+        needed = [by_id[d] for d in table.dependencies if d in by_id and d not in restored]
+        if missing := sorted(
+            {table_name(other.namespace, other.tag) for other in needed if other.description == "TABLE"}
+        ):
+            raise NotFound(
+                f"table {name} cannot be restored without {', '.join(missing)}, which its definition names"
+                " (it inherits from it, or has a column of its row type)",
+                f"add --table {' --table '.join(missing)}",
+            )
+
+
+def select_tables(head: ArchiveHead, names: list[str], absent_roles: frozenset[str] = frozenset()) -> TableSelection:
+    """The entries that restore the tables `names` (manifest names, all in the archive) and
+    their partitions; grants to `absent_roles` (roles the target server lacks) are left out."""
     by_id = {entry.dump_id: entry for entry in head.entries}
     tables = archive_tables(head)
     chosen_tables = {tables[name].dump_id for name in names}
+    partitions = _partitions(head, chosen_tables, _partition_parents(head, by_id))
+    chosen_tables |= set(partitions)
     chosen = set(chosen_tables)
     _add_prerequisites(chosen, by_id)
 
-    def satisfied(entry: TocEntry) -> bool:
-        return all(dependency in chosen or dependency not in by_id for dependency in entry.dependencies)
+    def lacks_role(entry: TocEntry) -> bool:
+        return entry.description == "ACL" and bool(acl_roles(entry) & absent_roles)
 
     changed = True
     while changed:
         changed = False
         for entry in head.entries:
-            if entry.dump_id in chosen or entry.description not in _BELONGING or not entry.dependencies:
+            if entry.dump_id in chosen or entry.description not in _BELONGING or lacks_role(entry):
                 continue
             if not any(dependency in chosen for dependency in entry.dependencies):
                 continue
-            if satisfied(entry):
-                chosen.add(entry.dump_id)
-                _add_prerequisites(chosen, by_id)
+            if not _blockers(entry, chosen, by_id):
+                chosen |= _prerequisites({entry.dump_id}, chosen, by_id) | {entry.dump_id}
                 changed = True
     left_out = [
-        _left_out(entry, chosen, by_id)
+        _left_out(entry, chosen, by_id, absent_roles)
         for entry in head.entries
         if entry.dump_id not in chosen
         and entry.description in _BELONGING
         and _owner_table(entry, by_id) in chosen_tables
     ]
-    return TableSelection([entry.dump_id for entry in head.entries if entry.dump_id in chosen], left_out)
+    return TableSelection(
+        [entry.dump_id for entry in head.entries if entry.dump_id in chosen],
+        [table_name(by_id[dump_id].namespace, by_id[dump_id].tag) for dump_id in partitions],
+        left_out,
+    )
+
+
+def _partition_parents(head: ArchiveHead, by_id: dict[int, TocEntry]) -> dict[int, int]:
+    """Each partition's partitioned table (dump IDs), from the TABLE ATTACH entries: one depends
+    on both tables, and is tagged with the partition's name."""
+    parents: dict[int, int] = {}
+    for entry in head.entries:
+        if entry.description != "TABLE ATTACH":
+            continue
+        tables = {d for d in entry.dependencies if d in by_id and by_id[d].description == "TABLE"}
+        partition = [d for d in tables if by_id[d].tag == entry.tag and by_id[d].namespace == entry.namespace]
+        if len(partition) == 1 and len(tables) == 2:
+            parents[partition[0]] = (tables - set(partition)).pop()
+    return parents
+
+
+def _partitions(head: ArchiveHead, tables: set[int], parents: dict[int, int]) -> list[int]:
+    """The partitions of `tables`, at every level, not among them (dump IDs, in table-of-contents
+    order: pg_dump lists a partition after the table it is a partition of)."""
+    found: list[int] = []
+    for entry in head.entries:
+        if parents.get(entry.dump_id) in tables | set(found) and entry.dump_id not in tables:
+            found.append(entry.dump_id)
+    return found
 
 
 def _add_prerequisites(chosen: set[int], by_id: dict[int, TocEntry]) -> None:
     """Add to `chosen` what its entries' definitions need first (transitively)."""
-    pending = list(chosen)
+    chosen |= _prerequisites(chosen, chosen, by_id)
+
+
+def _prerequisites(dump_ids: set[int], chosen: set[int], by_id: dict[int, TocEntry]) -> set[int]:
+    """What the definitions of `dump_ids` need first (transitively), not already `chosen`."""
+    found: set[int] = set()
+    pending = list(dump_ids)
     while pending:
         entry = by_id.get(pending.pop())
         if entry is None:
             continue
         for dependency in entry.dependencies:
             needed = by_id.get(dependency)
-            if needed is not None and dependency not in chosen and needed.description in _PREREQUISITES:
-                chosen.add(dependency)
+            if needed is not None and dependency not in chosen | found and needed.description in _PREREQUISITES:
+                found.add(dependency)
                 pending.append(dependency)
+    return found
+
+
+def _blockers(entry: TocEntry, available: set[int], by_id: dict[int, TocEntry]) -> set[int]:
+    """What `entry`, or a prerequisite it would bring along, depends on that is not `available`
+    (a default calling a function whose SQL body reads a table not restored needs that table)."""
+    brought = [entry, *(by_id[d] for d in _prerequisites({entry.dump_id}, available, by_id))]
+    return {d for item in brought for d in item.dependencies if d in by_id and d not in available} - {
+        item.dump_id for item in brought
+    }
 
 
 def _owner_table(entry: TocEntry, by_id: dict[int, TocEntry]) -> int | None:
@@ -110,12 +220,17 @@ def _owner_table(entry: TocEntry, by_id: dict[int, TocEntry]) -> int | None:
     return tables[0].dump_id if tables else None
 
 
-def _left_out(entry: TocEntry, chosen: set[int], by_id: dict[int, TocEntry]) -> str:
-    missing = sorted(
-        {_describe_dependency(by_id[d], by_id) for d in entry.dependencies if d in by_id and d not in chosen}
-    )
+def _left_out(entry: TocEntry, chosen: set[int], by_id: dict[int, TocEntry], absent_roles: frozenset[str]) -> str:
     owner = by_id.get(_owner_table(entry, by_id) or -1)
     of_table = "" if owner is None else table_name(owner.namespace, owner.tag)
+    if entry.description == "ACL" and (roles := sorted(acl_roles(entry) & absent_roles)):
+        kind, _, name = entry.tag.partition(" ")
+        schema = "" if entry.namespace in ("", "public") else f" in schema {entry.namespace}"
+        return (
+            f"grants on {kind.lower()} {name}{schema} (the target server has no role {', '.join(roles)}:"
+            " create it, then grant by hand)"
+        )
+    missing = sorted({_describe_dependency(by_id[d], by_id) for d in _blockers(entry, chosen, by_id)})
     if entry.description == "FK CONSTRAINT":
         constraint = entry.tag[len(owner.tag) + 1 :] if owner is not None else entry.tag
         return f"foreign key {constraint} of {of_table} (references {', '.join(missing)}, not restored)"

@@ -35,6 +35,7 @@ from lockstep.databases.base import (
     SequenceInfo,
     ServerLocation,
     TableInfo,
+    TableNotInDump,
     TableRestoring,
     redact_url,
 )
@@ -449,8 +450,9 @@ def restore_tables(
 ) -> RestoredDatabase:
     """Restore the tables `tables` (as the user named them) of database `name` into `target`, a
     missing or empty database, and check them against the manifest as restore_database checks a
-    whole database. Each table comes with its rows, indexes and own constraints; a foreign key
-    to a table not restored is left out and named in the result."""
+    whole database. Each table comes with its rows, indexes, own constraints and what else
+    belongs to it (a PostgreSQL partitioned table with its partitions, which the check covers);
+    a foreign key to a table not restored is left out and named in the result."""
     started = time.monotonic()
     record = database_record(manifest, snapshot, name)
     adapter = adapter_for(target.url)
@@ -462,7 +464,7 @@ def restore_tables(
             f"--table is not supported for {_ENGINE_NAMES.get(adapter.engine, adapter.engine)} yet",
             f"restore the whole database with --database {name} --to URL and copy the table from there",
         )
-    chosen = resolve_tables(record, snapshot, name, tables)
+    chosen = resolve_tables(record, snapshot, name, tables, unrecorded=record.engine == "postgresql")
     node = find_node(repository, snapshot, record.path)
     state = target_state(adapter, target)
     if state == "non-empty":
@@ -473,10 +475,12 @@ def restore_tables(
     try:
         with dump_source(repository, node, adapter) as source:
             restored = adapter.restore_tables(target.url, target.password, source, state == "missing", chosen)
+    except TableNotInDump as error:
+        raise _missing_table([table.name for table in record.tables], snapshot, name, error.name) from None
     except SourceError as error:
         raise SourceError(f"database {name}: restoring into {shown} failed: {error.message}", error.hint) from error
     info = inspect_as(adapter, target.url, target.password, record.checksum_algorithm)
-    wanted = set(chosen)
+    wanted = {*chosen, *restored.partitions}
     recorded = [table for table in record.tables if table.name in wanted]
     problems = compare_with_manifest(recorded, info, checksums_comparable(record, adapter), record.inspected)
     if record.sequences is not None and info.sequences is not None and record.inspected != "after-dump":
@@ -507,23 +511,43 @@ _ENGINE_NAMES = {"mysql": "MySQL/MariaDB", "postgresql": "PostgreSQL", "sqlite":
 _TABLES_LISTED = 20
 
 
-def resolve_tables(record: DatabaseRecord, snapshot: Snapshot, database: str, asked: list[str]) -> list[str]:
+def resolve_tables(
+    record: DatabaseRecord, snapshot: Snapshot, database: str, asked: list[str], unrecorded: bool = False
+) -> list[str]:
     """The manifest's names of the tables the user asked for, in the order asked, each once.
 
     PostgreSQL names are `table` in the public schema and `schema.table` elsewhere (quoted where
     a part holds a dot); `public.orders` is `orders`, and a bare `orders` is the table of that
     name in whichever schema holds one, refused when several do. A table the snapshot lacks is
-    NotFound, naming the tables it has (or the closest ones)."""
+    NotFound, naming the tables it has (or the closest ones); with `unrecorded` (PostgreSQL,
+    whose manifest records a partitioned table's partitions, not the table) a PostgreSQL name
+    the manifest lacks is returned as the manifest would write it, for the dump to settle
+    (the adapter raises TableNotInDump if it lacks it too)."""
     recorded = [table.name for table in record.tables]
     chosen: list[str] = []
     for given in asked:
-        name = _resolve_table(recorded, record.engine, snapshot, database, given)
+        name = _resolve_table(recorded, record.engine, snapshot, database, given, unrecorded)
         if name not in chosen:
             chosen.append(name)
     return chosen
 
 
-def _resolve_table(recorded: list[str], engine: str, snapshot: Snapshot, database: str, given: str) -> str:
+def _missing_table(recorded: list[str], snapshot: Snapshot, database: str, given: str) -> NotFound:
+    """The error for a table the snapshot lacks, naming the tables it has (or the closest ones)."""
+    if len(recorded) <= _TABLES_LISTED:
+        has = f"it has: {', '.join(recorded) or 'no table'}"
+    else:
+        closest = difflib.get_close_matches(given, recorded, n=5, cutoff=0.5)
+        has = f"the closest it has: {', '.join(closest)}" if closest else f"it has {len(recorded)} tables"
+    return NotFound(
+        f"snapshot {snapshot.short_id}: database {database} has no table {given!r} ({has})",
+        f"see them with `lockstep snapshot show {snapshot.short_id}`",
+    )
+
+
+def _resolve_table(
+    recorded: list[str], engine: str, snapshot: Snapshot, database: str, given: str, unrecorded: bool
+) -> str:
     parts = _name_parts(given)
     if engine != "postgresql" or parts is None:
         if given in recorded:
@@ -543,15 +567,9 @@ def _resolve_table(recorded: list[str], engine: str, snapshot: Snapshot, databas
                     f"database {database}: table {given!r} is in several schemas: {', '.join(shown)}",
                     f"name one with its schema, e.g. --table {shown[0]}",
                 )
-    if len(recorded) <= _TABLES_LISTED:
-        has = f"it has: {', '.join(recorded) or 'no table'}"
-    else:
-        closest = difflib.get_close_matches(given, recorded, n=5, cutoff=0.5)
-        has = f"the closest it has: {', '.join(closest)}" if closest else f"it has {len(recorded)} tables"
-    raise NotFound(
-        f"snapshot {snapshot.short_id}: database {database} has no table {given!r} ({has})",
-        f"see them with `lockstep snapshot show {snapshot.short_id}`",
-    )
+        if unrecorded:
+            return table_name(*parts) if len(parts) == 2 else table_name("public", parts[0])
+    raise _missing_table(recorded, snapshot, database, given)
 
 
 def _shown_table(name: str) -> str:
