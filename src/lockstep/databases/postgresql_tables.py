@@ -73,11 +73,8 @@ def archive_tables(head: ArchiveHead) -> dict[str, TocEntry]:
 
 def acl_roles(entry: TocEntry) -> set[str]:
     """The roles an ACL entry grants to, revokes from or grants as."""
-    roles = {
-        found if not found.startswith('"') else found[1:-1].replace('""', '"')
-        for found in _ACL_ROLE.findall(entry.definition)
-    }
-    return roles - {"PUBLIC"}
+    named = _ACL_ROLE.findall(entry.definition)
+    return {role[1:-1].replace('""', '"') if role.startswith('"') else role for role in named if role != "PUBLIC"}
 
 
 def check_tables(head: ArchiveHead, names: list[str]) -> None:
