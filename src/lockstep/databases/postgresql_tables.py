@@ -169,9 +169,11 @@ def _partitions(head: ArchiveHead, tables: set[int], parents: dict[int, int]) ->
     """The partitions of `tables`, at every level, not among them (dump IDs, in table-of-contents
     order: pg_dump lists a partition after the table it is a partition of)."""
     found: list[int] = []
+    within = set(tables)
     for entry in head.entries:
-        if parents.get(entry.dump_id) in tables | set(found) and entry.dump_id not in tables:
+        if parents.get(entry.dump_id) in within and entry.dump_id not in within:
             found.append(entry.dump_id)
+            within.add(entry.dump_id)
     return found
 
 
