@@ -284,7 +284,12 @@ def _print_manifest(item: ListedSnapshot) -> None:
         else:
             lines.append(f"               counts       {_fingerprint_origin(database)}")
         lines.extend(
-            f"               {table.name}: {counted(table.rows, 'row')}"
+            f"               {table.name}: "
+            + (
+                "rows not in the snapshot (exclude_table_data): restored empty"
+                if table.name in database.rows_excluded
+                else counted(table.rows, "row")
+            )
             + ("" if table.history_rows is None else f", history of {table.history_rows} row versions")
             + ("" if table.consistent else " (outside the snapshot)")
             for table in database.tables

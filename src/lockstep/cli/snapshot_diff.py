@@ -13,7 +13,7 @@ from lockstep.cli.output import console, print_json
 from lockstep.cli.project_options import config_and_env_options
 from lockstep.cli.project_options import wants_json as _wants_json
 from lockstep.cli.snapshot import snapshot_group
-from lockstep.pipeline.diff import DatabaseDiff, TableDiff
+from lockstep.pipeline.diff import DatabaseDiff, TableDiff, describe_rows_not_in_snapshot
 
 
 def diff_document(
@@ -71,14 +71,18 @@ def print_database_diff(database: DatabaseDiff, to: Console = console) -> None:
         table.add_column(title, justify="right")
     table.add_column("Schema")
     for item in changed:
+        compared = item.rows_not_in_snapshot is None
         table.add_row(
             item.name,
-            str(item.rows_added),
-            str(item.rows_removed),
-            str(item.rows_changed) if item.key else "-",
+            str(item.rows_added) if compared else "-",
+            str(item.rows_removed) if compared else "-",
+            str(item.rows_changed) if item.key and compared else "-",
             _schema_text(item),
         )
     to.print(table)
+    for item in database.tables:
+        if item.rows_not_in_snapshot is not None:
+            to.print(f"  {item.name}: {describe_rows_not_in_snapshot(item.rows_not_in_snapshot)}", markup=False)
 
 
 def _sequence_value(value: tuple[int, bool] | None) -> str:

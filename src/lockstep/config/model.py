@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, 
 from lockstep.config.agent_model import AgentConfig, ScheduleConfig
 from lockstep.config.deploy_model import AppConfig, DeployConfig, PolicyConfig, TrafficConfig
 from lockstep.config.hosts_model import HostConfig, HostTarget, SshConfig, host_targets
+from lockstep.databases.table_patterns import check_table_pattern
 from lockstep.databases.url_options import check_url_options
 from lockstep.errors import UsageError
 from lockstep.notify.config import NotificationsConfig
@@ -354,6 +355,19 @@ class DatabaseConfig(_Section):
         description="File holding the database password (relative to lockstep.toml's directory).",
         examples=["/etc/lockstep/shop-database-password"],
     )
+    exclude_table_data: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Tables whose rows snapshots leave out (sessions, caches, job queues, logs that can be made again): "
+            "their definition, indexes and constraints are kept, and a restore gives them back empty. Names or "
+            "patterns matched against the table names as `snapshot show` lists them, case-sensitive: * is any "
+            "characters but a dot, ? one character but a dot. PostgreSQL: `table` is in the public schema, "
+            "`schema.table` in another (`audit.*`); MariaDB/MySQL and SQLite: the table name alone. A pattern that "
+            "matches no table is a warning in the snapshot. MariaDB/MySQL need a mariadb-dump that has "
+            "--ignore-table-data (MariaDB's clients since 2020; MySQL's mysqldump has none)."
+        ),
+        examples=[["sessions", "cache_*"]],
+    )
 
     @field_validator("url")
     @classmethod
@@ -388,6 +402,15 @@ class DatabaseConfig(_Section):
     def _check_password_sources(self) -> DatabaseConfig:
         if self.password_env is not None and self.password_file is not None:
             raise ValueError("both password_env and password_file are set: keep only one of them")
+        return self
+
+    @model_validator(mode="after")
+    def _check_exclude_table_data(self) -> DatabaseConfig:
+        for pattern in self.exclude_table_data:
+            try:
+                check_table_pattern(pattern, self.engine)
+            except ValueError as error:
+                raise ValueError(f"exclude_table_data: {error}") from None
         return self
 
     @property

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol, runtime_checkable
@@ -138,9 +138,14 @@ class DatabaseAdapter(Protocol):
     engine: str
     dump_format: DumpFormat
 
-    def dump(self, url: str, password: str | None, schema_only: bool = False) -> DumpStream:
+    def dump(
+        self, url: str, password: str | None, schema_only: bool = False, exclude_table_data: Sequence[str] = ()
+    ) -> DumpStream:
         """Start a consistent dump of the database; the caller streams it and calls finish().
-        `schema_only`: the structure (tables, indexes, routines...) without any row."""
+        `schema_only`: the structure (tables, indexes, routines...) without any row.
+        `exclude_table_data`: patterns (table_patterns.py) of tables dumped without their rows;
+        the stream's `rows_excluded` names the tables they matched, its `warnings` the patterns
+        that matched none."""
         ...
 
     def inspect(self, url: str, password: str | None) -> DatabaseInfo:

@@ -42,7 +42,7 @@ import functools
 import io
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -69,8 +69,9 @@ from lockstep.databases.mysql_dump_stream import database_default, with_prefix, 
 from lockstep.databases.mysql_rows import COLUMNS_QUERY, Column, history_hash_sum, identifier, row_hash_sum
 from lockstep.databases.mysql_session import ClientSession, StatementFailed, batch_fields
 from lockstep.databases.mysql_tables import Selection, tables_of_dump
+from lockstep.databases.table_patterns import TableSelection, select_tables
 from lockstep.databases.url_options import check_url_options
-from lockstep.errors import ServerLimitExceeded, SourceError
+from lockstep.errors import ServerLimitExceeded, SourceError, UsageError
 from lockstep.process import Command, StreamingProcess, run_capture, run_with_input
 
 CONNECT_TIMEOUT_SECONDS = 10
@@ -112,6 +113,14 @@ TABLE_TYPES = "('BASE TABLE', 'SYSTEM VERSIONED')"
 # mariadb-dump's option (MariaDB 10.11's client) that dumps system-versioned tables with their
 # history: every row version with its period, restored under system_versioning_insert_history=1.
 DUMP_HISTORY = "--dump-history"
+# mariadb-dump's option (MariaDB's clients since 2020, not MySQL's mysqldump) that dumps a
+# table's definition without its rows: exclude_table_data.
+IGNORE_TABLE_DATA = "--ignore-table-data"
+# The tables _database_info fingerprints, by name only.
+TABLES_QUERY = (
+    f"SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_type IN {TABLE_TYPES}"
+    " ORDER BY table_name"
+)
 # A system-versioned table's period columns, each table with its own (or, for one declared
 # just WITH SYSTEM VERSIONING, the pseudo-columns ROW_START and ROW_END) and their type:
 # bigint when the period holds transaction IDs, timestamp otherwise.
@@ -188,33 +197,54 @@ class MysqlAdapter:
     # What CHECKSUM TABLE (and the row hash sum) gives a table without rows.
     empty_table_checksum = "0"
 
-    def dump(self, url: str, password: str | None, schema_only: bool = False) -> MysqlDump | DumpProcess:
+    def dump(
+        self, url: str, password: str | None, schema_only: bool = False, exclude_table_data: Sequence[str] = ()
+    ) -> MysqlDump | DumpProcess:
         """mariadb-dump, with the fingerprint from its own snapshot when the server allows it.
 
         Returns a `MysqlDump` (which offers `consistent_info()`) or, when the snapshots cannot
         be synchronised, a plain `DumpProcess` whose `inspected_note` says why. `schema_only`:
         mariadb-dump --no-data (routines, triggers and events kept), no rows to synchronise.
+        `exclude_table_data`: the tables the patterns match go to mariadb-dump's
+        --ignore-table-data by name, and their rows are not read by the fingerprint.
         """
         location = ServerLocation.parse(url)
         if schema_only:
             command = _tool_command(location, password, "mariadb-dump", *DUMP_OPTIONS, "--no-data", location.database)
             return DumpProcess(command)
+        if exclude_table_data and not client_ignores_table_data():
+            raise UsageError(
+                "exclude_table_data needs a mariadb-dump that has --ignore-table-data, and this one has not "
+                "(MySQL's mysqldump and MariaDB clients before 2020 have none)",
+                "install a recent MariaDB client (package mariadb-client), or remove exclude_table_data",
+            )
         try:
             session = _session(location, password, location.database)
         except StatementFailed as error:
+            if exclude_table_data:
+                raise SourceError(
+                    f"cannot list the tables of {location.display()} for exclude_table_data: {error.message}",
+                    DUMP_FAILURE_HINT,
+                ) from None
             # The dump will most likely fail the same way, and say so when finished.
             command = _tool_command(location, password, "mariadb-dump", *DUMP_OPTIONS, location.database)
             return DumpProcess(command, f"no connection for the fingerprint: {error.message}")
         try:
             default = database_default(session.rows("SELECT @@character_set_database, @@collation_database", 10)[0])
             plan = dump_plan(lambda statement: session.rows(statement, QUERY_TIMEOUT_SECONDS))
-            command = _tool_command(location, password, "mariadb-dump", *DUMP_OPTIONS, *plan.options, location.database)
-            dump = _synchronised_dump(session, command, location, plan.history)
+            selection = TableSelection((), ())
+            if exclude_table_data:
+                selection = select_tables(exclude_table_data, [row[0] for row in session.rows(TABLES_QUERY, 10)])
+            ignored = (f"--ignore-table-data={location.database}.{table}" for table in selection.tables)
+            options = (*DUMP_OPTIONS, *plan.options, *ignored)
+            command = _tool_command(location, password, "mariadb-dump", *options, location.database)
+            dump = _synchronised_dump(session, command, location, plan.history, frozenset(selection.tables))
         except BaseException:
             session.close()
             raise
         dump.stdout = with_prefix(default, dump.stdout)
-        dump.warnings = plan.warnings
+        dump.warnings = plan.warnings + selection.warnings()
+        dump.rows_excluded = selection.tables
         return dump
 
     def inspect(self, url: str, password: str | None) -> DatabaseInfo:
@@ -355,6 +385,7 @@ class DumpProcess(StreamingProcess):
         super().__init__(command)
         self.inspected_note = note
         self.warnings: tuple[str, ...] = ()  # what the dump cannot keep (DumpPlan)
+        self.rows_excluded: tuple[str, ...] = ()  # tables dumped without their rows
 
     def exited(self) -> bool:
         return self._process.poll() is not None
@@ -374,12 +405,14 @@ class MysqlDump(FingerprintedDump):
         location: ServerLocation,
         lock_seconds: float,
         history: bool = False,
+        rows_excluded: frozenset[str] = frozenset(),
     ):
         self._session = session
         self._location = location
         self._history = history  # the dump holds the history of system-versioned tables
         self.lock_seconds = lock_seconds  # how long writers were held back
         self.warnings: tuple[str, ...] = ()  # what the dump cannot keep (DumpPlan)
+        self.rows_excluded: tuple[str, ...] = tuple(sorted(rows_excluded))  # dumped without their rows
         super().__init__(process, thread_name="mariadb-fingerprint")
 
     @property
@@ -399,7 +432,7 @@ class MysqlDump(FingerprintedDump):
         return "not in the dump's snapshot (no transactional engine), read at another moment: " + ", ".join(outside)
 
     def _fingerprint(self) -> DatabaseInfo:
-        return _database_info(self._rows, "mysql", history=self._history)
+        return _database_info(self._rows, "mysql", history=self._history, rows_excluded=frozenset(self.rows_excluded))
 
     def _stop_fingerprint(self) -> None:
         self._session.close()  # ends a running CHECKSUM TABLE's connection too
@@ -413,7 +446,11 @@ class MysqlDump(FingerprintedDump):
 
 
 def _synchronised_dump(
-    session: ClientSession, command: Command, location: ServerLocation, history: bool
+    session: ClientSession,
+    command: Command,
+    location: ServerLocation,
+    history: bool,
+    rows_excluded: frozenset[str] = frozenset(),
 ) -> MysqlDump | DumpProcess:
     """Start mariadb-dump so that its snapshot and our session's transaction see the same rows.
 
@@ -460,7 +497,7 @@ def _synchronised_dump(
             "so the fingerprint was taken after the dump"
         )
         return process
-    return MysqlDump(process, session, location, lock_seconds, history)
+    return MysqlDump(process, session, location, lock_seconds, history, rows_excluded)
 
 
 def _wait_for_dump_transaction(session: ClientSession, process: DumpProcess, own: int, newest: int, user: str) -> bool:
@@ -582,6 +619,15 @@ def _history_blocker(rows: Rows, versioned: list[VersionedTable]) -> str | None:
 
 
 @functools.cache
+def client_ignores_table_data() -> bool:
+    """Whether the mariadb-dump on PATH has --ignore-table-data (asked once per process)."""
+    try:
+        return IGNORE_TABLE_DATA in run_capture(Command(("mariadb-dump", "--help")), timeout=CONNECT_TIMEOUT_SECONDS)
+    except SourceError:
+        return False
+
+
+@functools.cache
 def client_dumps_history() -> bool:
     """Whether the mariadb-dump on PATH has --dump-history (asked once per process)."""
     try:
@@ -590,17 +636,23 @@ def client_dumps_history() -> bool:
         return False
 
 
-def _database_info(rows: Rows, engine: str, history: bool | None = None) -> DatabaseInfo:
+def _database_info(
+    rows: Rows, engine: str, history: bool | None = None, rows_excluded: frozenset[str] = frozenset()
+) -> DatabaseInfo:
     """Server version, per-table counts and checksums, migration version, all on one connection.
 
     With `history` the system-versioned tables' history is fingerprinted too (the dump holds
-    it); None decides as `dump_plan` does, for a database restored from such a dump.
+    it); None decides as `dump_plan` does, for a database restored from such a dump. The tables
+    in `rows_excluded` (dumped without their rows) are not read: each is given empty, as its
+    restore holds it.
     """
     version, database = rows("SELECT VERSION(), DATABASE()")[0]
     listed = rows(
         "SELECT table_name, COALESCE(engine, ''), table_type FROM information_schema.tables"
         f" WHERE table_schema = DATABASE() AND table_type IN {TABLE_TYPES} ORDER BY table_name"
     )
+    empty = {name: TableInfo(name=name, rows=0, checksum="0") for name, _, _ in listed if name in rows_excluded}
+    listed = [row for row in listed if row[0] not in empty]
     engines = {row[0]: row[1] for row in listed}
     versioned = [row[0] for row in listed if row[2] == "SYSTEM VERSIONED"]
     names = sorted(engines)
@@ -625,7 +677,8 @@ def _database_info(rows: Rows, engine: str, history: bool | None = None) -> Data
             )
             for name in names
         ]
-    migration_table, migration_version = _migration(rows, set(names))
+    tables = sorted([*tables, *empty.values()], key=lambda table: table.name)
+    migration_table, migration_version = _migration(rows, set(names))  # an emptied one holds no version
     return DatabaseInfo(
         engine=engine,
         server_version=version,

@@ -33,7 +33,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any, cast
@@ -75,6 +75,7 @@ from lockstep.databases.postgresql_archive import (
     read_head,
 )
 from lockstep.databases.postgresql_large_objects import large_objects_info
+from lockstep.databases.table_patterns import TableSelection, select_tables
 from lockstep.databases.url_options import LIBPQ_OPTIONS, check_url_options
 from lockstep.errors import SourceError, UsageError
 from lockstep.process import Command, StreamingProcess, run_with_input
@@ -212,12 +213,16 @@ class PostgresqlAdapter:
     # What _fingerprint gives a table without rows: the manifest of a schema-only dump.
     empty_table_checksum = f"{0:016x}"
 
-    def dump(self, url: str, password: str | None, schema_only: bool = False) -> PostgresqlDump:
+    def dump(
+        self, url: str, password: str | None, schema_only: bool = False, exclude_table_data: Sequence[str] = ()
+    ) -> PostgresqlDump:
         """pg_dump inside a snapshot exported from a transaction we keep open.
 
         The same snapshot then serves `consistent_info()`, so the manifest's row counts and
         checksums describe exactly the rows in the dump, even while the application writes.
         `schema_only`: pg_dump --schema-only, an archive without TABLE DATA entries.
+        `exclude_table_data`: the tables the patterns match in that snapshot are given to pg_dump
+        by their exact names (--exclude-table-data), and not read by the fingerprint either.
         """
         location = ServerLocation.parse(url)
         connection = _connect(location, password, location.database)
@@ -225,6 +230,15 @@ class PostgresqlAdapter:
             connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             connection.read_only = True
             snapshot = _scalar(connection, "SELECT pg_export_snapshot()")
+            selection = TableSelection((), ())
+            excluded: list[tuple[str, str]] = []
+            if exclude_table_data and not schema_only:
+                tables = {
+                    table_name(str(schema), str(table)): (str(schema), str(table))
+                    for schema, table in connection.execute(_TABLE_NAMES).fetchall()
+                }
+                selection = select_tables(exclude_table_data, tables)
+                excluded = [tables[name] for name in selection.tables]
             process = StreamingProcess(
                 _tool_command(
                     location,
@@ -234,6 +248,7 @@ class PostgresqlAdapter:
                     "--compress=0",
                     f"--snapshot={snapshot}",
                     *(("--schema-only",) if schema_only else ()),
+                    *(f"--exclude-table-data={_exact_pattern(schema, table)}" for schema, table in excluded),
                     _dbname_argument(location.database),
                 ),
                 DUMP_FAILURE_HINT,
@@ -241,7 +256,9 @@ class PostgresqlAdapter:
         except BaseException:
             connection.close()
             raise
-        return PostgresqlDump(process, connection, location, schema_only)
+        dump = PostgresqlDump(process, connection, location, schema_only, frozenset(selection.tables))
+        dump.warnings = selection.warnings()
+        return dump
 
     def inspect(self, url: str, password: str | None) -> DatabaseInfo:
         return self.inspect_as(url, password, CHECKSUM_ALGORITHM)
@@ -561,11 +578,18 @@ class PostgresqlDump(FingerprintedDump):
     entries of its table of contents, which pg_dump writes first."""
 
     def __init__(
-        self, process: StreamingProcess, connection: Connection, location: ServerLocation, schema_only: bool = False
+        self,
+        process: StreamingProcess,
+        connection: Connection,
+        location: ServerLocation,
+        schema_only: bool = False,
+        rows_excluded: frozenset[str] = frozenset(),
     ) -> None:
         self._connection = connection
         self._location = location
         self._schema_only = schema_only
+        self.rows_excluded = tuple(sorted(rows_excluded))  # tables dumped without their rows
+        self.warnings: tuple[str, ...] = ()  # exclude_table_data patterns that matched no table
         super().__init__(process, thread_name="pg-fingerprint")
         self._head = _HeadTap(process.stdout)
         self.stdout = cast(IO[bytes], self._head)
@@ -579,7 +603,7 @@ class PostgresqlDump(FingerprintedDump):
             info = _catalog_info(self._connection)
             views = _materialized_views(self._connection, rows=False)
             return replace(info, large_objects=LargeObjectsInfo(0, _EMPTY_SUM), materialized_views=views)
-        info = _database_info(self._connection, self._location)
+        info = _database_info(self._connection, self._location, rows_excluded=frozenset(self.rows_excluded))
         return replace(info, **_beyond_tables(self._connection, with_sequences=False))
 
     def consistent_info(self) -> DatabaseInfo:
@@ -822,12 +846,16 @@ def _restore_jobs() -> int:
 
 
 def _database_info(
-    connection: Connection, location: ServerLocation, algorithm: str | None = CHECKSUM_ALGORITHM
+    connection: Connection,
+    location: ServerLocation,
+    algorithm: str | None = CHECKSUM_ALGORITHM,
+    rows_excluded: frozenset[str] = frozenset(),
 ) -> DatabaseInfo:
     """The fingerprint, with checksums as a manifest of `algorithm` recorded them: the legacy
     one in the session's own settings, row-hash-sum-2 with TEXT_SETTINGS pinned and only enums
     hashed as text, row-hash-sum-3 with an inheritance parent's rows counting its children's,
-    anything else (None too) the current way."""
+    anything else (None too) the current way. The tables in `rows_excluded` (dumped without
+    their rows) are not read: each is given as its restore holds it, empty."""
     settings: tuple[tuple[str, str], ...] = ()
     tables_query = _TABLES_QUERY_ENUMS_ONLY
     current = algorithm not in (LEGACY_CHECKSUM_ALGORITHM, PINNED_TEXT_CHECKSUM_ALGORITHM)
@@ -842,6 +870,9 @@ def _database_info(
     version = _scalar(connection, "SHOW server_version")
     tables: list[TableInfo] = []
     for schema, table, _key_columns, columns, by_oid, inherits in connection.execute(tables_query).fetchall():
+        if table_name(schema, table) in rows_excluded:
+            tables.append(TableInfo(name=table_name(schema, table), rows=0, checksum=_EMPTY_SUM))
+            continue
         as_text = {str(column) for column in by_oid}
         names = [str(column) for column in columns]
         if current and inherits:
@@ -851,7 +882,8 @@ def _database_info(
             # which the restore keeps.
             names.sort()
         tables.append(_fingerprint_all_rows(connection, schema, table, names, as_text, only))
-    migration_table, migration_version = _migration(connection, {t.name for t in tables})
+    # A migration table dumped without rows holds no version in the snapshot.
+    migration_table, migration_version = _migration(connection, {t.name for t in tables} - rows_excluded)
     return DatabaseInfo(
         engine="postgresql",
         server_version=version,
@@ -1180,6 +1212,12 @@ def table_name(schema: str, table: str) -> str:
         return '"' + name.replace('"', '""') + '"' if "." in name or '"' in name else name
 
     return part(table) if schema == "public" else f"{part(schema)}.{part(table)}"
+
+
+def _exact_pattern(schema: str, table: str) -> str:
+    """A pg_dump pattern that matches this one table: both parts in double quotes, where no
+    character is a pattern character (a double quote itself doubled)."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in (schema, table))
 
 
 def _column_value(column: str, as_text: bool) -> sql.Composable:

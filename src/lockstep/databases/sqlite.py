@@ -27,6 +27,7 @@ import sqlite3
 import stat
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 from urllib.parse import parse_qsl, unquote
@@ -44,6 +45,7 @@ from lockstep.databases.base import (
     redact_url,
     require_scratch,
 )
+from lockstep.databases.table_patterns import TableSelection, select_tables
 from lockstep.databases.url_options import check_url_options
 from lockstep.errors import SourceError, UsageError
 
@@ -105,6 +107,8 @@ class FileDump:
     def __init__(self, path: Path) -> None:
         self._path = path
         self.stdout: IO[bytes] = path.open("rb")
+        self.rows_excluded: tuple[str, ...] = ()  # tables whose rows were deleted from the copy
+        self.warnings: tuple[str, ...] = ()  # exclude_table_data patterns that matched no table
 
     def consistent_info(self) -> DatabaseInfo:
         """Counts and checksums of the copy itself: exactly what the snapshot stores."""
@@ -126,9 +130,12 @@ class SqliteAdapter:
 
     empty_table_checksum = hashlib.sha256().hexdigest()
 
-    def dump(self, url: str, password: str | None, schema_only: bool = False) -> FileDump:
+    def dump(
+        self, url: str, password: str | None, schema_only: bool = False, exclude_table_data: Sequence[str] = ()
+    ) -> FileDump:
         """The online backup into a temporary file; with `schema_only` every table's rows are
-        then deleted from the copy (triggers set aside meanwhile) and it is vacuumed."""
+        then deleted from the copy (triggers set aside meanwhile) and it is vacuumed, with
+        `exclude_table_data` those of the tables the patterns match."""
         path = database_path(url)
         descriptor, name = tempfile.mkstemp(prefix="lockstep-sqlite-", suffix=".sqlite3")
         os.close(descriptor)
@@ -140,8 +147,11 @@ class SqliteAdapter:
             ):
                 # pages=-1: the whole database in one step, one snapshot
                 source.backup(target, progress=_LockWait(time.monotonic() + BACKUP_LOCK_TIMEOUT_SECONDS))
+            selection = TableSelection((), ())
             if schema_only:
                 _delete_rows(copy)  # the copy's connection closed: VACUUM needs it alone
+            elif exclude_table_data:
+                selection = _exclude_rows(copy, exclude_table_data)
         except _LockedTooLong:
             remove_database_file(copy)
             raise SourceError(
@@ -155,7 +165,9 @@ class SqliteAdapter:
         except BaseException:
             remove_database_file(copy)
             raise
-        return FileDump(copy)
+        dump = FileDump(copy)
+        dump.rows_excluded, dump.warnings = selection.tables, selection.warnings()
+        return dump
 
     def summarize(self, url: str, password: str | None) -> DatabaseSummary:
         path = database_path(url)
@@ -428,11 +440,36 @@ def _fingerprint(connection: sqlite3.Connection, table: str) -> TableInfo:
     return TableInfo(name=table, rows=rows, checksum=digest.hexdigest())
 
 
-def _delete_rows(path: Path) -> None:
-    """Empty every table of the database at `path`, keeping its schema: its triggers are dropped
-    first (an ON DELETE trigger must not write rows elsewhere) and re-created after, virtual
-    tables are emptied through themselves (their shadow tables are theirs to keep), and
-    AUTOINCREMENT counters are reset. VACUUM leaves no deleted row in the file's free pages."""
+def _exclude_rows(path: Path, patterns: Sequence[str]) -> TableSelection:
+    """Delete the rows of the tables `patterns` match from the copy at `path` (never the live
+    file), as _delete_rows does; a virtual table's shadow tables are matched only through it."""
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        selection = select_tables(patterns, _own_tables(connection))
+    if selection.tables:
+        _delete_rows(path, selection.tables)
+    return selection
+
+
+def _own_tables(connection: sqlite3.Connection) -> list[str]:
+    """The tables, without the shadow tables a virtual table keeps its rows in (fts_content...)."""
+    listed = connection.execute(
+        "SELECT name, COALESCE(sql, '') FROM sqlite_master WHERE type = 'table'"
+        " AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
+    ).fetchall()
+    virtual = [str(name) for name, sql in listed if str(sql).upper().startswith("CREATE VIRTUAL TABLE")]
+    return [
+        str(name)
+        for name, _ in listed
+        if str(name) in virtual or not any(str(name).startswith(owner + "_") for owner in virtual)
+    ]
+
+
+def _delete_rows(path: Path, only: Sequence[str] | None = None) -> None:
+    """Empty every table of the database at `path` (or those in `only`), keeping its schema: its
+    triggers are dropped first (an ON DELETE trigger must not write rows elsewhere) and re-created
+    after, virtual tables are emptied through themselves (their shadow tables are theirs to keep),
+    and AUTOINCREMENT counters are reset when every table is emptied (kept otherwise, as pg_dump
+    keeps a sequence's value). VACUUM leaves no deleted row in the file's free pages."""
     connection = sqlite3.connect(path, isolation_level=None)
     try:
         connection.execute("BEGIN")
@@ -441,16 +478,10 @@ def _delete_rows(path: Path) -> None:
         ).fetchall()
         for name, _ in triggers:
             connection.execute('DROP TRIGGER "' + str(name).replace('"', '""') + '"')
-        listed = connection.execute(
-            "SELECT name, COALESCE(sql, '') FROM sqlite_master WHERE type = 'table'"
-            " AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
-        ).fetchall()
-        virtual = [str(name) for name, sql in listed if str(sql).upper().startswith("CREATE VIRTUAL TABLE")]
-        for name, _ in listed:
-            if any(str(name).startswith(owner + "_") for owner in virtual) and str(name) not in virtual:
-                continue
-            connection.execute('DELETE FROM "' + str(name).replace('"', '""') + '"')
-        if connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
+        for name in _own_tables(connection):
+            if only is None or name in only:
+                connection.execute('DELETE FROM "' + name.replace('"', '""') + '"')
+        if only is None and connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
             connection.execute("DELETE FROM sqlite_sequence")
         for _, sql in triggers:
             connection.execute(str(sql))

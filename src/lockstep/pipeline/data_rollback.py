@@ -14,7 +14,14 @@ from pathlib import Path
 from lockstep.config import ProjectConfig
 from lockstep.errors import UsageError
 from lockstep.fault_injection import wait_point
-from lockstep.pipeline.diff import DatabaseDiff, LargeObjectsDiff, SequenceDiff, TableDiff, diff_database
+from lockstep.pipeline.diff import (
+    DatabaseDiff,
+    LargeObjectsDiff,
+    SequenceDiff,
+    TableDiff,
+    describe_rows_not_in_snapshot,
+    diff_database,
+)
 from lockstep.pipeline.restore import RestoredDatabase, ServerAccess, restore_database
 from lockstep.pipeline.retention_policy import PRE_RESTORE_KIND
 from lockstep.pipeline.snapshot import (
@@ -108,6 +115,8 @@ def describe_table_change(table: TableDiff) -> str:
     if table.status == "removed":
         return "dropped after the snapshot; a restore brings it back"
     parts = _losses("row", table.rows_added, table.rows_changed, table.rows_removed)
+    if table.rows_not_in_snapshot is not None:
+        parts.append(describe_rows_not_in_snapshot(table.rows_not_in_snapshot))
     if table.columns:
         parts.append(f"{counted(len(table.columns), 'column change')} (undone)")
     if table.default_collation:

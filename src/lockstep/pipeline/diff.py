@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -38,6 +38,7 @@ from lockstep.pipeline.restore import ServerAccess, database_record, dump_source
 from lockstep.repository.repository import Repository
 from lockstep.repository.restorer import dump_file, find_node
 from lockstep.repository.snapshot import Snapshot
+from lockstep.wording import counted
 
 # Buckets per table: at least this many, and about one per BUCKET_ROWS rows (a power of two),
 # so that sparse changes leave most buckets equal and few rows have to be fetched.
@@ -81,10 +82,13 @@ class TableDiff:
     # MariaDB: the table's default collation, (snapshot, live), when it changed. A table without
     # text columns converted to another character set changes nothing else a diff can see.
     default_collation: tuple[str, str] | None = None
+    # A table the snapshot holds without its rows (exclude_table_data): the live rows, none of
+    # which is in the snapshot (a restore gives the table back empty). None: rows were compared.
+    rows_not_in_snapshot: int | None = None
 
     @property
     def changed(self) -> bool:
-        return self.status != "unchanged"
+        return self.status != "unchanged" or bool(self.rows_not_in_snapshot)
 
     def to_document(self) -> dict[str, Any]:
         return {
@@ -101,6 +105,7 @@ class TableDiff:
                 if self.default_collation is None
                 else {"snapshot": self.default_collation[0], "live": self.default_collation[1]}
             ),
+            **({} if self.rows_not_in_snapshot is None else {"rows_not_in_snapshot": self.rows_not_in_snapshot}),
         }
 
 
@@ -248,7 +253,7 @@ def diff_database(
             tables = (
                 compare_schemas(live_side, snapshot_side)
                 if record.schema_only
-                else compare_sides(live_side, snapshot_side)
+                else compare_sides(live_side, snapshot_side, set(record.rows_excluded))
             )
             # A schema-only snapshot holds no sequence values and no large objects to compare.
             if (
@@ -309,8 +314,9 @@ def _snapshot_side(repository: Repository, node: Any, engine: str, live: ServerA
             adapter.drop_database(scratch, live.password)
 
 
-def compare_sides(live: _Side, snapshot: _Side) -> list[TableDiff]:
-    """Every table on either side, compared; sorted by name."""
+def compare_sides(live: _Side, snapshot: _Side, rows_excluded: set[str] | None = None) -> list[TableDiff]:
+    """Every table on either side, compared; sorted by name. A table in `rows_excluded` (the
+    snapshot holds it without rows) has its schema compared and its live rows counted."""
     live_shapes, snapshot_shapes = live.shapes(), snapshot.shapes()
     tables: list[TableDiff] = []
     for name in sorted(set(live_shapes) | set(snapshot_shapes)):
@@ -320,8 +326,20 @@ def compare_sides(live: _Side, snapshot: _Side) -> list[TableDiff]:
         if name not in live_shapes:
             tables.append(TableDiff(name, "removed", rows_removed=snapshot.count(name), key=snapshot_shapes[name].key))
             continue
+        if name in (rows_excluded or set()):
+            schema = _compare_schema(name, live_shapes[name], snapshot_shapes[name])
+            tables.append(replace(schema, rows_not_in_snapshot=live.count(name)))
+            continue
         tables.append(_compare_table(name, live, snapshot, live_shapes[name], snapshot_shapes[name]))
     return tables
+
+
+def describe_rows_not_in_snapshot(live_rows: int) -> str:
+    """A table the snapshot holds without its rows (exclude_table_data), in words."""
+    return (
+        "rows not in the snapshot (exclude_table_data): a restore gives the table back empty, "
+        f"discarding its {counted(live_rows, 'live row')} (no snapshot keeps them)"
+    )
 
 
 def compare_sequences(live: dict[str, tuple[int, bool]], snapshot: dict[str, tuple[int, bool]]) -> list[SequenceDiff]:
@@ -355,22 +373,24 @@ def compare_schemas(live: _Side, snapshot: _Side) -> list[TableDiff]:
         elif name not in live_shapes:
             tables.append(TableDiff(name, "removed", key=snapshot_shapes[name].key))
         else:
-            live_shape, snapshot_shape = live_shapes[name], snapshot_shapes[name]
-            changes = _column_changes(live_shape, snapshot_shape)
-            key_changed = live_shape.key != snapshot_shape.key
-            collation = _default_collation_change(live_shape, snapshot_shape)
-            status = "changed" if changes or key_changed or collation else "unchanged"
-            tables.append(
-                TableDiff(
-                    name,
-                    status,
-                    key=live_shape.key,
-                    columns=changes,
-                    primary_key_changed=key_changed,
-                    default_collation=collation,
-                )
-            )
+            tables.append(_compare_schema(name, live_shapes[name], snapshot_shapes[name]))
     return tables
+
+
+def _compare_schema(name: str, live_shape: TableShape, snapshot_shape: TableShape) -> TableDiff:
+    """A table on both sides by its columns, primary key and default collation, no row read."""
+    changes = _column_changes(live_shape, snapshot_shape)
+    key_changed = live_shape.key != snapshot_shape.key
+    collation = _default_collation_change(live_shape, snapshot_shape)
+    status = "changed" if changes or key_changed or collation else "unchanged"
+    return TableDiff(
+        name,
+        status,
+        key=live_shape.key,
+        columns=changes,
+        primary_key_changed=key_changed,
+        default_collation=collation,
+    )
 
 
 def _column_changes(live: TableShape, snapshot: TableShape) -> list[ColumnChange]:

@@ -213,6 +213,10 @@ class DatabaseRecord:
     sequences: list[SequenceRecord] | None = None
     large_objects: LargeObjectsRecord | None = None
     materialized_views: list[MaterializedViewRecord] | None = None
+    # The tables dumped without their rows (`exclude_table_data`): each is in `tables` with 0
+    # rows and the checksum of an empty table, as a restore gives it back. Absent from the
+    # document when empty, as in manifests written before the key existed.
+    rows_excluded: list[str] = field(default_factory=list)
 
     def to_document(self) -> dict[str, Any]:
         document: dict[str, Any] = {
@@ -238,6 +242,8 @@ class DatabaseRecord:
             document["warnings"] = list(self.warnings)
         if self.schema_only:
             document["schema_only"] = True
+        if self.rows_excluded:
+            document["rows_excluded"] = list(self.rows_excluded)
         if self.sequences is not None:
             document["sequences"] = [sequence.to_document() for sequence in self.sequences]
         if self.large_objects is not None:
@@ -273,6 +279,7 @@ class DatabaseRecord:
             sequences=None if sequences is None else [SequenceRecord.from_document(item) for item in sequences],
             large_objects=None if large_objects is None else LargeObjectsRecord.from_document(large_objects),
             materialized_views=None if views is None else [MaterializedViewRecord.from_document(v) for v in views],
+            rows_excluded=[str(name) for name in document.get("rows_excluded") or []],
         )
 
 

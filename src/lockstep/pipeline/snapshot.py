@@ -453,7 +453,7 @@ def _store_database(
         dump = (
             adapter.dump(database.url, password, schema_only=True)
             if schema_only
-            else adapter.dump(database.url, password)
+            else adapter.dump(database.url, password, exclude_table_data=database.exclude_table_data)
         )
         info = None
         consistent_info = getattr(dump, "consistent_info", None)
@@ -478,6 +478,7 @@ def _store_database(
             inspected = str(getattr(dump, "inspected", "dump"))
         inspected_note = getattr(dump, "inspected_note", None)
         warnings = [str(warning) for warning in getattr(dump, "warnings", ())]
+        rows_excluded = [str(table) for table in getattr(dump, "rows_excluded", ())]
         if info is None:
             # A schema-only dump holds no row: its tables are listed, not fingerprinted (a
             # fingerprint reads every row, for counts that would all be replaced by 0).
@@ -504,6 +505,8 @@ def _store_database(
     ]
     if schema_only:
         tables, inspected, inspected_note = _schema_only_tables(adapter, dump, tables), "dump", None
+    elif rows_excluded:
+        tables = _without_rows(adapter, tables, set(rows_excluded))
     return DatabaseRecord(
         engine=info.engine,
         server_version=info.server_version,
@@ -520,6 +523,7 @@ def _store_database(
         checksum_algorithm=getattr(adapter, "checksum_algorithm", None),
         warnings=warnings,
         schema_only=schema_only,
+        rows_excluded=rows_excluded,
         sequences=None
         if info.sequences is None
         else [SequenceRecord(sequence.name, sequence.last_value, sequence.is_called) for sequence in info.sequences],
@@ -555,6 +559,15 @@ def _schema_only_tables(adapter: DatabaseAdapter, dump: object, tables: list[Tab
     empty = getattr(adapter, "empty_table_checksum", None)
     assert empty is not None, f"the {adapter.engine} adapter names no checksum of an empty table"
     return [TableRecord(name=table.name, rows=0, checksum=str(empty)) for table in tables]
+
+
+def _without_rows(adapter: DatabaseAdapter, tables: list[TableRecord], excluded: set[str]) -> list[TableRecord]:
+    """The tables dumped without their rows (exclude_table_data) as a restore holds them: empty.
+    A fingerprint taken after the dump (no consistent one) has read their live rows."""
+    empty = str(getattr(adapter, "empty_table_checksum", ""))
+    return [
+        TableRecord(name=table.name, rows=0, checksum=empty) if table.name in excluded else table for table in tables
+    ]
 
 
 def is_schema_only(snapshot: Snapshot) -> bool:
