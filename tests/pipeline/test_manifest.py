@@ -187,3 +187,16 @@ def test_sequences_large_objects_and_materialized_views_round_trip_under_readabl
     assert document["large_objects"] == {"count": 2, "checksum": "0123456789abcdef"}
     assert document["materialized_views"][1] == {"name": "report", "populated": False, "rows": 0, "checksum": "0" * 16}
     assert DatabaseRecord.from_document(document) == record
+
+
+def test_rows_excluded_round_trips_and_an_older_manifest_has_none() -> None:
+    """The tables dumped without rows are listed only when there are some; a manifest written
+    before exclude_table_data existed reads back with none."""
+    manifest = sample_manifest()
+    plain = json.loads(manifest.to_json())["databases"]["main"]
+    assert "rows_excluded" not in plain
+    assert DatabaseRecord.from_document(plain).rows_excluded == []
+    record = DatabaseRecord(**{**manifest.databases["main"].__dict__, "rows_excluded": ["sessions", "audit.log"]})
+    document = json.loads(json.dumps(record.to_document()))
+    assert document["rows_excluded"] == ["sessions", "audit.log"]
+    assert DatabaseRecord.from_document(document) == record
