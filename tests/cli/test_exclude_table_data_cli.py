@@ -28,6 +28,7 @@ CREATE TABLE customers (id serial PRIMARY KEY, email text NOT NULL);
 CREATE TABLE sessions (token text PRIMARY KEY, customer_id int REFERENCES customers (id), seen timestamptz);
 CREATE INDEX sessions_seen ON sessions (seen);
 CREATE TABLE cache_pages (path text PRIMARY KEY, body text);
+CREATE TABLE page_views (path text REFERENCES cache_pages (path));
 CREATE SCHEMA audit;
 CREATE TABLE audit.log (id serial PRIMARY KEY, line text);
 INSERT INTO customers (email) SELECT 'c' || g || '@example.org' FROM generate_series(1, 20) g;
@@ -89,7 +90,8 @@ def write_config(target: Project, databases: dict[str, tuple[str, list[str]]]) -
 
 def test_excluded_tables_keep_their_definition_but_not_their_rows(project: Project, tmp_path: Path) -> None:  # noqa: F811
     """Each engine's dump holds the excluded tables' definitions and indexes but none of their
-    rows; the manifest lists them with 0 rows; a pattern matching nothing is a warning naming it;
+    rows; the manifest lists them with 0 rows; a pattern matching nothing is a warning naming it,
+    and so is a kept table's foreign key to an emptied one;
     the live databases keep every row; verify --level restore passes; show, diff and an
     in-place restore say the rows are not in the snapshot."""
     fill_sqlite(project.root / "notes.db")
@@ -108,9 +110,12 @@ def test_excluded_tables_keep_their_definition_but_not_their_rows(project: Proje
         assert orders["rows_excluded"] == ["sessions"]
         assert notes["rows_excluded"] == ["cache_entries"]
         rows = {table["name"]: table["rows"] for table in shop["tables"]}
-        assert rows == {"customers": 20, "sessions": 0, "cache_pages": 0, "audit.log": 0}
+        assert rows == {"customers": 20, "sessions": 0, "cache_pages": 0, "audit.log": 0, "page_views": 0}
         assert {table["name"]: table["rows"] for table in orders["tables"]} == {"orders": 2, "sessions": 0}
         assert any("'nosuch_*' matches no table" in warning for warning in shop["warnings"]), shop
+        # A kept table referring to an emptied one could not get its foreign key back with rows.
+        assert any("page_views has a foreign key to cache_pages" in warning for warning in shop["warnings"]), shop
+        assert not any("table sessions has" in warning for warning in shop["warnings"]), shop
         assert "warnings" not in orders
 
         archive = project.repo("dump", created["id"], "/databases/shop.dump").stdout

@@ -239,6 +239,7 @@ class PostgresqlAdapter:
                 }
                 selection = select_tables(exclude_table_data, tables)
                 excluded = [tables[name] for name in selection.tables]
+            warnings = selection.warnings() + _references_to_emptied(connection, set(selection.tables))
             process = StreamingProcess(
                 _tool_command(
                     location,
@@ -257,7 +258,7 @@ class PostgresqlAdapter:
             connection.close()
             raise
         dump = PostgresqlDump(process, connection, location, schema_only, frozenset(selection.tables))
-        dump.warnings = selection.warnings()
+        dump.warnings = warnings
         return dump
 
     def inspect(self, url: str, password: str | None) -> DatabaseInfo:
@@ -1212,6 +1213,32 @@ def table_name(schema: str, table: str) -> str:
         return '"' + name.replace('"', '""') + '"' if "." in name or '"' in name else name
 
     return part(table) if schema == "public" else f"{part(schema)}.{part(table)}"
+
+
+# Foreign keys: (referencing schema, table, referenced schema, table).
+_FOREIGN_KEYS = """
+SELECT cn.nspname, c.relname, rn.nspname, r.relname FROM pg_catalog.pg_constraint k
+JOIN pg_catalog.pg_class c ON c.oid = k.conrelid JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
+JOIN pg_catalog.pg_class r ON r.oid = k.confrelid JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
+WHERE k.contype = 'f' ORDER BY 1, 2, 3, 4
+"""
+
+
+def _references_to_emptied(connection: Connection, excluded: set[str]) -> tuple[str, ...]:
+    """A warning per table whose rows are kept with a foreign key to a table whose rows are not:
+    its restore cannot add that constraint while rows refer to the emptied table."""
+    if not excluded:
+        return ()
+    warnings = []
+    for schema, table, referenced_schema, referenced in connection.execute(_FOREIGN_KEYS).fetchall():
+        name, target = table_name(str(schema), str(table)), table_name(str(referenced_schema), str(referenced))
+        if target in excluded and name not in excluded:
+            warnings.append(
+                f"exclude_table_data: table {name} has a foreign key to {target}, whose rows are left out: a "
+                f"restore cannot add it while rows of {name} refer to {target}; leave out {name}'s rows too, "
+                f"or keep {target}'s"
+            )
+    return tuple(dict.fromkeys(warnings))
 
 
 def _exact_pattern(schema: str, table: str) -> str:
