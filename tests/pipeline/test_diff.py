@@ -423,3 +423,18 @@ def test_a_data_rollback_preview_names_large_objects_and_sequences_it_would_undo
         "database main, large objects: 2 added (lost), 1 deleted (come back)",
         "database main, sequence invoice_numbers: at 4250, at 4242 in the snapshot; a restore sets it back",
     ]
+
+
+def test_a_data_rollback_preview_says_a_table_without_rows_in_the_snapshot_comes_back_empty() -> None:
+    """exclude_table_data: the live rows of such a table are not "added since the snapshot", they
+    were never in it; the preview says the restore empties the table, and only when it has rows."""
+    from lockstep.pipeline.data_rollback import summarize_discarded
+    from lockstep.pipeline.diff import TableDiff
+
+    sessions = TableDiff("sessions", "unchanged", key=["token"], rows_not_in_snapshot=12)
+    empty_cache = TableDiff("cache", "unchanged", key=["key"], rows_not_in_snapshot=0)
+    diff = DatabaseDiff("main", "postgresql", "ab" * 32, "postgresql://app@db/shop", [sessions, empty_cache], 0.1)
+    assert summarize_discarded([diff]) == [
+        "database main, table sessions: rows not in the snapshot (exclude_table_data): a restore gives the "
+        "table back empty, discarding its 12 live rows (no snapshot keeps them)"
+    ]
