@@ -282,7 +282,7 @@ def test_find_config_prefers_the_explicit_path(tmp_path: Path) -> None:
 
 def test_known_keys_steps_over_table_names() -> None:
     """The suggestion list for databases.<any name> is the database keys."""
-    assert known_keys(["databases", "anything"]) == ["url", "password_env", "password_file"]
+    assert known_keys(["databases", "anything"]) == ["url", "password_env", "password_file", "exclude_table_data"]
     assert "repository" in known_keys([])
 
 

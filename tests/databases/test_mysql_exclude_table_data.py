@@ -1,5 +1,6 @@
-"""exclude_table_data on MariaDB/MySQL needs mariadb-dump's --ignore-table-data: a client
-without it (MySQL's mysqldump, MariaDB clients before 2020) is refused before anything runs."""
+"""exclude_table_data on MariaDB/MySQL: mariadb-dump's --ignore-table-data, which a client without
+it (MySQL's mysqldump, MariaDB clients before 2020) is refused for before anything runs; and a
+fingerprint taken after the dump still records the tables without rows empty."""
 
 from __future__ import annotations
 
@@ -9,8 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from lockstep.config.model import ProjectConfig
 from lockstep.databases import mysql
 from lockstep.errors import UsageError
+from lockstep.pipeline.snapshot import SnapshotRequest, create_snapshot
+from tests.databases.test_mysql import adapter, database, name_of, run_sql
+from tests.databases.test_mysql_consistent import limited_user
+from tests.pipeline.test_verify import open_repository
+
+__all__ = ["adapter", "database", "limited_user"]  # fixtures used here
 
 
 @pytest.fixture
@@ -32,3 +40,33 @@ def test_a_client_without_ignore_table_data_is_refused_naming_the_key() -> None:
         mysql.ADAPTER.dump("mariadb://root@127.0.0.1:3306/shop", None, exclude_table_data=["sessions"])
     assert "exclude_table_data" in refused.value.message and "--ignore-table-data" in refused.value.message
     assert "mariadb-client" in refused.value.hint
+
+
+def test_a_fingerprint_taken_after_the_dump_records_the_excluded_table_empty(
+    database: str, limited_user: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without RELOAD the fingerprint is taken after the dump, from the live rows: the manifest
+    still records the table as the dump holds it, with 0 rows, so verify does not expect them."""
+    user, password = limited_user
+    run_sql(
+        "CREATE TABLE orders (id int PRIMARY KEY); CREATE TABLE sessions (token varchar(20) PRIMARY KEY);"
+        "INSERT INTO orders VALUES (1); INSERT INTO sessions VALUES ('a'), ('b')",
+        name_of(database),
+    )
+    monkeypatch.setenv("EXCLUDE_TEST_PASSWORD", password)
+    main = {
+        "url": database.replace("root@", f"{user}@"),
+        "password_env": "EXCLUDE_TEST_PASSWORD",
+        "exclude_table_data": ["sessions"],
+    }
+    source = {"repository": {"url": str(tmp_path / "repository")}, "databases": {"main": main}}
+    config = ProjectConfig.from_source(source, tmp_path).resolve(None)
+    repository = open_repository(tmp_path / "repository")
+    try:
+        created = create_snapshot(repository, config, SnapshotRequest(project_directory=tmp_path), code=None)
+    finally:
+        repository.close()
+    record = created.manifest.databases["main"]
+    assert record.inspected == "after-dump" and record.rows_excluded == ["sessions"]
+    rows = {table.name: (table.rows, table.checksum) for table in record.tables}
+    assert rows["orders"][0] == 1 and rows["sessions"] == (0, "0")
