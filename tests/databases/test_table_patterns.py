@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lockstep.databases.table_patterns import check_table_pattern, select_tables
+from lockstep.databases.table_patterns import check_table_pattern, references_to_emptied, select_tables
 
 NAMES = ["cache_pages", "cache_users", "sessions", "audit.log", "audit.sessions", '"billing.2024".invoices']
 
@@ -26,6 +26,25 @@ def test_matching_is_case_sensitive_and_unmatched_patterns_are_warned_about() ->
     assert selection.warnings() == (
         "exclude_table_data: the pattern 'Sessions' matches no table; nothing was left out for it",
         "exclude_table_data: the pattern 'jobs_*' matches no table; nothing was left out for it",
+    )
+
+
+def test_a_partitioned_table_matched_stands_for_its_partitions_and_is_no_unmatched_pattern() -> None:
+    """A partitioned table is not among the names (it holds no rows): matching it selects the
+    partitions holding its rows, in the names' order; one without partitions selects nothing."""
+    partitions = {"events": ["events_2025", "audit.events_2024"], "audit.empty": []}
+    selection = select_tables(["events", "audit.empty"], [*NAMES, "audit.events_2024", "events_2025"], partitions)
+    assert selection.tables == ("audit.events_2024", "events_2025")
+    assert selection.unmatched == ()
+    assert select_tables(["event?"], ["events_2025"], partitions).tables == ("events_2025",)
+
+
+def test_a_kept_table_referring_to_an_emptied_one_is_named_with_the_fix() -> None:
+    foreign_keys = [("orders", "customers"), ("customers", "customers"), ("sessions", "customers"), ("a", "b")]
+    warnings = references_to_emptied(foreign_keys, {"customers", "sessions"}, "rows of {table} refer to {referenced}")
+    assert warnings == (
+        "exclude_table_data: table orders has a foreign key to customers, whose rows are left out: rows of orders "
+        "refer to customers; leave out orders's rows too, or keep customers's",
     )
 
 

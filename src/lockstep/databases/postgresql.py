@@ -75,7 +75,7 @@ from lockstep.databases.postgresql_archive import (
     read_head,
 )
 from lockstep.databases.postgresql_large_objects import large_objects_info
-from lockstep.databases.table_patterns import TableSelection, select_tables
+from lockstep.databases.table_patterns import TableSelection, references_to_emptied, select_tables
 from lockstep.databases.url_options import LIBPQ_OPTIONS, check_url_options
 from lockstep.errors import SourceError, UsageError
 from lockstep.process import Command, StreamingProcess, run_with_input
@@ -237,7 +237,7 @@ class PostgresqlAdapter:
                     table_name(str(schema), str(table)): (str(schema), str(table))
                     for schema, table in connection.execute(_TABLE_NAMES).fetchall()
                 }
-                selection = select_tables(exclude_table_data, tables)
+                selection = select_tables(exclude_table_data, tables, _partitions(connection))
                 excluded = [tables[name] for name in selection.tables]
             warnings = selection.warnings() + _references_to_emptied(connection, set(selection.tables))
             process = StreamingProcess(
@@ -1215,13 +1215,40 @@ def table_name(schema: str, table: str) -> str:
     return part(table) if schema == "public" else f"{part(schema)}.{part(table)}"
 
 
-# Foreign keys: (referencing schema, table, referenced schema, table).
+# Foreign keys between tables holding rows: (referencing schema, table, referenced schema, table).
+# One to or from a partitioned table is also in the catalog once per partition (a clone of it),
+# named here by the partitions whose rows are left out or kept.
 _FOREIGN_KEYS = """
 SELECT cn.nspname, c.relname, rn.nspname, r.relname FROM pg_catalog.pg_constraint k
 JOIN pg_catalog.pg_class c ON c.oid = k.conrelid JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
 JOIN pg_catalog.pg_class r ON r.oid = k.confrelid JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
-WHERE k.contype = 'f' ORDER BY 1, 2, 3, 4
+WHERE k.contype = 'f' AND c.relkind = 'r' AND r.relkind = 'r' ORDER BY 1, 2, 3, 4
 """
+
+# Each partitioned table with the partitions holding its rows, every level down: (schema,
+# table, partition's schema, partition). pg_inherits, not pg_partition_tree (PostgreSQL 12+);
+# below a partitioned table every child is a partition, never an INHERITS child.
+_PARTITIONS = """
+WITH RECURSIVE tree (root, relid) AS (
+  SELECT c.oid, c.oid FROM pg_catalog.pg_class c WHERE c.relkind = 'p'
+  UNION ALL
+  SELECT tree.root, i.inhrelid FROM tree JOIN pg_catalog.pg_inherits i ON i.inhparent = tree.relid
+)
+SELECT pn.nspname, p.relname, n.nspname, c.relname FROM tree
+JOIN pg_catalog.pg_class p ON p.oid = tree.root JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
+JOIN pg_catalog.pg_class c ON c.oid = tree.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND pn.nspname NOT IN ('pg_catalog', 'information_schema')
+ORDER BY 1, 2, 3, 4
+"""
+
+
+def _partitions(connection: Connection) -> dict[str, list[str]]:
+    """Each partitioned table's manifest name -> those of the partitions holding its rows."""
+    partitions: dict[str, list[str]] = {}
+    for schema, table, partition_schema, partition in connection.execute(_PARTITIONS).fetchall():
+        held = partitions.setdefault(table_name(str(schema), str(table)), [])
+        held.append(table_name(str(partition_schema), str(partition)))
+    return partitions
 
 
 def _references_to_emptied(connection: Connection, excluded: set[str]) -> tuple[str, ...]:
@@ -1229,16 +1256,13 @@ def _references_to_emptied(connection: Connection, excluded: set[str]) -> tuple[
     its restore cannot add that constraint while rows refer to the emptied table."""
     if not excluded:
         return ()
-    warnings = []
-    for schema, table, referenced_schema, referenced in connection.execute(_FOREIGN_KEYS).fetchall():
-        name, target = table_name(str(schema), str(table)), table_name(str(referenced_schema), str(referenced))
-        if target in excluded and name not in excluded:
-            warnings.append(
-                f"exclude_table_data: table {name} has a foreign key to {target}, whose rows are left out: a "
-                f"restore cannot add it while rows of {name} refer to {target}; leave out {name}'s rows too, "
-                f"or keep {target}'s"
-            )
-    return tuple(dict.fromkeys(warnings))
+    foreign_keys = (
+        (table_name(str(schema), str(table)), table_name(str(referenced_schema), str(referenced)))
+        for schema, table, referenced_schema, referenced in connection.execute(_FOREIGN_KEYS).fetchall()
+    )
+    return references_to_emptied(
+        foreign_keys, excluded, "a restore cannot add it while rows of {table} refer to {referenced}"
+    )
 
 
 def _exact_pattern(schema: str, table: str) -> str:

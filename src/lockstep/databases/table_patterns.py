@@ -8,12 +8,16 @@ elsewhere (`audit.*`: every table of the schema audit); MariaDB/MySQL's and SQLi
 schema, the tables being the URL's database's. Each engine's dump is then told the exact names
 (pg_dump --exclude-table-data, mariadb-dump --ignore-table-data, a DELETE in SQLite's copy), so
 pg_dump's own pattern rules (case folding, search_path) never come into play.
+
+A PostgreSQL partitioned table holds no rows and is not among those names: a pattern matching it
+(at any level) stands for the partitions holding its rows. A plain inheritance parent (INHERITS)
+is a table of its own: a pattern matching it leaves out its own rows only, as pg_dump does.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 # What users of fnmatch or SQL's LIKE would try; refused rather than taken literally.
@@ -56,13 +60,43 @@ class TableSelection:
         )
 
 
-def select_tables(patterns: Sequence[str], names: Iterable[str]) -> TableSelection:
-    """The `names` (manifest table names) that any of `patterns` matches."""
+def select_tables(
+    patterns: Sequence[str], names: Iterable[str], partitions: Mapping[str, Collection[str]] | None = None
+) -> TableSelection:
+    """The `names` (manifest table names) that any of `patterns` matches, directly or through a
+    partitioned table of `partitions` (its name -> the names of the partitions holding its rows,
+    every level down), so that `events` means the rows users think of as the events table's."""
     listed = list(names)
+    partitioned = partitions or {}
     expressions = {pattern: _expression(pattern) for pattern in patterns}
-    tables = tuple(name for name in listed if any(e.fullmatch(name) for e in expressions.values()))
-    unmatched = tuple(pattern for pattern, e in expressions.items() if not any(e.fullmatch(n) for n in listed))
+    through_parents = {
+        partition
+        for parent, held in partitioned.items()
+        if any(e.fullmatch(parent) for e in expressions.values())
+        for partition in held
+    }
+    tables = tuple(
+        name for name in listed if name in through_parents or any(e.fullmatch(name) for e in expressions.values())
+    )
+    unmatched = tuple(
+        pattern for pattern, e in expressions.items() if not any(e.fullmatch(name) for name in [*listed, *partitioned])
+    )
     return TableSelection(tables, unmatched)
+
+
+def references_to_emptied(
+    foreign_keys: Iterable[tuple[str, str]], excluded: Collection[str], consequence: str
+) -> tuple[str, ...]:
+    """A warning per (referencing, referenced) table pair of `foreign_keys` where the rows of
+    the referencing table are kept and those of the referenced one are not. `consequence` says
+    what a restore then does: each engine's differs, the fix is the same."""
+    warnings = (
+        f"exclude_table_data: table {name} has a foreign key to {target}, whose rows are left out: "
+        f"{consequence.format(table=name, referenced=target)}; leave out {name}'s rows too, or keep {target}'s"
+        for name, target in foreign_keys
+        if target in excluded and name not in excluded
+    )
+    return tuple(dict.fromkeys(warnings))
 
 
 def _expression(pattern: str) -> re.Pattern[str]:
