@@ -4,6 +4,7 @@ fingerprint taken after the dump still records the tables without rows empty."""
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +15,11 @@ from lockstep.config.model import ProjectConfig
 from lockstep.databases import mysql
 from lockstep.errors import UsageError
 from lockstep.pipeline.snapshot import SnapshotRequest, create_snapshot
-from tests.databases.test_mysql import adapter, database, name_of, run_sql
+from tests.databases.test_mysql import adapter, database, name_of, run_sql, scratch
 from tests.databases.test_mysql_consistent import limited_user
 from tests.pipeline.test_verify import open_repository
 
-__all__ = ["adapter", "database", "limited_user"]  # fixtures used here
+__all__ = ["adapter", "database", "limited_user", "scratch"]  # fixtures used here
 
 
 @pytest.fixture
@@ -70,3 +71,32 @@ def test_a_fingerprint_taken_after_the_dump_records_the_excluded_table_empty(
     assert record.inspected == "after-dump" and record.rows_excluded == ["sessions"]
     rows = {table.name: (table.rows, table.checksum) for table in record.tables}
     assert rows["orders"][0] == 1 and rows["sessions"] == (0, "0")
+
+
+def test_a_kept_table_referring_to_an_emptied_one_is_warned_about_naming_the_fix(
+    adapter: mysql.MysqlAdapter, database: str, scratch: str
+) -> None:
+    """The restore loads with FOREIGN_KEY_CHECKS=0: it succeeds, and orders' rows refer to
+    customers that are not there. The snapshot says so, as PostgreSQL's does; carts, whose rows
+    are left out too, and invoices, referring to a kept table, are no concern."""
+    run_sql(
+        "CREATE TABLE customers (id int PRIMARY KEY);"
+        "CREATE TABLE orders (id int PRIMARY KEY, customer_id int,"
+        " FOREIGN KEY (customer_id) REFERENCES customers (id));"
+        "CREATE TABLE carts (customer_id int, FOREIGN KEY (customer_id) REFERENCES customers (id));"
+        "CREATE TABLE invoices (order_id int, FOREIGN KEY (order_id) REFERENCES orders (id));"
+        "INSERT INTO customers VALUES (1); INSERT INTO orders VALUES (10, 1); INSERT INTO carts VALUES (1);",
+        name_of(database),
+    )
+    dump = adapter.dump(database, None, exclude_table_data=["customers", "carts"])
+    data = dump.stdout.read()
+    dump.finish()
+    assert dump.rows_excluded == ("carts", "customers")
+    assert dump.warnings == (
+        "exclude_table_data: table orders has a foreign key to customers, whose rows are left out: a restore "
+        "keeps the rows of orders that refer to rows of customers, which are not there; leave out orders's rows "
+        "too, or keep customers's",
+    )
+    adapter.restore(scratch, None, io.BytesIO(data), create=False)
+    orphans = "SELECT COUNT(*) FROM orders WHERE customer_id NOT IN (SELECT id FROM customers)"
+    assert run_sql(orphans, name_of(scratch)) == [["1"]]

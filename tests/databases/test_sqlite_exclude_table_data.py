@@ -55,3 +55,31 @@ def test_a_shadow_table_alone_matches_nothing_and_says_so(tmp_path: Path) -> Non
     excluded, warnings = dumped(url, ["search_data"], tmp_path / "copy.sqlite3")
     assert excluded == ()
     assert warnings == ("exclude_table_data: the pattern 'search_data' matches no table; nothing was left out for it",)
+
+
+def test_a_kept_table_referring_to_an_emptied_one_is_warned_about_naming_the_fix(tmp_path: Path) -> None:
+    """SQLite checks no foreign key of rows already stored: the copy restores with orders'
+    rows referring to customers that are not there. The snapshot says so, as PostgreSQL's does;
+    a REFERENCES clause naming the table in another case still names it."""
+    with sqlite3.connect(tmp_path / "shop.db") as connection:
+        connection.executescript(
+            """
+            CREATE TABLE customers (id INTEGER PRIMARY KEY);
+            CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER REFERENCES Customers (id));
+            CREATE TABLE carts (customer_id INTEGER REFERENCES customers (id));
+            CREATE TABLE invoices (order_id INTEGER REFERENCES orders (id));
+            INSERT INTO customers VALUES (1); INSERT INTO orders VALUES (10, 1); INSERT INTO carts VALUES (1);
+            """
+        )
+    connection.close()
+    copy = tmp_path / "copy.sqlite3"
+    excluded, warnings = dumped(f"sqlite:///{tmp_path / 'shop.db'}", ["customers", "carts"], copy)
+    assert excluded == ("carts", "customers")
+    assert warnings == (
+        "exclude_table_data: table orders has a foreign key to customers, whose rows are left out: a restore "
+        "keeps the rows of orders that refer to rows of customers, which are not there; leave out orders's rows "
+        "too, or keep customers's",
+    )
+    with sqlite3.connect(copy) as connection:
+        assert connection.execute("PRAGMA foreign_key_check").fetchall() == [("orders", 10, "Customers", 0)]
+    connection.close()

@@ -69,7 +69,12 @@ from lockstep.databases.mysql_dump_stream import database_default, with_prefix, 
 from lockstep.databases.mysql_rows import COLUMNS_QUERY, Column, history_hash_sum, identifier, row_hash_sum
 from lockstep.databases.mysql_session import ClientSession, StatementFailed, batch_fields
 from lockstep.databases.mysql_tables import Selection, tables_of_dump
-from lockstep.databases.table_patterns import TableSelection, select_tables
+from lockstep.databases.table_patterns import (
+    ROWS_LEFT_DANGLING,
+    TableSelection,
+    references_to_emptied,
+    select_tables,
+)
 from lockstep.databases.url_options import check_url_options
 from lockstep.errors import ServerLimitExceeded, SourceError, UsageError
 from lockstep.process import Command, StreamingProcess, run_capture, run_with_input
@@ -120,6 +125,11 @@ IGNORE_TABLE_DATA = "--ignore-table-data"
 TABLES_QUERY = (
     f"SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_type IN {TABLE_TYPES}"
     " ORDER BY table_name"
+)
+# Foreign keys within the database: (referencing table, referenced table).
+FOREIGN_KEYS_QUERY = (
+    "SELECT DISTINCT table_name, referenced_table_name FROM information_schema.referential_constraints"
+    " WHERE constraint_schema = DATABASE() AND unique_constraint_schema = DATABASE() ORDER BY 1, 2"
 )
 # A system-versioned table's period columns, each table with its own (or, for one declared
 # just WITH SYSTEM VERSIONING, the pseudo-columns ROW_START and ROW_END) and their type:
@@ -235,6 +245,9 @@ class MysqlAdapter:
             selection = TableSelection((), ())
             if exclude_table_data:
                 selection = select_tables(exclude_table_data, [row[0] for row in session.rows(TABLES_QUERY, 10)])
+            references: tuple[str, ...] = ()
+            if selection.tables:
+                references = _references_to_emptied(session.rows(FOREIGN_KEYS_QUERY, 10), selection.tables)
             ignored = (f"--ignore-table-data={location.database}.{table}" for table in selection.tables)
             options = (*DUMP_OPTIONS, *plan.options, *ignored)
             command = _tool_command(location, password, "mariadb-dump", *options, location.database)
@@ -243,7 +256,7 @@ class MysqlAdapter:
             session.close()
             raise
         dump.stdout = with_prefix(default, dump.stdout)
-        dump.warnings = plan.warnings + selection.warnings()
+        dump.warnings = plan.warnings + selection.warnings() + references
         dump.rows_excluded = selection.tables
         return dump
 
@@ -443,6 +456,13 @@ class MysqlDump(FingerprintedDump):
 
     def _rows(self, statement: str) -> list[list[str]]:
         return self._session.rows(statement, QUERY_TIMEOUT_SECONDS)
+
+
+def _references_to_emptied(foreign_keys: list[list[str]], excluded: tuple[str, ...]) -> tuple[str, ...]:
+    """A warning per kept table with a foreign key to a table whose rows are left out: the dump
+    restores with FOREIGN_KEY_CHECKS=0, so the restore succeeds and its rows silently refer to
+    rows that are not there."""
+    return references_to_emptied(((row[0], row[1]) for row in foreign_keys), excluded, ROWS_LEFT_DANGLING)
 
 
 def _synchronised_dump(

@@ -45,7 +45,12 @@ from lockstep.databases.base import (
     redact_url,
     require_scratch,
 )
-from lockstep.databases.table_patterns import TableSelection, select_tables
+from lockstep.databases.table_patterns import (
+    ROWS_LEFT_DANGLING,
+    TableSelection,
+    references_to_emptied,
+    select_tables,
+)
 from lockstep.databases.url_options import check_url_options
 from lockstep.errors import SourceError, UsageError
 
@@ -147,11 +152,11 @@ class SqliteAdapter:
             ):
                 # pages=-1: the whole database in one step, one snapshot
                 source.backup(target, progress=_LockWait(time.monotonic() + BACKUP_LOCK_TIMEOUT_SECONDS))
-            selection = TableSelection((), ())
+            selection, references = TableSelection((), ()), ()
             if schema_only:
                 _delete_rows(copy)  # the copy's connection closed: VACUUM needs it alone
             elif exclude_table_data:
-                selection = _exclude_rows(copy, exclude_table_data)
+                selection, references = _exclude_rows(copy, exclude_table_data)
         except _LockedTooLong:
             remove_database_file(copy)
             raise SourceError(
@@ -166,7 +171,7 @@ class SqliteAdapter:
             remove_database_file(copy)
             raise
         dump = FileDump(copy)
-        dump.rows_excluded, dump.warnings = selection.tables, selection.warnings()
+        dump.rows_excluded, dump.warnings = selection.tables, selection.warnings() + references
         return dump
 
     def summarize(self, url: str, password: str | None) -> DatabaseSummary:
@@ -440,14 +445,31 @@ def _fingerprint(connection: sqlite3.Connection, table: str) -> TableInfo:
     return TableInfo(name=table, rows=rows, checksum=digest.hexdigest())
 
 
-def _exclude_rows(path: Path, patterns: Sequence[str]) -> TableSelection:
+def _exclude_rows(path: Path, patterns: Sequence[str]) -> tuple[TableSelection, tuple[str, ...]]:
     """Delete the rows of the tables `patterns` match from the copy at `path` (never the live
-    file), as _delete_rows does; a virtual table's shadow tables are matched only through it."""
+    file), as _delete_rows does; a virtual table's shadow tables are matched only through it.
+    With the selection, a warning per kept table with a foreign key to an emptied one."""
     with contextlib.closing(sqlite3.connect(path)) as connection:
-        selection = select_tables(patterns, _own_tables(connection))
+        tables = _own_tables(connection)
+        selection = select_tables(patterns, tables)
+        references = _references_to_emptied(connection, tables, selection.tables) if selection.tables else ()
     if selection.tables:
         _delete_rows(path, selection.tables)
-    return selection
+    return selection, references
+
+
+def _references_to_emptied(
+    connection: sqlite3.Connection, tables: list[str], excluded: tuple[str, ...]
+) -> tuple[str, ...]:
+    """Warnings for the kept tables whose foreign keys refer to emptied ones: the copy restores
+    whole, its rows referring to rows that are not there (SQLite checks no foreign key of rows
+    already stored, PRAGMA foreign_keys or not). A REFERENCES clause names its table in any case."""
+    by_lower_name = {table.lower(): table for table in tables}
+    foreign_keys = []
+    for table in tables:
+        for (referenced,) in connection.execute('SELECT "table" FROM pragma_foreign_key_list(?)', (table,)):
+            foreign_keys.append((table, by_lower_name.get(str(referenced).lower(), str(referenced))))
+    return references_to_emptied(foreign_keys, excluded, ROWS_LEFT_DANGLING)
 
 
 def _own_tables(connection: sqlite3.Connection) -> list[str]:

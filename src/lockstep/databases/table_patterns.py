@@ -84,6 +84,11 @@ def select_tables(
     return TableSelection(tables, unmatched)
 
 
+# What a restore does with such rows where nothing re-checks the foreign key: MariaDB/MySQL's dump
+# loads with FOREIGN_KEY_CHECKS=0, SQLite's copy is the file itself.
+ROWS_LEFT_DANGLING = "a restore keeps the rows of {table} that refer to rows of {referenced}, which are not there"
+
+
 def references_to_emptied(
     foreign_keys: Iterable[tuple[str, str]], excluded: Collection[str], consequence: str
 ) -> tuple[str, ...]:
