@@ -232,14 +232,16 @@ class PostgresqlAdapter:
             snapshot = _scalar(connection, "SELECT pg_export_snapshot()")
             selection = TableSelection((), ())
             excluded: list[tuple[str, str]] = []
+            partitions: dict[str, list[str]] = {}
             if exclude_table_data and not schema_only:
                 tables = {
                     table_name(str(schema), str(table)): (str(schema), str(table))
                     for schema, table in connection.execute(_TABLE_NAMES).fetchall()
                 }
-                selection = select_tables(exclude_table_data, tables, _partitions(connection))
+                partitions = _partitions(connection)
+                selection = select_tables(exclude_table_data, tables, partitions)
                 excluded = [tables[name] for name in selection.tables]
-            warnings = selection.warnings() + _references_to_emptied(connection, set(selection.tables))
+            warnings = selection.warnings() + _references_to_emptied(connection, set(selection.tables), partitions)
             process = StreamingProcess(
                 _tool_command(
                     location,
@@ -1215,14 +1217,14 @@ def table_name(schema: str, table: str) -> str:
     return part(table) if schema == "public" else f"{part(schema)}.{part(table)}"
 
 
-# Foreign keys between tables holding rows: (referencing schema, table, referenced schema, table).
-# One to or from a partitioned table is also in the catalog once per partition (a clone of it),
-# named here by the partitions whose rows are left out or kept.
+# Foreign keys as declared: (referencing schema, table, referenced schema, table). One to or
+# from a partitioned table is in the catalog once more per partition, a clone not declared there
+# (conislocal false), which would name the partitions instead of the table users declared it on.
 _FOREIGN_KEYS = """
 SELECT cn.nspname, c.relname, rn.nspname, r.relname FROM pg_catalog.pg_constraint k
 JOIN pg_catalog.pg_class c ON c.oid = k.conrelid JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace
 JOIN pg_catalog.pg_class r ON r.oid = k.confrelid JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
-WHERE k.contype = 'f' AND c.relkind = 'r' AND r.relkind = 'r' ORDER BY 1, 2, 3, 4
+WHERE k.contype = 'f' AND k.conislocal ORDER BY 1, 2, 3, 4
 """
 
 # Each partitioned table with the partitions holding its rows, every level down: (schema,
@@ -1251,7 +1253,9 @@ def _partitions(connection: Connection) -> dict[str, list[str]]:
     return partitions
 
 
-def _references_to_emptied(connection: Connection, excluded: set[str]) -> tuple[str, ...]:
+def _references_to_emptied(
+    connection: Connection, excluded: set[str], partitions: dict[str, list[str]]
+) -> tuple[str, ...]:
     """A warning per table whose rows are kept with a foreign key to a table whose rows are not:
     its restore cannot add that constraint while rows refer to the emptied table."""
     if not excluded:
@@ -1260,9 +1264,8 @@ def _references_to_emptied(connection: Connection, excluded: set[str]) -> tuple[
         (table_name(str(schema), str(table)), table_name(str(referenced_schema), str(referenced)))
         for schema, table, referenced_schema, referenced in connection.execute(_FOREIGN_KEYS).fetchall()
     )
-    return references_to_emptied(
-        foreign_keys, excluded, "a restore cannot add it while rows of {table} refer to {referenced}"
-    )
+    consequence = "a restore cannot add it while rows of {table} refer to {referenced}"
+    return references_to_emptied(foreign_keys, excluded, consequence, partitions)
 
 
 def _exact_pattern(schema: str, table: str) -> str:

@@ -152,7 +152,8 @@ class SqliteAdapter:
             ):
                 # pages=-1: the whole database in one step, one snapshot
                 source.backup(target, progress=_LockWait(time.monotonic() + BACKUP_LOCK_TIMEOUT_SECONDS))
-            selection, references = TableSelection((), ()), ()
+            selection = TableSelection((), ())
+            references: tuple[str, ...] = ()
             if schema_only:
                 _delete_rows(copy)  # the copy's connection closed: VACUUM needs it alone
             elif exclude_table_data:

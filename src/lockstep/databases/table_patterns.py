@@ -90,16 +90,25 @@ ROWS_LEFT_DANGLING = "a restore keeps the rows of {table} that refer to rows of 
 
 
 def references_to_emptied(
-    foreign_keys: Iterable[tuple[str, str]], excluded: Collection[str], consequence: str
+    foreign_keys: Iterable[tuple[str, str]],
+    excluded: Collection[str],
+    consequence: str,
+    partitions: Mapping[str, Collection[str]] | None = None,
 ) -> tuple[str, ...]:
-    """A warning per (referencing, referenced) table pair of `foreign_keys` where the rows of
-    the referencing table are kept and those of the referenced one are not. `consequence` says
-    what a restore then does: each engine's differs, the fix is the same."""
+    """A warning per (referencing, referenced) table pair of `foreign_keys` where rows of the
+    referencing table are kept and rows of the referenced one are not. `consequence` says what a
+    restore then does: each engine's differs, the fix is the same. A partitioned table of
+    `partitions` (as for select_tables) holds the rows of its partitions."""
+    partitioned = partitions or {}
+
+    def holders(name: str) -> Collection[str]:
+        return partitioned.get(name, (name,))
+
     warnings = (
         f"exclude_table_data: table {name} has a foreign key to {target}, whose rows are left out: "
         f"{consequence.format(table=name, referenced=target)}; leave out {name}'s rows too, or keep {target}'s"
         for name, target in foreign_keys
-        if target in excluded and name not in excluded
+        if any(held in excluded for held in holders(target)) and any(held not in excluded for held in holders(name))
     )
     return tuple(dict.fromkeys(warnings))
 
