@@ -362,8 +362,10 @@ class DatabaseConfig(_Section):
             "their definition, indexes and constraints are kept, and a restore gives them back empty. Names or "
             "patterns matched against the table names as `snapshot show` lists them, case-sensitive: * is any "
             "characters but a dot, ? one character but a dot. PostgreSQL: `table` is in the public schema, "
-            "`schema.table` in another (`audit.*`); MariaDB/MySQL and SQLite: the table name alone. A pattern that "
-            "matches no table is a warning in the snapshot. MariaDB/MySQL need a mariadb-dump that has "
+            "`schema.table` in another (`audit.*`), and a partitioned table's name leaves out the rows of all its "
+            "partitions; MariaDB/MySQL and SQLite: the table name alone. A pattern that matches no table is a "
+            "warning in the snapshot, and so is a kept table's foreign key to one whose rows are left out. "
+            "MariaDB/MySQL need a mariadb-dump that has "
             "--ignore-table-data (MariaDB's clients since 2020; MySQL's mysqldump has none)."
         ),
         examples=[["sessions", "cache_*"]],

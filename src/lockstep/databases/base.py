@@ -145,7 +145,7 @@ class DatabaseAdapter(Protocol):
         `schema_only`: the structure (tables, indexes, routines...) without any row.
         `exclude_table_data`: patterns (table_patterns.py) of tables dumped without their rows;
         the stream's `rows_excluded` names the tables they matched, its `warnings` the patterns
-        that matched none."""
+        that matched none and the kept tables with a foreign key to one of them."""
         ...
 
     def inspect(self, url: str, password: str | None) -> DatabaseInfo:

@@ -592,7 +592,7 @@ class PostgresqlDump(FingerprintedDump):
         self._location = location
         self._schema_only = schema_only
         self.rows_excluded = tuple(sorted(rows_excluded))  # tables dumped without their rows
-        self.warnings: tuple[str, ...] = ()  # exclude_table_data patterns that matched no table
+        self.warnings: tuple[str, ...] = ()  # exclude_table_data: patterns matching nothing, foreign keys
         super().__init__(process, thread_name="pg-fingerprint")
         self._head = _HeadTap(process.stdout)
         self.stdout = cast(IO[bytes], self._head)

@@ -113,7 +113,7 @@ class FileDump:
         self._path = path
         self.stdout: IO[bytes] = path.open("rb")
         self.rows_excluded: tuple[str, ...] = ()  # tables whose rows were deleted from the copy
-        self.warnings: tuple[str, ...] = ()  # exclude_table_data patterns that matched no table
+        self.warnings: tuple[str, ...] = ()  # exclude_table_data: patterns matching nothing, foreign keys
 
     def consistent_info(self) -> DatabaseInfo:
         """Counts and checksums of the copy itself: exactly what the snapshot stores."""
