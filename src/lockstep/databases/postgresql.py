@@ -1228,8 +1228,9 @@ WHERE k.contype = 'f' AND k.conislocal ORDER BY 1, 2, 3, 4
 """
 
 # Each partitioned table with the partitions holding its rows, every level down: (schema,
-# table, partition's schema, partition). pg_inherits, not pg_partition_tree (PostgreSQL 12+);
-# below a partitioned table every child is a partition, never an INHERITS child.
+# table, partition's schema, partition), and once with itself as the partition, so that one
+# without partitions is listed too. pg_inherits, not pg_partition_tree (PostgreSQL 12+): below
+# a partitioned table every child is a partition, never an INHERITS child.
 _PARTITIONS = """
 WITH RECURSIVE tree (root, relid) AS (
   SELECT c.oid, c.oid FROM pg_catalog.pg_class c WHERE c.relkind = 'p'
@@ -1239,7 +1240,7 @@ WITH RECURSIVE tree (root, relid) AS (
 SELECT pn.nspname, p.relname, n.nspname, c.relname FROM tree
 JOIN pg_catalog.pg_class p ON p.oid = tree.root JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
 JOIN pg_catalog.pg_class c ON c.oid = tree.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind = 'r' AND pn.nspname NOT IN ('pg_catalog', 'information_schema')
+WHERE (c.relkind = 'r' OR c.oid = p.oid) AND pn.nspname NOT IN ('pg_catalog', 'information_schema')
 ORDER BY 1, 2, 3, 4
 """
 
@@ -1249,7 +1250,8 @@ def _partitions(connection: Connection) -> dict[str, list[str]]:
     partitions: dict[str, list[str]] = {}
     for schema, table, partition_schema, partition in connection.execute(_PARTITIONS).fetchall():
         held = partitions.setdefault(table_name(str(schema), str(table)), [])
-        held.append(table_name(str(partition_schema), str(partition)))
+        if (partition_schema, partition) != (schema, table):
+            held.append(table_name(str(partition_schema), str(partition)))
     return partitions
 
 
