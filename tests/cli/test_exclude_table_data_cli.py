@@ -171,6 +171,44 @@ def test_excluded_tables_keep_their_definition_but_not_their_rows(project: Proje
         assert run_postgresql(pg_url, "SELECT indexname FROM pg_indexes WHERE indexname = 'sessions_seen'")
 
 
+def test_a_partitioned_table_and_a_dangling_foreign_key_end_to_end(project: Project) -> None:  # noqa: F811
+    """`events`, a partitioned table, leaves its partitions' rows out: the manifest lists them, no
+    warning says the pattern matched nothing, verify restores them empty. MariaDB's logins,
+    kept, refers to the emptied sessions: the snapshot warns, as a PostgreSQL one would."""
+    with server_databases() as (pg_url, my_url):
+        run_postgresql(
+            pg_url,
+            "CREATE TABLE events (at date, body text) PARTITION BY RANGE (at);"
+            "CREATE TABLE events_2024 PARTITION OF events FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');"
+            "CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');"
+            "INSERT INTO events VALUES ('2024-03-01', 'event-body-2024'), ('2025-03-01', 'event-body-2025')",
+        )
+        run_mariadb(
+            my_url,
+            "CREATE TABLE logins (token varchar(40), FOREIGN KEY (token) REFERENCES sessions (token));"
+            "INSERT INTO logins VALUES ('maria-session-1')",
+        )
+        write_config(project, {"shop": (pg_url, ["events"]), "orders": (my_url, ["sessions"])})
+        created = project.create("--allow-dirty", "-m", "without events")
+        shop, orders = created["databases"]["shop"], created["databases"]["orders"]
+        assert shop["rows_excluded"] == ["events_2024", "events_2025"]
+        assert "warnings" not in shop, shop
+        assert orders["warnings"] == [
+            "exclude_table_data: table logins has a foreign key to sessions, whose rows are left out: a restore "
+            "keeps the rows of logins that refer to rows of sessions, which are not there; leave out logins's "
+            "rows too, or keep sessions's"
+        ]
+        archive = project.repo("dump", created["id"], "/databases/shop.dump").stdout
+        assert b"event-body" not in archive
+        verified = json.loads(project.ok("snapshot", "verify", created["id"], "--level", "restore", "--json").out)
+        assert verified["ok"] is True, verified
+        assert (
+            "events_2025: rows not in the snapshot (exclude_table_data)"
+            in project.ok("snapshot", "show", created["id"]).out
+        )
+        assert run_postgresql(pg_url, "SELECT count(*) FROM events") == [(2,)]
+
+
 @pytest.mark.parametrize(
     ("url", "pattern", "said"),
     [
