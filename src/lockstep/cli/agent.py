@@ -6,13 +6,18 @@ import shlex
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from lockstep.actions.agent_run import run_agent
-from lockstep.actions.environment import EnvironmentContext, load_environment
 from lockstep.cli.output import console, error_console, print_json
 from lockstep.cli.project_options import project_options, wants_json
+
+if TYPE_CHECKING:
+    from lockstep.actions.environment import EnvironmentContext
+
+# The actions (the config models, the agent's server, aiohttp) are imported inside the commands
+# that run them: `lockstep --help` lists this command without loading any of them.
 
 
 @click.group("agent", invoke_without_command=True)
@@ -28,13 +33,17 @@ def agent_group(context: click.Context, config_path: Path | None, environment: s
     if context.invoked_subcommand is not None:
         context.obj = {**(context.obj or {}), "config_path": config_path, "environment": environment}
         return
-    loaded = load_environment(Path.cwd(), config_path, environment)
+    from lockstep.actions.agent_run import run_agent
+
+    loaded = _load(context, config_path, environment)
     stopped_apps = run_agent(loaded, on_ready=lambda line: error_console.print(line, markup=False))
     error_console.print("agent stopped" + (" with the app" if stopped_apps else "; the app keeps running"))
 
 
 def _load(context: click.Context, config_path: Path | None, environment: str | None) -> EnvironmentContext:
     """Options may come before the subcommand (`agent --env E stop`) or after it."""
+    from lockstep.actions.environment import load_environment
+
     parent = context.obj or {}
     return load_environment(
         Path.cwd(), config_path or parent.get("config_path"), environment or parent.get("environment")
@@ -49,10 +58,7 @@ def stop_command(context: click.Context, config_path: Path | None, environment: 
     """Ask the running agent to exit (the app keeps running unless --apps).
 
     With `lockstep --json`: {"environment": ..., "stopping": true, "apps": ...}."""
-    parent = context.obj or {}
-    loaded = load_environment(
-        Path.cwd(), config_path or parent.get("config_path"), environment or parent.get("environment")
-    )
+    loaded = _load(context, config_path, environment)
     loaded.agent().shutdown(stop_apps=apps)
     if wants_json(False):  # `lockstep --json agent stop`: a JSON document, as everywhere
         print_json({"environment": loaded.environment, "stopping": True, "apps": apps})
@@ -68,9 +74,7 @@ def print_systemd_unit(context: click.Context, config_path: Path | None, environ
 
     With `lockstep --json`: {"environment": ..., "unit": "..."}."""
     parent = context.obj or {}
-    loaded = load_environment(
-        Path.cwd(), config_path or parent.get("config_path"), environment or parent.get("environment")
-    )
+    loaded = _load(context, config_path, environment)
     executable = shutil.which("lockstep") or f"{sys.executable} -m lockstep"
     config_file = config_path or parent.get("config_path") or loaded.directory / "lockstep.toml"
     # -c and --env belong to the agent command: `lockstep -c FILE agent` is a usage error, which

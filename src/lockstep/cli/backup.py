@@ -8,14 +8,16 @@ errors on stderr, and the documented exit code. On a terminal, or with --log-for
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from lockstep.actions.backup import BackupResult, run_backup, summary_line
 from lockstep.cli.output import console, print_json
 from lockstep.cli.project_options import wants_json
 from lockstep.cli.reporting import progress_options, progress_reporter
+
+if TYPE_CHECKING:
+    from lockstep.actions.backup import BackupResult
 
 
 def backup_document(result: BackupResult) -> dict[str, Any]:
@@ -81,6 +83,10 @@ def backup_command(
     only warns. A copy that fails fails the backup; the new snapshot stays in the repository.
     Prints one line: the snapshot, its size, what it added, the copies, and the time.
     Without a terminal (cron) the steps are not shown unless --verbose or --log-format json."""
+    # Imported here: the action and the config, database and repository modules it loads are
+    # for the run, not for `lockstep --help`.
+    from lockstep.actions.backup import run_backup, summary_line
+
     reporter = progress_reporter(log_format, quiet, verbose, quiet_unless_terminal=True)
     result = run_backup(
         Path.cwd(), config_path=config_path, environment=environment, message=message, reporter=reporter, notify=True

@@ -6,11 +6,9 @@ from pathlib import Path
 
 import click
 
-from lockstep.actions.deploy import deploy, plan_deploy, preflight_host
 from lockstep.cli.output import console, print_json
 from lockstep.cli.project_options import parse_duration_seconds, project_options, wants_json
 from lockstep.cli.reporting import progress_options, progress_reporter
-from lockstep.pipeline.deploy import DeployRequest
 
 
 @click.command("deploy")
@@ -65,6 +63,10 @@ def deploy_command(
 
     When the environment lists `hosts`, deploys to every host over SSH, all or none (docs/hosts.md).
     """
+    # Imported here: the deploy pipeline and its adapters are for the run, not for `lockstep --help`.
+    from lockstep.actions.deploy import deploy, plan_deploy, preflight_host
+    from lockstep.pipeline.deploy import DeployRequest
+
     request = DeployRequest(
         ref=ref,
         message=message,

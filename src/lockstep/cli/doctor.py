@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
 from rich.text import Text
 
-from lockstep.actions.doctor import run_doctor
 from lockstep.cli.output import console, print_json
 from lockstep.cli.project_options import project_options, wants_json
 from lockstep.exit_codes import ExitCode
-from lockstep.pipeline.doctor import DoctorCheck
 from lockstep.wording import counted
+
+if TYPE_CHECKING:
+    from lockstep.pipeline.doctor import DoctorCheck
 
 _STYLES = {"pass": "green", "warn": "yellow", "fail": "bold red"}
 
@@ -58,6 +60,9 @@ def doctor_command(config_path: Path | None, environment: str | None, json_outpu
 
     Exit code: 0 when no check failed (warnings allowed), 1 when any check failed.
     """
+    # Imported here: every check's adapter is for the run, not for `lockstep --help`.
+    from lockstep.actions.doctor import run_doctor
+
     report = run_doctor(Path.cwd(), config_path, environment)
     if wants_json(json_output):
         print_json([check.to_document() for check in report.checks])

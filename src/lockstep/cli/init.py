@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from lockstep.actions.init_project import init_project
 from lockstep.cli.output import console, print_json
 
 
@@ -16,6 +15,8 @@ from lockstep.cli.output import console, print_json
 @click.pass_context
 def init_command(context: click.Context, force: bool, json_output: bool) -> None:
     """Write a commented lockstep.toml for the project in the current directory."""
+    from lockstep.actions.init_project import init_project  # here: not for `lockstep --help`
+
     root = context.find_root().obj
     json_output = json_output or bool(root and root.get("json"))
     result = init_project(Path.cwd(), force=force)

@@ -6,25 +6,22 @@ import sys
 from dataclasses import replace
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
 
-from lockstep.actions.lock_acquire import acquire_lock
-from lockstep.actions.lock_release import inspect_lock, release_lock
-from lockstep.actions.lock_status import EnvironmentLockStatus, lock_status
-from lockstep.actions.snapshot_create import ProjectContext, chosen_environment, load_project
 from lockstep.cli.output import console, error_console, print_json, print_table
 from lockstep.cli.project_options import config_and_env_options, parse_duration_seconds, wants_json
 from lockstep.errors import UsageError
-from lockstep.pipeline.environment_lock import (
-    EnvironmentLocked,
-    LockHolder,
-    check_environment_name,
-    describe_holder,
-    now_utc,
-)
+
+if TYPE_CHECKING:
+    from lockstep.actions.lock_status import EnvironmentLockStatus
+    from lockstep.actions.snapshot_create import ProjectContext
+    from lockstep.pipeline.environment_lock import LockHolder
+
+# The actions (the config models, the repository) are imported inside the commands that run them:
+# `lockstep --help` lists `lock` without loading them.
 
 # Narrower than this, the lock shows as blocks of `header: value` lines (print_table).
 MESSAGE_MIN_WIDTH = 24
@@ -42,6 +39,9 @@ def _project(config_path: Path | None, environment: str | None) -> ProjectContex
     typo is an error rather than a reassuring "unlocked". Without --env, the whole config (every
     environment's name) with the repository of default_environment, where its deploys lock.
     """
+    from lockstep.actions.snapshot_create import chosen_environment, load_project
+    from lockstep.pipeline.environment_lock import check_environment_name
+
     project = load_project(Path.cwd(), config_path, None)
     if environment is None:
         chosen = chosen_environment(Path.cwd(), config_path, None)
@@ -76,6 +76,8 @@ def status_command(config_path: Path | None, environment: str | None, json_outpu
 
     A lock an older lockstep left under the key every project shared shows as `ENVIRONMENT (old key)`.
     """
+    from lockstep.actions.lock_status import lock_status
+
     project = _project(config_path, environment)
     statuses = lock_status(
         project.access, project.name, environment, known_environments=project.config.known_environments()
@@ -131,6 +133,9 @@ def acquire_command(
 ) -> None:
     """Lock an environment by hand: deploys and rollbacks wait or refuse, showing MESSAGE, until
     `lockstep lock release`. For maintenance, or work outside lockstep; never stale."""
+    from lockstep.actions.lock_acquire import acquire_lock
+    from lockstep.pipeline.environment_lock import describe_holder
+
     project = _project(config_path, environment)
     name = environment or project.config.default_environment
     json_wanted = wants_json(json_output)
@@ -170,6 +175,9 @@ def release_command(config_path: Path | None, environment: str | None, yes: bool
 
     When this project's lock is free, it removes a lock an older lockstep left under the old key.
     """
+    from lockstep.actions.lock_release import inspect_lock, release_lock
+    from lockstep.pipeline.environment_lock import EnvironmentLocked, describe_holder, now_utc
+
     project = _project(config_path, environment)
     name = environment or project.config.default_environment
     json_wanted = wants_json(json_output)

@@ -11,7 +11,6 @@ import traceback
 import click
 
 from lockstep import __version__
-from lockstep.cli.output import error_console, print_json
 from lockstep.errors import LockstepError
 from lockstep.exit_codes import ExitCode
 from lockstep.malloc_arenas import share_one_heap
@@ -87,6 +86,8 @@ def _interrupt_on_sigterm() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every failure leaves through here with a documented exit code."""
+    # cli.output (rich, about 25 ms) is imported only on the error paths below: `--version` and
+    # `--help` never print through it, and each command's module imports it for itself.
     if argv is None:  # a real process (console script, python -m), not a call from a test
         _interrupt_on_sigterm()
         share_one_heap()  # before any thread starts (malloc_arenas.py)
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exit_request.exit_code)
     except click.ClickException as error:
         error.show()
+        from lockstep.cli.output import error_console, print_json
+
         if json_output:  # a script piping --json into a parser must get a document here too
             with contextlib.suppress(OSError):
                 print_json(
@@ -107,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
                 )
         sys.exit(ExitCode.USAGE)
     except (click.exceptions.Abort, KeyboardInterrupt):
+        from lockstep.cli.output import error_console, print_json
+
         with contextlib.suppress(OSError):
             error_console.print("lockstep: interrupted")
             if json_output:
@@ -114,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
                 print_json({"error": "interrupted", "hint": "run the command again", "exit_code": interrupted})
         sys.exit(ExitCode.INTERRUPTED)
     except LockstepError as error:
+        from lockstep.cli.output import error_console, print_json
+
         # Messages quote command output and server errors (a failed hook's or migration's): the
         # process's redactor knows the environment's secrets and those the command read from files.
         redactor = process_redactor()
@@ -135,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:  # a bug: say so plainly, show the traceback only with --debug
         if debug:
             raise
+        from lockstep.cli.output import error_console, print_json
+
         message = f"internal error: {type(error).__name__}: {process_redactor().redact(str(error))}"
         with contextlib.suppress(OSError):
             if json_output:

@@ -6,11 +6,9 @@ from pathlib import Path
 
 import click
 
-from lockstep.actions.rollback import plan, rollback
 from lockstep.cli.output import console, print_json
 from lockstep.cli.project_options import parse_duration_seconds, project_options, wants_json
 from lockstep.cli.reporting import progress_options, progress_reporter
-from lockstep.pipeline.rollback import RollbackRequest
 
 
 @click.command("rollback")
@@ -86,6 +84,10 @@ def rollback_command(
     """
     if with_data and code_only:
         raise click.UsageError("--with-data and --code-only exclude each other")
+    # Imported here: the rollback pipeline and its adapters are for the run, not for `lockstep --help`.
+    from lockstep.actions.rollback import plan, rollback
+    from lockstep.pipeline.rollback import RollbackRequest
+
     request = RollbackRequest(
         steps=steps,
         to=to,

@@ -10,11 +10,13 @@ from typing import Any
 import click
 from rich.table import Table
 
-from lockstep.actions.status import age, environment_status, operation_history
 from lockstep.cli.output import console, print_json, print_table
 from lockstep.cli.project_options import project_options, wants_json
 from lockstep.cli.reporting import ConsoleReporter
 from lockstep.wording import counted
+
+# The actions (the config models, the agent's client, the repository) are imported inside the
+# commands that run them: `lockstep --help` lists `status` and `history` without loading them.
 
 
 def print_line(text: str) -> None:
@@ -37,6 +39,8 @@ def status_command(config_path: Path | None, environment: str | None, json_outpu
     An interrupted deploy (its process killed) is reported and cleaned up. When the environment
     lists `hosts`, asks each of them over SSH and prints a line per host.
     """
+    from lockstep.actions.status import age, environment_status
+
     reporter = ConsoleReporter(json_lines=False)
     document = environment_status(Path.cwd(), config_path, environment, reporter, local=local)
     if wants_json(json_output):
@@ -132,6 +136,8 @@ def _print_hosts(document: dict[str, Any]) -> None:
 @click.option("--json", "json_output", is_flag=True, help="Print JSON on stdout.")
 def history_command(config_path: Path | None, environment: str | None, json_output: bool) -> None:
     """Every deploy, rollback and scheduled job: outcome, duration, performer, snapshot, what failed."""
+    from lockstep.actions.status import operation_history
+
     records = operation_history(Path.cwd(), config_path, environment)
     if wants_json(json_output):
         print_json([record.to_document() for record in records])
