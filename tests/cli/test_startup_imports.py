@@ -66,7 +66,17 @@ def loaded_from(modules: set[str], roots: tuple[str, ...]) -> list[str]:
     return sorted(name for name in modules if any(name == root or name.startswith(root + ".") for root in roots))
 
 
-@pytest.mark.parametrize("arguments", [["--help"], ["--version"], ["lock", "--help"], ["backup", "--help"]])
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["--help"],
+        ["--version"],
+        ["lock", "--help"],
+        ["backup", "--help"],
+        ["snapshot", "restore", "--help"],
+        ["snapshot", "diff", "--help"],
+    ],
+)
 def test_help_and_version_import_no_heavy_library_and_no_lower_layer(arguments: list[str], tmp_path: Path) -> None:
     """Help texts and the version come from Click alone: no driver, no crypto, no config models."""
     code, modules = imported_modules(arguments, tmp_path)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from lockstep.actions.snapshot_diff import diff
 from lockstep.cli.output import console, print_json
 from lockstep.cli.project_options import config_and_env_options
 from lockstep.cli.project_options import wants_json as _wants_json
 from lockstep.cli.snapshot import snapshot_group
-from lockstep.pipeline.diff import DatabaseDiff, TableDiff, describe_rows_not_in_snapshot
+
+if TYPE_CHECKING:
+    from lockstep.pipeline.diff import DatabaseDiff, TableDiff
 
 
 def diff_document(
@@ -80,6 +82,9 @@ def print_database_diff(database: DatabaseDiff, to: Console = console) -> None:
             _schema_text(item),
         )
     to.print(table)
+    # Imported here: `snapshot diff | restore --help` need no pipeline; a diff being printed has loaded it.
+    from lockstep.pipeline.diff import describe_rows_not_in_snapshot
+
     for item in database.tables:
         if item.rows_not_in_snapshot is not None:
             to.print(f"  {item.name}: {describe_rows_not_in_snapshot(item.rows_not_in_snapshot)}", markup=False)
@@ -119,6 +124,8 @@ def diff_command(
     reference: str, database: str | None, config_path: Path | None, environment: str | None, json_output: bool
 ) -> None:
     """Per table, the rows added, removed and changed in the live databases since the snapshot."""
+    from lockstep.actions.snapshot_diff import diff  # here: the adapters are not for `--help`
+
     result = diff(Path.cwd(), reference, database=database, config_path=config_path, environment=environment)
     if _wants_json(json_output):
         print_json(diff_document(result.snapshot.id, result.databases, result.skipped, result.not_in_snapshot))

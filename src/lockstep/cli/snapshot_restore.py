@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from lockstep.actions.snapshot_restore import RestoreOutcome, RestorePlan, RestoreRequest, restore
 from lockstep.cli.output import console, error_console, print_json
 from lockstep.cli.project_options import config_and_env_options
 from lockstep.cli.project_options import wants_json as _wants_json
@@ -17,6 +16,9 @@ from lockstep.cli.snapshot import snapshot_group
 from lockstep.cli.snapshot_diff import print_database_diff
 from lockstep.errors import UsageError
 from lockstep.wording import counted
+
+if TYPE_CHECKING:
+    from lockstep.actions.snapshot_restore import RestoreOutcome, RestorePlan
 
 
 def _confirm_on_terminal(json_output: bool) -> Any:
@@ -138,6 +140,10 @@ def restore_command(
     saved in a pre-restore snapshot. With --table, only those tables of --database are
     restored, into the --to database (missing or empty), and checked against the manifest.
     """
+    # Imported here: the restore pipeline and the database adapters are for the run, not for
+    # `snapshot restore --help`.
+    from lockstep.actions.snapshot_restore import RestoreRequest, restore
+
     wants_json = _wants_json(json_output)
     request = RestoreRequest(
         reference=reference,
