@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exit_request.exit_code)
     except click.ClickException as error:
         error.show()
-        from lockstep.cli.output import error_console, print_json
+        from lockstep.cli.output import print_json
 
         if json_output:  # a script piping --json into a parser must get a document here too
             with contextlib.suppress(OSError):
