@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from lockstep.fault_injection import KILL_AT_VARIABLE, WAIT_AT_VARIABLE, WAIT_FOR_VARIABLE, WAITING_SUFFIX
+from lockstep.pipeline.paused_workers_retry import RETRY_FIRST_DELAY_SECONDS
+from lockstep.pipeline.worker_pause import RESTART_SETTLE_SECONDS
 from tests.deploy.conftest import NotesProject, _stop_everything, clean_up_said, free_ports, make_project
 from tests.deploy.test_deploy_unwind_workers import WORKERS_ONLY
 from tests.deploy.writing_workers import (
@@ -22,6 +24,7 @@ from tests.deploy.writing_workers import (
     commit_a_release_that_fails_smoke,
     deploy_a_writing_release,
     jobs_component,
+    record_once_unpaused,
     wait_for_file,
     wait_for_writes,
 )
@@ -89,24 +92,7 @@ def test_a_deploy_killed_in_its_data_restore_gets_the_old_workers_started_again(
     project.start_agent()
     try:
         deploy_a_writing_release(project, log)
-        commit_a_release_that_fails_smoke(project)
-        go = project.directory.parent / "restore-go"
-        deploy = subprocess.Popen(
-            [sys.executable, "-m", "lockstep", "deploy"],
-            cwd=project.directory,
-            env={**os.environ, **project.env, WAIT_AT_VARIABLE: "restore data", WAIT_FOR_VARIABLE: str(go)},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_for_file(go.with_name(go.name + WAITING_SUFFIX), deploy)  # the old workers are stopped now
-            assert "jobs" not in _running(project, "blue")
-            os.kill(deploy.pid, signal.SIGKILL)
-        finally:
-            if deploy.poll() is None:
-                deploy.kill()
-            deploy.wait()
-        killed = time.time()
+        killed = _kill_a_deploy_in_its_data_restore(project)
 
         said = clean_up_said(project)
         wait_for_writes(log, "solo", "1.0.0", after=killed, timeout=30)  # they write again
@@ -117,6 +103,65 @@ def test_a_deploy_killed_in_its_data_restore_gets_the_old_workers_started_again(
         assert status["slots"]["blue"]["stopped"] == []
         record = project.history()[-1]
         assert record["outcome"] == "interrupted" and record["paused_workers"] is None, record
+    finally:
+        _stop_everything(project)
+
+
+def _kill_a_deploy_in_its_data_restore(project: NotesProject) -> float:
+    """A deploy of 2.0.0 that fails its smoke test, SIGKILLed inside its data restore, 1.0.0's
+    workers stopped; when it was killed."""
+    commit_a_release_that_fails_smoke(project)
+    go = project.directory.parent / "restore-go"
+    deploy = subprocess.Popen(
+        [sys.executable, "-m", "lockstep", "deploy"],
+        cwd=project.directory,
+        env={**os.environ, **project.env, WAIT_AT_VARIABLE: "restore data", WAIT_FOR_VARIABLE: str(go)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_file(go.with_name(go.name + WAITING_SUFFIX), deploy)  # the old workers are stopped now
+        assert "jobs" not in _running(project, "blue")
+        os.kill(deploy.pid, signal.SIGKILL)
+    finally:
+        if deploy.poll() is None:
+            deploy.kill()
+        deploy.wait()
+    return time.time()
+
+
+def test_workers_the_clean_up_starts_that_exit_a_second_later_are_not_taken_for_running(tmp_path: Path) -> None:
+    """The clean-up of a deploy killed in its data restore starts the old release's workers again;
+    one exits a second later (past the agent's start check). It was taken for started: the mark
+    cleared, "started them again" said. As after a restore, a start counts once the workers stayed
+    up RESTART_SETTLE_SECONDS; until then the mark stays, with why, and the agent's retry takes over."""
+    log = tmp_path / "jobs.log"
+    crashes = tmp_path / "jobs-crashes"
+    project = make_project(
+        tmp_path,
+        extra_deploy='smoke = [{ command = "test ! -e BREAKS_SMOKE" }]',
+        extra_config=jobs_component("solo", log, crashes=crashes),
+    )
+    project.start_agent()
+    try:
+        deploy_a_writing_release(project, log)
+        killed = _kill_a_deploy_in_its_data_restore(project)
+        crashes.write_text("1")  # the clean-up's start of `jobs` exits a second later; the next one stays
+
+        said = clean_up_said(project)
+        assert "THE WORKERS jobs, worker OF SLOT blue (release " in said and "DID NOT STAY UP" in said, said
+        assert "jobs exited after it was started" in said, said
+        assert "for a data restore: started them again" not in said, said
+        record = project.history()[-1]
+        assert record["outcome"] == "interrupted" and "DID NOT STAY UP" in record["reason"], record
+        (exited,) = [float(line) for line in crashes.with_name(crashes.name + ".times").read_text().split()]
+        assert killed < exited
+
+        # The retry's mark goes once they stayed up RESTART_SETTLE_SECONDS after that exit.
+        record = record_once_unpaused(project, timeout=RETRY_FIRST_DELAY_SECONDS * 2 + 60)
+        assert record["paused_workers"] is None and time.time() >= exited + RESTART_SETTLE_SECONDS, record
+        wait_for_writes(log, "solo", "1.0.0", after=exited)
+        assert _running(project, "blue") == {"web", "worker", "jobs"}
     finally:
         _stop_everything(project)
 

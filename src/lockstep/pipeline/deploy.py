@@ -1279,6 +1279,8 @@ class SlotControl(Protocol):
 
     def switch(self, slot: str) -> dict[str, Any]: ...
 
+    def events(self, since_id: int) -> list[dict[str, Any]]: ...
+
 
 def clean_up_abandoned(
     context: EnvironmentContext, record: OperationRecord, agent: SlotControl, history: History, reporter: Reporter

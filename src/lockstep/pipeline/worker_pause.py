@@ -18,12 +18,12 @@ a worker exits as it starts, the agent is briefly unreachable), the mark stays, 
 deploy (`coordinated`): a host killed in its unwind keeps its workers stopped while the
 orchestrator still holds the environment's lock, as the primary may still be restoring the data.
 
-A start counts once the workers stayed up RESTART_SETTLE_SECONDS: the agent's own start check
-(0.3 s) passes a worker that exits a second later (its database still locked), and such a
-restart was taken for done, its mark cleared, and the agent's crash-loop handling was all that
-was left. Staying up is judged as a deploy's watch judges it (pipeline/slot_exits.py): no
-`exited` or `crash-loop` event of the agent since the start, and running, not crash-looped, at
-the end.
+A start counts once the workers stayed up RESTART_SETTLE_SECONDS, after a restore as in the
+clean-up of a killed operation: the agent's own start check (0.3 s) passes a worker that exits a
+second later (its database still locked), and such a restart was taken for done, its mark
+cleared, and the agent's crash-loop handling was all that was left. Staying up is judged as a
+deploy's watch judges it (pipeline/slot_exits.py): no `exited` or `crash-loop` event of the
+agent since the start, and running, not crash-looped, at the end.
 """
 
 from __future__ import annotations
@@ -182,11 +182,13 @@ def components_up(slot_status: dict[str, Any]) -> set[str]:
 
 
 def resume_paused_workers(
-    record: OperationRecord, agent: ComponentStarter, reporter: Reporter, under_way: str | None = None
+    record: OperationRecord, agent: StartWatcher, reporter: Reporter, under_way: str | None = None
 ) -> str | None:
     """The clean-up of a killed deploy or rollback: start again the workers it had stopped for a
     data restore (`record.paused_workers`), when their release still is the active one. Returns
-    what the record's reason should add when they stay stopped (said loudly here too), else None.
+    what the record's reason should add when they stay stopped or do not stay up (said loudly
+    here too), else None. They count as started once they stayed up RESTART_SETTLE_SECONDS, as
+    after a restore (WorkerPause.restart); else the mark stays, with why, for the agent's retry.
     `under_way`: the coordinated deploy this host took part in goes on (its orchestrator still
     holds the lock): the workers wait for its end (the primary may be restoring the data), and
     the agent's retry starts them then (pipeline/paused_workers_retry.py)."""
@@ -216,15 +218,27 @@ def resume_paused_workers(
             reporter.warn(said)
             return said
         if why is None:
+            since = last_event_id(agent)
             launches = launches_not_running(release, components, running)
             if launches:
                 start_launches(agent, slot, launches)
-            record.paused_workers = None
-            reporter.warn(
-                f"it had stopped the workers {named} of slot {slot} (release {release_id}) for a data restore: "
-                "started them again"
+            down = wait_until_up(agent, slot, components, since)
+            if down is None:
+                record.paused_workers = None
+                reporter.warn(
+                    f"it had stopped the workers {named} of slot {slot} (release {release_id}) for a data restore: "
+                    f"started them again (up {RESTART_SETTLE_SECONDS:g} s)"
+                )
+                return None
+            record.paused_workers = restart_failed(paused, down)
+            said = (
+                f"THE WORKERS {named} OF SLOT {slot} (release {release_id}) DID NOT STAY UP: the {record.operation} "
+                f"stopped them for a data restore and was killed before it started them again; started again by "
+                f"its clean-up, {down}; its release runs without them until they do (the agent restarts them, and "
+                "tries again with a back-off; see `lockstep status`)"
             )
-            return None
+            reporter.warn(said)
+            return said
     except (LockstepError, KeyError) as error:
         why = f"starting them again failed: {error}; the agent tries again"
         record.paused_workers = restart_failed(paused, str(error))
