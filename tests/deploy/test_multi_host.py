@@ -1011,7 +1011,7 @@ def test_no_host_s_workers_write_while_the_primary_restores_the_data(fleet_facto
             process.wait()
     for index, log in enumerate(logs):
         written = writes_between(log, "1.0.0", window_start, window_end)
-        assert written == [], f"host-{index}: {len(written)} writes of the old workers during the data restore"
+        assert written == [], f"host-{index}: {len(written)} writes of the old workers during the data restore: {err}"
     assert process.returncode == 3, err + out
     document = json.loads(out)
     assert [(host["outcome"], host["data_restored"]) for host in document["hosts"]] == [
@@ -1070,6 +1070,39 @@ def test_a_host_whose_workers_cannot_be_stopped_keeps_the_data_as_migrated(fleet
     # The primary stopped its own workers for a restore that did not come, and started them again.
     wait_for_writes(logs[0], "host-0", "1.0.0", after=time.time())
     assert primary.version() == "1.0.0"
+
+
+def test_a_primary_failing_before_the_other_hosts_start_keeps_the_data_as_migrated(
+    fleet_factory: FleetFactory,
+) -> None:
+    """The primary migrates, then fails its own smoke test, before the second host was started:
+    that host holds nothing, its old release serves and its workers write all along. The primary
+    restored anyway, and the second host's writes meanwhile were thrown away or landed half-way
+    (on a loaded machine, any failure of the primary before its switch barrier did this to
+    test_no_host_s_workers_write_while_the_primary_restores_the_data). It keeps the migrated data,
+    loudly, as when a host cannot hold."""
+    fleet, logs, _ = _writing_workers_fleet(fleet_factory, "no such point")
+    config = fleet.hosts[0].directory / "lockstep.toml"
+    smoke = 'smoke = [{ command = "test ! -e BREAKS_SECOND_HOST" }]'  # 2.0.0 has the file: it fails here too
+    config.write_text(config.read_text().replace("watch_failures = 3\n", f"watch_failures = 3\n{smoke}\n"))
+    started = time.time()
+    failed = fleet.lockstep("deploy", "--json")
+    assert failed.returncode == 3, failed.stderr + failed.stdout
+    document = json.loads(failed.stdout)
+    name = f"127.0.0.1:{fleet.servers[1].port}"
+    assert "THE DATA WAS NOT RESTORED: not every host held its traffic and stopped its workers" in document["error"]
+    assert f"{name} (it was not started: its release serves and its workers run)" in document["error"], document
+    assert [(host["outcome"], host["data_restored"]) for host in document["hosts"]] == [
+        ("rolled back", False),
+        ("not started", False),
+    ], document
+    database = fleet.orchestrator.parent / "shared-db" / "notes.db"
+    with contextlib.closing(sqlite3.connect(database)) as connection:  # migration 003's row stays
+        seeded = connection.execute("SELECT count(*) FROM notes WHERE text = 'written by migration 003'").fetchone()
+    assert seeded == (1,)
+    assert writes_between(logs[1], "1.0.0", started, time.time()), "the second host's workers wrote on"
+    assert lost_writes(logs[1], "1.0.0", started, database) == []
+    assert [host.version() for host in fleet.hosts] == ["1.0.0", "1.0.0"]
 
 
 def _shared_rows(fleet: Fleet) -> list[tuple[object, ...]]:

@@ -111,7 +111,8 @@ def wait_for_file(path: Path, process: subprocess.Popen[str], timeout: float = 1
     deadline = time.monotonic() + timeout
     while not path.exists():
         if process.poll() is not None:
-            raise AssertionError(f"the deploy ended (exit {process.returncode}) before it got to {path.name}")
+            said = process.stderr.read()[-4000:] if process.stderr is not None else ""  # why, when piped
+            raise AssertionError(f"the deploy ended (exit {process.returncode}) before it got to {path.name}: {said}")
         if time.monotonic() > deadline:
             raise AssertionError(f"nothing got to {path.name} within {timeout:.0f} s")
         time.sleep(0.05)

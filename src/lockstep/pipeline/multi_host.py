@@ -24,7 +24,8 @@ host whose SSH connection drops (or an orchestrator killed outright) reads end-o
 next barrier, which is an abort too: no host passes a barrier without a "go" that only comes
 when every host got there. When the primary's unwind restores the data, every host holds its
 traffic and stops its old release's workers until it is done, and a host that cannot hold or
-stop them keeps the restore from starting (the unwind's data step, _coordinate_restore). See
+stop them (one not started yet, when the primary fails first, cannot) keeps the restore from
+starting (the unwind's data step, _coordinate_restore). See
 pipeline/coordination.py for the host's side. A host whose lockstep died (killed, its session
 lost) is asked afterwards, by a `lockstep status` run there that cleans up what died, whether its
 part is undone: every host undid its part only when each said so (multi_host_undo.py).
@@ -452,15 +453,20 @@ class HostFanOut:
 
     async def _coordinate_restore(self) -> None:
         """The unwind's data step (pipeline/coordination.py): the primary restores the data only
-        while every other host that started holds its traffic and has stopped its workers, and the
-        holds end (the workers start again) once it is done. A host that does not hold, or whose
-        workers may still run, keeps the migrated data where it is: restoring under a host that
-        writes loses what it writes meanwhile, and a restore can be done later; those writes cannot."""
-        primary, others = self.runs[0], [run for run in self.runs[1:] if run.process is not None]
+        while every other host holds its traffic and has stopped its workers, and the holds end
+        (the workers start again) once it is done. A host that does not hold, or whose workers may
+        still run, keeps the migrated data where it is: restoring under a host that writes loses
+        what it writes meanwhile, and a restore can be done later; those writes cannot. A host not
+        started (the primary failed before its switch barrier) holds nothing: its release serves
+        and its workers write all along, so it counts as one that does not hold."""
+        primary, others = self.runs[0], self.runs[1:]
         if await self._reach(primary, RESTORE_BARRIER):
             not_holding = []
             for run in others:
-                if not await self._reach(run, HELD_BARRIER):
+                if run.process is None:
+                    why = run.failure() if run.lost else "it was not started: its release serves and its workers run"
+                    not_holding.append(f"{run.name} ({why})")
+                elif not await self._reach(run, HELD_BARRIER):
                     not_holding.append(f"{run.name} ({run.failure() if run.lost else 'it ended without holding'})")
                 else:
                     not_holding.extend(self._not_quiet(run))
@@ -487,7 +493,7 @@ class HostFanOut:
                 self._send(primary, GO)
             await self._until_exit(primary)
         for run in others:
-            if await self._reach(run, HELD_BARRIER):
+            if run.process is not None and await self._reach(run, HELD_BARRIER):
                 self._send(run, GO)  # the restore is over (or never ran): release
 
     def _not_quiet(self, run: HostRun) -> list[str]:
