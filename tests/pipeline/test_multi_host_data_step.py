@@ -1,6 +1,6 @@
 """The orchestrator's side of an unwind's data step (pipeline/coordination.py): the primary
-restores only while every other host that started holds its traffic, and the holds end only
-once the primary is done. The hosts are scripted stand-ins speaking the line protocol on the
+restores only while every other host holds its traffic (one not started holds nothing), and
+the holds end only once the primary is done. The hosts are scripted stand-ins speaking the line protocol on the
 pipes an SSH session would give (stdin, stdout, exit status); the real sessions are in
 tests/deploy/test_multi_host.py."""
 
@@ -61,8 +61,9 @@ class ScriptedHost:
         return SimpleNamespace(exit_status=self.exit_status, exit_signal=None)  # as asyncssh
 
 
-def _fan_out(hosts: list[ScriptedHost]) -> tuple[HostFanOut, list[HostRun], Collector]:
-    """The orchestrator's machinery without a project: only what the data step uses."""
+def _fan_out(hosts: list[ScriptedHost | None]) -> tuple[HostFanOut, list[HostRun], Collector]:
+    """The orchestrator's machinery without a project: only what the data step uses (None: a
+    host not started)."""
     fan_out = HostFanOut.__new__(HostFanOut)
     reporter = Collector()
     fan_out.reporter = reporter
@@ -72,7 +73,7 @@ def _fan_out(hosts: list[ScriptedHost]) -> tuple[HostFanOut, list[HostRun], Coll
     for index, host in enumerate(hosts):
         run = HostRun(HostTarget(f"web{index + 1}", "127.0.0.1", 22, None, "/srv/app"), primary=index == 0)
         run.process = host
-        run.outcome = "running"
+        run.outcome = "running" if host is not None else "not started"
         fan_out.runs.append(run)
     return fan_out, fan_out.runs, reporter
 
@@ -80,14 +81,15 @@ def _fan_out(hosts: list[ScriptedHost]) -> tuple[HostFanOut, list[HostRun], Coll
 def _run_data_step(fan_out: HostFanOut) -> None:
     async def step() -> None:
         for run in fan_out.runs:
-            run.tasks = [fan_out.loop.create_task(fan_out._read_stdout(run))]
+            if run.process is not None:
+                run.tasks = [fan_out.loop.create_task(fan_out._read_stdout(run))]
         await asyncio.wait_for(fan_out._coordinate_restore(), 10)
 
     try:
         fan_out.loop.run_until_complete(step())
     finally:
         for run in fan_out.runs:  # the hosts still holding end their sessions, as after _end_input
-            if run.process.exit_status is None:
+            if run.process is not None and run.process.exit_status is None:
                 run.process.exit(0)
         fan_out.loop.run_until_complete(asyncio.gather(*(task for run in fan_out.runs for task in run.tasks)))
         fan_out.loop.close()
@@ -136,6 +138,19 @@ def test_a_host_that_ended_without_holding_keeps_the_migrated_data_too() -> None
     _run_data_step(fan_out)
     assert primary.heard == ["keep"]
     assert fan_out.data_kept is not None and "web2 (it ended without holding)" in fan_out.data_kept
+
+
+def test_a_host_not_started_keeps_the_migrated_data() -> None:
+    """The primary failed before its switch barrier: the other host was never started, so its
+    release serves and its workers write; the primary was told to restore all the same."""
+    primary = ScriptedHost(_restores_then_exits)
+    fan_out, _, reporter = _fan_out([primary, None])
+    primary.say("restore", unwinding=True)
+    _run_data_step(fan_out)
+    assert primary.heard == ["keep"]
+    assert fan_out.data_kept is not None and "THE DATA WAS NOT RESTORED" in fan_out.data_kept
+    assert "web2 (it was not started: its release serves and its workers run)" in fan_out.data_kept
+    assert any(line.startswith("warn THE DATA WAS NOT RESTORED") for line in reporter.lines)
 
 
 def test_the_holds_end_when_the_primary_restores_nothing() -> None:
