@@ -464,8 +464,9 @@ class HostFanOut:
             not_holding = []
             for run in others:
                 if run.process is None:
-                    why = run.failure() if run.lost else "it was not started: its release serves and its workers run"
-                    not_holding.append(f"{run.name} ({why})")
+                    session = f" (its session could not start: {run.lost})" if run.lost else ""
+                    serving = "its release serves and its workers run"
+                    not_holding.append(f"{run.name} (it was not started{session}: {serving})")
                 elif not await self._reach(run, HELD_BARRIER):
                     not_holding.append(f"{run.name} ({run.failure() if run.lost else 'it ended without holding'})")
                 else:
