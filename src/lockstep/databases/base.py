@@ -104,6 +104,9 @@ class DatabaseInfo:
     sequences: list[SequenceInfo] | None = None
     large_objects: LargeObjectsInfo | None = None
     materialized_views: list[MaterializedViewInfo] | None = None
+    # Set by a restore_and_inspect: what the restore left out, one sentence each (PostgreSQL:
+    # grants and policies naming roles the target server lacks). Empty for an inspection.
+    left_out: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import psycopg
 from psycopg import sql
@@ -79,6 +79,10 @@ from lockstep.databases.table_patterns import TableSelection, references_to_empt
 from lockstep.databases.url_options import LIBPQ_OPTIONS, check_url_options
 from lockstep.errors import SourceError, UsageError
 from lockstep.process import Command, StreamingProcess, run_with_input
+
+if TYPE_CHECKING:
+    from lockstep.databases.postgresql_roles import RolesLeftOut
+    from lockstep.databases.postgresql_tables import TableSelection as TablesSelection
 
 CONNECT_TIMEOUT_SECONDS = 10
 # "row-hash-sum": sums of 64-bit row hashes (see _ROW_HASH). "-2": the same, with the settings
@@ -352,14 +356,14 @@ class PostgresqlAdapter:
                 except psycopg.Error as error:
                     raise SourceError(f"cannot inspect {location.display()}: {str(error).strip()}") from None
 
-        self._restore(url, password, source, create, fingerprint)
+        left_out = self._restore(url, password, source, create, fingerprint)
         if not found:
-            return self.inspect_as(url, password, algorithm)
+            return replace(self.inspect_as(url, password, algorithm), left_out=left_out)
         try:
             with _connect(location, password, location.database) as connection:
                 connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
                 try:
-                    return replace(found[0], **_beyond_tables(connection, with_sequences=True))
+                    return replace(found[0], **_beyond_tables(connection, with_sequences=True), left_out=left_out)
                 finally:
                     connection.rollback()
         except psycopg.Error as error:
@@ -372,35 +376,46 @@ class PostgresqlAdapter:
         source: IO[bytes] | Path,
         create: bool,
         alongside_last_step: Callable[[], None] | None,
-    ) -> None:
+    ) -> list[str]:
+        """The restore; returns what it left out (grants and policies naming roles the target
+        server lacks, see postgresql_roles.py), one sentence each."""
         location = ServerLocation.parse(url)
         hint = f"{location.display()} may be partly restored; drop it before trying again"
         if isinstance(source, Path):
             with source.open("rb") as file:
                 head, _ = read_head(file.read)
+            left = _roles_left_out(location, password, head)
             if create:
                 self._create_if_missing(location, password, head)
             if head is not None:
                 self._match_encoding(location, password, head)
             # Rewritten in place into what pg_dump writes to a file itself: the same dump.
             fill_in_data_offsets(source)
-            self._restore_file(location, password, source, hint)
-            return
+            self._restore_file(location, password, source, hint, listed=_listed(head, left))
+            _grant(location, password, left.statements, hint)
+            return left.left_out
         head, first_bytes = read_head(source.read)
+        # Before anything is created: a policy naming a missing role refuses the restore.
+        left = _roles_left_out(location, password, head)
         if create:
             self._create_if_missing(location, password, head)
         if head is not None:
             self._match_encoding(location, password, head)
         # Imported here: only restores load, and `snapshot create` starts sooner without it.
-        from lockstep.databases.postgresql_loader import ParallelLoader, plan_load
+        from lockstep.databases.postgresql_loader import ParallelLoader, plan_load, restrict
 
         owners = head is not None and _can_keep_owners(location, password, {entry.owner for entry in head.entries})
         plan = None if head is None else plan_load(head)
         if head is None or plan is None:
             # Not an archive the loader understands (large objects, another version): the whole
             # dump goes to a file for pg_restore --jobs.
-            self._restore_stream_through_file(location, password, first_bytes, source, hint, owners)
-            return
+            self._restore_stream_through_file(
+                location, password, first_bytes, source, hint, owners, _listed(head, left)
+            )
+            _grant(location, password, left.statements, hint)
+            return left.left_out
+        if left.dump_ids:
+            plan = restrict(plan, [entry.dump_id for entry in head.entries if entry.dump_id not in left.dump_ids])
         loader = ParallelLoader(
             lambda *arguments: self._restore_command(location, password, *arguments, owners=owners),
             lambda: _connect(location, password, location.database, autocommit=True),
@@ -408,6 +423,8 @@ class PostgresqlAdapter:
             _restore_jobs(),
         )
         loader.run(head, plan, first_bytes, source, alongside_last_step)
+        _grant(location, password, left.statements, hint)
+        return left.left_out
 
     def restore_tables(
         self, url: str, password: str | None, source: IO[bytes] | Path, create: bool, tables: list[str]
@@ -425,7 +442,7 @@ class PostgresqlAdapter:
             return self._restore_tables_from_file(location, password, source, create, tables, hint)
         # Imported here: only restores load, and `snapshot create` starts sooner without it.
         from lockstep.databases.postgresql_loader import ParallelLoader, plan_load, restrict
-        from lockstep.databases.postgresql_tables import check_tables, select_tables
+        from lockstep.databases.postgresql_tables import check_tables
 
         head, first_bytes = read_head(source.read)
         if head is None:
@@ -442,10 +459,10 @@ class PostgresqlAdapter:
                 return self._restore_tables_from_file(location, password, path, create, tables, hint)
             finally:
                 path.unlink(missing_ok=True)
+        selection, grants = _tables_selection(location, password, head, tables)
         if create:
             self._create_if_missing(location, password, head)
         self._match_encoding(location, password, head)
-        selection = select_tables(head, tables, _absent_roles(location, password, head))
         wanted = set(selection.dump_ids)
         owners = _can_keep_owners(
             location, password, {entry.owner for entry in head.entries if entry.dump_id in wanted}
@@ -457,23 +474,24 @@ class PostgresqlAdapter:
             _restore_jobs(),
         )
         loader.run(head, restrict(plan, selection.dump_ids), first_bytes, source)
+        _grant(location, password, grants, hint)
         return RestoredTables(left_out=selection.left_out, partitions=selection.partitions)
 
     def _restore_tables_from_file(
         self, location: ServerLocation, password: str | None, path: Path, create: bool, tables: list[str], hint: str
     ) -> RestoredTables:
         """restore_tables from a dump file, by `pg_restore --use-list`."""
-        from lockstep.databases.postgresql_tables import check_tables, select_tables
+        from lockstep.databases.postgresql_tables import check_tables
 
         with path.open("rb") as file:
             head, _ = read_head(file.read)
         if head is None:
             raise _not_readable_for_tables()
         check_tables(head, tables)
+        selection, grants = _tables_selection(location, password, head, tables)
         if create:
             self._create_if_missing(location, password, head)
         self._match_encoding(location, password, head)
-        selection = select_tables(head, tables, _absent_roles(location, password, head))
         fill_in_data_offsets(path)
         wanted = set(selection.dump_ids)
         owners = _can_keep_owners(
@@ -487,6 +505,7 @@ class PostgresqlAdapter:
             )
             with open(os.devnull, "rb") as nothing:
                 run_with_input(command, nothing, hint)
+        _grant(location, password, grants, hint)
         return RestoredTables(left_out=selection.left_out, partitions=selection.partitions)
 
     def _restore_command(
@@ -501,11 +520,26 @@ class PostgresqlAdapter:
         return Command((*command.argv, _dbname_argument(location.database), *arguments), env=command.env)
 
     def _restore_file(
-        self, location: ServerLocation, password: str | None, path: Path, hint: str, owners: bool = False
+        self,
+        location: ServerLocation,
+        password: str | None,
+        path: Path,
+        hint: str,
+        owners: bool = False,
+        listed: list[int] | None = None,
     ) -> None:
-        command = self._restore_command(location, password, f"--jobs={_restore_jobs()}", str(path), owners=owners)
-        with open(os.devnull, "rb") as nothing:
-            run_with_input(command, nothing, hint)
+        """pg_restore --jobs from a file: every entry, or only those `listed` (--use-list)."""
+        with tempfile.TemporaryDirectory(prefix="lockstep-restore-") as folder:
+            chosen: tuple[str, ...] = ()
+            if listed is not None:
+                list_file = Path(folder) / "restore.list"
+                list_file.write_text("".join(f"{dump_id};\n" for dump_id in listed))
+                chosen = (f"--use-list={list_file}",)
+            command = self._restore_command(
+                location, password, f"--jobs={_restore_jobs()}", *chosen, str(path), owners=owners
+            )
+            with open(os.devnull, "rb") as nothing:
+                run_with_input(command, nothing, hint)
 
     def _restore_stream_through_file(
         self,
@@ -515,6 +549,7 @@ class PostgresqlAdapter:
         rest: IO[bytes],
         hint: str,
         owners: bool = False,
+        listed: list[int] | None = None,
     ) -> None:
         descriptor, name = tempfile.mkstemp(prefix="lockstep-restore-", suffix=self.dump_format.extension)
         path = Path(name)
@@ -523,7 +558,7 @@ class PostgresqlAdapter:
                 output.write(first_bytes)
                 shutil.copyfileobj(rest, output, 1 << 20)
             fill_in_data_offsets(path)
-            self._restore_file(location, password, path, hint, owners)
+            self._restore_file(location, password, path, hint, owners, listed)
         finally:
             path.unlink(missing_ok=True)
 
@@ -993,21 +1028,76 @@ def _can_keep_owners(location: ServerLocation, password: str | None, owners: set
 
 
 def _absent_roles(location: ServerLocation, password: str | None, head: ArchiveHead) -> frozenset[str]:
-    """The roles the archive's grants name that the target server lacks: pg_restore would fail
-    on each such grant (and stop, with --exit-on-error), so a restore of some tables leaves them
-    out and names them instead."""
-    from lockstep.databases.postgresql_tables import acl_roles
+    """The roles the archive's grants, default privileges and policies name that the target
+    server lacks: pg_restore would fail on each such entry (and stop, with --exit-on-error), so
+    a restore leaves them out and names them instead (postgresql_roles.py). Asked on the
+    maintenance database: roles belong to the server, and the target may not exist yet."""
+    from lockstep.databases.postgresql_roles import named_roles
 
-    names = sorted({role for entry in head.entries if entry.description == "ACL" for role in acl_roles(entry)})
+    names = sorted(named_roles(head))
     if not names:
         return frozenset()
-    with _connect(location, password, location.database, autocommit=True) as connection:
+    with _connect(location, password, MAINTENANCE_DATABASE, autocommit=True) as connection:
         rows = connection.execute(
             "SELECT name FROM unnest(%s::text[]) AS o(name)"
             " WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = name)",
             (names,),
         ).fetchall()
     return frozenset(str(row[0]) for row in rows)
+
+
+def _roles_left_out(location: ServerLocation, password: str | None, head: ArchiveHead | None) -> RolesLeftOut:
+    """What a whole restore onto this server leaves out for want of roles (postgresql_roles.py);
+    MissingPolicyRoles, before anything is restored, for a policy it cannot leave out. Nothing
+    for an archive whose table of contents is not read (`head` None)."""
+    # Imported here: postgresql_roles imports postgresql_tables, which imports this module.
+    from lockstep.databases.postgresql_roles import RolesLeftOut, leave_out
+
+    return RolesLeftOut() if head is None else leave_out(head, _absent_roles(location, password, head))
+
+
+def _tables_selection(
+    location: ServerLocation, password: str | None, head: ArchiveHead, tables: list[str]
+) -> tuple[TablesSelection, list[str]]:
+    """The entries restoring `tables` (postgresql_tables.py) onto this server, and the grants to
+    run once they are in: grants and policies naming roles it lacks are left out and named in
+    `left_out` (postgresql_roles.py: the other grants of the same entry are kept); a policy that
+    cannot be left out raises MissingPolicyRoles, before anything is restored."""
+    from lockstep.databases.postgresql_roles import leave_out
+    from lockstep.databases.postgresql_tables import select_tables
+
+    selection = select_tables(head, tables)
+    left = leave_out(head, _absent_roles(location, password, head), selection.dump_ids)
+    if not left.dump_ids:
+        return selection, []
+    kept = replace(
+        selection,
+        dump_ids=[dump_id for dump_id in selection.dump_ids if dump_id not in left.dump_ids],
+        left_out=[*left.left_out, *selection.left_out],
+    )
+    return kept, left.statements
+
+
+def _grant(location: ServerLocation, password: str | None, statements: list[str], hint: str) -> None:
+    """Run the grants a restore kept of the entries it took from pg_restore (postgresql_roles.py),
+    once pg_restore is done, as it would have: each entry's statements in one go."""
+    if not statements:
+        return
+    with _connect(location, password, location.database, autocommit=True) as connection:
+        for statement in statements:
+            try:
+                connection.execute(statement.encode(connection.info.encoding, "surrogateescape"))
+            except psycopg.Error as error:
+                raise SourceError(
+                    f"PostgreSQL at {location.display()} refused a grant: {str(error).strip()}", hint
+                ) from None
+
+
+def _listed(head: ArchiveHead | None, left: RolesLeftOut) -> list[int] | None:
+    """The dump IDs for pg_restore --use-list when something is left out; None: all of them."""
+    if head is None or not left.dump_ids:
+        return None
+    return [entry.dump_id for entry in head.entries if entry.dump_id not in left.dump_ids]
 
 
 def _dbname_argument(database: str) -> str:

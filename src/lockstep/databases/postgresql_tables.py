@@ -73,8 +73,23 @@ def archive_tables(head: ArchiveHead) -> dict[str, TocEntry]:
 
 def acl_roles(entry: TocEntry) -> set[str]:
     """The roles an ACL entry grants to, revokes from or grants as."""
-    named = _ACL_ROLE.findall(entry.definition)
+    return acl_statement_roles(entry.definition)
+
+
+def acl_statement_roles(statements: str) -> set[str]:
+    """The roles ACL statements (an ACL entry's, or one of them) grant to, revoke from or grant as."""
+    named = _ACL_ROLE.findall(statements)
     return {role[1:-1].replace('""', '"') if role.startswith('"') else role for role in named if role != "PUBLIC"}
+
+
+def grants_left_out(entry: TocEntry, roles: list[str]) -> str:
+    """What the user reads of an ACL entry left out for want of `roles` on the target server."""
+    kind, _, name = entry.tag.partition(" ")
+    schema = "" if entry.namespace in ("", "public") else f" in schema {entry.namespace}"
+    return (
+        f"grants on {kind.lower()} {name}{schema} (the target server has no role {', '.join(roles)}:"
+        " create it, then grant by hand)"
+    )
 
 
 def check_tables(head: ArchiveHead, names: list[str]) -> None:
@@ -223,12 +238,7 @@ def _left_out(entry: TocEntry, chosen: set[int], by_id: dict[int, TocEntry], abs
     owner = by_id.get(_owner_table(entry, by_id) or -1)
     of_table = "" if owner is None else table_name(owner.namespace, owner.tag)
     if entry.description == "ACL" and (roles := sorted(acl_roles(entry) & absent_roles)):
-        kind, _, name = entry.tag.partition(" ")
-        schema = "" if entry.namespace in ("", "public") else f" in schema {entry.namespace}"
-        return (
-            f"grants on {kind.lower()} {name}{schema} (the target server has no role {', '.join(roles)}:"
-            " create it, then grant by hand)"
-        )
+        return grants_left_out(entry, roles)
     missing = sorted({_describe_dependency(by_id[d], by_id) for d in _blockers(entry, chosen, by_id)})
     if entry.description == "FK CONSTRAINT":
         constraint = entry.tag[len(owner.tag) + 1 :] if owner is not None else entry.tag

@@ -96,8 +96,9 @@ class RestoredDatabase:
     tables: int
     rows: int
     seconds: float
-    # For a restore of some tables (--table): their names, and what was left out (foreign keys
-    # to tables not restored), one sentence each.
+    # For a restore of some tables (--table): their names. What was left out (foreign keys to
+    # tables not restored; grants and policies naming roles the target server lacks), one
+    # sentence each.
     only_tables: list[str] | None = None
     left_out: list[str] = field(default_factory=list)
 
@@ -437,6 +438,7 @@ def restore_database(
         tables=len(info.tables),
         rows=sum(table.rows for table in info.tables),
         seconds=time.monotonic() - started,
+        left_out=info.left_out,
     )
 
 
