@@ -141,7 +141,8 @@ def test_a_policy_for_a_missing_role_and_a_role_the_server_has_is_refused_before
     """A restrictive policy for two roles, one of them gone: left out, it would let the other
     role see rows the snapshot's policy hid. The restore exits 2 naming the policy, the role
     and the CREATE ROLE that fixes it; the target database is not even created. Once the role
-    exists again, the same restore brings the policy back as it was."""
+    exists again, the same restore brings the policy back as it was. A restore over a database
+    that holds data is refused before that database is emptied."""
     with roles(3) as (gone, kept, other), database(SHOP.format(gone=gone, kept=kept)) as url:
         run_postgresql(
             url, f'CREATE POLICY small_orders ON orders AS RESTRICTIVE TO "{gone}", "{other}" USING (total < 5)'
@@ -157,6 +158,15 @@ def test_a_policy_for_a_missing_role_and_a_role_the_server_has_is_refused_before
             assert f"policy small_orders on table orders (roles {gone}, {other})" in result.err
             assert f'CREATE ROLE "{gone}" NOLOGIN' in result.err
             assert run_postgresql(SERVER, f"SELECT 1 FROM pg_database WHERE datname = '{name}'") == []
+            # Over a database that holds data (with --yes, no pre-restore snapshot keeps it): refused
+            # before it is emptied.
+            with database("CREATE TABLE kept (id int); INSERT INTO kept VALUES (1)") as occupied:
+                replaced = project.lockstep(
+                    "snapshot", "restore", "latest", "--database", "shop", "--to", occupied, "--yes"
+                )
+                assert replaced.returncode == 2, replaced.err
+                assert f"the target server has no role {gone}" in replaced.err
+                assert run_postgresql(occupied, "SELECT id FROM kept") == [(1,)]
             run_postgresql(SERVER, f'CREATE ROLE "{gone}" NOLOGIN', database="postgres")
             document = restore_to(project, target)
             assert run_postgresql(target, "SELECT polname FROM pg_policy ORDER BY 1") == [

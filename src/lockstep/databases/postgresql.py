@@ -309,6 +309,13 @@ class PostgresqlAdapter:
     def restore(self, url: str, password: str | None, source: IO[bytes] | Path, create: bool) -> None:
         self._restore(url, password, source, create, None)
 
+    def check_restore(self, url: str, password: str | None, source: IO[bytes]) -> None:
+        """Refuse, from the head of the dump alone, a restore that would be refused once begun
+        (a policy naming a role the target server lacks and one it has: postgresql_roles.py),
+        so that a restore over a database holding data refuses before emptying it."""
+        head, _ = read_head(source.read)
+        _roles_left_out(ServerLocation.parse(url), password, head)
+
     def materialized_views_as_defined(self, url: str, password: str | None, names: list[str]) -> set[str]:
         """Those of the materialized views `names` that hold exactly the rows their query gives
         now (see restore.refreshed_views_excused); one that cannot be evaluated is not among them."""

@@ -412,6 +412,7 @@ def restore_database(
     if state == "non-empty":
         if not replace:
             raise UsageError(f"the target database {shown} is not empty", "pass --yes to replace what it holds")
+        _check_restore(adapter, repository, node, target)
         empty_database(adapter, target)
     try:
         with dump_source(repository, node, adapter) as source:
@@ -440,6 +441,17 @@ def restore_database(
         seconds=time.monotonic() - started,
         left_out=info.left_out,
     )
+
+
+def _check_restore(adapter: DatabaseAdapter, repository: Repository, node: Node, target: ServerAccess) -> None:
+    """What the adapter can refuse from the head of the dump (PostgreSQL: a policy naming a role
+    the target server lacks), refused before the target is emptied: refused after, a target
+    without a pre-restore snapshot (--to --yes) would have lost what it held."""
+    check = getattr(adapter, "check_restore", None)
+    if check is None:
+        return
+    with io.BufferedReader(SnapshotFileReader(repository, node), buffer_size=1024 * 1024) as stream:
+        check(target.url, target.password, stream)
 
 
 def restore_tables(
