@@ -82,7 +82,7 @@ def test_a_whole_restore_onto_a_server_without_a_role_leaves_its_grants_and_poli
     restore stopped; now every row, the other role's grants and default privileges and the
     other policy come back, the restore's check passes, and the output and --json name each
     thing left out with what to do. verify --level restore (the same restore into a scratch
-    database) passes too."""
+    database) passes too, with notes naming them."""
     with roles(2) as (gone, kept), database(SHOP.format(gone=gone, kept=kept)) as url, database() as target:
         project = snapshot_of(tmp_path, url)
         drop_role(url, gone)
@@ -114,6 +114,10 @@ def test_a_whole_restore_onto_a_server_without_a_role_leaves_its_grants_and_poli
         assert f"left out: grants on table orders ({missing}: create it, then grant by hand)" in shown
         verified = json.loads(project.ok("snapshot", "verify", "latest", "--level", "restore", "--json").out)
         assert verified["ok"] is True, verified
+        assert (
+            f"database shop: the test-restore left out grants on table orders ({missing}: create it, then grant"
+            " by hand)" in verified["notes"]
+        )
 
 
 def test_a_table_restore_leaves_out_a_policy_for_a_role_the_target_server_lacks(tmp_path: Path) -> None:

@@ -878,6 +878,9 @@ class Deployment:
             finally:  # restored or not, as the traffic is released to the old release after it
                 self.worker_pause.restart()
         record.data_restored = True
+        for item in result.restored:  # grants to roles this server no longer has
+            for sentence in item.left_out:
+                self.reporter.warn(f"database {item.name}: left out: {sentence}")
         restored = ", ".join(f"{item.name} ({counted(item.rows, 'row')})" for item in result.restored)
         self.reporter.info(
             f"data restored from {snapshot.short_id}: {restored}; the data as it was before the restore is in "

@@ -744,6 +744,9 @@ class Rollback:
                 on_pre_restore=undo_from,
             )
         record.data_restored = True
+        for item in result.restored:  # grants to roles this server no longer has
+            for sentence in item.left_out:
+                self.reporter.warn(f"database {item.name}: left out: {sentence}")
         restored = ", ".join(f"{item.name} ({counted(item.rows, 'row')})" for item in result.restored)
         return f"{restored}; before-restore snapshot {(result.pre_restore_snapshot_id or '')[:8]}"
 

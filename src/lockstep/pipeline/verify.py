@@ -110,11 +110,12 @@ def verify_snapshot(
         for name, database in walk.manifest.databases.items():
             if database.path in damaged or database.path not in walk.files:
                 continue  # already reported: a dump that cannot be read cannot be test-restored
-            check, database_findings = _test_restore(
+            check, database_findings, left_out = _test_restore(
                 repository, snapshot, name, database, walk.files[database.path], urls[name], (servers or {}).get(name)
             )
             checks.append(check)
             findings.extend(database_findings)
+            notes.extend(f"database {name}: the test-restore left out {sentence}" for sentence in left_out)
     result = VerificationResult(
         snapshot_id=snapshot.id,
         level=level,
@@ -326,8 +327,10 @@ def _test_restore(
     node: Node,
     url: str,
     server: ServerAccess | None,
-) -> tuple[DatabaseCheck, list[Finding]]:
-    """Restore one dump into a scratch database, fingerprint it, check it, drop it.
+) -> tuple[DatabaseCheck, list[Finding], list[str]]:
+    """Restore one dump into a scratch database, fingerprint it, check it, drop it. Also
+    returns what the restore left out (PostgreSQL: grants and policies naming roles the scratch
+    database's server lacks), which a restore onto that server would leave out too.
 
     A scratch database that cannot be created (server down, no CREATE privilege), or a server
     that refuses the restore for a limit of its own (ServerLimitExceeded), raises SourceError:
@@ -383,7 +386,7 @@ def _test_restore(
         integrity=integrity,
         seconds=time.monotonic() - started,
     )
-    return check, findings
+    return check, findings, [] if info is None else info.left_out
 
 
 def integrity_check(
