@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from tests.cli.test_snapshot_cli import Project
 from tests.cli.test_snapshot_restore_postgresql_tables_cli import database, snapshot_of
 from tests.cli.test_snapshot_restore_tables_cli import SERVER, drop, rows
@@ -73,8 +75,9 @@ def privileges(url: str, role: str) -> list[tuple[object, ...]]:
     )
 
 
+@pytest.mark.parametrize("large_object", [False, True], ids=["streamed", "from-a-file"])
 def test_a_whole_restore_onto_a_server_without_a_role_leaves_its_grants_and_policy_out_and_names_them(
-    tmp_path: Path,
+    tmp_path: Path, large_object: bool
 ) -> None:
     """The snapshot grants to a role since dropped (on a table, a column, a sequence, the
     schema, in default privileges and as the role whose default privileges they are) and has a
@@ -82,9 +85,16 @@ def test_a_whole_restore_onto_a_server_without_a_role_leaves_its_grants_and_poli
     restore stopped; now every row, the other role's grants and default privileges and the
     other policy come back, the restore's check passes, and the output and --json name each
     thing left out with what to do. verify --level restore (the same restore into a scratch
-    database) passes too, with notes naming them."""
+    database) passes too, with notes naming them. A dump with a large object (restored from a
+    file by pg_restore --use-list) leaves out the same."""
     with roles(2) as (gone, kept), database(SHOP.format(gone=gone, kept=kept)) as url, database() as target:
-        project = snapshot_of(tmp_path, url)
+        project = snapshot_of(
+            tmp_path,
+            url,
+            f"SELECT lo_from_bytea(4242, 'memo'); GRANT SELECT ON LARGE OBJECT 4242 TO \"{kept}\""
+            if large_object
+            else "",
+        )
         drop_role(url, gone)
         document = restore_to(project, target)
         missing = f"the target server has no role {gone}"
@@ -105,6 +115,10 @@ def test_a_whole_restore_onto_a_server_without_a_role_leaves_its_grants_and_poli
         assert rows(target, "orders") == rows(url, "orders")
         assert privileges(target, kept) == [(True, False)]
         assert run_postgresql(target, "SELECT polname FROM pg_policy") == [("own_orders",)]
+        if large_object:
+            assert run_postgresql(target, "SELECT array_to_string(lomacl, ',') FROM pg_largeobject_metadata") == [
+                (f"postgres=rw/postgres,{kept}=r/postgres",)
+            ]
         assert run_postgresql(target, "SELECT relrowsecurity FROM pg_class WHERE relname = 'orders'") == [(True,)]
         # The kept role's default privileges came back: a new table is readable by it.
         run_postgresql(target, "CREATE TABLE later (id int)")
