@@ -141,7 +141,7 @@ def _kept_statements(definition: str, absent: frozenset[str]) -> str:
     block goes."""
     kept: list[str] = []
     skipping = False
-    for line in definition.splitlines():
+    for line in definition.split("\n"):  # kept as written: a quoted name may hold spaces
         statement = line.strip()
         if not statement:
             continue
@@ -151,7 +151,7 @@ def _kept_statements(definition: str, absent: frozenset[str]) -> str:
         if skipping or _statement_roles(statement + "\n") & absent:
             skipping = skipping or statement.startswith("SET SESSION AUTHORIZATION ")
             continue
-        kept.append(statement)
+        kept.append(line)
     return "\n".join(kept)
 
 

@@ -9,8 +9,10 @@ comments, the partitions' ATTACH) that depends on something chosen and whose oth
 dependencies are chosen too. What a definition needs in order to be created (its schema, the
 types, domains, functions, collations and extensions it depends on: a trigger's function) comes
 along. An entry that belongs to a chosen table but depends on something not chosen (a foreign
-key to a table not restored, a policy reading one), or grants to a role the target server
-lacks, is left out, and named, so the caller can say so.
+key to a table not restored, a policy reading one) is left out, and named, so the caller can
+say so. Grants and policies naming a role the target server lacks are left out by the caller
+(postgresql_roles.py, which keeps an entry's grants to the roles that exist), as in a whole
+restore.
 """
 
 from __future__ import annotations
@@ -127,9 +129,10 @@ def check_tables(head: ArchiveHead, names: list[str]) -> None:
             )
 
 
-def select_tables(head: ArchiveHead, names: list[str], absent_roles: frozenset[str] = frozenset()) -> TableSelection:
+def select_tables(head: ArchiveHead, names: list[str]) -> TableSelection:
     """The entries that restore the tables `names` (manifest names, all in the archive) and
-    their partitions; grants to `absent_roles` (roles the target server lacks) are left out."""
+    their partitions. Grants and policies naming roles the target server lacks are for the
+    caller to leave out (postgresql_roles.py)."""
     by_id = {entry.dump_id: entry for entry in head.entries}
     tables = archive_tables(head)
     chosen_tables = {tables[name].dump_id for name in names}
@@ -138,14 +141,11 @@ def select_tables(head: ArchiveHead, names: list[str], absent_roles: frozenset[s
     chosen = set(chosen_tables)
     _add_prerequisites(chosen, by_id)
 
-    def lacks_role(entry: TocEntry) -> bool:
-        return entry.description == "ACL" and bool(acl_roles(entry) & absent_roles)
-
     changed = True
     while changed:
         changed = False
         for entry in head.entries:
-            if entry.dump_id in chosen or entry.description not in _BELONGING or lacks_role(entry):
+            if entry.dump_id in chosen or entry.description not in _BELONGING:
                 continue
             if not any(dependency in chosen for dependency in entry.dependencies):
                 continue
@@ -153,7 +153,7 @@ def select_tables(head: ArchiveHead, names: list[str], absent_roles: frozenset[s
                 chosen |= _prerequisites({entry.dump_id}, chosen, by_id) | {entry.dump_id}
                 changed = True
     left_out = [
-        _left_out(entry, chosen, by_id, absent_roles)
+        _left_out(entry, chosen, by_id)
         for entry in head.entries
         if entry.dump_id not in chosen
         and entry.description in _BELONGING
@@ -234,11 +234,9 @@ def _owner_table(entry: TocEntry, by_id: dict[int, TocEntry]) -> int | None:
     return tables[0].dump_id if tables else None
 
 
-def _left_out(entry: TocEntry, chosen: set[int], by_id: dict[int, TocEntry], absent_roles: frozenset[str]) -> str:
+def _left_out(entry: TocEntry, chosen: set[int], by_id: dict[int, TocEntry]) -> str:
     owner = by_id.get(_owner_table(entry, by_id) or -1)
     of_table = "" if owner is None else table_name(owner.namespace, owner.tag)
-    if entry.description == "ACL" and (roles := sorted(acl_roles(entry) & absent_roles)):
-        return grants_left_out(entry, roles)
     missing = sorted({_describe_dependency(by_id[d], by_id) for d in _blockers(entry, chosen, by_id)})
     if entry.description == "FK CONSTRAINT":
         constraint = entry.tag[len(owner.tag) + 1 :] if owner is not None else entry.tag
