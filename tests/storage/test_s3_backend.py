@@ -183,6 +183,35 @@ def test_reading_a_missing_file_raises_file_missing(backend: Backend, offset: in
     assert name in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("offset", "lengths", "expected"),
+    [
+        (0, [0, 10, 5, 20], [slice(0, 0), slice(0, 10), slice(10, 15), slice(15, 35)]),
+        (1000, [4, 100, 10], [slice(1000, 1004), slice(1004, None), slice(0, 0)]),  # past the end: short, then empty
+        (2000, [3], [slice(0, 0)]),
+        (7, [0], [slice(0, 0)]),
+    ],
+)
+def test_load_pieces_hands_over_consecutive_pieces(
+    backend: Backend, offset: int, lengths: list[int], expected: list[slice]
+) -> None:
+    """A copy reads a run of blobs with one request, a blob at a time (pack_runs.read_run)."""
+    data = bytes(range(256)) * 4
+    name = new_id()
+    backend.save(FileType.PACK, name, data)
+    # Each piece copied before the next is asked for: it may be a view the next one overwrites.
+    assert [bytes(piece) for piece in backend.load_pieces(FileType.PACK, name, offset, lengths)] == [
+        data[part] for part in expected
+    ]
+
+
+@pytest.mark.parametrize("lengths", [[5, 10], [0]])
+def test_load_pieces_of_a_missing_file_raises_file_missing(backend: Backend, lengths: list[int]) -> None:
+    name = new_id()
+    with pytest.raises(FileMissing):
+        next(backend.load_pieces(FileType.PACK, name, 0, lengths))
+
+
 def test_empty_file(backend: Backend) -> None:
     name = new_id()
     backend.save(FileType.LOCK, name, b"")

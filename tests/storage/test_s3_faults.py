@@ -53,6 +53,22 @@ def test_a_body_cut_off_part_way_is_fetched_again(backend: S3Backend, proxy: Fau
     assert len(proxy.broken) == 4
 
 
+def test_a_streamed_read_cut_off_part_way_goes_on_where_it_broke(backend: S3Backend, proxy: FaultProxy) -> None:
+    """A copy streams a run of blobs from one GET (load_pieces): a body cut off is asked for
+    again from the first byte not yet read, and the pieces come out whole."""
+    name = secrets.token_hex(32)
+    data = secrets.token_bytes(1024 * 1024)
+    backend.save(FileType.PACK, name, data)
+    lengths = [100_000, 300_000, 0, 400_000, 24_000]
+
+    proxy.cut_bodies(2, method="GET", path_contains=f"/data/{name[:2]}/{name}")
+    pieces = [bytes(piece) for piece in backend.load_pieces(FileType.PACK, name, 1000, lengths)]
+
+    assert len(proxy.broken) == 2
+    starts = [1000 + sum(lengths[:number]) for number in range(len(lengths))]
+    assert pieces == [data[start : start + length] for start, length in zip(starts, lengths, strict=True)]
+
+
 def test_a_document_read_is_retried_too(backend: S3Backend, proxy: FaultProxy) -> None:
     backend.save_document("locks/production", b'{"holder": "deploy"}' * 100)
     proxy.cut_bodies(1, method="GET", path_contains="/lockstep/locks/production")

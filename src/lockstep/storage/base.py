@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Sequence
 from enum import Enum
 from typing import Protocol
 
@@ -63,12 +63,22 @@ class Backend(Protocol):
         """Prepare an empty repository location; raise RepositoryExists if a repository is already there."""
         ...
 
-    def save(self, file_type: FileType, name: str, data: bytes) -> None:
+    def save(self, file_type: FileType, name: str, data: bytes | bytearray) -> None:
         """Write a whole file atomically: readers see all of it or none of it."""
         ...
 
     def load(self, file_type: FileType, name: str, offset: int = 0, length: int | None = None) -> bytes:
         """Read a file, or `length` bytes of it from `offset`. Raises FileMissing."""
+        ...
+
+    def load_pieces(
+        self, file_type: FileType, name: str, offset: int, lengths: Sequence[int]
+    ) -> Generator[bytes | memoryview, None, None]:
+        """Consecutive pieces of a file from `offset`, of these lengths, read with one request
+        and handed over one at a time, so that only the piece in hand is held: a copy reads runs
+        of blobs of up to 16 MiB this way. A piece is shorter than asked (even empty) where the
+        file ends, and may be a view that the next piece overwrites: use it before asking for
+        the next. Raises FileMissing (at the first piece)."""
         ...
 
     def size(self, file_type: FileType, name: str) -> int:

@@ -8,7 +8,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 
 from lockstep.errors import RepositoryExists, StorageError
@@ -80,10 +80,10 @@ class LocalBackend:
         except OSError as error:
             raise _describe_os_error(error, self.root) from error
 
-    def save(self, file_type: FileType, name: str, data: bytes) -> None:
+    def save(self, file_type: FileType, name: str, data: bytes | bytearray) -> None:
         self._write(self._path(file_type, name), data, replace=True)
 
-    def _write(self, path: Path, data: bytes, replace: bool) -> bool:
+    def _write(self, path: Path, data: bytes | bytearray, replace: bool) -> bool:
         """Write via a temporary file; with replace=False, link it into place only if absent."""
         name = path.name
         directory = path.parent
@@ -134,6 +134,23 @@ class LocalBackend:
                 if offset:
                     handle.seek(offset)
                 return handle.read() if length is None else handle.read(length)
+        except FileNotFoundError as error:
+            raise FileMissing(f"{relative_path(file_type, name)} is missing from {self.location}") from error
+        except OSError as error:
+            raise _describe_os_error(error, path) from error
+
+    def load_pieces(
+        self, file_type: FileType, name: str, offset: int, lengths: Sequence[int]
+    ) -> Generator[bytes | memoryview, None, None]:
+        path = self._path(file_type, name)
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                # One buffer for the whole run: a new one per blob of some MiB is an mmap and an
+                # munmap each, which stalls every thread of the process on a busy machine.
+                buffer = memoryview(bytearray(max(lengths, default=0)))
+                for length in lengths:
+                    yield buffer[: handle.readinto(buffer[:length])]
         except FileNotFoundError as error:
             raise FileMissing(f"{relative_path(file_type, name)} is missing from {self.location}") from error
         except OSError as error:

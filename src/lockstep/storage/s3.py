@@ -42,7 +42,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Literal, cast
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
@@ -72,6 +72,7 @@ from lockstep.storage.base import (
 )
 
 if TYPE_CHECKING:
+    from botocore.response import StreamingBody
     from mypy_boto3_s3.client import S3Client
     from mypy_boto3_s3.literals import BucketLocationConstraintType, StorageClassType
     from mypy_boto3_s3.type_defs import PutObjectRequestTypeDef
@@ -575,19 +576,21 @@ class S3Backend:
         if self.exists(FileType.CONFIG, "config"):
             raise RepositoryExists(self.location)
 
-    def save(self, file_type: FileType, name: str, data: bytes) -> None:
+    def save(self, file_type: FileType, name: str, data: bytes | bytearray) -> None:
         # restic PUTs every file in the storage class (archive classes, refused here, only data
         # packs). lockstep's own documents (records, history) stay in the bucket's default: they
         # are small and rewritten, which infrequent-access classes bill by 128 KiB and 30 days.
         self._put(self._key(file_type, name), data, storage_class=self.storage_class)
 
-    def _put(self, key: str, data: bytes, only_if_absent: bool = False, storage_class: str | None = None) -> bool:
+    def _put(
+        self, key: str, data: bytes | bytearray, only_if_absent: bool = False, storage_class: str | None = None
+    ) -> bool:
         """PUT an object; with only_if_absent, a conditional create (If-None-Match: *)."""
         digest = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
         request: PutObjectRequestTypeDef = {
             "Bucket": self.bucket,
             "Key": key,
-            "Body": data,
+            "Body": cast("bytes", data),  # botocore takes a bytearray too (a pack: PackWriter)
             "ContentType": "application/octet-stream",
             "ContentMD5": digest,
         }
@@ -626,6 +629,67 @@ class S3Backend:
             raise self._storage_error(error, "read", key) from error
         except BotoCoreError as error:
             raise self._storage_error(error, "read", key) from error
+
+    def load_pieces(
+        self, file_type: FileType, name: str, offset: int, lengths: Sequence[int]
+    ) -> Generator[bytes | memoryview, None, None]:
+        key = self._key(file_type, name)
+        if offset < 0 or any(length < 0 for length in lengths):
+            raise ValueError(f"offset and lengths must not be negative (got {offset}, {list(lengths)})")
+        if not sum(lengths):
+            self.size(file_type, name)  # still raises FileMissing for a missing file
+        try:
+            yield from self._get_pieces(key, offset, lengths)
+        except ClientError as error:
+            if _is_missing(error):
+                raise self._missing(key) from error
+            raise self._storage_error(error, "read", key) from error
+        except BotoCoreError as error:
+            raise self._storage_error(error, "read", key) from error
+
+    def _get_pieces(self, key: str, offset: int, lengths: Sequence[int]) -> Generator[bytes | memoryview, None, None]:
+        """`_get` of a range, streamed piece by piece; a body that breaks off or stalls is asked
+        for again from where it broke, up to `retries` times in all."""
+        position, end = offset, offset + sum(lengths)
+        body = self._open_range(key, position, end)
+        attempt = 0
+        try:
+            for length in lengths:
+                parts: list[bytes] = []
+                wanted = length
+                while wanted and body is not None:
+                    try:
+                        part = body.read(wanted)
+                    except _BODY_ERRORS:
+                        attempt += 1
+                        if attempt > self.retries:
+                            raise
+                        body.close()
+                        time.sleep(_BODY_RETRY_DELAY_SECONDS * 2 ** (attempt - 1))
+                        body = self._open_range(key, position, end)
+                        continue
+                    if not part:  # the object ends here
+                        body.close()
+                        body = None
+                        break
+                    parts.append(part)
+                    wanted -= len(part)
+                    position += len(part)
+                yield parts[0] if len(parts) == 1 else b"".join(parts)
+        finally:
+            if body is not None:
+                body.close()
+
+    def _open_range(self, key: str, start: int, end: int) -> StreamingBody | None:
+        """The body of a GET of bytes start..end-1; None when the object ends before `start`."""
+        if start >= end:
+            return None
+        try:
+            return self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}")["Body"]
+        except ClientError as error:
+            if _error_code(error) in ("InvalidRange", "416"):
+                return None
+            raise
 
     def _get(self, key: str, byte_range: str | None = None) -> bytes:
         """GET an object (or a range of it) and read the whole body. A body that breaks off or
