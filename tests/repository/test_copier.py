@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import random
+from collections.abc import Generator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def test_a_copy_is_found_by_the_original_it_records_or_by_its_own_id() -> None:
 
 
 class CountingBackend(LocalBackend):
-    """A real local backend that counts the ranged reads of packs."""
+    """A real local backend that counts the ranged reads of packs, whole or streamed."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
@@ -81,6 +82,13 @@ class CountingBackend(LocalBackend):
         if file_type is FileType.PACK:
             self.pack_reads += 1
         return super().load(file_type, name, offset, length)
+
+    def load_pieces(
+        self, file_type: FileType, name: str, offset: int, lengths: Sequence[int]
+    ) -> Generator[bytes | memoryview, None, None]:
+        if file_type is FileType.PACK:
+            self.pack_reads += 1
+        return super().load_pieces(file_type, name, offset, lengths)
 
 
 def test_a_copy_reads_the_data_blobs_of_a_pack_with_one_request(tmp_path: Path) -> None:
