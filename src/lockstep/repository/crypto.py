@@ -79,7 +79,8 @@ class Key:
         while nonce == bytes(NONCE_SIZE):  # restic rejects an all-zero nonce
             nonce = os.urandom(NONCE_SIZE)
         ciphertext = Cipher(algorithms.AES(self.encrypt), modes.CTR(nonce)).encryptor().update(plaintext)
-        return nonce + ciphertext + self._tag(nonce, ciphertext)
+        # One copy of a blob of some MiB, not two (`nonce + ciphertext + tag` makes one per `+`).
+        return b"".join((nonce, ciphertext, self._tag(nonce, ciphertext)))
 
     def open(self, sealed: bytes | memoryview) -> bytes:
         """Check the tag, then decrypt. Raises AuthenticationFailed on any mismatch."""
