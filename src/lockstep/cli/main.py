@@ -13,7 +13,7 @@ import click
 from lockstep import __version__
 from lockstep.errors import LockstepError
 from lockstep.exit_codes import ExitCode
-from lockstep.malloc_arenas import map_large_buffers, share_one_heap
+from lockstep.malloc_arenas import share_one_heap
 from lockstep.redaction import process_redactor
 
 # Each command's name and the modules that define it (each exports COMMANDS, a list of click
@@ -91,7 +91,6 @@ def main(argv: list[str] | None = None) -> None:
     if argv is None:  # a real process (console script, python -m), not a call from a test
         _interrupt_on_sigterm()
         share_one_heap()  # before any thread starts (malloc_arenas.py)
-        map_large_buffers()
     debug = "--debug" in (argv if argv is not None else sys.argv)
     json_output = "--json" in (argv if argv is not None else sys.argv)
     try:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from lockstep.actions.repo.session import RepositoryAccess
 from lockstep.errors import IntegrityError, LockstepError, NotFound, RepositoryLocked
+from lockstep.malloc_arenas import map_large_buffers
 from lockstep.repository.copier import (
     Copier,
     CopyReport,
@@ -116,6 +117,9 @@ def copy_from(
 ) -> CopyReport:
     """copy_snapshots from an opened source. The destination takes a non-exclusive lock, like a
     backup's, so prune cannot remove what a copied snapshot is about to refer to."""
+    # Here and not for every command: a fixed mmap threshold keeps a copy's peak under restic's,
+    # but costs a backup 3-9 % more CPU in page faults (BENCHMARKS.md, session 20).
+    map_large_buffers()
     say = step or (lambda _: None)
     with ExitStack() as held:
         try:
