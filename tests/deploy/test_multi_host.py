@@ -1072,36 +1072,90 @@ def test_a_host_whose_workers_cannot_be_stopped_keeps_the_data_as_migrated(fleet
     assert primary.version() == "1.0.0"
 
 
-def test_a_primary_failing_before_the_other_hosts_start_keeps_the_data_as_migrated(
+def _fail_the_primary_s_smoke_test_too(fleet: Fleet) -> None:
+    """2.0.0 has BREAKS_SECOND_HOST: the primary fails its smoke test, before the second host was started."""
+    config = fleet.hosts[0].directory / "lockstep.toml"
+    smoke = 'smoke = [{ command = "test ! -e BREAKS_SECOND_HOST" }]'
+    config.write_text(config.read_text().replace("watch_failures = 3\n", f"watch_failures = 3\n{smoke}\n"))
+
+
+def test_a_primary_failing_before_the_other_hosts_start_restores_the_data_while_they_hold(
     fleet_factory: FleetFactory,
 ) -> None:
-    """The primary migrates, then fails its own smoke test, before the second host was started:
-    that host holds nothing, its old release serves and its workers write all along. The primary
-    restored anyway, and the second host's writes meanwhile were thrown away or landed half-way
-    (on a loaded machine, any failure of the primary before its switch barrier did this to
-    test_no_host_s_workers_write_while_the_primary_restores_the_data). It keeps the migrated data,
-    loudly, as when a host cannot hold."""
+    """The primary migrates, then fails its own smoke test (a broken release), before the second
+    host was started. The orchestrator starts that host only to hold its traffic and stop its
+    workers, and the primary restores the data meanwhile, as on one machine: none of the second
+    host's writes lands during the restore (it once restored under that host's writing workers,
+    then kept the migrated data instead). The primary waits inside its restore (a fault-injection
+    wait point) while the test looks at what the workers write."""
+    fleet, logs, go = _writing_workers_fleet(fleet_factory, "restore data")
+    _fail_the_primary_s_smoke_test_too(fleet)
+    process = _start_failing_deploy(fleet)
+    try:
+        wait_for_file(go.with_name(go.name + WAITING_SUFFIX), process)  # the primary, in its restore
+        window_start = time.time()
+        time.sleep(2)  # 40 writes' worth on each host
+        window_end = time.time()
+        go.touch()
+        out, err = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    for index, log in enumerate(logs):
+        written = writes_between(log, "1.0.0", window_start, window_end)
+        assert written == [], f"host-{index}: {len(written)} writes of the old workers during the data restore: {err}"
+    assert process.returncode == 3, err + out
+    document = json.loads(out)
+    assert "THE DATA WAS NOT RESTORED" not in document["error"], document["error"]
+    assert [(host["outcome"], host["data_restored"]) for host in document["hosts"]] == [
+        ("rolled back", True),
+        ("not deployed (held for the data restore)", False),
+    ], document
+    assert "every host holds its traffic and has stopped its workers; restoring the data" in err, err
+    database = fleet.orchestrator.parent / "shared-db" / "notes.db"
+    with contextlib.closing(sqlite3.connect(database)) as connection:  # migration 003's row is gone
+        seeded = connection.execute("SELECT count(*) FROM notes WHERE text = 'written by migration 003'").fetchone()
+    assert seeded == (0,)
+    ended = time.time()
+    for index, log in enumerate(logs):
+        wait_for_writes(log, f"host-{index}", "1.0.0", after=ended)  # they run again, on the restored data
+        assert lost_writes(log, "1.0.0", window_start, database) == [], f"host-{index}"
+    second = fleet.hosts[1]
+    held, released = _agent_events(second, "traffic-held")[-1], _agent_events(second, "traffic-released")[-1]
+    assert held < window_start and window_end <= released  # the second host held all through the restore
+    assert second.history()[-1]["outcome"] == "rolled-back"
+    assert second.history()[-1]["paused_workers"] is None  # its workers run again
+    assert [host.version() for host in fleet.hosts] == ["1.0.0", "1.0.0"]
+
+
+def test_a_host_never_started_that_cannot_hold_keeps_the_data_as_migrated(fleet_factory: FleetFactory) -> None:
+    """As above, but the second host's traffic cannot be held (another process holds it already):
+    its old release would serve during the restore, so the data stays as migrated, loudly."""
     fleet, logs, _ = _writing_workers_fleet(fleet_factory, "no such point")
-    config = fleet.hosts[0].directory / "lockstep.toml"
-    smoke = 'smoke = [{ command = "test ! -e BREAKS_SECOND_HOST" }]'  # 2.0.0 has the file: it fails here too
-    config.write_text(config.read_text().replace("watch_failures = 3\n", f"watch_failures = 3\n{smoke}\n"))
-    started = time.time()
-    failed = fleet.lockstep("deploy", "--json")
+    _fail_the_primary_s_smoke_test_too(fleet)
+    second = fleet.hosts[1]
+    layout = EnvironmentLayout(second.directory / ".lockstep" / "state" / "test", "test")
+    agent = AgentClient(layout.agent_socket, "test")
+    assert agent.hold(HoldOwner.this_process(), 300, 5)["held"]
+    try:
+        failed = fleet.lockstep("deploy", "--json")
+    finally:
+        agent.release()
     assert failed.returncode == 3, failed.stderr + failed.stdout
     document = json.loads(failed.stdout)
     name = f"127.0.0.1:{fleet.servers[1].port}"
     assert "THE DATA WAS NOT RESTORED: not every host held its traffic and stopped its workers" in document["error"]
-    assert f"{name} (it was not started: its release serves and its workers run)" in document["error"], document
+    assert f"{name} (its traffic could not be held: " in document["error"], document["error"]
     assert [(host["outcome"], host["data_restored"]) for host in document["hosts"]] == [
         ("rolled back", False),
-        ("not started", False),
+        ("not deployed (held for the data restore)", False),
     ], document
     database = fleet.orchestrator.parent / "shared-db" / "notes.db"
     with contextlib.closing(sqlite3.connect(database)) as connection:  # migration 003's row stays
         seeded = connection.execute("SELECT count(*) FROM notes WHERE text = 'written by migration 003'").fetchone()
     assert seeded == (1,)
-    assert writes_between(logs[1], "1.0.0", started, time.time()), "the second host's workers wrote on"
-    assert lost_writes(logs[1], "1.0.0", started, database) == []
+    wait_for_writes(logs[1], "host-1", "1.0.0", after=time.time())  # its workers run again
     assert [host.version() for host in fleet.hosts] == ["1.0.0", "1.0.0"]
 
 

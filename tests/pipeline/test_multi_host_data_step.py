@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 from lockstep.config.hosts_model import HostTarget
 from lockstep.pipeline.coordination import barrier_line
+from lockstep.pipeline.history import OperationRecord
 from lockstep.pipeline.multi_host import HostFanOut, HostRun
 from tests.pipeline.test_steps import Collector
 
@@ -83,7 +84,7 @@ def _run_data_step(fan_out: HostFanOut) -> None:
         for run in fan_out.runs:
             if run.process is not None:
                 run.tasks = [fan_out.loop.create_task(fan_out._read_stdout(run))]
-        await asyncio.wait_for(fan_out._coordinate_restore(), 10)
+        await asyncio.wait_for(fan_out._coordinate_restore(OperationRecord.started_now(DEPLOY, "deploy", "test")), 10)
 
     try:
         fan_out.loop.run_until_complete(step())

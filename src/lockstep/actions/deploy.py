@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from lockstep.actions.environment import load_environment
+from lockstep.errors import UsageError
 from lockstep.pipeline.deploy import Deployment, DeployRequest
 from lockstep.pipeline.history import OperationRecord
 from lockstep.pipeline.steps import Reporter, SilentReporter
@@ -20,6 +21,10 @@ def deploy(
         from lockstep.pipeline.multi_host import MultiHostDeployment
 
         return MultiHostDeployment(context, request, reporter).run()
+    if request.hold_only:
+        if request.coordinated is None:
+            raise UsageError("--hold-only is a host's part of a multi-host deploy", "it needs --coordinated")
+        return Deployment(context, request, reporter).hold_only()
     return Deployment(context, request, reporter).run()
 
 

@@ -27,6 +27,7 @@ from lockstep.cli.reporting import progress_options, progress_reporter
 @click.option("--coordinated", metavar="DEPLOY_ID", hidden=True)
 @click.option("--secondary", is_flag=True, hidden=True)
 @click.option("--hold-on-unwind", is_flag=True, hidden=True)
+@click.option("--hold-only", is_flag=True, hidden=True)
 @click.option("--preflight-only", is_flag=True, hidden=True)
 @progress_options
 @click.option(
@@ -50,6 +51,7 @@ def deploy_command(
     coordinated: str | None,
     secondary: bool,
     hold_on_unwind: bool,
+    hold_only: bool,
     preflight_only: bool,
     log_format: str,
     quiet: bool,
@@ -80,6 +82,7 @@ def deploy_command(
         coordinated=coordinated,
         secondary=secondary,
         hold_on_unwind=hold_on_unwind,
+        hold_only=hold_only,
     )
     if preflight_only:
         print_json(

@@ -152,6 +152,9 @@ class DeployRequest:
     # A secondary whose unwind holds its traffic until the primary's data restore is over
     # (pipeline/coordination.py, the "held" barrier): the primary said its unwind restores.
     hold_on_unwind: bool = False
+    # A host never started, the primary having failed before its switch barrier: it deploys
+    # nothing, only holds its traffic and stops its workers while the primary restores the data.
+    hold_only: bool = False
 
 
 def migration_version(context: EnvironmentContext) -> str | None:
@@ -1119,14 +1122,63 @@ class Deployment:
         )
         return False
 
+    def hold_only(self) -> OperationRecord:
+        """A host the orchestrator never started (the primary failed before its switch barrier),
+        while the primary's unwind restores the data: it deploys nothing, but its release serves
+        and its workers write into the shared databases, so it holds its traffic and stops those
+        workers until the restore is over (the held barrier), as a secondary's unwind does. Under
+        the orchestrator's lock, which it joins; its record marks the stopped workers, for the
+        clean-up if it is killed meanwhile."""
+        assert self.request.coordinated is not None
+        self.steps.run("lock", self.context.environment, lambda: self._join_lock(), lambda _: "joined")
+        status = self.agent.status()
+        active = status.get("active_slot")
+        serving = status["slots"][active]["release"] if active else None
+        record = OperationRecord.started_now(
+            self.request.coordinated,
+            "deploy",
+            self.context.environment,
+            ref=self.request.ref,
+            commit=self.request.ref,
+            message=self.request.message,
+            release_id=None,
+            previous_release_id=serving["release_id"] if serving else None,
+            coordinated=self.request.coordinated,
+        )
+        bind_context(self.reporter, deploy_id=record.id, env=record.environment)
+        self.history.save(record)
+        not_held = self._hold_traffic(record)
+        try:
+            not_stopped = (
+                self.worker_pause.stop(str(active), lambda paused: self._remember(record, paused), record.coordinated)
+                if serving is not None
+                else None
+            )
+            self._answer_held(not_held, not_stopped)
+        finally:
+            self._release_traffic()
+        record.outcome = "rolled-back"
+        record.reason = (
+            "not deployed here: the primary failed before this host was started; it held its traffic and stopped "
+            "its workers while the primary's unwind restored the data"
+        )
+        record.finished_at = time.time()
+        self.history.save(record)
+        return record
+
     def _hold_until_restored(self, record: OperationRecord, not_held: str | None) -> None:
         """A secondary's unwind, undone: stop the workers of the release that serves again, tell
         the orchestrator whether its traffic is held and its workers stopped, and keep them so
         until it says the primary's data restore is over (the held barrier); then start them again."""
+        self._answer_held(not_held, self._stop_workers(record))
+
+    def _answer_held(self, not_held: str | None, not_stopped: str | None) -> None:
+        """At the held barrier: say whether the traffic is held and the workers stopped, wait for
+        the orchestrator's word (the primary's restore is over, or will not run), then start the
+        workers again."""
         from lockstep.pipeline.coordination import GO, HELD_BARRIER, wait_for_word
 
         assert self.request.coordinated is not None
-        not_stopped = self._stop_workers(record)
         said = {
             "unwinding": True,
             "held": not_held is None,

@@ -131,6 +131,9 @@ class HostRun:
     waiting_at: str | None = None  # the barrier it announced and has had no word at yet
     said: dict[str, Any] = field(default_factory=dict)  # that barrier's line
     restores_data: bool = False  # the primary said its unwind would restore the data
+    # Started only to hold its traffic and stop its workers for the primary's data restore (the
+    # primary failed before this host was started): it deploys nothing.
+    hold_only: bool = False
     events: asyncio.Queue[tuple[str, str]] = field(default_factory=asyncio.Queue)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -257,6 +260,12 @@ class HostFanOut:
         """The lockstep command line a host runs for its part."""
         raise NotImplementedError
 
+    def _hold_only_arguments(self, record: OperationRecord) -> list[str] | None:
+        """The lockstep command line that makes a host never started hold its traffic and stop its
+        workers for the primary's data restore; None when the operation has none (a rollback
+        starts every host at once)."""
+        return None
+
     def _record_success(self, record: OperationRecord) -> None:
         """What the record says once every host ended past the retire "go" (before the report)."""
         record.outcome = "succeeded"
@@ -321,13 +330,14 @@ class HostFanOut:
         run.culprit = True
 
     async def _start_host(self, run: HostRun, record: OperationRecord) -> None:
-        command = ssh.shell_command(run.target, self.ssh, self._remote_arguments(run, record))
+        arguments = self._hold_only_arguments(record) if run.hold_only else self._remote_arguments(run, record)
+        command = ssh.shell_command(run.target, self.ssh, arguments or [])
         try:
             run.process = await run.connection.create_process(command, encoding="utf-8")
         except Exception as error:
             run.lost = ssh.describe_error(error)
             run.outcome = "failed"
-            run.culprit = True
+            run.culprit = not run.hold_only  # a hold that could not start failed nothing: the data stays
             await run.events.put(("exit", ""))
             return
         run.outcome = "running"
@@ -451,16 +461,18 @@ class HostFanOut:
         while run.running:
             await run.events.get()
 
-    async def _coordinate_restore(self) -> None:
+    async def _coordinate_restore(self, record: OperationRecord) -> None:
         """The unwind's data step (pipeline/coordination.py): the primary restores the data only
         while every other host holds its traffic and has stopped its workers, and the holds end
         (the workers start again) once it is done. A host that does not hold, or whose workers may
         still run, keeps the migrated data where it is: restoring under a host that writes loses
         what it writes meanwhile, and a restore can be done later; those writes cannot. A host not
-        started (the primary failed before its switch barrier) holds nothing: its release serves
-        and its workers write all along, so it counts as one that does not hold."""
+        started (the primary failed before its switch barrier) is started now only to hold
+        (_start_holding); one where that does not start, or ends without holding, counts as one
+        that does not hold: its release serves and its workers write all along."""
         primary, others = self.runs[0], self.runs[1:]
         if await self._reach(primary, RESTORE_BARRIER):
+            await self._start_holding([run for run in others if run.process is None and run.lost is None], record)
             not_holding = []
             for run in others:
                 if run.process is None:
@@ -468,7 +480,8 @@ class HostFanOut:
                     serving = "its release serves and its workers run"
                     not_holding.append(f"{run.name} (it was not started{session}: {serving})")
                 elif not await self._reach(run, HELD_BARRIER):
-                    not_holding.append(f"{run.name} ({run.failure() if run.lost else 'it ended without holding'})")
+                    ended = run.failure() if run.lost or run.hold_only else "it ended without holding"
+                    not_holding.append(f"{run.name} ({ended})")
                 else:
                     not_holding.extend(self._not_quiet(run))
             if not_holding and not self.restore_needs_every_hold:
@@ -496,6 +509,18 @@ class HostFanOut:
         for run in others:
             if run.process is not None and await self._reach(run, HELD_BARRIER):
                 self._send(run, GO)  # the restore is over (or never ran): release
+
+    async def _start_holding(self, never_started: list[HostRun], record: OperationRecord) -> None:
+        """Start the hosts never started (the primary failed first) only to hold for its restore."""
+        if not never_started or self._hold_only_arguments(record) is None:
+            return
+        self.reporter.info(
+            f"{', '.join(run.name for run in never_started)}: never started; holding their traffic and stopping their "
+            "workers for the primary's data restore"
+        )
+        for run in never_started:
+            run.hold_only = True
+        await asyncio.gather(*(self._start_host(run, record) for run in never_started))
 
     def _not_quiet(self, run: HostRun) -> list[str]:
         """What the host at its held barrier said keeps it writing during a restore: its traffic
@@ -566,7 +591,7 @@ class HostFanOut:
                 self._send(run, ABORT)
         try:
             try:
-                self._wait(asyncio.wait_for(self._coordinate_restore(), UNWIND_WAIT_SECONDS))
+                self._wait(asyncio.wait_for(self._coordinate_restore(record), UNWIND_WAIT_SECONDS))
             except TimeoutError:
                 self.reporter.warn("stopped waiting for the primary's data restore; releasing the held traffic")
             finally:
@@ -596,7 +621,8 @@ class HostFanOut:
         reason = self.redactor.redact(reason)
         record.failed_step = getattr(error, "step", None) or self.steps.interrupted_step()
         record.reason = reason
-        uncertain = [run for run in self.runs if undo_uncertain(run)]
+        # A host started only to hold deployed nothing: its failure leaves no part to undo.
+        uncertain = [run for run in self.runs if undo_uncertain(run) and not run.hold_only]
         changed = [run for run in self.runs if run.outcome not in ("not started", "refused")]
         # A failed rollback is "failed" as on one machine; a failed deploy that every host undid, "rolled-back".
         record.outcome = "failed" if uncertain or not changed or self.operation != "deploy" else "rolled-back"
@@ -657,6 +683,9 @@ class HostFanOut:
                     self.reporter.warn(said)
 
     def _outcome_of_exit(self, run: HostRun) -> str:
+        if run.hold_only:
+            held = run.lost is None and run.exit_code == 0
+            return "not deployed (held for the data restore)" if held else "not deployed (its hold failed)"
         if run.lost is not None:
             return "lost"
         if run.exit_code == 0:
@@ -892,6 +921,10 @@ class MultiHostDeployment(HostFanOut):
         if self.request.skip_migrations:
             arguments.append("--skip-migrations")
         return arguments
+
+    def _hold_only_arguments(self, record: OperationRecord) -> list[str] | None:
+        arguments = ["deploy", record.commit or "", "--env", self.context.environment, "--json", "--log-format"]
+        return [*arguments, "json", "--yes", "--coordinated", record.id, "--hold-only"]
 
     def _preflight(self, work_tree: Path) -> ResolvedRef:
         resolved = resolve_ref(work_tree, self.request.ref)
