@@ -32,6 +32,9 @@ orchestrator starts the other hosts with --hold-on-unwind, and an unwind runs tw
    host could not hold, or its workers may still run; end of input: the orchestrator is gone)
    keeps the migrated data, loudly, with the snapshot to restore by hand.
 
+A host never started (the primary failed before its switch barrier) runs only the held barrier:
+the orchestrator starts it then with `deploy --hold-only` (Deployment.hold_only).
+
 Both lines say `"unwinding": true`, which is how the orchestrator tells them from a barrier of
 the way forward. A host that failed on its own may get the orchestrator's "abort" while it waits there: the
 deploy's end, which it knows already, so it reads on (see wait_for_word).

@@ -23,9 +23,9 @@ Any host failing before that, at any point, sends "abort" to every other host, a
 host whose SSH connection drops (or an orchestrator killed outright) reads end-of-input at its
 next barrier, which is an abort too: no host passes a barrier without a "go" that only comes
 when every host got there. When the primary's unwind restores the data, every host holds its
-traffic and stops its old release's workers until it is done, and a host that cannot hold or
-stop them (one not started yet, when the primary fails first, cannot) keeps the restore from
-starting (the unwind's data step, _coordinate_restore). See
+traffic and stops its old release's workers until it is done (one not started yet, when the
+primary fails first, is started then only to hold: `deploy --hold-only`), and a host that cannot
+hold or stop them keeps the restore from starting (the unwind's data step, _coordinate_restore). See
 pipeline/coordination.py for the host's side. A host whose lockstep died (killed, its session
 lost) is asked afterwards, by a `lockstep status` run there that cleans up what died, whether its
 part is undone: every host undid its part only when each said so (multi_host_undo.py).
@@ -1153,7 +1153,8 @@ def _unwind_data_line(request: DeployRequest) -> str:
         'data on unwind: if the primary\'s migrations changed the data and its data_rollback is "auto", EVERY HOST '
         "HOLDS ITS TRAFFIC (new requests wait, in-flight ones finish, up to its [traffic] hold_timeout) AND STOPS "
         "THE OLD RELEASE'S WORKERS (components without ports) while the primary restores the data from its "
-        "pre-deploy snapshot, then releases the traffic to the old release and starts those workers again; a host "
+        "pre-deploy snapshot, then releases the traffic to the old release and starts those workers again (a host "
+        "not started yet, when the primary fails first, is started only to hold); a host "
         "that cannot hold or stop its workers stops the restore: THE DATA WAS NOT RESTORED, the primary keeps the "
         "migrated data and names the snapshot to restore by hand"
     )
