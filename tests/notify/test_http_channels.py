@@ -6,7 +6,6 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,15 +18,6 @@ DATABASE_PASSWORD = "pg-password-hunter2"
 API_TOKEN = "tok_live_5566778899"
 NTFY_TOKEN = "tk_ntfy0access0token0never0shown"
 ROUTING_KEY = "R0uting0Key0of0the0integration99"
-
-
-@pytest.fixture
-def server() -> Iterator[RecordingServer]:
-    recording = RecordingServer()
-    try:
-        yield recording
-    finally:
-        recording.stop()
 
 
 def test_slack_receives_text_and_blocks(tmp_path: Path, server: RecordingServer) -> None:

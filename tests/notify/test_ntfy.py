@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import email.header
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.notify import RecordingServer, Warnings, make_notifier, sample_event
 
 NTFY_TOKEN = "tk_ntfy0access0token0never0shown"
-
-
-@pytest.fixture
-def server() -> Iterator[RecordingServer]:
-    recording = RecordingServer()
-    try:
-        yield recording
-    finally:
-        recording.stop()
 
 
 def test_a_failure_is_published_with_title_priority_tags_and_the_token(tmp_path: Path, server: RecordingServer) -> None:

@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from lockstep.notify import ChannelSetup
 from lockstep.notify.config import ChannelConfig
@@ -18,15 +15,6 @@ from lockstep.redaction import Redactor
 from tests.notify import RecordingServer, Warnings, make_notifier, sample_event
 
 ROUTING_KEY = "R0uting0Key0of0the0integration99"
-
-
-@pytest.fixture
-def server() -> Iterator[RecordingServer]:
-    recording = RecordingServer()
-    try:
-        yield recording
-    finally:
-        recording.stop()
 
 
 def pagerduty(server: RecordingServer) -> dict[str, Any]:
